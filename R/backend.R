@@ -1,0 +1,69 @@
+#' The libtorch backend: version, devices and threads
+#'
+#' `mrviBackend()` reports what the compiled backend offers in this R session.
+#' `mrviSetThreads()` sets the number of CPU threads libtorch uses. The package
+#' option `mrvi.threads` (default: all cores, as [parallel::detectCores()]) is
+#' applied when the package loads and by every function that computes;
+#' `mrviSetThreads()` changes the option and applies it at once. Threads are set
+#' through libtorch itself (`at::set_num_threads`), so they take effect at any
+#' time, unlike the `OMP_NUM_THREADS` environment variable, which the OpenMP
+#' runtime reads once when R starts.
+#'
+#' @return `mrviBackend()`: a list with `libtorch_version`, `cuda_available`,
+#'   `cuda_device_count`, `threads` (in use now) and `deepbind` (whether
+#'   libtorch uses its own BLAS). `mrviSetThreads()`: the thread count now in
+#'   use, invisibly.
+#' @examples
+#' mrviBackend()
+#' old <- getOption("mrvi.threads")
+#' mrviSetThreads(1)
+#' mrviSetThreads(old)
+#' @export
+mrviBackend <- function() {
+  info <- mrvi_backend_info()
+  info$deepbind <- !nzchar(Sys.getenv("MRVI_NO_DEEPBIND")) ||
+    Sys.getenv("MRVI_NO_DEEPBIND") == "0"
+  structure(info, class = "mrvi_backend")
+}
+
+#' @method print mrvi_backend
+#' @export
+print.mrvi_backend <- function(x, ...) {
+  cat("mrvi backend\n")
+  cat("  libtorch:     ", x$libtorch_version, "\n", sep = "")
+  cat("  CUDA:         ", if (x$cuda_available)
+    paste0("available, ", x$cuda_device_count, " device(s)") else "not available", "\n", sep = "")
+  cat("  CPU threads:  ", x$threads, "\n", sep = "")
+  cat("  own BLAS:     ", if (x$deepbind) "yes (RTLD_DEEPBIND)" else "no (bound to R's BLAS)", "\n", sep = "")
+  invisible(x)
+}
+
+#' @rdname mrviBackend
+#' @param n number of CPU threads for libtorch, a positive whole number.
+#' @export
+mrviSetThreads <- function(n) {
+  n <- check_count(n, "n", call = rlang_caller(1))
+  options(mrvi.threads = n)
+  invisible(mrvi_set_threads(n))
+}
+
+default_threads <- function() {
+  n <- suppressWarnings(parallel::detectCores(logical = TRUE))
+  if (is.na(n) || n < 1) 1L else as.integer(n)
+}
+
+# Apply the thread option (or an explicit n_threads argument) before computing.
+apply_threads <- function(n_threads = NULL, call = rlang_caller()) {
+  n <- if (is.null(n_threads)) getOption("mrvi.threads", default_threads()) else n_threads
+  n <- check_count(n, if (is.null(n_threads)) "options(mrvi.threads)" else "n_threads", call = call)
+  mrvi_set_threads(n)
+}
+
+check_count <- function(n, arg, call) {
+  if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != round(n)) {
+    abort_arg(c("{.arg {arg}} must be one positive whole number.",
+                "x" = "You gave {.obj_type_friendly {n}}{if (is.numeric(n) && length(n) == 1) paste0(': ', n) else ''}.",
+                "i" = "For example {.code {arg} = 2}."), call = call)
+  }
+  as.integer(n)
+}

@@ -1,0 +1,324 @@
+#' Read and check the input of a MrVI analysis
+#'
+#' `mrviData()` is the one entry point through which every analysis reads its
+#' input. It takes raw counts as a genes x cells `dgCMatrix` (or any other
+#' `Matrix`), a base `matrix`, a `SingleCellExperiment`, or a Seurat object
+#' (SeuratObject v4 `Assay`, or v5 `Assay5` with its counts layers split or
+#' joined), checks them, and returns what the model needs, without densifying
+#' the count matrix.
+#'
+#' @param x raw counts, genes in rows and cells in columns: a `dgCMatrix` (or
+#'   other `Matrix`), a numeric `matrix`, a `SingleCellExperiment` or a Seurat
+#'   object.
+#' @param sample the sample (donor, patient, perturbation) of every cell: a
+#'   column name of `colData(x)` / the Seurat `meta.data`, or a vector with one
+#'   value per cell. Required; at least two samples.
+#' @param batch optional nuisance covariate (site, technology, chemistry): a
+#'   column name or a vector with one value per cell.
+#' @param labels optional cell labels (for example cell types): a column name or
+#'   a vector with one value per cell.
+#' @param assay for a `SingleCellExperiment`, the assay holding raw counts
+#'   (default `"counts"`). For a Seurat object, either the layer (v5) or slot
+#'   (v4) holding raw counts in the default assay (default `"counts"`), or the
+#'   name of a Seurat assay, whose `counts` are then used.
+#' @param ... unused; an error names anything given here.
+#'
+#' @details
+#' Counts must be finite, non-negative whole numbers; the error says how many
+#' values break this and where the first ones are. Cells with no counts and
+#' genes with no counts in any cell carry no information for the model: they
+#' are **dropped, with a message** saying how many (the returned object lists
+#' them). A sample left with no cells is dropped too.
+#'
+#' The sample table has one row per sample (`sample`, `n_cells`) and, as
+#' sample-level covariates, every per-cell column (of `colData`/`meta.data`, and
+#' `batch` and `labels` when given as vectors) whose value is constant within
+#' each sample. It is found automatically.
+#'
+#' @return an object of class `mrvi_data`: a list with `counts` (genes x cells
+#'   `dgCMatrix`), `sample`, `batch` and `labels` (factors over cells; `batch`
+#'   has one level when not given, `labels` is `NULL` when not given),
+#'   `sample_table` (a data.frame), `library_size`, `dropped` (the names of
+#'   dropped cells and genes), `cell_meta` (per-cell metadata, or `NULL`) and
+#'   `source` (the input's class).
+#' @examples
+#' counts <- Matrix::rsparsematrix(50, 40, density = 0.3,
+#'   rand.x = function(n) rpois(n, 5) + 1)
+#' dimnames(counts) <- list(paste0("gene", 1:50), paste0("cell", 1:40))
+#' d <- mrviData(counts, sample = rep(c("A", "B", "C", "D"), each = 10))
+#' d
+#' d$sample_table
+#' @export
+mrviData <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+  UseMethod("mrviData")
+}
+
+#' @export
+mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+  abort_arg(c("{.arg x} must hold raw counts, genes x cells.",
+              "x" = "You gave an object of class {.cls {class(x)}}.",
+              "i" = paste("Supported: a {.cls dgCMatrix} (or other {.cls Matrix}), a numeric",
+                          "{.cls matrix}, a {.cls SingleCellExperiment} or a {.cls Seurat} object.")))
+}
+
+#' @export
+mrviData.Matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+  check_dots(...)
+  build_mrvi_data(as_dgc(x), cell_meta = NULL, sample = sample, batch = batch,
+                  labels = labels, source = class(x)[1], call = rlang_caller(1))
+}
+
+#' @export
+mrviData.matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+  check_dots(...)
+  if (!is.numeric(x) && !is.logical(x)) {
+    abort_arg(c("{.arg x} must be a numeric matrix of counts.",
+                "x" = "It is a {typeof(x)} matrix."), call = rlang_caller(1))
+  }
+  build_mrvi_data(as_dgc(x), cell_meta = NULL, sample = sample, batch = batch,
+                  labels = labels, source = "matrix", call = rlang_caller(1))
+}
+
+#' @export
+mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL,
+                                          assay = "counts", ...) {
+  check_dots(...)
+  call <- rlang_caller(1)
+  available <- SummarizedExperiment::assayNames(x)
+  if (!is.character(assay) || length(assay) != 1 || !assay %in% available) {
+    abort_arg(c("{.arg assay} must name an assay of {.arg x} that holds raw counts.",
+                "x" = "{.val {assay}} is not one of its assays: {.val {available}}."),
+              call = call)
+  }
+  counts <- SummarizedExperiment::assay(x, assay, withDimnames = TRUE)
+  meta <- as.data.frame(SummarizedExperiment::colData(x), optional = TRUE)
+  build_mrvi_data(as_dgc(counts, arg = "assay"), cell_meta = meta, sample = sample,
+                  batch = batch, labels = labels, source = class(x)[1], call = call)
+}
+
+#' @export
+mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+  check_dots(...)
+  call <- rlang_caller(1)
+  counts <- seurat_counts(x, assay, call)
+  meta <- x[[]]
+  build_mrvi_data(counts, cell_meta = meta, sample = sample, batch = batch,
+                  labels = labels, source = "Seurat", call = call)
+}
+
+# --- building and checking ---------------------------------------------------------
+
+build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, call) {
+  n_genes <- nrow(counts)
+  n_cells <- ncol(counts)
+  if (n_genes == 0 || n_cells == 0) {
+    abort_arg("{.arg x} has {n_genes} gene{?s} and {n_cells} cell{?s}: it needs both.", call = call)
+  }
+  if (is.null(colnames(counts))) colnames(counts) <- paste0("cell", seq_len(n_cells))
+  if (is.null(rownames(counts))) rownames(counts) <- paste0("gene", seq_len(n_genes))
+  if (missing(sample) || is.null(sample)) {
+    abort_arg(c("{.arg sample} is required: the sample (donor, patient, perturbation) of every cell.",
+                "i" = sample_hint(cell_meta, n_cells)), call = call)
+  }
+
+  sample <- resolve_cell_factor(sample, "sample", cell_meta, counts, call)
+  batch <- if (is.null(batch)) NULL else resolve_cell_factor(batch, "batch", cell_meta, counts, call)
+  labels <- if (is.null(labels)) NULL else resolve_cell_factor(labels, "labels", cell_meta, counts, call)
+  check_counts(counts, call)
+
+  # Cells and genes without counts carry nothing for the model: drop them, say so.
+  lib <- Matrix::colSums(counts)
+  empty_cells <- lib == 0
+  empty_genes <- Matrix::rowSums(counts) == 0
+  dropped <- list(cells = colnames(counts)[empty_cells], genes = rownames(counts)[empty_genes])
+  if (any(empty_cells) || any(empty_genes)) {
+    inform(c("i" = paste0("Dropping {sum(empty_cells)} cell{?s} with no counts",
+                          "{if (any(empty_cells)) paste0(' (', show_some(dropped$cells, 3), ')') else ''}",
+                          " and {sum(empty_genes)} gene{?s} with no counts in any cell",
+                          "{if (any(empty_genes)) paste0(' (', show_some(dropped$genes, 3), ')') else ''}.")))
+    keep_cells <- !empty_cells
+    counts <- counts[!empty_genes, keep_cells, drop = FALSE]
+    sample <- sample[keep_cells]
+    if (!is.null(batch)) batch <- batch[keep_cells]
+    if (!is.null(labels)) labels <- labels[keep_cells]
+    if (!is.null(cell_meta)) cell_meta <- cell_meta[keep_cells, , drop = FALSE]
+    if (nrow(counts) == 0 || ncol(counts) == 0) {
+      abort_arg("{.arg x} has no counts at all.", call = call)
+    }
+  }
+  gone <- levels(sample)[tabulate(sample, nlevels(sample)) == 0]
+  if (length(gone)) inform(c("i" = "Dropping sample{?s} {.val {gone}}: no cells with counts remain."))
+  sample <- droplevels(sample)
+  if (nlevels(sample) < 2) {
+    abort_arg(c("{.arg sample} must have at least 2 samples with cells; it has {nlevels(sample)}.",
+                "i" = "MrVI compares samples: give cells from two or more samples."), call = call)
+  }
+  if (!is.null(batch)) batch <- droplevels(batch)
+  if (!is.null(labels)) labels <- droplevels(labels)
+
+  # The Rust core receives the CSC slots as they are and checks their structure.
+  library_size <- mrvi_csc_library_sizes(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
+  names(library_size) <- colnames(counts)
+
+  structure(list(
+    counts = counts,
+    sample = sample,
+    batch = if (is.null(batch)) factor(rep("batch1", ncol(counts))) else batch,
+    batch_given = !is.null(batch),
+    labels = labels,
+    sample_table = make_sample_table(sample, cell_meta, batch, labels),
+    library_size = library_size,
+    dropped = dropped,
+    cell_meta = cell_meta,
+    source = source
+  ), class = "mrvi_data")
+}
+
+# A column name or a vector with one value per cell -> a factor without NA.
+resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
+  n_cells <- ncol(counts)
+  if (is.character(value) && length(value) == 1 && n_cells != 1) {
+    if (is.null(cell_meta)) {
+      abort_arg(c("{.arg {arg}} = {.val {value}} looks like a column name, but {.arg x} is a bare matrix without cell metadata.",
+                  "i" = "Give a vector with one value per cell (length {n_cells} = {.code ncol(x)})."),
+                call = call)
+    }
+    if (!value %in% names(cell_meta)) {
+      abort_arg(c("{.arg {arg}} = {.val {value}} is not a column of the cell metadata.",
+                  "i" = "Available columns: {show_some(names(cell_meta), 12)}."), call = call)
+    }
+    value <- cell_meta[[value]]
+  }
+  if (is.data.frame(value) || is.list(value) && !is.factor(value) || !is.null(dim(value))) {
+    abort_arg("{.arg {arg}} must be a column name or a vector, not {.obj_type_friendly {value}}.",
+              call = call)
+  }
+  if (length(value) != n_cells) {
+    if (length(value) == nrow(counts) && nrow(counts) != n_cells) {
+      abort_arg(c("{.arg {arg}} has {length(value)} values, one per row of {.arg x}, but cells must be columns.",
+                  "i" = "{.arg x} seems to be cells x genes: pass {.code t(x)} (genes in rows, cells in columns)."),
+                call = call)
+    }
+    abort_arg(c("{.arg {arg}} must have one value per cell: {n_cells} (= {.code ncol(x)}), not {length(value)}."),
+              call = call)
+  }
+  if (!is.null(names(value)) && !is.null(colnames(counts)) &&
+      all(names(value) %in% colnames(counts)) && !identical(names(value), colnames(counts))) {
+    value <- value[colnames(counts)]  # a vector named by cell is matched by name
+  }
+  if (anyNA(value)) {
+    where <- which(is.na(value))
+    abort_arg(c("{.arg {arg}} has {length(where)} NA value{?s}, e.g. cell{?s} {show_some(colnames(counts)[where], 3)}.",
+                "i" = "Give every cell a value, or drop those cells first."), call = call)
+  }
+  if (!is.factor(value)) value <- factor(value)
+  value
+}
+
+check_counts <- function(counts, call) {
+  v <- counts@x
+  where <- function(bad) {
+    k <- which(bad)
+    genes <- rownames(counts)[counts@i[k] + 1L]
+    cells <- colnames(counts)[findInterval(k - 1L, counts@p)]
+    pairs <- paste0("(", utils::head(genes, 3), ", ", utils::head(cells, 3), ")")
+    paste0("e.g. at (gene, cell) ", paste(pairs, collapse = ", "))
+  }
+  problems <- list(
+    list(bad = !is.finite(v), what = "missing or non-finite (NA, NaN, Inf)"),
+    list(bad = is.finite(v) & v < 0, what = "negative"),
+    list(bad = is.finite(v) & v >= 0 & v != round(v), what = "not whole numbers")
+  )
+  for (p in problems) {
+    n <- sum(p$bad)
+    if (n > 0) {
+      abort_arg(c("{.arg x} must hold raw counts: {n} value{?s} {?is/are} {p$what}, {where(p$bad)}.",
+                  "i" = paste("MrVI models raw UMI counts. Use the raw counts assay/layer (for example",
+                              "{.code assay = \"counts\"}), not normalised or log-transformed values.")),
+                call = call)
+    }
+  }
+  if (nrow(counts) < ncol(counts) && looks_like_barcodes(rownames(counts)) &&
+      !looks_like_barcodes(colnames(counts))) {
+    abort_arg(c("{.arg x} seems to be cells x genes: its row names look like cell barcodes.",
+                "i" = "Pass {.code t(x)} (genes in rows, cells in columns)."), call = call)
+  }
+  invisible(TRUE)
+}
+
+looks_like_barcodes <- function(nm) {
+  if (is.null(nm)) return(FALSE)
+  mean(grepl("^([A-Za-z0-9]+[_:-])?[ACGTN]{10,}(-[0-9]+)?$", utils::head(nm, 100))) > 0.8
+}
+
+# Sample-level covariates: per-cell columns constant within every sample.
+make_sample_table <- function(sample, cell_meta, batch, labels) {
+  counts <- tabulate(sample, nlevels(sample))
+  tab <- data.frame(sample = levels(sample), n_cells = counts, stringsAsFactors = FALSE)
+  candidates <- list()
+  if (!is.null(cell_meta)) {
+    for (nm in names(cell_meta)) candidates[[nm]] <- cell_meta[[nm]]
+  }
+  if (!is.null(batch) && !any(vapply(candidates, identical, logical(1), batch))) candidates$batch <- batch
+  if (!is.null(labels) && !any(vapply(candidates, identical, logical(1), labels))) candidates$labels <- labels
+  first <- match(levels(sample), sample)
+  for (nm in names(candidates)) {
+    col <- candidates[[nm]]
+    if (nm %in% c("sample", "n_cells") || !is.atomic(col) || !is.null(dim(col)) ||
+        length(col) != length(sample) || identical(as.character(col), as.character(sample))) next
+    constant <- sum(!duplicated(data.frame(s = sample, v = col))) == nlevels(sample)
+    if (constant) tab[[nm]] <- if (is.factor(col)) droplevels(col[first]) else col[first]
+  }
+  rownames(tab) <- tab$sample
+  tab
+}
+
+sample_hint <- function(cell_meta, n_cells) {
+  if (is.null(cell_meta)) {
+    sprintf("Give a vector with one value per cell (length %d).", n_cells)
+  } else {
+    paste0("Give a column name of the cell metadata (", show_some(names(cell_meta), 8),
+           ") or a vector with one value per cell.")
+  }
+}
+
+as_dgc <- function(x, arg = "x", call = rlang_caller(2)) {
+  if (inherits(x, "dgCMatrix")) return(x)
+  if (inherits(x, "DelayedArray") || !inherits(x, c("Matrix", "matrix"))) {
+    x <- tryCatch(as(x, "dgCMatrix"), error = function(e) {
+      abort_arg("{.arg {arg}}: cannot convert counts of class {.cls {class(x)}} to a sparse matrix.",
+                call = call)
+    })
+    return(x)
+  }
+  if (is.matrix(x) && is.logical(x)) storage.mode(x) <- "double"
+  x <- methods::as(x, "CsparseMatrix")
+  x <- methods::as(x, "generalMatrix")
+  methods::as(x, "dMatrix")
+}
+
+check_dots <- function(...) {
+  dots <- list(...)
+  if (length(dots)) {
+    nm <- names(dots)
+    nm <- if (is.null(nm)) rep("", length(dots)) else nm
+    abort_arg(c("Unknown argument{?s}: {.arg {ifelse(nzchar(nm), nm, '(unnamed)')}}.",
+                "i" = "See {.help mrvi::mrviData} for the arguments."), call = rlang_caller(2))
+  }
+}
+
+#' @method print mrvi_data
+#' @export
+print.mrvi_data <- function(x, ...) {
+  cat(sprintf("<mrvi_data> %d genes x %d cells from %s\n", nrow(x$counts), ncol(x$counts), x$source))
+  cat(sprintf("  samples: %d (%s)\n", nlevels(x$sample), show_some(levels(x$sample), 4)))
+  cat(sprintf("  batch:   %s\n", if (x$batch_given)
+    paste(nlevels(x$batch), "levels") else "none"))
+  cat(sprintf("  labels:  %s\n", if (is.null(x$labels)) "none" else paste(nlevels(x$labels), "levels")))
+  covs <- setdiff(names(x$sample_table), c("sample", "n_cells"))
+  cat(sprintf("  sample covariates: %s\n", if (length(covs)) paste(covs, collapse = ", ") else "none"))
+  if (length(x$dropped$cells) || length(x$dropped$genes)) {
+    cat(sprintf("  dropped: %d empty cells, %d empty genes\n", length(x$dropped$cells), length(x$dropped$genes)))
+  }
+  invisible(x)
+}

@@ -1,0 +1,24 @@
+#' mrvi: Multi-resolution Variational Inference for multi-sample single-cell data
+#'
+#' MrVI learns, for every cell, a sample-free state u and a sample-aware state z,
+#' and asks counterfactual questions (what would this cell look like in another
+#' sample?) to compare samples at single-cell resolution: sample-by-sample
+#' distances per cell and per cell group, sample trees, and tests against sample
+#' covariates. The model runs in Rust on libtorch, on the CPU or a CUDA GPU.
+#'
+#' Start with [mrvi()]. [mrviData()] shows how inputs are read and checked;
+#' [mrviBackend()] shows the compiled backend.
+#'
+#' @section Options:
+#' \describe{
+#'   \item{`mrvi.threads`}{CPU threads for libtorch (default: all cores).}
+#' }
+#' @keywords internal
+#' @useDynLib mrvi, .registration = TRUE
+"_PACKAGE"
+
+.onLoad <- function(libname, pkgname) {
+  if (is.null(getOption("mrvi.threads"))) options(mrvi.threads = default_threads())
+  try(mrvi_set_threads(as.integer(getOption("mrvi.threads"))), silent = TRUE)
+  invisible()
+}

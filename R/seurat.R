@@ -1,0 +1,67 @@
+# Raw counts out of a Seurat object, through SeuratObject's own API (never the
+# slots): v4 assays through GetAssayData(), v5 assays through Layers()/LayerData(),
+# with split layers ("counts.1", "counts.2", ...) joined in the object's cell order.
+
+seurat_counts <- function(x, assay, call) {
+  if (!requireNamespace("SeuratObject", quietly = TRUE)) {
+    abort_arg("Reading a Seurat object needs the {.pkg SeuratObject} package.", call = call)
+  }
+  if (!is.character(assay) || length(assay) != 1 || is.na(assay)) {
+    abort_arg("{.arg assay} must be one string: a counts layer or a Seurat assay name.", call = call)
+  }
+  assays <- SeuratObject::Assays(x)
+  if (assay %in% assays) {
+    seurat_assay <- assay
+    layer <- "counts"
+  } else {
+    seurat_assay <- SeuratObject::DefaultAssay(x)
+    layer <- assay
+  }
+  a <- x[[seurat_assay]]
+  cells <- colnames(x)
+  counts <- if (inherits(a, "Assay5")) {
+    assay5_counts(a, layer, seurat_assay, cells, call)
+  } else {
+    if (!layer %in% c("counts", "data")) {
+      abort_arg(c("{.arg assay} = {.val {assay}} is neither a Seurat assay ({.val {assays}}) nor a slot holding counts.",
+                  "i" = "Use {.code assay = \"counts\"}."), call = call)
+    }
+    m <- SeuratObject::GetAssayData(x, slot = layer, assay = seurat_assay)
+    if (prod(dim(m)) == 0) {
+      abort_arg(c("The Seurat assay {.val {seurat_assay}} has no {.val {layer}}.",
+                  "i" = "MrVI needs raw counts: {.code CreateSeuratObject(counts = ...)} keeps them."),
+                call = call)
+    }
+    m
+  }
+  as_dgc(counts, arg = "assay", call = call)
+}
+
+assay5_counts <- function(a, layer, seurat_assay, cells, call) {
+  pattern <- paste0("^", gsub(".", "\\.", layer, fixed = TRUE), "(\\.|$)")
+  layers <- grep(pattern, SeuratObject::Layers(a), value = TRUE)
+  if (!length(layers)) {
+    abort_arg(c("The Seurat assay {.val {seurat_assay}} has no layer {.val {layer}}.",
+                "i" = "Its layers: {.val {SeuratObject::Layers(a)}}. MrVI needs raw counts."), call = call)
+  }
+  features <- rownames(a)
+  parts <- lapply(layers, function(l) {
+    m <- as_dgc(SeuratObject::LayerData(a, layer = l), arg = "assay", call = call)
+    if (!identical(rownames(m), features)) {
+      # A split layer may hold fewer features: place its rows among all features.
+      full <- Matrix::sparseMatrix(i = integer(), j = integer(), x = numeric(),
+                                   dims = c(length(features), ncol(m)),
+                                   dimnames = list(features, colnames(m)))
+      full[match(rownames(m), features), ] <- m
+      m <- full
+    }
+    m
+  })
+  m <- if (length(parts) == 1) parts[[1]] else do.call(cbind, parts)
+  missing <- setdiff(cells, colnames(m))
+  if (length(missing)) {
+    abort_arg("The {.val {layer}} layers of assay {.val {seurat_assay}} lack {length(missing)} cell{?s} of the object.",
+              call = call)
+  }
+  m[, cells, drop = FALSE]
+}

@@ -1,0 +1,9 @@
+//! mrvi-core: the numerical core of the mrvi R package (Multi-resolution
+//! Variational Inference, Boyeau et al.). It depends on libtorch through tch and
+//! knows nothing of R, so `cargo test` exercises it alone.
+
+pub mod backend;
+pub mod data;
+pub mod error;
+
+pub use error::{Error, Result};
