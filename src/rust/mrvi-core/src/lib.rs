@@ -3,7 +3,13 @@
 //! knows nothing of R, so `cargo test` exercises it alone.
 
 pub mod backend;
+pub mod batch;
 pub mod data;
 pub mod error;
+pub mod infer;
+pub mod io;
+pub mod model;
+pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

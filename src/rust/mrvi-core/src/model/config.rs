@@ -1,0 +1,84 @@
+//! Model and training settings. Both travel as JSON inside the fitted R object,
+//! next to the weights, so that a model can be rebuilt anywhere.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelConfig {
+    pub n_genes: i64,
+    pub n_samples: i64,
+    /// sites (nuisance covariate); 1 when there is none
+    pub n_batches: i64,
+    /// L: dimension of u and z
+    pub n_latent: i64,
+    /// width of the encoder's hidden layers
+    pub n_hidden: i64,
+    /// dropout on sg(z) in the site-specific decoder term, training only
+    pub dropout_rate: f64,
+}
+
+impl ModelConfig {
+    pub fn new(n_genes: i64, n_samples: i64, n_batches: i64, n_latent: i64) -> Self {
+        Self { n_genes, n_samples, n_batches, n_latent, n_hidden: 128, dropout_rate: 0.1 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// None: the heuristic min(400, round(20000 / N * 400)), at least 1
+    pub max_epochs: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub adam_eps: f64,
+    pub max_grad_norm: f64,
+    pub n_epochs_kl_warmup: usize,
+    pub early_stopping: bool,
+    pub patience: usize,
+    pub validation_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            max_epochs: None,
+            batch_size: 256,
+            lr: 2e-3,
+            weight_decay: 1e-8,
+            adam_eps: 1e-8,
+            max_grad_norm: 40.0,
+            n_epochs_kl_warmup: 20,
+            early_stopping: true,
+            patience: 15,
+            validation_fraction: 0.1,
+            seed: 1,
+        }
+    }
+}
+
+/// MODEL.md §3: min(400, round(20000 / N * 400)), at least 1.
+pub fn default_max_epochs(n_cells: usize) -> usize {
+    let e = (20_000.0 / n_cells.max(1) as f64 * 400.0).round() as usize;
+    e.clamp(1, 400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_epoch_heuristic() {
+        assert_eq!(default_max_epochs(1_000), 400);
+        assert_eq!(default_max_epochs(20_000), 400);
+        assert_eq!(default_max_epochs(100_000), 80);
+        assert_eq!(default_max_epochs(100_000_000), 1);
+    }
+
+    #[test]
+    fn config_json_round_trip() {
+        let c = ModelConfig::new(2000, 32, 2, 10);
+        let back: ModelConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(c, back);
+    }
+}

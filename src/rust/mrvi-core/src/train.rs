@@ -1,0 +1,248 @@
+//! Training (MODEL.md §3): Adam with L2 weight decay, gradient-norm clipping,
+//! linear KL warm-up, a held-out validation ELBO, early stopping that restores
+//! the best weights. The caller drives it one epoch at a time (for progress
+//! reporting) and passes an interrupt check that runs between minibatches.
+
+use crate::backend;
+use crate::batch::Dataset;
+use crate::error::{Error, Result};
+use crate::model::config::{default_max_epochs, ModelConfig, TrainConfig};
+use crate::model::MrviModel;
+use crate::rng::SplitMix64;
+use std::time::Instant;
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Debug, Default)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub kl_weight: f64,
+    /// per-cell means; the ELBO is -(reconstruction + kl) with full KL weight
+    pub train_elbo: f64,
+    pub train_reconstruction: f64,
+    pub train_kl: f64,
+    pub validation_elbo: f64,
+    pub validation_reconstruction: f64,
+    pub validation_kl: f64,
+    pub seconds: f64,
+    pub cells_per_second: f64,
+}
+
+pub struct Trainer {
+    pub model: MrviModel,
+    pub data: Dataset,
+    pub config: TrainConfig,
+    pub max_epochs: usize,
+    opt: nn::Optimizer,
+    rng: SplitMix64,
+    train_cells: Vec<usize>,
+    validation_cells: Vec<usize>,
+    pub history: Vec<EpochStats>,
+    best: Option<(f64, usize, Vec<(String, Tensor)>)>,
+    epochs_since_best: usize,
+    pub stopped_early: bool,
+}
+
+impl Trainer {
+    pub fn new(model_config: ModelConfig, config: TrainConfig, data: Dataset, device: Device) -> Result<Self> {
+        if config.batch_size < 2 {
+            crate::invalid!("batch_size must be at least 2, not {}", config.batch_size);
+        }
+        if !(0.0..0.5).contains(&config.validation_fraction) {
+            crate::invalid!("validation_fraction must be in [0, 0.5), not {}", config.validation_fraction);
+        }
+        model_config_matches(&model_config, &data)?;
+        tch::manual_seed(config.seed as i64);
+        let model = MrviModel::new(model_config, device);
+        let opt = nn::Adam { wd: config.weight_decay, eps: config.adam_eps, ..Default::default() }
+            .build(&model.vs, config.lr)?;
+        let mut rng = SplitMix64::new(config.seed);
+        let n = data.n_cells();
+        let mut cells: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut cells);
+        let n_val = (n as f64 * config.validation_fraction).floor() as usize;
+        let validation_cells = cells[..n_val].to_vec();
+        let train_cells = cells[n_val..].to_vec();
+        let max_epochs = config.max_epochs.unwrap_or_else(|| default_max_epochs(n));
+        Ok(Self {
+            model,
+            data,
+            config,
+            max_epochs,
+            opt,
+            rng,
+            train_cells,
+            validation_cells,
+            history: Vec::new(),
+            best: None,
+            epochs_since_best: 0,
+            stopped_early: false,
+        })
+    }
+
+    pub fn n_validation(&self) -> usize {
+        self.validation_cells.len()
+    }
+
+    pub fn done(&self) -> bool {
+        self.stopped_early || self.history.len() >= self.max_epochs
+    }
+
+    fn kl_weight(&self, epoch: usize, step: usize, n_steps: usize) -> f64 {
+        let w = self.config.n_epochs_kl_warmup;
+        if w == 0 {
+            1.0
+        } else {
+            ((epoch as f64 + step as f64 / n_steps as f64) / w as f64).min(1.0)
+        }
+    }
+
+    /// One pass over the training cells. `interrupted` is polled between
+    /// minibatches; when it says yes, training stops with Error::Interrupted and
+    /// the model keeps the weights of the last complete step.
+    pub fn run_epoch(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Result<EpochStats> {
+        let start = Instant::now();
+        let epoch = self.history.len();
+        let device = self.model.device();
+        let mut order = self.train_cells.clone();
+        self.rng.shuffle(&mut order);
+        let bs = self.config.batch_size;
+        // A last minibatch of one cell would make a noisy step: fold it into the previous.
+        let mut chunks: Vec<&[usize]> = order.chunks(bs).collect();
+        if chunks.len() > 1 && chunks[chunks.len() - 1].len() < 2 {
+            let n = order.len();
+            chunks.pop();
+            let last = chunks.pop().unwrap().len();
+            chunks.push(&order[n - last - 1..]);
+        }
+        let n_steps = chunks.len();
+        let (mut rec_sum, mut kl_sum) = (0.0, 0.0);
+        let mut kl_weight = 0.0;
+        for (step, cells) in chunks.iter().enumerate() {
+            if interrupted() {
+                return Err(Error::Interrupted);
+            }
+            kl_weight = self.kl_weight(epoch, step, n_steps);
+            let batch = self.data.batch(cells, device);
+            let losses = self.model.losses(&batch, true);
+            let rec = losses.reconstruction.sum(Kind::Float);
+            let kl = losses.kl.sum(Kind::Float);
+            let loss = (&rec + &kl * kl_weight) / cells.len() as f64;
+            self.opt.zero_grad();
+            loss.f_backward()?;
+            self.opt.clip_grad_norm(self.config.max_grad_norm);
+            self.opt.step();
+            rec_sum += rec.double_value(&[]);
+            kl_sum += kl.double_value(&[]);
+            if !rec_sum.is_finite() {
+                return Err(Error::InvalidInput(format!(
+                    "training diverged at epoch {} (non-finite loss); try a smaller lr",
+                    epoch + 1
+                )));
+            }
+        }
+        let n_train = self.train_cells.len().max(1) as f64;
+        let (v_rec, v_kl) = self.validation_losses()?;
+        let seconds = start.elapsed().as_secs_f64();
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            kl_weight,
+            train_reconstruction: rec_sum / n_train,
+            train_kl: kl_sum / n_train,
+            train_elbo: -(rec_sum + kl_sum) / n_train,
+            validation_reconstruction: v_rec,
+            validation_kl: v_kl,
+            validation_elbo: -(v_rec + v_kl),
+            seconds,
+            cells_per_second: n_train / seconds,
+        };
+        self.history.push(stats.clone());
+        self.track_best(&stats);
+        Ok(stats)
+    }
+
+    /// Mean per-cell reconstruction loss and KL on the validation cells (NaN when
+    /// there are none), in evaluation mode with one posterior draw per cell.
+    fn validation_losses(&self) -> Result<(f64, f64)> {
+        if self.validation_cells.is_empty() {
+            return Ok((f64::NAN, f64::NAN));
+        }
+        let device = self.model.device();
+        let (mut rec, mut kl) = (0.0, 0.0);
+        tch::no_grad(|| {
+            for cells in self.validation_cells.chunks(self.config.batch_size.max(1024)) {
+                let losses = self.model.losses(&self.data.batch(cells, device), false);
+                rec += losses.reconstruction.sum(Kind::Float).double_value(&[]);
+                kl += losses.kl.sum(Kind::Float).double_value(&[]);
+            }
+        });
+        let n = self.validation_cells.len() as f64;
+        Ok((rec / n, kl / n))
+    }
+
+    /// Early stopping on the validation ELBO: patience counts only after the KL
+    /// warm-up (before it the ELBO's weighting still changes); the best weights
+    /// are kept and restored by `finish`.
+    fn track_best(&mut self, stats: &EpochStats) {
+        let score = if self.validation_cells.is_empty() { stats.train_elbo } else { stats.validation_elbo };
+        let better = self.best.as_ref().map_or(true, |(best, _, _)| score > *best);
+        if better {
+            let snapshot = self.model.vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
+            self.best = Some((score, stats.epoch, snapshot));
+            self.epochs_since_best = 0;
+        } else if stats.epoch >= self.config.n_epochs_kl_warmup {
+            self.epochs_since_best += 1;
+            if self.config.early_stopping && self.epochs_since_best >= self.config.patience {
+                self.stopped_early = true;
+            }
+        }
+    }
+
+    /// The epoch whose weights `finish` restores.
+    pub fn best_epoch(&self) -> Option<usize> {
+        self.best.as_ref().map(|b| b.1)
+    }
+
+    /// Restore the best weights (when early stopping is on) and return the model.
+    pub fn finish(mut self) -> MrviModel {
+        if self.config.early_stopping {
+            if let Some((_, _, snapshot)) = self.best.take() {
+                let mut vars = self.model.vs.variables();
+                tch::no_grad(|| {
+                    for (name, saved) in snapshot {
+                        if let Some(v) = vars.get_mut(&name) {
+                            v.copy_(&saved);
+                        }
+                    }
+                });
+            }
+        }
+        self.model
+    }
+
+    pub fn device_name(&self) -> String {
+        backend::device_name(self.model.device())
+    }
+}
+
+fn model_config_matches(c: &ModelConfig, data: &Dataset) -> Result<()> {
+    if c.n_genes as usize != data.counts.n_genes() {
+        crate::invalid!("model has {} genes, data {}", c.n_genes, data.counts.n_genes());
+    }
+    if data.sample.iter().any(|&s| s < 0 || s >= c.n_samples) || data.site.iter().any(|&b| b < 0 || b >= c.n_batches) {
+        crate::invalid!("sample or site codes outside the model's levels");
+    }
+    if c.n_latent < 1 {
+        crate::invalid!("n_latent must be at least 1");
+    }
+    Ok(())
+}
+
+/// Tensor helper for tests and inference.
+pub fn to_vec_f32(t: &Tensor) -> Vec<f32> {
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let n = t.numel();
+    let mut v = vec![0f32; n];
+    t.copy_data(&mut v, n);
+    v
+}

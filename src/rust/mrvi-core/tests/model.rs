@@ -1,0 +1,196 @@
+//! Model-level checks: autograd gradients against finite differences, the
+//! stop-gradients, training improving the ELBO, weights round-tripping.
+//! libtorch's random generator is global: run with `--test-threads=1`.
+
+use mrvi_core::batch::Dataset;
+use mrvi_core::data::CscCounts;
+use mrvi_core::infer::{latent, Which};
+use mrvi_core::io::{load_bytes_into, varstore_to_bytes};
+use mrvi_core::model::config::{ModelConfig, TrainConfig};
+use mrvi_core::model::nb::NonZeros;
+use mrvi_core::model::{Batch, MrviModel};
+use mrvi_core::rng::SplitMix64;
+use mrvi_core::train::Trainer;
+use tch::{Device, Kind, Tensor};
+
+/// Poisson-ish counts for `n` cells over `g` genes from two cell types whose
+/// expression differs; samples alternate.
+fn toy_data(n: usize, g: usize, n_samples: i64, seed: u64) -> Dataset {
+    let mut rng = SplitMix64::new(seed);
+    let (mut p, mut i, mut x) = (vec![0i32], Vec::new(), Vec::new());
+    for c in 0..n {
+        let cell_type = c % 2;
+        for gene in 0..g {
+            let high = (gene < g / 2) == (cell_type == 0);
+            let mean = if high { 6.0 } else { 0.5 };
+            // inverse-CDF Poisson draw
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let (mut k, mut prob) = (0u32, (-mean as f64).exp());
+            let mut cdf = prob;
+            while u > cdf && k < 200 {
+                k += 1;
+                prob *= mean / k as f64;
+                cdf += prob;
+            }
+            if k > 0 {
+                i.push(gene as i32);
+                x.push(k as f64);
+            }
+        }
+        p.push(i.len() as i32);
+    }
+    let counts = CscCounts::from_slots(g, n, &p, &i, &x).unwrap();
+    let sample = (0..n).map(|c| (c / 2) as i64 % n_samples).collect();
+    Dataset::new(counts, sample, vec![0; n])
+}
+
+fn double_batch(b: &Batch) -> Batch {
+    let d = |t: &Tensor| t.to_kind(Kind::Double);
+    Batch {
+        log_counts: d(&b.log_counts),
+        log_library: d(&b.log_library),
+        sample: b.sample.shallow_clone(),
+        site: b.site.shallow_clone(),
+        nonzeros: NonZeros {
+            flat: b.nonzeros.flat.shallow_clone(),
+            gene: b.nonzeros.gene.shallow_clone(),
+            value: d(&b.nonzeros.value),
+            lgamma_x1: d(&b.nonzeros.lgamma_x1),
+        },
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let data = toy_data(8, 6, 2, 11);
+    tch::manual_seed(0);
+    let mut model = MrviModel::new(ModelConfig { n_hidden: 5, ..ModelConfig::new(6, 2, 1, 3) }, Device::Cpu);
+    model.vs.double();
+    // Finite differences see the paths through sg(u) and sg(z) that autograd
+    // must not: with A_s = 0 and C_b = 0 those paths have zero derivative, so
+    // both must agree everywhere (A_s and C_b still get their own gradients).
+    // The next test checks that the stop-gradients hold when they are non-zero.
+    for (name, v) in model.vs.variables().iter_mut() {
+        if name.contains("sample_effect.A") || name.contains("C_b") {
+            let _ = tch::no_grad(|| v.zero_());
+        }
+    }
+    let batch = double_batch(&data.batch(&(0..8).collect::<Vec<_>>(), Device::Cpu));
+    let loss = |m: &MrviModel| {
+        tch::manual_seed(42); // the same posterior draw at every evaluation
+        let l = m.losses(&batch, false);
+        (l.reconstruction + l.kl).sum(Kind::Double)
+    };
+    let vars = model.vs.variables();
+    loss(&model).backward();
+    let eps = 1e-6;
+    let mut checked = 0;
+    for (name, v) in vars.iter() {
+        let grad = v.grad();
+        let flat_n = v.numel() as i64;
+        for k in [0, flat_n / 2, flat_n - 1] {
+            let idx = k;
+            let orig = v.view([-1]).double_value(&[idx]);
+            tch::no_grad(|| { let _ = v.view([-1]).get(idx).fill_(orig + eps); });
+            let up = loss(&model).double_value(&[]);
+            tch::no_grad(|| { let _ = v.view([-1]).get(idx).fill_(orig - eps); });
+            let down = loss(&model).double_value(&[]);
+            tch::no_grad(|| { let _ = v.view([-1]).get(idx).fill_(orig); });
+            let fd = (up - down) / (2.0 * eps);
+            let ad = grad.view([-1]).double_value(&[idx]);
+            assert!((fd - ad).abs() <= 1e-4 * (1.0 + fd.abs()), "{name}[{idx}]: autograd {ad} vs finite difference {fd}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30);
+}
+
+#[test]
+fn stop_gradient_keeps_sample_and_site_maps_off_the_encoder() {
+    // The gradient reaching the encoder must be the same whatever A_s and C_b are,
+    // as long as the forward values agree: check that u's gradient does not flow
+    // through A_s sg(u), by comparing to a model with A_s = 0 evaluated at the same z.
+    let data = toy_data(4, 6, 2, 5);
+    tch::manual_seed(0);
+    let model = MrviModel::new(ModelConfig::new(6, 2, 1, 3), Device::Cpu);
+    let batch = data.batch(&[0, 1, 2, 3], Device::Cpu);
+    let u = Tensor::randn([4, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    for (name, v) in model.vs.variables().iter_mut() {
+        if name.contains("sample_effect.A") {
+            tch::no_grad(|| v.copy_(&(v.randn_like())));
+        }
+    }
+    let z = model.z_from_u(&u, &batch.sample);
+    z.sum(Kind::Float).backward();
+    // dz/du through the non-detached path only is the identity: gradient of sum = 1.
+    let g = u.grad();
+    let max_dev = (g - 1.0).abs().max().double_value(&[]);
+    assert!(max_dev < 1e-6, "u received gradient through A_s sg(u): {max_dev}");
+
+    // d logits / d z must be C alone: the site term C_b drop(sg(z)) passes nothing back.
+    for (name, v) in model.vs.variables().iter_mut() {
+        if name.contains("C_b") {
+            tch::no_grad(|| v.copy_(&(v.randn_like())));
+        }
+    }
+    let z = Tensor::randn([4, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let weights = Tensor::randn([4, 6], (Kind::Float, Device::Cpu));
+    (model.decode_logits(&z, &batch.site, false) * &weights).sum(Kind::Float).backward();
+    let c = &model.vs.variables()["decoder.C.weight"]; // [G, L]
+    let expected = weights.matmul(c);
+    let dev = (z.grad() - expected).abs().max().double_value(&[]);
+    assert!(dev < 1e-5, "z received gradient through C_b sg(z): {dev}");
+}
+
+#[test]
+fn training_improves_the_elbo_and_is_reproducible() {
+    let run = || {
+        let data = toy_data(600, 40, 4, 3);
+        let cfg = TrainConfig { max_epochs: Some(40), n_epochs_kl_warmup: 4, seed: 9, ..Default::default() };
+        let mut t = Trainer::new(ModelConfig::new(40, 4, 1, 4), cfg, data, Device::Cpu).unwrap();
+        while !t.done() {
+            t.run_epoch(&mut || false).unwrap();
+        }
+        let hist: Vec<f64> = t.history.iter().map(|h| h.validation_elbo).collect();
+        let data = toy_data(600, 40, 4, 3);
+        let model = t.finish();
+        (hist, latent(&model, &data, Which::U, true, 128), varstore_to_bytes(&model.vs).unwrap())
+    };
+    let (hist, u1, w1) = run();
+    assert!(hist.iter().all(|v| v.is_finite()));
+    assert!(hist.last().unwrap() > &(hist[0] + 5.0), "validation ELBO did not improve: {hist:?}");
+    let (_, u2, w2) = run();
+    assert!(w1 == w2, "same seed, different weights");
+    assert!(u1 == u2, "same seed, different latents");
+    // the two cell types (even and odd cells) are separated along u
+    let n = 600;
+    let stats = |col: &[f32], parity: usize| {
+        let v: Vec<f32> = (0..n).filter(|c| c % 2 == parity).map(|c| col[c]).collect();
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        let var = v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / (v.len() - 1) as f32;
+        (m, var)
+    };
+    // largest standardised gap between the type means over the dimensions of u
+    let separation = (0..4)
+        .map(|d| {
+            let col = &u1[d * n..(d + 1) * n];
+            let ((m0, v0), (m1, v1)) = (stats(col, 0), stats(col, 1));
+            (m0 - m1).abs() / ((v0 + v1) / 2.0).sqrt()
+        })
+        .fold(0f32, f32::max);
+    assert!(separation > 4.0, "cell types not separated in u: standardised gap {separation}");
+}
+
+#[test]
+fn weights_round_trip_through_safetensors() {
+    tch::manual_seed(1);
+    let a = MrviModel::new(ModelConfig::new(7, 3, 2, 4), Device::Cpu);
+    let bytes = varstore_to_bytes(&a.vs).unwrap();
+    tch::manual_seed(2);
+    let mut b = MrviModel::new(ModelConfig::new(7, 3, 2, 4), Device::Cpu);
+    load_bytes_into(&mut b.vs, &bytes).unwrap();
+    assert_eq!(varstore_to_bytes(&b.vs).unwrap(), bytes);
+    let mut c = MrviModel::new(ModelConfig::new(8, 3, 2, 4), Device::Cpu);
+    let err = load_bytes_into(&mut c.vs, &bytes).unwrap_err().to_string();
+    assert!(err.contains("shape"), "{err}");
+}
