@@ -4,13 +4,55 @@
 #' @usage NULL
 #' @useDynLib mrvi, .registration = TRUE
 NULL
-
+#' libtorch facts for mrviBackend().
+#' @noRd
 mrvi_backend_info <- function() .Call(wrap__mrvi_backend_info)
 
+#' Set libtorch's intra-op thread count; returns the count now in use.
+#' @noRd
 mrvi_set_threads <- function(n) .Call(wrap__mrvi_set_threads, n)
 
+#' Resolve a device name ("cpu", "cuda", "cuda:K", "auto") to the one that will be used.
+#' @noRd
 mrvi_resolve_device <- function(name) .Call(wrap__mrvi_resolve_device, name)
 
+#' Hand the CSC slots of a genes x cells dgCMatrix to Rust, which checks their
+#' structure and values; returns the library size of every cell.
+#' @noRd
 mrvi_csc_library_sizes <- function(n_genes, n_cells, p, i, x) .Call(wrap__mrvi_csc_library_sizes, n_genes, n_cells, p, i, x)
 
+#' Panics on purpose: the tests check that a Rust panic becomes an R error.
+#' @noRd
 mrvi_debug_panic <- function() .Call(wrap__mrvi_debug_panic)
+
+#' Build the model and trainer. Codes are 0-based.
+#' @noRd
+mrvi_trainer_new <- function(n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device) .Call(wrap__mrvi_trainer_new, n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device)
+
+#' @noRd
+mrvi_trainer_info <- function(h) .Call(wrap__mrvi_trainer_info, h)
+
+#' Run one epoch; Ctrl-C is checked between minibatches.
+#' @noRd
+mrvi_trainer_epoch <- function(h) .Call(wrap__mrvi_trainer_epoch, h)
+
+#' Finish: restore the best weights and return them as safetensors bytes.
+#' @noRd
+mrvi_trainer_finish <- function(h) .Call(wrap__mrvi_trainer_finish, h)
+
+#' Rebuild a model from its configuration JSON and weights.
+#' @noRd
+mrvi_model_new <- function(config_json, weights, device) .Call(wrap__mrvi_model_new, config_json, weights, device)
+
+#' Whether an external pointer still holds a model (FALSE after saveRDS/readRDS).
+#' @noRd
+mrvi_model_valid <- function(h) .Call(wrap__mrvi_model_valid, h)
+
+#' Posterior mean and sd of u for the cells of a count matrix (column-major cells x L).
+#' @noRd
+mrvi_encode <- function(h, n_genes, n_cells, p, i, x, sample) .Call(wrap__mrvi_encode, h, n_genes, n_cells, p, i, x, sample)
+
+#' z = u + A_s u + a_s for u (cells x L, column-major) and 0-based sample codes.
+#' @noRd
+mrvi_z_from_u <- function(h, u, sample) .Call(wrap__mrvi_z_from_u, h, u, sample)
+

@@ -15,6 +15,9 @@
 #' }
 #' @keywords internal
 #' @useDynLib mrvi, .registration = TRUE
+#' @importFrom methods new is show
+#' @importFrom graphics plot
+#' @importFrom Matrix sparseMatrix
 "_PACKAGE"
 
 .onLoad <- function(libname, pkgname) {

@@ -1,50 +1,101 @@
-//! Latent representations of cells, streamed over chunks of cells.
+//! Latent representations of cells, streamed over chunks of cells. Matrices
+//! cross to R column-major (cells x L), so helpers here read and write that layout.
 
 use crate::batch::Dataset;
+use crate::error::Result;
 use crate::model::MrviModel;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Which {
-    U,
-    Z,
-}
-
-/// Cells x L matrix, column-major (R's layout), of u or z (z under each cell's
-/// own sample). `use_mean`: the posterior mean of u; otherwise one draw per cell.
-pub fn latent(model: &MrviModel, data: &Dataset, which: Which, use_mean: bool, chunk: usize) -> Vec<f32> {
+/// Posterior mean and standard deviation of u for every cell (cells x L each,
+/// column-major).
+pub fn encode(model: &MrviModel, data: &Dataset, chunk: usize) -> (Vec<f32>, Vec<f32>) {
     let n = data.n_cells();
     let l = model.config.n_latent as usize;
-    let mut out = vec![0f32; n * l];
+    let (mut mean, mut sd) = (vec![0f32; n * l], vec![0f32; n * l]);
     let cells: Vec<usize> = (0..n).collect();
     let mut start = 0;
     tch::no_grad(|| {
         for part in cells.chunks(chunk.max(1)) {
             let batch = data.batch(part, model.device());
             let q = model.encode(&batch.log_counts, &batch.sample);
-            let u = if use_mean { q.mean.shallow_clone() } else { q.rsample() };
-            let rep = match which {
-                Which::U => u,
-                Which::Z => model.z_from_u(&u, &batch.sample),
-            };
-            copy_column_major(&rep, &mut out, start, n);
+            copy_column_major(&q.mean, &mut mean, start, n);
+            copy_column_major(&q.sd, &mut sd, start, n);
             start += part.len();
         }
     });
-    out
+    (mean, sd)
 }
 
-/// Write rows [start, start + rows) of a [rows, L] tensor into a column-major
+/// z = u + A_s u + a_s for given u (cells x L, column-major) and samples.
+pub fn z_from_u(model: &MrviModel, u: &[f32], sample: &[i64], chunk: usize) -> Result<Vec<f32>> {
+    let n = sample.len();
+    let l = model.config.n_latent as usize;
+    if u.len() != n * l {
+        crate::invalid!("u has {} values, expected {} cells x {} dimensions", u.len(), n, l);
+    }
+    if sample.iter().any(|&s| s < 0 || s >= model.config.n_samples) {
+        crate::invalid!("sample codes outside the fitted samples");
+    }
+    let mut out = vec![0f32; n * l];
+    tch::no_grad(|| {
+        let mut start = 0;
+        while start < n {
+            let end = (start + chunk.max(1)).min(n);
+            let ut = rows_from_column_major(u, n, l, start, end).to_device(model.device());
+            let s = Tensor::from_slice(&sample[start..end]).to_device(model.device());
+            copy_column_major(&model.z_from_u(&ut, &s), &mut out, start, n);
+            start = end;
+        }
+    });
+    Ok(out)
+}
+
+/// Rows [start, end) of a column-major n x l buffer as a [end - start, l] tensor.
+pub fn rows_from_column_major(v: &[f32], n: usize, l: usize, start: usize, end: usize) -> Tensor {
+    let rows = end - start;
+    let mut buf = vec![0f32; rows * l];
+    for c in 0..l {
+        for r in 0..rows {
+            buf[r * l + c] = v[c * n + start + r];
+        }
+    }
+    Tensor::from_slice(&buf).view([rows as i64, l as i64])
+}
+
+/// Write a [rows, L] tensor into rows [start, start + rows) of a column-major
 /// n x L buffer.
 pub fn copy_column_major(t: &Tensor, out: &mut [f32], start: usize, n: usize) {
-    let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
     let (rows, cols) = t.size2().expect("2-d");
-    let mut buf = vec![0f32; (rows * cols) as usize];
+    let (rows, cols) = (rows as usize, cols as usize);
+    let mut buf = vec![0f32; rows * cols];
     let len = buf.len();
     t.copy_data(&mut buf, len);
-    for r in 0..rows as usize {
-        for c in 0..cols as usize {
-            out[c * n + start + r] = buf[r * cols as usize + c];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * n + start + r] = buf[r * cols + c];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_major_round_trip() {
+        let (n, l) = (5, 3);
+        let v: Vec<f32> = (0..(n * l)).map(|x| x as f32).collect();
+        let t = rows_from_column_major(&v, n, l, 1, 4);
+        assert_eq!(t.size(), vec![3, 3]);
+        // row 0 of t is cell 1: values 1, 6, 11
+        assert_eq!(t.double_value(&[0, 1]), 6.0);
+        let mut out = vec![0f32; n * l];
+        copy_column_major(&t, &mut out, 1, n);
+        for c in 0..l {
+            for r in 1..4 {
+                assert_eq!(out[c * n + r], v[c * n + r]);
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use mrvi_core::batch::Dataset;
 use mrvi_core::data::CscCounts;
-use mrvi_core::infer::{latent, Which};
+use mrvi_core::infer::encode;
 use mrvi_core::io::{load_bytes_into, varstore_to_bytes};
 use mrvi_core::model::config::{ModelConfig, TrainConfig};
 use mrvi_core::model::nb::NonZeros;
@@ -154,7 +154,7 @@ fn training_improves_the_elbo_and_is_reproducible() {
         let hist: Vec<f64> = t.history.iter().map(|h| h.validation_elbo).collect();
         let data = toy_data(600, 40, 4, 3);
         let model = t.finish();
-        (hist, latent(&model, &data, Which::U, true, 128), varstore_to_bytes(&model.vs).unwrap())
+        (hist, encode(&model, &data, 128).0, varstore_to_bytes(&model.vs).unwrap())
     };
     let (hist, u1, w1) = run();
     assert!(hist.iter().all(|v| v.is_finite()));

@@ -3,7 +3,13 @@
 //! as an R error (extendr catches panics; `panic = "unwind"` in the profile).
 
 use extendr_api::prelude::*;
-use mrvi_core::{backend, data::CscCounts};
+use mrvi_core::batch::Dataset;
+use mrvi_core::infer::{encode, z_from_u};
+use mrvi_core::model::config::{ModelConfig, TrainConfig};
+use mrvi_core::model::MrviModel;
+use mrvi_core::train::Trainer;
+use mrvi_core::{backend, data::CscCounts, io};
+use std::os::raw::{c_int, c_void};
 
 type RResult<T> = extendr_api::Result<T>;
 
@@ -46,6 +52,167 @@ fn mrvi_csc_library_sizes(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &
     Ok(m.library_sizes().into_iter().map(f64::from).collect())
 }
 
+// --- Ctrl-C -------------------------------------------------------------------------
+// R_CheckUserInterrupt() longjmps on an interrupt, which must never cross Rust
+// frames. R_ToplevelExec runs it in a protected top-level context: it returns
+// FALSE when the check jumped, and the interrupt is then handled by us.
+extern "C" {
+    fn R_ToplevelExec(fun: extern "C" fn(*mut c_void), data: *mut c_void) -> c_int;
+    fn R_CheckUserInterrupt();
+}
+
+extern "C" fn check_interrupt(_: *mut c_void) {
+    unsafe { R_CheckUserInterrupt() }
+}
+
+fn interrupt_pending() -> bool {
+    unsafe { R_ToplevelExec(check_interrupt, std::ptr::null_mut()) == 0 }
+}
+
+fn dataset(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32]) -> RResult<Dataset> {
+    let counts = CscCounts::from_slots(n_genes as usize, n_cells as usize, p, i, x).map_err(rerr)?;
+    let to_i64 = |v: &[i32]| v.iter().map(|&c| c as i64).collect::<Vec<_>>();
+    if sample.len() != n_cells as usize || site.len() != n_cells as usize {
+        return Err(extendr_api::Error::Other("sample and site codes must have one value per cell".into()));
+    }
+    Ok(Dataset::new(counts, to_i64(sample), to_i64(site)))
+}
+
+// --- training ---------------------------------------------------------------------------
+
+/// A trainer between epochs; `None` once finished.
+pub struct TrainerHandle(Option<Trainer>);
+
+fn trainer_mut(h: &mut ExternalPtr<TrainerHandle>) -> RResult<&mut Trainer> {
+    h.try_addr_mut()?.0.as_mut().ok_or_else(|| extendr_api::Error::Other("this training run has finished".into()))
+}
+
+/// Build the model and trainer. Codes are 0-based.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn mrvi_trainer_new(
+    n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32],
+    n_samples: i32, n_batches: i32, n_latent: i32, max_epochs: i32, batch_size: i32, lr: f64,
+    n_epochs_kl_warmup: i32, early_stopping: bool, patience: i32, validation_fraction: f64,
+    seed: f64, device: &str,
+) -> RResult<ExternalPtr<TrainerHandle>> {
+    let data = dataset(n_genes, n_cells, p, i, x, sample, site)?;
+    let device = backend::resolve_device(device).map_err(rerr)?;
+    let model_config = ModelConfig::new(n_genes as i64, n_samples as i64, n_batches as i64, n_latent as i64);
+    let config = TrainConfig {
+        max_epochs: if max_epochs > 0 { Some(max_epochs as usize) } else { None },
+        batch_size: batch_size as usize,
+        lr,
+        n_epochs_kl_warmup: n_epochs_kl_warmup as usize,
+        early_stopping,
+        patience: patience as usize,
+        validation_fraction,
+        seed: seed as u64,
+        ..Default::default()
+    };
+    let t = Trainer::new(model_config, config, data, device).map_err(rerr)?;
+    Ok(ExternalPtr::new(TrainerHandle(Some(t))))
+}
+
+/// @noRd
+#[extendr]
+fn mrvi_trainer_info(mut h: ExternalPtr<TrainerHandle>) -> RResult<List> {
+    let t = trainer_mut(&mut h)?;
+    Ok(list!(
+        max_epochs = t.max_epochs as i32,
+        n_validation = t.n_validation() as i32,
+        device = t.device_name(),
+        model_config = serde_json::to_string(&t.model.config).unwrap_or_default()
+    ))
+}
+
+/// Run one epoch; Ctrl-C is checked between minibatches.
+/// @noRd
+#[extendr]
+fn mrvi_trainer_epoch(mut h: ExternalPtr<TrainerHandle>) -> RResult<List> {
+    let t = trainer_mut(&mut h)?;
+    match t.run_epoch(&mut interrupt_pending) {
+        Ok(s) => Ok(list!(
+            epoch = s.epoch as i32,
+            kl_weight = s.kl_weight,
+            train_elbo = s.train_elbo,
+            train_reconstruction = s.train_reconstruction,
+            train_kl = s.train_kl,
+            validation_elbo = s.validation_elbo,
+            validation_reconstruction = s.validation_reconstruction,
+            validation_kl = s.validation_kl,
+            seconds = s.seconds,
+            cells_per_second = s.cells_per_second,
+            done = t.done(),
+            stopped_early = t.stopped_early,
+            interrupted = false
+        )),
+        Err(mrvi_core::Error::Interrupted) => Ok(list!(interrupted = true)),
+        Err(e) => Err(rerr(e)),
+    }
+}
+
+/// Finish: restore the best weights and return them as safetensors bytes.
+/// @noRd
+#[extendr]
+fn mrvi_trainer_finish(mut h: ExternalPtr<TrainerHandle>) -> RResult<List> {
+    let handle = h.try_addr_mut()?;
+    let t = handle.0.take().ok_or_else(|| extendr_api::Error::Other("this training run has finished".into()))?;
+    let best = t.best_epoch().map(|e| e as i32).unwrap_or(i32::MIN); // R's NA_integer_
+    let stopped = t.stopped_early;
+    let model = t.finish();
+    let bytes = io::varstore_to_bytes(&model.vs).map_err(rerr)?;
+    Ok(list!(weights = Raw::from_bytes(&bytes), best_epoch = best, stopped_early = stopped))
+}
+
+// --- fitted models -------------------------------------------------------------------------
+
+/// Rebuild a model from its configuration JSON and weights.
+/// @noRd
+#[extendr]
+fn mrvi_model_new(config_json: &str, weights: Raw, device: &str) -> RResult<ExternalPtr<MrviModel>> {
+    let config: ModelConfig = serde_json::from_str(config_json).map_err(|e| rerr(e.into()))?;
+    let device = backend::resolve_device(device).map_err(rerr)?;
+    let mut model = MrviModel::new(config, device);
+    io::load_bytes_into(&mut model.vs, weights.as_slice()).map_err(rerr)?;
+    Ok(ExternalPtr::new(model))
+}
+
+/// Whether an external pointer still holds a model (FALSE after saveRDS/readRDS).
+/// @noRd
+#[extendr]
+fn mrvi_model_valid(h: Robj) -> bool {
+    ExternalPtr::<MrviModel>::try_from(h).map(|p| p.try_addr().is_ok()).unwrap_or(false)
+}
+
+/// Posterior mean and sd of u for the cells of a count matrix (column-major cells x L).
+/// @noRd
+#[extendr]
+fn mrvi_encode(h: ExternalPtr<MrviModel>, n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32]) -> RResult<List> {
+    let model = h.try_addr()?;
+    model.check_compatible(n_genes as usize).map_err(rerr)?;
+    let site = vec![0; sample.len()];
+    let data = dataset(n_genes, n_cells, p, i, x, sample, &site)?;
+    if data.sample.iter().any(|&s| s >= model.config.n_samples) {
+        return Err(extendr_api::Error::Other("sample codes outside the fitted samples".into()));
+    }
+    let (mean, sd) = encode(model, &data, 1024);
+    let f = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+    Ok(list!(mean = f(mean), sd = f(sd)))
+}
+
+/// z = u + A_s u + a_s for u (cells x L, column-major) and 0-based sample codes.
+/// @noRd
+#[extendr]
+fn mrvi_z_from_u(h: ExternalPtr<MrviModel>, u: &[f64], sample: &[i32]) -> RResult<Vec<f64>> {
+    let model = h.try_addr()?;
+    let u: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+    let s: Vec<i64> = sample.iter().map(|&v| v as i64).collect();
+    let z = z_from_u(model, &u, &s, 4096).map_err(rerr)?;
+    Ok(z.into_iter().map(f64::from).collect())
+}
+
 /// Panics on purpose: the tests check that a Rust panic becomes an R error.
 /// @noRd
 #[extendr]
@@ -61,4 +228,12 @@ extendr_module! {
     fn mrvi_resolve_device;
     fn mrvi_csc_library_sizes;
     fn mrvi_debug_panic;
+    fn mrvi_trainer_new;
+    fn mrvi_trainer_info;
+    fn mrvi_trainer_epoch;
+    fn mrvi_trainer_finish;
+    fn mrvi_model_new;
+    fn mrvi_model_valid;
+    fn mrvi_encode;
+    fn mrvi_z_from_u;
 }

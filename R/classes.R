@@ -1,0 +1,91 @@
+#' The fitted MrVI model
+#'
+#' `mrvi()` returns a `MrVIFit`. It holds everything needed to use the model
+#' again, in this or another R session: the configuration, the weights as raw
+#' safetensors bytes, the sample table, the training history, the names of
+#' genes, samples, sites and cells, and the posterior of u for the training
+#' cells. The native (libtorch) model is a cache, rebuilt from the weights on
+#' first use, so `saveRDS()`/`readRDS()` and parallel workers just work.
+#'
+#' @slot config list: `model_json` (the architecture, JSON), `train` (training
+#'   settings), `device`, `seed`, `best_epoch`, `stopped_early`, `interrupted`,
+#'   `mrvi_version`.
+#' @slot weights raw: the weights in safetensors format.
+#' @slot sample_table data.frame: one row per sample with its covariates.
+#' @slot history data.frame: per epoch, train and validation ELBO,
+#'   reconstruction loss and KL (per-cell means), KL weight, seconds, cells/s.
+#' @slot genes,samples,batches,labels character: level names (`labels` empty
+#'   when none were given).
+#' @slot cell_data data.frame: per training cell: `sample`, `batch`, `labels`
+#'   and the cell metadata of the input; row names are the cell names.
+#' @slot u_mean,u_sd matrix: cells x L posterior mean and sd of u.
+#' @slot cache environment: the native model, rebuilt when missing.
+#' @exportClass MrVIFit
+setClass("MrVIFit", representation(
+  config = "list",
+  weights = "raw",
+  sample_table = "data.frame",
+  history = "data.frame",
+  genes = "character",
+  samples = "character",
+  batches = "character",
+  labels = "character",
+  cell_data = "data.frame",
+  u_mean = "matrix",
+  u_sd = "matrix",
+  cache = "environment"
+))
+
+# The native model behind a fit: built from the weights on first use, and again
+# after saveRDS()/readRDS() (the external pointer is then NULL).
+native_model <- function(fit) {
+  ptr <- fit@cache$model
+  if (is.null(ptr) || !mrvi_model_valid(ptr)) {
+    device <- fit@config$device
+    if (!identical(device, "cpu") && !mrvi_backend_info()$cuda_available) device <- "cpu"
+    ptr <- mrvi_model_new(fit@config$model_json, fit@weights, device)
+    assign("model", ptr, envir = fit@cache)
+  }
+  ptr
+}
+
+#' @rdname MrVIFit-class
+#' @param object a `MrVIFit`.
+#' @export
+setMethod("show", "MrVIFit", function(object) {
+  h <- object@history
+  cat(sprintf("<MrVIFit> MrVI (linear flavour), L = %d, trained on %d cells x %d genes\n",
+              ncol(object@u_mean), nrow(object@cell_data), length(object@genes)))
+  cat(sprintf("  samples: %d (%s)\n", length(object@samples), show_some(object@samples, 4)))
+  cat(sprintf("  sites:   %d\n", length(object@batches)))
+  if (nrow(h)) {
+    last <- h[nrow(h), ]
+    cat(sprintf("  epochs:  %d on %s, best %s%s; validation ELBO %.2f per cell\n",
+                nrow(h), object@config$device, object@config$best_epoch,
+                if (isTRUE(object@config$stopped_early)) " (stopped early)" else
+                  if (isTRUE(object@config$interrupted)) " (interrupted)" else "",
+                h$validation_elbo[object@config$best_epoch %||% nrow(h)]))
+  }
+  covs <- setdiff(names(object@sample_table), c("sample", "n_cells"))
+  cat(sprintf("  sample covariates: %s\n", if (length(covs)) paste(covs, collapse = ", ") else "none"))
+  invisible(object)
+})
+
+#' @rdname MrVIFit-class
+#' @param ... unused.
+#' @export
+setMethod("summary", "MrVIFit", function(object, ...) {
+  h <- object@history
+  best <- object@config$best_epoch %||% nrow(h)
+  list(
+    n_cells = nrow(object@cell_data), n_genes = length(object@genes),
+    n_samples = length(object@samples), n_batches = length(object@batches),
+    n_latent = ncol(object@u_mean), epochs = nrow(h), best_epoch = best,
+    stopped_early = isTRUE(object@config$stopped_early),
+    train_elbo = if (nrow(h)) h$train_elbo[best] else NA_real_,
+    validation_elbo = if (nrow(h)) h$validation_elbo[best] else NA_real_,
+    seconds = sum(h$seconds), device = object@config$device
+  )
+})
+
+`%||%` <- function(a, b) if (is.null(a) || (length(a) == 1 && is.na(a))) b else a

@@ -1,0 +1,222 @@
+#' Fit MrVI to multi-sample single-cell counts
+#'
+#' Trains the MrVI model of Boyeau et al. (2022), flavour "linear" (the paper's):
+#' per cell a sample-free state \eqn{u \sim N(0, I_L)} and a sample-aware state
+#' \eqn{z = u + A_s\,sg(u) + a_s}; counts are negative binomial with mean
+#' \eqn{l \cdot softmax(C z + C_b\,drop(sg(z)) + c_b)} for site b, gene-wise
+#' inverse dispersion and the observed library size l. The encoder
+#' \eqn{q(u | x, s)} reads log1p counts with sample-conditional normalisation.
+#' Training maximises the ELBO with Adam (weight decay 1e-8, gradient-norm
+#' clipping at 40), a linear KL warm-up, a held-out validation set and early
+#' stopping that restores the weights of the best validation ELBO.
+#'
+#' @inheritParams mrviData
+#' @param n_latent dimension L of u and z.
+#' @param max_epochs maximum number of epochs; `NULL` uses
+#'   \eqn{min(400, round(20000 / N \cdot 400))}, at least 1.
+#' @param batch_size minibatch size.
+#' @param lr Adam learning rate.
+#' @param n_epochs_kl_warmup epochs over which the KL weight rises linearly
+#'   from 0 to 1.
+#' @param early_stopping stop when the validation ELBO has not improved for
+#'   `patience` epochs after the warm-up, and restore the best weights.
+#' @param patience see `early_stopping`.
+#' @param validation_fraction share of cells held out for the validation ELBO
+#'   (0 turns validation off; early stopping then watches the training ELBO).
+#' @param device `"cpu"`, `"cuda"` (or `"cuda:K"`), or `"auto"` (CUDA when
+#'   libtorch sees a GPU, else CPU). The device used is printed.
+#' @param n_threads CPU threads for libtorch; `NULL` uses
+#'   `getOption("mrvi.threads")` (all cores by default).
+#' @param seed integer seed: on the CPU a fixed seed gives identical weights
+#'   and latents.
+#' @param verbose print the set-up and a progress bar (epoch, ELBO, time left).
+#'
+#' @section Interrupting: Ctrl-C is checked between minibatches. Training then
+#'   stops cleanly: when at least one epoch has finished, `mrvi()` returns the
+#'   model with the weights of the best epoch so far and a warning of class
+#'   `mrvi_interrupted` (`fit@config$interrupted` is `TRUE`); before that it
+#'   signals an error. The session keeps running and the input is untouched.
+#'
+#' @return a [MrVIFit-class] object.
+#' @references Boyeau P, Hong J, Gayoso A, Jordan MI, Azizi E, Yosef N (2022).
+#'   Deep generative modeling for quantifying sample-level heterogeneity in
+#'   single-cell omics. bioRxiv 2022.10.04.510898.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' fit
+#' head(mrviLatent(fit))
+#' @export
+mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_latent = 10,
+                 max_epochs = NULL, batch_size = 256, lr = 2e-3, n_epochs_kl_warmup = 20,
+                 early_stopping = TRUE, patience = 15, validation_fraction = 0.1,
+                 device = "auto", n_threads = NULL, seed = 1, verbose = TRUE, ...) {
+  call <- sys.call()
+  check_dots(...)
+  n_latent <- check_count(n_latent, "n_latent", call)
+  if (!is.null(max_epochs)) max_epochs <- check_count(max_epochs, "max_epochs", call)
+  batch_size <- check_count(batch_size, "batch_size", call)
+  if (batch_size < 2) abort_arg("{.arg batch_size} must be at least 2.", call = call)
+  check_positive(lr, "lr", call)
+  n_epochs_kl_warmup <- check_whole(n_epochs_kl_warmup, "n_epochs_kl_warmup", call)
+  patience <- check_count(patience, "patience", call)
+  check_flag(early_stopping, "early_stopping", call)
+  check_flag(verbose, "verbose", call)
+  if (!is.numeric(validation_fraction) || length(validation_fraction) != 1 ||
+      is.na(validation_fraction) || validation_fraction < 0 || validation_fraction >= 0.5) {
+    abort_arg("{.arg validation_fraction} must be one number in [0, 0.5).", call = call)
+  }
+  seed <- check_whole(seed, "seed", call)
+  device_used <- resolve_device(device, call)
+
+  data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay), call)
+  apply_threads(n_threads, call = call)
+  counts <- data$counts
+  trainer <- mrvi_trainer_new(
+    nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
+    as.integer(data$sample) - 1L, as.integer(data$batch) - 1L,
+    nlevels(data$sample), nlevels(data$batch), n_latent,
+    if (is.null(max_epochs)) 0L else max_epochs, batch_size, lr, n_epochs_kl_warmup,
+    early_stopping, patience, validation_fraction, seed, device_used
+  )
+  info <- mrvi_trainer_info(trainer)
+  if (verbose) {
+    inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
+                          "{nlevels(data$sample)} samples, {nlevels(data$batch)} site{?s}; ",
+                          "device {.strong {info$device}}, {mrvi_backend_info()$threads} thread{?s}, ",
+                          "up to {info$max_epochs} epoch{?s}.")))
+  }
+  run <- train_epochs(trainer, info$max_epochs, verbose)
+  if (run$interrupted && !length(run$history)) {
+    abort_arg("Training was interrupted before its first epoch finished: no model to return.",
+              call = call, class = "mrvi_interrupted")
+  }
+  done <- mrvi_trainer_finish(trainer)
+  history <- do.call(rbind, lapply(run$history, function(s) {
+    as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
+  }))
+  fit <- new("MrVIFit",
+    config = list(model_json = info$model_config, device = info$device, seed = seed,
+                  train = list(n_latent = n_latent, max_epochs = info$max_epochs,
+                               batch_size = batch_size, lr = lr,
+                               n_epochs_kl_warmup = n_epochs_kl_warmup,
+                               early_stopping = early_stopping, patience = patience,
+                               validation_fraction = validation_fraction),
+                  best_epoch = if (early_stopping) done$best_epoch else nrow(history),
+                  stopped_early = done$stopped_early, interrupted = run$interrupted,
+                  mrvi_version = as.character(utils::packageVersion("mrvi"))),
+    weights = done$weights,
+    sample_table = data$sample_table,
+    history = history,
+    genes = rownames(counts),
+    samples = levels(data$sample),
+    batches = levels(data$batch),
+    labels = if (is.null(data$labels)) character() else levels(data$labels),
+    cell_data = fit_cell_data(data),
+    u_mean = matrix(0, 0, 0), u_sd = matrix(0, 0, 0),
+    cache = new.env(parent = emptyenv())
+  )
+  post <- mrvi_encode(native_model(fit), nrow(counts), ncol(counts), counts@p, counts@i,
+                      counts@x, as.integer(data$sample) - 1L)
+  fit@u_mean <- latent_matrix(post$mean, colnames(counts), "u")
+  fit@u_sd <- latent_matrix(post$sd, colnames(counts), "u")
+  if (run$interrupted) {
+    cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",
+                    "i" = "Returning the model with the weights of epoch {fit@config$best_epoch}."),
+                  class = c("mrvi_interrupted", "mrvi_warning"))
+  }
+  fit
+}
+
+# The epoch loop runs in R so that the progress bar and Ctrl-C stay responsive;
+# each epoch runs in Rust, which checks for Ctrl-C between minibatches.
+train_epochs <- function(trainer, max_epochs, verbose) {
+  history <- list()
+  interrupted <- FALSE
+  fmt <- function(v) if (is.finite(v)) formatC(v, format = "f", digits = 1) else "-"
+  if (verbose) {
+    pb <- cli::cli_progress_bar(
+      total = max_epochs, clear = FALSE,
+      format = paste("Epoch {cli::pb_current}/{cli::pb_total} {cli::pb_bar}",
+                     "ELBO train {elbo_train} val {elbo_val} | {cli::pb_eta_str}"),
+      .envir = environment()
+    )
+    elbo_train <- elbo_val <- "-"
+  }
+  repeat {
+    s <- mrvi_trainer_epoch(trainer)
+    if (isTRUE(s$interrupted)) {
+      interrupted <- TRUE
+      break
+    }
+    history[[length(history) + 1]] <- s
+    if (verbose) {
+      elbo_train <- fmt(s$train_elbo)
+      elbo_val <- fmt(s$validation_elbo)
+      cli::cli_progress_update(id = pb, set = s$epoch)
+    }
+    if (s$done) break
+  }
+  if (verbose) {
+    cli::cli_progress_done(id = pb)
+    last <- if (length(history)) history[[length(history)]] else list()
+    if (isTRUE(last$stopped_early)) {
+      inform(c("i" = "Stopped early after epoch {last$epoch}: the validation ELBO stopped improving."))
+    }
+  }
+  list(history = history, interrupted = interrupted)
+}
+
+fit_cell_data <- function(data) {
+  df <- data.frame(sample = data$sample, batch = data$batch, row.names = colnames(data$counts))
+  if (!is.null(data$labels)) df$labels <- data$labels
+  if (!is.null(data$cell_meta)) {
+    extra <- setdiff(names(data$cell_meta), names(df))
+    keep <- vapply(data$cell_meta[extra], function(v) is.atomic(v) && is.null(dim(v)), logical(1))
+    df <- cbind(df, data$cell_meta[extra[keep]])
+  }
+  df
+}
+
+latent_matrix <- function(values, cells, prefix) {
+  m <- matrix(values, nrow = length(cells))
+  dimnames(m) <- list(cells, paste0(prefix, seq_len(ncol(m))))
+  m
+}
+
+resolve_device <- function(device, call) {
+  if (!is.character(device) || length(device) != 1 || is.na(device)) {
+    abort_arg("{.arg device} must be {.val cpu}, {.val cuda} or {.val auto}.", call = call)
+  }
+  tryCatch(mrvi_resolve_device(device), error = function(e) {
+    abort_arg(c("{.arg device} = {.val {device}} cannot be used.", "x" = conditionMessage(e)),
+              call = call)
+  })
+}
+
+# Re-signal input errors as coming from the function the user called.
+with_call <- function(expr, call) {
+  tryCatch(expr, mrvi_error = function(e) {
+    e$call <- call
+    stop(e)
+  })
+}
+
+check_positive <- function(v, arg, call) {
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v <= 0 || !is.finite(v)) {
+    abort_arg("{.arg {arg}} must be one positive number.", call = call)
+  }
+}
+
+check_whole <- function(v, arg, call) {
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v)) {
+    abort_arg("{.arg {arg}} must be one non-negative whole number.", call = call)
+  }
+  as.integer(v)
+}
+
+check_flag <- function(v, arg, call) {
+  if (!is.logical(v) || length(v) != 1 || is.na(v)) {
+    abort_arg("{.arg {arg}} must be {.code TRUE} or {.code FALSE}.", call = call)
+  }
+}

@@ -1,0 +1,86 @@
+#' Latent representations u and z of cells
+#'
+#' @param fit a [MrVIFit-class].
+#' @param x `NULL` for the cells the model was trained on, or new cells with
+#'   the same genes (any input [mrviData()] accepts; genes are matched by name).
+#' @param which `"u"` (sample-free) or `"z"` (sample-aware, under each cell's
+#'   own sample).
+#' @param use_mean `TRUE`: the posterior mean of u; `FALSE`: one draw from the
+#'   posterior per cell (from R's random generator: use [set.seed()]).
+#' @param sample for new cells (`x` given): their samples, a column name or a
+#'   vector; each must be one of the fitted samples.
+#' @return a cells x L matrix with dimnames.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' dim(mrviLatent(fit, which = "z"))
+#' @export
+mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL) {
+  call <- sys.call()
+  check_fit(fit, call)
+  which <- match_choice(which, c("u", "z"), "which", call)
+  check_flag(use_mean, "use_mean", call)
+  if (is.null(x)) {
+    mean <- fit@u_mean
+    sd <- fit@u_sd
+    codes <- as.integer(fit@cell_data$sample) - 1L
+    cells <- rownames(mean)
+  } else {
+    data <- new_cells(fit, x, sample, call)
+    counts <- data$counts
+    codes <- match(as.character(data$sample), fit@samples) - 1L
+    post <- mrvi_encode(native_model(fit), nrow(counts), ncol(counts), counts@p, counts@i,
+                        counts@x, codes)
+    cells <- colnames(counts)
+    mean <- latent_matrix(post$mean, cells, "u")
+    sd <- latent_matrix(post$sd, cells, "u")
+  }
+  u <- if (use_mean) mean else mean + sd * stats::rnorm(length(sd))
+  if (which == "u") return(u)
+  z <- mrvi_z_from_u(native_model(fit), u, codes)
+  latent_matrix(z, cells, "z")
+}
+
+# Read new cells for a fitted model: known samples, the fitted genes in order.
+new_cells <- function(fit, x, sample, call) {
+  if (is.null(sample)) {
+    abort_arg("{.arg sample} is required with new cells {.arg x}: one of the fitted samples per cell.",
+              call = call)
+  }
+  data <- with_call(suppressMessages(mrviData(x, sample = sample)), call)
+  unknown <- setdiff(levels(data$sample), fit@samples)
+  if (length(unknown)) {
+    abort_arg(c("{.arg sample} has sample{?s} the model was not fitted on: {show_some(unknown)}.",
+                "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
+  }
+  counts <- data$counts
+  missing <- setdiff(fit@genes, rownames(counts))
+  if (length(missing) == length(fit@genes)) {
+    abort_arg(c("{.arg x} shares no gene names with the fit.",
+                "i" = "Use the same gene identifiers as at fitting time."), call = call)
+  }
+  if (length(missing)) {
+    # genes with no counts in the new cells were dropped by mrviData(): put them back as zeros
+    pad <- Matrix::sparseMatrix(i = integer(), j = integer(), x = numeric(),
+                                dims = c(length(missing), ncol(counts)),
+                                dimnames = list(missing, colnames(counts)))
+    counts <- rbind(counts, pad)
+  }
+  data$counts <- methods::as(counts[fit@genes, , drop = FALSE], "CsparseMatrix")
+  data
+}
+
+check_fit <- function(fit, call) {
+  if (!methods::is(fit, "MrVIFit")) {
+    abort_arg(c("{.arg fit} must be a {.cls MrVIFit} from {.fn mrvi}.",
+                "x" = "You gave {.obj_type_friendly {fit}}."), call = call)
+  }
+}
+
+match_choice <- function(value, choices, arg, call) {
+  if (identical(value, choices)) return(choices[1])
+  if (!is.character(value) || length(value) != 1 || !value %in% choices) {
+    abort_arg("{.arg {arg}} must be one of {.val {choices}}.", call = call)
+  }
+  value
+}

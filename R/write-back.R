@@ -1,0 +1,59 @@
+#' Write MrVI latents back into a SingleCellExperiment or Seurat object
+#'
+#' For a `SingleCellExperiment`: `reducedDim(object, "MrVI_u")` and
+#' `"MrVI_z"`, and the fit in `metadata(object)$mrvi`. For a Seurat object: the
+#' reductions `mrvi_u` and `mrvi_z` (keys `mrviu_` and `mrviz_`), and the fit
+#' in `Tool(object, slot = "addMrVI")`. Cells of the object that the fit did
+#' not use (for example empty cells dropped by [mrviData()]) get `NA` rows.
+#'
+#' @param object the `SingleCellExperiment` or Seurat object the fit was made from.
+#' @param fit a [MrVIFit-class].
+#' @return `object` with the latents added.
+#' @examples
+#' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+#'   sim <- mrvi:::example_counts()
+#'   sce <- SingleCellExperiment::SingleCellExperiment(list(counts = sim$counts),
+#'     colData = data.frame(sample = sim$sample))
+#'   fit <- mrvi(sce, sample = "sample", max_epochs = 2, verbose = FALSE)
+#'   sce <- addMrVI(sce, fit)
+#'   SingleCellExperiment::reducedDimNames(sce)
+#' }
+#' @export
+addMrVI <- function(object, fit) {
+  call <- sys.call()
+  check_fit(fit, call)
+  cells <- colnames(object)
+  if (is.null(cells) || !any(cells %in% rownames(fit@u_mean))) {
+    abort_arg(c("{.arg object} shares no cell names with {.arg fit}.",
+                "i" = "Use the object the fit was made from."), call = call)
+  }
+  u <- align_rows(mrviLatent(fit, which = "u"), cells)
+  z <- align_rows(mrviLatent(fit, which = "z"), cells)
+  if (methods::is(object, "SingleCellExperiment")) {
+    SingleCellExperiment::reducedDim(object, "MrVI_u") <- u
+    SingleCellExperiment::reducedDim(object, "MrVI_z") <- z
+    S4Vectors::metadata(object)$mrvi <- fit
+    return(object)
+  }
+  if (methods::is(object, "Seurat")) {
+    assay <- SeuratObject::DefaultAssay(object)
+    used <- rownames(fit@u_mean)
+    colnames(u) <- paste0("mrviu_", seq_len(ncol(u)))
+    colnames(z) <- paste0("mrviz_", seq_len(ncol(z)))
+    object[["mrvi_u"]] <- SeuratObject::CreateDimReducObject(
+      embeddings = u[used, , drop = FALSE], key = "mrviu_", assay = assay)
+    object[["mrvi_z"]] <- SeuratObject::CreateDimReducObject(
+      embeddings = z[used, , drop = FALSE], key = "mrviz_", assay = assay)
+    SeuratObject::Tool(object) <- fit
+    return(object)
+  }
+  abort_arg("{.arg object} must be a {.cls SingleCellExperiment} or a {.cls Seurat} object.",
+            call = call)
+}
+
+align_rows <- function(m, cells) {
+  out <- matrix(NA_real_, length(cells), ncol(m), dimnames = list(cells, colnames(m)))
+  hit <- cells %in% rownames(m)
+  out[hit, ] <- m[cells[hit], , drop = FALSE]
+  out
+}
