@@ -108,6 +108,11 @@ mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "cou
 
 # --- building and checking ---------------------------------------------------------
 
+# Package state. min_samples: fitting compares samples (2 or more); reading new
+# cells for a fitted model (mrviLatent(fit, x)) needs only known ones.
+the <- new.env(parent = emptyenv())
+the$min_samples <- 2L
+
 build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, call) {
   n_genes <- nrow(counts)
   n_cells <- ncol(counts)
@@ -149,7 +154,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, ca
   gone <- levels(sample)[tabulate(sample, nlevels(sample)) == 0]
   if (length(gone)) inform(c("i" = "Dropping sample{?s} {.val {gone}}: no cells with counts remain."))
   sample <- droplevels(sample)
-  if (nlevels(sample) < 2) {
+  if (nlevels(sample) < the$min_samples) {
     abort_arg(c("{.arg sample} must have at least 2 samples with cells; it has {nlevels(sample)}.",
                 "i" = "MrVI compares samples: give cells from two or more samples."), call = call)
   }

@@ -47,6 +47,9 @@ new_cells <- function(fit, x, sample, call) {
     abort_arg("{.arg sample} is required with new cells {.arg x}: one of the fitted samples per cell.",
               call = call)
   }
+  old <- the$min_samples
+  the$min_samples <- 1L
+  on.exit(the$min_samples <- old)
   data <- with_call(suppressMessages(mrviData(x, sample = sample)), call)
   unknown <- setdiff(levels(data$sample), fit@samples)
   if (length(unknown)) {

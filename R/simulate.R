@@ -34,3 +34,16 @@ simulate_counts <- function(n_cells = 600, n_genes = 100, n_samples = 6, n_sites
 }
 
 example_counts <- function() simulate_counts(n_cells = 300, n_genes = 60, n_samples = 4, seed = 1)
+
+# The bundled real data set (inst/extdata): counts (dgCMatrix, genes x cells)
+# and cell metadata (data.frame).
+read_example <- function(name = "cellhashing") {
+  dir <- system.file("extdata", package = "mrvi", mustWork = TRUE)
+  counts <- Matrix::readMM(gzfile(file.path(dir, "counts.mtx.gz")))
+  genes <- utils::read.delim(file.path(dir, "genes.tsv"))
+  cells <- utils::read.csv(file.path(dir, "cells.csv"))
+  counts <- methods::as(methods::as(counts, "CsparseMatrix"), "generalMatrix")
+  dimnames(counts) <- list(genes[[1]], cells$cell_id)
+  rownames(cells) <- cells$cell_id
+  list(counts = counts, cells = cells)
+}

@@ -9,7 +9,7 @@ use mrvi_core::model::config::{ModelConfig, TrainConfig};
 use mrvi_core::model::MrviModel;
 use mrvi_core::train::Trainer;
 use mrvi_core::{backend, data::CscCounts, io};
-use std::os::raw::{c_int, c_void};
+use std::os::raw::c_int;
 
 type RResult<T> = extendr_api::Result<T>;
 
@@ -53,20 +53,23 @@ fn mrvi_csc_library_sizes(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &
 }
 
 // --- Ctrl-C -------------------------------------------------------------------------
-// R_CheckUserInterrupt() longjmps on an interrupt, which must never cross Rust
-// frames. R_ToplevelExec runs it in a protected top-level context: it returns
-// FALSE when the check jumped, and the interrupt is then handled by us.
+// R's SIGINT handler only sets R_interrupts_pending (a public libR variable); R acts
+// on it at its next check. We poll it between minibatches and take the interrupt
+// over (clear it), so that training stops cleanly and mrvi() returns what it has.
+// (R_CheckUserInterrupt would longjmp across Rust frames, which must never happen.)
 extern "C" {
-    fn R_ToplevelExec(fun: extern "C" fn(*mut c_void), data: *mut c_void) -> c_int;
-    fn R_CheckUserInterrupt();
-}
-
-extern "C" fn check_interrupt(_: *mut c_void) {
-    unsafe { R_CheckUserInterrupt() }
+    static mut R_interrupts_pending: c_int;
 }
 
 fn interrupt_pending() -> bool {
-    unsafe { R_ToplevelExec(check_interrupt, std::ptr::null_mut()) == 0 }
+    unsafe {
+        let flag = std::ptr::addr_of_mut!(R_interrupts_pending);
+        if std::ptr::read_volatile(flag) != 0 {
+            std::ptr::write_volatile(flag, 0);
+            return true;
+        }
+    }
+    false
 }
 
 fn dataset(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32]) -> RResult<Dataset> {

@@ -1,0 +1,3 @@
+library(testthat)
+library(mrvi)
+test_check("mrvi")

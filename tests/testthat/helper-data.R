@@ -1,0 +1,23 @@
+# Small inputs shared by the tests.
+small_counts <- function(n_genes = 30, n_cells = 24, seed = 1) {
+  set.seed(seed)
+  m <- matrix(rpois(n_genes * n_cells, 3), n_genes, n_cells,
+              dimnames = list(paste0("gene", seq_len(n_genes)), paste0("cell", seq_len(n_cells))))
+  Matrix::Matrix(m, sparse = TRUE)
+}
+small_samples <- function(n_cells = 24) rep(c("A", "B", "C"), length.out = n_cells)
+
+# One trained fit on simulated nested data, made once per test run.
+nested_fit <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      sim <- mrvi:::simulate_counts(n_cells = 2000, n_genes = 150, n_samples = 8, n_sites = 2,
+                                    n_cell_types = 3, affected = 1, effect = 3, seed = 4)
+      fit <- mrvi(sim$counts, sample = sim$sample, batch = sim$site, labels = sim$cell_type,
+                  max_epochs = 40, seed = 7, verbose = FALSE)
+      cache <<- list(sim = sim, fit = fit)
+    }
+    cache
+  }
+})

