@@ -290,7 +290,7 @@ sample_hint <- function(cell_meta, n_cells) {
 as_dgc <- function(x, arg = "x", call = rlang_caller(2)) {
   if (inherits(x, "dgCMatrix")) return(x)
   if (inherits(x, "DelayedArray") || !inherits(x, c("Matrix", "matrix"))) {
-    x <- tryCatch(as(x, "dgCMatrix"), error = function(e) {
+    x <- tryCatch(methods::as(x, "dgCMatrix"), error = function(e) {
       abort_arg("{.arg {arg}}: cannot convert counts of class {.cls {class(x)}} to a sparse matrix.",
                 call = call)
     })

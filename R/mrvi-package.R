@@ -18,7 +18,10 @@
 #' @importFrom methods new is show
 #' @importFrom graphics plot
 #' @importFrom Matrix sparseMatrix
-"_PACKAGE"
+#' @name mrvi-package
+#' @aliases mrvi-package
+#' @docType package
+NULL
 
 .onLoad <- function(libname, pkgname) {
   if (is.null(getOption("mrvi.threads"))) options(mrvi.threads = default_threads())

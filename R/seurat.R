@@ -39,14 +39,15 @@ seurat_counts <- function(x, assay, call) {
 
 assay5_counts <- function(a, layer, seurat_assay, cells, call) {
   pattern <- paste0("^", gsub(".", "\\.", layer, fixed = TRUE), "(\\.|$)")
-  layers <- grep(pattern, SeuratObject::Layers(a), value = TRUE)
+  all_layers <- seurat_fn("Layers")(a)
+  layers <- grep(pattern, all_layers, value = TRUE)
   if (!length(layers)) {
     abort_arg(c("The Seurat assay {.val {seurat_assay}} has no layer {.val {layer}}.",
-                "i" = "Its layers: {.val {SeuratObject::Layers(a)}}. MrVI needs raw counts."), call = call)
+                "i" = "Its layers: {.val {all_layers}}. MrVI needs raw counts."), call = call)
   }
   features <- rownames(a)
   parts <- lapply(layers, function(l) {
-    m <- as_dgc(SeuratObject::LayerData(a, layer = l), arg = "assay", call = call)
+    m <- as_dgc(seurat_fn("LayerData")(a, layer = l), arg = "assay", call = call)
     if (!identical(rownames(m), features)) {
       # A split layer may hold fewer features: place its rows among all features.
       full <- Matrix::sparseMatrix(i = integer(), j = integer(), x = numeric(),
@@ -65,3 +66,7 @@ assay5_counts <- function(a, layer, seurat_assay, cells, call) {
   }
   m[, cells, drop = FALSE]
 }
+
+# Functions of SeuratObject >= 5 (layers), looked up at run time so that the
+# package also installs and checks against SeuratObject 4.
+seurat_fn <- function(name) getExportedValue("SeuratObject", name)
