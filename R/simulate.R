@@ -19,7 +19,7 @@ simulate_counts <- function(n_cells = 600, n_genes = 100, n_samples = 6, n_sites
   # per-sample programs: half of the samples up-regulate gene set 1, the others set 2
   programme <- matrix(1, n_genes, n_samples)
   sets <- split(sample(seq_len(n_genes), 20), rep(1:2, 10))
-  group <- rep_len(1:2, n_samples)
+  group <- rep_len(c(1, 1, 2, 2), n_samples)  # crossed with the sites, not confounded
   for (s in seq_len(n_samples)) programme[sets[[group[s]]], s] <- effect
   means <- base[, as.integer(cell_type)] * site_effect[, as.integer(site)]
   hit <- as.integer(cell_type) %in% affected

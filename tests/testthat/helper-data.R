@@ -15,7 +15,7 @@ nested_fit <- local({
       sim <- mrvi:::simulate_counts(n_cells = 2000, n_genes = 150, n_samples = 8, n_sites = 2,
                                     n_cell_types = 3, affected = 1, effect = 3, seed = 4)
       fit <- mrvi(sim$counts, sample = sim$sample, batch = sim$site, labels = sim$cell_type,
-                  max_epochs = 40, seed = 7, verbose = FALSE)
+                  max_epochs = 120, seed = 7, verbose = FALSE)
       cache <<- list(sim = sim, fit = fit)
     }
     cache
