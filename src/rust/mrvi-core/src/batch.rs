@@ -4,7 +4,7 @@
 
 use crate::data::CscCounts;
 use crate::model::nb::NonZeros;
-use crate::model::Batch;
+use crate::model::{fused_likelihood, Batch, HostCopy};
 use tch::{Device, Tensor};
 
 /// The data a model sees: counts plus per-cell sample and site codes.
@@ -13,12 +13,17 @@ pub struct Dataset {
     pub sample: Vec<i64>,
     pub site: Vec<i64>,
     pub library: Vec<f32>,
+    /// sum over genes of lgamma(x + 1) per cell: a constant of the data
+    lgamma_x1: Vec<f32>,
 }
 
 impl Dataset {
     pub fn new(counts: CscCounts, sample: Vec<i64>, site: Vec<i64>) -> Self {
         let library = counts.library_sizes();
-        Self { counts, sample, site, library }
+        let lgamma_x1 = (0..counts.n_cells())
+            .map(|c| counts.column(c).map(|(_, v)| ln_factorial(v) as f64).sum::<f64>() as f32)
+            .collect();
+        Self { counts, sample, site, library, lgamma_x1 }
     }
 
     pub fn n_cells(&self) -> usize {
@@ -30,34 +35,48 @@ impl Dataset {
         let g = self.counts.n_genes();
         let b = cells.len();
         let mut dense = vec![0f32; b * g];
+        let fused = fused_likelihood(device);
         let mut flat = Vec::new();
         let mut gene = Vec::new();
         let mut value = Vec::new();
-        let mut lgamma_x1 = vec![0f32; b];
+        let lgamma_x1: Vec<f32> = cells.iter().map(|&c| self.lgamma_x1[c]).collect();
+        let (mut nz_ptr, mut nz_gene, mut nz_count) = (Vec::with_capacity(b + 1), Vec::new(), Vec::new());
+        nz_ptr.push(0);
         for (row, &c) in cells.iter().enumerate() {
             for (gi, v) in self.counts.column(c) {
                 dense[row * g + gi] = v;
-                flat.push((row * g + gi) as i64);
-                gene.push(gi as i64);
-                value.push(v);
-                lgamma_x1[row] += ln_factorial(v);
+                nz_gene.push(gi as u32);
+                nz_count.push(v);
+                if !fused {
+                    flat.push((row * g + gi) as i64);
+                    gene.push(gi as i64);
+                    value.push(v);
+                }
             }
+            nz_ptr.push(nz_gene.len());
         }
-        let counts = Tensor::from_slice(&dense).view([b as i64, g as i64]);
-        let log_counts = counts.log1p().to_device(device);
+        let log_counts = Tensor::from_slice(&dense).view([b as i64, g as i64]).log1p().to_device(device);
         let lib: Vec<f32> = cells.iter().map(|&c| self.library[c].max(1.0).ln()).collect();
         let idx = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
         Batch {
             log_counts,
             log_library: Tensor::from_slice(&lib).view([b as i64, 1]).to_device(device),
-            sample: idx(cells.iter().map(|&c| self.sample[c]).collect()),
-            site: idx(cells.iter().map(|&c| self.site[c]).collect()),
-            nonzeros: NonZeros {
+            nonzeros: (!fused).then(|| NonZeros {
                 flat: idx(flat),
                 gene: idx(gene),
                 value: Tensor::from_slice(&value).to_device(device),
                 lgamma_x1: Tensor::from_slice(&lgamma_x1).to_device(device),
-            },
+            }),
+            host: fused.then(|| HostCopy {
+                counts: dense,
+                nz_ptr,
+                nz_gene,
+                nz_count,
+                log_library: lib.clone(),
+                lgamma_x1: lgamma_x1.clone(),
+            }),
+            sample: idx(cells.iter().map(|&c| self.sample[c]).collect()),
+            site: idx(cells.iter().map(|&c| self.site[c]).collect()),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod batch;
 pub mod data;
 pub mod error;
+pub mod fastmath;
 pub mod infer;
 pub mod io;
 pub mod model;

@@ -51,12 +51,13 @@ fn double_batch(b: &Batch) -> Batch {
         log_library: d(&b.log_library),
         sample: b.sample.shallow_clone(),
         site: b.site.shallow_clone(),
-        nonzeros: NonZeros {
-            flat: b.nonzeros.flat.shallow_clone(),
-            gene: b.nonzeros.gene.shallow_clone(),
-            value: d(&b.nonzeros.value),
-            lgamma_x1: d(&b.nonzeros.lgamma_x1),
-        },
+        nonzeros: b.nonzeros.as_ref().map(|nz| NonZeros {
+            flat: nz.flat.shallow_clone(),
+            gene: nz.gene.shallow_clone(),
+            value: d(&nz.value),
+            lgamma_x1: d(&nz.lgamma_x1),
+        }),
+        host: None,
     }
 }
 
@@ -75,7 +76,9 @@ fn gradients_match_finite_differences() {
             let _ = tch::no_grad(|| v.zero_());
         }
     }
+    std::env::set_var("MRVI_FUSED_NB", "0"); // the tensor likelihood, in double precision
     let batch = double_batch(&data.batch(&(0..8).collect::<Vec<_>>(), Device::Cpu));
+    std::env::remove_var("MRVI_FUSED_NB");
     let loss = |m: &MrviModel| {
         tch::manual_seed(42); // the same posterior draw at every evaluation
         let l = m.losses(&batch, false);
@@ -193,4 +196,40 @@ fn weights_round_trip_through_safetensors() {
     let mut c = MrviModel::new(ModelConfig::new(8, 3, 2, 4), Device::Cpu);
     let err = load_bytes_into(&mut c.vs, &bytes).unwrap_err().to_string();
     assert!(err.contains("shape"), "{err}");
+}
+
+#[test]
+fn fused_cpu_objective_has_the_autograd_gradient() {
+    let data = toy_data(50, 30, 3, 8);
+    tch::manual_seed(3);
+    let model = MrviModel::new(ModelConfig::new(30, 3, 1, 4), Device::Cpu);
+    let build = |fused: bool| {
+        std::env::set_var("MRVI_FUSED_NB", if fused { "1" } else { "0" });
+        data.batch(&(0..50).collect::<Vec<_>>(), Device::Cpu)
+    };
+    let (fused_batch, tensor_batch) = (build(true), build(false));
+    let grads = |fused: bool| {
+        let batch = if fused { &fused_batch } else { &tensor_batch };
+        for v in model.vs.trainable_variables() {
+            let mut g = v.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        tch::manual_seed(42);
+        let t = model.step_terms(batch, 0.5, false);
+        t.objective.backward();
+        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        (t.reconstruction_sum, vars.into_iter().map(|(k, v)| (k, v.grad().copy())).collect::<Vec<_>>())
+    };
+    let (rec_f, g_f) = grads(true);
+    let (rec_a, g_a) = grads(false);
+    std::env::remove_var("MRVI_FUSED_NB");
+    assert!((rec_f - rec_a).abs() < 1e-3 * rec_a.abs(), "reconstruction {rec_f} vs {rec_a}");
+    for ((name, a), (_, b)) in g_f.iter().zip(&g_a) {
+        let dev = (a - b).abs().max().double_value(&[]);
+        let scale = b.abs().max().double_value(&[]).max(1e-3);
+        assert!(dev <= 1e-3 * scale, "{name}: fused and autograd gradients differ by {dev} (scale {scale})");
+    }
 }

@@ -38,6 +38,25 @@ pub struct MrviModel {
     log_theta: Tensor,
 }
 
+/// The data of a contiguous CPU float tensor, without a copy.
+/// SAFETY: the tensor must be contiguous, on the CPU, of kind Float, and outlive the slice.
+unsafe fn cpu_floats(t: &Tensor) -> &[f32] {
+    assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
+    std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel())
+}
+
+/// Mutable counterpart of `cpu_floats`, under the same conditions.
+unsafe fn cpu_floats_mut(t: &mut Tensor) -> &mut [f32] {
+    assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
+    std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
+}
+
+/// Whether minibatches on `device` use the fused CPU likelihood (the default on
+/// the CPU; MRVI_FUSED_NB=0 turns it off, for comparison) or the tensor one.
+pub fn fused_likelihood(device: Device) -> bool {
+    device == Device::Cpu && std::env::var("MRVI_FUSED_NB").map_or(true, |v| v != "0")
+}
+
 /// A minibatch on the model's device.
 pub struct Batch {
     /// log1p(x) [B, G]
@@ -46,7 +65,31 @@ pub struct Batch {
     pub log_library: Tensor,
     pub sample: Tensor,
     pub site: Tensor,
-    pub nonzeros: NonZeros,
+    /// non-zero structure for the tensor likelihood (absent when the fused CPU
+    /// likelihood is used)
+    pub nonzeros: Option<NonZeros>,
+    /// the same minibatch in host memory, for the fused CPU likelihood
+    pub host: Option<HostCopy>,
+}
+
+/// Host-side copy of a minibatch: dense counts [B, G] row-major, log library
+/// sizes and sum_g lgamma(x + 1) per cell.
+pub struct HostCopy {
+    pub counts: Vec<f32>,
+    pub nz_ptr: Vec<usize>,
+    pub nz_gene: Vec<u32>,
+    pub nz_count: Vec<f32>,
+    pub log_library: Vec<f32>,
+    pub lgamma_x1: Vec<f32>,
+}
+
+/// What one optimisation step needs: a scalar whose gradient is that of the
+/// loss (sum over cells of -log p + kl_weight * KL, divided by the batch size),
+/// and the sums of the two terms for reporting.
+pub struct StepTerms {
+    pub objective: Tensor,
+    pub reconstruction_sum: f64,
+    pub kl_sum: f64,
 }
 
 /// Per-cell terms of the ELBO for one minibatch.
@@ -122,8 +165,62 @@ impl MrviModel {
         let z = self.z_from_u(&u, &batch.sample);
         let logits = self.decode_logits(&z, &batch.site, train);
         let log_mu = logits.log_softmax(1, logits.kind()) + &batch.log_library;
-        let ll = nb::log_prob_sparse(&batch.nonzeros, &log_mu, &self.log_theta);
+        let nz = batch.nonzeros.as_ref().expect("minibatch built without its non-zero structure");
+        let ll = nb::log_prob_sparse(nz, &log_mu, &self.log_theta);
         Losses { reconstruction: -ll, kl: q.kl_standard_normal() }
+    }
+
+    /// The training objective of a minibatch. On the CPU the likelihood and its
+    /// gradient with respect to the logits and log theta come from one fused pass
+    /// (`nb::fused_log_lik`) and enter autograd through the linear surrogate
+    /// -(sum(logits * dL/dlogits) + sum(log_theta * dL/dlog_theta)), which has
+    /// exactly the right gradient; elsewhere (or with MRVI_FUSED_NB=0) autograd
+    /// differentiates the likelihood itself.
+    pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms {
+        let n = batch.sample.size()[0] as f64;
+        if batch.nonzeros.is_some() {
+            let l = self.losses(batch, train);
+            let rec = l.reconstruction.sum(Kind::Float);
+            let kl = l.kl.sum(Kind::Float);
+            let objective = (&rec + &kl * kl_weight) / n;
+            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]) };
+        }
+        let host = batch.host.as_ref().expect("minibatch built without its host copy");
+        let q = self.encode(&batch.log_counts, &batch.sample);
+        let u = q.rsample();
+        let z = self.z_from_u(&u, &batch.sample);
+        let logits = self.decode_logits(&z, &batch.site, train);
+        let (b, g) = logits.size2().expect("2-d logits");
+        let host_logits = logits.detach().contiguous();
+        let host_theta = self.log_theta.detach().contiguous();
+        let mut d_logits = Tensor::empty([b, g], (Kind::Float, Device::Cpu));
+        // One thread: libtorch's OpenMP workers spin between parallel regions, and
+        // extra threads here compete with them (measured on 2 cores: 32.9k cells/s
+        // with 1 thread, 28k with 2; bench/train_throughput.R).
+        let threads = 1;
+        let counts = nb::HostCounts {
+            dense: &host.counts,
+            nz_ptr: &host.nz_ptr,
+            nz_gene: &host.nz_gene,
+            nz_count: &host.nz_count,
+            lgamma_x1: &host.lgamma_x1,
+        };
+        // SAFETY: contiguous CPU float tensors that outlive the slices.
+        let nb = unsafe {
+            nb::fused_log_lik(
+                cpu_floats(&host_logits),
+                &host.log_library,
+                cpu_floats(&host_theta),
+                &counts,
+                cpu_floats_mut(&mut d_logits),
+                threads,
+            )
+        };
+        let d_theta = Tensor::from_slice(&nb.d_log_theta);
+        let kl = q.kl_standard_normal().sum(Kind::Float);
+        let surrogate_ll = (&logits * d_logits).sum(Kind::Float) + (&self.log_theta * d_theta).sum(Kind::Float);
+        let objective = (-surrogate_ll + &kl * kl_weight) / n;
+        StepTerms { objective, reconstruction_sum: -nb.log_lik.iter().sum::<f64>(), kl_sum: kl.double_value(&[]) }
     }
 
     /// Expected normalised expression rho for latent z and sites: softmax(logits).

@@ -1,0 +1,22 @@
+# One training run for bench/train_throughput.R, in its own process so that its
+# peak resident memory is its own:  Rscript bench/train_one.R DATA.rds EPOCHS
+suppressMessages(library(mrvi))
+args <- commandArgs(trailingOnly = TRUE)
+vm_hwm_mb <- function() {
+  line <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
+  as.numeric(gsub("[^0-9]", "", line)) / 1024
+}
+d <- readRDS(args[1])
+epochs <- as.integer(args[2])
+data_mb <- vm_hwm_mb()
+t0 <- proc.time()[["elapsed"]]
+fit <- mrvi(d$counts, sample = d$sample, batch = d$site, max_epochs = epochs,
+            early_stopping = FALSE, n_epochs_kl_warmup = 1, verbose = FALSE)
+wall <- proc.time()[["elapsed"]] - t0
+h <- fit@history[-1, , drop = FALSE]  # the first epoch is warm-up
+b <- mrviBackend()
+cat(sprintf(paste("RESULT cells=%d genes=%d samples=%d sites=%d epochs=%d cells_per_s=%.0f",
+                  "epoch_s=%.2f wall_s=%.1f peak_rss_mb=%.0f rss_after_loading_data_mb=%.0f threads=%d deepbind=%s\n"),
+            ncol(d$counts), nrow(d$counts), nlevels(d$sample), nlevels(d$site), nrow(fit@history),
+            mean(h$cells_per_second), mean(h$seconds), wall, vm_hwm_mb(), data_mb,
+            b$threads, b$deepbind))
