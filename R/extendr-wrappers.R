@@ -17,9 +17,11 @@ mrvi_set_threads <- function(n) .Call(wrap__mrvi_set_threads, n)
 mrvi_resolve_device <- function(name) .Call(wrap__mrvi_resolve_device, name)
 
 #' Hand the CSC slots of a genes x cells dgCMatrix to Rust, which checks their
-#' structure and values; returns the library size of every cell.
+#' structure (an error if broken) and scans the values in one pass: counts and
+#' first positions (1-based, into x) of non-finite, negative and fractional
+#' values, and the totals per cell and per gene.
 #' @noRd
-mrvi_csc_library_sizes <- function(n_genes, n_cells, p, i, x) .Call(wrap__mrvi_csc_library_sizes, n_genes, n_cells, p, i, x)
+mrvi_csc_scan <- function(n_genes, n_cells, p, i, x) .Call(wrap__mrvi_csc_scan, n_genes, n_cells, p, i, x)
 
 #' Panics on purpose: the tests check that a Rust panic becomes an R error.
 #' @noRd

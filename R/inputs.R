@@ -129,12 +129,15 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, ca
   sample <- resolve_cell_factor(sample, "sample", cell_meta, counts, call)
   batch <- if (is.null(batch)) NULL else resolve_cell_factor(batch, "batch", cell_meta, counts, call)
   labels <- if (is.null(labels)) NULL else resolve_cell_factor(labels, "labels", cell_meta, counts, call)
-  check_counts(counts, call)
+  # One pass in Rust over the CSC slots as they are (no copy): structure,
+  # bad values with their positions, totals per cell and per gene.
+  scan <- mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
+  check_counts(counts, scan, call)
 
   # Cells and genes without counts carry nothing for the model: drop them, say so.
-  lib <- Matrix::colSums(counts)
-  empty_cells <- lib == 0
-  empty_genes <- Matrix::rowSums(counts) == 0
+  empty_cells <- scan$library == 0
+  empty_genes <- scan$gene_total == 0
+  library_size <- scan$library
   dropped <- list(cells = colnames(counts)[empty_cells], genes = rownames(counts)[empty_genes])
   if (any(empty_cells) || any(empty_genes)) {
     inform(c("i" = paste0("Dropping {sum(empty_cells)} cell{?s} with no counts",
@@ -143,6 +146,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, ca
                           "{if (any(empty_genes)) paste0(' (', show_some(dropped$genes, 3), ')') else ''}.")))
     keep_cells <- !empty_cells
     counts <- counts[!empty_genes, keep_cells, drop = FALSE]
+    library_size <- library_size[keep_cells]
     sample <- sample[keep_cells]
     if (!is.null(batch)) batch <- batch[keep_cells]
     if (!is.null(labels)) labels <- labels[keep_cells]
@@ -160,9 +164,6 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, ca
   }
   if (!is.null(batch)) batch <- droplevels(batch)
   if (!is.null(labels)) labels <- droplevels(labels)
-
-  # The Rust core receives the CSC slots as they are and checks their structure.
-  library_size <- mrvi_csc_library_sizes(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
   names(library_size) <- colnames(counts)
 
   structure(list(
@@ -220,24 +221,21 @@ resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
   value
 }
 
-check_counts <- function(counts, call) {
-  v <- counts@x
-  where <- function(bad) {
-    k <- which(bad)
+check_counts <- function(counts, scan, call) {
+  where <- function(k) {
     genes <- rownames(counts)[counts@i[k] + 1L]
     cells <- colnames(counts)[findInterval(k - 1L, counts@p)]
-    pairs <- paste0("(", utils::head(genes, 3), ", ", utils::head(cells, 3), ")")
-    paste0("e.g. at (gene, cell) ", paste(pairs, collapse = ", "))
+    paste0("e.g. at (gene, cell) ", paste0("(", genes, ", ", cells, ")", collapse = ", "))
   }
   problems <- list(
-    list(bad = !is.finite(v), what = "missing or non-finite (NA, NaN, Inf)"),
-    list(bad = is.finite(v) & v < 0, what = "negative"),
-    list(bad = is.finite(v) & v >= 0 & v != round(v), what = "not whole numbers")
+    list(n = scan$n_nonfinite, first = scan$first_nonfinite, what = "missing or non-finite (NA, NaN, Inf)"),
+    list(n = scan$n_negative, first = scan$first_negative, what = "negative"),
+    list(n = scan$n_fractional, first = scan$first_fractional, what = "not whole numbers")
   )
   for (p in problems) {
-    n <- sum(p$bad)
+    n <- p$n
     if (n > 0) {
-      abort_arg(c("{.arg x} must hold raw counts: {n} value{?s} {?is/are} {p$what}, {where(p$bad)}.",
+      abort_arg(c("{.arg x} must hold raw counts: {n} value{?s} {?is/are} {p$what}, {where(p$first)}.",
                   "i" = paste("MrVI models raw UMI counts. Use the raw counts assay/layer (for example",
                               "{.code assay = \"counts\"}), not normalised or log-transformed values.")),
                 call = call)

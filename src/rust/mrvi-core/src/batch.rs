@@ -2,14 +2,15 @@
 //! the model's device (the full matrix never is), with the non-zero structure
 //! the sparse likelihood needs.
 
-use crate::data::CscCounts;
+use crate::data::{CountColumns, CscCounts};
 use crate::model::nb::NonZeros;
 use crate::model::{fused_likelihood, Batch, HostCopy};
 use tch::{Device, Tensor};
 
-/// The data a model sees: counts plus per-cell sample and site codes.
-pub struct Dataset {
-    pub counts: CscCounts,
+/// The data a model sees: counts plus per-cell sample and site codes. `C` is an
+/// owned copy for training, or a borrowed view of R's slots within one call.
+pub struct Dataset<C: CountColumns = CscCounts> {
+    pub counts: C,
     pub sample: Vec<i64>,
     pub site: Vec<i64>,
     pub library: Vec<f32>,
@@ -17,9 +18,9 @@ pub struct Dataset {
     lgamma_x1: Vec<f32>,
 }
 
-impl Dataset {
-    pub fn new(counts: CscCounts, sample: Vec<i64>, site: Vec<i64>) -> Self {
-        let library = counts.library_sizes();
+impl<C: CountColumns> Dataset<C> {
+    pub fn new(counts: C, sample: Vec<i64>, site: Vec<i64>) -> Self {
+        let library = (0..counts.n_cells()).map(|c| counts.column(c).map(|(_, v)| v).sum()).collect();
         let lgamma_x1 = (0..counts.n_cells())
             .map(|c| counts.column(c).map(|(_, v)| ln_factorial(v) as f64).sum::<f64>() as f32)
             .collect();

@@ -5,6 +5,16 @@
 use crate::error::Result;
 use crate::invalid;
 
+/// Read access to cells (columns) of a genes x cells count matrix.
+pub trait CountColumns: Sync {
+    fn n_genes(&self) -> usize;
+    fn n_cells(&self) -> usize;
+    /// The non-zero (gene, count) pairs of one cell.
+    fn column(&self, cell: usize) -> impl Iterator<Item = (usize, f32)> + '_;
+}
+
+/// An owned, compact copy (u32 indices, f32 counts) for training, which outlives
+/// a single call from R.
 #[derive(Clone, Debug)]
 pub struct CscCounts {
     n_genes: usize,
@@ -58,39 +68,136 @@ impl CscCounts {
         Ok(Self { n_genes, n_cells, indptr, indices, values })
     }
 
-    pub fn n_genes(&self) -> usize {
-        self.n_genes
-    }
-    pub fn n_cells(&self) -> usize {
-        self.n_cells
-    }
     pub fn nnz(&self) -> usize {
         self.values.len()
     }
 
-    /// The non-zero (gene, count) pairs of one cell.
-    pub fn column(&self, cell: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+    /// Total count of each cell (the observed library size l_n).
+    pub fn library_sizes(&self) -> Vec<f32> {
+        (0..self.n_cells).map(|c| CountColumns::column(self, c).map(|(_, v)| v).sum()).collect()
+    }
+
+}
+
+impl CountColumns for CscCounts {
+    fn n_genes(&self) -> usize {
+        self.n_genes
+    }
+    fn n_cells(&self) -> usize {
+        self.n_cells
+    }
+    fn column(&self, cell: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
         let r = self.indptr[cell]..self.indptr[cell + 1];
         self.indices[r.clone()].iter().map(|&g| g as usize).zip(self.values[r].iter().copied())
     }
+}
 
-    /// Total count of each cell (the observed library size l_n).
-    pub fn library_sizes(&self) -> Vec<f32> {
-        (0..self.n_cells).map(|c| self.column(c).map(|(_, v)| v).sum()).collect()
+/// A borrowed view of dgCMatrix slots, for work done within one call from R
+/// (encoding, analyses): no copy of the counts. Built only from slots that
+/// `scan_slots` has checked.
+pub struct CscView<'a> {
+    n_genes: usize,
+    p: &'a [i32],
+    i: &'a [i32],
+    x: &'a [f64],
+}
+
+impl<'a> CscView<'a> {
+    pub fn new(n_genes: usize, p: &'a [i32], i: &'a [i32], x: &'a [f64]) -> Result<Self> {
+        scan_slots(n_genes, p.len().saturating_sub(1), p, i, x)?.require_valid_counts()?;
+        Ok(Self { n_genes, p, i, x })
     }
+}
 
-    /// Dense row-major [cells.len(), n_genes] block of the given cells.
-    pub fn dense_rows(&self, cells: &[usize]) -> Vec<f32> {
-        let g = self.n_genes;
-        let mut out = vec![0f32; cells.len() * g];
-        for (row, &c) in cells.iter().enumerate() {
-            let dst = &mut out[row * g..(row + 1) * g];
-            for (gene, v) in self.column(c) {
-                dst[gene] = v;
+impl CountColumns for CscView<'_> {
+    fn n_genes(&self) -> usize {
+        self.n_genes
+    }
+    fn n_cells(&self) -> usize {
+        self.p.len() - 1
+    }
+    fn column(&self, cell: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let r = self.p[cell] as usize..self.p[cell + 1] as usize;
+        self.i[r.clone()].iter().map(|&g| g as usize).zip(self.x[r].iter().map(|&v| v as f32))
+    }
+}
+
+/// One pass over dgCMatrix slots: the structure is checked (an error if broken);
+/// bad values are counted, with the positions (0-based, into x) of the first few
+/// of each kind, so that the caller can say how many and where; totals per cell
+/// and per gene come along.
+#[derive(Debug, Default)]
+pub struct SlotScan {
+    pub library: Vec<f64>,
+    pub gene_total: Vec<f64>,
+    pub n_nonfinite: usize,
+    pub n_negative: usize,
+    pub n_fractional: usize,
+    pub first_nonfinite: Vec<usize>,
+    pub first_negative: Vec<usize>,
+    pub first_fractional: Vec<usize>,
+}
+
+impl SlotScan {
+    pub fn require_valid_counts(&self) -> Result<()> {
+        if self.n_nonfinite + self.n_negative + self.n_fractional > 0 {
+            invalid!(
+                "counts must be finite non-negative whole numbers: {} non-finite, {} negative, {} fractional",
+                self.n_nonfinite,
+                self.n_negative,
+                self.n_fractional
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn scan_slots(n_genes: usize, n_cells: usize, p: &[i32], i: &[i32], x: &[f64]) -> Result<SlotScan> {
+    if p.len() != n_cells + 1 {
+        invalid!("CSC column pointers have length {}, expected ncol + 1 = {}", p.len(), n_cells + 1);
+    }
+    if i.len() != x.len() {
+        invalid!("CSC row indices ({}) and values ({}) differ in length", i.len(), x.len());
+    }
+    if p[0] != 0 || p[n_cells] as usize != i.len() {
+        invalid!("CSC column pointers must start at 0 and end at the number of non-zeros");
+    }
+    let mut scan = SlotScan { library: vec![0.0; n_cells], gene_total: vec![0.0; n_genes], ..Default::default() };
+    const SHOW: usize = 3;
+    for c in 0..n_cells {
+        if p[c + 1] < p[c] {
+            invalid!("CSC column pointers must be non-decreasing");
+        }
+        let mut prev: i64 = -1;
+        for k in p[c] as usize..p[c + 1] as usize {
+            let r = i[k];
+            if r < 0 || r as usize >= n_genes || (r as i64) <= prev {
+                invalid!("CSC row indices of column {} are out of range or not strictly increasing", c + 1);
+            }
+            prev = r as i64;
+            let v = x[k];
+            if !v.is_finite() {
+                scan.n_nonfinite += 1;
+                if scan.first_nonfinite.len() < SHOW {
+                    scan.first_nonfinite.push(k);
+                }
+            } else if v < 0.0 {
+                scan.n_negative += 1;
+                if scan.first_negative.len() < SHOW {
+                    scan.first_negative.push(k);
+                }
+            } else if v.fract() != 0.0 {
+                scan.n_fractional += 1;
+                if scan.first_fractional.len() < SHOW {
+                    scan.first_fractional.push(k);
+                }
+            } else {
+                scan.library[c] += v;
+                scan.gene_total[r as usize] += v;
             }
         }
-        out
     }
+    Ok(scan)
 }
 
 /// Integer codes (0-based) of a per-cell factor with `n_levels` levels.
@@ -123,10 +230,10 @@ mod tests {
     }
 
     #[test]
-    fn library_sizes_and_dense_rows() {
+    fn library_sizes_and_columns() {
         let m = example();
         assert_eq!(m.library_sizes(), vec![5., 0., 8., 2.]);
-        assert_eq!(m.dense_rows(&[2, 0]), vec![0., 3., 5., 1., 0., 4.]);
+        assert_eq!(m.column(2).collect::<Vec<_>>(), vec![(1, 3.0), (2, 5.0)]);
         assert_eq!(m.nnz(), 5);
     }
 
@@ -142,6 +249,23 @@ mod tests {
             let e = CscCounts::from_slots(3, 1, &[0, 1], &[0], &[v]).unwrap_err().to_string();
             assert!(e.contains("non-negative integer"), "{e}");
         }
+    }
+
+    #[test]
+    fn scan_counts_bad_values_and_totals() {
+        let (p, i) = ([0, 2, 2, 4, 5], [0, 2, 1, 2, 0]);
+        let scan = scan_slots(3, 4, &p, &i, &[1., 4., 3., 5., 2.]).unwrap();
+        assert_eq!(scan.library, vec![5., 0., 8., 2.]);
+        assert_eq!(scan.gene_total, vec![3., 3., 9.]);
+        scan.require_valid_counts().unwrap();
+        let bad = scan_slots(3, 4, &p, &i, &[-1., f64::NAN, 0.5, 5., -2.]).unwrap();
+        assert_eq!((bad.n_negative, bad.n_nonfinite, bad.n_fractional), (2, 1, 1));
+        assert_eq!(bad.first_negative, vec![0, 4]);
+        assert!(bad.require_valid_counts().is_err());
+        assert!(scan_slots(3, 4, &p, &[0, 2, 2, 1, 0], &[1.; 5]).is_err());
+        let view = CscView::new(3, &p, &i, &[1., 4., 3., 5., 2.]).unwrap();
+        assert_eq!(view.column(2).collect::<Vec<_>>(), vec![(1, 3.0), (2, 5.0)]);
+        assert_eq!(view.n_cells(), 4);
     }
 
     #[test]

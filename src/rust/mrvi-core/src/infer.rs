@@ -2,13 +2,14 @@
 //! cross to R column-major (cells x L), so helpers here read and write that layout.
 
 use crate::batch::Dataset;
+use crate::data::CountColumns;
 use crate::error::Result;
 use crate::model::MrviModel;
 use tch::{Device, Kind, Tensor};
 
 /// Posterior mean and standard deviation of u for every cell (cells x L each,
 /// column-major).
-pub fn encode(model: &MrviModel, data: &Dataset, chunk: usize) -> (Vec<f32>, Vec<f32>) {
+pub fn encode<C: CountColumns>(model: &MrviModel, data: &Dataset<C>, chunk: usize) -> (Vec<f32>, Vec<f32>) {
     let n = data.n_cells();
     let l = model.config.n_latent as usize;
     let (mut mean, mut sd) = (vec![0f32; n * l], vec![0f32; n * l]);

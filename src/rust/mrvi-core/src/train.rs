@@ -5,6 +5,7 @@
 
 use crate::backend;
 use crate::batch::Dataset;
+use crate::data::CountColumns;
 use crate::error::{Error, Result};
 use crate::model::config::{default_max_epochs, ModelConfig, TrainConfig};
 use crate::model::MrviModel;

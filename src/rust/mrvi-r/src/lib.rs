@@ -8,7 +8,8 @@ use mrvi_core::infer::{encode, z_from_u};
 use mrvi_core::model::config::{ModelConfig, TrainConfig};
 use mrvi_core::model::MrviModel;
 use mrvi_core::train::Trainer;
-use mrvi_core::{backend, data::CscCounts, io};
+use mrvi_core::data::{scan_slots, CscCounts, CscView};
+use mrvi_core::{backend, io};
 use std::os::raw::c_int;
 
 type RResult<T> = extendr_api::Result<T>;
@@ -44,12 +45,24 @@ fn mrvi_resolve_device(name: &str) -> RResult<String> {
 }
 
 /// Hand the CSC slots of a genes x cells dgCMatrix to Rust, which checks their
-/// structure and values; returns the library size of every cell.
+/// structure (an error if broken) and scans the values in one pass: counts and
+/// first positions (1-based, into x) of non-finite, negative and fractional
+/// values, and the totals per cell and per gene.
 /// @noRd
 #[extendr]
-fn mrvi_csc_library_sizes(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64]) -> RResult<Vec<f64>> {
-    let m = CscCounts::from_slots(n_genes as usize, n_cells as usize, p, i, x).map_err(rerr)?;
-    Ok(m.library_sizes().into_iter().map(f64::from).collect())
+fn mrvi_csc_scan(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64]) -> RResult<List> {
+    let s = scan_slots(n_genes as usize, n_cells as usize, p, i, x).map_err(rerr)?;
+    let one_based = |v: Vec<usize>| v.into_iter().map(|k| k as f64 + 1.0).collect::<Vec<f64>>();
+    Ok(list!(
+        library = s.library,
+        gene_total = s.gene_total,
+        n_nonfinite = s.n_nonfinite as f64,
+        n_negative = s.n_negative as f64,
+        n_fractional = s.n_fractional as f64,
+        first_nonfinite = one_based(s.first_nonfinite),
+        first_negative = one_based(s.first_negative),
+        first_fractional = one_based(s.first_fractional)
+    ))
 }
 
 // --- Ctrl-C -------------------------------------------------------------------------
@@ -195,9 +208,13 @@ fn mrvi_model_valid(h: Robj) -> bool {
 fn mrvi_encode(h: ExternalPtr<MrviModel>, n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32]) -> RResult<List> {
     let model = h.try_addr()?;
     model.check_compatible(n_genes as usize).map_err(rerr)?;
-    let site = vec![0; sample.len()];
-    let data = dataset(n_genes, n_cells, p, i, x, sample, &site)?;
-    if data.sample.iter().any(|&s| s >= model.config.n_samples) {
+    if sample.len() != n_cells as usize {
+        return Err(extendr_api::Error::Other("sample codes must have one value per cell".into()));
+    }
+    // a view of R's slots, valid for this call: no copy of the counts
+    let view = CscView::new(n_genes as usize, p, i, x).map_err(rerr)?;
+    let data = Dataset::new(view, sample.iter().map(|&c| c as i64).collect(), vec![0; sample.len()]);
+    if data.sample.iter().any(|&s| s < 0 || s >= model.config.n_samples) {
         return Err(extendr_api::Error::Other("sample codes outside the fitted samples".into()));
     }
     let (mean, sd) = encode(model, &data, 1024);
@@ -229,7 +246,7 @@ extendr_module! {
     fn mrvi_backend_info;
     fn mrvi_set_threads;
     fn mrvi_resolve_device;
-    fn mrvi_csc_library_sizes;
+    fn mrvi_csc_scan;
     fn mrvi_debug_panic;
     fn mrvi_trainer_new;
     fn mrvi_trainer_info;
