@@ -13,7 +13,9 @@
 #' @slot weights raw: the weights in safetensors format.
 #' @slot sample_table data.frame: one row per sample with its covariates.
 #' @slot history data.frame: per epoch, train and validation ELBO,
-#'   reconstruction loss and KL (per-cell means), KL weight, seconds, cells/s.
+#'   reconstruction loss and KL (per-cell means), KL weight, seconds, cells/s,
+#'   and where the seconds went (`seconds_batches`, `seconds_forward`,
+#'   `seconds_backward`, `seconds_optimizer`; the rest is validation).
 #' @slot genes,samples,batches,labels character: level names (`labels` empty
 #'   when none were given).
 #' @slot cell_data data.frame: per training cell: `sample`, `batch`, `labels`

@@ -20,3 +20,7 @@ cat(sprintf(paste("RESULT cells=%d genes=%d samples=%d sites=%d epochs=%d cells_
             ncol(d$counts), nrow(d$counts), nlevels(d$sample), nlevels(d$site), nrow(fit@history),
             mean(h$cells_per_second), mean(h$seconds), wall, vm_hwm_mb(), data_mb,
             b$threads, b$deepbind))
+cat(sprintf("PROFILE per epoch (s): batches %.3f forward+likelihood %.3f backward %.3f optimizer %.3f validation+rest %.3f\n",
+            mean(h$seconds_batches), mean(h$seconds_forward), mean(h$seconds_backward),
+            mean(h$seconds_optimizer),
+            mean(h$seconds - h$seconds_batches - h$seconds_forward - h$seconds_backward - h$seconds_optimizer)))

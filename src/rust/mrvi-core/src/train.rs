@@ -27,6 +27,14 @@ pub struct EpochStats {
     pub validation_kl: f64,
     pub seconds: f64,
     pub cells_per_second: f64,
+    /// where the training time of the epoch went (seconds): assembling
+    /// minibatches, forward pass with likelihood, backward pass, optimiser step
+    /// with clipping; the rest of `seconds` is validation. On a GPU the phases are
+    /// asynchronous and the split is indicative only.
+    pub seconds_batches: f64,
+    pub seconds_forward: f64,
+    pub seconds_backward: f64,
+    pub seconds_optimizer: f64,
 }
 
 pub struct Trainer {
@@ -121,17 +129,28 @@ impl Trainer {
         let mut kl_weight = 0.0;
         // (Assembling the next minibatch on a second thread was tried: on 2 cores it
         // competes with libtorch's threads and made epochs 25% slower.)
+        let mut phase = [0f64; 4];
+        let mut lap = |i: usize, since: Instant| {
+            let now = Instant::now();
+            phase[i] += (now - since).as_secs_f64();
+            now
+        };
         for (step, cells) in chunks.iter().enumerate() {
             if interrupted() {
                 return Err(Error::Interrupted);
             }
             kl_weight = self.kl_weight(epoch, step, n_steps);
+            let t = Instant::now();
             let batch = self.data.batch(cells, device);
+            let t = lap(0, t);
             let terms = self.model.step_terms(&batch, kl_weight, true);
+            let t = lap(1, t);
             self.opt.zero_grad();
             terms.objective.f_backward()?;
+            let t = lap(2, t);
             self.opt.clip_grad_norm(self.config.max_grad_norm);
             self.opt.step();
+            lap(3, t);
             rec_sum += terms.reconstruction_sum;
             kl_sum += terms.kl_sum;
             if !rec_sum.is_finite() {
@@ -155,6 +174,10 @@ impl Trainer {
             validation_elbo: -(v_rec + v_kl),
             seconds,
             cells_per_second: n_train / seconds,
+            seconds_batches: phase[0],
+            seconds_forward: phase[1],
+            seconds_backward: phase[2],
+            seconds_optimizer: phase[3],
         };
         self.history.push(stats.clone());
         self.track_best(&stats);

@@ -160,6 +160,10 @@ fn mrvi_trainer_epoch(mut h: ExternalPtr<TrainerHandle>) -> RResult<List> {
             validation_kl = s.validation_kl,
             seconds = s.seconds,
             cells_per_second = s.cells_per_second,
+            seconds_batches = s.seconds_batches,
+            seconds_forward = s.seconds_forward,
+            seconds_backward = s.seconds_backward,
+            seconds_optimizer = s.seconds_optimizer,
             done = t.done(),
             stopped_early = t.stopped_early,
             interrupted = false
