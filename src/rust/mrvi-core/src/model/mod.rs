@@ -51,6 +51,31 @@ unsafe fn cpu_floats_mut(t: &mut Tensor) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
 }
 
+/// z = u + A_s u + a_s for every sample s, on the host.
+pub struct HostSampleEffect {
+    pub n_samples: usize,
+    pub n_latent: usize,
+    /// A: [S, L, L] row-major
+    map: Vec<f32>,
+    /// a: [S, L]
+    shift: Vec<f32>,
+}
+
+impl HostSampleEffect {
+    /// `u`: [L]; `out`: [S, L] row-major.
+    pub fn z_all(&self, u: &[f32], out: &mut [f32]) {
+        let l = self.n_latent;
+        for s in 0..self.n_samples {
+            let a = &self.map[s * l * l..(s + 1) * l * l];
+            for i in 0..l {
+                let row = &a[i * l..(i + 1) * l];
+                let au: f32 = row.iter().zip(u).map(|(x, y)| x * y).sum();
+                out[s * l + i] = u[i] + au + self.shift[s * l + i];
+            }
+        }
+    }
+}
+
 /// Whether minibatches on `device` use the fused CPU likelihood (the default on
 /// the CPU; MRVI_FUSED_NB=0 turns it off, for comparison) or the tensor one.
 pub fn fused_likelihood(device: Device) -> bool {
@@ -137,6 +162,19 @@ impl MrviModel {
         // A: [S, L, L]; u: [B, L] -> A u: [B, S, L]
         let au = u.matmul(&self.sample_map.transpose(1, 2)).permute([1, 0, 2]); // [B, S, L]
         u.unsqueeze(1) + au + self.sample_shift.unsqueeze(0)
+    }
+
+    /// The sample effect on the host, for streaming counterfactuals without
+    /// libtorch: each cell's z is computed by the same arithmetic whatever the
+    /// block it comes in, so streamed results do not depend on the block size.
+    pub fn host_sample_effect(&self) -> HostSampleEffect {
+        let f = |t: &Tensor| Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).contiguous().view([-1])).expect("float");
+        HostSampleEffect {
+            n_samples: self.config.n_samples as usize,
+            n_latent: self.config.n_latent as usize,
+            map: f(&self.sample_map),
+            shift: f(&self.sample_shift),
+        }
     }
 
     /// Decoder logits C z + C_b drop(sg(z)) + c_b as one matrix product: the input

@@ -1,0 +1,304 @@
+//! Sample x sample distances between counterfactual representations (paper
+//! eq. 3-4, MODEL.md §5): D(n)[a, b] = || z_n^a - z_n^b ||, and group means
+//! D(C) = mean over n in C of D(n). Streamed over blocks of cells: memory is
+//! O(groups * S^2 + block * S * L); the cells x S x S array never exists.
+//!
+//! With `mc_samples` = 0 the posterior mean of u is used; otherwise D(n) is the
+//! mean over that many posterior draws u = mean + sd * eps (eps drawn per cell
+//! from the seed and the cell's index, so results do not depend on the block
+//! size). `normalize` divides D(n) by the cell's own posterior spread: the mean,
+//! over consecutive pairs of draws, of || z_n^{s_n}(u') - z_n^{s_n}(u'') || in the
+//! cell's own sample (needs at least 2 draws).
+
+use crate::error::{Error, Result};
+use crate::infer::rows_from_column_major;
+use crate::model::{HostSampleEffect, MrviModel};
+use crate::rng::SplitMix64;
+use tch::{Device, Kind, Tensor};
+
+/// What to compute from u: posterior mean or Monte Carlo draws, raw or normalised.
+#[derive(Clone, Copy, Debug)]
+pub struct DistanceSpec {
+    pub mc_samples: usize,
+    pub normalize: bool,
+    pub seed: u64,
+}
+
+/// The posterior of u for N cells, column-major N x L (as R stores matrices).
+pub struct Posterior<'a> {
+    pub mean: &'a [f64],
+    pub sd: &'a [f64],
+    pub n_cells: usize,
+    pub n_latent: usize,
+}
+
+/// Sums of D(n) over the cells of each group (upper triangle filled, a < b) and
+/// the number of cells summed.
+pub struct GroupSums {
+    pub n_samples: usize,
+    pub sums: Vec<Vec<f64>>,
+    pub n_cells: Vec<usize>,
+}
+
+impl GroupSums {
+    /// Group g's mean matrix, full and symmetric, column-major S x S.
+    pub fn mean(&self, g: usize) -> Vec<f64> {
+        let s = self.n_samples;
+        let n = self.n_cells[g].max(1) as f64;
+        let mut out = vec![0f64; s * s];
+        for a in 0..s {
+            for b in a + 1..s {
+                let v = self.sums[g][a * s + b] / n;
+                out[a * s + b] = v;
+                out[b * s + a] = v;
+            }
+        }
+        if self.n_cells[g] == 0 {
+            out.iter_mut().for_each(|v| *v = f64::NAN);
+        }
+        out
+    }
+}
+
+/// Counterfactual z of a block of cells under every sample, [cells, S, L]
+/// row-major, for one draw of u (or its mean).
+fn block_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64) -> Vec<f32> {
+    let (n, l, s) = (post.n_cells, post.n_latent, effect.n_samples);
+    let mut out = vec![0f32; cells.len() * s * l];
+    let mut u = vec![0f32; l];
+    for (r, &c) in cells.iter().enumerate() {
+        let mut rng = draw.map(|m| SplitMix64::new(seed ^ (c as u64).wrapping_mul(0x9E37_79B9) ^ ((m as u64) << 40)));
+        for (d, ud) in u.iter_mut().enumerate() {
+            let mean = post.mean[d * n + c];
+            *ud = match rng.as_mut() {
+                None => mean as f32,
+                Some(rng) => (mean + post.sd[d * n + c] * standard_normal(rng)) as f32,
+            };
+        }
+        effect.z_all(&u, &mut out[r * s * l..(r + 1) * s * l]);
+    }
+    out
+}
+
+fn standard_normal(rng: &mut SplitMix64) -> f64 {
+    // Box-Muller on two uniforms in (0, 1]
+    let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// z of each cell under its own sample for draw m, [cells, L] (for the normaliser).
+fn own_sample_z(z: &[f32], own: &[i64], s: usize, l: usize) -> Vec<f32> {
+    let mut out = vec![0f32; own.len() * l];
+    for (r, &smp) in own.iter().enumerate() {
+        let src = &z[(r * s + smp as usize) * l..(r * s + smp as usize + 1) * l];
+        out[r * l..(r + 1) * l].copy_from_slice(src);
+    }
+    out
+}
+
+/// Per-cell weights: 1 / draws, divided by the normaliser when asked.
+fn cell_weights(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], own: &[i64], spec: &DistanceSpec) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+    let (s, l) = (effect.n_samples, post.n_latent);
+    let draws: Vec<Option<usize>> = if spec.mc_samples == 0 { vec![None] } else { (0..spec.mc_samples).map(Some).collect() };
+    let zs: Vec<Vec<f32>> = draws.iter().map(|&d| block_z(effect, post, cells, d, spec.seed)).collect();
+    let mut weight = vec![1.0 / zs.len() as f32; cells.len()];
+    if spec.normalize {
+        if zs.len() < 2 {
+            return Err(Error::InvalidInput("normalize = TRUE needs mc_samples >= 2".into()));
+        }
+        let own_z: Vec<Vec<f32>> = zs.iter().map(|z| own_sample_z(z, own, s, l)).collect();
+        for r in 0..cells.len() {
+            let mut spread = 0f64;
+            for m in 0..own_z.len() {
+                let (p, q) = (&own_z[m][r * l..(r + 1) * l], &own_z[(m + 1) % own_z.len()][r * l..(r + 1) * l]);
+                spread += p.iter().zip(q).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+            }
+            let spread = (spread / own_z.len() as f64).max(1e-8);
+            weight[r] /= spread as f32;
+        }
+    }
+    Ok((zs, weight))
+}
+
+/// Transpose one cell's z from [S, L] to [L, S], for loops over samples.
+fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
+    for a in 0..s {
+        for d in 0..l {
+            out[d * s + a] = z[a * l + d];
+        }
+    }
+}
+
+/// acc[b] += w * || za - z_b || for b in `range`, with zt the cell's [L, S] z.
+#[inline(always)]
+fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, scratch: &mut [f32], acc: &mut [f64]) {
+    let scratch = &mut scratch[range.clone()];
+    scratch.iter_mut().for_each(|v| *v = 0.0);
+    for (d, &zad) in za.iter().enumerate() {
+        let col = &zt[d * s + range.start..d * s + range.end];
+        for (v, &zb) in scratch.iter_mut().zip(col) {
+            let diff = zb - zad;
+            *v += diff * diff;
+        }
+    }
+    for (a, &v) in acc[range].iter_mut().zip(scratch.iter()) {
+        *a += (w * v.sqrt()) as f64;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_distances_avx2(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, scratch: &mut [f32], acc: &mut [f64]) {
+    row_distances(zt, s, za, range, w, scratch, acc)
+}
+
+fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, scratch: &mut [f32], acc: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { row_distances_avx2(zt, s, za, range, w, scratch, acc) };
+        }
+    }
+    row_distances(zt, s, za, range, w, scratch, acc)
+}
+
+/// Add the upper triangles of w * D(n) for the cells of one block (all of the same
+/// group) into `acc` (S x S, row-major). Rows are dealt to `threads` threads
+/// round-robin (the triangle is uneven); each row stays in cache while the block's
+/// cells pass over it.
+fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], s: usize, l: usize, acc: &mut [f64], threads: usize) {
+    let threads = threads.clamp(1, s.max(1));
+    let rows: Vec<&mut [f64]> = acc.chunks_mut(s).collect();
+    let mut per_thread: Vec<Vec<(usize, &mut [f64])>> = (0..threads).map(|_| Vec::new()).collect();
+    for (a, row) in rows.into_iter().enumerate() {
+        per_thread[a % threads].push((a, row));
+    }
+    std::thread::scope(|scope| {
+        for mine in per_thread {
+            scope.spawn(move || {
+                let mut scratch = vec![0f32; s];
+                let mut za = vec![0f32; l];
+                for (a, row) in mine {
+                    for (zt, &w) in zts.iter().zip(weights) {
+                        for d in 0..l {
+                            za[d] = zt[d * s + a];
+                        }
+                        row_distances_dispatch(zt, s, &za, a + 1..s, w, &mut scratch, row);
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Sums of D(n) per group. `group[c]` is the group of cell c (< 0: in none);
+/// `own_sample[c]` its sample (for the normaliser). Cells are processed in group
+/// order, in blocks of at most `block` cells; `interrupted` is polled per block.
+#[allow(clippy::too_many_arguments)]
+pub fn group_sums(
+    model: &MrviModel, post: &Posterior, own_sample: &[i64], group: &[i64], n_groups: usize, spec: DistanceSpec,
+    block: usize, threads: usize, interrupted: &mut dyn FnMut() -> bool,
+) -> Result<GroupSums> {
+    let s = model.config.n_samples as usize;
+    let l = post.n_latent;
+    let effect = model.host_sample_effect();
+    let mut order: Vec<usize> = (0..post.n_cells).filter(|&c| group[c] >= 0).collect();
+    order.sort_by_key(|&c| group[c]); // stable: cell order within a group
+    let mut sums = vec![vec![0f64; s * s]; n_groups];
+    let mut n_cells = vec![0usize; n_groups];
+    let mut start = 0;
+    while start < order.len() {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let g = group[order[start]];
+        let mut end = start;
+        while end < order.len() && end - start < block.max(1) && group[order[end]] == g {
+            end += 1;
+        }
+        let cells = &order[start..end];
+        let own: Vec<i64> = cells.iter().map(|&c| own_sample[c]).collect();
+        let (zs, weights) = cell_weights(&effect, post, cells, &own, &spec)?;
+        for z in &zs {
+            let zts: Vec<Vec<f32>> = (0..cells.len())
+                .map(|r| {
+                    let mut t = vec![0f32; s * l];
+                    transpose_cell(&z[r * s * l..(r + 1) * s * l], s, l, &mut t);
+                    t
+                })
+                .collect();
+            accumulate_block(&zts, &weights, s, l, &mut sums[g as usize], threads);
+        }
+        n_cells[g as usize] += cells.len();
+        start = end;
+    }
+    Ok(GroupSums { n_samples: s, sums, n_cells })
+}
+
+/// D(n) for the given cells: values of an R array [cells, S, S] (column-major).
+pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], cells: &[usize], spec: DistanceSpec, block: usize) -> Result<Vec<f64>> {
+    let s = model.config.n_samples as usize;
+    let l = post.n_latent;
+    let effect = model.host_sample_effect();
+    let nc = cells.len();
+    let mut out = vec![0f64; nc * s * s];
+    for (bi, part) in cells.chunks(block.max(1)).enumerate() {
+        let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
+        let (zs, weights) = cell_weights(&effect, post, part, &own, &spec)?;
+        let mut scratch = vec![0f32; s];
+        let mut za = vec![0f32; l];
+        let mut t = vec![0f32; s * l];
+        for (r, &w) in weights.iter().enumerate() {
+            let mut acc = vec![0f64; s * s];
+            for z in &zs {
+                transpose_cell(&z[r * s * l..(r + 1) * s * l], s, l, &mut t);
+                for a in 0..s {
+                    for d in 0..l {
+                        za[d] = t[d * s + a];
+                    }
+                    row_distances_dispatch(&t, s, &za, a + 1..s, w, &mut scratch, &mut acc[a * s..(a + 1) * s]);
+                }
+            }
+            let i = bi * block.max(1) + r;
+            for a in 0..s {
+                for b in a + 1..s {
+                    let v = acc[a * s + b];
+                    out[i + nc * (a + s * b)] = v;
+                    out[i + nc * (b + s * a)] = v;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The same group sums computed with libtorch tensor operations (cdist and
+/// index_add) on the model's device: the GPU path, and an independent reference
+/// for the CPU kernel. Posterior means only.
+pub fn group_sums_tensor(model: &MrviModel, post: &Posterior, group: &[i64], n_groups: usize, block: usize) -> Result<GroupSums> {
+    let s = model.config.n_samples as usize;
+    let dev = model.device();
+    let mean32: Vec<f32> = post.mean.iter().map(|&v| v as f32).collect();
+    let all = rows_from_column_major(&mean32, post.n_cells, post.n_latent, 0, post.n_cells);
+    let mut acc = Tensor::zeros([n_groups as i64, s as i64, s as i64], (Kind::Double, dev));
+    let mut n_cells = vec![0usize; n_groups];
+    let cells: Vec<usize> = (0..post.n_cells).filter(|&c| group[c] >= 0).collect();
+    for part in cells.chunks(block.max(1)) {
+        let idx = Tensor::from_slice(&part.iter().map(|&c| c as i64).collect::<Vec<_>>());
+        let u = all.index_select(0, &idx).to_device(dev);
+        let z = tch::no_grad(|| model.z_all_samples(&u));
+        let d = Tensor::f_cdist(&z, &z, 2.0, None::<i64>)?.to_kind(Kind::Double);
+        let g = Tensor::from_slice(&part.iter().map(|&c| group[c]).collect::<Vec<_>>()).to_device(dev);
+        let _ = acc.f_index_add_(0, &g, &d)?;
+        for &c in part {
+            n_cells[group[c] as usize] += 1;
+        }
+    }
+    let acc = acc.to_device(Device::Cpu).contiguous();
+    let sums = (0..n_groups)
+        .map(|g| Vec::<f64>::try_from(&acc.get(g as i64).view([-1])).map_err(Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GroupSums { n_samples: s, sums, n_cells })
+}

@@ -1,0 +1,81 @@
+//! The streamed distance kernel against libtorch's cdist and a direct computation.
+use mrvi_core::distances::{cell_distances, group_sums, group_sums_tensor, DistanceSpec, Posterior};
+use mrvi_core::model::config::ModelConfig;
+use mrvi_core::model::MrviModel;
+use tch::{Device, Kind, Tensor};
+
+fn setup(n: usize, s: i64, l: i64) -> (MrviModel, Vec<f64>, Vec<f64>, Vec<i64>) {
+    tch::manual_seed(4);
+    let model = MrviModel::new(ModelConfig::new(20, s, 1, l), Device::Cpu);
+    for (name, v) in model.vs.variables().iter_mut() {
+        if name.starts_with("sample_effect") {
+            let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.5)));
+        }
+    }
+    let mean = Vec::<f64>::try_from(&Tensor::randn([n as i64 * l], (Kind::Double, Device::Cpu))).unwrap();
+    let sd = vec![0.3; n * l as usize];
+    let own = (0..n).map(|c| (c as i64) % s).collect();
+    (model, mean, sd, own)
+}
+
+#[test]
+fn group_sums_match_cdist_and_do_not_depend_on_the_block_size() {
+    let (n, s, l) = (137usize, 9i64, 5i64);
+    let (model, mean, sd, own) = setup(n, s, l);
+    let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
+    let group: Vec<i64> = (0..n).map(|c| if c % 11 == 0 { -1 } else { (c % 3) as i64 }).collect();
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let a = group_sums(&model, &post, &own, &group, 3, spec, 16, 2, &mut || false).unwrap();
+    let b = group_sums(&model, &post, &own, &group, 3, spec, 7, 1, &mut || false).unwrap();
+    let t = group_sums_tensor(&model, &post, &group, 3, 50).unwrap();
+    for g in 0..3 {
+        assert_eq!(a.n_cells[g], t.n_cells[g]);
+        let (ma, mb, mt) = (a.mean(g), b.mean(g), t.mean(g));
+        assert_eq!(ma, mb, "block size changed group {g}");
+        for (x, y) in ma.iter().zip(&mt) {
+            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "kernel {x} vs cdist {y}");
+        }
+    }
+    // MC draws are per cell, so the block size does not matter either
+    let mc = DistanceSpec { mc_samples: 3, normalize: true, seed: 5 };
+    let a = group_sums(&model, &post, &own, &group, 3, mc, 16, 2, &mut || false).unwrap();
+    let b = group_sums(&model, &post, &own, &group, 3, mc, 5, 2, &mut || false).unwrap();
+    assert_eq!(a.mean(1), b.mean(1));
+}
+
+#[test]
+fn cell_distances_are_the_direct_norms() {
+    let (n, s, l) = (12usize, 4i64, 3i64);
+    let (model, mean, sd, own) = setup(n, s, l);
+    let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
+    let cells = [3usize, 0, 11];
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let d = cell_distances(&model, &post, &own, &cells, spec, 2).unwrap();
+    let nc = cells.len();
+    for (i, &c) in cells.iter().enumerate() {
+        let u: Vec<f32> = (0..l as usize).map(|k| mean[k * n + c] as f32).collect();
+        let z = tch::no_grad(|| model.z_all_samples(&Tensor::from_slice(&u).view([1, l]))).squeeze_dim(0);
+        for a in 0..s {
+            for b in 0..s {
+                let want = (z.get(a) - z.get(b)).square().sum(Kind::Float).sqrt().double_value(&[]);
+                let got = d[i + nc * (a as usize + s as usize * b as usize)];
+                assert!((got - want).abs() < 1e-5 * (1.0 + want), "cell {c} ({a},{b}): {got} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn interrupt_stops_between_blocks() {
+    let (n, s, l) = (40usize, 3i64, 2i64);
+    let (model, mean, sd, own) = setup(n, s, l);
+    let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
+    let group = vec![0i64; n];
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let mut calls = 0;
+    let r = group_sums(&model, &post, &own, &group, 1, spec, 4, 1, &mut || {
+        calls += 1;
+        calls > 2
+    });
+    assert!(matches!(r, Err(mrvi_core::Error::Interrupted)));
+}
