@@ -58,3 +58,17 @@ mrvi_encode <- function(h, n_genes, n_cells, p, i, x, sample) .Call(wrap__mrvi_e
 #' @noRd
 mrvi_z_from_u <- function(h, u, sample) .Call(wrap__mrvi_z_from_u, h, u, sample)
 
+#' Sums of D(n) per group (upper triangles) as an [S, S, G] array's values, and
+#' the number of cells per group. `group`: 0-based, -1 = in no group.
+#' @noRd
+mrvi_group_distances <- function(h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block) .Call(wrap__mrvi_group_distances, h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block)
+
+#' D(n) of the given cells (0-based) as a [cells, S, S] array's values.
+#' @noRd
+mrvi_cell_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block) .Call(wrap__mrvi_cell_distances, h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block)
+
+#' Counterfactual z for u (cells x L, column-major) under the chosen samples
+#' (0-based): values of an R array [cells, samples, L].
+#' @noRd
+mrvi_counterfactual_z <- function(h, u, n_cells, samples) .Call(wrap__mrvi_counterfactual_z, h, u, n_cells, samples)
+

@@ -9,6 +9,7 @@ use mrvi_core::model::config::{ModelConfig, TrainConfig};
 use mrvi_core::model::MrviModel;
 use mrvi_core::train::Trainer;
 use mrvi_core::data::{scan_slots, CscCounts, CscView};
+use mrvi_core::distances::{cell_distances, group_sums, group_sums_tensor, DistanceSpec, Posterior};
 use mrvi_core::{backend, io};
 use std::os::raw::c_int;
 
@@ -237,6 +238,105 @@ fn mrvi_z_from_u(h: ExternalPtr<MrviModel>, u: &[f64], sample: &[i32]) -> RResul
     Ok(z.into_iter().map(f64::from).collect())
 }
 
+// --- counterfactuals and distances -----------------------------------------------------
+
+fn posterior<'a>(u_mean: &'a [f64], u_sd: &'a [f64], n_cells: i32, model: &MrviModel) -> RResult<Posterior<'a>> {
+    let l = model.config.n_latent as usize;
+    let n = n_cells as usize;
+    if u_mean.len() != n * l || u_sd.len() != n * l {
+        return Err(extendr_api::Error::Other(format!("u has {} values, expected {n} cells x {l}", u_mean.len())));
+    }
+    Ok(Posterior { mean: u_mean, sd: u_sd, n_cells: n, n_latent: l })
+}
+
+fn codes(v: &[i32], upper: i64, what: &str) -> RResult<Vec<i64>> {
+    v.iter()
+        .map(|&c| {
+            if c < -1 || c as i64 >= upper {
+                Err(extendr_api::Error::Other(format!("{what} code {c} outside -1..{upper}")))
+            } else {
+                Ok(c as i64)
+            }
+        })
+        .collect()
+}
+
+/// Sums of D(n) per group (upper triangles) as an [S, S, G] array's values, and
+/// the number of cells per group. `group`: 0-based, -1 = in no group.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn mrvi_group_distances(
+    h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], group: &[i32],
+    n_groups: i32, mc_samples: i32, normalize: bool, seed: f64, block: i32,
+) -> RResult<List> {
+    let model = h.try_addr()?;
+    let post = posterior(u_mean, u_sd, n_cells, model)?;
+    let own = codes(own_sample, model.config.n_samples, "sample")?;
+    let group = codes(group, n_groups as i64, "group")?;
+    let spec = DistanceSpec { mc_samples: mc_samples.max(0) as usize, normalize, seed: seed as u64 };
+    let threads = tch::get_num_threads().max(1) as usize;
+    let sums = if model.device() != tch::Device::Cpu && spec.mc_samples == 0 && !normalize {
+        group_sums_tensor(model, &post, &group, n_groups as usize, block.max(1) as usize)
+    } else {
+        group_sums(model, &post, &own, &group, n_groups as usize, spec, block.max(1) as usize, threads, &mut interrupt_pending)
+    };
+    let sums = match sums {
+        Err(mrvi_core::Error::Interrupted) => return Err(extendr_api::Error::Other("interrupted by the user".into())),
+        other => other.map_err(rerr)?,
+    };
+    let mut values = Vec::with_capacity(sums.sums.len() * sums.n_samples * sums.n_samples);
+    for g in 0..n_groups as usize {
+        values.extend(sums.mean(g));
+    }
+    Ok(list!(mean = values, n_cells = sums.n_cells.iter().map(|&v| v as f64).collect::<Vec<f64>>()))
+}
+
+/// D(n) of the given cells (0-based) as a [cells, S, S] array's values.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn mrvi_cell_distances(
+    h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
+    mc_samples: i32, normalize: bool, seed: f64, block: i32,
+) -> RResult<Vec<f64>> {
+    let model = h.try_addr()?;
+    let post = posterior(u_mean, u_sd, n_cells, model)?;
+    let own = codes(own_sample, model.config.n_samples, "sample")?;
+    let cells: Vec<usize> = cells.iter().map(|&c| c as usize).filter(|&c| c < post.n_cells).collect();
+    let spec = DistanceSpec { mc_samples: mc_samples.max(0) as usize, normalize, seed: seed as u64 };
+    cell_distances(model, &post, &own, &cells, spec, block.max(1) as usize).map_err(rerr)
+}
+
+/// Counterfactual z for u (cells x L, column-major) under the chosen samples
+/// (0-based): values of an R array [cells, samples, L].
+/// @noRd
+#[extendr]
+fn mrvi_counterfactual_z(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, samples: &[i32]) -> RResult<Vec<f64>> {
+    let model = h.try_addr()?;
+    let effect = model.host_sample_effect();
+    let (n, l, s_all) = (n_cells as usize, effect.n_latent, effect.n_samples);
+    if u.len() != n * l {
+        return Err(extendr_api::Error::Other("u does not match the model's latent dimension".into()));
+    }
+    let chosen: Vec<usize> = samples.iter().map(|&s| s as usize).filter(|&s| s < s_all).collect();
+    let ns = chosen.len();
+    let mut out = vec![0f64; n * ns * l];
+    let (mut uc, mut z) = (vec![0f32; l], vec![0f32; s_all * l]);
+    for c in 0..n {
+        for d in 0..l {
+            uc[d] = u[d * n + c] as f32;
+        }
+        effect.z_all(&uc, &mut z);
+        for (j, &s) in chosen.iter().enumerate() {
+            for d in 0..l {
+                out[c + n * (j + ns * d)] = z[s * l + d] as f64;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Panics on purpose: the tests check that a Rust panic becomes an R error.
 /// @noRd
 #[extendr]
@@ -260,4 +360,7 @@ extendr_module! {
     fn mrvi_model_valid;
     fn mrvi_encode;
     fn mrvi_z_from_u;
+    fn mrvi_group_distances;
+    fn mrvi_cell_distances;
+    fn mrvi_counterfactual_z;
 }

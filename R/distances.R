@@ -1,0 +1,263 @@
+#' Counterfactual sample-aware representations
+#'
+#' For each cell n and sample s', \eqn{z_n^{s'}}: the cell's z had it come from
+#' sample s' (paper §3.1), computed from the cell's posterior of u.
+#'
+#' @param fit a [MrVIFit-class].
+#' @param cells `NULL` (all cells the model was trained on), indices or cell names.
+#' @param samples `NULL` (all samples), indices or sample names.
+#' @param use_mean `TRUE`: from the posterior mean of u; `FALSE`: from one
+#'   posterior draw per cell (R's random generator: use [set.seed()]).
+#' @param mc_samples 0, or a number of posterior draws: then the result gains a
+#'   4th dimension, one slice per draw.
+#' @details The array has `cells x samples x L` numbers (times `mc_samples`).
+#'   Before allocating, its size is estimated; above `getOption("mrvi.max_bytes")`
+#'   (default 2 GB) the call stops and says how to ask for less. For distances
+#'   over many cells use [sampleDistances()], which streams.
+#' @return an array `[cells, samples, L]` (or `[cells, samples, L, draw]`) with
+#'   dimnames.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' dim(counterfactualLatent(fit, cells = 1:10))
+#' @export
+counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0) {
+  call <- sys.call()
+  check_fit(fit, call)
+  check_flag(use_mean, "use_mean", call)
+  mc_samples <- check_whole(mc_samples, "mc_samples", call)
+  cell_idx <- resolve_cells(fit, cells, call)
+  sample_idx <- resolve_samples(fit, samples, call)
+  L <- ncol(fit@u_mean)
+  bytes <- 8 * length(cell_idx) * length(sample_idx) * L * max(1, mc_samples)
+  check_size(bytes, "counterfactualLatent()", call)
+  mean <- fit@u_mean[cell_idx, , drop = FALSE]
+  sd <- fit@u_sd[cell_idx, , drop = FALSE]
+  one <- function(u) {
+    v <- mrvi_counterfactual_z(native_model(fit), u, nrow(u), sample_idx - 1L)
+    array(v, c(nrow(u), length(sample_idx), L),
+          dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
+  }
+  if (mc_samples == 0) {
+    return(one(if (use_mean) mean else mean + sd * stats::rnorm(length(sd))))
+  }
+  draws <- lapply(seq_len(mc_samples), function(m) one(mean + sd * stats::rnorm(length(sd))))
+  out <- array(unlist(draws), c(dim(draws[[1]]), mc_samples))
+  dimnames(out) <- c(dimnames(draws[[1]]), list(paste0("draw", seq_len(mc_samples))))
+  out
+}
+
+#' Sample x sample distances per cell group, or per cell
+#'
+#' MrVI's sample distances (paper eq. 3-4): for a cell n,
+#' \eqn{D(n)[a, b] = \| z_n^a - z_n^b \|_2}; for a group of cells C,
+#' \eqn{D(C)} is the mean of \eqn{D(n)} over the cells of C. Group means are
+#' streamed over blocks of cells in Rust (memory \eqn{O(G S^2 + block \cdot S L)}):
+#' the cells x samples x samples array is never formed. Per-cell matrices are
+#' returned only for the cells asked for.
+#'
+#' @param fit a [MrVIFit-class].
+#' @param groups `NULL` (one group of all cells), a column name of the fitted cell
+#'   data (`fit@cell_data`: `sample`, `batch`, `labels` and the input's cell
+#'   metadata), or a factor/character vector over the fitted cells. Cells with
+#'   `NA` belong to no group.
+#' @param cells indices or names of cells whose own matrices \eqn{D(n)} are
+#'   wanted (instead of group means); `groups` must then be `NULL`.
+#' @param min_cells a sample with fewer cells than this in a group is left out of
+#'   that group's matrix (its row and column are `NA`); which samples were left
+#'   out where is recorded in `attr(, "excluded")`.
+#' @param normalize `FALSE`: plain distances. `TRUE`: each cell's \eqn{D(n)} is
+#'   divided by the cell's own posterior spread, the mean over consecutive pairs
+#'   of posterior draws of \eqn{\| z_n^{s_n}(u') - z_n^{s_n}(u'') \|} in the cell's
+#'   own sample, so that distances are in units of the cell's uncertainty (needs
+#'   `mc_samples >= 2`).
+#' @param mc_samples posterior draws of u per cell over which \eqn{D(n)} is
+#'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
+#'   per cell from the fit's seed, so results do not depend on `chunk_size`.
+#' @param chunk_size cells per block (default: from the number of samples).
+#' @return with `groups`: an array `[S, S, G]` with dimnames (sample, sample,
+#'   group) and attributes `n_cells` (cells per group), `excluded` (per group,
+#'   the samples left out) and `sample_table`. With `cells`: an array
+#'   `[cells, S, S]`.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type,
+#'             max_epochs = 2, verbose = FALSE)
+#' d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+#' dim(d)
+#' d[, , 1]
+#' @export
+sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, normalize = FALSE,
+                            mc_samples = 10, chunk_size = NULL) {
+  call <- sys.call()
+  check_fit(fit, call)
+  min_cells <- check_whole(min_cells, "min_cells", call)
+  check_flag(normalize, "normalize", call)
+  mc_samples <- check_whole(mc_samples, "mc_samples", call)
+  if (normalize && mc_samples < 2) {
+    abort_arg(c("{.arg normalize} = TRUE needs {.arg mc_samples} >= 2 posterior draws.",
+                "i" = "For example {.code mc_samples = 10}."), call = call)
+  }
+  S <- length(fit@samples)
+  L <- ncol(fit@u_mean)
+  block <- if (is.null(chunk_size)) max(16L, min(1024L, as.integer(2^21 / (S * L)))) else
+    check_count(chunk_size, "chunk_size", call)
+  apply_threads(call = call)
+  own <- as.integer(fit@cell_data$sample) - 1L
+  if (!is.null(cells)) {
+    if (!is.null(groups)) abort_arg("Give {.arg groups} or {.arg cells}, not both.", call = call)
+    idx <- resolve_cells(fit, cells, call)
+    check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
+    v <- mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
+                             idx - 1L, mc_samples, normalize, fit@config$seed, block)
+    return(array(v, c(length(idx), S, S),
+                 dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples)))
+  }
+  group <- resolve_groups(fit, groups, call)
+  G <- nlevels(group)
+  res <- mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
+                              ifelse(is.na(group), -1L, as.integer(group) - 1L), G, mc_samples,
+                              normalize, fit@config$seed, block)
+  out <- array(res$mean, c(S, S, G), dimnames = list(fit@samples, fit@samples, levels(group)))
+  per_group <- table(factor(group, levels(group)), fit@cell_data$sample)
+  excluded <- stats::setNames(vector("list", G), levels(group))
+  for (g in seq_len(G)) {
+    out[, , g][cbind(seq_len(S), seq_len(S))] <- 0
+    few <- per_group[g, ] < min_cells
+    excluded[[g]] <- fit@samples[few]
+    out[few, , g] <- NA
+    out[, few, g] <- NA
+  }
+  attr(out, "n_cells") <- stats::setNames(res$n_cells, levels(group))
+  attr(out, "excluded") <- excluded
+  attr(out, "min_cells") <- min_cells
+  attr(out, "sample_table") <- fit@sample_table
+  out
+}
+
+resolve_groups <- function(fit, groups, call) {
+  n <- nrow(fit@cell_data)
+  if (is.null(groups)) return(factor(rep("all", n)))
+  if (is.character(groups) && length(groups) == 1 && n != 1) {
+    if (!groups %in% names(fit@cell_data)) {
+      abort_arg(c("{.arg groups} = {.val {groups}} is not a column of the fitted cell data.",
+                  "i" = "Available: {show_some(names(fit@cell_data), 12)}; or give a vector over the {n} fitted cells."),
+                call = call)
+    }
+    groups <- fit@cell_data[[groups]]
+  }
+  if (length(groups) != n) {
+    abort_arg("{.arg groups} must have one value per fitted cell ({n}), not {length(groups)}.", call = call)
+  }
+  groups <- droplevels(as.factor(groups))
+  if (nlevels(groups) == 0) abort_arg("{.arg groups} has no non-NA value.", call = call)
+  groups
+}
+
+resolve_cells <- function(fit, cells, call) {
+  n <- nrow(fit@u_mean)
+  if (is.null(cells)) return(seq_len(n))
+  if (is.character(cells)) {
+    idx <- match(cells, rownames(fit@u_mean))
+    if (anyNA(idx)) {
+      abort_arg("{.arg cells}: {sum(is.na(idx))} name{?s} not among the fitted cells, e.g. {show_some(cells[is.na(idx)], 3)}.",
+                call = call)
+    }
+    return(idx)
+  }
+  if (is.logical(cells) && length(cells) == n) return(which(cells))
+  if (!is.numeric(cells) || anyNA(cells) || any(cells < 1 | cells > n | cells != round(cells))) {
+    abort_arg("{.arg cells} must be cell names or indices in 1..{n}.", call = call)
+  }
+  as.integer(cells)
+}
+
+resolve_samples <- function(fit, samples, call) {
+  S <- length(fit@samples)
+  if (is.null(samples)) return(seq_len(S))
+  idx <- if (is.character(samples)) match(samples, fit@samples) else samples
+  if (!is.numeric(idx) || anyNA(idx) || any(idx < 1 | idx > S)) {
+    abort_arg(c("{.arg samples} must be fitted sample names or indices in 1..{S}.",
+                "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
+  }
+  as.integer(idx)
+}
+
+check_size <- function(bytes, what, call) {
+  limit <- getOption("mrvi.max_bytes", 2e9)
+  if (bytes > limit) {
+    abort_arg(c("{what} would allocate {format(structure(bytes, class = 'object_size'), units = 'auto')}, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
+                "i" = "Ask for fewer {.arg cells} or {.arg samples}, use {.fn sampleDistances} with {.arg groups} (streamed), or raise {.code options(mrvi.max_bytes = )}."),
+              call = call)
+  }
+}
+
+#' Hierarchical clustering of samples from MrVI distances
+#'
+#' @param d the result of [sampleDistances()] (an `[S, S, G]` array), one
+#'   `S x S` matrix, or a `dist`.
+#' @param group for an array, the group (name or index); may be omitted when
+#'   there is one group.
+#' @param method agglomeration method of [stats::hclust()] (default average
+#'   linkage; `"ward.D2"` and the others work too).
+#' @details Samples left out of the group (`NA` rows, see `min_cells`) are
+#'   dropped with a message. The result is a real `hclust`: [as.dendrogram()],
+#'   [cutree()] and `ape::as.phylo()` work on it. For the distances themselves as
+#'   a `dist`, use `sampleDist()` (or `as.dist(d[, , group])` when no sample is
+#'   missing).
+#' @return an `hclust` object with the sample names as labels.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' hc <- sampleHclust(sampleDistances(fit, mc_samples = 0))
+#' plot(hc)
+#' @export
+sampleHclust <- function(d, group = NULL, method = "average") {
+  call <- sys.call()
+  dd <- sampleDist(d, group)
+  hc <- stats::hclust(dd, method = method)
+  hc$call <- call
+  hc$dist.method <- "MrVI sample distance"
+  hc
+}
+
+#' @rdname sampleHclust
+#' @return `sampleDist()`: a `dist` over the samples kept in the group.
+#' @export
+sampleDist <- function(d, group = NULL) {
+  call <- sys.call()
+  m <- group_matrix(d, group, call)
+  keep <- !apply(is.na(m), 1, all)
+  if (any(!keep)) {
+    inform(c("i" = "Dropping sample{?s} {.val {rownames(m)[!keep]}}: too few cells in this group."))
+  }
+  m <- m[keep, keep, drop = FALSE]
+  if (nrow(m) < 2) abort_arg("Fewer than 2 samples remain in this group.", call = call)
+  stats::as.dist(m)
+}
+
+group_matrix <- function(d, group, call) {
+  if (inherits(d, "dist")) return(as.matrix(d))
+  if (is.matrix(d)) return(d)
+  if (!is.array(d) || length(dim(d)) != 3) {
+    abort_arg("{.arg d} must be the result of {.fn sampleDistances}, a matrix or a dist.", call = call)
+  }
+  groups <- dimnames(d)[[3]]
+  if (is.null(group)) {
+    if (dim(d)[3] != 1) {
+      abort_arg(c("{.arg group} is required: {.arg d} has {dim(d)[3]} groups.",
+                  "i" = "Groups: {show_some(groups, 8)}."), call = call)
+    }
+    group <- 1L
+  }
+  if (is.character(group) && !group %in% groups) {
+    abort_arg(c("{.arg group} = {.val {group}} is not a group of {.arg d}.",
+                "i" = "Groups: {show_some(groups, 8)}."), call = call)
+  }
+  if (is.numeric(group) && (group < 1 || group > dim(d)[3])) {
+    abort_arg("{.arg group} must be in 1..{dim(d)[3]}.", call = call)
+  }
+  m <- d[, , group]
+  attr(m, "sample_table") <- attr(d, "sample_table")
+  m
+}
