@@ -32,3 +32,133 @@ setMethod("plot", signature("MrVIFit", "missing"), function(x, y, ...) {
 })
 
 utils::globalVariables(c("epoch", "elbo", "set"))
+
+#' Heatmap and tree of MrVI sample distances
+#'
+#' `plotSampleDistances()` draws a group's sample x sample distance matrix as a
+#' heatmap whose rows and columns follow the sample tree, with optional
+#' annotation bars for sample covariates. `plotSampleTree()` draws the tree
+#' itself, with the same annotation at its leaves.
+#'
+#' @param d the result of [sampleDistances()], one `S x S` matrix, or a `dist`.
+#' @param group the group to draw (name or index); may be omitted when `d` has
+#'   one group.
+#' @param annotation `NULL`, or column names of the sample table
+#'   (`attr(d, "sample_table")`, which `sampleDistances()` attaches), or a
+#'   data.frame with one row per sample (row names = samples).
+#' @param method agglomeration method for the tree (as [sampleHclust()]).
+#' @return a ggplot.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' d <- sampleDistances(fit, mc_samples = 0)
+#' plotSampleDistances(d)
+#' plotSampleTree(d)
+#' @export
+plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "average") {
+  call <- sys.call()
+  m <- group_matrix(d, group, call)
+  hc <- suppressMessages(sampleHclust(m, method = method))
+  ord <- hc$labels[hc$order]
+  m <- m[ord, ord]
+  tiles <- data.frame(x = factor(rep(ord, each = length(ord)), levels = ord),
+                      y = factor(rep(ord, times = length(ord)), levels = ord),
+                      distance = as.vector(m))
+  p <- ggplot2::ggplot(tiles, ggplot2::aes(x = x, y = y)) +
+    ggplot2::geom_tile(ggplot2::aes(fill = distance)) +
+    ggplot2::scale_fill_gradient(low = "#fff7ec", high = "#7f0000", name = "distance") +
+    ggplot2::coord_equal() +
+    ggplot2::labs(x = NULL, y = NULL, title = group_title(d, group)) +
+    ggplot2::theme_minimal() +
+    ggplot2::theme(axis.text.x = ggplot2::element_text(angle = 90, hjust = 1, vjust = 0.5),
+                   panel.grid = ggplot2::element_blank())
+  ann <- annotation_frame(d, m, annotation, ord, call)
+  if (!is.null(ann)) {
+    ann$y <- length(ord) + 0.5 + ann$track
+    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = x, y = y, colour = value),
+                                 shape = 15, size = 4, inherit.aes = FALSE) +
+      ggplot2::scale_y_discrete(limits = c(ord, paste0(" ", unique(ann$column)))) +
+      ggplot2::labs(colour = "annotation")
+  }
+  p
+}
+
+#' @rdname plotSampleDistances
+#' @export
+plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average") {
+  call <- sys.call()
+  m <- group_matrix(d, group, call)
+  hc <- suppressMessages(sampleHclust(m, method = method))
+  seg <- dendrogram_segments(hc)
+  ord <- hc$labels[hc$order]
+  leaves <- data.frame(x = seq_along(ord), label = ord)
+  pad <- max(hc$height) * 0.04
+  p <- ggplot2::ggplot() +
+    ggplot2::geom_segment(data = seg, ggplot2::aes(x = x, y = y, xend = xend, yend = yend)) +
+    ggplot2::geom_text(data = leaves, ggplot2::aes(x = x, y = -pad, label = label),
+                       angle = 90, hjust = 1, size = 3) +
+    ggplot2::scale_y_continuous(expand = ggplot2::expansion(mult = c(0.35, 0.05))) +
+    ggplot2::labs(x = NULL, y = "distance (linkage height)", title = group_title(d, group)) +
+    ggplot2::theme_minimal() +
+    ggplot2::theme(axis.text.x = ggplot2::element_blank(), panel.grid.major.x = ggplot2::element_blank(),
+                   panel.grid.minor.x = ggplot2::element_blank())
+  ann <- annotation_frame(d, m, annotation, ord, call)
+  if (!is.null(ann)) {
+    ann$xpos <- match(as.character(ann$x), ord)
+    ann$ypos <- -pad * (0.3 + 0.6 * (ann$track - 1)) + pad * 0.9
+    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = xpos, y = ypos, colour = value),
+                                 shape = 15, size = 3) +
+      ggplot2::labs(colour = "annotation")
+  }
+  p
+}
+
+group_title <- function(d, group) {
+  if (is.array(d) && length(dim(d)) == 3) {
+    g <- if (is.null(group)) dimnames(d)[[3]][1] else if (is.numeric(group)) dimnames(d)[[3]][group] else group
+    paste("MrVI sample distances:", g)
+  } else {
+    "MrVI sample distances"
+  }
+}
+
+# Long data for annotation bars: one row per (sample, annotation column).
+annotation_frame <- function(d, m, annotation, ord, call) {
+  if (is.null(annotation)) return(NULL)
+  table <- if (is.data.frame(annotation)) annotation else attr(m, "sample_table") %||% attr(d, "sample_table")
+  if (is.null(table)) abort_arg("{.arg annotation}: no sample table; give a data.frame with one row per sample.", call = call)
+  columns <- if (is.data.frame(annotation)) names(annotation) else annotation
+  missing <- setdiff(columns, names(table))
+  if (length(missing)) {
+    abort_arg(c("{.arg annotation}: {.val {missing}} {?is/are} not in the sample table.",
+                "i" = "Columns: {show_some(names(table), 12)}."), call = call)
+  }
+  rows <- if ("sample" %in% names(table)) table$sample else rownames(table)
+  idx <- match(ord, rows)
+  if (anyNA(idx)) abort_arg("{.arg annotation} lacks sample{?s} {.val {ord[is.na(idx)]}}.", call = call)
+  do.call(rbind, lapply(seq_along(columns), function(k) {
+    data.frame(x = factor(ord, levels = ord), column = columns[k], track = k,
+               value = paste0(columns[k], ": ", as.character(table[[columns[k]]][idx])))
+  }))
+}
+
+# Segments of an hclust drawn as a dendrogram, leaves at x = 1..n in tree order.
+dendrogram_segments <- function(hc) {
+  n <- length(hc$labels)
+  leaf_x <- numeric(n)
+  leaf_x[hc$order] <- seq_len(n)
+  node_x <- numeric(n - 1)
+  out <- vector("list", n - 1)
+  for (i in seq_len(n - 1)) {
+    ends <- lapply(hc$merge[i, ], function(k) if (k < 0) c(leaf_x[-k], 0) else c(node_x[k], hc$height[k]))
+    h <- hc$height[i]
+    node_x[i] <- (ends[[1]][1] + ends[[2]][1]) / 2
+    out[[i]] <- data.frame(x = c(ends[[1]][1], ends[[2]][1], ends[[1]][1]),
+                           y = c(ends[[1]][2], ends[[2]][2], h),
+                           xend = c(ends[[1]][1], ends[[2]][1], ends[[2]][1]),
+                           yend = c(h, h, h))
+  }
+  do.call(rbind, out)
+}
+
+utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label", "xpos", "ypos"))

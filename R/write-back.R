@@ -3,11 +3,14 @@
 #' For a `SingleCellExperiment`: `reducedDim(object, "MrVI_u")` and
 #' `"MrVI_z"`, and the fit in `metadata(object)$mrvi`. For a Seurat object: the
 #' reductions `mrvi_u` and `mrvi_z` (keys `mrviu_` and `mrviz_`), and the fit
-#' in `Tool(object, slot = "addMrVI")`. Cells of the object that the fit did
+#' in `Tool(object, slot = "addMrVI")`. Sample distances from
+#' [sampleDistances()], when given, go to `metadata(object)$mrvi_distances` or
+#' `Misc(object, "mrvi_distances")`. Cells of the object that the fit did
 #' not use (for example empty cells dropped by [mrviData()]) get `NA` rows.
 #'
 #' @param object the `SingleCellExperiment` or Seurat object the fit was made from.
 #' @param fit a [MrVIFit-class].
+#' @param distances optional result of [sampleDistances()] to store as well.
 #' @return `object` with the latents added.
 #' @examples
 #' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
@@ -19,7 +22,7 @@
 #'   SingleCellExperiment::reducedDimNames(sce)
 #' }
 #' @export
-addMrVI <- function(object, fit) {
+addMrVI <- function(object, fit, distances = NULL) {
   call <- sys.call()
   check_fit(fit, call)
   cells <- colnames(object)
@@ -33,6 +36,7 @@ addMrVI <- function(object, fit) {
     SingleCellExperiment::reducedDim(object, "MrVI_u") <- u
     SingleCellExperiment::reducedDim(object, "MrVI_z") <- z
     S4Vectors::metadata(object)$mrvi <- fit
+    if (!is.null(distances)) S4Vectors::metadata(object)$mrvi_distances <- distances
     return(object)
   }
   if (methods::is(object, "Seurat")) {
@@ -45,6 +49,7 @@ addMrVI <- function(object, fit) {
     object[["mrvi_z"]] <- SeuratObject::CreateDimReducObject(
       embeddings = z[used, , drop = FALSE], key = "mrviz_", assay = assay)
     SeuratObject::Tool(object) <- fit
+    if (!is.null(distances)) SeuratObject::Misc(object, slot = "mrvi_distances") <- distances
     return(object)
   }
   abort_arg("{.arg object} must be a {.cls SingleCellExperiment} or a {.cls Seurat} object.",

@@ -153,3 +153,34 @@ test_that("a planted sample tree is recovered in the affected type only", {
   # unaffected types: sample distances at most half those of the affected type (seen ~0.4)
   expect_lt(max(mean_dist[c("type2", "type3")]), 0.5 * mean_dist[["type1"]])
 })
+
+test_that("plots return ggplots, with annotation from the sample table", {
+  fit <- small_fit()$fit
+  d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+  p <- plotSampleDistances(d, "type1")
+  expect_s3_class(p, "ggplot")
+  built <- ggplot2::ggplot_build(p)
+  # tiles follow the tree's order
+  hc <- sampleHclust(d, "type1")
+  expect_equal(levels(p$data$x), hc$labels[hc$order])
+  ann <- data.frame(group = rep(c("a", "b"), length.out = 5), row.names = fit@samples)
+  expect_s3_class(plotSampleDistances(d, "type1", annotation = ann), "ggplot")
+  expect_s3_class(plotSampleTree(d, "type1", annotation = ann), "ggplot")
+  expect_error(plotSampleDistances(d, "type1", annotation = "nope"), "`annotation`")
+  seg <- mrvi:::dendrogram_segments(hc)
+  expect_equal(nrow(seg), 3 * (length(hc$labels) - 1))
+  expect_equal(max(seg$y), max(hc$height))
+})
+
+test_that("distances are written back with addMrVI", {
+  skip_if_not_installed("SingleCellExperiment")
+  f <- small_fit()
+  d <- sampleDistances(f$fit, groups = "labels", mc_samples = 0)
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = f$sim$counts))
+  sce <- addMrVI(sce, f$fit, distances = d)
+  expect_identical(S4Vectors::metadata(sce)$mrvi_distances, d)
+  skip_if_not_installed("SeuratObject")
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = f$sim$counts))
+  so <- addMrVI(so, f$fit, distances = d)
+  expect_identical(SeuratObject::Misc(so, "mrvi_distances"), d)
+})
