@@ -63,6 +63,11 @@ mrvi_z_from_u <- function(h, u, sample) .Call(wrap__mrvi_z_from_u, h, u, sample)
 #' @noRd
 mrvi_group_distances <- function(h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block) .Call(wrap__mrvi_group_distances, h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block)
 
+#' Group means from libtorch tensor operations (cdist + index_add) on the
+#' model's device: the GPU path, exposed for benchmarks and tests.
+#' @noRd
+mrvi_group_tensor_distances <- function(h, u_mean, u_sd, n_cells, own_sample, group, n_groups, block) .Call(wrap__mrvi_group_tensor_distances, h, u_mean, u_sd, n_cells, own_sample, group, n_groups, block)
+
 #' D(n) of the given cells (0-based) as a [cells, S, S] array's values.
 #' @noRd
 mrvi_cell_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block) .Call(wrap__mrvi_cell_distances, h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block)

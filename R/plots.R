@@ -97,7 +97,8 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
     ggplot2::geom_segment(data = seg, ggplot2::aes(x = x, y = y, xend = xend, yend = yend)) +
     ggplot2::geom_text(data = leaves, ggplot2::aes(x = x, y = -pad, label = label),
                        angle = 90, hjust = 1, size = 3) +
-    ggplot2::scale_y_continuous(expand = ggplot2::expansion(mult = c(0.35, 0.05))) +
+    ggplot2::scale_y_continuous(expand = ggplot2::expansion(mult = c(0.35, 0.05)),
+                                breaks = function(lim) pretty(c(0, lim[2]))) +
     ggplot2::labs(x = NULL, y = "distance (linkage height)", title = group_title(d, group)) +
     ggplot2::theme_minimal() +
     ggplot2::theme(axis.text.x = ggplot2::element_blank(), panel.grid.major.x = ggplot2::element_blank(),

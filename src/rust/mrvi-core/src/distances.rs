@@ -131,19 +131,35 @@ fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
 }
 
 /// acc[b] += w * || za - z_b || for b in `range`, with zt the cell's [L, S] z.
+/// Eight samples b at a time, their squared distances kept in registers across
+/// the L dimensions.
 #[inline(always)]
-fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, scratch: &mut [f32], acc: &mut [f64]) {
-    let scratch = &mut scratch[range.clone()];
-    scratch.iter_mut().for_each(|v| *v = 0.0);
-    for (d, &zad) in za.iter().enumerate() {
-        let col = &zt[d * s + range.start..d * s + range.end];
-        for (v, &zb) in scratch.iter_mut().zip(col) {
-            let diff = zb - zad;
-            *v += diff * diff;
+fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, _scratch: &mut [f32], acc: &mut [f64]) {
+    const W: usize = 8;
+    let n = range.len();
+    let full = n - n % W;
+    for i in (0..full).step_by(W) {
+        let b0 = range.start + i;
+        let mut v = [0f32; W];
+        for (d, &zad) in za.iter().enumerate() {
+            let col: &[f32; W] = zt[d * s + b0..d * s + b0 + W].try_into().unwrap();
+            for j in 0..W {
+                let diff = col[j] - zad;
+                v[j] += diff * diff;
+            }
+        }
+        let out: &mut [f64; W] = (&mut acc[b0..b0 + W]).try_into().unwrap();
+        for j in 0..W {
+            out[j] += (w * v[j].sqrt()) as f64;
         }
     }
-    for (a, &v) in acc[range].iter_mut().zip(scratch.iter()) {
-        *a += (w * v.sqrt()) as f64;
+    for b in range.start + full..range.end {
+        let mut v = 0f32;
+        for (d, &zad) in za.iter().enumerate() {
+            let diff = zt[d * s + b] - zad;
+            v += diff * diff;
+        }
+        acc[b] += (w * v.sqrt()) as f64;
     }
 }
 

@@ -292,6 +292,23 @@ fn mrvi_group_distances(
     Ok(list!(mean = values, n_cells = sums.n_cells.iter().map(|&v| v as f64).collect::<Vec<f64>>()))
 }
 
+/// Group means from libtorch tensor operations (cdist + index_add) on the
+/// model's device: the GPU path, exposed for benchmarks and tests.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn mrvi_group_tensor_distances(
+    h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], group: &[i32],
+    n_groups: i32, block: i32,
+) -> RResult<Vec<f64>> {
+    let model = h.try_addr()?;
+    let post = posterior(u_mean, u_sd, n_cells, model)?;
+    let _ = codes(own_sample, model.config.n_samples, "sample")?;
+    let group = codes(group, n_groups as i64, "group")?;
+    let sums = group_sums_tensor(model, &post, &group, n_groups as usize, block.max(1) as usize).map_err(rerr)?;
+    Ok((0..n_groups as usize).flat_map(|g| sums.mean(g)).collect())
+}
+
 /// D(n) of the given cells (0-based) as a [cells, S, S] array's values.
 /// @noRd
 #[extendr]
@@ -361,6 +378,7 @@ extendr_module! {
     fn mrvi_encode;
     fn mrvi_z_from_u;
     fn mrvi_group_distances;
+    fn mrvi_group_tensor_distances;
     fn mrvi_cell_distances;
     fn mrvi_counterfactual_z;
 }
