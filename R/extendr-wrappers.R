@@ -77,3 +77,12 @@ mrvi_cell_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, mc_
 #' @noRd
 mrvi_counterfactual_z <- function(h, u, n_cells, samples) .Call(wrap__mrvi_counterfactual_z, h, u, n_cells, samples)
 
+#' Per-cell one-sided KS tests of within- against between-category distances.
+#' `category`: one code per sample (-1 = missing); `cells`: 0-based.
+#' @noRd
+mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, seed, block) .Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, seed, block)
+
+#' The KS test on two vectors (exposed to test it against R's ks.test).
+#' @noRd
+mrvi_ks_greater <- function(x, y) .Call(wrap__mrvi_ks_greater, x, y)
+

@@ -11,7 +11,7 @@
 #'   in an affected type should recover it, while the other types carry no sample
 #'   structure.
 #' * `design = "covariates"` (the paper's §4.1): three binary sample covariates
-#'   (`cov1`, `cov2`, `cov3`, balanced across samples) each multiply their own gene
+#'   (`cov1`, `cov2`, `cov3`: "no"/"yes", balanced across samples) each multiply their own gene
 #'   set by 3, 2 and 1.5 in the affected cell types; other types are uniform.
 #'
 #' Samples are nested in sites (each sample in one site); every site multiplies
@@ -110,12 +110,12 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   } else {
     strength <- c(cov1 = 3, cov2 = 2, cov3 = 1.5)
     for (k in names(strength)) {
-      value <- sample(rep_len(c(0L, 1L), n_samples))
+      value <- sample(rep_len(c("no", "yes"), n_samples))
       sample_table[[k]] <- value
       genes_k <- sample.int(n_genes, max(5L, n_genes %/% 20))
       effects[[k]] <- list(genes = genes[genes_k], strength = strength[[k]])
       eff <- matrix(1, n_genes, n_samples)
-      eff[genes_k, value == 1] <- strength[[k]]
+      eff[genes_k, value == "yes"] <- strength[[k]]
       hit <- which(cell_type %in% affected)
       cell_effect[, hit] <- cell_effect[, hit] * eff[, as.integer(sample[hit])]
     }

@@ -5,12 +5,15 @@
 #' reductions `mrvi_u` and `mrvi_z` (keys `mrviu_` and `mrviz_`), and the fit
 #' in `Tool(object, slot = "addMrVI")`. Sample distances from
 #' [sampleDistances()], when given, go to `metadata(object)$mrvi_distances` or
-#' `Misc(object, "mrvi_distances")`. Cells of the object that the fit did
+#' `Misc(object, "mrvi_distances")`. Per-cell results of [cellAssociation()],
+#' when given, become cell columns `mrvi_<covariate>_statistic` and
+#' `mrvi_<covariate>_q` (colData / meta.data; `NA` for cells not tested). Cells of the object that the fit did
 #' not use (for example empty cells dropped by [mrviData()]) get `NA` rows.
 #'
 #' @param object the `SingleCellExperiment` or Seurat object the fit was made from.
 #' @param fit a [MrVIFit-class].
 #' @param distances optional result of [sampleDistances()] to store as well.
+#' @param association optional result of [cellAssociation()] to store as well.
 #' @return `object` with the latents added.
 #' @examples
 #' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
@@ -22,7 +25,7 @@
 #'   SingleCellExperiment::reducedDimNames(sce)
 #' }
 #' @export
-addMrVI <- function(object, fit, distances = NULL) {
+addMrVI <- function(object, fit, distances = NULL, association = NULL) {
   call <- sys.call()
   check_fit(fit, call)
   cells <- colnames(object)
@@ -30,6 +33,7 @@ addMrVI <- function(object, fit, distances = NULL) {
     abort_arg(c("{.arg object} shares no cell names with {.arg fit}.",
                 "i" = "Use the object the fit was made from."), call = call)
   }
+  assoc_cols <- if (is.null(association)) NULL else association_columns(association, cells)
   u <- align_rows(mrviLatent(fit, which = "u"), cells)
   z <- align_rows(mrviLatent(fit, which = "z"), cells)
   if (methods::is(object, "SingleCellExperiment")) {
@@ -37,6 +41,7 @@ addMrVI <- function(object, fit, distances = NULL) {
     SingleCellExperiment::reducedDim(object, "MrVI_z") <- z
     S4Vectors::metadata(object)$mrvi <- fit
     if (!is.null(distances)) S4Vectors::metadata(object)$mrvi_distances <- distances
+    for (nm in names(assoc_cols)) SummarizedExperiment::colData(object)[[nm]] <- assoc_cols[[nm]]
     return(object)
   }
   if (methods::is(object, "Seurat")) {
@@ -50,6 +55,7 @@ addMrVI <- function(object, fit, distances = NULL) {
       embeddings = z[used, , drop = FALSE], key = "mrviz_", assay = assay)
     SeuratObject::Tool(object) <- fit
     if (!is.null(distances)) SeuratObject::Misc(object, slot = "mrvi_distances") <- distances
+    for (nm in names(assoc_cols)) object[[nm]] <- assoc_cols[[nm]]
     return(object)
   }
   abort_arg("{.arg object} must be a {.cls SingleCellExperiment} or a {.cls Seurat} object.",
@@ -60,5 +66,14 @@ align_rows <- function(m, cells) {
   out <- matrix(NA_real_, length(cells), ncol(m), dimnames = list(cells, colnames(m)))
   hit <- cells %in% rownames(m)
   out[hit, ] <- m[cells[hit], , drop = FALSE]
+  out
+}
+
+# Columns mrvi_<covariate>_statistic and _q over the object's cells.
+association_columns <- function(association, cells) {
+  cov <- make.names(S4Vectors::metadata(association)$covariate %||% "covariate")
+  idx <- match(cells, rownames(association))
+  out <- list(association$statistic[idx], association$q_value[idx])
+  names(out) <- paste0("mrvi_", cov, c("_statistic", "_q"))
   out
 }

@@ -98,7 +98,7 @@ fn own_sample_z(z: &[f32], own: &[i64], s: usize, l: usize) -> Vec<f32> {
 }
 
 /// Per-cell weights: 1 / draws, divided by the normaliser when asked.
-fn cell_weights(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], own: &[i64], spec: &DistanceSpec) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+pub(crate) fn cell_weights(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], own: &[i64], spec: &DistanceSpec) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
     let (s, l) = (effect.n_samples, post.n_latent);
     let draws: Vec<Option<usize>> = if spec.mc_samples == 0 { vec![None] } else { (0..spec.mc_samples).map(Some).collect() };
     let zs: Vec<Vec<f32>> = draws.iter().map(|&d| block_z(effect, post, cells, d, spec.seed)).collect();
@@ -122,7 +122,7 @@ fn cell_weights(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], ow
 }
 
 /// Transpose one cell's z from [S, L] to [L, S], for loops over samples.
-fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
+pub(crate) fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
     for a in 0..s {
         for d in 0..l {
             out[d * s + a] = z[a * l + d];
@@ -169,7 +169,7 @@ unsafe fn row_distances_avx2(zt: &[f32], s: usize, za: &[f32], range: std::ops::
     row_distances(zt, s, za, range, w, scratch, acc)
 }
 
-fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, scratch: &mut [f32], acc: &mut [f64]) {
+pub(crate) fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, scratch: &mut [f32], acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {

@@ -2,6 +2,7 @@
 //! Variational Inference, Boyeau et al.). It depends on libtorch through tch and
 //! knows nothing of R, so `cargo test` exercises it alone.
 
+pub mod association;
 pub mod backend;
 pub mod batch;
 pub mod data;
@@ -12,6 +13,7 @@ pub mod infer;
 pub mod io;
 pub mod model;
 pub mod rng;
+pub mod stats;
 pub mod train;
 
 pub use error::{Error, Result};

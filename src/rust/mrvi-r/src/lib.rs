@@ -3,6 +3,7 @@
 //! as an R error (extendr catches panics; `panic = "unwind"` in the profile).
 
 use extendr_api::prelude::*;
+use mrvi_core::association::cell_association;
 use mrvi_core::batch::Dataset;
 use mrvi_core::infer::{encode, z_from_u};
 use mrvi_core::model::config::{ModelConfig, TrainConfig};
@@ -354,6 +355,42 @@ fn mrvi_counterfactual_z(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, sam
     Ok(out)
 }
 
+/// Per-cell one-sided KS tests of within- against between-category distances.
+/// `category`: one code per sample (-1 = missing); `cells`: 0-based.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn mrvi_cell_association(
+    h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
+    category: &[i32], mc_samples: i32, seed: f64, block: i32,
+) -> RResult<List> {
+    let model = h.try_addr()?;
+    let post = posterior(u_mean, u_sd, n_cells, model)?;
+    let own = codes(own_sample, model.config.n_samples, "sample")?;
+    let category: Vec<i64> = category.iter().map(|&c| c as i64).collect();
+    let cells: Vec<usize> = cells.iter().map(|&c| c as usize).filter(|&c| c < post.n_cells).collect();
+    let spec = DistanceSpec { mc_samples: mc_samples.max(0) as usize, normalize: false, seed: seed as u64 };
+    let threads = tch::get_num_threads().max(1) as usize;
+    let res = match cell_association(model, &post, &own, &cells, &category, spec, block.max(1) as usize, threads, &mut interrupt_pending) {
+        Err(mrvi_core::Error::Interrupted) => return Err(extendr_api::Error::Other("interrupted by the user".into())),
+        other => other.map_err(rerr)?,
+    };
+    Ok(list!(
+        statistic = res.iter().map(|r| r.statistic).collect::<Vec<f64>>(),
+        p_value = res.iter().map(|r| r.p_value).collect::<Vec<f64>>(),
+        n_within = res.iter().map(|r| r.n_within as i32).collect::<Vec<i32>>(),
+        n_between = res.iter().map(|r| r.n_between as i32).collect::<Vec<i32>>()
+    ))
+}
+
+/// The KS test on two vectors (exposed to test it against R's ks.test).
+/// @noRd
+#[extendr]
+fn mrvi_ks_greater(x: &[f64], y: &[f64]) -> Vec<f64> {
+    let (s, p) = mrvi_core::stats::ks_greater(x, y);
+    vec![s, p]
+}
+
 /// Panics on purpose: the tests check that a Rust panic becomes an R error.
 /// @noRd
 #[extendr]
@@ -381,4 +418,6 @@ extendr_module! {
     fn mrvi_group_tensor_distances;
     fn mrvi_cell_distances;
     fn mrvi_counterfactual_z;
+    fn mrvi_cell_association;
+    fn mrvi_ks_greater;
 }

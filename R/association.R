@@ -1,0 +1,206 @@
+#' Which cells' sample distances follow a sample covariate (guided analysis)
+#'
+#' For each cell n, the distances \eqn{D(n)[a, b]} between pairs of samples
+#' with the same value of a categorical sample covariate are compared with those
+#' between samples with different values, by a one-sided two-sample
+#' Kolmogorov-Smirnov test (H1: within-category distances are smaller; the
+#' statistic and p-value are exactly those of
+#' `ks.test(within, between, alternative = "greater")`). \eqn{D(n)} is formed
+#' one cell at a time in Rust and dropped. Benjamini-Hochberg q-values are taken
+#' across the tested cells (`p.adjust(method = "BH")`).
+#'
+#' The pairs of samples are not independent, so these per-cell p-values rank
+#' cells rather than control error rates exactly; for a calibrated test per cell
+#' group use [groupAssociation()].
+#'
+#' @param fit a [MrVIFit-class].
+#' @param covariate a column name of the sample table (`fit@sample_table`), or a
+#'   vector named by sample. Categorical (character, factor or logical); a numeric
+#'   covariate is refused: bin it first (for example with [cut()]). Samples with
+#'   `NA` take no part.
+#' @param cells `NULL` (all fitted cells), indices or cell names.
+#' @param mc_samples posterior draws per cell for \eqn{D(n)} (0: posterior mean).
+#' @return a `DataFrame`, one row per cell: `statistic`, `p_value`, `q_value`,
+#'   `n_within`, `n_between` (pair counts); row names are the cells.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' grp <- setNames(c("a", "a", "b", "b"), fit@samples)
+#' head(cellAssociation(fit, grp))
+#' @export
+cellAssociation <- function(fit, covariate, cells = NULL, mc_samples = 0) {
+  call <- sys.call()
+  check_fit(fit, call)
+  mc_samples <- check_whole(mc_samples, "mc_samples", call)
+  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call)
+  idx <- resolve_cells(fit, cells, call)
+  apply_threads(call = call)
+  S <- length(fit@samples)
+  block <- max(16L, min(1024L, as.integer(2^21 / (S * ncol(fit@u_mean)))))
+  res <- mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
+                               as.integer(fit@cell_data$sample) - 1L, idx - 1L,
+                               ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,
+                               fit@config$seed, block)
+  out <- S4Vectors::DataFrame(statistic = res$statistic, p_value = res$p_value,
+                              q_value = stats::p.adjust(res$p_value, method = "BH"),
+                              n_within = res$n_within, n_between = res$n_between,
+                              row.names = rownames(fit@u_mean)[idx])
+  S4Vectors::metadata(out)$covariate <- attr(y, "name")
+  out
+}
+
+#' A calibrated test per cell group: do sample distances follow a covariate?
+#'
+#' For each group of cells C, the statistic is PERMANOVA's pseudo-F (Anderson
+#' 2001) of the group's sample distance matrix \eqn{D(C)} against the sample
+#' covariate: \eqn{F = (SS_B / (k - 1)) / (SS_W / (N - k))} with
+#' \eqn{SS_T = \frac{1}{N}\sum_{i<j} d_{ij}^2} and
+#' \eqn{SS_W = \sum_g \frac{1}{n_g}\sum_{i<j \in g} d_{ij}^2}. Its p-value comes
+#' from permuting the covariate across samples (`permutations` times):
+#' \eqn{(1 + \#\{F^* \ge F\}) / (1 + B)}, which is valid whatever the dependence
+#' between pairs of samples. Benjamini-Hochberg across groups.
+#'
+#' @param fit_or_distances a [MrVIFit-class] (distances are then computed with
+#'   [sampleDistances()] for `groups`, posterior means) or the result of
+#'   [sampleDistances()].
+#' @param covariate a column name of the sample table or a vector named by
+#'   sample; categorical, as in [cellAssociation()].
+#' @param groups with a fit: as `groups` of [sampleDistances()]; with distances:
+#'   the groups to test (`NULL`: all).
+#' @param permutations number of permutations B.
+#' @param seed seed of the permutations (R's generator is restored afterwards).
+#' @return a `DataFrame`, one row per group: `n_samples`, `statistic` (pseudo-F),
+#'   `p_value`, `q_value`, `permutations`.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' grp <- setNames(c("a", "a", "b", "b"), fit@samples)
+#' groupAssociation(fit, grp, permutations = 99)
+#' @export
+groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = 1) {
+  call <- sys.call()
+  permutations <- check_count(permutations, "permutations", call)
+  seed <- check_whole(seed, "seed", call)
+  if (methods::is(fit_or_distances, "MrVIFit")) {
+    d <- with_call(sampleDistances(fit_or_distances, groups = groups, mc_samples = 0), call)
+    groups <- NULL
+  } else if (is.array(fit_or_distances) && length(dim(fit_or_distances)) == 3) {
+    d <- fit_or_distances
+  } else {
+    abort_arg("{.arg fit_or_distances} must be a {.cls MrVIFit} or the result of {.fn sampleDistances}.",
+              call = call)
+  }
+  samples <- dimnames(d)[[1]]
+  table <- attr(d, "sample_table")
+  y <- sample_covariate(covariate, table, samples, call)
+  tested <- if (is.null(groups)) dimnames(d)[[3]] else groups
+  unknown <- setdiff(tested, dimnames(d)[[3]])
+  if (length(unknown)) abort_arg("{.arg groups} not in the distances: {.val {unknown}}.", call = call)
+  restore <- preserve_rng()
+  on.exit(restore())
+  rows <- lapply(tested, function(g) {
+    m <- d[, , g]
+    keep <- !is.na(y) & !apply(is.na(m), 1, all)
+    yy <- droplevels(y[keep])
+    m <- m[keep, keep, drop = FALSE]
+    if (nlevels(yy) < 2 || all(table(yy) < 2)) {
+      return(data.frame(group = g, n_samples = sum(keep), statistic = NA_real_, p_value = NA_real_,
+                        permutations = 0L))
+    }
+    set.seed(seed)
+    f <- pseudo_f(m, yy)
+    perm <- vapply(seq_len(permutations), function(i) pseudo_f(m, sample(yy)), numeric(1))
+    data.frame(group = g, n_samples = sum(keep), statistic = f,
+               p_value = (1 + sum(perm >= f - 1e-12 * abs(f))) / (1 + permutations),
+               permutations = permutations)
+  })
+  res <- do.call(rbind, rows)
+  out <- S4Vectors::DataFrame(n_samples = res$n_samples, statistic = res$statistic,
+                              p_value = res$p_value,
+                              q_value = stats::p.adjust(res$p_value, method = "BH"),
+                              permutations = res$permutations, row.names = res$group)
+  S4Vectors::metadata(out)$covariate <- attr(y, "name")
+  out
+}
+
+# PERMANOVA pseudo-F of a distance matrix against a factor.
+pseudo_f <- function(m, y) {
+  n <- nrow(m)
+  k <- nlevels(y)
+  d2 <- m^2
+  ss_total <- sum(d2[upper.tri(d2)]) / n
+  ss_within <- 0
+  for (lev in levels(y)) {
+    idx <- which(y == lev)
+    if (length(idx) > 1) {
+      sub <- d2[idx, idx]
+      ss_within <- ss_within + sum(sub[upper.tri(sub)]) / length(idx)
+    }
+  }
+  ((ss_total - ss_within) / (k - 1)) / (ss_within / (n - k))
+}
+
+# A categorical sample covariate as a factor over `samples` (NA allowed).
+sample_covariate <- function(covariate, table, samples, call) {
+  name <- "covariate"
+  if (is.character(covariate) && length(covariate) == 1 && length(samples) != 1) {
+    if (is.null(table) || !covariate %in% names(table)) {
+      abort_arg(c("{.arg covariate} = {.val {covariate}} is not a column of the sample table.",
+                  "i" = "Columns: {show_some(setdiff(names(table), c('sample', 'n_cells')), 12)}; or give a vector named by sample."),
+                call = call)
+    }
+    name <- covariate
+    rows <- if ("sample" %in% names(table)) table$sample else rownames(table)
+    values <- table[[covariate]][match(samples, rows)]
+  } else {
+    if (is.null(names(covariate)) || !all(samples %in% names(covariate))) {
+      abort_arg(c("{.arg covariate} must be a sample-table column name or a vector named by sample.",
+                  "i" = "Names needed: {show_some(samples)}."), call = call)
+    }
+    values <- covariate[samples]
+  }
+  if (is.numeric(values) && !is.factor(values)) {
+    abort_arg(c("{.arg covariate} is numeric; the test needs categories.",
+                "i" = "Bin it first, e.g. {.code cut(age, breaks = 3)}, or pass {.code factor(x)} if its values are labels."),
+              call = call)
+  }
+  y <- droplevels(factor(values))
+  if (nlevels(y) < 2) abort_arg("{.arg covariate} must have at least 2 categories among the samples.", call = call)
+  if (all(table(y) < 2)) {
+    abort_arg("{.arg covariate}: every category has one sample, so there are no within-category pairs.", call = call)
+  }
+  names(y) <- samples
+  attr(y, "name") <- name
+  y
+}
+
+#' Fraction of cells whose sample distances follow a covariate, per group
+#'
+#' @param res the result of [cellAssociation()].
+#' @param groups a vector over the rows of `res`, or a column name of
+#'   `fit@cell_data` (then `fit` is needed).
+#' @param fit the [MrVIFit-class], when `groups` is a column name.
+#' @param alpha q-value threshold.
+#' @return a ggplot bar chart.
+#' @export
+plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
+  call <- sys.call()
+  if (is.character(groups) && length(groups) == 1 && nrow(res) != 1) {
+    if (is.null(fit)) abort_arg("{.arg fit} is needed to read {.arg groups} = {.val {groups}}.", call = call)
+    groups <- fit@cell_data[rownames(res), groups]
+  }
+  if (length(groups) != nrow(res)) {
+    abort_arg("{.arg groups} must have one value per row of {.arg res} ({nrow(res)}).", call = call)
+  }
+  df <- stats::aggregate(list(fraction = res$q_value < alpha), list(group = as.factor(groups)),
+                         mean, na.rm = TRUE)
+  ggplot2::ggplot(df, ggplot2::aes(x = group, y = fraction)) +
+    ggplot2::geom_col(fill = "#7f0000") +
+    ggplot2::scale_y_continuous(limits = c(0, 1)) +
+    ggplot2::labs(x = NULL, y = sprintf("fraction of cells with q < %g", alpha),
+                  title = paste("Sample distances follow", S4Vectors::metadata(res)$covariate %||% "the covariate")) +
+    ggplot2::theme_minimal() +
+    ggplot2::theme(axis.text.x = ggplot2::element_text(angle = 45, hjust = 1))
+}
+
+utils::globalVariables(c("group", "fraction"))

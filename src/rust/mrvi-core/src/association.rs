@@ -1,0 +1,81 @@
+//! Guided analysis per cell (paper §3.3, MODEL.md §7): for a categorical sample
+//! covariate y, compare the distances D(n)[a, b] over pairs of samples with
+//! y_a = y_b against pairs with y_a != y_b by a one-sided two-sample
+//! Kolmogorov-Smirnov test (within-category distances smaller). D(n) is formed
+//! one cell at a time and dropped: nothing of size cells x S x S is kept.
+
+use crate::distances::{cell_weights, row_distances_dispatch, transpose_cell, DistanceSpec, Posterior};
+use crate::error::{Error, Result};
+use crate::model::MrviModel;
+use crate::stats::ks_greater;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CellTest {
+    pub statistic: f64,
+    pub p_value: f64,
+    pub n_within: usize,
+    pub n_between: usize,
+}
+
+/// KS tests for `cells`. `category[s]` is sample s's covariate code (< 0: missing,
+/// the sample takes no part). Cells are processed in blocks; within a block, cells
+/// are dealt to `threads` threads; `interrupted` is polled per block.
+#[allow(clippy::too_many_arguments)]
+pub fn cell_association(
+    model: &MrviModel, post: &Posterior, own_sample: &[i64], cells: &[usize], category: &[i64], spec: DistanceSpec,
+    block: usize, threads: usize, interrupted: &mut dyn FnMut() -> bool,
+) -> Result<Vec<CellTest>> {
+    let s = model.config.n_samples as usize;
+    let l = post.n_latent;
+    if category.len() != s {
+        crate::invalid!("the covariate has {} values for {s} samples", category.len());
+    }
+    let effect = model.host_sample_effect();
+    // the pairs that take part, split by within / between category
+    let pairs: Vec<(usize, usize, bool)> = (0..s)
+        .flat_map(|a| (a + 1..s).map(move |b| (a, b)))
+        .filter(|&(a, b)| category[a] >= 0 && category[b] >= 0)
+        .map(|(a, b)| (a, b, category[a] == category[b]))
+        .collect();
+    let mut out = vec![CellTest::default(); cells.len()];
+    for (bi, part) in cells.chunks(block.max(1)).enumerate() {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
+        let (zs, weights) = cell_weights(&effect, post, part, &own, &spec)?;
+        let results = &mut out[bi * block.max(1)..bi * block.max(1) + part.len()];
+        let per = part.len().div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|scope| {
+            for (ti, res) in results.chunks_mut(per).enumerate() {
+                let (zs, weights, pairs) = (&zs, &weights, &pairs);
+                scope.spawn(move || {
+                    let mut acc = vec![0f64; s * s];
+                    let (mut t, mut scratch, mut za) = (vec![0f32; s * l], vec![0f32; s], vec![0f32; l]);
+                    let (mut within, mut between) = (Vec::new(), Vec::new());
+                    for (k, slot) in res.iter_mut().enumerate() {
+                        let r = ti * per + k;
+                        acc.iter_mut().for_each(|v| *v = 0.0);
+                        for z in zs {
+                            transpose_cell(&z[r * s * l..(r + 1) * s * l], s, l, &mut t);
+                            for a in 0..s {
+                                for d in 0..l {
+                                    za[d] = t[d * s + a];
+                                }
+                                row_distances_dispatch(&t, s, &za, a + 1..s, weights[r], &mut scratch, &mut acc[a * s..(a + 1) * s]);
+                            }
+                        }
+                        within.clear();
+                        between.clear();
+                        for &(a, b, same) in pairs {
+                            if same { within.push(acc[a * s + b]) } else { between.push(acc[a * s + b]) }
+                        }
+                        let (statistic, p_value) = ks_greater(&within, &between);
+                        *slot = CellTest { statistic, p_value, n_within: within.len(), n_between: between.len() };
+                    }
+                });
+            }
+        });
+    }
+    Ok(out)
+}
