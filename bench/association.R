@@ -1,0 +1,43 @@
+# Per-cell guided tests at scale (issue: guided analysis): 100k cells x 64 samples.
+#   Rscript bench/association.R [N_CELLS N_SAMPLES]
+# Synthetic fit as in bench/distances.R (a model with S samples, cells replaced by
+# N cells with u ~ N(0, I)); a balanced binary covariate. Runs in its own process;
+# peak RSS is its VmHWM. Baseline in the same run: R computing the same tests for
+# the first 500 cells from sampleDistances(cells =) and ks.test(), extrapolated.
+args <- commandArgs(trailingOnly = TRUE)
+n <- if (length(args)) as.numeric(args[1]) else 1e5
+S <- if (length(args) > 1) as.integer(args[2]) else 64L
+suppressMessages(library(mrvi))
+vm <- function() as.numeric(gsub("[^0-9]", "", grep("^VmHWM", readLines("/proc/self/status"), value = TRUE))) / 1024
+set.seed(1)
+counts <- Matrix::rsparsematrix(50, S * 5, 0.3, rand.x = function(k) rpois(k, 3) + 1)
+dimnames(counts) <- list(paste0("g", 1:50), paste0("c", seq_len(S * 5)))
+fit <- mrvi(counts, sample = rep(sprintf("s%03d", seq_len(S)), 5), max_epochs = 1, verbose = FALSE)
+L <- ncol(fit@u_mean)
+cells <- sprintf("cell%07d", seq_len(n))
+fit@u_mean <- matrix(rnorm(n * L), n, L, dimnames = list(cells, paste0("u", 1:L)))
+fit@u_sd <- matrix(0.1, n, L, dimnames = list(cells, paste0("u", 1:L)))
+fit@cell_data <- data.frame(sample = factor(sample(fit@samples, n, replace = TRUE), levels = fit@samples),
+                            row.names = cells)
+y <- setNames(rep(c("a", "b"), length.out = S), fit@samples)
+before <- vm()
+t0 <- proc.time()[["elapsed"]]
+res <- cellAssociation(fit, y)
+secs <- proc.time()[["elapsed"]] - t0
+peak <- vm()
+# baseline: the same tests in R for 500 cells
+t1 <- proc.time()[["elapsed"]]
+d <- sampleDistances(fit, cells = 1:500, mc_samples = 0)
+same <- outer(y, y, "==")
+up <- upper.tri(same)
+p_r <- vapply(1:500, function(i) suppressWarnings(
+  ks.test(d[i, , ][up & same], d[i, , ][up & !same], alternative = "greater")$p.value), numeric(1))
+r_secs <- (proc.time()[["elapsed"]] - t1) / 500 * n
+stopifnot(isTRUE(all.equal(p_r, res$p_value[1:500], tolerance = 1e-5)))
+out <- data.frame(cells = n, samples = S, pairs = S * (S - 1) / 2, seconds = round(secs, 1),
+                  cells_per_s = round(n / secs), peak_rss_mb = round(peak), rss_before_mb = round(before),
+                  baseline_R_seconds_extrapolated = round(r_secs), speedup = round(r_secs / secs, 1),
+                  threads = mrviBackend()$threads)
+print(out)
+dir.create("bench/results", showWarnings = FALSE, recursive = TRUE)
+if (!length(args)) write.csv(out, "bench/results/association.csv", row.names = FALSE)
