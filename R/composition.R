@@ -1,0 +1,166 @@
+#' Sample distances from cell-state composition (the CompositionPCA baseline)
+#'
+#' The baseline of the MrVI paper (Supplement C.1): within each group of cells,
+#' cluster the cells (Leiden on a k-nearest-neighbour graph of a PCA of
+#' log-normalised counts, or of a given embedding), compute each sample's
+#' proportions over those subclusters, and take Euclidean distances between the
+#' samples' proportion vectors. Same output shape as [sampleDistances()], so the
+#' two compare directly.
+#'
+#' @inheritParams mrviData
+#' @param groups a column name of the cell metadata or a vector over cells: the
+#'   groups within which to cluster.
+#' @param embedding `NULL` (PCA of log1p counts per 10,000 over the 2,000 most
+#'   variable genes), or a cells x dimensions matrix (for example
+#'   `mrviLatent(fit)`).
+#' @param n_pcs number of principal components.
+#' @param resolution Leiden resolution (modularity).
+#' @param k neighbours in the kNN graph.
+#' @param seed seed for the clustering (R's generator is restored afterwards).
+#' @return an array `[S, S, G]` with dimnames and attributes `n_cells`,
+#'   `n_clusters` (subclusters per group) and `sample_table`.
+#' @examples
+#' if (requireNamespace("igraph", quietly = TRUE)) {
+#'   sim <- mrvi:::example_counts()
+#'   d <- compositionDistances(sim$counts, sim$sample, groups = sim$cell_type, n_pcs = 10)
+#'   dim(d)
+#' }
+#' @export
+compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50, resolution = 1,
+                                 k = 15, seed = 1) {
+  call <- sys.call()
+  if (!requireNamespace("igraph", quietly = TRUE)) {
+    abort_arg("compositionDistances() clusters with Leiden: install {.pkg igraph}.", call = call)
+  }
+  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call)
+  n_pcs <- check_count(n_pcs, "n_pcs", call)
+  k <- check_count(k, "k", call)
+  check_positive(resolution, "resolution", call)
+  emb <- if (is.null(embedding)) pca_embedding(data$counts, n_pcs) else {
+    if (!is.matrix(embedding) || nrow(embedding) != ncol(x)) {
+      abort_arg("{.arg embedding} must be a matrix with one row per cell ({ncol(x)}).", call = call)
+    }
+    # rows follow the cells kept by mrviData() (by name when the rows are named)
+    rows <- if (is.null(rownames(embedding))) match(colnames(data$counts), colnames(x)) else colnames(data$counts)
+    embedding[rows, , drop = FALSE]
+  }
+  restore <- preserve_rng()
+  on.exit(restore())
+  set.seed(seed)
+  group <- data$labels
+  S <- nlevels(data$sample)
+  out <- array(NA_real_, c(S, S, nlevels(group)),
+               dimnames = list(levels(data$sample), levels(data$sample), levels(group)))
+  n_clusters <- integer(nlevels(group))
+  for (g in seq_len(nlevels(group))) {
+    idx <- which(group == levels(group)[g])
+    cl <- leiden_clusters(emb[idx, , drop = FALSE], k, resolution)
+    n_clusters[g] <- nlevels(cl)
+    prop <- prop.table(table(data$sample[idx], cl), 1)
+    prop[is.nan(prop)] <- NA
+    out[, , g] <- as.matrix(stats::dist(prop))
+  }
+  attr(out, "n_cells") <- stats::setNames(as.vector(table(group)), levels(group))
+  attr(out, "n_clusters") <- stats::setNames(n_clusters, levels(group))
+  attr(out, "sample_table") <- data$sample_table
+  out
+}
+
+pca_embedding <- function(counts, n_pcs) {
+  lib <- Matrix::colSums(counts)
+  norm <- counts %*% Matrix::Diagonal(x = 1e4 / lib)
+  norm@x <- log1p(norm@x)
+  mean <- Matrix::rowMeans(norm)
+  var <- Matrix::rowMeans(norm^2) - mean^2
+  top <- order(var, decreasing = TRUE)[seq_len(min(2000, nrow(norm)))]
+  m <- t(as.matrix(norm[top, , drop = FALSE]))
+  n_pcs <- min(n_pcs, ncol(m) - 1, nrow(m) - 1)
+  stats::prcomp(m, rank. = n_pcs, center = TRUE, scale. = FALSE)$x
+}
+
+leiden_clusters <- function(emb, k, resolution) {
+  n <- nrow(emb)
+  if (n < 3) return(factor(rep(1, n)))
+  k <- min(k, n - 1)
+  d <- as.matrix(stats::dist(emb))
+  nn <- t(apply(d, 1, function(r) order(r)[2:(k + 1)]))
+  edges <- cbind(rep(seq_len(n), each = k), as.vector(t(nn)))
+  graph <- igraph::simplify(igraph::graph_from_edgelist(edges, directed = FALSE))
+  cl <- igraph::cluster_leiden(graph, objective_function = "modularity",
+                               resolution_parameter = resolution, n_iterations = 5)
+  factor(igraph::membership(cl))
+}
+
+#' Normalised Robinson-Foulds distance between two sample trees
+#'
+#' The number of bipartitions of the samples found in one tree but not the other,
+#' divided by its maximum \eqn{2(n - 3)} for unrooted binary trees on n leaves:
+#' 0 for the same topology, 1 for trees sharing no split. Trees are compared
+#' unrooted (ape's `dist.topo(method = "PH85")`) on their common leaves.
+#'
+#' @param hc a tree: an `hclust` (for example from [sampleHclust()]), an ape
+#'   `phylo`, or Newick text.
+#' @param truth the true tree, in any of the same forms.
+#' @return a number in \[0, 1\].
+#' @examples
+#' if (requireNamespace("ape", quietly = TRUE)) {
+#'   treeDistance("((a,b),(c,d),e);", "((a,c),(b,d),e);")
+#' }
+#' @export
+treeDistance <- function(hc, truth) {
+  call <- sys.call()
+  if (!requireNamespace("ape", quietly = TRUE)) abort_arg("treeDistance() needs {.pkg ape}.", call = call)
+  a <- as_phylo(hc, "hc", call)
+  b <- as_phylo(truth, "truth", call)
+  common <- intersect(a$tip.label, b$tip.label)
+  if (length(common) < 4) abort_arg("The trees share fewer than 4 leaves.", call = call)
+  a <- ape::unroot(ape::keep.tip(a, common))
+  b <- ape::unroot(ape::keep.tip(b, common))
+  as.numeric(ape::dist.topo(a, b, method = "PH85")) / (2 * (length(common) - 3))
+}
+
+as_phylo <- function(x, arg, call) {
+  if (inherits(x, "phylo")) return(x)
+  if (inherits(x, "hclust")) return(ape::as.phylo(x))
+  if (is.character(x) && length(x) == 1) return(ape::read.tree(text = x))
+  abort_arg("{.arg {arg}} must be an hclust, a phylo or Newick text.", call = call)
+}
+
+#' Silhouette scores of a latent space (paper Supplement C.2)
+#'
+#' Average silhouette widths (`cluster::silhouette`, Euclidean distances) of an
+#' embedding: for cell types, the average width rescaled to \[0, 1\] as
+#' \eqn{(s + 1) / 2} (higher: types better separated); for batches, within each
+#' cell type, the mean of \eqn{1 - |s|} over cells (higher: batches better mixed),
+#' averaged over cell types (the scIB conventions).
+#'
+#' @param embedding cells x dimensions matrix (for example `mrviLatent(fit)`).
+#' @param cell_type,batch vectors over cells (`batch` may be `NULL`).
+#' @param max_cells cells subsampled (distances are quadratic in cells).
+#' @param seed seed of the subsample.
+#' @return a named numeric vector: `cell_type` and `batch`.
+#' @export
+silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 5000, seed = 1) {
+  call <- sys.call()
+  if (!requireNamespace("cluster", quietly = TRUE)) abort_arg("silhouetteScores() needs {.pkg cluster}.", call = call)
+  restore <- preserve_rng()
+  on.exit(restore())
+  set.seed(seed)
+  n <- nrow(embedding)
+  idx <- if (n > max_cells) sort(sample.int(n, max_cells)) else seq_len(n)
+  e <- embedding[idx, , drop = FALSE]
+  ct <- as.factor(cell_type)[idx]
+  s <- cluster::silhouette(as.integer(ct), stats::dist(e))
+  out <- c(cell_type = (mean(s[, "sil_width"]) + 1) / 2, batch = NA_real_)
+  if (!is.null(batch)) {
+    b <- as.factor(batch)[idx]
+    per_type <- vapply(levels(ct), function(t) {
+      j <- which(ct == t)
+      if (length(unique(b[j])) < 2 || length(j) < 3) return(NA_real_)
+      sb <- cluster::silhouette(as.integer(droplevels(b[j])), stats::dist(e[j, , drop = FALSE]))
+      mean(1 - abs(sb[, "sil_width"]))
+    }, numeric(1))
+    out[["batch"]] <- mean(per_type, na.rm = TRUE)
+  }
+  out
+}
