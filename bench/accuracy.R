@@ -96,7 +96,7 @@ ggsave(file.path(out, "tree_rf_bars.png"),
          stat_summary(fun = mean, geom = "col") +
          geom_jitter(width = 0.1, height = 0, size = 1.5) +
          facet_wrap(~cell_type) +
-         labs(y = "normalised Robinson-Foulds distance to the true tree", x = NULL,
+         labs(y = "normalised RF distance to true tree", x = NULL,
               title = sprintf("Planted trees, %d seeds (paired one-sided t-test p = %.2g)", length(seeds), tt$p.value)) +
          theme_minimal() + theme(legend.position = "none"),
        width = 7, height = 4, dpi = 110)
