@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: install what is missing, build the package, then run every
-# test: the Rust core's `cargo test` and the R package's testthat suite.
+# test: the Rust core's `cargo test`, the R package's testthat suite, and
+# R CMD build + R CMD check on the tarball (which renders and checks the vignette).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
@@ -24,4 +25,6 @@ R_LIBS="$PWD/.Rlib" Rscript -e '
   cat(sprintf("\ntestthat: %d passed, %d failed, %d skipped\n",
               sum(res$nb) - sum(res$failed) - sum(res$skipped), failed, sum(res$skipped)))
   quit(status = if (failed > 0) 1 else 0)' || status=1
+echo "== R CMD build + R CMD check =="
+bash tools/check.sh || status=1
 exit $status
