@@ -13,6 +13,7 @@ export OMP_WAIT_POLICY=PASSIVE
 LIBTORCH=$(.venv/bin/python -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("torch").origin))')
 export LIBTORCH
 status=0
+summary=$(mktemp)
 echo "== cargo test (Rust core) =="
 # libtorch's random generator is global, so the core's tests run one at a time.
 LD_LIBRARY_PATH="$LIBTORCH/lib" cargo test --release -p mrvi-core \
@@ -22,9 +23,14 @@ R_LIBS="$PWD/.Rlib" Rscript -e '
   suppressMessages(library(testthat)); library(mrvi)
   res <- as.data.frame(test_dir("tests/testthat", reporter = "summary", stop_on_failure = FALSE))
   failed <- sum(res$failed) + sum(res$error)
-  cat(sprintf("\ntestthat: %d passed, %d failed, %d skipped\n",
-              sum(res$nb) - sum(res$failed) - sum(res$skipped), failed, sum(res$skipped)))
-  quit(status = if (failed > 0) 1 else 0)' || status=1
+  line <- sprintf("testthat: %d passed, %d failed, %d skipped",
+                  sum(res$nb) - sum(res$failed) - sum(res$skipped), failed, sum(res$skipped))
+  cat("\n", line, "\n", sep = "")
+  writeLines(line, commandArgs(TRUE)[1])
+  quit(status = if (failed > 0) 1 else 0)' "$summary" || status=1
 echo "== R CMD build + R CMD check =="
 bash tools/check.sh || status=1
+# the testthat tally again, as the closing line
+cat "$summary"
+rm -f "$summary"
 exit $status
