@@ -182,6 +182,12 @@ sample_covariate <- function(covariate, table, samples, call) {
 #' @param fit the [MrVIFit-class], when `groups` is a column name.
 #' @param alpha q-value threshold.
 #' @return a ggplot bar chart.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type,
+#'             max_epochs = 2, verbose = FALSE)
+#' res <- cellAssociation(fit, setNames(c("a", "a", "b", "b"), fit@samples))
+#' plotAssociation(res, "labels", fit = fit)
 #' @export
 plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
   call <- sys.call()

@@ -22,6 +22,14 @@
 #'   and the cell metadata of the input; row names are the cell names.
 #' @slot u_mean,u_sd matrix: cells x L posterior mean and sd of u.
 #' @slot cache environment: the native model, rebuilt when missing.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' fit
+#' summary(fit)$epochs
+#' f <- tempfile(fileext = ".rds")
+#' saveRDS(fit, f)
+#' identical(mrviLatent(readRDS(f)), mrviLatent(fit))
 #' @exportClass MrVIFit
 setClass("MrVIFit", representation(
   config = "list",

@@ -139,6 +139,13 @@ as_phylo <- function(x, arg, call) {
 #' @param max_cells cells subsampled (distances are quadratic in cells).
 #' @param seed seed of the subsample.
 #' @return a named numeric vector: `cell_type` and `batch`.
+#' @examples
+#' if (requireNamespace("cluster", quietly = TRUE)) {
+#'   sim <- mrvi:::example_counts()
+#'   fit <- mrvi(sim$counts, sample = sim$sample, batch = sim$site,
+#'               max_epochs = 2, verbose = FALSE)
+#'   silhouetteScores(mrviLatent(fit), sim$cell_type, sim$site)
+#' }
 #' @export
 silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 5000, seed = 1) {
   call <- sys.call()

@@ -37,9 +37,12 @@ seurat_counts <- function(x, assay, call) {
   as_dgc(counts, arg = "assay", call = call)
 }
 
-assay5_counts <- function(a, layer, seurat_assay, cells, call) {
+# `layers` and `layer_data` are SeuratObject's Layers() and LayerData(), passed in
+# so that the joining logic can be tested where SeuratObject 5 is not installed.
+assay5_counts <- function(a, layer, seurat_assay, cells, call,
+                          layers = seurat_fn("Layers"), layer_data = seurat_fn("LayerData")) {
   pattern <- paste0("^", gsub(".", "\\.", layer, fixed = TRUE), "(\\.|$)")
-  all_layers <- seurat_fn("Layers")(a)
+  all_layers <- layers(a)
   layers <- grep(pattern, all_layers, value = TRUE)
   if (!length(layers)) {
     abort_arg(c("The Seurat assay {.val {seurat_assay}} has no layer {.val {layer}}.",
@@ -47,7 +50,7 @@ assay5_counts <- function(a, layer, seurat_assay, cells, call) {
   }
   features <- rownames(a)
   parts <- lapply(layers, function(l) {
-    m <- as_dgc(seurat_fn("LayerData")(a, layer = l), arg = "assay", call = call)
+    m <- as_dgc(layer_data(a, layer = l), arg = "assay", call = call)
     if (!identical(rownames(m), features)) {
       # A split layer may hold fewer features: place its rows among all features.
       full <- Matrix::sparseMatrix(i = integer(), j = integer(), x = numeric(),
