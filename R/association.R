@@ -36,7 +36,7 @@ cellAssociation <- function(fit, covariate, cells = NULL, mc_samples = 0) {
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
   S <- length(fit@samples)
-  block <- max(16L, min(1024L, as.integer(2^21 / (S * ncol(fit@u_mean)))))
+  block <- max(16L, min(1024L, as.integer(2^21 / (S * z_dim(fit)))))
   res <- mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                                as.integer(fit@cell_data$sample) - 1L, idx - 1L,
                                ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,

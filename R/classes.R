@@ -64,8 +64,11 @@ native_model <- function(fit) {
 #' @export
 setMethod("show", "MrVIFit", function(object) {
   h <- object@history
-  cat(sprintf("<MrVIFit> MrVI (linear flavour), L = %d, trained on %d cells x %d genes\n",
-              ncol(object@u_mean), nrow(object@cell_data), length(object@genes)))
+  fl <- object@config$flavour %||% "linear"
+  dims <- if (fl == "attention") sprintf("L_u = %d, L_z = %d", ncol(object@u_mean), object@config$train$n_latent) else
+    sprintf("L = %d", ncol(object@u_mean))
+  cat(sprintf("<MrVIFit> MrVI (%s flavour, %s prior), %s, trained on %d cells x %d genes\n",
+              fl, object@config$prior %||% "normal", dims, nrow(object@cell_data), length(object@genes)))
   cat(sprintf("  samples: %d (%s)\n", length(object@samples), show_some(object@samples, 4)))
   cat(sprintf("  sites:   %d\n", length(object@batches)))
   if (nrow(h)) {

@@ -28,7 +28,7 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   cell_idx <- resolve_cells(fit, cells, call)
   sample_idx <- resolve_samples(fit, samples, call)
-  L <- ncol(fit@u_mean)
+  L <- z_dim(fit)
   bytes <- 8 * length(cell_idx) * length(sample_idx) * L * max(1, mc_samples)
   check_size(bytes, "counterfactualLatent()", call)
   mean <- fit@u_mean[cell_idx, , drop = FALSE]
@@ -99,7 +99,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
                 "i" = "For example {.code mc_samples = 10}."), call = call)
   }
   S <- length(fit@samples)
-  L <- ncol(fit@u_mean)
+  L <- z_dim(fit)
   block <- if (is.null(chunk_size)) max(16L, min(1024L, as.integer(2^21 / (S * L)))) else
     check_count(chunk_size, "chunk_size", call)
   apply_threads(call = call)
@@ -261,3 +261,6 @@ group_matrix <- function(d, group, call) {
   attr(m, "sample_table") <- attr(d, "sample_table")
   m
 }
+
+# Dimension of z (that of u for the linear flavour).
+z_dim <- function(fit) as.integer(fit@config$train$n_latent %||% ncol(fit@u_mean))

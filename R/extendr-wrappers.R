@@ -29,7 +29,7 @@ mrvi_debug_panic <- function() .Call(wrap__mrvi_debug_panic)
 
 #' Build the model and trainer. Codes are 0-based.
 #' @noRd
-mrvi_trainer_new <- function(n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device) .Call(wrap__mrvi_trainer_new, n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device)
+mrvi_trainer_new <- function(n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels) .Call(wrap__mrvi_trainer_new, n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels)
 
 #' @noRd
 mrvi_trainer_info <- function(h) .Call(wrap__mrvi_trainer_info, h)

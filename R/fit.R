@@ -30,6 +30,19 @@
 #' @param seed integer seed: on the CPU a fixed seed gives identical weights
 #'   and latents.
 #' @param verbose print the set-up and a progress bar (epoch, ELBO, time left).
+#' @param flavour `"linear"` (the paper's model, above) or `"attention"` (the later
+#'   MrVI, as in scvi-tools' MRVI): u of `n_latent_u` dimensions, z of `n_latent`
+#'   (default 30 for this flavour) with \eqn{z = W u + c + \epsilon}, where
+#'   \eqn{\epsilon} comes from an attention block between LayerNorm(u) and a
+#'   sample embedding and carries the penalty \eqn{\|\epsilon\|^2/2}; the
+#'   decoder is \eqn{softmax(Linear(z + r(z, b)))} with r an attention block
+#'   against a site embedding. Everything downstream works for both flavours.
+#' @param n_latent_u dimension of u for the attention flavour.
+#' @param prior prior on u: `"mog"`, a mixture of diagonal Gaussians over whole
+#'   vectors (default for the attention flavour; with `labels`, one component per
+#'   label and each cell's weights biased towards its label), or `"normal"`
+#'   (default for the linear flavour).
+#' @param n_mixture mixture components when no labels are given.
 #'
 #' @section Interrupting: Ctrl-C is checked between minibatches. Training then
 #'   stops cleanly: when at least one epoch has finished, `mrvi()` returns the
@@ -50,10 +63,20 @@
 mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_latent = 10,
                  max_epochs = NULL, batch_size = 256, lr = 2e-3, n_epochs_kl_warmup = 20,
                  early_stopping = TRUE, patience = 15, validation_fraction = 0.1,
-                 device = "auto", n_threads = NULL, seed = 1, verbose = TRUE, ...) {
+                 device = "auto", n_threads = NULL, seed = 1, verbose = TRUE,
+                 flavour = c("linear", "attention"), n_latent_u = 10, prior = c("mog", "normal"),
+                 n_mixture = 20, ...) {
   call <- sys.call()
   check_dots(...)
+  flavour <- match_choice(flavour, c("linear", "attention"), "flavour", call)
+  # flavour-dependent defaults: the paper's L = 10 with a normal prior; the later
+  # MrVI's z of 30 dimensions with a mixture-of-Gaussians prior
+  if (missing(n_latent) && flavour == "attention") n_latent <- 30
+  prior <- if (missing(prior)) (if (flavour == "attention") "mog" else "normal") else
+    match_choice(prior, c("mog", "normal"), "prior", call)
   n_latent <- check_count(n_latent, "n_latent", call)
+  n_latent_u <- if (flavour == "attention") check_count(n_latent_u, "n_latent_u", call) else n_latent
+  n_mixture <- check_count(n_mixture, "n_mixture", call)
   if (!is.null(max_epochs)) max_epochs <- check_count(max_epochs, "max_epochs", call)
   batch_size <- check_count(batch_size, "batch_size", call)
   if (batch_size < 2) abort_arg("{.arg batch_size} must be at least 2.", call = call)
@@ -77,7 +100,10 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     as.integer(data$sample) - 1L, as.integer(data$batch) - 1L,
     nlevels(data$sample), nlevels(data$batch), n_latent,
     if (is.null(max_epochs)) 0L else max_epochs, batch_size, lr, n_epochs_kl_warmup,
-    early_stopping, patience, validation_fraction, seed, device_used
+    early_stopping, patience, validation_fraction, seed, device_used,
+    flavour, n_latent_u, prior, n_mixture,
+    if (is.null(data$labels)) integer(0) else as.integer(data$labels) - 1L,
+    if (is.null(data$labels)) 0L else nlevels(data$labels)
   )
   info <- mrvi_trainer_info(trainer)
   if (verbose) {
@@ -97,7 +123,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   }))
   fit <- new("MrVIFit",
     config = list(model_json = info$model_config, device = info$device, seed = seed,
-                  train = list(n_latent = n_latent, max_epochs = info$max_epochs,
+                  flavour = flavour, prior = prior,
+                  train = list(n_latent = n_latent, n_latent_u = n_latent_u, max_epochs = info$max_epochs,
                                batch_size = batch_size, lr = lr,
                                n_epochs_kl_warmup = n_epochs_kl_warmup,
                                early_stopping = early_stopping, patience = patience,

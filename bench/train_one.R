@@ -10,7 +10,8 @@ d <- readRDS(args[1])
 epochs <- as.integer(args[2])
 data_mb <- vm_hwm_mb()
 t0 <- proc.time()[["elapsed"]]
-fit <- mrvi(d$counts, sample = d$sample, batch = d$site, max_epochs = epochs,
+flavour <- if (length(args) > 2) args[3] else "linear"
+fit <- mrvi(d$counts, sample = d$sample, batch = d$site, max_epochs = epochs, flavour = flavour,
             early_stopping = FALSE, n_epochs_kl_warmup = 1, verbose = FALSE)
 wall <- proc.time()[["elapsed"]] - t0
 h <- fit@history[-1, , drop = FALSE]  # the first epoch is warm-up

@@ -23,8 +23,8 @@ make <- function(n) {
   f
 }
 
-run <- function(label, data, epochs, env = character()) {
-  out <- system2(rscript, c("bench/train_one.R", data, epochs), stdout = TRUE, stderr = TRUE,
+run <- function(label, data, epochs, env = character(), flavour = "linear") {
+  out <- system2(rscript, c("bench/train_one.R", data, epochs, flavour), stdout = TRUE, stderr = TRUE,
                  env = c(paste0("R_LIBS=", lib), env))
   line <- grep("^RESULT", out, value = TRUE)
   if (!length(line)) stop(paste(out, collapse = "\n"))
@@ -43,6 +43,7 @@ res <- rbind(
   run("mrvi (fused likelihood, own BLAS)", d20, 4),
   run("baseline: autograd likelihood", d20, 4, "MRVI_FUSED_NB=0"),
   run("baseline: R's reference BLAS", d20, 4, "MRVI_NO_DEEPBIND=1"),
+  run("mrvi, attention flavour", d20, 4, flavour = "attention"),
   run("mrvi at 100k cells", d100, 3)
 )
 res$ratio_to_mrvi <- round(res$cells_per_s / res$cells_per_s[1], 2)

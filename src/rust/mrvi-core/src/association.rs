@@ -26,7 +26,7 @@ pub fn cell_association(
     block: usize, threads: usize, interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<Vec<CellTest>> {
     let s = model.config.n_samples as usize;
-    let l = post.n_latent;
+    let l = model.config.n_latent as usize; // dimension of z
     if category.len() != s {
         crate::invalid!("the covariate has {} values for {s} samples", category.len());
     }

@@ -16,6 +16,8 @@ pub struct Dataset<C: CountColumns = CscCounts> {
     pub library: Vec<f32>,
     /// sum over genes of lgamma(x + 1) per cell: a constant of the data
     lgamma_x1: Vec<f32>,
+    /// label codes per cell (for a mixture prior biased by labels)
+    pub label: Option<Vec<i64>>,
 }
 
 impl<C: CountColumns> Dataset<C> {
@@ -24,7 +26,13 @@ impl<C: CountColumns> Dataset<C> {
         let lgamma_x1 = (0..counts.n_cells())
             .map(|c| counts.column(c).map(|(_, v)| ln_factorial(v) as f64).sum::<f64>() as f32)
             .collect();
-        Self { counts, sample, site, library, lgamma_x1 }
+        Self { counts, sample, site, library, lgamma_x1, label: None }
+    }
+
+    /// Attach per-cell label codes.
+    pub fn with_labels(mut self, label: Vec<i64>) -> Self {
+        self.label = Some(label);
+        self
     }
 
     pub fn n_cells(&self) -> usize {
@@ -78,6 +86,7 @@ impl<C: CountColumns> Dataset<C> {
             }),
             sample: idx(cells.iter().map(|&c| self.sample[c]).collect()),
             site: idx(cells.iter().map(|&c| self.site[c]).collect()),
+            label: self.label.as_ref().map(|l| idx(cells.iter().map(|&c| l[c]).collect())),
         }
     }
 }

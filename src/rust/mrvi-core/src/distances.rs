@@ -63,9 +63,9 @@ impl GroupSums {
 /// Counterfactual z of a block of cells under every sample, [cells, S, L]
 /// row-major, for one draw of u (or its mean).
 fn block_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64) -> Vec<f32> {
-    let (n, l, s) = (post.n_cells, post.n_latent, effect.n_samples);
+    let (n, lu, s, l) = (post.n_cells, post.n_latent, effect.n_samples, effect.n_latent);
     let mut out = vec![0f32; cells.len() * s * l];
-    let mut u = vec![0f32; l];
+    let mut u = vec![0f32; lu];
     for (r, &c) in cells.iter().enumerate() {
         let mut rng = draw.map(|m| SplitMix64::new(seed ^ (c as u64).wrapping_mul(0x9E37_79B9) ^ ((m as u64) << 40)));
         for (d, ud) in u.iter_mut().enumerate() {
@@ -99,7 +99,7 @@ fn own_sample_z(z: &[f32], own: &[i64], s: usize, l: usize) -> Vec<f32> {
 
 /// Per-cell weights: 1 / draws, divided by the normaliser when asked.
 pub(crate) fn cell_weights(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], own: &[i64], spec: &DistanceSpec) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
-    let (s, l) = (effect.n_samples, post.n_latent);
+    let (s, l) = (effect.n_samples, effect.n_latent);
     let draws: Vec<Option<usize>> = if spec.mc_samples == 0 { vec![None] } else { (0..spec.mc_samples).map(Some).collect() };
     let zs: Vec<Vec<f32>> = draws.iter().map(|&d| block_z(effect, post, cells, d, spec.seed)).collect();
     let mut weight = vec![1.0 / zs.len() as f32; cells.len()];
@@ -218,7 +218,7 @@ pub fn group_sums(
     block: usize, threads: usize, interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<GroupSums> {
     let s = model.config.n_samples as usize;
-    let l = post.n_latent;
+    let l = model.config.n_latent as usize; // dimension of z
     let effect = model.host_sample_effect();
     let mut order: Vec<usize> = (0..post.n_cells).filter(|&c| group[c] >= 0).collect();
     order.sort_by_key(|&c| group[c]); // stable: cell order within a group
@@ -256,7 +256,7 @@ pub fn group_sums(
 /// D(n) for the given cells: values of an R array [cells, S, S] (column-major).
 pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], cells: &[usize], spec: DistanceSpec, block: usize) -> Result<Vec<f64>> {
     let s = model.config.n_samples as usize;
-    let l = post.n_latent;
+    let l = model.config.n_latent as usize; // dimension of z
     let effect = model.host_sample_effect();
     let nc = cells.len();
     let mut out = vec![0f64; nc * s * s];

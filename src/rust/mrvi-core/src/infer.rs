@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 /// column-major).
 pub fn encode<C: CountColumns>(model: &MrviModel, data: &Dataset<C>, chunk: usize) -> (Vec<f32>, Vec<f32>) {
     let n = data.n_cells();
-    let l = model.config.n_latent as usize;
+    let l = model.config.dim_u() as usize;
     let (mut mean, mut sd) = (vec![0f32; n * l], vec![0f32; n * l]);
     let cells: Vec<usize> = (0..n).collect();
     let mut start = 0;
@@ -30,9 +30,9 @@ pub fn encode<C: CountColumns>(model: &MrviModel, data: &Dataset<C>, chunk: usiz
 /// z = u + A_s u + a_s for given u (cells x L, column-major) and samples.
 pub fn z_from_u(model: &MrviModel, u: &[f32], sample: &[i64], chunk: usize) -> Result<Vec<f32>> {
     let n = sample.len();
-    let l = model.config.n_latent as usize;
-    if u.len() != n * l {
-        crate::invalid!("u has {} values, expected {} cells x {} dimensions", u.len(), n, l);
+    let (lu, l) = (model.config.dim_u() as usize, model.config.n_latent as usize);
+    if u.len() != n * lu {
+        crate::invalid!("u has {} values, expected {} cells x {} dimensions", u.len(), n, lu);
     }
     if sample.iter().any(|&s| s < 0 || s >= model.config.n_samples) {
         crate::invalid!("sample codes outside the fitted samples");
@@ -42,7 +42,7 @@ pub fn z_from_u(model: &MrviModel, u: &[f32], sample: &[i64], chunk: usize) -> R
         let mut start = 0;
         while start < n {
             let end = (start + chunk.max(1)).min(n);
-            let ut = rows_from_column_major(u, n, l, start, end).to_device(model.device());
+            let ut = rows_from_column_major(u, n, lu, start, end).to_device(model.device());
             let s = Tensor::from_slice(&sample[start..end]).to_device(model.device());
             copy_column_major(&model.z_from_u(&ut, &s), &mut out, start, n);
             start = end;

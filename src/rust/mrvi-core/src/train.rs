@@ -255,8 +255,14 @@ fn model_config_matches(c: &ModelConfig, data: &Dataset) -> Result<()> {
     if data.sample.iter().any(|&s| s < 0 || s >= c.n_samples) || data.site.iter().any(|&b| b < 0 || b >= c.n_batches) {
         crate::invalid!("sample or site codes outside the model's levels");
     }
-    if c.n_latent < 1 {
+    if c.n_latent < 1 || c.dim_u() < 1 {
         crate::invalid!("n_latent must be at least 1");
+    }
+    if c.n_labels > 0 {
+        match &data.label {
+            Some(l) if l.iter().all(|&v| v >= 0 && v < c.n_labels) => {}
+            _ => crate::invalid!("label codes missing or outside the model's {} labels", c.n_labels),
+        }
     }
     Ok(())
 }

@@ -51,6 +51,7 @@ fn double_batch(b: &Batch) -> Batch {
         log_library: d(&b.log_library),
         sample: b.sample.shallow_clone(),
         site: b.site.shallow_clone(),
+        label: None,
         nonzeros: b.nonzeros.as_ref().map(|nz| NonZeros {
             flat: nz.flat.shallow_clone(),
             gene: nz.gene.shallow_clone(),

@@ -6,7 +6,7 @@ use extendr_api::prelude::*;
 use mrvi_core::association::cell_association;
 use mrvi_core::batch::Dataset;
 use mrvi_core::infer::{encode, z_from_u};
-use mrvi_core::model::config::{ModelConfig, TrainConfig};
+use mrvi_core::model::config::{ModelConfig, Prior, TrainConfig};
 use mrvi_core::model::MrviModel;
 use mrvi_core::train::Trainer;
 use mrvi_core::data::{scan_slots, CscCounts, CscView};
@@ -113,11 +113,27 @@ fn mrvi_trainer_new(
     n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32],
     n_samples: i32, n_batches: i32, n_latent: i32, max_epochs: i32, batch_size: i32, lr: f64,
     n_epochs_kl_warmup: i32, early_stopping: bool, patience: i32, validation_fraction: f64,
-    seed: f64, device: &str,
+    seed: f64, device: &str, flavour: &str, n_latent_u: i32, prior: &str, n_mixture: i32,
+    label: &[i32], n_labels: i32,
 ) -> RResult<ExternalPtr<TrainerHandle>> {
-    let data = dataset(n_genes, n_cells, p, i, x, sample, site)?;
+    let mut data = dataset(n_genes, n_cells, p, i, x, sample, site)?;
     let device = backend::resolve_device(device).map_err(rerr)?;
-    let model_config = ModelConfig::new(n_genes as i64, n_samples as i64, n_batches as i64, n_latent as i64);
+    let (g, s, b) = (n_genes as i64, n_samples as i64, n_batches as i64);
+    let mut model_config = match flavour {
+        "linear" => ModelConfig::new(g, s, b, n_latent as i64),
+        "attention" => ModelConfig::attention(g, s, b, n_latent_u as i64, n_latent as i64),
+        other => return Err(extendr_api::Error::Other(format!("unknown flavour \"{other}\""))),
+    };
+    model_config.prior = match prior {
+        "normal" => Prior::Normal,
+        "mog" => Prior::Mog,
+        other => return Err(extendr_api::Error::Other(format!("unknown prior \"{other}\""))),
+    };
+    model_config.n_mixture = n_mixture as i64;
+    if n_labels > 0 && model_config.prior == Prior::Mog {
+        model_config.n_labels = n_labels as i64;
+        data = data.with_labels(label.iter().map(|&v| v as i64).collect());
+    }
     let config = TrainConfig {
         max_epochs: if max_epochs > 0 { Some(max_epochs as usize) } else { None },
         batch_size: batch_size as usize,
@@ -242,7 +258,7 @@ fn mrvi_z_from_u(h: ExternalPtr<MrviModel>, u: &[f64], sample: &[i32]) -> RResul
 // --- counterfactuals and distances -----------------------------------------------------
 
 fn posterior<'a>(u_mean: &'a [f64], u_sd: &'a [f64], n_cells: i32, model: &MrviModel) -> RResult<Posterior<'a>> {
-    let l = model.config.n_latent as usize;
+    let l = model.config.dim_u() as usize;
     let n = n_cells as usize;
     if u_mean.len() != n * l || u_sd.len() != n * l {
         return Err(extendr_api::Error::Other(format!("u has {} values, expected {n} cells x {l}", u_mean.len())));
@@ -333,16 +349,16 @@ fn mrvi_cell_distances(
 fn mrvi_counterfactual_z(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, samples: &[i32]) -> RResult<Vec<f64>> {
     let model = h.try_addr()?;
     let effect = model.host_sample_effect();
-    let (n, l, s_all) = (n_cells as usize, effect.n_latent, effect.n_samples);
-    if u.len() != n * l {
+    let (n, lu, l, s_all) = (n_cells as usize, effect.n_latent_u, effect.n_latent, effect.n_samples);
+    if u.len() != n * lu {
         return Err(extendr_api::Error::Other("u does not match the model's latent dimension".into()));
     }
     let chosen: Vec<usize> = samples.iter().map(|&s| s as usize).filter(|&s| s < s_all).collect();
     let ns = chosen.len();
     let mut out = vec![0f64; n * ns * l];
-    let (mut uc, mut z) = (vec![0f32; l], vec![0f32; s_all * l]);
+    let (mut uc, mut z) = (vec![0f32; lu], vec![0f32; s_all * l]);
     for c in 0..n {
-        for d in 0..l {
+        for d in 0..lu {
             uc[d] = u[d * n + c] as f32;
         }
         effect.z_all(&uc, &mut z);

@@ -3,6 +3,24 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which MrVI: the paper's linear sample effect, or the later attention-based one.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavour {
+    #[default]
+    Linear,
+    Attention,
+}
+
+/// The prior on u: standard normal, or a mixture of diagonal Gaussians.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Prior {
+    #[default]
+    Normal,
+    Mog,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ModelConfig {
     pub n_genes: i64,
@@ -15,11 +33,52 @@ pub struct ModelConfig {
     pub n_hidden: i64,
     /// dropout on sg(z) in the site-specific decoder term, training only
     pub dropout_rate: f64,
+    #[serde(default)]
+    pub flavour: Flavour,
+    /// dimension of u; equals n_latent for the linear flavour
+    #[serde(default)]
+    pub n_latent_u: i64,
+    #[serde(default)]
+    pub prior: Prior,
+    /// mixture components of the MoG prior
+    #[serde(default)]
+    pub n_mixture: i64,
+    /// cell labels that bias the mixture weights (0: none)
+    #[serde(default)]
+    pub n_labels: i64,
 }
 
 impl ModelConfig {
     pub fn new(n_genes: i64, n_samples: i64, n_batches: i64, n_latent: i64) -> Self {
-        Self { n_genes, n_samples, n_batches, n_latent, n_hidden: 128, dropout_rate: 0.1 }
+        Self {
+            n_genes,
+            n_samples,
+            n_batches,
+            n_latent,
+            n_hidden: 128,
+            dropout_rate: 0.1,
+            flavour: Flavour::Linear,
+            n_latent_u: n_latent,
+            prior: Prior::Normal,
+            n_mixture: 0,
+            n_labels: 0,
+        }
+    }
+
+    /// The later MrVI (MODEL.md §4): u of n_latent_u, z of n_latent, MoG prior
+    /// with one component per label when labels are given, else `n_mixture`.
+    pub fn attention(n_genes: i64, n_samples: i64, n_batches: i64, n_latent_u: i64, n_latent: i64) -> Self {
+        Self { flavour: Flavour::Attention, n_latent_u, prior: Prior::Mog, n_mixture: 20, ..Self::new(n_genes, n_samples, n_batches, n_latent) }
+    }
+
+    /// Dimension of u (older configurations have no n_latent_u: then n_latent).
+    pub fn dim_u(&self) -> i64 {
+        if self.n_latent_u > 0 { self.n_latent_u } else { self.n_latent }
+    }
+
+    /// Mixture components actually used.
+    pub fn n_components(&self) -> i64 {
+        if self.n_labels > 0 { self.n_labels } else { self.n_mixture.max(1) }
     }
 }
 

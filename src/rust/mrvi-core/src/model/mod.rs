@@ -11,31 +11,48 @@
 
 pub mod config;
 pub mod encoder;
+pub mod attention;
 pub mod nb;
 
 use crate::error::Result;
-use config::ModelConfig;
+use attention::AttentionBlock;
+use config::{Flavour, ModelConfig, Prior};
 use encoder::{Encoder, Posterior};
 use nb::NonZeros;
-use tch::nn;
+use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 pub struct MrviModel {
     pub config: ModelConfig,
     pub vs: nn::VarStore,
     encoder: Encoder,
-    /// A_s: [S, L, L]
-    sample_map: Tensor,
-    /// a_s: [S, L]
-    sample_shift: Tensor,
-    /// C: z -> genes, no bias
-    decoder: nn::Linear,
-    /// C_b: [B, G, L]
-    site_map: Tensor,
-    /// c_b: [B, G]
-    site_bias: Tensor,
+    sample_effect: SampleEffect,
+    decoder: Decoder,
+    prior: PriorParams,
     /// phi: [G], theta = exp(phi)
     log_theta: Tensor,
+}
+
+/// z from u and a sample.
+enum SampleEffect {
+    /// z = u + A_s sg(u) + a_s; A: [S, L, L], a: [S, L]
+    Linear { map: Tensor, shift: Tensor },
+    /// z = W u + c + eps, eps = attention(u, e_s), penalised by ||eps||^2 / 2
+    Attention { base: nn::Linear, block: AttentionBlock, embedding: Tensor },
+}
+
+/// Logits over genes from z and a site.
+enum Decoder {
+    /// C z + C_b drop(sg(z)) + c_b; C: Linear(L, G), C_b: [B, G, L], c_b: [B, G]
+    Linear { c: nn::Linear, site_map: Tensor, site_bias: Tensor },
+    /// Linear(z + attention(z, e_b))
+    Attention { out: nn::Linear, block: AttentionBlock, embedding: Tensor },
+}
+
+enum PriorParams {
+    Normal,
+    /// weights (logits [K]), means [K, L_u], log scales [K, L_u]: over whole vectors
+    Mog { logits: Tensor, means: Tensor, log_scales: Tensor },
 }
 
 /// The data of a contiguous CPU float tensor, without a copy.
@@ -51,26 +68,43 @@ unsafe fn cpu_floats_mut(t: &mut Tensor) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
 }
 
-/// z = u + A_s u + a_s for every sample s, on the host.
-pub struct HostSampleEffect {
+/// Counterfactual z of one cell under every sample, on the host.
+pub struct HostSampleEffect<'a> {
     pub n_samples: usize,
+    /// dimension of z
     pub n_latent: usize,
-    /// A: [S, L, L] row-major
-    map: Vec<f32>,
-    /// a: [S, L]
-    shift: Vec<f32>,
+    /// dimension of u
+    pub n_latent_u: usize,
+    kind: HostKind<'a>,
 }
 
-impl HostSampleEffect {
-    /// `u`: [L]; `out`: [S, L] row-major.
+enum HostKind<'a> {
+    /// A: [S, L, L] row-major, a: [S, L]
+    Linear { map: Vec<f32>, shift: Vec<f32> },
+    /// the attention flavour: libtorch, one cell (S rows) at a time
+    Model(&'a MrviModel),
+}
+
+impl HostSampleEffect<'_> {
+    /// `u`: [L_u]; `out`: [S, L] row-major.
     pub fn z_all(&self, u: &[f32], out: &mut [f32]) {
-        let l = self.n_latent;
-        for s in 0..self.n_samples {
-            let a = &self.map[s * l * l..(s + 1) * l * l];
-            for i in 0..l {
-                let row = &a[i * l..(i + 1) * l];
-                let au: f32 = row.iter().zip(u).map(|(x, y)| x * y).sum();
-                out[s * l + i] = u[i] + au + self.shift[s * l + i];
+        match &self.kind {
+            HostKind::Linear { map, shift } => {
+                let l = self.n_latent;
+                for s in 0..self.n_samples {
+                    let a = &map[s * l * l..(s + 1) * l * l];
+                    for i in 0..l {
+                        let row = &a[i * l..(i + 1) * l];
+                        let au: f32 = row.iter().zip(u).map(|(x, y)| x * y).sum();
+                        out[s * l + i] = u[i] + au + shift[s * l + i];
+                    }
+                }
+            }
+            HostKind::Model(model) => {
+                let ut = Tensor::from_slice(u).view([1, self.n_latent_u as i64]).to_device(model.device());
+                let z = tch::no_grad(|| model.z_all_samples(&ut)).to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+                let n = out.len();
+                z.copy_data(out, n);
             }
         }
     }
@@ -90,6 +124,8 @@ pub struct Batch {
     pub log_library: Tensor,
     pub sample: Tensor,
     pub site: Tensor,
+    /// label codes, when labels bias the mixture prior
+    pub label: Option<Tensor>,
     /// non-zero structure for the tensor likelihood (absent when the fused CPU
     /// likelihood is used)
     pub nonzeros: Option<NonZeros>,
@@ -121,7 +157,7 @@ pub struct StepTerms {
 pub struct Losses {
     /// -log p(x | z, b), per cell
     pub reconstruction: Tensor,
-    /// KL(q(u|x,s) || p(u)), per cell
+    /// KL(q(u|x,s) || p(u)) per cell, plus the attention flavour's ||eps||^2 / 2
     pub kl: Tensor,
 }
 
@@ -130,16 +166,53 @@ impl MrviModel {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let (g, s, b, l) = (config.n_genes, config.n_samples, config.n_batches, config.n_latent);
+        let lu = config.dim_u();
         let small = nn::Init::Randn { mean: 0.0, stdev: 0.01 };
-        let encoder = Encoder::new(&root / "encoder", g, config.n_hidden, s, l);
-        let sample_map = (&root / "sample_effect").var("A", &[s, l, l], nn::Init::Const(0.0));
-        let sample_shift = (&root / "sample_effect").var("a", &[s, l], small);
-        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
-        let decoder = nn::linear(&root / "decoder" / "C", l, g, no_bias);
-        let site_map = (&root / "decoder").var("C_b", &[b, g, l], small);
-        let site_bias = (&root / "decoder").var("c_b", &[b, g], nn::Init::Const(0.0));
+        let encoder = Encoder::new(&root / "encoder", g, config.n_hidden, s, lu);
+        let (sample_effect, decoder) = match config.flavour {
+            Flavour::Linear => {
+                let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+                (
+                    SampleEffect::Linear {
+                        map: (&root / "sample_effect").var("A", &[s, l, l], nn::Init::Const(0.0)),
+                        shift: (&root / "sample_effect").var("a", &[s, l], small),
+                    },
+                    Decoder::Linear {
+                        c: nn::linear(&root / "decoder" / "C", l, g, no_bias),
+                        site_map: (&root / "decoder").var("C_b", &[b, g, l], small),
+                        site_bias: (&root / "decoder").var("c_b", &[b, g], nn::Init::Const(0.0)),
+                    },
+                )
+            }
+            Flavour::Attention => {
+                let emb = nn::Init::Randn { mean: 0.0, stdev: 1.0 };
+                (
+                    SampleEffect::Attention {
+                        base: nn::linear(&root / "sample_effect" / "base", lu, l, Default::default()),
+                        block: AttentionBlock::new(&root / "sample_effect" / "attention", lu, l),
+                        embedding: (&root / "sample_effect").var("embedding", &[s, attention::TOKENS], emb),
+                    },
+                    Decoder::Attention {
+                        out: nn::linear(&root / "decoder" / "out", l, g, Default::default()),
+                        block: AttentionBlock::new(&root / "decoder" / "attention", l, l),
+                        embedding: (&root / "decoder").var("site_embedding", &[b, attention::TOKENS], emb),
+                    },
+                )
+            }
+        };
+        let prior = match config.prior {
+            Prior::Normal => PriorParams::Normal,
+            Prior::Mog => {
+                let k = config.n_components();
+                PriorParams::Mog {
+                    logits: (&root / "prior").var("logits", &[k], nn::Init::Const(0.0)),
+                    means: (&root / "prior").var("means", &[k, lu], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
+                    log_scales: (&root / "prior").var("log_scales", &[k, lu], nn::Init::Const(0.0)),
+                }
+            }
+        };
         let log_theta = (&root / "decoder").var("log_theta", &[g], nn::Init::Const(0.0));
-        Self { config, vs, encoder, sample_map, sample_shift, decoder, site_map, site_bias, log_theta }
+        Self { config, vs, encoder, sample_effect, decoder, prior, log_theta }
     }
 
     pub fn device(&self) -> Device {
@@ -150,46 +223,104 @@ impl MrviModel {
         self.encoder.forward(log_counts, sample)
     }
 
-    /// z = u + A_s sg(u) + a_s for every cell's own (or any chosen) sample.
+    /// z for every cell's own (or any chosen) sample, and the per-cell penalty
+    /// ||eps||^2 / 2 of the attention flavour (zeros for the linear one).
+    pub fn z_and_penalty(&self, u: &Tensor, sample: &Tensor) -> (Tensor, Tensor) {
+        match &self.sample_effect {
+            SampleEffect::Linear { map, shift } => {
+                let a = map.index_select(0, sample); // [B, L, L]
+                let au = a.bmm(&u.detach().unsqueeze(2)).squeeze_dim(2);
+                let z = u + au + shift.index_select(0, sample);
+                let zeros = z.zeros_like().sum_dim_intlist(1, false, z.kind());
+                (z, zeros)
+            }
+            SampleEffect::Attention { base, block, embedding } => {
+                let eps = block.forward(u, &embedding.index_select(0, sample));
+                let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
+                (base.forward(u) + eps, penalty)
+            }
+        }
+    }
+
+    /// z = u + A_s sg(u) + a_s (linear) or W u + c + eps(u, s) (attention).
     pub fn z_from_u(&self, u: &Tensor, sample: &Tensor) -> Tensor {
-        let a = self.sample_map.index_select(0, sample); // [B, L, L]
-        let au = a.bmm(&u.detach().unsqueeze(2)).squeeze_dim(2);
-        u + au + self.sample_shift.index_select(0, sample)
+        self.z_and_penalty(u, sample).0
     }
 
     /// z for every sample s' at once: [B, S, L], for counterfactuals.
     pub fn z_all_samples(&self, u: &Tensor) -> Tensor {
-        // A: [S, L, L]; u: [B, L] -> A u: [B, S, L]
-        let au = u.matmul(&self.sample_map.transpose(1, 2)).permute([1, 0, 2]); // [B, S, L]
-        u.unsqueeze(1) + au + self.sample_shift.unsqueeze(0)
-    }
-
-    /// The sample effect on the host, for streaming counterfactuals without
-    /// libtorch: each cell's z is computed by the same arithmetic whatever the
-    /// block it comes in, so streamed results do not depend on the block size.
-    pub fn host_sample_effect(&self) -> HostSampleEffect {
-        let f = |t: &Tensor| Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).contiguous().view([-1])).expect("float");
-        HostSampleEffect {
-            n_samples: self.config.n_samples as usize,
-            n_latent: self.config.n_latent as usize,
-            map: f(&self.sample_map),
-            shift: f(&self.sample_shift),
+        let (b, s) = (u.size()[0], self.config.n_samples);
+        match &self.sample_effect {
+            SampleEffect::Linear { map, shift } => {
+                let au = u.matmul(&map.transpose(1, 2)).permute([1, 0, 2]); // [B, S, L]
+                u.unsqueeze(1) + au + shift.unsqueeze(0)
+            }
+            SampleEffect::Attention { .. } => {
+                let lu = u.size()[1];
+                let reps = u.unsqueeze(1).expand([b, s, lu], false).reshape([b * s, lu]);
+                let samples = Tensor::arange(s, (Kind::Int64, u.device())).repeat([b]);
+                self.z_from_u(&reps, &samples).view([b, s, self.config.n_latent])
+            }
         }
     }
 
-    /// Decoder logits C z + C_b drop(sg(z)) + c_b as one matrix product: the input
-    /// [z, one-hot(b) ⊗ drop(sg(z)), one-hot(b)] against [C, C_1..C_B, c_1..c_B].
+    /// Counterfactual z on the host, one cell at a time: each cell's z is computed
+    /// by the same arithmetic whatever the block it comes in, so streamed results
+    /// do not depend on the block size.
+    pub fn host_sample_effect(&self) -> HostSampleEffect<'_> {
+        let f = |t: &Tensor| Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).contiguous().view([-1])).expect("float");
+        let kind = match &self.sample_effect {
+            SampleEffect::Linear { map, shift } => HostKind::Linear { map: f(map), shift: f(shift) },
+            SampleEffect::Attention { .. } => HostKind::Model(self),
+        };
+        HostSampleEffect {
+            n_samples: self.config.n_samples as usize,
+            n_latent: self.config.n_latent as usize,
+            n_latent_u: self.config.dim_u() as usize,
+            kind,
+        }
+    }
+
+    /// Decoder logits. Linear flavour: C z + C_b drop(sg(z)) + c_b as one matrix
+    /// product, the input [z, one-hot(b) x drop(sg(z)), one-hot(b)] against
+    /// [C, C_1..C_B, c_1..c_B]. Attention flavour: Linear(z + attention(z, e_b)).
     pub fn decode_logits(&self, z: &Tensor, site: &Tensor, train: bool) -> Tensor {
-        let b = self.config.n_batches;
-        let (l, g) = (self.config.n_latent, self.config.n_genes);
-        let onehot = site.one_hot(b).to_kind(z.kind()); // [N, B]
-        let zd = z.detach().dropout(self.config.dropout_rate, train); // [N, L]
-        let site_in = (onehot.unsqueeze(2) * zd.unsqueeze(1)).reshape([-1, b * l]); // [N, B*L]
-        let input = Tensor::cat(&[z.shallow_clone(), site_in, onehot], 1);
-        // weight: [G, L + B*L + B]
-        let site_w = self.site_map.permute([1, 0, 2]).reshape([g, b * l]);
-        let weight = Tensor::cat(&[self.decoder.ws.shallow_clone(), site_w, self.site_bias.tr()], 1);
-        input.matmul(&weight.tr())
+        match &self.decoder {
+            Decoder::Linear { c, site_map, site_bias } => {
+                let b = self.config.n_batches;
+                let (l, g) = (self.config.n_latent, self.config.n_genes);
+                let onehot = site.one_hot(b).to_kind(z.kind()); // [N, B]
+                let zd = z.detach().dropout(self.config.dropout_rate, train); // [N, L]
+                let site_in = (onehot.unsqueeze(2) * zd.unsqueeze(1)).reshape([-1, b * l]); // [N, B*L]
+                let input = Tensor::cat(&[z.shallow_clone(), site_in, onehot], 1);
+                let site_w = site_map.permute([1, 0, 2]).reshape([g, b * l]);
+                let weight = Tensor::cat(&[c.ws.shallow_clone(), site_w, site_bias.tr()], 1);
+                input.matmul(&weight.tr())
+            }
+            Decoder::Attention { out, block, embedding } => {
+                let r = block.forward(z, &embedding.index_select(0, site));
+                out.forward(&(z + r))
+            }
+        }
+    }
+
+    /// KL term per cell: analytic for the standard normal prior; for the mixture,
+    /// the one-draw estimate log q(u) - log p(u), with each labelled cell's mixture
+    /// weights biased towards its label's component (+10 on that logit).
+    pub fn kl(&self, q: &Posterior, u: &Tensor, label: Option<&Tensor>) -> Tensor {
+        match &self.prior {
+            PriorParams::Normal => q.kl_standard_normal(),
+            PriorParams::Mog { logits, means, log_scales } => {
+                let kind = u.kind();
+                let log_q = (-((u - &q.mean) / &q.sd).square() * 0.5 - q.sd.log() - 0.5 * (2.0 * std::f64::consts::PI).ln())
+                    .sum_dim_intlist(1, false, kind);
+                let weights = match label {
+                    Some(l) if self.config.n_labels > 0 => logits.unsqueeze(0) + l.one_hot(self.config.n_labels).to_kind(kind) * 10.0,
+                    _ => logits.shallow_clone(),
+                };
+                log_q - attention::mixture_log_density(u, &weights, means, log_scales)
+            }
+        }
     }
 
     pub fn log_theta(&self) -> &Tensor {
@@ -200,12 +331,12 @@ impl MrviModel {
     pub fn losses(&self, batch: &Batch, train: bool) -> Losses {
         let q = self.encode(&batch.log_counts, &batch.sample);
         let u = q.rsample();
-        let z = self.z_from_u(&u, &batch.sample);
+        let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
         let logits = self.decode_logits(&z, &batch.site, train);
         let log_mu = logits.log_softmax(1, logits.kind()) + &batch.log_library;
         let nz = batch.nonzeros.as_ref().expect("minibatch built without its non-zero structure");
         let ll = nb::log_prob_sparse(nz, &log_mu, &self.log_theta);
-        Losses { reconstruction: -ll, kl: q.kl_standard_normal() }
+        Losses { reconstruction: -ll, kl: self.kl(&q, &u, batch.label.as_ref()) + penalty }
     }
 
     /// The training objective of a minibatch. On the CPU the likelihood and its
@@ -226,7 +357,7 @@ impl MrviModel {
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
         let q = self.encode(&batch.log_counts, &batch.sample);
         let u = q.rsample();
-        let z = self.z_from_u(&u, &batch.sample);
+        let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
         let logits = self.decode_logits(&z, &batch.site, train);
         let (b, g) = logits.size2().expect("2-d logits");
         let host_logits = logits.detach().contiguous();
@@ -255,7 +386,7 @@ impl MrviModel {
             )
         };
         let d_theta = Tensor::from_slice(&nb.d_log_theta);
-        let kl = q.kl_standard_normal().sum(Kind::Float);
+        let kl = (self.kl(&q, &u, batch.label.as_ref()) + penalty).sum(Kind::Float);
         let surrogate_ll = (&logits * d_logits).sum(Kind::Float) + (&self.log_theta * d_theta).sum(Kind::Float);
         let objective = (-surrogate_ll + &kl * kl_weight) / n;
         StepTerms { objective, reconstruction_sum: -nb.log_lik.iter().sum::<f64>(), kl_sum: kl.double_value(&[]) }

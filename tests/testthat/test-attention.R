@@ -1,0 +1,46 @@
+attention_fit <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      sce <- simulateNested(3000, 400, n_samples = 16, n_sites = 2, n_cell_types = 3,
+                            n_affected = 1, seed = 3)
+      fit <- mrvi(sce, sample = "sample", batch = "site", labels = "cell_type",
+                  flavour = "attention", max_epochs = 300, seed = 1, verbose = FALSE)
+      cache <<- list(sce = sce, fit = fit)
+    }
+    cache
+  }
+})
+
+test_that("the attention flavour fits and everything downstream works", {
+  a <- attention_fit()
+  fit <- a$fit
+  expect_output(show(fit), "attention flavour, mog prior")
+  expect_equal(fit@config$flavour, "attention")
+  expect_equal(dim(mrviLatent(fit)), c(3000L, 10L))
+  expect_equal(dim(mrviLatent(fit, which = "z")), c(3000L, 30L))
+  expect_equal(dim(counterfactualLatent(fit, cells = 1:4)), c(4L, 16L, 30L))
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, chunk_size = 50)
+  expect_identical(d, sampleDistances(fit, groups = "cell_type", mc_samples = 0, chunk_size = 333))
+  cells <- sampleDistances(fit, cells = 1:3, mc_samples = 0)
+  z <- counterfactualLatent(fit, cells = 1:3)
+  expect_equal(unname(cells[2, , ]), unname(as.matrix(dist(z[2, , ]))), tolerance = 1e-5)
+  res <- cellAssociation(fit, "site", cells = 1:20)
+  expect_equal(nrow(res), 20)
+  f <- tempfile(fileext = ".rds")
+  saveRDS(fit, f)
+  expect_identical(mrviLatent(readRDS(f), which = "z"), mrviLatent(fit, which = "z"))
+  expect_error(mrvi(a$sce, sample = "sample", flavour = "transformer"), "`flavour`")
+  expect_error(mrvi(a$sce, sample = "sample", flavour = "attention", prior = "flat"), "`prior`")
+})
+
+test_that("the attention flavour recovers a planted tree and keeps other types quiet", {
+  a <- attention_fit()
+  d <- sampleDistances(a$fit, groups = "cell_type", mc_samples = 0)
+  truth <- S4Vectors::metadata(a$sce)$truth
+  # RF to the true tree: attention 0.077 here, the linear flavour 0.077 on the same data
+  expect_lte(treeDistance(sampleHclust(d, "type1"), truth$phylo$type1), 0.2)
+  mean_dist <- apply(d, 3, function(m) mean(m[upper.tri(m)]))
+  # unaffected/affected distance ratio: ~0.14 (linear flavour: ~0.41)
+  expect_lt(max(mean_dist[c("type2", "type3")]) / mean_dist[["type1"]], 0.25)
+})
