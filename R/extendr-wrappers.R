@@ -82,6 +82,12 @@ mrvi_counterfactual_z <- function(h, u, n_cells, samples) .Call(wrap__mrvi_count
 #' @noRd
 mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, seed, block) .Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, seed, block)
 
+#' Expected normalised expression (softmax of the decoder) for u (cells x L_u,
+#' column-major) under the given sample and site codes (one per cell); values of
+#' an R matrix [genes, cells].
+#' @noRd
+mrvi_counterfactual_expression <- function(h, u, n_cells, sample, site) .Call(wrap__mrvi_counterfactual_expression, h, u, n_cells, sample, site)
+
 #' The KS test on two vectors (exposed to test it against R's ks.test).
 #' @noRd
 mrvi_ks_greater <- function(x, y) .Call(wrap__mrvi_ks_greater, x, y)

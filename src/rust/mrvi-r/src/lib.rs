@@ -371,6 +371,34 @@ fn mrvi_counterfactual_z(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, sam
     Ok(out)
 }
 
+/// Expected normalised expression (softmax of the decoder) for u (cells x L_u,
+/// column-major) under the given sample and site codes (one per cell); values of
+/// an R matrix [genes, cells].
+/// @noRd
+#[extendr]
+fn mrvi_counterfactual_expression(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, sample: &[i32], site: &[i32]) -> RResult<Vec<f64>> {
+    let model = h.try_addr()?;
+    let (n, lu) = (n_cells as usize, model.config.dim_u() as usize);
+    if u.len() != n * lu || sample.len() != n || site.len() != n {
+        return Err(extendr_api::Error::Other("u, sample and site must describe the same cells".into()));
+    }
+    let sample = codes(sample, model.config.n_samples, "sample")?;
+    let site = codes(site, model.config.n_batches, "site")?;
+    let u32: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+    let mut out = Vec::with_capacity(n * model.config.n_genes as usize);
+    let dev = model.device();
+    for start in (0..n).step_by(1024) {
+        let end = (start + 1024).min(n);
+        let ut = mrvi_core::infer::rows_from_column_major(&u32, n, lu, start, end).to_device(dev);
+        let s = tch::Tensor::from_slice(&sample[start..end]).to_device(dev);
+        let b = tch::Tensor::from_slice(&site[start..end]).to_device(dev);
+        let rho = tch::no_grad(|| model.expression(&model.z_from_u(&ut, &s), &b));
+        let rho = rho.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1]);
+        out.extend(Vec::<f64>::try_from(&rho).map_err(|e| rerr(e.into()))?);
+    }
+    Ok(out)
+}
+
 /// Per-cell one-sided KS tests of within- against between-category distances.
 /// `category`: one code per sample (-1 = missing); `cells`: 0-based.
 /// @noRd
@@ -435,5 +463,6 @@ extendr_module! {
     fn mrvi_cell_distances;
     fn mrvi_counterfactual_z;
     fn mrvi_cell_association;
+    fn mrvi_counterfactual_expression;
     fn mrvi_ks_greater;
 }

@@ -1,0 +1,42 @@
+# An independent reader of the safetensors weights, to recompute the model in R.
+read_safetensors <- function(bytes) {
+  n <- sum(as.numeric(bytes[1:8]) * 256^(0:7))
+  header <- rawToChar(bytes[9:(8 + n)])
+  body <- bytes[-(1:(8 + n))]
+  entries <- regmatches(header, gregexpr('"[^"]+":\\{[^}]*\\}', header))[[1]]
+  out <- list()
+  for (e in entries) {
+    name <- sub('^"([^"]+)".*', "\\1", e)
+    shape <- as.integer(strsplit(sub('.*"shape":\\[([^]]*)\\].*', "\\1", e), ",")[[1]])
+    off <- as.numeric(strsplit(sub('.*"data_offsets":\\[([^]]*)\\].*', "\\1", e), ",")[[1]])
+    v <- readBin(body[(off[1] + 1):off[2]], "numeric", n = (off[2] - off[1]) / 4, size = 4, endian = "little")
+    # row-major [d1, ..., dk] -> R array indexed [d1, ..., dk]
+    out[[name]] <- if (length(shape) <= 1) v else aperm(array(v, rev(shape)), rev(seq_along(shape)))
+  }
+  out
+}
+
+test_that("expression under the cell's own sample is the fitted mean, recomputed in R from the weights", {
+  sim <- mrvi:::simulate_counts(n_cells = 300, n_genes = 40, n_samples = 4, n_sites = 2, seed = 8)
+  fit <- mrvi(sim$counts, sim$sample, batch = sim$site, max_epochs = 10, verbose = FALSE)
+  w <- read_safetensors(fit@weights)
+  cells <- c(1, 50, 123)
+  own <- as.character(fit@cell_data$sample[cells])
+  e <- counterfactualExpression(fit, cells, sample = own)
+  expect_equal(dim(e), c(40L, 3L))
+  expect_equal(unname(colSums(e)), rep(1, 3), tolerance = 1e-6)
+  for (k in seq_along(cells)) {
+    s <- match(own[k], fit@samples)
+    b <- as.integer(fit@cell_data$batch[cells[k]])
+    u <- fit@u_mean[cells[k], ]
+    z <- u + w[["sample_effect.A"]][s, , ] %*% u + w[["sample_effect.a"]][s, ]
+    logits <- w[["decoder.C.weight"]] %*% z + w[["decoder.C_b"]][b, , ] %*% z + w[["decoder.c_b"]][b, ]
+    rho <- exp(logits - max(logits)) / sum(exp(logits - max(logits)))
+    expect_equal(unname(e[, k]), as.vector(rho), tolerance = 1e-5)
+  }
+  # another sample changes the expression; bad arguments name themselves
+  other <- counterfactualExpression(fit, cells, sample = fit@samples[1], batch = fit@batches[2])
+  expect_false(isTRUE(all.equal(other, e)))
+  expect_error(counterfactualExpression(fit, cells, sample = "zz"), "`sample` has value")
+  expect_error(counterfactualExpression(fit, cells, sample = own, batch = c("a", "b")), "`batch` must be one value")
+})
