@@ -88,6 +88,11 @@ mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, c
 #' @noRd
 mrvi_counterfactual_expression <- function(h, u, n_cells, sample, site) .Call(wrap__mrvi_counterfactual_expression, h, u, n_cells, sample, site)
 
+#' log q_s(u_c) for evaluation cells `at` (0-based) and per-sample reference
+#' cells (`ref_cells` 0-based, `ref_sample` their sample codes): [cells, S] values.
+#' @noRd
+mrvi_log_sample_densities <- function(u_mean, u_sd, n_cells, n_latent, at, ref_cells, ref_sample, n_samples) .Call(wrap__mrvi_log_sample_densities, u_mean, u_sd, n_cells, n_latent, at, ref_cells, ref_sample, n_samples)
+
 #' The KS test on two vectors (exposed to test it against R's ks.test).
 #' @noRd
 mrvi_ks_greater <- function(x, y) .Call(wrap__mrvi_ks_greater, x, y)

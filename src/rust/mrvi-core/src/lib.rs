@@ -6,6 +6,7 @@ pub mod association;
 pub mod backend;
 pub mod batch;
 pub mod data;
+pub mod density;
 pub mod distances;
 pub mod error;
 pub mod fastmath;

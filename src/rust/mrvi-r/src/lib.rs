@@ -399,6 +399,28 @@ fn mrvi_counterfactual_expression(h: ExternalPtr<MrviModel>, u: &[f64], n_cells:
     Ok(out)
 }
 
+/// log q_s(u_c) for evaluation cells `at` (0-based) and per-sample reference
+/// cells (`ref_cells` 0-based, `ref_sample` their sample codes): [cells, S] values.
+/// @noRd
+#[extendr]
+fn mrvi_log_sample_densities(u_mean: &[f64], u_sd: &[f64], n_cells: i32, n_latent: i32, at: &[i32], ref_cells: &[i32], ref_sample: &[i32], n_samples: i32) -> RResult<Vec<f64>> {
+    let (n, l) = (n_cells as usize, n_latent as usize);
+    if u_mean.len() != n * l || u_sd.len() != n * l || ref_cells.len() != ref_sample.len() {
+        return Err(extendr_api::Error::Other("inconsistent posterior or reference".into()));
+    }
+    let post = Posterior { mean: u_mean, sd: u_sd, n_cells: n, n_latent: l };
+    let mut reference = vec![Vec::new(); n_samples as usize];
+    for (&c, &s) in ref_cells.iter().zip(ref_sample) {
+        if c < 0 || c as usize >= n || s < 0 || s >= n_samples {
+            return Err(extendr_api::Error::Other("reference cell or sample out of range".into()));
+        }
+        reference[s as usize].push(c as usize);
+    }
+    let at: Vec<usize> = at.iter().map(|&c| c as usize).filter(|&c| c < n).collect();
+    let threads = tch::get_num_threads().max(1) as usize;
+    Ok(mrvi_core::density::log_sample_densities(&post, &at, &reference, threads))
+}
+
 /// Per-cell one-sided KS tests of within- against between-category distances.
 /// `category`: one code per sample (-1 = missing); `cells`: 0-based.
 /// @noRd
@@ -464,5 +486,6 @@ extendr_module! {
     fn mrvi_counterfactual_z;
     fn mrvi_cell_association;
     fn mrvi_counterfactual_expression;
+    fn mrvi_log_sample_densities;
     fn mrvi_ks_greater;
 }

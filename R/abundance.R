@@ -1,0 +1,133 @@
+#' Differential abundance of cell states between groups of samples
+#'
+#' For each cell n and each level A of a sample covariate, the log density of the
+#' cell's u under the aggregated posterior of the samples in A:
+#' \eqn{\log q_A(u_n) = \log \frac{1}{|A|}\sum_{s \in A} q_s(u_n)} with
+#' \eqn{q_s(u) = \frac{1}{|M_s|}\sum_{m \in M_s} N(u; \mu_m, diag\,\sigma_m^2)}.
+#' A state enriched in the samples of A has a higher \eqn{\log q_A} than under the
+#' other levels.
+#'
+#' Approximations (documented choices): \eqn{q_s} uses a random subsample
+#' \eqn{M_s} of at most `max_cells_per_sample` cells of sample s (cost
+#' O(cells x subsample x L), not O(N^2)); densities are evaluated at each cell's
+#' posterior mean; a cell never counts in its own sample's reference; with
+#' `exclude_own_sample = TRUE` the cell's own sample is left out of its level's
+#' average, so that a cell does not vote for its own sample.
+#'
+#' @param fit a [MrVIFit-class].
+#' @param covariate a sample-table column name or a vector named by sample
+#'   (categorical).
+#' @param cells `NULL` (all fitted cells), indices or names.
+#' @param exclude_own_sample see Details.
+#' @param max_cells_per_sample reference subsample size per sample.
+#' @param seed seed of the subsample (R's generator is restored afterwards).
+#' @return a `DataFrame`, one row per cell: `log_q_<level>` for every level and,
+#'   for every level, `log_ratio_<level>` = its log density minus the log of the
+#'   mean density of the other levels.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' grp <- setNames(c("a", "a", "b", "b"), fit@samples)
+#' head(differentialAbundance(fit, grp))
+#' @export
+differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_sample = TRUE,
+                                  max_cells_per_sample = 5000, seed = 1) {
+  call <- sys.call()
+  check_fit(fit, call)
+  check_flag(exclude_own_sample, "exclude_own_sample", call)
+  max_cells_per_sample <- check_count(max_cells_per_sample, "max_cells_per_sample", call)
+  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call)
+  idx <- resolve_cells(fit, cells, call)
+  logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed)
+  own <- as.integer(fit@cell_data$sample[idx])
+  out <- list()
+  for (lev in levels(y)) {
+    in_level <- which(y == lev)
+    m <- logq[, in_level, drop = FALSE]
+    if (exclude_own_sample) m[cbind(seq_along(idx), match(own, in_level))[!is.na(match(own, in_level)), , drop = FALSE]] <- -Inf
+    out[[paste0("log_q_", lev)]] <- log_mean_exp(m)
+  }
+  lq <- do.call(cbind, out)
+  for (k in seq_along(levels(y))) {
+    others <- log_mean_exp(lq[, -k, drop = FALSE])
+    out[[paste0("log_ratio_", levels(y)[k])]] <- lq[, k] - others
+  }
+  res <- S4Vectors::DataFrame(out, row.names = rownames(fit@u_mean)[idx], check.names = FALSE)
+  S4Vectors::metadata(res)$covariate <- attr(y, "name")
+  res
+}
+
+#' Which counterfactuals are supported by the data (admissibility)
+#'
+#' A counterfactual of cell n in sample s extrapolates when no cell of sample s is
+#' like n. The pair (n, s) is admissible when \eqn{\log q_s(u_n)} (the aggregated
+#' posterior of sample s, see [differentialAbundance()]) is at least the
+#' `quantile` of the same log density over sample s's own cells (each left out of
+#' its own reference). Use the flags to mask counterfactuals, for example
+#' distances of inadmissible pairs.
+#'
+#' @param fit a [MrVIFit-class].
+#' @param subsample reference cells per sample (a random subsample).
+#' @param quantile the per-sample threshold quantile.
+#' @param cells `NULL` (all fitted cells), indices or names.
+#' @param seed seed of the subsample.
+#' @return a list with `admissible` (logical cells x samples), `log_ratio`
+#'   (\eqn{\log q_s(u_n)} minus the sample's threshold) and `threshold` (per
+#'   sample).
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' a <- admissibility(fit)
+#' colMeans(a$admissible)
+#' @export
+admissibility <- function(fit, subsample = 5000, quantile = 0.05, cells = NULL, seed = 1) {
+  call <- sys.call()
+  check_fit(fit, call)
+  subsample <- check_count(subsample, "subsample", call)
+  if (!is.numeric(quantile) || length(quantile) != 1 || is.na(quantile) || quantile <= 0 || quantile >= 1) {
+    abort_arg("{.arg quantile} must be one number in (0, 1).", call = call)
+  }
+  idx <- resolve_cells(fit, cells, call)
+  sample <- fit@cell_data$sample
+  ref <- reference_cells(fit, subsample, seed)
+  # thresholds from each sample's own reference cells (leave-one-out)
+  own_logq <- sample_log_densities(fit, ref$cells, subsample, seed, ref)
+  threshold <- vapply(seq_along(fit@samples), function(s) {
+    v <- own_logq[ref$sample == s, s]
+    v <- v[is.finite(v)]
+    if (length(v)) stats::quantile(v, quantile, names = FALSE) else NA_real_
+  }, numeric(1))
+  logq <- sample_log_densities(fit, idx, subsample, seed, ref)
+  log_ratio <- sweep(logq, 2, threshold)
+  dimnames(log_ratio) <- list(rownames(fit@u_mean)[idx], fit@samples)
+  list(admissible = log_ratio >= 0, log_ratio = log_ratio,
+       threshold = stats::setNames(threshold, fit@samples))
+}
+
+reference_cells <- function(fit, max_per_sample, seed) {
+  restore <- preserve_rng()
+  on.exit(restore())
+  set.seed(seed)
+  sample <- as.integer(fit@cell_data$sample)
+  cells <- unlist(lapply(seq_along(fit@samples), function(s) {
+    idx <- which(sample == s)
+    if (length(idx) > max_per_sample) sort(idx[sample.int(length(idx), max_per_sample)]) else idx
+  }))
+  list(cells = cells, sample = sample[cells])
+}
+
+sample_log_densities <- function(fit, idx, max_per_sample, seed, ref = reference_cells(fit, max_per_sample, seed)) {
+  apply_threads()
+  v <- mrvi_log_sample_densities(fit@u_mean, fit@u_sd, nrow(fit@u_mean), ncol(fit@u_mean), idx - 1L,
+                                 ref$cells - 1L, ref$sample - 1L, length(fit@samples))
+  matrix(v, nrow = length(idx))
+}
+
+log_mean_exp <- function(m) {
+  mx <- apply(m, 1, max)
+  mx[!is.finite(mx)] <- 0
+  k <- rowSums(is.finite(m))
+  out <- mx + log(rowSums(exp(m - mx))) - log(pmax(k, 1))
+  out[k == 0] <- -Inf
+  out
+}

@@ -1,0 +1,47 @@
+abundance_fit <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      sim <- mrvi:::simulate_counts(n_cells = 2400, n_genes = 120, n_samples = 6, n_sites = 1,
+                                    n_cell_types = 3, affected = integer(), seed = 9)
+      grp <- setNames(rep(c("a", "b"), 3), levels(sim$sample))
+      # type3 is enriched in group a (90% of its cells in group-b samples removed);
+      # sample s01 has no type3 cell at all
+      set.seed(1)
+      in_b <- grp[as.character(sim$sample)] == "b"
+      drop <- (sim$cell_type == "type3" & in_b & runif(length(in_b)) < 0.9) |
+        (sim$cell_type == "type3" & sim$sample == "s01")
+      keep <- !drop
+      fit <- mrvi(sim$counts[, keep], sample = sim$sample[keep], labels = sim$cell_type[keep],
+                  max_epochs = 80, seed = 2, verbose = FALSE)
+      cache <<- list(fit = fit, grp = grp, type = sim$cell_type[keep])
+    }
+    cache
+  }
+})
+
+test_that("differential abundance points to the enriched state", {
+  a <- abundance_fit()
+  da <- differentialAbundance(a$fit, a$grp)
+  expect_s4_class(da, "DataFrame")
+  expect_true(all(c("log_q_a", "log_q_b", "log_ratio_a", "log_ratio_b") %in% names(da)))
+  expect_equal(da$log_ratio_a, -da$log_ratio_b, tolerance = 1e-8)
+  enriched <- a$type == "type3"
+  # AUC of log_ratio_a for type3 cells against the others
+  r <- rank(da$log_ratio_a)
+  auc <- (sum(r[enriched]) - sum(enriched) * (sum(enriched) + 1) / 2) / (sum(enriched) * sum(!enriched))
+  expect_gt(auc, 0.85)  # seen 0.89
+})
+
+test_that("admissibility flags cells of a type absent from a sample", {
+  a <- abundance_fit()
+  adm <- admissibility(a$fit, quantile = 0.05)
+  expect_equal(dim(adm$admissible), c(nrow(a$fit@u_mean), 6L))
+  s01 <- adm$admissible[, "s01"]
+  expect_lt(mean(s01[a$type == "type3"]), 0.2)
+  expect_gt(mean(s01[a$type != "type3"]), 0.8)
+  # a sample's own cells are admissible at about 1 - quantile
+  own <- a$fit@cell_data$sample == "s02"
+  expect_gt(mean(adm$admissible[own, "s02"]), 0.9)
+  expect_error(admissibility(a$fit, quantile = 2), "`quantile`")
+})
