@@ -15,7 +15,9 @@ version=$(sed -n 's/^Version: //p' DESCRIPTION)
 ( cd "$work" && R CMD build "$OLDPWD" >build.log 2>&1 ) ||
   { tail -40 "$work/build.log"; echo "[check] R CMD build failed"; exit 1; }
 ( cd "$work" && _R_CHECK_FORCE_SUGGESTS_=false R CMD check --no-manual "mrvi_${version}.tar.gz" >check.log 2>&1 ) ||
-  { tail -60 "$work/check.log"; echo "[check] R CMD check failed"; exit 1; }
+  { tail -60 "$work/check.log"
+    [ -f "$work/mrvi.Rcheck/00install.out" ] && tail -40 "$work/mrvi.Rcheck/00install.out"
+    echo "[check] R CMD check failed"; exit 1; }
 status=$(grep '^Status:' "$work/mrvi.Rcheck/00check.log" || true)
 grep -E "^\* .*(NOTE|WARNING|ERROR)$" -A6 "$work/mrvi.Rcheck/00check.log" || true
 echo "[check] R CMD check: $status"
