@@ -30,42 +30,14 @@ impl CscCounts {
     /// Build from dgCMatrix slots (`p`, `i`, `x`), checking the structure and the
     /// values (finite, non-negative, integer), so that later code can trust them.
     pub fn from_slots(n_genes: usize, n_cells: usize, p: &[i32], i: &[i32], x: &[f64]) -> Result<Self> {
-        if p.len() != n_cells + 1 {
-            invalid!("CSC column pointers have length {}, expected ncol + 1 = {}", p.len(), n_cells + 1);
-        }
-        if i.len() != x.len() {
-            invalid!("CSC row indices ({}) and values ({}) differ in length", i.len(), x.len());
-        }
-        if p[0] != 0 || p[n_cells] as usize != i.len() {
-            invalid!("CSC column pointers must start at 0 and end at the number of non-zeros");
-        }
-        let mut indptr = Vec::with_capacity(p.len());
-        for w in p.windows(2) {
-            if w[1] < w[0] {
-                invalid!("CSC column pointers must be non-decreasing");
-            }
-        }
-        indptr.extend(p.iter().map(|&v| v as usize));
-        let mut indices = Vec::with_capacity(i.len());
-        for c in 0..n_cells {
-            let mut prev: i64 = -1;
-            for k in indptr[c]..indptr[c + 1] {
-                let r = i[k];
-                if r < 0 || r as usize >= n_genes || (r as i64) <= prev {
-                    invalid!("CSC row indices of column {} are out of range or not strictly increasing", c + 1);
-                }
-                prev = r as i64;
-                indices.push(r as u32);
-            }
-        }
-        let mut values = Vec::with_capacity(x.len());
-        for (k, &v) in x.iter().enumerate() {
-            if !v.is_finite() || v < 0.0 || v.fract() != 0.0 {
-                invalid!("count {} (value {v}) is not a finite non-negative integer", k + 1);
-            }
-            values.push(v as f32);
-        }
-        Ok(Self { n_genes, n_cells, indptr, indices, values })
+        scan_slots(n_genes, n_cells, p, i, x)?.require_valid_counts()?;
+        Ok(Self {
+            n_genes,
+            n_cells,
+            indptr: p.iter().map(|&v| v as usize).collect(),
+            indices: i.iter().map(|&r| r as u32).collect(),
+            values: x.iter().map(|&v| v as f32).collect(),
+        })
     }
 
     pub fn nnz(&self) -> usize {
@@ -247,7 +219,7 @@ mod tests {
         assert!(out_of_range.is_err());
         for v in [-1.0, 0.5, f64::NAN, f64::INFINITY] {
             let e = CscCounts::from_slots(3, 1, &[0, 1], &[0], &[v]).unwrap_err().to_string();
-            assert!(e.contains("non-negative integer"), "{e}");
+            assert!(e.contains("finite non-negative whole numbers"), "{e}");
         }
     }
 
