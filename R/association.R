@@ -108,8 +108,9 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
                         permutations = 0L))
     }
     set.seed(seed)
-    f <- pseudo_f(m, yy)
-    perm <- vapply(seq_len(permutations), function(i) pseudo_f(m, sample(yy)), numeric(1))
+    d2 <- m^2
+    f <- pseudo_f(d2, yy)
+    perm <- vapply(seq_len(permutations), function(i) pseudo_f(d2, sample(yy)), numeric(1))
     data.frame(group = g, n_samples = sum(keep), statistic = f,
                p_value = (1 + sum(perm >= f - 1e-12 * abs(f))) / (1 + permutations),
                permutations = permutations)
@@ -123,11 +124,10 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   out
 }
 
-# PERMANOVA pseudo-F of a distance matrix against a factor.
-pseudo_f <- function(m, y) {
-  n <- nrow(m)
+# PERMANOVA pseudo-F of squared distances `d2` against a factor.
+pseudo_f <- function(d2, y) {
+  n <- nrow(d2)
   k <- nlevels(y)
-  d2 <- m^2
   ss_total <- sum(d2[upper.tri(d2)]) / n
   ss_within <- 0
   for (lev in levels(y)) {

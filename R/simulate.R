@@ -4,9 +4,8 @@
 # multiplicative per-gene site effect. Grows into simulateNested() later.
 simulate_counts <- function(n_cells = 600, n_genes = 100, n_samples = 6, n_sites = 2,
                             n_cell_types = 3, affected = 1, effect = 2, seed = 1) {
-  old <- if (exists(".Random.seed", envir = globalenv())) get(".Random.seed", envir = globalenv())
-  on.exit(if (is.null(old)) rm(".Random.seed", envir = globalenv()) else
-    assign(".Random.seed", old, envir = globalenv()))
+  restore <- preserve_rng()
+  on.exit(restore())
   set.seed(seed)
   sample <- factor(sprintf("s%02d", sample.int(n_samples, n_cells, replace = TRUE)))
   site_of_sample <- rep_len(seq_len(n_sites), n_samples)
@@ -38,7 +37,12 @@ example_counts <- function() simulate_counts(n_cells = 300, n_genes = 60, n_samp
 # The bundled real data set (inst/extdata): counts (dgCMatrix, genes x cells)
 # and cell metadata (data.frame).
 read_example <- function(name = "cellhashing") {
-  dir <- system.file("extdata", package = "mrvi", mustWork = TRUE)
+  read_count_folder(system.file("extdata", package = "mrvi", mustWork = TRUE))
+}
+
+# A folder in the data format of the project (counts.mtx.gz genes x cells,
+# genes.tsv, cells.csv with cell_id first): list(counts = dgCMatrix, cells = data.frame).
+read_count_folder <- function(dir) {
   counts <- Matrix::readMM(gzfile(file.path(dir, "counts.mtx.gz")))
   genes <- utils::read.delim(file.path(dir, "genes.tsv"))
   cells <- utils::read.csv(file.path(dir, "cells.csv"))

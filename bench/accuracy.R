@@ -127,13 +127,8 @@ real <- data.frame(dataset = "scds_cellhashing", question = "nearest sample is o
                    value = mean(line[names(nearest)] == line[nearest]))
 
 # Real data 2: glioblastoma -- patient vs treatment
-gb_dir <- "bench/data/lemur_glioblastoma"
-gb_counts <- Matrix::readMM(gzfile(file.path(gb_dir, "counts.mtx.gz")))
-gb_genes <- utils::read.delim(file.path(gb_dir, "genes.tsv"))
-gb_cells <- utils::read.csv(file.path(gb_dir, "cells.csv"))
-gb_counts <- methods::as(methods::as(gb_counts, "CsparseMatrix"), "generalMatrix")
-dimnames(gb_counts) <- list(gb_genes[[1]], gb_cells$cell_id)
-gb <- SingleCellExperiment(list(counts = gb_counts), colData = gb_cells)
+gb_data <- mrvi:::read_count_folder("bench/data/lemur_glioblastoma")
+gb <- SingleCellExperiment(list(counts = gb_data$counts), colData = gb_data$cells)
 fit <- mrvi(gb, sample = "sample_id", max_epochs = 150, seed = 1, verbose = FALSE)
 dg <- sampleDistances(fit, mc_samples = 0)
 m <- dg[, , 1]

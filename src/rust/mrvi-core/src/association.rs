@@ -4,7 +4,7 @@
 //! Kolmogorov-Smirnov test (within-category distances smaller). D(n) is formed
 //! one cell at a time and dropped: nothing of size cells x S x S is kept.
 
-use crate::distances::{cell_weights, row_distances_dispatch, transpose_cell, DistanceSpec, Posterior};
+use crate::distances::{accumulate_cell, cell_weights, DistanceSpec, Posterior};
 use crate::error::{Error, Result};
 use crate::model::MrviModel;
 use crate::stats::ks_greater;
@@ -51,19 +51,13 @@ pub fn cell_association(
                 let (zs, weights, pairs) = (&zs, &weights, &pairs);
                 scope.spawn(move || {
                     let mut acc = vec![0f64; s * s];
-                    let (mut t, mut scratch, mut za) = (vec![0f32; s * l], vec![0f32; s], vec![0f32; l]);
+                    let mut t = vec![0f32; s * l];
                     let (mut within, mut between) = (Vec::new(), Vec::new());
                     for (k, slot) in res.iter_mut().enumerate() {
                         let r = ti * per + k;
                         acc.iter_mut().for_each(|v| *v = 0.0);
                         for z in zs {
-                            transpose_cell(&z[r * s * l..(r + 1) * s * l], s, l, &mut t);
-                            for a in 0..s {
-                                for d in 0..l {
-                                    za[d] = t[d * s + a];
-                                }
-                                row_distances_dispatch(&t, s, &za, a + 1..s, weights[r], &mut scratch, &mut acc[a * s..(a + 1) * s]);
-                            }
+                            accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, weights[r], &mut t, &mut acc);
                         }
                         within.clear();
                         between.clear();

@@ -22,7 +22,7 @@ pub struct Dataset<C: CountColumns = CscCounts> {
 
 impl<C: CountColumns> Dataset<C> {
     pub fn new(counts: C, sample: Vec<i64>, site: Vec<i64>) -> Self {
-        let library = (0..counts.n_cells()).map(|c| counts.column(c).map(|(_, v)| v).sum()).collect();
+        let library = counts.library_sizes();
         let lgamma_x1 = (0..counts.n_cells())
             .map(|c| counts.column(c).map(|(_, v)| ln_factorial(v) as f64).sum::<f64>() as f32)
             .collect();

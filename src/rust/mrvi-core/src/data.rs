@@ -11,6 +11,11 @@ pub trait CountColumns: Sync {
     fn n_cells(&self) -> usize;
     /// The non-zero (gene, count) pairs of one cell.
     fn column(&self, cell: usize) -> impl Iterator<Item = (usize, f32)> + '_;
+
+    /// Total count of each cell (the observed library size l_n).
+    fn library_sizes(&self) -> Vec<f32> {
+        (0..self.n_cells()).map(|c| self.column(c).map(|(_, v)| v).sum()).collect()
+    }
 }
 
 /// An owned, compact copy (u32 indices, f32 counts) for training, which outlives
@@ -38,15 +43,6 @@ impl CscCounts {
             indices: i.iter().map(|&r| r as u32).collect(),
             values: x.iter().map(|&v| v as f32).collect(),
         })
-    }
-
-    pub fn nnz(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Total count of each cell (the observed library size l_n).
-    pub fn library_sizes(&self) -> Vec<f32> {
-        (0..self.n_cells).map(|c| CountColumns::column(self, c).map(|(_, v)| v).sum()).collect()
     }
 
 }
@@ -172,23 +168,6 @@ pub fn scan_slots(n_genes: usize, n_cells: usize, p: &[i32], i: &[i32], x: &[f64
     Ok(scan)
 }
 
-/// Integer codes (0-based) of a per-cell factor with `n_levels` levels.
-pub fn check_codes(name: &str, codes: &[i32], n_cells: usize, n_levels: usize) -> Result<Vec<i64>> {
-    if codes.len() != n_cells {
-        invalid!("{name} has {} codes for {n_cells} cells", codes.len());
-    }
-    codes
-        .iter()
-        .map(|&c| {
-            if c < 0 || c as usize >= n_levels {
-                Err(crate::error::Error::InvalidInput(format!("{name} code {c} outside 0..{n_levels}")))
-            } else {
-                Ok(c as i64)
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +185,6 @@ mod tests {
         let m = example();
         assert_eq!(m.library_sizes(), vec![5., 0., 8., 2.]);
         assert_eq!(m.column(2).collect::<Vec<_>>(), vec![(1, 3.0), (2, 5.0)]);
-        assert_eq!(m.nnz(), 5);
     }
 
     #[test]
@@ -238,12 +216,5 @@ mod tests {
         let view = CscView::new(3, &p, &i, &[1., 4., 3., 5., 2.]).unwrap();
         assert_eq!(view.column(2).collect::<Vec<_>>(), vec![(1, 3.0), (2, 5.0)]);
         assert_eq!(view.n_cells(), 4);
-    }
-
-    #[test]
-    fn codes_are_checked() {
-        assert_eq!(check_codes("sample", &[0, 1, 1], 3, 2).unwrap(), vec![0, 1, 1]);
-        assert!(check_codes("sample", &[0, 2], 2, 2).is_err());
-        assert!(check_codes("sample", &[0], 2, 2).is_err());
     }
 }

@@ -122,7 +122,7 @@ pub(crate) fn cell_weights(effect: &HostSampleEffect, post: &Posterior, cells: &
 }
 
 /// Transpose one cell's z from [S, L] to [L, S], for loops over samples.
-pub(crate) fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
+fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
     for a in 0..s {
         for d in 0..l {
             out[d * s + a] = z[a * l + d];
@@ -134,7 +134,7 @@ pub(crate) fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
 /// Eight samples b at a time, their squared distances kept in registers across
 /// the L dimensions.
 #[inline(always)]
-fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, _scratch: &mut [f32], acc: &mut [f64]) {
+fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, acc: &mut [f64]) {
     const W: usize = 8;
     let n = range.len();
     let full = n - n % W;
@@ -165,19 +165,32 @@ fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_distances_avx2(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, scratch: &mut [f32], acc: &mut [f64]) {
-    row_distances(zt, s, za, range, w, scratch, acc)
+unsafe fn row_distances_avx2(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, acc: &mut [f64]) {
+    row_distances(zt, s, za, range, w, acc)
 }
 
-pub(crate) fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, scratch: &mut [f32], acc: &mut [f64]) {
+fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { row_distances_avx2(zt, s, za, range, w, scratch, acc) };
+            return unsafe { row_distances_avx2(zt, s, za, range, w, acc) };
         }
     }
-    row_distances(zt, s, za, range, w, scratch, acc)
+    row_distances(zt, s, za, range, w, acc)
+}
+
+/// Add the upper triangle of w * D(n) for one cell, given its z ([S, L] row-major),
+/// into `acc` (S x S, row-major); `t` is scratch of S * L.
+pub(crate) fn accumulate_cell(z: &[f32], s: usize, l: usize, w: f32, t: &mut [f32], acc: &mut [f64]) {
+    transpose_cell(z, s, l, t);
+    let mut za = vec![0f32; l];
+    for a in 0..s {
+        for d in 0..l {
+            za[d] = t[d * s + a];
+        }
+        row_distances_dispatch(t, s, &za, a + 1..s, w, &mut acc[a * s..(a + 1) * s]);
+    }
 }
 
 /// Add the upper triangles of w * D(n) for the cells of one block (all of the same
@@ -194,14 +207,13 @@ fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], s: usize, l: usize, acc: 
     std::thread::scope(|scope| {
         for mine in per_thread {
             scope.spawn(move || {
-                let mut scratch = vec![0f32; s];
                 let mut za = vec![0f32; l];
                 for (a, row) in mine {
                     for (zt, &w) in zts.iter().zip(weights) {
                         for d in 0..l {
                             za[d] = zt[d * s + a];
                         }
-                        row_distances_dispatch(zt, s, &za, a + 1..s, w, &mut scratch, row);
+                        row_distances_dispatch(zt, s, &za, a + 1..s, w, row);
                     }
                 }
             });
@@ -263,19 +275,11 @@ pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], c
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
         let (zs, weights) = cell_weights(&effect, post, part, &own, &spec)?;
-        let mut scratch = vec![0f32; s];
-        let mut za = vec![0f32; l];
         let mut t = vec![0f32; s * l];
         for (r, &w) in weights.iter().enumerate() {
             let mut acc = vec![0f64; s * s];
             for z in &zs {
-                transpose_cell(&z[r * s * l..(r + 1) * s * l], s, l, &mut t);
-                for a in 0..s {
-                    for d in 0..l {
-                        za[d] = t[d * s + a];
-                    }
-                    row_distances_dispatch(&t, s, &za, a + 1..s, w, &mut scratch, &mut acc[a * s..(a + 1) * s]);
-                }
+                accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, w, &mut t, &mut acc);
             }
             let i = bi * block.max(1) + r;
             for a in 0..s {

@@ -12,7 +12,7 @@ use crate::model::MrviModel;
 use crate::rng::SplitMix64;
 use std::time::Instant;
 use tch::nn::{self, OptimizerConfig};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 #[derive(Clone, Debug, Default)]
 pub struct EpochStats {
@@ -265,13 +265,4 @@ fn model_config_matches(c: &ModelConfig, data: &Dataset) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Tensor helper for tests and inference.
-pub fn to_vec_f32(t: &Tensor) -> Vec<f32> {
-    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-    let n = t.numel();
-    let mut v = vec![0f32; n];
-    t.copy_data(&mut v, n);
-    v
 }

@@ -153,6 +153,11 @@ pub struct StepTerms {
     pub kl_sum: f64,
 }
 
+struct Forward {
+    logits: Tensor,
+    kl: Tensor,
+}
+
 /// Per-cell terms of the ELBO for one minibatch.
 pub struct Losses {
     /// -log p(x | z, b), per cell
@@ -231,7 +236,7 @@ impl MrviModel {
                 let a = map.index_select(0, sample); // [B, L, L]
                 let au = a.bmm(&u.detach().unsqueeze(2)).squeeze_dim(2);
                 let z = u + au + shift.index_select(0, sample);
-                let zeros = z.zeros_like().sum_dim_intlist(1, false, z.kind());
+                let zeros = Tensor::zeros([z.size()[0]], (z.kind(), z.device()));
                 (z, zeros)
             }
             SampleEffect::Attention { base, block, embedding } => {
@@ -323,20 +328,23 @@ impl MrviModel {
         }
     }
 
-    pub fn log_theta(&self) -> &Tensor {
-        &self.log_theta
-    }
-
     /// Per-cell reconstruction loss and KL for a minibatch (one draw of u).
     pub fn losses(&self, batch: &Batch, train: bool) -> Losses {
+        let Forward { logits, kl } = self.forward(batch, train);
+        let log_mu = logits.log_softmax(1, logits.kind()) + &batch.log_library;
+        let nz = batch.nonzeros.as_ref().expect("minibatch built without its non-zero structure");
+        let ll = nb::log_prob_sparse(nz, &log_mu, &self.log_theta);
+        Losses { reconstruction: -ll, kl }
+    }
+
+    /// One pass from counts to decoder logits with one posterior draw of u, and the
+    /// per-cell prior terms (KL, plus the attention flavour's ||eps||^2 / 2).
+    fn forward(&self, batch: &Batch, train: bool) -> Forward {
         let q = self.encode(&batch.log_counts, &batch.sample);
         let u = q.rsample();
         let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
         let logits = self.decode_logits(&z, &batch.site, train);
-        let log_mu = logits.log_softmax(1, logits.kind()) + &batch.log_library;
-        let nz = batch.nonzeros.as_ref().expect("minibatch built without its non-zero structure");
-        let ll = nb::log_prob_sparse(nz, &log_mu, &self.log_theta);
-        Losses { reconstruction: -ll, kl: self.kl(&q, &u, batch.label.as_ref()) + penalty }
+        Forward { logits, kl: self.kl(&q, &u, batch.label.as_ref()) + penalty }
     }
 
     /// The training objective of a minibatch. On the CPU the likelihood and its
@@ -355,10 +363,7 @@ impl MrviModel {
             return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]) };
         }
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
-        let q = self.encode(&batch.log_counts, &batch.sample);
-        let u = q.rsample();
-        let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
-        let logits = self.decode_logits(&z, &batch.site, train);
+        let Forward { logits, kl } = self.forward(batch, train);
         let (b, g) = logits.size2().expect("2-d logits");
         let host_logits = logits.detach().contiguous();
         let host_theta = self.log_theta.detach().contiguous();
@@ -386,7 +391,7 @@ impl MrviModel {
             )
         };
         let d_theta = Tensor::from_slice(&nb.d_log_theta);
-        let kl = (self.kl(&q, &u, batch.label.as_ref()) + penalty).sum(Kind::Float);
+        let kl = kl.sum(Kind::Float);
         let surrogate_ll = (&logits * d_logits).sum(Kind::Float) + (&self.log_theta * d_theta).sum(Kind::Float);
         let objective = (-surrogate_ll + &kl * kl_weight) / n;
         StepTerms { objective, reconstruction_sum: -nb.log_lik.iter().sum::<f64>(), kl_sum: kl.double_value(&[]) }
