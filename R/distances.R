@@ -75,6 +75,13 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
 #'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
 #'   per cell from the fit's seed, so results do not depend on `chunk_size`.
 #' @param chunk_size cells per block (default: from the number of samples).
+#' @param admissible mask counterfactuals that extrapolate: `NULL` (none),
+#'   `TRUE` (computed with [admissibility()] defaults) or a logical matrix of
+#'   cells x samples (all fitted cells, or the `cells` asked for), as
+#'   `admissibility(fit)$admissible`. A cell then contributes to
+#'   \eqn{D(C)[a, b]} only when both samples are admissible for it, and each
+#'   pair is the mean over the cells that contributed (`NA` if none); with
+#'   `cells`, inadmissible pairs are `NA`.
 #' @return with `groups`: an array `[S, S, G]` with dimnames (sample, sample,
 #'   group) and attributes `n_cells` (cells per group), `excluded` (per group,
 #'   the samples left out) and `sample_table`. With `cells`: an array
@@ -88,7 +95,7 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
 #' d[, , 1]
 #' @export
 sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, normalize = FALSE,
-                            mc_samples = 10, chunk_size = NULL) {
+                            mc_samples = 10, chunk_size = NULL, admissible = NULL) {
   call <- sys.call()
   check_fit(fit, call)
   min_cells <- check_whole(min_cells, "min_cells", call)
@@ -108,16 +115,23 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     if (!is.null(groups)) abort_arg("Give {.arg groups} or {.arg cells}, not both.", call = call)
     idx <- resolve_cells(fit, cells, call)
     check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
+    mask <- resolve_admissible(fit, admissible, idx, call)
     v <- mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
                              idx - 1L, mc_samples, normalize, fit@config$seed, block)
-    return(array(v, c(length(idx), S, S),
-                 dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples)))
+    d <- array(v, c(length(idx), S, S), dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples))
+    if (!is.null(mask)) {
+      out <- mask[, rep(seq_len(S), S)] & mask[, rep(seq_len(S), each = S)]
+      d[!out] <- NA
+    }
+    return(d)
   }
   group <- resolve_groups(fit, groups, call)
   G <- nlevels(group)
+  mask <- resolve_admissible(fit, admissible, seq_len(nrow(fit@u_mean)), call)
   res <- mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
                               ifelse(is.na(group), -1L, as.integer(group) - 1L), G, mc_samples,
-                              normalize, fit@config$seed, block)
+                              normalize, fit@config$seed, block,
+                              if (is.null(mask)) integer() else as.integer(mask))
   out <- array(res$mean, c(S, S, G), dimnames = list(fit@samples, fit@samples, levels(group)))
   per_group <- table(factor(group, levels(group)), fit@cell_data$sample)
   excluded <- stats::setNames(vector("list", G), levels(group))

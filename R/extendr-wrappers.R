@@ -59,9 +59,10 @@ mrvi_encode <- function(h, n_genes, n_cells, p, i, x, sample) .Call(wrap__mrvi_e
 mrvi_z_from_u <- function(h, u, sample) .Call(wrap__mrvi_z_from_u, h, u, sample)
 
 #' Sums of D(n) per group (upper triangles) as an [S, S, G] array's values, and
-#' the number of cells per group. `group`: 0-based, -1 = in no group.
+#' the number of cells per group. `group`: 0-based, -1 = in no group. `mask`:
+#' empty, or 0/1 per (cell, sample), column-major (admissible pairs).
 #' @noRd
-mrvi_group_distances <- function(h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block) .Call(wrap__mrvi_group_distances, h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block)
+mrvi_group_distances <- function(h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block, mask) .Call(wrap__mrvi_group_distances, h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block, mask)
 
 #' Group means from libtorch tensor operations (cdist + index_add) on the
 #' model's device: the GPU path, exposed for benchmarks and tests.
@@ -87,6 +88,12 @@ mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, c
 #' an R matrix [genes, cells].
 #' @noRd
 mrvi_counterfactual_expression <- function(h, u, n_cells, sample, site) .Call(wrap__mrvi_counterfactual_expression, h, u, n_cells, sample, site)
+
+#' Expected normalised expression decoded from z itself (cells x L_z,
+#' column-major) under site codes (one per cell); values of an R matrix
+#' [genes, cells]. Used for log fold changes of latent shifts.
+#' @noRd
+mrvi_decode_z <- function(h, z, n_cells, site) .Call(wrap__mrvi_decode_z, h, z, n_cells, site)
 
 #' log q_s(u_c) for evaluation cells `at` (0-based) and per-sample reference
 #' cells (`ref_cells` 0-based, `ref_sample` their sample codes): [cells, S] values.

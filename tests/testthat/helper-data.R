@@ -21,3 +21,18 @@ nested_fit <- local({
     cache
   }
 })
+
+# The paper's covariates design (three binary sample covariates acting on type1),
+# fitted once per test run; shared by the guided and the differential tests.
+covariates_fit <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      sce <- simulateNested(2400, 300, n_samples = 12, n_sites = 1, n_cell_types = 2,
+                            n_affected = 1, design = "covariates", seed = 6)
+      fit <- mrvi(sce, sample = "sample", max_epochs = 200, n_latent = 20, seed = 1, verbose = FALSE)
+      cache <<- list(sce = sce, fit = fit)
+    }
+    cache
+  }
+})

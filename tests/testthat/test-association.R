@@ -15,21 +15,8 @@ test_that("the KS statistic and p-value equal ks.test(), with and without ties",
   }
 })
 
-assoc_fit <- local({
-  cache <- NULL
-  function() {
-    if (is.null(cache)) {
-      sce <- simulateNested(2400, 300, n_samples = 12, n_sites = 1, n_cell_types = 2,
-                            n_affected = 1, design = "covariates", seed = 6)
-      fit <- mrvi(sce, sample = "sample", max_epochs = 200, n_latent = 20, seed = 1, verbose = FALSE)
-      cache <<- list(sce = sce, fit = fit)
-    }
-    cache
-  }
-})
-
 test_that("per-cell tests equal ks.test on the cell's distances, q-values equal p.adjust", {
-  a <- assoc_fit()
+  a <- covariates_fit()
   fit <- a$fit
   res <- cellAssociation(fit, "cov1", cells = 1:30)
   expect_s4_class(res, "DataFrame")
@@ -49,7 +36,7 @@ test_that("per-cell tests equal ks.test on the cell's distances, q-values equal 
 })
 
 test_that("cells of the affected type are flagged (power)", {
-  a <- assoc_fit()
+  a <- covariates_fit()
   res <- cellAssociation(a$fit, "cov1")
   affected <- a$fit@cell_data$cell_type == "type1"
   expect_gte(mean(res$q_value[affected] < 0.05), 0.8)
@@ -60,7 +47,7 @@ test_that("cells of unaffected types are not flagged (FDR)", {
   # shared shift a_s, so unaffected cells are flagged too (measured: 23-66% of type2
   # cells at q < 0.05, FDR ~0.3-0.4, depending on n_latent and training length).
   skip("the linear flavour leaks the sample effect into unaffected types")
-  a <- assoc_fit()
+  a <- covariates_fit()
   res <- cellAssociation(a$fit, "cov1")
   type <- a$fit@cell_data$cell_type
   flagged <- res$q_value < 0.05
@@ -72,7 +59,7 @@ test_that("cells of unaffected types are not flagged (FDR)", {
 })
 
 test_that("group-level permutation p-values are uniform under a random covariate", {
-  a <- assoc_fit()
+  a <- covariates_fit()
   d <- sampleDistances(a$fit, groups = "cell_type", mc_samples = 0)
   samples <- dimnames(d)[[1]]
   # 200 random balanced covariates, 199 permutations each, on the unaffected type
@@ -87,7 +74,7 @@ test_that("group-level permutation p-values are uniform under a random covariate
 })
 
 test_that("groupAssociation finds the planted covariate in the affected type", {
-  a <- assoc_fit()
+  a <- covariates_fit()
   res <- groupAssociation(a$fit, "cov1", groups = "cell_type", permutations = 199)
   expect_equal(rownames(res), c("type1", "type2"))
   expect_lt(res["type1", "p_value"], 0.01)
@@ -106,7 +93,7 @@ test_that("groupAssociation finds the planted covariate in the affected type", {
 })
 
 test_that("association errors name the argument, and results go back to the object", {
-  a <- assoc_fit()
+  a <- covariates_fit()
   fit <- a$fit
   expect_error(cellAssociation(fit, "nope"), "`covariate` = \"nope\"")
   expect_error(cellAssociation(fit, setNames(rnorm(12), fit@samples)), "`covariate` is numeric.*cut")

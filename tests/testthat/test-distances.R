@@ -184,3 +184,26 @@ test_that("distances are written back with addMrVI", {
   so <- addMrVI(so, f$fit, distances = d)
   expect_identical(SeuratObject::Misc(so, "mrvi_distances"), d)
 })
+
+test_that("admissibility masks pairs in group means and per-cell matrices", {
+  nf <- nested_fit()
+  fit <- nf$fit
+  n <- nrow(fit@u_mean)
+  S <- length(fit@samples)
+  set.seed(9)
+  mask <- matrix(runif(n * S) > 0.2, n, S, dimnames = list(NULL, fit@samples))
+  grp <- fit@cell_data$labels
+  d <- sampleDistances(fit, groups = grp, mc_samples = 0, min_cells = 1, admissible = mask)
+  cells <- which(grp == levels(grp)[2])
+  per_cell <- sampleDistances(fit, cells = cells, mc_samples = 0)
+  for (ab in list(c(1, 2), c(3, 7), c(5, 8))) {
+    ok <- mask[cells, ab[1]] & mask[cells, ab[2]]
+    expect_equal(d[ab[1], ab[2], 2], mean(per_cell[ok, ab[1], ab[2]]), tolerance = 1e-5)
+  }
+  masked_cells <- sampleDistances(fit, cells = cells[1:3], mc_samples = 0, admissible = mask[cells[1:3], ])
+  first <- which(!mask[cells[1], ])[1]
+  expect_true(all(is.na(masked_cells[1, first, ])))
+  keep <- mask[cells[1], ]
+  expect_equal(masked_cells[1, keep, keep], per_cell[1, keep, keep])
+  expect_error(sampleDistances(fit, groups = grp, admissible = mask[1:3, ]), "admissible")
+})

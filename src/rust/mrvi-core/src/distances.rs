@@ -38,6 +38,8 @@ pub struct GroupSums {
     pub n_samples: usize,
     pub sums: Vec<Vec<f64>>,
     pub n_cells: Vec<usize>,
+    /// With a sample mask: per group, the number of cells summed for each pair.
+    pub pair_counts: Option<Vec<Vec<f64>>>,
 }
 
 impl GroupSums {
@@ -48,7 +50,12 @@ impl GroupSums {
         let mut out = vec![0f64; s * s];
         for a in 0..s {
             for b in a + 1..s {
-                let v = self.sums[g][a * s + b] / n;
+                let count = match &self.pair_counts {
+                    None => n,
+                    Some(c) if c[g][a * s + b] > 0.0 => c[g][a * s + b],
+                    Some(_) => f64::NAN,
+                };
+                let v = self.sums[g][a * s + b] / count;
                 out[a * s + b] = v;
                 out[b * s + a] = v;
             }
@@ -130,11 +137,11 @@ fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
     }
 }
 
-/// acc[b] += w * || za - z_b || for b in `range`, with zt the cell's [L, S] z.
-/// Eight samples b at a time, their squared distances kept in registers across
-/// the L dimensions.
+/// acc[b] += w * m[b] * || za - z_b || for b in `range`, with zt the cell's
+/// [L, S] z and m the cell's sample mask (1 or 0). Eight samples b at a time,
+/// their squared distances kept in registers across the L dimensions.
 #[inline(always)]
-fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, acc: &mut [f64]) {
+fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
     const W: usize = 8;
     let n = range.len();
     let full = n - n % W;
@@ -150,7 +157,7 @@ fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>
         }
         let out: &mut [f64; W] = (&mut acc[b0..b0 + W]).try_into().unwrap();
         for j in 0..W {
-            out[j] += (w * v[j].sqrt()) as f64;
+            out[j] += (w * m[b0 + j] * v[j].sqrt()) as f64;
         }
     }
     for b in range.start + full..range.end {
@@ -159,25 +166,25 @@ fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>
             let diff = zt[d * s + b] - zad;
             v += diff * diff;
         }
-        acc[b] += (w * v.sqrt()) as f64;
+        acc[b] += (w * m[b] * v.sqrt()) as f64;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_distances_avx2(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, acc: &mut [f64]) {
-    row_distances(zt, s, za, range, w, acc)
+unsafe fn row_distances_avx2(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
+    row_distances(zt, s, za, range, w, m, acc)
 }
 
-fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, acc: &mut [f64]) {
+fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { row_distances_avx2(zt, s, za, range, w, acc) };
+            return unsafe { row_distances_avx2(zt, s, za, range, w, m, acc) };
         }
     }
-    row_distances(zt, s, za, range, w, acc)
+    row_distances(zt, s, za, range, w, m, acc)
 }
 
 /// Add the upper triangle of w * D(n) for one cell, given its z ([S, L] row-major),
@@ -185,19 +192,20 @@ fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Ran
 pub(crate) fn accumulate_cell(z: &[f32], s: usize, l: usize, w: f32, t: &mut [f32], acc: &mut [f64]) {
     transpose_cell(z, s, l, t);
     let mut za = vec![0f32; l];
+    let ones = vec![1f32; s];
     for a in 0..s {
         for d in 0..l {
             za[d] = t[d * s + a];
         }
-        row_distances_dispatch(t, s, &za, a + 1..s, w, &mut acc[a * s..(a + 1) * s]);
+        row_distances_dispatch(t, s, &za, a + 1..s, w, &ones, &mut acc[a * s..(a + 1) * s]);
     }
 }
 
 /// Add the upper triangles of w * D(n) for the cells of one block (all of the same
-/// group) into `acc` (S x S, row-major). Rows are dealt to `threads` threads
-/// round-robin (the triangle is uneven); each row stays in cache while the block's
-/// cells pass over it.
-fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], s: usize, l: usize, acc: &mut [f64], threads: usize) {
+/// group) into `acc` (S x S, row-major), pairs masked by each cell's `masks` row
+/// (1 or 0 per sample). Rows are dealt to `threads` threads round-robin (the
+/// triangle is uneven); each row stays in cache while the block's cells pass over it.
+fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], masks: &[Vec<f32>], s: usize, l: usize, acc: &mut [f64], threads: usize) {
     let threads = threads.clamp(1, s.max(1));
     let rows: Vec<&mut [f64]> = acc.chunks_mut(s).collect();
     let mut per_thread: Vec<Vec<(usize, &mut [f64])>> = (0..threads).map(|_| Vec::new()).collect();
@@ -209,11 +217,14 @@ fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], s: usize, l: usize, acc: 
             scope.spawn(move || {
                 let mut za = vec![0f32; l];
                 for (a, row) in mine {
-                    for (zt, &w) in zts.iter().zip(weights) {
+                    for ((zt, &w), m) in zts.iter().zip(weights).zip(masks) {
+                        if m[a] == 0.0 {
+                            continue;
+                        }
                         for d in 0..l {
                             za[d] = zt[d * s + a];
                         }
-                        row_distances_dispatch(zt, s, &za, a + 1..s, w, row);
+                        row_distances_dispatch(zt, s, &za, a + 1..s, w, m, row);
                     }
                 }
             });
@@ -229,12 +240,28 @@ pub fn group_sums(
     model: &MrviModel, post: &Posterior, own_sample: &[i64], group: &[i64], n_groups: usize, spec: DistanceSpec,
     block: usize, threads: usize, interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<GroupSums> {
+    group_sums_masked(model, post, own_sample, group, n_groups, spec, None, block, threads, interrupted)
+}
+
+/// [group_sums] where `mask` (cells x S, column-major, as R stores a logical
+/// matrix) marks the admissible (cell, sample) pairs: a cell contributes to
+/// D(C)[a, b] only when both a and b are admissible for it, and each pair is
+/// averaged over the cells that contributed (`pair_counts`).
+#[allow(clippy::too_many_arguments)]
+pub fn group_sums_masked(
+    model: &MrviModel, post: &Posterior, own_sample: &[i64], group: &[i64], n_groups: usize, spec: DistanceSpec,
+    mask: Option<&[bool]>, block: usize, threads: usize, interrupted: &mut dyn FnMut() -> bool,
+) -> Result<GroupSums> {
     let s = model.config.n_samples as usize;
     let l = model.config.n_latent as usize; // dimension of z
+    if mask.is_some_and(|m| m.len() != post.n_cells * s) {
+        return Err(Error::InvalidInput(format!("the mask must have {} cells x {s} samples", post.n_cells)));
+    }
     let effect = model.host_sample_effect();
     let mut order: Vec<usize> = (0..post.n_cells).filter(|&c| group[c] >= 0).collect();
     order.sort_by_key(|&c| group[c]); // stable: cell order within a group
     let mut sums = vec![vec![0f64; s * s]; n_groups];
+    let mut pair_counts = mask.map(|_| vec![vec![0f64; s * s]; n_groups]);
     let mut n_cells = vec![0usize; n_groups];
     let mut start = 0;
     while start < order.len() {
@@ -249,6 +276,10 @@ pub fn group_sums(
         let cells = &order[start..end];
         let own: Vec<i64> = cells.iter().map(|&c| own_sample[c]).collect();
         let (zs, weights) = cell_weights(&effect, post, cells, &own, &spec)?;
+        let masks: Vec<Vec<f32>> = cells
+            .iter()
+            .map(|&c| (0..s).map(|a| if mask.is_none_or(|m| m[c + post.n_cells * a]) { 1.0 } else { 0.0 }).collect())
+            .collect();
         for z in &zs {
             let zts: Vec<Vec<f32>> = (0..cells.len())
                 .map(|r| {
@@ -257,12 +288,22 @@ pub fn group_sums(
                     t
                 })
                 .collect();
-            accumulate_block(&zts, &weights, s, l, &mut sums[g as usize], threads);
+            accumulate_block(&zts, &weights, &masks, s, l, &mut sums[g as usize], threads);
+        }
+        if let Some(counts) = pair_counts.as_mut() {
+            let counts = &mut counts[g as usize];
+            for m in &masks {
+                for a in (0..s).filter(|&a| m[a] > 0.0) {
+                    for b in (a + 1..s).filter(|&b| m[b] > 0.0) {
+                        counts[a * s + b] += 1.0;
+                    }
+                }
+            }
         }
         n_cells[g as usize] += cells.len();
         start = end;
     }
-    Ok(GroupSums { n_samples: s, sums, n_cells })
+    Ok(GroupSums { n_samples: s, sums, n_cells, pair_counts })
 }
 
 /// D(n) for the given cells: values of an R array [cells, S, S] (column-major).
@@ -320,5 +361,5 @@ pub fn group_sums_tensor(model: &MrviModel, post: &Posterior, group: &[i64], n_g
     let sums = (0..n_groups)
         .map(|g| Vec::<f64>::try_from(&acc.get(g as i64).view([-1])).map_err(Error::from))
         .collect::<Result<Vec<_>>>()?;
-    Ok(GroupSums { n_samples: s, sums, n_cells })
+    Ok(GroupSums { n_samples: s, sums, n_cells, pair_counts: None })
 }

@@ -1,5 +1,5 @@
 //! The streamed distance kernel against libtorch's cdist and a direct computation.
-use mrvi_core::distances::{cell_distances, group_sums, group_sums_tensor, DistanceSpec, Posterior};
+use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, DistanceSpec, Posterior};
 use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::MrviModel;
 use tch::{Device, Kind, Tensor};
@@ -78,4 +78,47 @@ fn interrupt_stops_between_blocks() {
         calls > 2
     });
     assert!(matches!(r, Err(mrvi_core::Error::Interrupted)));
+}
+
+#[test]
+fn masked_group_means_average_each_pair_over_its_admissible_cells() {
+    let (n, s, l) = (60usize, 7i64, 4i64);
+    let (model, mean, sd, own) = setup(n, s, l);
+    let su = s as usize;
+    let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
+    let group: Vec<i64> = (0..n).map(|c| (c % 2) as i64).collect();
+    // cell c is inadmissible in sample (c % 5) when c % 3 == 0, and sample 6 is
+    // inadmissible for every cell of group 1
+    let mask: Vec<bool> = (0..su)
+        .flat_map(|a| (0..n).map(move |c| !(c % 3 == 0 && a == c % 5) && !(a == 6 && c % 2 == 1)))
+        .collect();
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let m = group_sums_masked(&model, &post, &own, &group, 2, spec, Some(&mask), 8, 2, &mut || false).unwrap();
+    let cells: Vec<usize> = (0..n).collect();
+    let d = cell_distances(&model, &post, &own, &cells, spec, 16).unwrap();
+    for g in 0..2usize {
+        let got = m.mean(g);
+        for a in 0..su {
+            for b in 0..su {
+                if a == b {
+                    continue;
+                }
+                let (mut sum, mut count) = (0f64, 0f64);
+                for c in (0..n).filter(|&c| c % 2 == g && mask[c + n * a] && mask[c + n * b]) {
+                    sum += d[c + n * (a + su * b)];
+                    count += 1.0;
+                }
+                let want = if count > 0.0 { sum / count } else { f64::NAN };
+                let v = got[a * su + b];
+                assert!((v.is_nan() && want.is_nan()) || (v - want).abs() < 1e-4 * (1.0 + want.abs()), "pair ({a}, {b}) group {g}: {v} vs {want}");
+            }
+        }
+    }
+    // no mask at all: the unmasked means
+    let all = vec![true; n * su];
+    let full = group_sums_masked(&model, &post, &own, &group, 2, spec, Some(&all), 8, 2, &mut || false).unwrap();
+    let plain = group_sums(&model, &post, &own, &group, 2, spec, 8, 2, &mut || false).unwrap();
+    for (x, y) in full.mean(0).iter().zip(plain.mean(0)) {
+        assert!((x - y).abs() < 1e-9);
+    }
 }

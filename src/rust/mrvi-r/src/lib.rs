@@ -10,7 +10,7 @@ use mrvi_core::model::config::{ModelConfig, Prior, TrainConfig};
 use mrvi_core::model::MrviModel;
 use mrvi_core::train::Trainer;
 use mrvi_core::data::{scan_slots, CscCounts, CscView};
-use mrvi_core::distances::{cell_distances, group_sums, group_sums_tensor, DistanceSpec, Posterior};
+use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, DistanceSpec, Posterior};
 use mrvi_core::{backend, io};
 use std::os::raw::c_int;
 
@@ -279,13 +279,14 @@ fn codes(v: &[i32], upper: i64, what: &str) -> RResult<Vec<i64>> {
 }
 
 /// Sums of D(n) per group (upper triangles) as an [S, S, G] array's values, and
-/// the number of cells per group. `group`: 0-based, -1 = in no group.
+/// the number of cells per group. `group`: 0-based, -1 = in no group. `mask`:
+/// empty, or 0/1 per (cell, sample), column-major (admissible pairs).
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_group_distances(
     h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], group: &[i32],
-    n_groups: i32, mc_samples: i32, normalize: bool, seed: f64, block: i32,
+    n_groups: i32, mc_samples: i32, normalize: bool, seed: f64, block: i32, mask: &[i32],
 ) -> RResult<List> {
     let model = h.try_addr()?;
     let post = posterior(u_mean, u_sd, n_cells, model)?;
@@ -293,7 +294,10 @@ fn mrvi_group_distances(
     let group = codes(group, n_groups as i64, "group")?;
     let spec = DistanceSpec { mc_samples: mc_samples.max(0) as usize, normalize, seed: seed as u64 };
     let threads = tch::get_num_threads().max(1) as usize;
-    let sums = if model.device() != tch::Device::Cpu && spec.mc_samples == 0 && !normalize {
+    let sums = if !mask.is_empty() {
+        let mask: Vec<bool> = mask.iter().map(|&v| v != 0).collect();
+        group_sums_masked(model, &post, &own, &group, n_groups as usize, spec, Some(&mask), block.max(1) as usize, threads, &mut interrupt_pending)
+    } else if model.device() != tch::Device::Cpu && spec.mc_samples == 0 && !normalize {
         group_sums_tensor(model, &post, &group, n_groups as usize, block.max(1) as usize)
     } else {
         group_sums(model, &post, &own, &group, n_groups as usize, spec, block.max(1) as usize, threads, &mut interrupt_pending)
@@ -379,20 +383,48 @@ fn mrvi_counterfactual_z(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, sam
 fn mrvi_counterfactual_expression(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, sample: &[i32], site: &[i32]) -> RResult<Vec<f64>> {
     let model = h.try_addr()?;
     let (n, lu) = (n_cells as usize, model.config.dim_u() as usize);
-    if u.len() != n * lu || sample.len() != n || site.len() != n {
+    if u.len() != n * lu || sample.len() != n {
         return Err(extendr_api::Error::Other("u, sample and site must describe the same cells".into()));
     }
     let sample = codes(sample, model.config.n_samples, "sample")?;
+    let dev = model.device();
+    decode_blocks(model, u, n, lu, site, |ut, start, end| {
+        let s = tch::Tensor::from_slice(&sample[start..end]).to_device(dev);
+        model.z_from_u(ut, &s)
+    })
+}
+
+/// Expected normalised expression decoded from z itself (cells x L_z,
+/// column-major) under site codes (one per cell); values of an R matrix
+/// [genes, cells]. Used for log fold changes of latent shifts.
+/// @noRd
+#[extendr]
+fn mrvi_decode_z(h: ExternalPtr<MrviModel>, z: &[f64], n_cells: i32, site: &[i32]) -> RResult<Vec<f64>> {
+    let model = h.try_addr()?;
+    let (n, l) = (n_cells as usize, model.config.n_latent as usize);
+    if z.len() != n * l {
+        return Err(extendr_api::Error::Other("z does not match the model's latent dimension".into()));
+    }
+    decode_blocks(model, z, n, l, site, |zt, _, _| zt.shallow_clone())
+}
+
+/// Decoder expression of `values` (cells x width, column-major) in blocks of
+/// 1024 cells, after `to_z` maps a block's rows to z; [genes, cells] values.
+fn decode_blocks(
+    model: &MrviModel, values: &[f64], n: usize, width: usize, site: &[i32], to_z: impl Fn(&tch::Tensor, usize, usize) -> tch::Tensor,
+) -> RResult<Vec<f64>> {
+    if site.len() != n {
+        return Err(extendr_api::Error::Other("u, sample and site must describe the same cells".into()));
+    }
     let site = codes(site, model.config.n_batches, "site")?;
-    let u32: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+    let v32: Vec<f32> = values.iter().map(|&v| v as f32).collect();
     let mut out = Vec::with_capacity(n * model.config.n_genes as usize);
     let dev = model.device();
     for start in (0..n).step_by(1024) {
         let end = (start + 1024).min(n);
-        let ut = mrvi_core::infer::rows_from_column_major(&u32, n, lu, start, end).to_device(dev);
-        let s = tch::Tensor::from_slice(&sample[start..end]).to_device(dev);
+        let rows = mrvi_core::infer::rows_from_column_major(&v32, n, width, start, end).to_device(dev);
         let b = tch::Tensor::from_slice(&site[start..end]).to_device(dev);
-        let rho = tch::no_grad(|| model.expression(&model.z_from_u(&ut, &s), &b));
+        let rho = tch::no_grad(|| model.expression(&to_z(&rows, start, end), &b));
         let rho = rho.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1]);
         out.extend(Vec::<f64>::try_from(&rho).map_err(|e| rerr(e.into()))?);
     }
@@ -486,6 +518,7 @@ extendr_module! {
     fn mrvi_counterfactual_z;
     fn mrvi_cell_association;
     fn mrvi_counterfactual_expression;
+    fn mrvi_decode_z;
     fn mrvi_log_sample_densities;
     fn mrvi_ks_greater;
 }

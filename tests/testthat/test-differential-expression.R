@@ -1,0 +1,137 @@
+test_that("with one latent dimension the test is the ordinary F test of lm()", {
+  set.seed(3)
+  S <- 14
+  tab <- data.frame(g = factor(rep(c("a", "b", "c"), length.out = S)), x = rnorm(S))
+  X <- model.matrix(~ g + scale(x)[, 1], tab)
+  colnames(X) <- c("(Intercept)", "gb", "gc", "x")
+  design <- list(X = X, blocks = list(g = 2:3, x = 4))
+  z <- array(rnorm(3 * S), c(3, S, 1)) # 3 cells, one dimension
+  z[2, , 1] <- z[2, , 1] + 1.5 * (tab$g == "b")
+  res <- mrvi:::de_regression(z, design)
+  for (i in 1:3) {
+    y <- z[i, , 1]
+    full <- lm(y ~ X - 1)
+    for (j in c("g", "x")) {
+      reduced <- lm(y ~ X[, -design$blocks[[j]]] - 1)
+      a <- anova(reduced, full)
+      expect_equal(unname(res$tests[[j]][i, "statistic"]), a$F[2], tolerance = 1e-10)
+      expect_equal(unname(res$tests[[j]][i, "p_value"]), a$`Pr(>F)`[2], tolerance = 1e-10)
+    }
+    expect_equal(res$beta$gb[i, 1], unname(coef(full)[2]), tolerance = 1e-10)
+    expect_equal(res$beta$x[i, 1], unname(coef(full)[4]), tolerance = 1e-10)
+  }
+})
+
+test_that("the test is calibrated for independent normal errors in many dimensions", {
+  set.seed(4)
+  S <- 12
+  X <- cbind(1, rep(0:1, length.out = S))
+  colnames(X) <- c("(Intercept)", "gb")
+  design <- list(X = X, blocks = list(g = 2))
+  sd_dims <- c(3, 2, 1, rep(0.3, 7)) # unequal variances across 10 dimensions
+  z <- array(rnorm(2000 * S * 10), c(2000, S, 10)) * rep(sd_dims, each = 2000 * S)
+  p <- mrvi:::de_regression(z, design)$tests$g[, "p_value"]
+  # the tails are right; mid-range p-values are within a few percent (a
+  # two-moment approximation, see ?differentialExpression)
+  expect_lt(abs(mean(p < 0.05) - 0.05), 0.015)
+  expect_lt(abs(mean(p < 0.01) - 0.01), 0.006)
+  expect_lt(unname(ks.test(p, "punif")$statistic), 0.045)
+})
+
+test_that("planted covariate effects are recovered with their sign and size", {
+  a <- covariates_fit()
+  fit <- a$fit
+  truth <- S4Vectors::metadata(a$sce)$truth$effects
+  type <- fit@cell_data$cell_type
+  set.seed(1)
+  cells <- c(sample(which(type == "type1"), 60), sample(which(type == "type2"), 60))
+  de <- differentialExpression(fit, c("cov1", "cov2", "cov3"), cells = cells, mc_samples = 5, lfc = TRUE)
+  expect_s4_class(de, "DataFrame")
+  expect_equal(nrow(de), 3 * length(cells))
+  expect_equal(de$q_value[de$covariate == "cov1"], p.adjust(de$p_value[de$covariate == "cov1"], "BH"))
+  cov1 <- de[de$covariate == "cov1", ]
+  affected <- seq_len(60)
+  expect_gte(mean(cov1$q_value[affected] < 0.05), 0.9)
+  expect_gt(mean(cov1$effect_size[affected]), 2 * mean(cov1$effect_size[-affected]))
+  lfc <- S4Vectors::metadata(de)$lfc
+  expect_named(lfc, c("cov1yes", "cov2yes", "cov3yes"))
+  expect_equal(dim(lfc$cov1yes), c(length(cells), length(fit@genes)))
+  for (k in c("cov1", "cov2")) {
+    genes <- match(truth[[k]]$genes, fit@genes)
+    # the planted fold change, relative to the other genes after normalisation
+    share <- length(genes) / length(fit@genes)
+    planted <- log2(truth[[k]]$strength / (1 + share * (truth[[k]]$strength - 1)))
+    got <- mean(lfc[[paste0(k, "yes")]][affected, genes])
+    expect_gt(got, 0.5 * planted)
+    expect_lt(got, 1.5 * planted)
+    expect_lt(abs(mean(lfc[[paste0(k, "yes")]][affected, -genes])), 0.2)
+    prob <- S4Vectors::metadata(de)$lfc_prob[[paste0(k, "yes")]]
+    expect_gt(mean(prob[affected, genes]), 0.8)
+    expect_lt(mean(prob[affected, -genes]), 0.1)
+  }
+})
+
+test_that("p-values are calibrated when the covariate is permuted across samples", {
+  a <- covariates_fit()
+  fit <- a$fit
+  type <- fit@cell_data$cell_type
+  S <- length(fit@samples)
+  set.seed(2)
+  cells <- c(sample(which(type == "type1"), 20), sample(which(type == "type2"), 20))
+  p <- replicate(150, {
+    cov <- data.frame(sample = fit@samples, g = sample(rep(c("a", "b"), length.out = S)), x = rnorm(S))
+    de <- differentialExpression(fit, cov, cells = cells, mc_samples = 0)
+    cbind(g = de$p_value[de$covariate == "g"], x = de$p_value[de$covariate == "x"])
+  }, simplify = FALSE)
+  p <- do.call(rbind, p)
+  for (j in c("g", "x")) {
+    for (alpha in c(0.01, 0.05, 0.1)) expect_lt(mean(p[, j] < alpha), alpha * 1.4 + 0.005)
+    expect_gt(mean(p[, j] < 0.05), 0.025)
+  }
+  # a continuous covariate gives continuous permutation distributions: uniform
+  one_cell <- p[seq(1, nrow(p), by = length(cells)), "x"]
+  expect_gt(ks.test(one_cell, "punif")$p.value, 0.01)
+})
+
+test_that("masking inadmissible samples drops them from the cell's regression", {
+  a <- covariates_fit()
+  fit <- a$fit
+  mask <- matrix(TRUE, 4, length(fit@samples), dimnames = list(NULL, fit@samples))
+  mask[2, 1:3] <- FALSE
+  mask[3, 1:9] <- FALSE # 3 samples left: too few for intercept + cov1 + cov2
+  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:4, mc_samples = 0, admissible = mask)
+  cov1 <- de[de$covariate == "cov1", ]
+  expect_equal(cov1$n_samples, c(12, 9, 3, 12))
+  expect_true(is.na(cov1$p_value[3]))
+  # the masked cell equals a regression on its admissible samples only
+  z <- counterfactualLatent(fit, cells = 2)[1, 4:12, ]
+  tab <- as.data.frame(fit@sample_table)[4:12, ]
+  full <- lm(z ~ cov1 + cov2, tab)
+  expect_equal(unname(S4Vectors::metadata(de)$beta$cov1yes[2, ]), unname(coef(full)["cov1yes", ]), tolerance = 1e-6)
+  expect_equal(cov1$statistic[c(1, 4)],
+               differentialExpression(fit, c("cov1", "cov2"), cells = c(1, 4), mc_samples = 0)$statistic[1:2])
+})
+
+test_that("draws do not depend on chunk_size and a seed reproduces them", {
+  a <- covariates_fit()
+  fit <- a$fit
+  one <- differentialExpression(fit, "cov1", cells = 1:30, mc_samples = 3, lfc = TRUE, chunk_size = 7)
+  two <- differentialExpression(fit, "cov1", cells = 1:30, mc_samples = 3, lfc = TRUE, chunk_size = 30)
+  expect_equal(one$statistic, two$statistic)
+  # the decoder runs in float32 on blocks of different sizes
+  expect_equal(S4Vectors::metadata(one)$lfc, S4Vectors::metadata(two)$lfc, tolerance = 1e-4)
+})
+
+test_that("bad covariates get errors that name the fix", {
+  a <- covariates_fit()
+  fit <- a$fit
+  expect_error(differentialExpression(fit, "nope"), "not column")
+  expect_error(differentialExpression(fit, data.frame(x = 1:12)), "sample")
+  expect_error(differentialExpression(fit, data.frame(sample = fit@samples[-1], x = 1:11)), "no row")
+  expect_error(differentialExpression(fit, data.frame(sample = fit@samples, x = 1)), "constant")
+  expect_error(differentialExpression(fit, data.frame(sample = fit@samples, x = c(NA, 1:11))), "NA")
+  expect_error(differentialExpression(fit, data.frame(sample = fit@samples, g = as.character(1:12))), "samples cannot")
+  expect_error(differentialExpression(fit, data.frame(sample = fit@samples, x = 1:12, y = 2 * (1:12))), "collinear")
+  expect_error(differentialExpression(fit, "cov1", delta = -1), "delta")
+  expect_error(differentialExpression(fit, "cov1", admissible = matrix(TRUE, 2, 2)), "admissible")
+})
