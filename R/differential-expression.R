@@ -107,7 +107,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   G <- length(fit@genes)
   if (lfc) check_size(2 * 8 * length(idx) * G * length(coefs), "differentialExpression(lfc = TRUE)", call)
   linear <- (fit@config$flavour %||% "linear") == "linear"
-  draws <- if (mc_samples == 0 || (linear && !lfc)) 0L else mc_samples
+  draws <- if (linear && !lfc) 0L else mc_samples
   apply_threads(call = call)
 
   tests <- list()
@@ -117,15 +117,15 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   bar <- if (length(chunks) > 1) cli::cli_progress_bar("Differential expression", total = length(chunks))
   for (rows in chunks) {
     cells_k <- idx[rows]
-    zs <- posterior_z_draws(fit, cells_k, draws, seed)
-    z_mean <- Reduce(`+`, zs) / length(zs)
     m <- if (is.null(mask)) NULL else mask[rows, , drop = FALSE]
-    res <- de_regression(z_mean, design, m)
-    tests[[length(tests) + 1]] <- res$tests
-    for (k in coefs) beta[[k]][rows, ] <- res$beta[[k]]
-    if (lfc) {
-      # the linear flavour's mean-u fit serves as one draw only when there are no draws
-      for (z in zs) {
+    z_at <- posterior_z_sampler(fit, cells_k, draws, seed)
+    # one draw at a time (memory: one cells x S x L array), averaged for the
+    # test where the flavour is not linear, refitted per draw for the LFCs
+    z_sum <- 0
+    for (d in if (draws == 0) 0L else seq_len(draws)) {
+      z <- z_at(d)
+      if (!linear) z_sum <- z_sum + z
+      if (lfc) {
         lf <- de_lfc(fit, de_regression(z, design, m, tests = FALSE), coefs)
         for (k in coefs) {
           lfc_sum[[k]][rows, ] <- lfc_sum[[k]][rows, ] + lf[[k]]
@@ -133,6 +133,10 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
         }
       }
     }
+    z_test <- if (linear || draws == 0) z_at(0) else z_sum / draws
+    res <- de_regression(z_test, design, m)
+    tests[[length(tests) + 1]] <- res$tests
+    for (k in coefs) beta[[k]][rows, ] <- res$beta[[k]]
     if (!is.null(bar)) cli::cli_progress_update(id = bar)
   }
   if (!is.null(bar)) cli::cli_progress_done(id = bar)
@@ -224,23 +228,26 @@ de_design <- function(fit, covariates, call) {
   list(X = X, blocks = blocks)
 }
 
-# Counterfactual z of the cells ([cells, S, L]) at the posterior mean (draws =
-# 0) or for each of `draws` posterior draws of u, seeded per cell index.
-posterior_z_draws <- function(fit, idx, draws, seed) {
+# A function of the draw m giving the cells' counterfactual z ([cells, S, L]):
+# m = 0 the posterior mean of u, m >= 1 the m-th posterior draw, seeded per cell
+# index so that the draws do not depend on the chunk.
+posterior_z_sampler <- function(fit, idx, draws, seed) {
   mean <- fit@u_mean[idx, , drop = FALSE]
-  z_of <- function(u) array(mrvi_counterfactual_z(native_model(fit), u, nrow(u), seq_along(fit@samples) - 1L),
-                            c(nrow(u), length(fit@samples), z_dim(fit)))
-  if (draws == 0) return(list(z_of(mean)))
   sd <- fit@u_sd[idx, , drop = FALSE]
   L <- ncol(mean)
-  # normals drawn per cell index, so the draws do not depend on the chunk
-  restore <- preserve_rng()
-  on.exit(restore())
-  eps <- array(unlist(lapply(idx, function(i) {
-    set.seed(seed + i)
-    stats::rnorm(draws * L)
-  })), c(draws, L, length(idx)))
-  lapply(seq_len(draws), function(m) z_of(mean + sd * t(matrix(eps[m, , ], L))))
+  eps <- if (draws > 0) {
+    restore <- preserve_rng()
+    on.exit(restore())
+    array(unlist(lapply(idx, function(i) {
+      set.seed(seed + i)
+      stats::rnorm(draws * L)
+    })), c(draws, L, length(idx)))
+  }
+  function(m) {
+    u <- if (m == 0) mean else mean + sd * t(matrix(eps[m, , ], L))
+    array(mrvi_counterfactual_z(native_model(fit), u, nrow(u), seq_along(fit@samples) - 1L),
+          c(nrow(u), length(fit@samples), z_dim(fit)))
+  }
 }
 
 # Regress each cell's Z ([cells, S, L]) on the design; per covariate the F test

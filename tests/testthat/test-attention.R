@@ -44,3 +44,18 @@ test_that("the attention flavour recovers a planted tree and keeps other types q
   # unaffected/affected distance ratio: ~0.14 (linear flavour: ~0.41)
   expect_lt(max(mean_dist[c("type2", "type3")]) / mean_dist[["type1"]], 0.25)
 })
+
+test_that("differential expression works for the attention flavour, averaging over draws", {
+  a <- attention_fit()
+  fit <- a$fit
+  set.seed(2)
+  cov <- data.frame(sample = fit@samples, x = rnorm(length(fit@samples)))
+  mean_only <- differentialExpression(fit, cov, cells = 1:40, mc_samples = 0)
+  drawn <- differentialExpression(fit, cov, cells = 1:40, mc_samples = 4, lfc = TRUE)
+  expect_equal(nrow(drawn), 40)
+  expect_true(all(drawn$p_value >= 0 & drawn$p_value <= 1))
+  # z is not linear in u here: the mean over draws is not z at the mean
+  expect_false(isTRUE(all.equal(mean_only$statistic, drawn$statistic)))
+  expect_equal(cor(mean_only$statistic, drawn$statistic) > 0.5, TRUE)
+  expect_equal(dim(S4Vectors::metadata(drawn)$lfc$x), c(40L, length(fit@genes)))
+})
