@@ -1,6 +1,6 @@
 # Per-cell guided tests at scale (issue: guided analysis): 100k cells x 64 samples.
 #   Rscript bench/association.R [N_CELLS N_SAMPLES]
-# Synthetic fit as in bench/distances.R (a model with S samples, cells replaced by
+# Synthetic fit (bench/synthetic-fit.R: a model with S samples, cells replaced by
 # N cells with u ~ N(0, I)); a balanced binary covariate. Runs in its own process;
 # peak RSS is its VmHWM. Baseline in the same run: R computing the same tests for
 # the first 500 cells from sampleDistances(cells =) and ks.test(), extrapolated.
@@ -9,16 +9,9 @@ n <- if (length(args)) as.numeric(args[1]) else 1e5
 S <- if (length(args) > 1) as.integer(args[2]) else 64L
 suppressMessages(library(mrvi))
 vm <- function() as.numeric(gsub("[^0-9]", "", grep("^VmHWM", readLines("/proc/self/status"), value = TRUE))) / 1024
+source("bench/synthetic-fit.R")
 set.seed(1)
-counts <- Matrix::rsparsematrix(50, S * 5, 0.3, rand.x = function(k) rpois(k, 3) + 1)
-dimnames(counts) <- list(paste0("g", 1:50), paste0("c", seq_len(S * 5)))
-fit <- mrvi(counts, sample = rep(sprintf("s%03d", seq_len(S)), 5), max_epochs = 1, verbose = FALSE)
-L <- ncol(fit@u_mean)
-cells <- sprintf("cell%07d", seq_len(n))
-fit@u_mean <- matrix(rnorm(n * L), n, L, dimnames = list(cells, paste0("u", 1:L)))
-fit@u_sd <- matrix(0.1, n, L, dimnames = list(cells, paste0("u", 1:L)))
-fit@cell_data <- data.frame(sample = factor(sample(fit@samples, n, replace = TRUE), levels = fit@samples),
-                            row.names = cells)
+fit <- synthetic_fit(n, S)
 y <- setNames(rep(c("a", "b"), length.out = S), fit@samples)
 before <- vm()
 t0 <- proc.time()[["elapsed"]]

@@ -4,10 +4,10 @@
 #    2 sites (bench/make_data.R; linear flavour, 30 epochs), covariates: a binary
 #    and a numeric per-sample covariate. Tests for all cells; then log fold
 #    changes (lfc = TRUE, 50 posterior draws) for 1,000 cells.
-#    Baseline in the same run: lm() + anova() per cell in R on the same
-#    counterfactual z (first 300 cells, extrapolated; p-values compared).
-# 2. differentialAbundance() for 100k cells x 32 samples (synthetic fit as in
-#    bench/distances.R: u ~ N(0, I), L = 10) with the default reference of at most
+#    Baseline in the same run: lm() per cell in R on the same counterfactual z
+#    (first 300 cells, extrapolated; F statistics compared).
+# 2. differentialAbundance() for 100k cells x 32 samples (bench/synthetic-fit.R:
+#    u ~ N(0, I), L = 10) with the default reference of at most
 #    5,000 cells per sample. Baseline: the same log densities in vectorised R
 #    for the first 200 cells, extrapolated.
 # Each measurement runs in its own process; peak RSS is that process's VmHWM.
@@ -84,18 +84,12 @@ de_lfc <- run(sprintf('
          rss_before_mb = round(before), baseline_seconds = NA, speedup = NA)', fit_file, covariates))
 
 da <- run('
+  source("bench/synthetic-fit.R")
   set.seed(1)
   n <- 1e5
   S <- 32
-  counts <- Matrix::rsparsematrix(50, S * 5, 0.3, rand.x = function(k) rpois(k, 3) + 1)
-  dimnames(counts) <- list(paste0("g", 1:50), paste0("c", seq_len(S * 5)))
-  fit <- mrvi(counts, sample = rep(sprintf("s%03d", seq_len(S)), 5), max_epochs = 1, verbose = FALSE)
+  fit <- synthetic_fit(n, S, sd = function(k) exp(rnorm(k, -1, 0.2)))
   L <- ncol(fit@u_mean)
-  cells <- sprintf("cell%07d", seq_len(n))
-  fit@u_mean <- matrix(rnorm(n * L), n, L, dimnames = list(cells, paste0("u", 1:L)))
-  fit@u_sd <- matrix(exp(rnorm(n * L, -1, 0.2)), n, L, dimnames = list(cells, paste0("u", 1:L)))
-  fit@cell_data <- data.frame(sample = factor(sample(fit@samples, n, replace = TRUE), levels = fit@samples),
-                              row.names = cells)
   y <- setNames(rep(c("a", "b"), length.out = S), fit@samples)
   before <- vm()
   t0 <- proc.time()[["elapsed"]]

@@ -99,10 +99,13 @@ test_that("masking inadmissible samples drops them from the cell's regression", 
   mask <- matrix(TRUE, 4, length(fit@samples), dimnames = list(NULL, fit@samples))
   mask[2, 1:3] <- FALSE
   mask[3, 1:9] <- FALSE # 3 samples left: too few for intercept + cov1 + cov2
-  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:4, mc_samples = 0, admissible = mask)
+  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:4, mc_samples = 0, admissible = mask, lfc = TRUE)
   cov1 <- de[de$covariate == "cov1", ]
   expect_equal(cov1$n_samples, c(12, 9, 3, 12))
   expect_true(is.na(cov1$p_value[3]))
+  lfc <- S4Vectors::metadata(de)$lfc$cov1yes
+  expect_true(all(is.na(lfc[3, ])))
+  expect_true(all(is.finite(lfc[c(1, 2, 4), ])))
   # the masked cell equals a regression on its admissible samples only
   z <- counterfactualLatent(fit, cells = 2)[1, 4:12, ]
   tab <- as.data.frame(fit@sample_table)[4:12, ]
