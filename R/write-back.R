@@ -7,13 +7,17 @@
 #' [sampleDistances()], when given, go to `metadata(object)$mrvi_distances` or
 #' `Misc(object, "mrvi_distances")`. Per-cell results of [cellAssociation()],
 #' when given, become cell columns `mrvi_<covariate>_statistic` and
-#' `mrvi_<covariate>_q` (colData / meta.data; `NA` for cells not tested). Cells of the object that the fit did
-#' not use (for example empty cells dropped by [mrviData()]) get `NA` rows.
+#' `mrvi_<covariate>_q` (colData / meta.data; `NA` for cells not tested). Results of
+#' [differentialExpression()], when given, become `mrvi_de_<covariate>_effect`
+#' (the latent effect size) and `mrvi_de_<covariate>_q` per covariate. Cells of the
+#' object that the fit did not use (for example empty cells dropped by
+#' [mrviData()]) get `NA` rows.
 #'
 #' @param object the `SingleCellExperiment` or Seurat object the fit was made from.
 #' @param fit a [MrVIFit-class].
 #' @param distances optional result of [sampleDistances()] to store as well.
 #' @param association optional result of [cellAssociation()] to store as well.
+#' @param differential optional result of [differentialExpression()] to store as well.
 #' @return `object` with the latents added.
 #' @examples
 #' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
@@ -25,7 +29,7 @@
 #'   SingleCellExperiment::reducedDimNames(sce)
 #' }
 #' @export
-addMrVI <- function(object, fit, distances = NULL, association = NULL) {
+addMrVI <- function(object, fit, distances = NULL, association = NULL, differential = NULL) {
   call <- sys.call()
   check_fit(fit, call)
   cells <- colnames(object)
@@ -33,7 +37,8 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL) {
     abort_arg(c("{.arg object} shares no cell names with {.arg fit}.",
                 "i" = "Use the object the fit was made from."), call = call)
   }
-  assoc_cols <- if (is.null(association)) NULL else association_columns(association, cells)
+  assoc_cols <- c(if (!is.null(association)) association_columns(association, cells),
+                  if (!is.null(differential)) differential_columns(differential, cells))
   u <- align_rows(mrviLatent(fit, which = "u"), cells)
   z <- align_rows(mrviLatent(fit, which = "z"), cells)
   if (methods::is(object, "SingleCellExperiment")) {
@@ -75,5 +80,17 @@ association_columns <- function(association, cells) {
   idx <- match(cells, rownames(association))
   out <- list(association$statistic[idx], association$q_value[idx])
   names(out) <- paste0("mrvi_", cov, c("_statistic", "_q"))
+  out
+}
+
+# Columns mrvi_de_<covariate>_effect and _q over the object's cells.
+differential_columns <- function(differential, cells) {
+  out <- list()
+  for (j in unique(differential$covariate)) {
+    rows <- differential[differential$covariate == j, ]
+    idx <- match(cells, rows$cell)
+    out[[paste0("mrvi_de_", make.names(j), "_effect")]] <- rows$effect_size[idx]
+    out[[paste0("mrvi_de_", make.names(j), "_q")]] <- rows$q_value[idx]
+  }
   out
 }

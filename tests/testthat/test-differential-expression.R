@@ -138,3 +138,17 @@ test_that("bad covariates get errors that name the fix", {
   expect_error(differentialExpression(fit, "cov1", delta = -1), "delta")
   expect_error(differentialExpression(fit, "cov1", admissible = matrix(TRUE, 2, 2)), "admissible")
 })
+
+test_that("results are written back into SingleCellExperiment and Seurat objects", {
+  a <- covariates_fit()
+  fit <- a$fit
+  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 11:40, mc_samples = 0)
+  sce <- addMrVI(a$sce, fit, differential = de)
+  expect_equal(sce$mrvi_de_cov1_q[11:40], de$q_value[de$covariate == "cov1"])
+  expect_equal(sce$mrvi_de_cov2_effect[11:40], de$effect_size[de$covariate == "cov2"])
+  expect_true(all(is.na(sce$mrvi_de_cov1_q[-(11:40)])))
+  skip_if_not_installed("SeuratObject")
+  so <- SeuratObject::CreateSeuratObject(counts = SummarizedExperiment::assay(a$sce, "counts"))
+  so <- addMrVI(so, fit, differential = de)
+  expect_equal(so$mrvi_de_cov1_q[11:40], de$q_value[de$covariate == "cov1"], ignore_attr = TRUE)
+})
