@@ -55,8 +55,11 @@
 #' normalised expression averaged over the sites (equal weights). It is
 #' averaged over `mc_samples` posterior draws of u (each draw refits
 #' \eqn{B_n}); `lfc_prob` is the fraction of draws with
-#' \eqn{|\mathrm{LFC}_g| \ge} `delta`. The matrices are cells x genes and
-#' are guarded by `getOption("mrvi.max_bytes")`: ask for fewer `cells` when large.
+#' \eqn{|\mathrm{LFC}_g| \ge} `delta`. The results are cells x genes: in-memory
+#' matrices (guarded by `getOption("mrvi.max_bytes")`), or, with `lfc_file`,
+#' HDF5 datasets `lfc_<coefficient>` and `lfc_prob_<coefficient>` written block by
+#' block (memory: one block of cells x genes) and returned as `HDF5Array`
+#' (DelayedArray) objects; this needs the HDF5Array package.
 #'
 #' **Masking.** `admissible` leaves out, per cell, the samples whose
 #' counterfactual is not supported by the data ([admissibility()]): that cell's
@@ -74,6 +77,8 @@
 #' @param admissible `NULL` (no masking), `TRUE` (compute with
 #'   [admissibility()] defaults) or a logical matrix cells x samples, as
 #'   `admissibility(fit, cells = cells)$admissible`.
+#' @param lfc_file `NULL` (LFCs in memory) or the path of a new HDF5 file for
+#'   them (see Details).
 #' @param chunk_size cells per block.
 #' @param seed seed of the posterior draws.
 #' @return a `DataFrame` with one row per cell and covariate: `cell`,
@@ -81,7 +86,8 @@
 #'   `effect_size` (the Frobenius norm of the covariate's latent \eqn{\beta}) and
 #'   `n_samples` (samples used). `metadata()` holds `design` (X), `beta` (per
 #'   coefficient a cells x L matrix) and, with `lfc = TRUE`, `lfc` and
-#'   `lfc_prob` (per coefficient a cells x genes matrix) and `delta`.
+#'   `lfc_prob` (per coefficient a cells x genes matrix, or `HDF5Array` with
+#'   `lfc_file`) and `delta`.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
@@ -90,7 +96,7 @@
 #' head(de)
 #' @export
 differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 50, lfc = FALSE, delta = 0.3,
-                                   admissible = NULL, chunk_size = 1000, seed = 1) {
+                                   admissible = NULL, lfc_file = NULL, chunk_size = 1000, seed = 1) {
   call <- sys.call()
   check_fit(fit, call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
@@ -104,15 +110,14 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   mask <- resolve_admissible(fit, admissible, idx, call)
   coefs <- colnames(design$X)[-1]
   L <- z_dim(fit)
-  G <- length(fit@genes)
-  if (lfc) check_size(2 * 8 * length(idx) * G * length(coefs), "differentialExpression(lfc = TRUE)", call)
+  names_k <- rownames(fit@u_mean)[idx]
+  store <- if (lfc) lfc_store(names_k, fit@genes, coefs, lfc_file, call)
   linear <- (fit@config$flavour %||% "linear") == "linear"
   draws <- if (linear && !lfc) 0L else mc_samples
   apply_threads(call = call)
 
   tests <- list()
   beta <- lapply(stats::setNames(coefs, coefs), function(k) matrix(NA_real_, length(idx), L))
-  lfc_sum <- lfc_hits <- if (lfc) lapply(stats::setNames(coefs, coefs), function(k) matrix(0, length(idx), G))
   chunks <- split(seq_along(idx), ceiling(seq_along(idx) / chunk_size))
   bar <- if (length(chunks) > 1) cli::cli_progress_bar("Differential expression", total = length(chunks))
   for (rows in chunks) {
@@ -122,17 +127,17 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
     # one draw at a time (memory: one cells x S x L array), averaged for the
     # test where the flavour is not linear, refitted per draw for the LFCs
     z_sum <- 0
+    lfc_sum <- lfc_hits <- 0
     for (d in if (draws == 0) 0L else seq_len(draws)) {
       z <- z_at(d)
       if (!linear) z_sum <- z_sum + z
       if (lfc) {
         lf <- de_lfc(fit, de_regression(z, design, m, tests = FALSE), coefs)
-        for (k in coefs) {
-          lfc_sum[[k]][rows, ] <- lfc_sum[[k]][rows, ] + lf[[k]]
-          lfc_hits[[k]][rows, ] <- lfc_hits[[k]][rows, ] + (abs(lf[[k]]) >= delta)
-        }
+        lfc_sum <- Map(`+`, lf, lfc_sum)
+        lfc_hits <- Map(function(x, h) h + (abs(x) >= delta), lf, lfc_hits)
       }
     }
+    if (lfc) store$put(rows, lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
     z_test <- if (linear || draws == 0) z_at(0) else z_sum / draws
     res <- de_regression(z_test, design, m)
     tests[[length(tests) + 1]] <- res$tests
@@ -141,7 +146,6 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   }
   if (!is.null(bar)) cli::cli_progress_done(id = bar)
 
-  names_k <- rownames(fit@u_mean)[idx]
   out <- list()
   for (j in names(design$blocks)) {
     s <- do.call(rbind, lapply(tests, `[[`, j))
@@ -157,16 +161,53 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   })
   S4Vectors::metadata(res) <- list(design = design$X, beta = beta)
   if (lfc) {
-    n_draws <- max(1, draws)
-    name <- function(m) {
-      dimnames(m) <- list(names_k, fit@genes)
-      m
-    }
-    S4Vectors::metadata(res)$lfc <- lapply(lfc_sum, function(m) name(m / n_draws))
-    S4Vectors::metadata(res)$lfc_prob <- lapply(lfc_hits, function(m) name(m / n_draws))
-    S4Vectors::metadata(res)$delta <- delta
+    S4Vectors::metadata(res) <- c(S4Vectors::metadata(res), store$result(), list(delta = delta))
   }
   res
+}
+
+# Where the cells x genes LFC results go, block of cells by block: in-memory
+# matrices, or HDF5 datasets through HDF5Array's realization sinks.
+lfc_store <- function(cells, genes, coefs, file, call) {
+  n <- length(cells)
+  G <- length(genes)
+  kinds <- c("lfc", "lfc_prob")
+  if (is.null(file)) {
+    check_size(2 * 8 * n * G * length(coefs), "differentialExpression(lfc = TRUE)", call,
+               hint = "Write them to an HDF5 file with {.arg lfc_file}, ask for fewer {.arg cells}, or raise {.code options(mrvi.max_bytes = )}.")
+    m <- lapply(stats::setNames(kinds, kinds), function(kind)
+      lapply(stats::setNames(coefs, coefs), function(k) matrix(NA_real_, n, G, dimnames = list(cells, genes))))
+    return(list(put = function(rows, lfc, prob) {
+      for (k in coefs) {
+        m$lfc[[k]][rows, ] <<- lfc[[k]]
+        m$lfc_prob[[k]][rows, ] <<- prob[[k]]
+      }
+    }, result = function() m))
+  }
+  if (!requireNamespace("HDF5Array", quietly = TRUE)) {
+    abort_arg(c("{.arg lfc_file} needs the {.pkg HDF5Array} package.",
+                "i" = "On Debian: {.code apt-get install r-bioc-hdf5array}; or leave {.arg lfc_file} NULL."), call = call)
+  }
+  if (!is.character(file) || length(file) != 1 || is.na(file) || file.exists(file)) {
+    abort_arg("{.arg lfc_file} must be the path of a file that does not exist yet.", call = call)
+  }
+  sinks <- lapply(stats::setNames(kinds, kinds), function(kind)
+    lapply(stats::setNames(coefs, coefs), function(k)
+      HDF5Array::HDF5RealizationSink(c(n, G), dimnames = list(cells, genes), filepath = file,
+                                     name = paste0(kind, "_", k))))
+  write_rows <- function(sink, rows, values) {
+    viewport <- DelayedArray::ArrayViewport(c(n, G), IRanges::IRanges(c(min(rows), 1), c(max(rows), G)))
+    DelayedArray::write_block(sink, viewport, values)
+  }
+  list(put = function(rows, lfc, prob) {
+    for (k in coefs) {
+      write_rows(sinks$lfc[[k]], rows, lfc[[k]])
+      write_rows(sinks$lfc_prob[[k]], rows, prob[[k]])
+    }
+  }, result = function() lapply(sinks, function(ss) lapply(ss, function(sink) {
+    DelayedArray::close(sink)
+    methods::as(sink, "DelayedArray")
+  })))
 }
 
 # The sample design: intercept, treatment-coded factors, scaled numerics; which

@@ -197,12 +197,12 @@ resolve_samples <- function(fit, samples, call) {
   as.integer(idx)
 }
 
-check_size <- function(bytes, what, call) {
+check_size <- function(bytes, what, call,
+                       hint = "Ask for fewer {.arg cells} or {.arg samples}, use {.fn sampleDistances} with {.arg groups} (streamed), or raise {.code options(mrvi.max_bytes = )}.") {
   limit <- getOption("mrvi.max_bytes", 2e9)
   if (bytes > limit) {
     abort_arg(c("{what} would allocate {format(structure(bytes, class = 'object_size'), units = 'auto')}, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
-                "i" = "Ask for fewer {.arg cells} or {.arg samples}, use {.fn sampleDistances} with {.arg groups} (streamed), or raise {.code options(mrvi.max_bytes = )}."),
-              call = call)
+                "i" = hint), call = call)
   }
 }
 

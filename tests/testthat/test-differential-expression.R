@@ -152,3 +152,28 @@ test_that("results are written back into SingleCellExperiment and Seurat objects
   so <- addMrVI(so, fit, differential = de)
   expect_equal(so$mrvi_de_cov1_q[11:40], de$q_value[de$covariate == "cov1"], ignore_attr = TRUE)
 })
+
+test_that("log fold changes stream into an HDF5 file and equal the in-memory ones", {
+  skip_if_not_installed("HDF5Array")
+  a <- covariates_fit()
+  fit <- a$fit
+  f <- tempfile(fileext = ".h5")
+  on.exit(unlink(f))
+  mem <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, lfc = TRUE, chunk_size = 25)
+  h5 <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, lfc = TRUE, chunk_size = 25,
+                               lfc_file = f)
+  lfc <- S4Vectors::metadata(h5)$lfc$cov2yes
+  expect_s4_class(lfc, "DelayedArray")
+  expect_true(file.exists(f))
+  expect_equal(as.matrix(lfc), S4Vectors::metadata(mem)$lfc$cov2yes)
+  expect_equal(as.matrix(S4Vectors::metadata(h5)$lfc_prob$cov1yes), S4Vectors::metadata(mem)$lfc_prob$cov1yes)
+  expect_equal(h5$statistic, mem$statistic)
+  # blocks of cells are written where they belong
+  h5b <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, lfc = TRUE, chunk_size = 7,
+                                lfc_file = tempfile(fileext = ".h5"))
+  expect_equal(as.matrix(S4Vectors::metadata(h5b)$lfc$cov1yes), S4Vectors::metadata(mem)$lfc$cov1yes, tolerance = 1e-4)
+  expect_error(differentialExpression(fit, "cov1", cells = 1:5, lfc = TRUE, lfc_file = f), "does not exist")
+  old <- options(mrvi.max_bytes = 1000)
+  on.exit(options(old), add = TRUE)
+  expect_error(differentialExpression(fit, "cov1", cells = 1:50, lfc = TRUE), "lfc_file")
+})
