@@ -111,6 +111,9 @@ test_that("masking inadmissible samples drops them from the cell's regression", 
   tab <- as.data.frame(fit@sample_table)[4:12, ]
   full <- lm(z ~ cov1 + cov2, tab)
   expect_equal(unname(S4Vectors::metadata(de)$beta$cov1yes[2, ]), unname(coef(full)["cov1yes", ]), tolerance = 1e-6)
+  # admissible = TRUE computes the mask with admissibility()'s defaults
+  auto <- differentialExpression(fit, "cov1", cells = 1:30, mc_samples = 0, admissible = TRUE)
+  expect_equal(auto$n_samples, unname(rowSums(admissibility(fit, cells = 1:30)$admissible)))
   expect_equal(cov1$statistic[c(1, 4)],
                differentialExpression(fit, c("cov1", "cov2"), cells = c(1, 4), mc_samples = 0)$statistic[1:2])
 })
