@@ -6,35 +6,21 @@
 #    changes (lfc = TRUE, 50 posterior draws) for 1,000 cells.
 #    Baseline in the same run: lm() per cell in R on the same counterfactual z
 #    (first 300 cells, extrapolated; F statistics compared).
-# 2. differentialAbundance() for 100k cells x 32 samples (bench/synthetic-fit.R:
+# 2. differentialAbundance() for 100k cells x 32 samples (bench/helpers.R:
 #    u ~ N(0, I), L = 10) with the default reference of at most
 #    5,000 cells per sample. Baseline: the same log densities in vectorised R
 #    for the first 200 cells, extrapolated.
 # Each measurement runs in its own process; peak RSS is that process's VmHWM.
+source("bench/helpers.R")
 lib <- Sys.getenv("R_LIBS", file.path(getwd(), ".Rlib"))
-rscript <- file.path(R.home("bin"), "Rscript")
 work <- file.path(tempdir(), "mrvi-bench")
 dir.create(work, showWarnings = FALSE)
-
-run <- function(code) {
-  f <- tempfile(fileext = ".R", tmpdir = work)
-  writeLines(c('suppressMessages(library(mrvi))',
-               'vm <- function() as.numeric(gsub("[^0-9]", "", grep("^VmHWM", readLines("/proc/self/status"), value = TRUE))) / 1024',
-               'result <- function(...) { x <- list(...); x$threads <- mrviBackend()$threads; cat("RESULT", paste0(names(x), "=", unlist(x)), "\\n") }',
-               code), f)
-  out <- system2(rscript, f, stdout = TRUE, stderr = TRUE, env = paste0("R_LIBS=", lib))
-  if (!is.null(attr(out, "status"))) stop(paste(out, collapse = "\n"))
-  line <- grep("^RESULT", out, value = TRUE)
-  kv <- strsplit(strsplit(sub("^RESULT ", "", trimws(line)), " ")[[1]], "=")
-  stats::setNames(lapply(kv, `[`, 2), vapply(kv, `[`, "", 1))
-}
-
 data_file <- file.path(work, "d20k.rds")
 fit_file <- file.path(work, "fit20k.rds")
 if (!file.exists(data_file)) {
-  system2(rscript, c("bench/make_data.R", 20000, 2000, 32, 2, data_file), env = paste0("R_LIBS=", lib))
+  system2(file.path(R.home("bin"), "Rscript"), c("bench/make_data.R", 20000, 2000, 32, 2, data_file), env = paste0("R_LIBS=", lib))
 }
-invisible(run(sprintf('
+invisible(run_measurement(sprintf('
   d <- readRDS("%s")
   fit <- mrvi(d$counts, sample = d$sample, batch = d$site, max_epochs = 30, seed = 1, verbose = FALSE)
   saveRDS(fit, "%s")
@@ -45,15 +31,13 @@ covariates <- sprintf('
   S <- length(fit@samples)
   cov <- data.frame(sample = fit@samples, group = rep(c("a", "b"), length.out = S), dose = rnorm(S))')
 
-de_tests <- run(sprintf('
+de_tests <- run_measurement(sprintf('
   fit <- readRDS("%s")
   %s
   invisible(mrvi:::native_model(fit))
-  before <- vm()
-  t0 <- proc.time()[["elapsed"]]
-  de <- differentialExpression(fit, cov)
-  secs <- proc.time()[["elapsed"]] - t0
-  peak <- vm()
+  m <- measure(differentialExpression(fit, cov))
+  de <- m$value
+  secs <- m$seconds
   # baseline: lm() + anova() per cell on the same counterfactual z
   k <- 300
   t1 <- proc.time()[["elapsed"]]
@@ -67,35 +51,28 @@ de_tests <- run(sprintf('
   r_secs <- (proc.time()[["elapsed"]] - t1) / k * nrow(fit@u_mean)
   stopifnot(isTRUE(all.equal(f_r, de$statistic[de$covariate == "group"][1:k], tolerance = 1e-5)))
   result(task = "DE_tests", cells = nrow(fit@u_mean), samples = S, genes = length(fit@genes), draws = 0,
-         seconds = round(secs, 2), cells_per_s = round(nrow(fit@u_mean) / secs), peak_rss_mb = round(peak),
-         rss_before_mb = round(before), baseline_seconds = round(r_secs, 1), speedup = round(r_secs / secs, 1))',
+         seconds = round(secs, 2), cells_per_s = round(nrow(fit@u_mean) / secs), peak_rss_mb = round(m$peak),
+         rss_before_mb = round(m$before), baseline_seconds = round(r_secs, 1), speedup = round(r_secs / secs, 1))',
   fit_file, covariates))
 
-de_lfc <- run(sprintf('
+de_lfc <- run_measurement(sprintf('
   fit <- readRDS("%s")
   %s
   invisible(mrvi:::native_model(fit))
-  before <- vm()
-  t0 <- proc.time()[["elapsed"]]
-  de <- differentialExpression(fit, cov, cells = 1:1000, mc_samples = 50, lfc = TRUE)
-  secs <- proc.time()[["elapsed"]] - t0
+  m <- measure(differentialExpression(fit, cov, cells = 1:1000, mc_samples = 50, lfc = TRUE))
   result(task = "DE_lfc", cells = 1000, samples = S, genes = length(fit@genes), draws = 50,
-         seconds = round(secs, 2), cells_per_s = round(1000 / secs), peak_rss_mb = round(vm()),
-         rss_before_mb = round(before), baseline_seconds = NA, speedup = NA)', fit_file, covariates))
+         seconds = round(m$seconds, 2), cells_per_s = round(1000 / m$seconds), peak_rss_mb = round(m$peak),
+         rss_before_mb = round(m$before), baseline_seconds = NA, speedup = NA)', fit_file, covariates))
 
-da <- run('
-  source("bench/synthetic-fit.R")
+da <- run_measurement('
   set.seed(1)
   n <- 1e5
   S <- 32
   fit <- synthetic_fit(n, S, sd = function(k) exp(rnorm(k, -1, 0.2)))
   L <- ncol(fit@u_mean)
   y <- setNames(rep(c("a", "b"), length.out = S), fit@samples)
-  before <- vm()
-  t0 <- proc.time()[["elapsed"]]
-  res <- differentialAbundance(fit, y)
-  secs <- proc.time()[["elapsed"]] - t0
-  peak <- vm()
+  m <- measure(differentialAbundance(fit, y))
+  secs <- m$seconds
   # baseline: log q_s(u) for 200 cells in vectorised R, same reference cells
   k <- 200
   t1 <- proc.time()[["elapsed"]]
@@ -111,7 +88,7 @@ da <- run('
   ours <- mrvi:::sample_log_densities(fit, 1:k, 5000, 1)
   stopifnot(isTRUE(all.equal(ours, logq, tolerance = 1e-6, check.attributes = FALSE)))
   result(task = "DA", cells = n, samples = S, genes = NA, draws = 0, seconds = round(secs, 2),
-         cells_per_s = round(n / secs), peak_rss_mb = round(peak), rss_before_mb = round(before),
+         cells_per_s = round(n / secs), peak_rss_mb = round(m$peak), rss_before_mb = round(m$before),
          baseline_seconds = round(r_secs, 1), speedup = round(r_secs / secs, 1))')
 
 out <- do.call(rbind, lapply(list(de_tests, de_lfc, da), as.data.frame))

@@ -2,13 +2,10 @@
 # peak resident memory is its own:  Rscript bench/train_one.R DATA.rds EPOCHS
 suppressMessages(library(mrvi))
 args <- commandArgs(trailingOnly = TRUE)
-vm_hwm_mb <- function() {
-  line <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
-  as.numeric(gsub("[^0-9]", "", line)) / 1024
-}
+source("bench/helpers.R")
 d <- readRDS(args[1])
 epochs <- as.integer(args[2])
-data_mb <- vm_hwm_mb()
+data_mb <- peak_rss_mb()
 t0 <- proc.time()[["elapsed"]]
 flavour <- if (length(args) > 2) args[3] else "linear"
 fit <- mrvi(d$counts, sample = d$sample, batch = d$site, max_epochs = epochs, flavour = flavour,
@@ -19,7 +16,7 @@ b <- mrviBackend()
 cat(sprintf(paste("RESULT cells=%d genes=%d samples=%d sites=%d epochs=%d cells_per_s=%.0f",
                   "epoch_s=%.2f wall_s=%.1f peak_rss_mb=%.0f rss_after_loading_data_mb=%.0f threads=%d deepbind=%s\n"),
             ncol(d$counts), nrow(d$counts), nlevels(d$sample), nlevels(d$site), nrow(fit@history),
-            mean(h$cells_per_second), mean(h$seconds), wall, vm_hwm_mb(), data_mb,
+            mean(h$cells_per_second), mean(h$seconds), wall, peak_rss_mb(), data_mb,
             b$threads, b$deepbind))
 cat(sprintf("PROFILE per epoch (s): batches %.3f forward+likelihood %.3f backward %.3f optimizer %.3f validation+rest %.3f\n",
             mean(h$seconds_batches), mean(h$seconds_forward), mean(h$seconds_backward),

@@ -1,0 +1,54 @@
+# Helpers shared by the benchmark scripts (sourced from the repository root).
+
+# Peak resident memory of this process so far (VmHWM), in MB.
+peak_rss_mb <- function() {
+  line <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
+  as.numeric(gsub("[^0-9]", "", line)) / 1024
+}
+
+# One line "RESULT key=value ..." on stdout, with the number of threads, for
+# run_measurement() to read back.
+result <- function(...) {
+  x <- list(...)
+  x$threads <- mrvi::mrviBackend()$threads
+  cat("RESULT", paste0(names(x), "=", unlist(x)), "\n")
+}
+
+# Run R code in its own Rscript process (so that its peak RSS is its own), with
+# mrvi and these helpers loaded; returns its RESULT line as a named list.
+run_measurement <- function(code, lib = Sys.getenv("R_LIBS", file.path(getwd(), ".Rlib"))) {
+  f <- tempfile(fileext = ".R")
+  on.exit(unlink(f))
+  writeLines(c("suppressMessages(library(mrvi))", 'source("bench/helpers.R")', code), f)
+  out <- system2(file.path(R.home("bin"), "Rscript"), f, stdout = TRUE, stderr = TRUE,
+                 env = paste0("R_LIBS=", lib))
+  line <- grep("^RESULT", out, value = TRUE)
+  if (!is.null(attr(out, "status")) || !length(line)) stop(paste(out, collapse = "\n"))
+  kv <- strsplit(strsplit(sub("^RESULT ", "", trimws(line)), " ")[[1]], "=")
+  stats::setNames(lapply(kv, `[`, 2), vapply(kv, `[`, "", 1))
+}
+
+# A synthetic fit for benchmarks of the routines that need only u and the sample
+# effects (distances, guided tests, abundance): a model with S samples trained for
+# one epoch on small data, whose cells are then replaced by n cells with
+# u ~ N(0, I), posterior sd from `sd(k)`, and random samples. Uses R's generator.
+synthetic_fit <- function(n, S, sd = function(k) rep(0.1, k)) {
+  counts <- Matrix::rsparsematrix(50, S * 5, 0.3, rand.x = function(k) rpois(k, 3) + 1)
+  dimnames(counts) <- list(paste0("g", 1:50), paste0("c", seq_len(S * 5)))
+  fit <- mrvi(counts, sample = rep(sprintf("s%04d", seq_len(S)), 5), max_epochs = 1, verbose = FALSE)
+  L <- ncol(fit@u_mean)
+  cells <- sprintf("cell%07d", seq_len(n))
+  fit@u_mean <- matrix(rnorm(n * L), n, L, dimnames = list(cells, paste0("u", 1:L)))
+  fit@u_sd <- matrix(sd(n * L), n, L, dimnames = list(cells, paste0("u", 1:L)))
+  fit@cell_data <- data.frame(sample = factor(sample(fit@samples, n, replace = TRUE), levels = fit@samples),
+                              row.names = cells)
+  fit
+}
+
+# Seconds and peak RSS (MB) of evaluating `expr`, with the RSS before it.
+measure <- function(expr) {
+  before <- peak_rss_mb()
+  t0 <- proc.time()[["elapsed"]]
+  value <- force(expr)
+  list(value = value, seconds = proc.time()[["elapsed"]] - t0, peak = peak_rss_mb(), before = before)
+}
