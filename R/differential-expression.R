@@ -138,7 +138,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
       }
     }
     if (lfc) store$put(rows, lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
-    z_test <- if (linear || draws == 0) z_at(0) else z_sum / draws
+    z_test <- if (draws == 0) z else if (linear) z_at(0) else z_sum / draws
     res <- de_regression(z_test, design, m)
     tests[[length(tests) + 1]] <- res$tests
     for (k in coefs) beta[[k]][rows, ] <- res$beta[[k]]

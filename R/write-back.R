@@ -37,7 +37,7 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
     abort_arg(c("{.arg object} shares no cell names with {.arg fit}.",
                 "i" = "Use the object the fit was made from."), call = call)
   }
-  assoc_cols <- c(if (!is.null(association)) association_columns(association, cells),
+  cell_cols <- c(if (!is.null(association)) association_columns(association, cells),
                   if (!is.null(differential)) differential_columns(differential, cells))
   u <- align_rows(mrviLatent(fit, which = "u"), cells)
   z <- align_rows(mrviLatent(fit, which = "z"), cells)
@@ -46,7 +46,7 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
     SingleCellExperiment::reducedDim(object, "MrVI_z") <- z
     S4Vectors::metadata(object)$mrvi <- fit
     if (!is.null(distances)) S4Vectors::metadata(object)$mrvi_distances <- distances
-    for (nm in names(assoc_cols)) SummarizedExperiment::colData(object)[[nm]] <- assoc_cols[[nm]]
+    for (nm in names(cell_cols)) SummarizedExperiment::colData(object)[[nm]] <- cell_cols[[nm]]
     return(object)
   }
   if (methods::is(object, "Seurat")) {
@@ -60,7 +60,7 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
       embeddings = z[used, , drop = FALSE], key = "mrviz_", assay = assay)
     SeuratObject::Tool(object) <- fit
     if (!is.null(distances)) SeuratObject::Misc(object, slot = "mrvi_distances") <- distances
-    for (nm in names(assoc_cols)) object[[nm]] <- assoc_cols[[nm]]
+    for (nm in names(cell_cols)) object[[nm]] <- cell_cols[[nm]]
     return(object)
   }
   abort_arg("{.arg object} must be a {.cls SingleCellExperiment} or a {.cls Seurat} object.",

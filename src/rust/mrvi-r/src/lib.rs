@@ -384,7 +384,7 @@ fn mrvi_counterfactual_expression(h: ExternalPtr<MrviModel>, u: &[f64], n_cells:
     let model = h.try_addr()?;
     let (n, lu) = (n_cells as usize, model.config.dim_u() as usize);
     if u.len() != n * lu || sample.len() != n {
-        return Err(extendr_api::Error::Other("u, sample and site must describe the same cells".into()));
+        return Err(extendr_api::Error::Other("u and sample must describe the same cells".into()));
     }
     let sample = codes(sample, model.config.n_samples, "sample")?;
     let dev = model.device();
@@ -414,7 +414,7 @@ fn decode_blocks(
     model: &MrviModel, values: &[f64], n: usize, width: usize, site: &[i32], to_z: impl Fn(&tch::Tensor, usize, usize) -> tch::Tensor,
 ) -> RResult<Vec<f64>> {
     if site.len() != n {
-        return Err(extendr_api::Error::Other("u, sample and site must describe the same cells".into()));
+        return Err(extendr_api::Error::Other(format!("{} site codes for {n} cells", site.len())));
     }
     let site = codes(site, model.config.n_batches, "site")?;
     let v32: Vec<f32> = values.iter().map(|&v| v as f32).collect();
