@@ -137,11 +137,12 @@ fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
     }
 }
 
-/// acc[b] += w * m[b] * || za - z_b || for b in `range`, with zt the cell's
-/// [L, S] z and m the cell's sample mask (1 or 0). Eight samples b at a time,
-/// their squared distances kept in registers across the L dimensions.
+/// acc[b] += w * || za - z_b || for b in `range`, with zt the cell's [L, S] z,
+/// times m[b] (the cell's sample mask, 1 or 0) when MASKED: a compile-time
+/// switch, so that the unmasked kernel does no extra work. Eight samples b at a
+/// time, their squared distances kept in registers across the L dimensions.
 #[inline(always)]
-fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
+fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
     const W: usize = 8;
     let n = range.len();
     let full = n - n % W;
@@ -157,7 +158,8 @@ fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>
         }
         let out: &mut [f64; W] = (&mut acc[b0..b0 + W]).try_into().unwrap();
         for j in 0..W {
-            out[j] += (w * m[b0 + j] * v[j].sqrt()) as f64;
+            let f = if MASKED { w * m[b0 + j] } else { w };
+            out[j] += (f * v[j].sqrt()) as f64;
         }
     }
     for b in range.start + full..range.end {
@@ -166,25 +168,26 @@ fn row_distances(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>
             let diff = zt[d * s + b] - zad;
             v += diff * diff;
         }
-        acc[b] += (w * m[b] * v.sqrt()) as f64;
+        let f = if MASKED { w * m[b] } else { w };
+        acc[b] += (f * v.sqrt()) as f64;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_distances_avx2(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
-    row_distances(zt, s, za, range, w, m, acc)
+unsafe fn row_distances_avx2<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
+    row_distances::<MASKED>(zt, s, za, range, w, m, acc)
 }
 
-fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
+fn row_distances_dispatch<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { row_distances_avx2(zt, s, za, range, w, m, acc) };
+            return unsafe { row_distances_avx2::<MASKED>(zt, s, za, range, w, m, acc) };
         }
     }
-    row_distances(zt, s, za, range, w, m, acc)
+    row_distances::<MASKED>(zt, s, za, range, w, m, acc)
 }
 
 /// Add the upper triangle of w * D(n) for one cell, given its z ([S, L] row-major),
@@ -192,20 +195,20 @@ fn row_distances_dispatch(zt: &[f32], s: usize, za: &[f32], range: std::ops::Ran
 pub(crate) fn accumulate_cell(z: &[f32], s: usize, l: usize, w: f32, t: &mut [f32], acc: &mut [f64]) {
     transpose_cell(z, s, l, t);
     let mut za = vec![0f32; l];
-    let ones = vec![1f32; s];
     for a in 0..s {
         for d in 0..l {
             za[d] = t[d * s + a];
         }
-        row_distances_dispatch(t, s, &za, a + 1..s, w, &ones, &mut acc[a * s..(a + 1) * s]);
+        row_distances_dispatch::<false>(t, s, &za, a + 1..s, w, &[], &mut acc[a * s..(a + 1) * s]);
     }
 }
 
 /// Add the upper triangles of w * D(n) for the cells of one block (all of the same
 /// group) into `acc` (S x S, row-major), pairs masked by each cell's `masks` row
-/// (1 or 0 per sample). Rows are dealt to `threads` threads round-robin (the
+/// when there are masks (1 or 0 per sample; rows of masked samples are skipped).
+/// Rows are dealt to `threads` threads round-robin (the
 /// triangle is uneven); each row stays in cache while the block's cells pass over it.
-fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], masks: &[Vec<f32>], s: usize, l: usize, acc: &mut [f64], threads: usize) {
+fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], masks: Option<&[Vec<f32>]>, s: usize, l: usize, acc: &mut [f64], threads: usize) {
     let threads = threads.clamp(1, s.max(1));
     let rows: Vec<&mut [f64]> = acc.chunks_mut(s).collect();
     let mut per_thread: Vec<Vec<(usize, &mut [f64])>> = (0..threads).map(|_| Vec::new()).collect();
@@ -217,14 +220,18 @@ fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], masks: &[Vec<f32>], s: us
             scope.spawn(move || {
                 let mut za = vec![0f32; l];
                 for (a, row) in mine {
-                    for ((zt, &w), m) in zts.iter().zip(weights).zip(masks) {
-                        if m[a] == 0.0 {
+                    for (r, (zt, &w)) in zts.iter().zip(weights).enumerate() {
+                        let m = masks.map(|ms| ms[r].as_slice());
+                        if m.is_some_and(|m| m[a] == 0.0) {
                             continue;
                         }
                         for d in 0..l {
                             za[d] = zt[d * s + a];
                         }
-                        row_distances_dispatch(zt, s, &za, a + 1..s, w, m, row);
+                        match m {
+                            None => row_distances_dispatch::<false>(zt, s, &za, a + 1..s, w, &[], row),
+                            Some(m) => row_distances_dispatch::<true>(zt, s, &za, a + 1..s, w, m, row),
+                        }
                     }
                 }
             });
@@ -276,10 +283,9 @@ pub fn group_sums_masked(
         let cells = &order[start..end];
         let own: Vec<i64> = cells.iter().map(|&c| own_sample[c]).collect();
         let (zs, weights) = cell_weights(&effect, post, cells, &own, &spec)?;
-        let masks: Vec<Vec<f32>> = cells
-            .iter()
-            .map(|&c| (0..s).map(|a| if mask.is_none_or(|m| m[c + post.n_cells * a]) { 1.0 } else { 0.0 }).collect())
-            .collect();
+        let masks: Option<Vec<Vec<f32>>> = mask.map(|m| {
+            cells.iter().map(|&c| (0..s).map(|a| if m[c + post.n_cells * a] { 1.0 } else { 0.0 }).collect()).collect()
+        });
         for z in &zs {
             let zts: Vec<Vec<f32>> = (0..cells.len())
                 .map(|r| {
@@ -288,11 +294,11 @@ pub fn group_sums_masked(
                     t
                 })
                 .collect();
-            accumulate_block(&zts, &weights, &masks, s, l, &mut sums[g as usize], threads);
+            accumulate_block(&zts, &weights, masks.as_deref(), s, l, &mut sums[g as usize], threads);
         }
-        if let Some(counts) = pair_counts.as_mut() {
+        if let (Some(counts), Some(masks)) = (pair_counts.as_mut(), masks.as_ref()) {
             let counts = &mut counts[g as usize];
-            for m in &masks {
+            for m in masks {
                 for a in (0..s).filter(|&a| m[a] > 0.0) {
                     for b in (a + 1..s).filter(|&b| m[b] > 0.0) {
                         counts[a * s + b] += 1.0;
