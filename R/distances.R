@@ -66,11 +66,15 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
 #' @param min_cells a sample with fewer cells than this in a group is left out of
 #'   that group's matrix (its row and column are `NA`); which samples were left
 #'   out where is recorded in `attr(, "excluded")`.
-#' @param normalize `FALSE`: plain distances. `TRUE`: each cell's \eqn{D(n)} is
-#'   divided by the cell's own posterior spread, the mean over consecutive pairs
-#'   of posterior draws of \eqn{\| z_n^{s_n}(u') - z_n^{s_n}(u'') \|} in the cell's
-#'   own sample, so that distances are in units of the cell's uncertainty (needs
-#'   `mc_samples >= 2`).
+#' @param normalize `FALSE`: plain distances. `TRUE`: distances in units of the
+#'   cell's own posterior noise, as the later MrVI normalises them. For cell n,
+#'   let \eqn{b_n} be the distances \eqn{\| z_n^{s_n}(u') - z_n^{s_n}(u'') \|}
+#'   between all pairs of its `mc_samples` posterior draws of u, in its own
+#'   sample, with mean \eqn{\mu_n} and standard deviation \eqn{\sigma_n}. Each
+#'   draw's distance d becomes \eqn{\max(d - \mu_n, 0) / \sigma_n} before the
+#'   mean over draws: a difference between samples smaller than the spread of
+#'   the cell's own representation counts as 0, and the rest is measured in
+#'   units of that spread, comparable across cells. Needs `mc_samples >= 3`.
 #' @param mc_samples posterior draws of u per cell over which \eqn{D(n)} is
 #'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
 #'   per cell from the fit's seed, so results do not depend on `chunk_size`.
@@ -99,12 +103,8 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   call <- sys.call()
   check_fit(fit, call)
   min_cells <- check_whole(min_cells, "min_cells", call)
-  check_flag(normalize, "normalize", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
-  if (normalize && mc_samples < 2) {
-    abort_arg(c("{.arg normalize} = TRUE needs {.arg mc_samples} >= 2 posterior draws.",
-                "i" = "For example {.code mc_samples = 10}."), call = call)
-  }
+  check_normalize_draws(normalize, mc_samples, call)
   S <- length(fit@samples)
   L <- z_dim(fit)
   block <- if (is.null(chunk_size)) max(16L, min(1024L, as.integer(2^21 / (S * L)))) else
@@ -278,3 +278,13 @@ group_matrix <- function(d, group, call) {
 
 # Dimension of z (that of u for the linear flavour).
 z_dim <- function(fit) as.integer(fit@config$train$n_latent %||% ncol(fit@u_mean))
+
+# Normalised distances estimate each cell's noise floor (mean and sd of the
+# distances between its own draws), which takes at least 3 draws.
+check_normalize_draws <- function(normalize, mc_samples, call) {
+  check_flag(normalize, "normalize", call)
+  if (normalize && mc_samples < 3) {
+    abort_arg(c("{.arg normalize} = TRUE needs {.arg mc_samples} >= 3 posterior draws.",
+                "i" = "For example {.code mc_samples = 10}, or {.code normalize = FALSE}."), call = call)
+  }
+}

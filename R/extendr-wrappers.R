@@ -81,7 +81,7 @@ mrvi_counterfactual_z <- function(h, u, n_cells, samples) .Call(wrap__mrvi_count
 #' Per-cell one-sided KS tests of within- against between-category distances.
 #' `category`: one code per sample (-1 = missing); `cells`: 0-based.
 #' @noRd
-mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, seed, block) .Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, seed, block)
+mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, block) .Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, block)
 
 #' Expected normalised expression (softmax of the decoder) for u (cells x L_u,
 #' column-major) under the given sample and site codes (one per cell); values of

@@ -50,17 +50,20 @@ test_that("Monte Carlo group means are means of the per-cell matrices, whatever 
   expect_identical(m0, sampleDistances(fit, groups = "labels", mc_samples = 0, chunk_size = 64))
 })
 
-test_that("normalised distances divide by each cell's posterior spread", {
+test_that("normalised distances count only differences beyond the cell's posterior noise", {
+  # the exact formula is checked against libtorch in cargo test (tests/distances.rs)
   fit <- small_fit()$fit
-  expect_error(sampleDistances(fit, normalize = TRUE, mc_samples = 1), "`normalize`.*`mc_samples`")
-  raw <- sampleDistances(fit, cells = 1:4, mc_samples = 4)
-  norm <- sampleDistances(fit, cells = 1:4, mc_samples = 4, normalize = TRUE)
-  ratio <- norm / raw
-  # one factor per cell
-  for (i in 1:4) {
-    r <- ratio[i, , ][upper.tri(ratio[i, , ])]
-    expect_lt(diff(range(r)), 1e-4 * mean(r))
-  }
+  expect_error(sampleDistances(fit, normalize = TRUE, mc_samples = 2), "`normalize`.*`mc_samples` >= 3")
+  a <- covariates_fit()
+  d <- sampleDistances(a$fit, groups = "cell_type", normalize = TRUE, mc_samples = 10)
+  off <- function(m) m[upper.tri(m)]
+  expect_true(all(d >= 0))
+  # the planted effects act on type1 only: its samples are set apart by several
+  # noise units, while type2's are within the noise of its cells
+  expect_gt(mean(off(d[, , "type1"])), 0.5)
+  expect_lt(mean(off(d[, , "type2"])), 0.01 * mean(off(d[, , "type1"])))
+  raw <- sampleDistances(a$fit, groups = "cell_type", mc_samples = 10)
+  expect_gt(mean(off(raw[, , "type2"])), 0.2 * mean(off(raw[, , "type1"])))
 })
 
 test_that("samples with fewer than min_cells cells in a group are excluded and recorded", {

@@ -4,7 +4,7 @@
 //! Kolmogorov-Smirnov test (within-category distances smaller). D(n) is formed
 //! one cell at a time and dropped: nothing of size cells x S x S is kept.
 
-use crate::distances::{accumulate_cell, cell_weights, DistanceSpec, Posterior};
+use crate::distances::{accumulate_cell, cell_draws, DistanceSpec, Posterior};
 use crate::error::{Error, Result};
 use crate::model::MrviModel;
 use crate::stats::ks_greater;
@@ -43,12 +43,12 @@ pub fn cell_association(
             return Err(Error::Interrupted);
         }
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
-        let (zs, weights) = cell_weights(&effect, post, part, &own, &spec)?;
+        let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;
         let results = &mut out[bi * block.max(1)..bi * block.max(1) + part.len()];
         let per = part.len().div_ceil(threads.max(1)).max(1);
         std::thread::scope(|scope| {
             for (ti, res) in results.chunks_mut(per).enumerate() {
-                let (zs, weights, pairs) = (&zs, &weights, &pairs);
+                let (zs, scale, pairs) = (&zs, &scale, &pairs);
                 scope.spawn(move || {
                     let mut acc = vec![0f64; s * s];
                     let mut t = vec![0f32; s * l];
@@ -57,7 +57,7 @@ pub fn cell_association(
                         let r = ti * per + k;
                         acc.iter_mut().for_each(|v| *v = 0.0);
                         for z in zs {
-                            accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, weights[r], &mut t, &mut acc);
+                            accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, scale.weight[r], scale.offset[r], &mut t, &mut acc);
                         }
                         within.clear();
                         between.clear();

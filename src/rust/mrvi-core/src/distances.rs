@@ -6,9 +6,13 @@
 //! With `mc_samples` = 0 the posterior mean of u is used; otherwise D(n) is the
 //! mean over that many posterior draws u = mean + sd * eps (eps drawn per cell
 //! from the seed and the cell's index, so results do not depend on the block
-//! size). `normalize` divides D(n) by the cell's own posterior spread: the mean,
-//! over consecutive pairs of draws, of || z_n^{s_n}(u') - z_n^{s_n}(u'') || in the
-//! cell's own sample (needs at least 2 draws).
+//! size). `normalize` puts D(n) in units of the cell's own posterior noise, as
+//! the later MrVI does: with b_n(m, m') = || z_n^{s_n}(u_m) - z_n^{s_n}(u_m') ||
+//! over all pairs of the cell's draws (its own sample), mu_n and sigma_n their
+//! mean and standard deviation, each draw's distance becomes
+//! max(d - mu_n, 0) / sigma_n before the mean over draws. Sample differences
+//! smaller than the noise of the cell's own representation become 0 (needs at
+//! least 3 draws).
 
 use crate::error::{Error, Result};
 use crate::infer::rows_from_column_major;
@@ -67,21 +71,29 @@ impl GroupSums {
     }
 }
 
+/// u for cell `c`: its posterior mean (`draw` None) or draw m, drawn from the
+/// seed and the cell's index alone, so that it does not depend on the block.
+pub fn posterior_draw(post: &Posterior, c: usize, draw: Option<usize>, seed: u64) -> Vec<f32> {
+    let n = post.n_cells;
+    let mut rng = draw.map(|m| SplitMix64::new(seed ^ (c as u64).wrapping_mul(0x9E37_79B9) ^ ((m as u64) << 40)));
+    (0..post.n_latent)
+        .map(|d| {
+            let mean = post.mean[d * n + c];
+            match rng.as_mut() {
+                None => mean as f32,
+                Some(rng) => (mean + post.sd[d * n + c] * standard_normal(rng)) as f32,
+            }
+        })
+        .collect()
+}
+
 /// Counterfactual z of a block of cells under every sample, [cells, S, L]
 /// row-major, for one draw of u (or its mean).
 fn block_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64) -> Vec<f32> {
-    let (n, lu, s, l) = (post.n_cells, post.n_latent, effect.n_samples, effect.n_latent);
+    let (s, l) = (effect.n_samples, effect.n_latent);
     let mut out = vec![0f32; cells.len() * s * l];
-    let mut u = vec![0f32; lu];
     for (r, &c) in cells.iter().enumerate() {
-        let mut rng = draw.map(|m| SplitMix64::new(seed ^ (c as u64).wrapping_mul(0x9E37_79B9) ^ ((m as u64) << 40)));
-        for (d, ud) in u.iter_mut().enumerate() {
-            let mean = post.mean[d * n + c];
-            *ud = match rng.as_mut() {
-                None => mean as f32,
-                Some(rng) => (mean + post.sd[d * n + c] * standard_normal(rng)) as f32,
-            };
-        }
+        let u = posterior_draw(post, c, draw, seed);
         effect.z_all(&u, &mut out[r * s * l..(r + 1) * s * l]);
     }
     out
@@ -104,28 +116,47 @@ fn own_sample_z(z: &[f32], own: &[i64], s: usize, l: usize) -> Vec<f32> {
     out
 }
 
-/// Per-cell weights: 1 / draws, divided by the normaliser when asked.
-pub(crate) fn cell_weights(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], own: &[i64], spec: &DistanceSpec) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+/// How each cell's draws enter D(n): d -> weight * max(d - offset, 0), summed
+/// over draws. Plain distances: weight 1 / draws, offset 0.
+pub(crate) struct CellScale {
+    pub weight: Vec<f32>,
+    pub offset: Vec<f32>,
+}
+
+/// The draws of a block of cells ([cells, S, L] per draw) and their [CellScale].
+pub(crate) fn cell_draws(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], own: &[i64], spec: &DistanceSpec) -> Result<(Vec<Vec<f32>>, CellScale)> {
     let (s, l) = (effect.n_samples, effect.n_latent);
     let draws: Vec<Option<usize>> = if spec.mc_samples == 0 { vec![None] } else { (0..spec.mc_samples).map(Some).collect() };
     let zs: Vec<Vec<f32>> = draws.iter().map(|&d| block_z(effect, post, cells, d, spec.seed)).collect();
-    let mut weight = vec![1.0 / zs.len() as f32; cells.len()];
+    let mut scale = CellScale { weight: vec![1.0 / zs.len() as f32; cells.len()], offset: vec![0.0; cells.len()] };
     if spec.normalize {
-        if zs.len() < 2 {
-            return Err(Error::InvalidInput("normalize = TRUE needs mc_samples >= 2".into()));
+        if zs.len() < 3 {
+            return Err(Error::InvalidInput("normalize = TRUE needs mc_samples >= 3".into()));
         }
         let own_z: Vec<Vec<f32>> = zs.iter().map(|z| own_sample_z(z, own, s, l)).collect();
         for r in 0..cells.len() {
-            let mut spread = 0f64;
-            for m in 0..own_z.len() {
-                let (p, q) = (&own_z[m][r * l..(r + 1) * l], &own_z[(m + 1) % own_z.len()][r * l..(r + 1) * l]);
-                spread += p.iter().zip(q).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
-            }
-            let spread = (spread / own_z.len() as f64).max(1e-8);
-            weight[r] /= spread as f32;
+            let (mu, sigma) = noise_floor(&own_z, r, l);
+            scale.weight[r] /= sigma.max(1e-8) as f32;
+            scale.offset[r] = mu as f32;
         }
     }
-    Ok((zs, weight))
+    Ok((zs, scale))
+}
+
+/// Mean and standard deviation of the distances between all pairs of a cell's
+/// draws of its own-sample z (row `r` of each draw in `own_z`).
+fn noise_floor(own_z: &[Vec<f32>], r: usize, l: usize) -> (f64, f64) {
+    let mut d = Vec::with_capacity(own_z.len() * (own_z.len() - 1) / 2);
+    for (i, p) in own_z.iter().enumerate() {
+        for q in &own_z[i + 1..] {
+            let (p, q) = (&p[r * l..(r + 1) * l], &q[r * l..(r + 1) * l]);
+            d.push(p.iter().zip(q).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt());
+        }
+    }
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
 }
 
 /// Transpose one cell's z from [S, L] to [L, S], for loops over samples.
@@ -137,12 +168,12 @@ fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
     }
 }
 
-/// acc[b] += w * || za - z_b || for b in `range`, with zt the cell's [L, S] z,
+/// acc[b] += w * max(|| za - z_b || - offset, 0) for b in `range`, with zt the cell's [L, S] z,
 /// times m[b] (the cell's sample mask, 1 or 0) when MASKED: a compile-time
 /// switch, so that the unmasked kernel does no extra work. Eight samples b at a
 /// time, their squared distances kept in registers across the L dimensions.
 #[inline(always)]
-fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
+fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, offset: f32, m: &[f32], acc: &mut [f64]) {
     const W: usize = 8;
     let n = range.len();
     let full = n - n % W;
@@ -159,7 +190,7 @@ fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: st
         let out: &mut [f64; W] = (&mut acc[b0..b0 + W]).try_into().unwrap();
         for j in 0..W {
             let f = if MASKED { w * m[b0 + j] } else { w };
-            out[j] += (f * v[j].sqrt()) as f64;
+            out[j] += (f * (v[j].sqrt() - offset).max(0.0)) as f64;
         }
     }
     for b in range.start + full..range.end {
@@ -169,37 +200,39 @@ fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: st
             v += diff * diff;
         }
         let f = if MASKED { w * m[b] } else { w };
-        acc[b] += (f * v.sqrt()) as f64;
+        acc[b] += (f * (v.sqrt() - offset).max(0.0)) as f64;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_distances_avx2<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
-    row_distances::<MASKED>(zt, s, za, range, w, m, acc)
+unsafe fn row_distances_avx2<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, offset: f32, m: &[f32], acc: &mut [f64]) {
+    row_distances::<MASKED>(zt, s, za, range, w, offset, m, acc)
 }
 
-fn row_distances_dispatch<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, m: &[f32], acc: &mut [f64]) {
+#[allow(clippy::too_many_arguments)]
+fn row_distances_dispatch<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, offset: f32, m: &[f32], acc: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { row_distances_avx2::<MASKED>(zt, s, za, range, w, m, acc) };
+            return unsafe { row_distances_avx2::<MASKED>(zt, s, za, range, w, offset, m, acc) };
         }
     }
-    row_distances::<MASKED>(zt, s, za, range, w, m, acc)
+    row_distances::<MASKED>(zt, s, za, range, w, offset, m, acc)
 }
 
-/// Add the upper triangle of w * D(n) for one cell, given its z ([S, L] row-major),
-/// into `acc` (S x S, row-major); `t` is scratch of S * L.
-pub(crate) fn accumulate_cell(z: &[f32], s: usize, l: usize, w: f32, t: &mut [f32], acc: &mut [f64]) {
+/// Add the upper triangle of w * max(D(n) - offset, 0) for one cell, given its z
+/// ([S, L] row-major), into `acc` (S x S, row-major); `t` is scratch of S * L.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accumulate_cell(z: &[f32], s: usize, l: usize, w: f32, offset: f32, t: &mut [f32], acc: &mut [f64]) {
     transpose_cell(z, s, l, t);
     let mut za = vec![0f32; l];
     for a in 0..s {
         for d in 0..l {
             za[d] = t[d * s + a];
         }
-        row_distances_dispatch::<false>(t, s, &za, a + 1..s, w, &[], &mut acc[a * s..(a + 1) * s]);
+        row_distances_dispatch::<false>(t, s, &za, a + 1..s, w, offset, &[], &mut acc[a * s..(a + 1) * s]);
     }
 }
 
@@ -208,7 +241,7 @@ pub(crate) fn accumulate_cell(z: &[f32], s: usize, l: usize, w: f32, t: &mut [f3
 /// when there are masks (1 or 0 per sample; rows of masked samples are skipped).
 /// Rows are dealt to `threads` threads round-robin (the
 /// triangle is uneven); each row stays in cache while the block's cells pass over it.
-fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], masks: Option<&[Vec<f32>]>, s: usize, l: usize, acc: &mut [f64], threads: usize) {
+fn accumulate_block(zts: &[Vec<f32>], scale: &CellScale, masks: Option<&[Vec<f32>]>, s: usize, l: usize, acc: &mut [f64], threads: usize) {
     let threads = threads.clamp(1, s.max(1));
     let rows: Vec<&mut [f64]> = acc.chunks_mut(s).collect();
     let mut per_thread: Vec<Vec<(usize, &mut [f64])>> = (0..threads).map(|_| Vec::new()).collect();
@@ -220,7 +253,8 @@ fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], masks: Option<&[Vec<f32>]
             scope.spawn(move || {
                 let mut za = vec![0f32; l];
                 for (a, row) in mine {
-                    for (r, (zt, &w)) in zts.iter().zip(weights).enumerate() {
+                    for (r, zt) in zts.iter().enumerate() {
+                        let (w, offset) = (scale.weight[r], scale.offset[r]);
                         let m = masks.map(|ms| ms[r].as_slice());
                         if m.is_some_and(|m| m[a] == 0.0) {
                             continue;
@@ -229,8 +263,8 @@ fn accumulate_block(zts: &[Vec<f32>], weights: &[f32], masks: Option<&[Vec<f32>]
                             za[d] = zt[d * s + a];
                         }
                         match m {
-                            None => row_distances_dispatch::<false>(zt, s, &za, a + 1..s, w, &[], row),
-                            Some(m) => row_distances_dispatch::<true>(zt, s, &za, a + 1..s, w, m, row),
+                            None => row_distances_dispatch::<false>(zt, s, &za, a + 1..s, w, offset, &[], row),
+                            Some(m) => row_distances_dispatch::<true>(zt, s, &za, a + 1..s, w, offset, m, row),
                         }
                     }
                 }
@@ -282,7 +316,7 @@ pub fn group_sums_masked(
         }
         let cells = &order[start..end];
         let own: Vec<i64> = cells.iter().map(|&c| own_sample[c]).collect();
-        let (zs, weights) = cell_weights(&effect, post, cells, &own, &spec)?;
+        let (zs, scale) = cell_draws(&effect, post, cells, &own, &spec)?;
         let masks: Option<Vec<Vec<f32>>> = mask.map(|m| {
             cells.iter().map(|&c| (0..s).map(|a| if m[c + post.n_cells * a] { 1.0 } else { 0.0 }).collect()).collect()
         });
@@ -294,7 +328,7 @@ pub fn group_sums_masked(
                     t
                 })
                 .collect();
-            accumulate_block(&zts, &weights, masks.as_deref(), s, l, &mut sums[g as usize], threads);
+            accumulate_block(&zts, &scale, masks.as_deref(), s, l, &mut sums[g as usize], threads);
         }
         if let (Some(counts), Some(masks)) = (pair_counts.as_mut(), masks.as_ref()) {
             let counts = &mut counts[g as usize];
@@ -321,12 +355,12 @@ pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], c
     let mut out = vec![0f64; nc * s * s];
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
-        let (zs, weights) = cell_weights(&effect, post, part, &own, &spec)?;
+        let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;
         let mut t = vec![0f32; s * l];
-        for (r, &w) in weights.iter().enumerate() {
+        for r in 0..part.len() {
             let mut acc = vec![0f64; s * s];
             for z in &zs {
-                accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, w, &mut t, &mut acc);
+                accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, scale.weight[r], scale.offset[r], &mut t, &mut acc);
             }
             let i = bi * block.max(1) + r;
             for a in 0..s {

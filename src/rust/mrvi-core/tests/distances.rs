@@ -1,5 +1,5 @@
 //! The streamed distance kernel against libtorch's cdist and a direct computation.
-use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, DistanceSpec, Posterior};
+use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, posterior_draw, DistanceSpec, Posterior};
 use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::MrviModel;
 use tch::{Device, Kind, Tensor};
@@ -37,7 +37,7 @@ fn group_sums_match_cdist_and_do_not_depend_on_the_block_size() {
         }
     }
     // MC draws are per cell, so the block size does not matter either
-    let mc = DistanceSpec { mc_samples: 3, normalize: true, seed: 5 };
+    let mc = DistanceSpec { mc_samples: 4, normalize: true, seed: 5 };
     let a = group_sums(&model, &post, &own, &group, 3, mc, 16, 2, &mut || false).unwrap();
     let b = group_sums(&model, &post, &own, &group, 3, mc, 5, 2, &mut || false).unwrap();
     assert_eq!(a.mean(1), b.mean(1));
@@ -63,6 +63,49 @@ fn cell_distances_are_the_direct_norms() {
             }
         }
     }
+}
+
+#[test]
+fn normalised_distances_are_clipped_at_the_noise_floor_of_the_own_sample() {
+    let (n, s, l) = (10usize, 5i64, 3i64);
+    let (model, mean, sd, own) = setup(n, s, l);
+    let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
+    let cells = [7usize, 2];
+    let m = 6;
+    let spec = DistanceSpec { mc_samples: m, normalize: true, seed: 9 };
+    let d = cell_distances(&model, &post, &own, &cells, spec, 1).unwrap();
+    let too_few = DistanceSpec { mc_samples: 2, normalize: true, seed: 9 };
+    assert!(cell_distances(&model, &post, &own, &cells, too_few, 1).is_err());
+    let nc = cells.len();
+    let mut clipped = 0;
+    for (i, &c) in cells.iter().enumerate() {
+        // z of every draw under every sample, by libtorch
+        let zs: Vec<Tensor> = (0..m)
+            .map(|k| {
+                let u = posterior_draw(&post, c, Some(k), 9);
+                tch::no_grad(|| model.z_all_samples(&Tensor::from_slice(&u).view([1, l]))).squeeze_dim(0)
+            })
+            .collect();
+        let norm = |a: &Tensor, b: &Tensor| (a - b).square().sum(Kind::Double).sqrt().double_value(&[]);
+        let own_s = own[c];
+        let floor: Vec<f64> =
+            (0..m).flat_map(|p| (p + 1..m).map(move |q| (p, q))).map(|(p, q)| norm(&zs[p].get(own_s), &zs[q].get(own_s))).collect();
+        let mu = floor.iter().sum::<f64>() / floor.len() as f64;
+        let sigma = (floor.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / (floor.len() - 1) as f64).sqrt();
+        for a in 0..s {
+            for b in 0..s {
+                if a == b {
+                    continue;
+                }
+                let raw: Vec<f64> = zs.iter().map(|z| norm(&z.get(a), &z.get(b))).collect();
+                clipped += raw.iter().filter(|&&v| v < mu).count();
+                let want = raw.iter().map(|v| (v - mu).max(0.0) / sigma).sum::<f64>() / m as f64;
+                let got = d[i + nc * (a as usize + s as usize * b as usize)];
+                assert!((got - want).abs() < 1e-4 * (1.0 + want), "cell {c} ({a},{b}): {got} vs {want}");
+            }
+        }
+    }
+    assert!(clipped > 0, "the check should include draws below the noise floor");
 }
 
 #[test]

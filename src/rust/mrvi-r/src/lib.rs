@@ -460,14 +460,14 @@ fn mrvi_log_sample_densities(u_mean: &[f64], u_sd: &[f64], n_cells: i32, n_laten
 #[allow(clippy::too_many_arguments)]
 fn mrvi_cell_association(
     h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
-    category: &[i32], mc_samples: i32, seed: f64, block: i32,
+    category: &[i32], mc_samples: i32, normalize: bool, seed: f64, block: i32,
 ) -> RResult<List> {
     let model = h.try_addr()?;
     let post = posterior(u_mean, u_sd, n_cells, model)?;
     let own = codes(own_sample, model.config.n_samples, "sample")?;
     let category: Vec<i64> = category.iter().map(|&c| c as i64).collect();
     let cells: Vec<usize> = cells.iter().map(|&c| c as usize).filter(|&c| c < post.n_cells).collect();
-    let spec = DistanceSpec { mc_samples: mc_samples.max(0) as usize, normalize: false, seed: seed as u64 };
+    let spec = DistanceSpec { mc_samples: mc_samples.max(0) as usize, normalize, seed: seed as u64 };
     let threads = tch::get_num_threads().max(1) as usize;
     let res = match cell_association(model, &post, &own, &cells, &category, spec, block.max(1) as usize, threads, &mut interrupt_pending) {
         Err(mrvi_core::Error::Interrupted) => return Err(extendr_api::Error::Other("interrupted by the user".into())),
