@@ -66,77 +66,152 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
 
 #' A calibrated test per cell group: do sample distances follow a covariate?
 #'
-#' For each group of cells C, the statistic is PERMANOVA's pseudo-F (Anderson
-#' 2001) of the group's sample distance matrix \eqn{D(C)} against the sample
-#' covariate: \eqn{F = (SS_B / (k - 1)) / (SS_W / (N - k))} with
-#' \eqn{SS_T = \frac{1}{N}\sum_{i<j} d_{ij}^2} and
-#' \eqn{SS_W = \sum_g \frac{1}{n_g}\sum_{i<j \in g} d_{ij}^2}. Its p-value comes
-#' from permuting the covariate across samples (`permutations` times):
-#' \eqn{(1 + \#\{F^* \ge F\}) / (1 + B)}, which is valid whatever the dependence
-#' between pairs of samples. Benjamini-Hochberg across groups.
+#' For each group of cells C, a statistic of how well the sample distances
+#' follow the covariate, with a p-value from permuting the covariate across
+#' samples (`permutations` = B times): \eqn{(1 + \#\{T^* \ge T\}) / (1 + B)},
+#' valid whatever the dependence between pairs of samples. Benjamini-Hochberg
+#' across groups. Two statistics:
 #'
-#' @param fit_or_distances a [MrVIFit-class] (distances are then computed with
-#'   [sampleDistances()] for `groups`, posterior means) or the result of
-#'   [sampleDistances()].
+#' * `"ks"` (the default with a fit): the mean over the group's cells of the
+#'   per-cell statistic of [cellAssociation()], the one-sided KS statistic of
+#'   within- against between-category distances in \eqn{D(n)} (normalised by
+#'   default). Each permutation relabels the samples and recomputes every
+#'   cell's statistic, so the test asks whether the group's cells, one by one,
+#'   separate the categories, and agrees with the per-cell tests. Groups larger
+#'   than `max_cells` are represented by a random subset of that many cells
+#'   (drawn from `seed`), which bounds the cost at
+#'   \eqn{B \cdot max\_cells \cdot S^2 / 2}.
+#' * `"pseudo_f"` (the only one with distances): PERMANOVA's pseudo-F (Anderson
+#'   2001) of the group's mean distance matrix \eqn{D(C)}:
+#'   \eqn{F = (SS_B / (k - 1)) / (SS_W / (N - k))} with
+#'   \eqn{SS_T = \frac{1}{N}\sum_{i<j} d_{ij}^2} and
+#'   \eqn{SS_W = \sum_g \frac{1}{n_g}\sum_{i<j \in g} d_{ij}^2}. \eqn{D(C)} is an
+#'   average over many cells, so even a small consistent shift is found; on
+#'   fits where a covariate's effect leaks into other cell types (see
+#'   [cellAssociation()]) those types are flagged too.
+#'
+#' @param fit_or_distances a [MrVIFit-class], or the result of
+#'   [sampleDistances()] (then `statistic` is `"pseudo_f"`).
 #' @param covariate a column name of the sample table or a vector named by
 #'   sample; categorical, as in [cellAssociation()].
 #' @param groups with a fit: as `groups` of [sampleDistances()]; with distances:
 #'   the groups to test (`NULL`: all).
 #' @param permutations number of permutations B.
-#' @param seed seed of the permutations (R's generator is restored afterwards).
-#' @return a `DataFrame`, one row per group: `n_samples`, `statistic` (pseudo-F),
-#'   `p_value`, `q_value`, `permutations`.
+#' @param seed seed of the permutations and of the cell subsets (R's generator
+#'   is restored afterwards).
+#' @param statistic `"ks"` or `"pseudo_f"`; `NULL` picks `"ks"` for a fit and
+#'   `"pseudo_f"` for distances.
+#' @param normalize,mc_samples how distances are computed from a fit, as in
+#'   [sampleDistances()] (normalised, 10 posterior draws by default).
+#' @param max_cells with `"ks"`: at most this many cells per group.
+#' @return a `DataFrame`, one row per group: `n_samples`, `n_cells` (cells
+#'   whose statistics entered; `NA` for `"pseudo_f"` on distances), `statistic`,
+#'   `p_value`, `q_value`, `permutations`; `metadata()` names the covariate and
+#'   the statistic.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
 #' grp <- setNames(c("a", "a", "b", "b"), fit@samples)
 #' groupAssociation(fit, grp, permutations = 99)
 #' @export
-groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = 1) {
+groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = 1,
+                             statistic = NULL, normalize = TRUE, mc_samples = 10, max_cells = 500) {
   call <- sys.call()
   permutations <- check_count(permutations, "permutations", call)
   seed <- check_whole(seed, "seed", call)
-  if (methods::is(fit_or_distances, "MrVIFit")) {
-    d <- with_call(sampleDistances(fit_or_distances, groups = groups, mc_samples = 0), call)
-    groups <- NULL
-  } else if (is.array(fit_or_distances) && length(dim(fit_or_distances)) == 3) {
-    d <- fit_or_distances
-  } else {
+  mc_samples <- check_whole(mc_samples, "mc_samples", call)
+  check_normalize_draws(normalize, mc_samples, call)
+  max_cells <- check_count(max_cells, "max_cells", call)
+  is_fit <- methods::is(fit_or_distances, "MrVIFit")
+  if (!is_fit && !(is.array(fit_or_distances) && length(dim(fit_or_distances)) == 3)) {
     abort_arg("{.arg fit_or_distances} must be a {.cls MrVIFit} or the result of {.fn sampleDistances}.",
               call = call)
   }
-  samples <- dimnames(d)[[1]]
-  table <- attr(d, "sample_table")
-  y <- sample_covariate(covariate, table, samples, call)
-  tested <- if (is.null(groups)) dimnames(d)[[3]] else groups
-  unknown <- setdiff(tested, dimnames(d)[[3]])
-  if (length(unknown)) abort_arg("{.arg groups} not in the distances: {.val {unknown}}.", call = call)
+  statistic <- if (is.null(statistic)) (if (is_fit) "ks" else "pseudo_f") else
+    match_choice(statistic, c("ks", "pseudo_f"), "statistic", call)
+  if (statistic == "ks" && !is_fit) {
+    abort_arg(c("{.arg statistic} = \"ks\" needs the fit: it recomputes per-cell distances.",
+                "i" = "Pass the {.cls MrVIFit}, or use {.code statistic = \"pseudo_f\"} with distances."),
+              call = call)
+  }
   restore <- preserve_rng()
   on.exit(restore())
-  rows <- lapply(tested, function(g) {
-    m <- d[, , g]
-    keep <- !is.na(y) & !apply(is.na(m), 1, all)
-    yy <- droplevels(y[keep])
-    m <- m[keep, keep, drop = FALSE]
-    if (nlevels(yy) < 2 || all(table(yy) < 2)) {
-      return(data.frame(group = g, n_samples = sum(keep), statistic = NA_real_, p_value = NA_real_,
-                        permutations = 0L))
-    }
-    set.seed(seed)
-    d2 <- m^2
-    f <- pseudo_f(d2, yy)
-    perm <- vapply(seq_len(permutations), function(i) pseudo_f(d2, sample(yy)), numeric(1))
-    data.frame(group = g, n_samples = sum(keep), statistic = f,
-               p_value = (1 + sum(perm >= f - 1e-12 * abs(f))) / (1 + permutations),
-               permutations = permutations)
-  })
+  if (statistic == "ks") {
+    fit <- fit_or_distances
+    y <- sample_covariate(covariate, fit@sample_table, fit@samples, call)
+    group <- resolve_groups(fit, groups, call)
+    rows <- lapply(levels(group), function(g) {
+      ks_group_test(fit, y, which(group == g), g, permutations, seed, normalize, mc_samples, max_cells, call)
+    })
+  } else {
+    d <- if (is_fit) {
+      with_call(sampleDistances(fit_or_distances, groups = groups, normalize = normalize,
+                                mc_samples = mc_samples), call)
+    } else fit_or_distances
+    if (is_fit) groups <- NULL
+    y <- sample_covariate(covariate, attr(d, "sample_table"), dimnames(d)[[1]], call)
+    tested <- if (is.null(groups)) dimnames(d)[[3]] else groups
+    unknown <- setdiff(tested, dimnames(d)[[3]])
+    if (length(unknown)) abort_arg("{.arg groups} not in the distances: {.val {unknown}}.", call = call)
+    n_cells <- attr(d, "n_cells")
+    rows <- lapply(tested, function(g) {
+      row <- pseudo_f_group_test(d[, , g], y, g, permutations, seed)
+      row$n_cells <- if (is_fit && !is.null(n_cells)) as.integer(n_cells[[g]]) else NA_integer_
+      row
+    })
+  }
   res <- do.call(rbind, rows)
-  out <- S4Vectors::DataFrame(n_samples = res$n_samples, statistic = res$statistic,
+  out <- S4Vectors::DataFrame(n_samples = res$n_samples, n_cells = res$n_cells, statistic = res$statistic,
                               p_value = res$p_value,
                               q_value = stats::p.adjust(res$p_value, method = "BH"),
                               permutations = res$permutations, row.names = res$group)
   S4Vectors::metadata(out)$covariate <- attr(y, "name")
+  S4Vectors::metadata(out)$statistic <- statistic
   out
+}
+
+# Permutation p-value: the observed statistic against B permuted ones.
+permutation_p <- function(observed, permuted) {
+  (1 + sum(permuted >= observed - 1e-12 * abs(observed))) / (1 + length(permuted))
+}
+
+# One group's pseudo-F test on its mean distance matrix `m` (samples x samples).
+pseudo_f_group_test <- function(m, y, g, permutations, seed) {
+  keep <- !is.na(y) & !apply(is.na(m), 1, all)
+  yy <- droplevels(y[keep])
+  m <- m[keep, keep, drop = FALSE]
+  if (nlevels(yy) < 2 || all(table(yy) < 2)) {
+    return(data.frame(group = g, n_samples = sum(keep), statistic = NA_real_, p_value = NA_real_,
+                      permutations = 0L))
+  }
+  set.seed(seed)
+  d2 <- m^2
+  f <- pseudo_f(d2, yy)
+  perm <- vapply(seq_len(permutations), function(i) pseudo_f(d2, sample(yy)), numeric(1))
+  data.frame(group = g, n_samples = sum(keep), statistic = f, p_value = permutation_p(f, perm),
+             permutations = permutations)
+}
+
+# One group's test on the mean per-cell KS statistic: D(n) of (a subset of) the
+# group's cells, one row of pair distances per cell, relabelled per permutation in Rust.
+ks_group_test <- function(fit, y, cells, g, permutations, seed, normalize, mc_samples, max_cells, call) {
+  set.seed(seed)
+  if (length(cells) > max_cells) cells <- sort(cells[sample.int(length(cells), max_cells)])
+  keep <- which(!is.na(y))
+  yy <- droplevels(y[keep])
+  S <- length(keep)
+  pairs <- which(upper.tri(diag(S)), arr.ind = TRUE)
+  pairs <- pairs[order(pairs[, 1], pairs[, 2]), , drop = FALSE]
+  check_size(8 * length(cells) * (length(fit@samples)^2 + nrow(pairs)), "groupAssociation(statistic = \"ks\")",
+             call, hint = "Lower {.arg max_cells}.")
+  d <- with_call(sampleDistances(fit, cells = cells, normalize = normalize, mc_samples = mc_samples), call)
+  d <- d[, keep, keep, drop = FALSE]
+  nc <- length(cells)
+  values <- d[cbind(rep(seq_len(nc), nrow(pairs)), rep(pairs[, 1], each = nc), rep(pairs[, 2], each = nc))]
+  labels <- cbind(as.integer(yy), vapply(seq_len(permutations), function(i) as.integer(sample(yy)), integer(S)))
+  stats <- mrvi_mean_ks_statistics(values, nc, pairs[, 1] - 1L, pairs[, 2] - 1L, labels, S)
+  data.frame(group = g, n_samples = S, n_cells = nc, statistic = stats[1],
+             p_value = permutation_p(stats[1], stats[-1]), permutations = permutations)
 }
 
 # PERMANOVA pseudo-F of squared distances `d2` against a factor.

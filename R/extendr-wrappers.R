@@ -104,3 +104,9 @@ mrvi_log_sample_densities <- function(u_mean, u_sd, n_cells, n_latent, at, ref_c
 #' @noRd
 mrvi_ks_greater <- function(x, y) .Call(wrap__mrvi_ks_greater, x, y)
 
+#' Mean per-cell KS statistics of within- against between-label pairs, for each
+#' labelling. `values`: cells x pairs (R matrix, column-major); `pair_a`,
+#' `pair_b`: the pairs' samples (0-based); `labels`: samples x labellings.
+#' @noRd
+mrvi_mean_ks_statistics <- function(values, n_cells, pair_a, pair_b, labels, n_samples) .Call(wrap__mrvi_mean_ks_statistics, values, n_cells, pair_a, pair_b, labels, n_samples)
+

@@ -78,21 +78,50 @@ test_that("group-level permutation p-values are uniform under a random covariate
 
 test_that("groupAssociation finds the planted covariate in the affected type", {
   a <- covariates_fit()
-  res <- groupAssociation(a$fit, "cov1", groups = "cell_type", permutations = 199)
+  fit <- a$fit
+  res <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 199)
   expect_equal(rownames(res), c("type1", "type2"))
+  expect_equal(S4Vectors::metadata(res)$statistic, "ks")
   expect_lt(res["type1", "p_value"], 0.01)
-  # type2 also shows structure (p ~0.01-0.04): the leakage noted above; the
-  # statistic is far larger in the affected type
-  expect_gt(res["type1", "statistic"], 3 * res["type2", "statistic"])
   expect_equal(res$q_value, p.adjust(res$p_value, method = "BH"))
-  # the statistic equals a direct PERMANOVA pseudo-F
-  d <- sampleDistances(a$fit, groups = "cell_type", mc_samples = 0)
-  y <- factor(a$fit@sample_table$cov1)
+  # the statistic is the mean per-cell KS statistic of the cells used (all of
+  # them when max_cells allows): large in the affected type, near 0 elsewhere
+  all_cells <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 9, max_cells = 5000)
+  per_cell <- cellAssociation(fit, "cov1")$statistic
+  type <- fit@cell_data$cell_type
+  expect_equal(all_cells$statistic, as.vector(tapply(per_cell, type, mean)[c("type1", "type2")]),
+               tolerance = 1e-10)
+  expect_equal(all_cells$n_cells, as.vector(table(type)))
+  expect_gt(res["type1", "statistic"], 0.8)
+  expect_lt(res["type2", "statistic"], 0.05)
+  # pseudo-F: equals a direct PERMANOVA pseudo-F of D(C)
+  pf <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 199, statistic = "pseudo_f",
+                         normalize = FALSE, mc_samples = 0)
+  expect_lt(pf["type1", "p_value"], 0.01)
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
+  from_d <- groupAssociation(d, "cov1", permutations = 199)
+  expect_equal(pf$statistic, from_d$statistic, tolerance = 1e-12)
+  expect_equal(pf$p_value, from_d$p_value)
+  y <- factor(fit@sample_table$cov1)
   m <- d[, , "type1"]
   n <- nrow(m); d2 <- m^2
   sst <- sum(d2[upper.tri(d2)]) / n
   ssw <- sum(sapply(levels(y), function(l) { s <- d2[y == l, y == l]; sum(s[upper.tri(s)]) / sum(y == l) }))
-  expect_equal(res["type1", "statistic"], ((sst - ssw) / 1) / (ssw / (n - 2)), tolerance = 1e-8)
+  expect_equal(pf["type1", "statistic"], ((sst - ssw) / 1) / (ssw / (n - 2)), tolerance = 1e-8)
+})
+
+test_that("the mean-KS group test is uniform under a random covariate", {
+  a <- covariates_fit()
+  fit <- a$fit
+  # type1 carries real sample structure (cov1-3), unrelated to these covariates
+  p <- vapply(1:150, function(r) {
+    set.seed(2000 + r)
+    y <- setNames(sample(rep(c("x", "y"), length.out = length(fit@samples))), fit@samples)
+    groupAssociation(fit, y, groups = fit@cell_data$cell_type == "type1", permutations = 99,
+                     seed = r, max_cells = 100)["TRUE", "p_value"]
+  }, numeric(1))
+  expect_gt(suppressWarnings(ks.test(p, "punif"))$p.value, 0.01)
+  expect_lt(abs(mean(p < 0.05) - 0.05), 0.05)
 })
 
 test_that("association errors name the argument, and results go back to the object", {
@@ -104,6 +133,10 @@ test_that("association errors name the argument, and results go back to the obje
   expect_error(cellAssociation(fit, "cov1", mc_samples = 2), "`normalize`.*`mc_samples` >= 3")
   expect_error(groupAssociation(fit, "cov1", permutations = 0), "`permutations`")
   expect_error(groupAssociation(list(), "cov1"), "`fit_or_distances`")
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
+  expect_error(groupAssociation(d, "cov1", statistic = "ks"), "`statistic` = \"ks\" needs the fit")
+  expect_error(groupAssociation(fit, "cov1", statistic = "anova"), "`statistic`")
+  expect_error(groupAssociation(fit, "cov1", max_cells = 0), "`max_cells`")
   res <- cellAssociation(fit, "cov2", cells = 1:50)
   sce <- addMrVI(a$sce, fit, association = res)
   expect_equal(sce$mrvi_cov2_q[1:50], res$q_value)

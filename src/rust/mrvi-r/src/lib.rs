@@ -481,6 +481,26 @@ fn mrvi_cell_association(
     ))
 }
 
+/// Mean per-cell KS statistics of within- against between-label pairs, for each
+/// labelling. `values`: cells x pairs (R matrix, column-major); `pair_a`,
+/// `pair_b`: the pairs' samples (0-based); `labels`: samples x labellings.
+/// @noRd
+#[extendr]
+fn mrvi_mean_ks_statistics(values: &[f64], n_cells: i32, pair_a: &[i32], pair_b: &[i32], labels: &[i32], n_samples: i32) -> RResult<Vec<f64>> {
+    let (nc, p, s) = (n_cells.max(0) as usize, pair_a.len(), n_samples.max(0) as usize);
+    if values.len() != nc * p || pair_b.len() != p || s == 0 || labels.len() % s != 0 {
+        return Err(extendr_api::Error::Other("mrvi_mean_ks_statistics: inconsistent dimensions".into()));
+    }
+    if pair_a.iter().chain(pair_b).any(|&x| x < 0 || x as usize >= s) {
+        return Err(extendr_api::Error::Other("mrvi_mean_ks_statistics: pair index out of range".into()));
+    }
+    let pairs: Vec<(usize, usize)> = pair_a.iter().zip(pair_b).map(|(&a, &b)| (a as usize, b as usize)).collect();
+    let rows: Vec<f64> = (0..nc).flat_map(|c| (0..p).map(move |k| values[c + nc * k])).collect();
+    let labellings: Vec<Vec<i64>> = labels.chunks(s).map(|l| l.iter().map(|&x| x as i64).collect()).collect();
+    let threads = tch::get_num_threads().max(1) as usize;
+    Ok(mrvi_core::stats::mean_ks_statistics(&rows, &pairs, &labellings, threads))
+}
+
 /// The KS test on two vectors (exposed to test it against R's ks.test).
 /// @noRd
 #[extendr]
@@ -521,4 +541,5 @@ extendr_module! {
     fn mrvi_decode_z;
     fn mrvi_log_sample_densities;
     fn mrvi_ks_greater;
+    fn mrvi_mean_ks_statistics;
 }
