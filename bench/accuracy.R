@@ -59,10 +59,12 @@ for (design in c("tree", "covariates")) {
           seed, covariate = cov, strength = truth$effects[[cov]]$strength,
           tpr = mean(flagged[affected]), fdr = sum(flagged & !affected) / max(1, sum(flagged)),
           flagged_unaffected = mean(flagged[!affected]))
-        g <- groupAssociation(d, cov, permutations = 199)
+        g <- groupAssociation(fit, cov, groups = "cell_type", permutations = 199)
+        pf <- groupAssociation(d, cov, permutations = 199)[rownames(g), ]
         group_rows[[length(group_rows) + 1]] <- data.frame(
           seed, covariate = cov, cell_type = rownames(g), affected = rownames(g) %in% truth$affected,
-          pseudo_f = g$statistic, p_value = g$p_value)
+          mean_ks = g$statistic, p_value_ks = g$p_value, pseudo_f_raw = pf$statistic,
+          p_value_pseudo_f_raw = pf$p_value)
       }
     }
     cat(sprintf("[%5.0fs] %s seed %d done\n", proc.time()[["elapsed"]] - t_start, design, seed))
