@@ -20,6 +20,13 @@
 #' distances gave an FDR of 0.2-0.4 in the unaffected type and normalised ones
 #' below 0.05 at the same power (`bench/README.md`, "Guided tests").
 #'
+#' The noise floor is a distance in the whole of z, so it grows with the
+#' dimension of z. With `flavour = "attention"` (z of 30 dimensions) it can
+#' exceed the sample effects themselves: on the same design no cell was
+#' flagged with normalised distances, while raw distances found the affected
+#' type (TPR 1) and flagged the unaffected one too (FDR 0.5). Check
+#' `sampleDistances(normalize = TRUE)` of the groups before relying on either.
+#'
 #' The pairs of samples are not independent, so these per-cell p-values rank
 #' cells rather than control error rates exactly; for a calibrated test per cell
 #' group use [groupAssociation()].
