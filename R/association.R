@@ -208,7 +208,6 @@ ks_group_test <- function(fit, y, cells, g, permutations, seed, normalize, mc_sa
   yy <- droplevels(y[keep])
   S <- length(keep)
   pairs <- which(upper.tri(diag(S)), arr.ind = TRUE)
-  pairs <- pairs[order(pairs[, 1], pairs[, 2]), , drop = FALSE]
   check_size(8 * length(cells) * (length(fit@samples)^2 + nrow(pairs)), "groupAssociation(statistic = \"ks\")",
              call, hint = "Lower {.arg max_cells}.")
   d <- with_call(sampleDistances(fit, cells = cells, normalize = normalize, mc_samples = mc_samples), call)

@@ -173,6 +173,7 @@ fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
 /// switch, so that the unmasked kernel does no extra work. Eight samples b at a
 /// time, their squared distances kept in registers across the L dimensions.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, offset: f32, m: &[f32], acc: &mut [f64]) {
     const W: usize = 8;
     let n = range.len();
@@ -206,6 +207,7 @@ fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: st
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn row_distances_avx2<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, offset: f32, m: &[f32], acc: &mut [f64]) {
     row_distances::<MASKED>(zt, s, za, range, w, offset, m, acc)
 }

@@ -14,19 +14,8 @@ pub fn ks_greater(x: &[f64], y: &[f64]) -> (f64, f64) {
     let mut pooled: Vec<(f64, bool)> = x.iter().map(|&v| (v, true)).chain(y.iter().map(|&v| (v, false))).collect();
     pooled.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     let total = m + n;
-    // tie_end[k]: the (k+1)-th smallest value ends a group of equal values
-    let tie_end: Vec<bool> = (0..total).map(|k| k + 1 == total || pooled[k].0 != pooled[k + 1].0).collect();
-    let (mut fx, mut fy, mut stat) = (0usize, 0usize, f64::NEG_INFINITY);
-    for k in 0..total {
-        if pooled[k].1 {
-            fx += 1;
-        } else {
-            fy += 1;
-        }
-        if tie_end[k] {
-            stat = stat.max(fx as f64 / m as f64 - fy as f64 / n as f64);
-        }
-    }
+    let tie_end = tie_ends(total, |k| pooled[k].0);
+    let stat = ecdf_gap(pooled.iter().map(|v| v.1), &tie_end, m, n);
     let p = if (m * n) < 10_000 {
         exact_upper(stat, m, n, &tie_end)
     } else {
@@ -34,6 +23,25 @@ pub fn ks_greater(x: &[f64], y: &[f64]) -> (f64, f64) {
         (-2.0 * en * stat * stat).exp()
     };
     (stat, p.clamp(0.0, 1.0))
+}
+
+/// tie_end[k]: the (k+1)-th smallest of `len` sorted values (`value(k)`) ends a
+/// run of equal values.
+fn tie_ends(len: usize, value: impl Fn(usize) -> f64) -> Vec<bool> {
+    (0..len).map(|k| k + 1 == len || value(k) != value(k + 1)).collect()
+}
+
+/// D+ = max(F_x - F_y) over the ends of tie runs, walking the pooled sorted
+/// sample (`from_x`: whether each value is from x; m from x, n from y).
+fn ecdf_gap(from_x: impl Iterator<Item = bool>, tie_end: &[bool], m: usize, n: usize) -> f64 {
+    let (mut fx, mut fy, mut stat) = (0usize, 0usize, f64::NEG_INFINITY);
+    for (x, &end) in from_x.zip(tie_end) {
+        if x { fx += 1 } else { fy += 1 }
+        if end {
+            stat = stat.max(fx as f64 / m as f64 - fy as f64 / n as f64);
+        }
+    }
+    stat
 }
 
 /// P(D+ >= stat) under the null, conditional on the tie pattern: the share of
@@ -85,14 +93,14 @@ fn ln_choose(n: usize, k: usize) -> f64 {
 /// pass over them. Labellings are shared out over `threads` threads.
 pub fn mean_ks_statistics(values: &[f64], pairs: &[(usize, usize)], labellings: &[Vec<i64>], threads: usize) -> Vec<f64> {
     let p = pairs.len();
-    let n_cells = if p == 0 { 0 } else { values.len() / p };
+    let n_cells = values.len().checked_div(p).unwrap_or(0);
     // per cell: pair indices in increasing order of value, and whether each ends a tie run
     let sorted: Vec<(Vec<usize>, Vec<bool>)> = (0..n_cells)
         .map(|c| {
             let v = &values[c * p..(c + 1) * p];
             let mut order: Vec<usize> = (0..p).collect();
             order.sort_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap_or(std::cmp::Ordering::Equal));
-            let tie_end = (0..p).map(|k| k + 1 == p || v[order[k]] != v[order[k + 1]]).collect();
+            let tie_end = tie_ends(p, |k| v[order[k]]);
             (order, tie_end)
         })
         .collect();
@@ -103,19 +111,7 @@ pub fn mean_ks_statistics(values: &[f64], pairs: &[(usize, usize)], labellings: 
         if m == 0 || n == 0 || n_cells == 0 {
             return f64::NAN;
         }
-        let total: f64 = sorted
-            .iter()
-            .map(|(order, tie_end)| {
-                let (mut fx, mut fy, mut stat) = (0usize, 0usize, f64::NEG_INFINITY);
-                for (k, &pair) in order.iter().enumerate() {
-                    if within[pair] { fx += 1 } else { fy += 1 }
-                    if tie_end[k] {
-                        stat = stat.max(fx as f64 / m as f64 - fy as f64 / n as f64);
-                    }
-                }
-                stat
-            })
-            .sum();
+        let total: f64 = sorted.iter().map(|(order, tie_end)| ecdf_gap(order.iter().map(|&k| within[k]), tie_end, m, n)).sum();
         total / n_cells as f64
     };
     let mut out = vec![0f64; labellings.len()];
