@@ -16,7 +16,16 @@
 #'
 #' Samples are nested in sites (each sample in one site); every site multiplies
 #' each gene by its own factor (log-normal, sd 0.3). Counts are negative binomial
-#' (size 5) around library sizes of about 1,500 UMIs.
+#' (size 5) around library sizes of about `library_size` UMIs.
+#'
+#' The defaults make an easy problem (every gene carries an edge effect). Real
+#' studies are harder; the paper's Supplement B.2 at realistic scale is
+#' `simulateNested(20000, 2000, genes_per_edge = 10, expression = "skewed",
+#' library_size = 3000)`: few genes per edge, most of them lowly expressed.
+#' With `edge_lengths = "ultrametric"` the tree has random node heights, every
+#' edge gets a number of genes proportional to its length, and the true
+#' distance (the path length) is ultrametric, so average linkage on it recovers
+#' the tree exactly.
 #'
 #' @param n_cells,n_genes size (ignored when `base` is given).
 #' @param n_samples number of samples.
@@ -25,6 +34,16 @@
 #' @param n_affected number of cell types carrying the sample structure (the
 #'   first ones).
 #' @param design `"tree"` or `"covariates"`.
+#' @param genes_per_edge tree design: `NULL` (all genes partitioned among the
+#'   edges) or the number of genes per edge (with `edge_lengths =
+#'   "ultrametric"`, the mean number: each edge gets a share proportional to its
+#'   length, at least one).
+#' @param edge_lengths tree design: `"equal"` (every edge length 1; the true
+#'   distance counts edges) or `"ultrametric"` (see Details).
+#' @param expression `"gamma"` (gene means Gamma(2, 2): few low genes) or
+#'   `"skewed"` (log-normal gene means, sd 1.5 on the log scale: most genes low,
+#'   a few high, as in real data). Fully synthetic counts only.
+#' @param library_size mean UMIs per cell (fully synthetic counts only).
 #' @param base `NULL` (fully synthetic counts), or real counts to build on
 #'   (semi-synthetic): a `SingleCellExperiment` with a `cell_type` column, or a
 #'   list with `counts` (genes x cells) and `cell_type`. Its cells are assigned to
@@ -45,9 +64,15 @@
 #' }
 #' @export
 simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell_types = 5,
-                           n_affected = 2, design = c("tree", "covariates"), base = NULL, seed = 1) {
+                           n_affected = 2, design = c("tree", "covariates"), base = NULL, seed = 1,
+                           genes_per_edge = NULL, edge_lengths = c("equal", "ultrametric"),
+                           expression = c("gamma", "skewed"), library_size = 1500) {
   call <- sys.call()
   design <- match_choice(design, c("tree", "covariates"), "design", call)
+  edge_lengths <- match_choice(edge_lengths, c("equal", "ultrametric"), "edge_lengths", call)
+  expression <- match_choice(expression, c("gamma", "skewed"), "expression", call)
+  if (!is.null(genes_per_edge)) genes_per_edge <- check_count(genes_per_edge, "genes_per_edge", call)
+  library_size <- check_count(library_size, "library_size", call)
   if (!requireNamespace("SingleCellExperiment", quietly = TRUE)) {
     abort_arg("simulateNested() returns a SingleCellExperiment: install {.pkg SingleCellExperiment}.", call = call)
   }
@@ -92,13 +117,12 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   if (design == "tree") {
     truth$trees <- truth$distances <- truth$phylo <- list()
     for (t in affected) {
-      tree <- random_tree(samples)
+      tree <- random_tree(samples, ultrametric = edge_lengths == "ultrametric")
       eff <- matrix(1, n_genes, n_samples, dimnames = list(NULL, samples))
-      # the genes are randomly partitioned among the edges (Supplement B.2)
-      edge_of_gene <- sample(rep_len(seq_along(tree$edges), n_genes))
+      genes_of_edge <- edge_genes(tree, n_genes, genes_per_edge, call)
       for (k in seq_along(tree$edges)) {
-        g <- which(edge_of_gene == k)
         below <- tree$edges[[k]]$below
+        g <- genes_of_edge[[k]]
         eff[g, below] <- eff[g, below] * 2
       }
       hit <- which(cell_type == t)
@@ -124,7 +148,7 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   truth$sample_table <- sample_table
 
   counts <- if (is.null(base)) {
-    synthetic_counts(cell_type, site, cell_effect, n_genes)
+    synthetic_counts(cell_type, site, cell_effect, n_genes, expression, library_size)
   } else {
     thin_counts(base$counts, cell_effect)
   }
@@ -139,33 +163,62 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
 }
 
 # Balanced random binary tree over samples: splits, edges (the samples below
-# each edge), Newick text and the true distance (edges on the path between samples).
-random_tree <- function(samples) {
+# each edge and the edge's length), Newick text and the true distance (the
+# summed lengths of the edges on the path between two samples). Equal lengths
+# are 1; ultrametric ones come from node heights (root 1, leaves 0, each inner
+# node a random 30-90% of its parent's height), so every leaf is at depth 1.
+random_tree <- function(samples, ultrametric = FALSE) {
   edges <- list()
-  build <- function(set) {
+  build <- function(set, height) {
     if (length(set) == 1) return(set)
     set <- sample(set)
     half <- length(set) %/% 2
     parts <- list(set[seq_len(half)], set[-seq_len(half)])
     texts <- vapply(parts, function(p) {
-      edges[[length(edges) + 1]] <<- list(below = p)
-      build(p)
+      child <- if (length(p) == 1) 0 else if (ultrametric) height * stats::runif(1, 0.3, 0.9) else height - 1
+      len <- if (ultrametric) height - child else 1
+      edges[[length(edges) + 1]] <<- list(below = p, length = len)
+      if (ultrametric) paste0(build(p, child), ":", format(len, digits = 6)) else build(p, child)
     }, character(1))
     paste0("(", paste(texts, collapse = ","), ")")
   }
-  newick <- paste0(build(samples), ";")
+  newick <- paste0(build(samples, if (ultrametric) 1 else length(samples)), ";")
   member <- sapply(edges, function(e) samples %in% e$below)
   rownames(member) <- samples
-  # path length between a and b = number of edges above exactly one of them
+  lengths <- vapply(edges, function(e) e$length, numeric(1))
+  # path length between a and b: the edges above exactly one of them
   path <- outer(seq_along(samples), seq_along(samples),
-                Vectorize(function(a, b) sum(member[a, ] != member[b, ])))
+                Vectorize(function(a, b) sum(lengths[member[a, ] != member[b, ]])))
   dimnames(path) <- list(samples, samples)
   list(edges = edges, newick = newick, path_length = path)
 }
 
-synthetic_counts <- function(cell_type, site, cell_effect, n_genes) {
+# The genes of each edge: all genes partitioned among the edges (Supplement B.2)
+# when `per_edge` is NULL; otherwise `per_edge` genes per unit of mean edge length
+# (at least one per edge), disjoint within the tree.
+edge_genes <- function(tree, n_genes, per_edge, call) {
+  n_edges <- length(tree$edges)
+  if (is.null(per_edge)) {
+    edge_of_gene <- sample(rep_len(seq_len(n_edges), n_genes))
+    return(lapply(seq_len(n_edges), function(k) which(edge_of_gene == k)))
+  }
+  lengths <- vapply(tree$edges, function(e) e$length, numeric(1))
+  counts <- pmax(1L, as.integer(round(per_edge * lengths / mean(lengths))))
+  if (sum(counts) > n_genes) {
+    abort_arg("{.arg genes_per_edge} = {per_edge} needs {sum(counts)} genes for {n_edges} edges; the data have {n_genes}.",
+              call = call)
+  }
+  split(sample.int(n_genes, sum(counts)), rep(seq_len(n_edges), counts))
+}
+
+synthetic_counts <- function(cell_type, site, cell_effect, n_genes, expression = "gamma", library_size = 1500) {
   n_types <- nlevels(cell_type)
-  base <- matrix(stats::rgamma(n_genes * n_types, shape = 2, rate = 2), n_genes)
+  base <- if (expression == "gamma") {
+    matrix(stats::rgamma(n_genes * n_types, shape = 2, rate = 2), n_genes)
+  } else {
+    # one log-normal level per gene (most genes low), varied per type
+    exp(stats::rnorm(n_genes, 0, 1.5) + matrix(stats::rnorm(n_genes * n_types, 0, 0.3), n_genes))
+  }
   markers <- split(sample.int(n_genes), rep_len(seq_len(n_types), n_genes))
   for (k in seq_len(n_types)) {
     m <- markers[[k]][seq_len(max(1L, length(markers[[k]]) %/% 3))]
@@ -173,7 +226,7 @@ synthetic_counts <- function(cell_type, site, cell_effect, n_genes) {
   }
   site_effect <- matrix(exp(stats::rnorm(n_genes * nlevels(site), sd = 0.3)), n_genes)
   means <- base[, as.integer(cell_type)] * site_effect[, as.integer(site)] * cell_effect
-  lib <- stats::rlnorm(ncol(means), log(1500), 0.3)
+  lib <- stats::rlnorm(ncol(means), log(library_size), 0.3)
   means <- sweep(means, 2, colSums(means), "/") * rep(lib, each = n_genes)
   m <- matrix(stats::rnbinom(length(means), mu = means, size = 5), n_genes)
   methods::as(m, "CsparseMatrix")

@@ -1,0 +1,99 @@
+# Twin recovery on real data (issue 14):
+#   R_LIBS=$PWD/.Rlib Rscript bench/twins.R
+# Every sample's cells are split at random into two halves ("twins"); MrVI is fitted
+# with the halves as samples, D(C) is computed per cell type, and a half scores 1 when
+# its nearest other half (smallest D(C)) is its twin. Pseudobulk baseline in the same
+# run: per cell type and half, summed counts -> log-CPM, distance 1 - Pearson.
+# Datasets: kang_8donors_ctrl (8 donors x 8 PBMC types; bench/data), scds_cellhashing
+# (12 samples = 4 cell lines x 3 hashtags, singlets; the package's extdata; cell line
+# as the cell type), lemur_glioblastoma (10 samples; one group: all cells).
+# Settings (environment): MRVI_BENCH_SEEDS (default 1), MRVI_BENCH_FLAVOURS
+# ("linear,attention"), MRVI_BENCH_DATASETS, MRVI_BENCH_ARGS (extra mrvi() arguments),
+# MRVI_BENCH_TAG, MRVI_BENCH_OUT (CSV).
+suppressMessages(library(mrvi))
+env_list <- function(name, default) strsplit(Sys.getenv(name, default), ",")[[1]]
+seeds <- as.integer(env_list("MRVI_BENCH_SEEDS", "1"))
+flavours <- env_list("MRVI_BENCH_FLAVOURS", "linear,attention")
+datasets <- env_list("MRVI_BENCH_DATASETS", "kang_8donors_ctrl,scds_cellhashing,lemur_glioblastoma")
+extra <- eval(parse(text = Sys.getenv("MRVI_BENCH_ARGS", "list()")))
+tag <- Sys.getenv("MRVI_BENCH_TAG", "default")
+out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/twins.csv")
+cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
+
+read_folder <- function(dir) {
+  counts <- methods::as(Matrix::readMM(gzfile(file.path(dir, "counts.mtx.gz"))), "CsparseMatrix")
+  genes <- utils::read.delim(file.path(dir, "genes.tsv"))[[1]]
+  cells <- utils::read.csv(file.path(dir, "cells.csv"))
+  dimnames(counts) <- list(make.unique(as.character(genes)), cells$cell_id)
+  list(counts = counts, cells = cells)
+}
+
+load_dataset <- function(name) {
+  switch(name,
+    kang_8donors_ctrl = {
+      d <- read_folder("bench/data/kang_8donors_ctrl")
+      list(counts = d$counts, sample = as.character(d$cells$sample_id), group = d$cells$cluster_id)
+    },
+    scds_cellhashing = {
+      d <- read_folder(system.file("extdata", package = "mrvi", mustWork = TRUE))
+      keep <- d$cells$hto_classification_global == "Singlet"
+      list(counts = d$counts[, keep], sample = d$cells$hash_ID[keep], group = d$cells$cell_line[keep])
+    },
+    lemur_glioblastoma = {
+      d <- read_folder("bench/data/lemur_glioblastoma")
+      list(counts = d$counts, sample = d$cells$sample_id, group = rep("all", ncol(d$counts)))
+    })
+}
+
+# share of halves whose nearest other half (in D) is their twin, ignoring NA rows
+twin_score <- function(D) {
+  halves <- rownames(D)
+  hits <- vapply(halves, function(h) {
+    row <- D[h, ]
+    row[h] <- NA
+    if (all(is.na(row)) || is.na(D[h, h])) return(NA)
+    twin <- sub("_[ab]$", "", h)
+    sub("_[ab]$", "", names(which.min(row))) == twin
+  }, logical(1))
+  mean(hits, na.rm = TRUE)
+}
+
+pseudobulk_distances <- function(counts, half, group) {
+  lapply(split(seq_along(half), group), function(idx) {
+    n <- table(half[idx])
+    ok <- names(n)[n >= 5]
+    pb <- vapply(ok, function(h) Matrix::rowSums(counts[, idx[half[idx] == h], drop = FALSE]), numeric(nrow(counts)))
+    logcpm <- log1p(sweep(pb, 2, colSums(pb), "/") * 1e6)
+    1 - stats::cor(logcpm)
+  })
+}
+
+rows <- list()
+for (name in datasets) {
+  data <- load_dataset(name)
+  for (seed in seeds) {
+    set.seed(seed)
+    half <- paste0(data$sample, ifelse(stats::runif(length(data$sample)) < 0.5, "_a", "_b"))
+    pb <- pseudobulk_distances(data$counts, half, data$group)
+    for (flavour in flavours) {
+      t0 <- proc.time()[["elapsed"]]
+      fit <- do.call(mrvi, c(list(data$counts, sample = half, flavour = flavour, seed = seed, verbose = FALSE),
+                             extra))
+      seconds <- proc.time()[["elapsed"]] - t0
+      d <- sampleDistances(fit, groups = data$group)
+      for (g in dimnames(d)[[3]]) {
+        row <- data.frame(tag, dataset = name, seed, flavour, group = g, epochs = nrow(fit@history),
+                          train_seconds = round(seconds, 1), twin_mrvi = twin_score(d[, , g]),
+                          twin_pseudobulk = twin_score(pb[[g]]), cpu, stringsAsFactors = FALSE)
+        rows[[length(rows) + 1]] <- row
+      }
+      res <- do.call(rbind, rows)
+      cur <- res[res$dataset == name & res$seed == seed & res$flavour == flavour, ]
+      cat(sprintf("%s %s seed %d %s: twin mrvi %.3f (worst %.2f), pseudobulk %.3f, %d epochs, %.0f s\n", tag, name,
+                  seed, flavour, mean(cur$twin_mrvi, na.rm = TRUE), min(cur$twin_mrvi, na.rm = TRUE),
+                  mean(cur$twin_pseudobulk, na.rm = TRUE), cur$epochs[1], seconds))
+      old <- if (file.exists(out_file)) utils::read.csv(out_file) else NULL
+      utils::write.csv(rbind(old, cur), out_file, row.names = FALSE)
+    }
+  }
+}

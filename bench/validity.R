@@ -1,0 +1,90 @@
+# Validity benchmark (issue 14): does the default model find sample structure in
+# data as hard as real studies?
+#   R_LIBS=$PWD/.Rlib Rscript bench/validity.R
+# The paper's Supplement B.2 at realistic scale: 20,000 cells x 2,000 genes, skewed
+# expression (most genes low), ~3,000 UMI per cell, 5 cell types of which 2 carry
+# their own random tree over 32 samples, 10 genes per tree edge (doubled on the
+# root-to-leaf path), 2 sites with gene-wise effects. Two edge designs: "equal"
+# (10 genes per edge) and "ultrametric" (genes proportional to edge length; average
+# linkage on the true distance recovers the tree exactly).
+# Per fit: mean D(C) affected / unaffected, Spearman of D(C) with the true distance,
+# normalised Robinson-Foulds distance of the average-linkage tree, guided per-cell
+# tests (TPR in type1, FDR) and DE (TPR in type1, share of unaffected cells flagged)
+# for the root split of type1's tree, epochs and seconds.
+# Settings (environment): MRVI_BENCH_SEEDS (default 1:3), MRVI_BENCH_FLAVOURS
+# ("linear,attention"), MRVI_BENCH_DESIGNS ("equal,ultrametric"), MRVI_BENCH_CELLS
+# (20000), MRVI_BENCH_ARGS (extra mrvi() arguments as R code, e.g. "list(n_latent = 30)"),
+# MRVI_BENCH_TAG (a label for the rows), MRVI_BENCH_OUT (CSV file).
+suppressMessages({
+  library(mrvi)
+  library(SingleCellExperiment)
+})
+env_list <- function(name, default) strsplit(Sys.getenv(name, default), ",")[[1]]
+seeds <- as.integer(env_list("MRVI_BENCH_SEEDS", "1,2,3"))
+flavours <- env_list("MRVI_BENCH_FLAVOURS", "linear,attention")
+designs <- env_list("MRVI_BENCH_DESIGNS", "equal,ultrametric")
+n_cells <- as.integer(Sys.getenv("MRVI_BENCH_CELLS", "20000"))
+extra <- eval(parse(text = Sys.getenv("MRVI_BENCH_ARGS", "list()")))
+tag <- Sys.getenv("MRVI_BENCH_TAG", "default")
+out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/validity.csv")
+dir.create(dirname(out_file), showWarnings = FALSE, recursive = TRUE)
+cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
+
+off_diagonal <- function(m) m[upper.tri(m)]
+
+score_fit <- function(fit, sce, truth) {
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
+  types <- dimnames(d)[[3]]
+  mean_d <- vapply(types, function(t) mean(off_diagonal(d[, , t]), na.rm = TRUE), numeric(1))
+  unaffected <- setdiff(types, truth$affected)
+  per_type <- lapply(truth$affected, function(t) {
+    truth_d <- truth$distances[[t]][dimnames(d)[[1]], dimnames(d)[[2]]]
+    c(spearman = stats::cor(off_diagonal(d[, , t]), off_diagonal(truth_d), method = "spearman"),
+      rf = treeDistance(sampleHclust(d, t), truth$phylo[[t]]))
+  })
+  names(per_type) <- truth$affected
+  # the root split of type1's tree as a sample covariate
+  type1 <- truth$affected[1]
+  affected_cells <- fit@cell_data$cell_type == type1
+  other_cells <- !fit@cell_data$cell_type %in% truth$affected
+  guided <- cellAssociation(fit, "root_split")
+  flagged <- guided$q_value < 0.05
+  de <- differentialExpression(fit, "root_split")
+  de_flagged <- de$q_value < 0.05
+  data.frame(
+    contrast = mean(mean_d[truth$affected]) / mean(mean_d[unaffected]),
+    spearman_type1 = per_type[[1]][["spearman"]], spearman_type2 = per_type[[2]][["spearman"]],
+    rf_type1 = per_type[[1]][["rf"]], rf_type2 = per_type[[2]][["rf"]],
+    guided_tpr = mean(flagged[affected_cells]),
+    guided_fdr = sum(flagged & !affected_cells) / max(1, sum(flagged)),
+    de_tpr = mean(de_flagged[affected_cells]),
+    de_flagged_unaffected = mean(de_flagged[other_cells]))
+}
+
+rows <- list()
+for (design in designs) {
+  for (seed in seeds) {
+    sce <- simulateNested(n_cells, 2000, n_samples = 32, n_sites = 2, n_cell_types = 5, n_affected = 2,
+                          genes_per_edge = 10, edge_lengths = design, expression = "skewed",
+                          library_size = 3000, seed = seed)
+    truth <- S4Vectors::metadata(sce)$truth
+    root <- ape::prop.part(truth$phylo[[truth$affected[1]]])
+    # prop.part lists clades by tip number; the root's first child clade
+    left_tips <- truth$phylo[[truth$affected[1]]]$tip.label[root[[2]]]
+    sce$root_split <- ifelse(as.character(sce$sample) %in% left_tips, "left", "right")
+    for (flavour in flavours) {
+      t0 <- proc.time()[["elapsed"]]
+      fit <- do.call(mrvi, c(list(sce, sample = "sample", batch = "site", flavour = flavour,
+                                  seed = seed, verbose = FALSE), extra))
+      seconds <- proc.time()[["elapsed"]] - t0
+      scores <- score_fit(fit, sce, truth)
+      row <- data.frame(tag, design, seed, flavour, epochs = nrow(fit@history),
+                        best_epoch = fit@config$best_epoch, train_seconds = round(seconds, 1), scores,
+                        cpu, stringsAsFactors = FALSE)
+      print(row[, setdiff(names(row), "cpu")], digits = 3)
+      rows[[length(rows) + 1]] <- row
+      old <- if (file.exists(out_file)) utils::read.csv(out_file) else NULL
+      utils::write.csv(rbind(old, row), out_file, row.names = FALSE)
+    }
+  }
+}
