@@ -32,10 +32,11 @@ run_measurement <- function(code, lib = Sys.getenv("R_LIBS", file.path(getwd(), 
 # effects (distances, guided tests, abundance): a model with S samples trained for
 # one epoch on small data, whose cells are then replaced by n cells with
 # u ~ N(0, I), posterior sd from `sd(k)`, and random samples. Uses R's generator.
-synthetic_fit <- function(n, S, sd = function(k) rep(0.1, k)) {
+# `...` goes to mrvi() (e.g. `flavour = "attention"`, `device = "cpu"`).
+synthetic_fit <- function(n, S, sd = function(k) rep(0.1, k), ...) {
   counts <- Matrix::rsparsematrix(50, S * 5, 0.3, rand.x = function(k) rpois(k, 3) + 1)
   dimnames(counts) <- list(paste0("g", 1:50), paste0("c", seq_len(S * 5)))
-  fit <- mrvi(counts, sample = rep(sprintf("s%04d", seq_len(S)), 5), max_epochs = 1, verbose = FALSE)
+  fit <- mrvi(counts, sample = rep(sprintf("s%04d", seq_len(S)), 5), max_epochs = 1, verbose = FALSE, ...)
   L <- ncol(fit@u_mean)
   cells <- sprintf("cell%07d", seq_len(n))
   fit@u_mean <- matrix(rnorm(n * L), n, L, dimnames = list(cells, paste0("u", 1:L)))
