@@ -36,7 +36,7 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
   check_fit(fit, call)
   check_flag(exclude_own_sample, "exclude_own_sample", call)
   max_cells_per_sample <- check_count(max_cells_per_sample, "max_cells_per_sample", call)
-  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call)
+  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
   logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed)
   own <- as.integer(fit@cell_data$sample[idx])
