@@ -31,6 +31,8 @@ show_some <- function(x, n = 5) {
 # error, or a memory error when libtorch could not allocate.
 rust <- function(expr) {
   tryCatch(expr, error = function(e) {
+    # an error of ours from evaluating the arguments (e.g. native_model()) passes
+    if (inherits(e, "mrvi_error")) stop(e)
     msg <- conditionMessage(e)
     # libtorch appends a C++ stack trace to its messages: keep the message
     msg <- sub("\\s*Exception raised from.*$", "", msg)

@@ -249,7 +249,7 @@ check_positive <- function(v, arg, call) {
 check_whole <- function(v, arg, call) {
   if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v) ||
       v > .Machine$integer.max) {
-    abort_arg(c("{.arg {arg}} must be one non-negative whole number, at most {.Machine$integer.max}.",
+    abort_arg(c("{.arg {arg}} must be one non-negative whole number, at most {max_int()}.",
                 "x" = "You gave {given(v)}."), call = call)
   }
   as.integer(v)

@@ -27,7 +27,7 @@ fn rerr(e: mrvi_core::Error) -> extendr_api::Error {
 
 /// An inconsistent call from the package's R code (a classed input error).
 fn invalid(msg: impl Into<String>) -> extendr_api::Error {
-    rerr(mrvi_core::Error::InvalidInput(msg))
+    rerr(mrvi_core::Error::InvalidInput(msg.into()))
 }
 
 /// The external pointer `h` as an `ExternalPtr<T>`, after checking that it is one
@@ -246,7 +246,7 @@ fn mrvi_trainer_finish(h: Robj) -> RResult<List> {
 /// @noRd
 #[extendr]
 fn mrvi_model_new(config_json: &str, weights: Raw, device: &str) -> RResult<ExternalPtr<MrviModel>> {
-    let config: ModelConfig = serde_json::from_str(config_json).map_err(|e| rerr(e))?;
+    let config: ModelConfig = serde_json::from_str(config_json).map_err(|e| rerr(e.into()))?;
     let device = backend::resolve_device(device).map_err(rerr)?;
     let mut model = MrviModel::new(config, device);
     io::load_bytes_into(&mut model.vs, weights.as_slice()).map_err(rerr)?;
@@ -482,7 +482,7 @@ fn decode_blocks(
         let b = tch::Tensor::from_slice(&site[start..end]).to_device(dev);
         let rho = tch::no_grad(|| model.expression(&to_z(&rows, start, end), &b));
         let rho = rho.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1]);
-        out.extend(Vec::<f64>::try_from(&rho).map_err(|e| rerr(e))?);
+        out.extend(Vec::<f64>::try_from(&rho).map_err(|e| rerr(e.into()))?);
     }
     Ok(out)
 }
