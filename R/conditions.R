@@ -34,8 +34,10 @@ rust <- function(expr) {
     # an error of ours from evaluating the arguments (e.g. native_model()) passes
     if (inherits(e, "mrvi_error")) stop(e)
     msg <- conditionMessage(e)
-    # libtorch appends a C++ stack trace to its messages: keep the message
-    msg <- sub("\\s*Exception raised from.*$", "", msg)
+    # libtorch appends a C++ stack trace to its messages (escaped when it comes
+    # through a panic's Debug text): keep the message
+    msg <- sub("\\s*(Exception raised from|(\\\\n|\n)frame #).*$", "", msg)
+    msg <- sub("^called `Result::unwrap\\(\\)` on an `Err` value: Torch\\(\"", "libtorch: ", msg)
     parts <- regmatches(msg, regexec("^\\[(mrvi_[a-z_]+)\\] (.*)$", msg))[[1]]
     if (length(parts)) {
       class <- parts[2]
