@@ -36,7 +36,8 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
   check_fit(fit, call)
   check_flag(exclude_own_sample, "exclude_own_sample", call)
   max_cells_per_sample <- check_count(max_cells_per_sample, "max_cells_per_sample", call)
-  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call)
+  seed <- check_whole(seed, "seed", call)
+  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
   logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed)
   own <- as.integer(fit@cell_data$sample[idx])
@@ -84,6 +85,7 @@ admissibility <- function(fit, subsample = 5000, quantile = 0.05, cells = NULL, 
   call <- sys.call()
   check_fit(fit, call)
   subsample <- check_count(subsample, "subsample", call)
+  seed <- check_whole(seed, "seed", call)
   if (!is.numeric(quantile) || length(quantile) != 1 || is.na(quantile) || quantile <= 0 || quantile >= 1) {
     abort_arg("{.arg quantile} must be one number in (0, 1).", call = call)
   }

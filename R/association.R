@@ -54,7 +54,7 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
   check_fit(fit, call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
-  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call)
+  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
   S <- length(fit@samples)
@@ -145,7 +145,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   on.exit(restore())
   if (statistic == "ks") {
     fit <- fit_or_distances
-    y <- sample_covariate(covariate, fit@sample_table, fit@samples, call)
+    y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
     group <- resolve_groups(fit, groups, call)
     rows <- lapply(levels(group), function(g) {
       ks_group_test(fit, y, which(group == g), g, permutations, seed, normalize, mc_samples, max_cells, call)
@@ -237,12 +237,18 @@ pseudo_f <- function(d2, y) {
 }
 
 # A categorical sample covariate as a factor over `samples` (NA allowed).
-sample_covariate <- function(covariate, table, samples, call) {
+# `cell_data` (the fit's per-cell columns, when known) tells a column that varies
+# within samples from one that does not exist.
+sample_covariate <- function(covariate, table, samples, call, cell_data = NULL) {
   name <- "covariate"
   if (is.character(covariate) && length(covariate) == 1 && length(samples) != 1) {
     if (is.null(table) || !covariate %in% names(table)) {
-      abort_arg(c("{.arg covariate} = {.val {covariate}} is not a column of the sample table.",
-                  "i" = "Columns: {show_some(setdiff(names(table), c('sample', 'n_cells')), 12)}; or give a vector named by sample."),
+      covs <- setdiff(names(table), c("sample", "n_cells"))
+      abort_arg(c(if (covariate %in% names(cell_data))
+                    "{.arg covariate} = {.val {covariate}} varies within samples, so it is not a sample covariate." else
+                    "{.arg covariate} = {.val {covariate}} is not a column of the sample table.",
+                  "i" = if (length(covs)) "Sample covariates (one value per sample): {show_some(covs, 12)}; or give a vector named by sample." else
+                    "The sample table has no covariates (columns constant within each sample); give a vector named by sample."),
                 call = call)
     }
     name <- covariate

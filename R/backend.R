@@ -42,7 +42,7 @@ print.mrvi_backend <- function(x, ...) {
 #' @param n number of CPU threads for libtorch, a positive whole number.
 #' @export
 mrviSetThreads <- function(n) {
-  n <- check_count(n, "n", call = rlang_caller(1))
+  n <- cap_threads(check_count(n, "n", call = rlang_caller(1)), "n")
   options(mrvi.threads = n)
   invisible(mrvi_set_threads(n))
 }
@@ -53,17 +53,35 @@ default_threads <- function() {
 }
 
 # Apply the thread option (or an explicit n_threads argument) before computing.
+# More threads than cores only slow libtorch down: capped, with a message.
 apply_threads <- function(n_threads = NULL, call = rlang_caller()) {
   n <- if (is.null(n_threads)) getOption("mrvi.threads", default_threads()) else n_threads
-  n <- check_count(n, if (is.null(n_threads)) "options(mrvi.threads)" else "n_threads", call = call)
-  mrvi_set_threads(n)
+  arg <- if (is.null(n_threads)) "options(mrvi.threads)" else "n_threads"
+  mrvi_set_threads(cap_threads(check_count(n, arg, call = call), arg))
+}
+
+cap_threads <- function(n, arg) {
+  cores <- default_threads()
+  if (n > cores) {
+    inform(c("i" = "{.arg {arg}} = {n} is more than the {cores} core{?s} here: using {cores}."))
+    n <- cores
+  }
+  n
 }
 
 check_count <- function(n, arg, call) {
-  if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != round(n)) {
-    abort_arg(c("{.arg {arg}} must be one positive whole number.",
-                "x" = "You gave {.obj_type_friendly {n}}{if (is.numeric(n) && length(n) == 1) paste0(': ', n) else ''}.",
+  if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != round(n) ||
+      n > .Machine$integer.max) {
+    abort_arg(c("{.arg {arg}} must be one positive whole number, at most {max_int()}.",
+                "x" = "You gave {given(n)}.",
                 "i" = "For example {.code {arg} = 2}."), call = call)
   }
   as.integer(n)
+}
+
+max_int <- function() .Machine$integer.max
+
+# What the user gave, for messages: "1e+10", or the type of anything else.
+given <- function(v) {
+  if (is.numeric(v) && length(v) == 1) format(v) else cli::format_inline("{.obj_type_friendly {v}}")
 }

@@ -9,7 +9,8 @@
 #'
 #' @slot config list: `model_json` (the architecture, JSON), `train` (training
 #'   settings), `device`, `seed`, `best_epoch`, `stopped_early`, `interrupted`,
-#'   `mrvi_version`.
+#'   `mrvi_version`, `weights_hash` (a checksum of `weights`; fits made before it
+#'   existed lack it and still load).
 #' @slot weights raw: the weights in safetensors format.
 #' @slot sample_table data.frame: one row per sample with its covariates.
 #' @slot history data.frame: per epoch, train and validation ELBO,
@@ -21,7 +22,9 @@
 #' @slot cell_data data.frame: per training cell: `sample`, `batch`, `labels`
 #'   and the cell metadata of the input; row names are the cell names.
 #' @slot u_mean,u_sd matrix: cells x L posterior mean and sd of u.
-#' @slot cache environment: the native model, rebuilt when missing.
+#' @slot cache environment: the native model, rebuilt when missing. Copies of a
+#'   fit share this environment, so models are kept under the checksum of the
+#'   weights they were built from: a copy with other weights gets its own.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
@@ -47,17 +50,71 @@ setClass("MrVIFit", representation(
 ))
 
 # The native model behind a fit: built from the weights on first use, and again
-# after saveRDS()/readRDS() (the external pointer is then NULL).
+# after saveRDS()/readRDS() (the external pointer is then NULL). It is cached
+# under the checksum of the weights, so it always answers for the bytes in
+# fit@weights, whatever other copies of the fit (which share the cache) hold.
 native_model <- function(fit) {
-  ptr <- fit@cache$model
+  hash <- weights_checksum(fit)
+  key <- paste0("model_", hash)
+  ptr <- get0(key, envir = fit@cache, inherits = FALSE)
   if (is.null(ptr) || !mrvi_model_valid(ptr)) {
     device <- fit@config$device
     if (!identical(device, "cpu") && !mrvi_backend_info()$cuda_available) device <- "cpu"
-    ptr <- mrvi_model_new(fit@config$model_json, fit@weights, device)
-    assign("model", ptr, envir = fit@cache)
+    ptr <- build_model(fit@config$model_json, fit@weights, device)
+    assign(key, ptr, envir = fit@cache)
   }
   ptr
 }
+
+build_model <- function(model_json, weights, device) {
+  tryCatch(mrvi_model_new(model_json, weights, device), mrvi_io_error = function(e) damaged_weights(e))
+}
+
+# The checksum of fit@weights, after checking it against the one stored when the
+# fit was made (fits from before checksums have none: nothing to compare).
+weights_checksum <- function(fit) {
+  hash <- mrvi_weights_hash(fit@weights)
+  stored <- fit@config$weights_hash
+  if (!is.null(stored) && !identical(hash, stored)) damaged_weights()
+  hash
+}
+
+damaged_weights <- function(e = NULL) {
+  abort_arg(c("The fit's weights are damaged; re-read or refit.",
+              "x" = if (is.null(e)) "{.code fit@weights} does not match the checksum stored when the fit was made." else
+                conditionMessage(e),
+              "i" = "Read the fit again from its file ({.fn readRDS}), or fit the model again with {.fn mrvi}."),
+            class = "mrvi_damaged_error", call = user_call())
+}
+
+# Slots that must agree with each other; checked by new(), validObject() and
+# check_fit() (every function that takes a fit), so that an edited fit stops
+# with a clear error rather than giving wrong results.
+setValidity("MrVIFit", function(object) {
+  problems <- character()
+  n <- nrow(object@cell_data)
+  dims <- list(u_mean = dim(object@u_mean), u_sd = dim(object@u_sd))
+  train <- object@config$train
+  n_u <- if (identical(object@config$flavour, "attention")) train$n_latent_u else train$n_latent
+  for (slot in names(dims)) {
+    d <- dims[[slot]]
+    if (d[1] != n) problems <- c(problems, sprintf("@%s has %d rows for %d cells in @cell_data", slot, d[1], n))
+    if (!is.null(n_u) && d[2] != n_u) problems <- c(problems, sprintf("@%s has %d columns; the model's u has %d", slot, d[2], n_u))
+  }
+  if (!identical(dimnames(object@u_mean), dimnames(object@u_sd))) problems <- c(problems, "@u_mean and @u_sd have different dimnames")
+  if (!identical(rownames(object@u_mean), rownames(object@cell_data))) problems <- c(problems, "the rows of @u_mean are not the cells of @cell_data")
+  if (!is.null(object@cell_data$sample) && !identical(levels(object@cell_data$sample), object@samples)) {
+    problems <- c(problems, "the samples of @cell_data are not @samples")
+  }
+  if (nrow(object@sample_table) != length(object@samples)) {
+    problems <- c(problems, sprintf("@sample_table has %d rows for %d samples", nrow(object@sample_table), length(object@samples)))
+  }
+  if (!length(object@weights)) problems <- c(problems, "@weights is empty")
+  if (!is.character(object@config$model_json) || length(object@config$model_json) != 1) {
+    problems <- c(problems, "@config$model_json is missing")
+  }
+  if (length(problems)) problems else TRUE
+})
 
 #' @rdname MrVIFit-class
 #' @param object a `MrVIFit`.

@@ -35,6 +35,7 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call)
   n_pcs <- check_count(n_pcs, "n_pcs", call)
   k <- check_count(k, "k", call)
+  seed <- check_whole(seed, "seed", call)
   check_positive(resolution, "resolution", call)
   emb <- if (is.null(embedding)) pca_embedding(data$counts, n_pcs) else {
     if (!is.matrix(embedding) || nrow(embedding) != ncol(x)) {
@@ -44,6 +45,7 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
     rows <- if (is.null(rownames(embedding))) match(colnames(data$counts), colnames(x)) else colnames(data$counts)
     embedding[rows, , drop = FALSE]
   }
+  seed <- check_whole(seed, "seed", call)
   restore <- preserve_rng()
   on.exit(restore())
   set.seed(seed)

@@ -23,3 +23,44 @@ show_some <- function(x, n = 5) {
   shown <- paste0("'", utils::head(x, n), "'", collapse = ", ")
   if (length(x) > n) paste0(shown, " and ", length(x) - n, " more") else shown
 }
+
+# Every call into Rust goes through rust() (R/extendr-wrappers.R). The binding
+# prefixes each error message with its condition class, "[mrvi_memory_error] ...";
+# here it becomes a classed mrvi_error reported from the function the user called.
+# An error without that prefix is a Rust panic (caught by extendr): an internal
+# error, or a memory error when libtorch could not allocate.
+rust <- function(expr) {
+  tryCatch(expr, error = function(e) {
+    # an error of ours from evaluating the arguments (e.g. native_model()) passes
+    if (inherits(e, "mrvi_error")) stop(e)
+    msg <- conditionMessage(e)
+    # libtorch appends a C++ stack trace to its messages (escaped when it comes
+    # through a panic's Debug text): keep the message
+    msg <- sub("\\s*(Exception raised from|(\\\\n|\n)frame #).*$", "", msg)
+    msg <- sub("^called `Result::unwrap\\(\\)` on an `Err` value: Torch\\(\"", "libtorch: ", msg)
+    parts <- regmatches(msg, regexec("^\\[(mrvi_[a-z_]+)\\] (.*)$", msg))[[1]]
+    if (length(parts)) {
+      class <- parts[2]
+      msg <- parts[3]
+    } else {
+      class <- if (grepl("allocat|out of memory", msg, ignore.case = TRUE)) "mrvi_memory_error" else
+        "mrvi_internal_error"
+    }
+    hint <- switch(class,
+      mrvi_memory_error = "Not enough memory: ask for less (fewer cells, samples or draws), or free memory.",
+      mrvi_internal_error = "This is a bug in mrvi: please report it with the call that caused it.",
+      mrvi_divergence_error = "Try a smaller {.arg lr}, or check the counts for extreme values.",
+      NULL)
+    abort_arg(c("{msg}", "i" = if (!is.null(hint)) hint), class = class, call = user_call())
+  })
+}
+
+# The call of the outermost function of this package on the stack: the one the
+# user called, however deep the internal helper that failed.
+user_call <- function() {
+  ns <- environment(user_call)
+  for (i in seq_len(sys.nframe())) {
+    if (identical(environment(sys.function(i)), ns)) return(sys.call(i))
+  }
+  NULL
+}

@@ -105,6 +105,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
     abort_arg("{.arg delta} must be one non-negative number (a log2 fold change).", call = call)
   }
   chunk_size <- check_count(chunk_size, "chunk_size", call)
+  seed <- check_whole(seed, "seed", call)
   design <- de_design(fit, covariates, call)
   idx <- resolve_cells(fit, cells, call)
   mask <- resolve_admissible(fit, admissible, idx, call)
@@ -280,7 +281,7 @@ posterior_z_sampler <- function(fit, idx, draws, seed) {
     restore <- preserve_rng()
     on.exit(restore())
     array(unlist(lapply(idx, function(i) {
-      set.seed(seed + i)
+      set.seed((seed + i) %% .Machine$integer.max)  # seed is at most that
       stats::rnorm(draws * L)
     })), c(draws, L, length(idx)))
   }

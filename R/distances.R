@@ -179,7 +179,13 @@ resolve_cells <- function(fit, cells, call) {
     }
     return(idx)
   }
-  if (is.logical(cells) && length(cells) == n) return(which(cells))
+  if (is.logical(cells) && length(cells) == n) {
+    if (anyNA(cells)) {
+      abort_arg(c("{.arg cells} has {sum(is.na(cells))} NA value{?s}: a logical {.arg cells} must be TRUE or FALSE for every cell.",
+                  "i" = "For example {.code cells = !is.na(keep) & keep}."), call = call)
+    }
+    return(which(cells))
+  }
   if (!is.numeric(cells) || anyNA(cells) || any(cells < 1 | cells > n | cells != round(cells))) {
     abort_arg("{.arg cells} must be cell names or indices in 1..{n}.", call = call)
   }
@@ -215,7 +221,9 @@ check_size <- function(bytes, what, call,
 #' @param method agglomeration method of [stats::hclust()] (default average
 #'   linkage; `"ward.D2"` and the others work too).
 #' @details Samples left out of the group (`NA` rows, see `min_cells`) are
-#'   dropped with a message. The result is a real `hclust`: [as.dendrogram()],
+#'   dropped with a message. So are samples with some `NA` distances (pairs
+#'   that no cell could compare, with `admissible`): the sample with the most
+#'   `NA`s is dropped until none remain. The result is a real `hclust`: [as.dendrogram()],
 #'   [cutree()] and `ape::as.phylo()` work on it. For the distances themselves as
 #'   a `dist`, use `sampleDist()` (or `as.dist(d[, , group])` when no sample is
 #'   missing).
@@ -246,6 +254,17 @@ sampleDist <- function(d, group = NULL) {
     inform(c("i" = "Dropping sample{?s} {.val {rownames(m)[!keep]}}: too few cells in this group."))
   }
   m <- m[keep, keep, drop = FALSE]
+  # hclust() cannot use NA distances (pairs no admissible cell compared): drop
+  # the sample with the most NAs until none are left
+  partial <- character()
+  while (anyNA(m)) {
+    worst <- which.max(rowSums(is.na(m)))
+    partial <- c(partial, rownames(m)[worst])
+    m <- m[-worst, -worst, drop = FALSE]
+  }
+  if (length(partial)) {
+    inform(c("i" = "Dropping sample{?s} {.val {partial}}: {?its/their} distances to some samples are NA (no admissible cells)."))
+  }
   if (nrow(m) < 2) abort_arg("Fewer than 2 samples remain in this group.", call = call)
   stats::as.dist(m)
 }

@@ -27,8 +27,11 @@
 #'   libtorch sees a GPU, else CPU). The device used is printed.
 #' @param n_threads CPU threads for libtorch; `NULL` uses
 #'   `getOption("mrvi.threads")` (all cores by default).
-#' @param seed integer seed: on the CPU a fixed seed gives identical weights
-#'   and latents.
+#' @param seed integer seed (0 to 2147483647): a fixed seed gives bit-identical
+#'   weights and latents on the same machine with the same thread count
+#'   (`n_threads`) and device. It does not across CPUs (vector instructions and
+#'   libtorch's kernels differ, e.g. AMD vs Intel AVX-512) or thread counts:
+#'   results then agree statistically, not bit for bit.
 #' @param verbose print the set-up and a progress bar (epoch, ELBO, time left).
 #' @param flavour `"linear"` (the paper's model, above) or `"attention"` (the later
 #'   MrVI, as in scvi-tools' MRVI): u of `n_latent_u` dimensions, z of `n_latent`
@@ -67,7 +70,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                  flavour = c("linear", "attention"), n_latent_u = 10, prior = c("mog", "normal"),
                  n_mixture = 20, ...) {
   call <- sys.call()
-  check_dots(...)
+  check_dots(..., .fn = "mrvi")
   flavour <- match_choice(flavour, c("linear", "attention"), "flavour", call)
   # flavour-dependent defaults: the paper's L = 10 with a normal prior; the later
   # MrVI's z of 30 dimensions with a mixture-of-Gaussians prior
@@ -93,6 +96,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   device_used <- resolve_device(device, call)
 
   data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay), call)
+  check_model_size(nrow(data$counts), nlevels(data$sample), nlevels(data$batch), n_latent,
+                   n_latent_u, batch_size, call)
   apply_threads(n_threads, call = call)
   counts <- data$counts
   trainer <- mrvi_trainer_new(
@@ -118,6 +123,14 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
               call = call, class = "mrvi_interrupted")
   }
   done <- mrvi_trainer_finish(trainer)
+  # the model is built (and cached under the weights' checksum) before the fit,
+  # so that the fit is complete, and valid, when new() checks it
+  weights_hash <- mrvi_weights_hash(done$weights)
+  cache <- new.env(parent = emptyenv())
+  model <- build_model(info$model_config, done$weights, info$device)
+  assign(paste0("model_", weights_hash), model, envir = cache)
+  post <- mrvi_encode(model, nrow(counts), ncol(counts), counts@p, counts@i,
+                      counts@x, as.integer(data$sample) - 1L)
   history <- do.call(rbind, lapply(run$history, function(s) {
     as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
   }))
@@ -131,7 +144,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                validation_fraction = validation_fraction),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
-                  mrvi_version = as.character(utils::packageVersion("mrvi"))),
+                  mrvi_version = as.character(utils::packageVersion("mrvi")),
+                  weights_hash = weights_hash),
     weights = done$weights,
     sample_table = data$sample_table,
     history = history,
@@ -140,13 +154,10 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     batches = levels(data$batch),
     labels = if (is.null(data$labels)) character() else levels(data$labels),
     cell_data = fit_cell_data(data),
-    u_mean = matrix(0, 0, 0), u_sd = matrix(0, 0, 0),
-    cache = new.env(parent = emptyenv())
+    u_mean = latent_matrix(post$mean, colnames(counts), "u"),
+    u_sd = latent_matrix(post$sd, colnames(counts), "u"),
+    cache = cache
   )
-  post <- mrvi_encode(native_model(fit), nrow(counts), ncol(counts), counts@p, counts@i,
-                      counts@x, as.integer(data$sample) - 1L)
-  fit@u_mean <- latent_matrix(post$mean, colnames(counts), "u")
-  fit@u_sd <- latent_matrix(post$sd, colnames(counts), "u")
   if (run$interrupted) {
     cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",
                     "i" = "Returning the model with the weights of epoch {fit@config$best_epoch}."),
@@ -236,10 +247,30 @@ check_positive <- function(v, arg, call) {
 }
 
 check_whole <- function(v, arg, call) {
-  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v)) {
-    abort_arg("{.arg {arg}} must be one non-negative whole number.", call = call)
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v) ||
+      v > .Machine$integer.max) {
+    abort_arg(c("{.arg {arg}} must be one non-negative whole number, at most {max_int()}.",
+                "x" = "You gave {given(v)}."), call = call)
   }
   as.integer(v)
+}
+
+# The size of the model and its training state (weights, gradients, Adam's two
+# moments: 16 bytes per parameter) and of a minibatch, checked before libtorch
+# allocates: a huge n_latent is an argument error, not an allocation failure.
+check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u, batch_size, call) {
+  hidden <- 128  # the encoder's width (ModelConfig::n_hidden)
+  L <- as.numeric(n_latent)
+  Lu <- as.numeric(n_latent_u)
+  params <- n_genes * (hidden + L + n_batches + 2) + hidden * (hidden + 2 * Lu) +
+    n_samples * (Lu * L + L + hidden) + Lu * L
+  bytes <- 16 * params + 4 * batch_size * (3 * n_genes + 4 * (L + Lu + hidden))
+  limit <- getOption("mrvi.max_bytes", 2e9)
+  if (bytes > limit) {
+    abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {format(structure(bytes, class = 'object_size'), units = 'auto')} to train, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
+                "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or raise {.code options(mrvi.max_bytes = )})."),
+              call = call)
+  }
 }
 
 check_flag <- function(v, arg, call) {

@@ -121,6 +121,9 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, ca
   }
   if (is.null(colnames(counts))) colnames(counts) <- paste0("cell", seq_len(n_cells))
   if (is.null(rownames(counts))) rownames(counts) <- paste0("gene", seq_len(n_genes))
+  # genes are matched by name (new cells) and cells name the rows of the results
+  check_unique(rownames(counts), "gene", call)
+  check_unique(colnames(counts), "cell", call)
   if (missing(sample) || is.null(sample)) {
     abort_arg(c("{.arg sample} is required: the sample (donor, patient, perturbation) of every cell.",
                 "i" = sample_hint(cell_meta, n_cells)), call = call)
@@ -162,7 +165,10 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, ca
     abort_arg(c("{.arg sample} must have at least 2 samples with cells; it has {nlevels(sample)}.",
                 "i" = "MrVI compares samples: give cells from two or more samples."), call = call)
   }
-  if (!is.null(batch)) batch <- droplevels(batch)
+  if (!is.null(batch)) {
+    batch <- droplevels(batch)
+    warn_if_confounded(sample, batch, call)
+  }
   if (!is.null(labels)) labels <- droplevels(labels)
   names(library_size) <- colnames(counts)
 
@@ -178,6 +184,29 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, ca
     cell_meta = cell_meta,
     source = source
   ), class = "mrvi_data")
+}
+
+check_unique <- function(names, what, call) {
+  dup <- unique(names[duplicated(names)])
+  if (length(dup)) {
+    abort_arg(c("{.arg x} has duplicated {what} names: {show_some(dup)}.",
+                "i" = paste("Each {what} needs its own name (they are matched by name):",
+                            "remove the duplicates, or make the names unique with {.fn make.unique}.")),
+              call = call)
+  }
+}
+
+# A batch that is the sample under other names leaves nothing for the sample
+# effects to explain apart from the batch effects: say so (the fit still runs).
+warn_if_confounded <- function(sample, batch, call) {
+  tab <- table(sample, batch) > 0
+  if (nlevels(sample) > 1 && nlevels(batch) == nlevels(sample) &&
+      all(rowSums(tab) == 1) && all(colSums(tab) == 1)) {
+    cli::cli_warn(c("{.arg batch} is confounded with {.arg sample}: every sample is in its own batch.",
+                    "i" = paste("MrVI cannot tell sample effects from batch effects then; give a",
+                                "{.arg batch} that groups several samples, or none.")),
+                  class = c("mrvi_confounded", "mrvi_warning"), call = call)
+  }
 }
 
 # A column name or a vector with one value per cell -> a factor without NA.
@@ -300,13 +329,20 @@ as_dgc <- function(x, arg = "x", call = rlang_caller(2)) {
   methods::as(x, "dMatrix")
 }
 
-check_dots <- function(...) {
+# Anything in ... is a mistake: name it, suggest the closest argument of `.fn`
+# (the function the user called) and point to its help.
+check_dots <- function(..., .fn = "mrviData") {
   dots <- list(...)
   if (length(dots)) {
     nm <- names(dots)
     nm <- if (is.null(nm)) rep("", length(dots)) else nm
+    known <- setdiff(names(formals(get(.fn, envir = environment(check_dots)))), "...")
+    close <- unique(unlist(lapply(nm[nzchar(nm)], function(n) {
+      known[utils::adist(n, known, ignore.case = TRUE) <= max(2, nchar(n) %/% 3)]
+    })))
     abort_arg(c("Unknown argument{?s}: {.arg {ifelse(nzchar(nm), nm, '(unnamed)')}}.",
-                "i" = "See {.help mrvi::mrviData} for the arguments."), call = rlang_caller(2))
+                "i" = if (length(close)) "Did you mean {.arg {close}}?",
+                "i" = paste0("See {.help mrvi::", .fn, "} for the arguments.")), call = rlang_caller(2))
   }
 }
 

@@ -78,6 +78,13 @@ check_fit <- function(fit, call) {
     abort_arg(c("{.arg fit} must be a {.cls MrVIFit} from {.fn mrvi}.",
                 "x" = "You gave {.obj_type_friendly {fit}}."), call = call)
   }
+  problems <- methods::validObject(fit, test = TRUE)
+  if (is.character(problems)) {
+    abort_arg(c("{.arg fit} is inconsistent: its slots were edited or damaged.",
+                "x" = "{problems}",
+                "i" = "Use the fit as {.fn mrvi} returned it, or re-read it from its file."),
+              call = call, class = "mrvi_invalid_fit")
+  }
 }
 
 match_choice <- function(value, choices, arg, call) {

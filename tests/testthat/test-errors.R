@@ -1,54 +1,348 @@
-# Every bad call gets an R error that names the argument at fault.
+# A catalogue of bad calls and faults. Each must stop with an error of class
+# "mrvi_error" (or a documented subclass) whose message names the argument at
+# fault, must leave the objects it was given unchanged, and must leave R running
+# (calls that could take R down run in a child R process).
+old_options <- options(mrvi.threads = 1)
 m <- small_counts()
 s <- small_samples()
+labs <- rep(c("t1", "t2"), length.out = 24)  # varies within samples: a per-cell column
+fit <- mrvi(m, s, labels = labs, max_epochs = 2, n_threads = 1, seed = 1, verbose = FALSE)
+other <- mrvi(m, s, max_epochs = 2, n_threads = 1, seed = 2, verbose = FALSE)
 neg <- m; neg[1, 1] <- -1
 frac <- m; frac[2, 3] <- 0.5
 nonfinite <- m; nonfinite[3, 4] <- NA
+dup_genes <- m; rownames(dup_genes)[2:3] <- "gene1"
+dup_cells <- m; colnames(dup_cells)[5] <- "cell1"
+new_genes <- m; rownames(new_genes) <- paste0("other", seq_len(nrow(m)))
+lgl_na <- replace(rep(TRUE, 24), 3, NA)
+d3 <- sampleDistances(fit, groups = "labels", mc_samples = 0, min_cells = 1)
 
+# Each case: the call, a regular expression its message must match (naming the
+# argument), and the class expected besides "mrvi_error".
 bad_calls <- list(
+  # mrviData(): x
   list(quote(mrviData(list(1), s)), "`x`.*class <list>"),
   list(quote(mrviData(letters, s)), "`x`"),
   list(quote(mrviData(matrix("a", 2, 2), 1:2)), "`x` must be a numeric matrix"),
+  list(quote(mrviData(neg, sample = s)), "`x` must hold raw counts: 1 value is negative.*gene1, cell1"),
+  list(quote(mrviData(frac, sample = s)), "`x` must hold raw counts: 1 value is not whole.*gene2, cell3"),
+  list(quote(mrviData(nonfinite, sample = s)), "`x` must hold raw counts: 1 value is missing"),
+  list(quote(mrviData(dup_genes, sample = s)), "`x` has duplicated gene names: 'gene1'"),
+  list(quote(mrviData(dup_cells, sample = s)), "`x` has duplicated cell names: 'cell1'"),
+  list(quote(mrviData(m[0, ], s)), "`x` has 0 genes"),
+  list(quote(mrviData(m[, 0], character())), "`x` has 30 genes and 0 cells"),
+  list(quote(mrviData(m * 0, s)), "`x` has no counts"),
+  # mrviData(): sample, batch, labels, ...
   list(quote(mrviData(m)), "`sample` is required"),
   list(quote(mrviData(m, sample = "donor")), "`sample`.*column name"),
   list(quote(mrviData(m, sample = s[-1])), "`sample` must have one value per cell"),
   list(quote(mrviData(Matrix::t(m), sample = s)), "`sample`.*cells x genes"),
   list(quote(mrviData(m, sample = replace(s, 2, NA))), "`sample` has 1 NA"),
-  list(quote(mrviData(m, sample = s, batch = replace(s, 3, NA))), "`batch` has 1 NA"),
-  list(quote(mrviData(m, sample = s, labels = s[1:3])), "`labels` must have one value per cell"),
   list(quote(mrviData(m, sample = rep("A", 24))), "`sample` must have at least 2 samples"),
-  list(quote(mrviData(neg, sample = s)), "`x` must hold raw counts: 1 value is negative.*gene1, cell1"),
-  list(quote(mrviData(frac, sample = s)), "`x` must hold raw counts: 1 value is not whole.*gene2, cell3"),
-  list(quote(mrviData(nonfinite, sample = s)), "`x` must hold raw counts: 1 value is missing"),
+  list(quote(mrviData(m, sample = list(1))), "`sample`"),
+  list(quote(mrviData(m, sample = data.frame(a = s))), "`sample` must be a column name or a vector"),
+  list(quote(mrviData(m, sample = matrix(s))), "`sample` must be a column name or a vector"),
+  list(quote(mrviData(m, sample = s, batch = replace(s, 3, NA))), "`batch` has 1 NA"),
+  list(quote(mrviData(m, sample = s, batch = "site")), "`batch` = \"site\" looks like a column name"),
+  list(quote(mrviData(m, sample = s, batch = 1:3)), "`batch` must have one value per cell"),
+  list(quote(mrviData(m, sample = s, labels = s[1:3])), "`labels` must have one value per cell"),
+  list(quote(mrviData(m, sample = s, labels = replace(s, 1, NA))), "`labels` has 1 NA"),
   list(quote(mrviData(m, sample = s, foo = 1)), "Unknown argument.*`foo`"),
+  # mrvi(): every argument is checked before training
   list(quote(mrvi(m, s, n_latent = 0)), "`n_latent`"),
+  list(quote(mrvi(m, s, n_latent = 1.5)), "`n_latent`"),
+  list(quote(mrvi(m, s, n_latent = "10")), "`n_latent`"),
+  list(quote(mrvi(m, s, n_latent = NA)), "`n_latent`"),
+  list(quote(mrvi(m, s, n_latent = c(2, 3))), "`n_latent`"),
+  list(quote(mrvi(m, s, n_latent = 1e9)), "`n_latent` = 1000000000 makes a model"),
+  list(quote(mrvi(m, s, n_latent = 1e10)), "`n_latent`.*at most 2147483647"),
+  list(quote(mrvi(m, s, n_latent = 20000)), "`n_latent` = 20000 makes a model"),
   list(quote(mrvi(m, s, max_epochs = -1)), "`max_epochs`"),
+  list(quote(mrvi(m, s, max_epochs = 1e10)), "`max_epochs`.*at most 2147483647"),
+  list(quote(mrvi(m, s, max_epochs = Inf)), "`max_epochs`"),
   list(quote(mrvi(m, s, batch_size = 1)), "`batch_size`"),
+  list(quote(mrvi(m, s, batch_size = 1e10)), "`batch_size`"),
   list(quote(mrvi(m, s, lr = -1)), "`lr`"),
+  list(quote(mrvi(m, s, lr = Inf)), "`lr`"),
+  list(quote(mrvi(m, s, lr = "fast")), "`lr`"),
+  list(quote(mrvi(m, s, n_epochs_kl_warmup = -1)), "`n_epochs_kl_warmup`"),
+  list(quote(mrvi(m, s, n_epochs_kl_warmup = 1e10)), "`n_epochs_kl_warmup`"),
+  list(quote(mrvi(m, s, early_stopping = NA)), "`early_stopping`"),
+  list(quote(mrvi(m, s, early_stopping = "yes")), "`early_stopping`"),
+  list(quote(mrvi(m, s, patience = 0)), "`patience`"),
+  list(quote(mrvi(m, s, patience = 1e10)), "`patience`"),
   list(quote(mrvi(m, s, validation_fraction = 0.9)), "`validation_fraction`"),
+  list(quote(mrvi(m, s, validation_fraction = -0.1)), "`validation_fraction`"),
+  list(quote(mrvi(m, s, validation_fraction = NA)), "`validation_fraction`"),
   list(quote(mrvi(m, s, device = "tpu")), "`device`.*unknown device"),
-  list(quote(mrvi(m, s, seed = 1.5)), "`seed`"),
-  list(quote(mrvi(m, s, verbose = NA)), "`verbose`"),
+  list(quote(mrvi(m, s, device = 1)), "`device`"),
+  list(quote(mrvi(m, s, device = c("cpu", "cuda"))), "`device`"),
   list(quote(mrvi(m, s, n_threads = 0)), "`n_threads`"),
+  list(quote(mrvi(m, s, n_threads = 1e10)), "`n_threads`.*at most 2147483647"),
+  list(quote(mrvi(m, s, n_threads = "many")), "`n_threads`"),
+  list(quote(mrvi(m, s, seed = 1.5)), "`seed`"),
+  list(quote(mrvi(m, s, seed = 1e10)), "`seed`.*at most 2147483647.*1e\\+10"),
+  list(quote(mrvi(m, s, seed = -1)), "`seed`"),
+  list(quote(mrvi(m, s, seed = NA)), "`seed`"),
+  list(quote(mrvi(m, s, verbose = NA)), "`verbose`"),
+  list(quote(mrvi(m, s, flavour = "cubic")), "`flavour`"),
+  list(quote(mrvi(m, s, prior = "uniform")), "`prior`"),
+  list(quote(mrvi(m, s, n_mixture = 0)), "`n_mixture`"),
+  list(quote(mrvi(m, s, flavour = "attention", n_latent_u = 0)), "`n_latent_u`"),
+  list(quote(mrvi(m, s, foo = 1)), "Unknown argument.*`foo`.*mrvi::mrvi\\(\\)"),
+  list(quote(mrvi(m, s, maxepochs = 3)), "Unknown argument.*`maxepochs`.*Did you mean `max_epochs`"),
+  list(quote(mrvi(m, sample = s[-1])), "`sample` must have one value per cell"),
+  list(quote(mrvi(dup_genes, s)), "`x` has duplicated gene names"),
+  list(quote(mrvi(dup_cells, s)), "`x` has duplicated cell names"),
+  # mrviLatent()
   list(quote(mrviLatent("not a fit")), "`fit` must be a <MrVIFit>"),
-  list(quote(mrviSetThreads("two")), "`n`")
+  list(quote(mrviLatent(NULL)), "`fit` must be a <MrVIFit>"),
+  list(quote(mrviLatent(fit, which = "w")), "`which`"),
+  list(quote(mrviLatent(fit, use_mean = NA)), "`use_mean`"),
+  list(quote(mrviLatent(fit, x = m)), "`sample` is required"),
+  list(quote(mrviLatent(fit, x = m, sample = rep("Z", 24))), "`sample` has sample.*not fitted on"),
+  list(quote(mrviLatent(fit, x = dup_cells, sample = s)), "`x` has duplicated cell names"),
+  list(quote(mrviLatent(fit, x = new_genes, sample = s)), "`x` shares no gene names"),
+  # counterfactualLatent()
+  list(quote(counterfactualLatent(fit, cells = 0)), "`cells`"),
+  list(quote(counterfactualLatent(fit, cells = "nope")), "`cells`.*not among the fitted cells"),
+  list(quote(counterfactualLatent(fit, cells = NA)), "`cells`"),
+  list(quote(counterfactualLatent(fit, cells = lgl_na)), "`cells` has 1 NA"),
+  list(quote(counterfactualLatent(fit, cells = 1.5)), "`cells`"),
+  list(quote(counterfactualLatent(fit, samples = "Z")), "`samples`"),
+  list(quote(counterfactualLatent(fit, samples = 99)), "`samples`"),
+  list(quote(counterfactualLatent(fit, mc_samples = 1e10)), "`mc_samples`.*at most 2147483647"),
+  list(quote(counterfactualLatent(fit, mc_samples = -1)), "`mc_samples`"),
+  list(quote(counterfactualLatent(fit, use_mean = "no")), "`use_mean`"),
+  list(quote(counterfactualLatent(fit, cells = rep(1:24, length.out = 1e7))), "would allocate.*`cells`"),
+  # sampleDistances()
+  list(quote(sampleDistances(fit, min_cells = 1e10)), "`min_cells`.*at most 2147483647"),
+  list(quote(sampleDistances(fit, min_cells = -1)), "`min_cells`"),
+  list(quote(sampleDistances(fit, mc_samples = 1e10)), "`mc_samples`"),
+  list(quote(sampleDistances(fit, normalize = TRUE, mc_samples = 0)), "`normalize` = TRUE needs `mc_samples`"),
+  list(quote(sampleDistances(fit, normalize = NA)), "`normalize`"),
+  list(quote(sampleDistances(fit, groups = "nope")), "`groups` = \"nope\" is not a column"),
+  list(quote(sampleDistances(fit, groups = s[1:3])), "`groups` must have one value per fitted cell"),
+  list(quote(sampleDistances(fit, groups = rep(NA, 24))), "`groups` has no non-NA value"),
+  list(quote(sampleDistances(fit, groups = "sample", cells = 1:2)), "`groups` or `cells`"),
+  list(quote(sampleDistances(fit, chunk_size = 0)), "`chunk_size`"),
+  list(quote(sampleDistances(fit, chunk_size = 1e10)), "`chunk_size`"),
+  list(quote(sampleDistances(fit, cells = lgl_na)), "`cells` has 1 NA"),
+  list(quote(sampleDistances(fit, admissible = "yes")), "`admissible` must be"),
+  list(quote(sampleDistances(fit, admissible = matrix(TRUE, 2, 2))), "`admissible` must be"),
+  list(quote(sampleDistances("not a fit")), "`fit` must be a <MrVIFit>"),
+  # sampleHclust() / sampleDist()
+  list(quote(sampleHclust("x")), "`d` must be the result of `sampleDistances\\(\\)`"),
+  list(quote(sampleHclust(d3)), "`group` is required"),
+  list(quote(sampleHclust(d3, group = "nope")), "`group` = \"nope\" is not a group"),
+  list(quote(sampleHclust(d3, group = 5)), "`group` must be in 1..2"),
+  list(quote(sampleDist(matrix(NA_real_, 3, 3))), "Fewer than 2 samples"),
+  # covariate tests
+  list(quote(cellAssociation(fit, covariate = "labels")), "`covariate` = \"labels\" varies within samples"),
+  list(quote(cellAssociation(fit, covariate = "nope")), "`covariate` = \"nope\" is not a column.*no covariates"),
+  list(quote(cellAssociation(fit, covariate = c(A = "x", B = "y"))), "`covariate` must be a sample-table column name"),
+  list(quote(groupAssociation(fit, covariate = "labels")), "`covariate` = \"labels\" varies within samples"),
+  list(quote(groupAssociation(fit, "x", permutations = 1e10)), "`permutations`"),
+  list(quote(groupAssociation(fit, "x", seed = 1e10)), "`seed`"),
+  list(quote(groupAssociation(1:3, "x")), "`fit_or_distances`"),
+  list(quote(differentialAbundance(fit, covariate = "labels")), "`covariate` = \"labels\" varies within samples"),
+  list(quote(differentialAbundance(fit, "x", seed = 1e10)), "`seed`"),
+  list(quote(admissibility(fit, seed = 1e10)), "`seed`"),
+  list(quote(admissibility(fit, quantile = 2)), "`quantile`"),
+  list(quote(admissibility(fit, subsample = 0)), "`subsample`"),
+  list(quote(differentialExpression(fit, "x", seed = 1e10)), "`seed`"),
+  list(quote(differentialExpression(fit, "x", mc_samples = 1e10)), "`mc_samples`"),
+  list(quote(differentialExpression(fit, "x", delta = -1)), "`delta`"),
+  list(quote(counterfactualExpression(fit, cells = 1:2, sample = "Z")), "`sample` has value.*not fitted on"),
+  list(quote(counterfactualExpression(fit, cells = lgl_na, sample = "A")), "`cells` has 1 NA"),
+  # the backend
+  list(quote(mrviSetThreads("two")), "`n`"),
+  list(quote(mrviSetThreads(0)), "`n`"),
+  list(quote(mrviSetThreads(1e10)), "`n`.*at most 2147483647")
 )
 
-test_that("bad input gives an error naming the argument, and leaves R running", {
-  for (case in bad_calls) {
-    expect_error(eval(case[[1]]), case[[2]], info = deparse(case[[1]]))
-  }
-  expect_equal(dim(m), c(30L, 24L))  # the user's object is untouched
+# Evaluate a bad call and check the error, and that the objects it names are unchanged.
+expect_bad_call <- function(expr, pattern, class = "mrvi_error", env = parent.frame()) {
+  label <- paste(deparse(expr, width.cutoff = 200L), collapse = " ")
+  vars <- intersect(all.vars(expr), ls(env))
+  before <- mget(vars, envir = env)
+  e <- tryCatch(suppressMessages(eval(expr, env)), error = identity)
+  expect_s3_class(e, class)
+  expect_s3_class(e, "mrvi_error")
+  if (inherits(e, "error")) expect_match(conditionMessage(e), pattern, info = label)
+  for (v in vars) expect_identical(get(v, envir = env), before[[v]], info = paste(label, "changed", v))
+  invisible(e)
+}
+
+test_that("the catalogue holds at least 100 bad calls", {
+  expect_gte(length(bad_calls), 100)
 })
 
-test_that("errors from mrvi() report mrvi() and carry the class mrvi_error", {
+test_that("every bad call is a classed error naming the argument, and changes nothing", {
+  for (case in bad_calls) expect_bad_call(case[[1]], case[[2]])
+  expect_equal(dim(m), c(30L, 24L))
+})
+
+test_that("errors report the function the user called", {
   e <- tryCatch(mrvi(m, sample = s[-1], verbose = FALSE), error = identity)
   expect_s3_class(e, "mrvi_error")
   expect_match(deparse(conditionCall(e))[1], "^mrvi\\(")
+  # also for errors raised in Rust, however deep the helper that called it
+  ptr <- mrvi:::native_model(fit)
+  e <- tryCatch(mrvi:::mrvi_z_from_u(ptr, fit@u_mean[, 1:2], rep(0L, 24)), error = identity)
+  expect_s3_class(e, "mrvi_input_error")
+  expect_s3_class(e, "mrvi_error")
+})
+
+test_that("a Rust panic is a classed internal error", {
+  e <- expect_error(mrvi:::mrvi_debug_panic(), "index out of bounds", class = "mrvi_internal_error")
+  expect_s3_class(e, "mrvi_error")
+  expect_match(conditionMessage(e), "bug in mrvi")
+})
+
+test_that("damaged weights are detected by their checksum", {
+  expect_match(fit@config$weights_hash, "^[0-9a-f]{32}$")
+  z <- mrviLatent(fit, which = "z")
+  g <- fit
+  g@weights[300] <- as.raw(bitwXor(as.integer(g@weights[300]), 16L))
+  expect_bad_call(quote(mrviLatent(g, which = "z")), "weights are damaged; re-read or refit", "mrvi_damaged_error")
+  expect_bad_call(quote(sampleDistances(g, mc_samples = 0)), "weights are damaged", "mrvi_damaged_error")
+  g@weights <- raw(10)
+  expect_bad_call(quote(counterfactualLatent(g, cells = 1)), "weights are damaged", "mrvi_damaged_error")
+  # fits from before checksums still load; unreadable weights are damaged too
+  old <- fit
+  old@config$weights_hash <- NULL
+  expect_identical(mrviLatent(old, which = "z"), z)
+  old@weights <- raw(10)
+  expect_bad_call(quote(mrviLatent(old, which = "z")), "weights are damaged.*safetensors", "mrvi_damaged_error")
+  expect_identical(mrviLatent(fit, which = "z"), z)
+})
+
+test_that("copies of a fit never share a model built from other weights", {
+  z_fit <- mrviLatent(fit, x = m, sample = s, which = "z")
+  z_other <- mrviLatent(other, x = m, sample = s, which = "z")
+  cp <- fit
+  cp@weights <- other@weights
+  # with a checksum: the copy is inconsistent, and says so
+  expect_bad_call(quote(mrviLatent(cp, x = m, sample = s)), "weights are damaged", "mrvi_damaged_error")
+  # without one (an old fit): the copy answers with its own weights, the original with its own
+  cp@config$weights_hash <- NULL
+  expect_identical(mrviLatent(cp, x = m, sample = s, which = "z"), z_other)
+  expect_identical(mrviLatent(fit, x = m, sample = s, which = "z"), z_fit)
+  expect_identical(mrviLatent(cp, x = m, sample = s, which = "z"), z_other)
+})
+
+test_that("a foreign or stale pointer in the cache is rebuilt, never used", {
+  z <- mrviLatent(fit, which = "z")
+  g <- fit
+  g@cache <- new.env(parent = emptyenv())
+  key <- paste0("model_", fit@config$weights_hash)
+  assign(key, new("externalptr"), envir = g@cache)  # a NULL pointer
+  expect_identical(mrviLatent(g, which = "z"), z)
+  # a pointer that is not ours, handed straight to Rust
+  e <- expect_error(mrvi:::mrvi_z_from_u(new("externalptr"), fit@u_mean, rep(0L, 24)), class = "mrvi_error")
+  expect_match(conditionMessage(e), "not a native model of this package")
+})
+
+test_that("edited slots are caught by the validity method", {
+  expect_true(validObject(fit))
+  edits <- list(
+    function(f) { f@u_mean <- f@u_mean[, 1:3]; f },
+    function(f) { f@u_mean <- f@u_mean[-1, ]; f },
+    function(f) { f@u_sd <- f@u_sd[, 1:2]; f },
+    function(f) { f@cell_data <- f@cell_data[-1, ]; f },
+    function(f) { f@samples <- f@samples[-1]; f },
+    function(f) { f@weights <- raw(); f }
+  )
+  for (edit in edits) {
+    g <- edit(fit)
+    expect_error(validObject(g))
+    expect_bad_call(quote(mrviLatent(g)), "`fit` is inconsistent", "mrvi_invalid_fit")
+    expect_bad_call(quote(sampleDistances(g)), "`fit` is inconsistent", "mrvi_invalid_fit")
+  }
+})
+
+test_that("a NaN latent gives NaN distances, never 0", {
+  g <- fit
+  g@u_mean[1, 1] <- NaN
+  d <- sampleDistances(g, cells = 1:2, mc_samples = 0)
+  expect_true(all(is.nan(d[1, , ][upper.tri(d[1, , ])])))
+  expect_true(all(is.finite(d[2, , ])))
+  dg <- sampleDistances(g, mc_samples = 0, min_cells = 1)
+  expect_true(all(is.nan(dg[, , 1][upper.tri(dg[, , 1])])))
+  dn <- sampleDistances(g, cells = 1, mc_samples = 3, normalize = TRUE)
+  expect_true(all(is.nan(dn[1, , ][upper.tri(dn[1, , ])])))
+})
+
+test_that("training that diverges is a classed error", {
+  e <- tryCatch(mrvi(m, s, lr = 1e30, max_epochs = 3, n_threads = 1, verbose = FALSE), error = identity)
+  expect_s3_class(e, "mrvi_divergence_error")
+  expect_s3_class(e, "mrvi_error")
+  expect_match(conditionMessage(e), "diverged.*`lr`")
+})
+
+test_that("soft spots: confounded batch, too many threads, NA distances in sampleHclust", {
+  expect_warning(mrviData(m, s, batch = paste0("site_", s)), "`batch` is confounded with `sample`",
+                 class = "mrvi_confounded")
+  expect_no_warning(mrviData(m, s, batch = rep(c("x", "y"), each = 12)))
+  old <- getOption("mrvi.threads")
+  expect_message(mrviSetThreads(1000), "more than the .* core")
+  expect_lte(mrviBackend()$threads, parallel::detectCores())
+  expect_lte(getOption("mrvi.threads"), parallel::detectCores())
+  mrviSetThreads(1)
+  d <- sampleDistances(fit, mc_samples = 0)
+  d[1, 2, 1] <- d[2, 1, 1] <- NA  # a pair no admissible cell compared
+  expect_message(hc <- sampleHclust(d), "Dropping sample.*NA")
+  expect_s3_class(hc, "hclust")
+  expect_length(hc$labels, 2)
+})
+
+# Run R code in a child R process: what it prints and its exit status.
+run_child <- function(code) {
+  f <- tempfile(fileext = ".R")
+  writeLines(c(sprintf(".libPaths(%s)", paste(deparse(.libPaths()), collapse = "")), code), f)
+  out <- suppressWarnings(system2(file.path(R.home("bin"), "Rscript"), f, stdout = TRUE, stderr = TRUE))
+  list(status = attr(out, "status") %||% 0L, output = paste(out, collapse = "\n"))
+}
+`%||%` <- function(a, b) if (is.null(a)) b else a
+
+test_that("faults that could take R down fail into classed errors (child process)", {
+  skip_if(!nzchar(Sys.which("prlimit")), "needs prlimit (Linux) to cap the child's memory")
+  res <- run_child(c(
+    "suppressMessages(library(mrvi)); options(mrvi.threads = 1)",
+    "m <- Matrix::Matrix(matrix(rpois(30 * 24, 3), 30, 24, dimnames = list(paste0('g', 1:30), paste0('c', 1:24))), sparse = TRUE)",
+    "fit <- mrvi(m, rep(c('A', 'B', 'C'), 8), max_epochs = 2, verbose = FALSE)",
+    "z <- mrviLatent(fit, which = 'z')",
+    # a foreign, non-NULL external pointer in the cache and handed to Rust
+    "foreign <- getNativeSymbolInfo('wrap__mrvi_encode', 'mrvi')$address",
+    "assign(paste0('model_', fit@config$weights_hash), foreign, envir = fit@cache)",
+    "cat('foreign-cache', identical(mrviLatent(fit, which = 'z'), z), '\\n')",
+    "e <- tryCatch(mrvi:::mrvi_z_from_u(foreign, fit@u_mean, rep(0L, 24)), error = identity)",
+    "cat('foreign-call', class(e)[1], '\\n')",
+    # cap the address space a little above what is in use, lift the package's size guard
+    # (R's own share of the call below is 1.7 GB; Rust's 2.8 GB more must fail)
+    "vm <- as.numeric(gsub('[^0-9]', '', grep('^VmSize', readLines('/proc/self/status'), value = TRUE)))",
+    "system(sprintf('prlimit --pid %d --as=%.0f', Sys.getpid(), (vm + 2.5e6) * 1024))",
+    "options(mrvi.max_bytes = Inf)",
+    "e <- tryCatch(counterfactualLatent(fit, cells = rep(1:24, length.out = 1e7)), error = identity)",
+    "cat('alloc', class(e)[1], '\\n')",
+    "e <- tryCatch(mrvi(m, rep(c('A', 'B', 'C'), 8), n_latent = 1e9, max_epochs = 1, verbose = FALSE), error = identity)",
+    "cat('n_latent', class(e)[1], '\\n')",
+    "cat('survived\\n')"
+  ))
+  expect_equal(res$status, 0L, info = res$output)
+  expect_match(res$output, "foreign-cache TRUE")
+  expect_match(res$output, "foreign-call mrvi_input_error")
+  expect_match(res$output, "alloc mrvi_memory_error")
+  expect_match(res$output, "n_latent mrvi_[a-z_]*error")
+  expect_match(res$output, "survived")
 })
 
 test_that("a SingleCellExperiment with an unknown column names it", {
   skip_if_not_installed("SingleCellExperiment")
   sce <- SingleCellExperiment::SingleCellExperiment(list(counts = m))
-  expect_error(mrvi(sce, sample = "donor", verbose = FALSE), "`sample` = \"donor\" is not a column")
+  expect_error(mrvi(sce, sample = "donor", verbose = FALSE), "`sample` = \"donor\" is not a column",
+               class = "mrvi_error")
 })
+
+options(old_options)

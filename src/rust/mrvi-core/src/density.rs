@@ -4,12 +4,13 @@
 //! reference subsample keeps it from being O(N^2).
 
 use crate::distances::Posterior;
+use crate::error::{try_vec, Result};
 
 /// out[c + n_eval * s] = log q_s(u_c) for the evaluation cells `at` (column-major
 /// cells x samples). `reference[s]` lists sample s's reference cells; a cell is
 /// never part of its own reference (leave-one-out). Samples without reference
 /// cells give -inf.
-pub fn log_sample_densities(post: &Posterior, at: &[usize], reference: &[Vec<usize>], threads: usize) -> Vec<f64> {
+pub fn log_sample_densities(post: &Posterior, at: &[usize], reference: &[Vec<usize>], threads: usize) -> Result<Vec<f64>> {
     let (n, l) = (post.n_cells, post.n_latent);
     let n_eval = at.len();
     let s_count = reference.len();
@@ -38,16 +39,14 @@ pub fn log_sample_densities(post: &Posterior, at: &[usize], reference: &[Vec<usi
             Ref { cells: cells.clone(), mean, inv_var, log_norm }
         })
         .collect();
-    let mut out = vec![f64::NEG_INFINITY; n_eval * s_count];
+    let mut out = try_vec(n_eval.saturating_mul(s_count), f64::NEG_INFINITY, "the sample densities")?;
     let per = n_eval.div_ceil(threads.max(1)).max(1);
-    let results: Vec<Vec<(usize, usize, f64)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = at
-            .chunks(per)
-            .enumerate()
-            .map(|(t, part)| {
+    // each thread's values, [cell][sample], allocated here where failure is an error
+    let mut results: Vec<Vec<f64>> = at.chunks(per).map(|part| try_vec(part.len() * s_count, 0f64, "the sample densities")).collect::<Result<_>>()?;
+    std::thread::scope(|scope| {
+        for (part, res) in at.chunks(per).zip(results.iter_mut()) {
                 let refs = &refs;
                 scope.spawn(move || {
-                    let mut res = Vec::with_capacity(part.len() * s_count);
                     let mut logp = Vec::new();
                     let mut u = vec![0f64; l];
                     for (k, &c) in part.iter().enumerate() {
@@ -80,21 +79,20 @@ pub fn log_sample_densities(post: &Posterior, at: &[usize], reference: &[Vec<usi
                                     max + logp.iter().map(|&v| (v - max).exp()).sum::<f64>().ln() - (count as f64).ln()
                                 }
                             };
-                            res.push((t * per + k, s, value));
+                            res[k * s_count + s] = value;
                         }
                     }
-                    res
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("density thread panicked")).collect()
+                });
+        }
     });
-    for part in results {
-        for (i, s, v) in part {
-            out[i + n_eval * s] = v;
+    for (t, res) in results.iter().enumerate() {
+        for (k, row) in res.chunks(s_count.max(1)).enumerate() {
+            for (s, &v) in row.iter().enumerate() {
+                out[t * per + k + n_eval * s] = v;
+            }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -108,7 +106,7 @@ mod tests {
         let sd = [1.0, 0.5, 1.0, 2.0];
         let post = Posterior { mean: &mean, sd: &sd, n_cells: 4, n_latent: 1 };
         let reference = vec![vec![0, 1], vec![2, 3]];
-        let out = log_sample_densities(&post, &[0, 2], &reference, 2);
+        let out = log_sample_densities(&post, &[0, 2], &reference, 2).unwrap();
         let dnorm = |x: f64, m: f64, s: f64| (-(x - m).powi(2) / (2.0 * s * s)).exp() / (s * (2.0 * std::f64::consts::PI).sqrt());
         // cell 0 under sample 0: only cell 1 remains (leave-one-out)
         assert!((out[0] - dnorm(0.0, 1.0, 0.5).ln()).abs() < 1e-12);

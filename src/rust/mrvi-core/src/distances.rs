@@ -14,7 +14,7 @@
 //! smaller than the noise of the cell's own representation become 0 (needs at
 //! least 3 draws).
 
-use crate::error::{Error, Result};
+use crate::error::{try_vec, try_with_capacity, Error, Result};
 use crate::infer::rows_from_column_major;
 use crate::model::{HostSampleEffect, MrviModel};
 use crate::rng::SplitMix64;
@@ -168,6 +168,13 @@ fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
     }
 }
 
+/// max(x, 0) that keeps NaN (f32::max(NaN, 0) is 0: a NaN latent would give a
+/// distance of exactly 0). Branch-free in the vectorised loop.
+#[inline(always)]
+fn positive_part(x: f32) -> f32 {
+    if x > 0.0 || x.is_nan() { x } else { 0.0 }
+}
+
 /// acc[b] += w * max(|| za - z_b || - offset, 0) for b in `range`, with zt the cell's [L, S] z,
 /// times m[b] (the cell's sample mask, 1 or 0) when MASKED: a compile-time
 /// switch, so that the unmasked kernel does no extra work. Eight samples b at a
@@ -191,7 +198,7 @@ fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: st
         let out: &mut [f64; W] = (&mut acc[b0..b0 + W]).try_into().unwrap();
         for j in 0..W {
             let f = if MASKED { w * m[b0 + j] } else { w };
-            out[j] += (f * (v[j].sqrt() - offset).max(0.0)) as f64;
+            out[j] += (f * positive_part(v[j].sqrt() - offset)) as f64;
         }
     }
     for b in range.start + full..range.end {
@@ -201,7 +208,7 @@ fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: st
             v += diff * diff;
         }
         let f = if MASKED { w * m[b] } else { w };
-        acc[b] += (f * (v.sqrt() - offset).max(0.0)) as f64;
+        acc[b] += (f * positive_part(v.sqrt() - offset)) as f64;
     }
 }
 
@@ -303,8 +310,16 @@ pub fn group_sums_masked(
     let effect = model.host_sample_effect();
     let mut order: Vec<usize> = (0..post.n_cells).filter(|&c| group[c] >= 0).collect();
     order.sort_by_key(|&c| group[c]); // stable: cell order within a group
-    let mut sums = vec![vec![0f64; s * s]; n_groups];
-    let mut pair_counts = mask.map(|_| vec![vec![0f64; s * s]; n_groups]);
+    // one S x S matrix per group: many groups (e.g. one per cell) must fail as an error
+    let matrices = || -> Result<Vec<Vec<f64>>> {
+        let mut m = try_with_capacity(n_groups, "the group distance sums")?;
+        for _ in 0..n_groups {
+            m.push(try_vec(s * s, 0f64, "the group distance sums")?);
+        }
+        Ok(m)
+    };
+    let mut sums = matrices()?;
+    let mut pair_counts = if mask.is_some() { Some(matrices()?) } else { None };
     let mut n_cells = vec![0usize; n_groups];
     let mut start = 0;
     while start < order.len() {
@@ -354,7 +369,7 @@ pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], c
     let l = model.config.n_latent as usize; // dimension of z
     let effect = model.host_sample_effect();
     let nc = cells.len();
-    let mut out = vec![0f64; nc * s * s];
+    let mut out = try_vec(nc.saturating_mul(s * s), 0f64, "the per-cell distance matrices")?;
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
         let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;

@@ -3,16 +3,17 @@
 
 use crate::batch::Dataset;
 use crate::data::CountColumns;
-use crate::error::Result;
+use crate::error::{try_vec, Result};
 use crate::model::MrviModel;
 use tch::{Device, Kind, Tensor};
 
 /// Posterior mean and standard deviation of u for every cell (cells x L each,
 /// column-major).
-pub fn encode<C: CountColumns>(model: &MrviModel, data: &Dataset<C>, chunk: usize) -> (Vec<f32>, Vec<f32>) {
+pub fn encode<C: CountColumns>(model: &MrviModel, data: &Dataset<C>, chunk: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     let n = data.n_cells();
     let l = model.config.dim_u() as usize;
-    let (mut mean, mut sd) = (vec![0f32; n * l], vec![0f32; n * l]);
+    let mut mean = try_vec(n.saturating_mul(l), 0f32, "the posterior means")?;
+    let mut sd = try_vec(n.saturating_mul(l), 0f32, "the posterior standard deviations")?;
     let cells: Vec<usize> = (0..n).collect();
     let mut start = 0;
     tch::no_grad(|| {
@@ -24,7 +25,7 @@ pub fn encode<C: CountColumns>(model: &MrviModel, data: &Dataset<C>, chunk: usiz
             start += part.len();
         }
     });
-    (mean, sd)
+    Ok((mean, sd))
 }
 
 /// z = u + A_s u + a_s for given u (cells x L, column-major) and samples.
@@ -37,7 +38,7 @@ pub fn z_from_u(model: &MrviModel, u: &[f32], sample: &[i64], chunk: usize) -> R
     if sample.iter().any(|&s| s < 0 || s >= model.config.n_samples) {
         crate::invalid!("sample codes outside the fitted samples");
     }
-    let mut out = vec![0f32; n * l];
+    let mut out = try_vec(n.saturating_mul(l), 0f32, "z")?;
     tch::no_grad(|| {
         let mut start = 0;
         while start < n {

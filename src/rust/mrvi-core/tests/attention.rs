@@ -105,7 +105,7 @@ fn attention_flavour_trains_and_streams_distances() {
     assert!(h.last().unwrap() > &(h[0] + 2.0), "ELBO did not improve: {h:?}");
     let model = t.finish();
     let data = toy(400, 30, 4);
-    let (mean, sd) = encode(&model, &data, 64);
+    let (mean, sd) = encode(&model, &data, 64).unwrap();
     assert_eq!(mean.len(), 400 * 5);
     let mean: Vec<f64> = mean.into_iter().map(f64::from).collect();
     let sd: Vec<f64> = sd.into_iter().map(f64::from).collect();

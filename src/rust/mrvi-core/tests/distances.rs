@@ -165,3 +165,33 @@ fn masked_group_means_average_each_pair_over_its_admissible_cells() {
         assert!((x - y).abs() < 1e-9);
     }
 }
+
+#[test]
+fn a_nan_latent_gives_nan_distances_never_zero() {
+    // f32::max(NaN, 0.0) is 0.0: the kernel must keep NaN (raw and normalised,
+    // per cell and in group means), so that damage shows instead of looking like "no effect".
+    let (n, s, l) = (20usize, 9i64, 4i64);
+    let (model, mut mean, sd, own) = setup(n, s, l);
+    let bad = 5usize;
+    mean[bad] = f64::NAN; // dimension 0 of cell 5
+    let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
+    for spec in [
+        DistanceSpec { mc_samples: 0, normalize: false, seed: 1 },
+        DistanceSpec { mc_samples: 4, normalize: true, seed: 1 },
+    ] {
+        let d = cell_distances(&model, &post, &own, &[bad, 0], spec, 2).unwrap();
+        for a in 0..s as usize {
+            for b in 0..s as usize {
+                let (v_bad, v_ok) = (d[2 * (a + s as usize * b)], d[1 + 2 * (a + s as usize * b)]);
+                if a != b {
+                    assert!(v_bad.is_nan(), "{spec:?} ({a},{b}) of the NaN cell is {v_bad}");
+                }
+                assert!(v_ok.is_finite(), "a finite cell got {v_ok}");
+            }
+        }
+        let group: Vec<i64> = (0..n).map(|c| (c % 2) as i64).collect(); // cell 5 is in group 1
+        let g = group_sums(&model, &post, &own, &group, 2, spec, 16, 2, &mut || false).unwrap();
+        assert!(g.mean(0).iter().all(|v| v.is_finite()));
+        assert!(g.mean(1)[1].is_nan(), "the group of the NaN cell averages to {}", g.mean(1)[1]);
+    }
+}

@@ -158,7 +158,7 @@ fn training_improves_the_elbo_and_is_reproducible() {
         let hist: Vec<f64> = t.history.iter().map(|h| h.validation_elbo).collect();
         let data = toy_data(600, 40, 4, 3);
         let model = t.finish();
-        (hist, encode(&model, &data, 128).0, varstore_to_bytes(&model.vs).unwrap())
+        (hist, encode(&model, &data, 128).unwrap().0, varstore_to_bytes(&model.vs).unwrap())
     };
     let (hist, u1, w1) = run();
     assert!(hist.iter().all(|v| v.is_finite()));

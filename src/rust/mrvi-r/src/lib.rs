@@ -1,6 +1,10 @@
 //! extendr glue between R and mrvi-core: convert arguments, call the core, map
 //! errors. No numerical logic lives here. Every `Err` and every panic reaches R
 //! as an R error (extendr catches panics; `panic = "unwind"` in the profile).
+//! Core errors carry their R condition class as a "[class] " prefix, which the R
+//! side (`rust_error()` in R/conditions.R) turns into a classed `mrvi_error`.
+//! Allocations whose size the caller controls go through `try_vec` and friends:
+//! Rust's allocator aborts the process when memory runs out.
 
 use extendr_api::prelude::*;
 use mrvi_core::association::cell_association;
@@ -11,13 +15,38 @@ use mrvi_core::model::MrviModel;
 use mrvi_core::train::Trainer;
 use mrvi_core::data::{scan_slots, CscCounts, CscView};
 use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, DistanceSpec, Posterior};
+use mrvi_core::error::{try_collect, try_vec, try_with_capacity};
 use mrvi_core::{backend, io};
 use std::os::raw::c_int;
 
 type RResult<T> = extendr_api::Result<T>;
 
 fn rerr(e: mrvi_core::Error) -> extendr_api::Error {
-    extendr_api::Error::Other(e.to_string())
+    extendr_api::Error::Other(format!("[{}] {e}", e.class()))
+}
+
+/// An inconsistent call from the package's R code (a classed input error).
+fn invalid(msg: impl Into<String>) -> extendr_api::Error {
+    rerr(mrvi_core::Error::InvalidInput(msg.into()))
+}
+
+/// The external pointer `h` as an `ExternalPtr<T>`, after checking that it is one
+/// that this package made for a T: extendr's own conversion reads any external
+/// pointer's address as its box and segfaults on a foreign one (from another
+/// package, or a `RegisteredNativeSymbol`). The tag extendr stores is T's type name.
+fn checked_ptr<T: 'static>(h: &Robj, what: &str) -> RResult<ExternalPtr<T>> {
+    let ours = h.is_external_pointer() && {
+        let tag = unsafe { h.external_ptr_tag() };
+        tag.as_str() == Some(std::any::type_name::<T>())
+    };
+    if !ours {
+        return Err(invalid(format!("not a {what} of this package (a foreign or damaged external pointer)")));
+    }
+    ExternalPtr::<T>::try_from(h).map_err(|_| invalid(format!("the {what} is gone (saved and restored?)")))
+}
+
+fn model_ptr(h: &Robj) -> RResult<ExternalPtr<MrviModel>> {
+    checked_ptr::<MrviModel>(h, "native model")
 }
 
 /// libtorch facts for mrviBackend().
@@ -91,7 +120,7 @@ fn dataset(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: 
     let counts = CscCounts::from_slots(n_genes as usize, n_cells as usize, p, i, x).map_err(rerr)?;
     let to_i64 = |v: &[i32]| v.iter().map(|&c| c as i64).collect::<Vec<_>>();
     if sample.len() != n_cells as usize || site.len() != n_cells as usize {
-        return Err(extendr_api::Error::Other("sample and site codes must have one value per cell".into()));
+        return Err(invalid("sample and site codes must have one value per cell"));
     }
     Ok(Dataset::new(counts, to_i64(sample), to_i64(site)))
 }
@@ -101,8 +130,12 @@ fn dataset(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: 
 /// A trainer between epochs; `None` once finished.
 pub struct TrainerHandle(Option<Trainer>);
 
+fn trainer_ptr(h: &Robj) -> RResult<ExternalPtr<TrainerHandle>> {
+    checked_ptr::<TrainerHandle>(h, "training run")
+}
+
 fn trainer_mut(h: &mut ExternalPtr<TrainerHandle>) -> RResult<&mut Trainer> {
-    h.try_addr_mut()?.0.as_mut().ok_or_else(|| extendr_api::Error::Other("this training run has finished".into()))
+    h.try_addr_mut()?.0.as_mut().ok_or_else(|| invalid("this training run has finished"))
 }
 
 /// Build the model and trainer. Codes are 0-based.
@@ -122,12 +155,12 @@ fn mrvi_trainer_new(
     let mut model_config = match flavour {
         "linear" => ModelConfig::new(g, s, b, n_latent as i64),
         "attention" => ModelConfig::attention(g, s, b, n_latent_u as i64, n_latent as i64),
-        other => return Err(extendr_api::Error::Other(format!("unknown flavour \"{other}\""))),
+        other => return Err(invalid(format!("unknown flavour \"{other}\""))),
     };
     model_config.prior = match prior {
         "normal" => Prior::Normal,
         "mog" => Prior::Mog,
-        other => return Err(extendr_api::Error::Other(format!("unknown prior \"{other}\""))),
+        other => return Err(invalid(format!("unknown prior \"{other}\""))),
     };
     model_config.n_mixture = n_mixture as i64;
     if n_labels > 0 && model_config.prior == Prior::Mog {
@@ -151,7 +184,8 @@ fn mrvi_trainer_new(
 
 /// @noRd
 #[extendr]
-fn mrvi_trainer_info(mut h: ExternalPtr<TrainerHandle>) -> RResult<List> {
+fn mrvi_trainer_info(h: Robj) -> RResult<List> {
+    let mut h = trainer_ptr(&h)?;
     let t = trainer_mut(&mut h)?;
     Ok(list!(
         max_epochs = t.max_epochs as i32,
@@ -164,7 +198,8 @@ fn mrvi_trainer_info(mut h: ExternalPtr<TrainerHandle>) -> RResult<List> {
 /// Run one epoch; Ctrl-C is checked between minibatches.
 /// @noRd
 #[extendr]
-fn mrvi_trainer_epoch(mut h: ExternalPtr<TrainerHandle>) -> RResult<List> {
+fn mrvi_trainer_epoch(h: Robj) -> RResult<List> {
+    let mut h = trainer_ptr(&h)?;
     let t = trainer_mut(&mut h)?;
     match t.run_epoch(&mut interrupt_pending) {
         Ok(s) => Ok(list!(
@@ -194,9 +229,10 @@ fn mrvi_trainer_epoch(mut h: ExternalPtr<TrainerHandle>) -> RResult<List> {
 /// Finish: restore the best weights and return them as safetensors bytes.
 /// @noRd
 #[extendr]
-fn mrvi_trainer_finish(mut h: ExternalPtr<TrainerHandle>) -> RResult<List> {
+fn mrvi_trainer_finish(h: Robj) -> RResult<List> {
+    let mut h = trainer_ptr(&h)?;
     let handle = h.try_addr_mut()?;
-    let t = handle.0.take().ok_or_else(|| extendr_api::Error::Other("this training run has finished".into()))?;
+    let t = handle.0.take().ok_or_else(|| invalid("this training run has finished"))?;
     let best = t.best_epoch().map(|e| e as i32).unwrap_or(i32::MIN); // R's NA_integer_
     let stopped = t.stopped_early;
     let model = t.finish();
@@ -221,38 +257,52 @@ fn mrvi_model_new(config_json: &str, weights: Raw, device: &str) -> RResult<Exte
 /// @noRd
 #[extendr]
 fn mrvi_model_valid(h: Robj) -> bool {
-    ExternalPtr::<MrviModel>::try_from(h).map(|p| p.try_addr().is_ok()).unwrap_or(false)
+    model_ptr(&h).map(|p| p.try_addr().is_ok()).unwrap_or(false)
+}
+
+/// The checksum of a fit's weights (32 hex digits): see `io::weights_hash`.
+/// @noRd
+#[extendr]
+fn mrvi_weights_hash(weights: Raw) -> String {
+    io::weights_hash(weights.as_slice())
 }
 
 /// Posterior mean and sd of u for the cells of a count matrix (column-major cells x L).
 /// @noRd
 #[extendr]
-fn mrvi_encode(h: ExternalPtr<MrviModel>, n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32]) -> RResult<List> {
+fn mrvi_encode(h: Robj, n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32]) -> RResult<List> {
+    let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     model.check_compatible(n_genes as usize).map_err(rerr)?;
     if sample.len() != n_cells as usize {
-        return Err(extendr_api::Error::Other("sample codes must have one value per cell".into()));
+        return Err(invalid("sample codes must have one value per cell"));
     }
     // a view of R's slots, valid for this call: no copy of the counts
     let view = CscView::new(n_genes as usize, p, i, x).map_err(rerr)?;
     let data = Dataset::new(view, sample.iter().map(|&c| c as i64).collect(), vec![0; sample.len()]);
     if data.sample.iter().any(|&s| s < 0 || s >= model.config.n_samples) {
-        return Err(extendr_api::Error::Other("sample codes outside the fitted samples".into()));
+        return Err(invalid("sample codes outside the fitted samples"));
     }
-    let (mean, sd) = encode(model, &data, 1024);
-    let f = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
-    Ok(list!(mean = f(mean), sd = f(sd)))
+    let (mean, sd) = encode(model, &data, 1024).map_err(rerr)?;
+    let f = |v: Vec<f32>| try_collect(v.len(), v.into_iter().map(f64::from), "the posterior").map_err(rerr);
+    Ok(list!(mean = f(mean)?, sd = f(sd)?))
 }
 
 /// z = u + A_s u + a_s for u (cells x L, column-major) and 0-based sample codes.
 /// @noRd
 #[extendr]
-fn mrvi_z_from_u(h: ExternalPtr<MrviModel>, u: &[f64], sample: &[i32]) -> RResult<Vec<f64>> {
+fn mrvi_z_from_u(h: Robj, u: &[f64], sample: &[i32]) -> RResult<Vec<f64>> {
+    let h = model_ptr(&h)?;
     let model = h.try_addr()?;
-    let u: Vec<f32> = u.iter().map(|&v| v as f32).collect();
-    let s: Vec<i64> = sample.iter().map(|&v| v as i64).collect();
+    let u = to_f32(u)?;
+    let s = try_collect(sample.len(), sample.iter().map(|&v| v as i64), "sample codes").map_err(rerr)?;
     let z = z_from_u(model, &u, &s, 4096).map_err(rerr)?;
-    Ok(z.into_iter().map(f64::from).collect())
+    try_collect(z.len(), z.into_iter().map(f64::from), "z").map_err(rerr)
+}
+
+/// R's doubles as f32, failing as an error (not an abort) when memory is short.
+fn to_f32(v: &[f64]) -> RResult<Vec<f32>> {
+    try_collect(v.len(), v.iter().map(|&x| x as f32), "a single-precision copy").map_err(rerr)
 }
 
 // --- counterfactuals and distances -----------------------------------------------------
@@ -261,7 +311,7 @@ fn posterior<'a>(u_mean: &'a [f64], u_sd: &'a [f64], n_cells: i32, model: &MrviM
     let l = model.config.dim_u() as usize;
     let n = n_cells as usize;
     if u_mean.len() != n * l || u_sd.len() != n * l {
-        return Err(extendr_api::Error::Other(format!("u has {} values, expected {n} cells x {l}", u_mean.len())));
+        return Err(invalid(format!("u has {} values, expected {n} cells x {l}", u_mean.len())));
     }
     Ok(Posterior { mean: u_mean, sd: u_sd, n_cells: n, n_latent: l })
 }
@@ -270,7 +320,7 @@ fn codes(v: &[i32], upper: i64, what: &str) -> RResult<Vec<i64>> {
     v.iter()
         .map(|&c| {
             if c < -1 || c as i64 >= upper {
-                Err(extendr_api::Error::Other(format!("{what} code {c} outside -1..{upper}")))
+                Err(invalid(format!("{what} code {c} outside -1..{upper}")))
             } else {
                 Ok(c as i64)
             }
@@ -285,9 +335,10 @@ fn codes(v: &[i32], upper: i64, what: &str) -> RResult<Vec<i64>> {
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_group_distances(
-    h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], group: &[i32],
+    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], group: &[i32],
     n_groups: i32, mc_samples: i32, normalize: bool, seed: f64, block: i32, mask: &[i32],
 ) -> RResult<List> {
+    let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let post = posterior(u_mean, u_sd, n_cells, model)?;
     let own = codes(own_sample, model.config.n_samples, "sample")?;
@@ -303,10 +354,10 @@ fn mrvi_group_distances(
         group_sums(model, &post, &own, &group, n_groups as usize, spec, block.max(1) as usize, threads, &mut interrupt_pending)
     };
     let sums = match sums {
-        Err(mrvi_core::Error::Interrupted) => return Err(extendr_api::Error::Other("interrupted by the user".into())),
+        Err(mrvi_core::Error::Interrupted) => return Err(rerr(mrvi_core::Error::Interrupted)),
         other => other.map_err(rerr)?,
     };
-    let mut values = Vec::with_capacity(sums.sums.len() * sums.n_samples * sums.n_samples);
+    let mut values = try_with_capacity(sums.sums.len() * sums.n_samples * sums.n_samples, "the group means").map_err(rerr)?;
     for g in 0..n_groups as usize {
         values.extend(sums.mean(g));
     }
@@ -319,9 +370,10 @@ fn mrvi_group_distances(
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_group_tensor_distances(
-    h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], group: &[i32],
+    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], group: &[i32],
     n_groups: i32, block: i32,
 ) -> RResult<Vec<f64>> {
+    let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let post = posterior(u_mean, u_sd, n_cells, model)?;
     let _ = codes(own_sample, model.config.n_samples, "sample")?;
@@ -335,9 +387,10 @@ fn mrvi_group_tensor_distances(
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_cell_distances(
-    h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
+    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
     mc_samples: i32, normalize: bool, seed: f64, block: i32,
 ) -> RResult<Vec<f64>> {
+    let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let post = posterior(u_mean, u_sd, n_cells, model)?;
     let own = codes(own_sample, model.config.n_samples, "sample")?;
@@ -350,16 +403,17 @@ fn mrvi_cell_distances(
 /// (0-based): values of an R array [cells, samples, L].
 /// @noRd
 #[extendr]
-fn mrvi_counterfactual_z(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, samples: &[i32]) -> RResult<Vec<f64>> {
+fn mrvi_counterfactual_z(h: Robj, u: &[f64], n_cells: i32, samples: &[i32]) -> RResult<Vec<f64>> {
+    let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let effect = model.host_sample_effect();
     let (n, lu, l, s_all) = (n_cells as usize, effect.n_latent_u, effect.n_latent, effect.n_samples);
     if u.len() != n * lu {
-        return Err(extendr_api::Error::Other("u does not match the model's latent dimension".into()));
+        return Err(invalid("u does not match the model's latent dimension"));
     }
     let chosen: Vec<usize> = samples.iter().map(|&s| s as usize).filter(|&s| s < s_all).collect();
     let ns = chosen.len();
-    let mut out = vec![0f64; n * ns * l];
+    let mut out = try_vec(n.saturating_mul(ns).saturating_mul(l), 0f64, "the counterfactual latents").map_err(rerr)?;
     let (mut uc, mut z) = (vec![0f32; lu], vec![0f32; s_all * l]);
     for c in 0..n {
         for d in 0..lu {
@@ -380,11 +434,12 @@ fn mrvi_counterfactual_z(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, sam
 /// an R matrix [genes, cells].
 /// @noRd
 #[extendr]
-fn mrvi_counterfactual_expression(h: ExternalPtr<MrviModel>, u: &[f64], n_cells: i32, sample: &[i32], site: &[i32]) -> RResult<Vec<f64>> {
+fn mrvi_counterfactual_expression(h: Robj, u: &[f64], n_cells: i32, sample: &[i32], site: &[i32]) -> RResult<Vec<f64>> {
+    let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let (n, lu) = (n_cells as usize, model.config.dim_u() as usize);
     if u.len() != n * lu || sample.len() != n {
-        return Err(extendr_api::Error::Other("u and sample must describe the same cells".into()));
+        return Err(invalid("u and sample must describe the same cells"));
     }
     let sample = codes(sample, model.config.n_samples, "sample")?;
     let dev = model.device();
@@ -399,11 +454,12 @@ fn mrvi_counterfactual_expression(h: ExternalPtr<MrviModel>, u: &[f64], n_cells:
 /// [genes, cells]. Used for log fold changes of latent shifts.
 /// @noRd
 #[extendr]
-fn mrvi_decode_z(h: ExternalPtr<MrviModel>, z: &[f64], n_cells: i32, site: &[i32]) -> RResult<Vec<f64>> {
+fn mrvi_decode_z(h: Robj, z: &[f64], n_cells: i32, site: &[i32]) -> RResult<Vec<f64>> {
+    let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let (n, l) = (n_cells as usize, model.config.n_latent as usize);
     if z.len() != n * l {
-        return Err(extendr_api::Error::Other("z does not match the model's latent dimension".into()));
+        return Err(invalid("z does not match the model's latent dimension"));
     }
     decode_blocks(model, z, n, l, site, |zt, _, _| zt.shallow_clone())
 }
@@ -414,11 +470,11 @@ fn decode_blocks(
     model: &MrviModel, values: &[f64], n: usize, width: usize, site: &[i32], to_z: impl Fn(&tch::Tensor, usize, usize) -> tch::Tensor,
 ) -> RResult<Vec<f64>> {
     if site.len() != n {
-        return Err(extendr_api::Error::Other(format!("{} site codes for {n} cells", site.len())));
+        return Err(invalid(format!("{} site codes for {n} cells", site.len())));
     }
     let site = codes(site, model.config.n_batches, "site")?;
-    let v32: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-    let mut out = Vec::with_capacity(n * model.config.n_genes as usize);
+    let v32 = to_f32(values)?;
+    let mut out = try_with_capacity(n.saturating_mul(model.config.n_genes as usize), "the expression matrix").map_err(rerr)?;
     let dev = model.device();
     for start in (0..n).step_by(1024) {
         let end = (start + 1024).min(n);
@@ -438,19 +494,19 @@ fn decode_blocks(
 fn mrvi_log_sample_densities(u_mean: &[f64], u_sd: &[f64], n_cells: i32, n_latent: i32, at: &[i32], ref_cells: &[i32], ref_sample: &[i32], n_samples: i32) -> RResult<Vec<f64>> {
     let (n, l) = (n_cells as usize, n_latent as usize);
     if u_mean.len() != n * l || u_sd.len() != n * l || ref_cells.len() != ref_sample.len() {
-        return Err(extendr_api::Error::Other("inconsistent posterior or reference".into()));
+        return Err(invalid("inconsistent posterior or reference"));
     }
     let post = Posterior { mean: u_mean, sd: u_sd, n_cells: n, n_latent: l };
     let mut reference = vec![Vec::new(); n_samples as usize];
     for (&c, &s) in ref_cells.iter().zip(ref_sample) {
         if c < 0 || c as usize >= n || s < 0 || s >= n_samples {
-            return Err(extendr_api::Error::Other("reference cell or sample out of range".into()));
+            return Err(invalid("reference cell or sample out of range"));
         }
         reference[s as usize].push(c as usize);
     }
     let at: Vec<usize> = at.iter().map(|&c| c as usize).filter(|&c| c < n).collect();
     let threads = tch::get_num_threads().max(1) as usize;
-    Ok(mrvi_core::density::log_sample_densities(&post, &at, &reference, threads))
+    mrvi_core::density::log_sample_densities(&post, &at, &reference, threads).map_err(rerr)
 }
 
 /// Per-cell one-sided KS tests of within- against between-category distances.
@@ -459,9 +515,10 @@ fn mrvi_log_sample_densities(u_mean: &[f64], u_sd: &[f64], n_cells: i32, n_laten
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_cell_association(
-    h: ExternalPtr<MrviModel>, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
+    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
     category: &[i32], mc_samples: i32, normalize: bool, seed: f64, block: i32,
 ) -> RResult<List> {
+    let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let post = posterior(u_mean, u_sd, n_cells, model)?;
     let own = codes(own_sample, model.config.n_samples, "sample")?;
@@ -470,7 +527,7 @@ fn mrvi_cell_association(
     let spec = DistanceSpec { mc_samples: mc_samples.max(0) as usize, normalize, seed: seed as u64 };
     let threads = tch::get_num_threads().max(1) as usize;
     let res = match cell_association(model, &post, &own, &cells, &category, spec, block.max(1) as usize, threads, &mut interrupt_pending) {
-        Err(mrvi_core::Error::Interrupted) => return Err(extendr_api::Error::Other("interrupted by the user".into())),
+        Err(mrvi_core::Error::Interrupted) => return Err(rerr(mrvi_core::Error::Interrupted)),
         other => other.map_err(rerr)?,
     };
     Ok(list!(
@@ -489,13 +546,13 @@ fn mrvi_cell_association(
 fn mrvi_mean_ks_statistics(values: &[f64], n_cells: i32, pair_a: &[i32], pair_b: &[i32], labels: &[i32], n_samples: i32) -> RResult<Vec<f64>> {
     let (nc, p, s) = (n_cells.max(0) as usize, pair_a.len(), n_samples.max(0) as usize);
     if values.len() != nc * p || pair_b.len() != p || s == 0 || labels.len() % s != 0 {
-        return Err(extendr_api::Error::Other("mrvi_mean_ks_statistics: inconsistent dimensions".into()));
+        return Err(invalid("mrvi_mean_ks_statistics: inconsistent dimensions"));
     }
     if pair_a.iter().chain(pair_b).any(|&x| x < 0 || x as usize >= s) {
-        return Err(extendr_api::Error::Other("mrvi_mean_ks_statistics: pair index out of range".into()));
+        return Err(invalid("mrvi_mean_ks_statistics: pair index out of range"));
     }
     let pairs: Vec<(usize, usize)> = pair_a.iter().zip(pair_b).map(|(&a, &b)| (a as usize, b as usize)).collect();
-    let rows: Vec<f64> = (0..nc).flat_map(|c| (0..p).map(move |k| values[c + nc * k])).collect();
+    let rows = try_collect(nc * p, (0..nc).flat_map(|c| (0..p).map(move |k| values[c + nc * k])), "the distances by cell").map_err(rerr)?;
     let labellings: Vec<Vec<i64>> = labels.chunks(s).map(|l| l.iter().map(|&x| x as i64).collect()).collect();
     let threads = tch::get_num_threads().max(1) as usize;
     Ok(mrvi_core::stats::mean_ks_statistics(&rows, &pairs, &labellings, threads))
@@ -530,6 +587,7 @@ extendr_module! {
     fn mrvi_trainer_finish;
     fn mrvi_model_new;
     fn mrvi_model_valid;
+    fn mrvi_weights_hash;
     fn mrvi_encode;
     fn mrvi_z_from_u;
     fn mrvi_group_distances;
