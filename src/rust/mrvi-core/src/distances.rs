@@ -91,11 +91,9 @@ pub fn posterior_draw(post: &Posterior, c: usize, draw: Option<usize>, seed: u64
 /// row-major, for one draw of u (or its mean).
 fn block_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64) -> Vec<f32> {
     let (s, l) = (effect.n_samples, effect.n_latent);
+    let us: Vec<f32> = cells.iter().flat_map(|&c| posterior_draw(post, c, draw, seed)).collect();
     let mut out = vec![0f32; cells.len() * s * l];
-    for (r, &c) in cells.iter().enumerate() {
-        let u = posterior_draw(post, c, draw, seed);
-        effect.z_all(&u, &mut out[r * s * l..(r + 1) * s * l]);
-    }
+    effect.z_block(&us, &mut out);
     out
 }
 

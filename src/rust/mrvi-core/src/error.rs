@@ -38,7 +38,6 @@ impl Error {
     /// The R condition class the binding gives this error (besides "mrvi_error").
     pub fn class(&self) -> &'static str {
         match self {
-            Error::InvalidInput(m) if m.starts_with("training diverged") => "mrvi_divergence_error",
             Error::InvalidInput(_) => "mrvi_input_error",
             Error::Torch(m) if is_out_of_memory(m) => "mrvi_memory_error",
             Error::Torch(_) => "mrvi_backend_error",
@@ -128,7 +127,7 @@ mod tests {
 
     #[test]
     fn classes() {
-        assert_eq!(Error::InvalidInput("training diverged at epoch 3".into()).class(), "mrvi_divergence_error");
+        assert_eq!(Error::Diverged("training diverged at epoch 3".into()).class(), "mrvi_divergence_error");
         assert_eq!(Error::Torch("DefaultCPUAllocator: can't allocate memory: you tried".into()).class(), "mrvi_memory_error");
         assert_eq!(Error::Torch("shape mismatch".into()).class(), "mrvi_backend_error");
     }

@@ -154,7 +154,7 @@ impl Trainer {
             rec_sum += terms.reconstruction_sum;
             kl_sum += terms.kl_sum;
             if !rec_sum.is_finite() {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::Diverged(format!(
                     "training diverged at epoch {} (non-finite loss); try a smaller lr",
                     epoch + 1
                 )));

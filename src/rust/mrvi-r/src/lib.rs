@@ -414,15 +414,20 @@ fn mrvi_counterfactual_z(h: Robj, u: &[f64], n_cells: i32, samples: &[i32]) -> R
     let chosen: Vec<usize> = samples.iter().map(|&s| s as usize).filter(|&s| s < s_all).collect();
     let ns = chosen.len();
     let mut out = try_vec(n.saturating_mul(ns).saturating_mul(l), 0f64, "the counterfactual latents").map_err(rerr)?;
-    let (mut uc, mut z) = (vec![0f32; lu], vec![0f32; s_all * l]);
-    for c in 0..n {
-        for d in 0..lu {
-            uc[d] = u[d * n + c] as f32;
-        }
-        effect.z_all(&uc, &mut z);
-        for (j, &s) in chosen.iter().enumerate() {
-            for d in 0..l {
-                out[c + n * (j + ns * d)] = z[s * l + d] as f64;
+    // blocks of cells: one libtorch call per block for the attention flavour
+    const BLOCK: usize = 256;
+    let mut z = vec![0f32; BLOCK * s_all * l];
+    for start in (0..n).step_by(BLOCK) {
+        let end = (start + BLOCK).min(n);
+        let us: Vec<f32> = (start..end).flat_map(|c| (0..lu).map(move |d| u[d * n + c] as f32)).collect();
+        let zb = &mut z[..(end - start) * s_all * l];
+        effect.z_block(&us, zb);
+        for c in start..end {
+            let zc = &zb[(c - start) * s_all * l..(c - start + 1) * s_all * l];
+            for (j, &s) in chosen.iter().enumerate() {
+                for d in 0..l {
+                    out[c + n * (j + ns * d)] = zc[s * l + d] as f64;
+                }
             }
         }
     }
