@@ -14,7 +14,7 @@ nested_fit <- local({
     if (is.null(cache)) {
       sim <- mrvi:::simulate_counts(n_cells = 2000, n_genes = 150, n_samples = 8, n_sites = 2,
                                     n_cell_types = 3, affected = 1, effect = 3, seed = 4)
-      fit <- mrvi(sim$counts, sample = sim$sample, batch = sim$site, labels = sim$cell_type,
+      fit <- mrvi(sim$counts, flavour = "linear", sample = sim$sample, batch = sim$site, labels = sim$cell_type,
                   max_epochs = 120, seed = 7, verbose = FALSE)
       cache <<- list(sim = sim, fit = fit)
     }
@@ -30,7 +30,7 @@ covariates_fit <- local({
     if (is.null(cache)) {
       sce <- simulateNested(2400, 300, n_samples = 12, n_sites = 1, n_cell_types = 2,
                             n_affected = 1, design = "covariates", seed = 6)
-      fit <- mrvi(sce, sample = "sample", max_epochs = 200, n_latent = 20, seed = 1, verbose = FALSE)
+      fit <- mrvi(sce, flavour = "linear", sample = "sample", max_epochs = 200, n_latent = 20, seed = 1, verbose = FALSE)
       cache <<- list(sce = sce, fit = fit)
     }
     cache

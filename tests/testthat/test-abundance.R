@@ -12,7 +12,7 @@ abundance_fit <- local({
       drop <- (sim$cell_type == "type3" & in_b & runif(length(in_b)) < 0.9) |
         (sim$cell_type == "type3" & sim$sample == "s01")
       keep <- !drop
-      fit <- mrvi(sim$counts[, keep], sample = sim$sample[keep], labels = sim$cell_type[keep],
+      fit <- mrvi(sim$counts[, keep], flavour = "linear", sample = sim$sample[keep], labels = sim$cell_type[keep],
                   max_epochs = 80, seed = 2, verbose = FALSE)
       cache <<- list(fit = fit, grp = grp, type = sim$cell_type[keep])
     }

@@ -3,7 +3,7 @@ small_fit <- local({
   function() {
     if (is.null(cache)) {
       sim <- mrvi:::simulate_counts(n_cells = 400, n_genes = 60, n_samples = 5, seed = 3)
-      fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type, max_epochs = 5,
+      fit <- mrvi(sim$counts, flavour = "linear", sample = sim$sample, labels = sim$cell_type, max_epochs = 5,
                   seed = 2, verbose = FALSE)
       cache <<- list(sim = sim, fit = fit)
     }
@@ -141,7 +141,7 @@ test_that("a planted sample tree is recovered in the affected type only", {
   skip_if_not_installed("ape")
   sce <- simulateNested(3000, 400, n_samples = 16, n_sites = 2, n_cell_types = 3, n_affected = 1,
                         seed = 3)
-  fit <- mrvi(sce, sample = "sample", batch = "site", n_latent = 30, max_epochs = 300, seed = 1,
+  fit <- mrvi(sce, flavour = "linear", sample = "sample", batch = "site", n_latent = 30, max_epochs = 300, seed = 1,
               verbose = FALSE)
   d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
   truth <- S4Vectors::metadata(sce)$truth

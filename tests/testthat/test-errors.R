@@ -6,8 +6,8 @@ old_options <- options(mrvi.threads = 1)
 m <- small_counts()
 s <- small_samples()
 labs <- rep(c("t1", "t2"), length.out = 24)  # varies within samples: a per-cell column
-fit <- mrvi(m, s, labels = labs, max_epochs = 2, n_threads = 1, seed = 1, verbose = FALSE)
-other <- mrvi(m, s, max_epochs = 2, n_threads = 1, seed = 2, verbose = FALSE)
+fit <- mrvi(m, flavour = "linear", s, labels = labs, max_epochs = 2, n_threads = 1, seed = 1, verbose = FALSE)
+other <- mrvi(m, flavour = "linear", s, max_epochs = 2, n_threads = 1, seed = 2, verbose = FALSE)
 neg <- m; neg[1, 1] <- -1
 frac <- m; frac[2, 3] <- 0.5
 nonfinite <- m; nonfinite[3, 4] <- NA

@@ -18,7 +18,7 @@ read_safetensors <- function(bytes) {
 
 test_that("expression under the cell's own sample is the fitted mean, recomputed in R from the weights", {
   sim <- mrvi:::simulate_counts(n_cells = 300, n_genes = 40, n_samples = 4, n_sites = 2, seed = 8)
-  fit <- mrvi(sim$counts, sim$sample, batch = sim$site, max_epochs = 10, verbose = FALSE)
+  fit <- mrvi(sim$counts, flavour = "linear", sim$sample, batch = sim$site, max_epochs = 10, verbose = FALSE)
   w <- read_safetensors(fit@weights)
   cells <- c(1, 50, 123)
   own <- as.character(fit@cell_data$sample[cells])

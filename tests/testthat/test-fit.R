@@ -65,9 +65,9 @@ test_that("saveRDS/readRDS in a new R process gives identical latents", {
 test_that("a fixed seed gives identical weights and latents on CPU", {
   m <- small_counts(40, 90)
   s <- rep(c("A", "B", "C"), 30)
-  f1 <- mrvi(m, s, max_epochs = 3, seed = 11, verbose = FALSE)
-  f2 <- mrvi(m, s, max_epochs = 3, seed = 11, verbose = FALSE)
-  f3 <- mrvi(m, s, max_epochs = 3, seed = 12, verbose = FALSE)
+  f1 <- mrvi(m, flavour = "linear", s, max_epochs = 3, seed = 11, verbose = FALSE)
+  f2 <- mrvi(m, flavour = "linear", s, max_epochs = 3, seed = 11, verbose = FALSE)
+  f3 <- mrvi(m, flavour = "linear", s, max_epochs = 3, seed = 12, verbose = FALSE)
   expect_identical(f1@weights, f2@weights)
   expect_identical(mrviLatent(f1, which = "z"), mrviLatent(f2, which = "z"))
   expect_false(identical(f1@weights, f3@weights))
@@ -76,7 +76,7 @@ test_that("a fixed seed gives identical weights and latents on CPU", {
 test_that("early stopping stops and restores the best epoch", {
   m <- small_counts(40, 200)
   s <- rep(c("A", "B"), 100)
-  fit <- mrvi(m, s, max_epochs = 400, n_epochs_kl_warmup = 2, patience = 3, seed = 1,
+  fit <- mrvi(m, flavour = "linear", s, max_epochs = 400, n_epochs_kl_warmup = 2, patience = 3, seed = 1,
               verbose = FALSE)
   h <- fit@history
   expect_lt(nrow(h), 400)

@@ -117,7 +117,7 @@ test_that("a fit trained on the GPU is sound and is used after readRDS in a CPU-
   skip_if_no_cuda()
   x <- gpu_fixture()
   sim <- x$sim
-  fit <- mrvi(sim$counts, sample = sim$sample, batch = sim$site, labels = sim$cell_type,
+  fit <- mrvi(sim$counts, flavour = "linear", sample = sim$sample, batch = sim$site, labels = sim$cell_type,
               max_epochs = 15, device = "cuda", seed = 3, verbose = FALSE)
   expect_match(fit@config$device, "^cuda")
   h <- fit@history
