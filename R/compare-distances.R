@@ -12,9 +12,10 @@
 #' * `nearest_agreement`: the share of samples whose nearest other sample has
 #'   the same category;
 #' * `replicate_rank`: how close samples of the same category (replicates) sit:
-#'   for each sample, the rank of each same-category sample among all the others
-#'   by distance, scaled to \[0, 1\] and averaged (0: replicates are always the
-#'   nearest; about 0.5: no better than chance).
+#'   for each sample, the share of (replicate, other-category sample) pairs in
+#'   which the other-category sample is the closer one, averaged over samples
+#'   (0: replicates are always nearer than any other sample; about 0.5: no
+#'   better than chance).
 #' Distances are scale-free in all four, so methods compare directly. No
 #' p-values: for tests use [groupAssociation()].
 #'
@@ -99,11 +100,14 @@ separation_scores <- function(m, y) {
   off <- m
   diag(off) <- Inf
   nearest <- mean(y[apply(off, 1, which.min)] == y)
+  # per sample: the share of (replicate, non-replicate) pairs where the
+  # non-replicate is the closer one (a Mann-Whitney U statistic, scaled)
   ranks <- unlist(lapply(seq_len(n), function(i) {
     others <- setdiff(seq_len(n), i)
     rk <- rank(m[i, others])
     mates <- y[others] == y[i]
-    if (any(mates) && n > 2) (rk[mates] - 1) / (n - 2)
+    k <- sum(mates)
+    if (k > 0 && k < n - 1) (mean(rk[mates]) - (k + 1) / 2) / (n - 1 - k)
   }))
   c(r2 = 1 - ss[["within"]] / ss[["total"]], anosim_r = anosim, nearest_agreement = nearest,
     replicate_rank = mean(ranks))
