@@ -38,7 +38,9 @@ covariates_fit <- local({
 })
 
 # A planted sample tree with large effects in one cell type ("planted") and no
-# sample structure in the other ("flat"): six samples,
+# sample structure in the other ("flat"), and a second fit of the flat cells alone
+# (a model of the whole data carries the planted sample effects into the flat
+# type too: its sample shifts are shared by all cells). Six samples,
 # root split {s1, s2, s3} | {s4, s5, s6}, then {s1, s2} and {s4, s5}. Each edge
 # has its own genes, multiplied by 6 in the samples below it. Fitted once per run.
 planted_tree <- local({
@@ -64,8 +66,12 @@ planted_tree <- local({
                        dimnames = list(sprintf("g%02d", seq_len(n_genes)), sprintf("c%04d", seq_len(n_cells))))
       fit <- mrvi(Matrix::Matrix(counts, sparse = TRUE), sample = sample, labels = type, n_latent = 8,
                   max_epochs = 60, seed = 3, n_threads = 1, verbose = FALSE)
+      # the unstructured type alone: samples with no structure anywhere in the model
+      flat <- type == "flat"
+      fit_flat <- mrvi(Matrix::Matrix(counts[, flat], sparse = TRUE), sample = sample[flat], n_latent = 8,
+                       max_epochs = 60, seed = 3, n_threads = 1, verbose = FALSE)
       root_genes <- sprintf("g%02d", 1:16)
-      cache <<- list(fit = fit, counts = counts, sample = sample, type = type, root_genes = root_genes,
+      cache <<- list(fit = fit, fit_flat = fit_flat, counts = counts, sample = sample, type = type, root_genes = root_genes,
                      truth = "(((s1,s2),s3),((s4,s5),s6));")
     }
     cache
