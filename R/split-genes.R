@@ -54,17 +54,10 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
     site <- as.integer(fit@cell_data$batch[part]) - 1L
     for (m in seq_len(draws)) {
       u <- if (mc_samples == 0) mean else mean + sd * stats::rnorm(length(sd))
-      side_mean <- function(samples, k) {
-        total <- 0
-        for (s in samples) {
-          rho <- matrix(mrvi_counterfactual_expression(native_model(fit), u, length(part), rep(s - 1L, length(part)), site),
-                        n_genes)
-          total <- total + rowSums(log2(rho))
-          if (m == 1) expression[, k] <<- expression[, k] + rowSums(rho) / length(samples)
-        }
-        total / length(samples)
-      }
-      lfc[, m] <- lfc[, m] + side_mean(sides$a, 1) - side_mean(sides$b, 2)
+      a <- side_sums(fit, u, site, sides$a)
+      b <- side_sums(fit, u, site, sides$b)
+      lfc[, m] <- lfc[, m] + a$log2 - b$log2
+      if (m == 1) expression <- expression + cbind(a$expression, b$expression)
     }
   }
   lfc <- lfc / length(idx)
@@ -79,6 +72,20 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
   attr(out, "samples_b") <- fit@samples[sides$b]
   attr(out, "n_cells") <- length(idx)
   out
+}
+
+# Over the cells of `u` decoded under each of `samples` (in their own sites): per
+# gene, the sum over cells of the mean over samples of log2 expression, and of
+# expression.
+side_sums <- function(fit, u, site, samples) {
+  n <- nrow(u)
+  log2_sum <- expression_sum <- 0
+  for (s in samples) {
+    rho <- matrix(mrvi_counterfactual_expression(native_model(fit), u, n, rep(s - 1L, n), site), length(fit@genes))
+    log2_sum <- log2_sum + rowSums(log2(rho))
+    expression_sum <- expression_sum + rowSums(rho)
+  }
+  list(log2 = log2_sum / length(samples), expression = expression_sum / length(samples))
 }
 
 # The two sides of a split as sample indices, disjoint and non-empty.

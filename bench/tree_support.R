@@ -15,7 +15,8 @@
 # are reported apart, not as false clades.
 # Split genes: sampleSplitGenes() on the true root split of each affected type
 # (AUC of |lfc| for the root-edge genes) and on the same split in an unaffected type.
-# Settings (environment): MRVI_BENCH_SEEDS (default 1,2), MRVI_BENCH_CELLS (6000),
+# Settings (environment): MRVI_BENCH_SEEDS (default 1,2), MRVI_BENCH_REGIMES
+# ("realistic,easy"), MRVI_BENCH_CELLS (6000),
 # MRVI_BENCH_GENES (500), MRVI_BENCH_SAMPLES (12), MRVI_BENCH_B (100),
 # MRVI_BENCH_EPOCHS (150), MRVI_BENCH_OUT (CSV of clades).
 suppressMessages({
@@ -23,6 +24,9 @@ suppressMessages({
   library(SingleCellExperiment)
 })
 seeds <- as.integer(strsplit(Sys.getenv("MRVI_BENCH_SEEDS", "1,2"), ",")[[1]])
+# "realistic": 10 genes per edge, skewed expression, ~3,000 UMI; "easy": every gene on
+# some edge (simulateNested()'s default), Gamma expression, ~1,500 UMI
+regimes <- strsplit(Sys.getenv("MRVI_BENCH_REGIMES", "realistic,easy"), ",")[[1]]
 n_cells <- as.integer(Sys.getenv("MRVI_BENCH_CELLS", "6000"))
 n_genes <- as.integer(Sys.getenv("MRVI_BENCH_GENES", "500"))
 n_samples <- as.integer(Sys.getenv("MRVI_BENCH_SAMPLES", "12"))
@@ -42,12 +46,14 @@ auc <- function(score, positive) mean(outer(score[positive], score[!positive], "
 
 clade_rows <- list()
 gene_rows <- list()
-for (seed in seeds) {
+for (regime in regimes) for (seed in seeds) {
+  realistic <- regime == "realistic"
   base <- simulateNested(n_cells, n_genes, n_samples = n_samples, n_cell_types = 4, n_affected = 0,
-                         expression = "skewed", library_size = 3000, seed = seed)
+                         expression = if (realistic) "skewed" else "gamma",
+                         library_size = if (realistic) 3000 else 1500, seed = seed)
   cell_type <- base$cell_type
-  args <- list(n_samples = n_samples, n_sites = 2, n_affected = 2, design = "tree", genes_per_edge = 10,
-               seed = seed + 100)
+  args <- list(n_samples = n_samples, n_sites = 2, n_affected = 2, design = "tree",
+               genes_per_edge = if (realistic) 10, seed = seed + 100)
   sce <- do.call(simulateNested, c(list(base = list(counts = counts(base), cell_type = cell_type)), args))
   probe <- Matrix::Matrix(1000, n_genes, n_cells, sparse = TRUE)
   probe_sce <- do.call(simulateNested, c(list(base = list(counts = probe, cell_type = cell_type)), args))
@@ -60,7 +66,7 @@ for (seed in seeds) {
   t0 <- Sys.time()
   trees <- sampleTreeSupport(fit, groups = "labels", B = B)
   support_s <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
-  cat(sprintf("seed %d: fit %.0f s (%d epochs), support B = %d in %.0f s\n", seed, fit_s,
+  cat(sprintf("%s, seed %d: fit %.0f s (%d epochs), support B = %d in %.0f s\n", regime, seed, fit_s,
               nrow(fit@history), B, support_s))
   for (type in names(trees)) {
     phy <- trees[[type]]
@@ -68,7 +74,7 @@ for (seed in seeds) {
     true_clades <- if (affected) clades_of(truth$phylo[[type]]) else character()
     keys <- clades_of(phy)
     clade_rows[[length(clade_rows) + 1]] <- data.frame(
-      seed = seed, cell_type = type, affected = affected, clade = keys,
+      regime = regime, seed = seed, cell_type = type, affected = affected, clade = keys,
       n_samples = lengths(strsplit(keys, ",")), support = phy$node.label[-1], true_clade = keys %in% true_clades,
       rf_to_truth = if (affected) treeDistance(phy, truth$phylo[[type]]) else NA_real_,
       fit_seconds = fit_s, support_seconds = support_s)
@@ -93,14 +99,19 @@ for (seed in seeds) {
     for (cells_of in c(type, unaffected)) {
       t0 <- Sys.time()
       g <- sampleSplitGenes(fit, sides[[1]], sides[[2]], cells = fit@cell_data$labels == cells_of, mc_samples = 10)
+      seconds <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
       positive <- g$gene %in% planted
+      # the baseline: the same split's log2 fold change of pseudobulk log-CPM
+      x <- counts(sce)[, sce$cell_type == cells_of]
+      bulk <- sapply(fit@samples, function(s) Matrix::rowSums(x[, sce$sample[sce$cell_type == cells_of] == s]))
+      log_cpm <- log2(t(t(bulk) / colSums(bulk)) * 1e6 + 1)
+      pb_lfc <- (rowMeans(log_cpm[, sides[[1]]]) - rowMeans(log_cpm[, sides[[2]]]))[g$gene]
       gene_rows[[length(gene_rows) + 1]] <- data.frame(
-        seed = seed, tree_of = type, cells = cells_of, cells_affected = cells_of == type,
-        n_planted = length(planted), auc = auc(abs(g$lfc), positive),
+        regime = regime, seed = seed, tree_of = type, cells = cells_of, cells_affected = cells_of == type,
+        n_planted = length(planted), auc = auc(abs(g$lfc), positive), pseudobulk_auc = auc(abs(pb_lfc), positive),
         planted_in_top = sum(positive[seq_len(length(planted))]),
         median_abs_lfc_planted = stats::median(abs(g$lfc[positive])),
-        max_abs_lfc = max(abs(g$lfc)), max_abs_z = max(abs(g$z)),
-        seconds = as.numeric(difftime(Sys.time(), t0, units = "secs")))
+        max_abs_lfc = max(abs(g$lfc)), max_abs_z = max(abs(g$z)), seconds = seconds)
     }
   }
 }
@@ -110,13 +121,17 @@ dir.create(dirname(out_file), showWarnings = FALSE, recursive = TRUE)
 utils::write.csv(clades, out_file, row.names = FALSE)
 utils::write.csv(genes, genes_file, row.names = FALSE)
 
-cat("\nClade support (non-root clades of the point-estimate trees):\n")
 summ <- function(x) sprintf("n = %d, median %.2f, mean %.2f, share >= 0.9: %.2f", length(x), stats::median(x),
                             mean(x), mean(x >= 0.9))
-cat("  true clades (affected types):  ", summ(clades$support[clades$true_clade]), "\n")
-cat("  false clades (affected types): ", summ(clades$support[clades$affected & !clades$true_clade]), "\n")
-cat("  clades of unaffected types:    ", summ(clades$support[!clades$affected]), "\n")
-aff <- clades[clades$affected, ]
-cat(sprintf("  AUC of support, true vs false clades of affected types: %.3f\n", auc(aff$support, aff$true_clade)))
+for (regime in regimes) {
+  cl <- clades[clades$regime == regime, ]
+  cat("\n", regime, ": clade support (non-root clades of the point-estimate trees)\n", sep = "")
+  cat("  true clades (affected types):  ", summ(cl$support[cl$true_clade]), "\n")
+  cat("  false clades (affected types): ", summ(cl$support[cl$affected & !cl$true_clade]), "\n")
+  cat("  clades of unaffected types:    ", summ(cl$support[!cl$affected]), "\n")
+  aff <- cl[cl$affected, ]
+  cat(sprintf("  AUC of support, true vs false clades of affected types: %.3f; mean RF to truth %.2f\n",
+              auc(aff$support, aff$true_clade), mean(unique(aff[, c("seed", "cell_type", "rf_to_truth")])$rf_to_truth)))
+}
 cat("\nSplit genes of the true root split:\n")
 print(genes, digits = 3, row.names = FALSE)
