@@ -132,6 +132,7 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
 }
 
 group_title <- function(d, group) {
+  if (inherits(d, "phylo")) return(sprintf("MrVI sample tree, clade support from %s replicates", attr(d, "B") %||% "bootstrap"))
   if (is.array(d) && length(dim(d)) == 3) {
     g <- if (is.null(group)) dimnames(d)[[3]][1] else if (is.numeric(group)) dimnames(d)[[3]][group] else group
     paste("MrVI sample distances:", g)
