@@ -80,9 +80,10 @@ mrvi_cell_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, mc_
 
 #' Bootstrap replicates of one group's mean distance matrix: `cells` (0-based),
 #' `weights` cells x R (column-major), replicate r on posterior draw r mod
-#' `draws` (0: the posterior mean). Values of an R array [S, S, R].
+#' `draws` (0: the posterior mean), distances normalised or not. Values of an R
+#' array [S, S, R].
 #' @noRd
-mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, cells, weights, n_replicates, draws, seed, block) rust(.Call(wrap__mrvi_replicate_distances, h, u_mean, u_sd, n_cells, cells, weights, n_replicates, draws, seed, block))
+mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, weights, n_replicates, draws, normalize, seed, block) rust(.Call(wrap__mrvi_replicate_distances, h, u_mean, u_sd, n_cells, own_sample, cells, weights, n_replicates, draws, normalize, seed, block))
 
 #' Counterfactual z for u (cells x L, column-major) under the chosen samples
 #' (0-based): values of an R array [cells, samples, L].

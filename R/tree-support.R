@@ -59,7 +59,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     unique(group)
   }
   point <- with_call(sampleDistances(fit, groups = grouping, min_cells = opts$min_cells, mc_samples = opts$mc_samples,
-                                     chunk_size = opts$chunk_size), call)
+                                     normalize = opts$normalize, chunk_size = opts$chunk_size), call)
   S <- length(fit@samples)
   block <- opts$chunk_size %||% max(16L, min(1024L, as.integer(2^21 / (S * z_dim(fit)))))
   restore <- preserve_rng()
@@ -75,11 +75,15 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     cells <- which(grouping == g & fit@cell_data$sample %in% kept)
     set.seed(seed)
     weights <- bootstrap_multiplicities(fit@cell_data$sample[cells], B)
-    reps <- array(mrvi_replicate_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), cells - 1L,
-                                           weights, B, opts$mc_samples, (fit@config$seed + seed) %% 2^31, block),
+    reps <- array(mrvi_replicate_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
+                                           as.integer(fit@cell_data$sample) - 1L, cells - 1L, weights, B,
+                                           opts$mc_samples, opts$normalize, (fit@config$seed + seed) %% 2^31, block),
                   c(S, S, B), dimnames = list(fit@samples, fit@samples, NULL))
+    # samples in a new random order per replicate: hclust() resolves tied
+    # distances by order, so a clade that rests on ties is not supported by chance
     replicate_clades <- lapply(seq_len(B), function(r) {
-      hclust_clades(stats::hclust(stats::as.dist(reps[kept, kept, r]), method = method))
+      order <- sample(kept)
+      hclust_clades(stats::hclust(stats::as.dist(reps[order, order, r]), method = method))
     })
     support <- vapply(hclust_clades(hc), function(k) mean(vapply(replicate_clades, function(cl) k %in% cl, logical(1))),
                       numeric(1))
@@ -95,13 +99,16 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
 
 # The settings that sampleTreeSupport() takes through `...`.
 support_options <- function(dots, call) {
-  known <- c("mc_samples", "min_cells", "chunk_size")
+  known <- c("mc_samples", "normalize", "min_cells", "chunk_size")
   unknown <- setdiff(names(dots) %||% rep("", length(dots)), known)
   if (length(unknown)) {
     abort_arg(c("Unknown argument{?s} in {.arg ...}: {.val {unknown}}.", "i" = "{.arg ...} takes {.arg {known}}."),
               call = call)
   }
-  list(mc_samples = check_whole(dots$mc_samples %||% 10, "mc_samples", call),
+  normalize <- dots$normalize %||% FALSE
+  mc_samples <- check_whole(dots$mc_samples %||% 10, "mc_samples", call)
+  check_normalize_draws(normalize, mc_samples, call)
+  list(mc_samples = mc_samples, normalize = normalize,
        min_cells = check_whole(dots$min_cells %||% 5, "min_cells", call),
        chunk_size = if (!is.null(dots$chunk_size)) check_count(dots$chunk_size, "chunk_size", call))
 }

@@ -89,7 +89,7 @@ pub fn posterior_draw(post: &Posterior, c: usize, draw: Option<usize>, seed: u64
 
 /// Counterfactual z of a block of cells under every sample, [cells, S, L]
 /// row-major, for one draw of u (or its mean).
-pub(crate) fn block_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64) -> Vec<f32> {
+fn block_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64) -> Vec<f32> {
     let (s, l) = (effect.n_samples, effect.n_latent);
     let mut out = vec![0f32; cells.len() * s * l];
     for (r, &c) in cells.iter().enumerate() {

@@ -4,12 +4,14 @@
 //! Replicate r of a group is the weighted mean sum_n w[n, r] D_m(n) / sum_n w[n, r]
 //! over the group's cells, where D_m(n) is the cell's distance matrix under
 //! posterior draw m = r mod `draws` (the posterior mean when `draws` = 0) and
-//! w[n, r] the cell's bootstrap multiplicity in replicate r. Each D_m(n) is
+//! w[n, r] the cell's bootstrap multiplicity in replicate r. With `normalize`,
+//! D_m(n) is in units of the cell's own posterior noise and clipped at its noise
+//! floor, as in [crate::distances] (needs at least 3 draws). Each D_m(n) is
 //! computed once and added to every replicate that uses draw m: the work is
 //! O(cells * draws * S^2 * L + cells * R * S^2) and the memory O(R * S^2 + block * S * L),
 //! never cells x S x S.
 
-use crate::distances::{accumulate_cell, block_z, Posterior};
+use crate::distances::{accumulate_cell, cell_draws, DistanceSpec, Posterior};
 use crate::error::{try_vec, Error, Result};
 use crate::model::MrviModel;
 
@@ -20,13 +22,15 @@ pub struct Replicates<'a> {
     /// Distinct posterior draws of u, cycled over the replicates; 0: the posterior mean.
     pub draws: usize,
     pub seed: u64,
+    pub normalize: bool,
 }
 
 /// Mean distance matrix of each replicate over `cells`: the values of an R
 /// array [S, S, R] (each matrix symmetric, zero diagonal; NaN when a replicate
 /// gives every cell weight 0).
+/// `own_sample[c]` is the sample of cell c (for the noise floor of `normalize`).
 pub fn replicate_means(
-    model: &MrviModel, post: &Posterior, cells: &[usize], reps: &Replicates, block: usize,
+    model: &MrviModel, post: &Posterior, own_sample: &[i64], cells: &[usize], reps: &Replicates, block: usize,
     interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<Vec<f64>> {
     let s = model.config.n_samples as usize;
@@ -35,9 +39,10 @@ pub fn replicate_means(
     if reps.weights.len() != nc * nr {
         return Err(Error::InvalidInput(format!("the weights must be {nc} cells x {nr} replicates")));
     }
-    if cells.iter().any(|&c| c >= post.n_cells) {
-        return Err(Error::InvalidInput("a cell index is out of range".into()));
+    if cells.iter().any(|&c| c >= post.n_cells) || own_sample.len() != post.n_cells {
+        return Err(Error::InvalidInput("a cell index is out of range, or the own samples do not cover the cells".into()));
     }
+    let spec = DistanceSpec { mc_samples: reps.draws, normalize: reps.normalize, seed: reps.seed };
     let effect = model.host_sample_effect();
     let n_draws = reps.draws.max(1);
     let mut sums = try_vec(nr.saturating_mul(s * s), 0f64, "the replicate distance sums")?;
@@ -47,9 +52,10 @@ pub fn replicate_means(
         if interrupted() {
             return Err(Error::Interrupted);
         }
-        for m in 0..n_draws {
-            let draw = if reps.draws == 0 { None } else { Some(m) };
-            let z = block_z(&effect, post, part, draw, reps.seed);
+        let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
+        // all draws of the block at once: the noise floor of `normalize` needs them
+        let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;
+        for (m, z) in zs.iter().enumerate() {
             for r in 0..part.len() {
                 let i = bi * block.max(1) + r;
                 let users: Vec<usize> = (m..nr).step_by(n_draws).filter(|&k| reps.weights[i + nc * k] != 0.0).collect();
@@ -57,7 +63,9 @@ pub fn replicate_means(
                     continue;
                 }
                 cell_d.iter_mut().for_each(|v| *v = 0.0);
-                accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, 1.0, 0.0, &mut scratch, &mut cell_d);
+                // one draw's distances, not the mean over draws: undo cell_draws' 1 / draws
+                let w = scale.weight[r] * n_draws as f32;
+                accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, w, scale.offset[r], &mut scratch, &mut cell_d);
                 for k in users {
                     let w = reps.weights[i + nc * k];
                     let acc = &mut sums[k * s * s..(k + 1) * s * s];

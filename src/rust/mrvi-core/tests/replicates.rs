@@ -1,5 +1,5 @@
 //! Replicate means against a direct computation of weighted mean distances.
-use mrvi_core::distances::{group_sums, posterior_draw, DistanceSpec, Posterior};
+use mrvi_core::distances::{cell_distances, group_sums, posterior_draw, DistanceSpec, Posterior};
 use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::MrviModel;
 use mrvi_core::replicates::{replicate_means, Replicates};
@@ -26,8 +26,9 @@ fn replicate_means_are_weighted_means_of_the_drawn_cell_distances() {
     let nc = cells.len();
     let (nr, draws, seed) = (5usize, 2usize, 3u64);
     let weights: Vec<f64> = (0..nc * nr).map(|k| ((k * 7) % 4) as f64).collect();
-    let reps = Replicates { weights: &weights, n_replicates: nr, draws, seed };
-    let got = replicate_means(&model, &post, &cells, &reps, 4, &mut || false).unwrap();
+    let own: Vec<i64> = (0..n).map(|c| (c as i64) % s).collect();
+    let reps = Replicates { weights: &weights, n_replicates: nr, draws, seed, normalize: false };
+    let got = replicate_means(&model, &post, &own, &cells, &reps, 4, &mut || false).unwrap();
     let su = s as usize;
     for k in 0..nr {
         let mut want = vec![0f64; su * su];
@@ -49,7 +50,7 @@ fn replicate_means_are_weighted_means_of_the_drawn_cell_distances() {
         }
     }
     // the block size does not change the result
-    let again = replicate_means(&model, &post, &cells, &reps, 100, &mut || false).unwrap();
+    let again = replicate_means(&model, &post, &own, &cells, &reps, 100, &mut || false).unwrap();
     for (x, y) in got.iter().zip(&again) {
         assert!((x - y).abs() < 1e-9 * (1.0 + y.abs()));
     }
@@ -62,9 +63,9 @@ fn unit_weights_on_the_posterior_mean_give_the_group_mean() {
     let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
     let cells: Vec<usize> = (0..n).collect();
     let weights = vec![1.0; n * 2];
-    let reps = Replicates { weights: &weights, n_replicates: 2, draws: 0, seed: 1 };
-    let got = replicate_means(&model, &post, &cells, &reps, 8, &mut || false).unwrap();
     let own: Vec<i64> = (0..n).map(|c| (c as i64) % s).collect();
+    let reps = Replicates { weights: &weights, n_replicates: 2, draws: 0, seed: 1, normalize: false };
+    let got = replicate_means(&model, &post, &own, &cells, &reps, 8, &mut || false).unwrap();
     let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
     let want = group_sums(&model, &post, &own, &vec![0; n], 1, spec, 8, 1, &mut || false).unwrap().mean(0);
     let su = (s * s) as usize;
@@ -75,8 +76,35 @@ fn unit_weights_on_the_posterior_mean_give_the_group_mean() {
     }
     // all-zero weights: NaN, and a wrong weight length is an error
     let zero = vec![0.0; n];
-    let none = Replicates { weights: &zero, n_replicates: 1, draws: 0, seed: 1 };
-    assert!(replicate_means(&model, &post, &cells, &none, 8, &mut || false).unwrap()[1].is_nan());
-    let short = Replicates { weights: &zero[..3], n_replicates: 1, draws: 0, seed: 1 };
-    assert!(replicate_means(&model, &post, &cells, &short, 8, &mut || false).is_err());
+    let none = Replicates { weights: &zero, n_replicates: 1, draws: 0, seed: 1, normalize: false };
+    assert!(replicate_means(&model, &post, &own, &cells, &none, 8, &mut || false).unwrap()[1].is_nan());
+    let short = Replicates { weights: &zero[..3], n_replicates: 1, draws: 0, seed: 1, normalize: false };
+    assert!(replicate_means(&model, &post, &own, &cells, &short, 8, &mut || false).is_err());
+}
+
+#[test]
+fn normalised_replicates_average_to_the_normalised_cell_distances() {
+    // with every replicate weighting all cells once and each draw used by one
+    // replicate, the mean over replicates is the mean over draws: D(n) normalised
+    let (n, s, l) = (17usize, 4i64, 3i64);
+    let (model, mean, sd) = setup(n, s, l);
+    let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
+    let own: Vec<i64> = (0..n).map(|c| (c as i64) % s).collect();
+    let cells: Vec<usize> = (0..n).collect();
+    let draws = 5;
+    let weights = vec![1.0; n * draws];
+    let reps = Replicates { weights: &weights, n_replicates: draws, draws, seed: 7, normalize: true };
+    let got = replicate_means(&model, &post, &own, &cells, &reps, 6, &mut || false).unwrap();
+    let spec = DistanceSpec { mc_samples: draws, normalize: true, seed: 7 };
+    let per_cell = cell_distances(&model, &post, &own, &cells, spec, 6).unwrap();
+    let su = s as usize;
+    for a in 0..su {
+        for b in 0..su {
+            let want: f64 = (0..n).map(|c| per_cell[c + n * (a + su * b)]).sum::<f64>() / n as f64;
+            let have: f64 = (0..draws).map(|k| got[k * su * su + a + su * b]).sum::<f64>() / draws as f64;
+            assert!((have - want).abs() < 1e-4 * (1.0 + want), "({a},{b}): {have} vs {want}");
+        }
+    }
+    let too_few = Replicates { weights: &weights[..n * 2], n_replicates: 2, draws: 2, seed: 7, normalize: true };
+    assert!(replicate_means(&model, &post, &own, &cells, &too_few, 6, &mut || false).is_err());
 }

@@ -402,23 +402,25 @@ fn mrvi_cell_distances(
 
 /// Bootstrap replicates of one group's mean distance matrix: `cells` (0-based),
 /// `weights` cells x R (column-major), replicate r on posterior draw r mod
-/// `draws` (0: the posterior mean). Values of an R array [S, S, R].
+/// `draws` (0: the posterior mean), distances normalised or not. Values of an R
+/// array [S, S, R].
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_replicate_distances(
-    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, cells: &[i32], weights: &[f64],
-    n_replicates: i32, draws: i32, seed: f64, block: i32,
+    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32], weights: &[f64],
+    n_replicates: i32, draws: i32, normalize: bool, seed: f64, block: i32,
 ) -> RResult<Vec<f64>> {
     let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let post = posterior(u_mean, u_sd, n_cells, model)?;
+    let own = codes(own_sample, model.config.n_samples, "sample")?;
     if cells.iter().any(|&c| c < 0 || c >= n_cells) {
         return Err(invalid("cell index out of range"));
     }
     let cells: Vec<usize> = cells.iter().map(|&c| c as usize).collect();
-    let reps = Replicates { weights, n_replicates: n_replicates.max(0) as usize, draws: draws.max(0) as usize, seed: seed as u64 };
-    match replicate_means(model, &post, &cells, &reps, block.max(1) as usize, &mut interrupt_pending) {
+    let reps = Replicates { weights, n_replicates: n_replicates.max(0) as usize, draws: draws.max(0) as usize, seed: seed as u64, normalize };
+    match replicate_means(model, &post, &own, &cells, &reps, block.max(1) as usize, &mut interrupt_pending) {
         Err(mrvi_core::Error::Interrupted) => Err(rerr(mrvi_core::Error::Interrupted)),
         other => other.map_err(rerr),
     }
