@@ -8,6 +8,18 @@
 #' the same `mc_samples`) gets as support the share of replicate trees that
 #' contain it (the same set of samples below one node).
 #'
+#' Support measures how stable a clade is under resampling of cells and of u,
+#' given the fitted model: not whether the model is right. With thousands of
+#' cells per group, raw mean distances are precise, so a clade the model
+#' consistently gets wrong (or sample shifts a whole-data model carries into a
+#' cell type without structure of its own) can still get support near 1. With
+#' `normalize = TRUE`, differences below each cell's own posterior noise count
+#' as 0, and clades that rest on them lose their support: in
+#' `bench/tree_support.R` this separates true from false clades better (see
+#' `bench/README.md`). Samples are put in a new random order in every
+#' replicate, so that clades resting on tied distances are not supported by the
+#' order of the samples.
+#'
 #' Streamed like [sampleDistances()]: each cell's \eqn{D(n)} is computed once
 #' per posterior draw, in blocks, and added with its bootstrap multiplicity to
 #' every replicate that uses that draw (replicate r uses draw
@@ -24,9 +36,11 @@
 #'   is restored afterwards).
 #' @param ... further settings: `mc_samples` (distinct posterior draws of u,
 #'   cycled over the replicates; default 10; 0 keeps the posterior mean and
-#'   resamples cells only), `min_cells` (default 5: samples with fewer cells
-#'   in the group are left out, as in [sampleDistances()]) and `chunk_size`
-#'   (cells per block).
+#'   resamples cells only), `normalize` (default `FALSE`; `TRUE`: distances in
+#'   units of each cell's posterior noise, clipped at its noise floor, as in
+#'   [sampleDistances()]; needs `mc_samples >= 3`), `min_cells` (default 5:
+#'   samples with fewer cells in the group are left out, as in
+#'   [sampleDistances()]) and `chunk_size` (cells per block).
 #' @return for one group, an `ape::phylo` (the point-estimate tree, with branch
 #'   lengths from the linkage heights) whose `node.label` holds the support of
 #'   each internal node's clade, in \[0, 1\] (the root's is 1); for several, a
@@ -105,11 +119,13 @@ support_options <- function(dots, call) {
     abort_arg(c("Unknown argument{?s} in {.arg ...}: {.val {unknown}}.", "i" = "{.arg ...} takes {.arg {known}}."),
               call = call)
   }
-  normalize <- dots$normalize %||% FALSE
-  mc_samples <- check_whole(dots$mc_samples %||% 10, "mc_samples", call)
+  # not %||%: it would turn an NA into the default
+  setting <- function(name, default) if (name %in% names(dots)) dots[[name]] else default
+  normalize <- setting("normalize", FALSE)
+  mc_samples <- check_whole(setting("mc_samples", 10), "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   list(mc_samples = mc_samples, normalize = normalize,
-       min_cells = check_whole(dots$min_cells %||% 5, "min_cells", call),
+       min_cells = check_whole(setting("min_cells", 5), "min_cells", call),
        chunk_size = if (!is.null(dots$chunk_size)) check_count(dots$chunk_size, "chunk_size", call))
 }
 

@@ -14,11 +14,13 @@
 # whole data can carry the affected types' sample shifts into them: their clades
 # are reported apart, not as false clades.
 # Split genes: sampleSplitGenes() on the true root split of each affected type
-# (AUC of |lfc| for the root-edge genes) and on the same split in an unaffected type.
+# (AUC of |lfc| for the root-edge genes) and on the same split in an unaffected type,
+# beside the pseudobulk log-CPM fold change of the same split. Clade support is
+# computed on raw and on normalised distances (`normalize = TRUE`).
 # Settings (environment): MRVI_BENCH_SEEDS (default 1,2), MRVI_BENCH_REGIMES
 # ("realistic,easy"), MRVI_BENCH_CELLS (6000),
 # MRVI_BENCH_GENES (500), MRVI_BENCH_SAMPLES (12), MRVI_BENCH_B (100),
-# MRVI_BENCH_EPOCHS (150), MRVI_BENCH_OUT (CSV of clades).
+# MRVI_BENCH_EPOCHS (150), MRVI_BENCH_SPLIT_GENES ("true"), MRVI_BENCH_OUT (CSV of clades).
 suppressMessages({
   library(mrvi)
   library(SingleCellExperiment)
@@ -34,6 +36,7 @@ B <- as.integer(Sys.getenv("MRVI_BENCH_B", "100"))
 epochs <- as.integer(Sys.getenv("MRVI_BENCH_EPOCHS", "150"))
 out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/tree_support.csv")
 genes_file <- sub("\\.csv$", "_genes.csv", out_file)
+split_genes <- Sys.getenv("MRVI_BENCH_SPLIT_GENES", "true") == "true"  # "false": clade support only
 
 # Clades (sets of tips below a node, as sorted text) of a rooted ape tree, root excluded.
 clades_of <- function(phy) {
@@ -66,6 +69,7 @@ for (regime in regimes) for (seed in seeds) {
   t0 <- Sys.time()
   trees <- sampleTreeSupport(fit, groups = "labels", B = B)
   support_s <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+  normalised <- sampleTreeSupport(fit, groups = "labels", B = B, normalize = TRUE)
   cat(sprintf("%s, seed %d: fit %.0f s (%d epochs), support B = %d in %.0f s\n", regime, seed, fit_s,
               nrow(fit@history), B, support_s))
   for (type in names(trees)) {
@@ -73,15 +77,22 @@ for (regime in regimes) for (seed in seeds) {
     affected <- type %in% truth$affected
     true_clades <- if (affected) clades_of(truth$phylo[[type]]) else character()
     keys <- clades_of(phy)
-    clade_rows[[length(clade_rows) + 1]] <- data.frame(
-      regime = regime, seed = seed, cell_type = type, affected = affected, clade = keys,
-      n_samples = lengths(strsplit(keys, ",")), support = phy$node.label[-1], true_clade = keys %in% true_clades,
-      rf_to_truth = if (affected) treeDistance(phy, truth$phylo[[type]]) else NA_real_,
-      fit_seconds = fit_s, support_seconds = support_s)
+    norm <- normalised[[type]]
+    clade_rows[[length(clade_rows) + 1]] <- rbind(
+      data.frame(regime = regime, seed = seed, distances = "raw", cell_type = type, affected = affected, clade = keys,
+                 n_samples = lengths(strsplit(keys, ",")), support = phy$node.label[-1],
+                 true_clade = keys %in% true_clades,
+                 rf_to_truth = if (affected) treeDistance(phy, truth$phylo[[type]]) else NA_real_,
+                 fit_seconds = fit_s, support_seconds = support_s),
+      data.frame(regime = regime, seed = seed, distances = "normalized", cell_type = type, affected = affected,
+                 clade = clades_of(norm), n_samples = lengths(strsplit(clades_of(norm), ",")),
+                 support = norm$node.label[-1], true_clade = clades_of(norm) %in% true_clades,
+                 rf_to_truth = if (affected) treeDistance(norm, truth$phylo[[type]]) else NA_real_,
+                 fit_seconds = fit_s, support_seconds = NA_real_))
   }
   # split genes on the true root split of each affected type, and on the same split in an unaffected type
   unaffected <- setdiff(levels(sce$cell_type), truth$affected)[1]
-  for (type in truth$affected) {
+  for (type in if (split_genes) truth$affected) {
     root <- truth$phylo[[type]]
     root_node <- length(root$tip.label) + 1
     sides <- lapply(root$edge[root$edge[, 1] == root_node, 2], function(k) {
@@ -119,13 +130,13 @@ clades <- do.call(rbind, clade_rows)
 genes <- do.call(rbind, gene_rows)
 dir.create(dirname(out_file), showWarnings = FALSE, recursive = TRUE)
 utils::write.csv(clades, out_file, row.names = FALSE)
-utils::write.csv(genes, genes_file, row.names = FALSE)
+if (split_genes) utils::write.csv(genes, genes_file, row.names = FALSE)
 
 summ <- function(x) sprintf("n = %d, median %.2f, mean %.2f, share >= 0.9: %.2f", length(x), stats::median(x),
                             mean(x), mean(x >= 0.9))
-for (regime in regimes) {
-  cl <- clades[clades$regime == regime, ]
-  cat("\n", regime, ": clade support (non-root clades of the point-estimate trees)\n", sep = "")
+for (regime in regimes) for (kind in c("raw", "normalized")) {
+  cl <- clades[clades$regime == regime & clades$distances == kind, ]
+  cat("\n", regime, ", ", kind, " distances: clade support (non-root clades of the point-estimate trees)\n", sep = "")
   cat("  true clades (affected types):  ", summ(cl$support[cl$true_clade]), "\n")
   cat("  false clades (affected types): ", summ(cl$support[cl$affected & !cl$true_clade]), "\n")
   cat("  clades of unaffected types:    ", summ(cl$support[!cl$affected]), "\n")
@@ -133,5 +144,7 @@ for (regime in regimes) {
   cat(sprintf("  AUC of support, true vs false clades of affected types: %.3f; mean RF to truth %.2f\n",
               auc(aff$support, aff$true_clade), mean(unique(aff[, c("seed", "cell_type", "rf_to_truth")])$rf_to_truth)))
 }
-cat("\nSplit genes of the true root split:\n")
-print(genes, digits = 3, row.names = FALSE)
+if (split_genes) {
+  cat("\nSplit genes of the true root split:\n")
+  print(genes, digits = 3, row.names = FALSE)
+}

@@ -39,6 +39,11 @@ test_that("a tree planted with large effects has support 1; samples without stru
   expect_true(all(inner >= 0 & inner <= 1))
   expect_lt(mean(inner), 0.85)
   expect_gt(sd(c(inner, 1)), 0)
+  # normalised distances: differences below each cell's noise floor count as 0
+  normalised <- sampleTreeSupport(p$fit_flat, groups = NULL, B = 30, mc_samples = 5, normalize = TRUE)
+  expect_lt(mean(normalised$node.label[-1]), 0.4)
+  expect_true(all(sampleTreeSupport(p$fit, "labels", group = "planted", B = 30, mc_samples = 5,
+                                    normalize = TRUE)$node.label == 1))
   # the plot shows the values
   g <- plotSampleTree(planted)
   expect_s3_class(g, "ggplot")
@@ -84,6 +89,8 @@ test_that("sampleTreeSupport() and sampleSplitGenes() refuse bad arguments by na
   expect_error(sampleTreeSupport(fit, "labels", seed = -1), "seed", class = "mrvi_error")
   expect_error(sampleTreeSupport(fit, "labels", mc_sample = 3), "mc_sample", class = "mrvi_error")
   expect_error(sampleTreeSupport(fit, "labels", mc_samples = -1), "mc_samples", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", normalize = TRUE, mc_samples = 2), "normalize", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", normalize = NA), "normalize", class = "mrvi_error")
   expect_error(sampleTreeSupport(fit, "labels", min_cells = 1000), "3", class = "mrvi_error")
   expect_error(sampleSplitGenes("fit", "s1"), class = "mrvi_error")
   expect_error(sampleSplitGenes(fit, "nope"), "samples_a", class = "mrvi_error")
