@@ -5,18 +5,20 @@
 #' sample keeps its number of cells), takes a posterior draw of u for every
 #' cell, recomputes the group's mean distance matrix \eqn{D(C)}, and clusters
 #' it. A clade of the point-estimate tree (the tree of [sampleDistances()] with
-#' the same `mc_samples`) gets as support the share of replicate trees that
+#' the same `mc_samples` and `normalize`) gets as support the share of replicate trees that
 #' contain it (the same set of samples below one node).
 #'
 #' Support measures how stable a clade is under resampling of cells and of u,
 #' given the fitted model: not whether the model is right. With thousands of
 #' cells per group, raw mean distances are precise, so a clade the model
 #' consistently gets wrong (or sample shifts a whole-data model carries into a
-#' cell type without structure of its own) can still get support near 1. With
-#' `normalize = TRUE`, differences below each cell's own posterior noise count
-#' as 0, and clades that rest on them lose their support: in
-#' `bench/tree_support.R` this separates true from false clades better (see
-#' `bench/README.md`). Samples are put in a new random order in every
+#' cell type without structure of its own) can still get support near 1. Hence
+#' the default `normalize = TRUE`: differences below each cell's own posterior
+#' noise count as 0, and clades that rest on them lose their support; in
+#' `bench/tree_support.R` this separates true from false clades far better than
+#' raw distances (see `bench/README.md`), at the price of lower support for
+#' weak true clades. The point-estimate tree is then that of the normalised
+#' distances (`sampleDistances(normalize = TRUE)`). Samples are put in a new random order in every
 #' replicate, so that clades resting on tied distances are not supported by the
 #' order of the samples.
 #'
@@ -36,9 +38,9 @@
 #'   is restored afterwards).
 #' @param ... further settings: `mc_samples` (distinct posterior draws of u,
 #'   cycled over the replicates; default 10; 0 keeps the posterior mean and
-#'   resamples cells only), `normalize` (default `FALSE`; `TRUE`: distances in
-#'   units of each cell's posterior noise, clipped at its noise floor, as in
-#'   [sampleDistances()]; needs `mc_samples >= 3`), `min_cells` (default 5:
+#'   resamples cells only; with `normalize`, at least 3), `normalize` (default
+#'   `TRUE`: distances in units of each cell's posterior noise, clipped at its
+#'   noise floor, as in [sampleDistances()]; `FALSE`: raw distances), `min_cells` (default 5:
 #'   samples with fewer cells in the group are left out, as in
 #'   [sampleDistances()]) and `chunk_size` (cells per block).
 #' @return for one group, an `ape::phylo` (the point-estimate tree, with branch
@@ -121,7 +123,7 @@ support_options <- function(dots, call) {
   }
   # not %||%: it would turn an NA into the default
   setting <- function(name, default) if (name %in% names(dots)) dots[[name]] else default
-  normalize <- setting("normalize", FALSE)
+  normalize <- setting("normalize", TRUE)
   mc_samples <- check_whole(setting("mc_samples", 10), "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   list(mc_samples = mc_samples, normalize = normalize,

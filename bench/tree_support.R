@@ -67,7 +67,7 @@ for (regime in regimes) for (seed in seeds) {
               seed = seed, n_threads = 1, verbose = FALSE)
   fit_s <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
   t0 <- Sys.time()
-  trees <- sampleTreeSupport(fit, groups = "labels", B = B)
+  trees <- sampleTreeSupport(fit, groups = "labels", B = B, normalize = FALSE)
   support_s <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
   normalised <- sampleTreeSupport(fit, groups = "labels", B = B, normalize = TRUE)
   cat(sprintf("%s, seed %d: fit %.0f s (%d epochs), support B = %d in %.0f s\n", regime, seed, fit_s,
