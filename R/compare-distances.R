@@ -52,11 +52,11 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
     abort_arg(c("{.arg covariates} must be column names of {.arg sample_table}.",
                 "i" = "Columns: {show_some(names(sample_table), 12)}."), call = call)
   }
+  # the groups of the multi-group entries; without any, each entry is its own group
   groups <- unique(unlist(lapply(matrices, function(m) if (length(m) > 1) names(m))))
-  if (!length(groups)) groups <- unique(unlist(lapply(matrices, names)))
   out <- list()
   for (method in names(matrices)) {
-    for (g in groups) {
+    for (g in if (length(groups)) groups else names(matrices[[method]])) {
       m <- if (length(matrices[[method]]) == 1) matrices[[method]][[1]] else matrices[[method]][[g]]
       if (is.null(m)) next
       for (cov in covariates) {

@@ -94,6 +94,10 @@ test_that("compareSampleDistances() scores match independent formulas", {
   expect_equal(nrow(res2), 4)
   expect_equal(res2$r2[res2$method == "flat"], rep(one$r2, 2))
   expect_equal(res2$r2[res2$method == "mrvi" & res2$group == "T"], one$r2)
+  # one-group entries only: one row each, under its own group name
+  prop <- array(m, c(9, 9, 1), dimnames = list(rownames(m), rownames(m), "proportions"))
+  res3 <- compareSampleDistances(list(points = m, prop = prop), table, "arm")
+  expect_equal(res3$group, c("all", "proportions"))
 })
 
 test_that("plotSampleMDS() draws classical MDS coordinates", {
