@@ -74,7 +74,8 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     }
     unique(group)
   }
-  point <- with_call(sampleDistances(fit, groups = grouping, min_cells = opts$min_cells, mc_samples = opts$mc_samples,
+  # only the groups asked for (cells of the others in no group)
+  point <- with_call(sampleDistances(fit, groups = factor(grouping, levels = chosen), min_cells = opts$min_cells, mc_samples = opts$mc_samples,
                                      normalize = opts$normalize, chunk_size = opts$chunk_size), call)
   S <- length(fit@samples)
   block <- opts$chunk_size %||% max(16L, min(1024L, as.integer(2^21 / (S * z_dim(fit)))))
