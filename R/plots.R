@@ -94,7 +94,9 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
   if (inherits(d, "phylo")) {
     if (!requireNamespace("ape", quietly = TRUE)) abort_arg("Drawing an ape tree needs {.pkg ape}.", call = call)
     support <- support %||% d
-    hc <- stats::as.hclust(d)
+    # the clustering itself when sampleTreeSupport() kept it (ape's conversion
+    # refuses trees whose heights are all 0)
+    hc <- attr(d, "hclust") %||% stats::as.hclust(d)
     m <- structure(matrix(0, length(hc$labels), length(hc$labels), dimnames = list(hc$labels, hc$labels)),
                    sample_table = attr(d, "sample_table"))
   } else {

@@ -106,6 +106,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
                       numeric(1))
     phy <- ape::as.phylo(hc)
     phy$node.label <- unname(support[phylo_clades(phy)])
+    attr(phy, "hclust") <- hc  # drawn by plotSampleTree() at the linkage heights
     attr(phy, "B") <- B
     attr(phy, "excluded") <- setdiff(fit@samples, kept)
     attr(phy, "sample_table") <- fit@sample_table
