@@ -224,16 +224,8 @@ ks_group_test <- function(fit, y, cells, g, permutations, seed, normalize, mc_sa
 pseudo_f <- function(d2, y) {
   n <- nrow(d2)
   k <- nlevels(y)
-  ss_total <- sum(d2[upper.tri(d2)]) / n
-  ss_within <- 0
-  for (lev in levels(y)) {
-    idx <- which(y == lev)
-    if (length(idx) > 1) {
-      sub <- d2[idx, idx]
-      ss_within <- ss_within + sum(sub[upper.tri(sub)]) / length(idx)
-    }
-  }
-  ((ss_total - ss_within) / (k - 1)) / (ss_within / (n - k))
+  ss <- permanova_ss(d2, y)
+  ((ss[["total"]] - ss[["within"]]) / (k - 1)) / (ss[["within"]] / (n - k))
 }
 
 # A categorical sample covariate as a factor over `samples` (NA allowed).

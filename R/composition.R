@@ -17,6 +17,10 @@
 #' @param resolution Leiden resolution (modularity).
 #' @param k neighbours in the kNN graph.
 #' @param seed seed for the clustering (R's generator is restored afterwards).
+#' @param transform `"none"` (Euclidean distances of proportions, as the paper)
+#'   or `"clr"`: centred log-ratios of the subcluster counts plus 0.5 (the
+#'   Aitchison distance, which weighs rare subclusters as much as common ones).
+#'   For cell-type proportions without subclustering see [proportionDistances()].
 #' @return an array `[S, S, G]` with dimnames and attributes `n_cells`,
 #'   `n_clusters` (subclusters per group) and `sample_table`.
 #' @examples
@@ -27,8 +31,9 @@
 #' }
 #' @export
 compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50, resolution = 1,
-                                 k = 15, seed = 1) {
+                                 k = 15, seed = 1, transform = c("none", "clr")) {
   call <- sys.call()
+  transform <- match_choice(transform, c("none", "clr"), "transform", call)
   if (!requireNamespace("igraph", quietly = TRUE)) {
     abort_arg("compositionDistances() clusters with Leiden: install {.pkg igraph}.", call = call)
   }
@@ -58,8 +63,9 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
     idx <- which(group == levels(group)[g])
     cl <- leiden_clusters(emb[idx, , drop = FALSE], k, resolution)
     n_clusters[g] <- nlevels(cl)
-    prop <- prop.table(table(data$sample[idx], cl), 1)
-    prop[is.nan(prop)] <- NA
+    tab <- table(data$sample[idx], cl)
+    prop <- if (transform == "clr") clr(unclass(tab) + 0.5) else prop.table(tab, 1)
+    prop[rowSums(tab) == 0, ] <- NA  # samples without cells in the group
     out[, , g] <- as.matrix(stats::dist(prop))
   }
   attr(out, "n_cells") <- stats::setNames(as.vector(table(group)), levels(group))

@@ -78,6 +78,13 @@ mrvi_group_tensor_distances <- function(h, u_mean, u_sd, n_cells, own_sample, gr
 #' @noRd
 mrvi_cell_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block) rust(.Call(wrap__mrvi_cell_distances, h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block))
 
+#' Bootstrap replicates of one group's mean distance matrix: `cells` (0-based),
+#' `weights` cells x R (column-major), replicate r on posterior draw r mod
+#' `draws` (0: the posterior mean), distances normalised or not. Values of an R
+#' array [S, S, R].
+#' @noRd
+mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, weights, n_replicates, draws, normalize, seed, block) rust(.Call(wrap__mrvi_replicate_distances, h, u_mean, u_sd, n_cells, own_sample, cells, weights, n_replicates, draws, normalize, seed, block))
+
 #' Counterfactual z for u (cells x L, column-major) under the chosen samples
 #' (0-based): values of an R array [cells, samples, L].
 #' @noRd

@@ -47,6 +47,10 @@ utils::globalVariables(c("epoch", "elbo", "set"))
 #'   (`attr(d, "sample_table")`, which `sampleDistances()` attaches), or a
 #'   data.frame with one row per sample (row names = samples).
 #' @param method agglomeration method for the tree (as [sampleHclust()]).
+#' @param support `plotSampleTree()`: `NULL`, or a tree from
+#'   [sampleTreeSupport()] whose clade support values are written at the
+#'   matching nodes. `d` may itself be such a tree (an `ape::phylo`): it is then
+#'   drawn with its support values (`annotation` reads its `sample_table`).
 #' @return a ggplot.
 #' @examples
 #' sim <- mrvi:::example_counts()
@@ -85,10 +89,20 @@ plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "av
 
 #' @rdname plotSampleDistances
 #' @export
-plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average") {
+plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average", support = NULL) {
   call <- sys.call()
-  m <- group_matrix(d, group, call)
-  hc <- suppressMessages(sampleHclust(m, method = method))
+  if (inherits(d, "phylo")) {
+    if (!requireNamespace("ape", quietly = TRUE)) abort_arg("Drawing an ape tree needs {.pkg ape}.", call = call)
+    support <- support %||% d
+    # the clustering itself when sampleTreeSupport() kept it (ape's conversion
+    # refuses trees whose heights are all 0)
+    hc <- attr(d, "hclust") %||% stats::as.hclust(d)
+    m <- structure(matrix(0, length(hc$labels), length(hc$labels), dimnames = list(hc$labels, hc$labels)),
+                   sample_table = attr(d, "sample_table"))
+  } else {
+    m <- group_matrix(d, group, call)
+    hc <- suppressMessages(sampleHclust(m, method = method))
+  }
   seg <- dendrogram_segments(hc)
   ord <- hc$labels[hc$order]
   leaves <- data.frame(x = seq_along(ord), label = ord)
@@ -103,6 +117,11 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
     ggplot2::theme_minimal() +
     ggplot2::theme(axis.text.x = ggplot2::element_blank(), panel.grid.major.x = ggplot2::element_blank(),
                    panel.grid.minor.x = ggplot2::element_blank())
+  if (!is.null(support)) {
+    nodes <- support_labels(hc, attr(seg, "nodes"), support, call)
+    p <- p + ggplot2::geom_label(data = nodes, ggplot2::aes(x = x, y = y, label = label), size = 2.6,
+                                 label.size = 0, fill = "white", alpha = 0.8, vjust = -0.2)
+  }
   ann <- annotation_frame(d, m, annotation, ord, call)
   if (!is.null(ann)) {
     ann$xpos <- match(as.character(ann$x), ord)
@@ -115,6 +134,7 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
 }
 
 group_title <- function(d, group) {
+  if (inherits(d, "phylo")) return(sprintf("MrVI sample tree, clade support from %s replicates", attr(d, "B") %||% "bootstrap"))
   if (is.array(d) && length(dim(d)) == 3) {
     g <- if (is.null(group)) dimnames(d)[[3]][1] else if (is.numeric(group)) dimnames(d)[[3]][group] else group
     paste("MrVI sample distances:", g)
@@ -159,7 +179,19 @@ dendrogram_segments <- function(hc) {
                            xend = c(ends[[1]][1], ends[[2]][1], ends[[2]][1]),
                            yend = c(h, h, h))
   }
-  do.call(rbind, out)
+  structure(do.call(rbind, out), nodes = data.frame(x = node_x, y = hc$height))
+}
+
+# Support values of a sampleTreeSupport() tree at the matching merges of `hc`
+# (clades absent from the support tree are left blank).
+support_labels <- function(hc, nodes, support, call) {
+  if (!inherits(support, "phylo") || !is.numeric(support$node.label)) {
+    abort_arg("{.arg support} must be a tree from {.fn sampleTreeSupport} (an ape phylo with numeric node labels).",
+              call = call)
+  }
+  value <- support$node.label[match(hclust_clades(hc), phylo_clades(support))]
+  nodes$label <- ifelse(is.na(value), "", formatC(value, format = "f", digits = 2))
+  nodes[nodes$label != "", , drop = FALSE]
 }
 
 utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label", "xpos", "ypos"))

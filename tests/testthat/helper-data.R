@@ -36,3 +36,44 @@ covariates_fit <- local({
     cache
   }
 })
+
+# A planted sample tree with large effects in one cell type ("planted") and no
+# sample structure in the other ("flat"), and a second fit of the flat cells alone
+# (a model of the whole data carries the planted sample effects into the flat
+# type too: its sample shifts are shared by all cells). Six samples,
+# root split {s1, s2, s3} | {s4, s5, s6}, then {s1, s2} and {s4, s5}. Each edge
+# has its own genes, multiplied by 6 in the samples below it. Fitted once per run.
+planted_tree <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      set.seed(19)
+      samples <- sprintf("s%d", 1:6)
+      edges <- list(list(below = c("s1", "s2", "s3"), genes = 1:8), list(below = c("s4", "s5", "s6"), genes = 9:16),
+                    list(below = c("s1", "s2"), genes = 17:22), list(below = c("s4", "s5"), genes = 23:28))
+      n_genes <- 80
+      n_cells <- 1200
+      sample <- rep(samples, length.out = n_cells)
+      type <- rep(c("planted", "flat"), each = n_cells / 2)
+      base <- rbind(stats::rgamma(n_genes, 2, 0.5), stats::rgamma(n_genes, 2, 0.5))
+      rate <- t(base[match(type, c("planted", "flat")), ])
+      for (e in edges) {
+        hit <- type == "planted" & sample %in% e$below
+        rate[e$genes, hit] <- rate[e$genes, hit] * 6
+      }
+      rate <- t(t(rate) / colSums(rate)) * 1500
+      counts <- matrix(stats::rnbinom(length(rate), mu = rate, size = 10), n_genes,
+                       dimnames = list(sprintf("g%02d", seq_len(n_genes)), sprintf("c%04d", seq_len(n_cells))))
+      fit <- mrvi(Matrix::Matrix(counts, sparse = TRUE), sample = sample, labels = type, n_latent = 8,
+                  max_epochs = 60, seed = 3, n_threads = 1, verbose = FALSE)
+      # the unstructured type alone: samples with no structure anywhere in the model
+      flat <- type == "flat"
+      fit_flat <- mrvi(Matrix::Matrix(counts[, flat], sparse = TRUE), sample = sample[flat], n_latent = 8,
+                       max_epochs = 60, seed = 3, n_threads = 1, verbose = FALSE)
+      root_genes <- sprintf("g%02d", 1:16)
+      cache <<- list(fit = fit, fit_flat = fit_flat, counts = counts, sample = sample, type = type, root_genes = root_genes,
+                     truth = "(((s1,s2),s3),((s4,s5),s6));")
+    }
+    cache
+  }
+})

@@ -15,6 +15,7 @@ use mrvi_core::model::MrviModel;
 use mrvi_core::train::Trainer;
 use mrvi_core::data::{scan_slots, CscCounts, CscView};
 use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, DistanceSpec, Posterior};
+use mrvi_core::replicates::{replicate_means, Replicates};
 use mrvi_core::error::{try_collect, try_vec, try_with_capacity};
 use mrvi_core::{backend, io};
 use std::os::raw::c_int;
@@ -399,6 +400,32 @@ fn mrvi_cell_distances(
     cell_distances(model, &post, &own, &cells, spec, block.max(1) as usize).map_err(rerr)
 }
 
+/// Bootstrap replicates of one group's mean distance matrix: `cells` (0-based),
+/// `weights` cells x R (column-major), replicate r on posterior draw r mod
+/// `draws` (0: the posterior mean), distances normalised or not. Values of an R
+/// array [S, S, R].
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn mrvi_replicate_distances(
+    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32], weights: &[f64],
+    n_replicates: i32, draws: i32, normalize: bool, seed: f64, block: i32,
+) -> RResult<Vec<f64>> {
+    let h = model_ptr(&h)?;
+    let model = h.try_addr()?;
+    let post = posterior(u_mean, u_sd, n_cells, model)?;
+    let own = codes(own_sample, model.config.n_samples, "sample")?;
+    if cells.iter().any(|&c| c < 0 || c >= n_cells) {
+        return Err(invalid("cell index out of range"));
+    }
+    let cells: Vec<usize> = cells.iter().map(|&c| c as usize).collect();
+    let reps = Replicates { weights, n_replicates: n_replicates.max(0) as usize, draws: draws.max(0) as usize, seed: seed as u64, normalize };
+    match replicate_means(model, &post, &own, &cells, &reps, block.max(1) as usize, &mut interrupt_pending) {
+        Err(mrvi_core::Error::Interrupted) => Err(rerr(mrvi_core::Error::Interrupted)),
+        other => other.map_err(rerr),
+    }
+}
+
 /// Counterfactual z for u (cells x L, column-major) under the chosen samples
 /// (0-based): values of an R array [cells, samples, L].
 /// @noRd
@@ -598,6 +625,7 @@ extendr_module! {
     fn mrvi_group_distances;
     fn mrvi_group_tensor_distances;
     fn mrvi_cell_distances;
+    fn mrvi_replicate_distances;
     fn mrvi_counterfactual_z;
     fn mrvi_cell_association;
     fn mrvi_counterfactual_expression;

@@ -1,0 +1,96 @@
+#' Baseline sample distances: pseudobulk expression and cell-type proportions
+#'
+#' Simple sample representations to put beside MrVI's distances (see
+#' [compareSampleDistances()]). `pseudobulkDistances()`: within each group, the
+#' counts of each sample's cells are summed, turned into log-CPM
+#' (\eqn{\log_2(\mathrm{CPM} + 1)}), restricted to the `n_genes` genes whose
+#' log-CPM varies most across the group's samples, and compared by correlation
+#' distance (\eqn{1 - r}, Pearson) or Euclidean distance.
+#' `proportionDistances()`: each sample's proportions over the groups (e.g.
+#' cell types), centred-log-ratio transformed (with `pseudocount` added to the
+#' counts), compared by Euclidean distance (the Aitchison distance); with
+#' `transform = "none"`, plain Euclidean distances of proportions.
+#'
+#' Both return the shape of [sampleDistances()] (`[S, S, G]` with dimnames and
+#' attribute `sample_table`), so [sampleHclust()], [plotSampleDistances()],
+#' [plotSampleMDS()] and [compareSampleDistances()] take them as they are.
+#' `proportionDistances()` has one "group", `proportions`.
+#'
+#' @inheritParams mrviData
+#' @param groups a column name of the cell metadata or a vector over cells
+#'   (`pseudobulkDistances()`: `NULL` for one group of all cells).
+#' @param metric `"correlation"` or `"euclidean"`.
+#' @param n_genes number of most variable genes (per group) used.
+#' @param min_cells a sample with fewer cells than this in a group is left out of
+#'   that group's matrix (`NA` row and column; listed in `attr(, "excluded")`).
+#' @return an array `[S, S, G]` with dimnames and attributes `n_cells`,
+#'   `excluded` and `sample_table` (and `genes`, per group the genes used, for
+#'   pseudobulk).
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' p <- pseudobulkDistances(sim$counts, sim$sample, groups = sim$cell_type)
+#' sampleHclust(p, group = 1)
+#' proportionDistances(sim$counts, sim$sample, groups = sim$cell_type)[, , 1]
+#' @export
+pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlation", "euclidean"), n_genes = 2000,
+                                min_cells = 5) {
+  call <- sys.call()
+  metric <- match_choice(metric, c("correlation", "euclidean"), "metric", call)
+  n_genes <- check_count(n_genes, "n_genes", call)
+  min_cells <- check_whole(min_cells, "min_cells", call)
+  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call)
+  group <- if (is.null(data$labels)) factor(rep("all", ncol(data$counts))) else data$labels
+  samples <- levels(data$sample)
+  S <- length(samples)
+  out <- array(NA_real_, c(S, S, nlevels(group)), dimnames = list(samples, samples, levels(group)))
+  excluded <- genes <- stats::setNames(vector("list", nlevels(group)), levels(group))
+  for (g in levels(group)) {
+    idx <- which(group == g)
+    n <- table(factor(data$sample[idx], samples))
+    kept <- samples[n >= min_cells]
+    excluded[[g]] <- samples[n < min_cells]
+    if (length(kept) < 2) next
+    bulk <- data$counts[, idx, drop = FALSE] %*% Matrix::sparseMatrix(seq_along(idx), match(data$sample[idx], samples),
+                                                                      x = 1, dims = c(length(idx), S))
+    bulk <- as.matrix(bulk)[, match(kept, samples), drop = FALSE]
+    log_cpm <- log2(t(t(bulk) / colSums(bulk)) * 1e6 + 1)
+    variance <- apply(log_cpm, 1, stats::var)
+    top <- order(variance, decreasing = TRUE)[seq_len(min(n_genes, sum(variance > 0)))]
+    genes[[g]] <- rownames(data$counts)[top]
+    v <- log_cpm[top, , drop = FALSE]
+    out[kept, kept, g] <- if (metric == "correlation") 1 - stats::cor(v) else as.matrix(stats::dist(t(v)))
+  }
+  attr(out, "n_cells") <- stats::setNames(as.vector(table(group)), levels(group))
+  attr(out, "excluded") <- excluded
+  attr(out, "genes") <- genes
+  attr(out, "metric") <- metric
+  attr(out, "sample_table") <- data$sample_table
+  out
+}
+
+#' @rdname pseudobulkDistances
+#' @param transform `"clr"` (centred log-ratio, the default) or `"none"`.
+#' @param pseudocount added to every sample's cell counts per group before the
+#'   log-ratio (a group absent from a sample would otherwise give \eqn{\log 0}).
+#' @export
+proportionDistances <- function(x, sample, groups, transform = c("clr", "none"), pseudocount = 0.5) {
+  call <- sys.call()
+  transform <- match_choice(transform, c("clr", "none"), "transform", call)
+  check_positive(pseudocount, "pseudocount", call)
+  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call)
+  counts <- unclass(table(data$sample, data$labels))
+  values <- if (transform == "clr") clr(counts + pseudocount) else counts / rowSums(counts)
+  samples <- rownames(counts)
+  out <- array(as.matrix(stats::dist(values)), c(length(samples), length(samples), 1),
+               dimnames = list(samples, samples, "proportions"))
+  attr(out, "n_cells") <- c(proportions = ncol(data$counts))
+  attr(out, "excluded") <- list(proportions = character())
+  attr(out, "sample_table") <- data$sample_table
+  out
+}
+
+# Centred log-ratio of each row of positive values.
+clr <- function(m) {
+  l <- log(m)
+  l - rowMeans(l)
+}

@@ -1,0 +1,127 @@
+#' How well do sample distance matrices separate known sample covariates?
+#'
+#' Puts MrVI's distances beside baselines ([pseudobulkDistances()],
+#' [proportionDistances()], [compositionDistances()]) on the user's own data:
+#' per method, group and covariate,
+#' * `r2`: PERMANOVA \eqn{R^2}, the share of the total sum of squared distances
+#'   between the covariate's categories (\eqn{1 - SS_W / SS_T});
+#' * `anosim_r`: ANOSIM R, \eqn{(\bar r_B - \bar r_W) / (M / 2)} with
+#'   \eqn{\bar r_B}, \eqn{\bar r_W} the mean ranks of between- and
+#'   within-category distances and \eqn{M = n(n-1)/2} (1: every within-category
+#'   pair closer than every between pair; about 0: no separation);
+#' * `nearest_agreement`: the share of samples whose nearest other sample has
+#'   the same category;
+#' * `replicate_rank`: how close samples of the same category (replicates) sit:
+#'   for each sample, the share of (replicate, other-category sample) pairs in
+#'   which the other-category sample is the closer one, averaged over samples
+#'   (0: replicates are always nearer than any other sample; about 0.5: no
+#'   better than chance).
+#' Distances are scale-free in all four, so methods compare directly. No
+#' p-values: for tests use [groupAssociation()].
+#'
+#' @param distances a named list of distance results: arrays `[S, S, G]` (as
+#'   [sampleDistances()]), `S x S` matrices or `dist` objects. An entry with one
+#'   group (or a matrix) is compared in every group of the others.
+#' @param sample_table a data.frame with one row per sample: a `sample` column
+#'   or row names giving the samples (e.g. `attr(d, "sample_table")`).
+#' @param covariates column names of `sample_table` (categorical).
+#' @return a data.frame with one row per method, group and covariate: `method`,
+#'   `group`, `covariate`, `n_samples` (samples with distances and a category),
+#'   `r2`, `anosim_r`, `nearest_agreement`, `replicate_rank`.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type,
+#'             max_epochs = 2, verbose = FALSE)
+#' d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+#' p <- pseudobulkDistances(sim$counts, sim$sample, groups = sim$cell_type)
+#' table <- data.frame(sample = fit@samples, arm = c("x", "x", "y", "y"))
+#' compareSampleDistances(list(mrvi = d, pseudobulk = p), table, "arm")
+#' @export
+compareSampleDistances <- function(distances, sample_table, covariates) {
+  call <- sys.call()
+  if (!is.list(distances) || !length(distances) || is.null(names(distances)) || any(names(distances) == "") ||
+      is.array(distances) || inherits(distances, "dist")) {
+    abort_arg(c("{.arg distances} must be a named list of distance results.",
+                "i" = "For example {.code list(mrvi = d, pseudobulk = p)}."), call = call)
+  }
+  matrices <- lapply(names(distances), function(k) as_group_matrices(distances[[k]], k, call))
+  names(matrices) <- names(distances)
+  if (!is.data.frame(sample_table)) abort_arg("{.arg sample_table} must be a data.frame with one row per sample.", call = call)
+  rows <- if ("sample" %in% names(sample_table)) as.character(sample_table$sample) else rownames(sample_table)
+  if (!is.character(covariates) || !length(covariates) || !all(covariates %in% names(sample_table))) {
+    abort_arg(c("{.arg covariates} must be column names of {.arg sample_table}.",
+                "i" = "Columns: {show_some(names(sample_table), 12)}."), call = call)
+  }
+  # the groups of the multi-group entries; without any, each entry is its own group
+  groups <- unique(unlist(lapply(matrices, function(m) if (length(m) > 1) names(m))))
+  out <- list()
+  for (method in names(matrices)) {
+    for (g in if (length(groups)) groups else names(matrices[[method]])) {
+      m <- if (length(matrices[[method]]) == 1) matrices[[method]][[1]] else matrices[[method]][[g]]
+      if (is.null(m)) next
+      for (cov in covariates) {
+        y <- sample_table[[cov]][match(rownames(m), rows)]
+        keep <- !is.na(y) & !apply(is.na(m), 1, all)
+        scores <- separation_scores(m[keep, keep, drop = FALSE], droplevels(factor(y[keep])))
+        out[[length(out) + 1]] <- data.frame(method = method, group = g, covariate = cov, n_samples = sum(keep),
+                                             as.list(scores))
+      }
+    }
+  }
+  res <- do.call(rbind, out)
+  rownames(res) <- NULL
+  res
+}
+
+# One distance result as a named list of S x S matrices, one per group.
+as_group_matrices <- function(d, name, call) {
+  if (inherits(d, "dist")) d <- as.matrix(d)
+  if (is.matrix(d)) return(list(all = d))
+  if (!is.array(d) || length(dim(d)) != 3 || is.null(dimnames(d)[[1]])) {
+    abort_arg("{.arg distances}${name} must be an [S, S, G] array with sample names (as {.fn sampleDistances}), a matrix or a dist.",
+              call = call)
+  }
+  out <- lapply(seq_len(dim(d)[3]), function(g) d[, , g])
+  stats::setNames(out, dimnames(d)[[3]] %||% as.character(seq_len(dim(d)[3])))
+}
+
+# PERMANOVA R^2, ANOSIM R, nearest-sample agreement and replicate rank of one
+# distance matrix against a factor (NA where the factor cannot tell: fewer than
+# 2 categories, or no category with 2 samples).
+separation_scores <- function(m, y) {
+  none <- c(r2 = NA_real_, anosim_r = NA_real_, nearest_agreement = NA_real_, replicate_rank = NA_real_)
+  n <- length(y)
+  if (n < 3 || nlevels(y) < 2 || all(table(y) < 2) || anyNA(m)) return(none)
+  ss <- permanova_ss(m^2, y)
+  upper <- upper.tri(m)
+  within <- outer(y, y, "==")[upper]
+  r <- rank(m[upper])
+  anosim <- (mean(r[!within]) - mean(r[within])) / (length(r) / 2)
+  off <- m
+  diag(off) <- Inf
+  nearest <- mean(y[apply(off, 1, which.min)] == y)
+  # per sample: the share of (replicate, non-replicate) pairs where the
+  # non-replicate is the closer one (a Mann-Whitney U statistic, scaled)
+  ranks <- unlist(lapply(seq_len(n), function(i) {
+    others <- setdiff(seq_len(n), i)
+    rk <- rank(m[i, others])
+    mates <- y[others] == y[i]
+    k <- sum(mates)
+    if (k > 0 && k < n - 1) (mean(rk[mates]) - (k + 1) / 2) / (n - 1 - k)
+  }))
+  c(r2 = 1 - ss[["within"]] / ss[["total"]], anosim_r = anosim, nearest_agreement = nearest,
+    replicate_rank = mean(ranks))
+}
+
+# PERMANOVA sums of squares of squared distances `d2` against a factor.
+permanova_ss <- function(d2, y) {
+  within <- 0
+  for (lev in levels(y)) {
+    idx <- which(y == lev)
+    if (length(idx) > 1) {
+      sub <- d2[idx, idx]
+      within <- within + sum(sub[upper.tri(sub)]) / length(idx)
+    }
+  }
+  c(total = sum(d2[upper.tri(d2)]) / nrow(d2), within = within)
+}

@@ -1,0 +1,60 @@
+#' Classical MDS map of samples
+#'
+#' Samples placed in two dimensions by classical multidimensional scaling
+#' ([stats::cmdscale()]) of a group's distance matrix: the map users of
+#' GloScope and pseudobulk analyses are used to. Works for MrVI's distances and
+#' for the baselines ([pseudobulkDistances()], [proportionDistances()]).
+#'
+#' @param distances the result of [sampleDistances()] (or of a baseline), one
+#'   `S x S` matrix, or a `dist`.
+#' @param group the group to draw (name or index); may be omitted when there is
+#'   one group.
+#' @param annotation `NULL`, one column name of the sample table
+#'   (`attr(distances, "sample_table")`) to colour samples by, or a vector named
+#'   by sample.
+#' @return a ggplot; axes give the share of the positive eigenvalues each
+#'   coordinate explains.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' p <- pseudobulkDistances(sim$counts, sim$sample)
+#' plotSampleMDS(p)
+#' @export
+plotSampleMDS <- function(distances, group = NULL, annotation = NULL) {
+  call <- sys.call()
+  dd <- sampleDist(distances, group)
+  n <- attr(dd, "Size")
+  if (n < 3) abort_arg("An MDS map needs at least 3 samples; the group has {n}.", call = call)
+  mds <- stats::cmdscale(dd, k = 2, eig = TRUE)
+  share <- mds$eig[1:2] / sum(mds$eig[mds$eig > 0])
+  points <- data.frame(x = mds$points[, 1], y = mds$points[, 2], label = rownames(mds$points))
+  points$value <- mds_annotation(distances, annotation, points$label, call)
+  aes <- if (is.null(annotation)) ggplot2::aes(x = x, y = y, label = label) else
+    ggplot2::aes(x = x, y = y, label = label, colour = value)
+  ggplot2::ggplot(points, aes) +
+    ggplot2::geom_point(size = 2.5) +
+    ggplot2::geom_text(size = 3, vjust = -0.8, show.legend = FALSE) +
+    ggplot2::labs(x = sprintf("MDS 1 (%.0f%%)", 100 * share[1]), y = sprintf("MDS 2 (%.0f%%)", 100 * share[2]),
+                  colour = if (is.character(annotation) && length(annotation) == 1) annotation else NULL,
+                  title = sub("MrVI sample distances", "Samples (classical MDS)", group_title(distances, group))) +
+    ggplot2::theme_minimal()
+}
+
+# The annotation of each sample in `samples`, from a sample-table column or a
+# vector named by sample.
+mds_annotation <- function(distances, annotation, samples, call) {
+  if (is.null(annotation)) return(NA)
+  if (is.character(annotation) && length(annotation) == 1 && is.null(names(annotation))) {
+    table <- attr(distances, "sample_table")
+    if (is.null(table) || !annotation %in% names(table)) {
+      abort_arg(c("{.arg annotation} = {.val {annotation}} is not a column of the sample table.",
+                  "i" = "Columns: {show_some(names(table), 12)}; or give a vector named by sample."), call = call)
+    }
+    rows <- if ("sample" %in% names(table)) table$sample else rownames(table)
+    return(as.character(table[[annotation]][match(samples, rows)]))
+  }
+  if (is.null(names(annotation)) || !all(samples %in% names(annotation))) {
+    abort_arg("{.arg annotation} must be a sample-table column name or a vector named by sample ({show_some(samples)}).",
+              call = call)
+  }
+  as.character(annotation[samples])
+}

@@ -1,0 +1,162 @@
+#' Bootstrap support of the clades of a sample tree
+#'
+#' How sure is each split of a group's sample tree? Each of `B` replicates
+#' resamples the group's cells with replacement within each sample (every
+#' sample keeps its number of cells), takes a posterior draw of u for every
+#' cell, recomputes the group's mean distance matrix \eqn{D(C)}, and clusters
+#' it. A clade of the point-estimate tree (the tree of [sampleDistances()] with
+#' the same `mc_samples` and `normalize`) gets as support the share of replicate trees that
+#' contain it (the same set of samples below one node).
+#'
+#' Support measures how stable a clade is under resampling of cells and of u,
+#' given the fitted model: not whether the model is right. With thousands of
+#' cells per group, raw mean distances are precise, so a clade the model
+#' consistently gets wrong (or sample shifts a whole-data model carries into a
+#' cell type without structure of its own) can still get support near 1. Hence
+#' the default `normalize = TRUE`: differences below each cell's own posterior
+#' noise count as 0, and clades that rest on them lose their support; in
+#' `bench/tree_support.R` this separates true from false clades far better than
+#' raw distances (see `bench/README.md`), at the price of lower support for
+#' weak true clades. The point-estimate tree is then that of the normalised
+#' distances (`sampleDistances(normalize = TRUE)`). Samples are put in a new random order in every
+#' replicate, so that clades resting on tied distances are not supported by the
+#' order of the samples.
+#'
+#' Streamed like [sampleDistances()]: each cell's \eqn{D(n)} is computed once
+#' per posterior draw, in blocks, and added with its bootstrap multiplicity to
+#' every replicate that uses that draw (replicate r uses draw
+#' r modulo `mc_samples`); memory is \eqn{O(B S^2)} plus the multiplicities
+#' (cells of the group x `B`), never cells x S x S.
+#'
+#' @param fit a [MrVIFit-class].
+#' @param groups the cell groups, as in [sampleDistances()]: `NULL` (all cells),
+#'   a column name of `fit@cell_data` or a vector over the fitted cells.
+#' @param group `NULL` (every group) or the names of the groups to assess.
+#' @param B number of bootstrap replicates.
+#' @param method agglomeration method of [stats::hclust()], as in [sampleHclust()].
+#' @param seed seed of the resampling and of the posterior draws (R's generator
+#'   is restored afterwards).
+#' @param ... further settings: `mc_samples` (distinct posterior draws of u,
+#'   cycled over the replicates; default 10; 0 keeps the posterior mean and
+#'   resamples cells only; with `normalize`, at least 3), `normalize` (default
+#'   `TRUE`: distances in units of each cell's posterior noise, clipped at its
+#'   noise floor, as in [sampleDistances()]; `FALSE`: raw distances), `min_cells` (default 5:
+#'   samples with fewer cells in the group are left out, as in
+#'   [sampleDistances()]) and `chunk_size` (cells per block).
+#' @return for one group, an `ape::phylo` (the point-estimate tree, with branch
+#'   lengths from the linkage heights) whose `node.label` holds the support of
+#'   each internal node's clade, in \[0, 1\] (the root's is 1); for several, a
+#'   named list of them. Each tree carries attributes `B`, `excluded` (samples
+#'   left out) and `sample_table`. [plotSampleTree()] draws it with the values.
+#' @examples
+#' if (requireNamespace("ape", quietly = TRUE)) {
+#'   sim <- mrvi:::example_counts()
+#'   fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#'   tree <- sampleTreeSupport(fit, groups = NULL, B = 20)
+#'   tree$node.label
+#'   plotSampleTree(tree)
+#' }
+#' @export
+sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "average", seed = 1, ...) {
+  call <- sys.call()
+  check_fit(fit, call)
+  if (!requireNamespace("ape", quietly = TRUE)) abort_arg("sampleTreeSupport() returns ape trees: install {.pkg ape}.", call = call)
+  B <- check_count(B, "B", call)
+  seed <- check_whole(seed, "seed", call)
+  method <- match_choice(method, c("average", "complete", "single", "ward.D", "ward.D2", "mcquitty", "median", "centroid"),
+                         "method", call)
+  opts <- support_options(list(...), call)
+  grouping <- resolve_groups(fit, groups, call)
+  chosen <- if (is.null(group)) levels(grouping) else {
+    if (!is.character(group) || anyNA(group) || !all(group %in% levels(grouping))) {
+      abort_arg(c("{.arg group} must name groups of {.arg groups}.", "i" = "Groups: {show_some(levels(grouping), 8)}."),
+                call = call)
+    }
+    unique(group)
+  }
+  # only the groups asked for (cells of the others in no group)
+  point <- with_call(sampleDistances(fit, groups = factor(grouping, levels = chosen), min_cells = opts$min_cells, mc_samples = opts$mc_samples,
+                                     normalize = opts$normalize, chunk_size = opts$chunk_size), call)
+  S <- length(fit@samples)
+  block <- opts$chunk_size %||% max(16L, min(1024L, as.integer(2^21 / (S * z_dim(fit)))))
+  restore <- preserve_rng()
+  on.exit(restore())
+  trees <- lapply(stats::setNames(chosen, chosen), function(g) {
+    m <- point[, , g]
+    kept <- fit@samples[!apply(is.na(m), 1, all)]
+    if (length(kept) < 3) {
+      abort_arg("Group {.val {g}} has {length(kept)} sample{?s} with at least {opts$min_cells} cells: a tree needs 3.",
+                call = call)
+    }
+    hc <- stats::hclust(stats::as.dist(m[kept, kept]), method = method)
+    cells <- which(grouping == g & fit@cell_data$sample %in% kept)
+    set.seed(seed)
+    weights <- bootstrap_multiplicities(fit@cell_data$sample[cells], B)
+    reps <- array(mrvi_replicate_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
+                                           as.integer(fit@cell_data$sample) - 1L, cells - 1L, weights, B,
+                                           opts$mc_samples, opts$normalize, (fit@config$seed + seed) %% 2^31, block),
+                  c(S, S, B), dimnames = list(fit@samples, fit@samples, NULL))
+    # samples in a new random order per replicate: hclust() resolves tied
+    # distances by order, so a clade that rests on ties is not supported by chance
+    replicate_clades <- lapply(seq_len(B), function(r) {
+      order <- sample(kept)
+      hclust_clades(stats::hclust(stats::as.dist(reps[order, order, r]), method = method))
+    })
+    support <- vapply(hclust_clades(hc), function(k) mean(vapply(replicate_clades, function(cl) k %in% cl, logical(1))),
+                      numeric(1))
+    phy <- ape::as.phylo(hc)
+    phy$node.label <- unname(support[phylo_clades(phy)])
+    attr(phy, "hclust") <- hc  # drawn by plotSampleTree() at the linkage heights
+    attr(phy, "B") <- B
+    attr(phy, "excluded") <- setdiff(fit@samples, kept)
+    attr(phy, "sample_table") <- fit@sample_table
+    phy
+  })
+  if (length(trees) == 1) trees[[1]] else trees
+}
+
+# The settings that sampleTreeSupport() takes through `...`.
+support_options <- function(dots, call) {
+  known <- c("mc_samples", "normalize", "min_cells", "chunk_size")
+  unknown <- setdiff(names(dots) %||% rep("", length(dots)), known)
+  if (length(unknown)) {
+    abort_arg(c("Unknown argument{?s} in {.arg ...}: {.val {unknown}}.", "i" = "{.arg ...} takes {.arg {known}}."),
+              call = call)
+  }
+  # not %||%: it would turn an NA into the default
+  setting <- function(name, default) if (name %in% names(dots)) dots[[name]] else default
+  normalize <- setting("normalize", TRUE)
+  mc_samples <- check_whole(setting("mc_samples", 10), "mc_samples", call)
+  check_normalize_draws(normalize, mc_samples, call)
+  list(mc_samples = mc_samples, normalize = normalize,
+       min_cells = check_whole(setting("min_cells", 5), "min_cells", call),
+       chunk_size = if (!is.null(dots$chunk_size)) check_count(dots$chunk_size, "chunk_size", call))
+}
+
+# Bootstrap multiplicities of cells (rows) in B replicates (columns): within
+# each sample, as many draws with replacement as the sample has cells.
+bootstrap_multiplicities <- function(sample, B) {
+  w <- matrix(0, length(sample), B)
+  for (idx in split(seq_along(sample), droplevels(as.factor(sample)))) {
+    n <- length(idx)
+    w[idx, ] <- vapply(seq_len(B), function(r) tabulate(sample.int(n, n, replace = TRUE), n), numeric(n))
+  }
+  w
+}
+
+# A clade as text: its sorted leaf labels. hclust_clades(): one per merge row.
+clade_key <- function(labels) paste(sort(labels), collapse = "\r")
+
+hclust_clades <- function(hc) {
+  members <- vector("list", nrow(hc$merge))
+  for (i in seq_len(nrow(hc$merge))) {
+    members[[i]] <- unlist(lapply(hc$merge[i, ], function(k) if (k < 0) hc$labels[-k] else members[[k]]))
+  }
+  vapply(members, clade_key, character(1))
+}
+
+# One clade key per internal node of a phylo, in node order (ntip + 1, ...).
+phylo_clades <- function(phy) {
+  parts <- ape::prop.part(phy)
+  vapply(parts, function(p) clade_key(attr(parts, "labels")[p]), character(1))
+}

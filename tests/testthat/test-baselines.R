@@ -1,0 +1,135 @@
+# Baseline sample distances, their comparison with MrVI's, and the MDS map.
+
+baseline_data <- function() {
+  set.seed(5)
+  counts <- matrix(rpois(40 * 240, 4), 40, 240,
+                   dimnames = list(sprintf("g%02d", 1:40), sprintf("c%03d", 1:240)))
+  sample <- rep(sprintf("s%d", 1:6), each = 40)
+  type <- rep(c("T", "B", "B", "NK"), 60)
+  counts[1:5, sample %in% c("s1", "s2", "s3")] <- counts[1:5, sample %in% c("s1", "s2", "s3")] * 3
+  list(counts = counts, sample = sample, type = type)
+}
+
+test_that("pseudobulkDistances() is the correlation (or Euclidean) distance of log-CPM on variable genes", {
+  x <- baseline_data()
+  p <- pseudobulkDistances(x$counts, x$sample, groups = x$type, n_genes = 15)
+  expect_equal(dim(p), c(6, 6, 3))
+  expect_equal(dimnames(p)[[3]], c("B", "NK", "T"))
+  for (g in c("B", "T")) {
+    idx <- x$type == g
+    bulk <- sapply(sprintf("s%d", 1:6), function(s) rowSums(x$counts[, idx & x$sample == s]))
+    log_cpm <- log2(sweep(bulk, 2, colSums(bulk), "/") * 1e6 + 1)
+    top <- order(apply(log_cpm, 1, var), decreasing = TRUE)[1:15]
+    expect_equal(p[, , g], 1 - cor(log_cpm[top, ]), ignore_attr = TRUE)
+    expect_setequal(attr(p, "genes")[[g]], rownames(x$counts)[top])
+  }
+  e <- pseudobulkDistances(x$counts, x$sample, groups = x$type, metric = "euclidean", n_genes = 15)
+  idx <- x$type == "NK"
+  bulk <- sapply(sprintf("s%d", 1:6), function(s) rowSums(x$counts[, idx & x$sample == s]))
+  log_cpm <- log2(sweep(bulk, 2, colSums(bulk), "/") * 1e6 + 1)
+  top <- order(apply(log_cpm, 1, var), decreasing = TRUE)[1:15]
+  expect_equal(e[, , "NK"], as.matrix(dist(t(log_cpm[top, ]))), ignore_attr = TRUE)
+  # samples with too few cells are left out; hclust takes the result
+  few <- pseudobulkDistances(x$counts, x$sample, groups = x$type, min_cells = 11)
+  expect_equal(attr(few, "excluded")$T, sprintf("s%d", 1:6)[table(factor(x$sample[x$type == "T"])) < 11])
+  expect_s3_class(sampleHclust(p, "B"), "hclust")
+  expect_equal(cutree(sampleHclust(p, "B"), 2)[["s1"]], cutree(sampleHclust(p, "B"), 2)[["s3"]])
+})
+
+test_that("proportionDistances() is the Aitchison distance of cell-type proportions", {
+  x <- baseline_data()
+  keep <- !(x$sample == "s2" & x$type == "NK")  # one type absent from a sample
+  d <- proportionDistances(x$counts[, keep], x$sample[keep], groups = x$type[keep])
+  tab <- unclass(table(x$sample[keep], x$type[keep])) + 0.5
+  clr <- log(tab) - rowMeans(log(tab))
+  expect_equal(d[, , 1], as.matrix(dist(clr)), ignore_attr = TRUE)
+  # Aitchison distance = Euclidean distance of log ratios over all pairs of parts, / sqrt(D)
+  lr <- function(v) { l <- log(v); outer(l, l, "-")[upper.tri(diag(length(v)))] }
+  expect_equal(d["s1", "s2", 1], sqrt(sum((lr(tab["s1", ]) - lr(tab["s2", ]))^2) / ncol(tab)))
+  none <- proportionDistances(x$counts, x$sample, groups = x$type, transform = "none")
+  prop <- prop.table(table(x$sample, x$type), 1)
+  expect_equal(none[, , 1], as.matrix(dist(unclass(prop))), ignore_attr = TRUE)
+})
+
+test_that("compareSampleDistances() scores match independent formulas", {
+  set.seed(2)
+  pts <- rbind(matrix(rnorm(8, 0), 4), matrix(rnorm(10, 3), 5))
+  rownames(pts) <- sprintf("s%d", 1:9)
+  m <- as.matrix(dist(pts))
+  y <- c(rep("a", 4), rep("b", 5))
+  table <- data.frame(sample = rownames(pts), arm = y, noise = rep(c("u", "v", "w"), 3))
+  noise <- matrix(runif(81), 9)
+  noise <- (noise + t(noise)) / 2
+  diag(noise) <- 0
+  dimnames(noise) <- dimnames(m)
+  res <- compareSampleDistances(list(points = m, noise = noise), table, c("arm", "noise"))
+  expect_equal(nrow(res), 4)
+  one <- res[res$method == "points" & res$covariate == "arm", ]
+  # PERMANOVA R^2 from the Gower-centred matrix and the design's hat matrix
+  A <- -m^2 / 2
+  n <- 9
+  C <- diag(n) - 1 / n
+  G <- C %*% A %*% C
+  X <- model.matrix(~ factor(y))
+  H <- X %*% solve(crossprod(X)) %*% t(X)
+  expect_equal(one$r2, sum(diag(H %*% G %*% H)) / sum(diag(G)))
+  # ANOSIM R by its textbook definition
+  pairs <- t(combn(n, 2))
+  r <- rank(m[pairs])
+  w <- y[pairs[, 1]] == y[pairs[, 2]]
+  expect_equal(one$anosim_r, (mean(r[!w]) - mean(r[w])) / (n * (n - 1) / 4))
+  nearest <- sapply(1:n, function(i) y[-i][which.min(m[i, -i])])
+  expect_equal(one$nearest_agreement, mean(nearest == y))
+  # replicate rank: share of (replicate, non-replicate) pairs where the non-replicate is closer
+  share <- mean(unlist(lapply(1:n, function(i) {
+    mates <- setdiff(which(y == y[i]), i)
+    others <- which(y != y[i])
+    mean(outer(m[i, mates], m[i, others], ">") + 0.5 * outer(m[i, mates], m[i, others], "=="))
+  })))
+  expect_equal(one$replicate_rank, share)
+  expect_true(res$anosim_r[res$method == "noise" & res$covariate == "arm"] < one$anosim_r)
+  # a multi-group array is compared per group; a one-group entry in every group
+  arr <- array(c(m, noise), c(9, 9, 2), dimnames = list(rownames(m), rownames(m), c("T", "B")))
+  res2 <- compareSampleDistances(list(mrvi = arr, flat = m), table, "arm")
+  expect_equal(nrow(res2), 4)
+  expect_equal(res2$r2[res2$method == "flat"], rep(one$r2, 2))
+  expect_equal(res2$r2[res2$method == "mrvi" & res2$group == "T"], one$r2)
+  # one-group entries only: one row each, under its own group name
+  prop <- array(m, c(9, 9, 1), dimnames = list(rownames(m), rownames(m), "proportions"))
+  res3 <- compareSampleDistances(list(points = m, prop = prop), table, "arm")
+  expect_equal(res3$group, c("all", "proportions"))
+})
+
+test_that("plotSampleMDS() draws classical MDS coordinates", {
+  x <- baseline_data()
+  p <- pseudobulkDistances(x$counts, x$sample, groups = x$type)
+  table <- attr(p, "sample_table")
+  g <- plotSampleMDS(p, "B", annotation = setNames(rep(c("x", "y"), each = 3), sprintf("s%d", 1:6)))
+  expect_s3_class(g, "ggplot")
+  pts <- ggplot2::layer_data(g, 1)
+  mds <- cmdscale(as.dist(p[, , "B"]), k = 2)
+  expect_equal(abs(pts$x), abs(unname(mds[, 1])))
+  expect_equal(abs(pts$y), abs(unname(mds[, 2])))
+  expect_s3_class(plotSampleMDS(p[, , "T"]), "ggplot")
+})
+
+test_that("baselines refuse bad arguments by name", {
+  x <- baseline_data()
+  expect_error(pseudobulkDistances(x$counts, x$sample, metric = "nope"), "metric", class = "mrvi_error")
+  expect_error(pseudobulkDistances(x$counts, x$sample, n_genes = 0), "n_genes", class = "mrvi_error")
+  expect_error(pseudobulkDistances(x$counts, x$sample, min_cells = -1), "min_cells", class = "mrvi_error")
+  expect_error(pseudobulkDistances(x$counts, x$sample[-1]), "sample", class = "mrvi_error")
+  expect_error(proportionDistances(x$counts, x$sample, x$type, transform = "log"), "transform", class = "mrvi_error")
+  expect_error(proportionDistances(x$counts, x$sample, x$type, pseudocount = 0), "pseudocount", class = "mrvi_error")
+  m <- as.matrix(dist(1:6))
+  dimnames(m) <- list(sprintf("s%d", 1:6), sprintf("s%d", 1:6))
+  table <- data.frame(sample = sprintf("s%d", 1:6), arm = rep(c("a", "b"), 3))
+  expect_error(compareSampleDistances(m, table, "arm"), "distances", class = "mrvi_error")
+  expect_error(compareSampleDistances(list(m), table, "arm"), "distances", class = "mrvi_error")
+  expect_error(compareSampleDistances(list(a = "x"), table, "arm"), "distances", class = "mrvi_error")
+  expect_error(compareSampleDistances(list(a = m), "table", "arm"), "sample_table", class = "mrvi_error")
+  expect_error(compareSampleDistances(list(a = m), table, "nope"), "covariates", class = "mrvi_error")
+  expect_error(plotSampleMDS(m, annotation = "nope"), "annotation", class = "mrvi_error")
+  expect_error(plotSampleMDS(m[1:2, 1:2]), "3 samples", class = "mrvi_error")
+  expect_error(plotSampleMDS("x"), "d", class = "mrvi_error")
+})

@@ -1,0 +1,103 @@
+# Clade support of sample trees, and the genes behind a split.
+skip_if_not_installed("ape")
+
+test_that("bootstrap multiplicities resample cells within each sample", {
+  set.seed(1)
+  s <- rep(c("a", "b", "c"), c(5, 3, 7))
+  w <- mrvi:::bootstrap_multiplicities(s, 20)
+  expect_equal(dim(w), c(15, 20))
+  for (k in unique(s)) expect_true(all(colSums(w[s == k, ]) == sum(s == k)))
+  expect_true(all(w == round(w) & w >= 0))
+})
+
+test_that("clade keys of an hclust match those of its ape tree", {
+  hc <- hclust(dist(c(a = 1, b = 1.1, c = 5, d = 5.2, e = 9)))
+  keys <- mrvi:::hclust_clades(hc)
+  phy <- ape::as.phylo(hc)
+  expect_setequal(mrvi:::phylo_clades(phy), keys)
+  expect_true(mrvi:::clade_key(c("b", "a")) %in% keys)
+})
+
+test_that("a tree planted with large effects has support 1; samples without structure get spread support", {
+  p <- planted_tree()
+  trees <- sampleTreeSupport(p$fit, groups = "labels", B = 30, mc_samples = 5)
+  expect_named(trees, c("flat", "planted"), ignore.order = TRUE)
+  expect_true(all(trees$flat$node.label >= 0 & trees$flat$node.label <= 1))
+  planted <- trees$planted
+  expect_s3_class(planted, "phylo")
+  expect_equal(treeDistance(planted, p$truth), 0)
+  expect_true(all(planted$node.label == 1))
+  expect_equal(attr(planted, "B"), 30)
+  # one group gives one tree; the same seed the same values
+  one <- sampleTreeSupport(p$fit, groups = "labels", group = "planted", B = 30, mc_samples = 5)
+  expect_s3_class(one, "phylo")
+  expect_equal(one$node.label, planted$node.label)
+  # samples without structure: low support (normalised distances, the default)
+  flat <- sampleTreeSupport(p$fit_flat, groups = NULL, B = 30, mc_samples = 5)
+  expect_equal(flat$node.label[1], 1)  # the root's clade (all samples)
+  inner <- flat$node.label[-1]
+  expect_true(all(inner >= 0 & inner <= 1))
+  expect_lt(mean(inner), 0.4)
+  # raw distances: only the posterior draws of u move the tree, support stays higher
+  raw <- sampleTreeSupport(p$fit_flat, groups = NULL, B = 30, mc_samples = 5, normalize = FALSE)
+  expect_gt(mean(raw$node.label[-1]), mean(inner))
+  expect_true(all(sampleTreeSupport(p$fit, "labels", group = "planted", B = 30, mc_samples = 0,
+                                    normalize = FALSE)$node.label == 1))
+  # the plot shows the values
+  g <- plotSampleTree(planted)
+  expect_s3_class(g, "ggplot")
+  labels <- ggplot2::layer_data(g, 3)$label
+  expect_equal(sort(labels), rep("1.00", 5))
+  d <- sampleDistances(p$fit, groups = "labels", mc_samples = 5, normalize = TRUE)
+  expect_s3_class(plotSampleTree(d, "planted", support = planted), "ggplot")
+})
+
+test_that("the genes of the root split of a planted tree are its edge genes; a flat type gives noise", {
+  p <- planted_tree()
+  fit <- p$fit
+  side <- cutree(sampleHclust(sampleDistances(fit, groups = "labels", mc_samples = 0), "planted"), k = 2)
+  a <- side == side[["s1"]]
+  genes <- sampleSplitGenes(fit, a, cells = fit@cell_data$labels == "planted", mc_samples = 4)
+  expect_equal(attr(genes, "samples_a"), c("s1", "s2", "s3"))
+  expect_equal(attr(genes, "samples_b"), c("s4", "s5", "s6"))
+  expect_equal(genes$rank, seq_len(nrow(genes)))
+  truth <- genes$gene %in% p$root_genes
+  auc <- mean(outer(abs(genes$lfc[truth]), abs(genes$lfc[!truth]), ">"))
+  expect_gt(auc, 0.9)
+  # the sign follows the side that carries the gene: g01-g08 up in s1-s3
+  expect_true(all(genes[sprintf("g%02d", 1:8), "lfc"] > 0.5))
+  expect_true(all(genes[sprintf("g%02d", 9:16), "lfc"] < -0.5))
+  expect_true(all(genes$lfc_sd >= 0))
+  # an unaffected type: nothing near the planted effect
+  flat <- sampleSplitGenes(fit, c("s1", "s2", "s3"), c("s4", "s5", "s6"),
+                           cells = fit@cell_data$labels == "flat", mc_samples = 4)
+  expect_lt(max(abs(flat$lfc)), 0.5 * min(abs(genes[p$root_genes, "lfc"])))
+  # character sides give the same answer as the logical clade
+  again <- sampleSplitGenes(fit, c("s1", "s2", "s3"), cells = fit@cell_data$labels == "planted", mc_samples = 4)
+  expect_equal(again$lfc, genes$lfc)
+})
+
+test_that("sampleTreeSupport() and sampleSplitGenes() refuse bad arguments by name", {
+  p <- planted_tree()
+  fit <- p$fit
+  expect_error(sampleTreeSupport("fit", "labels"), class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", B = 0), "B", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", method = "nope"), "method", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", group = "nope"), "group", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "nope"), "groups", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", seed = -1), "seed", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", mc_sample = 3), "mc_sample", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", mc_samples = -1), "mc_samples", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", mc_samples = 2), "normalize", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", normalize = NA), "normalize", class = "mrvi_error")
+  expect_error(sampleTreeSupport(fit, "labels", min_cells = 1000), "3", class = "mrvi_error")
+  expect_error(sampleSplitGenes("fit", "s1"), class = "mrvi_error")
+  expect_error(sampleSplitGenes(fit, "nope"), "samples_a", class = "mrvi_error")
+  expect_error(sampleSplitGenes(fit, "s1", "nope"), "samples_b", class = "mrvi_error")
+  expect_error(sampleSplitGenes(fit, "s1", c("s1", "s2")), "share", class = "mrvi_error")
+  expect_error(sampleSplitGenes(fit, fit@samples), "samples_b", class = "mrvi_error")
+  expect_error(sampleSplitGenes(fit, c(TRUE, FALSE)), "samples_a", class = "mrvi_error")
+  expect_error(sampleSplitGenes(fit, "s1", cells = 0), "cells", class = "mrvi_error")
+  expect_error(sampleSplitGenes(fit, "s1", mc_samples = 1.5), "mc_samples", class = "mrvi_error")
+  expect_error(plotSampleTree(sampleDistances(fit, mc_samples = 0), support = "x"), "support", class = "mrvi_error")
+})
