@@ -55,7 +55,8 @@
 #'   `site`, `cell_type` (and `cov1`-`cov3` for the covariates design), and in
 #'   `metadata()$truth`: `affected` (cell types), `sample_table`, and per
 #'   affected type (tree design) `trees` (Newick strings), `phylo` (ape trees,
-#'   when ape is installed) and `distances` (true sample x sample path lengths);
+#'   when ape is installed), `distances` (true sample x sample path lengths) and
+#'   `edges` (per edge: the samples `below` it, its `length` and its planted `genes`);
 #'   for the covariates design `effects` (the gene sets and strengths).
 #' @examples
 #' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
@@ -115,7 +116,7 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   sample_table <- data.frame(sample = samples, site = unname(site_of_sample), row.names = samples)
   cell_effect <- matrix(1, n_genes, n_cells)
   if (design == "tree") {
-    truth$trees <- truth$distances <- truth$phylo <- list()
+    truth$trees <- truth$distances <- truth$phylo <- truth$edges <- list()
     for (t in affected) {
       tree <- random_tree(samples, ultrametric = edge_lengths == "ultrametric")
       eff <- matrix(1, n_genes, n_samples, dimnames = list(NULL, samples))
@@ -127,6 +128,9 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
       }
       hit <- which(cell_type == t)
       cell_effect[, hit] <- eff[, as.character(sample[hit])]
+      truth$edges[[t]] <- lapply(seq_along(tree$edges), function(k) {
+        list(below = tree$edges[[k]]$below, length = tree$edges[[k]]$length, genes = genes[genes_of_edge[[k]]])
+      })
       truth$trees[[t]] <- tree$newick
       truth$distances[[t]] <- tree$path_length
       if (requireNamespace("ape", quietly = TRUE)) truth$phylo[[t]] <- ape::read.tree(text = tree$newick)

@@ -64,11 +64,11 @@ planted_tree <- local({
       rate <- t(t(rate) / colSums(rate)) * 1500
       counts <- matrix(stats::rnbinom(length(rate), mu = rate, size = 10), n_genes,
                        dimnames = list(sprintf("g%02d", seq_len(n_genes)), sprintf("c%04d", seq_len(n_cells))))
-      fit <- mrvi(Matrix::Matrix(counts, sparse = TRUE), sample = sample, labels = type, n_latent = 8,
+      fit <- mrvi(Matrix::Matrix(counts, sparse = TRUE), flavour = "linear", sample = sample, labels = type, n_latent = 8,
                   max_epochs = 60, seed = 3, n_threads = 1, verbose = FALSE)
       # the unstructured type alone: samples with no structure anywhere in the model
       flat <- type == "flat"
-      fit_flat <- mrvi(Matrix::Matrix(counts[, flat], sparse = TRUE), sample = sample[flat], n_latent = 8,
+      fit_flat <- mrvi(Matrix::Matrix(counts[, flat], sparse = TRUE), flavour = "linear", sample = sample[flat], n_latent = 8,
                        max_epochs = 60, seed = 3, n_threads = 1, verbose = FALSE)
       root_genes <- sprintf("g%02d", 1:16)
       cache <<- list(fit = fit, fit_flat = fit_flat, counts = counts, sample = sample, type = type, root_genes = root_genes,
