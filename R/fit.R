@@ -108,7 +108,9 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                    n_latent_u, batch_size, call)
   apply_threads(n_threads, call = call)
   counts <- data$counts
-  trainer <- mrvi_trainer_new(
+  # with the size guard lifted, building the model can still run out of memory:
+  # name the arguments that set its size
+  trainer <- tryCatch(mrvi_trainer_new(
     nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
     as.integer(data$sample) - 1L, as.integer(data$batch) - 1L,
     nlevels(data$sample), nlevels(data$batch), n_latent,
@@ -117,7 +119,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     flavour, n_latent_u, prior, n_mixture,
     if (is.null(data$labels)) integer(0) else as.integer(data$labels) - 1L,
     if (is.null(data$labels)) 0L else nlevels(data$labels)
-  )
+  ), mrvi_memory_error = function(e) {
+    abort_arg(c("Not enough memory to build a model with {.arg n_latent} = {n_latent}, {.arg n_latent_u} = {n_latent_u} and {.arg batch_size} = {batch_size} for {nrow(counts)} genes.",
+                "i" = "Choose a smaller {.arg n_latent} (MrVI uses 10 to 30), or free memory."),
+              class = "mrvi_memory_error", parent = e, call = call)
+  })
   info <- mrvi_trainer_info(trainer)
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",

@@ -54,9 +54,9 @@ bad_calls <- list(
   list(quote(mrvi(m, s, n_latent = "10")), "`n_latent`"),
   list(quote(mrvi(m, s, n_latent = NA)), "`n_latent`"),
   list(quote(mrvi(m, s, n_latent = c(2, 3))), "`n_latent`"),
-  list(quote(mrvi(m, s, n_latent = 1e9)), "`n_latent` = 1000000000 makes a model"),
+  list(quote(mrvi(m, s, n_latent = 1e9)), "`n_latent` = 1000000000 .*makes a model"),
   list(quote(mrvi(m, s, n_latent = 1e10)), "`n_latent`.*at most 2147483647"),
-  list(quote(mrvi(m, s, n_latent = 20000)), "`n_latent` = 20000 makes a model"),
+  list(quote(mrvi(m, s, n_latent = 20000, flavour = "linear")), "`n_latent` = 20000 makes a model"),
   list(quote(mrvi(m, s, max_epochs = -1)), "`max_epochs`"),
   list(quote(mrvi(m, s, max_epochs = 1e10)), "`max_epochs`.*at most 2147483647"),
   list(quote(mrvi(m, s, max_epochs = Inf)), "`max_epochs`"),
@@ -327,14 +327,14 @@ test_that("faults that could take R down fail into classed errors (child process
     "e <- tryCatch(counterfactualLatent(fit, cells = rep(1:24, length.out = 1e7)), error = identity)",
     "cat('alloc', class(e)[1], '\\n')",
     "e <- tryCatch(mrvi(m, rep(c('A', 'B', 'C'), 8), n_latent = 1e9, max_epochs = 1, verbose = FALSE), error = identity)",
-    "cat('n_latent', class(e)[1], '\\n')",
+    "cat('n_latent', class(e)[1], grepl('n_latent', conditionMessage(e)), '\\n')",
     "cat('survived\\n')"
   ))
   expect_equal(res$status, 0L, info = res$output)
   expect_match(res$output, "foreign-cache TRUE")
   expect_match(res$output, "foreign-call mrvi_input_error")
   expect_match(res$output, "alloc mrvi_memory_error")
-  expect_match(res$output, "n_latent mrvi_[a-z_]*error")
+  expect_match(res$output, "n_latent mrvi_memory_error TRUE")
   expect_match(res$output, "survived")
 })
 
