@@ -20,12 +20,11 @@ tag <- Sys.getenv("MRVI_BENCH_TAG", "default")
 out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/twins.csv")
 cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
 
+# the package's reader of the project's data format; gene symbols made unique
 read_folder <- function(dir) {
-  counts <- methods::as(Matrix::readMM(gzfile(file.path(dir, "counts.mtx.gz"))), "CsparseMatrix")
-  genes <- utils::read.delim(file.path(dir, "genes.tsv"))[[1]]
-  cells <- utils::read.csv(file.path(dir, "cells.csv"))
-  dimnames(counts) <- list(make.unique(as.character(genes)), cells$cell_id)
-  list(counts = counts, cells = cells)
+  d <- mrvi:::read_count_folder(dir)
+  rownames(d$counts) <- make.unique(rownames(d$counts))
+  d
 }
 
 load_dataset <- function(name) {
