@@ -19,9 +19,7 @@
 #' @param n_latent dimension L of u and z.
 #' @param max_epochs maximum number of epochs; `NULL` uses
 #'   \eqn{min(400, round(20000 / N \cdot 400))}, at least 1.
-#' @param batch_size minibatch size; `NULL`: 128 for the attention flavour (as
-#'   scvi-tools' MRVI trains it: twice the optimisation steps per epoch, which its
-#'   sample effects need; `bench/README.md`, "Validity"), 256 for the linear one.
+#' @param batch_size minibatch size.
 #' @param lr Adam learning rate.
 #' @param n_epochs_kl_warmup epochs over which the KL weight rises linearly
 #'   from 0 to 1.
@@ -71,7 +69,7 @@
 #' head(mrviLatent(fit))
 #' @export
 mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_latent = 10,
-                 max_epochs = NULL, batch_size = NULL, lr = 2e-3, n_epochs_kl_warmup = 20,
+                 max_epochs = NULL, batch_size = 256, lr = 2e-3, n_epochs_kl_warmup = 20,
                  early_stopping = TRUE, patience = 15, validation_fraction = 0.1,
                  device = "auto", n_threads = NULL, seed = 1, verbose = TRUE,
                  flavour = c("attention", "linear"), n_latent_u = 10, prior = c("mog", "normal"),
@@ -88,7 +86,6 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   n_latent_u <- if (flavour == "attention") check_count(n_latent_u, "n_latent_u", call) else n_latent
   n_mixture <- check_count(n_mixture, "n_mixture", call)
   if (!is.null(max_epochs)) max_epochs <- check_count(max_epochs, "max_epochs", call)
-  if (is.null(batch_size)) batch_size <- if (flavour == "attention") 128L else 256L
   batch_size <- check_count(batch_size, "batch_size", call)
   if (batch_size < 2) abort_arg("{.arg batch_size} must be at least 2.", call = call)
   check_positive(lr, "lr", call)

@@ -38,10 +38,12 @@ test_that("the attention flavour recovers a planted tree and keeps other types q
   a <- attention_fit()
   d <- sampleDistances(a$fit, groups = "cell_type", mc_samples = 0)
   truth <- S4Vectors::metadata(a$sce)$truth
-  # RF to the true tree: attention 0.077 here, the linear flavour 0.077 on the same data
-  expect_lte(treeDistance(sampleHclust(d, "type1"), truth$phylo$type1), 0.2)
+  # RF to the true tree and the unaffected/affected distance ratio over 5 seeds (simulation
+  # seed s + 2, fit seed s, s = 1..5; AMD EPYC, 1 thread): RF 0.08 / 0.31 / 0.46 / 0.31 /
+  # 0.46, ratio 0.15 / 0.19 / 0.15 / 0.18 / 0.13. A fixed seed differs across CPUs, so
+  # the bounds leave a margin over the worst seed (a random tree scores ~0.95).
+  expect_lte(treeDistance(sampleHclust(d, "type1"), truth$phylo$type1), 0.6)
   mean_dist <- apply(d, 3, function(m) mean(m[upper.tri(m)]))
-  # unaffected/affected distance ratio: ~0.14 (linear flavour: ~0.41)
   expect_lt(max(mean_dist[c("type2", "type3")]) / mean_dist[["type1"]], 0.25)
 })
 
