@@ -134,7 +134,7 @@ test_that("Ctrl-C stops training between minibatches and R keeps running", {
     "sim <- mrvi:::simulate_counts(n_cells = 4000, n_genes = 200, seed = 1);",
     "writeLines(as.character(Sys.getpid()), '%s');",
     "res <- withCallingHandlers(",
-    "  tryCatch(mrvi(sim$counts, sim$sample, max_epochs = 2000, early_stopping = FALSE, verbose = FALSE),",
+    "  tryCatch(mrvi(sim$counts, sim$sample, flavour = 'linear', max_epochs = 2000, early_stopping = FALSE, verbose = FALSE),",
     "           error = function(e) e),",
     "  mrvi_interrupted = function(w) invokeRestart('muffleWarning'));",
     "after <- sum(1:10);",
