@@ -52,7 +52,9 @@
 #' \eqn{\bar z_n} the cell's mean counterfactual representation over samples:
 #' \eqn{\mathrm{LFC}_g = \log_2 \bar\rho_g(\bar z_n + \beta/2) - \log_2
 #' \bar\rho_g(\bar z_n - \beta/2)}, where \eqn{\bar\rho} is the decoder's
-#' normalised expression averaged over the sites (equal weights). It is
+#' normalised expression averaged over the sites (equal weights; with several
+#' nuisance covariates, over every combination of their levels, continuous ones
+#' at their means). It is
 #' averaged over `mc_samples` posterior draws of u (each draw refits
 #' \eqn{B_n}); `lfc_prob` is the fraction of draws with
 #' \eqn{|\mathrm{LFC}_g| \ge} `delta`. The results are cells x genes: in-memory
@@ -360,14 +362,18 @@ permutation_dimension <- function(Zs, X0, n, L) {
   pmin(pmax(k, 1), 1e6)
 }
 
-# log2 fold changes between z_bar +- beta/2, expression averaged over sites.
+# log2 fold changes between z_bar +- beta/2, expression averaged over every
+# combination of the levels of the categorical nuisance covariates (continuous
+# ones at their means).
 de_lfc <- function(fit, reg, coefs) {
   n <- nrow(reg$z_bar)
-  sites <- seq_along(fit@batches) - 1L
+  spec <- fit_nuisance(fit)
+  site <- matrix(0L, n, length(spec$factors))
+  at_mean <- matrix(0, n, nrow(spec$continuous))
   expression_at <- function(z) {
-    rho <- 0
-    for (b in sites) rho <- rho + mrvi_decode_z(native_model(fit), z, n, rep(b, n))
-    matrix(rho / length(sites), ncol = n)
+    rho <- mean_over_levels(fit, site, names(spec$factors),
+                            function(site) mrvi_decode_z(native_model(fit), z, n, site, at_mean))
+    matrix(rho, ncol = n)
   }
   lapply(stats::setNames(coefs, coefs), function(k) {
     half <- reg$beta[[k]] / 2

@@ -30,7 +30,13 @@ mrvi_debug_panic <- function() rust(.Call(wrap__mrvi_debug_panic))
 
 #' Build the model and trainer. Codes are 0-based.
 #' @noRd
-mrvi_trainer_new <- function(n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels) rust(.Call(wrap__mrvi_trainer_new, n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels))
+mrvi_trainer_new <- function(n_genes, n_cells, p, i, x, sample, site, n_samples, batch_levels, continuous, n_continuous, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels) rust(.Call(wrap__mrvi_trainer_new, n_genes, n_cells, p, i, x, sample, site, n_samples, batch_levels, continuous, n_continuous, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels))
+
+#' A trainer that learns `n_new` new samples into the fitted model `h`: the
+#' cells (of new samples only; codes after the fitted ones) with their site
+#' codes and continuous covariates as in `mrvi_trainer_new`.
+#' @noRd
+mrvi_trainer_add_samples <- function(h, n_genes, n_cells, p, i, x, sample, site, continuous, n_new, max_epochs, batch_size, lr, early_stopping, patience, validation_fraction, seed) rust(.Call(wrap__mrvi_trainer_add_samples, h, n_genes, n_cells, p, i, x, sample, site, continuous, n_new, max_epochs, batch_size, lr, early_stopping, patience, validation_fraction, seed))
 
 #' @noRd
 mrvi_trainer_info <- function(h) rust(.Call(wrap__mrvi_trainer_info, h))
@@ -96,16 +102,18 @@ mrvi_counterfactual_z <- function(h, u, n_cells, samples) rust(.Call(wrap__mrvi_
 mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, block) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, block))
 
 #' Expected normalised expression (softmax of the decoder) for u (cells x L_u,
-#' column-major) under the given sample and site codes (one per cell); values of
-#' an R matrix [genes, cells].
+#' column-major) under the given sample codes (one per cell), site codes (cells
+#' x K) and continuous covariates (cells x C, standardised; both column-major);
+#' values of an R matrix [genes, cells].
 #' @noRd
-mrvi_counterfactual_expression <- function(h, u, n_cells, sample, site) rust(.Call(wrap__mrvi_counterfactual_expression, h, u, n_cells, sample, site))
+mrvi_counterfactual_expression <- function(h, u, n_cells, sample, site, continuous) rust(.Call(wrap__mrvi_counterfactual_expression, h, u, n_cells, sample, site, continuous))
 
 #' Expected normalised expression decoded from z itself (cells x L_z,
-#' column-major) under site codes (one per cell); values of an R matrix
-#' [genes, cells]. Used for log fold changes of latent shifts.
+#' column-major) under site codes and continuous covariates (as in
+#' `mrvi_counterfactual_expression`); values of an R matrix [genes, cells].
+#' Used for log fold changes of latent shifts.
 #' @noRd
-mrvi_decode_z <- function(h, z, n_cells, site) rust(.Call(wrap__mrvi_decode_z, h, z, n_cells, site))
+mrvi_decode_z <- function(h, z, n_cells, site, continuous) rust(.Call(wrap__mrvi_decode_z, h, z, n_cells, site, continuous))
 
 #' log q_s(u_c) for evaluation cells `at` (0-based) and per-sample reference
 #' cells (`ref_cells` 0-based, `ref_sample` their sample codes): [cells, S] values.

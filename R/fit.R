@@ -51,6 +51,21 @@
 #'   label and each cell's weights biased towards its label), or `"normal"`
 #'   (default for the linear flavour).
 #' @param n_mixture mixture components when no labels are given.
+#' @param continuous_covariates optional numeric nuisance covariates (see
+#'   [mrviData()]).
+#'
+#' @section Nuisance covariates: `batch` may hold several categorical
+#'   covariates (sites and chemistries, plates and runs) and
+#'   `continuous_covariates` numeric ones (standardised with the training cells'
+#'   mean and sd, kept in the fit). They enter the decoder only, never the
+#'   sample-aware state z: the levels of all categorical covariates share one
+#'   table of site parameters and a cell adds its levels' entries; a continuous
+#'   covariate x acts like a site scaled by x (linear flavour: \eqn{x (D\,
+#'   drop(sg(z)) + d)}; attention flavour: \eqn{x e} added to the site
+#'   embedding). With one categorical covariate the model is exactly the one
+#'   above. `fit@config$nuisance` lists the covariates (`factors`: levels per
+#'   covariate; `continuous`: name, center, scale) and `fit@cell_data` keeps
+#'   their values (one covariate as `batch`, several under their names).
 #'
 #' @section Interrupting: Ctrl-C is checked between minibatches. Training then
 #'   stops cleanly: when at least one epoch has finished, `mrvi()` returns the
@@ -73,7 +88,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                  early_stopping = TRUE, patience = 15, validation_fraction = 0.1,
                  device = "auto", n_threads = NULL, seed = 1, verbose = TRUE,
                  flavour = c("attention", "linear"), n_latent_u = 10, prior = c("mog", "normal"),
-                 n_mixture = 20, ...) {
+                 n_mixture = 20, continuous_covariates = NULL, ...) {
   call <- sys.call()
   check_dots(..., .fn = "mrvi")
   flavour <- match_choice(flavour, c("attention", "linear"), "flavour", call)
@@ -100,17 +115,19 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   seed <- check_whole(seed, "seed", call)
   device_used <- resolve_device(device, call)
 
-  data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay), call)
-  check_model_size(nrow(data$counts), nlevels(data$sample), nlevels(data$batch), n_latent,
-                   n_latent_u, batch_size, call)
+  data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay,
+                             continuous_covariates = continuous_covariates), call)
+  nuisance <- nuisance_design(data)
+  check_model_size(nrow(data$counts), nlevels(data$sample), sum(nuisance$levels) + ncol(nuisance$continuous),
+                   n_latent, n_latent_u, batch_size, call)
   apply_threads(n_threads, call = call)
   counts <- data$counts
   # with the size guard lifted, building the model can still run out of memory:
   # name the arguments that set its size
   trainer <- tryCatch(mrvi_trainer_new(
     nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
-    as.integer(data$sample) - 1L, as.integer(data$batch) - 1L,
-    nlevels(data$sample), nlevels(data$batch), n_latent,
+    as.integer(data$sample) - 1L, nuisance$site, nlevels(data$sample), nuisance$levels,
+    nuisance$continuous, ncol(nuisance$continuous), n_latent,
     if (is.null(max_epochs)) 0L else max_epochs, batch_size, lr, n_epochs_kl_warmup,
     early_stopping, patience, validation_fraction, seed, device_used,
     flavour, n_latent_u, prior, n_mixture,
@@ -124,7 +141,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   info <- mrvi_trainer_info(trainer)
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
-                          "{nlevels(data$sample)} samples, {nlevels(data$batch)} site{?s}; ",
+                          "{nlevels(data$sample)} samples, {describe_nuisance(nuisance$spec)}; ",
                           "device {.strong {info$device}}, {mrvi_backend_info()$threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
@@ -155,6 +172,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                validation_fraction = validation_fraction),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
+                  nuisance = nuisance$spec,
                   mrvi_version = as.character(utils::packageVersion("mrvi")),
                   weights_hash = weights_hash),
     weights = done$weights,
@@ -162,7 +180,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     history = history,
     genes = rownames(counts),
     samples = levels(data$sample),
-    batches = levels(data$batch),
+    batches = nuisance_level_names(nuisance$spec),
     labels = if (is.null(data$labels)) character() else levels(data$labels),
     cell_data = fit_cell_data(data),
     u_mean = latent_matrix(post$mean, colnames(counts), "u"),
@@ -217,7 +235,7 @@ train_epochs <- function(trainer, max_epochs, verbose) {
 }
 
 fit_cell_data <- function(data) {
-  df <- data.frame(sample = data$sample, batch = data$batch, row.names = colnames(data$counts))
+  df <- data.frame(sample = data$sample, nuisance_columns(data), row.names = colnames(data$counts))
   if (!is.null(data$labels)) df$labels <- data$labels
   if (!is.null(data$cell_meta)) {
     extra <- setdiff(names(data$cell_meta), names(df))

@@ -47,15 +47,25 @@ new_cells <- function(fit, x, sample, call) {
     abort_arg("{.arg sample} is required with new cells {.arg x}: one of the fitted samples per cell.",
               call = call)
   }
-  old <- the$min_samples
-  the$min_samples <- 1L
-  on.exit(the$min_samples <- old)
-  data <- with_call(suppressMessages(mrviData(x, sample = sample)), call)
+  data <- read_new_cells(x, sample = sample, call = call)
   unknown <- setdiff(levels(data$sample), fit@samples)
   if (length(unknown)) {
     abort_arg(c("{.arg sample} has sample{?s} the model was not fitted on: {show_some(unknown)}.",
                 "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
   }
+  align_genes(fit, data, call)
+}
+
+# mrviData() for cells brought to a fitted model: one sample is enough.
+read_new_cells <- function(x, ..., call) {
+  old <- the$min_samples
+  the$min_samples <- 1L
+  on.exit(the$min_samples <- old)
+  with_call(suppressMessages(mrviData(x, ...)), call)
+}
+
+# The counts of `data` on the fitted genes, in the fit's order.
+align_genes <- function(fit, data, call) {
   counts <- data$counts
   missing <- setdiff(fit@genes, rownames(counts))
   if (length(missing) == length(fit@genes)) {

@@ -51,7 +51,7 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
   for (part in split(idx, ceiling(seq_along(idx) / 512))) {
     mean <- fit@u_mean[part, , drop = FALSE]
     sd <- fit@u_sd[part, , drop = FALSE]
-    site <- as.integer(fit@cell_data$batch[part]) - 1L
+    site <- cell_nuisance(fit, part)
     for (m in seq_len(draws)) {
       u <- if (mc_samples == 0) mean else mean + sd * stats::rnorm(length(sd))
       a <- side_sums(fit, u, site, sides$a)
@@ -81,7 +81,8 @@ side_sums <- function(fit, u, site, samples) {
   n <- nrow(u)
   log2_sum <- expression_sum <- 0
   for (s in samples) {
-    rho <- matrix(mrvi_counterfactual_expression(native_model(fit), u, n, rep(s - 1L, n), site), length(fit@genes))
+    rho <- matrix(mrvi_counterfactual_expression(native_model(fit), u, n, rep(s - 1L, n), site$site,
+                                                 site$continuous), length(fit@genes))
     log2_sum <- log2_sum + rowSums(log2(rho))
     expression_sum <- expression_sum + rowSums(rho)
   }

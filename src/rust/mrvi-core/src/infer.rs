@@ -53,9 +53,9 @@ pub fn z_from_u(model: &MrviModel, u: &[f32], sample: &[i64], chunk: usize) -> R
 }
 
 /// Rows [start, end) of a column-major n x l buffer as a [end - start, l] tensor.
-pub fn rows_from_column_major(v: &[f32], n: usize, l: usize, start: usize, end: usize) -> Tensor {
+pub fn rows_from_column_major<T: tch::kind::Element + Copy + Default>(v: &[T], n: usize, l: usize, start: usize, end: usize) -> Tensor {
     let rows = end - start;
-    let mut buf = vec![0f32; rows * l];
+    let mut buf = vec![T::default(); rows * l];
     for c in 0..l {
         for r in 0..rows {
             buf[r * l + c] = v[c * n + start + r];

@@ -50,19 +50,40 @@ pub struct Trainer {
     best: Option<(f64, usize, Vec<(String, Tensor)>)>,
     epochs_since_best: usize,
     pub stopped_early: bool,
+    /// when adding samples: the reference samples' rows of the per-sample
+    /// parameters, restored exactly by `finish`
+    reference_rows: Vec<(String, Tensor)>,
 }
 
 impl Trainer {
     pub fn new(model_config: ModelConfig, config: TrainConfig, data: Dataset, device: Device) -> Result<Self> {
-        if config.batch_size < 2 {
-            crate::invalid!("batch_size must be at least 2, not {}", config.batch_size);
-        }
-        if !(0.0..0.5).contains(&config.validation_fraction) {
-            crate::invalid!("validation_fraction must be in [0, 0.5), not {}", config.validation_fraction);
-        }
+        check_train_config(&config)?;
         model_config_matches(&model_config, &data)?;
         tch::manual_seed(config.seed as i64);
         let model = MrviModel::new(model_config, device);
+        Self::with_model(model, config, data, Vec::new())
+    }
+
+    /// Learn `n_new` new samples into a trained model (`MrviModel::with_new_samples`):
+    /// `data` holds cells of the new samples only (codes after base's samples);
+    /// everything but the new samples' parameters stays as in `base`. No KL
+    /// warm-up: with the decoder and prior fixed there is no collapse to avoid.
+    pub fn add_samples(base: &MrviModel, n_new: i64, mut config: TrainConfig, data: Dataset) -> Result<Self> {
+        let s_old = base.config.n_samples;
+        if data.sample.iter().any(|&s| s < s_old || s >= s_old + n_new) {
+            crate::invalid!("cells to add must belong to the new samples");
+        }
+        let mut extended = base.config.clone();
+        extended.n_samples += n_new;
+        check_train_config(&config)?;
+        model_config_matches(&extended, &data)?;
+        config.n_epochs_kl_warmup = 0;
+        tch::manual_seed(config.seed as i64);
+        let model = MrviModel::with_new_samples(base, n_new)?;
+        Self::with_model(model, config, data, base.sample_parameters())
+    }
+
+    fn with_model(model: MrviModel, config: TrainConfig, data: Dataset, reference_rows: Vec<(String, Tensor)>) -> Result<Self> {
         let opt = nn::Adam { wd: config.weight_decay, eps: config.adam_eps, ..Default::default() }
             .build(&model.vs, config.lr)?;
         let mut rng = SplitMix64::new(config.seed);
@@ -86,6 +107,7 @@ impl Trainer {
             best: None,
             epochs_since_best: 0,
             stopped_early: false,
+            reference_rows,
         })
     }
 
@@ -226,7 +248,8 @@ impl Trainer {
         self.best.as_ref().map(|b| b.1)
     }
 
-    /// Restore the best weights (when early stopping is on) and return the model.
+    /// Restore the best weights (when early stopping is on) and, when samples
+    /// were added, the reference samples' rows; return the model.
     pub fn finish(mut self) -> MrviModel {
         if self.config.early_stopping {
             if let Some((_, _, snapshot)) = self.best.take() {
@@ -240,6 +263,8 @@ impl Trainer {
                 });
             }
         }
+        // Adam's weight decay moves them slightly although their gradients are 0
+        self.model.restore_sample_rows(&self.reference_rows);
         self.model
     }
 
@@ -248,20 +273,46 @@ impl Trainer {
     }
 }
 
+fn check_train_config(config: &TrainConfig) -> Result<()> {
+    if config.batch_size < 2 {
+        crate::invalid!("batch_size must be at least 2, not {}", config.batch_size);
+    }
+    if !(0.0..0.5).contains(&config.validation_fraction) {
+        crate::invalid!("validation_fraction must be in [0, 0.5), not {}", config.validation_fraction);
+    }
+    Ok(())
+}
+
 fn model_config_matches(c: &ModelConfig, data: &Dataset) -> Result<()> {
     if c.n_genes as usize != data.counts.n_genes() {
         crate::invalid!("model has {} genes, data {}", c.n_genes, data.counts.n_genes());
     }
-    if data.sample.iter().any(|&s| s < 0 || s >= c.n_samples) || data.site.iter().any(|&b| b < 0 || b >= c.n_batches) {
-        crate::invalid!("sample or site codes outside the model's levels");
+    if data.sample.iter().any(|&s| s < 0 || s >= c.n_samples) {
+        crate::invalid!("sample codes outside the model's samples");
+    }
+    // each covariate's codes within its own levels
+    let levels = c.factor_levels();
+    let k = levels.len();
+    if data.n_factors != k || data.site.len() != k * data.n_cells() {
+        crate::invalid!("the data have {} nuisance factors, the model {k}", data.n_factors);
+    }
+    let starts: Vec<i64> = levels.iter().scan(0, |acc, &n| { *acc += n; Some(*acc - n) }).collect();
+    if data.site.chunks(k).any(|codes| codes.iter().zip(&starts).zip(&levels).any(|((&b, &lo), &n)| b < lo || b >= lo + n)) {
+        crate::invalid!("site codes outside the model's levels");
+    }
+    if data.n_continuous as i64 != c.n_continuous || data.continuous.len() != data.n_continuous * data.n_cells() {
+        crate::invalid!("the data have {} continuous covariates, the model {}", data.n_continuous, c.n_continuous);
+    }
+    if data.continuous.iter().any(|v| !v.is_finite()) {
+        crate::invalid!("continuous covariates must be finite");
     }
     if c.n_latent < 1 || c.dim_u() < 1 {
         crate::invalid!("n_latent must be at least 1");
     }
-    if c.n_labels > 0 {
-        match &data.label {
-            Some(l) if l.iter().all(|&v| v >= 0 && v < c.n_labels) => {}
-            _ => crate::invalid!("label codes missing or outside the model's {} labels", c.n_labels),
+    // cells without labels (samples added later) use the mixture weights unbiased
+    if let Some(l) = &data.label {
+        if l.iter().any(|&v| v < 0 || v >= c.n_labels) {
+            crate::invalid!("label codes outside the model's {} labels", c.n_labels);
         }
     }
     Ok(())

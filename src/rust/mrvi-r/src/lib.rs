@@ -117,13 +117,23 @@ fn interrupt_pending() -> bool {
     false
 }
 
-fn dataset(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32]) -> RResult<Dataset> {
+/// A training set. `site`: cells x K codes and `continuous`: cells x C values,
+/// both column-major (R matrices), with K = `n_factors` and C = `n_continuous`.
+#[allow(clippy::too_many_arguments)]
+fn dataset(
+    n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32], n_factors: i32,
+    continuous: &[f64], n_continuous: i32,
+) -> RResult<Dataset> {
     let counts = CscCounts::from_slots(n_genes as usize, n_cells as usize, p, i, x).map_err(rerr)?;
-    let to_i64 = |v: &[i32]| v.iter().map(|&c| c as i64).collect::<Vec<_>>();
-    if sample.len() != n_cells as usize || site.len() != n_cells as usize {
-        return Err(invalid("sample and site codes must have one value per cell"));
+    let (n, k, nc) = (n_cells as usize, n_factors.max(0) as usize, n_continuous.max(0) as usize);
+    if sample.len() != n || site.len() != n * k || continuous.len() != n * nc {
+        return Err(invalid("sample codes, site codes and continuous covariates must have one row per cell"));
     }
-    Ok(Dataset::new(counts, to_i64(sample), to_i64(site)))
+    let cell_major = |w: usize| (0..n * w).map(move |j| (j / w) + n * (j % w));
+    let site = cell_major(k).map(|j| site[j] as i64).collect();
+    let continuous = cell_major(nc).map(|j| continuous[j] as f32).collect();
+    let data = Dataset::new(counts, sample.iter().map(|&c| c as i64).collect(), Vec::new());
+    Ok(data.with_nuisance(site, k, continuous, nc))
 }
 
 // --- training ---------------------------------------------------------------------------
@@ -145,19 +155,21 @@ fn trainer_mut(h: &mut ExternalPtr<TrainerHandle>) -> RResult<&mut Trainer> {
 #[allow(clippy::too_many_arguments)]
 fn mrvi_trainer_new(
     n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32],
-    n_samples: i32, n_batches: i32, n_latent: i32, max_epochs: i32, batch_size: i32, lr: f64,
-    n_epochs_kl_warmup: i32, early_stopping: bool, patience: i32, validation_fraction: f64,
+    n_samples: i32, batch_levels: &[i32], continuous: &[f64], n_continuous: i32, n_latent: i32, max_epochs: i32,
+    batch_size: i32, lr: f64, n_epochs_kl_warmup: i32, early_stopping: bool, patience: i32, validation_fraction: f64,
     seed: f64, device: &str, flavour: &str, n_latent_u: i32, prior: &str, n_mixture: i32,
     label: &[i32], n_labels: i32,
 ) -> RResult<ExternalPtr<TrainerHandle>> {
-    let mut data = dataset(n_genes, n_cells, p, i, x, sample, site)?;
+    let mut data = dataset(n_genes, n_cells, p, i, x, sample, site, batch_levels.len() as i32, continuous, n_continuous)?;
     let device = backend::resolve_device(device).map_err(rerr)?;
-    let (g, s, b) = (n_genes as i64, n_samples as i64, n_batches as i64);
+    let (g, s) = (n_genes as i64, n_samples as i64);
+    let levels: Vec<i64> = batch_levels.iter().map(|&v| v as i64).collect();
     let mut model_config = match flavour {
-        "linear" => ModelConfig::new(g, s, b, n_latent as i64),
-        "attention" => ModelConfig::attention(g, s, b, n_latent_u as i64, n_latent as i64),
+        "linear" => ModelConfig::new(g, s, 1, n_latent as i64),
+        "attention" => ModelConfig::attention(g, s, 1, n_latent_u as i64, n_latent as i64),
         other => return Err(invalid(format!("unknown flavour \"{other}\""))),
-    };
+    }
+    .with_nuisance(levels, n_continuous as i64);
     model_config.prior = match prior {
         "normal" => Prior::Normal,
         "mog" => Prior::Mog,
@@ -180,6 +192,36 @@ fn mrvi_trainer_new(
         ..Default::default()
     };
     let t = Trainer::new(model_config, config, data, device).map_err(rerr)?;
+    Ok(ExternalPtr::new(TrainerHandle(Some(t))))
+}
+
+/// A trainer that learns `n_new` new samples into the fitted model `h`: the
+/// cells (of new samples only; codes after the fitted ones) with their site
+/// codes and continuous covariates as in `mrvi_trainer_new`.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn mrvi_trainer_add_samples(
+    h: Robj, n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32],
+    continuous: &[f64], n_new: i32, max_epochs: i32, batch_size: i32, lr: f64, early_stopping: bool, patience: i32,
+    validation_fraction: f64, seed: f64,
+) -> RResult<ExternalPtr<TrainerHandle>> {
+    let h = model_ptr(&h)?;
+    let base = h.try_addr()?;
+    base.check_compatible(n_genes as usize).map_err(rerr)?;
+    let k = base.config.factor_levels().len() as i32;
+    let data = dataset(n_genes, n_cells, p, i, x, sample, site, k, continuous, base.config.n_continuous as i32)?;
+    let config = TrainConfig {
+        max_epochs: if max_epochs > 0 { Some(max_epochs as usize) } else { None },
+        batch_size: batch_size as usize,
+        lr,
+        early_stopping,
+        patience: patience as usize,
+        validation_fraction,
+        seed: seed as u64,
+        ..Default::default()
+    };
+    let t = Trainer::add_samples(base, n_new as i64, config, data).map_err(rerr)?;
     Ok(ExternalPtr::new(TrainerHandle(Some(t))))
 }
 
@@ -462,11 +504,12 @@ fn mrvi_counterfactual_z(h: Robj, u: &[f64], n_cells: i32, samples: &[i32]) -> R
 }
 
 /// Expected normalised expression (softmax of the decoder) for u (cells x L_u,
-/// column-major) under the given sample and site codes (one per cell); values of
-/// an R matrix [genes, cells].
+/// column-major) under the given sample codes (one per cell), site codes (cells
+/// x K) and continuous covariates (cells x C, standardised; both column-major);
+/// values of an R matrix [genes, cells].
 /// @noRd
 #[extendr]
-fn mrvi_counterfactual_expression(h: Robj, u: &[f64], n_cells: i32, sample: &[i32], site: &[i32]) -> RResult<Vec<f64>> {
+fn mrvi_counterfactual_expression(h: Robj, u: &[f64], n_cells: i32, sample: &[i32], site: &[i32], continuous: &[f64]) -> RResult<Vec<f64>> {
     let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let (n, lu) = (n_cells as usize, model.config.dim_u() as usize);
@@ -475,44 +518,50 @@ fn mrvi_counterfactual_expression(h: Robj, u: &[f64], n_cells: i32, sample: &[i3
     }
     let sample = codes(sample, model.config.n_samples, "sample")?;
     let dev = model.device();
-    decode_blocks(model, u, n, lu, site, |ut, start, end| {
+    decode_blocks(model, u, n, lu, site, continuous, |ut, start, end| {
         let s = tch::Tensor::from_slice(&sample[start..end]).to_device(dev);
         model.z_from_u(ut, &s)
     })
 }
 
 /// Expected normalised expression decoded from z itself (cells x L_z,
-/// column-major) under site codes (one per cell); values of an R matrix
-/// [genes, cells]. Used for log fold changes of latent shifts.
+/// column-major) under site codes and continuous covariates (as in
+/// `mrvi_counterfactual_expression`); values of an R matrix [genes, cells].
+/// Used for log fold changes of latent shifts.
 /// @noRd
 #[extendr]
-fn mrvi_decode_z(h: Robj, z: &[f64], n_cells: i32, site: &[i32]) -> RResult<Vec<f64>> {
+fn mrvi_decode_z(h: Robj, z: &[f64], n_cells: i32, site: &[i32], continuous: &[f64]) -> RResult<Vec<f64>> {
     let h = model_ptr(&h)?;
     let model = h.try_addr()?;
     let (n, l) = (n_cells as usize, model.config.n_latent as usize);
     if z.len() != n * l {
         return Err(invalid("z does not match the model's latent dimension"));
     }
-    decode_blocks(model, z, n, l, site, |zt, _, _| zt.shallow_clone())
+    decode_blocks(model, z, n, l, site, continuous, |zt, _, _| zt.shallow_clone())
 }
 
 /// Decoder expression of `values` (cells x width, column-major) in blocks of
 /// 1024 cells, after `to_z` maps a block's rows to z; [genes, cells] values.
+#[allow(clippy::too_many_arguments)]
 fn decode_blocks(
-    model: &MrviModel, values: &[f64], n: usize, width: usize, site: &[i32], to_z: impl Fn(&tch::Tensor, usize, usize) -> tch::Tensor,
+    model: &MrviModel, values: &[f64], n: usize, width: usize, site: &[i32], continuous: &[f64],
+    to_z: impl Fn(&tch::Tensor, usize, usize) -> tch::Tensor,
 ) -> RResult<Vec<f64>> {
-    if site.len() != n {
-        return Err(invalid(format!("{} site codes for {n} cells", site.len())));
+    let (k, nc) = (model.config.factor_levels().len(), model.config.n_continuous as usize);
+    if site.len() != n * k || continuous.len() != n * nc {
+        return Err(invalid(format!("{} site codes and {} continuous values for {n} cells x {k} factors and {nc} covariates", site.len(), continuous.len())));
     }
     let site = codes(site, model.config.n_batches, "site")?;
+    let x32 = to_f32(continuous)?;
     let v32 = to_f32(values)?;
     let mut out = try_with_capacity(n.saturating_mul(model.config.n_genes as usize), "the expression matrix").map_err(rerr)?;
     let dev = model.device();
     for start in (0..n).step_by(1024) {
         let end = (start + 1024).min(n);
         let rows = mrvi_core::infer::rows_from_column_major(&v32, n, width, start, end).to_device(dev);
-        let b = tch::Tensor::from_slice(&site[start..end]).to_device(dev);
-        let rho = tch::no_grad(|| model.expression(&to_z(&rows, start, end), &b));
+        let b = mrvi_core::infer::rows_from_column_major(&site, n, k, start, end).to_device(dev);
+        let x = (nc > 0).then(|| mrvi_core::infer::rows_from_column_major(&x32, n, nc, start, end).to_device(dev));
+        let rho = tch::no_grad(|| model.expression(&to_z(&rows, start, end), &b, x.as_ref()));
         let rho = rho.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1]);
         out.extend(Vec::<f64>::try_from(&rho).map_err(|e| rerr(e.into()))?);
     }
@@ -614,6 +663,7 @@ extendr_module! {
     fn mrvi_csc_scan;
     fn mrvi_debug_panic;
     fn mrvi_trainer_new;
+    fn mrvi_trainer_add_samples;
     fn mrvi_trainer_info;
     fn mrvi_trainer_epoch;
     fn mrvi_trainer_finish;
