@@ -117,20 +117,3 @@ cap_threads <- function(n, arg) {
   }
   n
 }
-
-check_count <- function(n, arg, call) {
-  if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != round(n) ||
-      n > .Machine$integer.max) {
-    abort_arg(c("{.arg {arg}} must be one positive whole number, at most {max_int()}.",
-                "x" = "You gave {given(n)}.",
-                "i" = "For example {.code {arg} = 2}."), call = call)
-  }
-  as.integer(n)
-}
-
-max_int <- function() .Machine$integer.max
-
-# What the user gave, for messages: "1e+10", or the type of anything else.
-given <- function(v) {
-  if (is.numeric(v) && length(v) == 1) format(v) else cli::format_inline("{.obj_type_friendly {v}}")
-}

@@ -236,39 +236,6 @@ latent_matrix <- function(values, cells, prefix) {
   m
 }
 
-resolve_device <- function(device, call) {
-  if (!is.character(device) || length(device) != 1 || is.na(device)) {
-    abort_arg("{.arg device} must be {.val cpu}, {.val cuda} or {.val auto}.", call = call)
-  }
-  tryCatch(mrvi_resolve_device(device), error = function(e) {
-    abort_arg(c("{.arg device} = {.val {device}} cannot be used.", "x" = conditionMessage(e)),
-              call = call)
-  })
-}
-
-# Re-signal input errors as coming from the function the user called.
-with_call <- function(expr, call) {
-  tryCatch(expr, mrvi_error = function(e) {
-    e$call <- call
-    stop(e)
-  })
-}
-
-check_positive <- function(v, arg, call) {
-  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v <= 0 || !is.finite(v)) {
-    abort_arg("{.arg {arg}} must be one positive number.", call = call)
-  }
-}
-
-check_whole <- function(v, arg, call) {
-  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v) ||
-      v > .Machine$integer.max) {
-    abort_arg(c("{.arg {arg}} must be one non-negative whole number, at most {max_int()}.",
-                "x" = "You gave {given(v)}."), call = call)
-  }
-  as.integer(v)
-}
-
 # The size of the model and its training state (weights, gradients, Adam's two
 # moments: 16 bytes per parameter) and of a minibatch, checked before libtorch
 # allocates: a huge n_latent is an argument error, not an allocation failure.
@@ -284,11 +251,5 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
     abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {format(structure(bytes, class = 'object_size'), units = 'auto')} to train, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
                 "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or raise {.code options(mrvi.max_bytes = )})."),
               call = call)
-  }
-}
-
-check_flag <- function(v, arg, call) {
-  if (!is.logical(v) || length(v) != 1 || is.na(v)) {
-    abort_arg("{.arg {arg}} must be {.code TRUE} or {.code FALSE}.", call = call)
   }
 }
