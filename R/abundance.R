@@ -106,23 +106,6 @@ admissibility <- function(fit, subsample = 5000, quantile = 0.05, cells = NULL, 
        threshold = stats::setNames(threshold, fit@samples))
 }
 
-# The admissibility mask of an analysis: NULL, TRUE (computed) or a logical
-# matrix over the cells `idx` x samples.
-resolve_admissible <- function(fit, admissible, idx, call) {
-  if (is.null(admissible) || isFALSE(admissible)) return(NULL)
-  if (isTRUE(admissible)) return(admissibility(fit, cells = idx)$admissible)
-  S <- length(fit@samples)
-  if (!is.logical(admissible) || !is.matrix(admissible) || ncol(admissible) != S || nrow(admissible) != length(idx) ||
-      anyNA(admissible)) {
-    abort_arg(c("{.arg admissible} must be NULL, TRUE or a logical matrix of {length(idx)} cells x {S} samples without NA.",
-                "i" = "For example {.code admissibility(fit, cells = cells)$admissible}."), call = call)
-  }
-  if (!is.null(colnames(admissible)) && !identical(colnames(admissible), fit@samples)) {
-    abort_arg("The columns of {.arg admissible} must be the fitted samples in order.", call = call)
-  }
-  admissible
-}
-
 reference_cells <- function(fit, max_per_sample, seed) {
   restore <- preserve_rng()
   on.exit(restore())

@@ -176,5 +176,3 @@ setMethod("summary", "MrVIFit", function(object, ...) {
     seconds = sum(h$seconds), device = object@config$device
   )
 })
-
-`%||%` <- function(a, b) if (is.null(a) || (length(a) == 1 && is.na(a))) b else a

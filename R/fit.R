@@ -31,10 +31,13 @@
 #' @param device `"cpu"`, `"cuda"` (or `"cuda:K"`), or `"auto"` (CUDA when
 #'   libtorch sees a GPU, else CPU). The device used is printed.
 #' @param n_threads CPU threads for libtorch; `NULL` uses
-#'   `getOption("mrvi.threads")` (all cores by default).
+#'   `getOption("mrvi.threads")`, and when that is unset the cores idle at the
+#'   start of the fit (see [mrviBackend()]). The count used is in
+#'   `fit@config$n_threads`.
 #' @param seed integer seed (0 to 2147483647): a fixed seed gives bit-identical
 #'   weights and latents on the same machine with the same thread count
-#'   (`n_threads`) and device. It does not across CPUs (vector instructions and
+#'   (`n_threads`; pass `fit@config$n_threads` to repeat a fit that used the
+#'   default) and device. It does not across CPUs (vector instructions and
 #'   libtorch's kernels differ, e.g. AMD vs Intel AVX-512) or thread counts:
 #'   results then agree statistically, not bit for bit.
 #' @param verbose print the set-up and a progress bar (epoch, ELBO, time left).
@@ -120,7 +123,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   nuisance <- nuisance_design(data)
   check_model_size(nrow(data$counts), nlevels(data$sample), sum(nuisance$levels) + ncol(nuisance$continuous),
                    n_latent, n_latent_u, batch_size, call)
-  apply_threads(n_threads, call = call)
+  threads <- apply_threads(n_threads, call = call)
   counts <- data$counts
   # with the size guard lifted, building the model can still run out of memory:
   # name the arguments that set its size
@@ -142,7 +145,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
                           "{nlevels(data$sample)} samples, {describe_nuisance(nuisance$spec)}; ",
-                          "device {.strong {info$device}}, {mrvi_backend_info()$threads} thread{?s}, ",
+                          "device {.strong {info$device}}, {threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
   run <- train_epochs(trainer, info$max_epochs, verbose)
@@ -173,7 +176,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
                   nuisance = nuisance$spec,
-                  mrvi_version = as.character(utils::packageVersion("mrvi")),
+                  n_threads = threads, mrvi_version = as.character(utils::packageVersion("mrvi")),
                   weights_hash = weights_hash),
     weights = done$weights,
     sample_table = data$sample_table,
@@ -251,39 +254,6 @@ latent_matrix <- function(values, cells, prefix) {
   m
 }
 
-resolve_device <- function(device, call) {
-  if (!is.character(device) || length(device) != 1 || is.na(device)) {
-    abort_arg("{.arg device} must be {.val cpu}, {.val cuda} or {.val auto}.", call = call)
-  }
-  tryCatch(mrvi_resolve_device(device), error = function(e) {
-    abort_arg(c("{.arg device} = {.val {device}} cannot be used.", "x" = conditionMessage(e)),
-              call = call)
-  })
-}
-
-# Re-signal input errors as coming from the function the user called.
-with_call <- function(expr, call) {
-  tryCatch(expr, mrvi_error = function(e) {
-    e$call <- call
-    stop(e)
-  })
-}
-
-check_positive <- function(v, arg, call) {
-  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v <= 0 || !is.finite(v)) {
-    abort_arg("{.arg {arg}} must be one positive number.", call = call)
-  }
-}
-
-check_whole <- function(v, arg, call) {
-  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v) ||
-      v > .Machine$integer.max) {
-    abort_arg(c("{.arg {arg}} must be one non-negative whole number, at most {max_int()}.",
-                "x" = "You gave {given(v)}."), call = call)
-  }
-  as.integer(v)
-}
-
 # The size of the model and its training state (weights, gradients, Adam's two
 # moments: 16 bytes per parameter) and of a minibatch, checked before libtorch
 # allocates: a huge n_latent is an argument error, not an allocation failure.
@@ -299,11 +269,5 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
     abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {format(structure(bytes, class = 'object_size'), units = 'auto')} to train, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
                 "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or raise {.code options(mrvi.max_bytes = )})."),
               call = call)
-  }
-}
-
-check_flag <- function(v, arg, call) {
-  if (!is.logical(v) || length(v) != 1 || is.na(v)) {
-    abort_arg("{.arg {arg}} must be {.code TRUE} or {.code FALSE}.", call = call)
   }
 }

@@ -1,0 +1,82 @@
+# Argument checkers shared by the exported functions: each stops with a classed
+# error that names the argument and the fix; those for counts return the value
+# as an integer.
+
+check_count <- function(n, arg, call) {
+  if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != round(n) ||
+      n > .Machine$integer.max) {
+    abort_arg(c("{.arg {arg}} must be one positive whole number, at most {max_int()}.",
+                "x" = "You gave {given(n)}.",
+                "i" = "For example {.code {arg} = 2}."), call = call)
+  }
+  as.integer(n)
+}
+
+max_int <- function() .Machine$integer.max
+
+# What the user gave, for messages: "1e+10", or the type of anything else.
+given <- function(v) {
+  if (is.numeric(v) && length(v) == 1) format(v) else cli::format_inline("{.obj_type_friendly {v}}")
+}
+
+check_positive <- function(v, arg, call) {
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v <= 0 || !is.finite(v)) {
+    abort_arg("{.arg {arg}} must be one positive number.", call = call)
+  }
+}
+
+check_whole <- function(v, arg, call) {
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v) ||
+      v > .Machine$integer.max) {
+    abort_arg(c("{.arg {arg}} must be one non-negative whole number, at most {max_int()}.",
+                "x" = "You gave {given(v)}."), call = call)
+  }
+  as.integer(v)
+}
+
+check_flag <- function(v, arg, call) {
+  if (!is.logical(v) || length(v) != 1 || is.na(v)) {
+    abort_arg("{.arg {arg}} must be {.code TRUE} or {.code FALSE}.", call = call)
+  }
+}
+
+check_fit <- function(fit, call) {
+  if (!methods::is(fit, "MrVIFit")) {
+    abort_arg(c("{.arg fit} must be a {.cls MrVIFit} from {.fn mrvi}.",
+                "x" = "You gave {.obj_type_friendly {fit}}."), call = call)
+  }
+  problems <- methods::validObject(fit, test = TRUE)
+  if (is.character(problems)) {
+    abort_arg(c("{.arg fit} is inconsistent: its slots were edited or damaged.",
+                "x" = "{problems}",
+                "i" = "Use the fit as {.fn mrvi} returned it, or re-read it from its file."),
+              call = call, class = "mrvi_invalid_fit")
+  }
+}
+
+match_choice <- function(value, choices, arg, call) {
+  if (identical(value, choices)) return(choices[1])
+  if (!is.character(value) || length(value) != 1 || !value %in% choices) {
+    abort_arg("{.arg {arg}} must be one of {.val {choices}}.", call = call)
+  }
+  value
+}
+
+check_size <- function(bytes, what, call,
+                       hint = "Ask for fewer {.arg cells} or {.arg samples}, use {.fn sampleDistances} with {.arg groups} (streamed), or raise {.code options(mrvi.max_bytes = )}.") {
+  limit <- getOption("mrvi.max_bytes", 2e9)
+  if (bytes > limit) {
+    abort_arg(c("{what} would allocate {format(structure(bytes, class = 'object_size'), units = 'auto')}, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
+                "i" = hint), call = call)
+  }
+}
+
+# Normalised distances estimate each cell's noise floor (mean and sd of the
+# distances between its own draws), which takes at least 3 draws.
+check_normalize_draws <- function(normalize, mc_samples, call) {
+  check_flag(normalize, "normalize", call)
+  if (normalize && mc_samples < 3) {
+    abort_arg(c("{.arg normalize} = TRUE needs {.arg mc_samples} >= 3 posterior draws.",
+                "i" = "For example {.code mc_samples = 10}, or {.code normalize = FALSE}."), call = call)
+  }
+}
