@@ -56,12 +56,14 @@ new_cells <- function(fit, x, sample, call) {
   align_genes(fit, data, call)
 }
 
-# mrviData() for cells brought to a fitted model: one sample is enough.
+# mrviData() for cells brought to a fitted model: one sample is enough, and a
+# few new samples alone in their sites are no confounding (the fit has others).
 read_new_cells <- function(x, ..., call) {
   old <- the$min_samples
   the$min_samples <- 1L
   on.exit(the$min_samples <- old)
-  with_call(suppressMessages(mrviData(x, ...)), call)
+  with_call(suppressMessages(withCallingHandlers(mrviData(x, ...),
+    mrvi_confounded = function(w) invokeRestart("muffleWarning"))), call)
 }
 
 # The counts of `data` on the fitted genes, in the fit's order.

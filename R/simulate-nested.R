@@ -184,7 +184,7 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   if (design == "covariates") {
     for (k in c("cov1", "cov2", "cov3")) col[[k]] <- sample_table[[k]][as.integer(sample)]
   }
-  if (!is.null(extra$chemistry)) col$chemistry <- factor(extra$chemistry[as.integer(sample)])
+  if (!is.null(extra$chemistry)) col$chemistry <- factor(unname(extra$chemistry[as.integer(sample)]))
   if (!is.null(extra$mito)) col$mito <- extra$mito
   SingleCellExperiment::SingleCellExperiment(list(counts = counts), colData = col,
                                              metadata = list(truth = truth))

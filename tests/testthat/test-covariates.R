@@ -1,0 +1,199 @@
+# Several nuisance covariates (categorical and continuous) and samples added to a
+# trained model (issue 20).
+
+crossed_data <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      cache <<- simulateNested(600, 60, n_samples = 6, n_sites = 2, n_cell_types = 2, n_affected = 1,
+                               seed = 2, n_chemistries = 2, technical = 1)
+    }
+    cache
+  }
+})
+
+# the model's JSON configuration, read without a JSON package
+jsonlite_free_config <- function(fit) {
+  json <- fit@config$model_json
+  levels <- regmatches(json, regexpr('"batch_levels":\\[[0-9,]*\\]', json))
+  list(batch_levels = as.numeric(strsplit(gsub("[^0-9,]", "", levels), ",")[[1]]),
+       n_continuous = as.numeric(sub('.*"n_continuous":([0-9]+).*', "\\1", json)))
+}
+
+crossed_fit <- local({
+  cache <- list()
+  function(flavour) {
+    if (is.null(cache[[flavour]])) {
+      cache[[flavour]] <<- mrvi(crossed_data(), sample = "sample", batch = c("site", "chemistry"),
+                                continuous_covariates = "mito", flavour = flavour, max_epochs = 3,
+                                n_threads = 1, verbose = FALSE)
+    }
+    cache[[flavour]]
+  }
+})
+
+test_that("several nuisance covariates are stored, shown and decoded, in both flavours", {
+  sce <- crossed_data()
+  for (flavour in c("linear", "attention")) {
+    fit <- crossed_fit(flavour)
+    spec <- fit@config$nuisance
+    expect_equal(spec$factors, list(site = levels(sce$site), chemistry = levels(sce$chemistry)))
+    expect_equal(spec$continuous$name, "mito")
+    expect_equal(spec$continuous$center, mean(sce$mito))
+    expect_equal(spec$continuous$scale, sd(sce$mito))
+    expect_equal(fit@batches, c("site:site1", "site:site2", "chemistry:chem1", "chemistry:chem2"))
+    expect_identical(fit@cell_data$chemistry, sce$chemistry)
+    expect_output(show(fit), "nuisance: site \\(2 levels\\), chemistry \\(2 levels\\); continuous: mito")
+    model <- jsonlite_free_config(fit)
+    expect_equal(model$batch_levels, c(2, 2))
+    expect_equal(model$n_continuous, 1)
+
+    cells <- 1:6
+    own <- counterfactualExpression(fit, cells, fit@samples[1])
+    expect_equal(unname(colSums(own)), rep(1, 6), tolerance = 1e-5)
+    # the cells' own levels and values, given explicitly, are the default
+    explicit <- counterfactualExpression(fit, cells, fit@samples[1],
+                                         batch = list(site = sce$site[cells], chemistry = sce$chemistry[cells]),
+                                         continuous = list(mito = sce$mito[cells]))
+    expect_equal(explicit, own, tolerance = 1e-6)
+    # averaging over a covariate's levels is the mean of the expression under each
+    each <- lapply(levels(sce$site), function(l) counterfactualExpression(fit, cells, fit@samples[1], batch = list(site = l)))
+    expect_equal(counterfactualExpression(fit, cells, fit@samples[1], average = "site"),
+                 (each[[1]] + each[[2]]) / 2, tolerance = 1e-7)
+    # every covariate changes the decoded expression
+    expect_gt(max(abs(each[[1]] - each[[2]])), 0)
+    chem <- counterfactualExpression(fit, cells, fit@samples[1], batch = list(chemistry = "chem2"))
+    expect_gt(max(abs(chem - counterfactualExpression(fit, cells, fit@samples[1], batch = list(chemistry = "chem1")))), 0)
+    high <- counterfactualExpression(fit, cells, fit@samples[1], continuous = c(mito = 0.3))
+    expect_gt(max(abs(high - own)), 0)
+    # z does not see them: the counterfactual latent has no nuisance input, and
+    # u and z of a cell are those of mrviLatent
+    expect_equal(dim(counterfactualLatent(fit, cells = 1:2)), c(2L, 6L, fit@config$train$n_latent))
+
+    f <- tempfile(fileext = ".rds")
+    saveRDS(fit, f)
+    back <- readRDS(f)
+    expect_identical(counterfactualExpression(back, cells, fit@samples[2], average = TRUE),
+                     counterfactualExpression(fit, cells, fit@samples[2], average = TRUE))
+    expect_s3_class(sampleSplitGenes(fit, fit@samples[1:2], cells = 1:30, mc_samples = 0), "data.frame")
+  }
+})
+
+test_that("covariates given as columns, a data.frame or a list give the same fit", {
+  sce <- crossed_data()
+  args <- list(sample = "sample", flavour = "linear", max_epochs = 2, n_threads = 1, verbose = FALSE)
+  a <- do.call(mrvi, c(list(sce, batch = c("site", "chemistry"), continuous_covariates = "mito"), args))
+  b <- do.call(mrvi, c(list(sce, batch = data.frame(site = sce$site, chemistry = sce$chemistry),
+                            continuous_covariates = list(mito = sce$mito)), args))
+  expect_identical(a@weights, b@weights)
+  # one covariate, however given, is the single batch of before
+  one <- do.call(mrvi, c(list(sce, batch = "site"), args))
+  listed <- do.call(mrvi, c(list(sce, batch = list(site = sce$site)), args))
+  expect_identical(one@weights, listed@weights)
+  expect_equal(one@batches, levels(sce$site))
+  expect_output(show(one), "sites:   2")
+  expect_equal(one@config$nuisance$factors, list(batch = levels(sce$site)))
+})
+
+test_that("bad covariates are refused naming the argument", {
+  sce <- crossed_data()
+  chem <- as.character(sce$chemistry)
+  chem[3] <- NA
+  expect_error(mrvi(sce, sample = "sample", batch = list(site = sce$site, chemistry = chem), verbose = FALSE),
+               "batch\\$chemistry.*NA", class = "mrvi_error")
+  mito <- sce$mito
+  mito[5] <- Inf
+  expect_error(mrvi(sce, sample = "sample", continuous_covariates = list(mito = mito), verbose = FALSE),
+               "continuous_covariates\\$mito.*infinite", class = "mrvi_error")
+  mito[5] <- NA
+  expect_error(mrvi(sce, sample = "sample", continuous_covariates = list(mito = mito), verbose = FALSE),
+               "continuous_covariates\\$mito.*NA", class = "mrvi_error")
+  expect_error(mrvi(sce, sample = "sample", continuous_covariates = list(flat = rep(2, ncol(sce))), verbose = FALSE),
+               "continuous_covariates\\$flat.*constant", class = "mrvi_error")
+  expect_error(mrvi(sce, sample = "sample", continuous_covariates = list(word = rep(c("a", "b"), 300)), verbose = FALSE),
+               "continuous_covariates\\$word.*numeric", class = "mrvi_error")
+  expect_error(mrvi(sce, sample = "sample", batch = list(site = sce$site, one = rep("x", ncol(sce))), verbose = FALSE),
+               "batch\\$one.*constant", class = "mrvi_error")
+  expect_error(mrvi(sce, sample = "sample", batch = list(sample = sce$site, b = sce$chemistry), verbose = FALSE),
+               "reserved", class = "mrvi_error")
+  expect_error(mrvi(sce, sample = "sample", batch = c("site", "nope"), verbose = FALSE),
+               "batch\\$nope", class = "mrvi_error")
+  fit <- crossed_fit("linear")
+  expect_error(counterfactualExpression(fit, 1:2, fit@samples[1], batch = "site1"), "named list", class = "mrvi_error")
+  expect_error(counterfactualExpression(fit, 1:2, fit@samples[1], batch = list(plate = "p1")), "batch", class = "mrvi_error")
+  expect_error(counterfactualExpression(fit, 1:2, fit@samples[1], batch = list(site = "site9")), "site9", class = "mrvi_error")
+  expect_error(counterfactualExpression(fit, 1:2, fit@samples[1], average = "plate"), "average", class = "mrvi_error")
+  expect_error(counterfactualExpression(fit, 1:2, fit@samples[1], batch = list(site = "site1"), average = "site"),
+               "both", class = "mrvi_error")
+  expect_error(counterfactualExpression(fit, 1:2, fit@samples[1], continuous = list(mito = Inf)),
+               "continuous\\$mito", class = "mrvi_error")
+})
+
+# --- mrviAddSamples() ------------------------------------------------------------
+
+# the cells not held out, without the held-out samples' levels
+reference_part <- function(sce, held) {
+  ref <- sce[, !held]
+  ref$sample <- droplevels(ref$sample)
+  ref
+}
+
+test_that("added samples get distances to the reference, which stays exactly as it was", {
+  sce <- crossed_data()
+  held <- sce$sample %in% c("s02", "s05")
+  for (flavour in c("linear", "attention")) {
+    ref <- mrvi(reference_part(sce, held), sample = "sample", batch = c("site", "chemistry"), continuous_covariates = "mito",
+                flavour = flavour, max_epochs = 3, n_threads = 1, verbose = FALSE)
+    added <- mrviAddSamples(ref, sce[, held], sample = "sample", batch = c("site", "chemistry"),
+                            continuous_covariates = "mito", max_epochs = 3)
+    s_ref <- ref@samples
+    expect_equal(added@samples, c(s_ref, "s02", "s05"))
+    expect_equal(nrow(added@cell_data), ncol(sce))
+    expect_identical(added@u_mean[rownames(ref@u_mean), ], ref@u_mean)
+    expect_identical(sampleDistances(added, cells = 1:20)[, s_ref, s_ref], sampleDistances(ref, cells = 1:20))
+    in_ref <- rownames(added@cell_data) %in% rownames(ref@cell_data)
+    values <- function(d) array(d, dim(d), dimnames(d))
+    expect_identical(values(sampleDistances(added, groups = ifelse(in_ref, as.character(added@cell_data$cell_type), NA),
+                                            mc_samples = 0)[s_ref, s_ref, ]),
+                     values(sampleDistances(ref, groups = "cell_type", mc_samples = 0)))
+    d <- sampleDistances(added, groups = "cell_type", mc_samples = 0)
+    expect_true(all(is.finite(d[c("s02", "s05"), s_ref, "type1"])))
+    expect_equal(unname(d["s02", "s02", "type1"]), 0)
+    # the new samples' parameters were learned: their z differs from that of
+    # their starting point, which is the same for both new samples
+    z <- counterfactualLatent(added, cells = 1)
+    expect_gt(max(abs(z[1, "s02", ] - z[1, "s05", ])), 0)
+    expect_output(show(added), "added:   2 samples by mrviAddSamples\\(\\) \\('s02', 's05'\\)")
+    expect_equal(added@config$added[[1]]$samples, c("s02", "s05"))
+    f <- tempfile(fileext = ".rds")
+    saveRDS(added, f)
+    back <- readRDS(f)
+    expect_identical(sampleDistances(back, cells = 1:5), sampleDistances(added, cells = 1:5))
+    expect_identical(mrviLatent(back, which = "z"), mrviLatent(added, which = "z"))
+  }
+})
+
+test_that("mrviAddSamples() refuses what it cannot learn", {
+  sce <- crossed_data()
+  held <- sce$sample %in% c("s02", "s05")
+  ref <- mrvi(reference_part(sce, held), sample = "sample", batch = "site", flavour = "linear", max_epochs = 2,
+              n_threads = 1, verbose = FALSE)
+  new <- sce[, held]
+  expect_error(mrviAddSamples(ref, sce[, sce$sample == "s01"], sample = "sample", batch = "site"),
+               "already has.*s01", class = "mrvi_error")
+  expect_error(mrviAddSamples(ref, new, sample = "sample"), "batch.*required", class = "mrvi_error")
+  lev <- as.character(new$site)
+  lev[1] <- "site3"
+  expect_error(mrviAddSamples(ref, new, sample = "sample", batch = lev), "site3", class = "mrvi_error")
+  expect_error(mrviAddSamples(ref, new[-1, ], sample = "sample", batch = "site"), "missing", class = "mrvi_error")
+  extra <- SummarizedExperiment::assay(new)
+  extra <- rbind(extra, novel = 1)
+  expect_error(mrviAddSamples(ref, extra, sample = new$sample, batch = new$site), "novel", class = "mrvi_error")
+  renamed <- new
+  colnames(renamed) <- colnames(sce)[!held][seq_len(ncol(new))]
+  expect_error(mrviAddSamples(ref, renamed, sample = "sample", batch = "site"), "cell names", class = "mrvi_error")
+  expect_error(mrviAddSamples(ref, new, sample = "sample", batch = "site", continuous_covariates = "mito"),
+               "continuous_covariates", class = "mrvi_error")
+  expect_error(mrviAddSamples(ref, new, sample = "sample", batch = "site", seed = -1), "seed", class = "mrvi_error")
+  expect_error(mrviAddSamples("fit", new, sample = "sample"), "MrVIFit", class = "mrvi_error")
+})
