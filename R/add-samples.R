@@ -9,6 +9,7 @@
 #' covers the old and the new samples. Distances between new and reference
 #' samples then come without retraining.
 #'
+#' @details
 #' The new samples' parameters start at the mean of the reference samples'
 #' ones. Training maximises the same ELBO as [mrvi()] (Adam, the fit's
 #' minibatch size, learning rate, validation share and early stopping) without
@@ -43,7 +44,7 @@
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' old <- sim$sample != "s04"
-#' fit <- mrvi(sim$counts[, old], sample = sim$sample[old], max_epochs = 2, verbose = FALSE)
+#' fit <- mrvi(sim$counts[, old], sample = droplevels(sim$sample[old]), max_epochs = 2, verbose = FALSE)
 #' fit2 <- mrviAddSamples(fit, sim$counts[, !old], sample = sim$sample[!old], max_epochs = 2)
 #' fit2@samples
 #' @export
