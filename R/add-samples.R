@@ -90,18 +90,8 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
     inform(c("i" = paste0("Adding {length(new_samples)} sample{?s} ({ncol(counts)} cells) to the fit; ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
-  run <- train_epochs(trainer, info$max_epochs, verbose)
-  if (run$interrupted && !length(run$history)) {
-    abort_arg("Training was interrupted before its first epoch finished: no model to return.",
-              call = call, class = "mrvi_interrupted")
-  }
-  done <- mrvi_trainer_finish(trainer)
-  weights_hash <- mrvi_weights_hash(done$weights)
-  extended <- build_model(info$model_config, done$weights, info$device)
-  post <- mrvi_encode(extended, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes)
-  history <- do.call(rbind, lapply(run$history, function(s) {
-    as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
-  }))
+  trained <- run_training(trainer, info, counts, codes, verbose, call)
+  post <- trained$post
   all_samples <- c(fit@samples, new_samples)
   old_cells <- fit@cell_data
   old_cells$sample <- factor(as.character(old_cells$sample), levels = all_samples)
@@ -110,21 +100,19 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   for (nm in names(nuisance$values)) new_cells[[nm]] <- nuisance$values[[nm]]
   config <- fit@config
   config$model_json <- info$model_config
-  config$weights_hash <- weights_hash
+  config$weights_hash <- trained$weights_hash
   config$added <- c(config$added, list(list(
-    samples = new_samples, history = history, seed = seed, interrupted = run$interrupted,
-    best_epoch = if (isTRUE(train$early_stopping)) done$best_epoch else nrow(history))))
-  cache <- new.env(parent = emptyenv())
-  assign(paste0("model_", weights_hash), extended, envir = cache)
+    samples = new_samples, history = trained$history, seed = seed, interrupted = trained$run$interrupted,
+    best_epoch = if (isTRUE(train$early_stopping)) trained$done$best_epoch else nrow(trained$history))))
   new("MrVIFit", fit,
     config = config,
-    weights = done$weights,
+    weights = trained$done$weights,
     sample_table = bind_rows_fill(fit@sample_table, data$sample_table),
     samples = all_samples,
     cell_data = bind_rows_fill(old_cells, new_cells),
     u_mean = rbind(fit@u_mean, latent_matrix(post$mean, colnames(counts), "u")),
     u_sd = rbind(fit@u_sd, latent_matrix(post$sd, colnames(counts), "u")),
-    cache = cache
+    cache = trained$cache
   )
 }
 

@@ -148,23 +148,12 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                           "device {.strong {info$device}}, {threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
-  run <- train_epochs(trainer, info$max_epochs, verbose)
-  if (run$interrupted && !length(run$history)) {
-    abort_arg("Training was interrupted before its first epoch finished: no model to return.",
-              call = call, class = "mrvi_interrupted")
-  }
-  done <- mrvi_trainer_finish(trainer)
-  # the model is built (and cached under the weights' checksum) before the fit,
-  # so that the fit is complete, and valid, when new() checks it
-  weights_hash <- mrvi_weights_hash(done$weights)
-  cache <- new.env(parent = emptyenv())
-  model <- build_model(info$model_config, done$weights, info$device)
-  assign(paste0("model_", weights_hash), model, envir = cache)
-  post <- mrvi_encode(model, nrow(counts), ncol(counts), counts@p, counts@i,
-                      counts@x, as.integer(data$sample) - 1L)
-  history <- do.call(rbind, lapply(run$history, function(s) {
-    as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
-  }))
+  trained <- run_training(trainer, info, counts, as.integer(data$sample) - 1L, verbose, call)
+  run <- trained$run
+  done <- trained$done
+  history <- trained$history
+  weights_hash <- trained$weights_hash
+  post <- trained$post
   fit <- new("MrVIFit",
     config = list(model_json = info$model_config, device = info$device, seed = seed,
                   flavour = flavour, prior = prior,
@@ -188,7 +177,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     cell_data = fit_cell_data(data),
     u_mean = latent_matrix(post$mean, colnames(counts), "u"),
     u_sd = latent_matrix(post$sd, colnames(counts), "u"),
-    cache = cache
+    cache = trained$cache
   )
   if (run$interrupted) {
     cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",
@@ -196,6 +185,27 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                   class = c("mrvi_interrupted", "mrvi_warning"))
   }
   fit
+}
+
+# Train to the end, then build the model (cached under the weights' checksum,
+# before the fit, so that the fit is complete, and valid, when new() checks it)
+# and encode `counts` (0-based sample `codes`) with it.
+run_training <- function(trainer, info, counts, codes, verbose, call) {
+  run <- train_epochs(trainer, info$max_epochs, verbose)
+  if (run$interrupted && !length(run$history)) {
+    abort_arg("Training was interrupted before its first epoch finished: no model to return.",
+              call = call, class = "mrvi_interrupted")
+  }
+  done <- mrvi_trainer_finish(trainer)
+  weights_hash <- mrvi_weights_hash(done$weights)
+  cache <- new.env(parent = emptyenv())
+  model <- build_model(info$model_config, done$weights, info$device)
+  assign(paste0("model_", weights_hash), model, envir = cache)
+  post <- mrvi_encode(model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes)
+  history <- do.call(rbind, lapply(run$history, function(s) {
+    as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
+  }))
+  list(run = run, done = done, weights_hash = weights_hash, cache = cache, post = post, history = history)
 }
 
 # The epoch loop runs in R so that the progress bar and Ctrl-C stay responsive;
