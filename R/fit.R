@@ -31,10 +31,13 @@
 #' @param device `"cpu"`, `"cuda"` (or `"cuda:K"`), or `"auto"` (CUDA when
 #'   libtorch sees a GPU, else CPU). The device used is printed.
 #' @param n_threads CPU threads for libtorch; `NULL` uses
-#'   `getOption("mrvi.threads")` (all cores by default).
+#'   `getOption("mrvi.threads")`, and when that is unset the cores idle at the
+#'   start of the fit (see [mrviBackend()]). The count used is in
+#'   `fit@config$n_threads`.
 #' @param seed integer seed (0 to 2147483647): a fixed seed gives bit-identical
 #'   weights and latents on the same machine with the same thread count
-#'   (`n_threads`) and device. It does not across CPUs (vector instructions and
+#'   (`n_threads`; pass `fit@config$n_threads` to repeat a fit that used the
+#'   default) and device. It does not across CPUs (vector instructions and
 #'   libtorch's kernels differ, e.g. AMD vs Intel AVX-512) or thread counts:
 #'   results then agree statistically, not bit for bit.
 #' @param verbose print the set-up and a progress bar (epoch, ELBO, time left).
@@ -103,7 +106,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay), call)
   check_model_size(nrow(data$counts), nlevels(data$sample), nlevels(data$batch), n_latent,
                    n_latent_u, batch_size, call)
-  apply_threads(n_threads, call = call)
+  threads <- apply_threads(n_threads, call = call)
   counts <- data$counts
   # with the size guard lifted, building the model can still run out of memory:
   # name the arguments that set its size
@@ -125,7 +128,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
                           "{nlevels(data$sample)} samples, {nlevels(data$batch)} batch{?es}; ",
-                          "device {.strong {info$device}}, {mrvi_backend_info()$threads} thread{?s}, ",
+                          "device {.strong {info$device}}, {threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
   run <- train_epochs(trainer, info$max_epochs, verbose)
@@ -145,7 +148,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                early_stopping = early_stopping, patience = patience,
                                validation_fraction = validation_fraction),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
-                  stopped_early = done$stopped_early, interrupted = run$interrupted)
+                  stopped_early = done$stopped_early, interrupted = run$interrupted,
+                  n_threads = threads)
   )
   if (run$interrupted) {
     cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",

@@ -80,7 +80,7 @@ test_that("p-values are calibrated when the covariate is permuted across samples
   cells <- c(sample(which(type == "type1"), 20), sample(which(type == "type2"), 20))
   p <- replicate(150, {
     cov <- data.frame(sample = fit@samples, g = sample(rep(c("a", "b"), length.out = S)), x = rnorm(S))
-    de <- differentialExpression(fit, cov, cells = cells, mc_samples = 0)
+    de <- differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE)
     cbind(g = de$p_value[de$covariate == "g"], x = de$p_value[de$covariate == "x"])
   }, simplify = FALSE)
   p <- do.call(rbind, p)
@@ -99,7 +99,7 @@ test_that("masking inadmissible samples drops them from the cell's regression", 
   mask <- matrix(TRUE, 4, length(fit@samples), dimnames = list(NULL, fit@samples))
   mask[2, 1:3] <- FALSE
   mask[3, 1:9] <- FALSE # 3 samples left: too few for intercept + cov1 + cov2
-  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:4, mc_samples = 0, admissible = mask, lfc = TRUE)
+  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:4, mc_samples = 0, normalize = FALSE, admissible = mask, lfc = TRUE)
   cov1 <- de[de$covariate == "cov1", ]
   expect_equal(cov1$n_samples, c(12, 9, 3, 12))
   expect_true(is.na(cov1$p_value[3]))
@@ -112,10 +112,10 @@ test_that("masking inadmissible samples drops them from the cell's regression", 
   full <- lm(z ~ cov1 + cov2, tab)
   expect_equal(unname(S4Vectors::metadata(de)$beta$cov1yes[2, ]), unname(coef(full)["cov1yes", ]), tolerance = 1e-6)
   # admissible = TRUE computes the mask with admissibility()'s defaults
-  auto <- differentialExpression(fit, "cov1", cells = 1:30, mc_samples = 0, admissible = TRUE)
+  auto <- differentialExpression(fit, "cov1", cells = 1:30, mc_samples = 0, normalize = FALSE, admissible = TRUE)
   expect_equal(auto$n_samples, unname(rowSums(admissibility(fit, cells = 1:30)$admissible)))
   expect_equal(cov1$statistic[c(1, 4)],
-               differentialExpression(fit, c("cov1", "cov2"), cells = c(1, 4), mc_samples = 0)$statistic[1:2])
+               differentialExpression(fit, c("cov1", "cov2"), cells = c(1, 4), mc_samples = 0, normalize = FALSE)$statistic[1:2])
 })
 
 test_that("draws do not depend on chunk_size and a seed reproduces them", {
@@ -145,7 +145,7 @@ test_that("bad covariates get errors that name the fix", {
 test_that("results are written back into SingleCellExperiment and Seurat objects", {
   a <- covariates_fit()
   fit <- a$fit
-  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 11:40, mc_samples = 0)
+  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 11:40, mc_samples = 0, normalize = FALSE)
   sce <- addMrVI(a$sce, fit, differential = de)
   expect_equal(sce$mrvi_de_cov1_q[11:40], de$q_value[de$covariate == "cov1"])
   expect_equal(sce$mrvi_de_cov2_effect[11:40], de$effect_size[de$covariate == "cov2"])
@@ -162,8 +162,8 @@ test_that("log fold changes stream into an HDF5 file and equal the in-memory one
   fit <- a$fit
   f <- tempfile(fileext = ".h5")
   on.exit(unlink(f))
-  mem <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, lfc = TRUE, chunk_size = 25)
-  h5 <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, lfc = TRUE, chunk_size = 25,
+  mem <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, normalize = FALSE, lfc = TRUE, chunk_size = 25)
+  h5 <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, normalize = FALSE, lfc = TRUE, chunk_size = 25,
                                lfc_file = f)
   lfc <- S4Vectors::metadata(h5)$lfc$cov2yes
   expect_s4_class(lfc, "DelayedArray")
@@ -172,7 +172,7 @@ test_that("log fold changes stream into an HDF5 file and equal the in-memory one
   expect_equal(as.matrix(S4Vectors::metadata(h5)$lfc_prob$cov1yes), S4Vectors::metadata(mem)$lfc_prob$cov1yes)
   expect_equal(h5$statistic, mem$statistic)
   # blocks of cells are written where they belong
-  h5b <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, lfc = TRUE, chunk_size = 7,
+  h5b <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, normalize = FALSE, lfc = TRUE, chunk_size = 7,
                                 lfc_file = tempfile(fileext = ".h5"))
   expect_equal(as.matrix(S4Vectors::metadata(h5b)$lfc$cov1yes), S4Vectors::metadata(mem)$lfc$cov1yes, tolerance = 1e-4)
   expect_error(differentialExpression(fit, "cov1", cells = 1:5, lfc = TRUE, lfc_file = f), "does not exist")

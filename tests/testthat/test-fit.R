@@ -65,9 +65,12 @@ test_that("saveRDS/readRDS in a new R process gives identical latents", {
 test_that("a fixed seed gives identical weights and latents on CPU", {
   m <- small_counts(40, 90)
   s <- rep(c("A", "B", "C"), 30)
+  # the default thread count follows the idle cores: a repeat passes the recorded one
   f1 <- mrvi(m, flavour = "linear", s, max_epochs = 3, seed = 11, verbose = FALSE)
-  f2 <- mrvi(m, flavour = "linear", s, max_epochs = 3, seed = 11, verbose = FALSE)
-  f3 <- mrvi(m, flavour = "linear", s, max_epochs = 3, seed = 12, verbose = FALSE)
+  f2 <- mrvi(m, flavour = "linear", s, max_epochs = 3, seed = 11, verbose = FALSE,
+             n_threads = f1@config$n_threads)
+  f3 <- mrvi(m, flavour = "linear", s, max_epochs = 3, seed = 12, verbose = FALSE,
+             n_threads = f1@config$n_threads)
   expect_identical(f1@weights, f2@weights)
   expect_identical(mrviLatent(f1, which = "z"), mrviLatent(f2, which = "z"))
   expect_false(identical(f1@weights, f3@weights))
