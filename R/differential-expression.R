@@ -73,7 +73,7 @@
 #' \eqn{\bar z_n} the cell's mean counterfactual representation over samples:
 #' \eqn{\mathrm{LFC}_g = \log_2 \bar\rho_g(\bar z_n + \beta/2) - \log_2
 #' \bar\rho_g(\bar z_n - \beta/2)}, where \eqn{\bar\rho} is the decoder's
-#' normalised expression averaged over the sites (equal weights). It is
+#' normalised expression averaged over the batches (equal weights). It is
 #' averaged over `mc_samples` posterior draws of u (each draw refits
 #' \eqn{B_n}); `lfc_prob` is the fraction of draws with
 #' \eqn{|\mathrm{LFC}_g| \ge} `delta`. The results are cells x genes: in-memory

@@ -8,7 +8,7 @@
 #' 300 epochs, partly into the sample-free u). Flavour `"linear"` (the paper's):
 #' per cell a sample-free state \eqn{u \sim N(0, I_L)} and a sample-aware state
 #' \eqn{z = u + A_s\,sg(u) + a_s}; counts are negative binomial with mean
-#' \eqn{l \cdot softmax(C z + C_b\,drop(sg(z)) + c_b)} for site b, gene-wise
+#' \eqn{l \cdot softmax(C z + C_b\,drop(sg(z)) + c_b)} for batch b, gene-wise
 #' inverse dispersion and the observed library size l. The encoder
 #' \eqn{q(u | x, s)} reads log1p counts with sample-conditional normalisation.
 #' Training maximises the ELBO with Adam (weight decay 1e-8, gradient-norm
@@ -50,7 +50,7 @@
 #'   \eqn{\epsilon} comes from an attention block between LayerNorm(u) and a
 #'   sample embedding and carries the penalty \eqn{\|\epsilon\|^2/2}; the
 #'   decoder is \eqn{softmax(Linear(z + r(z, b)))} with r an attention block
-#'   against a site embedding. Everything downstream works for both flavours.
+#'   against a batch embedding. Everything downstream works for both flavours.
 #' @param n_latent_u dimension of u for the attention flavour.
 #' @param prior prior on u: `"mog"`, a mixture of diagonal Gaussians over whole
 #'   vectors (default for the attention flavour; with `labels`, one component per
@@ -136,7 +136,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   info <- mrvi_trainer_info(trainer)
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
-                          "{nlevels(data$sample)} samples, {nlevels(data$batch)} site{?s}; ",
+                          "{nlevels(data$sample)} samples, {nlevels(data$batch)} batch{?es}; ",
                           "device {.strong {info$device}}, {threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
@@ -146,20 +146,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
               call = call, class = "mrvi_interrupted")
   }
   done <- mrvi_trainer_finish(trainer)
-  # the model is built (and cached under the weights' checksum) before the fit,
-  # so that the fit is complete, and valid, when new() checks it
-  weights_hash <- mrvi_weights_hash(done$weights)
-  cache <- new.env(parent = emptyenv())
-  model <- build_model(info$model_config, done$weights, info$device)
-  assign(paste0("model_", weights_hash), model, envir = cache)
-  post <- mrvi_encode(model, nrow(counts), ncol(counts), counts@p, counts@i,
-                      counts@x, codes(data$sample))
   history <- do.call(rbind, lapply(run$history, function(s) {
     as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
   }))
-  fit <- new("MrVIFit",
-    config = list(model_json = info$model_config, device = info$device, seed = seed,
-                  flavour = flavour, prior = prior,
+  fit <- new_mrvi_fit(data, done$weights, info$model_config, info$device, history,
+    config = list(seed = seed, flavour = flavour, prior = prior,
                   train = list(n_latent = n_latent, n_latent_u = n_latent_u, max_epochs = info$max_epochs,
                                batch_size = batch_size, lr = lr,
                                n_epochs_kl_warmup = n_epochs_kl_warmup,
@@ -167,19 +158,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                validation_fraction = validation_fraction),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
-                  n_threads = threads, mrvi_version = as.character(utils::packageVersion("mrvi")),
-                  weights_hash = weights_hash),
-    weights = done$weights,
-    sample_table = data$sample_table,
-    history = history,
-    genes = rownames(counts),
-    samples = levels(data$sample),
-    batches = levels(data$batch),
-    labels = if (is.null(data$labels)) character() else levels(data$labels),
-    cell_data = fit_cell_data(data),
-    u_mean = latent_matrix(post$mean, colnames(counts), "u"),
-    u_sd = latent_matrix(post$sd, colnames(counts), "u"),
-    cache = cache
+                  n_threads = threads)
   )
   if (run$interrupted) {
     cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",

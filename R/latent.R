@@ -47,10 +47,8 @@ new_cells <- function(fit, x, sample, call) {
     abort_arg("{.arg sample} is required with new cells {.arg x}: one of the fitted samples per cell.",
               call = call)
   }
-  old <- the$min_samples
-  the$min_samples <- 1L
-  on.exit(the$min_samples <- old)
-  data <- with_call(suppressMessages(mrviData(x, sample = sample)), call)
+  # new cells need only known samples, not two of them
+  data <- with_call(suppressMessages(mrviData(x, sample = sample, min_samples = 1)), call)
   unknown <- setdiff(levels(data$sample), fit@samples)
   if (length(unknown)) {
     abort_arg(c("{.arg sample} has sample{?s} the model was not fitted on: {show_some(unknown)}.",
