@@ -80,18 +80,22 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   codes <- as.integer(data$sample) - 1L + s_old
   train <- fit@config$train
   model <- native_model(fit)
+  # the fit's training settings; no KL warm-up (see Details)
+  settings <- list(max_epochs = max_epochs, batch_size = train$batch_size, lr = train$lr,
+                   n_epochs_kl_warmup = 0L, early_stopping = train$early_stopping,
+                   patience = train$patience, validation_fraction = train$validation_fraction,
+                   seed = seed, fused_likelihood = fused_likelihood_option(call))
   trainer <- mrvi_trainer_add_samples(
     model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes, nuisance$site,
-    nuisance$continuous, length(new_samples), if (is.null(max_epochs)) 0L else max_epochs,
-    as.integer(train$batch_size), train$lr, isTRUE(train$early_stopping), as.integer(train$patience),
-    train$validation_fraction, seed)
+    nuisance$continuous, length(new_samples), settings)
   info <- mrvi_trainer_info(trainer)
   if (verbose) {
     inform(c("i" = paste0("Adding {length(new_samples)} sample{?s} ({ncol(counts)} cells) to the fit; ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
-  trained <- run_training(trainer, info, counts, codes, verbose, call)
-  post <- trained$post
+  trained <- train_to_end(trainer, info, verbose, call)
+  native <- cached_model(info$model_config, trained$done$weights, info$device)
+  post <- mrvi_encode(native$model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes)
   all_samples <- c(fit@samples, new_samples)
   old_cells <- fit@cell_data
   old_cells$sample <- factor(as.character(old_cells$sample), levels = all_samples)
@@ -100,7 +104,7 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   for (nm in names(nuisance$values)) new_cells[[nm]] <- nuisance$values[[nm]]
   config <- fit@config
   config$model_json <- info$model_config
-  config$weights_hash <- trained$weights_hash
+  config$weights_hash <- native$hash
   config$added <- c(config$added, list(list(
     samples = new_samples, history = trained$history, seed = seed, interrupted = trained$run$interrupted,
     best_epoch = if (isTRUE(train$early_stopping)) trained$done$best_epoch else nrow(trained$history))))
@@ -112,7 +116,7 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
     cell_data = bind_rows_fill(old_cells, new_cells),
     u_mean = rbind(fit@u_mean, latent_matrix(post$mean, colnames(counts), "u")),
     u_sd = rbind(fit@u_sd, latent_matrix(post$sd, colnames(counts), "u")),
-    cache = trained$cache
+    cache = native$cache
   )
 }
 

@@ -60,8 +60,7 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
-  S <- length(fit@samples)
-  block <- max(16L, min(1024L, as.integer(2^21 / (S * z_dim(fit)))))
+  block <- resolve_chunk_size(fit, NULL, call)
   res <- mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                                as.integer(fit@cell_data$sample) - 1L, idx - 1L,
                                ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,

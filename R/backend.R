@@ -81,6 +81,11 @@ apply_threads <- function(n_threads = NULL, call = rlang_caller()) {
   mrvi_set_threads(n)
 }
 
+# Package state: the loading process's id (R/mrvi-package.R) and the cached
+# count of idle cores. (main lost its definition when mrviData()'s min_samples
+# replaced the other use of this environment.)
+the <- new.env(parent = emptyenv())
+
 automatic_threads <- function() {
   if (!identical(Sys.getpid(), the$pid)) return(1L)  # a forked worker
   now <- proc.time()[["elapsed"]]

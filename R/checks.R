@@ -80,3 +80,11 @@ check_normalize_draws <- function(normalize, mc_samples, call) {
                 "i" = "For example {.code mc_samples = 10}, or {.code normalize = FALSE}."), call = call)
   }
 }
+
+# A renamed argument given under its former name: warn, and use its value.
+renamed_arg <- function(value, old, new, call) {
+  cli::cli_warn(c("{.arg {old}} is deprecated: use {.arg {new}}.",
+                  "i" = "{.arg {old}} will be removed in a later version."),
+                class = c("mrvi_deprecated", "mrvi_warning"), call = call)
+  value
+}

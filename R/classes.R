@@ -3,7 +3,7 @@
 #' `mrvi()` returns a `MrVIFit`. It holds everything needed to use the model
 #' again, in this or another R session: the configuration, the weights as raw
 #' safetensors bytes, the sample table, the training history, the names of
-#' genes, samples, sites and cells, and the posterior of u for the training
+#' genes, samples, batches and cells, and the posterior of u for the training
 #' cells. The native (libtorch) model is a cache, rebuilt from the weights on
 #' first use, so `saveRDS()`/`readRDS()` and parallel workers just work.
 #'
@@ -54,6 +54,46 @@ setClass("MrVIFit", representation(
   u_sd = "matrix",
   cache = "environment"
 ))
+
+# The one way to make a MrVIFit from trained weights and the data they were
+# trained on (mrvi(), and anything else that trains). The native model is built
+# (and cached under the weights' checksum) before the fit, so that the fit is
+# complete when new() runs the validity method below; the posterior of u of the
+# training cells comes from that model. `config` holds the training settings and
+# outcome (seed, flavour, prior, train, best_epoch, ...).
+new_mrvi_fit <- function(data, weights, model_json, device, history, config) {
+  native <- cached_model(model_json, weights, device)
+  counts <- data$counts
+  post <- mrvi_encode(native$model, nrow(counts), ncol(counts), counts@p, counts@i,
+                      counts@x, as.integer(data$sample) - 1L)
+  nuisance <- nuisance_design(data)$spec
+  new("MrVIFit",
+    config = c(list(model_json = model_json, device = device), config,
+               list(nuisance = nuisance, mrvi_version = as.character(utils::packageVersion("mrvi")),
+                    weights_hash = native$hash)),
+    weights = weights,
+    sample_table = data$sample_table,
+    history = history,
+    genes = rownames(counts),
+    samples = levels(data$sample),
+    batches = nuisance_level_names(nuisance),
+    labels = if (is.null(data$labels)) character() else levels(data$labels),
+    cell_data = fit_cell_data(data),
+    u_mean = latent_matrix(post$mean, colnames(counts), "u"),
+    u_sd = latent_matrix(post$sd, colnames(counts), "u"),
+    cache = native$cache
+  )
+}
+
+# The native model of `weights`, built before the fit and cached under their
+# checksum, so that the fit is complete, and valid, when new() checks it.
+cached_model <- function(model_json, weights, device) {
+  hash <- mrvi_weights_hash(weights)
+  cache <- new.env(parent = emptyenv())
+  model <- build_model(model_json, weights, device)
+  assign(paste0("model_", hash), model, envir = cache)
+  list(model = model, cache = cache, hash = hash)
+}
 
 # The native model behind a fit: built from the weights on first use, and again
 # after saveRDS()/readRDS() (the external pointer is then NULL). It is cached
@@ -138,7 +178,7 @@ setMethod("show", "MrVIFit", function(object) {
   cat(sprintf("  samples: %d (%s)\n", length(object@samples), show_some(object@samples, 4)))
   spec <- fit_nuisance(object)
   if (length(spec$factors) == 1 && !nrow(spec$continuous)) {
-    cat(sprintf("  sites:   %d\n", length(object@batches)))
+    cat(sprintf("  batches: %d\n", length(object@batches)))
   } else {
     cat(sprintf("  %s\n", describe_nuisance(spec)))
   }

@@ -153,13 +153,13 @@ nuisance_level_names <- function(spec) {
   unlist(lapply(names(spec$factors), function(nm) paste0(nm, ":", spec$factors[[nm]])), use.names = FALSE)
 }
 
-# "2 sites" for one covariate (as before several were possible); otherwise
+# "2 batches" for one covariate (as before several were possible); otherwise
 # "nuisance: site (2 levels), chem (3 levels); continuous: mito".
 describe_nuisance <- function(spec) {
   f <- spec$factors
   if (length(f) == 1 && !nrow(spec$continuous)) {
     n <- length(f[[1]])
-    return(sprintf("%d site%s", n, if (n == 1) "" else "s"))
+    return(sprintf("%d batch%s", n, if (n == 1) "" else "es"))
   }
   parts <- if (length(f) > 1 || length(f[[1]]) > 1) paste(sprintf("%s (%d levels)", names(f), lengths(f)), collapse = ", ")
   if (nrow(spec$continuous)) parts <- c(parts, paste("continuous:", paste(spec$continuous$name, collapse = ", ")))

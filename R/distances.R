@@ -57,9 +57,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   S <- length(fit@samples)
-  L <- z_dim(fit)
-  block <- if (is.null(chunk_size)) max(16L, min(1024L, as.integer(2^21 / (S * L)))) else
-    check_count(chunk_size, "chunk_size", call)
+  block <- resolve_chunk_size(fit, chunk_size, call)
   apply_threads(call = call)
   own <- as.integer(fit@cell_data$sample) - 1L
   if (!is.null(cells)) {

@@ -28,15 +28,17 @@ mrvi_csc_scan <- function(n_genes, n_cells, p, i, x) rust(.Call(wrap__mrvi_csc_s
 #' @noRd
 mrvi_debug_panic <- function() rust(.Call(wrap__mrvi_debug_panic))
 
-#' Build the model and trainer. Codes are 0-based.
+#' Build the model and trainer. Codes are 0-based (`label`: empty when there
+#' are none); `settings` is the named list that R/fit.R makes (`Settings`).
 #' @noRd
-mrvi_trainer_new <- function(n_genes, n_cells, p, i, x, sample, site, n_samples, batch_levels, continuous, n_continuous, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels) rust(.Call(wrap__mrvi_trainer_new, n_genes, n_cells, p, i, x, sample, site, n_samples, batch_levels, continuous, n_continuous, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels))
+mrvi_trainer_new <- function(n_genes, n_cells, p, i, x, sample, site, label, n_samples, batch_levels, continuous, n_labels, settings, device) rust(.Call(wrap__mrvi_trainer_new, n_genes, n_cells, p, i, x, sample, site, label, n_samples, batch_levels, continuous, n_labels, settings, device))
 
 #' A trainer that learns `n_new` new samples into the fitted model `h`: the
 #' cells (of new samples only; codes after the fitted ones) with their site
-#' codes and continuous covariates as in `mrvi_trainer_new`.
+#' codes and continuous covariates as in `mrvi_trainer_new`; `train` is a
+#' named list read into `TrainConfig`.
 #' @noRd
-mrvi_trainer_add_samples <- function(h, n_genes, n_cells, p, i, x, sample, site, continuous, n_new, max_epochs, batch_size, lr, early_stopping, patience, validation_fraction, seed) rust(.Call(wrap__mrvi_trainer_add_samples, h, n_genes, n_cells, p, i, x, sample, site, continuous, n_new, max_epochs, batch_size, lr, early_stopping, patience, validation_fraction, seed))
+mrvi_trainer_add_samples <- function(h, n_genes, n_cells, p, i, x, sample, site, continuous, n_new, train) rust(.Call(wrap__mrvi_trainer_add_samples, h, n_genes, n_cells, p, i, x, sample, site, continuous, n_new, train))
 
 #' @noRd
 mrvi_trainer_info <- function(h) rust(.Call(wrap__mrvi_trainer_info, h))

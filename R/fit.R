@@ -8,12 +8,15 @@
 #' 300 epochs, partly into the sample-free u). Flavour `"linear"` (the paper's):
 #' per cell a sample-free state \eqn{u \sim N(0, I_L)} and a sample-aware state
 #' \eqn{z = u + A_s\,sg(u) + a_s}; counts are negative binomial with mean
-#' \eqn{l \cdot softmax(C z + C_b\,drop(sg(z)) + c_b)} for site b, gene-wise
+#' \eqn{l \cdot softmax(C z + C_b\,drop(sg(z)) + c_b)} for batch b, gene-wise
 #' inverse dispersion and the observed library size l. The encoder
 #' \eqn{q(u | x, s)} reads log1p counts with sample-conditional normalisation.
 #' Training maximises the ELBO with Adam (weight decay 1e-8, gradient-norm
 #' clipping at 40), a linear KL warm-up, a held-out validation set and early
 #' stopping that restores the weights of the best validation ELBO.
+#' On the CPU the likelihood and its gradient come from one fused pass;
+#' `options(mrvi.fused_likelihood = FALSE)` lets autograd differentiate it
+#' instead (slower; for comparison).
 #'
 #' @inheritParams mrviData
 #' @param n_latent dimension L of u and z.
@@ -47,7 +50,7 @@
 #'   \eqn{\epsilon} comes from an attention block between LayerNorm(u) and a
 #'   sample embedding and carries the penalty \eqn{\|\epsilon\|^2/2}; the
 #'   decoder is \eqn{softmax(Linear(z + r(z, b)))} with r an attention block
-#'   against a site embedding. Everything downstream works for both flavours.
+#'   against a batch embedding. Everything downstream works for both flavours.
 #' @param n_latent_u dimension of u for the attention flavour.
 #' @param prior prior on u: `"mog"`, a mixture of diagonal Gaussians over whole
 #'   vectors (default for the attention flavour; with `labels`, one component per
@@ -62,10 +65,11 @@
 #'   `continuous_covariates` numeric ones (standardised with the training cells'
 #'   mean and sd, kept in the fit). They enter the decoder only, never the
 #'   sample-aware state z: the levels of all categorical covariates share one
-#'   table of site parameters and a cell adds its levels' entries; a continuous
-#'   covariate x acts like a site scaled by x (linear flavour: \eqn{x (D\,
-#'   drop(sg(z)) + d)}; attention flavour: \eqn{x e} added to the site
-#'   embedding). With one categorical covariate the model is exactly the one
+#'   table of batch parameters and a cell adds its levels' entries; a continuous
+#'   covariate x acts like a batch scaled by x (linear flavour: \eqn{x (D\,
+#'   drop(sg(z)) + d)}; attention flavour: \eqn{x e} added to the batch
+#'   embedding and \eqn{x d} to the logits). With one categorical covariate the
+#'   model is exactly the one
 #'   above. `fit@config$nuisance` lists the covariates (`factors`: levels per
 #'   covariate; `continuous`: name, center, scale) and `fit@cell_data` keeps
 #'   their values (one covariate as `batch`, several under their names).
@@ -125,17 +129,23 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                    n_latent, n_latent_u, batch_size, call)
   threads <- apply_threads(n_threads, call = call)
   counts <- data$counts
+  # everything chosen for the fit crosses to Rust as one object (Settings in
+  # src/rust/mrvi-core/src/model/config.rs)
+  settings <- list(
+    model = list(flavour = flavour, prior = prior, n_latent = n_latent, n_latent_u = n_latent_u,
+                 n_mixture = n_mixture),
+    train = list(max_epochs = max_epochs, batch_size = batch_size, lr = lr,
+                 n_epochs_kl_warmup = n_epochs_kl_warmup, early_stopping = early_stopping,
+                 patience = patience, validation_fraction = validation_fraction, seed = seed,
+                 fused_likelihood = fused_likelihood_option(call))
+  )
+  codes <- function(f) if (is.null(f)) integer(0) else as.integer(f) - 1L
   # with the size guard lifted, building the model can still run out of memory:
   # name the arguments that set its size
   trainer <- tryCatch(mrvi_trainer_new(
     nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
-    as.integer(data$sample) - 1L, nuisance$site, nlevels(data$sample), nuisance$levels,
-    nuisance$continuous, ncol(nuisance$continuous), n_latent,
-    if (is.null(max_epochs)) 0L else max_epochs, batch_size, lr, n_epochs_kl_warmup,
-    early_stopping, patience, validation_fraction, seed, device_used,
-    flavour, n_latent_u, prior, n_mixture,
-    if (is.null(data$labels)) integer(0) else as.integer(data$labels) - 1L,
-    if (is.null(data$labels)) 0L else nlevels(data$labels)
+    codes(data$sample), nuisance$site, codes(data$labels),
+    nlevels(data$sample), nuisance$levels, nuisance$continuous, nlevels(data$labels), settings, device_used
   ), mrvi_memory_error = function(e) {
     abort_arg(c("Not enough memory to build a model with {.arg n_latent} = {n_latent}, {.arg n_latent_u} = {n_latent_u} and {.arg batch_size} = {batch_size} for {nrow(counts)} genes.",
                 "i" = "Choose a smaller {.arg n_latent} (MrVI uses 10 to 30), or free memory."),
@@ -148,15 +158,12 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                           "device {.strong {info$device}}, {threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
-  trained <- run_training(trainer, info, counts, as.integer(data$sample) - 1L, verbose, call)
+  trained <- train_to_end(trainer, info, verbose, call)
   run <- trained$run
   done <- trained$done
   history <- trained$history
-  weights_hash <- trained$weights_hash
-  post <- trained$post
-  fit <- new("MrVIFit",
-    config = list(model_json = info$model_config, device = info$device, seed = seed,
-                  flavour = flavour, prior = prior,
+  fit <- new_mrvi_fit(data, done$weights, info$model_config, info$device, history,
+    config = list(seed = seed, flavour = flavour, prior = prior,
                   train = list(n_latent = n_latent, n_latent_u = n_latent_u, max_epochs = info$max_epochs,
                                batch_size = batch_size, lr = lr,
                                n_epochs_kl_warmup = n_epochs_kl_warmup,
@@ -164,20 +171,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                validation_fraction = validation_fraction),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
-                  nuisance = nuisance$spec,
-                  n_threads = threads, mrvi_version = as.character(utils::packageVersion("mrvi")),
-                  weights_hash = weights_hash),
-    weights = done$weights,
-    sample_table = data$sample_table,
-    history = history,
-    genes = rownames(counts),
-    samples = levels(data$sample),
-    batches = nuisance_level_names(nuisance$spec),
-    labels = if (is.null(data$labels)) character() else levels(data$labels),
-    cell_data = fit_cell_data(data),
-    u_mean = latent_matrix(post$mean, colnames(counts), "u"),
-    u_sd = latent_matrix(post$sd, colnames(counts), "u"),
-    cache = trained$cache
+                  n_threads = threads)
   )
   if (run$interrupted) {
     cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",
@@ -187,25 +181,19 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   fit
 }
 
-# Train to the end, then build the model (cached under the weights' checksum,
-# before the fit, so that the fit is complete, and valid, when new() checks it)
-# and encode `counts` (0-based sample `codes`) with it.
-run_training <- function(trainer, info, counts, codes, verbose, call) {
+# Train to the end: the run (history, interrupted), what the trainer returns
+# (weights, best epoch) and the history as a data.frame.
+train_to_end <- function(trainer, info, verbose, call) {
   run <- train_epochs(trainer, info$max_epochs, verbose)
   if (run$interrupted && !length(run$history)) {
     abort_arg("Training was interrupted before its first epoch finished: no model to return.",
               call = call, class = "mrvi_interrupted")
   }
   done <- mrvi_trainer_finish(trainer)
-  weights_hash <- mrvi_weights_hash(done$weights)
-  cache <- new.env(parent = emptyenv())
-  model <- build_model(info$model_config, done$weights, info$device)
-  assign(paste0("model_", weights_hash), model, envir = cache)
-  post <- mrvi_encode(model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes)
   history <- do.call(rbind, lapply(run$history, function(s) {
     as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
   }))
-  list(run = run, done = done, weights_hash = weights_hash, cache = cache, post = post, history = history)
+  list(run = run, done = done, history = history)
 }
 
 # The epoch loop runs in R so that the progress bar and Ctrl-C stay responsive;
@@ -281,3 +269,12 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
               call = call)
   }
 }
+
+# options(mrvi.fused_likelihood = FALSE): on the CPU, let autograd differentiate
+# the likelihood instead of the fused kernel (slower; for comparison).
+fused_likelihood_option <- function(call) {
+  v <- getOption("mrvi.fused_likelihood", TRUE)
+  check_flag(v, "options(mrvi.fused_likelihood)", call)
+  v
+}
+

@@ -12,7 +12,7 @@
 #'   object.
 #' @param sample the sample (donor, patient, perturbation) of every cell: a
 #'   column name of `colData(x)` / the Seurat `meta.data`, or a vector with one
-#'   value per cell. Required; at least two samples.
+#'   value per cell. Required; at least two samples (see `min_samples`).
 #' @param batch optional categorical nuisance covariates (site, technology,
 #'   chemistry): one, as a column name or a vector with one value per cell; or
 #'   several, as a character vector of column names, or a data.frame or named
@@ -24,6 +24,8 @@
 #'   (default `"counts"`). For a Seurat object, either the layer (v5) or slot
 #'   (v4) holding raw counts in the default assay (default `"counts"`), or the
 #'   name of a Seurat assay, whose `counts` are then used.
+#' @param min_samples the fewest samples with cells that `x` may have: 2 (the
+#'   default) to fit or compare samples; 1 to read new cells for a fitted model.
 #' @param continuous_covariates optional numeric nuisance covariates (fraction
 #'   of mitochondrial reads, library complexity): column names, a numeric vector
 #'   (one covariate, named `continuous`), or a data.frame, matrix or named list
@@ -59,13 +61,13 @@
 #' d
 #' d$sample_table
 #' @export
-mrviData <- function(x, sample, batch = NULL, labels = NULL, assay = "counts",
+mrviData <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
                   continuous_covariates = NULL, ...) {
   UseMethod("mrviData")
 }
 
 #' @export
-mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "counts",
+mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
                   continuous_covariates = NULL, ...) {
   abort_arg(c("{.arg x} must hold raw counts, genes x cells.",
               "x" = "You gave an object of class {.cls {class(x)}}.",
@@ -74,15 +76,15 @@ mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "co
 }
 
 #' @export
-mrviData.Matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts",
+mrviData.Matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
                   continuous_covariates = NULL, ...) {
   check_dots(...)
   build_mrvi_data(as_dgc(x), cell_meta = NULL, sample = sample, batch = batch,
-                  labels = labels, continuous = continuous_covariates, source = class(x)[1], call = rlang_caller(1))
+                  labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = class(x)[1], call = rlang_caller(1))
 }
 
 #' @export
-mrviData.matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts",
+mrviData.matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
                   continuous_covariates = NULL, ...) {
   check_dots(...)
   if (!is.numeric(x) && !is.logical(x)) {
@@ -90,12 +92,13 @@ mrviData.matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "cou
                 "x" = "It is a {typeof(x)} matrix."), call = rlang_caller(1))
   }
   build_mrvi_data(as_dgc(x), cell_meta = NULL, sample = sample, batch = batch,
-                  labels = labels, continuous = continuous_covariates, source = "matrix", call = rlang_caller(1))
+                  labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = "matrix", call = rlang_caller(1))
 }
 
 #' @export
 mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL,
-                                          assay = "counts", continuous_covariates = NULL, ...) {
+                                          assay = "counts", min_samples = 2,
+                  continuous_covariates = NULL, ...) {
   check_dots(...)
   call <- rlang_caller(1)
   available <- SummarizedExperiment::assayNames(x)
@@ -107,28 +110,25 @@ mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL
   counts <- SummarizedExperiment::assay(x, assay, withDimnames = TRUE)
   meta <- as.data.frame(SummarizedExperiment::colData(x), optional = TRUE)
   build_mrvi_data(as_dgc(counts, arg = "assay"), cell_meta = meta, sample = sample,
-                  batch = batch, labels = labels, continuous = continuous_covariates, source = class(x)[1], call = call)
+                  batch = batch, labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = class(x)[1], call = call)
 }
 
 #' @export
-mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "counts",
+mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
                   continuous_covariates = NULL, ...) {
   check_dots(...)
   call <- rlang_caller(1)
   counts <- seurat_counts(x, assay, call)
   meta <- x[[]]
   build_mrvi_data(counts, cell_meta = meta, sample = sample, batch = batch,
-                  labels = labels, continuous = continuous_covariates, source = "Seurat", call = call)
+                  labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = "Seurat", call = call)
 }
 
 # --- building and checking ---------------------------------------------------------
 
-# Package state. min_samples: fitting compares samples (2 or more); reading new
-# cells for a fitted model (mrviLatent(fit, x)) needs only known ones.
-the <- new.env(parent = emptyenv())
-the$min_samples <- 2L
-
-build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, call, continuous = NULL) {
+build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_samples, source, call,
+                            continuous = NULL) {
+  min_samples <- check_count(min_samples, "min_samples", call)
   n_genes <- nrow(counts)
   n_cells <- ncol(counts)
   if (n_genes == 0 || n_cells == 0) {
@@ -182,8 +182,8 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, ca
   gone <- levels(sample)[tabulate(sample, nlevels(sample)) == 0]
   if (length(gone)) inform(c("i" = "Dropping sample{?s} {.val {gone}}: no cells with counts remain."))
   sample <- droplevels(sample)
-  if (nlevels(sample) < the$min_samples) {
-    abort_arg(c("{.arg sample} must have at least 2 samples with cells; it has {nlevels(sample)}.",
+  if (nlevels(sample) < min_samples) {
+    abort_arg(c("{.arg sample} must have at least {min_samples} sample{?s} with cells; it has {nlevels(sample)}.",
                 "i" = "MrVI compares samples: give cells from two or more samples."), call = call)
   }
   if (!is.null(batch)) {

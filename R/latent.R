@@ -57,12 +57,9 @@ new_cells <- function(fit, x, sample, call) {
 }
 
 # mrviData() for cells brought to a fitted model: one sample is enough, and a
-# few new samples alone in their sites are no confounding (the fit has others).
+# few new samples alone in their batches are no confounding (the fit has others).
 read_new_cells <- function(x, ..., call) {
-  old <- the$min_samples
-  the$min_samples <- 1L
-  on.exit(the$min_samples <- old)
-  with_call(suppressMessages(withCallingHandlers(mrviData(x, ...),
+  with_call(suppressMessages(withCallingHandlers(mrviData(x, ..., min_samples = 1),
     mrvi_confounded = function(w) invokeRestart("muffleWarning"))), call)
 }
 

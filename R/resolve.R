@@ -83,3 +83,11 @@ resolve_device <- function(device, call) {
 }
 
 `%||%` <- function(a, b) if (is.null(a) || (length(a) == 1 && is.na(a))) b else a
+
+# Cells per chunk of the computations streamed in Rust: `chunk_size`, or by
+# default as many as keep a chunk's counterfactuals (cells x S x L) near 2^21
+# numbers, within 16..1024.
+resolve_chunk_size <- function(fit, chunk_size, call) {
+  if (!is.null(chunk_size)) return(check_count(chunk_size, "chunk_size", call))
+  max(16L, min(1024L, as.integer(2^21 / (length(fit@samples) * z_dim(fit)))))
+}

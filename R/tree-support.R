@@ -78,7 +78,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
   point <- with_call(sampleDistances(fit, groups = factor(grouping, levels = chosen), min_cells = opts$min_cells, mc_samples = opts$mc_samples,
                                      normalize = opts$normalize, chunk_size = opts$chunk_size), call)
   S <- length(fit@samples)
-  block <- opts$chunk_size %||% max(16L, min(1024L, as.integer(2^21 / (S * z_dim(fit)))))
+  block <- resolve_chunk_size(fit, opts$chunk_size, call)
   restore <- preserve_rng()
   on.exit(restore())
   trees <- lapply(stats::setNames(chosen, chosen), function(g) {

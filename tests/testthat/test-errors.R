@@ -149,7 +149,7 @@ bad_calls <- list(
   list(quote(differentialAbundance(fit, "x", seed = 1e10)), "`seed`"),
   list(quote(admissibility(fit, seed = 1e10)), "`seed`"),
   list(quote(admissibility(fit, quantile = 2)), "`quantile`"),
-  list(quote(admissibility(fit, subsample = 0)), "`subsample`"),
+  list(quote(admissibility(fit, max_cells_per_sample = 0)), "`max_cells_per_sample`"),
   list(quote(differentialExpression(fit, "x", seed = 1e10)), "`seed`"),
   list(quote(differentialExpression(fit, "x", mc_samples = 1e10)), "`mc_samples`"),
   list(quote(differentialExpression(fit, "x", delta = -1)), "`delta`"),

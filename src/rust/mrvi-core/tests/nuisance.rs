@@ -1,12 +1,24 @@
 //! Several nuisance covariates in the decoder, and samples added to a trained
-//! model. libtorch's random generator is global: run with `--test-threads=1`.
+//! model.
+
+mod common;
 
 use mrvi_core::batch::Dataset;
 use mrvi_core::data::CscCounts;
-use mrvi_core::model::config::{ModelConfig, TrainConfig};
+use mrvi_core::model::config::{Flavour, ModelConfig, Prior, TrainConfig};
 use mrvi_core::model::MrviModel;
 use mrvi_core::train::Trainer;
 use tch::{Device, Kind, Tensor};
+
+/// A small model of either flavour (attention: u of 3, z of 4 dimensions).
+fn small_config(attention: bool, n_samples: i64) -> ModelConfig {
+    let linear = ModelConfig::new(6, n_samples, 1, 3);
+    if attention {
+        ModelConfig { flavour: Flavour::Attention, n_latent: 4, n_latent_u: 3, prior: Prior::Mog, n_mixture: 5, ..linear }
+    } else {
+        linear
+    }
+}
 
 /// `n` cells x `g` genes of small counts (every cell has some), samples
 /// cycling over `n_samples` from `first_sample` on.
@@ -46,6 +58,7 @@ fn set_random(model: &MrviModel, names: &[&str]) {
 
 #[test]
 fn linear_decoder_adds_each_covariates_terms() {
+    let _rng = common::libtorch_rng();
     tch::manual_seed(3);
     let model = MrviModel::new(ModelConfig::new(6, 2, 1, 3).with_nuisance(vec![2, 3], 1), Device::Cpu);
     set_random(&model, &["decoder.c_b", "decoder.d_x", "decoder.D_x"]);
@@ -71,8 +84,9 @@ fn linear_decoder_adds_each_covariates_terms() {
 
 #[test]
 fn attention_context_is_the_sum_of_the_embeddings() {
+    let _rng = common::libtorch_rng();
     tch::manual_seed(4);
-    let config = ModelConfig::attention(6, 2, 1, 3, 4).with_nuisance(vec![2, 3], 1);
+    let config = small_config(true, 2).with_nuisance(vec![2, 3], 1);
     let model = MrviModel::new(config, Device::Cpu);
     set_random(&model, &["decoder.attention.mlp2.weight"]);
     let z = Tensor::randn([2, 4], (Kind::Float, Device::Cpu));
@@ -89,17 +103,14 @@ fn attention_context_is_the_sum_of_the_embeddings() {
 }
 
 #[test]
-fn covariates_never_reach_z_and_training_checks_their_codes() {
+fn training_takes_the_covariates_and_checks_their_codes() {
+    let _rng = common::libtorch_rng();
     tch::manual_seed(5);
     let d = with_covariates(data(40, 6, 0, 2));
     let config = ModelConfig::new(6, 2, 1, 3).with_nuisance(vec![2, 3], 1);
-    let train = TrainConfig { max_epochs: Some(2), batch_size: 8, ..Default::default() };
+    let train = TrainConfig { batch_size: 8, ..common::train_config(2, 1, 5) };
     let mut t = Trainer::new(config.clone(), train.clone(), d, Device::Cpu).unwrap();
-    t.run_epoch(&mut || false).unwrap();
-    // z depends on u and the sample only: the same for any covariates
-    let u = Tensor::randn([3, 3], (Kind::Float, Device::Cpu));
-    let s = Tensor::from_slice(&[0i64, 1, 0]);
-    let _ = t.model.z_from_u(&u, &s);
+    assert!(t.run_epoch(&mut || false).unwrap().train_elbo.is_finite());
     // a code of covariate 2 among covariate 1's levels is refused
     let bad = data(10, 6, 0, 2).with_nuisance((0..10).flat_map(|_| [0i64, 1]).collect(), 2, vec![0.0; 10], 1);
     assert!(Trainer::new(config.clone(), train.clone(), bad, Device::Cpu).is_err());
@@ -109,11 +120,11 @@ fn covariates_never_reach_z_and_training_checks_their_codes() {
 
 #[test]
 fn added_samples_leave_the_reference_exactly_as_it_was() {
+    let _rng = common::libtorch_rng();
     for attention in [false, true] {
         tch::manual_seed(6);
-        let config = if attention { ModelConfig::attention(6, 3, 1, 3, 4) } else { ModelConfig::new(6, 3, 1, 3) }
-            .with_nuisance(vec![2, 3], 1);
-        let train = TrainConfig { max_epochs: Some(3), batch_size: 8, ..Default::default() };
+        let config = small_config(attention, 3).with_nuisance(vec![2, 3], 1);
+        let train = TrainConfig { batch_size: 8, ..common::train_config(3, 1, 6) };
         let mut t = Trainer::new(config, train.clone(), with_covariates(data(60, 6, 0, 3)), Device::Cpu).unwrap();
         for _ in 0..2 {
             t.run_epoch(&mut || false).unwrap();

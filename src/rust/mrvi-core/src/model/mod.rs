@@ -14,8 +14,10 @@
 //! c_b, or the attention flavour's site embeddings), and a cell uses the sum of
 //! its levels' entries (one level per covariate). Continuous ones (standardised)
 //! act like a site scaled by the value: x_j (D_j drop(sg(z)) + d_j) in the linear
-//! flavour, x_j e_j added to the site embedding in the attention flavour
-//! (D_j, d_j, e_j start at N(0, 0.01²), 0 and N(0, 0.01²)). With one categorical
+//! flavour; in the attention flavour x_j e_j is added to the site embedding and
+//! x_j d_j to the logits (a technical covariate such as the mitochondrial
+//! fraction moves genes log-linearly, which the attention block alone learns
+//! slowly) (D_j, d_j, e_j start at N(0, 0.01²), 0 and N(0, 0.01²)). With one categorical
 //! covariate and no continuous one this is the model above, parameter for
 //! parameter.
 
@@ -49,8 +51,8 @@ pub struct MrviModel {
 enum ContinuousEffect {
     /// x_j (D_j drop(sg(z)) + d_j); D: [C, G, L], d: [C, G]
     Linear { map: Tensor, bias: Tensor },
-    /// x_j e_j added to the site embedding; e: [C, TOKENS]
-    Attention { embedding: Tensor },
+    /// x_j e_j added to the site embedding, x_j d_j to the logits; e: [C, TOKENS], d: [C, G]
+    Attention { embedding: Tensor, bias: Tensor },
 }
 
 /// The parameters with one row per sample: the encoder's conditioning and
@@ -148,12 +150,6 @@ impl HostSampleEffect<'_> {
             }
         }
     }
-}
-
-/// Whether minibatches on `device` use the fused CPU likelihood (the default on
-/// the CPU; MRVI_FUSED_NB=0 turns it off, for comparison) or the tensor one.
-pub fn fused_likelihood(device: Device) -> bool {
-    device == Device::Cpu && std::env::var("MRVI_FUSED_NB").map_or(true, |v| v != "0")
 }
 
 /// A minibatch on the model's device.
@@ -269,7 +265,10 @@ impl MrviModel {
                     map: p.var("D_x", &[nc, g, l], small),
                     bias: p.var("d_x", &[nc, g], nn::Init::Const(0.0)),
                 },
-                Flavour::Attention => ContinuousEffect::Attention { embedding: p.var("continuous_embedding", &[nc, attention::TOKENS], small) },
+                Flavour::Attention => ContinuousEffect::Attention {
+                    embedding: p.var("continuous_embedding", &[nc, attention::TOKENS], small),
+                    bias: p.var("d_x", &[nc, g], nn::Init::Const(0.0)),
+                },
             }
         });
         Self { config, vs, encoder, sample_effect, decoder, prior, log_theta, continuous }
@@ -399,8 +398,8 @@ impl MrviModel {
     /// terms) as one matrix product, the input [z, h x drop(sg(z)), h] with h the
     /// cell's indicator over all levels (one 1 per covariate; then the continuous
     /// values in the same way) against [C, C_1..C_B, c_1..c_B (, D, d)].
-    /// Attention flavour: Linear(z + attention(z, e)), e the sum of the cell's
-    /// site embeddings (plus x e_x).
+    /// Attention flavour: Linear(z + attention(z, e)) (+ x d), e the sum of the
+    /// cell's site embeddings (plus x e_x).
     pub fn decode_logits(&self, z: &Tensor, site: &Tensor, continuous: Option<&Tensor>, train: bool) -> Tensor {
         let continuous = continuous.zip(self.continuous.as_ref());
         match &self.decoder {
@@ -427,11 +426,15 @@ impl MrviModel {
                 for k in 1..site.size()[1] {
                     context = context + embedding.index_select(0, &site.select(1, k));
                 }
-                if let Some((x, ContinuousEffect::Attention { embedding })) = continuous {
-                    context = context + x.to_kind(z.kind()).matmul(embedding);
+                let x = continuous.map(|(x, effect)| (x.to_kind(z.kind()), effect));
+                if let Some((x, ContinuousEffect::Attention { embedding, .. })) = &x {
+                    context = context + x.matmul(embedding);
                 }
-                let r = block.forward(z, &context);
-                out.forward(&(z + r))
+                let logits = out.forward(&(z + block.forward(z, &context)));
+                match &x {
+                    Some((x, ContinuousEffect::Attention { bias, .. })) => logits + x.matmul(bias),
+                    _ => logits,
+                }
             }
         }
     }
@@ -478,7 +481,7 @@ impl MrviModel {
     /// gradient with respect to the logits and log theta come from one fused pass
     /// (`nb::fused_log_lik`) and enter autograd through the linear surrogate
     /// -(sum(logits * dL/dlogits) + sum(log_theta * dL/dlog_theta)), which has
-    /// exactly the right gradient; elsewhere (or with MRVI_FUSED_NB=0) autograd
+    /// exactly the right gradient; elsewhere (or with `fused_likelihood` off) autograd
     /// differentiates the likelihood itself.
     pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms {
         let n = batch.sample.size()[0] as f64;
