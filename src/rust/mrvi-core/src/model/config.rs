@@ -191,7 +191,7 @@ mod tests {
         fields.remove("batch_levels");
         fields.remove("n_continuous");
         let old = old.to_string();
-        let c: ModelConfig = serde_json::from_str(old).unwrap();
+        let c: ModelConfig = serde_json::from_str(&old).unwrap();
         assert_eq!((c.factor_levels(), c.n_continuous), (vec![3], 0));
     }
 }
