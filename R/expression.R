@@ -48,17 +48,20 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
   own <- cell_nuisance(fit, idx)
   site <- own$site
   if (!is.null(batch)) {
+    # one covariate's levels as a vector (`batch` in messages), or a named list
+    arg <- function(k) paste0("batch$", factors[k])
     if (!is.list(batch)) {
       if (length(factors) > 1) {
         abort_arg(c("{.arg batch} must be a named list: the fit has several nuisance covariates.",
                     "i" = "For example {.code batch = list({factors[1]} = ...)}; covariates: {.val {factors}}."), call = call)
       }
       batch <- stats::setNames(list(batch), factors)
+      arg <- function(k) "batch"
     }
     k <- covariates_named(batch, factors, "batch", call)
     offsets <- cumsum(c(0L, lengths(spec$factors)))
     for (j in seq_along(k)) {
-      site[, k[j]] <- per_cell(batch[[j]], spec$factors[[k[j]]], paste0("batch$", factors[k[j]])) + offsets[k[j]]
+      site[, k[j]] <- per_cell(batch[[j]], spec$factors[[k[j]]], arg(k[j])) + offsets[k[j]]
     }
   }
   x <- own$continuous

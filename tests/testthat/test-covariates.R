@@ -91,7 +91,7 @@ test_that("covariates given as columns, a data.frame or a list give the same fit
   listed <- do.call(mrvi, c(list(sce, batch = list(site = sce$site)), args))
   expect_identical(one@weights, listed@weights)
   expect_equal(one@batches, levels(sce$site))
-  expect_output(show(one), "sites:   2")
+  expect_output(show(one), "batches: 2")
   expect_equal(one@config$nuisance$factors, list(batch = levels(sce$site)))
 })
 
