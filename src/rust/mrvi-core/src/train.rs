@@ -71,8 +71,12 @@ impl Trainer {
 
     /// Learn `n_new` new samples into a trained model (`MrviModel::with_new_samples`):
     /// `data` holds cells of the new samples only (codes after base's samples);
-    /// everything but the new samples' parameters stays as in `base`. No KL
-    /// warm-up: with the decoder and prior fixed there is no collapse to avoid.
+    /// everything but the new samples' parameters stays as in `base`. Each new
+    /// sample starts from the reference sample under which its cells have the
+    /// highest ELBO (`closest_reference_samples`): a start at the mean of the
+    /// reference samples drew new samples towards the one nearest that mean.
+    /// No KL warm-up: with the decoder and prior fixed there is no collapse to
+    /// avoid.
     pub fn add_samples(base: &MrviModel, n_new: i64, mut config: TrainConfig, data: Dataset) -> Result<Self> {
         let s_old = base.config.n_samples;
         if data.sample.iter().any(|&s| s < s_old || s >= s_old + n_new) {
@@ -84,7 +88,8 @@ impl Trainer {
         model_config_matches(&extended, &data)?;
         config.n_epochs_kl_warmup = 0;
         tch::manual_seed(config.seed as i64);
-        let model = MrviModel::with_new_samples(base, n_new)?;
+        let start = closest_reference_samples(base, &data, n_new);
+        let model = MrviModel::with_new_samples(base, &start)?;
         Self::with_model(model, config, data, base.sample_parameters())
     }
 
@@ -281,6 +286,37 @@ impl Trainer {
     pub fn device_name(&self) -> String {
         backend::device_name(self.model.device())
     }
+}
+
+/// For each new sample (codes from base's n_samples on), the reference sample
+/// under which the ELBO of its cells (one posterior draw per cell, evaluation
+/// mode) is highest.
+fn closest_reference_samples(base: &MrviModel, data: &Dataset, n_new: i64) -> Vec<i64> {
+    let (s_old, device) = (base.config.n_samples, base.device());
+    let cells: Vec<usize> = (0..data.n_cells()).collect();
+    let own: Vec<usize> = data.sample.iter().map(|&s| (s - s_old) as usize).collect();
+    let mut best = vec![(f64::INFINITY, 0i64); n_new as usize];
+    tch::no_grad(|| {
+        for r in 0..s_old {
+            let mut loss = vec![0f64; n_new as usize];
+            for part in cells.chunks(1024) {
+                let mut batch = data.batch(part, device, false);
+                batch.sample = batch.sample.full_like(r);
+                let l = base.losses(&batch, false);
+                let per_cell = Vec::<f64>::try_from((l.reconstruction + l.kl).to_kind(tch::Kind::Double).to_device(Device::Cpu))
+                    .expect("per-cell losses");
+                for (&c, v) in part.iter().zip(per_cell) {
+                    loss[own[c]] += v;
+                }
+            }
+            for (b, l) in best.iter_mut().zip(loss) {
+                if l < b.0 {
+                    *b = (l, r);
+                }
+            }
+        }
+    });
+    best.into_iter().map(|(_, r)| r).collect()
 }
 
 fn check_train_config(config: &TrainConfig) -> Result<()> {

@@ -274,14 +274,19 @@ impl MrviModel {
         Self { config, vs, encoder, sample_effect, decoder, prior, log_theta, continuous }
     }
 
-    /// A model over the samples of `base` and `n_new` more (codes after base's):
-    /// base's weights, with the new samples' rows of the per-sample parameters
-    /// (SAMPLE_PARAMETERS) starting at the mean of base's rows. Only those
-    /// parameters require gradients; base's rows of them get none from cells of
-    /// new samples, and `Trainer` restores them exactly when it finishes.
-    pub fn with_new_samples(base: &MrviModel, n_new: i64) -> Result<Self> {
+    /// A model over the samples of `base` and `start.len()` more (codes after
+    /// base's): base's weights, with new sample j's rows of the per-sample
+    /// parameters (SAMPLE_PARAMETERS) starting as copies of reference sample
+    /// `start[j]`'s. Only those parameters require gradients; base's rows of
+    /// them get none from cells of new samples, and `Trainer` restores them
+    /// exactly when it finishes.
+    pub fn with_new_samples(base: &MrviModel, start: &[i64]) -> Result<Self> {
+        let n_new = start.len() as i64;
         if n_new < 1 {
             crate::invalid!("no new samples to add");
+        }
+        if start.iter().any(|&r| r < 0 || r >= base.config.n_samples) {
+            crate::invalid!("new samples must start from reference samples");
         }
         let mut config = base.config.clone();
         let s_old = config.n_samples;
@@ -297,7 +302,7 @@ impl MrviModel {
                     let mut head = v.narrow(0, 0, s_old);
                     head.copy_(from);
                     let mut tail = v.narrow(0, s_old, n_new);
-                    tail.copy_(&from.mean_dim(0, true, from.kind()).expand_as(&tail));
+                    tail.copy_(&from.index_select(0, &Tensor::from_slice(start).to_device(from.device())));
                     let _ = v.set_requires_grad(true);
                 } else {
                     let mut v = v.shallow_clone();
