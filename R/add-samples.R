@@ -10,8 +10,9 @@
 #' samples then come without retraining.
 #'
 #' @details
-#' The new samples' parameters start at the mean of the reference samples'
-#' ones. Training maximises the same ELBO as [mrvi()] (Adam, the fit's
+#' Each new sample's parameters start as a copy of those of the reference
+#' sample under which its cells have the highest ELBO (its nearest reference
+#' sample in the model's eyes). Training maximises the same ELBO as [mrvi()] (Adam, the fit's
 #' minibatch size, learning rate, validation share and early stopping) without
 #' a KL warm-up: with the decoder and prior fixed there is no collapse to avoid.
 #' The reference samples are untouched: their parameters, the weights shared by
