@@ -81,6 +81,10 @@ apply_threads <- function(n_threads = NULL, call = rlang_caller()) {
   mrvi_set_threads(n)
 }
 
+# Package state: the process id at load (a forked worker has another) and the
+# idle-core count, cached for 10 s.
+the <- new.env(parent = emptyenv())
+
 automatic_threads <- function() {
   if (!identical(Sys.getpid(), the$pid)) return(1L)  # a forked worker
   now <- proc.time()[["elapsed"]]
