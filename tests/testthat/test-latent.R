@@ -46,9 +46,10 @@ test_that("posterior draws of u are mean + sd * N(0, 1), and counterfactual draw
   fit <- small_fit()$fit
   u <- mrviLatent(fit, use_mean = FALSE)
   std <- (u - fit@u_mean) / fit@u_sd
-  # 4,000 standard normal values: mean within 5 standard errors, sd within 6%
+  # 4,000 standard normal values: mean within 5 standard errors, sd within 8%
+  # (set.seed(1:5) gave at most 0.55 of the first bound and |sd - 1| <= 0.036)
   expect_lt(abs(mean(std)), 5 / sqrt(length(std)))
-  expect_lt(abs(sd(std) - 1), 0.06)
+  expect_lt(abs(sd(std) - 1), 0.08)
   # the linear flavour's z is affine in u: the mean over draws converges to z at
   # the posterior mean (every entry within 5 Monte Carlo standard errors)
   M <- 200
