@@ -52,17 +52,21 @@
 #' covariate does not affect; the samples' z then differ by little, so the
 #' residual is tiny and the F test flags such shifts everywhere. With
 #' `normalize`, the residual variance per sample is floored at the cell's own
-#' posterior noise, \eqn{\mathrm{tr}\,\mathrm{Var}(z_n^s)} over the posterior
-#' draws of u (averaged over the samples): an effect counts only where it would
-#' stand out had each sample's counterfactual the spread of the cell's own
-#' representation, as [sampleDistances()] with `normalize = TRUE` counts only
-#' distances beyond that spread. Where the residual is larger than the floor
-#' nothing changes; where it binds the test is conservative. On a realistic
-#' simulation (6,000 cells x 1,000 genes, 16 samples, 2 affected cell types of
-#' 4, the covariate the root split of one affected type's tree; default
-#' attention model, seed 1) the raw test flagged the affected type's cells
-#' (TPR 1.00) and 99\% of the unaffected types' cells; with the floor, TPR 1.00
-#' and 0\% of the unaffected cells. Needs `mc_samples >= 3`.
+#' posterior noise \eqn{\mathrm{tr}\,\Sigma_n}, with \eqn{\Sigma_n} the
+#' covariance of \eqn{z_n^s} over the posterior draws of u, averaged over the
+#' samples: an effect counts only where it would stand out had each sample's
+#' counterfactual the spread of the cell's own representation, as
+#' [sampleDistances()] with `normalize = TRUE` counts only distances beyond that
+#' spread. Where the residual is larger, nothing changes. Where the floor is
+#' larger, the statistic is referred to its law under that model (independent
+#' \eqn{N(0, \Sigma_n)} noise per sample): by the same two-moment matching,
+#' \eqn{F(q k_\Sigma, \infty)} with \eqn{k_\Sigma = \mathrm{tr}(\Sigma_n)^2 /
+#' \mathrm{tr}(\Sigma_n^2)} (reported as `df1`, and `df2 = Inf`). On a
+#' realistic simulation (6,000 cells x 1,000 genes, 16 samples, 2 affected cell
+#' types of 4, the covariate the root split of one affected type's tree;
+#' default attention model, seeds 1 and 2) the plain test flagged the affected
+#' type's cells (TPR 1.00) and 99\% of the unaffected types' cells; with the
+#' floor, TPR 1.00 and 0\% of the unaffected cells. Needs `mc_samples >= 3`.
 #'
 #' **Log fold changes** (`lfc = TRUE`). For each coefficient (a factor level
 #' against the reference, or one SD of a numeric covariate) and each cell, with
@@ -149,12 +153,12 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
     # one draw at a time (memory: one cells x S x L array), averaged for the
     # test where the flavour is not linear, refitted per draw for the LFCs, and
     # its spread over draws giving the posterior-noise floor
-    z_sum <- z_sq <- 0
+    z_sum <- z_cross <- 0
     lfc_sum <- lfc_hits <- 0
     for (d in if (draws == 0) 0L else seq_len(draws)) {
       z <- z_at(d)
       z_sum <- z_sum + z
-      if (normalize) z_sq <- z_sq + z^2
+      if (normalize) z_cross <- z_cross + sample_crossprod(z)
       if (lfc) {
         lf <- de_lfc(fit, de_regression(z, design, m, tests = FALSE), coefs)
         lfc_sum <- Map(`+`, lf, lfc_sum)
@@ -163,7 +167,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
     }
     if (lfc) store$put(rows, lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
     z_test <- if (draws == 0) z else if (linear) z_at(0) else z_sum / draws
-    noise <- if (normalize) posterior_noise(z_sum, z_sq, draws)
+    noise <- if (normalize) posterior_noise(z_sum, z_cross, draws)
     res <- de_regression(z_test, design, m, noise = noise)
     tests[[length(tests) + 1]] <- res$tests
     for (k in coefs) beta[[k]][rows, ] <- res$beta[[k]]
@@ -316,17 +320,28 @@ posterior_z_sampler <- function(fit, idx, draws, seed) {
   }
 }
 
-# Per cell, the variance of its counterfactual z over posterior draws of u, summed
-# over the latent dimensions and averaged over the samples: tr(Var z_n^s), from
-# the sums of the draws and of their squares ([cells, S, L] each).
-posterior_noise <- function(z_sum, z_sq, draws) {
-  var <- pmax(z_sq - z_sum^2 / draws, 0) / (draws - 1)
-  rowSums(matrix(var, dim(var)[1])) / dim(var)[2]
+# Per cell, the sum over samples of z z' ([L, L, cells]) for one draw z ([cells, S, L]).
+sample_crossprod <- function(z) {
+  vapply(seq_len(dim(z)[1]), function(i) crossprod(matrix(z[i, , ], dim(z)[2])),
+         matrix(0, dim(z)[3], dim(z)[3]))
+}
+
+# Per cell, the posterior covariance of its counterfactual z over the draws of u,
+# averaged over the samples (Sigma_n), from the draws' sum z_sum ([cells, S, L])
+# and summed cross-products z_cross ([L, L, cells]): its trace (the noise floor)
+# and its effective number of dimensions tr(Sigma)^2 / tr(Sigma^2).
+posterior_noise <- function(z_sum, z_cross, draws) {
+  S <- dim(z_sum)[2]
+  mean_cross <- sample_crossprod(z_sum / draws)
+  sigma <- (z_cross - draws * mean_cross) / (S * (draws - 1))
+  trace <- apply(sigma, 3, function(m) sum(diag(m)))
+  list(trace = pmax(trace, 0), dim = pmax(1, trace^2 / pmax(apply(sigma^2, 3, sum), .Machine$double.xmin)))
 }
 
 # Regress each cell's Z ([cells, S, L]) on the design; per covariate the F test
-# with Box's effective dimension (see ?differentialExpression). `noise` (per cell,
-# tr of the posterior variance of z) floors the residual variance per sample.
+# with Box's effective dimension (see ?differentialExpression). `noise`
+# (posterior_noise()) floors the residual variance per sample; where it binds,
+# the statistic is referred to its law under that noise (see Details).
 de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL) {
   X <- design$X
   n <- dim(z)[1]
@@ -350,7 +365,10 @@ de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL) {
     k <- length(cells)
     rss <- rowSums(matrix(colSums(E^2), k, L))
     residual_var <- rss / (S - p)
-    if (!is.null(noise)) residual_var <- pmax(residual_var, noise[cells])
+    # where the posterior noise is larger, it is the denominator, with its own
+    # effective dimension and (known, from many draws) infinite df2
+    floored <- if (is.null(noise)) rep(FALSE, k) else noise$trace[cells] > residual_var
+    residual_var[floored] <- noise$trace[cells][floored]
     for (j in names(design$blocks)) {
       J <- design$blocks[[j]]
       BJ <- Bc[J, , drop = FALSE]
@@ -358,7 +376,9 @@ de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL) {
       q <- length(J)
       f <- (num / q) / residual_var
       eff <- permutation_dimension(Zs, Xc[, -J, drop = FALSE], k, L)
-      stat[[j]][cells, ] <<- cbind(f, q * eff, (S - p) * eff, stats::pf(f, q * eff, (S - p) * eff, lower.tail = FALSE),
+      df1 <- q * ifelse(floored, noise$dim[cells], eff)
+      df2 <- ifelse(floored, Inf, (S - p) * eff)
+      stat[[j]][cells, ] <<- cbind(f, df1, df2, stats::pf(f, df1, df2, lower.tail = FALSE),
                                    sqrt(rowSums(matrix(colSums(BJ^2), k, L))))
     }
   }

@@ -14,6 +14,9 @@
 #' Training maximises the ELBO with Adam (weight decay 1e-8, gradient-norm
 #' clipping at 40), a linear KL warm-up, a held-out validation set and early
 #' stopping that restores the weights of the best validation ELBO.
+#' On the CPU the likelihood and its gradient come from one fused pass;
+#' `options(mrvi.fused_likelihood = FALSE)` lets autograd differentiate it
+#' instead (slower; for comparison).
 #'
 #' @inheritParams mrviData
 #' @param n_latent dimension L of u and z.
@@ -108,17 +111,23 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                    n_latent_u, batch_size, call)
   threads <- apply_threads(n_threads, call = call)
   counts <- data$counts
+  # everything chosen for the fit crosses to Rust as one object (Settings in
+  # src/rust/mrvi-core/src/model/config.rs)
+  settings <- list(
+    model = list(flavour = flavour, prior = prior, n_latent = n_latent, n_latent_u = n_latent_u,
+                 n_mixture = n_mixture),
+    train = list(max_epochs = max_epochs, batch_size = batch_size, lr = lr,
+                 n_epochs_kl_warmup = n_epochs_kl_warmup, early_stopping = early_stopping,
+                 patience = patience, validation_fraction = validation_fraction, seed = seed,
+                 fused_likelihood = fused_likelihood_option(call))
+  )
+  codes <- function(f) if (is.null(f)) integer(0) else as.integer(f) - 1L
   # with the size guard lifted, building the model can still run out of memory:
   # name the arguments that set its size
   trainer <- tryCatch(mrvi_trainer_new(
     nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
-    as.integer(data$sample) - 1L, as.integer(data$batch) - 1L,
-    nlevels(data$sample), nlevels(data$batch), n_latent,
-    if (is.null(max_epochs)) 0L else max_epochs, batch_size, lr, n_epochs_kl_warmup,
-    early_stopping, patience, validation_fraction, seed, device_used,
-    flavour, n_latent_u, prior, n_mixture,
-    if (is.null(data$labels)) integer(0) else as.integer(data$labels) - 1L,
-    if (is.null(data$labels)) 0L else nlevels(data$labels)
+    codes(data$sample), codes(data$batch), codes(data$labels),
+    nlevels(data$sample), nlevels(data$batch), nlevels(data$labels), settings, device_used
   ), mrvi_memory_error = function(e) {
     abort_arg(c("Not enough memory to build a model with {.arg n_latent} = {n_latent}, {.arg n_latent_u} = {n_latent_u} and {.arg batch_size} = {batch_size} for {nrow(counts)} genes.",
                 "i" = "Choose a smaller {.arg n_latent} (MrVI uses 10 to 30), or free memory."),
@@ -231,3 +240,12 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
               call = call)
   }
 }
+
+# options(mrvi.fused_likelihood = FALSE): on the CPU, let autograd differentiate
+# the likelihood instead of the fused kernel (slower; for comparison).
+fused_likelihood_option <- function(call) {
+  v <- getOption("mrvi.fused_likelihood", TRUE)
+  check_flag(v, "options(mrvi.fused_likelihood)", call)
+  v
+}
+

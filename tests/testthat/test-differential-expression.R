@@ -22,6 +22,40 @@ test_that("with one latent dimension the test is the ordinary F test of lm()", {
   }
 })
 
+test_that("the posterior-noise floor: its covariance, and the law of the statistic where it binds", {
+  set.seed(5)
+  n <- 4; S <- 10; L <- 3; D <- 6
+  draws <- lapply(seq_len(D), function(d) array(rnorm(n * S * L), c(n, S, L)) * rep(c(2, 1, 0.5), each = n * S))
+  noise <- mrvi:::posterior_noise(Reduce(`+`, draws), Reduce(`+`, lapply(draws, mrvi:::sample_crossprod)), D)
+  for (i in seq_len(n)) {
+    # the covariance over draws per sample (stats::cov), averaged over samples
+    sigma <- Reduce(`+`, lapply(seq_len(S), function(s) cov(t(vapply(draws, function(z) z[i, s, ], numeric(L)))))) / S
+    expect_equal(noise$trace[i], sum(diag(sigma)), tolerance = 1e-10)
+    expect_equal(noise$dim[i], sum(diag(sigma))^2 / sum(sigma^2), tolerance = 1e-10)
+  }
+  # a cell whose samples barely differ (a tiny covariate-aligned shift): the plain
+  # test flags it, the floored one does not; where the floor binds the statistic
+  # is referred to F(q k, Inf)
+  X <- cbind(1, rep(0:1, length.out = S))
+  colnames(X) <- c("(Intercept)", "gb")
+  design <- list(X = X, blocks = list(g = 2))
+  z <- array(rnorm(n * S * L, sd = 1e-3), c(n, S, L))
+  z[, X[, 2] == 1, 1] <- z[, X[, 2] == 1, 1] + 0.05
+  plain <- mrvi:::de_regression(z, design)$tests$g
+  floored <- mrvi:::de_regression(z, design, noise = noise)$tests$g
+  expect_true(all(plain[, "p_value"] < 1e-6))
+  expect_true(all(floored[, "p_value"] > 0.5))
+  expect_equal(unname(floored[, "df2"]), rep(Inf, n))
+  expect_equal(unname(floored[, "df1"]), noise$dim)
+  num <- (S / 4) * rowSums(matrix(plain[, "effect_size"]^2, n))  # balanced binary design: X'X-scaled beta^2
+  expect_equal(unname(floored[, "statistic"]), num / noise$trace, tolerance = 1e-8)
+  expect_equal(unname(floored[, "p_value"]),
+               pchisq(num / noise$trace * noise$dim, noise$dim, lower.tail = FALSE), tolerance = 1e-8)
+  # a large effect still stands out
+  z[, X[, 2] == 1, 1] <- z[, X[, 2] == 1, 1] + 5
+  expect_true(all(mrvi:::de_regression(z, design, noise = noise)$tests$g[, "p_value"] < 1e-3))
+})
+
 test_that("the test is calibrated for independent normal errors in many dimensions", {
   set.seed(4)
   S <- 12

@@ -14,6 +14,11 @@ use std::time::Instant;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Tensor};
 
+/// Fixed by MODEL.md §3, not chosen by the user.
+const WEIGHT_DECAY: f64 = 1e-8;
+const ADAM_EPS: f64 = 1e-8;
+const MAX_GRAD_NORM: f64 = 40.0;
+
 #[derive(Clone, Debug, Default)]
 pub struct EpochStats {
     pub epoch: usize,
@@ -63,7 +68,7 @@ impl Trainer {
         model_config_matches(&model_config, &data)?;
         tch::manual_seed(config.seed as i64);
         let model = MrviModel::new(model_config, device);
-        let opt = nn::Adam { wd: config.weight_decay, eps: config.adam_eps, ..Default::default() }
+        let opt = nn::Adam { wd: WEIGHT_DECAY, eps: ADAM_EPS, ..Default::default() }
             .build(&model.vs, config.lr)?;
         let mut rng = SplitMix64::new(config.seed);
         let n = data.n_cells();
@@ -91,6 +96,11 @@ impl Trainer {
 
     pub fn n_validation(&self) -> usize {
         self.validation_cells.len()
+    }
+
+    /// Whether minibatches use the fused CPU likelihood.
+    fn fused(&self) -> bool {
+        self.config.fused_likelihood && self.model.device() == Device::Cpu
     }
 
     pub fn done(&self) -> bool {
@@ -141,14 +151,14 @@ impl Trainer {
             }
             kl_weight = self.kl_weight(epoch, step, n_steps);
             let t = Instant::now();
-            let batch = self.data.batch(cells, device);
+            let batch = self.data.batch(cells, device, self.fused());
             let t = lap(0, t);
             let terms = self.model.step_terms(&batch, kl_weight, true);
             let t = lap(1, t);
             self.opt.zero_grad();
             terms.objective.f_backward()?;
             let t = lap(2, t);
-            self.opt.clip_grad_norm(self.config.max_grad_norm);
+            self.opt.clip_grad_norm(MAX_GRAD_NORM);
             self.opt.step();
             lap(3, t);
             rec_sum += terms.reconstruction_sum;
@@ -194,7 +204,7 @@ impl Trainer {
         let (mut rec, mut kl) = (0.0, 0.0);
         tch::no_grad(|| {
             for cells in self.validation_cells.chunks(self.config.batch_size.max(1024)) {
-                let terms = self.model.step_terms(&self.data.batch(cells, device), 1.0, false);
+                let terms = self.model.step_terms(&self.data.batch(cells, device, self.fused()), 1.0, false);
                 rec += terms.reconstruction_sum;
                 kl += terms.kl_sum;
             }
