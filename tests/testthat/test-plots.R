@@ -38,7 +38,7 @@ test_that("the heatmap holds the group's distances and the tree's segments are t
   m <- d[, , "type2"]
   tiles <- p$data
   expect_equal(nrow(tiles), length(m))
-  expect_equal(tiles$distance, m[cbind(as.character(tiles$x), as.character(tiles$y))], ignore_attr = TRUE)
+  expect_equal(as.vector(tiles$distance), as.vector(m[cbind(as.character(tiles$x), as.character(tiles$y))]))
   tree <- plotSampleTree(d, "type2")
   expect_true("GeomSegment" %in% vapply(tree$layers, function(l) class(l$geom)[1], character(1)))
 })

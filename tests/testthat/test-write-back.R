@@ -58,7 +58,7 @@ test_that("per-cell results land by cell name; cells the fit did not use get NA"
   skip_if_not_installed("SeuratObject")
   so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = counts))
   so <- addMrVI(so, fit, association = association)
-  expect_equal(so$mrvi_disease.state_q[tested], c(0.03, 0.6, 0.9), ignore_attr = TRUE)
+  expect_equal(unname(so$mrvi_disease.state_q[tested]), c(0.03, 0.6, 0.9))
   expect_true(is.na(so$mrvi_disease.state_q[["x1"]]))
   emb <- SeuratObject::Embeddings(so, "mrvi_u")
   expect_equal(rownames(emb), colnames(counts))
