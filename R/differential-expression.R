@@ -101,7 +101,7 @@
 #'   `admissibility(fit, cells = cells)$admissible`.
 #' @param lfc_file `NULL` (LFCs in memory) or the path of a new HDF5 file for
 #'   them (see Details).
-#' @param chunk_size cells per block.
+#' @param chunk_size cells per chunk.
 #' @param seed seed of the posterior draws.
 #' @param normalize floor the denominator at the effect's posterior spread
 #'   (see Details); needs `mc_samples >= 3`. `FALSE` gives the plain F test.

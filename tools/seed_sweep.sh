@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shifts=${1:-"1 2 3 4"}
 shift || true
-files=${*:-"test-fit.R test-distances.R test-attention.R test-association.R test-differential-expression.R test-abundance.R test-tree-support.R test-validity.R test-expression.R test-baselines.R"}
+files=${*:-"test-fit.R test-distances.R test-attention.R test-association.R test-differential-expression.R test-abundance.R test-tree-support.R test-validity.R test-expression.R test-baselines.R test-latent.R test-simulate-nested.R"}
 export OMP_WAIT_POLICY=PASSIVE
 for k in $shifts; do
   dir=$(mktemp -d)

@@ -39,39 +39,3 @@ test_that("the default model recovers a planted sample tree in realistic data, i
   expect_lt(treeDistance(sampleHclust(d, "type1"), truth$phylo$type1), 0.95)
 })
 
-test_that("simulateNested's realistic regime: planted edges, ultrametric truth, skewed counts", {
-  skip_if_not_installed("SingleCellExperiment")
-  skip_if_not_installed("ape")
-  sce <- simulateNested(1500, 500, n_samples = 8, n_cell_types = 2, n_affected = 1, genes_per_edge = 10,
-                        edge_lengths = "ultrametric", expression = "skewed", library_size = 3000, seed = 2)
-  truth <- S4Vectors::metadata(sce)$truth
-  edges <- truth$edges$type1
-  expect_length(edges, 2 * 8 - 2)
-  # genes per edge proportional to length (mean 10, at least 1), disjoint within the tree
-  n_genes <- vapply(edges, function(e) length(e$genes), integer(1))
-  lengths <- vapply(edges, function(e) e$length, numeric(1))
-  expect_equal(n_genes, pmax(1L, as.integer(round(10 * lengths / mean(lengths)))))
-  expect_false(anyDuplicated(unlist(lapply(edges, `[[`, "genes"))) > 0)
-  # the true distance is the summed length of the edges between two samples, and it
-  # is ultrametric: average linkage recovers the tree exactly
-  d <- truth$distances$type1
-  a <- "s01"; b <- "s02"
-  on_path <- vapply(edges, function(e) xor(a %in% e$below, b %in% e$below), logical(1))
-  expect_equal(d[a, b], sum(lengths[on_path]))
-  expect_equal(treeDistance(stats::hclust(stats::as.dist(d), "average"), truth$phylo$type1), 0)
-  # counts: ~3,000 UMI per cell, most genes low
-  m <- SummarizedExperiment::assay(sce, "counts")
-  expect_equal(mean(Matrix::colSums(m)), 3000, tolerance = 0.1)
-  gene_means <- Matrix::rowMeans(m)
-  expect_lt(stats::median(gene_means), 0.5 * mean(gene_means))
-  # a planted gene is doubled (relative to the rest) in the samples below its edge
-  e <- edges[[which.max(n_genes)]]
-  hit <- sce$cell_type == "type1"
-  below <- hit & sce$sample %in% e$below
-  above <- hit & !sce$sample %in% e$below
-  rel <- function(cells) sum(m[e$genes, cells]) / sum(m[, cells])
-  expect_gt(rel(below) / rel(above), 1.5)
-  expect_error(simulateNested(100, 20, n_samples = 8, genes_per_edge = 10, seed = 1), "genes_per_edge",
-               class = "mrvi_error")
-  expect_error(simulateNested(100, 20, edge_lengths = "random"), "edge_lengths", class = "mrvi_error")
-})
