@@ -1,3 +1,8 @@
+# A fixed thread count, so that results computed at different moments of the run
+# are bit-identical whatever else the machine is doing (the default follows the
+# idle cores; test-backend.R tests that default).
+options(mrvi.threads = min(2L, parallel::detectCores()))
+
 # Small inputs shared by the tests.
 small_counts <- function(n_genes = 30, n_cells = 24, seed = 1) {
   set.seed(seed)
