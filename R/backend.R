@@ -81,19 +81,17 @@ apply_threads <- function(n_threads = NULL, call = rlang_caller()) {
   mrvi_set_threads(n)
 }
 
-# Package state: the loading process's id (R/mrvi-package.R) and the cached
-# count of idle cores. (main lost its definition when mrviData()'s min_samples
-# replaced the other use of this environment.)
-the <- new.env(parent = emptyenv())
+# The session's process id (set when the package loads) and the last idle-core count.
+thread_state <- new.env(parent = emptyenv())
 
 automatic_threads <- function() {
-  if (!identical(Sys.getpid(), the$pid)) return(1L)  # a forked worker
+  if (!identical(Sys.getpid(), thread_state$pid)) return(1L)  # a forked worker
   now <- proc.time()[["elapsed"]]
-  if (is.null(the$idle_at) || now - the$idle_at > 10) {
-    the$idle_cores <- idle_cores(default_threads())
-    the$idle_at <- now
+  if (is.null(thread_state$idle_at) || now - thread_state$idle_at > 10) {
+    thread_state$idle_cores <- idle_cores(default_threads())
+    thread_state$idle_at <- now
   }
-  the$idle_cores
+  thread_state$idle_cores
 }
 
 # The cores idle over the next 0.1 s (Linux's /proc/stat: idle and iowait time

@@ -62,11 +62,15 @@ match_choice <- function(value, choices, arg, call) {
   value
 }
 
+# The allocation guard: option mrvi.max_bytes (2 GB by default), and sizes as
+# "1.9 Gb" in messages.
+max_bytes <- function() getOption("mrvi.max_bytes", 2e9)
+byte_size <- function(bytes) format(structure(bytes, class = "object_size"), units = "auto")
+
 check_size <- function(bytes, what, call,
                        hint = "Ask for fewer {.arg cells} or {.arg samples}, use {.fn sampleDistances} with {.arg groups} (streamed), or raise {.code options(mrvi.max_bytes = )}.") {
-  limit <- getOption("mrvi.max_bytes", 2e9)
-  if (bytes > limit) {
-    abort_arg(c("{what} would allocate {format(structure(bytes, class = 'object_size'), units = 'auto')}, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
+  if (bytes > max_bytes()) {
+    abort_arg(c("{what} would allocate {byte_size(bytes)}, over the limit of {byte_size(max_bytes())}.",
                 "i" = hint), call = call)
   }
 }

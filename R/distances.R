@@ -3,7 +3,7 @@
 #' MrVI's sample distances (paper eq. 3-4): for a cell n,
 #' \eqn{D(n)[a, b] = \| z_n^a - z_n^b \|_2}; for a group of cells C,
 #' \eqn{D(C)} is the mean of \eqn{D(n)} over the cells of C. Group means are
-#' streamed over blocks of cells in Rust (memory \eqn{O(G S^2 + block \cdot S L)}):
+#' streamed over chunks of K cells (`chunk_size`) in Rust (memory \eqn{O(G S^2 + K S L)}):
 #' the cells x samples x samples array is never formed. Per-cell matrices are
 #' returned only for the cells asked for.
 #'
@@ -29,7 +29,7 @@
 #' @param mc_samples posterior draws of u per cell over which \eqn{D(n)} is
 #'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
 #'   per cell from the fit's seed, so results do not depend on `chunk_size`.
-#' @param chunk_size cells per block (default: from the number of samples).
+#' @param chunk_size cells per chunk (default: from the number of samples).
 #' @param admissible mask counterfactuals that extrapolate: `NULL` (none),
 #'   `TRUE` (computed with [admissibility()] defaults) or a logical matrix of
 #'   cells x samples (all fitted cells, or the `cells` asked for), as

@@ -262,9 +262,8 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
   params <- n_genes * (hidden + L + n_batches + 2) + hidden * (hidden + 2 * Lu) +
     n_samples * (Lu * L + L + hidden) + Lu * L
   bytes <- 16 * params + 4 * batch_size * (3 * n_genes + 4 * (L + Lu + hidden))
-  limit <- getOption("mrvi.max_bytes", 2e9)
-  if (bytes > limit) {
-    abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {format(structure(bytes, class = 'object_size'), units = 'auto')} to train, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
+  if (bytes > max_bytes()) {
+    abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {byte_size(bytes)} to train, over the limit of {byte_size(max_bytes())}.",
                 "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or raise {.code options(mrvi.max_bytes = )})."),
               call = call)
   }

@@ -24,6 +24,6 @@
 NULL
 
 .onLoad <- function(libname, pkgname) {
-  the$pid <- Sys.getpid()  # a forked worker has another (see automatic_threads())
+  thread_state$pid <- Sys.getpid()  # a forked worker has another (see automatic_threads())
   invisible()
 }

@@ -42,7 +42,7 @@
 #'   `TRUE`: distances in units of each cell's posterior noise, clipped at its
 #'   noise floor, as in [sampleDistances()]; `FALSE`: raw distances), `min_cells` (default 5:
 #'   samples with fewer cells in the group are left out, as in
-#'   [sampleDistances()]) and `chunk_size` (cells per block).
+#'   [sampleDistances()]) and `chunk_size` (cells per chunk).
 #' @return for one group, an `ape::phylo` (the point-estimate tree, with branch
 #'   lengths from the linkage heights) whose `node.label` holds the support of
 #'   each internal node's clade, in \[0, 1\] (the root's is 1); for several, a

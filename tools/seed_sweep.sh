@@ -3,14 +3,15 @@
 # written with? Runs the test files that check fitted models against planted
 # structure or calibration with every literal seed in them (`seed = N`,
 # `set.seed(N)`) shifted by each of SHIFTS, on a copy of tests/testthat, and
-# prints one line per file and shift. Needs tools/install.sh first.
+# prints one line per file and shift. Needs tools/install.sh first (or MRVI_LIB,
+# a library with mrvi installed).
 #   bash tools/seed_sweep.sh "1 2 3 4" [test-files...]
 # Slow (every fit of those files, once per shift): run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shifts=${1:-"1 2 3 4"}
 shift || true
-files=${*:-"test-fit.R test-distances.R test-attention.R test-association.R test-differential-expression.R test-abundance.R test-tree-support.R test-validity.R test-expression.R test-baselines.R"}
+files=${*:-"test-fit.R test-distances.R test-attention.R test-association.R test-differential-expression.R test-abundance.R test-tree-support.R test-validity.R test-expression.R test-baselines.R test-latent.R test-simulate-nested.R"}
 export OMP_WAIT_POLICY=PASSIVE
 for k in $shifts; do
   dir=$(mktemp -d)
@@ -20,7 +21,7 @@ for k in $shifts; do
   sed -i -E "s/\bseed = ([0-9]+)\b/seed = \1 + $k/g; s/set\.seed\(([0-9]+)\)/set.seed(\1 + $k)/g" "$dir"/*.R
   for f in $files; do
     [ -f "$dir/$f" ] || continue
-    R_LIBS="$PWD/.Rlib" Rscript -e '
+    R_LIBS="${MRVI_LIB:-$PWD/.Rlib}" Rscript -e '
       suppressMessages({library(testthat); library(mrvi)})
       args <- commandArgs(TRUE)
       res <- as.data.frame(test_file(args[1], reporter = "silent", stop_on_failure = FALSE))

@@ -22,38 +22,49 @@ test_that("with one latent dimension the test is the ordinary F test of lm()", {
   }
 })
 
-test_that("the posterior-noise floor: its covariance, and the law of the statistic where it binds", {
+test_that("the posterior-noise floor: the effect's spread over draws, and the law where it binds", {
   set.seed(5)
-  n <- 4; S <- 10; L <- 3; D <- 6
-  draws <- lapply(seq_len(D), function(d) array(rnorm(n * S * L), c(n, S, L)) * rep(c(2, 1, 0.5), each = n * S))
-  noise <- mrvi:::posterior_noise(Reduce(`+`, draws), Reduce(`+`, lapply(draws, mrvi:::sample_crossprod)), D)
-  for (i in seq_len(n)) {
-    # the covariance over draws per sample (stats::cov), averaged over samples
-    sigma <- Reduce(`+`, lapply(seq_len(S), function(s) cov(t(vapply(draws, function(z) z[i, s, ], numeric(L)))))) / S
-    expect_equal(noise$trace[i], sum(diag(sigma)), tolerance = 1e-10)
-    expect_equal(noise$dim[i], sum(diag(sigma))^2 / sum(sigma^2), tolerance = 1e-10)
-  }
-  # a cell whose samples barely differ (a tiny covariate-aligned shift): the plain
-  # test flags it, the floored one does not; where the floor binds the statistic
-  # is referred to F(q k, Inf)
+  n <- 4; S <- 10; L <- 3; D <- 8
   X <- cbind(1, rep(0:1, length.out = S))
   colnames(X) <- c("(Intercept)", "gb")
   design <- list(X = X, blocks = list(g = 2))
-  z <- array(rnorm(n * S * L, sd = 1e-3), c(n, S, L))
-  z[, X[, 2] == 1, 1] <- z[, X[, 2] == 1, 1] + 0.05
-  plain <- mrvi:::de_regression(z, design)$tests$g
-  floored <- mrvi:::de_regression(z, design, noise = noise)$tests$g
+  # draws: a tiny covariate-aligned shift, and per draw and sample noise that is
+  # much larger than the shift (so each draw's effect varies by more than it)
+  base <- array(rnorm(n * S * L, sd = 1e-3), c(n, S, L))
+  base[, X[, 2] == 1, 1] <- base[, X[, 2] == 1, 1] + 0.05
+  draws <- lapply(seq_len(D), function(d) base + array(rnorm(n * S * L, sd = 0.2), c(n, S, L)))
+  spread <- mrvi:::posterior_spread(design, NULL)
+  for (z in draws) spread$add(mrvi:::de_regression(z, design, tests = FALSE))
+  z_mean <- Reduce(`+`, draws) / D
+  noise <- spread$result(mrvi:::de_regression(z_mean, design, tests = FALSE), D)
+  for (i in seq_len(n)) {
+    # each draw's effect by lm(), its covariance over draws by cov(), scaled by 1 / C_JJ
+    b <- t(vapply(draws, function(z) coef(lm(z[i, , ] ~ X[, 2]))[2, ], numeric(L)))
+    psi <- cov(b) / solve(crossprod(X))[2, 2]
+    expect_equal(noise$blocks$g$trace[i], sum(diag(psi)), tolerance = 1e-8)
+    expect_equal(noise$blocks$g$dim[i], sum(diag(psi))^2 / sum(psi^2), tolerance = 1e-8)
+  }
+  # the test on the draws' mean: the plain test flags the shift, the floored one
+  # does not, and refers the statistic to F(k, (D - 1) k)
+  plain <- mrvi:::de_regression(base, design)$tests$g
+  floored <- mrvi:::de_regression(z_mean, design, noise = noise)$tests$g
   expect_true(all(plain[, "p_value"] < 1e-6))
-  expect_true(all(floored[, "p_value"] > 0.5))
-  expect_equal(unname(floored[, "df2"]), rep(Inf, n))
-  expect_equal(unname(floored[, "df1"]), noise$dim)
-  num <- (S / 4) * rowSums(matrix(plain[, "effect_size"]^2, n))  # balanced binary design: X'X-scaled beta^2
-  expect_equal(unname(floored[, "statistic"]), num / noise$trace, tolerance = 1e-8)
-  expect_equal(unname(floored[, "p_value"]),
-               pchisq(num / noise$trace * noise$dim, noise$dim, lower.tail = FALSE), tolerance = 1e-8)
-  # a large effect still stands out
-  z[, X[, 2] == 1, 1] <- z[, X[, 2] == 1, 1] + 5
-  expect_true(all(mrvi:::de_regression(z, design, noise = noise)$tests$g[, "p_value"] < 1e-3))
+  expect_true(all(floored[, "p_value"] > 0.01))
+  k <- noise$blocks$g$dim
+  expect_equal(unname(floored[, "df1"]), k)
+  expect_equal(unname(floored[, "df2"]), (D - 1) * k)
+  num <- rowSums(matrix(mrvi:::de_regression(z_mean, design, tests = FALSE)$beta$gb^2, n)) /
+    solve(crossprod(X))[2, 2]
+  expect_equal(unname(floored[, "statistic"]), num / noise$blocks$g$trace, tolerance = 1e-8)
+  expect_equal(unname(floored[, "p_value"]), pf(num / noise$blocks$g$trace, k, (D - 1) * k, lower.tail = FALSE),
+               tolerance = 1e-8)
+  # an effect well beyond the posterior spread still stands out
+  big <- lapply(draws, function(z) { z[, X[, 2] == 1, 1] <- z[, X[, 2] == 1, 1] + 2; z })
+  spread <- mrvi:::posterior_spread(design, NULL)
+  for (z in big) spread$add(mrvi:::de_regression(z, design, tests = FALSE))
+  z_big <- Reduce(`+`, big) / D
+  noise <- spread$result(mrvi:::de_regression(z_big, design, tests = FALSE), D)
+  expect_true(all(mrvi:::de_regression(z_big, design, noise = noise)$tests$g[, "p_value"] < 1e-4))
 })
 
 test_that("the test is calibrated for independent normal errors in many dimensions", {

@@ -244,24 +244,6 @@ test_that("a foreign or stale pointer in the cache is rebuilt, never used", {
   expect_match(conditionMessage(e), "not a native model of this package")
 })
 
-test_that("edited slots are caught by the validity method", {
-  expect_true(validObject(fit))
-  edits <- list(
-    function(f) { f@u_mean <- f@u_mean[, 1:3]; f },
-    function(f) { f@u_mean <- f@u_mean[-1, ]; f },
-    function(f) { f@u_sd <- f@u_sd[, 1:2]; f },
-    function(f) { f@cell_data <- f@cell_data[-1, ]; f },
-    function(f) { f@samples <- f@samples[-1]; f },
-    function(f) { f@weights <- raw(); f }
-  )
-  for (edit in edits) {
-    g <- edit(fit)
-    expect_error(validObject(g))
-    expect_bad_call(quote(mrviLatent(g)), "`fit` is inconsistent", "mrvi_invalid_fit")
-    expect_bad_call(quote(sampleDistances(g)), "`fit` is inconsistent", "mrvi_invalid_fit")
-  }
-})
-
 test_that("a NaN latent gives NaN distances, never 0", {
   g <- fit
   g@u_mean[1, 1] <- NaN
