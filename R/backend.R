@@ -7,7 +7,9 @@
 #' `mrviSetThreads()` changes the option and applies it at once. Threads are set
 #' through libtorch itself (`at::set_num_threads`), so they take effect at any
 #' time, unlike the `OMP_NUM_THREADS` environment variable, which the OpenMP
-#' runtime reads once when R starts.
+#' runtime reads once when R starts. The package's own parallel loops (distances,
+#' guided tests, densities) use as many threads, taking turns with libtorch's
+#' instead of running beside them.
 #'
 #' @return `mrviBackend()`: a list with `libtorch_version`, `cuda_available`,
 #'   `cuda_device_count`, `threads` (in use now) and `deepbind` (whether

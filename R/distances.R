@@ -7,9 +7,13 @@
 #' @param cells `NULL` (all cells the model was trained on), indices or cell names.
 #' @param samples `NULL` (all samples), indices or sample names.
 #' @param use_mean `TRUE`: from the posterior mean of u; `FALSE`: from one
-#'   posterior draw per cell (R's random generator: use [set.seed()]).
+#'   posterior draw per cell (the first draw under `seed`).
 #' @param mc_samples 0, or a number of posterior draws: then the result gains a
 #'   4th dimension, one slice per draw.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
 #' @details The array has `cells x samples x L` numbers (times `mc_samples`).
 #'   Before allocating, its size is estimated; above `getOption("mrvi.max_bytes")`
 #'   (default 2 GB) the call stops and says how to ask for less. For distances
@@ -21,27 +25,25 @@
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
 #' dim(counterfactualLatent(fit, cells = 1:10))
 #' @export
-counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0) {
+counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0,
+                                 seed = fit@config$seed) {
   call <- sys.call()
   check_fit(fit, call)
   check_flag(use_mean, "use_mean", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
+  seed <- check_whole(seed, "seed", call)
   cell_idx <- resolve_cells(fit, cells, call)
   sample_idx <- resolve_samples(fit, samples, call)
   L <- z_dim(fit)
   bytes <- 8 * length(cell_idx) * length(sample_idx) * L * max(1, mc_samples)
   check_size(bytes, "counterfactualLatent()", call)
-  mean <- fit@u_mean[cell_idx, , drop = FALSE]
-  sd <- fit@u_sd[cell_idx, , drop = FALSE]
-  one <- function(u) {
-    v <- mrvi_counterfactual_z(native_model(fit), u, nrow(u), sample_idx - 1L)
-    array(v, c(nrow(u), length(sample_idx), L),
+  one <- function(draw) {
+    v <- counterfactual_z(fit, cell_idx, sample_idx, draw, seed)
+    array(v, c(length(cell_idx), length(sample_idx), L),
           dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
   }
-  if (mc_samples == 0) {
-    return(one(if (use_mean) mean else mean + sd * stats::rnorm(length(sd))))
-  }
-  draws <- lapply(seq_len(mc_samples), function(m) one(mean + sd * stats::rnorm(length(sd))))
+  if (mc_samples == 0) return(one(if (use_mean) 0L else 1L))
+  draws <- lapply(seq_len(mc_samples), one)
   out <- array(unlist(draws), c(dim(draws[[1]]), mc_samples))
   dimnames(out) <- c(dimnames(draws[[1]]), list(paste0("draw", seq_len(mc_samples))))
   out
@@ -77,7 +79,7 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
 #'   units of that spread, comparable across cells. Needs `mc_samples >= 3`.
 #' @param mc_samples posterior draws of u per cell over which \eqn{D(n)} is
 #'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
-#'   per cell from the fit's seed, so results do not depend on `chunk_size`.
+#'   per cell from `seed`, so results do not depend on `chunk_size`.
 #' @param chunk_size cells per block (default: from the number of samples).
 #' @param admissible mask counterfactuals that extrapolate: `NULL` (none),
 #'   `TRUE` (computed with [admissibility()] defaults) or a logical matrix of
@@ -86,6 +88,10 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
 #'   \eqn{D(C)[a, b]} only when both samples are admissible for it, and each
 #'   pair is the mean over the cells that contributed (`NA` if none); with
 #'   `cells`, inadmissible pairs are `NA`.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
 #' @return with `groups`: an array `[S, S, G]` with dimnames (sample, sample,
 #'   group) and attributes `n_cells` (cells per group), `excluded` (per group,
 #'   the samples left out) and `sample_table`. With `cells`: an array
@@ -99,10 +105,11 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
 #' d[, , 1]
 #' @export
 sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, normalize = FALSE,
-                            mc_samples = 10, chunk_size = NULL, admissible = NULL) {
+                            mc_samples = 10, chunk_size = NULL, admissible = NULL, seed = fit@config$seed) {
   call <- sys.call()
   check_fit(fit, call)
   min_cells <- check_whole(min_cells, "min_cells", call)
+  seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   S <- length(fit@samples)
@@ -117,7 +124,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
     mask <- resolve_admissible(fit, admissible, idx, call)
     v <- mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                             idx - 1L, mc_samples, normalize, fit@config$seed, block)
+                             idx - 1L, mc_samples, normalize, seed, block)
     d <- array(v, c(length(idx), S, S), dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples))
     if (!is.null(mask)) {
       out <- mask[, rep(seq_len(S), S)] & mask[, rep(seq_len(S), each = S)]
@@ -130,7 +137,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   mask <- resolve_admissible(fit, admissible, seq_len(nrow(fit@u_mean)), call)
   res <- mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
                               ifelse(is.na(group), -1L, as.integer(group) - 1L), G, mc_samples,
-                              normalize, fit@config$seed, block,
+                              normalize, seed, block,
                               if (is.null(mask)) integer() else as.integer(mask))
   out <- array(res$mean, c(S, S, G), dimnames = list(fit@samples, fit@samples, levels(group)))
   per_group <- table(factor(group, levels(group)), fit@cell_data$sample)

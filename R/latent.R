@@ -6,20 +6,27 @@
 #' @param which `"u"` (sample-free) or `"z"` (sample-aware, under each cell's
 #'   own sample).
 #' @param use_mean `TRUE`: the posterior mean of u; `FALSE`: one draw from the
-#'   posterior per cell (from R's random generator: use [set.seed()]).
+#'   posterior per cell (the first draw under `seed`).
 #' @param sample for new cells (`x` given): their samples, a column name or a
 #'   vector; each must be one of the fitted samples.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
+#'   New cells (`x`) are numbered by their position in `x`.
 #' @return a cells x L matrix with dimnames.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
 #' dim(mrviLatent(fit, which = "z"))
 #' @export
-mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL) {
+mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL,
+                       seed = fit@config$seed) {
   call <- sys.call()
   check_fit(fit, call)
   which <- match_choice(which, c("u", "z"), "which", call)
   check_flag(use_mean, "use_mean", call)
+  seed <- check_whole(seed, "seed", call)
   if (is.null(x)) {
     mean <- fit@u_mean
     sd <- fit@u_sd
@@ -35,10 +42,29 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
     mean <- latent_matrix(post$mean, cells, "u")
     sd <- latent_matrix(post$sd, cells, "u")
   }
-  u <- if (use_mean) mean else mean + sd * stats::rnorm(length(sd))
+  u <- mean
+  if (!use_mean) u[] <- posterior_u(mean, sd, seq_len(nrow(mean)), 1L, seed)
   if (which == "u") return(u)
   z <- mrvi_z_from_u(native_model(fit), u, codes)
   latent_matrix(z, cells, "z")
+}
+
+# Every function that draws u draws it in the core's posterior module
+# (src/rust/mrvi-core/src/posterior.rs), through these two helpers: draw m of
+# cell i under seed s depends on (s, i, m) alone, so it does not depend on which
+# cells are asked for, in what chunks, or by how many workers.
+
+# Draw m of u (m = 0: the posterior mean) for the cells `idx` (1-based rows) of
+# the posterior `mean`, `sd` (cells x L) under `seed`: a length(idx) x L matrix.
+posterior_u <- function(mean, sd, idx, m, seed) {
+  matrix(mrvi_posterior_u(mean, sd, nrow(mean), ncol(mean), idx - 1L, m - 1L, seed), length(idx))
+}
+
+# Counterfactual z of the fit's cells `idx` under `samples` (1-based) for draw
+# m of u under `seed` (m = 0: the posterior mean): the values of [cells, samples, L].
+counterfactual_z <- function(fit, idx, samples, m, seed) {
+  mrvi_counterfactual_z(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), idx - 1L,
+                        samples - 1L, m - 1L, seed)
 }
 
 # Read new cells for a fitted model: known samples, the fitted genes in order.
