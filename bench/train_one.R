@@ -1,6 +1,8 @@
 # One training run for bench/train_throughput.R, in its own process so that its
 # peak resident memory is its own:  Rscript bench/train_one.R DATA.rds EPOCHS [FLAVOUR [FUSED]]
+# MRVI_BENCH_THREADS fixes the thread count (default: the package's, the idle cores).
 suppressMessages(library(mrvi))
+if (nzchar(Sys.getenv("MRVI_BENCH_THREADS"))) options(mrvi.threads = as.integer(Sys.getenv("MRVI_BENCH_THREADS")))
 args <- commandArgs(trailingOnly = TRUE)
 source("bench/helpers.R")
 d <- readRDS(args[1])
