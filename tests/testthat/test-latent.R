@@ -112,7 +112,8 @@ test_that("a cell's draws do not depend on the other cells or the chunk size", {
   brute <- apply(some, c(1, 4), function(zc) as.matrix(stats::dist(zc)))  # [S * S, cells, draws]
   expect_equal(as.vector(aperm(apply(brute, 1:2, mean), c(2, 1))), as.vector(d1), tolerance = 1e-5)
   cov <- data.frame(sample = fit@samples, g = c("a", "a", "b", "b", "b"))
-  de1 <- differentialExpression(fit, cov, cells = c(350, 7, 31), mc_samples = 2, lfc = TRUE, chunk_size = 1, seed = 5)
-  de2 <- differentialExpression(fit, cov, cells = 1:400, mc_samples = 2, lfc = TRUE, chunk_size = 128, seed = 5)
+  de1 <- differentialExpression(fit, cov, cells = c(350, 7, 31), mc_samples = 3, lfc = TRUE, chunk_size = 1, seed = 5)
+  de2 <- differentialExpression(fit, cov, cells = 1:400, mc_samples = 3, lfc = TRUE, chunk_size = 128, seed = 5)
+  expect_equal(de1$statistic, de2$statistic[c(350, 7, 31)])
   expect_equal(S4Vectors::metadata(de1)$lfc$gb, S4Vectors::metadata(de2)$lfc$gb[c(350, 7, 31), ], tolerance = 1e-4)
 })
