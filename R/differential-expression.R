@@ -46,8 +46,9 @@
 #' **Posterior draws.** \eqn{Z_n} is the mean of the counterfactual
 #' representations over `mc_samples` draws of u from the cell's posterior (for
 #' the linear flavour this equals \eqn{Z_n} at the posterior mean, which is used
-#' directly). Draws are made from `seed` and the cell's index, so results do not
-#' depend on `chunk_size`.
+#' directly). Draws are made from `seed`, the cell's index and the draw alone
+#' (the same draws as every function that draws u), so results do not depend on
+#' `chunk_size`.
 #'
 #' **Posterior-noise floor** (`normalize = TRUE`, the default). A fitted model
 #' can carry small covariate-aligned shifts of z in cell types the covariate
@@ -106,7 +107,10 @@
 #' @param lfc_file `NULL` (LFCs in memory) or the path of a new HDF5 file for
 #'   them (see Details).
 #' @param chunk_size cells per chunk.
-#' @param seed seed of the posterior draws.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
 #' @param normalize floor the denominator at the effect's posterior spread
 #'   (see Details); needs `mc_samples >= 3`. `FALSE` gives the plain F test.
 #' @return a `DataFrame` with one row per cell and covariate: `cell`,
@@ -124,8 +128,8 @@
 #' head(de)
 #' @export
 differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 50, lfc = FALSE, delta = 0.3,
-                                   admissible = NULL, lfc_file = NULL, chunk_size = 1000, seed = 1,
-                                   normalize = TRUE) {
+                                   admissible = NULL, lfc_file = NULL, chunk_size = 1000,
+                                   seed = fit@config$seed, normalize = TRUE) {
   call <- sys.call()
   check_fit(fit, call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
@@ -154,7 +158,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   for (rows in chunks) {
     cells_k <- idx[rows]
     m <- if (is.null(mask)) NULL else mask[rows, , drop = FALSE]
-    z_at <- posterior_z_sampler(fit, cells_k, draws, seed)
+    z_at <- posterior_z_sampler(fit, cells_k, seed)
     # one draw at a time (memory: one cells x S x L array), averaged for the
     # test where the flavour is not linear, refitted per draw for the LFCs and
     # for the posterior spread of the effects (the noise floor)
@@ -306,24 +310,11 @@ de_design <- function(fit, covariates, call) {
 }
 
 # A function of the draw m giving the cells' counterfactual z ([cells, S, L]):
-# m = 0 the posterior mean of u, m >= 1 the m-th posterior draw, seeded per cell
-# index so that the draws do not depend on the chunk.
-posterior_z_sampler <- function(fit, idx, draws, seed) {
-  mean <- fit@u_mean[idx, , drop = FALSE]
-  sd <- fit@u_sd[idx, , drop = FALSE]
-  L <- ncol(mean)
-  eps <- if (draws > 0) {
-    restore <- preserve_rng()
-    on.exit(restore())
-    array(unlist(lapply(idx, function(i) {
-      set.seed((seed + i) %% .Machine$integer.max)  # seed is at most that
-      stats::rnorm(draws * L)
-    })), c(draws, L, length(idx)))
-  }
+# m = 0 the posterior mean of u, m >= 1 the m-th posterior draw (counterfactual_z()).
+posterior_z_sampler <- function(fit, idx, seed) {
   function(m) {
-    u <- if (m == 0) mean else mean + sd * t(matrix(eps[m, , ], L))
-    array(mrvi_counterfactual_z(native_model(fit), u, nrow(u), seq_along(fit@samples) - 1L),
-          c(nrow(u), length(fit@samples), z_dim(fit)))
+    array(counterfactual_z(fit, idx, seq_along(fit@samples), m, seed),
+          c(length(idx), length(fit@samples), z_dim(fit)))
   }
 }
 
@@ -468,7 +459,7 @@ de_lfc <- function(fit, reg, coefs) {
   at_mean <- matrix(0, n, nrow(spec$continuous))
   expression_at <- function(z) {
     rho <- mean_over_levels(fit, site, names(spec$factors),
-                            function(site) mrvi_decode_z(native_model(fit), z, n, site, at_mean))
+                            function(site) mrvi_decode_z(native_model(fit), z, site, at_mean))
     matrix(rho, ncol = n)
   }
   lapply(stats::setNames(coefs, coefs), function(k) {

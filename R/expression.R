@@ -91,7 +91,7 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
   check_size(8 * n * length(fit@genes), "counterfactualExpression()", call)
   u <- fit@u_mean[idx, , drop = FALSE]
   v <- mean_over_levels(fit, site, as.character(average), function(site) {
-    mrvi_counterfactual_expression(native_model(fit), u, n, s, site, x)
+    mrvi_counterfactual_expression(native_model(fit), u, s, site, x)
   })
   matrix(v, nrow = length(fit@genes), dimnames = list(fit@genes, rownames(fit@u_mean)[idx]))
 }
