@@ -9,7 +9,8 @@
 # (~40% non-zero, as real data), written once to MRVI_BENCH_DATA (default a temporary
 # folder); the sample covariate `clade` is the root split of the first affected cell
 # type's true sample tree. Stages, each in its own R process so that its peak RSS
-# (VmHWM) is its own; seconds exclude loading the inputs (RSS before = after loading):
+# (VmHWM) is its own; seconds exclude loading the inputs (RSS before = after loading);
+# CPU seconds (user + system, all threads) help read a run on a busy machine:
 #   fit           mrvi(sce, sample = "sample", batch = "site", labels = "cell_type")
 #   distances     sampleDistances(fit, groups = "cell_type")
 #   association   cellAssociation(fit, "clade")
@@ -52,14 +53,17 @@ if (!file.exists(data)) {
 # runs after the measurement; `detail` (R code using `value`) summarises the result.
 stage <- function(name, setup, code, detail, after = "") {
   r <- run_measurement(c(set_threads, setup, sprintf('
+    cpu0 <- sum(proc.time()[c("user.self", "sys.self")])
     m <- measure({%s})
+    cpu_s <- sum(proc.time()[c("user.self", "sys.self")]) - cpu0
     value <- m$value
     %s
-    result(seconds = round(m$seconds, 2), peak_rss_mb = round(m$peak), rss_before_mb = round(m$before),
+    result(seconds = round(m$seconds, 2), cpu_s = round(cpu_s, 2), peak_rss_mb = round(m$peak), rss_before_mb = round(m$before),
            detail = gsub(" ", "_", %s))', code, after, detail)), lib)
-  cat(sprintf("%-12s %9s s  peak RSS %6s MB (before %s MB)  %s\n", name, r$seconds, r$peak_rss_mb,
-              r$rss_before_mb, r$detail))
-  data.frame(stage = name, seconds = as.numeric(r$seconds), peak_rss_mb = as.numeric(r$peak_rss_mb),
+  cat(sprintf("%-12s %9s s (CPU %s s)  peak RSS %6s MB (before %s MB)  %s\n", name, r$seconds, r$cpu_s,
+              r$peak_rss_mb, r$rss_before_mb, r$detail))
+  data.frame(stage = name, seconds = as.numeric(r$seconds), cpu_s = as.numeric(r$cpu_s),
+             peak_rss_mb = as.numeric(r$peak_rss_mb),
              rss_before_mb = as.numeric(r$rss_before_mb), threads = as.integer(r$threads), detail = r$detail)
 }
 
@@ -79,7 +83,8 @@ res <- rbind(
   stage("de", load_fit, 'differentialExpression(fit, "clade")',
         paste0('{cells <- value$cell; q <- value$q_value; ', aff, '; ', found, '}'))
 )
-res <- rbind(res, data.frame(stage = "total", seconds = sum(res$seconds), peak_rss_mb = max(res$peak_rss_mb),
+res <- rbind(res, data.frame(stage = "total", seconds = sum(res$seconds), cpu_s = sum(res$cpu_s),
+                             peak_rss_mb = max(res$peak_rss_mb),
                              rss_before_mb = NA, threads = res$threads[1], detail = ""))
 res <- cbind(date = format(Sys.time(), "%Y-%m-%d %H:%M"),
              commit = system2("git", c("rev-parse", "--short", "HEAD"), stdout = TRUE),

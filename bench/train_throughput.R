@@ -97,8 +97,10 @@ run <- function(data, flavour, build, build_lib) {
 
 cpu <- cpu_info()
 cat("CPU:", cpu$model, "|", cpu$cores, "cores | vector extensions:", cpu$extensions, "| threads per fit:", threads, "\n")
+# the checkout's commit, "+changes" when its package code differs from it (the build
+# measured is the one installed in R_LIBS: install the checkout first)
 current <- paste0("current ", git("rev-parse", "--short", "HEAD"),
-                  if (length(git("status", "--porcelain", "--untracked-files=no"))) "+changes")
+                  if (length(git("status", "--porcelain", "--untracked-files=no", "--", "R", "src", "DESCRIPTION"))) "+changes")
 base_lib <- baseline_library(baseline)
 base_name <- paste("baseline", if (nzchar(Sys.getenv("MRVI_BASELINE_LIB"))) Sys.getenv("MRVI_BASELINE_LIB") else baseline)
 datasets <- lapply(c("realistic", "make_data"), function(k) list(kind = k, file = make_data(k)))
