@@ -28,7 +28,7 @@
 #'   units of that spread, comparable across cells. Needs `mc_samples >= 3`.
 #' @param mc_samples posterior draws of u per cell over which \eqn{D(n)} is
 #'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
-#'   per cell from the fit's seed, so results do not depend on `chunk_size`.
+#'   per cell from `seed`, so results do not depend on `chunk_size`.
 #' @param chunk_size cells per chunk (default: from the number of samples).
 #' @param admissible mask counterfactuals that extrapolate: `NULL` (none),
 #'   `TRUE` (computed with [admissibility()] defaults) or a logical matrix of
@@ -37,6 +37,10 @@
 #'   \eqn{D(C)[a, b]} only when both samples are admissible for it, and each
 #'   pair is the mean over the cells that contributed (`NA` if none); with
 #'   `cells`, inadmissible pairs are `NA`.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
 #' @return with `groups`: an array `[S, S, G]` with dimnames (sample, sample,
 #'   group) and attributes `n_cells` (cells per group), `excluded` (per group,
 #'   the samples left out) and `sample_table`. With `cells`: an array
@@ -50,10 +54,11 @@
 #' d[, , 1]
 #' @export
 sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, normalize = FALSE,
-                            mc_samples = 10, chunk_size = NULL, admissible = NULL) {
+                            mc_samples = 10, chunk_size = NULL, admissible = NULL, seed = fit@config$seed) {
   call <- sys.call()
   check_fit(fit, call)
   min_cells <- check_whole(min_cells, "min_cells", call)
+  seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   S <- length(fit@samples)
@@ -66,7 +71,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
     mask <- resolve_admissible(fit, admissible, idx, call)
     v <- mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                             idx - 1L, mc_samples, normalize, fit@config$seed, block)
+                             idx - 1L, mc_samples, normalize, seed, block)
     d <- array(v, c(length(idx), S, S), dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples))
     if (!is.null(mask)) {
       out <- mask[, rep(seq_len(S), S)] & mask[, rep(seq_len(S), each = S)]
@@ -79,7 +84,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   mask <- resolve_admissible(fit, admissible, seq_len(nrow(fit@u_mean)), call)
   res <- mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
                               ifelse(is.na(group), -1L, as.integer(group) - 1L), G, mc_samples,
-                              normalize, fit@config$seed, block,
+                              normalize, seed, block,
                               if (is.null(mask)) integer() else as.integer(mask))
   out <- array(res$mean, c(S, S, G), dimnames = list(fit@samples, fit@samples, levels(group)))
   per_group <- table(factor(group, levels(group)), fit@cell_data$sample)

@@ -34,6 +34,6 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL) {
   s <- per_cell(sample, fit@samples, "sample")
   b <- if (is.null(batch)) as.integer(fit@cell_data$batch[idx]) - 1L else per_cell(batch, fit@batches, "batch")
   check_size(8 * n * length(fit@genes), "counterfactualExpression()", call)
-  v <- mrvi_counterfactual_expression(native_model(fit), fit@u_mean[idx, , drop = FALSE], n, s, b)
+  v <- mrvi_counterfactual_expression(native_model(fit), fit@u_mean[idx, , drop = FALSE], s, b)
   matrix(v, nrow = length(fit@genes), dimnames = list(fit@genes, rownames(fit@u_mean)[idx]))
 }

@@ -6,20 +6,27 @@
 #' @param which `"u"` (sample-free) or `"z"` (sample-aware, under each cell's
 #'   own sample).
 #' @param use_mean `TRUE`: the posterior mean of u; `FALSE`: one draw from the
-#'   posterior per cell (from R's random generator: use [set.seed()]).
+#'   posterior per cell (the first draw under `seed`).
 #' @param sample for new cells (`x` given): their samples, a column name or a
 #'   vector; each must be one of the fitted samples.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
+#'   New cells (`x`) are numbered by their position in `x`.
 #' @return a cells x L matrix with dimnames.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
 #' dim(mrviLatent(fit, which = "z"))
 #' @export
-mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL) {
+mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL,
+                       seed = fit@config$seed) {
   call <- sys.call()
   check_fit(fit, call)
   which <- match_choice(which, c("u", "z"), "which", call)
   check_flag(use_mean, "use_mean", call)
+  seed <- check_whole(seed, "seed", call)
   if (is.null(x)) {
     mean <- fit@u_mean
     sd <- fit@u_sd
@@ -35,10 +42,29 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
     mean <- latent_matrix(post$mean, cells, "u")
     sd <- latent_matrix(post$sd, cells, "u")
   }
-  u <- if (use_mean) mean else mean + sd * stats::rnorm(length(sd))
+  u <- mean
+  if (!use_mean) u[] <- posterior_u(mean, sd, seq_len(nrow(mean)), 1L, seed)
   if (which == "u") return(u)
   z <- mrvi_z_from_u(native_model(fit), u, codes)
   latent_matrix(z, cells, "z")
+}
+
+# Every function that draws u draws it in the core's posterior module
+# (src/rust/mrvi-core/src/posterior.rs), through these two helpers: draw m of
+# cell i under seed s depends on (s, i, m) alone, so it does not depend on which
+# cells are asked for, in what chunks, or by how many workers.
+
+# Draw m of u (m = 0: the posterior mean) for the cells `idx` (1-based rows) of
+# the posterior `mean`, `sd` (cells x L) under `seed`: a length(idx) x L matrix.
+posterior_u <- function(mean, sd, idx, m, seed) {
+  matrix(mrvi_posterior_u(mean, sd, nrow(mean), ncol(mean), idx - 1L, m - 1L, seed), length(idx))
+}
+
+# Counterfactual z of the fit's cells `idx` under `samples` (1-based) for draw
+# m of u under `seed` (m = 0: the posterior mean): the values of [cells, samples, L].
+counterfactual_z <- function(fit, idx, samples, m, seed) {
+  mrvi_counterfactual_z(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), idx - 1L,
+                        samples - 1L, m - 1L, seed)
 }
 
 # Read new cells for a fitted model: known samples, the fitted genes in order.
@@ -80,9 +106,13 @@ new_cells <- function(fit, x, sample, call) {
 #' @param cells `NULL` (all cells the model was trained on), indices or cell names.
 #' @param samples `NULL` (all samples), indices or sample names.
 #' @param use_mean `TRUE`: from the posterior mean of u; `FALSE`: from one
-#'   posterior draw per cell (R's random generator: use [set.seed()]).
+#'   posterior draw per cell (the first draw under `seed`).
 #' @param mc_samples 0, or a number of posterior draws: then the result gains a
 #'   4th dimension, one slice per draw.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
 #' @details The array has `cells x samples x L` numbers (times `mc_samples`).
 #'   Before allocating, its size is estimated; above `getOption("mrvi.max_bytes")`
 #'   (default 2 GB) the call stops and says how to ask for less. For distances
@@ -94,27 +124,25 @@ new_cells <- function(fit, x, sample, call) {
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
 #' dim(counterfactualLatent(fit, cells = 1:10))
 #' @export
-counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0) {
+counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0,
+                                 seed = fit@config$seed) {
   call <- sys.call()
   check_fit(fit, call)
   check_flag(use_mean, "use_mean", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
+  seed <- check_whole(seed, "seed", call)
   cell_idx <- resolve_cells(fit, cells, call)
   sample_idx <- resolve_samples(fit, samples, call)
   L <- z_dim(fit)
   bytes <- 8 * length(cell_idx) * length(sample_idx) * L * max(1, mc_samples)
   check_size(bytes, "counterfactualLatent()", call)
-  mean <- fit@u_mean[cell_idx, , drop = FALSE]
-  sd <- fit@u_sd[cell_idx, , drop = FALSE]
-  one <- function(u) {
-    v <- mrvi_counterfactual_z(native_model(fit), u, nrow(u), sample_idx - 1L)
-    array(v, c(nrow(u), length(sample_idx), L),
+  one <- function(draw) {
+    v <- counterfactual_z(fit, cell_idx, sample_idx, draw, seed)
+    array(v, c(length(cell_idx), length(sample_idx), L),
           dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
   }
-  if (mc_samples == 0) {
-    return(one(if (use_mean) mean else mean + sd * stats::rnorm(length(sd))))
-  }
-  draws <- lapply(seq_len(mc_samples), function(m) one(mean + sd * stats::rnorm(length(sd))))
+  if (mc_samples == 0) return(one(if (use_mean) 0L else 1L))
+  draws <- lapply(seq_len(mc_samples), one)
   out <- array(unlist(draws), c(dim(draws[[1]]), mc_samples))
   dimnames(out) <- c(dimnames(draws[[1]]), list(paste0("draw", seq_len(mc_samples))))
   out

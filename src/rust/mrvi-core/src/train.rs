@@ -94,10 +94,6 @@ impl Trainer {
         })
     }
 
-    pub fn n_validation(&self) -> usize {
-        self.validation_cells.len()
-    }
-
     /// Whether minibatches use the fused CPU likelihood.
     fn fused(&self) -> bool {
         self.config.fused_likelihood && self.model.device() == Device::Cpu

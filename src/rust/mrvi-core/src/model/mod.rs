@@ -368,10 +368,6 @@ impl MrviModel {
         let host_logits = logits.detach().contiguous();
         let host_theta = self.log_theta.detach().contiguous();
         let mut d_logits = Tensor::empty([b, g], (Kind::Float, Device::Cpu));
-        // One thread: libtorch's OpenMP workers spin between parallel regions, and
-        // extra threads here compete with them (measured on 2 cores: 32.9k cells/s
-        // with 1 thread, 28k with 2; bench/train_throughput.R).
-        let threads = 1;
         let counts = nb::HostCounts {
             dense: &host.counts,
             nz_ptr: &host.nz_ptr,
@@ -387,7 +383,6 @@ impl MrviModel {
                 cpu_floats(&host_theta),
                 &counts,
                 cpu_floats_mut(&mut d_logits),
-                threads,
             )
         };
         let d_theta = Tensor::from_slice(&nb.d_log_theta);
