@@ -424,7 +424,7 @@ de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL) {
     if (sum(keep) - p >= 1 && qr(Xi)$rank == p) one_design(i, Xi)
   }
   beta <- lapply(stats::setNames(coefs, coefs), function(k) matrix(B[match(k, colnames(X)), , ], n, L))
-  z_bar <- apply(z, c(1, 3), mean)
+  z_bar <- colMeans(aperm(z, c(2, 1, 3)))  # [cells, L]: the mean over samples
   for (i in which(!full)) z_bar[i, ] <- apply(z[i, mask[i, ], , drop = FALSE], 3, mean)
   list(beta = beta, z_bar = z_bar,
        tests = if (tests) lapply(stat, function(s) cbind(s, n_samples = n_used)))
