@@ -34,8 +34,8 @@
 #' exchangeability), not only the normal model, which is what makes it
 #' calibrated on real fits; the plug-in of the residual covariance alone is
 #' conservative when L is near S. Checked in the package tests: with normal
-#' errors of unequal variance in 10 dimensions and 12 samples, 5.4\% of p < 0.05
-#' and 1.3\% of p < 0.01 (mid-range p-values within 0.04 of uniform); on a fit
+#' errors of unequal variance in 10 dimensions and 12 samples (7 seeds), 5.1-6.4\% of
+#' p < 0.05 and 1.1-1.5\% of p < 0.01 (mid-range p-values within 0.05 of uniform); on a fit
 #' with covariates permuted across samples (12 samples, 5 fits of the test suite's
 #' design, 150 permutations each), 4.3-5.3\% of p < 0.05 for a numeric covariate
 #' and 4.3-7.6\% for a binary one (at most 2.0\% below 0.01): with a binary
