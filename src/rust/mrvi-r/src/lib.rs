@@ -12,7 +12,8 @@ use mrvi_core::batch::Dataset;
 use mrvi_core::infer::{encode, z_from_u};
 use mrvi_core::model::config::{ModelConfig, Prior, TrainConfig};
 use mrvi_core::model::MrviModel;
-use mrvi_core::train::Trainer;
+use mrvi_core::checkpoint;
+use mrvi_core::train::{EpochStats, Trainer};
 use mrvi_core::data::{scan_slots, CscCounts, CscView};
 use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, DistanceSpec, Posterior};
 use mrvi_core::replicates::{replicate_means, Replicates};
@@ -196,6 +197,28 @@ fn mrvi_trainer_info(h: Robj) -> RResult<List> {
     ))
 }
 
+fn epoch_list(s: &EpochStats, t: &Trainer) -> List {
+    list!(
+        epoch = s.epoch as i32,
+        kl_weight = s.kl_weight,
+        train_elbo = s.train_elbo,
+        train_reconstruction = s.train_reconstruction,
+        train_kl = s.train_kl,
+        validation_elbo = s.validation_elbo,
+        validation_reconstruction = s.validation_reconstruction,
+        validation_kl = s.validation_kl,
+        seconds = s.seconds,
+        cells_per_second = s.cells_per_second,
+        seconds_batches = s.seconds_batches,
+        seconds_forward = s.seconds_forward,
+        seconds_backward = s.seconds_backward,
+        seconds_optimizer = s.seconds_optimizer,
+        done = t.done(),
+        stopped_early = t.stopped_early,
+        interrupted = false
+    )
+}
+
 /// Run one epoch; Ctrl-C is checked between minibatches.
 /// @noRd
 #[extendr]
@@ -203,28 +226,28 @@ fn mrvi_trainer_epoch(h: Robj) -> RResult<List> {
     let mut h = trainer_ptr(&h)?;
     let t = trainer_mut(&mut h)?;
     match t.run_epoch(&mut interrupt_pending) {
-        Ok(s) => Ok(list!(
-            epoch = s.epoch as i32,
-            kl_weight = s.kl_weight,
-            train_elbo = s.train_elbo,
-            train_reconstruction = s.train_reconstruction,
-            train_kl = s.train_kl,
-            validation_elbo = s.validation_elbo,
-            validation_reconstruction = s.validation_reconstruction,
-            validation_kl = s.validation_kl,
-            seconds = s.seconds,
-            cells_per_second = s.cells_per_second,
-            seconds_batches = s.seconds_batches,
-            seconds_forward = s.seconds_forward,
-            seconds_backward = s.seconds_backward,
-            seconds_optimizer = s.seconds_optimizer,
-            done = t.done(),
-            stopped_early = t.stopped_early,
-            interrupted = false
-        )),
+        Ok(s) => Ok(epoch_list(&s, t)),
         Err(mrvi_core::Error::Interrupted) => Ok(list!(interrupted = true)),
         Err(e) => Err(rerr(e)),
     }
+}
+
+/// Save the run's state after its last epoch to the file `path` (atomically).
+/// @noRd
+#[extendr]
+fn mrvi_trainer_save(h: Robj, path: &str) -> RResult<()> {
+    let mut h = trainer_ptr(&h)?;
+    checkpoint::save(trainer_mut(&mut h)?, std::path::Path::new(path)).map_err(rerr)
+}
+
+/// Resume a new run from the checkpoint `path`; returns the epochs already done.
+/// @noRd
+#[extendr]
+fn mrvi_trainer_resume(h: Robj, path: &str) -> RResult<List> {
+    let mut h = trainer_ptr(&h)?;
+    let t = trainer_mut(&mut h)?;
+    checkpoint::load(t, std::path::Path::new(path)).map_err(rerr)?;
+    Ok(List::from_values(t.history.iter().map(|s| epoch_list(s, t))))
 }
 
 /// Finish: restore the best weights and return them as safetensors bytes.
@@ -616,6 +639,8 @@ extendr_module! {
     fn mrvi_trainer_new;
     fn mrvi_trainer_info;
     fn mrvi_trainer_epoch;
+    fn mrvi_trainer_save;
+    fn mrvi_trainer_resume;
     fn mrvi_trainer_finish;
     fn mrvi_model_new;
     fn mrvi_model_valid;
