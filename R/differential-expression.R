@@ -81,6 +81,9 @@
 #'   them (see Details).
 #' @param chunk_size cells per block.
 #' @param seed seed of the posterior draws.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread, one block of `chunk_size` cells per task; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return a `DataFrame` with one row per cell and covariate: `cell`,
 #'   `covariate`, `statistic` (F), `df1`, `df2`, `p_value`, `q_value`,
 #'   `effect_size` (the Frobenius norm of the covariate's latent \eqn{\beta}) and
@@ -96,9 +99,11 @@
 #' head(de)
 #' @export
 differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 50, lfc = FALSE, delta = 0.3,
-                                   admissible = NULL, lfc_file = NULL, chunk_size = 1000, seed = 1) {
+                                   admissible = NULL, lfc_file = NULL, chunk_size = 1000, seed = 1,
+                                   BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_flag(lfc, "lfc", call)
   if (!is.numeric(delta) || length(delta) != 1 || is.na(delta) || delta < 0) {
@@ -121,7 +126,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   beta <- lapply(stats::setNames(coefs, coefs), function(k) matrix(NA_real_, length(idx), L))
   chunks <- split(seq_along(idx), ceiling(seq_along(idx) / chunk_size))
   bar <- if (length(chunks) > 1) cli::cli_progress_bar("Differential expression", total = length(chunks))
-  for (rows in chunks) {
+  one_chunk <- function(rows) {
     cells_k <- idx[rows]
     m <- if (is.null(mask)) NULL else mask[rows, , drop = FALSE]
     z_at <- posterior_z_sampler(fit, cells_k, draws, seed)
@@ -138,13 +143,18 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
         lfc_hits <- Map(function(x, h) h + (abs(x) >= delta), lf, lfc_hits)
       }
     }
-    if (lfc) store$put(rows, lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
     z_test <- if (draws == 0) z else if (linear) z_at(0) else z_sum / draws
     res <- de_regression(z_test, design, m)
-    tests[[length(tests) + 1]] <- res$tests
-    for (k in coefs) beta[[k]][rows, ] <- res$beta[[k]]
-    if (!is.null(bar)) cli::cli_progress_update(id = bar)
+    if (lfc) res$lfc <- list(lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
+    res
   }
+  bp_map(chunks, one_chunk, BPPARAM = BPPARAM, each = function(res, i) {
+    rows <- chunks[[i]]
+    if (lfc) store$put(rows, res$lfc[[1]], res$lfc[[2]])
+    tests[[i]] <<- res$tests
+    for (k in coefs) beta[[k]][rows, ] <<- res$beta[[k]]
+    if (!is.null(bar)) cli::cli_progress_update(id = bar)
+  })
   if (!is.null(bar)) cli::cli_progress_done(id = bar)
 
   out <- list()

@@ -14,6 +14,9 @@
 #'   Before allocating, its size is estimated; above `getOption("mrvi.max_bytes")`
 #'   (default 2 GB) the call stops and says how to ask for less. For distances
 #'   over many cells use [sampleDistances()], which streams.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return an array `[cells, samples, L]` (or `[cells, samples, L, draw]`) with
 #'   dimnames.
 #' @examples
@@ -21,9 +24,11 @@
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
 #' dim(counterfactualLatent(fit, cells = 1:10))
 #' @export
-counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0) {
+counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0,
+                                 BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   check_flag(use_mean, "use_mean", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   cell_idx <- resolve_cells(fit, cells, call)
@@ -33,9 +38,12 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
   check_size(bytes, "counterfactualLatent()", call)
   mean <- fit@u_mean[cell_idx, , drop = FALSE]
   sd <- fit@u_sd[cell_idx, , drop = FALSE]
+  # draws come from R's generator in this process; only z is computed in tasks
   one <- function(u) {
-    v <- mrvi_counterfactual_z(native_model(fit), u, nrow(u), sample_idx - 1L)
-    array(v, c(nrow(u), length(sample_idx), L),
+    v <- bp_map(bp_split(seq_len(nrow(u))), function(r) {
+      matrix(mrvi_counterfactual_z(native_model(fit), u[r, , drop = FALSE], length(r), sample_idx - 1L), length(r))
+    }, BPPARAM = BPPARAM)
+    array(do.call(rbind, v), c(nrow(u), length(sample_idx), L),
           dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
   }
   if (mc_samples == 0) {
@@ -86,6 +94,9 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
 #'   \eqn{D(C)[a, b]} only when both samples are admissible for it, and each
 #'   pair is the mean over the cells that contributed (`NA` if none); with
 #'   `cells`, inadmissible pairs are `NA`.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread: one task per group, or per block of `cells`; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return with `groups`: an array `[S, S, G]` with dimnames (sample, sample,
 #'   group) and attributes `n_cells` (cells per group), `excluded` (per group,
 #'   the samples left out) and `sample_table`. With `cells`: an array
@@ -99,9 +110,11 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
 #' d[, , 1]
 #' @export
 sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, normalize = FALSE,
-                            mc_samples = 10, chunk_size = NULL, admissible = NULL) {
+                            mc_samples = 10, chunk_size = NULL, admissible = NULL,
+                            BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   min_cells <- check_whole(min_cells, "min_cells", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
@@ -116,9 +129,13 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     idx <- resolve_cells(fit, cells, call)
     check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
     mask <- resolve_admissible(fit, admissible, idx, call)
-    v <- mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                             idx - 1L, mc_samples, normalize, fit@config$seed, block)
-    d <- array(v, c(length(idx), S, S), dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples))
+    # each task's [cells, S, S] values as a cells x S^2 matrix: stacked by rows
+    v <- bp_map(bp_split(idx), function(cells) {
+      matrix(mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
+                                 cells - 1L, mc_samples, normalize, fit@config$seed, block), length(cells))
+    }, BPPARAM = BPPARAM)
+    d <- array(do.call(rbind, v), c(length(idx), S, S),
+               dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples))
     if (!is.null(mask)) {
       out <- mask[, rep(seq_len(S), S)] & mask[, rep(seq_len(S), each = S)]
       d[!out] <- NA
@@ -128,11 +145,17 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   group <- resolve_groups(fit, groups, call)
   G <- nlevels(group)
   mask <- resolve_admissible(fit, admissible, seq_len(nrow(fit@u_mean)), call)
-  res <- mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                              ifelse(is.na(group), -1L, as.integer(group) - 1L), G, mc_samples,
-                              normalize, fit@config$seed, block,
-                              if (is.null(mask)) integer() else as.integer(mask))
-  out <- array(res$mean, c(S, S, G), dimnames = list(fit@samples, fit@samples, levels(group)))
+  # one task per group: a group's sums run over its cells in the same order
+  # whether the other groups are computed in the same call or not
+  codes <- as.integer(group)
+  res <- bp_map(seq_len(G), function(g) {
+    mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
+                         ifelse(is.na(codes) | codes != g, -1L, 0L), 1L, mc_samples,
+                         normalize, fit@config$seed, block,
+                         if (is.null(mask)) integer() else as.integer(mask))
+  }, BPPARAM = BPPARAM)
+  out <- array(unlist(lapply(res, `[[`, "mean")), c(S, S, G),
+               dimnames = list(fit@samples, fit@samples, levels(group)))
   per_group <- table(factor(group, levels(group)), fit@cell_data$sample)
   excluded <- stats::setNames(vector("list", G), levels(group))
   for (g in seq_len(G)) {
@@ -142,7 +165,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     out[few, , g] <- NA
     out[, few, g] <- NA
   }
-  attr(out, "n_cells") <- stats::setNames(res$n_cells, levels(group))
+  attr(out, "n_cells") <- stats::setNames(vapply(res, `[[`, numeric(1), "n_cells"), levels(group))
   attr(out, "excluded") <- excluded
   attr(out, "min_cells") <- min_cells
   attr(out, "sample_table") <- fit@sample_table

@@ -9,15 +9,20 @@
 #'   posterior per cell (from R's random generator: use [set.seed()]).
 #' @param sample for new cells (`x` given): their samples, a column name or a
 #'   vector; each must be one of the fitted samples.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return a cells x L matrix with dimnames.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
 #' dim(mrviLatent(fit, which = "z"))
 #' @export
-mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL) {
+mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL,
+                       BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   which <- match_choice(which, c("u", "z"), "which", call)
   check_flag(use_mean, "use_mean", call)
   if (is.null(x)) {
@@ -29,16 +34,22 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
     data <- new_cells(fit, x, sample, call)
     counts <- data$counts
     codes <- match(as.character(data$sample), fit@samples) - 1L
-    post <- mrvi_encode(native_model(fit), nrow(counts), ncol(counts), counts@p, counts@i,
-                        counts@x, codes)
+    post <- bp_map(bp_split(seq_len(ncol(counts))), function(j) {
+      block <- counts[, j, drop = FALSE]
+      p <- mrvi_encode(native_model(fit), nrow(block), ncol(block), block@p, block@i, block@x, codes[j])
+      list(mean = matrix(p$mean, length(j)), sd = matrix(p$sd, length(j)))
+    }, BPPARAM = BPPARAM)
     cells <- colnames(counts)
-    mean <- latent_matrix(post$mean, cells, "u")
-    sd <- latent_matrix(post$sd, cells, "u")
+    mean <- latent_matrix(do.call(rbind, lapply(post, `[[`, "mean")), cells, "u")
+    sd <- latent_matrix(do.call(rbind, lapply(post, `[[`, "sd")), cells, "u")
   }
+  # draws come from R's generator here, in this process, before the work is spread
   u <- if (use_mean) mean else mean + sd * stats::rnorm(length(sd))
   if (which == "u") return(u)
-  z <- mrvi_z_from_u(native_model(fit), u, codes)
-  latent_matrix(z, cells, "z")
+  z <- bp_map(bp_split(seq_len(nrow(u))), function(r) {
+    matrix(mrvi_z_from_u(native_model(fit), u[r, , drop = FALSE], codes[r]), length(r))
+  }, BPPARAM = BPPARAM)
+  latent_matrix(do.call(rbind, z), cells, "z")
 }
 
 # Read new cells for a fitted model: known samples, the fitted genes in order.
