@@ -9,7 +9,7 @@
 #'
 #' Approximations (documented choices): \eqn{q_s} uses a random subsample
 #' \eqn{M_s} of at most `max_cells_per_sample` cells of sample s (cost
-#' O(cells x subsample x L), not O(N^2)); densities are evaluated at each cell's
+#' O(cells x max_cells_per_sample x L), not O(N^2)); densities are evaluated at each cell's
 #' posterior mean; a cell never counts in its own sample's reference; with
 #' `exclude_own_sample = TRUE` the cell's own sample is left out of its level's
 #' average, so that a cell does not vote for its own sample.
@@ -74,10 +74,12 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 #' distances of inadmissible pairs.
 #'
 #' @param fit a [MrVIFit-class].
-#' @param subsample reference cells per sample (a random subsample).
+#' @param max_cells_per_sample reference cells per sample (a random subsample
+#'   of at most this many), as in [differentialAbundance()].
 #' @param quantile the per-sample threshold quantile.
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param seed seed of the subsample.
+#' @param subsample deprecated: the former name of `max_cells_per_sample`.
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
@@ -90,12 +92,13 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 #' a <- admissibility(fit)
 #' colMeans(a$admissible)
 #' @export
-admissibility <- function(fit, subsample = 5000, quantile = 0.05, cells = NULL, seed = 1,
-                          BPPARAM = BiocParallel::SerialParam()) {
+admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cells = NULL, seed = 1,
+                          subsample = NULL, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
-  subsample <- check_count(subsample, "subsample", call)
+  if (!is.null(subsample)) max_cells_per_sample <- renamed_arg(subsample, "subsample", "max_cells_per_sample", call)
+  max_cells_per_sample <- check_count(max_cells_per_sample, "max_cells_per_sample", call)
   seed <- check_whole(seed, "seed", call)
   if (!is.numeric(quantile) || length(quantile) != 1 || is.na(quantile) || quantile <= 0 || quantile >= 1) {
     abort_arg("{.arg quantile} must be one number in (0, 1).", call = call)
@@ -103,36 +106,19 @@ admissibility <- function(fit, subsample = 5000, quantile = 0.05, cells = NULL, 
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
   sample <- fit@cell_data$sample
-  ref <- reference_cells(fit, subsample, seed)
+  ref <- reference_cells(fit, max_cells_per_sample, seed)
   # thresholds from each sample's own reference cells (leave-one-out)
-  own_logq <- sample_log_densities(fit, ref$cells, subsample, seed, ref, BPPARAM)
+  own_logq <- sample_log_densities(fit, ref$cells, max_cells_per_sample, seed, ref, BPPARAM)
   threshold <- vapply(seq_along(fit@samples), function(s) {
     v <- own_logq[ref$sample == s, s]
     v <- v[is.finite(v)]
     if (length(v)) stats::quantile(v, quantile, names = FALSE) else NA_real_
   }, numeric(1))
-  logq <- sample_log_densities(fit, idx, subsample, seed, ref, BPPARAM)
+  logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed, ref, BPPARAM)
   log_ratio <- sweep(logq, 2, threshold)
   dimnames(log_ratio) <- list(rownames(fit@u_mean)[idx], fit@samples)
   list(admissible = log_ratio >= 0, log_ratio = log_ratio,
        threshold = stats::setNames(threshold, fit@samples))
-}
-
-# The admissibility mask of an analysis: NULL, TRUE (computed) or a logical
-# matrix over the cells `idx` x samples.
-resolve_admissible <- function(fit, admissible, idx, call) {
-  if (is.null(admissible) || isFALSE(admissible)) return(NULL)
-  if (isTRUE(admissible)) return(admissibility(fit, cells = idx)$admissible)
-  S <- length(fit@samples)
-  if (!is.logical(admissible) || !is.matrix(admissible) || ncol(admissible) != S || nrow(admissible) != length(idx) ||
-      anyNA(admissible)) {
-    abort_arg(c("{.arg admissible} must be NULL, TRUE or a logical matrix of {length(idx)} cells x {S} samples without NA.",
-                "i" = "For example {.code admissibility(fit, cells = cells)$admissible}."), call = call)
-  }
-  if (!is.null(colnames(admissible)) && !identical(colnames(admissible), fit@samples)) {
-    abort_arg("The columns of {.arg admissible} must be the fitted samples in order.", call = call)
-  }
-  admissible
 }
 
 reference_cells <- function(fit, max_per_sample, seed) {

@@ -1,13 +1,29 @@
 #' The libtorch backend: version, devices and threads
 #'
 #' `mrviBackend()` reports what the compiled backend offers in this R session.
-#' `mrviSetThreads()` sets the number of CPU threads libtorch uses. The package
-#' option `mrvi.threads` (default: all cores, as [parallel::detectCores()]) is
-#' applied when the package loads and by every function that computes;
-#' `mrviSetThreads()` changes the option and applies it at once. Threads are set
-#' through libtorch itself (`at::set_num_threads`), so they take effect at any
-#' time, unlike the `OMP_NUM_THREADS` environment variable, which the OpenMP
-#' runtime reads once when R starts.
+#' `mrviSetThreads()` sets the number of CPU threads libtorch uses, through the
+#' package option `mrvi.threads`, which every function that computes applies
+#' (an explicit `n_threads` argument, where a function has one, wins). Threads
+#' are set through libtorch itself (`at::set_num_threads`), so they take effect
+#' at any time, unlike the `OMP_NUM_THREADS` environment variable, which the
+#' OpenMP runtime reads once when R starts.
+#'
+#' **The default (`mrvi.threads` unset, or `mrviSetThreads(NULL)`)** is chosen
+#' for each call from the cores that are idle at that moment (measured over 0.1 s
+#' from `/proc/stat` on Linux and kept for 10 s; all cores elsewhere), at least
+#' one; and one thread in a forked worker (`parallel::mclapply()`,
+#' `BiocParallel::MulticoreParam()`). libtorch's threads wait for each other many
+#' times per minibatch, so a thread that has to share its core with another busy
+#' process holds up all the others: two threads beside one busy process on two
+#' cores ran several times slower than one thread. Using only idle cores keeps a
+#' fit beside other jobs within about 2x of its speed alone. Results for a fixed
+#' `seed` are bit-identical for a given number of threads, which the fit records
+#' (`fit@config$n_threads`); pass `n_threads` (or set `mrvi.threads`) to repeat
+#' a fit exactly whatever else the machine is doing.
+#'
+#' OpenMP threads that wait spin by default, which starves other processes; with
+#' other work on the machine, start R with `OMP_WAIT_POLICY=PASSIVE` (for
+#' example in `~/.Renviron`): the OpenMP runtime reads it only at start-up.
 #'
 #' @return `mrviBackend()`: a list with `libtorch_version`, `cuda_available`,
 #'   `cuda_device_count`, `threads` (in use now) and `deepbind` (whether
@@ -39,12 +55,13 @@ print.mrvi_backend <- function(x, ...) {
 }
 
 #' @rdname mrviBackend
-#' @param n number of CPU threads for libtorch, a positive whole number.
+#' @param n number of CPU threads for libtorch, a positive whole number; `NULL`
+#'   returns to the default (idle cores, see Details).
 #' @export
 mrviSetThreads <- function(n) {
-  n <- cap_threads(check_count(n, "n", call = rlang_caller(1)), "n")
+  if (!is.null(n)) n <- cap_threads(check_count(n, "n", call = rlang_caller(1)), "n")
   options(mrvi.threads = n)
-  invisible(mrvi_set_threads(n))
+  invisible(apply_threads())
 }
 
 default_threads <- function() {
@@ -52,12 +69,47 @@ default_threads <- function() {
   if (is.na(n) || n < 1) 1L else as.integer(n)
 }
 
-# Apply the thread option (or an explicit n_threads argument) before computing.
-# More threads than cores only slow libtorch down: capped, with a message.
+# Apply the thread count before computing: an explicit n_threads argument, else
+# options(mrvi.threads), else the idle cores (see ?mrviBackend). More threads
+# than cores only slow libtorch down: capped, with a message. Returns the count.
 apply_threads <- function(n_threads = NULL, call = rlang_caller()) {
-  n <- if (is.null(n_threads)) getOption("mrvi.threads", default_threads()) else n_threads
-  arg <- if (is.null(n_threads)) "options(mrvi.threads)" else "n_threads"
-  mrvi_set_threads(cap_threads(check_count(n, arg, call = call), arg))
+  n <- n_threads %||% getOption("mrvi.threads")
+  n <- if (is.null(n)) automatic_threads() else {
+    arg <- if (is.null(n_threads)) "options(mrvi.threads)" else "n_threads"
+    cap_threads(check_count(n, arg, call = call), arg)
+  }
+  mrvi_set_threads(n)
+}
+
+# The session's process id (set when the package loads) and the last idle-core count.
+thread_state <- new.env(parent = emptyenv())
+
+automatic_threads <- function() {
+  if (!identical(Sys.getpid(), thread_state$pid)) return(1L)  # a forked worker
+  now <- proc.time()[["elapsed"]]
+  if (is.null(thread_state$idle_at) || now - thread_state$idle_at > 10) {
+    thread_state$idle_cores <- idle_cores(default_threads())
+    thread_state$idle_at <- now
+  }
+  thread_state$idle_cores
+}
+
+# The cores idle over the next 0.1 s (Linux's /proc/stat: idle and iowait time
+# over all time, times the cores), rounded, at least 1; all cores elsewhere.
+idle_cores <- function(cores) {
+  read <- function() {
+    v <- tryCatch(scan("/proc/stat", what = "", nlines = 1, quiet = TRUE), error = function(e) NULL)
+    if (length(v) < 6 || v[1] != "cpu") return(NULL)
+    ticks <- suppressWarnings(as.numeric(v[-1]))
+    c(idle = sum(ticks[4:5]), total = sum(ticks))
+  }
+  a <- read()
+  if (is.null(a)) return(cores)
+  Sys.sleep(0.1)
+  b <- read()
+  spent <- b[["total"]] - a[["total"]]
+  if (is.null(b) || !is.finite(spent) || spent <= 0) return(cores)
+  as.integer(min(cores, max(1, round(cores * (b[["idle"]] - a[["idle"]]) / spent))))
 }
 
 cap_threads <- function(n, arg) {
@@ -67,21 +119,4 @@ cap_threads <- function(n, arg) {
     n <- cores
   }
   n
-}
-
-check_count <- function(n, arg, call) {
-  if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != round(n) ||
-      n > .Machine$integer.max) {
-    abort_arg(c("{.arg {arg}} must be one positive whole number, at most {max_int()}.",
-                "x" = "You gave {given(n)}.",
-                "i" = "For example {.code {arg} = 2}."), call = call)
-  }
-  as.integer(n)
-}
-
-max_int <- function() .Machine$integer.max
-
-# What the user gave, for messages: "1e+10", or the type of anything else.
-given <- function(v) {
-  if (is.numeric(v) && length(v) == 1) format(v) else cli::format_inline("{.obj_type_friendly {v}}")
 }

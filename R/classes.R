@@ -3,7 +3,7 @@
 #' `mrvi()` returns a `MrVIFit`. It holds everything needed to use the model
 #' again, in this or another R session: the configuration, the weights as raw
 #' safetensors bytes, the sample table, the training history, the names of
-#' genes, samples, sites and cells, and the posterior of u for the training
+#' genes, samples, batches and cells, and the posterior of u for the training
 #' cells. The native (libtorch) model is a cache, rebuilt from the weights on
 #' first use, so `saveRDS()`/`readRDS()` and parallel workers just work.
 #'
@@ -48,6 +48,37 @@ setClass("MrVIFit", representation(
   u_sd = "matrix",
   cache = "environment"
 ))
+
+# The one way to make a MrVIFit from trained weights and the data they were
+# trained on (mrvi(), and anything else that trains). The native model is built
+# (and cached under the weights' checksum) before the fit, so that the fit is
+# complete when new() runs the validity method below; the posterior of u of the
+# training cells comes from that model. `config` holds the training settings and
+# outcome (seed, flavour, prior, train, best_epoch, ...).
+new_mrvi_fit <- function(data, weights, model_json, device, history, config) {
+  weights_hash <- mrvi_weights_hash(weights)
+  cache <- new.env(parent = emptyenv())
+  model <- build_model(model_json, weights, device)
+  assign(paste0("model_", weights_hash), model, envir = cache)
+  counts <- data$counts
+  post <- mrvi_encode(model, nrow(counts), ncol(counts), counts@p, counts@i,
+                      counts@x, as.integer(data$sample) - 1L)
+  new("MrVIFit",
+    config = c(list(model_json = model_json, device = device), config,
+               list(mrvi_version = as.character(utils::packageVersion("mrvi")), weights_hash = weights_hash)),
+    weights = weights,
+    sample_table = data$sample_table,
+    history = history,
+    genes = rownames(counts),
+    samples = levels(data$sample),
+    batches = levels(data$batch),
+    labels = if (is.null(data$labels)) character() else levels(data$labels),
+    cell_data = fit_cell_data(data),
+    u_mean = latent_matrix(post$mean, colnames(counts), "u"),
+    u_sd = latent_matrix(post$sd, colnames(counts), "u"),
+    cache = cache
+  )
+}
 
 # The native model behind a fit: built from the weights on first use, and again
 # after saveRDS()/readRDS() (the external pointer is then NULL). It is cached
@@ -127,7 +158,7 @@ setMethod("show", "MrVIFit", function(object) {
   cat(sprintf("<MrVIFit> MrVI (%s flavour, %s prior), %s, trained on %d cells x %d genes\n",
               fl, object@config$prior %||% "normal", dims, nrow(object@cell_data), length(object@genes)))
   cat(sprintf("  samples: %d (%s)\n", length(object@samples), show_some(object@samples, 4)))
-  cat(sprintf("  sites:   %d\n", length(object@batches)))
+  cat(sprintf("  batches: %d\n", length(object@batches)))
   if (nrow(h)) {
     last <- h[nrow(h), ]
     cat(sprintf("  epochs:  %d on %s, best %s%s; validation ELBO %.2f per cell\n",
@@ -157,5 +188,3 @@ setMethod("summary", "MrVIFit", function(object, ...) {
     seconds = sum(h$seconds), device = object@config$device
   )
 })
-
-`%||%` <- function(a, b) if (is.null(a) || (length(a) == 1 && is.na(a))) b else a

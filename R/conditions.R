@@ -65,3 +65,11 @@ user_call <- function() {
   }
   NULL
 }
+
+# Re-signal input errors as coming from the function the user called.
+with_call <- function(expr, call) {
+  tryCatch(expr, mrvi_error = function(e) {
+    e$call <- call
+    stop(e)
+  })
+}

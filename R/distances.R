@@ -1,66 +1,9 @@
-#' Counterfactual sample-aware representations
-#'
-#' For each cell n and sample s', \eqn{z_n^{s'}}: the cell's z had it come from
-#' sample s' (paper §3.1), computed from the cell's posterior of u.
-#'
-#' @param fit a [MrVIFit-class].
-#' @param cells `NULL` (all cells the model was trained on), indices or cell names.
-#' @param samples `NULL` (all samples), indices or sample names.
-#' @param use_mean `TRUE`: from the posterior mean of u; `FALSE`: from one
-#'   posterior draw per cell (R's random generator: use [set.seed()]).
-#' @param mc_samples 0, or a number of posterior draws: then the result gains a
-#'   4th dimension, one slice per draw.
-#' @details The array has `cells x samples x L` numbers (times `mc_samples`).
-#'   Before allocating, its size is estimated; above `getOption("mrvi.max_bytes")`
-#'   (default 2 GB) the call stops and says how to ask for less. For distances
-#'   over many cells use [sampleDistances()], which streams.
-#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
-#'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
-#'   number of workers (see [mrvi-parallel]).
-#' @return an array `[cells, samples, L]` (or `[cells, samples, L, draw]`) with
-#'   dimnames.
-#' @examples
-#' sim <- mrvi:::example_counts()
-#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
-#' dim(counterfactualLatent(fit, cells = 1:10))
-#' @export
-counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0,
-                                 BPPARAM = BiocParallel::SerialParam()) {
-  call <- sys.call()
-  check_fit(fit, call)
-  check_bpparam(BPPARAM, call)
-  check_flag(use_mean, "use_mean", call)
-  mc_samples <- check_whole(mc_samples, "mc_samples", call)
-  cell_idx <- resolve_cells(fit, cells, call)
-  sample_idx <- resolve_samples(fit, samples, call)
-  L <- z_dim(fit)
-  bytes <- 8 * length(cell_idx) * length(sample_idx) * L * max(1, mc_samples)
-  check_size(bytes, "counterfactualLatent()", call)
-  mean <- fit@u_mean[cell_idx, , drop = FALSE]
-  sd <- fit@u_sd[cell_idx, , drop = FALSE]
-  # draws come from R's generator in this process; only z is computed in tasks
-  one <- function(u) {
-    v <- bp_map(bp_split(seq_len(nrow(u))), function(r) {
-      matrix(mrvi_counterfactual_z(native_model(fit), u[r, , drop = FALSE], length(r), sample_idx - 1L), length(r))
-    }, BPPARAM = BPPARAM)
-    array(do.call(rbind, v), c(nrow(u), length(sample_idx), L),
-          dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
-  }
-  if (mc_samples == 0) {
-    return(one(if (use_mean) mean else mean + sd * stats::rnorm(length(sd))))
-  }
-  draws <- lapply(seq_len(mc_samples), function(m) one(mean + sd * stats::rnorm(length(sd))))
-  out <- array(unlist(draws), c(dim(draws[[1]]), mc_samples))
-  dimnames(out) <- c(dimnames(draws[[1]]), list(paste0("draw", seq_len(mc_samples))))
-  out
-}
-
 #' Sample x sample distances per cell group, or per cell
 #'
 #' MrVI's sample distances (paper eq. 3-4): for a cell n,
 #' \eqn{D(n)[a, b] = \| z_n^a - z_n^b \|_2}; for a group of cells C,
 #' \eqn{D(C)} is the mean of \eqn{D(n)} over the cells of C. Group means are
-#' streamed over blocks of cells in Rust (memory \eqn{O(G S^2 + block \cdot S L)}):
+#' streamed over chunks of K cells (`chunk_size`) in Rust (memory \eqn{O(G S^2 + K S L)}):
 #' the cells x samples x samples array is never formed. Per-cell matrices are
 #' returned only for the cells asked for.
 #'
@@ -86,7 +29,7 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
 #' @param mc_samples posterior draws of u per cell over which \eqn{D(n)} is
 #'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
 #'   per cell from the fit's seed, so results do not depend on `chunk_size`.
-#' @param chunk_size cells per block (default: from the number of samples).
+#' @param chunk_size cells per chunk (default: from the number of samples).
 #' @param admissible mask counterfactuals that extrapolate: `NULL` (none),
 #'   `TRUE` (computed with [admissibility()] defaults) or a logical matrix of
 #'   cells x samples (all fitted cells, or the `cells` asked for), as
@@ -119,9 +62,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   S <- length(fit@samples)
-  L <- z_dim(fit)
-  block <- if (is.null(chunk_size)) max(16L, min(1024L, as.integer(2^21 / (S * L)))) else
-    check_count(chunk_size, "chunk_size", call)
+  block <- resolve_chunk_size(fit, chunk_size, call)
   apply_threads(call = call)
   own <- as.integer(fit@cell_data$sample) - 1L
   if (!is.null(cells)) {
@@ -170,69 +111,6 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   attr(out, "min_cells") <- min_cells
   attr(out, "sample_table") <- fit@sample_table
   out
-}
-
-resolve_groups <- function(fit, groups, call) {
-  n <- nrow(fit@cell_data)
-  if (is.null(groups)) return(factor(rep("all", n)))
-  if (is.character(groups) && length(groups) == 1 && n != 1) {
-    if (!groups %in% names(fit@cell_data)) {
-      abort_arg(c("{.arg groups} = {.val {groups}} is not a column of the fitted cell data.",
-                  "i" = "Available: {show_some(names(fit@cell_data), 12)}; or give a vector over the {n} fitted cells."),
-                call = call)
-    }
-    groups <- fit@cell_data[[groups]]
-  }
-  if (length(groups) != n) {
-    abort_arg("{.arg groups} must have one value per fitted cell ({n}), not {length(groups)}.", call = call)
-  }
-  groups <- droplevels(as.factor(groups))
-  if (nlevels(groups) == 0) abort_arg("{.arg groups} has no non-NA value.", call = call)
-  groups
-}
-
-resolve_cells <- function(fit, cells, call) {
-  n <- nrow(fit@u_mean)
-  if (is.null(cells)) return(seq_len(n))
-  if (is.character(cells)) {
-    idx <- match(cells, rownames(fit@u_mean))
-    if (anyNA(idx)) {
-      abort_arg("{.arg cells}: {sum(is.na(idx))} name{?s} not among the fitted cells, e.g. {show_some(cells[is.na(idx)], 3)}.",
-                call = call)
-    }
-    return(idx)
-  }
-  if (is.logical(cells) && length(cells) == n) {
-    if (anyNA(cells)) {
-      abort_arg(c("{.arg cells} has {sum(is.na(cells))} NA value{?s}: a logical {.arg cells} must be TRUE or FALSE for every cell.",
-                  "i" = "For example {.code cells = !is.na(keep) & keep}."), call = call)
-    }
-    return(which(cells))
-  }
-  if (!is.numeric(cells) || anyNA(cells) || any(cells < 1 | cells > n | cells != round(cells))) {
-    abort_arg("{.arg cells} must be cell names or indices in 1..{n}.", call = call)
-  }
-  as.integer(cells)
-}
-
-resolve_samples <- function(fit, samples, call) {
-  S <- length(fit@samples)
-  if (is.null(samples)) return(seq_len(S))
-  idx <- if (is.character(samples)) match(samples, fit@samples) else samples
-  if (!is.numeric(idx) || anyNA(idx) || any(idx < 1 | idx > S)) {
-    abort_arg(c("{.arg samples} must be fitted sample names or indices in 1..{S}.",
-                "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
-  }
-  as.integer(idx)
-}
-
-check_size <- function(bytes, what, call,
-                       hint = "Ask for fewer {.arg cells} or {.arg samples}, use {.fn sampleDistances} with {.arg groups} (streamed), or raise {.code options(mrvi.max_bytes = )}.") {
-  limit <- getOption("mrvi.max_bytes", 2e9)
-  if (bytes > limit) {
-    abort_arg(c("{what} would allocate {format(structure(bytes, class = 'object_size'), units = 'auto')}, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
-                "i" = hint), call = call)
-  }
 }
 
 #' Hierarchical clustering of samples from MrVI distances
@@ -320,13 +198,3 @@ group_matrix <- function(d, group, call) {
 
 # Dimension of z (that of u for the linear flavour).
 z_dim <- function(fit) as.integer(fit@config$train$n_latent %||% ncol(fit@u_mean))
-
-# Normalised distances estimate each cell's noise floor (mean and sd of the
-# distances between its own draws), which takes at least 3 draws.
-check_normalize_draws <- function(normalize, mc_samples, call) {
-  check_flag(normalize, "normalize", call)
-  if (normalize && mc_samples < 3) {
-    abort_arg(c("{.arg normalize} = TRUE needs {.arg mc_samples} >= 3 posterior draws.",
-                "i" = "For example {.code mc_samples = 10}, or {.code normalize = FALSE}."), call = call)
-  }
-}

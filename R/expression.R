@@ -2,13 +2,13 @@
 #'
 #' The decoder's expected normalised expression (\eqn{\rho}, proportions over
 #' genes that sum to 1 per cell) of the chosen cells had they come from `sample`
-#' (and site `batch`), from each cell's posterior mean of u. Under the cell's own
-#' sample and site this is the model's fitted mean divided by the library size.
+#' (and `batch`), from each cell's posterior mean of u. Under the cell's own
+#' sample and batch this is the model's fitted mean divided by the library size.
 #'
 #' @param fit a [MrVIFit-class].
 #' @param cells indices or names of fitted cells.
 #' @param sample one fitted sample for all cells, or one per cell.
-#' @param batch `NULL` (each cell's own site), one site for all cells, or one per cell.
+#' @param batch `NULL` (each cell's own batch), one batch for all cells, or one per cell.
 #' @return a genes x cells matrix.
 #' @examples
 #' sim <- mrvi:::example_counts()

@@ -28,9 +28,10 @@ mrvi_csc_scan <- function(n_genes, n_cells, p, i, x) rust(.Call(wrap__mrvi_csc_s
 #' @noRd
 mrvi_debug_panic <- function() rust(.Call(wrap__mrvi_debug_panic))
 
-#' Build the model and trainer. Codes are 0-based.
+#' Build the model and trainer. Codes are 0-based (`label`: empty when there
+#' are none); `settings` is the named list that R/fit.R makes (`Settings`).
 #' @noRd
-mrvi_trainer_new <- function(n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels) rust(.Call(wrap__mrvi_trainer_new, n_genes, n_cells, p, i, x, sample, site, n_samples, n_batches, n_latent, max_epochs, batch_size, lr, n_epochs_kl_warmup, early_stopping, patience, validation_fraction, seed, device, flavour, n_latent_u, prior, n_mixture, label, n_labels))
+mrvi_trainer_new <- function(n_genes, n_cells, p, i, x, sample, site, label, n_samples, n_batches, n_labels, settings, device) rust(.Call(wrap__mrvi_trainer_new, n_genes, n_cells, p, i, x, sample, site, label, n_samples, n_batches, n_labels, settings, device))
 
 #' @noRd
 mrvi_trainer_info <- function(h) rust(.Call(wrap__mrvi_trainer_info, h))

@@ -8,12 +8,15 @@
 #' 300 epochs, partly into the sample-free u). Flavour `"linear"` (the paper's):
 #' per cell a sample-free state \eqn{u \sim N(0, I_L)} and a sample-aware state
 #' \eqn{z = u + A_s\,sg(u) + a_s}; counts are negative binomial with mean
-#' \eqn{l \cdot softmax(C z + C_b\,drop(sg(z)) + c_b)} for site b, gene-wise
+#' \eqn{l \cdot softmax(C z + C_b\,drop(sg(z)) + c_b)} for batch b, gene-wise
 #' inverse dispersion and the observed library size l. The encoder
 #' \eqn{q(u | x, s)} reads log1p counts with sample-conditional normalisation.
 #' Training maximises the ELBO with Adam (weight decay 1e-8, gradient-norm
 #' clipping at 40), a linear KL warm-up, a held-out validation set and early
 #' stopping that restores the weights of the best validation ELBO.
+#' On the CPU the likelihood and its gradient come from one fused pass;
+#' `options(mrvi.fused_likelihood = FALSE)` lets autograd differentiate it
+#' instead (slower; for comparison).
 #'
 #' @inheritParams mrviData
 #' @param n_latent dimension L of u and z.
@@ -31,10 +34,13 @@
 #' @param device `"cpu"`, `"cuda"` (or `"cuda:K"`), or `"auto"` (CUDA when
 #'   libtorch sees a GPU, else CPU). The device used is printed.
 #' @param n_threads CPU threads for libtorch; `NULL` uses
-#'   `getOption("mrvi.threads")` (all cores by default).
+#'   `getOption("mrvi.threads")`, and when that is unset the cores idle at the
+#'   start of the fit (see [mrviBackend()]). The count used is in
+#'   `fit@config$n_threads`.
 #' @param seed integer seed (0 to 2147483647): a fixed seed gives bit-identical
 #'   weights and latents on the same machine with the same thread count
-#'   (`n_threads`) and device. It does not across CPUs (vector instructions and
+#'   (`n_threads`; pass `fit@config$n_threads` to repeat a fit that used the
+#'   default) and device. It does not across CPUs (vector instructions and
 #'   libtorch's kernels differ, e.g. AMD vs Intel AVX-512) or thread counts:
 #'   results then agree statistically, not bit for bit.
 #' @param verbose print the set-up and a progress bar (epoch, ELBO, time left).
@@ -44,7 +50,7 @@
 #'   \eqn{\epsilon} comes from an attention block between LayerNorm(u) and a
 #'   sample embedding and carries the penalty \eqn{\|\epsilon\|^2/2}; the
 #'   decoder is \eqn{softmax(Linear(z + r(z, b)))} with r an attention block
-#'   against a site embedding. Everything downstream works for both flavours.
+#'   against a batch embedding. Everything downstream works for both flavours.
 #' @param n_latent_u dimension of u for the attention flavour.
 #' @param prior prior on u: `"mog"`, a mixture of diagonal Gaussians over whole
 #'   vectors (default for the attention flavour; with `labels`, one component per
@@ -116,19 +122,25 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay), call)
   check_model_size(nrow(data$counts), nlevels(data$sample), nlevels(data$batch), n_latent,
                    n_latent_u, batch_size, call)
-  apply_threads(n_threads, call = call)
+  threads <- apply_threads(n_threads, call = call)
   counts <- data$counts
+  # everything chosen for the fit crosses to Rust as one object (Settings in
+  # src/rust/mrvi-core/src/model/config.rs)
+  settings <- list(
+    model = list(flavour = flavour, prior = prior, n_latent = n_latent, n_latent_u = n_latent_u,
+                 n_mixture = n_mixture),
+    train = list(max_epochs = max_epochs, batch_size = batch_size, lr = lr,
+                 n_epochs_kl_warmup = n_epochs_kl_warmup, early_stopping = early_stopping,
+                 patience = patience, validation_fraction = validation_fraction, seed = seed,
+                 fused_likelihood = fused_likelihood_option(call))
+  )
+  codes <- function(f) if (is.null(f)) integer(0) else as.integer(f) - 1L
   # with the size guard lifted, building the model can still run out of memory:
   # name the arguments that set its size
   trainer <- tryCatch(mrvi_trainer_new(
     nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
-    as.integer(data$sample) - 1L, as.integer(data$batch) - 1L,
-    nlevels(data$sample), nlevels(data$batch), n_latent,
-    if (is.null(max_epochs)) 0L else max_epochs, batch_size, lr, n_epochs_kl_warmup,
-    early_stopping, patience, validation_fraction, seed, device_used,
-    flavour, n_latent_u, prior, n_mixture,
-    if (is.null(data$labels)) integer(0) else as.integer(data$labels) - 1L,
-    if (is.null(data$labels)) 0L else nlevels(data$labels)
+    codes(data$sample), codes(data$batch), codes(data$labels),
+    nlevels(data$sample), nlevels(data$batch), nlevels(data$labels), settings, device_used
   ), mrvi_memory_error = function(e) {
     abort_arg(c("Not enough memory to build a model with {.arg n_latent} = {n_latent}, {.arg n_latent_u} = {n_latent_u} and {.arg batch_size} = {batch_size} for {nrow(counts)} genes.",
                 "i" = "Choose a smaller {.arg n_latent} (MrVI uses 10 to 30), or free memory."),
@@ -137,8 +149,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   info <- mrvi_trainer_info(trainer)
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
-                          "{nlevels(data$sample)} samples, {nlevels(data$batch)} site{?s}; ",
-                          "device {.strong {info$device}}, {mrvi_backend_info()$threads} thread{?s}, ",
+                          "{nlevels(data$sample)} samples, {nlevels(data$batch)} batch{?es}; ",
+                          "device {.strong {info$device}}, {threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
   resumed <- if (!is.null(checkpoint) && file.exists(checkpoint)) mrvi_trainer_resume(trainer, checkpoint) else list()
@@ -151,20 +163,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
               call = call, class = "mrvi_interrupted")
   }
   done <- mrvi_trainer_finish(trainer)
-  # the model is built (and cached under the weights' checksum) before the fit,
-  # so that the fit is complete, and valid, when new() checks it
-  weights_hash <- mrvi_weights_hash(done$weights)
-  cache <- new.env(parent = emptyenv())
-  model <- build_model(info$model_config, done$weights, info$device)
-  assign(paste0("model_", weights_hash), model, envir = cache)
-  post <- mrvi_encode(model, nrow(counts), ncol(counts), counts@p, counts@i,
-                      counts@x, as.integer(data$sample) - 1L)
   history <- do.call(rbind, lapply(run$history, function(s) {
     as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
   }))
-  fit <- new("MrVIFit",
-    config = list(model_json = info$model_config, device = info$device, seed = seed,
-                  flavour = flavour, prior = prior,
+  fit <- new_mrvi_fit(data, done$weights, info$model_config, info$device, history,
+    config = list(seed = seed, flavour = flavour, prior = prior,
                   train = list(n_latent = n_latent, n_latent_u = n_latent_u, max_epochs = info$max_epochs,
                                batch_size = batch_size, lr = lr,
                                n_epochs_kl_warmup = n_epochs_kl_warmup,
@@ -172,19 +175,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                validation_fraction = validation_fraction),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
-                  mrvi_version = as.character(utils::packageVersion("mrvi")),
-                  weights_hash = weights_hash),
-    weights = done$weights,
-    sample_table = data$sample_table,
-    history = history,
-    genes = rownames(counts),
-    samples = levels(data$sample),
-    batches = levels(data$batch),
-    labels = if (is.null(data$labels)) character() else levels(data$labels),
-    cell_data = fit_cell_data(data),
-    u_mean = latent_matrix(post$mean, colnames(counts), "u"),
-    u_sd = latent_matrix(post$sd, colnames(counts), "u"),
-    cache = cache
+                  n_threads = threads)
   )
   if (run$interrupted) {
     cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",
@@ -253,39 +244,6 @@ latent_matrix <- function(values, cells, prefix) {
   m
 }
 
-resolve_device <- function(device, call) {
-  if (!is.character(device) || length(device) != 1 || is.na(device)) {
-    abort_arg("{.arg device} must be {.val cpu}, {.val cuda} or {.val auto}.", call = call)
-  }
-  tryCatch(mrvi_resolve_device(device), error = function(e) {
-    abort_arg(c("{.arg device} = {.val {device}} cannot be used.", "x" = conditionMessage(e)),
-              call = call)
-  })
-}
-
-# Re-signal input errors as coming from the function the user called.
-with_call <- function(expr, call) {
-  tryCatch(expr, mrvi_error = function(e) {
-    e$call <- call
-    stop(e)
-  })
-}
-
-check_positive <- function(v, arg, call) {
-  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v <= 0 || !is.finite(v)) {
-    abort_arg("{.arg {arg}} must be one positive number.", call = call)
-  }
-}
-
-check_whole <- function(v, arg, call) {
-  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v) ||
-      v > .Machine$integer.max) {
-    abort_arg(c("{.arg {arg}} must be one non-negative whole number, at most {max_int()}.",
-                "x" = "You gave {given(v)}."), call = call)
-  }
-  as.integer(v)
-}
-
 # The size of the model and its training state (weights, gradients, Adam's two
 # moments: 16 bytes per parameter) and of a minibatch, checked before libtorch
 # allocates: a huge n_latent is an argument error, not an allocation failure.
@@ -296,30 +254,18 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
   params <- n_genes * (hidden + L + n_batches + 2) + hidden * (hidden + 2 * Lu) +
     n_samples * (Lu * L + L + hidden) + Lu * L
   bytes <- 16 * params + 4 * batch_size * (3 * n_genes + 4 * (L + Lu + hidden))
-  limit <- getOption("mrvi.max_bytes", 2e9)
-  if (bytes > limit) {
-    abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {format(structure(bytes, class = 'object_size'), units = 'auto')} to train, over the limit of {format(structure(limit, class = 'object_size'), units = 'auto')}.",
+  if (bytes > max_bytes()) {
+    abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {byte_size(bytes)} to train, over the limit of {byte_size(max_bytes())}.",
                 "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or raise {.code options(mrvi.max_bytes = )})."),
               call = call)
   }
 }
 
-# A writable file path for mrvi()'s checkpoint, made absolute (the working
-# directory may change between the run and its resumption).
-check_checkpoint <- function(path, call) {
-  if (!is.character(path) || length(path) != 1 || is.na(path) || !nzchar(path)) {
-    abort_arg("{.arg checkpoint} must be one file path, or {.code NULL}.", call = call)
-  }
-  path <- normalizePath(path, mustWork = FALSE)
-  if (!dir.exists(dirname(path)) || dir.exists(path)) {
-    abort_arg(c("{.arg checkpoint} must be a file in an existing folder.",
-                "x" = "{.file {path}} is a folder, or its folder does not exist."), call = call)
-  }
-  path
+# options(mrvi.fused_likelihood = FALSE): on the CPU, let autograd differentiate
+# the likelihood instead of the fused kernel (slower; for comparison).
+fused_likelihood_option <- function(call) {
+  v <- getOption("mrvi.fused_likelihood", TRUE)
+  check_flag(v, "options(mrvi.fused_likelihood)", call)
+  v
 }
 
-check_flag <- function(v, arg, call) {
-  if (!is.logical(v) || length(v) != 1 || is.na(v)) {
-    abort_arg("{.arg {arg}} must be {.code TRUE} or {.code FALSE}.", call = call)
-  }
-}

@@ -12,7 +12,7 @@
 #'   object.
 #' @param sample the sample (donor, patient, perturbation) of every cell: a
 #'   column name of `colData(x)` / the Seurat `meta.data`, or a vector with one
-#'   value per cell. Required; at least two samples.
+#'   value per cell. Required; at least two samples (see `min_samples`).
 #' @param batch optional nuisance covariate (site, technology, chemistry): a
 #'   column name or a vector with one value per cell.
 #' @param labels optional cell labels (for example cell types): a column name or
@@ -21,6 +21,8 @@
 #'   (default `"counts"`). For a Seurat object, either the layer (v5) or slot
 #'   (v4) holding raw counts in the default assay (default `"counts"`), or the
 #'   name of a Seurat assay, whose `counts` are then used.
+#' @param min_samples the fewest samples with cells that `x` may have: 2 (the
+#'   default) to fit or compare samples; 1 to read new cells for a fitted model.
 #' @param ... unused; an error names anything given here.
 #'
 #' @details
@@ -49,12 +51,12 @@
 #' d
 #' d$sample_table
 #' @export
-mrviData <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+mrviData <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
   UseMethod("mrviData")
 }
 
 #' @export
-mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
   abort_arg(c("{.arg x} must hold raw counts, genes x cells.",
               "x" = "You gave an object of class {.cls {class(x)}}.",
               "i" = paste("Supported: a {.cls dgCMatrix} (or other {.cls Matrix}), a numeric",
@@ -62,26 +64,26 @@ mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "co
 }
 
 #' @export
-mrviData.Matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+mrviData.Matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
   check_dots(...)
   build_mrvi_data(as_dgc(x), cell_meta = NULL, sample = sample, batch = batch,
-                  labels = labels, source = class(x)[1], call = rlang_caller(1))
+                  labels = labels, min_samples = min_samples, source = class(x)[1], call = rlang_caller(1))
 }
 
 #' @export
-mrviData.matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+mrviData.matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
   check_dots(...)
   if (!is.numeric(x) && !is.logical(x)) {
     abort_arg(c("{.arg x} must be a numeric matrix of counts.",
                 "x" = "It is a {typeof(x)} matrix."), call = rlang_caller(1))
   }
   build_mrvi_data(as_dgc(x), cell_meta = NULL, sample = sample, batch = batch,
-                  labels = labels, source = "matrix", call = rlang_caller(1))
+                  labels = labels, min_samples = min_samples, source = "matrix", call = rlang_caller(1))
 }
 
 #' @export
 mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL,
-                                          assay = "counts", ...) {
+                                          assay = "counts", min_samples = 2, ...) {
   check_dots(...)
   call <- rlang_caller(1)
   available <- SummarizedExperiment::assayNames(x)
@@ -93,27 +95,23 @@ mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL
   counts <- SummarizedExperiment::assay(x, assay, withDimnames = TRUE)
   meta <- as.data.frame(SummarizedExperiment::colData(x), optional = TRUE)
   build_mrvi_data(as_dgc(counts, arg = "assay"), cell_meta = meta, sample = sample,
-                  batch = batch, labels = labels, source = class(x)[1], call = call)
+                  batch = batch, labels = labels, min_samples = min_samples, source = class(x)[1], call = call)
 }
 
 #' @export
-mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", ...) {
+mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
   check_dots(...)
   call <- rlang_caller(1)
   counts <- seurat_counts(x, assay, call)
   meta <- x[[]]
   build_mrvi_data(counts, cell_meta = meta, sample = sample, batch = batch,
-                  labels = labels, source = "Seurat", call = call)
+                  labels = labels, min_samples = min_samples, source = "Seurat", call = call)
 }
 
 # --- building and checking ---------------------------------------------------------
 
-# Package state. min_samples: fitting compares samples (2 or more); reading new
-# cells for a fitted model (mrviLatent(fit, x)) needs only known ones.
-the <- new.env(parent = emptyenv())
-the$min_samples <- 2L
-
-build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, call) {
+build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_samples, source, call) {
+  min_samples <- check_count(min_samples, "min_samples", call)
   n_genes <- nrow(counts)
   n_cells <- ncol(counts)
   if (n_genes == 0 || n_cells == 0) {
@@ -161,8 +159,8 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, source, ca
   gone <- levels(sample)[tabulate(sample, nlevels(sample)) == 0]
   if (length(gone)) inform(c("i" = "Dropping sample{?s} {.val {gone}}: no cells with counts remain."))
   sample <- droplevels(sample)
-  if (nlevels(sample) < the$min_samples) {
-    abort_arg(c("{.arg sample} must have at least 2 samples with cells; it has {nlevels(sample)}.",
+  if (nlevels(sample) < min_samples) {
+    abort_arg(c("{.arg sample} must have at least {min_samples} sample{?s} with cells; it has {nlevels(sample)}.",
                 "i" = "MrVI compares samples: give cells from two or more samples."), call = call)
   }
   if (!is.null(batch)) {

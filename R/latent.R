@@ -58,10 +58,8 @@ new_cells <- function(fit, x, sample, call) {
     abort_arg("{.arg sample} is required with new cells {.arg x}: one of the fitted samples per cell.",
               call = call)
   }
-  old <- the$min_samples
-  the$min_samples <- 1L
-  on.exit(the$min_samples <- old)
-  data <- with_call(suppressMessages(mrviData(x, sample = sample)), call)
+  # new cells need only known samples, not two of them
+  data <- with_call(suppressMessages(mrviData(x, sample = sample, min_samples = 1)), call)
   unknown <- setdiff(levels(data$sample), fit@samples)
   if (length(unknown)) {
     abort_arg(c("{.arg sample} has sample{?s} the model was not fitted on: {show_some(unknown)}.",
@@ -84,24 +82,59 @@ new_cells <- function(fit, x, sample, call) {
   data
 }
 
-check_fit <- function(fit, call) {
-  if (!methods::is(fit, "MrVIFit")) {
-    abort_arg(c("{.arg fit} must be a {.cls MrVIFit} from {.fn mrvi}.",
-                "x" = "You gave {.obj_type_friendly {fit}}."), call = call)
+#' Counterfactual sample-aware representations
+#'
+#' For each cell n and sample s', \eqn{z_n^{s'}}: the cell's z had it come from
+#' sample s' (paper §3.1), computed from the cell's posterior of u.
+#'
+#' @param fit a [MrVIFit-class].
+#' @param cells `NULL` (all cells the model was trained on), indices or cell names.
+#' @param samples `NULL` (all samples), indices or sample names.
+#' @param use_mean `TRUE`: from the posterior mean of u; `FALSE`: from one
+#'   posterior draw per cell (R's random generator: use [set.seed()]).
+#' @param mc_samples 0, or a number of posterior draws: then the result gains a
+#'   4th dimension, one slice per draw.
+#' @details The array has `cells x samples x L` numbers (times `mc_samples`).
+#'   Before allocating, its size is estimated; above `getOption("mrvi.max_bytes")`
+#'   (default 2 GB) the call stops and says how to ask for less. For distances
+#'   over many cells use [sampleDistances()], which streams.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
+#' @return an array `[cells, samples, L]` (or `[cells, samples, L, draw]`) with
+#'   dimnames.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' dim(counterfactualLatent(fit, cells = 1:10))
+#' @export
+counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0,
+                                 BPPARAM = BiocParallel::SerialParam()) {
+  call <- sys.call()
+  check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
+  check_flag(use_mean, "use_mean", call)
+  mc_samples <- check_whole(mc_samples, "mc_samples", call)
+  cell_idx <- resolve_cells(fit, cells, call)
+  sample_idx <- resolve_samples(fit, samples, call)
+  L <- z_dim(fit)
+  bytes <- 8 * length(cell_idx) * length(sample_idx) * L * max(1, mc_samples)
+  check_size(bytes, "counterfactualLatent()", call)
+  mean <- fit@u_mean[cell_idx, , drop = FALSE]
+  sd <- fit@u_sd[cell_idx, , drop = FALSE]
+  # draws come from R's generator in this process; only z is computed in tasks
+  one <- function(u) {
+    v <- bp_map(bp_split(seq_len(nrow(u))), function(r) {
+      matrix(mrvi_counterfactual_z(native_model(fit), u[r, , drop = FALSE], length(r), sample_idx - 1L), length(r))
+    }, BPPARAM = BPPARAM)
+    array(do.call(rbind, v), c(nrow(u), length(sample_idx), L),
+          dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
   }
-  problems <- methods::validObject(fit, test = TRUE)
-  if (is.character(problems)) {
-    abort_arg(c("{.arg fit} is inconsistent: its slots were edited or damaged.",
-                "x" = "{problems}",
-                "i" = "Use the fit as {.fn mrvi} returned it, or re-read it from its file."),
-              call = call, class = "mrvi_invalid_fit")
+  if (mc_samples == 0) {
+    return(one(if (use_mean) mean else mean + sd * stats::rnorm(length(sd))))
   }
-}
-
-match_choice <- function(value, choices, arg, call) {
-  if (identical(value, choices)) return(choices[1])
-  if (!is.character(value) || length(value) != 1 || !value %in% choices) {
-    abort_arg("{.arg {arg}} must be one of {.val {choices}}.", call = call)
-  }
-  value
+  draws <- lapply(seq_len(mc_samples), function(m) one(mean + sd * stats::rnorm(length(sd))))
+  out <- array(unlist(draws), c(dim(draws[[1]]), mc_samples))
+  dimnames(out) <- c(dimnames(draws[[1]]), list(paste0("draw", seq_len(mc_samples))))
+  out
 }

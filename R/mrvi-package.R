@@ -24,7 +24,6 @@
 NULL
 
 .onLoad <- function(libname, pkgname) {
-  if (is.null(getOption("mrvi.threads"))) options(mrvi.threads = default_threads())
-  try(mrvi_set_threads(as.integer(getOption("mrvi.threads"))), silent = TRUE)
+  thread_state$pid <- Sys.getpid()  # a forked worker has another (see automatic_threads())
   invisible()
 }

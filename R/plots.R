@@ -195,3 +195,40 @@ support_labels <- function(hc, nodes, support, call) {
 }
 
 utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label", "xpos", "ypos"))
+
+#' Fraction of cells whose sample distances follow a covariate, per group
+#'
+#' @param res the result of [cellAssociation()].
+#' @param groups a vector over the rows of `res`, or a column name of
+#'   `fit@cell_data` (then `fit` is needed).
+#' @param fit the [MrVIFit-class], when `groups` is a column name.
+#' @param alpha q-value threshold.
+#' @return a ggplot bar chart.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type,
+#'             max_epochs = 2, verbose = FALSE)
+#' res <- cellAssociation(fit, setNames(c("a", "a", "b", "b"), fit@samples))
+#' plotAssociation(res, "labels", fit = fit)
+#' @export
+plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
+  call <- sys.call()
+  if (is.character(groups) && length(groups) == 1 && nrow(res) != 1) {
+    if (is.null(fit)) abort_arg("{.arg fit} is needed to read {.arg groups} = {.val {groups}}.", call = call)
+    groups <- fit@cell_data[rownames(res), groups]
+  }
+  if (length(groups) != nrow(res)) {
+    abort_arg("{.arg groups} must have one value per row of {.arg res} ({nrow(res)}).", call = call)
+  }
+  df <- stats::aggregate(list(fraction = res$q_value < alpha), list(group = as.factor(groups)),
+                         mean, na.rm = TRUE)
+  ggplot2::ggplot(df, ggplot2::aes(x = group, y = fraction)) +
+    ggplot2::geom_col(fill = "#7f0000") +
+    ggplot2::scale_y_continuous(limits = c(0, 1)) +
+    ggplot2::labs(x = NULL, y = sprintf("fraction of cells with q < %g", alpha),
+                  title = paste("Sample distances follow", S4Vectors::metadata(res)$covariate %||% "the covariate")) +
+    ggplot2::theme_minimal() +
+    ggplot2::theme(axis.text.x = ggplot2::element_text(angle = 45, hjust = 1))
+}
+
+utils::globalVariables(c("group", "fraction"))

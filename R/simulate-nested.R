@@ -215,7 +215,12 @@ edge_genes <- function(tree, n_genes, per_edge, call) {
   split(sample.int(n_genes, sum(counts)), rep(seq_len(n_edges), counts))
 }
 
-synthetic_counts <- function(cell_type, site, cell_effect, n_genes, expression = "gamma", library_size = 1500) {
+# Fully synthetic counts: per cell type gene means (Gamma(2, 2) or log-normal),
+# one in `marker_one_in` of each type's (random) share of the genes up 4-fold, a
+# log-normal site factor per gene, the design's `cell_effect` (genes x cells),
+# log-normal library sizes and negative binomial counts (size 5).
+synthetic_counts <- function(cell_type, site, cell_effect, n_genes, expression = "gamma", library_size = 1500,
+                             marker_one_in = 3L) {
   n_types <- nlevels(cell_type)
   base <- if (expression == "gamma") {
     matrix(stats::rgamma(n_genes * n_types, shape = 2, rate = 2), n_genes)
@@ -225,7 +230,7 @@ synthetic_counts <- function(cell_type, site, cell_effect, n_genes, expression =
   }
   markers <- split(sample.int(n_genes), rep_len(seq_len(n_types), n_genes))
   for (k in seq_len(n_types)) {
-    m <- markers[[k]][seq_len(max(1L, length(markers[[k]]) %/% 3))]
+    m <- markers[[k]][seq_len(max(1L, length(markers[[k]]) %/% marker_one_in))]
     base[m, k] <- base[m, k] * 4
   }
   site_effect <- matrix(exp(stats::rnorm(n_genes * nlevels(site), sd = 0.3)), n_genes)

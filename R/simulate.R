@@ -1,7 +1,9 @@
-# Nested multi-sample counts with known structure, for tests and examples:
-# cell types with distinct expression; samples nested in sites; a sample effect
-# (a per-sample gene program) only in the `affected` cell types; a
-# multiplicative per-gene site effect. Grows into simulateNested() later.
+# Nested multi-sample counts with known structure, for tests and examples (a
+# plain list, without SingleCellExperiment): cell types with distinct expression;
+# samples nested in sites; a sample effect (a per-sample gene programme) only in
+# the `affected` cell types. The counts come from simulateNested()'s generator,
+# synthetic_counts(), with every gene a marker of one type (strongly separated
+# types).
 simulate_counts <- function(n_cells = 600, n_genes = 100, n_samples = 6, n_sites = 2,
                             n_cell_types = 3, affected = 1, effect = 2, seed = 1) {
   restore <- preserve_rng()
@@ -11,23 +13,17 @@ simulate_counts <- function(n_cells = 600, n_genes = 100, n_samples = 6, n_sites
   site_of_sample <- rep_len(seq_len(n_sites), n_samples)
   site <- factor(paste0("site", site_of_sample[as.integer(sample)]))
   cell_type <- factor(paste0("type", sample.int(n_cell_types, n_cells, replace = TRUE)))
-  base <- matrix(stats::rgamma(n_genes * n_cell_types, shape = 2, rate = 2), n_genes)
-  type_genes <- split(seq_len(n_genes), rep_len(seq_len(n_cell_types), n_genes))
-  for (k in seq_len(n_cell_types)) base[type_genes[[k]], k] <- base[type_genes[[k]], k] * 4
-  site_effect <- matrix(exp(stats::rnorm(n_genes * n_sites, sd = 0.3)), n_genes)
-  # per-sample programs: half of the samples up-regulate gene set 1, the others set 2
+  # per-sample programmes: half of the samples up-regulate gene set 1, the others set 2
   programme <- matrix(1, n_genes, n_samples)
   sets <- split(sample(seq_len(n_genes), 20), rep(1:2, 10))
   group <- rep_len(c(1, 1, 2, 2), n_samples)  # crossed with the sites, not confounded
   for (s in seq_len(n_samples)) programme[sets[[group[s]]], s] <- effect
-  means <- base[, as.integer(cell_type)] * site_effect[, as.integer(site)]
+  cell_effect <- matrix(1, n_genes, n_cells)
   hit <- as.integer(cell_type) %in% affected
-  means[, hit] <- means[, hit] * programme[, as.integer(sample)[hit]]
-  lib <- stats::rlnorm(n_cells, log(1500), 0.3)
-  means <- sweep(means, 2, colSums(means), "/") * rep(lib, each = n_genes)
-  counts <- matrix(stats::rnbinom(length(means), mu = means, size = 5), n_genes)
+  cell_effect[, hit] <- programme[, as.integer(sample)[hit]]
+  counts <- synthetic_counts(cell_type, site, cell_effect, n_genes, marker_one_in = 1L)
   dimnames(counts) <- list(sprintf("g%03d", seq_len(n_genes)), sprintf("c%04d", seq_len(n_cells)))
-  list(counts = methods::as(counts, "CsparseMatrix"), sample = sample, site = site,
+  list(counts = counts, sample = sample, site = site,
        cell_type = cell_type, sample_group = factor(paste0("group", group))[seq_len(n_samples)],
        affected = levels(cell_type)[affected])
 }

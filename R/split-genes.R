@@ -2,7 +2,7 @@
 #'
 #' What separates two sets of samples, for the chosen cells? Each cell's
 #' counterfactual expression (as [counterfactualExpression()], in the cell's
-#' own site) is decoded under every sample of both sides, for `mc_samples`
+#' own batch) is decoded under every sample of both sides, for `mc_samples`
 #' posterior draws of u. Per draw, a gene's log2 fold change is the mean over
 #' cells of (mean log2 expression over the samples of side a) minus (the same
 #' over side b); the result reports its mean over draws, its standard
@@ -51,11 +51,11 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
   for (part in split(idx, ceiling(seq_along(idx) / 512))) {
     mean <- fit@u_mean[part, , drop = FALSE]
     sd <- fit@u_sd[part, , drop = FALSE]
-    site <- as.integer(fit@cell_data$batch[part]) - 1L
+    batch <- as.integer(fit@cell_data$batch[part]) - 1L
     for (m in seq_len(draws)) {
       u <- if (mc_samples == 0) mean else mean + sd * stats::rnorm(length(sd))
-      a <- side_sums(fit, u, site, sides$a)
-      b <- side_sums(fit, u, site, sides$b)
+      a <- side_sums(fit, u, batch, sides$a)
+      b <- side_sums(fit, u, batch, sides$b)
       lfc[, m] <- lfc[, m] + a$log2 - b$log2
       if (m == 1) expression <- expression + cbind(a$expression, b$expression)
     }
@@ -74,14 +74,14 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
   out
 }
 
-# Over the cells of `u` decoded under each of `samples` (in their own sites): per
+# Over the cells of `u` decoded under each of `samples` (in their own batches): per
 # gene, the sum over cells of the mean over samples of log2 expression, and of
 # expression.
-side_sums <- function(fit, u, site, samples) {
+side_sums <- function(fit, u, batch, samples) {
   n <- nrow(u)
   log2_sum <- expression_sum <- 0
   for (s in samples) {
-    rho <- matrix(mrvi_counterfactual_expression(native_model(fit), u, n, rep(s - 1L, n), site), length(fit@genes))
+    rho <- matrix(mrvi_counterfactual_expression(native_model(fit), u, n, rep(s - 1L, n), batch), length(fit@genes))
     log2_sum <- log2_sum + rowSums(log2(rho))
     expression_sum <- expression_sum + rowSums(rho)
   }

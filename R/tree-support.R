@@ -42,7 +42,7 @@
 #'   `TRUE`: distances in units of each cell's posterior noise, clipped at its
 #'   noise floor, as in [sampleDistances()]; `FALSE`: raw distances), `min_cells` (default 5:
 #'   samples with fewer cells in the group are left out, as in
-#'   [sampleDistances()]) and `chunk_size` (cells per block).
+#'   [sampleDistances()]) and `chunk_size` (cells per chunk).
 #' @return for one group, an `ape::phylo` (the point-estimate tree, with branch
 #'   lengths from the linkage heights) whose `node.label` holds the support of
 #'   each internal node's clade, in \[0, 1\] (the root's is 1); for several, a
@@ -78,7 +78,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
   point <- with_call(sampleDistances(fit, groups = factor(grouping, levels = chosen), min_cells = opts$min_cells, mc_samples = opts$mc_samples,
                                      normalize = opts$normalize, chunk_size = opts$chunk_size), call)
   S <- length(fit@samples)
-  block <- opts$chunk_size %||% max(16L, min(1024L, as.integer(2^21 / (S * z_dim(fit)))))
+  block <- resolve_chunk_size(fit, opts$chunk_size, call)
   restore <- preserve_rng()
   on.exit(restore())
   trees <- lapply(stats::setNames(chosen, chosen), function(g) {

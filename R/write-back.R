@@ -51,13 +51,12 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
   }
   if (methods::is(object, "Seurat")) {
     assay <- SeuratObject::DefaultAssay(object)
-    used <- rownames(fit@u_mean)
+    # every cell of the object (NA rows for cells the fit did not use): a Seurat
+    # (v4) reduction must cover all cells
     colnames(u) <- paste0("mrviu_", seq_len(ncol(u)))
     colnames(z) <- paste0("mrviz_", seq_len(ncol(z)))
-    object[["mrvi_u"]] <- SeuratObject::CreateDimReducObject(
-      embeddings = u[used, , drop = FALSE], key = "mrviu_", assay = assay)
-    object[["mrvi_z"]] <- SeuratObject::CreateDimReducObject(
-      embeddings = z[used, , drop = FALSE], key = "mrviz_", assay = assay)
+    object[["mrvi_u"]] <- SeuratObject::CreateDimReducObject(embeddings = u, key = "mrviu_", assay = assay)
+    object[["mrvi_z"]] <- SeuratObject::CreateDimReducObject(embeddings = z, key = "mrviz_", assay = assay)
     SeuratObject::Tool(object) <- fit
     if (!is.null(distances)) SeuratObject::Misc(object, slot = "mrvi_distances") <- distances
     for (nm in names(cell_cols)) object[[nm]] <- cell_cols[[nm]]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU path, end to end (issue 21): on a machine with an NVIDIA GPU,
 #   1. install the CUDA build of libtorch    (MRVI_CUDA=1 bash tools/setup.sh)
-#   2. build and install mrvi linking libtorch_cuda (MRVI_USE_CUDA=1 bash tools/install.sh)
+#   2. build and install mrvi linking libtorch_cuda (MRVI_CUDA=1 bash tools/install.sh)
 #   3. run the CPU/GPU agreement tests          (tests/testthat/test-gpu.R, MRVI_GPU_REQUIRE=1)
 #   4. time, on the GPU and on the CPU in the same run: grouped distances
 #      (1,000,000 cells x 1,000 samples x 20 groups on the GPU; the CPU on 100,000
@@ -163,14 +163,14 @@ if [ "$CPU_ONLY" = 0 ] && [ "$SKIP_BUILD" = 0 ]; then
   fi
   step setup 300 "MRVI_CUDA=1 bash tools/setup.sh && ls .venv/lib/python3*/site-packages/torch/lib/libtorch_cuda.so >/dev/null 2>&1 || { echo '[gpu] .venv holds no libtorch_cuda.so: a CPU-only torch is installed there (remove .venv and rerun) or the CUDA wheel could not be fetched'; exit 1; }" ||
     { say "setup failed: the CUDA wheel (torch==2.13.0, ~2.6 GB with its nvidia-* dependencies) and R must be installable here"; finish; }
-  step build 300 "MRVI_USE_CUDA=1 bash tools/install.sh" || { say "the build failed (log above)"; finish; }
+  step build 300 "MRVI_CUDA=1 bash tools/install.sh" || { say "the build failed (log above)"; finish; }
   export R_LIBS="$ROOT/.Rlib${R_LIBS:+:$R_LIBS}"
 else
   export R_LIBS="${R_LIBS:-$ROOT/.Rlib}"
 fi
 say "R_LIBS=$R_LIBS"
 if [ "$CPU_ONLY" = 0 ]; then
-  step cuda-check 60 "Rscript -e 'suppressMessages(library(mrvi)); b <- mrviBackend(); print(b); if (!isTRUE(b\$cuda_available)) { message(\"[gpu] mrvi sees no CUDA device: was it installed with MRVI_USE_CUDA=1 against the CUDA wheel?\"); quit(status = 1) }'" ||
+  step cuda-check 60 "Rscript -e 'suppressMessages(library(mrvi)); b <- mrviBackend(); print(b); if (!isTRUE(b\$cuda_available)) { message(\"[gpu] mrvi sees no CUDA device: was it installed with MRVI_CUDA=1 against the CUDA wheel?\"); quit(status = 1) }'" ||
     finish
 else
   step backend 60 "Rscript -e 'suppressMessages(library(mrvi)); print(mrviBackend())'" || finish

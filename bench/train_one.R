@@ -1,6 +1,8 @@
 # One training run for bench/train_throughput.R, in its own process so that its
-# peak resident memory is its own:  Rscript bench/train_one.R DATA.rds EPOCHS
+# peak resident memory is its own:  Rscript bench/train_one.R DATA.rds EPOCHS [FLAVOUR [FUSED]]
+# MRVI_BENCH_THREADS fixes the thread count (default: the package's, the idle cores).
 suppressMessages(library(mrvi))
+if (nzchar(Sys.getenv("MRVI_BENCH_THREADS"))) options(mrvi.threads = as.integer(Sys.getenv("MRVI_BENCH_THREADS")))
 args <- commandArgs(trailingOnly = TRUE)
 source("bench/helpers.R")
 d <- readRDS(args[1])
@@ -8,6 +10,7 @@ epochs <- as.integer(args[2])
 data_mb <- peak_rss_mb()
 t0 <- proc.time()[["elapsed"]]
 flavour <- if (length(args) > 2) args[3] else "linear"
+options(mrvi.fused_likelihood = length(args) < 4 || as.logical(args[4]))
 fit <- mrvi(d$counts, sample = d$sample, batch = d$site, max_epochs = epochs, flavour = flavour,
             early_stopping = FALSE, n_epochs_kl_warmup = 1, verbose = FALSE)
 wall <- proc.time()[["elapsed"]] - t0

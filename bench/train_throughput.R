@@ -5,7 +5,7 @@
 # R and the loaded data included). Cells/s = training cells per second of an epoch
 # (validation included), averaged over the epochs after the first.
 # Baselines measured in the same run:
-#   * autograd likelihood: MRVI_FUSED_NB=0 (the negative binomial differentiated by
+#   * autograd likelihood: options(mrvi.fused_likelihood = FALSE) (the negative binomial differentiated by
 #     libtorch's autograd instead of the fused CPU kernel);
 #   * R's BLAS: MRVI_NO_DEEPBIND=1 (libtorch's matrix products bound to R's
 #     reference BLAS, which is what a plain load of libtorch into R gives).
@@ -23,8 +23,8 @@ make <- function(n) {
   f
 }
 
-run <- function(label, data, epochs, env = character(), flavour = "linear") {
-  out <- system2(rscript, c("bench/train_one.R", data, epochs, flavour), stdout = TRUE, stderr = TRUE,
+run <- function(label, data, epochs, env = character(), flavour = "linear", fused = TRUE) {
+  out <- system2(rscript, c("bench/train_one.R", data, epochs, flavour, fused), stdout = TRUE, stderr = TRUE,
                  env = c(paste0("R_LIBS=", lib), env))
   line <- grep("^RESULT", out, value = TRUE)
   if (!length(line)) stop(paste(out, collapse = "\n"))
@@ -41,7 +41,7 @@ d20 <- make(20000)
 d100 <- make(100000)
 res <- rbind(
   run("mrvi (fused likelihood, own BLAS)", d20, 4),
-  run("baseline: autograd likelihood", d20, 4, "MRVI_FUSED_NB=0"),
+  run("baseline: autograd likelihood", d20, 4, fused = FALSE),
   run("baseline: R's reference BLAS", d20, 4, "MRVI_NO_DEEPBIND=1"),
   run("mrvi, attention flavour", d20, 4, flavour = "attention"),
   run("mrvi at 100k cells", d100, 3)

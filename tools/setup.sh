@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.13.0
 # libtorch_cpu.so of the cu130 wheel needs only these two CUDA runtime libraries.
 TORCH_CUDA_DEPS="nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85"
-# Set MRVI_CUDA=1 to install the full CUDA wheel (GPU machines; 2.6 GB).
+# Set MRVI_CUDA=1 to install the full CUDA wheel (GPU machines; 2.6 GB); the same
+# variable at install time (tools/install.sh, configure) links libtorch_cuda.
 MRVI_CUDA="${MRVI_CUDA:-0}"
 
 DEB_PACKAGES="r-base-dev r-cran-matrix r-cran-testthat r-cran-cli r-cran-ggplot2

@@ -15,9 +15,9 @@ export LIBTORCH
 status=0
 summary=$(mktemp)
 echo "== cargo test (Rust core) =="
-# libtorch's random generator is global, so the core's tests run one at a time.
+# Tests that seed libtorch's global random generator take a lock (tests/common), so they run in parallel.
 LD_LIBRARY_PATH="$LIBTORCH/lib" cargo test --release -p mrvi-core \
-  --manifest-path src/rust/Cargo.toml --target-dir src/rust/target -- --test-threads=1 || status=1
+  --manifest-path src/rust/Cargo.toml --target-dir src/rust/target || status=1
 echo "== testthat (R package) =="
 R_LIBS="$PWD/.Rlib" Rscript -e '
   suppressMessages(library(testthat)); library(mrvi)

@@ -1,3 +1,8 @@
+# A fixed thread count, so that results computed at different moments of the run
+# are bit-identical whatever else the machine is doing (the default follows the
+# idle cores; test-backend.R tests that default).
+options(mrvi.threads = min(2L, parallel::detectCores()))
+
 # Small inputs shared by the tests.
 small_counts <- function(n_genes = 30, n_cells = 24, seed = 1) {
   set.seed(seed)
@@ -77,3 +82,35 @@ planted_tree <- local({
     cache
   }
 })
+
+# A small linear fit (5 epochs) on simulated nested data, made once per test run.
+small_fit <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      sim <- mrvi:::simulate_counts(n_cells = 400, n_genes = 60, n_samples = 5, seed = 3)
+      fit <- mrvi(sim$counts, flavour = "linear", sample = sim$sample, labels = sim$cell_type, max_epochs = 5,
+                  seed = 2, verbose = FALSE)
+      cache <<- list(sim = sim, fit = fit)
+    }
+    cache
+  }
+})
+
+# An independent reader of the safetensors weights, to recompute the model in R.
+read_safetensors <- function(bytes) {
+  n <- sum(as.numeric(bytes[1:8]) * 256^(0:7))
+  header <- rawToChar(bytes[9:(8 + n)])
+  body <- bytes[-(1:(8 + n))]
+  entries <- regmatches(header, gregexpr('"[^"]+":\\{[^}]*\\}', header))[[1]]
+  out <- list()
+  for (e in entries) {
+    name <- sub('^"([^"]+)".*', "\\1", e)
+    shape <- as.integer(strsplit(sub('.*"shape":\\[([^]]*)\\].*', "\\1", e), ",")[[1]])
+    off <- as.numeric(strsplit(sub('.*"data_offsets":\\[([^]]*)\\].*', "\\1", e), ",")[[1]])
+    v <- readBin(body[(off[1] + 1):off[2]], "numeric", n = (off[2] - off[1]) / 4, size = 4, endian = "little")
+    # row-major [d1, ..., dk] -> R array indexed [d1, ..., dk]
+    out[[name]] <- if (length(shape) <= 1) v else aperm(array(v, rev(shape)), rev(seq_along(shape)))
+  }
+  out
+}

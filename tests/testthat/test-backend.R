@@ -16,6 +16,34 @@ test_that("threads are set through libtorch and follow the option", {
   mrviSetThreads(2)
   expect_equal(mrviBackend()$threads, 2L)
   expect_error(mrviSetThreads(0), "`n`")
+  # NULL returns to the default: the idle cores, between 1 and all of them
+  n <- mrviSetThreads(NULL)
+  expect_null(getOption("mrvi.threads"))
+  expect_true(n >= 1 && n <= parallel::detectCores())
+  expect_equal(mrviBackend()$threads, n)
+})
+
+test_that("the default thread count uses idle cores only, and one thread in a forked worker", {
+  skip_on_os("windows")
+  cores <- parallel::detectCores()
+  idle <- mrvi:::idle_cores(cores)
+  expect_true(idle >= 1 && idle <= cores)
+  # a busy process takes a core away (on a machine with 2 or more cores)
+  if (cores >= 2 && identical(.Platform$OS.type, "unix")) {
+    busy <- parallel::mcparallel({ end <- Sys.time() + 3; while (Sys.time() < end) NULL })
+    Sys.sleep(0.3)
+    expect_lte(mrvi:::idle_cores(cores), cores - 1)
+    tools::pskill(busy$pid)
+    suppressWarnings(parallel::mccollect(busy, wait = TRUE))  # killed: no result
+  }
+  old <- options(mrvi.threads = NULL)
+  on.exit(options(old))
+  child <- parallel::mccollect(parallel::mcparallel(mrvi:::apply_threads()))[[1]]
+  expect_equal(child, 1L)
+  fit <- mrvi(small_counts(), small_samples(), flavour = "linear", max_epochs = 1, verbose = FALSE)
+  expect_true(fit@config$n_threads >= 1 && fit@config$n_threads <= cores)
+  expect_equal(mrvi(small_counts(), small_samples(), flavour = "linear", max_epochs = 1, verbose = FALSE,
+                    n_threads = 1)@config$n_threads, 1L)
 })
 
 test_that("a Rust panic is an R error and R keeps running", {

@@ -22,6 +22,51 @@ test_that("with one latent dimension the test is the ordinary F test of lm()", {
   }
 })
 
+test_that("the posterior-noise floor: the effect's spread over draws, and the law where it binds", {
+  set.seed(5)
+  n <- 4; S <- 10; L <- 3; D <- 8
+  X <- cbind(1, rep(0:1, length.out = S))
+  colnames(X) <- c("(Intercept)", "gb")
+  design <- list(X = X, blocks = list(g = 2))
+  # draws: a tiny covariate-aligned shift, and per draw and sample noise that is
+  # much larger than the shift (so each draw's effect varies by more than it)
+  base <- array(rnorm(n * S * L, sd = 1e-3), c(n, S, L))
+  base[, X[, 2] == 1, 1] <- base[, X[, 2] == 1, 1] + 0.05
+  draws <- lapply(seq_len(D), function(d) base + array(rnorm(n * S * L, sd = 0.2), c(n, S, L)))
+  spread <- mrvi:::posterior_spread(design, NULL)
+  for (z in draws) spread$add(mrvi:::de_regression(z, design, tests = FALSE))
+  z_mean <- Reduce(`+`, draws) / D
+  noise <- spread$result(mrvi:::de_regression(z_mean, design, tests = FALSE), D)
+  for (i in seq_len(n)) {
+    # each draw's effect by lm(), its covariance over draws by cov(), scaled by 1 / C_JJ
+    b <- t(vapply(draws, function(z) coef(lm(z[i, , ] ~ X[, 2]))[2, ], numeric(L)))
+    psi <- cov(b) / solve(crossprod(X))[2, 2]
+    expect_equal(noise$blocks$g$trace[i], sum(diag(psi)), tolerance = 1e-8)
+    expect_equal(noise$blocks$g$dim[i], sum(diag(psi))^2 / sum(psi^2), tolerance = 1e-8)
+  }
+  # the test on the draws' mean: the plain test flags the shift, the floored one
+  # does not, and refers the statistic to F(k, (D - 1) k)
+  plain <- mrvi:::de_regression(base, design)$tests$g
+  floored <- mrvi:::de_regression(z_mean, design, noise = noise)$tests$g
+  expect_true(all(plain[, "p_value"] < 1e-6))
+  expect_true(all(floored[, "p_value"] > 0.01))
+  k <- noise$blocks$g$dim
+  expect_equal(unname(floored[, "df1"]), k)
+  expect_equal(unname(floored[, "df2"]), (D - 1) * k)
+  num <- rowSums(matrix(mrvi:::de_regression(z_mean, design, tests = FALSE)$beta$gb^2, n)) /
+    solve(crossprod(X))[2, 2]
+  expect_equal(unname(floored[, "statistic"]), num / noise$blocks$g$trace, tolerance = 1e-8)
+  expect_equal(unname(floored[, "p_value"]), pf(num / noise$blocks$g$trace, k, (D - 1) * k, lower.tail = FALSE),
+               tolerance = 1e-8)
+  # an effect well beyond the posterior spread still stands out
+  big <- lapply(draws, function(z) { z[, X[, 2] == 1, 1] <- z[, X[, 2] == 1, 1] + 2; z })
+  spread <- mrvi:::posterior_spread(design, NULL)
+  for (z in big) spread$add(mrvi:::de_regression(z, design, tests = FALSE))
+  z_big <- Reduce(`+`, big) / D
+  noise <- spread$result(mrvi:::de_regression(z_big, design, tests = FALSE), D)
+  expect_true(all(mrvi:::de_regression(z_big, design, noise = noise)$tests$g[, "p_value"] < 1e-4))
+})
+
 test_that("the test is calibrated for independent normal errors in many dimensions", {
   set.seed(4)
   S <- 12
@@ -80,7 +125,7 @@ test_that("p-values are calibrated when the covariate is permuted across samples
   cells <- c(sample(which(type == "type1"), 20), sample(which(type == "type2"), 20))
   p <- replicate(150, {
     cov <- data.frame(sample = fit@samples, g = sample(rep(c("a", "b"), length.out = S)), x = rnorm(S))
-    de <- differentialExpression(fit, cov, cells = cells, mc_samples = 0)
+    de <- differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE)
     cbind(g = de$p_value[de$covariate == "g"], x = de$p_value[de$covariate == "x"])
   }, simplify = FALSE)
   p <- do.call(rbind, p)
@@ -99,7 +144,7 @@ test_that("masking inadmissible samples drops them from the cell's regression", 
   mask <- matrix(TRUE, 4, length(fit@samples), dimnames = list(NULL, fit@samples))
   mask[2, 1:3] <- FALSE
   mask[3, 1:9] <- FALSE # 3 samples left: too few for intercept + cov1 + cov2
-  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:4, mc_samples = 0, admissible = mask, lfc = TRUE)
+  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:4, mc_samples = 0, normalize = FALSE, admissible = mask, lfc = TRUE)
   cov1 <- de[de$covariate == "cov1", ]
   expect_equal(cov1$n_samples, c(12, 9, 3, 12))
   expect_true(is.na(cov1$p_value[3]))
@@ -112,10 +157,10 @@ test_that("masking inadmissible samples drops them from the cell's regression", 
   full <- lm(z ~ cov1 + cov2, tab)
   expect_equal(unname(S4Vectors::metadata(de)$beta$cov1yes[2, ]), unname(coef(full)["cov1yes", ]), tolerance = 1e-6)
   # admissible = TRUE computes the mask with admissibility()'s defaults
-  auto <- differentialExpression(fit, "cov1", cells = 1:30, mc_samples = 0, admissible = TRUE)
+  auto <- differentialExpression(fit, "cov1", cells = 1:30, mc_samples = 0, normalize = FALSE, admissible = TRUE)
   expect_equal(auto$n_samples, unname(rowSums(admissibility(fit, cells = 1:30)$admissible)))
   expect_equal(cov1$statistic[c(1, 4)],
-               differentialExpression(fit, c("cov1", "cov2"), cells = c(1, 4), mc_samples = 0)$statistic[1:2])
+               differentialExpression(fit, c("cov1", "cov2"), cells = c(1, 4), mc_samples = 0, normalize = FALSE)$statistic[1:2])
 })
 
 test_that("draws do not depend on chunk_size and a seed reproduces them", {
@@ -145,7 +190,7 @@ test_that("bad covariates get errors that name the fix", {
 test_that("results are written back into SingleCellExperiment and Seurat objects", {
   a <- covariates_fit()
   fit <- a$fit
-  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 11:40, mc_samples = 0)
+  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 11:40, mc_samples = 0, normalize = FALSE)
   sce <- addMrVI(a$sce, fit, differential = de)
   expect_equal(sce$mrvi_de_cov1_q[11:40], de$q_value[de$covariate == "cov1"])
   expect_equal(sce$mrvi_de_cov2_effect[11:40], de$effect_size[de$covariate == "cov2"])
@@ -162,8 +207,8 @@ test_that("log fold changes stream into an HDF5 file and equal the in-memory one
   fit <- a$fit
   f <- tempfile(fileext = ".h5")
   on.exit(unlink(f))
-  mem <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, lfc = TRUE, chunk_size = 25)
-  h5 <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, lfc = TRUE, chunk_size = 25,
+  mem <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, normalize = FALSE, lfc = TRUE, chunk_size = 25)
+  h5 <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, normalize = FALSE, lfc = TRUE, chunk_size = 25,
                                lfc_file = f)
   lfc <- S4Vectors::metadata(h5)$lfc$cov2yes
   expect_s4_class(lfc, "DelayedArray")
@@ -172,7 +217,7 @@ test_that("log fold changes stream into an HDF5 file and equal the in-memory one
   expect_equal(as.matrix(S4Vectors::metadata(h5)$lfc_prob$cov1yes), S4Vectors::metadata(mem)$lfc_prob$cov1yes)
   expect_equal(h5$statistic, mem$statistic)
   # blocks of cells are written where they belong
-  h5b <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, lfc = TRUE, chunk_size = 7,
+  h5b <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, normalize = FALSE, lfc = TRUE, chunk_size = 7,
                                 lfc_file = tempfile(fileext = ".h5"))
   expect_equal(as.matrix(S4Vectors::metadata(h5b)$lfc$cov1yes), S4Vectors::metadata(mem)$lfc$cov1yes, tolerance = 1e-4)
   expect_error(differentialExpression(fit, "cov1", cells = 1:5, lfc = TRUE, lfc_file = f), "does not exist")

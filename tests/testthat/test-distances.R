@@ -1,16 +1,3 @@
-small_fit <- local({
-  cache <- NULL
-  function() {
-    if (is.null(cache)) {
-      sim <- mrvi:::simulate_counts(n_cells = 400, n_genes = 60, n_samples = 5, seed = 3)
-      fit <- mrvi(sim$counts, flavour = "linear", sample = sim$sample, labels = sim$cell_type, max_epochs = 5,
-                  seed = 2, verbose = FALSE)
-      cache <<- list(sim = sim, fit = fit)
-    }
-    cache
-  }
-})
-
 # D(n) by brute force in R from counterfactualLatent(): tolerance 1e-5 (float32 in Rust)
 brute_force <- function(fit, cells) {
   z <- counterfactualLatent(fit, cells = cells)
@@ -101,20 +88,6 @@ test_that("sampleHclust gives a real hclust that the usual tools accept", {
   expect_error(sampleHclust(d, "nope"), "`group` = \"nope\"")
 })
 
-test_that("counterfactualLatent checks the size before allocating", {
-  fit <- small_fit()$fit
-  z <- counterfactualLatent(fit, cells = 1:3, samples = fit@samples[2:3])
-  expect_equal(dim(z), c(3L, 2L, 10L))
-  own <- fit@cell_data$sample[1:3]
-  zz <- counterfactualLatent(fit, cells = 1:3)
-  for (i in 1:3) expect_equal(unname(zz[i, as.character(own[i]), ]), unname(mrviLatent(fit, which = "z")[i, ]), tolerance = 1e-6)
-  expect_equal(dim(counterfactualLatent(fit, cells = 1:2, mc_samples = 3)), c(2L, 5L, 10L, 3L))
-  old <- options(mrvi.max_bytes = 1000)
-  on.exit(options(old))
-  expect_error(counterfactualLatent(fit), "would allocate.*`cells`")
-  expect_error(sampleDistances(fit, cells = 1:400), "would allocate")
-})
-
 test_that("bad arguments name themselves", {
   fit <- small_fit()$fit
   expect_error(sampleDistances(fit, groups = "nope"), "`groups` = \"nope\"")
@@ -134,37 +107,6 @@ test_that("CPU and GPU distances agree", {
   fit_gpu@cache <- new.env()
   gpu <- sampleDistances(fit_gpu, groups = "labels", mc_samples = 0)
   expect_equal(gpu, cpu, tolerance = 1e-4)
-})
-
-test_that("plots return ggplots, with annotation from the sample table", {
-  fit <- small_fit()$fit
-  d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
-  p <- plotSampleDistances(d, "type1")
-  expect_s3_class(p, "ggplot")
-  built <- ggplot2::ggplot_build(p)
-  # tiles follow the tree's order
-  hc <- sampleHclust(d, "type1")
-  expect_equal(levels(p$data$x), hc$labels[hc$order])
-  ann <- data.frame(group = rep(c("a", "b"), length.out = 5), row.names = fit@samples)
-  expect_s3_class(plotSampleDistances(d, "type1", annotation = ann), "ggplot")
-  expect_s3_class(plotSampleTree(d, "type1", annotation = ann), "ggplot")
-  expect_error(plotSampleDistances(d, "type1", annotation = "nope"), "`annotation`")
-  seg <- mrvi:::dendrogram_segments(hc)
-  expect_equal(nrow(seg), 3 * (length(hc$labels) - 1))
-  expect_equal(max(seg$y), max(hc$height))
-})
-
-test_that("distances are written back with addMrVI", {
-  skip_if_not_installed("SingleCellExperiment")
-  f <- small_fit()
-  d <- sampleDistances(f$fit, groups = "labels", mc_samples = 0)
-  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = f$sim$counts))
-  sce <- addMrVI(sce, f$fit, distances = d)
-  expect_identical(S4Vectors::metadata(sce)$mrvi_distances, d)
-  skip_if_not_installed("SeuratObject")
-  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = f$sim$counts))
-  so <- addMrVI(so, f$fit, distances = d)
-  expect_identical(SeuratObject::Misc(so, "mrvi_distances"), d)
 })
 
 test_that("admissibility masks pairs in group means and per-cell matrices", {

@@ -1,21 +1,3 @@
-# An independent reader of the safetensors weights, to recompute the model in R.
-read_safetensors <- function(bytes) {
-  n <- sum(as.numeric(bytes[1:8]) * 256^(0:7))
-  header <- rawToChar(bytes[9:(8 + n)])
-  body <- bytes[-(1:(8 + n))]
-  entries <- regmatches(header, gregexpr('"[^"]+":\\{[^}]*\\}', header))[[1]]
-  out <- list()
-  for (e in entries) {
-    name <- sub('^"([^"]+)".*', "\\1", e)
-    shape <- as.integer(strsplit(sub('.*"shape":\\[([^]]*)\\].*', "\\1", e), ",")[[1]])
-    off <- as.numeric(strsplit(sub('.*"data_offsets":\\[([^]]*)\\].*', "\\1", e), ",")[[1]])
-    v <- readBin(body[(off[1] + 1):off[2]], "numeric", n = (off[2] - off[1]) / 4, size = 4, endian = "little")
-    # row-major [d1, ..., dk] -> R array indexed [d1, ..., dk]
-    out[[name]] <- if (length(shape) <= 1) v else aperm(array(v, rev(shape)), rev(seq_along(shape)))
-  }
-  out
-}
-
 test_that("expression under the cell's own sample is the fitted mean, recomputed in R from the weights", {
   sim <- mrvi:::simulate_counts(n_cells = 300, n_genes = 40, n_samples = 4, n_sites = 2, seed = 8)
   fit <- mrvi(sim$counts, flavour = "linear", sim$sample, batch = sim$site, max_epochs = 10, verbose = FALSE)

@@ -1,6 +1,6 @@
 # CPU/GPU agreement (issue 21). Skipped where mrvi sees no CUDA device
 # (mrviBackend()$cuda_available is FALSE: no GPU, no driver, or a package built
-# without MRVI_USE_CUDA=1); bench/gpu.sh runs this file with MRVI_GPU_REQUIRE=1,
+# without MRVI_CUDA=1); bench/gpu.sh runs this file with MRVI_GPU_REQUIRE=1,
 # which turns those skips into failures.
 #
 # Method: fit on the CPU, then rebuild the same weights on the GPU (a copy of the
@@ -25,7 +25,7 @@ skip_if_no_cuda <- function() {
   if (isTRUE(mrviBackend()$cuda_available)) return(invisible())
   if (identical(Sys.getenv("MRVI_GPU_REQUIRE"), "1")) {
     stop(paste("MRVI_GPU_REQUIRE=1 but mrvi sees no CUDA device (mrviBackend()$cuda_available is FALSE):",
-               "no GPU or driver, or the package was installed without MRVI_USE_CUDA=1"))
+               "no GPU or driver, or the package was installed without MRVI_CUDA=1"))
   }
   skip("no CUDA device (mrviBackend()$cuda_available is FALSE)")
 }

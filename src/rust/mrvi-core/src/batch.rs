@@ -4,7 +4,7 @@
 
 use crate::data::{CountColumns, CscCounts};
 use crate::model::nb::NonZeros;
-use crate::model::{fused_likelihood, Batch, HostCopy};
+use crate::model::{Batch, HostCopy};
 use tch::{Device, Tensor};
 
 /// The data a model sees: counts plus per-cell sample and site codes. `C` is an
@@ -39,12 +39,12 @@ impl<C: CountColumns> Dataset<C> {
         self.counts.n_cells()
     }
 
-    /// The minibatch of `cells`.
-    pub fn batch(&self, cells: &[usize], device: Device) -> Batch {
+    /// The minibatch of `cells`, with a host copy for the fused CPU likelihood
+    /// (`fused`) or the non-zero structure for the tensor one.
+    pub fn batch(&self, cells: &[usize], device: Device, fused: bool) -> Batch {
         let g = self.counts.n_genes();
         let b = cells.len();
         let mut dense = vec![0f32; b * g];
-        let fused = fused_likelihood(device);
         let mut flat = Vec::new();
         let mut gene = Vec::new();
         let mut value = Vec::new();

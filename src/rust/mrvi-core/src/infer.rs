@@ -18,7 +18,8 @@ pub fn encode<C: CountColumns>(model: &MrviModel, data: &Dataset<C>, chunk: usiz
     let mut start = 0;
     tch::no_grad(|| {
         for part in cells.chunks(chunk.max(1)) {
-            let batch = data.batch(part, model.device());
+            // only the log counts are read: the host copy needs no device transfer
+            let batch = data.batch(part, model.device(), true);
             let q = model.encode(&batch.log_counts, &batch.sample);
             copy_column_major(&q.mean, &mut mean, start, n);
             copy_column_major(&q.sd, &mut sd, start, n);

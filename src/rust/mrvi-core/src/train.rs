@@ -17,6 +17,11 @@ use crate::rng::SplitMix64;
 use std::time::Instant;
 use tch::{Device, Tensor};
 
+/// Fixed by MODEL.md §3, not chosen by the user.
+const WEIGHT_DECAY: f64 = 1e-8;
+const ADAM_EPS: f64 = 1e-8;
+const MAX_GRAD_NORM: f64 = 40.0;
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EpochStats {
     pub epoch: usize,
@@ -73,7 +78,7 @@ impl Adam {
     const BETA1: f64 = 0.9;
     const BETA2: f64 = 0.999;
 
-    fn new(vs: &tch::nn::VarStore, config: &TrainConfig) -> Self {
+    fn new(vs: &tch::nn::VarStore, lr: f64) -> Self {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let params = vars
@@ -83,7 +88,7 @@ impl Adam {
                 (name, v, m, s)
             })
             .collect();
-        Self { lr: config.lr, weight_decay: config.weight_decay, eps: config.adam_eps, steps: 0, params }
+        Self { lr, weight_decay: WEIGHT_DECAY, eps: ADAM_EPS, steps: 0, params }
     }
 
     fn zero_grad(&mut self) {
@@ -150,7 +155,7 @@ impl Trainer {
         model_config_matches(&model_config, &data)?;
         tch::manual_seed(config.seed as i64);
         let model = MrviModel::new(model_config, device);
-        let opt = Adam::new(&model.vs, &config);
+        let opt = Adam::new(&model.vs, config.lr);
         let mut rng = SplitMix64::new(config.seed);
         let n = data.n_cells();
         let mut cells: Vec<usize> = (0..n).collect();
@@ -177,6 +182,11 @@ impl Trainer {
 
     pub fn n_validation(&self) -> usize {
         self.validation_cells.len()
+    }
+
+    /// Whether minibatches use the fused CPU likelihood.
+    fn fused(&self) -> bool {
+        self.config.fused_likelihood && self.model.device() == Device::Cpu
     }
 
     pub fn done(&self) -> bool {
@@ -228,14 +238,14 @@ impl Trainer {
             }
             kl_weight = self.kl_weight(epoch, step, n_steps);
             let t = Instant::now();
-            let batch = self.data.batch(cells, device);
+            let batch = self.data.batch(cells, device, self.fused());
             let t = lap(0, t);
             let terms = self.model.step_terms(&batch, kl_weight, true);
             let t = lap(1, t);
             self.opt.zero_grad();
             terms.objective.f_backward()?;
             let t = lap(2, t);
-            self.opt.clip_grad_norm(self.config.max_grad_norm)?;
+            self.opt.clip_grad_norm(MAX_GRAD_NORM)?;
             self.opt.step();
             lap(3, t);
             rec_sum += terms.reconstruction_sum;
@@ -281,7 +291,7 @@ impl Trainer {
         let (mut rec, mut kl) = (0.0, 0.0);
         tch::no_grad(|| {
             for cells in self.validation_cells.chunks(self.config.batch_size.max(1024)) {
-                let terms = self.model.step_terms(&self.data.batch(cells, device), 1.0, false);
+                let terms = self.model.step_terms(&self.data.batch(cells, device, self.fused()), 1.0, false);
                 rec += terms.reconstruction_sum;
                 kl += terms.kl_sum;
             }

@@ -1,16 +1,19 @@
 //! The attention flavour: mixture prior, shapes, gradients, training, streaming.
+mod common;
+
 use mrvi_core::batch::Dataset;
 use mrvi_core::data::CscCounts;
 use mrvi_core::distances::{group_sums, DistanceSpec, Posterior};
 use mrvi_core::infer::encode;
 use mrvi_core::model::attention::{mixture_log_density, AttentionBlock};
-use mrvi_core::model::config::{ModelConfig, TrainConfig};
+use mrvi_core::model::config::{Flavour, ModelSettings, Prior};
 use mrvi_core::rng::SplitMix64;
 use mrvi_core::train::Trainer;
 use tch::{nn, Device, Kind, Tensor};
 
 #[test]
 fn mixture_log_density_equals_a_direct_sum() {
+    let _rng = common::libtorch_rng();
     tch::manual_seed(1);
     let opts = (Kind::Double, Device::Cpu);
     let (n, k, d) = (5i64, 3i64, 4i64);
@@ -41,6 +44,7 @@ fn mixture_log_density_equals_a_direct_sum() {
 
 #[test]
 fn attention_block_shapes_and_finite_difference_gradient() {
+    let _rng = common::libtorch_rng();
     tch::manual_seed(2);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let block = AttentionBlock::new(vs.root() / "att", 6, 5);
@@ -94,8 +98,10 @@ fn toy(n: usize, g: usize, s: i64) -> Dataset {
 
 #[test]
 fn attention_flavour_trains_and_streams_distances() {
-    let cfg = ModelConfig { n_labels: 2, ..ModelConfig::attention(30, 4, 1, 5, 8) };
-    let train = TrainConfig { max_epochs: Some(15), n_epochs_kl_warmup: 3, seed: 4, ..Default::default() };
+    let _rng = common::libtorch_rng();
+    let settings = ModelSettings { flavour: Flavour::Attention, prior: Prior::Mog, n_latent: 8, n_latent_u: 5, n_mixture: 20 };
+    let cfg = settings.model_config(30, 4, 1, 2);
+    let train = common::train_config(15, 3, 4);
     let mut t = Trainer::new(cfg, train, toy(400, 30, 4), Device::Cpu).unwrap();
     while !t.done() {
         t.run_epoch(&mut || false).unwrap();

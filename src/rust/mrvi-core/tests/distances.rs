@@ -1,10 +1,13 @@
 //! The streamed distance kernel against libtorch's cdist and a direct computation.
+mod common;
+
 use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, posterior_draw, DistanceSpec, Posterior};
 use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::MrviModel;
 use tch::{Device, Kind, Tensor};
 
 fn setup(n: usize, s: i64, l: i64) -> (MrviModel, Vec<f64>, Vec<f64>, Vec<i64>) {
+    let _rng = common::libtorch_rng(); // the fixture is the same in every test
     tch::manual_seed(4);
     let model = MrviModel::new(ModelConfig::new(20, s, 1, l), Device::Cpu);
     for (name, v) in model.vs.variables().iter_mut() {

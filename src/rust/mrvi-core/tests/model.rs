@@ -1,12 +1,14 @@
 //! Model-level checks: autograd gradients against finite differences, the
 //! stop-gradients, training improving the ELBO, weights round-tripping.
-//! libtorch's random generator is global: run with `--test-threads=1`.
+//! Every test seeds libtorch's global generator under `common::libtorch_rng()`.
+
+mod common;
 
 use mrvi_core::batch::Dataset;
 use mrvi_core::data::CscCounts;
 use mrvi_core::infer::encode;
 use mrvi_core::io::{load_bytes_into, varstore_to_bytes};
-use mrvi_core::model::config::{ModelConfig, TrainConfig};
+use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::nb::NonZeros;
 use mrvi_core::model::{Batch, MrviModel};
 use mrvi_core::rng::SplitMix64;
@@ -64,6 +66,7 @@ fn double_batch(b: &Batch) -> Batch {
 
 #[test]
 fn gradients_match_finite_differences() {
+    let _rng = common::libtorch_rng();
     let data = toy_data(8, 6, 2, 11);
     tch::manual_seed(0);
     let mut model = MrviModel::new(ModelConfig { n_hidden: 5, ..ModelConfig::new(6, 2, 1, 3) }, Device::Cpu);
@@ -77,9 +80,8 @@ fn gradients_match_finite_differences() {
             let _ = tch::no_grad(|| v.zero_());
         }
     }
-    std::env::set_var("MRVI_FUSED_NB", "0"); // the tensor likelihood, in double precision
-    let batch = double_batch(&data.batch(&(0..8).collect::<Vec<_>>(), Device::Cpu));
-    std::env::remove_var("MRVI_FUSED_NB");
+    // the tensor likelihood, in double precision
+    let batch = double_batch(&data.batch(&(0..8).collect::<Vec<_>>(), Device::Cpu, false));
     let loss = |m: &MrviModel| {
         tch::manual_seed(42); // the same posterior draw at every evaluation
         let l = m.losses(&batch, false);
@@ -114,10 +116,11 @@ fn stop_gradient_keeps_sample_and_site_maps_off_the_encoder() {
     // The gradient reaching the encoder must be the same whatever A_s and C_b are,
     // as long as the forward values agree: check that u's gradient does not flow
     // through A_s sg(u), by comparing to a model with A_s = 0 evaluated at the same z.
+    let _rng = common::libtorch_rng();
     let data = toy_data(4, 6, 2, 5);
     tch::manual_seed(0);
     let model = MrviModel::new(ModelConfig::new(6, 2, 1, 3), Device::Cpu);
-    let batch = data.batch(&[0, 1, 2, 3], Device::Cpu);
+    let batch = data.batch(&[0, 1, 2, 3], Device::Cpu, true);
     let u = Tensor::randn([4, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     for (name, v) in model.vs.variables().iter_mut() {
         if name.contains("sample_effect.A") {
@@ -148,9 +151,10 @@ fn stop_gradient_keeps_sample_and_site_maps_off_the_encoder() {
 
 #[test]
 fn training_improves_the_elbo_and_is_reproducible() {
+    let _rng = common::libtorch_rng();
     let run = || {
         let data = toy_data(600, 40, 4, 3);
-        let cfg = TrainConfig { max_epochs: Some(40), n_epochs_kl_warmup: 4, seed: 9, ..Default::default() };
+        let cfg = common::train_config(40, 4, 9);
         let mut t = Trainer::new(ModelConfig::new(40, 4, 1, 4), cfg, data, Device::Cpu).unwrap();
         while !t.done() {
             t.run_epoch(&mut || false).unwrap();
@@ -187,6 +191,7 @@ fn training_improves_the_elbo_and_is_reproducible() {
 
 #[test]
 fn weights_round_trip_through_safetensors() {
+    let _rng = common::libtorch_rng();
     tch::manual_seed(1);
     let a = MrviModel::new(ModelConfig::new(7, 3, 2, 4), Device::Cpu);
     let bytes = varstore_to_bytes(&a.vs).unwrap();
@@ -201,13 +206,11 @@ fn weights_round_trip_through_safetensors() {
 
 #[test]
 fn fused_cpu_objective_has_the_autograd_gradient() {
+    let _rng = common::libtorch_rng();
     let data = toy_data(50, 30, 3, 8);
     tch::manual_seed(3);
     let model = MrviModel::new(ModelConfig::new(30, 3, 1, 4), Device::Cpu);
-    let build = |fused: bool| {
-        std::env::set_var("MRVI_FUSED_NB", if fused { "1" } else { "0" });
-        data.batch(&(0..50).collect::<Vec<_>>(), Device::Cpu)
-    };
+    let build = |fused: bool| data.batch(&(0..50).collect::<Vec<_>>(), Device::Cpu, fused);
     let (fused_batch, tensor_batch) = (build(true), build(false));
     let grads = |fused: bool| {
         let batch = if fused { &fused_batch } else { &tensor_batch };
@@ -226,7 +229,6 @@ fn fused_cpu_objective_has_the_autograd_gradient() {
     };
     let (rec_f, g_f) = grads(true);
     let (rec_a, g_a) = grads(false);
-    std::env::remove_var("MRVI_FUSED_NB");
     assert!((rec_f - rec_a).abs() < 1e-3 * rec_a.abs(), "reconstruction {rec_f} vs {rec_a}");
     for ((name, a), (_, b)) in g_f.iter().zip(&g_a) {
         let dev = (a - b).abs().max().double_value(&[]);

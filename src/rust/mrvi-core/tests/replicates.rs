@@ -1,4 +1,6 @@
 //! Replicate means against a direct computation of weighted mean distances.
+mod common;
+
 use mrvi_core::distances::{cell_distances, group_sums, posterior_draw, DistanceSpec, Posterior};
 use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::MrviModel;
@@ -6,6 +8,7 @@ use mrvi_core::replicates::{replicate_means, Replicates};
 use tch::{Device, Kind, Tensor};
 
 fn setup(n: usize, s: i64, l: i64) -> (MrviModel, Vec<f64>, Vec<f64>) {
+    let _rng = common::libtorch_rng(); // the fixture is the same in every test
     tch::manual_seed(11);
     let model = MrviModel::new(ModelConfig::new(20, s, 1, l), Device::Cpu);
     for (name, v) in model.vs.variables().iter_mut() {

@@ -10,7 +10,7 @@ use extendr_api::prelude::*;
 use mrvi_core::association::cell_association;
 use mrvi_core::batch::Dataset;
 use mrvi_core::infer::{encode, z_from_u};
-use mrvi_core::model::config::{ModelConfig, Prior, TrainConfig};
+use mrvi_core::model::config::{ModelConfig, Settings};
 use mrvi_core::model::MrviModel;
 use mrvi_core::checkpoint;
 use mrvi_core::train::{EpochStats, Trainer};
@@ -140,47 +140,55 @@ fn trainer_mut(h: &mut ExternalPtr<TrainerHandle>) -> RResult<&mut Trainer> {
     h.try_addr_mut()?.0.as_mut().ok_or_else(|| invalid("this training run has finished"))
 }
 
-/// Build the model and trainer. Codes are 0-based.
+/// A named list of scalars and named lists (NULL for none) as JSON, for serde to
+/// read into one of the core's settings types. Whole doubles become integers,
+/// so that R's numbers fill integer fields.
+fn list_json(x: &Robj, at: &str) -> RResult<serde_json::Value> {
+    use serde_json::Value;
+    if x.is_null() {
+        return Ok(Value::Null);
+    }
+    if let Some(l) = x.as_list() {
+        let mut fields = serde_json::Map::new();
+        for (name, v) in l.iter() {
+            fields.insert(name.to_string(), list_json(&v, name)?);
+        }
+        return Ok(Value::Object(fields));
+    }
+    let value = if x.len() != 1 {
+        None
+    } else {
+        match x.rtype() {
+            Rtype::Logicals => x.as_bool().map(Value::Bool),
+            Rtype::Integers => x.as_integer().map(Value::from),
+            Rtype::Doubles => x.as_real().and_then(|v| {
+                if v.fract() == 0.0 && v.abs() < 9e15 { Some(Value::from(v as i64)) } else { serde_json::Number::from_f64(v).map(Value::Number) }
+            }),
+            Rtype::Strings => x.as_str().map(|v| Value::String(v.into())),
+            _ => None,
+        }
+    };
+    value.ok_or_else(|| invalid(format!("setting `{at}` must be one non-missing value")))
+}
+
+/// Build the model and trainer. Codes are 0-based (`label`: empty when there
+/// are none); `settings` is the named list that R/fit.R makes (`Settings`).
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_trainer_new(
-    n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32],
-    n_samples: i32, n_batches: i32, n_latent: i32, max_epochs: i32, batch_size: i32, lr: f64,
-    n_epochs_kl_warmup: i32, early_stopping: bool, patience: i32, validation_fraction: f64,
-    seed: f64, device: &str, flavour: &str, n_latent_u: i32, prior: &str, n_mixture: i32,
-    label: &[i32], n_labels: i32,
+    n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64], sample: &[i32], site: &[i32], label: &[i32],
+    n_samples: i32, n_batches: i32, n_labels: i32, settings: Robj, device: &str,
 ) -> RResult<ExternalPtr<TrainerHandle>> {
+    let settings: Settings = serde_json::from_value(list_json(&settings, "settings")?)
+        .map_err(|e| invalid(format!("settings: {e}")))?;
     let mut data = dataset(n_genes, n_cells, p, i, x, sample, site)?;
     let device = backend::resolve_device(device).map_err(rerr)?;
-    let (g, s, b) = (n_genes as i64, n_samples as i64, n_batches as i64);
-    let mut model_config = match flavour {
-        "linear" => ModelConfig::new(g, s, b, n_latent as i64),
-        "attention" => ModelConfig::attention(g, s, b, n_latent_u as i64, n_latent as i64),
-        other => return Err(invalid(format!("unknown flavour \"{other}\""))),
-    };
-    model_config.prior = match prior {
-        "normal" => Prior::Normal,
-        "mog" => Prior::Mog,
-        other => return Err(invalid(format!("unknown prior \"{other}\""))),
-    };
-    model_config.n_mixture = n_mixture as i64;
-    if n_labels > 0 && model_config.prior == Prior::Mog {
-        model_config.n_labels = n_labels as i64;
+    let model_config = settings.model.model_config(n_genes as i64, n_samples as i64, n_batches as i64, n_labels as i64);
+    if model_config.n_labels > 0 {
         data = data.with_labels(label.iter().map(|&v| v as i64).collect());
     }
-    let config = TrainConfig {
-        max_epochs: if max_epochs > 0 { Some(max_epochs as usize) } else { None },
-        batch_size: batch_size as usize,
-        lr,
-        n_epochs_kl_warmup: n_epochs_kl_warmup as usize,
-        early_stopping,
-        patience: patience as usize,
-        validation_fraction,
-        seed: seed as u64,
-        ..Default::default()
-    };
-    let t = Trainer::new(model_config, config, data, device).map_err(rerr)?;
+    let t = Trainer::new(model_config, settings.train, data, device).map_err(rerr)?;
     Ok(ExternalPtr::new(TrainerHandle(Some(t))))
 }
 

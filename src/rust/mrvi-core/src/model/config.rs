@@ -4,19 +4,17 @@
 use serde::{Deserialize, Serialize};
 
 /// Which MrVI: the paper's linear sample effect, or the later attention-based one.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Flavour {
-    #[default]
     Linear,
     Attention,
 }
 
 /// The prior on u: standard normal, or a mixture of diagonal Gaussians.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Prior {
-    #[default]
     Normal,
     Mog,
 }
@@ -33,22 +31,19 @@ pub struct ModelConfig {
     pub n_hidden: i64,
     /// dropout on sg(z) in the site-specific decoder term, training only
     pub dropout_rate: f64,
-    #[serde(default)]
     pub flavour: Flavour,
     /// dimension of u; equals n_latent for the linear flavour
-    #[serde(default)]
     pub n_latent_u: i64,
-    #[serde(default)]
     pub prior: Prior,
     /// mixture components of the MoG prior
-    #[serde(default)]
     pub n_mixture: i64,
     /// cell labels that bias the mixture weights (0: none)
-    #[serde(default)]
     pub n_labels: i64,
 }
 
 impl ModelConfig {
+    /// The linear flavour with a normal prior; the other settings come from
+    /// [ModelSettings::model_config].
     pub fn new(n_genes: i64, n_samples: i64, n_batches: i64, n_latent: i64) -> Self {
         Self {
             n_genes,
@@ -65,15 +60,9 @@ impl ModelConfig {
         }
     }
 
-    /// The later MrVI (MODEL.md §4): u of n_latent_u, z of n_latent, MoG prior
-    /// with one component per label when labels are given, else `n_mixture`.
-    pub fn attention(n_genes: i64, n_samples: i64, n_batches: i64, n_latent_u: i64, n_latent: i64) -> Self {
-        Self { flavour: Flavour::Attention, n_latent_u, prior: Prior::Mog, n_mixture: 20, ..Self::new(n_genes, n_samples, n_batches, n_latent) }
-    }
-
-    /// Dimension of u (older configurations have no n_latent_u: then n_latent).
+    /// Dimension of u.
     pub fn dim_u(&self) -> i64 {
-        if self.n_latent_u > 0 { self.n_latent_u } else { self.n_latent }
+        self.n_latent_u
     }
 
     /// Mixture components actually used.
@@ -82,38 +71,66 @@ impl ModelConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Everything `mrvi()` chooses for a fit, as one object that crosses from R
+/// (a named list, converted to this by serde). The user-facing defaults are
+/// `mrvi()`'s (R/fit.R); what R never chooses is fixed here or in `train.rs`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub model: ModelSettings,
+    pub train: TrainConfig,
+}
+
+/// The architecture chosen by the user; the data give the rest (genes,
+/// samples, sites, labels).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    pub flavour: Flavour,
+    pub prior: Prior,
+    /// dimension of z (and of u for the linear flavour)
+    pub n_latent: i64,
+    /// dimension of u for the attention flavour (ignored by the linear one)
+    pub n_latent_u: i64,
+    /// mixture components of the MoG prior when no labels are given
+    pub n_mixture: i64,
+}
+
+impl ModelSettings {
+    /// The model for data with these levels. Labels bias the mixture weights,
+    /// so they count only under the MoG prior.
+    pub fn model_config(&self, n_genes: i64, n_samples: i64, n_batches: i64, n_labels: i64) -> ModelConfig {
+        let n_latent_u = match self.flavour {
+            Flavour::Linear => self.n_latent,
+            Flavour::Attention => self.n_latent_u,
+        };
+        ModelConfig {
+            flavour: self.flavour,
+            n_latent_u,
+            prior: self.prior,
+            n_mixture: self.n_mixture,
+            n_labels: if self.prior == Prior::Mog { n_labels } else { 0 },
+            ..ModelConfig::new(n_genes, n_samples, n_batches, self.n_latent)
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// None: the heuristic min(400, round(20000 / N * 400)), at least 1
     pub max_epochs: Option<usize>,
     pub batch_size: usize,
     pub lr: f64,
-    pub weight_decay: f64,
-    pub adam_eps: f64,
-    pub max_grad_norm: f64,
     pub n_epochs_kl_warmup: usize,
     pub early_stopping: bool,
     pub patience: usize,
     pub validation_fraction: f64,
     pub seed: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            max_epochs: None,
-            batch_size: 256,
-            lr: 2e-3,
-            weight_decay: 1e-8,
-            adam_eps: 1e-8,
-            max_grad_norm: 40.0,
-            n_epochs_kl_warmup: 20,
-            early_stopping: true,
-            patience: 15,
-            validation_fraction: 0.1,
-            seed: 1,
-        }
-    }
+    /// On the CPU, the likelihood and its gradient from one fused pass
+    /// (`nb::fused_log_lik`); false: autograd differentiates the tensor
+    /// likelihood (slower; for comparison and tests). Ignored off the CPU.
+    pub fused_likelihood: bool,
 }
 
 /// MODEL.md §3: min(400, round(20000 / N * 400)), at least 1.

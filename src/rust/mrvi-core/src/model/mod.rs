@@ -116,12 +116,6 @@ impl HostSampleEffect<'_> {
     }
 }
 
-/// Whether minibatches on `device` use the fused CPU likelihood (the default on
-/// the CPU; MRVI_FUSED_NB=0 turns it off, for comparison) or the tensor one.
-pub fn fused_likelihood(device: Device) -> bool {
-    device == Device::Cpu && std::env::var("MRVI_FUSED_NB").map_or(true, |v| v != "0")
-}
-
 /// A minibatch on the model's device.
 pub struct Batch {
     /// log1p(x) [B, G]
@@ -357,7 +351,7 @@ impl MrviModel {
     /// gradient with respect to the logits and log theta come from one fused pass
     /// (`nb::fused_log_lik`) and enter autograd through the linear surrogate
     /// -(sum(logits * dL/dlogits) + sum(log_theta * dL/dlog_theta)), which has
-    /// exactly the right gradient; elsewhere (or with MRVI_FUSED_NB=0) autograd
+    /// exactly the right gradient; elsewhere (or with `fused_likelihood` off) autograd
     /// differentiates the likelihood itself.
     pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms {
         let n = batch.sample.size()[0] as f64;

@@ -1,0 +1,108 @@
+# Argument checkers shared by the exported functions: each stops with a classed
+# error that names the argument and the fix; those for counts return the value
+# as an integer.
+
+check_count <- function(n, arg, call) {
+  if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != round(n) ||
+      n > .Machine$integer.max) {
+    abort_arg(c("{.arg {arg}} must be one positive whole number, at most {max_int()}.",
+                "x" = "You gave {given(n)}.",
+                "i" = "For example {.code {arg} = 2}."), call = call)
+  }
+  as.integer(n)
+}
+
+max_int <- function() .Machine$integer.max
+
+# What the user gave, for messages: "1e+10", or the type of anything else.
+given <- function(v) {
+  if (is.numeric(v) && length(v) == 1) format(v) else cli::format_inline("{.obj_type_friendly {v}}")
+}
+
+check_positive <- function(v, arg, call) {
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v <= 0 || !is.finite(v)) {
+    abort_arg("{.arg {arg}} must be one positive number.", call = call)
+  }
+}
+
+check_whole <- function(v, arg, call) {
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v) ||
+      v > .Machine$integer.max) {
+    abort_arg(c("{.arg {arg}} must be one non-negative whole number, at most {max_int()}.",
+                "x" = "You gave {given(v)}."), call = call)
+  }
+  as.integer(v)
+}
+
+check_flag <- function(v, arg, call) {
+  if (!is.logical(v) || length(v) != 1 || is.na(v)) {
+    abort_arg("{.arg {arg}} must be {.code TRUE} or {.code FALSE}.", call = call)
+  }
+}
+
+check_fit <- function(fit, call) {
+  if (!methods::is(fit, "MrVIFit")) {
+    abort_arg(c("{.arg fit} must be a {.cls MrVIFit} from {.fn mrvi}.",
+                "x" = "You gave {.obj_type_friendly {fit}}."), call = call)
+  }
+  problems <- methods::validObject(fit, test = TRUE)
+  if (is.character(problems)) {
+    abort_arg(c("{.arg fit} is inconsistent: its slots were edited or damaged.",
+                "x" = "{problems}",
+                "i" = "Use the fit as {.fn mrvi} returned it, or re-read it from its file."),
+              call = call, class = "mrvi_invalid_fit")
+  }
+}
+
+match_choice <- function(value, choices, arg, call) {
+  if (identical(value, choices)) return(choices[1])
+  if (!is.character(value) || length(value) != 1 || !value %in% choices) {
+    abort_arg("{.arg {arg}} must be one of {.val {choices}}.", call = call)
+  }
+  value
+}
+
+# The allocation guard: option mrvi.max_bytes (2 GB by default), and sizes as
+# "1.9 Gb" in messages.
+max_bytes <- function() getOption("mrvi.max_bytes", 2e9)
+byte_size <- function(bytes) format(structure(bytes, class = "object_size"), units = "auto")
+
+check_size <- function(bytes, what, call,
+                       hint = "Ask for fewer {.arg cells} or {.arg samples}, use {.fn sampleDistances} with {.arg groups} (streamed), or raise {.code options(mrvi.max_bytes = )}.") {
+  if (bytes > max_bytes()) {
+    abort_arg(c("{what} would allocate {byte_size(bytes)}, over the limit of {byte_size(max_bytes())}.",
+                "i" = hint), call = call)
+  }
+}
+
+# Normalised distances estimate each cell's noise floor (mean and sd of the
+# distances between its own draws), which takes at least 3 draws.
+check_normalize_draws <- function(normalize, mc_samples, call) {
+  check_flag(normalize, "normalize", call)
+  if (normalize && mc_samples < 3) {
+    abort_arg(c("{.arg normalize} = TRUE needs {.arg mc_samples} >= 3 posterior draws.",
+                "i" = "For example {.code mc_samples = 10}, or {.code normalize = FALSE}."), call = call)
+  }
+}
+
+# A renamed argument given under its former name: warn, and use its value.
+renamed_arg <- function(value, old, new, call) {
+  cli::cli_warn(c("{.arg {old}} is deprecated: use {.arg {new}}.",
+                  "i" = "{.arg {old}} will be removed in a later version."),
+                class = c("mrvi_deprecated", "mrvi_warning"), call = call)
+  value
+}
+
+# A writable file path for mrvi()'s checkpoint, made absolute (the working
+# directory may change between the run and its resumption).
+check_checkpoint <- function(path, call) {
+  if (!is.character(path) || length(path) != 1 || is.na(path) || !nzchar(path)) {
+    abort_arg("{.arg checkpoint} must be one file path, or {.code NULL}.", call = call)
+  }
+  path <- normalizePath(path, mustWork = FALSE)
+  if (!dir.exists(dirname(path)) || dir.exists(path)) {
+    abort_arg(c("{.arg checkpoint} must be a file in an existing folder.",
+                "x" = "{.file {path}} is a folder, or its folder does not exist."), call = call)
+  }
+  path
+}

@@ -1,0 +1,93 @@
+# Resolvers: turn what the user gave (names, indices, logical masks, column names,
+# NULL for "all") into what the code uses (indices, factors, masks), or stop.
+
+resolve_cells <- function(fit, cells, call) {
+  n <- nrow(fit@u_mean)
+  if (is.null(cells)) return(seq_len(n))
+  if (is.character(cells)) {
+    idx <- match(cells, rownames(fit@u_mean))
+    if (anyNA(idx)) {
+      abort_arg("{.arg cells}: {sum(is.na(idx))} name{?s} not among the fitted cells, e.g. {show_some(cells[is.na(idx)], 3)}.",
+                call = call)
+    }
+    return(idx)
+  }
+  if (is.logical(cells) && length(cells) == n) {
+    if (anyNA(cells)) {
+      abort_arg(c("{.arg cells} has {sum(is.na(cells))} NA value{?s}: a logical {.arg cells} must be TRUE or FALSE for every cell.",
+                  "i" = "For example {.code cells = !is.na(keep) & keep}."), call = call)
+    }
+    return(which(cells))
+  }
+  if (!is.numeric(cells) || anyNA(cells) || any(cells < 1 | cells > n | cells != round(cells))) {
+    abort_arg("{.arg cells} must be cell names or indices in 1..{n}.", call = call)
+  }
+  as.integer(cells)
+}
+
+resolve_samples <- function(fit, samples, call) {
+  S <- length(fit@samples)
+  if (is.null(samples)) return(seq_len(S))
+  idx <- if (is.character(samples)) match(samples, fit@samples) else samples
+  if (!is.numeric(idx) || anyNA(idx) || any(idx < 1 | idx > S)) {
+    abort_arg(c("{.arg samples} must be fitted sample names or indices in 1..{S}.",
+                "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
+  }
+  as.integer(idx)
+}
+
+resolve_groups <- function(fit, groups, call) {
+  n <- nrow(fit@cell_data)
+  if (is.null(groups)) return(factor(rep("all", n)))
+  if (is.character(groups) && length(groups) == 1 && n != 1) {
+    if (!groups %in% names(fit@cell_data)) {
+      abort_arg(c("{.arg groups} = {.val {groups}} is not a column of the fitted cell data.",
+                  "i" = "Available: {show_some(names(fit@cell_data), 12)}; or give a vector over the {n} fitted cells."),
+                call = call)
+    }
+    groups <- fit@cell_data[[groups]]
+  }
+  if (length(groups) != n) {
+    abort_arg("{.arg groups} must have one value per fitted cell ({n}), not {length(groups)}.", call = call)
+  }
+  groups <- droplevels(as.factor(groups))
+  if (nlevels(groups) == 0) abort_arg("{.arg groups} has no non-NA value.", call = call)
+  groups
+}
+
+# The admissibility mask of an analysis: NULL, TRUE (computed) or a logical
+# matrix over the cells `idx` x samples.
+resolve_admissible <- function(fit, admissible, idx, call) {
+  if (is.null(admissible) || isFALSE(admissible)) return(NULL)
+  if (isTRUE(admissible)) return(admissibility(fit, cells = idx)$admissible)
+  S <- length(fit@samples)
+  if (!is.logical(admissible) || !is.matrix(admissible) || ncol(admissible) != S || nrow(admissible) != length(idx) ||
+      anyNA(admissible)) {
+    abort_arg(c("{.arg admissible} must be NULL, TRUE or a logical matrix of {length(idx)} cells x {S} samples without NA.",
+                "i" = "For example {.code admissibility(fit, cells = cells)$admissible}."), call = call)
+  }
+  if (!is.null(colnames(admissible)) && !identical(colnames(admissible), fit@samples)) {
+    abort_arg("The columns of {.arg admissible} must be the fitted samples in order.", call = call)
+  }
+  admissible
+}
+
+resolve_device <- function(device, call) {
+  if (!is.character(device) || length(device) != 1 || is.na(device)) {
+    abort_arg("{.arg device} must be {.val cpu}, {.val cuda} or {.val auto}.", call = call)
+  }
+  tryCatch(mrvi_resolve_device(device), error = function(e) {
+    abort_arg(c("{.arg device} = {.val {device}} cannot be used.", "x" = conditionMessage(e)),
+              call = call)
+  })
+}
+
+`%||%` <- function(a, b) if (is.null(a) || (length(a) == 1 && is.na(a))) b else a
+
+# Cells per chunk of the computations streamed in Rust: `chunk_size`, or by
+# default as many as keep a chunk's counterfactuals (cells x S x L) near 2^21
+# numbers, within 16..1024.
+resolve_chunk_size <- function(fit, chunk_size, call) {
+  if (!is.null(chunk_size)) return(check_count(chunk_size, "chunk_size", call))
+  max(16L, min(1024L, as.integer(2^21 / (length(fit@samples) * z_dim(fit)))))
+}

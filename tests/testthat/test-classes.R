@@ -1,0 +1,51 @@
+# R/classes.R: the MrVIFit class, its constructor, validity method, show() and summary().
+
+test_that("show and summary report the fit", {
+  fit <- small_fit()$fit
+  out <- capture.output(show(fit))
+  expect_match(out[1], "<MrVIFit> MrVI \\(linear flavour, normal prior\\), L = 10, trained on 400 cells x 60 genes")
+  expect_match(out, "batches: 1", all = FALSE)
+  s <- summary(fit)
+  expect_equal(s$n_samples, 5)
+  expect_equal(s$n_cells, nrow(fit@cell_data))
+  expect_equal(s$epochs, nrow(fit@history))
+  expect_equal(s$validation_elbo, fit@history$validation_elbo[fit@config$best_epoch])
+  expect_equal(s$seconds, sum(fit@history$seconds))
+})
+
+test_that("the constructor rebuilds a fit from its weights and data", {
+  f <- small_fit()
+  fit <- f$fit
+  data <- suppressMessages(mrviData(f$sim$counts, sample = f$sim$sample, labels = f$sim$cell_type))
+  keep <- setdiff(names(fit@config), c("model_json", "device", "mrvi_version", "weights_hash"))
+  again <- mrvi:::new_mrvi_fit(data, fit@weights, fit@config$model_json, "cpu", fit@history, fit@config[keep])
+  expect_true(validObject(again))
+  expect_identical(again@config, fit@config)
+  expect_identical(again@u_mean, fit@u_mean)
+  expect_identical(again@u_sd, fit@u_sd)
+  expect_identical(again@cell_data, fit@cell_data)
+  expect_identical(again@sample_table, fit@sample_table)
+  # the model is cached under the weights' checksum before new() runs
+  expect_true(exists(paste0("model_", fit@config$weights_hash), envir = again@cache, inherits = FALSE))
+})
+
+test_that("edited slots are caught by the validity method", {
+  fit <- small_fit()$fit
+  expect_true(validObject(fit))
+  edits <- list(
+    function(f) { f@u_mean <- f@u_mean[, 1:3]; f },
+    function(f) { f@u_mean <- f@u_mean[-1, ]; f },
+    function(f) { f@u_sd <- f@u_sd[, 1:2]; f },
+    function(f) { f@cell_data <- f@cell_data[-1, ]; f },
+    function(f) { f@samples <- f@samples[-1]; f },
+    function(f) { f@sample_table <- f@sample_table[-1, ]; f },
+    function(f) { f@weights <- raw(); f },
+    function(f) { f@config$model_json <- NULL; f }
+  )
+  for (edit in edits) {
+    g <- edit(fit)
+    expect_error(validObject(g))
+    expect_error(mrviLatent(g), "`fit` is inconsistent", class = "mrvi_invalid_fit")
+    expect_error(sampleDistances(g), "`fit` is inconsistent", class = "mrvi_invalid_fit")
+  }
+})

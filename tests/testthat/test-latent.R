@@ -1,0 +1,75 @@
+# R/latent.R: mrviLatent() and counterfactualLatent().
+
+test_that("mrviLatent on new cells matches the training cells' latents", {
+  nf <- nested_fit()
+  fit <- nf$fit
+  sim <- nf$sim
+  cells <- 1:50
+  u_new <- mrviLatent(fit, x = sim$counts[, cells], sample = sim$sample[cells])
+  expect_equal(u_new, mrviLatent(fit)[cells, ], tolerance = 1e-5)
+  expect_error(mrviLatent(fit, x = sim$counts[, cells]), "`sample` is required")
+  expect_error(mrviLatent(fit, x = sim$counts[, cells], sample = rep("zz", 50)),
+               "`sample` has sample.*not fitted")
+})
+
+test_that("new cells of a single sample are read (mrviData(min_samples = 1))", {
+  f <- small_fit()
+  fit <- f$fit
+  one <- which(f$sim$sample == fit@samples[1])[1:20]
+  u <- mrviLatent(f$fit, x = f$sim$counts[, one], sample = rep(fit@samples[1], 20))
+  expect_equal(u, mrviLatent(fit)[colnames(f$sim$counts)[one], ], tolerance = 1e-5)
+  expect_error(mrviData(f$sim$counts[, one], sample = rep("A", 20)), "at least 2 samples", class = "mrvi_error")
+  expect_s3_class(mrviData(f$sim$counts[, one], sample = rep("A", 20), min_samples = 1), "mrvi_data")
+  expect_error(mrviData(f$sim$counts, f$sim$sample, min_samples = 0), "`min_samples`", class = "mrvi_error")
+})
+
+test_that("counterfactual z is u + A_s u + a_s, recomputed in R from the weights", {
+  fit <- small_fit()$fit
+  w <- read_safetensors(fit@weights)
+  cells <- c(2, 77, 301)
+  z <- counterfactualLatent(fit, cells = cells)
+  expect_equal(dimnames(z), list(rownames(fit@u_mean)[cells], fit@samples, paste0("z", 1:10)))
+  for (k in seq_along(cells)) {
+    u <- fit@u_mean[cells[k], ]
+    for (s in seq_along(fit@samples)) {
+      expect_equal(unname(z[k, s, ]), as.vector(u + w[["sample_effect.A"]][s, , ] %*% u + w[["sample_effect.a"]][s, ]),
+                   tolerance = 1e-5)
+    }
+  }
+  # mrviLatent's z is the counterfactual under the cell's own sample
+  own <- as.integer(fit@cell_data$sample[cells])
+  zl <- mrviLatent(fit, which = "z")
+  for (k in seq_along(cells)) expect_equal(unname(z[k, own[k], ]), unname(zl[cells[k], ]), tolerance = 1e-6)
+})
+
+test_that("posterior draws of u are mean + sd * N(0, 1), and counterfactual draws average to the mean's", {
+  fit <- small_fit()$fit
+  u <- mrviLatent(fit, use_mean = FALSE)
+  std <- (u - fit@u_mean) / fit@u_sd
+  # 4,000 standard normal values: mean within 5 standard errors, sd within 8%
+  # (set.seed(1:5) gave at most 0.55 of the first bound and |sd - 1| <= 0.036)
+  expect_lt(abs(mean(std)), 5 / sqrt(length(std)))
+  expect_lt(abs(sd(std) - 1), 0.08)
+  # the linear flavour's z is affine in u: the mean over draws converges to z at
+  # the posterior mean (every entry within 5 Monte Carlo standard errors)
+  M <- 200
+  draws <- counterfactualLatent(fit, cells = 1:3, mc_samples = M)
+  expect_equal(dim(draws), c(3L, 5L, 10L, M))
+  at_mean <- counterfactualLatent(fit, cells = 1:3)
+  se <- apply(draws, 1:3, sd) / sqrt(M)
+  expect_lt(max(abs(apply(draws, 1:3, mean) - at_mean) / se), 5)
+})
+
+test_that("counterfactualLatent checks the size before allocating", {
+  fit <- small_fit()$fit
+  z <- counterfactualLatent(fit, cells = 1:3, samples = fit@samples[2:3])
+  expect_equal(dim(z), c(3L, 2L, 10L))
+  own <- fit@cell_data$sample[1:3]
+  zz <- counterfactualLatent(fit, cells = 1:3)
+  for (i in 1:3) expect_equal(unname(zz[i, as.character(own[i]), ]), unname(mrviLatent(fit, which = "z")[i, ]), tolerance = 1e-6)
+  expect_equal(dim(counterfactualLatent(fit, cells = 1:2, mc_samples = 3)), c(2L, 5L, 10L, 3L))
+  old <- options(mrvi.max_bytes = 1000)
+  on.exit(options(old))
+  expect_error(counterfactualLatent(fit), "would allocate.*`cells`")
+  expect_error(sampleDistances(fit, cells = 1:400), "would allocate")
+})

@@ -1,0 +1,61 @@
+# R/plots.R: plot(<MrVIFit>), plotSampleDistances(), plotSampleTree(), plotAssociation().
+
+test_that("plot(fit) draws the training curves of the history, with the best epoch marked", {
+  fit <- small_fit()$fit
+  p <- plot(fit)
+  expect_s3_class(p, "ggplot")
+  h <- fit@history
+  expect_equal(p$data$elbo[p$data$set == "train"], h$train_elbo)
+  expect_equal(p$data$elbo[p$data$set == "validation"], h$validation_elbo)
+  geoms <- vapply(p$layers, function(l) class(l$geom)[1], character(1))
+  expect_equal(geoms, c("GeomLine", "GeomVline"))
+  expect_equal(p$layers[[2]]$data$xintercept, fit@config$best_epoch)
+})
+
+test_that("plots return ggplots, with annotation from the sample table", {
+  fit <- small_fit()$fit
+  d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+  p <- plotSampleDistances(d, "type1")
+  expect_s3_class(p, "ggplot")
+  built <- ggplot2::ggplot_build(p)
+  # tiles follow the tree's order
+  hc <- sampleHclust(d, "type1")
+  expect_equal(levels(p$data$x), hc$labels[hc$order])
+  ann <- data.frame(group = rep(c("a", "b"), length.out = 5), row.names = fit@samples)
+  expect_s3_class(plotSampleDistances(d, "type1", annotation = ann), "ggplot")
+  expect_s3_class(plotSampleTree(d, "type1", annotation = ann), "ggplot")
+  expect_error(plotSampleDistances(d, "type1", annotation = "nope"), "`annotation`")
+  seg <- mrvi:::dendrogram_segments(hc)
+  expect_equal(nrow(seg), 3 * (length(hc$labels) - 1))
+  expect_equal(max(seg$y), max(hc$height))
+})
+
+test_that("the heatmap holds the group's distances and the tree's segments are the dendrogram's", {
+  fit <- small_fit()$fit
+  d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+  p <- plotSampleDistances(d, "type2")
+  expect_true("GeomTile" %in% vapply(p$layers, function(l) class(l$geom)[1], character(1)))
+  m <- d[, , "type2"]
+  tiles <- p$data
+  expect_equal(nrow(tiles), length(m))
+  expect_equal(as.vector(tiles$distance), as.vector(m[cbind(as.character(tiles$x), as.character(tiles$y))]))
+  tree <- plotSampleTree(d, "type2")
+  expect_true("GeomSegment" %in% vapply(tree$layers, function(l) class(l$geom)[1], character(1)))
+})
+
+test_that("plotAssociation() draws the fraction of cells with q < alpha per group", {
+  set.seed(1)
+  res <- S4Vectors::DataFrame(statistic = runif(60), p_value = runif(60), q_value = runif(60),
+                              row.names = paste0("c", 1:60))
+  S4Vectors::metadata(res)$covariate <- "disease"
+  groups <- rep(c("B cells", "T cells", "NK"), each = 20)
+  p <- plotAssociation(res, groups, alpha = 0.3)
+  expect_s3_class(p, "ggplot")
+  expect_identical(class(p$layers[[1]]$geom)[1], "GeomCol")
+  expected <- c(tapply(res$q_value < 0.3, groups, mean))
+  expect_equal(p$data$fraction, unname(expected[as.character(p$data$group)]))
+  expect_match(p$labels$title, "disease")
+  expect_match(p$labels$y, "q < 0.3")
+  expect_error(plotAssociation(res, groups[-1]), "`groups` must have one value per row", class = "mrvi_error")
+  expect_error(plotAssociation(res, "labels"), "`fit` is needed", class = "mrvi_error")
+})

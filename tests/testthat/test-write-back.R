@@ -1,0 +1,77 @@
+# R/write-back.R: addMrVI() into SingleCellExperiment and Seurat objects.
+
+test_that("addMrVI writes u and z into a SingleCellExperiment and a Seurat object", {
+  nf <- small_fit()
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = nf$sim$counts))
+  sce <- addMrVI(sce, nf$fit)
+  expect_equal(SingleCellExperiment::reducedDimNames(sce), c("MrVI_u", "MrVI_z"))
+  expect_equal(SingleCellExperiment::reducedDim(sce, "MrVI_u"), mrviLatent(nf$fit))
+  expect_s4_class(S4Vectors::metadata(sce)$mrvi, "MrVIFit")
+  skip_if_not_installed("SeuratObject")
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = nf$sim$counts))
+  so <- addMrVI(so, nf$fit)
+  expect_true(all(c("mrvi_u", "mrvi_z") %in% SeuratObject::Reductions(so)))
+  emb <- SeuratObject::Embeddings(so, "mrvi_z")
+  expect_equal(unname(emb), unname(mrviLatent(nf$fit, which = "z")))
+  expect_s4_class(SeuratObject::Tool(so, slot = "addMrVI"), "MrVIFit")
+})
+
+test_that("distances are written back with addMrVI", {
+  skip_if_not_installed("SingleCellExperiment")
+  f <- small_fit()
+  d <- sampleDistances(f$fit, groups = "labels", mc_samples = 0)
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = f$sim$counts))
+  sce <- addMrVI(sce, f$fit, distances = d)
+  expect_identical(S4Vectors::metadata(sce)$mrvi_distances, d)
+  skip_if_not_installed("SeuratObject")
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = f$sim$counts))
+  so <- addMrVI(so, f$fit, distances = d)
+  expect_identical(SeuratObject::Misc(so, "mrvi_distances"), d)
+})
+
+test_that("per-cell results land by cell name; cells the fit did not use get NA", {
+  skip_if_not_installed("SingleCellExperiment")
+  f <- small_fit()
+  fit <- f$fit
+  extra <- Matrix::Matrix(0, nrow(f$sim$counts), 2, dimnames = list(rownames(f$sim$counts), c("x1", "x2")),
+                          sparse = TRUE)
+  counts <- cbind(f$sim$counts, extra)[, c(401, 1:200, 402, 201:400)]
+  cells <- rownames(fit@u_mean)
+  tested <- cells[c(5, 10, 300)]
+  association <- S4Vectors::DataFrame(statistic = c(0.1, 0.2, 0.3), p_value = c(0.01, 0.5, 0.9),
+                                      q_value = c(0.03, 0.6, 0.9), row.names = tested)
+  S4Vectors::metadata(association)$covariate <- "disease state"
+  differential <- data.frame(covariate = rep(c("age", "sex"), each = 2), cell = cells[c(1, 2, 1, 3)],
+                             effect_size = c(1, 2, 3, 4), q_value = c(0.1, 0.2, 0.3, 0.4))
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = counts))
+  sce <- addMrVI(sce, fit, association = association, differential = differential)
+  u <- SingleCellExperiment::reducedDim(sce, "MrVI_u")
+  expect_equal(rownames(u), colnames(counts))
+  expect_true(all(is.na(u[c("x1", "x2"), ])))
+  expect_equal(u[cells, ], mrviLatent(fit))
+  expect_equal(sce$mrvi_disease.state_q[match(tested, colnames(sce))], c(0.03, 0.6, 0.9))
+  expect_equal(sum(!is.na(sce$mrvi_disease.state_statistic)), 3)
+  expect_equal(sce$mrvi_de_age_effect[match(cells[1:2], colnames(sce))], c(1, 2))
+  expect_equal(sce$mrvi_de_sex_q[match(cells[c(1, 3)], colnames(sce))], c(0.3, 0.4))
+  expect_true(is.na(sce$mrvi_de_sex_q[match(cells[2], colnames(sce))]))
+  skip_if_not_installed("SeuratObject")
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = counts))
+  so <- addMrVI(so, fit, association = association)
+  expect_equal(unname(so$mrvi_disease.state_q[tested]), c(0.03, 0.6, 0.9))
+  expect_true(is.na(so$mrvi_disease.state_q[["x1"]]))
+  emb <- SeuratObject::Embeddings(so, "mrvi_u")
+  expect_equal(rownames(emb), colnames(counts))
+  expect_true(all(is.na(emb[c("x1", "x2"), ])))
+  expect_equal(unname(emb[cells, ]), unname(mrviLatent(fit)))
+})
+
+test_that("addMrVI refuses objects that are not the fit's", {
+  fit <- small_fit()$fit
+  expect_error(addMrVI(list(), fit), "`object` shares no cell names", class = "mrvi_error")
+  m <- small_counts()
+  expect_error(addMrVI(m, fit), "`object` shares no cell names", class = "mrvi_error")
+  colnames(m)[1] <- rownames(fit@u_mean)[1]
+  expect_error(addMrVI(m, fit), "`object` must be a", class = "mrvi_error")
+  expect_error(addMrVI(m, "fit"), "`fit` must be a", class = "mrvi_error")
+})
