@@ -44,6 +44,10 @@
 #'   0 (default), or raw; as in [sampleDistances()].
 #' @param mc_samples posterior draws per cell for \eqn{D(n)} (0: posterior mean;
 #'   at least 3 with `normalize = TRUE`).
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
@@ -56,10 +60,11 @@
 #' head(cellAssociation(fit, grp))
 #' @export
 cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_samples = 10,
-                            BPPARAM = BiocParallel::SerialParam()) {
+                            seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
+  seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
@@ -70,7 +75,7 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
     mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                           as.integer(fit@cell_data$sample) - 1L, cells - 1L,
                           ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,
-                          normalize, fit@config$seed, block)
+                          normalize, seed, block)
   }, BPPARAM = BPPARAM)
   res <- lapply(stats::setNames(nm = names(parts[[1]])), function(k) unlist(lapply(parts, `[[`, k)))
   out <- S4Vectors::DataFrame(statistic = res$statistic, p_value = res$p_value,
@@ -114,8 +119,10 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
 #' @param groups with a fit: as `groups` of [sampleDistances()]; with distances:
 #'   the groups to test (`NULL`: all).
 #' @param permutations number of permutations B.
-#' @param seed seed of the permutations and of the cell subsets (R's generator
-#'   is restored afterwards).
+#' @param seed seed of the permutations, of the cell subsets (R's generator is
+#'   restored afterwards) and, with a fit, of the posterior draws (as in
+#'   [sampleDistances()]). `NULL`: the fit's seed (`fit@config$seed`), or 1 with
+#'   distances.
 #' @param statistic `"ks"` or `"pseudo_f"`; `NULL` picks `"ks"` for a fit and
 #'   `"pseudo_f"` for distances.
 #' @param normalize,mc_samples how distances are computed from a fit, as in
@@ -134,13 +141,12 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
 #' grp <- setNames(c("a", "a", "b", "b"), fit@samples)
 #' groupAssociation(fit, grp, permutations = 99)
 #' @export
-groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = 1,
+groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = NULL,
                              statistic = NULL, normalize = TRUE, mc_samples = 10, max_cells = 500,
                              BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_bpparam(BPPARAM, call)
   permutations <- check_count(permutations, "permutations", call)
-  seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   max_cells <- check_count(max_cells, "max_cells", call)
@@ -149,6 +155,8 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     abort_arg("{.arg fit_or_distances} must be a {.cls MrVIFit} or the result of {.fn sampleDistances}.",
               call = call)
   }
+  if (is_fit) check_fit(fit_or_distances, call)
+  seed <- check_whole(seed %||% (if (is_fit) fit_or_distances@config$seed else 1), "seed", call)
   statistic <- if (is.null(statistic)) (if (is_fit) "ks" else "pseudo_f") else
     match_choice(statistic, c("ks", "pseudo_f"), "statistic", call)
   if (statistic == "ks" && !is_fit) {
@@ -168,7 +176,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   } else {
     d <- if (is_fit) {
       with_call(sampleDistances(fit_or_distances, groups = groups, normalize = normalize,
-                                mc_samples = mc_samples, BPPARAM = BPPARAM), call)
+                                mc_samples = mc_samples, seed = seed, BPPARAM = BPPARAM), call)
     } else fit_or_distances
     if (is_fit) groups <- NULL
     y <- sample_covariate(covariate, attr(d, "sample_table"), dimnames(d)[[1]], call)
@@ -225,7 +233,8 @@ ks_group_test <- function(fit, y, cells, g, permutations, seed, normalize, mc_sa
   pairs <- which(upper.tri(diag(S)), arr.ind = TRUE)
   check_size(8 * length(cells) * (length(fit@samples)^2 + nrow(pairs)), "groupAssociation(statistic = \"ks\")",
              call, hint = "Lower {.arg max_cells}.")
-  d <- with_call(sampleDistances(fit, cells = cells, normalize = normalize, mc_samples = mc_samples), call)
+  d <- with_call(sampleDistances(fit, cells = cells, normalize = normalize, mc_samples = mc_samples,
+                                 seed = seed), call)
   d <- d[, keep, keep, drop = FALSE]
   nc <- length(cells)
   values <- d[cbind(rep(seq_len(nc), nrow(pairs)), rep(pairs[, 1], each = nc), rep(pairs[, 2], each = nc))]

@@ -6,7 +6,9 @@
 #' (an explicit `n_threads` argument, where a function has one, wins). Threads
 #' are set through libtorch itself (`at::set_num_threads`), so they take effect
 #' at any time, unlike the `OMP_NUM_THREADS` environment variable, which the
-#' OpenMP runtime reads once when R starts.
+#' OpenMP runtime reads once when R starts. The package's own parallel loops
+#' (distances, guided tests, densities) use as many threads, taking turns with
+#' libtorch's instead of running beside them.
 #'
 #' **The default (`mrvi.threads` unset, or `mrviSetThreads(NULL)`)** is chosen
 #' for each call from the cores that are idle at that moment (measured over 0.1 s

@@ -8,7 +8,10 @@
 #' first use, so `saveRDS()`/`readRDS()` and parallel workers just work.
 #'
 #' @slot config list: `model_json` (the architecture, JSON), `train` (training
-#'   settings), `device`, `seed`, `best_epoch`, `stopped_early`, `interrupted`,
+#'   settings), `nuisance` (the nuisance covariates: `factors`, the levels of
+#'   each categorical one, and `continuous`, the name, center and scale of each
+#'   continuous one), `added` (after [mrviAddSamples()]: the samples added and
+#'   their training history), `device`, `seed`, `best_epoch`, `stopped_early`, `interrupted`,
 #'   `mrvi_version`, `weights_hash` (a checksum of `weights`; fits made before it
 #'   existed lack it and still load).
 #' @slot weights raw: the weights in safetensors format.
@@ -18,9 +21,12 @@
 #'   and where the seconds went (`seconds_batches`, `seconds_forward`,
 #'   `seconds_backward`, `seconds_optimizer`; the rest is validation).
 #' @slot genes,samples,batches,labels character: level names (`labels` empty
-#'   when none were given).
-#' @slot cell_data data.frame: per training cell: `sample`, `batch`, `labels`
-#'   and the cell metadata of the input; row names are the cell names.
+#'   when none were given; `batches`, with several categorical nuisance
+#'   covariates, `"covariate:level"` for each).
+#' @slot cell_data data.frame: per training cell: `sample`, `batch` (or, with
+#'   several nuisance covariates, one column for each, under its name, and the
+#'   continuous ones' values), `labels` and the cell metadata of the input; row
+#'   names are the cell names.
 #' @slot u_mean,u_sd matrix: cells x L posterior mean and sd of u.
 #' @slot cache environment: the native model, rebuilt when missing. Copies of a
 #'   fit share this environment, so models are kept under the checksum of the
@@ -56,28 +62,37 @@ setClass("MrVIFit", representation(
 # training cells comes from that model. `config` holds the training settings and
 # outcome (seed, flavour, prior, train, best_epoch, ...).
 new_mrvi_fit <- function(data, weights, model_json, device, history, config) {
-  weights_hash <- mrvi_weights_hash(weights)
-  cache <- new.env(parent = emptyenv())
-  model <- build_model(model_json, weights, device)
-  assign(paste0("model_", weights_hash), model, envir = cache)
+  native <- cached_model(model_json, weights, device)
   counts <- data$counts
-  post <- mrvi_encode(model, nrow(counts), ncol(counts), counts@p, counts@i,
+  post <- mrvi_encode(native$model, nrow(counts), ncol(counts), counts@p, counts@i,
                       counts@x, as.integer(data$sample) - 1L)
+  nuisance <- nuisance_design(data)$spec
   new("MrVIFit",
     config = c(list(model_json = model_json, device = device), config,
-               list(mrvi_version = as.character(utils::packageVersion("mrvi")), weights_hash = weights_hash)),
+               list(nuisance = nuisance, mrvi_version = as.character(utils::packageVersion("mrvi")),
+                    weights_hash = native$hash)),
     weights = weights,
     sample_table = data$sample_table,
     history = history,
     genes = rownames(counts),
     samples = levels(data$sample),
-    batches = levels(data$batch),
+    batches = nuisance_level_names(nuisance),
     labels = if (is.null(data$labels)) character() else levels(data$labels),
     cell_data = fit_cell_data(data),
     u_mean = latent_matrix(post$mean, colnames(counts), "u"),
     u_sd = latent_matrix(post$sd, colnames(counts), "u"),
-    cache = cache
+    cache = native$cache
   )
+}
+
+# The native model of `weights`, built before the fit and cached under their
+# checksum, so that the fit is complete, and valid, when new() checks it.
+cached_model <- function(model_json, weights, device) {
+  hash <- mrvi_weights_hash(weights)
+  cache <- new.env(parent = emptyenv())
+  model <- build_model(model_json, weights, device)
+  assign(paste0("model_", hash), model, envir = cache)
+  list(model = model, cache = cache, hash = hash)
 }
 
 # The native model behind a fit: built from the weights on first use, and again
@@ -140,6 +155,9 @@ setValidity("MrVIFit", function(object) {
   if (nrow(object@sample_table) != length(object@samples)) {
     problems <- c(problems, sprintf("@sample_table has %d rows for %d samples", nrow(object@sample_table), length(object@samples)))
   }
+  spec <- fit_nuisance(object)
+  gone <- setdiff(c(names(spec$factors), spec$continuous$name), names(object@cell_data))
+  if (length(gone)) problems <- c(problems, sprintf("@cell_data lacks the nuisance covariate%s %s", if (length(gone) > 1) "s" else "", paste(gone, collapse = ", ")))
   if (!length(object@weights)) problems <- c(problems, "@weights is empty")
   if (!is.character(object@config$model_json) || length(object@config$model_json) != 1) {
     problems <- c(problems, "@config$model_json is missing")
@@ -158,7 +176,12 @@ setMethod("show", "MrVIFit", function(object) {
   cat(sprintf("<MrVIFit> MrVI (%s flavour, %s prior), %s, trained on %d cells x %d genes\n",
               fl, object@config$prior %||% "normal", dims, nrow(object@cell_data), length(object@genes)))
   cat(sprintf("  samples: %d (%s)\n", length(object@samples), show_some(object@samples, 4)))
-  cat(sprintf("  batches: %d\n", length(object@batches)))
+  spec <- fit_nuisance(object)
+  if (length(spec$factors) == 1 && !nrow(spec$continuous)) {
+    cat(sprintf("  batches: %d\n", length(object@batches)))
+  } else {
+    cat(sprintf("  %s\n", describe_nuisance(spec)))
+  }
   if (nrow(h)) {
     last <- h[nrow(h), ]
     cat(sprintf("  epochs:  %d on %s, best %s%s; validation ELBO %.2f per cell\n",
@@ -166,6 +189,11 @@ setMethod("show", "MrVIFit", function(object) {
                 if (isTRUE(object@config$stopped_early)) " (stopped early)" else
                   if (isTRUE(object@config$interrupted)) " (interrupted)" else "",
                 h$validation_elbo[object@config$best_epoch %||% nrow(h)]))
+  }
+  added <- unlist(lapply(object@config$added, `[[`, "samples"))
+  if (length(added)) {
+    cat(sprintf("  added:   %d sample%s by mrviAddSamples() (%s)\n", length(added),
+                if (length(added) > 1) "s" else "", show_some(added, 4)))
   }
   covs <- setdiff(names(object@sample_table), c("sample", "n_cells"))
   cat(sprintf("  sample covariates: %s\n", if (length(covs)) paste(covs, collapse = ", ") else "none"))

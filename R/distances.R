@@ -28,7 +28,7 @@
 #'   units of that spread, comparable across cells. Needs `mc_samples >= 3`.
 #' @param mc_samples posterior draws of u per cell over which \eqn{D(n)} is
 #'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
-#'   per cell from the fit's seed, so results do not depend on `chunk_size`.
+#'   per cell from `seed`, so results do not depend on `chunk_size`.
 #' @param chunk_size cells per chunk (default: from the number of samples).
 #' @param admissible mask counterfactuals that extrapolate: `NULL` (none),
 #'   `TRUE` (computed with [admissibility()] defaults) or a logical matrix of
@@ -37,6 +37,10 @@
 #'   \eqn{D(C)[a, b]} only when both samples are admissible for it, and each
 #'   pair is the mean over the cells that contributed (`NA` if none); with
 #'   `cells`, inadmissible pairs are `NA`.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread: one task per group, or per block of `cells`; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
@@ -53,12 +57,13 @@
 #' d[, , 1]
 #' @export
 sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, normalize = FALSE,
-                            mc_samples = 10, chunk_size = NULL, admissible = NULL,
+                            mc_samples = 10, chunk_size = NULL, admissible = NULL, seed = fit@config$seed,
                             BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   min_cells <- check_whole(min_cells, "min_cells", call)
+  seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   S <- length(fit@samples)
@@ -73,7 +78,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     # each task's [cells, S, S] values as a cells x S^2 matrix: stacked by rows
     v <- bp_map(bp_split(idx), function(cells) {
       matrix(mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                                 cells - 1L, mc_samples, normalize, fit@config$seed, block), length(cells))
+                                 cells - 1L, mc_samples, normalize, seed, block), length(cells))
     }, BPPARAM = BPPARAM)
     d <- array(do.call(rbind, v), c(length(idx), S, S),
                dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples))
@@ -92,7 +97,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   res <- bp_map(seq_len(G), function(g) {
     mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
                          ifelse(is.na(codes) | codes != g, -1L, 0L), 1L, mc_samples,
-                         normalize, fit@config$seed, block,
+                         normalize, seed, block,
                          if (is.null(mask)) integer() else as.integer(mask))
   }, BPPARAM = BPPARAM)
   out <- array(unlist(lapply(res, `[[`, "mean")), c(S, S, G),

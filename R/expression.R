@@ -8,7 +8,18 @@
 #' @param fit a [MrVIFit-class].
 #' @param cells indices or names of fitted cells.
 #' @param sample one fitted sample for all cells, or one per cell.
-#' @param batch `NULL` (each cell's own batch), one batch for all cells, or one per cell.
+#' @param batch `NULL` (each cell's own levels), or the levels to decode
+#'   under: for a fit with one categorical nuisance covariate, one level for all
+#'   cells or one per cell; in general a named list with, for some of the fit's
+#'   covariates (`names(fit@config$nuisance$factors)`), one level or one per
+#'   cell (the others stay the cell's own).
+#' @param continuous `NULL` (each cell's own values), or a named list (or
+#'   named numeric vector) with, for some continuous covariates, one value or one
+#'   per cell, in the covariate's own units.
+#' @param average names of categorical covariates whose levels are averaged
+#'   over: the expression is the mean over every combination of their levels
+#'   (equal weights); `TRUE` for all of them. Not together with `batch` for the
+#'   same covariate.
 #' @return a genes x cells matrix.
 #' @examples
 #' sim <- mrvi:::example_counts()
@@ -16,7 +27,7 @@
 #' e <- counterfactualExpression(fit, cells = 1:5, sample = fit@samples[2])
 #' colSums(e)
 #' @export
-counterfactualExpression <- function(fit, cells, sample, batch = NULL) {
+counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuous = NULL, average = NULL) {
   call <- sys.call()
   check_fit(fit, call)
   idx <- resolve_cells(fit, cells, call)
@@ -31,9 +42,67 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL) {
     }
     codes - 1L
   }
+  spec <- fit_nuisance(fit)
+  factors <- names(spec$factors)
   s <- per_cell(sample, fit@samples, "sample")
-  b <- if (is.null(batch)) as.integer(fit@cell_data$batch[idx]) - 1L else per_cell(batch, fit@batches, "batch")
+  own <- cell_nuisance(fit, idx)
+  site <- own$site
+  if (!is.null(batch)) {
+    # one covariate's levels as a vector (`batch` in messages), or a named list
+    arg <- function(k) paste0("batch$", factors[k])
+    if (!is.list(batch)) {
+      if (length(factors) > 1) {
+        abort_arg(c("{.arg batch} must be a named list: the fit has several nuisance covariates.",
+                    "i" = "For example {.code batch = list({factors[1]} = ...)}; covariates: {.val {factors}}."), call = call)
+      }
+      batch <- stats::setNames(list(batch), factors)
+      arg <- function(k) "batch"
+    }
+    k <- covariates_named(batch, factors, "batch", call)
+    offsets <- cumsum(c(0L, lengths(spec$factors)))
+    for (j in seq_along(k)) {
+      site[, k[j]] <- per_cell(batch[[j]], spec$factors[[k[j]]], arg(k[j])) + offsets[k[j]]
+    }
+  }
+  x <- own$continuous
+  if (!is.null(continuous)) {
+    if (!is.list(continuous) && !is.numeric(continuous)) {
+      abort_arg("{.arg continuous} must be a named list or named numeric vector.", call = call)
+    }
+    k <- covariates_named(as.list(continuous), spec$continuous$name, "continuous", call)
+    for (j in seq_along(k)) {
+      v <- continuous[[j]]
+      if (length(v) == 1) v <- rep(v, n)
+      if (!is.numeric(v) || length(v) != n || any(!is.finite(v))) {
+        abort_arg("{.arg continuous${spec$continuous$name[k[j]]}} must be one finite number or one per cell ({n}).", call = call)
+      }
+      x[, k[j]] <- (v - spec$continuous$center[k[j]]) / spec$continuous$scale[k[j]]
+    }
+  }
+  if (isTRUE(average)) average <- factors
+  if (!is.null(average)) {
+    if (!is.character(average) || !all(average %in% factors)) {
+      abort_arg(c("{.arg average} must name categorical nuisance covariates of the fit, or be {.code TRUE}.",
+                  "i" = "Covariates: {.val {factors}}."), call = call)
+    }
+    both <- intersect(average, if (is.list(batch)) names(batch))
+    if (length(both)) abort_arg("{.arg average} and {.arg batch} both set {.val {both}}: choose one.", call = call)
+  }
   check_size(8 * n * length(fit@genes), "counterfactualExpression()", call)
-  v <- mrvi_counterfactual_expression(native_model(fit), fit@u_mean[idx, , drop = FALSE], n, s, b)
+  u <- fit@u_mean[idx, , drop = FALSE]
+  v <- mean_over_levels(fit, site, as.character(average), function(site) {
+    mrvi_counterfactual_expression(native_model(fit), u, s, site, x)
+  })
   matrix(v, nrow = length(fit@genes), dimnames = list(fit@genes, rownames(fit@u_mean)[idx]))
+}
+
+# Positions among `known` of the names of `values` (a named list), which must
+# all be known.
+covariates_named <- function(values, known, arg, call) {
+  nms <- names(values)
+  if (is.null(nms) || any(!nzchar(nms)) || !all(nms %in% known)) {
+    abort_arg(c("{.arg {arg}} must be named by the fit's covariates.",
+                "i" = if (length(known)) "Covariates: {.val {known}}." else "The fit has none."), call = call)
+  }
+  match(nms, known)
 }

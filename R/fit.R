@@ -57,6 +57,22 @@
 #'   label and each cell's weights biased towards its label), or `"normal"`
 #'   (default for the linear flavour).
 #' @param n_mixture mixture components when no labels are given.
+#' @param continuous_covariates optional numeric nuisance covariates (see
+#'   [mrviData()]).
+#'
+#' @section Nuisance covariates: `batch` may hold several categorical
+#'   covariates (sites and chemistries, plates and runs) and
+#'   `continuous_covariates` numeric ones (standardised with the training cells'
+#'   mean and sd, kept in the fit). They enter the decoder only, never the
+#'   sample-aware state z: the levels of all categorical covariates share one
+#'   table of batch parameters and a cell adds its levels' entries; a continuous
+#'   covariate x acts like a batch scaled by x (linear flavour: \eqn{x (D\,
+#'   drop(sg(z)) + d)}; attention flavour: \eqn{x e} added to the batch
+#'   embedding and \eqn{x d} to the logits). With one categorical covariate the
+#'   model is exactly the one
+#'   above. `fit@config$nuisance` lists the covariates (`factors`: levels per
+#'   covariate; `continuous`: name, center, scale) and `fit@cell_data` keeps
+#'   their values (one covariate as `batch`, several under their names).
 #' @param checkpoint `NULL`, or a file path: the training state (weights, the
 #'   optimiser's moments, the shuffling generator, the early-stopping state and
 #'   the history) is written there after every epoch, to a temporary file that
@@ -91,7 +107,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                  early_stopping = TRUE, patience = 15, validation_fraction = 0.1,
                  device = "auto", n_threads = NULL, seed = 1, verbose = TRUE,
                  flavour = c("attention", "linear"), n_latent_u = 10, prior = c("mog", "normal"),
-                 n_mixture = 20, checkpoint = NULL, ...) {
+                 n_mixture = 20, continuous_covariates = NULL, checkpoint = NULL, ...) {
   call <- sys.call()
   check_dots(..., .fn = "mrvi")
   flavour <- match_choice(flavour, c("attention", "linear"), "flavour", call)
@@ -119,9 +135,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   device_used <- resolve_device(device, call)
   if (!is.null(checkpoint)) checkpoint <- check_checkpoint(checkpoint, call)
 
-  data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay), call)
-  check_model_size(nrow(data$counts), nlevels(data$sample), nlevels(data$batch), n_latent,
-                   n_latent_u, batch_size, call)
+  data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay,
+                             continuous_covariates = continuous_covariates), call)
+  nuisance <- nuisance_design(data)
+  check_model_size(nrow(data$counts), nlevels(data$sample), sum(nuisance$levels) + ncol(nuisance$continuous),
+                   n_latent, n_latent_u, batch_size, call)
   threads <- apply_threads(n_threads, call = call)
   counts <- data$counts
   # everything chosen for the fit crosses to Rust as one object (Settings in
@@ -139,8 +157,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   # name the arguments that set its size
   trainer <- tryCatch(mrvi_trainer_new(
     nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
-    codes(data$sample), codes(data$batch), codes(data$labels),
-    nlevels(data$sample), nlevels(data$batch), nlevels(data$labels), settings, device_used
+    codes(data$sample), nuisance$site, codes(data$labels),
+    nlevels(data$sample), nuisance$levels, nuisance$continuous, nlevels(data$labels), settings, device_used
   ), mrvi_memory_error = function(e) {
     abort_arg(c("Not enough memory to build a model with {.arg n_latent} = {n_latent}, {.arg n_latent_u} = {n_latent_u} and {.arg batch_size} = {batch_size} for {nrow(counts)} genes.",
                 "i" = "Choose a smaller {.arg n_latent} (MrVI uses 10 to 30), or free memory."),
@@ -149,7 +167,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   info <- mrvi_trainer_info(trainer)
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
-                          "{nlevels(data$sample)} samples, {nlevels(data$batch)} batch{?es}; ",
+                          "{nlevels(data$sample)} samples, {describe_nuisance(nuisance$spec)}; ",
                           "device {.strong {info$device}}, {threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
@@ -157,15 +175,10 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   if (verbose && length(resumed)) {
     inform(c("i" = "Resuming from {.file {checkpoint}} after epoch {length(resumed)}."))
   }
-  run <- train_epochs(trainer, info$max_epochs, verbose, resumed, checkpoint)
-  if (run$interrupted && !length(run$history)) {
-    abort_arg("Training was interrupted before its first epoch finished: no model to return.",
-              call = call, class = "mrvi_interrupted")
-  }
-  done <- mrvi_trainer_finish(trainer)
-  history <- do.call(rbind, lapply(run$history, function(s) {
-    as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
-  }))
+  trained <- train_to_end(trainer, info, verbose, call, resumed, checkpoint)
+  run <- trained$run
+  done <- trained$done
+  history <- trained$history
   fit <- new_mrvi_fit(data, done$weights, info$model_config, info$device, history,
     config = list(seed = seed, flavour = flavour, prior = prior,
                   train = list(n_latent = n_latent, n_latent_u = n_latent_u, max_epochs = info$max_epochs,
@@ -183,6 +196,21 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                   class = c("mrvi_interrupted", "mrvi_warning"))
   }
   fit
+}
+
+# Train to the end: the run (history, interrupted), what the trainer returns
+# (weights, best epoch) and the history as a data.frame.
+train_to_end <- function(trainer, info, verbose, call, resumed = list(), checkpoint = NULL) {
+  run <- train_epochs(trainer, info$max_epochs, verbose, resumed, checkpoint)
+  if (run$interrupted && !length(run$history)) {
+    abort_arg("Training was interrupted before its first epoch finished: no model to return.",
+              call = call, class = "mrvi_interrupted")
+  }
+  done <- mrvi_trainer_finish(trainer)
+  history <- do.call(rbind, lapply(run$history, function(s) {
+    as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
+  }))
+  list(run = run, done = done, history = history)
 }
 
 # The epoch loop runs in R so that the progress bar and Ctrl-C stay responsive;
@@ -228,7 +256,7 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
 }
 
 fit_cell_data <- function(data) {
-  df <- data.frame(sample = data$sample, batch = data$batch, row.names = colnames(data$counts))
+  df <- data.frame(sample = data$sample, nuisance_columns(data), row.names = colnames(data$counts))
   if (!is.null(data$labels)) df$labels <- data$labels
   if (!is.null(data$cell_meta)) {
     extra <- setdiff(names(data$cell_meta), names(df))

@@ -14,8 +14,11 @@
 #' @param sample the sample (donor, patient, perturbation) of every cell: a
 #'   column name of `colData(x)` / the Seurat `meta.data`, or a vector with one
 #'   value per cell. Required; at least two samples (see `min_samples`).
-#' @param batch optional nuisance covariate (site, technology, chemistry): a
-#'   column name or a vector with one value per cell.
+#' @param batch optional categorical nuisance covariates (site, technology,
+#'   chemistry): one, as a column name or a vector with one value per cell; or
+#'   several, as a character vector of column names, or a data.frame or named
+#'   list of columns (names or vectors). No NA; with several, none may be
+#'   constant.
 #' @param labels optional cell labels (for example cell types): a column name or
 #'   a vector with one value per cell.
 #' @param assay for a `SingleCellExperiment`, the assay holding raw counts
@@ -24,6 +27,10 @@
 #'   name of a Seurat assay, whose `counts` are then used.
 #' @param min_samples the fewest samples with cells that `x` may have: 2 (the
 #'   default) to fit or compare samples; 1 to read new cells for a fitted model.
+#' @param continuous_covariates optional numeric nuisance covariates (fraction
+#'   of mitochondrial reads, library complexity): column names, a numeric vector
+#'   (one covariate, named `continuous`), or a data.frame, matrix or named list
+#'   of columns. Finite and not constant.
 #' @param ... unused; an error names anything given here.
 #'
 #' @details
@@ -40,7 +47,10 @@
 #'
 #' @return an object of class `mrvi_data`: a list with `counts` (genes x cells
 #'   `dgCMatrix`), `sample`, `batch` and `labels` (factors over cells; `batch`
-#'   has one level when not given, `labels` is `NULL` when not given),
+#'   has one level when not given and is the combination of the levels when
+#'   several covariates are, `labels` is `NULL` when not given), `nuisance`
+#'   (`factors`: a data.frame of the categorical covariates, and `continuous`:
+#'   one of the continuous covariates, each `NULL` when not given),
 #'   `sample_table` (a data.frame), `library_size`, `dropped` (the names of
 #'   dropped cells and genes), `cell_meta` (per-cell metadata, or `NULL`) and
 #'   `source` (the input's class).
@@ -52,12 +62,14 @@
 #' d
 #' d$sample_table
 #' @export
-mrviData <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
+mrviData <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
+                  continuous_covariates = NULL, ...) {
   UseMethod("mrviData")
 }
 
 #' @export
-mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
+mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
+                  continuous_covariates = NULL, ...) {
   abort_arg(c("{.arg x} must hold raw counts, genes x cells.",
               "x" = "You gave an object of class {.cls {class(x)}}.",
               "i" = paste("Supported: a {.cls dgCMatrix} (or other {.cls Matrix}), a numeric",
@@ -67,26 +79,29 @@ mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "co
 
 # (also the method for DelayedArray/HDF5Array counts: see NAMESPACE)
 #' @export
-mrviData.Matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
+mrviData.Matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
+                  continuous_covariates = NULL, ...) {
   check_dots(...)
   build_mrvi_data(as_dgc(x), cell_meta = NULL, sample = sample, batch = batch,
-                  labels = labels, min_samples = min_samples, source = class(x)[1], call = rlang_caller(1))
+                  labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = class(x)[1], call = rlang_caller(1))
 }
 
 #' @export
-mrviData.matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
+mrviData.matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
+                  continuous_covariates = NULL, ...) {
   check_dots(...)
   if (!is.numeric(x) && !is.logical(x)) {
     abort_arg(c("{.arg x} must be a numeric matrix of counts.",
                 "x" = "It is a {typeof(x)} matrix."), call = rlang_caller(1))
   }
   build_mrvi_data(as_dgc(x), cell_meta = NULL, sample = sample, batch = batch,
-                  labels = labels, min_samples = min_samples, source = "matrix", call = rlang_caller(1))
+                  labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = "matrix", call = rlang_caller(1))
 }
 
 #' @export
 mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL,
-                                          assay = "counts", min_samples = 2, ...) {
+                                          assay = "counts", min_samples = 2,
+                  continuous_covariates = NULL, ...) {
   check_dots(...)
   call <- rlang_caller(1)
   available <- SummarizedExperiment::assayNames(x)
@@ -98,22 +113,24 @@ mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL
   counts <- SummarizedExperiment::assay(x, assay, withDimnames = TRUE)
   meta <- as.data.frame(SummarizedExperiment::colData(x), optional = TRUE)
   build_mrvi_data(as_dgc(counts, arg = "assay"), cell_meta = meta, sample = sample,
-                  batch = batch, labels = labels, min_samples = min_samples, source = class(x)[1], call = call)
+                  batch = batch, labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = class(x)[1], call = call)
 }
 
 #' @export
-mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2, ...) {
+mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
+                  continuous_covariates = NULL, ...) {
   check_dots(...)
   call <- rlang_caller(1)
   counts <- seurat_counts(x, assay, call)
   meta <- x[[]]
   build_mrvi_data(counts, cell_meta = meta, sample = sample, batch = batch,
-                  labels = labels, min_samples = min_samples, source = "Seurat", call = call)
+                  labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = "Seurat", call = call)
 }
 
 # --- building and checking ---------------------------------------------------------
 
-build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_samples, source, call) {
+build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_samples, source, call,
+                            continuous = NULL) {
   min_samples <- check_count(min_samples, "min_samples", call)
   n_genes <- nrow(counts)
   n_cells <- ncol(counts)
@@ -131,7 +148,11 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   }
 
   sample <- resolve_cell_factor(sample, "sample", cell_meta, counts, call)
-  batch <- if (is.null(batch)) NULL else resolve_cell_factor(batch, "batch", cell_meta, counts, call)
+  factors <- resolve_batch(batch, cell_meta, counts, call)
+  continuous <- resolve_continuous(continuous, cell_meta, counts, call)
+  # several covariates: `batch` is their combination (for the sample table and printing)
+  batch <- if (is.null(factors)) NULL else if (ncol(factors) == 1) factors[[1]] else
+    interaction(factors, drop = TRUE, sep = ":")
   labels <- if (is.null(labels)) NULL else resolve_cell_factor(labels, "labels", cell_meta, counts, call)
   # One pass in Rust over the CSC slots as they are (no copy): structure,
   # bad values with their positions, totals per cell and per gene.
@@ -153,6 +174,8 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     library_size <- library_size[keep_cells]
     sample <- sample[keep_cells]
     if (!is.null(batch)) batch <- batch[keep_cells]
+    if (!is.null(factors)) factors <- droplevels(factors[keep_cells, , drop = FALSE])
+    if (!is.null(continuous)) continuous <- continuous[keep_cells, , drop = FALSE]
     if (!is.null(labels)) labels <- labels[keep_cells]
     if (!is.null(cell_meta)) cell_meta <- cell_meta[keep_cells, , drop = FALSE]
     if (nrow(counts) == 0 || ncol(counts) == 0) {
@@ -168,7 +191,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   }
   if (!is.null(batch)) {
     batch <- droplevels(batch)
-    warn_if_confounded(sample, batch, call)
+    for (f in factors) warn_if_confounded(sample, f, call)
   }
   if (!is.null(labels)) labels <- droplevels(labels)
   names(library_size) <- colnames(counts)
@@ -178,6 +201,8 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     sample = sample,
     batch = if (is.null(batch)) factor(rep("batch1", ncol(counts))) else batch,
     batch_given = !is.null(batch),
+    nuisance = if (!is.null(factors) && ncol(factors) > 1 || !is.null(continuous))
+      list(factors = if (!is.null(factors) && ncol(factors) > 1) factors, continuous = continuous),
     labels = labels,
     sample_table = make_sample_table(sample, cell_meta, batch, labels),
     library_size = library_size,
@@ -212,6 +237,13 @@ warn_if_confounded <- function(sample, batch, call) {
 
 # A column name or a vector with one value per cell -> a factor without NA.
 resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
+  value <- resolve_cell_values(value, arg, cell_meta, counts, call)
+  if (!is.factor(value)) value <- factor(value)
+  value
+}
+
+# A column name or a vector with one value per cell -> its values, without NA.
+resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
   n_cells <- ncol(counts)
   if (is.character(value) && length(value) == 1 && n_cells != 1) {
     if (is.null(cell_meta)) {
@@ -247,7 +279,6 @@ resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
     abort_arg(c("{.arg {arg}} has {length(where)} NA value{?s}, e.g. cell{?s} {show_some(colnames(counts)[where], 3)}.",
                 "i" = "Give every cell a value, or drop those cells first."), call = call)
   }
-  if (!is.factor(value)) value <- factor(value)
   value
 }
 

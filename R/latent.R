@@ -6,9 +6,14 @@
 #' @param which `"u"` (sample-free) or `"z"` (sample-aware, under each cell's
 #'   own sample).
 #' @param use_mean `TRUE`: the posterior mean of u; `FALSE`: one draw from the
-#'   posterior per cell (from R's random generator: use [set.seed()]).
+#'   posterior per cell (the first draw under `seed`).
 #' @param sample for new cells (`x` given): their samples, a column name or a
 #'   vector; each must be one of the fitted samples.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
+#'   New cells (`x`) are numbered by their position in `x`.
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
@@ -19,12 +24,13 @@
 #' dim(mrviLatent(fit, which = "z"))
 #' @export
 mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL,
-                       BPPARAM = BiocParallel::SerialParam()) {
+                       seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   which <- match_choice(which, c("u", "z"), "which", call)
   check_flag(use_mean, "use_mean", call)
+  seed <- check_whole(seed, "seed", call)
   if (is.null(x)) {
     mean <- fit@u_mean
     sd <- fit@u_sd
@@ -43,13 +49,31 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
     mean <- latent_matrix(do.call(rbind, lapply(post, `[[`, "mean")), cells, "u")
     sd <- latent_matrix(do.call(rbind, lapply(post, `[[`, "sd")), cells, "u")
   }
-  # draws come from R's generator here, in this process, before the work is spread
-  u <- if (use_mean) mean else mean + sd * stats::rnorm(length(sd))
+  u <- mean
+  if (!use_mean) u[] <- posterior_u(mean, sd, seq_len(nrow(mean)), 1L, seed)
   if (which == "u") return(u)
   z <- bp_map(bp_split(seq_len(nrow(u))), function(r) {
     matrix(mrvi_z_from_u(native_model(fit), u[r, , drop = FALSE], codes[r]), length(r))
   }, BPPARAM = BPPARAM)
   latent_matrix(do.call(rbind, z), cells, "z")
+}
+
+# Every function that draws u draws it in the core's posterior module
+# (src/rust/mrvi-core/src/posterior.rs), through these two helpers: draw m of
+# cell i under seed s depends on (s, i, m) alone, so it does not depend on which
+# cells are asked for, in what chunks, or by how many workers.
+
+# Draw m of u (m = 0: the posterior mean) for the cells `idx` (1-based rows) of
+# the posterior `mean`, `sd` (cells x L) under `seed`: a length(idx) x L matrix.
+posterior_u <- function(mean, sd, idx, m, seed) {
+  matrix(mrvi_posterior_u(mean, sd, nrow(mean), ncol(mean), idx - 1L, m - 1L, seed), length(idx))
+}
+
+# Counterfactual z of the fit's cells `idx` under `samples` (1-based) for draw
+# m of u under `seed` (m = 0: the posterior mean): the values of [cells, samples, L].
+counterfactual_z <- function(fit, idx, samples, m, seed) {
+  mrvi_counterfactual_z(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), idx - 1L,
+                        samples - 1L, m - 1L, seed)
 }
 
 # Read new cells for a fitted model: known samples, the fitted genes in order.
@@ -58,13 +82,24 @@ new_cells <- function(fit, x, sample, call) {
     abort_arg("{.arg sample} is required with new cells {.arg x}: one of the fitted samples per cell.",
               call = call)
   }
-  # new cells need only known samples, not two of them
-  data <- with_call(suppressMessages(mrviData(x, sample = sample, min_samples = 1)), call)
+  data <- read_new_cells(x, sample = sample, call = call)
   unknown <- setdiff(levels(data$sample), fit@samples)
   if (length(unknown)) {
     abort_arg(c("{.arg sample} has sample{?s} the model was not fitted on: {show_some(unknown)}.",
                 "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
   }
+  align_genes(fit, data, call)
+}
+
+# mrviData() for cells brought to a fitted model: one sample is enough, and a
+# few new samples alone in their batches are no confounding (the fit has others).
+read_new_cells <- function(x, ..., call) {
+  with_call(suppressMessages(withCallingHandlers(mrviData(x, ..., min_samples = 1),
+    mrvi_confounded = function(w) invokeRestart("muffleWarning"))), call)
+}
+
+# The counts of `data` on the fitted genes, in the fit's order.
+align_genes <- function(fit, data, call) {
   counts <- data$counts
   missing <- setdiff(fit@genes, rownames(counts))
   if (length(missing) == length(fit@genes)) {
@@ -91,9 +126,13 @@ new_cells <- function(fit, x, sample, call) {
 #' @param cells `NULL` (all cells the model was trained on), indices or cell names.
 #' @param samples `NULL` (all samples), indices or sample names.
 #' @param use_mean `TRUE`: from the posterior mean of u; `FALSE`: from one
-#'   posterior draw per cell (R's random generator: use [set.seed()]).
+#'   posterior draw per cell (the first draw under `seed`).
 #' @param mc_samples 0, or a number of posterior draws: then the result gains a
 #'   4th dimension, one slice per draw.
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
 #' @details The array has `cells x samples x L` numbers (times `mc_samples`).
 #'   Before allocating, its size is estimated; above `getOption("mrvi.max_bytes")`
 #'   (default 2 GB) the call stops and says how to ask for less. For distances
@@ -109,31 +148,27 @@ new_cells <- function(fit, x, sample, call) {
 #' dim(counterfactualLatent(fit, cells = 1:10))
 #' @export
 counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0,
-                                 BPPARAM = BiocParallel::SerialParam()) {
+                                 seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   check_flag(use_mean, "use_mean", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
+  seed <- check_whole(seed, "seed", call)
   cell_idx <- resolve_cells(fit, cells, call)
   sample_idx <- resolve_samples(fit, samples, call)
   L <- z_dim(fit)
   bytes <- 8 * length(cell_idx) * length(sample_idx) * L * max(1, mc_samples)
   check_size(bytes, "counterfactualLatent()", call)
-  mean <- fit@u_mean[cell_idx, , drop = FALSE]
-  sd <- fit@u_sd[cell_idx, , drop = FALSE]
-  # draws come from R's generator in this process; only z is computed in tasks
-  one <- function(u) {
-    v <- bp_map(bp_split(seq_len(nrow(u))), function(r) {
-      matrix(mrvi_counterfactual_z(native_model(fit), u[r, , drop = FALSE], length(r), sample_idx - 1L), length(r))
+  one <- function(draw) {
+    v <- bp_map(bp_split(cell_idx), function(cells) {
+      matrix(counterfactual_z(fit, cells, sample_idx, draw, seed), length(cells))
     }, BPPARAM = BPPARAM)
-    array(do.call(rbind, v), c(nrow(u), length(sample_idx), L),
+    array(do.call(rbind, v), c(length(cell_idx), length(sample_idx), L),
           dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
   }
-  if (mc_samples == 0) {
-    return(one(if (use_mean) mean else mean + sd * stats::rnorm(length(sd))))
-  }
-  draws <- lapply(seq_len(mc_samples), function(m) one(mean + sd * stats::rnorm(length(sd))))
+  if (mc_samples == 0) return(one(if (use_mean) 0L else 1L))
+  draws <- lapply(seq_len(mc_samples), one)
   out <- array(unlist(draws), c(dim(draws[[1]]), mc_samples))
   dimnames(out) <- c(dimnames(draws[[1]]), list(paste0("draw", seq_len(mc_samples))))
   out

@@ -18,6 +18,16 @@
 #' each gene by its own factor (log-normal, sd 0.3). Counts are negative binomial
 #' (size 5) around library sizes of about `library_size` UMIs.
 #'
+#' Further nuisance covariates, for models with several: `n_chemistries > 1`
+#' adds a second categorical one, `chemistry`, crossed with the sites (each
+#' sample in one chemistry, assigned independently of its site), which again
+#' multiplies each gene by its own log-normal factor (sd 0.3); `technical > 0`
+#' adds a continuous per-cell covariate `mito` (uniform on 0-0.2) that
+#' multiplies a random tenth of the genes by \eqn{exp(technical \cdot m)}, m the
+#' standardised `mito`. Both are drawn from their own random stream (seeded from
+#' `seed`), so the samples, trees and sites of a seed stay those drawn without
+#' them, and the defaults reproduce earlier versions exactly.
+#'
 #' The defaults make an easy problem (every gene carries an edge effect). Real
 #' studies are harder; the paper's Supplement B.2 at realistic scale is
 #' `simulateNested(20000, 2000, genes_per_edge = 10, expression = "skewed",
@@ -44,6 +54,9 @@
 #'   `"skewed"` (log-normal gene means, sd 1.5 on the log scale: most genes low,
 #'   a few high, as in real data). Fully synthetic counts only.
 #' @param library_size mean UMIs per cell (fully synthetic counts only).
+#' @param n_chemistries levels of a second categorical nuisance covariate
+#'   crossed with the sites (1: none).
+#' @param technical strength of a continuous technical covariate (0: none).
 #' @param base `NULL` (fully synthetic counts), or real counts to build on
 #'   (semi-synthetic): a `SingleCellExperiment` with a `cell_type` column, or a
 #'   list with `counts` (genes x cells) and `cell_type`. Its cells are assigned to
@@ -52,7 +65,8 @@
 #'   which doubles the effect genes' relative expression.
 #' @param seed random seed (R's generator is restored afterwards).
 #' @return a `SingleCellExperiment` with assay `counts`, colData `sample`,
-#'   `site`, `cell_type` (and `cov1`-`cov3` for the covariates design), and in
+#'   `site`, `cell_type` (and `cov1`-`cov3` for the covariates design,
+#'   `chemistry` and `mito` when asked for), and in
 #'   `metadata()$truth`: `affected` (cell types), `sample_table`, and per
 #'   affected type (tree design) `trees` (Newick strings), `phylo` (ape trees,
 #'   when ape is installed), `distances` (true sample x sample path lengths) and
@@ -67,7 +81,8 @@
 simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell_types = 5,
                            n_affected = 2, design = c("tree", "covariates"), base = NULL, seed = 1,
                            genes_per_edge = NULL, edge_lengths = c("equal", "ultrametric"),
-                           expression = c("gamma", "skewed"), library_size = 1500) {
+                           expression = c("gamma", "skewed"), library_size = 1500,
+                           n_chemistries = 1, technical = 0) {
   call <- sys.call()
   design <- match_choice(design, c("tree", "covariates"), "design", call)
   edge_lengths <- match_choice(edge_lengths, c("equal", "ultrametric"), "edge_lengths", call)
@@ -79,6 +94,10 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   }
   n_samples <- check_count(n_samples, "n_samples", call)
   n_sites <- check_count(n_sites, "n_sites", call)
+  n_chemistries <- check_count(n_chemistries, "n_chemistries", call)
+  if (!is.numeric(technical) || length(technical) != 1 || !is.finite(technical) || technical < 0) {
+    abort_arg("{.arg technical} must be one non-negative number.", call = call)
+  }
   if (n_samples < 2) abort_arg("{.arg n_samples} must be at least 2.", call = call)
   if (n_sites > n_samples) abort_arg("{.arg n_sites} cannot exceed {.arg n_samples}.", call = call)
   restore <- preserve_rng()
@@ -149,6 +168,9 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
     }
     truth$effects <- effects
   }
+  extra <- nuisance_effects(seed, samples, sample, n_genes, n_chemistries, technical)
+  cell_effect <- cell_effect * extra$effect
+  if (!is.null(extra$chemistry)) sample_table$chemistry <- extra$chemistry
   truth$sample_table <- sample_table
 
   counts <- if (is.null(base)) {
@@ -162,8 +184,37 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   if (design == "covariates") {
     for (k in c("cov1", "cov2", "cov3")) col[[k]] <- sample_table[[k]][as.integer(sample)]
   }
+  if (!is.null(extra$chemistry)) col$chemistry <- factor(unname(extra$chemistry[as.integer(sample)]))
+  if (!is.null(extra$mito)) col$mito <- extra$mito
   SingleCellExperiment::SingleCellExperiment(list(counts = counts), colData = col,
                                              metadata = list(truth = truth))
+}
+
+# The effects (genes x cells) of a chemistry crossed with the sites and of a
+# continuous technical covariate, drawn from a stream of their own (seed + 7919)
+# so that the caller's stream, and with it everything else a seed draws, is the
+# one without them.
+nuisance_effects <- function(seed, samples, sample, n_genes, n_chemistries, technical) {
+  out <- list(effect = 1)
+  if (n_chemistries < 2 && technical == 0) return(out)
+  state <- get(".Random.seed", envir = globalenv())
+  on.exit(assign(".Random.seed", state, envir = globalenv()))
+  set.seed(seed + 7919L)
+  effect <- matrix(1, n_genes, length(sample))
+  if (n_chemistries > 1) {
+    chem <- sprintf("chem%d", rep_len(seq_len(n_chemistries), length(samples))[sample.int(length(samples))])
+    out$chemistry <- stats::setNames(chem, samples)
+    per_chem <- matrix(exp(stats::rnorm(n_genes * n_chemistries, sd = 0.3)), n_genes)
+    effect <- effect * per_chem[, match(chem[as.integer(sample)], sprintf("chem%d", seq_len(n_chemistries)))]
+  }
+  if (technical > 0) {
+    out$mito <- stats::runif(length(sample), 0, 0.2)
+    genes <- sample.int(n_genes, max(1L, n_genes %/% 10))
+    m <- (out$mito - mean(out$mito)) / stats::sd(out$mito)
+    effect[genes, ] <- effect[genes, ] * rep(exp(technical * m), each = length(genes))
+  }
+  out$effect <- effect
+  out
 }
 
 # Balanced random binary tree over samples: splits, edges (the samples below

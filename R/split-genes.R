@@ -20,7 +20,10 @@
 #'   over the fitted cells (e.g. one cell type: `fit@cell_data$labels == "B"`).
 #' @param mc_samples posterior draws of u (0: the posterior mean only; the
 #'   standard deviation is then `NA`).
-#' @param seed seed of the draws (R's generator is restored afterwards).
+#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
+#'   the same whichever cells are asked for, in whatever chunks, in every
+#'   function that draws u.
 #' @return a data.frame with one row per gene, sorted by `rank`: `gene`, `lfc`
 #'   (mean log2 fold change, side a over side b), `lfc_sd` (its standard
 #'   deviation over draws), `z` (`lfc / lfc_sd`), `rank` (1 = largest absolute
@@ -32,7 +35,8 @@
 #' genes <- sampleSplitGenes(fit, fit@samples[1:2], cells = 1:50, mc_samples = 3)
 #' head(genes)
 #' @export
-sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_samples = 10, seed = 1) {
+sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_samples = 10,
+                             seed = fit@config$seed) {
   call <- sys.call()
   check_fit(fit, call)
   sides <- split_sides(fit, samples_a, samples_b, call)
@@ -40,20 +44,15 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
   if (!length(idx)) abort_arg("{.arg cells} selects no cell.", call = call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   seed <- check_whole(seed, "seed", call)
-  restore <- preserve_rng()
-  on.exit(restore())
-  set.seed(seed)
   n_genes <- length(fit@genes)
   draws <- max(1L, mc_samples)
   lfc <- matrix(0, n_genes, draws)
   expression <- matrix(0, n_genes, 2)
   # blocks of cells keep the decoded genes x cells matrices small
   for (part in split(idx, ceiling(seq_along(idx) / 512))) {
-    mean <- fit@u_mean[part, , drop = FALSE]
-    sd <- fit@u_sd[part, , drop = FALSE]
-    batch <- as.integer(fit@cell_data$batch[part]) - 1L
+    batch <- cell_nuisance(fit, part)
     for (m in seq_len(draws)) {
-      u <- if (mc_samples == 0) mean else mean + sd * stats::rnorm(length(sd))
+      u <- posterior_u(fit@u_mean, fit@u_sd, part, if (mc_samples == 0) 0L else m, seed)
       a <- side_sums(fit, u, batch, sides$a)
       b <- side_sums(fit, u, batch, sides$b)
       lfc[, m] <- lfc[, m] + a$log2 - b$log2
@@ -81,7 +80,8 @@ side_sums <- function(fit, u, batch, samples) {
   n <- nrow(u)
   log2_sum <- expression_sum <- 0
   for (s in samples) {
-    rho <- matrix(mrvi_counterfactual_expression(native_model(fit), u, n, rep(s - 1L, n), batch), length(fit@genes))
+    rho <- matrix(mrvi_counterfactual_expression(native_model(fit), u, rep(s - 1L, n), batch$site,
+                                                 batch$continuous), length(fit@genes))
     log2_sum <- log2_sum + rowSums(log2(rho))
     expression_sum <- expression_sum + rowSums(rho)
   }

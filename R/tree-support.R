@@ -34,8 +34,9 @@
 #' @param group `NULL` (every group) or the names of the groups to assess.
 #' @param B number of bootstrap replicates.
 #' @param method agglomeration method of [stats::hclust()], as in [sampleHclust()].
-#' @param seed seed of the resampling and of the posterior draws (R's generator
-#'   is restored afterwards).
+#' @param seed seed of the resampling (R's generator is restored afterwards) and
+#'   of the posterior draws (default: the fit's seed, `fit@config$seed`); draw m
+#'   of cell i depends on the seed, i and m alone, as in [sampleDistances()].
 #' @param ... further settings: `mc_samples` (distinct posterior draws of u,
 #'   cycled over the replicates; default 10; 0 keeps the posterior mean and
 #'   resamples cells only; with `normalize`, at least 3), `normalize` (default
@@ -57,7 +58,7 @@
 #'   plotSampleTree(tree)
 #' }
 #' @export
-sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "average", seed = 1, ...) {
+sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "average", seed = fit@config$seed, ...) {
   call <- sys.call()
   check_fit(fit, call)
   if (!requireNamespace("ape", quietly = TRUE)) abort_arg("sampleTreeSupport() returns ape trees: install {.pkg ape}.", call = call)
@@ -76,7 +77,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
   }
   # only the groups asked for (cells of the others in no group)
   point <- with_call(sampleDistances(fit, groups = factor(grouping, levels = chosen), min_cells = opts$min_cells, mc_samples = opts$mc_samples,
-                                     normalize = opts$normalize, chunk_size = opts$chunk_size), call)
+                                     normalize = opts$normalize, chunk_size = opts$chunk_size, seed = seed), call)
   S <- length(fit@samples)
   block <- resolve_chunk_size(fit, opts$chunk_size, call)
   restore <- preserve_rng()
@@ -94,7 +95,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     weights <- bootstrap_multiplicities(fit@cell_data$sample[cells], B)
     reps <- array(mrvi_replicate_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                                            as.integer(fit@cell_data$sample) - 1L, cells - 1L, weights, B,
-                                           opts$mc_samples, opts$normalize, (fit@config$seed + seed) %% 2^31, block),
+                                           opts$mc_samples, opts$normalize, seed, block),
                   c(S, S, B), dimnames = list(fit@samples, fit@samples, NULL))
     # samples in a new random order per replicate: hclust() resolves tied
     # distances by order, so a clade that rests on ties is not supported by chance

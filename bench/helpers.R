@@ -14,18 +14,33 @@ result <- function(...) {
   cat("RESULT", paste0(names(x), "=", unlist(x)), "\n")
 }
 
+# The RESULT line of a child process's output (system2(stdout = TRUE)) as a named
+# list of strings; stops with the whole output when the child failed.
+read_result <- function(out) {
+  line <- grep("^RESULT", out, value = TRUE)
+  if (!is.null(attr(out, "status")) || !length(line)) stop(paste(out, collapse = "\n"))
+  kv <- strsplit(strsplit(sub("^RESULT ", "", trimws(line)), " ")[[1]], "=")
+  stats::setNames(lapply(kv, `[`, 2), vapply(kv, `[`, "", 1))
+}
+
 # Run R code in its own Rscript process (so that its peak RSS is its own), with
 # mrvi and these helpers loaded; returns its RESULT line as a named list.
 run_measurement <- function(code, lib = Sys.getenv("R_LIBS", file.path(getwd(), ".Rlib"))) {
   f <- tempfile(fileext = ".R")
   on.exit(unlink(f))
   writeLines(c("suppressMessages(library(mrvi))", 'source("bench/helpers.R")', code), f)
-  out <- system2(file.path(R.home("bin"), "Rscript"), f, stdout = TRUE, stderr = TRUE,
-                 env = paste0("R_LIBS=", lib))
-  line <- grep("^RESULT", out, value = TRUE)
-  if (!is.null(attr(out, "status")) || !length(line)) stop(paste(out, collapse = "\n"))
-  kv <- strsplit(strsplit(sub("^RESULT ", "", trimws(line)), " ")[[1]], "=")
-  stats::setNames(lapply(kv, `[`, 2), vapply(kv, `[`, "", 1))
+  read_result(system2(file.path(R.home("bin"), "Rscript"), f, stdout = TRUE, stderr = TRUE,
+                      env = paste0("R_LIBS=", lib)))
+}
+
+# The CPU the numbers come from: model name, cores, and which of the vector
+# extensions that change libtorch's and the likelihood kernel's code paths it has.
+cpu_info <- function() {
+  info <- readLines("/proc/cpuinfo")
+  field <- function(name) sub("^[^:]*: *", "", grep(paste0("^", name, "\\s*:"), info, value = TRUE)[1])
+  flags <- strsplit(field("flags"), " ")[[1]]
+  list(model = field("model name"), cores = parallel::detectCores(),
+       extensions = paste(intersect(c("avx2", "avx512f"), flags), collapse = " "))
 }
 
 # A synthetic fit for benchmarks of the routines that need only u and the sample

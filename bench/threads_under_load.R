@@ -7,16 +7,16 @@
 # after. Compared in the same run: the package's default thread count (the idle
 # cores, see ?mrviBackend), one thread, and all cores (the default before it),
 # the last also with OpenMP's default (spinning) wait policy.
+source("bench/helpers.R")
 lib <- Sys.getenv("R_LIBS", file.path(getwd(), ".Rlib"))
 rscript <- file.path(R.home("bin"), "Rscript")
 data_dir <- Sys.getenv("MRVI_BENCH_DATA", file.path(tempdir(), "mrvi-bench"))
 dir.create(data_dir, showWarnings = FALSE, recursive = TRUE)
 data <- file.path(data_dir, "d20k.rds")
 if (!file.exists(data)) system2(rscript, c("bench/make_data.R", 20000, 2000, 32, 2, data), env = paste0("R_LIBS=", lib))
-cores <- parallel::detectCores()
-cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
-flags <- system("grep -o -w 'avx2\\|avx512f' /proc/cpuinfo | sort -u", intern = TRUE)
-cat("CPU:", cpu, "|", cores, "cores |", paste(flags, collapse = " "), "\n")
+cpu <- cpu_info()
+cores <- cpu$cores
+cat("CPU:", cpu$model, "|", cores, "cores |", cpu$extensions, "\n")
 
 run <- function(label, busy, threads = "", wait = "PASSIVE") {
   if (busy) {
@@ -31,13 +31,10 @@ run <- function(label, busy, threads = "", wait = "PASSIVE") {
   policy <- if (wait == "default") c("-u", "OMP_WAIT_POLICY") else paste0("OMP_WAIT_POLICY=", wait)
   out <- system2("env", c(policy, paste0("R_LIBS=", lib), paste0("MRVI_BENCH_THREADS=", threads),
                           rscript, "bench/train_one.R", data, 4, "linear"), stdout = TRUE, stderr = TRUE)
-  line <- grep("^RESULT", out, value = TRUE)
-  if (!length(line)) stop(paste(out, collapse = "\n"))
-  kv <- strsplit(sub("^RESULT ", "", trimws(line)), " ")[[1]]
-  vals <- stats::setNames(sub(".*=", "", kv), sub("=.*", "", kv))
+  v <- read_result(out)
   data.frame(config = label, busy_process = busy, wait_policy = wait,
-             threads = as.integer(vals[["threads"]]), cells_per_s = as.numeric(vals[["cells_per_s"]]),
-             epoch_s = as.numeric(vals[["epoch_s"]]))
+             threads = as.integer(v$threads), cells_per_s = as.numeric(v$cells_per_s),
+             epoch_s = as.numeric(v$epoch_s))
 }
 
 all <- as.character(cores)
@@ -50,7 +47,8 @@ res <- rbind(
   run("busy, all cores, default wait policy", TRUE, all, wait = "default")
 )
 res$slowdown_vs_alone_default <- round(res$cells_per_s[1] / res$cells_per_s, 2)
-res$cpu <- cpu
-print(res[, names(res) != "cpu"], row.names = FALSE)
+res$cpu <- cpu$model
+res$vector_extensions <- cpu$extensions
+print(res[, !names(res) %in% c("cpu", "vector_extensions")], row.names = FALSE)
 dir.create("bench/results", showWarnings = FALSE)
 write.csv(res, "bench/results/threads_under_load.csv", row.names = FALSE)

@@ -14,7 +14,10 @@ shift || true
 files=${*:-"test-fit.R test-distances.R test-attention.R test-association.R test-differential-expression.R test-abundance.R test-tree-support.R test-validity.R test-expression.R test-baselines.R test-latent.R test-simulate-nested.R"}
 export OMP_WAIT_POLICY=PASSIVE
 for k in $shifts; do
-  dir=$(mktemp -d)
+  root=$(mktemp -d)
+  dir="$root/tests/testthat"
+  mkdir -p "$dir"
+  cp DESCRIPTION "$root"/  # testthat takes its edition from there
   cp tests/testthat/helper-*.R "$dir"/
   for f in $files; do [ -f "tests/testthat/$f" ] && cp "tests/testthat/$f" "$dir"/; done
   # shift literal seeds: seed = 12 -> seed = 12 + k; set.seed(3) -> set.seed(3 + k)
@@ -30,5 +33,5 @@ for k in $shifts; do
                   if (length(bad)) paste0(": ", paste(bad, collapse = " | ")) else ""))' "$dir/$f" "$k" 2>/dev/null ||
       echo "shift $k $f: the file did not run"
   done
-  rm -rf "$dir"
+  rm -rf "$root"
 done

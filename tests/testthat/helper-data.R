@@ -114,3 +114,18 @@ read_safetensors <- function(bytes) {
   }
   out
 }
+
+# Two crossed batch factors (site, chemistry) and a continuous technical
+# covariate (mito): the nuisance covariates of test-covariates.R and
+# test-add-samples.R, simulated once per run.
+crossed_data <- local({
+  cache <- NULL
+  function() {
+    if (is.null(cache)) {
+      cache <<- simulateNested(600, 60, n_samples = 6, n_sites = 2, n_cell_types = 2, n_affected = 1,
+                               seed = 2, n_chemistries = 2, technical = 1)
+    }
+    cache
+  }
+})
+

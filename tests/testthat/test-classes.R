@@ -17,7 +17,7 @@ test_that("the constructor rebuilds a fit from its weights and data", {
   f <- small_fit()
   fit <- f$fit
   data <- suppressMessages(mrviData(f$sim$counts, sample = f$sim$sample, labels = f$sim$cell_type))
-  keep <- setdiff(names(fit@config), c("model_json", "device", "mrvi_version", "weights_hash"))
+  keep <- setdiff(names(fit@config), c("model_json", "device", "nuisance", "mrvi_version", "weights_hash"))
   again <- mrvi:::new_mrvi_fit(data, fit@weights, fit@config$model_json, "cpu", fit@history, fit@config[keep])
   expect_true(validObject(again))
   expect_identical(again@config, fit@config)

@@ -47,7 +47,8 @@ test_that("posterior draws of u are mean + sd * N(0, 1), and counterfactual draw
   u <- mrviLatent(fit, use_mean = FALSE)
   std <- (u - fit@u_mean) / fit@u_sd
   # 4,000 standard normal values: mean within 5 standard errors, sd within 8%
-  # (set.seed(1:5) gave at most 0.55 of the first bound and |sd - 1| <= 0.036)
+  # (seed = 1:5, the core's draws, gave at most 0.19 of the first bound and
+  # |sd - 1| <= 0.022)
   expect_lt(abs(mean(std)), 5 / sqrt(length(std)))
   expect_lt(abs(sd(std) - 1), 0.08)
   # the linear flavour's z is affine in u: the mean over draws converges to z at
@@ -72,4 +73,47 @@ test_that("counterfactualLatent checks the size before allocating", {
   on.exit(options(old))
   expect_error(counterfactualLatent(fit), "would allocate.*`cells`")
   expect_error(sampleDistances(fit, cells = 1:400), "would allocate")
+})
+
+# One posterior module draws u for every function (src/rust/mrvi-core/src/posterior.rs):
+# draw m of cell i under seed s depends on (s, i, m) alone.
+test_that("one seed reproduces the draws and the fit's seed is the default", {
+  fit <- small_fit()$fit
+  a <- mrviLatent(fit, use_mean = FALSE, seed = 11)
+  expect_identical(a, mrviLatent(fit, use_mean = FALSE, seed = 11))
+  expect_false(identical(a, mrviLatent(fit, use_mean = FALSE, seed = 12)))
+  expect_identical(mrviLatent(fit, use_mean = FALSE), mrviLatent(fit, use_mean = FALSE, seed = fit@config$seed))
+  expect_identical(dimnames(a), dimnames(fit@u_mean))
+  z <- counterfactualLatent(fit, cells = 1:6, mc_samples = 2, seed = 11)
+  expect_identical(z, counterfactualLatent(fit, cells = 1:6, mc_samples = 2, seed = 11))
+  expect_identical(counterfactualLatent(fit, cells = 1:6, mc_samples = 2),
+                   counterfactualLatent(fit, cells = 1:6, mc_samples = 2, seed = fit@config$seed))
+  genes <- sampleSplitGenes(fit, fit@samples[1:2], cells = 1:40, mc_samples = 3, seed = 11)
+  expect_identical(genes, sampleSplitGenes(fit, fit@samples[1:2], cells = 1:40, mc_samples = 3, seed = 11))
+  expect_false(identical(genes$lfc, sampleSplitGenes(fit, fit@samples[1:2], cells = 1:40, mc_samples = 3, seed = 12)$lfc))
+  expect_error(mrviLatent(fit, use_mean = FALSE, seed = -1), "`seed`")
+  expect_error(counterfactualLatent(fit, cells = 1, seed = 1.5), "`seed`")
+})
+
+test_that("a cell's draws do not depend on the other cells or the chunk size", {
+  fit <- small_fit()$fit
+  all <- counterfactualLatent(fit, cells = 1:400, mc_samples = 3, seed = 5)
+  some <- counterfactualLatent(fit, cells = c(350, 7, 31), mc_samples = 3, seed = 5)
+  expect_identical(unname(some), unname(all[c(350, 7, 31), , , , drop = FALSE]))
+  u <- mrviLatent(fit, use_mean = FALSE, seed = 5)
+  # the first draw of counterfactualLatent() is mrviLatent()'s draw (z under the own sample)
+  own <- as.integer(fit@cell_data$sample)
+  z_own <- t(vapply(1:400, function(i) all[i, own[i], , 1], numeric(dim(all)[3])))
+  expect_equal(unname(z_own), unname(mrviLatent(fit, which = "z", use_mean = FALSE, seed = 5)), tolerance = 1e-5)
+  d1 <- sampleDistances(fit, cells = c(350, 7, 31), mc_samples = 3, seed = 5, chunk_size = 1)
+  d2 <- sampleDistances(fit, cells = 1:400, mc_samples = 3, seed = 5)[c(350, 7, 31), , ]
+  expect_identical(d1, d2)
+  # and they are the draws of counterfactualLatent(): D(n) by brute force from them
+  brute <- apply(some, c(1, 4), function(zc) as.matrix(stats::dist(zc)))  # [S * S, cells, draws]
+  expect_equal(as.vector(aperm(apply(brute, 1:2, mean), c(2, 1))), as.vector(d1), tolerance = 1e-5)
+  cov <- data.frame(sample = fit@samples, g = c("a", "a", "b", "b", "b"))
+  de1 <- differentialExpression(fit, cov, cells = c(350, 7, 31), mc_samples = 3, lfc = TRUE, chunk_size = 1, seed = 5)
+  de2 <- differentialExpression(fit, cov, cells = 1:400, mc_samples = 3, lfc = TRUE, chunk_size = 128, seed = 5)
+  expect_equal(de1$statistic, de2$statistic[c(350, 7, 31)])
+  expect_equal(S4Vectors::metadata(de1)$lfc$gb, S4Vectors::metadata(de2)$lfc$gb[c(350, 7, 31), ], tolerance = 1e-4)
 })

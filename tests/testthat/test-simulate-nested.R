@@ -195,3 +195,22 @@ test_that("the tests' simulate_counts() draws from the same generator", {
   expect_identical(.Random.seed, state)
   expect_identical(again, sim)
 })
+
+test_that("simulateNested() adds a crossed batch factor and a technical covariate without changing the rest", {
+  plain <- simulateNested(400, 40, n_samples = 8, n_cell_types = 2, n_affected = 1, seed = 5)
+  more <- simulateNested(400, 40, n_samples = 8, n_cell_types = 2, n_affected = 1, seed = 5,
+                         n_chemistries = 2, technical = 1)
+  expect_identical(SummarizedExperiment::assay(simulateNested(400, 40, n_samples = 8, n_cell_types = 2,
+                                                              n_affected = 1, seed = 5, n_chemistries = 1,
+                                                              technical = 0)),
+                   SummarizedExperiment::assay(plain))
+  expect_identical(more$sample, plain$sample)
+  expect_identical(more$site, plain$site)
+  expect_identical(S4Vectors::metadata(more)$truth$trees, S4Vectors::metadata(plain)$truth$trees)
+  # each sample in one chemistry, both chemistries used, crossed with the sites
+  expect_true(all(rowSums(table(more$sample, more$chemistry) > 0) == 1))
+  expect_equal(nlevels(more$chemistry), 2)
+  expect_true(all(more$mito >= 0 & more$mito <= 0.2))
+  expect_false(identical(SummarizedExperiment::assay(more), SummarizedExperiment::assay(plain)))
+  expect_error(simulateNested(400, 40, technical = -1), "technical", class = "mrvi_error")
+})

@@ -4,10 +4,13 @@
 //! Kolmogorov-Smirnov test (within-category distances smaller). D(n) is formed
 //! one cell at a time and dropped: nothing of size cells x S x S is kept.
 
-use crate::distances::{accumulate_cell, cell_draws, DistanceSpec, Posterior};
+use crate::backend;
+use crate::distances::{accumulate_cell, cell_draws, DistanceSpec};
+use crate::posterior::Posterior;
 use crate::error::{Error, Result};
 use crate::model::MrviModel;
 use crate::stats::ks_greater;
+use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CellTest {
@@ -19,16 +22,19 @@ pub struct CellTest {
 
 /// KS tests for `cells`. `category[s]` is sample s's covariate code (< 0: missing,
 /// the sample takes no part). Cells are processed in blocks; within a block, cells
-/// are dealt to `threads` threads; `interrupted` is polled per block.
+/// are shared out over the core's pool; `interrupted` is polled per block.
 #[allow(clippy::too_many_arguments)]
 pub fn cell_association(
     model: &MrviModel, post: &Posterior, own_sample: &[i64], cells: &[usize], category: &[i64], spec: DistanceSpec,
-    block: usize, threads: usize, interrupted: &mut dyn FnMut() -> bool,
+    block: usize, interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<Vec<CellTest>> {
     let s = model.config.n_samples as usize;
     let l = model.config.n_latent as usize; // dimension of z
     if category.len() != s {
         crate::invalid!("the covariate has {} values for {s} samples", category.len());
+    }
+    if cells.iter().any(|&c| c >= post.n_cells) {
+        crate::invalid!("a cell index is out of range (0..{})", post.n_cells);
     }
     let effect = model.host_sample_effect();
     // the pairs that take part, split by within / between category
@@ -37,6 +43,7 @@ pub fn cell_association(
         .filter(|&(a, b)| category[a] >= 0 && category[b] >= 0)
         .map(|(a, b)| (a, b, category[a] == category[b]))
         .collect();
+    let pool = backend::pool()?;
     let mut out = vec![CellTest::default(); cells.len()];
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         if interrupted() {
@@ -45,30 +52,22 @@ pub fn cell_association(
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
         let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;
         let results = &mut out[bi * block.max(1)..bi * block.max(1) + part.len()];
-        let per = part.len().div_ceil(threads.max(1)).max(1);
-        std::thread::scope(|scope| {
-            for (ti, res) in results.chunks_mut(per).enumerate() {
-                let (zs, scale, pairs) = (&zs, &scale, &pairs);
-                scope.spawn(move || {
-                    let mut acc = vec![0f64; s * s];
-                    let mut t = vec![0f32; s * l];
-                    let (mut within, mut between) = (Vec::new(), Vec::new());
-                    for (k, slot) in res.iter_mut().enumerate() {
-                        let r = ti * per + k;
-                        acc.iter_mut().for_each(|v| *v = 0.0);
-                        for z in zs {
-                            accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, scale.weight[r], scale.offset[r], &mut t, &mut acc);
-                        }
-                        within.clear();
-                        between.clear();
-                        for &(a, b, same) in pairs {
-                            if same { within.push(acc[a * s + b]) } else { between.push(acc[a * s + b]) }
-                        }
-                        let (statistic, p_value) = ks_greater(&within, &between);
-                        *slot = CellTest { statistic, p_value, n_within: within.len(), n_between: between.len() };
-                    }
-                });
-            }
+        pool.install(|| {
+            // per worker: the cell's distance matrix, scratch, the two samples
+            let scratch = || (vec![0f64; s * s], vec![0f32; s * l], Vec::new(), Vec::new());
+            results.par_iter_mut().enumerate().for_each_init(scratch, |(acc, t, within, between), (r, slot)| {
+                acc.iter_mut().for_each(|v| *v = 0.0);
+                for z in &zs {
+                    accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, scale.weight[r], scale.offset[r], t, acc);
+                }
+                within.clear();
+                between.clear();
+                for &(a, b, same) in &pairs {
+                    if same { within.push(acc[a * s + b]) } else { between.push(acc[a * s + b]) }
+                }
+                let (statistic, p_value) = ks_greater(within, between);
+                *slot = CellTest { statistic, p_value, n_within: within.len(), n_between: between.len() };
+            })
         });
     }
     Ok(out)

@@ -1,6 +1,8 @@
 //! What libtorch offers in this process: version, threads and devices.
 
 use crate::error::{Error, Result};
+use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::sync::{Arc, Mutex};
 use tch::Device;
 
 /// The libtorch version the package was built against (set by `configure`).
@@ -28,6 +30,29 @@ pub fn set_num_threads(n: i32) -> Result<i32> {
     }
     tch::set_num_threads(n);
     Ok(tch::get_num_threads())
+}
+
+static POOL: Mutex<Option<Arc<ThreadPool>>> = Mutex::new(None);
+
+/// The thread pool of the core's data-parallel loops (distances, guided tests,
+/// densities), as large as libtorch's intra-op setting ([set_num_threads],
+/// mrviSetThreads() in R): the loops run between libtorch calls, on the cores
+/// libtorch's OpenMP threads were given, never beside them. Rebuilt when the
+/// setting changes.
+pub fn pool() -> Result<Arc<ThreadPool>> {
+    let n = num_threads().max(1) as usize;
+    let mut slot = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = slot.as_ref().filter(|p| p.current_num_threads() == n) {
+        return Ok(p.clone());
+    }
+    let p = ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("mrvi-{i}"))
+        .build()
+        .map_err(|e| Error::Memory(format!("cannot start {n} worker threads: {e}")))?;
+    let p = Arc::new(p);
+    *slot = Some(p.clone());
+    Ok(p)
 }
 
 /// Resolve "cpu", "cuda", "cuda:K" or "auto" into a device; asking for CUDA
@@ -94,6 +119,9 @@ mod tests {
     fn threads_round_trip() {
         let before = num_threads();
         assert_eq!(set_num_threads(1).unwrap(), 1);
+        assert_eq!(pool().unwrap().current_num_threads(), 1);
+        set_num_threads(2).unwrap();
+        assert_eq!(pool().unwrap().current_num_threads(), 2);
         assert!(set_num_threads(0).is_err());
         set_num_threads(before).unwrap();
         assert_eq!(num_threads(), before);

@@ -7,12 +7,20 @@ use crate::model::nb::NonZeros;
 use crate::model::{Batch, HostCopy};
 use tch::{Device, Tensor};
 
-/// The data a model sees: counts plus per-cell sample and site codes. `C` is an
-/// owned copy for training, or a borrowed view of R's slots within one call.
+/// The data a model sees: counts plus per-cell sample codes and nuisance
+/// covariates. `C` is an owned copy for training, or a borrowed view of R's
+/// slots within one call.
 pub struct Dataset<C: CountColumns = CscCounts> {
     pub counts: C,
     pub sample: Vec<i64>,
+    /// site codes, `n_factors` per cell (cell-major), each counted over the
+    /// levels of all categorical covariates together (factor k's codes start
+    /// after the levels of factors 0..k)
     pub site: Vec<i64>,
+    pub n_factors: usize,
+    /// continuous nuisance covariates, `n_continuous` per cell (cell-major)
+    pub continuous: Vec<f32>,
+    pub n_continuous: usize,
     pub library: Vec<f32>,
     /// sum over genes of lgamma(x + 1) per cell: a constant of the data
     lgamma_x1: Vec<f32>,
@@ -21,12 +29,23 @@ pub struct Dataset<C: CountColumns = CscCounts> {
 }
 
 impl<C: CountColumns> Dataset<C> {
+    /// Counts with one sample and one site code per cell.
     pub fn new(counts: C, sample: Vec<i64>, site: Vec<i64>) -> Self {
         let library = counts.library_sizes();
         let lgamma_x1 = (0..counts.n_cells())
             .map(|c| counts.column(c).map(|(_, v)| ln_factorial(v) as f64).sum::<f64>() as f32)
             .collect();
-        Self { counts, sample, site, library, lgamma_x1, label: None }
+        Self { counts, sample, site, n_factors: 1, continuous: Vec::new(), n_continuous: 0, library, lgamma_x1, label: None }
+    }
+
+    /// Replace the site codes by several categorical covariates (`n_factors`
+    /// codes per cell) and add `n_continuous` continuous ones per cell.
+    pub fn with_nuisance(mut self, site: Vec<i64>, n_factors: usize, continuous: Vec<f32>, n_continuous: usize) -> Self {
+        self.site = site;
+        self.n_factors = n_factors;
+        self.continuous = continuous;
+        self.n_continuous = n_continuous;
+        self
     }
 
     /// Attach per-cell label codes.
@@ -85,10 +104,18 @@ impl<C: CountColumns> Dataset<C> {
                 lgamma_x1: lgamma_x1.clone(),
             }),
             sample: idx(cells.iter().map(|&c| self.sample[c]).collect()),
-            site: idx(cells.iter().map(|&c| self.site[c]).collect()),
+            site: idx(cell_rows(&self.site, self.n_factors, cells)).view([b as i64, self.n_factors as i64]),
+            continuous: (self.n_continuous > 0).then(|| {
+                Tensor::from_slice(&cell_rows(&self.continuous, self.n_continuous, cells)).view([b as i64, self.n_continuous as i64]).to_device(device)
+            }),
             label: self.label.as_ref().map(|l| idx(cells.iter().map(|&c| l[c]).collect())),
         }
     }
+}
+
+/// The `width` values of each of `cells`, cell after cell.
+fn cell_rows<T: Copy>(v: &[T], width: usize, cells: &[usize]) -> Vec<T> {
+    cells.iter().flat_map(|&c| v[c * width..(c + 1) * width].iter().copied()).collect()
 }
 
 /// ln(x!) for a whole-number count, exactly as lgamma(x + 1).

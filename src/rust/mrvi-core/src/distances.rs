@@ -4,8 +4,8 @@
 //! O(groups * S^2 + block * S * L); the cells x S x S array never exists.
 //!
 //! With `mc_samples` = 0 the posterior mean of u is used; otherwise D(n) is the
-//! mean over that many posterior draws u = mean + sd * eps (eps drawn per cell
-//! from the seed and the cell's index, so results do not depend on the block
+//! mean over that many posterior draws ([crate::posterior]: each depends on the
+//! seed, the cell and the draw alone, so results do not depend on the block
 //! size). `normalize` puts D(n) in units of the cell's own posterior noise, as
 //! the later MrVI does: with b_n(m, m') = || z_n^{s_n}(u_m) - z_n^{s_n}(u_m') ||
 //! over all pairs of the cell's draws (its own sample), mu_n and sigma_n their
@@ -14,10 +14,13 @@
 //! smaller than the noise of the cell's own representation become 0 (needs at
 //! least 3 draws).
 
-use crate::error::{try_vec, try_with_capacity, Error, Result};
-use crate::infer::rows_from_column_major;
+use crate::backend;
+use crate::error::{r_array, try_vec, try_with_capacity, Error, Result};
+use crate::infer::{cells_z, rows_from_column_major};
 use crate::model::{HostSampleEffect, MrviModel};
-use crate::rng::SplitMix64;
+use crate::posterior::Posterior;
+use ndarray::{Axis, Ix3};
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 /// What to compute from u: posterior mean or Monte Carlo draws, raw or normalised.
@@ -26,14 +29,6 @@ pub struct DistanceSpec {
     pub mc_samples: usize,
     pub normalize: bool,
     pub seed: u64,
-}
-
-/// The posterior of u for N cells, column-major N x L (as R stores matrices).
-pub struct Posterior<'a> {
-    pub mean: &'a [f64],
-    pub sd: &'a [f64],
-    pub n_cells: usize,
-    pub n_latent: usize,
 }
 
 /// Sums of D(n) over the cells of each group (upper triangle filled, a < b) and
@@ -69,39 +64,16 @@ impl GroupSums {
         }
         out
     }
-}
 
-/// u for cell `c`: its posterior mean (`draw` None) or draw m, drawn from the
-/// seed and the cell's index alone, so that it does not depend on the block.
-pub fn posterior_draw(post: &Posterior, c: usize, draw: Option<usize>, seed: u64) -> Vec<f32> {
-    let n = post.n_cells;
-    let mut rng = draw.map(|m| SplitMix64::new(seed ^ (c as u64).wrapping_mul(0x9E37_79B9) ^ ((m as u64) << 40)));
-    (0..post.n_latent)
-        .map(|d| {
-            let mean = post.mean[d * n + c];
-            match rng.as_mut() {
-                None => mean as f32,
-                Some(rng) => (mean + post.sd[d * n + c] * standard_normal(rng)) as f32,
-            }
-        })
-        .collect()
-}
-
-/// Counterfactual z of a block of cells under every sample, [cells, S, L]
-/// row-major, for one draw of u (or its mean).
-fn block_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64) -> Vec<f32> {
-    let (s, l) = (effect.n_samples, effect.n_latent);
-    let us: Vec<f32> = cells.iter().flat_map(|&c| posterior_draw(post, c, draw, seed)).collect();
-    let mut out = vec![0f32; cells.len() * s * l];
-    effect.z_block(&us, &mut out);
-    out
-}
-
-fn standard_normal(rng: &mut SplitMix64) -> f64 {
-    // Box-Muller on two uniforms in (0, 1]
-    let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    /// Every group's mean matrix: the values of an R array [S, S, G].
+    pub fn means(&self) -> Result<Vec<f64>> {
+        let s = self.n_samples;
+        let mut values = try_with_capacity(self.sums.len() * s * s, "the group means")?;
+        for g in 0..self.sums.len() {
+            values.extend(self.mean(g));
+        }
+        Ok(values)
+    }
 }
 
 /// z of each cell under its own sample for draw m, [cells, L] (for the normaliser).
@@ -125,7 +97,7 @@ pub(crate) struct CellScale {
 pub(crate) fn cell_draws(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], own: &[i64], spec: &DistanceSpec) -> Result<(Vec<Vec<f32>>, CellScale)> {
     let (s, l) = (effect.n_samples, effect.n_latent);
     let draws: Vec<Option<usize>> = if spec.mc_samples == 0 { vec![None] } else { (0..spec.mc_samples).map(Some).collect() };
-    let zs: Vec<Vec<f32>> = draws.iter().map(|&d| block_z(effect, post, cells, d, spec.seed)).collect();
+    let zs: Vec<Vec<f32>> = draws.iter().map(|&d| cells_z(effect, post, cells, d, spec.seed)).collect();
     let mut scale = CellScale { weight: vec![1.0 / zs.len() as f32; cells.len()], offset: vec![0.0; cells.len()] };
     if spec.normalize {
         if zs.len() < 3 {
@@ -246,38 +218,47 @@ pub(crate) fn accumulate_cell(z: &[f32], s: usize, l: usize, w: f32, offset: f32
 /// Add the upper triangles of w * D(n) for the cells of one block (all of the same
 /// group) into `acc` (S x S, row-major), pairs masked by each cell's `masks` row
 /// when there are masks (1 or 0 per sample; rows of masked samples are skipped).
-/// Rows are dealt to `threads` threads round-robin (the
-/// triangle is uneven); each row stays in cache while the block's cells pass over it.
-fn accumulate_block(zts: &[Vec<f32>], scale: &CellScale, masks: Option<&[Vec<f32>]>, s: usize, l: usize, acc: &mut [f64], threads: usize) {
-    let threads = threads.clamp(1, s.max(1));
-    let rows: Vec<&mut [f64]> = acc.chunks_mut(s).collect();
-    let mut per_thread: Vec<Vec<(usize, &mut [f64])>> = (0..threads).map(|_| Vec::new()).collect();
-    for (a, row) in rows.into_iter().enumerate() {
-        per_thread[a % threads].push((a, row));
-    }
-    std::thread::scope(|scope| {
-        for mine in per_thread {
-            scope.spawn(move || {
-                let mut za = vec![0f32; l];
-                for (a, row) in mine {
-                    for (r, zt) in zts.iter().enumerate() {
-                        let (w, offset) = (scale.weight[r], scale.offset[r]);
-                        let m = masks.map(|ms| ms[r].as_slice());
-                        if m.is_some_and(|m| m[a] == 0.0) {
-                            continue;
-                        }
-                        for d in 0..l {
-                            za[d] = zt[d * s + a];
-                        }
-                        match m {
-                            None => row_distances_dispatch::<false>(zt, s, &za, a + 1..s, w, offset, &[], row),
-                            Some(m) => row_distances_dispatch::<true>(zt, s, &za, a + 1..s, w, offset, m, row),
-                        }
+/// Rows are shared out over the core's pool (work stealing evens out the uneven
+/// triangle); each row stays in cache while the block's cells pass over it.
+fn accumulate_block(zts: &[Vec<f32>], scale: &CellScale, masks: Option<&[Vec<f32>]>, s: usize, l: usize, acc: &mut [f64]) -> Result<()> {
+    backend::pool()?.install(|| {
+        acc.par_chunks_mut(s).enumerate().for_each_init(
+            || vec![0f32; l],
+            |za, (a, row)| {
+                for (r, zt) in zts.iter().enumerate() {
+                    let (w, offset) = (scale.weight[r], scale.offset[r]);
+                    let m = masks.map(|ms| ms[r].as_slice());
+                    if m.is_some_and(|m| m[a] == 0.0) {
+                        continue;
+                    }
+                    for d in 0..l {
+                        za[d] = zt[d * s + a];
+                    }
+                    match m {
+                        None => row_distances_dispatch::<false>(zt, s, za.as_slice(), a + 1..s, w, offset, &[], row),
+                        Some(m) => row_distances_dispatch::<true>(zt, s, za.as_slice(), a + 1..s, w, offset, m, row),
                     }
                 }
-            });
-        }
+            },
+        )
     });
+    Ok(())
+}
+
+/// Sums of D(n) per group by the path that suits the request: with a mask
+/// ([group_sums_masked]), the masked kernel; on a GPU, for posterior means
+/// without normalisation, libtorch's tensor operations ([group_sums_tensor]);
+/// otherwise the streamed CPU kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn group_distances(
+    model: &MrviModel, post: &Posterior, own_sample: &[i64], group: &[i64], n_groups: usize, spec: DistanceSpec,
+    mask: Option<&[bool]>, block: usize, interrupted: &mut dyn FnMut() -> bool,
+) -> Result<GroupSums> {
+    if mask.is_none() && model.device() != Device::Cpu && spec.mc_samples == 0 && !spec.normalize {
+        group_sums_tensor(model, post, group, n_groups, block)
+    } else {
+        group_sums_masked(model, post, own_sample, group, n_groups, spec, mask, block, interrupted)
+    }
 }
 
 /// Sums of D(n) per group. `group[c]` is the group of cell c (< 0: in none);
@@ -286,9 +267,9 @@ fn accumulate_block(zts: &[Vec<f32>], scale: &CellScale, masks: Option<&[Vec<f32
 #[allow(clippy::too_many_arguments)]
 pub fn group_sums(
     model: &MrviModel, post: &Posterior, own_sample: &[i64], group: &[i64], n_groups: usize, spec: DistanceSpec,
-    block: usize, threads: usize, interrupted: &mut dyn FnMut() -> bool,
+    block: usize, interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<GroupSums> {
-    group_sums_masked(model, post, own_sample, group, n_groups, spec, None, block, threads, interrupted)
+    group_sums_masked(model, post, own_sample, group, n_groups, spec, None, block, interrupted)
 }
 
 /// [group_sums] where `mask` (cells x S, column-major, as R stores a logical
@@ -298,7 +279,7 @@ pub fn group_sums(
 #[allow(clippy::too_many_arguments)]
 pub fn group_sums_masked(
     model: &MrviModel, post: &Posterior, own_sample: &[i64], group: &[i64], n_groups: usize, spec: DistanceSpec,
-    mask: Option<&[bool]>, block: usize, threads: usize, interrupted: &mut dyn FnMut() -> bool,
+    mask: Option<&[bool]>, block: usize, interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<GroupSums> {
     let s = model.config.n_samples as usize;
     let l = model.config.n_latent as usize; // dimension of z
@@ -343,7 +324,7 @@ pub fn group_sums_masked(
                     t
                 })
                 .collect();
-            accumulate_block(&zts, &scale, masks.as_deref(), s, l, &mut sums[g as usize], threads);
+            accumulate_block(&zts, &scale, masks.as_deref(), s, l, &mut sums[g as usize])?;
         }
         if let (Some(counts), Some(masks)) = (pair_counts.as_mut(), masks.as_ref()) {
             let counts = &mut counts[g as usize];
@@ -365,9 +346,11 @@ pub fn group_sums_masked(
 pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], cells: &[usize], spec: DistanceSpec, block: usize) -> Result<Vec<f64>> {
     let s = model.config.n_samples as usize;
     let l = model.config.n_latent as usize; // dimension of z
+    if cells.iter().any(|&c| c >= post.n_cells) {
+        crate::invalid!("a cell index is out of range (0..{})", post.n_cells);
+    }
     let effect = model.host_sample_effect();
-    let nc = cells.len();
-    let mut out = try_vec(nc.saturating_mul(s * s), 0f64, "the per-cell distance matrices")?;
+    let mut out = r_array(Ix3(cells.len(), s, s), "the per-cell distance matrices")?;
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
         let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;
@@ -377,17 +360,16 @@ pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], c
             for z in &zs {
                 accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, scale.weight[r], scale.offset[r], &mut t, &mut acc);
             }
-            let i = bi * block.max(1) + r;
+            let mut d = out.index_axis_mut(Axis(0), bi * block.max(1) + r);
             for a in 0..s {
                 for b in a + 1..s {
-                    let v = acc[a * s + b];
-                    out[i + nc * (a + s * b)] = v;
-                    out[i + nc * (b + s * a)] = v;
+                    d[[a, b]] = acc[a * s + b];
+                    d[[b, a]] = acc[a * s + b];
                 }
             }
         }
     }
-    Ok(out)
+    Ok(out.into_raw_vec_and_offset().0)
 }
 
 /// The same group sums computed with libtorch tensor operations (cdist and

@@ -59,6 +59,14 @@ pub fn is_out_of_memory(msg: &str) -> bool {
     m.contains("can't allocate memory") || m.contains("out of memory") || m.contains("failed to allocate")
 }
 
+/// A zero array of R's layout (column-major) with dimensions `dims`, allocated
+/// like [try_vec]; `into_raw_vec_and_offset().0` gives the values R reads.
+pub fn r_array<D: ndarray::Dimension>(dims: D, what: &str) -> Result<ndarray::Array<f64, D>> {
+    use ndarray::ShapeBuilder;
+    let values = try_vec(dims.size(), 0f64, what)?;
+    Ok(ndarray::Array::from_shape_vec(dims.f(), values).expect("the shape matches the length"))
+}
+
 /// A vector of `n` copies of `value`, or `Error::Memory` when it cannot be
 /// allocated: the global allocator aborts the process (and R with it) on failure,
 /// `try_reserve` does not. Use for every allocation whose size the user controls.

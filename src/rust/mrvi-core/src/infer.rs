@@ -1,15 +1,21 @@
-//! Latent representations of cells, streamed over chunks of cells. Matrices
-//! cross to R column-major (cells x L), so helpers here read and write that layout.
+//! Latent representations of cells, counterfactual latents and decoded
+//! expression, streamed over chunks of cells. Matrices cross to R column-major
+//! (cells x L), so helpers here read and write that layout.
 
 use crate::batch::Dataset;
 use crate::data::CountColumns;
-use crate::error::{try_vec, Result};
-use crate::model::MrviModel;
+use crate::error::{r_array, try_vec, try_with_capacity, Error, Result};
+use crate::model::{HostSampleEffect, MrviModel};
+use crate::posterior::Posterior;
+use ndarray::{s, ArrayView3, Ix3};
 use tch::{Device, Kind, Tensor};
 
 /// Posterior mean and standard deviation of u for every cell (cells x L each,
 /// column-major).
 pub fn encode<C: CountColumns>(model: &MrviModel, data: &Dataset<C>, chunk: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    if data.sample.iter().any(|&s| s < 0 || s >= model.config.n_samples) {
+        crate::invalid!("sample codes outside the fitted samples");
+    }
     let n = data.n_cells();
     let l = model.config.dim_u() as usize;
     let mut mean = try_vec(n.saturating_mul(l), 0f32, "the posterior means")?;
@@ -53,10 +59,100 @@ pub fn z_from_u(model: &MrviModel, u: &[f32], sample: &[i64], chunk: usize) -> R
     Ok(out)
 }
 
+/// Counterfactual z of `cells` under every sample, [cells, S, L] row-major, for
+/// one draw of u (or its mean).
+pub fn cells_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64) -> Vec<f32> {
+    let mut out = vec![0f32; cells.len() * effect.n_samples * effect.n_latent];
+    effect.z_block(&post.rows(cells, draw, seed), &mut out);
+    out
+}
+
+/// Counterfactual z of `cells` under `samples`, for one draw of u (or its mean):
+/// the values of an R array [cells, samples, L].
+pub fn counterfactual_z(
+    model: &MrviModel, post: &Posterior, cells: &[usize], samples: &[usize], draw: Option<usize>, seed: u64,
+) -> Result<Vec<f64>> {
+    let effect = model.host_sample_effect();
+    let (l, s_all) = (effect.n_latent, effect.n_samples);
+    if post.n_latent != effect.n_latent_u {
+        crate::invalid!("u has {} dimensions, the model {}", post.n_latent, effect.n_latent_u);
+    }
+    if cells.iter().any(|&c| c >= post.n_cells) || samples.iter().any(|&s| s >= s_all) {
+        crate::invalid!("a cell or sample index is out of range");
+    }
+    let mut out = r_array(Ix3(cells.len(), samples.len(), l), "the counterfactual latents")?;
+    // blocks of cells: one libtorch call per block for the attention flavour
+    const BLOCK: usize = 256;
+    for (bi, part) in cells.chunks(BLOCK).enumerate() {
+        let z = cells_z(&effect, post, part, draw, seed);
+        let z = ArrayView3::from_shape((part.len(), s_all, l), &z).expect("[cells, S, L]");
+        for (j, &s) in samples.iter().enumerate() {
+            out.slice_mut(s![bi * BLOCK..bi * BLOCK + part.len(), j, ..]).zip_mut_with(&z.slice(s![.., s, ..]), |o, &v| *o = v as f64);
+        }
+    }
+    Ok(out.into_raw_vec_and_offset().0)
+}
+
+/// Expected normalised expression (softmax of the decoder) for u (cells x L_u,
+/// column-major) under one sample per cell and the nuisance covariates (`site`:
+/// cells x K codes, `continuous`: cells x C standardised values, both
+/// column-major): the values of an R matrix [genes, cells].
+pub fn expression_from_u(model: &MrviModel, u: &[f64], sample: &[i64], site: &[i64], continuous: &[f64]) -> Result<Vec<f64>> {
+    let n = sample.len();
+    if sample.iter().any(|&s| s < 0 || s >= model.config.n_samples) {
+        crate::invalid!("sample codes outside the fitted samples");
+    }
+    let dev = model.device();
+    decode_blocks(model, u, model.config.dim_u() as usize, site, continuous, n, |ut, start, end| {
+        model.z_from_u(ut, &Tensor::from_slice(&sample[start..end]).to_device(dev))
+    })
+}
+
+/// Expected normalised expression decoded from z itself (cells x L_z,
+/// column-major) under the nuisance covariates (as in `expression_from_u`): an
+/// R matrix [genes, cells].
+pub fn expression_from_z(model: &MrviModel, z: &[f64], site: &[i64], continuous: &[f64]) -> Result<Vec<f64>> {
+    let k = model.config.factor_levels().len();
+    decode_blocks(model, z, model.config.n_latent as usize, site, continuous, site.len() / k, |zt, _, _| zt.shallow_clone())
+}
+
+/// Decoder expression of `values` (n cells x width, column-major) in blocks of
+/// 1024 cells, after `to_z` maps a block's rows [start, end) to z.
+#[allow(clippy::too_many_arguments)]
+fn decode_blocks(
+    model: &MrviModel, values: &[f64], width: usize, site: &[i64], continuous: &[f64], n: usize,
+    to_z: impl Fn(&Tensor, usize, usize) -> Tensor,
+) -> Result<Vec<f64>> {
+    let (k, nc) = (model.config.factor_levels().len(), model.config.n_continuous as usize);
+    if values.len() != n * width || site.len() != n * k || continuous.len() != n * nc {
+        crate::invalid!(
+            "{} values, {} site codes and {} continuous values for {n} cells x {width} dimensions, {k} factors and {nc} covariates",
+            values.len(), site.len(), continuous.len()
+        );
+    }
+    if site.iter().any(|&b| b < 0 || b >= model.config.n_batches) {
+        crate::invalid!("site codes outside the fitted sites");
+    }
+    let v32: Vec<f32> = crate::error::try_collect(values.len(), values.iter().map(|&x| x as f32), "a single-precision copy")?;
+    let x32: Vec<f32> = crate::error::try_collect(continuous.len(), continuous.iter().map(|&x| x as f32), "a single-precision copy")?;
+    let mut out = try_with_capacity(n.saturating_mul(model.config.n_genes as usize), "the expression matrix")?;
+    let dev = model.device();
+    for start in (0..n).step_by(1024) {
+        let end = (start + 1024).min(n);
+        let rows = rows_from_column_major(&v32, n, width, start, end).to_device(dev);
+        let b = rows_from_column_major(site, n, k, start, end).to_device(dev);
+        let x = (nc > 0).then(|| rows_from_column_major(&x32, n, nc, start, end).to_device(dev));
+        let rho = tch::no_grad(|| model.expression(&to_z(&rows, start, end), &b, x.as_ref()));
+        let rho = rho.to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1]);
+        out.extend(Vec::<f64>::try_from(&rho).map_err(Error::from)?);
+    }
+    Ok(out)
+}
+
 /// Rows [start, end) of a column-major n x l buffer as a [end - start, l] tensor.
-pub fn rows_from_column_major(v: &[f32], n: usize, l: usize, start: usize, end: usize) -> Tensor {
+pub fn rows_from_column_major<T: tch::kind::Element + Copy + Default>(v: &[T], n: usize, l: usize, start: usize, end: usize) -> Tensor {
     let rows = end - start;
-    let mut buf = vec![0f32; rows * l];
+    let mut buf = vec![T::default(); rows * l];
     for c in 0..l {
         for r in 0..rows {
             buf[r * l + c] = v[c * n + start + r];

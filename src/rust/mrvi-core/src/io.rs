@@ -2,10 +2,20 @@
 //! so that saveRDS()/readRDS() carry the model and the native one is rebuilt.
 
 use crate::error::{try_collect, Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::MrviModel;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
+
+/// A fitted model rebuilt on `device` from its configuration JSON and weights.
+pub fn model_from_bytes(config_json: &str, weights: &[u8], device: Device) -> Result<MrviModel> {
+    let config: ModelConfig = serde_json::from_str(config_json)?;
+    let mut model = MrviModel::new(config, device);
+    load_bytes_into(&mut model.vs, weights)?;
+    Ok(model)
+}
 
 pub fn varstore_to_bytes(vs: &VarStore) -> Result<Vec<u8>> {
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();

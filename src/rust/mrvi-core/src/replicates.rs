@@ -11,7 +11,8 @@
 //! O(cells * draws * S^2 * L + cells * R * S^2) and the memory O(R * S^2 + block * S * L),
 //! never cells x S x S.
 
-use crate::distances::{accumulate_cell, cell_draws, DistanceSpec, Posterior};
+use crate::distances::{accumulate_cell, cell_draws, DistanceSpec};
+use crate::posterior::Posterior;
 use crate::error::{try_vec, Error, Result};
 use crate::model::MrviModel;
 

@@ -4,6 +4,10 @@
 //! groups; exact p-value (conditional on ties, by counting lattice paths) when
 //! m * n < 10000, else the asymptotic exp(-2 m n / (m + n) D^2).
 
+use crate::backend;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
 /// Statistic and p-value of H1: x is stochastically smaller than y.
 pub fn ks_greater(x: &[f64], y: &[f64]) -> (f64, f64) {
     let (m, n) = (x.len(), y.len());
@@ -87,24 +91,33 @@ fn ln_choose(n: usize, k: usize) -> f64 {
 
 /// The group-level statistic of the guided analysis: for each labelling of the
 /// samples, the mean over cells of the one-sided KS statistic of within- against
-/// between-label pairs (the statistic of [ks_greater]). `values` holds, per cell,
-/// its distances for `pairs` (cells x pairs, row-major); each labelling gives one
-/// label per sample. Each cell's values are sorted once; a labelling then costs a
-/// pass over them. Labellings are shared out over `threads` threads.
-pub fn mean_ks_statistics(values: &[f64], pairs: &[(usize, usize)], labellings: &[Vec<i64>], threads: usize) -> Vec<f64> {
+/// between-label pairs (the statistic of [ks_greater]). `values` holds the
+/// cells' distances for `pairs` (cells x pairs, column-major as R stores a
+/// matrix); `labels` one label per sample for each labelling (samples x
+/// labellings, column-major). Each cell's values are sorted once; a labelling
+/// then costs a pass over them. Labellings are shared out over the core's pool.
+pub fn mean_ks_statistics(
+    values: &[f64], n_cells: usize, pairs: &[(usize, usize)], labels: &[i64], n_samples: usize,
+) -> Result<Vec<f64>> {
     let p = pairs.len();
-    let n_cells = values.len().checked_div(p).unwrap_or(0);
+    if values.len() != n_cells * p || n_samples == 0 || labels.len() % n_samples != 0 {
+        return Err(Error::InvalidInput("mean_ks_statistics: inconsistent dimensions".into()));
+    }
+    if pairs.iter().any(|&(a, b)| a >= n_samples || b >= n_samples) {
+        return Err(Error::InvalidInput("mean_ks_statistics: pair index out of range".into()));
+    }
+    let labellings: Vec<&[i64]> = labels.chunks(n_samples).collect();
     // per cell: pair indices in increasing order of value, and whether each ends a tie run
     let sorted: Vec<(Vec<usize>, Vec<bool>)> = (0..n_cells)
         .map(|c| {
-            let v = &values[c * p..(c + 1) * p];
+            let v: Vec<f64> = (0..p).map(|k| values[c + n_cells * k]).collect();
             let mut order: Vec<usize> = (0..p).collect();
             order.sort_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap_or(std::cmp::Ordering::Equal));
             let tie_end = tie_ends(p, |k| v[order[k]]);
             (order, tie_end)
         })
         .collect();
-    let one = |labels: &Vec<i64>| -> f64 {
+    let one = |labels: &[i64]| -> f64 {
         let within: Vec<bool> = pairs.iter().map(|&(a, b)| labels[a] == labels[b]).collect();
         let m = within.iter().filter(|&&w| w).count();
         let n = p - m;
@@ -114,19 +127,7 @@ pub fn mean_ks_statistics(values: &[f64], pairs: &[(usize, usize)], labellings: 
         let total: f64 = sorted.iter().map(|(order, tie_end)| ecdf_gap(order.iter().map(|&k| within[k]), tie_end, m, n)).sum();
         total / n_cells as f64
     };
-    let mut out = vec![0f64; labellings.len()];
-    let per = labellings.len().div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|scope| {
-        for (chunk, res) in labellings.chunks(per).zip(out.chunks_mut(per)) {
-            let one = &one;
-            scope.spawn(move || {
-                for (labels, r) in chunk.iter().zip(res.iter_mut()) {
-                    *r = one(labels);
-                }
-            });
-        }
-    });
-    out
+    Ok(backend::pool()?.install(|| labellings.par_iter().map(|labels| one(labels)).collect()))
 }
 
 #[cfg(test)]
@@ -158,7 +159,9 @@ mod tests {
         let pairs: Vec<(usize, usize)> = (0..5).flat_map(|a| (a + 1..5).map(move |b| (a, b))).collect();
         let values: Vec<f64> = (0..30).map(|i| ((i * 7) % 11) as f64 / 4.0).collect();
         let labellings = vec![vec![0, 0, 1, 1, 1], vec![1, 0, 1, 0, 2]];
-        let got = mean_ks_statistics(&values, &pairs, &labellings, 2);
+        // the same values column-major (3 cells x 10 pairs), as R passes them
+        let by_column: Vec<f64> = (0..10).flat_map(|k| (0..3).map(move |c| (c, k))).map(|(c, k)| values[c * 10 + k]).collect();
+        let got = mean_ks_statistics(&by_column, 3, &pairs, &labellings.concat(), 5).unwrap();
         for (labels, g) in labellings.iter().zip(&got) {
             let mut want = 0.0;
             for c in 0..3 {

@@ -59,6 +59,9 @@ pub struct Trainer {
     pub(crate) best: Option<(f64, usize, Vec<(String, Tensor)>)>,
     pub(crate) epochs_since_best: usize,
     pub stopped_early: bool,
+    /// when adding samples: the reference samples' rows of the per-sample
+    /// parameters, restored exactly by `finish`
+    reference_rows: Vec<(String, Tensor)>,
 }
 
 /// Adam with L2 weight decay, as libtorch's `torch::optim::Adam` computes it (up
@@ -146,15 +149,38 @@ fn epoch_seed(seed: u64, epoch: usize) -> i64 {
 
 impl Trainer {
     pub fn new(model_config: ModelConfig, config: TrainConfig, data: Dataset, device: Device) -> Result<Self> {
-        if config.batch_size < 2 {
-            crate::invalid!("batch_size must be at least 2, not {}", config.batch_size);
-        }
-        if !(0.0..0.5).contains(&config.validation_fraction) {
-            crate::invalid!("validation_fraction must be in [0, 0.5), not {}", config.validation_fraction);
-        }
+        check_train_config(&config)?;
         model_config_matches(&model_config, &data)?;
         tch::manual_seed(config.seed as i64);
         let model = MrviModel::new(model_config, device);
+        Self::with_model(model, config, data, Vec::new())
+    }
+
+    /// Learn `n_new` new samples into a trained model (`MrviModel::with_new_samples`):
+    /// `data` holds cells of the new samples only (codes after base's samples);
+    /// everything but the new samples' parameters stays as in `base`. Each new
+    /// sample starts from the reference sample under which its cells have the
+    /// highest ELBO (`closest_reference_samples`): a start at the mean of the
+    /// reference samples drew new samples towards the one nearest that mean.
+    /// No KL warm-up: with the decoder and prior fixed there is no collapse to
+    /// avoid.
+    pub fn add_samples(base: &MrviModel, n_new: i64, mut config: TrainConfig, data: Dataset) -> Result<Self> {
+        let s_old = base.config.n_samples;
+        if data.sample.iter().any(|&s| s < s_old || s >= s_old + n_new) {
+            crate::invalid!("cells to add must belong to the new samples");
+        }
+        let mut extended = base.config.clone();
+        extended.n_samples += n_new;
+        check_train_config(&config)?;
+        model_config_matches(&extended, &data)?;
+        config.n_epochs_kl_warmup = 0;
+        tch::manual_seed(config.seed as i64);
+        let start = closest_reference_samples(base, &data, n_new);
+        let model = MrviModel::with_new_samples(base, &start)?;
+        Self::with_model(model, config, data, base.sample_parameters())
+    }
+
+    fn with_model(model: MrviModel, config: TrainConfig, data: Dataset, reference_rows: Vec<(String, Tensor)>) -> Result<Self> {
         let opt = Adam::new(&model.vs, config.lr);
         let mut rng = SplitMix64::new(config.seed);
         let n = data.n_cells();
@@ -177,11 +203,8 @@ impl Trainer {
             best: None,
             epochs_since_best: 0,
             stopped_early: false,
+            reference_rows,
         })
-    }
-
-    pub fn n_validation(&self) -> usize {
-        self.validation_cells.len()
     }
 
     /// Whether minibatches use the fused CPU likelihood.
@@ -323,7 +346,8 @@ impl Trainer {
         self.best.as_ref().map(|b| b.1)
     }
 
-    /// Restore the best weights (when early stopping is on) and return the model.
+    /// Restore the best weights (when early stopping is on) and, when samples
+    /// were added, the reference samples' rows; return the model.
     pub fn finish(mut self) -> MrviModel {
         if self.config.early_stopping {
             if let Some((_, _, snapshot)) = self.best.take() {
@@ -337,6 +361,8 @@ impl Trainer {
                 });
             }
         }
+        // Adam's weight decay moves them slightly although their gradients are 0
+        self.model.restore_sample_rows(&self.reference_rows);
         self.model
     }
 
@@ -345,20 +371,77 @@ impl Trainer {
     }
 }
 
+/// For each new sample (codes from base's n_samples on), the reference sample
+/// under which the ELBO of its cells (one posterior draw per cell, evaluation
+/// mode) is highest.
+fn closest_reference_samples(base: &MrviModel, data: &Dataset, n_new: i64) -> Vec<i64> {
+    let (s_old, device) = (base.config.n_samples, base.device());
+    let cells: Vec<usize> = (0..data.n_cells()).collect();
+    let own: Vec<usize> = data.sample.iter().map(|&s| (s - s_old) as usize).collect();
+    let mut best = vec![(f64::INFINITY, 0i64); n_new as usize];
+    tch::no_grad(|| {
+        for r in 0..s_old {
+            let mut loss = vec![0f64; n_new as usize];
+            for part in cells.chunks(1024) {
+                let mut batch = data.batch(part, device, false);
+                batch.sample = batch.sample.full_like(r);
+                let l = base.losses(&batch, false);
+                let per_cell = Vec::<f64>::try_from((l.reconstruction + l.kl).to_kind(tch::Kind::Double).to_device(Device::Cpu))
+                    .expect("per-cell losses");
+                for (&c, v) in part.iter().zip(per_cell) {
+                    loss[own[c]] += v;
+                }
+            }
+            for (b, l) in best.iter_mut().zip(loss) {
+                if l < b.0 {
+                    *b = (l, r);
+                }
+            }
+        }
+    });
+    best.into_iter().map(|(_, r)| r).collect()
+}
+
+fn check_train_config(config: &TrainConfig) -> Result<()> {
+    if config.batch_size < 2 {
+        crate::invalid!("batch_size must be at least 2, not {}", config.batch_size);
+    }
+    if !(0.0..0.5).contains(&config.validation_fraction) {
+        crate::invalid!("validation_fraction must be in [0, 0.5), not {}", config.validation_fraction);
+    }
+    Ok(())
+}
+
 fn model_config_matches(c: &ModelConfig, data: &Dataset) -> Result<()> {
     if c.n_genes as usize != data.counts.n_genes() {
         crate::invalid!("model has {} genes, data {}", c.n_genes, data.counts.n_genes());
     }
-    if data.sample.iter().any(|&s| s < 0 || s >= c.n_samples) || data.site.iter().any(|&b| b < 0 || b >= c.n_batches) {
-        crate::invalid!("sample or site codes outside the model's levels");
+    if data.sample.iter().any(|&s| s < 0 || s >= c.n_samples) {
+        crate::invalid!("sample codes outside the model's samples");
+    }
+    // each covariate's codes within its own levels
+    let levels = c.factor_levels();
+    let k = levels.len();
+    if data.n_factors != k || data.site.len() != k * data.n_cells() {
+        crate::invalid!("the data have {} nuisance factors, the model {k}", data.n_factors);
+    }
+    let starts: Vec<i64> = levels.iter().scan(0, |acc, &n| { *acc += n; Some(*acc - n) }).collect();
+    if data.site.chunks(k).any(|codes| codes.iter().zip(&starts).zip(&levels).any(|((&b, &lo), &n)| b < lo || b >= lo + n)) {
+        crate::invalid!("site codes outside the model's levels");
+    }
+    if data.n_continuous as i64 != c.n_continuous || data.continuous.len() != data.n_continuous * data.n_cells() {
+        crate::invalid!("the data have {} continuous covariates, the model {}", data.n_continuous, c.n_continuous);
+    }
+    if data.continuous.iter().any(|v| !v.is_finite()) {
+        crate::invalid!("continuous covariates must be finite");
     }
     if c.n_latent < 1 || c.dim_u() < 1 {
         crate::invalid!("n_latent must be at least 1");
     }
-    if c.n_labels > 0 {
-        match &data.label {
-            Some(l) if l.iter().all(|&v| v >= 0 && v < c.n_labels) => {}
-            _ => crate::invalid!("label codes missing or outside the model's {} labels", c.n_labels),
+    // cells without labels (samples added later) use the mixture weights unbiased
+    if let Some(l) = &data.label {
+        if l.iter().any(|&v| v < 0 || v >= c.n_labels) {
+            crate::invalid!("label codes outside the model's {} labels", c.n_labels);
         }
     }
     Ok(())

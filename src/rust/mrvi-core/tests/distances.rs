@@ -1,7 +1,8 @@
 //! The streamed distance kernel against libtorch's cdist and a direct computation.
 mod common;
 
-use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, posterior_draw, DistanceSpec, Posterior};
+use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, DistanceSpec};
+use mrvi_core::posterior::Posterior;
 use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::MrviModel;
 use tch::{Device, Kind, Tensor};
@@ -28,8 +29,11 @@ fn group_sums_match_cdist_and_do_not_depend_on_the_block_size() {
     let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
     let group: Vec<i64> = (0..n).map(|c| if c % 11 == 0 { -1 } else { (c % 3) as i64 }).collect();
     let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
-    let a = group_sums(&model, &post, &own, &group, 3, spec, 16, 2, &mut || false).unwrap();
-    let b = group_sums(&model, &post, &own, &group, 3, spec, 7, 1, &mut || false).unwrap();
+    // blocks and threads of the pool do not change the result
+    mrvi_core::backend::set_num_threads(2).unwrap();
+    let a = group_sums(&model, &post, &own, &group, 3, spec, 16, &mut || false).unwrap();
+    mrvi_core::backend::set_num_threads(1).unwrap();
+    let b = group_sums(&model, &post, &own, &group, 3, spec, 7, &mut || false).unwrap();
     let t = group_sums_tensor(&model, &post, &group, 3, 50).unwrap();
     for g in 0..3 {
         assert_eq!(a.n_cells[g], t.n_cells[g]);
@@ -41,8 +45,8 @@ fn group_sums_match_cdist_and_do_not_depend_on_the_block_size() {
     }
     // MC draws are per cell, so the block size does not matter either
     let mc = DistanceSpec { mc_samples: 4, normalize: true, seed: 5 };
-    let a = group_sums(&model, &post, &own, &group, 3, mc, 16, 2, &mut || false).unwrap();
-    let b = group_sums(&model, &post, &own, &group, 3, mc, 5, 2, &mut || false).unwrap();
+    let a = group_sums(&model, &post, &own, &group, 3, mc, 16, &mut || false).unwrap();
+    let b = group_sums(&model, &post, &own, &group, 3, mc, 5, &mut || false).unwrap();
     assert_eq!(a.mean(1), b.mean(1));
 }
 
@@ -85,7 +89,7 @@ fn normalised_distances_are_clipped_at_the_noise_floor_of_the_own_sample() {
         // z of every draw under every sample, by libtorch
         let zs: Vec<Tensor> = (0..m)
             .map(|k| {
-                let u = posterior_draw(&post, c, Some(k), 9);
+                let u = post.rows(&[c], Some(k), 9);
                 tch::no_grad(|| model.z_all_samples(&Tensor::from_slice(&u).view([1, l]))).squeeze_dim(0)
             })
             .collect();
@@ -119,7 +123,7 @@ fn interrupt_stops_between_blocks() {
     let group = vec![0i64; n];
     let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
     let mut calls = 0;
-    let r = group_sums(&model, &post, &own, &group, 1, spec, 4, 1, &mut || {
+    let r = group_sums(&model, &post, &own, &group, 1, spec, 4, &mut || {
         calls += 1;
         calls > 2
     });
@@ -139,7 +143,7 @@ fn masked_group_means_average_each_pair_over_its_admissible_cells() {
         .flat_map(|a| (0..n).map(move |c| !(c % 3 == 0 && a == c % 5) && !(a == 6 && c % 2 == 1)))
         .collect();
     let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
-    let m = group_sums_masked(&model, &post, &own, &group, 2, spec, Some(&mask), 8, 2, &mut || false).unwrap();
+    let m = group_sums_masked(&model, &post, &own, &group, 2, spec, Some(&mask), 8, &mut || false).unwrap();
     let cells: Vec<usize> = (0..n).collect();
     let d = cell_distances(&model, &post, &own, &cells, spec, 16).unwrap();
     for g in 0..2usize {
@@ -162,8 +166,8 @@ fn masked_group_means_average_each_pair_over_its_admissible_cells() {
     }
     // no mask at all: the unmasked means
     let all = vec![true; n * su];
-    let full = group_sums_masked(&model, &post, &own, &group, 2, spec, Some(&all), 8, 2, &mut || false).unwrap();
-    let plain = group_sums(&model, &post, &own, &group, 2, spec, 8, 2, &mut || false).unwrap();
+    let full = group_sums_masked(&model, &post, &own, &group, 2, spec, Some(&all), 8, &mut || false).unwrap();
+    let plain = group_sums(&model, &post, &own, &group, 2, spec, 8, &mut || false).unwrap();
     for (x, y) in full.mean(0).iter().zip(plain.mean(0)) {
         assert!((x - y).abs() < 1e-9);
     }
@@ -193,7 +197,7 @@ fn a_nan_latent_gives_nan_distances_never_zero() {
             }
         }
         let group: Vec<i64> = (0..n).map(|c| (c % 2) as i64).collect(); // cell 5 is in group 1
-        let g = group_sums(&model, &post, &own, &group, 2, spec, 16, 2, &mut || false).unwrap();
+        let g = group_sums(&model, &post, &own, &group, 2, spec, 16, &mut || false).unwrap();
         assert!(g.mean(0).iter().all(|v| v.is_finite()));
         assert!(g.mean(1)[1].is_nan(), "the group of the NaN cell averages to {}", g.mean(1)[1]);
     }

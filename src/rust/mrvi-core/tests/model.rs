@@ -53,6 +53,7 @@ fn double_batch(b: &Batch) -> Batch {
         log_library: d(&b.log_library),
         sample: b.sample.shallow_clone(),
         site: b.site.shallow_clone(),
+        continuous: None,
         label: None,
         nonzeros: b.nonzeros.as_ref().map(|nz| NonZeros {
             flat: nz.flat.shallow_clone(),
@@ -142,7 +143,7 @@ fn stop_gradient_keeps_sample_and_site_maps_off_the_encoder() {
     }
     let z = Tensor::randn([4, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let weights = Tensor::randn([4, 6], (Kind::Float, Device::Cpu));
-    (model.decode_logits(&z, &batch.site, false) * &weights).sum(Kind::Float).backward();
+    (model.decode_logits(&z, &batch.site, None, false) * &weights).sum(Kind::Float).backward();
     let c = &model.vs.variables()["decoder.C.weight"]; // [G, L]
     let expected = weights.matmul(c);
     let dev = (z.grad() - expected).abs().max().double_value(&[]);
@@ -240,8 +241,9 @@ fn fused_cpu_objective_has_the_autograd_gradient() {
 #[test]
 fn a_checkpointed_run_resumes_bit_for_bit() {
     use mrvi_core::checkpoint;
+    let _rng = common::libtorch_rng();
     let new = |max_epochs: usize, seed: u64| {
-        let cfg = TrainConfig { max_epochs: Some(max_epochs), n_epochs_kl_warmup: 2, patience: 2, seed, ..Default::default() };
+        let cfg = mrvi_core::model::config::TrainConfig { patience: 2, ..common::train_config(max_epochs, 2, seed) };
         Trainer::new(ModelConfig::new(40, 4, 1, 4), cfg, toy_data(300, 40, 4, 3), Device::Cpu).unwrap()
     };
     let run = |t: &mut Trainer| {

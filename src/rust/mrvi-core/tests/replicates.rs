@@ -1,7 +1,8 @@
 //! Replicate means against a direct computation of weighted mean distances.
 mod common;
 
-use mrvi_core::distances::{cell_distances, group_sums, posterior_draw, DistanceSpec, Posterior};
+use mrvi_core::distances::{cell_distances, group_sums, DistanceSpec};
+use mrvi_core::posterior::Posterior;
 use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::MrviModel;
 use mrvi_core::replicates::{replicate_means, Replicates};
@@ -38,7 +39,7 @@ fn replicate_means_are_weighted_means_of_the_drawn_cell_distances() {
         let mut total = 0.0;
         for (i, &c) in cells.iter().enumerate() {
             let w = weights[i + nc * k];
-            let u = posterior_draw(&post, c, Some(k % draws), seed);
+            let u = post.rows(&[c], Some(k % draws), seed);
             let z = tch::no_grad(|| model.z_all_samples(&Tensor::from_slice(&u).view([1, l]))).squeeze_dim(0);
             for a in 0..s {
                 for b in 0..s {
@@ -70,7 +71,7 @@ fn unit_weights_on_the_posterior_mean_give_the_group_mean() {
     let reps = Replicates { weights: &weights, n_replicates: 2, draws: 0, seed: 1, normalize: false };
     let got = replicate_means(&model, &post, &own, &cells, &reps, 8, &mut || false).unwrap();
     let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
-    let want = group_sums(&model, &post, &own, &vec![0; n], 1, spec, 8, 1, &mut || false).unwrap().mean(0);
+    let want = group_sums(&model, &post, &own, &vec![0; n], 1, spec, 8, &mut || false).unwrap().mean(0);
     let su = (s * s) as usize;
     for k in 0..2 {
         for (x, y) in got[k * su..(k + 1) * su].iter().zip(&want) {

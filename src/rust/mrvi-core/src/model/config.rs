@@ -23,7 +23,8 @@ pub enum Prior {
 pub struct ModelConfig {
     pub n_genes: i64,
     pub n_samples: i64,
-    /// sites (nuisance covariate); 1 when there is none
+    /// levels of all categorical nuisance covariates together (sites); 1 when
+    /// there is none
     pub n_batches: i64,
     /// L: dimension of u and z
     pub n_latent: i64,
@@ -39,6 +40,13 @@ pub struct ModelConfig {
     pub n_mixture: i64,
     /// cell labels that bias the mixture weights (0: none)
     pub n_labels: i64,
+    /// levels of each categorical nuisance covariate, in order (they sum to
+    /// n_batches); empty: one covariate of n_batches levels (older fits)
+    #[serde(default)]
+    pub batch_levels: Vec<i64>,
+    /// continuous nuisance covariates (standardised by the caller)
+    #[serde(default)]
+    pub n_continuous: i64,
 }
 
 impl ModelConfig {
@@ -57,12 +65,28 @@ impl ModelConfig {
             prior: Prior::Normal,
             n_mixture: 0,
             n_labels: 0,
+            batch_levels: Vec::new(),
+            n_continuous: 0,
         }
     }
 
     /// Dimension of u.
     pub fn dim_u(&self) -> i64 {
         self.n_latent_u
+    }
+
+    /// Levels of each categorical nuisance covariate.
+    pub fn factor_levels(&self) -> Vec<i64> {
+        if self.batch_levels.is_empty() { vec![self.n_batches] } else { self.batch_levels.clone() }
+    }
+
+    /// Several categorical nuisance covariates (levels in order, n_batches their
+    /// sum) and `n_continuous` continuous ones.
+    pub fn with_nuisance(mut self, batch_levels: Vec<i64>, n_continuous: i64) -> Self {
+        self.n_batches = batch_levels.iter().sum();
+        self.batch_levels = batch_levels;
+        self.n_continuous = n_continuous;
+        self
     }
 
     /// Mixture components actually used.
@@ -156,5 +180,18 @@ mod tests {
         let c = ModelConfig::new(2000, 32, 2, 10);
         let back: ModelConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(c, back);
+        let several = c.with_nuisance(vec![2, 3], 1);
+        assert_eq!((several.n_batches, several.factor_levels()), (5, vec![2, 3]));
+    }
+
+    #[test]
+    fn older_configurations_have_one_nuisance_factor() {
+        let mut old = serde_json::to_value(ModelConfig::new(5, 2, 3, 2)).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("batch_levels");
+        fields.remove("n_continuous");
+        let old = old.to_string();
+        let c: ModelConfig = serde_json::from_str(&old).unwrap();
+        assert_eq!((c.factor_levels(), c.n_continuous), (vec![3], 0));
     }
 }

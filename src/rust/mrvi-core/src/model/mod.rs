@@ -8,6 +8,18 @@
 //! Initialisation: A_s = 0 (z starts at u + a_s), a_s ~ N(0, 0.01²),
 //! C_b ~ N(0, 0.01²), c_b = 0, phi = 0 (theta = 1); linear layers use tch's
 //! default (Kaiming-uniform) initialisation.
+//!
+//! Several nuisance covariates enter the decoder only, never z. Categorical
+//! ones: the levels of all of them share one table of site parameters (C_b,
+//! c_b, or the attention flavour's site embeddings), and a cell uses the sum of
+//! its levels' entries (one level per covariate). Continuous ones (standardised)
+//! act like a site scaled by the value: x_j (D_j drop(sg(z)) + d_j) in the linear
+//! flavour; in the attention flavour x_j e_j is added to the site embedding and
+//! x_j d_j to the logits (a technical covariate such as the mitochondrial
+//! fraction moves genes log-linearly, which the attention block alone learns
+//! slowly) (D_j, d_j, e_j start at N(0, 0.01²), 0 and N(0, 0.01²)). With one categorical
+//! covariate and no continuous one this is the model above, parameter for
+//! parameter.
 
 pub mod config;
 pub mod encoder;
@@ -31,7 +43,31 @@ pub struct MrviModel {
     prior: PriorParams,
     /// phi: [G], theta = exp(phi)
     log_theta: Tensor,
+    /// continuous nuisance covariates; None without any
+    continuous: Option<ContinuousEffect>,
 }
+
+/// The decoder's terms for continuous nuisance covariates.
+enum ContinuousEffect {
+    /// x_j (D_j drop(sg(z)) + d_j); D: [C, G, L], d: [C, G]
+    Linear { map: Tensor, bias: Tensor },
+    /// x_j e_j added to the site embedding, x_j d_j to the logits; e: [C, TOKENS], d: [C, G]
+    Attention { embedding: Tensor, bias: Tensor },
+}
+
+/// The parameters with one row per sample: the encoder's conditioning and
+/// sample embedding, and the sample effect. `MrviModel::with_new_samples`
+/// learns new rows of these and nothing else.
+const SAMPLE_PARAMETERS: [&str; 8] = [
+    "encoder.scale1",
+    "encoder.shift1",
+    "encoder.scale2",
+    "encoder.shift2",
+    "encoder.sample_embedding",
+    "sample_effect.A",
+    "sample_effect.a",
+    "sample_effect.embedding",
+];
 
 /// z from u and a sample.
 enum SampleEffect {
@@ -123,7 +159,10 @@ pub struct Batch {
     /// log library size [B, 1]
     pub log_library: Tensor,
     pub sample: Tensor,
+    /// site codes [B, K], one per categorical nuisance covariate
     pub site: Tensor,
+    /// continuous nuisance covariates [B, C], when the model has any
+    pub continuous: Option<Tensor>,
     /// label codes, when labels bias the mixture prior
     pub label: Option<Tensor>,
     /// non-zero structure for the tensor likelihood (absent when the fused CPU
@@ -217,7 +256,79 @@ impl MrviModel {
             }
         };
         let log_theta = (&root / "decoder").var("log_theta", &[g], nn::Init::Const(0.0));
-        Self { config, vs, encoder, sample_effect, decoder, prior, log_theta }
+        // created last, so that a model without them draws the same initial weights
+        let nc = config.n_continuous;
+        let continuous = (nc > 0).then(|| {
+            let p = &root / "decoder";
+            match config.flavour {
+                Flavour::Linear => ContinuousEffect::Linear {
+                    map: p.var("D_x", &[nc, g, l], small),
+                    bias: p.var("d_x", &[nc, g], nn::Init::Const(0.0)),
+                },
+                Flavour::Attention => ContinuousEffect::Attention {
+                    embedding: p.var("continuous_embedding", &[nc, attention::TOKENS], small),
+                    bias: p.var("d_x", &[nc, g], nn::Init::Const(0.0)),
+                },
+            }
+        });
+        Self { config, vs, encoder, sample_effect, decoder, prior, log_theta, continuous }
+    }
+
+    /// A model over the samples of `base` and `start.len()` more (codes after
+    /// base's): base's weights, with new sample j's rows of the per-sample
+    /// parameters (SAMPLE_PARAMETERS) starting as copies of reference sample
+    /// `start[j]`'s. Only those parameters require gradients; base's rows of
+    /// them get none from cells of new samples, and `Trainer` restores them
+    /// exactly when it finishes.
+    pub fn with_new_samples(base: &MrviModel, start: &[i64]) -> Result<Self> {
+        let n_new = start.len() as i64;
+        if n_new < 1 {
+            crate::invalid!("no new samples to add");
+        }
+        if start.iter().any(|&r| r < 0 || r >= base.config.n_samples) {
+            crate::invalid!("new samples must start from reference samples");
+        }
+        let mut config = base.config.clone();
+        let s_old = config.n_samples;
+        config.n_samples += n_new;
+        let mut model = MrviModel::new(config, base.device());
+        let old = base.vs.variables();
+        let new = model.vs.variables();
+        model.vs.freeze();
+        tch::no_grad(|| {
+            for (name, v) in &new {
+                let from = &old[name];
+                if SAMPLE_PARAMETERS.contains(&name.as_str()) {
+                    let mut head = v.narrow(0, 0, s_old);
+                    head.copy_(from);
+                    let mut tail = v.narrow(0, s_old, n_new);
+                    tail.copy_(&from.index_select(0, &Tensor::from_slice(start).to_device(from.device())));
+                    let _ = v.set_requires_grad(true);
+                } else {
+                    let mut v = v.shallow_clone();
+                    v.copy_(from);
+                }
+            }
+        });
+        Ok(model)
+    }
+
+    /// Copies of the per-sample parameters (name, tensor), for `restore_sample_rows`.
+    pub fn sample_parameters(&self) -> Vec<(String, Tensor)> {
+        let vars = self.vs.variables();
+        SAMPLE_PARAMETERS.iter().filter_map(|&n| vars.get(n).map(|v| (n.to_string(), v.detach().copy()))).collect()
+    }
+
+    /// Put back the first rows of the per-sample parameters from `saved`
+    /// (`sample_parameters` of a model with fewer samples).
+    pub fn restore_sample_rows(&mut self, saved: &[(String, Tensor)]) {
+        let vars = self.vs.variables();
+        tch::no_grad(|| {
+            for (name, rows) in saved {
+                let mut head = vars[name].narrow(0, 0, rows.size()[0]);
+                head.copy_(rows);
+            }
+        });
     }
 
     pub fn device(&self) -> Device {
@@ -286,25 +397,49 @@ impl MrviModel {
         }
     }
 
-    /// Decoder logits. Linear flavour: C z + C_b drop(sg(z)) + c_b as one matrix
-    /// product, the input [z, one-hot(b) x drop(sg(z)), one-hot(b)] against
-    /// [C, C_1..C_B, c_1..c_B]. Attention flavour: Linear(z + attention(z, e_b)).
-    pub fn decode_logits(&self, z: &Tensor, site: &Tensor, train: bool) -> Tensor {
+    /// Decoder logits for z, site codes [N, K] (one per categorical covariate)
+    /// and continuous covariates [N, C] (None: all at 0, their means). Linear
+    /// flavour: C z + sum_k C_{b_k} drop(sg(z)) + c_{b_k} (+ the continuous
+    /// terms) as one matrix product, the input [z, h x drop(sg(z)), h] with h the
+    /// cell's indicator over all levels (one 1 per covariate; then the continuous
+    /// values in the same way) against [C, C_1..C_B, c_1..c_B (, D, d)].
+    /// Attention flavour: Linear(z + attention(z, e)) (+ x d), e the sum of the
+    /// cell's site embeddings (plus x e_x).
+    pub fn decode_logits(&self, z: &Tensor, site: &Tensor, continuous: Option<&Tensor>, train: bool) -> Tensor {
+        let continuous = continuous.zip(self.continuous.as_ref());
         match &self.decoder {
             Decoder::Linear { c, site_map, site_bias } => {
                 let b = self.config.n_batches;
                 let (l, g) = (self.config.n_latent, self.config.n_genes);
-                let onehot = site.one_hot(b).to_kind(z.kind()); // [N, B]
+                let onehot = site.one_hot(b).sum_dim_intlist(1, false, Kind::Int64).to_kind(z.kind()); // [N, B]
                 let zd = z.detach().dropout(self.config.dropout_rate, train); // [N, L]
-                let site_in = (onehot.unsqueeze(2) * zd.unsqueeze(1)).reshape([-1, b * l]); // [N, B*L]
-                let input = Tensor::cat(&[z.shallow_clone(), site_in, onehot], 1);
-                let site_w = site_map.permute([1, 0, 2]).reshape([g, b * l]);
-                let weight = Tensor::cat(&[c.ws.shallow_clone(), site_w, site_bias.tr()], 1);
-                input.matmul(&weight.tr())
+                let interaction = |h: &Tensor| {
+                    let w = h.size()[1];
+                    (h.unsqueeze(2) * zd.unsqueeze(1)).reshape([-1, w * l]) // [N, W*L]
+                };
+                let mut input = vec![z.shallow_clone(), interaction(&onehot), onehot];
+                let mut weight = vec![c.ws.shallow_clone(), site_map.permute([1, 0, 2]).reshape([g, b * l]), site_bias.tr()];
+                if let Some((x, ContinuousEffect::Linear { map, bias })) = continuous {
+                    let x = x.to_kind(z.kind());
+                    input.extend([interaction(&x), x.shallow_clone()]);
+                    weight.extend([map.permute([1, 0, 2]).reshape([g, -1]), bias.tr()]);
+                }
+                Tensor::cat(&input, 1).matmul(&Tensor::cat(&weight, 1).tr())
             }
             Decoder::Attention { out, block, embedding } => {
-                let r = block.forward(z, &embedding.index_select(0, site));
-                out.forward(&(z + r))
+                let mut context = embedding.index_select(0, &site.select(1, 0));
+                for k in 1..site.size()[1] {
+                    context = context + embedding.index_select(0, &site.select(1, k));
+                }
+                let x = continuous.map(|(x, effect)| (x.to_kind(z.kind()), effect));
+                if let Some((x, ContinuousEffect::Attention { embedding, .. })) = &x {
+                    context = context + x.matmul(embedding);
+                }
+                let logits = out.forward(&(z + block.forward(z, &context)));
+                match &x {
+                    Some((x, ContinuousEffect::Attention { bias, .. })) => logits + x.matmul(bias),
+                    _ => logits,
+                }
             }
         }
     }
@@ -343,7 +478,7 @@ impl MrviModel {
         let q = self.encode(&batch.log_counts, &batch.sample);
         let u = q.rsample();
         let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
-        let logits = self.decode_logits(&z, &batch.site, train);
+        let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
         Forward { logits, kl: self.kl(&q, &u, batch.label.as_ref()) + penalty }
     }
 
@@ -368,10 +503,6 @@ impl MrviModel {
         let host_logits = logits.detach().contiguous();
         let host_theta = self.log_theta.detach().contiguous();
         let mut d_logits = Tensor::empty([b, g], (Kind::Float, Device::Cpu));
-        // One thread: libtorch's OpenMP workers spin between parallel regions, and
-        // extra threads here compete with them (measured on 2 cores: 32.9k cells/s
-        // with 1 thread, 28k with 2; bench/train_throughput.R).
-        let threads = 1;
         let counts = nb::HostCounts {
             dense: &host.counts,
             nz_ptr: &host.nz_ptr,
@@ -387,7 +518,6 @@ impl MrviModel {
                 cpu_floats(&host_theta),
                 &counts,
                 cpu_floats_mut(&mut d_logits),
-                threads,
             )
         };
         let d_theta = Tensor::from_slice(&nb.d_log_theta);
@@ -397,9 +527,10 @@ impl MrviModel {
         StepTerms { objective, reconstruction_sum: -nb.log_lik.iter().sum::<f64>(), kl_sum: kl.double_value(&[]) }
     }
 
-    /// Expected normalised expression rho for latent z and sites: softmax(logits).
-    pub fn expression(&self, z: &Tensor, site: &Tensor) -> Tensor {
-        self.decode_logits(z, site, false).softmax(1, Kind::Float)
+    /// Expected normalised expression rho for latent z and nuisance covariates
+    /// (as in `decode_logits`): softmax(logits).
+    pub fn expression(&self, z: &Tensor, site: &Tensor, continuous: Option<&Tensor>) -> Tensor {
+        self.decode_logits(z, site, continuous, false).softmax(1, Kind::Float)
     }
 
     pub fn check_compatible(&self, n_genes: usize) -> Result<()> {

@@ -73,11 +73,12 @@ const LANES: usize = 8;
 ///   d/d log theta_g = theta (log theta - log(theta + mu) + 1 - (theta + x) / (theta + mu)
 ///                           + psi(x + theta) - psi(theta))
 /// The dense terms run over all entries in vectorised lanes (fast exp/ln); the
-/// lgamma/digamma terms only over the non-zeros. Rows are split over `threads`.
+/// lgamma/digamma terms only over the non-zeros. One thread: libtorch's OpenMP
+/// workers spin between parallel regions, and threads here would compete with
+/// them (measured on 2 cores: 32.9k cells/s with 1 thread, 28k with 2;
+/// bench/train_throughput.R).
 /// d(sum of log-likelihoods) / d logits is written into `d_logits` ([B, G]).
-pub fn fused_log_lik(
-    logits: &[f32], log_library: &[f32], log_theta: &[f32], x: &HostCounts, d_logits: &mut [f32], threads: usize,
-) -> FusedNb {
+pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: &HostCounts, d_logits: &mut [f32]) -> FusedNb {
     let g = log_theta.len();
     let b = log_library.len();
     assert_eq!(logits.len(), b * g);
@@ -86,43 +87,20 @@ pub fn fused_log_lik(
     let theta: Vec<f32> = log_theta.iter().map(|&v| v.exp()).collect();
     let special = SpecialTable::new(&theta);
     let mut log_lik = vec![0f64; b];
-    let threads = threads.clamp(1, b.max(1));
-    let rows_per = b.div_ceil(threads);
-    let partials: Vec<Vec<f32>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = d_logits
-            .chunks_mut(rows_per * g)
-            .zip(log_lik.chunks_mut(rows_per))
-            .enumerate()
-            .map(|(part, (dl, ll))| {
-                let (theta, special) = (&theta, &special);
-                scope.spawn(move || {
-                    let mut d_phi = vec![0f32; g];
-                    let mut rho = vec![0f32; g];
-                    for (r, (dl_row, ll_row)) in dl.chunks_mut(g).zip(ll.iter_mut()).enumerate() {
-                        let row = part * rows_per + r;
-                        let eta = &logits[row * g..(row + 1) * g];
-                        let xr = &x.dense[row * g..(row + 1) * g];
-                        let dense = row_dense_dispatch(eta, xr, theta, log_theta, log_library[row], dl_row, &mut rho, &mut d_phi);
-                        let mut sparse = 0f64;
-                        for k in x.nz_ptr[row]..x.nz_ptr[row + 1] {
-                            let (gene, count) = (x.nz_gene[k] as usize, x.nz_count[k]);
-                            let (lg, dg) = special.get(gene, count, theta[gene]);
-                            sparse += lg;
-                            d_phi[gene] += theta[gene] * dg as f32;
-                        }
-                        *ll_row = dense + sparse - x.lgamma_x1[row] as f64;
-                    }
-                    d_phi
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("likelihood thread panicked")).collect()
-    });
     let mut d_log_theta = vec![0f32; g];
-    for p in partials {
-        for (acc, v) in d_log_theta.iter_mut().zip(p) {
-            *acc += v;
+    let mut rho = vec![0f32; g];
+    for (row, (dl_row, ll_row)) in d_logits.chunks_mut(g).zip(log_lik.iter_mut()).enumerate() {
+        let eta = &logits[row * g..(row + 1) * g];
+        let xr = &x.dense[row * g..(row + 1) * g];
+        let dense = row_dense_dispatch(eta, xr, &theta, log_theta, log_library[row], dl_row, &mut rho, &mut d_log_theta);
+        let mut sparse = 0f64;
+        for k in x.nz_ptr[row]..x.nz_ptr[row + 1] {
+            let (gene, count) = (x.nz_gene[k] as usize, x.nz_count[k]);
+            let (lg, dg) = special.get(gene, count, theta[gene]);
+            sparse += lg;
+            d_log_theta[gene] += theta[gene] * dg as f32;
         }
+        *ll_row = dense + sparse - x.lgamma_x1[row] as f64;
     }
     FusedNb { log_lik, d_log_theta }
 }
@@ -372,7 +350,7 @@ mod tests {
         }
         let host = HostCounts { dense: &dense, nz_ptr: &nz_ptr, nz_gene: &nz_gene, nz_count: &nz_count, lgamma_x1: &lgx1 };
         let mut d_logits = vec![0f32; (b * g) as usize];
-        let fused = fused_log_lik(&f(&logits.detach()), &f(&log_lib.view([-1])), &f(&log_theta.detach()), &host, &mut d_logits, 3);
+        let fused = fused_log_lik(&f(&logits.detach()), &f(&log_lib.view([-1])), &f(&log_theta.detach()), &host, &mut d_logits);
         let want_ll = Vec::<f64>::try_from(&per_cell.detach()).unwrap();
         for (a, w) in fused.log_lik.iter().zip(&want_ll) {
             assert!((a - w).abs() < 1e-3 * (1.0 + w.abs()), "log-lik {a} vs {w}");

@@ -1,0 +1,181 @@
+#' Add new samples to a trained model
+#'
+#' Atlases are trained once and new donors arrive later. `mrviAddSamples()`
+#' learns the new samples' own parameters -- their sample effect (linear
+#' flavour: \eqn{A_s, a_s}; attention flavour: the sample embedding of the
+#' attention block) and their encoder conditioning (the per-sample scales and
+#' shifts of the encoder's normalisations and its sample embedding) -- with
+#' every other weight frozen, on the new cells alone, and returns a fit that
+#' covers the old and the new samples. Distances between new and reference
+#' samples then come without retraining.
+#'
+#' @details
+#' Each new sample's parameters start as a copy of those of the reference
+#' sample under which its cells have the highest ELBO (its nearest reference
+#' sample in the model's eyes). Training maximises the same ELBO as [mrvi()] (Adam, the fit's
+#' minibatch size, learning rate, validation share and early stopping) without
+#' a KL warm-up: with the decoder and prior fixed there is no collapse to avoid.
+#' The reference samples are untouched: their parameters, the weights shared by
+#' all samples and the posterior of their cells are exactly those of `fit`, so
+#' every per-cell distance between reference samples ([sampleDistances()] with
+#' `cells`), and every group distance over the reference cells, is unchanged
+#' bit for bit. Group distances over all cells also average over the new cells.
+#'
+#' The new cells must have exactly the fitted genes (genes with no counts in
+#' them are fine) and, for every nuisance covariate of the fit, a level the
+#' fit knows (new levels would need the shared decoder to learn, which stays
+#' frozen) or a finite value. With a mixture prior biased by labels, the new
+#' cells use the mixture weights without a label.
+#'
+#' @param fit a [MrVIFit-class].
+#' @param x counts of the new cells (any input [mrviData()] accepts).
+#' @param sample their samples (a column name or a vector): names the fit does
+#'   not have.
+#' @param batch their categorical nuisance covariates, as in [mrvi()]; `NULL` when
+#'   the fit has none.
+#' @param max_epochs maximum number of epochs; `NULL` uses the heuristic of
+#'   [mrvi()] for the number of new cells.
+#' @param seed integer seed: a fixed seed gives the same fit on the same machine.
+#' @param continuous_covariates their continuous nuisance covariates, as in
+#'   [mrvi()] (with the fit's names).
+#' @param verbose print the set-up and a progress bar.
+#' @return a [MrVIFit-class] over the fit's samples followed by the new ones.
+#'   `fit@config$added` records each addition (`samples`, `history`,
+#'   `best_epoch`, `seed`); `fit@history` stays the training of the reference.
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' old <- sim$sample != "s04"
+#' fit <- mrvi(sim$counts[, old], sample = droplevels(sim$sample[old]), max_epochs = 2, verbose = FALSE)
+#' fit2 <- mrviAddSamples(fit, sim$counts[, !old], sample = sim$sample[!old], max_epochs = 2)
+#' fit2@samples
+#' @export
+mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed = 1,
+                           continuous_covariates = NULL, verbose = FALSE) {
+  call <- sys.call()
+  check_fit(fit, call)
+  if (!is.null(max_epochs)) max_epochs <- check_count(max_epochs, "max_epochs", call)
+  seed <- check_whole(seed, "seed", call)
+  check_flag(verbose, "verbose", call)
+  if (missing(sample) || is.null(sample)) {
+    abort_arg("{.arg sample} is required: the new sample of every cell.", call = call)
+  }
+  data <- read_new_cells(x, sample = sample, batch = batch,
+                         continuous_covariates = continuous_covariates, call = call)
+  taken <- intersect(levels(data$sample), fit@samples)
+  if (length(taken)) {
+    abort_arg(c("{.arg sample} has sample{?s} the fit already has: {.val {taken}}.",
+                "i" = "New samples need new names; to use fitted samples, see {.fn mrviLatent} with {.arg x}."),
+              call = call)
+  }
+  clash <- intersect(colnames(data$counts), rownames(fit@cell_data))
+  if (length(clash)) {
+    abort_arg("{.arg x} has cell names the fit already has: {show_some(clash, 3)}.", call = call)
+  }
+  check_same_genes(fit, data, call)
+  data <- align_genes(fit, data, call)
+  nuisance <- new_cells_nuisance(fit, data, batch, continuous_covariates, call)
+
+  counts <- data$counts
+  s_old <- length(fit@samples)
+  new_samples <- levels(data$sample)
+  codes <- as.integer(data$sample) - 1L + s_old
+  train <- fit@config$train
+  model <- native_model(fit)
+  # the fit's training settings; no KL warm-up (see Details)
+  settings <- list(max_epochs = max_epochs, batch_size = train$batch_size, lr = train$lr,
+                   n_epochs_kl_warmup = 0L, early_stopping = train$early_stopping,
+                   patience = train$patience, validation_fraction = train$validation_fraction,
+                   seed = seed, fused_likelihood = fused_likelihood_option(call))
+  trainer <- mrvi_trainer_add_samples(
+    model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes, nuisance$site,
+    nuisance$continuous, length(new_samples), settings)
+  info <- mrvi_trainer_info(trainer)
+  if (verbose) {
+    inform(c("i" = paste0("Adding {length(new_samples)} sample{?s} ({ncol(counts)} cells) to the fit; ",
+                          "up to {info$max_epochs} epoch{?s}.")))
+  }
+  trained <- train_to_end(trainer, info, verbose, call)
+  native <- cached_model(info$model_config, trained$done$weights, info$device)
+  post <- mrvi_encode(native$model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes)
+  all_samples <- c(fit@samples, new_samples)
+  old_cells <- fit@cell_data
+  old_cells$sample <- factor(as.character(old_cells$sample), levels = all_samples)
+  new_cells <- fit_cell_data(data)
+  new_cells$sample <- factor(as.character(new_cells$sample), levels = all_samples)
+  for (nm in names(nuisance$values)) new_cells[[nm]] <- nuisance$values[[nm]]
+  config <- fit@config
+  config$model_json <- info$model_config
+  config$weights_hash <- native$hash
+  config$added <- c(config$added, list(list(
+    samples = new_samples, history = trained$history, seed = seed, interrupted = trained$run$interrupted,
+    best_epoch = if (isTRUE(train$early_stopping)) trained$done$best_epoch else nrow(trained$history))))
+  new("MrVIFit", fit,
+    config = config,
+    weights = trained$done$weights,
+    sample_table = bind_rows_fill(fit@sample_table, data$sample_table),
+    samples = all_samples,
+    cell_data = bind_rows_fill(old_cells, new_cells),
+    u_mean = rbind(fit@u_mean, latent_matrix(post$mean, colnames(counts), "u")),
+    u_sd = rbind(fit@u_sd, latent_matrix(post$sd, colnames(counts), "u")),
+    cache = native$cache
+  )
+}
+
+# New cells must carry the fitted genes, no more and no fewer (genes that
+# mrviData() dropped for having no counts in them count as present).
+check_same_genes <- function(fit, data, call) {
+  given <- c(rownames(data$counts), data$dropped$genes)
+  extra <- setdiff(given, fit@genes)
+  missing <- setdiff(fit@genes, given)
+  if (length(extra) || length(missing)) {
+    abort_arg(c("{.arg x} must have exactly the fitted genes.",
+                "x" = if (length(extra)) "{length(extra)} gene{?s} the fit does not have: {show_some(extra, 3)}.",
+                "x" = if (length(missing)) "{length(missing)} fitted gene{?s} missing: {show_some(missing, 3)}.",
+                "i" = "Subset or reorder {.arg x} to {.code fit@genes}; the decoder cannot learn new genes."),
+              call = call)
+  }
+}
+
+# The nuisance covariates of new cells in the fit's coding: site codes, values
+# standardised as at fitting time, and the per-cell columns for @cell_data.
+new_cells_nuisance <- function(fit, data, batch, continuous, call) {
+  spec <- fit_nuisance(fit)
+  factors <- names(spec$factors)
+  if (is.null(batch)) {
+    if (length(factors) > 1 || length(spec$factors[[1]]) > 1) {
+      abort_arg("{.arg batch} is required: the fit has the nuisance covariate{?s} {.val {factors}}.", call = call)
+    }
+    given <- data.frame(batch = data$batch)
+  } else {
+    given <- data$nuisance$factors %||% data.frame(batch = data$batch)
+    if (length(factors) == 1) names(given) <- factors
+  }
+  if (!setequal(names(given), factors)) {
+    abort_arg(c("{.arg batch} must have the fit's nuisance covariates: {.val {factors}}.",
+                "x" = "It has {.val {names(given)}}."), call = call)
+  }
+  for (nm in factors) {
+    unknown <- setdiff(levels(given[[nm]]), spec$factors[[nm]])
+    if (length(unknown)) {
+      abort_arg(c("{.arg batch}{if (length(factors) > 1) paste0('$', nm) else ''} has level{?s} the fit does not know: {.val {unknown}}.",
+                  "i" = "Known: {.val {spec$factors[[nm]]}}. New levels would need the frozen decoder to learn; fit the model again with them."),
+                call = call)
+    }
+    given[[nm]] <- factor(as.character(given[[nm]]), levels = spec$factors[[nm]])
+  }
+  values <- data$nuisance$continuous
+  if (!setequal(names(values), spec$continuous$name)) {
+    abort_arg(c("{.arg continuous_covariates} must have the fit's continuous covariates: {.val {spec$continuous$name}}.",
+                "x" = if (length(values)) "It has {.val {names(values)}}." else "It has none."), call = call)
+  }
+  given <- given[factors]
+  list(site = site_codes(given, spec$factors), continuous = standardise(values, spec$continuous),
+       values = if (is.null(values)) given else cbind(given, values[spec$continuous$name]))
+}
+
+# rbind() of two data.frames whose columns may differ: missing ones are NA.
+bind_rows_fill <- function(a, b) {
+  for (nm in setdiff(names(b), names(a))) a[[nm]] <- rep(NA, nrow(a))
+  for (nm in setdiff(names(a), names(b))) b[[nm]] <- rep(NA, nrow(b))
+  rbind(a, b[names(a)])
+}

@@ -1,0 +1,68 @@
+# New samples added to a trained model (issue 20).
+
+# the cells not held out, without the held-out samples' levels
+reference_part <- function(sce, held) {
+  ref <- sce[, !held]
+  ref$sample <- droplevels(ref$sample)
+  ref
+}
+
+test_that("added samples get distances to the reference, which stays exactly as it was", {
+  sce <- crossed_data()
+  held <- sce$sample %in% c("s02", "s05")
+  for (flavour in c("linear", "attention")) {
+    ref <- mrvi(reference_part(sce, held), sample = "sample", batch = c("site", "chemistry"), continuous_covariates = "mito",
+                flavour = flavour, max_epochs = 3, n_threads = 1, verbose = FALSE)
+    added <- mrviAddSamples(ref, sce[, held], sample = "sample", batch = c("site", "chemistry"),
+                            continuous_covariates = "mito", max_epochs = 3)
+    s_ref <- ref@samples
+    expect_equal(added@samples, c(s_ref, "s02", "s05"))
+    expect_equal(nrow(added@cell_data), ncol(sce))
+    expect_identical(added@u_mean[rownames(ref@u_mean), ], ref@u_mean)
+    expect_identical(sampleDistances(added, cells = 1:20)[, s_ref, s_ref], sampleDistances(ref, cells = 1:20))
+    in_ref <- rownames(added@cell_data) %in% rownames(ref@cell_data)
+    values <- function(d) array(d, dim(d), dimnames(d))
+    expect_identical(values(sampleDistances(added, groups = ifelse(in_ref, as.character(added@cell_data$cell_type), NA),
+                                            mc_samples = 0)[s_ref, s_ref, ]),
+                     values(sampleDistances(ref, groups = "cell_type", mc_samples = 0)))
+    d <- sampleDistances(added, groups = "cell_type", mc_samples = 0)
+    expect_true(all(is.finite(d[c("s02", "s05"), s_ref, "type1"])))
+    expect_equal(unname(d["s02", "s02", "type1"]), 0)
+    # the new samples' parameters were learned: their z differs from that of
+    # their starting point, which is the same for both new samples
+    z <- counterfactualLatent(added, cells = 1)
+    expect_gt(max(abs(z[1, "s02", ] - z[1, "s05", ])), 0)
+    expect_output(show(added), "added:   2 samples by mrviAddSamples\\(\\) \\('s02', 's05'\\)")
+    expect_equal(added@config$added[[1]]$samples, c("s02", "s05"))
+    f <- tempfile(fileext = ".rds")
+    saveRDS(added, f)
+    back <- readRDS(f)
+    expect_identical(sampleDistances(back, cells = 1:5), sampleDistances(added, cells = 1:5))
+    expect_identical(mrviLatent(back, which = "z"), mrviLatent(added, which = "z"))
+  }
+})
+
+test_that("mrviAddSamples() refuses what it cannot learn", {
+  sce <- crossed_data()
+  held <- sce$sample %in% c("s02", "s05")
+  ref <- mrvi(reference_part(sce, held), sample = "sample", batch = "site", flavour = "linear", max_epochs = 2,
+              n_threads = 1, verbose = FALSE)
+  new <- sce[, held]
+  expect_error(mrviAddSamples(ref, sce[, sce$sample == "s01"], sample = "sample", batch = "site"),
+               "already has.*s01", class = "mrvi_error")
+  expect_error(mrviAddSamples(ref, new, sample = "sample"), "batch.*required", class = "mrvi_error")
+  lev <- as.character(new$site)
+  lev[1] <- "site3"
+  expect_error(mrviAddSamples(ref, new, sample = "sample", batch = lev), "site3", class = "mrvi_error")
+  expect_error(mrviAddSamples(ref, new[-1, ], sample = "sample", batch = "site"), "missing", class = "mrvi_error")
+  extra <- SummarizedExperiment::assay(new)
+  extra <- rbind(extra, novel = 1)
+  expect_error(mrviAddSamples(ref, extra, sample = new$sample, batch = new$site), "novel", class = "mrvi_error")
+  renamed <- new
+  colnames(renamed) <- colnames(sce)[!held][seq_len(ncol(new))]
+  expect_error(mrviAddSamples(ref, renamed, sample = "sample", batch = "site"), "cell names", class = "mrvi_error")
+  expect_error(mrviAddSamples(ref, new, sample = "sample", batch = "site", continuous_covariates = "mito"),
+               "continuous_covariates", class = "mrvi_error")
+  expect_error(mrviAddSamples(ref, new, sample = "sample", batch = "site", seed = -1), "seed", class = "mrvi_error")
+  expect_error(mrviAddSamples("fit", new, sample = "sample"), "MrVIFit", class = "mrvi_error")
+})
