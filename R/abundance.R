@@ -21,6 +21,9 @@
 #' @param exclude_own_sample see Details.
 #' @param max_cells_per_sample reference subsample size per sample.
 #' @param seed seed of the subsample (R's generator is restored afterwards).
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return a `DataFrame`, one row per cell: `log_q_<level>` for every level and,
 #'   for every level, `log_ratio_<level>` = its log density minus the log of the
 #'   mean density of the other levels.
@@ -31,15 +34,18 @@
 #' head(differentialAbundance(fit, grp))
 #' @export
 differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_sample = TRUE,
-                                  max_cells_per_sample = 5000, seed = 1) {
+                                  max_cells_per_sample = 5000, seed = 1,
+                                  BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   check_flag(exclude_own_sample, "exclude_own_sample", call)
   max_cells_per_sample <- check_count(max_cells_per_sample, "max_cells_per_sample", call)
   seed <- check_whole(seed, "seed", call)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
-  logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed)
+  apply_threads(call = call)
+  logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed, BPPARAM = BPPARAM)
   own <- as.integer(fit@cell_data$sample[idx])
   out <- list()
   for (lev in levels(y)) {
@@ -74,6 +80,9 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param seed seed of the subsample.
 #' @param subsample deprecated: the former name of `max_cells_per_sample`.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return a list with `admissible` (logical cells x samples), `log_ratio`
 #'   (\eqn{\log q_s(u_n)} minus the sample's threshold) and `threshold` (per
 #'   sample).
@@ -84,9 +93,10 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 #' colMeans(a$admissible)
 #' @export
 admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cells = NULL, seed = 1,
-                          subsample = NULL) {
+                          subsample = NULL, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   if (!is.null(subsample)) max_cells_per_sample <- renamed_arg(subsample, "subsample", "max_cells_per_sample", call)
   max_cells_per_sample <- check_count(max_cells_per_sample, "max_cells_per_sample", call)
   seed <- check_whole(seed, "seed", call)
@@ -94,16 +104,17 @@ admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cel
     abort_arg("{.arg quantile} must be one number in (0, 1).", call = call)
   }
   idx <- resolve_cells(fit, cells, call)
+  apply_threads(call = call)
   sample <- fit@cell_data$sample
   ref <- reference_cells(fit, max_cells_per_sample, seed)
   # thresholds from each sample's own reference cells (leave-one-out)
-  own_logq <- sample_log_densities(fit, ref$cells, max_cells_per_sample, seed, ref)
+  own_logq <- sample_log_densities(fit, ref$cells, max_cells_per_sample, seed, ref, BPPARAM)
   threshold <- vapply(seq_along(fit@samples), function(s) {
     v <- own_logq[ref$sample == s, s]
     v <- v[is.finite(v)]
     if (length(v)) stats::quantile(v, quantile, names = FALSE) else NA_real_
   }, numeric(1))
-  logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed, ref)
+  logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed, ref, BPPARAM)
   log_ratio <- sweep(logq, 2, threshold)
   dimnames(log_ratio) <- list(rownames(fit@u_mean)[idx], fit@samples)
   list(admissible = log_ratio >= 0, log_ratio = log_ratio,
@@ -122,11 +133,17 @@ reference_cells <- function(fit, max_per_sample, seed) {
   list(cells = cells, sample = sample[cells])
 }
 
-sample_log_densities <- function(fit, idx, max_per_sample, seed, ref = reference_cells(fit, max_per_sample, seed)) {
-  apply_threads()
-  v <- mrvi_log_sample_densities(fit@u_mean, fit@u_sd, nrow(fit@u_mean), ncol(fit@u_mean), idx - 1L,
-                                 ref$cells - 1L, ref$sample - 1L, length(fit@samples))
-  matrix(v, nrow = length(idx))
+# Log densities of the cells `idx` (rows) under each sample's reference cells
+# (columns), over BPPARAM in blocks of cells.
+sample_log_densities <- function(fit, idx, max_per_sample, seed, ref = reference_cells(fit, max_per_sample, seed),
+                                 BPPARAM = BiocParallel::SerialParam()) {
+  force(ref)  # drawn here, not in each task
+  parts <- bp_map(bp_split(idx), function(cells) {
+    v <- mrvi_log_sample_densities(fit@u_mean, fit@u_sd, nrow(fit@u_mean), ncol(fit@u_mean), cells - 1L,
+                                   ref$cells - 1L, ref$sample - 1L, length(fit@samples))
+    matrix(v, nrow = length(cells))
+  }, BPPARAM = BPPARAM)
+  do.call(rbind, parts)
 }
 
 log_mean_exp <- function(m) {

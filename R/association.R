@@ -48,6 +48,9 @@
 #'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
 #'   the same whichever cells are asked for, in whatever chunks, in every
 #'   function that draws u.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return a `DataFrame`, one row per cell: `statistic`, `p_value`, `q_value`,
 #'   `n_within`, `n_between` (pair counts); row names are the cells.
 #' @examples
@@ -57,9 +60,10 @@
 #' head(cellAssociation(fit, grp))
 #' @export
 cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_samples = 10,
-                            seed = fit@config$seed) {
+                            seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
@@ -67,10 +71,13 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
   block <- resolve_chunk_size(fit, NULL, call)
-  res <- mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
-                               as.integer(fit@cell_data$sample) - 1L, idx - 1L,
-                               ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,
-                               normalize, seed, block)
+  parts <- bp_map(bp_split(idx), function(cells) {
+    mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
+                          as.integer(fit@cell_data$sample) - 1L, cells - 1L,
+                          ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,
+                          normalize, seed, block)
+  }, BPPARAM = BPPARAM)
+  res <- lapply(stats::setNames(nm = names(parts[[1]])), function(k) unlist(lapply(parts, `[[`, k)))
   out <- S4Vectors::DataFrame(statistic = res$statistic, p_value = res$p_value,
                               q_value = stats::p.adjust(res$p_value, method = "BH"),
                               n_within = res$n_within, n_between = res$n_between,
@@ -121,6 +128,9 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
 #' @param normalize,mc_samples how distances are computed from a fit, as in
 #'   [sampleDistances()] (normalised, 10 posterior draws by default).
 #' @param max_cells with `"ks"`: at most this many cells per group.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread: one task per group; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return a `DataFrame`, one row per group: `n_samples`, `n_cells` (cells
 #'   whose statistics entered; `NA` for `"pseudo_f"` on distances), `statistic`,
 #'   `p_value`, `q_value`, `permutations`; `metadata()` names the covariate and
@@ -132,8 +142,10 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
 #' groupAssociation(fit, grp, permutations = 99)
 #' @export
 groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = NULL,
-                             statistic = NULL, normalize = TRUE, mc_samples = 10, max_cells = 500) {
+                             statistic = NULL, normalize = TRUE, mc_samples = 10, max_cells = 500,
+                             BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
+  check_bpparam(BPPARAM, call)
   permutations <- check_count(permutations, "permutations", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
@@ -158,13 +170,13 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     fit <- fit_or_distances
     y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
     group <- resolve_groups(fit, groups, call)
-    rows <- lapply(levels(group), function(g) {
+    rows <- bp_map(levels(group), function(g) {
       ks_group_test(fit, y, which(group == g), g, permutations, seed, normalize, mc_samples, max_cells, call)
-    })
+    }, BPPARAM = BPPARAM)
   } else {
     d <- if (is_fit) {
       with_call(sampleDistances(fit_or_distances, groups = groups, normalize = normalize,
-                                mc_samples = mc_samples, seed = seed), call)
+                                mc_samples = mc_samples, seed = seed, BPPARAM = BPPARAM), call)
     } else fit_or_distances
     if (is_fit) groups <- NULL
     y <- sample_covariate(covariate, attr(d, "sample_table"), dimnames(d)[[1]], call)
@@ -172,11 +184,11 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     unknown <- setdiff(tested, dimnames(d)[[3]])
     if (length(unknown)) abort_arg("{.arg groups} not in the distances: {.val {unknown}}.", call = call)
     n_cells <- attr(d, "n_cells")
-    rows <- lapply(tested, function(g) {
+    rows <- bp_map(tested, function(g) {
       row <- pseudo_f_group_test(d[, , g], y, g, permutations, seed)
       row$n_cells <- if (is_fit && !is.null(n_cells)) as.integer(n_cells[[g]]) else NA_integer_
       row
-    })
+    }, BPPARAM = BPPARAM)
   }
   res <- do.call(rbind, rows)
   out <- S4Vectors::DataFrame(n_samples = res$n_samples, n_cells = res$n_cells, statistic = res$statistic,

@@ -92,3 +92,17 @@ renamed_arg <- function(value, old, new, call) {
                 class = c("mrvi_deprecated", "mrvi_warning"), call = call)
   value
 }
+
+# A writable file path for mrvi()'s checkpoint, made absolute (the working
+# directory may change between the run and its resumption).
+check_checkpoint <- function(path, call) {
+  if (!is.character(path) || length(path) != 1 || is.na(path) || !nzchar(path)) {
+    abort_arg("{.arg checkpoint} must be one file path, or {.code NULL}.", call = call)
+  }
+  path <- normalizePath(path, mustWork = FALSE)
+  if (!dir.exists(dirname(path)) || dir.exists(path)) {
+    abort_arg(c("{.arg checkpoint} must be a file in an existing folder.",
+                "x" = "{.file {path}} is a folder, or its folder does not exist."), call = call)
+  }
+  path
+}

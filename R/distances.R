@@ -41,6 +41,9 @@
 #'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
 #'   the same whichever cells are asked for, in whatever chunks, in every
 #'   function that draws u.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread: one task per group, or per block of `cells`; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return with `groups`: an array `[S, S, G]` with dimnames (sample, sample,
 #'   group) and attributes `n_cells` (cells per group), `excluded` (per group,
 #'   the samples left out) and `sample_table`. With `cells`: an array
@@ -54,9 +57,11 @@
 #' d[, , 1]
 #' @export
 sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, normalize = FALSE,
-                            mc_samples = 10, chunk_size = NULL, admissible = NULL, seed = fit@config$seed) {
+                            mc_samples = 10, chunk_size = NULL, admissible = NULL, seed = fit@config$seed,
+                            BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   min_cells <- check_whole(min_cells, "min_cells", call)
   seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
@@ -70,9 +75,13 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     idx <- resolve_cells(fit, cells, call)
     check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
     mask <- resolve_admissible(fit, admissible, idx, call)
-    v <- mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                             idx - 1L, mc_samples, normalize, seed, block)
-    d <- array(v, c(length(idx), S, S), dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples))
+    # each task's [cells, S, S] values as a cells x S^2 matrix: stacked by rows
+    v <- bp_map(bp_split(idx), function(cells) {
+      matrix(mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
+                                 cells - 1L, mc_samples, normalize, seed, block), length(cells))
+    }, BPPARAM = BPPARAM)
+    d <- array(do.call(rbind, v), c(length(idx), S, S),
+               dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples))
     if (!is.null(mask)) {
       out <- mask[, rep(seq_len(S), S)] & mask[, rep(seq_len(S), each = S)]
       d[!out] <- NA
@@ -82,11 +91,17 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   group <- resolve_groups(fit, groups, call)
   G <- nlevels(group)
   mask <- resolve_admissible(fit, admissible, seq_len(nrow(fit@u_mean)), call)
-  res <- mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                              ifelse(is.na(group), -1L, as.integer(group) - 1L), G, mc_samples,
-                              normalize, seed, block,
-                              if (is.null(mask)) integer() else as.integer(mask))
-  out <- array(res$mean, c(S, S, G), dimnames = list(fit@samples, fit@samples, levels(group)))
+  # one task per group: a group's sums run over its cells in the same order
+  # whether the other groups are computed in the same call or not
+  codes <- as.integer(group)
+  res <- bp_map(seq_len(G), function(g) {
+    mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
+                         ifelse(is.na(codes) | codes != g, -1L, 0L), 1L, mc_samples,
+                         normalize, seed, block,
+                         if (is.null(mask)) integer() else as.integer(mask))
+  }, BPPARAM = BPPARAM)
+  out <- array(unlist(lapply(res, `[[`, "mean")), c(S, S, G),
+               dimnames = list(fit@samples, fit@samples, levels(group)))
   per_group <- table(factor(group, levels(group)), fit@cell_data$sample)
   excluded <- stats::setNames(vector("list", G), levels(group))
   for (g in seq_len(G)) {
@@ -96,7 +111,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     out[few, , g] <- NA
     out[, few, g] <- NA
   }
-  attr(out, "n_cells") <- stats::setNames(res$n_cells, levels(group))
+  attr(out, "n_cells") <- stats::setNames(vapply(res, `[[`, numeric(1), "n_cells"), levels(group))
   attr(out, "excluded") <- excluded
   attr(out, "min_cells") <- min_cells
   attr(out, "sample_table") <- fit@sample_table

@@ -55,6 +55,14 @@ mrvi_trainer_info <- function(h) rust(.Call(wrap__mrvi_trainer_info, h))
 #' @noRd
 mrvi_trainer_epoch <- function(h) rust(.Call(wrap__mrvi_trainer_epoch, h))
 
+#' Save the run's state after its last epoch to the file `path` (atomically).
+#' @noRd
+mrvi_trainer_save <- function(h, path) rust(.Call(wrap__mrvi_trainer_save, h, path))
+
+#' Resume a new run from the checkpoint `path`; returns the epochs already done.
+#' @noRd
+mrvi_trainer_resume <- function(h, path) rust(.Call(wrap__mrvi_trainer_resume, h, path))
+
 #' Finish: restore the best weights and return them as safetensors bytes.
 #' @noRd
 mrvi_trainer_finish <- function(h) rust(.Call(wrap__mrvi_trainer_finish, h))

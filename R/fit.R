@@ -73,12 +73,24 @@
 #'   above. `fit@config$nuisance` lists the covariates (`factors`: levels per
 #'   covariate; `continuous`: name, center, scale) and `fit@cell_data` keeps
 #'   their values (one covariate as `batch`, several under their names).
+#' @param checkpoint `NULL`, or a file path: the training state (weights, the
+#'   optimiser's moments, the shuffling generator, the early-stopping state and
+#'   the history) is written there after every epoch, to a temporary file that
+#'   then replaces it, so that a job killed at any moment leaves the last
+#'   complete epoch. When the file exists, `mrvi()` resumes from it and ends
+#'   bit-identical to an uninterrupted run on the CPU (same machine, thread
+#'   count and device). The call must give the same data and arguments; only
+#'   `max_epochs` may differ (a larger value trains on), as nothing else depends
+#'   on it. A checkpoint made with other data or arguments is refused with an
+#'   error of class `mrvi_checkpoint_error`. The file is kept after training:
+#'   calling again returns the same fit without training.
 #'
 #' @section Interrupting: Ctrl-C is checked between minibatches. Training then
 #'   stops cleanly: when at least one epoch has finished, `mrvi()` returns the
 #'   model with the weights of the best epoch so far and a warning of class
 #'   `mrvi_interrupted` (`fit@config$interrupted` is `TRUE`); before that it
 #'   signals an error. The session keeps running and the input is untouched.
+#'   With `checkpoint`, the same call resumes after the last complete epoch.
 #'
 #' @return a [MrVIFit-class] object.
 #' @references Boyeau P, Hong J, Gayoso A, Jordan MI, Azizi E, Yosef N (2022).
@@ -95,7 +107,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                  early_stopping = TRUE, patience = 15, validation_fraction = 0.1,
                  device = "auto", n_threads = NULL, seed = 1, verbose = TRUE,
                  flavour = c("attention", "linear"), n_latent_u = 10, prior = c("mog", "normal"),
-                 n_mixture = 20, continuous_covariates = NULL, ...) {
+                 n_mixture = 20, continuous_covariates = NULL, checkpoint = NULL, ...) {
   call <- sys.call()
   check_dots(..., .fn = "mrvi")
   flavour <- match_choice(flavour, c("attention", "linear"), "flavour", call)
@@ -121,6 +133,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   }
   seed <- check_whole(seed, "seed", call)
   device_used <- resolve_device(device, call)
+  if (!is.null(checkpoint)) checkpoint <- check_checkpoint(checkpoint, call)
 
   data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay,
                              continuous_covariates = continuous_covariates), call)
@@ -158,7 +171,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                           "device {.strong {info$device}}, {threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
-  trained <- train_to_end(trainer, info, verbose, call)
+  resumed <- if (!is.null(checkpoint) && file.exists(checkpoint)) mrvi_trainer_resume(trainer, checkpoint) else list()
+  if (verbose && length(resumed)) {
+    inform(c("i" = "Resuming from {.file {checkpoint}} after epoch {length(resumed)}."))
+  }
+  trained <- train_to_end(trainer, info, verbose, call, resumed, checkpoint)
   run <- trained$run
   done <- trained$done
   history <- trained$history
@@ -183,8 +200,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
 
 # Train to the end: the run (history, interrupted), what the trainer returns
 # (weights, best epoch) and the history as a data.frame.
-train_to_end <- function(trainer, info, verbose, call) {
-  run <- train_epochs(trainer, info$max_epochs, verbose)
+train_to_end <- function(trainer, info, verbose, call, resumed = list(), checkpoint = NULL) {
+  run <- train_epochs(trainer, info$max_epochs, verbose, resumed, checkpoint)
   if (run$interrupted && !length(run$history)) {
     abort_arg("Training was interrupted before its first epoch finished: no model to return.",
               call = call, class = "mrvi_interrupted")
@@ -197,10 +214,11 @@ train_to_end <- function(trainer, info, verbose, call) {
 }
 
 # The epoch loop runs in R so that the progress bar and Ctrl-C stay responsive;
-# each epoch runs in Rust, which checks for Ctrl-C between minibatches.
-train_epochs <- function(trainer, max_epochs, verbose) {
-  history <- list()
+# each epoch runs in Rust, which checks for Ctrl-C between minibatches. `history`
+# holds the epochs of a resumed run; `checkpoint` is written after every epoch.
+train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpoint = NULL) {
   interrupted <- FALSE
+  finished <- length(history) && isTRUE(history[[length(history)]]$done)
   fmt <- function(v) if (is.finite(v)) formatC(v, format = "f", digits = 1) else "-"
   if (verbose) {
     pb <- cli::cli_progress_bar(
@@ -210,20 +228,22 @@ train_epochs <- function(trainer, max_epochs, verbose) {
       .envir = environment()
     )
     elbo_train <- elbo_val <- "-"
+    cli::cli_progress_update(id = pb, set = length(history))
   }
-  repeat {
+  while (!finished) {
     s <- mrvi_trainer_epoch(trainer)
     if (isTRUE(s$interrupted)) {
       interrupted <- TRUE
       break
     }
     history[[length(history) + 1]] <- s
+    if (!is.null(checkpoint)) mrvi_trainer_save(trainer, checkpoint)
     if (verbose) {
       elbo_train <- fmt(s$train_elbo)
       elbo_val <- fmt(s$validation_elbo)
       cli::cli_progress_update(id = pb, set = s$epoch)
     }
-    if (s$done) break
+    finished <- s$done
   }
   if (verbose) {
     cli::cli_progress_done(id = pb)

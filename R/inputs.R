@@ -8,8 +8,9 @@
 #' the count matrix.
 #'
 #' @param x raw counts, genes in rows and cells in columns: a `dgCMatrix` (or
-#'   other `Matrix`), a numeric `matrix`, a `SingleCellExperiment` or a Seurat
-#'   object.
+#'   other `Matrix`), a numeric `matrix`, a `DelayedArray` (such as an
+#'   `HDF5Matrix` or `TENxMatrix`; read into memory), a `SingleCellExperiment`
+#'   or a Seurat object.
 #' @param sample the sample (donor, patient, perturbation) of every cell: a
 #'   column name of `colData(x)` / the Seurat `meta.data`, or a vector with one
 #'   value per cell. Required; at least two samples (see `min_samples`).
@@ -72,9 +73,11 @@ mrviData.default <- function(x, sample, batch = NULL, labels = NULL, assay = "co
   abort_arg(c("{.arg x} must hold raw counts, genes x cells.",
               "x" = "You gave an object of class {.cls {class(x)}}.",
               "i" = paste("Supported: a {.cls dgCMatrix} (or other {.cls Matrix}), a numeric",
-                          "{.cls matrix}, a {.cls SingleCellExperiment} or a {.cls Seurat} object.")))
+                          "{.cls matrix}, a {.cls DelayedArray} (e.g. {.cls HDF5Matrix}),",
+                          "a {.cls SingleCellExperiment} or a {.cls Seurat} object.")))
 }
 
+# (also the method for DelayedArray/HDF5Array counts: see NAMESPACE)
 #' @export
 mrviData.Matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
                   continuous_covariates = NULL, ...) {

@@ -14,6 +14,9 @@
 #'   the same whichever cells are asked for, in whatever chunks, in every
 #'   function that draws u.
 #'   New cells (`x`) are numbered by their position in `x`.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return a cells x L matrix with dimnames.
 #' @examples
 #' sim <- mrvi:::example_counts()
@@ -21,9 +24,10 @@
 #' dim(mrviLatent(fit, which = "z"))
 #' @export
 mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL,
-                       seed = fit@config$seed) {
+                       seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   which <- match_choice(which, c("u", "z"), "which", call)
   check_flag(use_mean, "use_mean", call)
   seed <- check_whole(seed, "seed", call)
@@ -36,17 +40,22 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
     data <- new_cells(fit, x, sample, call)
     counts <- data$counts
     codes <- match(as.character(data$sample), fit@samples) - 1L
-    post <- mrvi_encode(native_model(fit), nrow(counts), ncol(counts), counts@p, counts@i,
-                        counts@x, codes)
+    post <- bp_map(bp_split(seq_len(ncol(counts))), function(j) {
+      block <- counts[, j, drop = FALSE]
+      p <- mrvi_encode(native_model(fit), nrow(block), ncol(block), block@p, block@i, block@x, codes[j])
+      list(mean = matrix(p$mean, length(j)), sd = matrix(p$sd, length(j)))
+    }, BPPARAM = BPPARAM)
     cells <- colnames(counts)
-    mean <- latent_matrix(post$mean, cells, "u")
-    sd <- latent_matrix(post$sd, cells, "u")
+    mean <- latent_matrix(do.call(rbind, lapply(post, `[[`, "mean")), cells, "u")
+    sd <- latent_matrix(do.call(rbind, lapply(post, `[[`, "sd")), cells, "u")
   }
   u <- mean
   if (!use_mean) u[] <- posterior_u(mean, sd, seq_len(nrow(mean)), 1L, seed)
   if (which == "u") return(u)
-  z <- mrvi_z_from_u(native_model(fit), u, codes)
-  latent_matrix(z, cells, "z")
+  z <- bp_map(bp_split(seq_len(nrow(u))), function(r) {
+    matrix(mrvi_z_from_u(native_model(fit), u[r, , drop = FALSE], codes[r]), length(r))
+  }, BPPARAM = BPPARAM)
+  latent_matrix(do.call(rbind, z), cells, "z")
 }
 
 # Every function that draws u draws it in the core's posterior module
@@ -128,6 +137,9 @@ align_genes <- function(fit, data, call) {
 #'   Before allocating, its size is estimated; above `getOption("mrvi.max_bytes")`
 #'   (default 2 GB) the call stops and says how to ask for less. For distances
 #'   over many cells use [sampleDistances()], which streams.
+#' @param BPPARAM a BiocParallel back-end (default serial) over which the work
+#'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
+#'   number of workers (see [mrvi-parallel]).
 #' @return an array `[cells, samples, L]` (or `[cells, samples, L, draw]`) with
 #'   dimnames.
 #' @examples
@@ -136,9 +148,10 @@ align_genes <- function(fit, data, call) {
 #' dim(counterfactualLatent(fit, cells = 1:10))
 #' @export
 counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0,
-                                 seed = fit@config$seed) {
+                                 seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   check_flag(use_mean, "use_mean", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   seed <- check_whole(seed, "seed", call)
@@ -148,8 +161,10 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
   bytes <- 8 * length(cell_idx) * length(sample_idx) * L * max(1, mc_samples)
   check_size(bytes, "counterfactualLatent()", call)
   one <- function(draw) {
-    v <- counterfactual_z(fit, cell_idx, sample_idx, draw, seed)
-    array(v, c(length(cell_idx), length(sample_idx), L),
+    v <- bp_map(bp_split(cell_idx), function(cells) {
+      matrix(counterfactual_z(fit, cells, sample_idx, draw, seed), length(cells))
+    }, BPPARAM = BPPARAM)
+    array(do.call(rbind, v), c(length(cell_idx), length(sample_idx), L),
           dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
   }
   if (mc_samples == 0) return(one(if (use_mean) 0L else 1L))

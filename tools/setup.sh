@@ -18,6 +18,7 @@ MRVI_CUDA="${MRVI_CUDA:-0}"
 DEB_PACKAGES="r-base-dev r-cran-matrix r-cran-testthat r-cran-cli r-cran-ggplot2
   r-bioc-singlecellexperiment r-cran-seurat r-cran-seuratobject
   r-cran-ape r-cran-cluster r-cran-igraph r-cran-uwot r-cran-knitr r-cran-rmarkdown r-bioc-biocstyle r-bioc-hdf5array
+  r-bioc-biocparallel r-cran-batchtools
   pandoc python3 python3-venv"
 
 say() { printf '[setup] %s\n' "$*"; }

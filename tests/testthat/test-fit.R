@@ -121,3 +121,43 @@ test_that("Ctrl-C stops training between minibatches and R keeps running", {
   expect_lt(res$epochs, 2000)
   expect_equal(res$after, 55)  # the session went on after the interrupt
 })
+
+test_that("a checkpointed fit stopped after epoch k and resumed equals an uninterrupted one", {
+  sim <- mrvi:::example_counts()
+  path <- tempfile(fileext = ".safetensors")
+  on.exit(unlink(path))
+  fit_with <- function(max_epochs, checkpoint = NULL, counts = sim$counts, seed = 3, flavour = "attention") {
+    mrvi(counts, sample = sim$sample, flavour = flavour, max_epochs = max_epochs,
+         n_epochs_kl_warmup = 2, patience = 2, n_threads = 1, seed = seed, verbose = FALSE,
+         checkpoint = checkpoint)
+  }
+  elbos <- c("train_elbo", "validation_elbo", "kl_weight")
+  for (flavour in c("attention", "linear")) {
+    whole <- fit_with(6, flavour = flavour)
+    unlink(path)
+    first <- fit_with(2, path, flavour = flavour)
+    expect_true(file.exists(path))
+    expect_equal(nrow(first@history), 2)
+    resumed <- fit_with(6, path, flavour = flavour)
+    expect_identical(resumed@weights, whole@weights)
+    expect_identical(resumed@history[elbos], whole@history[elbos])
+    expect_identical(resumed@config$best_epoch, whole@config$best_epoch)
+    expect_identical(resumed@u_mean, whole@u_mean)
+  }
+  # a finished run's checkpoint gives the same fit again without training
+  again <- fit_with(6, path, flavour = "linear")
+  expect_identical(again@weights, whole@weights)
+  # only the checkpoint is left in its folder (the temporary file was renamed)
+  expect_identical(list.files(dirname(path), pattern = basename(path)), basename(path))
+  # other arguments or other data are refused, naming the argument to change
+  expect_error(fit_with(6, path, seed = 4, flavour = "linear"), class = "mrvi_checkpoint_error")
+  changed <- sim$counts
+  changed[1, 1] <- changed[1, 1] + 1
+  err <- expect_error(fit_with(6, path, counts = changed, flavour = "linear"), class = "mrvi_checkpoint_error")
+  expect_match(conditionMessage(err), "other data or other settings")
+  expect_match(conditionMessage(err), "checkpoint")
+  writeLines("not a checkpoint", path)
+  expect_error(fit_with(6, path), class = "mrvi_checkpoint_error")
+  expect_error(fit_with(6, tempdir()), class = "mrvi_error")
+  expect_error(fit_with(6, file.path(tempfile(), "x")), "existing folder")
+})

@@ -41,3 +41,19 @@ test_that("empty cells and genes are dropped with a message", {
   expect_length(d$sample, 23)
 })
 
+
+test_that("HDF5-backed counts (a matrix or a saved SummarizedExperiment) fit as the same counts in memory", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  h5 <- HDF5Array::writeHDF5Array(sim$counts, tempfile(fileext = ".h5"), "counts")
+  dimnames(h5) <- dimnames(sim$counts)
+  dir <- tempfile("se")
+  se <- SummarizedExperiment::SummarizedExperiment(list(counts = sim$counts),
+                                                   colData = S4Vectors::DataFrame(donor = sim$sample))
+  HDF5Array::saveHDF5SummarizedExperiment(se, dir)
+  on_disk <- HDF5Array::loadHDF5SummarizedExperiment(dir)
+  fit <- function(x, sample) mrvi(x, sample = sample, max_epochs = 2, n_threads = 1, verbose = FALSE)
+  in_memory <- fit(sim$counts, sim$sample)
+  expect_identical(fit(h5, sim$sample)@weights, in_memory@weights)
+  expect_identical(fit(on_disk, "donor")@weights, in_memory@weights)
+})

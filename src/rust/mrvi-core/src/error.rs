@@ -17,6 +17,8 @@ pub enum Error {
     Memory(String),
     /// Training produced non-finite losses.
     Diverged(String),
+    /// A training checkpoint that cannot be read, or was made for another run.
+    Checkpoint(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -30,6 +32,7 @@ impl fmt::Display for Error {
             Error::Io(m) => write!(f, "{m}"),
             Error::Memory(m) => write!(f, "{m}"),
             Error::Diverged(m) => write!(f, "{m}"),
+            Error::Checkpoint(m) => write!(f, "{m}"),
         }
     }
 }
@@ -45,6 +48,7 @@ impl Error {
             Error::Io(_) => "mrvi_io_error",
             Error::Memory(_) => "mrvi_memory_error",
             Error::Diverged(_) => "mrvi_divergence_error",
+            Error::Checkpoint(_) => "mrvi_checkpoint_error",
         }
     }
 }

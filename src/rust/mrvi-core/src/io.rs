@@ -5,6 +5,7 @@ use crate::error::{try_collect, Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::MrviModel;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -17,10 +18,18 @@ pub fn model_from_bytes(config_json: &str, weights: &[u8], device: Device) -> Re
 }
 
 pub fn varstore_to_bytes(vs: &VarStore) -> Result<Vec<u8>> {
-    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, t) in vars {
+    tensors_to_bytes(vars.iter().map(|(n, t)| (n.clone(), t)), None)
+}
+
+/// Named float tensors (any device) as safetensors bytes, with optional metadata.
+pub fn tensors_to_bytes<'a>(
+    tensors: impl Iterator<Item = (String, &'a Tensor)>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in tensors {
         let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         let n = t.numel();
@@ -33,7 +42,7 @@ pub fn varstore_to_bytes(vs: &VarStore) -> Result<Vec<u8>> {
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<_>>()?;
-    Ok(safetensors::serialize(views, &None)?)
+    Ok(safetensors::serialize(views, &metadata)?)
 }
 
 /// Copy weights into an existing VarStore of the same architecture; every
@@ -42,19 +51,25 @@ pub fn load_bytes_into(vs: &mut VarStore, bytes: &[u8]) -> Result<()> {
     let st = SafeTensors::deserialize(bytes)?;
     let mut vars = vs.variables();
     for (name, var) in vars.iter_mut() {
-        let view = st.tensor(name).map_err(|_| Error::Io(format!("weights lack the tensor '{name}'")))?;
-        if view.dtype() != Dtype::F32 {
-            return Err(Error::Io(format!("tensor '{name}' is not float32")));
-        }
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        if shape != var.size() {
-            return Err(Error::Io(format!("tensor '{name}' has shape {shape:?}, the model expects {:?}", var.size())));
-        }
-        let raw = view.data();
-        let data = try_collect(raw.len() / 4, raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])), "the weights")?;
-        let src = Tensor::from_slice(&data).reshape(&shape).to_device(var.device());
-        tch::no_grad(|| var.copy_(&src));
+        copy_tensor_into(&st, name, var)?;
     }
+    Ok(())
+}
+
+/// Copy the float32 tensor `name` of `st` into `var` (same shape, any device).
+pub fn copy_tensor_into(st: &SafeTensors, name: &str, var: &mut Tensor) -> Result<()> {
+    let view = st.tensor(name).map_err(|_| Error::Io(format!("weights lack the tensor '{name}'")))?;
+    if view.dtype() != Dtype::F32 {
+        return Err(Error::Io(format!("tensor '{name}' is not float32")));
+    }
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    if shape != var.size() {
+        return Err(Error::Io(format!("tensor '{name}' has shape {shape:?}, the model expects {:?}", var.size())));
+    }
+    let raw = view.data();
+    let data = try_collect(raw.len() / 4, raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])), "the weights")?;
+    let src = Tensor::from_slice(&data).reshape(&shape).to_device(var.device());
+    tch::no_grad(|| var.copy_(&src));
     Ok(())
 }
 
@@ -65,28 +80,48 @@ pub fn load_bytes_into(vs: &mut VarStore, bytes: &[u8]) -> Result<()> {
 /// bijection of the state, so a change in any one word always changes the result.
 /// Not cryptographic; about 2 GB/s.
 pub fn weights_hash(bytes: &[u8]) -> String {
-    const P1: u64 = 0x9E37_79B9_7F4A_7C15;
-    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-    let (mut a, mut b) = (0x243F_6A88_85A3_08D3u64 ^ bytes.len() as u64, 0x1319_8A2E_0370_7344u64);
-    let mut step = |w: u64| {
-        a = (a ^ w).wrapping_mul(P1).rotate_left(31);
-        b = (b.rotate_left(17) ^ w).wrapping_mul(P2);
-    };
+    let mut h = Hash128::new(bytes.len() as u64);
     let mut words = bytes.chunks_exact(8);
     for c in &mut words {
-        step(u64::from_le_bytes(c.try_into().unwrap()));
+        h.word(u64::from_le_bytes(c.try_into().unwrap()));
     }
     let mut tail = [0u8; 8];
     tail[..words.remainder().len()].copy_from_slice(words.remainder());
-    step(u64::from_le_bytes(tail));
-    let fmix = |mut h: u64| {
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-        h ^ (h >> 33)
-    };
-    format!("{:016x}{:016x}", fmix(a ^ b.rotate_left(32)), fmix(b ^ a))
+    h.word(u64::from_le_bytes(tail));
+    h.finish()
+}
+
+/// The state of [weights_hash], fed one 8-byte word at a time: also used to
+/// fingerprint data that is never in one slice (a checkpoint's counts).
+pub struct Hash128 {
+    a: u64,
+    b: u64,
+}
+
+impl Hash128 {
+    pub fn new(seed: u64) -> Self {
+        Self { a: 0x243F_6A88_85A3_08D3u64 ^ seed, b: 0x1319_8A2E_0370_7344u64 }
+    }
+
+    pub fn word(&mut self, w: u64) {
+        const P1: u64 = 0x9E37_79B9_7F4A_7C15;
+        const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+        self.a = (self.a ^ w).wrapping_mul(P1).rotate_left(31);
+        self.b = (self.b.rotate_left(17) ^ w).wrapping_mul(P2);
+    }
+
+    /// 32 hex digits.
+    pub fn finish(self) -> String {
+        let fmix = |mut h: u64| {
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+            h ^ (h >> 33)
+        };
+        let (a, b) = (self.a, self.b);
+        format!("{:016x}{:016x}", fmix(a ^ b.rotate_left(32)), fmix(b ^ a))
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod association;
 pub mod backend;
 pub mod batch;
+pub mod checkpoint;
 pub mod data;
 pub mod density;
 pub mod distances;

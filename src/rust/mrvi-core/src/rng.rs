@@ -8,6 +8,16 @@ impl SplitMix64 {
         Self(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
 
+    /// The whole state, to save with a checkpoint.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// A generator that continues from a saved `state()`.
+    pub fn from_state(state: u64) -> Self {
+        Self(state)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -2,6 +2,10 @@
 //! linear KL warm-up, a held-out validation ELBO, early stopping that restores
 //! the best weights. The caller drives it one epoch at a time (for progress
 //! reporting) and passes an interrupt check that runs between minibatches.
+//! Everything an epoch depends on (weights, Adam's moments, the shuffling
+//! generator, libtorch's generator, reseeded per epoch, and the early-stopping
+//! state) lives in the `Trainer`, so that `checkpoint` can save it between
+//! epochs and a resumed run continues bit for bit.
 
 use crate::backend;
 use crate::batch::Dataset;
@@ -11,7 +15,6 @@ use crate::model::config::{default_max_epochs, ModelConfig, TrainConfig};
 use crate::model::MrviModel;
 use crate::rng::SplitMix64;
 use std::time::Instant;
-use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Tensor};
 
 /// Fixed by MODEL.md §3, not chosen by the user.
@@ -19,7 +22,7 @@ const WEIGHT_DECAY: f64 = 1e-8;
 const ADAM_EPS: f64 = 1e-8;
 const MAX_GRAD_NORM: f64 = 40.0;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct EpochStats {
     pub epoch: usize,
     pub kl_weight: f64,
@@ -47,17 +50,101 @@ pub struct Trainer {
     pub data: Dataset,
     pub config: TrainConfig,
     pub max_epochs: usize,
-    opt: nn::Optimizer,
-    rng: SplitMix64,
+    pub(crate) opt: Adam,
+    pub(crate) rng: SplitMix64,
     train_cells: Vec<usize>,
     validation_cells: Vec<usize>,
     pub history: Vec<EpochStats>,
-    best: Option<(f64, usize, Vec<(String, Tensor)>)>,
-    epochs_since_best: usize,
+    /// validation score, epoch and weights of the best epoch so far
+    pub(crate) best: Option<(f64, usize, Vec<(String, Tensor)>)>,
+    pub(crate) epochs_since_best: usize,
     pub stopped_early: bool,
     /// when adding samples: the reference samples' rows of the per-sample
     /// parameters, restored exactly by `finish`
     reference_rows: Vec<(String, Tensor)>,
+}
+
+/// Adam with L2 weight decay, as libtorch's `torch::optim::Adam` computes it (up
+/// to rounding), with its state held here so that a checkpoint can save it:
+/// tch's optimiser keeps its moments out of reach.
+pub(crate) struct Adam {
+    lr: f64,
+    weight_decay: f64,
+    eps: f64,
+    /// steps taken (for the bias corrections)
+    pub(crate) steps: u64,
+    /// (name, variable, first moment, second moment), sorted by name
+    pub(crate) params: Vec<(String, Tensor, Tensor, Tensor)>,
+}
+
+impl Adam {
+    const BETA1: f64 = 0.9;
+    const BETA2: f64 = 0.999;
+
+    fn new(vs: &tch::nn::VarStore, lr: f64) -> Self {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = vars
+            .into_iter()
+            .map(|(name, v)| {
+                let (m, s) = (v.zeros_like(), v.zeros_like());
+                (name, v, m, s)
+            })
+            .collect();
+        Self { lr, weight_decay: WEIGHT_DECAY, eps: ADAM_EPS, steps: 0, params }
+    }
+
+    fn zero_grad(&mut self) {
+        for (_, v, _, _) in self.params.iter_mut() {
+            v.zero_grad();
+        }
+    }
+
+    /// Scale the gradients so that their joint L2 norm is at most `max`.
+    fn clip_grad_norm(&self, max: f64) -> Result<()> {
+        tch::no_grad(|| {
+            let norms: Vec<Tensor> =
+                self.params.iter().map(|(_, v, _, _)| v.grad()).filter(|g| g.defined()).map(|g| g.norm()).collect();
+            let total = f64::try_from(Tensor::stack(&norms, 0).norm())?;
+            let coef = max / (total + 1e-6);
+            if coef < 1.0 {
+                for (_, v, _, _) in &self.params {
+                    let mut g = v.grad();
+                    if g.defined() {
+                        let _ = g.g_mul_scalar_(coef);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn step(&mut self) {
+        self.steps += 1;
+        let t = self.steps as f64;
+        let (bc1, bc2) = (1.0 - Self::BETA1.powf(t), 1.0 - Self::BETA2.powf(t));
+        tch::no_grad(|| {
+            for (_, v, m, s) in self.params.iter_mut() {
+                let grad = v.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let grad = if self.weight_decay != 0.0 { grad + &*v * self.weight_decay } else { grad };
+                let _ = m.lerp_(&grad, 1.0 - Self::BETA1);
+                let _ = s.g_mul_scalar_(Self::BETA2);
+                let _ = s.addcmul_(&grad, &(&grad * (1.0 - Self::BETA2)));
+                let denom = s.sqrt() / bc2.sqrt() + self.eps;
+                let _ = v.addcdiv_(&(&*m * (-self.lr / bc1)), &denom);
+            }
+        });
+    }
+}
+
+/// The seed of libtorch's generator (posterior draws, dropout) in epoch `epoch`:
+/// a function of the seed and the epoch only, so that a resumed run draws what
+/// an uninterrupted one does.
+fn epoch_seed(seed: u64, epoch: usize) -> i64 {
+    (SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64() >> 1) as i64
 }
 
 impl Trainer {
@@ -94,8 +181,7 @@ impl Trainer {
     }
 
     fn with_model(model: MrviModel, config: TrainConfig, data: Dataset, reference_rows: Vec<(String, Tensor)>) -> Result<Self> {
-        let opt = nn::Adam { wd: WEIGHT_DECAY, eps: ADAM_EPS, ..Default::default() }
-            .build(&model.vs, config.lr)?;
+        let opt = Adam::new(&model.vs, config.lr);
         let mut rng = SplitMix64::new(config.seed);
         let n = data.n_cells();
         let mut cells: Vec<usize> = (0..n).collect();
@@ -145,6 +231,7 @@ impl Trainer {
     pub fn run_epoch(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Result<EpochStats> {
         let start = Instant::now();
         let epoch = self.history.len();
+        tch::manual_seed(epoch_seed(self.config.seed, epoch));
         let device = self.model.device();
         let mut order = self.train_cells.clone();
         self.rng.shuffle(&mut order);
@@ -181,7 +268,7 @@ impl Trainer {
             self.opt.zero_grad();
             terms.objective.f_backward()?;
             let t = lap(2, t);
-            self.opt.clip_grad_norm(MAX_GRAD_NORM);
+            self.opt.clip_grad_norm(MAX_GRAD_NORM)?;
             self.opt.step();
             lap(3, t);
             rec_sum += terms.reconstruction_sum;

@@ -237,3 +237,42 @@ fn fused_cpu_objective_has_the_autograd_gradient() {
         assert!(dev <= 1e-3 * scale, "{name}: fused and autograd gradients differ by {dev} (scale {scale})");
     }
 }
+
+#[test]
+fn a_checkpointed_run_resumes_bit_for_bit() {
+    use mrvi_core::checkpoint;
+    let _rng = common::libtorch_rng();
+    let new = |max_epochs: usize, seed: u64| {
+        let cfg = mrvi_core::model::config::TrainConfig { patience: 2, ..common::train_config(max_epochs, 2, seed) };
+        Trainer::new(ModelConfig::new(40, 4, 1, 4), cfg, toy_data(300, 40, 4, 3), Device::Cpu).unwrap()
+    };
+    let run = |t: &mut Trainer| {
+        while !t.done() {
+            t.run_epoch(&mut || false).unwrap();
+        }
+    };
+    // the ELBOs of each epoch (not the timings)
+    let elbos = |t: &Trainer| t.history.iter().map(|h| (h.train_elbo, h.validation_elbo)).collect::<Vec<_>>();
+    let mut whole = new(8, 4);
+    run(&mut whole);
+    let path = std::env::temp_dir().join(format!("mrvi-checkpoint-test-{}.safetensors", std::process::id()));
+    let mut first = new(3, 4);
+    run(&mut first);
+    checkpoint::save(&first, &path).unwrap();
+    let mut resumed = new(8, 4);
+    checkpoint::load(&mut resumed, &path).unwrap();
+    assert_eq!(resumed.history, first.history);
+    run(&mut resumed);
+    assert_eq!(elbos(&resumed), elbos(&whole));
+    assert_eq!((resumed.stopped_early, resumed.best_epoch()), (whole.stopped_early, whole.best_epoch()));
+    let w = |t: Trainer| varstore_to_bytes(&t.finish().vs).unwrap();
+    assert!(w(resumed) == w(whole), "the resumed run ended with other weights");
+    // a run with another seed (another validation split, other draws) is refused
+    let e = checkpoint::load(&mut new(8, 5), &path).unwrap_err();
+    assert_eq!(e.class(), "mrvi_checkpoint_error");
+    assert!(e.to_string().contains("other data or other settings"), "{e}");
+    std::fs::write(&path, b"not a checkpoint").unwrap();
+    let e = checkpoint::load(&mut new(8, 4), &path).unwrap_err();
+    assert!(e.to_string().contains("not a whole mrvi training checkpoint"), "{e}");
+    std::fs::remove_file(&path).unwrap();
+}

@@ -5,7 +5,8 @@ use crate::data::dataset;
 use crate::{checked_ptr, interrupt_pending, invalid, model_ptr, rerr, RResult};
 use extendr_api::prelude::*;
 use mrvi_core::model::config::{Settings, TrainConfig};
-use mrvi_core::train::Trainer;
+use mrvi_core::checkpoint;
+use mrvi_core::train::{EpochStats, Trainer};
 use mrvi_core::{backend, io};
 
 /// A trainer between epochs; `None` once finished.
@@ -108,6 +109,28 @@ fn mrvi_trainer_info(h: Robj) -> RResult<List> {
     ))
 }
 
+fn epoch_list(s: &EpochStats, t: &Trainer) -> List {
+    list!(
+        epoch = s.epoch as i32,
+        kl_weight = s.kl_weight,
+        train_elbo = s.train_elbo,
+        train_reconstruction = s.train_reconstruction,
+        train_kl = s.train_kl,
+        validation_elbo = s.validation_elbo,
+        validation_reconstruction = s.validation_reconstruction,
+        validation_kl = s.validation_kl,
+        seconds = s.seconds,
+        cells_per_second = s.cells_per_second,
+        seconds_batches = s.seconds_batches,
+        seconds_forward = s.seconds_forward,
+        seconds_backward = s.seconds_backward,
+        seconds_optimizer = s.seconds_optimizer,
+        done = t.done(),
+        stopped_early = t.stopped_early,
+        interrupted = false
+    )
+}
+
 /// Run one epoch; Ctrl-C is checked between minibatches.
 /// @noRd
 #[extendr]
@@ -115,28 +138,28 @@ fn mrvi_trainer_epoch(h: Robj) -> RResult<List> {
     let mut h = trainer_ptr(&h)?;
     let t = trainer_mut(&mut h)?;
     match t.run_epoch(&mut interrupt_pending) {
-        Ok(s) => Ok(list!(
-            epoch = s.epoch as i32,
-            kl_weight = s.kl_weight,
-            train_elbo = s.train_elbo,
-            train_reconstruction = s.train_reconstruction,
-            train_kl = s.train_kl,
-            validation_elbo = s.validation_elbo,
-            validation_reconstruction = s.validation_reconstruction,
-            validation_kl = s.validation_kl,
-            seconds = s.seconds,
-            cells_per_second = s.cells_per_second,
-            seconds_batches = s.seconds_batches,
-            seconds_forward = s.seconds_forward,
-            seconds_backward = s.seconds_backward,
-            seconds_optimizer = s.seconds_optimizer,
-            done = t.done(),
-            stopped_early = t.stopped_early,
-            interrupted = false
-        )),
+        Ok(s) => Ok(epoch_list(&s, t)),
         Err(mrvi_core::Error::Interrupted) => Ok(list!(interrupted = true)),
         Err(e) => Err(rerr(e)),
     }
+}
+
+/// Save the run's state after its last epoch to the file `path` (atomically).
+/// @noRd
+#[extendr]
+fn mrvi_trainer_save(h: Robj, path: &str) -> RResult<()> {
+    let mut h = trainer_ptr(&h)?;
+    checkpoint::save(trainer_mut(&mut h)?, std::path::Path::new(path)).map_err(rerr)
+}
+
+/// Resume a new run from the checkpoint `path`; returns the epochs already done.
+/// @noRd
+#[extendr]
+fn mrvi_trainer_resume(h: Robj, path: &str) -> RResult<List> {
+    let mut h = trainer_ptr(&h)?;
+    let t = trainer_mut(&mut h)?;
+    checkpoint::load(t, std::path::Path::new(path)).map_err(rerr)?;
+    Ok(List::from_values(t.history.iter().map(|s| epoch_list(s, t))))
 }
 
 /// Finish: restore the best weights and return them as safetensors bytes.
@@ -159,5 +182,7 @@ extendr_module! {
     fn mrvi_trainer_add_samples;
     fn mrvi_trainer_info;
     fn mrvi_trainer_epoch;
+    fn mrvi_trainer_save;
+    fn mrvi_trainer_resume;
     fn mrvi_trainer_finish;
 }

@@ -1,0 +1,103 @@
+# Work spread with BiocParallel. The tasks are fixed by the data (cell blocks of
+# a size that does not depend on the workers, groups, permutation tests) and
+# their results are combined in task order, and every posterior draw depends on
+# the seed and the cell only: any backend and any number of workers gives the
+# serial result bit for bit. Workers rebuild the model from the fit's bytes
+# (native_model() finds no live model in a fit that was sent to them) and use
+# threads so that workers x threads <= cores.
+
+#' Spreading analyses over cores and cluster nodes
+#'
+#' The analyses that are independent across cells, groups or permutation tests
+#' take a `BPPARAM` argument, a BiocParallel back-end: [mrviLatent()],
+#' [counterfactualLatent()], [sampleDistances()], [cellAssociation()],
+#' [groupAssociation()], [differentialExpression()], [differentialAbundance()]
+#' and [admissibility()]. The default, `BiocParallel::SerialParam()`, runs in
+#' the calling process. `SnowParam()` starts R processes, and
+#' `BatchtoolsParam()` submits jobs to a scheduler (SLURM, SGE, LSF, PBS) or
+#' runs them locally. Fork-based back-ends (`MulticoreParam()`, batchtools'
+#' `"multicore"`) run as as many socket workers instead, with a message: forked
+#' children inherit libtorch's OpenMP thread pool, and GNU OpenMP hangs in them.
+#'
+#' Results are identical to serial ones, bit for bit, whatever the back-end and
+#' the number of workers: the work is cut into tasks that depend on the data
+#' only (blocks of `getOption("mrvi.task_cells", 20000)` cells, or one task per
+#' cell group), results are combined in task order, and posterior draws depend
+#' on the seed and the cell only. Workers rebuild the model from the fit's
+#' weights (`fit@weights`); each uses `getOption("mrvi.worker_threads")`
+#' threads, by default the cores of this machine divided by the number of
+#' workers, so that workers x threads <= cores. (On a cluster, set
+#' `options(mrvi.worker_threads = )` to the cores each job asks for.)
+#'
+#' @name mrvi-parallel
+#' @examples
+#' sim <- mrvi:::example_counts()
+#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
+#' d1 <- sampleDistances(fit, groups = sim$cell_type, mc_samples = 0)
+#' d2 <- sampleDistances(fit, groups = sim$cell_type, mc_samples = 0,
+#'                       BPPARAM = BiocParallel::SnowParam(2))
+#' identical(d1, d2)
+NULL
+
+# Cells per task when an analysis is split over cells.
+bp_block <- function() getOption("mrvi.task_cells", 20000L)
+
+# Split indices `idx` into tasks of `size`.
+bp_split <- function(idx, size = bp_block()) unname(split(idx, ceiling(seq_along(idx) / size)))
+
+check_bpparam <- function(BPPARAM, call) {
+  if (!methods::is(BPPARAM, "BiocParallelParam")) {
+    abort_arg(c("{.arg BPPARAM} must be a BiocParallel back-end.",
+                "x" = "You gave {.obj_type_friendly {BPPARAM}}.",
+                "i" = "For example {.code BiocParallel::SerialParam()} or {.code BiocParallel::SnowParam(2)}."),
+              call = call)
+  }
+  BPPARAM
+}
+
+# lapply(X, FUN, ...) over BPPARAM's workers. With `each`, results are handed
+# to each(result, i) in order, a round of one task per worker at a time (so that
+# memory holds one round), and nothing is returned.
+bp_map <- function(X, FUN, ..., BPPARAM, each = NULL) {
+  workers <- if (methods::is(BPPARAM, "SerialParam")) 1L else BiocParallel::bpnworkers(BPPARAM)
+  BPPARAM <- unforked(BPPARAM, workers)
+  run <- if (workers <= 1 || length(X) <= 1) {
+    function(i) lapply(X[i], FUN, ...)
+  } else {
+    threads <- getOption("mrvi.worker_threads", max(1L, default_threads() %/% workers))
+    if (!BiocParallel::bpisup(BPPARAM)) {
+      BiocParallel::bpstart(BPPARAM)
+      on.exit(BiocParallel::bpstop(BPPARAM), add = TRUE)
+    }
+    kind <- RNGkind()
+    function(i) BiocParallel::bplapply(X[i], bp_task, task = FUN, threads = threads, kind = kind, ...,
+                                       BPPARAM = BPPARAM)
+  }
+  if (is.null(each)) return(run(seq_along(X)))
+  for (round in split(seq_along(X), ceiling(seq_along(X) / workers))) {
+    res <- run(round)
+    for (k in seq_along(round)) each(res[[k]], round[[k]])
+  }
+  invisible(NULL)
+}
+
+# Forked workers inherit libtorch's OpenMP thread pool, and GNU OpenMP is not
+# fork-safe: the first parallel region in the child hangs. Fork-based back-ends
+# (MulticoreParam, batchtools' multicore) run as as many socket workers instead.
+unforked <- function(BPPARAM, workers) {
+  forked <- methods::is(BPPARAM, "MulticoreParam") ||
+    (methods::is(BPPARAM, "BatchtoolsParam") && identical(BPPARAM$cluster, "multicore"))
+  if (!forked) return(BPPARAM)
+  inform(c("i" = "Using {workers} socket worker{?s} ({.fn BiocParallel::SnowParam}) instead of forked ones: libtorch's threads do not survive a fork."),
+         class = "mrvi_unforked")
+  BiocParallel::SnowParam(workers)
+}
+
+# One task in a worker: its thread count, and this session's kind of random
+# generator (BiocParallel gives workers L'Ecuyer's, under which the set.seed()
+# of a task would draw other numbers), then the task.
+bp_task <- function(x, task, threads, kind, ...) {
+  mrvi_set_threads(as.integer(threads))
+  RNGkind(kind[1], kind[2], kind[3])
+  task(x, ...)
+}

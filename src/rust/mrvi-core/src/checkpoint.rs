@@ -1,0 +1,183 @@
+//! Resumable training: the whole state of a `Trainer` between epochs in one
+//! safetensors file (weights, Adam's moments and step count, the shuffling
+//! generator, the best epoch's weights and score, the patience used, the
+//! history), with a fingerprint of the data and settings so that a checkpoint
+//! made for another run is refused. libtorch's generator needs no saving: it is
+//! reseeded from the seed and the epoch. The file is written next to its place
+//! and renamed over it, so that a job killed while saving leaves the previous
+//! checkpoint whole.
+
+use crate::data::CountColumns;
+use crate::error::{Error, Result};
+use crate::io::{copy_tensor_into, tensors_to_bytes, Hash128};
+use crate::rng::SplitMix64;
+use crate::train::{EpochStats, Trainer};
+use safetensors::tensor::SafeTensors;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::Tensor;
+
+const FORMAT: &str = "mrvi training checkpoint 1";
+
+/// The scalars of the state (floats as their bits, which JSON keeps exactly).
+#[derive(Serialize, Deserialize)]
+struct State {
+    epochs: usize,
+    rng: u64,
+    adam_steps: u64,
+    /// (score bits, epoch) of the best epoch
+    best: Option<(u64, usize)>,
+    epochs_since_best: usize,
+    stopped_early: bool,
+    /// the history, one row of `stats_row` per epoch, as bits
+    history: Vec<Vec<u64>>,
+}
+
+/// A checksum of everything that decides the run except `max_epochs` (a run
+/// may be continued for more epochs, as nothing else depends on it): the
+/// counts, the covariate codes, the model and training settings.
+pub fn fingerprint(t: &Trainer) -> Result<String> {
+    let mut h = Hash128::new(0x6d72_7669);
+    let counts = &t.data.counts;
+    for c in 0..counts.n_cells() {
+        for (g, v) in counts.column(c) {
+            h.word(g as u64 | (v.to_bits() as u64) << 32);
+        }
+        h.word(u64::MAX);
+    }
+    for codes in [Some(&t.data.sample), Some(&t.data.site), t.data.label.as_ref()].into_iter().flatten() {
+        codes.iter().for_each(|&v| h.word(v as u64));
+        h.word(u64::MAX);
+    }
+    let mut config = t.config.clone();
+    config.max_epochs = None;
+    let settings = serde_json::to_string(&(&t.model.config, &config))?;
+    settings.bytes().for_each(|b| h.word(b as u64));
+    Ok(h.finish())
+}
+
+fn stats_row(s: &EpochStats) -> Vec<u64> {
+    [
+        s.epoch as f64, s.kl_weight, s.train_elbo, s.train_reconstruction, s.train_kl, s.validation_elbo,
+        s.validation_reconstruction, s.validation_kl, s.seconds, s.cells_per_second, s.seconds_batches,
+        s.seconds_forward, s.seconds_backward, s.seconds_optimizer,
+    ]
+    .iter()
+    .map(|v| v.to_bits())
+    .collect()
+}
+
+fn row_stats(r: &[u64]) -> Result<EpochStats> {
+    let v: Vec<f64> = r.iter().map(|&b| f64::from_bits(b)).collect();
+    if v.len() != 14 {
+        return Err(damaged("a history row has the wrong length"));
+    }
+    Ok(EpochStats {
+        epoch: v[0] as usize,
+        kl_weight: v[1],
+        train_elbo: v[2],
+        train_reconstruction: v[3],
+        train_kl: v[4],
+        validation_elbo: v[5],
+        validation_reconstruction: v[6],
+        validation_kl: v[7],
+        seconds: v[8],
+        cells_per_second: v[9],
+        seconds_batches: v[10],
+        seconds_forward: v[11],
+        seconds_backward: v[12],
+        seconds_optimizer: v[13],
+    })
+}
+
+fn damaged(what: &str) -> Error {
+    Error::Checkpoint(format!("the checkpoint is not a whole mrvi training checkpoint ({what})"))
+}
+
+/// Save the trainer's state after its last complete epoch.
+pub fn save(t: &Trainer, path: &Path) -> Result<()> {
+    let state = State {
+        epochs: t.history.len(),
+        rng: t.rng.state(),
+        adam_steps: t.opt.steps,
+        best: t.best.as_ref().map(|(score, epoch, _)| (score.to_bits(), *epoch)),
+        epochs_since_best: t.epochs_since_best,
+        stopped_early: t.stopped_early,
+        history: t.history.iter().map(stats_row).collect(),
+    };
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("fingerprint".to_string(), fingerprint(t)?),
+        ("state".to_string(), serde_json::to_string(&state)?),
+    ]);
+    let mut tensors: Vec<(String, &Tensor)> = Vec::new();
+    for (name, v, m, s) in &t.opt.params {
+        tensors.push((format!("model/{name}"), v));
+        tensors.push((format!("adam_m/{name}"), m));
+        tensors.push((format!("adam_v/{name}"), s));
+    }
+    if let Some((_, _, snapshot)) = &t.best {
+        tensors.extend(snapshot.iter().map(|(name, v)| (format!("best/{name}"), v)));
+    }
+    let bytes = tensors_to_bytes(tensors.into_iter(), Some(meta))?;
+    let tmp = path.with_file_name(format!(
+        "{}.{}.tmp",
+        path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let io = |e: std::io::Error| Error::Checkpoint(format!("cannot write the checkpoint {}: {e}", path.display()));
+    std::fs::write(&tmp, &bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+/// Restore a trainer built with the same data and settings to the state saved
+/// at `path`.
+pub fn load(t: &mut Trainer, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Checkpoint(format!("cannot read the checkpoint {}: {e}", path.display())))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|_| damaged("not a safetensors file"))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|_| damaged("no header"))?;
+    let meta = header.metadata().as_ref().ok_or_else(|| damaged("no metadata"))?;
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(damaged("unknown format"));
+    }
+    if meta.get("fingerprint") != Some(&fingerprint(t)?) {
+        return Err(Error::Checkpoint(format!(
+            "the checkpoint {} was made with other data or other settings than this call",
+            path.display()
+        )));
+    }
+    let state: State = serde_json::from_str(meta.get("state").ok_or_else(|| damaged("no state"))?)
+        .map_err(|_| damaged("unreadable state"))?;
+    let history = state.history.iter().map(|r| row_stats(r)).collect::<Result<Vec<_>>>()?;
+    if history.len() != state.epochs {
+        return Err(damaged("history and epoch count differ"));
+    }
+    for (name, v, m, s) in t.opt.params.iter_mut() {
+        copy_tensor_into(&st, &format!("model/{name}"), v)?;
+        copy_tensor_into(&st, &format!("adam_m/{name}"), m)?;
+        copy_tensor_into(&st, &format!("adam_v/{name}"), s)?;
+    }
+    t.best = match state.best {
+        Some((bits, epoch)) => {
+            let mut snapshot = Vec::with_capacity(t.opt.params.len());
+            for (name, v, _, _) in &t.opt.params {
+                let mut saved = v.detach().copy();
+                copy_tensor_into(&st, &format!("best/{name}"), &mut saved)?;
+                snapshot.push((name.clone(), saved));
+            }
+            Some((f64::from_bits(bits), epoch, snapshot))
+        }
+        None => None,
+    };
+    t.opt.steps = state.adam_steps;
+    t.rng = SplitMix64::from_state(state.rng);
+    t.epochs_since_best = state.epochs_since_best;
+    t.stopped_early = state.stopped_early;
+    t.history = history;
+    Ok(())
+}
