@@ -1,3 +1,20 @@
+# p-values of `test(y, r)` for `reps` random balanced covariates y over the samples
+# (covariate r drawn after set.seed(seed + r)).
+null_p_values <- function(samples, reps, seed, test) {
+  vapply(seq_len(reps), function(r) {
+    set.seed(seed + r)
+    y <- setNames(sample(rep(c("x", "y"), length.out = length(samples))), samples)
+    test(y, r)
+  }, numeric(1))
+}
+
+# Uniform p-values: a KS test against U(0, 1) does not reject at 1%, and P(p < 0.05)
+# is within `tolerance` of 0.05.
+expect_uniform <- function(p, tolerance) {
+  expect_gt(suppressWarnings(ks.test(p, "punif"))$p.value, 0.01)
+  expect_lt(abs(mean(p < 0.05) - 0.05), tolerance)
+}
+
 test_that("the KS statistic and p-value equal ks.test(), with and without ties", {
   set.seed(5)
   cases <- list(
@@ -66,14 +83,10 @@ test_that("group-level permutation p-values are uniform under a random covariate
   d <- sampleDistances(a$fit, groups = "cell_type", mc_samples = 0)
   samples <- dimnames(d)[[1]]
   # 200 random balanced covariates, 199 permutations each, on the unaffected type
-  p <- vapply(1:200, function(r) {
-    set.seed(1000 + r)
-    y <- setNames(sample(rep(c("x", "y"), length.out = length(samples))), samples)
+  p <- null_p_values(samples, 200, 1000, function(y, r) {
     groupAssociation(d, y, groups = "type2", permutations = 199, seed = r)$p_value
-  }, numeric(1))
-  # check: KS test against U(0, 1) does not reject at 1%, and P(p < 0.05) is near 0.05
-  expect_gt(suppressWarnings(ks.test(p, "punif"))$p.value, 0.01)
-  expect_lt(abs(mean(p < 0.05) - 0.05), 0.04)
+  })
+  expect_uniform(p, 0.04)
 })
 
 test_that("groupAssociation finds the planted covariate in the affected type", {
@@ -114,14 +127,11 @@ test_that("the mean-KS group test is uniform under a random covariate", {
   a <- covariates_fit()
   fit <- a$fit
   # type1 carries real sample structure (cov1-3), unrelated to these covariates
-  p <- vapply(1:150, function(r) {
-    set.seed(2000 + r)
-    y <- setNames(sample(rep(c("x", "y"), length.out = length(fit@samples))), fit@samples)
+  p <- null_p_values(fit@samples, 150, 2000, function(y, r) {
     groupAssociation(fit, y, groups = fit@cell_data$cell_type == "type1", permutations = 99,
                      seed = r, max_cells = 100)["TRUE", "p_value"]
-  }, numeric(1))
-  expect_gt(suppressWarnings(ks.test(p, "punif"))$p.value, 0.01)
-  expect_lt(abs(mean(p < 0.05) - 0.05), 0.05)
+  })
+  expect_uniform(p, 0.05)
 })
 
 test_that("association errors name the argument, and results go back to the object", {
