@@ -73,3 +73,14 @@ with_call <- function(expr, call) {
     stop(e)
   })
 }
+
+# R's own allocation failures ("cannot allocate vector of size ...") while
+# assembling a large result, as the package's classed memory error naming it.
+with_memory_error <- function(expr, what, call) {
+  tryCatch(expr, error = function(e) {
+    if (inherits(e, "mrvi_error") || !grepl("cannot allocate", conditionMessage(e))) stop(e)
+    abort_arg(c("Not enough memory to assemble {what}.",
+                "i" = "Ask for fewer cells or samples, or free memory."),
+              class = "mrvi_memory_error", parent = e, call = call)
+  })
+}

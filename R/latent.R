@@ -167,9 +167,10 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
     array(do.call(rbind, v), c(length(cell_idx), length(sample_idx), L),
           dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
   }
-  if (mc_samples == 0) return(one(if (use_mean) 0L else 1L))
-  draws <- lapply(seq_len(mc_samples), one)
-  out <- array(unlist(draws), c(dim(draws[[1]]), mc_samples))
-  dimnames(out) <- c(dimnames(draws[[1]]), list(paste0("draw", seq_len(mc_samples))))
-  out
+  with_memory_error(if (mc_samples == 0) one(if (use_mean) 0L else 1L) else {
+    draws <- lapply(seq_len(mc_samples), one)
+    out <- array(unlist(draws), c(dim(draws[[1]]), mc_samples))
+    dimnames(out) <- c(dimnames(draws[[1]]), list(paste0("draw", seq_len(mc_samples))))
+    out
+  }, "the counterfactual z", call)
 }
