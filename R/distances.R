@@ -75,13 +75,11 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     idx <- resolve_cells(fit, cells, call)
     check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
     mask <- resolve_admissible(fit, admissible, idx, call)
-    # each task's [cells, S, S] values as a cells x S^2 matrix: stacked by rows
-    v <- bp_map(bp_split(idx), function(cells) {
-      matrix(mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                                 cells - 1L, mc_samples, normalize, seed, block), length(cells))
-    }, BPPARAM = BPPARAM)
-    d <- array(do.call(rbind, v), c(length(idx), S, S),
-               dimnames = list(rownames(fit@u_mean)[idx], fit@samples, fit@samples))
+    d <- bp_rows(c(length(idx), S, S), function(rows) {
+      mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
+                          idx[rows] - 1L, mc_samples, normalize, seed, block)
+    }, BPPARAM = BPPARAM, what = "the per-cell distances", call = call)
+    dimnames(d) <- list(rownames(fit@u_mean)[idx], fit@samples, fit@samples)
     if (!is.null(mask)) {
       out <- mask[, rep(seq_len(S), S)] & mask[, rep(seq_len(S), each = S)]
       d[!out] <- NA

@@ -52,10 +52,9 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
   u <- mean
   if (!use_mean) u[] <- posterior_u(mean, sd, seq_len(nrow(mean)), 1L, seed)
   if (which == "u") return(u)
-  z <- bp_map(bp_split(seq_len(nrow(u))), function(r) {
-    matrix(mrvi_z_from_u(native_model(fit), u[r, , drop = FALSE], codes[r]), length(r))
-  }, BPPARAM = BPPARAM)
-  latent_matrix(do.call(rbind, z), cells, "z")
+  z <- bp_rows(c(nrow(u), z_dim(fit)), function(r) mrvi_z_from_u(native_model(fit), u[r, , drop = FALSE], codes[r]),
+               BPPARAM = BPPARAM, what = "z", call = call)
+  latent_matrix(z, cells, "z")
 }
 
 # Every function that draws u draws it in the core's posterior module
@@ -160,17 +159,16 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
   L <- z_dim(fit)
   bytes <- 8 * length(cell_idx) * length(sample_idx) * L * max(1, mc_samples)
   check_size(bytes, "counterfactualLatent()", call)
-  one <- function(draw) {
-    v <- bp_map(bp_split(cell_idx), function(cells) {
-      matrix(counterfactual_z(fit, cells, sample_idx, draw, seed), length(cells))
-    }, BPPARAM = BPPARAM)
-    array(do.call(rbind, v), c(length(cell_idx), length(sample_idx), L),
-          dimnames = list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L))))
+  draws <- if (mc_samples == 0) if (use_mean) 0L else 1L else seq_len(mc_samples)
+  out <- bp_rows(c(length(cell_idx), length(sample_idx), L, length(draws)), function(rows) {
+    unlist(lapply(draws, function(m) counterfactual_z(fit, cell_idx[rows], sample_idx, m, seed)))
+  }, BPPARAM = BPPARAM, what = "the counterfactual z", call = call)
+  names <- list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L)),
+                paste0("draw", seq_along(draws)))
+  if (mc_samples == 0) {  # drop the draw dimension in place
+    dim(out) <- dim(out)[1:3]
+    names <- names[1:3]
   }
-  with_memory_error(if (mc_samples == 0) one(if (use_mean) 0L else 1L) else {
-    draws <- lapply(seq_len(mc_samples), one)
-    out <- array(unlist(draws), c(dim(draws[[1]]), mc_samples))
-    dimnames(out) <- c(dimnames(draws[[1]]), list(paste0("draw", seq_len(mc_samples))))
-    out
-  }, "the counterfactual z", call)
+  dimnames(out) <- names
+  out
 }

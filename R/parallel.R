@@ -55,6 +55,19 @@ check_bpparam <- function(BPPARAM, call) {
   BPPARAM
 }
 
+# An array of dimensions `dim` whose rows (the first dimension: cells) are
+# computed in blocks over BPPARAM's workers: FUN(rows) gives the values of
+# out[rows, ...] (column-major). The array is allocated once, up front, so that
+# too little memory is a classed error before any work and no block list is
+# copied into it at the end.
+bp_rows <- function(dim, FUN, BPPARAM, what, call) {
+  out <- with_memory_error(matrix(NA_real_, dim[[1]], prod(dim[-1])), what, call)
+  blocks <- bp_split(seq_len(dim[[1]]))
+  bp_map(blocks, FUN, BPPARAM = BPPARAM, each = function(v, i) out[blocks[[i]], ] <<- v)
+  dim(out) <- dim  # in place
+  out
+}
+
 # lapply(X, FUN, ...) over BPPARAM's workers. With `each`, results are handed
 # to each(result, i) in order, a round of one task per worker at a time (so that
 # memory holds one round), and nothing is returned.

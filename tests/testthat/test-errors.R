@@ -301,12 +301,19 @@ test_that("faults that could take R down fail into classed errors (child process
     "cat('foreign-cache', identical(mrviLatent(fit, which = 'z'), z), '\\n')",
     "e <- tryCatch(mrvi:::mrvi_z_from_u(foreign, fit@u_mean, rep(0L, 24)), error = identity)",
     "cat('foreign-call', class(e)[1], '\\n')",
-    # cap the address space a little above what is in use, lift the package's size guard
-    # (R's own share of the call below is 1.7 GB; Rust's 2.8 GB more must fail)
+    # Under an address-space cap the main thread's stack cannot grow either, and R's garbage
+    # collector recurses deeply when an allocation fails: touch the whole C stack first (R stops
+    # the recursion with an error near its limit), so that only the heap is capped.
+    "grow <- function(n) if (n > 0) grow(n - 1) else 0; options(expressions = 5e5)",
+    "invisible(tryCatch(grow(1e6), error = function(e) NULL)); options(expressions = 5000)",
+    "cells <- rep(1:24, length.out = 1e7)",
+    # cap the address space 2.5 GB above what is in use and lift the package's size guard: the
+    # result (1e7 cells x 3 samples x 30 dims: 7.2 GB) cannot be allocated, which must fail
+    # cleanly, before any work, leaving R its 2.5 GB for the error
     "vm <- as.numeric(gsub('[^0-9]', '', grep('^VmSize', readLines('/proc/self/status'), value = TRUE)))",
     "system(sprintf('prlimit --pid %d --as=%.0f', Sys.getpid(), (vm + 2.5e6) * 1024))",
     "options(mrvi.max_bytes = Inf)",
-    "e <- tryCatch(counterfactualLatent(fit, cells = rep(1:24, length.out = 1e7)), error = identity)",
+    "e <- tryCatch(counterfactualLatent(fit, cells = cells), error = identity)",
     "cat('alloc', class(e)[1], '\\n')",
     "e <- tryCatch(mrvi(m, rep(c('A', 'B', 'C'), 8), n_latent = 1e9, max_epochs = 1, verbose = FALSE), error = identity)",
     "cat('n_latent', class(e)[1], grepl('n_latent', conditionMessage(e)), '\\n')",
