@@ -25,6 +25,15 @@ check_positive <- function(v, arg, call) {
   }
 }
 
+# a log2 fold change used as a threshold
+check_lfc <- function(v, arg, call) {
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || !is.finite(v)) {
+    abort_arg(c("{.arg {arg}} must be one non-negative number (a log2 fold change).",
+                "x" = "You gave {given(v)}.", "i" = "For example {.code {arg} = 0.3}."), call = call)
+  }
+  v
+}
+
 check_whole <- function(v, arg, call) {
   if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 0 || v != round(v) ||
       v > .Machine$integer.max) {

@@ -4,6 +4,7 @@
 # R CMD build + R CMD check on the tarball (which renders and checks the vignette).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== machine: $(grep -m1 "model name" /proc/cpuinfo | sed "s/.*: //"), $(nproc) cores =="
 bash tools/setup.sh
 bash tools/install.sh
 export PATH="$HOME/.cargo/bin:$PATH"

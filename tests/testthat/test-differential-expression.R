@@ -67,6 +67,44 @@ test_that("the posterior-noise floor: the effect's spread over draws, and the la
   expect_true(all(mrvi:::de_regression(z_big, design, noise = noise)$tests$g[, "p_value"] < 1e-4))
 })
 
+test_that("the fold-change threshold: Patnaik's noncentral F, TREAT's boundary, the plain test at 0", {
+  # Patnaik's approximation against R's exact noncentral F where the latter is precise
+  grid <- expand.grid(f = c(1, 2, 4, 8), df1 = c(1, 3.5, 30), df2 = c(14, 49, 420), ncp = c(0, 2, 10, 40))
+  exact <- suppressWarnings(with(grid, pf(f, df1, df2, ncp = ncp, lower.tail = FALSE)))
+  approx <- with(grid, mrvi:::noncentral_f_upper(f, df1, df2, ncp))
+  ok <- exact > 1e-6
+  expect_equal(approx[grid$ncp == 0], exact[grid$ncp == 0], tolerance = 1e-12)
+  expect_lt(max(abs(log(approx[ok] / exact[ok]))), log(1.6))
+  expect_lt(max(abs(approx - exact)), 0.05)
+  # and it keeps its precision where R's noncentral pf() bottoms out (~4e-10)
+  expect_lt(mrvi:::noncentral_f_upper(100, 30, 420, 43), 1e-15)
+
+  set.seed(6)
+  n <- 5; S <- 16; L <- 4
+  X <- cbind(1, rep(0:1, length.out = S))
+  colnames(X) <- c("(Intercept)", "gb")
+  design <- list(X = X, blocks = list(g = 2))
+  z <- array(rnorm(n * S * L, sd = 0.05), c(n, S, L))
+  z[, X[, 2] == 1, 1] <- z[, X[, 2] == 1, 1] + 1
+  plain <- mrvi:::de_regression(z, design)$tests$g
+  top <- list(g = c(0.05, 0.1, 0.2, 1, 0))  # each cell's largest |LFC|
+  treat <- function(t) mrvi:::de_regression(z, design, largest_lfc = top, lfc_threshold = t)$tests$g
+  expect_equal(treat(0)[, "p_value"], plain[, "p_value"])
+  expect_equal(unname(treat(0.1)[, "max_lfc"]), top$g)
+  p <- treat(0.1)[, "p_value"]
+  # below or at the boundary: p >= ~0.5; far beyond it: as small as the plain test's
+  expect_true(all(p[c(1, 2, 5)] > 0.4))
+  expect_equal(p[5], 1)
+  expect_lt(p[4], 1e-6)
+  expect_true(all(p >= plain[, "p_value"]))
+  # the same p-value as the noncentral F with the effect scaled to the boundary
+  f <- plain[, "statistic"]
+  d1 <- unname(plain[3, "df1"])
+  expect_equal(unname(p[3]), mrvi:::noncentral_f_upper(f[[3]], d1, unname(plain[3, "df2"]), d1 * f[[3]] / 4))
+  # a larger threshold never gives a smaller p-value
+  expect_true(all(treat(0.5)[, "p_value"] >= p))
+})
+
 test_that("the test is calibrated for independent normal errors in many dimensions", {
   set.seed(4)
   S <- 12
@@ -128,7 +166,7 @@ test_that("p-values are calibrated when the covariate is permuted across samples
   cells <- c(sample(which(type == "type1"), 20), sample(which(type == "type2"), 20))
   p <- replicate(150, {
     cov <- data.frame(sample = fit@samples, g = sample(rep(c("a", "b"), length.out = S)), x = rnorm(S))
-    de <- differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE)
+    de <- differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE, lfc_threshold = 0)
     cbind(g = de$p_value[de$covariate == "g"], x = de$p_value[de$covariate == "x"])
   }, simplify = FALSE)
   p <- do.call(rbind, p)
@@ -141,6 +179,20 @@ test_that("p-values are calibrated when the covariate is permuted across samples
   # a continuous covariate gives continuous permutation distributions: uniform
   one_cell <- p[seq(1, nrow(p), by = length(cells)), "x"]
   expect_gt(ks.test(one_cell, "punif")$p.value, 0.01)
+})
+
+test_that("max_lfc is the largest |LFC| over genes, and the threshold uses it", {
+  a <- covariates_fit()
+  fit <- a$fit
+  de <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:30, mc_samples = 0, lfc = TRUE, normalize = FALSE)
+  lfc <- S4Vectors::metadata(de)$lfc
+  expect_equal(de$max_lfc[de$covariate == "cov1"], unname(apply(abs(lfc$cov1yes), 1, max)))
+  expect_equal(de$max_lfc[de$covariate == "cov2"], unname(apply(abs(lfc$cov2yes), 1, max)))
+  plain <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:30, mc_samples = 0, normalize = FALSE, lfc_threshold = 0)
+  expect_equal(plain$statistic, de$statistic)
+  expect_true(all(de$p_value >= plain$p_value - 1e-12))
+  expect_error(differentialExpression(fit, "cov1", lfc_threshold = -0.1), "`lfc_threshold`", class = "mrvi_error")
+  expect_error(differentialExpression(fit, "cov1", lfc_threshold = NA), "`lfc_threshold`", class = "mrvi_error")
 })
 
 test_that("masking inadmissible samples drops them from the cell's regression", {

@@ -153,6 +153,7 @@ bad_calls <- list(
   list(quote(differentialExpression(fit, "x", seed = 1e10)), "`seed`"),
   list(quote(differentialExpression(fit, "x", mc_samples = 1e10)), "`mc_samples`"),
   list(quote(differentialExpression(fit, "x", delta = -1)), "`delta`"),
+  list(quote(differentialExpression(fit, "x", lfc_threshold = -1)), "`lfc_threshold`"),
   list(quote(counterfactualExpression(fit, cells = 1:2, sample = "Z")), "`sample` has value.*not fitted on"),
   list(quote(counterfactualExpression(fit, cells = lgl_na, sample = "A")), "`cells` has 1 NA"),
   # the backend
