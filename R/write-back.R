@@ -9,7 +9,8 @@
 #' when given, become cell columns `mrvi_<covariate>_statistic` and
 #' `mrvi_<covariate>_q` (colData / meta.data; `NA` for cells not tested). Results of
 #' [differentialExpression()], when given, become `mrvi_de_<covariate>_effect`
-#' (the latent effect size) and `mrvi_de_<covariate>_q` per covariate. Cells of the
+#' (the latent effect size), `mrvi_de_<covariate>_max_lfc` (the largest |log2
+#' fold change| over genes) and `mrvi_de_<covariate>_q` per covariate. Cells of the
 #' object that the fit did not use (for example empty cells dropped by
 #' [mrviData()]) get `NA` rows.
 #'
@@ -82,13 +83,14 @@ association_columns <- function(association, cells) {
   out
 }
 
-# Columns mrvi_de_<covariate>_effect and _q over the object's cells.
+# Columns mrvi_de_<covariate>_effect, _max_lfc and _q over the object's cells.
 differential_columns <- function(differential, cells) {
   out <- list()
   for (j in unique(differential$covariate)) {
     rows <- differential[differential$covariate == j, ]
     idx <- match(cells, rows$cell)
     out[[paste0("mrvi_de_", make.names(j), "_effect")]] <- rows$effect_size[idx]
+    out[[paste0("mrvi_de_", make.names(j), "_max_lfc")]] <- rows$max_lfc[idx]
     out[[paste0("mrvi_de_", make.names(j), "_q")]] <- rows$q_value[idx]
   }
   out

@@ -251,6 +251,7 @@ test_that("results are written back into SingleCellExperiment and Seurat objects
   sce <- addMrVI(a$sce, fit, differential = de)
   expect_equal(sce$mrvi_de_cov1_q[11:40], de$q_value[de$covariate == "cov1"])
   expect_equal(sce$mrvi_de_cov2_effect[11:40], de$effect_size[de$covariate == "cov2"])
+  expect_equal(sce$mrvi_de_cov2_max_lfc[11:40], de$max_lfc[de$covariate == "cov2"])
   expect_true(all(is.na(sce$mrvi_de_cov1_q[-(11:40)])))
   skip_if_not_installed("SeuratObject")
   so <- SeuratObject::CreateSeuratObject(counts = SummarizedExperiment::assay(a$sce, "counts"))
