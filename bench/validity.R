@@ -14,7 +14,9 @@
 # Settings (environment): MRVI_BENCH_SEEDS (default 1:3), MRVI_BENCH_FLAVOURS
 # ("linear,attention"), MRVI_BENCH_DESIGNS ("equal,ultrametric"), MRVI_BENCH_CELLS
 # (20000), MRVI_BENCH_ARGS (extra mrvi() arguments as R code, e.g. "list(n_latent = 30)"),
-# MRVI_BENCH_TAG (a label for the rows), MRVI_BENCH_OUT (CSV file).
+# MRVI_BENCH_TAG (a label for the rows), MRVI_BENCH_OUT (CSV file), MRVI_BENCH_FIT_DIR
+# (a folder: each fit is saved there as <design>_<seed>_<flavour>.rds, and a fit found
+# there is scored without refitting, its training seconds those recorded at the time).
 suppressMessages({
   library(mrvi)
   library(SingleCellExperiment)
@@ -27,6 +29,7 @@ n_cells <- as.integer(Sys.getenv("MRVI_BENCH_CELLS", "20000"))
 extra <- eval(parse(text = Sys.getenv("MRVI_BENCH_ARGS", "list()")))
 tag <- Sys.getenv("MRVI_BENCH_TAG", "default")
 out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/validity.csv")
+fit_dir <- Sys.getenv("MRVI_BENCH_FIT_DIR")
 dir.create(dirname(out_file), showWarnings = FALSE, recursive = TRUE)
 cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
 
@@ -73,10 +76,18 @@ for (design in designs) {
     left_tips <- truth$phylo[[truth$affected[1]]]$tip.label[root[[2]]]
     sce$root_split <- ifelse(as.character(sce$sample) %in% left_tips, "left", "right")
     for (flavour in flavours) {
-      t0 <- proc.time()[["elapsed"]]
-      fit <- do.call(mrvi, c(list(sce, sample = "sample", batch = "site", flavour = flavour,
-                                  seed = seed, verbose = FALSE), extra))
-      seconds <- proc.time()[["elapsed"]] - t0
+      saved <- if (nzchar(fit_dir)) file.path(fit_dir, sprintf("%s_%d_%s.rds", design, seed, flavour)) else ""
+      if (nzchar(saved) && file.exists(saved)) {
+        saved_fit <- readRDS(saved)
+        fit <- saved_fit$fit
+        seconds <- saved_fit$seconds
+      } else {
+        t0 <- proc.time()[["elapsed"]]
+        fit <- do.call(mrvi, c(list(sce, sample = "sample", batch = "site", flavour = flavour,
+                                    seed = seed, verbose = FALSE), extra))
+        seconds <- proc.time()[["elapsed"]] - t0
+        if (nzchar(saved)) saveRDS(list(fit = fit, seconds = seconds), saved)
+      }
       scores <- score_fit(fit, sce, truth)
       row <- data.frame(tag, design, seed, flavour, epochs = nrow(fit@history),
                         best_epoch = fit@config$best_epoch, train_seconds = round(seconds, 1), scores,
