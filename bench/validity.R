@@ -50,9 +50,11 @@ score_fit <- function(fit, sce, truth) {
   type1 <- truth$affected[1]
   affected_cells <- fit@cell_data$cell_type == type1
   other_cells <- !fit@cell_data$cell_type %in% truth$affected
-  guided <- cellAssociation(fit, "root_split")
+  # the covariate per fitted sample (a saved fit's sample table may lack it)
+  split <- tapply(as.character(sce$root_split), as.character(sce$sample), `[`, 1)[fit@samples]
+  guided <- cellAssociation(fit, split)
   flagged <- guided$q_value < 0.05
-  de <- differentialExpression(fit, "root_split")
+  de <- differentialExpression(fit, data.frame(sample = fit@samples, root_split = split))
   de_flagged <- de$q_value < 0.05
   data.frame(
     contrast = mean(mean_d[truth$affected]) / mean(mean_d[unaffected]),
