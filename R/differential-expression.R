@@ -212,8 +212,15 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
       }
     }
     z_test <- if (draws == 0) z else if (linear) z_at(0) else z_sum / draws
-    noise <- if (normalize) spread$result(de_regression(z_sum / draws, design, m, tests = FALSE), draws)
-    largest <- largest_lfc(fit, de_regression(z_test, design, m, tests = FALSE), design)
+    reg_test <- de_regression(z_test, design, m, tests = FALSE)
+    # the spread is centred at the draws' mean, which is z_test except for the linear flavour
+    if (normalize) {
+      reg_mean <- if (linear) de_regression(z_sum / draws, design, m, tests = FALSE) else reg_test
+      noise <- spread$result(reg_mean, draws)
+    } else {
+      noise <- NULL
+    }
+    largest <- largest_lfc(fit, reg_test, design)
     res <- de_regression(z_test, design, m, noise = noise, largest_lfc = largest, lfc_threshold = lfc_threshold)
     if (lfc) res$lfc <- list(lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
     res

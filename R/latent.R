@@ -163,12 +163,12 @@ counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = T
   out <- bp_rows(c(length(cell_idx), length(sample_idx), L, length(draws)), function(rows) {
     unlist(lapply(draws, function(m) counterfactual_z(fit, cell_idx[rows], sample_idx, m, seed)))
   }, BPPARAM = BPPARAM, what = "the counterfactual z", call = call)
-  names <- list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L)),
-                paste0("draw", seq_along(draws)))
+  labels <- list(rownames(fit@u_mean)[cell_idx], fit@samples[sample_idx], paste0("z", seq_len(L)),
+                 paste0("draw", seq_along(draws)))
   if (mc_samples == 0) {  # drop the draw dimension in place
     dim(out) <- dim(out)[1:3]
-    names <- names[1:3]
+    labels <- labels[1:3]
   }
-  dimnames(out) <- names
+  dimnames(out) <- labels
   out
 }
