@@ -13,7 +13,7 @@ abundance_fit <- local({
         (sim$cell_type == "type3" & sim$sample == "s01")
       keep <- !drop
       fit <- mrvi(sim$counts[, keep], flavour = "linear", sample = sim$sample[keep], labels = sim$cell_type[keep],
-                  max_epochs = 80, seed = 2, verbose = FALSE)
+                  max_epochs = 80, seed = fit_seed(2), verbose = FALSE)
       cache <<- list(fit = fit, grp = grp, type = sim$cell_type[keep])
     }
     cache

@@ -5,7 +5,7 @@ attention_fit <- local({
       sce <- simulateNested(3000, 400, n_samples = 16, n_sites = 2, n_cell_types = 3,
                             n_affected = 1, seed = 3)
       fit <- mrvi(sce, sample = "sample", batch = "site", labels = "cell_type",
-                  flavour = "attention", max_epochs = 300, seed = 1, verbose = FALSE)
+                  flavour = "attention", max_epochs = 300, seed = fit_seed(1), verbose = FALSE)
       cache <<- list(sce = sce, fit = fit)
     }
     cache

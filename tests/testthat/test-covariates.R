@@ -129,7 +129,7 @@ test_that("u mixes every nuisance covariate of a crossed design", {
   sce <- simulateNested(1500, 150, n_samples = 8, n_sites = 2, n_cell_types = 2, n_affected = 1,
                         seed = 1, n_chemistries = 2, technical = 1)
   fit <- mrvi(sce, sample = "sample", batch = c("site", "chemistry"), continuous_covariates = "mito",
-              max_epochs = 150, seed = 1, n_threads = 1, verbose = FALSE)
+              max_epochs = 150, seed = fit_seed(1), n_threads = 1, verbose = FALSE)
   u <- mrviLatent(fit)
   silhouette_within_types <- function(f) {
     mean(vapply(split(seq_len(nrow(u)), sce$cell_type), function(j) {

@@ -80,7 +80,7 @@ test_that("a fixed seed gives identical weights and latents on CPU", {
 test_that("early stopping stops and restores the best epoch", {
   m <- small_counts(40, 200)
   s <- rep(c("A", "B"), 100)
-  fit <- mrvi(m, flavour = "linear", s, max_epochs = 400, n_epochs_kl_warmup = 2, patience = 3, seed = 1,
+  fit <- mrvi(m, flavour = "linear", s, max_epochs = 400, n_epochs_kl_warmup = 2, patience = 3, seed = fit_seed(1),
               verbose = FALSE)
   h <- fit@history
   expect_lt(nrow(h), 400)

@@ -18,7 +18,7 @@ test_that("the default model recovers a planted sample tree in realistic data, i
   tree <- S4Vectors::metadata(sce)$truth$phylo$type1
   left <- tree$tip.label[ape::prop.part(tree)[[2]]]  # one side of the root split
   sce$root_split <- ifelse(as.character(sce$sample) %in% left, "left", "right")
-  fit <- mrvi(sce, sample = "sample", batch = "site", seed = 1, verbose = FALSE)
+  fit <- mrvi(sce, sample = "sample", batch = "site", seed = fit_seed(1), verbose = FALSE)
   expect_identical(fit@config$flavour, "attention")
   # per-cell DE of the root split of type1's tree (default arguments): the issue's
   # target, TPR >= 0.8 with <= 5% of the unaffected cells flagged. Seeds 1-5 (1 thread):
