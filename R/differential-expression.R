@@ -530,19 +530,10 @@ permutation_dimension <- function(Zs, X0, n, L) {
 # combination of the levels of the categorical nuisance covariates (continuous
 # ones at their means).
 de_lfc <- function(fit, reg, coefs) {
-  n <- nrow(reg$z_bar)
-  spec <- fit_nuisance(fit)
-  site <- matrix(0L, n, length(spec$factors))
-  at_mean <- matrix(0, n, nrow(spec$continuous))
-  expression_at <- function(z) {
-    rho <- mean_over_levels(fit, site, names(spec$factors),
-                            function(site) mrvi_decode_z(native_model(fit), z, site, at_mean))
-    matrix(rho, ncol = n)
-  }
   lapply(stats::setNames(coefs, coefs), function(k) {
     half <- reg$beta[[k]] / 2
-    up <- expression_at(reg$z_bar + half)
-    down <- expression_at(reg$z_bar - half)
+    up <- decode_expression(fit, reg$z_bar + half)
+    down <- decode_expression(fit, reg$z_bar - half)
     out <- t(log2(up) - log2(down))
     out[is.na(out)] <- NA_real_
     out

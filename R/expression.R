@@ -96,6 +96,20 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
   matrix(v, nrow = length(fit@genes), dimnames = list(fit@genes, rownames(fit@u_mean)[idx]))
 }
 
+# The decoder's expected expression (genes x rows) of latent states z (rows x L),
+# averaged over every combination of the levels of the categorical nuisance
+# covariates (equal weights), continuous covariates at their means: the expression
+# that differential expression and expression-space distances compare.
+decode_expression <- function(fit, z) {
+  n <- nrow(z)
+  spec <- fit_nuisance(fit)
+  site <- matrix(0L, n, length(spec$factors))
+  at_mean <- matrix(0, n, nrow(spec$continuous))
+  rho <- mean_over_levels(fit, site, names(spec$factors),
+                          function(site) mrvi_decode_z(native_model(fit), z, site, at_mean))
+  matrix(rho, ncol = n)
+}
+
 # Positions among `known` of the names of `values` (a named list), which must
 # all be known.
 covariates_named <- function(values, known, arg, call) {

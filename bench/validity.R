@@ -16,7 +16,10 @@
 # (20000), MRVI_BENCH_ARGS (extra mrvi() arguments as R code, e.g. "list(n_latent = 30)"),
 # MRVI_BENCH_TAG (a label for the rows), MRVI_BENCH_OUT (CSV file), MRVI_BENCH_FIT_DIR
 # (a folder: each fit is saved there as <design>_<seed>_<flavour>.rds, and a fit found
-# there is scored without refitting, its training seconds those recorded at the time).
+# there is scored without refitting, its training seconds those recorded at the time),
+# MRVI_BENCH_SPACE (the space of the distances scored: "latent", the default, or
+# "expression"; see ?sampleDistances), MRVI_BENCH_SCORE ("all", or "distances" to
+# skip the guided tests and DE, whose columns are then NA).
 suppressMessages({
   library(mrvi)
   library(SingleCellExperiment)
@@ -30,13 +33,15 @@ extra <- eval(parse(text = Sys.getenv("MRVI_BENCH_ARGS", "list()")))
 tag <- Sys.getenv("MRVI_BENCH_TAG", "default")
 out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/validity.csv")
 fit_dir <- Sys.getenv("MRVI_BENCH_FIT_DIR")
+space <- Sys.getenv("MRVI_BENCH_SPACE", "latent")
+score_tests <- Sys.getenv("MRVI_BENCH_SCORE", "all") == "all"
 dir.create(dirname(out_file), showWarnings = FALSE, recursive = TRUE)
 cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
 
 off_diagonal <- function(m) m[upper.tri(m)]
 
 score_fit <- function(fit, sce, truth) {
-  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = space)
   types <- dimnames(d)[[3]]
   mean_d <- vapply(types, function(t) mean(off_diagonal(d[, , t]), na.rm = TRUE), numeric(1))
   unaffected <- setdiff(types, truth$affected)
@@ -52,11 +57,13 @@ score_fit <- function(fit, sce, truth) {
   other_cells <- !fit@cell_data$cell_type %in% truth$affected
   # the covariate per fitted sample (a saved fit's sample table may lack it)
   split <- tapply(as.character(sce$root_split), as.character(sce$sample), `[`, 1)[fit@samples]
-  guided <- cellAssociation(fit, split)
-  flagged <- guided$q_value < 0.05
-  de <- differentialExpression(fit, data.frame(sample = fit@samples, root_split = split))
-  de_flagged <- de$q_value < 0.05
-  data.frame(
+  flagged <- de_flagged <- rep(NA, nrow(fit@u_mean))
+  if (score_tests) {
+    flagged <- cellAssociation(fit, split)$q_value < 0.05
+    de <- differentialExpression(fit, data.frame(sample = fit@samples, root_split = split))
+    de_flagged <- de$q_value < 0.05
+  }
+  data.frame(space = space,
     contrast = mean(mean_d[truth$affected]) / mean(mean_d[unaffected]),
     spearman_type1 = per_type[[1]][["spearman"]], spearman_type2 = per_type[[2]][["spearman"]],
     rf_type1 = per_type[[1]][["rf"]], rf_type2 = per_type[[2]][["rf"]],
@@ -97,6 +104,8 @@ for (design in designs) {
       print(row[, setdiff(names(row), "cpu")], digits = 3)
       rows[[length(rows) + 1]] <- row
       old <- if (file.exists(out_file)) utils::read.csv(out_file) else NULL
+      # rows from before the space column were scored in latent space
+      if (!is.null(old) && is.null(old$space)) old <- cbind(old[1:7], space = "latent", old[-(1:7)])
       utils::write.csv(rbind(old, row), out_file, row.names = FALSE)
     }
   }

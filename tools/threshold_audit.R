@@ -52,7 +52,8 @@ res <- lapply(files, function(f) as.data.frame(test_file(file.path("tests/testth
 res <- do.call(rbind, res)
 rec <- do.call(rbind, records)
 rec$shift <- as.integer(Sys.getenv("MRVI_TEST_SEED_SHIFT"))
-saveRDS(list(records = rec, failed = sum(res$failed) + sum(res$error)), Sys.getenv("AUDIT_OUT"))
+bad <- res[res$failed > 0 | res$error, c("file", "test")]
+saveRDS(list(records = rec, failed = sum(res$failed) + sum(res$error), failing_tests = bad), Sys.getenv("AUDIT_OUT"))
 '
 script <- tempfile(fileext = ".R")
 writeLines(child, script)
@@ -71,6 +72,7 @@ runs <- lapply(shifts, function(s) {
   r <- readRDS(out)
   cat(sprintf("seed shift %d: %d comparisons recorded, %d failed expectations, %.0f s\n", s, nrow(r$records),
               r$failed, as.numeric(difftime(Sys.time(), started, units = "secs"))))
+  for (k in seq_len(nrow(r$failing_tests))) cat("  failing:", r$failing_tests$file[k], "-", r$failing_tests$test[k], "\n")
   r$records
 })
 rec <- do.call(rbind, runs)
