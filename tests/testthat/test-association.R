@@ -8,10 +8,12 @@ null_p_values <- function(samples, reps, seed, test) {
   }, numeric(1))
 }
 
-# Uniform p-values: a KS test against U(0, 1) does not reject at 1%, and P(p < 0.05)
-# is within `tolerance` of 0.05.
+# Uniform p-values: a KS test against U(0, 1) does not reject at 0.1%, and P(p < 0.05)
+# is within `tolerance` of 0.05. (The p-values depend on the fit, which differs between
+# CPUs, so a calibrated test still fails on a share of machines set by these two bounds:
+# at 1%, fit seed 2 of tools/threshold_audit.R came within 0.0001 of failing.)
 expect_uniform <- function(p, tolerance) {
-  expect_gt(suppressWarnings(ks.test(p, "punif"))$p.value, 0.01)
+  expect_gt(suppressWarnings(ks.test(p, "punif"))$p.value, 0.001)
   expect_lt(abs(mean(p < 0.05) - 0.05), tolerance)
 }
 
@@ -85,11 +87,12 @@ test_that("group-level permutation p-values are uniform under a random covariate
   a <- covariates_fit()
   d <- sampleDistances(a$fit, groups = "cell_type", mc_samples = 0)
   samples <- dimnames(d)[[1]]
-  # 200 random balanced covariates, 199 permutations each, on the unaffected type
-  p <- null_p_values(samples, 200, 1000, function(y, r) {
+  # 400 random balanced covariates, 199 permutations each, on the unaffected type:
+  # P(p < 0.05) is exactly 0.05 for each, so the share has sd 0.011 (tolerance 3.2 sd)
+  p <- null_p_values(samples, 400, 1000, function(y, r) {
     groupAssociation(d, y, groups = "type2", permutations = 199, seed = r)$p_value
   })
-  expect_uniform(p, 0.04)
+  expect_uniform(p, 0.035)
 })
 
 test_that("groupAssociation finds the planted covariate in the affected type", {
@@ -98,7 +101,11 @@ test_that("groupAssociation finds the planted covariate in the affected type", {
   res <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 199)
   expect_equal(rownames(res), c("type1", "type2"))
   expect_equal(S4Vectors::metadata(res)$statistic, "ks")
-  expect_lt(res["type1", "p_value"], 0.01)
+  # the smallest p-values 199 random permutations can give: the planted split and its
+  # mirror image are 2 of the 924 balanced labelings of 12 samples, so even a perfect
+  # separation draws them 0.43 times on average: p = 0.005, 0.01 or 0.015 (seed shifts
+  # 0-4 of tools/threshold_audit.R: 0.005-0.01); p > 0.02 has probability ~0.001
+  expect_lte(res["type1", "p_value"], 0.02)
   expect_equal(res$q_value, p.adjust(res$p_value, method = "BH"))
   # the statistic is the mean per-cell KS statistic of the cells used (all of
   # them when max_cells allows): large in the affected type, near 0 elsewhere
@@ -108,12 +115,13 @@ test_that("groupAssociation finds the planted covariate in the affected type", {
   expect_equal(all_cells$statistic, as.vector(tapply(per_cell, type, mean)[c("type1", "type2")]),
                tolerance = 1e-10)
   expect_equal(all_cells$n_cells, as.vector(table(type)))
-  expect_gt(res["type1", "statistic"], 0.8)
+  # fit seeds 1-5 (tools/threshold_audit.R): type1 0.59-0.99, type2 0.004-0.024
+  expect_gt(res["type1", "statistic"], 0.4)
   expect_lt(res["type2", "statistic"], 0.05)
   # pseudo-F: equals a direct PERMANOVA pseudo-F of D(C)
   pf <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 199, statistic = "pseudo_f",
                          normalize = FALSE, mc_samples = 0)
-  expect_lt(pf["type1", "p_value"], 0.01)
+  expect_lte(pf["type1", "p_value"], 0.02)
   d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
   from_d <- groupAssociation(d, "cov1", permutations = 199)
   expect_equal(pf$statistic, from_d$statistic, tolerance = 1e-12)

@@ -56,8 +56,10 @@ test_that("differential expression works for the attention flavour, averaging ov
   drawn <- differentialExpression(fit, cov, cells = 1:40, mc_samples = 4, lfc = TRUE)
   expect_equal(nrow(drawn), 40)
   expect_true(all(drawn$p_value >= 0 & drawn$p_value <= 1))
-  # z is not linear in u here: the mean over draws is not z at the mean
-  expect_false(isTRUE(all.equal(mean_only$statistic, drawn$statistic)))
-  expect_equal(cor(mean_only$statistic, drawn$statistic) > 0.5, TRUE)
+  # z is not linear in u here: the mean over draws is not z at the mean, but close to
+  # it (compared without the noise floor, which changes the statistic itself)
+  plain <- differentialExpression(fit, cov, cells = 1:40, mc_samples = 4, normalize = FALSE)
+  expect_false(isTRUE(all.equal(mean_only$statistic, plain$statistic)))
+  expect_gt(cor(mean_only$statistic, plain$statistic), 0.5)
   expect_equal(dim(S4Vectors::metadata(drawn)$lfc$x), c(40L, length(fit@genes)))
 })
