@@ -182,6 +182,7 @@ test_that("expression-space distances find the planted sample effect in the affe
   mean_d <- apply(d, 3, function(m) mean(off(m)))
   affected <- nf$sim$affected
   # (the linear flavour carries part of the effect into every type: latent-space
-  # distances show the same ratio, 2.3 against 2.1 here)
-  expect_gt(mean_d[[affected]] / max(mean_d[names(mean_d) != affected]), 1.5)
+  # distances show a similar ratio, 2.3 against 2.1 here; fit seeds 1-5 of
+  # tools/threshold_audit.R: 1.63-2.35)
+  expect_gt(mean_d[[affected]] / max(mean_d[names(mean_d) != affected]), 1.3)
 })
