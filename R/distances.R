@@ -110,7 +110,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
     mask <- resolve_admissible(fit, admissible, idx, call)
     d <- bp_rows(c(length(idx), S, S), function(rows) {
-      if (expression) return(expression_cell_distances_mean(fit, idx[rows], mc_samples, seed))
+      if (expression) return(expression_cell_distances_mean(fit, idx[rows], mc_samples, seed, block))
       mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
                           idx[rows] - 1L, mc_samples, normalize, seed, block)
     }, BPPARAM = BPPARAM, what = "the per-cell distances", call = call)

@@ -22,21 +22,21 @@ expression_cell_distances <- function(fit, idx, m, seed) {
   # a proportion that underflowed single precision would give -Inf
   lx <- array(log2(pmax(rho, 1e-30)), c(length(fit@genes), n, S))
   out <- array(0, c(n, S, S))
-  for (i in seq_len(n)) {
-    x <- lx[, i, ]
-    x <- x - rowMeans(x)  # centred per gene: the Gram matrix below then loses no precision
-    g <- crossprod(x)
-    sq <- diag(g)
-    out[i, , ] <- sqrt(pmax(outer(sq, sq, "+") - 2 * g, 0))
-    out[i, , ][cbind(seq_len(S), seq_len(S))] <- 0
-  }
+  for (i in seq_len(n)) out[i, , ] <- as.matrix(stats::dist(t(lx[, i, ])))
   out
 }
 
-# Per-cell distances averaged over the draws (mc_samples = 0: the posterior mean).
-expression_cell_distances_mean <- function(fit, idx, mc_samples, seed) {
+# Per-cell distances averaged over the draws (mc_samples = 0: the posterior mean),
+# decoded `chunk` cells at a time: an array [cells, S, S].
+expression_cell_distances_mean <- function(fit, idx, mc_samples, seed, chunk) {
+  S <- length(fit@samples)
   draws <- if (mc_samples == 0) 0L else seq_len(mc_samples)
-  Reduce(`+`, lapply(draws, function(m) expression_cell_distances(fit, idx, m, seed))) / length(draws)
+  out <- array(0, c(length(idx), S, S))
+  for (rows in split(seq_along(idx), ceiling(seq_along(idx) / chunk))) {
+    out[rows, , ] <- Reduce(`+`, lapply(draws, function(m) expression_cell_distances(fit, idx[rows], m, seed))) /
+      length(draws)
+  }
+  out
 }
 
 # The group mean D(C) over the cells `cells`, streamed over chunks of cells:
@@ -47,7 +47,7 @@ expression_group_distances <- function(fit, cells, mc_samples, seed, chunk, mask
   S <- length(fit@samples)
   total <- count <- matrix(0, S, S)
   for (rows in split(seq_along(cells), ceiling(seq_along(cells) / chunk))) {
-    d <- expression_cell_distances_mean(fit, cells[rows], mc_samples, seed)
+    d <- expression_cell_distances_mean(fit, cells[rows], mc_samples, seed, chunk)
     # cell by cell, so that the sums do not depend on the chunks
     for (i in seq_along(rows)) {
       pairs <- if (is.null(mask)) TRUE else outer(mask[rows[i], ], mask[rows[i], ], "&")

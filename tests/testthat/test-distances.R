@@ -154,6 +154,8 @@ test_that("expression-space group means are means of the per-cell matrices, over
   expect_identical(attr(a, "space"), "expression")
   idx <- which(fit@cell_data$labels == "type2")
   cells <- sampleDistances(fit, cells = idx, mc_samples = 2, space = "expression")
+  # per-cell matrices are decoded chunk_size cells at a time, with the same result
+  expect_identical(sampleDistances(fit, cells = idx, mc_samples = 2, space = "expression", chunk_size = 3), cells)
   expect_equal(unname(a[, , "type2"]), unname(apply(cells, c(2, 3), mean)), tolerance = 1e-10)
   # max_cells: evenly spaced cells of each group, the same in both spaces
   thin <- idx[unique(round(seq(1, length(idx), length.out = 20)))]
