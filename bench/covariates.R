@@ -7,13 +7,15 @@
 # Run from the repository root with the package installed (R_LIBS=.Rlib). Appends
 # to bench/results/covariates.csv and bench/results/add_samples.csv. With
 # MRVI_BENCH_CACHE=<folder>, the full and reference fits of `add` are kept there
-# and reused (they do not depend on how samples are added).
+# and reused (they do not depend on how samples are added). MRVI_BENCH_SPACE=expression
+# compares the added and full fits' distances in expression space (default: latent).
 suppressMessages(library(mrvi))
 args <- commandArgs(trailingOnly = TRUE)
 part <- if (length(args)) args[1] else "covariates"
 seed <- if (length(args) > 1) as.integer(args[2]) else 1L
 threads <- as.integer(Sys.getenv("MRVI_BENCH_THREADS", "1"))
 epochs <- as.integer(Sys.getenv("MRVI_BENCH_EPOCHS", "200"))
+space <- Sys.getenv("MRVI_BENCH_SPACE", "latent")
 dir.create("bench/results", showWarnings = FALSE)
 
 # Mean silhouette width of u by a factor, within each cell type, averaged over
@@ -39,7 +41,17 @@ tree_scores <- function(d, truth, type = "type1") {
     spearman = stats::cor(m[up], t[up], method = "spearman"))
 }
 
+# Append rows; a column the file lacks is added to its earlier rows as NA.
 append_csv <- function(df, file) {
+  if (file.exists(file)) {
+    old <- utils::read.csv(file, stringsAsFactors = FALSE)
+    if (!identical(names(old), names(df))) {
+      old[setdiff(names(df), names(old))] <- NA
+      df[setdiff(names(old), names(df))] <- NA
+      df <- rbind(old, df[names(old)])
+      file.remove(file)
+    }
+  }
   utils::write.table(df, file, sep = ",", row.names = FALSE, append = file.exists(file),
                      col.names = !file.exists(file))
 }
@@ -112,8 +124,12 @@ if (part == "add") {
                            values(sampleDistances(added, groups = ifelse(seq_len(nrow(added@cell_data)) %in% rc,
                                                                          as.character(added@cell_data$cell_type), NA),
                                                   mc_samples = 0)[ref_s, ref_s, ]))
-  d_full <- sampleDistances(full, groups = "cell_type", mc_samples = 0)[, , "type1"]
-  d_add <- sampleDistances(added, groups = "cell_type", mc_samples = 0)[, , "type1"]
+  type1 <- function(fit) {
+    mc <- if (space == "latent") 0 else 10
+    sampleDistances(fit, groups = "cell_type", mc_samples = mc, space = space)[, , "type1"]
+  }
+  d_full <- type1(full)
+  d_add <- type1(added)
   # placement of a new sample: the reference samples of the smallest clade that
   # holds it and at least one of them, in the average-linkage tree of the
   # reference samples plus it
@@ -133,7 +149,7 @@ if (part == "add") {
     sa <- sister(d_add, s)
     sf <- sister(d_full, s)
     st <- sister(t_true, s)
-    data.frame(seed = seed, sample = s, flavour = added@config$flavour,
+    data.frame(seed = seed, sample = s, flavour = added@config$flavour, space = space,
                spearman_add_vs_full = stats::cor(a, f, method = "spearman"),
                spearman_add_vs_truth = stats::cor(a, t_true[s, ref_s], method = "spearman"),
                spearman_full_vs_truth = stats::cor(f, t_true[s, ref_s], method = "spearman"),
