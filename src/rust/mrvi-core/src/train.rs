@@ -66,15 +66,26 @@ pub struct Trainer {
 
 /// Adam with L2 weight decay, as libtorch's `torch::optim::Adam` computes it (up
 /// to rounding), with its state held here so that a checkpoint can save it:
-/// tch's optimiser keeps its moments out of reach.
+/// tch's optimiser keeps its moments out of reach. The trainable weights and
+/// their moments are views into three flat buffers, so that a step (clipping
+/// included) is a dozen operations on whole buffers rather than a dozen per
+/// variable: with ~55 small variables, the per-variable version spent 13% of an
+/// epoch here.
 pub(crate) struct Adam {
     lr: f64,
     weight_decay: f64,
     eps: f64,
     /// steps taken (for the bias corrections)
     pub(crate) steps: u64,
-    /// (name, variable, first moment, second moment), sorted by name
+    /// (name, variable, first moment, second moment), sorted by name; frozen
+    /// variables (when adding samples) are listed too, and never change
     pub(crate) params: Vec<(String, Tensor, Tensor, Tensor)>,
+    /// the trainable variables (by position in `params`)
+    trainable: Vec<usize>,
+    /// what the trainable variables and their moments are views of
+    flat: Tensor,
+    flat_m: Tensor,
+    flat_s: Tensor,
 }
 
 impl Adam {
@@ -84,14 +95,28 @@ impl Adam {
     fn new(vs: &tch::nn::VarStore, lr: f64) -> Self {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let params = vars
-            .into_iter()
-            .map(|(name, v)| {
-                let (m, s) = (v.zeros_like(), v.zeros_like());
-                (name, v, m, s)
-            })
-            .collect();
-        Self { lr, weight_decay: WEIGHT_DECAY, eps: ADAM_EPS, steps: 0, params }
+        let trainable: Vec<usize> = (0..vars.len()).filter(|&i| vars[i].1.requires_grad()).collect();
+        let total: i64 = trainable.iter().map(|&i| vars[i].1.numel() as i64).sum();
+        let options = vars.first().map_or((tch::Kind::Float, vs.device()), |(_, v)| (v.kind(), v.device()));
+        let (flat, flat_m, flat_s) =
+            (Tensor::zeros([total], options), Tensor::zeros([total], options), Tensor::zeros([total], options));
+        let mut params: Vec<(String, Tensor, Tensor, Tensor)> =
+            vars.into_iter().map(|(name, v)| (name, v.shallow_clone(), v.zeros_like(), v.zeros_like())).collect();
+        let mut offset = 0;
+        tch::no_grad(|| {
+            for &i in &trainable {
+                let (_, v, m, s) = &mut params[i];
+                let (n, shape) = (v.numel() as i64, v.size());
+                let view = |buffer: &Tensor| buffer.narrow(0, offset, n).view(shape.as_slice());
+                let mut weights = view(&flat);
+                weights.copy_(v);
+                v.set_data(&weights);
+                *m = view(&flat_m);
+                *s = view(&flat_s);
+                offset += n;
+            }
+        });
+        Self { lr, weight_decay: WEIGHT_DECAY, eps: ADAM_EPS, steps: 0, params, trainable, flat, flat_m, flat_s }
     }
 
     fn zero_grad(&mut self) {
@@ -100,43 +125,45 @@ impl Adam {
         }
     }
 
-    /// Scale the gradients so that their joint L2 norm is at most `max`.
-    fn clip_grad_norm(&self, max: f64) -> Result<()> {
-        tch::no_grad(|| {
-            let norms: Vec<Tensor> =
-                self.params.iter().map(|(_, v, _, _)| v.grad()).filter(|g| g.defined()).map(|g| g.norm()).collect();
-            let total = f64::try_from(Tensor::stack(&norms, 0).norm())?;
-            let coef = max / (total + 1e-6);
-            if coef < 1.0 {
-                for (_, v, _, _) in &self.params {
-                    let mut g = v.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(coef);
-                    }
-                }
-            }
-            Ok(())
-        })
+    /// The trainable variables' gradients as one flat tensor (zeros where a
+    /// variable took no part in the step).
+    fn flat_grad(&self) -> Tensor {
+        let grads: Vec<Tensor> = self
+            .trainable
+            .iter()
+            .map(|&i| {
+                let v = &self.params[i].1;
+                let g = v.grad();
+                if g.defined() { g.view([-1]) } else { Tensor::zeros([v.numel() as i64], (v.kind(), v.device())) }
+            })
+            .collect();
+        Tensor::cat(&grads, 0)
     }
 
-    fn step(&mut self) {
+    /// One step: the gradients scaled so that their joint L2 norm is at most
+    /// `max_grad_norm`, then Adam's update.
+    fn step(&mut self, max_grad_norm: f64) -> Result<()> {
+        if self.trainable.is_empty() {
+            return Ok(());
+        }
         self.steps += 1;
         let t = self.steps as f64;
         let (bc1, bc2) = (1.0 - Self::BETA1.powf(t), 1.0 - Self::BETA2.powf(t));
         tch::no_grad(|| {
-            for (_, v, m, s) in self.params.iter_mut() {
-                let grad = v.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let grad = if self.weight_decay != 0.0 { grad + &*v * self.weight_decay } else { grad };
-                let _ = m.lerp_(&grad, 1.0 - Self::BETA1);
-                let _ = s.g_mul_scalar_(Self::BETA2);
-                let _ = s.addcmul_(&grad, &(&grad * (1.0 - Self::BETA2)));
-                let denom = s.sqrt() / bc2.sqrt() + self.eps;
-                let _ = v.addcdiv_(&(&*m * (-self.lr / bc1)), &denom);
+            let mut grad = self.flat_grad();
+            let total = f64::try_from(grad.norm())?;
+            let coef = max_grad_norm / (total + 1e-6);
+            if coef < 1.0 {
+                let _ = grad.g_mul_scalar_(coef);
             }
-        });
+            let grad = if self.weight_decay != 0.0 { grad + &self.flat * self.weight_decay } else { grad };
+            let _ = self.flat_m.lerp_(&grad, 1.0 - Self::BETA1);
+            let _ = self.flat_s.g_mul_scalar_(Self::BETA2);
+            let _ = self.flat_s.addcmul_(&grad, &(&grad * (1.0 - Self::BETA2)));
+            let denom = self.flat_s.sqrt() / bc2.sqrt() + self.eps;
+            let _ = self.flat.addcdiv_(&(&self.flat_m * (-self.lr / bc1)), &denom);
+            Ok(())
+        })
     }
 }
 
@@ -268,8 +295,7 @@ impl Trainer {
             self.opt.zero_grad();
             terms.objective.f_backward()?;
             let t = lap(2, t);
-            self.opt.clip_grad_norm(MAX_GRAD_NORM)?;
-            self.opt.step();
+            self.opt.step(MAX_GRAD_NORM)?;
             lap(3, t);
             rec_sum += terms.reconstruction_sum;
             kl_sum += terms.kl_sum;
@@ -445,4 +471,60 @@ fn model_config_matches(c: &ModelConfig, data: &Dataset) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{self, OptimizerConfig};
+    use tch::Kind;
+
+    /// Two variables (no random numbers: unit tests run in parallel) and inputs
+    /// that make the gradient norm far exceed the clipping threshold at first.
+    fn store() -> (nn::VarStore, Tensor) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let w = root.var("w", &[3, 4], nn::Init::Const(0.0));
+        let _ = root.var("b", &[4], nn::Init::Const(0.5));
+        tch::no_grad(|| w.shallow_clone().copy_(&(Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4]).sin())));
+        let x = (Tensor::arange(24, (Kind::Float, Device::Cpu)).view([8, 3]) * 0.7).cos() * 10.0;
+        (vs, x)
+    }
+
+    fn loss(vs: &nn::VarStore, x: &Tensor) -> Tensor {
+        let v = vs.variables();
+        (x.matmul(&v["w"]) + &v["b"] - 1.0).square().sum(Kind::Float)
+    }
+
+    #[test]
+    fn adam_matches_libtorch_with_clipping_and_weight_decay() {
+        let (ours_vs, x) = store();
+        let (theirs_vs, _) = store();
+        let mut ours = Adam::new(&ours_vs, 0.05);
+        ours.weight_decay = 0.01; // large enough to matter
+        let first_norm = {
+            let l = loss(&ours_vs, &x);
+            let g = Tensor::run_backward(&[l], &[&ours_vs.variables()["w"]], false, false);
+            f64::try_from(g[0].norm()).unwrap()
+        };
+        assert!(first_norm > 10.0 * MAX_GRAD_NORM, "the test must clip: {first_norm}");
+        let mut theirs = nn::Adam { wd: 0.01, eps: ADAM_EPS, ..Default::default() }.build(&theirs_vs, 0.05).unwrap();
+        for _ in 0..30 {
+            ours.zero_grad();
+            loss(&ours_vs, &x).backward();
+            ours.step(MAX_GRAD_NORM).unwrap();
+            theirs.zero_grad();
+            loss(&theirs_vs, &x).backward();
+            theirs.clip_grad_norm(MAX_GRAD_NORM);
+            theirs.step();
+        }
+        let (a, b) = (ours_vs.variables(), theirs_vs.variables());
+        for name in ["w", "b"] {
+            let diff = f64::try_from((&a[name] - &b[name]).abs().max()).unwrap();
+            assert!(diff < 1e-4, "{name}: {diff}");
+        }
+        // the optimiser updated the model's own variables, and its moments are views
+        assert_eq!(ours.params.len(), 2);
+        assert!(f64::try_from(ours.params[0].2.abs().sum(Kind::Double)).unwrap() > 0.0);
+    }
 }
