@@ -63,9 +63,11 @@ test_that("differential expression works for the attention flavour, averaging ov
   expect_equal(nrow(drawn), 40)
   expect_true(all(drawn$p_value >= 0 & drawn$p_value <= 1))
   expect_equal(dim(S4Vectors::metadata(drawn)$lfc$split), c(40L, length(fit@genes)))
-  # the split's cells stand out at the posterior mean (fit seeds 1-5: the ratio of the
-  # mean statistics is 1.63-3.82; type2 carries a little of the split too)
-  expect_gt(mean(mean_only$statistic[affected]) / mean(mean_only$statistic[!affected]), 1.2)
+  # the split's cells stand out by the size of their effect: mean max |LFC| 1.07-1.29 in
+  # type1 against 0.03-0.08 in type2 over fit seeds 1-5 (1 thread; ratio 15-33). The
+  # plain F statistic cannot show this: it also grows with the consistency of type2's
+  # small shifts (ratio of its means 0.88-5.1 over the same fits, once below 1).
+  expect_gt(mean(drawn$max_lfc[affected]) / mean(drawn$max_lfc[!affected]), 5)
   # z is not linear in u here: the mean over 4 draws is not z at the mean, but goes
   # with it (compared without the noise floor, which changes the statistic itself;
   # correlation 0.33-1.00 over fit seeds 1-5)
