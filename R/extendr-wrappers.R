@@ -51,9 +51,17 @@ mrvi_trainer_add_samples <- function(h, n_genes, n_cells, p, i, x, sample, site,
 #' @noRd
 mrvi_trainer_info <- function(h) rust(.Call(wrap__mrvi_trainer_info, h))
 
-#' Run one epoch; Ctrl-C is checked between minibatches.
+#' Run one epoch; Ctrl-C is checked between minibatches. `read_blocks`: NULL
+#' for counts in memory, or for counts on disk an R function of the first and
+#' last cells (1-based) of consecutive ranges that returns their counts as one
+#' genes x cells dgCMatrix (NULL when it failed).
 #' @noRd
-mrvi_trainer_epoch <- function(h) rust(.Call(wrap__mrvi_trainer_epoch, h))
+mrvi_trainer_epoch <- function(h, read_blocks) rust(.Call(wrap__mrvi_trainer_epoch, h, read_blocks))
+
+#' The trainer `h` reads its counts from disk (block shuffling): it keeps
+#' none of them, and `library` gives each cell's library size.
+#' @noRd
+mrvi_trainer_counts_on_disk <- function(h, library) rust(.Call(wrap__mrvi_trainer_counts_on_disk, h, library))
 
 #' Save the run's state after its last epoch to the file `path` (atomically).
 #' @noRd

@@ -73,6 +73,10 @@
 #'   above. `fit@config$nuisance` lists the covariates (`factors`: levels per
 #'   covariate; `continuous`: name, center, scale) and `fit@cell_data` keeps
 #'   their values (one covariate as `batch`, several under their names).
+#' @param block_cells `NULL`, or a number of cells: train on blocks of that
+#'   many consecutive cells (see "Counts on disk"). `NULL`: counts in memory
+#'   shuffle all cells every epoch; counts on disk are read in blocks that fill
+#'   `DelayedArray::getAutoBlockSize()` with dense doubles.
 #' @param checkpoint `NULL`, or a file path: the training state (weights, the
 #'   optimiser's moments, the shuffling generator, the early-stopping state and
 #'   the history) is written there after every epoch, to a temporary file that
@@ -84,6 +88,21 @@
 #'   on it. A checkpoint made with other data or arguments is refused with an
 #'   error of class `mrvi_checkpoint_error`. The file is kept after training:
 #'   calling again returns the same fit without training.
+#'
+#' @section Counts on disk: counts given as a `DelayedArray` (an `HDF5Matrix`, a
+#'   `TENxMatrix`, an HDF5-backed `SingleCellExperiment`; see [mrviData()]) are
+#'   never read whole. Training then shuffles by blocks, which keeps reads
+#'   sequential: the cells are cut into blocks of `block_cells` consecutive
+#'   cells; every epoch visits the training blocks in a random order,
+#'   `getOption("mrvi.buffer_blocks", 8)` at a time, and shuffles the cells
+#'   within each such buffer; the validation cells are whole blocks (a random
+#'   `validation_fraction` of the blocks, rounded), so that validation reads
+#'   only them. The posterior of u is then computed block by block. With the
+#'   same `block_cells`, counts in memory give the same fit bit for bit (same
+#'   machine and threads), so `block_cells` also lets counts in memory use this
+#'   shuffle. When cells are stored sorted by sample, a minibatch holds the
+#'   samples of a few blocks only; `bench/atlas.R` measures the effect on the
+#'   validation ELBO.
 #'
 #' @section Interrupting: Ctrl-C is checked between minibatches. Training then
 #'   stops cleanly: when at least one epoch has finished, `mrvi()` returns the
@@ -107,7 +126,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                  early_stopping = TRUE, patience = 15, validation_fraction = 0.1,
                  device = "auto", n_threads = NULL, seed = 1, verbose = TRUE,
                  flavour = c("attention", "linear"), n_latent_u = 10, prior = c("mog", "normal"),
-                 n_mixture = 20, continuous_covariates = NULL, checkpoint = NULL, ...) {
+                 n_mixture = 20, continuous_covariates = NULL, checkpoint = NULL, block_cells = NULL, ...) {
   call <- sys.call()
   check_dots(..., .fn = "mrvi")
   flavour <- match_choice(flavour, c("attention", "linear"), "flavour", call)
@@ -134,6 +153,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   seed <- check_whole(seed, "seed", call)
   device_used <- resolve_device(device, call)
   if (!is.null(checkpoint)) checkpoint <- check_checkpoint(checkpoint, call)
+  if (!is.null(block_cells)) block_cells <- check_count(block_cells, "block_cells", call)
 
   data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay,
                              continuous_covariates = continuous_covariates), call)
@@ -142,6 +162,12 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                    n_latent, n_latent_u, batch_size, call)
   threads <- apply_threads(n_threads, call = call)
   counts <- data$counts
+  on_disk <- is_on_disk(counts)
+  if (on_disk && is.null(block_cells)) block_cells <- disk_block_cells(counts)
+  blocks <- if (!is.null(block_cells)) {
+    list(block_cells = block_cells, buffer_blocks = check_count(getOption("mrvi.buffer_blocks", 8L),
+                                                                 "options(mrvi.buffer_blocks)", call))
+  }
   # everything chosen for the fit crosses to Rust as one object (Settings in
   # src/rust/mrvi-core/src/model/config.rs)
   settings <- list(
@@ -150,13 +176,17 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     train = list(max_epochs = max_epochs, batch_size = batch_size, lr = lr,
                  n_epochs_kl_warmup = n_epochs_kl_warmup, early_stopping = early_stopping,
                  patience = patience, validation_fraction = validation_fraction, seed = seed,
-                 fused_likelihood = fused_likelihood_option(call))
+                 fused_likelihood = fused_likelihood_option(call), blocks = blocks)
   )
   codes <- function(f) if (is.null(f)) integer(0) else as.integer(f) - 1L
   # with the size guard lifted, building the model can still run out of memory:
   # name the arguments that set its size
+  # counts on disk stay there: the trainer gets cells without counts, and reads
+  # blocks through `reader` every epoch
+  slots <- if (on_disk) list(p = integer(ncol(counts) + 1), i = integer(), x = numeric()) else
+    list(p = counts@p, i = counts@i, x = counts@x)
   trainer <- tryCatch(mrvi_trainer_new(
-    nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
+    nrow(counts), ncol(counts), slots$p, slots$i, slots$x,
     codes(data$sample), nuisance$site, codes(data$labels),
     nlevels(data$sample), nuisance$levels, nuisance$continuous, nlevels(data$labels), settings, device_used
   ), mrvi_memory_error = function(e) {
@@ -164,6 +194,12 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                 "i" = "Choose a smaller {.arg n_latent} (MrVI uses 10 to 30), or free memory."),
               class = "mrvi_memory_error", parent = e, call = call)
   })
+  rm(slots)
+  reader <- NULL
+  if (on_disk) {
+    mrvi_trainer_counts_on_disk(trainer, data$library_size)
+    reader <- block_reader(counts, new.env(parent = emptyenv()))
+  }
   info <- mrvi_trainer_info(trainer)
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
@@ -175,7 +211,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   if (verbose && length(resumed)) {
     inform(c("i" = "Resuming from {.file {checkpoint}} after epoch {length(resumed)}."))
   }
-  trained <- train_to_end(trainer, info, verbose, call, resumed, checkpoint)
+  trained <- train_to_end(trainer, info, verbose, call, resumed, checkpoint, reader)
   run <- trained$run
   done <- trained$done
   history <- trained$history
@@ -200,8 +236,14 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
 
 # Train to the end: the run (history, interrupted), what the trainer returns
 # (weights, best epoch) and the history as a data.frame.
-train_to_end <- function(trainer, info, verbose, call, resumed = list(), checkpoint = NULL) {
-  run <- train_epochs(trainer, info$max_epochs, verbose, resumed, checkpoint)
+train_to_end <- function(trainer, info, verbose, call, resumed = list(), checkpoint = NULL, reader = NULL) {
+  run <- train_epochs(trainer, info$max_epochs, verbose, resumed, checkpoint, reader)
+  failed <- if (!is.null(reader)) environment(reader)$state$error
+  if (!is.null(failed)) {
+    abort_arg(c("Reading the counts from disk failed during training.", "x" = conditionMessage(failed),
+                "i" = "Check that the file behind {.arg x} is still there and readable, then call again."),
+              parent = failed, class = "mrvi_io_error", call = call)
+  }
   if (run$interrupted && !length(run$history)) {
     abort_arg("Training was interrupted before its first epoch finished: no model to return.",
               call = call, class = "mrvi_interrupted")
@@ -215,8 +257,9 @@ train_to_end <- function(trainer, info, verbose, call, resumed = list(), checkpo
 
 # The epoch loop runs in R so that the progress bar and Ctrl-C stay responsive;
 # each epoch runs in Rust, which checks for Ctrl-C between minibatches. `history`
-# holds the epochs of a resumed run; `checkpoint` is written after every epoch.
-train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpoint = NULL) {
+# holds the epochs of a resumed run; `checkpoint` is written after every epoch;
+# `reader` reads counts on disk (NULL: in memory).
+train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpoint = NULL, reader = NULL) {
   interrupted <- FALSE
   finished <- length(history) && isTRUE(history[[length(history)]]$done)
   fmt <- function(v) if (is.finite(v)) formatC(v, format = "f", digits = 1) else "-"
@@ -231,7 +274,7 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
     cli::cli_progress_update(id = pb, set = length(history))
   }
   while (!finished) {
-    s <- mrvi_trainer_epoch(trainer)
+    s <- mrvi_trainer_epoch(trainer, reader)
     if (isTRUE(s$interrupted)) {
       interrupted <- TRUE
       break

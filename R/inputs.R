@@ -9,8 +9,8 @@
 #'
 #' @param x raw counts, genes in rows and cells in columns: a `dgCMatrix` (or
 #'   other `Matrix`), a numeric `matrix`, a `DelayedArray` (such as an
-#'   `HDF5Matrix` or `TENxMatrix`; read into memory), a `SingleCellExperiment`
-#'   or a Seurat object.
+#'   `HDF5Matrix` or `TENxMatrix`; kept on disk, see "Counts on disk"), a
+#'   `SingleCellExperiment` (also HDF5-backed) or a Seurat object.
 #' @param sample the sample (donor, patient, perturbation) of every cell: a
 #'   column name of `colData(x)` / the Seurat `meta.data`, or a vector with one
 #'   value per cell. Required; at least two samples (see `min_samples`).
@@ -45,8 +45,17 @@
 #' `batch` and `labels` when given as vectors) whose value is constant within
 #' each sample. It is found automatically.
 #'
+#' @section Counts on disk: a `DelayedArray` (an `HDF5Matrix`, a `TENxMatrix`,
+#'   the assay of a `SingleCellExperiment` saved with
+#'   `HDF5Array::saveHDF5SummarizedExperiment()`) is never read whole: the
+#'   checks and totals take one pass over blocks of consecutive cells (as many
+#'   as fill `DelayedArray::getAutoBlockSize()` with dense doubles), `counts`
+#'   stays a `DelayedArray`, and [mrvi()] trains on blocks read in shuffled
+#'   order. Baselines, new cells and added samples read such counts into
+#'   memory.
+#'
 #' @return an object of class `mrvi_data`: a list with `counts` (genes x cells
-#'   `dgCMatrix`), `sample`, `batch` and `labels` (factors over cells; `batch`
+#'   `dgCMatrix`, or the `DelayedArray` of counts on disk), `sample`, `batch` and `labels` (factors over cells; `batch`
 #'   has one level when not given and is the combination of the levels when
 #'   several covariates are, `labels` is `NULL` when not given), `nuisance`
 #'   (`factors`: a data.frame of the categorical covariates, and `continuous`:
@@ -155,9 +164,14 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     interaction(factors, drop = TRUE, sep = ":")
   labels <- if (is.null(labels)) NULL else resolve_cell_factor(labels, "labels", cell_meta, counts, call)
   # One pass in Rust over the CSC slots as they are (no copy): structure,
-  # bad values with their positions, totals per cell and per gene.
-  scan <- mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
-  check_counts(counts, scan, call)
+  # bad values with their positions, totals per cell and per gene. Counts on
+  # disk: the same, block by block (R/on-disk.R).
+  if (is_on_disk(counts)) {
+    scan <- scan_on_disk(counts, call)
+  } else {
+    scan <- mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
+    check_counts(counts, scan, call)
+  }
 
   # Cells and genes without counts carry nothing for the model: drop them, say so.
   empty_cells <- scan$library == 0
@@ -346,9 +360,10 @@ sample_hint <- function(cell_meta, n_cells) {
   }
 }
 
+# Counts as a dgCMatrix; a DelayedArray stays as it is (counts on disk, R/on-disk.R).
 as_dgc <- function(x, arg = "x", call = rlang_caller(2)) {
-  if (inherits(x, "dgCMatrix")) return(x)
-  if (inherits(x, "DelayedArray") || !inherits(x, c("Matrix", "matrix"))) {
+  if (inherits(x, "dgCMatrix") || is_on_disk(x)) return(x)
+  if (!inherits(x, c("Matrix", "matrix"))) {
     x <- tryCatch(methods::as(x, "dgCMatrix"), error = function(e) {
       abort_arg("{.arg {arg}}: cannot convert counts of class {.cls {class(x)}} to a sparse matrix.",
                 call = call)

@@ -42,7 +42,7 @@ test_that("empty cells and genes are dropped with a message", {
 })
 
 
-test_that("HDF5-backed counts (a matrix or a saved SummarizedExperiment) fit as the same counts in memory", {
+test_that("HDF5-backed counts (a matrix or a saved SummarizedExperiment) fit as the same counts in memory with the same block shuffle", {
   skip_if_not_installed("HDF5Array")
   sim <- mrvi:::example_counts()
   h5 <- HDF5Array::writeHDF5Array(sim$counts, tempfile(fileext = ".h5"), "counts")
@@ -52,8 +52,9 @@ test_that("HDF5-backed counts (a matrix or a saved SummarizedExperiment) fit as 
                                                    colData = S4Vectors::DataFrame(donor = sim$sample))
   HDF5Array::saveHDF5SummarizedExperiment(se, dir)
   on_disk <- HDF5Array::loadHDF5SummarizedExperiment(dir)
-  fit <- function(x, sample) mrvi(x, sample = sample, max_epochs = 2, n_threads = 1, verbose = FALSE)
-  in_memory <- fit(sim$counts, sim$sample)
+  fit <- function(x, sample, ...) mrvi(x, sample = sample, max_epochs = 2, n_threads = 1, verbose = FALSE, ...)
+  # counts on disk: blocks of a 20th of the 300 cells (R/on-disk.R)
+  in_memory <- fit(sim$counts, sim$sample, block_cells = 15)
   expect_identical(fit(h5, sim$sample)@weights, in_memory@weights)
   expect_identical(fit(on_disk, "donor")@weights, in_memory@weights)
 })

@@ -54,6 +54,23 @@ impl<C: CountColumns> Dataset<C> {
         self
     }
 
+    /// `cells` with their covariates and the counts `counts` (their columns,
+    /// in that order): a buffer of blocks read during training. Library sizes
+    /// and lgamma terms come from `counts`, as `new` computes them.
+    pub fn with_counts(&self, counts: CscCounts, cells: &[usize]) -> Dataset {
+        let pick = |v: &[i64]| cells.iter().map(|&c| v[c]).collect::<Vec<i64>>();
+        let data = Dataset::new(counts, pick(&self.sample), Vec::new()).with_nuisance(
+            cell_rows(&self.site, self.n_factors, cells),
+            self.n_factors,
+            cell_rows(&self.continuous, self.n_continuous, cells),
+            self.n_continuous,
+        );
+        match &self.label {
+            Some(l) => data.with_labels(pick(l)),
+            None => data,
+        }
+    }
+
     pub fn n_cells(&self) -> usize {
         self.counts.n_cells()
     }

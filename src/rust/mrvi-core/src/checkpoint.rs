@@ -46,6 +46,11 @@ pub fn fingerprint(t: &Trainer) -> Result<String> {
         }
         h.word(u64::MAX);
     }
+    // counts on disk: `data` has none of them; their library sizes stand in
+    if t.counts_on_disk() {
+        t.data.library.iter().for_each(|v| h.word(v.to_bits() as u64));
+        h.word(u64::MAX);
+    }
     for codes in [Some(&t.data.sample), Some(&t.data.site), t.data.label.as_ref()].into_iter().flatten() {
         codes.iter().for_each(|&v| h.word(v as u64));
         h.word(u64::MAX);

@@ -45,6 +45,24 @@ impl CscCounts {
         })
     }
 
+    /// `n_cells` cells without counts: the place of counts that are read from
+    /// disk block by block during training (`Trainer::with_counts_on_disk`).
+    pub fn empty(n_genes: usize, n_cells: usize) -> Self {
+        Self { n_genes, n_cells, indptr: vec![0; n_cells + 1], indices: Vec::new(), values: Vec::new() }
+    }
+
+    /// A copy of the cells in `ranges`, one range after the other.
+    pub fn select(&self, ranges: &[std::ops::Range<usize>]) -> Self {
+        let mut out = Self::empty(self.n_genes, 0);
+        for cell in ranges.iter().flat_map(|r| r.clone()) {
+            let r = self.indptr[cell]..self.indptr[cell + 1];
+            out.indices.extend_from_slice(&self.indices[r.clone()]);
+            out.values.extend_from_slice(&self.values[r]);
+            out.indptr.push(out.indices.len());
+            out.n_cells += 1;
+        }
+        out
+    }
 }
 
 impl CountColumns for CscCounts {

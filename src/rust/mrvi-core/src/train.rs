@@ -9,7 +9,8 @@
 
 use crate::backend;
 use crate::batch::Dataset;
-use crate::data::CountColumns;
+use crate::data::{CountColumns, CscCounts};
+use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::model::config::{default_max_epochs, ModelConfig, TrainConfig};
 use crate::model::MrviModel;
@@ -54,6 +55,12 @@ pub struct Trainer {
     pub(crate) rng: SplitMix64,
     train_cells: Vec<usize>,
     validation_cells: Vec<usize>,
+    /// with `config.blocks`: the training and validation blocks (the cells
+    /// above are theirs, in block order)
+    train_blocks: Vec<usize>,
+    validation_blocks: Vec<usize>,
+    /// the counts are not in `data` but read by a `BlockLoader` (on disk)
+    counts_on_disk: bool,
     pub history: Vec<EpochStats>,
     /// validation score, epoch and weights of the best epoch so far
     pub(crate) best: Option<(f64, usize, Vec<(String, Tensor)>)>,
@@ -174,6 +181,75 @@ fn epoch_seed(seed: u64, epoch: usize) -> i64 {
     (SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64() >> 1) as i64
 }
 
+/// Reads the counts of the cells in `ranges` (consecutive cells, one range after
+/// the other) from where they are kept: for counts on disk, the caller's reader.
+pub type BlockLoader<'a> = dyn FnMut(&[Range<usize>]) -> Result<CscCounts> + 'a;
+
+/// Minibatches of `order`: chunks of `batch_size`, where a last minibatch of one
+/// cell, which would make a noisy step, is folded into the one before.
+fn minibatches(order: &[usize], batch_size: usize) -> Vec<&[usize]> {
+    let mut chunks: Vec<&[usize]> = order.chunks(batch_size).collect();
+    if chunks.len() > 1 && chunks[chunks.len() - 1].len() < 2 {
+        let n = order.len();
+        chunks.pop();
+        let last = chunks.pop().unwrap().len();
+        chunks.push(&order[n - last - 1..]);
+    }
+    chunks
+}
+
+/// Summed reconstruction loss and KL of `cells` in evaluation mode (one
+/// posterior draw per cell).
+fn evaluation_sums(model: &MrviModel, data: &Dataset, cells: &[usize], chunk: usize, fused: bool) -> (f64, f64) {
+    let (mut rec, mut kl) = (0.0, 0.0);
+    tch::no_grad(|| {
+        for part in cells.chunks(chunk) {
+            let terms = model.step_terms(&data.batch(part, model.device(), fused), 1.0, false);
+            rec += terms.reconstruction_sum;
+            kl += terms.kl_sum;
+        }
+    });
+    (rec, kl)
+}
+
+/// What an epoch adds up over its minibatches: losses, the last KL weight, and
+/// the seconds spent assembling minibatches (with reading blocks), in the
+/// forward pass with the likelihood, the backward pass and the optimiser step.
+#[derive(Default)]
+struct StepSums {
+    reconstruction: f64,
+    kl: f64,
+    kl_weight: f64,
+    phase: [f64; 4],
+}
+
+/// One optimiser step on the minibatch `cells` of `data`.
+fn train_step(
+    model: &MrviModel, opt: &mut Adam, data: &Dataset, cells: &[usize], fused: bool, epoch: usize, sums: &mut StepSums,
+) -> Result<()> {
+    let mut lap = |i: usize, since: Instant| {
+        let now = Instant::now();
+        sums.phase[i] += (now - since).as_secs_f64();
+        now
+    };
+    let t = Instant::now();
+    let batch = data.batch(cells, model.device(), fused);
+    let t = lap(0, t);
+    let terms = model.step_terms(&batch, sums.kl_weight, true);
+    let t = lap(1, t);
+    opt.zero_grad();
+    terms.objective.f_backward()?;
+    let t = lap(2, t);
+    opt.step(MAX_GRAD_NORM)?;
+    lap(3, t);
+    sums.reconstruction += terms.reconstruction_sum;
+    sums.kl += terms.kl_sum;
+    if !sums.reconstruction.is_finite() {
+        return Err(Error::Diverged(format!("training diverged at epoch {} (non-finite loss); try a smaller lr", epoch + 1)));
+    }
+    Ok(())
+}
+
 impl Trainer {
     pub fn new(model_config: ModelConfig, config: TrainConfig, data: Dataset, device: Device) -> Result<Self> {
         check_train_config(&config)?;
@@ -211,11 +287,26 @@ impl Trainer {
         let opt = Adam::new(&model.vs, config.lr);
         let mut rng = SplitMix64::new(config.seed);
         let n = data.n_cells();
-        let mut cells: Vec<usize> = (0..n).collect();
-        rng.shuffle(&mut cells);
-        let n_val = (n as f64 * config.validation_fraction).floor() as usize;
-        let validation_cells = cells[..n_val].to_vec();
-        let train_cells = cells[n_val..].to_vec();
+        let (mut train_blocks, mut validation_blocks) = (Vec::new(), Vec::new());
+        let (train_cells, validation_cells) = match &config.blocks {
+            None => {
+                let mut cells: Vec<usize> = (0..n).collect();
+                rng.shuffle(&mut cells);
+                let n_val = (n as f64 * config.validation_fraction).floor() as usize;
+                (cells[n_val..].to_vec(), cells[..n_val].to_vec())
+            }
+            Some(b) => {
+                let mut blocks: Vec<usize> = (0..n.div_ceil(b.block_cells)).collect();
+                rng.shuffle(&mut blocks);
+                let n_val = (blocks.len() as f64 * config.validation_fraction).round() as usize;
+                validation_blocks = blocks[..n_val].to_vec();
+                validation_blocks.sort_unstable();
+                train_blocks = blocks[n_val..].to_vec();
+                train_blocks.sort_unstable();
+                let cells = |bl: &[usize]| bl.iter().flat_map(|&k| Self::block_range(b.block_cells, n, k)).collect();
+                (cells(&train_blocks), cells(&validation_blocks))
+            }
+        };
         let max_epochs = config.max_epochs.unwrap_or_else(|| default_max_epochs(n));
         Ok(Self {
             model,
@@ -226,12 +317,62 @@ impl Trainer {
             rng,
             train_cells,
             validation_cells,
+            train_blocks,
+            validation_blocks,
+            counts_on_disk: false,
             history: Vec::new(),
             best: None,
             epochs_since_best: 0,
             stopped_early: false,
             reference_rows,
         })
+    }
+
+    /// Counts read from disk: `data` holds the cells' covariates but no counts
+    /// (`CscCounts::empty`); `library` gives their library sizes (for the
+    /// checkpoint's fingerprint). Every epoch then reads the blocks it needs
+    /// through the `BlockLoader` given to `run_epoch_from`.
+    pub fn set_counts_on_disk(&mut self, library: Vec<f32>) -> Result<()> {
+        if self.config.blocks.is_none() {
+            crate::invalid!("counts on disk need block shuffling (settings `blocks`)");
+        }
+        if library.len() != self.data.n_cells() {
+            crate::invalid!("{} library sizes for {} cells", library.len(), self.data.n_cells());
+        }
+        self.data.library = library;
+        self.counts_on_disk = true;
+        Ok(())
+    }
+
+    pub fn counts_on_disk(&self) -> bool {
+        self.counts_on_disk
+    }
+
+    /// The cells of block `k` of `n` cells cut into blocks of `block_cells`.
+    fn block_range(block_cells: usize, n: usize, k: usize) -> Range<usize> {
+        k * block_cells..((k + 1) * block_cells).min(n)
+    }
+
+    /// The cells of `blocks`, with their counts, read through `loader` or taken
+    /// from the counts in memory.
+    fn load_blocks(&self, blocks: &[usize], loader: Option<&mut BlockLoader>) -> Result<Dataset> {
+        let (size, n) = (self.config.blocks.as_ref().map_or(1, |b| b.block_cells), self.data.n_cells());
+        let ranges: Vec<Range<usize>> = blocks.iter().map(|&k| Self::block_range(size, n, k)).collect();
+        let counts = match loader {
+            Some(read) => read(&ranges)?,
+            None => self.data.counts.select(&ranges),
+        };
+        let cells: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+        if counts.n_cells() != cells.len() || counts.n_genes() != self.data.counts.n_genes() {
+            crate::invalid!(
+                "the counts read for {} cells have {} cells x {} genes, expected {} genes",
+                cells.len(),
+                counts.n_cells(),
+                counts.n_genes(),
+                self.data.counts.n_genes()
+            );
+        }
+        Ok(self.data.with_counts(counts, &cells))
     }
 
     /// Whether minibatches use the fused CPU likelihood.
@@ -252,78 +393,93 @@ impl Trainer {
         }
     }
 
-    /// One pass over the training cells. `interrupted` is polled between
-    /// minibatches; when it says yes, training stops with Error::Interrupted and
-    /// the model keeps the weights of the last complete step.
+    /// One pass over the training cells, whose counts are in memory.
     pub fn run_epoch(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Result<EpochStats> {
+        self.run_epoch_from(interrupted, None)
+    }
+
+    /// One pass over the training cells; with block shuffling, `loader` reads
+    /// the blocks (needed when the counts are on disk). `interrupted` is polled
+    /// between minibatches; when it says yes, training stops with
+    /// Error::Interrupted and the model keeps the weights of the last complete step.
+    pub fn run_epoch_from(
+        &mut self, interrupted: &mut dyn FnMut() -> bool, mut loader: Option<&mut BlockLoader<'_>>,
+    ) -> Result<EpochStats> {
+        if self.counts_on_disk && loader.is_none() {
+            crate::invalid!("the counts are on disk: training needs their reader");
+        }
         let start = Instant::now();
         let epoch = self.history.len();
         tch::manual_seed(epoch_seed(self.config.seed, epoch));
-        let device = self.model.device();
-        let mut order = self.train_cells.clone();
-        self.rng.shuffle(&mut order);
-        let bs = self.config.batch_size;
-        // A last minibatch of one cell would make a noisy step: fold it into the previous.
-        let mut chunks: Vec<&[usize]> = order.chunks(bs).collect();
-        if chunks.len() > 1 && chunks[chunks.len() - 1].len() < 2 {
-            let n = order.len();
-            chunks.pop();
-            let last = chunks.pop().unwrap().len();
-            chunks.push(&order[n - last - 1..]);
-        }
-        let n_steps = chunks.len();
-        let (mut rec_sum, mut kl_sum) = (0.0, 0.0);
-        let mut kl_weight = 0.0;
+        let (bs, fused) = (self.config.batch_size, self.fused());
+        let mut sums = StepSums::default();
         // (Assembling the next minibatch on a second thread was tried: on 2 cores it
         // competes with libtorch's threads and made epochs 25% slower.)
-        let mut phase = [0f64; 4];
-        let mut lap = |i: usize, since: Instant| {
-            let now = Instant::now();
-            phase[i] += (now - since).as_secs_f64();
-            now
-        };
-        for (step, cells) in chunks.iter().enumerate() {
-            if interrupted() {
-                return Err(Error::Interrupted);
+        match self.config.blocks.clone() {
+            None => {
+                let mut order = self.train_cells.clone();
+                self.rng.shuffle(&mut order);
+                let batches = minibatches(&order, bs);
+                let n_steps = batches.len();
+                for (step, cells) in batches.iter().enumerate() {
+                    if interrupted() {
+                        return Err(Error::Interrupted);
+                    }
+                    sums.kl_weight = self.kl_weight(epoch, step, n_steps);
+                    train_step(&self.model, &mut self.opt, &self.data, cells, fused, epoch, &mut sums)?;
+                }
             }
-            kl_weight = self.kl_weight(epoch, step, n_steps);
-            let t = Instant::now();
-            let batch = self.data.batch(cells, device, self.fused());
-            let t = lap(0, t);
-            let terms = self.model.step_terms(&batch, kl_weight, true);
-            let t = lap(1, t);
-            self.opt.zero_grad();
-            terms.objective.f_backward()?;
-            let t = lap(2, t);
-            self.opt.step(MAX_GRAD_NORM)?;
-            lap(3, t);
-            rec_sum += terms.reconstruction_sum;
-            kl_sum += terms.kl_sum;
-            if !rec_sum.is_finite() {
-                return Err(Error::Diverged(format!(
-                    "training diverged at epoch {} (non-finite loss); try a smaller lr",
-                    epoch + 1
-                )));
+            Some(blocks) => {
+                let mut order = self.train_blocks.clone();
+                self.rng.shuffle(&mut order);
+                let n = self.data.n_cells();
+                let buffers: Vec<&[usize]> = order.chunks(blocks.buffer_blocks.max(1)).collect();
+                let n_steps: usize = buffers
+                    .iter()
+                    .map(|buffer| {
+                        let cells = buffer.iter().map(|&k| Self::block_range(blocks.block_cells, n, k).len()).sum();
+                        minibatches(&vec![0; cells], bs).len()
+                    })
+                    .sum();
+                let mut step = 0;
+                for buffer in buffers {
+                    if interrupted() {
+                        return Err(Error::Interrupted);
+                    }
+                    let t = Instant::now();
+                    let local = self.load_blocks(buffer, loader.as_deref_mut())?;
+                    let mut cells: Vec<usize> = (0..local.n_cells()).collect();
+                    self.rng.shuffle(&mut cells);
+                    sums.phase[0] += t.elapsed().as_secs_f64();
+                    for part in minibatches(&cells, bs) {
+                        if interrupted() {
+                            return Err(Error::Interrupted);
+                        }
+                        sums.kl_weight = self.kl_weight(epoch, step, n_steps);
+                        train_step(&self.model, &mut self.opt, &local, part, fused, epoch, &mut sums)?;
+                        step += 1;
+                    }
+                }
             }
         }
         let n_train = self.train_cells.len().max(1) as f64;
-        let (v_rec, v_kl) = self.validation_losses()?;
+        let (v_rec, v_kl) = self.validation_losses(loader)?;
         let seconds = start.elapsed().as_secs_f64();
         let stats = EpochStats {
             epoch: epoch + 1,
-            kl_weight,
-            train_reconstruction: rec_sum / n_train,
-            train_kl: kl_sum / n_train,
-            train_elbo: -(rec_sum + kl_sum) / n_train,
+            kl_weight: sums.kl_weight,
+            train_reconstruction: sums.reconstruction / n_train,
+            train_kl: sums.kl / n_train,
+            train_elbo: -(sums.reconstruction + sums.kl) / n_train,
             validation_reconstruction: v_rec,
             validation_kl: v_kl,
             validation_elbo: -(v_rec + v_kl),
             seconds,
             cells_per_second: n_train / seconds,
-            seconds_batches: phase[0],
-            seconds_forward: phase[1],
-            seconds_backward: phase[2],
-            seconds_optimizer: phase[3],
+            seconds_batches: sums.phase[0],
+            seconds_forward: sums.phase[1],
+            seconds_backward: sums.phase[2],
+            seconds_optimizer: sums.phase[3],
         };
         self.history.push(stats.clone());
         self.track_best(&stats);
@@ -332,19 +488,25 @@ impl Trainer {
 
     /// Mean per-cell reconstruction loss and KL on the validation cells (NaN when
     /// there are none), in evaluation mode with one posterior draw per cell.
-    fn validation_losses(&self) -> Result<(f64, f64)> {
+    fn validation_losses(&self, mut loader: Option<&mut BlockLoader<'_>>) -> Result<(f64, f64)> {
         if self.validation_cells.is_empty() {
             return Ok((f64::NAN, f64::NAN));
         }
-        let device = self.model.device();
-        let (mut rec, mut kl) = (0.0, 0.0);
-        tch::no_grad(|| {
-            for cells in self.validation_cells.chunks(self.config.batch_size.max(1024)) {
-                let terms = self.model.step_terms(&self.data.batch(cells, device, self.fused()), 1.0, false);
-                rec += terms.reconstruction_sum;
-                kl += terms.kl_sum;
+        let (chunk, fused) = (self.config.batch_size.max(1024), self.fused());
+        let (rec, kl) = match &self.config.blocks {
+            None => evaluation_sums(&self.model, &self.data, &self.validation_cells, chunk, fused),
+            Some(blocks) => {
+                let (mut rec, mut kl) = (0.0, 0.0);
+                for buffer in self.validation_blocks.chunks(blocks.buffer_blocks.max(1)) {
+                    let local = self.load_blocks(buffer, loader.as_deref_mut())?;
+                    let cells: Vec<usize> = (0..local.n_cells()).collect();
+                    let (r, k) = evaluation_sums(&self.model, &local, &cells, chunk, fused);
+                    rec += r;
+                    kl += k;
+                }
+                (rec, kl)
             }
-        });
+        };
         let n = self.validation_cells.len() as f64;
         Ok((rec / n, kl / n))
     }

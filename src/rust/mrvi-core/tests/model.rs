@@ -12,7 +12,9 @@ use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::nb::NonZeros;
 use mrvi_core::model::{Batch, MrviModel};
 use mrvi_core::rng::SplitMix64;
-use mrvi_core::train::Trainer;
+use mrvi_core::model::config::{BlockShuffle, TrainConfig};
+use mrvi_core::train::{BlockLoader, Trainer};
+use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
 /// Poisson-ish counts for `n` cells over `g` genes from two cell types whose
@@ -188,6 +190,69 @@ fn training_improves_the_elbo_and_is_reproducible() {
         })
         .fold(0f32, f32::max);
     assert!(separation > 4.0, "cell types not separated in u: standardised gap {separation}");
+}
+
+/// Block shuffling (counts on disk): training that reads its blocks through a
+/// loader ends bit-identical to the same shuffle over counts in memory; each
+/// epoch reads every block once, a buffer of consecutive-cell blocks at a time.
+#[test]
+fn block_shuffle_from_a_loader_equals_counts_in_memory() {
+    let _rng = common::libtorch_rng();
+    let (n, g) = (600, 40);
+    let cfg = TrainConfig {
+        blocks: Some(BlockShuffle { block_cells: 50, buffer_blocks: 3 }),
+        ..common::train_config(8, 2, 4)
+    };
+    let run = |on_disk: bool| {
+        let data = toy_data(n, g, 4, 3);
+        let source = data.counts.clone();
+        let library = data.library.clone();
+        let data = if on_disk { Dataset::new(CscCounts::empty(g, n), data.sample.clone(), data.site.clone()) } else { data };
+        let mut t = Trainer::new(ModelConfig::new(g as i64, 4, 1, 4), cfg.clone(), data, Device::Cpu).unwrap();
+        if on_disk {
+            t.set_counts_on_disk(library).unwrap();
+            assert!(t.run_epoch(&mut || false).unwrap_err().to_string().contains("on disk"));
+        }
+        let mut reads: Vec<Vec<Range<usize>>> = Vec::new();
+        let mut loader = |r: &[Range<usize>]| {
+            reads.push(r.to_vec());
+            Ok(source.select(r))
+        };
+        while !t.done() {
+            let l: Option<&mut BlockLoader> = if on_disk { Some(&mut loader) } else { None };
+            t.run_epoch_from(&mut || false, l).unwrap();
+        }
+        let hist: Vec<f64> = t.history.iter().map(|h| h.validation_elbo).collect();
+        (hist, varstore_to_bytes(&t.finish().vs).unwrap(), reads)
+    };
+    let (h_memory, w_memory, _) = run(false);
+    let (h_disk, w_disk, reads) = run(true);
+    assert!(w_memory == w_disk, "reading blocks changed the weights");
+    assert_eq!(h_memory, h_disk);
+    assert!(h_disk.iter().all(|v| v.is_finite()) && h_disk.last().unwrap() > &(h_disk[0] + 5.0), "{h_disk:?}");
+    // 12 blocks: 1 for validation, 11 for training in buffers of 3 (4 reads) + 1 read
+    assert_eq!(reads.len(), 8 * 5);
+    for epoch in reads.chunks(5) {
+        let mut cells: Vec<usize> = epoch.iter().flatten().flat_map(|r| r.clone()).collect();
+        assert!(epoch.iter().all(|buffer| buffer.len() <= 3 && buffer.iter().all(|r| r.len() == 50 && r.start % 50 == 0)));
+        cells.sort_unstable();
+        assert_eq!(cells, (0..n).collect::<Vec<_>>(), "an epoch reads every cell once");
+    }
+    // the training blocks come in another order each epoch
+    assert_ne!(reads[0], reads[5]);
+}
+
+/// A loader that returns other cells than asked for is an error, not a silent mix-up.
+#[test]
+fn block_loader_must_return_the_cells_asked_for() {
+    let _rng = common::libtorch_rng();
+    let data = toy_data(100, 10, 2, 1);
+    let source = data.counts.clone();
+    let cfg = TrainConfig { blocks: Some(BlockShuffle { block_cells: 30, buffer_blocks: 2 }), ..common::train_config(1, 0, 1) };
+    let mut t = Trainer::new(ModelConfig::new(10, 2, 1, 3), cfg, data, Device::Cpu).unwrap();
+    let mut short = |r: &[Range<usize>]| Ok(source.select(&r[..1]));
+    let e = t.run_epoch_from(&mut || false, Some(&mut short)).unwrap_err().to_string();
+    assert!(e.contains("expected"), "{e}");
 }
 
 #[test]

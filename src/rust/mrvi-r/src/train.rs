@@ -6,7 +6,9 @@ use crate::{checked_ptr, interrupt_pending, invalid, model_ptr, rerr, RResult};
 use extendr_api::prelude::*;
 use mrvi_core::model::config::{Settings, TrainConfig};
 use mrvi_core::checkpoint;
-use mrvi_core::train::{EpochStats, Trainer};
+use mrvi_core::data::{CountColumns, CscCounts};
+use mrvi_core::train::{BlockLoader, EpochStats, Trainer};
+use std::ops::Range;
 use mrvi_core::{backend, io};
 
 /// A trainer between epochs; `None` once finished.
@@ -131,13 +133,56 @@ fn epoch_list(s: &EpochStats, t: &Trainer) -> List {
     )
 }
 
-/// Run one epoch; Ctrl-C is checked between minibatches.
+/// The trainer `h` reads its counts from disk (block shuffling): it keeps
+/// none of them, and `library` gives each cell's library size.
 /// @noRd
 #[extendr]
-fn mrvi_trainer_epoch(h: Robj) -> RResult<List> {
+fn mrvi_trainer_counts_on_disk(h: Robj, library: &[f64]) -> RResult<()> {
     let mut h = trainer_ptr(&h)?;
     let t = trainer_mut(&mut h)?;
-    match t.run_epoch(&mut interrupt_pending) {
+    t.set_counts_on_disk(library.iter().map(|&v| v as f32).collect()).map_err(rerr)
+}
+
+/// The columns of a dgCMatrix that `read_blocks` returned for `n` cells; NULL
+/// (the reader failed or was interrupted, and the R side knows which) stops
+/// the epoch as an interruption.
+fn block_counts(m: Robj, n_genes: usize, n: usize) -> mrvi_core::Result<CscCounts> {
+    if m.is_null() {
+        return Err(mrvi_core::Error::Interrupted);
+    }
+    let slot = |name: &str| m.get_attrib(name);
+    let (p, i, x) = (slot("p"), slot("i"), slot("x"));
+    match (p.as_ref().and_then(|v| v.as_integer_slice()), i.as_ref().and_then(|v| v.as_integer_slice()), x.as_ref().and_then(|v| v.as_real_slice())) {
+        (Some(p), Some(i), Some(x)) => CscCounts::from_slots(n_genes, n, p, i, x),
+        _ => Err(mrvi_core::Error::InvalidInput("the block reader must return a dgCMatrix".into())),
+    }
+}
+
+/// Run one epoch; Ctrl-C is checked between minibatches. `read_blocks`: NULL
+/// for counts in memory, or for counts on disk an R function of the first and
+/// last cells (1-based) of consecutive ranges that returns their counts as one
+/// genes x cells dgCMatrix (NULL when it failed).
+/// @noRd
+#[extendr]
+fn mrvi_trainer_epoch(h: Robj, read_blocks: Robj) -> RResult<List> {
+    let mut h = trainer_ptr(&h)?;
+    let t = trainer_mut(&mut h)?;
+    let n_genes = t.data.counts.n_genes();
+    let reader = if read_blocks.is_null() {
+        None
+    } else {
+        Some(read_blocks.as_function().ok_or_else(|| invalid("read_blocks must be a function"))?)
+    };
+    let mut read = |ranges: &[Range<usize>]| -> mrvi_core::Result<CscCounts> {
+        let first: Vec<i32> = ranges.iter().map(|r| r.start as i32 + 1).collect();
+        let last: Vec<i32> = ranges.iter().map(|r| r.end as i32).collect();
+        let n = ranges.iter().map(|r| r.len()).sum();
+        let f = reader.as_ref().expect("a reader");
+        let m = f.call(pairlist!(first, last)).map_err(|e| mrvi_core::Error::InvalidInput(format!("reading counts: {e}")))?;
+        block_counts(m, n_genes, n)
+    };
+    let loader: Option<&mut BlockLoader> = if reader.is_some() { Some(&mut read) } else { None };
+    match t.run_epoch_from(&mut interrupt_pending, loader) {
         Ok(s) => Ok(epoch_list(&s, t)),
         Err(mrvi_core::Error::Interrupted) => Ok(list!(interrupted = true)),
         Err(e) => Err(rerr(e)),
@@ -182,6 +227,7 @@ extendr_module! {
     fn mrvi_trainer_add_samples;
     fn mrvi_trainer_info;
     fn mrvi_trainer_epoch;
+    fn mrvi_trainer_counts_on_disk;
     fn mrvi_trainer_save;
     fn mrvi_trainer_resume;
     fn mrvi_trainer_finish;

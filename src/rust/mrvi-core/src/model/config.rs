@@ -155,6 +155,23 @@ pub struct TrainConfig {
     /// (`nb::fused_log_lik`); false: autograd differentiates the tensor
     /// likelihood (slower; for comparison and tests). Ignored off the CPU.
     pub fused_likelihood: bool,
+    /// None: every epoch shuffles all cells (counts in memory). Some: counts
+    /// are read block by block (`BlockShuffle`). Left out of the JSON when None,
+    /// so that settings (and checkpoint fingerprints) without it are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<BlockShuffle>,
+}
+
+/// A shuffle that keeps reads sequential, for counts on disk: the cells are cut
+/// into consecutive blocks of `block_cells`; each epoch visits the training
+/// blocks in random order, `buffer_blocks` at a time, and shuffles the cells
+/// within each such buffer. The validation cells are whole blocks (a random
+/// `validation_fraction` of them, rounded), so that validation reads only them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockShuffle {
+    pub block_cells: usize,
+    pub buffer_blocks: usize,
 }
 
 /// MODEL.md §3: min(400, round(20000 / N * 400)), at least 1.

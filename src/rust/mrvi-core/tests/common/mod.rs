@@ -25,5 +25,6 @@ pub fn train_config(max_epochs: usize, n_epochs_kl_warmup: usize, seed: u64) -> 
         validation_fraction: 0.1,
         seed,
         fused_likelihood: true,
+        blocks: None,
     }
 }

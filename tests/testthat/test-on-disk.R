@@ -1,0 +1,77 @@
+# Counts on disk (R/on-disk.R): checked and trained on block by block, never
+# read whole; the block shuffle gives the same fit from disk and from memory.
+
+h5_counts <- function(counts, chunk_cells = 37) {
+  HDF5Array::writeHDF5Array(counts, tempfile(fileext = ".h5"), "counts",
+                            chunkdim = c(nrow(counts), chunk_cells), with.dimnames = TRUE)
+}
+
+test_that("counts on disk stay on disk, with the same checks and totals as in memory", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  counts <- sim$counts
+  counts[, 5] <- 0  # an empty cell and an empty gene are dropped, as in memory
+  counts[7, ] <- 0
+  h5 <- h5_counts(counts)
+  expect_message(on_disk <- mrviData(h5, sample = sim$sample), "Dropping 1 cell")
+  in_memory <- suppressMessages(mrviData(counts, sample = sim$sample))
+  expect_s4_class(on_disk$counts, "DelayedArray")
+  expect_identical(on_disk$library_size, in_memory$library_size)
+  expect_identical(on_disk$dropped, in_memory$dropped)
+  expect_identical(as.matrix(on_disk$counts), as.matrix(in_memory$counts))
+  # bad values are found in whichever block they are, and named
+  bad <- sim$counts
+  bad[3, 250] <- 2.5
+  expect_error(mrviData(h5_counts(bad), sample = sim$sample), "not whole numbers.*c0250", class = "mrvi_error")
+})
+
+test_that("training from disk reads blocks, equals the same block shuffle in memory, and differs from a full shuffle", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  h5 <- h5_counts(sim$counts)
+  fit <- function(x, ...) mrvi(x, sample = sim$sample, max_epochs = 3, n_threads = 1, verbose = FALSE, ...)
+  from_disk <- fit(h5, block_cells = 40)
+  in_memory <- fit(sim$counts, block_cells = 40)
+  expect_identical(from_disk@weights, in_memory@weights)
+  expect_identical(from_disk@u_mean, in_memory@u_mean)
+  expect_identical(from_disk@history$validation_elbo, in_memory@history$validation_elbo)
+  expect_false(identical(fit(sim$counts)@weights, in_memory@weights))
+  # the default block size for counts on disk is a 20th of the cells here
+  expect_identical(fit(h5)@weights, fit(sim$counts, block_cells = 15)@weights)
+  expect_true(all(is.finite(from_disk@history$validation_elbo)))
+  expect_error(fit(sim$counts, block_cells = 0), "block_cells", class = "mrvi_error")
+})
+
+test_that("a checkpointed fit from disk resumes to the uninterrupted fit", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  h5 <- h5_counts(sim$counts)
+  path <- tempfile(fileext = ".ckpt")
+  fit <- function(epochs, ...) mrvi(h5, sample = sim$sample, max_epochs = epochs, n_threads = 1,
+                                    verbose = FALSE, ...)
+  fit(2, checkpoint = path)
+  resumed <- fit(4, checkpoint = path)
+  expect_identical(resumed@weights, fit(4)@weights)
+  # other counts with the same cells and samples: refused
+  other <- h5_counts(sim$counts + 1)
+  expect_error(mrvi(other, sample = sim$sample, max_epochs = 4, n_threads = 1, verbose = FALSE,
+                    checkpoint = path), class = "mrvi_checkpoint_error")
+})
+
+test_that("a read that fails during training is a classed error, and R carries on", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  h5 <- h5_counts(sim$counts)
+  # mrviData() reads the 20 blocks once; the second read of training fails
+  reads <- new.env()
+  reads$n <- 0
+  trace("read_cells", where = asNamespace("mrvi"), print = FALSE,
+        tracer = substitute({
+          assign("n", get("n", envir = r) + 1, envir = r)
+          if (get("n", envir = r) > 21) stop("the disk is gone")
+        }, list(r = reads)))
+  on.exit(untrace("read_cells", where = asNamespace("mrvi")))
+  expect_error(mrvi(h5, sample = sim$sample, max_epochs = 2, n_threads = 1, verbose = FALSE),
+               "Reading the counts from disk failed.*the disk is gone", class = "mrvi_io_error")
+  expect_gt(reads$n, 21)
+})
