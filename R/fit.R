@@ -76,7 +76,7 @@
 #' @param block_cells `NULL`, or a number of cells: train on blocks of that
 #'   many consecutive cells (see "Counts on disk"). `NULL`: counts in memory
 #'   shuffle all cells every epoch; counts on disk are read in blocks that fill
-#'   `DelayedArray::getAutoBlockSize()` with dense doubles.
+#'   `DelayedArray::getAutoBlockSize()` with dense doubles (at most a 20th of the cells).
 #' @param checkpoint `NULL`, or a file path: the training state (weights, the
 #'   optimiser's moments, the shuffling generator, the early-stopping state and
 #'   the history) is written there after every epoch, to a temporary file that
