@@ -6,6 +6,8 @@
 #     /usr/bin/time -v R_LIBS=$PWD/.Rlib Rscript bench/atlas.R $s 2>&1 | grep -E "^(atlas|\s+Maximum resident)"
 #   done
 # ATLAS_CELLS (default 50,000), ATLAS_GENES (500), ATLAS_SAMPLES (200) set the size.
+# Stages data_disk, train_disk and train_disk_memory work at the issue's size
+# (2,000,000 cells x 2,000 genes, ATLAS_DISK_CELLS / ATLAS_DISK_GENES).
 suppressPackageStartupMessages({
   library(mrvi)
   library(HDF5Array)
@@ -45,6 +47,63 @@ if (stage == "data") {
   say(sprintf("input %s: one epoch %.1f s (of it training %.1f s, %.0f cells/s); checkpoint %.1f MB; peak RSS %.0f MB",
               class(x)[1], r$seconds, r$value@history$seconds, r$value@history$cells_per_second,
               file.size(ck) / 1e6, hwm()))
+} else if (stage == "data_disk") {
+  # The issue's size (ATLAS_DISK_CELLS x ATLAS_DISK_GENES, default 2,000,000 x
+  # 2,000, 200 samples of 10,000 cells stored one after the other, 2 sites, 20
+  # cell types, ~10% non-zero), written to HDF5 block by block: never whole in memory.
+  n <- as.integer(Sys.getenv("ATLAS_DISK_CELLS", 2e6))
+  G <- as.integer(Sys.getenv("ATLAS_DISK_GENES", 2000))
+  S <- 200L
+  set.seed(1)
+  profile <- rnorm(G, 0, 2.5) + matrix(rnorm(G * 20, 0, 0.5), G, 20)  # log expression per type
+  effect_genes <- sample.int(G, 20)
+  effect <- matrix(rnorm(20 * S, 0, 0.3), 20, S)
+  sample <- rep(seq_len(S), each = ceiling(n / S))[seq_len(n)]
+  type <- sample.int(20, n, replace = TRUE)
+  sink <- HDF5RealizationSink(c(G, n), type = "integer", filepath = file.path(dir, "disk_counts.h5"),
+                              name = "counts", chunkdim = c(G, 1000L), level = 6)
+  grid <- DelayedArray::colAutoGrid(sink, ncol = 10000L)
+  nnz <- 0
+  for (b in seq_along(grid)) {
+    j <- DelayedArray::ranges(grid[[b]])[2]
+    j <- BiocGenerics::start(j):BiocGenerics::end(j)
+    logit <- profile[, type[j], drop = FALSE]
+    logit[effect_genes, ] <- logit[effect_genes, ] + effect[, sample[j]]
+    p <- exp(logit)
+    mu <- sweep(p, 2, exp(rnorm(length(j), log(800), 0.3)) / colSums(p), "*")
+    m <- matrix(rpois(length(mu), mu), G)
+    nnz <- nnz + sum(m != 0)
+    write_block(sink, grid[[b]], m)
+  }
+  close(sink)
+  saveRDS(data.frame(sample = factor(sprintf("s%03d", sample)), site = factor(paste0("site", sample %% 2 + 1)),
+                     group = factor(sprintf("type%02d", type))), file.path(dir, "disk_cells.rds"))
+  say(sprintf("%d cells x %d genes, %d samples, %.1f%% non-zero; file %.2f GB", n, G, S,
+              100 * nnz / (as.numeric(n) * G), file.size(file.path(dir, "disk_counts.h5")) / 1e9))
+} else if (stage %in% c("train_disk", "train_disk_memory")) {
+  # one epoch from the HDF5 file (block shuffle, counts never whole in memory),
+  # then grouped distances; or the same block shuffle from the counts read into
+  # memory (block by block), for the throughput ratio
+  cells <- readRDS(file.path(dir, "disk_cells.rds"))
+  x <- HDF5Array(file.path(dir, "disk_counts.h5"), "counts")
+  block_cells <- mrvi:::disk_block_cells(x)
+  if (stage == "train_disk_memory") {
+    starts <- seq(1L, ncol(x), by = block_cells)
+    x <- do.call(cbind, lapply(starts, function(s) mrvi:::read_cells(x, s, min(ncol(x), s + block_cells - 1L))))
+  }
+  options(mrvi.threads = 2)
+  r <- timed(mrvi(x, sample = cells$sample, batch = cells$site, labels = cells$group, max_epochs = 1,
+                  verbose = FALSE, block_cells = block_cells))
+  h <- r$value@history
+  say(sprintf(paste("input %s, %d cells, blocks of %d cells: mrvi() %.0f s; the epoch %.0f s (%.0f cells/s;",
+                    "reading and minibatches %.0f s, forward %.0f s, backward %.0f s, optimiser %.0f s); peak RSS %.0f MB"),
+              class(x)[1], ncol(x), block_cells, r$seconds, h$seconds, h$cells_per_second, h$seconds_batches,
+              h$seconds_forward, h$seconds_backward, h$seconds_optimizer, hwm()))
+  if (stage == "train_disk") {
+    d <- timed(sampleDistances(r$value, groups = "labels", mc_samples = 0, max_cells = 500))
+    say(sprintf("grouped distances (20 groups, 500 cells each, 200 samples): %.0f s; peak RSS %.0f MB",
+                d$seconds, hwm()))
+  }
 } else if (stage == "distances") {
   fit <- readRDS(file.path(dir, "train_memory_fit.rds"))
   options(mrvi.threads = 2)
