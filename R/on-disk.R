@@ -54,16 +54,13 @@ in_memory_counts <- function(counts) {
 }
 
 # The reader that mrvi_trainer_epoch() calls for the blocks of an epoch: the
-# counts of the ranges first[k]:last[k]. A failure or Ctrl-C while reading is
-# kept in `state` (the trainer stops as if interrupted) for train_epochs() to
-# report.
+# counts of the ranges first[k]:last[k]. On Ctrl-C or a failure while reading it
+# returns NULL, and the trainer stops as if interrupted; a failure is kept in
+# `state` for train_to_end() to report.
 block_reader <- function(counts, state) {
   function(first, last) {
     tryCatch(read_cells(counts, first, last),
-             interrupt = function(e) {
-               state$interrupted <- TRUE
-               NULL
-             },
+             interrupt = function(e) NULL,
              error = function(e) {
                state$error <- e
                NULL
