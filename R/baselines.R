@@ -39,7 +39,7 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
   n_genes <- check_count(n_genes, "n_genes", call)
   min_cells <- check_whole(min_cells, "min_cells", call)
   data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call)
-  data$counts <- in_memory_counts(data$counts)
+  data$counts <- in_memory_counts(data)
   group <- if (is.null(data$labels)) factor(rep("all", ncol(data$counts))) else data$labels
   samples <- levels(data$sample)
   S <- length(samples)

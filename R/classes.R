@@ -64,7 +64,7 @@ setClass("MrVIFit", representation(
 new_mrvi_fit <- function(data, weights, model_json, device, history, config) {
   native <- cached_model(model_json, weights, device)
   counts <- data$counts
-  post <- if (is_on_disk(counts)) encode_on_disk(native$model, data) else
+  post <- if (!is.null(data$disk)) encode_on_disk(native$model, data) else
     mrvi_encode(native$model, nrow(counts), ncol(counts), counts@p, counts@i,
                 counts@x, as.integer(data$sample) - 1L)
   nuisance <- nuisance_design(data)$spec

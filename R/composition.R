@@ -42,7 +42,7 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   k <- check_count(k, "k", call)
   seed <- check_whole(seed, "seed", call)
   check_positive(resolution, "resolution", call)
-  emb <- if (is.null(embedding)) pca_embedding(in_memory_counts(data$counts), n_pcs) else {
+  emb <- if (is.null(embedding)) pca_embedding(in_memory_counts(data), n_pcs) else {
     if (!is.matrix(embedding) || nrow(embedding) != ncol(x)) {
       abort_arg("{.arg embedding} must be a matrix with one row per cell ({ncol(x)}).", call = call)
     }

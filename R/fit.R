@@ -162,7 +162,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                    n_latent, n_latent_u, batch_size, call)
   threads <- apply_threads(n_threads, call = call)
   counts <- data$counts
-  on_disk <- is_on_disk(counts)
+  on_disk <- !is.null(data$disk)
   if (on_disk && is.null(block_cells)) block_cells <- disk_block_cells(counts)
   blocks <- if (!is.null(block_cells)) {
     list(block_cells = block_cells, buffer_blocks = check_count(getOption("mrvi.buffer_blocks", 8L),
@@ -198,7 +198,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   reader <- NULL
   if (on_disk) {
     mrvi_trainer_counts_on_disk(trainer, data$library_size)
-    reader <- block_reader(counts, new.env(parent = emptyenv()))
+    reader <- block_reader(data$disk, new.env(parent = emptyenv()))
   }
   info <- mrvi_trainer_info(trainer)
   if (verbose) {

@@ -55,7 +55,8 @@
 #'   memory.
 #'
 #' @return an object of class `mrvi_data`: a list with `counts` (genes x cells
-#'   `dgCMatrix`, or the `DelayedArray` of counts on disk), `sample`, `batch` and `labels` (factors over cells; `batch`
+#'   `dgCMatrix`, or the `DelayedArray` of counts on disk), `disk` (for counts
+#'   on disk, what is read from them; else `NULL`), `sample`, `batch` and `labels` (factors over cells; `batch`
 #'   has one level when not given and is the combination of the levels when
 #'   several covariates are, `labels` is `NULL` when not given), `nuisance`
 #'   (`factors`: a data.frame of the categorical covariates, and `continuous`:
@@ -141,6 +142,8 @@ mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "cou
 build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_samples, source, call,
                             continuous = NULL) {
   min_samples <- check_count(min_samples, "min_samples", call)
+  # counts on disk are read from the object as given (R/on-disk.R)
+  disk <- if (is_on_disk(counts)) disk_source(counts)
   n_genes <- nrow(counts)
   n_cells <- ncol(counts)
   if (n_genes == 0 || n_cells == 0) {
@@ -166,8 +169,8 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   # One pass in Rust over the CSC slots as they are (no copy): structure,
   # bad values with their positions, totals per cell and per gene. Counts on
   # disk: the same, block by block (R/on-disk.R).
-  if (is_on_disk(counts)) {
-    scan <- scan_on_disk(counts, call)
+  if (!is.null(disk)) {
+    scan <- scan_on_disk(disk, dimnames(counts), call)
   } else {
     scan <- mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
     check_counts(counts, scan, call)
@@ -185,6 +188,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
                           "{if (any(empty_genes)) paste0(' (', show_some(dropped$genes, 3), ')') else ''}.")))
     keep_cells <- !empty_cells
     counts <- counts[!empty_genes, keep_cells, drop = FALSE]
+    if (!is.null(disk)) disk <- disk_source(disk$x, which(!empty_genes), which(keep_cells))
     library_size <- library_size[keep_cells]
     sample <- sample[keep_cells]
     if (!is.null(batch)) batch <- batch[keep_cells]
@@ -212,6 +216,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
 
   structure(list(
     counts = counts,
+    disk = disk,
     sample = sample,
     batch = if (is.null(batch)) factor(rep("batch1", ncol(counts))) else batch,
     batch_given = !is.null(batch),

@@ -99,7 +99,7 @@ read_new_cells <- function(x, ..., call) {
 
 # The counts of `data` on the fitted genes, in the fit's order.
 align_genes <- function(fit, data, call) {
-  counts <- in_memory_counts(data$counts)
+  counts <- in_memory_counts(data)
   missing <- setdiff(fit@genes, rownames(counts))
   if (length(missing) == length(fit@genes)) {
     abort_arg(c("{.arg x} shares no gene names with the fit.",
@@ -113,6 +113,7 @@ align_genes <- function(fit, data, call) {
     counts <- rbind(counts, pad)
   }
   data$counts <- methods::as(counts[fit@genes, , drop = FALSE], "CsparseMatrix")
+  data$disk <- NULL
   data
 }
 

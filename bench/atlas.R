@@ -89,7 +89,7 @@ if (stage == "data") {
   block_cells <- mrvi:::disk_block_cells(x)
   if (stage == "train_disk_memory") {
     starts <- seq(1L, ncol(x), by = block_cells)
-    x <- do.call(cbind, lapply(starts, function(s) mrvi:::read_cells(x, s, min(ncol(x), s + block_cells - 1L))))
+    x <- mrvi:::read_cells(mrvi:::disk_source(x), starts, pmin(ncol(x), starts + block_cells - 1L))
   }
   options(mrvi.threads = 2)
   r <- timed(mrvi(x, sample = cells$sample, batch = cells$site, labels = cells$group, max_epochs = 1,

@@ -74,3 +74,20 @@ test_that("a read that fails during training is a classed error, and R carries o
                "Reading the counts from disk failed.*the disk is gone", class = "mrvi_io_error")
   expect_gt(reads$n, 21)
 })
+
+test_that("analyses that need counts whole read them from disk block by block, dropped genes and cells left out", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  counts <- sim$counts
+  counts[, 5] <- 0
+  counts[7, ] <- 0
+  h5 <- h5_counts(counts)
+  d <- suppressMessages(mrviData(h5, sample = sim$sample))
+  expect_identical(mrvi:::in_memory_counts(d), suppressMessages(mrviData(counts, sample = sim$sample))$counts)
+  expect_identical(suppressMessages(pseudobulkDistances(h5, sim$sample)),
+                   suppressMessages(pseudobulkDistances(counts, sim$sample)))
+  fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, n_threads = 1, verbose = FALSE)
+  new_cells <- h5_counts(sim$counts[, 1:50])
+  expect_identical(mrviLatent(fit, x = new_cells, sample = sim$sample[1:50]),
+                   mrviLatent(fit, x = sim$counts[, 1:50], sample = sim$sample[1:50]))
+})

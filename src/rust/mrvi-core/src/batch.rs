@@ -135,7 +135,23 @@ fn cell_rows<T: Copy>(v: &[T], width: usize, cells: &[usize]) -> Vec<T> {
     cells.iter().flat_map(|&c| v[c * width..(c + 1) * width].iter().copied()).collect()
 }
 
-/// ln(x!) for a whole-number count, exactly as lgamma(x + 1).
+/// ln(x!) for a whole-number count, exactly as lgamma(x + 1): small counts (most
+/// of them) from a table of the same values, as training from disk computes it
+/// for every block it reads.
 fn ln_factorial(x: f32) -> f32 {
-    statrs::function::gamma::ln_gamma(x as f64 + 1.0) as f32
+    const TABLED: usize = 1024;
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    let exact = |x: f64| statrs::function::gamma::ln_gamma(x + 1.0) as f32;
+    let table = TABLE.get_or_init(|| (0..TABLED).map(|k| exact(k as f64)).collect());
+    if x >= 0.0 && (x as usize) < TABLED { table[x as usize] } else { exact(x as f64) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ln_factorial_table_equals_lgamma() {
+        for x in [0.0f32, 1.0, 2.0, 7.0, 1023.0, 1024.0, 5000.0] {
+            assert_eq!(super::ln_factorial(x), statrs::function::gamma::ln_gamma(x as f64 + 1.0) as f32);
+        }
+    }
 }
