@@ -310,7 +310,7 @@ fit_cell_data <- function(data) {
 }
 
 latent_matrix <- function(values, cells, prefix) {
-  m <- matrix(values, nrow = length(cells))
+  m <- if (is.matrix(values)) values else matrix(values, nrow = length(cells))
   dimnames(m) <- list(cells, paste0(prefix, seq_len(ncol(m))))
   m
 }

@@ -102,15 +102,19 @@ block_reader <- function(disk, state) {
   }
 }
 
-# The posterior of u of all cells of `data`, encoded block by block.
+# The posterior of u of all cells of `data`, encoded block by block into
+# matrices allocated once (at 2 M cells each is 160 MB).
 encode_on_disk <- function(model, data) {
   blocks <- disk_blocks(data$disk, disk_block_cells(data$counts))
   codes <- as.integer(data$sample) - 1L
-  parts <- lapply(seq_along(blocks$first), function(k) {
+  mean <- sd <- NULL
+  for (k in seq_along(blocks$first)) {
     j <- blocks$first[k]:blocks$last[k]
     block <- read_cells(data$disk, blocks$first[k], blocks$last[k])
     p <- mrvi_encode(model, nrow(block), ncol(block), block@p, block@i, block@x, codes[j])
-    list(mean = matrix(p$mean, length(j)), sd = matrix(p$sd, length(j)))
-  })
-  list(mean = do.call(rbind, lapply(parts, `[[`, "mean")), sd = do.call(rbind, lapply(parts, `[[`, "sd")))
+    if (is.null(mean)) mean <- sd <- matrix(NA_real_, length(codes), length(p$mean) / length(j))
+    mean[j, ] <- p$mean
+    sd[j, ] <- p$sd
+  }
+  list(mean = mean, sd = sd)
 }
