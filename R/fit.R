@@ -206,6 +206,10 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                           "{nlevels(data$sample)} samples, {describe_nuisance(nuisance$spec)}; ",
                           "device {.strong {info$device}}, {threads} thread{?s}, ",
                           "up to {info$max_epochs} epoch{?s}.")))
+    if (!is.null(blocks)) {
+      inform(c("i" = paste0("Shuffling by blocks of {blocks$block_cells} cells, {blocks$buffer_blocks} at a time",
+                            "{if (on_disk) ', read from disk' else ''}.")))
+    }
   }
   resumed <- if (!is.null(checkpoint) && file.exists(checkpoint)) mrvi_trainer_resume(trainer, checkpoint) else list()
   if (verbose && length(resumed)) {
