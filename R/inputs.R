@@ -49,7 +49,8 @@
 #'   the assay of a `SingleCellExperiment` saved with
 #'   `HDF5Array::saveHDF5SummarizedExperiment()`) is never read whole: the
 #'   checks and totals take one pass over blocks of consecutive cells (as many
-#'   as fill `DelayedArray::getAutoBlockSize()` with dense doubles), `counts`
+#'   as fill `DelayedArray::getAutoBlockSize()` with dense doubles, at most a
+#'   20th of the cells), `counts`
 #'   stays a `DelayedArray`, and [mrvi()] trains on blocks read in shuffled
 #'   order. Baselines, new cells and added samples read such counts into
 #'   memory.
