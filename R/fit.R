@@ -198,7 +198,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   reader <- NULL
   if (on_disk) {
     mrvi_trainer_counts_on_disk(trainer, data$library_size)
-    reader <- block_reader(data$disk, new.env(parent = emptyenv()))
+    reader <- block_reader(data$disk)
   }
   info <- mrvi_trainer_info(trainer)
   if (verbose) {
@@ -242,7 +242,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
 # (weights, best epoch) and the history as a data.frame.
 train_to_end <- function(trainer, info, verbose, call, resumed = list(), checkpoint = NULL, reader = NULL) {
   run <- train_epochs(trainer, info$max_epochs, verbose, resumed, checkpoint, reader)
-  failed <- if (!is.null(reader)) environment(reader)$state$error
+  failed <- if (!is.null(reader)) reader$failure()
   if (!is.null(failed)) {
     abort_arg(c("Reading the counts from disk failed during training.", "x" = conditionMessage(failed),
                 "i" = "Check that the file behind {.arg x} is still there and readable, then call again."),
@@ -262,7 +262,7 @@ train_to_end <- function(trainer, info, verbose, call, resumed = list(), checkpo
 # The epoch loop runs in R so that the progress bar and Ctrl-C stay responsive;
 # each epoch runs in Rust, which checks for Ctrl-C between minibatches. `history`
 # holds the epochs of a resumed run; `checkpoint` is written after every epoch;
-# `reader` reads counts on disk (NULL: in memory).
+# `reader` (block_reader()) reads counts on disk (NULL: in memory).
 train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpoint = NULL, reader = NULL) {
   interrupted <- FALSE
   finished <- length(history) && isTRUE(history[[length(history)]]$done)
@@ -278,7 +278,7 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
     cli::cli_progress_update(id = pb, set = length(history))
   }
   while (!finished) {
-    s <- mrvi_trainer_epoch(trainer, reader)
+    s <- mrvi_trainer_epoch(trainer, reader$read)
     if (isTRUE(s$interrupted)) {
       interrupted <- TRUE
       break

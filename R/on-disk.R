@@ -87,19 +87,21 @@ in_memory_counts <- function(data) {
   m
 }
 
-# The reader that mrvi_trainer_epoch() calls for the blocks of an epoch: the
-# counts of the ranges first[k]:last[k]. On Ctrl-C or a failure while reading it
-# returns NULL, and the trainer stops as if interrupted; a failure is kept in
-# `state` for train_to_end() to report.
-block_reader <- function(disk, state) {
-  function(first, last) {
+# The reader of `disk` for training: `read` is what mrvi_trainer_epoch() calls
+# for the blocks of an epoch, the counts of the ranges first[k]:last[k]. On
+# Ctrl-C or a failure while reading it returns NULL, and the trainer stops as if
+# interrupted; `failure()` then gives the error (NULL after Ctrl-C) for
+# train_to_end() to report.
+block_reader <- function(disk) {
+  failure <- NULL
+  list(read = function(first, last) {
     tryCatch(read_cells(disk, first, last),
              interrupt = function(e) NULL,
              error = function(e) {
-               state$error <- e
+               failure <<- e
                NULL
              })
-  }
+  }, failure = function() failure)
 }
 
 # The posterior of u of all cells of `data`, encoded block by block into
