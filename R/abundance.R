@@ -45,16 +45,17 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
-  logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed, BPPARAM = BPPARAM)
+  # log q_A per cell and level, over blocks of cells: the cells x samples densities
+  # are reduced to levels in the kernel and never held whole
+  ref <- reference_cells(fit, max_cells_per_sample, seed)
   own <- as.integer(fit@cell_data$sample[idx])
-  out <- list()
-  for (lev in levels(y)) {
-    in_level <- which(y == lev)
-    m <- logq[, in_level, drop = FALSE]
-    if (exclude_own_sample) m[cbind(seq_along(idx), match(own, in_level))[!is.na(match(own, in_level)), , drop = FALSE]] <- -Inf
-    out[[paste0("log_q_", lev)]] <- log_mean_exp(m)
-  }
-  lq <- do.call(cbind, out)
+  level <- ifelse(is.na(y), 0L, as.integer(y)) - 1L
+  lq <- bp_rows(c(length(idx), nlevels(y)), function(rows) {
+    mrvi_log_level_densities(fit@u_mean, fit@u_sd, nrow(fit@u_mean), ncol(fit@u_mean), idx[rows] - 1L, own[rows] - 1L,
+                             ref$cells - 1L, ref$sample - 1L, level, nlevels(y), exclude_own_sample)
+  }, BPPARAM = BPPARAM, what = "the level densities", call = call)
+  colnames(lq) <- paste0("log_q_", levels(y))
+  out <- as.list(as.data.frame(lq))
   for (k in seq_along(levels(y))) {
     others <- log_mean_exp(lq[, -k, drop = FALSE])
     out[[paste0("log_ratio_", levels(y)[k])]] <- lq[, k] - others

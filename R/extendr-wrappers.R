@@ -158,6 +158,12 @@ mrvi_ks_greater <- function(x, y) rust(.Call(wrap__mrvi_ks_greater, x, y))
 #' @noRd
 mrvi_log_sample_densities <- function(u_mean, u_sd, n_cells, n_latent, at, ref_cells, ref_sample, n_samples) rust(.Call(wrap__mrvi_log_sample_densities, u_mean, u_sd, n_cells, n_latent, at, ref_cells, ref_sample, n_samples))
 
+#' log q_A(u_c) for the levels A of a sample covariate (`sample_level`: 0-based
+#' level per sample, -1 for none) at evaluation cells `at` of samples `at_sample`:
+#' [cells, levels] values.
+#' @noRd
+mrvi_log_level_densities <- function(u_mean, u_sd, n_cells, n_latent, at, at_sample, ref_cells, ref_sample, sample_level, n_levels, exclude_own_sample) rust(.Call(wrap__mrvi_log_level_densities, u_mean, u_sd, n_cells, n_latent, at, at_sample, ref_cells, ref_sample, sample_level, n_levels, exclude_own_sample))
+
 # --- expression (src/rust/mrvi-r/src/expression.rs) ---
 
 #' Expected normalised expression (softmax of the decoder) for u (cells x L_u,

@@ -56,8 +56,9 @@ synthetic_fit <- function(n, S, sd = function(k) rep(0.1, k), ...) {
   cells <- sprintf("cell%07d", seq_len(n))
   fit@u_mean <- matrix(rnorm(n * L), n, L, dimnames = list(cells, paste0("u", 1:L)))
   fit@u_sd <- matrix(sd(n * L), n, L, dimnames = list(cells, paste0("u", 1:L)))
-  fit@cell_data <- data.frame(sample = factor(sample(fit@samples, n, replace = TRUE), levels = fit@samples),
-                              row.names = cells)
+  # every column of a fitted model's cell data (nuisance covariates included), at the new size
+  fit@cell_data <- data.frame(lapply(fit@cell_data, function(col) col[rep_len(1L, n)]), row.names = cells)
+  fit@cell_data$sample <- factor(sample(fit@samples, n, replace = TRUE), levels = fit@samples)
   fit
 }
 

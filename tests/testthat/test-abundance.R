@@ -45,3 +45,33 @@ test_that("admissibility flags cells of a type absent from a sample", {
   expect_gt(mean(adm$admissible[own, "s02"]), 0.9)
   expect_error(admissibility(a$fit, quantile = 2), "`quantile`")
 })
+
+test_that("differential abundance equals a direct computation in R", {
+  a <- abundance_fit()
+  fit <- a$fit
+  grp <- a$grp
+  grp[3] <- NA  # a sample in no level
+  cells <- c(1, 50, 400, 1200, nrow(fit@u_mean))
+  for (exclude in c(TRUE, FALSE)) {
+    da <- differentialAbundance(fit, grp, cells = cells, exclude_own_sample = exclude, max_cells_per_sample = 30)
+    ref <- mrvi:::reference_cells(fit, 30, 1)
+    sample <- as.integer(fit@cell_data$sample)
+    for (i in seq_along(cells)) {
+      n <- cells[i]
+      # log N(u_n; mu_m, sd_m) for every reference cell m other than n
+      ld <- rowSums(dnorm(matrix(fit@u_mean[n, ], length(ref$cells), ncol(fit@u_mean), byrow = TRUE),
+                          fit@u_mean[ref$cells, ], fit@u_sd[ref$cells, ], log = TRUE))
+      keep <- ref$cells != n
+      log_q <- vapply(seq_along(fit@samples), function(s) {
+        v <- ld[keep & ref$sample == s]
+        max(v) + log(mean(exp(v - max(v))))
+      }, numeric(1))
+      for (lev in c("a", "b")) {
+        members <- which(grp == lev & !is.na(grp) & !(exclude & seq_along(grp) == sample[n]))
+        want <- max(log_q[members]) + log(mean(exp(log_q[members] - max(log_q[members]))))
+        expect_equal(da[[paste0("log_q_", lev)]][i], want, tolerance = 1e-10)
+      }
+      expect_equal(da$log_ratio_a[i], da$log_q_a[i] - da$log_q_b[i], tolerance = 1e-10)
+    }
+  }
+})
