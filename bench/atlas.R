@@ -7,7 +7,8 @@
 #   done
 # ATLAS_CELLS (default 50,000), ATLAS_GENES (500), ATLAS_SAMPLES (200) set the size.
 # Stages data_disk, train_disk and train_disk_memory work at the issue's size
-# (2,000,000 cells x 2,000 genes, ATLAS_DISK_CELLS / ATLAS_DISK_GENES).
+# (2,000,000 cells x 2,000 genes, ATLAS_DISK_CELLS / ATLAS_DISK_GENES), and stage
+# abundance_1m: differential abundance at 1,000,000 cells x 1,000 samples.
 suppressPackageStartupMessages({
   library(mrvi)
   library(HDF5Array)
@@ -125,6 +126,24 @@ if (stage == "data") {
   b <- timed(sampleDistances(fit, groups = groups, mc_samples = 0, BPPARAM = bt))
   say(sprintf("BatchtoolsParam(2, socket): %.1f s, identical to serial: %s", b$seconds,
               identical(b$value, serial$value)))
+} else if (stage == "abundance_1m") {
+  # the issue's size: 1,000,000 cells x 1,000 samples (ATLAS_DA_CELLS, ATLAS_DA_SAMPLES).
+  # The kernel's cost does not depend on the values of u (no branch on them), so a
+  # fit whose posterior of u is drawn at random times it as well as a trained one.
+  source("bench/helpers.R")  # synthetic_fit()
+  set.seed(1)
+  n <- as.integer(Sys.getenv("ATLAS_DA_CELLS", 1e6))
+  S <- as.integer(Sys.getenv("ATLAS_DA_SAMPLES", 1000))
+  fit <- synthetic_fit(n, S, sd = function(k) exp(rnorm(k, -1, 0.2)), n_threads = 1)
+  options(mrvi.threads = 2)
+  grp <- stats::setNames(rep(c("a", "b"), length.out = S), fit@samples)
+  say(sprintf("CPU %s; fit ready, peak RSS %.0f MB", trimws(sub(".*:", "", grep("model name", readLines("/proc/cpuinfo"), value = TRUE)[1])), hwm()))
+  for (m in as.integer(strsplit(Sys.getenv("ATLAS_DA_REFERENCE", "100,5000"), ",")[[1]])) {
+    r <- timed(differentialAbundance(fit, grp, max_cells_per_sample = m))
+    pairs <- as.numeric(n) * min(m, n / S) * S
+    say(sprintf("differentialAbundance, %d cells x %d samples, max_cells_per_sample = %d (%.2g cell pairs): %.1f s (%.0f M pairs/s), peak RSS %.0f MB",
+                n, S, m, pairs, r$seconds, pairs / r$seconds / 1e6, hwm()))
+  }
 } else if (stage == "abundance") {
   fit <- readRDS(file.path(dir, "train_memory_fit.rds"))
   options(mrvi.threads = 2)

@@ -13,7 +13,6 @@ use crate::error::{try_collect, try_vec, Error, Result};
 use crate::posterior::Posterior;
 use ndarray::Array2;
 use rayon::prelude::*;
-use std::collections::HashMap;
 
 /// Terms of a log-sum-exp this far below its largest term are evaluated as this
 /// far below it: exp(-50) < 2e-22 each, far below the sum's rounding error.
@@ -23,8 +22,9 @@ const NEGLIGIBLE: f64 = 50.0;
 struct References {
     /// per sample: [dim][cell] coefficients a and b, and constants c
     samples: Vec<SampleReference>,
-    /// reference cell -> its (sample, position) entries, for leaving a cell out
-    position: HashMap<usize, Vec<(usize, usize)>>,
+    /// (reference cell, its sample, its position there), sorted: for leaving a
+    /// cell out of its own reference
+    position: Vec<(usize, usize, usize)>,
 }
 
 struct SampleReference {
@@ -43,9 +43,9 @@ impl References {
             return Err(Error::InvalidInput("reference cell or sample out of range".into()));
         }
         let mut members = vec![Vec::new(); n_samples];
-        let mut position: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
+        let mut position = Vec::with_capacity(ref_cells.len());
         for (&c, &s) in ref_cells.iter().zip(ref_sample) {
-            position.entry(c).or_default().push((s, members[s].len()));
+            position.push((c, s, members[s].len()));
             members[s].push(c);
         }
         let log_2pi = (2.0 * std::f64::consts::PI).ln();
@@ -66,6 +66,7 @@ impl References {
                 SampleReference { a, b, c }
             })
             .collect();
+        position.sort_unstable();
         Ok(References { samples, position })
     }
 
@@ -94,8 +95,13 @@ impl References {
     #[inline(always)]
     fn log_densities_portable(&self, u: &[f64], cells: &[usize], out: &mut [f64], logp: &mut Vec<f64>) {
         let (l, s_count) = (u.len() / cells.len().max(1), self.samples.len());
-        let left_out: Vec<&[(usize, usize)]> =
-            cells.iter().map(|c| self.position.get(c).map_or(&[][..], |v| v.as_slice())).collect();
+        let left_out: Vec<&[(usize, usize, usize)]> = cells
+            .iter()
+            .map(|&c| {
+                let start = self.position.partition_point(|p| p.0 < c);
+                &self.position[start..self.position.partition_point(|p| p.0 <= c)]
+            })
+            .collect();
         for (s, r) in self.samples.iter().enumerate() {
             let m = r.c.len();
             for (k, uk) in u.chunks_exact(l).enumerate() {
@@ -108,7 +114,7 @@ impl References {
                     }
                 }
                 let mut count = m;
-                for &(_, j) in left_out[k].iter().filter(|(ls, _)| *ls == s) {
+                for &(_, _, j) in left_out[k].iter().filter(|p| p.1 == s) {
                     logp[j] = f64::NEG_INFINITY;
                     count -= 1;
                 }
