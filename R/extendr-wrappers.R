@@ -112,11 +112,11 @@ mrvi_counterfactual_z <- function(h, u_mean, u_sd, n_cells, cells, samples, draw
 
 # --- distances (src/rust/mrvi-r/src/distances.rs) ---
 
-#' Means of D(n) per group as an [S, S, G] array's values, and the number of
-#' cells per group. `group`: 0-based, -1 = in no group. `mask`: empty, or 0/1
-#' per (cell, sample), column-major (admissible pairs).
+#' The mean of D(n) over one group of cells (`members`, 0-based) as an [S, S]
+#' matrix's values, and the number of cells it is over. `mask`: empty, or 0/1
+#' per (cell, sample) for every cell, column-major (admissible pairs).
 #' @noRd
-mrvi_group_distances <- function(h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block, mask) rust(.Call(wrap__mrvi_group_distances, h, u_mean, u_sd, n_cells, own_sample, group, n_groups, mc_samples, normalize, seed, block, mask))
+mrvi_group_distances <- function(h, u_mean, u_sd, n_cells, own_sample, members, mc_samples, normalize, seed, block, mask) rust(.Call(wrap__mrvi_group_distances, h, u_mean, u_sd, n_cells, own_sample, members, mc_samples, normalize, seed, block, mask))
 
 #' Group means from libtorch tensor operations (cdist + index_add) on the
 #' model's device: the GPU path, exposed for benchmarks and tests.

@@ -47,7 +47,8 @@
 #'
 #' @section Counts on disk: a `DelayedArray` (an `HDF5Matrix`, a `TENxMatrix`,
 #'   the assay of a `SingleCellExperiment` saved with
-#'   `HDF5Array::saveHDF5SummarizedExperiment()`) is never read whole: the
+#'   `HDF5Array::saveHDF5SummarizedExperiment()`, Seurat v5 counts layers
+#'   that are such matrices) is never read whole: the
 #'   checks and totals take one pass over blocks of consecutive cells (as many
 #'   as fill `DelayedArray::getAutoBlockSize()` with dense doubles, at most a
 #'   20th of the cells), `counts`

@@ -49,25 +49,31 @@ assay5_counts <- function(a, layer, seurat_assay, cells, call,
                 "i" = "Its layers: {.val {all_layers}}. MrVI needs raw counts."), call = call)
   }
   features <- rownames(a)
-  parts <- lapply(layers, function(l) {
-    m <- as_dgc(layer_data(a, layer = l), arg = "assay", call = call)
-    if (!identical(rownames(m), features)) {
-      # A split layer may hold fewer features: place its rows among all features.
-      full <- Matrix::sparseMatrix(i = integer(), j = integer(), x = numeric(),
-                                   dims = c(length(features), ncol(m)),
-                                   dimnames = list(features, colnames(m)))
-      full[match(rownames(m), features), ] <- m
-      m <- full
-    }
-    m
-  })
-  m <- if (length(parts) == 1) parts[[1]] else do.call(cbind, parts)
+  parts <- lapply(layers, function(l) as_dgc(layer_data(a, layer = l), arg = "assay", call = call))
+  # On-disk layers (a DelayedMatrix, e.g. HDF5-backed) stay on disk: every layer
+  # is then joined and reordered as a delayed operation, and the counts are read
+  # block by block like any counts on disk (see ?mrviData).
+  on_disk <- any(vapply(parts, is_on_disk, logical(1)))
+  if (on_disk) parts <- lapply(parts, DelayedArray::DelayedArray)
+  parts <- lapply(parts, with_all_features, features)
+  m <- if (length(parts) == 1) parts[[1]] else do.call(if (on_disk) DelayedArray::acbind else cbind, parts)
   missing <- setdiff(cells, colnames(m))
   if (length(missing)) {
     abort_arg("The {.val {layer}} layers of assay {.val {seurat_assay}} lack {length(missing)} cell{?s} of the object.",
               call = call)
   }
-  m[, cells, drop = FALSE]
+  if (identical(colnames(m), cells)) m else m[, cells, drop = FALSE]
+}
+
+# A split layer may hold fewer features: its rows placed among all `features`
+# (the missing ones zero).
+with_all_features <- function(m, features) {
+  if (identical(rownames(m), features)) return(m)
+  missing <- setdiff(features, rownames(m))
+  zero <- Matrix::sparseMatrix(i = integer(), j = integer(), x = numeric(), dims = c(length(missing), ncol(m)),
+                               dimnames = list(missing, colnames(m)))
+  full <- if (is_on_disk(m)) DelayedArray::arbind(m, DelayedArray::DelayedArray(zero)) else rbind(m, zero)
+  full[features, , drop = FALSE]
 }
 
 # Functions of SeuratObject >= 5 (layers), looked up at run time so that the

@@ -7,8 +7,10 @@
 #   done
 # ATLAS_CELLS (default 50,000), ATLAS_GENES (500), ATLAS_SAMPLES (200) set the size.
 # Stages data_disk, train_disk and train_disk_memory work at the issue's size
-# (2,000,000 cells x 2,000 genes, ATLAS_DISK_CELLS / ATLAS_DISK_GENES), and stage
-# abundance_1m: differential abundance at 1,000,000 cells x 1,000 samples.
+# (2,000,000 cells x 2,000 genes, ATLAS_DISK_CELLS / ATLAS_DISK_GENES; data_tenx
+# writes them in the 10x sparse layout, read with ATLAS_DISK_FORMAT=tenx), and stages
+# abundance_1m and distances_1m: differential abundance and grouped distances
+# over three back-ends at 1,000,000 cells x 1,000 samples.
 suppressPackageStartupMessages({
   library(mrvi)
   library(HDF5Array)
@@ -81,12 +83,24 @@ if (stage == "data") {
                      group = factor(sprintf("type%02d", type))), file.path(dir, "disk_cells.rds"))
   say(sprintf("%d cells x %d genes, %d samples, %.1f%% non-zero; file %.2f GB", n, G, S,
               100 * nnz / (as.numeric(n) * G), file.size(file.path(dir, "disk_counts.h5")) / 1e9))
+} else if (stage == "data_tenx") {
+  # the same counts in the 10x Genomics HDF5 layout (sparse: only the non-zero
+  # counts and their rows are stored), as atlases are shipped
+  t <- timed(writeTENxMatrix(HDF5Array(file.path(dir, "disk_counts.h5"), "counts"),
+                             file.path(dir, "disk_counts_tenx.h5"), group = "matrix", level = 6, verbose = FALSE))
+  say(sprintf("written in %.0f s; file %.2f GB, peak RSS %.0f MB", t$seconds,
+              file.size(file.path(dir, "disk_counts_tenx.h5")) / 1e9, hwm()))
 } else if (stage %in% c("train_disk", "train_disk_memory")) {
   # one epoch from the HDF5 file (block shuffle, counts never whole in memory),
   # then grouped distances; or the same block shuffle from the counts read into
-  # memory (block by block), for the throughput ratio
+  # memory (block by block), for the throughput ratio. ATLAS_DISK_FORMAT=tenx
+  # reads the 10x layout written by stage data_tenx instead of the dense dataset.
   cells <- readRDS(file.path(dir, "disk_cells.rds"))
-  x <- HDF5Array(file.path(dir, "disk_counts.h5"), "counts")
+  x <- if (Sys.getenv("ATLAS_DISK_FORMAT") == "tenx") {
+    TENxMatrix(file.path(dir, "disk_counts_tenx.h5"), "matrix")
+  } else {
+    HDF5Array(file.path(dir, "disk_counts.h5"), "counts")
+  }
   block_cells <- mrvi:::disk_block_cells(x)
   if (stage == "train_disk_memory") {
     starts <- seq(1L, ncol(x), by = block_cells)
@@ -105,27 +119,51 @@ if (stage == "data") {
     say(sprintf("grouped distances (20 groups, 500 cells each, 200 samples): %.0f s; peak RSS %.0f MB",
                 d$seconds, hwm()))
   }
-} else if (stage == "distances") {
-  fit <- readRDS(file.path(dir, "train_memory_fit.rds"))
+} else if (stage %in% c("distances", "distances_1m")) {
+  if (stage == "distances") {
+    fit <- readRDS(file.path(dir, "train_memory_fit.rds"))
+    # the first ATLAS_DIST_CELLS cells (others NA: in no group), to stay within minutes
+    groups <- fit@cell_data$labels
+    groups[-seq_len(as.integer(Sys.getenv("ATLAS_DIST_CELLS", 10000)))] <- NA
+    max_cells <- Inf
+  } else {
+    # the issue's size: 1,000,000 cells x 1,000 samples x 20 groups, a fit whose
+    # posterior of u is drawn at random (ATLAS_DA_CELLS, ATLAS_DA_SAMPLES); every
+    # group's mean over ATLAS_DIST_MAX_CELLS of its cells (all of them would be
+    # 5e11 pair distances, ~55 core-hours: see the capacity model in bench/README.md)
+    source("bench/helpers.R")  # synthetic_fit()
+    set.seed(1)
+    n <- as.integer(Sys.getenv("ATLAS_DA_CELLS", 1e6))
+    fit <- synthetic_fit(n, as.integer(Sys.getenv("ATLAS_DA_SAMPLES", 1000)), sd = function(k) exp(rnorm(k, -1, 0.2)),
+                         n_threads = 1)
+    groups <- factor(sprintf("type%02d", sample.int(20, n, replace = TRUE)))
+    max_cells <- as.numeric(Sys.getenv("ATLAS_DIST_MAX_CELLS", 100))
+  }
   options(mrvi.threads = 2)
-  # the first ATLAS_DIST_CELLS cells (others NA: in no group), to stay within minutes
-  groups <- fit@cell_data$labels
-  groups[-seq_len(as.integer(Sys.getenv("ATLAS_DIST_CELLS", 10000)))] <- NA
-  serial <- timed(sampleDistances(fit, groups = groups, mc_samples = 0))
+  say(sprintf("CPU %s; %d cells x %d samples x %d groups, at most %s cells per group; fit ready, peak RSS %.0f MB",
+              trimws(sub(".*:", "", grep("model name", readLines("/proc/cpuinfo"), value = TRUE)[1])),
+              nrow(fit@u_mean), length(fit@samples), nlevels(factor(groups)), format(max_cells), hwm()))
+  distances <- function(BPPARAM) sampleDistances(fit, groups = groups, mc_samples = 0, max_cells = max_cells, BPPARAM = BPPARAM)
+  # the peak RSS of every other R process (the workers) while `expr` runs, from ps
+  worker_peaks <- function(expr) {
+    log <- tempfile()
+    system(sprintf("while kill -0 %d 2>/dev/null; do ps -C R -o pid=,rss= >> %s; sleep 0.5; done", Sys.getpid(), log),
+           wait = FALSE)
+    value <- force(expr)
+    Sys.sleep(1)
+    rows <- utils::read.table(log, col.names = c("pid", "rss"))
+    rows <- rows[rows$pid != Sys.getpid(), ]
+    list(value = value, peaks = round(tapply(rows$rss, rows$pid, max) / 1024))
+  }
+  serial <- timed(distances(SerialParam()))
   say(sprintf("SerialParam: %.1f s, peak RSS %.0f MB", serial$seconds, hwm()))
-  snow <- SnowParam(2)
-  bpstart(snow)
-  s <- timed(sampleDistances(fit, groups = groups, mc_samples = 0, BPPARAM = snow))
-  worker_hwm <- unlist(bplapply(1:2, function(i) {
-    as.numeric(sub("\\D*(\\d+).*", "\\1", grep("VmHWM", readLines("/proc/self/status"), value = TRUE))) / 1024
-  }, BPPARAM = snow))
-  bpstop(snow)
-  say(sprintf("SnowParam(2): %.1f s, identical to serial: %s, worker peak RSS %s MB", s$seconds,
-              identical(s$value, serial$value), paste(round(worker_hwm), collapse = " / ")))
+  s <- worker_peaks(timed(distances(SnowParam(2))))
+  say(sprintf("SnowParam(2): %.1f s, identical to serial: %s, worker peak RSS %s MB", s$value$seconds,
+              identical(s$value$value, serial$value), paste(s$peaks, collapse = " / ")))
   bt <- BatchtoolsParam(2, cluster = "socket", registryargs = batchtoolsRegistryargs(file.dir = tempfile("reg")))
-  b <- timed(sampleDistances(fit, groups = groups, mc_samples = 0, BPPARAM = bt))
-  say(sprintf("BatchtoolsParam(2, socket): %.1f s, identical to serial: %s", b$seconds,
-              identical(b$value, serial$value)))
+  b <- worker_peaks(timed(distances(bt)))
+  say(sprintf("BatchtoolsParam(2, socket): %.1f s, identical to serial: %s, worker peak RSS %s MB", b$value$seconds,
+              identical(b$value$value, serial$value), paste(b$peaks, collapse = " / ")))
 } else if (stage == "abundance_1m") {
   # the issue's size: 1,000,000 cells x 1,000 samples (ATLAS_DA_CELLS, ATLAS_DA_SAMPLES).
   # The kernel's cost does not depend on the values of u (no branch on them), so a

@@ -49,6 +49,30 @@ test_that("split v5 layers are joined in the object's cell order (SeuratObject's
                                     layers = layers, layer_data = layer_data), "lack 1 cell")
 })
 
+test_that("on-disk v5 layers stay on disk and fit as the same counts in memory (layer functions mocked)", {
+  skip_if_not_installed("HDF5Array")
+  # an Assay5 whose counts are split by sample into HDF5-backed layers, one with
+  # fewer features, stored in an order other than the object's cells
+  sim <- mrvi:::example_counts()
+  m <- sim$counts
+  s <- as.character(sim$sample)
+  parts <- lapply(split(seq_len(ncol(m)), s), function(j) m[, rev(j), drop = FALSE])
+  m[1:2, s == levels(sim$sample)[2]] <- 0
+  parts[[2]] <- parts[[2]][-(1:2), ]
+  on_disk <- lapply(parts, function(p) {
+    HDF5Array::writeHDF5Array(as.matrix(p), tempfile(fileext = ".h5"), "counts", with.dimnames = TRUE)
+  })
+  fake <- structure(list(layers = paste0("counts.", names(parts)), features = rownames(m)), class = "fake_assay5")
+  registerS3method("dimnames", "fake_assay5", function(x) list(x$features, NULL))
+  got <- mrvi:::assay5_counts(fake, "counts", "RNA", colnames(m), call = NULL, layers = function(a) a$layers,
+                              layer_data = function(a, layer) on_disk[[sub("counts.", "", layer, fixed = TRUE)]])
+  expect_s4_class(got, "DelayedArray")
+  expect_identical(dimnames(got), dimnames(m))
+  expect_equal(as.matrix(got), as.matrix(m))
+  fit <- function(x) mrvi(x, sample = s, max_epochs = 2, n_threads = 1, block_cells = 40, verbose = FALSE)
+  expect_identical(fit(got)@weights, fit(m)@weights)
+})
+
 test_that("a Seurat assay name reads that assay's counts; a bad one is named", {
   skip_if_not_installed("SeuratObject")
   m <- small_counts()

@@ -1,26 +1,31 @@
 //! Sample x sample distances: group means streamed over cells, per-cell
 //! matrices, bootstrap replicates.
 
-use crate::{codes, distance_spec, indices, interrupt_pending, rerr, with_cells, RResult};
+use crate::{codes, distance_spec, indices, interrupt_pending, invalid, rerr, with_cells, RResult};
 use extendr_api::prelude::*;
 use mrvi_core::distances::{cell_distances, group_distances, group_sums_tensor};
 use mrvi_core::replicates::{replicate_means, Replicates};
 
-/// Means of D(n) per group as an [S, S, G] array's values, and the number of
-/// cells per group. `group`: 0-based, -1 = in no group. `mask`: empty, or 0/1
-/// per (cell, sample), column-major (admissible pairs).
+/// The mean of D(n) over one group of cells (`members`, 0-based) as an [S, S]
+/// matrix's values, and the number of cells it is over. `mask`: empty, or 0/1
+/// per (cell, sample) for every cell, column-major (admissible pairs).
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_group_distances(
-    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], group: &[i32],
-    n_groups: i32, mc_samples: i32, normalize: bool, seed: f64, block: i32, mask: &[i32],
+    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], members: &[i32],
+    mc_samples: i32, normalize: bool, seed: f64, block: i32, mask: &[i32],
 ) -> RResult<List> {
     with_cells(&h, u_mean, u_sd, n_cells, own_sample, |model, post, own| {
-        let group = codes(group, n_groups as i64, "group")?;
+        // the group's codes are built here, not in R: one n-long vector per group
+        // there would be garbage that accumulates over the groups of a large fit
+        let mut group = vec![-1i64; post.n_cells];
+        for c in indices(members, "cell")? {
+            *group.get_mut(c).ok_or_else(|| invalid(format!("cell index {c} is out of range")))? = 0;
+        }
         let mask: Option<Vec<bool>> = (!mask.is_empty()).then(|| mask.iter().map(|&v| v != 0).collect());
         let spec = distance_spec(mc_samples, normalize, seed);
-        let sums = group_distances(model, post, own, &group, n_groups as usize, spec, mask.as_deref(), block.max(1) as usize, &mut interrupt_pending)
+        let sums = group_distances(model, post, own, &group, 1, spec, mask.as_deref(), block.max(1) as usize, &mut interrupt_pending)
             .map_err(rerr)?;
         Ok(list!(mean = sums.means().map_err(rerr)?, n_cells = sums.n_cells.iter().map(|&v| v as f64).collect::<Vec<f64>>()))
     })

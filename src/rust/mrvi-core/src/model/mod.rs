@@ -104,6 +104,10 @@ unsafe fn cpu_floats_mut(t: &mut Tensor) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
 }
 
+/// (cell, sample) rows of one libtorch evaluation of the attention flavour's
+/// counterfactual z on the host (~50 MB of intermediates).
+const MODEL_ROWS: usize = 8192;
+
 /// Counterfactual z of one cell under every sample, on the host.
 pub struct HostSampleEffect<'a> {
     pub n_samples: usize,
@@ -142,11 +146,18 @@ impl HostSampleEffect<'_> {
                 }
             }
             HostKind::Model(model) => {
-                let n = (us.len() / lu) as i64;
-                let ut = Tensor::from_slice(us).view([n, lu as i64]).to_device(model.device());
-                let z = tch::no_grad(|| model.z_all_samples(&ut)).to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-                let len = out.len();
-                z.copy_data(out, len);
+                // at most MODEL_ROWS (cell, sample) rows per call: the attention's
+                // intermediates take ~6 kB per row (400 MB for a block of 69 cells
+                // x 1,000 samples); each row's z is computed alone, so the split
+                // does not change it
+                let cells_per_call = (MODEL_ROWS / s.max(1)).max(1);
+                for (us, out) in us.chunks(cells_per_call * lu).zip(out.chunks_mut(cells_per_call * s * l)) {
+                    let n = (us.len() / lu) as i64;
+                    let ut = Tensor::from_slice(us).view([n, lu as i64]).to_device(model.device());
+                    let z = tch::no_grad(|| model.z_all_samples(&ut)).to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+                    let len = out.len();
+                    z.copy_data(out, len);
+                }
             }
         }
     }
