@@ -86,8 +86,15 @@ if (stage == "data") {
 } else if (stage == "data_tenx") {
   # the same counts in the 10x Genomics HDF5 layout (sparse: only the non-zero
   # counts and their rows are stored), as atlases are shipped
-  t <- timed(writeTENxMatrix(HDF5Array(file.path(dir, "disk_counts.h5"), "counts"),
-                             file.path(dir, "disk_counts_tenx.h5"), group = "matrix", level = 6, verbose = FALSE))
+  # (through the sink: writeTENxMatrix() of this HDF5Array version writes the file
+  # and then fails to open it in the same process, "h5checktype(): Argument not of
+  # class H5IdComponent"; other processes read it)
+  x <- HDF5Array(file.path(dir, "disk_counts.h5"), "counts")
+  t <- timed({
+    sink <- TENxRealizationSink(dim(x), filepath = file.path(dir, "disk_counts_tenx.h5"), group = "matrix", level = 6)
+    DelayedArray::BLOCK_write_to_sink(sink, x)
+    close(sink)
+  })
   say(sprintf("written in %.0f s; file %.2f GB, peak RSS %.0f MB", t$seconds,
               file.size(file.path(dir, "disk_counts_tenx.h5")) / 1e9, hwm()))
 } else if (stage %in% c("train_disk", "train_disk_memory")) {
