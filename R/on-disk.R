@@ -35,12 +35,39 @@ read_cells <- function(disk, first, last) {
   parts <- lapply(seq_along(first), function(k) {
     cols <- disk$cells[first[k]:last[k]]
     span <- cols[1]:cols[length(cols)]
-    block <- disk$x[, span, drop = FALSE]
-    m <- if (DelayedArray::is_sparse(block)) methods::as(block, "dgCMatrix") else as.matrix(block)
+    m <- if (is_tenx(disk$x)) {
+      read_tenx(DelayedArray::seed(disk$x), span)
+    } else {
+      block <- disk$x[, span, drop = FALSE]
+      if (DelayedArray::is_sparse(block)) methods::as(block, "dgCMatrix") else as.matrix(block)
+    }
     if (!all_genes || length(span) != length(cols)) m <- m[disk$genes, cols - span[1] + 1L, drop = FALSE]
     if (is.matrix(m)) methods::as(m, "dgCMatrix") else m
   })
   if (length(parts) == 1) parts[[1]] else cbind_columns(parts)
+}
+
+# A 10x Genomics HDF5 matrix as written, without delayed operations: its columns
+# are read straight from the file (read_tenx()).
+is_tenx <- function(x) {
+  methods::is(x, "DelayedArray") && DelayedArray::isPristine(x) &&
+    methods::is(DelayedArray::seed(x), "TENxMatrixSeed") && is.null(DelayedArray::seed(x)@subdata)
+}
+
+# Columns `span` (consecutive) of a 10x HDF5 matrix as a dgCMatrix: its column
+# pointers, then one hyperslab of the non-zero values and one of their rows.
+# Through DelayedArray's sparse blocks the same read took 40% longer than
+# reading a dense dataset.
+read_tenx <- function(seed, span) {
+  read <- function(name, first, n) {
+    HDF5Array::h5mread(seed@filepath, paste0(seed@group, "/", name), starts = list(first), counts = list(n))
+  }
+  ptr <- as.numeric(read("indptr", span[1], length(span) + 1))  # 0-based offsets
+  n <- ptr[length(ptr)] - ptr[1]
+  rows <- if (n > 0) read("indices", ptr[1] + 1, n) else integer()
+  values <- if (n > 0) read("data", ptr[1] + 1, n) else numeric()
+  methods::new("dgCMatrix", Dim = c(as.integer(seed@dim[1]), length(span)), p = as.integer(ptr - ptr[1]),
+               i = as.integer(rows), x = as.double(values))
 }
 
 # dgCMatrix blocks side by side, from their slots in one pass (cbind() of many
