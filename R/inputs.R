@@ -53,7 +53,9 @@
 #'   as fill `DelayedArray::getAutoBlockSize()` with dense doubles, at most a
 #'   20th of the cells), `counts`
 #'   stays a `DelayedArray`, and [mrvi()] trains on blocks read in shuffled
-#'   order. Baselines, new cells and added samples read such counts into
+#'   order. A `TENxMatrix` (the 10x Genomics HDF5 layout) is read straight from
+#'   its file, the fastest form on disk; dense HDF5 datasets cost decompressing
+#'   every zero. Baselines, new cells and added samples read such counts into
 #'   memory.
 #'
 #' @return an object of class `mrvi_data`: a list with `counts` (genes x cells
