@@ -54,7 +54,8 @@ mrvi_trainer_info <- function(h) rust(.Call(wrap__mrvi_trainer_info, h))
 #' Run one epoch; Ctrl-C is checked between minibatches. `read_blocks`: NULL
 #' for counts in memory, or for counts on disk an R function of the first and
 #' last cells (1-based) of consecutive ranges that returns their counts as one
-#' genes x cells dgCMatrix (NULL when it failed).
+#' genes x cells dgCMatrix (NULL when it failed), and of the first and last
+#' cells of the ranges it will be asked for next (empty when not known).
 #' @noRd
 mrvi_trainer_epoch <- function(h, read_blocks) rust(.Call(wrap__mrvi_trainer_epoch, h, read_blocks))
 

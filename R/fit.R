@@ -103,6 +103,10 @@
 #'   shuffle. When cells are stored sorted by sample, a minibatch holds the
 #'   samples of a few blocks only; `bench/block_shuffle.R` found no loss in the
 #'   validation ELBO or the sample trees on simulated data sorted by sample.
+#'   While the model trains on one buffer, the next is read in a forked
+#'   process (on Linux and macOS; `options(mrvi.disk_prefetch = FALSE)` reads
+#'   every buffer in the R process): the same counts, the same fit, and the
+#'   decompression of a dense HDF5 dataset largely hidden behind training.
 #'
 #' @section Interrupting: Ctrl-C is checked between minibatches. Training then
 #'   stops cleanly: when at least one epoch has finished, `mrvi()` returns the
@@ -241,6 +245,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
 # Train to the end: the run (history, interrupted), what the trainer returns
 # (weights, best epoch) and the history as a data.frame.
 train_to_end <- function(trainer, info, verbose, call, resumed = list(), checkpoint = NULL, reader = NULL) {
+  if (!is.null(reader)) on.exit(reader$close())
   run <- train_epochs(trainer, info$max_epochs, verbose, resumed, checkpoint, reader)
   failed <- if (!is.null(reader)) reader$failure()
   if (!is.null(failed)) {

@@ -17,12 +17,13 @@ disk_block_cells <- function(counts) {
   max(1L, as.integer(min(ceiling(ncol(counts) / 20), size %/% (8 * max(1, nrow(counts))))))
 }
 
-# What mrviData() keeps of counts on disk: the object as given (`x`), and which
-# of its genes and cells remain after dropping empty ones. Blocks are read from
-# `x` itself and subset in memory: reading through DelayedArray's delayed
-# subsetting and dimnames took 2-3x longer per block.
+# What mrviData() keeps of counts on disk: the object as given (`x`), which of
+# its genes and cells remain after dropping empty ones, and whether it is a 10x
+# file read directly (`tenx`). Blocks are read from `x` itself and subset in
+# memory: reading through DelayedArray's delayed subsetting and dimnames took
+# 2-3x longer per block.
 disk_source <- function(x, genes = seq_len(nrow(x)), cells = seq_len(ncol(x))) {
-  list(x = x, genes = genes, cells = cells)
+  list(x = x, genes = genes, cells = cells, tenx = is_tenx(x))
 }
 
 # The kept cells first[k]:last[k] of `disk`, for every k one after the other, as
@@ -35,7 +36,7 @@ read_cells <- function(disk, first, last) {
   parts <- lapply(seq_along(first), function(k) {
     cols <- disk$cells[first[k]:last[k]]
     span <- cols[1]:cols[length(cols)]
-    m <- if (is_tenx(disk$x)) {
+    m <- if (isTRUE(disk$tenx)) {
       read_tenx(DelayedArray::seed(disk$x), span)
     } else {
       block <- disk$x[, span, drop = FALSE]
@@ -114,32 +115,106 @@ in_memory_counts <- function(data) {
   m
 }
 
+# Reads ranges of cells of `disk` (read_cells()) and, told which ranges come
+# next, reads those in a forked process while the caller works: the next
+# buffer's blocks are decompressed while the model trains on the current ones.
+# The forked reader spools them block by block to files that become one
+# dgCMatrix here (spool_cells(), unspool_cells()): neither process holds more
+# than one block beyond the result, and nothing is serialised. If it fails or
+# dies, the ranges are read again here, where an error reaches the caller.
+# Without fork() (Windows) or with options(mrvi.disk_prefetch = FALSE), every
+# read is direct. `close()` stops a read still running.
+block_prefetcher <- function(disk) {
+  forks <- .Platform$OS.type == "unix" && isTRUE(getOption("mrvi.disk_prefetch", TRUE))
+  pending <- NULL
+  close <- function() {
+    if (!is.null(pending)) {
+      tools::pskill(pending$job$pid, tools::SIGKILL)
+      parallel::mccollect(pending$job, wait = TRUE)  # reaped, not left a zombie
+      unlink(unlist(pending$files))
+      pending <<- NULL
+    }
+  }
+  get <- function(first, last, next_first = integer(), next_last = integer()) {
+    m <- NULL
+    if (!is.null(pending) && identical(pending$first, as.integer(first)) && identical(pending$last, as.integer(last))) {
+      done <- parallel::mccollect(pending$job, wait = TRUE)
+      if (isTRUE(done[[1]])) m <- unspool_cells(pending$files, length(disk$genes), sum(last - first + 1L))
+      unlink(unlist(pending$files))
+      pending <<- NULL
+    }
+    close()  # a read of other ranges is not needed
+    if (is.null(m)) m <- read_cells(disk, first, last)
+    if (forks && length(next_first)) {
+      files <- list(n = tempfile("mrvi_n"), i = tempfile("mrvi_i"), x = tempfile("mrvi_x"))
+      # mc.set.seed = FALSE: the caller's random stream is left as it is
+      job <- parallel::mcparallel(spool_cells(disk, next_first, next_last, files), silent = TRUE, mc.set.seed = FALSE)
+      pending <<- list(first = as.integer(next_first), last = as.integer(next_last), job = job, files = files)
+    }
+    m
+  }
+  list(get = get, close = close)
+}
+
+# The counts of the ranges first[k]:last[k] of `disk`, read one range at a time
+# and appended to three files: each cell's number of non-zero counts, their
+# rows, their values.
+spool_cells <- function(disk, first, last, files) {
+  con <- lapply(files, file, open = "wb")
+  on.exit(lapply(con, close))
+  for (k in seq_along(first)) {
+    m <- read_cells(disk, first[k], last[k])
+    writeBin(diff(m@p), con$n)
+    writeBin(m@i, con$i)
+    writeBin(m@x, con$x)
+  }
+  TRUE
+}
+
+# The dgCMatrix of `n_genes` x `n_cells` that spool_cells() wrote to `files`.
+unspool_cells <- function(files, n_genes, n_cells) {
+  per_cell <- readBin(files$n, integer(), n_cells)
+  nnz <- sum(per_cell)
+  methods::new("dgCMatrix", Dim = c(as.integer(n_genes), as.integer(n_cells)), p = c(0L, cumsum(per_cell)),
+               i = readBin(files$i, integer(), nnz), x = readBin(files$x, double(), nnz))
+}
+
 # The reader of `disk` for training: `read` is what mrvi_trainer_epoch() calls
-# for the blocks of an epoch, the counts of the ranges first[k]:last[k]. On
-# Ctrl-C or a failure while reading it returns NULL, and the trainer stops as if
+# for the blocks of an epoch, the counts of the ranges first[k]:last[k], with
+# the ranges it will ask for next (prefetched, block_prefetcher()). On Ctrl-C or
+# a failure while reading it returns NULL, and the trainer stops as if
 # interrupted; `failure()` then gives the error (NULL after Ctrl-C) for
-# train_to_end() to report.
+# train_to_end() to report, and `close()` stops a prefetch still running.
 block_reader <- function(disk) {
   failure <- NULL
-  list(read = function(first, last) {
-    tryCatch(read_cells(disk, first, last),
-             interrupt = function(e) NULL,
+  blocks <- block_prefetcher(disk)
+  list(read = function(first, last, next_first = integer(), next_last = integer()) {
+    tryCatch(blocks$get(first, last, next_first, next_last),
+             interrupt = function(e) {
+               blocks$close()
+               NULL
+             },
              error = function(e) {
+               blocks$close()
                failure <<- e
                NULL
              })
-  }, failure = function() failure)
+  }, failure = function() failure, close = blocks$close)
 }
 
-# The posterior of u of all cells of `data`, encoded block by block into
-# matrices allocated once (at 2 M cells each is 160 MB).
+# The posterior of u of all cells of `data`, encoded block by block (the next
+# block read while this one is encoded) into matrices allocated once (at 2 M
+# cells each is 160 MB).
 encode_on_disk <- function(model, data) {
   blocks <- disk_blocks(data$disk, disk_block_cells(data$counts))
+  reader <- block_prefetcher(data$disk)
+  on.exit(reader$close())
   codes <- as.integer(data$sample) - 1L
   mean <- sd <- NULL
   for (k in seq_along(blocks$first)) {
     j <- blocks$first[k]:blocks$last[k]
-    block <- read_cells(data$disk, blocks$first[k], blocks$last[k])
+    after <- if (k < length(blocks$first)) k + 1L else integer()
+    block <- reader$get(blocks$first[k], blocks$last[k], blocks$first[after], blocks$last[after])
     p <- mrvi_encode(model, nrow(block), ncol(block), block@p, block@i, block@x, codes[j])
     if (is.null(mean)) mean <- sd <- matrix(NA_real_, length(codes), length(p$mean) / length(j))
     mean[j, ] <- p$mean

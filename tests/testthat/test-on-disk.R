@@ -71,6 +71,51 @@ test_that("training from disk reads blocks, equals the same block shuffle in mem
   expect_true(all(is.finite(from_disk@history$validation_elbo)))
 })
 
+test_that("the next blocks are read in a forked process while the model trains, and the fit is the same", {
+  skip_if_not_installed("HDF5Array")
+  skip_on_os("windows")  # no fork(): every read is direct
+  sim <- mrvi:::example_counts()
+  h5 <- h5_counts(sim$counts)
+  disk <- mrvi:::disk_source(h5)
+  # the prefetcher: the announced ranges come from the forked read, others are
+  # read directly (the forked read stopped), and close() leaves no process behind
+  reader <- mrvi:::block_prefetcher(disk)
+  direct <- function(first, last) unname(mrvi:::read_cells(disk, first, last))
+  expect_identical(unname(reader$get(1L, 40L, c(81L, 161L), c(120L, 200L))), direct(1L, 40L))
+  expect_length(parallel:::children(), 1)
+  expect_identical(reader$get(c(81L, 161L), c(120L, 200L), 41L, 80L), direct(c(81L, 161L), c(120L, 200L)))
+  expect_identical(unname(reader$get(1L, 10L, 11L, 20L)), direct(1L, 10L))  # not the announced 41:80
+  reader$close()
+  expect_length(parallel:::children(), 0)
+  expect_length(list.files(tempdir(), "^mrvi_[nix]"), 0)  # its files removed
+  # training: reads in this process (counted; the forked ones are not) drop to
+  # one per epoch and its validation, the weights are the same as reading directly
+  reads <- new.env()
+  reads$n <- 0
+  trace("read_cells", where = asNamespace("mrvi"), print = FALSE,
+        tracer = substitute(assign("n", get("n", envir = r) + 1, envir = r), list(r = reads)))
+  on.exit(untrace("read_cells", where = asNamespace("mrvi")))
+  fit <- function() mrvi(h5, sample = sim$sample, max_epochs = 3, n_threads = 1, verbose = FALSE, block_cells = 40)
+  count <- function(expr) {
+    reads$n <- 0
+    force(expr)
+    reads$n
+  }
+  n_prefetched <- count(prefetched <- fit())
+  old <- options(mrvi.disk_prefetch = FALSE)
+  on.exit(options(old), add = TRUE)
+  n_direct <- count(direct <- fit())
+  expect_identical(prefetched@weights, direct@weights)
+  expect_identical(prefetched@u_mean, direct@u_mean)
+  # 400 cells: mrviData() checks them in 20 blocks; training reads 10 blocks of 40
+  # in buffers of 8 (the default; no validation block at this size), 2 reads per
+  # epoch; then 20 blocks are encoded. Prefetched, only each pass's first read
+  # is direct.
+  expect_equal(n_direct, 20 + 3 * 2 + 20)
+  expect_equal(n_prefetched, 20 + 3 + 1)
+  expect_length(parallel:::children(), 0)
+})
+
 test_that("a checkpointed fit from disk resumes to the uninterrupted fit", {
   skip_if_not_installed("HDF5Array")
   sim <- mrvi:::example_counts()

@@ -183,7 +183,9 @@ fn epoch_seed(seed: u64, epoch: usize) -> i64 {
 
 /// Reads the counts of the cells in `ranges` (consecutive cells, one range after
 /// the other) from where they are kept: for counts on disk, the caller's reader.
-pub type BlockLoader<'a> = dyn FnMut(&[Range<usize>]) -> Result<CscCounts> + 'a;
+/// The second argument names the ranges that will be read next (empty when not
+/// known yet), so that a reader can fetch them while the model trains.
+pub type BlockLoader<'a> = dyn FnMut(&[Range<usize>], &[Range<usize>]) -> Result<CscCounts> + 'a;
 
 /// Minibatches of `order`: chunks of `batch_size`, where a last minibatch of one
 /// cell, which would make a noisy step, is folded into the one before.
@@ -353,13 +355,14 @@ impl Trainer {
         k * block_cells..((k + 1) * block_cells).min(n)
     }
 
-    /// The cells of `blocks`, with their counts, read through `loader` or taken
-    /// from the counts in memory.
-    fn load_blocks(&self, blocks: &[usize], loader: Option<&mut BlockLoader>) -> Result<Dataset> {
+    /// The cells of `blocks`, with their counts, read through `loader` (told
+    /// that `next` comes after them) or taken from the counts in memory.
+    fn load_blocks(&self, blocks: &[usize], next: &[usize], loader: Option<&mut BlockLoader>) -> Result<Dataset> {
         let (size, n) = (self.config.blocks.as_ref().map_or(1, |b| b.block_cells), self.data.n_cells());
-        let ranges: Vec<Range<usize>> = blocks.iter().map(|&k| Self::block_range(size, n, k)).collect();
+        let ranges_of = |blocks: &[usize]| -> Vec<Range<usize>> { blocks.iter().map(|&k| Self::block_range(size, n, k)).collect() };
+        let ranges = ranges_of(blocks);
         let counts = match loader {
-            Some(read) => read(&ranges)?,
+            Some(read) => read(&ranges, &ranges_of(next))?,
             None => self.data.counts.select(&ranges),
         };
         let cells: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
@@ -442,12 +445,15 @@ impl Trainer {
                     })
                     .sum();
                 let mut step = 0;
-                for buffer in buffers {
+                // after the last training buffer come the first validation blocks
+                let first_validation: &[usize] = self.validation_blocks.chunks(blocks.buffer_blocks.max(1)).next().unwrap_or(&[]);
+                for (b, buffer) in buffers.iter().enumerate() {
                     if interrupted() {
                         return Err(Error::Interrupted);
                     }
                     let t = Instant::now();
-                    let local = self.load_blocks(buffer, loader.as_deref_mut())?;
+                    let next = buffers.get(b + 1).copied().unwrap_or(first_validation);
+                    let local = self.load_blocks(buffer, next, loader.as_deref_mut())?;
                     let mut cells: Vec<usize> = (0..local.n_cells()).collect();
                     self.rng.shuffle(&mut cells);
                     sums.phase[0] += t.elapsed().as_secs_f64();
@@ -497,8 +503,9 @@ impl Trainer {
             None => evaluation_sums(&self.model, &self.data, &self.validation_cells, chunk, fused),
             Some(blocks) => {
                 let (mut rec, mut kl) = (0.0, 0.0);
-                for buffer in self.validation_blocks.chunks(blocks.buffer_blocks.max(1)) {
-                    let local = self.load_blocks(buffer, loader.as_deref_mut())?;
+                let buffers: Vec<&[usize]> = self.validation_blocks.chunks(blocks.buffer_blocks.max(1)).collect();
+                for (b, buffer) in buffers.iter().enumerate() {
+                    let local = self.load_blocks(buffer, buffers.get(b + 1).copied().unwrap_or(&[]), loader.as_deref_mut())?;
                     let cells: Vec<usize> = (0..local.n_cells()).collect();
                     let (r, k) = evaluation_sums(&self.model, &local, &cells, chunk, fused);
                     rec += r;

@@ -213,9 +213,10 @@ fn block_shuffle_from_a_loader_equals_counts_in_memory() {
             t.set_counts_on_disk(library).unwrap();
             assert!(t.run_epoch(&mut || false).unwrap_err().to_string().contains("on disk"));
         }
-        let mut reads: Vec<Vec<Range<usize>>> = Vec::new();
-        let mut loader = |r: &[Range<usize>]| {
+        let (mut reads, mut hints): (Vec<Vec<Range<usize>>>, Vec<Vec<Range<usize>>>) = (Vec::new(), Vec::new());
+        let mut loader = |r: &[Range<usize>], next: &[Range<usize>]| {
             reads.push(r.to_vec());
+            hints.push(next.to_vec());
             Ok(source.select(r))
         };
         while !t.done() {
@@ -223,15 +224,21 @@ fn block_shuffle_from_a_loader_equals_counts_in_memory() {
             t.run_epoch_from(&mut || false, l).unwrap();
         }
         let hist: Vec<f64> = t.history.iter().map(|h| h.validation_elbo).collect();
-        (hist, varstore_to_bytes(&t.finish().vs).unwrap(), reads)
+        (hist, varstore_to_bytes(&t.finish().vs).unwrap(), reads, hints)
     };
-    let (h_memory, w_memory, _) = run(false);
-    let (h_disk, w_disk, reads) = run(true);
+    let (h_memory, w_memory, _, _) = run(false);
+    let (h_disk, w_disk, reads, hints) = run(true);
     assert!(w_memory == w_disk, "reading blocks changed the weights");
     assert_eq!(h_memory, h_disk);
     assert!(h_disk.iter().all(|v| v.is_finite()) && h_disk.last().unwrap() > &(h_disk[0] + 5.0), "{h_disk:?}");
     // 12 blocks: 1 for validation, 11 for training in buffers of 3 (4 reads) + 1 read
     assert_eq!(reads.len(), 8 * 5);
+    // each read names the one after it in its epoch (training, then validation
+    // blocks), so that the reader can prefetch it; the epoch's last names none
+    for (epoch_reads, epoch_hints) in reads.chunks(5).zip(hints.chunks(5)) {
+        assert_eq!(&epoch_hints[..4], &epoch_reads[1..]);
+        assert!(epoch_hints[4].is_empty());
+    }
     for epoch in reads.chunks(5) {
         let mut cells: Vec<usize> = epoch.iter().flatten().flat_map(|r| r.clone()).collect();
         assert!(epoch.iter().all(|buffer| buffer.len() <= 3 && buffer.iter().all(|r| r.len() == 50 && r.start % 50 == 0)));
@@ -250,7 +257,7 @@ fn block_loader_must_return_the_cells_asked_for() {
     let source = data.counts.clone();
     let cfg = TrainConfig { blocks: Some(BlockShuffle { block_cells: 30, buffer_blocks: 2 }), ..common::train_config(1, 0, 1) };
     let mut t = Trainer::new(ModelConfig::new(10, 2, 1, 3), cfg, data, Device::Cpu).unwrap();
-    let mut short = |r: &[Range<usize>]| Ok(source.select(&r[..1]));
+    let mut short = |r: &[Range<usize>], _: &[Range<usize>]| Ok(source.select(&r[..1]));
     let e = t.run_epoch_from(&mut || false, Some(&mut short)).unwrap_err().to_string();
     assert!(e.contains("expected"), "{e}");
 }

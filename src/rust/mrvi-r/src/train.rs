@@ -161,7 +161,8 @@ fn block_counts(m: Robj, n_genes: usize, n: usize) -> mrvi_core::Result<CscCount
 /// Run one epoch; Ctrl-C is checked between minibatches. `read_blocks`: NULL
 /// for counts in memory, or for counts on disk an R function of the first and
 /// last cells (1-based) of consecutive ranges that returns their counts as one
-/// genes x cells dgCMatrix (NULL when it failed).
+/// genes x cells dgCMatrix (NULL when it failed), and of the first and last
+/// cells of the ranges it will be asked for next (empty when not known).
 /// @noRd
 #[extendr]
 fn mrvi_trainer_epoch(h: Robj, read_blocks: Robj) -> RResult<List> {
@@ -173,12 +174,14 @@ fn mrvi_trainer_epoch(h: Robj, read_blocks: Robj) -> RResult<List> {
     } else {
         Some(read_blocks.as_function().ok_or_else(|| invalid("read_blocks must be a function"))?)
     };
-    let mut read = |ranges: &[Range<usize>]| -> mrvi_core::Result<CscCounts> {
-        let first: Vec<i32> = ranges.iter().map(|r| r.start as i32 + 1).collect();
-        let last: Vec<i32> = ranges.iter().map(|r| r.end as i32).collect();
+    let mut read = |ranges: &[Range<usize>], next: &[Range<usize>]| -> mrvi_core::Result<CscCounts> {
+        let first = |ranges: &[Range<usize>]| -> Vec<i32> { ranges.iter().map(|r| r.start as i32 + 1).collect() };
+        let last = |ranges: &[Range<usize>]| -> Vec<i32> { ranges.iter().map(|r| r.end as i32).collect() };
         let n = ranges.iter().map(|r| r.len()).sum();
         let f = reader.as_ref().expect("a reader");
-        let m = f.call(pairlist!(first, last)).map_err(|e| mrvi_core::Error::InvalidInput(format!("reading counts: {e}")))?;
+        let m = f
+            .call(pairlist!(first(ranges), last(ranges), first(next), last(next)))
+            .map_err(|e| mrvi_core::Error::InvalidInput(format!("reading counts: {e}")))?;
         block_counts(m, n_genes, n)
     };
     let loader: Option<&mut BlockLoader> = if reader.is_some() { Some(&mut read) } else { None };
