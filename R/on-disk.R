@@ -117,41 +117,59 @@ in_memory_counts <- function(data) {
 
 # Reads ranges of cells of `disk` (read_cells()) and, told which ranges come
 # next, reads those in a forked process while the caller works: the next
-# buffer's blocks are decompressed while the model trains on the current ones.
-# The forked reader spools them block by block to files that become one
-# dgCMatrix here (spool_cells(), unspool_cells()): neither process holds more
-# than one block beyond the result, and nothing is serialised. If it fails or
+# buffer's blocks are decompressed while the model trains on the current ones,
+# at the lowest priority, so that training keeps its cores.
+# The forked reader spools them block by block to files (spool_cells()) that
+# the trainer reads directly, or that become one dgCMatrix (unspool_cells()):
+# neither process holds more than one block beyond the result, nothing is
+# serialised, and during training no R objects are made and collected (a
+# collection frees pages that a forked reader then keeps alive). If it fails or
 # dies, the ranges are read again here, where an error reaches the caller.
 # Without fork() (Windows) or with options(mrvi.disk_prefetch = FALSE), every
 # read is direct. `close()` stops a read still running.
 block_prefetcher <- function(disk) {
   forks <- .Platform$OS.type == "unix" && isTRUE(getOption("mrvi.disk_prefetch", TRUE))
   pending <- NULL
+  handed <- NULL  # spooled files handed to the caller, removed at the next call
   close <- function() {
     if (!is.null(pending)) {
       tools::pskill(pending$job$pid, tools::SIGKILL)
-      parallel::mccollect(pending$job, wait = TRUE)  # reaped, not left a zombie
+      suppressWarnings(parallel::mccollect(pending$job, wait = TRUE))  # reaped, not left a zombie
       unlink(unlist(pending$files))
       pending <<- NULL
     }
+    unlink(unlist(handed))
+    handed <<- NULL
   }
-  get <- function(first, last, next_first = integer(), next_last = integer()) {
-    m <- NULL
+  # `as_files`: return prefetched counts as their spooled files (for the Rust
+  # trainer, which reads them without making R objects of them)
+  get <- function(first, last, next_first = integer(), next_last = integer(), as_files = FALSE) {
+    spooled <- NULL
     if (!is.null(pending) && identical(pending$first, as.integer(first)) && identical(pending$last, as.integer(last))) {
       done <- parallel::mccollect(pending$job, wait = TRUE)
-      if (isTRUE(done[[1]])) m <- unspool_cells(pending$files, length(disk$genes), sum(last - first + 1L))
-      unlink(unlist(pending$files))
+      spooled <- pending$files
+      if (!isTRUE(done[[1]])) unlink(unlist(spooled))  # failed or died: read below
       pending <<- NULL
     }
     close()  # a read of other ranges is not needed
-    if (is.null(m)) m <- read_cells(disk, first, last)
+    # The next read is forked before this one's counts exist here: a forked
+    # reader keeps alive every page it shares with this process, also those this
+    # process frees meanwhile.
     if (forks && length(next_first)) {
       files <- list(n = tempfile("mrvi_n"), i = tempfile("mrvi_i"), x = tempfile("mrvi_x"))
       # mc.set.seed = FALSE: the caller's random stream is left as it is
       job <- parallel::mcparallel(spool_cells(disk, next_first, next_last, files), silent = TRUE, mc.set.seed = FALSE)
       pending <<- list(first = as.integer(next_first), last = as.integer(next_last), job = job, files = files)
     }
-    m
+    if (!is.null(spooled) && file.exists(spooled$n)) {
+      if (as_files) {
+        handed <<- spooled
+        return(spooled)
+      }
+      on.exit(unlink(unlist(spooled)))
+      return(unspool_cells(spooled, length(disk$genes), sum(last - first + 1L)))
+    }
+    read_cells(disk, first, last)
   }
   list(get = get, close = close)
 }
@@ -160,6 +178,7 @@ block_prefetcher <- function(disk) {
 # and appended to three files: each cell's number of non-zero counts, their
 # rows, their values.
 spool_cells <- function(disk, first, last, files) {
+  tools::psnice(Sys.getpid(), 19)  # reading yields to training
   con <- lapply(files, file, open = "wb")
   on.exit(lapply(con, close))
   for (k in seq_along(first)) {
@@ -180,8 +199,9 @@ unspool_cells <- function(files, n_genes, n_cells) {
 }
 
 # The reader of `disk` for training: `read` is what mrvi_trainer_epoch() calls
-# for the blocks of an epoch, the counts of the ranges first[k]:last[k], with
-# the ranges it will ask for next (prefetched, block_prefetcher()). On Ctrl-C or
+# for the blocks of an epoch, the counts of the ranges first[k]:last[k] (a
+# dgCMatrix, or the files a forked reader spooled them to), with the ranges it
+# will ask for next (prefetched, block_prefetcher()). On Ctrl-C or
 # a failure while reading it returns NULL, and the trainer stops as if
 # interrupted; `failure()` then gives the error (NULL after Ctrl-C) for
 # train_to_end() to report, and `close()` stops a prefetch still running.
@@ -189,7 +209,7 @@ block_reader <- function(disk) {
   failure <- NULL
   blocks <- block_prefetcher(disk)
   list(read = function(first, last, next_first = integer(), next_last = integer()) {
-    tryCatch(blocks$get(first, last, next_first, next_last),
+    tryCatch(blocks$get(first, last, next_first, next_last, as_files = TRUE),
              interrupt = function(e) {
                blocks$close()
                NULL

@@ -114,6 +114,7 @@ test_that("the next blocks are read in a forked process while the model trains, 
   expect_equal(n_direct, 20 + 3 * 2 + 20)
   expect_equal(n_prefetched, 20 + 3 + 1)
   expect_length(parallel:::children(), 0)
+  expect_length(list.files(tempdir(), "^mrvi_[nix]"), 0)
 })
 
 test_that("a checkpointed fit from disk resumes to the uninterrupted fit", {

@@ -143,12 +143,18 @@ fn mrvi_trainer_counts_on_disk(h: Robj, library: &[f64]) -> RResult<()> {
     t.set_counts_on_disk(library.iter().map(|&v| v as f32).collect()).map_err(rerr)
 }
 
-/// The columns of a dgCMatrix that `read_blocks` returned for `n` cells; NULL
-/// (the reader failed or was interrupted, and the R side knows which) stops
-/// the epoch as an interruption.
+/// The counts that `read_blocks` returned for `n` cells: a dgCMatrix, or the
+/// files a forked reader spooled them to (a list of paths `n`, `i`, `x`: each
+/// cell's number of non-zero counts, their rows, their values, in R's native
+/// binary form), read here without making R objects of them. NULL (the reader
+/// failed or was interrupted, and the R side knows which) stops the epoch as an
+/// interruption.
 fn block_counts(m: Robj, n_genes: usize, n: usize) -> mrvi_core::Result<CscCounts> {
     if m.is_null() {
         return Err(mrvi_core::Error::Interrupted);
+    }
+    if let Some(files) = m.as_list() {
+        return spooled_counts(&files, n_genes, n);
     }
     let slot = |name: &str| m.get_attrib(name);
     let (p, i, x) = (slot("p"), slot("i"), slot("x"));
@@ -158,10 +164,33 @@ fn block_counts(m: Robj, n_genes: usize, n: usize) -> mrvi_core::Result<CscCount
     }
 }
 
+/// Counts spooled by R's writeBin() to the files `files$n`, `files$i`, `files$x`.
+fn spooled_counts(files: &List, n_genes: usize, n: usize) -> mrvi_core::Result<CscCounts> {
+    let bytes = |name: &str| -> mrvi_core::Result<Vec<u8>> {
+        let path = files.dollar(name).ok().and_then(|p| p.as_str().map(String::from));
+        let path = path.ok_or_else(|| mrvi_core::Error::InvalidInput(format!("the spooled counts name no file `{name}`")))?;
+        std::fs::read(&path).map_err(|e| mrvi_core::Error::InvalidInput(format!("reading spooled counts {path}: {e}")))
+    };
+    let ints = |b: Vec<u8>| -> Vec<i32> { b.chunks_exact(4).map(|c| i32::from_ne_bytes(c.try_into().unwrap())).collect() };
+    let per_cell = ints(bytes("n")?);
+    if per_cell.len() != n {
+        return Err(mrvi_core::Error::InvalidInput(format!("the spooled counts hold {} cells, expected {n}", per_cell.len())));
+    }
+    let mut p = Vec::with_capacity(n + 1);
+    p.push(0i32);
+    for c in &per_cell {
+        p.push(p[p.len() - 1] + c);
+    }
+    let i = ints(bytes("i")?);
+    let x: Vec<f64> = bytes("x")?.chunks_exact(8).map(|c| f64::from_ne_bytes(c.try_into().unwrap())).collect();
+    CscCounts::from_slots(n_genes, n, &p, &i, &x)
+}
+
 /// Run one epoch; Ctrl-C is checked between minibatches. `read_blocks`: NULL
 /// for counts in memory, or for counts on disk an R function of the first and
 /// last cells (1-based) of consecutive ranges that returns their counts as one
-/// genes x cells dgCMatrix (NULL when it failed), and of the first and last
+/// genes x cells dgCMatrix or the files they were spooled to (NULL when it
+/// failed), and of the first and last
 /// cells of the ranges it will be asked for next (empty when not known).
 /// @noRd
 #[extendr]
