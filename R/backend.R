@@ -13,8 +13,9 @@
 #' **The default (`mrvi.threads` unset, or `mrviSetThreads(NULL)`)** is chosen
 #' for each call from the cores that are idle at that moment (measured over 0.1 s
 #' from `/proc/stat` on Linux and kept for 10 s; all cores elsewhere), at least
-#' one; and one thread in a forked worker (`parallel::mclapply()`,
-#' `BiocParallel::MulticoreParam()`). libtorch's threads wait for each other many
+#' one (`mrvi()` with counts on disk leaves one of them to its reader, see
+#' "Counts on disk" in [mrvi()]); and one thread in a forked worker
+#' (`parallel::mclapply()`, `BiocParallel::MulticoreParam()`). libtorch's threads wait for each other many
 #' times per minibatch, so a thread that has to share its core with another busy
 #' process holds up all the others: two threads beside one busy process on two
 #' cores ran several times slower than one thread. Using only idle cores keeps a
@@ -72,11 +73,12 @@ default_threads <- function() {
 }
 
 # Apply the thread count before computing: an explicit n_threads argument, else
-# options(mrvi.threads), else the idle cores (see ?mrviBackend). More threads
-# than cores only slow libtorch down: capped, with a message. Returns the count.
-apply_threads <- function(n_threads = NULL, call = rlang_caller()) {
+# options(mrvi.threads), else the idle cores (see ?mrviBackend) less `reserved`
+# for other work of the call (at least 1). More threads than cores only slow
+# libtorch down: capped, with a message. Returns the count.
+apply_threads <- function(n_threads = NULL, call = rlang_caller(), reserved = 0L) {
   n <- n_threads %||% getOption("mrvi.threads")
-  n <- if (is.null(n)) automatic_threads() else {
+  n <- if (is.null(n)) max(1L, automatic_threads() - reserved) else {
     arg <- if (is.null(n_threads)) "options(mrvi.threads)" else "n_threads"
     cap_threads(check_count(n, arg, call = call), arg)
   }

@@ -21,6 +21,14 @@ mrvi_set_threads <- function(n) rust(.Call(wrap__mrvi_set_threads, n))
 #' @noRd
 mrvi_resolve_device <- function(name) rust(.Call(wrap__mrvi_resolve_device, name))
 
+#' Give the memory this process's allocator holds free back to the system
+#' (glibc's malloc_trim), so that a process forked next shares none of it:
+#' after fork() every shared page this process reuses is copied, and the child
+#' keeps the old copy. Returns whether memory was released (always false where
+#' the allocator is not glibc's).
+#' @noRd
+mrvi_release_free_memory <- function() rust(.Call(wrap__mrvi_release_free_memory))
+
 #' Panics on purpose: the tests check that a Rust panic becomes an R error.
 #' @noRd
 mrvi_debug_panic <- function() rust(.Call(wrap__mrvi_debug_panic))

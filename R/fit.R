@@ -105,8 +105,10 @@
 #'   validation ELBO or the sample trees on simulated data sorted by sample.
 #'   While the model trains on one buffer, the next is read in a forked
 #'   process (on Linux and macOS; `options(mrvi.disk_prefetch = FALSE)` reads
-#'   every buffer in the R process): the same counts, the same fit, and the
-#'   decompression of a dense HDF5 dataset largely hidden behind training.
+#'   every buffer in the R process): the same counts and the same fit, with
+#'   the reading (for a dense HDF5 dataset mostly decompression) overlapped
+#'   with training. The default thread count then leaves one idle core to the
+#'   reader.
 #'
 #' @section Interrupting: Ctrl-C is checked between minibatches. Training then
 #'   stops cleanly: when at least one epoch has finished, `mrvi()` returns the
@@ -164,9 +166,10 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   nuisance <- nuisance_design(data)
   check_model_size(nrow(data$counts), nlevels(data$sample), sum(nuisance$levels) + ncol(nuisance$continuous),
                    n_latent, n_latent_u, batch_size, call)
-  threads <- apply_threads(n_threads, call = call)
   counts <- data$counts
   on_disk <- !is.null(data$disk)
+  # counts on disk read by a forked process: by default one core is left to it
+  threads <- apply_threads(n_threads, call = call, reserved = as.integer(on_disk && disk_prefetch()))
   if (on_disk && is.null(block_cells)) block_cells <- disk_block_cells(counts)
   blocks <- if (!is.null(block_cells)) {
     list(block_cells = block_cells, buffer_blocks = check_count(getOption("mrvi.buffer_blocks", 8L),

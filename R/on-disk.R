@@ -128,7 +128,7 @@ in_memory_counts <- function(data) {
 # Without fork() (Windows) or with options(mrvi.disk_prefetch = FALSE), every
 # read is direct. `close()` stops a read still running.
 block_prefetcher <- function(disk) {
-  forks <- .Platform$OS.type == "unix" && isTRUE(getOption("mrvi.disk_prefetch", TRUE))
+  forks <- disk_prefetch()
   pending <- NULL
   handed <- NULL  # spooled files handed to the caller, removed at the next call
   close <- function() {
@@ -152,10 +152,12 @@ block_prefetcher <- function(disk) {
       pending <<- NULL
     }
     close()  # a read of other ranges is not needed
-    # The next read is forked before this one's counts exist here: a forked
-    # reader keeps alive every page it shares with this process, also those this
-    # process frees meanwhile.
+    # The next read is forked before this one's counts exist here, and after
+    # the allocator's free memory went back to the system: a forked reader keeps
+    # the old copy of every shared page this process frees or reuses meanwhile
+    # (bench/README.md, "Reads overlapped with training").
     if (forks && length(next_first)) {
+      mrvi_release_free_memory()
       files <- list(n = tempfile("mrvi_n"), i = tempfile("mrvi_i"), x = tempfile("mrvi_x"))
       # mc.set.seed = FALSE: the caller's random stream is left as it is
       job <- parallel::mcparallel(spool_cells(disk, next_first, next_last, files), silent = TRUE, mc.set.seed = FALSE)
@@ -173,6 +175,9 @@ block_prefetcher <- function(disk) {
   }
   list(get = get, close = close)
 }
+
+# Whether block_prefetcher() forks its reads.
+disk_prefetch <- function() .Platform$OS.type == "unix" && isTRUE(getOption("mrvi.disk_prefetch", TRUE))
 
 # The counts of the ranges first[k]:last[k] of `disk`, read one range at a time
 # and appended to three files: each cell's number of non-zero counts, their

@@ -113,16 +113,18 @@ if (stage == "data") {
     starts <- seq(1L, ncol(x), by = block_cells)
     x <- mrvi:::read_cells(mrvi:::disk_source(x), starts, pmin(ncol(x), starts + block_cells - 1L))
   }
-  # ATLAS_THREADS: libtorch threads (default 2); ATLAS_PREFETCH=false reads
-  # every buffer in the R process
-  options(mrvi.threads = as.integer(Sys.getenv("ATLAS_THREADS", 2)),
+  # ATLAS_THREADS: libtorch threads (default: mrvi()'s, the idle cores, less one
+  # for the reader when it forks); ATLAS_PREFETCH=false reads every buffer in
+  # the R process
+  threads <- Sys.getenv("ATLAS_THREADS")
+  options(mrvi.threads = if (nzchar(threads)) as.integer(threads),
           mrvi.disk_prefetch = Sys.getenv("ATLAS_PREFETCH", "true") == "true")
   r <- timed(mrvi(x, sample = cells$sample, batch = cells$site, labels = cells$group, max_epochs = 1,
                   verbose = FALSE, block_cells = block_cells))
   h <- r$value@history
   say(sprintf(paste("input %s, %d cells, blocks of %d cells, %d threads, prefetch %s: mrvi() %.0f s; the epoch %.0f s (%.0f cells/s;",
                     "reading and minibatches %.0f s, forward %.0f s, backward %.0f s, optimiser %.0f s); peak RSS %.0f MB"),
-              class(x)[1], ncol(x), block_cells, getOption("mrvi.threads"), getOption("mrvi.disk_prefetch"), r$seconds, h$seconds, h$cells_per_second, h$seconds_batches,
+              class(x)[1], ncol(x), block_cells, r$value@config$n_threads, getOption("mrvi.disk_prefetch"), r$seconds, h$seconds, h$cells_per_second, h$seconds_batches,
               h$seconds_forward, h$seconds_backward, h$seconds_optimizer, hwm()))
   if (stage == "train_disk") {
     d <- timed(sampleDistances(r$value, groups = "labels", mc_samples = 0, max_cells = 500))

@@ -44,6 +44,18 @@ test_that("the default thread count uses idle cores only, and one thread in a fo
   expect_true(fit@config$n_threads >= 1 && fit@config$n_threads <= cores)
   expect_equal(mrvi(small_counts(), small_samples(), flavour = "linear", max_epochs = 1, verbose = FALSE,
                     n_threads = 1)@config$n_threads, 1L)
+  # a core reserved for other work of the call (a forked reader of counts on
+  # disk) is taken from the idle ones, never below one, and never from an
+  # explicit count
+  state <- mrvi:::thread_state
+  kept <- mget(c("idle_cores", "idle_at"), envir = state, ifnotfound = list(NULL, NULL))
+  on.exit(list2env(kept, envir = state), add = TRUE)
+  assign("idle_at", proc.time()[["elapsed"]], envir = state)
+  for (idle in 1:3) {
+    assign("idle_cores", idle, envir = state)
+    expect_equal(mrvi:::apply_threads(reserved = 1L), max(1L, idle - 1L))
+  }
+  expect_equal(mrvi:::apply_threads(1L, reserved = 1L), 1L)
 })
 
 test_that("a Rust panic is an R error and R keeps running", {

@@ -1,4 +1,4 @@
-//! libtorch in this process: version, devices, threads.
+//! libtorch in this process: version, devices, threads; and its free memory.
 
 use crate::{rerr, RResult};
 use extendr_api::prelude::*;
@@ -30,6 +30,28 @@ fn mrvi_resolve_device(name: &str) -> RResult<String> {
     backend::resolve_device(name).map(backend::device_name).map_err(rerr)
 }
 
+/// Give the memory this process's allocator holds free back to the system
+/// (glibc's malloc_trim), so that a process forked next shares none of it:
+/// after fork() every shared page this process reuses is copied, and the child
+/// keeps the old copy. Returns whether memory was released (always false where
+/// the allocator is not glibc's).
+/// @noRd
+#[extendr]
+fn mrvi_release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only returns free pages to the system
+        unsafe { malloc_trim(0) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Panics on purpose: the tests check that a Rust panic becomes an R error.
 /// @noRd
 #[extendr]
@@ -43,5 +65,6 @@ extendr_module! {
     fn mrvi_backend_info;
     fn mrvi_set_threads;
     fn mrvi_resolve_device;
+    fn mrvi_release_free_memory;
     fn mrvi_debug_panic;
 }
