@@ -152,26 +152,32 @@ block_prefetcher <- function(disk) {
       pending <<- NULL
     }
     close()  # a read of other ranges is not needed
-    # The next read is forked before this one's counts exist here, and after
-    # the allocator's free memory went back to the system: a forked reader keeps
-    # the old copy of every shared page this process frees or reuses meanwhile
-    # (bench/README.md, "Reads overlapped with training").
+    prefetched <- !is.null(spooled) && file.exists(spooled$n)
+    # A forked reader keeps the old copy of every shared page that this process
+    # frees or writes while it runs. So a buffer that was not prefetched (the
+    # first of a pass) is read here before the next read is forked (reading
+    # allocates and frees much); the next read is forked before a prefetched
+    # buffer becomes R objects here, after a collection (R's objects, all of an
+    # older generation then, are left as they are by the minor collections
+    # that follow; a full one, 0.4 s with Bioconductor loaded, once per pass)
+    # and after the allocator's free memory went back to the system.
+    # bench/README.md, "Reads overlapped with training".
+    m <- if (!prefetched) read_cells(disk, first, last)
     if (forks && length(next_first)) {
+      gc(verbose = FALSE, full = !prefetched)
       mrvi_release_free_memory()
       files <- list(n = tempfile("mrvi_n"), i = tempfile("mrvi_i"), x = tempfile("mrvi_x"))
       # mc.set.seed = FALSE: the caller's random stream is left as it is
       job <- parallel::mcparallel(spool_cells(disk, next_first, next_last, files), silent = TRUE, mc.set.seed = FALSE)
       pending <<- list(first = as.integer(next_first), last = as.integer(next_last), job = job, files = files)
     }
-    if (!is.null(spooled) && file.exists(spooled$n)) {
-      if (as_files) {
-        handed <<- spooled
-        return(spooled)
-      }
-      on.exit(unlink(unlist(spooled)))
-      return(unspool_cells(spooled, length(disk$genes), sum(last - first + 1L)))
+    if (!prefetched) return(m)
+    if (as_files) {
+      handed <<- spooled
+      return(spooled)
     }
-    read_cells(disk, first, last)
+    on.exit(unlink(unlist(spooled)))
+    unspool_cells(spooled, length(disk$genes), sum(last - first + 1L))
   }
   list(get = get, close = close)
 }
