@@ -188,3 +188,18 @@ mrvi_counterfactual_expression <- function(h, u, sample, site, continuous) rust(
 #' Used for log fold changes of latent shifts.
 #' @noRd
 mrvi_decode_z <- function(h, z, site, continuous) rust(.Call(wrap__mrvi_decode_z, h, z, site, continuous))
+
+# --- fork (src/rust/mrvi-r/src/fork.rs) ---
+
+#' Fork this R process; the child calls `f()` with its output sent to
+#' /dev/null and exits (status 0 when `f()` returned TRUE, 1 otherwise: an
+#' error, an interrupt, a panic), never returning to R. Returns the child's pid.
+#' @noRd
+mrvi_fork_call <- function(f) rust(.Call(wrap__mrvi_fork_call, f))
+
+#' The state of the forked child `pid`: NA while it runs; once it has ended
+#' (it is then reaped), TRUE when it exited with status 0, FALSE otherwise
+#' (also when it cannot be waited for, e.g. reaped elsewhere). `stop`: kill it
+#' first and wait for its end.
+#' @noRd
+mrvi_child_status <- function(pid, stop) rust(.Call(wrap__mrvi_child_status, pid, stop))

@@ -116,15 +116,16 @@ in_memory_counts <- function(data) {
 }
 
 # Reads ranges of cells of `disk` (read_cells()) and, told which ranges come
-# next, reads those in a forked process while the caller works: the next
+# next, reads those in a forked process (mrvi_fork_call(), which reaps it by
+# its pid whatever SIGCHLD handler is installed) while the caller works: the next
 # buffer's blocks are decompressed while the model trains on the current ones,
 # at the lowest priority, so that training keeps its cores.
 # The forked reader spools them block by block to files (spool_cells()) that
 # the trainer reads directly, or that become one dgCMatrix (unspool_cells()):
-# neither process holds more than one block beyond the result, nothing is
-# serialised, and during training no R objects are made and collected (a
-# collection frees pages that a forked reader then keeps alive). If it fails or
-# dies, the ranges are read again here, where an error reaches the caller.
+# neither process holds more than one block beyond the result, and nothing is
+# serialised. How the fork is kept from copying R's memory is said in get(). If
+# the reader fails or dies, the ranges are read again here, where an error
+# reaches the caller.
 # Without fork() (Windows) or with options(mrvi.disk_prefetch = FALSE), every
 # read is direct. `close()` stops a read still running.
 block_prefetcher <- function(disk) {
@@ -133,8 +134,7 @@ block_prefetcher <- function(disk) {
   handed <- NULL  # spooled files handed to the caller, removed at the next call
   close <- function() {
     if (!is.null(pending)) {
-      tools::pskill(pending$job$pid, tools::SIGKILL)
-      suppressWarnings(parallel::mccollect(pending$job, wait = TRUE))  # reaped, not left a zombie
+      mrvi_child_status(pending$pid, stop = TRUE)  # killed and reaped
       unlink(unlist(pending$files))
       pending <<- NULL
     }
@@ -145,14 +145,14 @@ block_prefetcher <- function(disk) {
   # trainer, which reads them without making R objects of them)
   get <- function(first, last, next_first = integer(), next_last = integer(), as_files = FALSE) {
     spooled <- NULL
+    prefetched <- FALSE
     if (!is.null(pending) && identical(pending$first, as.integer(first)) && identical(pending$last, as.integer(last))) {
-      done <- parallel::mccollect(pending$job, wait = TRUE)
+      prefetched <- wait_child(pending$pid)
       spooled <- pending$files
-      if (!isTRUE(done[[1]])) unlink(unlist(spooled))  # failed or died: read below
+      if (!prefetched) unlink(unlist(spooled))  # failed or died: read below
       pending <<- NULL
     }
     close()  # a read of other ranges is not needed
-    prefetched <- !is.null(spooled) && file.exists(spooled$n)
     # A forked reader keeps the old copy of every shared page that this process
     # frees or writes while it runs. So a buffer that was not prefetched (the
     # first of a pass) is read here before the next read is forked (reading
@@ -167,9 +167,10 @@ block_prefetcher <- function(disk) {
       gc(verbose = FALSE, full = !prefetched)
       mrvi_release_free_memory()
       files <- list(n = tempfile("mrvi_n"), i = tempfile("mrvi_i"), x = tempfile("mrvi_x"))
-      # mc.set.seed = FALSE: the caller's random stream is left as it is
-      job <- parallel::mcparallel(spool_cells(disk, next_first, next_last, files), silent = TRUE, mc.set.seed = FALSE)
-      pending <<- list(first = as.integer(next_first), last = as.integer(next_last), job = job, files = files)
+      # no fork (e.g. at the process limit): the next read is direct
+      pid <- tryCatch(mrvi_fork_call(function() spool_cells(disk, next_first, next_last, files)),
+                      error = function(e) NULL)
+      if (!is.null(pid)) pending <<- list(first = as.integer(next_first), last = as.integer(next_last), pid = pid, files = files)
     }
     if (!prefetched) return(m)
     if (as_files) {
@@ -184,6 +185,17 @@ block_prefetcher <- function(disk) {
 
 # Whether block_prefetcher() forks its reads.
 disk_prefetch <- function() .Platform$OS.type == "unix" && isTRUE(getOption("mrvi.disk_prefetch", TRUE))
+
+# Waits for the end of the forked child `pid` (mrvi_fork_call()); TRUE when it
+# succeeded. Polled, so that Ctrl-C is seen while waiting (and close() then
+# stops the child).
+wait_child <- function(pid) {
+  repeat {
+    done <- mrvi_child_status(pid, stop = FALSE)
+    if (!is.na(done)) return(done)
+    Sys.sleep(0.002)
+  }
+}
 
 # The counts of the ranges first[k]:last[k] of `disk`, read one range at a time
 # and appended to three files: each cell's number of non-zero counts, their
@@ -202,6 +214,10 @@ spool_cells <- function(disk, first, last, files) {
 }
 
 # The dgCMatrix of `n_genes` x `n_cells` that spool_cells() wrote to `files`.
+# The Rust trainer reads the same files (spooled_counts() in mrvi-r's
+# train.rs): a change of format changes both. test-on-disk.R ties each to a
+# direct read (prefetched counts equal read_cells(); prefetched fits equal
+# unprefetched ones).
 unspool_cells <- function(files, n_genes, n_cells) {
   per_cell <- readBin(files$n, integer(), n_cells)
   nnz <- sum(per_cell)

@@ -19,6 +19,7 @@ mod backend;
 mod data;
 mod distances;
 mod expression;
+mod fork;
 mod latent;
 mod model;
 mod train;
@@ -130,4 +131,5 @@ extendr_module! {
     use association;
     use abundance;
     use expression;
+    use fork;
 }

@@ -164,7 +164,8 @@ fn block_counts(m: Robj, n_genes: usize, n: usize) -> mrvi_core::Result<CscCount
     }
 }
 
-/// Counts spooled by R's writeBin() to the files `files$n`, `files$i`, `files$x`.
+/// Counts spooled by R's writeBin() to the files `files$n`, `files$i`, `files$x`
+/// (spool_cells() in R/on-disk.R, which also reads them back: unspool_cells()).
 fn spooled_counts(files: &List, n_genes: usize, n: usize) -> mrvi_core::Result<CscCounts> {
     let bytes = |name: &str| -> mrvi_core::Result<Vec<u8>> {
         let path = files.dollar(name).ok().and_then(|p| p.as_str().map(String::from));
