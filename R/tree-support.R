@@ -16,7 +16,8 @@
 #' the default `normalize = TRUE`: differences below each cell's own posterior
 #' noise count as 0, and clades that rest on them lose their support; in
 #' `bench/tree_support.R` this separates true from false clades far better than
-#' raw distances (see `bench/README.md`), at the price of lower support for
+#' raw distances (mean support of true clades 0.77, of false ones 0.33, over 6
+#' simulated datasets; `bench/README.md`), at the price of lower support for
 #' weak true clades. The point-estimate tree is then that of the normalised
 #' distances (`sampleDistances(normalize = TRUE)`). Samples are put in a new random order in every
 #' replicate, so that clades resting on tied distances are not supported by the
