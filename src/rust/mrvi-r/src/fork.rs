@@ -21,7 +21,10 @@ extern "C" {
     fn open(path: *const c_char, flags: c_int, ...) -> c_int;
     fn dup2(old: c_int, new: c_int) -> c_int;
     fn fflush(stream: *mut c_void) -> c_int;
-    // R's flag for a forked child (Rinterface.h), as parallel sets it
+    // R's flag for a forked child (Rinterface.h), as parallel and sys set it: R's
+    // event handlers (X11 and tcltk windows) then leave the connections they share
+    // with the parent alone. Not in R's API (R CMD check notes it), but without it
+    // a child reading while a graphics window is open could take the parent's events.
     static mut R_isForkedChild: c_int;
 }
 
