@@ -33,6 +33,21 @@ run_measurement <- function(code, lib = Sys.getenv("R_LIBS", file.path(getwd(), 
                       env = paste0("R_LIBS=", lib)))
 }
 
+# The realistic training set of train_throughput.R and vs_scvi_tools.R:
+# simulateNested(n_cells, 2000, n_samples = 32, n_sites = 2, genes_per_edge = 10,
+# expression = "skewed", library_size = 3000) (~40% non-zero), saved once to
+# data_dir as a list (counts, sample, site); returns the file.
+realistic_data <- function(n_cells, data_dir, lib = Sys.getenv("R_LIBS", file.path(getwd(), ".Rlib"))) {
+  f <- file.path(data_dir, sprintf("realistic_%d.rds", n_cells))
+  if (file.exists(f)) return(f)
+  run_measurement(sprintf('
+    sce <- simulateNested(%d, 2000, n_samples = 32, n_sites = 2, genes_per_edge = 10,
+                          expression = "skewed", library_size = 3000)
+    saveRDS(list(counts = SummarizedExperiment::assay(sce, "counts"), sample = sce$sample, site = sce$site), "%s")
+    result(done = 1)', n_cells, f), lib)
+  f
+}
+
 # The CPU the numbers come from: model name, cores, and which of the vector
 # extensions that change libtorch's and the likelihood kernel's code paths it has.
 cpu_info <- function() {

@@ -67,19 +67,12 @@ baseline_library <- function(commit) {
 
 # A data file (a list: counts, sample, site), generated once with this build.
 make_data <- function(kind) {
+  if (kind != "make_data") return(realistic_data(n_cells, data_dir, lib))
   f <- file.path(data_dir, sprintf("%s_%d.rds", kind, n_cells))
   if (file.exists(f)) return(f)
-  if (kind == "make_data") {
-    out <- system2(rscript, c("bench/make_data.R", n_cells, 2000, 32, 2, f), stdout = TRUE, stderr = TRUE,
-                   env = paste0("R_LIBS=", lib))
-    if (!is.null(attr(out, "status")) || !file.exists(f)) stop(paste(out, collapse = "\n"))
-  } else {
-    run_measurement(sprintf('
-      sce <- simulateNested(%d, 2000, n_samples = 32, n_sites = 2, genes_per_edge = 10,
-                            expression = "skewed", library_size = 3000)
-      saveRDS(list(counts = SummarizedExperiment::assay(sce, "counts"), sample = sce$sample, site = sce$site), "%s")
-      result(done = 1)', n_cells, f), lib)
-  }
+  out <- system2(rscript, c("bench/make_data.R", n_cells, 2000, 32, 2, f), stdout = TRUE, stderr = TRUE,
+                 env = paste0("R_LIBS=", lib))
+  if (!is.null(attr(out, "status")) || !file.exists(f)) stop(paste(out, collapse = "\n"))
   f
 }
 

@@ -1,8 +1,7 @@
 # Training speed of this package against scvi-tools' MRVI on the same data, CPU and
 # thread count, in one run (issues 14 and 15):
 #   R_LIBS=$PWD/.Rlib Rscript bench/vs_scvi_tools.R [N_CELLS [EPOCHS [THREADS]]]   (quiet machine only)
-# Data: train_throughput.R's realistic set, simulateNested(N_CELLS, 2000, n_samples = 32,
-# n_sites = 2, genes_per_edge = 10, expression = "skewed", library_size = 3000) (~40%
+# Data: train_throughput.R's realistic set (realistic_data() in bench/helpers.R, ~40%
 # non-zero), written once to MRVI_BENCH_DATA (default a temporary folder) and exported
 # for Python. Runs, each in its own process with THREADS threads (default 1):
 # mrvi's attention flavour (scvi-tools' model) and linear flavour (bench/train_one.R),
@@ -30,15 +29,8 @@ if (!file.exists(file.path(venv, "bin", "python"))) {
   if (status != 0) stop("bench/scvi_env.sh could not make the scvi-tools environment in ", venv)
 }
 
-data <- file.path(data_dir, sprintf("realistic_%d.rds", n_cells))
+data <- realistic_data(n_cells, data_dir, lib)
 export <- file.path(data_dir, sprintf("realistic_%d_export", n_cells))
-if (!file.exists(data)) {
-  invisible(run_measurement(sprintf('
-    sce <- simulateNested(%d, 2000, n_samples = 32, n_sites = 2, genes_per_edge = 10,
-                          expression = "skewed", library_size = 3000, seed = 1)
-    saveRDS(list(counts = SummarizedExperiment::assay(sce, "counts"), sample = sce$sample, site = sce$site), "%s")
-    result(done = 1)', n_cells, data), lib))
-}
 if (!dir.exists(export)) {
   d <- readRDS(data)
   dir.create(export)
