@@ -193,17 +193,18 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   one_chunk <- function(rows) {
     cells_k <- idx[rows]
     m <- if (is.null(mask)) NULL else mask[rows, , drop = FALSE]
-    z_at <- posterior_z_sampler(fit, cells_k, seed)
-    # one draw at a time (memory: one cells x S x L array), averaged for the
-    # test where the flavour is not linear, refitted per draw for the LFCs and
-    # for the posterior spread of the effects (the noise floor)
-    z_sum <- 0
+    # every draw's regression at once: its coefficients and the mean over
+    # samples are linear maps of z, applied where each draw's z is made
+    # (memory: cells x L per draw and coefficient); draw 0 is the posterior mean
+    draw_ids <- if (draws == 0) 0L else seq_len(draws)
+    cf <- if (lfc || normalize || draws > 0) {
+      projected_counterfactuals(fit, cells_k, draw_ids, seed, regression_maps(design, m, length(cells_k)),
+                                want_mean = !linear && draws > 0)
+    }
     spread <- if (normalize) posterior_spread(design, m)
     lfc_sum <- lfc_hits <- 0
-    for (d in if (draws == 0) 0L else seq_len(draws)) {
-      z <- z_at(d)
-      z_sum <- z_sum + z
-      if (lfc || normalize) reg <- de_regression(z, design, m, tests = FALSE)
+    if (lfc || normalize) for (d in seq_along(draw_ids)) {
+      reg <- projected_regression(cf$projections, d, coefs)
       if (normalize) spread$add(reg)
       if (lfc) {
         lf <- de_lfc(fit, reg, coefs)
@@ -211,16 +212,13 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
         lfc_hits <- Map(function(x, h) h + (abs(x) >= delta), lf, lfc_hits)
       }
     }
-    z_test <- if (draws == 0) z else if (linear) z_at(0) else z_sum / draws
-    reg_test <- de_regression(z_test, design, m, tests = FALSE)
-    # the spread is centred at the draws' mean, which is z_test except for the linear flavour
-    if (normalize) {
-      reg_mean <- if (linear) de_regression(z_sum / draws, design, m, tests = FALSE) else reg_test
-      noise <- spread$result(reg_mean, draws)
-    } else {
-      noise <- NULL
-    }
-    largest <- largest_lfc(fit, reg_test, design)
+    # the test's z: the draws' mean, or (linear flavour, no draws) the z at the
+    # posterior mean (for the linear flavour the same); the spread is centred
+    # at the draws' mean effect
+    z_test <- cf$mean_z %||%
+      array(counterfactual_z(fit, cells_k, seq_along(fit@samples), 0L, seed), c(length(cells_k), length(fit@samples), L))
+    noise <- if (normalize) spread$result(projected_regression(cf$projections, seq_along(draw_ids), coefs), draws)
+    largest <- largest_lfc(fit, de_regression(z_test, design, m, tests = FALSE), design)
     res <- de_regression(z_test, design, m, noise = noise, largest_lfc = largest, lfc_threshold = lfc_threshold)
     if (lfc) res$lfc <- list(lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
     res
@@ -358,13 +356,42 @@ de_design <- function(fit, covariates, call) {
   list(X = X, blocks = blocks)
 }
 
-# A function of the draw m giving the cells' counterfactual z ([cells, S, L]):
-# m = 0 the posterior mean of u, m >= 1 the m-th posterior draw (counterfactual_z()).
-posterior_z_sampler <- function(fit, idx, seed) {
-  function(m) {
-    array(counterfactual_z(fit, idx, seq_along(fit@samples), m, seed),
-          c(length(idx), length(fit@samples), z_dim(fit)))
+# The regression of each cell's counterfactual z on the design as linear maps
+# over samples (r = p + 1 rows x S): rows 1..p the coefficients C X' (as
+# de_regression() computes them; NA where the cell's admissible samples cannot
+# fit the design), row p + 1 the mean over the admissible samples (z_bar). One
+# map per distinct admissible pattern of `mask` (NULL: every sample).
+regression_maps <- function(design, mask, n) {
+  X <- design$X
+  p <- ncol(X)
+  one <- function(keep) {
+    M <- matrix(0, p + 1, nrow(X))
+    M[p + 1, keep] <- 1 / sum(keep)
+    Xk <- X[keep, , drop = FALSE]
+    if (sum(keep) - p >= 1 && qr(Xk)$rank == p) {
+      M[seq_len(p), keep] <- chol2inv(qr.R(qr(Xk))) %*% t(Xk)
+    } else {
+      M[seq_len(p), ] <- NA_real_
+    }
+    M
   }
+  if (is.null(mask)) return(list(maps = array(one(rep(TRUE, nrow(X))), c(p + 1, nrow(X), 1)), of_cell = rep(1L, n)))
+  key <- apply(mask, 1, function(r) paste(which(r), collapse = " "))
+  first <- !duplicated(key)
+  maps <- lapply(which(first), function(i) one(mask[i, ]))
+  list(maps = array(unlist(maps), c(p + 1, nrow(X), length(maps))), of_cell = match(key, key[first]))
+}
+
+# The regression (as de_regression(tests = FALSE) gives it: `beta` per
+# coefficient and `z_bar`, cells x L each) from projected_counterfactuals()'s
+# projections of regression_maps(), averaged over `draws`.
+projected_regression <- function(projections, draws, coefs) {
+  dims <- dim(projections)
+  at <- function(row) {
+    v <- matrix(projections[row, , , draws, drop = FALSE], dims[2] * dims[3], length(draws))
+    matrix(rowMeans(v), dims[2], dims[3])
+  }
+  list(beta = lapply(stats::setNames(seq_along(coefs) + 1L, coefs), at), z_bar = at(dims[1]))
 }
 
 # The posterior spread of each covariate's effect over the draws of u: per block
@@ -381,21 +408,29 @@ posterior_spread <- function(design, mask) {
     lapply(design$blocks, function(J) solve(C[J, J, drop = FALSE]))
   }
   shared <- precision(design$X)
-  own <- if (!is.null(mask)) lapply(seq_len(nrow(mask)), function(i) {
-    if (all(mask[i, ])) shared else precision(design$X[mask[i, ], , drop = FALSE])
+  own_design <- if (is.null(mask)) logical(0) else !apply(mask, 1, all)
+  own <- lapply(seq_along(own_design), function(i) {
+    if (own_design[i]) precision(design$X[mask[i, ], , drop = FALSE])
   })
+  # B_J' P B_J per cell (an L x L x cells array): with P = U'U, the sum over
+  # the rows of U B_J of their outer products, for all cells at once where
+  # they share the design; cells with their own design one by one
   quadratic <- function(reg) {
     lapply(stats::setNames(names(design$blocks), names(design$blocks)), function(j) {
       J <- design$blocks[[j]]
-      b <- simplify2array(reg$beta[colnames(design$X)[J]], higher = TRUE)  # cells x L x q
-      n <- dim(b)[1]
-      L <- dim(b)[2]
-      vapply(seq_len(n), function(i) {
-        P <- if (is.null(own)) shared[[j]] else own[[i]][[j]]
-        if (is.null(P)) return(matrix(NA_real_, L, L))
-        Bi <- t(matrix(b[i, , ], L))  # q x L
-        crossprod(Bi, P %*% Bi)
-      }, matrix(0, L, L))
+      b <- lapply(reg$beta[colnames(design$X)[J]], as.matrix)  # q of cells x L
+      n <- nrow(b[[1]])
+      L <- ncol(b[[1]])
+      U <- chol(shared[[j]])
+      pairs <- function(v) v[, rep(seq_len(L), L), drop = FALSE] * v[, rep(seq_len(L), each = L), drop = FALSE]
+      out <- Reduce(`+`, lapply(seq_along(J), function(a) pairs(Reduce(`+`, Map(`*`, U[a, ], b)))))
+      out <- array(t(out), c(L, L, n))
+      for (i in which(own_design)) {
+        P <- own[[i]][[j]]
+        Bi <- do.call(rbind, lapply(b, function(m) m[i, ]))  # q x L
+        out[, , i] <- if (is.null(P)) NA_real_ else crossprod(Bi, P %*% Bi)
+      }
+      out
     })
   }
   total <- NULL

@@ -119,6 +119,13 @@ mrvi_z_from_u <- function(h, u, sample) rust(.Call(wrap__mrvi_z_from_u, h, u, sa
 #' @noRd
 mrvi_counterfactual_z <- function(h, u_mean, u_sd, n_cells, cells, samples, draw_index, seed) rust(.Call(wrap__mrvi_counterfactual_z, h, u_mean, u_sd, n_cells, cells, samples, draw_index, seed))
 
+#' Linear maps of the counterfactual z of `cells` (0-based) for posterior draws
+#' `draw_indices` (0-based; negative: the mean): `maps` r x S x K, `map_of_cell`
+#' 0-based; a list of `projections` ([r, cells, L, draws]) and, with `want_mean`,
+#' `mean_z` ([cells, S, L]).
+#' @noRd
+mrvi_projected_counterfactuals <- function(h, u_mean, u_sd, n_cells, cells, draw_indices, seed, maps, n_rows, map_of_cell, want_mean) rust(.Call(wrap__mrvi_projected_counterfactuals, h, u_mean, u_sd, n_cells, cells, draw_indices, seed, maps, n_rows, map_of_cell, want_mean))
+
 # --- distances (src/rust/mrvi-r/src/distances.rs) ---
 
 #' The mean of D(n) over one group of cells (`members`, 0-based) as an [S, S]

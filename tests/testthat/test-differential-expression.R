@@ -220,6 +220,46 @@ test_that("masking inadmissible samples drops them from the cell's regression", 
                differentialExpression(fit, c("cov1", "cov2"), cells = c(1, 4), mc_samples = 0, normalize = FALSE)$statistic[1:2])
 })
 
+test_that("each draw's regression from the projected counterfactuals is de_regression() on that draw's z", {
+  set.seed(2)
+  counts <- small_counts(n_genes = 30, n_cells = 120)
+  samples <- rep(sprintf("s%02d", 1:12), length.out = 120)
+  fit <- mrvi(counts, sample = samples, flavour = "attention", max_epochs = 3, seed = 1, verbose = FALSE)
+  S <- length(fit@samples)
+  cov <- data.frame(sample = fit@samples, g = rep(c("a", "b"), length.out = S), x = rnorm(S))
+  design <- mrvi:::de_design(fit, cov, NULL)
+  mask <- matrix(TRUE, 5, S)
+  mask[c(2, 5), 1:3] <- FALSE  # one pattern shared by two cells
+  mask[3, 1:9] <- FALSE        # 3 samples: too few for the design
+  maps <- mrvi:::regression_maps(design, mask, 5)
+  expect_equal(dim(maps$maps), c(4, S, 3))
+  expect_equal(maps$of_cell, c(1, 2, 3, 1, 2))
+  draws <- c(0, 2, 5)
+  cf <- mrvi:::projected_counterfactuals(fit, 1:5, draws, 3, maps, want_mean = TRUE)
+  zs <- lapply(draws, function(d) mrvi:::counterfactual_z(fit, 1:5, seq_len(S), d, 3))
+  for (j in seq_along(draws)) {
+    want <- mrvi:::de_regression(array(zs[[j]], c(5, S, mrvi:::z_dim(fit))), design, mask, tests = FALSE)
+    got <- mrvi:::projected_regression(cf$projections, j, colnames(design$X)[-1])
+    expect_equal(got$beta, want$beta, tolerance = 1e-6)
+    expect_true(all(is.na(got$beta$gb[3, ])))
+    expect_equal(got$z_bar, want$z_bar, tolerance = 1e-6)
+  }
+  expect_equal(cf$mean_z, array(Reduce(`+`, zs) / 3, dim(cf$mean_z)), tolerance = 1e-12)
+  # the spread's quadratic forms, vectorised over cells, against one cell at a time
+  spread <- mrvi:::posterior_spread(design, mask)
+  for (j in seq_along(draws)) spread$add(mrvi:::projected_regression(cf$projections, j, colnames(design$X)[-1]))
+  noise <- spread$result(mrvi:::projected_regression(cf$projections, 1:3, colnames(design$X)[-1]), 3)
+  for (i in c(1, 2, 4, 5)) {
+    keep <- mask[i, ]
+    X <- design$X[keep, ]
+    b <- t(vapply(seq_along(draws), function(j) mrvi:::projected_regression(cf$projections, j, "gb")$beta$gb[i, ],
+                  numeric(mrvi:::z_dim(fit))))
+    psi <- cov(b) * 2 / solve(crossprod(X))[2, 2]
+    expect_equal(noise$blocks$g$trace[i], sum(diag(psi)) / 2, tolerance = 1e-8)
+  }
+  expect_true(is.na(noise$blocks$g$trace[3]))
+})
+
 test_that("draws do not depend on chunk_size and a seed reproduces them", {
   a <- covariates_fit()
   fit <- a$fit

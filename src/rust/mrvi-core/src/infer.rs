@@ -93,6 +93,69 @@ pub fn counterfactual_z(
     Ok(out.into_raw_vec_and_offset().0)
 }
 
+/// Linear maps of the counterfactual z over samples, for several posterior
+/// draws of u at once (regressions of z on a sample design are such maps):
+/// cell c under draw d gives M_c Z_c^(d) (r x L), Z_c^(d) its z under every
+/// sample (S x L) and M_c = `maps[.., .., map_of_cell[c]]` (`maps`: r x S x K,
+/// column-major). Returns the values of an R array [r, cells, L, draws] and,
+/// with `want_mean`, the mean z over the draws (an R array [cells, S, L]).
+/// Each draw's z is made once and never leaves this function.
+#[allow(clippy::too_many_arguments)]
+pub fn projected_counterfactuals(
+    model: &MrviModel, post: &Posterior, cells: &[usize], draws: &[Option<usize>], seed: u64, maps: &[f64], r: usize,
+    map_of_cell: &[usize], want_mean: bool,
+) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+    let effect = model.host_sample_effect();
+    let (l, s) = (effect.n_latent, effect.n_samples);
+    if post.n_latent != effect.n_latent_u {
+        crate::invalid!("u has {} dimensions, the model {}", post.n_latent, effect.n_latent_u);
+    }
+    if cells.iter().any(|&c| c >= post.n_cells) {
+        crate::invalid!("a cell index is out of range");
+    }
+    let n_maps = maps.len() / (r * s).max(1);
+    if r == 0 || maps.len() != r * s * n_maps || map_of_cell.len() != cells.len() || map_of_cell.iter().any(|&k| k >= n_maps) {
+        crate::invalid!("the maps must be {r} x {s} x K with one map index below K per cell");
+    }
+    let n = cells.len();
+    // R arrays, column-major: out [r, cells, L, draws], mean [cells, S, L]
+    let mut out = try_vec(r * n * l * draws.len(), 0f64, "the projected counterfactual latents")?;
+    let mut mean = if want_mean { Some(try_vec(n * s * l, 0f64, "the mean counterfactual latents")?) } else { None };
+    let mut acc = vec![0f64; r * l];
+    const BLOCK: usize = 256;
+    for (bi, part) in cells.chunks(BLOCK).enumerate() {
+        for (d, &draw) in draws.iter().enumerate() {
+            let z = cells_z(&effect, post, part, draw, seed);
+            for (i, zc) in z.chunks_exact(s * l).enumerate() {
+                let c = bi * BLOCK + i;
+                let map = &maps[map_of_cell[c] * r * s..(map_of_cell[c] + 1) * r * s];
+                acc.fill(0.0);
+                for (a, za) in zc.chunks_exact(l).enumerate() {
+                    for k in 0..r {
+                        let w = map[k + r * a];
+                        for (o, &v) in acc[k * l..(k + 1) * l].iter_mut().zip(za) {
+                            *o += w * v as f64;
+                        }
+                    }
+                }
+                for k in 0..r {
+                    for li in 0..l {
+                        out[k + r * (c + n * (li + l * d))] = acc[k * l + li];
+                    }
+                }
+                if let Some(m) = mean.as_mut() {
+                    for (a, za) in zc.chunks_exact(l).enumerate() {
+                        for (li, &v) in za.iter().enumerate() {
+                            m[c + n * (a + s * li)] += v as f64 / draws.len() as f64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((out, mean))
+}
+
 /// Expected normalised expression (softmax of the decoder) for u (cells x L_u,
 /// column-major) under one sample per cell and the nuisance covariates (`site`:
 /// cells x K codes, `continuous`: cells x C standardised values, both

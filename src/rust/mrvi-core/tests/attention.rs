@@ -5,8 +5,8 @@ use mrvi_core::batch::Dataset;
 use mrvi_core::data::CscCounts;
 use mrvi_core::distances::{group_sums, DistanceSpec};
 use mrvi_core::posterior::Posterior;
-use mrvi_core::infer::encode;
-use mrvi_core::model::attention::{mixture_log_density, AttentionBlock};
+use mrvi_core::infer::{counterfactual_z, encode, projected_counterfactuals};
+use mrvi_core::model::attention::{mixture_log_density, AttentionBlock, HostAttention};
 use mrvi_core::model::config::{Flavour, ModelSettings, Prior};
 use mrvi_core::rng::SplitMix64;
 use mrvi_core::train::Trainer;
@@ -79,6 +79,35 @@ fn attention_block_shapes_and_finite_difference_gradient() {
     }
 }
 
+#[test]
+fn closed_form_attention_equals_the_block() {
+    let _rng = common::libtorch_rng();
+    tch::manual_seed(5);
+    let (d_in, d_out, n_ctx) = (7i64, 6i64, 9i64);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    // every parameter random (the output layer starts at zero), large enough
+    // for peaked softmaxes of both signs
+    for (_, mut v) in vs.variables() {
+        let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.8)));
+    }
+    let host = HostAttention::new(&block);
+    for (trial, spread) in [0.5f64, 2.0, 8.0].into_iter().enumerate() {
+        let x = Tensor::randn([1, d_in], (Kind::Float, Device::Cpu)) * (1.0 + trial as f64);
+        let ctx = Tensor::randn([n_ctx, 16], (Kind::Float, Device::Cpu)) * spread;
+        let want = tch::no_grad(|| block.forward(&x.expand([n_ctx, d_in], false), &ctx));
+        let want = Vec::<f32>::try_from(&want.contiguous().view([-1])).unwrap();
+        let xs = Vec::<f32>::try_from(&x.view([-1])).unwrap();
+        let cs = Vec::<f32>::try_from(&ctx.contiguous().view([-1])).unwrap();
+        let mut got = vec![f32::NAN; want.len()];
+        host.forward(&xs, &host.contexts(&cs), &mut got);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 2e-5 * (1.0 + scale), "spread {spread}, value {i}: {g} vs {w}");
+        }
+    }
+}
+
 fn toy(n: usize, g: usize, s: i64) -> Dataset {
     let mut rng = SplitMix64::new(3);
     let (mut p, mut i, mut x) = (vec![0i32], Vec::new(), Vec::new());
@@ -130,4 +159,41 @@ fn attention_flavour_trains_and_streams_distances() {
     let u = Tensor::from_slice(&(0..5).map(|d| mean[d * 400] as f32).collect::<Vec<_>>()).view([1, 5]);
     let z = tch::no_grad(|| model.z_all_samples(&u)).squeeze_dim(0);
     assert_eq!(z.size(), vec![4, 8]);
+    // the host's closed form gives libtorch's counterfactual z for every cell and sample
+    let cells: Vec<usize> = (0..400).step_by(7).collect();
+    let mean = &mean;
+    let us: Vec<f32> = cells.iter().flat_map(|&c| (0..5).map(move |d| mean[d * 400 + c] as f32)).collect();
+    let mut host = vec![f32::NAN; cells.len() * 4 * 8];
+    model.host_sample_effect().z_block(&us, &mut host);
+    let ut = Tensor::from_slice(&us).view([cells.len() as i64, 5]);
+    let want = Vec::<f32>::try_from(&tch::no_grad(|| model.z_all_samples(&ut)).contiguous().view([-1])).unwrap();
+    for (i, (g, w)) in host.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "value {i}: host {g} vs libtorch {w}");
+    }
+    // linear maps of z over samples for several draws: the maps applied to counterfactual_z
+    let (r, s, l) = (3usize, 4usize, 8usize);
+    let maps: Vec<f64> = (0..r * s * 2).map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0).collect();
+    let of_cell: Vec<usize> = cells.iter().map(|c| c % 2).collect();
+    let draws = [None, Some(0), Some(3)];
+    let (proj, mean_z) = projected_counterfactuals(&model, &post, &cells, &draws, 7, &maps, r, &of_cell, true).unwrap();
+    let (n, samples) = (cells.len(), [0usize, 1, 2, 3]);
+    let mut want_mean = vec![0f64; n * s * l];
+    for (d, &draw) in draws.iter().enumerate() {
+        let z = counterfactual_z(&model, &post, &cells, &samples, draw, 7).unwrap(); // [cells, S, L] column-major
+        for c in 0..n {
+            for li in 0..l {
+                for k in 0..r {
+                    let want: f64 = (0..s).map(|a| maps[of_cell[c] * r * s + k + r * a] * z[c + n * (a + s * li)]).sum();
+                    let got = proj[k + r * (c + n * (li + l * d))];
+                    assert!((got - want).abs() <= 1e-9 * (1.0 + want.abs()), "draw {d} cell {c}: {got} vs {want}");
+                }
+                for a in 0..s {
+                    want_mean[c + n * (a + s * li)] += z[c + n * (a + s * li)] / 3.0;
+                }
+            }
+        }
+    }
+    let mean_z = mean_z.unwrap();
+    assert!(mean_z.iter().zip(&want_mean).all(|(g, w)| (g - w).abs() <= 1e-9 * (1.0 + w.abs())));
+    assert!(projected_counterfactuals(&model, &post, &cells, &draws, 7, &maps, r, &vec![2; n], false).is_err());
 }

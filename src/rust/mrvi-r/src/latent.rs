@@ -5,7 +5,7 @@ use extendr_api::prelude::*;
 use mrvi_core::batch::Dataset;
 use mrvi_core::data::CscView;
 use mrvi_core::error::try_collect;
-use mrvi_core::infer::{counterfactual_z, encode, z_from_u};
+use mrvi_core::infer::{counterfactual_z, encode, projected_counterfactuals, z_from_u};
 use mrvi_core::posterior::Posterior;
 
 /// Posterior mean and sd of u for the cells of a count matrix (column-major cells x L).
@@ -54,6 +54,28 @@ fn mrvi_counterfactual_z(
     counterfactual_z(model, &post, &cells, &samples, draw(draw_index), seed as u64).map_err(rerr)
 }
 
+/// Linear maps of the counterfactual z of `cells` (0-based) for posterior
+/// draws `draw_indices` (0-based; negative: the mean): `maps` r x S x K
+/// (column-major), `map_of_cell` 0-based; a list of `projections` (an R array
+/// [r, cells, L, draws]) and, with `want_mean`, `mean_z` ([cells, S, L]).
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn mrvi_projected_counterfactuals(
+    h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, cells: &[i32], draw_indices: &[i32], seed: f64, maps: &[f64],
+    n_rows: i32, map_of_cell: &[i32], want_mean: bool,
+) -> RResult<List> {
+    let h = model_ptr(&h)?;
+    let model = h.try_addr()?;
+    let post = posterior(u_mean, u_sd, n_cells, model)?;
+    let cells = indices(cells, "cell")?;
+    let map_of_cell = indices(map_of_cell, "map")?;
+    let draws: Vec<Option<usize>> = draw_indices.iter().map(|&d| draw(d)).collect();
+    let (proj, mean) = projected_counterfactuals(model, &post, &cells, &draws, seed as u64, maps, n_rows.max(0) as usize, &map_of_cell, want_mean)
+        .map_err(rerr)?;
+    Ok(list!(projections = proj, mean_z = mean.map(Robj::from).unwrap_or(NULL.into())))
+}
+
 /// Posterior draw `draw_index` (0-based; negative: the mean) of u for `cells`
 /// (0-based) under `seed`: column-major cells x L.
 /// @noRd
@@ -69,4 +91,5 @@ extendr_module! {
     fn mrvi_posterior_u;
     fn mrvi_z_from_u;
     fn mrvi_counterfactual_z;
+    fn mrvi_projected_counterfactuals;
 }

@@ -58,6 +58,221 @@ impl AttentionBlock {
     }
 }
 
+/// The attention block in closed form, for evaluating one x against many
+/// contexts on the host (counterfactual z of a cell under every sample).
+///
+/// Every token is affine in one scalar: a query token is xq_t a + b, a key or
+/// value token c_j g + h (the lift and the head projections compose). A score
+/// is then c_j (xq_t A_h + C_h) plus terms constant in j, which the softmax
+/// removes, and the value a head reads is E_h m + Z_h with m the softmax-weighted
+/// mean of the context coordinates. So each of the 16 x 2 (token, head) pairs
+/// needs one temperature lambda = xq_t A_h + C_h and one weighted mean
+/// m = sum_j c_j e^(lambda c_j) / sum_j e^(lambda c_j), and the first MLP layer
+/// folds the values in (32 inputs instead of 128). Same function as
+/// [AttentionBlock::forward], for any parameters; ~25x less work per pair.
+pub struct HostAttention {
+    d_in: usize,
+    d_out: usize,
+    /// project: [TOKENS, d_in] row-major, and its bias
+    project: Vec<f32>,
+    project_bias: Vec<f32>,
+    /// per head: A_h, C_h (the score scale included)
+    slope: [f32; HEADS as usize],
+    intercept: [f32; HEADS as usize],
+    /// the folded first MLP layer, transposed: [PAIRS, HIDDEN], pair k = t * HEADS + h
+    mlp1: Vec<f32>,
+    mlp1_bias: Vec<f32>,
+    /// the second MLP layer, transposed: [HIDDEN, d_out]
+    mlp2: Vec<f32>,
+    mlp2_bias: Vec<f32>,
+}
+
+const PAIRS: usize = (TOKENS * HEADS) as usize;
+
+impl HostAttention {
+    pub fn new(block: &AttentionBlock) -> Self {
+        let f64s = |t: &Tensor| Vec::<f64>::try_from(&t.detach().to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1])).expect("float");
+        let weight = |l: &nn::Linear| f64s(&l.ws);
+        let bias = |l: &nn::Linear| f64s(l.bs.as_ref().expect("attention layers have biases"));
+        let (c, heads, hidden) = (CHANNELS as usize, HEADS as usize, HIDDEN as usize);
+        let per_head = c / heads;
+        // a token lifted from scalar x and projected: x (W w) + (W b + bias)
+        let affine = |lift: &nn::Linear, w: &nn::Linear| {
+            let (lw, lb, ww, wb) = (weight(lift), bias(lift), weight(w), bias(w));
+            let slope: Vec<f64> = (0..c).map(|o| (0..c).map(|i| ww[o * c + i] * lw[i]).sum()).collect();
+            let offset: Vec<f64> = (0..c).map(|o| (0..c).map(|i| ww[o * c + i] * lb[i]).sum::<f64>() + wb[o]).collect();
+            (slope, offset)
+        };
+        let (qa, qb) = affine(&block.lift_q, &block.wq);
+        let (ka, _) = affine(&block.lift_kv, &block.wk);
+        let (va, vb) = affine(&block.lift_kv, &block.wv);
+        let scale = (per_head as f64).sqrt();
+        let head_dot = |x: &[f64], y: &[f64], h: usize| (h * per_head..(h + 1) * per_head).map(|i| x[i] * y[i]).sum::<f64>() / scale;
+        let mut slope = [0f32; HEADS as usize];
+        let mut intercept = [0f32; HEADS as usize];
+        for h in 0..heads {
+            slope[h] = head_dot(&qa, &ka, h) as f32;
+            intercept[h] = head_dot(&qb, &ka, h) as f32;
+        }
+        // out[t, h * per_head + i] = va[h, i] m[t, h] + vb[h, i], flattened t * c + channel
+        let (w1, b1) = (weight(&block.mlp1), bias(&block.mlp1));
+        let inputs = (TOKENS as usize) * c;
+        let mut mlp1 = vec![0f32; PAIRS * hidden];
+        let mut mlp1_bias = vec![0f32; hidden];
+        for o in 0..hidden {
+            let row = &w1[o * inputs..(o + 1) * inputs];
+            let mut b = b1[o];
+            for t in 0..TOKENS as usize {
+                for h in 0..heads {
+                    let channels = h * per_head..(h + 1) * per_head;
+                    mlp1[(t * heads + h) * hidden + o] = channels.clone().map(|ch| row[t * c + ch] * va[ch]).sum::<f64>() as f32;
+                    b += channels.map(|ch| row[t * c + ch] * vb[ch]).sum::<f64>();
+                }
+            }
+            mlp1_bias[o] = b as f32;
+        }
+        let (w2, b2) = (weight(&block.mlp2), bias(&block.mlp2));
+        let d_out = b2.len();
+        let mut mlp2 = vec![0f32; hidden * d_out];
+        for o in 0..d_out {
+            for k in 0..hidden {
+                mlp2[k * d_out + o] = w2[o * hidden + k] as f32;
+            }
+        }
+        let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        Self {
+            d_in: block.d_in as usize,
+            d_out,
+            project: to32(weight(&block.project)),
+            project_bias: to32(bias(&block.project)),
+            slope,
+            intercept,
+            mlp1,
+            mlp1_bias,
+            mlp2,
+            mlp2_bias: to32(b2),
+        }
+    }
+
+    /// Contexts ([n, TOKENS] row-major) laid out for [HostAttention::forward].
+    pub fn contexts(&self, contexts: &[f32]) -> Contexts {
+        let tokens = TOKENS as usize;
+        let n = contexts.len() / tokens;
+        let mut by_token = vec![0f32; tokens * n];
+        let (mut lo, mut hi) = (vec![f32::INFINITY; n], vec![f32::NEG_INFINITY; n]);
+        for (i, ctx) in contexts.chunks_exact(tokens).enumerate() {
+            for (j, &c) in ctx.iter().enumerate() {
+                by_token[j * n + i] = c;
+                lo[i] = lo[i].min(c);
+                hi[i] = hi[i].max(c);
+            }
+        }
+        Contexts { n, by_token, lo, hi }
+    }
+
+    /// The block's output for one x against each context: `out` [n, d_out]
+    /// row-major (overwritten). The work runs over contexts in the innermost
+    /// loops, which vectorise.
+    pub fn forward(&self, x: &[f32], contexts: &Contexts, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { self.forward_avx2(x, contexts, out) };
+            }
+        }
+        self.forward_portable::<false>(x, contexts, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(&self, x: &[f32], contexts: &Contexts, out: &mut [f32]) {
+        self.forward_portable::<true>(x, contexts, out)
+    }
+
+    /// `FMA`: fused multiply-adds (only where the CPU has them).
+    #[inline(always)]
+    fn forward_portable<const FMA: bool>(&self, x: &[f32], contexts: &Contexts, out: &mut [f32]) {
+        let (tokens, heads, hidden) = (TOKENS as usize, HEADS as usize, HIDDEN as usize);
+        let n = contexts.n;
+        let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+        // LayerNorm without affine parameters (torch: biased variance, eps 1e-5)
+        let d = self.d_in as f32;
+        let mean = x.iter().sum::<f32>() / d;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+        let inv = 1.0 / (var + 1e-5).sqrt();
+        let mut lambda = [0f32; PAIRS];
+        for t in 0..tokens {
+            let row = &self.project[t * self.d_in..(t + 1) * self.d_in];
+            let xq = row.iter().zip(x).map(|(w, v)| w * (v - mean) * inv).sum::<f32>() + self.project_bias[t];
+            for h in 0..heads {
+                lambda[t * heads + h] = xq * self.slope[h] + self.intercept[h];
+            }
+        }
+        // the weighted mean of each (token, head) pair, [PAIRS, n]; the largest
+        // score is subtracted before exp
+        let mut means = vec![0f32; PAIRS * n];
+        let (mut top, mut total) = (vec![0f32; n], vec![0f32; n]);
+        for (k, m) in means.chunks_exact_mut(n).enumerate() {
+            let lam = lambda[k];
+            let edge = if lam >= 0.0 { &contexts.hi } else { &contexts.lo };
+            for (t, &e) in top.iter_mut().zip(edge) {
+                *t = lam * e;
+            }
+            total.fill(0.0);
+            for c in contexts.by_token.chunks_exact(n) {
+                for (((tot, w), &ci), &t) in total.iter_mut().zip(m.iter_mut()).zip(c).zip(&top) {
+                    let e = crate::fastmath::exp_with::<FMA>(madd(lam, ci, -t));
+                    *tot += e;
+                    *w = madd(e, ci, *w);
+                }
+            }
+            for (w, tot) in m.iter_mut().zip(&total) {
+                *w /= tot;
+            }
+        }
+        // the MLP, [HIDDEN, n] then [d_out, n]
+        let mut h = vec![0f32; hidden * n];
+        for (o, row) in h.chunks_exact_mut(n).enumerate() {
+            row.fill(self.mlp1_bias[o]);
+            for (k, m) in means.chunks_exact(n).enumerate() {
+                let w = self.mlp1[k * hidden + o];
+                for (r, &v) in row.iter_mut().zip(m) {
+                    *r = madd(w, v, *r);
+                }
+            }
+            for r in row.iter_mut() {
+                *r = r.max(0.0);
+            }
+        }
+        let mut y = vec![0f32; self.d_out * n];
+        for (o, row) in y.chunks_exact_mut(n).enumerate() {
+            row.fill(self.mlp2_bias[o]);
+            for (k, hk) in h.chunks_exact(n).enumerate() {
+                let w = self.mlp2[k * self.d_out + o];
+                for (r, &v) in row.iter_mut().zip(hk) {
+                    *r = madd(w, v, *r);
+                }
+            }
+        }
+        for (i, out) in out.chunks_exact_mut(self.d_out).enumerate() {
+            for (o, v) in out.iter_mut().enumerate() {
+                *v = y[o * n + i];
+            }
+        }
+    }
+}
+
+/// Contexts laid out for [HostAttention::forward]: token-major, with each
+/// context's smallest and largest coordinate.
+pub struct Contexts {
+    n: usize,
+    /// [TOKENS, n]
+    by_token: Vec<f32>,
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+}
+
 /// Log-density of u under a mixture of diagonal Gaussians over whole vectors:
 /// log sum_k softmax(logits)_k prod_d N(u_d; mean_kd, exp(log_scale_kd)^2).
 /// `logits`: [K] or [N, K] (per-cell weights); u: [N, D] -> [N].
