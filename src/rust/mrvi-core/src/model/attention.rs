@@ -41,8 +41,40 @@ impl AttentionBlock {
         }
     }
 
-    /// x: [N, d_in]; context: [N, TOKENS] -> [N, d_out].
+    /// x: [N, d_in]; context: [N, TOKENS] -> [N, d_out], in closed form (see
+    /// [HostAttention]): one softmax temperature per token and head, the values
+    /// folded into the first MLP layer. The same function as [Self::reference].
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let n = x.size()[0];
+        let kind = x.kind();
+        let xq = self.project.forward(&x.layer_norm([self.d_in], None::<Tensor>, None::<Tensor>, 1e-5, false)); // [N, 16]
+        // a token lifted from scalar c and projected: c (W w) + (W b + bias), [CHANNELS] each
+        let affine = |lift: &nn::Linear, w: &nn::Linear| {
+            let slope = w.ws.matmul(&lift.ws).squeeze_dim(-1);
+            let offset = w.ws.matmul(&lift.bs.as_ref().expect("bias").unsqueeze(-1)).squeeze_dim(-1) + w.bs.as_ref().expect("bias");
+            (slope, offset)
+        };
+        let (qa, qb) = affine(&self.lift_q, &self.wq);
+        let (ka, _) = affine(&self.lift_kv, &self.wk);
+        let (va, vb) = affine(&self.lift_kv, &self.wv);
+        let scale = ((CHANNELS / HEADS) as f64).sqrt();
+        let per_head = |t: Tensor| t.view([HEADS, CHANNELS / HEADS]);
+        let slope = per_head(&qa * &ka).sum_dim_intlist(-1, false, kind) / scale; // [H]
+        let intercept = per_head(&qb * &ka).sum_dim_intlist(-1, false, kind) / scale;
+        let lambda = xq.unsqueeze(-1) * slope + intercept; // [N, 16, H]
+        let c = context.view([n, 1, TOKENS]);
+        let w = (lambda.view([n, TOKENS * HEADS, 1]) * &c).softmax(-1, kind); // [N, 16 H, 16]
+        let m = w.bmm(&context.view([n, TOKENS, 1])).view([n, TOKENS * HEADS]); // [N, 16 H]
+        // out[t, h, i] = va[h, i] m[t, h] + vb[h, i] enters mlp1 linearly
+        let w1 = self.mlp1.ws.view([HIDDEN, TOKENS, HEADS, CHANNELS / HEADS]);
+        let folded = (&w1 * per_head(va)).sum_dim_intlist(-1, false, kind).view([HIDDEN, TOKENS * HEADS]);
+        let bias = self.mlp1.bs.as_ref().expect("bias") + (&w1 * per_head(vb)).sum_dim_intlist([1, 2, 3].as_slice(), false, kind);
+        self.mlp2.forward(&m.linear(&folded, Some(&bias)).relu())
+    }
+
+    /// The block as MODEL.md §4 writes it, token by token: the reference the
+    /// closed forms ([Self::forward], [HostAttention]) are tested against.
+    pub fn reference(&self, x: &Tensor, context: &Tensor) -> Tensor {
         let n = x.size()[0];
         let xq = self.project.forward(&x.layer_norm([self.d_in], None::<Tensor>, None::<Tensor>, 1e-5, false));
         let q_tokens = self.lift_q.forward(&xq.unsqueeze(-1)); // [N, 16, 8]
@@ -68,8 +100,9 @@ impl AttentionBlock {
 /// mean of the context coordinates. So each of the 16 x 2 (token, head) pairs
 /// needs one temperature lambda = xq_t A_h + C_h and one weighted mean
 /// m = sum_j c_j e^(lambda c_j) / sum_j e^(lambda c_j), and the first MLP layer
-/// folds the values in (32 inputs instead of 128). Same function as
-/// [AttentionBlock::forward], for any parameters; ~25x less work per pair.
+/// folds the values in (32 inputs instead of 128). The same closed form as
+/// [AttentionBlock::forward], on host floats: the function of
+/// [AttentionBlock::reference] for any parameters, with a fraction of its work.
 pub struct HostAttention {
     d_in: usize,
     d_out: usize,
