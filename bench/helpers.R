@@ -48,6 +48,19 @@ realistic_data <- function(n_cells, data_dir, lib = Sys.getenv("R_LIBS", file.pa
   f
 }
 
+# Counts (a genes x cells dgCMatrix) and a cell table written for bench/scvi_common.py
+# (read_export()): the CSC slots as p.bin and i.bin (int32) and x.bin (float64),
+# meta.json (n_genes, n_cells), obs.csv (the cell table, as strings).
+export_for_python <- function(counts, obs, dir) {
+  dir.create(dir, showWarnings = FALSE, recursive = TRUE)
+  writeBin(counts@p, file.path(dir, "p.bin"))
+  writeBin(counts@i, file.path(dir, "i.bin"))
+  writeBin(counts@x, file.path(dir, "x.bin"))
+  writeLines(sprintf('{"n_genes": %d, "n_cells": %d}', counts@Dim[1], counts@Dim[2]), file.path(dir, "meta.json"))
+  utils::write.csv(data.frame(lapply(obs, as.character)), file.path(dir, "obs.csv"), row.names = FALSE)
+  invisible(dir)
+}
+
 # The CPU the numbers come from: model name, cores, and which of the vector
 # extensions that change libtorch's and the likelihood kernel's code paths it has.
 cpu_info <- function() {

@@ -8,9 +8,12 @@
 # (12 samples = 4 cell lines x 3 hashtags, singlets; the package's extdata; cell line
 # as the cell type), lemur_glioblastoma (10 samples; one group: all cells).
 # Settings (environment): MRVI_BENCH_SEEDS (default 1), MRVI_BENCH_FLAVOURS
-# ("linear,attention"), MRVI_BENCH_DATASETS, MRVI_BENCH_ARGS (extra mrvi() arguments),
-# MRVI_BENCH_TAG, MRVI_BENCH_OUT (CSV).
+# ("linear,attention"; "scvi-tools" adds scvi-tools' MRVI with its defaults on the
+# same halves, bench/scvi_tools_twins.py in SCVI_VENV (default bench/.venv-scvi, made by
+# bench/scvi_env.sh) with SCVI_THREADS threads (default 1)), MRVI_BENCH_DATASETS,
+# MRVI_BENCH_ARGS (extra mrvi() arguments), MRVI_BENCH_TAG, MRVI_BENCH_OUT (CSV).
 suppressMessages(library(mrvi))
+source("bench/helpers.R")
 env_list <- function(name, default) strsplit(Sys.getenv(name, default), ",")[[1]]
 seeds <- as.integer(env_list("MRVI_BENCH_SEEDS", "1"))
 flavours <- env_list("MRVI_BENCH_FLAVOURS", "linear,attention")
@@ -57,6 +60,23 @@ twin_score <- function(D) {
   mean(hits, na.rm = TRUE)
 }
 
+# scvi-tools' MRVI on the same halves: its per-group sample distances (an S x S x
+# groups array) and its training time and epochs
+scvi_tools_distances <- function(data, half, seed) {
+  dir <- export_for_python(data$counts, data.frame(sample = half, group = data$group), tempfile("twins-scvi-"))
+  on.exit(unlink(dir, recursive = TRUE))
+  python <- file.path(Sys.getenv("SCVI_VENV", "bench/.venv-scvi"), "bin", "python")
+  out <- suppressWarnings(system2(python, c("bench/scvi_tools_twins.py", dir, Sys.getenv("SCVI_THREADS", "1"), seed),
+                                  stdout = TRUE, stderr = TRUE))
+  r <- read_result(out)
+  groups <- readLines(file.path(dir, "groups.txt"))
+  mats <- lapply(seq_along(groups), function(k) as.matrix(utils::read.csv(file.path(dir, sprintf("distances_%d.csv", k)),
+                                                                          row.names = 1, check.names = FALSE)))
+  d <- simplify2array(mats)
+  dimnames(d) <- list(rownames(mats[[1]]), colnames(mats[[1]]), groups)
+  list(d = d, epochs = as.integer(r$epochs), seconds = as.numeric(r$seconds))
+}
+
 rows <- list()
 for (name in datasets) {
   data <- load_dataset(name)
@@ -66,13 +86,21 @@ for (name in datasets) {
     # the package's baseline, on every gene (no selection of variable genes)
     pb <- pseudobulkDistances(data$counts, half, groups = data$group, n_genes = nrow(data$counts))
     for (flavour in flavours) {
-      t0 <- proc.time()[["elapsed"]]
-      fit <- do.call(mrvi, c(list(data$counts, sample = half, flavour = flavour, seed = seed, verbose = FALSE),
-                             extra))
-      seconds <- proc.time()[["elapsed"]] - t0
-      d <- sampleDistances(fit, groups = data$group)
+      if (flavour == "scvi-tools") {
+        s <- scvi_tools_distances(data, half, seed)
+        d <- s$d
+        seconds <- s$seconds
+        epochs <- s$epochs
+      } else {
+        t0 <- proc.time()[["elapsed"]]
+        fit <- do.call(mrvi, c(list(data$counts, sample = half, flavour = flavour, seed = seed, verbose = FALSE),
+                               extra))
+        seconds <- proc.time()[["elapsed"]] - t0
+        epochs <- nrow(fit@history)
+        d <- sampleDistances(fit, groups = data$group)
+      }
       for (g in dimnames(d)[[3]]) {
-        row <- data.frame(tag, dataset = name, seed, flavour, group = g, epochs = nrow(fit@history),
+        row <- data.frame(tag, dataset = name, seed, flavour, group = g, epochs = epochs,
                           train_seconds = round(seconds, 1), twin_mrvi = twin_score(d[, , g]),
                           twin_pseudobulk = twin_score(pb[, , g]), cpu, stringsAsFactors = FALSE)
         rows[[length(rows) + 1]] <- row

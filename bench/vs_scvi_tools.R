@@ -33,13 +33,7 @@ data <- realistic_data(n_cells, data_dir, lib)
 export <- file.path(data_dir, sprintf("realistic_%d_export", n_cells))
 if (!dir.exists(export)) {
   d <- readRDS(data)
-  dir.create(export)
-  writeBin(d$counts@p, file.path(export, "p.bin"))
-  writeBin(d$counts@i, file.path(export, "i.bin"))
-  writeBin(d$counts@x, file.path(export, "x.bin"))
-  writeLines(sprintf('{"n_genes": %d, "n_cells": %d}', d$counts@Dim[1], d$counts@Dim[2]), file.path(export, "meta.json"))
-  utils::write.csv(data.frame(sample = as.character(d$sample), site = as.character(d$site)),
-                   file.path(export, "obs.csv"), row.names = FALSE)
+  export_for_python(d$counts, data.frame(sample = d$sample, site = d$site), export)
 }
 
 env <- c(paste0("R_LIBS=", lib), paste0("MRVI_BENCH_THREADS=", threads), "OMP_NUM_THREADS=1")
