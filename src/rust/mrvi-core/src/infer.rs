@@ -81,7 +81,7 @@ pub fn counterfactual_z(
         crate::invalid!("a cell or sample index is out of range");
     }
     let mut out = r_array(Ix3(cells.len(), samples.len(), l), "the counterfactual latents")?;
-    // blocks of cells: one libtorch call per block for the attention flavour
+    // blocks of cells: one libtorch call per block for an attention model on a GPU
     const BLOCK: usize = 256;
     for (bi, part) in cells.chunks(BLOCK).enumerate() {
         let z = cells_z(&effect, post, part, draw, seed);
