@@ -67,6 +67,17 @@ pub fn cells_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], dra
     out
 }
 
+/// The posterior fits the model's u and every cell index is in it.
+fn check_cells(effect: &HostSampleEffect, post: &Posterior, cells: &[usize]) -> Result<()> {
+    if post.n_latent != effect.n_latent_u {
+        crate::invalid!("u has {} dimensions, the model {}", post.n_latent, effect.n_latent_u);
+    }
+    if cells.iter().any(|&c| c >= post.n_cells) {
+        crate::invalid!("a cell index is out of range");
+    }
+    Ok(())
+}
+
 /// Counterfactual z of `cells` under `samples`, for one draw of u (or its mean):
 /// the values of an R array [cells, samples, L].
 pub fn counterfactual_z(
@@ -74,11 +85,9 @@ pub fn counterfactual_z(
 ) -> Result<Vec<f64>> {
     let effect = model.host_sample_effect();
     let (l, s_all) = (effect.n_latent, effect.n_samples);
-    if post.n_latent != effect.n_latent_u {
-        crate::invalid!("u has {} dimensions, the model {}", post.n_latent, effect.n_latent_u);
-    }
-    if cells.iter().any(|&c| c >= post.n_cells) || samples.iter().any(|&s| s >= s_all) {
-        crate::invalid!("a cell or sample index is out of range");
+    check_cells(&effect, post, cells)?;
+    if samples.iter().any(|&s| s >= s_all) {
+        crate::invalid!("a sample index is out of range");
     }
     let mut out = r_array(Ix3(cells.len(), samples.len(), l), "the counterfactual latents")?;
     // blocks of cells: one libtorch call per block for an attention model on a GPU
@@ -107,12 +116,7 @@ pub fn projected_counterfactuals(
 ) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
     let effect = model.host_sample_effect();
     let (l, s) = (effect.n_latent, effect.n_samples);
-    if post.n_latent != effect.n_latent_u {
-        crate::invalid!("u has {} dimensions, the model {}", post.n_latent, effect.n_latent_u);
-    }
-    if cells.iter().any(|&c| c >= post.n_cells) {
-        crate::invalid!("a cell index is out of range");
-    }
+    check_cells(&effect, post, cells)?;
     let n_maps = maps.len() / (r * s).max(1);
     if r == 0 || maps.len() != r * s * n_maps || map_of_cell.len() != cells.len() || map_of_cell.iter().any(|&k| k >= n_maps) {
         crate::invalid!("the maps must be {r} x {s} x K with one map index below K per cell");
