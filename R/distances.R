@@ -32,7 +32,10 @@
 #'   wanted (instead of group means); `groups` must then be `NULL`.
 #' @param min_cells a sample with fewer cells than this in a group is left out of
 #'   that group's matrix (its row and column are `NA`); which samples were left
-#'   out where is recorded in `attr(, "excluded")`.
+#'   out where is recorded in `attr(, "excluded")`. D(C) itself needs no cells of a sample
+#'   in C (every cell of C is placed in every sample); the exclusion guards
+#'   against samples whose effect on C was learned from too few of its cells.
+#'   `min_cells = 0` keeps every sample (as scvi-tools' MRVI does).
 #' @param normalize `FALSE`: plain distances. `TRUE`: distances in units of the
 #'   cell's own posterior noise, as the later MrVI normalises them. For cell n,
 #'   let \eqn{b_n} be the distances \eqn{\| z_n^{s_n}(u') - z_n^{s_n}(u'') \|}

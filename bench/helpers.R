@@ -61,6 +61,26 @@ export_for_python <- function(counts, obs, dir) {
   invisible(dir)
 }
 
+# scvi-tools' MRVI (bench/scvi_tools_distances.py, its defaults) on counts (genes x
+# cells dgCMatrix) and a cell table with columns sample, group and optionally batch:
+# its per-group sample distances (an S x S x groups array), training seconds and
+# epochs. Python from SCVI_VENV (default bench/.venv-scvi, made by bench/scvi_env.sh)
+# with SCVI_THREADS threads (default 1).
+scvi_tools_group_distances <- function(counts, obs, seed) {
+  dir <- export_for_python(counts, obs, tempfile("scvi-tools-"))
+  on.exit(unlink(dir, recursive = TRUE))
+  python <- file.path(Sys.getenv("SCVI_VENV", "bench/.venv-scvi"), "bin", "python")
+  out <- suppressWarnings(system2(python, c("bench/scvi_tools_distances.py", dir, Sys.getenv("SCVI_THREADS", "1"), seed),
+                                  stdout = TRUE, stderr = TRUE))
+  r <- read_result(out)
+  groups <- readLines(file.path(dir, "groups.txt"))
+  mats <- lapply(seq_along(groups), function(k) as.matrix(utils::read.csv(file.path(dir, sprintf("distances_%d.csv", k)),
+                                                                          row.names = 1, check.names = FALSE)))
+  d <- simplify2array(mats)
+  dimnames(d) <- list(rownames(mats[[1]]), colnames(mats[[1]]), groups)
+  list(d = d, epochs = as.integer(r$epochs), seconds = as.numeric(r$seconds))
+}
+
 # The CPU the numbers come from: model name, cores, and which of the vector
 # extensions that change libtorch's and the likelihood kernel's code paths it has.
 cpu_info <- function() {

@@ -4,12 +4,17 @@
 # with the halves as samples, D(C) is computed per cell type, and a half scores 1 when
 # its nearest other half (smallest D(C)) is its twin. Pseudobulk baseline in the same
 # run: pseudobulkDistances() (per cell type and half, log-CPM, 1 - Pearson).
+# Both leave out a half with fewer than min_cells = 5 cells of a type (their default);
+# a half whose twin was left out cannot find it and is not scored (`halves_scored`).
+# The `_all` columns score every half: mrvi with min_cells = 0 (a counterfactual
+# distance needs no cells of the sample in the type, and scvi-tools leaves no sample
+# out), pseudobulk with min_cells = 1.
 # Datasets: kang_8donors_ctrl (8 donors x 8 PBMC types; bench/data), scds_cellhashing
 # (12 samples = 4 cell lines x 3 hashtags, singlets; the package's extdata; cell line
 # as the cell type), lemur_glioblastoma (10 samples; one group: all cells).
 # Settings (environment): MRVI_BENCH_SEEDS (default 1), MRVI_BENCH_FLAVOURS
 # ("linear,attention"; "scvi-tools" adds scvi-tools' MRVI with its defaults on the
-# same halves, bench/scvi_tools_twins.py in SCVI_VENV (default bench/.venv-scvi, made by
+# same halves, bench/scvi_tools_distances.py in SCVI_VENV (default bench/.venv-scvi, made by
 # bench/scvi_env.sh) with SCVI_THREADS threads (default 1)), MRVI_BENCH_DATASETS,
 # MRVI_BENCH_ARGS (extra mrvi() arguments), MRVI_BENCH_TAG, MRVI_BENCH_OUT (CSV).
 suppressMessages(library(mrvi))
@@ -47,35 +52,20 @@ load_dataset <- function(name) {
     })
 }
 
-# share of halves whose nearest other half (in D) is their twin, ignoring NA rows
-twin_score <- function(D) {
+# share of halves whose nearest other half (in D) is their twin, over the halves
+# that can be scored: the half and its twin both in D (not NA)
+twin_hits <- function(D) {
   halves <- rownames(D)
   hits <- vapply(halves, function(h) {
+    twin <- if (grepl("_a$", h)) sub("_a$", "_b", h) else sub("_b$", "_a", h)
+    if (!twin %in% halves || is.na(D[h, h]) || is.na(D[h, twin])) return(NA)
     row <- D[h, ]
     row[h] <- NA
-    if (all(is.na(row)) || is.na(D[h, h])) return(NA)
-    twin <- sub("_[ab]$", "", h)
-    sub("_[ab]$", "", names(which.min(row))) == twin
+    names(which.min(row)) == twin
   }, logical(1))
-  mean(hits, na.rm = TRUE)
+  hits[!is.na(hits)]
 }
-
-# scvi-tools' MRVI on the same halves: its per-group sample distances (an S x S x
-# groups array) and its training time and epochs
-scvi_tools_distances <- function(data, half, seed) {
-  dir <- export_for_python(data$counts, data.frame(sample = half, group = data$group), tempfile("twins-scvi-"))
-  on.exit(unlink(dir, recursive = TRUE))
-  python <- file.path(Sys.getenv("SCVI_VENV", "bench/.venv-scvi"), "bin", "python")
-  out <- suppressWarnings(system2(python, c("bench/scvi_tools_twins.py", dir, Sys.getenv("SCVI_THREADS", "1"), seed),
-                                  stdout = TRUE, stderr = TRUE))
-  r <- read_result(out)
-  groups <- readLines(file.path(dir, "groups.txt"))
-  mats <- lapply(seq_along(groups), function(k) as.matrix(utils::read.csv(file.path(dir, sprintf("distances_%d.csv", k)),
-                                                                          row.names = 1, check.names = FALSE)))
-  d <- simplify2array(mats)
-  dimnames(d) <- list(rownames(mats[[1]]), colnames(mats[[1]]), groups)
-  list(d = d, epochs = as.integer(r$epochs), seconds = as.numeric(r$seconds))
-}
+twin_score <- function(D) mean(twin_hits(D))
 
 rows <- list()
 for (name in datasets) {
@@ -85,10 +75,11 @@ for (name in datasets) {
     half <- paste0(data$sample, ifelse(stats::runif(length(data$sample)) < 0.5, "_a", "_b"))
     # the package's baseline, on every gene (no selection of variable genes)
     pb <- pseudobulkDistances(data$counts, half, groups = data$group, n_genes = nrow(data$counts))
+    pb_all <- pseudobulkDistances(data$counts, half, groups = data$group, n_genes = nrow(data$counts), min_cells = 1)
     for (flavour in flavours) {
       if (flavour == "scvi-tools") {
-        s <- scvi_tools_distances(data, half, seed)
-        d <- s$d
+        s <- scvi_tools_group_distances(data$counts, data.frame(sample = half, group = data$group), seed)
+        d <- d_all <- s$d
         seconds <- s$seconds
         epochs <- s$epochs
       } else {
@@ -98,20 +89,29 @@ for (name in datasets) {
         seconds <- proc.time()[["elapsed"]] - t0
         epochs <- nrow(fit@history)
         d <- sampleDistances(fit, groups = data$group)
+        d_all <- sampleDistances(fit, groups = data$group, min_cells = 0)
       }
       for (g in dimnames(d)[[3]]) {
         row <- data.frame(tag, dataset = name, seed, flavour, group = g, epochs = epochs,
                           train_seconds = round(seconds, 1), twin_mrvi = twin_score(d[, , g]),
-                          twin_pseudobulk = twin_score(pb[, , g]), cpu, stringsAsFactors = FALSE)
+                          twin_pseudobulk = twin_score(pb[, , g]), halves_scored = length(twin_hits(d[, , g])),
+                          twin_mrvi_all = twin_score(d_all[, , g]), twin_pseudobulk_all = twin_score(pb_all[, , g]),
+                          cpu, stringsAsFactors = FALSE)
         rows[[length(rows) + 1]] <- row
       }
       res <- do.call(rbind, rows)
       cur <- res[res$dataset == name & res$seed == seed & res$flavour == flavour, ]
-      cat(sprintf("%s %s seed %d %s: twin mrvi %.3f (worst %.2f), pseudobulk %.3f, %d epochs, %.0f s\n", tag, name,
-                  seed, flavour, mean(cur$twin_mrvi, na.rm = TRUE), min(cur$twin_mrvi, na.rm = TRUE),
-                  mean(cur$twin_pseudobulk, na.rm = TRUE), cur$epochs[1], seconds))
+      cat(sprintf(paste("%s %s seed %d %s: twin %.3f (worst %.2f), pseudobulk %.3f; every half: %.3f (worst %.2f),",
+                        "pseudobulk %.3f; %d epochs, %.0f s\n"), tag, name, seed, flavour,
+                  mean(cur$twin_mrvi, na.rm = TRUE), min(cur$twin_mrvi, na.rm = TRUE),
+                  mean(cur$twin_pseudobulk, na.rm = TRUE), mean(cur$twin_mrvi_all, na.rm = TRUE),
+                  min(cur$twin_mrvi_all, na.rm = TRUE), mean(cur$twin_pseudobulk_all, na.rm = TRUE),
+                  cur$epochs[1], seconds))
+      # rows of earlier versions lack the later columns (NA); their twin_mrvi scored
+      # a half whose twin was left out as a miss
       old <- if (file.exists(out_file)) utils::read.csv(out_file) else NULL
-      utils::write.csv(rbind(old, cur), out_file, row.names = FALSE)
+      if (!is.null(old)) old[setdiff(names(cur), names(old))] <- NA
+      utils::write.csv(rbind(old[names(cur)], cur), out_file, row.names = FALSE)
     }
   }
 }

@@ -19,11 +19,14 @@
 # there is scored without refitting, its training seconds those recorded at the time),
 # MRVI_BENCH_SPACE (the space of the distances scored: "latent", the default, or
 # "expression"; see ?sampleDistances), MRVI_BENCH_SCORE ("all", or "distances" to
-# skip the guided tests and DE, whose columns are then NA).
+# skip the guided tests and DE, whose columns are then NA). Flavour "scvi-tools":
+# scvi-tools' MRVI with its defaults (site as its batch_key; posterior-mean
+# distances; no guided tests or DE), see scvi_tools_group_distances() in bench/helpers.R.
 suppressMessages({
   library(mrvi)
   library(SingleCellExperiment)
 })
+source("bench/helpers.R")
 env_list <- function(name, default) strsplit(Sys.getenv(name, default), ",")[[1]]
 seeds <- as.integer(env_list("MRVI_BENCH_SEEDS", "1,2,3"))
 flavours <- env_list("MRVI_BENCH_FLAVOURS", "linear,attention")
@@ -40,8 +43,8 @@ cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value
 
 off_diagonal <- function(m) m[upper.tri(m)]
 
-score_fit <- function(fit, sce, truth) {
-  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = space)
+# contrast, Spearman and RF of per-type distances d [S, S, types]
+score_distances <- function(d, truth) {
   types <- dimnames(d)[[3]]
   mean_d <- vapply(types, function(t) mean(off_diagonal(d[, , t]), na.rm = TRUE), numeric(1))
   unaffected <- setdiff(types, truth$affected)
@@ -51,6 +54,14 @@ score_fit <- function(fit, sce, truth) {
       rf = treeDistance(sampleHclust(d, t), truth$phylo[[t]]))
   })
   names(per_type) <- truth$affected
+  data.frame(contrast = mean(mean_d[truth$affected]) / mean(mean_d[unaffected]),
+             spearman_type1 = per_type[[1]][["spearman"]], spearman_type2 = per_type[[2]][["spearman"]],
+             rf_type1 = per_type[[1]][["rf"]], rf_type2 = per_type[[2]][["rf"]])
+}
+
+# score_distances() of the fit's posterior-mean distances, then the guided tests and DE
+score_fit <- function(fit, sce, truth) {
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = space)
   # the root split of type1's tree as a sample covariate
   type1 <- truth$affected[1]
   affected_cells <- fit@cell_data$cell_type == type1
@@ -63,10 +74,7 @@ score_fit <- function(fit, sce, truth) {
     de <- differentialExpression(fit, data.frame(sample = fit@samples, root_split = split))
     de_flagged <- de$q_value < 0.05
   }
-  data.frame(space = space,
-    contrast = mean(mean_d[truth$affected]) / mean(mean_d[unaffected]),
-    spearman_type1 = per_type[[1]][["spearman"]], spearman_type2 = per_type[[2]][["spearman"]],
-    rf_type1 = per_type[[1]][["rf"]], rf_type2 = per_type[[2]][["rf"]],
+  data.frame(space = space, score_distances(d, truth),
     guided_tpr = mean(flagged[affected_cells]),
     guided_fdr = sum(flagged & !affected_cells) / max(1, sum(flagged)),
     de_tpr = mean(de_flagged[affected_cells]),
@@ -85,6 +93,19 @@ for (design in designs) {
     left_tips <- truth$phylo[[truth$affected[1]]]$tip.label[root[[2]]]
     sce$root_split <- ifelse(as.character(sce$sample) %in% left_tips, "left", "right")
     for (flavour in flavours) {
+      if (flavour == "scvi-tools") {
+        # distances only: scvi-tools has no guided tests or DE of this kind
+        obs <- data.frame(sample = sce$sample, group = sce$cell_type, batch = sce$site)
+        r <- scvi_tools_group_distances(as(counts(sce), "CsparseMatrix"), obs, seed)
+        row <- data.frame(tag, design, seed, flavour, epochs = r$epochs, best_epoch = NA,
+                          train_seconds = round(r$seconds, 1), space = "latent", score_distances(r$d, truth),
+                          guided_tpr = NA, guided_fdr = NA, de_tpr = NA, de_flagged_unaffected = NA,
+                          cpu, stringsAsFactors = FALSE)
+        print(row[, setdiff(names(row), "cpu")], digits = 3)
+        old <- if (file.exists(out_file)) utils::read.csv(out_file) else NULL
+        utils::write.csv(rbind(old, row), out_file, row.names = FALSE)
+        next
+      }
       saved <- if (nzchar(fit_dir)) file.path(fit_dir, sprintf("%s_%d_%s.rds", design, seed, flavour)) else ""
       if (nzchar(saved) && file.exists(saved)) {
         saved_fit <- readRDS(saved)

@@ -1,10 +1,12 @@
-"""scvi-tools' MRVI on a twin-recovery data set exported by bench/twins.R: train with
-the model's defaults, then write the sample distance matrix of every cell group.
+"""scvi-tools' MRVI on a data set exported by bench/helpers.R's
+scvi_tools_group_distances() (bench/twins.R, bench/validity.R): train with the model's
+defaults, then write the sample distance matrix of every cell group.
 
-    python bench/scvi_tools_twins.py DATA_DIR THREADS SEED
+    python bench/scvi_tools_distances.py DATA_DIR THREADS SEED
 
 DATA_DIR: the folder of export_for_python() (bench/helpers.R) with obs columns
-`sample` and `group`. Defaults throughout (JAX backend, scvi-tools' epoch heuristic,
+`sample`, `group` and optionally `batch` (the nuisance covariate, scvi-tools'
+batch_key). Defaults throughout (JAX backend, scvi-tools' epoch heuristic,
 get_local_sample_distances(groupby = "group"): posterior means, unnormalised); writes
 DATA_DIR/distances_<k>.csv (k = 1, 2, ...: a matrix with sample names as row and
 column names) and DATA_DIR/groups.txt (the group of each file), and prints
@@ -24,10 +26,11 @@ from scvi.external import MRVI  # noqa: E402
 
 scvi.settings.seed = seed
 adata = read_export(data_dir)
+batch = {"batch_key": "batch"} if "batch" in adata.obs.columns else {}
 try:
-    MRVI.setup_anndata(adata, sample_key="sample", backend="jax")
+    MRVI.setup_anndata(adata, sample_key="sample", backend="jax", **batch)
 except TypeError:  # a release with one backend only
-    MRVI.setup_anndata(adata, sample_key="sample")
+    MRVI.setup_anndata(adata, sample_key="sample", **batch)
 try:
     model = MRVI(adata, backend="jax")
 except TypeError:
