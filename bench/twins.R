@@ -52,8 +52,8 @@ load_dataset <- function(name) {
     })
 }
 
-# share of halves whose nearest other half (in D) is their twin, over the halves
-# that can be scored: the half and its twin both in D (not NA)
+# per half that can be scored (it and its twin both in D, not NA): is its nearest
+# other half (in D) its twin? twin_score() is the share of hits.
 twin_hits <- function(D) {
   halves <- rownames(D)
   hits <- vapply(halves, function(h) {

@@ -101,27 +101,23 @@ for (design in designs) {
                           train_seconds = round(r$seconds, 1), space = "latent", score_distances(r$d, truth),
                           guided_tpr = NA, guided_fdr = NA, de_tpr = NA, de_flagged_unaffected = NA,
                           cpu, stringsAsFactors = FALSE)
-        print(row[, setdiff(names(row), "cpu")], digits = 3)
-        old <- if (file.exists(out_file)) utils::read.csv(out_file) else NULL
-        utils::write.csv(rbind(old, row), out_file, row.names = FALSE)
-        next
-      }
-      saved <- if (nzchar(fit_dir)) file.path(fit_dir, sprintf("%s_%d_%s.rds", design, seed, flavour)) else ""
-      if (nzchar(saved) && file.exists(saved)) {
-        saved_fit <- readRDS(saved)
-        fit <- saved_fit$fit
-        seconds <- saved_fit$seconds
       } else {
-        t0 <- proc.time()[["elapsed"]]
-        fit <- do.call(mrvi, c(list(sce, sample = "sample", batch = "site", flavour = flavour,
-                                    seed = seed, verbose = FALSE), extra))
-        seconds <- proc.time()[["elapsed"]] - t0
-        if (nzchar(saved)) saveRDS(list(fit = fit, seconds = seconds), saved)
+        saved <- if (nzchar(fit_dir)) file.path(fit_dir, sprintf("%s_%d_%s.rds", design, seed, flavour)) else ""
+        if (nzchar(saved) && file.exists(saved)) {
+          saved_fit <- readRDS(saved)
+          fit <- saved_fit$fit
+          seconds <- saved_fit$seconds
+        } else {
+          t0 <- proc.time()[["elapsed"]]
+          fit <- do.call(mrvi, c(list(sce, sample = "sample", batch = "site", flavour = flavour,
+                                      seed = seed, verbose = FALSE), extra))
+          seconds <- proc.time()[["elapsed"]] - t0
+          if (nzchar(saved)) saveRDS(list(fit = fit, seconds = seconds), saved)
+        }
+        row <- data.frame(tag, design, seed, flavour, epochs = nrow(fit@history),
+                          best_epoch = fit@config$best_epoch, train_seconds = round(seconds, 1),
+                          score_fit(fit, sce, truth), cpu, stringsAsFactors = FALSE)
       }
-      scores <- score_fit(fit, sce, truth)
-      row <- data.frame(tag, design, seed, flavour, epochs = nrow(fit@history),
-                        best_epoch = fit@config$best_epoch, train_seconds = round(seconds, 1), scores,
-                        cpu, stringsAsFactors = FALSE)
       print(row[, setdiff(names(row), "cpu")], digits = 3)
       rows[[length(rows) + 1]] <- row
       old <- if (file.exists(out_file)) utils::read.csv(out_file) else NULL
