@@ -181,6 +181,14 @@ fn epoch_seed(seed: u64, epoch: usize) -> i64 {
     (SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64() >> 1) as i64
 }
 
+/// The seed of libtorch's generator for every validation pass: the same draws
+/// each epoch (common random numbers), so that the validation ELBO moves only
+/// when the model does. With fresh draws its Monte Carlo noise (~0.2 nats per
+/// cell on 2,000 validation cells) hid a slow rise and stopped training early.
+fn validation_seed(seed: u64) -> i64 {
+    (SplitMix64::new(seed ^ 0x5641_4C49_4441_5445).next_u64() >> 1) as i64
+}
+
 /// Reads the counts of the cells in `ranges` (consecutive cells, one range after
 /// the other) from where they are kept: for counts on disk, the caller's reader.
 /// The second argument names the ranges that will be read next (empty when not
@@ -493,12 +501,15 @@ impl Trainer {
     }
 
     /// Mean per-cell reconstruction loss and KL on the validation cells (NaN when
-    /// there are none), in evaluation mode with one posterior draw per cell.
+    /// there are none), in evaluation mode with one posterior draw per cell, the
+    /// same draws every epoch.
     fn validation_losses(&self, mut loader: Option<&mut BlockLoader<'_>>) -> Result<(f64, f64)> {
         if self.validation_cells.is_empty() {
             return Ok((f64::NAN, f64::NAN));
         }
         let (chunk, fused) = (self.config.batch_size.max(1024), self.fused());
+        // the next epoch reseeds the generator for training (epoch_seed)
+        tch::manual_seed(validation_seed(self.config.seed));
         let (rec, kl) = match &self.config.blocks {
             None => evaluation_sums(&self.model, &self.data, &self.validation_cells, chunk, fused),
             Some(blocks) => {
