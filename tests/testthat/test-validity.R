@@ -3,10 +3,11 @@
 # expression (most genes low), ~3,000 UMI per cell, 16 samples in 2 sites, an
 # ultrametric tree in one of 3 cell types with 10 genes per edge on average.
 # Thresholds hold over 5 seeds with a margin, since results for a fixed seed differ
-# across CPUs and thread counts: seeds 1-5 of this exact call (AMD EPYC, 1 thread) gave
-# contrast 6.8 / 6.8 / 5.3 / 5.4 / 6.9, Spearman 0.80 / 0.70 / 0.71 / 0.56 / 0.86,
-# normalised RF 0.46 / 0.38 / 0.46 / 0.38 / 0.46 (a random tree scores ~0.95 or more;
-# before session 5's optimiser change: contrast 3.6-7.3, Spearman 0.44-0.91, RF 0.31-0.85).
+# across CPUs and thread counts: fit seeds 1-5 of this exact call (AMD EPYC,
+# tools/threshold_audit.R, session 15: validation with the same draws every epoch) gave
+# contrast 6.6 / 5.0 / 5.3 / 6.2 / 9.2, Spearman 0.83 / 0.63 / 0.90 / 0.69 / 0.79,
+# normalised RF 0.62 / 0.38 / 0.38 / 0.15 / 0.69 (a random tree scores ~0.95 or more;
+# before: contrast 5.3-6.9, Spearman 0.56-0.86, RF 0.38-0.46).
 # They check that the structure is found and placed in the right cell type, not the
 # issue's targets (Spearman >= 0.8, RF <= 0.3 at 20,000 cells), which are not met yet.
 test_that("the default model recovers a planted sample tree in realistic data, in the affected type only", {
@@ -22,7 +23,7 @@ test_that("the default model recovers a planted sample tree in realistic data, i
   expect_identical(fit@config$flavour, "attention")
   # per-cell DE of the root split of type1's tree (default arguments): the issue's
   # target, TPR >= 0.8 with <= 5% of the unaffected cells flagged. Seeds 1-5 (1 thread):
-  # TPR 1.00 and 0% flagged on every seed; the affected cells' largest |LFC| was
+  # TPR 1.00 and 0% flagged on every seed (again in session 15); the affected cells' largest |LFC| was
   # 0.61-1.29, the unaffected cells' at most 0.07 (the fold-change threshold is 0.1).
   # Without the threshold (the posterior-noise floor alone) 13 / 0 / 21 / 9 / 0% were flagged.
   affected <- fit@cell_data$cell_type == "type1"
