@@ -1,5 +1,6 @@
 //! Training (MODEL.md §3): Adam with L2 weight decay, gradient-norm clipping,
-//! linear KL warm-up, a held-out validation ELBO, early stopping that restores
+//! linear KL warm-up, a held-out validation ELBO (the same posterior draws every
+//! epoch), early stopping that restores
 //! the best weights. The caller drives it one epoch at a time (for progress
 //! reporting) and passes an interrupt check that runs between minibatches.
 //! Everything an epoch depends on (weights, Adam's moments, the shuffling
