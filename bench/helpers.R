@@ -117,3 +117,30 @@ measure <- function(expr) {
   value <- force(expr)
   list(value = value, seconds = proc.time()[["elapsed"]] - t0, peak = peak_rss_mb(), before = before)
 }
+
+# bench/validity.R's data (issue 14): the paper's Supplement B.2 at realistic scale,
+# 2,000 genes, 32 samples in 2 sites, 5 cell types of which 2 carry a sample tree,
+# 10 genes per edge (`design`: "equal" or "ultrametric" edge lengths).
+validity_data <- function(n_cells, design, seed) {
+  mrvi::simulateNested(n_cells, 2000, n_samples = 32, n_sites = 2, n_cell_types = 5, n_affected = 2,
+                       genes_per_edge = 10, edge_lengths = design, expression = "skewed",
+                       library_size = 3000, seed = seed)
+}
+
+off_diagonal <- function(m) m[upper.tri(m)]
+
+# contrast, Spearman and RF of per-type distances d [S, S, types]
+score_distances <- function(d, truth) {
+  types <- dimnames(d)[[3]]
+  mean_d <- vapply(types, function(t) mean(off_diagonal(d[, , t]), na.rm = TRUE), numeric(1))
+  unaffected <- setdiff(types, truth$affected)
+  per_type <- lapply(truth$affected, function(t) {
+    truth_d <- truth$distances[[t]][dimnames(d)[[1]], dimnames(d)[[2]]]
+    c(spearman = stats::cor(off_diagonal(d[, , t]), off_diagonal(truth_d), method = "spearman"),
+      rf = mrvi::treeDistance(mrvi::sampleHclust(d, t), truth$phylo[[t]]))
+  })
+  names(per_type) <- truth$affected
+  data.frame(contrast = mean(mean_d[truth$affected]) / mean(mean_d[unaffected]),
+             spearman_type1 = per_type[[1]][["spearman"]], spearman_type2 = per_type[[2]][["spearman"]],
+             rf_type1 = per_type[[1]][["rf"]], rf_type2 = per_type[[2]][["rf"]])
+}

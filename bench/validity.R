@@ -41,24 +41,6 @@ score_tests <- Sys.getenv("MRVI_BENCH_SCORE", "all") == "all"
 dir.create(dirname(out_file), showWarnings = FALSE, recursive = TRUE)
 cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
 
-off_diagonal <- function(m) m[upper.tri(m)]
-
-# contrast, Spearman and RF of per-type distances d [S, S, types]
-score_distances <- function(d, truth) {
-  types <- dimnames(d)[[3]]
-  mean_d <- vapply(types, function(t) mean(off_diagonal(d[, , t]), na.rm = TRUE), numeric(1))
-  unaffected <- setdiff(types, truth$affected)
-  per_type <- lapply(truth$affected, function(t) {
-    truth_d <- truth$distances[[t]][dimnames(d)[[1]], dimnames(d)[[2]]]
-    c(spearman = stats::cor(off_diagonal(d[, , t]), off_diagonal(truth_d), method = "spearman"),
-      rf = treeDistance(sampleHclust(d, t), truth$phylo[[t]]))
-  })
-  names(per_type) <- truth$affected
-  data.frame(contrast = mean(mean_d[truth$affected]) / mean(mean_d[unaffected]),
-             spearman_type1 = per_type[[1]][["spearman"]], spearman_type2 = per_type[[2]][["spearman"]],
-             rf_type1 = per_type[[1]][["rf"]], rf_type2 = per_type[[2]][["rf"]])
-}
-
 # score_distances() of the fit's posterior-mean distances, then the guided tests and DE
 score_fit <- function(fit, sce, truth) {
   d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = space)
@@ -84,9 +66,7 @@ score_fit <- function(fit, sce, truth) {
 rows <- list()
 for (design in designs) {
   for (seed in seeds) {
-    sce <- simulateNested(n_cells, 2000, n_samples = 32, n_sites = 2, n_cell_types = 5, n_affected = 2,
-                          genes_per_edge = 10, edge_lengths = design, expression = "skewed",
-                          library_size = 3000, seed = seed)
+    sce <- validity_data(n_cells, design, seed)
     truth <- S4Vectors::metadata(sce)$truth
     root <- ape::prop.part(truth$phylo[[truth$affected[1]]])
     # prop.part lists clades by tip number; the root's first child clade

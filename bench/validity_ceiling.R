@@ -14,10 +14,10 @@ suppressMessages({
   library(mrvi)
   library(SingleCellExperiment)
 })
+source("bench/helpers.R")
 env_list <- function(name, default) strsplit(Sys.getenv(name, default), ",")[[1]]
 seeds <- as.integer(env_list("MRVI_BENCH_SEEDS", "1,2,3"))
 designs <- env_list("MRVI_BENCH_DESIGNS", "equal,ultrametric")
-off_diagonal <- function(m) m[upper.tri(m)]
 
 # samples x genes log-CPM of the pseudobulk of `keep` cells, and its counts
 pseudobulk <- function(sce, keep, samples) {
@@ -30,9 +30,7 @@ pseudobulk <- function(sce, keep, samples) {
 rows <- list()
 for (design in designs) {
   for (seed in seeds) {
-    sce <- simulateNested(20000, 2000, n_samples = 32, n_sites = 2, n_cell_types = 5, n_affected = 2,
-                          genes_per_edge = 10, edge_lengths = design, expression = "skewed",
-                          library_size = 3000, seed = seed)
+    sce <- validity_data(20000, design, seed)
     truth <- S4Vectors::metadata(sce)$truth
     samples <- levels(factor(sce$sample))
     site <- tapply(as.character(sce$site), as.character(sce$sample), `[`, 1)[samples]

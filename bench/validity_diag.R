@@ -6,36 +6,31 @@
 # Environment: SEED (1), DESIGN ("equal" or "ultrametric"). Appends a row to
 # bench/results/validity_diag.csv. Fits use n_threads = 1 (side-by-side runs).
 suppressMessages({library(mrvi); library(SingleCellExperiment)})
+source("bench/helpers.R")
 a <- commandArgs(TRUE); flavour <- a[1]; tag <- a[2]
 extra <- if (length(a) > 2) eval(parse(text = a[3])) else list()
 seed <- as.integer(Sys.getenv("SEED", "1")); design <- Sys.getenv("DESIGN", "equal")
-sce <- simulateNested(20000, 2000, n_samples = 32, genes_per_edge = 10, edge_lengths = design,
-                      expression = "skewed", library_size = 3000, seed = seed)
+sce <- validity_data(20000, design, seed)
 truth <- S4Vectors::metadata(sce)$truth
 t0 <- proc.time()[[3]]
 fit <- do.call(mrvi, c(list(sce, sample = "sample", batch = "site", flavour = flavour, seed = seed,
                             verbose = FALSE, n_threads = 1), extra))
 secs <- proc.time()[[3]] - t0
-od <- function(m) m[upper.tri(m)]
 d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
-md <- apply(d, 3, function(m) mean(od(m), na.rm = TRUE))
 u <- mrviLatent(fit)
 ct <- fit@cell_data$cell_type; smp <- as.character(fit@cell_data$sample)
-res <- sapply(truth$affected, function(t) {
+# Spearman of the true distance with distances between the samples' centroids of u
+u_centroids <- sapply(truth$affected, function(t) {
   td <- truth$distances[[t]][dimnames(d)[[1]], dimnames(d)[[2]]]
   cen <- rowsum(u[ct == t, ], smp[ct == t]) / as.vector(table(smp[ct == t]))
   ud <- as.matrix(dist(cen))[rownames(td), colnames(td)]
-  c(spearman = cor(od(d[, , t]), od(td), method = "spearman"),
-    rf = treeDistance(sampleHclust(d, t), truth$phylo[[t]]),
-    spearman_u_centroids = cor(od(ud), od(td), method = "spearman"))
+  cor(off_diagonal(ud), off_diagonal(td), method = "spearman")
 })
 cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
 row <- data.frame(tag, flavour, design, seed, epochs = nrow(fit@history), best_epoch = fit@config$best_epoch,
-                  train_seconds = round(secs), contrast = mean(md[truth$affected]) / mean(md[setdiff(names(md), truth$affected)]),
-                  spearman_type1 = res["spearman", 1], spearman_type2 = res["spearman", 2],
-                  rf_type1 = res["rf", 1], rf_type2 = res["rf", 2],
-                  spearman_u_centroids_type1 = res["spearman_u_centroids", 1],
-                  spearman_u_centroids_type2 = res["spearman_u_centroids", 2],
+                  train_seconds = round(secs), score_distances(d, truth),
+                  spearman_u_centroids_type1 = u_centroids[[1]],
+                  spearman_u_centroids_type2 = u_centroids[[2]],
                   validation_elbo = tail(fit@history$validation_elbo, 1), cpu)
 print(row[, -ncol(row)], digits = 3)
 out <- "bench/results/validity_diag.csv"
