@@ -8,6 +8,7 @@ use crate::error::{r_array, try_vec, try_with_capacity, Error, Result};
 use crate::model::{HostSampleEffect, MrviModel};
 use crate::posterior::Posterior;
 use ndarray::{s, ArrayView3, Ix3};
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 /// Posterior mean and standard deviation of u for every cell (cells x L each,
@@ -125,14 +126,22 @@ pub fn projected_counterfactuals(
     // R arrays, column-major: out [r, cells, L, draws], mean [cells, S, L]
     let mut out = try_vec(r * n * l * draws.len(), 0f64, "the projected counterfactual latents")?;
     let mut mean = if want_mean { Some(try_vec(n * s * l, 0f64, "the mean counterfactual latents")?) } else { None };
-    let mut acc = vec![0f64; r * l];
     const BLOCK: usize = 256;
+    let n_draws = draws.len() as f64;
+    // per block: each cell's projections of one draw (r x L) and its mean z
+    // over the draws (S x L), contiguous per cell; scattered into the R arrays
+    // once per draw and once per block (writing them in place strides by the
+    // number of cells: a cache miss per value)
+    let mut proj = vec![0f64; BLOCK * r * l];
+    let mut block_mean = vec![0f64; if want_mean { BLOCK * s * l } else { 0 }];
     for (bi, part) in cells.chunks(BLOCK).enumerate() {
+        let first = bi * BLOCK;
+        block_mean.fill(0.0);
         for (d, &draw) in draws.iter().enumerate() {
             let z = cells_z(&effect, post, part, draw, seed);
-            for (i, zc) in z.chunks_exact(s * l).enumerate() {
-                let c = bi * BLOCK + i;
-                let map = &maps[map_of_cell[c] * r * s..(map_of_cell[c] + 1) * r * s];
+            let one = |(i, ((zc, acc), zbar)): (usize, ((&[f32], &mut [f64]), &mut [f64]))| {
+                let k_map = map_of_cell[first + i];
+                let map = &maps[k_map * r * s..(k_map + 1) * r * s];
                 acc.fill(0.0);
                 for (a, za) in zc.chunks_exact(l).enumerate() {
                     for k in 0..r {
@@ -142,17 +151,41 @@ pub fn projected_counterfactuals(
                         }
                     }
                 }
-                for k in 0..r {
-                    for li in 0..l {
-                        out[k + r * (c + n * (li + l * d))] = acc[k * l + li];
+                if want_mean {
+                    for (m, &v) in zbar.iter_mut().zip(zc) {
+                        *m += v as f64 / n_draws;
                     }
                 }
-                if let Some(m) = mean.as_mut() {
-                    for (a, za) in zc.chunks_exact(l).enumerate() {
-                        for (li, &v) in za.iter().enumerate() {
-                            m[c + n * (a + s * li)] += v as f64 / draws.len() as f64;
-                        }
+            };
+            let n_part = part.len();
+            // without the mean, empty slices stand in for the cells' means
+            let means: Vec<&mut [f64]> = if want_mean {
+                block_mean.chunks_exact_mut(s * l).take(n_part).collect()
+            } else {
+                (0..n_part).map(|_| <&mut [f64]>::default()).collect()
+            };
+            let accs = &mut proj[..n_part * r * l];
+            // each cell's arithmetic is its own, so the pool does not change it
+            match crate::backend::pool() {
+                Ok(pool) => pool.install(|| {
+                    z.par_chunks_exact(s * l).zip(accs.par_chunks_exact_mut(r * l)).zip(means).enumerate().for_each(one)
+                }),
+                Err(_) => z.chunks_exact(s * l).zip(accs.chunks_exact_mut(r * l)).zip(means).enumerate().for_each(one),
+            }
+            for (i, acc) in proj.chunks_exact(r * l).take(part.len()).enumerate() {
+                for k in 0..r {
+                    for li in 0..l {
+                        out[k + r * (first + i + n * (li + l * d))] = acc[k * l + li];
                     }
+                }
+            }
+        }
+        if let Some(m) = mean.as_mut() {
+            for (i, zbar) in block_mean.chunks_exact(s * l).take(part.len()).enumerate() {
+                for (j, &v) in zbar.iter().enumerate() {
+                    // j = a * L + li; R's [cells, S, L]
+                    let (a, li) = (j / l, j % l);
+                    m[first + i + n * (a + s * li)] = v;
                 }
             }
         }
