@@ -217,7 +217,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
     # at the draws' mean effect
     z_test <- cf$mean_z %||%
       array(counterfactual_z(fit, cells_k, seq_along(fit@samples), 0L, seed), c(length(cells_k), length(fit@samples), L))
-    noise <- if (normalize) spread$result(projected_regression(cf$projections, seq_along(draw_ids), coefs), draws)
+    noise <- if (normalize) spread$result()
     largest <- largest_lfc(fit, de_regression(z_test, design, m, tests = FALSE), design)
     res <- de_regression(z_test, design, m, noise = noise, largest_lfc = largest, lfc_threshold = lfc_threshold)
     if (lfc) res$lfc <- list(lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
@@ -398,9 +398,9 @@ projected_regression <- function(projections, draws, coefs) {
 # J of the design and per cell, Psi = sum over draws of (B_J - mean B_J)' P
 # (B_J - mean B_J) (L x L), P = C_JJ^-1 of the cell's design, so that
 # tr(Psi) / (D - 1) is the test's numerator expected from the posterior spread
-# alone (see Details). add() takes one draw's regression; result() takes the
-# regression of the draws' mean and their number, and gives `draws` and, per
-# block, `trace` (per column of J) and `dim` (q tr(Psi)^2 / tr(Psi^2)) per cell.
+# alone (see Details). add() takes one draw's regression; result() gives
+# `draws` (how many were added) and, per block, `trace` (per column of J) and `dim` (q tr(Psi)^2 /
+# tr(Psi^2)) per cell.
 posterior_spread <- function(design, mask) {
   precision <- function(X) {
     if (nrow(X) - ncol(X) < 1 || qr(X)$rank < ncol(X)) return(NULL)
@@ -412,40 +412,51 @@ posterior_spread <- function(design, mask) {
   own <- lapply(seq_along(own_design), function(i) {
     if (own_design[i]) precision(design$X[mask[i, ], , drop = FALSE])
   })
-  # B_J' P B_J per cell (an L x L x cells array): with P = U'U, the sum over
-  # the rows of U B_J of their outer products, for all cells at once where
-  # they share the design; cells with their own design one by one
-  quadratic <- function(reg) {
-    lapply(stats::setNames(names(design$blocks), names(design$blocks)), function(j) {
-      J <- design$blocks[[j]]
-      b <- lapply(reg$beta[colnames(design$X)[J]], as.matrix)  # q of cells x L
-      n <- nrow(b[[1]])
-      L <- ncol(b[[1]])
-      U <- chol(shared[[j]])
-      pairs <- function(v) v[, rep(seq_len(L), L), drop = FALSE] * v[, rep(seq_len(L), each = L), drop = FALSE]
-      out <- Reduce(`+`, lapply(seq_along(J), function(a) pairs(Reduce(`+`, Map(`*`, U[a, ], b)))))
-      out <- array(t(out), c(L, L, n))
-      for (i in which(own_design)) {
+  # each draw's B_J per block, as the values of a cells x L x q array
+  stored <- lapply(design$blocks, function(J) list())
+  # With P = U'U and W the L x (q D) matrix of the columns of (U (B_J - mean
+  # B_J))' over draws, Psi = W W'; tr(Psi) = sum(W^2). U multiplies all cells
+  # sharing the design at once; cells with their own design are redone alone.
+  block_spread <- function(j, draws) {
+    J <- design$blocks[[j]]
+    q <- length(J)
+    b <- stored[[j]]
+    L <- n_latent
+    n <- length(b[[1]]) / (q * L)
+    B <- matrix(unlist(b), n * L * q, draws)  # [cells, L, q] x draws
+    B <- B - rowMeans(B)
+    B <- aperm(array(B, c(n, L, q, draws)), c(3, 2, 4, 1))  # [q, L, draws, cells]
+    W <- chol(shared[[j]]) %*% matrix(B, q)
+    W <- aperm(array(W, c(q, L, draws, n)), c(2, 1, 3, 4))  # [L, q, draws, cells]
+    tr <- ss <- rep(NA_real_, n)
+    for (i in seq_len(n)) {
+      Wi <- if (length(own_design) && own_design[i]) {
         P <- own[[i]][[j]]
-        Bi <- do.call(rbind, lapply(b, function(m) m[i, ]))  # q x L
-        out[, , i] <- if (is.null(P)) NA_real_ else crossprod(Bi, P %*% Bi)
+        if (is.null(P)) next
+        Bi <- matrix(B[, , , i], q)
+        aperm(array(chol(P) %*% Bi, c(q, L, draws)), c(2, 1, 3))
+      } else {
+        W[, , , i]
       }
-      out
-    })
+      Wi <- matrix(Wi, L)
+      tr[i] <- sum(Wi^2)
+      ss[i] <- sum(tcrossprod(Wi)^2)
+    }
+    list(trace = pmax(tr, 0) / ((draws - 1) * q),
+         dim = q * pmax(1, tr^2 / pmax(ss, .Machine$double.xmin)))
   }
-  total <- NULL
+  n_latent <- NA_integer_
   list(
     add = function(reg) {
-      q <- quadratic(reg)
-      total <<- if (is.null(total)) q else Map(`+`, total, q)
+      for (j in names(design$blocks)) {
+        b <- reg$beta[colnames(design$X)[design$blocks[[j]]]]
+        n_latent <<- ncol(b[[1]])
+        stored[[j]][[length(stored[[j]]) + 1L]] <<- unlist(lapply(b, as.matrix), use.names = FALSE)
+      }
     },
-    result = function(reg_mean, draws) {
-      blocks <- Map(function(tot, mean_q, J) {
-        psi <- tot - draws * mean_q
-        tr <- apply(psi, 3, function(m) sum(diag(m)))
-        list(trace = pmax(tr, 0) / ((draws - 1) * length(J)),
-             dim = length(J) * pmax(1, tr^2 / pmax(apply(psi^2, 3, sum), .Machine$double.xmin)))
-      }, total, quadratic(reg_mean), design$blocks)
+    result = function() {
+      draws <- length(stored[[1]])
+      blocks <- lapply(stats::setNames(names(design$blocks), names(design$blocks)), block_spread, draws = draws)
       list(blocks = blocks, draws = draws)
     }
   )

@@ -36,7 +36,7 @@ test_that("the posterior-noise floor: the effect's spread over draws, and the la
   spread <- mrvi:::posterior_spread(design, NULL)
   for (z in draws) spread$add(mrvi:::de_regression(z, design, tests = FALSE))
   z_mean <- Reduce(`+`, draws) / D
-  noise <- spread$result(mrvi:::de_regression(z_mean, design, tests = FALSE), D)
+  noise <- spread$result()
   for (i in seq_len(n)) {
     # each draw's effect by lm(), its covariance over draws by cov(), scaled by 1 / C_JJ
     b <- t(vapply(draws, function(z) coef(lm(z[i, , ] ~ X[, 2]))[2, ], numeric(L)))
@@ -63,7 +63,7 @@ test_that("the posterior-noise floor: the effect's spread over draws, and the la
   spread <- mrvi:::posterior_spread(design, NULL)
   for (z in big) spread$add(mrvi:::de_regression(z, design, tests = FALSE))
   z_big <- Reduce(`+`, big) / D
-  noise <- spread$result(mrvi:::de_regression(z_big, design, tests = FALSE), D)
+  noise <- spread$result()
   expect_true(all(mrvi:::de_regression(z_big, design, noise = noise)$tests$g[, "p_value"] < 1e-4))
 })
 
@@ -248,7 +248,7 @@ test_that("each draw's regression from the projected counterfactuals is de_regre
   # the spread's quadratic forms, vectorised over cells, against one cell at a time
   spread <- mrvi:::posterior_spread(design, mask)
   for (j in seq_along(draws)) spread$add(mrvi:::projected_regression(cf$projections, j, colnames(design$X)[-1]))
-  noise <- spread$result(mrvi:::projected_regression(cf$projections, 1:3, colnames(design$X)[-1]), 3)
+  noise <- spread$result()
   for (i in c(1, 2, 4, 5)) {
     keep <- mask[i, ]
     X <- design$X[keep, ]
