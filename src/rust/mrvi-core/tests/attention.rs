@@ -104,7 +104,9 @@ fn closed_forms_of_attention_equal_the_block_as_written() {
         let xs = Vec::<f32>::try_from(&x.view([-1])).unwrap();
         let cs = Vec::<f32>::try_from(&ctx.contiguous().view([-1])).unwrap();
         let mut got = vec![f32::NAN; want.len()];
-        host.forward(&xs, &host.contexts(&cs), &mut got);
+        let contexts = host.contexts(&cs);
+        assert!(contexts.tabulated(), "spread {spread}: the weighted means are not tabulated");
+        host.forward(&xs, &contexts, &mut got);
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (i, ((g, c), w)) in got.iter().zip(&closed).zip(&want).enumerate() {
             assert!((g - w).abs() <= 2e-5 * (1.0 + scale), "host, spread {spread}, value {i}: {g} vs {w}");

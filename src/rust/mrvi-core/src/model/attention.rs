@@ -3,6 +3,7 @@
 //! or a site's), each coordinate lifted to 8 channels; 2 heads x 4 channels; the
 //! 16 x 8 output goes through a small MLP (128 -> 32 -> out).
 
+use super::tilted_mean::TiltedMeans;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -118,6 +119,9 @@ pub struct HostAttention {
     /// the second MLP layer, transposed: [HIDDEN, d_out]
     mlp2: Vec<f32>,
     mlp2_bias: Vec<f32>,
+    /// every temperature lambda lies in this range: LayerNorm(x) has norm at
+    /// most sqrt(d_in), so |xq_t| <= |project_t| sqrt(d_in) + |bias_t|
+    lambda_range: (f64, f64),
 }
 
 const PAIRS: usize = (TOKENS * HEADS) as usize;
@@ -172,18 +176,29 @@ impl HostAttention {
                 mlp2[k * d_out + o] = w2[o * hidden + k] as f32;
             }
         }
+        let project = weight(&block.project);
+        let project_bias = bias(&block.project);
+        let d_in = block.d_in as usize;
+        let xq_bound = (0..TOKENS as usize)
+            .map(|t| project[t * d_in..(t + 1) * d_in].iter().map(|w| w * w).sum::<f64>().sqrt() * (d_in as f64).sqrt() + project_bias[t].abs())
+            .fold(0f64, f64::max);
+        let lambda_range = (0..heads).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), h| {
+            let (a, c) = (slope[h] as f64, intercept[h] as f64);
+            (lo.min(c - a.abs() * xq_bound), hi.max(c + a.abs() * xq_bound))
+        });
         let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
         Self {
             d_in: block.d_in as usize,
             d_out,
-            project: to32(weight(&block.project)),
-            project_bias: to32(bias(&block.project)),
+            project: to32(project),
+            project_bias: to32(project_bias),
             slope,
             intercept,
             mlp1,
             mlp1_bias,
             mlp2,
             mlp2_bias: to32(b2),
+            lambda_range,
         }
     }
 
@@ -200,7 +215,8 @@ impl HostAttention {
                 hi[i] = hi[i].max(c);
             }
         }
-        Contexts { n, by_token, lo, hi }
+        let tilted = TiltedMeans::new(&by_token, tokens, n, self.lambda_range.0, self.lambda_range.1);
+        Contexts { n, by_token, lo, hi, tilted }
     }
 
     /// The block's output for one x against each context: `out` [n, d_out]
@@ -248,6 +264,9 @@ impl HostAttention {
         let (mut top, mut total) = (vec![0f32; n], vec![0f32; n]);
         for (k, m) in means.chunks_exact_mut(n).enumerate() {
             let lam = lambda[k];
+            if contexts.tilted.as_ref().is_some_and(|t| t.interpolate(lam, m)) {
+                continue;
+            }
             let edge = if lam >= 0.0 { &contexts.hi } else { &contexts.lo };
             for (t, &e) in top.iter_mut().zip(edge) {
                 *t = lam * e;
@@ -266,31 +285,63 @@ impl HostAttention {
         }
         // the MLP, [HIDDEN, n] then [d_out, n]
         let mut h = vec![0f32; hidden * n];
-        for (o, row) in h.chunks_exact_mut(n).enumerate() {
-            row.fill(self.mlp1_bias[o]);
-            for (k, m) in means.chunks_exact(n).enumerate() {
-                let w = self.mlp1[k * hidden + o];
-                for (r, &v) in row.iter_mut().zip(m) {
-                    *r = madd(w, v, *r);
-                }
-            }
-            for r in row.iter_mut() {
-                *r = r.max(0.0);
-            }
+        affine_rows::<FMA>(&self.mlp1, &self.mlp1_bias, &means, n, &mut h);
+        for r in h.iter_mut() {
+            *r = r.max(0.0);
         }
         let mut y = vec![0f32; self.d_out * n];
-        for (o, row) in y.chunks_exact_mut(n).enumerate() {
-            row.fill(self.mlp2_bias[o]);
-            for (k, hk) in h.chunks_exact(n).enumerate() {
-                let w = self.mlp2[k * self.d_out + o];
-                for (r, &v) in row.iter_mut().zip(hk) {
-                    *r = madd(w, v, *r);
-                }
-            }
-        }
+        affine_rows::<FMA>(&self.mlp2, &self.mlp2_bias, &h, n, &mut y);
         for (i, out) in out.chunks_exact_mut(self.d_out).enumerate() {
             for (o, v) in out.iter_mut().enumerate() {
                 *v = y[o * n + i];
+            }
+        }
+    }
+}
+
+/// out[o, i] = bias[o] + sum_k w[k, o] input[k, i] for `input` [K, n], `w` [K,
+/// rows] and `out` [rows, n], all row-major: a small matrix product whose
+/// register tiles (4 rows x 8 columns) stay in registers over k. Each value
+/// sums bias then k in order, as the plain loop would.
+#[inline(always)]
+fn affine_rows<const FMA: bool>(w: &[f32], bias: &[f32], input: &[f32], n: usize, out: &mut [f32]) {
+    const LANES: usize = 8;
+    const BLOCK: usize = 4;
+    let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let rows = bias.len();
+    let depth = input.len() / n.max(1);
+    assert!(depth <= 64, "at most 64 inputs");
+    let full = n - n % LANES;
+    for o0 in (0..rows).step_by(BLOCK) {
+        let block = BLOCK.min(rows - o0);
+        let mut weights = [[0f32; BLOCK]; 64];
+        for (k, wk) in weights.iter_mut().enumerate().take(depth) {
+            wk[..block].copy_from_slice(&w[k * rows + o0..k * rows + o0 + block]);
+        }
+        for i in (0..full).step_by(LANES) {
+            let mut acc = [[0f32; LANES]; BLOCK];
+            for (a, &b) in acc.iter_mut().zip(&bias[o0..o0 + block]) {
+                *a = [b; LANES];
+            }
+            for (k, wk) in weights.iter().enumerate().take(depth) {
+                let x: &[f32; LANES] = input[k * n + i..k * n + i + LANES].try_into().unwrap();
+                for (a, &wv) in acc.iter_mut().zip(wk) {
+                    for l in 0..LANES {
+                        a[l] = madd(wv, x[l], a[l]);
+                    }
+                }
+            }
+            for (b, a) in acc.iter().enumerate().take(block) {
+                out[(o0 + b) * n + i..(o0 + b) * n + i + LANES].copy_from_slice(a);
+            }
+        }
+        for i in full..n {
+            for b in 0..block {
+                let mut v = bias[o0 + b];
+                for (k, wk) in weights.iter().enumerate().take(depth) {
+                    v = madd(wk[b], input[k * n + i], v);
+                }
+                out[(o0 + b) * n + i] = v;
             }
         }
     }
@@ -304,6 +355,15 @@ pub struct Contexts {
     by_token: Vec<f32>,
     lo: Vec<f32>,
     hi: Vec<f32>,
+    /// the weighted means tabulated in lambda (None: computed directly)
+    tilted: Option<TiltedMeans>,
+}
+
+impl Contexts {
+    /// Whether the weighted means come from the table (rather than directly).
+    pub fn tabulated(&self) -> bool {
+        self.tilted.is_some()
+    }
 }
 
 /// Log-density of u under a mixture of diagonal Gaussians over whole vectors:

@@ -25,6 +25,7 @@ pub mod config;
 pub mod encoder;
 pub mod attention;
 pub mod nb;
+pub mod tilted_mean;
 
 use crate::error::Result;
 use attention::AttentionBlock;
