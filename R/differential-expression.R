@@ -547,10 +547,12 @@ noncentral_f_upper <- function(f, df1, df2, ncp) {
 # coefficients) per cell, at the regression `reg`: a list by covariate.
 largest_lfc <- function(fit, reg, design) {
   coefs <- colnames(design$X)
-  lfc <- de_lfc(fit, reg, coefs[-1])
-  lapply(design$blocks, function(J) {
-    do.call(pmax, lapply(lfc[coefs[J]], function(m) apply(abs(m), 1, max)))
+  top <- lapply(stats::setNames(coefs[-1], coefs[-1]), function(k) {
+    m <- apply(abs(effect_lfc(fit, reg, k)), 2, max)
+    m[is.na(m)] <- NA_real_
+    m
   })
+  lapply(design$blocks, function(J) do.call(pmax, unname(top[coefs[J]])))
 }
 
 # Effective number of dimensions k per cell (see ?differentialExpression): Z
@@ -563,25 +565,30 @@ permutation_dimension <- function(Zs, X0, n, L) {
   R0 <- Zs - X0 %*% qr.solve(X0, Zs)
   m <- S - ncol(X0)
   e <- array(R0, c(S, n, L))
+  # tr(G) and tr(G^2) from the L x L Gram matrix E'E, which has G's non-zero
+  # eigenvalues (L < S: less work than the S x S one)
   r <- vapply(seq_len(n), function(i) {
-    g <- tcrossprod(matrix(e[, i, ], S))
-    tg <- sum(diag(g))
-    if (tg > 0) sum(g^2) / tg^2 else 1
+    ei <- matrix(e[, i, ], S)
+    tg <- sum(ei^2)
+    if (tg > 0) sum(crossprod(ei)^2) / tg^2 else 1
   }, numeric(1))
   k <- ((m - 1) * (m + 2) / pmax(m * r - 1, 1e-12) - 2) / m
   pmin(pmax(k, 1), 1e6)
 }
 
-# log2 fold changes between z_bar +- beta/2, expression averaged over every
-# combination of the levels of the categorical nuisance covariates (continuous
-# ones at their means).
+# effect_lfc() per coefficient, cells x genes.
 de_lfc <- function(fit, reg, coefs) {
   lapply(stats::setNames(coefs, coefs), function(k) {
-    half <- reg$beta[[k]] / 2
-    up <- decode_expression(fit, reg$z_bar + half)
-    down <- decode_expression(fit, reg$z_bar - half)
-    out <- t(log2(up) - log2(down))
+    out <- t(effect_lfc(fit, reg, k))
     out[is.na(out)] <- NA_real_
     out
   })
+}
+
+# log2 fold changes (genes x cells) of coefficient k's effect, from z_bar - beta/2
+# to z_bar + beta/2, expression averaged over every combination of the levels of
+# the categorical nuisance covariates (continuous ones at their means).
+effect_lfc <- function(fit, reg, k) {
+  half <- reg$beta[[k]] / 2
+  log2(decode_expression(fit, reg$z_bar + half) / decode_expression(fit, reg$z_bar - half))
 }
