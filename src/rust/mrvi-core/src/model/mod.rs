@@ -133,7 +133,7 @@ enum HostKind<'a> {
 impl HostSampleEffect<'_> {
     /// z of a block of cells under every sample. `us`: [cells, L_u] row-major;
     /// `out`: [cells, S, L] row-major. The attention flavour on the CPU evaluates
-    /// the block in closed form, cells over the core's pool (~0.6 against ~1.8 µs
+    /// the block in closed form, cells over the core's pool (~0.16 against ~1.8 µs
     /// per (cell, sample) pair for libtorch on one AMD EPYC core); a GPU model
     /// runs libtorch, one call per block (one call per cell made per-cell
     /// analyses ~50x slower).
