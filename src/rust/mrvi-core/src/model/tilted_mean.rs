@@ -87,17 +87,18 @@ impl TiltedMeans {
             let lambda = self.origin + p as f64 * self.step;
             let n = self.n;
             let mut row = vec![0f32; 2 * n];
+            let (mut c, mut w) = (vec![0f64; self.tokens], vec![0f64; self.tokens]);
             for i in 0..n {
-                let c = |j: usize| self.by_token[j * n + i];
-                let top = (0..self.tokens).map(|j| lambda * c(j)).fold(f64::NEG_INFINITY, f64::max);
-                let (mut total, mut first) = (0f64, 0f64);
-                for j in 0..self.tokens {
-                    let w = (lambda * c(j) - top).exp();
-                    total += w;
-                    first += w * c(j);
+                for (j, cj) in c.iter_mut().enumerate() {
+                    *cj = self.by_token[j * n + i];
                 }
-                let m = first / total;
-                let var = (0..self.tokens).map(|j| (lambda * c(j) - top).exp() * (c(j) - m).powi(2)).sum::<f64>() / total;
+                let top = c.iter().map(|&cj| lambda * cj).fold(f64::NEG_INFINITY, f64::max);
+                for (wj, &cj) in w.iter_mut().zip(&c) {
+                    *wj = (lambda * cj - top).exp();
+                }
+                let total: f64 = w.iter().sum();
+                let m = w.iter().zip(&c).map(|(wj, cj)| wj * cj).sum::<f64>() / total;
+                let var = w.iter().zip(&c).map(|(wj, cj)| wj * (cj - m).powi(2)).sum::<f64>() / total;
                 row[i] = m as f32;
                 row[n + i] = (var * self.step) as f32;
             }
