@@ -11,7 +11,9 @@ fn main() {
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let block = AttentionBlock::new(vs.root() / "a", 10, 30);
-    for (_, mut v) in vs.variables() {
+    let mut vars: Vec<_> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0)); // a fixed order: the same parameters every run
+    for (_, mut v) in vars {
         let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.5)));
     }
     let host = HostAttention::new(&block);

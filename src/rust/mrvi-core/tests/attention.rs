@@ -43,6 +43,14 @@ fn mixture_log_density_equals_a_direct_sum() {
     assert!((again - got).abs().max().double_value(&[]) < 1e-12);
 }
 
+/// The store's variables by name: random values drawn in this order are the same
+/// every run (the store's map has no fixed order).
+fn sorted_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<_> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
 #[test]
 fn attention_block_shapes_and_finite_difference_gradient() {
     let _rng = common::libtorch_rng();
@@ -51,7 +59,7 @@ fn attention_block_shapes_and_finite_difference_gradient() {
     let block = AttentionBlock::new(vs.root() / "att", 6, 5);
     vs.double();
     // make the zero-initialised output layer non-zero so that every path matters
-    for (name, v) in vs.variables().iter_mut() {
+    for (name, v) in sorted_variables(&vs).iter_mut() {
         if name.contains("mlp2") {
             let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.3)));
         }
@@ -90,7 +98,7 @@ fn closed_forms_of_attention_equal_the_block_as_written() {
     let block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
     // every parameter random (the output layer starts at zero), large enough
     // for peaked softmaxes of both signs
-    for (_, mut v) in vs.variables() {
+    for (_, mut v) in sorted_variables(&vs) {
         let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.8)));
     }
     let host = HostAttention::new(&block);

@@ -122,8 +122,7 @@ pub struct HostAttention {
     /// the second MLP layer, transposed: [HIDDEN, d_out]
     mlp2: Vec<f32>,
     mlp2_bias: Vec<f32>,
-    /// every temperature lambda lies in this range: LayerNorm(x) has norm at
-    /// most sqrt(d_in), so |xq_t| <= |project_t| sqrt(d_in) + |bias_t|
+    /// every temperature lambda = xq_t A_h + C_h lies in this range (see `new`)
     lambda_range: (f64, f64),
 }
 
@@ -182,13 +181,19 @@ impl HostAttention {
         let project = weight(&block.project);
         let project_bias = bias(&block.project);
         let d_in = block.d_in as usize;
-        let xq_bound = (0..TOKENS as usize)
-            .map(|t| project[t * d_in..(t + 1) * d_in].iter().map(|w| w * w).sum::<f64>().sqrt() * (d_in as f64).sqrt() + project_bias[t].abs())
-            .fold(0f64, f64::max);
-        let lambda_range = (0..heads).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), h| {
-            let (a, c) = (slope[h] as f64, intercept[h] as f64);
-            (lo.min(c - a.abs() * xq_bound), hi.max(c + a.abs() * xq_bound))
-        });
+        // xq_t = w_t . y + b_t with y = LayerNorm(x): y sums to 0 and has norm at
+        // most sqrt(d_in), so xq_t lies within |w_t - mean(w_t)| sqrt(d_in) of b_t
+        let mut lambda_range = (f64::INFINITY, f64::NEG_INFINITY);
+        for t in 0..TOKENS as usize {
+            let w = &project[t * d_in..(t + 1) * d_in];
+            let mean = w.iter().sum::<f64>() / d_in as f64;
+            let reach = w.iter().map(|v| (v - mean).powi(2)).sum::<f64>().sqrt() * (d_in as f64).sqrt();
+            for h in 0..heads {
+                let (a, c) = (slope[h] as f64, intercept[h] as f64);
+                let centre = a * project_bias[t] + c;
+                lambda_range = (lambda_range.0.min(centre - a.abs() * reach), lambda_range.1.max(centre + a.abs() * reach));
+            }
+        }
         let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
         Self {
             d_in: block.d_in as usize,

@@ -16,8 +16,10 @@ use std::sync::OnceLock;
 
 /// Grid spacing times the widest context's range.
 const STEP_TIMES_RANGE: f64 = 0.1;
-/// Largest grid: beyond it the caller computes m directly.
-const MAX_POINTS: usize = 1 << 20;
+/// Largest grid, in values per row times rows (rows are filled as they are read,
+/// so this bounds the table's memory at 128 MB): beyond it the caller computes m
+/// directly.
+const MAX_VALUES: f64 = (1u64 << 24) as f64;
 
 pub struct TiltedMeans {
     /// number of contexts
@@ -50,7 +52,7 @@ impl TiltedMeans {
         // two steps of margin on either side for lambdas rounded in float32
         let origin = lo - 2.0 * step;
         let points = ((hi - lo) / step).ceil() + 5.0;
-        if points > MAX_POINTS as f64 {
+        if points * n as f64 > MAX_VALUES {
             return None;
         }
         Some(Self {
