@@ -16,9 +16,11 @@ use std::sync::OnceLock;
 
 /// Grid spacing times the widest context's range.
 const STEP_TIMES_RANGE: f64 = 0.1;
-/// Largest grid, in values per row times rows (rows are filled as they are read,
-/// so this bounds the table's memory at 128 MB): beyond it the caller computes m
-/// directly.
+/// Largest grid: at most this many rows, and rows times values per row at most
+/// MAX_VALUES (rows are filled as they are read, so the table stays under 128 MB
+/// whatever the number of contexts); beyond it the caller computes m directly.
+/// Fitted models need a few thousand rows.
+const MAX_POINTS: f64 = (1u64 << 16) as f64;
 const MAX_VALUES: f64 = (1u64 << 24) as f64;
 
 pub struct TiltedMeans {
@@ -52,7 +54,7 @@ impl TiltedMeans {
         // two steps of margin on either side for lambdas rounded in float32
         let origin = lo - 2.0 * step;
         let points = ((hi - lo) / step).ceil() + 5.0;
-        if points * n as f64 > MAX_VALUES {
+        if points > MAX_POINTS || points * n as f64 > MAX_VALUES {
             return None;
         }
         Some(Self {
