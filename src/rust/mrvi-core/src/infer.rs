@@ -132,8 +132,8 @@ pub fn projected_counterfactuals(
     // over the draws (S x L), contiguous per cell; scattered into the R arrays
     // once per draw and once per block (writing them in place strides by the
     // number of cells: a cache miss per value)
-    let mut proj = vec![0f64; BLOCK * r * l];
-    let mut block_mean = vec![0f64; if want_mean { BLOCK * s * l } else { 0 }];
+    let mut proj = try_vec(BLOCK * r * l, 0f64, "the projected counterfactual latents")?;
+    let mut block_mean = try_vec(if want_mean { BLOCK * s * l } else { 0 }, 0f64, "the mean counterfactual latents")?;
     for (bi, part) in cells.chunks(BLOCK).enumerate() {
         let first = bi * BLOCK;
         block_mean.fill(0.0);
