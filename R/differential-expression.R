@@ -399,8 +399,8 @@ projected_regression <- function(projections, draws, coefs) {
 # (B_J - mean B_J) (L x L), P = C_JJ^-1 of the cell's design, so that
 # tr(Psi) / (D - 1) is the test's numerator expected from the posterior spread
 # alone (see Details). add() takes one draw's regression; result() gives
-# `draws` (how many were added) and, per block, `trace` (per column of J) and `dim` (q tr(Psi)^2 /
-# tr(Psi^2)) per cell.
+# `draws` (how many were added) and, per block, `trace` (per column of J) and
+# `dim` (q tr(Psi)^2 / tr(Psi^2)) per cell.
 posterior_spread <- function(design, mask) {
   precision <- function(X) {
     if (nrow(X) - ncol(X) < 1 || qr(X)$rank < ncol(X)) return(NULL)
