@@ -196,7 +196,7 @@ impl HostAttention {
         }
         let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
         Self {
-            d_in: block.d_in as usize,
+            d_in,
             d_out,
             project: to32(project),
             project_bias: to32(project_bias),
