@@ -3,7 +3,7 @@
 #   1. R and the R packages it uses, from Debian's packages (there is no CRAN here);
 #   2. libtorch 2.13.0 (what the pinned tch 0.26 expects), from PyPI's `torch` wheel,
 #      into the project-local virtual environment .venv/ (CPU part only: 517 MB);
-#   3. a Rust toolchain check (cargo >= 1.80).
+#   3. a Rust toolchain check (cargo >= 1.89).
 # A second run finds everything in place and takes a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,7 +72,7 @@ fi
 # --- Rust ----------------------------------------------------------------------------
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null; then
-  say "cargo not found. Install Rust >= 1.80 (https://rustup.rs), then run this again."
+  say "cargo not found. Install Rust >= 1.89 (https://rustup.rs), then run this again."
   exit 1
 fi
 say "ready: $(R --version | head -1); $(cargo --version)"

@@ -6,6 +6,7 @@
 
 use crate::backend;
 use crate::distances::{accumulate_cell, cell_draws, DistanceSpec};
+use crate::pair_distances::{accumulator_width, transposed_len};
 use crate::posterior::Posterior;
 use crate::error::{Error, Result};
 use crate::model::MrviModel;
@@ -54,7 +55,7 @@ pub fn cell_association(
         let results = &mut out[bi * block.max(1)..bi * block.max(1) + part.len()];
         pool.install(|| {
             // per worker: the cell's distance matrix, scratch, the two samples
-            let scratch = || (vec![0f64; s * s], vec![0f32; s * l], Vec::new(), Vec::new());
+            let scratch = || (vec![0f64; s * accumulator_width(s)], vec![0f32; transposed_len(s, l)], Vec::new(), Vec::new());
             results.par_iter_mut().enumerate().for_each_init(scratch, |(acc, t, within, between), (r, slot)| {
                 acc.iter_mut().for_each(|v| *v = 0.0);
                 for z in &zs {
@@ -63,7 +64,8 @@ pub fn cell_association(
                 within.clear();
                 between.clear();
                 for &(a, b, same) in &pairs {
-                    if same { within.push(acc[a * s + b]) } else { between.push(acc[a * s + b]) }
+                    let d = acc[a * accumulator_width(s) + b];
+                    if same { within.push(d) } else { between.push(d) }
                 }
                 let (statistic, p_value) = ks_greater(within, between);
                 *slot = CellTest { statistic, p_value, n_within: within.len(), n_between: between.len() };

@@ -18,6 +18,7 @@ use crate::backend;
 use crate::error::{r_array, try_vec, try_with_capacity, Error, Result};
 use crate::infer::{cells_z, rows_from_column_major};
 use crate::model::{HostSampleEffect, MrviModel};
+use crate::pair_distances::{accumulator_width, add_cell_pairs, transpose_cell, transposed_len, PairWeight};
 use crate::posterior::Posterior;
 use ndarray::{Axis, Ix3};
 use rayon::prelude::*;
@@ -129,118 +130,63 @@ fn noise_floor(own_z: &[Vec<f32>], r: usize, l: usize) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Transpose one cell's z from [S, L] to [L, S], for loops over samples.
-fn transpose_cell(z: &[f32], s: usize, l: usize, out: &mut [f32]) {
-    for a in 0..s {
-        for d in 0..l {
-            out[d * s + a] = z[a * l + d];
-        }
-    }
-}
-
-/// max(x, 0) that keeps NaN (f32::max(NaN, 0) is 0: a NaN latent would give a
-/// distance of exactly 0). Branch-free in the vectorised loop.
-#[inline(always)]
-fn positive_part(x: f32) -> f32 {
-    if x > 0.0 || x.is_nan() { x } else { 0.0 }
-}
-
-/// acc[b] += w * max(|| za - z_b || - offset, 0) for b in `range`, with zt the cell's [L, S] z,
-/// times m[b] (the cell's sample mask, 1 or 0) when MASKED: a compile-time
-/// switch, so that the unmasked kernel does no extra work. Eight samples b at a
-/// time, their squared distances kept in registers across the L dimensions.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn row_distances<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, offset: f32, m: &[f32], acc: &mut [f64]) {
-    const W: usize = 8;
-    let n = range.len();
-    let full = n - n % W;
-    for i in (0..full).step_by(W) {
-        let b0 = range.start + i;
-        let mut v = [0f32; W];
-        for (d, &zad) in za.iter().enumerate() {
-            let col: &[f32; W] = zt[d * s + b0..d * s + b0 + W].try_into().unwrap();
-            for j in 0..W {
-                let diff = col[j] - zad;
-                v[j] += diff * diff;
-            }
-        }
-        let out: &mut [f64; W] = (&mut acc[b0..b0 + W]).try_into().unwrap();
-        for j in 0..W {
-            let f = if MASKED { w * m[b0 + j] } else { w };
-            out[j] += (f * positive_part(v[j].sqrt() - offset)) as f64;
-        }
-    }
-    for b in range.start + full..range.end {
-        let mut v = 0f32;
-        for (d, &zad) in za.iter().enumerate() {
-            let diff = zt[d * s + b] - zad;
-            v += diff * diff;
-        }
-        let f = if MASKED { w * m[b] } else { w };
-        acc[b] += (f * positive_part(v.sqrt() - offset)) as f64;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_distances_avx2<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, offset: f32, m: &[f32], acc: &mut [f64]) {
-    row_distances::<MASKED>(zt, s, za, range, w, offset, m, acc)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn row_distances_dispatch<const MASKED: bool>(zt: &[f32], s: usize, za: &[f32], range: std::ops::Range<usize>, w: f32, offset: f32, m: &[f32], acc: &mut [f64]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { row_distances_avx2::<MASKED>(zt, s, za, range, w, offset, m, acc) };
-        }
-    }
-    row_distances::<MASKED>(zt, s, za, range, w, offset, m, acc)
-}
-
 /// Add the upper triangle of w * max(D(n) - offset, 0) for one cell, given its z
-/// ([S, L] row-major), into `acc` (S x S, row-major); `t` is scratch of S * L.
-#[allow(clippy::too_many_arguments)]
+/// ([S, L] row-major), into `acc`: S rows of [accumulator_width] values, pair
+/// (a, b) at a * width + b; `t` is scratch of [transposed_len] values.
 pub(crate) fn accumulate_cell(z: &[f32], s: usize, l: usize, w: f32, offset: f32, t: &mut [f32], acc: &mut [f64]) {
     transpose_cell(z, s, l, t);
-    let mut za = vec![0f32; l];
-    for a in 0..s {
-        for d in 0..l {
-            za[d] = t[d * s + a];
-        }
-        row_distances_dispatch::<false>(t, s, &za, a + 1..s, w, offset, &[], &mut acc[a * s..(a + 1) * s]);
-    }
+    add_cell_pairs(t, s, l, 0..s, 0..s, PairWeight { w, offset, mask: &[] }, acc);
+}
+
+/// Columns b per pass of a task: one cell's share of z (COLUMNS x L values)
+/// stays in the core's cache while the task's rows pass over it.
+const COLUMNS: usize = 256;
+
+/// Rows a per task: up to 32, so that each cell's z is read from memory once
+/// per 32 rows, but at least 8 tasks per thread, so that the uneven triangle
+/// shares out evenly. Results do not depend on it (each pair adds its cells in
+/// cell order whatever the tiling).
+fn rows_per_task(s: usize, threads: usize) -> usize {
+    (s / (8 * threads.max(1))).clamp(4, 32)
 }
 
 /// Add the upper triangles of w * D(n) for the cells of one block (all of the same
-/// group) into `acc` (S x S, row-major), pairs masked by each cell's `masks` row
-/// when there are masks (1 or 0 per sample; rows of masked samples are skipped).
-/// Rows are shared out over the core's pool (work stealing evens out the uneven
-/// triangle); each row stays in cache while the block's cells pass over it.
-fn accumulate_block(zts: &[Vec<f32>], scale: &CellScale, masks: Option<&[Vec<f32>]>, s: usize, l: usize, acc: &mut [f64]) -> Result<()> {
-    backend::pool()?.install(|| {
-        acc.par_chunks_mut(s).enumerate().for_each_init(
-            || vec![0f32; l],
-            |za, (a, row)| {
+/// group; `z` is [cells, S, L]) into `acc` (S x S, row-major), pairs masked by each cell's `masks` row
+/// when there are masks (1 or 0 per sample, [accumulator_width] values; rows of
+/// masked samples are skipped). Tasks of a few rows are shared out over the
+/// core's pool; within a task the columns go in passes of [COLUMNS], each pass
+/// over all the block's cells, into the task's own padded rows.
+fn accumulate_block(z: &[f32], scale: &CellScale, masks: Option<&[Vec<f32>]>, s: usize, l: usize, acc: &mut [f64]) -> Result<()> {
+    let pool = backend::pool()?;
+    let rows = rows_per_task(s, pool.current_num_threads());
+    let width = accumulator_width(s);
+    pool.install(|| {
+        let zts: Vec<Vec<f32>> = z
+            .par_chunks(s * l)
+            .map(|z| {
+                let mut t = vec![0f32; transposed_len(s, l)];
+                transpose_cell(z, s, l, &mut t);
+                t
+            })
+            .collect();
+        acc.par_chunks_mut(rows * s).enumerate().for_each_init(Vec::new, |local, (task, part)| {
+            let rows = task * rows..task * rows + part.len() / s;
+            local.clear();
+            local.resize(rows.len() * width, 0f64);
+            for c0 in (rows.start + 1..s).step_by(COLUMNS) {
+                let cols = c0..(c0 + COLUMNS).min(s);
                 for (r, zt) in zts.iter().enumerate() {
-                    let (w, offset) = (scale.weight[r], scale.offset[r]);
-                    let m = masks.map(|ms| ms[r].as_slice());
-                    if m.is_some_and(|m| m[a] == 0.0) {
-                        continue;
-                    }
-                    for d in 0..l {
-                        za[d] = zt[d * s + a];
-                    }
-                    match m {
-                        None => row_distances_dispatch::<false>(zt, s, za.as_slice(), a + 1..s, w, offset, &[], row),
-                        Some(m) => row_distances_dispatch::<true>(zt, s, za.as_slice(), a + 1..s, w, offset, m, row),
-                    }
+                    let mask = masks.map_or(&[][..], |ms| ms[r].as_slice());
+                    let pw = PairWeight { w: scale.weight[r], offset: scale.offset[r], mask };
+                    add_cell_pairs(zt, s, l, rows.clone(), cols.clone(), pw, local);
                 }
-            },
-        )
+            }
+            for (i, a) in rows.enumerate() {
+                for b in a + 1..s {
+                    part[i * s + b] += local[i * width + b];
+                }
+            }
+        })
     });
     Ok(())
 }
@@ -314,17 +260,11 @@ pub fn group_sums_masked(
         let own: Vec<i64> = cells.iter().map(|&c| own_sample[c]).collect();
         let (zs, scale) = cell_draws(&effect, post, cells, &own, &spec)?;
         let masks: Option<Vec<Vec<f32>>> = mask.map(|m| {
-            cells.iter().map(|&c| (0..s).map(|a| if m[c + post.n_cells * a] { 1.0 } else { 0.0 }).collect()).collect()
+            let admissible = |c: usize, a: usize| a < s && m[c + post.n_cells * a];
+            cells.iter().map(|&c| (0..accumulator_width(s)).map(|a| if admissible(c, a) { 1.0 } else { 0.0 }).collect()).collect()
         });
         for z in &zs {
-            let zts: Vec<Vec<f32>> = (0..cells.len())
-                .map(|r| {
-                    let mut t = vec![0f32; s * l];
-                    transpose_cell(&z[r * s * l..(r + 1) * s * l], s, l, &mut t);
-                    t
-                })
-                .collect();
-            accumulate_block(&zts, &scale, masks.as_deref(), s, l, &mut sums[g as usize])?;
+            accumulate_block(z, &scale, masks.as_deref(), s, l, &mut sums[g as usize])?;
         }
         if let (Some(counts), Some(masks)) = (pair_counts.as_mut(), masks.as_ref()) {
             let counts = &mut counts[g as usize];
@@ -354,17 +294,18 @@ pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], c
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
         let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;
-        let mut t = vec![0f32; s * l];
+        let mut t = vec![0f32; transposed_len(s, l)];
+        let width = accumulator_width(s);
         for r in 0..part.len() {
-            let mut acc = vec![0f64; s * s];
+            let mut acc = vec![0f64; s * width];
             for z in &zs {
                 accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, scale.weight[r], scale.offset[r], &mut t, &mut acc);
             }
             let mut d = out.index_axis_mut(Axis(0), bi * block.max(1) + r);
             for a in 0..s {
                 for b in a + 1..s {
-                    d[[a, b]] = acc[a * s + b];
-                    d[[b, a]] = acc[a * s + b];
+                    d[[a, b]] = acc[a * width + b];
+                    d[[b, a]] = acc[a * width + b];
                 }
             }
         }

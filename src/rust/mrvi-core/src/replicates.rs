@@ -12,6 +12,7 @@
 //! never cells x S x S.
 
 use crate::distances::{accumulate_cell, cell_draws, DistanceSpec};
+use crate::pair_distances::{accumulator_width, transposed_len};
 use crate::posterior::Posterior;
 use crate::error::{try_vec, Error, Result};
 use crate::model::MrviModel;
@@ -48,7 +49,7 @@ pub fn replicate_means(
     let n_draws = reps.draws.max(1);
     let mut sums = try_vec(nr.saturating_mul(s * s), 0f64, "the replicate distance sums")?;
     let mut totals = vec![0f64; nr];
-    let (mut cell_d, mut scratch) = (vec![0f64; s * s], vec![0f32; s * l]);
+    let (mut cell_d, mut scratch) = (vec![0f64; s * accumulator_width(s)], vec![0f32; transposed_len(s, l)]);
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         if interrupted() {
             return Err(Error::Interrupted);
@@ -72,7 +73,7 @@ pub fn replicate_means(
                     let acc = &mut sums[k * s * s..(k + 1) * s * s];
                     for a in 0..s {
                         for b in a + 1..s {
-                            acc[a * s + b] += w * cell_d[a * s + b];
+                            acc[a * s + b] += w * cell_d[a * accumulator_width(s) + b];
                         }
                     }
                 }
