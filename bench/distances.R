@@ -5,10 +5,12 @@
 # sd per cell) and the sample-effect parameters, so the fit is synthetic
 # (bench/helpers.R: a model with S samples trained for one epoch on small data,
 # whose cells are then replaced by N cells with u ~ N(0, I)). Each configuration
-# runs in its own process; peak RSS is that process's VmHWM. Baseline in the same run: the same group means
+# runs in its own process; peak RSS is that process's VmHWM; the CPU model is printed and kept. Baseline in the same run: the same group means
 # from libtorch tensor operations (cdist + index_add, as on a GPU), at the first size.
 args <- commandArgs(trailingOnly = TRUE)
 source("bench/helpers.R")
+cpu <- cpu_info()
+cat("CPU:", cpu$model, "|", cpu$cores, "cores | vector extensions:", cpu$extensions, "\n")
 
 one <- function(n, S, G, mc, tensor = FALSE) {
   res <- run_measurement(sprintf('
@@ -31,6 +33,7 @@ configs <- if (length(args) >= 4) list(as.numeric(args[1:4])) else
   list(c(1e5, 200, 10, 0), c(1e6, 1000, 20, 0))
 res <- do.call(rbind, lapply(configs, function(x) one(x[1], x[2], x[3], x[4])))
 if (length(args) < 4) res <- rbind(res, one(1e5, 200, 10, 0, tensor = TRUE))
+res$cpu <- cpu$model
 dir.create("bench/results", showWarnings = FALSE, recursive = TRUE)
 print(res)
 if (length(args) < 4) write.csv(res, "bench/results/distances.csv", row.names = FALSE)
