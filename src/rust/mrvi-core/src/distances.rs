@@ -150,12 +150,13 @@ fn rows_per_task(s: usize, threads: usize) -> usize {
     (s / (8 * threads.max(1))).clamp(4, 32)
 }
 
-/// Add the upper triangles of w * D(n) for the cells of one block (all of the same
-/// group; `z` is [cells, S, L]) into `acc` (S x S, row-major), pairs masked by each cell's `masks` row
-/// when there are masks (1 or 0 per sample, [accumulator_width] values; rows of
-/// masked samples are skipped). Tasks of a few rows are shared out over the
-/// core's pool; within a task the columns go in passes of [COLUMNS], each pass
-/// over all the block's cells, into the task's own padded rows.
+/// Add the upper triangles of w * D(n) for the cells of one block (all of the
+/// same group; `z` is [cells, S, L]) into `acc` (S x S, row-major), pairs masked
+/// by each cell's `masks` row when there are masks (1 or 0 per sample,
+/// [accumulator_width] values; rows of masked samples are skipped). Tasks of a
+/// few rows are shared out over the core's pool; within a task the columns go
+/// in passes of [COLUMNS], each pass over all the block's cells, into the
+/// task's own padded rows.
 fn accumulate_block(z: &[f32], scale: &CellScale, masks: Option<&[Vec<f32>]>, s: usize, l: usize, acc: &mut [f64]) -> Result<()> {
     let pool = backend::pool()?;
     let rows = rows_per_task(s, pool.current_num_threads());
