@@ -3,10 +3,10 @@
 //! w * max(|| z^a - z^b || - offset, 0) to an accumulator for pairs a < b.
 //!
 //! Pairs are computed in register tiles of [ROWS] samples a by two vectors of
-//! samples b: each value loaded serves several pairs, and eight independent
-//! sums are in flight, enough to hide the latency of the fused multiply-add
-//! (one sum per pair, as the plain loop had, ran at the latency of its chain:
-//! a fifth of the core's throughput). Every pair's squared distance is the
+//! samples b (8 rows by 2 x 16 lanes with AVX-512): each value loaded serves
+//! several pairs, and 8 (16) independent sums are in flight, enough to hide the
+//! latency of the fused multiply-add (one sum per pair, as the plain loop had,
+//! ran at the latency of its chain: a fifth of the core's throughput). Every pair's squared distance is the
 //! same sequence of fused multiply-adds over d = 0..L on each path (AVX-512,
 //! AVX2, portable), so the result does not depend on the CPU's vector width.
 //!
@@ -215,14 +215,15 @@ unsafe fn cell_pairs_avx2<const MASKED: bool>(
     cell_pairs::<8, MASKED>(zt, s, l, rows, cols, pw, acc, width)
 }
 
-/// Which vector path the CPU takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A vector path of the kernel, from the least to the most the CPU must have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Lanes {
-    Avx512,
-    Avx2,
     Portable,
+    Avx2,
+    Avx512,
 }
 
+/// The widest path this CPU can take.
 pub fn detected_lanes() -> Lanes {
     #[cfg(target_arch = "x86_64")]
     {
@@ -250,14 +251,18 @@ pub fn add_cell_pairs(zt: &[f32], s: usize, l: usize, rows: Range<usize>, cols: 
     add_cell_pairs_with(detected_lanes(), zt, s, l, rows, cols, pw, acc)
 }
 
+/// [add_cell_pairs] on a given vector path (for the tests and
+/// `examples/pair_probe.rs`, which compare them); panics on a path this CPU
+/// cannot take.
 #[allow(clippy::too_many_arguments)]
 pub fn add_cell_pairs_with(lanes: Lanes, zt: &[f32], s: usize, l: usize, rows: Range<usize>, cols: Range<usize>, pw: PairWeight, acc: &mut [f64]) {
+    assert!(lanes <= detected_lanes(), "this CPU cannot take the {lanes:?} path");
     let width = accumulator_width(s);
     assert!(zt.len() >= transposed_len(s, l) && acc.len() >= rows.len() * width && rows.end <= s && cols.end <= s);
     assert!(pw.mask.is_empty() || pw.mask.len() >= s + PAD);
     let masked = !pw.mask.is_empty();
     match (lanes, masked) {
-        // SAFETY (all four): detected_lanes() found the features the functions are compiled for.
+        // SAFETY (all four): detected_lanes() found the features the functions are compiled for (asserted above).
         #[cfg(target_arch = "x86_64")]
         (Lanes::Avx512, false) => unsafe { cell_pairs_avx512::<false>(zt, s, l, rows, cols, pw, acc, width) },
         #[cfg(target_arch = "x86_64")]
