@@ -234,7 +234,7 @@ impl HostAttention {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                if std::arch::is_x86_feature_detected!("avx512f") && std::env::var("MRVI_X").as_deref() != Ok("avx2") {
+                if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features the function is compiled for.
                     return unsafe { self.forward_avx512(x, contexts, out) };
                 }
