@@ -5,8 +5,9 @@
 # sd per cell) and the sample-effect parameters, so the fit is synthetic
 # (bench/helpers.R: a model with S samples trained for one epoch on small data,
 # whose cells are then replaced by N cells with u ~ N(0, I)). Each configuration
-# runs in its own process; peak RSS is that process's VmHWM; the CPU model is printed and kept. Baseline in the same run: the same group means
-# from libtorch tensor operations (cdist + index_add, as on a GPU), at the first size.
+# runs in its own process; peak RSS is that process's VmHWM; the CPU model is
+# printed and kept. Baseline in the same run: the same group means from libtorch
+# tensor operations (cdist + index_add, as on a GPU), at the first size.
 args <- commandArgs(trailingOnly = TRUE)
 source("bench/helpers.R")
 cpu <- cpu_info()

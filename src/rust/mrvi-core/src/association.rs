@@ -63,8 +63,9 @@ pub fn cell_association(
                 }
                 within.clear();
                 between.clear();
+                let width = accumulator_width(s);
                 for &(a, b, same) in &pairs {
-                    let d = acc[a * accumulator_width(s) + b];
+                    let d = acc[a * width + b];
                     if same { within.push(d) } else { between.push(d) }
                 }
                 let (statistic, p_value) = ks_greater(within, between);

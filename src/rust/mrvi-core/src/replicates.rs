@@ -71,9 +71,10 @@ pub fn replicate_means(
                 for k in users {
                     let w = reps.weights[i + nc * k];
                     let acc = &mut sums[k * s * s..(k + 1) * s * s];
+                    let width = accumulator_width(s);
                     for a in 0..s {
                         for b in a + 1..s {
-                            acc[a * s + b] += w * cell_d[a * accumulator_width(s) + b];
+                            acc[a * s + b] += w * cell_d[a * width + b];
                         }
                     }
                 }
