@@ -23,6 +23,8 @@
 #                           step runs under min(its own limit, the time left), and a step
 #                           with under 15 s left is skipped and recorded as such
 #   MRVI_GPU_CSV            where the CSV goes (default above)
+#   MRVI_GPU_STEPS          run only these steps (comma-separated names, as printed), e.g.
+#                           tests,association-gpu,association-cpu for a rerun of those
 # Exit status: 0 when every step ran and passed; 1 when the machine has no GPU, the
 # setup, the build or a test failed, or a step failed, timed out or was skipped.
 set -uo pipefail
@@ -35,7 +37,7 @@ for a in "$@"; do
     --dry-run) DRY=1 ;;
     --cpu-only) CPU_ONLY=1 ;;
     --skip-build) SKIP_BUILD=1 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "[gpu] unknown option: $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -88,6 +90,7 @@ FAILED=""
 # step NAME LIMIT_S COMMAND: run COMMAND under min(LIMIT_S, time left), record the outcome
 step() {
   local name=$1 cap=$2 cmd=$3
+  [ -n "${MRVI_GPU_STEPS:-}" ] && [[ ",$MRVI_GPU_STEPS," != *",$name,"* ]] && return 0
   local left=$(( BUDGET - $(elapsed) - 5 ))
   local limit=$(( cap < left ? cap : left ))
   if [ "$DRY" = 1 ]; then

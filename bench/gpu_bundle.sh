@@ -83,9 +83,9 @@ PY
   (cd /usr/lib/R && tar -ch bin etc lib modules) | tar -x -C "$stage/R"
   mkdir -p "$stage/R/library"
   cp -rL /usr/share/R/share/. "$stage/share/"
-  # base R's packages and those the GPU run loads: not ggplot2 or S4Vectors, which mrvi
-  # uses only for plots and Bioconductor objects (no help, docs, tests or translations)
-  local pkgs; pkgs=$(Rscript -e 'ip <- installed.packages(); need <- c("BiocParallel", "cli", "Matrix", "testthat")
+  # base R's packages and those the GPU run loads: not ggplot2, which mrvi uses only
+  # for plots (no help, docs, tests or translations)
+  local pkgs; pkgs=$(Rscript -e 'ip <- installed.packages(); need <- c("BiocParallel", "cli", "Matrix", "S4Vectors", "testthat")
     d <- unique(c(need, unlist(tools::package_dependencies(need, db = ip, recursive = TRUE, which = c("Depends", "Imports")))))
     d <- union(setdiff(rownames(ip)[ip[, "Priority"] %in% "base"], c("tcltk", "translations")), d); cat(paste(ip[d, "LibPath"], d, sep = "/"))')
   local p

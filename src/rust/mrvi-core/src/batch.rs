@@ -5,7 +5,7 @@
 use crate::data::{CountColumns, CscCounts};
 use crate::model::nb::NonZeros;
 use crate::model::{Batch, HostCopy};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The data a model sees: counts plus per-cell sample codes and nuisance
 /// covariates. `C` is an owned copy for training, or a borrowed view of R's
@@ -78,13 +78,41 @@ impl<C: CountColumns> Dataset<C> {
     /// The minibatch of `cells`, with a host copy for the fused CPU likelihood
     /// (`fused`) or the non-zero structure for the tensor one.
     pub fn batch(&self, cells: &[usize], device: Device, fused: bool) -> Batch {
+        let b = cells.len() as i64;
+        let lgamma_x1: Vec<f32> = cells.iter().map(|&c| self.lgamma_x1[c]).collect();
+        let lib: Vec<f32> = cells.iter().map(|&c| self.library[c].max(1.0).ln()).collect();
+        let (log_counts, nonzeros, host) = if fused || device == Device::Cpu {
+            self.dense_on_host(cells, device, fused, &lgamma_x1, &lib)
+        } else {
+            let (log_counts, nonzeros) = self.dense_on_device(cells, device, &lgamma_x1);
+            (log_counts, Some(nonzeros), None)
+        };
+        let idx = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
+        Batch {
+            log_counts,
+            log_library: Tensor::from_slice(&lib).view([b, 1]).to_device(device),
+            nonzeros,
+            host,
+            sample: idx(cells.iter().map(|&c| self.sample[c]).collect()),
+            site: idx(cell_rows(&self.site, self.n_factors, cells)).view([b, self.n_factors as i64]),
+            continuous: (self.n_continuous > 0).then(|| {
+                Tensor::from_slice(&cell_rows(&self.continuous, self.n_continuous, cells)).view([b, self.n_continuous as i64]).to_device(device)
+            }),
+            label: self.label.as_ref().map(|l| idx(cells.iter().map(|&c| l[c]).collect())),
+        }
+    }
+
+    /// log1p(x) densified in host memory, and either the host copy the fused
+    /// likelihood reads or the non-zero structure of the tensor one.
+    fn dense_on_host(
+        &self, cells: &[usize], device: Device, fused: bool, lgamma_x1: &[f32], lib: &[f32],
+    ) -> (Tensor, Option<NonZeros>, Option<HostCopy>) {
         let g = self.counts.n_genes();
         let b = cells.len();
         let mut dense = vec![0f32; b * g];
         let mut flat = Vec::new();
         let mut gene = Vec::new();
         let mut value = Vec::new();
-        let lgamma_x1: Vec<f32> = cells.iter().map(|&c| self.lgamma_x1[c]).collect();
         let (mut nz_ptr, mut nz_gene, mut nz_count) = (Vec::with_capacity(b + 1), Vec::new(), Vec::new());
         nz_ptr.push(0);
         for (row, &c) in cells.iter().enumerate() {
@@ -101,32 +129,48 @@ impl<C: CountColumns> Dataset<C> {
             nz_ptr.push(nz_gene.len());
         }
         let log_counts = Tensor::from_slice(&dense).view([b as i64, g as i64]).log1p().to_device(device);
-        let lib: Vec<f32> = cells.iter().map(|&c| self.library[c].max(1.0).ln()).collect();
         let idx = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
-        Batch {
-            log_counts,
-            log_library: Tensor::from_slice(&lib).view([b as i64, 1]).to_device(device),
-            nonzeros: (!fused).then(|| NonZeros {
-                flat: idx(flat),
-                gene: idx(gene),
-                value: Tensor::from_slice(&value).to_device(device),
-                lgamma_x1: Tensor::from_slice(&lgamma_x1).to_device(device),
-            }),
-            host: fused.then(|| HostCopy {
-                counts: dense,
-                nz_ptr,
-                nz_gene,
-                nz_count,
-                log_library: lib.clone(),
-                lgamma_x1: lgamma_x1.clone(),
-            }),
-            sample: idx(cells.iter().map(|&c| self.sample[c]).collect()),
-            site: idx(cell_rows(&self.site, self.n_factors, cells)).view([b as i64, self.n_factors as i64]),
-            continuous: (self.n_continuous > 0).then(|| {
-                Tensor::from_slice(&cell_rows(&self.continuous, self.n_continuous, cells)).view([b as i64, self.n_continuous as i64]).to_device(device)
-            }),
-            label: self.label.as_ref().map(|l| idx(cells.iter().map(|&c| l[c]).collect())),
+        let nonzeros = (!fused).then(|| NonZeros {
+            flat: idx(flat),
+            gene: idx(gene),
+            value: Tensor::from_slice(&value).to_device(device),
+            lgamma_x1: Tensor::from_slice(lgamma_x1).to_device(device),
+        });
+        let host = fused.then(|| HostCopy {
+            counts: dense,
+            nz_ptr,
+            nz_gene,
+            nz_count,
+            log_library: lib.to_vec(),
+            lgamma_x1: lgamma_x1.to_vec(),
+        });
+        (log_counts, nonzeros, host)
+    }
+
+    /// For an accelerator: only the non-zeros travel (gene index and count, 4 bytes
+    /// each, and each cell's number of them), and the dense log1p(x) is assembled
+    /// on the device. Densifying on the host and copying [B, G] floats over took
+    /// most of a GPU training step (bench/train_phases.R).
+    fn dense_on_device(&self, cells: &[usize], device: Device, lgamma_x1: &[f32]) -> (Tensor, NonZeros) {
+        let (g, b) = (self.counts.n_genes() as i64, cells.len() as i64);
+        let (mut gene, mut value, mut per_cell) = (Vec::<i32>::new(), Vec::<f32>::new(), Vec::with_capacity(cells.len()));
+        for &c in cells {
+            let before = gene.len();
+            for (gi, v) in self.counts.column(c) {
+                gene.push(gi as i32);
+                value.push(v);
+            }
+            per_cell.push((gene.len() - before) as i64);
         }
+        let nnz = gene.len() as i64;
+        let gene = Tensor::from_slice(&gene).to_device(device).to_kind(Kind::Int64);
+        let value = Tensor::from_slice(&value).to_device(device);
+        // output_size given: no wait for the device to learn it
+        let rows = Tensor::repeat_interleave(&Tensor::from_slice(&per_cell).to_device(device), nnz);
+        let flat = rows * g + &gene;
+        let log_counts = Tensor::zeros([b * g], (Kind::Float, device)).index_copy(0, &flat, &value.log1p()).view([b, g]);
+        let lgamma_x1 = Tensor::from_slice(lgamma_x1).to_device(device);
+        (log_counts, NonZeros { flat, gene, value, lgamma_x1 })
     }
 }
 
@@ -148,10 +192,49 @@ fn ln_factorial(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn ln_factorial_table_equals_lgamma() {
         for x in [0.0f32, 1.0, 2.0, 7.0, 1023.0, 1024.0, 5000.0] {
             assert_eq!(super::ln_factorial(x), statrs::function::gamma::ln_gamma(x as f64 + 1.0) as f32);
         }
+    }
+
+    /// Cells of `g` genes each, one after the other in `dense`, as counts.
+    fn csc(dense: &[f32], g: usize) -> CscCounts {
+        let (mut p, mut i, mut x) = (vec![0i32], Vec::new(), Vec::new());
+        for cell in dense.chunks(g) {
+            for (gi, &v) in cell.iter().enumerate().filter(|(_, &v)| v > 0.0) {
+                i.push(gi as i32);
+                x.push(v as f64);
+            }
+            p.push(i.len() as i32);
+        }
+        CscCounts::from_slots(g, dense.len() / g, &p, &i, &x).unwrap()
+    }
+
+    /// The accelerator's assembly (run here on the CPU) gives the host's minibatch.
+    #[test]
+    fn dense_on_device_matches_dense_on_host() {
+        let (g, n) = (7usize, 5usize);
+        let counts: Vec<f32> = (0..g * n).map(|k| if k % 3 == 0 { (k % 11) as f32 } else { 0.0 }).collect();
+        let data = Dataset::new(csc(&counts, g), vec![0; n], vec![0; n]);
+        let cells = [4usize, 0, 2];
+        let lgx: Vec<f32> = cells.iter().map(|&c| data.lgamma_x1[c]).collect();
+        let lib: Vec<f32> = cells.iter().map(|&c| data.library[c].max(1.0).ln()).collect();
+        let (host_logs, host_nz, _) = data.dense_on_host(&cells, Device::Cpu, false, &lgx, &lib);
+        let (dev_logs, dev_nz) = data.dense_on_device(&cells, Device::Cpu, &lgx);
+        let host_nz = host_nz.unwrap();
+        assert_eq!(dev_logs.size(), host_logs.size());
+        assert!(f64::try_from((&dev_logs - &host_logs).abs().max()).unwrap() < 1e-6);
+        for (a, b) in [(&dev_nz.flat, &host_nz.flat), (&dev_nz.gene, &host_nz.gene), (&dev_nz.value, &host_nz.value), (&dev_nz.lgamma_x1, &host_nz.lgamma_x1)] {
+            assert!(a.equal(b));
+        }
+        // a cell without counts
+        let empty = Dataset::new(csc(&[0.0; 14], g), vec![0; 2], vec![0; 2]);
+        let (logs, nz) = empty.dense_on_device(&[1, 0], Device::Cpu, &[0.0, 0.0]);
+        assert_eq!(logs.size(), vec![2, g as i64]);
+        assert_eq!(nz.flat.numel(), 0);
     }
 }
