@@ -4,7 +4,7 @@
 # prepares, on a Debian machine with the package's usual set-up (tools/setup.sh), what
 # travels to it instead, and unpacks it there:
 #
-#   bash bench/gpu_bundle.sh pack      here: build mrvi against the device's libtorch
+#   bash bench/gpu_bundle.sh pack      here: build mrvi (the commit HEAD: commit first) against the device's libtorch
 #                                      (default 2.11.0+cu130, MRVI_GPU_TORCH) and write
 #                                      .gpubundle/bundle.tar.xz: this machine's R, the R
 #                                      packages mrvi and its tests need, their shared
