@@ -4,8 +4,9 @@
 # prepares, on a Debian machine with the package's usual set-up (tools/setup.sh), what
 # travels to it instead, and unpacks it there:
 #
-#   bash bench/gpu_bundle.sh pack      here: build mrvi (the commit HEAD: commit first) against the device's libtorch
-#                                      (default 2.11.0+cu130, MRVI_GPU_TORCH) and write
+#   bash bench/gpu_bundle.sh pack      here: build mrvi (HEAD: commit first) against the
+#                                      device's libtorch (default 2.11.0+cu130,
+#                                      MRVI_GPU_TORCH) and write
 #                                      .gpubundle/bundle.tar.xz: this machine's R, the R
 #                                      packages mrvi and its tests need, their shared
 #                                      libraries, and mrvi linked to libtorch_cuda
@@ -123,5 +124,5 @@ gpu_bundle_unpack() {
 case "${1:-}" in
   pack) gpu_bundle_pack ;;
   unpack) gpu_bundle_unpack ;;
-  *) sed -n '2,20p' "${BASH_SOURCE[0]}"; [ -n "${1:-}" ] && false ;;
+  *) sed -n '2,21p' "${BASH_SOURCE[0]}"; [ -n "${1:-}" ] && false ;;
 esac
