@@ -6,7 +6,9 @@ fn main() {
     let mut rng = mrvi_core::rng::SplitMix64::new(1);
     let mut unif = || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
     let logits: Vec<f32> = (0..b * g).map(|_| unif() * 4.0 - 2.0).collect();
-    let dense: Vec<f32> = (0..b * g).map(|_| { let u = unif(); if u < 0.8 { 0.0 } else { (u * 20.0).floor() - 15.0 } }).map(|v: f32| v.max(0.0)).collect();
+    // DENSITY (default 0.2): the share of non-zero entries, counts 1 + geometric-like
+    let density: f32 = std::env::var("DENSITY").ok().and_then(|v| v.parse().ok()).unwrap_or(0.2);
+    let dense: Vec<f32> = (0..b * g).map(|_| { let u = unif(); if u >= density { 0.0 } else { (1.0 / (1.0 - 0.97 * u / density)).floor() } }).collect();
     let (mut nz_ptr, mut nz_gene, mut nz_count) = (vec![0usize], vec![], vec![]);
     for r in 0..b { for k in 0..g { let v = dense[r * g + k]; if v > 0.0 { nz_gene.push(k as u32); nz_count.push(v); } } nz_ptr.push(nz_gene.len()); }
     let lg = vec![0f32; b];
