@@ -14,7 +14,7 @@ use crate::data::{CountColumns, CscCounts};
 use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::model::config::{default_max_epochs, ModelConfig, TrainConfig};
-use crate::model::MrviModel;
+use crate::model::{cpu_floats, cpu_floats_mut, MrviModel};
 use crate::rng::SplitMix64;
 use std::time::Instant;
 use tch::{Device, Tensor};
@@ -149,7 +149,8 @@ impl Adam {
     }
 
     /// One step: the gradients scaled so that their joint L2 norm is at most
-    /// `max_grad_norm`, then Adam's update.
+    /// `max_grad_norm`, then Adam's update. On the CPU one pass over the buffers
+    /// (`adam_update`); elsewhere a dozen libtorch operations on them.
     fn step(&mut self, max_grad_norm: f64) -> Result<()> {
         if self.trainable.is_empty() {
             return Ok(());
@@ -157,6 +158,15 @@ impl Adam {
         self.steps += 1;
         let t = self.steps as f64;
         let (bc1, bc2) = (1.0 - Self::BETA1.powf(t), 1.0 - Self::BETA2.powf(t));
+        if self.flat.device() == Device::Cpu {
+            self.step_host(max_grad_norm, bc1, bc2)
+        } else {
+            self.step_tensors(max_grad_norm, bc1, bc2)
+        }
+    }
+
+    /// `step` as libtorch operations on the buffers, on any device.
+    fn step_tensors(&mut self, max_grad_norm: f64, bc1: f64, bc2: f64) -> Result<()> {
         tch::no_grad(|| {
             let mut grad = self.flat_grad();
             let total = f64::try_from(grad.norm())?;
@@ -173,6 +183,122 @@ impl Adam {
             Ok(())
         })
     }
+
+    /// `step` on the CPU: the gradients read where libtorch left them, and the
+    /// clipping, weight decay and update of each weight in one pass (the dozen
+    /// libtorch operations took ~1 ms per step for ~350k weights on 2 cores,
+    /// about 10% of a training step).
+    fn step_host(&mut self, max_grad_norm: f64, bc1: f64, bc2: f64) -> Result<()> {
+        let grads: Vec<Option<Tensor>> = self
+            .trainable
+            .iter()
+            .map(|&i| {
+                let g = self.params[i].1.grad();
+                g.defined().then(|| g.contiguous())
+            })
+            .collect();
+        // SAFETY: contiguous CPU float tensors, alive for the whole step.
+        let slices: Vec<Option<&[f32]>> = grads.iter().map(|g| g.as_ref().map(|g| unsafe { cpu_floats(g) })).collect();
+        let total = slices.iter().flatten().map(|g| sum_of_squares(g)).sum::<f64>().sqrt();
+        let coef = max_grad_norm / (total + 1e-6);
+        let update = AdamUpdate {
+            grad_scale: if coef < 1.0 { coef as f32 } else { 1.0 },
+            weight_decay: self.weight_decay as f32,
+            beta1: Self::BETA1 as f32,
+            beta2: Self::BETA2 as f32,
+            step_size: (self.lr / bc1) as f32,
+            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+            eps: self.eps as f32,
+        };
+        // SAFETY: as above; the three buffers are distinct tensors.
+        let (w, m, v) = unsafe { (cpu_floats_mut(&mut self.flat), cpu_floats_mut(&mut self.flat_m), cpu_floats_mut(&mut self.flat_s)) };
+        let mut start = 0;
+        for (k, &i) in self.trainable.iter().enumerate() {
+            let n = self.params[i].1.numel();
+            let r = start..start + n;
+            adam_update(&update, slices[k], &mut w[r.clone()], &mut m[r.clone()], &mut v[r]);
+            start += n;
+        }
+        Ok(())
+    }
+}
+
+/// The constants of one Adam step.
+struct AdamUpdate {
+    grad_scale: f32,
+    weight_decay: f32,
+    beta1: f32,
+    beta2: f32,
+    step_size: f32,
+    inv_sqrt_bc2: f32,
+    eps: f32,
+}
+
+/// Adam's update of weights `w` with moments `m`, `v`, for gradient `g` (none:
+/// zeros, as for a variable that took no part): the gradient clipped and with
+/// L2 weight decay, then m, v and w in place. Vectorised where the CPU allows.
+fn adam_update(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { adam_update_avx512(u, g, w, m, v) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { adam_update_avx2(u, g, w, m, v) };
+        }
+    }
+    adam_update_portable(u, g, w, m, v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn adam_update_avx512(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+    adam_update_portable(u, g, w, m, v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn adam_update_avx2(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+    adam_update_portable(u, g, w, m, v)
+}
+
+/// Without fused multiply-adds, so that every path gives the same bits.
+#[inline(always)]
+fn adam_update_portable(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+    let one = |g: f32, w: &mut f32, m: &mut f32, v: &mut f32| {
+        let g = g * u.grad_scale + *w * u.weight_decay;
+        *m += (1.0 - u.beta1) * (g - *m);
+        *v = u.beta2 * *v + (1.0 - u.beta2) * (g * g);
+        let denom = v.sqrt() * u.inv_sqrt_bc2 + u.eps;
+        *w -= u.step_size * *m / denom;
+    };
+    match g {
+        Some(g) => {
+            for (((g, w), m), v) in g.iter().zip(w.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
+                one(*g, w, m, v);
+            }
+        }
+        None => {
+            for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
+                one(0.0, w, m, v);
+            }
+        }
+    }
+}
+
+/// Sum of squares in double precision, over 8 accumulators (vectorises).
+fn sum_of_squares(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
+    for c in chunks {
+        for j in 0..8 {
+            acc[j] += (c[j] as f64) * (c[j] as f64);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// The seed of libtorch's generator (posterior draws, dropout) in epoch `epoch`:
@@ -703,6 +829,25 @@ mod tests {
         for name in ["w", "b"] {
             let diff = f64::try_from((&a[name] - &b[name]).abs().max()).unwrap();
             assert!(diff < 1e-4, "{name}: {diff}");
+        }
+        // the one-pass CPU update and the libtorch operations agree
+        let (host_vs, _) = store();
+        let (tensor_vs, _) = store();
+        let (mut host, mut tensors) = (Adam::new(&host_vs, 0.05), Adam::new(&tensor_vs, 0.05));
+        for _ in 0..30 {
+            for (opt, vs) in [(&mut host, &host_vs), (&mut tensors, &tensor_vs)] {
+                opt.zero_grad();
+                loss(vs, &x).backward();
+                opt.steps += 1;
+            }
+            let t = host.steps as f64;
+            let (bc1, bc2) = (1.0 - Adam::BETA1.powf(t), 1.0 - Adam::BETA2.powf(t));
+            host.step_host(MAX_GRAD_NORM, bc1, bc2).unwrap();
+            tensors.step_tensors(MAX_GRAD_NORM, bc1, bc2).unwrap();
+        }
+        for name in ["w", "b"] {
+            let diff = f64::try_from((&host_vs.variables()[name] - &tensor_vs.variables()[name]).abs().max()).unwrap();
+            assert!(diff < 1e-5, "{name}: {diff}");
         }
         // the optimiser updated the model's own variables, and its moments are views
         assert_eq!(ours.params.len(), 2);

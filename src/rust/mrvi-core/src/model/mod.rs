@@ -95,13 +95,13 @@ enum PriorParams {
 
 /// The data of a contiguous CPU float tensor, without a copy.
 /// SAFETY: the tensor must be contiguous, on the CPU, of kind Float, and outlive the slice.
-unsafe fn cpu_floats(t: &Tensor) -> &[f32] {
+pub(crate) unsafe fn cpu_floats(t: &Tensor) -> &[f32] {
     assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
     std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel())
 }
 
 /// Mutable counterpart of `cpu_floats`, under the same conditions.
-unsafe fn cpu_floats_mut(t: &mut Tensor) -> &mut [f32] {
+pub(crate) unsafe fn cpu_floats_mut(t: &mut Tensor) -> &mut [f32] {
     assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel())
 }
