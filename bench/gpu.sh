@@ -16,6 +16,8 @@
 #                                  package from R_LIBS, default ./.Rlib), for checks
 #                                  without a GPU; writes bench/results/gpu_cpu_only.csv
 #   bash bench/gpu.sh --skip-build a rerun on a machine where steps 1-2 already ran
+#                                  (the project's device machine has no R, Rust or network:
+#                                  there, source bench/gpu_bundle.sh unpack, then --skip-build)
 # Environment:
 #   MRVI_GPU_BENCH_SCALE    multiplies every cell count (default 1; 0.01 for a quick check)
 #   MRVI_GPU_BENCH_THREADS  CPU threads for the "all cores" CPU rows (default: all cores)
@@ -37,7 +39,7 @@ for a in "$@"; do
     --dry-run) DRY=1 ;;
     --cpu-only) CPU_ONLY=1 ;;
     --skip-build) SKIP_BUILD=1 ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "[gpu] unknown option: $a (see --help)" >&2; exit 2 ;;
   esac
 done
