@@ -39,7 +39,7 @@ for a in "$@"; do
     --dry-run) DRY=1 ;;
     --cpu-only) CPU_ONLY=1 ;;
     --skip-build) SKIP_BUILD=1 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "[gpu] unknown option: $a (see --help)" >&2; exit 2 ;;
   esac
 done
