@@ -1,9 +1,9 @@
 //! Time of the attention block in closed form on the host
 //! (`HostAttention::forward`, the counterfactual z of the attention flavour):
-//! microseconds per (cell, sample) pair for one cell against 64 samples' contexts,
+//! microseconds per (cell, sample) pair for one cell against SAMPLES (default 64) samples' contexts,
 //! L_u = 10, L = 30, random parameters, one thread.
 //!   cargo run --release --example attention_probe -p mrvi-core
-use mrvi_core::model::attention::{AttentionBlock, HostAttention};
+use mrvi_core::model::attention::{AttentionBlock, ForwardScratch, HostAttention};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -17,16 +17,17 @@ fn main() {
         let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.5)));
     }
     let host = HostAttention::new(&block);
-    let s = 64usize;
+    let s: usize = std::env::var("SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let emb = Vec::<f32>::try_from(&Tensor::randn([s as i64 * 16], (Kind::Float, Device::Cpu))).unwrap();
     let contexts = host.contexts(&emb);
     let xs = Vec::<f32>::try_from(&Tensor::randn([2000 * 10], (Kind::Float, Device::Cpu))).unwrap();
     let mut out = vec![0f32; s * 30];
     let (reps, mut check) = (20usize, 0f64);
+    let mut scratch = ForwardScratch::default();
     let t = Instant::now();
     for _ in 0..reps {
         for x in xs.chunks_exact(10) {
-            host.forward(x, &contexts, &mut out);
+            host.forward(x, &contexts, &mut out, &mut scratch);
             check += out[7] as f64;
         }
     }

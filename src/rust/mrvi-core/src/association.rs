@@ -6,7 +6,7 @@
 
 use crate::backend;
 use crate::distances::{accumulate_cell, cell_draws, DistanceSpec};
-use crate::pair_distances::{accumulator_width, transposed_len};
+use crate::pair_distances::{accumulator_width, panels_len};
 use crate::posterior::Posterior;
 use crate::error::{Error, Result};
 use crate::model::MrviModel;
@@ -46,16 +46,17 @@ pub fn cell_association(
         .collect();
     let pool = backend::pool()?;
     let mut out = vec![CellTest::default(); cells.len()];
+    let mut zs = Vec::new();
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         if interrupted() {
             return Err(Error::Interrupted);
         }
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
-        let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;
+        let scale = cell_draws(&effect, post, part, &own, &spec, &mut zs)?;
         let results = &mut out[bi * block.max(1)..bi * block.max(1) + part.len()];
         pool.install(|| {
             // per worker: the cell's distance matrix, scratch, the two samples
-            let scratch = || (vec![0f64; s * accumulator_width(s)], vec![0f32; transposed_len(s, l)], Vec::new(), Vec::new());
+            let scratch = || (vec![0f64; s * accumulator_width(s)], vec![0f32; panels_len(1, s, l)], Vec::new(), Vec::new());
             results.par_iter_mut().enumerate().for_each_init(scratch, |(acc, t, within, between), (r, slot)| {
                 acc.iter_mut().for_each(|v| *v = 0.0);
                 for z in &zs {

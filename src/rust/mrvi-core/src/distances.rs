@@ -17,8 +17,8 @@
 use crate::backend;
 use crate::error::{r_array, try_vec, try_with_capacity, Error, Result};
 use crate::infer::{cells_z, rows_from_column_major};
-use crate::model::{HostSampleEffect, MrviModel};
-use crate::pair_distances::{accumulator_width, add_cell_pairs, transpose_cell, transposed_len, PairWeight};
+use crate::model::{HostSampleEffect, MrviModel, ZLayout};
+use crate::pair_distances::{accumulator_width, add_block_pairs, fill_panel, panel_len, panels_len, to_panels, Block, PairWeight, PANEL};
 use crate::posterior::Posterior;
 use ndarray::{Axis, Ix3};
 use rayon::prelude::*;
@@ -36,7 +36,9 @@ pub struct DistanceSpec {
 /// the number of cells summed.
 pub struct GroupSums {
     pub n_samples: usize,
+    /// per group, S rows of `width` values: pair (a, b) at a * width + b
     pub sums: Vec<Vec<f64>>,
+    pub width: usize,
     pub n_cells: Vec<usize>,
     /// With a sample mask: per group, the number of cells summed for each pair.
     pub pair_counts: Option<Vec<Vec<f64>>>,
@@ -55,7 +57,7 @@ impl GroupSums {
                     Some(c) if c[g][a * s + b] > 0.0 => c[g][a * s + b],
                     Some(_) => f64::NAN,
                 };
-                let v = self.sums[g][a * s + b] / count;
+                let v = self.sums[g][a * self.width + b] / count;
                 out[a * s + b] = v;
                 out[b * s + a] = v;
             }
@@ -77,12 +79,14 @@ impl GroupSums {
     }
 }
 
-/// z of each cell under its own sample for draw m, [cells, L] (for the normaliser).
+/// z of each cell under its own sample for draw m, [cells, L] (for the
+/// normaliser), from z [cells, L, S].
 fn own_sample_z(z: &[f32], own: &[i64], s: usize, l: usize) -> Vec<f32> {
     let mut out = vec![0f32; own.len() * l];
     for (r, &smp) in own.iter().enumerate() {
-        let src = &z[(r * s + smp as usize) * l..(r * s + smp as usize + 1) * l];
-        out[r * l..(r + 1) * l].copy_from_slice(src);
+        for d in 0..l {
+            out[r * l + d] = z[(r * l + d) * s + smp as usize];
+        }
     }
     out
 }
@@ -94,11 +98,16 @@ pub(crate) struct CellScale {
     pub offset: Vec<f32>,
 }
 
-/// The draws of a block of cells ([cells, S, L] per draw) and their [CellScale].
-pub(crate) fn cell_draws(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], own: &[i64], spec: &DistanceSpec) -> Result<(Vec<Vec<f32>>, CellScale)> {
+/// The draws of a block of cells into `zs` ([cells, L, S] per draw, as the
+/// distance kernel reads them; buffers kept from block to block) and their
+/// [CellScale].
+pub(crate) fn cell_draws(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], own: &[i64], spec: &DistanceSpec, zs: &mut Vec<Vec<f32>>) -> Result<CellScale> {
     let (s, l) = (effect.n_samples, effect.n_latent);
     let draws: Vec<Option<usize>> = if spec.mc_samples == 0 { vec![None] } else { (0..spec.mc_samples).map(Some).collect() };
-    let zs: Vec<Vec<f32>> = draws.iter().map(|&d| cells_z(effect, post, cells, d, spec.seed)).collect();
+    zs.resize_with(draws.len(), Vec::new);
+    for (z, &d) in zs.iter_mut().zip(&draws) {
+        cells_z(effect, post, cells, d, spec.seed, ZLayout::ByDimension, z);
+    }
     let mut scale = CellScale { weight: vec![1.0 / zs.len() as f32; cells.len()], offset: vec![0.0; cells.len()] };
     if spec.normalize {
         if zs.len() < 3 {
@@ -111,7 +120,7 @@ pub(crate) fn cell_draws(effect: &HostSampleEffect, post: &Posterior, cells: &[u
             scale.offset[r] = mu as f32;
         }
     }
-    Ok((zs, scale))
+    Ok(scale)
 }
 
 /// Mean and standard deviation of the distances between all pairs of a cell's
@@ -131,15 +140,16 @@ fn noise_floor(own_z: &[Vec<f32>], r: usize, l: usize) -> (f64, f64) {
 }
 
 /// Add the upper triangle of w * max(D(n) - offset, 0) for one cell, given its z
-/// ([S, L] row-major), into `acc`: S rows of [accumulator_width] values, pair
-/// (a, b) at a * width + b; `t` is scratch of [transposed_len] values.
+/// ([L, S] row-major), into `acc`: S rows of [accumulator_width] values, pair
+/// (a, b) at a * width + b; `t` is scratch of [panels_len] values for one cell.
 pub(crate) fn accumulate_cell(z: &[f32], s: usize, l: usize, w: f32, offset: f32, t: &mut [f32], acc: &mut [f64]) {
-    transpose_cell(z, s, l, t);
-    add_cell_pairs(t, s, l, 0..s, 0..s, PairWeight { w, offset, mask: &[] }, acc);
+    to_panels(z, 1, s, l, t);
+    add_block_pairs(&Block { panels: t, weights: &[PairWeight { w, offset, mask: &[] }], s, l }, 0..s, 0..s, acc);
 }
 
-/// Columns b per pass of a task: one cell's share of z (COLUMNS x L values)
-/// stays in the core's cache while the task's rows pass over it.
+/// Columns b per pass of a task (a multiple of [PANEL]): the pass's panels of
+/// the block's cells stay in the core's cache while the task's rows pass over
+/// them.
 const COLUMNS: usize = 256;
 
 /// Rows a per task: up to 32, so that each cell's z is read from memory once
@@ -151,45 +161,41 @@ fn rows_per_task(s: usize, threads: usize) -> usize {
 }
 
 /// Add the upper triangles of w * D(n) for the cells of one block (all of the
-/// same group; `z` is [cells, S, L]) into `acc` (S x S, row-major), pairs masked
-/// by each cell's `masks` row when there are masks (1 or 0 per sample,
-/// [accumulator_width] values; rows of masked samples are skipped). Tasks of a
-/// few rows are shared out over the core's pool; within a task the columns go
-/// in passes of [COLUMNS], each pass over all the block's cells, into the
-/// task's own padded rows.
-fn accumulate_block(z: &[f32], scale: &CellScale, masks: Option<&[Vec<f32>]>, s: usize, l: usize, acc: &mut [f64]) -> Result<()> {
+/// same group; `z` is [cells, L, S]) into `acc` (S rows of [accumulator_width]
+/// values), pairs masked by each cell's `masks` row when there are masks (1 or
+/// 0 per sample, [accumulator_width] values; rows of masked samples are
+/// skipped). `panels` is the kernel's copy of the block's z, kept from block to
+/// block. Tasks of a few rows are shared out over the core's pool; within a
+/// task the columns go in passes of [COLUMNS], each register tile over all the
+/// block's cells, added straight into the task's rows of `acc`.
+#[allow(clippy::too_many_arguments)]
+fn accumulate_block(z: &[f32], scale: &CellScale, masks: Option<&[Vec<f32>]>, s: usize, l: usize, panels: &mut Vec<f32>, acc: &mut [f64]) -> Result<()> {
     let pool = backend::pool()?;
     let rows = rows_per_task(s, pool.current_num_threads());
     let width = accumulator_width(s);
-    pool.install(|| {
-        let zts: Vec<Vec<f32>> = z
-            .par_chunks(s * l)
-            .map(|z| {
-                let mut t = vec![0f32; transposed_len(s, l)];
-                transpose_cell(z, s, l, &mut t);
-                t
+    pool.install(|| -> Result<()> {
+        let cells = z.len() / (s * l);
+        if panels.len() < panels_len(cells, s, l) {
+            *panels = try_vec(panels_len(cells, s, l), 0f32, "the block's counterfactual z")?;
+        }
+        panels[..panels_len(cells, s, l)].par_chunks_mut(panel_len(cells, l)).enumerate().for_each(|(p, panel)| fill_panel(z, cells, s, l, p, panel));
+        let weights: Vec<PairWeight> = (0..cells)
+            .map(|r| {
+                let mask = masks.map_or(&[][..], |ms| ms[r].as_slice());
+                PairWeight { w: scale.weight[r], offset: scale.offset[r], mask }
             })
             .collect();
-        acc.par_chunks_mut(rows * s).enumerate().for_each_init(Vec::new, |local, (task, part)| {
-            let rows = task * rows..task * rows + part.len() / s;
-            local.clear();
-            local.resize(rows.len() * width, 0f64);
-            for c0 in (rows.start + 1..s).step_by(COLUMNS) {
-                let cols = c0..(c0 + COLUMNS).min(s);
-                for (r, zt) in zts.iter().enumerate() {
-                    let mask = masks.map_or(&[][..], |ms| ms[r].as_slice());
-                    let pw = PairWeight { w: scale.weight[r], offset: scale.offset[r], mask };
-                    add_cell_pairs(zt, s, l, rows.clone(), cols.clone(), pw, local);
-                }
+        let block = Block { panels, weights: &weights, s, l };
+        acc[..s * width].par_chunks_mut(rows * width).enumerate().for_each(|(task, part)| {
+            let rows = task * rows..task * rows + part.len() / width;
+            // passes from a panel's first column: no tile straddles two passes
+            let first = (rows.start + 1) / PANEL * PANEL;
+            for c0 in (first..s).step_by(COLUMNS) {
+                add_block_pairs(&block, rows.clone(), c0..(c0 + COLUMNS).min(s), part);
             }
-            for (i, a) in rows.enumerate() {
-                for b in a + 1..s {
-                    part[i * s + b] += local[i * width + b];
-                }
-            }
-        })
-    });
-    Ok(())
+        });
+        Ok(())
+    })
 }
 
 /// Sums of D(n) per group by the path that suits the request: with a mask
@@ -236,17 +242,20 @@ pub fn group_sums_masked(
     let effect = model.host_sample_effect();
     let mut order: Vec<usize> = (0..post.n_cells).filter(|&c| group[c] >= 0).collect();
     order.sort_by_key(|&c| group[c]); // stable: cell order within a group
-    // one S x S matrix per group: many groups (e.g. one per cell) must fail as an error
-    let matrices = || -> Result<Vec<Vec<f64>>> {
+    // one S x S matrix per group: many groups (e.g. one per cell) must fail as an
+    // error; the sums in the kernel's padded rows, which it adds to in place
+    let matrices = |width: usize| -> Result<Vec<Vec<f64>>> {
         let mut m = try_with_capacity(n_groups, "the group distance sums")?;
         for _ in 0..n_groups {
-            m.push(try_vec(s * s, 0f64, "the group distance sums")?);
+            m.push(try_vec(s * width, 0f64, "the group distance sums")?);
         }
         Ok(m)
     };
-    let mut sums = matrices()?;
-    let mut pair_counts = if mask.is_some() { Some(matrices()?) } else { None };
+    let width = accumulator_width(s);
+    let mut sums = matrices(width)?;
+    let mut pair_counts = if mask.is_some() { Some(matrices(s)?) } else { None };
     let mut n_cells = vec![0usize; n_groups];
+    let (mut zs, mut panels) = (Vec::new(), Vec::new()); // a block's z, and the kernel's copy, kept from block to block
     let mut start = 0;
     while start < order.len() {
         if interrupted() {
@@ -259,13 +268,13 @@ pub fn group_sums_masked(
         }
         let cells = &order[start..end];
         let own: Vec<i64> = cells.iter().map(|&c| own_sample[c]).collect();
-        let (zs, scale) = cell_draws(&effect, post, cells, &own, &spec)?;
+        let scale = cell_draws(&effect, post, cells, &own, &spec, &mut zs)?;
         let masks: Option<Vec<Vec<f32>>> = mask.map(|m| {
             let admissible = |c: usize, a: usize| a < s && m[c + post.n_cells * a];
             cells.iter().map(|&c| (0..accumulator_width(s)).map(|a| if admissible(c, a) { 1.0 } else { 0.0 }).collect()).collect()
         });
         for z in &zs {
-            accumulate_block(z, &scale, masks.as_deref(), s, l, &mut sums[g as usize])?;
+            accumulate_block(z, &scale, masks.as_deref(), s, l, &mut panels, &mut sums[g as usize])?;
         }
         if let (Some(counts), Some(masks)) = (pair_counts.as_mut(), masks.as_ref()) {
             let counts = &mut counts[g as usize];
@@ -280,7 +289,7 @@ pub fn group_sums_masked(
         n_cells[g as usize] += cells.len();
         start = end;
     }
-    Ok(GroupSums { n_samples: s, sums, n_cells, pair_counts })
+    Ok(GroupSums { n_samples: s, sums, width, n_cells, pair_counts })
 }
 
 /// D(n) for the given cells: values of an R array [cells, S, S] (column-major).
@@ -292,10 +301,11 @@ pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], c
     }
     let effect = model.host_sample_effect();
     let mut out = r_array(Ix3(cells.len(), s, s), "the per-cell distance matrices")?;
+    let mut zs = Vec::new();
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
-        let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;
-        let mut t = vec![0f32; transposed_len(s, l)];
+        let scale = cell_draws(&effect, post, part, &own, &spec, &mut zs)?;
+        let mut t = vec![0f32; panels_len(1, s, l)];
         let width = accumulator_width(s);
         for r in 0..part.len() {
             let mut acc = vec![0f64; s * width];
@@ -340,5 +350,5 @@ pub fn group_sums_tensor(model: &MrviModel, post: &Posterior, group: &[i64], n_g
     let sums = (0..n_groups)
         .map(|g| Vec::<f64>::try_from(&acc.get(g as i64).view([-1])).map_err(Error::from))
         .collect::<Result<Vec<_>>>()?;
-    Ok(GroupSums { n_samples: s, sums, n_cells, pair_counts: None })
+    Ok(GroupSums { n_samples: s, sums, width: s, n_cells, pair_counts: None })
 }

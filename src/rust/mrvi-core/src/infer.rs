@@ -5,7 +5,7 @@
 use crate::batch::Dataset;
 use crate::data::CountColumns;
 use crate::error::{r_array, try_vec, try_with_capacity, Error, Result};
-use crate::model::{HostSampleEffect, MrviModel};
+use crate::model::{HostSampleEffect, MrviModel, ZLayout};
 use crate::posterior::Posterior;
 use ndarray::{s, ArrayView3, Ix3};
 use rayon::prelude::*;
@@ -60,12 +60,13 @@ pub fn z_from_u(model: &MrviModel, u: &[f32], sample: &[i64], chunk: usize) -> R
     Ok(out)
 }
 
-/// Counterfactual z of `cells` under every sample, [cells, S, L] row-major, for
-/// one draw of u (or its mean).
-pub fn cells_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64) -> Vec<f32> {
-    let mut out = vec![0f32; cells.len() * effect.n_samples * effect.n_latent];
-    effect.z_block(&post.rows(cells, draw, seed), &mut out);
-    out
+/// Counterfactual z of `cells` under every sample into `out`, [cells, S, L] or
+/// [cells, L, S] row-major as `layout` says, for one draw of u (or its mean).
+/// `out` is resized, its values all overwritten: a buffer kept from block to
+/// block is neither zeroed nor allocated again.
+pub fn cells_z(effect: &HostSampleEffect, post: &Posterior, cells: &[usize], draw: Option<usize>, seed: u64, layout: ZLayout, out: &mut Vec<f32>) {
+    out.resize(cells.len() * effect.n_samples * effect.n_latent, 0.0);
+    effect.z_block(&post.rows(cells, draw, seed), out, layout);
 }
 
 /// The posterior fits the model's u and every cell index is in it.
@@ -93,8 +94,9 @@ pub fn counterfactual_z(
     let mut out = r_array(Ix3(cells.len(), samples.len(), l), "the counterfactual latents")?;
     // blocks of cells: one libtorch call per block for an attention model on a GPU
     const BLOCK: usize = 256;
+    let mut z = Vec::new();
     for (bi, part) in cells.chunks(BLOCK).enumerate() {
-        let z = cells_z(&effect, post, part, draw, seed);
+        cells_z(&effect, post, part, draw, seed, ZLayout::BySample, &mut z);
         let z = ArrayView3::from_shape((part.len(), s_all, l), &z).expect("[cells, S, L]");
         for (j, &s) in samples.iter().enumerate() {
             out.slice_mut(s![bi * BLOCK..bi * BLOCK + part.len(), j, ..]).zip_mut_with(&z.slice(s![.., s, ..]), |o, &v| *o = v as f64);
@@ -134,11 +136,12 @@ pub fn projected_counterfactuals(
     // number of cells: a cache miss per value)
     let mut proj = try_vec(BLOCK * r * l, 0f64, "the projected counterfactual latents")?;
     let mut block_mean = try_vec(if want_mean { BLOCK * s * l } else { 0 }, 0f64, "the mean counterfactual latents")?;
+    let mut z = Vec::new();
     for (bi, part) in cells.chunks(BLOCK).enumerate() {
         let first = bi * BLOCK;
         block_mean.fill(0.0);
         for (d, &draw) in draws.iter().enumerate() {
-            let z = cells_z(&effect, post, part, draw, seed);
+            cells_z(&effect, post, part, draw, seed, ZLayout::BySample, &mut z);
             let one = |(i, ((zc, acc), zbar)): (usize, ((&[f32], &mut [f64]), &mut [f64]))| {
                 let k_map = map_of_cell[first + i];
                 let map = &maps[k_map * r * s..(k_map + 1) * r * s];

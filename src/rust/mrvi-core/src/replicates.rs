@@ -12,7 +12,7 @@
 //! never cells x S x S.
 
 use crate::distances::{accumulate_cell, cell_draws, DistanceSpec};
-use crate::pair_distances::{accumulator_width, transposed_len};
+use crate::pair_distances::{accumulator_width, panels_len};
 use crate::posterior::Posterior;
 use crate::error::{try_vec, Error, Result};
 use crate::model::MrviModel;
@@ -49,14 +49,15 @@ pub fn replicate_means(
     let n_draws = reps.draws.max(1);
     let mut sums = try_vec(nr.saturating_mul(s * s), 0f64, "the replicate distance sums")?;
     let mut totals = vec![0f64; nr];
-    let (mut cell_d, mut scratch) = (vec![0f64; s * accumulator_width(s)], vec![0f32; transposed_len(s, l)]);
+    let (mut cell_d, mut scratch) = (vec![0f64; s * accumulator_width(s)], vec![0f32; panels_len(1, s, l)]);
+    let mut zs = Vec::new();
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
         if interrupted() {
             return Err(Error::Interrupted);
         }
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
         // all draws of the block at once: the noise floor of `normalize` needs them
-        let (zs, scale) = cell_draws(&effect, post, part, &own, &spec)?;
+        let scale = cell_draws(&effect, post, part, &own, &spec, &mut zs)?;
         for (m, z) in zs.iter().enumerate() {
             for r in 0..part.len() {
                 let i = bi * block.max(1) + r;

@@ -6,8 +6,9 @@ use mrvi_core::data::CscCounts;
 use mrvi_core::distances::{group_sums, DistanceSpec};
 use mrvi_core::posterior::Posterior;
 use mrvi_core::infer::{counterfactual_z, encode, projected_counterfactuals};
-use mrvi_core::model::attention::{mixture_log_density, AttentionBlock, HostAttention};
+use mrvi_core::model::attention::{mixture_log_density, AttentionBlock, ForwardScratch, HostAttention};
 use mrvi_core::model::config::{Flavour, ModelSettings, Prior};
+use mrvi_core::model::ZLayout;
 use mrvi_core::rng::SplitMix64;
 use mrvi_core::train::Trainer;
 use tch::{nn, Device, Kind, Tensor};
@@ -111,10 +112,13 @@ fn closed_forms_of_attention_equal_the_block_as_written() {
         let want = Vec::<f32>::try_from(&want.contiguous().view([-1])).unwrap();
         let xs = Vec::<f32>::try_from(&x.view([-1])).unwrap();
         let cs = Vec::<f32>::try_from(&ctx.contiguous().view([-1])).unwrap();
-        let mut got = vec![f32::NAN; want.len()];
+        let mut by_dim = vec![f32::NAN; want.len()];
         let contexts = host.contexts(&cs);
         assert!(contexts.tabulated(), "spread {spread}: the weighted means are not tabulated");
-        host.forward(&xs, &contexts, &mut got);
+        host.forward(&xs, &contexts, &mut by_dim, &mut ForwardScratch::default());
+        // [d_out, n] to the tensors' [n, d_out]
+        let (n, d) = (n_ctx as usize, d_out as usize);
+        let got: Vec<f32> = (0..n * d).map(|k| by_dim[(k % d) * n + k / d]).collect();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (i, ((g, c), w)) in got.iter().zip(&closed).zip(&want).enumerate() {
             assert!((g - w).abs() <= 2e-5 * (1.0 + scale), "host, spread {spread}, value {i}: {g} vs {w}");
@@ -179,7 +183,15 @@ fn attention_flavour_trains_and_streams_distances() {
     let mean = &mean;
     let us: Vec<f32> = cells.iter().flat_map(|&c| (0..5).map(move |d| mean[d * 400 + c] as f32)).collect();
     let mut host = vec![f32::NAN; cells.len() * 4 * 8];
-    model.host_sample_effect().z_block(&us, &mut host);
+    model.host_sample_effect().z_block(&us, &mut host, ZLayout::BySample);
+    // the same values by dimension: [cells, L, S]
+    let mut by_dim = vec![f32::NAN; cells.len() * 4 * 8];
+    model.host_sample_effect().z_block(&us, &mut by_dim, ZLayout::ByDimension);
+    for c in 0..cells.len() {
+        for (smp, d) in (0..4).flat_map(|smp| (0..8).map(move |d| (smp, d))) {
+            assert_eq!(host[(c * 4 + smp) * 8 + d].to_bits(), by_dim[(c * 8 + d) * 4 + smp].to_bits());
+        }
+    }
     let ut = Tensor::from_slice(&us).view([cells.len() as i64, 5]);
     let want = Vec::<f32>::try_from(&tch::no_grad(|| model.z_all_samples(&ut)).contiguous().view([-1])).unwrap();
     for (i, (g, w)) in host.iter().zip(&want).enumerate() {

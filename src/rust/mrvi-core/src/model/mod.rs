@@ -132,13 +132,18 @@ enum HostKind<'a> {
 
 impl HostSampleEffect<'_> {
     /// z of a block of cells under every sample. `us`: [cells, L_u] row-major;
-    /// `out`: [cells, S, L] row-major. The attention flavour on the CPU evaluates
-    /// the block in closed form, cells over the core's pool (~0.16 against ~1.8 µs
-    /// per (cell, sample) pair for libtorch on one AMD EPYC core); a GPU model
-    /// runs libtorch, one call per block (one call per cell made per-cell
-    /// analyses ~50x slower).
-    pub fn z_block(&self, us: &[f32], out: &mut [f32]) {
+    /// `out`: [cells, S, L] or [cells, L, S] row-major, as `layout` says. The
+    /// attention flavour on the CPU evaluates the block in closed form, cells
+    /// over the core's pool (~0.16 against ~1.8 µs per (cell, sample) pair for
+    /// libtorch on one AMD EPYC core); a GPU model runs libtorch, one call per
+    /// block (one call per cell made per-cell analyses ~50x slower).
+    pub fn z_block(&self, us: &[f32], out: &mut [f32], layout: ZLayout) {
         let (s, l, lu) = (self.n_samples, self.n_latent, self.n_latent_u);
+        // index of (sample, dimension) within a cell's z
+        let at = |smp: usize, i: usize| match layout {
+            ZLayout::BySample => smp * l + i,
+            ZLayout::ByDimension => i * s + smp,
+        };
         match &self.kind {
             HostKind::Linear { map, shift } => {
                 for (u, out) in us.chunks(lu).zip(out.chunks_mut(s * l)) {
@@ -147,27 +152,43 @@ impl HostSampleEffect<'_> {
                         for i in 0..l {
                             let row = &a[i * l..(i + 1) * l];
                             let au: f32 = row.iter().zip(u).map(|(x, y)| x * y).sum();
-                            out[smp * l + i] = u[i] + au + shift[smp * l + i];
+                            out[at(smp, i)] = u[i] + au + shift[smp * l + i];
                         }
                     }
                 }
             }
             HostKind::Attention { base, base_bias, block, embeddings } => {
-                let one = |(u, out): (&[f32], &mut [f32])| {
-                    block.forward(u, embeddings, out);
-                    let shared: Vec<f32> = (0..l)
-                        .map(|i| base[i * lu..(i + 1) * lu].iter().zip(u).map(|(w, x)| w * x).sum::<f32>() + base_bias[i])
-                        .collect();
-                    for z in out.chunks_exact_mut(l) {
-                        for (zi, b) in z.iter_mut().zip(&shared) {
-                            *zi += b;
+                // the block's output comes by dimension ([L, S]); z adds the
+                // sample-free W u + c to every sample
+                let one = |(scratch, by_dim): &mut (attention::ForwardScratch, Vec<f32>), (u, out): (&[f32], &mut [f32])| {
+                    let target: &mut [f32] = match layout {
+                        ZLayout::ByDimension => &mut *out,
+                        ZLayout::BySample => {
+                            by_dim.resize(s * l, 0.0);
+                            by_dim
+                        }
+                    };
+                    block.forward(u, embeddings, target, scratch);
+                    for (i, row) in target.chunks_exact_mut(s).enumerate() {
+                        let shared = base[i * lu..(i + 1) * lu].iter().zip(u).map(|(w, x)| w * x).sum::<f32>() + base_bias[i];
+                        row.iter_mut().for_each(|z| *z += shared);
+                    }
+                    if layout == ZLayout::BySample {
+                        for (i, row) in by_dim.chunks_exact(s).enumerate() {
+                            for (smp, &z) in row.iter().enumerate() {
+                                out[smp * l + i] = z;
+                            }
                         }
                     }
                 };
                 // cells over the core's pool; each cell's arithmetic is its own
+                let scratch = || (attention::ForwardScratch::default(), Vec::new());
                 match crate::backend::pool() {
-                    Ok(pool) => pool.install(|| us.par_chunks(lu).zip(out.par_chunks_mut(s * l)).for_each(one)),
-                    Err(_) => us.chunks(lu).zip(out.chunks_mut(s * l)).for_each(one),
+                    Ok(pool) => pool.install(|| us.par_chunks(lu).zip(out.par_chunks_mut(s * l)).for_each_init(scratch, one)),
+                    Err(_) => {
+                        let mut scratch = scratch();
+                        us.chunks(lu).zip(out.chunks_mut(s * l)).for_each(|cell| one(&mut scratch, cell))
+                    }
                 }
             }
             HostKind::Model(model) => {
@@ -179,13 +200,26 @@ impl HostSampleEffect<'_> {
                 for (us, out) in us.chunks(cells_per_call * lu).zip(out.chunks_mut(cells_per_call * s * l)) {
                     let n = (us.len() / lu) as i64;
                     let ut = Tensor::from_slice(us).view([n, lu as i64]).to_device(model.device());
-                    let z = tch::no_grad(|| model.z_all_samples(&ut)).to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+                    let mut z = tch::no_grad(|| model.z_all_samples(&ut)).to_device(Device::Cpu).to_kind(Kind::Float); // [n, S, L]
+                    if layout == ZLayout::ByDimension {
+                        z = z.transpose(1, 2);
+                    }
                     let len = out.len();
-                    z.copy_data(out, len);
+                    z.contiguous().copy_data(out, len);
                 }
             }
         }
     }
+}
+
+/// How [HostSampleEffect::z_block] lays out each cell's z.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZLayout {
+    /// [S, L]: sample by sample
+    BySample,
+    /// [L, S]: dimension by dimension, as the block's output comes and as the
+    /// distance kernel reads it
+    ByDimension,
 }
 
 /// A minibatch on the model's device.
