@@ -28,22 +28,10 @@
 #' other work on the machine, start R with `OMP_WAIT_POLICY=PASSIVE` (for
 #' example in `~/.Renviron`): the OpenMP runtime reads it only at start-up.
 #'
-#' **Memory the package frees is kept for reuse.** glibc's allocator hands
-#' blocks above 128 kB back to the system when they are freed, and takes them
-#' again through page faults that zero every page; each minibatch of a fit (and
-#' each block of an analysis) did so, which cost up to 17% of a fit's CPU time
-#' on virtual machines. From the first fit or analysis on, the package raises
-#' the allocator's thresholds for the R process: blocks under 32 MB come from
-#' the heap, and free heap memory goes back to the system only beyond 256 MB
-#' (`mallopt(M_MMAP_THRESHOLD)`, `mallopt(M_TRIM_THRESHOLD)`). Setting glibc's
-#' own `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` environment
-#' variables before R starts keeps your values instead.
-#'
 #' @return `mrviBackend()`: a list with `libtorch_version`, `cuda_available`,
-#'   `cuda_device_count`, `threads` (in use now), `retains_freed_memory`
-#'   (whether the allocator's thresholds are raised, see above) and `deepbind`
-#'   (whether libtorch uses its own BLAS). `mrviSetThreads()`: the thread count
-#'   now in use, invisibly.
+#'   `cuda_device_count`, `threads` (in use now) and `deepbind` (whether
+#'   libtorch uses its own BLAS). `mrviSetThreads()`: the thread count now in
+#'   use, invisibly.
 #' @examples
 #' mrviBackend()
 #' old <- getOption("mrvi.threads")
@@ -65,8 +53,6 @@ print.mrvi_backend <- function(x, ...) {
   cat("  CUDA:         ", if (x$cuda_available)
     paste0("available, ", x$cuda_device_count, " device(s)") else "not available", "\n", sep = "")
   cat("  CPU threads:  ", x$threads, "\n", sep = "")
-  cat("  freed memory: ", if (isTRUE(x$retains_freed_memory)) "kept for reuse (below 32 MB; trimmed beyond 256 MB)" else
-    "the allocator's defaults", "\n", sep = "")
   cat("  own BLAS:     ", if (x$deepbind) "yes (RTLD_DEEPBIND)" else "no (bound to R's BLAS)", "\n", sep = "")
   invisible(x)
 }

@@ -7,22 +7,6 @@ test_that("mrviBackend reports libtorch and devices", {
   expect_output(print(b), "libtorch")
 })
 
-test_that("after a fit, freed memory is kept for reuse unless glibc's variables are set", {
-  skip_if_not(Sys.info()[["sysname"]] == "Linux", "glibc's allocator only")
-  invisible(small_fit())
-  b <- mrviBackend()
-  user_set <- nzchar(Sys.getenv("MALLOC_MMAP_THRESHOLD_")) || nzchar(Sys.getenv("MALLOC_TRIM_THRESHOLD_"))
-  expect_identical(b$retains_freed_memory, !user_set)
-  expect_output(print(b), if (user_set) "allocator's defaults" else "kept for reuse")
-  # a process whose user set glibc's thresholds keeps them
-  f <- tempfile(fileext = ".rds")
-  saveRDS(small_fit()$fit, f)
-  code <- "suppressMessages(library(mrvi)); invisible(sampleDistances(readRDS(commandArgs(TRUE)[1]), groups = 'labels', mc_samples = 0)); cat(mrviBackend()$retains_freed_memory)"
-  out <- system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(code), f), stdout = TRUE, stderr = TRUE,
-                 env = c("MALLOC_TRIM_THRESHOLD_=1048576", paste0("R_LIBS=", paste(.libPaths(), collapse = ":"))))
-  expect_identical(tail(out, 1), "FALSE", info = paste(out, collapse = "\n"))
-})
-
 test_that("threads are set through libtorch and follow the option", {
   old <- getOption("mrvi.threads")
   on.exit(mrviSetThreads(old))

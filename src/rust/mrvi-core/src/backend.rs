@@ -32,45 +32,6 @@ pub fn set_num_threads(n: i32) -> Result<i32> {
     Ok(tch::get_num_threads())
 }
 
-/// Keep freed memory in the process for reuse (glibc only; once per process).
-/// By default glibc hands blocks above 128 kB back to the kernel when they are
-/// freed, and each step of training or block of an analysis takes them again
-/// through page faults that zero every page: on the KVM guests of the
-/// benchmarks that was 17% of a training run's CPU time (`clear_page_erms`).
-/// Blocks under 32 MB now come from the heap, and the heap's free top goes back
-/// to the kernel only beyond 256 MB. Users who set glibc's own
-/// `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` keep their settings.
-pub fn retain_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some() {
-                return;
-            }
-            extern "C" {
-                fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-            }
-            // glibc's <malloc.h>
-            const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
-            const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-            // SAFETY: mallopt only changes the allocator's thresholds; a value
-            // it refuses leaves the default in place.
-            let set = unsafe { mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 256 << 20) == 1 };
-            RETAINED.store(set, std::sync::atomic::Ordering::Relaxed);
-        });
-    }
-}
-
-static RETAINED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether [retain_freed_memory] has set the allocator's thresholds in this
-/// process (false before the first fit or analysis, where the allocator is not
-/// glibc's, and where the user set glibc's variables).
-pub fn freed_memory_retained() -> bool {
-    RETAINED.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 static POOL: Mutex<Option<Arc<ThreadPool>>> = Mutex::new(None);
 
 /// The thread pool of the core's data-parallel loops (distances, guided tests,
@@ -79,7 +40,6 @@ static POOL: Mutex<Option<Arc<ThreadPool>>> = Mutex::new(None);
 /// libtorch's OpenMP threads were given, never beside them. Rebuilt when the
 /// setting changes.
 pub fn pool() -> Result<Arc<ThreadPool>> {
-    retain_freed_memory();
     let n = num_threads().max(1) as usize;
     let mut slot = POOL.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(p) = slot.as_ref().filter(|p| p.current_num_threads() == n) {

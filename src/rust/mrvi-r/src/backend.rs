@@ -12,8 +12,7 @@ fn mrvi_backend_info() -> List {
         libtorch_version = backend::libtorch_version(),
         cuda_available = backend::cuda_available(),
         cuda_device_count = backend::cuda_device_count() as i32,
-        threads = backend::num_threads(),
-        retains_freed_memory = backend::freed_memory_retained()
+        threads = backend::num_threads()
     )
 }
 
