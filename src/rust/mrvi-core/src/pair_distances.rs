@@ -380,7 +380,7 @@ pub fn detected_lanes() -> Lanes {
     Lanes::Portable
 }
 
-/// Width of the rows of the accumulator [add_cell_pairs] fills, for S samples.
+/// Width of the rows of the accumulator [add_block_pairs] fills, for S samples.
 pub fn accumulator_width(s: usize) -> usize {
     s + PANEL
 }
