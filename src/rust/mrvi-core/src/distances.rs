@@ -168,7 +168,6 @@ fn rows_per_task(s: usize, threads: usize) -> usize {
 /// block. Tasks of a few rows are shared out over the core's pool; within a
 /// task the columns go in passes of [COLUMNS], each register tile over all the
 /// block's cells, added straight into the task's rows of `acc`.
-#[allow(clippy::too_many_arguments)]
 fn accumulate_block(z: &[f32], scale: &CellScale, masks: Option<&[Vec<f32>]>, s: usize, l: usize, panels: &mut Vec<f32>, acc: &mut [f64]) -> Result<()> {
     let pool = backend::pool()?;
     let rows = rows_per_task(s, pool.current_num_threads());

@@ -105,7 +105,6 @@ struct Target<'a> {
 /// (its `col_lines` and `row_lines` in the panels of b0 and a0), added into
 /// the target; the other lanes add 0.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn tile<const W: usize, const RA: usize, const MASKED: bool>(
     col_lines: &[f32], row_lines: &[f32], l: usize, a0: usize, b0: usize, pw: PairWeight, t: &mut Target,
 ) {
@@ -146,11 +145,11 @@ fn tile<const W: usize, const RA: usize, const MASKED: bool>(
 }
 
 /// The register tiles covering pairs (a, b), a in `rows`, b in `cols`, b > a:
-/// (a0, n, b0) for n <= RA rows from a0 (within one panel) by `width`
-/// columns from b0 (a multiple of `width`, which divides [PANEL]), column tiles outer so that a tile's columns
-/// of every cell stay in cache while the rows pass over them. (Integer work
-/// only: the tiles' arithmetic stays in the callers, which carry the target
-/// features; a closure would not.)
+/// (a0, n, b0) for n <= RA rows from a0 (within one panel) by `width` columns
+/// from b0 (a multiple of `width`, which divides [PANEL]), column tiles outer
+/// so that a tile's columns of every cell stay in cache while the rows pass
+/// over them. (Integer work only: the tiles' arithmetic stays in the callers,
+/// which carry the target features; a closure would not.)
 fn block_tiles<const RA: usize>(width: usize, rows: Range<usize>, cols: Range<usize>) -> impl Iterator<Item = (usize, usize, usize)> {
     let end = cols.end;
     (cols.start - cols.start % width..end).step_by(width).flat_map(move |b0| {
