@@ -109,24 +109,43 @@ impl<C: CountColumns> Dataset<C> {
     ) -> (Tensor, Option<NonZeros>, Option<HostCopy>) {
         let g = self.counts.n_genes();
         let b = cells.len();
-        let mut dense = vec![0f32; b * g];
-        let mut flat = Vec::new();
-        let mut gene = Vec::new();
-        let mut value = Vec::new();
-        let (mut nz_ptr, mut nz_gene, mut nz_count) = (Vec::with_capacity(b + 1), Vec::new(), Vec::new());
+        let mut nz_ptr = Vec::with_capacity(b + 1);
         nz_ptr.push(0);
-        for (row, &c) in cells.iter().enumerate() {
-            for (gi, v) in self.counts.column(c) {
-                dense[row * g + gi] = v;
-                nz_gene.push(gi as u32);
-                nz_count.push(v);
-                if !fused {
-                    flat.push((row * g + gi) as i64);
-                    gene.push(gi as i64);
-                    value.push(v);
+        for &c in cells {
+            nz_ptr.push(nz_ptr[nz_ptr.len() - 1] + self.counts.column_len(c));
+        }
+        let (mut dense, mut nz_gene, mut nz_count) = (vec![0f32; b * g], vec![0u32; nz_ptr[b]], vec![0f32; nz_ptr[b]]);
+        // rows in items of ROWS_PER_ITEM on libtorch's OpenMP threads
+        type Item<'a> = (&'a [usize], &'a mut [f32], &'a mut [u32], &'a mut [f32]);
+        let mut items: Vec<Item> = Vec::with_capacity(b.div_ceil(ROWS_PER_ITEM));
+        let (mut genes, mut counts) = (&mut nz_gene[..], &mut nz_count[..]);
+        for (first, (rows, dense)) in cells.chunks(ROWS_PER_ITEM).zip(dense.chunks_mut(ROWS_PER_ITEM * g.max(1))).enumerate() {
+            let first = first * ROWS_PER_ITEM;
+            let n = nz_ptr[first + rows.len()] - nz_ptr[first];
+            let (gp, gr) = std::mem::take(&mut genes).split_at_mut(n);
+            let (cp, cr) = std::mem::take(&mut counts).split_at_mut(n);
+            (genes, counts) = (gr, cr);
+            items.push((rows, dense, gp, cp));
+        }
+        crate::openmp::for_each_mut(&mut items, |(rows, dense, genes, counts)| {
+            let mut k = 0;
+            for (row, &c) in rows.iter().enumerate() {
+                for (gi, v) in self.counts.column(c) {
+                    dense[row * g + gi] = v;
+                    (genes[k], counts[k]) = (gi as u32, v);
+                    k += 1;
                 }
             }
-            nz_ptr.push(nz_gene.len());
+        });
+        let (mut flat, mut gene, mut value) = (Vec::new(), Vec::new(), Vec::new());
+        if !fused {
+            for row in 0..b {
+                for k in nz_ptr[row]..nz_ptr[row + 1] {
+                    flat.push((row * g + nz_gene[k] as usize) as i64);
+                    gene.push(nz_gene[k] as i64);
+                    value.push(nz_count[k]);
+                }
+            }
         }
         let log_counts = Tensor::from_slice(&dense).view([b as i64, g as i64]).log1p().to_device(device);
         let idx = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
@@ -174,6 +193,9 @@ impl<C: CountColumns> Dataset<C> {
     }
 }
 
+/// Cells per work item of a minibatch's assembly.
+const ROWS_PER_ITEM: usize = 16;
+
 /// The `width` values of each of `cells`, cell after cell.
 fn cell_rows<T: Copy>(v: &[T], width: usize, cells: &[usize]) -> Vec<T> {
     cells.iter().flat_map(|&c| v[c * width..(c + 1) * width].iter().copied()).collect()
@@ -217,10 +239,11 @@ mod tests {
     /// The accelerator's assembly (run here on the CPU) gives the host's minibatch.
     #[test]
     fn dense_on_device_matches_dense_on_host() {
-        let (g, n) = (7usize, 5usize);
+        let (g, n) = (7usize, 60usize);
         let counts: Vec<f32> = (0..g * n).map(|k| if k % 3 == 0 { (k % 11) as f32 } else { 0.0 }).collect();
         let data = Dataset::new(csc(&counts, g), vec![0; n], vec![0; n]);
-        let cells = [4usize, 0, 2];
+        // several items of rows, in another order than the data's
+        let cells: Vec<usize> = (0..n).rev().step_by(2).chain([4, 0, 2]).collect();
         let lgx: Vec<f32> = cells.iter().map(|&c| data.lgamma_x1[c]).collect();
         let lib: Vec<f32> = cells.iter().map(|&c| data.library[c].max(1.0).ln()).collect();
         let (host_logs, host_nz, _) = data.dense_on_host(&cells, Device::Cpu, false, &lgx, &lib);
@@ -231,6 +254,17 @@ mod tests {
         for (a, b) in [(&dev_nz.flat, &host_nz.flat), (&dev_nz.gene, &host_nz.gene), (&dev_nz.value, &host_nz.value), (&dev_nz.lgamma_x1, &host_nz.lgamma_x1)] {
             assert!(a.equal(b));
         }
+        // the fused likelihood's host copy: the same counts, rows and non-zeros
+        let (fused_logs, _, host) = data.dense_on_host(&cells, Device::Cpu, true, &lgx, &lib);
+        let host = host.unwrap();
+        assert!(fused_logs.equal(&host_logs));
+        let want: Vec<f32> = cells.iter().flat_map(|&c| counts[c * g..(c + 1) * g].iter().copied()).collect();
+        assert_eq!(host.counts, want);
+        let nz_gene: Vec<i64> = host.nz_gene.iter().map(|&k| k as i64).collect();
+        assert_eq!(nz_gene, Vec::<i64>::try_from(&host_nz.gene).unwrap());
+        assert_eq!(host.nz_count, Vec::<f32>::try_from(&host_nz.value).unwrap());
+        let per_row: Vec<usize> = cells.iter().map(|&c| counts[c * g..(c + 1) * g].iter().filter(|&&v| v > 0.0).count()).collect();
+        assert_eq!(host.nz_ptr.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>(), per_row);
         // a cell without counts
         let empty = Dataset::new(csc(&[0.0; 14], g), vec![0; 2], vec![0; 2]);
         let (logs, nz) = empty.dense_on_device(&[1, 0], Device::Cpu, &[0.0, 0.0]);

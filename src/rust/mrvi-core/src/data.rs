@@ -11,6 +11,8 @@ pub trait CountColumns: Sync {
     fn n_cells(&self) -> usize;
     /// The non-zero (gene, count) pairs of one cell.
     fn column(&self, cell: usize) -> impl Iterator<Item = (usize, f32)> + '_;
+    /// The number of non-zeros of one cell.
+    fn column_len(&self, cell: usize) -> usize;
 
     /// Total count of each cell (the observed library size l_n).
     fn library_sizes(&self) -> Vec<f32> {
@@ -76,6 +78,9 @@ impl CountColumns for CscCounts {
         let r = self.indptr[cell]..self.indptr[cell + 1];
         self.indices[r.clone()].iter().map(|&g| g as usize).zip(self.values[r].iter().copied())
     }
+    fn column_len(&self, cell: usize) -> usize {
+        self.indptr[cell + 1] - self.indptr[cell]
+    }
 }
 
 /// A borrowed view of dgCMatrix slots, for work done within one call from R
@@ -105,6 +110,9 @@ impl CountColumns for CscView<'_> {
     fn column(&self, cell: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
         let r = self.p[cell] as usize..self.p[cell + 1] as usize;
         self.i[r.clone()].iter().map(|&g| g as usize).zip(self.x[r].iter().map(|&v| v as f32))
+    }
+    fn column_len(&self, cell: usize) -> usize {
+        (self.p[cell + 1] - self.p[cell]) as usize
     }
 }
 

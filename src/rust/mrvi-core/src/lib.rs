@@ -14,6 +14,7 @@ pub mod fastmath;
 pub mod infer;
 pub mod io;
 pub mod model;
+pub mod openmp;
 pub mod pair_distances;
 pub mod posterior;
 pub mod replicates;

@@ -212,16 +212,29 @@ impl Adam {
         };
         // SAFETY: as above; the three buffers are distinct tensors.
         let (w, m, v) = unsafe { (cpu_floats_mut(&mut self.flat), cpu_floats_mut(&mut self.flat_m), cpu_floats_mut(&mut self.flat_s)) };
-        let mut start = 0;
+        // every weight's update stands alone: pieces of at most ADAM_PIECE weights
+        // on libtorch's OpenMP threads give the same bits as one pass
+        type Piece<'a> = (Option<&'a [f32]>, &'a mut [f32], &'a mut [f32], &'a mut [f32]);
+        let mut pieces: Vec<Piece> = Vec::new();
+        let (mut w, mut m, mut v) = (&mut w[..], &mut m[..], &mut v[..]);
         for (k, &i) in self.trainable.iter().enumerate() {
             let n = self.params[i].1.numel();
-            let r = start..start + n;
-            adam_update(&update, slices[k], &mut w[r.clone()], &mut m[r.clone()], &mut v[r]);
-            start += n;
+            for start in (0..n).step_by(ADAM_PIECE) {
+                let len = ADAM_PIECE.min(n - start);
+                let (wp, wr) = std::mem::take(&mut w).split_at_mut(len);
+                let (mp, mr) = std::mem::take(&mut m).split_at_mut(len);
+                let (vp, vr) = std::mem::take(&mut v).split_at_mut(len);
+                (w, m, v) = (wr, mr, vr);
+                pieces.push((slices[k].map(|g| &g[start..start + len]), wp, mp, vp));
+            }
         }
+        crate::openmp::for_each_mut(&mut pieces, |(g, w, m, v)| adam_update(&update, *g, w, m, v));
         Ok(())
     }
 }
+
+/// Weights per work item of the host Adam step.
+const ADAM_PIECE: usize = 16384;
 
 /// The constants of one Adam step.
 struct AdamUpdate {

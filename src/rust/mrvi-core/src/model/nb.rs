@@ -67,16 +67,19 @@ pub struct HostCounts<'a> {
 
 const LANES: usize = 8;
 
+/// Rows per work item of [fused_log_lik]: each item adds its rows' part of d/d log
+/// theta into a [G] vector of its own, and these are summed in item order, so the
+/// result does not depend on the number of threads.
+const ROWS_PER_ITEM: usize = 16;
+
 /// `logits` [B, G] row-major (rho = softmax(logits)), `log_library` [B],
 /// `log_theta` [G]. With mu = l rho and a_g = theta (x - mu) / (theta + mu):
 ///   d/d logits_g = a_g - rho_g sum_k a_k
 ///   d/d log theta_g = theta (log theta - log(theta + mu) + 1 - (theta + x) / (theta + mu)
 ///                           + psi(x + theta) - psi(theta))
 /// The dense terms run over all entries in vectorised lanes (fast exp/ln); the
-/// lgamma/digamma terms only over the non-zeros. One thread: libtorch's OpenMP
-/// workers spin between parallel regions, and threads here would compete with
-/// them (measured on 2 cores: 32.9k cells/s with 1 thread, 28k with 2;
-/// bench/train_throughput.R).
+/// lgamma/digamma terms only over the non-zeros. Rows go in items of
+/// [ROWS_PER_ITEM] to libtorch's OpenMP threads ([crate::openmp]).
 /// d(sum of log-likelihoods) / d logits is written into `d_logits` ([B, G]).
 pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: &HostCounts, d_logits: &mut [f32]) -> FusedNb {
     let g = log_theta.len();
@@ -87,20 +90,40 @@ pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: 
     let theta: Vec<f32> = log_theta.iter().map(|&v| v.exp()).collect();
     let special = SpecialTable::new(&theta, x);
     let mut log_lik = vec![0f64; b];
-    let mut d_log_theta = vec![0f32; g];
-    let mut rho = vec![0f32; g];
-    for (row, (dl_row, ll_row)) in d_logits.chunks_mut(g).zip(log_lik.iter_mut()).enumerate() {
-        let eta = &logits[row * g..(row + 1) * g];
-        let xr = &x.dense[row * g..(row + 1) * g];
-        let dense = row_dense_dispatch(eta, xr, &theta, log_theta, log_library[row], dl_row, &mut rho, &mut d_log_theta);
-        let mut sparse = 0f64;
-        for k in x.nz_ptr[row]..x.nz_ptr[row + 1] {
-            let (gene, count) = (x.nz_gene[k] as usize, x.nz_count[k]);
-            let (lg, dg) = special.get(gene, count, theta[gene]);
-            sparse += lg;
-            d_log_theta[gene] += theta[gene] * dg as f32;
+    let mut partial_d_log_theta = vec![0f32; b.div_ceil(ROWS_PER_ITEM) * g];
+    struct Item<'a> {
+        first: usize,
+        d_logits: &'a mut [f32],
+        log_lik: &'a mut [f64],
+        d_log_theta: &'a mut [f32],
+    }
+    let mut items: Vec<Item> = d_logits
+        .chunks_mut(ROWS_PER_ITEM * g.max(1))
+        .zip(log_lik.chunks_mut(ROWS_PER_ITEM))
+        .zip(partial_d_log_theta.chunks_mut(g.max(1)))
+        .enumerate()
+        .map(|(i, ((d_logits, log_lik), d_log_theta))| Item { first: i * ROWS_PER_ITEM, d_logits, log_lik, d_log_theta })
+        .collect();
+    crate::openmp::for_each_mut(&mut items, |item| {
+        let mut rho = vec![0f32; g];
+        for (k, (dl_row, ll_row)) in item.d_logits.chunks_mut(g).zip(item.log_lik.iter_mut()).enumerate() {
+            let row = item.first + k;
+            let eta = &logits[row * g..(row + 1) * g];
+            let xr = &x.dense[row * g..(row + 1) * g];
+            let dense = row_dense_dispatch(eta, xr, &theta, log_theta, log_library[row], dl_row, &mut rho, item.d_log_theta);
+            let mut sparse = 0f64;
+            for k in x.nz_ptr[row]..x.nz_ptr[row + 1] {
+                let (gene, count) = (x.nz_gene[k] as usize, x.nz_count[k]);
+                let (lg, dg) = special.get(gene, count, theta[gene]);
+                sparse += lg;
+                item.d_log_theta[gene] += theta[gene] * dg as f32;
+            }
+            *ll_row = dense + sparse - x.lgamma_x1[row] as f64;
         }
-        *ll_row = dense + sparse - x.lgamma_x1[row] as f64;
+    });
+    let mut d_log_theta = vec![0f32; g];
+    for part in partial_d_log_theta.chunks_exact(g.max(1)) {
+        d_log_theta.iter_mut().zip(part).for_each(|(d, &p)| *d += p);
     }
     FusedNb { log_lik, d_log_theta }
 }
@@ -270,10 +293,12 @@ fn entry(t: f32, phi: f32, x: f32, eta: f32, mu: f32, shift: f32, inv_l: f32) ->
 /// gene for counts 1..=TABLE (sums of log(theta + k) and 1 / (theta + k)), from the
 /// special functions beyond. Each gene's table runs only up to the largest count it
 /// has in the minibatch: theta changes every step, and most genes' counts are small
-/// (the full table cost ~1 ms per minibatch of 2,000 genes).
+/// (the full table cost ~1 ms per minibatch of 2,000 genes). Built in items of
+/// [GENES_PER_ITEM] genes, one table each, on libtorch's OpenMP threads.
 struct SpecialTable {
-    table: Vec<(f64, f64)>,
-    /// gene k's entries start at offset[k]
+    /// one per item of genes
+    tables: Vec<Vec<(f64, f64)>>,
+    /// gene k's entries start at offset[k] of its item's table
     offset: Vec<usize>,
     lgamma_theta: Vec<f64>,
     digamma_theta: Vec<f64>,
@@ -281,43 +306,66 @@ struct SpecialTable {
 
 impl SpecialTable {
     fn new(theta: &[f32], x: &HostCounts) -> Self {
-        // each gene's largest count, capped just above the table
-        let mut depth = vec![0usize; theta.len()];
-        for (&gene, &count) in x.nz_gene.iter().zip(x.nz_count) {
-            let d = &mut depth[gene as usize];
-            *d = (*d).max((count as usize).min(TABLE + 1));
+        let g = theta.len();
+        let mut offset = vec![0usize; g];
+        let (mut lgamma_theta, mut digamma_theta) = (vec![f64::NAN; g], vec![f64::NAN; g]);
+        struct Item<'a> {
+            first: usize,
+            table: Vec<(f64, f64)>,
+            offset: &'a mut [usize],
+            lgamma_theta: &'a mut [f64],
+            digamma_theta: &'a mut [f64],
         }
-        // lgamma and digamma of theta only for the genes with counts beyond the table
-        let beyond = |f: fn(f64) -> f64| -> Vec<f64> {
-            theta.iter().zip(&depth).map(|(&t, &d)| if d > TABLE { f(t as f64) } else { f64::NAN }).collect()
-        };
-        let (lgamma_theta, digamma_theta) = (beyond(statrs::function::gamma::ln_gamma), beyond(statrs::function::gamma::digamma));
-        for d in depth.iter_mut() {
-            *d = (*d).min(TABLE);
-        }
-        let mut offset = Vec::with_capacity(theta.len());
-        let mut total = 0;
-        for &d in &depth {
-            offset.push(total);
-            total += d;
-        }
-        let mut table = Vec::with_capacity(total);
-        for (&t, &d) in theta.iter().zip(&depth) {
-            let (mut lg, mut dg) = (0.0, 0.0);
-            for c in 0..d {
-                lg += (t as f64 + c as f64).ln();
-                dg += 1.0 / (t as f64 + c as f64);
-                table.push((lg, dg));
+        let mut items: Vec<Item> = offset
+            .chunks_mut(GENES_PER_ITEM)
+            .zip(lgamma_theta.chunks_mut(GENES_PER_ITEM))
+            .zip(digamma_theta.chunks_mut(GENES_PER_ITEM))
+            .enumerate()
+            .map(|(i, ((offset, lgamma_theta), digamma_theta))| Item {
+                first: i * GENES_PER_ITEM,
+                table: Vec::new(),
+                offset,
+                lgamma_theta,
+                digamma_theta,
+            })
+            .collect();
+        crate::openmp::for_each_mut(&mut items, |item| {
+            let genes = item.first..item.first + item.offset.len();
+            // each gene's largest count in the minibatch, from the dense rows
+            let mut largest = vec![0f32; genes.len()];
+            for row in x.dense.chunks_exact(g) {
+                largest.iter_mut().zip(&row[genes.clone()]).for_each(|(m, &v)| *m = m.max(v));
             }
-        }
-        Self { table, offset, lgamma_theta, digamma_theta }
+            let mut total = 0;
+            for (k, &m) in largest.iter().enumerate() {
+                item.offset[k] = total;
+                total += (m as usize).min(TABLE);
+            }
+            item.table.reserve_exact(total);
+            for (k, &m) in largest.iter().enumerate() {
+                let t = theta[item.first + k] as f64;
+                // lgamma and digamma of theta only where counts pass the table
+                if m as usize > TABLE {
+                    item.lgamma_theta[k] = statrs::function::gamma::ln_gamma(t);
+                    item.digamma_theta[k] = statrs::function::gamma::digamma(t);
+                }
+                let (mut lg, mut dg) = (0.0, 0.0);
+                for c in 0..(m as usize).min(TABLE) {
+                    lg += (t + c as f64).ln();
+                    dg += 1.0 / (t + c as f64);
+                    item.table.push((lg, dg));
+                }
+            }
+        });
+        let tables = items.into_iter().map(|item| item.table).collect();
+        Self { tables, offset, lgamma_theta, digamma_theta }
     }
 
     /// For a count of `gene` in the minibatch the table was built for.
     fn get(&self, gene: usize, count: f32, theta: f32) -> (f64, f64) {
         let c = count as usize;
         if c <= TABLE {
-            self.table[self.offset[gene] + c - 1]
+            self.tables[gene / GENES_PER_ITEM][self.offset[gene] + c - 1]
         } else {
             let v = count as f64 + theta as f64;
             (
@@ -330,6 +378,8 @@ impl SpecialTable {
 
 /// Counts up to this size take lgamma/digamma differences from a per-gene table.
 const TABLE: usize = 32;
+/// Genes per work item of [SpecialTable::new].
+const GENES_PER_ITEM: usize = 128;
 
 #[cfg(test)]
 mod tests {
@@ -417,10 +467,16 @@ mod tests {
         assert!(diff < 1e-4, "max difference {diff}");
     }
 
+    /// Several row items and gene items (rows per item 16, genes 128), counts past
+    /// the table, on 1 and 2 threads.
     #[test]
     fn fused_kernel_matches_autograd() {
+        fused_kernel_matches_autograd_at(7, 21);
+        fused_kernel_matches_autograd_at(40, 300);
+    }
+
+    fn fused_kernel_matches_autograd_at(b: i64, g: i64) {
         let _rng = seed(5);
-        let (b, g) = (7i64, 21i64);
         let x = (Tensor::randint(60, [b, g], (Kind::Float, Device::Cpu))
             * Tensor::randint(2, [b, g], (Kind::Float, Device::Cpu)))
         .to_kind(Kind::Double);
@@ -448,8 +504,17 @@ mod tests {
             nz_ptr.push(nz_gene.len());
         }
         let host = HostCounts { dense: &dense, nz_ptr: &nz_ptr, nz_gene: &nz_gene, nz_count: &nz_count, lgamma_x1: &lgx1 };
-        let mut d_logits = vec![0f32; (b * g) as usize];
-        let fused = fused_log_lik(&f(&logits.detach()), &f(&log_lib.view([-1])), &f(&log_theta.detach()), &host, &mut d_logits);
+        let run = |threads: i32| {
+            crate::backend::set_num_threads(threads).unwrap();
+            let mut d_logits = vec![0f32; (b * g) as usize];
+            let fused = fused_log_lik(&f(&logits.detach()), &f(&log_lib.view([-1])), &f(&log_theta.detach()), &host, &mut d_logits);
+            (fused, d_logits)
+        };
+        let before = crate::backend::num_threads();
+        let ((fused, d_logits), (fused_2, d_logits_2)) = (run(1), run(2));
+        crate::backend::set_num_threads(before).unwrap();
+        // the same bits whatever the number of threads
+        assert_eq!((&fused.log_lik, &fused.d_log_theta, &d_logits), (&fused_2.log_lik, &fused_2.d_log_theta, &d_logits_2));
         let want_ll = Vec::<f64>::try_from(&per_cell.detach()).unwrap();
         for (a, w) in fused.log_lik.iter().zip(&want_ll) {
             assert!((a - w).abs() < 1e-3 * (1.0 + w.abs()), "log-lik {a} vs {w}");
