@@ -147,7 +147,9 @@ impl<C: CountColumns> Dataset<C> {
                 }
             }
         }
-        let log_counts = Tensor::from_slice(&dense).view([b as i64, g as i64]).log1p().to_device(device);
+        let mut log_counts = Tensor::from_slice(&dense).view([b as i64, g as i64]);
+        let _ = log_counts.log1p_(); // in place: no third [B, G] buffer
+        let log_counts = log_counts.to_device(device);
         let idx = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
         let nonzeros = (!fused).then(|| NonZeros {
             flat: idx(flat),
