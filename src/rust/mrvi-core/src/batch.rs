@@ -122,9 +122,8 @@ impl<C: CountColumns> Dataset<C> {
         for (first, (rows, dense)) in cells.chunks(ROWS_PER_ITEM).zip(dense.chunks_mut(ROWS_PER_ITEM * g.max(1))).enumerate() {
             let first = first * ROWS_PER_ITEM;
             let n = nz_ptr[first + rows.len()] - nz_ptr[first];
-            let (gp, gr) = std::mem::take(&mut genes).split_at_mut(n);
-            let (cp, cr) = std::mem::take(&mut counts).split_at_mut(n);
-            (genes, counts) = (gr, cr);
+            let gp = genes.split_off_mut(..n).expect("nz_ptr counts every non-zero");
+            let cp = counts.split_off_mut(..n).expect("nz_ptr counts every non-zero");
             items.push((rows, dense, gp, cp));
         }
         crate::openmp::for_each_mut(&mut items, |(rows, dense, genes, counts)| {

@@ -211,20 +211,18 @@ impl Adam {
             eps: self.eps as f32,
         };
         // SAFETY: as above; the three buffers are distinct tensors.
-        let (w, m, v) = unsafe { (cpu_floats_mut(&mut self.flat), cpu_floats_mut(&mut self.flat_m), cpu_floats_mut(&mut self.flat_s)) };
+        let (mut w, mut m, mut v) = unsafe { (cpu_floats_mut(&mut self.flat), cpu_floats_mut(&mut self.flat_m), cpu_floats_mut(&mut self.flat_s)) };
         // every weight's update stands alone: pieces of at most ADAM_PIECE weights
         // on libtorch's OpenMP threads give the same bits as one pass
         type Piece<'a> = (Option<&'a [f32]>, &'a mut [f32], &'a mut [f32], &'a mut [f32]);
         let mut pieces: Vec<Piece> = Vec::new();
-        let (mut w, mut m, mut v) = (&mut w[..], &mut m[..], &mut v[..]);
         for (k, &i) in self.trainable.iter().enumerate() {
             let n = self.params[i].1.numel();
             for start in (0..n).step_by(ADAM_PIECE) {
                 let len = ADAM_PIECE.min(n - start);
-                let (wp, wr) = std::mem::take(&mut w).split_at_mut(len);
-                let (mp, mr) = std::mem::take(&mut m).split_at_mut(len);
-                let (vp, vr) = std::mem::take(&mut v).split_at_mut(len);
-                (w, m, v) = (wr, mr, vr);
+                // the buffers hold every trainable weight, in this order
+                let cover = "the flat buffers cover the weights";
+                let (wp, mp, vp) = (w.split_off_mut(..len).expect(cover), m.split_off_mut(..len).expect(cover), v.split_off_mut(..len).expect(cover));
                 pieces.push((slices[k].map(|g| &g[start..start + len]), wp, mp, vp));
             }
         }

@@ -106,8 +106,8 @@ pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: 
         .collect();
     crate::openmp::for_each_mut(&mut items, |item| {
         let mut rho = vec![0f32; g];
-        for (k, (dl_row, ll_row)) in item.d_logits.chunks_mut(g).zip(item.log_lik.iter_mut()).enumerate() {
-            let row = item.first + k;
+        for (r, (dl_row, ll_row)) in item.d_logits.chunks_mut(g).zip(item.log_lik.iter_mut()).enumerate() {
+            let row = item.first + r;
             let eta = &logits[row * g..(row + 1) * g];
             let xr = &x.dense[row * g..(row + 1) * g];
             let dense = row_dense_dispatch(eta, xr, &theta, log_theta, log_library[row], dl_row, &mut rho, item.d_log_theta);
