@@ -87,10 +87,11 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   codes <- as.integer(data$sample) - 1L + s_old
   train <- fit@config$train
   model <- native_model(fit)
-  # the fit's training settings; no KL warm-up (see Details)
+  # the fit's training settings; no KL warm-up (see Details); early stopping may
+  # end the run at any epoch (min_epochs 0, as measured in bench/README.md)
   settings <- list(max_epochs = max_epochs, batch_size = train$batch_size, lr = train$lr,
                    n_epochs_kl_warmup = 0L, early_stopping = train$early_stopping,
-                   patience = train$patience, validation_fraction = train$validation_fraction,
+                   patience = train$patience, min_epochs = 0L, validation_fraction = train$validation_fraction,
                    seed = seed, fused_likelihood = fused_likelihood_option(call))
   trainer <- mrvi_trainer_add_samples(
     model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes, nuisance$site,

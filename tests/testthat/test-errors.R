@@ -71,6 +71,8 @@ bad_calls <- list(
   list(quote(mrvi(m, s, early_stopping = "yes")), "`early_stopping`"),
   list(quote(mrvi(m, s, patience = 0)), "`patience`"),
   list(quote(mrvi(m, s, patience = 1e10)), "`patience`"),
+  list(quote(mrvi(m, s, min_epochs = -1)), "`min_epochs`"),
+  list(quote(mrvi(m, s, min_epochs = "ten")), "`min_epochs`"),
   list(quote(mrvi(m, s, block_cells = 0)), "`block_cells`"),
   list(quote(mrvi(m, s, block_cells = "all")), "`block_cells`"),
   list(quote(mrvi(m, s, validation_fraction = 0.9)), "`validation_fraction`"),

@@ -86,6 +86,15 @@ test_that("early stopping stops and restores the best epoch", {
   expect_lt(nrow(h), 400)
   expect_true(fit@config$stopped_early)
   expect_equal(fit@config$best_epoch, which.max(h$validation_elbo))
+  # not before min_epochs (by default half of max_epochs)
+  expect_equal(fit@config$train$min_epochs, 200)
+  expect_gte(nrow(h), 200)
+  eager <- mrvi(m, flavour = "linear", s, max_epochs = 400, n_epochs_kl_warmup = 2, patience = 3,
+                min_epochs = 0, seed = fit_seed(1), verbose = FALSE)
+  expect_true(eager@config$stopped_early)
+  expect_lt(nrow(eager@history), 200)
+  # the same training up to the earlier stop
+  expect_identical(eager@history$validation_elbo, h$validation_elbo[seq_len(nrow(eager@history))])
 })
 
 test_that("Ctrl-C stops training between minibatches and R keeps running", {

@@ -34,8 +34,9 @@ struct State {
     history: Vec<Vec<u64>>,
 }
 
-/// A checksum of everything that decides the run except `max_epochs` (a run
-/// may be continued for more epochs, as nothing else depends on it): the
+/// A checksum of everything that decides the run except `max_epochs` and
+/// `min_epochs` (a run may be continued for more epochs, as nothing else
+/// depends on them): the
 /// counts, the covariate codes, the model and training settings.
 pub fn fingerprint(t: &Trainer) -> Result<String> {
     let mut h = Hash128::new(0x6d72_7669);
@@ -57,6 +58,7 @@ pub fn fingerprint(t: &Trainer) -> Result<String> {
     }
     let mut config = t.config.clone();
     config.max_epochs = None;
+    config.min_epochs = None;
     let settings = serde_json::to_string(&(&t.model.config, &config))?;
     settings.bytes().for_each(|b| h.word(b as u64));
     Ok(h.finish())

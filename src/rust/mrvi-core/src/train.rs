@@ -668,8 +668,8 @@ impl Trainer {
     }
 
     /// Early stopping on the validation ELBO: patience counts only after the KL
-    /// warm-up (before it the ELBO's weighting still changes); the best weights
-    /// are kept and restored by `finish`.
+    /// warm-up (before it the ELBO's weighting still changes), and a stop waits
+    /// for `min_epochs`; the best weights are kept and restored by `finish`.
     fn track_best(&mut self, stats: &EpochStats) {
         let score = if self.validation_cells.is_empty() { stats.train_elbo } else { stats.validation_elbo };
         let better = self.best.as_ref().map_or(true, |(best, _, _)| score > *best);
@@ -679,10 +679,15 @@ impl Trainer {
             self.epochs_since_best = 0;
         } else if stats.epoch >= self.config.n_epochs_kl_warmup {
             self.epochs_since_best += 1;
-            if self.config.early_stopping && self.epochs_since_best >= self.config.patience {
+            if self.config.early_stopping && self.epochs_since_best >= self.config.patience && stats.epoch >= self.min_epochs() {
                 self.stopped_early = true;
             }
         }
+    }
+
+    /// The epochs a run trains at least before early stopping may end it.
+    pub fn min_epochs(&self) -> usize {
+        self.config.min_epochs.unwrap_or(self.max_epochs / 2)
     }
 
     /// The epoch whose weights `finish` restores.

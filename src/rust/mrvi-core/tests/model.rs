@@ -364,3 +364,25 @@ fn a_checkpointed_run_resumes_bit_for_bit() {
     assert!(e.to_string().contains("not a whole mrvi training checkpoint"), "{e}");
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Early stopping waits for `min_epochs` (by default half of `max_epochs`):
+/// a run that patience alone stops early trains on, through the same epochs.
+#[test]
+fn early_stopping_waits_for_min_epochs() {
+    let _rng = common::libtorch_rng();
+    let run = |min_epochs: Option<usize>| {
+        let cfg = TrainConfig { patience: 1, min_epochs, lr: 0.5, ..common::train_config(30, 1, 7) };
+        let mut t = Trainer::new(ModelConfig::new(40, 4, 1, 4), cfg, toy_data(300, 40, 4, 3), Device::Cpu).unwrap();
+        while !t.done() {
+            t.run_epoch(&mut || false).unwrap();
+        }
+        (t.stopped_early, t.history.iter().map(|h| h.validation_elbo).collect::<Vec<_>>())
+    };
+    let (stopped, eager) = run(Some(0));
+    assert!(stopped && eager.len() < 12, "patience 1 alone should stop early ({} epochs)", eager.len());
+    let (_, patient) = run(Some(12));
+    assert!(patient.len() >= 12, "stopped after {} epochs, before min_epochs", patient.len());
+    assert_eq!(&patient[..eager.len()], &eager[..]);
+    let (_, default) = run(None);
+    assert!(default.len() >= 15, "stopped after {} epochs, before half of max_epochs", default.len());
+}

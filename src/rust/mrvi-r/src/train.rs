@@ -106,6 +106,7 @@ fn mrvi_trainer_info(h: Robj) -> RResult<List> {
     let t = trainer_mut(&mut h)?;
     Ok(list!(
         max_epochs = t.max_epochs as i32,
+        min_epochs = t.min_epochs() as i32,
         device = t.device_name(),
         model_config = serde_json::to_string(&t.model.config).unwrap_or_default()
     ))

@@ -149,6 +149,12 @@ pub struct TrainConfig {
     pub n_epochs_kl_warmup: usize,
     pub early_stopping: bool,
     pub patience: usize,
+    /// Early stopping cannot end a run before this many epochs. None: half of
+    /// the run's `max_epochs` (the validation ELBO can stall for `patience`
+    /// epochs before a cell type's sample structure is learned). Left out of
+    /// the JSON when None, so settings without it are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_epochs: Option<usize>,
     pub validation_fraction: f64,
     pub seed: u64,
     /// On the CPU, the likelihood and its gradient from one fused pass

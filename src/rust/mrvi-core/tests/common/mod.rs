@@ -22,6 +22,7 @@ pub fn train_config(max_epochs: usize, n_epochs_kl_warmup: usize, seed: u64) -> 
         n_epochs_kl_warmup,
         early_stopping: true,
         patience: 15,
+        min_epochs: None,
         validation_fraction: 0.1,
         seed,
         fused_likelihood: true,
