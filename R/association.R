@@ -2,12 +2,26 @@
 #'
 #' For each cell n, the distances \eqn{D(n)[a, b]} between pairs of samples
 #' with the same value of a categorical sample covariate are compared with those
-#' between samples with different values, by a one-sided two-sample
-#' Kolmogorov-Smirnov test (H1: within-category distances are smaller; the
-#' statistic and p-value are exactly those of
-#' `ks.test(within, between, alternative = "greater")`). \eqn{D(n)} is formed
-#' one cell at a time in Rust and dropped. Benjamini-Hochberg q-values are taken
-#' across the tested cells (`p.adjust(method = "BH")`).
+#' between samples with different values (H1: within-category distances are
+#' smaller). The effect size `statistic` is the one-sided two-sample
+#' Kolmogorov-Smirnov statistic, exactly that of
+#' `ks.test(within, between, alternative = "greater")`. The p-value is Mantel's
+#' test (Mantel 1967) of \eqn{T = \sum_{a < b} D(n)[a, b] [y_a = y_b]}, the sum
+#' of within-category distances, by permutation: \eqn{(1 + \#\{T^* \le T\}) / (1 +
+#' B)} over B = `permutations` random relabelings of the samples (the same ones
+#' for every cell, drawn from `seed`). `z` is \eqn{(E[T] - T) / sd(T)} with the
+#' exact mean and variance of T over all relabelings; `permutations = 0` takes
+#' the p-value from its normal upper tail instead (no cost, but T's distribution
+#' is skewed when the cell's distances have structure, and its small p-values
+#' are then too small). The pairs of samples are not independent (each sample
+#' is in S - 1 of them); the KS p-value, which treats them as independent, was
+#' far too small when a cell's distances have structure of their own: on
+#' `bench/validity.R`'s equal design (seed 1) every cell of the other affected
+#' cell type, whose tree is unrelated to the covariate, was flagged (FDR 0.58;
+#' `bench/README.md`, session 21). Relabeling the samples is the null of no
+#' association, whatever other structure the distances have. \eqn{D(n)} is
+#' formed one cell at a time in Rust and dropped. Benjamini-Hochberg q-values
+#' are taken across the tested cells (`p.adjust(method = "BH")`).
 #'
 #' By default the distances are normalised (`normalize = TRUE`, see
 #' [sampleDistances()]): a difference between two samples counts only by how
@@ -30,9 +44,11 @@
 #' TPR 1.00 at FDR 0.008 for the root split of a planted tree. Check
 #' `sampleDistances(normalize = TRUE)` of the groups before relying on either.
 #'
-#' The pairs of samples are not independent, so these per-cell p-values rank
-#' cells rather than control error rates exactly; for a calibrated test per cell
-#' group use [groupAssociation()].
+#' A cell costs B S^2 / 2 operations for its permutations (S samples): with
+#' 32 samples and 999 permutations about as much as its distances; with
+#' hundreds of samples consider fewer permutations (the smallest p-value is
+#' 1 / (B + 1), which Benjamini-Hochberg must reach) or `permutations = 0`.
+#' For a test per cell group use [groupAssociation()].
 #'
 #' @param fit a [MrVIFit-class].
 #' @param covariate a column name of the sample table (`fit@sample_table`), or a
@@ -44,15 +60,19 @@
 #'   0 (default), or raw; as in [sampleDistances()].
 #' @param mc_samples posterior draws per cell for \eqn{D(n)} (0: posterior mean;
 #'   at least 3 with `normalize = TRUE`).
-#' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
+#' @param permutations relabelings of the samples for the p-values (0: Mantel's
+#'   normal approximation).
+#' @param seed seed of the posterior draws and the relabelings (default: the fit's seed, `fit@config$seed`).
 #'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
 #'   the same whichever cells are asked for, in whatever chunks, in every
 #'   function that draws u.
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
-#' @return a `DataFrame`, one row per cell: `statistic`, `p_value`, `q_value`,
-#'   `n_within`, `n_between` (pair counts); row names are the cells.
+#' @return a `DataFrame`, one row per cell: `statistic` (KS), `z` (Mantel),
+#'   `p_value`, `q_value`, `n_within`, `n_between` (pair counts); row names are
+#'   the cells. `z` and `p_value` are `NA` with fewer than 4 samples with a value,
+#'   or when no relabeling changes T.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
@@ -60,12 +80,13 @@
 #' head(cellAssociation(fit, grp))
 #' @export
 cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_samples = 10,
-                            seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
+                            permutations = 999, seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
+  permutations <- check_whole(permutations, "permutations", call)
   check_normalize_draws(normalize, mc_samples, call)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
@@ -75,10 +96,10 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
     mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                           as.integer(fit@cell_data$sample) - 1L, cells - 1L,
                           ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,
-                          normalize, seed, block)
+                          normalize, seed, permutations, block)
   }, BPPARAM = BPPARAM)
   res <- lapply(stats::setNames(nm = names(parts[[1]])), function(k) unlist(lapply(parts, `[[`, k)))
-  out <- S4Vectors::DataFrame(statistic = res$statistic, p_value = res$p_value,
+  out <- S4Vectors::DataFrame(statistic = res$statistic, z = res$z, p_value = res$p_value,
                               q_value = stats::p.adjust(res$p_value, method = "BH"),
                               n_within = res$n_within, n_between = res$n_between,
                               row.names = rownames(fit@u_mean)[idx])
@@ -95,9 +116,9 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
 #' across groups. Two statistics:
 #'
 #' * `"ks"` (the default with a fit): the mean over the group's cells of the
-#'   per-cell statistic of [cellAssociation()], the one-sided KS statistic of
-#'   within- against between-category distances in \eqn{D(n)} (normalised by
-#'   default). Each permutation relabels the samples and recomputes every
+#'   per-cell effect size of [cellAssociation()] (its `statistic`), the one-sided
+#'   KS statistic of within- against between-category distances in \eqn{D(n)}
+#'   (normalised by default). Each permutation relabels the samples and recomputes every
 #'   cell's statistic, so the test asks whether the group's cells, one by one,
 #'   separate the categories, and agrees with the per-cell tests. Groups larger
 #'   than `max_cells` are represented by a random subset of that many cells

@@ -155,7 +155,7 @@ mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells
 #' Per-cell one-sided KS tests of within- against between-category distances.
 #' `category`: one code per sample (-1 = missing); `cells`: 0-based.
 #' @noRd
-mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, block) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, block))
+mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block))
 
 #' Mean per-cell KS statistics of within- against between-label pairs, for each
 #' labelling. `values`: cells x pairs (R matrix, column-major); `pair_a`,

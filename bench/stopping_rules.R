@@ -5,8 +5,8 @@
 # epoch's weights it restores. A rule: the KL warm-up (20 epochs), a patience
 # (epochs without a better validation ELBO after the warm-up) and a minimum
 # number of epochs before a stop may happen. The restored epoch is scored with the
-# scores of the last scored epoch at or before it (an approximation: the scores
-# are taken at 60, 80, 100, 125, 150, 200, 250, 300 and 400 epochs).
+# scores of the nearest scored epoch (an approximation: the scores are taken at
+# 60, 80, 100, 125, 150, 200, 250, 300 and 400 epochs).
 #   Rscript bench/stopping_rules.R
 # Writes bench/results/stopping_rules.csv.
 history <- read.csv("bench/results/validity_training_history.csv")
@@ -39,7 +39,7 @@ for (key in unique(paste(history$design, history$seed))) {
   s <- scores[paste(scores$design, scores$seed) == key, ]
   for (r in seq_len(nrow(rules))) {
     at <- replay(h$validation_elbo, rules$patience[r], rules$min_epochs[r])
-    scored <- s[max(which(s$epoch <= max(at["best"], min(s$epoch)))), ]
+    scored <- s[which.min(abs(s$epoch - at[["best"]])), ]
     rows[[length(rows) + 1]] <- data.frame(design = h$design[1], seed = h$seed[1], rules[r, ],
       stop_epoch = at[["stop"]], best_epoch = at[["best"]], scored_epoch = scored$epoch,
       scored[grep("_(contrast|spearman|rf)", names(scored))])

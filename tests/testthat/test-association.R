@@ -34,7 +34,19 @@ test_that("the KS statistic and p-value equal ks.test(), with and without ties",
   }
 })
 
-test_that("per-cell tests equal ks.test on the cell's distances, q-values equal p.adjust", {
+# Mantel's test of the within-category distance sum by brute force, over every
+# distinct labeling of a two-category covariate (all relabelings of the samples
+# give each of them equally often): z from the sums' mean and variance, and the
+# exact permutation p-value.
+mantel_by_enumeration <- function(m, y) {
+  within_sum <- function(labels) sum(m[outer(labels, labels, "==") & upper.tri(m)])
+  first <- utils::combn(length(y), sum(y == y[1]))
+  sums <- apply(first, 2, function(idx) within_sum(seq_along(y) %in% idx))
+  observed <- within_sum(y)
+  c(z = (mean(sums) - observed) / sqrt(mean((sums - mean(sums))^2)), p = mean(sums <= observed + 1e-9))
+}
+
+test_that("per-cell tests: KS statistic as ks.test, Mantel's z by enumeration, q-values as p.adjust", {
   a <- covariates_fit()
   fit <- a$fit
   y <- fit@sample_table$cov1
@@ -44,19 +56,36 @@ test_that("per-cell tests equal ks.test on the cell's distances, q-values equal 
   for (normalize in c(FALSE, TRUE)) {
     draws <- if (normalize) 10 else 0
     res <- cellAssociation(fit, "cov1", cells = 1:30, normalize = normalize, mc_samples = draws)
+    approx <- cellAssociation(fit, "cov1", cells = 1:30, normalize = normalize, mc_samples = draws, permutations = 0)
     expect_s4_class(res, "DataFrame")
     expect_equal(res$q_value, p.adjust(res$p_value, method = "BH"))
+    expect_equal(approx$z, res$z)
     d <- sampleDistances(fit, cells = c(3, 17), normalize = normalize, mc_samples = draws)
     for (i in 1:2) {
       m <- d[i, , ]
       r <- suppressWarnings(ks.test(m[up & same], m[up & !same], alternative = "greater"))
       row <- res[c(3, 17)[i], ]
       expect_equal(row$statistic, unname(r$statistic), tolerance = 1e-6)
-      expect_equal(row$p_value, r$p.value, tolerance = 1e-5)
+      exact <- mantel_by_enumeration(m, y)
+      expect_equal(row$z, exact[["z"]], tolerance = 1e-5)
+      expect_equal(approx$p_value[c(3, 17)[i]], pnorm(exact[["z"]], lower.tail = FALSE), tolerance = 1e-5)
+      # 999 random relabelings against all 924 labelings: within 4 standard errors
+      expect_lt(abs(row$p_value - exact[["p"]]), 4 * sqrt(max(exact[["p"]], 0.001) / 1000) + 0.001)
       expect_equal(row$n_within, sum(up & same))
     }
   }
   expect_equal(cellAssociation(fit, "cov1", cells = 1:30), res)
+})
+
+test_that("per-cell p-values are uniform under a random covariate, even where distances have structure", {
+  # a cell of the affected type: its distances follow cov1's planted split, a
+  # structure unrelated to random covariates (treating the pairs as independent,
+  # the KS p-values were far from uniform here; Mantel's normal approximation is
+  # closer, but T's distribution is skewed: P(p < 0.2) was 0.09)
+  a <- covariates_fit()
+  cell <- which(a$fit@cell_data$cell_type == "type1")[5]
+  p <- null_p_values(a$fit@samples, 200, 40, function(y, r) cellAssociation(a$fit, y, cells = cell)$p_value)
+  expect_uniform(p, 0.04)
 })
 
 test_that("cells of the affected type are flagged (power)", {

@@ -2,11 +2,77 @@
 //! Kolmogorov-Smirnov test exactly as R's `ks.test(x, y, alternative = "greater")`
 //! computes it (R 4.2): statistic D+ = max(F_x - F_y) evaluated at the ends of tie
 //! groups; exact p-value (conditional on ties, by counting lattice paths) when
-//! m * n < 10000, else the asymptotic exp(-2 m n / (m + n) D^2).
+//! m * n < 10000, else the asymptotic exp(-2 m n / (m + n) D^2). And Mantel's
+//! test of a distance matrix against a same-category indicator, with the exact
+//! mean and variance of its statistic over all relabelings of the samples.
 
 use crate::backend;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
+
+/// Mantel's test of H1 "distances within a category are smaller" for one
+/// symmetric distance matrix `d` over the samples with a category (`d[a * n + b]`,
+/// n = `category.len()`): T = sum over pairs a != b of d_ab [y_a = y_b], against
+/// its distribution over all n! relabelings of the samples, by its exact mean
+/// and variance (Mantel 1967: the ordered pairs of pairs that share both, one or
+/// no sample) and the normal approximation. Returns (z, p) with z = (E[T] - T) /
+/// sd(T) (large when within-category distances are small) and p = P(N(0,1) >= z).
+/// Unlike a test of the within- against the between-category distances as
+/// independent values, it accounts for the pairs that share a sample. (0, 1)
+/// when T does not vary over relabelings (no evidence either way); NaN with
+/// fewer than 4 samples.
+pub fn mantel_within(d: &[f64], category: &[i64]) -> (f64, f64) {
+    let n = category.len();
+    if n < 4 || d.len() != n * n {
+        return (f64::NAN, f64::NAN);
+    }
+    // the sums of Mantel's moments for a zero-diagonal symmetric matrix:
+    // (sum of entries, sum of squares, sum of squared row sums)
+    let sums = |entry: &dyn Fn(usize, usize) -> f64| {
+        let (mut total, mut squares, mut rows) = (0.0, 0.0, 0.0);
+        for a in 0..n {
+            let mut row = 0.0;
+            for b in (0..n).filter(|&b| b != a) {
+                let v = entry(a, b);
+                row += v;
+                squares += v * v;
+            }
+            total += row;
+            rows += row * row;
+        }
+        (total, squares, rows)
+    };
+    let same = |a: usize, b: usize| if category[a] == category[b] { 1.0 } else { 0.0 };
+    let (sa, a1, a2) = sums(&|a, b| d[a * n + b]);
+    let (sb, b1, b2) = sums(&same);
+    let t = 2.0 * within_sum(d, category);
+    let nf = n as f64;
+    let (n2, n3, n4) = (nf * (nf - 1.0), nf * (nf - 1.0) * (nf - 2.0), nf * (nf - 1.0) * (nf - 2.0) * (nf - 3.0));
+    let mean = sa * sb / n2;
+    let second = 2.0 * a1 * b1 / n2 + 4.0 * (a2 - a1) * (b2 - b1) / n3
+        + (sa * sa - 4.0 * a2 + 2.0 * a1) * (sb * sb - 4.0 * b2 + 2.0 * b1) / n4;
+    let var = second - mean * mean;
+    // below rounding: T is (numerically) the same under every relabeling
+    if !(var > 1e-12 * second.abs().max(f64::MIN_POSITIVE)) {
+        return (0.0, 1.0);
+    }
+    let z = (mean - t) / var.sqrt();
+    let p = 0.5 * statrs::function::erf::erfc(z / std::f64::consts::SQRT_2);
+    (z, p.clamp(0.0, 1.0))
+}
+
+/// The sum of d_ab over the pairs a < b with the same category (`d`: n x n,
+/// n = `category.len()`, read above the diagonal).
+pub fn within_sum(d: &[f64], category: &[i64]) -> f64 {
+    let n = category.len();
+    let mut total = 0.0;
+    for a in 0..n {
+        let row = &d[a * n + a + 1..(a + 1) * n];
+        let (ca, rest) = (category[a], &category[a + 1..]);
+        total += row.iter().zip(rest).map(|(v, &cb)| if cb == ca { *v } else { 0.0 }).sum::<f64>();
+    }
+    total
+}
 
 /// Statistic and p-value of H1: x is stochastically smaller than y.
 pub fn ks_greater(x: &[f64], y: &[f64]) -> (f64, f64) {
@@ -173,5 +239,53 @@ mod tests {
             }
             assert!((g - want).abs() < 1e-12, "{g} vs {want}");
         }
+    }
+
+    /// Mantel's moments against all 6! relabelings of six samples, enumerated.
+    #[test]
+    fn mantel_moments_match_every_relabeling() {
+        let n = 6;
+        let mut rng = crate::rng::SplitMix64::new(11);
+        let mut d = vec![0.0; n * n];
+        for a in 0..n {
+            for b in a + 1..n {
+                let v = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 3.0;
+                d[a * n + b] = v;
+                d[b * n + a] = v;
+            }
+        }
+        for category in [vec![0i64, 0, 1, 1, 1, 2], vec![0, 0, 0, 1, 1, 1], vec![3, 1, 1, 1, 1, 2]] {
+            let within = |y: &[i64]| -> f64 {
+                (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).filter(|&(a, b)| a != b && y[a] == y[b]).map(|(a, b)| d[a * n + b]).sum()
+            };
+            // every permutation of the labels (Heap's algorithm)
+            let mut y = category.clone();
+            let mut values = vec![within(&y)];
+            let mut c = vec![0usize; n];
+            let mut i = 0;
+            while i < n {
+                if c[i] < i {
+                    if i % 2 == 0 { y.swap(0, i) } else { y.swap(c[i], i) }
+                    values.push(within(&y));
+                    c[i] += 1;
+                    i = 0;
+                } else {
+                    c[i] = 0;
+                    i += 1;
+                }
+            }
+            assert_eq!(values.len(), 720);
+            let mean = values.iter().sum::<f64>() / 720.0;
+            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 720.0;
+            let (z, p) = mantel_within(&d, &category);
+            let want = (mean - within(&category)) / var.sqrt();
+            assert!((z - want).abs() < 1e-9, "{category:?}: z {z} against {want} from all relabelings");
+            assert!((p - 0.5 * statrs::function::erf::erfc(want / std::f64::consts::SQRT_2)).abs() < 1e-12);
+        }
+        // no variation over relabelings (every distance the same, or one
+        // category): no evidence; fewer than 4 samples: no moments
+        assert_eq!(mantel_within(&vec![1.0; n * n], &[0, 0, 0, 1, 1, 1]), (0.0, 1.0));
+        assert_eq!(mantel_within(&d, &[2; 6]), (0.0, 1.0));
+        assert!(mantel_within(&d[..9], &[0, 1, 1]).0.is_nan());
     }
 }
