@@ -16,7 +16,8 @@ use crate::posterior::Posterior;
 use crate::error::{Error, Result};
 use crate::model::MrviModel;
 use crate::rng::SplitMix64;
-use crate::stats::{ks_greater, mantel_within, within_sum};
+use crate::stats::{ks_greater, mantel_within};
+use tch::{Kind, Tensor};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,15 +62,10 @@ pub fn cell_association(
     let members: Vec<usize> = (0..s).filter(|&a| category[a] >= 0).collect();
     let member_codes: Vec<i64> = members.iter().map(|&a| category[a]).collect();
     let m = members.len();
-    let mut rng = SplitMix64::new(spec.seed ^ 0x6d61_6e74_656c);
-    let relabelings: Vec<Vec<i64>> = (0..permutations)
-        .map(|_| {
-            let mut codes = member_codes.clone();
-            rng.shuffle(&mut codes);
-            codes
-        })
-        .collect();
+    let labelings = (permutations > 0).then(|| labeling_indicators(&member_codes, permutations, spec.seed));
+    let n_labelings = permutations + 1;
     let pool = backend::pool()?;
+    let mut squares = Vec::new();
     let mut out = vec![CellTest::default(); cells.len()];
     let mut zs = Vec::new();
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {
@@ -79,10 +75,13 @@ pub fn cell_association(
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
         let scale = cell_draws(&effect, post, part, &own, &spec, &mut zs)?;
         let results = &mut out[bi * block.max(1)..bi * block.max(1) + part.len()];
+        // each cell's distances among the samples that take part, for the permutations
+        squares.resize(part.len() * m * m, 0f32);
         pool.install(|| {
             // per worker: the cell's distance matrix, scratch, the two samples
             let scratch = || (vec![0f64; s * accumulator_width(s)], vec![0f32; panels_len(1, s, l)], Vec::new(), Vec::new(), vec![0f64; m * m]);
-            results.par_iter_mut().enumerate().for_each_init(scratch, |(acc, t, within, between, square), (r, slot)| {
+            let cells = results.par_iter_mut().zip(squares.par_chunks_mut(m * m)).enumerate();
+            cells.for_each_init(scratch, |(acc, t, within, between, square), (r, (slot, square32))| {
                 acc.iter_mut().for_each(|v| *v = 0.0);
                 for z in &zs {
                     accumulate_cell(&z[r * s * l..(r + 1) * s * l], s, l, scale.weight[r], scale.offset[r], t, acc);
@@ -102,19 +101,66 @@ pub fn cell_association(
                     }
                 }
                 let (statistic, _) = ks_greater(within, between);
-                let (z, normal_p) = mantel_within(square, &member_codes);
-                let p_value = if relabelings.is_empty() {
-                    normal_p
-                } else {
-                    // at most the cell's sum, up to rounding in the summation order
-                    let observed = within_sum(square, &member_codes);
-                    let bound = observed + 1e-9 * observed.abs();
-                    let as_small = relabelings.iter().filter(|codes| within_sum(square, codes) <= bound).count();
-                    (1 + as_small) as f64 / (1 + relabelings.len()) as f64
-                };
+                let (z, p_value) = mantel_within(square, &member_codes);
+                square32.iter_mut().zip(square.iter()).for_each(|(o, &v)| *o = v as f32);
                 *slot = CellTest { statistic, z, p_value, n_within: within.len(), n_between: between.len() };
             })
         });
+        if let Some(labelings) = &labelings {
+            let p = permutation_p_values(&squares, m, labelings, n_labelings);
+            results.iter_mut().zip(p).for_each(|(slot, p)| slot.p_value = p);
+        }
     }
     Ok(out)
+}
+
+/// The observed labeling and `permutations` random relabelings of the samples
+/// (drawn from `seed` alone), as category indicators: [m, labelings x K], column
+/// b K + k is 1 where labeling b puts a sample in category k (b = 0: observed).
+fn labeling_indicators(codes: &[i64], permutations: usize, seed: u64) -> Tensor {
+    let mut levels = codes.to_vec();
+    levels.sort_unstable();
+    levels.dedup();
+    let (m, k) = (codes.len(), levels.len());
+    let mut rng = SplitMix64::new(seed ^ 0x6d61_6e74_656c);
+    let mut x = vec![0f32; m * (permutations + 1) * k];
+    let mut labels = codes.to_vec();
+    for b in 0..=permutations {
+        if b > 0 {
+            rng.shuffle(&mut labels);
+        }
+        for (i, c) in labels.iter().enumerate() {
+            let level = levels.binary_search(c).expect("a level");
+            x[i * (permutations + 1) * k + b * k + level] = 1.0;
+        }
+    }
+    Tensor::from_slice(&x).view([m as i64, ((permutations + 1) * k) as i64])
+}
+
+/// Permutation p-values of Mantel's within-category sum for cells' distance
+/// matrices (`squares`: cells x m x m, zero diagonal): T of labeling b is
+/// sum_k x_bk' D x_bk / 2, for all labelings at once as one matrix product per
+/// chunk of cells (libtorch), and p = (1 + #{b > 0: T_b <= T_0}) / (1 + B).
+fn permutation_p_values(squares: &[f32], m: usize, labelings: &Tensor, n_labelings: usize) -> Vec<f64> {
+    let n = squares.len() / (m * m).max(1);
+    let columns = labelings.size()[1] as usize;
+    // chunks whose product (cells x m x labelings) stays in cache (1 MB); a
+    // chunk of 64 MB ran 2.7x slower (20,000 cells, 32 samples, 999 permutations)
+    let chunk = ((1usize << 18) / (m * columns).max(1)).max(1);
+    let mut p = Vec::with_capacity(n);
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        let d = Tensor::from_slice(&squares[start * m * m..end * m * m]).view([(end - start) as i64, m as i64, m as i64]);
+        let t = (d.matmul(labelings) * labelings).sum_dim_intlist([1].as_slice(), false, Kind::Float);
+        let t = t.view([(end - start) as i64, n_labelings as i64, -1]).sum_dim_intlist([2].as_slice(), false, Kind::Float);
+        let t = Vec::<f32>::try_from(&t.contiguous().view([-1])).expect("float");
+        for sums in t.chunks_exact(n_labelings) {
+            // as small as the observed sum, up to single-precision rounding
+            let bound = sums[0] + 1e-5 * sums[0].abs();
+            let as_small = sums[1..].iter().filter(|&&v| v <= bound).count();
+            // NaN distances give no p-value (never a small one)
+            p.push(if sums.iter().all(|v| v.is_finite()) { (1 + as_small) as f64 / n_labelings as f64 } else { f64::NAN });
+        }
+    }
+    p
 }
