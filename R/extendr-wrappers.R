@@ -152,8 +152,10 @@ mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells
 
 # --- association (src/rust/mrvi-r/src/association.rs) ---
 
-#' Per-cell one-sided KS tests of within- against between-category distances.
-#' `category`: one code per sample (-1 = missing); `cells`: 0-based.
+#' Per-cell tests of within- against between-category distances: the one-sided
+#' KS statistic, and Mantel's z and p-value (by `permutations` relabelings; 0:
+#' normal approximation). `category`: one code per sample (-1 = missing); `cells`:
+#' 0-based.
 #' @noRd
 mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block))
 

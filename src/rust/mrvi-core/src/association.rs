@@ -52,18 +52,12 @@ pub fn cell_association(
         crate::invalid!("a cell index is out of range (0..{})", post.n_cells);
     }
     let effect = model.host_sample_effect();
-    // the pairs that take part, split by within / between category
-    let pairs: Vec<(usize, usize, bool)> = (0..s)
-        .flat_map(|a| (a + 1..s).map(move |b| (a, b)))
-        .filter(|&(a, b)| category[a] >= 0 && category[b] >= 0)
-        .map(|(a, b)| (a, b, category[a] == category[b]))
-        .collect();
-    // the samples that take part, and their codes, for Mantel's test
+    // the samples that take part, and their codes
     let members: Vec<usize> = (0..s).filter(|&a| category[a] >= 0).collect();
     let member_codes: Vec<i64> = members.iter().map(|&a| category[a]).collect();
     let m = members.len();
     let labelings = (permutations > 0).then(|| labeling_indicators(&member_codes, permutations, spec.seed));
-    let n_labelings = permutations + 1;
+    let (permuting, n_labelings) = (labelings.is_some(), permutations + 1);
     let pool = backend::pool()?;
     let mut squares = Vec::new();
     let mut out = vec![CellTest::default(); cells.len()];
@@ -75,12 +69,14 @@ pub fn cell_association(
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
         let scale = cell_draws(&effect, post, part, &own, &spec, &mut zs)?;
         let results = &mut out[bi * block.max(1)..bi * block.max(1) + part.len()];
-        // each cell's distances among the samples that take part, for the permutations
-        squares.resize(part.len() * m * m, 0f32);
+        // each cell's distances among the samples that take part, kept for the
+        // permutations (without them, one unused value per cell)
+        let kept = if permuting { m * m } else { 1 };
+        squares.resize(part.len() * kept, 0f32);
         pool.install(|| {
             // per worker: the cell's distance matrix, scratch, the two samples
             let scratch = || (vec![0f64; s * accumulator_width(s)], vec![0f32; panels_len(1, s, l)], Vec::new(), Vec::new(), vec![0f64; m * m]);
-            let cells = results.par_iter_mut().zip(squares.par_chunks_mut(m * m)).enumerate();
+            let cells = results.par_iter_mut().zip(squares.par_chunks_mut(kept)).enumerate();
             cells.for_each_init(scratch, |(acc, t, within, between, square), (r, (slot, square32))| {
                 acc.iter_mut().for_each(|v| *v = 0.0);
                 for z in &zs {
@@ -89,20 +85,19 @@ pub fn cell_association(
                 within.clear();
                 between.clear();
                 let width = accumulator_width(s);
-                for &(a, b, same) in &pairs {
-                    let d = acc[a * width + b];
-                    if same { within.push(d) } else { between.push(d) }
-                }
                 for (i, &a) in members.iter().enumerate() {
                     for (j, &b) in members.iter().enumerate().skip(i + 1) {
                         let d = acc[a * width + b];
                         square[i * m + j] = d;
                         square[j * m + i] = d;
+                        if member_codes[i] == member_codes[j] { within.push(d) } else { between.push(d) }
                     }
                 }
                 let (statistic, _) = ks_greater(within, between);
                 let (z, p_value) = mantel_within(square, &member_codes);
-                square32.iter_mut().zip(square.iter()).for_each(|(o, &v)| *o = v as f32);
+                if permuting {
+                    square32.iter_mut().zip(square.iter()).for_each(|(o, &v)| *o = v as f32);
+                }
                 *slot = CellTest { statistic, z, p_value, n_within: within.len(), n_between: between.len() };
             })
         });

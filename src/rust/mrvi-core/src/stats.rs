@@ -63,7 +63,7 @@ pub fn mantel_within(d: &[f64], category: &[i64]) -> (f64, f64) {
 
 /// The sum of d_ab over the pairs a < b with the same category (`d`: n x n,
 /// n = `category.len()`, read above the diagonal).
-pub fn within_sum(d: &[f64], category: &[i64]) -> f64 {
+fn within_sum(d: &[f64], category: &[i64]) -> f64 {
     let n = category.len();
     let mut total = 0.0;
     for a in 0..n {

@@ -6,8 +6,10 @@ use extendr_api::prelude::*;
 use mrvi_core::association::cell_association;
 use mrvi_core::stats::{ks_greater, mean_ks_statistics};
 
-/// Per-cell one-sided KS tests of within- against between-category distances.
-/// `category`: one code per sample (-1 = missing); `cells`: 0-based.
+/// Per-cell tests of within- against between-category distances: the one-sided
+/// KS statistic, and Mantel's z and p-value (by `permutations` relabelings; 0:
+/// normal approximation). `category`: one code per sample (-1 = missing); `cells`:
+/// 0-based.
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
