@@ -21,8 +21,8 @@
 #' `cells`), and every group distance over the reference cells, is unchanged
 #' bit for bit. Group distances over all cells also average over the new cells.
 #'
-#' To compare new samples with the reference ones, prefer
-#' `sampleDistances(space = "expression")`: on simulated data, the rows of four
+#' To compare new samples with the reference ones, use expression space
+#' ([sampleDistances()]'s default): on simulated data, the rows of four
 #' added samples agreed with those of a fit on all samples at Spearman 0.58-0.87
 #' in expression space against 0.06-0.81 in latent space, where each fit's own
 #' latent noise dominates (`bench/README.md`).

@@ -1,32 +1,38 @@
 #' Sample x sample distances per cell group, or per cell
 #'
-#' MrVI's sample distances (paper eq. 3-4): for a cell n,
-#' \eqn{D(n)[a, b] = \| z_n^a - z_n^b \|_2}; for a group of cells C,
+#' MrVI's sample distances (paper eq. 3-4): for a cell n, a distance
+#' \eqn{D(n)[a, b]} between its counterfactual representations as if from
+#' sample a and from sample b (below); for a group of cells C,
 #' \eqn{D(C)} is the mean of \eqn{D(n)} over the cells of C. Group means are
 #' streamed over chunks of K cells (`chunk_size`) in Rust (memory \eqn{O(G S^2 + K S L)}):
 #' the cells x samples x samples array is never formed. Per-cell matrices are
 #' returned only for the cells asked for.
 #'
-#' With `space = "expression"`, the distance is measured between counterfactual
-#' expression profiles instead: \eqn{x_n^s} is the log2 of the decoder's expected
-#' expression of \eqn{z_n^s} (levels of categorical nuisance covariates averaged,
-#' continuous ones at their means), and \eqn{D(n)[a, b] = \| x_n^a - x_n^b \|_2},
-#' the Euclidean norm of the log2 fold changes over genes between the cell as if
-#' from sample a and as if from sample b. Every gene then counts by its fold
-#' change, whatever its expression level; in latent space genes count by how much
-#' of z the decoder spends on them, which favours highly expressed genes. On
-#' simulations at realistic scale (20,000 cells x 2,000 genes, 32 samples, about
-#' 10 planted genes per tree edge; `bench/README.md`, "Validity") expression-space
-#' distances followed the planted sample trees more closely (ultrametric design,
-#' seeds 1-3: Spearman correlation with the true distances 0.84-0.92, against
-#' 0.70-0.87 in latent space) and separated affected from unaffected cell types
-#' more clearly. The gap widens with training: after 400 epochs without early
-#' stopping (`early_stopping = FALSE`, which trains for the heuristic's
-#' `max_epochs` as scvi-tools does) Spearman 0.76-0.92 against 0.43-0.71, and the
-#' expression-space trees come closer to the true ones (normalised Robinson-Foulds
-#' 0.35-0.66, against 0.62-0.93 with early stopping).
-#' They cost \eqn{O(S^2 \times genes)} per cell instead of \eqn{O(S^2 L)}, so each
-#' group uses at most `max_cells` of its cells.
+#' Distances are measured in expression space by default (`space =
+#' "expression"`): between the counterfactual expression profiles that the
+#' decoder gives for \eqn{z_n^a} and \eqn{z_n^b}, as the Aitchison distance
+#' of compositions, \eqn{D(n)[a, b] = \| clr(x_n^a) - clr(x_n^b) \|_2} with
+#' \eqn{x_n^s} the log2 expected expression (levels of categorical nuisance
+#' covariates averaged in log space, continuous ones at their means) and clr
+#' the centring over genes: the norm of the log2 fold changes between the cell
+#' as if from sample a and as if from sample b, relative to their mean over
+#' genes. Every gene counts by its fold change, whatever its expression level.
+#' The decoder's expected expression is a softmax of a linear map of L numbers,
+#' so this distance is computed exactly in L dimensions, at the cost of a
+#' latent distance (plus, for the attention flavour, the decoder's attention
+#' block per cell and sample); no profile over genes is formed.
+#'
+#' `space = "latent"` gives the paper's distances between the counterfactual
+#' z's. They depend on how the decoder spends z on genes, which the likelihood
+#' does not pin down (the decoder can absorb any re-scaling of z's directions),
+#' and they drift with training. On simulations at realistic scale (20,000
+#' cells x 2,000 genes, 32 samples, about 10 planted genes per tree edge;
+#' `bench/README.md`, "Validity"), on the same six default fits, expression-space
+#' distances followed the planted trees with Spearman correlation 0.76-0.91
+#' (at least 0.8 in 11 of 12 trees) against 0.48-0.86 in latent space (3 of 12),
+#' and separated affected from unaffected cell types 15-44x against 6-12x.
+#' Per-cell tests ([cellAssociation()]) default to latent space, where they
+#' flagged fewer cells of unaffected types on those fits.
 #'
 #' @param fit a [MrVIFit-class].
 #' @param groups `NULL` (one group of all cells), a column name of the fitted cell
@@ -68,13 +74,12 @@
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread: one task per group, or per block of `cells`; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
-#' @param space `"latent"` (the paper's distances between the counterfactual
-#'   z's) or `"expression"` (between the counterfactual log2 expression profiles;
-#'   see Details). `normalize = TRUE` is available in latent space only.
+#' @param space `"expression"` (default: Aitchison distances between the
+#'   counterfactual expression profiles) or `"latent"` (the paper's distances
+#'   between the counterfactual z's); see Details.
 #' @param max_cells at most this many cells per group, evenly spaced in the
 #'   fit's cell order (no random numbers are drawn); a group's mean is then over
-#'   those cells. `NULL` (default): every cell in latent space, 1000 in
-#'   expression space; `Inf`: every cell.
+#'   those cells. `NULL` (default) or `Inf`: every cell.
 #' @return with `groups`: an array `[S, S, G]` with dimnames (sample, sample,
 #'   group) and attributes `n_cells` (cells per group that the means are
 #'   over), `excluded` (per group, the samples left out), `sample_table` and
@@ -90,7 +95,7 @@
 #' @export
 sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, normalize = FALSE,
                             mc_samples = 10, chunk_size = NULL, admissible = NULL, seed = fit@config$seed,
-                            BPPARAM = BiocParallel::SerialParam(), space = c("latent", "expression"),
+                            BPPARAM = BiocParallel::SerialParam(), space = c("expression", "latent"),
                             max_cells = NULL) {
   call <- sys.call()
   check_fit(fit, call)
@@ -99,17 +104,11 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
-  space <- match_choice(space, c("latent", "expression"), "space", call)
+  space <- match_choice(space, c("expression", "latent"), "space", call)
   expression <- space == "expression"
-  if (expression && normalize) {
-    abort_arg(c("{.arg normalize} = TRUE is available in latent space only.",
-                "i" = "Use {.code space = \"latent\"}, or {.code normalize = FALSE}."), call = call)
-  }
-  max_cells <- if (is.null(max_cells)) {
-    if (expression) 1000L else Inf
-  } else if (identical(max_cells, Inf)) Inf else check_count(max_cells, "max_cells", call)
+  max_cells <- if (is.null(max_cells) || identical(max_cells, Inf)) Inf else check_count(max_cells, "max_cells", call)
   S <- length(fit@samples)
-  block <- if (expression) expression_chunk_size(fit, chunk_size) else resolve_chunk_size(fit, chunk_size, call)
+  block <- resolve_chunk_size(fit, chunk_size, call)
   apply_threads(call = call)
   own <- as.integer(fit@cell_data$sample) - 1L
   if (!is.null(cells)) {
@@ -118,9 +117,8 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
     mask <- resolve_admissible(fit, admissible, idx, call)
     d <- bp_rows(c(length(idx), S, S), function(rows) {
-      if (expression) return(expression_cell_distances_mean(fit, idx[rows], mc_samples, seed, block))
       mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                          idx[rows] - 1L, mc_samples, normalize, seed, block)
+                          idx[rows] - 1L, mc_samples, normalize, seed, block, expression)
     }, BPPARAM = BPPARAM, what = "the per-cell distances", call = call)
     dimnames(d) <- list(rownames(fit@u_mean)[idx], fit@samples, fit@samples)
     if (!is.null(mask)) {
@@ -139,12 +137,8 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   by_group <- lapply(split(seq_along(group), group), thin_cells, max_cells)
   mask_values <- if (is.null(mask)) integer() else as.integer(mask)
   res <- bp_map(unname(by_group), function(members) {
-    if (expression) {
-      return(expression_group_distances(fit, members, mc_samples, seed, block,
-                                        if (!is.null(mask)) mask[members, , drop = FALSE]))
-    }
     mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
-                         members - 1L, mc_samples, normalize, seed, block, mask_values)
+                         members - 1L, mc_samples, normalize, seed, block, mask_values, expression)
   }, BPPARAM = BPPARAM)
   # the [S, S, G] array filled group by group, each group's result released once
   # copied (at 1,000 samples and 20 groups the array is 160 MB)

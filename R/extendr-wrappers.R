@@ -132,7 +132,7 @@ mrvi_projected_counterfactuals <- function(h, u_mean, u_sd, n_cells, cells, draw
 #' matrix's values, and the number of cells it is over. `mask`: empty, or 0/1
 #' per (cell, sample) for every cell, column-major (admissible pairs).
 #' @noRd
-mrvi_group_distances <- function(h, u_mean, u_sd, n_cells, own_sample, members, mc_samples, normalize, seed, block, mask) rust(.Call(wrap__mrvi_group_distances, h, u_mean, u_sd, n_cells, own_sample, members, mc_samples, normalize, seed, block, mask))
+mrvi_group_distances <- function(h, u_mean, u_sd, n_cells, own_sample, members, mc_samples, normalize, seed, block, mask, expression) rust(.Call(wrap__mrvi_group_distances, h, u_mean, u_sd, n_cells, own_sample, members, mc_samples, normalize, seed, block, mask, expression))
 
 #' Group means from libtorch tensor operations (cdist + index_add) on the
 #' model's device: the GPU path, exposed for benchmarks and tests.
@@ -141,14 +141,14 @@ mrvi_group_tensor_distances <- function(h, u_mean, u_sd, n_cells, own_sample, gr
 
 #' D(n) of the given cells (0-based) as a [cells, S, S] array's values.
 #' @noRd
-mrvi_cell_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block) rust(.Call(wrap__mrvi_cell_distances, h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block))
+mrvi_cell_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block, expression) rust(.Call(wrap__mrvi_cell_distances, h, u_mean, u_sd, n_cells, own_sample, cells, mc_samples, normalize, seed, block, expression))
 
 #' Bootstrap replicates of one group's mean distance matrix: `cells` (0-based),
 #' `weights` cells x R (column-major), replicate r on posterior draw r mod
 #' `draws` (0: the posterior mean), distances normalised or not. Values of an R
 #' array [S, S, R].
 #' @noRd
-mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, weights, n_replicates, draws, normalize, seed, block) rust(.Call(wrap__mrvi_replicate_distances, h, u_mean, u_sd, n_cells, own_sample, cells, weights, n_replicates, draws, normalize, seed, block))
+mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells, weights, n_replicates, draws, normalize, seed, block, expression) rust(.Call(wrap__mrvi_replicate_distances, h, u_mean, u_sd, n_cells, own_sample, cells, weights, n_replicates, draws, normalize, seed, block, expression))
 
 # --- association (src/rust/mrvi-r/src/association.rs) ---
 
@@ -157,7 +157,7 @@ mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells
 #' normal approximation). `category`: one code per sample (-1 = missing); `cells`:
 #' 0-based.
 #' @noRd
-mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block))
+mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block, expression) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block, expression))
 
 #' Mean per-cell KS statistics of within- against between-label pairs, for each
 #' labelling. `values`: cells x pairs (R matrix, column-major); `pair_a`,

@@ -31,7 +31,7 @@
 #'   validation ELBO takes the same posterior draws every epoch, so it moves only
 #'   when the model does. The ELBO levels off before the finest sample structure
 #'   is learned: `early_stopping = FALSE` (train `max_epochs`) gave better sample
-#'   trees in `space = "expression"` on simulations (see [sampleDistances()]).
+#'   trees in expression space (the default of [sampleDistances()]) on simulations.
 #' @param patience see `early_stopping`.
 #' @param min_epochs early stopping cannot end training before this many
 #'   epochs; `NULL` uses half of `max_epochs`. The validation ELBO can stall for

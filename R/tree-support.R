@@ -5,7 +5,7 @@
 #' sample keeps its number of cells), takes a posterior draw of u for every
 #' cell, recomputes the group's mean distance matrix \eqn{D(C)}, and clusters
 #' it. A clade of the point-estimate tree (the tree of [sampleDistances()] with
-#' the same `mc_samples` and `normalize`) gets as support the share of replicate trees that
+#' the same `mc_samples`, `normalize` and `space`) gets as support the share of replicate trees that
 #' contain it (the same set of samples below one node).
 #'
 #' Support measures how stable a clade is under resampling of cells and of u,
@@ -44,7 +44,9 @@
 #'   `TRUE`: distances in units of each cell's posterior noise, clipped at its
 #'   noise floor, as in [sampleDistances()]; `FALSE`: raw distances), `min_cells` (default 5:
 #'   samples with fewer cells in the group are left out, as in
-#'   [sampleDistances()]) and `chunk_size` (cells per chunk).
+#'   [sampleDistances()]), `chunk_size` (cells per chunk) and `space` (default
+#'   `"latent"`, where the support values above were measured; `"expression"`:
+#'   see [sampleDistances()]).
 #' @return for one group, an `ape::phylo` (the point-estimate tree, with branch
 #'   lengths from the linkage heights) whose `node.label` holds the support of
 #'   each internal node's clade, in \[0, 1\] (the root's is 1); for several, a
@@ -78,7 +80,8 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
   }
   # only the groups asked for (cells of the others in no group)
   point <- with_call(sampleDistances(fit, groups = factor(grouping, levels = chosen), min_cells = opts$min_cells, mc_samples = opts$mc_samples,
-                                     normalize = opts$normalize, chunk_size = opts$chunk_size, seed = seed), call)
+                                     normalize = opts$normalize, chunk_size = opts$chunk_size, seed = seed,
+                                     space = opts$space), call)
   S <- length(fit@samples)
   block <- resolve_chunk_size(fit, opts$chunk_size, call)
   restore <- preserve_rng()
@@ -96,7 +99,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     weights <- bootstrap_multiplicities(fit@cell_data$sample[cells], B)
     reps <- array(mrvi_replicate_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                                            as.integer(fit@cell_data$sample) - 1L, cells - 1L, weights, B,
-                                           opts$mc_samples, opts$normalize, seed, block),
+                                           opts$mc_samples, opts$normalize, seed, block, opts$space == "expression"),
                   c(S, S, B), dimnames = list(fit@samples, fit@samples, NULL))
     # samples in a new random order per replicate: hclust() resolves tied
     # distances by order, so a clade that rests on ties is not supported by chance
@@ -119,7 +122,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
 
 # The settings that sampleTreeSupport() takes through `...`.
 support_options <- function(dots, call) {
-  known <- c("mc_samples", "normalize", "min_cells", "chunk_size")
+  known <- c("mc_samples", "normalize", "min_cells", "chunk_size", "space")
   unknown <- setdiff(names(dots) %||% rep("", length(dots)), known)
   if (length(unknown)) {
     abort_arg(c("Unknown argument{?s} in {.arg ...}: {.val {unknown}}.", "i" = "{.arg ...} takes {.arg {known}}."),
@@ -132,6 +135,7 @@ support_options <- function(dots, call) {
   check_normalize_draws(normalize, mc_samples, call)
   list(mc_samples = mc_samples, normalize = normalize,
        min_cells = check_whole(setting("min_cells", 5), "min_cells", call),
+       space = match_choice(setting("space", "latent"), c("latent", "expression"), "space", call),
        chunk_size = if (!is.null(dots$chunk_size)) check_count(dots$chunk_size, "chunk_size", call))
 }
 

@@ -17,8 +17,10 @@
 # MRVI_BENCH_TAG (a label for the rows), MRVI_BENCH_OUT (CSV file), MRVI_BENCH_FIT_DIR
 # (a folder: each fit is saved there as <design>_<seed>_<flavour>.rds, and a fit found
 # there is scored without refitting, its training seconds those recorded at the time),
-# MRVI_BENCH_SPACE (the space of the distances scored: "latent", the default, or
-# "expression"; see ?sampleDistances), MRVI_BENCH_SCORE ("all", or "distances" to
+# MRVI_BENCH_SPACE (the space of the distances scored: "expression", the package's
+# default since session 22, or "latent"; see ?sampleDistances), MRVI_BENCH_TEST_SPACE
+# (that of the guided per-cell tests: "latent", cellAssociation()'s default, or
+# "expression"), MRVI_BENCH_SCORE ("all", or "distances" to
 # skip the guided tests and DE, whose columns are then NA). Flavour "scvi-tools":
 # scvi-tools' MRVI with its defaults (site as its batch_key; posterior-mean
 # distances; no guided tests or DE), see scvi_tools_group_distances() in bench/helpers.R.
@@ -36,7 +38,8 @@ extra <- eval(parse(text = Sys.getenv("MRVI_BENCH_ARGS", "list()")))
 tag <- Sys.getenv("MRVI_BENCH_TAG", "default")
 out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/validity.csv")
 fit_dir <- Sys.getenv("MRVI_BENCH_FIT_DIR")
-space <- Sys.getenv("MRVI_BENCH_SPACE", "latent")
+space <- Sys.getenv("MRVI_BENCH_SPACE", "expression")
+test_space <- Sys.getenv("MRVI_BENCH_TEST_SPACE", "latent")
 score_tests <- Sys.getenv("MRVI_BENCH_SCORE", "all") == "all"
 dir.create(dirname(out_file), showWarnings = FALSE, recursive = TRUE)
 cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
@@ -52,7 +55,7 @@ score_fit <- function(fit, sce, truth) {
   split <- tapply(as.character(sce$root_split), as.character(sce$sample), `[`, 1)[fit@samples]
   flagged <- de_flagged <- rep(NA, nrow(fit@u_mean))
   if (score_tests) {
-    flagged <- cellAssociation(fit, split)$q_value < 0.05
+    flagged <- cellAssociation(fit, split, space = test_space)$q_value < 0.05
     de <- differentialExpression(fit, data.frame(sample = fit@samples, root_split = split))
     de_flagged <- de$q_value < 0.05
   }

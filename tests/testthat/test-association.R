@@ -60,7 +60,7 @@ test_that("per-cell tests: KS statistic as ks.test, Mantel's z by enumeration, q
     expect_s4_class(res, "DataFrame")
     expect_equal(res$q_value, p.adjust(res$p_value, method = "BH"))
     expect_equal(approx$z, res$z)
-    d <- sampleDistances(fit, cells = c(3, 17), normalize = normalize, mc_samples = draws)
+    d <- sampleDistances(fit, cells = c(3, 17), normalize = normalize, mc_samples = draws, space = "latent")
     for (i in 1:2) {
       m <- d[i, , ]
       r <- suppressWarnings(ks.test(m[up & same], m[up & !same], alternative = "greater"))
@@ -151,7 +151,7 @@ test_that("groupAssociation finds the planted covariate in the affected type", {
   pf <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 199, statistic = "pseudo_f",
                          normalize = FALSE, mc_samples = 0)
   expect_lte(pf["type1", "p_value"], 0.02)
-  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = "latent")
   # the same permutations: a fit's default seed is its own, distances' is 1
   from_d <- groupAssociation(d, "cov1", permutations = 199, seed = fit@config$seed)
   expect_equal(pf$statistic, from_d$statistic, tolerance = 1e-12)

@@ -24,7 +24,7 @@ test_that("the attention flavour fits and everything downstream works", {
   expect_identical(d, sampleDistances(fit, groups = "cell_type", mc_samples = 0, chunk_size = 333))
   # 1,000 cells x 16 samples are evaluated in two libtorch calls (at most 8,192 rows each)
   expect_identical(d, sampleDistances(fit, groups = "cell_type", mc_samples = 0, chunk_size = 1000))
-  cells <- sampleDistances(fit, cells = 1:3, mc_samples = 0)
+  cells <- sampleDistances(fit, cells = 1:3, mc_samples = 0, space = "latent")
   z <- counterfactualLatent(fit, cells = 1:3)
   expect_equal(unname(cells[2, , ]), unname(as.matrix(dist(z[2, , ]))), tolerance = 1e-5)
   res <- cellAssociation(fit, "site", cells = 1:20)

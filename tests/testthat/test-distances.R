@@ -11,11 +11,11 @@ test_that("per-cell and group distances equal a brute-force computation", {
   f <- small_fit()
   fit <- f$fit
   cells <- c(1, 17, 250)
-  d <- sampleDistances(fit, cells = cells, mc_samples = 0)
+  d <- sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent")
   expect_equal(dim(d), c(3L, 5L, 5L))
   expect_equal(dimnames(d)[[2]], fit@samples)
   expect_equal(unname(d), brute_force(fit, cells), tolerance = 1e-5)
-  g <- sampleDistances(fit, groups = "labels", mc_samples = 0, min_cells = 0)
+  g <- sampleDistances(fit, groups = "labels", mc_samples = 0, min_cells = 0, space = "latent")
   type <- fit@cell_data$labels
   for (k in levels(type)) {
     idx <- which(type == k)
@@ -132,18 +132,24 @@ test_that("admissibility masks pairs in group means and per-cell matrices", {
   expect_error(sampleDistances(fit, groups = grp, admissible = mask[1:3, ]), "admissible")
 })
 
-test_that("expression-space distances equal a direct computation from counterfactualExpression()", {
-  fit <- nested_fit()$fit  # two sites: the expression is averaged over them
+test_that("expression-space distances are Aitchison distances between profiles from counterfactualExpression()", {
+  fit <- nested_fit()$fit  # two sites: the log expression is averaged over them
   cells <- c(5, 900)
-  d <- sampleDistances(fit, cells = cells, mc_samples = 0, space = "expression")
+  d <- sampleDistances(fit, cells = cells, mc_samples = 0)  # expression space is the default
   expect_equal(dim(d), c(2L, length(fit@samples), length(fit@samples)))
   for (i in seq_along(cells)) {
-    x <- sapply(fit@samples, function(s) log2(counterfactualExpression(fit, cells[i], s, average = TRUE)))
-    expect_equal(unname(d[i, , ]), unname(as.matrix(dist(t(x)))), tolerance = 1e-6)
+    x <- sapply(fit@samples, function(s) {
+      lx <- rowMeans(sapply(fit@batches, function(b) log2(counterfactualExpression(fit, cells[i], s, batch = b))))
+      lx - mean(lx)  # centred over genes
+    })
+    expect_equal(unname(d[i, , ]), unname(as.matrix(dist(t(x)))), tolerance = 1e-5)
   }
-  # one gene's log2 fold change of 1 between two samples is a distance of 1: the
-  # unit is the log2 fold change, whatever the gene's expression level
   expect_true(all(d >= 0))
+  latent <- sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent")
+  expect_false(isTRUE(all.equal(d, latent)))
+  # the noise floor works in expression space too
+  nd <- sampleDistances(fit, cells = cells, mc_samples = 4, normalize = TRUE)
+  expect_true(all(is.finite(nd)) && all(nd >= 0))
 })
 
 test_that("expression-space group means are means of the per-cell matrices, over at most max_cells cells", {
@@ -154,7 +160,7 @@ test_that("expression-space group means are means of the per-cell matrices, over
   expect_identical(attr(a, "space"), "expression")
   idx <- which(fit@cell_data$labels == "type2")
   cells <- sampleDistances(fit, cells = idx, mc_samples = 2, space = "expression")
-  # per-cell matrices are decoded chunk_size cells at a time, with the same result
+  # per-cell matrices come chunk_size cells at a time, with the same result
   expect_identical(sampleDistances(fit, cells = idx, mc_samples = 2, space = "expression", chunk_size = 3), cells)
   expect_equal(unname(a[, , "type2"]), unname(apply(cells, c(2, 3), mean)), tolerance = 1e-10)
   # max_cells: evenly spaced cells of each group, the same in both spaces

@@ -105,8 +105,8 @@ test_that("a cell's draws do not depend on the other cells or the chunk size", {
   own <- as.integer(fit@cell_data$sample)
   z_own <- t(vapply(1:400, function(i) all[i, own[i], , 1], numeric(dim(all)[3])))
   expect_equal(unname(z_own), unname(mrviLatent(fit, which = "z", use_mean = FALSE, seed = 5)), tolerance = 1e-5)
-  d1 <- sampleDistances(fit, cells = c(350, 7, 31), mc_samples = 3, seed = 5, chunk_size = 1)
-  d2 <- sampleDistances(fit, cells = 1:400, mc_samples = 3, seed = 5)[c(350, 7, 31), , ]
+  d1 <- sampleDistances(fit, cells = c(350, 7, 31), mc_samples = 3, seed = 5, chunk_size = 1, space = "latent")
+  d2 <- sampleDistances(fit, cells = 1:400, mc_samples = 3, seed = 5, space = "latent")[c(350, 7, 31), , ]
   expect_identical(d1, d2)
   # and they are the draws of counterfactualLatent(): D(n) by brute force from them
   brute <- apply(some, c(1, 4), function(zc) as.matrix(stats::dist(zc)))  # [S * S, cells, draws]

@@ -51,7 +51,7 @@ pub fn cell_association(
     if cells.iter().any(|&c| c >= post.n_cells) {
         crate::invalid!("a cell index is out of range (0..{})", post.n_cells);
     }
-    let effect = model.host_sample_effect();
+    let effect = model.host_sample_effect_in(spec.space);
     // the samples that take part, and their codes
     let members: Vec<usize> = (0..s).filter(|&a| category[a] >= 0).collect();
     let member_codes: Vec<i64> = members.iter().map(|&a| category[a]).collect();

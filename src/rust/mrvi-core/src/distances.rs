@@ -17,19 +17,21 @@
 use crate::backend;
 use crate::error::{r_array, try_vec, try_with_capacity, Error, Result};
 use crate::infer::{cells_z, rows_from_column_major};
-use crate::model::{HostSampleEffect, MrviModel, ZLayout};
+use crate::model::{HostSampleEffect, MrviModel, Space, ZLayout};
 use crate::pair_distances::{accumulator_width, add_block_pairs, fill_panel, panel_len, panels_len, to_panels, Block, PairWeight, PANEL};
 use crate::posterior::Posterior;
 use ndarray::{Axis, Ix3};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-/// What to compute from u: posterior mean or Monte Carlo draws, raw or normalised.
+/// What to compute from u: posterior mean or Monte Carlo draws, raw or
+/// normalised, in latent or in expression space.
 #[derive(Clone, Copy, Debug)]
 pub struct DistanceSpec {
     pub mc_samples: usize,
     pub normalize: bool,
     pub seed: u64,
+    pub space: Space,
 }
 
 /// Sums of D(n) over the cells of each group (upper triangle filled, a < b) and
@@ -206,7 +208,7 @@ pub fn group_distances(
     model: &MrviModel, post: &Posterior, own_sample: &[i64], group: &[i64], n_groups: usize, spec: DistanceSpec,
     mask: Option<&[bool]>, block: usize, interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<GroupSums> {
-    if mask.is_none() && model.device() != Device::Cpu && spec.mc_samples == 0 && !spec.normalize {
+    if mask.is_none() && model.device() != Device::Cpu && spec.mc_samples == 0 && !spec.normalize && spec.space == Space::Latent {
         group_sums_tensor(model, post, group, n_groups, block)
     } else {
         group_sums_masked(model, post, own_sample, group, n_groups, spec, mask, block, interrupted)
@@ -238,7 +240,7 @@ pub fn group_sums_masked(
     if mask.is_some_and(|m| m.len() != post.n_cells * s) {
         return Err(Error::InvalidInput(format!("the mask must have {} cells x {s} samples", post.n_cells)));
     }
-    let effect = model.host_sample_effect();
+    let effect = model.host_sample_effect_in(spec.space);
     let mut order: Vec<usize> = (0..post.n_cells).filter(|&c| group[c] >= 0).collect();
     order.sort_by_key(|&c| group[c]); // stable: cell order within a group
     // one S x S matrix per group: many groups (e.g. one per cell) must fail as an
@@ -298,7 +300,7 @@ pub fn cell_distances(model: &MrviModel, post: &Posterior, own_sample: &[i64], c
     if cells.iter().any(|&c| c >= post.n_cells) {
         crate::invalid!("a cell index is out of range (0..{})", post.n_cells);
     }
-    let effect = model.host_sample_effect();
+    let effect = model.host_sample_effect_in(spec.space);
     let mut out = r_array(Ix3(cells.len(), s, s), "the per-cell distance matrices")?;
     let mut zs = Vec::new();
     for (bi, part) in cells.chunks(block.max(1)).enumerate() {

@@ -15,7 +15,7 @@ use crate::distances::{accumulate_cell, cell_draws, DistanceSpec};
 use crate::pair_distances::{accumulator_width, panels_len};
 use crate::posterior::Posterior;
 use crate::error::{try_vec, Error, Result};
-use crate::model::MrviModel;
+use crate::model::{MrviModel, Space};
 
 /// The replicates: `weights` is cells x R, column-major (one column per replicate).
 pub struct Replicates<'a> {
@@ -25,6 +25,7 @@ pub struct Replicates<'a> {
     pub draws: usize,
     pub seed: u64,
     pub normalize: bool,
+    pub space: Space,
 }
 
 /// Mean distance matrix of each replicate over `cells`: the values of an R
@@ -44,8 +45,8 @@ pub fn replicate_means(
     if cells.iter().any(|&c| c >= post.n_cells) || own_sample.len() != post.n_cells {
         return Err(Error::InvalidInput("a cell index is out of range, or the own samples do not cover the cells".into()));
     }
-    let spec = DistanceSpec { mc_samples: reps.draws, normalize: reps.normalize, seed: reps.seed };
-    let effect = model.host_sample_effect();
+    let spec = DistanceSpec { mc_samples: reps.draws, normalize: reps.normalize, seed: reps.seed, space: reps.space };
+    let effect = model.host_sample_effect_in(spec.space);
     let n_draws = reps.draws.max(1);
     let mut sums = try_vec(nr.saturating_mul(s * s), 0f64, "the replicate distance sums")?;
     let mut totals = vec![0f64; nr];

@@ -8,7 +8,7 @@ use mrvi_core::posterior::Posterior;
 use mrvi_core::infer::{counterfactual_z, encode, projected_counterfactuals};
 use mrvi_core::model::attention::{mixture_log_density, AttentionBlock, ForwardScratch, HostAttention};
 use mrvi_core::model::config::{Flavour, ModelSettings, Prior};
-use mrvi_core::model::ZLayout;
+use mrvi_core::model::{Space, ZLayout};
 use mrvi_core::rng::SplitMix64;
 use mrvi_core::train::Trainer;
 use tch::{nn, Device, Kind, Tensor};
@@ -167,7 +167,7 @@ fn attention_flavour_trains_and_streams_distances() {
     let post = Posterior { mean: &mean, sd: &sd, n_cells: 400, n_latent: 5 };
     let own: Vec<i64> = data.sample.clone();
     let group: Vec<i64> = (0..400).map(|c| (c % 2) as i64).collect();
-    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1, space: Space::Latent };
     // blocks and threads of the pool do not change the result
     mrvi_core::backend::set_num_threads(2).unwrap();
     let a = group_sums(&model, &post, &own, &group, 2, spec, 13, &mut || false).unwrap();

@@ -4,7 +4,7 @@ mod common;
 use mrvi_core::distances::{cell_distances, group_sums, group_sums_masked, group_sums_tensor, DistanceSpec};
 use mrvi_core::posterior::Posterior;
 use mrvi_core::model::config::ModelConfig;
-use mrvi_core::model::MrviModel;
+use mrvi_core::model::{MrviModel, Space};
 use tch::{Device, Kind, Tensor};
 
 fn setup(n: usize, s: i64, l: i64) -> (MrviModel, Vec<f64>, Vec<f64>, Vec<i64>) {
@@ -28,7 +28,7 @@ fn group_sums_match_cdist_and_do_not_depend_on_the_block_size() {
     let (model, mean, sd, own) = setup(n, s, l);
     let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
     let group: Vec<i64> = (0..n).map(|c| if c % 11 == 0 { -1 } else { (c % 3) as i64 }).collect();
-    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1, space: Space::Latent };
     // blocks and threads of the pool do not change the result
     mrvi_core::backend::set_num_threads(2).unwrap();
     let a = group_sums(&model, &post, &own, &group, 3, spec, 16, &mut || false).unwrap();
@@ -44,7 +44,7 @@ fn group_sums_match_cdist_and_do_not_depend_on_the_block_size() {
         }
     }
     // MC draws are per cell, so the block size does not matter either
-    let mc = DistanceSpec { mc_samples: 4, normalize: true, seed: 5 };
+    let mc = DistanceSpec { mc_samples: 4, normalize: true, seed: 5, space: Space::Latent };
     let a = group_sums(&model, &post, &own, &group, 3, mc, 16, &mut || false).unwrap();
     let b = group_sums(&model, &post, &own, &group, 3, mc, 5, &mut || false).unwrap();
     assert_eq!(a.mean(1), b.mean(1));
@@ -56,7 +56,7 @@ fn cell_distances_are_the_direct_norms() {
     let (model, mean, sd, own) = setup(n, s, l);
     let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
     let cells = [3usize, 0, 11];
-    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1, space: Space::Latent };
     let d = cell_distances(&model, &post, &own, &cells, spec, 2).unwrap();
     let nc = cells.len();
     for (i, &c) in cells.iter().enumerate() {
@@ -79,9 +79,9 @@ fn normalised_distances_are_clipped_at_the_noise_floor_of_the_own_sample() {
     let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
     let cells = [7usize, 2];
     let m = 6;
-    let spec = DistanceSpec { mc_samples: m, normalize: true, seed: 9 };
+    let spec = DistanceSpec { mc_samples: m, normalize: true, seed: 9, space: Space::Latent };
     let d = cell_distances(&model, &post, &own, &cells, spec, 1).unwrap();
-    let too_few = DistanceSpec { mc_samples: 2, normalize: true, seed: 9 };
+    let too_few = DistanceSpec { mc_samples: 2, normalize: true, seed: 9, space: Space::Latent };
     assert!(cell_distances(&model, &post, &own, &cells, too_few, 1).is_err());
     let nc = cells.len();
     let mut clipped = 0;
@@ -121,7 +121,7 @@ fn interrupt_stops_between_blocks() {
     let (model, mean, sd, own) = setup(n, s, l);
     let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
     let group = vec![0i64; n];
-    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1, space: Space::Latent };
     let mut calls = 0;
     let r = group_sums(&model, &post, &own, &group, 1, spec, 4, &mut || {
         calls += 1;
@@ -142,7 +142,7 @@ fn masked_group_means_average_each_pair_over_its_admissible_cells() {
     let mask: Vec<bool> = (0..su)
         .flat_map(|a| (0..n).map(move |c| !(c % 3 == 0 && a == c % 5) && !(a == 6 && c % 2 == 1)))
         .collect();
-    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1, space: Space::Latent };
     let m = group_sums_masked(&model, &post, &own, &group, 2, spec, Some(&mask), 8, &mut || false).unwrap();
     let cells: Vec<usize> = (0..n).collect();
     let d = cell_distances(&model, &post, &own, &cells, spec, 16).unwrap();
@@ -183,8 +183,8 @@ fn a_nan_latent_gives_nan_distances_never_zero() {
     mean[bad] = f64::NAN; // dimension 0 of cell 5
     let post = Posterior { mean: &mean, sd: &sd, n_cells: n, n_latent: l as usize };
     for spec in [
-        DistanceSpec { mc_samples: 0, normalize: false, seed: 1 },
-        DistanceSpec { mc_samples: 4, normalize: true, seed: 1 },
+        DistanceSpec { mc_samples: 0, normalize: false, seed: 1, space: Space::Latent },
+        DistanceSpec { mc_samples: 4, normalize: true, seed: 1, space: Space::Latent },
     ] {
         let d = cell_distances(&model, &post, &own, &[bad, 0], spec, 2).unwrap();
         for a in 0..s as usize {

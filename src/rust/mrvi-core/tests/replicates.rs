@@ -4,7 +4,7 @@ mod common;
 use mrvi_core::distances::{cell_distances, group_sums, DistanceSpec};
 use mrvi_core::posterior::Posterior;
 use mrvi_core::model::config::ModelConfig;
-use mrvi_core::model::MrviModel;
+use mrvi_core::model::{MrviModel, Space};
 use mrvi_core::replicates::{replicate_means, Replicates};
 use tch::{Device, Kind, Tensor};
 
@@ -31,7 +31,7 @@ fn replicate_means_are_weighted_means_of_the_drawn_cell_distances() {
     let (nr, draws, seed) = (5usize, 2usize, 3u64);
     let weights: Vec<f64> = (0..nc * nr).map(|k| ((k * 7) % 4) as f64).collect();
     let own: Vec<i64> = (0..n).map(|c| (c as i64) % s).collect();
-    let reps = Replicates { weights: &weights, n_replicates: nr, draws, seed, normalize: false };
+    let reps = Replicates { weights: &weights, n_replicates: nr, draws, seed, normalize: false, space: Space::Latent };
     let got = replicate_means(&model, &post, &own, &cells, &reps, 4, &mut || false).unwrap();
     let su = s as usize;
     for k in 0..nr {
@@ -68,9 +68,9 @@ fn unit_weights_on_the_posterior_mean_give_the_group_mean() {
     let cells: Vec<usize> = (0..n).collect();
     let weights = vec![1.0; n * 2];
     let own: Vec<i64> = (0..n).map(|c| (c as i64) % s).collect();
-    let reps = Replicates { weights: &weights, n_replicates: 2, draws: 0, seed: 1, normalize: false };
+    let reps = Replicates { weights: &weights, n_replicates: 2, draws: 0, seed: 1, normalize: false, space: Space::Latent };
     let got = replicate_means(&model, &post, &own, &cells, &reps, 8, &mut || false).unwrap();
-    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1 };
+    let spec = DistanceSpec { mc_samples: 0, normalize: false, seed: 1, space: Space::Latent };
     let want = group_sums(&model, &post, &own, &vec![0; n], 1, spec, 8, &mut || false).unwrap().mean(0);
     let su = (s * s) as usize;
     for k in 0..2 {
@@ -80,9 +80,9 @@ fn unit_weights_on_the_posterior_mean_give_the_group_mean() {
     }
     // all-zero weights: NaN, and a wrong weight length is an error
     let zero = vec![0.0; n];
-    let none = Replicates { weights: &zero, n_replicates: 1, draws: 0, seed: 1, normalize: false };
+    let none = Replicates { weights: &zero, n_replicates: 1, draws: 0, seed: 1, normalize: false, space: Space::Latent };
     assert!(replicate_means(&model, &post, &own, &cells, &none, 8, &mut || false).unwrap()[1].is_nan());
-    let short = Replicates { weights: &zero[..3], n_replicates: 1, draws: 0, seed: 1, normalize: false };
+    let short = Replicates { weights: &zero[..3], n_replicates: 1, draws: 0, seed: 1, normalize: false, space: Space::Latent };
     assert!(replicate_means(&model, &post, &own, &cells, &short, 8, &mut || false).is_err());
 }
 
@@ -97,9 +97,9 @@ fn normalised_replicates_average_to_the_normalised_cell_distances() {
     let cells: Vec<usize> = (0..n).collect();
     let draws = 5;
     let weights = vec![1.0; n * draws];
-    let reps = Replicates { weights: &weights, n_replicates: draws, draws, seed: 7, normalize: true };
+    let reps = Replicates { weights: &weights, n_replicates: draws, draws, seed: 7, normalize: true, space: Space::Latent };
     let got = replicate_means(&model, &post, &own, &cells, &reps, 6, &mut || false).unwrap();
-    let spec = DistanceSpec { mc_samples: draws, normalize: true, seed: 7 };
+    let spec = DistanceSpec { mc_samples: draws, normalize: true, seed: 7, space: Space::Latent };
     let per_cell = cell_distances(&model, &post, &own, &cells, spec, 6).unwrap();
     let su = s as usize;
     for a in 0..su {
@@ -109,6 +109,6 @@ fn normalised_replicates_average_to_the_normalised_cell_distances() {
             assert!((have - want).abs() < 1e-4 * (1.0 + want), "({a},{b}): {have} vs {want}");
         }
     }
-    let too_few = Replicates { weights: &weights[..n * 2], n_replicates: 2, draws: 2, seed: 7, normalize: true };
+    let too_few = Replicates { weights: &weights[..n * 2], n_replicates: 2, draws: 2, seed: 7, normalize: true, space: Space::Latent };
     assert!(replicate_means(&model, &post, &own, &cells, &too_few, 6, &mut || false).is_err());
 }

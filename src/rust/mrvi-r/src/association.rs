@@ -15,11 +15,11 @@ use mrvi_core::stats::{ks_greater, mean_ks_statistics};
 #[allow(clippy::too_many_arguments)]
 fn mrvi_cell_association(
     h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
-    category: &[i32], mc_samples: i32, normalize: bool, seed: f64, permutations: i32, block: i32,
+    category: &[i32], mc_samples: i32, normalize: bool, seed: f64, permutations: i32, block: i32, expression: bool,
 ) -> RResult<List> {
     let category: Vec<i64> = category.iter().map(|&c| c as i64).collect();
     let cells = indices(cells, "cell")?;
-    let spec = distance_spec(mc_samples, normalize, seed);
+    let spec = distance_spec(mc_samples, normalize, seed, expression);
     let res = with_cells(&h, u_mean, u_sd, n_cells, own_sample, |model, post, own| {
         cell_association(model, post, own, &cells, &category, spec, permutations.max(0) as usize, block.max(1) as usize, &mut interrupt_pending)
             .map_err(rerr)

@@ -14,7 +14,7 @@ use mrvi_core::replicates::{replicate_means, Replicates};
 #[allow(clippy::too_many_arguments)]
 fn mrvi_group_distances(
     h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], members: &[i32],
-    mc_samples: i32, normalize: bool, seed: f64, block: i32, mask: &[i32],
+    mc_samples: i32, normalize: bool, seed: f64, block: i32, mask: &[i32], expression: bool,
 ) -> RResult<List> {
     with_cells(&h, u_mean, u_sd, n_cells, own_sample, |model, post, own| {
         // the group's codes are built here, not in R: one n-long vector per group
@@ -24,7 +24,7 @@ fn mrvi_group_distances(
             *group.get_mut(c).ok_or_else(|| invalid(format!("cell index {c} is out of range")))? = 0;
         }
         let mask: Option<Vec<bool>> = (!mask.is_empty()).then(|| mask.iter().map(|&v| v != 0).collect());
-        let spec = distance_spec(mc_samples, normalize, seed);
+        let spec = distance_spec(mc_samples, normalize, seed, expression);
         let sums = group_distances(model, post, own, &group, 1, spec, mask.as_deref(), block.max(1) as usize, &mut interrupt_pending)
             .map_err(rerr)?;
         Ok(list!(mean = sums.means().map_err(rerr)?, n_cells = sums.n_cells.iter().map(|&v| v as f64).collect::<Vec<f64>>()))
@@ -52,11 +52,11 @@ fn mrvi_group_tensor_distances(
 #[allow(clippy::too_many_arguments)]
 fn mrvi_cell_distances(
     h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
-    mc_samples: i32, normalize: bool, seed: f64, block: i32,
+    mc_samples: i32, normalize: bool, seed: f64, block: i32, expression: bool,
 ) -> RResult<Vec<f64>> {
     let cells = indices(cells, "cell")?;
     with_cells(&h, u_mean, u_sd, n_cells, own_sample, |model, post, own| {
-        cell_distances(model, post, own, &cells, distance_spec(mc_samples, normalize, seed), block.max(1) as usize).map_err(rerr)
+        cell_distances(model, post, own, &cells, distance_spec(mc_samples, normalize, seed, expression), block.max(1) as usize).map_err(rerr)
     })
 }
 
@@ -69,10 +69,13 @@ fn mrvi_cell_distances(
 #[allow(clippy::too_many_arguments)]
 fn mrvi_replicate_distances(
     h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32], weights: &[f64],
-    n_replicates: i32, draws: i32, normalize: bool, seed: f64, block: i32,
+    n_replicates: i32, draws: i32, normalize: bool, seed: f64, block: i32, expression: bool,
 ) -> RResult<Vec<f64>> {
     let cells = indices(cells, "cell")?;
-    let reps = Replicates { weights, n_replicates: n_replicates.max(0) as usize, draws: draws.max(0) as usize, seed: seed as u64, normalize };
+    let reps = Replicates {
+        weights, n_replicates: n_replicates.max(0) as usize, draws: draws.max(0) as usize, seed: seed as u64, normalize,
+        space: crate::space(expression),
+    };
     with_cells(&h, u_mean, u_sd, n_cells, own_sample, |model, post, own| {
         replicate_means(model, post, own, &cells, &reps, block.max(1) as usize, &mut interrupt_pending).map_err(rerr)
     })

@@ -9,6 +9,7 @@
 
 use extendr_api::prelude::*;
 use mrvi_core::distances::DistanceSpec;
+use mrvi_core::model::Space;
 use mrvi_core::model::MrviModel;
 use mrvi_core::posterior::Posterior;
 use std::os::raw::c_int;
@@ -72,9 +73,14 @@ fn with_cells<T>(
     f(model, &post, &own)
 }
 
-/// Posterior means (`mc_samples` 0) or draws, raw or normalised distances.
-fn distance_spec(mc_samples: i32, normalize: bool, seed: f64) -> DistanceSpec {
-    DistanceSpec { mc_samples: mc_samples.max(0) as usize, normalize, seed: seed as u64 }
+/// Posterior means (`mc_samples` 0) or draws, raw or normalised distances, in
+/// latent or (`expression`) in expression space.
+fn distance_spec(mc_samples: i32, normalize: bool, seed: f64, expression: bool) -> DistanceSpec {
+    DistanceSpec { mc_samples: mc_samples.max(0) as usize, normalize, seed: seed as u64, space: space(expression) }
+}
+
+fn space(expression: bool) -> Space {
+    if expression { Space::Expression } else { Space::Latent }
 }
 
 /// 0-based indices from R (cells, samples); negative ones are an error.

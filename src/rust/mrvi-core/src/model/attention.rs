@@ -483,6 +483,11 @@ pub struct Contexts {
 }
 
 impl Contexts {
+    /// The number of contexts.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
     /// Whether the weighted means come from the table (rather than directly).
     pub fn tabulated(&self) -> bool {
         self.tilted.is_some()

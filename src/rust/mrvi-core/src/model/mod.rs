@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod expression_metric;
 pub mod attention;
 pub mod nb;
 pub mod tilted_mean;
@@ -110,7 +111,17 @@ pub(crate) unsafe fn cpu_floats_mut(t: &mut Tensor) -> &mut [f32] {
 /// counterfactual z on the host (~50 MB of intermediates).
 const MODEL_ROWS: usize = 8192;
 
-/// Counterfactual z of one cell under every sample, on the host.
+/// Where sample distances are measured: between the counterfactual z (the
+/// paper's) or between the decoded expression profiles (Aitchison distance in
+/// log2; see [expression_metric]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    Latent,
+    Expression,
+}
+
+/// Counterfactual z of one cell under every sample, on the host (in
+/// expression space: its coordinates there, of the same dimension).
 pub struct HostSampleEffect<'a> {
     pub n_samples: usize,
     /// dimension of z
@@ -118,6 +129,7 @@ pub struct HostSampleEffect<'a> {
     /// dimension of u
     pub n_latent_u: usize,
     kind: HostKind<'a>,
+    metric: Option<expression_metric::ExpressionMetric>,
 }
 
 enum HostKind<'a> {
@@ -206,6 +218,17 @@ impl HostSampleEffect<'_> {
                     }
                     let len = out.len();
                     z.contiguous().copy_data(out, len);
+                }
+            }
+        }
+        if let Some(metric) = &self.metric {
+            let by_dimension = layout == ZLayout::ByDimension;
+            let one = |scratch: &mut expression_metric::MetricScratch, cell: &mut [f32]| metric.transform(cell, s, by_dimension, scratch);
+            match crate::backend::pool() {
+                Ok(pool) => pool.install(|| out.par_chunks_mut(s * l).for_each_init(expression_metric::MetricScratch::default, one)),
+                Err(_) => {
+                    let mut scratch = expression_metric::MetricScratch::default();
+                    out.chunks_mut(s * l).for_each(|cell| one(&mut scratch, cell))
                 }
             }
         }
@@ -454,6 +477,12 @@ impl MrviModel {
     /// by the same arithmetic whatever the block it comes in, so streamed results
     /// do not depend on the block size.
     pub fn host_sample_effect(&self) -> HostSampleEffect<'_> {
+        self.host_sample_effect_in(Space::Latent)
+    }
+
+    /// [Self::host_sample_effect] in the given space: in expression space each
+    /// cell's z come out as their coordinates there ([expression_metric]).
+    pub fn host_sample_effect_in(&self, space: Space) -> HostSampleEffect<'_> {
         let f = |t: &Tensor| Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).contiguous().view([-1])).expect("float");
         let kind = match &self.sample_effect {
             SampleEffect::Linear { map, shift } => HostKind::Linear { map: f(map), shift: f(shift) },
@@ -473,6 +502,31 @@ impl MrviModel {
             n_latent: self.config.n_latent as usize,
             n_latent_u: self.config.dim_u() as usize,
             kind,
+            metric: (space == Space::Expression).then(|| self.expression_metric()),
+        }
+    }
+
+    /// The decoder's map from y to logits and, for the attention flavour, its
+    /// block against every combination of nuisance levels (see [expression_metric]).
+    fn expression_metric(&self) -> expression_metric::ExpressionMetric {
+        let levels = self.config.factor_levels();
+        match &self.decoder {
+            Decoder::Linear { c, site_map, .. } => {
+                // W = C + the sum over covariates of the mean of C_b over their levels
+                let mut w = c.ws.detach();
+                let mut offset = 0;
+                for &n in &levels {
+                    w = w + site_map.detach().narrow(0, offset, n).mean_dim(0, false, site_map.kind());
+                    offset += n;
+                }
+                expression_metric::ExpressionMetric::new(&w, None)
+            }
+            Decoder::Attention { out, block, embedding } => {
+                let host = attention::HostAttention::new(block);
+                let rows = Vec::<f32>::try_from(&embedding.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).expect("float");
+                let contexts = host.contexts(&expression_metric::ExpressionMetric::level_grid(&rows, &levels));
+                expression_metric::ExpressionMetric::new(&out.ws, Some((host, contexts)))
+            }
         }
     }
 
