@@ -6,7 +6,7 @@ use mrvi_core::data::CscCounts;
 use mrvi_core::distances::{group_sums, DistanceSpec};
 use mrvi_core::posterior::Posterior;
 use mrvi_core::infer::{counterfactual_z, encode, projected_counterfactuals};
-use mrvi_core::model::attention::{mixture_log_density, AttentionBlock, ForwardScratch, HostAttention};
+use mrvi_core::model::attention::{mixture_log_density, AttentionBlock, ForwardScratch, HostAttention, ManyScratch};
 use mrvi_core::model::config::{Flavour, ModelSettings, Prior};
 use mrvi_core::model::{Space, ZLayout};
 use mrvi_core::rng::SplitMix64;
@@ -123,6 +123,44 @@ fn closed_forms_of_attention_equal_the_block_as_written() {
         for (i, ((g, c), w)) in got.iter().zip(&closed).zip(&want).enumerate() {
             assert!((g - w).abs() <= 2e-5 * (1.0 + scale), "host, spread {spread}, value {i}: {g} vs {w}");
             assert!((c - w).abs() <= 2e-5 * (1.0 + scale), "tensor, spread {spread}, value {i}: {c} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn many_inputs_against_few_contexts_equal_the_block_as_written() {
+    let _rng = common::libtorch_rng();
+    tch::manual_seed(6);
+    let (d_in, d_out, n_x, n_ctx) = (7i64, 6i64, 37i64, 3i64);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    for (_, mut v) in sorted_variables(&vs) {
+        let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.8)));
+    }
+    let host = HostAttention::new(&block);
+    // the last spread is too wide to tabulate: the weighted means are computed directly
+    for spread in [0.5f64, 2.0, 8.0, 3000.0] {
+        let x = Tensor::randn([n_x, d_in], (Kind::Float, Device::Cpu)) * 2.0;
+        let ctx = Tensor::randn([n_ctx, 16], (Kind::Float, Device::Cpu)) * spread;
+        let contexts = host.contexts(&Vec::<f32>::try_from(&ctx.contiguous().view([-1])).unwrap());
+        if spread == 0.5 || spread == 3000.0 {
+            assert_eq!(contexts.tabulated(), spread == 0.5, "spread {spread}");
+        }
+        let want = (0..n_ctx)
+            .map(|j| tch::no_grad(|| block.reference(&x, &ctx.get(j).unsqueeze(0).expand([n_x, 16], false))))
+            .fold(Tensor::zeros([n_x, d_out], (Kind::Float, Device::Cpu)), |a, b| a + b)
+            / n_ctx as f64;
+        let want = Vec::<f32>::try_from(&want.contiguous().view([-1])).unwrap(); // [n_x, d_out]
+        let xs = Vec::<f32>::try_from(&x.tr().contiguous().view([-1])).unwrap(); // [d_in, n_x]
+        let mut got = vec![f32::NAN; (n_x * d_out) as usize];
+        host.mean_over_contexts(&xs, n_x as usize, &contexts, &mut got, &mut ManyScratch::default());
+        let (n, d) = (n_x as usize, d_out as usize);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for i in 0..n {
+            for o in 0..d {
+                let (g, w) = (got[o * n + i], want[i * d + o]);
+                assert!((g - w).abs() <= 2e-5 * (1.0 + scale), "spread {spread}, input {i}, output {o}: {g} vs {w}");
+            }
         }
     }
 }

@@ -112,6 +112,8 @@ pub struct HostAttention {
     d_out: usize,
     /// project: [TOKENS, d_in] row-major, and its bias
     project: Vec<f32>,
+    /// the same transposed, [d_in, TOKENS], for [Self::mean_over_contexts]
+    project_t: Vec<f32>,
     project_bias: Vec<f32>,
     /// per head: A_h, C_h (the score scale included)
     slope: [f32; HEADS as usize],
@@ -195,9 +197,11 @@ impl HostAttention {
             }
         }
         let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let project_t = (0..d_in * TOKENS as usize).map(|k| project[(k % TOKENS as usize) * d_in + k / TOKENS as usize] as f32).collect();
         Self {
             d_in,
             d_out,
+            project_t,
             project: to32(project),
             project_bias: to32(project_bias),
             slope,
@@ -318,6 +322,110 @@ impl HostAttention {
         }
         affine(&self.mlp2, &self.mlp2_bias, h, n, &mut out[..self.d_out * n]);
     }
+}
+
+impl HostAttention {
+    /// The block's output for each of n inputs, averaged over the contexts:
+    /// `xs` [d_in, n] and `out` [d_out, n], by dimension (out overwritten). The
+    /// transpose of [Self::forward]'s work (many x, few contexts: a decoder's
+    /// nuisance levels), vectorised over the inputs; the same function.
+    pub fn mean_over_contexts(&self, xs: &[f32], n: usize, contexts: &Contexts, out: &mut [f32], scratch: &mut ManyScratch) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { self.many_avx512(xs, n, contexts, out, scratch) };
+                }
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { self.many_avx2(xs, n, contexts, out, scratch) };
+            }
+        }
+        self.many_portable::<false>(xs, n, contexts, out, scratch, affine_rows::<false, 8, 8>)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn many_avx2(&self, xs: &[f32], n: usize, contexts: &Contexts, out: &mut [f32], scratch: &mut ManyScratch) {
+        self.many_portable::<true>(xs, n, contexts, out, scratch, affine_rows::<true, 8, 8>)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn many_avx512(&self, xs: &[f32], n: usize, contexts: &Contexts, out: &mut [f32], scratch: &mut ManyScratch) {
+        // SAFETY: the CPU has AVX-512 (this function's features).
+        self.many_portable::<true>(xs, n, contexts, out, scratch, |w, bias, input, n, out| unsafe { affine_rows_avx512(w, bias, input, n, out) })
+    }
+
+    #[inline(always)]
+    fn many_portable<const FMA: bool>(
+        &self, xs: &[f32], n: usize, contexts: &Contexts, out: &mut [f32], scratch: &mut ManyScratch, affine: impl Fn(&[f32], &[f32], &[f32], usize, &mut [f32]),
+    ) {
+        let (d, heads, hidden, c) = (self.d_in, HEADS as usize, HIDDEN as usize, contexts.n);
+        let ManyScratch { y, xq, means, at_lambda, h, part } = scratch;
+        // LayerNorm of each input (torch: biased variance, eps 1e-5)
+        y.resize(d * n, 0.0);
+        for i in 0..n {
+            let mean = (0..d).map(|k| xs[k * n + i]).sum::<f32>() / d as f32;
+            let var = (0..d).map(|k| (xs[k * n + i] - mean).powi(2)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + 1e-5).sqrt();
+            for k in 0..d {
+                y[k * n + i] = (xs[k * n + i] - mean) * inv;
+            }
+        }
+        xq.resize(TOKENS as usize * n, 0.0);
+        affine(&self.project_t, &self.project_bias, y, n, xq);
+        // the weighted mean of each (token, head) pair under each context, [c, PAIRS, n]
+        means.resize(c * PAIRS * n, 0.0);
+        at_lambda.resize(c, 0.0);
+        for k in 0..PAIRS {
+            let (t, hd) = (k / heads, k % heads);
+            for i in 0..n {
+                let lam = xq[t * n + i] * self.slope[hd] + self.intercept[hd];
+                if !contexts.tilted.as_ref().is_some_and(|tb| tb.interpolate(lam, at_lambda)) {
+                    for (j, m) in at_lambda.iter_mut().enumerate() {
+                        let top = lam * if lam >= 0.0 { contexts.hi[j] } else { contexts.lo[j] };
+                        let (mut total, mut weighted) = (0f32, 0f32);
+                        for cj in contexts.by_token.chunks_exact(c).map(|row| row[j]) {
+                            let e = crate::fastmath::exp_with::<FMA>(lam * cj - top);
+                            total += e;
+                            weighted += e * cj;
+                        }
+                        *m = weighted / total;
+                    }
+                }
+                for (j, &m) in at_lambda.iter().enumerate() {
+                    means[(j * PAIRS + k) * n + i] = m;
+                }
+            }
+        }
+        // the MLP under each context, and the mean over contexts
+        h.resize(hidden * n, 0.0);
+        part.resize(self.d_out * n, 0.0);
+        let out = &mut out[..self.d_out * n];
+        out.fill(0.0);
+        for j in 0..c {
+            affine(&self.mlp1, &self.mlp1_bias, &means[j * PAIRS * n..(j + 1) * PAIRS * n], n, h);
+            for r in h.iter_mut() {
+                *r = r.max(0.0);
+            }
+            affine(&self.mlp2, &self.mlp2_bias, h, n, part);
+            for (o, p) in out.iter_mut().zip(part.iter()) {
+                *o += p / c as f32;
+            }
+        }
+    }
+}
+
+/// Intermediates of [HostAttention::mean_over_contexts].
+#[derive(Default)]
+pub struct ManyScratch {
+    y: Vec<f32>,
+    xq: Vec<f32>,
+    means: Vec<f32>,
+    at_lambda: Vec<f32>,
+    h: Vec<f32>,
+    part: Vec<f32>,
 }
 
 /// Intermediates of [HostAttention::forward] for one cell: the weighted means

@@ -14,7 +14,7 @@
 //! the nuisance covariates are averaged in log space (the geometric mean of the
 //! expression over their grid); continuous covariates sit at their means (0).
 
-use super::attention::{Contexts, ForwardScratch, HostAttention, TOKENS};
+use super::attention::{Contexts, HostAttention, ManyScratch, TOKENS};
 use tch::{Kind, Tensor};
 
 /// Maps counterfactual z to coordinates whose Euclidean distances are
@@ -68,27 +68,41 @@ impl ExpressionMetric {
     /// or [S, L], by its expression coordinates R y.
     pub fn transform(&self, z: &mut [f32], s: usize, by_dimension: bool, scratch: &mut MetricScratch) {
         let l = self.n_latent;
-        let at = |smp: usize, i: usize| if by_dimension { i * s + smp } else { smp * l + i };
-        let MetricScratch { x, y, out, attention } = scratch;
-        x.resize(l, 0.0);
-        y.resize(l, 0.0);
-        for smp in 0..s {
-            for i in 0..l {
-                x[i] = z[at(smp, i)];
-            }
-            y.copy_from_slice(x);
-            if let Some((block, contexts)) = &self.decoder {
-                // the block's output by dimension, [L, contexts]; its mean over contexts added to z
-                let n = contexts.len();
-                out.resize(l * n, 0.0);
-                block.forward(x, contexts, out, attention);
-                for (yi, row) in y.iter_mut().zip(out.chunks_exact(n)) {
-                    *yi += row.iter().sum::<f32>() / n as f32;
+        let MetricScratch { y, block_out, many } = scratch;
+        // y = z by dimension, [L, S]
+        y.resize(l * s, 0.0);
+        if by_dimension {
+            y.copy_from_slice(&z[..l * s]);
+        } else {
+            for smp in 0..s {
+                for i in 0..l {
+                    y[i * s + smp] = z[smp * l + i];
                 }
             }
-            for i in 0..l {
-                let row = &self.factor[i * l..(i + 1) * l];
-                z[at(smp, i)] = row.iter().zip(y.iter()).map(|(r, v)| r * v).sum();
+        }
+        if let Some((block, contexts)) = &self.decoder {
+            block_out.resize(l * s, 0.0);
+            block.mean_over_contexts(y, s, contexts, block_out, many);
+            for (v, b) in y.iter_mut().zip(block_out.iter()) {
+                *v += b;
+            }
+        }
+        // R y by dimension, [L, S], over the samples in the innermost loop
+        block_out.resize(l * s, 0.0);
+        block_out.fill(0.0);
+        for (i, row) in block_out.chunks_exact_mut(s).enumerate() {
+            for (k, src) in y.chunks_exact(s).enumerate() {
+                let r = self.factor[i * l + k];
+                row.iter_mut().zip(src).for_each(|(o, v)| *o += r * v);
+            }
+        }
+        if by_dimension {
+            z[..l * s].copy_from_slice(block_out);
+        } else {
+            for smp in 0..s {
+                for i in 0..l {
+                    z[smp * l + i] = block_out[i * s + smp];
+                }
             }
         }
     }
@@ -97,8 +111,7 @@ impl ExpressionMetric {
 /// Per-thread buffers of [ExpressionMetric::transform].
 #[derive(Default)]
 pub struct MetricScratch {
-    x: Vec<f32>,
     y: Vec<f32>,
-    out: Vec<f32>,
-    attention: ForwardScratch,
+    block_out: Vec<f32>,
+    many: ManyScratch,
 }
