@@ -55,7 +55,8 @@
 #'   draw's distance d becomes \eqn{\max(d - \mu_n, 0) / \sigma_n} before the
 #'   mean over draws: a difference between samples smaller than the spread of
 #'   the cell's own representation counts as 0, and the rest is measured in
-#'   units of that spread, comparable across cells. Needs `mc_samples >= 3`.
+#'   units of that spread, comparable across cells. In expression space the same
+#'   is done with the cell's expression coordinates in place of z. Needs `mc_samples >= 3`.
 #' @param mc_samples posterior draws of u per cell over which \eqn{D(n)} is
 #'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
 #'   per cell from `seed`, so results do not depend on `chunk_size`.
