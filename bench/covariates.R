@@ -7,8 +7,9 @@
 # Run from the repository root with the package installed (R_LIBS=.Rlib). Appends
 # to bench/results/covariates.csv and bench/results/add_samples.csv. With
 # MRVI_BENCH_CACHE=<folder>, the full and reference fits of `add` are kept there
-# and reused (they do not depend on how samples are added). MRVI_BENCH_SPACE=expression
-# compares the added and full fits' distances in expression space (default: latent).
+# and reused (they do not depend on how samples are added). MRVI_BENCH_SPACE compares
+# the added and full fits' distances in "expression" space (the default, as
+# sampleDistances()'s since session 22) or in "latent" space.
 # MRVI_BENCH_REFIT_SEED=<k> adds a second full fit with fit seed k and the Spearman
 # of the held-out rows between the two full fits (the ceiling of added vs full).
 suppressMessages(library(mrvi))
@@ -17,7 +18,7 @@ part <- if (length(args)) args[1] else "covariates"
 seed <- if (length(args) > 1) as.integer(args[2]) else 1L
 threads <- as.integer(Sys.getenv("MRVI_BENCH_THREADS", "1"))
 epochs <- as.integer(Sys.getenv("MRVI_BENCH_EPOCHS", "200"))
-space <- Sys.getenv("MRVI_BENCH_SPACE", "latent")
+space <- Sys.getenv("MRVI_BENCH_SPACE", "expression")
 dir.create("bench/results", showWarnings = FALSE)
 
 # Mean silhouette width of u by a factor, within each cell type, averaged over
