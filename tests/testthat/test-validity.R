@@ -30,7 +30,8 @@ test_that("the default model recovers a planted sample tree in realistic data, i
   de <- differentialExpression(fit, "root_split")
   expect_gt(mean(de$q_value[affected] < 0.05), 0.8)
   expect_lt(mean(de$q_value[!affected] < 0.05), 0.05)
-  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
+  # the model's placement of the structure, judged in latent space (as since session 15)
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = "latent")
   truth <- S4Vectors::metadata(sce)$truth
   off <- function(m) m[upper.tri(m)]
   mean_d <- apply(d, 3, function(m) mean(off(m)))
@@ -38,5 +39,15 @@ test_that("the default model recovers a planted sample tree in realistic data, i
   expect_gt(mean_d[["type1"]] / max(mean_d[c("type2", "type3")]), 2)
   expect_gt(stats::cor(off(d[, , "type1"]), off(true_d), method = "spearman"), 0.25)
   expect_lt(treeDistance(sampleHclust(d, "type1"), truth$phylo$type1), 0.95)
+  # the default distances (expression space). Fit seeds 1-5 (Intel Xeon, session 22):
+  # contrast 14.9 / 1.46 / 14.0 / 20.5 / 22.3, Spearman 0.88 / 0.43 / 0.91 / 0.89 / 0.86,
+  # RF 0.31 / 0.85 / 0.15 / 0.38 / 0.31. On seed 2 the sample effects absorbed part of
+  # the site effect (samples are nested in sites): the unaffected types' distances are
+  # 14.7-15.2 log2 units across sites against 0.4 within (latent 0.46 against 0.09), and
+  # expression space, where a site effect on every gene weighs more than 10 planted
+  # genes per edge, shows it more; so no contrast threshold is asked of it here.
+  e <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
+  expect_gt(stats::cor(off(e[, , "type1"]), off(true_d), method = "spearman"), 0.25)
+  expect_lt(treeDistance(sampleHclust(e, "type1"), truth$phylo$type1), 0.95)
 })
 
