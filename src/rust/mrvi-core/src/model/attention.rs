@@ -362,7 +362,7 @@ impl HostAttention {
         &self, xs: &[f32], n: usize, contexts: &Contexts, out: &mut [f32], scratch: &mut ManyScratch, affine: impl Fn(&[f32], &[f32], &[f32], usize, &mut [f32]),
     ) {
         let (d, heads, hidden, c) = (self.d_in, HEADS as usize, HIDDEN as usize, contexts.n);
-        let ManyScratch { y, xq, means, at_lambda, h, part } = scratch;
+        let ManyScratch { y, xq, means, at_lambda, lambdas, tabulated, h, part } = scratch;
         // LayerNorm of each input (torch: biased variance, eps 1e-5)
         y.resize(d * n, 0.0);
         for i in 0..n {
@@ -378,10 +378,22 @@ impl HostAttention {
         // the weighted mean of each (token, head) pair under each context, [c, PAIRS, n]
         means.resize(c * PAIRS * n, 0.0);
         at_lambda.resize(c, 0.0);
+        lambdas.resize(n, 0.0);
+        tabulated.resize(c * n, 0.0);
         for k in 0..PAIRS {
             let (t, hd) = (k / heads, k % heads);
+            for (l, &q) in lambdas.iter_mut().zip(&xq[t * n..(t + 1) * n]) {
+                *l = q * self.slope[hd] + self.intercept[hd];
+            }
+            // the pair's means under every context from the table, in one pass
+            if contexts.tilted.as_ref().is_some_and(|tb| tb.interpolate_many(lambdas, tabulated)) {
+                for (j, row) in tabulated.chunks_exact(n).enumerate() {
+                    means[(j * PAIRS + k) * n..(j * PAIRS + k + 1) * n].copy_from_slice(row);
+                }
+                continue;
+            }
             for i in 0..n {
-                let lam = xq[t * n + i] * self.slope[hd] + self.intercept[hd];
+                let lam = lambdas[i];
                 if !contexts.tilted.as_ref().is_some_and(|tb| tb.interpolate(lam, at_lambda)) {
                     for (j, m) in at_lambda.iter_mut().enumerate() {
                         let top = lam * if lam >= 0.0 { contexts.hi[j] } else { contexts.lo[j] };
@@ -424,6 +436,8 @@ pub struct ManyScratch {
     xq: Vec<f32>,
     means: Vec<f32>,
     at_lambda: Vec<f32>,
+    lambdas: Vec<f32>,
+    tabulated: Vec<f32>,
     h: Vec<f32>,
     part: Vec<f32>,
 }

@@ -86,6 +86,28 @@ impl TiltedMeans {
         true
     }
 
+    /// m at each of `lambdas` for every context into `out`, [contexts, lambdas]
+    /// (the values of [Self::interpolate], transposed); false at the first
+    /// lambda off the grid (`out` then partly written).
+    pub fn interpolate_many(&self, lambdas: &[f32], out: &mut [f32]) -> bool {
+        let (n, len) = (self.n, lambdas.len());
+        for (i, &lambda) in lambdas.iter().enumerate() {
+            let u = (lambda as f64 - self.origin) / self.step;
+            if !(u >= 0.0 && u < (self.rows.len() - 1) as f64) {
+                return false;
+            }
+            let p = u.floor() as usize;
+            let t = (u - p as f64) as f32;
+            let (a, b) = (self.row(p), self.row(p + 1));
+            let s = 1.0 - t;
+            let (h00, h10, h01, h11) = ((1.0 + 2.0 * t) * s * s, t * s * s, t * t * (3.0 - 2.0 * t), -t * t * s);
+            for j in 0..n {
+                out[j * len + i] = h00 * a[j] + h10 * a[n + j] + h01 * b[j] + h11 * b[n + j];
+            }
+        }
+        true
+    }
+
     fn row(&self, p: usize) -> &[f32] {
         self.rows[p].get_or_init(|| {
             let lambda = self.origin + p as f64 * self.step;
@@ -147,6 +169,17 @@ mod tests {
             }
         }
         assert!(worst < 1e-6, "largest error {worst} of the range");
+        // many lambdas at once: the same values, by context
+        let lambdas: Vec<f32> = (0..50).map(|k| -5.9 + 0.19 * k as f32).collect();
+        let mut many = vec![f32::NAN; n * lambdas.len()];
+        assert!(table.interpolate_many(&lambdas, &mut many));
+        for (i, &lambda) in lambdas.iter().enumerate() {
+            assert!(table.interpolate(lambda, &mut out));
+            for j in 0..n {
+                assert_eq!(many[j * lambdas.len() + i].to_bits(), out[j].to_bits());
+            }
+        }
+        assert!(!table.interpolate_many(&[0.0, 100.0], &mut many));
         // off the grid, NaN: not interpolated
         assert!(!table.interpolate(100.0, &mut out));
         assert!(!table.interpolate(f32::NAN, &mut out));
