@@ -272,7 +272,6 @@ impl HostAttention {
     ) {
         let (tokens, heads, hidden) = (TOKENS as usize, HEADS as usize, HIDDEN as usize);
         let n = contexts.n;
-        let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
         // LayerNorm without affine parameters (torch: biased variance, eps 1e-5)
         let d = self.d_in as f32;
         let mean = x.iter().sum::<f32>() / d;
@@ -294,26 +293,7 @@ impl HostAttention {
         total.resize(n, 0.0);
         h.resize(hidden * n, 0.0);
         for (k, m) in means.chunks_exact_mut(n).enumerate() {
-            let lam = lambda[k];
-            if contexts.tilted.as_ref().is_some_and(|t| t.interpolate(lam, m)) {
-                continue;
-            }
-            let edge = if lam >= 0.0 { &contexts.hi } else { &contexts.lo };
-            for (t, &e) in top.iter_mut().zip(edge) {
-                *t = lam * e;
-            }
-            total.fill(0.0);
-            m.fill(0.0);
-            for c in contexts.by_token.chunks_exact(n) {
-                for (((tot, w), &ci), &t) in total.iter_mut().zip(m.iter_mut()).zip(c).zip(top.iter()) {
-                    let e = crate::fastmath::exp_with::<FMA>(madd(lam, ci, -t));
-                    *tot += e;
-                    *w = madd(e, ci, *w);
-                }
-            }
-            for (w, tot) in m.iter_mut().zip(total.iter()) {
-                *w /= tot;
-            }
+            contexts.means_at::<FMA>(lambda[k], m, top, total);
         }
         // the MLP, [HIDDEN, n] then [d_out, n]
         affine(&self.mlp1, &self.mlp1_bias, means, n, h);
@@ -362,7 +342,7 @@ impl HostAttention {
         &self, xs: &[f32], n: usize, contexts: &Contexts, out: &mut [f32], scratch: &mut ManyScratch, affine: impl Fn(&[f32], &[f32], &[f32], usize, &mut [f32]),
     ) {
         let (d, heads, hidden, c) = (self.d_in, HEADS as usize, HIDDEN as usize, contexts.n);
-        let ManyScratch { y, xq, means, at_lambda, lambdas, tabulated, h, part } = scratch;
+        let ManyScratch { y, xq, means, at_lambda, top, total, lambdas, tabulated, h, part } = scratch;
         // LayerNorm of each input (torch: biased variance, eps 1e-5)
         y.resize(d * n, 0.0);
         for i in 0..n {
@@ -378,6 +358,8 @@ impl HostAttention {
         // the weighted mean of each (token, head) pair under each context, [c, PAIRS, n]
         means.resize(c * PAIRS * n, 0.0);
         at_lambda.resize(c, 0.0);
+        top.resize(c, 0.0);
+        total.resize(c, 0.0);
         lambdas.resize(n, 0.0);
         tabulated.resize(c * n, 0.0);
         for k in 0..PAIRS {
@@ -393,19 +375,7 @@ impl HostAttention {
                 continue;
             }
             for i in 0..n {
-                let lam = lambdas[i];
-                if !contexts.tilted.as_ref().is_some_and(|tb| tb.interpolate(lam, at_lambda)) {
-                    for (j, m) in at_lambda.iter_mut().enumerate() {
-                        let top = lam * if lam >= 0.0 { contexts.hi[j] } else { contexts.lo[j] };
-                        let (mut total, mut weighted) = (0f32, 0f32);
-                        for cj in contexts.by_token.chunks_exact(c).map(|row| row[j]) {
-                            let e = crate::fastmath::exp_with::<FMA>(lam * cj - top);
-                            total += e;
-                            weighted += e * cj;
-                        }
-                        *m = weighted / total;
-                    }
-                }
+                contexts.means_at::<FMA>(lambdas[i], at_lambda, top, total);
                 for (j, &m) in at_lambda.iter().enumerate() {
                     means[(j * PAIRS + k) * n + i] = m;
                 }
@@ -436,6 +406,8 @@ pub struct ManyScratch {
     xq: Vec<f32>,
     means: Vec<f32>,
     at_lambda: Vec<f32>,
+    top: Vec<f32>,
+    total: Vec<f32>,
     lambdas: Vec<f32>,
     tabulated: Vec<f32>,
     h: Vec<f32>,
@@ -608,6 +580,33 @@ impl Contexts {
     /// The number of contexts.
     pub fn len(&self) -> usize {
         self.n
+    }
+
+    /// m(lambda) of every context into `m` ([n]): from the table, or computed
+    /// directly where it does not reach (the largest score subtracted before
+    /// exp); `top` and `total` are scratch of n values.
+    #[inline(always)]
+    fn means_at<const FMA: bool>(&self, lam: f32, m: &mut [f32], top: &mut [f32], total: &mut [f32]) {
+        if self.tilted.as_ref().is_some_and(|t| t.interpolate(lam, m)) {
+            return;
+        }
+        let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+        let edge = if lam >= 0.0 { &self.hi } else { &self.lo };
+        for (t, &e) in top.iter_mut().zip(edge) {
+            *t = lam * e;
+        }
+        total.fill(0.0);
+        m.fill(0.0);
+        for c in self.by_token.chunks_exact(self.n) {
+            for (((tot, w), &ci), &t) in total.iter_mut().zip(m.iter_mut()).zip(c).zip(top.iter()) {
+                let e = crate::fastmath::exp_with::<FMA>(madd(lam, ci, -t));
+                *tot += e;
+                *w = madd(e, ci, *w);
+            }
+        }
+        for (w, tot) in m.iter_mut().zip(total.iter()) {
+            *w /= tot;
+        }
     }
 
     /// Whether the weighted means come from the table (rather than directly).

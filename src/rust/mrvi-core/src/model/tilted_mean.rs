@@ -70,20 +70,7 @@ impl TiltedMeans {
     /// m(lambda) of every context into `out` ([n]); false (and `out` untouched)
     /// when lambda is off the grid or not a number.
     pub fn interpolate(&self, lambda: f32, out: &mut [f32]) -> bool {
-        let u = (lambda as f64 - self.origin) / self.step;
-        if !(u >= 0.0 && u < (self.rows.len() - 1) as f64) {
-            return false;
-        }
-        let p = u.floor() as usize;
-        let t = (u - p as f64) as f32;
-        let (a, b) = (self.row(p), self.row(p + 1));
-        let s = 1.0 - t;
-        let (h00, h10, h01, h11) = ((1.0 + 2.0 * t) * s * s, t * s * s, t * t * (3.0 - 2.0 * t), -t * t * s);
-        let n = self.n;
-        for ((((o, &fa), &da), &fb), &db) in out.iter_mut().zip(&a[..n]).zip(&a[n..]).zip(&b[..n]).zip(&b[n..]) {
-            *o = h00 * fa + h10 * da + h01 * fb + h11 * db;
-        }
-        true
+        self.interpolate_many(&[lambda], out)
     }
 
     /// m at each of `lambdas` for every context into `out`, [contexts, lambdas]
