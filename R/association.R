@@ -109,9 +109,6 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
   block <- resolve_chunk_size(fit, NULL, call)
-  # with permutations each cell of a block keeps its S x S single-precision
-  # distances for the relabelings: at most 2^23 floats (32 MB) per block
-  if (permutations > 0) block <- max(1L, min(block, as.integer(2^23 / length(fit@samples)^2)))
   parts <- bp_map(bp_split(idx), function(cells) {
     mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                           as.integer(fit@cell_data$sample) - 1L, cells - 1L,

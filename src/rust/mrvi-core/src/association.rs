@@ -36,7 +36,8 @@ pub struct CellTest {
 /// (1 + #{relabelings with a within-category sum at most the cell's}) / (1 +
 /// permutations), over relabelings drawn from `spec.seed` alone (so a cell's
 /// p-value does not depend on which other cells are tested); 0: Mantel's normal
-/// approximation. Cells are processed in blocks; within a block, cells
+/// approximation. Cells are processed in blocks (with permutations, small
+/// enough that their kept distance matrices stay under 32 MB); within a block, cells
 /// are shared out over the core's pool; `interrupted` is polled per block.
 #[allow(clippy::too_many_arguments)]
 pub fn cell_association(
@@ -58,17 +59,21 @@ pub fn cell_association(
     let m = members.len();
     let labelings = (permutations > 0).then(|| labeling_indicators(&member_codes, permutations, spec.seed));
     let (permuting, n_labelings) = (labelings.is_some(), permutations + 1);
+    // with permutations each cell of a block keeps its m x m single-precision
+    // distances for the relabelings: at most 2^23 floats (32 MB) per block
+    // (results do not depend on the block)
+    let block = if permuting { block.min((1 << 23) / (m * m).max(1)) } else { block }.max(1);
     let pool = backend::pool()?;
     let mut squares = Vec::new();
     let mut out = vec![CellTest::default(); cells.len()];
     let mut zs = Vec::new();
-    for (bi, part) in cells.chunks(block.max(1)).enumerate() {
+    for (bi, part) in cells.chunks(block).enumerate() {
         if interrupted() {
             return Err(Error::Interrupted);
         }
         let own: Vec<i64> = part.iter().map(|&c| own_sample[c]).collect();
         let scale = cell_draws(&effect, post, part, &own, &spec, &mut zs)?;
-        let results = &mut out[bi * block.max(1)..bi * block.max(1) + part.len()];
+        let results = &mut out[bi * block..bi * block + part.len()];
         // each cell's distances among the samples that take part, kept for the
         // permutations (without them, one unused value per cell)
         let kept = if permuting { m * m } else { 1 };
