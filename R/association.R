@@ -3,57 +3,68 @@
 #' For each cell n, the distances \eqn{D(n)[a, b]} between pairs of samples
 #' with the same value of a categorical sample covariate are compared with those
 #' between samples with different values (H1: within-category distances are
-#' smaller). The effect size `statistic` is the one-sided two-sample
+#' smaller). Two effect sizes: `effect`, the mean between-category minus the
+#' mean within-category distance (in expression space, the default: log2
+#' units, see [sampleDistances()]), and `statistic`, the one-sided two-sample
 #' Kolmogorov-Smirnov statistic, exactly that of
 #' `ks.test(within, between, alternative = "greater")`. The p-value is Mantel's
-#' test (Mantel 1967) of \eqn{T = \sum_{a < b} D(n)[a, b] [y_a = y_b]}, the sum
+#' test (Mantel 1967) of \eqn{T = \sum_{a < b} D'(n)[a, b] [y_a = y_b]}, the sum
 #' of within-category distances, by permutation: \eqn{(1 + \#\{T^* \le T\}) / (1 +
 #' B)} over B = `permutations` random relabelings of the samples (the same ones
-#' for every cell, drawn from `seed`). `z` is \eqn{(E[T] - T) / sd(T)} with the
+#' for every cell, drawn from `seed`), where \eqn{D'(n)} is \eqn{D(n)} with
+#' `min_effect` = \eqn{\delta} taken off every between-category pair. The null
+#' is thus "the covariate moves samples apart by at most \eqn{\delta}": when
+#' between-category distances are exchangeable ones plus exactly \eqn{\delta},
+#' \eqn{D'(n)} is exchangeable and the p-value exact; with a smaller effect it
+#' is conservative (a test against a threshold, as TREAT for fold changes;
+#' \eqn{\delta = 0} is Mantel's null of no association, whatever other
+#' structure the distances have). `z` is \eqn{(E[T] - T) / sd(T)} with the
 #' exact mean and variance of T over all relabelings; `permutations = 0` takes
 #' the p-value from its normal upper tail instead (no cost, but T's distribution
 #' is skewed when the cell's distances have structure, and its small p-values
 #' are then too small). The pairs of samples are not independent (each sample
-#' is in S - 1 of them), and the KS p-value, which treats them as independent,
+#' is in S - 1 of them), and a KS p-value, which treats them as independent,
 #' is far too small when a cell's distances have structure of their own. For a
 #' cell whose distances follow a planted split of 12 samples, under 200 random
 #' balanced covariates: KS p < 0.01 for 6.5\% of them and p < 0.001 for 1-3\%;
 #' the normal approximation 4.5-6.5\% and 1\%; the permutation p-values
-#' 0.5-1\% and 0\% (`bench/README.md`, session 21). Relabeling the samples
-#' is the null of no association, whatever other structure the distances have.
-#' The test is also more sensitive than the KS gap to a small shift shared by
-#' many pairs: where a fit carries a covariate's effect into cell types it does
-#' not affect, those cells are flagged. On the six fits of the realistic
-#' simulation (session 21) the share of flagged cells outside the affected type
-#' was 0.003-0.69 (0.004-0.58 with the KS p-value); check the affected /
-#' unaffected contrast of [sampleDistances()] before reading flags in other types. \eqn{D(n)} is
+#' 0.5-1\% and 0\% (`bench/README.md`, session 21). \eqn{D(n)} is
 #' formed one cell at a time in Rust and dropped. Benjamini-Hochberg q-values
 #' are taken across the tested cells (`p.adjust(method = "BH")`).
 #'
-#' By default the distances are normalised (`normalize = TRUE`, see
-#' [sampleDistances()]): a difference between two samples counts only by how
-#' far it exceeds the spread of the cell's own posterior representation. A
-#' fitted model can carry small covariate-aligned shifts in cell types the
-#' covariate does not affect (part of a type-specific effect absorbed by the
-#' shared sample effect); on raw distances those cells' tests are significant
-#' too, since nothing else varies there, while normalised they are 0. On the
-#' paper's covariates design (`simulateNested(design = "covariates")`) raw
-#' distances gave an FDR of 0.2-0.4 in the unaffected type and normalised ones
-#' below 0.05 at the same power (`bench/README.md`, "Guided tests").
+#' **Why a minimum effect.** A fitted model carries small covariate-aligned
+#' shifts into cell types the covariate does not affect (part of one type's
+#' sample effect is shared by all cells). The shifts are real in the fitted
+#' distances, so a test of "no association" finds them, the more surely the
+#' more samples there are. The default, half a log2 unit, is one gene changed
+#' 1.41-fold, or 25 genes changed by 0.1 (log2) each (Aitchison distance). On
+#' the six default fits of the realistic simulation of `bench/validity.R`
+#' (20,000 cells, 32 samples, the root split of one affected type's tree as the
+#' covariate) the affected type's cells had an `effect` of 3.9-10.3 log2
+#' units, the other types' at most 0.5 (a few cells up to 2.2); the default
+#' flagged the affected type fully (TPR 1.00) at an FDR of 0-0.018, where
+#' `min_effect = 0` flagged every unaffected type (FDR 0.63-0.75) and the
+#' previous default (latent space, normalised distances) gave FDR 0.003-0.69.
+#' On the paper's covariates design (`bench/guided_min_effect.R`: three
+#' covariates of strength 3, 2 and 1.5, 16 samples, seeds 1-5) the default
+#' found the strongest in every affected cell on every seed and the second on
+#' 4 of 5 seeds, at FDR 0 (`min_effect = 1`: the second on 1 of 5;
+#' `min_effect = 0`: FDR 0.46-0.51). A covariate whose effect is not well above
+#' `min_effect`, or which shares the cells with a stronger one (whose
+#' structure widens the permutation distribution), can be missed: lower
+#' `min_effect` for such effects, and read flags outside the cell types you
+#' expect with the affected / unaffected contrast of [sampleDistances()] in
+#' mind.
 #'
-#' The noise floor is a distance in the whole of z, so it grows with the
-#' dimension of z. With `flavour = "attention"` (z of 30 dimensions) it can
-#' exceed the sample effects themselves: on the same design no cell was
-#' flagged with normalised distances, while raw distances found the affected
-#' type (TPR 1) and flagged the unaffected one too (FDR 0.5). On the realistic
-#' tree design of `bench/validity.R` (20,000 cells, 10 planted genes per edge)
-#' the attention flavour, now the default, did well with normalised distances:
-#' TPR 1.00 at FDR 0.008 for the root split of a planted tree. Check
-#' `sampleDistances(normalize = TRUE)` of the groups before relying on either.
+#' Normalised distances (`normalize = TRUE`, see [sampleDistances()]) count a
+#' difference only by how far it exceeds the spread of the cell's own
+#' posterior representation; they have no unit shared across cells, so
+#' `min_effect` is 0 with them unless set, and so it is in latent space.
 #'
 #' The permutations cost B S^2 operations per cell (S samples), as matrix
 #' products: 20,000 cells of 32 samples took 3.5 s with 999 permutations and
-#' 1.9 s without (1 thread, Intel Xeon). With hundreds of samples consider
+#' 1.9 s without (latent space, 1 thread, Intel Xeon; about 4 s in expression
+#' space with 10 draws, 2 threads). With hundreds of samples consider
 #' fewer permutations (the smallest p-value is 1 / (B + 1), which
 #' Benjamini-Hochberg must reach) or `permutations = 0`.
 #' For a test per cell group use [groupAssociation()].
@@ -64,8 +75,8 @@
 #'   covariate is refused: bin it first (for example with [cut()]). Samples with
 #'   `NA` take no part.
 #' @param cells `NULL` (all fitted cells), indices or cell names.
-#' @param normalize distances in units of the cell's posterior noise, clipped at
-#'   0 (default), or raw; as in [sampleDistances()].
+#' @param normalize raw distances (default), or in units of the cell's
+#'   posterior noise, clipped at 0; as in [sampleDistances()].
 #' @param mc_samples posterior draws per cell for \eqn{D(n)} (0: posterior mean;
 #'   at least 3 with `normalize = TRUE`).
 #' @param permutations relabelings of the samples for the p-values (0: Mantel's
@@ -77,16 +88,16 @@
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
-#' @param space `"latent"` (default) or `"expression"`: where \eqn{D(n)} is
-#'   measured (see [sampleDistances()]). On the validity benchmark's six default
-#'   fits (`bench/README.md`), the guided test of a root split flagged the
-#'   affected type fully in both spaces, but more cells of unaffected types in
-#'   expression space (FDR 0.34-0.74 on the equal design, against 0.003-0.69 in
-#'   latent space), where the fits' small leak of the split into other types is
-#'   measured against a smaller posterior noise.
-#' @return a `DataFrame`, one row per cell: `statistic` (KS), `z` (Mantel),
-#'   `p_value`, `q_value`, `n_within`, `n_between` (pair counts); row names are
-#'   the cells. `z` and `p_value` are `NA` with fewer than 4 samples with a value,
+#' @param space `"expression"` (default) or `"latent"`: where \eqn{D(n)} is
+#'   measured (see [sampleDistances()]).
+#' @param min_effect the between-minus-within distance the null allows
+#'   (\eqn{\delta} above), >= 0, in the distances' units. `NULL` (default): 0.5
+#'   log2 units for raw distances in expression space, else 0.
+#' @return a `DataFrame`, one row per cell: `statistic` (KS), `effect`
+#'   (mean between- minus mean within-category distance), `z` (Mantel, of
+#'   \eqn{D'(n)}), `p_value`, `q_value`, `n_within`, `n_between` (pair counts);
+#'   row names are the cells; `metadata()` holds the covariate's name and
+#'   `min_effect`. `z` and `p_value` are `NA` with fewer than 4 samples with a value,
 #'   or when no relabeling changes T.
 #' @examples
 #' sim <- mrvi:::example_counts()
@@ -94,9 +105,9 @@
 #' grp <- setNames(c("a", "a", "b", "b"), fit@samples)
 #' head(cellAssociation(fit, grp))
 #' @export
-cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_samples = 10,
+cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_samples = 10,
                             permutations = 999, seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam(),
-                            space = c("latent", "expression")) {
+                            space = c("expression", "latent"), min_effect = NULL) {
   call <- sys.call()
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
@@ -104,7 +115,8 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   permutations <- check_whole(permutations, "permutations", call)
   check_normalize_draws(normalize, mc_samples, call)
-  space <- match_choice(space, c("latent", "expression"), "space", call)
+  space <- match_choice(space, c("expression", "latent"), "space", call)
+  min_effect <- resolve_min_effect(min_effect, space, normalize, call)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
@@ -113,15 +125,27 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
     mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                           as.integer(fit@cell_data$sample) - 1L, cells - 1L,
                           ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,
-                          normalize, seed, permutations, block, space == "expression")
+                          normalize, seed, permutations, min_effect, block, space == "expression")
   }, BPPARAM = BPPARAM)
   res <- lapply(stats::setNames(nm = names(parts[[1]])), function(k) unlist(lapply(parts, `[[`, k)))
-  out <- S4Vectors::DataFrame(statistic = res$statistic, z = res$z, p_value = res$p_value,
+  out <- S4Vectors::DataFrame(statistic = res$statistic, effect = res$effect, z = res$z, p_value = res$p_value,
                               q_value = stats::p.adjust(res$p_value, method = "BH"),
                               n_within = res$n_within, n_between = res$n_between,
                               row.names = rownames(fit@u_mean)[idx])
   S4Vectors::metadata(out)$covariate <- attr(y, "name")
+  S4Vectors::metadata(out)$min_effect <- min_effect
   out
+}
+
+# The minimum effect of cellAssociation(): NULL is half a log2 unit for raw
+# expression-space distances, the only ones with a unit of their own, else 0.
+resolve_min_effect <- function(min_effect, space, normalize, call) {
+  if (is.null(min_effect)) return(if (space == "expression" && !isTRUE(normalize)) 0.5 else 0)
+  if (!is.numeric(min_effect) || length(min_effect) != 1 || is.na(min_effect) || !is.finite(min_effect) ||
+      min_effect < 0) {
+    abort_arg("{.arg min_effect} must be one finite number >= 0 (or {.code NULL} for the default).", call = call)
+  }
+  as.numeric(min_effect)
 }
 
 #' A calibrated test per cell group: do sample distances follow a covariate?
@@ -163,9 +187,10 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = TRUE, mc_s
 #'   distances.
 #' @param statistic `"ks"` or `"pseudo_f"`; `NULL` picks `"ks"` for a fit and
 #'   `"pseudo_f"` for distances.
-#' @param normalize,mc_samples,space how distances are computed from a fit, as
-#'   in [cellAssociation()] (normalised, 10 posterior draws, latent space by
-#'   default; see [sampleDistances()] for the spaces).
+#' @param normalize,mc_samples,space how distances are computed from a fit
+#'   (here normalised, 10 posterior draws, latent space by default, unlike
+#'   [cellAssociation()]; the group test has no minimum effect; see
+#'   [sampleDistances()] for the spaces).
 #' @param max_cells with `"ks"`: at most this many cells per group.
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread: one task per group; results are identical to serial ones whatever the back-end and

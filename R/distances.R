@@ -31,8 +31,8 @@
 #' distances followed the planted trees with Spearman correlation 0.76-0.91
 #' (at least 0.8 in 11 of 12 trees) against 0.48-0.86 in latent space (3 of 12),
 #' and separated affected from unaffected cell types 15-44x against 6-12x.
-#' Per-cell tests ([cellAssociation()]) default to latent space, where they
-#' flagged fewer cells of unaffected types on those fits.
+#' Per-cell tests ([cellAssociation()]) measure in expression space too, against
+#' a minimum effect in log2 units.
 #'
 #' Where samples are nested in sites (each sample in one site), a fit can carry
 #' part of the site effect in its sample effects, which then separate the

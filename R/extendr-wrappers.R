@@ -157,7 +157,7 @@ mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells
 #' normal approximation). `category`: one code per sample (-1 = missing); `cells`:
 #' 0-based.
 #' @noRd
-mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block, expression) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, block, expression))
+mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, min_effect, block, expression) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, min_effect, block, expression))
 
 #' Mean per-cell KS statistics of within- against between-label pairs, for each
 #' labelling. `values`: cells x pairs (R matrix, column-major); `pair_a`,

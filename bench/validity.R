@@ -19,8 +19,9 @@
 # there is scored without refitting, its training seconds those recorded at the time),
 # MRVI_BENCH_SPACE (the space of the distances scored: "expression", the package's
 # default since session 22, or "latent"; see ?sampleDistances), MRVI_BENCH_TEST_SPACE
-# (that of the guided per-cell tests: "latent", cellAssociation()'s default, or
-# "expression"), MRVI_BENCH_SCORE ("all", or "distances" to
+# (the guided per-cell tests: "expression", cellAssociation()'s defaults since session
+# 23 (raw distances, min_effect 0.5 log2 units), or "latent" (normalised distances, no
+# minimum effect: its defaults before)), MRVI_BENCH_SCORE ("all", or "distances" to
 # skip the guided tests and DE, whose columns are then NA). Flavour "scvi-tools":
 # scvi-tools' MRVI with its defaults (site as its batch_key; posterior-mean
 # distances; no guided tests or DE), see scvi_tools_group_distances() in bench/helpers.R.
@@ -39,7 +40,7 @@ tag <- Sys.getenv("MRVI_BENCH_TAG", "default")
 out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/validity.csv")
 fit_dir <- Sys.getenv("MRVI_BENCH_FIT_DIR")
 space <- Sys.getenv("MRVI_BENCH_SPACE", "expression")
-test_space <- Sys.getenv("MRVI_BENCH_TEST_SPACE", "latent")
+test_space <- Sys.getenv("MRVI_BENCH_TEST_SPACE", "expression")
 score_tests <- Sys.getenv("MRVI_BENCH_SCORE", "all") == "all"
 dir.create(dirname(out_file), showWarnings = FALSE, recursive = TRUE)
 cpu <- sub(".*: *", "", grep("Model name", system("lscpu", intern = TRUE), value = TRUE)[1])
@@ -55,7 +56,9 @@ score_fit <- function(fit, sce, truth) {
   split <- tapply(as.character(sce$root_split), as.character(sce$sample), `[`, 1)[fit@samples]
   flagged <- de_flagged <- rep(NA, nrow(fit@u_mean))
   if (score_tests) {
-    flagged <- cellAssociation(fit, split, space = test_space)$q_value < 0.05
+    guided <- if (test_space == "latent") cellAssociation(fit, split, space = "latent", normalize = TRUE)
+              else cellAssociation(fit, split)
+    flagged <- guided$q_value < 0.05
     de <- differentialExpression(fit, data.frame(sample = fit@samples, root_split = split))
     de_flagged <- de$q_value < 0.05
   }

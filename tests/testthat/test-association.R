@@ -52,21 +52,30 @@ test_that("per-cell tests: KS statistic as ks.test, Mantel's z by enumeration, q
   y <- fit@sample_table$cov1
   same <- outer(y, y, "==")
   up <- upper.tri(same)
-  # raw distances at the posterior mean, and the default: normalised, 10 draws
-  for (normalize in c(FALSE, TRUE)) {
-    draws <- if (normalize) 10 else 0
-    res <- cellAssociation(fit, "cov1", cells = 1:30, normalize = normalize, mc_samples = draws)
-    approx <- cellAssociation(fit, "cov1", cells = 1:30, normalize = normalize, mc_samples = draws, permutations = 0)
+  # latent space, normalised, 10 draws (min_effect 0); expression space at the
+  # posterior mean with a minimum effect; the default: expression space, raw
+  # distances, 10 draws, min_effect 0.5 (the test then runs on D minus 0.5 on
+  # every between-category pair, so the enumeration does too)
+  configs <- list(list(space = "latent", normalize = TRUE, mc_samples = 10, delta = 0),
+                  list(space = "expression", normalize = FALSE, mc_samples = 0, min_effect = 0.3, delta = 0.3),
+                  list(delta = 0.5))
+  for (cfg in configs) {
+    args <- cfg[setdiff(names(cfg), "delta")]
+    res <- do.call(cellAssociation, c(list(fit, "cov1", cells = 1:30), args))
+    approx <- do.call(cellAssociation, c(list(fit, "cov1", cells = 1:30, permutations = 0), args))
     expect_s4_class(res, "DataFrame")
+    expect_equal(S4Vectors::metadata(res)$min_effect, cfg$delta)
     expect_equal(res$q_value, p.adjust(res$p_value, method = "BH"))
     expect_equal(approx$z, res$z)
-    d <- sampleDistances(fit, cells = c(3, 17), normalize = normalize, mc_samples = draws, space = "latent")
+    d <- sampleDistances(fit, cells = c(3, 17), normalize = cfg$normalize %||% FALSE,
+                         mc_samples = cfg$mc_samples %||% 10, space = cfg$space %||% "expression")
     for (i in 1:2) {
       m <- d[i, , ]
       r <- suppressWarnings(ks.test(m[up & same], m[up & !same], alternative = "greater"))
       row <- res[c(3, 17)[i], ]
       expect_equal(row$statistic, unname(r$statistic), tolerance = 1e-6)
-      exact <- mantel_by_enumeration(m, y)
+      expect_equal(row$effect, mean(m[up & !same]) - mean(m[up & same]), tolerance = 1e-6)
+      exact <- mantel_by_enumeration(m - cfg$delta * !same, y)
       expect_equal(row$z, exact[["z"]], tolerance = 1e-5)
       expect_equal(approx$p_value[c(3, 17)[i]], pnorm(exact[["z"]], lower.tail = FALSE), tolerance = 1e-5)
       # 999 random relabelings against all 924 labelings: within 4 standard errors
@@ -74,7 +83,17 @@ test_that("per-cell tests: KS statistic as ks.test, Mantel's z by enumeration, q
       expect_equal(row$n_within, sum(up & same))
     }
   }
-  expect_equal(cellAssociation(fit, "cov1", cells = 1:30), res)
+  expect_equal(cellAssociation(fit, "cov1", cells = 1:30, space = "expression", normalize = FALSE,
+                               mc_samples = 10, min_effect = 0.5), res)
+})
+
+test_that("a minimum effect only ever raises p-values, and 0 is Mantel's null", {
+  a <- covariates_fit()
+  cells <- c(which(a$fit@cell_data$cell_type == "type1")[1:10], which(a$fit@cell_data$cell_type == "type2")[1:10])
+  p <- sapply(c(0, 0.5, 1, 10), function(m) cellAssociation(a$fit, "cov1", cells = cells, min_effect = m)$p_value)
+  expect_true(all(apply(p, 1, diff) >= 0))
+  # a threshold far above every effect (type1: about 3 log2 units) leaves nothing significant
+  expect_true(all(p[, 4] > 0.5))
 })
 
 test_that("per-cell p-values are uniform under a random covariate, even where distances have structure", {
@@ -84,7 +103,9 @@ test_that("per-cell p-values are uniform under a random covariate, even where di
   # closer, but T's distribution is skewed: P(p < 0.2) was 0.09)
   a <- covariates_fit()
   cell <- which(a$fit@cell_data$cell_type == "type1")[5]
-  p <- null_p_values(a$fit@samples, 200, 40, function(y, r) cellAssociation(a$fit, y, cells = cell)$p_value)
+  p <- null_p_values(a$fit@samples, 200, 40, function(y, r) {
+    cellAssociation(a$fit, y, cells = cell, space = "latent", normalize = TRUE)$p_value
+  })
   expect_uniform(p, 0.04)
 })
 
@@ -96,9 +117,9 @@ test_that("cells of the affected type are flagged (power)", {
 })
 
 test_that("cells of unaffected types are not flagged (FDR)", {
-  # On raw distances this fails (FDR 0.2-0.4): the fit carries a small
-  # covariate-aligned shift in type2 too; normalised distances (the default)
-  # count only differences beyond each cell's posterior noise.
+  # With min_effect = 0 on raw distances this fails (FDR 0.2-0.5): the fit
+  # carries a small covariate-aligned shift in type2 too; the default asks for
+  # more than half a log2 unit between categories.
   a <- covariates_fit()
   type <- a$fit@cell_data$cell_type
   affected <- type == "type1"
@@ -139,7 +160,7 @@ test_that("groupAssociation finds the planted covariate in the affected type", {
   # the statistic is the mean per-cell KS statistic of the cells used (all of
   # them when max_cells allows): large in the affected type, near 0 elsewhere
   all_cells <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 9, max_cells = 5000)
-  per_cell <- cellAssociation(fit, "cov1")$statistic
+  per_cell <- cellAssociation(fit, "cov1", space = "latent", normalize = TRUE)$statistic
   type <- fit@cell_data$cell_type
   expect_equal(all_cells$statistic, as.vector(tapply(per_cell, type, mean)[c("type1", "type2")]),
                tolerance = 1e-10)
@@ -181,7 +202,10 @@ test_that("association errors name the argument, and results go back to the obje
   expect_error(cellAssociation(fit, "nope"), "`covariate` = \"nope\"")
   expect_error(cellAssociation(fit, setNames(rnorm(12), fit@samples)), "`covariate` is numeric.*cut")
   expect_error(cellAssociation(fit, c(1, 2)), "`covariate` must be a sample-table column name")
-  expect_error(cellAssociation(fit, "cov1", mc_samples = 2), "`normalize`.*`mc_samples` >= 3")
+  expect_error(cellAssociation(fit, "cov1", normalize = TRUE, mc_samples = 2), "`normalize`.*`mc_samples` >= 3")
+  for (bad in list(-1, NA_real_, Inf, c(1, 2), "1")) {
+    expect_error(cellAssociation(fit, "cov1", min_effect = bad), "`min_effect` must be one finite number >= 0")
+  }
   expect_error(groupAssociation(fit, "cov1", permutations = 0), "`permutations`")
   expect_error(groupAssociation(list(), "cov1"), "`fit_or_distances`")
   d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
