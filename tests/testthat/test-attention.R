@@ -49,6 +49,21 @@ test_that("the attention flavour recovers a planted tree and keeps other types q
   expect_lt(max(mean_dist[c("type2", "type3")]) / mean_dist[["type1"]], 0.25)
 })
 
+test_that("guided tests with the defaults find the root split of the planted tree, and only there", {
+  a <- attention_fit()
+  fit <- a$fit
+  skip_if_not_installed("ape")
+  tree <- S4Vectors::metadata(a$sce)$truth$phylo$type1
+  left <- tree$tip.label[ape::prop.part(tree)[[2]]]
+  split <- stats::setNames(ifelse(fit@samples %in% left, "left", "right"), fit@samples)
+  affected <- fit@cell_data$cell_type == "type1"
+  res <- cellAssociation(fit, split)
+  flagged <- res$q_value < 0.05
+  # issue 14's target: TPR >= 0.8 at FDR <= 0.05 in the affected type
+  expect_gte(mean(flagged[affected]), 0.8)
+  expect_lte(sum(flagged & !affected) / max(1, sum(flagged)), 0.05)
+})
+
 test_that("differential expression works for the attention flavour, averaging over draws", {
   a <- attention_fit()
   fit <- a$fit
