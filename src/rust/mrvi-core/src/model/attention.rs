@@ -342,7 +342,7 @@ impl HostAttention {
         &self, xs: &[f32], n: usize, contexts: &Contexts, out: &mut [f32], scratch: &mut ManyScratch, affine: impl Fn(&[f32], &[f32], &[f32], usize, &mut [f32]),
     ) {
         let (d, heads, hidden, c) = (self.d_in, HEADS as usize, HIDDEN as usize, contexts.n);
-        let ManyScratch { y, xq, means, at_lambda, top, total, lambdas, tabulated, h, part } = scratch;
+        let ManyScratch { y, xq, means, at_lambda, top, total, lambdas, tabulated, h, hidden_mean } = scratch;
         // LayerNorm of each input (torch: biased variance, eps 1e-5)
         y.resize(d * n, 0.0);
         for i in 0..n {
@@ -381,21 +381,19 @@ impl HostAttention {
                 }
             }
         }
-        // the MLP under each context, and the mean over contexts
+        // the MLP's hidden layer under each context, averaged over contexts; its
+        // output layer is affine, so the mean of its outputs is its output at
+        // that average (one product instead of one per context)
         h.resize(hidden * n, 0.0);
-        part.resize(self.d_out * n, 0.0);
-        let out = &mut out[..self.d_out * n];
-        out.fill(0.0);
+        hidden_mean.resize(hidden * n, 0.0);
+        hidden_mean.fill(0.0);
         for j in 0..c {
             affine(&self.mlp1, &self.mlp1_bias, &means[j * PAIRS * n..(j + 1) * PAIRS * n], n, h);
-            for r in h.iter_mut() {
-                *r = r.max(0.0);
-            }
-            affine(&self.mlp2, &self.mlp2_bias, h, n, part);
-            for (o, p) in out.iter_mut().zip(part.iter()) {
-                *o += p / c as f32;
+            for (a, r) in hidden_mean.iter_mut().zip(h.iter()) {
+                *a += r.max(0.0) / c as f32;
             }
         }
+        affine(&self.mlp2, &self.mlp2_bias, hidden_mean, n, &mut out[..self.d_out * n]);
     }
 }
 
@@ -411,7 +409,7 @@ pub struct ManyScratch {
     lambdas: Vec<f32>,
     tabulated: Vec<f32>,
     h: Vec<f32>,
-    part: Vec<f32>,
+    hidden_mean: Vec<f32>,
 }
 
 /// Intermediates of [HostAttention::forward] for one cell: the weighted means

@@ -10,7 +10,10 @@
 //! R the Hermite error is at most step^4 / 384 |kappa_5| <= step^4 R^5 / 512. With
 //! step = 0.1 / R that is 2e-7 R: below the float32 error of computing m directly.
 //! Rows are computed in double precision when first read (a cell's lambdas fall
-//! in a few hundred of them), so building the table costs nothing up front.
+//! in a few hundred of them), so building the table costs nothing up front;
+//! a small table (few contexts: the decoder's nuisance levels, read for every
+//! cell and sample) is filled at once into one buffer, which its many reads
+//! then take without the per-row indirection.
 
 use std::sync::OnceLock;
 
@@ -22,6 +25,8 @@ const STEP_TIMES_RANGE: f64 = 0.1;
 /// Fitted models need a few thousand rows.
 const MAX_POINTS: f64 = (1u64 << 16) as f64;
 const MAX_VALUES: f64 = (1u64 << 24) as f64;
+/// Tables of at most this many values are filled when built (1 MB).
+const DENSE_VALUES: f64 = (1u64 << 18) as f64;
 
 pub struct TiltedMeans {
     /// number of contexts
@@ -31,8 +36,13 @@ pub struct TiltedMeans {
     tokens: usize,
     origin: f64,
     step: f64,
-    /// row p (lambda = origin + p step): m for every context, then step * dm/dlambda
+    /// rows of the grid
+    points: usize,
+    /// row p (lambda = origin + p step): m for every context, then step * dm/dlambda;
+    /// filled when read (empty for a dense table)
     rows: Vec<OnceLock<Box<[f32]>>>,
+    /// every row, one after the other, for a small table
+    dense: Option<Box<[f32]>>,
 }
 
 impl TiltedMeans {
@@ -57,15 +67,24 @@ impl TiltedMeans {
         if points > MAX_POINTS || points * n as f64 > MAX_VALUES {
             return None;
         }
-        Some(Self {
+        let mut table = Self {
             n,
             by_token: by_token.iter().map(|&c| c as f64).collect(),
             tokens,
             origin,
             step,
-            rows: (0..points as usize).map(|_| OnceLock::new()).collect(),
-        })
+            points: points as usize,
+            rows: Vec::new(),
+            dense: None,
+        };
+        if points * 2.0 * n as f64 <= DENSE_VALUES {
+            table.dense = Some((0..points as usize).flat_map(|p| table.compute_row(p).into_vec()).collect());
+        } else {
+            table.rows = (0..points as usize).map(|_| OnceLock::new()).collect();
+        }
+        Some(table)
     }
+
 
     /// m(lambda) of every context into `out` ([n]); false (and `out` untouched)
     /// when lambda is off the grid or not a number.
@@ -77,15 +96,33 @@ impl TiltedMeans {
     /// (the values of [Self::interpolate], transposed); false at the first
     /// lambda off the grid (`out` then partly written).
     pub fn interpolate_many(&self, lambdas: &[f32], out: &mut [f32]) -> bool {
-        let (n, len) = (self.n, lambdas.len());
-        for (i, &lambda) in lambdas.iter().enumerate() {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(rows) = &self.dense {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512 (the function's features).
+                done = unsafe { self.dense_avx512(rows, lambdas, out) };
+            }
+        }
+        self.interpolate_from(done, lambdas, out)
+    }
+
+    /// [Self::interpolate_many] for lambdas[first..] (the same arithmetic,
+    /// one lambda at a time).
+    fn interpolate_from(&self, first: usize, lambdas: &[f32], out: &mut [f32]) -> bool {
+        let (n, len, last) = (self.n, lambdas.len(), (self.points - 1) as f64);
+        for (i, &lambda) in lambdas.iter().enumerate().skip(first) {
             let u = (lambda as f64 - self.origin) / self.step;
-            if !(u >= 0.0 && u < (self.rows.len() - 1) as f64) {
+            if !(u >= 0.0 && u < last) {
                 return false;
             }
-            let p = u.floor() as usize;
+            // u >= 0: truncation is the floor
+            let p = u as usize;
             let t = (u - p as f64) as f32;
-            let (a, b) = (self.row(p), self.row(p + 1));
+            let (a, b) = match &self.dense {
+                Some(rows) => (&rows[p * 2 * n..(p + 1) * 2 * n], &rows[(p + 1) * 2 * n..(p + 2) * 2 * n]),
+                None => (self.row(p), self.row(p + 1)),
+            };
             let s = 1.0 - t;
             let (h00, h10, h01, h11) = ((1.0 + 2.0 * t) * s * s, t * s * s, t * t * (3.0 - 2.0 * t), -t * t * s);
             for j in 0..n {
@@ -95,28 +132,86 @@ impl TiltedMeans {
         true
     }
 
-    fn row(&self, p: usize) -> &[f32] {
-        self.rows[p].get_or_init(|| {
-            let lambda = self.origin + p as f64 * self.step;
-            let n = self.n;
-            let mut row = vec![0f32; 2 * n];
-            let (mut c, mut w) = (vec![0f64; self.tokens], vec![0f64; self.tokens]);
-            for i in 0..n {
-                for (j, cj) in c.iter_mut().enumerate() {
-                    *cj = self.by_token[j * n + i];
-                }
-                let top = c.iter().map(|&cj| lambda * cj).fold(f64::NEG_INFINITY, f64::max);
-                for (wj, &cj) in w.iter_mut().zip(&c) {
-                    *wj = (lambda * cj - top).exp();
-                }
-                let total: f64 = w.iter().sum();
-                let m = w.iter().zip(&c).map(|(wj, cj)| wj * cj).sum::<f64>() / total;
-                let var = w.iter().zip(&c).map(|(wj, cj)| wj * (cj - m).powi(2)).sum::<f64>() / total;
-                row[i] = m as f32;
-                row[n + i] = (var * self.step) as f32;
+    /// The dense table's interpolation 16 lambdas at a time, with the scalar
+    /// path's operations in the same order (no fused multiply-adds), so the
+    /// same bits; returns how many lambdas it did (it stops before a block
+    /// with a lambda off the grid, which the scalar path then reports).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2")]
+    unsafe fn dense_avx512(&self, rows: &[f32], lambdas: &[f32], out: &mut [f32]) -> usize {
+        use std::arch::x86_64::*;
+        let (n, len) = (self.n, lambdas.len());
+        // every gather index and store below stays inside these bounds
+        assert!(out.len() >= n * len && rows.len() >= self.points * 2 * n && self.points * 2 * n < i32::MAX as usize);
+        let (origin, step, last) = (_mm512_set1_pd(self.origin), _mm512_set1_pd(self.step), _mm512_set1_pd((self.points - 1) as f64));
+        let (one, two, three) = (_mm512_set1_ps(1.0), _mm512_set1_ps(2.0), _mm512_set1_ps(3.0));
+        let width = _mm512_set1_epi32(2 * n as i32);
+        let mut i = 0;
+        while i + 16 <= len {
+            let lo = _mm512_cvtps_pd(_mm256_loadu_ps(lambdas.as_ptr().add(i)));
+            let hi = _mm512_cvtps_pd(_mm256_loadu_ps(lambdas.as_ptr().add(i + 8)));
+            let (u_lo, u_hi) = (_mm512_div_pd(_mm512_sub_pd(lo, origin), step), _mm512_div_pd(_mm512_sub_pd(hi, origin), step));
+            // 0 <= u < last (false for NaN) in every lane
+            let inside = |u| _mm512_cmp_pd_mask::<_CMP_GE_OQ>(u, _mm512_setzero_pd()) & _mm512_cmp_pd_mask::<_CMP_LT_OQ>(u, last);
+            if inside(u_lo) & inside(u_hi) != 0xff {
+                break;
             }
-            row.into_boxed_slice()
-        })
+            // truncation is the floor for u >= 0
+            let (p_lo, p_hi) = (_mm512_cvttpd_epi32(u_lo), _mm512_cvttpd_epi32(u_hi));
+            let t_lo = _mm512_cvtpd_ps(_mm512_sub_pd(u_lo, _mm512_cvtepi32_pd(p_lo)));
+            let t_hi = _mm512_cvtpd_ps(_mm512_sub_pd(u_hi, _mm512_cvtepi32_pd(p_hi)));
+            let t = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(t_lo), t_hi);
+            let p = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(p_lo), p_hi);
+            let s = _mm512_sub_ps(one, t);
+            let h00 = _mm512_mul_ps(_mm512_mul_ps(_mm512_add_ps(one, _mm512_mul_ps(two, t)), s), s);
+            let h10 = _mm512_mul_ps(_mm512_mul_ps(t, s), s);
+            let h01 = _mm512_mul_ps(_mm512_mul_ps(t, t), _mm512_sub_ps(three, _mm512_mul_ps(two, t)));
+            let minus_t = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(t), _mm512_set1_epi32(i32::MIN)));
+            let h11 = _mm512_mul_ps(_mm512_mul_ps(minus_t, t), s);
+            let a = _mm512_mullo_epi32(p, width);
+            let b = _mm512_add_epi32(a, width);
+            for j in 0..n {
+                let (aj, bj) = (_mm512_add_epi32(a, _mm512_set1_epi32(j as i32)), _mm512_add_epi32(b, _mm512_set1_epi32(j as i32)));
+                let shift = _mm512_set1_epi32(n as i32);
+                let va = _mm512_i32gather_ps::<4>(aj, rows.as_ptr());
+                let da = _mm512_i32gather_ps::<4>(_mm512_add_epi32(aj, shift), rows.as_ptr());
+                let vb = _mm512_i32gather_ps::<4>(bj, rows.as_ptr());
+                let db = _mm512_i32gather_ps::<4>(_mm512_add_epi32(bj, shift), rows.as_ptr());
+                let v = _mm512_add_ps(
+                    _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(h00, va), _mm512_mul_ps(h10, da)), _mm512_mul_ps(h01, vb)),
+                    _mm512_mul_ps(h11, db),
+                );
+                _mm512_storeu_ps(out.as_mut_ptr().add(j * len + i), v);
+            }
+            i += 16;
+        }
+        i
+    }
+
+    fn row(&self, p: usize) -> &[f32] {
+        self.rows[p].get_or_init(|| self.compute_row(p))
+    }
+
+    fn compute_row(&self, p: usize) -> Box<[f32]> {
+        let lambda = self.origin + p as f64 * self.step;
+        let n = self.n;
+        let mut row = vec![0f32; 2 * n];
+        let (mut c, mut w) = (vec![0f64; self.tokens], vec![0f64; self.tokens]);
+        for i in 0..n {
+            for (j, cj) in c.iter_mut().enumerate() {
+                *cj = self.by_token[j * n + i];
+            }
+            let top = c.iter().map(|&cj| lambda * cj).fold(f64::NEG_INFINITY, f64::max);
+            for (wj, &cj) in w.iter_mut().zip(&c) {
+                *wj = (lambda * cj - top).exp();
+            }
+            let total: f64 = w.iter().sum();
+            let m = w.iter().zip(&c).map(|(wj, cj)| wj * cj).sum::<f64>() / total;
+            let var = w.iter().zip(&c).map(|(wj, cj)| wj * (cj - m).powi(2)).sum::<f64>() / total;
+            row[i] = m as f32;
+            row[n + i] = (var * self.step) as f32;
+        }
+        row.into_boxed_slice()
     }
 }
 
@@ -167,6 +262,24 @@ mod tests {
             }
         }
         assert!(!table.interpolate_many(&[0.0, 100.0], &mut many));
+        // a lambda off the grid inside a block of 16
+        let mut off = lambdas.clone();
+        off[20] = 100.0;
+        assert!(!table.interpolate_many(&off, &mut many));
+        // the same contexts repeated 60 times: too many values to fill at once,
+        // so rows are filled as read; the same bits
+        assert!(table.dense.is_some());
+        let wide = 60 * n;
+        let by_token_wide: Vec<f32> = (0..tokens).flat_map(|j| (0..wide).map(move |i| (j, i))).map(|(j, i)| by_token[j * n + i % n]).collect();
+        let lazy = TiltedMeans::new(&by_token_wide, tokens, wide, -6.0, 4.0).unwrap();
+        assert!(lazy.dense.is_none());
+        let mut many_wide = vec![f32::NAN; wide * lambdas.len()];
+        assert!(lazy.interpolate_many(&lambdas, &mut many_wide));
+        assert!(table.interpolate_many(&lambdas, &mut many));
+        for i in 0..wide {
+            let (a, b) = (&many_wide[i * lambdas.len()..(i + 1) * lambdas.len()], &many[(i % n) * lambdas.len()..(i % n + 1) * lambdas.len()]);
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
         // off the grid, NaN: not interpolated
         assert!(!table.interpolate(100.0, &mut out));
         assert!(!table.interpolate(f32::NAN, &mut out));
