@@ -5,6 +5,7 @@
 //! (`HostAttention::mean_over_contexts`, expression-space distances): microseconds
 //! per input for a cell's SAMPLES counterfactuals (L = 30) against 2 nuisance contexts.
 //!   cargo run --release --example attention_probe -p mrvi-core
+//! (DECODER_ONLY=1: the decoder's block alone, 50x as many repetitions, for a profiler)
 use mrvi_core::model::attention::{AttentionBlock, ForwardScratch, HostAttention, ManyScratch};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
@@ -24,7 +25,8 @@ fn main() {
     let contexts = host.contexts(&emb);
     let xs = Vec::<f32>::try_from(&Tensor::randn([2000 * 10], (Kind::Float, Device::Cpu))).unwrap();
     let mut out = vec![0f32; s * 30];
-    let (reps, mut check) = (20usize, 0f64);
+    let decoder_only = std::env::var("DECODER_ONLY").is_ok();
+    let (reps, mut check) = (if decoder_only { 0usize } else { 20 }, 0f64);
     let mut scratch = ForwardScratch::default();
     let t = Instant::now();
     for _ in 0..reps {
@@ -49,7 +51,7 @@ fn main() {
     let ys = Vec::<f32>::try_from(&Tensor::randn([30 * s as i64], (Kind::Float, Device::Cpu))).unwrap();
     let mut out = vec![0f32; 30 * s];
     let mut scratch = ManyScratch::default();
-    let reps = (200_000 / s).max(1);
+    let reps = (200_000 / s).max(1) * if decoder_only { 50 } else { 1 };
     let t = Instant::now();
     for _ in 0..reps {
         host.mean_over_contexts(&ys, s, &contexts, &mut out, &mut scratch);

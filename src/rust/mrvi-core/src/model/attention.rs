@@ -342,15 +342,25 @@ impl HostAttention {
         &self, xs: &[f32], n: usize, contexts: &Contexts, out: &mut [f32], scratch: &mut ManyScratch, affine: impl Fn(&[f32], &[f32], &[f32], usize, &mut [f32]),
     ) {
         let (d, heads, hidden, c) = (self.d_in, HEADS as usize, HIDDEN as usize, contexts.n);
-        let ManyScratch { y, xq, means, at_lambda, top, total, lambdas, tabulated, h, hidden_mean } = scratch;
-        // LayerNorm of each input (torch: biased variance, eps 1e-5)
+        let ManyScratch { y, xq, means, at_lambda, top, total, lambdas, tabulated, h, hidden_mean, mean, inv } = scratch;
+        // LayerNorm of each input (torch: biased variance, eps 1e-5), over the
+        // inputs in the inner loops (each input's sums still run over k in order)
         y.resize(d * n, 0.0);
-        for i in 0..n {
-            let mean = (0..d).map(|k| xs[k * n + i]).sum::<f32>() / d as f32;
-            let var = (0..d).map(|k| (xs[k * n + i] - mean).powi(2)).sum::<f32>() / d as f32;
-            let inv = 1.0 / (var + 1e-5).sqrt();
-            for k in 0..d {
-                y[k * n + i] = (xs[k * n + i] - mean) * inv;
+        mean.clear();
+        mean.resize(n, 0.0);
+        inv.clear();
+        inv.resize(n, 0.0);
+        for row in xs[..d * n].chunks_exact(n) {
+            mean.iter_mut().zip(row).for_each(|(m, &x)| *m += x);
+        }
+        mean.iter_mut().for_each(|m| *m /= d as f32);
+        for row in xs[..d * n].chunks_exact(n) {
+            inv.iter_mut().zip(row).zip(mean.iter()).for_each(|((v, &x), &m)| *v += (x - m) * (x - m));
+        }
+        inv.iter_mut().for_each(|v| *v = 1.0 / (*v / d as f32 + 1e-5).sqrt());
+        for (out, row) in y.chunks_exact_mut(n).zip(xs[..d * n].chunks_exact(n)) {
+            for (((o, &x), &m), &v) in out.iter_mut().zip(row).zip(mean.iter()).zip(inv.iter()) {
+                *o = (x - m) * v;
             }
         }
         xq.resize(TOKENS as usize * n, 0.0);
@@ -410,6 +420,9 @@ pub struct ManyScratch {
     tabulated: Vec<f32>,
     h: Vec<f32>,
     hidden_mean: Vec<f32>,
+    /// each input's mean and inverse standard deviation (LayerNorm)
+    mean: Vec<f32>,
+    inv: Vec<f32>,
 }
 
 /// Intermediates of [HostAttention::forward] for one cell: the weighted means
@@ -420,6 +433,29 @@ pub struct ForwardScratch {
     top: Vec<f32>,
     total: Vec<f32>,
     hidden: Vec<f32>,
+}
+
+/// [affine_rows] on the widest vector unit the CPU has (the others' bits may
+/// differ: fused multiply-adds).
+pub(crate) fn affine(w: &[f32], bias: &[f32], input: &[f32], n: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX-512 (the function's features).
+            return unsafe { affine_rows_avx512(w, bias, input, n, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (the function's features).
+            return unsafe { affine_avx2(w, bias, input, n, out) };
+        }
+    }
+    affine_rows::<false, 8, 8>(w, bias, input, n, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn affine_avx2(w: &[f32], bias: &[f32], input: &[f32], n: usize, out: &mut [f32]) {
+    affine_rows::<true, 8, 8>(w, bias, input, n, out)
 }
 
 /// out[o, i] = bias[o] + sum_k w[k, o] input[k, i] for `input` [K, n], `w` [K,

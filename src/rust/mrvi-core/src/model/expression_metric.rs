@@ -14,15 +14,17 @@
 //! the nuisance covariates are averaged in log space (the geometric mean of the
 //! expression over their grid); continuous covariates sit at their means (0).
 
-use super::attention::{Contexts, HostAttention, ManyScratch, TOKENS};
+use super::attention::{affine, Contexts, HostAttention, ManyScratch, TOKENS};
 use tch::{Kind, Tensor};
 
 /// Maps counterfactual z to coordinates whose Euclidean distances are
 /// Aitchison distances (log2) between the decoded expression profiles.
 pub struct ExpressionMetric {
     n_latent: usize,
-    /// R: [L, L] row-major
-    factor: Vec<f32>,
+    /// R transposed: [L, L] row-major, element (k, i) = R[i, k]
+    factor_t: Vec<f32>,
+    /// L zeros (the product's bias)
+    zeros: Vec<f32>,
     /// the attention flavour: the decoder's block and one context per
     /// combination of nuisance levels
     decoder: Option<(HostAttention, Contexts)>,
@@ -37,10 +39,10 @@ impl ExpressionMetric {
         let gram = centred.tr().matmul(&centred) / std::f64::consts::LN_2.powi(2);
         // gram = V diag(e) V', so R = diag(sqrt(e)) V' (any factor gives the same norms)
         let (values, vectors) = gram.linalg_eigh("L");
-        let factor = (values.clamp_min(0.0).sqrt().unsqueeze(1) * vectors.tr()).to_kind(Kind::Float).contiguous();
+        let factor = values.clamp_min(0.0).sqrt().unsqueeze(1) * vectors.tr();
         let n_latent = weight.size()[1] as usize;
-        let factor = Vec::<f32>::try_from(&factor.view([-1])).expect("float");
-        Self { n_latent, factor, decoder }
+        let factor_t = Vec::<f32>::try_from(&factor.tr().to_kind(Kind::Float).contiguous().view([-1])).expect("float");
+        Self { n_latent, factor_t, zeros: vec![0.0; n_latent], decoder }
     }
 
     /// Contexts of the attention decoder for every combination of the levels of
@@ -87,15 +89,9 @@ impl ExpressionMetric {
                 *v += b;
             }
         }
-        // R y by dimension, [L, S], over the samples in the innermost loop
+        // R y by dimension, [L, S]
         block_out.resize(l * s, 0.0);
-        block_out.fill(0.0);
-        for (i, row) in block_out.chunks_exact_mut(s).enumerate() {
-            for (k, src) in y.chunks_exact(s).enumerate() {
-                let r = self.factor[i * l + k];
-                row.iter_mut().zip(src).for_each(|(o, v)| *o += r * v);
-            }
-        }
+        affine(&self.factor_t, &self.zeros, y, s, block_out);
         if by_dimension {
             z[..l * s].copy_from_slice(block_out);
         } else {

@@ -160,7 +160,7 @@ impl TiltedMeans {
             let (p_lo, p_hi) = (_mm512_cvttpd_epi32(u_lo), _mm512_cvttpd_epi32(u_hi));
             let t_lo = _mm512_cvtpd_ps(_mm512_sub_pd(u_lo, _mm512_cvtepi32_pd(p_lo)));
             let t_hi = _mm512_cvtpd_ps(_mm512_sub_pd(u_hi, _mm512_cvtepi32_pd(p_hi)));
-            let t = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(t_lo), t_hi);
+            let t = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(_mm512_castps256_ps512(t_lo)), _mm256_castps_pd(t_hi)));
             let p = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(p_lo), p_hi);
             let s = _mm512_sub_ps(one, t);
             let h00 = _mm512_mul_ps(_mm512_mul_ps(_mm512_add_ps(one, _mm512_mul_ps(two, t)), s), s);
