@@ -169,7 +169,10 @@ if (part == "add") {
                nearest_add = names(which.min(a)), nearest_full = names(which.min(f)),
                sister_add = paste(sa, collapse = "+"), sister_full = paste(sf, collapse = "+"),
                sister_truth = paste(st, collapse = "+"),
-               placement_match = identical(sa, sf), add_seconds = round(add_seconds),
+               placement_match = identical(sa, sf),
+               # the same for the second full fit: the ceiling of placement_match
+               placement_refit_match = if (is.null(d_refit)) NA else identical(sister(d_refit, s), sf),
+               add_seconds = round(add_seconds),
                add_epochs = nrow(added@config$added[[1]]$history),
                reference_cells_identical = same_cells, reference_groups_identical = same_groups)
   })

@@ -49,13 +49,18 @@ test_that("the attention flavour recovers a planted tree and keeps other types q
   expect_lt(max(mean_dist[c("type2", "type3")]) / mean_dist[["type1"]], 0.25)
 })
 
+# The root split of type1's planted tree: "left" / "right" per fitted sample.
+root_split <- function(a) {
+  tree <- S4Vectors::metadata(a$sce)$truth$phylo$type1
+  left <- tree$tip.label[ape::prop.part(tree)[[2]]]
+  stats::setNames(ifelse(a$fit@samples %in% left, "left", "right"), a$fit@samples)
+}
+
 test_that("guided tests with the defaults find the root split of the planted tree, and only there", {
   a <- attention_fit()
   fit <- a$fit
   skip_if_not_installed("ape")
-  tree <- S4Vectors::metadata(a$sce)$truth$phylo$type1
-  left <- tree$tip.label[ape::prop.part(tree)[[2]]]
-  split <- stats::setNames(ifelse(fit@samples %in% left, "left", "right"), fit@samples)
+  split <- root_split(a)
   affected <- fit@cell_data$cell_type == "type1"
   res <- cellAssociation(fit, split)
   flagged <- res$q_value < 0.05
@@ -69,9 +74,7 @@ test_that("differential expression works for the attention flavour, averaging ov
   fit <- a$fit
   skip_if_not_installed("ape")
   # the root split of type1's planted tree as the covariate; 20 cells of type1, 20 of type2
-  tree <- S4Vectors::metadata(a$sce)$truth$phylo$type1
-  left <- tree$tip.label[ape::prop.part(tree)[[2]]]
-  cov <- data.frame(sample = fit@samples, split = ifelse(fit@samples %in% left, "left", "right"))
+  cov <- data.frame(sample = fit@samples, split = unname(root_split(a)))
   type <- fit@cell_data$cell_type
   cells <- c(which(type == "type1")[1:20], which(type == "type2")[1:20])
   affected <- rep(c(TRUE, FALSE), each = 20)
