@@ -66,7 +66,7 @@
 #'   (Spearman 0.82-0.88 against 0.70-0.87), but its sample effects leak into the
 #'   unaffected cell types (affected / unaffected mean distance 2.0-2.1x against
 #'   6.5-8.7x), so tests of a sample covariate flag cells there: guided per-cell
-#'   tests at FDR 0.45-0.69 (attention: at most 0.002) and differential
+#'   tests at FDR 0.45-0.69 (attention: at most 0.002; the test of the time, on latent distances) and differential
 #'   expression in 26-39\% of the unaffected cells (attention: none). It misses
 #'   issue 14's targets on contrast, FDR and DE, which the attention flavour meets.
 #' @param n_latent_u dimension of u for the attention flavour.
