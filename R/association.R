@@ -211,10 +211,11 @@ resolve_min_effect <- function(min_effect, space, normalize, call) {
 #' groupAssociation(fit, grp, permutations = 99)
 #' @export
 groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = NULL,
-                             statistic = NULL, normalize = TRUE, mc_samples = 10, max_cells = 500,
-                             BPPARAM = BiocParallel::SerialParam(), space = c("latent", "expression")) {
+                             statistic = c("effect", "ks", "pseudo_f"), normalize = FALSE, mc_samples = 10,
+                             max_cells = 500, BPPARAM = BiocParallel::SerialParam(),
+                             space = c("expression", "latent"), min_effect = NULL) {
   call <- sys.call()
-  space <- match_choice(space, c("latent", "expression"), "space", call)
+  space <- match_choice(space, c("expression", "latent"), "space", call)
   check_bpparam(BPPARAM, call)
   permutations <- check_count(permutations, "permutations", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
@@ -227,8 +228,10 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   }
   if (is_fit) check_fit(fit_or_distances, call)
   seed <- check_whole(seed %||% (if (is_fit) fit_or_distances@config$seed else 1), "seed", call)
-  statistic <- if (is.null(statistic)) (if (is_fit) "ks" else "pseudo_f") else
-    match_choice(statistic, c("ks", "pseudo_f"), "statistic", call)
+  statistic <- match_choice(statistic %||% "effect", c("effect", "ks", "pseudo_f"), "statistic", call)
+  if (!is.null(min_effect) && statistic != "effect") {
+    abort_arg("{.arg min_effect} applies to {.code statistic = \"effect\"} only.", call = call)
+  }
   if (statistic == "ks" && !is_fit) {
     abort_arg(c("{.arg statistic} = \"ks\" needs the fit: it recomputes per-cell distances.",
                 "i" = "Pass the {.cls MrVIFit}, or use {.code statistic = \"pseudo_f\"} with distances."),
@@ -254,8 +257,13 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     unknown <- setdiff(tested, dimnames(d)[[3]])
     if (length(unknown)) abort_arg("{.arg groups} not in the distances: {.val {unknown}}.", call = call)
     n_cells <- attr(d, "n_cells")
+    if (statistic == "effect") {
+      # distances made elsewhere: no unit known, no default threshold
+      min_effect <- resolve_min_effect(min_effect, attr(d, "space") %||% "latent", attr(d, "normalize") %||% TRUE, call)
+    }
     rows <- bp_map(tested, function(g) {
-      row <- pseudo_f_group_test(d[, , g], y, g, permutations, seed)
+      row <- if (statistic == "effect") effect_group_test(d[, , g], y, g, permutations, seed, min_effect)
+             else pseudo_f_group_test(d[, , g], y, g, permutations, seed)
       row$n_cells <- if (is_fit && !is.null(n_cells)) as.integer(n_cells[[g]]) else NA_integer_
       row
     }, BPPARAM = BPPARAM)
@@ -267,6 +275,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
                               permutations = res$permutations, row.names = res$group)
   S4Vectors::metadata(out)$covariate <- attr(y, "name")
   S4Vectors::metadata(out)$statistic <- statistic
+  if (statistic == "effect") S4Vectors::metadata(out)$min_effect <- min_effect
   out
 }
 
@@ -289,6 +298,31 @@ pseudo_f_group_test <- function(m, y, g, permutations, seed) {
   f <- pseudo_f(d2, yy)
   perm <- vapply(seq_len(permutations), function(i) pseudo_f(d2, sample(yy)), numeric(1))
   data.frame(group = g, n_samples = sum(keep), statistic = f, p_value = permutation_p(f, perm),
+             permutations = permutations)
+}
+
+# One group's test of its mean `effect` (mean between- minus mean within-category
+# distance of D(C), the mean of its cells' effects) against `min_effect`: Mantel's
+# permutation test of D(C) with min_effect taken off the between-category pairs, as
+# cellAssociation() per cell. The statistic is the effect of D(C) itself.
+effect_group_test <- function(m, y, g, permutations, seed, min_effect) {
+  keep <- !is.na(y) & !apply(is.na(m), 1, all)
+  yy <- droplevels(y[keep])
+  m <- m[keep, keep, drop = FALSE]
+  if (nlevels(yy) < 2 || all(table(yy) < 2)) {
+    return(data.frame(group = g, n_samples = sum(keep), statistic = NA_real_, p_value = NA_real_,
+                      permutations = 0L))
+  }
+  set.seed(seed)
+  up <- upper.tri(m)
+  effect <- function(d, labels) {
+    same <- outer(labels, labels, "==")[up]
+    mean(d[up][!same]) - mean(d[up][same])
+  }
+  tested <- m - min_effect * outer(yy, yy, "!=")
+  observed <- effect(tested, yy)
+  perm <- vapply(seq_len(permutations), function(i) effect(tested, sample(yy)), numeric(1))
+  data.frame(group = g, n_samples = sum(keep), statistic = effect(m, yy), p_value = permutation_p(observed, perm),
              permutations = permutations)
 }
 

@@ -171,6 +171,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   attr(out, "min_cells") <- min_cells
   attr(out, "sample_table") <- fit@sample_table
   attr(out, "space") <- space
+  attr(out, "normalize") <- normalize
   out
 }
 

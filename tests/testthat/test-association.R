@@ -144,7 +144,7 @@ test_that("group-level permutation p-values are uniform under a random covariate
   # 400 random balanced covariates, 199 permutations each, on the unaffected type:
   # P(p < 0.05) is exactly 0.05 for each, so the share has sd 0.011 (tolerance 3.2 sd)
   p <- null_p_values(samples, 400, 1000, function(y, r) {
-    groupAssociation(d, y, groups = "type2", permutations = 199, seed = r)$p_value
+    groupAssociation(d, y, groups = "type2", permutations = 199, seed = r, statistic = "pseudo_f")$p_value
   })
   expect_uniform(p, 0.035)
 })
@@ -152,7 +152,8 @@ test_that("group-level permutation p-values are uniform under a random covariate
 test_that("groupAssociation finds the planted covariate in the affected type", {
   a <- covariates_fit()
   fit <- a$fit
-  res <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 199)
+  res <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 199, statistic = "ks", normalize = TRUE,
+                          space = "latent")
   expect_equal(rownames(res), c("type1", "type2"))
   expect_equal(S4Vectors::metadata(res)$statistic, "ks")
   # the smallest p-values 199 random permutations can give: the planted split and its
@@ -163,7 +164,8 @@ test_that("groupAssociation finds the planted covariate in the affected type", {
   expect_equal(res$q_value, p.adjust(res$p_value, method = "BH"))
   # the statistic is the mean per-cell KS statistic of the cells used (all of
   # them when max_cells allows): large in the affected type, near 0 elsewhere
-  all_cells <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 9, max_cells = 5000)
+  all_cells <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 9, max_cells = 5000,
+                                statistic = "ks", normalize = TRUE, space = "latent")
   per_cell <- cellAssociation(fit, "cov1", space = "latent", normalize = TRUE)$statistic
   type <- fit@cell_data$cell_type
   expect_equal(all_cells$statistic, as.vector(tapply(per_cell, type, mean)[c("type1", "type2")]),
@@ -174,11 +176,11 @@ test_that("groupAssociation finds the planted covariate in the affected type", {
   expect_lt(res["type2", "statistic"], 0.05)
   # pseudo-F: equals a direct PERMANOVA pseudo-F of D(C)
   pf <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 199, statistic = "pseudo_f",
-                         normalize = FALSE, mc_samples = 0)
+                         normalize = FALSE, mc_samples = 0, space = "latent")
   expect_lte(pf["type1", "p_value"], 0.02)
   d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = "latent")
   # the same permutations: a fit's default seed is its own, distances' is 1
-  from_d <- groupAssociation(d, "cov1", permutations = 199, seed = fit@config$seed)
+  from_d <- groupAssociation(d, "cov1", permutations = 199, seed = fit@config$seed, statistic = "pseudo_f")
   expect_equal(pf$statistic, from_d$statistic, tolerance = 1e-12)
   expect_equal(pf$p_value, from_d$p_value)
   y <- factor(fit@sample_table$cov1)
@@ -194,10 +196,42 @@ test_that("the mean-KS group test is uniform under a random covariate", {
   fit <- a$fit
   # type1 carries real sample structure (cov1-3), unrelated to these covariates
   p <- null_p_values(fit@samples, 150, 2000, function(y, r) {
-    groupAssociation(fit, y, groups = fit@cell_data$cell_type == "type1", permutations = 99,
+    groupAssociation(fit, y, groups = fit@cell_data$cell_type == "type1", permutations = 99, statistic = "ks",
+                     normalize = TRUE, space = "latent",
                      seed = r, max_cells = 100)["TRUE", "p_value"]
   })
   expect_uniform(p, 0.05)
+})
+
+test_that("the group test of the mean effect: D(C)'s effect, Mantel by enumeration, uniform under a random covariate", {
+  a <- covariates_fit()
+  fit <- a$fit
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
+  y <- fit@sample_table$cov1
+  res <- groupAssociation(d, "cov1", permutations = 999, seed = 3)
+  expect_equal(S4Vectors::metadata(res)$statistic, "effect")
+  # raw expression-space distances: half a log2 unit by default
+  expect_equal(S4Vectors::metadata(res)$min_effect, 0.5)
+  same <- outer(y, y, "==")
+  up <- upper.tri(same)
+  for (g in c("type1", "type2")) {
+    m <- d[, , g]
+    expect_equal(res[g, "statistic"], mean(m[up & !same]) - mean(m[up & same]), tolerance = 1e-12)
+    # the permutation p-value against all 924 labelings of D(C) minus 0.5 between categories
+    exact <- mantel_by_enumeration(m - 0.5 * !same, y)
+    expect_lt(abs(res[g, "p_value"] - exact[["p"]]), 4 * sqrt(max(exact[["p"]], 0.001) / 1000) + 0.001)
+  }
+  # from the fit: the same distances (posterior means) and test
+  from_fit <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 999, seed = 3, mc_samples = 0)
+  expect_equal(from_fit$statistic, res$statistic)
+  expect_equal(from_fit$p_value, res$p_value)
+  # with min_effect = 0, uniform under random covariates on the affected type
+  # (whose distances carry cov1-3's structure)
+  p <- null_p_values(dimnames(d)[[1]], 300, 3000, function(y, r) {
+    groupAssociation(d, y, groups = "type1", permutations = 199, seed = r, min_effect = 0)$p_value
+  })
+  expect_uniform(p, 0.04)
+  expect_error(groupAssociation(d, "cov1", statistic = "pseudo_f", min_effect = 1), "`min_effect` applies to")
 })
 
 test_that("association errors name the argument, and results go back to the object", {

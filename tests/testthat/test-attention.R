@@ -67,6 +67,10 @@ test_that("guided tests with the defaults find the root split of the planted tre
   # issue 14's target: TPR >= 0.8 at FDR <= 0.05 in the affected type
   expect_gte(mean(flagged[affected]), 0.8)
   expect_lte(sum(flagged & !affected) / max(1, sum(flagged)), 0.05)
+  # the group test with its defaults: type1 only
+  g <- groupAssociation(fit, split, groups = "cell_type", permutations = 199)
+  expect_lt(g["type1", "q_value"], 0.05)
+  expect_gte(min(g[c("type2", "type3"), "q_value"]), 0.05)
 })
 
 test_that("differential expression works for the attention flavour, averaging over draws", {
