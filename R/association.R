@@ -159,28 +159,39 @@ resolve_min_effect <- function(min_effect, space, normalize, call) {
 #' follow the covariate, with a p-value from permuting the covariate across
 #' samples (`permutations` = B times): \eqn{(1 + \#\{T^* \ge T\}) / (1 + B)},
 #' valid whatever the dependence between pairs of samples. Benjamini-Hochberg
-#' across groups. Two statistics:
+#' across groups. Three statistics:
 #'
-#' * `"ks"` (the default with a fit): the mean over the group's cells of the
-#'   per-cell effect size of [cellAssociation()] (its `statistic`), the one-sided
-#'   KS statistic of within- against between-category distances in \eqn{D(n)}
-#'   (normalised by default). Each permutation relabels the samples and recomputes every
-#'   cell's statistic, so the test asks whether the group's cells, one by one,
-#'   separate the categories, and agrees with the per-cell tests. Groups larger
-#'   than `max_cells` are represented by a random subset of that many cells
-#'   (drawn from `seed`), which bounds the cost at
-#'   \eqn{B \cdot max\_cells \cdot S^2 / 2}.
-#' * `"pseudo_f"` (the only one with distances): PERMANOVA's pseudo-F (Anderson
-#'   2001) of the group's mean distance matrix \eqn{D(C)}:
+#' * `"effect"` (the default): the group's mean `effect` of [cellAssociation()],
+#'   the mean between-category minus the mean within-category distance of the
+#'   group's mean distance matrix \eqn{D(C)} (in expression space, the
+#'   default: log2 units), tested as [cellAssociation()] tests one cell: by
+#'   permutation of \eqn{D(C)} with `min_effect` taken off every
+#'   between-category pair (Mantel's test; the null "the covariate moves samples
+#'   apart by at most `min_effect`", exact at that boundary). \eqn{D(C)} is an
+#'   average over many cells, so a test of "no association" finds even the
+#'   small shifts a fit carries into cell types the covariate does not affect;
+#'   the minimum effect keeps them out. On the six default fits of
+#'   `bench/validity.R` (root split of one affected type's tree) the affected
+#'   type had q = 0.005 and every other type q = 1, where the previous default
+#'   (`"ks"` on normalised latent distances) also flagged 1-4 unaffected types on
+#'   five of six fits (`bench/README.md`, session 23).
+#' * `"ks"`: the mean over the group's cells of the per-cell KS statistic of
+#'   [cellAssociation()] (its `statistic`) of within- against between-category
+#'   distances in \eqn{D(n)}. Each permutation relabels the samples and
+#'   recomputes every cell's statistic, so the test asks whether the group's
+#'   cells, one by one, separate the categories. Groups larger than `max_cells`
+#'   are represented by a random subset of that many cells (drawn from `seed`),
+#'   which bounds the cost at \eqn{B \cdot max\_cells \cdot S^2 / 2}. Needs the
+#'   fit. Its default before was on normalised latent distances
+#'   (`normalize = TRUE, space = "latent"`).
+#' * `"pseudo_f"`: PERMANOVA's pseudo-F (Anderson 2001) of \eqn{D(C)}:
 #'   \eqn{F = (SS_B / (k - 1)) / (SS_W / (N - k))} with
 #'   \eqn{SS_T = \frac{1}{N}\sum_{i<j} d_{ij}^2} and
-#'   \eqn{SS_W = \sum_g \frac{1}{n_g}\sum_{i<j \in g} d_{ij}^2}. \eqn{D(C)} is an
-#'   average over many cells, so even a small consistent shift is found; on
-#'   fits where a covariate's effect leaks into other cell types (see
-#'   [cellAssociation()]) those types are flagged too.
+#'   \eqn{SS_W = \sum_g \frac{1}{n_g}\sum_{i<j \in g} d_{ij}^2}; no minimum
+#'   effect, so leaks into other cell types are flagged too.
 #'
 #' @param fit_or_distances a [MrVIFit-class], or the result of
-#'   [sampleDistances()] (then `statistic` is `"pseudo_f"`).
+#'   [sampleDistances()] (then `statistic` is `"effect"` or `"pseudo_f"`).
 #' @param covariate a column name of the sample table or a vector named by
 #'   sample; categorical, as in [cellAssociation()].
 #' @param groups with a fit: as `groups` of [sampleDistances()]; with distances:
@@ -190,20 +201,22 @@ resolve_min_effect <- function(min_effect, space, normalize, call) {
 #'   restored afterwards) and, with a fit, of the posterior draws (as in
 #'   [sampleDistances()]). `NULL`: the fit's seed (`fit@config$seed`), or 1 with
 #'   distances.
-#' @param statistic `"ks"` or `"pseudo_f"`; `NULL` picks `"ks"` for a fit and
-#'   `"pseudo_f"` for distances.
-#' @param normalize,mc_samples,space how distances are computed from a fit
-#'   (here normalised, 10 posterior draws, latent space by default, unlike
-#'   [cellAssociation()]; the group test has no minimum effect; see
-#'   [sampleDistances()] for the spaces).
+#' @param statistic `"effect"` (default), `"ks"` or `"pseudo_f"`.
+#' @param normalize,mc_samples,space how distances are computed from a fit, as
+#'   in [cellAssociation()] (raw, 10 posterior draws, expression space by
+#'   default; see [sampleDistances()] for the spaces).
 #' @param max_cells with `"ks"`: at most this many cells per group.
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread: one task per group; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
+#' @param min_effect with `"effect"`: the between-minus-within distance the null
+#'   allows, >= 0, in the distances' units; `NULL` (default): 0.5 log2 units
+#'   for raw expression-space distances, else 0 (so also for distances not made
+#'   by [sampleDistances()]).
 #' @return a `DataFrame`, one row per group: `n_samples`, `n_cells` (cells
-#'   whose statistics entered; `NA` for `"pseudo_f"` on distances), `statistic`,
+#'   whose statistics entered; `NA` on distances), `statistic`,
 #'   `p_value`, `q_value`, `permutations`; `metadata()` names the covariate and
-#'   the statistic.
+#'   the statistic (and `min_effect`).
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
