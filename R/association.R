@@ -260,23 +260,29 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
       ks_group_test(fit, y, which(group == g), g, permutations, seed, normalize, mc_samples, max_cells, space, call)
     }, BPPARAM = BPPARAM)
   } else {
-    d <- if (is_fit) {
-      with_call(sampleDistances(fit_or_distances, groups = groups, normalize = normalize,
-                                mc_samples = mc_samples, seed = seed, BPPARAM = BPPARAM, space = space), call)
-    } else fit_or_distances
-    if (is_fit) groups <- NULL
-    y <- sample_covariate(covariate, attr(d, "sample_table"), dimnames(d)[[1]], call)
+    if (is_fit) {
+      # the covariate first: a bad one fails before the distances are computed
+      fit <- fit_or_distances
+      y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
+      if (statistic == "effect") min_effect <- resolve_min_effect(min_effect, space, normalize, call)
+      d <- with_call(sampleDistances(fit, groups = groups, normalize = normalize, mc_samples = mc_samples,
+                                     seed = seed, BPPARAM = BPPARAM, space = space), call)
+      groups <- NULL
+    } else {
+      d <- fit_or_distances
+      y <- sample_covariate(covariate, attr(d, "sample_table"), dimnames(d)[[1]], call)
+    }
     tested <- if (is.null(groups)) dimnames(d)[[3]] else groups
     unknown <- setdiff(tested, dimnames(d)[[3]])
     if (length(unknown)) abort_arg("{.arg groups} not in the distances: {.val {unknown}}.", call = call)
     n_cells <- attr(d, "n_cells")
-    if (statistic == "effect") {
+    if (statistic == "effect" && !is_fit) {
       # distances made elsewhere: no unit known, no default threshold
       min_effect <- resolve_min_effect(min_effect, attr(d, "space") %||% "latent", attr(d, "normalize") %||% TRUE, call)
     }
     rows <- bp_map(tested, function(g) {
-      row <- if (statistic == "effect") effect_group_test(d[, , g], y, g, permutations, seed, min_effect)
-             else pseudo_f_group_test(d[, , g], y, g, permutations, seed)
+      row <- if (statistic == "effect") matrix_group_test(d[, , g], y, g, permutations, seed, effect_statistic, min_effect)
+             else matrix_group_test(d[, , g], y, g, permutations, seed, pseudo_f_statistic)
       row$n_cells <- if (is_fit && !is.null(n_cells)) as.integer(n_cells[[g]]) else NA_integer_
       row
     }, BPPARAM = BPPARAM)
@@ -297,8 +303,11 @@ permutation_p <- function(observed, permuted) {
   (1 + sum(permuted >= observed - 1e-12 * abs(observed))) / (1 + length(permuted))
 }
 
-# One group's pseudo-F test on its mean distance matrix `m` (samples x samples).
-pseudo_f_group_test <- function(m, y, g, permutations, seed) {
+# One group's permutation test on its mean distance matrix `m` (samples x
+# samples): `stat(d, labels)` of `m` with `shift` taken off the pairs the
+# observed labels put in different categories, against `permutations`
+# relabelings of that matrix; the statistic reported is `stat` of `m` itself.
+matrix_group_test <- function(m, y, g, permutations, seed, stat, shift = 0) {
   keep <- !is.na(y) & !apply(is.na(m), 1, all)
   yy <- droplevels(y[keep])
   m <- m[keep, keep, drop = FALSE]
@@ -307,36 +316,23 @@ pseudo_f_group_test <- function(m, y, g, permutations, seed) {
                       permutations = 0L))
   }
   set.seed(seed)
-  d2 <- m^2
-  f <- pseudo_f(d2, yy)
-  perm <- vapply(seq_len(permutations), function(i) pseudo_f(d2, sample(yy)), numeric(1))
-  data.frame(group = g, n_samples = sum(keep), statistic = f, p_value = permutation_p(f, perm),
+  tested <- m - shift * outer(yy, yy, "!=")
+  observed <- stat(tested, yy)
+  perm <- vapply(seq_len(permutations), function(i) stat(tested, sample(yy)), numeric(1))
+  data.frame(group = g, n_samples = sum(keep), statistic = stat(m, yy), p_value = permutation_p(observed, perm),
              permutations = permutations)
 }
 
-# One group's test of its mean `effect` (mean between- minus mean within-category
-# distance of D(C), the mean of its cells' effects) against `min_effect`: Mantel's
-# permutation test of D(C) with min_effect taken off the between-category pairs, as
-# cellAssociation() per cell. The statistic is the effect of D(C) itself.
-effect_group_test <- function(m, y, g, permutations, seed, min_effect) {
-  keep <- !is.na(y) & !apply(is.na(m), 1, all)
-  yy <- droplevels(y[keep])
-  m <- m[keep, keep, drop = FALSE]
-  if (nlevels(yy) < 2 || all(table(yy) < 2)) {
-    return(data.frame(group = g, n_samples = sum(keep), statistic = NA_real_, p_value = NA_real_,
-                      permutations = 0L))
-  }
-  set.seed(seed)
-  up <- upper.tri(m)
-  effect <- function(d, labels) {
-    same <- outer(labels, labels, "==")[up]
-    mean(d[up][!same]) - mean(d[up][same])
-  }
-  tested <- m - min_effect * outer(yy, yy, "!=")
-  observed <- effect(tested, yy)
-  perm <- vapply(seq_len(permutations), function(i) effect(tested, sample(yy)), numeric(1))
-  data.frame(group = g, n_samples = sum(keep), statistic = effect(m, yy), p_value = permutation_p(observed, perm),
-             permutations = permutations)
+# PERMANOVA's pseudo-F of distances `d` against labels.
+pseudo_f_statistic <- function(d, labels) pseudo_f(d^2, labels)
+
+# The mean between-category minus the mean within-category distance (the group's
+# `effect`; tested with the minimum effect as `shift`, it is Mantel's test, as
+# cellAssociation() per cell).
+effect_statistic <- function(d, labels) {
+  up <- upper.tri(d)
+  same <- outer(labels, labels, "==")[up]
+  mean(d[up][!same]) - mean(d[up][same])
 }
 
 # One group's test on the mean per-cell KS statistic: D(n) of (a subset of) the

@@ -225,12 +225,15 @@ test_that("the group test of the mean effect: D(C)'s effect, Mantel by enumerati
   from_fit <- groupAssociation(fit, "cov1", groups = "cell_type", permutations = 999, seed = 3, mc_samples = 0)
   expect_equal(from_fit$statistic, res$statistic)
   expect_equal(from_fit$p_value, res$p_value)
-  # with min_effect = 0, uniform under random covariates on the affected type
-  # (whose distances carry cov1-3's structure)
+  # with min_effect = 0, valid under random covariates on the affected type (whose
+  # distances carry cov1-3's structure): no more small p-values than nominal. The
+  # relabelings of a structured D(C) often tie, which makes the test conservative
+  # (P(p < 0.05) 0.017-0.02 over seed shifts 0-4; on type2, without structure, 0.05)
   p <- null_p_values(dimnames(d)[[1]], 300, 3000, function(y, r) {
     groupAssociation(d, y, groups = "type1", permutations = 199, seed = r, min_effect = 0)$p_value
   })
-  expect_uniform(p, 0.04)
+  expect_gt(suppressWarnings(ks.test(p, "punif"))$p.value, 0.001)
+  expect_lt(mean(p < 0.05), 0.05 + 0.035)
   expect_error(groupAssociation(d, "cov1", statistic = "pseudo_f", min_effect = 1), "`min_effect` applies to")
 })
 
