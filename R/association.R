@@ -250,39 +250,40 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
                 "i" = "Pass the {.cls MrVIFit}, or use {.code statistic = \"pseudo_f\"} with distances."),
               call = call)
   }
+  # the covariate and the minimum effect first: bad ones fail before any distances
+  if (is_fit) {
+    fit <- fit_or_distances
+    y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
+  } else {
+    y <- sample_covariate(covariate, attr(fit_or_distances, "sample_table"), dimnames(fit_or_distances)[[1]], call)
+  }
+  if (statistic == "effect") {
+    # distances made elsewhere have no known unit: no default threshold
+    unit <- if (is_fit) list(space, normalize) else
+      list(attr(fit_or_distances, "space") %||% "latent", attr(fit_or_distances, "normalize") %||% TRUE)
+    min_effect <- resolve_min_effect(min_effect, unit[[1]], unit[[2]], call)
+  }
   restore <- preserve_rng()
   on.exit(restore())
   if (statistic == "ks") {
-    fit <- fit_or_distances
-    y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
     group <- resolve_groups(fit, groups, call)
     rows <- bp_map(levels(group), function(g) {
       ks_group_test(fit, y, which(group == g), g, permutations, seed, normalize, mc_samples, max_cells, space, call)
     }, BPPARAM = BPPARAM)
   } else {
-    if (is_fit) {
-      # the covariate first: a bad one fails before the distances are computed
-      fit <- fit_or_distances
-      y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
-      if (statistic == "effect") min_effect <- resolve_min_effect(min_effect, space, normalize, call)
-      d <- with_call(sampleDistances(fit, groups = groups, normalize = normalize, mc_samples = mc_samples,
-                                     seed = seed, BPPARAM = BPPARAM, space = space), call)
-      groups <- NULL
-    } else {
-      d <- fit_or_distances
-      y <- sample_covariate(covariate, attr(d, "sample_table"), dimnames(d)[[1]], call)
-    }
+    d <- if (is_fit) {
+      with_call(sampleDistances(fit, groups = groups, normalize = normalize, mc_samples = mc_samples,
+                                seed = seed, BPPARAM = BPPARAM, space = space), call)
+    } else fit_or_distances
+    if (is_fit) groups <- NULL
     tested <- if (is.null(groups)) dimnames(d)[[3]] else groups
     unknown <- setdiff(tested, dimnames(d)[[3]])
     if (length(unknown)) abort_arg("{.arg groups} not in the distances: {.val {unknown}}.", call = call)
     n_cells <- attr(d, "n_cells")
-    if (statistic == "effect" && !is_fit) {
-      # distances made elsewhere: no unit known, no default threshold
-      min_effect <- resolve_min_effect(min_effect, attr(d, "space") %||% "latent", attr(d, "normalize") %||% TRUE, call)
-    }
     rows <- bp_map(tested, function(g) {
+      # pseudo-F reads squared distances: squared once, not per permutation
       row <- if (statistic == "effect") matrix_group_test(d[, , g], y, g, permutations, seed, effect_statistic, min_effect)
-             else matrix_group_test(d[, , g], y, g, permutations, seed, pseudo_f_statistic)
+             else matrix_group_test(d[, , g]^2, y, g, permutations, seed, pseudo_f)
       row$n_cells <- if (is_fit && !is.null(n_cells)) as.integer(n_cells[[g]]) else NA_integer_
       row
     }, BPPARAM = BPPARAM)
@@ -303,8 +304,8 @@ permutation_p <- function(observed, permuted) {
   (1 + sum(permuted >= observed - 1e-12 * abs(observed))) / (1 + length(permuted))
 }
 
-# One group's permutation test on its mean distance matrix `m` (samples x
-# samples): `stat(d, labels)` of `m` with `shift` taken off the pairs the
+# One group's permutation test on a matrix `m` over samples (its mean distances,
+# or their squares): `stat(m, labels)` with `shift` taken off the pairs the
 # observed labels put in different categories, against `permutations`
 # relabelings of that matrix; the statistic reported is `stat` of `m` itself.
 matrix_group_test <- function(m, y, g, permutations, seed, stat, shift = 0) {
@@ -322,9 +323,6 @@ matrix_group_test <- function(m, y, g, permutations, seed, stat, shift = 0) {
   data.frame(group = g, n_samples = sum(keep), statistic = stat(m, yy), p_value = permutation_p(observed, perm),
              permutations = permutations)
 }
-
-# PERMANOVA's pseudo-F of distances `d` against labels.
-pseudo_f_statistic <- function(d, labels) pseudo_f(d^2, labels)
 
 # The mean between-category minus the mean within-category distance (the group's
 # `effect`; tested with the minimum effect as `shift`, it is Mantel's test, as

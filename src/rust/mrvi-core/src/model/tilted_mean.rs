@@ -85,7 +85,6 @@ impl TiltedMeans {
         Some(table)
     }
 
-
     /// m(lambda) of every context into `out` ([n]); false (and `out` untouched)
     /// when lambda is off the grid or not a number.
     pub fn interpolate(&self, lambda: f32, out: &mut [f32]) -> bool {
@@ -145,7 +144,7 @@ impl TiltedMeans {
         assert!(out.len() >= n * len && rows.len() >= self.points * 2 * n && self.points * 2 * n < i32::MAX as usize);
         let (origin, step, last) = (_mm512_set1_pd(self.origin), _mm512_set1_pd(self.step), _mm512_set1_pd((self.points - 1) as f64));
         let (one, two, three) = (_mm512_set1_ps(1.0), _mm512_set1_ps(2.0), _mm512_set1_ps(3.0));
-        let width = _mm512_set1_epi32(2 * n as i32);
+        let (width, shift) = (_mm512_set1_epi32(2 * n as i32), _mm512_set1_epi32(n as i32));
         let mut i = 0;
         while i + 16 <= len {
             let lo = _mm512_cvtps_pd(_mm256_loadu_ps(lambdas.as_ptr().add(i)));
@@ -172,7 +171,6 @@ impl TiltedMeans {
             let b = _mm512_add_epi32(a, width);
             for j in 0..n {
                 let (aj, bj) = (_mm512_add_epi32(a, _mm512_set1_epi32(j as i32)), _mm512_add_epi32(b, _mm512_set1_epi32(j as i32)));
-                let shift = _mm512_set1_epi32(n as i32);
                 let va = _mm512_i32gather_ps::<4>(aj, rows.as_ptr());
                 let da = _mm512_i32gather_ps::<4>(_mm512_add_epi32(aj, shift), rows.as_ptr());
                 let vb = _mm512_i32gather_ps::<4>(bj, rows.as_ptr());
