@@ -124,8 +124,9 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
   min_effect <- resolve_min_effect(min_effect, space, normalize, call)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
+  if (!length(idx)) abort_arg("{.arg cells} selects no cell.", call = call)
   apply_threads(call = call)
-  block <- resolve_chunk_size(fit, NULL, call)
+  block <- resolve_chunk_size(fit, NULL, call, mc_samples, normalize)
   parts <- bp_map(bp_split(idx), function(cells) {
     mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                           as.integer(fit@cell_data$sample) - 1L, cells - 1L,

@@ -177,6 +177,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   seed <- check_whole(seed, "seed", call)
   design <- de_design(fit, covariates, call)
   idx <- resolve_cells(fit, cells, call)
+  if (!length(idx)) abort_arg("{.arg cells} selects no cell.", call = call)
   mask <- resolve_admissible(fit, admissible, idx, call)
   coefs <- colnames(design$X)[-1]
   L <- z_dim(fit)

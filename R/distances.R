@@ -69,7 +69,9 @@
 #' @param mc_samples posterior draws of u per cell over which \eqn{D(n)} is
 #'   averaged; 0 uses the posterior mean (fastest, deterministic). Draws are made
 #'   per cell from `seed`, so results do not depend on `chunk_size`.
-#' @param chunk_size cells per chunk (default: from the number of samples).
+#' @param chunk_size cells per chunk (default: from the number of samples, fewer where a chunk's
+#'   draws (`mc_samples`) would take more than `getOption("mrvi.max_bytes")`; draws that one cell's
+#'   would are an error).
 #' @param admissible mask counterfactuals that extrapolate: `NULL` (none),
 #'   `TRUE` (computed with [admissibility()] defaults) or a logical matrix of
 #'   cells x samples (all fitted cells, or the `cells` asked for), as
@@ -118,7 +120,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   expression <- space == "expression"
   max_cells <- if (is.null(max_cells) || identical(max_cells, Inf)) Inf else check_count(max_cells, "max_cells", call)
   S <- length(fit@samples)
-  block <- resolve_chunk_size(fit, chunk_size, call)
+  block <- resolve_chunk_size(fit, chunk_size, call, mc_samples, normalize)
   apply_threads(call = call)
   own <- as.integer(fit@cell_data$sample) - 1L
   if (!is.null(cells)) {

@@ -86,8 +86,26 @@ resolve_device <- function(device, call) {
 
 # Cells per chunk of the computations streamed in Rust: `chunk_size`, or by
 # default as many as keep a chunk's counterfactuals (cells x S x L) near 2^21
-# numbers, within 16..1024.
-resolve_chunk_size <- function(fit, chunk_size, call) {
-  if (!is.null(chunk_size)) return(check_count(chunk_size, "chunk_size", call))
-  max(16L, min(1024L, as.integer(2^21 / (length(fit@samples) * z_dim(fit)))))
+# numbers, within 16..1024. A chunk holds them for every draw at once (and,
+# normalised, the distances between each cell's draws), so the chunk shrinks
+# where that would pass getOption("mrvi.max_bytes"), and a number of draws
+# that one cell alone would take past it is an error (it was killed for
+# memory, R with it).
+resolve_chunk_size <- function(fit, chunk_size, call, mc_samples = 0, normalize = FALSE) {
+  draws <- max(1, mc_samples)
+  per_cell <- 4 * length(fit@samples) * z_dim(fit) * draws + if (normalize) 4 * draws^2 else 0
+  if (per_cell > max_bytes()) {
+    abort_arg(c("{.arg mc_samples} = {mc_samples} would allocate {byte_size(per_cell)} per cell, over the limit of {byte_size(max_bytes())}.",
+                "i" = "Ask for fewer draws (the default is 10), or raise {.code options(mrvi.max_bytes = )}."),
+              call = call)
+  }
+  if (!is.null(chunk_size)) {
+    chunk_size <- check_count(chunk_size, "chunk_size", call)
+    # (a chunk never holds more cells than the fit has)
+    check_size(min(chunk_size, nrow(fit@u_mean)) * per_cell, sprintf("`chunk_size` = %d with `mc_samples` = %d", chunk_size, mc_samples), call,
+               hint = "Give a smaller {.arg chunk_size} (or leave it {.code NULL}), or raise {.code options(mrvi.max_bytes = )}.")
+    return(chunk_size)
+  }
+  default <- max(16L, min(1024L, as.integer(2^21 / (length(fit@samples) * z_dim(fit)))))
+  min(default, max(1L, as.integer(max_bytes() / per_cell)))
 }

@@ -48,6 +48,8 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
   seed <- check_whole(seed, "seed", call)
   n_genes <- length(fit@genes)
   draws <- max(1L, mc_samples)
+  check_size(8 * n_genes * draws, "sampleSplitGenes()", call,
+             hint = "Ask for fewer draws ({.arg mc_samples}; the default is 10), or raise {.code options(mrvi.max_bytes = )}.")
   lfc <- matrix(0, n_genes, draws)
   expression <- matrix(0, n_genes, 2)
   # blocks of cells keep the decoded genes x cells matrices small

@@ -83,7 +83,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
                                      normalize = opts$normalize, chunk_size = opts$chunk_size, seed = seed,
                                      space = opts$space), call)
   S <- length(fit@samples)
-  block <- resolve_chunk_size(fit, opts$chunk_size, call)
+  block <- resolve_chunk_size(fit, opts$chunk_size, call, opts$mc_samples, opts$normalize)
   restore <- preserve_rng()
   on.exit(restore())
   trees <- lapply(stats::setNames(chosen, chosen), function(g) {

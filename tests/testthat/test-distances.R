@@ -35,6 +35,12 @@ test_that("Monte Carlo group means are means of the per-cell matrices, whatever 
   expect_equal(unname(a[, , "type2"]), unname(apply(cells, c(2, 3), mean)), tolerance = 1e-5)
   m0 <- sampleDistances(fit, groups = "labels", mc_samples = 0, chunk_size = 3)
   expect_identical(m0, sampleDistances(fit, groups = "labels", mc_samples = 0, chunk_size = 64))
+  # a memory limit that holds five cells' draws shrinks the default chunk to five, same result
+  per_cell <- 4 * length(fit@samples) * dim(counterfactualLatent(fit, cells = 1))[3] * 3
+  old <- options(mrvi.max_bytes = 5.5 * per_cell)
+  on.exit(options(old))
+  expect_identical(mrvi:::resolve_chunk_size(fit, NULL, NULL, mc_samples = 3), 5L)
+  expect_identical(sampleDistances(fit, groups = "labels", mc_samples = 3, min_cells = 0), a)
 })
 
 test_that("normalised distances count only differences beyond the cell's posterior noise", {

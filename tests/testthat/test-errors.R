@@ -136,6 +136,13 @@ bad_calls <- list(
   list(quote(sampleDistances(fit, groups = "sample", cells = 1:2)), "`groups` or `cells`"),
   list(quote(sampleDistances(fit, chunk_size = 0)), "`chunk_size`"),
   list(quote(sampleDistances(fit, chunk_size = 1e10)), "`chunk_size`"),
+  # draws that one cell's working memory cannot hold (R was killed for memory)
+  list(quote(sampleDistances(fit, mc_samples = 2e9)), "`mc_samples` = 2000000000 would allocate .* per cell"),
+  list(quote(sampleDistances(fit, cells = 1, mc_samples = 2e9)), "`mc_samples` = 2000000000 would allocate"),
+  list(quote(sampleDistances(fit, normalize = TRUE, mc_samples = 1e5)), "`mc_samples` = 100000 would allocate"),
+  list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), mc_samples = 2e9)), "`mc_samples` = 2000000000 would allocate"),
+  list(quote(sampleTreeSupport(fit, "labels", mc_samples = 2e9, B = 2)), "`mc_samples` = 2000000000 would allocate"),
+  list(quote(sampleSplitGenes(fit, "A", mc_samples = 2e9)), "sampleSplitGenes\\(\\) would allocate.*`mc_samples`"),
   list(quote(sampleDistances(fit, cells = lgl_na)), "`cells` has 1 NA"),
   list(quote(sampleDistances(fit, admissible = "yes")), "`admissible` must be"),
   list(quote(sampleDistances(fit, admissible = matrix(TRUE, 2, 2))), "`admissible` must be"),
@@ -165,6 +172,9 @@ bad_calls <- list(
   list(quote(differentialExpression(fit, "x", lfc_threshold = -1)), "`lfc_threshold`"),
   list(quote(counterfactualExpression(fit, cells = 1:2, sample = "Z")), "`sample` has value.*not fitted on"),
   list(quote(counterfactualExpression(fit, cells = lgl_na, sample = "A")), "`cells` has 1 NA"),
+  list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), cells = rep(FALSE, 24))), "`cells` selects no cell"),
+  list(quote(differentialExpression(fit, data.frame(sample = c("A", "B", "C"), x = c(1, 2, 4)), cells = rep(FALSE, 24))),
+       "`cells` selects no cell"),
   # the backend
   list(quote(mrviSetThreads("two")), "`n`"),
   list(quote(mrviSetThreads(0)), "`n`"),
