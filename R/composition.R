@@ -158,10 +158,23 @@ as_phylo <- function(x, arg, call) {
 silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 5000, seed = 1) {
   call <- sys.call()
   if (!requireNamespace("cluster", quietly = TRUE)) abort_arg("silhouetteScores() needs {.pkg cluster}.", call = call)
+  if (!is.numeric(embedding) || length(dim(embedding)) != 2 || nrow(embedding) < 2 || !all(is.finite(embedding))) {
+    abort_arg(c("{.arg embedding} must be a numeric matrix (cells x dimensions) of finite values, with at least 2 cells.",
+                "i" = "For example {.code mrviLatent(fit)}."), call = call)
+  }
+  n <- nrow(embedding)
+  labels_ok <- function(x) length(x) == n && !anyNA(x)
+  if (!labels_ok(cell_type) || length(unique(cell_type)) < 2) {
+    abort_arg("{.arg cell_type} must have one non-missing value per cell ({n}), with at least 2 types.", call = call)
+  }
+  if (!is.null(batch) && !labels_ok(batch)) {
+    abort_arg("{.arg batch} must have one non-missing value per cell ({n}).", call = call)
+  }
+  max_cells <- check_count(max_cells, "max_cells", call)
+  seed <- check_whole(seed, "seed", call)
   restore <- preserve_rng()
   on.exit(restore())
   set.seed(seed)
-  n <- nrow(embedding)
   idx <- if (n > max_cells) sort(sample.int(n, max_cells)) else seq_len(n)
   e <- embedding[idx, , drop = FALSE]
   ct <- as.factor(cell_type)[idx]

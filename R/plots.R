@@ -213,6 +213,12 @@ utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label",
 #' @export
 plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
   call <- sys.call()
+  if (!(is.data.frame(res) || methods::is(res, "DataFrame")) || !"q_value" %in% colnames(res)) {
+    abort_arg("{.arg res} must be the result of {.fn cellAssociation}.", call = call)
+  }
+  if (!is.numeric(alpha) || length(alpha) != 1 || is.na(alpha) || alpha <= 0 || alpha >= 1) {
+    abort_arg("{.arg alpha} must be one number in (0, 1).", call = call)
+  }
   if (is.character(groups) && length(groups) == 1 && nrow(res) != 1) {
     if (is.null(fit)) abort_arg("{.arg fit} is needed to read {.arg groups} = {.val {groups}}.", call = call)
     groups <- fit@cell_data[rownames(res), groups]

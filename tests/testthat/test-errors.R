@@ -175,6 +175,12 @@ bad_calls <- list(
   list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), cells = rep(FALSE, 24))), "`cells` selects no cell"),
   list(quote(differentialExpression(fit, data.frame(sample = c("A", "B", "C"), x = c(1, 2, 4)), cells = rep(FALSE, 24))),
        "`cells` selects no cell"),
+  # baselines and plots
+  list(quote(silhouetteScores(matrix(NA_real_, 10, 2), rep(1:2, 5))), "`embedding` must be a numeric matrix .* finite"),
+  list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1, 10))), "`cell_type` .* at least 2 types"),
+  list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1:2, 4))), "`cell_type` must have one non-missing value per cell \\(10\\)"),
+  list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1:2, 5), batch = replace(rep(1:2, 5), 1, NA))), "`batch` must have one"),
+  list(quote(plotAssociation(list(), groups = "labels")), "`res` must be the result of `cellAssociation\\(\\)`"),
   # the backend
   list(quote(mrviSetThreads("two")), "`n`"),
   list(quote(mrviSetThreads(0)), "`n`"),
