@@ -7,12 +7,17 @@ check_count <- function(n, arg, call) {
       n > .Machine$integer.max) {
     abort_arg(c("{.arg {arg}} must be one positive whole number, at most {max_int()}.",
                 "x" = "You gave {given(n)}.",
-                "i" = "For example {.code {arg} = 2}."), call = call)
+                "i" = "For example {.code {example_setting(arg, 2)}}."), call = call)
   }
   as.integer(n)
 }
 
 max_int <- function() .Machine$integer.max
+
+# "n_threads = 2", or for a package option "options(mrvi.threads = 2)".
+example_setting <- function(arg, value) {
+  if (startsWith(arg, "options(")) sub("\\)$", paste0(" = ", value, ")"), arg) else paste(arg, "=", value)
+}
 
 # What the user gave, for messages: "1e+10", or the type of anything else.
 given <- function(v) {
@@ -73,12 +78,20 @@ match_choice <- function(value, choices, arg, call) {
 
 # The allocation guard: option mrvi.max_bytes (2 GB by default), and sizes as
 # "1.9 Gb" in messages.
-max_bytes <- function() getOption("mrvi.max_bytes", 2e9)
+max_bytes <- function(call = rlang_caller()) {
+  v <- getOption("mrvi.max_bytes", 2e9)
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v <= 0) {
+    abort_arg(c("{.code options(mrvi.max_bytes)} must be one positive number of bytes.",
+                "i" = "For example {.code options(mrvi.max_bytes = 8e9)}, or {.code NULL} for the default (2e9)."),
+              call = call)
+  }
+  v
+}
 byte_size <- function(bytes) format(structure(bytes, class = "object_size"), units = "auto")
 
 check_size <- function(bytes, what, call,
                        hint = "Ask for fewer {.arg cells} or {.arg samples}, use {.fn sampleDistances} with {.arg groups} (streamed), or raise {.code options(mrvi.max_bytes = )}.") {
-  if (bytes > max_bytes()) {
+  if (bytes > max_bytes(call)) {
     abort_arg(c("{what} would allocate {byte_size(bytes)}, over the limit of {byte_size(max_bytes())}.",
                 "i" = hint), call = call)
   }

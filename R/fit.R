@@ -355,8 +355,14 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
   Lu <- as.numeric(n_latent_u)
   params <- n_genes * (hidden + L + n_batches + 2) + hidden * (hidden + 2 * Lu) +
     n_samples * (Lu * L + L + hidden) + Lu * L
-  bytes <- 16 * params + 4 * batch_size * (3 * n_genes + 4 * (L + Lu + hidden))
-  if (bytes > max_bytes()) {
+  batch_bytes <- 4 * batch_size * (3 * n_genes + 4 * (L + Lu + hidden))
+  bytes <- 16 * params + batch_bytes
+  if (bytes > max_bytes(call) && 16 * params <= max_bytes(call)) {  # the model alone fits
+    abort_arg(c("{.arg batch_size} = {batch_size} makes minibatches of {byte_size(batch_bytes)} to train on, over the limit of {byte_size(max_bytes())} with the model.",
+                "i" = "Choose a smaller {.arg batch_size} (the default is 256), or raise {.code options(mrvi.max_bytes = )}."),
+              call = call)
+  }
+  if (bytes > max_bytes(call)) {
     abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {byte_size(bytes)} to train, over the limit of {byte_size(max_bytes())}.",
                 "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or raise {.code options(mrvi.max_bytes = )})."),
               call = call)

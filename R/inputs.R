@@ -236,6 +236,12 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
 }
 
 check_unique <- function(names, what, call) {
+  missing <- which(is.na(names) | names == "")
+  if (length(missing)) {
+    abort_arg(c("{.arg x} has {length(missing)} missing or empty {what} name{?s}, e.g. {what} {missing[1]}.",
+                "i" = "Each {what} needs its own name (results are matched and labelled by name): name them all."),
+              call = call)
+  }
   dup <- unique(names[duplicated(names)])
   if (length(dup)) {
     abort_arg(c("{.arg x} has duplicated {what} names: {show_some(dup)}.",

@@ -94,7 +94,7 @@ resolve_device <- function(device, call) {
 resolve_chunk_size <- function(fit, chunk_size, call, mc_samples = 0, normalize = FALSE) {
   draws <- max(1, mc_samples)
   per_cell <- 4 * length(fit@samples) * z_dim(fit) * draws + if (normalize) 4 * draws^2 else 0
-  if (per_cell > max_bytes()) {
+  if (per_cell > max_bytes(call)) {
     abort_arg(c("{.arg mc_samples} = {mc_samples} would allocate {byte_size(per_cell)} per cell, over the limit of {byte_size(max_bytes())}.",
                 "i" = "Ask for fewer draws (the default is 10), or raise {.code options(mrvi.max_bytes = )}."),
               call = call)

@@ -29,6 +29,8 @@ bad_calls <- list(
   list(quote(mrviData(nonfinite, sample = s)), "`x` must hold raw counts: 1 value is missing"),
   list(quote(mrviData(dup_genes, sample = s)), "`x` has duplicated gene names: 'gene1'"),
   list(quote(mrviData(dup_cells, sample = s)), "`x` has duplicated cell names: 'cell1'"),
+  list(quote(mrviData(`rownames<-`(m, replace(rownames(m), 2, NA)), sample = s)), "`x` has 1 missing or empty gene name, e.g. gene 2"),
+  list(quote(mrviData(`colnames<-`(m, replace(colnames(m), 3, "")), sample = s)), "`x` has 1 missing or empty cell name, e.g. cell 3"),
   list(quote(mrviData(m[0, ], s)), "`x` has 0 genes"),
   list(quote(mrviData(m[, 0], character())), "`x` has 30 genes and 0 cells"),
   list(quote(mrviData(m * 0, s)), "`x` has no counts"),
@@ -74,6 +76,7 @@ bad_calls <- list(
   list(quote(mrvi(m, s, min_epochs = -1)), "`min_epochs`"),
   list(quote(mrvi(m, s, min_epochs = "ten")), "`min_epochs`"),
   list(quote(mrvi(m, s, block_cells = 0)), "`block_cells`"),
+  list(quote(mrvi(m, s, batch_size = 1e9)), "`batch_size` = 1000000000 makes minibatches of"),
   list(quote(mrvi(m, s, block_cells = "all")), "`block_cells`"),
   list(quote(mrvi(m, s, validation_fraction = 0.9)), "`validation_fraction`"),
   list(quote(mrvi(m, s, validation_fraction = -0.1)), "`validation_fraction`"),
@@ -175,6 +178,11 @@ bad_calls <- list(
   list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), cells = rep(FALSE, 24))), "`cells` selects no cell"),
   list(quote(differentialExpression(fit, data.frame(sample = c("A", "B", "C"), x = c(1, 2, 4)), cells = rep(FALSE, 24))),
        "`cells` selects no cell"),
+  # package options
+  list(quote(local({ old <- options(mrvi.max_bytes = "a"); on.exit(options(old)); sampleDistances(fit, cells = 1) })),
+       "`options\\(mrvi.max_bytes\\)` must be one positive number"),
+  list(quote(local({ old <- options(mrvi.max_bytes = -1); on.exit(options(old)); counterfactualLatent(fit, cells = 1) })),
+       "`options\\(mrvi.max_bytes\\)` must be one positive number"),
   # baselines and plots
   list(quote(silhouetteScores(matrix(NA_real_, 10, 2), rep(1:2, 5))), "`embedding` must be a numeric matrix .* finite"),
   list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1, 10))), "`cell_type` .* at least 2 types"),
