@@ -133,17 +133,27 @@ cell_nuisance <- function(fit, idx) {
 # The mean of decode(site) over every combination of the levels of the
 # categorical covariates `factors` (names), the other columns of `site` as given.
 mean_over_levels <- function(fit, site, factors, decode) {
-  spec <- fit_nuisance(fit)
-  k <- match(factors, names(spec$factors))
-  offsets <- cumsum(c(0L, lengths(spec$factors)))[k]
-  grid <- as.matrix(expand.grid(lapply(spec$factors[k], function(l) seq_along(l) - 1L)))
-  if (!length(k)) grid <- matrix(0L, 1, 0)
+  k <- match(factors, names(fit_nuisance(fit)$factors))
+  grid <- level_grid(fit, factors)
   total <- 0
   for (r in seq_len(nrow(grid))) {
-    site[, k] <- rep(grid[r, ] + offsets, each = nrow(site))
+    site[, k] <- rep(grid[r, ], each = nrow(site))
     total <- total + decode(site)
   }
   total / nrow(grid)
+}
+
+# Every combination of the levels of the categorical covariates `factors`
+# (names): one row per combination, their site codes (one column per factor).
+level_grid <- function(fit, factors) {
+  spec <- fit_nuisance(fit)
+  k <- match(factors, names(spec$factors))
+  if (!length(k)) return(matrix(0L, 1, 0))
+  offsets <- cumsum(c(0L, lengths(spec$factors)))[k]
+  grid <- as.matrix(expand.grid(lapply(spec$factors[k], function(l) seq_along(l) - 1L)))
+  grid <- sweep(grid, 2, offsets, "+")
+  storage.mode(grid) <- "integer"
+  grid
 }
 
 # fit@batches: the levels of one covariate; of several, "covariate:level" in

@@ -548,8 +548,12 @@ noncentral_f_upper <- function(f, df1, df2, ncp) {
 # coefficients) per cell, at the regression `reg`: a list by covariate.
 largest_lfc <- function(fit, reg, design) {
   coefs <- colnames(design$X)
+  # every combination of the nuisance levels, as decode_expression() averages them
+  grid <- level_grid(fit, names(fit_nuisance(fit)$factors))
   top <- lapply(stats::setNames(coefs[-1], coefs[-1]), function(k) {
-    m <- apply(abs(effect_lfc(fit, reg, k)), 2, max)
+    half <- reg$beta[[k]] / 2
+    # max over genes of |effect_lfc()|, reduced in Rust as it is decoded
+    m <- mrvi_largest_lfc(native_model(fit), reg$z_bar + half, reg$z_bar - half, as.integer(t(grid)))
     m[is.na(m)] <- NA_real_
     m
   })

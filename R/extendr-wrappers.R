@@ -198,6 +198,13 @@ mrvi_counterfactual_expression <- function(h, u, sample, site, continuous) rust(
 #' @noRd
 mrvi_decode_z <- function(h, z, site, continuous) rust(.Call(wrap__mrvi_decode_z, h, z, site, continuous))
 
+#' The largest |log2 fold change| over genes of each cell from z_lo to z_hi
+#' (cells x L_z, column-major), expression averaged over the nuisance settings
+#' `grid` (settings x K site codes, row-major), continuous covariates at their
+#' means; one value per cell (NaN where a fold change is).
+#' @noRd
+mrvi_largest_lfc <- function(h, z_hi, z_lo, grid) rust(.Call(wrap__mrvi_largest_lfc, h, z_hi, z_lo, grid))
+
 # --- fork (src/rust/mrvi-r/src/fork.rs) ---
 
 #' Fork this R process; the child calls `f()` with its output sent to

@@ -139,3 +139,23 @@ test_that("u mixes every nuisance covariate of a crossed design", {
   expect_lt(abs(silhouette_within_types(sce$site)), 0.15)
   expect_lt(abs(silhouette_within_types(sce$chemistry)), 0.15)
 })
+
+test_that("differential expression's largest |LFC| averages expression over every combination of nuisance levels", {
+  for (flavour in c("linear", "attention")) {
+    fit <- crossed_fit(flavour)
+    z <- mrviLatent(fit, which = "z")[1:20, ]
+    shift <- matrix(rep(seq(-0.6, 0.6, length.out = ncol(z)), each = nrow(z)), nrow(z))
+    hi <- z + shift
+    lo <- z - shift
+    # what R reduces from the genes x cells matrices of decode_expression()
+    want <- apply(abs(log2(mrvi:::decode_expression(fit, hi) / mrvi:::decode_expression(fit, lo))), 2, max)
+    grid <- mrvi:::level_grid(fit, c("site", "chemistry"))
+    expect_equal(dim(grid), c(4L, 2L))
+    got <- mrvi:::mrvi_largest_lfc(mrvi:::native_model(fit), hi, lo, as.integer(t(grid)))
+    expect_identical(got, unname(want))
+    expect_true(all(got > 0.05))
+    # a single setting is not the average
+    one <- mrvi:::mrvi_largest_lfc(mrvi:::native_model(fit), hi, lo, as.integer(grid[1, ]))
+    expect_false(isTRUE(all.equal(one, got)))
+  }
+})

@@ -219,6 +219,53 @@ pub fn expression_from_z(model: &MrviModel, z: &[f64], site: &[i64], continuous:
     decode_blocks(model, z, model.config.n_latent as usize, site, continuous, site.len() / k, |zt, _, _| zt.shallow_clone())
 }
 
+/// The largest |log2 fold change| over genes of each cell from z_lo to z_hi
+/// (cells x L_z, column-major), the decoder's expression of each averaged over
+/// the nuisance settings `grid` (settings x K site codes, row-major; continuous
+/// covariates at their means): per cell, what R's `decode_expression()` and
+/// `effect_lfc()` give as genes x cells matrices, reduced where it is decoded
+/// (the same operations in f64, so the same values; NaN where a fold change is
+/// NaN). Cells go in blocks of 1024.
+pub fn largest_lfc(model: &MrviModel, z_hi: &[f64], z_lo: &[f64], grid: &[i64]) -> Result<Vec<f64>> {
+    let (k, nc) = (model.config.factor_levels().len(), model.config.n_continuous as usize);
+    let (l, genes) = (model.config.n_latent as usize, model.config.n_genes as usize);
+    let n = z_hi.len() / l.max(1);
+    if z_hi.len() != n * l || z_lo.len() != z_hi.len() || k == 0 || grid.is_empty() || grid.len() % k != 0 {
+        crate::invalid!("z_hi and z_lo must be cells x {l} and the grid settings x {k} site codes");
+    }
+    if grid.iter().any(|&b| b < 0 || b >= model.config.n_batches) {
+        crate::invalid!("site codes outside the fitted sites");
+    }
+    let settings = grid.len() / k;
+    let hi32: Vec<f32> = crate::error::try_collect(z_hi.len(), z_hi.iter().map(|&x| x as f32), "a single-precision copy")?;
+    let lo32: Vec<f32> = crate::error::try_collect(z_lo.len(), z_lo.iter().map(|&x| x as f32), "a single-precision copy")?;
+    let dev = model.device();
+    let mut out = try_with_capacity(n, "the largest fold changes")?;
+    for start in (0..n).step_by(1024) {
+        let (end, m) = ((start + 1024).min(n), (start + 1024).min(n) - start);
+        let zs = [rows_from_column_major(&hi32, n, l, start, end).to_device(dev), rows_from_column_major(&lo32, n, l, start, end).to_device(dev)];
+        let x = (nc > 0).then(|| Tensor::zeros([m as i64, nc as i64], (Kind::Float, dev)));
+        // sums over the settings, [cells, genes], as R adds the decoded matrices
+        let mut sums = [try_vec(m * genes, 0f64, "the decoded expression")?, try_vec(m * genes, 0f64, "the decoded expression")?];
+        for setting in grid.chunks_exact(k) {
+            let b = Tensor::from_slice(&setting.repeat(m)).view([m as i64, k as i64]).to_device(dev);
+            for (z, sum) in zs.iter().zip(sums.iter_mut()) {
+                let rho = tch::no_grad(|| model.expression(z, &b, x.as_ref())).to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1]);
+                let rho = Vec::<f64>::try_from(&rho).map_err(Error::from)?;
+                sum.iter_mut().zip(&rho).for_each(|(t, v)| *t += v);
+            }
+        }
+        let count = settings as f64;
+        for (hi, lo) in sums[0].chunks_exact(genes).zip(sums[1].chunks_exact(genes)) {
+            out.push(hi.iter().zip(lo).fold(f64::NEG_INFINITY, |best, (&h, &w)| {
+                let lfc = ((h / count) / (w / count)).log2().abs();
+                if best.is_nan() || lfc.is_nan() { f64::NAN } else { best.max(lfc) }
+            }));
+        }
+    }
+    Ok(out)
+}
+
 /// Decoder expression of `values` (n cells x width, column-major) in blocks of
 /// 1024 cells, after `to_z` maps a block's rows [start, end) to z.
 #[allow(clippy::too_many_arguments)]

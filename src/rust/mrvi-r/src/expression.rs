@@ -3,7 +3,7 @@
 
 use crate::{codes, model_ptr, rerr, RResult};
 use extendr_api::prelude::*;
-use mrvi_core::infer::{expression_from_u, expression_from_z};
+use mrvi_core::infer::{expression_from_u, expression_from_z, largest_lfc};
 
 /// Expected normalised expression (softmax of the decoder) for u (cells x L_u,
 /// column-major) under the given sample codes (one per cell), site codes (cells
@@ -32,8 +32,22 @@ fn mrvi_decode_z(h: Robj, z: &[f64], site: &[i32], continuous: &[f64]) -> RResul
     expression_from_z(model, z, &site, continuous).map_err(rerr)
 }
 
+/// The largest |log2 fold change| over genes of each cell from z_lo to z_hi
+/// (cells x L_z, column-major), expression averaged over the nuisance settings
+/// `grid` (settings x K site codes, row-major), continuous covariates at their
+/// means; one value per cell (NaN where a fold change is).
+/// @noRd
+#[extendr]
+fn mrvi_largest_lfc(h: Robj, z_hi: &[f64], z_lo: &[f64], grid: &[i32]) -> RResult<Vec<f64>> {
+    let h = model_ptr(&h)?;
+    let model = h.try_addr()?;
+    let grid = codes(grid, model.config.n_batches, "site")?;
+    largest_lfc(model, z_hi, z_lo, &grid).map_err(rerr)
+}
+
 extendr_module! {
     mod expression;
     fn mrvi_counterfactual_expression;
     fn mrvi_decode_z;
+    fn mrvi_largest_lfc;
 }
