@@ -141,6 +141,9 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   }
   group <- resolve_groups(fit, groups, call)
   G <- nlevels(group)
+  # each group's S x S means, as they come back and in the result
+  check_size(2 * 8 * S * S * G, sprintf("sampleDistances(groups = ) with %d groups", G), call,
+             hint = "Group cells coarsely (cell types or clusters, not single cells), or raise {.code options(mrvi.max_bytes = )}.")
   mask <- resolve_admissible(fit, admissible, seq_len(nrow(fit@u_mean)), call)
   # one task per group: a group's sums run over its cells in the same order
   # whether the other groups are computed in the same call or not

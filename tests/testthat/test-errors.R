@@ -178,6 +178,8 @@ bad_calls <- list(
   list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), cells = rep(FALSE, 24))), "`cells` selects no cell"),
   list(quote(differentialExpression(fit, data.frame(sample = c("A", "B", "C"), x = c(1, 2, 4)), cells = rep(FALSE, 24))),
        "`cells` selects no cell"),
+  list(quote(local({ old <- options(mrvi.max_bytes = 1000); on.exit(options(old)); sampleDistances(fit, groups = seq_len(24), min_cells = 1, mc_samples = 0) })),
+       "sampleDistances\\(groups = \\) with 24 groups would allocate"),
   # package options
   list(quote(local({ old <- options(mrvi.max_bytes = "a"); on.exit(options(old)); sampleDistances(fit, cells = 1) })),
        "`options\\(mrvi.max_bytes\\)` must be one positive number"),
