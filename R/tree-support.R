@@ -95,6 +95,9 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     }
     hc <- stats::hclust(stats::as.dist(m[kept, kept]), method = method)
     cells <- which(grouping == g & fit@cell_data$sample %in% kept)
+    # the replicates' S x S means (in Rust and in R) and the cells' bootstrap weights
+    check_size(16 * S * S * B + 8 * length(cells) * B, "sampleTreeSupport()", call,
+               hint = "Ask for fewer replicates ({.arg B}), or raise {.code options(mrvi.max_bytes = )}.")
     set.seed(seed)
     weights <- bootstrap_multiplicities(fit@cell_data$sample[cells], B)
     reps <- array(mrvi_replicate_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
