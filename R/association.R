@@ -123,6 +123,10 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
   space <- match_choice(space, c("expression", "latent"), "space", call)
   min_effect <- resolve_min_effect(min_effect, space, normalize, call)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
+  # the relabelings as category indicators, and a cell's product with them
+  check_size(16 * sum(!is.na(y)) * (permutations + 1) * nlevels(droplevels(y[!is.na(y)])),
+             sprintf("cellAssociation() with %d permutations", permutations), call,
+             hint = "Ask for fewer {.arg permutations} (999 give p-values down to 0.001), or raise {.code options(mrvi.max_bytes = )}.")
   idx <- resolve_cells(fit, cells, call)
   if (!length(idx)) abort_arg("{.arg cells} selects no cell.", call = call)
   apply_threads(call = call)
@@ -258,6 +262,10 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   } else {
     y <- sample_covariate(covariate, attr(fit_or_distances, "sample_table"), dimnames(fit_or_distances)[[1]], call)
   }
+  # the permutations' statistics (with "ks", the relabelings too)
+  check_size(8 * (permutations + 1) * (1 + if (statistic == "ks") length(y) else 0),
+             sprintf("groupAssociation() with %d permutations", permutations), call,
+             hint = "Ask for fewer {.arg permutations} (999 give p-values down to 0.001), or raise {.code options(mrvi.max_bytes = )}.")
   if (statistic == "effect") {
     # distances made elsewhere have no known unit: no default threshold
     unit <- if (is_fit) list(space, normalize) else

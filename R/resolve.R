@@ -107,5 +107,5 @@ resolve_chunk_size <- function(fit, chunk_size, call, mc_samples = 0, normalize 
     return(chunk_size)
   }
   default <- max(16L, min(1024L, as.integer(2^21 / (length(fit@samples) * z_dim(fit)))))
-  min(default, max(1L, as.integer(max_bytes() / per_cell)))
+  as.integer(max(1, min(default, floor(max_bytes(call) / per_cell))))
 }

@@ -40,6 +40,9 @@ test_that("Monte Carlo group means are means of the per-cell matrices, whatever 
   old <- options(mrvi.max_bytes = 5.5 * per_cell)
   on.exit(options(old))
   expect_identical(mrvi:::resolve_chunk_size(fit, NULL, NULL, mc_samples = 3), 5L)
+  options(mrvi.max_bytes = 1e15)  # room for more cells than an integer holds: the default chunk
+  expect_identical(mrvi:::resolve_chunk_size(fit, NULL, NULL, mc_samples = 3), mrvi:::resolve_chunk_size(fit, NULL, NULL))
+  options(mrvi.max_bytes = 5.5 * per_cell)
   expect_identical(sampleDistances(fit, groups = "labels", mc_samples = 3, min_cells = 0), a)
 })
 

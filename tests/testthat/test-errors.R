@@ -181,6 +181,9 @@ bad_calls <- list(
   list(quote(local({ old <- options(mrvi.max_bytes = 1000); on.exit(options(old)); sampleDistances(fit, groups = seq_len(24), min_cells = 1, mc_samples = 0) })),
        "sampleDistances\\(groups = \\) with 24 groups would allocate"),
   list(quote(sampleTreeSupport(fit, "labels", B = 2e9, mc_samples = 0, normalize = FALSE, min_cells = 1)), "sampleTreeSupport\\(\\) would allocate.*`B`"),
+  list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), permutations = 2e9)), "cellAssociation\\(\\) with 2000000000 permutations would allocate"),
+  list(quote(groupAssociation(fit, c(A = "a", B = "b", C = "b"), groups = "labels", permutations = 2e9)),
+       "groupAssociation\\(\\) with 2000000000 permutations would allocate"),
   # package options
   list(quote(local({ old <- options(mrvi.max_bytes = "a"); on.exit(options(old)); sampleDistances(fit, cells = 1) })),
        "`options\\(mrvi.max_bytes\\)` must be one positive number"),

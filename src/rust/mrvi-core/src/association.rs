@@ -21,7 +21,7 @@ use crate::backend;
 use crate::distances::{accumulate_cell, cell_draws, DistanceSpec};
 use crate::pair_distances::{accumulator_width, panels_len};
 use crate::posterior::Posterior;
-use crate::error::{Error, Result};
+use crate::error::{try_vec, Error, Result};
 use crate::model::MrviModel;
 use crate::rng::SplitMix64;
 use crate::stats::{ks_greater, mantel_within};
@@ -71,7 +71,7 @@ pub fn cell_association(
     let members: Vec<usize> = (0..s).filter(|&a| category[a] >= 0).collect();
     let member_codes: Vec<i64> = members.iter().map(|&a| category[a]).collect();
     let m = members.len();
-    let labelings = (permutations > 0).then(|| labeling_indicators(&member_codes, permutations, spec.seed));
+    let labelings = if permutations > 0 { Some(labeling_indicators(&member_codes, permutations, spec.seed)?) } else { None };
     let (permuting, n_labelings) = (labelings.is_some(), permutations + 1);
     // with permutations each cell of a block keeps its m x m single-precision
     // distances for the relabelings: at most 2^23 floats (32 MB) per block
@@ -138,13 +138,13 @@ fn mean(x: &[f64]) -> f64 {
 /// The observed labeling and `permutations` random relabelings of the samples
 /// (drawn from `seed` alone), as category indicators: [m, labelings x K], column
 /// b K + k is 1 where labeling b puts a sample in category k (b = 0: observed).
-fn labeling_indicators(codes: &[i64], permutations: usize, seed: u64) -> Tensor {
+fn labeling_indicators(codes: &[i64], permutations: usize, seed: u64) -> Result<Tensor> {
     let mut levels = codes.to_vec();
     levels.sort_unstable();
     levels.dedup();
     let (m, k) = (codes.len(), levels.len());
     let mut rng = SplitMix64::new(seed ^ 0x6d61_6e74_656c);
-    let mut x = vec![0f32; m * (permutations + 1) * k];
+    let mut x = try_vec(m.saturating_mul(permutations + 1).saturating_mul(k), 0f32, "the relabelings of the samples")?;
     let mut labels = codes.to_vec();
     for b in 0..=permutations {
         if b > 0 {
@@ -155,7 +155,7 @@ fn labeling_indicators(codes: &[i64], permutations: usize, seed: u64) -> Tensor 
             x[i * (permutations + 1) * k + b * k + level] = 1.0;
         }
     }
-    Tensor::from_slice(&x).view([m as i64, ((permutations + 1) * k) as i64])
+    Ok(Tensor::from_slice(&x).view([m as i64, ((permutations + 1) * k) as i64]))
 }
 
 /// Permutation p-values of Mantel's within-category sum for cells' distance
