@@ -10,8 +10,9 @@
 # several come as column names, or a data.frame or list of column names/vectors.
 resolve_batch <- function(batch, cell_meta, counts, call) {
   if (is.null(batch)) return(NULL)
+  # several column names, unless as many values as cells that are not all column names
   columns <- is.character(batch) && is.null(dim(batch)) && length(batch) > 1 &&
-    length(batch) != ncol(counts)
+    (length(batch) != ncol(counts) || all(batch %in% names(cell_meta)))
   if (!columns && !is.data.frame(batch) && !(is.list(batch) && !is.factor(batch))) {
     return(data.frame(batch = resolve_cell_factor(batch, "batch", cell_meta, counts, call)))
   }
@@ -22,13 +23,29 @@ resolve_batch <- function(batch, cell_meta, counts, call) {
     resolve_cell_factor(values[[k]], paste0("batch$", nms[k]), cell_meta, counts, call)
   })
   if (length(factors) == 1) return(data.frame(batch = factors[[1]]))
-  for (k in seq_along(factors)) {
-    if (nlevels(factors[[k]]) < 2) {
-      abort_arg(c("{.arg batch${nms[k]}} is constant (one level): it separates no cells.",
+  stats::setNames(as.data.frame(factors, col.names = nms), nms)
+}
+
+# The covariates a model is fitted with must vary over its cells (several
+# categorical ones: each with 2 levels; continuous ones: not constant). New
+# cells, added or encoded later, may all share one level or value (a new donor
+# from one site), so mrviData() leaves this to mrvi().
+check_covariates_vary <- function(data, call) {
+  factors <- data$nuisance$factors
+  for (nm in names(factors)) {
+    if (nlevels(factors[[nm]]) < 2) {
+      abort_arg(c("{.arg batch${nm}} is constant (one level): it separates no cells.",
                   "i" = "Leave it out of {.arg batch}."), call = call)
     }
   }
-  stats::setNames(as.data.frame(factors, col.names = nms), nms)
+  continuous <- data$nuisance$continuous
+  for (nm in names(continuous)) {
+    v <- continuous[[nm]]
+    if (length(v) < 2 || stats::sd(v) == 0) {
+      abort_arg(c("{.arg continuous_covariates${nm}} is constant: it explains nothing.",
+                  "i" = "Leave it out of {.arg continuous_covariates}."), call = call)
+    }
+  }
 }
 
 # `continuous_covariates` -> a data.frame of finite, non-constant numeric
@@ -49,10 +66,6 @@ resolve_continuous <- function(x, cell_meta, counts, call) {
     if (any(!is.finite(v))) {
       abort_arg(c("{.arg {a}} has {sum(!is.finite(v))} infinite value{?s}.",
                   "i" = "Give every cell a finite value, or drop those cells first."), call = call)
-    }
-    if (stats::sd(v) == 0 || length(v) < 2) {
-      abort_arg(c("{.arg {a}} is constant: it explains nothing.",
-                  "i" = "Leave it out of {.arg {arg}}."), call = call)
     }
     as.numeric(v)
   })

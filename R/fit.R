@@ -182,6 +182,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
 
   data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay,
                              continuous_covariates = continuous_covariates), call)
+  check_covariates_vary(data, call)
   nuisance <- nuisance_design(data)
   check_model_size(nrow(data$counts), nlevels(data$sample), sum(nuisance$levels) + ncol(nuisance$continuous),
                    n_latent, n_latent_u, batch_size, call)

@@ -274,7 +274,8 @@ resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
 # A column name or a vector with one value per cell -> its values, without NA.
 resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
   n_cells <- ncol(counts)
-  if (is.character(value) && length(value) == 1 && n_cells != 1) {
+  # (one cell: a column name if there is such a column, else the cell's value)
+  if (is.character(value) && length(value) == 1 && (n_cells != 1 || value %in% names(cell_meta))) {
     if (is.null(cell_meta)) {
       abort_arg(c("{.arg {arg}} = {.val {value}} looks like a column name, but {.arg x} is a bare matrix without cell metadata.",
                   "i" = "Give a vector with one value per cell (length {n_cells} = {.code ncol(x)})."),

@@ -66,3 +66,24 @@ test_that("mrviAddSamples() refuses what it cannot learn", {
   expect_error(mrviAddSamples(ref, new, sample = "sample", batch = "site", seed = -1), "seed", class = "mrvi_error")
   expect_error(mrviAddSamples("fit", new, sample = "sample"), "MrVIFit", class = "mrvi_error")
 })
+
+test_that("a new sample from one site, with one value of a continuous covariate, can be added", {
+  # fitting needs covariates that vary; new cells need not (a new donor from one site)
+  sce <- crossed_data()
+  held <- sce$sample == "s02"
+  ref <- mrvi(reference_part(sce, held), sample = "sample", batch = c("site", "chemistry"), continuous_covariates = "mito",
+              flavour = "linear", max_epochs = 2, n_threads = 1, verbose = FALSE)
+  new <- sce[, held]
+  expect_length(unique(new$site), 1)
+  batch <- data.frame(site = as.character(new$site), chemistry = as.character(new$chemistry))  # one level each
+  added <- mrviAddSamples(ref, new, sample = "sample", batch = batch,
+                          continuous_covariates = list(mito = rep(mean(new$mito), ncol(new))), max_epochs = 2)
+  expect_equal(added@samples, c(ref@samples, "s02"))
+  expect_true(all(is.finite(sampleDistances(added, cells = which(added@cell_data$sample == "s02")[1:3], mc_samples = 0))))
+  # one cell alone
+  one <- mrviAddSamples(ref, new[, 1], sample = "sample", batch = batch[1, ], continuous_covariates = "mito", max_epochs = 2)
+  expect_equal(nrow(one@cell_data), nrow(ref@cell_data) + 1)
+  # a fit still refuses covariates that do not vary
+  expect_error(mrvi(new, sample = rep(c("a", "b"), length.out = ncol(new)), batch = batch, verbose = FALSE),
+               "batch\\$site.*constant", class = "mrvi_error")
+})
