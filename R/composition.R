@@ -130,7 +130,12 @@ treeDistance <- function(hc, truth) {
 as_phylo <- function(x, arg, call) {
   if (inherits(x, "phylo")) return(x)
   if (inherits(x, "hclust")) return(ape::as.phylo(x))
-  if (is.character(x) && length(x) == 1) return(ape::read.tree(text = x))
+  if (is.character(x) && length(x) == 1) {
+    # read.tree() gives NULL (or an error) for text that is not a tree
+    tree <- tryCatch(ape::read.tree(text = x), error = function(e) NULL)
+    if (!inherits(tree, "phylo")) abort_arg("{.arg {arg}} is not a Newick tree (for example {.val ((a,b),(c,d));}).", call = call)
+    return(tree)
+  }
   abort_arg("{.arg {arg}} must be an hclust, a phylo or Newick text.", call = call)
 }
 

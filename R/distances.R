@@ -212,6 +212,8 @@ thin_cells <- function(cells, k) {
 #' @export
 sampleHclust <- function(d, group = NULL, method = "average") {
   call <- sys.call()
+  methods <- c("average", "complete", "single", "ward.D", "ward.D2", "mcquitty", "median", "centroid")
+  method <- match_choice(method, methods, "method", call)
   dd <- sampleDist(d, group)
   hc <- stats::hclust(dd, method = method)
   hc$call <- call

@@ -38,6 +38,19 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
     abort_arg(c("{.arg object} shares no cell names with {.arg fit}.",
                 "i" = "Use the object the fit was made from."), call = call)
   }
+  result_of <- function(x, arg, fn, columns) {
+    if (!is.null(x) && !((is.data.frame(x) || methods::is(x, "DataFrame")) && all(columns %in% colnames(x)))) {
+      abort_arg("{.arg {arg}} must be the result of {.fn {fn}}.", call = call)
+    }
+  }
+  # grouped [S, S, G] (or one group's matrix) or per-cell [cells, S, S], over the fit's samples
+  over_samples <- function(k) all(vapply(k, function(i) identical(dimnames(distances)[[i]], fit@samples), logical(1)))
+  if (!is.null(distances) && !(is.array(distances) && is.numeric(distances) && length(dim(distances)) %in% c(2, 3) &&
+                               (over_samples(1:2) || length(dim(distances)) == 3 && over_samples(2:3)))) {
+    abort_arg("{.arg distances} must be the result of {.fn sampleDistances} for {.arg fit}.", call = call)
+  }
+  result_of(association, "association", "cellAssociation", c("statistic", "q_value"))
+  result_of(differential, "differential", "differentialExpression", c("cell", "covariate", "effect_size", "q_value"))
   cell_cols <- c(if (!is.null(association)) association_columns(association, cells),
                   if (!is.null(differential)) differential_columns(differential, cells))
   u <- align_rows(mrviLatent(fit, which = "u"), cells)

@@ -189,6 +189,8 @@ bad_calls <- list(
        "`options\\(mrvi.max_bytes\\)` must be one positive number"),
   list(quote(local({ old <- options(mrvi.max_bytes = -1); on.exit(options(old)); counterfactualLatent(fit, cells = 1) })),
        "`options\\(mrvi.max_bytes\\)` must be one positive number"),
+  list(quote(sampleHclust(d3, group = 1, method = "nope")), "`method` must be one of"),
+  list(quote(treeDistance("((a,b),(c,d));", "((a,b),(c")), "`truth` is not a Newick tree"),
   # baselines and plots
   list(quote(silhouetteScores(matrix(NA_real_, 10, 2), rep(1:2, 5))), "`embedding` must be a numeric matrix .* finite"),
   list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1, 10))), "`cell_type` .* at least 2 types"),

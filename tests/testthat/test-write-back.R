@@ -30,6 +30,20 @@ test_that("distances are written back with addMrVI", {
   expect_identical(SeuratObject::Misc(so, "mrvi_distances"), d)
 })
 
+test_that("addMrVI refuses results that are not the fit's", {
+  skip_if_not_installed("SingleCellExperiment")
+  f <- small_fit()
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = f$sim$counts))
+  cells <- sampleDistances(f$fit, cells = 1:3, mc_samples = 0)
+  expect_identical(S4Vectors::metadata(addMrVI(sce, f$fit, distances = cells))$mrvi_distances, cells)
+  expect_error(addMrVI(sce, f$fit, distances = 1:3), "`distances` must be the result of `sampleDistances\\(\\)`",
+               class = "mrvi_error")
+  expect_error(addMrVI(sce, f$fit, association = data.frame(a = 1)), "`association` must be the result of `cellAssociation\\(\\)`",
+               class = "mrvi_error")
+  expect_error(addMrVI(sce, f$fit, differential = list()), "`differential` must be the result of `differentialExpression\\(\\)`",
+               class = "mrvi_error")
+})
+
 test_that("per-cell results land by cell name; cells the fit did not use get NA", {
   skip_if_not_installed("SingleCellExperiment")
   f <- small_fit()
