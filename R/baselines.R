@@ -38,7 +38,7 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
   metric <- match_choice(metric, c("correlation", "euclidean"), "metric", call)
   n_genes <- check_count(n_genes, "n_genes", call)
   min_cells <- check_whole(min_cells, "min_cells", call)
-  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call)
+  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
   data$counts <- in_memory_counts(data)
   group <- if (is.null(data$labels)) factor(rep("all", ncol(data$counts))) else data$labels
   samples <- levels(data$sample)
@@ -78,7 +78,7 @@ proportionDistances <- function(x, sample, groups, transform = c("clr", "none"),
   call <- sys.call()
   transform <- match_choice(transform, c("clr", "none"), "transform", call)
   check_positive(pseudocount, "pseudocount", call)
-  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call)
+  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
   counts <- unclass(table(data$sample, data$labels))
   values <- if (transform == "clr") clr(counts + pseudocount) else counts / rowSums(counts)
   samples <- rownames(counts)

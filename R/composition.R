@@ -37,7 +37,7 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   if (!requireNamespace("igraph", quietly = TRUE)) {
     abort_arg("compositionDistances() clusters with Leiden: install {.pkg igraph}.", call = call)
   }
-  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call)
+  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
   n_pcs <- check_count(n_pcs, "n_pcs", call)
   k <- check_count(k, "k", call)
   seed <- check_whole(seed, "seed", call)

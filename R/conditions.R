@@ -67,9 +67,13 @@ user_call <- function() {
 }
 
 # Re-signal input errors as coming from the function the user called.
-with_call <- function(expr, call) {
+with_call <- function(expr, call, rename = NULL) {
   tryCatch(expr, mrvi_error = function(e) {
     e$call <- call
+    # arguments the caller knows by another name: c(labels = "groups")
+    for (from in names(rename)) {
+      e$message[] <- gsub(sprintf("`%s`", from), sprintf("`%s`", rename[[from]]), e$message, fixed = TRUE)
+    }
     stop(e)
   })
 }

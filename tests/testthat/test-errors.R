@@ -192,6 +192,8 @@ bad_calls <- list(
   list(quote(sampleHclust(d3, group = 1, method = "nope")), "`method` must be one of"),
   list(quote(treeDistance("((a,b),(c,d));", "((a,b),(c")), "`truth` is not a Newick tree"),
   # baselines and plots
+  list(quote(pseudobulkDistances(m, s, groups = replace(labs, 2, NA))), "`groups` has 1 NA"),
+  list(quote(proportionDistances(m, s, groups = 1:3)), "`groups` must have one value per cell"),
   list(quote(silhouetteScores(matrix(NA_real_, 10, 2), rep(1:2, 5))), "`embedding` must be a numeric matrix .* finite"),
   list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1, 10))), "`cell_type` .* at least 2 types"),
   list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1:2, 4))), "`cell_type` must have one non-missing value per cell \\(10\\)"),
