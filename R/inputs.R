@@ -18,7 +18,7 @@
 #'   chemistry): one, as a column name or a vector with one value per cell; or
 #'   several, as a character vector of column names, or a data.frame or named
 #'   list of columns (names or vectors). No NA; with several, none may be
-#'   constant.
+#'   constant in a fit (new cells for a fitted model may share one level).
 #' @param labels optional cell labels (for example cell types): a column name or
 #'   a vector with one value per cell.
 #' @param assay for a `SingleCellExperiment`, the assay holding raw counts
@@ -30,7 +30,7 @@
 #' @param continuous_covariates optional numeric nuisance covariates (fraction
 #'   of mitochondrial reads, library complexity): column names, a numeric vector
 #'   (one covariate, named `continuous`), or a data.frame, matrix or named list
-#'   of columns. Finite and not constant.
+#'   of columns. Finite, and not constant in a fit.
 #' @param ... unused; an error names anything given here.
 #'
 #' @details
