@@ -225,7 +225,7 @@ pub fn expression_from_z(model: &MrviModel, z: &[f64], site: &[i64], continuous:
 /// covariates at their means): per cell, what R's `decode_expression()` and
 /// `effect_lfc()` give as genes x cells matrices, reduced where it is decoded
 /// (the same operations in f64, so the same values; NaN where a fold change is
-/// NaN). Cells go in blocks of 1024.
+/// NaN). Cells go in blocks of [DECODE_BLOCK].
 pub fn largest_lfc(model: &MrviModel, z_hi: &[f64], z_lo: &[f64], grid: &[i64]) -> Result<Vec<f64>> {
     let (k, nc) = (model.config.factor_levels().len(), model.config.n_continuous as usize);
     let (l, genes) = (model.config.n_latent as usize, model.config.n_genes as usize);
@@ -233,16 +233,14 @@ pub fn largest_lfc(model: &MrviModel, z_hi: &[f64], z_lo: &[f64], grid: &[i64]) 
     if z_hi.len() != n * l || z_lo.len() != z_hi.len() || k == 0 || grid.is_empty() || grid.len() % k != 0 {
         crate::invalid!("z_hi and z_lo must be cells x {l} and the grid settings x {k} site codes");
     }
-    if grid.iter().any(|&b| b < 0 || b >= model.config.n_batches) {
-        crate::invalid!("site codes outside the fitted sites");
-    }
+    check_site_codes(model, grid)?;
     let settings = grid.len() / k;
     let hi32: Vec<f32> = crate::error::try_collect(z_hi.len(), z_hi.iter().map(|&x| x as f32), "a single-precision copy")?;
     let lo32: Vec<f32> = crate::error::try_collect(z_lo.len(), z_lo.iter().map(|&x| x as f32), "a single-precision copy")?;
     let dev = model.device();
     let mut out = try_with_capacity(n, "the largest fold changes")?;
-    for start in (0..n).step_by(1024) {
-        let (end, m) = ((start + 1024).min(n), (start + 1024).min(n) - start);
+    for start in (0..n).step_by(DECODE_BLOCK) {
+        let (end, m) = ((start + DECODE_BLOCK).min(n), (start + DECODE_BLOCK).min(n) - start);
         let zs = [rows_from_column_major(&hi32, n, l, start, end).to_device(dev), rows_from_column_major(&lo32, n, l, start, end).to_device(dev)];
         let x = (nc > 0).then(|| Tensor::zeros([m as i64, nc as i64], (Kind::Float, dev)));
         // sums over the settings, [cells, genes], as R adds the decoded matrices
@@ -250,9 +248,7 @@ pub fn largest_lfc(model: &MrviModel, z_hi: &[f64], z_lo: &[f64], grid: &[i64]) 
         for setting in grid.chunks_exact(k) {
             let b = Tensor::from_slice(&setting.repeat(m)).view([m as i64, k as i64]).to_device(dev);
             for (z, sum) in zs.iter().zip(sums.iter_mut()) {
-                let rho = tch::no_grad(|| model.expression(z, &b, x.as_ref())).to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1]);
-                let rho = Vec::<f64>::try_from(&rho).map_err(Error::from)?;
-                sum.iter_mut().zip(&rho).for_each(|(t, v)| *t += v);
+                sum.iter_mut().zip(&decoded(model, z, &b, x.as_ref())?).for_each(|(t, v)| *t += v);
             }
         }
         let count = settings as f64;
@@ -266,8 +262,26 @@ pub fn largest_lfc(model: &MrviModel, z_hi: &[f64], z_lo: &[f64], grid: &[i64]) 
     Ok(out)
 }
 
+/// Cells decoded at once: a block's expression is [DECODE_BLOCK, genes].
+const DECODE_BLOCK: usize = 1024;
+
+/// Site codes (any layout) within the fitted sites.
+fn check_site_codes(model: &MrviModel, site: &[i64]) -> Result<()> {
+    if site.iter().any(|&b| b < 0 || b >= model.config.n_batches) {
+        crate::invalid!("site codes outside the fitted sites");
+    }
+    Ok(())
+}
+
+/// The decoder's expression of z ([cells, L_z]) under site codes `b` ([cells,
+/// K]) and continuous covariates `x`, as f64 values [cells, genes] (row-major).
+fn decoded(model: &MrviModel, z: &Tensor, b: &Tensor, x: Option<&Tensor>) -> Result<Vec<f64>> {
+    let rho = tch::no_grad(|| model.expression(z, b, x));
+    Vec::<f64>::try_from(&rho.to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1])).map_err(Error::from)
+}
+
 /// Decoder expression of `values` (n cells x width, column-major) in blocks of
-/// 1024 cells, after `to_z` maps a block's rows [start, end) to z.
+/// [DECODE_BLOCK] cells, after `to_z` maps a block's rows [start, end) to z.
 #[allow(clippy::too_many_arguments)]
 fn decode_blocks(
     model: &MrviModel, values: &[f64], width: usize, site: &[i64], continuous: &[f64], n: usize,
@@ -280,21 +294,17 @@ fn decode_blocks(
             values.len(), site.len(), continuous.len()
         );
     }
-    if site.iter().any(|&b| b < 0 || b >= model.config.n_batches) {
-        crate::invalid!("site codes outside the fitted sites");
-    }
+    check_site_codes(model, site)?;
     let v32: Vec<f32> = crate::error::try_collect(values.len(), values.iter().map(|&x| x as f32), "a single-precision copy")?;
     let x32: Vec<f32> = crate::error::try_collect(continuous.len(), continuous.iter().map(|&x| x as f32), "a single-precision copy")?;
     let mut out = try_with_capacity(n.saturating_mul(model.config.n_genes as usize), "the expression matrix")?;
     let dev = model.device();
-    for start in (0..n).step_by(1024) {
-        let end = (start + 1024).min(n);
+    for start in (0..n).step_by(DECODE_BLOCK) {
+        let end = (start + DECODE_BLOCK).min(n);
         let rows = rows_from_column_major(&v32, n, width, start, end).to_device(dev);
         let b = rows_from_column_major(site, n, k, start, end).to_device(dev);
         let x = (nc > 0).then(|| rows_from_column_major(&x32, n, nc, start, end).to_device(dev));
-        let rho = tch::no_grad(|| model.expression(&to_z(&rows, start, end), &b, x.as_ref()));
-        let rho = rho.to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1]);
-        out.extend(Vec::<f64>::try_from(&rho).map_err(Error::from)?);
+        out.extend(decoded(model, &to_z(&rows, start, end), &b, x.as_ref())?);
     }
     Ok(out)
 }
