@@ -200,25 +200,21 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
     draw_ids <- if (draws == 0) 0L else seq_len(draws)
     cf <- if (lfc || normalize || draws > 0) {
       projected_counterfactuals(fit, cells_k, draw_ids, seed, regression_maps(design, m, length(cells_k)),
-                                want_mean = !linear && draws > 0)
+                                want_mean = !linear && draws > 0, want_projections = lfc,
+                                blocks = if (normalize) design$blocks)
     }
-    spread <- if (normalize) posterior_spread(design, m)
     lfc_sum <- lfc_hits <- 0
-    if (lfc || normalize) for (d in seq_along(draw_ids)) {
-      reg <- projected_regression(cf$projections, d, coefs)
-      if (normalize) spread$add(reg)
-      if (lfc) {
-        lf <- de_lfc(fit, reg, coefs)
-        lfc_sum <- Map(`+`, lf, lfc_sum)
-        lfc_hits <- Map(function(x, h) h + (abs(x) >= delta), lf, lfc_hits)
-      }
+    if (lfc) for (d in seq_along(draw_ids)) {
+      lf <- de_lfc(fit, projected_regression(cf$projections, d, coefs), coefs)
+      lfc_sum <- Map(`+`, lf, lfc_sum)
+      lfc_hits <- Map(function(x, h) h + (abs(x) >= delta), lf, lfc_hits)
     }
     # the test's z: the draws' mean, or (linear flavour, no draws) the z at the
     # posterior mean (for the linear flavour the same); the spread is centred
     # at the draws' mean effect
     z_test <- cf$mean_z %||%
       array(counterfactual_z(fit, cells_k, seq_along(fit@samples), 0L, seed), c(length(cells_k), length(fit@samples), L))
-    noise <- if (normalize) spread$result()
+    noise <- if (normalize) posterior_spread(cf$spread, design, length(draw_ids))
     largest <- largest_lfc(fit, de_regression(z_test, design, m, tests = FALSE), design)
     res <- de_regression(z_test, design, m, noise = noise, largest_lfc = largest, lfc_threshold = lfc_threshold)
     if (lfc) res$lfc <- list(lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
@@ -361,7 +357,10 @@ de_design <- function(fit, covariates, call) {
 # over samples (r = p + 1 rows x S): rows 1..p the coefficients C X' (as
 # de_regression() computes them; NA where the cell's admissible samples cannot
 # fit the design), row p + 1 the mean over the admissible samples (z_bar). One
-# map per distinct admissible pattern of `mask` (NULL: every sample).
+# map per distinct admissible pattern of `mask` (NULL: every sample), and for
+# each map and block J of the design the whitening U of the covariate's
+# precision P = C_JJ^-1 = U'U (NaN where the design cannot be fitted), as
+# projected_counterfactuals() takes them for the posterior spread.
 regression_maps <- function(design, mask, n) {
   X <- design$X
   p <- ncol(X)
@@ -369,18 +368,21 @@ regression_maps <- function(design, mask, n) {
     M <- matrix(0, p + 1, nrow(X))
     M[p + 1, keep] <- 1 / sum(keep)
     Xk <- X[keep, , drop = FALSE]
-    if (sum(keep) - p >= 1 && qr(Xk)$rank == p) {
-      M[seq_len(p), keep] <- chol2inv(qr.R(qr(Xk))) %*% t(Xk)
-    } else {
-      M[seq_len(p), ] <- NA_real_
-    }
-    M
+    fits <- sum(keep) - p >= 1 && qr(Xk)$rank == p
+    C <- if (fits) chol2inv(qr.R(qr(Xk)))
+    if (fits) M[seq_len(p), keep] <- C %*% t(Xk) else M[seq_len(p), ] <- NA_real_
+    whitening <- lapply(design$blocks, function(J) if (fits) chol(solve(C[J, J, drop = FALSE])) else rep(NaN, length(J)^2))
+    list(map = M, whitening = unlist(whitening, use.names = FALSE))
   }
-  if (is.null(mask)) return(list(maps = array(one(rep(TRUE, nrow(X))), c(p + 1, nrow(X), 1)), of_cell = rep(1L, n)))
-  key <- apply(mask, 1, function(r) paste(which(r), collapse = " "))
-  first <- !duplicated(key)
-  maps <- lapply(which(first), function(i) one(mask[i, ]))
-  list(maps = array(unlist(maps), c(p + 1, nrow(X), length(maps))), of_cell = match(key, key[first]))
+  patterns <- if (is.null(mask)) list(rep(TRUE, nrow(X))) else {
+    key <- apply(mask, 1, function(r) paste(which(r), collapse = " "))
+    first <- !duplicated(key)
+    lapply(which(first), function(i) mask[i, ])
+  }
+  maps <- lapply(patterns, one)
+  list(maps = array(unlist(lapply(maps, `[[`, "map")), c(p + 1, nrow(X), length(maps))),
+       whitening = unlist(lapply(maps, `[[`, "whitening")),
+       of_cell = if (is.null(mask)) rep(1L, n) else match(key, key[first]))
 }
 
 # The regression (as de_regression(tests = FALSE) gives it: `beta` per
@@ -389,78 +391,35 @@ regression_maps <- function(design, mask, n) {
 projected_regression <- function(projections, draws, coefs) {
   dims <- dim(projections)
   at <- function(row) {
-    v <- matrix(projections[row, , , draws, drop = FALSE], dims[2] * dims[3], length(draws))
-    matrix(rowMeans(v), dims[2], dims[3])
+    v <- matrix(projections[, , row, draws], dims[1] * dims[2], length(draws))
+    matrix(rowMeans(v), dims[1], dims[2])
   }
-  list(beta = lapply(stats::setNames(seq_along(coefs) + 1L, coefs), at), z_bar = at(dims[1]))
+  list(beta = lapply(stats::setNames(seq_along(coefs) + 1L, coefs), at), z_bar = at(dims[3]))
 }
 
-# The posterior spread of each covariate's effect over the draws of u: per block
-# J of the design and per cell, Psi = sum over draws of (B_J - mean B_J)' P
-# (B_J - mean B_J) (L x L), P = C_JJ^-1 of the cell's design, so that
+# The posterior spread of each covariate's effect over the D draws of u: per
+# block J of the design and per cell, Psi = sum over draws of (B_J - mean B_J)'
+# P (B_J - mean B_J) (L x L), P = C_JJ^-1 of the cell's design, so that
 # tr(Psi) / (D - 1) is the test's numerator expected from the posterior spread
-# alone (see Details). add() takes one draw's regression; result() gives
-# `draws` (how many were added) and, per block, `trace` (per column of J) and
-# `dim` (q tr(Psi)^2 / tr(Psi^2)) per cell.
-posterior_spread <- function(design, mask) {
-  precision <- function(X) {
-    if (nrow(X) - ncol(X) < 1 || qr(X)$rank < ncol(X)) return(NULL)
-    C <- chol2inv(qr.R(qr(X)))
-    lapply(design$blocks, function(J) solve(C[J, J, drop = FALSE]))
-  }
-  shared <- precision(design$X)
-  own_design <- if (is.null(mask)) logical(0) else !apply(mask, 1, all)
-  own <- lapply(seq_along(own_design), function(i) {
-    if (own_design[i]) precision(design$X[mask[i, ], , drop = FALSE])
-  })
-  # each draw's B_J per block, as the values of a cells x L x q array
-  stored <- lapply(design$blocks, function(J) list())
-  # With P = U'U and W the L x (q D) matrix of the columns of (U (B_J - mean
-  # B_J))' over draws, Psi = W W'; tr(Psi) = sum(W^2). U multiplies all cells
-  # sharing the design at once; cells with their own design are redone alone.
-  block_spread <- function(j, draws) {
-    J <- design$blocks[[j]]
-    q <- length(J)
-    b <- stored[[j]]
-    L <- n_latent
-    n <- length(b[[1]]) / (q * L)
-    B <- matrix(unlist(b), n * L * q, draws)  # [cells, L, q] x draws
-    B <- B - rowMeans(B)
-    B <- aperm(array(B, c(n, L, q, draws)), c(3, 2, 4, 1))  # [q, L, draws, cells]
-    W <- chol(shared[[j]]) %*% matrix(B, q)
-    W <- aperm(array(W, c(q, L, draws, n)), c(2, 1, 3, 4))  # [L, q, draws, cells]
-    tr <- ss <- rep(NA_real_, n)
-    for (i in seq_len(n)) {
-      Wi <- if (length(own_design) && own_design[i]) {
-        P <- own[[i]][[j]]
-        if (is.null(P)) next
-        Bi <- matrix(B[, , , i], q)
-        aperm(array(chol(P) %*% Bi, c(q, L, draws)), c(2, 1, 3))
-      } else {
-        W[, , , i]
-      }
-      Wi <- matrix(Wi, L)
-      tr[i] <- sum(Wi^2)
-      ss[i] <- sum(tcrossprod(Wi)^2)
-    }
+# alone (see Details). From `moments` ([cells, blocks, 2]: tr(Psi) and
+# tr(Psi^2), as projected_counterfactuals() accumulates them): `draws` and, per
+# block, `trace` (per column of J) and `dim` (q tr(Psi)^2 / tr(Psi^2)) per cell.
+posterior_spread <- function(moments, design, draws) {
+  blocks <- lapply(seq_along(design$blocks), function(j) {
+    q <- length(design$blocks[[j]])
+    tr <- moments[, j, 1]
+    tr[is.nan(tr)] <- NA_real_  # a cell whose admissible samples cannot fit the design
     list(trace = pmax(tr, 0) / ((draws - 1) * q),
-         dim = q * pmax(1, tr^2 / pmax(ss, .Machine$double.xmin)))
-  }
-  n_latent <- NA_integer_
-  list(
-    add = function(reg) {
-      for (j in names(design$blocks)) {
-        b <- reg$beta[colnames(design$X)[design$blocks[[j]]]]
-        n_latent <<- ncol(b[[1]])
-        stored[[j]][[length(stored[[j]]) + 1L]] <<- unlist(lapply(b, as.matrix), use.names = FALSE)
-      }
-    },
-    result = function() {
-      draws <- length(stored[[1]])
-      blocks <- lapply(stats::setNames(names(design$blocks), names(design$blocks)), block_spread, draws = draws)
-      list(blocks = blocks, draws = draws)
-    }
-  )
+         dim = q * pmax(1, tr^2 / pmax(moments[, j, 2], .Machine$double.xmin)))
+  })
+  list(blocks = stats::setNames(blocks, names(design$blocks)), draws = draws)
+}
+
+# For A ([K, cells, L]: cell i's K x L matrix A_i), per cell tr(A_i' A_i) and the
+# sum of squares of the L x L Gram matrix A_i' A_i (= tr((A_i A_i')^2)).
+gram_moments <- function(A) {
+  d <- dim(A)
+  mrvi_gram_moments(as.double(A), d[1], d[2], d[3])
 }
 
 # Regress each cell's Z ([cells, S, L]) on the design; per covariate the F test
@@ -569,14 +528,10 @@ permutation_dimension <- function(Zs, X0, n, L) {
   S <- nrow(Zs)
   R0 <- Zs - X0 %*% qr.solve(X0, Zs)
   m <- S - ncol(X0)
-  e <- array(R0, c(S, n, L))
   # tr(G) and tr(G^2) from the L x L Gram matrix E'E, which has G's non-zero
   # eigenvalues (L < S: less work than the S x S one)
-  r <- vapply(seq_len(n), function(i) {
-    ei <- matrix(e[, i, ], S)
-    tg <- sum(ei^2)
-    if (tg > 0) sum(crossprod(ei)^2) / tg^2 else 1
-  }, numeric(1))
+  g <- gram_moments(array(R0, c(S, n, L)))
+  r <- ifelse(g$trace > 0, g$squares / g$trace^2, 1)
   k <- ((m - 1) * (m + 2) / pmax(m * r - 1, 1e-12) - 2) / m
   pmin(pmax(k, 1), 1e6)
 }

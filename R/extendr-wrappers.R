@@ -121,10 +121,12 @@ mrvi_counterfactual_z <- function(h, u_mean, u_sd, n_cells, cells, samples, draw
 
 #' Linear maps of the counterfactual z of `cells` (0-based) for posterior draws
 #' `draw_indices` (0-based; negative: the mean): `maps` r x S x K, `map_of_cell`
-#' 0-based; a list of `projections` ([r, cells, L, draws]) and, with `want_mean`,
-#' `mean_z` ([cells, S, L]).
+#' 0-based; a list of `projections` ([cells, L, r, draws], with
+#' `want_projections`), `mean_z` ([cells, S, L], with `want_mean`) and `spread`
+#' ([cells, blocks, 2]), for blocks of `block_sizes` rows (0-based `block_rows`)
+#' with q x q `whitening` matrices per map and block.
 #' @noRd
-mrvi_projected_counterfactuals <- function(h, u_mean, u_sd, n_cells, cells, draw_indices, seed, maps, n_rows, map_of_cell, want_mean) rust(.Call(wrap__mrvi_projected_counterfactuals, h, u_mean, u_sd, n_cells, cells, draw_indices, seed, maps, n_rows, map_of_cell, want_mean))
+mrvi_projected_counterfactuals <- function(h, u_mean, u_sd, n_cells, cells, draw_indices, seed, maps, n_rows, map_of_cell, want_projections, want_mean, block_rows, block_sizes, whitening) rust(.Call(wrap__mrvi_projected_counterfactuals, h, u_mean, u_sd, n_cells, cells, draw_indices, seed, maps, n_rows, map_of_cell, want_projections, want_mean, block_rows, block_sizes, whitening))
 
 # --- distances (src/rust/mrvi-r/src/distances.rs) ---
 
@@ -168,6 +170,11 @@ mrvi_mean_ks_statistics <- function(values, n_cells, pair_a, pair_b, labels, n_s
 #' The KS test on two vectors (exposed to test it against R's ks.test).
 #' @noRd
 mrvi_ks_greater <- function(x, y) rust(.Call(wrap__mrvi_ks_greater, x, y))
+
+#' Per cell, the trace and the sum of squares of the Gram matrix of its K x L
+#' slice of `a` ([K, cells, L]): a list of `trace` and `squares`.
+#' @noRd
+mrvi_gram_moments <- function(a, k, cells, l) rust(.Call(wrap__mrvi_gram_moments, a, k, cells, l))
 
 # --- abundance (src/rust/mrvi-r/src/abundance.rs) ---
 

@@ -77,18 +77,24 @@ counterfactual_z <- function(fit, idx, samples, m, seed) {
 
 # Linear maps of the counterfactual z of the fit's cells `idx` for draws `m`
 # (1-based; 0: the posterior mean): cell i under draw d gives
-# maps$maps[, , maps$of_cell[i]] %*% Z_i (r x L); a list of `projections`
-# ([r, cells, L, draws]) and, with `want_mean`, `mean_z` ([cells, S, L], the
-# mean z over the draws). Each draw's z is made and used inside Rust.
-projected_counterfactuals <- function(fit, idx, m, seed, maps, want_mean) {
+# maps$maps[, , maps$of_cell[i]] %*% Z_i (r x L) (regression_maps()). A list of
+# `projections` ([cells, L, r, draws], with `want_projections`), `mean_z`
+# ([cells, S, L], the mean z over the draws, with `want_mean`) and, for
+# `blocks` (the design's covariates: rows of the maps), `spread` ([cells,
+# blocks, 2]: see posterior_spread()). Each draw's z is made and used inside
+# Rust.
+projected_counterfactuals <- function(fit, idx, m, seed, maps, want_mean, want_projections = TRUE, blocks = NULL) {
   r <- dim(maps$maps)[1]
   res <- mrvi_projected_counterfactuals(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), idx - 1L,
                                         as.integer(m) - 1L, seed, as.double(maps$maps), r,
-                                        as.integer(maps$of_cell) - 1L, want_mean)
+                                        as.integer(maps$of_cell) - 1L, want_projections, want_mean,
+                                        as.integer(unlist(blocks)) - 1L, lengths(blocks),
+                                        if (length(blocks)) maps$whitening else double())
   n <- length(idx)
   L <- z_dim(fit)
-  list(projections = array(res$projections, c(r, n, L, length(m))),
-       mean_z = if (want_mean) array(res$mean_z, c(n, length(fit@samples), L)))
+  list(projections = if (want_projections) array(res$projections, c(n, L, r, length(m))),
+       mean_z = if (want_mean) array(res$mean_z, c(n, length(fit@samples), L)),
+       spread = if (length(blocks)) array(res$spread, c(n, length(blocks), 2)))
 }
 
 # Read new cells for a fitted model: known samples, the fitted genes in order.

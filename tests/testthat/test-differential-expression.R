@@ -1,3 +1,26 @@
+# The moments of the effects' spread over draws (as projected_counterfactuals()
+# accumulates them), computed directly from regressions of one draw each
+# (de_regression(tests = FALSE)): per cell and block J, Psi = sum over draws of
+# (B_J - mean B_J)' P (B_J - mean B_J), P = C_JJ^-1 of the cell's design
+# (`mask`'s samples); [cells, blocks, 2] of tr(Psi) and tr(Psi^2).
+spread_moments <- function(regs, design, mask = NULL) {
+  n <- nrow(regs[[1]]$beta[[1]])
+  out <- array(NA_real_, c(n, length(design$blocks), 2))
+  for (i in seq_len(n)) {
+    X <- if (is.null(mask)) design$X else design$X[mask[i, ], , drop = FALSE]
+    if (nrow(X) - ncol(X) < 1 || qr(X)$rank < ncol(X)) next
+    C <- solve(crossprod(X))
+    for (j in seq_along(design$blocks)) {
+      J <- design$blocks[[j]]
+      b <- lapply(regs, function(reg) t(vapply(colnames(design$X)[J], function(k) reg$beta[[k]][i, ], numeric(ncol(regs[[1]]$beta[[1]])))))
+      mean_b <- Reduce(`+`, b) / length(b)
+      psi <- Reduce(`+`, lapply(b, function(bd) t(bd - mean_b) %*% solve(C[J, J, drop = FALSE]) %*% (bd - mean_b)))
+      out[i, j, ] <- c(sum(diag(psi)), sum(psi^2))
+    }
+  }
+  out
+}
+
 test_that("with one latent dimension the test is the ordinary F test of lm()", {
   set.seed(3)
   S <- 14
@@ -22,6 +45,17 @@ test_that("with one latent dimension the test is the ordinary F test of lm()", {
   }
 })
 
+test_that("gram_moments() gives each cell's trace and squared Gram entries", {
+  set.seed(9)
+  A <- array(rnorm(7 * 5 * 4), c(7, 5, 4))  # K x cells x L
+  got <- mrvi:::gram_moments(A)
+  for (i in 1:5) {
+    g <- crossprod(A[, i, ])
+    expect_equal(got$trace[i], sum(diag(g)))
+    expect_equal(got$squares[i], sum(g^2))
+  }
+})
+
 test_that("the posterior-noise floor: the effect's spread over draws, and the law where it binds", {
   set.seed(5)
   n <- 4; S <- 10; L <- 3; D <- 8
@@ -33,10 +67,9 @@ test_that("the posterior-noise floor: the effect's spread over draws, and the la
   base <- array(rnorm(n * S * L, sd = 1e-3), c(n, S, L))
   base[, X[, 2] == 1, 1] <- base[, X[, 2] == 1, 1] + 0.05
   draws <- lapply(seq_len(D), function(d) base + array(rnorm(n * S * L, sd = 0.2), c(n, S, L)))
-  spread <- mrvi:::posterior_spread(design, NULL)
-  for (z in draws) spread$add(mrvi:::de_regression(z, design, tests = FALSE))
+  regs <- lapply(draws, function(z) mrvi:::de_regression(z, design, tests = FALSE))
+  noise <- mrvi:::posterior_spread(spread_moments(regs, design), design, D)
   z_mean <- Reduce(`+`, draws) / D
-  noise <- spread$result()
   for (i in seq_len(n)) {
     # each draw's effect by lm(), its covariance over draws by cov(), scaled by 1 / C_JJ
     b <- t(vapply(draws, function(z) coef(lm(z[i, , ] ~ X[, 2]))[2, ], numeric(L)))
@@ -60,10 +93,9 @@ test_that("the posterior-noise floor: the effect's spread over draws, and the la
                tolerance = 1e-8)
   # an effect well beyond the posterior spread still stands out
   big <- lapply(draws, function(z) { z[, X[, 2] == 1, 1] <- z[, X[, 2] == 1, 1] + 2; z })
-  spread <- mrvi:::posterior_spread(design, NULL)
-  for (z in big) spread$add(mrvi:::de_regression(z, design, tests = FALSE))
+  regs <- lapply(big, function(z) mrvi:::de_regression(z, design, tests = FALSE))
+  noise <- mrvi:::posterior_spread(spread_moments(regs, design), design, D)
   z_big <- Reduce(`+`, big) / D
-  noise <- spread$result()
   expect_true(all(mrvi:::de_regression(z_big, design, noise = noise)$tests$g[, "p_value"] < 1e-4))
 })
 
@@ -235,7 +267,7 @@ test_that("each draw's regression from the projected counterfactuals is de_regre
   expect_equal(dim(maps$maps), c(4, S, 3))
   expect_equal(maps$of_cell, c(1, 2, 3, 1, 2))
   draws <- c(0, 2, 5)
-  cf <- mrvi:::projected_counterfactuals(fit, 1:5, draws, 3, maps, want_mean = TRUE)
+  cf <- mrvi:::projected_counterfactuals(fit, 1:5, draws, 3, maps, want_mean = TRUE, blocks = design$blocks)
   zs <- lapply(draws, function(d) mrvi:::counterfactual_z(fit, 1:5, seq_len(S), d, 3))
   for (j in seq_along(draws)) {
     want <- mrvi:::de_regression(array(zs[[j]], c(5, S, mrvi:::z_dim(fit))), design, mask, tests = FALSE)
@@ -246,9 +278,11 @@ test_that("each draw's regression from the projected counterfactuals is de_regre
   }
   expect_equal(cf$mean_z, array(Reduce(`+`, zs) / 3, dim(cf$mean_z)), tolerance = 1e-12)
   # the spread's quadratic forms, vectorised over cells, against one cell at a time
-  spread <- mrvi:::posterior_spread(design, mask)
-  for (j in seq_along(draws)) spread$add(mrvi:::projected_regression(cf$projections, j, colnames(design$X)[-1]))
-  noise <- spread$result()
+  regs <- lapply(seq_along(draws), function(j) mrvi:::projected_regression(cf$projections, j, colnames(design$X)[-1]))
+  # accumulated in Rust as each draw's z is made, against the draws' regressions
+  expect_equal(cf$spread, spread_moments(regs, design, mask), tolerance = 1e-8)
+  noise <- mrvi:::posterior_spread(cf$spread, design, length(draws))
+  expect_equal(names(noise$blocks), c("g", "x"))
   for (i in c(1, 2, 4, 5)) {
     keep <- mask[i, ]
     X <- design$X[keep, ]
@@ -256,6 +290,7 @@ test_that("each draw's regression from the projected counterfactuals is de_regre
                   numeric(mrvi:::z_dim(fit))))
     psi <- cov(b) * 2 / solve(crossprod(X))[2, 2]
     expect_equal(noise$blocks$g$trace[i], sum(diag(psi)) / 2, tolerance = 1e-8)
+    expect_equal(noise$blocks$g$dim[i], max(1, sum(diag(psi))^2 / sum(psi^2)), tolerance = 1e-8)
   }
   expect_true(is.na(noise$blocks$g$trace[3]))
 })

@@ -105,18 +105,42 @@ pub fn counterfactual_z(
     Ok(out.into_raw_vec_and_offset().0)
 }
 
+/// The posterior spread of covariate effects over the draws, for
+/// [projected_counterfactuals]: `blocks` are the maps' rows of each covariate
+/// (its q coefficients), `whitening` per map and block a q x q matrix U
+/// (column-major, the blocks of map 0 first) with U'U the covariate's
+/// precision under that map's design.
+pub struct EffectSpread<'a> {
+    pub blocks: &'a [Vec<usize>],
+    pub whitening: &'a [f64],
+}
+
+/// What [projected_counterfactuals] computes: the maps' projections of every
+/// draw, the mean z over the draws, the effects' spread over the draws.
+pub struct Projected {
+    /// An R array [cells, L, r, draws] (a row of the maps for every cell is one block).
+    pub projections: Option<Vec<f64>>,
+    /// An R array [cells, S, L].
+    pub mean_z: Option<Vec<f64>>,
+    /// An R array [cells, blocks, 2]: tr(Psi) and the sum of squares of Psi.
+    pub spread: Option<Vec<f64>>,
+}
+
 /// Linear maps of the counterfactual z over samples, for several posterior
 /// draws of u at once (regressions of z on a sample design are such maps):
 /// cell c under draw d gives M_c Z_c^(d) (r x L), Z_c^(d) its z under every
 /// sample (S x L) and M_c = `maps[.., .., map_of_cell[c]]` (`maps`: r x S x K,
-/// column-major). Returns the values of an R array [r, cells, L, draws] and,
-/// with `want_mean`, the mean z over the draws (an R array [cells, S, L]).
-/// Each draw's z is made once and never leaves this function.
+/// column-major). Returns these projections (`want_projections`), the mean z
+/// over the draws (`want_mean`) and, with `spread`, per cell and covariate
+/// block J the L x L matrix Psi = sum over draws d and rows a of (W_da -
+/// mean_d W_da)(W_da - mean_d W_da)', W_d = U (rows J of M_c Z_c^(d)): its
+/// trace and its sum of squares (Welford's updates, draws in order). Each
+/// draw's z is made once and never leaves this function.
 #[allow(clippy::too_many_arguments)]
 pub fn projected_counterfactuals(
     model: &MrviModel, post: &Posterior, cells: &[usize], draws: &[Option<usize>], seed: u64, maps: &[f64], r: usize,
-    map_of_cell: &[usize], want_mean: bool,
-) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+    map_of_cell: &[usize], want_projections: bool, want_mean: bool, spread: Option<&EffectSpread>,
+) -> Result<Projected> {
     let effect = model.host_sample_effect();
     let (l, s) = (effect.n_latent, effect.n_samples);
     check_cells(&effect, post, cells)?;
@@ -124,25 +148,37 @@ pub fn projected_counterfactuals(
     if r == 0 || maps.len() != r * s * n_maps || map_of_cell.len() != cells.len() || map_of_cell.iter().any(|&k| k >= n_maps) {
         crate::invalid!("the maps must be {r} x {s} x K with one map index below K per cell");
     }
+    // per map: the offsets of its blocks' whitening matrices; per cell: the
+    // Welford state of every block (the mean of W, q x L, Psi, L x L, and a
+    // row of differences, L)
+    let (blocks, whitening): (&[Vec<usize>], &[f64]) = spread.map_or((&[], &[]), |sp| (sp.blocks, sp.whitening));
+    let per_map: usize = blocks.iter().map(|b| b.len() * b.len()).sum();
+    if blocks.iter().flatten().any(|&k| k >= r) || whitening.len() != per_map * n_maps {
+        crate::invalid!("the spread's blocks must be rows of the maps, with a q x q whitening matrix per map and block");
+    }
+    let state_len: usize = blocks.iter().map(|b| welford_len(b.len(), l)).sum();
     let n = cells.len();
-    // R arrays, column-major: out [r, cells, L, draws], mean [cells, S, L]
-    let mut out = try_vec(r * n * l * draws.len(), 0f64, "the projected counterfactual latents")?;
+    let n_blocks = blocks.len();
+    let mut out = if want_projections { Some(try_vec(r * n * l * draws.len(), 0f64, "the projected counterfactual latents")?) } else { None };
     let mut mean = if want_mean { Some(try_vec(n * s * l, 0f64, "the mean counterfactual latents")?) } else { None };
+    let mut spread_out = if spread.is_some() { Some(try_vec(n * n_blocks * 2, 0f64, "the effects' spread")?) } else { None };
     const BLOCK: usize = 256;
     let n_draws = draws.len() as f64;
-    // per block: each cell's projections of one draw (r x L) and its mean z
-    // over the draws (S x L), contiguous per cell; scattered into the R arrays
-    // once per draw and once per block (writing them in place strides by the
-    // number of cells: a cache miss per value)
+    // per block: each cell's projections of one draw (r x L), its mean z over
+    // the draws (S x L) and its spread state, contiguous per cell; scattered
+    // into the R arrays once per draw and once per block (writing them in place
+    // strides by the number of cells: a cache miss per value)
     let mut proj = try_vec(BLOCK * r * l, 0f64, "the projected counterfactual latents")?;
     let mut block_mean = try_vec(if want_mean { BLOCK * s * l } else { 0 }, 0f64, "the mean counterfactual latents")?;
+    let mut block_state = try_vec(BLOCK * state_len, 0f64, "the effects' spread")?;
     let mut z = Vec::new();
     for (bi, part) in cells.chunks(BLOCK).enumerate() {
         let first = bi * BLOCK;
         block_mean.fill(0.0);
+        block_state.fill(0.0);
         for (d, &draw) in draws.iter().enumerate() {
             cells_z(&effect, post, part, draw, seed, ZLayout::BySample, &mut z);
-            let one = |(i, ((zc, acc), zbar)): (usize, ((&[f32], &mut [f64]), &mut [f64]))| {
+            let one = |(i, (((zc, acc), zbar), state)): (usize, CellSlices)| {
                 let k_map = map_of_cell[first + i];
                 let map = &maps[k_map * r * s..(k_map + 1) * r * s];
                 acc.fill(0.0);
@@ -159,26 +195,35 @@ pub fn projected_counterfactuals(
                         *m += v as f64 / n_draws;
                     }
                 }
+                let mut u_at = k_map * per_map;
+                let mut rest = state;
+                for rows in blocks {
+                    let q = rows.len();
+                    let (st, tail) = rest.split_at_mut(welford_len(q, l));
+                    rest = tail;
+                    welford_update(&whitening[u_at..u_at + q * q], rows, acc, l, (d + 1) as f64, st);
+                    u_at += q * q;
+                }
             };
             let n_part = part.len();
-            // without the mean, empty slices stand in for the cells' means
-            let means: Vec<&mut [f64]> = if want_mean {
-                block_mean.chunks_exact_mut(s * l).take(n_part).collect()
-            } else {
-                (0..n_part).map(|_| <&mut [f64]>::default()).collect()
-            };
+            // without the mean or the spread, empty slices stand in for the cells' own
+            let empty = || (0..n_part).map(|_| <&mut [f64]>::default()).collect::<Vec<_>>();
+            let means: Vec<&mut [f64]> = if want_mean { block_mean.chunks_exact_mut(s * l).take(n_part).collect() } else { empty() };
+            let states: Vec<&mut [f64]> = if state_len > 0 { block_state.chunks_exact_mut(state_len).take(n_part).collect() } else { empty() };
             let accs = &mut proj[..n_part * r * l];
             // each cell's arithmetic is its own, so the pool does not change it
             match crate::backend::pool() {
                 Ok(pool) => pool.install(|| {
-                    z.par_chunks_exact(s * l).zip(accs.par_chunks_exact_mut(r * l)).zip(means).enumerate().for_each(one)
+                    z.par_chunks_exact(s * l).zip(accs.par_chunks_exact_mut(r * l)).zip(means).zip(states).enumerate().for_each(one)
                 }),
-                Err(_) => z.chunks_exact(s * l).zip(accs.chunks_exact_mut(r * l)).zip(means).enumerate().for_each(one),
+                Err(_) => z.chunks_exact(s * l).zip(accs.chunks_exact_mut(r * l)).zip(means).zip(states).enumerate().for_each(one),
             }
-            for (i, acc) in proj.chunks_exact(r * l).take(part.len()).enumerate() {
-                for k in 0..r {
-                    for li in 0..l {
-                        out[k + r * (first + i + n * (li + l * d))] = acc[k * l + li];
+            if let Some(out) = out.as_mut() {
+                for (i, acc) in proj.chunks_exact(r * l).take(n_part).enumerate() {
+                    for k in 0..r {
+                        for li in 0..l {
+                            out[first + i + n * (li + l * (k + r * d))] = acc[k * l + li];
+                        }
                     }
                 }
             }
@@ -192,8 +237,64 @@ pub fn projected_counterfactuals(
                 }
             }
         }
+        if let Some(sp) = spread_out.as_mut() {
+            for (i, state) in block_state.chunks_exact(state_len.max(1)).take(part.len()).enumerate() {
+                let mut rest = state;
+                for (j, rows) in blocks.iter().enumerate() {
+                    let (st, tail) = rest.split_at(welford_len(rows.len(), l));
+                    rest = tail;
+                    let psi = &st[rows.len() * l..rows.len() * l + l * l];
+                    let (mut trace, mut squares) = (0.0, 0.0);
+                    for a in 0..l {
+                        trace += psi[a * l + a];
+                        squares += psi[a * l + a] * psi[a * l + a];
+                        for b in a + 1..l {
+                            squares += 2.0 * psi[a * l + b] * psi[a * l + b];
+                        }
+                    }
+                    sp[first + i + n * j] = trace;
+                    sp[first + i + n * (j + n_blocks)] = squares;
+                }
+            }
+        }
     }
-    Ok((out, mean))
+    Ok(Projected { projections: out, mean_z: mean, spread: spread_out })
+}
+
+/// Values of a covariate block's Welford state: the mean of W (q x L), Psi
+/// (L x L, its upper triangle used) and a row of differences (L).
+fn welford_len(q: usize, l: usize) -> usize {
+    q * l + l * l + l
+}
+
+/// A cell's slices in [projected_counterfactuals]: its z (S x L), projections
+/// (r x L), mean z and spread state.
+type CellSlices<'a> = (((&'a [f32], &'a mut [f64]), &'a mut [f64]), &'a mut [f64]);
+
+/// One draw's Welford update of a covariate block's spread: W = U (rows of
+/// `acc`, r x L by row) is q x L; `state` ([welford_len]) holds the mean of W
+/// over the draws so far and Psi; `count` counts this draw.
+fn welford_update(u: &[f64], rows: &[usize], acc: &[f64], l: usize, count: f64, state: &mut [f64]) {
+    let q = rows.len();
+    let (mean, rest) = state.split_at_mut(q * l);
+    let (psi, delta) = rest.split_at_mut(l * l);
+    for a in 0..q {
+        for li in 0..l {
+            // W[a, li] = sum over b of U[a, b] acc[rows[b], li]
+            let w: f64 = (0..q).map(|b| u[a + q * b] * acc[rows[b] * l + li]).sum();
+            let m = &mut mean[a * l + li];
+            let dv = w - *m;
+            *m += dv / count;
+            delta[li] = dv;
+        }
+        // Psi += (1 - 1/count) delta delta' (the symmetric form of Welford's update)
+        let f = 1.0 - 1.0 / count;
+        for x in 0..l {
+            for y in x..l {
+                psi[x * l + y] += f * delta[x] * delta[y];
+            }
+        }
+    }
 }
 
 /// Expected normalised expression (softmax of the decoder) for u (cells x L_u,

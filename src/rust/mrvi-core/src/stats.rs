@@ -5,6 +5,7 @@
 //! m * n < 10000, else the asymptotic exp(-2 m n / (m + n) D^2). And Mantel's
 //! test of a distance matrix against a same-category indicator, with the exact
 //! mean and variance of its statistic over all relabelings of the samples.
+//! And the Gram moments behind the effective dimension of the DE test.
 
 use crate::backend;
 use crate::error::{Error, Result};
@@ -196,6 +197,33 @@ pub fn mean_ks_statistics(
     Ok(backend::pool()?.install(|| labellings.par_iter().map(|labels| one(labels)).collect()))
 }
 
+/// For cells' K x L matrices A_i, given as the values of an R array [K, cells,
+/// L] (column-major), per cell tr(A_i' A_i) and the sum of squares of the
+/// L x L Gram matrix A_i' A_i (= tr((A_i A_i')^2)): the moments behind the DE
+/// test's effective dimension. NaN in A_i gives NaN for cell i.
+pub fn gram_moments(a: &[f64], k: usize, cells: usize, l: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    if a.len() != k * cells * l {
+        crate::invalid!("the array has {} values, not K x cells x L = {k} x {cells} x {l}", a.len());
+    }
+    let column = |i: usize, c: usize| &a[k * (i + cells * c)..k * (i + cells * c) + k];
+    let moments = |i: usize| {
+        let (mut trace, mut squares) = (0.0, 0.0);
+        for c in 0..l {
+            for d in c..l {
+                let g: f64 = column(i, c).iter().zip(column(i, d)).map(|(x, y)| x * y).sum();
+                if c == d {
+                    trace += g;
+                    squares += g * g;
+                } else {
+                    squares += 2.0 * g * g;
+                }
+            }
+        }
+        (trace, squares)
+    };
+    Ok((0..cells).map(moments).unzip())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +315,21 @@ mod tests {
         assert_eq!(mantel_within(&vec![1.0; n * n], &[0, 0, 0, 1, 1, 1]), (0.0, 1.0));
         assert_eq!(mantel_within(&d, &[2; 6]), (0.0, 1.0));
         assert!(mantel_within(&d[..9], &[0, 1, 1]).0.is_nan());
+    }
+
+    #[test]
+    fn gram_moments_match_the_gram_matrix() {
+        let (k, cells, l) = (5usize, 3usize, 4usize);
+        let a: Vec<f64> = (0..k * cells * l).map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0).collect();
+        let (trace, squares) = gram_moments(&a, k, cells, l).unwrap();
+        for i in 0..cells {
+            let at = |r: usize, c: usize| a[r + k * (i + cells * c)];
+            let g = |c: usize, d: usize| (0..k).map(|r| at(r, c) * at(r, d)).sum::<f64>();
+            let want_trace: f64 = (0..l).map(|c| g(c, c)).sum();
+            let want_squares: f64 = (0..l).flat_map(|c| (0..l).map(move |d| (c, d))).map(|(c, d)| g(c, d).powi(2)).sum();
+            assert!((trace[i] - want_trace).abs() < 1e-12 * want_trace.abs().max(1.0));
+            assert!((squares[i] - want_squares).abs() < 1e-12 * want_squares.abs().max(1.0));
+        }
+        assert!(gram_moments(&a[1..], k, cells, l).is_err());
     }
 }

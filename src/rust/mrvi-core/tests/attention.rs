@@ -5,7 +5,7 @@ use mrvi_core::batch::Dataset;
 use mrvi_core::data::CscCounts;
 use mrvi_core::distances::{group_sums, DistanceSpec};
 use mrvi_core::posterior::Posterior;
-use mrvi_core::infer::{counterfactual_z, encode, projected_counterfactuals};
+use mrvi_core::infer::{counterfactual_z, encode, projected_counterfactuals, EffectSpread};
 use mrvi_core::model::attention::{mixture_log_density, AttentionBlock, ForwardScratch, HostAttention, ManyScratch};
 use mrvi_core::model::config::{Flavour, ModelSettings, Prior};
 use mrvi_core::model::{Space, ZLayout};
@@ -240,7 +240,12 @@ fn attention_flavour_trains_and_streams_distances() {
     let maps: Vec<f64> = (0..r * s * 2).map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0).collect();
     let of_cell: Vec<usize> = cells.iter().map(|c| c % 2).collect();
     let draws = [None, Some(0), Some(3)];
-    let (proj, mean_z) = projected_counterfactuals(&model, &post, &cells, &draws, 7, &maps, r, &of_cell, true).unwrap();
+    // the spread of two blocks of rows ({1, 2} and {0}), whitened per map
+    let blocks = [vec![1usize, 2], vec![0]];
+    let whitening: Vec<f64> = (0..2 * 5).map(|i| [1.5, 0.0, -0.5, 2.0, 0.7][i % 5]).collect(); // per map: 2 x 2, then 1 x 1
+    let spread = EffectSpread { blocks: &blocks, whitening: &whitening };
+    let res = projected_counterfactuals(&model, &post, &cells, &draws, 7, &maps, r, &of_cell, true, true, Some(&spread)).unwrap();
+    let proj = res.projections.unwrap();
     let (n, samples) = (cells.len(), [0usize, 1, 2, 3]);
     let mut want_mean = vec![0f64; n * s * l];
     for (d, &draw) in draws.iter().enumerate() {
@@ -249,7 +254,7 @@ fn attention_flavour_trains_and_streams_distances() {
             for li in 0..l {
                 for k in 0..r {
                     let want: f64 = (0..s).map(|a| maps[of_cell[c] * r * s + k + r * a] * z[c + n * (a + s * li)]).sum();
-                    let got = proj[k + r * (c + n * (li + l * d))];
+                    let got = proj[c + n * (li + l * (k + r * d))];
                     assert!((got - want).abs() <= 1e-9 * (1.0 + want.abs()), "draw {d} cell {c}: {got} vs {want}");
                 }
                 for a in 0..s {
@@ -258,7 +263,41 @@ fn attention_flavour_trains_and_streams_distances() {
             }
         }
     }
-    let mean_z = mean_z.unwrap();
+    let mean_z = res.mean_z.unwrap();
     assert!(mean_z.iter().zip(&want_mean).all(|(g, w)| (g - w).abs() <= 1e-9 * (1.0 + w.abs())));
-    assert!(projected_counterfactuals(&model, &post, &cells, &draws, 7, &maps, r, &vec![2; n], false).is_err());
+    // the spread from the projections, two passes: Psi = sum over draws and
+    // rows of the centred W = U B_J
+    let spread_got = res.spread.unwrap();
+    let nd = draws.len();
+    for c in 0..n {
+        let mut u_at = of_cell[c] * 5;
+        for (j, rows) in blocks.iter().enumerate() {
+            let q = rows.len();
+            let u = &whitening[u_at..u_at + q * q];
+            u_at += q * q;
+            let w = |d: usize, a: usize, li: usize| (0..q).map(|b| u[a + q * b] * proj[c + n * (li + l * (rows[b] + r * d))]).sum::<f64>();
+            let mut psi = vec![0f64; l * l];
+            for a in 0..q {
+                for x in 0..l {
+                    let mx = (0..nd).map(|d| w(d, a, x)).sum::<f64>() / nd as f64;
+                    for y in 0..l {
+                        let my = (0..nd).map(|d| w(d, a, y)).sum::<f64>() / nd as f64;
+                        psi[x * l + y] += (0..nd).map(|d| (w(d, a, x) - mx) * (w(d, a, y) - my)).sum::<f64>();
+                    }
+                }
+            }
+            let trace: f64 = (0..l).map(|x| psi[x * l + x]).sum();
+            let squares: f64 = psi.iter().map(|v| v * v).sum();
+            let (gt, gs) = (spread_got[c + n * j], spread_got[c + n * (j + 2)]);
+            assert!((gt - trace).abs() <= 1e-9 * (1.0 + trace.abs()), "cell {c} block {j}: trace {gt} vs {trace}");
+            assert!((gs - squares).abs() <= 1e-9 * (1.0 + squares.abs()), "cell {c} block {j}: squares {gs} vs {squares}");
+        }
+    }
+    // nothing asked, nothing made; a map index out of range or a block row outside the maps is refused
+    let bare = projected_counterfactuals(&model, &post, &cells, &draws, 7, &maps, r, &of_cell, false, false, None).unwrap();
+    assert!(bare.projections.is_none() && bare.mean_z.is_none() && bare.spread.is_none());
+    assert!(projected_counterfactuals(&model, &post, &cells, &draws, 7, &maps, r, &vec![2; n], false, false, None).is_err());
+    let outside = [vec![3usize]];
+    let bad = EffectSpread { blocks: &outside, whitening: &[1.0, 1.0] };
+    assert!(projected_counterfactuals(&model, &post, &cells, &draws, 7, &maps, r, &of_cell, false, false, Some(&bad)).is_err());
 }

@@ -4,7 +4,7 @@
 use crate::{distance_spec, indices, interrupt_pending, invalid, rerr, with_cells, RResult};
 use extendr_api::prelude::*;
 use mrvi_core::association::cell_association;
-use mrvi_core::stats::{ks_greater, mean_ks_statistics};
+use mrvi_core::stats::{gram_moments, ks_greater, mean_ks_statistics};
 
 /// Per-cell tests of within- against between-category distances: the one-sided
 /// KS statistic, and Mantel's z and p-value (by `permutations` relabelings; 0:
@@ -57,9 +57,19 @@ fn mrvi_ks_greater(x: &[f64], y: &[f64]) -> Vec<f64> {
     vec![s, p]
 }
 
+/// Per cell, the trace and the sum of squares of the Gram matrix of its K x L
+/// slice of `a` ([K, cells, L]): a list of `trace` and `squares`.
+/// @noRd
+#[extendr]
+fn mrvi_gram_moments(a: &[f64], k: i32, cells: i32, l: i32) -> RResult<List> {
+    let (trace, squares) = gram_moments(a, k.max(0) as usize, cells.max(0) as usize, l.max(0) as usize).map_err(rerr)?;
+    Ok(list!(trace = trace, squares = squares))
+}
+
 extendr_module! {
     mod association;
     fn mrvi_cell_association;
     fn mrvi_mean_ks_statistics;
     fn mrvi_ks_greater;
+    fn mrvi_gram_moments;
 }

@@ -5,7 +5,7 @@ use extendr_api::prelude::*;
 use mrvi_core::batch::Dataset;
 use mrvi_core::data::CscView;
 use mrvi_core::error::try_collect;
-use mrvi_core::infer::{counterfactual_z, encode, projected_counterfactuals, z_from_u};
+use mrvi_core::infer::{counterfactual_z, encode, projected_counterfactuals, z_from_u, EffectSpread};
 use mrvi_core::posterior::Posterior;
 
 /// Posterior mean and sd of u for the cells of a count matrix (column-major cells x L).
@@ -57,13 +57,18 @@ fn mrvi_counterfactual_z(
 /// Linear maps of the counterfactual z of `cells` (0-based) for posterior
 /// draws `draw_indices` (0-based; negative: the mean): `maps` r x S x K
 /// (column-major), `map_of_cell` 0-based; a list of `projections` (an R array
-/// [r, cells, L, draws]) and, with `want_mean`, `mean_z` ([cells, S, L]).
+/// [cells, L, r, draws], with `want_projections`), `mean_z` ([cells, S, L], with
+/// `want_mean`) and `spread` ([cells, blocks, 2]: the trace and the sum of
+/// squares of each covariate effect's spread over the draws), with blocks of
+/// `block_sizes` rows (0-based `block_rows`, concatenated) and their q x q
+/// `whitening` matrices per map and block (no blocks: no spread).
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_projected_counterfactuals(
     h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, cells: &[i32], draw_indices: &[i32], seed: f64, maps: &[f64],
-    n_rows: i32, map_of_cell: &[i32], want_mean: bool,
+    n_rows: i32, map_of_cell: &[i32], want_projections: bool, want_mean: bool, block_rows: &[i32], block_sizes: &[i32],
+    whitening: &[f64],
 ) -> RResult<List> {
     let h = model_ptr(&h)?;
     let model = h.try_addr()?;
@@ -71,9 +76,25 @@ fn mrvi_projected_counterfactuals(
     let cells = indices(cells, "cell")?;
     let map_of_cell = indices(map_of_cell, "map")?;
     let draws: Vec<Option<usize>> = draw_indices.iter().map(|&d| draw(d)).collect();
-    let (proj, mean) = projected_counterfactuals(model, &post, &cells, &draws, seed as u64, maps, n_rows.max(0) as usize, &map_of_cell, want_mean)
-        .map_err(rerr)?;
-    Ok(list!(projections = proj, mean_z = mean.map(Robj::from).unwrap_or(NULL.into())))
+    let rows = indices(block_rows, "row")?;
+    let mut blocks = Vec::with_capacity(block_sizes.len());
+    let mut at = 0;
+    for &q in block_sizes {
+        let q = q.max(0) as usize;
+        if at + q > rows.len() {
+            return Err(invalid("the block sizes exceed the block rows"));
+        }
+        blocks.push(rows[at..at + q].to_vec());
+        at += q;
+    }
+    let spread = (!blocks.is_empty()).then(|| EffectSpread { blocks: &blocks, whitening });
+    let res = projected_counterfactuals(
+        model, &post, &cells, &draws, seed as u64, maps, n_rows.max(0) as usize, &map_of_cell, want_projections, want_mean,
+        spread.as_ref(),
+    )
+    .map_err(rerr)?;
+    let or_null = |v: Option<Vec<f64>>| v.map(Robj::from).unwrap_or(NULL.into());
+    Ok(list!(projections = or_null(res.projections), mean_z = or_null(res.mean_z), spread = or_null(res.spread)))
 }
 
 /// Posterior draw `draw_index` (0-based; negative: the mean) of u for `cells`
