@@ -526,7 +526,8 @@ largest_lfc <- function(fit, reg, design) {
 # (m - 1) k/2): k = ((m - 1)(m + 2)/(m r - 1) - 2)/m with r = tr(G^2)/tr(G)^2.
 permutation_dimension <- function(Zs, X0, n, L) {
   S <- nrow(Zs)
-  R0 <- Zs - X0 %*% qr.solve(X0, Zs)
+  Q0 <- qr.Q(qr(X0))
+  R0 <- Zs - Q0 %*% crossprod(Q0, Zs)  # two products (BLAS) rather than a solve per column (LINPACK)
   m <- S - ncol(X0)
   # tr(G) and tr(G^2) from the L x L Gram matrix E'E, which has G's non-zero
   # eigenvalues (L < S: less work than the S x S one)

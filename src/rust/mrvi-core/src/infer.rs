@@ -340,24 +340,37 @@ pub fn largest_lfc(model: &MrviModel, z_hi: &[f64], z_lo: &[f64], grid: &[i64]) 
     let lo32: Vec<f32> = crate::error::try_collect(z_lo.len(), z_lo.iter().map(|&x| x as f32), "a single-precision copy")?;
     let dev = model.device();
     let mut out = try_with_capacity(n, "the largest fold changes")?;
+    // sums over the settings, [cells, genes], as R adds the decoded matrices;
+    // a setting's expression in single precision, as decoded
+    let block = DECODE_BLOCK.min(n);
+    let mut sums = [try_vec(block * genes, 0f64, "the decoded expression")?, try_vec(block * genes, 0f64, "the decoded expression")?];
+    let mut rho = try_vec(block * genes, 0f32, "the decoded expression")?;
     for start in (0..n).step_by(DECODE_BLOCK) {
         let (end, m) = ((start + DECODE_BLOCK).min(n), (start + DECODE_BLOCK).min(n) - start);
         let zs = [rows_from_column_major(&hi32, n, l, start, end).to_device(dev), rows_from_column_major(&lo32, n, l, start, end).to_device(dev)];
         let x = (nc > 0).then(|| Tensor::zeros([m as i64, nc as i64], (Kind::Float, dev)));
-        // sums over the settings, [cells, genes], as R adds the decoded matrices
-        let mut sums = [try_vec(m * genes, 0f64, "the decoded expression")?, try_vec(m * genes, 0f64, "the decoded expression")?];
+        sums.iter_mut().for_each(|sum| sum[..m * genes].fill(0.0));
         for setting in grid.chunks_exact(k) {
             let b = Tensor::from_slice(&setting.repeat(m)).view([m as i64, k as i64]).to_device(dev);
             for (z, sum) in zs.iter().zip(sums.iter_mut()) {
-                sum.iter_mut().zip(&decoded(model, z, &b, x.as_ref())?).for_each(|(t, v)| *t += v);
+                let expression = tch::no_grad(|| model.expression(z, &b, x.as_ref())).to_device(Device::Cpu).contiguous();
+                expression.f_copy_data(&mut rho[..m * genes], m * genes)?;
+                // widened to f64 as R's matrices are (exactly), then added
+                sum[..m * genes].iter_mut().zip(&rho[..m * genes]).for_each(|(t, &v)| *t += v as f64);
             }
         }
         let count = settings as f64;
-        for (hi, lo) in sums[0].chunks_exact(genes).zip(sums[1].chunks_exact(genes)) {
-            out.push(hi.iter().zip(lo).fold(f64::NEG_INFINITY, |best, (&h, &w)| {
-                let lfc = ((h / count) / (w / count)).log2().abs();
-                if best.is_nan() || lfc.is_nan() { f64::NAN } else { best.max(lfc) }
-            }));
+        for (hi, lo) in sums[0][..m * genes].chunks_exact(genes).zip(sums[1][..m * genes].chunks_exact(genes)) {
+            // the largest |log2 r| is at the largest or the smallest ratio r
+            // (log2 is monotone): two logarithms per cell instead of one per gene
+            let (mut low, mut high, mut nan) = (f64::INFINITY, f64::NEG_INFINITY, false);
+            for (&h, &w) in hi.iter().zip(lo) {
+                let r = (h / count) / (w / count);
+                nan |= r.is_nan();
+                low = low.min(r);
+                high = high.max(r);
+            }
+            out.push(if nan { f64::NAN } else { high.log2().abs().max(low.log2().abs()) });
         }
     }
     Ok(out)
