@@ -199,9 +199,15 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
     # (memory: cells x L per draw and coefficient); draw 0 is the posterior mean
     draw_ids <- if (draws == 0) 0L else seq_len(draws)
     cf <- if (lfc || normalize || draws > 0) {
-      projected_counterfactuals(fit, cells_k, draw_ids, seed, regression_maps(design, m, length(cells_k)),
-                                want_mean = !linear && draws > 0, want_projections = lfc,
-                                blocks = if (normalize) design$blocks)
+      maps <- regression_maps(design, m, length(cells_k))
+      blocks <- if (normalize) design$blocks
+      if (!lfc && normalize) {
+        # the spread alone reads only the covariates' rows of the maps
+        maps$maps <- maps$maps[unlist(blocks), , , drop = FALSE]
+        blocks <- utils::relist(seq_along(unlist(blocks)), blocks)
+      }
+      projected_counterfactuals(fit, cells_k, draw_ids, seed, maps, want_mean = !linear && draws > 0,
+                                want_projections = lfc, blocks = blocks)
     }
     lfc_sum <- lfc_hits <- 0
     if (lfc) for (d in seq_along(draw_ids)) {
