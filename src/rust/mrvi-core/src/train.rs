@@ -698,6 +698,7 @@ impl Trainer {
     /// Restore the best weights (when early stopping is on) and, when samples
     /// were added, the reference samples' rows; return the model.
     pub fn finish(mut self) -> MrviModel {
+        self.model.forget_host_cache();
         if self.config.early_stopping {
             if let Some((_, _, snapshot)) = self.best.take() {
                 let mut vars = self.model.vs.variables();

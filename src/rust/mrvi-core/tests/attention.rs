@@ -222,6 +222,14 @@ fn attention_flavour_trains_and_streams_distances() {
     let us: Vec<f32> = cells.iter().flat_map(|&c| (0..5).map(move |d| mean[d * 400 + c] as f32)).collect();
     let mut host = vec![f32::NAN; cells.len() * 4 * 8];
     model.host_sample_effect().z_block(&us, &mut host, ZLayout::BySample);
+    // the host sample effect is kept with the model (its table filled by the
+    // distances above): a model made from the same weights, whose table starts
+    // empty, gives the same bits
+    let config = serde_json::to_string(&model.config).unwrap();
+    let fresh = mrvi_core::io::model_from_bytes(&config, &mrvi_core::io::varstore_to_bytes(&model.vs).unwrap(), Device::Cpu).unwrap();
+    let mut again = vec![f32::NAN; cells.len() * 4 * 8];
+    fresh.host_sample_effect().z_block(&us, &mut again, ZLayout::BySample);
+    assert!(host.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()));
     // the same values by dimension: [cells, L, S]
     let mut by_dim = vec![f32::NAN; cells.len() * 4 * 8];
     model.host_sample_effect().z_block(&us, &mut by_dim, ZLayout::ByDimension);

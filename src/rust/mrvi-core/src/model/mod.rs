@@ -35,6 +35,7 @@ use encoder::{Encoder, Posterior};
 use nb::NonZeros;
 use tch::nn::{self, Module};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
 pub struct MrviModel {
@@ -48,6 +49,22 @@ pub struct MrviModel {
     log_theta: Tensor,
     /// continuous nuisance covariates; None without any
     continuous: Option<ContinuousEffect>,
+    /// the attention flavour's sample effect on the host, built when first
+    /// needed and kept: its tilted-mean table fills as cells read it, and
+    /// every later call (one per cell group or chunk) reads it again. Only
+    /// inference reads it, on models made from saved weights, whose
+    /// parameters do not change; training forgets it ([Self::forget_host_cache]).
+    host_attention: OnceLock<HostAttentionParts>,
+}
+
+/// The parts of [HostKind::Attention] built from the parameters.
+struct HostAttentionParts {
+    /// W: [L, L_u] row-major, and c
+    base: Vec<f32>,
+    base_bias: Vec<f32>,
+    block: attention::HostAttention,
+    /// every sample's embedding, [S, TOKENS]
+    embeddings: attention::Contexts,
 }
 
 /// The decoder's terms for continuous nuisance covariates.
@@ -136,8 +153,8 @@ enum HostKind<'a> {
     /// A: [S, L, L] row-major, a: [S, L]
     Linear { map: Vec<f32>, shift: Vec<f32> },
     /// the attention flavour on the CPU: W u + c + the block in closed form
-    /// against every sample's embedding; W: [L, L_u] row-major, embeddings [S, TOKENS]
-    Attention { base: Vec<f32>, base_bias: Vec<f32>, block: attention::HostAttention, embeddings: attention::Contexts },
+    /// against every sample's embedding
+    Attention(&'a HostAttentionParts),
     /// the attention flavour on a GPU: libtorch, blocks of (cell, sample) rows
     Model(&'a MrviModel),
 }
@@ -169,7 +186,7 @@ impl HostSampleEffect<'_> {
                     }
                 }
             }
-            HostKind::Attention { base, base_bias, block, embeddings } => {
+            HostKind::Attention(HostAttentionParts { base, base_bias, block, embeddings }) => {
                 // the block's output comes by dimension ([L, S]); z adds the
                 // sample-free W u + c to every sample
                 let one = |(scratch, by_dim): &mut (attention::ForwardScratch, Vec<f32>), (u, out): (&[f32], &mut [f32])| {
@@ -364,7 +381,12 @@ impl MrviModel {
                 },
             }
         });
-        Self { config, vs, encoder, sample_effect, decoder, prior, log_theta, continuous }
+        Self { config, vs, encoder, sample_effect, decoder, prior, log_theta, continuous, host_attention: OnceLock::new() }
+    }
+
+    /// Drop the host copy of the sample effect (after the parameters change).
+    pub fn forget_host_cache(&mut self) {
+        self.host_attention = OnceLock::new();
     }
 
     /// A model over the samples of `base` and `start.len()` more (codes after
@@ -487,13 +509,15 @@ impl MrviModel {
         let kind = match &self.sample_effect {
             SampleEffect::Linear { map, shift } => HostKind::Linear { map: f(map), shift: f(shift) },
             SampleEffect::Attention { base, block, embedding } if self.device() == Device::Cpu => {
-                let block = attention::HostAttention::new(block);
-                HostKind::Attention {
-                    base: f(&base.ws),
-                    base_bias: f(base.bs.as_ref().expect("the base layer has a bias")),
-                    embeddings: block.contexts(&f(embedding)),
-                    block,
-                }
+                HostKind::Attention(self.host_attention.get_or_init(|| {
+                    let block = attention::HostAttention::new(block);
+                    HostAttentionParts {
+                        base: f(&base.ws),
+                        base_bias: f(base.bs.as_ref().expect("the base layer has a bias")),
+                        embeddings: block.contexts(&f(embedding)),
+                        block,
+                    }
+                }))
             }
             SampleEffect::Attention { .. } => HostKind::Model(self),
         };
