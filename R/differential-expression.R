@@ -221,8 +221,8 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
     z_test <- cf$mean_z %||%
       array(counterfactual_z(fit, cells_k, seq_along(fit@samples), 0L, seed), c(length(cells_k), length(fit@samples), L))
     noise <- if (normalize) posterior_spread(cf$spread, design, length(draw_ids))
-    largest <- largest_lfc(fit, de_regression(z_test, design, m, tests = FALSE), design)
-    res <- de_regression(z_test, design, m, noise = noise, largest_lfc = largest, lfc_threshold = lfc_threshold)
+    res <- de_regression(z_test, design, m, noise = noise, largest_lfc = function(reg) largest_lfc(fit, reg, design),
+                         lfc_threshold = lfc_threshold)
     if (lfc) res$lfc <- list(lapply(lfc_sum, `/`, max(1, draws)), lapply(lfc_hits, `/`, max(1, draws)))
     res
   }
@@ -432,6 +432,8 @@ gram_moments <- function(A) {
 # with Box's effective dimension (see ?differentialExpression). `noise`
 # (posterior_spread()'s result) floors the denominator per covariate; where it
 # binds, the statistic is referred to its law under the posterior spread.
+# `largest_lfc`: NULL, or a function of the regression (`beta`, `z_bar`) giving
+# each covariate's largest |LFC| per cell, for the fold-change threshold.
 de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL, largest_lfc = NULL,
                           lfc_threshold = 0) {
   X <- design$X
@@ -441,28 +443,48 @@ de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL, la
   coefs <- colnames(X)[-1]
   full <- if (is.null(mask)) rep(TRUE, n) else rowSums(!mask) == 0
   B <- array(NA_real_, c(p, n, L))
-  stat <- lapply(design$blocks, function(b) {
-    matrix(NA_real_, n, 6, dimnames = list(NULL, c("statistic", "df1", "df2", "p_value", "effect_size", "max_lfc")))
-  })
+  z_bar <- matrix(NA_real_, n, L)  # the mean over (admissible) samples
   n_used <- rep(dim(z)[2], n)
-  one_design <- function(cells, Xc) {
-    S <- nrow(Xc)
+  # the regression of each design's cells, kept for their tests
+  fitted <- list()
+  fit_design <- function(cells, Xc) {
     zc <- z[cells, , , drop = FALSE]
     if (!is.null(mask)) zc <- zc[, mask[cells[1], ], , drop = FALSE]
-    Zs <- matrix(aperm(zc, c(2, 1, 3)), S) # S x (cells * L)
+    Zs <- matrix(aperm(zc, c(2, 1, 3)), nrow(Xc)) # S x (cells * L)
     C <- chol2inv(qr.R(qr(Xc)))
     Bc <- C %*% crossprod(Xc, Zs)
     B[, cells, ] <<- Bc
-    if (!tests) return(invisible())
-    E <- Zs - Xc %*% Bc
+    fitted[[length(fitted) + 1L]] <<- list(cells = cells, Xc = Xc, Zs = Zs, C = C, Bc = Bc)
+    Zs
+  }
+  if (any(full)) z_bar[full, ] <- colMeans(fit_design(which(full), X))
+  for (i in which(!full)) {
+    keep <- mask[i, ]
+    n_used[i] <- sum(keep)
+    z_bar[i, ] <- apply(z[i, keep, , drop = FALSE], 3, mean)
+    Xi <- X[keep, , drop = FALSE]
+    if (sum(keep) - p >= 1 && qr(Xi)$rank == p) fit_design(i, Xi)
+  }
+  reg <- list(beta = lapply(stats::setNames(coefs, coefs), function(k) matrix(B[match(k, colnames(X)), , ], n, L)),
+              z_bar = z_bar)
+  if (!tests) return(reg)
+
+  top_lfc <- if (!is.null(largest_lfc)) largest_lfc(reg)
+  stat <- lapply(design$blocks, function(b) {
+    matrix(NA_real_, n, 6, dimnames = list(NULL, c("statistic", "df1", "df2", "p_value", "effect_size", "max_lfc")))
+  })
+  for (fd in fitted) {
+    cells <- fd$cells
+    S <- nrow(fd$Xc)
+    E <- fd$Zs - fd$Xc %*% fd$Bc
     k <- length(cells)
     rss <- rowSums(matrix(colSums(E^2), k, L))
     for (j in names(design$blocks)) {
       J <- design$blocks[[j]]
-      BJ <- Bc[J, , drop = FALSE]
-      num <- rowSums(matrix(colSums(BJ * (solve(C[J, J, drop = FALSE]) %*% BJ)), k, L))
+      BJ <- fd$Bc[J, , drop = FALSE]
+      num <- rowSums(matrix(colSums(BJ * (solve(fd$C[J, J, drop = FALSE]) %*% BJ)), k, L))
       q <- length(J)
-      eff <- permutation_dimension(Zs, Xc[, -J, drop = FALSE], k, L)
+      eff <- permutation_dimension(fd$Zs, fd$Xc[, -J, drop = FALSE], k, L)
       # where the effect's posterior spread is larger than the residual, it is
       # the denominator, with its own dimension and D - 1 draws behind it
       denominator <- rss / (S - p)
@@ -479,24 +501,13 @@ de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL, la
       # the null of no effect, or (lfc_threshold > 0) of an effect whose largest
       # |LFC| is at most the threshold: the effect scaled to that boundary gives
       # the noncentrality (TREAT)
-      top <- if (is.null(largest_lfc)) rep(NA_real_, k) else largest_lfc[[j]][cells]
+      top <- if (is.null(top_lfc)) rep(NA_real_, k) else top_lfc[[j]][cells]
       ncp <- if (lfc_threshold > 0) pmin(df1 * f * (lfc_threshold / top)^2, 1e12) else 0
-      stat[[j]][cells, ] <<- cbind(f, df1, df2, noncentral_f_upper(f, df1, df2, ncp),
-                                   sqrt(rowSums(matrix(colSums(BJ^2), k, L))), top)
+      stat[[j]][cells, ] <- cbind(f, df1, df2, noncentral_f_upper(f, df1, df2, ncp),
+                                  sqrt(rowSums(matrix(colSums(BJ^2), k, L))), top)
     }
   }
-  if (any(full)) one_design(which(full), X)
-  for (i in which(!full)) {
-    keep <- mask[i, ]
-    n_used[i] <- sum(keep)
-    Xi <- X[keep, , drop = FALSE]
-    if (sum(keep) - p >= 1 && qr(Xi)$rank == p) one_design(i, Xi)
-  }
-  beta <- lapply(stats::setNames(coefs, coefs), function(k) matrix(B[match(k, colnames(X)), , ], n, L))
-  z_bar <- colMeans(aperm(z, c(2, 1, 3)))  # [cells, L]: the mean over samples
-  for (i in which(!full)) z_bar[i, ] <- apply(z[i, mask[i, ], , drop = FALSE], 3, mean)
-  list(beta = beta, z_bar = z_bar,
-       tests = if (tests) lapply(stat, function(s) cbind(s, n_samples = n_used)))
+  c(reg, list(tests = lapply(stat, function(s) cbind(s, n_samples = n_used))))
 }
 
 # P(F > f) for F noncentral F(df1, df2, ncp), by Patnaik's two-moment

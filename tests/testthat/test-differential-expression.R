@@ -120,7 +120,7 @@ test_that("the fold-change threshold: Patnaik's noncentral F, TREAT's boundary, 
   z[, X[, 2] == 1, 1] <- z[, X[, 2] == 1, 1] + 1
   plain <- mrvi:::de_regression(z, design)$tests$g
   top <- list(g = c(0.05, 0.1, 0.2, 1, 0))  # each cell's largest |LFC|
-  treat <- function(t) mrvi:::de_regression(z, design, largest_lfc = top, lfc_threshold = t)$tests$g
+  treat <- function(t) mrvi:::de_regression(z, design, largest_lfc = function(reg) top, lfc_threshold = t)$tests$g
   expect_equal(treat(0)[, "p_value"], plain[, "p_value"])
   expect_equal(unname(treat(0.1)[, "max_lfc"]), top$g)
   p <- treat(0.1)[, "p_value"]
