@@ -374,21 +374,34 @@ regression_maps <- function(design, mask, n) {
     M <- matrix(0, p + 1, nrow(X))
     M[p + 1, keep] <- 1 / sum(keep)
     Xk <- X[keep, , drop = FALSE]
-    fits <- sum(keep) - p >= 1 && qr(Xk)$rank == p
-    C <- if (fits) chol2inv(qr.R(qr(Xk)))
-    if (fits) M[seq_len(p), keep] <- C %*% t(Xk) else M[seq_len(p), ] <- NA_real_
-    whitening <- lapply(design$blocks, function(J) if (fits) chol(solve(C[J, J, drop = FALSE])) else rep(NaN, length(J)^2))
+    C <- design_inverse(Xk)
+    if (is.null(C)) M[seq_len(p), ] <- NA_real_ else M[seq_len(p), keep] <- C %*% t(Xk)
+    whitening <- lapply(design$blocks, function(J) {
+      if (is.null(C)) rep(NaN, length(J)^2) else chol(solve(C[J, J, drop = FALSE]))
+    })
     list(map = M, whitening = unlist(whitening, use.names = FALSE))
   }
-  patterns <- if (is.null(mask)) list(rep(TRUE, nrow(X))) else {
+  if (is.null(mask)) {
+    patterns <- list(rep(TRUE, nrow(X)))
+    of_cell <- rep(1L, n)
+  } else {
     key <- apply(mask, 1, function(r) paste(which(r), collapse = " "))
     first <- !duplicated(key)
-    lapply(which(first), function(i) mask[i, ])
+    patterns <- lapply(which(first), function(i) mask[i, ])
+    of_cell <- match(key, key[first])
   }
   maps <- lapply(patterns, one)
   list(maps = array(unlist(lapply(maps, `[[`, "map")), c(p + 1, nrow(X), length(maps))),
-       whitening = unlist(lapply(maps, `[[`, "whitening")),
-       of_cell = if (is.null(mask)) rep(1L, n) else match(key, key[first]))
+       whitening = unlist(lapply(maps, `[[`, "whitening")), of_cell = of_cell)
+}
+
+# (X'X)^-1 of a design, or NULL where it cannot be fitted with a residual: fewer
+# than ncol(X) + 1 samples, or collinear columns (a cell's admissible samples).
+design_inverse <- function(X) {
+  if (nrow(X) - ncol(X) < 1) return(NULL)
+  decomposition <- qr(X)
+  if (decomposition$rank < ncol(X)) return(NULL)
+  chol2inv(qr.R(decomposition))
 }
 
 # The regression (as de_regression(tests = FALSE) gives it: `beta` per
@@ -447,23 +460,23 @@ de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL, la
   n_used <- rep(dim(z)[2], n)
   # the regression of each design's cells, kept for their tests
   fitted <- list()
-  fit_design <- function(cells, Xc) {
+  fit_design <- function(cells, Xc, C) {
     zc <- z[cells, , , drop = FALSE]
     if (!is.null(mask)) zc <- zc[, mask[cells[1], ], , drop = FALSE]
     Zs <- matrix(aperm(zc, c(2, 1, 3)), nrow(Xc)) # S x (cells * L)
-    C <- chol2inv(qr.R(qr(Xc)))
     Bc <- C %*% crossprod(Xc, Zs)
     B[, cells, ] <<- Bc
     fitted[[length(fitted) + 1L]] <<- list(cells = cells, Xc = Xc, Zs = Zs, C = C, Bc = Bc)
     Zs
   }
-  if (any(full)) z_bar[full, ] <- colMeans(fit_design(which(full), X))
+  if (any(full)) z_bar[full, ] <- colMeans(fit_design(which(full), X, design_inverse(X)))
   for (i in which(!full)) {
     keep <- mask[i, ]
     n_used[i] <- sum(keep)
     z_bar[i, ] <- apply(z[i, keep, , drop = FALSE], 3, mean)
     Xi <- X[keep, , drop = FALSE]
-    if (sum(keep) - p >= 1 && qr(Xi)$rank == p) fit_design(i, Xi)
+    C <- design_inverse(Xi)
+    if (!is.null(C)) fit_design(i, Xi, C)
   }
   reg <- list(beta = lapply(stats::setNames(coefs, coefs), function(k) matrix(B[match(k, colnames(X)), , ], n, L)),
               z_bar = z_bar)
