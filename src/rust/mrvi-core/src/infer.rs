@@ -172,14 +172,14 @@ pub fn projected_counterfactuals(
     let mut block_mean = try_vec(if want_mean { BLOCK * s * l } else { 0 }, 0f64, "the mean counterfactual latents")?;
     let mut block_state = try_vec(BLOCK * state_len, 0f64, "the effects' spread")?;
     let mut z = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     for (bi, part) in cells.chunks(BLOCK).enumerate() {
         let first = bi * BLOCK;
         block_mean.fill(0.0);
         block_state.fill(0.0);
         for (d, &draw) in draws.iter().enumerate() {
             cells_z(&effect, post, part, draw, seed, ZLayout::BySample, &mut z);
-            #[cfg(target_arch = "x86_64")]
-            let avx2 = std::arch::is_x86_feature_detected!("avx2");
             let one = |(i, (((zc, acc), zbar), state)): (usize, CellSlices)| {
                 let k_map = map_of_cell[first + i];
                 let work = CellDraw {
@@ -237,15 +237,7 @@ pub fn projected_counterfactuals(
                 for (j, rows) in blocks.iter().enumerate() {
                     let (st, tail) = rest.split_at(welford_len(rows.len(), l));
                     rest = tail;
-                    let psi = &st[rows.len() * l..rows.len() * l + l * l];
-                    let (mut trace, mut squares) = (0.0, 0.0);
-                    for a in 0..l {
-                        trace += psi[a * l + a];
-                        squares += psi[a * l + a] * psi[a * l + a];
-                        for b in a + 1..l {
-                            squares += 2.0 * psi[a * l + b] * psi[a * l + b];
-                        }
-                    }
+                    let (trace, squares) = welford_moments(st, rows.len(), l);
                     sp[first + i + n * j] = trace;
                     sp[first + i + n * (j + n_blocks)] = squares;
                 }
@@ -314,6 +306,21 @@ impl CellDraw<'_> {
     unsafe fn run_avx2(&self, zc: &[f32], acc: &mut [f64], zbar: &mut [f64], state: &mut [f64]) {
         self.run(zc, acc, zbar, state)
     }
+}
+
+/// tr(Psi) and the sum of squares of Psi (symmetric, its upper triangle
+/// stored) from a block's Welford state ([welford_len]).
+fn welford_moments(state: &[f64], q: usize, l: usize) -> (f64, f64) {
+    let psi = &state[q * l..q * l + l * l];
+    let (mut trace, mut squares) = (0.0, 0.0);
+    for a in 0..l {
+        trace += psi[a * l + a];
+        squares += psi[a * l + a] * psi[a * l + a];
+        for b in a + 1..l {
+            squares += 2.0 * psi[a * l + b] * psi[a * l + b];
+        }
+    }
+    (trace, squares)
 }
 
 /// A cell's slices in [projected_counterfactuals]: its z (S x L), projections

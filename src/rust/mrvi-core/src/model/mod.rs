@@ -52,9 +52,9 @@ pub struct MrviModel {
     /// the attention flavour's sample effect on the host, built when first
     /// needed and kept: its tilted-mean table (at most 64 MB) fills as cells
     /// read it, and every later call (one per cell group or chunk) reads it
-    /// again. Only
-    /// inference reads it, on models made from saved weights, whose
-    /// parameters do not change; training forgets it ([Self::forget_host_cache]).
+    /// again. Only inference reads it, on models made from saved weights,
+    /// whose parameters do not change; training forgets it
+    /// ([Self::forget_host_cache]).
     host_attention: OnceLock<HostAttentionParts>,
 }
 
