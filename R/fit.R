@@ -199,7 +199,9 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   # src/rust/mrvi-core/src/model/config.rs)
   settings <- list(
     model = list(flavour = flavour, prior = prior, n_latent = n_latent, n_latent_u = n_latent_u,
-                 n_mixture = n_mixture),
+                 n_mixture = n_mixture,
+                 # experiment (branch sample-context): the sample effect's MLP reads the embedding directly
+                 sample_context = isTRUE(getOption("mrvi.sample_context"))),
     train = list(max_epochs = max_epochs, batch_size = batch_size, lr = lr,
                  n_epochs_kl_warmup = n_epochs_kl_warmup, early_stopping = early_stopping,
                  patience = patience, min_epochs = min_epochs, validation_fraction = validation_fraction,

@@ -92,11 +92,20 @@ fn attention_block_shapes_and_finite_difference_gradient() {
 
 #[test]
 fn closed_forms_of_attention_equal_the_block_as_written() {
+    for direct in [false, true] {
+        closed_forms_of_attention_equal_the_block_as_written_with(direct);
+    }
+}
+
+fn closed_forms_of_attention_equal_the_block_as_written_with(direct: bool) {
     let _rng = common::libtorch_rng();
     tch::manual_seed(5);
     let (d_in, d_out, n_ctx) = (7i64, 6i64, 9i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    let mut block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    if direct {
+        block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
+    }
     // every parameter random (the output layer starts at zero), large enough
     // for peaked softmaxes of both signs
     for (_, mut v) in sorted_variables(&vs) {
@@ -129,11 +138,20 @@ fn closed_forms_of_attention_equal_the_block_as_written() {
 
 #[test]
 fn many_inputs_against_few_contexts_equal_the_block_as_written() {
+    for direct in [false, true] {
+        many_inputs_against_few_contexts_equal_the_block_as_written_with(direct);
+    }
+}
+
+fn many_inputs_against_few_contexts_equal_the_block_as_written_with(direct: bool) {
     let _rng = common::libtorch_rng();
     tch::manual_seed(6);
     let (d_in, d_out, n_x, n_ctx) = (7i64, 6i64, 37i64, 3i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    let mut block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    if direct {
+        block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
+    }
     for (_, mut v) in sorted_variables(&vs) {
         let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.8)));
     }
@@ -186,7 +204,7 @@ fn toy(n: usize, g: usize, s: i64) -> Dataset {
 #[test]
 fn attention_flavour_trains_and_streams_distances() {
     let _rng = common::libtorch_rng();
-    let settings = ModelSettings { flavour: Flavour::Attention, prior: Prior::Mog, n_latent: 8, n_latent_u: 5, n_mixture: 20 };
+    let settings = ModelSettings { flavour: Flavour::Attention, prior: Prior::Mog, n_latent: 8, n_latent_u: 5, n_mixture: 20, sample_context: false };
     let cfg = settings.model_config(30, 4, 1, 2);
     let train = common::train_config(15, 3, 4);
     let mut t = Trainer::new(cfg, train, toy(400, 30, 4), Device::Cpu).unwrap();

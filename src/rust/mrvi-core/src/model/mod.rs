@@ -382,6 +382,10 @@ impl MrviModel {
                 },
             }
         });
+        let mut sample_effect = sample_effect;
+        if let (true, SampleEffect::Attention { block, .. }) = (config.sample_context, &mut sample_effect) {
+            block.direct = Some(AttentionBlock::direct_path(&root / "sample_effect" / "attention"));
+        }
         Self { config, vs, encoder, sample_effect, decoder, prior, log_theta, continuous, host_attention: OnceLock::new() }
     }
 
