@@ -78,22 +78,36 @@ fn within_sum(d: &[f64], category: &[i64]) -> f64 {
 /// Statistic and p-value of H1: x is stochastically smaller than y.
 pub fn ks_greater(x: &[f64], y: &[f64]) -> (f64, f64) {
     let (m, n) = (x.len(), y.len());
-    if m == 0 || n == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    // pooled sample, sorted; true = from x
-    let mut pooled: Vec<(f64, bool)> = x.iter().map(|&v| (v, true)).chain(y.iter().map(|&v| (v, false))).collect();
-    pooled.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-    let total = m + n;
-    let tie_end = tie_ends(total, |k| pooled[k].0);
-    let stat = ecdf_gap(pooled.iter().map(|v| v.1), &tie_end, m, n);
+    let Some((stat, tie_end)) = ks_sorted(x, y) else { return (f64::NAN, f64::NAN) };
     let p = if (m * n) < 10_000 {
         exact_upper(stat, m, n, &tie_end)
     } else {
-        let en = (m * n) as f64 / total as f64;
+        let en = (m * n) as f64 / (m + n) as f64;
         (-2.0 * en * stat * stat).exp()
     };
     (stat, p.clamp(0.0, 1.0))
+}
+
+/// The statistic of [ks_greater] alone (its p-value, exact for small samples,
+/// costs more than the statistic).
+pub fn ks_statistic(x: &[f64], y: &[f64]) -> f64 {
+    ks_sorted(x, y).map_or(f64::NAN, |(stat, _)| stat)
+}
+
+/// D+ of x against y and the tie ends of the pooled sorted sample; None when
+/// either is empty or a value is NaN (no statistic then).
+fn ks_sorted(x: &[f64], y: &[f64]) -> Option<(f64, Vec<bool>)> {
+    let (m, n) = (x.len(), y.len());
+    if m == 0 || n == 0 || x.iter().chain(y).any(|v| v.is_nan()) {
+        return None;
+    }
+    // pooled sample, sorted; true = from x (the order within a run of equal
+    // values does not matter: D+ is read at the ends of runs)
+    let mut pooled: Vec<(f64, bool)> = x.iter().map(|&v| (v, true)).chain(y.iter().map(|&v| (v, false))).collect();
+    pooled.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let tie_end = tie_ends(m + n, |k| pooled[k].0);
+    let stat = ecdf_gap(pooled.iter().map(|v| v.1), &tie_end, m, n);
+    Some((stat, tie_end))
 }
 
 /// tie_end[k]: the (k+1)-th smallest of `len` sorted values (`value(k)`) ends a
@@ -179,7 +193,7 @@ pub fn mean_ks_statistics(
         .map(|c| {
             let v: Vec<f64> = (0..p).map(|k| values[c + n_cells * k]).collect();
             let mut order: Vec<usize> = (0..p).collect();
-            order.sort_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap_or(std::cmp::Ordering::Equal));
+            order.sort_unstable_by(|&a, &b| v[a].total_cmp(&v[b]));
             let tie_end = tie_ends(p, |k| v[order[k]]);
             (order, tie_end)
         })
@@ -244,7 +258,11 @@ mod tests {
         for (x, y, stat, p) in cases {
             let (s, pv) = ks_greater(x, y);
             assert!((s - stat).abs() < 1e-12 && (pv - p).abs() < 1e-9 * p.max(1e-300).max(1e-12), "{s} {pv} vs {stat} {p}");
+            assert_eq!(ks_statistic(x, y).to_bits(), s.to_bits());
         }
+        // a NaN gives no statistic (never a number)
+        assert!(ks_statistic(&[0.1, f64::NAN], &[0.3]).is_nan());
+        assert!(ks_greater(&[0.1], &[f64::NAN, 0.3]).0.is_nan());
     }
 
     #[test]
