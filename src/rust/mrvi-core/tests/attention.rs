@@ -57,11 +57,13 @@ fn attention_block_shapes_and_finite_difference_gradient() {
     let _rng = common::libtorch_rng();
     tch::manual_seed(2);
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let block = AttentionBlock::new(vs.root() / "att", 6, 5);
+    let mut block = AttentionBlock::new(vs.root() / "att", 6, 5);
+    block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
     vs.double();
-    // make the zero-initialised output layer non-zero so that every path matters
+    // make the zero-initialised layers (the output and the direct path)
+    // non-zero so that every path matters
     for (name, v) in sorted_variables(&vs).iter_mut() {
-        if name.contains("mlp2") {
+        if name.contains("mlp2") || name.contains("direct") {
             let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.3)));
         }
     }
