@@ -61,6 +61,14 @@
 #'   sample embedding and carries the penalty \eqn{\|\epsilon\|^2/2}; the
 #'   decoder is \eqn{softmax(Linear(z + r(z, b)))} with r an attention block
 #'   against a batch embedding. Everything downstream works for both flavours.
+#'   The block of the sample effect differs from scvi-tools' in one layer: its
+#'   MLP reads the sample embedding directly as well as through the attention,
+#'   whose softmax-weighted means pass a sample on as a few smooth functionals
+#'   of its embedding's coordinates (the fitted sample effects then lie in 4-5
+#'   directions, too few for a deep sample tree). On `bench/validity.R`'s
+#'   designs this halved the trees' error (`bench/README.md`, session 26);
+#'   `options(mrvi.sample_context = FALSE)` fits scvi-tools' block (fits made
+#'   before keep theirs).
 #'   On `bench/validity.R`'s ultrametric design (seeds 1-3, `bench/README.md`)
 #'   the linear flavour's distances correlate with the true ones as well
 #'   (Spearman 0.82-0.88 against 0.70-0.87), but its sample effects leak into the
@@ -199,7 +207,10 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   # src/rust/mrvi-core/src/model/config.rs)
   settings <- list(
     model = list(flavour = flavour, prior = prior, n_latent = n_latent, n_latent_u = n_latent_u,
-                 n_mixture = n_mixture),
+                 n_mixture = n_mixture,
+                 # the attention flavour's sample-effect MLP also reads the sample
+                 # embedding (see `flavour`); fits made before it keep their block
+                 sample_context = !identical(getOption("mrvi.sample_context"), FALSE)),
     train = list(max_epochs = max_epochs, batch_size = batch_size, lr = lr,
                  n_epochs_kl_warmup = n_epochs_kl_warmup, early_stopping = early_stopping,
                  patience = patience, min_epochs = min_epochs, validation_fraction = validation_fraction,

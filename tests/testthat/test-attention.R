@@ -36,6 +36,23 @@ test_that("the attention flavour fits and everything downstream works", {
   expect_error(mrvi(a$sce, sample = "sample", flavour = "attention", prior = "flat"), "`prior`")
 })
 
+test_that("the sample embedding reaches the sample effect's MLP directly, and fits without that path still load", {
+  a <- attention_fit()
+  expect_match(a$fit@config$model_json, '"sample_context":true', fixed = TRUE)
+  sim <- mrvi:::example_counts()
+  # scvi-tools' block (the block of fits made before the direct path): no such
+  # field in its configuration, its own weights, and it survives saveRDS()
+  old <- options(mrvi.sample_context = FALSE)
+  plain <- mrvi(sim$counts, sample = sim$sample, flavour = "attention", max_epochs = 3, verbose = FALSE)
+  options(old)
+  expect_false(grepl("sample_context", plain@config$model_json))
+  f <- tempfile(fileext = ".rds")
+  saveRDS(plain, f)
+  expect_identical(sampleDistances(readRDS(f), cells = 1:5), sampleDistances(plain, cells = 1:5))
+  direct <- mrvi(sim$counts, sample = sim$sample, flavour = "attention", max_epochs = 3, verbose = FALSE)
+  expect_false(isTRUE(all.equal(sampleDistances(direct, cells = 1:5), sampleDistances(plain, cells = 1:5))))
+})
+
 test_that("the attention flavour recovers a planted tree and keeps other types quiet", {
   a <- attention_fit()
   d <- sampleDistances(a$fit, groups = "cell_type", mc_samples = 0)

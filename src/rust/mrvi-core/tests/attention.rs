@@ -57,11 +57,13 @@ fn attention_block_shapes_and_finite_difference_gradient() {
     let _rng = common::libtorch_rng();
     tch::manual_seed(2);
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let block = AttentionBlock::new(vs.root() / "att", 6, 5);
+    let mut block = AttentionBlock::new(vs.root() / "att", 6, 5);
+    block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
     vs.double();
-    // make the zero-initialised output layer non-zero so that every path matters
+    // make the zero-initialised layers (the output and the direct path)
+    // non-zero so that every path matters
     for (name, v) in sorted_variables(&vs).iter_mut() {
-        if name.contains("mlp2") {
+        if name.contains("mlp2") || name.contains("direct") {
             let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.3)));
         }
     }
@@ -92,11 +94,20 @@ fn attention_block_shapes_and_finite_difference_gradient() {
 
 #[test]
 fn closed_forms_of_attention_equal_the_block_as_written() {
+    for direct in [false, true] {
+        closed_forms_of_attention_equal_the_block_as_written_with(direct);
+    }
+}
+
+fn closed_forms_of_attention_equal_the_block_as_written_with(direct: bool) {
     let _rng = common::libtorch_rng();
     tch::manual_seed(5);
     let (d_in, d_out, n_ctx) = (7i64, 6i64, 9i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    let mut block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    if direct {
+        block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
+    }
     // every parameter random (the output layer starts at zero), large enough
     // for peaked softmaxes of both signs
     for (_, mut v) in sorted_variables(&vs) {
@@ -129,11 +140,20 @@ fn closed_forms_of_attention_equal_the_block_as_written() {
 
 #[test]
 fn many_inputs_against_few_contexts_equal_the_block_as_written() {
+    for direct in [false, true] {
+        many_inputs_against_few_contexts_equal_the_block_as_written_with(direct);
+    }
+}
+
+fn many_inputs_against_few_contexts_equal_the_block_as_written_with(direct: bool) {
     let _rng = common::libtorch_rng();
     tch::manual_seed(6);
     let (d_in, d_out, n_x, n_ctx) = (7i64, 6i64, 37i64, 3i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    let mut block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    if direct {
+        block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
+    }
     for (_, mut v) in sorted_variables(&vs) {
         let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.8)));
     }
@@ -186,7 +206,7 @@ fn toy(n: usize, g: usize, s: i64) -> Dataset {
 #[test]
 fn attention_flavour_trains_and_streams_distances() {
     let _rng = common::libtorch_rng();
-    let settings = ModelSettings { flavour: Flavour::Attention, prior: Prior::Mog, n_latent: 8, n_latent_u: 5, n_mixture: 20 };
+    let settings = ModelSettings { flavour: Flavour::Attention, prior: Prior::Mog, n_latent: 8, n_latent_u: 5, n_mixture: 20, sample_context: false };
     let cfg = settings.model_config(30, 4, 1, 2);
     let train = common::train_config(15, 3, 4);
     let mut t = Trainer::new(cfg, train, toy(400, 30, 4), Device::Cpu).unwrap();

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 /// A model with two categorical nuisance covariates (2 and 3 levels) and every
 /// parameter random (the zero-initialised output layers too).
 fn random_model(flavour: Flavour, g: i64, s: i64, l: i64, lu: i64) -> MrviModel {
-    let settings = ModelSettings { flavour, prior: Prior::Normal, n_latent: l, n_latent_u: lu, n_mixture: 0 };
+    let settings = ModelSettings { flavour, prior: Prior::Normal, n_latent: l, n_latent_u: lu, n_mixture: 0, sample_context: false };
     let mut config = settings.model_config(g, s, 5, 0);
     config.batch_levels = vec![2, 3];
     let model = MrviModel::new(config, Device::Cpu);

@@ -1,7 +1,11 @@
 //! The attention block of the later MrVI (MODEL.md §4): 16 projected coordinates
 //! of LayerNorm(x) attend to the 16 coordinates of a context embedding (a sample's
 //! or a site's), each coordinate lifted to 8 channels; 2 heads x 4 channels; the
-//! 16 x 8 output goes through a small MLP (128 -> 32 -> out).
+//! 16 x 8 output goes through a small MLP (128 -> 32 -> out). The sample-effect
+//! block's first MLP layer also reads the context itself (`direct`, new fits):
+//! through the weighted means alone a sample reaches the MLP as a few smooth
+//! functionals of its embedding's coordinates, which confined the fitted sample
+//! effects to 4-5 directions (bench/README.md, issue 14).
 
 use super::tilted_mean::TiltedMeans;
 use tch::nn::{self, Module};
@@ -21,10 +25,30 @@ pub struct AttentionBlock {
     wv: nn::Linear,
     mlp1: nn::Linear,
     mlp2: nn::Linear,
+    /// the context read directly by the first MLP layer ([HIDDEN, TOKENS], no
+    /// bias), beside the attention's weighted means: a channel of full rank for
+    /// the context (the means carry a few smooth functionals of its
+    /// coordinates). None: the block of MODEL.md §4 alone.
+    pub direct: Option<nn::Linear>,
     d_in: i64,
 }
 
 impl AttentionBlock {
+    /// The direct path of the context into the first MLP layer (see
+    /// [Self::direct]), starting at zero (the block starts as without it).
+    pub fn direct_path(p: nn::Path) -> nn::Linear {
+        let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: None, bias: false };
+        nn::linear(&p / "direct", TOKENS, HIDDEN, zero)
+    }
+
+    /// The first MLP layer's pre-activation gains the context's direct term.
+    fn with_direct(&self, hidden: Tensor, context: &Tensor) -> Tensor {
+        match &self.direct {
+            Some(d) => hidden + d.forward(context),
+            None => hidden,
+        }
+    }
+
     pub fn new(p: nn::Path, d_in: i64, d_out: i64) -> Self {
         let lin = |name: &str, i: i64, o: i64| nn::linear(&p / name, i, o, Default::default());
         // the last layer starts at zero, so the block starts as the identity residual
@@ -38,6 +62,7 @@ impl AttentionBlock {
             wv: lin("wv", CHANNELS, CHANNELS),
             mlp1: lin("mlp1", TOKENS * CHANNELS, HIDDEN),
             mlp2: nn::linear(&p / "mlp2", HIDDEN, d_out, zero),
+            direct: None,
             d_in,
         }
     }
@@ -70,7 +95,7 @@ impl AttentionBlock {
         let w1 = self.mlp1.ws.view([HIDDEN, TOKENS, HEADS, CHANNELS / HEADS]);
         let folded = (&w1 * per_head(va)).sum_dim_intlist(-1, false, kind).view([HIDDEN, TOKENS * HEADS]);
         let bias = self.mlp1.bs.as_ref().expect("bias") + (&w1 * per_head(vb)).sum_dim_intlist([1, 2, 3].as_slice(), false, kind);
-        self.mlp2.forward(&m.linear(&folded, Some(&bias)).relu())
+        self.mlp2.forward(&self.with_direct(m.linear(&folded, Some(&bias)), context).relu())
     }
 
     /// The block as MODEL.md §4 writes it, token by token: the reference the
@@ -87,7 +112,7 @@ impl AttentionBlock {
         let scale = ((CHANNELS / HEADS) as f64).sqrt();
         let att = (q.matmul(&k.transpose(-2, -1)) / scale).softmax(-1, q.kind()); // [N, H, 16, 16]
         let out = att.matmul(&v).permute([0, 2, 1, 3]).contiguous().view([n, TOKENS * CHANNELS]);
-        self.mlp2.forward(&self.mlp1.forward(&out).relu())
+        self.mlp2.forward(&self.with_direct(self.mlp1.forward(&out), context).relu())
     }
 }
 
@@ -124,6 +149,8 @@ pub struct HostAttention {
     /// the second MLP layer, transposed: [HIDDEN, d_out]
     mlp2: Vec<f32>,
     mlp2_bias: Vec<f32>,
+    /// the direct path ([AttentionBlock::direct]), [HIDDEN, TOKENS] row-major
+    direct: Option<Vec<f32>>,
     /// every temperature lambda = xq_t A_h + C_h lies in this range (see `new`)
     lambda_range: (f64, f64),
 }
@@ -210,6 +237,7 @@ impl HostAttention {
             mlp1_bias,
             mlp2,
             mlp2_bias: to32(b2),
+            direct: block.direct.as_ref().map(|d| to32(weight(d))),
             lambda_range,
         }
     }
@@ -228,7 +256,17 @@ impl HostAttention {
             }
         }
         let tilted = TiltedMeans::new(&by_token, tokens, n, self.lambda_range.0, self.lambda_range.1);
-        Contexts { n, by_token, lo, hi, tilted }
+        // each context's direct term, [HIDDEN, n]
+        let direct = self.direct.as_ref().map(|w| {
+            let mut out = vec![0f32; HIDDEN as usize * n];
+            for (o, row) in out.chunks_exact_mut(n).enumerate() {
+                for (i, ctx) in contexts.chunks_exact(tokens).enumerate() {
+                    row[i] = w[o * tokens..(o + 1) * tokens].iter().zip(ctx).map(|(a, b)| a * b).sum();
+                }
+            }
+            out
+        });
+        Contexts { n, by_token, lo, hi, tilted, direct }
     }
 
     /// The block's output for one x against each context: `out` [d_out, n]
@@ -297,6 +335,9 @@ impl HostAttention {
         }
         // the MLP, [HIDDEN, n] then [d_out, n]
         affine(&self.mlp1, &self.mlp1_bias, means, n, h);
+        if let Some(direct) = &contexts.direct {
+            h.iter_mut().zip(direct).for_each(|(r, d)| *r += d);
+        }
         for r in h.iter_mut() {
             *r = r.max(0.0);
         }
@@ -399,6 +440,12 @@ impl HostAttention {
         hidden_mean.fill(0.0);
         for j in 0..c {
             affine(&self.mlp1, &self.mlp1_bias, &means[j * PAIRS * n..(j + 1) * PAIRS * n], n, h);
+            if let Some(direct) = &contexts.direct {
+                for (row, o) in h.chunks_exact_mut(n).zip(0..hidden) {
+                    let d = direct[o * c + j];
+                    row.iter_mut().for_each(|r| *r += d);
+                }
+            }
             for (a, r) in hidden_mean.iter_mut().zip(h.iter()) {
                 *a += r.max(0.0) / c as f32;
             }
@@ -608,6 +655,9 @@ pub struct Contexts {
     hi: Vec<f32>,
     /// the weighted means tabulated in lambda (None: computed directly)
     tilted: Option<TiltedMeans>,
+    /// each context's term of the block's direct path, [HIDDEN, n] (None: the
+    /// block has none)
+    direct: Option<Vec<f32>>,
 }
 
 impl Contexts {

@@ -47,6 +47,11 @@ pub struct ModelConfig {
     /// continuous nuisance covariates (standardised by the caller)
     #[serde(default)]
     pub n_continuous: i64,
+    /// attention flavour: the sample-effect block's MLP also reads the sample
+    /// embedding directly ([super::attention::AttentionBlock::direct]); left
+    /// out of the JSON when false, so other models are unchanged
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sample_context: bool,
 }
 
 impl ModelConfig {
@@ -67,6 +72,7 @@ impl ModelConfig {
             n_labels: 0,
             batch_levels: Vec::new(),
             n_continuous: 0,
+            sample_context: false,
         }
     }
 
@@ -118,6 +124,9 @@ pub struct ModelSettings {
     pub n_latent_u: i64,
     /// mixture components of the MoG prior when no labels are given
     pub n_mixture: i64,
+    /// see [ModelConfig::sample_context]
+    #[serde(default)]
+    pub sample_context: bool,
 }
 
 impl ModelSettings {
@@ -134,6 +143,7 @@ impl ModelSettings {
             prior: self.prior,
             n_mixture: self.n_mixture,
             n_labels: if self.prior == Prior::Mog { n_labels } else { 0 },
+            sample_context: self.sample_context && self.flavour == Flavour::Attention,
             ..ModelConfig::new(n_genes, n_samples, n_batches, self.n_latent)
         }
     }
