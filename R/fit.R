@@ -66,7 +66,7 @@
 #'   whose softmax-weighted means pass a sample on as a few smooth functionals
 #'   of its embedding's coordinates (the fitted sample effects then lie in 4-5
 #'   directions, too few for a deep sample tree). On `bench/validity.R`'s
-#'   designs this halved the trees' error (`bench/README.md`, session 26);
+#'   designs this cut the sample trees' error by 40\% (`bench/README.md`, session 26);
 #'   `options(mrvi.sample_context = FALSE)` fits scvi-tools' block (fits made
 #'   before keep theirs).
 #'   On `bench/validity.R`'s ultrametric design (seeds 1-3, `bench/README.md`)
