@@ -43,6 +43,7 @@ test_that("the sample embedding reaches the sample effect's MLP directly, and fi
   # scvi-tools' block (the block of fits made before the direct path): no such
   # field in its configuration, its own weights, and it survives saveRDS()
   old <- options(mrvi.sample_context = FALSE)
+  on.exit(options(old), add = TRUE)
   plain <- mrvi(sim$counts, sample = sim$sample, flavour = "attention", max_epochs = 3, verbose = FALSE)
   options(old)
   expect_false(grepl("sample_context", plain@config$model_json))

@@ -52,13 +52,22 @@ fn sorted_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     vars
 }
 
+/// An attention block under "att", with the direct path of the context when
+/// `direct` (as the sample effect's block of new fits).
+fn attention_block(vs: &nn::VarStore, d_in: i64, d_out: i64, direct: bool) -> AttentionBlock {
+    let mut block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
+    if direct {
+        block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
+    }
+    block
+}
+
 #[test]
 fn attention_block_shapes_and_finite_difference_gradient() {
     let _rng = common::libtorch_rng();
     tch::manual_seed(2);
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let mut block = AttentionBlock::new(vs.root() / "att", 6, 5);
-    block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
+    let block = attention_block(&vs, 6, 5, true);
     vs.double();
     // make the zero-initialised layers (the output and the direct path)
     // non-zero so that every path matters
@@ -104,10 +113,7 @@ fn closed_forms_of_attention_equal_the_block_as_written_with(direct: bool) {
     tch::manual_seed(5);
     let (d_in, d_out, n_ctx) = (7i64, 6i64, 9i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let mut block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
-    if direct {
-        block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
-    }
+    let block = attention_block(&vs, d_in, d_out, direct);
     // every parameter random (the output layer starts at zero), large enough
     // for peaked softmaxes of both signs
     for (_, mut v) in sorted_variables(&vs) {
@@ -150,10 +156,7 @@ fn many_inputs_against_few_contexts_equal_the_block_as_written_with(direct: bool
     tch::manual_seed(6);
     let (d_in, d_out, n_x, n_ctx) = (7i64, 6i64, 37i64, 3i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let mut block = AttentionBlock::new(vs.root() / "att", d_in, d_out);
-    if direct {
-        block.direct = Some(AttentionBlock::direct_path(vs.root() / "att"));
-    }
+    let block = attention_block(&vs, d_in, d_out, direct);
     for (_, mut v) in sorted_variables(&vs) {
         let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.8)));
     }
