@@ -208,9 +208,10 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   settings <- list(
     model = list(flavour = flavour, prior = prior, n_latent = n_latent, n_latent_u = n_latent_u,
                  n_mixture = n_mixture,
-                 # the attention flavour's sample-effect MLP also reads the sample
-                 # embedding (see `flavour`); fits made before it keep their block
-                 sample_context = !identical(getOption("mrvi.sample_context"), FALSE)),
+                 # the attention flavour's blocks also read their context directly
+                 # (see `flavour`); fits made before keep their blocks
+                 sample_context = !identical(getOption("mrvi.sample_context"), FALSE),
+                 nuisance_context = !identical(getOption("mrvi.nuisance_context"), FALSE)),
     train = list(max_epochs = max_epochs, batch_size = batch_size, lr = lr,
                  n_epochs_kl_warmup = n_epochs_kl_warmup, early_stopping = early_stopping,
                  patience = patience, min_epochs = min_epochs, validation_fraction = validation_fraction,

@@ -9,11 +9,20 @@ use mrvi_core::posterior::Posterior;
 use tch::{Device, Kind, Tensor};
 
 /// A model with two categorical nuisance covariates (2 and 3 levels) and every
-/// parameter random (the zero-initialised output layers too).
-fn random_model(flavour: Flavour, g: i64, s: i64, l: i64, lu: i64) -> MrviModel {
-    let settings = ModelSettings { flavour, prior: Prior::Normal, n_latent: l, n_latent_u: lu, n_mixture: 0, sample_context: false };
-    let mut config = settings.model_config(g, s, 5, 0);
-    config.batch_levels = vec![2, 3];
+/// parameter random (the zero-initialised output layers and direct paths too);
+/// `contexts`: the attention blocks' direct paths.
+fn random_model(flavour: Flavour, contexts: bool, g: i64, s: i64, l: i64, lu: i64) -> MrviModel {
+    let settings = ModelSettings {
+        flavour,
+        prior: Prior::Normal,
+        n_latent: l,
+        n_latent_u: lu,
+        n_mixture: 0,
+        sample_context: contexts,
+        nuisance_context: contexts,
+    };
+    let config = settings.model_config(g, s, 1, 0).with_nuisance(vec![2, 3], 0);
+    assert_eq!(config.nuisance_context, contexts && flavour == Flavour::Attention);
     let model = MrviModel::new(config, Device::Cpu);
     let mut names: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
@@ -45,10 +54,10 @@ fn decoded_distances(model: &MrviModel, u: &Tensor) -> Tensor {
 #[test]
 fn expression_distances_equal_those_of_decoded_profiles() {
     let _rng = common::libtorch_rng();
-    for flavour in [Flavour::Linear, Flavour::Attention] {
+    for (flavour, contexts) in [(Flavour::Linear, false), (Flavour::Attention, false), (Flavour::Attention, true)] {
         tch::manual_seed(11);
         let (n, g, s, l, lu) = (9usize, 40i64, 5i64, 6i64, 4i64);
-        let model = random_model(flavour, g, s, l, lu);
+        let model = random_model(flavour, contexts, g, s, l, lu);
         let lu = model.config.dim_u() as usize;
         let mean = Vec::<f64>::try_from(&Tensor::randn([(n * lu) as i64], (Kind::Double, Device::Cpu))).unwrap();
         let sd = vec![0.3; n * lu];

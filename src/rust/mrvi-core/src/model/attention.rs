@@ -1,11 +1,13 @@
 //! The attention block of the later MrVI (MODEL.md §4): 16 projected coordinates
 //! of LayerNorm(x) attend to the 16 coordinates of a context embedding (a sample's
 //! or a site's), each coordinate lifted to 8 channels; 2 heads x 4 channels; the
-//! 16 x 8 output goes through a small MLP (128 -> 32 -> out). The sample-effect
-//! block's first MLP layer also reads the context itself (`direct`, new fits):
-//! through the weighted means alone a sample reaches the MLP as a few smooth
-//! functionals of its embedding's coordinates, which confined the fitted sample
-//! effects to 4-5 directions (bench/README.md, issue 14).
+//! 16 x 8 output goes through a small MLP (128 -> 32 -> out). In new fits the
+//! first MLP layer also reads the context itself (`direct`): through the weighted
+//! means alone a context reaches the MLP as a few smooth functionals of its
+//! embedding's coordinates. That confined the fitted sample effects to 4-5
+//! directions (bench/README.md, issue 14), and in the decoder it left more than
+//! two nuisance levels (crossed site and chemistry) partly unexplained, so the
+//! sample effects took them up (issue 20).
 
 use super::tilted_mean::TiltedMeans;
 use tch::nn::{self, Module};

@@ -52,6 +52,11 @@ pub struct ModelConfig {
     /// out of the JSON when false, so other models are unchanged
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sample_context: bool,
+    /// attention flavour: the decoder block's MLP also reads the nuisance
+    /// embedding directly, when the nuisance covariates vary (more than one
+    /// site, or a continuous covariate); left out of the JSON when false
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nuisance_context: bool,
 }
 
 impl ModelConfig {
@@ -73,6 +78,7 @@ impl ModelConfig {
             batch_levels: Vec::new(),
             n_continuous: 0,
             sample_context: false,
+            nuisance_context: false,
         }
     }
 
@@ -87,11 +93,13 @@ impl ModelConfig {
     }
 
     /// Several categorical nuisance covariates (levels in order, n_batches their
-    /// sum) and `n_continuous` continuous ones.
+    /// sum) and `n_continuous` continuous ones. Without either the decoder's
+    /// context is one constant embedding, so it gets no direct path.
     pub fn with_nuisance(mut self, batch_levels: Vec<i64>, n_continuous: i64) -> Self {
         self.n_batches = batch_levels.iter().sum();
         self.batch_levels = batch_levels;
         self.n_continuous = n_continuous;
+        self.nuisance_context &= self.n_batches > 1 || n_continuous > 0;
         self
     }
 
@@ -127,6 +135,9 @@ pub struct ModelSettings {
     /// see [ModelConfig::sample_context]
     #[serde(default)]
     pub sample_context: bool,
+    /// see [ModelConfig::nuisance_context]
+    #[serde(default)]
+    pub nuisance_context: bool,
 }
 
 impl ModelSettings {
@@ -144,6 +155,7 @@ impl ModelSettings {
             n_mixture: self.n_mixture,
             n_labels: if self.prior == Prior::Mog { n_labels } else { 0 },
             sample_context: self.sample_context && self.flavour == Flavour::Attention,
+            nuisance_context: self.nuisance_context && self.flavour == Flavour::Attention,
             ..ModelConfig::new(n_genes, n_samples, n_batches, self.n_latent)
         }
     }
@@ -226,5 +238,28 @@ mod tests {
         let old = old.to_string();
         let c: ModelConfig = serde_json::from_str(&old).unwrap();
         assert_eq!((c.factor_levels(), c.n_continuous), (vec![3], 0));
+    }
+
+    #[test]
+    fn the_decoder_reads_the_nuisance_directly_only_where_it_varies() {
+        let settings = ModelSettings {
+            flavour: Flavour::Attention,
+            prior: Prior::Mog,
+            n_latent: 30,
+            n_latent_u: 10,
+            n_mixture: 10,
+            sample_context: true,
+            nuisance_context: true,
+        };
+        let with = |levels: Vec<i64>, n_continuous| settings.model_config(100, 4, 1, 0).with_nuisance(levels, n_continuous);
+        assert!(!with(vec![1], 0).nuisance_context);
+        assert!(with(vec![2], 0).nuisance_context);
+        assert!(with(vec![1], 1).nuisance_context);
+        assert!(with(vec![2, 3], 0).nuisance_context);
+        let linear = ModelSettings { flavour: Flavour::Linear, ..settings.clone() };
+        assert!(!linear.model_config(100, 4, 1, 0).with_nuisance(vec![2], 0).nuisance_context);
+        // a model without it writes no field, so the JSON of older fits is unchanged
+        let json = serde_json::to_string(&with(vec![1], 0)).unwrap();
+        assert!(!json.contains("nuisance_context") && json.contains("sample_context"));
     }
 }

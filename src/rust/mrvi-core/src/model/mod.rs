@@ -387,6 +387,10 @@ impl MrviModel {
         if let (true, SampleEffect::Attention { block, .. }) = (config.sample_context, &mut sample_effect) {
             block.direct = Some(AttentionBlock::direct_path(&root / "sample_effect" / "attention"));
         }
+        let mut decoder = decoder;
+        if let (true, Decoder::Attention { block, .. }) = (config.nuisance_context, &mut decoder) {
+            block.direct = Some(AttentionBlock::direct_path(&root / "decoder" / "attention"));
+        }
         Self { config, vs, encoder, sample_effect, decoder, prior, log_theta, continuous, host_attention: OnceLock::new() }
     }
 
