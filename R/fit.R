@@ -69,6 +69,13 @@
 #'   designs this cut the sample trees' error by 40\% (`bench/README.md`, session 26);
 #'   `options(mrvi.sample_context = FALSE)` fits scvi-tools' block (fits made
 #'   before keep theirs).
+#'   The decoder's block reads the batch embedding directly in the same way when
+#'   the nuisance varies (two or more batch levels, or a continuous covariate):
+#'   with two crossed batch factors scvi-tools' block explained the four level
+#'   combinations only in part and the sample effects took up the rest, which
+#'   scrambled the sample tree (normalised RF 0.85-0.92 against 0.00 with one
+#'   factor; with the direct path 0.00, `bench/README.md`, session 27);
+#'   `options(mrvi.nuisance_context = FALSE)` fits scvi-tools' decoder block.
 #'   On `bench/validity.R`'s ultrametric design (seeds 1-3, `bench/README.md`)
 #'   the linear flavour's distances correlate with the true ones as well
 #'   (Spearman 0.82-0.88 against 0.70-0.87), but its sample effects leak into the

@@ -54,6 +54,27 @@ test_that("the sample embedding reaches the sample effect's MLP directly, and fi
   expect_false(isTRUE(all.equal(sampleDistances(direct, cells = 1:5), sampleDistances(plain, cells = 1:5))))
 })
 
+test_that("the decoder reads a varying nuisance embedding directly, and fits without that path still load", {
+  a <- attention_fit()
+  expect_match(a$fit@config$model_json, '"nuisance_context":true', fixed = TRUE)
+  sim <- mrvi:::example_counts()
+  # one constant nuisance embedding: no path, so fits without a batch are as before
+  alone <- mrvi(sim$counts, sample = sim$sample, flavour = "attention", max_epochs = 2, verbose = FALSE)
+  expect_false(grepl("nuisance_context", alone@config$model_json))
+  site <- rep(c("a", "b"), length.out = ncol(sim$counts))
+  old <- options(mrvi.nuisance_context = FALSE)
+  on.exit(options(old), add = TRUE)
+  plain <- mrvi(sim$counts, sample = sim$sample, batch = site, flavour = "attention", max_epochs = 3, verbose = FALSE)
+  options(old)
+  expect_false(grepl("nuisance_context", plain@config$model_json))
+  f <- tempfile(fileext = ".rds")
+  saveRDS(plain, f)
+  expect_identical(sampleDistances(readRDS(f), cells = 1:5), sampleDistances(plain, cells = 1:5))
+  direct <- mrvi(sim$counts, sample = sim$sample, batch = site, flavour = "attention", max_epochs = 3, verbose = FALSE)
+  expect_match(direct@config$model_json, '"nuisance_context":true', fixed = TRUE)
+  expect_false(isTRUE(all.equal(sampleDistances(direct, cells = 1:5), sampleDistances(plain, cells = 1:5))))
+})
+
 test_that("the attention flavour recovers a planted tree and keeps other types quiet", {
   a <- attention_fit()
   d <- sampleDistances(a$fit, groups = "cell_type", mc_samples = 0)

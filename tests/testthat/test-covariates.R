@@ -117,7 +117,7 @@ test_that("bad covariates are refused naming the argument", {
                "continuous\\$mito", class = "mrvi_error")
 })
 
-test_that("u mixes every nuisance covariate of a crossed design", {
+test_that("u mixes every nuisance covariate of a crossed design, and the sample distances keep them out", {
   # Two crossed batch factors (site, chemistry; each sample in one of each) and a
   # technical covariate acting on a tenth of the genes; the default flavour.
   # Mean silhouette width of u by each factor within cell types, over simulation
@@ -138,6 +138,27 @@ test_that("u mixes every nuisance covariate of a crossed design", {
   }
   expect_lt(abs(silhouette_within_types(sce$site)), 0.15)
   expect_lt(abs(silhouette_within_types(sce$chemistry)), 0.15)
+
+  # The sample distances keep the nuisance out: in type2, where no sample effect
+  # was planted, pairs across a factor's levels are no farther apart than pairs
+  # within them, and type2's mean distance stays a small share of type1's. Over
+  # simulation and fit seeds 1..5 (Intel Xeon, 1 thread): largest across / within
+  # ratio 1.05-1.25, type2 / type1 0.11-0.14; with scvi-tools' decoder block
+  # (options(mrvi.nuisance_context = FALSE)) the sample effects took up site or
+  # chemistry: ratios 3.0-7.2, type2 / type1 0.49-0.62 (bench/README.md, issue 20).
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0)
+  quiet <- d[, , "type2"]
+  up <- upper.tri(quiet)
+  design <- S4Vectors::metadata(sce)$truth$sample_table
+  across_over_within <- function(factor) {
+    level <- stats::setNames(design[[factor]], design$sample)
+    same <- outer(level[rownames(quiet)], level[colnames(quiet)], "==")
+    mean(quiet[up & !same]) / mean(quiet[up & same])
+  }
+  expect_lt(across_over_within("site"), 2)
+  expect_lt(across_over_within("chemistry"), 2)
+  mean_distance <- function(m) mean(m[upper.tri(m)])
+  expect_lt(mean_distance(quiet) / mean_distance(d[, , "type1"]), 0.3)
 })
 
 test_that("differential expression's largest |LFC| averages expression over every combination of nuisance levels", {
