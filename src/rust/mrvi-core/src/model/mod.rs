@@ -324,7 +324,7 @@ impl MrviModel {
         let lu = config.dim_u();
         let small = nn::Init::Randn { mean: 0.0, stdev: 0.01 };
         let encoder = Encoder::new(&root / "encoder", g, config.n_hidden, s, lu);
-        let (mut sample_effect, decoder) = match config.flavour {
+        let (mut sample_effect, mut decoder) = match config.flavour {
             Flavour::Linear => {
                 let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
                 (
@@ -382,12 +382,12 @@ impl MrviModel {
                 },
             }
         });
-        // the sample embedding's direct path into the sample-effect block, last
-        // too (and starting at zero), for the same reason
+        // the direct paths of the sample embedding into the sample-effect block
+        // and of the nuisance embedding into the decoder's, last too (and
+        // starting at zero), for the same reason
         if let (true, SampleEffect::Attention { block, .. }) = (config.sample_context, &mut sample_effect) {
             block.direct = Some(AttentionBlock::direct_path(&root / "sample_effect" / "attention"));
         }
-        let mut decoder = decoder;
         if let (true, Decoder::Attention { block, .. }) = (config.nuisance_context, &mut decoder) {
             block.direct = Some(AttentionBlock::direct_path(&root / "decoder" / "attention"));
         }
