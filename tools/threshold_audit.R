@@ -14,7 +14,7 @@
 # Set ATEN_CPU_CAPABILITY=avx2 (or avx512, default) to take libtorch's other kernels.
 args <- commandArgs(TRUE)
 shifts <- if (length(args)) eval(parse(text = args[1])) else 0:4
-files <- c("abundance", "association", "attention", "covariates", "differential-expression", "distances",
+files <- c("abundance", "add-samples", "association", "attention", "covariates", "differential-expression", "distances",
            "fit", "latent", "tree-support", "validity")
 if (nzchar(Sys.getenv("AUDIT_FILES"))) files <- strsplit(Sys.getenv("AUDIT_FILES"), ",")[[1]]
 out_dir <- file.path("bench", "results")
