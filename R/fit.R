@@ -218,7 +218,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                  # the attention flavour's blocks also read their context directly
                  # (see `flavour`); fits made before keep their blocks
                  sample_context = !identical(getOption("mrvi.sample_context"), FALSE),
-                 nuisance_context = !identical(getOption("mrvi.nuisance_context"), FALSE)),
+                 nuisance_context = !identical(getOption("mrvi.nuisance_context"), FALSE),
+                 sample_hidden_term = !identical(getOption("mrvi.sample_hidden_term"), FALSE)),
     train = list(max_epochs = max_epochs, batch_size = batch_size, lr = lr,
                  n_epochs_kl_warmup = n_epochs_kl_warmup, early_stopping = early_stopping,
                  patience = patience, min_epochs = min_epochs, validation_fraction = validation_fraction,

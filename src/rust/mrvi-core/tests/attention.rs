@@ -209,7 +209,7 @@ fn toy(n: usize, g: usize, s: i64) -> Dataset {
 #[test]
 fn attention_flavour_trains_and_streams_distances() {
     let _rng = common::libtorch_rng();
-    let settings = ModelSettings { flavour: Flavour::Attention, prior: Prior::Mog, n_latent: 8, n_latent_u: 5, n_mixture: 20, sample_context: false, nuisance_context: false };
+    let settings = ModelSettings { flavour: Flavour::Attention, prior: Prior::Mog, n_latent: 8, n_latent_u: 5, n_mixture: 20, sample_context: false, nuisance_context: false, sample_hidden_term: false };
     let cfg = settings.model_config(30, 4, 1, 2);
     let train = common::train_config(15, 3, 4);
     let mut t = Trainer::new(cfg, train, toy(400, 30, 4), Device::Cpu).unwrap();

@@ -9,8 +9,9 @@ use mrvi_core::posterior::Posterior;
 use tch::{Device, Kind, Tensor};
 
 /// A model with two categorical nuisance covariates (2 and 3 levels) and every
-/// parameter random (the zero-initialised output layers and direct paths too);
-/// `contexts`: the attention blocks' direct paths.
+/// parameter random (the zero-initialised output layers, direct paths and
+/// hidden terms too); `contexts`: the attention blocks' direct paths and the
+/// samples' hidden terms.
 fn random_model(flavour: Flavour, contexts: bool, g: i64, s: i64, l: i64, lu: i64) -> MrviModel {
     let settings = ModelSettings {
         flavour,
@@ -20,6 +21,7 @@ fn random_model(flavour: Flavour, contexts: bool, g: i64, s: i64, l: i64, lu: i6
         n_mixture: 0,
         sample_context: contexts,
         nuisance_context: contexts,
+        sample_hidden_term: contexts,
     };
     let config = settings.model_config(g, s, 1, 0).with_nuisance(vec![2, 3], 0);
     assert_eq!(config.nuisance_context, contexts && flavour == Flavour::Attention);

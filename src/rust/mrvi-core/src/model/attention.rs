@@ -16,7 +16,7 @@ use tch::Tensor;
 pub const TOKENS: i64 = 16;
 const CHANNELS: i64 = 8;
 const HEADS: i64 = 2;
-const HIDDEN: i64 = 32;
+pub const HIDDEN: i64 = 32;
 
 pub struct AttentionBlock {
     project: nn::Linear,
@@ -73,6 +73,12 @@ impl AttentionBlock {
     /// [HostAttention]): one softmax temperature per token and head, the values
     /// folded into the first MLP layer. The same function as [Self::reference].
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        self.forward_with(x, context, None)
+    }
+
+    /// [Self::forward] with a term per row ([N, HIDDEN]) added to the first MLP
+    /// layer's pre-activation (the sample block's free per-sample term).
+    pub fn forward_with(&self, x: &Tensor, context: &Tensor, hidden_term: Option<&Tensor>) -> Tensor {
         let n = x.size()[0];
         let kind = x.kind();
         let xq = self.project.forward(&x.layer_norm([self.d_in], None::<Tensor>, None::<Tensor>, 1e-5, false)); // [N, 16]
@@ -97,7 +103,12 @@ impl AttentionBlock {
         let w1 = self.mlp1.ws.view([HIDDEN, TOKENS, HEADS, CHANNELS / HEADS]);
         let folded = (&w1 * per_head(va)).sum_dim_intlist(-1, false, kind).view([HIDDEN, TOKENS * HEADS]);
         let bias = self.mlp1.bs.as_ref().expect("bias") + (&w1 * per_head(vb)).sum_dim_intlist([1, 2, 3].as_slice(), false, kind);
-        self.mlp2.forward(&self.with_direct(m.linear(&folded, Some(&bias)), context).relu())
+        let hidden = self.with_direct(m.linear(&folded, Some(&bias)), context);
+        let hidden = match hidden_term {
+            Some(t) => hidden + t,
+            None => hidden,
+        };
+        self.mlp2.forward(&hidden.relu())
     }
 
     /// The block as MODEL.md §4 writes it, token by token: the reference the
@@ -649,6 +660,22 @@ unsafe fn affine_tile_avx512<const R: usize>(w: &[f32], bias: &[f32], input: &[f
 
 /// Contexts laid out for [HostAttention::forward]: token-major, with each
 /// context's smallest and largest coordinate.
+impl Contexts {
+    /// Adds a term per context ([n, HIDDEN] row-major) to the first MLP layer's
+    /// pre-activation, as the direct path's term (the sample block's free
+    /// per-sample term, [AttentionBlock::forward_with]).
+    pub fn add_hidden_terms(&mut self, terms: &[f32]) {
+        let (n, h) = (self.n, HIDDEN as usize);
+        assert_eq!(terms.len(), n * h, "one term of HIDDEN values per context");
+        let direct = self.direct.get_or_insert_with(|| vec![0f32; h * n]);
+        for (i, term) in terms.chunks_exact(h).enumerate() {
+            for (o, &t) in term.iter().enumerate() {
+                direct[o * n + i] += t;
+            }
+        }
+    }
+}
+
 pub struct Contexts {
     n: usize,
     /// [TOKENS, n]

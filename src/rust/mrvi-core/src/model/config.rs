@@ -57,6 +57,12 @@ pub struct ModelConfig {
     /// site, or a continuous covariate); left out of the JSON when false
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nuisance_context: bool,
+    /// attention flavour: each sample also has a free term [32] in the
+    /// sample-effect block's hidden layer, beside its embedding (16 values
+    /// shared by every cell type's sample structure); left out of the JSON when
+    /// false
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sample_hidden_term: bool,
 }
 
 impl ModelConfig {
@@ -79,6 +85,7 @@ impl ModelConfig {
             n_continuous: 0,
             sample_context: false,
             nuisance_context: false,
+            sample_hidden_term: false,
         }
     }
 
@@ -138,6 +145,9 @@ pub struct ModelSettings {
     /// see [ModelConfig::nuisance_context]
     #[serde(default)]
     pub nuisance_context: bool,
+    /// see [ModelConfig::sample_hidden_term]
+    #[serde(default)]
+    pub sample_hidden_term: bool,
 }
 
 impl ModelSettings {
@@ -156,6 +166,7 @@ impl ModelSettings {
             n_labels: if self.prior == Prior::Mog { n_labels } else { 0 },
             sample_context: self.sample_context && self.flavour == Flavour::Attention,
             nuisance_context: self.nuisance_context && self.flavour == Flavour::Attention,
+            sample_hidden_term: self.sample_hidden_term && self.flavour == Flavour::Attention,
             ..ModelConfig::new(n_genes, n_samples, n_batches, self.n_latent)
         }
     }
@@ -250,6 +261,7 @@ mod tests {
             n_mixture: 10,
             sample_context: true,
             nuisance_context: true,
+            sample_hidden_term: false,
         };
         let with = |levels: Vec<i64>, n_continuous| settings.model_config(100, 4, 1, 0).with_nuisance(levels, n_continuous);
         assert!(!with(vec![1], 0).nuisance_context);

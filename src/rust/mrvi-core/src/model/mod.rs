@@ -79,7 +79,7 @@ enum ContinuousEffect {
 /// The parameters with one row per sample: the encoder's conditioning and
 /// sample embedding, and the sample effect. `MrviModel::with_new_samples`
 /// learns new rows of these and nothing else.
-const SAMPLE_PARAMETERS: [&str; 8] = [
+const SAMPLE_PARAMETERS: [&str; 9] = [
     "encoder.scale1",
     "encoder.shift1",
     "encoder.scale2",
@@ -88,14 +88,17 @@ const SAMPLE_PARAMETERS: [&str; 8] = [
     "sample_effect.A",
     "sample_effect.a",
     "sample_effect.embedding",
+    "sample_effect.hidden_term",
 ];
 
 /// z from u and a sample.
 enum SampleEffect {
     /// z = u + A_s sg(u) + a_s; A: [S, L, L], a: [S, L]
     Linear { map: Tensor, shift: Tensor },
-    /// z = W u + c + eps, eps = attention(u, e_s), penalised by ||eps||^2 / 2
-    Attention { base: nn::Linear, block: AttentionBlock, embedding: Tensor },
+    /// z = W u + c + eps, eps = attention(u, e_s), penalised by ||eps||^2 / 2;
+    /// `hidden_term` [S, HIDDEN]: each sample's free term in the block's hidden
+    /// layer ([ModelConfig::sample_hidden_term])
+    Attention { base: nn::Linear, block: AttentionBlock, embedding: Tensor, hidden_term: Option<Tensor> },
 }
 
 /// Logits over genes from z and a site.
@@ -346,6 +349,7 @@ impl MrviModel {
                         base: nn::linear(&root / "sample_effect" / "base", lu, l, Default::default()),
                         block: AttentionBlock::new(&root / "sample_effect" / "attention", lu, l),
                         embedding: (&root / "sample_effect").var("embedding", &[s, attention::TOKENS], emb),
+                        hidden_term: None,
                     },
                     Decoder::Attention {
                         out: nn::linear(&root / "decoder" / "out", l, g, Default::default()),
@@ -383,13 +387,16 @@ impl MrviModel {
             }
         });
         // the direct paths of the sample embedding into the sample-effect block
-        // and of the nuisance embedding into the decoder's, last too (and
-        // starting at zero), for the same reason
+        // and of the nuisance embedding into the decoder's, and the samples' free
+        // hidden terms, last too (and starting at zero), for the same reason
         if let (true, SampleEffect::Attention { block, .. }) = (config.sample_context, &mut sample_effect) {
             block.direct = Some(AttentionBlock::direct_path(&root / "sample_effect" / "attention"));
         }
         if let (true, Decoder::Attention { block, .. }) = (config.nuisance_context, &mut decoder) {
             block.direct = Some(AttentionBlock::direct_path(&root / "decoder" / "attention"));
+        }
+        if let (true, SampleEffect::Attention { hidden_term, .. }) = (config.sample_hidden_term, &mut sample_effect) {
+            *hidden_term = Some((&root / "sample_effect").var("hidden_term", &[s, attention::HIDDEN], nn::Init::Const(0.0)));
         }
         Self { config, vs, encoder, sample_effect, decoder, prior, log_theta, continuous, host_attention: OnceLock::new() }
     }
@@ -475,8 +482,9 @@ impl MrviModel {
                 let zeros = Tensor::zeros([z.size()[0]], (z.kind(), z.device()));
                 (z, zeros)
             }
-            SampleEffect::Attention { base, block, embedding } => {
-                let eps = block.forward(u, &embedding.index_select(0, sample));
+            SampleEffect::Attention { base, block, embedding, hidden_term } => {
+                let term = hidden_term.as_ref().map(|t| t.index_select(0, sample));
+                let eps = block.forward_with(u, &embedding.index_select(0, sample), term.as_ref());
                 let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
                 (base.forward(u) + eps, penalty)
             }
@@ -518,13 +526,17 @@ impl MrviModel {
         let f = |t: &Tensor| Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).contiguous().view([-1])).expect("float");
         let kind = match &self.sample_effect {
             SampleEffect::Linear { map, shift } => HostKind::Linear { map: f(map), shift: f(shift) },
-            SampleEffect::Attention { base, block, embedding } if self.device() == Device::Cpu => {
+            SampleEffect::Attention { base, block, embedding, hidden_term } if self.device() == Device::Cpu => {
                 HostKind::Attention(self.host_attention.get_or_init(|| {
                     let block = attention::HostAttention::new(block);
+                    let mut embeddings = block.contexts(&f(embedding));
+                    if let Some(t) = hidden_term {
+                        embeddings.add_hidden_terms(&f(t));
+                    }
                     HostAttentionParts {
                         base: f(&base.ws),
                         base_bias: f(base.bs.as_ref().expect("the base layer has a bias")),
-                        embeddings: block.contexts(&f(embedding)),
+                        embeddings,
                         block,
                     }
                 }))
