@@ -39,14 +39,15 @@ test_that("the attention flavour fits and everything downstream works", {
 test_that("the sample embedding reaches the sample effect's MLP directly, and fits without that path still load", {
   a <- attention_fit()
   expect_match(a$fit@config$model_json, '"sample_context":true', fixed = TRUE)
+  expect_match(a$fit@config$model_json, '"sample_hidden_term":true', fixed = TRUE)
   sim <- mrvi:::example_counts()
   # scvi-tools' block (the block of fits made before the direct path): no such
   # field in its configuration, its own weights, and it survives saveRDS()
-  old <- options(mrvi.sample_context = FALSE)
+  old <- options(mrvi.sample_context = FALSE, mrvi.sample_hidden_term = FALSE)
   on.exit(options(old), add = TRUE)
   plain <- mrvi(sim$counts, sample = sim$sample, flavour = "attention", max_epochs = 3, verbose = FALSE)
   options(old)
-  expect_false(grepl("sample_context", plain@config$model_json))
+  expect_false(grepl("sample_context|sample_hidden_term", plain@config$model_json))
   f <- tempfile(fileext = ".rds")
   saveRDS(plain, f)
   expect_identical(sampleDistances(readRDS(f), cells = 1:5), sampleDistances(plain, cells = 1:5))
