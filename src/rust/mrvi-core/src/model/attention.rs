@@ -660,6 +660,19 @@ unsafe fn affine_tile_avx512<const R: usize>(w: &[f32], bias: &[f32], input: &[f
 
 /// Contexts laid out for [HostAttention::forward]: token-major, with each
 /// context's smallest and largest coordinate.
+pub struct Contexts {
+    n: usize,
+    /// [TOKENS, n]
+    by_token: Vec<f32>,
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+    /// the weighted means tabulated in lambda (None: computed directly)
+    tilted: Option<TiltedMeans>,
+    /// each context's term of the block's direct path, plus any hidden term
+    /// ([Contexts::add_hidden_terms]), [HIDDEN, n] (None: neither)
+    direct: Option<Vec<f32>>,
+}
+
 impl Contexts {
     /// Adds a term per context ([n, HIDDEN] row-major) to the first MLP layer's
     /// pre-activation, as the direct path's term (the sample block's free
@@ -674,22 +687,7 @@ impl Contexts {
             }
         }
     }
-}
 
-pub struct Contexts {
-    n: usize,
-    /// [TOKENS, n]
-    by_token: Vec<f32>,
-    lo: Vec<f32>,
-    hi: Vec<f32>,
-    /// the weighted means tabulated in lambda (None: computed directly)
-    tilted: Option<TiltedMeans>,
-    /// each context's term of the block's direct path, [HIDDEN, n] (None: the
-    /// block has none)
-    direct: Option<Vec<f32>>,
-}
-
-impl Contexts {
     /// The number of contexts.
     pub fn len(&self) -> usize {
         self.n
