@@ -701,7 +701,9 @@ impl MrviModel {
         };
         let d_theta = Tensor::from_slice(&nb.d_log_theta);
         let kl = kl.sum(Kind::Float);
-        let surrogate_ll = (&logits * d_logits).sum(Kind::Float) + (&self.log_theta * d_theta).sum(Kind::Float);
+        // dot products: no [B, G] product is stored, and the logits' gradient
+        // (d_logits times the scalar gradient) has the same bits as for a sum of products
+        let surrogate_ll = logits.reshape([-1]).dot(&d_logits.view([-1])) + self.log_theta.dot(&d_theta);
         let objective = (-surrogate_ll + &kl * kl_weight) / n;
         StepTerms { objective, reconstruction_sum: -nb.log_lik.iter().sum::<f64>(), kl_sum: kl.double_value(&[]) }
     }
