@@ -114,7 +114,18 @@ native_model <- function(fit) {
 }
 
 build_model <- function(model_json, weights, device) {
-  tryCatch(mrvi_model_new(model_json, weights, device), mrvi_io_error = function(e) damaged_weights(e))
+  tryCatch(mrvi_model_new(model_json, weights, device),
+           mrvi_io_error = function(e) damaged_weights(e),
+           mrvi_version_error = function(e) newer_fit(e))
+}
+
+# A fit whose model has parts this version does not know: made by a newer mrvi.
+# Building the model without them would give wrong numbers without a word.
+newer_fit <- function(e) {
+  abort_arg(c("The fit was made by a newer version of mrvi than the one installed ({utils::packageVersion('mrvi')}).",
+              "x" = "{conditionMessage(e)}",
+              "i" = "Install the version of mrvi that made the fit, or a later one, to use it."),
+            class = "mrvi_version_error", call = user_call())
 }
 
 # The checksum of fit@weights, after checking it against the one stored when the

@@ -262,6 +262,21 @@ test_that("damaged weights are detected by their checksum", {
   expect_identical(mrviLatent(fit, which = "z"), z)
 })
 
+test_that("a fit from a newer version is refused, not rebuilt without its new parts", {
+  z <- mrviLatent(fit, which = "z")
+  g <- fit
+  g@cache <- new.env(parent = emptyenv())  # as after readRDS(): the model is rebuilt
+  g@config$model_json <- sub("{", '{"future_part":true,', g@config$model_json, fixed = TRUE)
+  e <- expect_bad_call(quote(mrviLatent(g, which = "z")), "made by a newer version of mrvi", "mrvi_version_error")
+  expect_match(conditionMessage(e), "unknown field `future_part`")
+  expect_match(conditionMessage(e), "Install the version of mrvi that made the fit")
+  expect_bad_call(quote(sampleDistances(g, mc_samples = 0)), "newer version", "mrvi_version_error")
+  # damaged configuration text is still reported as damage
+  g@config$model_json <- substr(fit@config$model_json, 1, 20)
+  expect_bad_call(quote(mrviLatent(g, which = "z")), "weights are damaged", "mrvi_damaged_error")
+  expect_identical(mrviLatent(fit, which = "z"), z)
+})
+
 test_that("copies of a fit never share a model built from other weights", {
   z_fit <- mrviLatent(fit, x = m, sample = s, which = "z")
   z_other <- mrviLatent(other, x = m, sample = s, which = "z")

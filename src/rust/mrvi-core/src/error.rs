@@ -19,6 +19,8 @@ pub enum Error {
     Diverged(String),
     /// A training checkpoint that cannot be read, or was made for another run.
     Checkpoint(String),
+    /// A fit with model parts this version does not know (made by a newer one).
+    Version(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -33,6 +35,7 @@ impl fmt::Display for Error {
             Error::Memory(m) => write!(f, "{m}"),
             Error::Diverged(m) => write!(f, "{m}"),
             Error::Checkpoint(m) => write!(f, "{m}"),
+            Error::Version(m) => write!(f, "{m}"),
         }
     }
 }
@@ -49,6 +52,7 @@ impl Error {
             Error::Memory(_) => "mrvi_memory_error",
             Error::Diverged(_) => "mrvi_divergence_error",
             Error::Checkpoint(_) => "mrvi_checkpoint_error",
+            Error::Version(_) => "mrvi_version_error",
         }
     }
 }

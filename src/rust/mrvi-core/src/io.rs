@@ -10,9 +10,26 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 /// A fitted model rebuilt on `device` from its configuration JSON and weights.
+/// A configuration field or a weight this version does not know means a fit
+/// made by a newer version: an `Error::Version`, never a model that silently
+/// leaves that part out.
 pub fn model_from_bytes(config_json: &str, weights: &[u8], device: Device) -> Result<MrviModel> {
-    let config: ModelConfig = serde_json::from_str(config_json)?;
+    let config: ModelConfig = serde_json::from_str(config_json).map_err(|e| match e.classify() {
+        // well-formed JSON that is not a configuration of this version
+        serde_json::error::Category::Data => {
+            // serde's text goes on to list every field this version knows
+            let what = e.to_string();
+            let what = what.split(", expected").next().unwrap_or(&what).to_string();
+            Error::Version(format!("its model configuration has {what}"))
+        }
+        _ => Error::from(e),
+    })?;
     let mut model = MrviModel::new(config, device);
+    let st = SafeTensors::deserialize(weights)?;
+    let known = model.vs.variables();
+    if let Some(name) = st.names().into_iter().find(|n| !known.contains_key(n.as_str())) {
+        return Err(Error::Version(format!("its weights hold the tensor '{name}', which this version's model does not have")));
+    }
     load_bytes_into(&mut model.vs, weights)?;
     Ok(model)
 }

@@ -7,7 +7,7 @@ mod common;
 use mrvi_core::batch::Dataset;
 use mrvi_core::data::CscCounts;
 use mrvi_core::infer::encode;
-use mrvi_core::io::{load_bytes_into, varstore_to_bytes};
+use mrvi_core::io::{load_bytes_into, model_from_bytes, tensors_to_bytes, varstore_to_bytes};
 use mrvi_core::model::config::ModelConfig;
 use mrvi_core::model::nb::NonZeros;
 use mrvi_core::model::{Batch, MrviModel};
@@ -291,6 +291,32 @@ fn weights_round_trip_through_safetensors() {
     let mut c = MrviModel::new(ModelConfig::new(8, 3, 2, 4), Device::Cpu);
     let err = load_bytes_into(&mut c.vs, &bytes).unwrap_err().to_string();
     assert!(err.contains("shape"), "{err}");
+}
+
+/// A fit from a newer version (a configuration field or a tensor this version
+/// does not know) is refused as such, not rebuilt without that part.
+#[test]
+fn parts_of_a_newer_version_are_refused() {
+    let _rng = common::libtorch_rng();
+    let config = ModelConfig::new(7, 3, 2, 4);
+    let json = serde_json::to_string(&config).unwrap();
+    let a = MrviModel::new(config, Device::Cpu);
+    let bytes = varstore_to_bytes(&a.vs).unwrap();
+    assert!(model_from_bytes(&json, &bytes, Device::Cpu).is_ok());
+    let newer_json = json.replacen('{', "{\"future_part\":true,", 1);
+    let e = model_from_bytes(&newer_json, &bytes, Device::Cpu).err().expect("an unknown field is refused");
+    assert_eq!(e.class(), "mrvi_version_error", "{e}");
+    assert!(e.to_string().contains("future_part"), "{e}");
+    let extra = Tensor::zeros([3, 2], (Kind::Float, Device::Cpu));
+    let mut vars: Vec<(String, Tensor)> = a.vs.variables().into_iter().collect();
+    vars.push(("sample_effect.future_part".into(), extra));
+    let newer_bytes = tensors_to_bytes(vars.iter().map(|(n, t)| (n.clone(), t)), None).unwrap();
+    let e = model_from_bytes(&json, &newer_bytes, Device::Cpu).err().expect("an unknown tensor is refused");
+    assert_eq!(e.class(), "mrvi_version_error", "{e}");
+    assert!(e.to_string().contains("sample_effect.future_part"), "{e}");
+    // damaged JSON stays an input/output error
+    let e = model_from_bytes("{\"n_genes\": 7,", &bytes, Device::Cpu).err().unwrap();
+    assert_eq!(e.class(), "mrvi_io_error", "{e}");
 }
 
 #[test]

@@ -19,7 +19,10 @@ pub enum Prior {
     Mog,
 }
 
+/// Unknown fields are refused: they come from a newer version, whose model
+/// this one would build without them ([crate::io::model_from_bytes]).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub n_genes: i64,
     pub n_samples: i64,
