@@ -25,11 +25,6 @@ pub fn model_from_bytes(config_json: &str, weights: &[u8], device: Device) -> Re
         _ => Error::from(e),
     })?;
     let mut model = MrviModel::new(config, device);
-    let st = SafeTensors::deserialize(weights)?;
-    let known = model.vs.variables();
-    if let Some(name) = st.names().into_iter().find(|n| !known.contains_key(n.as_str())) {
-        return Err(Error::Version(format!("its weights hold the tensor '{name}', which this version's model does not have")));
-    }
     load_bytes_into(&mut model.vs, weights)?;
     Ok(model)
 }
@@ -63,10 +58,14 @@ pub fn tensors_to_bytes<'a>(
 }
 
 /// Copy weights into an existing VarStore of the same architecture; every
-/// variable must be present with the same shape.
+/// variable must be present with the same shape, and a tensor the VarStore does
+/// not have is an `Error::Version` (weights of a newer model).
 pub fn load_bytes_into(vs: &mut VarStore, bytes: &[u8]) -> Result<()> {
     let st = SafeTensors::deserialize(bytes)?;
     let mut vars = vs.variables();
+    if let Some(name) = st.names().into_iter().find(|n| !vars.contains_key(n.as_str())) {
+        return Err(Error::Version(format!("its weights hold the tensor '{name}', which this version's model does not have")));
+    }
     for (name, var) in vars.iter_mut() {
         copy_tensor_into(&st, name, var)?;
     }
