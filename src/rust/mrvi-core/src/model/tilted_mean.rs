@@ -87,8 +87,48 @@ impl TiltedMeans {
 
     /// m(lambda) of every context into `out` ([n]); false (and `out` untouched)
     /// when lambda is off the grid or not a number.
+    /// The values of [Self::interpolate_many] of this one lambda, with the
+    /// contexts in the vector lanes (the many-lambda path puts lambdas there).
     pub fn interpolate(&self, lambda: f32, out: &mut [f32]) -> bool {
-        self.interpolate_many(&[lambda], out)
+        let Some((p, t)) = self.locate(lambda) else { return false };
+        let n = self.n;
+        let (a, b) = self.rows_at(p);
+        let h = hermite(t);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 (the function's features).
+            unsafe { hermite_row_avx512(h, a, b, &mut out[..n]) };
+            return true;
+        } else if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (the function's features).
+            unsafe { hermite_row_avx2(h, a, b, &mut out[..n]) };
+            return true;
+        }
+        hermite_row(h, a, b, &mut out[..n]);
+        true
+    }
+
+    /// The grid row below lambda and the fraction of a step above it; None off
+    /// the grid or for NaN.
+    #[inline(always)]
+    fn locate(&self, lambda: f32) -> Option<(usize, f32)> {
+        let u = (lambda as f64 - self.origin) / self.step;
+        if !(u >= 0.0 && u < (self.points - 1) as f64) {
+            return None;
+        }
+        // u >= 0: truncation is the floor
+        let p = u as usize;
+        Some((p, (u - p as f64) as f32))
+    }
+
+    /// Rows p and p + 1 of the grid.
+    #[inline(always)]
+    fn rows_at(&self, p: usize) -> (&[f32], &[f32]) {
+        let n = self.n;
+        match &self.dense {
+            Some(rows) => (&rows[p * 2 * n..(p + 1) * 2 * n], &rows[(p + 1) * 2 * n..(p + 2) * 2 * n]),
+            None => (self.row(p), self.row(p + 1)),
+        }
     }
 
     /// m at each of `lambdas` for every context into `out`, [contexts, lambdas]
@@ -109,21 +149,11 @@ impl TiltedMeans {
     /// [Self::interpolate_many] for lambdas[first..] (the same arithmetic,
     /// one lambda at a time).
     fn interpolate_from(&self, first: usize, lambdas: &[f32], out: &mut [f32]) -> bool {
-        let (n, len, last) = (self.n, lambdas.len(), (self.points - 1) as f64);
+        let (n, len) = (self.n, lambdas.len());
         for (i, &lambda) in lambdas.iter().enumerate().skip(first) {
-            let u = (lambda as f64 - self.origin) / self.step;
-            if !(u >= 0.0 && u < last) {
-                return false;
-            }
-            // u >= 0: truncation is the floor
-            let p = u as usize;
-            let t = (u - p as f64) as f32;
-            let (a, b) = match &self.dense {
-                Some(rows) => (&rows[p * 2 * n..(p + 1) * 2 * n], &rows[(p + 1) * 2 * n..(p + 2) * 2 * n]),
-                None => (self.row(p), self.row(p + 1)),
-            };
-            let s = 1.0 - t;
-            let (h00, h10, h01, h11) = ((1.0 + 2.0 * t) * s * s, t * s * s, t * t * (3.0 - 2.0 * t), -t * t * s);
+            let Some((p, t)) = self.locate(lambda) else { return false };
+            let (a, b) = self.rows_at(p);
+            let [h00, h10, h01, h11] = hermite(t);
             for j in 0..n {
                 out[j * len + i] = h00 * a[j] + h10 * a[n + j] + h01 * b[j] + h11 * b[n + j];
             }
@@ -213,6 +243,39 @@ impl TiltedMeans {
     }
 }
 
+/// The cubic Hermite basis at fraction t of a step: the weights of m and
+/// step * dm/dlambda at the row below, then at the row above.
+#[inline(always)]
+fn hermite(t: f32) -> [f32; 4] {
+    let s = 1.0 - t;
+    [(1.0 + 2.0 * t) * s * s, t * s * s, t * t * (3.0 - 2.0 * t), -t * t * s]
+}
+
+/// One lambda's interpolation for every context, `a` and `b` the rows below
+/// and above it (m for each context, then step * dm/dlambda): the scalar
+/// path's operations in its order, no fused multiply-adds, so the same bits
+/// at any vector width.
+#[inline(always)]
+fn hermite_row([h00, h10, h01, h11]: [f32; 4], a: &[f32], b: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    let (a, da, b, db) = (&a[..n], &a[n..2 * n], &b[..n], &b[n..2 * n]);
+    for ((((o, &a), &da), &b), &db) in out.iter_mut().zip(a).zip(da).zip(b).zip(db) {
+        *o = h00 * a + h10 * da + h01 * b + h11 * db;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn hermite_row_avx512(h: [f32; 4], a: &[f32], b: &[f32], out: &mut [f32]) {
+    hermite_row(h, a, b, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn hermite_row_avx2(h: [f32; 4], a: &[f32], b: &[f32], out: &mut [f32]) {
+    hermite_row(h, a, b, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +340,22 @@ mod tests {
         for i in 0..wide {
             let (a, b) = (&many_wide[i * lambdas.len()..(i + 1) * lambdas.len()], &many[(i % n) * lambdas.len()..(i % n + 1) * lambdas.len()]);
             assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+        // one lambda's row on every vector path: the same bits (odd n: a tail)
+        let rows: Vec<f32> = (0..4 * 37).map(|k| ((k * 7919) % 101) as f32 / 37.0 - 1.3).collect();
+        let (a, b) = rows.split_at(2 * 37);
+        for t in [0.0f32, 0.013, 0.5, 0.77, 0.999] {
+            let mut portable = vec![0f32; 37];
+            hermite_row(hermite(t), a, b, &mut portable);
+            #[cfg(target_arch = "x86_64")]
+            for (feature, path) in [("avx2", hermite_row_avx2 as unsafe fn([f32; 4], &[f32], &[f32], &mut [f32])), ("avx512f", hermite_row_avx512)] {
+                if std::arch::is_x86_feature_detected!("avx2") && (feature == "avx2" || std::arch::is_x86_feature_detected!("avx512f")) {
+                    let mut vector = vec![f32::NAN; 37];
+                    // SAFETY: the CPU has the path's features (checked above)
+                    unsafe { path(hermite(t), a, b, &mut vector) };
+                    assert!(vector.iter().zip(&portable).all(|(x, y)| x.to_bits() == y.to_bits()), "{feature} at t = {t}");
+                }
+            }
         }
         // off the grid, NaN: not interpolated
         assert!(!table.interpolate(100.0, &mut out));
