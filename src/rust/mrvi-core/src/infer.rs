@@ -164,13 +164,20 @@ pub fn projected_counterfactuals(
     let mut spread_out = if spread.is_some() { Some(try_vec(n * n_blocks * 2, 0f64, "the effects' spread")?) } else { None };
     const BLOCK: usize = 256;
     let n_draws = draws.len() as f64;
-    // per block: each cell's projections of one draw (r x L), its mean z over
-    // the draws (S x L) and its spread state, contiguous per cell; scattered
+    // per block: each cell's projections of one draw (r x L), its z summed over
+    // the draws (L x S) and its spread state, contiguous per cell; scattered
     // into the R arrays once per draw and once per block (writing them in place
     // strides by the number of cells: a cache miss per value)
     let mut proj = try_vec(BLOCK * r * l, 0f64, "the projected counterfactual latents")?;
     let mut block_mean = try_vec(if want_mean { BLOCK * s * l } else { 0 }, 0f64, "the mean counterfactual latents")?;
     let mut block_state = try_vec(BLOCK * state_len, 0f64, "the effects' spread")?;
+    // each map's rows contiguous ([K, r, S]), as the cells' z come by dimension
+    let mut maps_by_row = try_vec(maps.len(), 0f64, "the maps")?;
+    for (by_row, map) in maps_by_row.chunks_exact_mut(r * s).zip(maps.chunks_exact(r * s)) {
+        for (j, &w) in map.iter().enumerate() {
+            by_row[(j % r) * s + j / r] = w;
+        }
+    }
     let mut z = Vec::new();
     #[cfg(target_arch = "x86_64")]
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
@@ -179,17 +186,15 @@ pub fn projected_counterfactuals(
         block_mean.fill(0.0);
         block_state.fill(0.0);
         for (d, &draw) in draws.iter().enumerate() {
-            cells_z(&effect, post, part, draw, seed, ZLayout::BySample, &mut z);
+            cells_z(&effect, post, part, draw, seed, ZLayout::ByDimension, &mut z);
             let one = |(i, (((zc, acc), zbar), state)): (usize, CellSlices)| {
                 let k_map = map_of_cell[first + i];
                 let work = CellDraw {
-                    map: &maps[k_map * r * s..(k_map + 1) * r * s],
+                    map: &maps_by_row[k_map * r * s..(k_map + 1) * r * s],
                     whitening: &whitening[k_map * per_map..(k_map + 1) * per_map],
                     blocks,
-                    r,
                     l,
                     count: (d + 1) as f64,
-                    n_draws,
                     want_mean,
                 };
                 #[cfg(target_arch = "x86_64")]
@@ -223,11 +228,10 @@ pub fn projected_counterfactuals(
             }
         }
         if let Some(m) = mean.as_mut() {
-            for (i, zbar) in block_mean.chunks_exact(s * l).take(part.len()).enumerate() {
-                for (j, &v) in zbar.iter().enumerate() {
-                    // j = a * L + li; R's [cells, S, L]
-                    let (a, li) = (j / l, j % l);
-                    m[first + i + n * (a + s * li)] = v;
+            for (i, zsum) in block_mean.chunks_exact(s * l).take(part.len()).enumerate() {
+                // zsum[li * S + a] is R's [cells, S, L] at (cell, a, li)
+                for (j, &v) in zsum.iter().enumerate() {
+                    m[first + i + n * j] = v / n_draws;
                 }
             }
         }
@@ -258,35 +262,31 @@ fn welford_len(q: usize, l: usize) -> usize {
 /// which draw this is (`count`, from 1) of how many.
 #[derive(Clone, Copy)]
 struct CellDraw<'a> {
+    /// the cell's map by row, r x S
     map: &'a [f64],
     whitening: &'a [f64],
     blocks: &'a [Vec<usize>],
-    r: usize,
     l: usize,
     count: f64,
-    n_draws: f64,
     want_mean: bool,
 }
 
 impl CellDraw<'_> {
-    /// The map's projections of the cell's z (S x L, by sample) into `acc`
-    /// (r x L), z / draws added into `zbar` (with `want_mean`), and each block's
+    /// The map's projections of the cell's z (L x S, by dimension) into `acc`
+    /// (r x L), z added into `zsum` (with `want_mean`; L x S), and each block's
     /// Welford update of `state`.
     #[inline(always)]
-    fn run(&self, zc: &[f32], acc: &mut [f64], zbar: &mut [f64], state: &mut [f64]) {
-        let (r, l) = (self.r, self.l);
-        acc.fill(0.0);
-        for (a, za) in zc.chunks_exact(l).enumerate() {
-            for k in 0..r {
-                let w = self.map[k + r * a];
-                for (o, &v) in acc[k * l..(k + 1) * l].iter_mut().zip(za) {
-                    *o += w * v as f64;
-                }
+    fn run(&self, zc: &[f32], acc: &mut [f64], zsum: &mut [f64], state: &mut [f64]) {
+        let l = self.l;
+        let s = zc.len() / l;
+        for (k, row) in self.map.chunks_exact(s).enumerate() {
+            for (li, zl) in zc.chunks_exact(s).enumerate() {
+                acc[k * l + li] = dot_widened(row, zl);
             }
         }
         if self.want_mean {
-            for (m, &v) in zbar.iter_mut().zip(zc) {
-                *m += v as f64 / self.n_draws;
+            for (m, &v) in zsum.iter_mut().zip(zc) {
+                *m += v as f64;
             }
         }
         let (mut u_at, mut rest) = (0, state);
@@ -308,6 +308,21 @@ impl CellDraw<'_> {
     }
 }
 
+/// w . z in double precision, in 8 running sums (which vectorise) added at
+/// the end.
+#[inline(always)]
+fn dot_widened(w: &[f64], z: &[f32]) -> f64 {
+    let mut sums = [0f64; 8];
+    let (wc, zc) = (w.chunks_exact(8), z.chunks_exact(8));
+    let tail: f64 = wc.remainder().iter().zip(zc.remainder()).map(|(&a, &b)| a * b as f64).sum();
+    for (wc, zc) in wc.zip(zc) {
+        for j in 0..8 {
+            sums[j] += wc[j] * zc[j] as f64;
+        }
+    }
+    sums.iter().sum::<f64>() + tail
+}
+
 /// tr(Psi) and the sum of squares of Psi (symmetric, its upper triangle
 /// stored) from a block's Welford state ([welford_len]).
 fn welford_moments(state: &[f64], q: usize, l: usize) -> (f64, f64) {
@@ -323,7 +338,7 @@ fn welford_moments(state: &[f64], q: usize, l: usize) -> (f64, f64) {
     (trace, squares)
 }
 
-/// A cell's slices in [projected_counterfactuals]: its z (S x L), projections
+/// A cell's slices in [projected_counterfactuals]: its z (L x S), projections
 /// (r x L), mean z and spread state.
 type CellSlices<'a> = (((&'a [f32], &'a mut [f64]), &'a mut [f64]), &'a mut [f64]);
 
@@ -526,6 +541,18 @@ mod tests {
             for r in 1..4 {
                 assert_eq!(out[c * n + r], v[c * n + r]);
             }
+        }
+    }
+
+    #[test]
+    fn widened_dot_products_equal_the_plain_sum() {
+        // lengths with and without a tail beside the blocks of 8
+        for len in [0usize, 1, 7, 8, 9, 16, 30, 64, 67] {
+            let w: Vec<f64> = (0..len).map(|i| ((i * 13 % 7) as f64 - 3.0) / 4.0).collect();
+            let z: Vec<f32> = (0..len).map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0).collect();
+            // exact in f64: both sum multiples of 1/32 far below 2^52
+            let want: f64 = w.iter().zip(&z).map(|(a, b)| a * *b as f64).sum();
+            assert_eq!(dot_widened(&w, &z), want, "length {len}");
         }
     }
 }
