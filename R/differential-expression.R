@@ -434,11 +434,13 @@ posterior_spread <- function(moments, design, draws) {
   list(blocks = stats::setNames(blocks, names(design$blocks)), draws = draws)
 }
 
-# For A ([K, cells, L]: cell i's K x L matrix A_i), per cell tr(A_i' A_i) and the
-# sum of squares of the L x L Gram matrix A_i' A_i (= tr((A_i A_i')^2)).
-gram_moments <- function(A) {
-  d <- dim(A)
-  mrvi_gram_moments(as.double(A), d[1], d[2], d[3])
+# For A ([K, cells, L]: cell i's K x L matrix A_i; `d` its dimensions when A is
+# another shape of the same values), per cell tr(A_i' A_i) and the sum of squares
+# of the L x L Gram matrix A_i' A_i (= tr((A_i A_i')^2)). A double A goes to Rust
+# as it is (as.double() would copy it to drop its dimensions).
+gram_moments <- function(A, d = dim(A)) {
+  if (!is.double(A)) storage.mode(A) <- "double"
+  mrvi_gram_moments(A, d[1], d[2], d[3])
 }
 
 # Regress each cell's Z ([cells, S, L]) on the design; per covariate the F test
@@ -461,9 +463,11 @@ de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL, la
   # the regression of each design's cells, kept for their tests
   fitted <- list()
   fit_design <- function(cells, Xc, C) {
-    zc <- z[cells, , , drop = FALSE]
+    # every cell in order (no mask): z itself, not a copy made by indexing
+    zc <- if (length(cells) == n) z else z[cells, , , drop = FALSE]
     if (!is.null(mask)) zc <- zc[, mask[cells[1], ], , drop = FALSE]
-    Zs <- matrix(aperm(zc, c(2, 1, 3)), nrow(Xc)) # S x (cells * L)
+    Zs <- aperm(zc, c(2, 1, 3))
+    dim(Zs) <- c(nrow(Xc), length(Zs) / nrow(Xc)) # S x (cells * L), in place
     Bc <- C %*% crossprod(Xc, Zs)
     B[, cells, ] <<- Bc
     fitted[[length(fitted) + 1L]] <<- list(cells = cells, Xc = Xc, Zs = Zs, C = C, Bc = Bc)
@@ -561,7 +565,7 @@ permutation_dimension <- function(Zs, X0, n, L) {
   m <- S - ncol(X0)
   # tr(G) and tr(G^2) from the L x L Gram matrix E'E, which has G's non-zero
   # eigenvalues (L < S: less work than the S x S one)
-  g <- gram_moments(array(R0, c(S, n, L)))
+  g <- gram_moments(R0, c(S, n, L))
   r <- ifelse(g$trace > 0, g$squares / g$trace^2, 1)
   k <- ((m - 1) * (m + 2) / pmax(m * r - 1, 1e-12) - 2) / m
   pmin(pmax(k, 1), 1e6)

@@ -54,6 +54,10 @@ test_that("gram_moments() gives each cell's trace and squared Gram entries", {
     expect_equal(got$trace[i], sum(diag(g)))
     expect_equal(got$squares[i], sum(g^2))
   }
+  # the same values in another shape, with their dimensions given; integers too
+  expect_identical(mrvi:::gram_moments(matrix(A, 7), c(7, 5, 4)), got)
+  B <- array(sample(-5:5, 7 * 5 * 4, replace = TRUE), c(7, 5, 4))
+  expect_identical(mrvi:::gram_moments(B), mrvi:::gram_moments(B + 0))
 })
 
 test_that("the posterior-noise floor: the effect's spread over draws, and the law where it binds", {
