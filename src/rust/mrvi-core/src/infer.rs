@@ -169,7 +169,7 @@ pub fn projected_counterfactuals(
     // into the R arrays once per draw and once per block (writing them in place
     // strides by the number of cells: a cache miss per value)
     let mut proj = try_vec(BLOCK * r * l, 0f64, "the projected counterfactual latents")?;
-    let mut block_mean = try_vec(if want_mean { BLOCK * s * l } else { 0 }, 0f64, "the mean counterfactual latents")?;
+    let mut block_zsum = try_vec(if want_mean { BLOCK * s * l } else { 0 }, 0f64, "the mean counterfactual latents")?;
     let mut block_state = try_vec(BLOCK * state_len, 0f64, "the effects' spread")?;
     // each map's rows contiguous ([K, r, S]), as the cells' z come by dimension
     let mut maps_by_row = try_vec(maps.len(), 0f64, "the maps")?;
@@ -183,11 +183,11 @@ pub fn projected_counterfactuals(
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
     for (bi, part) in cells.chunks(BLOCK).enumerate() {
         let first = bi * BLOCK;
-        block_mean.fill(0.0);
+        block_zsum.fill(0.0);
         block_state.fill(0.0);
         for (d, &draw) in draws.iter().enumerate() {
             cells_z(&effect, post, part, draw, seed, ZLayout::ByDimension, &mut z);
-            let one = |(i, (((zc, acc), zbar), state)): (usize, CellSlices)| {
+            let one = |(i, (((zc, acc), zsum), state)): (usize, CellSlices)| {
                 let k_map = map_of_cell[first + i];
                 let work = CellDraw {
                     map: &maps_by_row[k_map * r * s..(k_map + 1) * r * s],
@@ -200,22 +200,22 @@ pub fn projected_counterfactuals(
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
                     // SAFETY: the CPU has AVX2
-                    return unsafe { work.run_avx2(zc, acc, zbar, state) };
+                    return unsafe { work.run_avx2(zc, acc, zsum, state) };
                 }
-                work.run(zc, acc, zbar, state)
+                work.run(zc, acc, zsum, state)
             };
             let n_part = part.len();
             // without the mean or the spread, empty slices stand in for the cells' own
             let empty = || (0..n_part).map(|_| <&mut [f64]>::default()).collect::<Vec<_>>();
-            let means: Vec<&mut [f64]> = if want_mean { block_mean.chunks_exact_mut(s * l).take(n_part).collect() } else { empty() };
+            let sums: Vec<&mut [f64]> = if want_mean { block_zsum.chunks_exact_mut(s * l).take(n_part).collect() } else { empty() };
             let states: Vec<&mut [f64]> = if state_len > 0 { block_state.chunks_exact_mut(state_len).take(n_part).collect() } else { empty() };
             let accs = &mut proj[..n_part * r * l];
             // each cell's arithmetic is its own, so the pool does not change it
             match crate::backend::pool() {
                 Ok(pool) => pool.install(|| {
-                    z.par_chunks_exact(s * l).zip(accs.par_chunks_exact_mut(r * l)).zip(means).zip(states).enumerate().for_each(one)
+                    z.par_chunks_exact(s * l).zip(accs.par_chunks_exact_mut(r * l)).zip(sums).zip(states).enumerate().for_each(one)
                 }),
-                Err(_) => z.chunks_exact(s * l).zip(accs.chunks_exact_mut(r * l)).zip(means).zip(states).enumerate().for_each(one),
+                Err(_) => z.chunks_exact(s * l).zip(accs.chunks_exact_mut(r * l)).zip(sums).zip(states).enumerate().for_each(one),
             }
             if let Some(out) = out.as_mut() {
                 for (i, acc) in proj.chunks_exact(r * l).take(n_part).enumerate() {
@@ -228,7 +228,7 @@ pub fn projected_counterfactuals(
             }
         }
         if let Some(m) = mean.as_mut() {
-            for (i, zsum) in block_mean.chunks_exact(s * l).take(part.len()).enumerate() {
+            for (i, zsum) in block_zsum.chunks_exact(s * l).take(part.len()).enumerate() {
                 // zsum[li * S + a] is R's [cells, S, L] at (cell, a, li)
                 for (j, &v) in zsum.iter().enumerate() {
                     m[first + i + n * j] = v / n_draws;
@@ -258,8 +258,8 @@ fn welford_len(q: usize, l: usize) -> usize {
 }
 
 /// One draw's work on one cell in [projected_counterfactuals]: the map and
-/// whitening matrices of the cell's design, the spread's blocks, the shapes,
-/// which draw this is (`count`, from 1) of how many.
+/// whitening matrices of the cell's design, the spread's blocks, L, which
+/// draw this is (`count`, from 1), whether z is summed.
 #[derive(Clone, Copy)]
 struct CellDraw<'a> {
     /// the cell's map by row, r x S
@@ -303,8 +303,8 @@ impl CellDraw<'_> {
     /// operations in the same order (no fused multiply-adds), so the same bits.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, zc: &[f32], acc: &mut [f64], zbar: &mut [f64], state: &mut [f64]) {
-        self.run(zc, acc, zbar, state)
+    unsafe fn run_avx2(&self, zc: &[f32], acc: &mut [f64], zsum: &mut [f64], state: &mut [f64]) {
+        self.run(zc, acc, zsum, state)
     }
 }
 

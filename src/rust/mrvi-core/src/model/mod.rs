@@ -207,12 +207,9 @@ impl HostSampleEffect<'_> {
                         row.iter_mut().for_each(|z| *z += shared);
                     }
                     if layout == ZLayout::BySample {
-                        // written in order, read with a stride: strided stores
-                        // cost several times strided loads
-                        let by_dim: &[f32] = by_dim;
-                        for (smp, z) in out.chunks_exact_mut(l).enumerate() {
-                            for (v, &x) in z.iter_mut().zip(by_dim[smp..].iter().step_by(s)) {
-                                *v = x;
+                        for (i, row) in by_dim.chunks_exact(s).enumerate() {
+                            for (smp, &z) in row.iter().enumerate() {
+                                out[smp * l + i] = z;
                             }
                         }
                     }

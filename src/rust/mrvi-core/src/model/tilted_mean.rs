@@ -86,9 +86,9 @@ impl TiltedMeans {
     }
 
     /// m(lambda) of every context into `out` ([n]); false (and `out` untouched)
-    /// when lambda is off the grid or not a number.
-    /// The values of [Self::interpolate_many] of this one lambda, with the
-    /// contexts in the vector lanes (the many-lambda path puts lambdas there).
+    /// when lambda is off the grid or not a number. The values of
+    /// [Self::interpolate_many] for this one lambda, computed with the contexts
+    /// in the vector lanes (the many-lambda path puts lambdas there).
     pub fn interpolate(&self, lambda: f32, out: &mut [f32]) -> bool {
         let Some((p, t)) = self.locate(lambda) else { return false };
         let n = self.n;
