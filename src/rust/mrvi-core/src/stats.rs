@@ -78,7 +78,7 @@ fn within_sum(d: &[f64], category: &[i64]) -> f64 {
 /// Statistic and p-value of H1: x is stochastically smaller than y.
 pub fn ks_greater(x: &[f64], y: &[f64]) -> (f64, f64) {
     let (m, n) = (x.len(), y.len());
-    let Some((stat, tie_end)) = ks_sorted(x, y) else { return (f64::NAN, f64::NAN) };
+    let Some((stat, tie_end)) = ks_sorted(x, y, true) else { return (f64::NAN, f64::NAN) };
     let p = if (m * n) < 10_000 {
         exact_upper(stat, m, n, &tie_end)
     } else {
@@ -91,19 +91,27 @@ pub fn ks_greater(x: &[f64], y: &[f64]) -> (f64, f64) {
 /// The statistic of [ks_greater] alone (its p-value, exact for small samples,
 /// costs more than the statistic).
 pub fn ks_statistic(x: &[f64], y: &[f64]) -> f64 {
+    ks_sorted(x, y, false).map_or(f64::NAN, |(stat, _)| stat)
+}
+
+/// D+ of x against y and, with `ties`, the tie ends of the pooled sorted
+/// sample (as [tie_ends] gives them; empty without); None when either is empty
+/// or a value is NaN (no statistic then). Each sample is sorted alone as
+/// integer keys in the values' order (two short sorts of plain integers cost
+/// less than one of the pooled, labelled floats), then the two are walked
+/// together a run of equal values at a time: D+ is read at the ends of runs.
+fn ks_sorted(x: &[f64], y: &[f64], ties: bool) -> Option<(f64, Vec<bool>)> {
     let (m, n) = (x.len(), y.len());
     if m == 0 || n == 0 || x.iter().chain(y).any(|v| v.is_nan()) {
-        return f64::NAN;
+        return None;
     }
-    // each sample sorted alone as integer keys in the values' order (two short
-    // sorts of plain integers cost less than one of the pooled, labelled
-    // floats), then walked together a run of equal values at a time: the same
-    // tie ends and arithmetic as [ks_sorted], so the same bits
     let (mut xs, mut ys): (Vec<u64>, Vec<u64>) = (x.iter().map(|&v| order_key(v)).collect(), y.iter().map(|&v| order_key(v)).collect());
     xs.sort_unstable();
     ys.sort_unstable();
+    let mut tie_end = Vec::with_capacity(if ties { m + n } else { 0 });
     let (mut i, mut j, mut stat) = (0, 0, f64::NEG_INFINITY);
     while i < m || j < n {
+        let (i0, j0) = (i, j);
         let v = if j == n || (i < m && xs[i] <= ys[j]) { xs[i] } else { ys[j] };
         while i < m && xs[i] == v {
             i += 1;
@@ -111,9 +119,13 @@ pub fn ks_statistic(x: &[f64], y: &[f64]) -> f64 {
         while j < n && ys[j] == v {
             j += 1;
         }
+        if ties {
+            tie_end.extend(std::iter::repeat_n(false, i - i0 + j - j0 - 1));
+            tie_end.push(true);
+        }
         stat = stat.max(i as f64 / m as f64 - j as f64 / n as f64);
     }
-    stat
+    Some((stat, tie_end))
 }
 
 /// An integer in the order of the (not NaN) value, equal for equal values
@@ -121,22 +133,6 @@ pub fn ks_statistic(x: &[f64], y: &[f64]) -> f64 {
 fn order_key(v: f64) -> u64 {
     let bits = (v + 0.0).to_bits(); // -0 + 0 is 0
     if bits >> 63 == 1 { !bits } else { bits | (1 << 63) }
-}
-
-/// D+ of x against y and the tie ends of the pooled sorted sample; None when
-/// either is empty or a value is NaN (no statistic then).
-fn ks_sorted(x: &[f64], y: &[f64]) -> Option<(f64, Vec<bool>)> {
-    let (m, n) = (x.len(), y.len());
-    if m == 0 || n == 0 || x.iter().chain(y).any(|v| v.is_nan()) {
-        return None;
-    }
-    // pooled sample, sorted; true = from x (the order within a run of equal
-    // values does not matter: D+ is read at the ends of runs)
-    let mut pooled: Vec<(f64, bool)> = x.iter().map(|&v| (v, true)).chain(y.iter().map(|&v| (v, false))).collect();
-    pooled.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-    let tie_end = tie_ends(m + n, |k| pooled[k].0);
-    let stat = ecdf_gap(pooled.iter().map(|v| v.1), &tie_end, m, n);
-    Some((stat, tie_end))
 }
 
 /// tie_end[k]: the (k+1)-th smallest of `len` sorted values (`value(k)`) ends a
@@ -289,15 +285,22 @@ mod tests {
             assert!((s - stat).abs() < 1e-12 && (pv - p).abs() < 1e-9 * p.max(1e-300).max(1e-12), "{s} {pv} vs {stat} {p}");
             assert_eq!(ks_statistic(x, y).to_bits(), s.to_bits());
         }
-        // the merged walk against the pooled sort on samples with many ties
-        // and signed zeros, sizes from 1 to ~1,000
+        // the merged walk against one sort of the pooled, labelled sample on
+        // samples with many ties and signed zeros, sizes from 1 to ~1,000: the
+        // same statistic and tie ends
         let mut rng = crate::rng::SplitMix64::new(7);
         for case in 0..200 {
             let (m, n) = (1 + case * 5 % 1013, 1 + case * 11 % 997);
             let mut draw = |k: usize| (0..k).map(|_| [(rng.next_u64() % 13) as f64 / 4.0 - 1.0, -0.0, 0.0][(rng.next_u64() % 3) as usize]).collect::<Vec<f64>>();
             let (x, y) = (draw(m), draw(n));
-            let pooled = ks_sorted(&x, &y).unwrap().0;
-            assert_eq!(ks_statistic(&x, &y).to_bits(), pooled.to_bits(), "case {case}");
+            let mut pooled: Vec<(f64, bool)> = x.iter().map(|&v| (v, true)).chain(y.iter().map(|&v| (v, false))).collect();
+            pooled.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+            let want_ties = tie_ends(m + n, |k| pooled[k].0);
+            let want = ecdf_gap(pooled.iter().map(|v| v.1), &want_ties, m, n);
+            let (stat, ties) = ks_sorted(&x, &y, true).unwrap();
+            assert_eq!(stat.to_bits(), want.to_bits(), "case {case}");
+            assert_eq!(ties, want_ties, "case {case}");
+            assert_eq!(ks_statistic(&x, &y).to_bits(), want.to_bits(), "case {case}");
         }
         // a NaN gives no statistic (never a number)
         assert!(ks_statistic(&[0.1, f64::NAN], &[0.3]).is_nan());
