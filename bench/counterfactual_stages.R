@@ -19,6 +19,8 @@ cat("CPU:", cpu$model, "|", cpu$cores, "cores | vector extensions:", cpu$extensi
 stages <- c(distances = 'sampleDistances(fit, groups = "cell_type")',
             association = 'cellAssociation(fit, "clade")',
             de = 'differentialExpression(fit, "clade")')
+# a stage's result as named columns: an array of distances, or a DataFrame of tests
+columns <- function(x) if (is.array(x)) list(distance = as.vector(x)) else suppressMessages(as.data.frame(x))
 out_dir <- tempfile("stages")
 dir.create(out_dir)
 for (name in names(stages)) {
@@ -34,8 +36,6 @@ for (name in names(stages)) {
       cat(sprintf("%-12s round %d  build %s  %7s s\n", name, round, c("A", "B")[b], r$seconds))
     }
   }
-  # an array of distances, or a DataFrame of tests
-  columns <- function(x) if (is.array(x)) list(distance = as.vector(x)) else suppressMessages(as.data.frame(x))
   a <- columns(readRDS(file.path(out_dir, sprintf("%s_1.rds", name))))
   b <- columns(readRDS(file.path(out_dir, sprintf("%s_2.rds", name))))
   numeric <- names(a)[vapply(a, is.numeric, TRUE)]
