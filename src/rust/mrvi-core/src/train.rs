@@ -386,12 +386,13 @@ fn train_step(
     let terms = model.step_terms(&batch, sums.kl_weight, true);
     let t = lap(1, t);
     opt.zero_grad();
-    terms.objective.f_backward()?;
+    let (reconstruction, kl) = (terms.reconstruction_sum, terms.kl_sum);
+    terms.backward()?;
     let t = lap(2, t);
     opt.step(MAX_GRAD_NORM)?;
     lap(3, t);
-    sums.reconstruction += terms.reconstruction_sum;
-    sums.kl += terms.kl_sum;
+    sums.reconstruction += reconstruction;
+    sums.kl += kl;
     if !sums.reconstruction.is_finite() {
         return Err(Error::Diverged(format!("training diverged at epoch {} (non-finite loss); try a smaller lr", epoch + 1)));
     }

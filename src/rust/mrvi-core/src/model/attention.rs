@@ -15,7 +15,7 @@ use tch::Tensor;
 
 pub const TOKENS: i64 = 16;
 const CHANNELS: i64 = 8;
-const HEADS: i64 = 2;
+pub const HEADS: i64 = 2;
 pub const HIDDEN: i64 = 32;
 
 pub struct AttentionBlock {
@@ -33,6 +33,25 @@ pub struct AttentionBlock {
     /// coordinates). None: the block of MODEL.md §4 alone.
     pub direct: Option<nn::Linear>,
     d_in: i64,
+}
+
+/// The attention block's parameters as its closed form uses them
+/// ([AttentionBlock::closed_form]): pair k = t * HEADS + h.
+pub struct ClosedForm {
+    /// the query projection [TOKENS, d_in] and its bias
+    pub project: Tensor,
+    pub project_bias: Tensor,
+    /// per head: the softmax temperature of a token is xq_t slope_h + intercept_h
+    pub slope: Tensor,
+    pub intercept: Tensor,
+    /// the first MLP layer with the values folded in, [HIDDEN, PAIRS], and its bias
+    pub mlp1: Tensor,
+    pub mlp1_bias: Tensor,
+    /// [AttentionBlock::direct]'s weight, [HIDDEN, TOKENS]
+    pub direct: Option<Tensor>,
+    /// the second MLP layer [d_out, HIDDEN] and its bias
+    pub mlp2: Tensor,
+    pub mlp2_bias: Tensor,
 }
 
 impl AttentionBlock {
@@ -76,12 +95,10 @@ impl AttentionBlock {
         self.forward_with(x, context, None)
     }
 
-    /// [Self::forward] with a term per row ([N, HIDDEN]) added to the first MLP
-    /// layer's pre-activation (the sample block's free per-sample term).
-    pub fn forward_with(&self, x: &Tensor, context: &Tensor, hidden_term: Option<&Tensor>) -> Tensor {
-        let n = x.size()[0];
-        let kind = x.kind();
-        let xq = self.project.forward(&x.layer_norm([self.d_in], None::<Tensor>, None::<Tensor>, 1e-5, false)); // [N, 16]
+    /// The parameters of the closed form (see [HostAttention]), as functions of
+    /// the block's own: autograd carries their gradients back.
+    pub fn closed_form(&self) -> ClosedForm {
+        let kind = self.project.ws.kind();
         // a token lifted from scalar c and projected: c (W w) + (W b + bias), [CHANNELS] each
         let affine = |lift: &nn::Linear, w: &nn::Linear| {
             let slope = w.ws.matmul(&lift.ws).squeeze_dim(-1);
@@ -93,22 +110,41 @@ impl AttentionBlock {
         let (va, vb) = affine(&self.lift_kv, &self.wv);
         let scale = ((CHANNELS / HEADS) as f64).sqrt();
         let per_head = |t: Tensor| t.view([HEADS, CHANNELS / HEADS]);
-        let slope = per_head(&qa * &ka).sum_dim_intlist(-1, false, kind) / scale; // [H]
-        let intercept = per_head(&qb * &ka).sum_dim_intlist(-1, false, kind) / scale;
-        let lambda = xq.unsqueeze(-1) * slope + intercept; // [N, 16, H]
+        // out[t, h, i] = va[h, i] m[t, h] + vb[h, i] enters mlp1 linearly
+        let w1 = self.mlp1.ws.view([HIDDEN, TOKENS, HEADS, CHANNELS / HEADS]);
+        let bias = |l: &nn::Linear| l.bs.as_ref().expect("bias").shallow_clone();
+        ClosedForm {
+            project: self.project.ws.shallow_clone(),
+            project_bias: bias(&self.project),
+            slope: per_head(&qa * &ka).sum_dim_intlist(-1, false, kind) / scale,
+            intercept: per_head(&qb * &ka).sum_dim_intlist(-1, false, kind) / scale,
+            mlp1: (&w1 * per_head(va)).sum_dim_intlist(-1, false, kind).view([HIDDEN, TOKENS * HEADS]),
+            mlp1_bias: bias(&self.mlp1) + (&w1 * per_head(vb)).sum_dim_intlist([1, 2, 3].as_slice(), false, kind),
+            direct: self.direct.as_ref().map(|d| d.ws.shallow_clone()),
+            mlp2: self.mlp2.ws.shallow_clone(),
+            mlp2_bias: bias(&self.mlp2),
+        }
+    }
+
+    /// [Self::forward] with a term per row ([N, HIDDEN]) added to the first MLP
+    /// layer's pre-activation (the sample block's free per-sample term).
+    pub fn forward_with(&self, x: &Tensor, context: &Tensor, hidden_term: Option<&Tensor>) -> Tensor {
+        let n = x.size()[0];
+        let kind = x.kind();
+        let cf = self.closed_form();
+        let xq = x.layer_norm([self.d_in], None::<Tensor>, None::<Tensor>, 1e-5, false).linear(&cf.project, Some(&cf.project_bias)); // [N, 16]
+        let lambda = xq.unsqueeze(-1) * &cf.slope + &cf.intercept; // [N, 16, H]
         let c = context.view([n, 1, TOKENS]);
         let w = (lambda.view([n, TOKENS * HEADS, 1]) * &c).softmax(-1, kind); // [N, 16 H, 16]
         let m = w.bmm(&context.view([n, TOKENS, 1])).view([n, TOKENS * HEADS]); // [N, 16 H]
-        // out[t, h, i] = va[h, i] m[t, h] + vb[h, i] enters mlp1 linearly
-        let w1 = self.mlp1.ws.view([HIDDEN, TOKENS, HEADS, CHANNELS / HEADS]);
-        let folded = (&w1 * per_head(va)).sum_dim_intlist(-1, false, kind).view([HIDDEN, TOKENS * HEADS]);
-        let bias = self.mlp1.bs.as_ref().expect("bias") + (&w1 * per_head(vb)).sum_dim_intlist([1, 2, 3].as_slice(), false, kind);
-        let hidden = self.with_direct(m.linear(&folded, Some(&bias)), context);
-        let hidden = match hidden_term {
-            Some(t) => hidden + t,
-            None => hidden,
-        };
-        self.mlp2.forward(&hidden.relu())
+        let mut hidden = m.linear(&cf.mlp1, Some(&cf.mlp1_bias));
+        if let Some(d) = &cf.direct {
+            hidden = hidden + context.linear(d, None::<Tensor>);
+        }
+        if let Some(t) = hidden_term {
+            hidden = hidden + t;
+        }
+        hidden.relu().linear(&cf.mlp2, Some(&cf.mlp2_bias))
     }
 
     /// The block as MODEL.md §4 writes it, token by token: the reference the
@@ -168,7 +204,7 @@ pub struct HostAttention {
     lambda_range: (f64, f64),
 }
 
-const PAIRS: usize = (TOKENS * HEADS) as usize;
+pub const PAIRS: usize = (TOKENS * HEADS) as usize;
 
 impl HostAttention {
     pub fn new(block: &AttentionBlock) -> Self {

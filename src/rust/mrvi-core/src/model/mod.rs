@@ -25,6 +25,7 @@ pub mod config;
 pub mod encoder;
 pub mod expression_metric;
 pub mod attention;
+pub mod attention_step;
 pub mod nb;
 pub mod tilted_mean;
 
@@ -301,14 +302,64 @@ pub struct HostCopy {
 /// loss (sum over cells of -log p + kl_weight * KL, divided by the batch size),
 /// and the sums of the two terms for reporting.
 pub struct StepTerms {
-    pub objective: Tensor,
+    objective: Tensor,
     pub reconstruction_sum: f64,
     pub kl_sum: f64,
+    /// the rest of the backward when the attention blocks ran on the host, and
+    /// the KL terms' factor (kl_weight / batch size)
+    staged: Option<(Staged, f64)>,
+}
+
+impl StepTerms {
+    /// Adds the step's gradients to the parameters' .grad.
+    pub fn backward(self) -> std::result::Result<(), tch::TchError> {
+        self.objective.f_backward()?;
+        match self.staged {
+            Some((staged, kl_scale)) => staged.backward(kl_scale),
+            None => Ok(()),
+        }
+    }
 }
 
 struct Forward {
     logits: Tensor,
+    /// per cell; with `staged`, a value only (its gradient comes from there)
     kl: Tensor,
+    staged: Option<Staged>,
+}
+
+/// A training pass of the attention flavour with both blocks on the host
+/// ([attention_step]): autograd's graph is cut where each block reads its
+/// input, into encoder -> u (with the KL term), u and eps -> z (with the
+/// penalty on eps), z and the decoder block's y -> logits. The objective's
+/// backward runs through the last part; [Self::backward] then takes each block's
+/// output gradient through the block on the host and on through the part
+/// before it, so that each part is traversed once.
+struct Staged {
+    u: Tensor,
+    u_leaf: Tensor,
+    eps: Tensor,
+    sample_block: (attention_step::BlockStep, attention_step::Tape),
+    z: Tensor,
+    z_leaf: Tensor,
+    y: Tensor,
+    decoder_block: (attention_step::BlockStep, attention_step::Tape),
+    kl_encoder: Tensor,
+    penalty: Tensor,
+}
+
+impl Staged {
+    fn backward(self, kl_scale: f64) -> std::result::Result<(), tch::TchError> {
+        let dot = |a: &Tensor, b: &Tensor| a.reshape([-1]).dot(&b.reshape([-1]));
+        let (step, tape) = &self.decoder_block;
+        let g = step.backward(tape, &self.y.grad());
+        let dz = self.z_leaf.grad() + &g.input;
+        (dot(&self.z, &dz) + step.surrogate(tape, &g) + self.penalty.sum(Kind::Float) * kl_scale).f_backward()?;
+        let (step, tape) = &self.sample_block;
+        let g = step.backward(tape, &self.eps.grad());
+        let du = self.u_leaf.grad() + &g.input;
+        (dot(&self.u, &du) + step.surrogate(tape, &g) + self.kl_encoder.sum(Kind::Float) * kl_scale).f_backward()
+    }
 }
 
 /// Per-cell terms of the ELBO for one minibatch.
@@ -606,20 +657,30 @@ impl MrviModel {
                 Tensor::cat(&input, 1).matmul(&Tensor::cat(&weight, 1).tr())
             }
             Decoder::Attention { out, block, embedding } => {
-                let mut context = embedding.index_select(0, &site.select(1, 0));
-                for k in 1..site.size()[1] {
-                    context = context + embedding.index_select(0, &site.select(1, k));
-                }
-                let x = continuous.map(|(x, effect)| (x.to_kind(z.kind()), effect));
-                if let Some((x, ContinuousEffect::Attention { embedding, .. })) = &x {
-                    context = context + x.matmul(embedding);
-                }
+                let (context, logit_term) = Self::nuisance_context(embedding, site, continuous);
                 let logits = out.forward(&(z + block.forward(z, &context)));
-                match &x {
-                    Some((x, ContinuousEffect::Attention { bias, .. })) => logits + x.matmul(bias),
-                    _ => logits,
+                match logit_term {
+                    Some(t) => logits + t,
+                    None => logits,
                 }
             }
+        }
+    }
+
+    /// The attention decoder's context for site codes and continuous
+    /// covariates: the sum of the cell's nuisance embeddings (plus x e_x); and
+    /// the continuous covariates' direct term in the logits (x d).
+    fn nuisance_context(embedding: &Tensor, site: &Tensor, continuous: Option<(&Tensor, &ContinuousEffect)>) -> (Tensor, Option<Tensor>) {
+        let mut context = embedding.index_select(0, &site.select(1, 0));
+        for k in 1..site.size()[1] {
+            context = context + embedding.index_select(0, &site.select(1, k));
+        }
+        match continuous {
+            Some((x, ContinuousEffect::Attention { embedding, bias })) => {
+                let x = x.to_kind(embedding.kind());
+                (context + x.matmul(embedding), Some(x.matmul(bias)))
+            }
+            _ => (context, None),
         }
     }
 
@@ -644,7 +705,7 @@ impl MrviModel {
 
     /// Per-cell reconstruction loss and KL for a minibatch (one draw of u).
     pub fn losses(&self, batch: &Batch, train: bool) -> Losses {
-        let Forward { logits, kl } = self.forward(batch, train);
+        let Forward { logits, kl, .. } = self.forward(batch, train, false);
         let log_mu = logits.log_softmax(1, logits.kind()) + &batch.log_library;
         let nz = batch.nonzeros.as_ref().expect("minibatch built without its non-zero structure");
         let ll = nb::log_prob_sparse(nz, &log_mu, &self.log_theta);
@@ -653,12 +714,45 @@ impl MrviModel {
 
     /// One pass from counts to decoder logits with one posterior draw of u, and the
     /// per-cell prior terms (KL, plus the attention flavour's ||eps||^2 / 2).
-    fn forward(&self, batch: &Batch, train: bool) -> Forward {
+    /// With `host_blocks` the attention flavour's blocks run on the host
+    /// ([Staged]).
+    fn forward(&self, batch: &Batch, train: bool, host_blocks: bool) -> Forward {
         let q = self.encode(&batch.log_counts, &batch.sample);
         let u = q.rsample();
-        let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
-        let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
-        Forward { logits, kl: self.kl(&q, &u, batch.label.as_ref()) + penalty }
+        let kl = self.kl(&q, &u, batch.label.as_ref());
+        match (&self.sample_effect, &self.decoder) {
+            (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance })
+                if host_blocks =>
+            {
+                let u_leaf = u.detach().set_requires_grad(true);
+                let step = attention_step::BlockStep::new(block);
+                let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
+                let (eps, tape) = step.forward(&u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
+                let sample_block = (step, tape);
+                let eps = eps.set_requires_grad(true);
+                let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
+                let z = base.forward(&u_leaf) + &eps;
+                let z_leaf = z.detach().set_requires_grad(true);
+                let continuous = batch.continuous.as_ref().zip(self.continuous.as_ref());
+                let (context, logit_term) = Self::nuisance_context(nuisance, &batch.site, continuous);
+                let step = attention_step::BlockStep::new(decoder_block);
+                let (y, tape) = step.forward(&z_leaf, &context, None);
+                let y = y.set_requires_grad(true);
+                let logits = out.forward(&(&z_leaf + &y));
+                let logits = match logit_term {
+                    Some(t) => logits + t,
+                    None => logits,
+                };
+                let kl_value = (&kl + &penalty).detach();
+                let staged = Staged { u, u_leaf, eps, sample_block, z, z_leaf, y, decoder_block: (step, tape), kl_encoder: kl, penalty };
+                Forward { logits, kl: kl_value, staged: Some(staged) }
+            }
+            _ => {
+                let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
+                let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
+                Forward { logits, kl: kl + penalty, staged: None }
+            }
+        }
     }
 
     /// The training objective of a minibatch. On the CPU the likelihood and its
@@ -666,7 +760,9 @@ impl MrviModel {
     /// (`nb::fused_log_lik`) and enter autograd through the linear surrogate
     /// -(sum(logits * dL/dlogits) + sum(log_theta * dL/dlog_theta)), which has
     /// exactly the right gradient; elsewhere (or with `fused_likelihood` off) autograd
-    /// differentiates the likelihood itself.
+    /// differentiates the likelihood itself. On the CPU the attention flavour's
+    /// blocks run on the host too ([Staged]); [StepTerms::backward] takes
+    /// the gradient through them.
     pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms {
         let n = batch.sample.size()[0] as f64;
         if batch.nonzeros.is_some() {
@@ -674,10 +770,10 @@ impl MrviModel {
             let rec = l.reconstruction.sum(Kind::Float);
             let kl = l.kl.sum(Kind::Float);
             let objective = (&rec + &kl * kl_weight) / n;
-            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]) };
+            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), staged: None };
         }
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
-        let Forward { logits, kl } = self.forward(batch, train);
+        let Forward { logits, kl, staged } = self.forward(batch, train, true);
         let (b, g) = logits.size2().expect("2-d logits");
         let host_logits = logits.detach().contiguous();
         let host_theta = self.log_theta.detach().contiguous();
@@ -704,8 +800,11 @@ impl MrviModel {
         // dot products: no [B, G] product is stored, and the logits' gradient
         // (d_logits times the scalar gradient) has the same bits as for a sum of products
         let surrogate_ll = logits.reshape([-1]).dot(&d_logits.view([-1])) + self.log_theta.dot(&d_theta);
-        let objective = (-surrogate_ll + &kl * kl_weight) / n;
-        StepTerms { objective, reconstruction_sum: -nb.log_lik.iter().sum::<f64>(), kl_sum: kl.double_value(&[]) }
+        let reconstruction_sum = -nb.log_lik.iter().sum::<f64>();
+        match staged {
+            Some(staged) => StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum: kl.double_value(&[]), staged: Some((staged, kl_weight / n)) },
+            None => StepTerms { objective: (-surrogate_ll + &kl * kl_weight) / n, reconstruction_sum, kl_sum: kl.double_value(&[]), staged: None },
+        }
     }
 
     /// Expected normalised expression rho for latent z and nuisance covariates

@@ -1,0 +1,65 @@
+//! Time of one attention block in a training step on 256 cells, forward and
+//! backward: through libtorch's autograd against on the host
+//! ([mrvi_core::model::attention_step]), for the sample block (u: 10 -> 30, with
+//! the direct path and the hidden term) and the decoder's (z: 30 -> 30).
+//!   THREADS=2 cargo run --release --example attention_step_probe -p mrvi-core
+use mrvi_core::model::attention::{AttentionBlock, HIDDEN, TOKENS};
+use mrvi_core::model::attention_step::BlockStep;
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+fn main() {
+    let threads: i32 = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    tch::set_num_threads(threads);
+    println!("{threads} thread(s), ms per step (forward + backward)");
+    for (name, d_in, d_out, extras) in [("sample block", 10, 30, true), ("decoder block", 30, 30, false)] {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut block = AttentionBlock::new(vs.root() / "a", d_in, d_out);
+        if extras {
+            block.direct = Some(AttentionBlock::direct_path(vs.root() / "a"));
+        }
+        for (_, mut v) in vs.variables() {
+            let _ = tch::no_grad(|| v.copy_(&(v.randn_like() * 0.5)));
+        }
+        let n = 256;
+        let x = Tensor::randn([n, d_in], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let table = Tensor::randn([64, TOKENS], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let terms = Tensor::randn([64, HIDDEN], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let rows = Tensor::randint(64, [n], (Kind::Int64, Device::Cpu));
+        let weights = Tensor::randn([n, d_out], (Kind::Float, Device::Cpu));
+        let reps = 300;
+        let time = |f: &dyn Fn()| {
+            for _ in 0..20 {
+                f();
+            }
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed().as_secs_f64() / reps as f64 * 1e3
+        };
+        let term = |extras: bool| extras.then(|| terms.index_select(0, &rows));
+        let autograd = time(&|| {
+            let y = block.forward_with(&x, &table.index_select(0, &rows), term(extras).as_ref());
+            (y * &weights).sum(Kind::Float).backward();
+        });
+        let host = time(&|| {
+            let step = BlockStep::new(&block);
+            let (_, tape) = step.forward(&x.detach(), &table.index_select(0, &rows), term(extras).as_ref());
+            let g = step.backward(&tape, &weights);
+            (step.surrogate(&tape, &g) + x.reshape([-1]).dot(&g.input.reshape([-1]))).backward();
+        });
+        let step = BlockStep::new(&block);
+        let ctx = table.index_select(0, &rows).detach().set_requires_grad(true);
+        let t_new = time(&|| { let _ = BlockStep::new(&block); });
+        let (_, tape) = step.forward(&x.detach(), &ctx, None);
+        let t_fwd = time(&|| { let _ = step.forward(&x.detach(), &ctx, None); });
+        let g = step.backward(&tape, &weights);
+        let t_bwd = time(&|| { let _ = step.backward(&tape, &weights); });
+        let t_sur = time(&|| { let _ = step.surrogate(&tape, &g); });
+        let t_surb = time(&|| { let s = BlockStep::new(&block); s.surrogate(&tape, &g).backward(); });
+        println!("  new {t_new:.3} forward {t_fwd:.3} backward {t_bwd:.3} surrogate {t_sur:.3} new+surrogate+backward {t_surb:.3}");
+        println!("{name}: autograd {autograd:.3} ms, host {host:.3} ms ({:.2}x)", autograd / host);
+    }
+}
