@@ -12,6 +12,7 @@ fn main() {
     let threads: i32 = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     tch::set_num_threads(threads);
     println!("{threads} thread(s), ms per step (forward + backward)");
+    let only_forward = std::env::var("ONLY_FORWARD").is_ok();
     for (name, d_in, d_out, extras) in [("sample block", 10, 30, true), ("decoder block", 30, 30, false)] {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
@@ -48,17 +49,23 @@ fn main() {
             let step = BlockStep::new(&block);
             let (_, tape) = step.forward(&x.detach(), &table.index_select(0, &rows), term(extras).as_ref());
             let g = step.backward(&tape, &weights);
-            (step.surrogate(&tape, &g) + x.reshape([-1]).dot(&g.input.reshape([-1]))).backward();
+            (step.gradient_surrogate(&tape, &g) + x.reshape([-1]).dot(&g.input.reshape([-1]))).backward();
         });
         let step = BlockStep::new(&block);
         let ctx = table.index_select(0, &rows).detach().set_requires_grad(true);
         let t_new = time(&|| { let _ = BlockStep::new(&block); });
         let (_, tape) = step.forward(&x.detach(), &ctx, None);
         let t_fwd = time(&|| { let _ = step.forward(&x.detach(), &ctx, None); });
+        if only_forward {
+            for _ in 0..20 {
+                let _ = time(&|| { let _ = step.forward(&x.detach(), &ctx, None); });
+            }
+            continue;
+        }
         let g = step.backward(&tape, &weights);
         let t_bwd = time(&|| { let _ = step.backward(&tape, &weights); });
-        let t_sur = time(&|| { let _ = step.surrogate(&tape, &g); });
-        let t_surb = time(&|| { let s = BlockStep::new(&block); s.surrogate(&tape, &g).backward(); });
+        let t_sur = time(&|| { let _ = step.gradient_surrogate(&tape, &g); });
+        let t_surb = time(&|| { let s = BlockStep::new(&block); s.gradient_surrogate(&tape, &g).backward(); });
         println!("  new {t_new:.3} forward {t_fwd:.3} backward {t_bwd:.3} surrogate {t_sur:.3} new+surrogate+backward {t_surb:.3}");
         println!("{name}: autograd {autograd:.3} ms, host {host:.3} ms ({:.2}x)", autograd / host);
     }

@@ -165,6 +165,188 @@ impl AttentionBlock {
     }
 }
 
+/// An attention block's own parameters on the host, in double precision:
+/// (weight row-major, bias) of each layer, in [Self::tensors]' order.
+pub(crate) struct HostParameters {
+    pub layers: Vec<(Vec<f64>, Vec<f64>)>,
+    pub direct: Option<Vec<f64>>,
+}
+
+/// The layers of [HostParameters::layers], in order.
+const PROJECT: usize = 0;
+const LIFT_Q: usize = 1;
+const LIFT_KV: usize = 2;
+const WQ: usize = 3;
+const WK: usize = 4;
+const WV: usize = 5;
+const MLP1: usize = 6;
+const MLP2: usize = 7;
+
+impl HostParameters {
+    pub fn of(block: &AttentionBlock) -> Self {
+        let f64s = |t: &Tensor| {
+            if t.device() == tch::Device::Cpu && t.kind() == tch::Kind::Float && t.is_contiguous() {
+                // SAFETY: checked just above; the slice lives only in this expression.
+                return unsafe { super::cpu_floats(t) }.iter().map(|&v| v as f64).collect();
+            }
+            Vec::<f64>::try_from(&t.detach().to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1])).expect("float")
+        };
+        let layers = Self::linears(block).iter().map(|l| (f64s(&l.ws), f64s(l.bs.as_ref().expect("attention layers have biases")))).collect();
+        Self { layers, direct: block.direct.as_ref().map(|d| f64s(&d.ws)) }
+    }
+
+    fn linears(block: &AttentionBlock) -> [&nn::Linear; 8] {
+        [&block.project, &block.lift_q, &block.lift_kv, &block.wq, &block.wk, &block.wv, &block.mlp1, &block.mlp2]
+    }
+
+    /// The block's parameter tensors in the order of [Self::layers] (weight,
+    /// bias), then the direct path's weight.
+    pub fn tensors(block: &AttentionBlock) -> Vec<Tensor> {
+        let mut out: Vec<Tensor> = Self::linears(block)
+            .iter()
+            .flat_map(|l| [l.ws.shallow_clone(), l.bs.as_ref().expect("attention layers have biases").shallow_clone()])
+            .collect();
+        out.extend(block.direct.as_ref().map(|d| d.ws.shallow_clone()));
+        out
+    }
+
+    /// a token lifted from scalar x and projected: x (W w) + (W b + bias), [CHANNELS] each
+    fn affine(&self, lift: usize, w: usize) -> (Vec<f64>, Vec<f64>) {
+        let c = CHANNELS as usize;
+        let ((lw, lb), (ww, wb)) = (&self.layers[lift], &self.layers[w]);
+        let slope = (0..c).map(|o| (0..c).map(|i| ww[o * c + i] * lw[i]).sum()).collect();
+        let offset = (0..c).map(|o| (0..c).map(|i| ww[o * c + i] * lb[i]).sum::<f64>() + wb[o]).collect();
+        (slope, offset)
+    }
+}
+
+/// [ClosedForm] on the host, in double precision, from [HostParameters].
+pub(crate) struct HostClosedForm {
+    /// [TOKENS, d_in], [TOKENS]
+    pub project: Vec<f64>,
+    pub project_bias: Vec<f64>,
+    /// [HEADS] each
+    pub slope: Vec<f64>,
+    pub intercept: Vec<f64>,
+    /// [HIDDEN, PAIRS], [HIDDEN]
+    pub mlp1: Vec<f64>,
+    pub mlp1_bias: Vec<f64>,
+    /// [HIDDEN, TOKENS]
+    pub direct: Option<Vec<f64>>,
+    /// [d_out, HIDDEN], [d_out]
+    pub mlp2: Vec<f64>,
+    pub mlp2_bias: Vec<f64>,
+}
+
+impl HostClosedForm {
+    pub fn new(p: &HostParameters) -> Self {
+        let (c, heads, hidden) = (CHANNELS as usize, HEADS as usize, HIDDEN as usize);
+        let per_head = c / heads;
+        let (qa, qb) = p.affine(LIFT_Q, WQ);
+        let (ka, _) = p.affine(LIFT_KV, WK);
+        let (va, vb) = p.affine(LIFT_KV, WV);
+        let scale = (per_head as f64).sqrt();
+        let head_dot = |x: &[f64], y: &[f64], h: usize| (h * per_head..(h + 1) * per_head).map(|i| x[i] * y[i]).sum::<f64>() / scale;
+        // out[t, h * per_head + i] = va[h, i] m[t, h] + vb[h, i], flattened t * c + channel
+        let (w1, b1) = &p.layers[MLP1];
+        let inputs = (TOKENS as usize) * c;
+        let mut mlp1 = vec![0f64; hidden * PAIRS];
+        let mut mlp1_bias = vec![0f64; hidden];
+        for o in 0..hidden {
+            let row = &w1[o * inputs..(o + 1) * inputs];
+            let mut b = b1[o];
+            for t in 0..TOKENS as usize {
+                for h in 0..heads {
+                    let channels = h * per_head..(h + 1) * per_head;
+                    mlp1[o * PAIRS + t * heads + h] = channels.clone().map(|ch| row[t * c + ch] * va[ch]).sum::<f64>();
+                    b += channels.map(|ch| row[t * c + ch] * vb[ch]).sum::<f64>();
+                }
+            }
+            mlp1_bias[o] = b;
+        }
+        Self {
+            project: p.layers[PROJECT].0.clone(),
+            project_bias: p.layers[PROJECT].1.clone(),
+            slope: (0..heads).map(|h| head_dot(&qa, &ka, h)).collect(),
+            intercept: (0..heads).map(|h| head_dot(&qb, &ka, h)).collect(),
+            mlp1,
+            mlp1_bias,
+            direct: p.direct.clone(),
+            mlp2: p.layers[MLP2].0.clone(),
+            mlp2_bias: p.layers[MLP2].1.clone(),
+        }
+    }
+
+    /// The gradients of the block's own parameters ([HostParameters::tensors]'
+    /// order) from those of the closed form's (`g`, laid out as `self`),
+    /// by the chain rule through [Self::new].
+    pub fn parameter_gradients(p: &HostParameters, g: &HostClosedForm) -> Vec<Vec<f64>> {
+        let (c, heads, hidden) = (CHANNELS as usize, HEADS as usize, HIDDEN as usize);
+        let per_head = c / heads;
+        let scale = (per_head as f64).sqrt();
+        let (qa, qb) = p.affine(LIFT_Q, WQ);
+        let (ka, _) = p.affine(LIFT_KV, WK);
+        let (va, vb) = p.affine(LIFT_KV, WV);
+        let head = |i: usize| i / per_head;
+        // the tokens' affine maps
+        let d_qa: Vec<f64> = (0..c).map(|i| g.slope[head(i)] * ka[i] / scale).collect();
+        let d_qb: Vec<f64> = (0..c).map(|i| g.intercept[head(i)] * ka[i] / scale).collect();
+        let d_ka: Vec<f64> = (0..c).map(|i| (g.slope[head(i)] * qa[i] + g.intercept[head(i)] * qb[i]) / scale).collect();
+        let (w1, _) = &p.layers[MLP1];
+        let inputs = (TOKENS as usize) * c;
+        let (mut d_va, mut d_vb) = (vec![0f64; c], vec![0f64; c]);
+        let mut d_w1 = vec![0f64; hidden * inputs];
+        for o in 0..hidden {
+            for t in 0..TOKENS as usize {
+                for ch in 0..c {
+                    let (k, i) = (o * PAIRS + t * heads + head(ch), o * inputs + t * c + ch);
+                    d_va[ch] += g.mlp1[k] * w1[i];
+                    d_vb[ch] += g.mlp1_bias[o] * w1[i];
+                    d_w1[i] = g.mlp1[k] * va[ch] + g.mlp1_bias[o] * vb[ch];
+                }
+            }
+        }
+        // slope = W lift_w, offset = W lift_b + bias: gradients of W, lift_w, lift_b, bias
+        let back = |w: usize, d_slope: &[f64], d_offset: Option<&[f64]>, lift: usize, d_lift_w: &mut [f64], d_lift_b: &mut [f64]| {
+            let ww = &p.layers[w].0;
+            let (lw, lb) = &p.layers[lift];
+            let mut d_w = vec![0f64; c * c];
+            for o in 0..c {
+                for i in 0..c {
+                    d_w[o * c + i] = d_slope[o] * lw[i] + d_offset.map_or(0.0, |d| d[o] * lb[i]);
+                    d_lift_w[i] += ww[o * c + i] * d_slope[o];
+                    d_lift_b[i] += d_offset.map_or(0.0, |d| ww[o * c + i] * d[o]);
+                }
+            }
+            (d_w, d_offset.map_or(vec![0.0; c], |d| d.to_vec()))
+        };
+        let (mut d_lq_w, mut d_lq_b, mut d_lkv_w, mut d_lkv_b) = (vec![0f64; c], vec![0f64; c], vec![0f64; c], vec![0f64; c]);
+        let (d_wq, d_bq) = back(WQ, &d_qa, Some(&d_qb), LIFT_Q, &mut d_lq_w, &mut d_lq_b);
+        let (d_wk, d_bk) = back(WK, &d_ka, None, LIFT_KV, &mut d_lkv_w, &mut d_lkv_b);
+        let (d_wv, d_bv) = back(WV, &d_va, Some(&d_vb), LIFT_KV, &mut d_lkv_w, &mut d_lkv_b);
+        let mut out = vec![
+            g.project.clone(),
+            g.project_bias.clone(),
+            d_lq_w,
+            d_lq_b,
+            d_lkv_w,
+            d_lkv_b,
+            d_wq,
+            d_bq,
+            d_wk,
+            d_bk,
+            d_wv,
+            d_bv,
+            d_w1,
+            g.mlp1_bias.clone(),
+            g.mlp2.clone(),
+            g.mlp2_bias.clone(),
+        ];
+        out.extend(g.direct.clone());
+        out
+    }
+}
+
 /// The attention block in closed form, for evaluating one x against many
 /// contexts on the host (counterfactual z of a cell under every sample).
 ///
@@ -208,56 +390,15 @@ pub const PAIRS: usize = (TOKENS * HEADS) as usize;
 
 impl HostAttention {
     pub fn new(block: &AttentionBlock) -> Self {
-        let f64s = |t: &Tensor| Vec::<f64>::try_from(&t.detach().to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1])).expect("float");
-        let weight = |l: &nn::Linear| f64s(&l.ws);
-        let bias = |l: &nn::Linear| f64s(l.bs.as_ref().expect("attention layers have biases"));
-        let (c, heads, hidden) = (CHANNELS as usize, HEADS as usize, HIDDEN as usize);
-        let per_head = c / heads;
-        // a token lifted from scalar x and projected: x (W w) + (W b + bias)
-        let affine = |lift: &nn::Linear, w: &nn::Linear| {
-            let (lw, lb, ww, wb) = (weight(lift), bias(lift), weight(w), bias(w));
-            let slope: Vec<f64> = (0..c).map(|o| (0..c).map(|i| ww[o * c + i] * lw[i]).sum()).collect();
-            let offset: Vec<f64> = (0..c).map(|o| (0..c).map(|i| ww[o * c + i] * lb[i]).sum::<f64>() + wb[o]).collect();
-            (slope, offset)
-        };
-        let (qa, qb) = affine(&block.lift_q, &block.wq);
-        let (ka, _) = affine(&block.lift_kv, &block.wk);
-        let (va, vb) = affine(&block.lift_kv, &block.wv);
-        let scale = (per_head as f64).sqrt();
-        let head_dot = |x: &[f64], y: &[f64], h: usize| (h * per_head..(h + 1) * per_head).map(|i| x[i] * y[i]).sum::<f64>() / scale;
-        let mut slope = [0f32; HEADS as usize];
-        let mut intercept = [0f32; HEADS as usize];
-        for h in 0..heads {
-            slope[h] = head_dot(&qa, &ka, h) as f32;
-            intercept[h] = head_dot(&qb, &ka, h) as f32;
-        }
-        // out[t, h * per_head + i] = va[h, i] m[t, h] + vb[h, i], flattened t * c + channel
-        let (w1, b1) = (weight(&block.mlp1), bias(&block.mlp1));
-        let inputs = (TOKENS as usize) * c;
-        let mut mlp1 = vec![0f32; PAIRS * hidden];
-        let mut mlp1_bias = vec![0f32; hidden];
-        for o in 0..hidden {
-            let row = &w1[o * inputs..(o + 1) * inputs];
-            let mut b = b1[o];
-            for t in 0..TOKENS as usize {
-                for h in 0..heads {
-                    let channels = h * per_head..(h + 1) * per_head;
-                    mlp1[(t * heads + h) * hidden + o] = channels.clone().map(|ch| row[t * c + ch] * va[ch]).sum::<f64>() as f32;
-                    b += channels.map(|ch| row[t * c + ch] * vb[ch]).sum::<f64>();
-                }
-            }
-            mlp1_bias[o] = b as f32;
-        }
-        let (w2, b2) = (weight(&block.mlp2), bias(&block.mlp2));
-        let d_out = b2.len();
-        let mut mlp2 = vec![0f32; hidden * d_out];
-        for o in 0..d_out {
-            for k in 0..hidden {
-                mlp2[k * d_out + o] = w2[o * hidden + k] as f32;
-            }
-        }
-        let project = weight(&block.project);
-        let project_bias = bias(&block.project);
+        let form = HostClosedForm::new(&HostParameters::of(block));
+        let (heads, hidden) = (HEADS as usize, HIDDEN as usize);
+        let slope: [f32; HEADS as usize] = std::array::from_fn(|h| form.slope[h] as f32);
+        let intercept: [f32; HEADS as usize] = std::array::from_fn(|h| form.intercept[h] as f32);
+        let mlp1 = (0..PAIRS * hidden).map(|i| form.mlp1[(i % hidden) * PAIRS + i / hidden] as f32).collect();
+        let mlp1_bias = form.mlp1_bias.iter().map(|&b| b as f32).collect();
+        let d_out = form.mlp2_bias.len();
+        let mlp2 = (0..hidden * d_out).map(|i| form.mlp2[(i % d_out) * hidden + i / d_out] as f32).collect();
+        let HostClosedForm { project, project_bias, mlp2_bias: b2, direct, .. } = form;
         let d_in = block.d_in as usize;
         // xq_t = w_t . y + b_t with y = LayerNorm(x): y sums to 0 and has norm at
         // most sqrt(d_in), so xq_t lies within |w_t - mean(w_t)| sqrt(d_in) of b_t
@@ -286,7 +427,7 @@ impl HostAttention {
             mlp1_bias,
             mlp2,
             mlp2_bias: to32(b2),
-            direct: block.direct.as_ref().map(|d| to32(weight(d))),
+            direct: direct.map(to32),
             lambda_range,
         }
     }

@@ -10,13 +10,15 @@
 //! parameter gradients are added in group order: the same bits with any number
 //! of threads.
 //!
-//! The block's parameters enter as its closed form ([ClosedForm]); their
-//! gradients go back to autograd through the linear surrogate
-//! sum(parameter * gradient), whose gradient is exactly the given one, and so
-//! do the context's (and the hidden term's). The caller carries the input's
-//! gradient on (see `MrviModel::step_terms`).
+//! The block's parameters enter as its closed form ([HostClosedForm], computed
+//! on the host: through autograd its dozen small operations each way cost as
+//! much as the block's own arithmetic); their gradients go back through the
+//! closed form by hand and are added to the parameters' `.grad`. The context's
+//! (and the hidden term's) go back to autograd through the linear surrogate
+//! sum(context * gradient), whose gradient is exactly the given one; the
+//! caller carries the input's gradient on (see `MrviModel::step_terms`).
 
-use super::attention::{AttentionBlock, ClosedForm, HEADS, HIDDEN, PAIRS, TOKENS};
+use super::attention::{AttentionBlock, HostClosedForm, HostParameters, HEADS, HIDDEN, PAIRS, TOKENS};
 use crate::fastmath;
 use tch::{Kind, Tensor};
 
@@ -27,10 +29,11 @@ const NH: usize = HEADS as usize;
 /// rows per group of work (and per partial sum of the parameters' gradients)
 const ROWS_PER_ITEM: usize = 32;
 
-/// A block's closed form for one step: the tensors (with autograd's graph) and
-/// host copies in the layouts the row loops read.
+/// A block for one step: its parameters (the tensors, to add their gradients
+/// to, and host copies) and its closed form in the layouts the row loops read.
 pub struct BlockStep {
-    form: ClosedForm,
+    tensors: Vec<Tensor>,
+    parameters: HostParameters,
     host: HostForm,
 }
 
@@ -45,15 +48,13 @@ struct HostForm {
     /// per pair k = t * NH + h: the head's slope and intercept
     slope: [f32; K],
     intercept: [f32; K],
-    /// [H, K] and [K, H]
+    /// [H, K]
     mlp1: Vec<f32>,
-    mlp1_t: Vec<f32>,
     mlp1_bias: Vec<f32>,
-    /// [H, T] and [T, H]
-    direct: Option<(Vec<f32>, Vec<f32>)>,
-    /// [d_out, H] and [H, d_out]
+    /// [H, T]
+    direct: Option<Vec<f32>>,
+    /// [d_out, H]
     mlp2: Vec<f32>,
-    mlp2_t: Vec<f32>,
     mlp2_bias: Vec<f32>,
 }
 
@@ -100,19 +101,17 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     (0..rows * cols).map(|k| m[(k % rows) * cols + k / rows]).collect()
 }
 
-/// Sum of 32 values by halving (a fixed order that vectorises).
+/// Sum of N (a power of two) values by halving: a fixed order that vectorises.
 #[inline(always)]
-fn sum_lanes(v: &[f32; K]) -> f32 {
-    let mut a = [0f32; 16];
-    for i in 0..16 {
-        a[i] = v[i] + v[i + 16];
+fn sum_lanes<const N: usize>(mut v: [f32; N]) -> f32 {
+    let mut n = N;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            v[i] += v[i + n];
+        }
     }
-    let mut b = [0f32; 8];
-    for i in 0..8 {
-        b[i] = a[i] + a[i + 8];
-    }
-    let c = [b[0] + b[4], b[1] + b[5], b[2] + b[6], b[3] + b[7]];
-    (c[0] + c[2]) + (c[1] + c[3])
+    v[0]
 }
 
 /// One row's intermediates within [Tape::rows], as the forward writes them
@@ -144,9 +143,9 @@ struct RowRead<'a> {
 
 impl BlockStep {
     pub fn new(block: &AttentionBlock) -> Self {
-        let form = block.closed_form();
-        let host = HostForm::new(&form);
-        Self { form, host }
+        let parameters = HostParameters::of(block);
+        let host = HostForm::new(&HostClosedForm::new(&parameters));
+        Self { tensors: HostParameters::tensors(block), parameters, host }
     }
 
     /// The block's output for x [N, d_in] (values only: its gradient comes back
@@ -253,59 +252,65 @@ impl BlockStep {
         BlockGradients { input, context: d_context, hidden_term: d_term, params }
     }
 
-    /// A scalar whose gradient is the block's gradients for the closed form's
-    /// parameters, the context and the hidden term (tape's tensors).
-    pub fn surrogate(&self, tape: &Tape, g: &BlockGradients) -> Tensor {
+    /// Adds the block's parameters' gradients to their `.grad` and returns a
+    /// scalar whose gradient is the rest: the context's and the hidden term's
+    /// (the tape's tensors), and a parameter's that has no CPU `.grad` yet (the
+    /// first step).
+    pub fn gradient_surrogate(&self, tape: &Tape, g: &BlockGradients) -> Tensor {
         let dot = |t: &Tensor, v: &[f32]| t.reshape([-1]).dot(&Tensor::from_slice(v).to_device(t.device()));
-        let p = &g.params;
-        let heads = |v: &[f32; K]| -> Vec<f32> { (0..NH).map(|h| (0..T).map(|t| v[t * NH + h]).sum()).collect() };
-        let f = &self.form;
-        let mut s = dot(&f.project, &p.project)
-            + dot(&f.project_bias, &p.project_bias)
-            + dot(&f.slope, &heads(&p.slope))
-            + dot(&f.intercept, &heads(&p.intercept))
-            + dot(&f.mlp1, &p.mlp1)
-            + dot(&f.mlp1_bias, &p.mlp1_bias)
-            + dot(&f.mlp2, &p.mlp2)
-            + dot(&f.mlp2_bias, &p.mlp2_bias)
-            + dot(&tape.context, &g.context);
-        if let Some(w) = &f.direct {
-            s = s + dot(w, &p.direct);
-        }
+        let mut s = dot(&tape.context, &g.context);
         if let Some(t) = &tape.hidden_term {
             s = s + dot(t, &g.hidden_term);
+        }
+        let p = &g.params;
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let heads = |v: &[f32; K]| -> Vec<f64> { (0..NH).map(|h| (0..T).map(|t| v[t * NH + h] as f64).sum()).collect() };
+        let form = HostClosedForm {
+            project: f64s(&p.project),
+            project_bias: f64s(&p.project_bias),
+            slope: heads(&p.slope),
+            intercept: heads(&p.intercept),
+            mlp1: f64s(&p.mlp1),
+            mlp1_bias: f64s(&p.mlp1_bias),
+            direct: self.host.direct.is_some().then(|| f64s(&p.direct)),
+            mlp2: f64s(&p.mlp2),
+            mlp2_bias: f64s(&p.mlp2_bias),
+        };
+        for (tensor, grad) in self.tensors.iter().zip(HostClosedForm::parameter_gradients(&self.parameters, &form)) {
+            let mut existing = tensor.grad();
+            if existing.defined() && existing.device() == tch::Device::Cpu && existing.kind() == Kind::Float && existing.is_contiguous() {
+                // SAFETY: checked just above; `existing` outlives the slice.
+                let values = unsafe { super::cpu_floats_mut(&mut existing) };
+                values.iter_mut().zip(&grad).for_each(|(v, g)| *v += *g as f32);
+            } else {
+                let grad = Tensor::from_slice(&grad).to_kind(tensor.kind()).to_device(tensor.device()).view(tensor.size().as_slice());
+                s = s + (tensor * grad).sum(tensor.kind());
+            }
         }
         s
     }
 }
 
 impl HostForm {
-    fn new(form: &ClosedForm) -> Self {
-        let (project, mlp1, mlp2) = (host(&form.project), host(&form.mlp1), host(&form.mlp2));
+    fn new(form: &HostClosedForm) -> Self {
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let (project, mlp1, mlp2) = (f32s(&form.project), f32s(&form.mlp1), f32s(&form.mlp2));
         let d_in = project.len() / T;
-        let mlp2_bias = host(&form.mlp2_bias);
-        let d_out = mlp2_bias.len();
-        let (slope_h, intercept_h) = (host(&form.slope), host(&form.intercept));
-        let per_pair = |v: &[f32]| std::array::from_fn(|k| v[k % NH]);
+        let d_out = form.mlp2_bias.len();
+        let per_pair = |v: &[f64]| std::array::from_fn(|k| v[k % NH] as f32);
         Self {
             d_in,
             d_out,
             project_t: transpose(&project, T, d_in),
             project,
-            project_bias: host(&form.project_bias),
-            slope: per_pair(&slope_h),
-            intercept: per_pair(&intercept_h),
-            mlp1_t: transpose(&mlp1, H, K),
+            project_bias: f32s(&form.project_bias),
+            slope: per_pair(&form.slope),
+            intercept: per_pair(&form.intercept),
             mlp1,
-            mlp1_bias: host(&form.mlp1_bias),
-            direct: form.direct.as_ref().map(|d| {
-                let d = host(d);
-                let t = transpose(&d, H, T);
-                (d, t)
-            }),
-            mlp2_t: transpose(&mlp2, d_out, H),
+            mlp1_bias: f32s(&form.mlp1_bias),
+            direct: form.direct.as_ref().map(|d| f32s(d)),
             mlp2,
-            mlp2_bias,
+            mlp2_bias: f32s(&form.mlp2_bias),
         }
     }
 
@@ -416,32 +421,41 @@ impl HostForm {
                 w[k] *= inv_total[k];
             }
         }
-        // the MLP
-        hidden.copy_from_slice(&self.mlp1_bias);
-        for (&m, w) in means.iter().zip(self.mlp1_t.as_chunks::<H>().0) {
-            for o in 0..H {
-                hidden[o] += m * w[o];
+        // the MLP: each output a dot product (products summed by halving)
+        let mut h = [0f32; H];
+        for (o, (w, b)) in self.mlp1.as_chunks::<K>().0.iter().zip(&self.mlp1_bias).enumerate() {
+            let mut terms = [0f32; K];
+            for k in 0..K {
+                terms[k] = w[k] * means[k];
             }
+            h[o] = b + sum_lanes(terms);
         }
-        if let Some((_, direct_t)) = &self.direct {
-            for (&cj, w) in c.iter().zip(direct_t.as_chunks::<H>().0) {
-                for o in 0..H {
-                    hidden[o] += cj * w[o];
+        if let Some(direct) = &self.direct {
+            for (o, w) in direct.as_chunks::<T>().0.iter().enumerate() {
+                let mut terms = [0f32; T];
+                for j in 0..T {
+                    terms[j] = w[j] * c[j];
                 }
+                h[o] += sum_lanes(terms);
             }
         }
         if let Some(term) = term {
             let term: &[f32; H] = term.try_into().expect("a hidden term row");
             for o in 0..H {
-                hidden[o] += term[o];
+                h[o] += term[o];
             }
         }
-        out.copy_from_slice(&self.mlp2_bias);
-        for (&h, w) in hidden.iter().zip(self.mlp2_t.chunks_exact(self.d_out)) {
-            let r = h.max(0.0);
-            for (o, w) in out.iter_mut().zip(w) {
-                *o += r * w;
+        *hidden = h;
+        let mut relu = [0f32; H];
+        for o in 0..H {
+            relu[o] = h[o].max(0.0);
+        }
+        for ((o, w), b) in out.iter_mut().zip(self.mlp2.as_chunks::<H>().0).zip(&self.mlp2_bias) {
+            let mut terms = [0f32; H];
+            for k in 0..H {
+                terms[k] = relu[k] * w[k];
             }
+            *o = b + sum_lanes(terms);
         }
     }
 
@@ -512,7 +526,7 @@ impl HostForm {
             *b += dh;
         }
         *d_c = [0.0; T];
-        if let Some((direct, _)) = &self.direct {
+        if let Some(direct) = &self.direct {
             for ((&dh, w), dw) in d_h.iter().zip(direct.as_chunks::<T>().0).zip(p.direct.as_chunks_mut::<T>().0) {
                 for j in 0..T {
                     dw[j] += dh * c[j];
@@ -537,7 +551,7 @@ impl HostForm {
             for k in 0..K {
                 terms[k] = d_means[k] * w[k] * (1.0 + lambda[k] * (cj - means[k]));
             }
-            *dc += sum_lanes(&terms);
+            *dc += sum_lanes(terms);
         }
         // the temperatures lambda_k = xq_t slope_h + intercept_h
         for k in 0..K {
@@ -642,7 +656,7 @@ mod tests {
             close("output", &got, &want.detach());
             let g = step.backward(&tape, &weights);
             close("input gradient", &g.input, &want_dx);
-            step.surrogate(&tape, &g).backward();
+            step.gradient_surrogate(&tape, &g).backward();
             close("context gradient", &context.grad(), &want_dc);
             if let (Some(t), Some(w)) = (&term, &want_dt) {
                 close("hidden term gradient", &t.grad(), w);

@@ -354,11 +354,11 @@ impl Staged {
         let (step, tape) = &self.decoder_block;
         let g = step.backward(tape, &self.y.grad());
         let dz = self.z_leaf.grad() + &g.input;
-        (dot(&self.z, &dz) + step.surrogate(tape, &g) + self.penalty.sum(Kind::Float) * kl_scale).f_backward()?;
+        (dot(&self.z, &dz) + step.gradient_surrogate(tape, &g) + self.penalty.sum(Kind::Float) * kl_scale).f_backward()?;
         let (step, tape) = &self.sample_block;
         let g = step.backward(tape, &self.eps.grad());
         let du = self.u_leaf.grad() + &g.input;
-        (dot(&self.u, &du) + step.surrogate(tape, &g) + self.kl_encoder.sum(Kind::Float) * kl_scale).f_backward()
+        (dot(&self.u, &du) + step.gradient_surrogate(tape, &g) + self.kl_encoder.sum(Kind::Float) * kl_scale).f_backward()
     }
 }
 
