@@ -70,7 +70,7 @@ pub struct Tape {
 }
 
 /// A block's gradients from its backward: the input's ([N, d_in]) for the
-/// caller; the rest enter autograd through [BlockStep::surrogate].
+/// caller; the rest go back through [BlockStep::gradient_surrogate].
 pub struct BlockGradients {
     pub input: Tensor,
     context: Vec<f32>,
@@ -665,6 +665,47 @@ mod tests {
                 close(name, got, want);
             }
         }
+    }
+
+    /// The vector paths (AVX-512, AVX2, as this CPU has them) give the portable
+    /// path's bits, forward and backward.
+    #[test]
+    fn row_paths_agree_bitwise() {
+        tch::manual_seed(7);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let b = block(&vs, 12, 9, true);
+        let step = BlockStep::new(&b);
+        let f = &step.host;
+        let stride = f.tape_stride();
+        let x = host(&Tensor::randn([12], (Kind::Float, Device::Cpu)));
+        let c = host(&(Tensor::randn([TOKENS], (Kind::Float, Device::Cpu)) * 2.0));
+        let term = host(&Tensor::randn([HIDDEN], (Kind::Float, Device::Cpu)));
+        let g = host(&Tensor::randn([9], (Kind::Float, Device::Cpu)));
+        let zero = || Params {
+            project: vec![0.0; T * 12],
+            project_bias: vec![0.0; T],
+            slope: [0.0; K],
+            intercept: [0.0; K],
+            mlp1: vec![0.0; H * K],
+            mlp1_bias: vec![0.0; H],
+            direct: vec![0.0; H * T],
+            mlp2: vec![0.0; 9 * H],
+            mlp2_bias: vec![0.0; 9],
+        };
+        let run = |portable: bool| {
+            let (mut out, mut tape) = (vec![0f32; 9], vec![0f32; stride]);
+            let (mut d_x, mut d_c, mut d_t, mut d_xhat, mut p) = (vec![0f32; 12], vec![0f32; T], vec![0f32; H], vec![0f32; 12], zero());
+            if portable {
+                f.forward_row(&x, &c, Some(&term), &mut out, &mut tape);
+                f.backward_row(&g, &c, &tape, &mut d_x, &mut d_c, &mut d_t, &mut p, &mut d_xhat);
+            } else {
+                f.forward_row_dispatch(&x, &c, Some(&term), &mut out, &mut tape);
+                f.backward_row_dispatch(&g, &c, &tape, &mut d_x, &mut d_c, &mut d_t, &mut p, &mut d_xhat);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            [bits(&out), bits(&tape), bits(&d_x), bits(&d_c), bits(&d_t), bits(&p.project), bits(&p.slope), bits(&p.mlp1), bits(&p.direct), bits(&p.mlp2)]
+        };
+        assert_eq!(run(true), run(false));
     }
 
     /// The thread count does not change a bit.
