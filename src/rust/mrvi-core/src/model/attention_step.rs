@@ -93,6 +93,22 @@ struct Params {
     mlp2_bias: Vec<f32>,
 }
 
+impl Params {
+    fn zeros(d_in: usize, d_out: usize, direct: bool) -> Self {
+        Self {
+            project: vec![0.0; T * d_in],
+            project_bias: vec![0.0; T],
+            slope: [0.0; K],
+            intercept: [0.0; K],
+            mlp1: vec![0.0; H * K],
+            mlp1_bias: vec![0.0; H],
+            direct: vec![0.0; if direct { H * T } else { 0 }],
+            mlp2: vec![0.0; d_out * H],
+            mlp2_bias: vec![0.0; d_out],
+        }
+    }
+}
+
 fn host(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).expect("float tensor")
 }
@@ -193,17 +209,7 @@ impl BlockStep {
         let mut d_x = vec![0f32; n * d];
         let mut d_context = vec![0f32; n * T];
         let mut d_term = vec![0f32; n * H];
-        let zero = Params {
-            project: vec![0.0; T * d],
-            project_bias: vec![0.0; T],
-            slope: [0.0; K],
-            intercept: [0.0; K],
-            mlp1: vec![0.0; H * K],
-            mlp1_bias: vec![0.0; H],
-            direct: vec![0.0; if host_form.direct.is_some() { H * T } else { 0 }],
-            mlp2: vec![0.0; width * H],
-            mlp2_bias: vec![0.0; width],
-        };
+        let zero = Params::zeros(d, width, host_form.direct.is_some());
         struct Item<'a> {
             first: usize,
             d_x: &'a mut [f32],
@@ -681,20 +687,9 @@ mod tests {
         let c = host(&(Tensor::randn([TOKENS], (Kind::Float, Device::Cpu)) * 2.0));
         let term = host(&Tensor::randn([HIDDEN], (Kind::Float, Device::Cpu)));
         let g = host(&Tensor::randn([9], (Kind::Float, Device::Cpu)));
-        let zero = || Params {
-            project: vec![0.0; T * 12],
-            project_bias: vec![0.0; T],
-            slope: [0.0; K],
-            intercept: [0.0; K],
-            mlp1: vec![0.0; H * K],
-            mlp1_bias: vec![0.0; H],
-            direct: vec![0.0; H * T],
-            mlp2: vec![0.0; 9 * H],
-            mlp2_bias: vec![0.0; 9],
-        };
         let run = |portable: bool| {
             let (mut out, mut tape) = (vec![0f32; 9], vec![0f32; stride]);
-            let (mut d_x, mut d_c, mut d_t, mut d_xhat, mut p) = (vec![0f32; 12], vec![0f32; T], vec![0f32; H], vec![0f32; 12], zero());
+            let (mut d_x, mut d_c, mut d_t, mut d_xhat, mut p) = (vec![0f32; 12], vec![0f32; T], vec![0f32; H], vec![0f32; 12], Params::zeros(12, 9, true));
             if portable {
                 f.forward_row(&x, &c, Some(&term), &mut out, &mut tape);
                 f.backward_row(&g, &c, &tape, &mut d_x, &mut d_c, &mut d_t, &mut p, &mut d_xhat);
