@@ -319,8 +319,9 @@ fn parts_of_a_newer_version_are_refused() {
     assert_eq!(e.class(), "mrvi_io_error", "{e}");
 }
 
-/// The CPU step (fused likelihood; for the attention flavour, both blocks on the
-/// host with the staged backward) has autograd's gradient for every parameter.
+/// The CPU step (fused likelihood; for the attention flavour, both blocks and the
+/// KL term on the host with the staged backward, either prior) has autograd's
+/// gradient for every parameter.
 #[test]
 fn fused_cpu_objective_has_the_autograd_gradient() {
     let _rng = common::libtorch_rng();
@@ -335,7 +336,8 @@ fn fused_cpu_objective_has_the_autograd_gradient() {
         nuisance_context: true,
         sample_hidden_term: true,
     };
-    for config in [ModelConfig::new(30, 3, 1, 4), attention.model_config(30, 3, 1, 0)] {
+    let normal_prior = ModelSettings { prior: Prior::Normal, ..attention.clone() };
+    for config in [ModelConfig::new(30, 3, 1, 4), attention.model_config(30, 3, 1, 0), normal_prior.model_config(30, 3, 1, 0)] {
         tch::manual_seed(3);
         let model = MrviModel::new(config, Device::Cpu);
         // away from the start, where the attention blocks' last layers are zero

@@ -109,7 +109,8 @@ impl Params {
     }
 }
 
-fn host(t: &Tensor) -> Vec<f32> {
+/// A tensor's values as host floats (a copy).
+pub(crate) fn host(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).expect("float tensor")
 }
 
@@ -283,14 +284,9 @@ impl BlockStep {
             mlp2_bias: f64s(&p.mlp2_bias),
         };
         for (tensor, grad) in self.tensors.iter().zip(HostClosedForm::parameter_gradients(&self.parameters, &form)) {
-            let mut existing = tensor.grad();
-            if existing.defined() && existing.device() == tch::Device::Cpu && existing.kind() == Kind::Float && existing.is_contiguous() {
-                // SAFETY: checked just above; `existing` outlives the slice.
-                let values = unsafe { super::cpu_floats_mut(&mut existing) };
-                values.iter_mut().zip(&grad).for_each(|(v, g)| *v += *g as f32);
-            } else {
-                let grad = Tensor::from_slice(&grad).to_kind(tensor.kind()).to_device(tensor.device()).view(tensor.size().as_slice());
-                s = s + (tensor * grad).sum(tensor.kind());
+            let grad: Vec<f32> = grad.iter().map(|&g| g as f32).collect();
+            if let Some(term) = super::add_to_grad(tensor, &grad) {
+                s = s + term;
             }
         }
         s

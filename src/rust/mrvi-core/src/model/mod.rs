@@ -26,6 +26,7 @@ pub mod encoder;
 pub mod expression_metric;
 pub mod attention;
 pub mod attention_step;
+pub mod prior_step;
 pub mod nb;
 pub mod tilted_mean;
 
@@ -121,6 +122,21 @@ enum PriorParams {
 pub(crate) unsafe fn cpu_floats(t: &Tensor) -> &[f32] {
     assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
     std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel())
+}
+
+/// Adds `grad` (the tensor's shape, row-major) to `tensor`'s `.grad` in place
+/// where that exists on the CPU (every step after the first); otherwise returns
+/// sum(tensor * grad), whose gradient a backward pass adds.
+pub(crate) fn add_to_grad(tensor: &Tensor, grad: &[f32]) -> Option<Tensor> {
+    let mut existing = tensor.grad();
+    if existing.defined() && existing.device() == Device::Cpu && existing.kind() == Kind::Float && existing.is_contiguous() {
+        // SAFETY: checked just above; `existing` outlives the slice.
+        let values = unsafe { cpu_floats_mut(&mut existing) };
+        values.iter_mut().zip(grad).for_each(|(v, g)| *v += g);
+        return None;
+    }
+    let grad = Tensor::from_slice(grad).to_kind(tensor.kind()).to_device(tensor.device()).view(tensor.size().as_slice());
+    Some((tensor * grad).sum(tensor.kind()))
 }
 
 /// Mutable counterpart of `cpu_floats`, under the same conditions.
@@ -328,15 +344,20 @@ struct Forward {
     staged: Option<Staged>,
 }
 
-/// A training pass of the attention flavour with both blocks on the host
-/// ([attention_step]): autograd's graph is cut where each block reads its
-/// input, into encoder -> u (with the KL term), u and eps -> z (with the
-/// penalty on eps), z and the decoder block's y -> logits. The objective's
+/// A training pass of the attention flavour with both blocks and the KL term
+/// on the host ([attention_step], [prior_step]): autograd's graph is cut where
+/// each block reads its input, into encoder -> (mean, sd), u and eps -> z (with
+/// the penalty on eps), z and the decoder block's y -> logits. The objective's
 /// backward runs through the last part; [Self::backward] then takes each block's
 /// output gradient through the block on the host and on through the part
 /// before it, so that each part is traversed once.
 struct Staged {
-    u: Tensor,
+    /// the posterior's mean and sd (with the encoder's graph), the draw's noise
+    /// (u = mean + sd * noise), and the KL terms with their gradients
+    mean: Tensor,
+    sd: Tensor,
+    noise: Vec<f32>,
+    prior: prior_step::PriorStep,
     u_leaf: Tensor,
     eps: Tensor,
     sample_block: (attention_step::BlockStep, attention_step::Tape),
@@ -344,8 +365,9 @@ struct Staged {
     z_leaf: Tensor,
     y: Tensor,
     decoder_block: (attention_step::BlockStep, attention_step::Tape),
-    kl_encoder: Tensor,
     penalty: Tensor,
+    /// the mixture prior's parameters (logits, means, log scales), when it is one
+    prior_parameters: Option<[Tensor; 3]>,
 }
 
 impl Staged {
@@ -357,8 +379,30 @@ impl Staged {
         (dot(&self.z, &dz) + step.gradient_surrogate(tape, &g) + self.penalty.sum(Kind::Float) * kl_scale).f_backward()?;
         let (step, tape) = &self.sample_block;
         let g = step.backward(tape, &self.eps.grad());
-        let du = self.u_leaf.grad() + &g.input;
-        (dot(&self.u, &du) + step.gradient_surrogate(tape, &g) + self.kl_encoder.sum(Kind::Float) * kl_scale).f_backward()
+        let mut surrogate = step.gradient_surrogate(tape, &g);
+        // u = mean + sd * noise: u's gradient (z's part, the block's, the KL's) and
+        // the KL's own with respect to mean and sd, taken on to the encoder
+        let s = kl_scale as f32;
+        let du = attention_step::host(&(self.u_leaf.grad() + &g.input));
+        let prior = &self.prior;
+        let mut d_mean = vec![0f32; du.len()];
+        let mut d_sd = vec![0f32; du.len()];
+        for i in 0..du.len() {
+            let du = du[i] + s * prior.d_u[i];
+            d_mean[i] = du + s * prior.d_mean[i];
+            d_sd[i] = du * self.noise[i] + s * prior.d_sd[i];
+        }
+        let on_device = |v: &[f32], like: &Tensor| Tensor::from_slice(v).to_device(like.device());
+        surrogate = surrogate + dot(&self.mean, &on_device(&d_mean, &self.mean)) + dot(&self.sd, &on_device(&d_sd, &self.sd));
+        if let (Some(tensors), Some(grads)) = (&self.prior_parameters, &prior.d_prior) {
+            for (t, g) in tensors.iter().zip(grads) {
+                let g: Vec<f32> = g.iter().map(|v| v * s).collect();
+                if let Some(term) = add_to_grad(t, &g) {
+                    surrogate = surrogate + term;
+                }
+            }
+        }
+        surrogate.f_backward()
     }
 }
 
@@ -718,13 +762,25 @@ impl MrviModel {
     /// ([Staged]).
     fn forward(&self, batch: &Batch, train: bool, host_blocks: bool) -> Forward {
         let q = self.encode(&batch.log_counts, &batch.sample);
-        let u = q.rsample();
-        let kl = self.kl(&q, &u, batch.label.as_ref());
         match (&self.sample_effect, &self.decoder) {
             (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance })
                 if host_blocks =>
             {
-                let u_leaf = u.detach().set_requires_grad(true);
+                // the draw as `Posterior::rsample` makes it, and the KL term
+                let noise_tensor = q.mean.randn_like();
+                let u_leaf = (&q.mean + &q.sd * &noise_tensor).detach().set_requires_grad(true);
+                let (mean, sd, noise) = (attention_step::host(&q.mean), attention_step::host(&q.sd), attention_step::host(&noise_tensor));
+                let d = self.config.dim_u() as usize;
+                let (prior, prior_parameters) = match &self.prior {
+                    PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
+                    PriorParams::Mog { logits, means, log_scales } => {
+                        let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
+                        let host = attention_step::host;
+                        let step = prior_step::mixture(&mean, &sd, &noise, d, &host(logits), labels.as_deref(), &host(means), &host(log_scales));
+                        (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
+                    }
+                };
+                let kl = Tensor::from_slice(&prior.kl).to_device(u_leaf.device());
                 let step = attention_step::BlockStep::new(block);
                 let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
                 let (eps, tape) = step.forward(&u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
@@ -743,11 +799,27 @@ impl MrviModel {
                     Some(t) => logits + t,
                     None => logits,
                 };
-                let kl_value = (&kl + &penalty).detach();
-                let staged = Staged { u, u_leaf, eps, sample_block, z, z_leaf, y, decoder_block: (step, tape), kl_encoder: kl, penalty };
+                let kl_value = (kl + &penalty).detach();
+                let staged = Staged {
+                    mean: q.mean,
+                    sd: q.sd,
+                    noise,
+                    prior,
+                    u_leaf,
+                    eps,
+                    sample_block,
+                    z,
+                    z_leaf,
+                    y,
+                    decoder_block: (step, tape),
+                    penalty,
+                    prior_parameters,
+                };
                 Forward { logits, kl: kl_value, staged: Some(staged) }
             }
             _ => {
+                let u = q.rsample();
+                let kl = self.kl(&q, &u, batch.label.as_ref());
                 let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
                 let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
                 Forward { logits, kl: kl + penalty, staged: None }
