@@ -42,66 +42,93 @@ pub fn normal(mean: &[f32], sd: &[f32], d: usize) -> PriorStep {
     }
 }
 
+/// Cells per work item of [mixture] (and per partial sum of the prior's gradients).
+const ROWS_PER_ITEM: usize = 32;
+
 /// The one-draw KL against the mixture prior per cell. `logits` [K], `means`
 /// and `log_scales` [K, D]; `labels`: each cell's label (its component), or None.
+/// Cells go to libtorch's threads in fixed groups whose prior gradients are
+/// added in group order: the same bits with any number of threads.
 pub fn mixture(mean: &[f32], sd: &[f32], eps: &[f32], d: usize, logits: &[f32], labels: Option<&[i64]>, means: &[f32], log_scales: &[f32]) -> PriorStep {
     let (n, k) = (mean.len() / d, logits.len());
     let inv_scales: Vec<f32> = log_scales.iter().map(|&l| (-l).exp()).collect();
     // each component's normalising constant, sum_d -log sigma_kd - log(2 pi) / 2
     let norms: Vec<f32> = log_scales.chunks_exact(d).map(|l| l.iter().map(|&l| -l - HALF_LOG_2PI).sum()).collect();
-    let mut step = PriorStep {
-        kl: vec![0.0; n],
-        d_u: vec![0.0; n * d],
-        d_mean: vec![0.0; n * d],
-        d_sd: vec![0.0; n * d],
-        d_prior: Some([vec![0.0; k], vec![0.0; k * d], vec![0.0; k * d]]),
-    };
-    let [d_logits, d_means, d_log_scales] = step.d_prior.as_mut().expect("set above");
-    let (mut u, mut log_w, mut a) = (vec![0f32; d], vec![0f32; k], vec![0f32; k]);
-    for row in 0..n {
-        let cells = row * d..(row + 1) * d;
-        let (m, s, e) = (&mean[cells.clone()], &sd[cells.clone()], &eps[cells.clone()]);
-        let mut log_q = 0f32;
-        for j in 0..d {
-            u[j] = m[j] + s[j] * e[j];
-            log_q += -e[j] * e[j] * 0.5 - s[j].ln() - HALF_LOG_2PI;
-        }
-        // the cell's log weights: log_softmax of the (label-biased) logits
-        log_w.copy_from_slice(logits);
-        if let Some(labels) = labels {
-            log_w[labels[row] as usize] += 10.0;
-        }
-        let top = log_w.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let log_total = top + log_w.iter().map(|&l| (l - top).exp()).sum::<f32>().ln();
-        log_w.iter_mut().for_each(|l| *l -= log_total);
-        // log p(u) = logsumexp_k (log w_k + log N(u; mu_k, sigma_k))
-        for c in 0..k {
-            let (mu, inv) = (&means[c * d..(c + 1) * d], &inv_scales[c * d..(c + 1) * d]);
-            let quad: f32 = (0..d).map(|j| ((u[j] - mu[j]) * inv[j]).powi(2)).sum();
-            a[c] = log_w[c] + norms[c] - 0.5 * quad;
-        }
-        let top = a.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
-        let log_p = top + a.iter().map(|&v| (v - top).exp()).sum::<f32>().ln();
-        step.kl[row] = log_q - log_p;
-        // gradients: responsibilities r_k = exp(a_k - log p)
-        let (d_u, d_mean, d_sd) = (&mut step.d_u[cells.clone()], &mut step.d_mean[cells.clone()], &mut step.d_sd[cells]);
-        for j in 0..d {
-            d_mean[j] = e[j] / s[j];
-            d_sd[j] = (e[j] * e[j] - 1.0) / s[j];
-            d_u[j] = -e[j] / s[j];
-        }
-        for c in 0..k {
-            let r = (a[c] - log_p).exp();
-            d_logits[c] += log_w[c].exp() - r;
+    let mut step = PriorStep { kl: vec![0.0; n], d_u: vec![0.0; n * d], d_mean: vec![0.0; n * d], d_sd: vec![0.0; n * d], d_prior: None };
+    struct Item<'a> {
+        first: usize,
+        kl: &'a mut [f32],
+        d_u: &'a mut [f32],
+        d_mean: &'a mut [f32],
+        d_sd: &'a mut [f32],
+        d_prior: [Vec<f32>; 3],
+    }
+    let mut items: Vec<Item> = step
+        .kl
+        .chunks_mut(ROWS_PER_ITEM)
+        .zip(step.d_u.chunks_mut(ROWS_PER_ITEM * d))
+        .zip(step.d_mean.chunks_mut(ROWS_PER_ITEM * d))
+        .zip(step.d_sd.chunks_mut(ROWS_PER_ITEM * d))
+        .enumerate()
+        .map(|(i, (((kl, d_u), d_mean), d_sd))| Item { first: i * ROWS_PER_ITEM, kl, d_u, d_mean, d_sd, d_prior: [vec![0.0; k], vec![0.0; k * d], vec![0.0; k * d]] })
+        .collect();
+    crate::openmp::for_each_mut(&mut items, |item| {
+        let [d_logits, d_means, d_log_scales] = &mut item.d_prior;
+        let (mut u, mut log_w, mut a) = (vec![0f32; d], vec![0f32; k], vec![0f32; k]);
+        for (r, kl) in item.kl.iter_mut().enumerate() {
+            let row = item.first + r;
+            let (m, s, e) = (&mean[row * d..(row + 1) * d], &sd[row * d..(row + 1) * d], &eps[row * d..(row + 1) * d]);
+            let mut log_q = 0f32;
             for j in 0..d {
-                let i = c * d + j;
-                let z = (u[j] - means[i]) * inv_scales[i];
-                d_u[j] += r * z * inv_scales[i];
-                d_means[i] -= r * z * inv_scales[i];
-                d_log_scales[i] -= r * (z * z - 1.0);
+                u[j] = m[j] + s[j] * e[j];
+                log_q += -e[j] * e[j] * 0.5 - s[j].ln() - HALF_LOG_2PI;
+            }
+            // the cell's log weights: log_softmax of the (label-biased) logits
+            log_w.copy_from_slice(logits);
+            if let Some(labels) = labels {
+                log_w[labels[row] as usize] += 10.0;
+            }
+            let top = log_w.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let log_total = top + log_w.iter().map(|&l| (l - top).exp()).sum::<f32>().ln();
+            log_w.iter_mut().for_each(|l| *l -= log_total);
+            // log p(u) = logsumexp_k (log w_k + log N(u; mu_k, sigma_k))
+            for c in 0..k {
+                let (mu, inv) = (&means[c * d..(c + 1) * d], &inv_scales[c * d..(c + 1) * d]);
+                let quad: f32 = (0..d).map(|j| ((u[j] - mu[j]) * inv[j]).powi(2)).sum();
+                a[c] = log_w[c] + norms[c] - 0.5 * quad;
+            }
+            let top = a.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+            let log_p = top + a.iter().map(|&v| (v - top).exp()).sum::<f32>().ln();
+            *kl = log_q - log_p;
+            // gradients: responsibilities r_k = exp(a_k - log p)
+            let cells = r * d..(r + 1) * d;
+            let (d_u, d_mean, d_sd) = (&mut item.d_u[cells.clone()], &mut item.d_mean[cells.clone()], &mut item.d_sd[cells]);
+            for j in 0..d {
+                d_mean[j] = e[j] / s[j];
+                d_sd[j] = (e[j] * e[j] - 1.0) / s[j];
+                d_u[j] = -e[j] / s[j];
+            }
+            for c in 0..k {
+                let resp = (a[c] - log_p).exp();
+                d_logits[c] += log_w[c].exp() - resp;
+                for j in 0..d {
+                    let i = c * d + j;
+                    let z = (u[j] - means[i]) * inv_scales[i];
+                    d_u[j] += resp * z * inv_scales[i];
+                    d_means[i] -= resp * z * inv_scales[i];
+                    d_log_scales[i] -= resp * (z * z - 1.0);
+                }
             }
         }
+    });
+    let mut d_prior = [vec![0f32; k], vec![0f32; k * d], vec![0f32; k * d]];
+    for item in &items {
+        for (total, part) in d_prior.iter_mut().zip(&item.d_prior) {
+            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+        }
     }
+    drop(items);
+    step.d_prior = Some(d_prior);
     step
 }
 
