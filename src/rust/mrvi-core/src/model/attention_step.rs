@@ -461,6 +461,7 @@ impl HostForm {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn backward_row_dispatch(&self, g: &[f32], c: &[f32], tape: &[f32], d_x: &mut [f32], d_c: &mut [f32], d_term: &mut [f32], p: &mut Params, d_xhat: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {

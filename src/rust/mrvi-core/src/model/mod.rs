@@ -321,8 +321,8 @@ pub struct StepTerms {
     objective: Tensor,
     pub reconstruction_sum: f64,
     pub kl_sum: f64,
-    /// the rest of the backward when the attention blocks ran on the host, and
-    /// the KL terms' factor (kl_weight / batch size)
+    /// the rest of the backward when the attention blocks and KL term ran on
+    /// the host, and the KL terms' factor (kl_weight / batch size)
     staged: Option<(Staged, f64)>,
 }
 
@@ -758,73 +758,78 @@ impl MrviModel {
 
     /// One pass from counts to decoder logits with one posterior draw of u, and the
     /// per-cell prior terms (KL, plus the attention flavour's ||eps||^2 / 2).
-    /// With `host_blocks` the attention flavour's blocks run on the host
+    /// With `on_host` the attention flavour's blocks and KL term run on the host
     /// ([Staged]).
-    fn forward(&self, batch: &Batch, train: bool, host_blocks: bool) -> Forward {
+    fn forward(&self, batch: &Batch, train: bool, on_host: bool) -> Forward {
         let q = self.encode(&batch.log_counts, &batch.sample);
-        match (&self.sample_effect, &self.decoder) {
-            (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance })
-                if host_blocks =>
-            {
-                // the draw as `Posterior::rsample` makes it, and the KL term
-                let noise_tensor = q.mean.randn_like();
-                let u_leaf = (&q.mean + &q.sd * &noise_tensor).detach().set_requires_grad(true);
-                let (mean, sd, noise) = (attention_step::host(&q.mean), attention_step::host(&q.sd), attention_step::host(&noise_tensor));
-                let d = self.config.dim_u() as usize;
-                let (prior, prior_parameters) = match &self.prior {
-                    PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
-                    PriorParams::Mog { logits, means, log_scales } => {
-                        let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
-                        let host = attention_step::host;
-                        let step = prior_step::mixture(&mean, &sd, &noise, d, &host(logits), labels.as_deref(), &host(means), &host(log_scales));
-                        (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
-                    }
-                };
-                let kl = Tensor::from_slice(&prior.kl).to_device(u_leaf.device());
-                let step = attention_step::BlockStep::new(block);
-                let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
-                let (eps, tape) = step.forward(&u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
-                let sample_block = (step, tape);
-                let eps = eps.set_requires_grad(true);
-                let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
-                let z = base.forward(&u_leaf) + &eps;
-                let z_leaf = z.detach().set_requires_grad(true);
-                let continuous = batch.continuous.as_ref().zip(self.continuous.as_ref());
-                let (context, logit_term) = Self::nuisance_context(nuisance, &batch.site, continuous);
-                let step = attention_step::BlockStep::new(decoder_block);
-                let (y, tape) = step.forward(&z_leaf, &context, None);
-                let y = y.set_requires_grad(true);
-                let logits = out.forward(&(&z_leaf + &y));
-                let logits = match logit_term {
-                    Some(t) => logits + t,
-                    None => logits,
-                };
-                let kl_value = (kl + &penalty).detach();
-                let staged = Staged {
-                    mean: q.mean,
-                    sd: q.sd,
-                    noise,
-                    prior,
-                    u_leaf,
-                    eps,
-                    sample_block,
-                    z,
-                    z_leaf,
-                    y,
-                    decoder_block: (step, tape),
-                    penalty,
-                    prior_parameters,
-                };
-                Forward { logits, kl: kl_value, staged: Some(staged) }
-            }
-            _ => {
-                let u = q.rsample();
-                let kl = self.kl(&q, &u, batch.label.as_ref());
-                let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
-                let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
-                Forward { logits, kl: kl + penalty, staged: None }
-            }
+        if on_host && matches!((&self.sample_effect, &self.decoder), (SampleEffect::Attention { .. }, Decoder::Attention { .. })) {
+            return self.forward_staged(batch, q);
         }
+        let u = q.rsample();
+        let kl = self.kl(&q, &u, batch.label.as_ref());
+        let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
+        let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
+        Forward { logits, kl: kl + penalty, staged: None }
+    }
+
+    /// [Self::forward] of the attention flavour with its blocks and KL term on
+    /// the host, the graph cut as [Staged] says.
+    fn forward_staged(&self, batch: &Batch, q: Posterior) -> Forward {
+        let (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance }) =
+            (&self.sample_effect, &self.decoder)
+        else {
+            unreachable!("the staged pass is the attention flavour's");
+        };
+        // the draw as `Posterior::rsample` makes it, and the KL term
+        let noise_tensor = q.mean.randn_like();
+        let u_leaf = (&q.mean + &q.sd * &noise_tensor).detach().set_requires_grad(true);
+        let (mean, sd, noise) = (attention_step::host(&q.mean), attention_step::host(&q.sd), attention_step::host(&noise_tensor));
+        let d = self.config.dim_u() as usize;
+        let (prior, prior_parameters) = match &self.prior {
+            PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
+            PriorParams::Mog { logits, means, log_scales } => {
+                let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
+                let host = attention_step::host;
+                let step = prior_step::mixture(&mean, &sd, &noise, d, &host(logits), labels.as_deref(), &host(means), &host(log_scales));
+                (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
+            }
+        };
+        let kl = Tensor::from_slice(&prior.kl).to_device(u_leaf.device());
+        let step = attention_step::BlockStep::new(block);
+        let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
+        let (eps, tape) = step.forward(&u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
+        let sample_block = (step, tape);
+        let eps = eps.set_requires_grad(true);
+        let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
+        let z = base.forward(&u_leaf) + &eps;
+        let z_leaf = z.detach().set_requires_grad(true);
+        let continuous = batch.continuous.as_ref().zip(self.continuous.as_ref());
+        let (context, logit_term) = Self::nuisance_context(nuisance, &batch.site, continuous);
+        let step = attention_step::BlockStep::new(decoder_block);
+        let (y, tape) = step.forward(&z_leaf, &context, None);
+        let y = y.set_requires_grad(true);
+        let logits = out.forward(&(&z_leaf + &y));
+        let logits = match logit_term {
+            Some(t) => logits + t,
+            None => logits,
+        };
+        let kl_value = (kl + &penalty).detach();
+        let staged = Staged {
+            mean: q.mean,
+            sd: q.sd,
+            noise,
+            prior,
+            u_leaf,
+            eps,
+            sample_block,
+            z,
+            z_leaf,
+            y,
+            decoder_block: (step, tape),
+            penalty,
+            prior_parameters,
+        };
+        Forward { logits, kl: kl_value, staged: Some(staged) }
     }
 
     /// The training objective of a minibatch. On the CPU the likelihood and its
@@ -833,8 +838,8 @@ impl MrviModel {
     /// -(sum(logits * dL/dlogits) + sum(log_theta * dL/dlog_theta)), which has
     /// exactly the right gradient; elsewhere (or with `fused_likelihood` off) autograd
     /// differentiates the likelihood itself. On the CPU the attention flavour's
-    /// blocks run on the host too ([Staged]); [StepTerms::backward] takes
-    /// the gradient through them.
+    /// blocks and KL term run on the host too ([Staged]); [StepTerms::backward]
+    /// takes the gradient through them.
     pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms {
         let n = batch.sample.size()[0] as f64;
         if batch.nonzeros.is_some() {

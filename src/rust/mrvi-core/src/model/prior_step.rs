@@ -49,6 +49,7 @@ const ROWS_PER_ITEM: usize = 32;
 /// and `log_scales` [K, D]; `labels`: each cell's label (its component), or None.
 /// Cells go to libtorch's threads in fixed groups whose prior gradients are
 /// added in group order: the same bits with any number of threads.
+#[allow(clippy::too_many_arguments)]
 pub fn mixture(mean: &[f32], sd: &[f32], eps: &[f32], d: usize, logits: &[f32], labels: Option<&[i64]>, means: &[f32], log_scales: &[f32]) -> PriorStep {
     let (n, k) = (mean.len() / d, logits.len());
     let inv_scales: Vec<f32> = log_scales.iter().map(|&l| (-l).exp()).collect();
