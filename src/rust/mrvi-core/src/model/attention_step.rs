@@ -107,6 +107,20 @@ impl Params {
             mlp2_bias: vec![0.0; d_out],
         }
     }
+
+    /// Adds `other` (a group's partial sums), field by field.
+    fn add(&mut self, other: &Params) {
+        let add = |a: &mut [f32], b: &[f32]| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        add(&mut self.project, &other.project);
+        add(&mut self.project_bias, &other.project_bias);
+        add(&mut self.slope, &other.slope);
+        add(&mut self.intercept, &other.intercept);
+        add(&mut self.mlp1, &other.mlp1);
+        add(&mut self.mlp1_bias, &other.mlp1_bias);
+        add(&mut self.direct, &other.direct);
+        add(&mut self.mlp2, &other.mlp2);
+        add(&mut self.mlp2_bias, &other.mlp2_bias);
+    }
 }
 
 /// A tensor's values as host floats (a copy).
@@ -242,18 +256,8 @@ impl BlockStep {
             }
         });
         let mut params = zero;
-        let add = |a: &mut [f32], b: &[f32]| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
         for item in &items {
-            let p = &item.params;
-            add(&mut params.project, &p.project);
-            add(&mut params.project_bias, &p.project_bias);
-            add(&mut params.slope, &p.slope);
-            add(&mut params.intercept, &p.intercept);
-            add(&mut params.mlp1, &p.mlp1);
-            add(&mut params.mlp1_bias, &p.mlp1_bias);
-            add(&mut params.direct, &p.direct);
-            add(&mut params.mlp2, &p.mlp2);
-            add(&mut params.mlp2_bias, &p.mlp2_bias);
+            params.add(&item.params);
         }
         let input = Tensor::from_slice(&d_x).view([n as i64, d as i64]).to_device(d_out.device());
         BlockGradients { input, context: d_context, hidden_term: d_term, params }
