@@ -35,25 +35,6 @@ pub struct AttentionBlock {
     d_in: i64,
 }
 
-/// The attention block's parameters as its closed form uses them
-/// ([AttentionBlock::closed_form]): pair k = t * HEADS + h.
-pub struct ClosedForm {
-    /// the query projection [TOKENS, d_in] and its bias
-    pub project: Tensor,
-    pub project_bias: Tensor,
-    /// per head: the softmax temperature of a token is xq_t slope_h + intercept_h
-    pub slope: Tensor,
-    pub intercept: Tensor,
-    /// the first MLP layer with the values folded in, [HIDDEN, PAIRS], and its bias
-    pub mlp1: Tensor,
-    pub mlp1_bias: Tensor,
-    /// [AttentionBlock::direct]'s weight, [HIDDEN, TOKENS]
-    pub direct: Option<Tensor>,
-    /// the second MLP layer [d_out, HIDDEN] and its bias
-    pub mlp2: Tensor,
-    pub mlp2_bias: Tensor,
-}
-
 impl AttentionBlock {
     /// The direct path of the context into the first MLP layer (see
     /// [Self::direct]), starting at zero (the block starts as without it).
@@ -95,10 +76,12 @@ impl AttentionBlock {
         self.forward_with(x, context, None)
     }
 
-    /// The parameters of the closed form (see [HostAttention]), as functions of
-    /// the block's own: autograd carries their gradients back.
-    pub fn closed_form(&self) -> ClosedForm {
-        let kind = self.project.ws.kind();
+    /// [Self::forward] with a term per row ([N, HIDDEN]) added to the first MLP
+    /// layer's pre-activation (the sample block's free per-sample term).
+    pub fn forward_with(&self, x: &Tensor, context: &Tensor, hidden_term: Option<&Tensor>) -> Tensor {
+        let n = x.size()[0];
+        let kind = x.kind();
+        let xq = self.project.forward(&x.layer_norm([self.d_in], None::<Tensor>, None::<Tensor>, 1e-5, false)); // [N, 16]
         // a token lifted from scalar c and projected: c (W w) + (W b + bias), [CHANNELS] each
         let affine = |lift: &nn::Linear, w: &nn::Linear| {
             let slope = w.ws.matmul(&lift.ws).squeeze_dim(-1);
@@ -110,41 +93,22 @@ impl AttentionBlock {
         let (va, vb) = affine(&self.lift_kv, &self.wv);
         let scale = ((CHANNELS / HEADS) as f64).sqrt();
         let per_head = |t: Tensor| t.view([HEADS, CHANNELS / HEADS]);
-        // out[t, h, i] = va[h, i] m[t, h] + vb[h, i] enters mlp1 linearly
-        let w1 = self.mlp1.ws.view([HIDDEN, TOKENS, HEADS, CHANNELS / HEADS]);
-        let bias = |l: &nn::Linear| l.bs.as_ref().expect("bias").shallow_clone();
-        ClosedForm {
-            project: self.project.ws.shallow_clone(),
-            project_bias: bias(&self.project),
-            slope: per_head(&qa * &ka).sum_dim_intlist(-1, false, kind) / scale,
-            intercept: per_head(&qb * &ka).sum_dim_intlist(-1, false, kind) / scale,
-            mlp1: (&w1 * per_head(va)).sum_dim_intlist(-1, false, kind).view([HIDDEN, TOKENS * HEADS]),
-            mlp1_bias: bias(&self.mlp1) + (&w1 * per_head(vb)).sum_dim_intlist([1, 2, 3].as_slice(), false, kind),
-            direct: self.direct.as_ref().map(|d| d.ws.shallow_clone()),
-            mlp2: self.mlp2.ws.shallow_clone(),
-            mlp2_bias: bias(&self.mlp2),
-        }
-    }
-
-    /// [Self::forward] with a term per row ([N, HIDDEN]) added to the first MLP
-    /// layer's pre-activation (the sample block's free per-sample term).
-    pub fn forward_with(&self, x: &Tensor, context: &Tensor, hidden_term: Option<&Tensor>) -> Tensor {
-        let n = x.size()[0];
-        let kind = x.kind();
-        let cf = self.closed_form();
-        let xq = x.layer_norm([self.d_in], None::<Tensor>, None::<Tensor>, 1e-5, false).linear(&cf.project, Some(&cf.project_bias)); // [N, 16]
-        let lambda = xq.unsqueeze(-1) * &cf.slope + &cf.intercept; // [N, 16, H]
+        let slope = per_head(&qa * &ka).sum_dim_intlist(-1, false, kind) / scale; // [H]
+        let intercept = per_head(&qb * &ka).sum_dim_intlist(-1, false, kind) / scale;
+        let lambda = xq.unsqueeze(-1) * slope + intercept; // [N, 16, H]
         let c = context.view([n, 1, TOKENS]);
         let w = (lambda.view([n, TOKENS * HEADS, 1]) * &c).softmax(-1, kind); // [N, 16 H, 16]
         let m = w.bmm(&context.view([n, TOKENS, 1])).view([n, TOKENS * HEADS]); // [N, 16 H]
-        let mut hidden = m.linear(&cf.mlp1, Some(&cf.mlp1_bias));
-        if let Some(d) = &cf.direct {
-            hidden = hidden + context.linear(d, None::<Tensor>);
-        }
-        if let Some(t) = hidden_term {
-            hidden = hidden + t;
-        }
-        hidden.relu().linear(&cf.mlp2, Some(&cf.mlp2_bias))
+        // out[t, h, i] = va[h, i] m[t, h] + vb[h, i] enters mlp1 linearly
+        let w1 = self.mlp1.ws.view([HIDDEN, TOKENS, HEADS, CHANNELS / HEADS]);
+        let folded = (&w1 * per_head(va)).sum_dim_intlist(-1, false, kind).view([HIDDEN, TOKENS * HEADS]);
+        let bias = self.mlp1.bs.as_ref().expect("bias") + (&w1 * per_head(vb)).sum_dim_intlist([1, 2, 3].as_slice(), false, kind);
+        let hidden = self.with_direct(m.linear(&folded, Some(&bias)), context);
+        let hidden = match hidden_term {
+            Some(t) => hidden + t,
+            None => hidden,
+        };
+        self.mlp2.forward(&hidden.relu())
     }
 
     /// The block as MODEL.md §4 writes it, token by token: the reference the
@@ -163,6 +127,21 @@ impl AttentionBlock {
         let out = att.matmul(&v).permute([0, 2, 1, 3]).contiguous().view([n, TOKENS * CHANNELS]);
         self.mlp2.forward(&self.with_direct(self.mlp1.forward(&out), context).relu())
     }
+}
+
+/// A row-major [rows, cols] matrix transposed ([cols, rows]).
+pub(crate) fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    (0..rows * cols).map(|k| m[(k % rows) * cols + k / rows]).collect()
+}
+
+/// LayerNorm without affine parameters, as torch computes it (biased variance,
+/// eps 1e-5): x's mean and 1 / sd, to normalise x as (x - mean) / sd.
+#[inline(always)]
+pub(crate) fn layer_norm_moments(x: &[f32]) -> (f32, f32) {
+    let d = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / d;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+    (mean, 1.0 / (var + 1e-5).sqrt())
 }
 
 /// An attention block's own parameters on the host, in double precision:
@@ -220,7 +199,8 @@ impl HostParameters {
     }
 }
 
-/// [ClosedForm] on the host, in double precision, from [HostParameters].
+/// The block's closed form (see [HostAttention]) on the host, in double
+/// precision, from [HostParameters]: pair k = t * HEADS + h.
 pub(crate) struct HostClosedForm {
     /// [TOKENS, d_in], [TOKENS]
     pub project: Vec<f64>,
@@ -394,10 +374,11 @@ impl HostAttention {
         let (heads, hidden) = (HEADS as usize, HIDDEN as usize);
         let slope: [f32; HEADS as usize] = std::array::from_fn(|h| form.slope[h] as f32);
         let intercept: [f32; HEADS as usize] = std::array::from_fn(|h| form.intercept[h] as f32);
-        let mlp1 = (0..PAIRS * hidden).map(|i| form.mlp1[(i % hidden) * PAIRS + i / hidden] as f32).collect();
+        let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let mlp1 = to32(transpose(&form.mlp1, hidden, PAIRS));
         let mlp1_bias = form.mlp1_bias.iter().map(|&b| b as f32).collect();
         let d_out = form.mlp2_bias.len();
-        let mlp2 = (0..hidden * d_out).map(|i| form.mlp2[(i % d_out) * hidden + i / d_out] as f32).collect();
+        let mlp2 = to32(transpose(&form.mlp2, d_out, hidden));
         let HostClosedForm { project, project_bias, mlp2_bias: b2, direct, .. } = form;
         let d_in = block.d_in as usize;
         // xq_t = w_t . y + b_t with y = LayerNorm(x): y sums to 0 and has norm at
@@ -413,8 +394,7 @@ impl HostAttention {
                 lambda_range = (lambda_range.0.min(centre - a.abs() * reach), lambda_range.1.max(centre + a.abs() * reach));
             }
         }
-        let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
-        let project_t = (0..d_in * TOKENS as usize).map(|k| project[(k % TOKENS as usize) * d_in + k / TOKENS as usize] as f32).collect();
+        let project_t = to32(transpose(&project, TOKENS as usize, d_in));
         Self {
             d_in,
             d_out,
@@ -500,11 +480,7 @@ impl HostAttention {
     ) {
         let (tokens, heads, hidden) = (TOKENS as usize, HEADS as usize, HIDDEN as usize);
         let n = contexts.n;
-        // LayerNorm without affine parameters (torch: biased variance, eps 1e-5)
-        let d = self.d_in as f32;
-        let mean = x.iter().sum::<f32>() / d;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
-        let inv = 1.0 / (var + 1e-5).sqrt();
+        let (mean, inv) = layer_norm_moments(&x[..self.d_in]);
         let mut lambda = [0f32; PAIRS];
         for t in 0..tokens {
             let row = &self.project[t * self.d_in..(t + 1) * self.d_in];

@@ -18,9 +18,10 @@
 //! sum(context * gradient), whose gradient is exactly the given one; the
 //! caller carries the input's gradient on (see `MrviModel::step_terms`).
 
-use super::attention::{AttentionBlock, HostClosedForm, HostParameters, HEADS, HIDDEN, PAIRS, TOKENS};
+use super::attention::{layer_norm_moments, transpose, AttentionBlock, HostClosedForm, HostParameters, HEADS, HIDDEN, PAIRS, TOKENS};
+use super::host_floats as host;
 use crate::fastmath;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 const T: usize = TOKENS as usize;
 const H: usize = HIDDEN as usize;
@@ -121,15 +122,6 @@ impl Params {
         add(&mut self.mlp2, &other.mlp2);
         add(&mut self.mlp2_bias, &other.mlp2_bias);
     }
-}
-
-/// A tensor's values as host floats (a copy).
-pub(crate) fn host(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(&t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).expect("float tensor")
-}
-
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    (0..rows * cols).map(|k| m[(k % rows) * cols + k / rows]).collect()
 }
 
 /// Sum of N (a power of two) values by halving: a fixed order that vectorises.
@@ -347,7 +339,6 @@ impl HostForm {
         self.d_in + 1 + 3 * K + T * K + H
     }
 
-
     fn forward_row_dispatch(&self, x: &[f32], c: &[f32], term: Option<&[f32]>, out: &mut [f32], tape: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -381,11 +372,8 @@ impl HostForm {
     fn forward_row(&self, x: &[f32], c: &[f32], term: Option<&[f32]>, out: &mut [f32], tape: &mut [f32]) {
         let RowTape { xhat, inv, xq, lambda, weights, means, hidden } = self.row_tape(tape);
         let c: &[f32; T] = c.try_into().expect("a context row");
-        // LayerNorm without affine parameters (torch: biased variance, eps 1e-5)
-        let d = self.d_in as f32;
-        let mean = x.iter().sum::<f32>() / d;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
-        *inv = 1.0 / (var + 1e-5).sqrt();
+        let mean;
+        (mean, *inv) = layer_norm_moments(x);
         for (y, v) in xhat.iter_mut().zip(x) {
             *y = (v - mean) * *inv;
         }
@@ -591,7 +579,7 @@ impl HostForm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{nn, Device};
+    use tch::{nn, Device, Kind};
 
     /// A block with random parameters (the last layer and the direct path are
     /// not left at their zero start).

@@ -124,6 +124,11 @@ pub(crate) unsafe fn cpu_floats(t: &Tensor) -> &[f32] {
     std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel())
 }
 
+/// A tensor's values as host floats, row-major (a copy).
+pub(crate) fn host_floats(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).expect("a float tensor")
+}
+
 /// Adds `grad` (the tensor's shape, row-major) to `tensor`'s `.grad` in place
 /// where that exists on the CPU (every step after the first); otherwise returns
 /// sum(tensor * grad), whose gradient a backward pass adds.
@@ -383,7 +388,7 @@ impl Staged {
         // u = mean + sd * noise: u's gradient (z's part, the block's, the KL's) and
         // the KL's own with respect to mean and sd, taken on to the encoder
         let s = kl_scale as f32;
-        let du = attention_step::host(&(self.u_leaf.grad() + &g.input));
+        let du = host_floats(&(self.u_leaf.grad() + &g.input));
         let prior = &self.prior;
         let mut d_mean = vec![0f32; du.len()];
         let mut d_sd = vec![0f32; du.len()];
@@ -618,7 +623,7 @@ impl MrviModel {
     /// [Self::host_sample_effect] in the given space: in expression space each
     /// cell's z come out as their coordinates there ([expression_metric]).
     pub fn host_sample_effect_in(&self, space: Space) -> HostSampleEffect<'_> {
-        let f = |t: &Tensor| Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).contiguous().view([-1])).expect("float");
+        let f = host_floats;
         let kind = match &self.sample_effect {
             SampleEffect::Linear { map, shift } => HostKind::Linear { map: f(map), shift: f(shift) },
             SampleEffect::Attention { base, block, embedding, hidden_term } if self.device() == Device::Cpu => {
@@ -664,7 +669,7 @@ impl MrviModel {
             }
             Decoder::Attention { out, block, embedding } => {
                 let host = attention::HostAttention::new(block);
-                let rows = Vec::<f32>::try_from(&embedding.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).expect("float");
+                let rows = host_floats(embedding);
                 let contexts = host.contexts(&expression_metric::ExpressionMetric::level_grid(&rows, &levels));
                 expression_metric::ExpressionMetric::new(&out.ws, Some((host, contexts)))
             }
@@ -783,14 +788,13 @@ impl MrviModel {
         // the draw as `Posterior::rsample` makes it, and the KL term
         let noise_tensor = q.mean.randn_like();
         let u_leaf = (&q.mean + &q.sd * &noise_tensor).detach().set_requires_grad(true);
-        let (mean, sd, noise) = (attention_step::host(&q.mean), attention_step::host(&q.sd), attention_step::host(&noise_tensor));
+        let (mean, sd, noise) = (host_floats(&q.mean), host_floats(&q.sd), host_floats(&noise_tensor));
         let d = self.config.dim_u() as usize;
         let (prior, prior_parameters) = match &self.prior {
             PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
             PriorParams::Mog { logits, means, log_scales } => {
                 let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
-                let host = attention_step::host;
-                let step = prior_step::mixture(&mean, &sd, &noise, d, &host(logits), labels.as_deref(), &host(means), &host(log_scales));
+                let step = prior_step::mixture(&mean, &sd, &noise, d, &host_floats(logits), labels.as_deref(), &host_floats(means), &host_floats(log_scales));
                 (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
             }
         };

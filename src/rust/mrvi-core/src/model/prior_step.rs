@@ -137,11 +137,8 @@ pub fn mixture(mean: &[f32], sd: &[f32], eps: &[f32], d: usize, logits: &[f32], 
 mod tests {
     use super::*;
     use crate::model::attention::mixture_log_density;
+    use crate::model::host_floats as floats;
     use tch::{Device, Kind, Tensor};
-
-    fn floats(t: &Tensor) -> Vec<f32> {
-        Vec::<f32>::try_from(&t.detach().contiguous().view([-1])).unwrap()
-    }
 
     fn close(name: &str, got: &[f32], want: &Tensor) {
         let want = floats(want);
