@@ -61,7 +61,13 @@ impl Encoder {
 impl Posterior {
     /// One reparameterised draw u = mean + sd * eps.
     pub fn rsample(&self) -> Tensor {
-        &self.mean + &self.sd * self.mean.randn_like()
+        self.rsample_with_noise().0
+    }
+
+    /// [Self::rsample] and the standard normal noise eps it drew.
+    pub fn rsample_with_noise(&self) -> (Tensor, Tensor) {
+        let eps = self.mean.randn_like();
+        (&self.mean + &self.sd * &eps, eps)
     }
 
     /// KL(q || N(0, I)) per cell, summed over dimensions.

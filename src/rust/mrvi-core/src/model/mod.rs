@@ -785,9 +785,9 @@ impl MrviModel {
         else {
             unreachable!("the staged pass is the attention flavour's");
         };
-        // the draw as `Posterior::rsample` makes it, and the KL term
-        let noise_tensor = q.mean.randn_like();
-        let u_leaf = (&q.mean + &q.sd * &noise_tensor).detach().set_requires_grad(true);
+        // the draw of u (a leaf: its gradient reaches mean and sd in the last pass), and the KL term
+        let (u, noise_tensor) = q.rsample_with_noise();
+        let u_leaf = u.detach().set_requires_grad(true);
         let (mean, sd, noise) = (host_floats(&q.mean), host_floats(&q.sd), host_floats(&noise_tensor));
         let d = self.config.dim_u() as usize;
         let (prior, prior_parameters) = match &self.prior {
