@@ -7,16 +7,16 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 pub struct Encoder {
-    lin1: nn::Linear,
-    lin2: nn::Linear,
-    scale1: Tensor,
-    shift1: Tensor,
-    scale2: Tensor,
-    shift2: Tensor,
-    sample_embedding: Tensor,
-    mean: nn::Linear,
-    scale: nn::Linear,
-    n_hidden: i64,
+    pub(super) lin1: nn::Linear,
+    pub(super) lin2: nn::Linear,
+    pub(super) scale1: Tensor,
+    pub(super) shift1: Tensor,
+    pub(super) scale2: Tensor,
+    pub(super) shift2: Tensor,
+    pub(super) sample_embedding: Tensor,
+    pub(super) mean: nn::Linear,
+    pub(super) scale: nn::Linear,
+    pub(super) n_hidden: i64,
 }
 
 pub struct Posterior {

@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod encoder_step;
 pub mod expression_metric;
 pub mod attention;
 pub mod attention_step;
@@ -34,6 +35,7 @@ use crate::error::Result;
 use attention::AttentionBlock;
 use config::{Flavour, ModelConfig, Prior};
 use encoder::{Encoder, Posterior};
+use encoder_step::EncoderStep;
 use nb::NonZeros;
 use tch::nn::{self, Module};
 use rayon::prelude::*;
@@ -132,7 +134,11 @@ pub(crate) fn host_floats(t: &Tensor) -> Vec<f32> {
 /// Adds `grad` (the tensor's shape, row-major) to `tensor`'s `.grad` in place
 /// where that exists on the CPU (every step after the first); otherwise returns
 /// sum(tensor * grad), whose gradient a backward pass adds.
+/// A frozen tensor (`requires_grad` false) takes nothing.
 pub(crate) fn add_to_grad(tensor: &Tensor, grad: &[f32]) -> Option<Tensor> {
+    if !tensor.requires_grad() {
+        return None;
+    }
     let mut existing = tensor.grad();
     if existing.defined() && existing.device() == Device::Cpu && existing.kind() == Kind::Float && existing.is_contiguous() {
         // SAFETY: checked just above; `existing` outlives the slice.
@@ -322,31 +328,40 @@ pub struct HostCopy {
 /// What one optimisation step needs: a scalar whose gradient is that of the
 /// loss (sum over cells of -log p + kl_weight * KL, divided by the batch size),
 /// and the sums of the two terms for reporting.
-pub struct StepTerms {
+pub struct StepTerms<'a> {
     objective: Tensor,
     pub reconstruction_sum: f64,
     pub kl_sum: f64,
-    /// the rest of the backward when the attention blocks and KL term ran on
-    /// the host, and the KL terms' factor (kl_weight / batch size)
-    staged: Option<(Staged, f64)>,
+    /// the rest of the backward when parts of the step ran on the host, and
+    /// the KL terms' factor (kl_weight / batch size)
+    host: Option<(HostPart<'a>, f64)>,
 }
 
-impl StepTerms {
+impl StepTerms<'_> {
     /// Adds the step's gradients to the parameters' .grad.
     pub fn backward(self) -> std::result::Result<(), tch::TchError> {
         self.objective.f_backward()?;
-        match self.staged {
-            Some((staged, kl_scale)) => staged.backward(kl_scale),
+        match self.host {
+            Some((HostPart::Staged(staged), kl_scale)) => staged.backward(kl_scale),
+            Some((HostPart::Encoder { step, mean, sd }, _)) => backward_surrogate(step.backward(&host_floats(&mean.grad()), &host_floats(&sd.grad()))),
             None => Ok(()),
         }
     }
 }
 
-struct Forward {
+/// What ran on the host in a CPU training step: the encoder past its first
+/// layer ([EncoderStep]; its mean and sd enter autograd as leaves), and for
+/// the attention flavour its blocks and KL term too ([Staged]).
+enum HostPart<'a> {
+    Encoder { step: EncoderStep<'a>, mean: Tensor, sd: Tensor },
+    Staged(Staged<'a>),
+}
+
+struct Forward<'a> {
     logits: Tensor,
-    /// per cell; with `staged`, a value only (its gradient comes from there)
+    /// per cell; with a staged host part, a value only (its gradient comes from there)
     kl: Tensor,
-    staged: Option<Staged>,
+    host: Option<HostPart<'a>>,
 }
 
 /// A training pass of the attention flavour with both blocks and the KL term
@@ -356,11 +371,10 @@ struct Forward {
 /// backward runs through the last part; [Self::backward] then takes each block's
 /// output gradient through the block on the host and on through the part
 /// before it, so that each part is traversed once.
-struct Staged {
-    /// the posterior's mean and sd (with the encoder's graph), the draw's noise
+struct Staged<'a> {
+    /// the encoder's step (the posterior's mean and sd), the draw's noise
     /// (u = mean + sd * noise), and the KL terms with their gradients
-    mean: Tensor,
-    sd: Tensor,
+    encoder: EncoderStep<'a>,
     noise: Vec<f32>,
     prior: prior_step::PriorStep,
     u_leaf: Tensor,
@@ -375,7 +389,7 @@ struct Staged {
     prior_parameters: Option<[Tensor; 3]>,
 }
 
-impl Staged {
+impl Staged<'_> {
     fn backward(self, kl_scale: f64) -> std::result::Result<(), tch::TchError> {
         let dot = |a: &Tensor, b: &Tensor| a.reshape([-1]).dot(&b.reshape([-1]));
         let (step, tape) = &self.decoder_block;
@@ -397,8 +411,7 @@ impl Staged {
             d_mean[i] = du + s * prior.d_mean[i];
             d_sd[i] = du * self.noise[i] + s * prior.d_sd[i];
         }
-        let on_device = |v: &[f32], like: &Tensor| Tensor::from_slice(v).to_device(like.device());
-        surrogate = surrogate + dot(&self.mean, &on_device(&d_mean, &self.mean)) + dot(&self.sd, &on_device(&d_sd, &self.sd));
+        surrogate = surrogate + self.encoder.backward(&d_mean, &d_sd);
         if let (Some(tensors), Some(grads)) = (&self.prior_parameters, &prior.d_prior) {
             for (t, g) in tensors.iter().zip(grads) {
                 let g: Vec<f32> = g.iter().map(|v| v * s).collect();
@@ -407,7 +420,18 @@ impl Staged {
                 }
             }
         }
+        backward_surrogate(surrogate)
+    }
+}
+
+/// The backward of a step's surrogate term, unless nothing in it is trained
+/// (in `MrviModel::add_samples`' fits most parameters are frozen, and after the
+/// first step every trained one may have taken its gradient in place).
+fn backward_surrogate(surrogate: Tensor) -> std::result::Result<(), tch::TchError> {
+    if surrogate.requires_grad() {
         surrogate.f_backward()
+    } else {
+        Ok(())
     }
 }
 
@@ -765,36 +789,46 @@ impl MrviModel {
     /// per-cell prior terms (KL, plus the attention flavour's ||eps||^2 / 2).
     /// With `on_host` the attention flavour's blocks and KL term run on the host
     /// ([Staged]).
-    fn forward(&self, batch: &Batch, train: bool, on_host: bool) -> Forward {
-        let q = self.encode(&batch.log_counts, &batch.sample);
-        if on_host && matches!((&self.sample_effect, &self.decoder), (SampleEffect::Attention { .. }, Decoder::Attention { .. })) {
-            return self.forward_staged(batch, q);
-        }
+    fn forward(&self, batch: &Batch, train: bool, on_host: bool) -> Forward<'_> {
+        let (q, host) = if on_host {
+            let step = EncoderStep::new(&self.encoder, &batch.log_counts, &batch.sample);
+            if matches!((&self.sample_effect, &self.decoder), (SampleEffect::Attention { .. }, Decoder::Attention { .. })) {
+                return self.forward_staged(batch, step);
+            }
+            let leaf = |v: &[f32]| Tensor::from_slice(v).view([batch.sample.size()[0], -1]).set_requires_grad(true);
+            let (mean, sd) = (leaf(&step.mean), leaf(&step.sd));
+            let q = Posterior { mean: mean.shallow_clone(), sd: sd.shallow_clone() };
+            (q, Some(HostPart::Encoder { step, mean, sd }))
+        } else {
+            (self.encode(&batch.log_counts, &batch.sample), None)
+        };
         let u = q.rsample();
         let kl = self.kl(&q, &u, batch.label.as_ref());
         let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
         let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
-        Forward { logits, kl: kl + penalty, staged: None }
+        Forward { logits, kl: kl + penalty, host }
     }
 
     /// [Self::forward] of the attention flavour with its blocks and KL term on
     /// the host, the graph cut as [Staged] says.
-    fn forward_staged(&self, batch: &Batch, q: Posterior) -> Forward {
+    fn forward_staged<'a>(&'a self, batch: &Batch, encoder: EncoderStep<'a>) -> Forward<'a> {
         let (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance }) =
             (&self.sample_effect, &self.decoder)
         else {
             unreachable!("the staged pass is the attention flavour's");
         };
         // the draw of u (a leaf: its gradient reaches mean and sd in the last pass), and the KL term
+        let rows = |v: &[f32]| Tensor::from_slice(v).view([batch.sample.size()[0], -1]);
+        let q = Posterior { mean: rows(&encoder.mean), sd: rows(&encoder.sd) };
         let (u, noise_tensor) = q.rsample_with_noise();
-        let u_leaf = u.detach().set_requires_grad(true);
-        let (mean, sd, noise) = (host_floats(&q.mean), host_floats(&q.sd), host_floats(&noise_tensor));
+        let u_leaf = u.set_requires_grad(true);
+        let (mean, sd, noise) = (&encoder.mean, &encoder.sd, host_floats(&noise_tensor));
         let d = self.config.dim_u() as usize;
         let (prior, prior_parameters) = match &self.prior {
-            PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
+            PriorParams::Normal => (prior_step::normal(mean, sd, d), None),
             PriorParams::Mog { logits, means, log_scales } => {
                 let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
-                let step = prior_step::mixture(&mean, &sd, &noise, d, &host_floats(logits), labels.as_deref(), &host_floats(means), &host_floats(log_scales));
+                let step = prior_step::mixture(mean, sd, &noise, d, &host_floats(logits), labels.as_deref(), &host_floats(means), &host_floats(log_scales));
                 (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
             }
         };
@@ -819,8 +853,7 @@ impl MrviModel {
         };
         let kl_value = (kl + &penalty).detach();
         let staged = Staged {
-            mean: q.mean,
-            sd: q.sd,
+            encoder,
             noise,
             prior,
             u_leaf,
@@ -833,7 +866,7 @@ impl MrviModel {
             penalty,
             prior_parameters,
         };
-        Forward { logits, kl: kl_value, staged: Some(staged) }
+        Forward { logits, kl: kl_value, host: Some(HostPart::Staged(staged)) }
     }
 
     /// The training objective of a minibatch. On the CPU the likelihood and its
@@ -844,17 +877,17 @@ impl MrviModel {
     /// differentiates the likelihood itself. On the CPU the attention flavour's
     /// blocks and KL term run on the host too ([Staged]); [StepTerms::backward]
     /// takes the gradient through them.
-    pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms {
+    pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms<'_> {
         let n = batch.sample.size()[0] as f64;
         if batch.nonzeros.is_some() {
             let l = self.losses(batch, train);
             let rec = l.reconstruction.sum(Kind::Float);
             let kl = l.kl.sum(Kind::Float);
             let objective = (&rec + &kl * kl_weight) / n;
-            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), staged: None };
+            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), host: None };
         }
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
-        let Forward { logits, kl, staged } = self.forward(batch, train, true);
+        let Forward { logits, kl, host: host_part } = self.forward(batch, train, true);
         let (b, g) = logits.size2().expect("2-d logits");
         let host_logits = logits.detach().contiguous();
         let host_theta = self.log_theta.detach().contiguous();
@@ -882,9 +915,10 @@ impl MrviModel {
         // (d_logits times the scalar gradient) has the same bits as for a sum of products
         let surrogate_ll = logits.reshape([-1]).dot(&d_logits.view([-1])) + self.log_theta.dot(&d_theta);
         let reconstruction_sum = -nb.log_lik.iter().sum::<f64>();
-        match staged {
-            Some(staged) => StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum: kl.double_value(&[]), staged: Some((staged, kl_weight / n)) },
-            None => StepTerms { objective: (-surrogate_ll + &kl * kl_weight) / n, reconstruction_sum, kl_sum: kl.double_value(&[]), staged: None },
+        let kl_sum = kl.double_value(&[]);
+        match host_part {
+            Some(staged @ HostPart::Staged(_)) => StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum, host: Some((staged, kl_weight / n)) },
+            part => StepTerms { objective: (-surrogate_ll + &kl * kl_weight) / n, reconstruction_sum, kl_sum, host: part.map(|h| (h, kl_weight / n)) },
         }
     }
 
