@@ -2,6 +2,8 @@
 //! sample-conditional normalisation (LayerNorm without affine parameters, then a
 //! per-sample scale and shift) and ReLU; a learned sample embedding is added
 //! before the mean and scale heads. The encoder sees the sample, never the site.
+//! A CPU training step runs the layers past the first through
+//! `encoder_step.rs`, whose test holds it to [Encoder::forward].
 
 use tch::nn::{self, Module};
 use tch::Tensor;

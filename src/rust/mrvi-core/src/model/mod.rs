@@ -342,42 +342,80 @@ impl StepTerms<'_> {
     pub fn backward(self) -> std::result::Result<(), tch::TchError> {
         self.objective.f_backward()?;
         match self.host {
+            Some((HostPart::Posterior(posterior), kl_scale)) => {
+                let du = posterior.u_leaf.grad();
+                backward_surrogate(posterior.backward(&du, kl_scale))
+            }
             Some((HostPart::Staged(staged), kl_scale)) => staged.backward(kl_scale),
-            Some((HostPart::Encoder { step, mean, sd }, _)) => backward_surrogate(step.backward(&host_floats(&mean.grad()), &host_floats(&sd.grad()))),
             None => Ok(()),
         }
     }
 }
 
-/// What ran on the host in a CPU training step: the encoder past its first
-/// layer ([EncoderStep]; its mean and sd enter autograd as leaves), and for
-/// the attention flavour its blocks and KL term too ([Staged]).
+/// What ran on the host in a CPU training step: the posterior's part
+/// ([HostPosterior]), and for the attention flavour its blocks too ([Staged]).
 enum HostPart<'a> {
-    Encoder { step: EncoderStep<'a>, mean: Tensor, sd: Tensor },
+    Posterior(HostPosterior<'a>),
     Staged(Staged<'a>),
 }
 
 struct Forward<'a> {
     logits: Tensor,
-    /// per cell; with a staged host part, a value only (its gradient comes from there)
+    /// per cell; with a host part, a value only (its gradient comes from there)
     kl: Tensor,
     host: Option<HostPart<'a>>,
 }
 
-/// A training pass of the attention flavour with both blocks and the KL term
-/// on the host ([attention_step], [prior_step]): autograd's graph is cut where
-/// each block reads its input, into encoder -> (mean, sd), u and eps -> z (with
-/// the penalty on eps), z and the decoder block's y -> logits. The objective's
-/// backward runs through the last part; [Self::backward] then takes each block's
-/// output gradient through the block on the host and on through the part
-/// before it, so that each part is traversed once.
-struct Staged<'a> {
-    /// the encoder's step (the posterior's mean and sd), the draw's noise
-    /// (u = mean + sd * noise), and the KL terms with their gradients
+/// The posterior's part of a CPU training step, on the host: the encoder past
+/// its first layer ([EncoderStep]), the draw u = mean + sd * noise (a leaf of
+/// the graph that follows) and the KL term with its gradients ([prior_step]).
+struct HostPosterior<'a> {
     encoder: EncoderStep<'a>,
     noise: Vec<f32>,
     prior: prior_step::PriorStep,
     u_leaf: Tensor,
+    /// the mixture prior's parameters (logits, means, log scales), when it is one
+    prior_parameters: Option<[Tensor; 3]>,
+}
+
+impl HostPosterior<'_> {
+    /// Given u's gradient from the rest of the step, adds the KL term's and
+    /// takes both on through u = mean + sd * noise into the encoder and the
+    /// prior's parameters; returns the surrogate whose backward completes them.
+    fn backward(self, du: &Tensor, kl_scale: f64) -> Tensor {
+        let s = kl_scale as f32;
+        let du = host_floats(du);
+        let prior = &self.prior;
+        let mut d_mean = vec![0f32; du.len()];
+        let mut d_sd = vec![0f32; du.len()];
+        for i in 0..du.len() {
+            let du = du[i] + s * prior.d_u[i];
+            d_mean[i] = du + s * prior.d_mean[i];
+            d_sd[i] = du * self.noise[i] + s * prior.d_sd[i];
+        }
+        let mut surrogate = self.encoder.backward(&d_mean, &d_sd);
+        if let (Some(tensors), Some(grads)) = (&self.prior_parameters, &prior.d_prior) {
+            for (t, g) in tensors.iter().zip(grads) {
+                let g: Vec<f32> = g.iter().map(|v| v * s).collect();
+                if let Some(term) = add_to_grad(t, &g) {
+                    surrogate = surrogate + term;
+                }
+            }
+        }
+        surrogate
+    }
+}
+
+/// A training pass of the attention flavour with its posterior part
+/// ([HostPosterior]) and both blocks on the host ([attention_step]):
+/// autograd's graph is cut where each host part reads its input, into the
+/// encoder's first layer, u and eps -> z (with the penalty on eps), z and the
+/// decoder block's y -> logits. The objective's backward runs through the last
+/// part; [Self::backward] then takes each block's output gradient through the
+/// block on the host and on through the part before it, so that each part is
+/// traversed once.
+struct Staged<'a> {
+    posterior: HostPosterior<'a>,
     eps: Tensor,
     sample_block: (attention_step::BlockStep, attention_step::Tape),
     z: Tensor,
@@ -385,8 +423,6 @@ struct Staged<'a> {
     y: Tensor,
     decoder_block: (attention_step::BlockStep, attention_step::Tape),
     penalty: Tensor,
-    /// the mixture prior's parameters (logits, means, log scales), when it is one
-    prior_parameters: Option<[Tensor; 3]>,
 }
 
 impl Staged<'_> {
@@ -398,29 +434,9 @@ impl Staged<'_> {
         (dot(&self.z, &dz) + step.gradient_surrogate(tape, &g) + self.penalty.sum(Kind::Float) * kl_scale).f_backward()?;
         let (step, tape) = &self.sample_block;
         let g = step.backward(tape, &self.eps.grad());
-        let mut surrogate = step.gradient_surrogate(tape, &g);
-        // u = mean + sd * noise: u's gradient (z's part, the block's, the KL's) and
-        // the KL's own with respect to mean and sd, taken on to the encoder
-        let s = kl_scale as f32;
-        let du = host_floats(&(self.u_leaf.grad() + &g.input));
-        let prior = &self.prior;
-        let mut d_mean = vec![0f32; du.len()];
-        let mut d_sd = vec![0f32; du.len()];
-        for i in 0..du.len() {
-            let du = du[i] + s * prior.d_u[i];
-            d_mean[i] = du + s * prior.d_mean[i];
-            d_sd[i] = du * self.noise[i] + s * prior.d_sd[i];
-        }
-        surrogate = surrogate + self.encoder.backward(&d_mean, &d_sd);
-        if let (Some(tensors), Some(grads)) = (&self.prior_parameters, &prior.d_prior) {
-            for (t, g) in tensors.iter().zip(grads) {
-                let g: Vec<f32> = g.iter().map(|v| v * s).collect();
-                if let Some(term) = add_to_grad(t, &g) {
-                    surrogate = surrogate + term;
-                }
-            }
-        }
-        backward_surrogate(surrogate)
+        // u's gradient: z's part and the block's
+        let du = self.posterior.u_leaf.grad() + &g.input;
+        backward_surrogate(step.gradient_surrogate(tape, &g) + self.posterior.backward(&du, kl_scale))
     }
 }
 
@@ -787,37 +803,31 @@ impl MrviModel {
 
     /// One pass from counts to decoder logits with one posterior draw of u, and the
     /// per-cell prior terms (KL, plus the attention flavour's ||eps||^2 / 2).
-    /// With `on_host` the attention flavour's blocks and KL term run on the host
-    /// ([Staged]).
+    /// With `on_host` the posterior's part runs on the host ([HostPosterior]),
+    /// and the attention flavour's blocks too ([Staged]).
     fn forward(&self, batch: &Batch, train: bool, on_host: bool) -> Forward<'_> {
-        let (q, host) = if on_host {
-            let step = EncoderStep::new(&self.encoder, &batch.log_counts, &batch.sample);
+        if on_host {
+            let posterior = self.host_posterior(batch, EncoderStep::new(&self.encoder, &batch.log_counts, &batch.sample));
             if matches!((&self.sample_effect, &self.decoder), (SampleEffect::Attention { .. }, Decoder::Attention { .. })) {
-                return self.forward_staged(batch, step);
+                return self.forward_staged(batch, posterior);
             }
-            let leaf = |v: &[f32]| Tensor::from_slice(v).view([batch.sample.size()[0], -1]).set_requires_grad(true);
-            let (mean, sd) = (leaf(&step.mean), leaf(&step.sd));
-            let q = Posterior { mean: mean.shallow_clone(), sd: sd.shallow_clone() };
-            (q, Some(HostPart::Encoder { step, mean, sd }))
-        } else {
-            (self.encode(&batch.log_counts, &batch.sample), None)
-        };
+            let (z, penalty) = self.z_and_penalty(&posterior.u_leaf, &batch.sample);
+            let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
+            let kl = Tensor::from_slice(&posterior.prior.kl) + penalty;
+            return Forward { logits, kl, host: Some(HostPart::Posterior(posterior)) };
+        }
+        let q = self.encode(&batch.log_counts, &batch.sample);
         let u = q.rsample();
         let kl = self.kl(&q, &u, batch.label.as_ref());
         let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
         let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
-        Forward { logits, kl: kl + penalty, host }
+        Forward { logits, kl: kl + penalty, host: None }
     }
 
-    /// [Self::forward] of the attention flavour with its blocks and KL term on
-    /// the host, the graph cut as [Staged] says.
-    fn forward_staged<'a>(&'a self, batch: &Batch, encoder: EncoderStep<'a>) -> Forward<'a> {
-        let (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance }) =
-            (&self.sample_effect, &self.decoder)
-        else {
-            unreachable!("the staged pass is the attention flavour's");
-        };
-        // the draw of u (a leaf: its gradient reaches mean and sd in the last pass), and the KL term
+    /// The posterior's part of a CPU training step on the host, from the
+    /// encoder's: the draw of u (a leaf: its gradient reaches mean and sd in
+    /// the last pass) and the KL term.
+    fn host_posterior<'a>(&'a self, batch: &Batch, encoder: EncoderStep<'a>) -> HostPosterior<'a> {
         let rows = |v: &[f32]| Tensor::from_slice(v).view([batch.sample.size()[0], -1]);
         let q = Posterior { mean: rows(&encoder.mean), sd: rows(&encoder.sd) };
         let (u, noise_tensor) = q.rsample_with_noise();
@@ -832,14 +842,26 @@ impl MrviModel {
                 (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
             }
         };
-        let kl = Tensor::from_slice(&prior.kl).to_device(u_leaf.device());
+        HostPosterior { encoder, noise, prior, u_leaf, prior_parameters }
+    }
+
+    /// [Self::forward] of the attention flavour with its blocks on the host
+    /// too, the graph cut as [Staged] says.
+    fn forward_staged<'a>(&'a self, batch: &Batch, posterior: HostPosterior<'a>) -> Forward<'a> {
+        let (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance }) =
+            (&self.sample_effect, &self.decoder)
+        else {
+            unreachable!("the staged pass is the attention flavour's");
+        };
+        let u_leaf = &posterior.u_leaf;
+        let kl = Tensor::from_slice(&posterior.prior.kl).to_device(u_leaf.device());
         let step = attention_step::BlockStep::new(block);
         let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
-        let (eps, tape) = step.forward(&u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
+        let (eps, tape) = step.forward(u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
         let sample_block = (step, tape);
         let eps = eps.set_requires_grad(true);
         let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
-        let z = base.forward(&u_leaf) + &eps;
+        let z = base.forward(u_leaf) + &eps;
         let z_leaf = z.detach().set_requires_grad(true);
         let continuous = batch.continuous.as_ref().zip(self.continuous.as_ref());
         let (context, logit_term) = Self::nuisance_context(nuisance, &batch.site, continuous);
@@ -852,20 +874,7 @@ impl MrviModel {
             None => logits,
         };
         let kl_value = (kl + &penalty).detach();
-        let staged = Staged {
-            encoder,
-            noise,
-            prior,
-            u_leaf,
-            eps,
-            sample_block,
-            z,
-            z_leaf,
-            y,
-            decoder_block: (step, tape),
-            penalty,
-            prior_parameters,
-        };
+        let staged = Staged { posterior, eps, sample_block, z, z_leaf, y, decoder_block: (step, tape), penalty };
         Forward { logits, kl: kl_value, host: Some(HostPart::Staged(staged)) }
     }
 
@@ -918,7 +927,8 @@ impl MrviModel {
         let kl_sum = kl.double_value(&[]);
         match host_part {
             Some(staged @ HostPart::Staged(_)) => StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum, host: Some((staged, kl_weight / n)) },
-            part => StepTerms { objective: (-surrogate_ll + &kl * kl_weight) / n, reconstruction_sum, kl_sum, host: part.map(|h| (h, kl_weight / n)) },
+            // a host posterior's KL is a constant here (its gradient comes from there)
+            part => StepTerms { objective: (-surrogate_ll + &kl * kl_weight) / n, reconstruction_sum, kl_sum, host: part.map(|p| (p, kl_weight / n)) },
         }
     }
 
