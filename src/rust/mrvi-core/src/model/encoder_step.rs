@@ -37,6 +37,8 @@ struct Tape {
     /// the first layer's output, with its graph
     a1: Tensor,
     layer1: NormTape,
+    /// layer 1's output as a tensor, the second layer's input
+    input2: Tensor,
     layer2: NormTape,
     /// the heads' input, h = relu(layer 2) + embedding [B, H]
     h: Tensor,
@@ -45,7 +47,7 @@ struct Tape {
 }
 
 /// One conditional LayerNorm + ReLU over the minibatch: the normalised rows,
-/// their 1 / sd, and the output (also a tensor: the next product's input).
+/// their 1 / sd, and the output.
 struct NormTape {
     normalised: Vec<f32>,
     inv_sd: Vec<f32>,
@@ -67,7 +69,8 @@ impl<'a> EncoderStep<'a> {
         let sample: Vec<usize> = Vec::<i64>::try_from(sample).expect("sample codes").into_iter().map(|s| s as usize).collect();
         let a1 = encoder.lin1.forward(log_counts);
         let layer1 = norm_forward(&host(&a1), &host(&encoder.scale1), &host(&encoder.shift1), &sample, h_dim);
-        let a2 = affine(&rows_tensor(&layer1.out, h_dim), &encoder.lin2);
+        let input2 = rows_tensor(&layer1.out, h_dim);
+        let a2 = affine(&input2, &encoder.lin2);
         let layer2 = norm_forward(&host(&a2), &host(&encoder.scale2), &host(&encoder.shift2), &sample, h_dim);
         let embedding = host(&encoder.sample_embedding);
         let mut h = layer2.out.clone();
@@ -78,7 +81,7 @@ impl<'a> EncoderStep<'a> {
         let mean = host(&affine(&h, &encoder.mean));
         let scale_logits = host(&affine(&h, &encoder.scale));
         let sd = scale_logits.iter().map(|&v| softplus(v) + SD_FLOOR).collect();
-        Self { mean, sd, encoder, tape: Tape { sample, n_hidden: h_dim, a1, layer1, layer2, h, scale_logits } }
+        Self { mean, sd, encoder, tape: Tape { sample, n_hidden: h_dim, a1, layer1, input2, layer2, h, scale_logits } }
     }
 
     /// Adds the gradients of the encoder's parameters past its first layer to
@@ -87,7 +90,7 @@ impl<'a> EncoderStep<'a> {
     /// when a `.grad` does not exist yet, the others').
     pub fn backward(self, d_mean: &[f32], d_sd: &[f32]) -> Tensor {
         let encoder = self.encoder;
-        let Tape { sample, n_hidden: h_dim, a1, layer1, layer2, h, scale_logits } = self.tape;
+        let Tape { sample, n_hidden: h_dim, a1, layer1, input2, layer2, h, scale_logits } = self.tape;
         let l = d_mean.len() / sample.len();
         // sd = softplus(s) + floor: d s = d sd * sigmoid(s)
         let d_scale_logits: Vec<f32> = d_sd.iter().zip(&scale_logits).map(|(&d, &s)| d * sigmoid(s)).collect();
@@ -100,7 +103,7 @@ impl<'a> EncoderStep<'a> {
         surrogate.extend(add_per_sample(&encoder.scale2, &g2.scale, &sample, h_dim));
         surrogate.extend(add_per_sample(&encoder.shift2, &g2.shift, &sample, h_dim));
         let d_a2 = rows_tensor(&g2.input, h_dim);
-        surrogate.extend(affine_backward(&encoder.lin2, &d_a2, &rows_tensor(&layer1.out, h_dim)));
+        surrogate.extend(affine_backward(&encoder.lin2, &d_a2, &input2));
         let d_out1 = host(&d_a2.mm(&encoder.lin2.ws.detach()));
         let g1 = norm_backward(&layer1, &d_out1, &host(&encoder.scale1), &sample, h_dim);
         surrogate.extend(add_per_sample(&encoder.scale1, &g1.scale, &sample, h_dim));
