@@ -319,9 +319,10 @@ fn parts_of_a_newer_version_are_refused() {
     assert_eq!(e.class(), "mrvi_io_error", "{e}");
 }
 
-/// The CPU step (fused likelihood, the encoder past its first layer and the KL
-/// term on the host; for the attention flavour both blocks too, with the staged
-/// backward; either prior) has autograd's gradient for every parameter.
+/// The CPU step (fused likelihood; for the attention flavour, both blocks and the
+/// KL term on the host with the staged backward, either prior; the linear flavour
+/// with either prior) has autograd's gradient for every parameter, on a first
+/// step and on a later one.
 #[test]
 fn fused_cpu_objective_has_the_autograd_gradient() {
     let _rng = common::libtorch_rng();

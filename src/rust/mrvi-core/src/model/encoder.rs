@@ -2,23 +2,21 @@
 //! sample-conditional normalisation (LayerNorm without affine parameters, then a
 //! per-sample scale and shift) and ReLU; a learned sample embedding is added
 //! before the mean and scale heads. The encoder sees the sample, never the site.
-//! A CPU training step runs the layers past the first through
-//! `encoder_step.rs`, whose test holds it to [Encoder::forward].
 
 use tch::nn::{self, Module};
 use tch::Tensor;
 
 pub struct Encoder {
-    pub(super) lin1: nn::Linear,
-    pub(super) lin2: nn::Linear,
-    pub(super) scale1: Tensor,
-    pub(super) shift1: Tensor,
-    pub(super) scale2: Tensor,
-    pub(super) shift2: Tensor,
-    pub(super) sample_embedding: Tensor,
-    pub(super) mean: nn::Linear,
-    pub(super) scale: nn::Linear,
-    pub(super) n_hidden: i64,
+    lin1: nn::Linear,
+    lin2: nn::Linear,
+    scale1: Tensor,
+    shift1: Tensor,
+    scale2: Tensor,
+    shift2: Tensor,
+    sample_embedding: Tensor,
+    mean: nn::Linear,
+    scale: nn::Linear,
+    n_hidden: i64,
 }
 
 pub struct Posterior {

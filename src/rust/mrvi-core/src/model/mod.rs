@@ -23,7 +23,6 @@
 
 pub mod config;
 pub mod encoder;
-pub mod encoder_step;
 pub mod expression_metric;
 pub mod attention;
 pub mod attention_step;
@@ -35,7 +34,6 @@ use crate::error::Result;
 use attention::AttentionBlock;
 use config::{Flavour, ModelConfig, Prior};
 use encoder::{Encoder, Posterior};
-use encoder_step::EncoderStep;
 use nb::NonZeros;
 use tch::nn::{self, Module};
 use rayon::prelude::*;
@@ -134,11 +132,7 @@ pub(crate) fn host_floats(t: &Tensor) -> Vec<f32> {
 /// Adds `grad` (the tensor's shape, row-major) to `tensor`'s `.grad` in place
 /// where that exists on the CPU (every step after the first); otherwise returns
 /// sum(tensor * grad), whose gradient a backward pass adds.
-/// A frozen tensor (`requires_grad` false) takes nothing.
 pub(crate) fn add_to_grad(tensor: &Tensor, grad: &[f32]) -> Option<Tensor> {
-    if !tensor.requires_grad() {
-        return None;
-    }
     let mut existing = tensor.grad();
     if existing.defined() && existing.device() == Device::Cpu && existing.kind() == Kind::Float && existing.is_contiguous() {
         // SAFETY: checked just above; `existing` outlives the slice.
@@ -328,94 +322,48 @@ pub struct HostCopy {
 /// What one optimisation step needs: a scalar whose gradient is that of the
 /// loss (sum over cells of -log p + kl_weight * KL, divided by the batch size),
 /// and the sums of the two terms for reporting.
-pub struct StepTerms<'a> {
+pub struct StepTerms {
     objective: Tensor,
     pub reconstruction_sum: f64,
     pub kl_sum: f64,
-    /// the rest of the backward when parts of the step ran on the host, and
-    /// the KL terms' factor (kl_weight / batch size)
-    host: Option<(HostPart<'a>, f64)>,
+    /// the rest of the backward when the attention blocks and KL term ran on
+    /// the host, and the KL terms' factor (kl_weight / batch size)
+    staged: Option<(Staged, f64)>,
 }
 
-impl StepTerms<'_> {
+impl StepTerms {
     /// Adds the step's gradients to the parameters' .grad.
     pub fn backward(self) -> std::result::Result<(), tch::TchError> {
         self.objective.f_backward()?;
-        match self.host {
-            Some((HostPart::Posterior(posterior), kl_scale)) => {
-                let du = posterior.u_leaf.grad();
-                backward_surrogate(posterior.backward(&du, kl_scale))
-            }
-            Some((HostPart::Staged(staged), kl_scale)) => staged.backward(kl_scale),
+        match self.staged {
+            Some((staged, kl_scale)) => staged.backward(kl_scale),
             None => Ok(()),
         }
     }
 }
 
-/// What ran on the host in a CPU training step: the posterior's part
-/// ([HostPosterior]), and for the attention flavour its blocks too ([Staged]).
-enum HostPart<'a> {
-    Posterior(HostPosterior<'a>),
-    Staged(Staged<'a>),
-}
-
-struct Forward<'a> {
+struct Forward {
     logits: Tensor,
-    /// per cell; with a host part, a value only (its gradient comes from there)
+    /// per cell; with `staged`, a value only (its gradient comes from there)
     kl: Tensor,
-    host: Option<HostPart<'a>>,
+    staged: Option<Staged>,
 }
 
-/// The posterior's part of a CPU training step, on the host: the encoder past
-/// its first layer ([EncoderStep]), the draw u = mean + sd * noise (a leaf of
-/// the graph that follows) and the KL term with its gradients ([prior_step]).
-struct HostPosterior<'a> {
-    encoder: EncoderStep<'a>,
+/// A training pass of the attention flavour with both blocks and the KL term
+/// on the host ([attention_step], [prior_step]): autograd's graph is cut where
+/// each block reads its input, into encoder -> (mean, sd), u and eps -> z (with
+/// the penalty on eps), z and the decoder block's y -> logits. The objective's
+/// backward runs through the last part; [Self::backward] then takes each block's
+/// output gradient through the block on the host and on through the part
+/// before it, so that each part is traversed once.
+struct Staged {
+    /// the posterior's mean and sd (with the encoder's graph), the draw's noise
+    /// (u = mean + sd * noise), and the KL terms with their gradients
+    mean: Tensor,
+    sd: Tensor,
     noise: Vec<f32>,
     prior: prior_step::PriorStep,
     u_leaf: Tensor,
-    /// the mixture prior's parameters (logits, means, log scales), when it is one
-    prior_parameters: Option<[Tensor; 3]>,
-}
-
-impl HostPosterior<'_> {
-    /// Given u's gradient from the rest of the step, adds the KL term's and
-    /// takes both on through u = mean + sd * noise into the encoder and the
-    /// prior's parameters; returns the surrogate whose backward completes them.
-    fn backward(self, du: &Tensor, kl_scale: f64) -> Tensor {
-        let s = kl_scale as f32;
-        let du = host_floats(du);
-        let prior = &self.prior;
-        let mut d_mean = vec![0f32; du.len()];
-        let mut d_sd = vec![0f32; du.len()];
-        for i in 0..du.len() {
-            let du = du[i] + s * prior.d_u[i];
-            d_mean[i] = du + s * prior.d_mean[i];
-            d_sd[i] = du * self.noise[i] + s * prior.d_sd[i];
-        }
-        let mut surrogate = self.encoder.backward(&d_mean, &d_sd);
-        if let (Some(tensors), Some(grads)) = (&self.prior_parameters, &prior.d_prior) {
-            for (t, g) in tensors.iter().zip(grads) {
-                let g: Vec<f32> = g.iter().map(|v| v * s).collect();
-                if let Some(term) = add_to_grad(t, &g) {
-                    surrogate = surrogate + term;
-                }
-            }
-        }
-        surrogate
-    }
-}
-
-/// A training pass of the attention flavour with its posterior part
-/// ([HostPosterior]) and both blocks on the host ([attention_step]):
-/// autograd's graph is cut where each host part reads its input, into the
-/// encoder's first layer, u and eps -> z (with the penalty on eps), z and the
-/// decoder block's y -> logits. The objective's backward runs through the last
-/// part; [Self::backward] then takes each block's output gradient through the
-/// block on the host and on through the part before it, so that each part is
-/// traversed once.
-struct Staged<'a> {
-    posterior: HostPosterior<'a>,
     eps: Tensor,
     sample_block: (attention_step::BlockStep, attention_step::Tape),
     z: Tensor,
@@ -423,9 +371,11 @@ struct Staged<'a> {
     y: Tensor,
     decoder_block: (attention_step::BlockStep, attention_step::Tape),
     penalty: Tensor,
+    /// the mixture prior's parameters (logits, means, log scales), when it is one
+    prior_parameters: Option<[Tensor; 3]>,
 }
 
-impl Staged<'_> {
+impl Staged {
     fn backward(self, kl_scale: f64) -> std::result::Result<(), tch::TchError> {
         let dot = |a: &Tensor, b: &Tensor| a.reshape([-1]).dot(&b.reshape([-1]));
         let (step, tape) = &self.decoder_block;
@@ -434,20 +384,30 @@ impl Staged<'_> {
         (dot(&self.z, &dz) + step.gradient_surrogate(tape, &g) + self.penalty.sum(Kind::Float) * kl_scale).f_backward()?;
         let (step, tape) = &self.sample_block;
         let g = step.backward(tape, &self.eps.grad());
-        // u's gradient: z's part and the block's
-        let du = self.posterior.u_leaf.grad() + &g.input;
-        backward_surrogate(step.gradient_surrogate(tape, &g) + self.posterior.backward(&du, kl_scale))
-    }
-}
-
-/// The backward of a step's surrogate term, unless nothing in it is trained
-/// (in `MrviModel::add_samples`' fits most parameters are frozen, and after the
-/// first step every trained one may have taken its gradient in place).
-fn backward_surrogate(surrogate: Tensor) -> std::result::Result<(), tch::TchError> {
-    if surrogate.requires_grad() {
+        let mut surrogate = step.gradient_surrogate(tape, &g);
+        // u = mean + sd * noise: u's gradient (z's part, the block's, the KL's) and
+        // the KL's own with respect to mean and sd, taken on to the encoder
+        let s = kl_scale as f32;
+        let du = host_floats(&(self.u_leaf.grad() + &g.input));
+        let prior = &self.prior;
+        let mut d_mean = vec![0f32; du.len()];
+        let mut d_sd = vec![0f32; du.len()];
+        for i in 0..du.len() {
+            let du = du[i] + s * prior.d_u[i];
+            d_mean[i] = du + s * prior.d_mean[i];
+            d_sd[i] = du * self.noise[i] + s * prior.d_sd[i];
+        }
+        let on_device = |v: &[f32], like: &Tensor| Tensor::from_slice(v).to_device(like.device());
+        surrogate = surrogate + dot(&self.mean, &on_device(&d_mean, &self.mean)) + dot(&self.sd, &on_device(&d_sd, &self.sd));
+        if let (Some(tensors), Some(grads)) = (&self.prior_parameters, &prior.d_prior) {
+            for (t, g) in tensors.iter().zip(grads) {
+                let g: Vec<f32> = g.iter().map(|v| v * s).collect();
+                if let Some(term) = add_to_grad(t, &g) {
+                    surrogate = surrogate + term;
+                }
+            }
+        }
         surrogate.f_backward()
-    } else {
-        Ok(())
     }
 }
 
@@ -803,65 +763,49 @@ impl MrviModel {
 
     /// One pass from counts to decoder logits with one posterior draw of u, and the
     /// per-cell prior terms (KL, plus the attention flavour's ||eps||^2 / 2).
-    /// With `on_host` the posterior's part runs on the host ([HostPosterior]),
-    /// and the attention flavour's blocks too ([Staged]).
-    fn forward(&self, batch: &Batch, train: bool, on_host: bool) -> Forward<'_> {
-        if on_host {
-            let posterior = self.host_posterior(batch, EncoderStep::new(&self.encoder, &batch.log_counts, &batch.sample));
-            if matches!((&self.sample_effect, &self.decoder), (SampleEffect::Attention { .. }, Decoder::Attention { .. })) {
-                return self.forward_staged(batch, posterior);
-            }
-            let (z, penalty) = self.z_and_penalty(&posterior.u_leaf, &batch.sample);
-            let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
-            let kl = Tensor::from_slice(&posterior.prior.kl) + penalty;
-            return Forward { logits, kl, host: Some(HostPart::Posterior(posterior)) };
-        }
+    /// With `on_host` the attention flavour's blocks and KL term run on the host
+    /// ([Staged]).
+    fn forward(&self, batch: &Batch, train: bool, on_host: bool) -> Forward {
         let q = self.encode(&batch.log_counts, &batch.sample);
+        if on_host && matches!((&self.sample_effect, &self.decoder), (SampleEffect::Attention { .. }, Decoder::Attention { .. })) {
+            return self.forward_staged(batch, q);
+        }
         let u = q.rsample();
         let kl = self.kl(&q, &u, batch.label.as_ref());
         let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
         let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
-        Forward { logits, kl: kl + penalty, host: None }
+        Forward { logits, kl: kl + penalty, staged: None }
     }
 
-    /// The posterior's part of a CPU training step on the host, from the
-    /// encoder's: the draw of u (a leaf: its gradient reaches mean and sd in
-    /// the last pass) and the KL term.
-    fn host_posterior<'a>(&'a self, batch: &Batch, encoder: EncoderStep<'a>) -> HostPosterior<'a> {
-        let rows = |v: &[f32]| Tensor::from_slice(v).view([batch.sample.size()[0], -1]);
-        let q = Posterior { mean: rows(&encoder.mean), sd: rows(&encoder.sd) };
-        let (u, noise_tensor) = q.rsample_with_noise();
-        let u_leaf = u.set_requires_grad(true);
-        let (mean, sd, noise) = (&encoder.mean, &encoder.sd, host_floats(&noise_tensor));
-        let d = self.config.dim_u() as usize;
-        let (prior, prior_parameters) = match &self.prior {
-            PriorParams::Normal => (prior_step::normal(mean, sd, d), None),
-            PriorParams::Mog { logits, means, log_scales } => {
-                let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
-                let step = prior_step::mixture(mean, sd, &noise, d, &host_floats(logits), labels.as_deref(), &host_floats(means), &host_floats(log_scales));
-                (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
-            }
-        };
-        HostPosterior { encoder, noise, prior, u_leaf, prior_parameters }
-    }
-
-    /// [Self::forward] of the attention flavour with its blocks on the host
-    /// too, the graph cut as [Staged] says.
-    fn forward_staged<'a>(&'a self, batch: &Batch, posterior: HostPosterior<'a>) -> Forward<'a> {
+    /// [Self::forward] of the attention flavour with its blocks and KL term on
+    /// the host, the graph cut as [Staged] says.
+    fn forward_staged(&self, batch: &Batch, q: Posterior) -> Forward {
         let (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance }) =
             (&self.sample_effect, &self.decoder)
         else {
             unreachable!("the staged pass is the attention flavour's");
         };
-        let u_leaf = &posterior.u_leaf;
-        let kl = Tensor::from_slice(&posterior.prior.kl).to_device(u_leaf.device());
+        // the draw of u (a leaf: its gradient reaches mean and sd in the last pass), and the KL term
+        let (u, noise_tensor) = q.rsample_with_noise();
+        let u_leaf = u.detach().set_requires_grad(true);
+        let (mean, sd, noise) = (host_floats(&q.mean), host_floats(&q.sd), host_floats(&noise_tensor));
+        let d = self.config.dim_u() as usize;
+        let (prior, prior_parameters) = match &self.prior {
+            PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
+            PriorParams::Mog { logits, means, log_scales } => {
+                let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
+                let step = prior_step::mixture(&mean, &sd, &noise, d, &host_floats(logits), labels.as_deref(), &host_floats(means), &host_floats(log_scales));
+                (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
+            }
+        };
+        let kl = Tensor::from_slice(&prior.kl).to_device(u_leaf.device());
         let step = attention_step::BlockStep::new(block);
         let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
-        let (eps, tape) = step.forward(u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
+        let (eps, tape) = step.forward(&u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
         let sample_block = (step, tape);
         let eps = eps.set_requires_grad(true);
         let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
-        let z = base.forward(u_leaf) + &eps;
+        let z = base.forward(&u_leaf) + &eps;
         let z_leaf = z.detach().set_requires_grad(true);
         let continuous = batch.continuous.as_ref().zip(self.continuous.as_ref());
         let (context, logit_term) = Self::nuisance_context(nuisance, &batch.site, continuous);
@@ -874,8 +818,22 @@ impl MrviModel {
             None => logits,
         };
         let kl_value = (kl + &penalty).detach();
-        let staged = Staged { posterior, eps, sample_block, z, z_leaf, y, decoder_block: (step, tape), penalty };
-        Forward { logits, kl: kl_value, host: Some(HostPart::Staged(staged)) }
+        let staged = Staged {
+            mean: q.mean,
+            sd: q.sd,
+            noise,
+            prior,
+            u_leaf,
+            eps,
+            sample_block,
+            z,
+            z_leaf,
+            y,
+            decoder_block: (step, tape),
+            penalty,
+            prior_parameters,
+        };
+        Forward { logits, kl: kl_value, staged: Some(staged) }
     }
 
     /// The training objective of a minibatch. On the CPU the likelihood and its
@@ -886,17 +844,17 @@ impl MrviModel {
     /// differentiates the likelihood itself. On the CPU the attention flavour's
     /// blocks and KL term run on the host too ([Staged]); [StepTerms::backward]
     /// takes the gradient through them.
-    pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms<'_> {
+    pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms {
         let n = batch.sample.size()[0] as f64;
         if batch.nonzeros.is_some() {
             let l = self.losses(batch, train);
             let rec = l.reconstruction.sum(Kind::Float);
             let kl = l.kl.sum(Kind::Float);
             let objective = (&rec + &kl * kl_weight) / n;
-            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), host: None };
+            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), staged: None };
         }
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
-        let Forward { logits, kl, host: host_part } = self.forward(batch, train, true);
+        let Forward { logits, kl, staged } = self.forward(batch, train, true);
         let (b, g) = logits.size2().expect("2-d logits");
         let host_logits = logits.detach().contiguous();
         let host_theta = self.log_theta.detach().contiguous();
@@ -924,11 +882,9 @@ impl MrviModel {
         // (d_logits times the scalar gradient) has the same bits as for a sum of products
         let surrogate_ll = logits.reshape([-1]).dot(&d_logits.view([-1])) + self.log_theta.dot(&d_theta);
         let reconstruction_sum = -nb.log_lik.iter().sum::<f64>();
-        let kl_sum = kl.double_value(&[]);
-        match host_part {
-            Some(staged @ HostPart::Staged(_)) => StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum, host: Some((staged, kl_weight / n)) },
-            // a host posterior's KL is a constant here (its gradient comes from there)
-            part => StepTerms { objective: (-surrogate_ll + &kl * kl_weight) / n, reconstruction_sum, kl_sum, host: part.map(|p| (p, kl_weight / n)) },
+        match staged {
+            Some(staged) => StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum: kl.double_value(&[]), staged: Some((staged, kl_weight / n)) },
+            None => StepTerms { objective: (-surrogate_ll + &kl * kl_weight) / n, reconstruction_sum, kl_sum: kl.double_value(&[]), staged: None },
         }
     }
 
