@@ -57,6 +57,8 @@ for (backend in c("jax", "torch")) {
     next
   }
   r <- read_result(line)
+  # a batch size other than scvi-tools' default is part of the row's name
+  if (nzchar(Sys.getenv("SCVI_BATCH_SIZE"))) r$implementation <- paste0(r$implementation, "-batch", Sys.getenv("SCVI_BATCH_SIZE"))
   runs[[length(runs) + 1]] <- data.frame(implementation = r$implementation, cells_per_s = as.numeric(r$cells_per_s),
                                          epoch_s = as.numeric(r$epoch_s), wall_s = as.numeric(r$wall_s))
   cat(sprintf("%-24s %7.0f cells/s (%.2f s per epoch)\n", r$implementation, as.numeric(r$cells_per_s), as.numeric(r$epoch_s)))
