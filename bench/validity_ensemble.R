@@ -5,41 +5,48 @@
 # bias of the model it would keep).
 #   R_LIBS=$PWD/.Rlib Rscript bench/validity_ensemble.R [SEEDS]   (default 1:5)
 # Data: bench/validity.R's ultrametric design (validity_data() in bench/helpers.R),
-# MRVI_BENCH_CELLS cells (default 20000). A dataset's fits run two at a time, one
-# thread each. Writes bench/results/validity_ensemble.csv (per dataset: each fit, each
-# pair's average and the average of all; `kind` single / pair / all) and prints the
-# means per kind.
+# MRVI_BENCH_CELLS cells (default 20000), simulated once per dataset. A dataset's fits
+# run two at a time, one thread each. Writes bench/results/validity_ensemble.csv (per
+# dataset: each fit, each pair's average and the average of all; `kind` single / pair /
+# all) and prints the means per kind.
 source("bench/helpers.R")
 args <- commandArgs(trailingOnly = TRUE)
 seeds <- if (length(args)) eval(parse(text = args[1])) else 1:5
 n_cells <- as.integer(Sys.getenv("MRVI_BENCH_CELLS", "20000"))
 offsets <- 100L * seq_len(as.integer(Sys.getenv("MRVI_BENCH_FITS", "2"))) - 100L
 
-# one fit's posterior-mean group distances, in its own R process with one thread
-fit_distances <- function(seed, offset) {
-  out <- tempfile(fileext = ".rds")
-  code <- sprintf('suppressMessages(library(mrvi)); source("bench/helpers.R"); options(mrvi.threads = 1L)
-    sce <- validity_data(%d, "ultrametric", %d)
-    fit <- mrvi(sce, sample = "sample", batch = "site", seed = %d, verbose = FALSE)
-    saveRDS(sampleDistances(fit, groups = "cell_type", mc_samples = 0), "%s")', n_cells, seed, seed + offset, out)
-  list(out = out, process = parallel::mcparallel(system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(code)))))
+# A fit of the saved dataset with fit seed `seed`, its posterior-mean group distances
+# written to `out`: run_measurement() in a forked child, so that two run side by side.
+fit_job <- function(data_file, seed, out) {
+  parallel::mcparallel(run_measurement(sprintf('options(mrvi.threads = 1L)
+    suppressMessages(library(SingleCellExperiment))
+    fit <- mrvi(readRDS("%s"), sample = "sample", batch = "site", seed = %d, verbose = FALSE)
+    saveRDS(sampleDistances(fit, groups = "cell_type", mc_samples = 0), "%s")
+    result(epochs = nrow(fit@history))', data_file, seed, out)))
 }
 
 rows <- list()
 for (s in seeds) {
+  # each dataset simulated once, read by its fits
+  sce <- validity_data(n_cells, "ultrametric", s)
+  truth <- S4Vectors::metadata(sce)$truth
+  data_file <- tempfile(fileext = ".rds")
+  saveRDS(sce, data_file)
   d <- list()
   for (pair in split(offsets, (seq_along(offsets) - 1) %/% 2)) {
-    jobs <- lapply(pair, function(o) fit_distances(s, o))
-    parallel::mccollect(lapply(jobs, `[[`, "process"))
-    d <- c(d, lapply(jobs, function(j) readRDS(j$out)))
+    outs <- replicate(length(pair), tempfile(fileext = ".rds"))
+    done <- parallel::mccollect(Map(fit_job, data_file, s + pair, outs))
+    failed <- vapply(done, inherits, logical(1), "try-error")
+    if (any(failed)) stop(done[[which(failed)[1]]])
+    d <- c(d, lapply(outs, readRDS))
   }
+  unlink(data_file)
   # the mean of the fits `idx`' distances, with the first's dimnames and class
   average <- function(idx) {
     a <- d[[idx[1]]]
     a[] <- Reduce(`+`, lapply(d[idx], unclass)) / length(idx)
     a
   }
-  truth <- S4Vectors::metadata(validity_data(n_cells, "ultrametric", s))$truth
   sets <- list(single = as.list(seq_along(d)), pair = if (length(d) > 2) combn(length(d), 2, simplify = FALSE),
                all = list(seq_along(d)))
   for (kind in names(sets)) for (idx in sets[[kind]]) {
