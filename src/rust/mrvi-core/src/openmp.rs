@@ -10,7 +10,7 @@
 //! libtorch's CPU build links GNU OpenMP (libgomp), and so do R and this crate,
 //! so the process has one team: the same threads libtorch uses.
 
-use std::ffi::{c_uint, c_void};
+use std::ffi::{c_int, c_uint, c_void};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -20,6 +20,8 @@ extern "C" {
     /// Runs `f(data)` on `num_threads` threads of the calling thread's team (the
     /// caller is one of them) and returns when all have returned.
     fn GOMP_parallel(f: unsafe extern "C" fn(*mut c_void), data: *mut c_void, num_threads: c_uint, flags: c_uint);
+    /// Whether the calling thread is inside a parallel region.
+    fn omp_in_parallel() -> c_int;
 }
 
 /// The items, handed out one at a time: an index is taken by exactly one
@@ -56,11 +58,12 @@ unsafe extern "C" fn run<T: Send, F: Fn(&mut T) + Sync>(data: *mut c_void) {
 /// items). Items go to threads as they free up, so which thread runs an item
 /// varies; a result that must not depend on the thread count should therefore
 /// depend only on each item's own work (as every caller's does). Called from a
-/// thread of the crate's rayon pool it runs serially there, never starting a
-/// second team. A panic in `f` is raised again here after all threads return.
+/// thread of the crate's rayon pool, or from an item of another call (a shard
+/// of a training step), it runs serially there, never starting a second team. A panic in `f` is raised again here after all threads return.
 pub fn for_each_mut<T: Send, F: Fn(&mut T) + Sync>(items: &mut [T], f: F) {
     let threads = (crate::backend::num_threads().max(1) as usize).min(items.len());
-    if threads <= 1 || rayon::current_thread_index().is_some() {
+    // SAFETY: a query of the OpenMP runtime, callable from any thread.
+    if threads <= 1 || rayon::current_thread_index().is_some() || unsafe { omp_in_parallel() } != 0 {
         items.iter_mut().for_each(f);
         return;
     }

@@ -44,7 +44,7 @@ fn decoded_distances(model: &MrviModel, u: &Tensor) -> Tensor {
     for first in 0..2i64 {
         for second in 0..3i64 {
             let site = Tensor::from_slice(&[first, 2 + second]).view([1, 2]).expand([n * s, 2], false).contiguous();
-            let logits = tch::no_grad(|| model.decode_logits(&flat, &site, None, false));
+            let logits = tch::no_grad(|| model.decode_logits(&flat, &site, None, None));
             total += logits.log_softmax(1, Kind::Float) / std::f64::consts::LN_2;
         }
     }

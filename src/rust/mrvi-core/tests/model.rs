@@ -145,7 +145,7 @@ fn stop_gradient_keeps_sample_and_site_maps_off_the_encoder() {
     }
     let z = Tensor::randn([4, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let weights = Tensor::randn([4, 6], (Kind::Float, Device::Cpu));
-    (model.decode_logits(&z, &batch.site, None, false) * &weights).sum(Kind::Float).backward();
+    (model.decode_logits(&z, &batch.site, None, None) * &weights).sum(Kind::Float).backward();
     let c = &model.vs.variables()["decoder.C.weight"]; // [G, L]
     let expected = weights.matmul(c);
     let dev = (z.grad() - expected).abs().max().double_value(&[]);

@@ -66,7 +66,7 @@ fn linear_decoder_adds_each_covariates_terms() {
     let z = Tensor::randn([4, 3], (Kind::Float, Device::Cpu));
     let site = Tensor::from_slice(&[0i64, 2, 1, 4, 0, 3, 1, 2]).view([4, 2]);
     let x = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.0]).view([4, 1]);
-    let got = model.decode_logits(&z, &site, Some(&x), false);
+    let got = model.decode_logits(&z, &site, Some(&x), None);
     // C z + sum_k (C_{b_k} z + c_{b_k}) + x (D z + d), cell by cell
     for n in 0..4 {
         let zn = z.get(n);
@@ -95,10 +95,10 @@ fn attention_context_is_the_sum_of_the_embeddings() {
     // swapping the levels of one cell between covariates changes nothing (a sum);
     // a different continuous value does
     let swapped = Tensor::from_slice(&[3i64, 1, 4, 0]).view([2, 2]);
-    let a = model.decode_logits(&z, &site, Some(&x), false);
-    let b = model.decode_logits(&z, &swapped, Some(&x), false);
+    let a = model.decode_logits(&z, &site, Some(&x), None);
+    let b = model.decode_logits(&z, &swapped, Some(&x), None);
     assert!((a - &b).abs().max().double_value(&[]) < 1e-6);
-    let c = model.decode_logits(&z, &site, Some(&(&x + 1.0)), false);
+    let c = model.decode_logits(&z, &site, Some(&(&x + 1.0)), None);
     assert!((c - b).abs().max().double_value(&[]) > 1e-4);
 }
 

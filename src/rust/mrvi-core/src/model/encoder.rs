@@ -59,15 +59,10 @@ impl Encoder {
 }
 
 impl Posterior {
-    /// One reparameterised draw u = mean + sd * eps.
-    pub fn rsample(&self) -> Tensor {
-        self.rsample_with_noise().0
-    }
-
-    /// [Self::rsample] and the standard normal noise eps it drew.
-    pub fn rsample_with_noise(&self) -> (Tensor, Tensor) {
-        let eps = self.mean.randn_like();
-        (&self.mean + &self.sd * &eps, eps)
+    /// The reparameterised draw u = mean + sd * noise for standard normal
+    /// `noise` ([super::Draws]).
+    pub fn sample_with(&self, noise: &Tensor) -> Tensor {
+        &self.mean + &self.sd * noise
     }
 
     /// KL(q || N(0, I)) per cell, summed over dimensions.

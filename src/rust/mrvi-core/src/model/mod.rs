@@ -411,6 +411,23 @@ impl Staged {
     }
 }
 
+/// The random numbers of one pass over a minibatch: the posterior's standard
+/// normal noise [B, dim_u] and, for the linear flavour in training, the scaled
+/// dropout keep-mask on sg(z) [B, L]. Drawn before the pass, so that a
+/// minibatch split into shards on several threads ([crate::train]) uses the
+/// numbers it would have used in one piece.
+pub struct Draws {
+    pub noise: Tensor,
+    pub dropout: Option<Tensor>,
+}
+
+impl Draws {
+    /// The draws of cells `start..start + len` of the minibatch.
+    pub fn rows(&self, start: i64, len: i64) -> Draws {
+        Draws { noise: self.noise.narrow(0, start, len), dropout: self.dropout.as_ref().map(|m| m.narrow(0, start, len)) }
+    }
+}
+
 /// Per-cell terms of the ELBO for one minibatch.
 pub struct Losses {
     /// -log p(x | z, b), per cell
@@ -563,6 +580,21 @@ impl MrviModel {
         });
     }
 
+    /// A second set of leaves over this model's weights: the same storage (so
+    /// that updates of the weights reach it), gradients of its own. A shard of
+    /// a minibatch on another thread runs through it ([crate::train]). Built
+    /// as a new model, so it draws from libtorch's generator.
+    pub fn replica(&self) -> MrviModel {
+        let copy = MrviModel::new(self.config.clone(), self.device());
+        let own = self.vs.variables();
+        for (name, mut v) in copy.vs.variables() {
+            let from = &own[&name];
+            tch::no_grad(|| v.set_data(from));
+            let _ = v.set_requires_grad(from.requires_grad());
+        }
+        copy
+    }
+
     pub fn device(&self) -> Device {
         self.vs.device()
     }
@@ -683,15 +715,19 @@ impl MrviModel {
     /// cell's indicator over all levels (one 1 per covariate; then the continuous
     /// values in the same way) against [C, C_1..C_B, c_1..c_B (, D, d)].
     /// Attention flavour: Linear(z + attention(z, e)) (+ x d), e the sum of the
-    /// cell's site embeddings (plus x e_x).
-    pub fn decode_logits(&self, z: &Tensor, site: &Tensor, continuous: Option<&Tensor>, train: bool) -> Tensor {
+    /// cell's site embeddings (plus x e_x). `dropout`: the linear flavour's
+    /// scaled keep-mask on sg(z) in training ([Draws]); None outside training.
+    pub fn decode_logits(&self, z: &Tensor, site: &Tensor, continuous: Option<&Tensor>, dropout: Option<&Tensor>) -> Tensor {
         let continuous = continuous.zip(self.continuous.as_ref());
         match &self.decoder {
             Decoder::Linear { c, site_map, site_bias } => {
                 let b = self.config.n_batches;
                 let (l, g) = (self.config.n_latent, self.config.n_genes);
                 let onehot = site.one_hot(b).sum_dim_intlist(1, false, Kind::Int64).to_kind(z.kind()); // [N, B]
-                let zd = z.detach().dropout(self.config.dropout_rate, train); // [N, L]
+                let zd = match dropout {
+                    Some(mask) => z.detach() * mask,
+                    None => z.detach(),
+                }; // [N, L]
                 let interaction = |h: &Tensor| {
                     let w = h.size()[1];
                     (h.unsqueeze(2) * zd.unsqueeze(1)).reshape([-1, w * l]) // [N, W*L]
@@ -754,41 +790,68 @@ impl MrviModel {
 
     /// Per-cell reconstruction loss and KL for a minibatch (one draw of u).
     pub fn losses(&self, batch: &Batch, train: bool) -> Losses {
-        let Forward { logits, kl, .. } = self.forward(batch, train, false);
+        let draws = self.draws(batch.sample.size()[0], train);
+        let Forward { logits, kl, .. } = self.forward(batch, &draws, false);
+        self.likelihood_losses(batch, logits, kl)
+    }
+
+    /// [Losses] from a pass's logits and prior terms, with the likelihood as
+    /// libtorch operations (differentiable on any device).
+    fn likelihood_losses(&self, batch: &Batch, logits: Tensor, kl: Tensor) -> Losses {
         let log_mu = logits.log_softmax(1, logits.kind()) + &batch.log_library;
         let nz = batch.nonzeros.as_ref().expect("minibatch built without its non-zero structure");
         let ll = nb::log_prob_sparse(nz, &log_mu, &self.log_theta);
         Losses { reconstruction: -ll, kl }
     }
 
-    /// One pass from counts to decoder logits with one posterior draw of u, and the
-    /// per-cell prior terms (KL, plus the attention flavour's ||eps||^2 / 2).
-    /// With `on_host` the attention flavour's blocks and KL term run on the host
-    /// ([Staged]).
-    fn forward(&self, batch: &Batch, train: bool, on_host: bool) -> Forward {
+    /// The random numbers of one pass over `n` cells, drawn from libtorch's
+    /// generator in the order the pass consumes them (see [Draws]).
+    pub fn draws(&self, n: i64, train: bool) -> Draws {
+        let options = (Kind::Float, self.device());
+        let noise = Tensor::randn([n, self.config.dim_u()], options);
+        // as libtorch's dropout on the CPU: no draw at p = 0 or 1, else a
+        // Bernoulli(1 - p) mask divided by 1 - p
+        let p = self.config.dropout_rate;
+        let dropout = (train && matches!(self.decoder, Decoder::Linear { .. }) && p > 0.0).then(|| {
+            if p >= 1.0 {
+                return Tensor::zeros([n, self.config.n_latent], options);
+            }
+            let mut mask = Tensor::empty([n, self.config.n_latent], options);
+            let _ = mask.bernoulli_float_(1.0 - p);
+            let _ = mask.g_div_scalar_(1.0 - p);
+            mask
+        });
+        Draws { noise, dropout }
+    }
+
+    /// One pass from counts to decoder logits with the posterior draw of u that
+    /// `draws` gives, and the per-cell prior terms (KL, plus the attention
+    /// flavour's ||eps||^2 / 2). With `on_host` the attention flavour's blocks
+    /// and KL term run on the host ([Staged]).
+    fn forward(&self, batch: &Batch, draws: &Draws, on_host: bool) -> Forward {
         let q = self.encode(&batch.log_counts, &batch.sample);
         if on_host && matches!((&self.sample_effect, &self.decoder), (SampleEffect::Attention { .. }, Decoder::Attention { .. })) {
-            return self.forward_staged(batch, q);
+            return self.forward_staged(batch, q, &draws.noise);
         }
-        let u = q.rsample();
+        let u = q.sample_with(&draws.noise);
         let kl = self.kl(&q, &u, batch.label.as_ref());
         let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
-        let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), train);
+        let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
         Forward { logits, kl: kl + penalty, staged: None }
     }
 
     /// [Self::forward] of the attention flavour with its blocks and KL term on
     /// the host, the graph cut as [Staged] says.
-    fn forward_staged(&self, batch: &Batch, q: Posterior) -> Forward {
+    fn forward_staged(&self, batch: &Batch, q: Posterior, noise_tensor: &Tensor) -> Forward {
         let (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance }) =
             (&self.sample_effect, &self.decoder)
         else {
             unreachable!("the staged pass is the attention flavour's");
         };
         // the draw of u (a leaf: its gradient reaches mean and sd in the last pass), and the KL term
-        let (u, noise_tensor) = q.rsample_with_noise();
+        let u = q.sample_with(noise_tensor);
         let u_leaf = u.detach().set_requires_grad(true);
-        let (mean, sd, noise) = (host_floats(&q.mean), host_floats(&q.sd), host_floats(&noise_tensor));
+        let (mean, sd, noise) = (host_floats(&q.mean), host_floats(&q.sd), host_floats(noise_tensor));
         let d = self.config.dim_u() as usize;
         let (prior, prior_parameters) = match &self.prior {
             PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
@@ -845,16 +908,25 @@ impl MrviModel {
     /// blocks and KL term run on the host too ([Staged]); [StepTerms::backward]
     /// takes the gradient through them.
     pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms {
-        let n = batch.sample.size()[0] as f64;
+        let n = batch.sample.size()[0];
+        self.shard_terms(batch, &self.draws(n, train), kl_weight, n as f64)
+    }
+
+    /// [Self::step_terms] of one shard of a minibatch of `minibatch_cells`
+    /// cells (its part of the objective: its sums divided by that count), with
+    /// the shard's rows of the minibatch's draws.
+    pub fn shard_terms(&self, batch: &Batch, draws: &Draws, kl_weight: f64, minibatch_cells: f64) -> StepTerms {
+        let n = minibatch_cells;
         if batch.nonzeros.is_some() {
-            let l = self.losses(batch, train);
+            let Forward { logits, kl, .. } = self.forward(batch, draws, false);
+            let l = self.likelihood_losses(batch, logits, kl);
             let rec = l.reconstruction.sum(Kind::Float);
             let kl = l.kl.sum(Kind::Float);
             let objective = (&rec + &kl * kl_weight) / n;
             return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), staged: None };
         }
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
-        let Forward { logits, kl, staged } = self.forward(batch, train, true);
+        let Forward { logits, kl, staged } = self.forward(batch, draws, true);
         let (b, g) = logits.size2().expect("2-d logits");
         let host_logits = logits.detach().contiguous();
         let host_theta = self.log_theta.detach().contiguous();
@@ -891,7 +963,7 @@ impl MrviModel {
     /// Expected normalised expression rho for latent z and nuisance covariates
     /// (as in `decode_logits`): softmax(logits).
     pub fn expression(&self, z: &Tensor, site: &Tensor, continuous: Option<&Tensor>) -> Tensor {
-        self.decode_logits(z, site, continuous, false).softmax(1, Kind::Float)
+        self.decode_logits(z, site, continuous, None).softmax(1, Kind::Float)
     }
 
     pub fn check_compatible(&self, n_genes: usize) -> Result<()> {
