@@ -378,17 +378,34 @@ fn minibatches(order: &[usize], batch_size: usize) -> Vec<&[usize]> {
 }
 
 /// Summed reconstruction loss and KL of `cells` in evaluation mode (one
-/// posterior draw per cell).
+/// posterior draw per cell), in chunks of `chunk` cells. Every chunk's draws
+/// are made first, in order; the chunks are then split into shards as
+/// training's minibatches are ([train_step]) and run on the threads, and the
+/// sums are added in order, so one thread gives what one pass per chunk gives.
 fn evaluation_sums(model: &MrviModel, data: &Dataset, cells: &[usize], chunk: usize, fused: bool) -> (f64, f64) {
-    let (mut rec, mut kl) = (0.0, 0.0);
-    tch::no_grad(|| {
-        for part in cells.chunks(chunk) {
-            let terms = model.step_terms(&data.batch(part, model.device(), fused), 1.0, false);
-            rec += terms.reconstruction_sum;
-            kl += terms.kl_sum;
+    let threads = if model.device() == Device::Cpu { backend::num_threads().max(1) as usize } else { 1 };
+    let mut work: Vec<(&[usize], Draws, (f64, f64))> = Vec::new();
+    for part in cells.chunks(chunk) {
+        let draws = model.draws(part.len() as i64, false);
+        let shards = shard_count(part.len(), threads);
+        for k in 0..shards {
+            let range = k * part.len() / shards..(k + 1) * part.len() / shards;
+            work.push((&part[range.clone()], draws.rows(range.start as i64, range.len() as i64), (0.0, 0.0)));
         }
-    });
-    (rec, kl)
+    }
+    let lent = ShardModel(model);
+    let run = |(part, draws, sums): &mut (&[usize], Draws, (f64, f64))| {
+        let model = lent.get();
+        // grad mode is per thread: set on the one that runs the shard
+        let terms = tch::no_grad(|| model.shard_terms(&data.batch(part, model.device(), fused), draws, 1.0, part.len() as f64));
+        *sums = (terms.reconstruction_sum, terms.kl_sum);
+    };
+    if work.len() == 1 {
+        run(&mut work[0]);
+    } else {
+        crate::openmp::for_each_mut(&mut work, run);
+    }
+    work.iter().fold((0.0, 0.0), |(rec, kl), (_, _, (r, k))| (rec + r, kl + k))
 }
 
 /// What an epoch adds up over its minibatches: losses, the last KL weight, and
@@ -411,14 +428,22 @@ struct Shard<'a> {
     outcome: Option<Result<ShardSums>>,
 }
 
-/// A model lent to one shard's thread. tch marks tensors Send but not Sync,
-/// since they can be changed through `&`; during a step each shard's model
-/// (the trainer's own for the first) is used by that shard alone, and the
-/// weights all of them share are only read.
+/// A model lent to shards' threads. tch marks tensors Send but not Sync, since
+/// they can be changed through `&`. In a training step each shard's model (the
+/// trainer's own for the first) is used by that shard alone and the weights
+/// all of them share are only read; in evaluation the shards share one model
+/// without gradients, and only read it.
 struct ShardModel<'a>(&'a MrviModel);
 
 // SAFETY: see ShardModel.
 unsafe impl Send for ShardModel<'_> {}
+unsafe impl Sync for ShardModel<'_> {}
+
+impl ShardModel<'_> {
+    fn get(&self) -> &MrviModel {
+        self.0
+    }
+}
 
 struct ShardSums {
     reconstruction: f64,
@@ -430,7 +455,7 @@ struct ShardSums {
 impl Shard<'_> {
     /// Forward and backward pass of the shard: gradients into its model's leaves.
     fn run(&self, data: &Dataset, fused: bool, kl_weight: f64, minibatch_cells: usize) -> Result<ShardSums> {
-        let model = self.model.0;
+        let model = self.model.get();
         let t0 = Instant::now();
         let batch = data.batch(self.cells, model.device(), fused);
         let t1 = Instant::now();
