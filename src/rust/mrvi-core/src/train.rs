@@ -55,8 +55,9 @@ pub struct EpochStats {
 pub struct Trainer {
     pub model: MrviModel,
     /// leaves over the model's weights for the second and later shards of a
-    /// minibatch ([MrviModel::replica], [train_step])
-    replicas: Vec<MrviModel>,
+    /// minibatch ([MrviModel::replica], [train_step]), with the flat buffer
+    /// their gradients are views of ([Adam::replica_gradients])
+    replicas: Vec<(MrviModel, Tensor)>,
     pub data: Dataset,
     pub config: TrainConfig,
     pub max_epochs: usize,
@@ -82,11 +83,12 @@ pub struct Trainer {
 
 /// Adam with L2 weight decay, as libtorch's `torch::optim::Adam` computes it (up
 /// to rounding), with its state held here so that a checkpoint can save it:
-/// tch's optimiser keeps its moments out of reach. The trainable weights and
-/// their moments are views into three flat buffers, so that a step (clipping
-/// included) is a dozen operations on whole buffers rather than a dozen per
-/// variable: with ~55 small variables, the per-variable version spent 13% of an
-/// epoch here.
+/// tch's optimiser keeps its moments out of reach. The trainable weights, their
+/// gradients and their moments are views into four flat buffers, so that a step
+/// (clipping included) is a dozen operations on whole buffers rather than a
+/// dozen per variable: with ~55 small variables, the per-variable version spent
+/// 13% of an epoch here; zeroing the gradients, and adding a replica's
+/// ([train_step]), is one operation.
 pub(crate) struct Adam {
     lr: f64,
     weight_decay: f64,
@@ -98,10 +100,29 @@ pub(crate) struct Adam {
     pub(crate) params: Vec<(String, Tensor, Tensor, Tensor)>,
     /// the trainable variables (by position in `params`)
     trainable: Vec<usize>,
-    /// what the trainable variables and their moments are views of
+    /// what the trainable variables, their gradients and moments are views of
     flat: Tensor,
+    flat_grad: Tensor,
     flat_m: Tensor,
     flat_s: Tensor,
+}
+
+/// Give `vars` gradients that are views into one flat buffer (in this order),
+/// zeros, and return the buffer. A backward pass adds into an existing
+/// gradient in place, so they stay views.
+fn flat_gradients(vars: &[&Tensor], options: (tch::Kind, Device)) -> Result<Tensor> {
+    let total: i64 = vars.iter().map(|v| v.numel() as i64).sum();
+    let flat = Tensor::zeros([total], options);
+    let mut offset = 0;
+    for v in vars {
+        let n = v.numel() as i64;
+        // a first gradient (zeros), whose storage then becomes the buffer's
+        tch::with_grad(|| (v.sum(v.kind()) * 0.0).f_backward())?;
+        let mut grad = v.grad();
+        tch::no_grad(|| grad.set_data(&flat.narrow(0, offset, n).view(v.size().as_slice())));
+        offset += n;
+    }
+    Ok(flat)
 }
 
 impl Adam {
@@ -132,51 +153,31 @@ impl Adam {
                 offset += n;
             }
         });
-        Self { lr, weight_decay: WEIGHT_DECAY, eps: ADAM_EPS, steps: 0, params, trainable, flat, flat_m, flat_s }
+        let flat_grad = flat_gradients(&trainable.iter().map(|&i| &params[i].1).collect::<Vec<_>>(), options)
+            .expect("a backward pass through one variable");
+        Self { lr, weight_decay: WEIGHT_DECAY, eps: ADAM_EPS, steps: 0, params, trainable, flat, flat_grad, flat_m, flat_s }
     }
 
     fn zero_grad(&mut self) {
-        for (_, v, _, _) in self.params.iter_mut() {
-            v.zero_grad();
-        }
+        let _ = self.flat_grad.zero_();
     }
 
-    /// Add the gradients of `replica`'s leaves ([MrviModel::replica]) to the
-    /// weights' own.
-    fn add_gradients_of(&mut self, replica: &MrviModel) -> Result<()> {
-        let leaves = replica.vs.variables();
-        tch::no_grad(|| {
-            for &i in &self.trainable {
-                let (name, v, _, _) = &self.params[i];
-                let extra = leaves[name].grad();
-                if !extra.defined() {
-                    continue;
-                }
-                let mut own = v.grad();
-                if own.defined() {
-                    let _ = own.f_add_(&extra)?;
-                } else {
-                    // no gradient yet: one enters as autograd would have added it
-                    tch::with_grad(|| (v * &extra).sum(v.kind()).f_backward())?;
-                }
-            }
-            Ok(())
-        })
+    /// A flat gradient buffer for `replica`'s leaves ([MrviModel::replica]),
+    /// laid out as the weights' own, for [Self::add_gradients].
+    fn replica_gradients(&self, replica: &MrviModel) -> Result<Tensor> {
+        self.replica_gradients_of(&replica.vs)
     }
 
-    /// The trainable variables' gradients as one flat tensor (zeros where a
-    /// variable took no part in the step).
-    fn flat_grad(&self) -> Tensor {
-        let grads: Vec<Tensor> = self
-            .trainable
-            .iter()
-            .map(|&i| {
-                let v = &self.params[i].1;
-                let g = v.grad();
-                if g.defined() { g.view([-1]) } else { Tensor::zeros([v.numel() as i64], (v.kind(), v.device())) }
-            })
-            .collect();
-        Tensor::cat(&grads, 0)
+    fn replica_gradients_of(&self, vs: &tch::nn::VarStore) -> Result<Tensor> {
+        let leaves = vs.variables();
+        let vars: Vec<&Tensor> = self.trainable.iter().map(|&i| &leaves[&self.params[i].0]).collect();
+        flat_gradients(&vars, (self.flat_grad.kind(), self.flat_grad.device()))
+    }
+
+    /// Add a replica's gradients ([Self::replica_gradients]) to the weights' own.
+    fn add_gradients(&mut self, replica_gradients: &Tensor) -> Result<()> {
+        let _ = tch::no_grad(|| self.flat_grad.f_add_(replica_gradients))?;
+        Ok(())
     }
 
     /// One step: the gradients scaled so that their joint L2 norm is at most
@@ -199,7 +200,7 @@ impl Adam {
     /// `step` as libtorch operations on the buffers, on any device.
     fn step_tensors(&mut self, max_grad_norm: f64, bc1: f64, bc2: f64) -> Result<()> {
         tch::no_grad(|| {
-            let mut grad = self.flat_grad();
+            let mut grad = self.flat_grad.shallow_clone();
             let total = f64::try_from(grad.norm())?;
             let coef = max_grad_norm / (total + 1e-6);
             if coef < 1.0 {
@@ -220,17 +221,12 @@ impl Adam {
     /// libtorch operations took ~1 ms per step for ~350k weights on 2 cores,
     /// about 10% of a training step).
     fn step_host(&mut self, max_grad_norm: f64, bc1: f64, bc2: f64) -> Result<()> {
-        let grads: Vec<Option<Tensor>> = self
-            .trainable
-            .iter()
-            .map(|&i| {
-                let g = self.params[i].1.grad();
-                g.defined().then(|| g.contiguous())
-            })
-            .collect();
-        // SAFETY: contiguous CPU float tensors, alive for the whole step.
-        let slices: Vec<Option<&[f32]>> = grads.iter().map(|g| g.as_ref().map(|g| unsafe { cpu_floats(g) })).collect();
-        let total = slices.iter().flatten().map(|g| sum_of_squares(g)).sum::<f64>().sqrt();
+        // SAFETY: contiguous CPU float tensors, alive for the whole step; the four
+        // buffers are distinct tensors.
+        let (g, w, m, v) = unsafe {
+            (cpu_floats(&self.flat_grad), cpu_floats_mut(&mut self.flat), cpu_floats_mut(&mut self.flat_m), cpu_floats_mut(&mut self.flat_s))
+        };
+        let total = sum_of_squares(g).sqrt();
         let coef = max_grad_norm / (total + 1e-6);
         let update = AdamUpdate {
             grad_scale: if coef < 1.0 { coef as f32 } else { 1.0 },
@@ -241,23 +237,16 @@ impl Adam {
             inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
             eps: self.eps as f32,
         };
-        // SAFETY: as above; the three buffers are distinct tensors.
-        let (mut w, mut m, mut v) = unsafe { (cpu_floats_mut(&mut self.flat), cpu_floats_mut(&mut self.flat_m), cpu_floats_mut(&mut self.flat_s)) };
         // every weight's update stands alone: pieces of at most ADAM_PIECE weights
         // on libtorch's OpenMP threads give the same bits as one pass
-        type Piece<'a> = (Option<&'a [f32]>, &'a mut [f32], &'a mut [f32], &'a mut [f32]);
-        let mut pieces: Vec<Piece> = Vec::new();
-        for (k, &i) in self.trainable.iter().enumerate() {
-            let n = self.params[i].1.numel();
-            for start in (0..n).step_by(ADAM_PIECE) {
-                let len = ADAM_PIECE.min(n - start);
-                // the buffers hold every trainable weight, in this order
-                let cover = "the flat buffers cover the weights";
-                let (wp, mp, vp) = (w.split_off_mut(..len).expect(cover), m.split_off_mut(..len).expect(cover), v.split_off_mut(..len).expect(cover));
-                pieces.push((slices[k].map(|g| &g[start..start + len]), wp, mp, vp));
-            }
-        }
-        crate::openmp::for_each_mut(&mut pieces, |(g, w, m, v)| adam_update(&update, *g, w, m, v));
+        type Piece<'a> = (&'a [f32], &'a mut [f32], &'a mut [f32], &'a mut [f32]);
+        let mut pieces: Vec<Piece> = g
+            .chunks(ADAM_PIECE)
+            .zip(w.chunks_mut(ADAM_PIECE))
+            .zip(m.chunks_mut(ADAM_PIECE).zip(v.chunks_mut(ADAM_PIECE)))
+            .map(|((g, w), (m, v))| (g, w, m, v))
+            .collect();
+        crate::openmp::for_each_mut(&mut pieces, |(g, w, m, v)| adam_update(&update, g, w, m, v));
         Ok(())
     }
 }
@@ -276,10 +265,10 @@ struct AdamUpdate {
     eps: f32,
 }
 
-/// Adam's update of weights `w` with moments `m`, `v`, for gradient `g` (none:
-/// zeros, as for a variable that took no part): the gradient clipped and with
+/// Adam's update of weights `w` with moments `m`, `v`, for gradient `g`
+/// (zeros for a variable that took no part): the gradient clipped and with
 /// L2 weight decay, then m, v and w in place. Vectorised where the CPU allows.
-fn adam_update(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+fn adam_update(u: &AdamUpdate, g: &[f32], w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -296,19 +285,19 @@ fn adam_update(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mut [f32], 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2")]
-unsafe fn adam_update_avx512(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+unsafe fn adam_update_avx512(u: &AdamUpdate, g: &[f32], w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
     adam_update_portable(u, g, w, m, v)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn adam_update_avx2(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+unsafe fn adam_update_avx2(u: &AdamUpdate, g: &[f32], w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
     adam_update_portable(u, g, w, m, v)
 }
 
 /// Without fused multiply-adds, so that every path gives the same bits.
 #[inline(always)]
-fn adam_update_portable(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+fn adam_update_portable(u: &AdamUpdate, g: &[f32], w: &mut [f32], m: &mut [f32], v: &mut [f32]) {
     let one = |g: f32, w: &mut f32, m: &mut f32, v: &mut f32| {
         let g = g * u.grad_scale + *w * u.weight_decay;
         *m += (1.0 - u.beta1) * (g - *m);
@@ -316,17 +305,8 @@ fn adam_update_portable(u: &AdamUpdate, g: Option<&[f32]>, w: &mut [f32], m: &mu
         let denom = v.sqrt() * u.inv_sqrt_bc2 + u.eps;
         *w -= u.step_size * *m / denom;
     };
-    match g {
-        Some(g) => {
-            for (((g, w), m), v) in g.iter().zip(w.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
-                one(*g, w, m, v);
-            }
-        }
-        None => {
-            for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
-                one(0.0, w, m, v);
-            }
-        }
+    for (((g, w), m), v) in g.iter().zip(w.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
+        one(*g, w, m, v);
     }
 }
 
@@ -473,25 +453,27 @@ fn shard_count(n: usize, threads: usize) -> usize {
     threads.min(n / MIN_SHARD_CELLS).max(1)
 }
 
-/// One optimiser step on the minibatch `cells` of `data`. With several
-/// `models` (the trainer's and its replicas, one per thread) the minibatch is
-/// split into consecutive shards, each run on a thread of its own with
-/// single-threaded operations, and the replicas' gradients are then added to
-/// the model's in shard order: on two cores that trains ~40% faster than one
-/// pass with two threads in every operation, whose small operations scale
+/// One optimiser step on the minibatch `cells` of `data`. With `replicas` (of
+/// `model`, with their gradient buffers; one per thread beyond the first) the
+/// minibatch is split into consecutive shards, each run on a thread of its own
+/// with single-threaded operations, and the replicas' gradients are then added
+/// to the model's in shard order: on two cores that trains 10-40% faster than
+/// one pass with two threads in every operation, whose small operations scale
 /// poorly. The random draws are made for the whole minibatch first, so the
 /// shards use the numbers one pass would; the result for a fixed seed depends
 /// on the number of shards (the order of the sums), hence on the thread count.
 fn train_step(
-    models: &[&MrviModel], opt: &mut Adam, data: &Dataset, cells: &[usize], fused: bool, epoch: usize, sums: &mut StepSums,
+    model: &MrviModel, replicas: &[(&MrviModel, &Tensor)], opt: &mut Adam, data: &Dataset, cells: &[usize], fused: bool, epoch: usize,
+    sums: &mut StepSums,
 ) -> Result<()> {
     let n = cells.len();
-    let shards = shard_count(n, models.len());
-    let draws = models[0].draws(n as i64, true);
+    let shards = shard_count(n, replicas.len() + 1);
+    let draws = model.draws(n as i64, true);
     opt.zero_grad();
-    for replica in &models[1..shards] {
-        replica.vs.trainable_variables().iter_mut().for_each(|v| v.zero_grad());
+    for (_, gradients) in &replicas[..shards - 1] {
+        let _ = gradients.shallow_clone().zero_();
     }
+    let models: Vec<&MrviModel> = std::iter::once(model).chain(replicas.iter().map(|r| r.0)).collect();
     let mut work: Vec<Shard> = (0..shards)
         .map(|k| {
             let range = k * n / shards..(k + 1) * n / shards;
@@ -515,8 +497,8 @@ fn train_step(
         }
     }
     let t = Instant::now();
-    for replica in &models[1..shards] {
-        opt.add_gradients_of(replica)?;
+    for (_, gradients) in &replicas[..shards - 1] {
+        opt.add_gradients(gradients)?;
     }
     opt.step(MAX_GRAD_NORM)?;
     sums.phase[3] += t.elapsed().as_secs_f64();
@@ -694,9 +676,11 @@ impl Trainer {
         let threads = if self.model.device() == Device::Cpu { backend::num_threads().max(1) as usize } else { 1 };
         let shards = shard_count(bs, threads);
         while self.replicas.len() + 1 < shards {
-            self.replicas.push(self.model.replica());
+            let replica = self.model.replica();
+            let gradients = self.opt.replica_gradients(&replica)?;
+            self.replicas.push((replica, gradients));
         }
-        let models: Vec<&MrviModel> = std::iter::once(&self.model).chain(&self.replicas).take(shards).collect();
+        let replicas: Vec<(&MrviModel, &Tensor)> = self.replicas.iter().take(shards - 1).map(|(m, g)| (m, g)).collect();
         tch::manual_seed(epoch_seed(self.config.seed, epoch));
         let mut sums = StepSums::default();
         // (Assembling the next minibatch on a second thread was tried: on 2 cores it
@@ -712,7 +696,7 @@ impl Trainer {
                         return Err(Error::Interrupted);
                     }
                     sums.kl_weight = self.kl_weight(epoch, step, n_steps);
-                    train_step(&models, &mut self.opt, &self.data, cells, fused, epoch, &mut sums)?;
+                    train_step(&self.model, &replicas, &mut self.opt, &self.data, cells, fused, epoch, &mut sums)?;
                 }
             }
             Some(blocks) => {
@@ -745,7 +729,7 @@ impl Trainer {
                             return Err(Error::Interrupted);
                         }
                         sums.kl_weight = self.kl_weight(epoch, step, n_steps);
-                        train_step(&models, &mut self.opt, &local, part, fused, epoch, &mut sums)?;
+                        train_step(&self.model, &replicas, &mut self.opt, &local, part, fused, epoch, &mut sums)?;
                         step += 1;
                     }
                 }
@@ -1003,6 +987,22 @@ mod tests {
             let diff = f64::try_from((&host_vs.variables()[name] - &tensor_vs.variables()[name]).abs().max()).unwrap();
             assert!(diff < 1e-5, "{name}: {diff}");
         }
+        // the gradients of a backward pass land in the flat buffer (they stay its
+        // views), and so do a replica's in its own
+        ours.zero_grad();
+        loss(&ours_vs, &x).backward();
+        let vars = ours_vs.variables();
+        let grads = Tensor::cat(&[vars["b"].grad().view([-1]), vars["w"].grad().view([-1])], 0);
+        assert!(f64::try_from(grads.abs().sum(Kind::Double)).unwrap() > 0.0);
+        assert!(grads.equal(&ours.flat_grad), "the gradients are not the flat buffer's");
+        let (replica_vs, _) = store();
+        for (name, mut v) in replica_vs.variables() {
+            tch::no_grad(|| v.set_data(&vars[&name]));
+        }
+        let replica_grads = ours.replica_gradients_of(&replica_vs).unwrap();
+        loss(&replica_vs, &x).backward();
+        ours.add_gradients(&replica_grads).unwrap();
+        assert!((grads * 2.0).equal(&ours.flat_grad), "a replica's gradients are not in its buffer");
         // the optimiser updated the model's own variables, and its moments are views
         assert_eq!(ours.params.len(), 2);
         assert!(f64::try_from(ours.params[0].2.abs().sum(Kind::Double)).unwrap() > 0.0);
