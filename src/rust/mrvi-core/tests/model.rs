@@ -319,14 +319,10 @@ fn parts_of_a_newer_version_are_refused() {
     assert_eq!(e.class(), "mrvi_io_error", "{e}");
 }
 
-/// The CPU step (fused likelihood; for the attention flavour, both blocks and the
-/// KL term on the host with the staged backward, either prior; the linear flavour
-/// with either prior) has autograd's gradient for every parameter, on a first
-/// step and on a later one.
-#[test]
-fn fused_cpu_objective_has_the_autograd_gradient() {
-    let _rng = common::libtorch_rng();
-    let data = toy_data(50, 30, 3, 8);
+/// Models of 30 genes and 3 samples for the training-step tests: the linear
+/// flavour with either prior, the attention flavour (every context and the
+/// samples' hidden terms) with either prior.
+fn step_test_configs() -> [ModelConfig; 4] {
     let attention = ModelSettings {
         flavour: Flavour::Attention,
         prior: Prior::Mog,
@@ -339,8 +335,18 @@ fn fused_cpu_objective_has_the_autograd_gradient() {
     };
     let normal_prior = ModelSettings { prior: Prior::Normal, ..attention.clone() };
     let linear_mixture = ModelSettings { flavour: Flavour::Linear, ..attention.clone() };
-    let configs = [ModelConfig::new(30, 3, 1, 4), linear_mixture.model_config(30, 3, 1, 0), attention.model_config(30, 3, 1, 0), normal_prior.model_config(30, 3, 1, 0)];
-    for config in configs {
+    [ModelConfig::new(30, 3, 1, 4), linear_mixture.model_config(30, 3, 1, 0), attention.model_config(30, 3, 1, 0), normal_prior.model_config(30, 3, 1, 0)]
+}
+
+/// The CPU step (fused likelihood; for the attention flavour, both blocks and the
+/// KL term on the host with the staged backward, either prior; the linear flavour
+/// with either prior) has autograd's gradient for every parameter, on a first
+/// step and on a later one.
+#[test]
+fn fused_cpu_objective_has_the_autograd_gradient() {
+    let _rng = common::libtorch_rng();
+    let data = toy_data(50, 30, 3, 8);
+    for config in step_test_configs() {
         tch::manual_seed(3);
         let model = MrviModel::new(config, Device::Cpu);
         // away from the start, where the attention blocks' last layers are zero
@@ -397,19 +403,7 @@ fn fused_cpu_objective_has_the_autograd_gradient() {
 fn a_minibatch_in_shards_has_the_gradient_of_the_whole() {
     let _rng = common::libtorch_rng();
     let data = toy_data(50, 30, 3, 9);
-    let attention = ModelSettings {
-        flavour: Flavour::Attention,
-        prior: Prior::Mog,
-        n_latent: 6,
-        n_latent_u: 4,
-        n_mixture: 5,
-        sample_context: true,
-        nuisance_context: true,
-        sample_hidden_term: true,
-    };
-    let linear_mixture = ModelSettings { flavour: Flavour::Linear, ..attention.clone() };
-    let configs = [ModelConfig::new(30, 3, 1, 4), linear_mixture.model_config(30, 3, 1, 0), attention.model_config(30, 3, 1, 0)];
-    for config in configs {
+    for config in step_test_configs() {
         tch::manual_seed(4);
         let model = MrviModel::new(config, Device::Cpu);
         let replica = model.replica();
