@@ -26,7 +26,9 @@ const MAX_GRAD_NORM: f64 = 40.0;
 
 /// The fewest cells a shard of a minibatch gets ([train_step]): smaller
 /// matrix products lose more to libtorch's cost per operation than a thread
-/// of their own gains.
+/// of their own gains. (One thread, attention flavour, realistic data, AMD
+/// EPYC: batches of 32, 64, 128 and 256 cells trained at 68%, 84%, 97% and
+/// 100% of the speed per cell, so 8 shards of 32 still do ~5.4 threads' work.)
 const MIN_SHARD_CELLS: usize = 32;
 
 #[derive(Clone, Debug, Default, PartialEq)]
