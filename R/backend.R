@@ -27,6 +27,12 @@
 #' (`fit@config$n_threads`); pass `n_threads` (or set `mrvi.threads`) to repeat
 #' a fit exactly whatever else the machine is doing.
 #'
+#' Training fixes glibc's malloc thresholds (on Linux) at the largest values glibc
+#' itself would adjust them to (mmap 32 MB, trim 64 MB), for the whole R process, so
+#' that a step's buffers are reused instead of being mapped and faulted in again: the
+#' same fit otherwise ran 0-25% slower depending on what the process had allocated
+#' before.
+#'
 #' OpenMP threads that wait spin by default, which starves other processes; with
 #' other work on the machine, start R with `OMP_WAIT_POLICY=PASSIVE` (for
 #' example in `~/.Renviron`): the OpenMP runtime reads it only at start-up.

@@ -2,6 +2,7 @@
 //! Variational Inference, Boyeau et al.). It depends on libtorch through tch and
 //! knows nothing of R, so `cargo test` exercises it alone.
 
+pub mod allocator;
 pub mod association;
 pub mod backend;
 pub mod batch;

@@ -544,6 +544,7 @@ impl Trainer {
     }
 
     fn with_model(model: MrviModel, config: TrainConfig, data: Dataset, reference_rows: Vec<(String, Tensor)>) -> Result<Self> {
+        crate::allocator::settle();
         let opt = Adam::new(&model.vs, config.lr);
         let mut rng = SplitMix64::new(config.seed);
         let n = data.n_cells();
