@@ -365,13 +365,11 @@ fn minibatches(order: &[usize], batch_size: usize) -> Vec<&[usize]> {
 /// training's minibatches are ([train_step]) and run on the threads, and the
 /// sums are added in order, so one thread gives what one pass per chunk gives.
 fn evaluation_sums(model: &MrviModel, data: &Dataset, cells: &[usize], chunk: usize, fused: bool) -> (f64, f64) {
-    let threads = if model.device() == Device::Cpu { backend::num_threads().max(1) as usize } else { 1 };
+    let threads = shard_threads(model);
     let mut work: Vec<(&[usize], Draws, (f64, f64))> = Vec::new();
     for part in cells.chunks(chunk) {
         let draws = model.draws(part.len() as i64, false);
-        let shards = shard_count(part.len(), threads);
-        for k in 0..shards {
-            let range = k * part.len() / shards..(k + 1) * part.len() / shards;
+        for range in shard_ranges(part.len(), threads) {
             work.push((&part[range.clone()], draws.rows(range.start as i64, range.len() as i64), (0.0, 0.0)));
         }
     }
@@ -379,7 +377,7 @@ fn evaluation_sums(model: &MrviModel, data: &Dataset, cells: &[usize], chunk: us
     let run = |(part, draws, sums): &mut (&[usize], Draws, (f64, f64))| {
         let model = lent.get();
         // grad mode is per thread: set on the one that runs the shard
-        let terms = tch::no_grad(|| model.shard_terms(&data.batch(part, model.device(), fused), draws, 1.0, part.len() as f64));
+        let terms = tch::no_grad(|| model.step_terms(&data.batch(part, model.device(), fused), draws, 1.0, part.len() as f64));
         *sums = (terms.reconstruction_sum, terms.kl_sum);
     };
     if work.len() == 1 {
@@ -441,7 +439,7 @@ impl Shard<'_> {
         let t0 = Instant::now();
         let batch = data.batch(self.cells, model.device(), fused);
         let t1 = Instant::now();
-        let terms = model.shard_terms(&batch, &self.draws, kl_weight, minibatch_cells as f64);
+        let terms = model.step_terms(&batch, &self.draws, kl_weight, minibatch_cells as f64);
         let t2 = Instant::now();
         let (reconstruction, kl) = (terms.reconstruction_sum, terms.kl_sum);
         terms.backward()?;
@@ -453,6 +451,19 @@ impl Shard<'_> {
 /// Into how many shards a minibatch of `n` cells is split with `threads` threads.
 fn shard_count(n: usize, threads: usize) -> usize {
     threads.min(n / MIN_SHARD_CELLS).max(1)
+}
+
+/// The shards of a minibatch of `n` cells with `threads` threads: consecutive
+/// ranges of cells, their sizes at most one apart.
+fn shard_ranges(n: usize, threads: usize) -> Vec<Range<usize>> {
+    let shards = shard_count(n, threads);
+    (0..shards).map(|k| k * n / shards..(k + 1) * n / shards).collect()
+}
+
+/// The threads a minibatch's shards may take: libtorch's on the CPU, one
+/// elsewhere (a GPU runs one pass).
+fn shard_threads(model: &MrviModel) -> usize {
+    if model.device() == Device::Cpu { backend::num_threads().max(1) as usize } else { 1 }
 }
 
 /// One optimiser step on the minibatch `cells` of `data`. With `replicas` (of
@@ -469,18 +480,19 @@ fn train_step(
     sums: &mut StepSums,
 ) -> Result<()> {
     let n = cells.len();
-    let shards = shard_count(n, replicas.len() + 1);
+    let ranges = shard_ranges(n, replicas.len() + 1);
+    let shards = ranges.len();
     let draws = model.draws(n as i64, true);
     opt.zero_grad();
     for (_, gradients) in &replicas[..shards - 1] {
         let _ = gradients.shallow_clone().zero_();
     }
-    let models: Vec<&MrviModel> = std::iter::once(model).chain(replicas.iter().map(|r| r.0)).collect();
-    let mut work: Vec<Shard> = (0..shards)
-        .map(|k| {
-            let range = k * n / shards..(k + 1) * n / shards;
+    let models = std::iter::once(model).chain(replicas.iter().map(|r| r.0));
+    let mut work: Vec<Shard> = models
+        .zip(ranges)
+        .map(|(model, range)| {
             let draws = draws.rows(range.start as i64, range.len() as i64);
-            Shard { model: ShardModel(models[k]), cells: &cells[range], draws, outcome: None }
+            Shard { model: ShardModel(model), cells: &cells[range], draws, outcome: None }
         })
         .collect();
     let kl_weight = sums.kl_weight;
@@ -676,8 +688,7 @@ impl Trainer {
         let (bs, fused) = (self.config.batch_size, self.fused());
         // one model per shard of a full minibatch (replicas made before the
         // reseeding: making one draws from libtorch's generator)
-        let threads = if self.model.device() == Device::Cpu { backend::num_threads().max(1) as usize } else { 1 };
-        let shards = shard_count(bs, threads);
+        let shards = shard_count(bs, shard_threads(&self.model));
         while self.replicas.len() + 1 < shards {
             let replica = self.model.replica();
             let gradients = self.opt.replica_gradients(&replica)?;

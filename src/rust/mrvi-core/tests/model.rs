@@ -338,6 +338,46 @@ fn step_test_configs() -> [ModelConfig; 4] {
     [ModelConfig::new(30, 3, 1, 4), linear_mixture.model_config(30, 3, 1, 0), attention.model_config(30, 3, 1, 0), normal_prior.model_config(30, 3, 1, 0)]
 }
 
+/// Every weight moved by 0.1 standard normal noise, in the order of the
+/// weights' names (so that a seed gives the same weights every run): away from
+/// the start, where the attention blocks' last layers are zero.
+fn perturb_weights(model: &MrviModel) {
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, v) in vars.iter_mut() {
+        let _ = tch::no_grad(|| v.g_add_(&(v.randn_like() * 0.1)));
+    }
+}
+
+/// Zero the gradients the model's trainable weights have.
+fn zero_gradients(model: &MrviModel) {
+    for v in model.vs.trainable_variables() {
+        let mut g = v.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
+/// Every weight's gradient (zeros where it has none), in the order of the
+/// weights' names, summed over `models`.
+fn gradients(models: &[&MrviModel]) -> Vec<(String, Tensor)> {
+    let mut grads: Vec<(String, Tensor)> = Vec::new();
+    for m in models {
+        let mut vars: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, (name, v)) in vars.into_iter().enumerate() {
+            let g = v.grad();
+            let g = if g.defined() { g.copy() } else { v.zeros_like() };
+            match grads.get_mut(k) {
+                Some((_, total)) => *total += g,
+                None => grads.push((name, g)),
+            }
+        }
+    }
+    grads
+}
+
 /// The CPU step (fused likelihood; for the attention flavour, both blocks and the
 /// KL term on the host with the staged backward, either prior; the linear flavour
 /// with either prior) has autograd's gradient for every parameter, on a first
@@ -349,33 +389,17 @@ fn fused_cpu_objective_has_the_autograd_gradient() {
     for config in step_test_configs() {
         tch::manual_seed(3);
         let model = MrviModel::new(config, Device::Cpu);
-        // away from the start, where the attention blocks' last layers are zero
-        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        for (_, v) in vars.iter_mut() {
-            let _ = tch::no_grad(|| v.g_add_(&(v.randn_like() * 0.1)));
-        }
+        perturb_weights(&model);
         let build = |fused: bool| data.batch(&(0..50).collect::<Vec<_>>(), Device::Cpu, fused);
         let (fused_batch, tensor_batch) = (build(true), build(false));
         let grads = |fused: bool| {
             let batch = if fused { &fused_batch } else { &tensor_batch };
-            for v in model.vs.trainable_variables() {
-                let mut g = v.grad();
-                if g.defined() {
-                    let _ = g.zero_();
-                }
-            }
+            zero_gradients(&model);
             tch::manual_seed(42);
-            let t = model.step_terms(batch, 0.5, false);
+            let t = model.step_terms(batch, &model.draws(50, false), 0.5, 50.0);
             let (rec, kl) = (t.reconstruction_sum, t.kl_sum);
             t.backward().unwrap();
-            let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-            vars.sort_by(|a, b| a.0.cmp(&b.0));
-            let grad = |v: &Tensor| {
-                let g = v.grad();
-                if g.defined() { g.copy() } else { v.zeros_like() }
-            };
-            (rec, kl, vars.into_iter().map(|(k, v)| (k, grad(&v))).collect::<Vec<_>>())
+            (rec, kl, gradients(&[&model]))
         };
         // the first step (no .grad yet: the host parts' surrogates) and a later
         // one (their gradients added to .grad in place)
@@ -408,47 +432,21 @@ fn a_minibatch_in_shards_has_the_gradient_of_the_whole() {
         let model = MrviModel::new(config, Device::Cpu);
         let replica = model.replica();
         // changed after the replica was made: it must see the new weights
-        for (_, mut v) in model.vs.variables() {
-            let _ = tch::no_grad(|| v.g_add_(&(v.randn_like() * 0.1)));
-        }
-        let gradients = |models: &[&MrviModel]| {
-            let mut grads: Vec<(String, Tensor)> = Vec::new();
-            for m in models {
-                let mut vars: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
-                vars.sort_by(|a, b| a.0.cmp(&b.0));
-                for (k, (name, v)) in vars.into_iter().enumerate() {
-                    let g = v.grad();
-                    let g = if g.defined() { g.copy() } else { v.zeros_like() };
-                    match grads.get_mut(k) {
-                        Some((_, total)) => *total += g,
-                        None => grads.push((name, g)),
-                    }
-                }
-            }
-            grads
-        };
+        perturb_weights(&model);
         for fused in [true, false] {
-            for m in [&model, &replica] {
-                for v in m.vs.trainable_variables() {
-                    let mut g = v.grad();
-                    if g.defined() {
-                        let _ = g.zero_();
-                    }
-                }
-            }
+            zero_gradients(&model);
+            zero_gradients(&replica);
             tch::manual_seed(42);
             let draws = model.draws(50, true);
-            let whole = model.shard_terms(&data.batch(&(0..50).collect::<Vec<_>>(), Device::Cpu, fused), &draws, 0.5, 50.0);
+            let whole = model.step_terms(&data.batch(&(0..50).collect::<Vec<_>>(), Device::Cpu, fused), &draws, 0.5, 50.0);
             let (rec, kl) = (whole.reconstruction_sum, whole.kl_sum);
             whole.backward().unwrap();
             let g_whole = gradients(&[&model]);
-            for v in model.vs.trainable_variables() {
-                let _ = v.grad().zero_();
-            }
+            zero_gradients(&model);
             let (mut rec_parts, mut kl_parts) = (0.0, 0.0);
             for (m, cells) in [(&model, 0..20), (&replica, 20..50)] {
                 let rows = draws.rows(cells.start as i64, cells.len() as i64);
-                let t = m.shard_terms(&data.batch(&cells.collect::<Vec<_>>(), Device::Cpu, fused), &rows, 0.5, 50.0);
+                let t = m.step_terms(&data.batch(&cells.collect::<Vec<_>>(), Device::Cpu, fused), &rows, 0.5, 50.0);
                 rec_parts += t.reconstruction_sum;
                 kl_parts += t.kl_sum;
                 t.backward().unwrap();

@@ -899,7 +899,10 @@ impl MrviModel {
         Forward { logits, kl: kl_value, staged: Some(staged) }
     }
 
-    /// The training objective of a minibatch. On the CPU the likelihood and its
+    /// The training objective of a minibatch, or of one shard of it: `batch`
+    /// holds the shard's cells and `draws` their rows of the minibatch's draws,
+    /// and the objective is the shard's part (its sums divided by the
+    /// `minibatch_cells` of the whole minibatch). On the CPU the likelihood and its
     /// gradient with respect to the logits and log theta come from one fused pass
     /// (`nb::fused_log_lik`) and enter autograd through the linear surrogate
     /// -(sum(logits * dL/dlogits) + sum(log_theta * dL/dlog_theta)), which has
@@ -907,15 +910,7 @@ impl MrviModel {
     /// differentiates the likelihood itself. On the CPU the attention flavour's
     /// blocks and KL term run on the host too ([Staged]); [StepTerms::backward]
     /// takes the gradient through them.
-    pub fn step_terms(&self, batch: &Batch, kl_weight: f64, train: bool) -> StepTerms {
-        let n = batch.sample.size()[0];
-        self.shard_terms(batch, &self.draws(n, train), kl_weight, n as f64)
-    }
-
-    /// [Self::step_terms] of one shard of a minibatch of `minibatch_cells`
-    /// cells (its part of the objective: its sums divided by that count), with
-    /// the shard's rows of the minibatch's draws.
-    pub fn shard_terms(&self, batch: &Batch, draws: &Draws, kl_weight: f64, minibatch_cells: f64) -> StepTerms {
+    pub fn step_terms(&self, batch: &Batch, draws: &Draws, kl_weight: f64, minibatch_cells: f64) -> StepTerms {
         let n = minibatch_cells;
         if batch.nonzeros.is_some() {
             let Forward { logits, kl, .. } = self.forward(batch, draws, false);
