@@ -7,6 +7,16 @@ test_that("mrviBackend reports libtorch and devices", {
   expect_output(print(b), "libtorch")
 })
 
+test_that("training's large products run on oneDNN on AMD CPUs, on MKL on Intel ones", {
+  skip_if_not(file.exists("/proc/cpuinfo"))
+  skip_if(nzchar(Sys.getenv("MRVI_MATMUL")), "MRVI_MATMUL overrides the choice")
+  vendor <- sub(".*:\\s*", "", grep("^vendor_id", readLines("/proc/cpuinfo"), value = TRUE)[1])
+  expected <- switch(vendor, GenuineIntel = "MKL", AuthenticAMD = "oneDNN", NA)
+  skip_if(is.na(expected), paste("CPU vendor", vendor))
+  expect_equal(mrviBackend()$matrix_products, expected)
+  expect_output(print(mrviBackend()), expected)
+})
+
 test_that("threads are set through libtorch and follow the option", {
   old <- getOption("mrvi.threads")
   on.exit(mrviSetThreads(old))

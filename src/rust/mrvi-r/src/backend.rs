@@ -12,7 +12,8 @@ fn mrvi_backend_info() -> List {
         libtorch_version = backend::libtorch_version(),
         cuda_available = backend::cuda_available(),
         cuda_device_count = backend::cuda_device_count() as i32,
-        threads = backend::num_threads()
+        threads = backend::num_threads(),
+        matrix_products = mrvi_core::model::products::engine().name()
     )
 }
 

@@ -49,7 +49,7 @@ impl Encoder {
 
     /// `log_counts`: log1p(x) [B, G]; `sample`: codes [B] (int64).
     pub fn forward(&self, log_counts: &Tensor, sample: &Tensor) -> Posterior {
-        let h = self.cond_norm(&self.lin1.forward(log_counts), &self.scale1, &self.shift1, sample).relu();
+        let h = self.cond_norm(&super::products::linear(log_counts, &self.lin1.ws, self.lin1.bs.as_ref()), &self.scale1, &self.shift1, sample).relu();
         let h = self.cond_norm(&self.lin2.forward(&h), &self.scale2, &self.shift2, sample).relu();
         let h = h + self.sample_embedding.index_select(0, sample);
         let mean = self.mean.forward(&h);

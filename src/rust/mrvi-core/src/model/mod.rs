@@ -27,6 +27,7 @@ pub mod expression_metric;
 pub mod attention;
 pub mod attention_step;
 pub mod prior_step;
+pub mod products;
 pub mod nb;
 pub mod tilted_mean;
 
@@ -739,11 +740,11 @@ impl MrviModel {
                     input.extend([interaction(&x), x.shallow_clone()]);
                     weight.extend([map.permute([1, 0, 2]).reshape([g, -1]), bias.tr()]);
                 }
-                Tensor::cat(&input, 1).matmul(&Tensor::cat(&weight, 1).tr())
+                products::linear(&Tensor::cat(&input, 1), &Tensor::cat(&weight, 1), None)
             }
             Decoder::Attention { out, block, embedding } => {
                 let (context, logit_term) = Self::nuisance_context(embedding, site, continuous);
-                let logits = out.forward(&(z + block.forward(z, &context)));
+                let logits = products::linear(&(z + block.forward(z, &context)), &out.ws, out.bs.as_ref());
                 match logit_term {
                     Some(t) => logits + t,
                     None => logits,
@@ -875,7 +876,7 @@ impl MrviModel {
         let step = attention_step::BlockStep::new(decoder_block);
         let (y, tape) = step.forward(&z_leaf, &context, None);
         let y = y.set_requires_grad(true);
-        let logits = out.forward(&(&z_leaf + &y));
+        let logits = products::linear(&(&z_leaf + &y), &out.ws, out.bs.as_ref());
         let logits = match logit_term {
             Some(t) => logits + t,
             None => logits,

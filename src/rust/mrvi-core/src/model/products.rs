@@ -1,0 +1,129 @@
+//! The training step's large matrix products: the encoder's first layer
+//! ([B, G] x [G, H]) and the decoder's output layer ([B, L'] x [L', G]), with
+//! their gradients.
+//!
+//! libtorch multiplies dense float matrices on the CPU with MKL, and MKL picks
+//! its kernels by CPU vendor: on AMD CPUs it takes a generic AVX2 path
+//! (`mkl_blas_def_sgemm_kernel_0_zen`) whatever the CPU offers. oneDNN, which
+//! libtorch carries too, picks its kernels by instruction set. On an AMD EPYC
+//! (Zen 5, AVX-512), one thread, these products and their gradients run in
+//! about half MKL's time through oneDNN, copies in and out of its layout
+//! included (bench/README, session 33). On Intel CPUs MKL takes its AVX-512
+//! path, and the products stay with it.
+//!
+//! Which library multiplies is fixed per process ([engine]), so a fit's bits
+//! stay the same run to run on one machine.
+
+use std::sync::OnceLock;
+use tch::{Device, Kind, Tensor};
+
+/// Which library multiplies a training step's large dense products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// libtorch's default (MKL on the CPU, cuBLAS on a GPU)
+    Default,
+    /// oneDNN's inner product (CPU, float32)
+    OneDnn,
+}
+
+impl Engine {
+    /// The library's name, for mrviBackend().
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::OneDnn => "oneDNN",
+            Engine::Default if tch::utils::has_mkl() => "MKL",
+            Engine::Default => "libtorch's BLAS",
+        }
+    }
+}
+
+/// The engine for this process: oneDNN on x86 CPUs not made by Intel (where
+/// MKL takes its generic path) when libtorch was built with it, libtorch's
+/// default otherwise. `MRVI_MATMUL=onednn` or `=default` overrides the choice
+/// (read once, for benchmarks and tests).
+pub fn engine() -> Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    *ENGINE.get_or_init(|| match std::env::var("MRVI_MATMUL").ok().as_deref() {
+        Some("onednn") if tch::utils::has_mkldnn() => Engine::OneDnn,
+        Some("default") | Some("onednn") => Engine::Default,
+        _ if tch::utils::has_mkldnn() && !genuine_intel() => Engine::OneDnn,
+        _ => Engine::Default,
+    })
+}
+
+/// Whether the CPU is an Intel one (cpuid's vendor string), as MKL asks.
+fn genuine_intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = std::arch::x86_64::__cpuid(0);
+        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+        vendor == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}
+
+/// x W^T + b (x: [N, I], W: [O, I], b: [O]), differentiable, on this
+/// process's [engine].
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    linear_on(engine(), x, weight, bias)
+}
+
+/// [linear] on a given engine; oneDNN takes float32 matrices on the CPU only,
+/// others go to libtorch's default.
+pub fn linear_on(engine: Engine, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let onednn = engine == Engine::OneDnn && x.device() == Device::Cpu && x.kind() == Kind::Float && x.dim() == 2;
+    if onednn {
+        // oneDNN's own layout in and out: a copy each way, a few percent of the product
+        x.contiguous().to_mkldnn().mkldnn_linear(weight, bias).to_dense(None, false)
+    } else {
+        x.linear(weight, bias)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// oneDNN's product and its gradients (input, weight, bias) against
+    /// libtorch's default, for the shapes of a step and odd ones.
+    #[test]
+    fn onednn_matches_default() {
+        if !tch::utils::has_mkldnn() {
+            return;
+        }
+        tch::manual_seed(3);
+        let o = (Kind::Float, Device::Cpu);
+        for (n, i, out, with_bias) in [(37i64, 300i64, 20i64, true), (128, 2000, 128, true), (64, 92, 2000, false), (1, 30, 7, true)] {
+            let x = Tensor::randn([n, i], o).set_requires_grad(true);
+            let w = (Tensor::randn([out, i], o) * 0.1).set_requires_grad(true);
+            let b = Tensor::randn([out], o).set_requires_grad(true);
+            let g = Tensor::randn([n, out], o);
+            let run = |engine: Engine| {
+                for t in [&x, &w, &b] {
+                    let mut grad = t.grad();
+                    if grad.defined() {
+                        let _ = grad.zero_();
+                    }
+                }
+                let y = linear_on(engine, &x, &w, with_bias.then_some(&b));
+                (y * &g).sum(Kind::Float).backward();
+                let bias_grad = if with_bias { b.grad().copy() } else { Tensor::zeros([out], o) };
+                [y_detached(&x, &w, &b, engine, with_bias), x.grad().copy(), w.grad().copy(), bias_grad]
+            };
+            let (reference, onednn) = (run(Engine::Default), run(Engine::OneDnn));
+            for (name, (r, d)) in ["product", "d input", "d weight", "d bias"].iter().zip(reference.iter().zip(onednn.iter())) {
+                assert_eq!(r.size(), d.size(), "{name} [{n}, {i}] x [{i}, {out}]");
+                let scale = r.abs().max().double_value(&[]).max(1.0);
+                let err = (r - d).abs().max().double_value(&[]);
+                assert!(err <= 1e-5 * scale * (i as f64).sqrt(), "{name} [{n}, {i}] x [{i}, {out}]: off by {err} at scale {scale}");
+            }
+        }
+    }
+
+    fn y_detached(x: &Tensor, w: &Tensor, b: &Tensor, engine: Engine, with_bias: bool) -> Tensor {
+        tch::no_grad(|| linear_on(engine, x, w, with_bias.then_some(b)))
+    }
+}
