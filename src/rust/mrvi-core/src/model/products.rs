@@ -9,7 +9,8 @@
 //! (Zen 5, AVX-512), one thread, these products and their gradients run in
 //! about half MKL's time through oneDNN, copies in and out of its layout
 //! included (bench/README, session 33). On Intel CPUs MKL takes its AVX-512
-//! path, and the products stay with it.
+//! path, and the products stay with it; so they do on CPUs without AVX-512,
+//! where MKL's AVX2 path is what it has anyway.
 //!
 //! Which library multiplies is fixed per process ([engine]), so a fit's bits
 //! stay the same run to run on one machine.
@@ -37,18 +38,29 @@ impl Engine {
     }
 }
 
-/// The engine for this process: oneDNN on x86 CPUs not made by Intel (where
-/// MKL takes its generic path) when libtorch was built with it, libtorch's
-/// default otherwise. `MRVI_MATMUL=onednn` or `=default` overrides the choice
-/// (read once, for benchmarks and tests).
+/// The engine for this process: oneDNN on x86 CPUs with AVX-512 not made by
+/// Intel (where MKL's generic path leaves AVX-512 unused) when libtorch was
+/// built with it, libtorch's default otherwise. `MRVI_MATMUL=onednn` or
+/// `=default` overrides the choice (read once, for benchmarks and tests).
 pub fn engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     *ENGINE.get_or_init(|| match std::env::var("MRVI_MATMUL").ok().as_deref() {
         Some("onednn") if tch::utils::has_mkldnn() => Engine::OneDnn,
         Some("default") | Some("onednn") => Engine::Default,
-        _ if tch::utils::has_mkldnn() && !genuine_intel() => Engine::OneDnn,
+        _ if tch::utils::has_mkldnn() && !genuine_intel() && has_avx512() => Engine::OneDnn,
         _ => Engine::Default,
     })
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether the CPU is an Intel one (cpuid's vendor string), as MKL asks.
