@@ -111,14 +111,30 @@ pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: 
             let eta = &logits[row * g..(row + 1) * g];
             let xr = &x.dense[row * g..(row + 1) * g];
             let dense = row_dense_dispatch(eta, xr, &theta, log_theta, log_library[row], dl_row, &mut rho, item.d_log_theta);
-            let mut sparse = 0f64;
-            for k in x.nz_ptr[row]..x.nz_ptr[row + 1] {
-                let (gene, count) = (x.nz_gene[k] as usize, x.nz_count[k]);
+            // four running sums, not one: a single chain of dependent additions
+            // was the loop's bottleneck
+            let nz = x.nz_ptr[row]..x.nz_ptr[row + 1];
+            let (genes, counts) = (&x.nz_gene[nz.clone()], &x.nz_count[nz]);
+            let d_log_theta = &mut *item.d_log_theta;
+            let mut term = |gene: u32, count: f32| {
+                let gene = gene as usize;
                 let (lg, dg) = special.get(gene, count, theta[gene]);
-                sparse += lg;
-                item.d_log_theta[gene] += theta[gene] * dg as f32;
+                d_log_theta[gene] += theta[gene] * dg as f32;
+                lg
+            };
+            let mut sparse = [0f64; 4];
+            let (quads, rest) = (genes.chunks_exact(4), genes.len() % 4);
+            for (g4, c4) in quads.zip(counts.chunks_exact(4)) {
+                sparse[0] += term(g4[0], c4[0]);
+                sparse[1] += term(g4[1], c4[1]);
+                sparse[2] += term(g4[2], c4[2]);
+                sparse[3] += term(g4[3], c4[3]);
             }
-            *ll_row = dense + sparse - x.lgamma_x1[row] as f64;
+            let tail = genes.len() - rest;
+            for (j, (&gene, &count)) in genes[tail..].iter().zip(&counts[tail..]).enumerate() {
+                sparse[j] += term(gene, count);
+            }
+            *ll_row = dense + ((sparse[0] + sparse[1]) + (sparse[2] + sparse[3])) - x.lgamma_x1[row] as f64;
         }
     });
     let mut d_log_theta = vec![0f32; g];
@@ -294,11 +310,11 @@ fn entry(t: f32, phi: f32, x: f32, eta: f32, mu: f32, shift: f32, inv_l: f32) ->
 /// special functions beyond. Each gene's table runs only up to the largest count it
 /// has in the minibatch: theta changes every step, and most genes' counts are small
 /// (the full table cost ~1 ms per minibatch of 2,000 genes). Built in items of
-/// [GENES_PER_ITEM] genes, one table each, on libtorch's OpenMP threads.
+/// [GENES_PER_ITEM] genes on libtorch's OpenMP threads, then joined into one table.
 struct SpecialTable {
-    /// one per item of genes
-    tables: Vec<Vec<(f64, f64)>>,
-    /// gene k's entries start at offset[k] of its item's table
+    /// every gene's entries, gene after gene
+    table: Vec<(f64, f64)>,
+    /// gene k's entries start at offset[k]
     offset: Vec<usize>,
     lgamma_theta: Vec<f64>,
     digamma_theta: Vec<f64>,
@@ -357,15 +373,21 @@ impl SpecialTable {
                 }
             }
         });
-        let tables = items.into_iter().map(|item| item.table).collect();
-        Self { tables, offset, lgamma_theta, digamma_theta }
+        // one table: each item's offsets moved by the entries before it
+        let mut table = Vec::with_capacity(items.iter().map(|item| item.table.len()).sum());
+        for item in &mut items {
+            let before = table.len();
+            item.offset.iter_mut().for_each(|o| *o += before);
+            table.append(&mut item.table);
+        }
+        Self { table, offset, lgamma_theta, digamma_theta }
     }
 
     /// For a count of `gene` in the minibatch the table was built for.
     fn get(&self, gene: usize, count: f32, theta: f32) -> (f64, f64) {
         let c = count as usize;
         if c <= TABLE {
-            self.tables[gene / GENES_PER_ITEM][self.offset[gene] + c - 1]
+            self.table[self.offset[gene] + c - 1]
         } else {
             let v = count as f64 + theta as f64;
             (
