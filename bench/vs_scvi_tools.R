@@ -6,7 +6,9 @@
 # for Python. Runs, each in its own process with THREADS threads (default 1):
 # mrvi's attention flavour (scvi-tools' model) and linear flavour (bench/train_one.R),
 # then scvi-tools' MRVI with its JAX and its torch backend (bench/scvi_tools_train.py),
-# EPOCHS epochs each (default 5), early stopping off, each implementation's default
+# EPOCHS epochs each (default 5), early stopping off (mrvi still validates after every
+# epoch; scvi-tools then does not, so it runs twice: as it is, and validating after
+# every epoch like mrvi, rows "...-validating"), each implementation's default
 # batch size (SCVI_BATCH_SIZE sets scvi-tools'; mrvi's is 256). cells/s: training cells per second of an epoch, validation included,
 # after the first epoch. scvi-tools runs from its own virtual environment,
 # SCVI_VENV (default bench/.venv-scvi), made by bench/scvi_env.sh when missing; it is
@@ -46,11 +48,14 @@ for (flavour in c("attention", "linear")) {
                                          epoch_s = as.numeric(r$epoch_s), wall_s = as.numeric(r$wall_s))
   cat(sprintf("mrvi %-9s %7.0f cells/s (%.2f s per epoch)\n", flavour, as.numeric(r$cells_per_s), as.numeric(r$epoch_s)))
 }
-for (backend in c("jax", "torch")) {
+# scvi-tools twice per backend: as it trains with early stopping off (no validation),
+# and validating after every epoch as mrvi does (its rows end in "-validating")
+for (backend in c("jax", "torch")) for (validate in c(FALSE, TRUE)) {
   out <- suppressWarnings(system2(file.path(venv, "bin", "python"),
                                   c("bench/scvi_tools_train.py", export, backend, epochs, threads),
                                   stdout = TRUE, stderr = TRUE,
-                                  env = paste0("MRVI_BATCH_SIZE=", Sys.getenv("SCVI_BATCH_SIZE"))))
+                                  env = c(paste0("MRVI_BATCH_SIZE=", Sys.getenv("SCVI_BATCH_SIZE")),
+                                          paste0("MRVI_VALIDATE=", as.integer(validate)))))
   line <- grep("^RESULT", out, value = TRUE)
   if (!length(line)) {
     cat("scvi-tools", backend, "failed:\n", utils::tail(out, 15), sep = "\n")
