@@ -13,7 +13,11 @@
 //! where MKL's AVX2 path is what it has anyway.
 //!
 //! Which library multiplies is fixed per process ([engine]), so a fit's bits
-//! stay the same run to run on one machine.
+//! stay the same run to run on one machine. oneDNN makes a kernel for each new
+//! shape (2-8 ms, then cached): training has a handful (its shards, the last
+//! minibatch, validation chunks), and the analyses' chunks showed no cost
+//! (differential expression and grouped distances on 100,000 cells as fast as
+//! with MKL).
 
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
