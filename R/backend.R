@@ -37,8 +37,8 @@
 #' decoder's output layer) run on oneDNN on x86 CPUs with AVX-512 not made by
 #' Intel, and on MKL (libtorch's default) elsewhere: MKL chooses its kernels by
 #' CPU vendor and takes a generic AVX2 path on AMD CPUs whatever they offer, where
-#' oneDNN chooses by instruction set. On an AMD EPYC (Zen 5, AVX-512) this trained
-#' 12-20% more cells per second. The choice is fixed per machine, so results
+#' oneDNN chooses by instruction set. On an AMD EPYC (Zen 5, AVX-512) the attention
+#' flavour trained 13-20% more cells per second on one thread. The choice is fixed per machine, so results
 #' stay bit-identical for a fixed `seed` and thread count there;
 #' `mrviBackend()$matrix_products` says which library is in use.
 #'
