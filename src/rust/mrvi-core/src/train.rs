@@ -164,13 +164,9 @@ impl Adam {
         let _ = self.flat_grad.zero_();
     }
 
-    /// A flat gradient buffer for `replica`'s leaves ([MrviModel::replica]),
-    /// laid out as the weights' own, for [Self::add_gradients].
-    fn replica_gradients(&self, replica: &MrviModel) -> Result<Tensor> {
-        self.replica_gradients_of(&replica.vs)
-    }
-
-    fn replica_gradients_of(&self, vs: &tch::nn::VarStore) -> Result<Tensor> {
+    /// A flat gradient buffer for the leaves of a replica's variables `vs`
+    /// ([MrviModel::replica]), laid out as the weights' own, for [Self::add_gradients].
+    fn replica_gradients(&self, vs: &tch::nn::VarStore) -> Result<Tensor> {
         let leaves = vs.variables();
         let vars: Vec<&Tensor> = self.trainable.iter().map(|&i| &leaves[&self.params[i].0]).collect();
         flat_gradients(&vars, (self.flat_grad.kind(), self.flat_grad.device()))
@@ -691,7 +687,7 @@ impl Trainer {
         let shards = shard_count(bs, shard_threads(&self.model));
         while self.replicas.len() + 1 < shards {
             let replica = self.model.replica();
-            let gradients = self.opt.replica_gradients(&replica)?;
+            let gradients = self.opt.replica_gradients(&replica.vs)?;
             self.replicas.push((replica, gradients));
         }
         let replicas: Vec<(&MrviModel, &Tensor)> = self.replicas.iter().take(shards - 1).map(|(m, g)| (m, g)).collect();
@@ -1013,7 +1009,7 @@ mod tests {
         for (name, mut v) in replica_vs.variables() {
             tch::no_grad(|| v.set_data(&vars[&name]));
         }
-        let replica_grads = ours.replica_gradients_of(&replica_vs).unwrap();
+        let replica_grads = ours.replica_gradients(&replica_vs).unwrap();
         loss(&replica_vs, &x).backward();
         ours.add_gradients(&replica_grads).unwrap();
         assert!((grads * 2.0).equal(&ours.flat_grad), "a replica's gradients are not in its buffer");

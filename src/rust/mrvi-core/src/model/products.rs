@@ -48,11 +48,13 @@ impl Engine {
 /// `=default` overrides the choice (read once, for benchmarks and tests).
 pub fn engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    *ENGINE.get_or_init(|| match std::env::var("MRVI_MATMUL").ok().as_deref() {
-        Some("onednn") if tch::utils::has_mkldnn() => Engine::OneDnn,
-        Some("default") | Some("onednn") => Engine::Default,
-        _ if tch::utils::has_mkldnn() && !genuine_intel() && has_avx512() => Engine::OneDnn,
-        _ => Engine::Default,
+    *ENGINE.get_or_init(|| {
+        let onednn = match std::env::var("MRVI_MATMUL").ok().as_deref() {
+            Some("onednn") => true,
+            Some("default") => false,
+            _ => !genuine_intel() && has_avx512(),
+        };
+        if onednn && tch::utils::has_mkldnn() { Engine::OneDnn } else { Engine::Default }
     })
 }
 
