@@ -378,15 +378,20 @@ fn gradients(models: &[&MrviModel]) -> Vec<(String, Tensor)> {
     grads
 }
 
-/// The CPU step (fused likelihood; for the attention flavour, both blocks and the
-/// KL term on the host with the staged backward, either prior; the linear flavour
-/// with either prior) has autograd's gradient for every parameter, on a first
-/// step and on a later one.
+/// The CPU step (fused likelihood, the decoder's output layer in closed form;
+/// for the attention flavour, both blocks and the KL term on the host with the
+/// staged backward, either prior; the linear flavour with either prior; one site,
+/// or two categorical covariates and a continuous one) has autograd's gradient
+/// for every parameter, on a first step and on a later one.
 #[test]
 fn fused_cpu_objective_has_the_autograd_gradient() {
     let _rng = common::libtorch_rng();
-    let data = toy_data(50, 30, 3, 8);
-    for config in step_test_configs() {
+    let plain = toy_data(50, 30, 3, 8);
+    let site = (0..50).flat_map(|c| [(c % 2) as i64, 2 + (c % 3) as i64]).collect();
+    let x = (0..50).map(|c| c as f32 / 50.0 - 0.5).collect();
+    let covariates = toy_data(50, 30, 3, 8).with_nuisance(site, 2, x, 1);
+    let configs = step_test_configs().into_iter().flat_map(|c| [(c.clone(), &plain), (c.with_nuisance(vec![2, 3], 1), &covariates)]);
+    for (config, data) in configs {
         tch::manual_seed(3);
         let model = MrviModel::new(config, Device::Cpu);
         perturb_weights(&model);

@@ -29,6 +29,7 @@ pub mod attention_step;
 pub mod prior_step;
 pub mod products;
 pub mod nb;
+pub mod output_layer;
 pub mod tilted_mean;
 
 use crate::error::Result;
@@ -36,6 +37,7 @@ use attention::AttentionBlock;
 use config::{Flavour, ModelConfig, Prior};
 use encoder::{Encoder, Posterior};
 use nb::NonZeros;
+use output_layer::OutputLayer;
 use tch::nn::{self, Module};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -344,7 +346,7 @@ impl StepTerms {
 }
 
 struct Forward {
-    logits: Tensor,
+    output: OutputLayer,
     /// per cell; with `staged`, a value only (its gradient comes from there)
     kl: Tensor,
     staged: Option<Staged>,
@@ -719,6 +721,12 @@ impl MrviModel {
     /// cell's site embeddings (plus x e_x). `dropout`: the linear flavour's
     /// scaled keep-mask on sg(z) in training ([Draws]); None outside training.
     pub fn decode_logits(&self, z: &Tensor, site: &Tensor, continuous: Option<&Tensor>, dropout: Option<&Tensor>) -> Tensor {
+        self.output_layer(z, site, continuous, dropout).logits()
+    }
+
+    /// The decoder up to its output layer, and that layer's pieces ([OutputLayer]);
+    /// arguments as [Self::decode_logits].
+    fn output_layer(&self, z: &Tensor, site: &Tensor, continuous: Option<&Tensor>, dropout: Option<&Tensor>) -> OutputLayer {
         let continuous = continuous.zip(self.continuous.as_ref());
         match &self.decoder {
             Decoder::Linear { c, site_map, site_bias } => {
@@ -740,16 +748,33 @@ impl MrviModel {
                     input.extend([interaction(&x), x.shallow_clone()]);
                     weight.extend([map.permute([1, 0, 2]).reshape([g, -1]), bias.tr()]);
                 }
-                products::linear(&Tensor::cat(&input, 1), &Tensor::cat(&weight, 1), None)
+                // z's columns first: the only ones with a gradient
+                OutputLayer {
+                    input: Tensor::cat(&input, 1),
+                    weight: Tensor::cat(&weight, 1),
+                    bias: None,
+                    traced: z.shallow_clone(),
+                    traced_weight: c.ws.shallow_clone(),
+                    term: None,
+                }
             }
             Decoder::Attention { out, block, embedding } => {
                 let (context, logit_term) = Self::nuisance_context(embedding, site, continuous);
-                let logits = products::linear(&(z + block.forward(z, &context)), &out.ws, out.bs.as_ref());
-                match logit_term {
-                    Some(t) => logits + t,
-                    None => logits,
-                }
+                let input = z + block.forward(z, &context);
+                Self::attention_output(out, input, logit_term)
             }
+        }
+    }
+
+    /// The attention decoder's output layer on z + the block's output.
+    fn attention_output(out: &nn::Linear, input: Tensor, term: Option<Tensor>) -> OutputLayer {
+        OutputLayer {
+            traced: input.shallow_clone(),
+            input,
+            weight: out.ws.shallow_clone(),
+            bias: out.bs.as_ref().map(|b| b.shallow_clone()),
+            traced_weight: out.ws.shallow_clone(),
+            term,
         }
     }
 
@@ -792,8 +817,8 @@ impl MrviModel {
     /// Per-cell reconstruction loss and KL for a minibatch (one draw of u).
     pub fn losses(&self, batch: &Batch, train: bool) -> Losses {
         let draws = self.draws(batch.sample.size()[0], train);
-        let Forward { logits, kl, .. } = self.forward(batch, &draws, false);
-        self.likelihood_losses(batch, logits, kl)
+        let Forward { output, kl, .. } = self.forward(batch, &draws, false);
+        self.likelihood_losses(batch, output.logits(), kl)
     }
 
     /// [Losses] from a pass's logits and prior terms, with the likelihood as
@@ -837,8 +862,8 @@ impl MrviModel {
         let u = q.sample_with(&draws.noise);
         let kl = self.kl(&q, &u, batch.label.as_ref());
         let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
-        let logits = self.decode_logits(&z, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
-        Forward { logits, kl: kl + penalty, staged: None }
+        let output = self.output_layer(&z, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
+        Forward { output, kl: kl + penalty, staged: None }
     }
 
     /// [Self::forward] of the attention flavour with its blocks and KL term on
@@ -876,11 +901,7 @@ impl MrviModel {
         let step = attention_step::BlockStep::new(decoder_block);
         let (y, tape) = step.forward(&z_leaf, &context, None);
         let y = y.set_requires_grad(true);
-        let logits = products::linear(&(&z_leaf + &y), &out.ws, out.bs.as_ref());
-        let logits = match logit_term {
-            Some(t) => logits + t,
-            None => logits,
-        };
+        let output = Self::attention_output(out, &z_leaf + &y, logit_term);
         let kl_value = (kl + &penalty).detach();
         let staged = Staged {
             mean: q.mean,
@@ -897,7 +918,7 @@ impl MrviModel {
             penalty,
             prior_parameters,
         };
-        Forward { logits, kl: kl_value, staged: Some(staged) }
+        Forward { output, kl: kl_value, staged: Some(staged) }
     }
 
     /// The training objective of a minibatch, or of one shard of it: `batch`
@@ -905,26 +926,26 @@ impl MrviModel {
     /// and the objective is the shard's part (its sums divided by the
     /// `minibatch_cells` of the whole minibatch). On the CPU the likelihood and its
     /// gradient with respect to the logits and log theta come from one fused pass
-    /// (`nb::fused_log_lik`) and enter autograd through the linear surrogate
-    /// -(sum(logits * dL/dlogits) + sum(log_theta * dL/dlog_theta)), which has
-    /// exactly the right gradient; elsewhere (or with `fused_likelihood` off) autograd
+    /// (`nb::fused_log_lik`); the decoder's output layer takes its gradients from
+    /// there in closed form ([OutputLayer::surrogate]), and they and log theta's
+    /// enter autograd through linear surrogates with exactly the right gradient; elsewhere (or with `fused_likelihood` off) autograd
     /// differentiates the likelihood itself. On the CPU the attention flavour's
     /// blocks and KL term run on the host too ([Staged]); [StepTerms::backward]
     /// takes the gradient through them.
     pub fn step_terms(&self, batch: &Batch, draws: &Draws, kl_weight: f64, minibatch_cells: f64) -> StepTerms {
         let n = minibatch_cells;
         if batch.nonzeros.is_some() {
-            let Forward { logits, kl, .. } = self.forward(batch, draws, false);
-            let l = self.likelihood_losses(batch, logits, kl);
+            let Forward { output, kl, .. } = self.forward(batch, draws, false);
+            let l = self.likelihood_losses(batch, output.logits(), kl);
             let rec = l.reconstruction.sum(Kind::Float);
             let kl = l.kl.sum(Kind::Float);
             let objective = (&rec + &kl * kl_weight) / n;
             return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), staged: None };
         }
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
-        let Forward { logits, kl, staged } = self.forward(batch, draws, true);
-        let (b, g) = logits.size2().expect("2-d logits");
-        let host_logits = logits.detach().contiguous();
+        let Forward { output, kl, staged } = self.forward(batch, draws, true);
+        let host_logits = output.logit_values().contiguous();
+        let (b, g) = host_logits.size2().expect("2-d logits");
         let host_theta = self.log_theta.detach().contiguous();
         let mut d_logits = Tensor::empty([b, g], (Kind::Float, Device::Cpu));
         let counts = nb::HostCounts {
@@ -946,9 +967,8 @@ impl MrviModel {
         };
         let d_theta = Tensor::from_slice(&nb.d_log_theta);
         let kl = kl.sum(Kind::Float);
-        // dot products: no [B, G] product is stored, and the logits' gradient
-        // (d_logits times the scalar gradient) has the same bits as for a sum of products
-        let surrogate_ll = logits.reshape([-1]).dot(&d_logits.view([-1])) + self.log_theta.dot(&d_theta);
+        // the output layer's gradients in closed form (none in evaluation)
+        let surrogate_ll = if output.traced() { output.surrogate(&d_logits) + self.log_theta.dot(&d_theta) } else { Tensor::zeros([], (Kind::Float, Device::Cpu)) };
         let reconstruction_sum = -nb.log_lik.iter().sum::<f64>();
         match staged {
             Some(staged) => StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum: kl.double_value(&[]), staged: Some((staged, kl_weight / n)) },

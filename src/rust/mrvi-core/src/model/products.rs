@@ -101,6 +101,32 @@ pub fn linear_on(engine: Engine, x: &Tensor, weight: &Tensor, bias: Option<&Tens
     }
 }
 
+/// The gradients of sum(d_out * (x W^T + b)) (d_out: [N, O], x: [N, I]) with
+/// respect to x's first columns (those `traced_weight` reads: [O, I'] with
+/// I' <= I), to W ([O, I]) and, with `bias`, to b; on this process's [engine].
+pub fn linear_gradients(d_out: &Tensor, input: &Tensor, traced_weight: &Tensor, bias: bool) -> (Tensor, Tensor, Option<Tensor>) {
+    linear_gradients_on(engine(), d_out, input, traced_weight, bias)
+}
+
+/// [linear_gradients] on a given engine.
+pub fn linear_gradients_on(engine: Engine, d_out: &Tensor, input: &Tensor, traced_weight: &Tensor, bias: bool) -> (Tensor, Tensor, Option<Tensor>) {
+    let onednn = engine == Engine::OneDnn
+        && d_out.device() == Device::Cpu
+        && [d_out, input, traced_weight].iter().all(|t| t.kind() == Kind::Float && t.dim() == 2)
+        && d_out.size()[0] > 0;
+    if onednn {
+        let d_out = d_out.contiguous().to_mkldnn();
+        let (d_weight, d_bias) = input.contiguous().to_mkldnn().mkldnn_linear_backward_weights(&d_out, traced_weight, bias);
+        let traced_size = [input.size()[0], traced_weight.size()[1]];
+        let d_traced = Tensor::mkldnn_linear_backward_input(traced_size, &d_out, &traced_weight.contiguous()).to_dense(None, false);
+        (d_traced, d_weight, bias.then_some(d_bias))
+    } else {
+        let d_traced = d_out.mm(traced_weight);
+        let d_weight = d_out.tr().mm(input);
+        (d_traced, d_weight, bias.then(|| d_out.sum_dim_intlist(0, false, d_out.kind())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +166,33 @@ mod tests {
                 let scale = r.abs().max().double_value(&[]).max(1.0);
                 let err = (r - d).abs().max().double_value(&[]);
                 assert!(err <= 1e-5 * scale * (i as f64).sqrt(), "{name} [{n}, {i}] x [{i}, {out}]: off by {err} at scale {scale}");
+            }
+        }
+    }
+
+    /// The gradients in closed form ([linear_gradients_on]) equal autograd's, on
+    /// both engines, for the input's first columns only and with or without a bias.
+    #[test]
+    fn closed_form_gradients_match_autograd() {
+        tch::manual_seed(5);
+        let o = (Kind::Float, Device::Cpu);
+        for (n, i, traced, out, with_bias) in [(37i64, 32i64, 10i64, 300i64, false), (64, 30, 30, 2000, true), (1, 5, 2, 7, true), (0, 5, 2, 7, true)] {
+            let x = Tensor::randn([n, i], o).set_requires_grad(true);
+            let w = Tensor::randn([out, i], o).set_requires_grad(true);
+            let b = Tensor::randn([out], o).set_requires_grad(true);
+            let g = Tensor::randn([n, out], o);
+            (x.linear(&w, with_bias.then_some(&b)) * &g).sum(Kind::Float).backward();
+            let engines: &[Engine] = if tch::utils::has_mkldnn() { &[Engine::Default, Engine::OneDnn] } else { &[Engine::Default] };
+            for &engine in engines {
+                let (d_traced, d_weight, d_bias) = linear_gradients_on(engine, &g, &x.detach(), &w.detach().narrow(1, 0, traced), with_bias);
+                let want_traced = x.grad().narrow(1, 0, traced);
+                let close = |a: &Tensor, b: &Tensor| a.size() == b.size() && (a.numel() == 0 || (a - b).abs().max().double_value(&[]) <= 1e-4 * (i.max(n) as f64));
+                assert!(close(&d_traced, &want_traced), "{engine:?} [{n}, {i}]: d input");
+                assert!(close(&d_weight, &w.grad()), "{engine:?} [{n}, {i}]: d weight");
+                assert_eq!(d_bias.is_some(), with_bias);
+                if let Some(d_bias) = d_bias {
+                    assert!(close(&d_bias, &b.grad()), "{engine:?} [{n}, {i}]: d bias");
+                }
             }
         }
     }
