@@ -14,7 +14,7 @@ fn main() {
     let lg = vec![0f32; b];
     let lib = vec![7.0f32; b];
     let theta: Vec<f32> = (0..g).map(|k| (k % 7) as f32 * 0.3 - 1.0).collect();
-    let host = HostCounts { dense: &dense, nz_ptr: &nz_ptr, nz_gene: &nz_gene, nz_count: &nz_count, lgamma_x1: &lg };
+    let host = HostCounts { nz_ptr: &nz_ptr, nz_gene: &nz_gene, nz_count: &nz_count, lgamma_x1: &lg };
     let t = Instant::now();
     let mut d = vec![0f32; b * g];
     for _ in 0..500 { let _ = fused_log_lik(&logits, &lib, &theta, &host, &mut d); }

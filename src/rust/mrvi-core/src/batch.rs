@@ -103,8 +103,8 @@ impl<C: CountColumns> Dataset<C> {
     }
 
     /// log1p(x) densified in host memory, and either the host copy the fused
-    /// likelihood reads (the dense counts and their non-zeros) or the non-zero
-    /// structure of the tensor one. log1p is read from a table for the non-zeros
+    /// likelihood reads (the non-zeros row by row) or the non-zero structure of
+    /// the tensor one. log1p is read from a table for the non-zeros
     /// only (~40% of the entries in real data) and written straight into the
     /// tensor: no dense log1p pass and no copy of a [B, G] buffer.
     fn dense_on_host(
@@ -120,24 +120,20 @@ impl<C: CountColumns> Dataset<C> {
         let mut log_counts = Tensor::zeros([b as i64, g as i64], (Kind::Float, Device::Cpu));
         // SAFETY: a contiguous CPU float tensor, alive until the end of the function
         let log_dense = unsafe { crate::model::cpu_floats_mut(&mut log_counts) };
-        // the dense counts only for the fused likelihood
-        let mut dense = if fused { vec![0f32; b * g] } else { Vec::new() };
         let (mut nz_gene, mut nz_count) = (vec![0u32; nz_ptr[b]], vec![0f32; nz_ptr[b]]);
         // rows in items of ROWS_PER_ITEM on libtorch's OpenMP threads
-        type Item<'a> = (&'a [usize], &'a mut [f32], Option<&'a mut [f32]>, &'a mut [u32], &'a mut [f32]);
+        type Item<'a> = (&'a [usize], &'a mut [f32], &'a mut [u32], &'a mut [f32]);
         let mut items: Vec<Item> = Vec::with_capacity(b.div_ceil(ROWS_PER_ITEM));
         let (mut genes, mut counts) = (&mut nz_gene[..], &mut nz_count[..]);
-        let mut dense_rows = fused.then(|| dense.chunks_mut(ROWS_PER_ITEM * g.max(1)));
         for (first, (rows, log_dense)) in cells.chunks(ROWS_PER_ITEM).zip(log_dense.chunks_mut(ROWS_PER_ITEM * g.max(1))).enumerate() {
             let first = first * ROWS_PER_ITEM;
             let n = nz_ptr[first + rows.len()] - nz_ptr[first];
             let gp = genes.split_off_mut(..n).expect("nz_ptr counts every non-zero");
             let cp = counts.split_off_mut(..n).expect("nz_ptr counts every non-zero");
-            let dense = dense_rows.as_mut().map(|d| d.next().expect("as many dense rows as cells"));
-            items.push((rows, log_dense, dense, gp, cp));
+            items.push((rows, log_dense, gp, cp));
         }
         let log1p = log1p_table();
-        crate::openmp::for_each_mut(&mut items, |(rows, log_dense, dense, genes, counts)| {
+        crate::openmp::for_each_mut(&mut items, |(rows, log_dense, genes, counts)| {
             let mut k = 0;
             for (row, &c) in rows.iter().enumerate() {
                 for (gi, v) in self.counts.column(c) {
@@ -145,9 +141,6 @@ impl<C: CountColumns> Dataset<C> {
                         Some(&l) => l,
                         None => v.ln_1p(),
                     };
-                    if let Some(dense) = dense {
-                        dense[row * g + gi] = v;
-                    }
                     (genes[k], counts[k]) = (gi as u32, v);
                     k += 1;
                 }
@@ -172,7 +165,6 @@ impl<C: CountColumns> Dataset<C> {
             lgamma_x1: Tensor::from_slice(lgamma_x1).to_device(device),
         });
         let host = fused.then(|| HostCopy {
-            counts: dense,
             nz_ptr,
             nz_gene,
             nz_count,
@@ -316,12 +308,10 @@ mod tests {
         for (a, b) in [(&dev_nz.flat, &host_nz.flat), (&dev_nz.gene, &host_nz.gene), (&dev_nz.value, &host_nz.value), (&dev_nz.lgamma_x1, &host_nz.lgamma_x1)] {
             assert!(a.equal(b));
         }
-        // the fused likelihood's host copy: the same counts, rows and non-zeros
+        // the fused likelihood's host copy: the same rows and non-zeros
         let (fused_logs, _, host) = data.dense_on_host(&cells, Device::Cpu, true, &lgx, &lib);
         let host = host.unwrap();
         assert!(fused_logs.equal(&host_logs));
-        let want: Vec<f32> = cells.iter().flat_map(|&c| counts[c * g..(c + 1) * g].iter().copied()).collect();
-        assert_eq!(host.counts, want);
         let nz_gene: Vec<i64> = host.nz_gene.iter().map(|&k| k as i64).collect();
         assert_eq!(nz_gene, Vec::<i64>::try_from(&host_nz.gene).unwrap());
         assert_eq!(host.nz_count, Vec::<f32>::try_from(&host_nz.value).unwrap());

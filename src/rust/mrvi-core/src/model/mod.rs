@@ -311,10 +311,9 @@ pub struct Batch {
     pub host: Option<HostCopy>,
 }
 
-/// Host-side copy of a minibatch: dense counts [B, G] row-major, log library
-/// sizes and sum_g lgamma(x + 1) per cell.
+/// Host-side copy of a minibatch for the fused likelihood: its non-zeros row by
+/// row, log library sizes and sum_g lgamma(x + 1) per cell.
 pub struct HostCopy {
-    pub counts: Vec<f32>,
     pub nz_ptr: Vec<usize>,
     pub nz_gene: Vec<u32>,
     pub nz_count: Vec<f32>,
@@ -949,7 +948,6 @@ impl MrviModel {
         let host_theta = self.log_theta.detach().contiguous();
         let mut d_logits = Tensor::empty([b, g], (Kind::Float, Device::Cpu));
         let counts = nb::HostCounts {
-            dense: &host.counts,
             nz_ptr: &host.nz_ptr,
             nz_gene: &host.nz_gene,
             nz_count: &host.nz_count,

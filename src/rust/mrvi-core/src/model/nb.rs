@@ -53,10 +53,8 @@ pub struct FusedNb {
     pub d_log_theta: Vec<f32>,
 }
 
-/// A dense minibatch of counts with its non-zeros listed per row.
+/// A minibatch of counts as its non-zeros, row by row.
 pub struct HostCounts<'a> {
-    /// [B, G] row-major
-    pub dense: &'a [f32],
     /// row r's non-zeros are entries nz_ptr[r]..nz_ptr[r + 1] of nz_gene / nz_count
     pub nz_ptr: &'a [usize],
     pub nz_gene: &'a [u32],
@@ -77,15 +75,17 @@ const ROWS_PER_ITEM: usize = 16;
 ///   d/d logits_g = a_g - rho_g sum_k a_k
 ///   d/d log theta_g = theta (log theta - log(theta + mu) + 1 - (theta + x) / (theta + mu)
 ///                           + psi(x + theta) - psi(theta))
-/// The dense terms run over all entries in vectorised lanes (fast exp/ln); the
-/// lgamma/digamma terms only over the non-zeros. Rows go in items of
-/// [ROWS_PER_ITEM] to libtorch's OpenMP threads ([crate::openmp]).
+/// The dense terms run over all entries in vectorised lanes (fast exp/ln), each
+/// row's counts spread into a [G] row of zeros that stays in cache (and is
+/// cleared after it: no dense copy of the minibatch); the lgamma/digamma terms
+/// only over the non-zeros. Rows go in items of [ROWS_PER_ITEM] to libtorch's
+/// OpenMP threads ([crate::openmp]).
 /// d(sum of log-likelihoods) / d logits is written into `d_logits` ([B, G]).
 pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: &HostCounts, d_logits: &mut [f32]) -> FusedNb {
     let g = log_theta.len();
     let b = log_library.len();
     assert_eq!(logits.len(), b * g);
-    assert_eq!(x.dense.len(), b * g);
+    assert_eq!(x.nz_ptr.len(), b + 1);
     assert_eq!(d_logits.len(), b * g);
     let theta: Vec<f32> = log_theta.iter().map(|&v| v.exp()).collect();
     let special = SpecialTable::new(&theta, x);
@@ -105,16 +105,17 @@ pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: 
         .map(|(i, ((d_logits, log_lik), d_log_theta))| Item { first: i * ROWS_PER_ITEM, d_logits, log_lik, d_log_theta })
         .collect();
     crate::openmp::for_each_mut(&mut items, |item| {
-        let mut rho = vec![0f32; g];
+        let (mut rho, mut xr) = (vec![0f32; g], vec![0f32; g]);
         for (r, (dl_row, ll_row)) in item.d_logits.chunks_mut(g).zip(item.log_lik.iter_mut()).enumerate() {
             let row = item.first + r;
             let eta = &logits[row * g..(row + 1) * g];
-            let xr = &x.dense[row * g..(row + 1) * g];
-            let dense = row_dense_dispatch(eta, xr, &theta, log_theta, log_library[row], dl_row, &mut rho, item.d_log_theta);
-            // four running sums, not one: a single chain of dependent additions
-            // was the loop's bottleneck
             let nz = x.nz_ptr[row]..x.nz_ptr[row + 1];
             let (genes, counts) = (&x.nz_gene[nz.clone()], &x.nz_count[nz]);
+            genes.iter().zip(counts).for_each(|(&k, &v)| xr[k as usize] = v);
+            let dense = row_dense_dispatch(eta, &xr, &theta, log_theta, log_library[row], dl_row, &mut rho, item.d_log_theta);
+            genes.iter().for_each(|&k| xr[k as usize] = 0.0);
+            // four running sums, not one: a single chain of dependent additions
+            // was the loop's bottleneck
             let d_log_theta = &mut *item.d_log_theta;
             let mut term = |gene: u32, count: f32| {
                 let gene = gene as usize;
@@ -316,6 +317,7 @@ struct SpecialTable {
 impl SpecialTable {
     fn new(theta: &[f32], x: &HostCounts) -> Self {
         let g = theta.len();
+        let largest = largest_counts(g, x);
         let mut offset = vec![0usize; g];
         let (mut lgamma_theta, mut digamma_theta) = (vec![f64::NAN; g], vec![f64::NAN; g]);
         struct Item<'a> {
@@ -339,12 +341,7 @@ impl SpecialTable {
             })
             .collect();
         crate::openmp::for_each_mut(&mut items, |item| {
-            let genes = item.first..item.first + item.offset.len();
-            // each gene's largest count in the minibatch, from the dense rows
-            let mut largest = vec![0f32; genes.len()];
-            for row in x.dense.chunks_exact(g) {
-                largest.iter_mut().zip(&row[genes.clone()]).for_each(|(m, &v)| *m = m.max(v));
-            }
+            let largest = &largest[item.first..item.first + item.offset.len()];
             let mut total = 0;
             for (k, &m) in largest.iter().enumerate() {
                 item.offset[k] = total;
@@ -389,6 +386,26 @@ impl SpecialTable {
             )
         }
     }
+}
+
+/// Each gene's largest count in the minibatch, from the rows' non-zeros (in
+/// items of [ROWS_PER_ITEM] rows on libtorch's OpenMP threads).
+fn largest_counts(g: usize, x: &HostCounts) -> Vec<f32> {
+    let rows = x.nz_ptr.len() - 1;
+    let mut parts: Vec<(usize, Vec<f32>)> = (0..rows).step_by(ROWS_PER_ITEM).map(|first| (first, Vec::new())).collect();
+    crate::openmp::for_each_mut(&mut parts, |(first, largest)| {
+        *largest = vec![0f32; g];
+        let nz = x.nz_ptr[*first]..x.nz_ptr[(*first + ROWS_PER_ITEM).min(rows)];
+        for (&gene, &count) in x.nz_gene[nz.clone()].iter().zip(&x.nz_count[nz]) {
+            let m = &mut largest[gene as usize];
+            *m = m.max(count);
+        }
+    });
+    let mut largest = vec![0f32; g];
+    for (_, part) in &parts {
+        largest.iter_mut().zip(part).for_each(|(m, &v)| *m = m.max(v));
+    }
+    largest
 }
 
 /// Counts up to this size take lgamma/digamma differences from a per-gene table.
@@ -529,7 +546,7 @@ mod tests {
             }
             nz_ptr.push(nz_gene.len());
         }
-        let host = HostCounts { dense: &dense, nz_ptr: &nz_ptr, nz_gene: &nz_gene, nz_count: &nz_count, lgamma_x1: &lgx1 };
+        let host = HostCounts { nz_ptr: &nz_ptr, nz_gene: &nz_gene, nz_count: &nz_count, lgamma_x1: &lgx1 };
         let run = |threads: i32| {
             crate::backend::set_num_threads(threads).unwrap();
             let mut d_logits = vec![0f32; (b * g) as usize];
