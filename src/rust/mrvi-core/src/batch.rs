@@ -117,7 +117,9 @@ impl<C: CountColumns> Dataset<C> {
         for &c in cells {
             nz_ptr.push(nz_ptr[nz_ptr.len() - 1] + self.counts.column_len(c));
         }
-        let mut log_counts = Tensor::zeros([b as i64, g as i64], (Kind::Float, Device::Cpu));
+        // zeroed row by row below, just before the row's non-zeros are written:
+        // zeroing the whole [B, G] first sent it out of cache before the writes
+        let mut log_counts = Tensor::empty([b as i64, g as i64], (Kind::Float, Device::Cpu));
         // SAFETY: a contiguous CPU float tensor, alive until the end of the function
         let log_dense = unsafe { crate::model::cpu_floats_mut(&mut log_counts) };
         let (mut nz_gene, mut nz_count) = (vec![0u32; nz_ptr[b]], vec![0f32; nz_ptr[b]]);
@@ -136,11 +138,10 @@ impl<C: CountColumns> Dataset<C> {
         crate::openmp::for_each_mut(&mut items, |(rows, log_dense, genes, counts)| {
             let mut k = 0;
             for (row, &c) in rows.iter().enumerate() {
+                let log_row = &mut log_dense[row * g..(row + 1) * g];
+                log_row.fill(0.0);
                 for (gi, v) in self.counts.column(c) {
-                    log_dense[row * g + gi] = match log1p.get(v as usize) {
-                        Some(&l) => l,
-                        None => v.ln_1p(),
-                    };
+                    log_row[gi] = if v < LOG1P_TABLED as f32 { log1p[whole_number_index(v)] } else { v.ln_1p() };
                     (genes[k], counts[k]) = (gi as u32, v);
                     k += 1;
                 }
@@ -209,12 +210,23 @@ fn cell_rows<T: Copy>(v: &[T], width: usize, cells: &[usize]) -> Vec<T> {
     cells.iter().flat_map(|&c| v[c * width..(c + 1) * width].iter().copied()).collect()
 }
 
+/// The index of a whole number 0 <= v < 2^23 held as a float: in v + 2^23 the
+/// mantissa is v itself (cheaper than a float-to-integer conversion, whose
+/// saturating semantics took most of the minibatch assembly's time).
+#[inline(always)]
+fn whole_number_index(v: f32) -> usize {
+    ((v + 8_388_608.0).to_bits() & 0x007f_ffff) as usize
+}
+
+/// Counts below this take log1p from [log1p_table].
+const LOG1P_TABLED: usize = 1 << 16;
+
 /// log1p(k) for the counts k = 0, 1, ... below 2^16, computed once by
 /// libtorch's own kernel, in slices whose lengths are multiples of 32 and under
 /// its parallel grain, so that every value takes its vector path: the same bits
 /// as `log1p_` over a dense minibatch. Larger counts (rare) use `f32::ln_1p`.
 fn log1p_table() -> &'static [f32] {
-    const TABLED: i64 = 1 << 16;
+    const TABLED: i64 = LOG1P_TABLED as i64;
     const SLICE: i64 = 1 << 14;
     static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
@@ -241,6 +253,13 @@ fn ln_factorial(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_number_index_is_the_number() {
+        for v in [0u32, 1, 2, 3, 255, 256, 65_535, 1 << 22, (1 << 23) - 1] {
+            assert_eq!(whole_number_index(v as f32), v as usize);
+        }
+    }
 
     #[test]
     fn ln_factorial_table_equals_lgamma() {
