@@ -927,8 +927,9 @@ impl MrviModel {
     /// gradient with respect to the logits and log theta come from one fused pass
     /// (`nb::fused_log_lik`); the decoder's output layer takes its gradients from
     /// there in closed form ([OutputLayer::surrogate]), and they and log theta's
-    /// enter autograd through linear surrogates with exactly the right gradient; elsewhere (or with `fused_likelihood` off) autograd
-    /// differentiates the likelihood itself. On the CPU the attention flavour's
+    /// enter autograd through linear surrogates with exactly the right gradient;
+    /// elsewhere (or with `fused_likelihood` off) autograd differentiates the
+    /// likelihood itself. On the CPU the attention flavour's
     /// blocks and KL term run on the host too ([Staged]); [StepTerms::backward]
     /// takes the gradient through them.
     pub fn step_terms(&self, batch: &Batch, draws: &Draws, kl_weight: f64, minibatch_cells: f64) -> StepTerms {
