@@ -113,12 +113,13 @@ pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: 
             let (genes, counts) = (&x.nz_gene[nz.clone()], &x.nz_count[nz]);
             genes.iter().zip(counts).for_each(|(&k, &v)| xr[k as usize] = v);
             let dense = row_dense_dispatch(eta, &xr, &theta, log_theta, log_library[row], dl_row, &mut rho, item.d_log_theta);
-            genes.iter().for_each(|&k| xr[k as usize] = 0.0);
+            // the non-zeros' terms, each clearing its entry of the row of counts;
             // four running sums, not one: a single chain of dependent additions
             // was the loop's bottleneck
             let d_log_theta = &mut *item.d_log_theta;
             let mut term = |gene: u32, count: f32| {
                 let gene = gene as usize;
+                xr[gene] = 0.0;
                 let (lg, dg) = special.get(gene, count, theta[gene]);
                 d_log_theta[gene] += theta[gene] * dg as f32;
                 lg

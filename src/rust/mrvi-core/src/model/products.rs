@@ -92,13 +92,18 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
 /// [linear] on a given engine; oneDNN takes float32 matrices on the CPU only,
 /// others go to libtorch's default.
 pub fn linear_on(engine: Engine, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    let onednn = engine == Engine::OneDnn && x.device() == Device::Cpu && x.kind() == Kind::Float && x.dim() == 2;
-    if onednn {
+    if takes_onednn(engine, &[x]) {
         // oneDNN's own layout in and out: a copy each way, a few percent of the product
         x.contiguous().to_mkldnn().mkldnn_linear(weight, bias).to_dense(None, false)
     } else {
         x.linear(weight, bias)
     }
+}
+
+/// Whether `engine` is oneDNN and it can take `matrices`: float32 matrices on the
+/// CPU (anything else goes to libtorch's default).
+fn takes_onednn(engine: Engine, matrices: &[&Tensor]) -> bool {
+    engine == Engine::OneDnn && matrices.iter().all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && t.dim() == 2)
 }
 
 /// The gradients of sum(d_out * (x W^T + b)) (d_out: [N, O], x: [N, I]) with
@@ -110,11 +115,7 @@ pub fn linear_gradients(d_out: &Tensor, input: &Tensor, traced_weight: &Tensor, 
 
 /// [linear_gradients] on a given engine.
 pub fn linear_gradients_on(engine: Engine, d_out: &Tensor, input: &Tensor, traced_weight: &Tensor, bias: bool) -> (Tensor, Tensor, Option<Tensor>) {
-    let onednn = engine == Engine::OneDnn
-        && d_out.device() == Device::Cpu
-        && [d_out, input, traced_weight].iter().all(|t| t.kind() == Kind::Float && t.dim() == 2)
-        && d_out.size()[0] > 0;
-    if onednn {
+    if takes_onednn(engine, &[d_out, input, traced_weight]) && d_out.size()[0] > 0 {
         let d_out = d_out.contiguous().to_mkldnn();
         let (d_weight, d_bias) = input.contiguous().to_mkldnn().mkldnn_linear_backward_weights(&d_out, traced_weight, bias);
         let traced_size = [input.size()[0], traced_weight.size()[1]];
