@@ -7,16 +7,16 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 pub struct Encoder {
-    lin1: nn::Linear,
-    lin2: nn::Linear,
-    scale1: Tensor,
-    shift1: Tensor,
-    scale2: Tensor,
-    shift2: Tensor,
-    sample_embedding: Tensor,
-    mean: nn::Linear,
-    scale: nn::Linear,
-    n_hidden: i64,
+    pub(crate) lin1: nn::Linear,
+    pub(crate) lin2: nn::Linear,
+    pub(crate) scale1: Tensor,
+    pub(crate) shift1: Tensor,
+    pub(crate) scale2: Tensor,
+    pub(crate) shift2: Tensor,
+    pub(crate) sample_embedding: Tensor,
+    pub(crate) mean: nn::Linear,
+    pub(crate) scale: nn::Linear,
+    pub(crate) n_hidden: i64,
 }
 
 pub struct Posterior {

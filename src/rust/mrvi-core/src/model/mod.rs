@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod encoder;
+mod encoder_step;
 pub mod expression_metric;
 pub mod attention;
 pub mod attention_step;
@@ -30,6 +31,7 @@ pub mod prior_step;
 pub mod products;
 pub mod nb;
 pub mod output_layer;
+mod staged;
 pub mod tilted_mean;
 
 use crate::error::Result;
@@ -324,21 +326,33 @@ pub struct HostCopy {
 /// What one optimisation step needs: a scalar whose gradient is that of the
 /// loss (sum over cells of -log p + kl_weight * KL, divided by the batch size),
 /// and the sums of the two terms for reporting.
-pub struct StepTerms {
+pub struct StepTerms<'a> {
     objective: Tensor,
     pub reconstruction_sum: f64,
     pub kl_sum: f64,
-    /// the rest of the backward when the attention blocks and KL term ran on
-    /// the host, and the KL terms' factor (kl_weight / batch size)
-    staged: Option<(Staged, f64)>,
+    /// the rest of the backward when parts of the pass ran on the host
+    host: Option<HostPass<'a>>,
 }
 
-impl StepTerms {
+/// A pass with its middle and the encoder on the host ([staged],
+/// [encoder_step]), and the KL terms' factor (kl_weight / batch size).
+struct HostPass<'a> {
+    model: &'a MrviModel,
+    staged: staged::Staged,
+    encoder: encoder_step::EncoderTape,
+    kl_scale: f64,
+}
+
+impl StepTerms<'_> {
     /// Adds the step's gradients to the parameters' .grad.
     pub fn backward(self) -> std::result::Result<(), tch::TchError> {
         self.objective.f_backward()?;
-        match self.staged {
-            Some((staged, kl_scale)) => staged.backward(kl_scale),
+        let Some(host) = self.host else { return Ok(()) };
+        let mut sink = encoder_step::HostGradients::default();
+        let (d_mean, d_sd) = host.staged.backward(host.model, host.kl_scale, &mut sink)?;
+        host.encoder.backward(&host.model.encoder, &d_mean, &d_sd, &mut sink);
+        match sink.into_surrogate() {
+            Some(surrogate) => surrogate.f_backward(),
             None => Ok(()),
         }
     }
@@ -348,69 +362,9 @@ struct Forward {
     output: OutputLayer,
     /// per cell; with `staged`, a value only (its gradient comes from there)
     kl: Tensor,
-    staged: Option<Staged>,
-}
-
-/// A training pass of the attention flavour with both blocks and the KL term
-/// on the host ([attention_step], [prior_step]): autograd's graph is cut where
-/// each block reads its input, into encoder -> (mean, sd), u and eps -> z (with
-/// the penalty on eps), z and the decoder block's y -> logits. The objective's
-/// backward runs through the last part; [Self::backward] then takes each block's
-/// output gradient through the block on the host and on through the part
-/// before it, so that each part is traversed once.
-struct Staged {
-    /// the posterior's mean and sd (with the encoder's graph), the draw's noise
-    /// (u = mean + sd * noise), and the KL terms with their gradients
-    mean: Tensor,
-    sd: Tensor,
-    noise: Vec<f32>,
-    prior: prior_step::PriorStep,
-    u_leaf: Tensor,
-    eps: Tensor,
-    sample_block: (attention_step::BlockStep, attention_step::Tape),
-    z: Tensor,
-    z_leaf: Tensor,
-    y: Tensor,
-    decoder_block: (attention_step::BlockStep, attention_step::Tape),
-    penalty: Tensor,
-    /// the mixture prior's parameters (logits, means, log scales), when it is one
-    prior_parameters: Option<[Tensor; 3]>,
-}
-
-impl Staged {
-    fn backward(self, kl_scale: f64) -> std::result::Result<(), tch::TchError> {
-        let dot = |a: &Tensor, b: &Tensor| a.reshape([-1]).dot(&b.reshape([-1]));
-        let (step, tape) = &self.decoder_block;
-        let g = step.backward(tape, &self.y.grad());
-        let dz = self.z_leaf.grad() + &g.input;
-        (dot(&self.z, &dz) + step.gradient_surrogate(tape, &g) + self.penalty.sum(Kind::Float) * kl_scale).f_backward()?;
-        let (step, tape) = &self.sample_block;
-        let g = step.backward(tape, &self.eps.grad());
-        let mut surrogate = step.gradient_surrogate(tape, &g);
-        // u = mean + sd * noise: u's gradient (z's part, the block's, the KL's) and
-        // the KL's own with respect to mean and sd, taken on to the encoder
-        let s = kl_scale as f32;
-        let du = host_floats(&(self.u_leaf.grad() + &g.input));
-        let prior = &self.prior;
-        let mut d_mean = vec![0f32; du.len()];
-        let mut d_sd = vec![0f32; du.len()];
-        for i in 0..du.len() {
-            let du = du[i] + s * prior.d_u[i];
-            d_mean[i] = du + s * prior.d_mean[i];
-            d_sd[i] = du * self.noise[i] + s * prior.d_sd[i];
-        }
-        let on_device = |v: &[f32], like: &Tensor| Tensor::from_slice(v).to_device(like.device());
-        surrogate = surrogate + dot(&self.mean, &on_device(&d_mean, &self.mean)) + dot(&self.sd, &on_device(&d_sd, &self.sd));
-        if let (Some(tensors), Some(grads)) = (&self.prior_parameters, &prior.d_prior) {
-            for (t, g) in tensors.iter().zip(grads) {
-                let g: Vec<f32> = g.iter().map(|v| v * s).collect();
-                if let Some(term) = add_to_grad(t, &g) {
-                    surrogate = surrogate + term;
-                }
-            }
-        }
-        surrogate.f_backward()
-    }
+    /// the host parts of the pass, when it ran there
+    staged: Option<staged::Staged>,
+    encoder: Option<encoder_step::EncoderTape>,
 }
 
 /// The random numbers of one pass over a minibatch: the posterior's standard
@@ -854,70 +808,17 @@ impl MrviModel {
     /// flavour's ||eps||^2 / 2). With `on_host` the attention flavour's blocks
     /// and KL term run on the host ([Staged]).
     fn forward(&self, batch: &Batch, draws: &Draws, on_host: bool) -> Forward {
-        let q = self.encode(&batch.log_counts, &batch.sample);
-        if on_host && matches!((&self.sample_effect, &self.decoder), (SampleEffect::Attention { .. }, Decoder::Attention { .. })) {
-            return self.forward_staged(batch, q, &draws.noise);
+        if on_host {
+            let tape = encoder_step::forward(&self.encoder, &batch.log_counts, &batch.sample);
+            let forward = self.forward_staged(batch, tape.posterior(), draws);
+            return Forward { encoder: Some(tape), ..forward };
         }
+        let q = self.encode(&batch.log_counts, &batch.sample);
         let u = q.sample_with(&draws.noise);
         let kl = self.kl(&q, &u, batch.label.as_ref());
         let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
         let output = self.output_layer(&z, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
-        Forward { output, kl: kl + penalty, staged: None }
-    }
-
-    /// [Self::forward] of the attention flavour with its blocks and KL term on
-    /// the host, the graph cut as [Staged] says.
-    fn forward_staged(&self, batch: &Batch, q: Posterior, noise_tensor: &Tensor) -> Forward {
-        let (SampleEffect::Attention { base, block, embedding, hidden_term }, Decoder::Attention { out, block: decoder_block, embedding: nuisance }) =
-            (&self.sample_effect, &self.decoder)
-        else {
-            unreachable!("the staged pass is the attention flavour's");
-        };
-        // the draw of u (a leaf: its gradient reaches mean and sd in the last pass), and the KL term
-        let u = q.sample_with(noise_tensor);
-        let u_leaf = u.detach().set_requires_grad(true);
-        let (mean, sd, noise) = (host_floats(&q.mean), host_floats(&q.sd), host_floats(noise_tensor));
-        let d = self.config.dim_u() as usize;
-        let (prior, prior_parameters) = match &self.prior {
-            PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
-            PriorParams::Mog { logits, means, log_scales } => {
-                let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
-                let step = prior_step::mixture(&mean, &sd, &noise, d, &host_floats(logits), labels.as_deref(), &host_floats(means), &host_floats(log_scales));
-                (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
-            }
-        };
-        let kl = Tensor::from_slice(&prior.kl).to_device(u_leaf.device());
-        let step = attention_step::BlockStep::new(block);
-        let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
-        let (eps, tape) = step.forward(&u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
-        let sample_block = (step, tape);
-        let eps = eps.set_requires_grad(true);
-        let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
-        let z = base.forward(&u_leaf) + &eps;
-        let z_leaf = z.detach().set_requires_grad(true);
-        let continuous = batch.continuous.as_ref().zip(self.continuous.as_ref());
-        let (context, logit_term) = Self::nuisance_context(nuisance, &batch.site, continuous);
-        let step = attention_step::BlockStep::new(decoder_block);
-        let (y, tape) = step.forward(&z_leaf, &context, None);
-        let y = y.set_requires_grad(true);
-        let output = Self::attention_output(out, &z_leaf + &y, logit_term);
-        let kl_value = (kl + &penalty).detach();
-        let staged = Staged {
-            mean: q.mean,
-            sd: q.sd,
-            noise,
-            prior,
-            u_leaf,
-            eps,
-            sample_block,
-            z,
-            z_leaf,
-            y,
-            decoder_block: (step, tape),
-            penalty,
-            prior_parameters,
-        };
-        Forward { output, kl: kl_value, staged: Some(staged) }
+        Forward { output, kl: kl + penalty, staged: None, encoder: None }
     }
 
     /// The training objective of a minibatch, or of one shard of it: `batch`
@@ -929,10 +830,11 @@ impl MrviModel {
     /// there in closed form ([OutputLayer::surrogate]), and they and log theta's
     /// enter autograd through linear surrogates with exactly the right gradient;
     /// elsewhere (or with `fused_likelihood` off) autograd differentiates the
-    /// likelihood itself. On the CPU the attention flavour's
-    /// blocks and KL term run on the host too ([Staged]); [StepTerms::backward]
-    /// takes the gradient through them.
-    pub fn step_terms(&self, batch: &Batch, draws: &Draws, kl_weight: f64, minibatch_cells: f64) -> StepTerms {
+    /// likelihood itself. On the CPU the encoder after its first product
+    /// ([encoder_step]) and the pass between the encoder and the output layer
+    /// (the draw of u, the KL term, z: [staged]) run on the host too;
+    /// [StepTerms::backward] takes the gradient through them.
+    pub fn step_terms(&self, batch: &Batch, draws: &Draws, kl_weight: f64, minibatch_cells: f64) -> StepTerms<'_> {
         let n = minibatch_cells;
         if batch.nonzeros.is_some() {
             let Forward { output, kl, .. } = self.forward(batch, draws, false);
@@ -940,10 +842,10 @@ impl MrviModel {
             let rec = l.reconstruction.sum(Kind::Float);
             let kl = l.kl.sum(Kind::Float);
             let objective = (&rec + &kl * kl_weight) / n;
-            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), staged: None };
+            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), host: None };
         }
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
-        let Forward { output, kl, staged } = self.forward(batch, draws, true);
+        let Forward { output, kl, staged, encoder } = self.forward(batch, draws, true);
         let host_logits = output.logit_values().contiguous();
         let (b, g) = host_logits.size2().expect("2-d logits");
         let host_theta = self.log_theta.detach().contiguous();
@@ -969,10 +871,10 @@ impl MrviModel {
         // the output layer's gradients in closed form (none in evaluation)
         let surrogate_ll = if output.traced() { output.surrogate(&d_logits) + self.log_theta.dot(&d_theta) } else { Tensor::zeros([], (Kind::Float, Device::Cpu)) };
         let reconstruction_sum = -nb.log_lik.iter().sum::<f64>();
-        match staged {
-            Some(staged) => StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum: kl.double_value(&[]), staged: Some((staged, kl_weight / n)) },
-            None => StepTerms { objective: (-surrogate_ll + &kl * kl_weight) / n, reconstruction_sum, kl_sum: kl.double_value(&[]), staged: None },
-        }
+        let staged = staged.expect("the host pass has its staged part");
+        let encoder = encoder.expect("the host pass has its encoder's tape");
+        let host = HostPass { model: self, staged, encoder, kl_scale: kl_weight / n };
+        StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum: kl.double_value(&[]), host: Some(host) }
     }
 
     /// Expected normalised expression rho for latent z and nuisance covariates

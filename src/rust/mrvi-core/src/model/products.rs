@@ -115,16 +115,31 @@ pub fn linear_gradients(d_out: &Tensor, input: &Tensor, traced_weight: &Tensor, 
 
 /// [linear_gradients] on a given engine.
 pub fn linear_gradients_on(engine: Engine, d_out: &Tensor, input: &Tensor, traced_weight: &Tensor, bias: bool) -> (Tensor, Tensor, Option<Tensor>) {
-    if takes_onednn(engine, &[d_out, input, traced_weight]) && d_out.size()[0] > 0 {
-        let d_out = d_out.contiguous().to_mkldnn();
-        let (d_weight, d_bias) = input.contiguous().to_mkldnn().mkldnn_linear_backward_weights(&d_out, traced_weight, bias);
+    let (d_weight, d_bias) = weight_gradients_on(engine, d_out, input, bias);
+    let d_traced = if takes_onednn(engine, &[d_out, traced_weight]) && d_out.size()[0] > 0 && traced_weight.size()[1] > 0 {
         let traced_size = [input.size()[0], traced_weight.size()[1]];
-        let d_traced = Tensor::mkldnn_linear_backward_input(traced_size, &d_out, &traced_weight.contiguous()).to_dense(None, false);
-        (d_traced, d_weight, bias.then_some(d_bias))
+        Tensor::mkldnn_linear_backward_input(traced_size, &d_out.contiguous().to_mkldnn(), &traced_weight.contiguous()).to_dense(None, false)
     } else {
-        let d_traced = d_out.mm(traced_weight);
-        let d_weight = d_out.tr().mm(input);
-        (d_traced, d_weight, bias.then(|| d_out.sum_dim_intlist(0, false, d_out.kind())))
+        d_out.mm(traced_weight)
+    };
+    (d_traced, d_weight, d_bias)
+}
+
+/// The gradients of sum(d_out * (x W^T + b)) with respect to W and, with
+/// `bias`, to b only (an input that takes no gradient); on this process's [engine].
+pub fn weight_gradients(d_out: &Tensor, input: &Tensor, bias: bool) -> (Tensor, Option<Tensor>) {
+    weight_gradients_on(engine(), d_out, input, bias)
+}
+
+/// [weight_gradients] on a given engine.
+pub fn weight_gradients_on(engine: Engine, d_out: &Tensor, input: &Tensor, bias: bool) -> (Tensor, Option<Tensor>) {
+    if takes_onednn(engine, &[d_out, input]) && d_out.size()[0] > 0 {
+        // libtorch reads only the kind and device of the weight argument
+        let like = Tensor::empty([0], (Kind::Float, Device::Cpu));
+        let (d_weight, d_bias) = input.contiguous().to_mkldnn().mkldnn_linear_backward_weights(&d_out.contiguous().to_mkldnn(), &like, bias);
+        (d_weight, bias.then_some(d_bias))
+    } else {
+        (d_out.tr().mm(input), bias.then(|| d_out.sum_dim_intlist(0, false, d_out.kind())))
     }
 }
 

@@ -1,0 +1,187 @@
+//! The CPU training pass between the encoder and the decoder's output layer on
+//! the host ([MrviModel::step_terms]): the draw of u, the KL term
+//! ([prior_step]) and z, for either flavour (the attention flavour's blocks
+//! with [attention_step]). Through libtorch these are dozens of operations on
+//! [B, 10]-sized tensors each way, whose dispatch and autograd bookkeeping cost
+//! far more than their arithmetic.
+//!
+//! Autograd's graph is cut where the host parts read their input: the encoder
+//! ends in leaves (the posterior's mean and sd, [super::encoder_step]), z (and
+//! the attention decoder block's output) are leaves of what follows. The
+//! objective's backward runs through the last part; [Staged::backward] then
+//! takes the gradients back through the host parts to the mean and sd, adding
+//! the parameters' gradients on the way, so that each part is traversed once.
+
+use super::encoder::Posterior;
+use super::{attention_step, cpu_floats, host_floats, prior_step, Batch, Decoder, Draws, Forward, MrviModel, PriorParams, SampleEffect};
+use super::encoder_step::HostGradients;
+use tch::nn::Module;
+use tch::{Kind, Tensor};
+
+/// The draw of u and the KL term on the host, and the mixture prior's
+/// parameters (logits, means, log scales) when it is one.
+pub(super) struct HostPrior {
+    /// u = mean + sd * noise
+    noise: Vec<f32>,
+    step: prior_step::PriorStep,
+    parameters: Option<[Tensor; 3]>,
+}
+
+impl HostPrior {
+    /// From the gradient of the objective with respect to u (without the KL
+    /// term's) and the KL terms' factor `kl_scale`: the gradients with respect
+    /// to the posterior's mean and sd; the prior's parameters' go to `sink`.
+    fn posterior_gradients(&self, du: &[f32], kl_scale: f32, sink: &mut HostGradients) -> (Vec<f32>, Vec<f32>) {
+        let (prior, s) = (&self.step, kl_scale);
+        let mut d_mean = vec![0f32; du.len()];
+        let mut d_sd = vec![0f32; du.len()];
+        for i in 0..du.len() {
+            let du = du[i] + s * prior.d_u[i];
+            d_mean[i] = du + s * prior.d_mean[i];
+            d_sd[i] = du * self.noise[i] + s * prior.d_sd[i];
+        }
+        if let (Some(tensors), Some(grads)) = (&self.parameters, &prior.d_prior) {
+            for (t, g) in tensors.iter().zip(grads) {
+                let g: Vec<f32> = g.iter().map(|v| v * s).collect();
+                sink.add_slice(t, &g);
+            }
+        }
+        (d_mean, d_sd)
+    }
+}
+
+/// What [Staged::backward] needs of a staged pass.
+pub(super) enum Staged {
+    /// z = u + A_s sg(u) + a_s: u and the cells' samples, and z as a leaf
+    Linear { prior: HostPrior, u: Vec<f32>, sample: Vec<usize>, z_leaf: Tensor },
+    Attention(Box<AttentionStaged>),
+}
+
+/// The attention flavour's pass: u and eps -> z (with the penalty on eps), z
+/// and the decoder block's y -> logits.
+pub(super) struct AttentionStaged {
+    prior: HostPrior,
+    u_leaf: Tensor,
+    eps: Tensor,
+    sample_block: (attention_step::BlockStep, attention_step::Tape),
+    z: Tensor,
+    z_leaf: Tensor,
+    y: Tensor,
+    decoder_block: (attention_step::BlockStep, attention_step::Tape),
+    penalty: Tensor,
+}
+
+fn leaf_gradient(leaf: &Tensor) -> Vec<f32> {
+    let g = leaf.grad();
+    if g.defined() {
+        host_floats(&g)
+    } else {
+        vec![0.0; leaf.numel()]
+    }
+}
+
+impl Staged {
+    /// The backward through the host parts, after the objective's; returns the
+    /// objective's gradient with respect to the posterior's mean and sd.
+    /// The parameters' gradients go to `sink`.
+    pub(super) fn backward(self, model: &MrviModel, kl_scale: f64, sink: &mut HostGradients) -> std::result::Result<(Vec<f32>, Vec<f32>), tch::TchError> {
+        let s = kl_scale as f32;
+        Ok(match self {
+            Staged::Linear { prior, u, sample, z_leaf } => {
+                let SampleEffect::Linear { map, shift } = &model.sample_effect else { unreachable!("a linear pass") };
+                let dz = leaf_gradient(&z_leaf);
+                let l = model.config.n_latent as usize;
+                // z = u + A_s sg(u) + a_s: dA_s = dz u^T, da_s = dz, du = dz
+                let d_map: Vec<f32> = dz.chunks_exact(l).zip(u.chunks_exact(l)).flat_map(|(dz, u)| dz.iter().flat_map(move |&d| u.iter().map(move |&v| d * v))).collect();
+                sink.add_rows(map, &sample, &d_map, l * l);
+                sink.add_rows(shift, &sample, &dz, l);
+                prior.posterior_gradients(&dz, s, sink)
+            }
+            Staged::Attention(staged) => {
+                let AttentionStaged { prior, u_leaf, eps, sample_block, z, z_leaf, y, decoder_block, penalty } = *staged;
+                let dot = |a: &Tensor, b: &Tensor| a.reshape([-1]).dot(&b.reshape([-1]));
+                let (step, tape) = &decoder_block;
+                let g = step.backward(tape, &y.grad());
+                let dz = z_leaf.grad() + &g.input;
+                (dot(&z, &dz) + step.gradient_surrogate(tape, &g) + penalty.sum(Kind::Float) * kl_scale).f_backward()?;
+                let (step, tape) = &sample_block;
+                let g = step.backward(tape, &eps.grad());
+                sink.add_term(step.gradient_surrogate(tape, &g));
+                // u's gradient: z's part and the block's
+                let du = host_floats(&(u_leaf.grad() + &g.input));
+                prior.posterior_gradients(&du, s, sink)
+            }
+        })
+    }
+}
+
+impl MrviModel {
+    /// The draw of u and the KL term on the host.
+    fn host_prior(&self, batch: &Batch, q: &Posterior, noise: &Tensor) -> HostPrior {
+        let (mean, sd, noise) = (host_floats(&q.mean), host_floats(&q.sd), host_floats(noise));
+        let d = self.config.dim_u() as usize;
+        let (step, parameters) = match &self.prior {
+            PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
+            PriorParams::Mog { logits, means, log_scales } => {
+                let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
+                let step = prior_step::mixture(&mean, &sd, &noise, d, &host_floats(logits), labels.as_deref(), &host_floats(means), &host_floats(log_scales));
+                (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
+            }
+        };
+        HostPrior { noise, step, parameters }
+    }
+
+    /// The pass from the posterior `q` to the decoder's output layer with the
+    /// host parts ([Staged]); its encoder field left empty for the caller.
+    pub(super) fn forward_staged(&self, batch: &Batch, q: Posterior, draws: &Draws) -> Forward {
+        match &self.sample_effect {
+            SampleEffect::Linear { map, shift } => {
+                let prior = self.host_prior(batch, &q, &draws.noise);
+                let (mean, sd) = (host_floats(&q.mean), host_floats(&q.sd));
+                let u: Vec<f32> = mean.iter().zip(&sd).zip(&prior.noise).map(|((&m, &s), &e)| m + s * e).collect();
+                let sample: Vec<usize> = Vec::<i64>::try_from(&batch.sample).expect("sample codes").iter().map(|&s| s as usize).collect();
+                let l = self.config.n_latent as usize;
+                // SAFETY: the model's parameters are contiguous CPU float tensors (the staged pass runs on the CPU).
+                let (a, shift_values) = unsafe { (cpu_floats(map), cpu_floats(shift)) };
+                let mut z = vec![0f32; u.len()];
+                for (r, &s) in sample.iter().enumerate() {
+                    let (u, z) = (&u[r * l..(r + 1) * l], &mut z[r * l..(r + 1) * l]);
+                    for i in 0..l {
+                        let row = &a[(s * l + i) * l..(s * l + i + 1) * l];
+                        z[i] = u[i] + row.iter().zip(u).map(|(&a, &v)| a * v).sum::<f32>() + shift_values[s * l + i];
+                    }
+                }
+                let z_leaf = Tensor::from_slice(&z).view([sample.len() as i64, l as i64]).set_requires_grad(true);
+                let output = self.output_layer(&z_leaf, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
+                let kl = Tensor::from_slice(&prior.step.kl);
+                Forward { output, kl, staged: Some(Staged::Linear { prior, u, sample, z_leaf }), encoder: None }
+            }
+            SampleEffect::Attention { base, block, embedding, hidden_term } => {
+                let Decoder::Attention { out, block: decoder_block, embedding: nuisance } = &self.decoder else {
+                    unreachable!("the attention flavour's decoder")
+                };
+                // the draw of u (a leaf: its gradient reaches mean and sd in the last pass), and the KL term
+                let prior = self.host_prior(batch, &q, &draws.noise);
+                let u_leaf = q.sample_with(&draws.noise).detach().set_requires_grad(true);
+                let kl = Tensor::from_slice(&prior.step.kl).to_device(u_leaf.device());
+                let step = attention_step::BlockStep::new(block);
+                let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
+                let (eps, tape) = step.forward(&u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
+                let sample_block = (step, tape);
+                let eps = eps.set_requires_grad(true);
+                let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
+                let z = base.forward(&u_leaf) + &eps;
+                let z_leaf = z.detach().set_requires_grad(true);
+                let continuous = batch.continuous.as_ref().zip(self.continuous.as_ref());
+                let (context, logit_term) = Self::nuisance_context(nuisance, &batch.site, continuous);
+                let step = attention_step::BlockStep::new(decoder_block);
+                let (y, tape) = step.forward(&z_leaf, &context, None);
+                let y = y.set_requires_grad(true);
+                let output = Self::attention_output(out, &z_leaf + &y, logit_term);
+                let kl_value = (kl + &penalty).detach();
+                let staged = AttentionStaged { prior, u_leaf, eps, sample_block, z, z_leaf, y, decoder_block: (step, tape), penalty };
+                Forward { output, kl: kl_value, staged: Some(Staged::Attention(Box::new(staged))), encoder: None }
+            }
+        }
+    }
+}
