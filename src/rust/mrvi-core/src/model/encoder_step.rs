@@ -25,6 +25,10 @@ const NORM_EPS: f32 = 1e-5;
 const SD_FLOOR: f32 = 1e-5;
 /// libtorch's softplus returns its input above this
 const SOFTPLUS_THRESHOLD: f32 = 20.0;
+/// The engine of the small products (the second layer's, the heads'): through
+/// oneDNN, its layout conversions cost more than its kernels save (epochs 2-4%
+/// slower, AMD EPYC Zen 5), so they stay with libtorch's default.
+const SMALL: products::Engine = products::Engine::Default;
 
 /// What the backward pass needs of a forward pass.
 pub struct EncoderTape {
@@ -109,7 +113,7 @@ pub fn forward(enc: &Encoder, log_counts: &Tensor, sample: &Tensor) -> EncoderTa
         let first = products::linear(log_counts, &enc.lin1.ws, enc.lin1.bs.as_ref()).contiguous();
         let (normed1, inv_sd1, relu1) = cond_norm_relu(floats(&first), &sample, floats(&enc.scale1), floats(&enc.shift1), h);
         let relu1 = tensor(&relu1, b);
-        let second = relu1.linear(&enc.lin2.ws, enc.lin2.bs.as_ref()).contiguous();
+        let second = products::linear_on(SMALL, &relu1, &enc.lin2.ws, enc.lin2.bs.as_ref()).contiguous();
         let (normed2, inv_sd2, relu2) = cond_norm_relu(floats(&second), &sample, floats(&enc.scale2), floats(&enc.shift2), h);
         let embedding = floats(&enc.sample_embedding);
         let mut embedded = relu2.clone();
@@ -118,7 +122,7 @@ pub fn forward(enc: &Encoder, log_counts: &Tensor, sample: &Tensor) -> EncoderTa
         }
         let embedded = tensor(&embedded, b);
         let (w, bias) = heads(enc);
-        let out = embedded.linear(&w, Some(&bias)).contiguous(); // [B, 2L]
+        let out = products::linear_on(SMALL, &embedded, &w, Some(&bias)).contiguous(); // [B, 2L]
         let l = out.size()[1] as usize / 2;
         let out = floats(&out);
         let (mut mean, mut sd, mut scale_in) = (Vec::with_capacity(b * l), Vec::with_capacity(b * l), Vec::with_capacity(b * l));
@@ -170,22 +174,23 @@ impl EncoderTape {
             }
             let d_out = tensor(&d_out, b);
             let (w, _) = heads(enc);
-            let d_w = d_out.tr().mm(&self.embedded);
-            let d_bias = d_out.sum_dim_intlist(0, false, Kind::Float);
+            let (d_embedded, d_w, d_bias) = products::linear_gradients_on(SMALL, &d_out, &self.embedded, &w, true);
+            let d_bias = d_bias.expect("the heads have biases");
             sink.add(&enc.mean.ws, &d_w.narrow(0, 0, l as i64));
             sink.add(&enc.scale.ws, &d_w.narrow(0, l as i64, l as i64));
             sink.add(enc.mean.bs.as_ref().expect("bias"), &d_bias.narrow(0, 0, l as i64));
             sink.add(enc.scale.bs.as_ref().expect("bias"), &d_bias.narrow(0, l as i64, l as i64));
-            let d_embedded = d_out.mm(&w).contiguous();
+            let d_embedded = d_embedded.contiguous();
             let d_embedded = floats(&d_embedded);
             sink.add_rows(&enc.sample_embedding, &self.sample, d_embedded, h);
             // second layer: ReLU, conditional norm, product
             let d_relu2: Vec<f32> = d_embedded.iter().zip(&self.relu2).map(|(&d, &y)| if y > 0.0 { d } else { 0.0 }).collect();
             let d_second = self.cond_norm_backward(enc, 1, &d_relu2, sink);
             let d_second = tensor(&d_second, b);
-            sink.add(&enc.lin2.ws, &d_second.tr().mm(&self.relu1));
-            sink.add(enc.lin2.bs.as_ref().expect("bias"), &d_second.sum_dim_intlist(0, false, Kind::Float));
-            let d_relu1 = d_second.mm(&enc.lin2.ws.detach()).contiguous();
+            let (d_relu1, d_w, d_bias) = products::linear_gradients_on(SMALL, &d_second, &self.relu1, &enc.lin2.ws.detach(), true);
+            sink.add(&enc.lin2.ws, &d_w);
+            sink.add(enc.lin2.bs.as_ref().expect("bias"), &d_bias.expect("bias"));
+            let d_relu1 = d_relu1.contiguous();
             let d_relu1: Vec<f32> = floats(&d_relu1).iter().zip(floats(&self.relu1)).map(|(&d, &y)| if y > 0.0 { d } else { 0.0 }).collect();
             // first layer: conditional norm, then the large product's weight gradient
             let d_first = tensor(&self.cond_norm_backward(enc, 0, &d_relu1, sink), b);

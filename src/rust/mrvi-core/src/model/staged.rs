@@ -92,7 +92,12 @@ impl Staged {
                 let dz = leaf_gradient(&z_leaf);
                 let l = model.config.n_latent as usize;
                 // z = u + A_s sg(u) + a_s: dA_s = dz u^T, da_s = dz, du = dz
-                let d_map: Vec<f32> = dz.chunks_exact(l).zip(u.chunks_exact(l)).flat_map(|(dz, u)| dz.iter().flat_map(move |&d| u.iter().map(move |&v| d * v))).collect();
+                let mut d_map = vec![0f32; sample.len() * l * l];
+                for ((d_map, dz), u) in d_map.chunks_exact_mut(l * l).zip(dz.chunks_exact(l)).zip(u.chunks_exact(l)) {
+                    for (row, &d) in d_map.chunks_exact_mut(l).zip(dz) {
+                        row.iter_mut().zip(u).for_each(|(a, &v)| *a = d * v);
+                    }
+                }
                 sink.add_rows(map, &sample, &d_map, l * l);
                 sink.add_rows(shift, &sample, &dz, l);
                 prior.posterior_gradients(&dz, s, sink)
