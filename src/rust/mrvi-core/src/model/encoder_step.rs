@@ -32,7 +32,7 @@ const SMALL: products::Engine = products::Engine::Default;
 
 /// What the backward pass needs of a forward pass.
 pub struct EncoderTape {
-    /// log1p(x) [B, G], the first layer's input
+    /// log1p(x) [B, G], the first layer's input ([products::prepare_input])
     input: Tensor,
     sample: Vec<usize>,
     /// per layer: the normalised values [B, H] and 1 / sd per cell
@@ -110,7 +110,9 @@ pub fn forward(enc: &Encoder, log_counts: &Tensor, sample: &Tensor) -> EncoderTa
         let b = log_counts.size()[0] as usize;
         let h = enc.n_hidden as usize;
         let sample: Vec<usize> = Vec::<i64>::try_from(sample).expect("sample codes").iter().map(|&s| s as usize).collect();
-        let first = products::linear(log_counts, &enc.lin1.ws, enc.lin1.bs.as_ref()).contiguous();
+        // in the first product's layout once, for the product and its weight gradient
+        let input = products::prepare_input(log_counts);
+        let first = products::linear(&input, &enc.lin1.ws, enc.lin1.bs.as_ref()).contiguous();
         let (normed1, inv_sd1, relu1) = cond_norm_relu(floats(&first), &sample, floats(&enc.scale1), floats(&enc.shift1), h);
         let relu1 = tensor(&relu1, b);
         let second = products::linear_on(SMALL, &relu1, &enc.lin2.ws, enc.lin2.bs.as_ref()).contiguous();
@@ -136,7 +138,7 @@ pub fn forward(enc: &Encoder, log_counts: &Tensor, sample: &Tensor) -> EncoderTa
         }
         let leaf = |v: &[f32]| tensor(v, b).set_requires_grad(true);
         EncoderTape {
-            input: log_counts.shallow_clone(),
+            input,
             sample,
             normed: [normed1, normed2],
             inv_sd: [inv_sd1, inv_sd2],

@@ -94,9 +94,39 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
 pub fn linear_on(engine: Engine, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     if takes_onednn(engine, &[x]) {
         // oneDNN's own layout in and out: a copy each way, a few percent of the product
-        x.contiguous().to_mkldnn().mkldnn_linear(weight, bias).to_dense(None, false)
+        onednn_layout(x).mkldnn_linear(weight, bias).to_dense(None, false)
     } else {
-        x.linear(weight, bias)
+        dense(x).linear(weight, bias)
+    }
+}
+
+/// `t` in oneDNN's layout: a copy, unless it is in it already ([prepare_input]).
+fn onednn_layout(t: &Tensor) -> Tensor {
+    if t.is_mkldnn() {
+        t.shallow_clone()
+    } else {
+        t.contiguous().to_mkldnn()
+    }
+}
+
+/// `t` in libtorch's own layout (a tensor from [prepare_input] may be in oneDNN's).
+fn dense(t: &Tensor) -> Tensor {
+    if t.is_mkldnn() {
+        t.to_dense(None, false)
+    } else {
+        t.shallow_clone()
+    }
+}
+
+/// A product's input as this process's [engine] takes it: in oneDNN's layout
+/// when oneDNN multiplies (a copy), else itself. For an input that enters a
+/// product and its weight gradient (the encoder's first layer), so that it is
+/// copied once rather than twice. Only [linear] and the gradients read the result.
+pub fn prepare_input(x: &Tensor) -> Tensor {
+    if takes_onednn(engine(), &[x]) {
+        onednn_layout(x)
+    } else {
+        x.shallow_clone()
     }
 }
 
@@ -115,14 +145,17 @@ pub fn linear_gradients(d_out: &Tensor, input: &Tensor, traced_weight: &Tensor, 
 
 /// [linear_gradients] on a given engine.
 pub fn linear_gradients_on(engine: Engine, d_out: &Tensor, input: &Tensor, traced_weight: &Tensor, bias: bool) -> (Tensor, Tensor, Option<Tensor>) {
-    let (d_weight, d_bias) = weight_gradients_on(engine, d_out, input, bias);
-    let d_traced = if takes_onednn(engine, &[d_out, traced_weight]) && d_out.size()[0] > 0 && traced_weight.size()[1] > 0 {
+    if takes_onednn(engine, &[d_out, input, traced_weight]) && d_out.size()[0] > 0 && traced_weight.size()[1] > 0 {
+        // d_out in oneDNN's layout once, for both gradients
+        let d_out = onednn_layout(d_out);
+        let (d_weight, d_bias) = weight_gradients_on(engine, &d_out, input, bias);
         let traced_size = [input.size()[0], traced_weight.size()[1]];
-        Tensor::mkldnn_linear_backward_input(traced_size, &d_out.contiguous().to_mkldnn(), &traced_weight.contiguous()).to_dense(None, false)
+        let d_traced = Tensor::mkldnn_linear_backward_input(traced_size, &d_out, &traced_weight.contiguous()).to_dense(None, false);
+        (d_traced, d_weight, d_bias)
     } else {
-        d_out.mm(traced_weight)
-    };
-    (d_traced, d_weight, d_bias)
+        let (d_weight, d_bias) = weight_gradients_on(engine, d_out, input, bias);
+        (d_out.mm(traced_weight), d_weight, d_bias)
+    }
 }
 
 /// The gradients of sum(d_out * (x W^T + b)) with respect to W and, with
@@ -136,10 +169,11 @@ pub fn weight_gradients_on(engine: Engine, d_out: &Tensor, input: &Tensor, bias:
     if takes_onednn(engine, &[d_out, input]) && d_out.size()[0] > 0 {
         // libtorch reads only the kind and device of the weight argument
         let like = Tensor::empty([0], (Kind::Float, Device::Cpu));
-        let (d_weight, d_bias) = input.contiguous().to_mkldnn().mkldnn_linear_backward_weights(&d_out.contiguous().to_mkldnn(), &like, bias);
+        let (d_weight, d_bias) = onednn_layout(input).mkldnn_linear_backward_weights(&onednn_layout(d_out), &like, bias);
         (d_weight, bias.then_some(d_bias))
     } else {
-        (d_out.tr().mm(input), bias.then(|| d_out.sum_dim_intlist(0, false, d_out.kind())))
+        let (d_out, input) = (dense(d_out), dense(input));
+        (d_out.tr().mm(&input), bias.then(|| d_out.sum_dim_intlist(0, false, d_out.kind())))
     }
 }
 
