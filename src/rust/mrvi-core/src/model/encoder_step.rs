@@ -106,6 +106,8 @@ fn heads(enc: &Encoder) -> (Tensor, Tensor) {
 /// The forward pass for `log_counts` [B, G] and sample codes [B]: the posterior
 /// (leaves) and the tape for [EncoderTape::backward].
 pub fn forward(enc: &Encoder, log_counts: &Tensor, sample: &Tensor) -> EncoderTape {
+    // the posterior as leaves only when the step takes gradients (not in evaluation)
+    let training = super::grad_enabled();
     tch::no_grad(|| {
         let b = log_counts.size()[0] as usize;
         let h = enc.n_hidden as usize;
@@ -136,7 +138,7 @@ pub fn forward(enc: &Encoder, log_counts: &Tensor, sample: &Tensor) -> EncoderTa
                 sd.push(softplus + SD_FLOOR);
             }
         }
-        let leaf = |v: &[f32]| tensor(v, b).set_requires_grad(true);
+        let leaf = |v: &[f32]| tensor(v, b).set_requires_grad(training);
         EncoderTape {
             input,
             sample,

@@ -39,7 +39,7 @@ use attention::AttentionBlock;
 use config::{Flavour, ModelConfig, Prior};
 use encoder::{Encoder, Posterior};
 use nb::NonZeros;
-use output_layer::OutputLayer;
+use output_layer::{OutputLayer, WeightBlock};
 use tch::nn::{self, Module};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -147,6 +147,14 @@ pub(crate) fn add_to_grad(tensor: &Tensor, grad: &[f32]) -> Option<Tensor> {
     }
     let grad = Tensor::from_slice(grad).to_kind(tensor.kind()).to_device(tensor.device()).view(tensor.size().as_slice());
     Some((tensor * grad).sum(tensor.kind()))
+}
+
+/// Whether autograd records operations on this thread (grad mode is per
+/// thread: off in evaluation). tch does not expose libtorch's flag; an
+/// operation on a leaf shows it.
+pub(crate) fn grad_enabled() -> bool {
+    let leaf = Tensor::zeros([], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    (&leaf + 0.0).requires_grad()
 }
 
 /// Mutable counterpart of `cpu_floats`, under the same conditions.
@@ -341,15 +349,23 @@ struct HostPass<'a> {
     staged: staged::Staged,
     encoder: encoder_step::EncoderTape,
     kl_scale: f64,
+    /// gradients already made on the host (the output layer's, when it gives
+    /// them: [OutputLayer::host_gradients]), and the objective's gradient with
+    /// respect to the layer's traced input then
+    sink: encoder_step::HostGradients,
+    d_traced: Option<Vec<f32>>,
 }
 
 impl StepTerms<'_> {
     /// Adds the step's gradients to the parameters' .grad.
     pub fn backward(self) -> std::result::Result<(), tch::TchError> {
-        self.objective.f_backward()?;
+        // without a graph when the host made every gradient
+        if self.objective.requires_grad() {
+            self.objective.f_backward()?;
+        }
         let Some(host) = self.host else { return Ok(()) };
-        let mut sink = encoder_step::HostGradients::default();
-        let (d_mean, d_sd) = host.staged.backward(host.model, host.kl_scale, &mut sink)?;
+        let mut sink = host.sink;
+        let (d_mean, d_sd) = host.staged.backward(host.model, host.kl_scale, host.d_traced, &mut sink)?;
         host.encoder.backward(&host.model.encoder, &d_mean, &d_sd, &mut sink);
         match sink.into_surrogate() {
             Some(surrogate) => surrogate.f_backward(),
@@ -696,10 +712,12 @@ impl MrviModel {
                 };
                 let mut input = vec![z.shallow_clone(), interaction(&onehot), onehot];
                 let mut weight = vec![c.ws.shallow_clone(), site_map.permute([1, 0, 2]).reshape([g, b * l]), site_bias.tr()];
+                let mut blocks = vec![WeightBlock::Plain(c.ws.shallow_clone()), WeightBlock::Levels(site_map.shallow_clone()), WeightBlock::Rows(site_bias.shallow_clone())];
                 if let Some((x, ContinuousEffect::Linear { map, bias })) = continuous {
                     let x = x.to_kind(z.kind());
                     input.extend([interaction(&x), x.shallow_clone()]);
                     weight.extend([map.permute([1, 0, 2]).reshape([g, -1]), bias.tr()]);
+                    blocks.extend([WeightBlock::Levels(map.shallow_clone()), WeightBlock::Rows(bias.shallow_clone())]);
                 }
                 // z's columns first: the only ones with a gradient
                 OutputLayer {
@@ -709,6 +727,7 @@ impl MrviModel {
                     traced: z.shallow_clone(),
                     traced_weight: c.ws.shallow_clone(),
                     term: None,
+                    blocks: Some(blocks),
                 }
             }
             Decoder::Attention { out, block, embedding } => {
@@ -728,6 +747,7 @@ impl MrviModel {
             bias: out.bs.as_ref().map(|b| b.shallow_clone()),
             traced_weight: out.ws.shallow_clone(),
             term,
+            blocks: None,
         }
     }
 
@@ -866,15 +886,29 @@ impl MrviModel {
                 cpu_floats_mut(&mut d_logits),
             )
         };
-        let d_theta = Tensor::from_slice(&nb.d_log_theta);
-        let kl = kl.sum(Kind::Float);
-        // the output layer's gradients in closed form (none in evaluation)
-        let surrogate_ll = if output.traced() { output.surrogate(&d_logits) + self.log_theta.dot(&d_theta) } else { Tensor::zeros([], (Kind::Float, Device::Cpu)) };
+        let kl_sum = kl.sum(Kind::Float).double_value(&[]);
         let reconstruction_sum = -nb.log_lik.iter().sum::<f64>();
-        let staged = staged.expect("the host pass has its staged part");
-        let encoder = encoder.expect("the host pass has its encoder's tape");
-        let host = HostPass { model: self, staged, encoder, kl_scale: kl_weight / n };
-        StepTerms { objective: -surrogate_ll / n, reconstruction_sum, kl_sum: kl.double_value(&[]), host: Some(host) }
+        let no_objective = || Tensor::zeros([], (Kind::Float, Device::Cpu));
+        if !output.traced() {
+            // evaluation: no gradients
+            return StepTerms { objective: no_objective(), reconstruction_sum, kl_sum, host: None };
+        }
+        let (staged, encoder) = (staged.expect("the host pass has its staged part"), encoder.expect("the host pass has its encoder's tape"));
+        let mut sink = encoder_step::HostGradients::default();
+        // the output layer's gradients in closed form: added on the host where
+        // the layer says how, else through a surrogate for autograd
+        let (objective, d_traced) = if output.blocks.is_some() {
+            let scale = (-1.0 / n) as f32;
+            let d_traced = output.host_gradients(&d_logits, scale, &mut sink);
+            let d_theta: Vec<f32> = nb.d_log_theta.iter().map(|&v| v * scale).collect();
+            sink.add_slice(&self.log_theta, &d_theta);
+            (no_objective(), Some(d_traced))
+        } else {
+            let d_theta = Tensor::from_slice(&nb.d_log_theta);
+            (-(output.surrogate(&d_logits) + self.log_theta.dot(&d_theta)) / n, None)
+        };
+        let host = HostPass { model: self, staged, encoder, kl_scale: kl_weight / n, sink, d_traced };
+        StepTerms { objective, reconstruction_sum, kl_sum, host: Some(host) }
     }
 
     /// Expected normalised expression rho for latent z and nuisance covariates

@@ -12,9 +12,77 @@
 //! sum(W * dW) + sum(b * db), whose gradient is the same. For the linear
 //! flavour's decoder (input [z, site x sg(z), site]) the input gradient then
 //! covers z's L columns instead of all of them.
+//!
+//! When the layer's weight is made of parameters laid side by side ([WeightBlock]:
+//! the linear decoder's C, C_b and c_b), the CPU step adds the weight's gradient
+//! to those parameters itself ([OutputLayer::host_gradients]) and autograd is
+//! not needed at all.
 
+use super::encoder_step::HostGradients;
 use super::products;
 use tch::{Kind, Tensor};
+
+/// How a parameter gives consecutive columns of the layer's weight [G, K].
+pub enum WeightBlock {
+    /// a [G, k] parameter: its k columns as they are
+    Plain(Tensor),
+    /// a [W, G, L] parameter: column w L + l is param[w, :, l]
+    Levels(Tensor),
+    /// a [W, G] parameter: column w is param[w, :]
+    Rows(Tensor),
+}
+
+impl WeightBlock {
+    fn columns(&self) -> usize {
+        let size = |t: &Tensor| t.size().iter().map(|&d| d as usize).collect::<Vec<_>>();
+        match self {
+            WeightBlock::Plain(t) => size(t)[1],
+            WeightBlock::Levels(t) => size(t)[0] * size(t)[2],
+            WeightBlock::Rows(t) => size(t)[0],
+        }
+    }
+
+    /// The parameter's gradient (row-major) from the weight's gradient `d_weight`
+    /// ([G, K] row-major) at column offset `first`, times `scale`.
+    fn gradient(&self, d_weight: &[f32], k: usize, first: usize, scale: f32) -> Vec<f32> {
+        let g = d_weight.len() / k.max(1);
+        let at = |gene: usize, column: usize| scale * d_weight[gene * k + first + column];
+        match self {
+            WeightBlock::Plain(_) => {
+                let width = self.columns();
+                let mut out = vec![0f32; g * width];
+                for (gene, row) in out.chunks_exact_mut(width.max(1)).enumerate() {
+                    row.iter_mut().enumerate().for_each(|(c, v)| *v = at(gene, c));
+                }
+                out
+            }
+            WeightBlock::Levels(t) => {
+                let (w, l) = (t.size()[0] as usize, t.size()[2] as usize);
+                let mut out = vec![0f32; w * g * l];
+                for (level, block) in out.chunks_exact_mut(g * l).enumerate() {
+                    for (gene, row) in block.chunks_exact_mut(l).enumerate() {
+                        row.iter_mut().enumerate().for_each(|(j, v)| *v = at(gene, level * l + j));
+                    }
+                }
+                out
+            }
+            WeightBlock::Rows(t) => {
+                let w = t.size()[0] as usize;
+                let mut out = vec![0f32; w * g];
+                for (level, row) in out.chunks_exact_mut(g.max(1)).enumerate() {
+                    row.iter_mut().enumerate().for_each(|(gene, v)| *v = at(gene, level));
+                }
+                out
+            }
+        }
+    }
+
+    fn parameter(&self) -> &Tensor {
+        match self {
+            WeightBlock::Plain(t) | WeightBlock::Levels(t) | WeightBlock::Rows(t) => t,
+        }
+    }
+}
 
 pub struct OutputLayer {
     /// [B, K], with its graph
@@ -29,6 +97,9 @@ pub struct OutputLayer {
     pub traced_weight: Tensor,
     /// [B, G] added to the logits (the continuous covariates' direct term)
     pub term: Option<Tensor>,
+    /// the parameters that make up `weight`, in column order, when the CPU step
+    /// adds their gradients itself (no bias and no term then)
+    pub blocks: Option<Vec<WeightBlock>>,
 }
 
 impl OutputLayer {
@@ -49,6 +120,23 @@ impl OutputLayer {
     /// Whether the layer's input carries a gradient (a training pass).
     pub fn traced(&self) -> bool {
         self.traced.requires_grad()
+    }
+
+    /// The gradient of `scale` sum(logits * d_logits) with respect to the
+    /// weight's parameters, added through `sink` ([Self::blocks], which must be
+    /// given), and with respect to the traced input columns, returned [B, L]
+    /// row-major.
+    pub(crate) fn host_gradients(&self, d_logits: &Tensor, scale: f32, sink: &mut HostGradients) -> Vec<f32> {
+        let blocks = self.blocks.as_ref().expect("the layer's weight as parameter blocks");
+        let (d_traced, d_weight, _) = products::linear_gradients(d_logits, &self.input.detach(), &self.traced_weight.detach(), false);
+        let k = d_weight.size()[1] as usize;
+        let d_weight = super::host_floats(&d_weight);
+        let mut first = 0;
+        for block in blocks {
+            sink.add_slice(block.parameter(), &block.gradient(&d_weight, k, first, scale));
+            first += block.columns();
+        }
+        super::host_floats(&d_traced).iter().map(|&v| v * scale).collect()
     }
 
     /// A scalar whose gradient is that of sum(logits * d_logits) for the

@@ -83,13 +83,17 @@ fn leaf_gradient(leaf: &Tensor) -> Vec<f32> {
 impl Staged {
     /// The backward through the host parts, after the objective's; returns the
     /// objective's gradient with respect to the posterior's mean and sd.
-    /// The parameters' gradients go to `sink`.
-    pub(super) fn backward(self, model: &MrviModel, kl_scale: f64, sink: &mut HostGradients) -> std::result::Result<(Vec<f32>, Vec<f32>), tch::TchError> {
+    /// `d_z`: the objective's gradient with respect to z when the output layer
+    /// gave it on the host (else z's leaf has it). The parameters' gradients go
+    /// to `sink`.
+    pub(super) fn backward(
+        self, model: &MrviModel, kl_scale: f64, d_z: Option<Vec<f32>>, sink: &mut HostGradients,
+    ) -> std::result::Result<(Vec<f32>, Vec<f32>), tch::TchError> {
         let s = kl_scale as f32;
         Ok(match self {
             Staged::Linear { prior, u, sample, z_leaf } => {
                 let SampleEffect::Linear { map, shift } = &model.sample_effect else { unreachable!("a linear pass") };
-                let dz = leaf_gradient(&z_leaf);
+                let dz = d_z.unwrap_or_else(|| leaf_gradient(&z_leaf));
                 let l = model.config.n_latent as usize;
                 // z = u + A_s sg(u) + a_s: dA_s = dz u^T, da_s = dz, du = dz
                 let mut d_map = vec![0f32; sample.len() * l * l];
@@ -156,7 +160,9 @@ impl MrviModel {
                         z[i] = u[i] + row.iter().zip(u).map(|(&a, &v)| a * v).sum::<f32>() + shift_values[s * l + i];
                     }
                 }
-                let z_leaf = Tensor::from_slice(&z).view([sample.len() as i64, l as i64]).set_requires_grad(true);
+                // a leaf only when the step takes gradients: the output layer's
+                // traced input, which tells the step whether to take them
+                let z_leaf = Tensor::from_slice(&z).view([sample.len() as i64, l as i64]).set_requires_grad(super::grad_enabled());
                 let output = self.output_layer(&z_leaf, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
                 let kl = Tensor::from_slice(&prior.step.kl);
                 Forward { output, kl, staged: Some(Staged::Linear { prior, u, sample, z_leaf }), encoder: None }
