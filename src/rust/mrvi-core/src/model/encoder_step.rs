@@ -290,9 +290,12 @@ impl HostGradients {
         }
     }
 
-    /// A scalar whose backward adds its gradient, taken with the rest.
+    /// A scalar whose backward adds its gradient, taken with the rest (none
+    /// when it reads no parameter that takes a gradient).
     pub(crate) fn add_term(&mut self, term: Tensor) {
-        self.terms.push(term);
+        if term.requires_grad() {
+            self.terms.push(term);
+        }
     }
 
     /// The scalar whose backward adds what could not be added in place, if any

@@ -349,11 +349,11 @@ struct HostPass<'a> {
     staged: staged::Staged,
     encoder: encoder_step::EncoderTape,
     kl_scale: f64,
-    /// gradients already made on the host (the output layer's, when it gives
-    /// them: [OutputLayer::host_gradients]), and the objective's gradient with
-    /// respect to the layer's traced input then
+    /// gradients already made on the host (the output layer's and log theta's:
+    /// [OutputLayer::host_gradients]), and the objective's gradient with respect
+    /// to the layer's traced input
     sink: encoder_step::HostGradients,
-    d_traced: Option<Vec<f32>>,
+    d_traced: Tensor,
 }
 
 impl StepTerms<'_> {
@@ -365,7 +365,7 @@ impl StepTerms<'_> {
         }
         let Some(host) = self.host else { return Ok(()) };
         let mut sink = host.sink;
-        let (d_mean, d_sd) = host.staged.backward(host.model, host.kl_scale, host.d_traced, &mut sink)?;
+        let (d_mean, d_sd) = host.staged.backward(host.model, host.kl_scale, host.d_traced, &mut sink);
         host.encoder.backward(&host.model.encoder, &d_mean, &d_sd, &mut sink);
         match sink.into_surrogate() {
             Some(surrogate) => surrogate.f_backward(),
@@ -727,7 +727,7 @@ impl MrviModel {
                     traced: z.shallow_clone(),
                     traced_weight: c.ws.shallow_clone(),
                     term: None,
-                    blocks: Some(blocks),
+                    blocks,
                 }
             }
             Decoder::Attention { out, block, embedding } => {
@@ -739,7 +739,7 @@ impl MrviModel {
     }
 
     /// The attention decoder's output layer on z + the block's output.
-    fn attention_output(out: &nn::Linear, input: Tensor, term: Option<Tensor>) -> OutputLayer {
+    fn attention_output(out: &nn::Linear, input: Tensor, term: Option<(Tensor, Tensor)>) -> OutputLayer {
         OutputLayer {
             traced: input.shallow_clone(),
             input,
@@ -747,14 +747,14 @@ impl MrviModel {
             bias: out.bs.as_ref().map(|b| b.shallow_clone()),
             traced_weight: out.ws.shallow_clone(),
             term,
-            blocks: None,
+            blocks: vec![WeightBlock::Plain(out.ws.shallow_clone())],
         }
     }
 
     /// The attention decoder's context for site codes and continuous
     /// covariates: the sum of the cell's nuisance embeddings (plus x e_x); and
     /// the continuous covariates' direct term in the logits (x d).
-    fn nuisance_context(embedding: &Tensor, site: &Tensor, continuous: Option<(&Tensor, &ContinuousEffect)>) -> (Tensor, Option<Tensor>) {
+    fn nuisance_context(embedding: &Tensor, site: &Tensor, continuous: Option<(&Tensor, &ContinuousEffect)>) -> (Tensor, Option<(Tensor, Tensor)>) {
         let mut context = embedding.index_select(0, &site.select(1, 0));
         for k in 1..site.size()[1] {
             context = context + embedding.index_select(0, &site.select(1, k));
@@ -762,7 +762,7 @@ impl MrviModel {
         match continuous {
             Some((x, ContinuousEffect::Attention { embedding, bias })) => {
                 let x = x.to_kind(embedding.kind());
-                (context + x.matmul(embedding), Some(x.matmul(bias)))
+                (context + x.matmul(embedding), Some((x, bias.shallow_clone())))
             }
             _ => (context, None),
         }
@@ -894,21 +894,15 @@ impl MrviModel {
             return StepTerms { objective: no_objective(), reconstruction_sum, kl_sum, host: None };
         }
         let (staged, encoder) = (staged.expect("the host pass has its staged part"), encoder.expect("the host pass has its encoder's tape"));
+        // the output layer's gradients and log theta's in closed form, added on
+        // the host: the step's objective has no graph of its own
         let mut sink = encoder_step::HostGradients::default();
-        // the output layer's gradients in closed form: added on the host where
-        // the layer says how, else through a surrogate for autograd
-        let (objective, d_traced) = if output.blocks.is_some() {
-            let scale = (-1.0 / n) as f32;
-            let d_traced = output.host_gradients(&d_logits, scale, &mut sink);
-            let d_theta: Vec<f32> = nb.d_log_theta.iter().map(|&v| v * scale).collect();
-            sink.add_slice(&self.log_theta, &d_theta);
-            (no_objective(), Some(d_traced))
-        } else {
-            let d_theta = Tensor::from_slice(&nb.d_log_theta);
-            (-(output.surrogate(&d_logits) + self.log_theta.dot(&d_theta)) / n, None)
-        };
+        let scale = (-1.0 / n) as f32;
+        let d_traced = output.host_gradients(&d_logits, scale, &mut sink);
+        let d_theta: Vec<f32> = nb.d_log_theta.iter().map(|&v| v * scale).collect();
+        sink.add_slice(&self.log_theta, &d_theta);
         let host = HostPass { model: self, staged, encoder, kl_scale: kl_weight / n, sink, d_traced };
-        StepTerms { objective, reconstruction_sum, kl_sum, host: Some(host) }
+        StepTerms { objective: no_objective(), reconstruction_sum, kl_sum, host: Some(host) }
     }
 
     /// Expected normalised expression rho for latent z and nuisance covariates

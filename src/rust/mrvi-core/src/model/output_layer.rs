@@ -20,7 +20,7 @@
 
 use super::encoder_step::HostGradients;
 use super::products;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// How a parameter gives consecutive columns of the layer's weight [G, K].
 pub enum WeightBlock {
@@ -95,11 +95,12 @@ pub struct OutputLayer {
     /// columns that read them
     pub traced: Tensor,
     pub traced_weight: Tensor,
-    /// [B, G] added to the logits (the continuous covariates' direct term)
-    pub term: Option<Tensor>,
-    /// the parameters that make up `weight`, in column order, when the CPU step
-    /// adds their gradients itself (no bias and no term then)
-    pub blocks: Option<Vec<WeightBlock>>,
+    /// x d added to the logits (the continuous covariates' direct term): x [B, C]
+    /// (constants) and d [C, G]
+    pub term: Option<(Tensor, Tensor)>,
+    /// the parameters that make up `weight`, in column order (the CPU step adds
+    /// their gradients itself)
+    pub blocks: Vec<WeightBlock>,
 }
 
 impl OutputLayer {
@@ -107,7 +108,7 @@ impl OutputLayer {
     pub fn logits(&self) -> Tensor {
         let logits = products::linear(&self.input, &self.weight, self.bias.as_ref());
         match &self.term {
-            Some(t) => logits + t,
+            Some((x, d)) => logits + x.matmul(d),
             None => logits,
         }
     }
@@ -123,39 +124,23 @@ impl OutputLayer {
     }
 
     /// The gradient of `scale` sum(logits * d_logits) with respect to the
-    /// weight's parameters, added through `sink` ([Self::blocks], which must be
-    /// given), and with respect to the traced input columns, returned [B, L]
-    /// row-major.
-    pub(crate) fn host_gradients(&self, d_logits: &Tensor, scale: f32, sink: &mut HostGradients) -> Vec<f32> {
-        let blocks = self.blocks.as_ref().expect("the layer's weight as parameter blocks");
-        let (d_traced, d_weight, _) = products::linear_gradients(d_logits, &self.input.detach(), &self.traced_weight.detach(), false);
+    /// layer's parameters (weight blocks, bias, the term's d), added through
+    /// `sink`, and with respect to the traced input columns, returned [B, L].
+    pub(crate) fn host_gradients(&self, d_logits: &Tensor, scale: f32, sink: &mut HostGradients) -> Tensor {
+        let (d_traced, d_weight, d_bias) = products::linear_gradients(d_logits, &self.input.detach(), &self.traced_weight.detach(), self.bias.is_some());
         let k = d_weight.size()[1] as usize;
         let d_weight = super::host_floats(&d_weight);
         let mut first = 0;
-        for block in blocks {
+        for block in &self.blocks {
             sink.add_slice(block.parameter(), &block.gradient(&d_weight, k, first, scale));
             first += block.columns();
         }
-        super::host_floats(&d_traced).iter().map(|&v| v * scale).collect()
-    }
-
-    /// A scalar whose gradient is that of sum(logits * d_logits) for the
-    /// logits' gradient `d_logits` ([B, G]): the layer's products in closed form.
-    pub fn surrogate(&self, d_logits: &Tensor) -> Tensor {
-        let dot = |a: &Tensor, b: &Tensor| a.reshape([-1]).dot(&b.reshape([-1]));
-        let (d_traced, d_weight, d_bias) = products::linear_gradients(
-            d_logits,
-            &self.input.detach(),
-            &self.traced_weight.detach(),
-            self.bias.is_some(),
-        );
-        let mut surrogate = dot(&self.traced, &d_traced) + dot(&self.weight, &d_weight);
-        if let (Some(b), Some(db)) = (&self.bias, &d_bias) {
-            surrogate += b.dot(db);
+        if let (Some(bias), Some(d_bias)) = (&self.bias, d_bias) {
+            sink.add(bias, &(d_bias * scale as f64));
         }
-        if let Some(t) = &self.term {
-            surrogate += dot(t, d_logits);
+        if let Some((x, d)) = &self.term {
+            sink.add(d, &(x.tr().mm(d_logits) * scale as f64));
         }
-        surrogate.to_kind(Kind::Float)
+        d_traced * scale as f64
     }
 }

@@ -15,8 +15,9 @@
 use super::encoder::Posterior;
 use super::{attention_step, cpu_floats, host_floats, prior_step, Batch, Decoder, Draws, Forward, MrviModel, PriorParams, SampleEffect};
 use super::encoder_step::HostGradients;
+use super::products::{self, Engine};
 use tch::nn::Module;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// The draw of u and the KL term on the host, and the mixture prior's
 /// parameters (logits, means, log scales) when it is one.
@@ -52,48 +53,39 @@ impl HostPrior {
 
 /// What [Staged::backward] needs of a staged pass.
 pub(super) enum Staged {
-    /// z = u + A_s sg(u) + a_s: u and the cells' samples, and z as a leaf
-    Linear { prior: HostPrior, u: Vec<f32>, sample: Vec<usize>, z_leaf: Tensor },
+    /// z = u + A_s sg(u) + a_s: u and the cells' samples
+    Linear { prior: HostPrior, u: Vec<f32>, sample: Vec<usize> },
     Attention(Box<AttentionStaged>),
 }
 
-/// The attention flavour's pass: u and eps -> z (with the penalty on eps), z
-/// and the decoder block's y -> logits.
+/// The attention flavour's pass: z = base(u) + eps(u, s) with the penalty
+/// ||eps||^2 / 2, and the logits read z + y(z, site).
 pub(super) struct AttentionStaged {
     prior: HostPrior,
-    u_leaf: Tensor,
+    /// u and eps, values [B, dim_u] and [B, L]
+    u: Tensor,
     eps: Tensor,
     sample_block: (attention_step::BlockStep, attention_step::Tape),
-    z: Tensor,
-    z_leaf: Tensor,
-    y: Tensor,
     decoder_block: (attention_step::BlockStep, attention_step::Tape),
-    penalty: Tensor,
 }
 
-fn leaf_gradient(leaf: &Tensor) -> Vec<f32> {
-    let g = leaf.grad();
-    if g.defined() {
-        host_floats(&g)
-    } else {
-        vec![0.0; leaf.numel()]
-    }
+/// z as the output layer's traced input: a leaf that takes gradients when the
+/// step does (not in evaluation), which tells the step whether to make them.
+fn traced(z: Tensor) -> Tensor {
+    z.detach().set_requires_grad(super::grad_enabled())
 }
 
 impl Staged {
-    /// The backward through the host parts, after the objective's; returns the
-    /// objective's gradient with respect to the posterior's mean and sd.
-    /// `d_z`: the objective's gradient with respect to z when the output layer
-    /// gave it on the host (else z's leaf has it). The parameters' gradients go
-    /// to `sink`.
-    pub(super) fn backward(
-        self, model: &MrviModel, kl_scale: f64, d_z: Option<Vec<f32>>, sink: &mut HostGradients,
-    ) -> std::result::Result<(Vec<f32>, Vec<f32>), tch::TchError> {
+    /// The backward through the host parts from `d_traced`, the objective's
+    /// gradient with respect to the output layer's traced input ([B, L]: z, or
+    /// z + y); returns the objective's gradient with respect to the posterior's
+    /// mean and sd. The parameters' gradients go to `sink`.
+    pub(super) fn backward(self, model: &MrviModel, kl_scale: f64, d_traced: Tensor, sink: &mut HostGradients) -> (Vec<f32>, Vec<f32>) {
         let s = kl_scale as f32;
-        Ok(match self {
-            Staged::Linear { prior, u, sample, z_leaf } => {
+        match self {
+            Staged::Linear { prior, u, sample } => {
                 let SampleEffect::Linear { map, shift } = &model.sample_effect else { unreachable!("a linear pass") };
-                let dz = d_z.unwrap_or_else(|| leaf_gradient(&z_leaf));
+                let dz = host_floats(&d_traced);
                 let l = model.config.n_latent as usize;
                 // z = u + A_s sg(u) + a_s: dA_s = dz u^T, da_s = dz, du = dz
                 let mut d_map = vec![0f32; sample.len() * l * l];
@@ -107,20 +99,26 @@ impl Staged {
                 prior.posterior_gradients(&dz, s, sink)
             }
             Staged::Attention(staged) => {
-                let AttentionStaged { prior, u_leaf, eps, sample_block, z, z_leaf, y, decoder_block, penalty } = *staged;
-                let dot = |a: &Tensor, b: &Tensor| a.reshape([-1]).dot(&b.reshape([-1]));
+                let SampleEffect::Attention { base, .. } = &model.sample_effect else { unreachable!("an attention pass") };
+                let AttentionStaged { prior, u, eps, sample_block, decoder_block } = *staged;
+                // the logits read z + y(z): both take the traced input's gradient
                 let (step, tape) = &decoder_block;
-                let g = step.backward(tape, &y.grad());
-                let dz = z_leaf.grad() + &g.input;
-                (dot(&z, &dz) + step.gradient_surrogate(tape, &g) + penalty.sum(Kind::Float) * kl_scale).f_backward()?;
+                let g = step.backward(tape, &d_traced);
+                sink.add_term(step.gradient_surrogate(tape, &g));
+                let dz = &d_traced + &g.input;
+                // z = base(u) + eps, and the penalty ||eps||^2 / 2 in the KL term
+                let (du, d_weight, d_bias) = products::linear_gradients_on(Engine::Default, &dz, &u, &base.ws.detach(), base.bs.is_some());
+                sink.add(&base.ws, &d_weight);
+                if let (Some(bias), Some(d_bias)) = (&base.bs, d_bias) {
+                    sink.add(bias, &d_bias);
+                }
                 let (step, tape) = &sample_block;
-                let g = step.backward(tape, &eps.grad());
+                let g = step.backward(tape, &(&dz + &eps * kl_scale));
                 sink.add_term(step.gradient_surrogate(tape, &g));
                 // u's gradient: z's part and the block's
-                let du = host_floats(&(u_leaf.grad() + &g.input));
-                prior.posterior_gradients(&du, s, sink)
+                prior.posterior_gradients(&host_floats(&(du + &g.input)), s, sink)
             }
-        })
+        }
     }
 }
 
@@ -160,38 +158,32 @@ impl MrviModel {
                         z[i] = u[i] + row.iter().zip(u).map(|(&a, &v)| a * v).sum::<f32>() + shift_values[s * l + i];
                     }
                 }
-                // a leaf only when the step takes gradients: the output layer's
-                // traced input, which tells the step whether to take them
-                let z_leaf = Tensor::from_slice(&z).view([sample.len() as i64, l as i64]).set_requires_grad(super::grad_enabled());
-                let output = self.output_layer(&z_leaf, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
+                let z = traced(Tensor::from_slice(&z).view([sample.len() as i64, l as i64]));
+                let output = self.output_layer(&z, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
                 let kl = Tensor::from_slice(&prior.step.kl);
-                Forward { output, kl, staged: Some(Staged::Linear { prior, u, sample, z_leaf }), encoder: None }
+                Forward { output, kl, staged: Some(Staged::Linear { prior, u, sample }), encoder: None }
             }
             SampleEffect::Attention { base, block, embedding, hidden_term } => {
                 let Decoder::Attention { out, block: decoder_block, embedding: nuisance } = &self.decoder else {
                     unreachable!("the attention flavour's decoder")
                 };
-                // the draw of u (a leaf: its gradient reaches mean and sd in the last pass), and the KL term
+                // the draw of u and the KL term, then the blocks on the host
                 let prior = self.host_prior(batch, &q, &draws.noise);
-                let u_leaf = q.sample_with(&draws.noise).detach().set_requires_grad(true);
-                let kl = Tensor::from_slice(&prior.step.kl).to_device(u_leaf.device());
+                let u = q.sample_with(&draws.noise).detach();
                 let step = attention_step::BlockStep::new(block);
                 let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
-                let (eps, tape) = step.forward(&u_leaf, &embedding.index_select(0, &batch.sample), term.as_ref());
+                let (eps, tape) = step.forward(&u, &embedding.index_select(0, &batch.sample), term.as_ref());
                 let sample_block = (step, tape);
-                let eps = eps.set_requires_grad(true);
                 let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
-                let z = base.forward(&u_leaf) + &eps;
-                let z_leaf = z.detach().set_requires_grad(true);
+                let z = traced(tch::no_grad(|| base.forward(&u)) + &eps);
                 let continuous = batch.continuous.as_ref().zip(self.continuous.as_ref());
                 let (context, logit_term) = Self::nuisance_context(nuisance, &batch.site, continuous);
                 let step = attention_step::BlockStep::new(decoder_block);
-                let (y, tape) = step.forward(&z_leaf, &context, None);
-                let y = y.set_requires_grad(true);
-                let output = Self::attention_output(out, &z_leaf + &y, logit_term);
-                let kl_value = (kl + &penalty).detach();
-                let staged = AttentionStaged { prior, u_leaf, eps, sample_block, z, z_leaf, y, decoder_block: (step, tape), penalty };
-                Forward { output, kl: kl_value, staged: Some(Staged::Attention(Box::new(staged))), encoder: None }
+                let (y, tape) = step.forward(&z, &context, None);
+                let output = Self::attention_output(out, &z + &y, logit_term);
+                let kl = Tensor::from_slice(&prior.step.kl).to_device(u.device()) + penalty;
+                let staged = AttentionStaged { prior, u, eps, sample_block, decoder_block: (step, tape) };
+                Forward { output, kl, staged: Some(Staged::Attention(Box::new(staged))), encoder: None }
             }
         }
     }
