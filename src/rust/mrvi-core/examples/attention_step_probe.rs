@@ -6,6 +6,7 @@
 //!   THREADS=2 cargo run --release --example attention_step_probe -p mrvi-core
 use mrvi_core::model::attention::{AttentionBlock, HIDDEN, TOKENS};
 use mrvi_core::model::attention_step::BlockStep;
+use mrvi_core::model::host_gradients::HostGradients;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -49,7 +50,10 @@ fn main() {
             let step = BlockStep::new(&block);
             let (_, tape) = step.forward(&x.detach(), &table.index_select(0, &rows), term(extras).as_ref());
             let g = step.backward(&tape, &weights);
-            (step.gradient_surrogate(&tape, &g) + x.reshape([-1]).dot(&g.input.reshape([-1]))).backward();
+            let mut sink = HostGradients::default();
+            step.add_gradients(&tape, &g, &mut sink);
+            sink.add_term(x.reshape([-1]).dot(&g.input.reshape([-1])));
+            sink.into_surrogate().expect("gradients").backward();
         });
         // the host step's phases (the context a leaf, so that its surrogate can run again)
         let context = table.index_select(0, &rows).detach().set_requires_grad(true);
@@ -59,7 +63,11 @@ fn main() {
         let t_new = time(&|| drop(BlockStep::new(&block)));
         let t_forward = time(&|| drop(step.forward(&x.detach(), &context, None)));
         let t_backward = time(&|| drop(step.backward(&tape, &weights)));
-        let t_gradients = time(&|| step.gradient_surrogate(&tape, &g).backward());
+        let t_gradients = time(&|| {
+            let mut sink = HostGradients::default();
+            step.add_gradients(&tape, &g, &mut sink);
+            sink.into_surrogate().expect("gradients").backward();
+        });
         println!("  host phases: closed form {t_new:.3}, forward {t_forward:.3}, backward {t_backward:.3}, parameter gradients {t_gradients:.3} ms");
         println!("{name}: autograd {autograd:.3} ms, host {host:.3} ms ({:.2}x)", autograd / host);
     }

@@ -19,6 +19,7 @@
 //! caller carries the input's gradient on (see `MrviModel::step_terms`).
 
 use super::attention::{layer_norm_moments, transpose, AttentionBlock, HostClosedForm, HostParameters, HEADS, HIDDEN, PAIRS, TOKENS};
+use super::host_gradients::HostGradients;
 use super::host_floats as host;
 use crate::fastmath;
 use tch::Tensor;
@@ -71,7 +72,7 @@ pub struct Tape {
 }
 
 /// A block's gradients from its backward: the input's ([N, d_in]) for the
-/// caller; the rest go back through [BlockStep::gradient_surrogate].
+/// caller; the rest go back through [BlockStep::add_gradients].
 pub struct BlockGradients {
     pub input: Tensor,
     context: Vec<f32>,
@@ -255,15 +256,14 @@ impl BlockStep {
         BlockGradients { input, context: d_context, hidden_term: d_term, params }
     }
 
-    /// Adds the block's parameters' gradients to their `.grad` and returns a
-    /// scalar whose gradient is the rest: the context's and the hidden term's
-    /// (the tape's tensors), and a parameter's that has no CPU `.grad` yet (the
-    /// first step).
-    pub fn gradient_surrogate(&self, tape: &Tape, g: &BlockGradients) -> Tensor {
+    /// Adds the block's gradients through `sink`: its parameters', and the
+    /// context's and the hidden term's (the tape's tensors, with their graphs)
+    /// as a term for autograd.
+    pub fn add_gradients(&self, tape: &Tape, g: &BlockGradients, sink: &mut HostGradients) {
         let dot = |t: &Tensor, v: &[f32]| t.reshape([-1]).dot(&Tensor::from_slice(v).to_device(t.device()));
-        let mut s = dot(&tape.context, &g.context);
+        sink.add_term(dot(&tape.context, &g.context));
         if let Some(t) = &tape.hidden_term {
-            s = s + dot(t, &g.hidden_term);
+            sink.add_term(dot(t, &g.hidden_term));
         }
         let p = &g.params;
         let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
@@ -281,11 +281,8 @@ impl BlockStep {
         };
         for (tensor, grad) in self.tensors.iter().zip(HostClosedForm::parameter_gradients(&self.parameters, &form)) {
             let grad: Vec<f32> = grad.iter().map(|&g| g as f32).collect();
-            if let Some(term) = super::add_to_grad(tensor, &grad) {
-                s = s + term;
-            }
+            sink.add_slice(tensor, &grad);
         }
-        s
     }
 }
 
@@ -651,7 +648,9 @@ mod tests {
             close("output", &got, &want.detach());
             let g = step.backward(&tape, &weights);
             close("input gradient", &g.input, &want_dx);
-            step.gradient_surrogate(&tape, &g).backward();
+            let mut sink = HostGradients::default();
+            step.add_gradients(&tape, &g, &mut sink);
+            sink.into_surrogate().expect("the context takes a gradient").backward();
             close("context gradient", &context.grad(), &want_dc);
             if let (Some(t), Some(w)) = (&term, &want_dt) {
                 close("hidden term gradient", &t.grad(), w);

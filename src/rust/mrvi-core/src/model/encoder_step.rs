@@ -16,8 +16,9 @@
 //! different order, so values agree to rounding.
 
 use super::encoder::{Encoder, Posterior};
-use super::{cpu_floats, cpu_floats_mut, products};
-use tch::{Device, Kind, Tensor};
+use super::host_gradients::HostGradients;
+use super::{cpu_floats, products};
+use tch::Tensor;
 
 /// LayerNorm's eps, as [Encoder]'s
 const NORM_EPS: f32 = 1e-5;
@@ -236,72 +237,48 @@ impl EncoderTape {
     }
 }
 
-/// Adds gradients computed on the host to parameters' `.grad` where it
-/// exists (every step after the first); for a parameter without one it keeps
-/// (parameter, gradient), and [Self::into_surrogate] makes the scalar
-/// sum(parameter * gradient) whose backward creates it. Parameters that take
-/// no gradient (frozen) are skipped.
-#[derive(Default)]
-pub(crate) struct HostGradients {
-    pending: Vec<(Tensor, Tensor)>,
-    terms: Vec<Tensor>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn, Device, Kind};
 
-impl HostGradients {
-    /// `param`'s gradient as a tensor of its shape.
-    pub(crate) fn add(&mut self, param: &Tensor, grad: &Tensor) {
-        if !param.requires_grad() {
-            return;
-        }
-        let mut existing = param.grad();
-        if existing.defined() {
-            let _ = tch::no_grad(|| existing.g_add_(grad));
-        } else {
-            self.pending.push((param.shallow_clone(), grad.to_device(param.device())));
-        }
-    }
-
-    /// `param`'s gradient as host floats, row-major.
-    pub(crate) fn add_slice(&mut self, param: &Tensor, grad: &[f32]) {
-        self.add_rows(param, &[0], grad, grad.len());
-    }
-
-    /// Adds `grad` ([B, W], one row per cell) to the rows of `param` ([S, ...],
-    /// W values per row) that the cells' `rows` codes name.
-    pub(crate) fn add_rows(&mut self, param: &Tensor, rows: &[usize], grad: &[f32], w: usize) {
-        if !param.requires_grad() {
-            return;
-        }
-        let mut existing = param.grad();
-        let mut fallback = Vec::new();
-        let values: &mut [f32] = if existing.defined() && existing.device() == Device::Cpu && existing.kind() == Kind::Float && existing.is_contiguous() {
-            // SAFETY: checked just above; `existing` outlives the slice.
-            unsafe { cpu_floats_mut(&mut existing) }
-        } else {
-            fallback = vec![0f32; param.numel()];
-            &mut fallback
+    /// The host pass gives libtorch's posterior ([Encoder::forward]) for
+    /// several samples, with ReLUs both dead and alive, and its backward
+    /// autograd's gradients for every parameter (the whole step's test,
+    /// `fused_cpu_objective_has_the_autograd_gradient`, checks them in place).
+    #[test]
+    fn host_pass_matches_the_encoder() {
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let enc = Encoder::new(vs.root(), 40, 16, 3, 5);
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.3;
+                let _ = v.g_add_(&noise);
+            }
+        });
+        let x = (Tensor::rand([9, 40], (Kind::Float, Device::Cpu)) * 3.0).floor().log1p();
+        let sample = Tensor::from_slice(&[0i64, 1, 2, 2, 1, 0, 0, 2, 1]);
+        let want = enc.forward(&x, &sample);
+        let (gm, gs) = (Tensor::randn([9, 5], (Kind::Float, Device::Cpu)), Tensor::randn([9, 5], (Kind::Float, Device::Cpu)));
+        ((&want.mean * &gm).sum(Kind::Float) + (&want.sd * &gs).sum(Kind::Float)).backward();
+        let want_grads: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, v)| (k, v.grad().copy())).collect();
+        let tape = forward(&enc, &x, &sample);
+        let close = |name: &str, a: &Tensor, b: &Tensor| {
+            let err = (a - b).abs().max().double_value(&[]);
+            assert!(err <= 1e-4 * b.abs().max().double_value(&[]).max(1.0), "{name}: off by {err}");
         };
-        for (r, &s) in rows.iter().enumerate() {
-            values[s * w..(s + 1) * w].iter_mut().zip(&grad[r * w..(r + 1) * w]).for_each(|(a, &g)| *a += g);
+        close("mean", &tape.mean, &want.mean.detach());
+        close("sd", &tape.sd, &want.sd.detach());
+        for (_, v) in vs.variables() {
+            let _ = v.grad().zero_();
         }
-        if !fallback.is_empty() {
-            let grad = Tensor::from_slice(&fallback).view(param.size().as_slice()).to_device(param.device());
-            self.pending.push((param.shallow_clone(), grad));
+        let mut sink = HostGradients::default();
+        tape.backward(&enc, &Vec::<f32>::try_from(gm.view([-1])).unwrap(), &Vec::<f32>::try_from(gs.view([-1])).unwrap(), &mut sink);
+        assert!(sink.into_surrogate().is_none(), "every parameter had its .grad");
+        let got = vs.variables();
+        for (name, want) in &want_grads {
+            close(name, &got[name].grad(), want);
         }
-    }
-
-    /// A scalar whose backward adds its gradient, taken with the rest (none
-    /// when it reads no parameter that takes a gradient).
-    pub(crate) fn add_term(&mut self, term: Tensor) {
-        if term.requires_grad() {
-            self.terms.push(term);
-        }
-    }
-
-    /// The scalar whose backward adds what could not be added in place, if any
-    /// (made with grad mode on, so that it keeps its graph).
-    pub(crate) fn into_surrogate(self) -> Option<Tensor> {
-        let pending = self.pending.into_iter().map(|(param, grad)| (param * grad).sum(Kind::Float));
-        pending.chain(self.terms).reduce(|a, b| a + b)
     }
 }

@@ -24,6 +24,7 @@
 pub mod config;
 pub mod encoder;
 mod encoder_step;
+pub mod host_gradients;
 pub mod expression_metric;
 pub mod attention;
 pub mod attention_step;
@@ -132,21 +133,6 @@ pub(crate) unsafe fn cpu_floats(t: &Tensor) -> &[f32] {
 /// A tensor's values as host floats, row-major (a copy).
 pub(crate) fn host_floats(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).expect("a float tensor")
-}
-
-/// Adds `grad` (the tensor's shape, row-major) to `tensor`'s `.grad` in place
-/// where that exists on the CPU (every step after the first); otherwise returns
-/// sum(tensor * grad), whose gradient a backward pass adds.
-pub(crate) fn add_to_grad(tensor: &Tensor, grad: &[f32]) -> Option<Tensor> {
-    let mut existing = tensor.grad();
-    if existing.defined() && existing.device() == Device::Cpu && existing.kind() == Kind::Float && existing.is_contiguous() {
-        // SAFETY: checked just above; `existing` outlives the slice.
-        let values = unsafe { cpu_floats_mut(&mut existing) };
-        values.iter_mut().zip(grad).for_each(|(v, g)| *v += g);
-        return None;
-    }
-    let grad = Tensor::from_slice(grad).to_kind(tensor.kind()).to_device(tensor.device()).view(tensor.size().as_slice());
-    Some((tensor * grad).sum(tensor.kind()))
 }
 
 /// Whether autograd records operations on this thread (grad mode is per
@@ -352,7 +338,7 @@ struct HostPass<'a> {
     /// gradients already made on the host (the output layer's and log theta's:
     /// [OutputLayer::host_gradients]), and the objective's gradient with respect
     /// to the layer's traced input
-    sink: encoder_step::HostGradients,
+    sink: host_gradients::HostGradients,
     d_traced: Tensor,
 }
 
@@ -896,7 +882,7 @@ impl MrviModel {
         let (staged, encoder) = (staged.expect("the host pass has its staged part"), encoder.expect("the host pass has its encoder's tape"));
         // the output layer's gradients and log theta's in closed form, added on
         // the host: the step's objective has no graph of its own
-        let mut sink = encoder_step::HostGradients::default();
+        let mut sink = host_gradients::HostGradients::default();
         let scale = (-1.0 / n) as f32;
         let d_traced = output.host_gradients(&d_logits, scale, &mut sink);
         let d_theta: Vec<f32> = nb.d_log_theta.iter().map(|&v| v * scale).collect();

@@ -18,7 +18,7 @@
 //! to those parameters itself ([OutputLayer::host_gradients]) and autograd is
 //! not needed at all.
 
-use super::encoder_step::HostGradients;
+use super::host_gradients::HostGradients;
 use super::products;
 use tch::Tensor;
 

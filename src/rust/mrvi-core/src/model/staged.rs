@@ -14,7 +14,7 @@
 
 use super::encoder::Posterior;
 use super::{attention_step, cpu_floats, host_floats, prior_step, Batch, Decoder, Draws, Forward, MrviModel, PriorParams, SampleEffect};
-use super::encoder_step::HostGradients;
+use super::host_gradients::HostGradients;
 use super::products::{self, Engine};
 use tch::nn::Module;
 use tch::Tensor;
@@ -104,7 +104,7 @@ impl Staged {
                 // the logits read z + y(z): both take the traced input's gradient
                 let (step, tape) = &decoder_block;
                 let g = step.backward(tape, &d_traced);
-                sink.add_term(step.gradient_surrogate(tape, &g));
+                step.add_gradients(tape, &g, sink);
                 let dz = &d_traced + &g.input;
                 // z = base(u) + eps, and the penalty ||eps||^2 / 2 in the KL term
                 let (du, d_weight, d_bias) = products::linear_gradients_on(Engine::Default, &dz, &u, &base.ws.detach(), base.bs.is_some());
@@ -114,7 +114,7 @@ impl Staged {
                 }
                 let (step, tape) = &sample_block;
                 let g = step.backward(tape, &(&dz + &eps * kl_scale));
-                sink.add_term(step.gradient_surrogate(tape, &g));
+                step.add_gradients(tape, &g, sink);
                 // u's gradient: z's part and the block's
                 prior.posterior_gradients(&host_floats(&(du + &g.input)), s, sink)
             }
