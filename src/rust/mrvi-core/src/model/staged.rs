@@ -5,12 +5,12 @@
 //! [B, 10]-sized tensors each way, whose dispatch and autograd bookkeeping cost
 //! far more than their arithmetic.
 //!
-//! Autograd's graph is cut where the host parts read their input: the encoder
-//! ends in leaves (the posterior's mean and sd, [super::encoder_step]), z (and
-//! the attention decoder block's output) are leaves of what follows. The
-//! objective's backward runs through the last part; [Staged::backward] then
-//! takes the gradients back through the host parts to the mean and sd, adding
-//! the parameters' gradients on the way, so that each part is traversed once.
+//! No autograd pass goes through them: the encoder ends in the posterior's mean
+//! and sd ([super::encoder_step]), the output layer gives the objective's
+//! gradient with respect to its traced input (z, or z + y for the attention
+//! decoder) on the host ([super::output_layer::OutputLayer::host_gradients]),
+//! and [Staged::backward] takes it back through the host parts to the mean and
+//! sd, adding the parameters' gradients on the way ([HostGradients]).
 
 use super::encoder::Posterior;
 use super::{attention_step, cpu_floats, host_floats, prior_step, Batch, Decoder, Draws, Forward, MrviModel, PriorParams, SampleEffect};
