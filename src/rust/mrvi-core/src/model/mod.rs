@@ -360,15 +360,6 @@ impl StepTerms<'_> {
     }
 }
 
-struct Forward {
-    output: OutputLayer,
-    /// per cell; with `staged`, a value only (its gradient comes from there)
-    kl: Tensor,
-    /// the host parts of the pass, when it ran there
-    staged: Option<staged::Staged>,
-    encoder: Option<encoder_step::EncoderTape>,
-}
-
 /// The random numbers of one pass over a minibatch: the posterior's standard
 /// normal noise [B, dim_u] and, for the linear flavour in training, the scaled
 /// dropout keep-mask on sg(z) [B, L]. Drawn before the pass, so that a
@@ -776,7 +767,7 @@ impl MrviModel {
     /// Per-cell reconstruction loss and KL for a minibatch (one draw of u).
     pub fn losses(&self, batch: &Batch, train: bool) -> Losses {
         let draws = self.draws(batch.sample.size()[0], train);
-        let Forward { output, kl, .. } = self.forward(batch, &draws, false);
+        let (output, kl) = self.forward(batch, &draws);
         self.likelihood_losses(batch, output.logits(), kl)
     }
 
@@ -809,22 +800,17 @@ impl MrviModel {
         Draws { noise, dropout }
     }
 
-    /// One pass from counts to decoder logits with the posterior draw of u that
-    /// `draws` gives, and the per-cell prior terms (KL, plus the attention
-    /// flavour's ||eps||^2 / 2). With `on_host` the attention flavour's blocks
-    /// and KL term run on the host ([Staged]).
-    fn forward(&self, batch: &Batch, draws: &Draws, on_host: bool) -> Forward {
-        if on_host {
-            let tape = encoder_step::forward(&self.encoder, &batch.log_counts, &batch.sample);
-            let forward = self.forward_staged(batch, tape.posterior(), draws);
-            return Forward { encoder: Some(tape), ..forward };
-        }
+    /// One pass from counts to the decoder's output layer with the posterior
+    /// draw of u that `draws` gives, and the per-cell prior terms (KL, plus the
+    /// attention flavour's ||eps||^2 / 2), through libtorch (differentiable on
+    /// any device).
+    fn forward(&self, batch: &Batch, draws: &Draws) -> (OutputLayer, Tensor) {
         let q = self.encode(&batch.log_counts, &batch.sample);
         let u = q.sample_with(&draws.noise);
         let kl = self.kl(&q, &u, batch.label.as_ref());
         let (z, penalty) = self.z_and_penalty(&u, &batch.sample);
         let output = self.output_layer(&z, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
-        Forward { output, kl: kl + penalty, staged: None, encoder: None }
+        (output, kl + penalty)
     }
 
     /// The training objective of a minibatch, or of one shard of it: `batch`
@@ -843,7 +829,7 @@ impl MrviModel {
     pub fn step_terms(&self, batch: &Batch, draws: &Draws, kl_weight: f64, minibatch_cells: f64) -> StepTerms<'_> {
         let n = minibatch_cells;
         if batch.nonzeros.is_some() {
-            let Forward { output, kl, .. } = self.forward(batch, draws, false);
+            let (output, kl) = self.forward(batch, draws);
             let l = self.likelihood_losses(batch, output.logits(), kl);
             let rec = l.reconstruction.sum(Kind::Float);
             let kl = l.kl.sum(Kind::Float);
@@ -851,7 +837,9 @@ impl MrviModel {
             return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), host: None };
         }
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
-        let Forward { output, kl, staged, encoder } = self.forward(batch, draws, true);
+        // the same pass on the host ([encoder_step], [staged]); the prior terms as values
+        let encoder = encoder_step::forward(&self.encoder, &batch.log_counts, &batch.sample);
+        let (output, kl, staged) = self.forward_staged(batch, encoder.posterior(), draws);
         let host_logits = output.logit_values().contiguous();
         let (b, g) = host_logits.size2().expect("2-d logits");
         let host_theta = self.log_theta.detach().contiguous();
@@ -879,7 +867,6 @@ impl MrviModel {
             // evaluation: no gradients
             return StepTerms { objective: no_objective(), reconstruction_sum, kl_sum, host: None };
         }
-        let (staged, encoder) = (staged.expect("the host pass has its staged part"), encoder.expect("the host pass has its encoder's tape"));
         // the output layer's gradients and log theta's in closed form, added on
         // the host: the step's objective has no graph of its own
         let mut sink = host_gradients::HostGradients::default();

@@ -13,7 +13,8 @@
 //! sd, adding the parameters' gradients on the way ([HostGradients]).
 
 use super::encoder::Posterior;
-use super::{attention_step, cpu_floats, host_floats, prior_step, Batch, Decoder, Draws, Forward, MrviModel, PriorParams, SampleEffect};
+use super::output_layer::OutputLayer;
+use super::{attention_step, cpu_floats, host_floats, prior_step, Batch, Decoder, Draws, MrviModel, PriorParams, SampleEffect};
 use super::host_gradients::HostGradients;
 use super::products::{self, Engine};
 use tch::nn::Module;
@@ -139,8 +140,9 @@ impl MrviModel {
     }
 
     /// The pass from the posterior `q` to the decoder's output layer with the
-    /// host parts ([Staged]); its encoder field left empty for the caller.
-    pub(super) fn forward_staged(&self, batch: &Batch, q: Posterior, draws: &Draws) -> Forward {
+    /// host parts: the layer, the per-cell prior terms (values) and what the
+    /// backward needs.
+    pub(super) fn forward_staged(&self, batch: &Batch, q: Posterior, draws: &Draws) -> (OutputLayer, Tensor, Staged) {
         match &self.sample_effect {
             SampleEffect::Linear { map, shift } => {
                 let prior = self.host_prior(batch, &q, &draws.noise);
@@ -161,7 +163,7 @@ impl MrviModel {
                 let z = traced(Tensor::from_slice(&z).view([sample.len() as i64, l as i64]));
                 let output = self.output_layer(&z, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
                 let kl = Tensor::from_slice(&prior.step.kl);
-                Forward { output, kl, staged: Some(Staged::Linear { prior, u, sample }), encoder: None }
+                (output, kl, Staged::Linear { prior, u, sample })
             }
             SampleEffect::Attention { base, block, embedding, hidden_term } => {
                 let Decoder::Attention { out, block: decoder_block, embedding: nuisance } = &self.decoder else {
@@ -183,7 +185,7 @@ impl MrviModel {
                 let output = Self::attention_output(out, &z + &y, logit_term);
                 let kl = Tensor::from_slice(&prior.step.kl).to_device(u.device()) + penalty;
                 let staged = AttentionStaged { prior, u, eps, sample_block, decoder_block: (step, tape) };
-                Forward { output, kl, staged: Some(Staged::Attention(Box::new(staged))), encoder: None }
+                (output, kl, Staged::Attention(Box::new(staged)))
             }
         }
     }
