@@ -843,7 +843,9 @@ impl MrviModel {
         let host_logits = output.logit_values().contiguous();
         let (b, g) = host_logits.size2().expect("2-d logits");
         let host_theta = self.log_theta.detach().contiguous();
-        let mut d_logits = Tensor::empty([b, g], (Kind::Float, Device::Cpu));
+        // d logits only in training (evaluation makes no gradients)
+        let training = output.traced();
+        let mut d_logits = Tensor::empty([if training { b } else { 0 }, g], (Kind::Float, Device::Cpu));
         let counts = nb::HostCounts {
             nz_ptr: &host.nz_ptr,
             nz_gene: &host.nz_gene,
@@ -852,19 +854,13 @@ impl MrviModel {
         };
         // SAFETY: contiguous CPU float tensors that outlive the slices.
         let nb = unsafe {
-            nb::fused_log_lik(
-                cpu_floats(&host_logits),
-                &host.log_library,
-                cpu_floats(&host_theta),
-                &counts,
-                cpu_floats_mut(&mut d_logits),
-            )
+            let d_logits = training.then(|| cpu_floats_mut(&mut d_logits));
+            nb::fused_log_lik(cpu_floats(&host_logits), &host.log_library, cpu_floats(&host_theta), &counts, d_logits)
         };
         let kl_sum = kl.sum(Kind::Float).double_value(&[]);
         let reconstruction_sum = -nb.log_lik.iter().sum::<f64>();
         let no_objective = || Tensor::zeros([], (Kind::Float, Device::Cpu));
-        if !output.traced() {
-            // evaluation: no gradients
+        if !training {
             return StepTerms { objective: no_objective(), reconstruction_sum, kl_sum, host: None };
         }
         // the output layer's gradients and log theta's in closed form, added on

@@ -80,39 +80,54 @@ const ROWS_PER_ITEM: usize = 16;
 /// cleared after it: no dense copy of the minibatch); the lgamma/digamma terms
 /// only over the non-zeros. Rows go in items of [ROWS_PER_ITEM] to libtorch's
 /// OpenMP threads ([crate::openmp]).
-/// d(sum of log-likelihoods) / d logits is written into `d_logits` ([B, G]).
-pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: &HostCounts, d_logits: &mut [f32]) -> FusedNb {
+/// d(sum of log-likelihoods) / d logits is written into `d_logits` ([B, G]);
+/// without it (evaluation) only the log-likelihood is computed, with the same
+/// arithmetic (the same bits), and `d_log_theta` is empty.
+pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: &HostCounts, d_logits: Option<&mut [f32]>) -> FusedNb {
     let g = log_theta.len();
     let b = log_library.len();
     assert_eq!(logits.len(), b * g);
     assert_eq!(x.nz_ptr.len(), b + 1);
-    assert_eq!(d_logits.len(), b * g);
+    let grad = d_logits.is_some();
     let theta: Vec<f32> = log_theta.iter().map(|&v| v.exp()).collect();
     let special = SpecialTable::new(&theta, x);
     let mut log_lik = vec![0f64; b];
-    let mut partial_d_log_theta = vec![0f32; b.div_ceil(ROWS_PER_ITEM) * g];
+    let n_items = b.div_ceil(ROWS_PER_ITEM);
+    let mut partial_d_log_theta = vec![0f32; if grad { n_items * g } else { 0 }];
     struct Item<'a> {
         first: usize,
-        d_logits: &'a mut [f32],
+        /// the rows' d logits, or None (no gradient)
+        d_logits: Option<&'a mut [f32]>,
         log_lik: &'a mut [f64],
         d_log_theta: &'a mut [f32],
     }
-    let mut items: Vec<Item> = d_logits
-        .chunks_mut(ROWS_PER_ITEM * g.max(1))
+    let d_chunks: Vec<Option<&mut [f32]>> = match d_logits {
+        Some(d) => {
+            assert_eq!(d.len(), b * g);
+            d.chunks_mut(ROWS_PER_ITEM * g.max(1)).map(Some).collect()
+        }
+        None => (0..n_items).map(|_| None).collect(),
+    };
+    let mut theta_chunks = partial_d_log_theta.chunks_mut(g.max(1));
+    let mut items: Vec<Item> = d_chunks
+        .into_iter()
         .zip(log_lik.chunks_mut(ROWS_PER_ITEM))
-        .zip(partial_d_log_theta.chunks_mut(g.max(1)))
         .enumerate()
-        .map(|(i, ((d_logits, log_lik), d_log_theta))| Item { first: i * ROWS_PER_ITEM, d_logits, log_lik, d_log_theta })
+        .map(|(i, (d_logits, log_lik))| Item { first: i * ROWS_PER_ITEM, d_logits, log_lik, d_log_theta: theta_chunks.next().unwrap_or_default() })
         .collect();
     crate::openmp::for_each_mut(&mut items, |item| {
-        let (mut rho, mut xr) = (vec![0f32; g], vec![0f32; g]);
-        for (r, (dl_row, ll_row)) in item.d_logits.chunks_mut(g).zip(item.log_lik.iter_mut()).enumerate() {
+        // without gradients, a scratch row holds pass 1's exponentials
+        let (mut rho, mut xr, mut scratch) = (vec![0f32; g], vec![0f32; g], vec![0f32; if grad { 0 } else { g }]);
+        for (r, ll_row) in item.log_lik.iter_mut().enumerate() {
             let row = item.first + r;
             let eta = &logits[row * g..(row + 1) * g];
             let nz = x.nz_ptr[row]..x.nz_ptr[row + 1];
             let (genes, counts) = (&x.nz_gene[nz.clone()], &x.nz_count[nz]);
             genes.iter().zip(counts).for_each(|(&k, &v)| xr[k as usize] = v);
-            let dense = row_dense_dispatch(eta, &xr, &theta, log_theta, log_library[row], dl_row, &mut rho, item.d_log_theta);
+            let dense = match &mut item.d_logits {
+                Some(d) => row_dense_dispatch::<true>(eta, &xr, &theta, log_theta, log_library[row], &mut d[r * g..(r + 1) * g], &mut rho, item.d_log_theta),
+                None => row_dense_dispatch::<false>(eta, &xr, &theta, log_theta, log_library[row], &mut scratch, &mut rho, &mut []),
+            };
             // the non-zeros' terms, each clearing its entry of the row of counts;
             // four running sums, not one: a single chain of dependent additions
             // was the loop's bottleneck
@@ -121,7 +136,9 @@ pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: 
                 let gene = gene as usize;
                 xr[gene] = 0.0;
                 let (lg, dg) = special.get(gene, count, theta[gene]);
-                d_log_theta[gene] += theta[gene] * dg as f32;
+                if grad {
+                    d_log_theta[gene] += theta[gene] * dg as f32;
+                }
                 lg
             };
             let mut sparse = [0f64; 4];
@@ -139,7 +156,7 @@ pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: 
             *ll_row = dense + ((sparse[0] + sparse[1]) + (sparse[2] + sparse[3])) - x.lgamma_x1[row] as f64;
         }
     });
-    let mut d_log_theta = vec![0f32; g];
+    let mut d_log_theta = vec![0f32; if grad { g } else { 0 }];
     for part in partial_d_log_theta.chunks_exact(g.max(1)) {
         d_log_theta.iter_mut().zip(part).for_each(|(d, &p)| *d += p);
     }
@@ -149,41 +166,42 @@ pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: 
 /// `row_dense_terms` compiled for the widest vectors the CPU has (checked at run
 /// time): AVX-512 (16 entries per block), AVX2 + FMA (8), baseline x86-64 (8). Each
 /// path sums in lanes of its own width, so the AVX-512 path's sums differ from the
-/// others' in the last bits (a machine always takes the same path).
+/// others' in the last bits (a machine always takes the same path). `GRAD`: with
+/// the gradients (else `dl` is scratch and `d_phi` untouched).
 #[allow(clippy::too_many_arguments)]
-fn row_dense_dispatch(
+fn row_dense_dispatch<const GRAD: bool>(
     eta: &[f32], x: &[f32], theta: &[f32], phi: &[f32], log_l: f32, dl: &mut [f32], rho: &mut [f32], d_phi: &mut [f32],
 ) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { row_dense_avx512(eta, x, theta, phi, log_l, dl, rho, d_phi) };
+            return unsafe { row_dense_avx512::<GRAD>(eta, x, theta, phi, log_l, dl, rho, d_phi) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { row_dense_avx2(eta, x, theta, phi, log_l, dl, rho, d_phi) };
+            return unsafe { row_dense_avx2::<GRAD>(eta, x, theta, phi, log_l, dl, rho, d_phi) };
         }
     }
-    row_dense_terms::<LANES>(eta, x, theta, phi, log_l, dl, rho, d_phi)
+    row_dense_terms::<LANES, GRAD>(eta, x, theta, phi, log_l, dl, rho, d_phi)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_dense_avx512(
+unsafe fn row_dense_avx512<const GRAD: bool>(
     eta: &[f32], x: &[f32], theta: &[f32], phi: &[f32], log_l: f32, dl: &mut [f32], rho: &mut [f32], d_phi: &mut [f32],
 ) -> f64 {
-    row_dense_terms::<{ 2 * LANES }>(eta, x, theta, phi, log_l, dl, rho, d_phi)
+    row_dense_terms::<{ 2 * LANES }, GRAD>(eta, x, theta, phi, log_l, dl, rho, d_phi)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_dense_avx2(
+unsafe fn row_dense_avx2<const GRAD: bool>(
     eta: &[f32], x: &[f32], theta: &[f32], phi: &[f32], log_l: f32, dl: &mut [f32], rho: &mut [f32], d_phi: &mut [f32],
 ) -> f64 {
-    row_dense_terms::<LANES>(eta, x, theta, phi, log_l, dl, rho, d_phi)
+    row_dense_terms::<LANES, GRAD>(eta, x, theta, phi, log_l, dl, rho, d_phi)
 }
 
 /// Pass 1 on a block of W entries: e = exp(eta - max) into `dl`, added to the
@@ -198,10 +216,11 @@ fn exp_block<const W: usize>(eta: &[f32], dl: &mut [f32], max: f32, lane_sum: &m
     }
 }
 
-/// Pass 2 on the block of W entries starting at `i`: the likelihood terms and a.
+/// Pass 2 on the block of W entries starting at `i`: the likelihood terms and,
+/// with `GRAD`, a.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn entry_block<const W: usize>(
+fn entry_block<const W: usize, const GRAD: bool>(
     i: usize, eta: &[f32], x: &[f32], theta: &[f32], phi: &[f32], dl: &mut [f32], rho: &mut [f32], d_phi: &mut [f32],
     scale: f32, shift: f32, inv_l: f32, lane_ll: &mut [f32; W], lane_a: &mut [f32; W],
 ) {
@@ -210,6 +229,12 @@ fn entry_block<const W: usize>(
     let xs: &[f32; W] = x[i..i + W].try_into().unwrap();
     let e: &[f32; W] = eta[i..i + W].try_into().unwrap();
     let d: &mut [f32; W] = (&mut dl[i..i + W]).try_into().unwrap();
+    if !GRAD {
+        for j in 0..W {
+            lane_ll[j] += entry(t[j], p[j], xs[j], e[j], d[j] * scale, shift, inv_l).ll;
+        }
+        return;
+    }
     let r: &mut [f32; W] = (&mut rho[i..i + W]).try_into().unwrap();
     let dp: &mut [f32; W] = (&mut d_phi[i..i + W]).try_into().unwrap();
     for j in 0..W {
@@ -228,7 +253,7 @@ fn entry_block<const W: usize>(
 /// of LANES where W entries no longer fit, then single entries.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn row_dense_terms<const W: usize>(
+fn row_dense_terms<const W: usize, const GRAD: bool>(
     eta: &[f32], x: &[f32], theta: &[f32], phi: &[f32], log_l: f32, dl: &mut [f32], rho: &mut [f32], d_phi: &mut [f32],
 ) -> f64 {
     let g = eta.len();
@@ -256,21 +281,26 @@ fn row_dense_terms<const W: usize>(
     let (mut lane_ll, mut lane_a) = ([0f32; W], [0f32; W]);
     let (mut narrow_ll, mut narrow_a) = ([0f32; LANES], [0f32; LANES]);
     for i in (0..wide).step_by(W) {
-        entry_block::<W>(i, eta, x, theta, phi, dl, rho, d_phi, scale, shift, inv_l, &mut lane_ll, &mut lane_a);
+        entry_block::<W, GRAD>(i, eta, x, theta, phi, dl, rho, d_phi, scale, shift, inv_l, &mut lane_ll, &mut lane_a);
     }
     for i in (wide..full).step_by(LANES) {
-        entry_block::<LANES>(i, eta, x, theta, phi, dl, rho, d_phi, scale, shift, inv_l, &mut narrow_ll, &mut narrow_a);
+        entry_block::<LANES, GRAD>(i, eta, x, theta, phi, dl, rho, d_phi, scale, shift, inv_l, &mut narrow_ll, &mut narrow_a);
     }
     let (mut tail_ll, mut tail_a) = (0f32, 0f32);
     for k in full..g {
         let v = entry(theta[k], phi[k], x[k], eta[k], dl[k] * scale, shift, inv_l);
         tail_ll += v.ll;
-        tail_a += v.a;
-        d_phi[k] += v.d_phi;
-        dl[k] = v.a;
-        rho[k] = v.rho;
+        if GRAD {
+            tail_a += v.a;
+            d_phi[k] += v.d_phi;
+            dl[k] = v.a;
+            rho[k] = v.rho;
+        }
     }
     let ll = lane_ll.iter().chain(&narrow_ll).map(|&v| v as f64).sum::<f64>() + tail_ll as f64;
+    if !GRAD {
+        return ll;
+    }
     let sum_a = lane_a.iter().chain(&narrow_a).sum::<f32>() + tail_a;
     // pass 3: d/d logits = a - rho * sum(a)
     for (d, &r) in dl.iter_mut().zip(rho.iter()) {
@@ -445,9 +475,9 @@ mod tests {
                 let ll = f(&mut dl, &mut rho, &mut dphi);
                 (ll.to_bits(), dl.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), dphi.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
             };
-            let want = run(&|dl, rho, dp| row_dense_terms::<LANES>(&eta, &x, &theta, &phi, 7.5, dl, rho, dp));
-            let wide = run(&|dl, rho, dp| row_dense_terms::<{ 2 * LANES }>(&eta, &x, &theta, &phi, 7.5, dl, rho, dp));
-            let chosen = run(&|dl, rho, dp| row_dense_dispatch(&eta, &x, &theta, &phi, 7.5, dl, rho, dp));
+            let want = run(&|dl, rho, dp| row_dense_terms::<LANES, true>(&eta, &x, &theta, &phi, 7.5, dl, rho, dp));
+            let wide = run(&|dl, rho, dp| row_dense_terms::<{ 2 * LANES }, true>(&eta, &x, &theta, &phi, 7.5, dl, rho, dp));
+            let chosen = run(&|dl, rho, dp| row_dense_dispatch::<true>(&eta, &x, &theta, &phi, 7.5, dl, rho, dp));
             #[cfg(target_arch = "x86_64")]
             let avx512 = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma");
             #[cfg(not(target_arch = "x86_64"))]
@@ -462,7 +492,7 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU has the features.
-                let avx2 = run(&|dl, rho, dp| unsafe { row_dense_avx2(&eta, &x, &theta, &phi, 7.5, dl, rho, dp) });
+                let avx2 = run(&|dl, rho, dp| unsafe { row_dense_avx2::<true>(&eta, &x, &theta, &phi, 7.5, dl, rho, dp) });
                 assert!(want == avx2, "g = {g}: the AVX2 path differs");
             }
         }
@@ -551,7 +581,7 @@ mod tests {
         let run = |threads: i32| {
             crate::backend::set_num_threads(threads).unwrap();
             let mut d_logits = vec![0f32; (b * g) as usize];
-            let fused = fused_log_lik(&f(&logits.detach()), &f(&log_lib.view([-1])), &f(&log_theta.detach()), &host, &mut d_logits);
+            let fused = fused_log_lik(&f(&logits.detach()), &f(&log_lib.view([-1])), &f(&log_theta.detach()), &host, Some(&mut d_logits));
             (fused, d_logits)
         };
         let before = crate::backend::num_threads();
@@ -559,6 +589,10 @@ mod tests {
         crate::backend::set_num_threads(before).unwrap();
         // the same bits whatever the number of threads
         assert_eq!((&fused.log_lik, &fused.d_log_theta, &d_logits), (&fused_2.log_lik, &fused_2.d_log_theta, &d_logits_2));
+        // without gradients (evaluation): the same log-likelihood, bit for bit
+        let value_only = fused_log_lik(&f(&logits.detach()), &f(&log_lib.view([-1])), &f(&log_theta.detach()), &host, None);
+        assert_eq!(value_only.log_lik, fused.log_lik);
+        assert!(value_only.d_log_theta.is_empty());
         let want_ll = Vec::<f64>::try_from(&per_cell.detach()).unwrap();
         for (a, w) in fused.log_lik.iter().zip(&want_ll) {
             assert!((a - w).abs() < 1e-3 * (1.0 + w.abs()), "log-lik {a} vs {w}");
