@@ -13,9 +13,10 @@
 #' Training maximises the ELBO with Adam (weight decay 1e-8, gradient-norm
 #' clipping at 40), a linear KL warm-up, a held-out validation set and early
 #' stopping that restores the weights of the best validation ELBO.
-#' On the CPU the likelihood and its gradient come from one fused pass;
-#' `options(mrvi.fused_likelihood = FALSE)` lets autograd differentiate it
-#' instead (slower; for comparison).
+#' On the CPU a training step takes its gradients in closed form: the
+#' likelihood and its gradient in one fused pass, the rest of the model on
+#' the host; `options(mrvi.fused_likelihood = FALSE)` lets libtorch's
+#' autograd differentiate the whole step instead (slower; for comparison).
 #'
 #' @inheritParams mrviData
 #' @param n_latent dimension L of u and z.
@@ -396,7 +397,7 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
 }
 
 # options(mrvi.fused_likelihood = FALSE): on the CPU, let autograd differentiate
-# the likelihood instead of the fused kernel (slower; for comparison).
+# the whole step instead of the fused kernel and the host passes (slower; for comparison).
 fused_likelihood_option <- function(call) {
   v <- getOption("mrvi.fused_likelihood", TRUE)
   check_flag(v, "options(mrvi.fused_likelihood)", call)
