@@ -199,7 +199,8 @@ impl EncoderTape {
             let d_relu1: Vec<f32> = floats(&d_relu1).iter().zip(floats(&self.relu1)).map(|(&d, &y)| if y > 0.0 { d } else { 0.0 }).collect();
             // first layer: conditional norm, then the large product's weight gradient
             let d_first = tensor(&self.cond_norm_backward(enc, 0, &d_relu1, sink), b);
-            if enc.lin1.ws.requires_grad() && b > 0 {
+            let trained = enc.lin1.ws.requires_grad() || enc.lin1.bs.as_ref().is_some_and(|b| b.requires_grad());
+            if trained && b > 0 {
                 let (d_w, d_bias) = products::weight_gradients(&d_first, &self.input, enc.lin1.bs.is_some());
                 sink.add(&enc.lin1.ws, &d_w);
                 if let (Some(bias), Some(d_bias)) = (&enc.lin1.bs, d_bias) {
