@@ -8,10 +8,10 @@
 //! bookkeeping per 128-cell shard (about an eighth of a step) for ~5 million
 //! multiply-adds.
 //!
-//! The pass returns the posterior's mean and sd as leaves: the rest of the step
-//! (the draw of u, the KL term, z, the decoder) takes its gradient with respect
-//! to them, and [EncoderTape::backward] carries that on to the encoder's
-//! weights. Same arithmetic as [Encoder::forward] (LayerNorm without affine
+//! The pass returns the posterior's mean and sd (values): the rest of the step
+//! (the draw of u, the KL term, z, the decoder: [super::staged]) gives the
+//! objective's gradient with respect to them, and [EncoderTape::backward]
+//! carries that on to the encoder's weights. Same arithmetic as [Encoder::forward] (LayerNorm without affine
 //! parameters, eps 1e-5; softplus as libtorch's, linear above 20); sums in a
 //! different order, so values agree to rounding.
 
@@ -46,7 +46,7 @@ pub struct EncoderTape {
     embedded: Tensor,
     /// the scale head's output before softplus [B, L]
     scale_in: Vec<f32>,
-    /// the posterior's mean and sd, leaves [B, L]
+    /// the posterior's mean and sd [B, L]
     pub mean: Tensor,
     pub sd: Tensor,
 }
@@ -105,10 +105,8 @@ fn heads(enc: &Encoder) -> (Tensor, Tensor) {
 }
 
 /// The forward pass for `log_counts` [B, G] and sample codes [B]: the posterior
-/// (leaves) and the tape for [EncoderTape::backward].
+/// and the tape for [EncoderTape::backward].
 pub fn forward(enc: &Encoder, log_counts: &Tensor, sample: &Tensor) -> EncoderTape {
-    // the posterior as leaves only when the step takes gradients (not in evaluation)
-    let training = super::grad_enabled();
     tch::no_grad(|| {
         let b = log_counts.size()[0] as usize;
         let h = enc.n_hidden as usize;
@@ -139,7 +137,6 @@ pub fn forward(enc: &Encoder, log_counts: &Tensor, sample: &Tensor) -> EncoderTa
                 sd.push(softplus + SD_FLOOR);
             }
         }
-        let leaf = |v: &[f32]| tensor(v, b).set_requires_grad(training);
         EncoderTape {
             input,
             sample,
@@ -148,8 +145,8 @@ pub fn forward(enc: &Encoder, log_counts: &Tensor, sample: &Tensor) -> EncoderTa
             relu1,
             relu2,
             embedded,
-            mean: leaf(&mean),
-            sd: leaf(&sd),
+            mean: tensor(&mean, b),
+            sd: tensor(&sd, b),
             scale_in,
         }
     })

@@ -317,15 +317,23 @@ pub struct HostCopy {
     pub lgamma_x1: Vec<f32>,
 }
 
-/// What one optimisation step needs: a scalar whose gradient is that of the
-/// loss (sum over cells of -log p + kl_weight * KL, divided by the batch size),
-/// and the sums of the two terms for reporting.
+/// What one optimisation step needs: the way to the gradient of the loss (sum
+/// over cells of -log p + kl_weight * KL, divided by the batch size), and the
+/// sums of the two terms for reporting.
 pub struct StepTerms<'a> {
-    objective: Tensor,
     pub reconstruction_sum: f64,
     pub kl_sum: f64,
-    /// the rest of the backward when parts of the pass ran on the host
-    host: Option<HostPass<'a>>,
+    gradient: Gradient<'a>,
+}
+
+/// How a pass's gradient is taken.
+enum Gradient<'a> {
+    /// autograd's backward from this objective (the tensor likelihood)
+    Autograd(Tensor),
+    /// in closed form on the host
+    Host(HostPass<'a>),
+    /// none (evaluation)
+    None,
 }
 
 /// A pass with its middle and the encoder on the host ([staged],
@@ -345,11 +353,11 @@ struct HostPass<'a> {
 impl StepTerms<'_> {
     /// Adds the step's gradients to the parameters' .grad.
     pub fn backward(self) -> std::result::Result<(), tch::TchError> {
-        // without a graph when the host made every gradient
-        if self.objective.requires_grad() {
-            self.objective.f_backward()?;
-        }
-        let Some(host) = self.host else { return Ok(()) };
+        let host = match self.gradient {
+            Gradient::Autograd(objective) => return objective.f_backward(),
+            Gradient::Host(host) => host,
+            Gradient::None => return Ok(()),
+        };
         let mut sink = host.sink;
         let (d_mean, d_sd) = host.staged.backward(host.model, host.kl_scale, host.d_traced, &mut sink);
         host.encoder.backward(&host.model.encoder, &d_mean, &d_sd, &mut sink);
@@ -677,7 +685,7 @@ impl MrviModel {
         match &self.decoder {
             Decoder::Linear { c, site_map, site_bias } => {
                 let b = self.config.n_batches;
-                let (l, g) = (self.config.n_latent, self.config.n_genes);
+                let l = self.config.n_latent;
                 let onehot = site.one_hot(b).sum_dim_intlist(1, false, Kind::Int64).to_kind(z.kind()); // [N, B]
                 let zd = match dropout {
                     Some(mask) => z.detach() * mask,
@@ -688,24 +696,14 @@ impl MrviModel {
                     (h.unsqueeze(2) * zd.unsqueeze(1)).reshape([-1, w * l]) // [N, W*L]
                 };
                 let mut input = vec![z.shallow_clone(), interaction(&onehot), onehot];
-                let mut weight = vec![c.ws.shallow_clone(), site_map.permute([1, 0, 2]).reshape([g, b * l]), site_bias.tr()];
                 let mut blocks = vec![WeightBlock::Plain(c.ws.shallow_clone()), WeightBlock::Levels(site_map.shallow_clone()), WeightBlock::Rows(site_bias.shallow_clone())];
                 if let Some((x, ContinuousEffect::Linear { map, bias })) = continuous {
                     let x = x.to_kind(z.kind());
                     input.extend([interaction(&x), x.shallow_clone()]);
-                    weight.extend([map.permute([1, 0, 2]).reshape([g, -1]), bias.tr()]);
                     blocks.extend([WeightBlock::Levels(map.shallow_clone()), WeightBlock::Rows(bias.shallow_clone())]);
                 }
                 // z's columns first: the only ones with a gradient
-                OutputLayer {
-                    input: Tensor::cat(&input, 1),
-                    weight: Tensor::cat(&weight, 1),
-                    bias: None,
-                    traced: z.shallow_clone(),
-                    traced_weight: c.ws.shallow_clone(),
-                    term: None,
-                    blocks,
-                }
+                OutputLayer { input: Tensor::cat(&input, 1), blocks, bias: None, term: None }
             }
             Decoder::Attention { out, block, embedding } => {
                 let (context, logit_term) = Self::nuisance_context(embedding, site, continuous);
@@ -717,15 +715,7 @@ impl MrviModel {
 
     /// The attention decoder's output layer on z + the block's output.
     fn attention_output(out: &nn::Linear, input: Tensor, term: Option<(Tensor, Tensor)>) -> OutputLayer {
-        OutputLayer {
-            traced: input.shallow_clone(),
-            input,
-            weight: out.ws.shallow_clone(),
-            bias: out.bs.as_ref().map(|b| b.shallow_clone()),
-            traced_weight: out.ws.shallow_clone(),
-            term,
-            blocks: vec![WeightBlock::Plain(out.ws.shallow_clone())],
-        }
+        OutputLayer { input, blocks: vec![WeightBlock::Plain(out.ws.shallow_clone())], bias: out.bs.as_ref().map(|b| b.shallow_clone()), term }
     }
 
     /// The attention decoder's context for site codes and continuous
@@ -819,13 +809,12 @@ impl MrviModel {
     /// `minibatch_cells` of the whole minibatch). On the CPU the likelihood and its
     /// gradient with respect to the logits and log theta come from one fused pass
     /// (`nb::fused_log_lik`); the decoder's output layer takes its gradients from
-    /// there in closed form ([OutputLayer::surrogate]), and they and log theta's
-    /// enter autograd through linear surrogates with exactly the right gradient;
-    /// elsewhere (or with `fused_likelihood` off) autograd differentiates the
-    /// likelihood itself. On the CPU the encoder after its first product
-    /// ([encoder_step]) and the pass between the encoder and the output layer
-    /// (the draw of u, the KL term, z: [staged]) run on the host too;
-    /// [StepTerms::backward] takes the gradient through them.
+    /// there in closed form ([OutputLayer::host_gradients]), the pass between the
+    /// encoder and that layer (the draw of u, the KL term, z: [staged]) and the
+    /// encoder after its first product ([encoder_step]) run on the host too, and
+    /// [StepTerms::backward] takes the gradient back through them without
+    /// autograd. Elsewhere (or with `fused_likelihood` off) autograd
+    /// differentiates the whole pass.
     pub fn step_terms(&self, batch: &Batch, draws: &Draws, kl_weight: f64, minibatch_cells: f64) -> StepTerms<'_> {
         let n = minibatch_cells;
         if batch.nonzeros.is_some() {
@@ -834,7 +823,7 @@ impl MrviModel {
             let rec = l.reconstruction.sum(Kind::Float);
             let kl = l.kl.sum(Kind::Float);
             let objective = (&rec + &kl * kl_weight) / n;
-            return StepTerms { objective, reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), host: None };
+            return StepTerms { reconstruction_sum: rec.double_value(&[]), kl_sum: kl.double_value(&[]), gradient: Gradient::Autograd(objective) };
         }
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
         // the same pass on the host ([encoder_step], [staged]); the prior terms as values
@@ -843,8 +832,8 @@ impl MrviModel {
         let host_logits = output.logit_values().contiguous();
         let (b, g) = host_logits.size2().expect("2-d logits");
         let host_theta = self.log_theta.detach().contiguous();
-        // d logits only in training (evaluation makes no gradients)
-        let training = output.traced();
+        // gradients only in training (evaluation runs without grad mode)
+        let training = grad_enabled();
         let mut d_logits = Tensor::empty([if training { b } else { 0 }, g], (Kind::Float, Device::Cpu));
         let counts = nb::HostCounts {
             nz_ptr: &host.nz_ptr,
@@ -859,19 +848,17 @@ impl MrviModel {
         };
         let kl_sum = kl.sum(Kind::Float).double_value(&[]);
         let reconstruction_sum = -nb.log_lik.iter().sum::<f64>();
-        let no_objective = || Tensor::zeros([], (Kind::Float, Device::Cpu));
         if !training {
-            return StepTerms { objective: no_objective(), reconstruction_sum, kl_sum, host: None };
+            return StepTerms { reconstruction_sum, kl_sum, gradient: Gradient::None };
         }
-        // the output layer's gradients and log theta's in closed form, added on
-        // the host: the step's objective has no graph of its own
+        // the output layer's gradients and log theta's in closed form, added on the host
         let mut sink = host_gradients::HostGradients::default();
         let scale = (-1.0 / n) as f32;
         let d_traced = output.host_gradients(&d_logits, scale, &mut sink);
         let d_theta: Vec<f32> = nb.d_log_theta.iter().map(|&v| v * scale).collect();
         sink.add_slice(&self.log_theta, &d_theta);
         let host = HostPass { model: self, staged, encoder, kl_scale: kl_weight / n, sink, d_traced };
-        StepTerms { objective: no_objective(), reconstruction_sum, kl_sum, host: Some(host) }
+        StepTerms { reconstruction_sum, kl_sum, gradient: Gradient::Host(host) }
     }
 
     /// Expected normalised expression rho for latent z and nuisance covariates

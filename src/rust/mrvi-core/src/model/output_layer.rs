@@ -2,21 +2,15 @@
 //! pieces so that the CPU training step can take its gradients in closed form.
 //!
 //! The fused likelihood ([super::nb::fused_log_lik]) returns d_logits, the
-//! gradient of the log-likelihood with respect to the [B, G] logits. Through
-//! autograd, that gradient reached the layer by a surrogate sum(logits *
-//! d_logits), which costs a pass over [B, G] each way, and the layer's backward
-//! then took the input gradient for every input column. Here the three
-//! products are made directly (d_input = d_logits W for the columns that carry
-//! a gradient only, dW = d_logits^T input, db = column sums), and autograd sees
-//! them through a surrogate of the small tensors: sum(input * d_input) +
-//! sum(W * dW) + sum(b * db), whose gradient is the same. For the linear
-//! flavour's decoder (input [z, site x sg(z), site]) the input gradient then
-//! covers z's L columns instead of all of them.
-//!
-//! When the layer's weight is made of parameters laid side by side ([WeightBlock]:
-//! the linear decoder's C, C_b and c_b), the CPU step adds the weight's gradient
-//! to those parameters itself ([OutputLayer::host_gradients]) and autograd is
-//! not needed at all.
+//! gradient of the log-likelihood with respect to the [B, G] logits. The layer's
+//! products are made from it directly ([OutputLayer::host_gradients]: d_input
+//! for the input columns that carry a gradient only, dW = d_logits^T input, db
+//! = column sums) instead of autograd's backward over [B, G]; for the linear
+//! flavour's decoder (input [z, site x sg(z), site]) the input gradient covers
+//! z's L columns instead of all of them. The weight is kept as the parameters
+//! laid side by side ([WeightBlock]: the linear decoder's C, C_b and c_b, the
+//! attention decoder's one matrix), so that dW's columns go to those parameters
+//! directly.
 
 use super::host_gradients::HostGradients;
 use super::products;
@@ -82,31 +76,43 @@ impl WeightBlock {
             WeightBlock::Plain(t) | WeightBlock::Levels(t) | WeightBlock::Rows(t) => t,
         }
     }
+
+    /// The weight's columns this parameter gives ([G, k]), with its graph.
+    fn weight_columns(&self) -> Tensor {
+        match self {
+            WeightBlock::Plain(t) => t.shallow_clone(),
+            WeightBlock::Levels(t) => t.permute([1, 0, 2]).reshape([t.size()[1], -1]),
+            WeightBlock::Rows(t) => t.tr(),
+        }
+    }
 }
 
 pub struct OutputLayer {
-    /// [B, K], with its graph
+    /// [B, K], with its graph; its first columns, those the first block reads,
+    /// carry a gradient (z, or z + y), the rest are constants (covariates,
+    /// detached z)
     pub input: Tensor,
-    /// [G, K], with its graph (a weight, or weights put side by side)
-    pub weight: Tensor,
+    /// the parameters that make up the weight [G, K], in column order; the first
+    /// is [WeightBlock::Plain]
+    pub blocks: Vec<WeightBlock>,
     pub bias: Option<Tensor>,
-    /// the input's first columns that carry a gradient (the rest are constants:
-    /// covariates, detached z), as a tensor with its graph, and the weight's
-    /// columns that read them
-    pub traced: Tensor,
-    pub traced_weight: Tensor,
     /// x d added to the logits (the continuous covariates' direct term): x [B, C]
     /// (constants) and d [C, G]
     pub term: Option<(Tensor, Tensor)>,
-    /// the parameters that make up `weight`, in column order (the CPU step adds
-    /// their gradients itself)
-    pub blocks: Vec<WeightBlock>,
 }
 
 impl OutputLayer {
+    /// The weight [G, K], with its graph: the blocks' columns side by side.
+    fn weight(&self) -> Tensor {
+        match self.blocks.as_slice() {
+            [only] => only.weight_columns(),
+            blocks => Tensor::cat(&blocks.iter().map(WeightBlock::weight_columns).collect::<Vec<_>>(), 1),
+        }
+    }
+
     /// The logits, differentiable through autograd.
     pub fn logits(&self) -> Tensor {
-        let logits = products::linear(&self.input, &self.weight, self.bias.as_ref());
+        let logits = products::linear(&self.input, &self.weight(), self.bias.as_ref());
         match &self.term {
             Some((x, d)) => logits + x.matmul(d),
             None => logits,
@@ -118,16 +124,13 @@ impl OutputLayer {
         tch::no_grad(|| self.logits())
     }
 
-    /// Whether the layer's input carries a gradient (a training pass).
-    pub fn traced(&self) -> bool {
-        self.traced.requires_grad()
-    }
-
     /// The gradient of `scale` sum(logits * d_logits) with respect to the
     /// layer's parameters (weight blocks, bias, the term's d), added through
-    /// `sink`, and with respect to the traced input columns, returned [B, L].
+    /// `sink`, and with respect to the input's columns that carry a gradient
+    /// (those the first block reads), returned [B, L].
     pub(crate) fn host_gradients(&self, d_logits: &Tensor, scale: f32, sink: &mut HostGradients) -> Tensor {
-        let (d_traced, d_weight, d_bias) = products::linear_gradients(d_logits, &self.input.detach(), &self.traced_weight.detach(), self.bias.is_some());
+        let traced_weight = self.blocks[0].parameter().detach();
+        let (d_traced, d_weight, d_bias) = products::linear_gradients(d_logits, &self.input.detach(), &traced_weight, self.bias.is_some());
         let k = d_weight.size()[1] as usize;
         let d_weight = super::host_floats(&d_weight);
         let mut first = 0;

@@ -70,12 +70,6 @@ pub(super) struct AttentionStaged {
     decoder_block: (attention_step::BlockStep, attention_step::Tape),
 }
 
-/// z as the output layer's traced input: a leaf that takes gradients when the
-/// step does (not in evaluation), which tells the step whether to make them.
-fn traced(z: Tensor) -> Tensor {
-    z.detach().set_requires_grad(super::grad_enabled())
-}
-
 impl Staged {
     /// The backward through the host parts from `d_traced`, the objective's
     /// gradient with respect to the output layer's traced input ([B, L]: z, or
@@ -160,7 +154,7 @@ impl MrviModel {
                         z[i] = u[i] + row.iter().zip(u).map(|(&a, &v)| a * v).sum::<f32>() + shift_values[s * l + i];
                     }
                 }
-                let z = traced(Tensor::from_slice(&z).view([sample.len() as i64, l as i64]));
+                let z = Tensor::from_slice(&z).view([sample.len() as i64, l as i64]);
                 let output = self.output_layer(&z, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
                 let kl = Tensor::from_slice(&prior.step.kl);
                 (output, kl, Staged::Linear { prior, u, sample })
@@ -171,13 +165,13 @@ impl MrviModel {
                 };
                 // the draw of u and the KL term, then the blocks on the host
                 let prior = self.host_prior(batch, &q, &draws.noise);
-                let u = q.sample_with(&draws.noise).detach();
+                let u = q.sample_with(&draws.noise);
                 let step = attention_step::BlockStep::new(block);
                 let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
                 let (eps, tape) = step.forward(&u, &embedding.index_select(0, &batch.sample), term.as_ref());
                 let sample_block = (step, tape);
                 let penalty = eps.square().sum_dim_intlist(1, false, eps.kind()) * 0.5;
-                let z = traced(tch::no_grad(|| base.forward(&u)) + &eps);
+                let z = tch::no_grad(|| base.forward(&u) + &eps);
                 let continuous = batch.continuous.as_ref().zip(self.continuous.as_ref());
                 let (context, logit_term) = Self::nuisance_context(nuisance, &batch.site, continuous);
                 let step = attention_step::BlockStep::new(decoder_block);
