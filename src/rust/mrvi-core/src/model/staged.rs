@@ -23,7 +23,8 @@ use tch::Tensor;
 /// The draw of u and the KL term on the host, and the mixture prior's
 /// parameters (logits, means, log scales) when it is one.
 pub(super) struct HostPrior {
-    /// u = mean + sd * noise
+    /// the draw u = mean + sd * noise [B, dim_u], and its noise
+    u: Vec<f32>,
     noise: Vec<f32>,
     step: prior_step::PriorStep,
     parameters: Option<[Tensor; 3]>,
@@ -54,8 +55,8 @@ impl HostPrior {
 
 /// What [Staged::backward] needs of a staged pass.
 pub(super) enum Staged {
-    /// z = u + A_s sg(u) + a_s: u and the cells' samples
-    Linear { prior: HostPrior, u: Vec<f32>, sample: Vec<usize> },
+    /// z = u + A_s sg(u) + a_s: the prior's step (with u) and the cells' samples
+    Linear { prior: HostPrior, sample: Vec<usize> },
     Attention(Box<AttentionStaged>),
 }
 
@@ -78,13 +79,13 @@ impl Staged {
     pub(super) fn backward(self, model: &MrviModel, kl_scale: f64, d_traced: Tensor, sink: &mut HostGradients) -> (Vec<f32>, Vec<f32>) {
         let s = kl_scale as f32;
         match self {
-            Staged::Linear { prior, u, sample } => {
+            Staged::Linear { prior, sample } => {
                 let SampleEffect::Linear { map, shift } = &model.sample_effect else { unreachable!("a linear pass") };
                 let dz = host_floats(&d_traced);
                 let l = model.config.n_latent as usize;
                 // z = u + A_s sg(u) + a_s: dA_s = dz u^T, da_s = dz, du = dz
                 let mut d_map = vec![0f32; sample.len() * l * l];
-                for ((d_map, dz), u) in d_map.chunks_exact_mut(l * l).zip(dz.chunks_exact(l)).zip(u.chunks_exact(l)) {
+                for ((d_map, dz), u) in d_map.chunks_exact_mut(l * l).zip(dz.chunks_exact(l)).zip(prior.u.chunks_exact(l)) {
                     for (row, &d) in d_map.chunks_exact_mut(l).zip(dz) {
                         row.iter_mut().zip(u).for_each(|(a, &v)| *a = d * v);
                     }
@@ -130,7 +131,8 @@ impl MrviModel {
                 (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
             }
         };
-        HostPrior { noise, step, parameters }
+        let u = mean.iter().zip(&sd).zip(&noise).map(|((&m, &s), &e)| m + s * e).collect();
+        HostPrior { u, noise, step, parameters }
     }
 
     /// The pass from the posterior `q` to the decoder's output layer with the
@@ -140,8 +142,7 @@ impl MrviModel {
         match &self.sample_effect {
             SampleEffect::Linear { map, shift } => {
                 let prior = self.host_prior(batch, &q, &draws.noise);
-                let (mean, sd) = (host_floats(&q.mean), host_floats(&q.sd));
-                let u: Vec<f32> = mean.iter().zip(&sd).zip(&prior.noise).map(|((&m, &s), &e)| m + s * e).collect();
+                let u = &prior.u;
                 let sample: Vec<usize> = Vec::<i64>::try_from(&batch.sample).expect("sample codes").iter().map(|&s| s as usize).collect();
                 let l = self.config.n_latent as usize;
                 // SAFETY: the model's parameters are contiguous CPU float tensors (the staged pass runs on the CPU).
@@ -157,7 +158,7 @@ impl MrviModel {
                 let z = Tensor::from_slice(&z).view([sample.len() as i64, l as i64]);
                 let output = self.output_layer(&z, &batch.site, batch.continuous.as_ref(), draws.dropout.as_ref());
                 let kl = Tensor::from_slice(&prior.step.kl);
-                (output, kl, Staged::Linear { prior, u, sample })
+                (output, kl, Staged::Linear { prior, sample })
             }
             SampleEffect::Attention { base, block, embedding, hidden_term } => {
                 let Decoder::Attention { out, block: decoder_block, embedding: nuisance } = &self.decoder else {
@@ -165,7 +166,7 @@ impl MrviModel {
                 };
                 // the draw of u and the KL term, then the blocks on the host
                 let prior = self.host_prior(batch, &q, &draws.noise);
-                let u = q.sample_with(&draws.noise);
+                let u = Tensor::from_slice(&prior.u).view(q.mean.size().as_slice());
                 let step = attention_step::BlockStep::new(block);
                 let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
                 let (eps, tape) = step.forward(&u, &embedding.index_select(0, &batch.sample), term.as_ref());
