@@ -828,7 +828,7 @@ impl MrviModel {
         let host = batch.host.as_ref().expect("minibatch built without its host copy");
         // the same pass on the host ([encoder_step], [staged]); the prior terms as values
         let encoder = encoder_step::forward(&self.encoder, &batch.log_counts, &batch.sample);
-        let (output, kl, staged) = self.forward_staged(batch, encoder.posterior(), draws);
+        let (output, kl, staged) = self.forward_staged(batch, &encoder.mean, &encoder.sd, draws);
         let host_logits = output.logit_values().contiguous();
         let (b, g) = host_logits.size2().expect("2-d logits");
         let host_theta = self.log_theta.detach().contiguous();

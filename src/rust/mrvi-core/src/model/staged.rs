@@ -12,7 +12,6 @@
 //! and [Staged::backward] takes it back through the host parts to the mean and
 //! sd, adding the parameters' gradients on the way ([HostGradients]).
 
-use super::encoder::Posterior;
 use super::output_layer::OutputLayer;
 use super::{attention_step, cpu_floats, host_floats, prior_step, Batch, Decoder, Draws, MrviModel, PriorParams, SampleEffect};
 use super::host_gradients::HostGradients;
@@ -120,28 +119,28 @@ impl Staged {
 
 impl MrviModel {
     /// The draw of u and the KL term on the host.
-    fn host_prior(&self, batch: &Batch, q: &Posterior, noise: &Tensor) -> HostPrior {
-        let (mean, sd, noise) = (host_floats(&q.mean), host_floats(&q.sd), host_floats(noise));
+    fn host_prior(&self, batch: &Batch, mean: &[f32], sd: &[f32], noise: &Tensor) -> HostPrior {
+        let noise = host_floats(noise);
         let d = self.config.dim_u() as usize;
         let (step, parameters) = match &self.prior {
-            PriorParams::Normal => (prior_step::normal(&mean, &sd, d), None),
+            PriorParams::Normal => (prior_step::normal(mean, sd, d), None),
             PriorParams::Mog { logits, means, log_scales } => {
                 let labels = batch.label.as_ref().filter(|_| self.config.n_labels > 0).map(|l| Vec::<i64>::try_from(l).expect("label codes"));
-                let step = prior_step::mixture(&mean, &sd, &noise, d, &host_floats(logits), labels.as_deref(), &host_floats(means), &host_floats(log_scales));
+                let step = prior_step::mixture(mean, sd, &noise, d, &host_floats(logits), labels.as_deref(), &host_floats(means), &host_floats(log_scales));
                 (step, Some([logits.shallow_clone(), means.shallow_clone(), log_scales.shallow_clone()]))
             }
         };
-        let u = mean.iter().zip(&sd).zip(&noise).map(|((&m, &s), &e)| m + s * e).collect();
+        let u = mean.iter().zip(sd).zip(&noise).map(|((&m, &s), &e)| m + s * e).collect();
         HostPrior { u, noise, step, parameters }
     }
 
-    /// The pass from the posterior `q` to the decoder's output layer with the
-    /// host parts: the layer, the per-cell prior terms (values) and what the
-    /// backward needs.
-    pub(super) fn forward_staged(&self, batch: &Batch, q: Posterior, draws: &Draws) -> (OutputLayer, Tensor, Staged) {
+    /// The pass from the posterior's `mean` and `sd` ([B, dim_u], row-major) to
+    /// the decoder's output layer with the host parts: the layer, the per-cell
+    /// prior terms (values) and what the backward needs.
+    pub(super) fn forward_staged(&self, batch: &Batch, mean: &[f32], sd: &[f32], draws: &Draws) -> (OutputLayer, Tensor, Staged) {
         match &self.sample_effect {
             SampleEffect::Linear { map, shift } => {
-                let prior = self.host_prior(batch, &q, &draws.noise);
+                let prior = self.host_prior(batch, mean, sd, &draws.noise);
                 let u = &prior.u;
                 let sample: Vec<usize> = Vec::<i64>::try_from(&batch.sample).expect("sample codes").iter().map(|&s| s as usize).collect();
                 let l = self.config.n_latent as usize;
@@ -165,8 +164,8 @@ impl MrviModel {
                     unreachable!("the attention flavour's decoder")
                 };
                 // the draw of u and the KL term, then the blocks on the host
-                let prior = self.host_prior(batch, &q, &draws.noise);
-                let u = Tensor::from_slice(&prior.u).view(q.mean.size().as_slice());
+                let prior = self.host_prior(batch, mean, sd, &draws.noise);
+                let u = Tensor::from_slice(&prior.u).view(draws.noise.size().as_slice());
                 let step = attention_step::BlockStep::new(block);
                 let term = hidden_term.as_ref().map(|t| t.index_select(0, &batch.sample));
                 let (eps, tape) = step.forward(&u, &embedding.index_select(0, &batch.sample), term.as_ref());
