@@ -82,6 +82,14 @@
 #'   structure shares: on the eight validity datasets the trees' mean normalised RF
 #'   fell from 0.41 to 0.30, with Spearman >= 0.8 in 15 of 16 trees (session 27);
 #'   `options(mrvi.sample_hidden_term = FALSE)` fits without it.
+#'   What the default does not reach (`bench/README.md`, "Validity"): on
+#'   `bench/validity.R`'s ultrametric design (genes per edge proportional to its
+#'   length: about a third of its internal edges carry 1-5 genes) the average-linkage tree's
+#'   normalised RF to the true tree is 0.28-0.59 per tree (session 35) and its mean 0.36-0.44 over the
+#'   ten trees in sessions 31-35 (AMD EPYC): not <= 0.3 on every tree. A pseudobulk
+#'   oracle that is told the planted genes and weights them by precision reaches
+#'   <= 0.3 on 5 of those 10 trees (`bench/validity_ceiling.R`). Spearman with the
+#'   true distances is >= 0.8 on 14 of 16 trees (misses 0.76 and 0.80, session 35).
 #'   On `bench/validity.R`'s ultrametric design (seeds 1-3, `bench/README.md`)
 #'   the linear flavour's distances correlate with the true ones as well
 #'   (Spearman 0.82-0.88 against 0.70-0.87), but its sample effects leak into the
