@@ -102,8 +102,11 @@
 #'   (mean between- minus mean within-category distance), `z` (Mantel, of
 #'   \eqn{D'(n)}), `p_value`, `q_value`, `n_within`, `n_between` (pair counts);
 #'   row names are the cells; `metadata()` holds the covariate's name and
-#'   `min_effect`. `z` and `p_value` are `NA` with fewer than 4 samples with a value,
-#'   or when no relabeling changes T.
+#'   `min_effect`. `z` is `NA` with fewer than 4 samples with a value (Mantel's
+#'   moments need 4), and so is `p_value` unless `permutations` > 0; when no
+#'   relabeling changes T (every distance the same, or one category) `z` is 0
+#'   and `p_value` 1 (no evidence); a cell with a non-finite distance gets `NA`
+#'   for both.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)

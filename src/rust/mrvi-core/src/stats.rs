@@ -53,6 +53,10 @@ pub fn mantel_within(d: &[f64], category: &[i64]) -> (f64, f64) {
     let second = 2.0 * a1 * b1 / n2 + 4.0 * (a2 - a1) * (b2 - b1) / n3
         + (sa * sa - 4.0 * a2 + 2.0 * a1) * (sb * sb - 4.0 * b2 + 2.0 * b1) / n4;
     let var = second - mean * mean;
+    // a NaN distance gives no test (the check below would take it for a constant T)
+    if var.is_nan() || t.is_nan() {
+        return (f64::NAN, f64::NAN);
+    }
     // below rounding: T is (numerically) the same under every relabeling
     if !(var > 1e-12 * second.abs().max(f64::MIN_POSITIVE)) {
         return (0.0, 1.0);
@@ -375,6 +379,12 @@ mod tests {
         assert_eq!(mantel_within(&vec![1.0; n * n], &[0, 0, 0, 1, 1, 1]), (0.0, 1.0));
         assert_eq!(mantel_within(&d, &[2; 6]), (0.0, 1.0));
         assert!(mantel_within(&d[..9], &[0, 1, 1]).0.is_nan());
+        // a NaN distance is no test, not a constant statistic
+        let mut with_nan = d.clone();
+        with_nan[1] = f64::NAN;
+        with_nan[n] = f64::NAN;
+        let (z, p) = mantel_within(&with_nan, &[0, 0, 0, 1, 1, 1]);
+        assert!(z.is_nan() && p.is_nan());
     }
 
     #[test]
