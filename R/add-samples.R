@@ -177,7 +177,8 @@ new_cells_nuisance <- function(fit, data, batch, continuous, call) {
                 "x" = if (length(values)) "It has {.val {names(values)}}." else "It has none."), call = call)
   }
   given <- given[factors]
-  list(site = site_codes(given, spec$factors), continuous = standardise(values, spec$continuous),
+  list(site = site_codes(given, spec$factors),
+       continuous = check_standardised(standardise(values, spec$continuous), spec$continuous$name, call),
        values = if (is.null(values)) given else cbind(given, values[spec$continuous$name]))
 }
 

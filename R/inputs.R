@@ -30,7 +30,8 @@
 #' @param continuous_covariates optional numeric nuisance covariates (fraction
 #'   of mitochondrial reads, library complexity): column names, a numeric vector
 #'   (one covariate, named `continuous`), or a data.frame, matrix or named list
-#'   of columns. Finite, and not constant in a fit.
+#'   of columns. Finite, and not constant in a fit, on a scale whose mean and
+#'   sd are finite (a covariate near 1e200 is refused).
 #' @param ... unused; an error names anything given here.
 #'
 #' @details
