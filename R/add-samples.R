@@ -94,6 +94,8 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
                    n_epochs_kl_warmup = 0L, early_stopping = train$early_stopping,
                    patience = train$patience, min_epochs = 0L, validation_fraction = train$validation_fraction,
                    seed = seed, fused_likelihood = fused_likelihood_option(call))
+  note_no_validation(train$validation_fraction, ncol(counts), hint = FALSE,
+                     given = "The fit's {.arg validation_fraction} = {fraction}")
   trainer <- mrvi_trainer_add_samples(
     model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes, nuisance$site,
     nuisance$continuous, length(new_samples), settings)
