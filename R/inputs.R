@@ -72,7 +72,8 @@
 #'   (`factors`: a data.frame of the categorical covariates, and `continuous`:
 #'   one of the continuous covariates, each `NULL` when not given),
 #'   `sample_table` (a data.frame), `library_size`, `dropped` (the names of
-#'   dropped cells and genes), `cell_meta` (per-cell metadata, or `NULL`) and
+#'   dropped cells and genes, and `cell_positions`, the dropped cells' columns
+#'   in `x`), `cell_meta` (per-cell metadata, or `NULL`) and
 #'   `source` (the input's class).
 #' @examples
 #' counts <- Matrix::rsparsematrix(50, 40, density = 0.3,
@@ -197,7 +198,8 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   empty_cells <- scan$library == 0
   empty_genes <- scan$gene_total == 0
   library_size <- scan$library
-  dropped <- list(cells = colnames(counts)[empty_cells], genes = rownames(counts)[empty_genes])
+  dropped <- list(cells = colnames(counts)[empty_cells], genes = rownames(counts)[empty_genes],
+                  cell_positions = which(empty_cells))
   if (any(empty_cells) || any(empty_genes)) {
     inform(c("i" = paste0("Dropping {sum(empty_cells)} cell{?s} with no counts",
                           "{if (any(empty_cells)) paste0(' (', show_some(dropped$cells, 3), ')') else ''}",
