@@ -32,7 +32,10 @@
 #' them are fine) and, for every nuisance covariate of the fit, a level the
 #' fit knows (new levels would need the shared decoder to learn, which stays
 #' frozen) or a finite value. With a mixture prior biased by labels, the new
-#' cells use the mixture weights without a label.
+#' cells use the mixture weights without a label. Cells without counts are left
+#' out, with a message. When the fit's `validation_fraction` holds out none of
+#' the new cells, validation is off (a message says so) and early stopping
+#' watches the training ELBO.
 #'
 #' @param fit a [MrVIFit-class].
 #' @param x counts of the new cells (any input [mrviData()] accepts).
@@ -68,6 +71,10 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   }
   data <- read_new_cells(x, sample = sample, batch = batch,
                          continuous_covariates = continuous_covariates, call = call)
+  # (read_new_cells() keeps mrviData()'s messages about genes, padded back below, quiet)
+  if (length(data$dropped$cells)) {
+    inform(c("i" = "Leaving out {length(data$dropped$cells)} cell{?s} of {.arg x} without counts ({show_some(data$dropped$cells, 3)}): the model cannot learn from them."))
+  }
   taken <- intersect(levels(data$sample), fit@samples)
   if (length(taken)) {
     abort_arg(c("{.arg sample} has sample{?s} the fit already has: {.val {taken}}.",
@@ -94,6 +101,8 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
                    n_epochs_kl_warmup = 0L, early_stopping = train$early_stopping,
                    patience = train$patience, min_epochs = 0L, validation_fraction = train$validation_fraction,
                    seed = seed, fused_likelihood = fused_likelihood_option(call))
+  note_no_validation(train$validation_fraction, ncol(counts), hint = FALSE,
+                     given = "The fit's {.arg validation_fraction} = {fraction}")
   trainer <- mrvi_trainer_add_samples(
     model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes, nuisance$site,
     nuisance$continuous, length(new_samples), settings)
@@ -129,17 +138,24 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   )
 }
 
-# New cells must carry the fitted genes, no more and no fewer (genes that
-# mrviData() dropped for having no counts in them count as present).
-check_same_genes <- function(fit, data, call) {
+# New cells must carry the fitted genes (genes that mrviData() dropped for
+# having no counts in them count as present): a missing gene is not a gene
+# without counts. No more either, unless `extra` (genes the fit does not have
+# are then ignored).
+check_same_genes <- function(fit, data, call, extra = FALSE) {
   given <- c(rownames(data$counts), data$dropped$genes)
-  extra <- setdiff(given, fit@genes)
   missing <- setdiff(fit@genes, given)
+  if (length(missing) == length(fit@genes)) {
+    abort_arg(c("{.arg x} shares no gene names with the fit.",
+                "i" = "Use the same gene identifiers as at fitting time ({show_some(fit@genes, 3)})."), call = call)
+  }
+  extra <- if (extra) character() else setdiff(given, fit@genes)
   if (length(extra) || length(missing)) {
-    abort_arg(c("{.arg x} must have exactly the fitted genes.",
+    abort_arg(c("{.arg x} must have {if (length(extra)) 'exactly ' else ''}the fitted genes.",
                 "x" = if (length(extra)) "{length(extra)} gene{?s} the fit does not have: {show_some(extra, 3)}.",
                 "x" = if (length(missing)) "{length(missing)} fitted gene{?s} missing: {show_some(missing, 3)}.",
-                "i" = "Subset or reorder {.arg x} to {.code fit@genes}; the decoder cannot learn new genes."),
+                "i" = if (length(missing)) "Give {.arg x} every gene of {.code fit@genes}: a gene left out is not a gene without counts.",
+                "i" = if (length(extra)) "Subset or reorder {.arg x} to {.code fit@genes}; the decoder cannot learn new genes."),
               call = call)
   }
 }
@@ -177,7 +193,8 @@ new_cells_nuisance <- function(fit, data, batch, continuous, call) {
                 "x" = if (length(values)) "It has {.val {names(values)}}." else "It has none."), call = call)
   }
   given <- given[factors]
-  list(site = site_codes(given, spec$factors), continuous = standardise(values, spec$continuous),
+  list(site = site_codes(given, spec$factors),
+       continuous = check_standardised(standardise(values, spec$continuous), spec$continuous$name, call),
        values = if (is.null(values)) given else cbind(given, values[spec$continuous$name]))
 }
 

@@ -195,12 +195,16 @@ setMethod("show", "MrVIFit", function(object) {
     cat(sprintf("  %s\n", describe_nuisance(spec)))
   }
   if (nrow(h)) {
-    last <- h[nrow(h), ]
-    cat(sprintf("  epochs:  %d on %s, best %s%s; validation ELBO %.2f per cell\n",
+    best <- object@config$best_epoch %||% nrow(h)
+    # without validation cells (validation_fraction 0, or too small to hold one
+    # out) the validation ELBO is NaN and early stopping watched the training ELBO
+    elbo <- if (is.nan(h$validation_elbo[best])) sprintf("training ELBO %.2f per cell (no validation cells)", h$train_elbo[best]) else
+      sprintf("validation ELBO %.2f per cell", h$validation_elbo[best])
+    cat(sprintf("  epochs:  %d on %s, best %s%s; %s\n",
                 nrow(h), object@config$device, object@config$best_epoch,
                 if (isTRUE(object@config$stopped_early)) " (stopped early)" else
                   if (isTRUE(object@config$interrupted)) " (interrupted)" else "",
-                h$validation_elbo[object@config$best_epoch %||% nrow(h)]))
+                elbo))
   }
   added <- unlist(lapply(object@config$added, `[[`, "samples"))
   if (length(added)) {

@@ -39,14 +39,33 @@ check_covariates_vary <- function(data, call) {
     }
   }
   continuous <- data$nuisance$continuous
-  for (nm in names(continuous)) {
-    v <- continuous[[nm]]
-    if (length(v) < 2 || stats::sd(v) == 0) {
+  scaling <- continuous_scaling(continuous)
+  for (k in seq_along(continuous)) {
+    nm <- names(continuous)[k]
+    # huge values overflow the mean or sd: every standardised value would be 0 or NaN
+    if (!is.finite(scaling$center[k]) || !is.finite(scaling$scale[k])) {
+      abort_arg(c("{.arg continuous_covariates${nm}} is too large to standardise: its mean or sd is not finite (largest |value| {format(max(abs(continuous[[nm]])))}).",
+                  "i" = "Give it on a smaller scale (other units, or its log)."), call = call)
+    }
+    if (length(continuous[[nm]]) < 2 || scaling$scale[k] == 0) {
       abort_arg(c("{.arg continuous_covariates${nm}} is constant: it explains nothing.",
                   "i" = "Leave it out of {.arg continuous_covariates}."), call = call)
     }
   }
 }
+
+# Standardised values of new cells (scaled as the fit's cells) must be finite
+# in single precision, as the model takes them.
+check_standardised <- function(m, nms, call) {
+  bad <- which(colSums(!(abs(m) <= float_max)) > 0)
+  if (length(bad)) {
+    abort_arg(c("{.arg continuous_covariates${nms[bad[1]]}} has values too far from the fitted ones to standardise.",
+                "i" = "Give it in the units it was fitted in."), call = call)
+  }
+  m
+}
+
+float_max <- 3.4028234663852886e38  # the largest single-precision number
 
 # `continuous_covariates` -> a data.frame of finite, non-constant numeric
 # columns, or NULL: column names, a numeric vector (one covariate, named
@@ -54,6 +73,13 @@ check_covariates_vary <- function(data, call) {
 resolve_continuous <- function(x, cell_meta, counts, call) {
   if (is.null(x)) return(NULL)
   arg <- "continuous_covariates"
+  # one value per cell, not all column names: numbers given as text
+  if (is.character(x) && is.null(dim(x)) && length(x) > 1 && length(x) == ncol(counts) &&
+      !all(x %in% names(cell_meta))) {
+    abort_arg(c("{.arg {arg}} must be numeric: it is a character vector with one value per cell.",
+                "i" = "Give numbers (for example {.code as.numeric()} of it), or column names of the cell metadata."),
+              call = call)
+  }
   if (is.matrix(x)) x <- as.data.frame(x)
   values <- if (is.character(x) && is.null(dim(x))) stats::setNames(as.list(x), x) else
     if (is.data.frame(x) || is.list(x)) as.list(x) else list(continuous = x)

@@ -39,9 +39,14 @@
 #'   more than `patience` epochs before a cell type's sample structure is learned:
 #'   on `bench/validity.R`'s equal design (seed 3) a fit stopped at epoch 77
 #'   without the structure of one of the two affected types, which the same data
-#'   shows from about epoch 200 on (`bench/README.md`, session 21).
+#'   shows from about epoch 200 on (`bench/README.md`, session 21). At most
+#'   `max_epochs` when both are given.
 #' @param validation_fraction share of cells held out for the validation ELBO
 #'   (0 turns validation off; early stopping then watches the training ELBO).
+#'   The held-out cells are `floor(validation_fraction * cells)` (with
+#'   `block_cells` or counts on disk, whole blocks: the fraction of the blocks,
+#'   rounded); a fraction too small to hold out one turns validation off in
+#'   the same way, with a message giving the smallest fraction that would.
 #' @param device `"cpu"`, `"cuda"` (or `"cuda:K"`), or `"auto"` (CUDA when
 #'   libtorch sees a GPU, else CPU). The device used is printed.
 #' @param n_threads CPU threads for libtorch; `NULL` uses
@@ -98,7 +103,9 @@
 #'   tests at FDR 0.45-0.69 (attention: at most 0.002; the test of the time, on latent distances) and differential
 #'   expression in 26-39\% of the unaffected cells (attention: none). It misses
 #'   issue 14's targets on contrast, FDR and DE, which the attention flavour meets.
-#' @param n_latent_u dimension of u for the attention flavour.
+#' @param n_latent_u dimension of u for the attention flavour, at least 2: the
+#'   sample effect reads LayerNorm(u), which is constant for a u of one
+#'   dimension (every cell would get the same sample effect).
 #' @param prior prior on u: `"mog"`, a mixture of diagonal Gaussians over whole
 #'   vectors (default for the attention flavour; with `labels`, one component per
 #'   label and each cell's weights biased towards its label), or `"normal"`
@@ -190,6 +197,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     match_choice(prior, c("mog", "normal"), "prior", call)
   n_latent <- check_count(n_latent, "n_latent", call)
   n_latent_u <- if (flavour == "attention") check_count(n_latent_u, "n_latent_u", call) else n_latent
+  if (flavour == "attention" && n_latent_u < 2) {
+    abort_arg(c("{.arg n_latent_u} must be at least 2 for the attention flavour.",
+                "x" = "You gave {n_latent_u}: LayerNorm(u), which the sample effect reads, is constant for a u of one dimension, so every cell would get the same sample effect.",
+                "i" = "For example {.code n_latent_u = 10} (the default)."), call = call)
+  }
   n_mixture <- check_count(n_mixture, "n_mixture", call)
   if (!is.null(max_epochs)) max_epochs <- check_count(max_epochs, "max_epochs", call)
   batch_size <- check_count(batch_size, "batch_size", call)
@@ -198,6 +210,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   n_epochs_kl_warmup <- check_whole(n_epochs_kl_warmup, "n_epochs_kl_warmup", call)
   patience <- check_count(patience, "patience", call)
   if (!is.null(min_epochs)) min_epochs <- check_whole(min_epochs, "min_epochs", call)
+  if (!is.null(min_epochs) && !is.null(max_epochs) && min_epochs > max_epochs) {
+    abort_arg(c("{.arg min_epochs} = {min_epochs} is more than {.arg max_epochs} = {max_epochs}.",
+                "i" = "Training never passes {.arg max_epochs}: give a {.arg min_epochs} of at most {max_epochs}, or a larger {.arg max_epochs}."),
+              call = call)
+  }
   check_flag(early_stopping, "early_stopping", call)
   check_flag(verbose, "verbose", call)
   if (!is.numeric(validation_fraction) || length(validation_fraction) != 1 ||
@@ -205,6 +222,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     abort_arg("{.arg validation_fraction} must be one number in [0, 0.5).", call = call)
   }
   seed <- check_whole(seed, "seed", call)
+  # (checked here: NA is not NULL, the default)
+  if (!is.null(n_threads)) n_threads <- check_count(n_threads, "n_threads", call)
   device_used <- resolve_device(device, call)
   if (!is.null(checkpoint)) checkpoint <- check_checkpoint(checkpoint, call)
   if (!is.null(block_cells)) block_cells <- check_count(block_cells, "block_cells", call)
@@ -220,6 +239,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   # counts on disk read by a forked process: by default one core is left to it
   threads <- apply_threads(n_threads, call = call, reserved = as.integer(on_disk && disk_prefetch()))
   if (on_disk && is.null(block_cells)) block_cells <- disk_block_cells(counts)
+  note_no_validation(validation_fraction, ncol(counts), block_cells)
   blocks <- if (!is.null(block_cells)) {
     list(block_cells = block_cells, buffer_blocks = check_count(getOption("mrvi.buffer_blocks", 8L),
                                                                  "options(mrvi.buffer_blocks)", call))
@@ -381,6 +401,27 @@ latent_matrix <- function(values, cells, prefix) {
   m
 }
 
+# A validation_fraction that holds out no cell (the trainer takes
+# floor(fraction x cells), or round(fraction x blocks) with block_cells) turns
+# validation off as validation_fraction = 0 does: say so, and (`hint`) the
+# smallest fraction that holds out one.
+note_no_validation <- function(fraction, n_cells, block_cells = NULL, hint = TRUE,
+                               given = "{.arg validation_fraction} = {fraction}") {
+  blocks <- !is.null(block_cells)
+  units <- if (blocks) ceiling(n_cells / block_cells) else n_cells
+  held <- if (blocks) round(units * fraction) else floor(units * fraction)
+  if (fraction == 0 || held > 0) return(invisible())
+  what <- if (blocks) "block" else "cell"
+  # at 3 digits, rounded up until it does hold one out
+  smallest <- (if (blocks) 0.5 else 1) / units
+  step <- 10^(floor(log10(smallest)) - 2)
+  smallest <- ceiling(smallest / step) * step
+  while ((if (blocks) round(units * smallest) else floor(units * smallest)) < 1) smallest <- smallest + step
+  inform(c("i" = paste(given, "holds out none of the {units} {what}{if (units == 1) '' else 's'}: validation is off, as with",
+                       "{.code validation_fraction = 0} (early stopping watches the training ELBO)."),
+           "i" = if (hint && smallest < 0.5) "The smallest {.arg validation_fraction} that holds out one {what} is {smallest}."))
+}
+
 # The size of the model and its training state (weights, gradients, Adam's two
 # moments: 16 bytes per parameter) and of a minibatch, checked before libtorch
 # allocates: a huge n_latent is an argument error, not an allocation failure.
@@ -392,14 +433,18 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
     n_samples * (Lu * L + L + hidden) + Lu * L
   batch_bytes <- 4 * batch_size * (3 * n_genes + 4 * (L + Lu + hidden))
   bytes <- 16 * params + batch_bytes
-  if (bytes > max_bytes(call) && 16 * params <= max_bytes(call)) {  # the model alone fits
+  # blame batch_size only when the model with minibatches of the default size
+  # (256, or batch_size if smaller) fits: else the latent dimensions (or the
+  # genes) make it too large
+  default_batch <- 4 * min(batch_size, 256) * (3 * n_genes + 4 * (L + Lu + hidden))
+  if (bytes > max_bytes(call) && 16 * params + default_batch <= max_bytes(call)) {
     abort_arg(c("{.arg batch_size} = {batch_size} makes minibatches of {byte_size(batch_bytes)} to train on, over the limit of {byte_size(max_bytes())} with the model.",
                 "i" = "Choose a smaller {.arg batch_size} (the default is 256), or raise {.code options(mrvi.max_bytes = )}."),
               call = call)
   }
   if (bytes > max_bytes(call)) {
-    abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {byte_size(bytes)} to train, over the limit of {byte_size(max_bytes())}.",
-                "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or raise {.code options(mrvi.max_bytes = )})."),
+    abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {byte_size(bytes)} to train (with its minibatches, for {n_genes} genes), over the limit of {byte_size(max_bytes())}.",
+                "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or fewer genes, or raise {.code options(mrvi.max_bytes = )})."),
               call = call)
   }
 }

@@ -30,12 +30,18 @@
 #' @param continuous_covariates optional numeric nuisance covariates (fraction
 #'   of mitochondrial reads, library complexity): column names, a numeric vector
 #'   (one covariate, named `continuous`), or a data.frame, matrix or named list
-#'   of columns. Finite, and not constant in a fit.
+#'   of columns. Finite, and not constant in a fit, on a scale whose mean and
+#'   sd are finite (a covariate near 1e200 is refused).
 #' @param ... unused; an error names anything given here.
 #'
 #' @details
-#' Counts must be finite, non-negative whole numbers; the error says how many
-#' values break this and where the first ones are. Cells with no counts and
+#' Counts must be numeric (not a logical or pattern matrix), finite,
+#' non-negative whole numbers; the error says how many values break this and
+#' where the first ones are (counts on disk: at least how many, counted up to
+#' the block where the check stopped). A cell's total must stay below 4e36,
+#' which the model's single-precision arithmetic holds (totals above the
+#' integer range, such as 3e9, are fine). Values of `sample`, `batch` and
+#' `labels` may not be NA or empty (`""`). Cells with no counts and
 #' genes with no counts in any cell carry no information for the model: they
 #' are **dropped, with a message** saying how many (the returned object lists
 #' them). A sample left with no cells is dropped too.
@@ -66,7 +72,8 @@
 #'   (`factors`: a data.frame of the categorical covariates, and `continuous`:
 #'   one of the continuous covariates, each `NULL` when not given),
 #'   `sample_table` (a data.frame), `library_size`, `dropped` (the names of
-#'   dropped cells and genes), `cell_meta` (per-cell metadata, or `NULL`) and
+#'   dropped cells and genes, and `cell_positions`, the dropped cells' columns
+#'   in `x`), `cell_meta` (per-cell metadata, or `NULL`) and
 #'   `source` (the input's class).
 #' @examples
 #' counts <- Matrix::rsparsematrix(50, 40, density = 0.3,
@@ -104,7 +111,7 @@ mrviData.Matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "cou
 mrviData.matrix <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
                   continuous_covariates = NULL, ...) {
   check_dots(...)
-  if (!is.numeric(x) && !is.logical(x)) {
+  if (!is.numeric(x)) {
     abort_arg(c("{.arg x} must be a numeric matrix of counts.",
                 "x" = "It is a {typeof(x)} matrix."), call = rlang_caller(1))
   }
@@ -146,8 +153,14 @@ mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "cou
 build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_samples, source, call,
                             continuous = NULL) {
   min_samples <- check_count(min_samples, "min_samples", call)
-  # counts on disk are read from the object as given (R/on-disk.R)
+  # counts on disk are read from the object as given (R/on-disk.R); reading
+  # their type is the first read of the file (which may have gone since)
   disk <- if (is_on_disk(counts)) disk_source(counts)
+  if (!is.null(disk) && !read_from_disk(DelayedArray::type(counts), call) %in% c("double", "integer")) {
+    abort_arg(c("{.arg x} must hold numeric counts.",
+                "x" = "It is a {.cls DelayedArray} of type {DelayedArray::type(counts)}.",
+                "i" = "Use the raw counts, a numeric matrix of whole numbers."), call = call)
+  }
   n_genes <- nrow(counts)
   n_cells <- ncol(counts)
   if (n_genes == 0 || n_cells == 0) {
@@ -179,12 +192,14 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     scan <- mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
     check_counts(counts, scan, call)
   }
+  check_cell_totals(scan$library, colnames(counts), call)
 
   # Cells and genes without counts carry nothing for the model: drop them, say so.
   empty_cells <- scan$library == 0
   empty_genes <- scan$gene_total == 0
   library_size <- scan$library
-  dropped <- list(cells = colnames(counts)[empty_cells], genes = rownames(counts)[empty_genes])
+  dropped <- list(cells = colnames(counts)[empty_cells], genes = rownames(counts)[empty_genes],
+                  cell_positions = which(empty_cells))
   if (any(empty_cells) || any(empty_genes)) {
     inform(c("i" = paste0("Dropping {sum(empty_cells)} cell{?s} with no counts",
                           "{if (any(empty_cells)) paste0(' (', show_some(dropped$cells, 3), ')') else ''}",
@@ -309,10 +324,19 @@ resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
     abort_arg(c("{.arg {arg}} has {length(where)} NA value{?s}, e.g. cell{?s} {show_some(colnames(counts)[where], 3)}.",
                 "i" = "Give every cell a value, or drop those cells first."), call = call)
   }
+  # "" would be a level without a name (in tables, plots and sample matching)
+  if ((is.character(value) || is.factor(value)) && any(as.character(value) == "")) {
+    where <- which(as.character(value) == "")
+    abort_arg(c("{.arg {arg}} has {length(where)} empty value{?s} ({.val {''}}), e.g. cell{?s} {show_some(colnames(counts)[where], 3)}.",
+                "i" = "Give every cell a named value, or drop those cells first."), call = call)
+  }
   value
 }
 
-check_counts <- function(counts, scan, call) {
+# `partial`: counts on disk, checked block by block; `counts` is the first
+# block with a bad value, so the counts of bad values are lower bounds (the
+# blocks after it are not read: the error comes without reading the whole file).
+check_counts <- function(counts, scan, call, partial = FALSE) {
   where <- function(k) {
     genes <- rownames(counts)[counts@i[k] + 1L]
     cells <- colnames(counts)[findInterval(k - 1L, counts@p)]
@@ -321,12 +345,16 @@ check_counts <- function(counts, scan, call) {
   problems <- list(
     list(n = scan$n_nonfinite, first = scan$first_nonfinite, what = "missing or non-finite (NA, NaN, Inf)"),
     list(n = scan$n_negative, first = scan$first_negative, what = "negative"),
-    list(n = scan$n_fractional, first = scan$first_fractional, what = "not whole numbers")
+    list(n = scan$n_fractional, first = scan$first_fractional, what = "not {?whole/whole numbers}")
   )
+  at_least <- if (partial) "at least " else ""
   for (p in problems) {
     n <- p$n
     if (n > 0) {
-      abort_arg(c("{.arg x} must hold raw counts: {n} value{?s} {?is/are} {p$what}, {where(p$first)}.",
+      # (p$what joins the template: its {?} agrees with n)
+      abort_arg(c(paste0("{.arg x} must hold raw counts: {at_least}{n} value{?s} {?is/are} ", p$what,
+                         ", {where(p$first)}."),
+                  "i" = if (partial) "Counted up to cell {.val {colnames(counts)[ncol(counts)]}}, where the check stopped.",
                   "i" = paste("MrVI models raw UMI counts. Use the raw counts assay/layer (for example",
                               "{.code assay = \"counts\"}), not normalised or log-transformed values.")),
                 call = call)
@@ -338,6 +366,20 @@ check_counts <- function(counts, scan, call) {
                 "i" = "Pass {.code t(x)} (genes in rows, cells in columns)."), call = call)
   }
   invisible(TRUE)
+}
+
+# The model computes in single precision, where the log-factorials of a cell's
+# counts (at most lgamma(total + 1), about total * log(total)) overflow when a
+# cell's total passes about 4e36: training then diverges. Such totals are not
+# counts; totals far above the integer range (3e9) train fine.
+check_cell_totals <- function(library, cells, call) {
+  limit <- 4e36
+  if (any(library > limit)) {
+    big <- which(library > limit)
+    abort_arg(c("{.arg x} must hold raw counts: {length(big)} cell{?s} {?has/have} a total count above {limit}, e.g. {show_some(cells[big], 3)}.",
+                "i" = paste("The model computes in single precision, which cannot hold such counts;",
+                            "use the raw UMI counts, not values scaled up.")), call = call)
+  }
 }
 
 looks_like_barcodes <- function(nm) {
@@ -389,7 +431,12 @@ as_dgc <- function(x, arg = "x", call = rlang_caller(2)) {
     })
     return(x)
   }
-  if (is.matrix(x) && is.logical(x)) storage.mode(x) <- "double"
+  # TRUE/FALSE (or a pattern: where the non-zeros are) would become counts of 1
+  if (is.logical(x) || methods::is(x, "lMatrix") || methods::is(x, "nMatrix")) {
+    abort_arg(c("{.arg {arg}} must hold numeric counts.",
+                "x" = "It is a logical or pattern matrix ({.cls {class(x)}}).",
+                "i" = "Use the raw counts, a numeric matrix of whole numbers."), call = call)
+  }
   x <- methods::as(x, "CsparseMatrix")
   x <- methods::as(x, "generalMatrix")
   methods::as(x, "dMatrix")

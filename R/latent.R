@@ -2,7 +2,12 @@
 #'
 #' @param fit a [MrVIFit-class].
 #' @param x `NULL` for the cells the model was trained on, or new cells with
-#'   the same genes (any input [mrviData()] accepts; genes are matched by name).
+#'   every fitted gene (any input [mrviData()] accepts; genes are matched by
+#'   name, and genes the fit does not have are left out). A fitted gene missing
+#'   from `x` is an error: it is not a gene without counts. A cell without
+#'   counts on the fitted genes tells the encoder nothing (training never saw
+#'   one): its row is NA, with a warning of class `mrvi_empty_cells`, so that
+#'   the rows are always the cells of `x`, in their order.
 #' @param which `"u"` (sample-free) or `"z"` (sample-aware, under each cell's
 #'   own sample).
 #' @param use_mean `TRUE`: the posterior mean of u; `FALSE`: one draw from the
@@ -36,25 +41,61 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
     sd <- fit@u_sd
     codes <- as.integer(fit@cell_data$sample) - 1L
     cells <- rownames(mean)
+    ok <- seq_len(nrow(mean))
   } else {
-    data <- new_cells(fit, x, sample, call)
-    counts <- data$counts
-    codes <- match(as.character(data$sample), fit@samples) - 1L
-    post <- bp_map(bp_split(seq_len(ncol(counts))), function(j) {
-      block <- counts[, j, drop = FALSE]
-      p <- mrvi_encode(native_model(fit), nrow(block), ncol(block), block@p, block@i, block@x, codes[j])
-      list(mean = matrix(p$mean, length(j)), sd = matrix(p$sd, length(j)))
-    }, BPPARAM = BPPARAM)
-    cells <- colnames(counts)
-    mean <- latent_matrix(do.call(rbind, lapply(post, `[[`, "mean")), cells, "u")
-    sd <- latent_matrix(do.call(rbind, lapply(post, `[[`, "sd")), cells, "u")
+    post <- encode_new_cells(fit, x, sample, BPPARAM, call)
+    mean <- post$mean
+    sd <- post$sd
+    codes <- post$codes
+    ok <- post$ok
+    cells <- rownames(mean)
   }
   u <- mean
-  if (!use_mean) u[] <- posterior_u(mean, sd, seq_len(nrow(mean)), 1L, seed)
+  # (rows are cells' positions in x: the numbering of the draws)
+  if (!use_mean) u[ok, ] <- posterior_u(mean, sd, ok, 1L, seed)
   if (which == "u") return(u)
-  z <- bp_rows(c(nrow(u), z_dim(fit)), function(r) mrvi_z_from_u(native_model(fit), u[r, , drop = FALSE], codes[r]),
-               BPPARAM = BPPARAM, what = "z", call = call)
+  z <- bp_rows(c(length(ok), z_dim(fit)), function(r) {
+    mrvi_z_from_u(native_model(fit), u[ok[r], , drop = FALSE], codes[ok[r]])
+  }, BPPARAM = BPPARAM, what = "z", call = call)
+  if (length(ok) < nrow(u)) z <- with_memory_error(`[<-`(matrix(NA_real_, nrow(u), ncol(z)), ok, , z), "z", call)
   latent_matrix(z, cells, "z")
+}
+
+# The posterior of u of new cells `x`, one row per cell of `x` in its order:
+# `mean`, `sd`, the 0-based sample `codes` and the rows `ok` that have one. A
+# cell without counts on the fitted genes tells the encoder nothing (it never
+# saw such a cell in training, and mrviData() drops them): its row is NA, with a
+# warning.
+encode_new_cells <- function(fit, x, sample, BPPARAM, call) {
+  data <- new_cells(fit, x, sample, call)
+  counts <- data$counts
+  # the columns of `counts` are the cells of x that mrviData() kept
+  dropped <- data$dropped$cell_positions
+  n <- ncol(counts) + length(dropped)
+  kept <- setdiff(seq_len(n), dropped)
+  cells <- character(n)
+  cells[kept] <- colnames(counts)
+  cells[dropped] <- data$dropped$cells
+  codes <- rep(NA_integer_, n)
+  codes[kept] <- match(as.character(data$sample), fit@samples) - 1L
+  # cells whose counts are all on genes the fit does not have are empty too
+  has_counts <- Matrix::colSums(counts) > 0
+  ok <- kept[has_counts]
+  if (length(ok) < n) {
+    cli::cli_warn(c("{n - length(ok)} cell{?s} of {.arg x} {?has/have} no counts on the fitted genes: {?its row is/their rows are} NA.",
+                    "x" = "{show_some(cells[-ok], 3)}."),
+                  class = c("mrvi_empty_cells", "mrvi_warning"), call = call)
+  }
+  counts <- counts[, has_counts, drop = FALSE]
+  post <- bp_map(bp_split(seq_len(ncol(counts))), function(j) {
+    block <- counts[, j, drop = FALSE]
+    p <- mrvi_encode(native_model(fit), nrow(block), ncol(block), block@p, block@i, block@x, codes[ok[j]])
+    list(mean = matrix(p$mean, length(j)), sd = matrix(p$sd, length(j)))
+  }, BPPARAM = BPPARAM)
+  mean <- sd <- matrix(NA_real_, n, ncol(fit@u_mean))
+  mean[ok, ] <- do.call(rbind, lapply(post, `[[`, "mean"))
+  sd[ok, ] <- do.call(rbind, lapply(post, `[[`, "sd"))
+  list(mean = latent_matrix(mean, cells, "u"), sd = latent_matrix(sd, cells, "u"), codes = codes, ok = ok)
 }
 
 # Every function that draws u draws it in the core's posterior module
@@ -109,6 +150,8 @@ new_cells <- function(fit, x, sample, call) {
     abort_arg(c("{.arg sample} has sample{?s} the model was not fitted on: {show_some(unknown)}.",
                 "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
   }
+  # genes the fit does not have play no part in the encoder: they are left out
+  check_same_genes(fit, data, call, extra = TRUE)
   align_genes(fit, data, call)
 }
 
@@ -119,14 +162,11 @@ read_new_cells <- function(x, ..., call) {
     mrvi_confounded = function(w) invokeRestart("muffleWarning"))), call)
 }
 
-# The counts of `data` on the fitted genes, in the fit's order.
+# The counts of `data` on the fitted genes, in the fit's order (after
+# check_same_genes(): every fitted gene is in x).
 align_genes <- function(fit, data, call) {
   counts <- in_memory_counts(data)
   missing <- setdiff(fit@genes, rownames(counts))
-  if (length(missing) == length(fit@genes)) {
-    abort_arg(c("{.arg x} shares no gene names with the fit.",
-                "i" = "Use the same gene identifiers as at fitting time."), call = call)
-  }
   if (length(missing)) {
     # genes with no counts in the new cells were dropped by mrviData(): put them back as zeros
     pad <- Matrix::sparseMatrix(i = integer(), j = integer(), x = numeric(),

@@ -95,14 +95,28 @@ scan_on_disk <- function(disk, names, call) {
   gene_total <- numeric(nrow(disk$x))
   for (k in seq_along(blocks$first)) {
     j <- blocks$first[k]:blocks$last[k]
-    block <- read_cells(disk, blocks$first[k], blocks$last[k])
+    block <- read_from_disk(read_cells(disk, blocks$first[k], blocks$last[k]), call)
     dimnames(block) <- list(names[[1]], names[[2]][j])
     scan <- mrvi_csc_scan(nrow(block), ncol(block), block@p, block@i, block@x)
-    check_counts(block, scan, call)
+    check_counts(block, scan, call, partial = k < length(blocks$first))
     library[j] <- scan$library
     gene_total <- gene_total + scan$gene_total
   }
   list(library = library, gene_total = gene_total)
+}
+
+# A read of counts on disk whose error (the file moved, deleted or damaged) is
+# the package's classed I/O error naming `x`.
+read_from_disk <- function(expr, call) {
+  tryCatch(expr, error = function(e) {
+    if (inherits(e, "mrvi_error")) stop(e)
+    # (the cause, without the S4 dispatch it came through)
+    msg <- sub("^error in evaluating the argument .* in selecting a method for function '[^']*': ", "",
+               conditionMessage(e))
+    abort_arg(c("Reading the counts of {.arg x} from disk failed.", "x" = "{msg}",
+                "i" = "Check that the file behind {.arg x} is still there and readable, then call again."),
+              class = "mrvi_io_error", call = call)
+  })
 }
 
 # The counts of `data` in memory, for the analyses that need them whole

@@ -108,3 +108,16 @@ test_that("added samples land where the planted tree puts them", {
     expect_gt(stats::cor(d[s, r], truth[s, r], method = "spearman"), 0.2)
   }
 })
+
+test_that("added cells without counts are left out with a message", {
+  sce <- crossed_data()
+  held <- sce$sample %in% "s05"
+  ref <- mrvi(reference_part(sce, held), sample = "sample", batch = c("site", "chemistry"), continuous_covariates = "mito",
+              flavour = "linear", max_epochs = 1, n_threads = 1, verbose = FALSE)
+  new <- sce[, held]
+  SummarizedExperiment::assay(new, "counts")[, 1] <- 0
+  expect_message(added <- mrviAddSamples(ref, new, sample = "sample", batch = c("site", "chemistry"),
+                                         continuous_covariates = "mito", max_epochs = 1),
+                 "Leaving out 1 cell of `x` without counts")
+  expect_equal(nrow(added@cell_data), nrow(ref@cell_data) + sum(held) - 1)
+})

@@ -181,3 +181,23 @@ test_that("differential expression's largest |LFC| averages expression over ever
     expect_false(isTRUE(all.equal(one, got)))
   }
 })
+
+test_that("continuous covariates given as text or too large to standardise are refused", {
+  sce <- crossed_data()
+  n <- ncol(sce)
+  expect_error(mrvi(sce, sample = "sample", continuous_covariates = as.character(sce$mito), verbose = FALSE),
+               "`continuous_covariates` must be numeric", class = "mrvi_error")
+  # the sd of 1e200 overflows: standardised, the covariate would be 0 everywhere
+  expect_error(mrvi(sce, sample = "sample", continuous_covariates = list(mito = c(1e200, sce$mito[-1])),
+                    verbose = FALSE),
+               "continuous_covariates\\$mito.*too large to standardise", class = "mrvi_error")
+  # new cells: standardised with the fit's mean and sd, they must stay finite in single precision
+  fit <- crossed_fit("linear")
+  new <- sce[, 1:30]
+  colnames(new) <- paste0("new", 1:30)
+  new$sample <- "s_new"
+  new$mito <- 1e200
+  expect_error(mrviAddSamples(fit, new, sample = "sample", batch = c("site", "chemistry"),
+                              continuous_covariates = "mito", max_epochs = 1),
+               "continuous_covariates\\$mito.*too far from the fitted", class = "mrvi_error")
+})

@@ -170,3 +170,29 @@ test_that("a checkpointed fit stopped after epoch k and resumed equals an uninte
   expect_error(fit_with(6, tempdir()), class = "mrvi_error")
   expect_error(fit_with(6, file.path(tempfile(), "x")), "existing folder")
 })
+
+test_that("settings that would train a degenerate or other model than asked are refused, naming the argument", {
+  m <- small_counts()
+  s <- small_samples()
+  fit <- function(...) mrvi(m, s, verbose = FALSE, ...)
+  # LayerNorm over one dimension is constant: every cell would get the same sample effect
+  expect_error(fit(n_latent_u = 1, n_threads = 1), "`n_latent_u` must be at least 2", class = "mrvi_error")
+  expect_error(fit(min_epochs = 5, max_epochs = 2, n_threads = 1), "`min_epochs` = 5 is more than `max_epochs` = 2",
+               class = "mrvi_error")
+  # NA is not NULL (the default)
+  expect_error(fit(n_threads = NA), "`n_threads`.*You gave `NA`", class = "mrvi_error")
+  # minibatches too large because of n_latent: n_latent is named, not batch_size
+  expect_error(fit(n_latent = 1e6, n_threads = 1), "^`n_latent` = 1000000 .*makes a model", class = "mrvi_error")
+})
+
+test_that("a validation_fraction that holds out no cell turns validation off, as 0 does, and says so", {
+  m <- small_counts()
+  s <- small_samples()
+  fit <- function(v) mrvi(m, s, validation_fraction = v, max_epochs = 2, n_threads = 1, verbose = FALSE)
+  # floor(24 * 0.04) = 0 cells; 1/24 rounded up to 3 digits is 0.0417
+  expect_message(tiny <- fit(0.04), "holds out none of the 24 cells.*smallest `validation_fraction`.*0.0417")
+  expect_identical(tiny@weights, fit(0)@weights)
+  expect_true(all(is.nan(tiny@history$validation_elbo)))
+  expect_output(print(tiny), "training ELBO .* per cell \\(no validation cells\\)")
+  expect_no_message(fit(0.0417))
+})

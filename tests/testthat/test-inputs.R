@@ -58,3 +58,44 @@ test_that("HDF5-backed counts (a matrix or a saved SummarizedExperiment) fit as 
   expect_identical(fit(h5, sim$sample)@weights, in_memory@weights)
   expect_identical(fit(on_disk, "donor")@weights, in_memory@weights)
 })
+
+test_that("logical and pattern matrices are refused as counts; a numeric diagonal matrix is read", {
+  m <- small_counts()
+  s <- small_samples()
+  expect_error(mrviData(m > 0, sample = s), "`x` must hold numeric counts.*lgCMatrix", class = "mrvi_error")
+  expect_error(mrviData(methods::as(m > 0, "nMatrix"), sample = s), "`x` must hold numeric counts.*ngCMatrix",
+               class = "mrvi_error")
+  expect_error(mrviData(as.matrix(m) > 0, sample = s), "`x` must be a numeric matrix", class = "mrvi_error")
+  d <- Matrix::Diagonal(4, x = c(1, 2, 3, 4))
+  dimnames(d) <- list(paste0("g", 1:4), paste0("c", 1:4))
+  expect_identical(mrviData(d, sample = c("a", "a", "b", "b"))$counts, methods::as(as.matrix(d), "dgCMatrix"))
+})
+
+test_that("empty names are refused in sample, batch and labels", {
+  m <- small_counts()
+  s <- small_samples()
+  expect_error(mrviData(m, sample = replace(s, 3, "")), "`sample` has 1 empty value.*cell3", class = "mrvi_error")
+  expect_error(mrviData(m, sample = s, batch = factor(replace(rep("x", 24), 2, ""))), "`batch` has 1 empty value",
+               class = "mrvi_error")
+  expect_error(mrviData(m, sample = s, labels = replace(s, 1:2, "")), "`labels` has 2 empty values",
+               class = "mrvi_error")
+})
+
+test_that("the count of bad values agrees with it in number", {
+  m <- small_counts()
+  s <- small_samples()
+  m[1, 1] <- 0.5
+  expect_error(mrviData(m, sample = s), "1 value is not whole, e.g.", class = "mrvi_error")
+  m[2, 1] <- 0.5
+  expect_error(mrviData(m, sample = s), "2 values are not whole numbers, e.g.", class = "mrvi_error")
+})
+
+test_that("counts too large for single precision are refused, totals above the integer range are not", {
+  m <- small_counts()
+  s <- small_samples()
+  m[1, 4] <- 1e300
+  expect_error(mrviData(m, sample = s), "`x` must hold raw counts: 1 cell has a total count above.*cell4",
+               class = "mrvi_error")
+  m[1, 4] <- 3e9
+  expect_identical(unname(mrviData(m, sample = s)$library_size[4]), sum(m[, 4]))
+})

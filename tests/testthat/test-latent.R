@@ -117,3 +117,39 @@ test_that("a cell's draws do not depend on the other cells or the chunk size", {
   expect_equal(de1$statistic, de2$statistic[c(350, 7, 31)])
   expect_equal(S4Vectors::metadata(de1)$lfc$gb, S4Vectors::metadata(de2)$lfc$gb[c(350, 7, 31), ], tolerance = 1e-4)
 })
+
+test_that("new cells must carry every fitted gene; genes the fit lacks are left out", {
+  f <- small_fit()
+  fit <- f$fit
+  cells <- 1:20
+  x <- f$sim$counts[, cells]
+  s <- f$sim$sample[cells]
+  # a missing gene is not a gene without counts (as in mrviAddSamples())
+  expect_error(mrviLatent(fit, x = x[1:10, ], sample = s), "`x` must have the fitted genes.*50 fitted genes missing",
+               class = "mrvi_error")
+  extra <- rbind(x, other = 1)
+  expect_identical(mrviLatent(fit, x = extra, sample = s), mrviLatent(fit, x = x, sample = s))
+})
+
+test_that("new cells without counts on the fitted genes get NA rows, in place, with a warning", {
+  f <- small_fit()
+  fit <- f$fit
+  cells <- 1:20
+  x <- f$sim$counts[, cells]
+  s <- f$sim$sample[cells]
+  full <- mrviLatent(fit, x = x, sample = s, use_mean = FALSE)
+  x[, c(1, 5)] <- 0
+  # cell 9's counts are all on a gene the fit does not have
+  x <- rbind(x, other = c(rep(0, 8), 7, rep(0, 11)))
+  x[seq_along(fit@genes), 9] <- 0
+  expect_warning(u <- mrviLatent(fit, x = x, sample = s, use_mean = FALSE),
+                 "3 cells of `x` have no counts on the fitted genes", class = "mrvi_empty_cells")
+  expect_identical(rownames(u), colnames(x))
+  expect_true(all(is.na(u[c(1, 5, 9), ])))
+  # the other cells' draws are numbered by their position in x, as without the empty cells
+  expect_equal(u[-c(1, 5, 9), ], full[-c(1, 5, 9), ], tolerance = 1e-6)
+  z <- suppressWarnings(mrviLatent(fit, x = x, sample = s, which = "z"))
+  expect_equal(dim(z), c(20L, ncol(fit@u_mean)))
+  expect_equal(which(is.na(z[, 1])), c(1, 5, 9), ignore_attr = TRUE)
+  expect_false(anyNA(z[-c(1, 5, 9), ]))
+})

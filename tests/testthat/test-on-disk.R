@@ -35,7 +35,30 @@ test_that("counts on disk stay on disk, with the same checks and totals as in me
   # bad values are found in whichever block they are, and named
   bad <- sim$counts
   bad[3, 250] <- 2.5
-  expect_error(mrviData(h5_counts(bad), sample = sim$sample), "not whole numbers.*c0250", class = "mrvi_error")
+  expect_error(mrviData(h5_counts(bad), sample = sim$sample), "1 value is not whole.*c0250", class = "mrvi_error")
+})
+
+test_that("bad counts on disk are counted up to where the check stopped, and said to be a lower bound", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  bad <- sim$counts
+  bad[1:2, 20] <- 0.5  # the second of 20 blocks of 15 cells
+  bad[1:3, 250] <- 0.5
+  expect_error(mrviData(h5_counts(bad), sample = sim$sample),
+               "at least 2 values are not whole numbers.*Counted up to cell \"c0030\"", class = "mrvi_error")
+  # in memory, all are counted
+  expect_error(mrviData(bad, sample = sim$sample), "must hold raw counts: 5 values", class = "mrvi_error")
+})
+
+test_that("counts on disk whose file is gone, or that are logical, are classed errors naming `x`", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  h5 <- h5_counts(sim$counts)
+  unlink(HDF5Array::path(h5))
+  expect_error(mrvi(h5, sample = sim$sample, max_epochs = 1, n_threads = 1, verbose = FALSE),
+               "Reading the counts of `x` from disk failed.*does not exist", class = "mrvi_io_error")
+  lgl <- DelayedArray::DelayedArray(as.matrix(sim$counts) > 0)
+  expect_error(mrviData(lgl, sample = sim$sample), "`x` must hold numeric counts.*type logical", class = "mrvi_error")
 })
 
 test_that("10x HDF5 counts are read straight from the file and fit as in memory", {
