@@ -1,9 +1,20 @@
 # Resolvers: turn what the user gave (names, indices, logical masks, column names,
 # NULL for "all") into what the code uses (indices, factors, masks), or stop.
 
+# An empty selection (integer(0), character(0), all FALSE) is an error: every
+# caller would otherwise return an empty result without a word.
 resolve_cells <- function(fit, cells, call) {
   n <- nrow(fit@u_mean)
   if (is.null(cells)) return(seq_len(n))
+  idx <- cell_indices(fit, cells, n, call)
+  if (!length(idx)) {
+    abort_arg(c("{.arg cells} selects no cell.", "i" = "Give cell names or indices in 1..{n}, or {.code NULL} for all cells."),
+              call = call)
+  }
+  idx
+}
+
+cell_indices <- function(fit, cells, n, call) {
   if (is.character(cells)) {
     idx <- match(cells, rownames(fit@u_mean))
     if (anyNA(idx)) {
@@ -29,8 +40,9 @@ resolve_samples <- function(fit, samples, call) {
   S <- length(fit@samples)
   if (is.null(samples)) return(seq_len(S))
   idx <- if (is.character(samples)) match(samples, fit@samples) else samples
-  if (!is.numeric(idx) || anyNA(idx) || any(idx < 1 | idx > S)) {
-    abort_arg(c("{.arg samples} must be fitted sample names or indices in 1..{S}.",
+  # (as.integer() would truncate 1.5 to sample 1)
+  if (!length(idx) || !is.numeric(idx) || anyNA(idx) || any(idx < 1 | idx > S | idx != round(idx))) {
+    abort_arg(c("{.arg samples} must be fitted sample names or whole indices in 1..{S} (at least one).",
                 "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
   }
   as.integer(idx)

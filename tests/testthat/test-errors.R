@@ -178,6 +178,17 @@ bad_calls <- list(
   list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), cells = rep(FALSE, 24))), "`cells` selects no cell"),
   list(quote(differentialExpression(fit, data.frame(sample = c("A", "B", "C"), x = c(1, 2, 4)), cells = rep(FALSE, 24))),
        "`cells` selects no cell"),
+  # an empty selection is refused by every function that takes `cells`, and
+  # sample indices are whole numbers
+  list(quote(admissibility(fit, cells = integer(0))), "`cells` selects no cell"),
+  list(quote(differentialAbundance(fit, c(A = "a", B = "b", C = "b"), cells = character(0))), "`cells` selects no cell"),
+  list(quote(sampleDistances(fit, cells = integer(0))), "`cells` selects no cell"),
+  list(quote(sampleDistances(fit, cells = rep(FALSE, 24))), "`cells` selects no cell"),
+  list(quote(counterfactualExpression(fit, integer(0), "A")), "`cells` selects no cell"),
+  list(quote(counterfactualLatent(fit, cells = character(0))), "`cells` selects no cell"),
+  list(quote(sampleSplitGenes(fit, "A", cells = rep(FALSE, 24))), "`cells` selects no cell"),
+  list(quote(counterfactualLatent(fit, cells = 1, samples = character(0))), "`samples` must be .* \\(at least one\\)"),
+  list(quote(counterfactualLatent(fit, cells = 1, samples = 1.5)), "`samples` must be .*whole indices"),
   list(quote(local({ old <- options(mrvi.max_bytes = 1000); on.exit(options(old)); sampleDistances(fit, groups = seq_len(24), min_cells = 1, mc_samples = 0) })),
        "sampleDistances\\(groups = \\) with 24 groups would allocate"),
   list(quote(sampleTreeSupport(fit, "labels", B = 2e9, mc_samples = 0, normalize = FALSE, min_cells = 1)), "sampleTreeSupport\\(\\) would allocate.*`B`"),
