@@ -1,7 +1,7 @@
 #' Training curves of a MrVI fit
 #'
 #' @param x a `MrVIFit`.
-#' @param y unused.
+#' @param y unused: giving one is an error.
 #' @param ... unused.
 #' @return a ggplot: train and validation ELBO per cell by epoch, with the
 #'   restored (best) epoch marked.
@@ -31,6 +31,16 @@ setMethod("plot", signature("MrVIFit", "missing"), function(x, y, ...) {
   p
 })
 
+#' @rdname plot-MrVIFit-missing-method
+#' @export
+setMethod("plot", signature("MrVIFit", "ANY"), function(x, y, ...) {
+  # (without this method, plot(fit, 1) falls to graphics' plot(), which cannot
+  # read an S4 object)
+  abort_arg(c("{.code plot()} of a {.cls MrVIFit} draws its training curves and takes no {.arg y}.",
+              "i" = "Call {.code plot(fit)}; for sample distances see {.fn plotSampleDistances}."),
+            call = sys.call(-1))
+})
+
 utils::globalVariables(c("epoch", "elbo", "set"))
 
 #' Heatmap and tree of MrVI sample distances
@@ -40,9 +50,10 @@ utils::globalVariables(c("epoch", "elbo", "set"))
 #' annotation bars for sample covariates. `plotSampleTree()` draws the tree
 #' itself, with the same annotation at its leaves.
 #'
-#' @param d the result of [sampleDistances()], one `S x S` matrix, or a `dist`.
-#' @param group the group to draw (name or index); may be omitted when `d` has
-#'   one group.
+#' @param d the result of [sampleDistances()], one `S x S` matrix, or a `dist`
+#'   (checked and named as in [sampleHclust()]).
+#' @param group the group to draw (one name, or one whole number in 1..G); may
+#'   be omitted when `d` has one group.
 #' @param annotation `NULL`, or column names of the sample table
 #'   (`attr(d, "sample_table")`, which `sampleDistances()` attaches), or a
 #'   data.frame with one row per sample (row names = samples).

@@ -154,7 +154,7 @@ bad_calls <- list(
   list(quote(sampleHclust("x")), "`d` must be the result of `sampleDistances\\(\\)`"),
   list(quote(sampleHclust(d3)), "`group` is required"),
   list(quote(sampleHclust(d3, group = "nope")), "`group` = \"nope\" is not a group"),
-  list(quote(sampleHclust(d3, group = 5)), "`group` must be in 1..2"),
+  list(quote(sampleHclust(d3, group = 5)), "`group` must be one group name of `d` or one whole number in 1..2"),
   list(quote(sampleDist(matrix(NA_real_, 3, 3))), "Fewer than 2 samples"),
   # covariate tests
   list(quote(cellAssociation(fit, covariate = "labels")), "`covariate` = \"labels\" varies within samples"),
