@@ -37,6 +37,7 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
                                   max_cells_per_sample = 5000, seed = 1,
                                   BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   check_flag(exclude_own_sample, "exclude_own_sample", call)
@@ -100,6 +101,7 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cells = NULL, seed = 1,
                           subsample = NULL, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   if (!is.null(subsample)) max_cells_per_sample <- renamed_arg(subsample, "subsample", "max_cells_per_sample", call)

@@ -39,6 +39,7 @@
 pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlation", "euclidean"), n_genes = 2000,
                                 min_cells = 5) {
   call <- sys.call()
+  check_required(call)
   metric <- match_choice(metric, c("correlation", "euclidean"), "metric", call)
   n_genes <- check_count(n_genes, "n_genes", call)
   if (metric == "correlation" && n_genes < 2) {
@@ -94,6 +95,7 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
 #' @export
 proportionDistances <- function(x, sample, groups, transform = c("clr", "none"), pseudocount = 0.5) {
   call <- sys.call()
+  check_required(call)
   transform <- match_choice(transform, c("clr", "none"), "transform", call)
   check_positive(pseudocount, "pseudocount", call)
   data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))

@@ -34,6 +34,7 @@
 compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50, resolution = 1,
                                  k = 15, seed = 1, transform = c("none", "clr")) {
   call <- sys.call()
+  check_required(call)
   transform <- match_choice(transform, c("none", "clr"), "transform", call)
   if (!requireNamespace("igraph", quietly = TRUE)) {
     abort_arg("compositionDistances() clusters with Leiden: install {.pkg igraph}.", call = call)
@@ -127,6 +128,7 @@ leiden_clusters <- function(emb, k, resolution) {
 #' @export
 treeDistance <- function(hc, truth) {
   call <- sys.call()
+  check_required(call)
   if (!requireNamespace("ape", quietly = TRUE)) abort_arg("treeDistance() needs {.pkg ape}.", call = call)
   a <- as_phylo(hc, "hc", call)
   b <- as_phylo(truth, "truth", call)
@@ -180,6 +182,7 @@ as_phylo <- function(x, arg, call) {
 #' @export
 silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 5000, seed = 1) {
   call <- sys.call()
+  check_required(call)
   if (!requireNamespace("cluster", quietly = TRUE)) abort_arg("silhouetteScores() needs {.pkg cluster}.", call = call)
   if (!is.numeric(embedding) || length(dim(embedding)) != 2 || nrow(embedding) < 2 || !all(is.finite(embedding))) {
     abort_arg(c("{.arg embedding} must be a numeric matrix (cells x dimensions) of finite values, with at least 2 cells.",

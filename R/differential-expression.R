@@ -167,6 +167,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
                                    seed = fit@config$seed, normalize = TRUE, lfc_threshold = 0.1,
                                    BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)

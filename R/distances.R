@@ -110,6 +110,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
                             BPPARAM = BiocParallel::SerialParam(), space = c("expression", "latent"),
                             max_cells = NULL) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   min_cells <- check_whole(min_cells, "min_cells", call)
@@ -214,6 +215,7 @@ thin_cells <- function(cells, k) {
 #' @export
 sampleHclust <- function(d, group = NULL, method = "average") {
   call <- sys.call()
+  check_required(call)
   methods <- c("average", "complete", "single", "ward.D", "ward.D2", "mcquitty", "median", "centroid")
   method <- match_choice(method, methods, "method", call)
   dd <- sampleDist(d, group)
@@ -228,6 +230,7 @@ sampleHclust <- function(d, group = NULL, method = "average") {
 #' @export
 sampleDist <- function(d, group = NULL) {
   call <- sys.call()
+  check_required(call)
   m <- group_matrix(d, group, call)
   keep <- !apply(is.na(m), 1, all)
   if (any(!keep)) {

@@ -72,6 +72,7 @@ utils::globalVariables(c("epoch", "elbo", "set"))
 #' @export
 plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "average") {
   call <- sys.call()
+  check_required(call)
   m <- group_matrix(d, group, call)
   hc <- suppressMessages(sampleHclust(m, method = method))
   ord <- hc$labels[hc$order]
@@ -102,6 +103,7 @@ plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "av
 #' @export
 plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average", support = NULL) {
   call <- sys.call()
+  check_required(call)
   if (inherits(d, "phylo")) {
     if (!requireNamespace("ape", quietly = TRUE)) abort_arg("Drawing an ape tree needs {.pkg ape}.", call = call)
     support <- support %||% d
@@ -224,6 +226,7 @@ utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label",
 #' @export
 plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
   call <- sys.call()
+  check_required(call)
   if (!(is.data.frame(res) || methods::is(res, "DataFrame")) || !"q_value" %in% colnames(res)) {
     abort_arg("{.arg res} must be the result of {.fn cellAssociation}.", call = call)
   }

@@ -121,3 +121,16 @@ resolve_chunk_size <- function(fit, chunk_size, call, mc_samples = 0, normalize 
   default <- max(16L, min(1024L, as.integer(2^21 / (length(fit@samples) * z_dim(fit)))))
   as.integer(max(1, min(default, floor(max_bytes(call) / per_cell))))
 }
+
+# Required arguments (those without a default) left out of the call: a classed
+# error naming them, rather than base R's "argument is missing" wherever the
+# argument is first used. Called first thing by the exported functions.
+check_required <- function(call, env = parent.frame()) {
+  formals <- formals(sys.function(sys.parent()))
+  required <- names(formals)[vapply(seq_along(formals), function(i) identical(formals[[i]], quote(expr = )), logical(1))]
+  required <- setdiff(required, "...")
+  gone <- required[vapply(required, function(a) eval(call("missing", as.name(a)), env), logical(1))]
+  if (length(gone)) {
+    abort_arg("{.arg {gone}} {?is/are} required: {?it has/they have} no default.", call = call)
+  }
+}

@@ -40,6 +40,7 @@
 sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_samples = 10,
                              seed = fit@config$seed) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   sides <- split_sides(fit, samples_a, samples_b, call)
   idx <- resolve_cells(fit, cells, call)

@@ -195,6 +195,12 @@ bad_calls <- list(
   list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), permutations = 2e9)), "cellAssociation\\(\\) with 2000000000 permutations would allocate"),
   list(quote(groupAssociation(fit, c(A = "a", B = "b", C = "b"), groups = "labels", permutations = 2e9)),
        "groupAssociation\\(\\) with 2000000000 permutations would allocate"),
+  # required arguments left out are named (base R said "argument ... is missing")
+  list(quote(counterfactualExpression(fit, sample = "A")), "`cells` is required"),
+  list(quote(sampleTreeSupport(fit, B = 5)), "`groups` is required"),
+  list(quote(compositionDistances(m, s)), "`groups` is required"),
+  list(quote(treeDistance()), "`hc` and `truth` are required"),
+  list(quote(sampleHclust()), "`d` is required"),
   # package options
   list(quote(local({ old <- options(mrvi.max_bytes = "a"); on.exit(options(old)); sampleDistances(fit, cells = 1) })),
        "`options\\(mrvi.max_bytes\\)` must be one positive number"),
