@@ -37,6 +37,7 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
                                   max_cells_per_sample = 5000, seed = 1,
                                   BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   check_flag(exclude_own_sample, "exclude_own_sample", call)
@@ -44,6 +45,7 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
   seed <- check_whole(seed, "seed", call)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
   idx <- resolve_cells(fit, cells, call)
+  check_finite_latents(fit, call)
   apply_threads(call = call)
   # log q_A per cell and level, over blocks of cells: the cells x samples densities
   # are reduced to levels in the kernel and never held whole
@@ -72,11 +74,14 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 #' posterior of sample s, see [differentialAbundance()]) is at least the
 #' `quantile` of the same log density over sample s's own cells (each left out of
 #' its own reference). Use the flags to mask counterfactuals, for example
-#' distances of inadmissible pairs.
+#' distances of inadmissible pairs. A sample with fewer than 2 cells has no
+#' threshold (`NA`): no cell is admissible in it (`admissible` is `FALSE`,
+#' `log_ratio` is `NA`), and so it is for every function that takes
+#' `admissible = TRUE`.
 #'
 #' @param fit a [MrVIFit-class].
 #' @param max_cells_per_sample reference cells per sample (a random subsample
-#'   of at most this many), as in [differentialAbundance()].
+#'   of at most this many, at least 2), as in [differentialAbundance()].
 #' @param quantile the per-sample threshold quantile.
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param seed seed of the subsample.
@@ -84,7 +89,7 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
-#' @return a list with `admissible` (logical cells x samples), `log_ratio`
+#' @return a list with `admissible` (logical cells x samples, never `NA`), `log_ratio`
 #'   (\eqn{\log q_s(u_n)} minus the sample's threshold) and `threshold` (per
 #'   sample).
 #' @examples
@@ -96,6 +101,7 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cells = NULL, seed = 1,
                           subsample = NULL, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   if (!is.null(subsample)) max_cells_per_sample <- renamed_arg(subsample, "subsample", "max_cells_per_sample", call)
@@ -104,9 +110,14 @@ admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cel
   if (!is.numeric(quantile) || length(quantile) != 1 || is.na(quantile) || quantile <= 0 || quantile >= 1) {
     abort_arg("{.arg quantile} must be one number in (0, 1).", call = call)
   }
+  if (max_cells_per_sample < 2) {
+    abort_arg(c("{.arg max_cells_per_sample} must be at least 2 for {.fn admissibility}.",
+                "x" = "A sample's threshold comes from its reference cells each left out of its own reference: one cell leaves none."),
+              call = call)
+  }
   idx <- resolve_cells(fit, cells, call)
+  check_finite_latents(fit, call)
   apply_threads(call = call)
-  sample <- fit@cell_data$sample
   ref <- reference_cells(fit, max_cells_per_sample, seed)
   # thresholds from each sample's own reference cells (leave-one-out)
   own_logq <- sample_log_densities(fit, ref$cells, max_cells_per_sample, seed, ref, BPPARAM)
@@ -118,8 +129,22 @@ admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cel
   logq <- sample_log_densities(fit, idx, max_cells_per_sample, seed, ref, BPPARAM)
   log_ratio <- sweep(logq, 2, threshold)
   dimnames(log_ratio) <- list(rownames(fit@u_mean)[idx], fit@samples)
-  list(admissible = log_ratio >= 0, log_ratio = log_ratio,
+  # a pair that cannot be judged (NA: the sample has no threshold) is not
+  # admissible, so that every caller of the mask reads it the same way
+  list(admissible = !is.na(log_ratio) & log_ratio >= 0, log_ratio = log_ratio,
        threshold = stats::setNames(threshold, fit@samples))
+}
+
+# The densities are sums over every reference cell: one non-finite posterior
+# (a damaged fit) would turn whole samples' densities into -Inf or NaN and
+# shift the other cells' values, so it is refused.
+check_finite_latents <- function(fit, call) {
+  bad <- sum(!is.finite(fit@u_mean)) + sum(!is.finite(fit@u_sd))
+  if (bad) {
+    abort_arg(c("{.arg fit} is damaged: its latents ({.code u_mean}, {.code u_sd}) hold {bad} non-finite value{?s}.",
+                "i" = "Use the fit as {.fn mrvi} returned it, or re-read it from its file."),
+              call = call, class = "mrvi_invalid_fit")
+  }
 }
 
 reference_cells <- function(fit, max_per_sample, seed) {

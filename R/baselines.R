@@ -20,7 +20,11 @@
 #' @param groups a column name of the cell metadata or a vector over cells
 #'   (`pseudobulkDistances()`: `NULL` for one group of all cells).
 #' @param metric `"correlation"` or `"euclidean"`.
-#' @param n_genes number of most variable genes (per group) used.
+#' @param n_genes number of most variable genes (per group) used; at least 2
+#'   for `metric = "correlation"`. Only genes that vary across the group's
+#'   samples are used; samples with identical profiles are at distance 0, and
+#'   where a correlation is undefined (a sample's profile constant over the
+#'   genes) the distance is `NA` with a warning.
 #' @param min_cells a sample with fewer cells than this in a group is left out of
 #'   that group's matrix (`NA` row and column; listed in `attr(, "excluded")`).
 #' @return an array `[S, S, G]` with dimnames and attributes `n_cells`,
@@ -35,8 +39,13 @@
 pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlation", "euclidean"), n_genes = 2000,
                                 min_cells = 5) {
   call <- sys.call()
+  check_required(call)
   metric <- match_choice(metric, c("correlation", "euclidean"), "metric", call)
   n_genes <- check_count(n_genes, "n_genes", call)
+  if (metric == "correlation" && n_genes < 2) {
+    abort_arg(c("{.arg n_genes} must be at least 2 with {.code metric = \"correlation\"}: a correlation over one gene is undefined.",
+                "i" = "Give more genes, or {.code metric = \"euclidean\"}."), call = call)
+  }
   min_cells <- check_whole(min_cells, "min_cells", call)
   data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
   data$counts <- in_memory_counts(data)
@@ -59,7 +68,17 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
     top <- order(variance, decreasing = TRUE)[seq_len(min(n_genes, sum(variance > 0)))]
     genes[[g]] <- rownames(data$counts)[top]
     v <- log_cpm[top, , drop = FALSE]
-    out[kept, kept, g] <- if (metric == "correlation") 1 - stats::cor(v) else as.matrix(stats::dist(t(v)))
+    d <- if (metric == "correlation") 1 - suppressWarnings(stats::cor(v)) else as.matrix(stats::dist(t(v)))
+    # identical profiles (and a sample with itself) are at distance 0, also
+    # where the correlation is undefined (no gene varies, or a profile is constant)
+    same <- outer(seq_along(kept), seq_along(kept), Vectorize(function(a, b) identical(v[, a], v[, b])))
+    d[same] <- 0
+    if (anyNA(d)) {
+      cli::cli_warn(c("Group {.val {g}}: the correlation of sample{?s} {.val {kept[rowSums(is.na(d)) > 0]}} with others is undefined (a constant profile over the genes used): {.code NA}.",
+                      "i" = "Use {.code metric = \"euclidean\"} or more {.arg n_genes}."),
+                    class = "mrvi_warning", call = call)
+    }
+    out[kept, kept, g] <- d
   }
   attr(out, "n_cells") <- stats::setNames(as.vector(table(group)), levels(group))
   attr(out, "excluded") <- excluded
@@ -76,6 +95,7 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
 #' @export
 proportionDistances <- function(x, sample, groups, transform = c("clr", "none"), pseudocount = 0.5) {
   call <- sys.call()
+  check_required(call)
   transform <- match_choice(transform, c("clr", "none"), "transform", call)
   check_positive(pseudocount, "pseudocount", call)
   data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))

@@ -39,6 +39,7 @@
 #' @export
 compareSampleDistances <- function(distances, sample_table, covariates) {
   call <- sys.call()
+  check_required(call)
   if (!is.list(distances) || !length(distances) || is.null(names(distances)) || any(names(distances) == "") ||
       is.array(distances) || inherits(distances, "dist")) {
     abort_arg(c("{.arg distances} must be a named list of distance results.",

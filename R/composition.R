@@ -11,8 +11,9 @@
 #' @param groups a column name of the cell metadata or a vector over cells: the
 #'   groups within which to cluster.
 #' @param embedding `NULL` (PCA of log1p counts per 10,000 over the 2,000 most
-#'   variable genes), or a cells x dimensions matrix (for example
-#'   `mrviLatent(fit)`).
+#'   variable genes), or a cells x dimensions matrix of finite values (for
+#'   example `mrviLatent(fit)`), its rows named by the cells or unnamed (then
+#'   in the cells' order).
 #' @param n_pcs number of principal components.
 #' @param resolution Leiden resolution (modularity).
 #' @param k neighbours in the kNN graph.
@@ -33,6 +34,7 @@
 compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50, resolution = 1,
                                  k = 15, seed = 1, transform = c("none", "clr")) {
   call <- sys.call()
+  check_required(call)
   transform <- match_choice(transform, c("none", "clr"), "transform", call)
   if (!requireNamespace("igraph", quietly = TRUE)) {
     abort_arg("compositionDistances() clusters with Leiden: install {.pkg igraph}.", call = call)
@@ -43,14 +45,23 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   seed <- check_whole(seed, "seed", call)
   check_positive(resolution, "resolution", call)
   emb <- if (is.null(embedding)) pca_embedding(in_memory_counts(data), n_pcs) else {
-    if (!is.matrix(embedding) || nrow(embedding) != ncol(x)) {
-      abort_arg("{.arg embedding} must be a matrix with one row per cell ({ncol(x)}).", call = call)
+    if (!is.matrix(embedding) || !is.numeric(embedding) || nrow(embedding) != ncol(x)) {
+      abort_arg("{.arg embedding} must be a numeric matrix with one row per cell ({ncol(x)}).", call = call)
+    }
+    if (!all(is.finite(embedding))) {
+      abort_arg("{.arg embedding} has {sum(!is.finite(embedding))} missing or infinite value{?s}: the neighbour graph needs finite coordinates.",
+                call = call)
     }
     # rows follow the cells kept by mrviData() (by name when the rows are named)
     rows <- if (is.null(rownames(embedding))) match(colnames(data$counts), colnames(x)) else colnames(data$counts)
+    unknown <- setdiff(rows, rownames(embedding))
+    if (length(unknown)) {
+      abort_arg(c("The row names of {.arg embedding} must be the cell names: {length(unknown)} cell{?s} {?is/are} not among them, e.g. {show_some(unknown, 3)}.",
+                  "i" = "Name its rows by the cells ({.code colnames(x)}), or leave them unnamed to follow the cells' order."),
+                call = call)
+    }
     embedding[rows, , drop = FALSE]
   }
-  seed <- check_whole(seed, "seed", call)
   restore <- preserve_rng()
   on.exit(restore())
   set.seed(seed)
@@ -117,6 +128,7 @@ leiden_clusters <- function(emb, k, resolution) {
 #' @export
 treeDistance <- function(hc, truth) {
   call <- sys.call()
+  check_required(call)
   if (!requireNamespace("ape", quietly = TRUE)) abort_arg("treeDistance() needs {.pkg ape}.", call = call)
   a <- as_phylo(hc, "hc", call)
   b <- as_phylo(truth, "truth", call)
@@ -128,15 +140,21 @@ treeDistance <- function(hc, truth) {
 }
 
 as_phylo <- function(x, arg, call) {
-  if (inherits(x, "phylo")) return(x)
-  if (inherits(x, "hclust")) return(ape::as.phylo(x))
   if (is.character(x) && length(x) == 1) {
     # read.tree() gives NULL (or an error) for text that is not a tree
     tree <- tryCatch(ape::read.tree(text = x), error = function(e) NULL)
     if (!inherits(tree, "phylo")) abort_arg("{.arg {arg}} is not a Newick tree (for example {.val ((a,b),(c,d));}).", call = call)
-    return(tree)
+  } else if (inherits(x, "hclust")) {
+    tree <- ape::as.phylo(x)
+  } else if (inherits(x, "phylo")) {
+    tree <- x
+  } else {
+    abort_arg("{.arg {arg}} must be an hclust, a phylo or Newick text.", call = call)
   }
-  abort_arg("{.arg {arg}} must be an hclust, a phylo or Newick text.", call = call)
+  # a leaf named twice has no place in a split of the samples
+  twice <- unique(tree$tip.label[duplicated(tree$tip.label)])
+  if (length(twice)) abort_arg("{.arg {arg}} has duplicated leaf label{?s} {.val {twice}}: each sample must be one leaf.", call = call)
+  tree
 }
 
 #' Silhouette scores of a latent space (paper Supplement C.2)
@@ -151,7 +169,9 @@ as_phylo <- function(x, arg, call) {
 #' @param cell_type,batch vectors over cells (`batch` may be `NULL`).
 #' @param max_cells cells subsampled (distances are quadratic in cells).
 #' @param seed seed of the subsample.
-#' @return a named numeric vector: `cell_type` and `batch`.
+#' @return a named numeric vector: `cell_type` and `batch`. `batch` is `NA`
+#'   without `batch`, and when no cell type has at least 3 cells from at
+#'   least 2 batches (nothing to mix, for example a single batch).
 #' @examples
 #' if (requireNamespace("cluster", quietly = TRUE)) {
 #'   sim <- mrvi:::example_counts()
@@ -162,6 +182,7 @@ as_phylo <- function(x, arg, call) {
 #' @export
 silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 5000, seed = 1) {
   call <- sys.call()
+  check_required(call)
   if (!requireNamespace("cluster", quietly = TRUE)) abort_arg("silhouetteScores() needs {.pkg cluster}.", call = call)
   if (!is.numeric(embedding) || length(dim(embedding)) != 2 || nrow(embedding) < 2 || !all(is.finite(embedding))) {
     abort_arg(c("{.arg embedding} must be a numeric matrix (cells x dimensions) of finite values, with at least 2 cells.",
@@ -193,7 +214,8 @@ silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 500
       sb <- cluster::silhouette(as.integer(droplevels(b[j])), stats::dist(e[j, , drop = FALSE]))
       mean(1 - abs(sb[, "sil_width"]))
     }, numeric(1))
-    out[["batch"]] <- mean(per_type, na.rm = TRUE)
+    # NA (not NaN) when no cell type has 3 cells from 2 batches
+    out[["batch"]] <- if (all(is.na(per_type))) NA_real_ else mean(per_type, na.rm = TRUE)
   }
   out
 }

@@ -124,15 +124,16 @@
 #'   column (the fitted sample names) and one column per covariate.
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param mc_samples posterior draws of u (see Details); 0 uses the posterior
-#'   mean only.
+#'   mean only. Draws whose working memory would pass
+#'   `getOption("mrvi.max_bytes")` are an error, before any work.
 #' @param lfc compute gene-level log2 fold changes (see Details).
 #' @param delta the log2 fold-change threshold of `lfc_prob` (scvi-tools'
 #'   MrVI uses the same default).
 #' @param admissible `NULL` (no masking), `TRUE` (compute with
 #'   [admissibility()] defaults) or a logical matrix cells x samples, as
 #'   `admissibility(fit, cells = cells)$admissible`.
-#' @param lfc_file `NULL` (LFCs in memory) or the path of a new HDF5 file for
-#'   them (see Details).
+#' @param lfc_file `NULL` (LFCs in memory) or, with `lfc = TRUE`, the path of
+#'   a new HDF5 file for them in an existing, writable folder (see Details).
 #' @param chunk_size cells per chunk.
 #' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
 #'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
@@ -166,18 +167,22 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
                                    seed = fit@config$seed, normalize = TRUE, lfc_threshold = 0.1,
                                    BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   check_flag(lfc, "lfc", call)
+  if (!is.null(lfc_file) && !lfc) {
+    abort_arg(c("{.arg lfc_file} is given but {.arg lfc} is {.code FALSE}: no fold changes would be written.",
+                "i" = "Set {.code lfc = TRUE} to write them, or leave {.arg lfc_file} {.code NULL}."), call = call)
+  }
   check_lfc(delta, "delta", call)
   check_lfc(lfc_threshold, "lfc_threshold", call)
   chunk_size <- check_count(chunk_size, "chunk_size", call)
   seed <- check_whole(seed, "seed", call)
   design <- de_design(fit, covariates, call)
   idx <- resolve_cells(fit, cells, call)
-  if (!length(idx)) abort_arg("{.arg cells} selects no cell.", call = call)
   mask <- resolve_admissible(fit, admissible, idx, call)
   coefs <- colnames(design$X)[-1]
   L <- z_dim(fit)
@@ -185,6 +190,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   store <- if (lfc) lfc_store(names_k, fit@genes, coefs, lfc_file, call)
   linear <- (fit@config$flavour %||% "linear") == "linear"
   draws <- if (linear && !lfc && !normalize) 0L else mc_samples
+  check_de_draws(design, min(chunk_size, length(idx)), L, draws, lfc, call)
   apply_threads(call = call)
 
   tests <- list()
@@ -256,6 +262,16 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   res
 }
 
+# The size guard of the draws, before any work: a chunk of K cells holds the
+# draws' indices (about 28 bytes a draw in R and Rust) and, with `lfc`, every
+# draw's projections of the cells' z (p + 1 rows x K x L).
+check_de_draws <- function(design, K, L, draws, lfc, call) {
+  per_draw <- 28 + if (lfc) 8 * (ncol(design$X) + 1) * K * L else 0
+  check_size(per_draw * draws, sprintf("`mc_samples` = %d", draws), call,
+             hint = if (lfc) "Ask for fewer draws (the default is 50) or a smaller {.arg chunk_size}, or raise {.code options(mrvi.max_bytes = )}." else
+               "Ask for fewer draws (the default is 50), or raise {.code options(mrvi.max_bytes = )}.")
+}
+
 # Where the cells x genes LFC results go, block of cells by block: in-memory
 # matrices, or HDF5 datasets through HDF5Array's realization sinks.
 lfc_store <- function(cells, genes, coefs, file, call) {
@@ -280,6 +296,12 @@ lfc_store <- function(cells, genes, coefs, file, call) {
   }
   if (!is.character(file) || length(file) != 1 || is.na(file) || file.exists(file)) {
     abort_arg("{.arg lfc_file} must be the path of a file that does not exist yet.", call = call)
+  }
+  # checked before the work, not when the first block is written
+  folder <- dirname(normalizePath(file, mustWork = FALSE))
+  if (!dir.exists(folder) || file.access(folder, 2) != 0) {
+    abort_arg(c("{.arg lfc_file} cannot be created: its folder {.file {folder}} does not exist or is not writable.",
+                "i" = "Give a path in an existing, writable folder."), call = call)
   }
   sinks <- lapply(stats::setNames(kinds, kinds), function(kind)
     lapply(stats::setNames(coefs, coefs), function(k)
@@ -319,6 +341,13 @@ de_design <- function(fit, covariates, call) {
       abort_arg("{.arg covariates} needs a {.field sample} column with the fitted sample names.", call = call)
     }
     pos <- match(samples, as.character(covariates$sample))
+    # rows repeated for a sample must agree (match() would take the first)
+    rows <- unique(covariates[as.character(covariates$sample) %in% samples, , drop = FALSE])
+    conflicting <- unique(as.character(rows$sample[duplicated(as.character(rows$sample))]))
+    if (length(conflicting)) {
+      abort_arg(c("{.arg covariates} has conflicting rows for sample{?s} {.val {conflicting}}.",
+                  "i" = "Give one row per fitted sample."), call = call)
+    }
     if (anyNA(pos)) {
       abort_arg(c("{.arg covariates} has no row for sample{?s} {.val {samples[is.na(pos)]}}.",
                   "i" = "Give one row per fitted sample."), call = call)
@@ -336,7 +365,16 @@ de_design <- function(fit, covariates, call) {
     v <- tab[[j]]
     if (anyNA(v)) abort_arg("Covariate {.field {j}} has NA for sample{?s} {.val {samples[is.na(v)]}}.", call = call)
     if (is.numeric(v)) {
-      if (stats::sd(v) == 0) abort_arg("Covariate {.field {j}} is constant across samples.", call = call)
+      if (any(is.infinite(v))) {
+        abort_arg("Covariate {.field {j}} has an infinite value for sample{?s} {.val {samples[is.infinite(v)]}}.",
+                  call = call)
+      }
+      # standardised after dividing by the largest |value|, the same numbers
+      # without the overflow of sd() for values near the largest double
+      v <- v / max(abs(v))
+      if (!is.finite(stats::sd(v)) || stats::sd(v) == 0) {
+        abort_arg("Covariate {.field {j}} is constant across samples.", call = call)
+      }
       cols <- matrix((v - mean(v)) / stats::sd(v), ncol = 1, dimnames = list(NULL, j))
     } else {
       f <- droplevels(as.factor(v))

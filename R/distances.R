@@ -110,6 +110,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
                             BPPARAM = BiocParallel::SerialParam(), space = c("expression", "latent"),
                             max_cells = NULL) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   min_cells <- check_whole(min_cells, "min_cells", call)
@@ -191,9 +192,11 @@ thin_cells <- function(cells, k) {
 #' Hierarchical clustering of samples from MrVI distances
 #'
 #' @param d the result of [sampleDistances()] (an `[S, S, G]` array), one
-#'   `S x S` matrix, or a `dist`.
-#' @param group for an array, the group (name or index); may be omitted when
-#'   there is one group.
+#'   `S x S` matrix, or a `dist`. A matrix must be symmetric and non-negative
+#'   with a zero diagonal (`NA` allowed); one without names gets the samples
+#'   "1".."S", as `as.matrix()` names a `dist`.
+#' @param group for an array, the group (one name, or one whole number in
+#'   1..G); may be omitted when there is one group.
 #' @param method agglomeration method of [stats::hclust()] (default average
 #'   linkage; `"ward.D2"` and the others work too).
 #' @details Samples left out of the group (`NA` rows, see `min_cells`) are
@@ -212,6 +215,7 @@ thin_cells <- function(cells, k) {
 #' @export
 sampleHclust <- function(d, group = NULL, method = "average") {
   call <- sys.call()
+  check_required(call)
   methods <- c("average", "complete", "single", "ward.D", "ward.D2", "mcquitty", "median", "centroid")
   method <- match_choice(method, methods, "method", call)
   dd <- sampleDist(d, group)
@@ -226,6 +230,7 @@ sampleHclust <- function(d, group = NULL, method = "average") {
 #' @export
 sampleDist <- function(d, group = NULL) {
   call <- sys.call()
+  check_required(call)
   m <- group_matrix(d, group, call)
   keep <- !apply(is.na(m), 1, all)
   if (any(!keep)) {
@@ -247,29 +252,69 @@ sampleDist <- function(d, group = NULL) {
   stats::as.dist(m)
 }
 
+# The S x S matrix to cluster or draw: `d` itself (a matrix or dist), or one
+# group of a sampleDistances()-shaped array; checked to be distances (square,
+# symmetric, non-negative, zero diagonal; NA allowed where samples were left
+# out), and named ("1".."S" when unnamed, as as.matrix() names a dist).
 group_matrix <- function(d, group, call) {
-  if (inherits(d, "dist")) return(as.matrix(d))
-  if (is.matrix(d)) return(d)
-  if (!is.array(d) || length(dim(d)) != 3) {
-    abort_arg("{.arg d} must be the result of {.fn sampleDistances}, a matrix or a dist.", call = call)
+  m <- if (inherits(d, "dist")) as.matrix(d) else if (is.matrix(d)) d else {
+    if (!is.array(d) || length(dim(d)) != 3) {
+      abort_arg("{.arg d} must be the result of {.fn sampleDistances}, a matrix or a dist.", call = call)
+    }
+    S <- dim(d)[1]
+    # (d[, , k] would drop a one-sample group's matrix to a number)
+    structure(matrix(d[, , resolve_group(d, group, call)], S, dim(d)[2], dimnames = dimnames(d)[1:2]),
+              sample_table = attr(d, "sample_table"))
   }
+  check_distance_matrix(m, call)
+}
+
+# One group of an [S, S, G] array, as an index: a group name or a whole number in 1..G.
+resolve_group <- function(d, group, call) {
   groups <- dimnames(d)[[3]]
+  G <- dim(d)[3]
   if (is.null(group)) {
-    if (dim(d)[3] != 1) {
-      abort_arg(c("{.arg group} is required: {.arg d} has {dim(d)[3]} groups.",
+    if (G != 1) {
+      abort_arg(c("{.arg group} is required: {.arg d} has {G} groups.",
                   "i" = "Groups: {show_some(groups, 8)}."), call = call)
     }
-    group <- 1L
+    return(1L)
   }
-  if (is.character(group) && !group %in% groups) {
-    abort_arg(c("{.arg group} = {.val {group}} is not a group of {.arg d}.",
+  if (is.character(group) && length(group) == 1 && !is.na(group)) {
+    if (!group %in% groups) {
+      abort_arg(c("{.arg group} = {.val {group}} is not a group of {.arg d}.",
+                  "i" = "Groups: {show_some(groups, 8)}."), call = call)
+    }
+    return(match(group, groups))
+  }
+  if (!is.numeric(group) || length(group) != 1 || is.na(group) || group != round(group) || group < 1 || group > G) {
+    abort_arg(c("{.arg group} must be one group name of {.arg d} or one whole number in 1..{G}.",
+                "x" = "You gave {given(group)}.",
                 "i" = "Groups: {show_some(groups, 8)}."), call = call)
   }
-  if (is.numeric(group) && (group < 1 || group > dim(d)[3])) {
-    abort_arg("{.arg group} must be in 1..{dim(d)[3]}.", call = call)
+  as.integer(group)
+}
+
+check_distance_matrix <- function(m, call) {
+  fail <- function(problem) {
+    abort_arg(c("{.arg d} must hold distances between samples: {problem}",
+                "i" = "Give the result of {.fn sampleDistances}, a dist, or a symmetric matrix of non-negative distances with a zero diagonal."),
+              call = call)
   }
-  m <- d[, , group]
-  attr(m, "sample_table") <- attr(d, "sample_table")
+  if (!is.numeric(m) || nrow(m) != ncol(m)) fail(sprintf("it is %s.", if (is.numeric(m)) paste(dim(m), collapse = " x ") else "not numeric"))
+  labels <- rownames(m) %||% colnames(m)
+  if (!is.null(rownames(m)) && !is.null(colnames(m)) && !identical(rownames(m), colnames(m))) {
+    fail("its row and column names differ.")
+  }
+  if (is.null(labels)) labels <- as.character(seq_len(nrow(m)))
+  if (anyDuplicated(labels)) fail(sprintf("sample %s appears twice.", show_some(unique(labels[duplicated(labels)]), 3)))
+  dimnames(m) <- list(labels, labels)
+  if (any(is.infinite(m))) fail("it has infinite values.")
+  # relative to the largest distance: rounding may leave tiny asymmetries
+  tol <- sqrt(.Machine$double.eps) * max(abs(m[is.finite(m)]), 0)
+  if (any(is.na(m) != is.na(t(m))) || any(abs(m - t(m)) > tol, na.rm = TRUE)) fail("it is not symmetric.")
+  if (any(m < -tol, na.rm = TRUE)) fail("it has negative values.")
+  if (any(abs(diag(m)) > tol, na.rm = TRUE)) fail("its diagonal is not 0.")
   m
 }
 

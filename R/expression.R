@@ -29,6 +29,7 @@
 #' @export
 counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuous = NULL, average = NULL) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   idx <- resolve_cells(fit, cells, call)
   n <- length(idx)

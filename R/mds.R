@@ -21,6 +21,7 @@
 #' @export
 plotSampleMDS <- function(distances, group = NULL, annotation = NULL) {
   call <- sys.call()
+  check_required(call)
   dd <- sampleDist(distances, group)
   n <- attr(dd, "Size")
   if (n < 3) abort_arg("An MDS map needs at least 3 samples; the group has {n}.", call = call)

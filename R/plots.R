@@ -1,7 +1,7 @@
 #' Training curves of a MrVI fit
 #'
 #' @param x a `MrVIFit`.
-#' @param y unused.
+#' @param y unused: giving one is an error.
 #' @param ... unused.
 #' @return a ggplot: train and validation ELBO per cell by epoch, with the
 #'   restored (best) epoch marked.
@@ -31,6 +31,16 @@ setMethod("plot", signature("MrVIFit", "missing"), function(x, y, ...) {
   p
 })
 
+#' @rdname plot-MrVIFit-missing-method
+#' @export
+setMethod("plot", signature("MrVIFit", "ANY"), function(x, y, ...) {
+  # (without this method, plot(fit, 1) falls to graphics' plot(), which cannot
+  # read an S4 object)
+  abort_arg(c("{.code plot()} of a {.cls MrVIFit} draws its training curves and takes no {.arg y}.",
+              "i" = "Call {.code plot(fit)}; for sample distances see {.fn plotSampleDistances}."),
+            call = sys.call(-1))
+})
+
 utils::globalVariables(c("epoch", "elbo", "set"))
 
 #' Heatmap and tree of MrVI sample distances
@@ -40,9 +50,10 @@ utils::globalVariables(c("epoch", "elbo", "set"))
 #' annotation bars for sample covariates. `plotSampleTree()` draws the tree
 #' itself, with the same annotation at its leaves.
 #'
-#' @param d the result of [sampleDistances()], one `S x S` matrix, or a `dist`.
-#' @param group the group to draw (name or index); may be omitted when `d` has
-#'   one group.
+#' @param d the result of [sampleDistances()], one `S x S` matrix, or a `dist`
+#'   (checked and named as in [sampleHclust()]).
+#' @param group the group to draw (one name, or one whole number in 1..G); may
+#'   be omitted when `d` has one group.
 #' @param annotation `NULL`, or column names of the sample table
 #'   (`attr(d, "sample_table")`, which `sampleDistances()` attaches), or a
 #'   data.frame with one row per sample (row names = samples).
@@ -61,6 +72,7 @@ utils::globalVariables(c("epoch", "elbo", "set"))
 #' @export
 plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "average") {
   call <- sys.call()
+  check_required(call)
   m <- group_matrix(d, group, call)
   hc <- suppressMessages(sampleHclust(m, method = method))
   ord <- hc$labels[hc$order]
@@ -91,6 +103,7 @@ plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "av
 #' @export
 plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average", support = NULL) {
   call <- sys.call()
+  check_required(call)
   if (inherits(d, "phylo")) {
     if (!requireNamespace("ape", quietly = TRUE)) abort_arg("Drawing an ape tree needs {.pkg ape}.", call = call)
     support <- support %||% d
@@ -213,6 +226,7 @@ utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label",
 #' @export
 plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
   call <- sys.call()
+  check_required(call)
   if (!(is.data.frame(res) || methods::is(res, "DataFrame")) || !"q_value" %in% colnames(res)) {
     abort_arg("{.arg res} must be the result of {.fn cellAssociation}.", call = call)
   }

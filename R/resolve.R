@@ -1,9 +1,20 @@
 # Resolvers: turn what the user gave (names, indices, logical masks, column names,
 # NULL for "all") into what the code uses (indices, factors, masks), or stop.
 
+# An empty selection (integer(0), character(0), all FALSE) is an error: every
+# caller would otherwise return an empty result without a word.
 resolve_cells <- function(fit, cells, call) {
   n <- nrow(fit@u_mean)
   if (is.null(cells)) return(seq_len(n))
+  idx <- cell_indices(fit, cells, n, call)
+  if (!length(idx)) {
+    abort_arg(c("{.arg cells} selects no cell.", "i" = "Give cell names or indices in 1..{n}, or {.code NULL} for all cells."),
+              call = call)
+  }
+  idx
+}
+
+cell_indices <- function(fit, cells, n, call) {
   if (is.character(cells)) {
     idx <- match(cells, rownames(fit@u_mean))
     if (anyNA(idx)) {
@@ -29,8 +40,9 @@ resolve_samples <- function(fit, samples, call) {
   S <- length(fit@samples)
   if (is.null(samples)) return(seq_len(S))
   idx <- if (is.character(samples)) match(samples, fit@samples) else samples
-  if (!is.numeric(idx) || anyNA(idx) || any(idx < 1 | idx > S)) {
-    abort_arg(c("{.arg samples} must be fitted sample names or indices in 1..{S}.",
+  # (as.integer() would truncate 1.5 to sample 1)
+  if (!length(idx) || !is.numeric(idx) || anyNA(idx) || any(idx < 1 | idx > S | idx != round(idx))) {
+    abort_arg(c("{.arg samples} must be fitted sample names or whole indices in 1..{S} (at least one).",
                 "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
   }
   as.integer(idx)
@@ -108,4 +120,17 @@ resolve_chunk_size <- function(fit, chunk_size, call, mc_samples = 0, normalize 
   }
   default <- max(16L, min(1024L, as.integer(2^21 / (length(fit@samples) * z_dim(fit)))))
   as.integer(max(1, min(default, floor(max_bytes(call) / per_cell))))
+}
+
+# Required arguments (those without a default) left out of the call: a classed
+# error naming them, rather than base R's "argument is missing" wherever the
+# argument is first used. Called first thing by the exported functions.
+check_required <- function(call, env = parent.frame()) {
+  formals <- formals(sys.function(sys.parent()))
+  required <- names(formals)[vapply(seq_along(formals), function(i) identical(formals[[i]], quote(expr = )), logical(1))]
+  required <- setdiff(required, "...")
+  gone <- required[vapply(required, function(a) eval(call("missing", as.name(a)), env), logical(1))]
+  if (length(gone)) {
+    abort_arg("{.arg {gone}} {?is/are} required: {?it has/they have} no default.", call = call)
+  }
 }

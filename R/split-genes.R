@@ -40,10 +40,10 @@
 sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_samples = 10,
                              seed = fit@config$seed) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   sides <- split_sides(fit, samples_a, samples_b, call)
   idx <- resolve_cells(fit, cells, call)
-  if (!length(idx)) abort_arg("{.arg cells} selects no cell.", call = call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   seed <- check_whole(seed, "seed", call)
   n_genes <- length(fit@genes)

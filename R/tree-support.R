@@ -63,6 +63,7 @@
 #' @export
 sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "average", seed = fit@config$seed, ...) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   if (!requireNamespace("ape", quietly = TRUE)) abort_arg("sampleTreeSupport() returns ape trees: install {.pkg ape}.", call = call)
   B <- check_count(B, "B", call)

@@ -75,3 +75,32 @@ test_that("differential abundance equals a direct computation in R", {
     }
   }
 })
+
+test_that("a damaged fit (non-finite latents) is refused, not spread into other cells' densities", {
+  fit <- small_fit()$fit
+  g <- fit
+  g@u_mean[1, 1] <- NaN
+  grp <- setNames(rep(c("a", "b"), length.out = 5), fit@samples)
+  expect_error(differentialAbundance(g, grp, cells = 2:3), "latents .* 1 non-finite value", class = "mrvi_invalid_fit")
+  g <- fit
+  g@u_sd[5, 2] <- Inf
+  expect_error(admissibility(g, cells = 1), "non-finite", class = "mrvi_invalid_fit")
+})
+
+test_that("a sample too small for a threshold is inadmissible for every caller, never NA", {
+  m <- small_counts()
+  s <- replace(small_samples(), 1, "lonely")  # a sample of one cell
+  fit <- mrvi(m, s, flavour = "linear", max_epochs = 2, n_threads = 1, seed = 1, verbose = FALSE)
+  a <- admissibility(fit, cells = 1:6)
+  expect_true(is.na(a$threshold[["lonely"]]))
+  expect_false(anyNA(a$admissible))
+  expect_false(any(a$admissible[, "lonely"]))
+  # TRUE means the same mask as admissibility()'s
+  cov <- data.frame(sample = fit@samples, g = c("a", "a", "b", "b"))
+  de <- differentialExpression(fit, cov, cells = 1:6, mc_samples = 3, admissible = TRUE)
+  expect_equal(de$n_samples, unname(rowSums(a$admissible)))
+  d <- sampleDistances(fit, cells = 1:6, mc_samples = 0, admissible = TRUE)
+  expect_true(all(is.na(d[, "lonely", ])))
+  expect_equal(is.na(d[, "A", "B"]), !(a$admissible[, "A"] & a$admissible[, "B"]), ignore_attr = TRUE)
+  expect_error(admissibility(fit, max_cells_per_sample = 1), "`max_cells_per_sample` must be at least 2", class = "mrvi_error")
+})

@@ -36,6 +36,46 @@ test_that("pseudobulkDistances() is the correlation (or Euclidean) distance of l
   expect_equal(cutree(sampleHclust(p, "B"), 2)[["s1"]], cutree(sampleHclust(p, "B"), 2)[["s3"]])
 })
 
+test_that("pseudobulkDistances(): identical samples are at 0, the diagonal is 0, one gene cannot correlate", {
+  x <- baseline_data()
+  twice <- cbind(x$counts[, 1:40], x$counts[, 1:40])
+  colnames(twice) <- sprintf("c%03d", 1:80)
+  for (metric in c("correlation", "euclidean")) {
+    d <- pseudobulkDistances(twice, rep(c("A", "B"), each = 40), metric = metric)
+    expect_equal(unname(d[, , 1]), matrix(0, 2, 2), info = metric)
+  }
+  # a third sample: the two copies are at 0 from each other, at the same distance from it
+  three <- cbind(twice, x$counts[, 81:120])
+  colnames(three) <- sprintf("c%03d", 1:120)
+  d <- pseudobulkDistances(three, rep(c("A", "B", "C"), each = 40))[, , 1]
+  expect_equal(d[["A", "B"]], 0)
+  expect_equal(diag(d), c(A = 0, B = 0, C = 0))
+  expect_equal(d[["A", "C"]], d[["B", "C"]])
+  expect_error(pseudobulkDistances(x$counts, x$sample, n_genes = 1), "`n_genes` must be at least 2", class = "mrvi_error")
+  expect_false(anyNA(pseudobulkDistances(x$counts, x$sample, n_genes = 1, metric = "euclidean")))
+})
+
+test_that("compositionDistances() embeddings, treeDistance() leaves and silhouetteScores() batches are checked", {
+  skip_if_not_installed("igraph")
+  x <- baseline_data()
+  e <- matrix(rnorm(240 * 2), 240, 2, dimnames = list(paste0("x", 1:240), NULL))
+  expect_error(compositionDistances(x$counts, x$sample, x$type, embedding = e),
+               "row names of `embedding` must be the cell names: 240 cells", class = "mrvi_error")
+  rownames(e) <- colnames(x$counts)
+  e[3, 1] <- NA
+  expect_error(compositionDistances(x$counts, x$sample, x$type, embedding = e), "`embedding` has 1 missing",
+               class = "mrvi_error")
+  skip_if_not_installed("ape")
+  expect_error(treeDistance("((s1,s1),(s3,s4));", "((s1,s3),(s2,s4));"), "`hc` has duplicated leaf label \"s1\"",
+               class = "mrvi_error")
+  expect_error(treeDistance("((a,b),(c,d));", "((a,c),(a,d));"), "`truth` has duplicated leaf label \"a\"",
+               class = "mrvi_error")
+  skip_if_not_installed("cluster")
+  e[3, 1] <- 0
+  s <- silhouetteScores(e, x$type, batch = rep("one", 240))
+  expect_true(is.na(s[["batch"]]) && !is.nan(s[["batch"]]))
+})
+
 test_that("proportionDistances() is the Aitchison distance of cell-type proportions", {
   x <- baseline_data()
   keep <- !(x$sample == "s2" & x$type == "NK")  # one type absent from a sample

@@ -323,6 +323,39 @@ test_that("bad covariates get errors that name the fix", {
   expect_error(differentialExpression(fit, "cov1", admissible = matrix(TRUE, 2, 2)), "admissible")
 })
 
+test_that("covariates with infinite or huge values, repeated rows, lfc_file and draws are checked up front", {
+  fit <- small_fit()$fit
+  cov <- function(...) data.frame(sample = fit@samples, ...)
+  expect_error(differentialExpression(fit, cov(age = c(Inf, 1:4)), cells = 1:3),
+               "Covariate age has an infinite value for sample \"s01\"", class = "mrvi_error")
+  # standardising is scale-free: values near the largest double give the same
+  # test (sd() overflowed to Inf, and the error said "collinear")
+  v <- c(3, 1, 4, 1, 5)
+  small <- differentialExpression(fit, cov(x = v), cells = 1:3, mc_samples = 0, normalize = FALSE)
+  huge <- differentialExpression(fit, cov(x = v * 1e307), cells = 1:3, mc_samples = 0, normalize = FALSE)
+  expect_equal(huge$p_value, small$p_value)
+  # a sample's rows must agree; repeated identical rows are harmless
+  two <- data.frame(sample = c(fit@samples, "s01"), g = c("a", "a", "b", "b", "b", "a"))
+  expect_equal(differentialExpression(fit, two, cells = 1:3, mc_samples = 0, normalize = FALSE)$p_value,
+               differentialExpression(fit, two[1:5, ], cells = 1:3, mc_samples = 0, normalize = FALSE)$p_value)
+  two$g[6] <- "b"
+  expect_error(differentialExpression(fit, two, cells = 1:3), "`covariates` has conflicting rows for sample \"s01\"",
+               class = "mrvi_error")
+  g <- cov(g = c("a", "a", "b", "b", "b"))
+  expect_error(differentialExpression(fit, g, cells = 1:3, lfc = TRUE, lfc_file = file.path(tempfile(), "x.h5")),
+               "`lfc_file` cannot be created: its folder", class = "mrvi_error")
+  expect_error(differentialExpression(fit, g, cells = 1:3, lfc_file = tempfile(fileext = ".h5")),
+               "`lfc_file` is given but `lfc` is `FALSE`", class = "mrvi_error")
+  # draws whose bookkeeping alone passes the memory cap are refused before any work
+  expect_error(differentialExpression(fit, g, cells = 1:3, mc_samples = 1e8),
+               "`mc_samples` = 100000000 would allocate", class = "mrvi_error")
+  # with lfc, every draw's projections of the chunk's cells count too
+  old <- options(mrvi.max_bytes = 1e6)
+  on.exit(options(old))
+  expect_error(differentialExpression(fit, g, cells = 1:3, mc_samples = 2000, lfc = TRUE),
+               "`mc_samples` = 2000 would allocate .*`chunk_size`", class = "mrvi_error")
+})
+
 test_that("results are written back into SingleCellExperiment and Seurat objects", {
   a <- covariates_fit()
   fit <- a$fit

@@ -102,6 +102,28 @@ test_that("sampleHclust gives a real hclust that the usual tools accept", {
   expect_error(sampleHclust(d, "nope"), "`group` = \"nope\"")
 })
 
+test_that("sampleHclust() and sampleDist() take one group, and only distances", {
+  fit <- small_fit()$fit
+  d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+  for (g in list(c("type1", "type2"), NA, TRUE, 1.5, 0)) {
+    expect_error(sampleHclust(d, group = g), "`group` must be one group name of `d` or one whole number in 1\\.\\.",
+                 class = "mrvi_error")
+  }
+  expect_no_message(try(sampleDist(d, group = NA), silent = TRUE))  # (it said "Dropping samples")
+  m <- matrix(c(0, 1, 2, 5, 0, 3, 9, 9, 0), 3, dimnames = list(letters[1:3], letters[1:3]))
+  expect_error(sampleHclust(m), "`d` must hold distances between samples: it is not symmetric", class = "mrvi_error")
+  expect_error(sampleDist(matrix(c(0, -1, -1, 0), 2)), "negative values", class = "mrvi_error")
+  expect_error(sampleHclust(matrix(1:6, 2)), "it is 2 x 3", class = "mrvi_error")
+  expect_error(sampleDist(as.matrix(dist(1:3)) + diag(3)), "diagonal is not 0", class = "mrvi_error")
+  expect_error(sampleDist(`dimnames<-`(as.matrix(dist(1:3)), list(letters[1:3], LETTERS[1:3]))), "names differ",
+               class = "mrvi_error")
+  # NA rows (samples left out) pass, and unnamed matrices get the names a dist gets
+  x <- d[, , 1]
+  x[1, ] <- x[, 1] <- NA
+  expect_equal(labels(suppressMessages(sampleDist(x))), fit@samples[-1])
+  expect_equal(sampleHclust(unname(d[, , 1]))$labels, as.character(seq_len(5)))
+})
+
 test_that("bad arguments name themselves", {
   fit <- small_fit()$fit
   expect_error(sampleDistances(fit, groups = "nope"), "`groups` = \"nope\"")

@@ -154,7 +154,7 @@ bad_calls <- list(
   list(quote(sampleHclust("x")), "`d` must be the result of `sampleDistances\\(\\)`"),
   list(quote(sampleHclust(d3)), "`group` is required"),
   list(quote(sampleHclust(d3, group = "nope")), "`group` = \"nope\" is not a group"),
-  list(quote(sampleHclust(d3, group = 5)), "`group` must be in 1..2"),
+  list(quote(sampleHclust(d3, group = 5)), "`group` must be one group name of `d` or one whole number in 1..2"),
   list(quote(sampleDist(matrix(NA_real_, 3, 3))), "Fewer than 2 samples"),
   # covariate tests
   list(quote(cellAssociation(fit, covariate = "labels")), "`covariate` = \"labels\" varies within samples"),
@@ -178,12 +178,29 @@ bad_calls <- list(
   list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), cells = rep(FALSE, 24))), "`cells` selects no cell"),
   list(quote(differentialExpression(fit, data.frame(sample = c("A", "B", "C"), x = c(1, 2, 4)), cells = rep(FALSE, 24))),
        "`cells` selects no cell"),
+  # an empty selection is refused by every function that takes `cells`, and
+  # sample indices are whole numbers
+  list(quote(admissibility(fit, cells = integer(0))), "`cells` selects no cell"),
+  list(quote(differentialAbundance(fit, c(A = "a", B = "b", C = "b"), cells = character(0))), "`cells` selects no cell"),
+  list(quote(sampleDistances(fit, cells = integer(0))), "`cells` selects no cell"),
+  list(quote(sampleDistances(fit, cells = rep(FALSE, 24))), "`cells` selects no cell"),
+  list(quote(counterfactualExpression(fit, integer(0), "A")), "`cells` selects no cell"),
+  list(quote(counterfactualLatent(fit, cells = character(0))), "`cells` selects no cell"),
+  list(quote(sampleSplitGenes(fit, "A", cells = rep(FALSE, 24))), "`cells` selects no cell"),
+  list(quote(counterfactualLatent(fit, cells = 1, samples = character(0))), "`samples` must be .* \\(at least one\\)"),
+  list(quote(counterfactualLatent(fit, cells = 1, samples = 1.5)), "`samples` must be .*whole indices"),
   list(quote(local({ old <- options(mrvi.max_bytes = 1000); on.exit(options(old)); sampleDistances(fit, groups = seq_len(24), min_cells = 1, mc_samples = 0) })),
        "sampleDistances\\(groups = \\) with 24 groups would allocate"),
   list(quote(sampleTreeSupport(fit, "labels", B = 2e9, mc_samples = 0, normalize = FALSE, min_cells = 1)), "sampleTreeSupport\\(\\) would allocate.*`B`"),
   list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), permutations = 2e9)), "cellAssociation\\(\\) with 2000000000 permutations would allocate"),
   list(quote(groupAssociation(fit, c(A = "a", B = "b", C = "b"), groups = "labels", permutations = 2e9)),
        "groupAssociation\\(\\) with 2000000000 permutations would allocate"),
+  # required arguments left out are named (base R said "argument ... is missing")
+  list(quote(counterfactualExpression(fit, sample = "A")), "`cells` is required"),
+  list(quote(sampleTreeSupport(fit, B = 5)), "`groups` is required"),
+  list(quote(compositionDistances(m, s)), "`groups` is required"),
+  list(quote(treeDistance()), "`hc` and `truth` are required"),
+  list(quote(sampleHclust()), "`d` is required"),
   # package options
   list(quote(local({ old <- options(mrvi.max_bytes = "a"); on.exit(options(old)); sampleDistances(fit, cells = 1) })),
        "`options\\(mrvi.max_bytes\\)` must be one positive number"),

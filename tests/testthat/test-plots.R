@@ -12,6 +12,18 @@ test_that("plot(fit) draws the training curves of the history, with the best epo
   expect_equal(p$layers[[2]]$data$xintercept, fit@config$best_epoch)
 })
 
+test_that("plot(fit, y) and unnamed or bad matrices get classed errors or default names", {
+  fit <- small_fit()$fit
+  expect_error(plot(fit, 1), "takes no `y`", class = "mrvi_error")
+  d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+  p <- plotSampleTree(unname(d[, , 1]))
+  expect_s3_class(p, "ggplot")
+  expect_setequal(p$layers[[2]]$data$label, as.character(1:5))
+  expect_error(plotSampleTree(d, group = NA), "`group` must be one group name", class = "mrvi_error")
+  expect_error(plotSampleDistances(d, group = c("type1", "type2")), "`group` must be one group name", class = "mrvi_error")
+  expect_error(plotSampleDistances(-d[, , 1]), "negative", class = "mrvi_error")
+})
+
 test_that("plots return ggplots, with annotation from the sample table", {
   fit <- small_fit()$fit
   d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
