@@ -131,7 +131,6 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
              sprintf("cellAssociation() with %d permutations", permutations), call,
              hint = "Ask for fewer {.arg permutations} (999 give p-values down to 0.001), or raise {.code options(mrvi.max_bytes = )}.")
   idx <- resolve_cells(fit, cells, call)
-  if (!length(idx)) abort_arg("{.arg cells} selects no cell.", call = call)
   apply_threads(call = call)
   block <- resolve_chunk_size(fit, NULL, call, mc_samples, normalize)
   parts <- bp_map(bp_split(idx), function(cells) {
@@ -248,7 +247,16 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
               call = call)
   }
   if (is_fit) check_fit(fit_or_distances, call)
-  seed <- check_whole(seed %||% (if (is_fit) fit_or_distances@config$seed else 1), "seed", call)
+  if (!is_fit) {
+    samples <- dimnames(fit_or_distances)[1:2]
+    if (is.null(samples[[1]]) || !identical(samples[[1]], samples[[2]])) {
+      abort_arg(c("{.arg fit_or_distances} has no sample names: its rows and columns must be named by the same samples.",
+                  "i" = "Pass {.fn sampleDistances}'s result as it came, or set {.code dimnames()} to the samples."),
+                call = call)
+    }
+  }
+  # (not %||%, which takes NA for the default: seed = NA is an error, as elsewhere)
+  seed <- check_whole(if (is.null(seed)) (if (is_fit) fit_or_distances@config$seed else 1) else seed, "seed", call)
   statistic <- match_choice(statistic %||% "effect", c("effect", "ks", "pseudo_f"), "statistic", call)
   if (!is.null(min_effect) && statistic != "effect") {
     abort_arg("{.arg min_effect} applies to {.code statistic = \"effect\"} only.", call = call)

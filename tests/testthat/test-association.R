@@ -87,6 +87,17 @@ test_that("per-cell tests: KS statistic as ks.test, Mantel's z by enumeration, q
                                mc_samples = 10, min_effect = 0.5), res)
 })
 
+test_that("a cell whose distances are NaN gets no test, not z = 0 and p = 1", {
+  a <- covariates_fit()
+  fit <- a$fit
+  fit@u_mean[2, 1] <- NaN  # a damaged posterior: every distance of cell 2 is NaN
+  for (permutations in c(0, 99)) {
+    res <- cellAssociation(fit, "cov1", cells = 1:3, mc_samples = 0, permutations = permutations)
+    expect_true(is.na(res$z[2]) && is.na(res$p_value[2]) && is.na(res$q_value[2]))
+    expect_false(anyNA(res$p_value[c(1, 3)]))
+  }
+})
+
 test_that("a minimum effect only ever raises p-values, and 0 is Mantel's null", {
   a <- covariates_fit()
   cells <- c(which(a$fit@cell_data$cell_type == "type1")[1:10], which(a$fit@cell_data$cell_type == "type2")[1:10])
