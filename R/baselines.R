@@ -69,10 +69,11 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
     genes[[g]] <- rownames(data$counts)[top]
     v <- log_cpm[top, , drop = FALSE]
     d <- if (metric == "correlation") 1 - suppressWarnings(stats::cor(v)) else as.matrix(stats::dist(t(v)))
-    # identical profiles (and a sample with itself) are at distance 0, also
-    # where the correlation is undefined (no gene varies, or a profile is constant)
-    same <- outer(seq_along(kept), seq_along(kept), Vectorize(function(a, b) identical(v[, a], v[, b])))
-    d[same] <- 0
+    # a sample is at distance 0 from itself, and so are identical profiles where
+    # the correlation is undefined (constant profiles; only those rows hold NA)
+    diag(d) <- 0
+    undefined <- which(rowSums(is.na(d)) > 0)
+    for (a in undefined) for (b in undefined) if (identical(v[, a], v[, b])) d[a, b] <- 0
     if (anyNA(d)) {
       cli::cli_warn(c("Group {.val {g}}: the correlation of sample{?s} {.val {kept[rowSums(is.na(d)) > 0]}} with others is undefined (a constant profile over the genes used): {.code NA}.",
                       "i" = "Use {.code metric = \"euclidean\"} or more {.arg n_genes}."),
