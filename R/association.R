@@ -117,6 +117,7 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
                             permutations = 999, seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam(),
                             space = c("expression", "latent"), min_effect = NULL) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   seed <- check_whole(seed, "seed", call)
@@ -235,6 +236,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
                              max_cells = 500, BPPARAM = BiocParallel::SerialParam(),
                              space = c("expression", "latent"), min_effect = NULL) {
   call <- sys.call()
+  check_required(call)
   space <- match_choice(space, c("expression", "latent"), "space", call)
   check_bpparam(BPPARAM, call)
   permutations <- check_count(permutations, "permutations", call)

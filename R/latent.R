@@ -31,6 +31,7 @@
 mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL,
                        seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   which <- match_choice(which, c("u", "z"), "which", call)
@@ -212,6 +213,7 @@ align_genes <- function(fit, data, call) {
 counterfactualLatent <- function(fit, cells = NULL, samples = NULL, use_mean = TRUE, mc_samples = 0,
                                  seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
   check_flag(use_mean, "use_mean", call)

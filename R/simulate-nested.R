@@ -84,6 +84,7 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
                            expression = c("gamma", "skewed"), library_size = 1500,
                            n_chemistries = 1, technical = 0) {
   call <- sys.call()
+  check_required(call)
   design <- match_choice(design, c("tree", "covariates"), "design", call)
   edge_lengths <- match_choice(edge_lengths, c("equal", "ultrametric"), "edge_lengths", call)
   expression <- match_choice(expression, c("gamma", "skewed"), "expression", call)

@@ -32,6 +32,7 @@
 #' @export
 addMrVI <- function(object, fit, distances = NULL, association = NULL, differential = NULL) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   cells <- colnames(object)
   if (is.null(cells) || !any(cells %in% rownames(fit@u_mean))) {

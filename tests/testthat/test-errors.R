@@ -204,6 +204,11 @@ bad_calls <- list(
   list(quote(compositionDistances(m, s)), "`groups` is required"),
   list(quote(treeDistance()), "`hc` and `truth` are required"),
   list(quote(sampleHclust()), "`d` is required"),
+  list(quote(cellAssociation(fit)), "`covariate` is required"),
+  list(quote(groupAssociation(fit)), "`covariate` is required"),
+  list(quote(mrviLatent()), "`fit` is required"),
+  list(quote(addMrVI(fit)), "`fit` is required"),
+  list(quote(simulateNested()), "`n_cells` and `n_genes` are required"),
   # package options
   list(quote(local({ old <- options(mrvi.max_bytes = "a"); on.exit(options(old)); sampleDistances(fit, cells = 1) })),
        "`options\\(mrvi.max_bytes\\)` must be one positive number"),
