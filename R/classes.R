@@ -170,12 +170,31 @@ setValidity("MrVIFit", function(object) {
   spec <- fit_nuisance(object)
   gone <- setdiff(c(names(spec$factors), spec$continuous$name), names(object@cell_data))
   if (length(gone)) problems <- c(problems, sprintf("@cell_data lacks the nuisance covariate%s %s", if (length(gone) > 1) "s" else "", paste(gone, collapse = ", ")))
+  for (nm in intersect(c(names(spec$factors), spec$continuous$name), names(object@cell_data))) {
+    if (anyNA(object@cell_data[[nm]])) problems <- c(problems, sprintf("@cell_data$%s has NA values", nm))
+  }
   if (!length(object@weights)) problems <- c(problems, "@weights is empty")
-  if (!is.character(object@config$model_json) || length(object@config$model_json) != 1) {
+  json <- object@config$model_json
+  if (!is.character(json) || length(json) != 1) {
     problems <- c(problems, "@config$model_json is missing")
+  } else {
+    # the sizes the weights were made for, against the slots that index them
+    sizes <- list(n_genes = length(object@genes), n_samples = length(object@samples), n_latent = train$n_latent)
+    for (k in names(sizes)) {
+      fitted <- model_size(json, k)
+      if (!is.na(fitted) && !is.null(sizes[[k]]) && !identical(as.integer(sizes[[k]]), fitted)) {
+        problems <- c(problems, sprintf("the model has %s = %d, the fit's slots %d", k, fitted, as.integer(sizes[[k]])))
+      }
+    }
   }
   if (length(problems)) problems else TRUE
 })
+
+# An integer field of the model's JSON (`"n_genes":2000`), NA when absent.
+model_size <- function(json, field) {
+  hit <- regmatches(json, regexec(sprintf('"%s":([0-9]+)', field), json))[[1]]
+  if (length(hit)) as.integer(hit[2]) else NA_integer_
+}
 
 #' @rdname MrVIFit-class
 #' @param object a `MrVIFit`.

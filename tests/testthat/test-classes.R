@@ -40,7 +40,11 @@ test_that("edited slots are caught by the validity method", {
     function(f) { f@samples <- f@samples[-1]; f },
     function(f) { f@sample_table <- f@sample_table[-1, ]; f },
     function(f) { f@weights <- raw(); f },
-    function(f) { f@config$model_json <- NULL; f }
+    function(f) { f@config$model_json <- NULL; f },
+    # slots out of step with the model the weights were made for
+    function(f) { f@genes <- f@genes[-1]; f },
+    function(f) { f@config$train$n_latent <- f@config$train$n_latent + 1L; f },
+    function(f) { f@cell_data$batch[2] <- NA; f }
   )
   for (edit in edits) {
     g <- edit(fit)
