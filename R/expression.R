@@ -78,6 +78,11 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
         abort_arg("{.arg continuous${spec$continuous$name[k[j]]}} must be one finite number or one per cell ({n}).", call = call)
       }
       x[, k[j]] <- (v - spec$continuous$center[k[j]]) / spec$continuous$scale[k[j]]
+      # the model takes the standardised values in single precision
+      if (any(!(abs(x[, k[j]]) <= float_max))) {
+        abort_arg(c("{.arg continuous${spec$continuous$name[k[j]]}} is too far from the fitted values to standardise.",
+                    "i" = "Give it in the units it was fitted in."), call = call)
+      }
     }
   }
   if (isTRUE(average)) average <- factors

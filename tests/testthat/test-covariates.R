@@ -115,6 +115,8 @@ test_that("bad covariates are refused naming the argument", {
                "both", class = "mrvi_error")
   expect_error(counterfactualExpression(fit, 1:2, fit@samples[1], continuous = list(mito = Inf)),
                "continuous\\$mito", class = "mrvi_error")
+  expect_error(counterfactualExpression(fit, 1:2, fit@samples[1], continuous = list(mito = 1e300)),
+               "continuous\\$mito. is too far from the fitted values", class = "mrvi_error")
 })
 
 test_that("u mixes every nuisance covariate of a crossed design, and the sample distances keep them out", {
