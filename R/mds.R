@@ -7,7 +7,7 @@
 #'
 #' @param distances the result of [sampleDistances()] (or of a baseline), one
 #'   `S x S` matrix, or a `dist`.
-#' @param group the group to draw (name or index); may be omitted when there is
+#' @param group the group to draw (one name, or one whole number in 1..G); may be omitted when there is
 #'   one group.
 #' @param annotation `NULL`, one column name of the sample table
 #'   (`attr(distances, "sample_table")`) to colour samples by, or a vector named
