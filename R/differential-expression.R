@@ -48,7 +48,9 @@
 #' the linear flavour this equals \eqn{Z_n} at the posterior mean, which is used
 #' directly). Draws are made from `seed`, the cell's index and the draw alone
 #' (the same draws as every function that draws u), so results do not depend on
-#' `chunk_size`.
+#' `chunk_size` or on which other cells are asked for, but for rounding: the
+#' largest fold change that sets the TREAT threshold is decoded in single
+#' precision over a chunk's cells, so p-values can move in the 8th digit.
 #'
 #' **Posterior-noise floor** (`normalize = TRUE`, the default). A fitted model
 #' can carry small covariate-aligned shifts of z in cell types the covariate
