@@ -32,7 +32,8 @@
 #' them are fine) and, for every nuisance covariate of the fit, a level the
 #' fit knows (new levels would need the shared decoder to learn, which stays
 #' frozen) or a finite value. With a mixture prior biased by labels, the new
-#' cells use the mixture weights without a label. Cells without counts are left
+#' cells use the mixture weights without a label (`labels`, if given, are only
+#' kept for grouping). Cells without counts are left
 #' out, with a message. When the fit's `validation_fraction` holds out none of
 #' the new cells, validation is off (a message says so) and early stopping
 #' watches the training ELBO.
@@ -49,6 +50,10 @@
 #' @param continuous_covariates their continuous nuisance covariates, as in
 #'   [mrvi()] (with the fit's names).
 #' @param verbose print the set-up and a progress bar.
+#' @param labels optional labels of the new cells (a column name or a vector),
+#'   kept in `fit@cell_data$labels` so that analyses grouped by `"labels"`
+#'   include them; they do not enter training. Without them the new cells'
+#'   labels are `NA` (a message says so when the fit has labels).
 #' @return a [MrVIFit-class] over the fit's samples followed by the new ones.
 #'   `fit@config$added` records each addition (`samples`, `history`,
 #'   `best_epoch`, `seed`); `fit@history` stays the training of the reference.
@@ -60,7 +65,7 @@
 #' fit2@samples
 #' @export
 mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed = 1,
-                           continuous_covariates = NULL, verbose = FALSE) {
+                           continuous_covariates = NULL, verbose = FALSE, labels = NULL) {
   call <- sys.call()
   check_fit(fit, call)
   if (!is.null(max_epochs)) max_epochs <- check_count(max_epochs, "max_epochs", call)
@@ -69,7 +74,7 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   if (missing(sample) || is.null(sample)) {
     abort_arg("{.arg sample} is required: the new sample of every cell.", call = call)
   }
-  data <- read_new_cells(x, sample = sample, batch = batch,
+  data <- read_new_cells(x, sample = sample, batch = batch, labels = labels,
                          continuous_covariates = continuous_covariates, call = call)
   # (read_new_cells() keeps mrviData()'s messages about genes, padded back below, quiet)
   if (length(data$dropped$cells)) {
@@ -118,6 +123,10 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   old_cells <- fit@cell_data
   old_cells$sample <- factor(as.character(old_cells$sample), levels = all_samples)
   new_cells <- fit_cell_data(data)
+  if (!is.null(fit@cell_data$labels) && is.null(labels)) {
+    inform(c("i" = paste("The new cells have no {.arg labels}: analyses grouped by {.code \"labels\"} leave them out.",
+                         "Give {.arg labels} to keep them in.")))
+  }
   new_cells$sample <- factor(as.character(new_cells$sample), levels = all_samples)
   for (nm in names(nuisance$values)) new_cells[[nm]] <- nuisance$values[[nm]]
   config <- fit@config

@@ -121,3 +121,21 @@ test_that("added cells without counts are left out with a message", {
                  "Leaving out 1 cell of `x` without counts")
   expect_equal(nrow(added@cell_data), nrow(ref@cell_data) + sum(held) - 1)
 })
+
+test_that("labels of the added cells are kept for grouping, and their absence is said", {
+  sim <- mrvi:::simulate_counts(n_cells = 300, n_genes = 60, n_samples = 4, seed = 2)
+  old <- sim$sample != "s04"
+  fit <- mrvi(sim$counts[, old], sample = droplevels(sim$sample[old]), labels = sim$cell_type[old],
+              max_epochs = 2, n_threads = 1, verbose = FALSE)
+  expect_message(without <- mrviAddSamples(fit, sim$counts[, !old], sample = sim$sample[!old], max_epochs = 1),
+                 "new cells have no `labels`")
+  expect_true(all(is.na(without@cell_data$labels[!rownames(without@cell_data) %in% rownames(fit@cell_data)])))
+  with <- mrviAddSamples(fit, sim$counts[, !old], sample = sim$sample[!old], max_epochs = 1,
+                         labels = sim$cell_type[!old])
+  new_cells <- colnames(sim$counts)[!old]
+  expect_equal(as.character(with@cell_data[new_cells, "labels"]), as.character(sim$cell_type[!old]))
+  # labels only group: the fit is the one without them
+  expect_identical(with@u_mean, without@u_mean)
+  d <- sampleDistances(with, groups = "labels", mc_samples = 0)
+  expect_false(anyNA(d[, "s04", ]))
+})
