@@ -50,7 +50,10 @@ rust <- function(expr) {
       mrvi_memory_error = "Not enough memory: ask for less (fewer cells, samples or draws), or free memory.",
       mrvi_internal_error = "This is a bug in mrvi: please report it with the call that caused it.",
       mrvi_divergence_error = "Try a smaller {.arg lr}, or check the counts for extreme values.",
-      mrvi_checkpoint_error = "Give another {.arg checkpoint} file, or delete this one to train afresh.",
+      # a file that could not be written has nothing to delete: the path is the fix
+      mrvi_checkpoint_error = if (grepl("^cannot write the checkpoint", msg))
+        "Give a {.arg checkpoint} path in a folder you can write to." else
+        "Give another {.arg checkpoint} file, or delete this one to train afresh.",
       NULL)
     abort_arg(c("{msg}", "i" = if (!is.null(hint)) hint), class = class, call = user_call())
   })

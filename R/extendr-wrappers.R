@@ -76,7 +76,8 @@ mrvi_trainer_counts_on_disk <- function(h, library) rust(.Call(wrap__mrvi_traine
 #' @noRd
 mrvi_trainer_save <- function(h, path) rust(.Call(wrap__mrvi_trainer_save, h, path))
 
-#' Resume a new run from the checkpoint `path`; returns the epochs already done.
+#' Resume a new run from the checkpoint `path`: the epochs already done, the
+#' thread counts they ran with (empty: unknown) and this run's.
 #' @noRd
 mrvi_trainer_resume <- function(h, path) rust(.Call(wrap__mrvi_trainer_resume, h, path))
 

@@ -52,7 +52,8 @@
 #' @param n_threads CPU threads for libtorch; `NULL` uses
 #'   `getOption("mrvi.threads")`, and when that is unset the cores idle at the
 #'   start of the fit (see [mrviBackend()]). The count used is in
-#'   `fit@config$n_threads`.
+#'   `fit@config$n_threads` (several counts for a fit resumed from a
+#'   `checkpoint` on another count).
 #' @param seed integer seed (0 to 2147483647): a fixed seed gives bit-identical
 #'   weights and latents on the same machine with the same thread count
 #'   (`n_threads`; pass `fit@config$n_threads` to repeat a fit that used the
@@ -139,9 +140,16 @@
 #'   bit-identical to an uninterrupted run on the CPU (same machine, thread
 #'   count and device). The call must give the same data and arguments; only
 #'   `max_epochs` may differ (a larger value trains on), as nothing else depends
-#'   on it. A checkpoint made with other data or arguments is refused with an
-#'   error of class `mrvi_checkpoint_error`. The file is kept after training:
-#'   calling again returns the same fit without training.
+#'   on it. A checkpoint made with other data or arguments, one holding more
+#'   epochs than `max_epochs`, and a damaged one (its checksum, over the weights
+#'   and the state, does not match) are refused with an error of class
+#'   `mrvi_checkpoint_error`; delete the file to train afresh. Checkpoints
+#'   written before the checksum existed still resume, unchecked. A different
+#'   `n_threads` (e.g. on another machine) is accepted with a warning of class
+#'   `mrvi_threads_changed`: the fit is then bit-identical to no uninterrupted
+#'   run, and `fit@config$n_threads` holds every count used, in order. The file
+#'   is kept after training: calling again returns the same fit without
+#'   training.
 #'
 #' @section Counts on disk: counts given as a `DelayedArray` (an `HDF5Matrix`, a
 #'   `TENxMatrix`, an HDF5-backed `SingleCellExperiment`; see [mrviData()]) are
@@ -292,11 +300,22 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                             "{if (on_disk) ', read from disk' else ''}.")))
     }
   }
-  resumed <- if (!is.null(checkpoint) && file.exists(checkpoint)) mrvi_trainer_resume(trainer, checkpoint) else list()
-  if (verbose && length(resumed)) {
-    inform(c("i" = "Resuming from {.file {checkpoint}} after epoch {length(resumed)}."))
+  resumed <- if (!is.null(checkpoint) && file.exists(checkpoint)) mrvi_trainer_resume(trainer, checkpoint) else
+    list(epochs = list(), threads = integer())
+  if (verbose && length(resumed$epochs)) {
+    inform(c("i" = "Resuming from {.file {checkpoint}} after epoch {length(resumed$epochs)}."))
   }
-  trained <- train_to_end(trainer, info, verbose, call, resumed, checkpoint, reader)
+  # the result depends on the thread count (minibatch shards): a resumed run on
+  # another count goes on, but is then bit-identical to no uninterrupted run
+  threads_used <- threads
+  if (length(resumed$threads) && any(resumed$threads != resumed$threads_now)) {
+    threads_used <- unique(c(resumed$threads, resumed$threads_now))
+    cli::cli_warn(c("The checkpoint's epochs ran on {resumed$threads} thread{?s}, this call uses {resumed$threads_now}.",
+                    "i" = "The fit is not bit-identical to an uninterrupted run on either count; {.code fit@config$n_threads} records all of them.",
+                    "i" = if (length(resumed$threads) == 1) "Give {.arg n_threads} = {resumed$threads} to resume exactly."),
+                  class = c("mrvi_threads_changed", "mrvi_warning"), call = call)
+  }
+  trained <- train_to_end(trainer, info, verbose, call, resumed$epochs, checkpoint, reader)
   run <- trained$run
   done <- trained$done
   history <- trained$history
@@ -309,7 +328,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                min_epochs = info$min_epochs, validation_fraction = validation_fraction),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
-                  n_threads = threads)
+                  n_threads = threads_used)
   )
   if (run$interrupted) {
     cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",

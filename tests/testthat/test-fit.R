@@ -171,6 +171,50 @@ test_that("a checkpointed fit stopped after epoch k and resumed equals an uninte
   expect_error(fit_with(6, file.path(tempfile(), "x")), "existing folder")
 })
 
+test_that("a damaged checkpoint, fewer max_epochs than it holds, or an unwritable one are refused by name", {
+  sim <- mrvi:::example_counts()
+  path <- tempfile(fileext = ".safetensors")
+  on.exit(unlink(path))
+  fit_with <- function(max_epochs, checkpoint = path, n_threads = 1) {
+    mrvi(sim$counts, sample = sim$sample, flavour = "linear", max_epochs = max_epochs,
+         n_threads = n_threads, seed = 3, verbose = FALSE, checkpoint = checkpoint)
+  }
+  fit_with(2)
+  intact <- readBin(path, "raw", file.size(path))
+  # one bit in the tensor data (after the 8-byte length and the JSON header):
+  # resumed silently before, into an ELBO of -1e35
+  header <- readBin(intact[1:8], "integer", size = 8)
+  for (at in c(header + 108, length(intact))) {
+    b <- intact
+    b[at] <- as.raw(bitwXor(as.integer(b[at]), 0x40L))
+    writeBin(b, path)
+    err <- expect_error(fit_with(4), class = "mrvi_checkpoint_error")
+    expect_match(conditionMessage(err), "damaged")
+    expect_match(conditionMessage(err), "delete")
+  }
+  # asked for fewer epochs than the file holds: not returned under a false max_epochs
+  writeBin(intact, path)
+  err <- expect_error(fit_with(1), class = "mrvi_checkpoint_error")
+  expect_match(conditionMessage(err), "holds 2 epochs, more than max_epochs = 1")
+  expect_identical(nrow(fit_with(2)@history), 2L)
+  # another thread count goes on, says so, and records both counts
+  expect_warning(f <- fit_with(3, n_threads = 2), class = "mrvi_threads_changed")
+  expect_identical(f@config$n_threads, c(1L, 2L))
+  # a file that cannot be written: the hint is about the path, not deleting it
+  # (a read-only folder is writable for root; /proc is not)
+  locked <- tempfile()
+  dir.create(locked)
+  Sys.chmod(locked, "0500")
+  on.exit(unlink(locked, recursive = TRUE), add = TRUE)
+  writable <- function(dir) suppressWarnings(file.create(file.path(dir, "probe")) && file.remove(file.path(dir, "probe")))
+  dirs <- Filter(function(d) dir.exists(d) && !writable(d), c(locked, "/proc"))
+  skip_if(!length(dirs), "no unwritable folder")
+  unwritable <- file.path(dirs[1], "mrvi.ckpt")
+  err <- expect_error(fit_with(1, unwritable), class = "mrvi_checkpoint_error")
+  expect_match(conditionMessage(err), "folder you can write to")
+  expect_no_match(conditionMessage(err), "delete")
+})
+
 test_that("settings that would train a degenerate or other model than asked are refused, naming the argument", {
   m <- small_counts()
   s <- small_samples()

@@ -5,20 +5,25 @@
 //! made for another run is refused. libtorch's generator needs no saving: it is
 //! reseeded from the seed and the epoch. The file is written next to its place
 //! and renamed over it, so that a job killed while saving leaves the previous
-//! checkpoint whole.
+//! checkpoint whole. A checksum over the tensors and the state (in the
+//! metadata) catches a file damaged after it was written, which would otherwise
+//! resume silently into a garbage fit.
 
 use crate::data::CountColumns;
 use crate::error::{Error, Result};
-use crate::io::{copy_tensor_into, tensors_to_bytes, Hash128};
+use crate::io::{copy_tensor_into, hash_bytes, named_to_bytes, tensors_to_named, Hash128};
 use crate::rng::SplitMix64;
-use crate::train::{EpochStats, Trainer};
-use safetensors::tensor::SafeTensors;
+use crate::train::{shard_threads, EpochStats, Trainer};
+use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::Tensor;
 
-const FORMAT: &str = "mrvi training checkpoint 1";
+/// Format 2 adds the checksum and the thread counts; format 1 (no checksum)
+/// still loads, unchecked, so that runs checkpointed before can resume.
+const FORMAT: &str = "mrvi training checkpoint 2";
+const FORMAT_UNCHECKED: &str = "mrvi training checkpoint 1";
 
 /// The scalars of the state (floats as their bits, which JSON keeps exactly).
 #[derive(Serialize, Deserialize)]
@@ -32,6 +37,43 @@ struct State {
     stopped_early: bool,
     /// the history, one row of `stats_row` per epoch, as bits
     history: Vec<Vec<u64>>,
+    /// the shard thread counts the epochs ran with, in the order used (absent
+    /// in format 1)
+    #[serde(default)]
+    threads: Vec<usize>,
+}
+
+/// What a resumed run needs to know beyond the trainer's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    /// the thread counts the checkpoint's epochs ran with (empty: unknown, a
+    /// format-1 file)
+    pub threads: Vec<usize>,
+    /// the thread count this run uses
+    pub threads_now: usize,
+}
+
+/// A checksum of a checkpoint's metadata (all but the checksum itself, by key)
+/// and tensors (by name: dtype, shape, bytes).
+fn checksum<'a>(meta: &HashMap<String, String>, tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
+    let mut h = Hash128::new(0x636b_7074);
+    let mut keys: Vec<&String> = meta.keys().filter(|k| k.as_str() != "checksum").collect();
+    keys.sort();
+    for k in keys {
+        hash_bytes(&mut h, k.as_bytes());
+        hash_bytes(&mut h, meta[k].as_bytes());
+    }
+    h.word(u64::MAX);
+    let mut tensors: Vec<_> = tensors.collect();
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, dtype, shape, data) in tensors {
+        hash_bytes(&mut h, name.as_bytes());
+        hash_bytes(&mut h, format!("{dtype:?}").as_bytes());
+        h.word(shape.len() as u64);
+        shape.iter().for_each(|&d| h.word(d as u64));
+        hash_bytes(&mut h, data);
+    }
+    h.finish()
 }
 
 /// A checksum of everything that decides the run except `max_epochs` and
@@ -112,8 +154,16 @@ pub fn save(t: &Trainer, path: &Path) -> Result<()> {
         epochs_since_best: t.epochs_since_best,
         stopped_early: t.stopped_early,
         history: t.history.iter().map(stats_row).collect(),
+        threads: {
+            let mut threads = t.resumed_threads.clone();
+            let now = shard_threads(&t.model);
+            if threads.last() != Some(&now) {
+                threads.push(now);
+            }
+            threads
+        },
     };
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("fingerprint".to_string(), fingerprint(t)?),
         ("state".to_string(), serde_json::to_string(&state)?),
@@ -127,7 +177,10 @@ pub fn save(t: &Trainer, path: &Path) -> Result<()> {
     if let Some((_, _, snapshot)) = &t.best {
         tensors.extend(snapshot.iter().map(|(name, v)| (format!("best/{name}"), v)));
     }
-    let bytes = tensors_to_bytes(tensors.into_iter(), Some(meta))?;
+    let named = tensors_to_named(tensors.into_iter())?;
+    let sum = checksum(&meta, named.iter().map(|(n, s, b)| (n.as_str(), Dtype::F32, s.as_slice(), b.as_slice())));
+    meta.insert("checksum".to_string(), sum);
+    let bytes = named_to_bytes(&named, Some(meta))?;
     let tmp = path.with_file_name(format!(
         "{}.{}.tmp",
         path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -142,15 +195,28 @@ pub fn save(t: &Trainer, path: &Path) -> Result<()> {
 }
 
 /// Restore a trainer built with the same data and settings to the state saved
-/// at `path`.
-pub fn load(t: &mut Trainer, path: &Path) -> Result<()> {
+/// at `path`. A damaged file (checksum), one made for another run
+/// (fingerprint) and one holding more epochs than `t.max_epochs` are refused.
+pub fn load(t: &mut Trainer, path: &Path) -> Result<Resumed> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::Checkpoint(format!("cannot read the checkpoint {}: {e}", path.display())))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|_| damaged("not a safetensors file"))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|_| damaged("no header"))?;
     let meta = header.metadata().as_ref().ok_or_else(|| damaged("no metadata"))?;
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+    let format = meta.get("format").map(String::as_str);
+    if format != Some(FORMAT) && format != Some(FORMAT_UNCHECKED) {
         return Err(damaged("unknown format"));
+    }
+    // before the fingerprint: a damaged one would read as another run's
+    if format == Some(FORMAT) {
+        let tensors = st.tensors();
+        let sum = checksum(meta, tensors.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())));
+        if meta.get("checksum") != Some(&sum) {
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint {} is damaged: its contents do not match its checksum, so it cannot be resumed; delete it to train afresh",
+                path.display()
+            )));
+        }
     }
     if meta.get("fingerprint") != Some(&fingerprint(t)?) {
         return Err(Error::Checkpoint(format!(
@@ -163,6 +229,16 @@ pub fn load(t: &mut Trainer, path: &Path) -> Result<()> {
     let history = state.history.iter().map(|r| row_stats(r)).collect::<Result<Vec<_>>>()?;
     if history.len() != state.epochs {
         return Err(damaged("history and epoch count differ"));
+    }
+    // the fit would hold more epochs than it was asked for
+    if state.epochs > t.max_epochs {
+        return Err(Error::Checkpoint(format!(
+            "the checkpoint {} already holds {} epochs, more than max_epochs = {}: give max_epochs = {} or more to resume it, or delete it to train afresh",
+            path.display(),
+            state.epochs,
+            t.max_epochs,
+            state.epochs
+        )));
     }
     for (name, v, m, s) in t.opt.params.iter_mut() {
         copy_tensor_into(&st, &format!("model/{name}"), v)?;
@@ -186,5 +262,6 @@ pub fn load(t: &mut Trainer, path: &Path) -> Result<()> {
     t.epochs_since_best = state.epochs_since_best;
     t.stopped_early = state.stopped_early;
     t.history = history;
-    Ok(())
+    t.resumed_threads = state.threads.clone();
+    Ok(Resumed { threads: state.threads, threads_now: shard_threads(&t.model) })
 }

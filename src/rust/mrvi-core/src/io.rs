@@ -40,7 +40,12 @@ pub fn tensors_to_bytes<'a>(
     tensors: impl Iterator<Item = (String, &'a Tensor)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
-    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    named_to_bytes(&tensors_to_named(tensors)?, metadata)
+}
+
+/// Named float tensors as (name, shape, float32 little-endian bytes), on the CPU.
+pub fn tensors_to_named<'a>(tensors: impl Iterator<Item = (String, &'a Tensor)>) -> Result<Vec<Named>> {
+    let mut named: Vec<Named> = Vec::new();
     for (name, t) in tensors {
         let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
@@ -50,6 +55,14 @@ pub fn tensors_to_bytes<'a>(
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         named.push((name, shape, bytes));
     }
+    Ok(named)
+}
+
+/// A tensor as (name, shape, float32 little-endian bytes).
+pub type Named = (String, Vec<usize>, Vec<u8>);
+
+/// [tensors_to_named]'s tensors as safetensors bytes, with optional metadata.
+pub fn named_to_bytes(named: &[Named], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView)> = named
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
@@ -105,6 +118,19 @@ pub fn weights_hash(bytes: &[u8]) -> String {
     tail[..words.remainder().len()].copy_from_slice(words.remainder());
     h.word(u64::from_le_bytes(tail));
     h.finish()
+}
+
+/// Feed `bytes` to `h`: their length, then 8-byte words (the last zero-padded),
+/// so that a sequence of byte strings has one reading only.
+pub fn hash_bytes(h: &mut Hash128, bytes: &[u8]) {
+    h.word(bytes.len() as u64);
+    let mut words = bytes.chunks_exact(8);
+    for c in &mut words {
+        h.word(u64::from_le_bytes(c.try_into().unwrap()));
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    h.word(u64::from_le_bytes(tail));
 }
 
 /// The state of [weights_hash], fed one 8-byte word at a time: also used to

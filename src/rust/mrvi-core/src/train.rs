@@ -78,6 +78,9 @@ pub struct Trainer {
     pub(crate) best: Option<(f64, usize, Vec<(String, Tensor)>)>,
     pub(crate) epochs_since_best: usize,
     pub stopped_early: bool,
+    /// the shard thread counts of the epochs resumed from a checkpoint, in the
+    /// order used (results depend on them: see [train_step])
+    pub(crate) resumed_threads: Vec<usize>,
     /// when adding samples: the reference samples' rows of the per-sample
     /// parameters, restored exactly by `finish`
     reference_rows: Vec<(String, Tensor)>,
@@ -458,7 +461,7 @@ fn shard_ranges(n: usize, threads: usize) -> Vec<Range<usize>> {
 
 /// The threads a minibatch's shards may take: libtorch's on the CPU, one
 /// elsewhere (a GPU runs one pass).
-fn shard_threads(model: &MrviModel) -> usize {
+pub(crate) fn shard_threads(model: &MrviModel) -> usize {
     if model.device() == Device::Cpu { backend::num_threads().max(1) as usize } else { 1 }
 }
 
@@ -594,6 +597,7 @@ impl Trainer {
             best: None,
             epochs_since_best: 0,
             stopped_early: false,
+            resumed_threads: Vec::new(),
             reference_rows,
         })
     }

@@ -533,6 +533,57 @@ fn a_checkpointed_run_resumes_bit_for_bit() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// A checkpoint damaged after it was written (one flipped bit in a tensor, in
+/// the state, at the end) is refused as damaged, never resumed into a garbage
+/// fit; the intact file loads; a file holding more epochs than `max_epochs`
+/// is refused; a format-1 file (no checksum, written before) still loads.
+#[test]
+fn a_damaged_checkpoint_is_refused() {
+    use mrvi_core::checkpoint;
+    use safetensors::tensor::SafeTensors;
+    let _rng = common::libtorch_rng();
+    let new = |max_epochs: usize| {
+        Trainer::new(ModelConfig::new(40, 4, 1, 4), common::train_config(max_epochs, 2, 4), toy_data(300, 40, 4, 3), Device::Cpu).unwrap()
+    };
+    let mut first = new(2);
+    while !first.done() {
+        first.run_epoch(&mut || false).unwrap();
+    }
+    let path = std::env::temp_dir().join(format!("mrvi-checkpoint-damaged-{}.safetensors", std::process::id()));
+    checkpoint::save(&first, &path).unwrap();
+    let intact = std::fs::read(&path).unwrap();
+    let resumed = checkpoint::load(&mut new(4), &path).unwrap();
+    assert_eq!(resumed.threads, vec![resumed.threads_now]);
+    let header = u64::from_le_bytes(intact[..8].try_into().unwrap()) as usize;
+    let state_at = intact.windows(8).position(|w| w == b"adam_ste").unwrap() + 14;
+    for at in [header + 8 + 100, header + 8 + 5000, intact.len() - 1, state_at] {
+        let mut bytes = intact.clone();
+        bytes[at] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = checkpoint::load(&mut new(4), &path).unwrap_err();
+        assert_eq!(e.class(), "mrvi_checkpoint_error");
+        assert!(e.to_string().contains("is damaged"), "byte {at}: {e}");
+    }
+    // asked for fewer epochs than the file holds: refused, naming both
+    std::fs::write(&path, &intact).unwrap();
+    let e = checkpoint::load(&mut new(1), &path).unwrap_err();
+    assert_eq!(e.class(), "mrvi_checkpoint_error");
+    assert!(e.to_string().contains("holds 2 epochs, more than max_epochs = 1"), "{e}");
+    // the same file as the previous version wrote it: format 1, no checksum
+    let st = SafeTensors::deserialize(&intact).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&intact).unwrap();
+    let mut meta = meta.metadata().clone().unwrap();
+    meta.remove("checksum");
+    meta.insert("format".into(), "mrvi training checkpoint 1".into());
+    let old = safetensors::serialize(st.tensors(), &Some(meta)).unwrap();
+    std::fs::write(&path, &old).unwrap();
+    let mut from_old = new(4);
+    let resumed = checkpoint::load(&mut from_old, &path).unwrap();
+    assert_eq!(from_old.history, first.history);
+    assert_eq!(resumed.threads, vec![resumed.threads_now]);
+    std::fs::remove_file(&path).unwrap();
+}
+
 /// Early stopping waits for `min_epochs` (by default half of `max_epochs`):
 /// a run that patience alone stops early trains on, through the same epochs.
 #[test]

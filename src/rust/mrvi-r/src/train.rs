@@ -231,14 +231,17 @@ fn mrvi_trainer_save(h: Robj, path: &str) -> RResult<()> {
     checkpoint::save(trainer_mut(&mut h)?, std::path::Path::new(path)).map_err(rerr)
 }
 
-/// Resume a new run from the checkpoint `path`; returns the epochs already done.
+/// Resume a new run from the checkpoint `path`: the epochs already done, the
+/// thread counts they ran with (empty: unknown) and this run's.
 /// @noRd
 #[extendr]
 fn mrvi_trainer_resume(h: Robj, path: &str) -> RResult<List> {
     let mut h = trainer_ptr(&h)?;
     let t = trainer_mut(&mut h)?;
-    checkpoint::load(t, std::path::Path::new(path)).map_err(rerr)?;
-    Ok(List::from_values(t.history.iter().map(|s| epoch_list(s, t))))
+    let resumed = checkpoint::load(t, std::path::Path::new(path)).map_err(rerr)?;
+    let epochs = List::from_values(t.history.iter().map(|s| epoch_list(s, t)));
+    let threads: Vec<i32> = resumed.threads.iter().map(|&n| n as i32).collect();
+    Ok(list!(epochs = epochs, threads = threads, threads_now = resumed.threads_now as i32))
 }
 
 /// Finish: restore the best weights and return them as safetensors bytes.
