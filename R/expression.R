@@ -130,5 +130,10 @@ covariates_named <- function(values, known, arg, call) {
     abort_arg(c("{.arg {arg}} must be named by the fit's covariates.",
                 "i" = if (length(known)) "Covariates: {.val {known}}." else "The fit has none."), call = call)
   }
+  # a covariate given twice: only one of the values could be used
+  if (anyDuplicated(nms)) {
+    abort_arg("{.arg {arg}} names covariate{?s} {.val {unique(nms[duplicated(nms)])}} more than once: give each once.",
+              call = call)
+  }
   match(nms, known)
 }
