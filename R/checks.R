@@ -87,6 +87,23 @@ max_bytes <- function(call = rlang_caller()) {
   }
   v
 }
+# Package options read where they are used: unset (NULL) gives the default,
+# anything else must be valid, or a classed error names the option. (An NA
+# options(mrvi.task_cells) made sampleDistances() silently all NA, and a string
+# given for a switch counted as TRUE.)
+count_option <- function(name, default, call = user_call()) {
+  v <- getOption(name)
+  if (is.null(v)) return(default)
+  check_count(v, sprintf("options(%s)", name), call)
+}
+
+flag_option <- function(name, default, call = user_call()) {
+  v <- getOption(name)
+  if (is.null(v)) return(default)
+  check_flag(v, sprintf("options(%s)", name), call)
+  v
+}
+
 byte_size <- function(bytes) format(structure(bytes, class = "object_size"), units = "auto")
 
 check_size <- function(bytes, what, call,

@@ -123,7 +123,9 @@
 #'
 #' @param fit a [MrVIFit-class].
 #' @param covariates sample-table column names, or a data.frame with a `sample`
-#'   column (the fitted sample names) and one column per covariate.
+#'   column (the fitted sample names, one row per fitted sample and no other)
+#'   and one column per covariate. Each covariate once, numeric or categorical
+#'   (character, factor, logical); convert others, such as dates, explicitly.
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param mc_samples posterior draws of u (see Details); 0 uses the posterior
 #'   mean only. Draws whose working memory would pass
@@ -329,6 +331,11 @@ lfc_store <- function(cells, genes, coefs, file, call) {
 de_design <- function(fit, covariates, call) {
   samples <- fit@samples
   if (is.character(covariates)) {
+    # (a covariate given twice was reported as collinear)
+    if (anyDuplicated(covariates)) {
+      abort_arg("{.arg covariates} names {.val {unique(covariates[duplicated(covariates)])}} more than once: give each covariate once.",
+                call = call)
+    }
     missing <- setdiff(covariates, names(fit@sample_table))
     if (length(missing)) {
       abort_arg(c("{.arg covariates}: {.val {missing}} {?is/are} not column{?s} of the sample table.",
@@ -343,6 +350,18 @@ de_design <- function(fit, covariates, call) {
       abort_arg("{.arg covariates} needs a {.field sample} column with the fitted sample names.", call = call)
     }
     pos <- match(samples, as.character(covariates$sample))
+    # rows for samples the fit does not have were ignored silently: a typo or
+    # the table of another fit
+    unknown <- setdiff(as.character(covariates$sample), samples)
+    if (length(unknown)) {
+      abort_arg(c("{.arg covariates} has rows for sample{?s} the model was not fitted on: {.val {unknown}}.",
+                  "i" = "Give one row per fitted sample: {show_some(samples)}."), call = call)
+    }
+    covs <- names(covariates)[names(covariates) != "sample"]
+    if (anyDuplicated(covs)) {
+      abort_arg("{.arg covariates} has column{?s} {.val {unique(covs[duplicated(covs)])}} more than once: give each covariate once.",
+                call = call)
+    }
     # rows repeated for a sample must agree (match() would take the first)
     rows <- unique(covariates[as.character(covariates$sample) %in% samples, , drop = FALSE])
     conflicting <- unique(as.character(rows$sample[duplicated(as.character(rows$sample))]))
@@ -366,6 +385,13 @@ de_design <- function(fit, covariates, call) {
   for (j in names(tab)) {
     v <- tab[[j]]
     if (anyNA(v)) abort_arg("Covariate {.field {j}} has NA for sample{?s} {.val {samples[is.na(v)]}}.", call = call)
+    # numbers, or categories (character, factor, logical): a Date became a factor
+    # of one level per sample and was reported as collinear
+    if (!(is.numeric(v) && !is.object(v)) && !is.character(v) && !is.factor(v) && !is.logical(v)) {
+      abort_arg(c("Covariate {.field {j}} is of class {.cls {class(v)}}, neither numeric nor categorical.",
+                  "i" = "Convert it explicitly: {.code as.numeric()} for a trend, or {.code factor()} for categories."),
+                call = call)
+    }
     if (is.numeric(v)) {
       if (any(is.infinite(v))) {
         abort_arg("Covariate {.field {j}} has an infinite value for sample{?s} {.val {samples[is.infinite(v)]}}.",

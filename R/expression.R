@@ -7,7 +7,9 @@
 #'
 #' @param fit a [MrVIFit-class].
 #' @param cells indices or names of fitted cells.
-#' @param sample one fitted sample for all cells, or one per cell.
+#' @param sample one fitted sample for all cells, or one per cell: names, or
+#'   positions in `fit@samples` (a number is always a position, also when the
+#'   sample names look like numbers).
 #' @param batch `NULL` (each cell's own levels), or the levels to decode
 #'   under: for a fit with one categorical nuisance covariate, one level for all
 #'   cells or one per cell; in general a named list with, for some of the fit's
@@ -45,7 +47,11 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
   }
   spec <- fit_nuisance(fit)
   factors <- names(spec$factors)
-  s <- per_cell(sample, fit@samples, "sample")
+  # numbers are positions in fit@samples, as in every function that takes samples
+  if (length(sample) != 1 && length(sample) != n) {
+    abort_arg("{.arg sample} must be one value or one per cell ({n}).", call = call)
+  }
+  s <- rep_len(resolve_samples(fit, sample, call, "sample"), n) - 1L
   own <- cell_nuisance(fit, idx)
   site <- own$site
   if (!is.null(batch)) {
@@ -123,6 +129,11 @@ covariates_named <- function(values, known, arg, call) {
   if (is.null(nms) || any(!nzchar(nms)) || !all(nms %in% known)) {
     abort_arg(c("{.arg {arg}} must be named by the fit's covariates.",
                 "i" = if (length(known)) "Covariates: {.val {known}}." else "The fit has none."), call = call)
+  }
+  # a covariate given twice: only one of the values could be used
+  if (anyDuplicated(nms)) {
+    abort_arg("{.arg {arg}} names covariate{?s} {.val {unique(nms[duplicated(nms)])}} more than once: give each once.",
+              call = call)
   }
   match(nms, known)
 }

@@ -87,7 +87,8 @@
 #'   hidden layer, beside its 16-value embedding, which every cell type's sample
 #'   structure shares: on the eight validity datasets the trees' mean normalised RF
 #'   fell from 0.41 to 0.30, with Spearman >= 0.8 in 15 of 16 trees (session 27);
-#'   `options(mrvi.sample_hidden_term = FALSE)` fits without it.
+#'   `options(mrvi.sample_hidden_term = FALSE)` fits without it. These three
+#'   options, when set, must be `TRUE` or `FALSE`.
 #'   What the default does not reach (`bench/README.md`, "Validity"): on
 #'   `bench/validity.R`'s ultrametric design (genes per edge proportional to its
 #'   length: about a third of its internal edges carry 1-5 genes) the average-linkage tree's
@@ -171,7 +172,7 @@
 #'   validation ELBO or the sample trees on simulated data sorted by sample.
 #'   While the model trains on one buffer, the next is read in a forked
 #'   process (on Linux and macOS; `options(mrvi.disk_prefetch = FALSE)` reads
-#'   every buffer in the R process): the same counts and the same fit, with
+#'   every buffer in the R process; when set, `TRUE` or `FALSE`): the same counts and the same fit, with
 #'   the reading (for a dense HDF5 dataset mostly decompression) overlapped
 #'   with training. The default thread count then leaves one idle core to the
 #'   reader.
@@ -253,8 +254,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   if (on_disk && is.null(block_cells)) block_cells <- disk_block_cells(counts)
   note_no_validation(validation_fraction, ncol(counts), block_cells)
   blocks <- if (!is.null(block_cells)) {
-    list(block_cells = block_cells, buffer_blocks = check_count(getOption("mrvi.buffer_blocks", 8L),
-                                                                 "options(mrvi.buffer_blocks)", call))
+    list(block_cells = block_cells, buffer_blocks = count_option("mrvi.buffer_blocks", 8L, call))
   }
   # everything chosen for the fit crosses to Rust as one object (Settings in
   # src/rust/mrvi-core/src/model/config.rs)
@@ -262,10 +262,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     model = list(flavour = flavour, prior = prior, n_latent = n_latent, n_latent_u = n_latent_u,
                  n_mixture = n_mixture,
                  # the attention flavour's blocks also read their context directly
-                 # (see `flavour`); fits made before keep their blocks
-                 sample_context = !identical(getOption("mrvi.sample_context"), FALSE),
-                 nuisance_context = !identical(getOption("mrvi.nuisance_context"), FALSE),
-                 sample_hidden_term = !identical(getOption("mrvi.sample_hidden_term"), FALSE)),
+                 # (see `flavour`); fits made before keep their blocks. TRUE or
+                 # FALSE only: "FALSE", 0 or NA used to count as TRUE silently
+                 sample_context = flag_option("mrvi.sample_context", TRUE, call),
+                 nuisance_context = flag_option("mrvi.nuisance_context", TRUE, call),
+                 sample_hidden_term = flag_option("mrvi.sample_hidden_term", TRUE, call)),
     train = list(max_epochs = max_epochs, batch_size = batch_size, lr = lr,
                  n_epochs_kl_warmup = n_epochs_kl_warmup, early_stopping = early_stopping,
                  patience = patience, min_epochs = min_epochs, validation_fraction = validation_fraction,

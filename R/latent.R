@@ -187,7 +187,9 @@ align_genes <- function(fit, data, call) {
 #'
 #' @param fit a [MrVIFit-class].
 #' @param cells `NULL` (all cells the model was trained on), indices or cell names.
-#' @param samples `NULL` (all samples), indices or sample names.
+#' @param samples `NULL` (all samples), positions in `fit@samples` or sample
+#'   names (a number is always a position, also when the sample names look
+#'   like numbers).
 #' @param use_mean `TRUE`: from the posterior mean of u; `FALSE`: from one
 #'   posterior draw per cell (the first draw under `seed`).
 #' @param mc_samples 0, or a number of posterior draws: then the result gains a

@@ -198,7 +198,7 @@ block_prefetcher <- function(disk) {
 }
 
 # Whether block_prefetcher() forks its reads.
-disk_prefetch <- function() .Platform$OS.type == "unix" && isTRUE(getOption("mrvi.disk_prefetch", TRUE))
+disk_prefetch <- function() flag_option("mrvi.disk_prefetch", TRUE) && .Platform$OS.type == "unix"
 
 # Waits for the end of the forked child `pid` (mrvi_fork_call()); TRUE when it
 # succeeded. Polled, so that Ctrl-C is seen while waiting (and close() then

@@ -27,7 +27,9 @@
 #' weights (`fit@weights`); each uses `getOption("mrvi.worker_threads")`
 #' threads, by default the cores of this machine divided by the number of
 #' workers, so that workers x threads <= cores. (On a cluster, set
-#' `options(mrvi.worker_threads = )` to the cores each job asks for.)
+#' `options(mrvi.worker_threads = )` to the cores each job asks for.) Both
+#' options, when set, must be one positive whole number: anything else is an
+#' error before any work.
 #'
 #' @name mrvi-parallel
 #' @examples
@@ -40,7 +42,7 @@
 NULL
 
 # Cells per task when an analysis is split over cells.
-bp_block <- function() getOption("mrvi.task_cells", 20000L)
+bp_block <- function() count_option("mrvi.task_cells", 20000L)
 
 # Split indices `idx` into tasks of `size`.
 bp_split <- function(idx, size = bp_block()) unname(split(idx, ceiling(seq_along(idx) / size)))
@@ -77,7 +79,9 @@ bp_map <- function(X, FUN, ..., BPPARAM, each = NULL) {
   run <- if (workers <= 1 || length(X) <= 1) {
     function(i) lapply(X[i], FUN, ...)
   } else {
-    threads <- getOption("mrvi.worker_threads", max(1L, default_threads() %/% workers))
+    # checked here, in this process: in the workers a bad value failed as a raw
+    # BiocParallel error. Not capped at this machine's cores: cluster jobs may have more.
+    threads <- count_option("mrvi.worker_threads", max(1L, default_threads() %/% workers))
     if (!BiocParallel::bpisup(BPPARAM)) {
       BiocParallel::bpstart(BPPARAM)
       on.exit(BiocParallel::bpstop(BPPARAM), add = TRUE)

@@ -36,13 +36,28 @@ cell_indices <- function(fit, cells, n, call) {
   as.integer(cells)
 }
 
-resolve_samples <- function(fit, samples, call) {
+# Fitted samples chosen by the user, as positions in fit@samples: the one rule
+# of every function that takes samples. Names (character or factor) are names;
+# numbers are positions in fit@samples, never names (with sample names like
+# "10", "9", "1", "2" the same 2 used to pick different samples in different
+# functions).
+resolve_samples <- function(fit, samples, call, arg = "samples") {
   S <- length(fit@samples)
   if (is.null(samples)) return(seq_len(S))
-  idx <- if (is.character(samples)) match(samples, fit@samples) else samples
+  if (is.factor(samples)) samples <- as.character(samples)
+  if (is.character(samples)) {
+    idx <- match(samples, fit@samples)
+    if (anyNA(idx)) {
+      abort_arg(c("{.arg {arg}} has value{?s} the model was not fitted on: {.val {unique(samples[is.na(idx)])}}.",
+                  "i" = "Fitted samples: {show_some(fit@samples)}; or give their positions in {.code fit@samples}."),
+                call = call)
+    }
+  } else {
+    idx <- samples
+  }
   # (as.integer() would truncate 1.5 to sample 1)
   if (!length(idx) || !is.numeric(idx) || anyNA(idx) || any(idx < 1 | idx > S | idx != round(idx))) {
-    abort_arg(c("{.arg samples} must be fitted sample names or whole indices in 1..{S} (at least one).",
+    abort_arg(c("{.arg {arg}} must be fitted sample names or whole indices in 1..{S} (at least one).",
                 "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
   }
   as.integer(idx)

@@ -63,7 +63,11 @@
 #'   samples at random; in affected types the effect is applied by keeping the
 #'   counts of the effect genes and thinning the others binomially (halving them),
 #'   which doubles the effect genes' relative expression.
-#' @param seed random seed (R's generator is restored afterwards).
+#' @param seed random seed, one whole number: the same seed gives the same data
+#'   whatever the session's `RNGkind()` (the data are drawn with R's default
+#'   generators; the session's generator and its state are restored afterwards).
+#'   `NULL` draws a fresh seed, so that every call gives other data; the seed
+#'   used is returned in `metadata()$seed` either way.
 #' @return a `SingleCellExperiment` with assay `counts`, colData `sample`,
 #'   `site`, `cell_type` (and `cov1`-`cov3` for the covariates design,
 #'   `chemistry` and `mito` when asked for), and in
@@ -71,7 +75,8 @@
 #'   affected type (tree design) `trees` (Newick strings), `phylo` (ape trees,
 #'   when ape is installed), `distances` (true sample x sample path lengths) and
 #'   `edges` (per edge: the samples `below` it, its `length` and its planted `genes`);
-#'   for the covariates design `effects` (the gene sets and strengths).
+#'   for the covariates design `effects` (the gene sets and strengths); and
+#'   `metadata()$seed`, the seed used.
 #' @examples
 #' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
 #'   sce <- simulateNested(600, 200, n_samples = 8, n_cell_types = 3, n_affected = 1)
@@ -103,12 +108,29 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   if (n_sites > n_samples) abort_arg("{.arg n_sites} cannot exceed {.arg n_samples}.", call = call)
   restore <- preserve_rng()
   on.exit(restore())
-  set.seed(seed)
+  # NULL: a fresh seed, not drawn from (nor advancing) the session's stream
+  if (is.null(seed)) {
+    set.seed(NULL)
+    seed <- sample.int(.Machine$integer.max, 1)
+  }
+  # (a fraction used to be truncated silently, NA and text were base R errors)
+  seed <- check_whole(seed, "seed", call)
+  # the default generators, so that a seed gives the same data whatever the
+  # session's RNGkind() (preserve_rng() gives the session its own back)
+  fixed_rng(seed)
 
   if (is.null(base)) {
     n_cells <- check_count(n_cells, "n_cells", call)
     n_genes <- check_count(n_genes, "n_genes", call)
     n_cell_types <- check_count(n_cell_types, "n_cell_types", call)
+    # every cell type gets at least one marker gene (and each covariate of the
+    # covariates design 5 genes): fewer failed as "subscript out of bounds"
+    min_genes <- max(n_cell_types, if (design == "covariates") 5L else 1L)
+    if (n_genes < min_genes) {
+      abort_arg(c("{.arg n_genes} must be at least {min_genes} here, not {n_genes}.",
+                  "i" = "Each of the {n_cell_types} cell types needs a marker gene{if (design == 'covariates') ', and each covariate 5 effect genes' else ''}."),
+                call = call)
+    }
     cell_type <- factor(sprintf("type%d", sample.int(n_cell_types, n_cells, replace = TRUE)),
                         levels = sprintf("type%d", seq_len(n_cell_types)))
     genes <- sprintf("gene%04d", seq_len(n_genes))
@@ -188,7 +210,7 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   if (!is.null(extra$chemistry)) col$chemistry <- factor(unname(extra$chemistry[as.integer(sample)]))
   if (!is.null(extra$mito)) col$mito <- extra$mito
   SingleCellExperiment::SingleCellExperiment(list(counts = counts), colData = col,
-                                             metadata = list(truth = truth))
+                                             metadata = list(truth = truth, seed = seed))
 }
 
 # The effects (genes x cells) of a chemistry crossed with the sites and of a
@@ -200,7 +222,7 @@ nuisance_effects <- function(seed, samples, sample, n_genes, n_chemistries, tech
   if (n_chemistries < 2 && technical == 0) return(out)
   state <- get(".Random.seed", envir = globalenv())
   on.exit(assign(".Random.seed", state, envir = globalenv()))
-  set.seed(seed + 7919L)
+  fixed_rng((seed + 7919) %% .Machine$integer.max)  # (seed + 7919L overflowed near the maximum)
   effect <- matrix(1, n_genes, length(sample))
   if (n_chemistries > 1) {
     chem <- sprintf("chem%d", rep_len(seq_len(n_chemistries), length(samples))[sample.int(length(samples))])
@@ -321,11 +343,21 @@ read_base <- function(base, call) {
             call = call)
 }
 
-# Save R's random state and give back a function that restores it.
+# Seed R's default generators, whatever the session's RNGkind().
+fixed_rng <- function(seed) {
+  set.seed(seed, kind = "Mersenne-Twister", normal.kind = "Inversion", sample.kind = "Rejection")
+}
+
+# Save R's random state and give back a function that restores it (with the
+# kind of generator, also when there was no state yet).
 preserve_rng <- function() {
   had <- exists(".Random.seed", envir = globalenv(), inherits = FALSE)
   old <- if (had) get(".Random.seed", envir = globalenv())
+  kind <- RNGkind()
+  if (!had && exists(".Random.seed", envir = globalenv(), inherits = FALSE)) rm(".Random.seed", envir = globalenv())
   function() {
+    # ("Rounding" sampling warns when set)
+    suppressWarnings(RNGkind(kind[1], kind[2], kind[3]))
     if (had) assign(".Random.seed", old, envir = globalenv())
     else if (exists(".Random.seed", envir = globalenv(), inherits = FALSE)) rm(".Random.seed", envir = globalenv())
   }

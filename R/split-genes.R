@@ -12,10 +12,11 @@
 #' 0.93-1.00), while a cell type without the tree gives fold changes near 0.
 #'
 #' @param fit a [MrVIFit-class].
-#' @param samples_a one side: a character vector of fitted sample names, or a
+#' @param samples_a one side: fitted sample names or positions in `fit@samples`
+#'   (a number is always a position, as in [counterfactualLatent()]), or a
 #'   named logical vector over samples whose `TRUE` entries form the side, e.g. a
 #'   clade of a sample tree, `cutree(sampleHclust(d, "T cells"), k = 2) == 1`.
-#' @param samples_b the other side: sample names, or `NULL` for the rest (with
+#' @param samples_b the other side: sample names or positions, or `NULL` for the rest (with
 #'   a logical `samples_a`, its `FALSE` entries; otherwise every other fitted
 #'   sample).
 #' @param cells `NULL` (all fitted cells), or indices, names or a logical vector
@@ -95,10 +96,12 @@ side_sums <- function(fit, u, batch, samples) {
 # The two sides of a split as sample indices, disjoint and non-empty.
 split_sides <- function(fit, samples_a, samples_b, call) {
   as_names <- function(v, arg) {
-    if (!is.character(v) || !length(v) || anyNA(v) || !all(v %in% fit@samples)) {
-      abort_arg(c("{.arg {arg}} must be fitted sample names (or, for {.arg samples_a}, a logical vector named by sample).",
+    # names or positions, as every function that takes samples reads them
+    if (!is.character(v) && !is.factor(v) && !is.numeric(v)) {
+      abort_arg(c("{.arg {arg}} must be fitted sample names or positions (or, for {.arg samples_a}, a logical vector named by sample).",
                   "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
     }
+    v <- fit@samples[resolve_samples(fit, v, call, arg)]
     unique(v)
   }
   if (is.logical(samples_a)) {

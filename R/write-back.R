@@ -72,7 +72,11 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
     colnames(z) <- paste0("mrviz_", seq_len(ncol(z)))
     object[["mrvi_u"]] <- SeuratObject::CreateDimReducObject(embeddings = u, key = "mrviu_", assay = assay)
     object[["mrvi_z"]] <- SeuratObject::CreateDimReducObject(embeddings = z, key = "mrviz_", assay = assay)
-    SeuratObject::Tool(object) <- fit
+    # under the documented name: `Tool<-` names the slot after the calling
+    # function as written, which gave "mrvi::addMrVI", "" (do.call) or "FUN" (lapply)
+    tools <- methods::slot(object, "tools")
+    tools[["addMrVI"]] <- fit
+    methods::slot(object, "tools") <- tools
     if (!is.null(distances)) SeuratObject::Misc(object, slot = "mrvi_distances") <- distances
     for (nm in names(cell_cols)) object[[nm]] <- cell_cols[[nm]]
     return(object)

@@ -214,3 +214,32 @@ test_that("simulateNested() adds a crossed batch factor and a technical covariat
   expect_false(identical(SummarizedExperiment::assay(more), SummarizedExperiment::assay(plain)))
   expect_error(simulateNested(400, 40, technical = -1), "technical", class = "mrvi_error")
 })
+
+test_that("seed is one whole number, and means the same data whatever RNGkind()", {
+  skip_if_not_installed("SingleCellExperiment")
+  for (bad in list(NA, "a", 1.9, c(1, 2), -1)) {
+    expect_error(simulateNested(60, 20, n_samples = 3, seed = bad), "`seed`", class = "mrvi_error")
+  }
+  x1 <- simulateNested(60, 20, n_samples = 3, seed = 1)
+  old <- RNGkind()
+  suppressWarnings(RNGkind("L'Ecuyer-CMRG", "Box-Muller", "Rounding"))
+  x2 <- simulateNested(60, 20, n_samples = 3, seed = 1, n_chemistries = 1)
+  expect_identical(RNGkind(), c("L'Ecuyer-CMRG", "Box-Muller", "Rounding"))  # the session's kind is kept
+  suppressWarnings(RNGkind(old[1], old[2], old[3]))
+  expect_identical(SingleCellExperiment::counts(x1), SingleCellExperiment::counts(x2))
+  expect_identical(S4Vectors::metadata(x1)$seed, 1L)
+  # NULL: fresh data each call, with the seed that reproduces it
+  a <- simulateNested(60, 20, n_samples = 3, seed = NULL)
+  b <- simulateNested(60, 20, n_samples = 3, seed = NULL)
+  expect_false(identical(SingleCellExperiment::counts(a), SingleCellExperiment::counts(b)))
+  again <- simulateNested(60, 20, n_samples = 3, seed = S4Vectors::metadata(a)$seed)
+  expect_identical(SingleCellExperiment::counts(again), SingleCellExperiment::counts(a))
+})
+
+test_that("too few genes is a classed error giving the minimum", {
+  skip_if_not_installed("SingleCellExperiment")
+  expect_error(simulateNested(100, n_genes = 2, n_samples = 4), "`n_genes` must be at least 5", class = "mrvi_error")
+  expect_error(simulateNested(100, n_genes = 4, n_samples = 4, n_cell_types = 2, design = "covariates"),
+               "`n_genes` must be at least 5", class = "mrvi_error")
+  expect_s4_class(simulateNested(100, n_genes = 5, n_samples = 4), "SingleCellExperiment")
+})
