@@ -242,7 +242,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     nuisance = if (!is.null(factors) && ncol(factors) > 1 || !is.null(continuous))
       list(factors = if (!is.null(factors) && ncol(factors) > 1) factors, continuous = continuous),
     labels = labels,
-    sample_table = make_sample_table(sample, cell_meta, batch, labels),
+    sample_table = make_sample_table(sample, cell_meta, batch, labels, factors),
     library_size = library_size,
     dropped = dropped,
     cell_meta = cell_meta,
@@ -388,13 +388,16 @@ looks_like_barcodes <- function(nm) {
 }
 
 # Sample-level covariates: per-cell columns constant within every sample.
-make_sample_table <- function(sample, cell_meta, batch, labels) {
+make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) {
   counts <- tabulate(sample, nlevels(sample))
   tab <- data.frame(sample = levels(sample), n_cells = counts, stringsAsFactors = FALSE)
   candidates <- list()
   if (!is.null(cell_meta)) {
     for (nm in names(cell_meta)) candidates[[nm]] <- cell_meta[[nm]]
   }
+  # nuisance factors given as vectors (a data.frame `batch`) are not in the
+  # metadata: a per-sample one (a site) is a sample covariate too
+  for (nm in setdiff(names(factors), names(candidates))) candidates[[nm]] <- factors[[nm]]
   if (!is.null(batch) && !any(vapply(candidates, identical, logical(1), batch))) candidates$batch <- batch
   if (!is.null(labels) && !any(vapply(candidates, identical, logical(1), labels))) candidates$labels <- labels
   first <- match(levels(sample), sample)

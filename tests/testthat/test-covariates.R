@@ -81,6 +81,11 @@ test_that("covariates given as columns, a data.frame or a list give the same fit
   expect_equal(one@batches, levels(sce$site))
   expect_output(show(one), "batches: 2")
   expect_equal(one@config$nuisance$factors, list(batch = levels(sce$site)))
+  # per-sample factors given as vectors are sample covariates, as columns of the metadata are
+  m <- mrviData(SingleCellExperiment::counts(sce), sample = sce$sample,
+                batch = data.frame(site = sce$site, chemistry = sce$chemistry))
+  expect_equal(m$sample_table[c("sample", "site", "chemistry")],
+               mrviData(sce, sample = "sample", batch = c("site", "chemistry"))$sample_table[c("sample", "site", "chemistry")])
 })
 
 test_that("bad covariates are refused naming the argument", {
