@@ -27,7 +27,10 @@
 #' @param covariates column names of `sample_table` (categorical).
 #' @return a data.frame with one row per method, group and covariate: `method`,
 #'   `group`, `covariate`, `n_samples` (samples with distances and a category),
-#'   `r2`, `anosim_r`, `nearest_agreement`, `replicate_rank`.
+#'   `r2`, `anosim_r`, `nearest_agreement`, `replicate_rank`. Scores that
+#'   cannot be computed are `NA`, and a warning lists those rows and why (fewer
+#'   than 3 samples or 2 categories, no category with 2 samples, an `NA`
+#'   distance). Distances must carry sample names; each method one name.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type,
@@ -45,6 +48,10 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
     abort_arg(c("{.arg distances} must be a named list of distance results.",
                 "i" = "For example {.code list(mrvi = d, pseudobulk = p)}."), call = call)
   }
+  if (anyDuplicated(names(distances))) {
+    abort_arg("{.arg distances} names {.val {unique(names(distances)[duplicated(names(distances))])}} more than once: give each method one name.",
+              call = call)
+  }
   matrices <- lapply(names(distances), function(k) as_group_matrices(distances[[k]], k, call))
   names(matrices) <- names(distances)
   if (!is.data.frame(sample_table)) abort_arg("{.arg sample_table} must be a data.frame with one row per sample.", call = call)
@@ -56,6 +63,7 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
   # the groups of the multi-group entries; without any, each entry is its own group
   groups <- unique(unlist(lapply(matrices, function(m) if (length(m) > 1) names(m))))
   out <- list()
+  unscored <- character()
   for (method in names(matrices)) {
     for (g in if (length(groups)) groups else names(matrices[[method]])) {
       m <- if (length(matrices[[method]]) == 1) matrices[[method]][[1]] else matrices[[method]][[g]]
@@ -64,19 +72,42 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
         y <- sample_table[[cov]][match(rownames(m), rows)]
         keep <- !is.na(y) & !apply(is.na(m), 1, all)
         scores <- separation_scores(m[keep, keep, drop = FALSE], droplevels(factor(y[keep])))
+        if (anyNA(scores)) unscored <- c(unscored, sprintf("%s / %s / %s: %s", method, g, cov,
+                                                           unscored_reason(m[keep, keep, drop = FALSE], factor(y[keep]))))
         out[[length(out) + 1]] <- data.frame(method = method, group = g, covariate = cov, n_samples = sum(keep),
                                              as.list(scores))
       }
     }
+  }
+  if (length(unscored)) {
+    cli::cli_warn(c("{length(unscored)} row{?s} of scores {?is/are} NA (method / group / covariate):",
+                    stats::setNames(unscored, rep("*", length(unscored)))),
+                  class = "mrvi_warning", call = call)
   }
   res <- do.call(rbind, out)
   rownames(res) <- NULL
   res
 }
 
+# Why separation_scores() gives NA for a matrix and factor.
+unscored_reason <- function(m, y) {
+  y <- droplevels(y)
+  if (length(y) < 3) "fewer than 3 samples with a distance and a category"
+  else if (nlevels(y) < 2) "fewer than 2 categories"
+  else if (all(table(y) < 2)) "no category with 2 samples (a continuous covariate?)"
+  else "a distance between two of its samples is NA"
+}
+
 # One distance result as a named list of S x S matrices, one per group.
 as_group_matrices <- function(d, name, call) {
+  # samples are matched to the sample table by name (as.matrix() numbers an unlabelled dist)
+  unnamed <- if (inherits(d, "dist")) is.null(attr(d, "Labels")) else
+    (is.matrix(d) || is.array(d)) && (is.null(rownames(d)) || is.null(colnames(d)))
   if (inherits(d, "dist")) d <- as.matrix(d)
+  if (unnamed) {
+    abort_arg(c("{.arg distances}${name} has no sample names.",
+                "i" = "Name its rows and columns (or the dist's labels) by the samples of {.arg sample_table}."), call = call)
+  }
   if (is.matrix(d)) return(list(all = d))
   if (!is.array(d) || length(dim(d)) != 3 || is.null(dimnames(d)[[1]])) {
     abort_arg("{.arg distances}${name} must be an [S, S, G] array with sample names (as {.fn sampleDistances}), a matrix or a dist.",

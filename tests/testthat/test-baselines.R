@@ -169,6 +169,19 @@ test_that("baselines refuse bad arguments by name", {
   expect_error(compareSampleDistances(list(a = "x"), table, "arm"), "distances", class = "mrvi_error")
   expect_error(compareSampleDistances(list(a = m), "table", "arm"), "sample_table", class = "mrvi_error")
   expect_error(compareSampleDistances(list(a = m), table, "nope"), "covariates", class = "mrvi_error")
+  # no silent rows of NA: unnamed distances, a name given twice, a covariate without replicates, an NA pair
+  expect_error(compareSampleDistances(list(a = unname(m)), table, "arm"), "`distances`\\$a has no sample names",
+               class = "mrvi_error")
+  expect_error(compareSampleDistances(list(a = dist(1:6)), table, "arm"), "no sample names", class = "mrvi_error")
+  expect_error(compareSampleDistances(list(a = m, a = m), table, "arm"), "more than once", class = "mrvi_error")
+  table$dose <- c(0.1, 0.5, 1, 2, 5, 10)
+  expect_warning(res <- compareSampleDistances(list(a = m), table, c("arm", "dose")),
+                 "a / all / dose: no category with 2 samples", class = "mrvi_warning")
+  expect_false(anyNA(res[res$covariate == "arm", ]))
+  holed <- m
+  holed["s1", "s2"] <- holed["s2", "s1"] <- NA
+  expect_warning(compareSampleDistances(list(a = holed), table, "arm"), "a distance between two of its samples is NA",
+                 class = "mrvi_warning")
   expect_error(plotSampleMDS(m, annotation = "nope"), "annotation", class = "mrvi_error")
   expect_error(plotSampleMDS(m[1:2, 1:2]), "3 samples", class = "mrvi_error")
   expect_error(plotSampleMDS("x"), "d", class = "mrvi_error")
