@@ -150,7 +150,7 @@ check_finite_latents <- function(fit, call) {
 reference_cells <- function(fit, max_per_sample, seed) {
   restore <- preserve_rng()
   on.exit(restore())
-  set.seed(seed)
+  fixed_rng(seed)
   sample <- as.integer(fit@cell_data$sample)
   cells <- unlist(lapply(seq_along(fit@samples), function(s) {
     idx <- which(sample == s)

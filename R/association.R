@@ -338,7 +338,7 @@ matrix_group_test <- function(m, y, g, permutations, seed, stat, shift = 0) {
     return(data.frame(group = g, n_samples = sum(keep), statistic = NA_real_, p_value = NA_real_,
                       permutations = 0L))
   }
-  set.seed(seed)
+  fixed_rng(seed)
   tested <- m - shift * outer(yy, yy, "!=")
   observed <- stat(tested, yy)
   perm <- vapply(seq_len(permutations), function(i) stat(tested, sample(yy)), numeric(1))
@@ -358,7 +358,7 @@ effect_statistic <- function(d, labels) {
 # One group's test on the mean per-cell KS statistic: D(n) of (a subset of) the
 # group's cells, one row of pair distances per cell, relabelled per permutation in Rust.
 ks_group_test <- function(fit, y, cells, g, permutations, seed, normalize, mc_samples, max_cells, space, call) {
-  set.seed(seed)
+  fixed_rng(seed)
   if (length(cells) > max_cells) cells <- sort(cells[sample.int(length(cells), max_cells)])
   keep <- which(!is.na(y))
   yy <- droplevels(y[keep])

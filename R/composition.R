@@ -64,7 +64,7 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   }
   restore <- preserve_rng()
   on.exit(restore())
-  set.seed(seed)
+  fixed_rng(seed)
   group <- data$labels
   S <- nlevels(data$sample)
   out <- array(NA_real_, c(S, S, nlevels(group)),
@@ -200,7 +200,7 @@ silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 500
   seed <- check_whole(seed, "seed", call)
   restore <- preserve_rng()
   on.exit(restore())
-  set.seed(seed)
+  fixed_rng(seed)
   idx <- if (n > max_cells) sort(sample.int(n, max_cells)) else seq_len(n)
   e <- embedding[idx, , drop = FALSE]
   ct <- as.factor(cell_type)[idx]

@@ -342,23 +342,3 @@ read_base <- function(base, call) {
   abort_arg("{.arg base} must be a SingleCellExperiment with a cell_type column, or list(counts =, cell_type =).",
             call = call)
 }
-
-# Seed R's default generators, whatever the session's RNGkind().
-fixed_rng <- function(seed) {
-  set.seed(seed, kind = "Mersenne-Twister", normal.kind = "Inversion", sample.kind = "Rejection")
-}
-
-# Save R's random state and give back a function that restores it (with the
-# kind of generator, also when there was no state yet).
-preserve_rng <- function() {
-  had <- exists(".Random.seed", envir = globalenv(), inherits = FALSE)
-  old <- if (had) get(".Random.seed", envir = globalenv())
-  kind <- RNGkind()
-  if (!had && exists(".Random.seed", envir = globalenv(), inherits = FALSE)) rm(".Random.seed", envir = globalenv())
-  function() {
-    # ("Rounding" sampling warns when set)
-    suppressWarnings(RNGkind(kind[1], kind[2], kind[3]))
-    if (had) assign(".Random.seed", old, envir = globalenv())
-    else if (exists(".Random.seed", envir = globalenv(), inherits = FALSE)) rm(".Random.seed", envir = globalenv())
-  }
-}

@@ -8,7 +8,7 @@ simulate_counts <- function(n_cells = 600, n_genes = 100, n_samples = 6, n_sites
                             n_cell_types = 3, affected = 1, effect = 2, seed = 1) {
   restore <- preserve_rng()
   on.exit(restore())
-  set.seed(seed)
+  fixed_rng(seed)
   sample <- factor(sprintf("s%02d", sample.int(n_samples, n_cells, replace = TRUE)))
   site_of_sample <- rep_len(seq_len(n_sites), n_samples)
   site <- factor(paste0("site", site_of_sample[as.integer(sample)]))

@@ -99,7 +99,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     # the replicates' S x S means (in Rust and in R) and the cells' bootstrap weights
     check_size(16 * S * S * B + 8 * length(cells) * B, "sampleTreeSupport()", call,
                hint = "Ask for fewer replicates ({.arg B}), or raise {.code options(mrvi.max_bytes = )}.")
-    set.seed(seed)
+    fixed_rng(seed)
     weights <- bootstrap_multiplicities(fit@cell_data$sample[cells], B)
     reps <- array(mrvi_replicate_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                                            as.integer(fit@cell_data$sample) - 1L, cells - 1L, weights, B,

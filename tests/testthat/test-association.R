@@ -270,3 +270,17 @@ test_that("association errors name the argument, and results go back to the obje
   expect_true(all(is.na(sce$mrvi_cov2_q[-(1:50)])))
   expect_s3_class(plotAssociation(res, "cell_type", fit = fit), "ggplot")
 })
+
+test_that("a seed gives the same permutations whatever the session's RNGkind(), which is given back", {
+  set.seed(3)
+  d <- array(runif(8 * 8 * 2), c(8, 8, 2), dimnames = list(sprintf("s%d", 1:8), sprintf("s%d", 1:8), c("A", "B")))
+  d <- (d + aperm(d, c(2, 1, 3))) / 2
+  d[, , 1] <- d[, , 1] - diag(diag(d[, , 1]))
+  d[, , 2] <- d[, , 2] - diag(diag(d[, , 2]))
+  y <- setNames(rep(c("x", "y"), 4), dimnames(d)[[1]])
+  default <- groupAssociation(d, y, permutations = 99, seed = 5, min_effect = 0)
+  old <- RNGkind("L'Ecuyer-CMRG")
+  on.exit(RNGkind(old[1], old[2], old[3]))
+  expect_equal(groupAssociation(d, y, permutations = 99, seed = 5, min_effect = 0)$p_value, default$p_value)
+  expect_identical(RNGkind()[1], "L'Ecuyer-CMRG")
+})
