@@ -43,7 +43,8 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
   check_flag(exclude_own_sample, "exclude_own_sample", call)
   max_cells_per_sample <- check_count(max_cells_per_sample, "max_cells_per_sample", call)
   seed <- check_whole(seed, "seed", call)
-  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
+  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data,
+                        label = covariate_label(substitute(covariate)))
   idx <- resolve_cells(fit, cells, call)
   check_finite_latents(fit, call)
   apply_threads(call = call)

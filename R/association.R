@@ -101,7 +101,7 @@
 #' @return a `DataFrame`, one row per cell: `statistic` (KS), `effect`
 #'   (mean between- minus mean within-category distance), `z` (Mantel, of
 #'   \eqn{D'(n)}), `p_value`, `q_value`, `n_within`, `n_between` (pair counts);
-#'   row names are the cells; `metadata()` holds the covariate's name and
+#'   row names are the cells; `metadata()` holds the covariate's name (a vector's: that of the variable passed, else "covariate") and
 #'   `min_effect`. `z` is `NA` with fewer than 4 samples with a value (Mantel's
 #'   moments need 4), and so is `p_value` unless `permutations` > 0; when no
 #'   relabeling changes T (every distance the same, or one category) `z` is 0
@@ -126,7 +126,8 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
   check_normalize_draws(normalize, mc_samples, call)
   space <- match_choice(space, c("expression", "latent"), "space", call)
   min_effect <- resolve_min_effect(min_effect, space, normalize, call)
-  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
+  y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data,
+                        label = covariate_label(substitute(covariate)))
   # the relabelings as category indicators, and a cell's product with them
   check_size(16 * sum(!is.na(y)) * (permutations + 1) * nlevels(droplevels(y[!is.na(y)])),
              sprintf("cellAssociation() with %d permutations", permutations), call,
@@ -271,9 +272,11 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   # the covariate and the minimum effect first: bad ones fail before any distances
   if (is_fit) {
     fit <- fit_or_distances
-    y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data)
+    y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data,
+                          label = covariate_label(substitute(covariate)))
   } else {
-    y <- sample_covariate(covariate, attr(fit_or_distances, "sample_table"), dimnames(fit_or_distances)[[1]], call)
+    y <- sample_covariate(covariate, attr(fit_or_distances, "sample_table"), dimnames(fit_or_distances)[[1]], call,
+                          label = covariate_label(substitute(covariate)))
   }
   # the permutations' statistics (with "ks", the relabelings too)
   check_size(8 * (permutations + 1) * (1 + if (statistic == "ks") length(y) else 0),
@@ -388,8 +391,10 @@ pseudo_f <- function(d2, y) {
 # A categorical sample covariate as a factor over `samples` (NA allowed).
 # `cell_data` (the fit's per-cell columns, when known) tells a column that varies
 # within samples from one that does not exist.
-sample_covariate <- function(covariate, table, samples, call, cell_data = NULL) {
-  name <- "covariate"
+# A vector covariate is named after the variable it was passed as (`label`,
+# from covariate_label()), so that results written back stay apart.
+sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, label = "covariate") {
+  name <- label
   if (is.character(covariate) && length(covariate) == 1 && length(samples) != 1) {
     if (is.null(table) || !covariate %in% names(table)) {
       covs <- setdiff(names(table), c("sample", "n_cells"))
@@ -424,3 +429,6 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL) 
   attr(y, "name") <- name
   y
 }
+
+# The name of a covariate passed as a variable (`grp` in f(fit, grp)), else "covariate".
+covariate_label <- function(expr) if (is.symbol(expr)) as.character(expr) else "covariate"

@@ -284,3 +284,14 @@ test_that("a seed gives the same permutations whatever the session's RNGkind(), 
   expect_equal(groupAssociation(d, y, permutations = 99, seed = 5, min_effect = 0)$p_value, default$p_value)
   expect_identical(RNGkind()[1], "L'Ecuyer-CMRG")
 })
+
+test_that("a vector covariate is named after the variable it was passed as", {
+  fit <- small_fit()$fit
+  arm <- setNames(rep(c("x", "y"), length.out = length(fit@samples)), fit@samples)
+  res <- cellAssociation(fit, arm, cells = 1:2, mc_samples = 0, permutations = 0)
+  expect_identical(S4Vectors::metadata(res)$covariate, "arm")
+  inline <- cellAssociation(fit, setNames(rep(c("x", "y"), length.out = length(fit@samples)), fit@samples),
+                            cells = 1:2, mc_samples = 0, permutations = 0)
+  expect_identical(S4Vectors::metadata(inline)$covariate, "covariate")
+  expect_identical(S4Vectors::metadata(differentialAbundance(fit, arm, cells = 1:2))$covariate, "arm")
+})
