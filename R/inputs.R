@@ -143,9 +143,13 @@ mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "cou
   check_dots(...)
   call <- rlang_caller(1)
   counts <- seurat_counts(x, assay, call)
+  seurat_assay <- attr(counts, "seurat_assay")
+  attr(counts, "seurat_assay") <- NULL
   meta <- x[[]]
-  build_mrvi_data(counts, cell_meta = meta, sample = sample, batch = batch,
-                  labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = "Seurat", call = call)
+  data <- build_mrvi_data(counts, cell_meta = meta, sample = sample, batch = batch, labels = labels,
+                          min_samples = min_samples, continuous = continuous_covariates, source = "Seurat", call = call)
+  data$seurat_assay <- seurat_assay
+  data
 }
 
 # --- building and checking ---------------------------------------------------------

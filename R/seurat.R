@@ -34,7 +34,10 @@ seurat_counts <- function(x, assay, call) {
     }
     m
   }
-  as_dgc(counts, arg = "assay", call = call)
+  counts <- as_dgc(counts, arg = "assay", call = call)
+  # the assay read, kept with the fit so that addMrVI() tags its reductions with it
+  attr(counts, "seurat_assay") <- seurat_assay
+  counts
 }
 
 # `layers` and `layer_data` are SeuratObject's Layers() and LayerData(), passed in

@@ -2,7 +2,8 @@
 #'
 #' For a `SingleCellExperiment`: `reducedDim(object, "MrVI_u")` and
 #' `"MrVI_z"`, and the fit in `metadata(object)$mrvi`. For a Seurat object: the
-#' reductions `mrvi_u` and `mrvi_z` (keys `mrviu_` and `mrviz_`), and the fit
+#' reductions `mrvi_u` and `mrvi_z` (keys `mrviu_` and `mrviz_`; of the assay
+#' the fit read its counts from when the object has it), and the fit
 #' in `Tool(object, slot = "addMrVI")`. Sample distances from
 #' [sampleDistances()], when given, go to `metadata(object)$mrvi_distances` or
 #' `Misc(object, "mrvi_distances")`. Per-cell results of [cellAssociation()],
@@ -65,7 +66,9 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
     return(object)
   }
   if (methods::is(object, "Seurat")) {
-    assay <- SeuratObject::DefaultAssay(object)
+    # the assay the fit read its counts from, when it is in this object
+    assay <- fit@config$seurat_assay
+    if (is.null(assay) || !assay %in% SeuratObject::Assays(object)) assay <- SeuratObject::DefaultAssay(object)
     # every cell of the object (NA rows for cells the fit did not use): a Seurat
     # (v4) reduction must cover all cells
     colnames(u) <- paste0("mrviu_", seq_len(ncol(u)))

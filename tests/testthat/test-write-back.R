@@ -103,3 +103,17 @@ test_that("the fit is in Tool(slot = \"addMrVI\") however addMrVI() is called", 
     expect_identical(names(methods::slot(res, "tools")), "addMrVI")
   }
 })
+
+test_that("a Seurat object's reductions are tagged with the assay the fit read, not the default one", {
+  skip_if_not_installed("SeuratObject")
+  m <- small_counts()
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = m))
+  so[["ADT"]] <- suppressWarnings(SeuratObject::CreateAssayObject(counts = m[1:10, ]))
+  SeuratObject::DefaultAssay(so) <- "ADT"
+  so$donor <- small_samples()
+  fit <- mrvi(so, sample = "donor", assay = "RNA", max_epochs = 1, n_threads = 1, seed = 1, verbose = FALSE)
+  expect_identical(fit@config$seurat_assay, "RNA")
+  out <- addMrVI(so, fit)
+  expect_identical(SeuratObject::DefaultAssay(out[["mrvi_u"]]), "RNA")
+  expect_identical(SeuratObject::DefaultAssay(out), "ADT")
+})
