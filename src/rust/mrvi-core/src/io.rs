@@ -110,13 +110,7 @@ pub fn copy_tensor_into(st: &SafeTensors, name: &str, var: &mut Tensor) -> Resul
 /// Not cryptographic; about 2 GB/s.
 pub fn weights_hash(bytes: &[u8]) -> String {
     let mut h = Hash128::new(bytes.len() as u64);
-    let mut words = bytes.chunks_exact(8);
-    for c in &mut words {
-        h.word(u64::from_le_bytes(c.try_into().unwrap()));
-    }
-    let mut tail = [0u8; 8];
-    tail[..words.remainder().len()].copy_from_slice(words.remainder());
-    h.word(u64::from_le_bytes(tail));
+    feed_words(&mut h, bytes);
     h.finish()
 }
 
@@ -124,6 +118,11 @@ pub fn weights_hash(bytes: &[u8]) -> String {
 /// so that a sequence of byte strings has one reading only.
 pub fn hash_bytes(h: &mut Hash128, bytes: &[u8]) {
     h.word(bytes.len() as u64);
+    feed_words(h, bytes);
+}
+
+/// `bytes` as 8-byte little-endian words, the last zero-padded.
+fn feed_words(h: &mut Hash128, bytes: &[u8]) {
     let mut words = bytes.chunks_exact(8);
     for c in &mut words {
         h.word(u64::from_le_bytes(c.try_into().unwrap()));
