@@ -70,7 +70,7 @@ mrvi_trainer_epoch <- function(h, read_blocks) rust(.Call(wrap__mrvi_trainer_epo
 #' The trainer `h` reads its counts from disk (block shuffling): it keeps
 #' none of them, and `library` gives each cell's library size.
 #' @noRd
-mrvi_trainer_counts_on_disk <- function(h, library) rust(.Call(wrap__mrvi_trainer_counts_on_disk, h, library))
+mrvi_trainer_counts_on_disk <- function(h, library, gene_total) rust(.Call(wrap__mrvi_trainer_counts_on_disk, h, library, gene_total))
 
 #' Save the run's state after its last epoch to the file `path` (atomically).
 #' @noRd

@@ -291,7 +291,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   rm(slots)
   reader <- NULL
   if (on_disk) {
-    mrvi_trainer_counts_on_disk(trainer, data$library_size)
+    mrvi_trainer_counts_on_disk(trainer, data$library_size, data$gene_total)
     reader <- block_reader(data$disk)
   }
   info <- mrvi_trainer_info(trainer)

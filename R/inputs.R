@@ -202,6 +202,8 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   empty_cells <- scan$library == 0
   empty_genes <- scan$gene_total == 0
   library_size <- scan$library
+  # counts on disk: their per-gene totals stand in for them in a checkpoint's fingerprint
+  gene_total <- if (!is.null(disk)) scan$gene_total[!empty_genes]
   dropped <- list(cells = colnames(counts)[empty_cells], genes = rownames(counts)[empty_genes],
                   cell_positions = which(empty_cells))
   if (any(empty_cells) || any(empty_genes)) {
@@ -248,6 +250,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     labels = labels,
     sample_table = make_sample_table(sample, cell_meta, batch, labels, factors),
     library_size = library_size,
+    gene_total = gene_total,
     dropped = dropped,
     cell_meta = cell_meta,
     source = source

@@ -194,6 +194,14 @@ test_that("a checkpointed fit from disk resumes to the uninterrupted fit", {
   other <- h5_counts(sim$counts + 1)
   expect_error(mrvi(other, sample = sim$sample, max_epochs = 4, n_threads = 1, verbose = FALSE,
                     checkpoint = path), class = "mrvi_checkpoint_error")
+  # the same library sizes, genes reordered or values moved between two genes: refused
+  # too (the library sizes alone stood in for counts on disk)
+  swapped <- sim$counts
+  swapped[1:2, ] <- sim$counts[2:1, ]
+  for (counts in list(sim$counts[nrow(sim$counts):1, ], swapped)) {
+    expect_error(mrvi(h5_counts(counts), sample = sim$sample, max_epochs = 4, n_threads = 1, verbose = FALSE,
+                      checkpoint = path), "other data", class = "mrvi_checkpoint_error")
+  }
 })
 
 test_that("a read that fails during training is a classed error, and R carries on", {

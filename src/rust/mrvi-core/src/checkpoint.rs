@@ -89,9 +89,13 @@ pub fn fingerprint(t: &Trainer) -> Result<String> {
         }
         h.word(u64::MAX);
     }
-    // counts on disk: `data` has none of them; their library sizes stand in
+    // counts on disk: `data` has none of them; their library sizes and gene
+    // totals stand in (genes reordered or values moved between genes change
+    // the totals; the library sizes alone missed both)
     if t.counts_on_disk() {
         t.data.library.iter().for_each(|v| h.word(v.to_bits() as u64));
+        h.word(u64::MAX);
+        t.disk_gene_totals.iter().for_each(|v| h.word(v.to_bits()));
         h.word(u64::MAX);
     }
     for codes in [Some(&t.data.sample), Some(&t.data.site), t.data.label.as_ref()].into_iter().flatten() {

@@ -73,6 +73,9 @@ pub struct Trainer {
     validation_blocks: Vec<usize>,
     /// the counts are not in `data` but read by a `BlockLoader` (on disk)
     counts_on_disk: bool,
+    /// counts on disk: their per-gene totals, which with the library sizes
+    /// stand in for the counts in a checkpoint's fingerprint
+    pub(crate) disk_gene_totals: Vec<f64>,
     pub history: Vec<EpochStats>,
     /// validation score, epoch and weights of the best epoch so far
     pub(crate) best: Option<(f64, usize, Vec<(String, Tensor)>)>,
@@ -593,6 +596,7 @@ impl Trainer {
             train_blocks,
             validation_blocks,
             counts_on_disk: false,
+            disk_gene_totals: Vec::new(),
             history: Vec::new(),
             best: None,
             epochs_since_best: 0,
@@ -606,14 +610,18 @@ impl Trainer {
     /// (`CscCounts::empty`); `library` gives their library sizes (for the
     /// checkpoint's fingerprint). Every epoch then reads the blocks it needs
     /// through the `BlockLoader` given to `run_epoch_from`.
-    pub fn set_counts_on_disk(&mut self, library: Vec<f32>) -> Result<()> {
+    pub fn set_counts_on_disk(&mut self, library: Vec<f32>, gene_totals: Vec<f64>) -> Result<()> {
         if self.config.blocks.is_none() {
             crate::invalid!("counts on disk need block shuffling (settings `blocks`)");
         }
         if library.len() != self.data.n_cells() {
             crate::invalid!("{} library sizes for {} cells", library.len(), self.data.n_cells());
         }
+        if gene_totals.len() != self.data.counts.n_genes() {
+            crate::invalid!("{} gene totals for {} genes", gene_totals.len(), self.data.counts.n_genes());
+        }
         self.data.library = library;
+        self.disk_gene_totals = gene_totals;
         self.counts_on_disk = true;
         Ok(())
     }

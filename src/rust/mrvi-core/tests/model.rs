@@ -5,7 +5,7 @@
 mod common;
 
 use mrvi_core::batch::Dataset;
-use mrvi_core::data::CscCounts;
+use mrvi_core::data::{CountColumns, CscCounts};
 use mrvi_core::infer::encode;
 use mrvi_core::io::{load_bytes_into, model_from_bytes, tensors_to_bytes, varstore_to_bytes};
 use mrvi_core::model::config::{Flavour, ModelConfig, ModelSettings, Prior};
@@ -226,7 +226,11 @@ fn block_shuffle_from_a_loader_equals_counts_in_memory() {
         let data = if on_disk { Dataset::new(CscCounts::empty(g, n), data.sample.clone(), data.site.clone()) } else { data };
         let mut t = Trainer::new(ModelConfig::new(g as i64, 4, 1, 4), cfg.clone(), data, Device::Cpu).unwrap();
         if on_disk {
-            t.set_counts_on_disk(library).unwrap();
+            let mut gene_totals = vec![0f64; g];
+            for c in 0..n {
+                source.column(c).for_each(|(k, v)| gene_totals[k] += v as f64);
+            }
+            t.set_counts_on_disk(library, gene_totals).unwrap();
             assert!(t.run_epoch(&mut || false).unwrap_err().to_string().contains("on disk"));
         }
         let (mut reads, mut hints): (Vec<Vec<Range<usize>>>, Vec<Vec<Range<usize>>>) = (Vec::new(), Vec::new());

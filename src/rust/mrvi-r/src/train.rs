@@ -138,10 +138,10 @@ fn epoch_list(s: &EpochStats, t: &Trainer) -> List {
 /// none of them, and `library` gives each cell's library size.
 /// @noRd
 #[extendr]
-fn mrvi_trainer_counts_on_disk(h: Robj, library: &[f64]) -> RResult<()> {
+fn mrvi_trainer_counts_on_disk(h: Robj, library: &[f64], gene_total: &[f64]) -> RResult<()> {
     let mut h = trainer_ptr(&h)?;
     let t = trainer_mut(&mut h)?;
-    t.set_counts_on_disk(library.iter().map(|&v| v as f32).collect()).map_err(rerr)
+    t.set_counts_on_disk(library.iter().map(|&v| v as f32).collect(), gene_total.to_vec()).map_err(rerr)
 }
 
 /// The counts that `read_blocks` returned for `n` cells: a dgCMatrix, or the
