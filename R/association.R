@@ -251,6 +251,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   }
   if (is_fit) check_fit(fit_or_distances, call)
   if (!is_fit) {
+    check_not_per_cell(fit_or_distances, "fit_or_distances", call)
     samples <- dimnames(fit_or_distances)[1:2]
     if (is.null(samples[[1]]) || !identical(samples[[1]], samples[[2]])) {
       abort_arg(c("{.arg fit_or_distances} has no sample names: its rows and columns must be named by the same samples.",

@@ -104,6 +104,7 @@ as_group_matrices <- function(d, name, call) {
   unnamed <- if (inherits(d, "dist")) is.null(attr(d, "Labels")) else
     (is.matrix(d) || is.array(d)) && (is.null(rownames(d)) || is.null(colnames(d)))
   if (inherits(d, "dist")) d <- as.matrix(d)
+  if (is.array(d) && length(dim(d)) == 3) check_not_per_cell(d, paste0("distances$", name), call)
   if (unnamed) {
     abort_arg(c("{.arg distances}${name} has no sample names.",
                 "i" = "Name its rows and columns (or the dist's labels) by the samples of {.arg sample_table}."), call = call)

@@ -261,12 +261,24 @@ group_matrix <- function(d, group, call) {
     if (!is.array(d) || length(dim(d)) != 3) {
       abort_arg("{.arg d} must be the result of {.fn sampleDistances}, a matrix or a dist.", call = call)
     }
+    check_not_per_cell(d, "d", call)
     S <- dim(d)[1]
     # (d[, , k] would drop a one-sample group's matrix to a number)
     structure(matrix(d[, , resolve_group(d, group, call)], S, dim(d)[2], dimnames = dimnames(d)[1:2]),
               sample_table = attr(d, "sample_table"))
   }
   check_distance_matrix(m, call)
+}
+
+# Per-cell distances ([cells, S, S], sampleDistances(cells = )) where group
+# distances ([S, S, G]) are expected: said as such (they were read as groups).
+check_not_per_cell <- function(d, arg, call) {
+  dn <- dimnames(d)
+  if (!is.null(dn[[2]]) && identical(dn[[2]], dn[[3]]) && !identical(dn[[1]], dn[[2]])) {
+    abort_arg(c("{.arg {arg}} holds per-cell distances ([cells, samples, samples], {.fn sampleDistances} with {.arg cells}), not group distances ([samples, samples, groups]).",
+                "i" = "Pass one cell's matrix ({.code d[1, , ]}), or group distances: {.code sampleDistances(fit, groups = ...)}."),
+              call = call)
+  }
 }
 
 # One group of an [S, S, G] array, as an index: a group name or a whole number in 1..G.
