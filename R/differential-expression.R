@@ -50,7 +50,7 @@
 #' (the same draws as every function that draws u), so results do not depend on
 #' `chunk_size` or on which other cells are asked for, but for rounding: the
 #' largest fold change that sets the TREAT threshold is decoded in single
-#' precision over a chunk's cells, so p-values can move in the 8th digit.
+#' precision over a chunk's cells, so p-values can move by about 1e-6.
 #'
 #' **Posterior-noise floor** (`normalize = TRUE`, the default). A fitted model
 #' can carry small covariate-aligned shifts of z in cell types the covariate
