@@ -386,6 +386,8 @@ pseudo_f <- function(d2, y) {
   n <- nrow(d2)
   k <- nlevels(y)
   ss <- permanova_ss(d2, y)
+  # every distance 0: nothing to explain, F = 0 (p = 1, as the effect statistic gives), not 0/0
+  if (ss[["total"]] == 0) return(0)
   ((ss[["total"]] - ss[["within"]]) / (k - 1)) / (ss[["within"]] / (n - k))
 }
 

@@ -295,3 +295,13 @@ test_that("a vector covariate is named after the variable it was passed as", {
   expect_identical(S4Vectors::metadata(inline)$covariate, "covariate")
   expect_identical(S4Vectors::metadata(differentialAbundance(fit, arm, cells = 1:2))$covariate, "arm")
 })
+
+test_that("the pseudo-F group test of distances that are all 0 is F = 0, p = 1 (not NaN)", {
+  s <- c("s1", "s2", "s3", "s4")
+  zero <- array(0, c(4, 4, 1), dimnames = list(s, s, "g"))
+  y <- setNames(c("a", "a", "b", "b"), s)
+  res <- groupAssociation(zero, y, statistic = "pseudo_f", permutations = 19)
+  expect_equal(res$statistic, 0)
+  expect_equal(res$p_value, 1)
+  expect_equal(groupAssociation(zero, y, permutations = 19, min_effect = 0)$p_value, 1)
+})
