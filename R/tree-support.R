@@ -52,6 +52,8 @@
 #'   each internal node's clade, in \[0, 1\] (the root's is 1); for several, a
 #'   named list of them. Each tree carries attributes `B`, `excluded` (samples
 #'   left out) and `sample_table`. [plotSampleTree()] draws it with the values.
+#'   Among several groups, one with fewer than 3 samples (of `min_cells` cells)
+#'   is left out with a warning; asked for alone, it is an error.
 #' @examples
 #' if (requireNamespace("ape", quietly = TRUE)) {
 #'   sim <- mrvi:::example_counts()
@@ -91,8 +93,12 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     m <- point[, , g]
     kept <- fit@samples[!apply(is.na(m), 1, all)]
     if (length(kept) < 3) {
-      abort_arg("Group {.val {g}} has {length(kept)} sample{?s} with at least {opts$min_cells} cells: a tree needs 3.",
-                call = call)
+      # one group asked for: an error; among several, it is left out (with a warning below)
+      if (length(chosen) == 1) {
+        abort_arg("Group {.val {g}} has {length(kept)} sample{?s} with at least {opts$min_cells} cells: a tree needs 3.",
+                  call = call)
+      }
+      return(NULL)
     }
     hc <- stats::hclust(stats::as.dist(m[kept, kept]), method = method)
     cells <- which(grouping == g & fit@cell_data$sample %in% kept)
@@ -121,6 +127,15 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     attr(phy, "sample_table") <- fit@sample_table
     phy
   })
+  treeless <- names(trees)[vapply(trees, is.null, logical(1))]
+  if (length(treeless)) {
+    if (length(treeless) == length(trees)) {
+      abort_arg("No group has 3 samples with at least {opts$min_cells} cells: a tree needs 3.", call = call)
+    }
+    cli::cli_warn("{cli::qty(length(treeless))}Group{?s} {.val {treeless}} left out: fewer than 3 samples with at least {opts$min_cells} cells, and a tree needs 3.",
+                  class = "mrvi_warning", call = call)
+    trees <- trees[setdiff(names(trees), treeless)]
+  }
   if (length(trees) == 1) trees[[1]] else trees
 }
 

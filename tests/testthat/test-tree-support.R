@@ -108,3 +108,14 @@ test_that("sampleTreeSupport() and sampleSplitGenes() refuse bad arguments by na
   expect_error(sampleSplitGenes(fit, "s1", mc_samples = 1.5), "mc_samples", class = "mrvi_error")
   expect_error(plotSampleTree(sampleDistances(fit, mc_samples = 0), support = "x"), "support", class = "mrvi_error")
 })
+
+test_that("among several groups, one with too few samples for a tree is left out with a warning", {
+  fit <- planted_tree()$fit
+  groups <- as.character(fit@cell_data$labels)
+  rare <- unlist(lapply(fit@samples[1:2], function(s) which(fit@cell_data$sample == s)[1:10]))
+  groups[rare] <- "rare"
+  expect_warning(trees <- sampleTreeSupport(fit, groups, B = 3), "\"rare\" left out", class = "mrvi_warning")
+  expect_false("rare" %in% names(trees))
+  expect_true(all(vapply(trees, inherits, logical(1), "phylo")))
+  expect_error(sampleTreeSupport(fit, groups, group = "rare", B = 3), "a tree needs 3", class = "mrvi_error")
+})
