@@ -72,8 +72,8 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
         y <- sample_table[[cov]][match(rownames(m), rows)]
         keep <- !is.na(y) & !apply(is.na(m), 1, all)
         scores <- separation_scores(m[keep, keep, drop = FALSE], droplevels(factor(y[keep])))
-        if (anyNA(scores)) unscored <- c(unscored, sprintf("%s / %s / %s: %s", method, g, cov,
-                                                           unscored_reason(m[keep, keep, drop = FALSE], factor(y[keep]))))
+        if (!is.null(attr(scores, "reason"))) unscored <- c(unscored, sprintf("%s / %s / %s: %s", method, g, cov,
+                                                                               attr(scores, "reason")))
         out[[length(out) + 1]] <- data.frame(method = method, group = g, covariate = cov, n_samples = sum(keep),
                                              as.list(scores))
       }
@@ -89,14 +89,6 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
   res
 }
 
-# Why separation_scores() gives NA for a matrix and factor.
-unscored_reason <- function(m, y) {
-  y <- droplevels(y)
-  if (length(y) < 3) "fewer than 3 samples with a distance and a category"
-  else if (nlevels(y) < 2) "fewer than 2 categories"
-  else if (all(table(y) < 2)) "no category with 2 samples (a continuous covariate?)"
-  else "a distance between two of its samples is NA"
-}
 
 # One distance result as a named list of S x S matrices, one per group.
 as_group_matrices <- function(d, name, call) {
@@ -119,12 +111,18 @@ as_group_matrices <- function(d, name, call) {
 }
 
 # PERMANOVA R^2, ANOSIM R, nearest-sample agreement and replicate rank of one
-# distance matrix against a factor (NA where the factor cannot tell: fewer than
-# 2 categories, or no category with 2 samples).
+# distance matrix against a factor; NA where they cannot be computed, with the
+# reason as attribute "reason".
 separation_scores <- function(m, y) {
-  none <- c(r2 = NA_real_, anosim_r = NA_real_, nearest_agreement = NA_real_, replicate_rank = NA_real_)
   n <- length(y)
-  if (n < 3 || nlevels(y) < 2 || all(table(y) < 2) || anyNA(m)) return(none)
+  reason <- if (n < 3) "fewer than 3 samples with a distance and a category" else
+    if (nlevels(y) < 2) "fewer than 2 categories" else
+    if (all(table(y) < 2)) "no category with 2 samples (a continuous covariate?)" else
+    if (anyNA(m)) "a distance between two of its samples is NA"
+  if (!is.null(reason)) {
+    return(structure(c(r2 = NA_real_, anosim_r = NA_real_, nearest_agreement = NA_real_, replicate_rank = NA_real_),
+                     reason = reason))
+  }
   ss <- permanova_ss(m^2, y)
   upper <- upper.tri(m)
   within <- outer(y, y, "==")[upper]
