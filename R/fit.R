@@ -475,9 +475,5 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
 
 # options(mrvi.fused_likelihood = FALSE): on the CPU, let autograd differentiate
 # the whole step instead of the fused kernel and the host passes (slower; for comparison).
-fused_likelihood_option <- function(call) {
-  v <- getOption("mrvi.fused_likelihood", TRUE)
-  check_flag(v, "options(mrvi.fused_likelihood)", call)
-  v
-}
+fused_likelihood_option <- function(call) flag_option("mrvi.fused_likelihood", TRUE, call)
 
