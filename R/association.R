@@ -259,8 +259,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
                 call = call)
     }
   }
-  # (not %||%, which takes NA for the default: seed = NA is an error, as elsewhere)
-  seed <- check_whole(if (is.null(seed)) (if (is_fit) fit_or_distances@config$seed else 1) else seed, "seed", call)
+  seed <- check_whole(seed %||% (if (is_fit) fit_or_distances@config$seed else 1), "seed", call)
   statistic <- match_choice(statistic %||% "effect", c("effect", "ks", "pseudo_f"), "statistic", call)
   if (!is.null(min_effect) && statistic != "effect") {
     abort_arg("{.arg min_effect} applies to {.code statistic = \"effect\"} only.", call = call)

@@ -31,6 +31,11 @@
 #' @slot cache environment: the native model, rebuilt when missing. Copies of a
 #'   fit share this environment, so models are kept under the checksum of the
 #'   weights they were built from: a copy with other weights gets its own.
+#' @return `summary()`: a list of class `summary_MrVIFit` (printed as three
+#'   lines): `n_cells`, `n_genes`, `n_samples`, `n_batches`, `n_latent` (z's
+#'   dimension), `n_latent_u` (u's), `epochs`, `best_epoch` (the epoch whose
+#'   weights the fit holds), `stopped_early`, `train_elbo` and `validation_elbo`
+#'   at that epoch (per cell), `seconds`, `device`.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
@@ -214,13 +219,13 @@ setMethod("show", "MrVIFit", function(object) {
     cat(sprintf("  %s\n", describe_nuisance(spec)))
   }
   if (nrow(h)) {
-    best <- object@config$best_epoch %||% nrow(h)
+    best <- best_epoch(object)
     # without validation cells (validation_fraction 0, or too small to hold one
     # out) the validation ELBO is NaN and early stopping watched the training ELBO
     elbo <- if (is.nan(h$validation_elbo[best])) sprintf("training ELBO %.2f per cell (no validation cells)", h$train_elbo[best]) else
       sprintf("validation ELBO %.2f per cell", h$validation_elbo[best])
     cat(sprintf("  epochs:  %d on %s, best %s%s; %s\n",
-                nrow(h), object@config$device, object@config$best_epoch,
+                nrow(h), object@config$device, best,
                 if (isTRUE(object@config$stopped_early)) " (stopped early)" else
                   if (isTRUE(object@config$interrupted)) " (interrupted)" else "",
                 elbo))
@@ -240,14 +245,34 @@ setMethod("show", "MrVIFit", function(object) {
 #' @export
 setMethod("summary", "MrVIFit", function(object, ...) {
   h <- object@history
-  best <- object@config$best_epoch %||% nrow(h)
-  list(
+  best <- best_epoch(object)
+  structure(list(
     n_cells = nrow(object@cell_data), n_genes = length(object@genes),
     n_samples = length(object@samples), n_batches = length(object@batches),
-    n_latent = ncol(object@u_mean), epochs = nrow(h), best_epoch = best,
+    n_latent = z_dim(object), n_latent_u = ncol(object@u_mean), epochs = nrow(h), best_epoch = best,
     stopped_early = isTRUE(object@config$stopped_early),
     train_elbo = if (nrow(h)) h$train_elbo[best] else NA_real_,
     validation_elbo = if (nrow(h)) h$validation_elbo[best] else NA_real_,
     seconds = sum(h$seconds), device = object@config$device
-  )
+  ), class = "summary_MrVIFit")
 })
+
+#' @export
+print.summary_MrVIFit <- function(x, ...) {
+  cat(sprintf("MrVI fit: %d cells x %d genes, %d samples, %d batch%s, L_u = %d, L_z = %d\n",
+              x$n_cells, x$n_genes, x$n_samples, x$n_batches, if (x$n_batches == 1) "" else "es",
+              x$n_latent_u, x$n_latent))
+  cat(sprintf("Training: %d epoch%s on %s in %.1f s%s; best epoch %s\n", x$epochs,
+              if (x$epochs == 1) "" else "s", x$device, x$seconds,
+              if (x$stopped_early) " (stopped early)" else "", format(x$best_epoch)))
+  cat(sprintf("ELBO per cell at the best epoch: training %s, validation %s\n",
+              format(x$train_elbo, digits = 6), format(x$validation_elbo, digits = 6)))
+  invisible(x)
+}
+
+# The epoch whose weights the fit holds: without early stopping's record (NA
+# when nothing was watched) the last one.
+best_epoch <- function(fit) {
+  best <- fit@config$best_epoch
+  if (is.null(best) || is.na(best)) nrow(fit@history) else best
+}

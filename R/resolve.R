@@ -109,7 +109,8 @@ resolve_device <- function(device, call) {
   })
 }
 
-`%||%` <- function(a, b) if (is.null(a) || (length(a) == 1 && is.na(a))) b else a
+# NULL only, as base R's (4.4) operator: an NA is a value the caller checks.
+`%||%` <- function(a, b) if (is.null(a)) b else a
 
 # Cells per chunk of the computations streamed in Rust: `chunk_size`, or by
 # default as many as keep a chunk's counterfactuals (cells x S x L) near 2^21

@@ -147,8 +147,7 @@ support_options <- function(dots, call) {
     abort_arg(c("Unknown argument{?s} in {.arg ...}: {.val {unknown}}.", "i" = "{.arg ...} takes {.arg {known}}."),
               call = call)
   }
-  # not %||%: it would turn an NA into the default
-  setting <- function(name, default) if (name %in% names(dots)) dots[[name]] else default
+  setting <- function(name, default) dots[[name]] %||% default
   normalize <- setting("normalize", TRUE)
   mc_samples <- check_whole(setting("mc_samples", 10), "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)

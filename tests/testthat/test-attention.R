@@ -16,6 +16,7 @@ test_that("the attention flavour fits and everything downstream works", {
   a <- attention_fit()
   fit <- a$fit
   expect_output(show(fit), "attention flavour, mog prior")
+  expect_equal(unlist(summary(fit)[c("n_latent", "n_latent_u")]), c(n_latent = 30, n_latent_u = 10))
   expect_equal(fit@config$flavour, "attention")
   expect_equal(dim(mrviLatent(fit)), c(3000L, 10L))
   expect_equal(dim(mrviLatent(fit, which = "z")), c(3000L, 30L))

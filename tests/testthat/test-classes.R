@@ -11,6 +11,17 @@ test_that("show and summary report the fit", {
   expect_equal(s$epochs, nrow(fit@history))
   expect_equal(s$validation_elbo, fit@history$validation_elbo[fit@config$best_epoch])
   expect_equal(s$seconds, sum(fit@history$seconds))
+  expect_equal(s$n_latent, 10)
+  expect_s3_class(s, "summary_MrVIFit")
+  printed <- capture.output(print(s))
+  expect_length(printed, 3)
+  expect_match(printed[1], "400 cells x 60 genes, 5 samples, 1 batch, L_u = 10, L_z = 10", fixed = TRUE)
+  expect_match(printed[2], sprintf("best epoch %d", fit@config$best_epoch), fixed = TRUE)
+  # a fit whose training never recorded a best epoch holds the last one's weights
+  fit@config$best_epoch <- NA_integer_
+  expect_equal(summary(fit)$best_epoch, nrow(fit@history))
+  expect_equal(summary(fit)$train_elbo, fit@history$train_elbo[nrow(fit@history)])
+  expect_match(capture.output(show(fit)), sprintf("best %d", nrow(fit@history)), all = FALSE)
 })
 
 test_that("the constructor rebuilds a fit from its weights and data", {
