@@ -215,6 +215,8 @@ resolve_min_effect <- function(min_effect, space, normalize, call) {
 #'   in [cellAssociation()] (raw, 10 posterior draws, expression space by
 #'   default; see [sampleDistances()] for the spaces).
 #' @param max_cells with `"ks"`: at most this many cells per group.
+#' @param min_cells a sample with fewer cells than this in a group is left out
+#'   of that group's test, with every statistic (as in [sampleDistances()]).
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread: one task per group; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
@@ -235,7 +237,7 @@ resolve_min_effect <- function(min_effect, space, normalize, call) {
 groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = NULL,
                              statistic = c("effect", "ks", "pseudo_f"), normalize = FALSE, mc_samples = 10,
                              max_cells = 500, BPPARAM = BiocParallel::SerialParam(),
-                             space = c("expression", "latent"), min_effect = NULL) {
+                             space = c("expression", "latent"), min_effect = NULL, min_cells = 5) {
   call <- sys.call()
   check_required(call)
   space <- match_choice(space, c("expression", "latent"), "space", call)
@@ -244,6 +246,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   max_cells <- check_count(max_cells, "max_cells", call)
+  min_cells <- check_whole(min_cells, "min_cells", call)
   is_fit <- methods::is(fit_or_distances, "MrVIFit")
   if (!is_fit && !(is.array(fit_or_distances) && length(dim(fit_or_distances)) == 3)) {
     abort_arg("{.arg fit_or_distances} must be a {.cls MrVIFit} or the result of {.fn sampleDistances}.",
@@ -293,12 +296,14 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   if (statistic == "ks") {
     group <- resolve_groups(fit, groups, call)
     rows <- bp_map(levels(group), function(g) {
-      ks_group_test(fit, y, which(group == g), g, permutations, seed, normalize, mc_samples, max_cells, space, call)
+      cells <- which(group == g)
+      enough <- tabulate(match(fit@cell_data$sample[cells], fit@samples), length(fit@samples)) >= min_cells
+      ks_group_test(fit, y, cells, enough, g, permutations, seed, normalize, mc_samples, max_cells, space, call)
     }, BPPARAM = BPPARAM)
   } else {
     d <- if (is_fit) {
-      with_call(sampleDistances(fit, groups = groups, normalize = normalize, mc_samples = mc_samples,
-                                seed = seed, BPPARAM = BPPARAM, space = space), call)
+      with_call(sampleDistances(fit, groups = groups, min_cells = min_cells, normalize = normalize,
+                                mc_samples = mc_samples, seed = seed, BPPARAM = BPPARAM, space = space), call)
     } else fit_or_distances
     if (is_fit) groups <- NULL
     tested <- if (is.null(groups)) dimnames(d)[[3]] else groups
@@ -359,12 +364,17 @@ effect_statistic <- function(d, labels) {
 }
 
 # One group's test on the mean per-cell KS statistic: D(n) of (a subset of) the
-# group's cells, one row of pair distances per cell, relabelled per permutation in Rust.
-ks_group_test <- function(fit, y, cells, g, permutations, seed, normalize, mc_samples, max_cells, space, call) {
+# group's cells, one row of pair distances per cell, relabelled per permutation in
+# Rust, over the samples with a covariate value and `enough` cells in the group.
+ks_group_test <- function(fit, y, cells, enough, g, permutations, seed, normalize, mc_samples, max_cells, space, call) {
   fixed_rng(seed)
   if (length(cells) > max_cells) cells <- sort(cells[sample.int(length(cells), max_cells)])
-  keep <- which(!is.na(y))
+  keep <- which(!is.na(y) & enough)
   yy <- droplevels(y[keep])
+  if (nlevels(yy) < 2 || all(table(yy) < 2)) {
+    return(data.frame(group = g, n_samples = length(keep), n_cells = length(cells), statistic = NA_real_,
+                      p_value = NA_real_, permutations = 0L))
+  }
   S <- length(keep)
   pairs <- which(upper.tri(diag(S)), arr.ind = TRUE)
   check_size(8 * length(cells) * (length(fit@samples)^2 + nrow(pairs)), "groupAssociation(statistic = \"ks\")",

@@ -202,6 +202,30 @@ test_that("groupAssociation finds the planted covariate in the affected type", {
   expect_equal(pf["type1", "statistic"], ((sst - ssw) / 1) / (ssw / (n - 2)), tolerance = 1e-8)
 })
 
+test_that("every group statistic leaves out samples with fewer than min_cells cells in the group", {
+  fit <- covariates_fit()$fit
+  s1 <- fit@samples[1]
+  in_s1 <- which(fit@cell_data$sample == s1)
+  grp <- fit@cell_data$cell_type == "type1"
+  grp[in_s1] <- FALSE
+  grp[in_s1[1:2]] <- TRUE
+  y <- stats::setNames(fit@sample_table$cov1, fit@sample_table$sample)
+  S <- length(fit@samples)
+  test <- function(statistic, y, ...) {
+    groupAssociation(fit, y, groups = grp, permutations = 19, statistic = statistic, mc_samples = 0,
+                     space = "latent", max_cells = 5000, ...)["TRUE", ]
+  }
+  for (statistic in c("ks", "effect", "pseudo_f")) {
+    expect_equal(test(statistic, y)$n_samples, S - 1)
+    expect_equal(test(statistic, y, min_cells = 0)$n_samples, S)
+  }
+  # left out as a sample without a covariate value is
+  y_na <- y
+  y_na[s1] <- NA
+  expect_equal(test("ks", y), test("ks", y_na, min_cells = 0))
+  expect_error(groupAssociation(fit, y, min_cells = -1), "min_cells")
+})
+
 test_that("the mean-KS group test is uniform under a random covariate", {
   a <- covariates_fit()
   fit <- a$fit
