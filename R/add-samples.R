@@ -48,7 +48,8 @@
 #'   [mrvi()] for the number of new cells.
 #' @param seed integer seed: a fixed seed gives the same fit on the same machine.
 #' @param continuous_covariates their continuous nuisance covariates, as in
-#'   [mrvi()] (with the fit's names).
+#'   [mrvi()] (with the fit's names). Values more than 10 standard deviations from the fitted cells' mean give a
+#'   warning (`mrvi_extrapolation`): the decoder saw no cells there.
 #' @param verbose print the set-up and a progress bar.
 #' @param labels optional labels of the new cells (a column name or a vector),
 #'   kept in `fit@cell_data$labels` so that analyses grouped by `"labels"`
@@ -203,7 +204,8 @@ new_cells_nuisance <- function(fit, data, batch, continuous, call) {
   }
   given <- given[factors]
   list(site = site_codes(given, spec$factors),
-       continuous = check_standardised(standardise(values, spec$continuous), spec$continuous$name, call),
+       continuous = check_standardised(standardise(values, spec$continuous), spec$continuous$name,
+                                  "continuous_covariates", call),
        values = if (is.null(values)) given else cbind(given, values[spec$continuous$name]))
 }
 

@@ -55,15 +55,28 @@ check_covariates_vary <- function(data, call) {
 }
 
 # Standardised values of new cells (scaled as the fit's cells) must be finite
-# in single precision, as the model takes them.
-check_standardised <- function(m, nms, call) {
-  bad <- which(colSums(!(abs(m) <= float_max)) > 0)
-  if (length(bad)) {
-    abort_arg(c("{.arg continuous_covariates${nms[bad[1]]}} has values too far from the fitted ones to standardise.",
-                "i" = "Give it in the units it was fitted in."), call = call)
+# in single precision, as the model takes them. Values further than
+# `extrapolation_sd` standard deviations from the fitted cells' mean lie where the
+# decoder saw no cells: allowed (a new donor may be older than every fitted
+# one), with a warning, since its output there is extrapolation. `arg` names the
+# argument ("continuous_covariates" or "continuous").
+check_standardised <- function(m, nms, arg, call) {
+  for (k in seq_along(nms)) {
+    a <- abs(m[, k])
+    if (any(!(a <= float_max))) {
+      abort_arg(c("{.arg {arg}${nms[k]}} is too far from the fitted values to standardise.",
+                  "i" = "Give it in the units it was fitted in."), call = call)
+    }
+    if (any(a > extrapolation_sd)) {
+      cli::cli_warn(c("{.arg {arg}${nms[k]}} has values up to {format(max(a), digits = 3)} standard deviations from the fitted cells' mean: the decoder extrapolates there.",
+                      "i" = "Check that it is given in the units it was fitted in."),
+                    class = "mrvi_extrapolation", call = call)
+    }
   }
   m
 }
+
+extrapolation_sd <- 10
 
 float_max <- 3.4028234663852886e38  # the largest single-precision number
 

@@ -17,7 +17,8 @@
 #'   cell (the others stay the cell's own).
 #' @param continuous `NULL` (each cell's own values), or a named list (or
 #'   named numeric vector) with, for some continuous covariates, one value or one
-#'   per cell, in the covariate's own units.
+#'   per cell, in the covariate's own units. Values more than 10 standard deviations from the fitted cells' mean give a
+#'   warning (`mrvi_extrapolation`): the decoder saw no cells there.
 #' @param average names of categorical covariates whose levels are averaged
 #'   over: the expression is the mean over every combination of their levels
 #'   (equal weights); `TRUE` for all of them. Not together with `batch` for the
@@ -83,12 +84,8 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
       if (!is.numeric(v) || length(v) != n || any(!is.finite(v))) {
         abort_arg("{.arg continuous${spec$continuous$name[k[j]]}} must be one finite number or one per cell ({n}).", call = call)
       }
-      x[, k[j]] <- (v - spec$continuous$center[k[j]]) / spec$continuous$scale[k[j]]
-      # the model takes the standardised values in single precision
-      if (any(!(abs(x[, k[j]]) <= float_max))) {
-        abort_arg(c("{.arg continuous${spec$continuous$name[k[j]]}} is too far from the fitted values to standardise.",
-                    "i" = "Give it in the units it was fitted in."), call = call)
-      }
+      x[, k[j]] <- check_standardised(matrix((v - spec$continuous$center[k[j]]) / spec$continuous$scale[k[j]]),
+                                      spec$continuous$name[k[j]], "continuous", call)
     }
   }
   if (isTRUE(average)) average <- factors

@@ -122,6 +122,12 @@ test_that("bad covariates are refused naming the argument", {
                "continuous\\$mito", class = "mrvi_error")
   expect_error(counterfactualExpression(fit, 1:2, fit@samples[1], continuous = list(mito = 1e300)),
                "continuous\\$mito. is too far from the fitted values", class = "mrvi_error")
+  # beyond 10 sd of the fitted cells the decoder extrapolates: allowed, with a warning
+  mito <- mrvi:::fit_nuisance(fit)$continuous
+  far <- mito$center + 12 * mito$scale
+  expect_warning(counterfactualExpression(fit, 1:2, fit@samples[1], continuous = list(mito = far)),
+                 "continuous\\$mito. has values up to 12 standard deviations", class = "mrvi_extrapolation")
+  expect_no_warning(counterfactualExpression(fit, 1:2, fit@samples[1], continuous = list(mito = mito$center + 3 * mito$scale)))
 })
 
 test_that("u mixes every nuisance covariate of a crossed design, and the sample distances keep them out", {
@@ -207,4 +213,8 @@ test_that("continuous covariates given as text or too large to standardise are r
   expect_error(mrviAddSamples(fit, new, sample = "sample", batch = c("site", "chemistry"),
                               continuous_covariates = "mito", max_epochs = 1),
                "continuous_covariates\\$mito.*too far from the fitted", class = "mrvi_error")
+  new$mito <- max(sce$mito) + 20 * sd(sce$mito)
+  expect_warning(mrviAddSamples(fit, new, sample = "sample", batch = c("site", "chemistry"),
+                                continuous_covariates = "mito", max_epochs = 1, verbose = FALSE),
+                 "continuous_covariates\\$mito. has values up to", class = "mrvi_extrapolation")
 })
