@@ -130,6 +130,12 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   }
   new_cells$sample <- factor(as.character(new_cells$sample), levels = all_samples)
   for (nm in names(nuisance$values)) new_cells[[nm]] <- nuisance$values[[nm]]
+  # the metadata columns the fit's sample, batch and labels came from, for new
+  # cells given as vectors (so that groups = "cell_type" keeps them)
+  for (role in names(fit@config$columns)) {
+    column <- fit@config$columns[[role]]
+    if (!column %in% names(new_cells)) new_cells[[column]] <- new_cells[[role]]
+  }
   config <- fit@config
   config$model_json <- info$model_config
   config$weights_hash <- native$hash

@@ -11,7 +11,8 @@
 #'   settings), `nuisance` (the nuisance covariates: `factors`, the levels of
 #'   each categorical one, and `continuous`, the name, center and scale of each
 #'   continuous one), `added` (after [mrviAddSamples()]: the samples added and
-#'   their training history), `device`, `seed`, `best_epoch`, `stopped_early`, `interrupted`,
+#'   their training history), `columns` (the cell metadata columns that gave
+#'   `sample`, a single `batch` and `labels`), `device`, `seed`, `best_epoch`, `stopped_early`, `interrupted`,
 #'   `mrvi_version`, `weights_hash` (a checksum of `weights`; fits made before it
 #'   existed lack it and still load).
 #' @slot weights raw: the weights in safetensors format.

@@ -333,7 +333,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                min_epochs = info$min_epochs, validation_fraction = validation_fraction),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
-                  n_threads = threads_used, seurat_assay = data$seurat_assay)
+                  n_threads = threads_used, seurat_assay = data$seurat_assay, columns = data$columns)
   )
   if (run$interrupted) {
     cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",

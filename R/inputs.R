@@ -180,6 +180,11 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
                 "i" = sample_hint(cell_meta, n_cells)), call = call)
   }
 
+  # the metadata columns that `sample`, one `batch` and `labels` name (cells added
+  # to the fit later with vectors get these columns too)
+  columns <- Filter(Negate(is.null), lapply(list(sample = sample, batch = batch, labels = labels), function(v) {
+    if (is.character(v) && length(v) == 1 && v %in% names(cell_meta)) v
+  }))
   sample <- resolve_cell_factor(sample, "sample", cell_meta, counts, call)
   factors <- resolve_batch(batch, cell_meta, counts, call)
   continuous <- resolve_continuous(continuous, cell_meta, counts, call)
@@ -253,7 +258,8 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     gene_total = gene_total,
     dropped = dropped,
     cell_meta = cell_meta,
-    source = source
+    source = source,
+    columns = columns
   ), class = "mrvi_data")
 }
 

@@ -139,3 +139,23 @@ test_that("labels of the added cells are kept for grouping, and their absence is
   d <- sampleDistances(with, groups = "labels", mc_samples = 0)
   expect_false(anyNA(d[, "s04", ]))
 })
+
+test_that("cells added with vectors fill the metadata columns the fit's sample, batch and labels came from", {
+  sce <- simulateNested(600, 60, n_samples = 6, n_sites = 2, n_cell_types = 2, n_affected = 1, seed = 1)
+  sce$donor <- sce$sample
+  held <- sce$donor == "s06"
+  ref <- reference_part(sce, held)
+  ref$donor <- droplevels(ref$donor)
+  fit <- mrvi(ref, sample = "donor", batch = "site", labels = "cell_type", flavour = "linear", max_epochs = 2,
+              n_threads = 1, verbose = FALSE)
+  expect_equal(fit@config$columns, list(sample = "donor", batch = "site", labels = "cell_type"))
+  new <- sce[, held]
+  added <- mrviAddSamples(fit, SingleCellExperiment::counts(new), sample = as.character(new$donor),
+                          batch = as.character(new$site), labels = as.character(new$cell_type), max_epochs = 1)
+  rows <- added@cell_data[colnames(new), ]
+  expect_equal(as.character(rows$site), as.character(new$site))
+  expect_equal(as.character(rows$cell_type), as.character(new$cell_type))
+  expect_equal(as.character(rows$donor), as.character(new$donor))
+  d <- sampleDistances(added, groups = "cell_type", mc_samples = 0, space = "latent")
+  expect_false(anyNA(d["s06", fit@samples, ]))
+})
