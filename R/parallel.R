@@ -11,8 +11,8 @@
 #' The analyses that are independent across cells, groups or permutation tests
 #' take a `BPPARAM` argument, a BiocParallel back-end: [mrviLatent()],
 #' [counterfactualLatent()], [sampleDistances()], [cellAssociation()],
-#' [groupAssociation()], [differentialExpression()], [differentialAbundance()]
-#' and [admissibility()]. The default, `BiocParallel::SerialParam()`, runs in
+#' [groupAssociation()], [differentialExpression()], [differentialAbundance()],
+#' [admissibility()] and [sampleTreeSupport()]. The default, `BiocParallel::SerialParam()`, runs in
 #' the calling process. `SnowParam()` starts R processes, and
 #' `BatchtoolsParam()` submits jobs to a scheduler (SLURM, SGE, LSF, PBS) or
 #' runs them locally. Fork-based back-ends (`MulticoreParam()`, batchtools'

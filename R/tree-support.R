@@ -47,6 +47,9 @@
 #'   [sampleDistances()]), `chunk_size` (cells per chunk) and `space` (default
 #'   `"latent"`, where the support values above were measured; `"expression"`:
 #'   see [sampleDistances()]).
+#' @param BPPARAM a BiocParallel back-end (default serial): one task per group;
+#'   results are identical to serial ones whatever the back-end (see
+#'   [mrvi-parallel]).
 #' @return for one group, an `ape::phylo` (the point-estimate tree, with branch
 #'   lengths from the linkage heights) whose `node.label` holds the support of
 #'   each internal node's clade, in \[0, 1\] (the root's is 1); for several, a
@@ -63,10 +66,12 @@
 #'   plotSampleTree(tree)
 #' }
 #' @export
-sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "average", seed = fit@config$seed, ...) {
+sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "average", seed = fit@config$seed, ...,
+                              BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
+  check_bpparam(BPPARAM, call)
   if (!requireNamespace("ape", quietly = TRUE)) abort_arg("sampleTreeSupport() returns ape trees: install {.pkg ape}.", call = call)
   B <- check_count(B, "B", call)
   seed <- check_whole(seed, "seed", call)
@@ -84,12 +89,12 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
   # only the groups asked for (cells of the others in no group)
   point <- with_call(sampleDistances(fit, groups = factor(grouping, levels = chosen), min_cells = opts$min_cells, mc_samples = opts$mc_samples,
                                      normalize = opts$normalize, chunk_size = opts$chunk_size, seed = seed,
-                                     space = opts$space), call)
+                                     space = opts$space, BPPARAM = BPPARAM), call)
   S <- length(fit@samples)
   block <- resolve_chunk_size(fit, opts$chunk_size, call, opts$mc_samples, opts$normalize)
   restore <- preserve_rng()
   on.exit(restore())
-  trees <- lapply(stats::setNames(chosen, chosen), function(g) {
+  trees <- bp_map(chosen, function(g) {
     m <- point[, , g]
     kept <- fit@samples[!apply(is.na(m), 1, all)]
     if (length(kept) < 3) {
@@ -126,7 +131,8 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     attr(phy, "excluded") <- setdiff(fit@samples, kept)
     attr(phy, "sample_table") <- fit@sample_table
     phy
-  })
+  }, BPPARAM = BPPARAM)
+  names(trees) <- chosen
   treeless <- names(trees)[vapply(trees, is.null, logical(1))]
   if (length(treeless)) {
     if (length(treeless) == length(trees)) {
