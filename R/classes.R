@@ -172,6 +172,9 @@ setValidity("MrVIFit", function(object) {
   }
   if (nrow(object@sample_table) != length(object@samples)) {
     problems <- c(problems, sprintf("@sample_table has %d rows for %d samples", nrow(object@sample_table), length(object@samples)))
+  } else if (!setequal(as.character(object@sample_table$sample), object@samples)) {
+    # (rows in another order are fine: every reader matches them by this column)
+    problems <- c(problems, "the column sample of @sample_table does not name @samples, one row each")
   }
   spec <- fit_nuisance(object)
   gone <- setdiff(c(names(spec$factors), spec$continuous$name), names(object@cell_data))

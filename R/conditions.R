@@ -34,6 +34,9 @@ rust <- function(expr) {
     # an error of ours from evaluating the arguments (e.g. native_model()) passes
     if (inherits(e, "mrvi_error")) stop(e)
     msg <- conditionMessage(e)
+    # R's own time limit (setTimeLimit()), met while Rust called into R: the
+    # user's limit, not a bug
+    if (grepl("^reached (elapsed|CPU) time limit", msg)) stop(simpleError(msg, call = user_call()))
     # libtorch appends a C++ stack trace to its messages (escaped when it comes
     # through a panic's Debug text): keep the message
     msg <- sub("\\s*(Exception raised from|(\\\\n|\n)frame #).*$", "", msg)

@@ -342,7 +342,9 @@ de_design <- function(fit, covariates, call) {
                   "i" = "Columns: {show_some(setdiff(names(fit@sample_table), 'sample'), 12)}; or give a data.frame with a {.field sample} column."),
                 call = call)
     }
-    tab <- as.data.frame(fit@sample_table)[, covariates, drop = FALSE]
+    # rows by sample name: a table reordered by the user (merge(), order()) stays right
+    rows <- match(samples, as.character(fit@sample_table$sample))
+    tab <- as.data.frame(fit@sample_table)[rows, covariates, drop = FALSE]
     rownames(tab) <- samples
   } else if (is.data.frame(covariates) || methods::is(covariates, "DataFrame")) {
     covariates <- as.data.frame(covariates)

@@ -245,8 +245,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                              continuous_covariates = continuous_covariates), call)
   check_covariates_vary(data, call)
   nuisance <- nuisance_design(data)
+  labels_given <- !is.null(data$labels)
   check_model_size(nrow(data$counts), nlevels(data$sample), sum(nuisance$levels) + ncol(nuisance$continuous),
-                   n_latent, n_latent_u, batch_size, call)
+                   n_latent, n_latent_u, batch_size, ncol(data$counts),
+                   n_components = if (prior == "mog") (if (labels_given) nlevels(data$labels) else n_mixture) else 0,
+                   labels_given = labels_given, call = call)
   counts <- data$counts
   on_disk <- !is.null(data$disk)
   # counts on disk read by a forked process: by default one core is left to it
@@ -447,30 +450,44 @@ note_no_validation <- function(fraction, n_cells, block_cells = NULL, hint = TRU
 }
 
 # The size of the model and its training state (weights, gradients, Adam's two
-# moments: 16 bytes per parameter) and of a minibatch, checked before libtorch
-# allocates: a huge n_latent is an argument error, not an allocation failure.
-check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u, batch_size, call) {
-  hidden <- 128  # the encoder's width (ModelConfig::n_hidden)
-  L <- as.numeric(n_latent)
-  Lu <- as.numeric(n_latent_u)
-  params <- n_genes * (hidden + L + n_batches + 2) + hidden * (hidden + 2 * Lu) +
-    n_samples * (Lu * L + L + hidden) + Lu * L
-  batch_bytes <- 4 * batch_size * (3 * n_genes + 4 * (L + Lu + hidden))
-  bytes <- 16 * params + batch_bytes
-  # blame batch_size only when the model with minibatches of the default size
-  # (256, or batch_size if smaller) fits: else the latent dimensions (or the
-  # genes) make it too large
-  default_batch <- 4 * min(batch_size, 256) * (3 * n_genes + 4 * (L + Lu + hidden))
-  if (bytes > max_bytes(call) && 16 * params + default_batch <= max_bytes(call)) {
-    abort_arg(c("{.arg batch_size} = {batch_size} makes minibatches of {byte_size(batch_bytes)} to train on, over the limit of {byte_size(max_bytes())} with the model.",
+# moments: 16 bytes per parameter) and of a minibatch (at most every cell),
+# checked before libtorch allocates: a huge n_latent is an argument error, not an
+# allocation failure. The error blames the first argument whose default (or a
+# usual value) would make it fit: batch_size, the mixture prior's components
+# (n_mixture, or one per label), n_latent_u; else n_latent.
+check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u, batch_size, n_cells,
+                             n_components, labels_given, call) {
+  limit <- max_bytes(call)
+  bytes <- function(L = n_latent, Lu = n_latent_u, B = batch_size, K = n_components) {
+    hidden <- 128  # the encoder's width (ModelConfig::n_hidden)
+    L <- as.numeric(L); Lu <- as.numeric(Lu); K <- as.numeric(K)
+    B <- min(as.numeric(B), n_cells)
+    params <- n_genes * (hidden + L + n_batches + 2) + hidden * (hidden + 2 * Lu) +
+      n_samples * (Lu * L + L + hidden) + Lu * L + K * (2 * Lu + 1)
+    # per cell: counts and rates over the genes, the layers, the mixture's densities
+    c(model = 16 * params, batch = 4 * B * (3 * n_genes + 4 * (L + Lu + hidden) + 4 * K))
+  }
+  now <- bytes()
+  if (sum(now) <= limit) return(invisible())
+  if (sum(bytes(B = 256)) <= limit) {
+    abort_arg(c("{.arg batch_size} = {batch_size} makes minibatches of {byte_size(now[['batch']])} to train on, over the limit of {byte_size(limit)} with the model.",
                 "i" = "Choose a smaller {.arg batch_size} (the default is 256), or raise {.code options(mrvi.max_bytes = )}."),
               call = call)
   }
-  if (bytes > max_bytes(call)) {
-    abort_arg(c("{.arg n_latent} = {n_latent}{if (Lu != L) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {byte_size(bytes)} to train (with its minibatches, for {n_genes} genes), over the limit of {byte_size(max_bytes())}.",
-                "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or fewer genes, or raise {.code options(mrvi.max_bytes = )})."),
+  if (n_components > 20 && sum(bytes(K = 20)) <= limit) {
+    abort_arg(c(if (labels_given) "{.arg labels} has {n_components} levels: the mixture prior, one component per label, makes a model of {byte_size(sum(now))} to train, over the limit of {byte_size(limit)}."
+                else "{.arg n_mixture} = {n_components} makes a model of {byte_size(sum(now))} to train, over the limit of {byte_size(limit)}.",
+                "i" = if (labels_given) "Give {.arg labels} of fewer levels (cell types, not cells), or {.code prior = \"normal\"}."
+                      else "Choose fewer components (the default is 20), or {.code prior = \"normal\"}."),
               call = call)
   }
+  if (n_latent_u != n_latent && sum(bytes(Lu = 10)) <= limit) {
+    abort_arg(c("{.arg n_latent_u} = {n_latent_u} makes a model of {byte_size(sum(now))} to train, over the limit of {byte_size(limit)}.",
+                "i" = "Choose a smaller {.arg n_latent_u} (the default is 10)."), call = call)
+  }
+  abort_arg(c("{.arg n_latent} = {n_latent}{if (n_latent_u != n_latent) paste0(' (with n_latent_u = ', n_latent_u, ')') else ''} makes a model of {byte_size(sum(now))} to train (with its minibatches, for {n_genes} genes), over the limit of {byte_size(limit)}.",
+              "i" = "MrVI uses latent dimensions of 10 to 30: choose a smaller {.arg n_latent} (or fewer genes, or raise {.code options(mrvi.max_bytes = )})."),
+            call = call)
 }
 
 # options(mrvi.fused_likelihood = FALSE): on the CPU, let autograd differentiate

@@ -293,10 +293,24 @@ warn_if_confounded <- function(sample, batch, call) {
 }
 
 # A column name or a vector with one value per cell -> a factor without NA.
+# Numbers become levels by their value: whole ones with all their digits
+# ("100000", not "1e+05"; 16-digit ids stay apart), others as R prints them,
+# which must keep distinct numbers distinct (0.1 + 0.2 and 0.3 print alike).
 resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
   value <- resolve_cell_values(value, arg, cell_meta, counts, call)
-  if (!is.factor(value)) value <- factor(value)
-  value
+  if (is.factor(value)) return(value)
+  if (is.double(value) && all(value == round(value) & abs(value) < 2^53)) {
+    values <- sort(unique(value))
+    # (factor() would match the values as text, which merges 16-digit ids)
+    return(structure(match(value, values), levels = sprintf("%.0f", values + 0), class = "factor"))  # + 0: no "-0"
+  }
+  f <- factor(value)
+  if (nlevels(f) != length(unique(value))) {
+    abort_arg(c("{.arg {arg}} has {length(unique(value))} distinct values that print as {nlevels(f)} names.",
+                "i" = "Give it as character (e.g. {.code as.character()} of the ids as written), so that every {arg} keeps its own name."),
+              call = call)
+  }
+  f
 }
 
 # A column name or a vector with one value per cell -> its values, without NA.
@@ -332,8 +346,9 @@ resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
       all(names(value) %in% colnames(counts)) && !identical(names(value), colnames(counts))) {
     value <- value[colnames(counts)]  # a vector named by cell is matched by name
   }
-  if (anyNA(value)) {
-    where <- which(is.na(value))
+  # (a factor may hold NA as a level: its codes are not NA, its values are)
+  if (anyNA(value) || is.factor(value) && anyNA(levels(value))) {
+    where <- which(is.na(value) | is.na(as.character(value)))
     abort_arg(c("{.arg {arg}} has {length(where)} NA value{?s}, e.g. cell{?s} {show_some(colnames(counts)[where], 3)}.",
                 "i" = "Give every cell a value, or drop those cells first."), call = call)
   }
@@ -414,15 +429,23 @@ make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) 
   if (!is.null(batch) && !any(vapply(candidates, identical, logical(1), batch))) candidates$batch <- batch
   if (!is.null(labels) && !any(vapply(candidates, identical, logical(1), labels))) candidates$labels <- labels
   first <- match(levels(sample), sample)
+  renamed <- character()
   for (nm in names(candidates)) {
     col <- candidates[[nm]]
-    if (nm %in% c("sample", "n_cells") || !is.atomic(col) || !is.null(dim(col)) ||
+    if (!is.atomic(col) || !is.null(dim(col)) ||
         length(col) != length(sample) || identical(as.character(col), as.character(sample))) next
     # constant within a sample: every cell's value is its sample's first (codes,
     # not pasted rows: at 2 M cells that took ~0.5 GB)
     code <- match(col, unique(col))
     constant <- all(code == code[first][as.integer(sample)])
-    if (constant) tab[[nm]] <- if (is.factor(col)) droplevels(col[first]) else col[first]
+    if (!constant) next
+    # a column named as one of the table's own is kept beside it, renamed
+    key <- nm
+    if (nm %in% c("sample", "n_cells")) key <- renamed[[nm]] <- paste0(nm, ".1")
+    tab[[key]] <- if (is.factor(col)) droplevels(col[first]) else col[first]
+  }
+  if (length(renamed)) {
+    inform(c("i" = "Cell metadata {cli::qty(length(renamed))}column{?s} {.val {names(renamed)}} {?is/are} in the sample table as {.val {unname(renamed)}}: the table's own {.field sample} and {.field n_cells} have {?that name/those names}."))
   }
   rownames(tab) <- tab$sample
   tab

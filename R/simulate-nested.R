@@ -131,6 +131,13 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
                   "i" = "Each of the {n_cell_types} cell types needs a marker gene{if (design == 'covariates') ', and each covariate 5 effect genes' else ''}."),
                 call = call)
     }
+    # the cells' means (genes x cells, dense while drawn), each sample's means per
+    # cell type and the true distances (samples x samples per affected type, at most every type)
+    n_samples_d <- as.numeric(n_samples)
+    check_size(8 * (as.numeric(n_genes) * n_cells + n_genes * n_samples_d * n_cell_types +
+                      n_samples_d^2 * (n_cell_types + 1)),
+               "simulateNested()", call,
+               hint = "Ask for fewer {.arg n_cells}, {.arg n_genes} or {.arg n_samples}, or raise {.code options(mrvi.max_bytes = )}.")
     cell_type <- factor(sprintf("type%d", sample.int(n_cell_types, n_cells, replace = TRUE)),
                         levels = sprintf("type%d", seq_len(n_cell_types)))
     genes <- sprintf("gene%04d", seq_len(n_genes))

@@ -36,6 +36,13 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
   check_required(call)
   check_fit(fit, call)
   cells <- colnames(object)
+  # an object without cell names: mrvi() named its cells by position (mrviData())
+  if (is.null(cells) && length(ncol(object)) == 1) {
+    cells <- paste0("cell", seq_len(ncol(object)))
+    if (all(rownames(fit@u_mean) %in% cells)) {
+      inform(c("i" = "{.arg object} has no cell names: its cells are matched to the fit's by position, as {.fn mrvi} named them ({.val cell1}, ...)."))
+    }
+  }
   if (is.null(cells) || !any(cells %in% rownames(fit@u_mean))) {
     abort_arg(c("{.arg object} shares no cell names with {.arg fit}.",
                 "i" = "Use the object the fit was made from."), call = call)
@@ -57,6 +64,8 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
                   if (!is.null(differential)) differential_columns(differential, cells))
   u <- align_rows(mrviLatent(fit, which = "u"), cells)
   z <- align_rows(mrviLatent(fit, which = "z"), cells)
+  # (rows named as the object's cells: none when it has no cell names)
+  if (is.null(colnames(object))) rownames(u) <- rownames(z) <- NULL
   if (methods::is(object, "SingleCellExperiment")) {
     SingleCellExperiment::reducedDim(object, "MrVI_u") <- u
     SingleCellExperiment::reducedDim(object, "MrVI_z") <- z

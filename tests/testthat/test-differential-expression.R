@@ -395,3 +395,18 @@ test_that("log fold changes stream into an HDF5 file and equal the in-memory one
   on.exit(options(old), add = TRUE)
   expect_error(differentialExpression(fit, "cov1", cells = 1:50, lfc = TRUE), "lfc_file")
 })
+
+test_that("sample-table covariates are read by sample name, whatever the order of the table's rows", {
+  fit <- small_fit()$fit
+  grp <- stats::setNames(rep(c("a", "b"), length.out = length(fit@samples)), fit@samples)
+  fit@sample_table$grp <- grp[fit@sample_table$sample]
+  reordered <- fit
+  reordered@sample_table <- fit@sample_table[rev(seq_len(nrow(fit@sample_table))), ]
+  expect_true(validObject(reordered))
+  by_name <- differentialExpression(fit, data.frame(sample = names(grp), grp = grp), cells = 1:5, mc_samples = 3)
+  expect_equal(differentialExpression(reordered, "grp", cells = 1:5, mc_samples = 3), by_name)
+  # a table that does not name the fit's samples is not a fit's
+  broken <- fit
+  broken@sample_table$sample[1] <- "nobody"
+  expect_error(validObject(broken), "does not name @samples")
+})

@@ -76,7 +76,9 @@ bad_calls <- list(
   list(quote(mrvi(m, s, min_epochs = -1)), "`min_epochs`"),
   list(quote(mrvi(m, s, min_epochs = "ten")), "`min_epochs`"),
   list(quote(mrvi(m, s, block_cells = 0)), "`block_cells`"),
-  list(quote(mrvi(m, s, batch_size = 1e9)), "`batch_size` = 1000000000 makes minibatches of"),
+  list(quote(mrvi(m, s, flavour = "attention", n_mixture = 2e7)), "`n_mixture` = 20000000 makes a model of"),
+  list(quote(mrvi(m, s, flavour = "attention", labels = paste0("c", 1:24), n_mixture = 2, n_latent_u = 1e6)),
+       "`n_latent_u` = 1000000 makes a model of"),
   list(quote(mrvi(m, s, block_cells = "all")), "`block_cells`"),
   list(quote(mrvi(m, s, validation_fraction = 0.9)), "`validation_fraction`"),
   list(quote(mrvi(m, s, validation_fraction = -0.1)), "`validation_fraction`"),
@@ -271,10 +273,28 @@ test_that("errors report the function the user called", {
   expect_s3_class(e, "mrvi_error")
 })
 
+test_that("the size guard counts the cells a minibatch can hold and the mixture's components", {
+  size <- function(batch_size = 256, n_cells = 1000, K = 20, labels = FALSE, Lu = 10) {
+    mrvi:::check_model_size(2000, 32, 2, 30, Lu, batch_size, n_cells, K, labels, call = NULL)
+  }
+  expect_silent(size())
+  # a minibatch holds at most every cell: 1e7 on 1,000 cells trains
+  expect_silent(size(batch_size = 1e7))
+  expect_error(size(batch_size = 1e7, n_cells = 1e7), "`batch_size` = 1e\\+07 makes minibatches of",
+               class = "mrvi_error")
+  expect_error(size(K = 2e6), "`n_mixture` = 2e\\+06 makes a model", class = "mrvi_error")
+  expect_error(size(K = 2e6, labels = TRUE), "`labels` has 2e\\+06 levels", class = "mrvi_error")
+  expect_error(size(Lu = 1e6), "`n_latent_u` = 1e\\+06", class = "mrvi_error")
+})
+
 test_that("a Rust panic is a classed internal error", {
   e <- expect_error(mrvi:::mrvi_debug_panic(), "index out of bounds", class = "mrvi_internal_error")
   expect_s3_class(e, "mrvi_error")
   expect_match(conditionMessage(e), "bug in mrvi")
+  # R's own time limit, met while Rust calls into R, is passed on as R's error
+  e <- tryCatch(mrvi:::rust(stop("reached elapsed time limit")), error = identity)
+  expect_false(inherits(e, "mrvi_internal_error"))
+  expect_identical(conditionMessage(e), "reached elapsed time limit")
 })
 
 test_that("damaged weights are detected by their checksum", {

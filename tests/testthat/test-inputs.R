@@ -28,6 +28,13 @@ test_that("the sample table keeps only covariates constant within samples", {
   tab <- mrviData(sce, sample = "donor")$sample_table
   expect_equal(tab$age, c(30, 40, 50))
   expect_false("cell_type" %in% names(tab))
+  # metadata columns named as the table's own are kept, renamed, with a message
+  sce$sample <- c(A = "P1", B = "P1", C = "P2")[s]
+  sce$n_cells <- c(A = 1, B = 2, C = 2)[s]
+  expect_message(tab <- mrviData(sce, sample = "donor")$sample_table, "as \"sample.1\" and \"n_cells.1\"")
+  expect_equal(tab$sample.1, c("P1", "P1", "P2"))
+  expect_equal(tab$n_cells.1, c(1, 2, 2))
+  expect_equal(tab$n_cells, c(8L, 8L, 8L))
 })
 
 test_that("empty cells and genes are dropped with a message", {
@@ -79,6 +86,25 @@ test_that("empty names are refused in sample, batch and labels", {
                class = "mrvi_error")
   expect_error(mrviData(m, sample = s, labels = replace(s, 1:2, "")), "`labels` has 2 empty values",
                class = "mrvi_error")
+  # NA as a level of a factor (addNA()) is an NA value too
+  with_na <- factor(replace(s, 4:5, NA), exclude = NULL)
+  for (arg in c("sample", "batch", "labels")) {
+    given <- list(sample = s, batch = NULL, labels = NULL)
+    given[[arg]] <- with_na
+    expect_error(do.call(mrviData, c(list(m), given)), sprintf("`%s` has 2 NA values.*cell4", arg), class = "mrvi_error")
+  }
+})
+
+test_that("numeric sample ids keep every digit, and distinct numbers stay distinct", {
+  m <- small_counts()
+  ids <- c(A = 2019010100000001, B = 2019010100000002, C = 100000)[small_samples()]
+  data <- mrviData(m, sample = unname(ids))
+  expect_equal(levels(data$sample), c("100000", "2019010100000001", "2019010100000002"))
+  close <- c(A = 0.1 + 0.2, B = 0.3, C = 1.5)[small_samples()]
+  expect_error(mrviData(m, sample = unname(close)), "`sample` has 3 distinct values that print as 2 names",
+               class = "mrvi_error")
+  expect_equal(levels(mrviData(m, sample = c(A = 0.25, B = 1, C = -2)[small_samples()])$sample),
+               c("-2", "0.25", "1"))
 })
 
 test_that("the count of bad values agrees with it in number", {

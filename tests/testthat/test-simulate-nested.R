@@ -243,3 +243,10 @@ test_that("too few genes is a classed error giving the minimum", {
                "`n_genes` must be at least 5", class = "mrvi_error")
   expect_s4_class(simulateNested(100, n_genes = 5, n_samples = 4), "SingleCellExperiment")
 })
+
+test_that("sizes beyond options(mrvi.max_bytes) are refused before anything is drawn", {
+  skip_if_not_installed("SingleCellExperiment")
+  expect_error(simulateNested(1e9, n_genes = 100), "simulateNested\\(\\) would allocate", class = "mrvi_error")
+  expect_error(simulateNested(100, n_genes = 1e9), "fewer `n_cells`, `n_genes` or `n_samples`", class = "mrvi_error")
+  expect_error(simulateNested(100, 100, n_samples = 1e8), "would allocate", class = "mrvi_error")
+})

@@ -90,6 +90,16 @@ test_that("addMrVI refuses objects that are not the fit's", {
   expect_error(addMrVI(m, "fit"), "`fit` must be a", class = "mrvi_error")
 })
 
+test_that("an object without cell names is matched by position, as mrvi() named its cells", {
+  skip_if_not_installed("SingleCellExperiment")
+  sim <- mrvi:::example_counts()
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = unname(sim$counts)),
+                                                    colData = data.frame(s = sim$sample))
+  fit <- mrvi(sce, sample = "s", max_epochs = 2, n_threads = 1, verbose = FALSE)
+  expect_message(out <- addMrVI(sce, fit), "matched to the fit's by position")
+  expect_equal(unname(SingleCellExperiment::reducedDim(out, "MrVI_u")), unname(mrviLatent(fit)))
+})
+
 # addMrVI() stores the fit under Tool(so, slot = "addMrVI") however it is
 # called (`Tool<-` named the slot after the call: "mrvi::addMrVI", "", "FUN").
 test_that("the fit is in Tool(slot = \"addMrVI\") however addMrVI() is called", {
