@@ -22,7 +22,7 @@
 #' @param labels optional cell labels (for example cell types): a column name or
 #'   a vector with one value per cell.
 #' @param assay for a `SingleCellExperiment`, the assay holding raw counts
-#'   (default `"counts"`). For a Seurat object, either the layer (v5) or slot
+#'   (default `"counts"`; a name or a position). For a Seurat object, either the layer (v5) or slot
 #'   (v4) holding raw counts in the default assay (default `"counts"`), or the
 #'   name of a Seurat assay, whose `counts` are then used.
 #' @param min_samples the fewest samples with cells that `x` may have: 2 (the
@@ -126,6 +126,8 @@ mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL
   check_dots(...)
   call <- rlang_caller(1)
   available <- SummarizedExperiment::assayNames(x)
+  # a position, as SummarizedExperiment::assay() takes it
+  if (is.numeric(assay) && length(assay) == 1 && assay %in% seq_along(available)) assay <- available[assay]
   if (!is.character(assay) || length(assay) != 1 || !assay %in% available) {
     abort_arg(c("{.arg assay} must name an assay of {.arg x} that holds raw counts.",
                 "x" = "{.val {assay}} is not one of its assays: {.val {available}}."),
@@ -186,6 +188,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     if (is.character(v) && length(v) == 1 && v %in% names(cell_meta)) v
   }))
   sample <- resolve_cell_factor(sample, "sample", cell_meta, counts, call)
+  unused <- levels(sample)[tabulate(sample, nlevels(sample)) == 0]  # (levels of a subset's factor)
   factors <- resolve_batch(batch, cell_meta, counts, call)
   continuous <- resolve_continuous(continuous, cell_meta, counts, call)
   # several covariates: `batch` is their combination (for the sample table and printing)
@@ -230,8 +233,9 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
       abort_arg("{.arg x} has no counts at all.", call = call)
     }
   }
-  gone <- levels(sample)[tabulate(sample, nlevels(sample)) == 0]
+  gone <- setdiff(levels(sample)[tabulate(sample, nlevels(sample)) == 0], unused)
   if (length(gone)) inform(c("i" = "Dropping sample{?s} {.val {gone}}: no cells with counts remain."))
+  if (length(unused)) inform(c("i" = "Leaving out sample{?s} {.val {unused}}: {?a level/levels} of {.arg sample} without cells."))
   sample <- droplevels(sample)
   if (nlevels(sample) < min_samples) {
     abort_arg(c("{.arg sample} must have at least {min_samples} sample{?s} with cells; it has {nlevels(sample)}.",
@@ -325,7 +329,8 @@ resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
     }
     if (!value %in% names(cell_meta)) {
       abort_arg(c("{.arg {arg}} = {.val {value}} is not a column of the cell metadata.",
-                  "i" = "Available columns: {show_some(names(cell_meta), 12)}."), call = call)
+                  "i" = if (length(cell_meta)) "Available columns: {show_some(names(cell_meta), 12)}." else
+                    "The cell metadata has no columns: give a vector with one value per cell."), call = call)
     }
     value <- cell_meta[[value]]
   }

@@ -56,7 +56,9 @@
 #'   named list of them. Each tree carries attributes `B`, `excluded` (samples
 #'   left out) and `sample_table`. [plotSampleTree()] draws it with the values.
 #'   Among several groups, one with fewer than 3 samples (of `min_cells` cells)
-#'   is left out with a warning; asked for alone, it is an error.
+#'   is left out with a warning; asked for alone, it is an error. A group whose
+#'   distances are all 0 (normalised distances of samples the fit does not
+#'   separate) gets an arbitrary tree, with a warning (`mrvi_flat_tree`).
 #' @examples
 #' if (requireNamespace("ape", quietly = TRUE)) {
 #'   sim <- mrvi:::example_counts()
@@ -104,6 +106,12 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
                   call = call)
       }
       return(NULL)
+    }
+    if (all(m[kept, kept] == 0)) {
+      why <- if (opts$normalize) " (no difference above the cells' posterior noise)" else ""
+      cli::cli_warn(c("Group {.val {g}}: every distance between its samples is 0{why}, so the tree's shape is arbitrary.",
+                      "i" = if (opts$normalize) "Try {.code normalize = FALSE}, or a fit trained longer." else "The fit separates none of these samples."),
+                    class = c("mrvi_flat_tree", "mrvi_warning"), call = call)
     }
     hc <- stats::hclust(stats::as.dist(m[kept, kept]), method = method)
     cells <- which(grouping == g & fit@cell_data$sample %in% kept)

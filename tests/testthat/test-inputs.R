@@ -95,6 +95,13 @@ test_that("empty names are refused in sample, batch and labels", {
   }
 })
 
+test_that("unused levels of a sample factor are left out as such", {
+  m <- small_counts()
+  s <- factor(small_samples(), levels = c("A", "B", "C", "Z"))
+  expect_message(data <- mrviData(m, sample = s), "Leaving out sample \"Z\": a level of `sample` without cells")
+  expect_equal(levels(data$sample), c("A", "B", "C"))
+})
+
 test_that("numeric sample ids keep every digit, and distinct numbers stay distinct", {
   m <- small_counts()
   ids <- c(A = 2019010100000001, B = 2019010100000002, C = 100000)[small_samples()]

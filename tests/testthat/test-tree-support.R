@@ -37,8 +37,10 @@ test_that("a tree planted with large effects has support 1; samples without stru
   one <- sampleTreeSupport(p$fit, groups = "labels", group = "planted", B = 30, mc_samples = 5)
   expect_s3_class(one, "phylo")
   expect_equal(one$node.label, planted$node.label)
-  # samples without structure: low support (normalised distances, the default)
-  flat <- sampleTreeSupport(p$fit_flat, groups = NULL, B = 30, mc_samples = 5)
+  # samples without structure: low support (normalised distances, the default;
+  # all 0 here, which the warning says)
+  flat <- suppressWarnings(sampleTreeSupport(p$fit_flat, groups = NULL, B = 30, mc_samples = 5),
+                           classes = "mrvi_flat_tree")
   expect_equal(flat$node.label[1], 1)  # the root's clade (all samples)
   inner <- flat$node.label[-1]
   expect_true(all(inner >= 0 & inner <= 1))
@@ -118,4 +120,14 @@ test_that("among several groups, one with too few samples for a tree is left out
   expect_false("rare" %in% names(trees))
   expect_true(all(vapply(trees, inherits, logical(1), "phylo")))
   expect_error(sampleTreeSupport(fit, groups, group = "rare", B = 3), "a tree needs 3", class = "mrvi_error")
+})
+
+test_that("a tree over distances that are all 0 comes with a warning", {
+  sim <- mrvi:::example_counts()
+  fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 3, n_threads = 1, seed = 1, verbose = FALSE)
+  d <- sampleDistances(fit, normalize = TRUE, space = "latent")
+  skip_if(any(d != 0, na.rm = TRUE), "this fit's normalised distances are not all 0")
+  expect_warning(sampleTreeSupport(fit, groups = NULL, B = 5), "every distance between its samples is 0",
+                 class = "mrvi_flat_tree")
+  expect_no_warning(sampleTreeSupport(fit, groups = NULL, B = 5, normalize = FALSE))
 })
