@@ -75,8 +75,9 @@
 #' For a test per cell group use [groupAssociation()].
 #'
 #' @param fit a [MrVIFit-class].
-#' @param covariate a column name of the sample table (`fit@sample_table`), or a
-#'   vector named by sample. Categorical (character, factor or logical); a numeric
+#' @param covariate a column name of the sample table (`fit@sample_table`), a
+#'   vector named by sample, or a table with a `sample` column and one covariate
+#'   column (as [differentialExpression()] takes them). Categorical (character, factor or logical); a numeric
 #'   covariate is refused: bin it first (for example with [cut()]). Samples with
 #'   `NA` take no part.
 #' @param cells `NULL` (all fitted cells), indices or cell names.
@@ -201,8 +202,9 @@ resolve_min_effect <- function(min_effect, space, normalize, call) {
 #'
 #' @param fit_or_distances a [MrVIFit-class], or the result of
 #'   [sampleDistances()] (then `statistic` is `"effect"` or `"pseudo_f"`).
-#' @param covariate a column name of the sample table or a vector named by
-#'   sample; categorical, as in [cellAssociation()].
+#' @param covariate a column name of the sample table, a vector named by
+#'   sample or a table of `sample` and one covariate; categorical, as in
+#'   [cellAssociation()].
 #' @param groups with a fit: as `groups` of [sampleDistances()]; with distances:
 #'   the groups to test (`NULL`: all).
 #' @param permutations number of permutations B.
@@ -407,6 +409,18 @@ pseudo_f <- function(d2, y) {
 # from covariate_label()), so that results written back stay apart.
 sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, label = "covariate") {
   name <- label
+  # a table with a sample column and one covariate, as differentialExpression() takes it
+  if (is.data.frame(covariate) || methods::is(covariate, "DataFrame")) {
+    covariate <- as.data.frame(covariate)
+    other <- setdiff(names(covariate), "sample")
+    if (!"sample" %in% names(covariate) || length(other) != 1 || anyDuplicated(as.character(covariate$sample))) {
+      abort_arg(c("{.arg covariate} as a table must have a {.field sample} column and one covariate column, one row per sample.",
+                  "i" = "It has columns {.val {names(covariate)}}{if (anyDuplicated(as.character(covariate$sample))) ' and repeated samples' else ''}."),
+                call = call)
+    }
+    name <- other
+    covariate <- stats::setNames(covariate[[other]], as.character(covariate$sample))
+  }
   if (is.character(covariate) && length(covariate) == 1 && length(samples) != 1) {
     if (is.null(table) || !covariate %in% names(table)) {
       covs <- setdiff(names(table), c("sample", "n_cells"))

@@ -278,6 +278,12 @@ test_that("association errors name the argument, and results go back to the obje
   expect_error(cellAssociation(fit, "nope"), "`covariate` = \"nope\"")
   expect_error(cellAssociation(fit, setNames(rnorm(12), fit@samples)), "`covariate` is numeric.*cut")
   expect_error(cellAssociation(fit, c(1, 2)), "`covariate` must be a sample-table column name")
+  # a table of sample and one covariate, as differentialExpression() takes it
+  tab <- data.frame(sample = rev(fit@sample_table$sample), grp = rev(fit@sample_table$cov1))
+  by_table <- cellAssociation(fit, tab, cells = 1:20, space = "latent")
+  expect_identical(as.data.frame(by_table), as.data.frame(cellAssociation(fit, "cov1", cells = 1:20, space = "latent")))
+  expect_equal(S4Vectors::metadata(by_table)$covariate, "grp")
+  expect_error(cellAssociation(fit, data.frame(sample = fit@samples, a = 1, b = 2)), "one covariate column")
   expect_error(cellAssociation(fit, "cov1", normalize = TRUE, mc_samples = 2), "`normalize`.*`mc_samples` >= 3")
   for (bad in list(-1, NA_real_, Inf, c(1, 2), "1")) {
     expect_error(cellAssociation(fit, "cov1", min_effect = bad), "`min_effect` must be one finite number >= 0")
