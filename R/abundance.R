@@ -9,7 +9,9 @@
 #'
 #' Approximations (documented choices): \eqn{q_s} uses a random subsample
 #' \eqn{M_s} of at most `max_cells_per_sample` cells of sample s (cost
-#' O(cells x max_cells_per_sample x L), not O(N^2)); densities are evaluated at each cell's
+#' O(cells x samples x max_cells_per_sample x L): quadratic in the cells while
+#' samples have fewer than `max_cells_per_sample` cells, 20 s for 60,000 cells
+#' in 100 samples on one core; lower it for large data); densities are evaluated at each cell's
 #' posterior mean; a cell never counts in its own sample's reference; with
 #' `exclude_own_sample = TRUE` the cell's own sample is left out of its level's
 #' average, so that a cell does not vote for its own sample.
@@ -26,7 +28,9 @@
 #'   number of workers (see [mrvi-parallel]).
 #' @return a `DataFrame`, one row per cell: `log_q_<level>` for every level and,
 #'   for every level, `log_ratio_<level>` = its log density minus the log of the
-#'   mean density of the other levels.
+#'   mean density of the other levels. A level with no sample left for a cell (a
+#'   level of one sample, the cell's own, under `exclude_own_sample`) is `NA`
+#'   for that cell, and the other levels' means are over the levels defined.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
@@ -57,6 +61,15 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
     mrvi_log_level_densities(fit@u_mean, fit@u_sd, nrow(fit@u_mean), ncol(fit@u_mean), idx[rows] - 1L, own[rows] - 1L,
                              ref$cells - 1L, ref$sample - 1L, level, nlevels(y), exclude_own_sample)
   }, BPPARAM = BPPARAM, what = "the level densities", call = call)
+  # a level with no reference sample left for a cell (a level of one sample, the
+  # cell's own, left out): its density there is undefined, NA (not -Inf, a density of 0)
+  ref_n <- tabulate(ref$sample, length(fit@samples))
+  own_ref <- ref_n[own] - (idx %in% ref$cells)  # the own sample's reference without the cell
+  for (k in seq_len(nlevels(y))) {
+    in_k <- which(level == k - 1L & ref_n > 0)
+    n_k <- length(in_k) - (own %in% in_k & (exclude_own_sample | own_ref == 0))
+    lq[n_k == 0, k] <- NA
+  }
   colnames(lq) <- paste0("log_q_", levels(y))
   out <- as.list(as.data.frame(lq))
   for (k in seq_along(levels(y))) {
@@ -82,7 +95,8 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 #'
 #' @param fit a [MrVIFit-class].
 #' @param max_cells_per_sample reference cells per sample (a random subsample
-#'   of at most this many, at least 2), as in [differentialAbundance()].
+#'   of at most this many, at least 2), as in [differentialAbundance()]; the
+#'   cost is that function's, twice (the thresholds, then the cells).
 #' @param quantile the per-sample threshold quantile.
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param seed seed of the subsample.
@@ -173,11 +187,13 @@ sample_log_densities <- function(fit, idx, max_per_sample, seed, ref = reference
   do.call(rbind, parts)
 }
 
+# Per row, the log of the mean of exp() over the defined (non-NA) entries; NA
+# when none is.
 log_mean_exp <- function(m) {
-  mx <- apply(m, 1, max)
+  k <- rowSums(!is.na(m))
+  mx <- do.call(pmax, c(unname(as.data.frame(m)), na.rm = TRUE))
   mx[!is.finite(mx)] <- 0
-  k <- rowSums(is.finite(m))
-  out <- mx + log(rowSums(exp(m - mx))) - log(pmax(k, 1))
-  out[k == 0] <- -Inf
+  out <- mx + log(rowSums(exp(m - mx), na.rm = TRUE)) - log(pmax(k, 1))
+  out[k == 0] <- NA
   out
 }

@@ -236,20 +236,27 @@ sampleDist <- function(d, group = NULL) {
   if (any(!keep)) {
     inform(c("i" = "Dropping sample{?s} {.val {rownames(m)[!keep]}}: too few cells in this group."))
   }
-  m <- m[keep, keep, drop = FALSE]
-  # hclust() cannot use NA distances (pairs no admissible cell compared): drop
-  # the sample with the most NAs until none are left
-  partial <- character()
-  while (anyNA(m)) {
-    worst <- which.max(rowSums(is.na(m)))
-    partial <- c(partial, rownames(m)[worst])
-    m <- m[-worst, -worst, drop = FALSE]
-  }
-  if (length(partial)) {
-    inform(c("i" = "Dropping sample{?s} {.val {partial}}: {?its/their} distances to some samples are NA (no admissible cells)."))
-  }
+  # hclust() cannot use NA distances (pairs no admissible cell compared)
+  complete <- drop_partial_samples(m[keep, keep, drop = FALSE])
+  m <- complete$m
   if (nrow(m) < 2) abort_arg("Fewer than 2 samples remain in this group.", call = call)
   stats::as.dist(m)
+}
+
+# Drop the sample with the most NA distances (pairs that no admissible cell
+# compared) until none are left, saying which: the matrix left and the samples
+# dropped.
+drop_partial_samples <- function(m) {
+  dropped <- character()
+  while (anyNA(m)) {
+    worst <- which.max(rowSums(is.na(m)))
+    dropped <- c(dropped, rownames(m)[worst])
+    m <- m[-worst, -worst, drop = FALSE]
+  }
+  if (length(dropped)) {
+    inform(c("i" = "Dropping sample{?s} {.val {dropped}}: {?its/their} distances to some samples are NA (no admissible cells)."))
+  }
+  list(m = m, dropped = dropped)
 }
 
 # The S x S matrix to cluster or draw: `d` itself (a matrix or dist), or one

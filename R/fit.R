@@ -450,7 +450,7 @@ note_no_validation <- function(fraction, n_cells, block_cells = NULL, hint = TRU
 }
 
 # The size of the model and its training state (weights, gradients, Adam's two
-# moments: 16 bytes per parameter) and of a minibatch (at most every cell),
+# moments: 16 bytes per parameter) and of a minibatch,
 # checked before libtorch allocates: a huge n_latent is an argument error, not an
 # allocation failure. The error blames the first argument whose default (or a
 # usual value) would make it fit: batch_size, the mixture prior's components
@@ -461,7 +461,10 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
   bytes <- function(L = n_latent, Lu = n_latent_u, B = batch_size, K = n_components) {
     hidden <- 128  # the encoder's width (ModelConfig::n_hidden)
     L <- as.numeric(L); Lu <- as.numeric(Lu); K <- as.numeric(K)
-    B <- min(as.numeric(B), n_cells)
+    # a minibatch holds at most every cell, but the estimate keeps at least the
+    # default's 256 rows: the encodings after training run in chunks of that
+    # order however few the cells (24 cells at n_latent = 1e6 took 5.7 GB)
+    B <- min(as.numeric(B), max(n_cells, 256))
     params <- n_genes * (hidden + L + n_batches + 2) + hidden * (hidden + 2 * Lu) +
       n_samples * (Lu * L + L + hidden) + Lu * L + K * (2 * Lu + 1)
     # per cell: counts and rates over the genes, the layers, the mixture's densities

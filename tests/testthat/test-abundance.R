@@ -76,6 +76,27 @@ test_that("differential abundance equals a direct computation in R", {
   }
 })
 
+test_that("a level with no sample left for a cell is NA there, and the other levels average the defined ones", {
+  a <- abundance_fit()
+  fit <- a$fit
+  grp <- stats::setNames(c("ctrl", "mid", "hi", "hi", "mid", "hi"), fit@samples)
+  cells <- c(which(fit@cell_data$sample == "s01")[1:3], which(fit@cell_data$sample == "s03")[1:3])
+  da <- differentialAbundance(fit, grp, cells = cells, max_cells_per_sample = 50)
+  own_ctrl <- 1:3  # cells of s01, ctrl's only sample: left out of its own level
+  expect_true(all(is.na(da$log_q_ctrl[own_ctrl])))
+  expect_true(all(is.na(da$log_ratio_ctrl[own_ctrl])))
+  expect_true(all(is.finite(da$log_q_ctrl[-own_ctrl])))
+  # the other levels' ratio: against the mean density of the defined levels only
+  lme <- function(x) max(x) + log(mean(exp(x - max(x))))
+  expect_equal(da$log_ratio_hi[own_ctrl], da$log_q_hi[own_ctrl] - da$log_q_mid[own_ctrl], tolerance = 1e-10)
+  expect_equal(da$log_ratio_hi[-own_ctrl],
+               da$log_q_hi[-own_ctrl] - apply(cbind(da$log_q_ctrl, da$log_q_mid)[-own_ctrl, ], 1, lme),
+               tolerance = 1e-10)
+  # with its own sample kept in, the level is defined again
+  kept <- differentialAbundance(fit, grp, cells = cells, max_cells_per_sample = 50, exclude_own_sample = FALSE)
+  expect_true(all(is.finite(kept$log_q_ctrl)))
+})
+
 test_that("a damaged fit (non-finite latents) is refused, not spread into other cells' densities", {
   fit <- small_fit()$fit
   g <- fit

@@ -202,6 +202,34 @@ test_that("groupAssociation finds the planted covariate in the affected type", {
   expect_equal(pf["type1", "statistic"], ((sst - ssw) / 1) / (ssw / (n - 2)), tolerance = 1e-8)
 })
 
+test_that("the effect statistic is the mean between- minus the mean within-category distance", {
+  set.seed(3)
+  x <- matrix(rnorm(40 * 5), 40)
+  d <- as.matrix(dist(x))
+  labels <- factor(sample(c("a", "b", "c"), 40, replace = TRUE))
+  up <- upper.tri(d)
+  same <- outer(labels, labels, "==")[up]
+  expect_equal(mrvi:::effect_statistic(d, labels), mean(d[up][!same]) - mean(d[up][same]), tolerance = 1e-12)
+})
+
+test_that("group tests leave out samples with NA distances, as sampleDist() does", {
+  fit <- covariates_fit()$fit
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = "latent")
+  s1 <- fit@samples[1]
+  d[s1, fit@samples[2], "type1"] <- d[fit@samples[2], s1, "type1"] <- NA
+  d[s1, fit@samples[3], "type1"] <- d[fit@samples[3], s1, "type1"] <- NA
+  y <- stats::setNames(fit@sample_table$cov1, fit@sample_table$sample)
+  y_na <- replace(y, s1, NA)
+  for (statistic in c("effect", "pseudo_f")) {
+    expect_message(with_na <- groupAssociation(d, y, permutations = 49, statistic = statistic),
+                   "Dropping sample .*distances to some samples are NA")
+    expect_equal(with_na["type1", "n_samples"], length(fit@samples) - 1)
+    expect_identical(as.data.frame(with_na)["type1", ],
+                     as.data.frame(groupAssociation(d, y_na, permutations = 49, statistic = statistic))["type1", ])
+    expect_false(anyNA(with_na$statistic))
+  }
+})
+
 test_that("every group statistic leaves out samples with fewer than min_cells cells in the group", {
   fit <- covariates_fit()$fit
   s1 <- fit@samples[1]
