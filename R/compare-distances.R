@@ -4,7 +4,8 @@
 #' [proportionDistances()], [compositionDistances()]) on the user's own data:
 #' per method, group and covariate,
 #' * `r2`: PERMANOVA \eqn{R^2}, the share of the total sum of squared distances
-#'   between the covariate's categories (\eqn{1 - SS_W / SS_T});
+#'   between the covariate's categories (\eqn{1 - SS_W / SS_T}); for distances
+#'   that are not Euclidean (correlation distances) it can be slightly negative;
 #' * `anosim_r`: ANOSIM R, \eqn{(\bar r_B - \bar r_W) / (M / 2)} with
 #'   \eqn{\bar r_B}, \eqn{\bar r_W} the mean ranks of between- and
 #'   within-category distances and \eqn{M = n(n-1)/2} (1: every within-category

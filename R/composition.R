@@ -114,7 +114,8 @@ leiden_clusters <- function(emb, k, resolution) {
 #'
 #' The number of bipartitions of the samples found in one tree but not the other,
 #' divided by its maximum \eqn{2(n - 3)} for unrooted binary trees on n leaves:
-#' 0 for the same topology, 1 for trees sharing no split. Trees are compared
+#' 0 for the same topology, 1 for binary trees sharing no split (a tree with
+#' unresolved nodes has fewer splits, so less than 1). Trees are compared
 #' unrooted (ape's `dist.topo(method = "PH85")`) on their common leaves.
 #'
 #' @param hc a tree: an `hclust` (for example from [sampleHclust()]), an ape
