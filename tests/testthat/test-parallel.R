@@ -27,7 +27,7 @@ test_that("SnowParam(2), MulticoreParam(2) and BatchtoolsParam give the SerialPa
       de = differentialExpression(fit, cov, mc_samples = 3, lfc = TRUE, chunk_size = 80, BPPARAM = bp),
       da = differentialAbundance(fit, grp, max_cells_per_sample = 40, BPPARAM = bp),
       adm = admissibility(fit, max_cells_per_sample = 40, BPPARAM = bp),
-      support = sampleTreeSupport(fit, groups = "labels", B = 10, mc_samples = 3, BPPARAM = bp)
+      support = sampleTreeSupport(fit, groups = "labels", B = 10, mc_samples = 3, normalize = FALSE, BPPARAM = bp)
     )
   }
   serial <- run_all(BiocParallel::SerialParam())
