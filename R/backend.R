@@ -14,8 +14,14 @@
 #' for each call from the cores that are idle at that moment (measured over 0.1 s
 #' from `/proc/stat` on Linux and kept for 10 s; all cores elsewhere), at least
 #' one (`mrvi()` with counts on disk leaves one of them to its reader, see
-#' "Counts on disk" in [mrvi()]); and one thread in a forked worker
-#' (`parallel::mclapply()`, `BiocParallel::MulticoreParam()`). libtorch's threads wait for each other many
+#' "Counts on disk" in [mrvi()]), and at most `OMP_NUM_THREADS` when that is set
+#' (as batch schedulers set it); only the cores the process may run on count
+#' (its CPU affinity, e.g. `taskset` or a cpuset; CPU quotas of containers are
+#' not seen). In a forked worker (`parallel::mclapply()`,
+#' `BiocParallel::MulticoreParam()`) every computation runs on one thread,
+#' whatever `n_threads` or `mrvi.threads` ask for (with a message,
+#' `mrvi_forked_threads`): GNU OpenMP's threads do not survive `fork()`, and a
+#' child asking for several after its parent used several waits forever. libtorch's threads wait for each other many
 #' times per minibatch, so a thread that has to share its core with another busy
 #' process holds up all the others: two threads beside one busy process on two
 #' cores ran several times slower than one thread. Using only idle cores keeps a
@@ -40,14 +46,20 @@
 #' oneDNN chooses by instruction set. On an AMD EPYC (Zen 5, AVX-512) the attention
 #' flavour trained 13-20% more cells per second on one thread. The choice is fixed per machine, so results
 #' stay bit-identical for a fixed `seed` and thread count there;
-#' `mrviBackend()$matrix_products` says which library is in use.
+#' `mrviBackend()$matrix_products` says which library is in use. For comparisons,
+#' the environment variable `MRVI_MATMUL` (`"default"`: libtorch's MKL
+#' everywhere; `"onednn"`: oneDNN wherever libtorch has it; read once, at the
+#' first training; other values are ignored) overrides the choice, and
+#' `MRVI_NO_DEEPBIND=1` (read when the package loads) loads libtorch without
+#' its own BLAS binding.
 #'
 #' OpenMP threads that wait spin by default, which starves other processes; with
 #' other work on the machine, start R with `OMP_WAIT_POLICY=PASSIVE` (for
 #' example in `~/.Renviron`): the OpenMP runtime reads it only at start-up.
 #'
 #' @return `mrviBackend()`: a list with `libtorch_version`, `cuda_available`,
-#'   `cuda_device_count`, `threads` (in use now), `matrix_products` (the
+#'   `cuda_device_count`, `threads` (as the last computation set them; each
+#'   computation applies its own count first), `matrix_products` (the
 #'   library of training's large CPU matrix products: `"oneDNN"` or `"MKL"`)
 #'   and `deepbind` (whether
 #'   libtorch uses its own BLAS). `mrviSetThreads()`: the thread count now in
@@ -88,9 +100,25 @@ mrviSetThreads <- function(n) {
   invisible(apply_threads())
 }
 
+# The cores this process may run on: the machine's, or fewer when its CPU
+# affinity (taskset, a batch scheduler's cpuset) allows fewer (Linux).
 default_threads <- function() {
   n <- suppressWarnings(parallel::detectCores(logical = TRUE))
-  if (is.na(n) || n < 1) 1L else as.integer(n)
+  n <- if (is.na(n) || n < 1) 1L else as.integer(n)
+  min(n, allowed_cpus(), na.rm = TRUE)
+}
+
+# The CPUs of /proc/self/status's Cpus_allowed_list ("0-3,8"); NA elsewhere.
+allowed_cpus <- function() {
+  line <- tryCatch(grep("^Cpus_allowed_list:", readLines("/proc/self/status", warn = FALSE), value = TRUE),
+                   error = function(e) character(), warning = function(w) character())
+  if (!length(line)) return(NA_integer_)
+  ranges <- strsplit(strsplit(trimws(sub("^Cpus_allowed_list:", "", line[1])), ",")[[1]], "-")
+  n <- sum(vapply(ranges, function(r) {
+    r <- suppressWarnings(as.integer(r))
+    if (length(r) == 2) r[2] - r[1] + 1L else 1L
+  }, integer(1)))
+  if (is.na(n) || n < 1) NA_integer_ else n
 }
 
 # Apply the thread count before computing: an explicit n_threads argument, else
@@ -103,20 +131,31 @@ apply_threads <- function(n_threads = NULL, call = rlang_caller(), reserved = 0L
     arg <- if (is.null(n_threads)) "options(mrvi.threads)" else "n_threads"
     cap_threads(check_count(n, arg, call = call), arg)
   }
+  # GNU OpenMP's thread team does not survive fork(): a forked child that asks
+  # for more than one thread after its parent computed on several waits forever
+  if (n > 1 && forked_worker()) {
+    cli::cli_inform(c("i" = "In a forked worker (mclapply, MulticoreParam) mrvi computes on one thread, not {n}: more would hang in OpenMP."),
+                    class = "mrvi_forked_threads")
+    n <- 1L
+  }
   mrvi_set_threads(n)
 }
+
+forked_worker <- function() !identical(Sys.getpid(), thread_state$pid)
 
 # The session's process id (set when the package loads) and the last idle-core count.
 thread_state <- new.env(parent = emptyenv())
 
 automatic_threads <- function() {
-  if (!identical(Sys.getpid(), thread_state$pid)) return(1L)  # a forked worker
+  if (forked_worker()) return(1L)
   now <- proc.time()[["elapsed"]]
   if (is.null(thread_state$idle_at) || now - thread_state$idle_at > 10) {
     thread_state$idle_cores <- idle_cores(default_threads())
     thread_state$idle_at <- now
   }
-  thread_state$idle_cores
+  # OMP_NUM_THREADS, as job schedulers set it, bounds the default
+  omp <- suppressWarnings(as.integer(Sys.getenv("OMP_NUM_THREADS")))
+  if (!is.na(omp) && omp >= 1) min(thread_state$idle_cores, omp) else thread_state$idle_cores
 }
 
 # The cores idle over the next 0.1 s (Linux's /proc/stat: idle and iowait time

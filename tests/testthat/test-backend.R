@@ -68,6 +68,31 @@ test_that("the default thread count uses idle cores only, and one thread in a fo
     expect_equal(mrvi:::apply_threads(reserved = 1L), max(1L, idle - 1L))
   }
   expect_equal(mrvi:::apply_threads(1L, reserved = 1L), 1L)
+  # OMP_NUM_THREADS bounds the default
+  assign("idle_cores", 3L, envir = state)
+  withr_env <- Sys.getenv("OMP_NUM_THREADS", unset = NA)
+  Sys.setenv(OMP_NUM_THREADS = "1")
+  expect_equal(mrvi:::automatic_threads(), 1L)
+  if (is.na(withr_env)) Sys.unsetenv("OMP_NUM_THREADS") else Sys.setenv(OMP_NUM_THREADS = withr_env)
+})
+
+test_that("a forked worker computes on one thread whatever count is asked for", {
+  state <- mrvi:::thread_state
+  pid <- state$pid
+  on.exit(assign("pid", pid, envir = state))
+  assign("pid", -1L, envir = state)  # as seen from a forked child
+  if (parallel::detectCores() >= 2) {
+    expect_message(n <- mrvi:::apply_threads(2L), class = "mrvi_forked_threads")
+    expect_equal(n, 1L)
+  }
+  expect_no_message(mrvi:::apply_threads(1L))
+})
+
+test_that("the cores the process may run on bound the thread counts", {
+  skip_if_not(file.exists("/proc/self/status"))
+  allowed <- mrvi:::allowed_cpus()
+  expect_true(allowed >= 1)
+  expect_lte(mrvi:::default_threads(), allowed)
 })
 
 test_that("a Rust panic is an R error and R keeps running", {
