@@ -13,7 +13,9 @@
 #'   `SingleCellExperiment` (also HDF5-backed) or a Seurat object.
 #' @param sample the sample (donor, patient, perturbation) of every cell: a
 #'   column name of `colData(x)` / the Seurat `meta.data`, or a vector with one
-#'   value per cell. Required; at least two samples (see `min_samples`).
+#'   value per cell. Required; at least two samples (see `min_samples`). Text
+#'   ids are ordered as in the C locale (byte order, so that a seed gives the
+#'   same fit in every locale); a factor keeps its levels' order.
 #' @param batch optional categorical nuisance covariates (site, technology,
 #'   chemistry): one, as a column name or a vector with one value per cell; or
 #'   several, as a character vector of column names, or a data.frame or named
@@ -297,12 +299,17 @@ warn_if_confounded <- function(sample, batch, call) {
 }
 
 # A column name or a vector with one value per cell -> a factor without NA.
+# Text becomes levels in byte order (the C locale's), not the session's
+# collation: the order of the samples decides which embedding each gets, so a
+# seed would give another fit under another locale ("a" "A" "b" "B" in
+# en_US.UTF-8, "A" "B" "a" "b" in C). A factor keeps its own levels.
 # Numbers become levels by their value: whole ones with all their digits
 # ("100000", not "1e+05"; 16-digit ids stay apart), others as R prints them,
 # which must keep distinct numbers distinct (0.1 + 0.2 and 0.3 print alike).
 resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
   value <- resolve_cell_values(value, arg, cell_meta, counts, call)
   if (is.factor(value)) return(value)
+  if (is.character(value)) return(factor(value, levels = sort(unique(value), method = "radix")))
   if (is.double(value) && all(value == round(value) & abs(value) < 2^53)) {
     values <- sort(unique(value))
     # (factor() would match the values as text, which merges 16-digit ids)

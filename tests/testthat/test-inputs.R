@@ -102,6 +102,18 @@ test_that("unused levels of a sample factor are left out as such", {
   expect_equal(levels(data$sample), c("A", "B", "C"))
 })
 
+test_that("text ids are ordered in byte order, whatever the locale's collation", {
+  m <- small_counts()
+  ids <- c(A = "b", B = "B", C = "a")[small_samples()]
+  old <- Sys.getlocale("LC_COLLATE")
+  on.exit(Sys.setlocale("LC_COLLATE", old))
+  orders <- lapply(c("C", "C.UTF-8", "en_US.UTF-8"), function(locale) {
+    if (!nzchar(suppressWarnings(Sys.setlocale("LC_COLLATE", locale)))) return(NULL)
+    levels(mrviData(m, sample = unname(ids))$sample)
+  })
+  for (o in Filter(Negate(is.null), orders)) expect_equal(o, c("B", "a", "b"))
+})
+
 test_that("numeric sample ids keep every digit, and distinct numbers stay distinct", {
   m <- small_counts()
   ids <- c(A = 2019010100000001, B = 2019010100000002, C = 100000)[small_samples()]
