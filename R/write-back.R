@@ -62,6 +62,13 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
   result_of(differential, "differential", "differentialExpression", c("cell", "covariate", "effect_size", "q_value"))
   cell_cols <- c(if (!is.null(association)) association_columns(association, cells),
                   if (!is.null(differential)) differential_columns(differential, cells))
+  # an association and a DE result whose columns would share names (covariates
+  # "de_x" and "x") keep both
+  clash <- duplicated(names(cell_cols))
+  if (any(clash)) {
+    names(cell_cols) <- make.unique(names(cell_cols))
+    inform(c("i" = "Column{?s} {.val {names(cell_cols)[clash]}} renamed: {?its name was/their names were} taken by another result of this call."))
+  }
   u <- align_rows(mrviLatent(fit, which = "u"), cells)
   z <- align_rows(mrviLatent(fit, which = "z"), cells)
   # (rows named as the object's cells: none when it has no cell names)
@@ -114,14 +121,18 @@ association_columns <- function(association, cells) {
 }
 
 # Columns mrvi_de_<covariate>_effect, _max_lfc and _q over the object's cells.
+# (Covariates whose syntactic names coincide, "arm x" and "arm.x", get
+# make.unique()'s suffixes rather than overwriting each other.)
 differential_columns <- function(differential, cells) {
+  covariates <- unique(differential$covariate)
+  keys <- make.unique(make.names(covariates))
   out <- list()
-  for (j in unique(differential$covariate)) {
-    rows <- differential[differential$covariate == j, ]
+  for (k in seq_along(covariates)) {
+    rows <- differential[differential$covariate == covariates[k], ]
     idx <- match(cells, rows$cell)
-    out[[paste0("mrvi_de_", make.names(j), "_effect")]] <- rows$effect_size[idx]
-    out[[paste0("mrvi_de_", make.names(j), "_max_lfc")]] <- rows$max_lfc[idx]
-    out[[paste0("mrvi_de_", make.names(j), "_q")]] <- rows$q_value[idx]
+    out[[paste0("mrvi_de_", keys[k], "_effect")]] <- rows$effect_size[idx]
+    out[[paste0("mrvi_de_", keys[k], "_max_lfc")]] <- rows$max_lfc[idx]
+    out[[paste0("mrvi_de_", keys[k], "_q")]] <- rows$q_value[idx]
   }
   out
 }

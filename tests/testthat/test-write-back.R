@@ -69,6 +69,18 @@ test_that("per-cell results land by cell name; cells the fit did not use get NA"
   expect_equal(sce$mrvi_de_age_effect[match(cells[1:2], colnames(sce))], c(1, 2))
   expect_equal(sce$mrvi_de_sex_q[match(cells[c(1, 3)], colnames(sce))], c(0.3, 0.4))
   expect_true(is.na(sce$mrvi_de_sex_q[match(cells[2], colnames(sce))]))
+  # names that coincide once syntactic ("arm x", "arm.x"; an association on
+  # "de_x" and DE on "x") keep every result
+  clashing <- data.frame(covariate = c("arm x", "arm.x", "x"), cell = cells[1], effect_size = 1:3,
+                         q_value = c(0.1, 0.2, 0.3))
+  de_x <- association
+  S4Vectors::metadata(de_x)$covariate <- "de_x"
+  expect_message(both <- addMrVI(SingleCellExperiment::SingleCellExperiment(list(counts = counts)), fit,
+                                 association = de_x, differential = clashing), "renamed")
+  first <- match(cells[1], colnames(both))
+  expect_equal(c(both$mrvi_de_arm.x_effect[first], both$mrvi_de_arm.x.1_effect[first]), c(1, 2))
+  expect_equal(both$mrvi_de_x_q.1[first], 0.3)
+  expect_equal(both$mrvi_de_x_q[match(tested, colnames(both))], c(0.03, 0.6, 0.9))
   skip_if_not_installed("SeuratObject")
   so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = counts))
   so <- addMrVI(so, fit, association = association)
