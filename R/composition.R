@@ -116,7 +116,10 @@ leiden_clusters <- function(emb, k, resolution) {
 #' divided by its maximum \eqn{2(n - 3)} for unrooted binary trees on n leaves:
 #' 0 for the same topology, 1 for binary trees sharing no split (a tree with
 #' unresolved nodes has fewer splits, so less than 1). Trees are compared
-#' unrooted (ape's `dist.topo(method = "PH85")`) on their common leaves.
+#' unrooted (ape's `dist.topo(method = "PH85")`) on their common leaves; leaves
+#' of only one tree are named in a message. In Newick text an underscore
+#' matches a space of the other tree's labels (`ape::write.tree()` writes spaces
+#' as underscores).
 #'
 #' @param hc a tree: an `hclust` (for example from [sampleHclust()]), an ape
 #'   `phylo`, or Newick text.
@@ -133,11 +136,25 @@ treeDistance <- function(hc, truth) {
   if (!requireNamespace("ape", quietly = TRUE)) abort_arg("treeDistance() needs {.pkg ape}.", call = call)
   a <- as_phylo(hc, "hc", call)
   b <- as_phylo(truth, "truth", call)
+  if (is.character(hc)) a$tip.label <- spaces_for_underscores(a$tip.label, b$tip.label)
+  if (is.character(truth)) b$tip.label <- spaces_for_underscores(b$tip.label, a$tip.label)
   common <- intersect(a$tip.label, b$tip.label)
+  alone <- setdiff(union(a$tip.label, b$tip.label), common)
+  if (length(alone)) {
+    inform(c("i" = "Comparing the {length(common)} leaves the trees share; {cli::qty(length(alone))}leaf{?s} {.val {alone}} {?is/are} in one tree only."))
+  }
   if (length(common) < 4) abort_arg("The trees share fewer than 4 leaves.", call = call)
   a <- ape::unroot(ape::keep.tip(a, common))
   b <- ape::unroot(ape::keep.tip(b, common))
   as.numeric(ape::dist.topo(a, b, method = "PH85")) / (2 * (length(common) - 3))
+}
+
+# Labels read from Newick text whose underscores stand for spaces of `other`.
+spaces_for_underscores <- function(labels, other) {
+  spaced <- gsub("_", " ", labels, fixed = TRUE)
+  swap <- !labels %in% other & spaced %in% other
+  labels[swap] <- spaced[swap]
+  labels
 }
 
 as_phylo <- function(x, arg, call) {

@@ -10,6 +10,13 @@ test_that("treeDistance is the normalised Robinson-Foulds distance on known case
   phylo_rf <- as.numeric(ape::dist.topo(ape::unroot(ape::read.tree(text = "((a,b),((c,d),e),(f,g));")),
                                         ape::unroot(ape::read.tree(text = "((a,c),((b,d),e),(f,g));"))))
   expect_equal(treeDistance("((a,b),((c,d),e),(f,g));", "((a,c),((b,d),e),(f,g));"), phylo_rf / (2 * 4))
+  # leaves of one tree only are named; Newick underscores match spaces
+  expect_message(rf <- treeDistance("((a,b),(c,d),(e,x));", "((a,b),(c,e),d);"), "leaf \"x\" is in one tree only")
+  expect_equal(rf, 0.5)
+  m <- as.matrix(dist(c(`a b` = 0, `c d` = 0.1, e = 5, f = 5.2, `g h` = 10, i = 10.5)))
+  hc <- hclust(as.dist(m))
+  expect_no_message(same <- treeDistance(hc, ape::write.tree(ape::as.phylo(hc))))
+  expect_equal(same, 0)
 })
 
 test_that("silhouette scores follow the scIB conventions", {
