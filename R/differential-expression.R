@@ -153,6 +153,8 @@
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread, one block of `chunk_size` cells per task; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
+#' @param verbose show a progress bar (over chunks of cells, once the work takes
+#'   more than 2 s).
 #' @return a `DataFrame` with one row per cell and covariate: `cell`,
 #'   `covariate`, `statistic` (F), `df1`, `df2`, `p_value`, `q_value`,
 #'   `effect_size` (the Frobenius norm of the covariate's latent \eqn{\beta}),
@@ -171,7 +173,7 @@
 differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 50, lfc = FALSE, delta = 0.3,
                                    admissible = NULL, lfc_file = NULL, chunk_size = 1000,
                                    seed = fit@config$seed, normalize = TRUE, lfc_threshold = 0.1,
-                                   BPPARAM = BiocParallel::SerialParam()) {
+                                   BPPARAM = BiocParallel::SerialParam(), verbose = TRUE) {
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
@@ -179,6 +181,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   check_normalize_draws(normalize, mc_samples, call)
   check_flag(lfc, "lfc", call)
+  check_flag(verbose, "verbose", call)
   if (!is.null(lfc_file) && !lfc) {
     abort_arg(c("{.arg lfc_file} is given but {.arg lfc} is {.code FALSE}: no fold changes would be written.",
                 "i" = "Set {.code lfc = TRUE} to write them, or leave {.arg lfc_file} {.code NULL}."), call = call)
@@ -202,7 +205,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   tests <- list()
   beta <- lapply(stats::setNames(coefs, coefs), function(k) matrix(NA_real_, length(idx), L))
   chunks <- split(seq_along(idx), ceiling(seq_along(idx) / chunk_size))
-  bar <- if (length(chunks) > 1) cli::cli_progress_bar("Differential expression", total = length(chunks))
+  bar <- if (verbose && length(chunks) > 1) cli::cli_progress_bar("Differential expression", total = length(chunks))
   one_chunk <- function(rows) {
     cells_k <- idx[rows]
     m <- if (is.null(mask)) NULL else mask[rows, , drop = FALSE]

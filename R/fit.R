@@ -60,7 +60,7 @@
 #'   default) and device. It does not across CPUs (vector instructions and
 #'   libtorch's kernels differ, e.g. AMD vs Intel AVX-512) or thread counts:
 #'   results then agree statistically, not bit for bit.
-#' @param verbose print the set-up and a progress bar (epoch, ELBO, time left).
+#' @param verbose print the set-up and a progress bar (epoch, time left, training / validation ELBO per cell).
 #' @param flavour `"attention"` (the default: the later MrVI, as in scvi-tools'
 #'   MRVI) or `"linear"` (the paper's model, above). Attention: u of `n_latent_u` dimensions, z of `n_latent`
 #'   (default 30 for this flavour) with \eqn{z = W u + c + \epsilon}, where
@@ -379,8 +379,10 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
   if (verbose) {
     pb <- cli::cli_progress_bar(
       total = max_epochs, clear = FALSE,
-      format = paste("Epoch {cli::pb_current}/{cli::pb_total} {cli::pb_bar}",
-                     "ELBO train {elbo_train} val {elbo_val} | {cli::pb_eta_str}"),
+      # the time left before the ELBOs (training / validation), all within a
+      # log's 80 columns, which cut the line's end
+      format = paste("Epoch {cli::pb_current}/{cli::pb_total} {cli::pb_bar} {cli::pb_eta_str} |",
+                     "ELBO {elbo_train} / {elbo_val}"),
       .envir = environment()
     )
     elbo_train <- elbo_val <- "-"

@@ -405,6 +405,11 @@ test_that("sample-table covariates are read by sample name, whatever the order o
   expect_true(validObject(reordered))
   by_name <- differentialExpression(fit, data.frame(sample = names(grp), grp = grp), cells = 1:5, mc_samples = 3)
   expect_equal(differentialExpression(reordered, "grp", cells = 1:5, mc_samples = 3), by_name)
+  expect_error(differentialExpression(fit, "grp", cells = 1:5, mc_samples = 3, verbose = NA), "`verbose`",
+               class = "mrvi_error")
+  old <- options(cli.progress_show_after = 0)
+  on.exit(options(old))
+  expect_no_message(differentialExpression(fit, "grp", cells = 1:6, mc_samples = 3, chunk_size = 2, verbose = FALSE))
   # a table that does not name the fit's samples is not a fit's
   broken <- fit
   broken@sample_table$sample[1] <- "nobody"
