@@ -26,8 +26,10 @@
 #'   covariates, `"covariate:level"` for each).
 #' @slot cell_data data.frame: per training cell: `sample`, `batch` (or, with
 #'   several nuisance covariates, one column for each, under its name, and the
-#'   continuous ones' values), `labels` and the cell metadata of the input; row
-#'   names are the cell names.
+#'   continuous ones' values), `labels` and the cell metadata of the input
+#'   (every per-cell column, so that analyses can group by any of them; QC
+#'   columns included, which can be half of a fit's size: drop those not needed
+#'   before fitting); row names are the cell names.
 #' @slot u_mean,u_sd matrix: cells x L posterior mean and sd of u.
 #' @slot cache environment: the native model, rebuilt when missing. Copies of a
 #'   fit share this environment, so models are kept under the checksum of the
