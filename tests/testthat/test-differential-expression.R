@@ -415,3 +415,15 @@ test_that("sample-table covariates are read by sample name, whatever the order o
   broken@sample_table$sample[1] <- "nobody"
   expect_error(validObject(broken), "does not name @samples")
 })
+
+test_that("a text covariate's reference level is the first in byte order, whatever the locale", {
+  fit <- small_fit()$fit
+  g <- rep(c("b", "B", "a"), length.out = length(fit@samples))
+  old <- Sys.getlocale("LC_COLLATE")
+  on.exit(Sys.setlocale("LC_COLLATE", old))
+  for (locale in c("C", "C.UTF-8")) {
+    if (!nzchar(suppressWarnings(Sys.setlocale("LC_COLLATE", locale)))) next
+    de <- differentialExpression(fit, data.frame(sample = fit@samples, g = g), cells = 1:3, mc_samples = 3)
+    expect_named(S4Vectors::metadata(de)$beta, c("ga", "gb"))
+  }
+})
