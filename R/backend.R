@@ -16,8 +16,8 @@
 #' one (`mrvi()` with counts on disk leaves one of them to its reader, see
 #' "Counts on disk" in [mrvi()]), and at most `OMP_NUM_THREADS` when that is set
 #' (as batch schedulers set it); only the cores the process may run on count
-#' (its CPU affinity, e.g. `taskset` or a cpuset; CPU quotas of containers are
-#' not seen). In a forked worker (`parallel::mclapply()`,
+#' (its CPU affinity, e.g. `taskset` or a cpuset, and its cgroup's CPU quota, e.g.
+#' a container's `--cpus`). In a forked worker (`parallel::mclapply()`,
 #' `BiocParallel::MulticoreParam()`) every computation runs on one thread,
 #' whatever `n_threads` or `mrvi.threads` ask for (with a message,
 #' `mrvi_forked_threads`): GNU OpenMP's threads do not survive `fork()`, and a
@@ -101,11 +101,27 @@ mrviSetThreads <- function(n) {
 }
 
 # The cores this process may run on: the machine's, or fewer when its CPU
-# affinity (taskset, a batch scheduler's cpuset) allows fewer (Linux).
+# affinity (taskset, a batch scheduler's cpuset) or its cgroup's CPU quota (a
+# container's --cpus) allows fewer (Linux).
 default_threads <- function() {
   n <- suppressWarnings(parallel::detectCores(logical = TRUE))
   n <- if (is.na(n) || n < 1) 1L else as.integer(n)
-  min(n, allowed_cpus(), na.rm = TRUE)
+  min(n, allowed_cpus(), cgroup_cpus(), na.rm = TRUE)
+}
+
+# The CPU quota of the process's cgroup in whole cores, rounded up: cgroup v2's
+# cpu.max ("150000 100000"), or v1's cfs quota and period; NA without a quota.
+cgroup_cpus <- function(root = "/sys/fs/cgroup") {
+  first <- function(...) {
+    f <- file.path(root, ...)
+    if (!file.exists(f)) return(NA_real_)
+    v <- tryCatch(readLines(f, n = 1, warn = FALSE), error = function(e) "")
+    suppressWarnings(as.numeric(strsplit(v, " ")[[1]]))
+  }
+  v2 <- first("cpu.max")
+  limits <- if (length(v2) == 2) v2 else c(first("cpu", "cpu.cfs_quota_us"), first("cpu", "cpu.cfs_period_us"))
+  if (length(limits) != 2 || anyNA(limits) || any(limits <= 0)) return(NA_integer_)
+  max(1L, as.integer(ceiling(limits[1] / limits[2])))
 }
 
 # The CPUs of /proc/self/status's Cpus_allowed_list ("0-3,8"); NA elsewhere.

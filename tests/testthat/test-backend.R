@@ -95,6 +95,21 @@ test_that("the cores the process may run on bound the thread counts", {
   expect_lte(mrvi:::default_threads(), allowed)
 })
 
+test_that("a cgroup's CPU quota (v2 cpu.max, v1 cfs quota) bounds the cores, rounded up", {
+  root <- tempfile("cgroup")
+  dir.create(file.path(root, "cpu"), recursive = TRUE)
+  expect_true(is.na(mrvi:::cgroup_cpus(root)))
+  writeLines(c("-1"), file.path(root, "cpu", "cpu.cfs_quota_us"))
+  writeLines(c("100000"), file.path(root, "cpu", "cpu.cfs_period_us"))
+  expect_true(is.na(mrvi:::cgroup_cpus(root)))  # v1 without a quota
+  writeLines(c("250000"), file.path(root, "cpu", "cpu.cfs_quota_us"))
+  expect_equal(mrvi:::cgroup_cpus(root), 3L)
+  writeLines("max 100000", file.path(root, "cpu.max"))
+  expect_true(is.na(mrvi:::cgroup_cpus(root)))  # v2 without a quota
+  writeLines("50000 100000", file.path(root, "cpu.max"))
+  expect_equal(mrvi:::cgroup_cpus(root), 1L)
+})
+
 test_that("a Rust panic is an R error and R keeps running", {
   expect_error(mrvi:::mrvi_debug_panic(), "index out of bounds")
   expect_equal(1 + 1, 2)
