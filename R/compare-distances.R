@@ -90,7 +90,6 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
   res
 }
 
-
 # One distance result as a named list of S x S matrices, one per group.
 as_group_matrices <- function(d, name, call) {
   # samples are matched to the sample table by name (as.matrix() numbers an unlabelled dist)

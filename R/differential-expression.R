@@ -414,7 +414,7 @@ de_design <- function(fit, covariates, call) {
     } else {
       # text in byte order (the reference level, and with it the signs of beta
       # and the LFCs, must not follow the session's collation); a factor keeps its own
-      f <- droplevels(if (is.character(v)) factor(v, levels = sort(unique(v), method = "radix")) else as.factor(v))
+      f <- droplevels(if (is.character(v)) byte_order_factor(v) else as.factor(v))
       if (nlevels(f) < 2) abort_arg("Covariate {.field {j}} has a single level.", call = call)
       cols <- vapply(levels(f)[-1], function(l) as.numeric(f == l), numeric(length(f)))
       cols <- matrix(cols, nrow = length(f), dimnames = list(NULL, paste0(j, levels(f)[-1])))

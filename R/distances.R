@@ -237,15 +237,13 @@ sampleDist <- function(d, group = NULL) {
     inform(c("i" = "Dropping sample{?s} {.val {rownames(m)[!keep]}}: too few cells in this group."))
   }
   # hclust() cannot use NA distances (pairs no admissible cell compared)
-  complete <- drop_partial_samples(m[keep, keep, drop = FALSE])
-  m <- complete$m
+  m <- drop_partial_samples(m[keep, keep, drop = FALSE])
   if (nrow(m) < 2) abort_arg("Fewer than 2 samples remain in this group.", call = call)
   stats::as.dist(m)
 }
 
 # Drop the sample with the most NA distances (pairs that no admissible cell
-# compared) until none are left, saying which: the matrix left and the samples
-# dropped.
+# compared) until none are left, saying which; the matrix left.
 drop_partial_samples <- function(m) {
   dropped <- character()
   while (anyNA(m)) {
@@ -256,7 +254,7 @@ drop_partial_samples <- function(m) {
   if (length(dropped)) {
     inform(c("i" = "Dropping sample{?s} {.val {dropped}}: {?its/their} distances to some samples are NA (no admissible cells)."))
   }
-  list(m = m, dropped = dropped)
+  m
 }
 
 # The S x S matrix to cluster or draw: `d` itself (a matrix or dist), or one

@@ -452,9 +452,8 @@ note_no_validation <- function(fraction, n_cells, block_cells = NULL, hint = TRU
 }
 
 # The size of the model and its training state (weights, gradients, Adam's two
-# moments: 16 bytes per parameter) and of a minibatch,
-# checked before libtorch allocates: a huge n_latent is an argument error, not an
-# allocation failure. The error blames the first argument whose default (or a
+# moments: 16 bytes per parameter) and of a minibatch, checked before libtorch
+# allocates: a huge n_latent is an argument error, not an allocation failure. The error blames the first argument whose default (or a
 # usual value) would make it fit: batch_size, the mixture prior's components
 # (n_mixture, or one per label), n_latent_u; else n_latent.
 check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u, batch_size, n_cells,

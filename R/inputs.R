@@ -309,7 +309,7 @@ warn_if_confounded <- function(sample, batch, call) {
 resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
   value <- resolve_cell_values(value, arg, cell_meta, counts, call)
   if (is.factor(value)) return(value)
-  if (is.character(value)) return(factor(value, levels = sort(unique(value), method = "radix")))
+  if (is.character(value)) return(byte_order_factor(value))
   if (is.double(value) && all(value == round(value) & abs(value) < 2^53)) {
     values <- sort(unique(value))
     # (factor() would match the values as text, which merges 16-digit ids)
@@ -323,6 +323,9 @@ resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
   }
   f
 }
+
+# Text as a factor whose levels are in byte order, whatever the locale.
+byte_order_factor <- function(x) factor(x, levels = sort(unique(x), method = "radix"))
 
 # A column name or a vector with one value per cell -> its values, without NA.
 resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
