@@ -25,8 +25,9 @@
 #'   samples are used; samples with identical profiles are at distance 0, and
 #'   where a correlation is undefined (a sample's profile constant over the
 #'   genes) the distance is `NA` with a warning.
-#' @param min_cells a sample with fewer cells than this in a group is left out of
-#'   that group's matrix (`NA` row and column; listed in `attr(, "excluded")`).
+#' @param min_cells a sample with fewer cells than this in a group (or none) is
+#'   left out of that group's matrix (`NA` row and column; listed in
+#'   `attr(, "excluded")`).
 #' @return an array `[S, S, G]` with dimnames and attributes `n_cells`,
 #'   `excluded` and `sample_table` (and `genes`, per group the genes used, for
 #'   pseudobulk).
@@ -57,8 +58,9 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
   for (g in levels(group)) {
     idx <- which(group == g)
     n <- table(factor(data$sample[idx], samples))
-    kept <- samples[n >= min_cells]
-    excluded[[g]] <- samples[n < min_cells]
+    # (a sample without cells in the group has no profile, whatever min_cells)
+    kept <- samples[n >= max(1, min_cells)]
+    excluded[[g]] <- samples[n < max(1, min_cells)]
     if (length(kept) < 2) next
     bulk <- data$counts[, idx, drop = FALSE] %*% Matrix::sparseMatrix(seq_along(idx), match(data$sample[idx], samples),
                                                                       x = 1, dims = c(length(idx), S))
@@ -75,7 +77,8 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
     undefined <- which(rowSums(is.na(d)) > 0)
     for (a in undefined) for (b in undefined) if (identical(v[, a], v[, b])) d[a, b] <- 0
     if (anyNA(d)) {
-      cli::cli_warn(c("Group {.val {g}}: the correlation of sample{?s} {.val {kept[rowSums(is.na(d)) > 0]}} with others is undefined (a constant profile over the genes used): {.code NA}.",
+      flat <- kept[apply(v, 2, function(p) all(p == p[1]))]
+      cli::cli_warn(c("Group {.val {g}}: the correlation of sample{?s} {.val {flat}} with others is undefined (a constant profile over the genes used): {.code NA}.",
                       "i" = "Use {.code metric = \"euclidean\"} or more {.arg n_genes}."),
                     class = "mrvi_warning", call = call)
     }

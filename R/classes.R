@@ -29,7 +29,8 @@
 #'   continuous ones' values), `labels` and the cell metadata of the input
 #'   (every per-cell column, so that analyses can group by any of them; QC
 #'   columns included, which can be half of a fit's size: drop those not needed
-#'   before fitting); row names are the cell names.
+#'   before fitting; a column named as one of mrvi's own but holding other
+#'   values is kept as `<name>.1`); row names are the cell names.
 #' @slot u_mean,u_sd matrix: cells x L posterior mean and sd of u.
 #' @slot cache environment: the native model, rebuilt when missing. Copies of a
 #'   fit share this environment, so models are kept under the checksum of the

@@ -53,8 +53,10 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
                 call = call)
     }
     # rows follow the cells kept by mrviData() (by name when the rows are named)
-    rows <- if (is.null(rownames(embedding))) match(colnames(data$counts), colnames(x)) else colnames(data$counts)
-    unknown <- setdiff(rows, rownames(embedding))
+    # unnamed rows are the cells of `x` in order, less those dropped without counts
+    named <- !is.null(rownames(embedding))
+    rows <- if (named) colnames(data$counts) else setdiff(seq_len(ncol(x)), data$dropped$cell_positions)
+    unknown <- if (named) setdiff(rows, rownames(embedding)) else character()
     if (length(unknown)) {
       abort_arg(c("The row names of {.arg embedding} must be the cell names: {length(unknown)} cell{?s} {?is/are} not among them, e.g. {show_some(unknown, 3)}.",
                   "i" = "Name its rows by the cells ({.code colnames(x)}), or leave them unnamed to follow the cells' order."),

@@ -422,6 +422,14 @@ de_design <- function(fit, covariates, call) {
     blocks[[j]] <- ncol(X) + seq_len(ncol(cols))
     X <- cbind(X, cols)
   }
+  # coefficients are looked up by name (beta, the LFCs): a factor `g` with level
+  # "B" and a covariate `gB` must not both be "gB"
+  dup <- unique(colnames(X)[duplicated(colnames(X))])
+  if (length(dup)) {
+    from <- names(blocks)[vapply(blocks, function(b) any(colnames(X)[b] %in% dup), logical(1))]
+    abort_arg(c("Covariates {.field {from}} give coefficients of the same name: {.val {dup}} (a covariate's name followed by a level).",
+                "i" = "Rename one of them."), call = call)
+  }
   if (qr(X)$rank < ncol(X)) {
     abort_arg("The covariates are collinear across samples: the design has rank {qr(X)$rank} < {ncol(X)} columns.",
               call = call)

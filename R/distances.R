@@ -46,8 +46,8 @@
 #' @param fit a [MrVIFit-class].
 #' @param groups `NULL` (one group of all cells), a column name of the fitted cell
 #'   data (`fit@cell_data`: `sample`, `batch`, `labels` and the input's cell
-#'   metadata), or a factor/character vector over the fitted cells. Cells with
-#'   `NA` belong to no group.
+#'   metadata), or a factor/character vector over the fitted cells (matched by
+#'   name when named by the fitted cells). Cells with `NA` belong to no group.
 #' @param cells indices or names of cells whose own matrices \eqn{D(n)} are
 #'   wanted (instead of group means); `groups` must then be `NULL`.
 #' @param min_cells a sample with fewer cells than this in a group is left out of

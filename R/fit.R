@@ -414,7 +414,8 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
 }
 
 fit_cell_data <- function(data) {
-  df <- data.frame(sample = data$sample, nuisance_columns(data), row.names = colnames(data$counts))
+  # covariate names as given ("pct mito"): the fit's nuisance specification keeps them so
+  df <- data.frame(sample = data$sample, nuisance_columns(data), row.names = colnames(data$counts), check.names = FALSE)
   if (!is.null(data$labels)) df$labels <- data$labels
   if (!is.null(data$cell_meta)) {
     extra <- setdiff(names(data$cell_meta), names(df))

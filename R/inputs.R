@@ -70,13 +70,17 @@
 #'   `dgCMatrix`, or the `DelayedArray` of counts on disk), `disk` (for counts
 #'   on disk, what is read from them; else `NULL`), `sample`, `batch` and `labels` (factors over cells; `batch`
 #'   has one level when not given and is the combination of the levels when
-#'   several covariates are, `labels` is `NULL` when not given), `nuisance`
-#'   (`factors`: a data.frame of the categorical covariates, and `continuous`:
-#'   one of the continuous covariates, each `NULL` when not given),
-#'   `sample_table` (a data.frame), `library_size`, `dropped` (the names of
-#'   dropped cells and genes, and `cell_positions`, the dropped cells' columns
-#'   in `x`), `cell_meta` (per-cell metadata, or `NULL`) and
-#'   `source` (the input's class).
+#'   several covariates are, `labels` is `NULL` when not given), `batch_given`
+#'   (whether `batch` was given), `nuisance` (`NULL` with at most one categorical
+#'   covariate and no continuous one, else a list of `factors`: a data.frame of the
+#'   categorical covariates when there are two or more, and `continuous`: one of
+#'   the continuous covariates, each `NULL` when absent), `sample_table` (a
+#'   data.frame), `library_size`, `gene_total` (per-gene totals of counts on disk,
+#'   else `NULL`), `dropped` (the names of dropped cells and genes, and
+#'   `cell_positions`, the dropped cells' columns in `x`), `cell_meta` (per-cell
+#'   metadata, or `NULL`; a column named as one of the fit's own but holding other
+#'   values is renamed `<name>.1`), `source` (the input's class) and `columns` (the
+#'   metadata columns that `sample`, `batch` and `labels` named).
 #' @examples
 #' counts <- Matrix::rsparsematrix(50, 40, density = 0.3,
 #'   rand.x = function(n) rpois(n, 5) + 1)
@@ -244,11 +248,22 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
                 "i" = "MrVI compares samples: give cells from two or more samples."), call = call)
   }
   if (!is.null(batch)) {
+    # a level without cells would be a batch the model never trains, and averages
+    # over the batch levels would include it
     batch <- droplevels(batch)
+    factors <- droplevels(factors)
     for (f in factors) warn_if_confounded(sample, f, call)
   }
   if (!is.null(labels)) labels <- droplevels(labels)
   names(library_size) <- colnames(counts)
+  # the columns the fit's cell data will hold (as fit_cell_data() makes them),
+  # and the sample table's count of cells (which no per-cell column equals)
+  own <- c(list(sample = sample),
+           if (!is.null(factors) && ncol(factors) > 1) as.list(factors) else list(batch = batch %||% rep("batch1", ncol(counts))),
+           if (!is.null(continuous)) as.list(continuous),
+           if (!is.null(labels)) list(labels = labels),
+           list(n_cells = NA))
+  cell_meta <- rename_clashing_columns(cell_meta, own)
 
   structure(list(
     counts = counts,
@@ -431,6 +446,23 @@ looks_like_barcodes <- function(nm) {
 }
 
 # Sample-level covariates: per-cell columns constant within every sample.
+# A metadata column named as one of the fit's own columns (of cell data:
+# `sample`, `batch`, `labels`, a nuisance covariate; of the sample table:
+# `n_cells`) but holding other values is kept, renamed `<name>.1`, with a
+# message: dropped silently, `groups = "batch"` would group by the model's
+# batch, not by the user's column.
+rename_clashing_columns <- function(cell_meta, own) {
+  clash <- intersect(names(cell_meta), names(own))
+  differs <- clash[!vapply(clash, function(nm) identical(as.character(cell_meta[[nm]]), as.character(own[[nm]])), logical(1))]
+  if (!length(differs)) return(cell_meta)
+  taken <- union(names(own), setdiff(names(cell_meta), differs))
+  renamed <- utils::tail(make.unique(c(taken, paste0(differs, ".1"))), length(differs))
+  names(cell_meta)[match(differs, names(cell_meta))] <- renamed
+  inform(c("i" = paste("Cell metadata {cli::qty(length(differs))}column{?s} {.val {differs}} {?is/are} kept as {.val {renamed}}:",
+                        "mrvi's own cell data or sample table {?has a column of that name/has columns of those names}.")))
+  cell_meta
+}
+
 make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) {
   counts <- tabulate(sample, nlevels(sample))
   tab <- data.frame(sample = levels(sample), n_cells = counts, stringsAsFactors = FALSE)
@@ -444,7 +476,6 @@ make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) 
   if (!is.null(batch) && !any(vapply(candidates, identical, logical(1), batch))) candidates$batch <- batch
   if (!is.null(labels) && !any(vapply(candidates, identical, logical(1), labels))) candidates$labels <- labels
   first <- match(levels(sample), sample)
-  renamed <- character()
   for (nm in names(candidates)) {
     col <- candidates[[nm]]
     if (!is.atomic(col) || !is.null(dim(col)) ||
@@ -454,13 +485,7 @@ make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) 
     code <- match(col, unique(col))
     constant <- all(code == code[first][as.integer(sample)])
     if (!constant) next
-    # a column named as one of the table's own is kept beside it, renamed
-    key <- nm
-    if (nm %in% c("sample", "n_cells")) key <- renamed[[nm]] <- paste0(nm, ".1")
-    tab[[key]] <- if (is.factor(col)) droplevels(col[first]) else col[first]
-  }
-  if (length(renamed)) {
-    inform(c("i" = "Cell metadata {cli::qty(length(renamed))}column{?s} {.val {names(renamed)}} {?is/are} in the sample table as {.val {unname(renamed)}}: the table's own {.field sample} and {.field n_cells} have {?that name/those names}."))
+    tab[[nm]] <- if (is.factor(col)) droplevels(col[first]) else col[first]
   }
   rownames(tab) <- tab$sample
   tab

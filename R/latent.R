@@ -84,7 +84,7 @@ encode_new_cells <- function(fit, x, sample, BPPARAM, call) {
   ok <- kept[has_counts]
   if (length(ok) < n) {
     cli::cli_warn(c("{n - length(ok)} cell{?s} of {.arg x} {?has/have} no counts on the fitted genes: {?its row is/their rows are} NA.",
-                    "x" = "{show_some(cells[-ok], 3)}."),
+                    "x" = "{show_some(cells[setdiff(seq_len(n), ok)], 3)}."),
                   class = c("mrvi_empty_cells", "mrvi_warning"), call = call)
   }
   counts <- counts[, has_counts, drop = FALSE]

@@ -25,9 +25,13 @@ plotSampleMDS <- function(distances, group = NULL, annotation = NULL) {
   dd <- sampleDist(distances, group)
   n <- attr(dd, "Size")
   if (n < 3) abort_arg("An MDS map needs at least 3 samples; the group has {n}.", call = call)
-  mds <- stats::cmdscale(dd, k = 2, eig = TRUE)
-  share <- mds$eig[1:2] / sum(mds$eig[mds$eig > 0])
-  points <- data.frame(x = mds$points[, 1], y = mds$points[, 2], label = rownames(mds$points))
+  # distances with fewer than two positive eigenvalues (all zero: samples the fit
+  # does not separate) get fewer coordinates: the missing ones are 0 and explain 0%
+  mds <- suppressWarnings(stats::cmdscale(dd, k = 2, eig = TRUE))
+  xy <- cbind(mds$points, matrix(0, n, 2))[, 1:2, drop = FALSE]
+  positive <- sum(mds$eig[mds$eig > 0])
+  share <- if (positive > 0) pmax(mds$eig[1:2], 0) / positive else c(0, 0)
+  points <- data.frame(x = xy[, 1], y = xy[, 2], label = labels(dd))
   points$value <- mds_annotation(distances, annotation, points$label, call)
   aes <- if (is.null(annotation)) ggplot2::aes(x = x, y = y, label = label) else
     ggplot2::aes(x = x, y = y, label = label, colour = value)

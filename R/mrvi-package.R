@@ -11,7 +11,7 @@
 #'
 #' @section Options:
 #' \describe{
-#'   \item{`mrvi.threads`}{CPU threads for libtorch (default: all cores).}
+#'   \item{`mrvi.threads`}{CPU threads for libtorch (default: the idle cores, see [mrviBackend()]).}
 #' }
 #' @keywords internal
 #' @useDynLib mrvi, .registration = TRUE

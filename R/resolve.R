@@ -77,6 +77,11 @@ resolve_groups <- function(fit, groups, call) {
   if (length(groups) != n) {
     abort_arg("{.arg groups} must have one value per fitted cell ({n}), not {length(groups)}.", call = call)
   }
+  cells <- rownames(fit@cell_data)
+  if (!is.null(names(groups)) && !anyDuplicated(names(groups)) && all(names(groups) %in% cells) &&
+      !identical(names(groups), cells)) {
+    groups <- groups[cells]  # a vector named by cell is matched by name, as in mrvi()
+  }
   groups <- droplevels(as.factor(groups))
   if (nlevels(groups) == 0) abort_arg("{.arg groups} has no non-NA value.", call = call)
   groups

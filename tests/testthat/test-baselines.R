@@ -151,6 +151,47 @@ test_that("plotSampleMDS() draws classical MDS coordinates", {
   expect_equal(abs(pts$x), abs(unname(mds[, 1])))
   expect_equal(abs(pts$y), abs(unname(mds[, 2])))
   expect_s3_class(plotSampleMDS(p[, , "T"]), "ggplot")
+  # samples the distances do not separate: every coordinate 0, each axis 0%
+  flat <- matrix(0, 3, 3, dimnames = list(c("a", "b", "c"), c("a", "b", "c")))
+  g0 <- expect_no_warning(plotSampleMDS(flat))
+  expect_equal(ggplot2::layer_data(g0, 1)[, c("x", "y")], data.frame(x = c(0, 0, 0), y = c(0, 0, 0)))
+  expect_equal(g0$labels$x, "MDS 1 (0%)")
+  # one positive eigenvalue: the second axis is 0
+  line <- as.matrix(dist(c(a = 0, b = 1, c = 3)))
+  pts <- ggplot2::layer_data(plotSampleMDS(line), 1)
+  expect_equal(abs(pts$x), abs(unname(cmdscale(as.dist(line), k = 1)[, 1])))
+  expect_equal(pts$y, c(0, 0, 0), tolerance = 1e-6)
+})
+
+test_that("pseudobulkDistances() leaves out a sample without cells in a group, whatever min_cells, and names only the constant one", {
+  x <- baseline_data()
+  gone <- !(x$sample == "s1" & x$type == "T")
+  p <- pseudobulkDistances(x$counts[, gone], x$sample[gone], groups = x$type[gone], min_cells = 0)
+  expect_true(all(is.na(p["s1", , "T"])))
+  expect_false(anyNA(p[-1, -1, "T"]))
+  expect_equal(attr(p, "excluded")$T, "s1")
+  expect_false(anyNA(p[, , "B"]))
+  # one sample with a constant profile: the warning names it alone
+  flat <- x$counts
+  flat[, x$sample == "s2"] <- 1
+  expect_warning(d <- pseudobulkDistances(flat, x$sample), "sample \"s2\" with others is undefined", class = "mrvi_warning")
+  expect_true(all(is.na(d["s2", -2, 1])))
+})
+
+test_that("compositionDistances() takes an unnamed embedding in the cells' order", {
+  skip_if_not_installed("igraph")
+  x <- baseline_data()
+  set.seed(2)
+  e <- matrix(rnorm(240 * 3), 240, 3)
+  named <- e
+  rownames(named) <- colnames(x$counts)
+  expect_identical(compositionDistances(x$counts, x$sample, x$type, embedding = e),
+                   compositionDistances(x$counts, x$sample, x$type, embedding = named))
+  # a cell dropped for having no counts: the rows still follow the cells of x
+  empty <- x$counts
+  empty[, 7] <- 0
+  expect_identical(suppressMessages(compositionDistances(empty, x$sample, x$type, embedding = e)),
+                   suppressMessages(compositionDistances(empty, x$sample, x$type, embedding = named)))
 })
 
 test_that("baselines refuse bad arguments by name", {

@@ -81,6 +81,9 @@ test_that("samples with fewer than min_cells cells in a group are excluded and r
   expect_equal(attr(d, "excluded")$type1, s1)
   expect_message(hc <- sampleHclust(d, "type1"), "Dropping sample")
   expect_false(s1 %in% hc$labels)
+  # groups named by cell are matched by name, in any order
+  named <- setNames(groups, rownames(fit@cell_data))
+  expect_identical(sampleDistances(fit, groups = rev(named), min_cells = 5, mc_samples = 0), d)
 })
 
 test_that("sampleHclust gives a real hclust that the usual tools accept", {

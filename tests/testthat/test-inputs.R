@@ -31,10 +31,29 @@ test_that("the sample table keeps only covariates constant within samples", {
   # metadata columns named as the table's own are kept, renamed, with a message
   sce$sample <- c(A = "P1", B = "P1", C = "P2")[s]
   sce$n_cells <- c(A = 1, B = 2, C = 2)[s]
-  expect_message(tab <- mrviData(sce, sample = "donor")$sample_table, "as \"sample.1\" and \"n_cells.1\"")
+  expect_message(tab <- mrviData(sce, sample = "donor")$sample_table, "kept as \"sample.1\" and \"n_cells.1\"")
   expect_equal(tab$sample.1, c("P1", "P1", "P2"))
   expect_equal(tab$n_cells.1, c(1, 2, 2))
   expect_equal(tab$n_cells, c(8L, 8L, 8L))
+})
+
+test_that("a metadata column named as one of the fit's own but holding other values is kept, renamed", {
+  m <- small_counts()
+  s <- small_samples()
+  skip_if_not_installed("SingleCellExperiment")
+  run <- rep(c("run1", "run2"), length.out = 24)
+  sce <- SingleCellExperiment::SingleCellExperiment(
+    list(counts = m), colData = S4Vectors::DataFrame(donor = s, site = rep(c("x", "y", "x"), length.out = 24), batch = run))
+  expect_message(d <- mrviData(sce, sample = "donor", batch = "site"), "\"batch\" is kept as \"batch.1\"")
+  expect_identical(d$cell_meta$batch.1, run)
+  expect_identical(as.character(d$batch), sce$site)
+  # the fit keeps both: `groups = "batch.1"` groups by the user's column
+  fit <- suppressMessages(mrvi(sce, sample = "donor", batch = "site", max_epochs = 1, n_threads = 1, verbose = FALSE))
+  expect_identical(fit@cell_data$batch.1, run)
+  expect_identical(as.character(fit@cell_data$batch), sce$site)
+  # the column the model uses, under its own name, is not renamed
+  expect_no_message(d2 <- mrviData(sce, sample = "donor", batch = "batch"))
+  expect_false("batch.1" %in% names(d2$cell_meta))
 })
 
 test_that("empty cells and genes are dropped with a message", {

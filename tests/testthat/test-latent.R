@@ -152,4 +152,9 @@ test_that("new cells without counts on the fitted genes get NA rows, in place, w
   expect_equal(dim(z), c(20L, ncol(fit@u_mean)))
   expect_equal(which(is.na(z[, 1])), c(1, 5, 9), ignore_attr = TRUE)
   expect_false(anyNA(z[-c(1, 5, 9), ]))
+  # no new cell with counts on the fitted genes: the warning names them all
+  x2 <- x[, c(1, 5, 9)]
+  expect_warning(u2 <- mrviLatent(fit, x = x2, sample = s[c(1, 5, 9)]), paste(colnames(x2), collapse = ".*"),
+                 class = "mrvi_empty_cells")
+  expect_true(all(is.na(u2)))
 })
