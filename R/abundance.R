@@ -119,14 +119,21 @@ admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cel
   check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
-  if (!is.null(subsample)) max_cells_per_sample <- renamed_arg(subsample, "subsample", "max_cells_per_sample", call)
-  max_cells_per_sample <- check_count(max_cells_per_sample, "max_cells_per_sample", call)
+  size_arg <- "max_cells_per_sample"
+  if (!is.null(subsample)) {
+    if (!missing(max_cells_per_sample)) {
+      abort_arg("Give {.arg max_cells_per_sample} only: {.arg subsample} is its former name.", call = call)
+    }
+    max_cells_per_sample <- renamed_arg(subsample, "subsample", "max_cells_per_sample", call)
+    size_arg <- "subsample"
+  }
+  max_cells_per_sample <- check_count(max_cells_per_sample, size_arg, call)
   seed <- check_whole(seed, "seed", call)
   if (!is.numeric(quantile) || length(quantile) != 1 || is.na(quantile) || quantile <= 0 || quantile >= 1) {
     abort_arg("{.arg quantile} must be one number in (0, 1).", call = call)
   }
   if (max_cells_per_sample < 2) {
-    abort_arg(c("{.arg max_cells_per_sample} must be at least 2 for {.fn admissibility}.",
+    abort_arg(c("{.arg {size_arg}} must be at least 2 for {.fn admissibility}.",
                 "x" = "A sample's threshold comes from its reference cells each left out of its own reference: one cell leaves none."),
               call = call)
   }

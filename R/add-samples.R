@@ -68,6 +68,7 @@
 mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed = 1,
                            continuous_covariates = NULL, verbose = FALSE, labels = NULL) {
   call <- sys.call()
+  check_required(call)
   check_fit(fit, call)
   if (!is.null(max_epochs)) max_epochs <- check_count(max_epochs, "max_epochs", call)
   seed <- check_whole(seed, "seed", call)

@@ -143,6 +143,7 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
                           normalize, seed, permutations, min_effect, block, space == "expression")
   }, BPPARAM = BPPARAM)
   res <- lapply(stats::setNames(nm = names(parts[[1]])), function(k) unlist(lapply(parts, `[[`, k)))
+  res$z[is.nan(res$z)] <- NA  # (too few samples with a value: undefined, documented as NA)
   out <- S4Vectors::DataFrame(statistic = res$statistic, effect = res$effect, z = res$z, p_value = res$p_value,
                               q_value = stats::p.adjust(res$p_value, method = "BH"),
                               n_within = res$n_within, n_between = res$n_between,
@@ -308,7 +309,11 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
                                 mc_samples = mc_samples, seed = seed, BPPARAM = BPPARAM, space = space), call)
     } else fit_or_distances
     if (is_fit) groups <- NULL
-    tested <- if (is.null(groups)) dimnames(d)[[3]] else groups
+    tested <- if (is.null(groups)) dimnames(d)[[3]] else if (is.factor(groups)) as.character(groups) else groups
+    if (!length(tested) || !is.character(tested)) {
+      abort_arg("{.arg groups} must name groups of the distances ({show_some(dimnames(d)[[3]])}), or be {.code NULL} for all.",
+                call = call)
+    }
     unknown <- setdiff(tested, dimnames(d)[[3]])
     if (length(unknown)) abort_arg("{.arg groups} not in the distances: {.val {unknown}}.", call = call)
     n_cells <- attr(d, "n_cells")
@@ -453,6 +458,12 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
     abort_arg(c("{.arg covariate} is numeric; the test needs categories.",
                 "i" = "Bin it first, e.g. {.code cut(age, breaks = 3)}, or pass {.code factor(x)} if its values are labels."),
               call = call)
+  }
+  # "" is no category (as for sample, batch and labels): a missing value is NA
+  empty <- !is.na(values) & as.character(values) == ""
+  if (any(empty)) {
+    abort_arg(c("{.arg covariate} has an empty value for sample{?s} {.val {samples[empty]}}.",
+                "i" = "Name every category; give samples without a value {.code NA} (they leave the test)."), call = call)
   }
   y <- droplevels(factor(values))
   if (nlevels(y) < 2) abort_arg("{.arg covariate} must have at least 2 categories among the samples.", call = call)

@@ -95,6 +95,7 @@ print.mrvi_backend <- function(x, ...) {
 #'   returns to the default (idle cores, see Details).
 #' @export
 mrviSetThreads <- function(n) {
+  check_required(sys.call())
   if (!is.null(n)) n <- cap_threads(check_count(n, "n", call = rlang_caller(1)), "n")
   options(mrvi.threads = n)
   invisible(apply_threads())

@@ -84,6 +84,7 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
     }
     out[kept, kept, g] <- d
   }
+  warn_if_all_excluded(excluded, S, min_cells, call)
   attr(out, "n_cells") <- stats::setNames(as.vector(table(group)), levels(group))
   attr(out, "excluded") <- excluded
   attr(out, "genes") <- genes
@@ -102,6 +103,9 @@ proportionDistances <- function(x, sample, groups, transform = c("clr", "none"),
   check_required(call)
   transform <- match_choice(transform, c("clr", "none"), "transform", call)
   check_positive(pseudocount, "pseudocount", call)
+  if (is.null(groups)) {
+    abort_arg("{.arg groups} must give each cell's type or cluster (a column name or a vector), not {.code NULL}.", call = call)
+  }
   data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
   counts <- unclass(table(data$sample, data$labels))
   values <- if (transform == "clr") clr(counts + pseudocount) else counts / rowSums(counts)

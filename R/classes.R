@@ -76,6 +76,12 @@ new_mrvi_fit <- function(data, weights, model_json, device, history, config) {
   post <- if (!is.null(data$disk)) encode_on_disk(native$model, data) else
     mrvi_encode(native$model, nrow(counts), ncol(counts), counts@p, counts@i,
                 counts@x, as.integer(data$sample) - 1L)
+  # weights finite but huge (a too large lr in the last steps) give NaN latents
+  if (!all(is.finite(post$mean)) || !all(is.finite(post$sd))) {
+    abort_arg(c("Training diverged with {.arg lr} = {config$train$lr}: the fitted cells' latents are not finite.",
+                "i" = "Try a smaller {.arg lr}, or check the counts for extreme values."),
+              class = "mrvi_divergence_error", call = user_call())
+  }
   nuisance <- nuisance_design(data)$spec
   new("MrVIFit",
     config = c(list(model_json = model_json, device = device), config,

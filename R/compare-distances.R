@@ -61,6 +61,14 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
     abort_arg(c("{.arg covariates} must be column names of {.arg sample_table}.",
                 "i" = "Columns: {show_some(names(sample_table), 12)}."), call = call)
   }
+  # a sample absent from the table would leave the scores silently (NA covariate)
+  samples <- unique(unlist(lapply(matrices, function(ms) lapply(ms, rownames))))
+  absent <- setdiff(samples, rows)
+  if (length(absent)) {
+    abort_arg(c("{.arg sample_table} has no row for sample{?s} {.val {absent}} of {.arg distances}.",
+                "i" = "Give one row per sample (for example {.code attr(d, \"sample_table\")}); a sample with an unknown covariate value has {.code NA} in its row."),
+              call = call)
+  }
   # the groups of the multi-group entries; without any, each entry is its own group
   groups <- unique(unlist(lapply(matrices, function(m) if (length(m) > 1) names(m))))
   out <- list()

@@ -39,6 +39,9 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   if (!requireNamespace("igraph", quietly = TRUE)) {
     abort_arg("compositionDistances() clusters with Leiden: install {.pkg igraph}.", call = call)
   }
+  if (is.null(groups)) {
+    abort_arg("{.arg groups} must give each cell's type or cluster (a column name or a vector), not {.code NULL}.", call = call)
+  }
   data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
   n_pcs <- check_count(n_pcs, "n_pcs", call)
   k <- check_count(k, "k", call)
@@ -145,7 +148,10 @@ treeDistance <- function(hc, truth) {
   if (length(alone)) {
     inform(c("i" = "Comparing the {length(common)} leaves the trees share; {cli::qty(length(alone))}leaf{?s} {.val {alone}} {?is/are} in one tree only."))
   }
-  if (length(common) < 4) abort_arg("The trees share fewer than 4 leaves.", call = call)
+  if (length(common) < 4) {
+    abort_arg(c("{.arg hc} and {.arg truth} share {length(common)} lea{?f/ves}: a topology is compared on 4 or more.",
+                "i" = "Give two trees over the same samples (their leaf labels)."), call = call)
+  }
   a <- ape::unroot(ape::keep.tip(a, common))
   b <- ape::unroot(ape::keep.tip(b, common))
   as.numeric(ape::dist.topo(a, b, method = "PH85")) / (2 * (length(common) - 3))
@@ -211,8 +217,10 @@ silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 500
   n <- nrow(embedding)
   labels_ok <- function(x) length(x) == n && !anyNA(x)
   if (!labels_ok(cell_type) || length(unique(cell_type)) < 2) {
-    abort_arg("{.arg cell_type} must have one non-missing value per cell ({n}), with at least 2 types.", call = call)
+    abort_arg("{.arg cell_type} must have one non-missing value per cell ({n} = {.code nrow(embedding)}), with at least 2 types.",
+              call = call)
   }
+  check_categorical(cell_type, "cell_type", call)
   if (!is.null(batch) && !labels_ok(batch)) {
     abort_arg("{.arg batch} must have one non-missing value per cell ({n}).", call = call)
   }
@@ -223,7 +231,12 @@ silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 500
   fixed_rng(seed)
   idx <- if (n > max_cells) sort(sample.int(n, max_cells)) else seq_len(n)
   e <- embedding[idx, , drop = FALSE]
-  ct <- as.factor(cell_type)[idx]
+  ct <- droplevels(as.factor(cell_type)[idx])
+  # (a silhouette needs two clusters, and a cluster with a second cell)
+  if (nlevels(ct) < 2 || nlevels(ct) >= length(idx)) {
+    abort_arg(c("{.arg max_cells} = {max_cells} keeps {length(idx)} cell{?s} of {nlevels(ct)} type{?s}: a silhouette needs 2 types or more, and more cells than types.",
+                "i" = "Raise {.arg max_cells}."), call = call)
+  }
   s <- cluster::silhouette(as.integer(ct), stats::dist(e))
   out <- c(cell_type = (mean(s[, "sil_width"]) + 1) / 2, batch = NA_real_)
   if (!is.null(batch)) {

@@ -47,9 +47,16 @@ check_covariates_vary <- function(data, call) {
       abort_arg(c("{.arg continuous_covariates${nm}} is too large to standardise: its mean or sd is not finite (largest |value| {format(max(abs(continuous[[nm]])))}).",
                   "i" = "Give it on a smaller scale (other units, or its log)."), call = call)
     }
-    if (length(continuous[[nm]]) < 2 || scaling$scale[k] == 0) {
+    v <- continuous[[nm]]
+    if (length(v) < 2 || all(v == v[1])) {
       abort_arg(c("{.arg continuous_covariates${nm}} is constant: it explains nothing.",
                   "i" = "Leave it out of {.arg continuous_covariates}."), call = call)
+    }
+    # values that vary on a scale of 1e-160 or less: their variance underflows
+    # (sd 0 or imprecise), and standardised they would be wrong
+    if (scaling$scale[k] < 1e-150) {
+      abort_arg(c("{.arg continuous_covariates${nm}} is too small to standardise: its sd is {format(scaling$scale[k])}.",
+                  "i" = "Give it on a larger scale (other units)."), call = call)
     }
   }
 }

@@ -391,31 +391,31 @@ de_design <- function(fit, covariates, call) {
   blocks <- list()
   for (j in names(tab)) {
     v <- tab[[j]]
-    if (anyNA(v)) abort_arg("Covariate {.field {j}} has NA for sample{?s} {.val {samples[is.na(v)]}}.", call = call)
+    if (anyNA(v)) abort_arg("{.arg covariates}: covariate {.field {j}} has NA for sample{?s} {.val {samples[is.na(v)]}}.", call = call)
     # numbers, or categories (character, factor, logical): a Date became a factor
     # of one level per sample and was reported as collinear
     if (!(is.numeric(v) && !is.object(v)) && !is.character(v) && !is.factor(v) && !is.logical(v)) {
-      abort_arg(c("Covariate {.field {j}} is of class {.cls {class(v)}}, neither numeric nor categorical.",
+      abort_arg(c("{.arg covariates}: covariate {.field {j}} is of class {.cls {class(v)}}, neither numeric nor categorical.",
                   "i" = "Convert it explicitly: {.code as.numeric()} for a trend, or {.code factor()} for categories."),
                 call = call)
     }
     if (is.numeric(v)) {
       if (any(is.infinite(v))) {
-        abort_arg("Covariate {.field {j}} has an infinite value for sample{?s} {.val {samples[is.infinite(v)]}}.",
+        abort_arg("{.arg covariates}: covariate {.field {j}} has an infinite value for sample{?s} {.val {samples[is.infinite(v)]}}.",
                   call = call)
       }
       # standardised after dividing by the largest |value|, the same numbers
       # without the overflow of sd() for values near the largest double
       v <- v / max(abs(v))
       if (!is.finite(stats::sd(v)) || stats::sd(v) == 0) {
-        abort_arg("Covariate {.field {j}} is constant across samples.", call = call)
+        abort_arg("{.arg covariates}: covariate {.field {j}} is constant across samples.", call = call)
       }
       cols <- matrix((v - mean(v)) / stats::sd(v), ncol = 1, dimnames = list(NULL, j))
     } else {
       # text in byte order (the reference level, and with it the signs of beta
       # and the LFCs, must not follow the session's collation); a factor keeps its own
       f <- droplevels(if (is.character(v)) byte_order_factor(v) else as.factor(v))
-      if (nlevels(f) < 2) abort_arg("Covariate {.field {j}} has a single level.", call = call)
+      if (nlevels(f) < 2) abort_arg("{.arg covariates}: covariate {.field {j}} has a single level.", call = call)
       cols <- vapply(levels(f)[-1], function(l) as.numeric(f == l), numeric(length(f)))
       cols <- matrix(cols, nrow = length(f), dimnames = list(NULL, paste0(j, levels(f)[-1])))
     }

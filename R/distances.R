@@ -172,6 +172,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     d[, few] <- NA
     out[, , g] <- d
   }
+  warn_if_all_excluded(excluded, S, min_cells, call)
   attr(out, "n_cells") <- n_cells
   attr(out, "excluded") <- excluded
   attr(out, "min_cells") <- min_cells
@@ -179,6 +180,16 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   attr(out, "space") <- space
   attr(out, "normalize") <- normalize
   out
+}
+
+# Groups whose matrix is all NA are recorded in attr(, "excluded"); when that
+# is every group, the whole result is NA and the user must hear why.
+warn_if_all_excluded <- function(excluded, n_samples, min_cells, call) {
+  if (all(n_samples - lengths(excluded) < 2)) {
+    cli::cli_warn(c("No group has 2 samples with at least {.arg min_cells} = {min_cells} cell{?s}: every distance is {.code NA}.",
+                    "i" = "Lower {.arg min_cells} ({.code min_cells = 0} keeps every sample with a cell in the group), or group cells more coarsely."),
+                  class = c("mrvi_all_excluded", "mrvi_warning"), call = call)
+  }
 }
 
 # At most k of a group's cells, evenly spaced in the fit's cell order (no random
@@ -218,7 +229,7 @@ sampleHclust <- function(d, group = NULL, method = "average") {
   check_required(call)
   methods <- c("average", "complete", "single", "ward.D", "ward.D2", "mcquitty", "median", "centroid")
   method <- match_choice(method, methods, "method", call)
-  dd <- sampleDist(d, group)
+  dd <- with_call(sampleDist(d, group), call)
   hc <- stats::hclust(dd, method = method)
   hc$call <- call
   hc$dist.method <- "MrVI sample distance"
@@ -238,7 +249,12 @@ sampleDist <- function(d, group = NULL) {
   }
   # hclust() cannot use NA distances (pairs no admissible cell compared)
   m <- drop_partial_samples(m[keep, keep, drop = FALSE])
-  if (nrow(m) < 2) abort_arg("Fewer than 2 samples remain in this group.", call = call)
+  if (nrow(m) < 2) {
+    abort_arg(c("Fewer than 2 samples of {.arg d} have distances in this group: there is nothing to compare.",
+                "i" = paste("A sample with fewer than {.arg min_cells} cells in the group has NA distances: lower",
+                            "{.arg min_cells} in {.fn sampleDistances} ({.code min_cells = 0} keeps every sample), or choose another group.")),
+              call = call)
+  }
   stats::as.dist(m)
 }
 

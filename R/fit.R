@@ -23,7 +23,9 @@
 #' @param max_epochs maximum number of epochs; `NULL` uses
 #'   \eqn{min(400, round(20000 / N \cdot 400))}, at least 1.
 #' @param batch_size minibatch size.
-#' @param lr Adam learning rate.
+#' @param lr Adam learning rate. Training that diverges (a loss that is not finite,
+#'   or per cell more than 100 times its value at the start) stops with an
+#'   error of class `mrvi_divergence_error`.
 #' @param n_epochs_kl_warmup epochs over which the KL weight rises linearly
 #'   from 0 to 1.
 #' @param early_stopping stop when the validation ELBO has not improved for
@@ -201,6 +203,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                  flavour = c("attention", "linear"), n_latent_u = 10, prior = c("mog", "normal"),
                  n_mixture = 20, continuous_covariates = NULL, checkpoint = NULL, block_cells = NULL, ...) {
   call <- sys.call()
+  check_required(call)
   check_dots(..., .fn = "mrvi")
   flavour <- match_choice(flavour, c("attention", "linear"), "flavour", call)
   # flavour-dependent defaults: the paper's L = 10 with a normal prior; the later
@@ -243,6 +246,12 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
 
   data <- with_call(mrviData(x, sample = sample, batch = batch, labels = labels, assay = assay,
                              continuous_covariates = continuous_covariates), call)
+  if (nrow(data$counts) < 2) {
+    abort_arg(c("{.arg x} must have at least 2 genes with counts; it has {nrow(data$counts)}.",
+                "i" = paste("The model decodes expression proportions over the genes: over one gene they are 1 in every",
+                            "cell and sample, and every sample distance would be 0. Give the count matrix of all genes.")),
+              call = call)
+  }
   check_covariates_vary(data, call)
   nuisance <- nuisance_design(data)
   labels_given <- !is.null(data$labels)

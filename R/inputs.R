@@ -40,9 +40,10 @@
 #' Counts must be numeric (not a logical or pattern matrix), finite,
 #' non-negative whole numbers; the error says how many values break this and
 #' where the first ones are (counts on disk: at least how many, counted up to
-#' the block where the check stopped). A cell's total must stay below 4e36,
-#' which the model's single-precision arithmetic holds (totals above the
-#' integer range, such as 3e9, are fine). Values of `sample`, `batch` and
+#' the block where the check stopped). A count may be at most 2^24 =
+#' 16,777,216, the largest whole number the model's single-precision arithmetic
+#' holds exactly (beyond it the likelihood is rounding noise); a cell's total may
+#' exceed the integer range. Values of `sample`, `batch` and
 #' `labels` may not be NA or empty (`""`). Cells with no counts and
 #' genes with no counts in any cell carry no information for the model: they
 #' are **dropped, with a message** saying how many (the returned object lists
@@ -91,6 +92,7 @@
 #' @export
 mrviData <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", min_samples = 2,
                   continuous_covariates = NULL, ...) {
+  check_required(sys.call())
   UseMethod("mrviData")
 }
 
@@ -207,10 +209,15 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   if (!is.null(disk)) {
     scan <- scan_on_disk(disk, dimnames(counts), call)
   } else {
-    scan <- mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
+    # slots edited by hand (x@i[1] <- ...) break the matrix's structure
+    scan <- tryCatch(mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x),
+                     mrvi_input_error = function(e) {
+                       abort_arg(c("{.arg x} is not a valid sparse matrix: {e$message}.",
+                                   "i" = "{.code Matrix::validObject(x)} says what is wrong; rebuild it with {.fn Matrix::sparseMatrix}."),
+                                 class = "mrvi_input_error", call = call)
+                     })
     check_counts(counts, scan, call)
   }
-  check_cell_totals(scan$library, colnames(counts), call)
 
   # Cells and genes without counts carry nothing for the model: drop them, say so.
   empty_cells <- scan$library == 0
@@ -323,6 +330,7 @@ warn_if_confounded <- function(sample, batch, call) {
 # which must keep distinct numbers distinct (0.1 + 0.2 and 0.3 print alike).
 resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
   value <- resolve_cell_values(value, arg, cell_meta, counts, call)
+  check_categorical(value, arg, call)
   if (is.factor(value)) return(value)
   if (is.character(value)) return(byte_order_factor(value))
   if (is.double(value) && all(value == round(value) & abs(value) < 2^53)) {
@@ -403,7 +411,9 @@ check_counts <- function(counts, scan, call, partial = FALSE) {
   problems <- list(
     list(n = scan$n_nonfinite, first = scan$first_nonfinite, what = "missing or non-finite (NA, NaN, Inf)"),
     list(n = scan$n_negative, first = scan$first_negative, what = "negative"),
-    list(n = scan$n_fractional, first = scan$first_fractional, what = "not {?whole/whole numbers}")
+    list(n = scan$n_fractional, first = scan$first_fractional, what = "not {?whole/whole numbers}"),
+    # (2^24: the largest whole number single precision holds; see ?mrviData)
+    list(n = scan$n_too_large, first = scan$first_too_large, what = "above 16,777,216 (2^24)")
   )
   at_least <- if (partial) "at least " else ""
   for (p in problems) {
@@ -424,20 +434,6 @@ check_counts <- function(counts, scan, call, partial = FALSE) {
                 "i" = "Pass {.code t(x)} (genes in rows, cells in columns)."), call = call)
   }
   invisible(TRUE)
-}
-
-# The model computes in single precision, where the log-factorials of a cell's
-# counts (at most lgamma(total + 1), about total * log(total)) overflow when a
-# cell's total passes about 4e36: training then diverges. Such totals are not
-# counts; totals far above the integer range (3e9) train fine.
-check_cell_totals <- function(library, cells, call) {
-  limit <- 4e36
-  if (any(library > limit)) {
-    big <- which(library > limit)
-    abort_arg(c("{.arg x} must hold raw counts: {length(big)} cell{?s} {?has/have} a total count above {limit}, e.g. {show_some(cells[big], 3)}.",
-                "i" = paste("The model computes in single precision, which cannot hold such counts;",
-                            "use the raw UMI counts, not values scaled up.")), call = call)
-  }
 }
 
 looks_like_barcodes <- function(nm) {

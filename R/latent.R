@@ -38,6 +38,10 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
   check_flag(use_mean, "use_mean", call)
   seed <- check_whole(seed, "seed", call)
   if (is.null(x)) {
+    if (!is.null(sample)) {
+      abort_arg(c("{.arg sample} is for new cells in {.arg x}; the fitted cells have their samples.",
+                  "i" = "Leave {.arg sample} out, or give the new cells' counts as {.arg x}."), call = call)
+    }
     mean <- fit@u_mean
     sd <- fit@u_sd
     codes <- as.integer(fit@cell_data$sample) - 1L

@@ -22,7 +22,7 @@
 plotSampleMDS <- function(distances, group = NULL, annotation = NULL) {
   call <- sys.call()
   check_required(call)
-  dd <- sampleDist(distances, group)
+  dd <- with_call(sampleDist(distances, group), call, rename = c(d = "distances"))
   n <- attr(dd, "Size")
   if (n < 3) abort_arg("An MDS map needs at least 3 samples; the group has {n}.", call = call)
   # distances with fewer than two positive eigenvalues (all zero: samples the fit

@@ -159,12 +159,16 @@ group_title <- function(d, group) {
 # Long data for annotation bars: one row per (sample, annotation column).
 annotation_frame <- function(d, m, annotation, ord, call) {
   if (is.null(annotation)) return(NULL)
+  if (!is.data.frame(annotation) && !(is.character(annotation) && length(annotation) && !anyNA(annotation))) {
+    abort_arg(c("{.arg annotation} must be {.code NULL}, column names of the sample table, or a data.frame with one row per sample.",
+                "i" = "Not {.obj_type_friendly {annotation}}."), call = call)
+  }
   table <- if (is.data.frame(annotation)) annotation else attr(m, "sample_table") %||% attr(d, "sample_table")
   if (is.null(table)) abort_arg("{.arg annotation}: no sample table; give a data.frame with one row per sample.", call = call)
   columns <- if (is.data.frame(annotation)) names(annotation) else annotation
   missing <- setdiff(columns, names(table))
   if (length(missing)) {
-    abort_arg(c("{.arg annotation}: {.val {missing}} {?is/are} not in the sample table.",
+    abort_arg(c("{.arg annotation}: {.val {missing}} {cli::qty(length(missing))}{?is/are} not in the sample table.",
                 "i" = "Columns: {show_some(names(table), 12)}."), call = call)
   }
   rows <- if ("sample" %in% names(table)) table$sample else rownames(table)
@@ -235,6 +239,16 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
   }
   if (is.character(groups) && length(groups) == 1 && nrow(res) != 1) {
     if (is.null(fit)) abort_arg("{.arg fit} is needed to read {.arg groups} = {.val {groups}}.", call = call)
+    check_fit(fit, call)
+    if (!groups %in% names(fit@cell_data)) {
+      abort_arg(c("{.arg groups} = {.val {groups}} is not a column of the fitted cell data.",
+                  "i" = "Available: {show_some(names(fit@cell_data), 12)}."), call = call)
+    }
+    # (groupAssociation()'s rows are groups: nothing of it is per cell)
+    if (!all(rownames(res) %in% rownames(fit@cell_data))) {
+      abort_arg(c("{.arg res} must be the result of {.fn cellAssociation} for {.arg fit}: its rows are not the fit's cells.",
+                  "i" = "A {.fn groupAssociation} result is a table already: one q-value per group."), call = call)
+    }
     groups <- fit@cell_data[rownames(res), groups]
   }
   if (length(groups) != nrow(res)) {

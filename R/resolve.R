@@ -6,6 +6,9 @@
 resolve_cells <- function(fit, cells, call) {
   n <- nrow(fit@u_mean)
   if (is.null(cells)) return(seq_len(n))
+  if (!is.null(dim(cells))) {
+    abort_arg("{.arg cells} must be a vector of cell names, indices or a logical over the cells, not a matrix.", call = call)
+  }
   idx <- cell_indices(fit, cells, n, call)
   if (!length(idx)) {
     abort_arg(c("{.arg cells} selects no cell.", "i" = "Give cell names or indices in 1..{n}, or {.code NULL} for all cells."),
@@ -63,6 +66,18 @@ resolve_samples <- function(fit, samples, call, arg = "samples") {
   as.integer(idx)
 }
 
+# Cell groups, samples, batches and labels are categories: numbers with
+# fractions taking a value per cell or so (a QC metric, a pseudotime) would make
+# a group of each cell and an all-NA result.
+check_categorical <- function(values, arg, call) {
+  if (is.double(values) && any(values != round(values), na.rm = TRUE) &&
+      length(unique(values)) > max(10, length(values) / 2)) {
+    abort_arg(c("{.arg {arg}} holds continuous numbers ({length(unique(values))} distinct values over {length(values)} cells): it must be categorical.",
+                "i" = "Give cell types, clusters or other categories (a factor or character vector, or such a column)."),
+              call = call)
+  }
+}
+
 resolve_groups <- function(fit, groups, call) {
   n <- nrow(fit@cell_data)
   if (is.null(groups)) return(factor(rep("all", n)))
@@ -74,6 +89,11 @@ resolve_groups <- function(fit, groups, call) {
     }
     groups <- fit@cell_data[[groups]]
   }
+  if (!is.atomic(groups) || !is.null(dim(groups))) {
+    abort_arg("{.arg groups} must be a column name or a factor/character vector over the fitted cells, not {.obj_type_friendly {groups}}.",
+              call = call)
+  }
+  check_categorical(groups, "groups", call)
   if (length(groups) != n) {
     abort_arg("{.arg groups} must have one value per fitted cell ({n}), not {length(groups)}.", call = call)
   }
@@ -145,13 +165,33 @@ resolve_chunk_size <- function(fit, chunk_size, call, mc_samples = 0, normalize 
 
 # Required arguments (those without a default) left out of the call: a classed
 # error naming them, rather than base R's "argument is missing" wherever the
-# argument is first used. Called first thing by the exported functions.
+# argument is first used. Called first thing by the exported functions, it also
+# refuses abbreviated argument names (check_full_names()).
 check_required <- function(call, env = parent.frame()) {
   formals <- formals(sys.function(sys.parent()))
+  check_full_names(call, names(formals))
   required <- names(formals)[vapply(seq_along(formals), function(i) identical(formals[[i]], quote(expr = )), logical(1))]
   required <- setdiff(required, "...")
   gone <- required[vapply(required, function(a) eval(call("missing", as.name(a)), env), logical(1))]
   if (length(gone)) {
     abort_arg("{.arg {gone}} {?is/are} required: {?it has/they have} no default.", call = call)
+  }
+}
+
+# R matches an argument name by its first letters: `n_epochs = 50` (scvi-tools'
+# name for the number of epochs) set `n_epochs_kl_warmup` without a word. Names
+# in the call must be written in full.
+check_full_names <- function(call, formal_names) {
+  typed <- names(as.list(call))[-1]
+  typed <- typed[!is.na(typed) & nzchar(typed) & !typed %in% formal_names]
+  # (after `...` R matches no name partially)
+  partial_ok <- formal_names[seq_len(match("...", formal_names, nomatch = length(formal_names) + 1L) - 1L)]
+  full <- partial_ok[pmatch(typed, partial_ok, duplicates.ok = TRUE)]
+  typed <- typed[!is.na(full)]
+  full <- full[!is.na(full)]
+  if (length(typed)) {
+    abort_arg(c("{.arg {typed}} {?is not an argument/are not arguments}: R would take {?it/them} for {.arg {full}} by {?its/their} first letters.",
+                "i" = "Write the full name of the argument you mean (see {.help {as.character(call[[1]])}})."),
+              call = call)
   }
 }

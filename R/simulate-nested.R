@@ -56,7 +56,8 @@
 #' @param library_size mean UMIs per cell (fully synthetic counts only).
 #' @param n_chemistries levels of a second categorical nuisance covariate
 #'   crossed with the sites (1: none).
-#' @param technical strength of a continuous technical covariate (0: none).
+#' @param technical strength of a continuous technical covariate (0: none; at
+#'   most 5).
 #' @param base `NULL` (fully synthetic counts), or real counts to build on
 #'   (semi-synthetic): a `SingleCellExperiment` with a `cell_type` column, or a
 #'   list with `counts` (genes x cells) and `cell_type`. Its cells are assigned to
@@ -101,8 +102,10 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
   n_samples <- check_count(n_samples, "n_samples", call)
   n_sites <- check_count(n_sites, "n_sites", call)
   n_chemistries <- check_count(n_chemistries, "n_chemistries", call)
-  if (!is.numeric(technical) || length(technical) != 1 || !is.finite(technical) || technical < 0) {
-    abort_arg("{.arg technical} must be one non-negative number.", call = call)
+  # (the affected genes are scaled by up to exp(1.7 technical): at 1e12 their means
+  # were infinite and their counts NA)
+  if (!is.numeric(technical) || length(technical) != 1 || !is.finite(technical) || technical < 0 || technical > 5) {
+    abort_arg("{.arg technical} must be one number in [0, 5].", call = call)
   }
   if (n_samples < 2) abort_arg("{.arg n_samples} must be at least 2.", call = call)
   if (n_sites > n_samples) abort_arg("{.arg n_sites} cannot exceed {.arg n_samples}.", call = call)
@@ -343,9 +346,23 @@ read_base <- function(base, call) {
     if (!"cell_type" %in% names(SummarizedExperiment::colData(base))) {
       abort_arg("{.arg base} needs a {.val cell_type} column in its colData.", call = call)
     }
-    return(list(counts = SummarizedExperiment::assay(base, "counts"), cell_type = base$cell_type))
+    return(check_base(list(counts = SummarizedExperiment::assay(base, "counts"), cell_type = base$cell_type), call))
   }
-  if (is.list(base) && all(c("counts", "cell_type") %in% names(base))) return(base)
+  if (is.list(base) && all(c("counts", "cell_type") %in% names(base))) return(check_base(base, call))
   abort_arg("{.arg base} must be a SingleCellExperiment with a cell_type column, or list(counts =, cell_type =).",
             call = call)
+}
+
+# Counts to build on must be raw counts, with a cell type for every cell (a
+# fraction or a negative count made every thinned count NA; a short cell_type
+# was recycled).
+check_base <- function(base, call) {
+  counts <- with_call(as_dgc(base$counts, arg = "base$counts", call = call), call)
+  scan <- mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
+  with_call(check_counts(counts, scan, call), call, rename = c(x = "base$counts"))
+  if (length(base$cell_type) != ncol(counts) || anyNA(base$cell_type)) {
+    abort_arg("{.arg base$cell_type} must have one non-missing value per cell of {.arg base$counts} ({ncol(counts)}), not {length(base$cell_type)}.",
+              call = call)
+  }
+  list(counts = counts, cell_type = base$cell_type)
 }

@@ -59,6 +59,18 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
     abort_arg("{.arg distances} must be the result of {.fn sampleDistances} for {.arg fit}.", call = call)
   }
   result_of(association, "association", "cellAssociation", c("statistic", "q_value"))
+  # (groupAssociation()'s rows are groups, differentialExpression()'s carry a covariate column)
+  if (!is.null(association) && ("covariate" %in% colnames(association) ||
+                                !any(rownames(association) %in% rownames(fit@u_mean)))) {
+    abort_arg(c("{.arg association} must be the result of {.fn cellAssociation} for {.arg fit}: its rows are not the fit's cells.",
+                "i" = "A {.fn groupAssociation} result has a row per group; it goes in {.code metadata()} by hand, not into cell columns."),
+              call = call)
+  }
+  # (grouped distances of the baselines carry n_cells but not sampleDistances()'s space)
+  if (!is.null(distances) && !is.null(attr(distances, "n_cells")) && is.null(attr(distances, "space"))) {
+    abort_arg(c("{.arg distances} must be the result of {.fn sampleDistances}, not of a baseline.",
+                "i" = "Store baseline distances in {.code metadata()} under a name of your own."), call = call)
+  }
   result_of(differential, "differential", "differentialExpression", c("cell", "covariate", "effect_size", "q_value"))
   cell_cols <- c(if (!is.null(association)) association_columns(association, cells),
                   if (!is.null(differential)) differential_columns(differential, cells))
@@ -113,7 +125,8 @@ align_rows <- function(m, cells) {
 
 # Columns mrvi_<covariate>_statistic and _q over the object's cells.
 association_columns <- function(association, cells) {
-  cov <- make.names(S4Vectors::metadata(association)$covariate %||% "covariate")
+  meta <- if (methods::is(association, "DataFrame")) S4Vectors::metadata(association) else list()
+  cov <- make.names(meta$covariate %||% "covariate")
   idx <- match(cells, rownames(association))
   out <- list(association$statistic[idx], association$q_value[idx])
   names(out) <- paste0("mrvi_", cov, c("_statistic", "_q"))

@@ -14,7 +14,7 @@ local({
     de <- function(cv) differentialExpression(fit, cv, cells = 1:3, mc_samples = 0, normalize = FALSE)
     expect_error(de(c("grp", "grp")), "more than once", class = "mrvi_error")
     expect_error(de(data.frame(tab, d = as.Date("2020-01-01") + c(1, 50, 90, 3, 200, 7))),
-                 "Covariate d is of class .*Date.*as.numeric", class = "mrvi_error")
+                 "`covariates`: covariate d is of class .*Date.*as.numeric", class = "mrvi_error")
     expect_error(de(rbind(tab, data.frame(sample = "zzz", grp = "x"))), "not fitted on: \"zzz\"", class = "mrvi_error")
     expect_error(de(data.frame(tab, grp = tab$grp, check.names = FALSE)), "more than once", class = "mrvi_error")
     expect_s4_class(de(transform(tab, d = as.numeric(as.Date("2020-01-01") + c(1, 50, 90, 3, 200, 7)))), "DataFrame")

@@ -204,6 +204,11 @@ test_that("continuous covariates given as text or too large to standardise are r
   expect_error(mrvi(sce, sample = "sample", continuous_covariates = list(mito = c(1e200, sce$mito[-1])),
                     verbose = FALSE),
                "continuous_covariates\\$mito.*too large to standardise", class = "mrvi_error")
+  # values that vary on a scale of 1e-170: the variance underflows (it was called constant)
+  expect_error(mrvi(sce, sample = "sample", continuous_covariates = list(mito = sce$mito * 1e-170), verbose = FALSE),
+               "continuous_covariates\\$mito.*too small to standardise", class = "mrvi_error")
+  expect_error(mrvi(sce, sample = "sample", continuous_covariates = list(mito = rep(1e-170, n)), verbose = FALSE),
+               "continuous_covariates\\$mito.*is constant", class = "mrvi_error")
   # new cells: standardised with the fit's mean and sd, they must stay finite in single precision
   fit <- crossed_fit("linear")
   new <- sce[, 1:30]

@@ -327,7 +327,7 @@ test_that("covariates with infinite or huge values, repeated rows, lfc_file and 
   fit <- small_fit()$fit
   cov <- function(...) data.frame(sample = fit@samples, ...)
   expect_error(differentialExpression(fit, cov(age = c(Inf, 1:4)), cells = 1:3),
-               "Covariate age has an infinite value for sample \"s01\"", class = "mrvi_error")
+               "`covariates`: covariate age has an infinite value for sample \"s01\"", class = "mrvi_error")
   # standardising is scale-free: values near the largest double give the same
   # test (sd() overflowed to Inf, and the error said "collinear")
   v <- c(3, 1, 4, 1, 5)

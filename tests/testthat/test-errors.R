@@ -13,6 +13,7 @@ frac <- m; frac[2, 3] <- 0.5
 nonfinite <- m; nonfinite[3, 4] <- NA
 dup_genes <- m; rownames(dup_genes)[2:3] <- "gene1"
 dup_cells <- m; colnames(dup_cells)[5] <- "cell1"
+bad_slots <- m; bad_slots@i[1] <- 1000L  # a dgCMatrix edited by hand
 new_genes <- m; rownames(new_genes) <- paste0("other", seq_len(nrow(m)))
 lgl_na <- replace(rep(TRUE, 24), 3, NA)
 d3 <- sampleDistances(fit, groups = "labels", mc_samples = 0, min_cells = 1)
@@ -50,7 +51,16 @@ bad_calls <- list(
   list(quote(mrviData(m, sample = s, labels = s[1:3])), "`labels` must have one value per cell"),
   list(quote(mrviData(m, sample = s, labels = replace(s, 1, NA))), "`labels` has 1 NA"),
   list(quote(mrviData(m, sample = s, foo = 1)), "Unknown argument.*`foo`"),
+  list(quote(mrviData(sample = s)), "`x` is required"),
+  list(quote(mrviData(bad_slots, sample = s)), "`x` is not a valid sparse matrix: CSC row indices.*sparseMatrix"),
   # mrvi(): every argument is checked before training
+  list(quote(mrvi(sample = s)), "`x` is required"),
+  list(quote(mrvi(m[1, , drop = FALSE], s)), "`x` must have at least 2 genes with counts; it has 1"),
+  # abbreviated names: R would take n_epochs for n_epochs_kl_warmup
+  list(quote(mrvi(m, s, n_epochs = 50)), "`n_epochs` is not an argument: R would take it for `n_epochs_kl_warmup`"),
+  list(quote(sampleDistances(fit, mc = 3)), "`mc` is not an argument: R would take it for `mc_samples`"),
+  list(quote(mrviAddSamples(x = m, sample = s)), "`fit` is required"),
+  list(quote(mrviSetThreads()), "`n` is required"),
   list(quote(mrvi(m, s, n_latent = 0)), "`n_latent`"),
   list(quote(mrvi(m, s, n_latent = 1.5)), "`n_latent`"),
   list(quote(mrvi(m, s, n_latent = "10")), "`n_latent`"),
@@ -226,12 +236,29 @@ bad_calls <- list(
        "`options\\(mrvi.max_bytes\\)` must be one positive number"),
   list(quote(sampleHclust(d3, group = 1, method = "nope")), "`method` must be one of"),
   list(quote(treeDistance("((a,b),(c,d));", "((a,b),(c")), "`truth` is not a Newick tree"),
+  # audit 7: values of the wrong kind accepted silently, or failing in base R
+  list(quote(sampleDistances(fit, groups = seq_len(24) / 7)), "`groups` holds continuous numbers \\(24 distinct"),
+  list(quote(sampleDistances(fit, groups = as.list(labs))), "`groups` must be a column name or a factor/character vector"),
+  list(quote(mrviData(m, s, labels = seq_len(24) / 7)), "`labels` holds continuous numbers"),
+  list(quote(sampleDistances(fit, cells = matrix(1:4, 2))), "`cells` must be a vector .* not a matrix"),
+  list(quote(mrviLatent(fit, sample = "A")), "`sample` is for new cells in `x`"),
+  list(quote(admissibility(fit, max_cells_per_sample = 5, subsample = 50)), "Give `max_cells_per_sample` only"),
+  list(quote(proportionDistances(m, s, groups = NULL)), "`groups` must give each cell's type or cluster"),
+  list(quote(plotSampleDistances(d3, 1, annotation = 2)), "`annotation` must be `NULL`, column names"),
+  list(quote(plotSampleTree(d3, 1, annotation = NA_real_)), "`annotation` must be `NULL`, column names"),
+  list(quote(plotSampleMDS("x")), "`distances` must be the result of `sampleDistances\\(\\)`"),
+  list(quote(groupAssociation(d3, c(A = "a", B = "b", C = "b"), groups = character(0))), "`groups` must name groups of the distances"),
+  list(quote(compareSampleDistances(list(mrvi = d3), data.frame(sample = c("A", "B"), arm = c("a", "b")), "arm")),
+       "`sample_table` has no row for sample \"C\""),
+  list(quote(treeDistance("((a,b),c);", "((a,b),c);")), "`hc` and `truth` share 3 leaves"),
+  list(quote(silhouetteScores(matrix(rnorm(48), 24), labs, max_cells = 2)), "`max_cells` = 2 keeps 2 cells"),
+  list(quote(cellAssociation(fit, c(A = "a", B = "a", C = ""))), "`covariate` has an empty value"),
   # baselines and plots
   list(quote(pseudobulkDistances(m, s, groups = replace(labs, 2, NA))), "`groups` has 1 NA"),
   list(quote(proportionDistances(m, s, groups = 1:3)), "`groups` must have one value per cell"),
   list(quote(silhouetteScores(matrix(NA_real_, 10, 2), rep(1:2, 5))), "`embedding` must be a numeric matrix .* finite"),
   list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1, 10))), "`cell_type` .* at least 2 types"),
-  list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1:2, 4))), "`cell_type` must have one non-missing value per cell \\(10\\)"),
+  list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1:2, 4))), "`cell_type` must have one non-missing value per cell \\(10 = `nrow\\(embedding\\)`\\)"),
   list(quote(silhouetteScores(matrix(1:20 / 3, 10, 2), rep(1:2, 5), batch = replace(rep(1:2, 5), 1, NA))), "`batch` must have one"),
   list(quote(plotAssociation(list(), groups = "labels")), "`res` must be the result of `cellAssociation\\(\\)`"),
   # the backend
@@ -373,6 +400,18 @@ test_that("training that diverges is a classed error", {
   expect_s3_class(e, "mrvi_divergence_error")
   expect_s3_class(e, "mrvi_error")
   expect_match(conditionMessage(e), "diverged.*`lr`")
+  # weights made non-finite by the last step of the last epoch, after its loss
+  # was computed (they were returned as a fit of NaN), with or without validation
+  for (fraction in c(0, 0.1)) {
+    e <- tryCatch(mrvi(m, s, lr = 1e12, max_epochs = 1, validation_fraction = fraction, n_threads = 1,
+                       verbose = FALSE), error = identity)
+    expect_s3_class(e, "mrvi_divergence_error")
+    expect_match(conditionMessage(e), "diverged.*lr`? = 1e\\+?12")
+  }
+  # a loss that exploded but stayed finite (latents of 1e9, saturated expression)
+  e <- tryCatch(mrvi(m, s, lr = 3, max_epochs = 4, n_threads = 1, verbose = FALSE), error = identity)
+  expect_s3_class(e, "mrvi_divergence_error")
+  expect_match(conditionMessage(e), "grew far above its starting value")
 })
 
 test_that("soft spots: confounded batch, too many threads, NA distances in sampleHclust", {

@@ -154,12 +154,15 @@ test_that("the count of bad values agrees with it in number", {
   expect_error(mrviData(m, sample = s), "2 values are not whole numbers, e.g.", class = "mrvi_error")
 })
 
-test_that("counts too large for single precision are refused, totals above the integer range are not", {
-  m <- small_counts()
+test_that("counts above 2^24 are refused, totals above the integer range are not", {
+  m <- small_counts(n_genes = 200)
   s <- small_samples()
-  m[1, 4] <- 1e300
-  expect_error(mrviData(m, sample = s), "`x` must hold raw counts: 1 cell has a total count above.*cell4",
-               class = "mrvi_error")
-  m[1, 4] <- 3e9
+  for (big in c(1e300, 1e12, 2^24 + 1)) {
+    m[5, 4] <- big
+    expect_error(mrviData(m, sample = s), "`x` must hold raw counts: 1 value is above 16,777,216 .*\\(gene5, cell4\\)",
+                 class = "mrvi_error")
+  }
+  m[, 4] <- 2^24
+  expect_gt(sum(m[, 4]), .Machine$integer.max)
   expect_identical(unname(mrviData(m, sample = s)$library_size[4]), sum(m[, 4]))
 })

@@ -145,6 +145,13 @@ test_that("on real counts, unaffected cells are kept as they are and affected on
                                        sparse = TRUE),
                cell_type = rep(c("A", "B"), 60))
   sce <- simulateNested(NULL, NULL, n_samples = 4, base = base, n_affected = 1, seed = 5)
+  # counts that are not counts, and a cell type per cell, are checked (they gave NA counts, or were recycled)
+  for (bad in list(base$counts + 0.5, -base$counts)) {
+    expect_error(simulateNested(NULL, NULL, n_samples = 4, base = list(counts = bad, cell_type = base$cell_type)),
+                 "`base\\$counts` must hold raw counts", class = "mrvi_error")
+  }
+  expect_error(simulateNested(NULL, NULL, n_samples = 4, base = list(counts = base$counts, cell_type = c("A", "B"))),
+               "`base\\$cell_type` must have one non-missing value per cell", class = "mrvi_error")
   truth <- S4Vectors::metadata(sce)$truth
   m <- as.matrix(SummarizedExperiment::assay(sce, "counts"))
   orig <- as.matrix(base$counts)
@@ -213,6 +220,7 @@ test_that("simulateNested() adds a crossed batch factor and a technical covariat
   expect_true(all(more$mito >= 0 & more$mito <= 0.2))
   expect_false(identical(SummarizedExperiment::assay(more), SummarizedExperiment::assay(plain)))
   expect_error(simulateNested(400, 40, technical = -1), "technical", class = "mrvi_error")
+  expect_error(simulateNested(400, 40, technical = 1e12), "`technical` must be one number in \\[0, 5\\]", class = "mrvi_error")
 })
 
 test_that("seed is one whole number, and means the same data whatever RNGkind()", {

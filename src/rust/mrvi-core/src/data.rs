@@ -127,19 +127,29 @@ pub struct SlotScan {
     pub n_nonfinite: usize,
     pub n_negative: usize,
     pub n_fractional: usize,
+    /// counts above [MAX_COUNT]
+    pub n_too_large: usize,
     pub first_nonfinite: Vec<usize>,
     pub first_negative: Vec<usize>,
     pub first_fractional: Vec<usize>,
+    pub first_too_large: Vec<usize>,
 }
+
+/// The largest count the model takes: 2^24, the largest whole number that single
+/// precision holds exactly. Above it the likelihood's terms (x log mu, of the size
+/// x * 2^-24 in rounding) are noise, and at 1e11 the ELBO turned positive: no
+/// count of one gene in one cell comes near it.
+pub const MAX_COUNT: f64 = 16_777_216.0;
 
 impl SlotScan {
     pub fn require_valid_counts(&self) -> Result<()> {
-        if self.n_nonfinite + self.n_negative + self.n_fractional > 0 {
+        if self.n_nonfinite + self.n_negative + self.n_fractional + self.n_too_large > 0 {
             invalid!(
-                "counts must be finite non-negative whole numbers: {} non-finite, {} negative, {} fractional",
+                "counts must be finite non-negative whole numbers up to {MAX_COUNT}: {} non-finite, {} negative, {} fractional, {} larger",
                 self.n_nonfinite,
                 self.n_negative,
-                self.n_fractional
+                self.n_fractional,
+                self.n_too_large
             );
         }
         Ok(())
@@ -184,6 +194,11 @@ pub fn scan_slots(n_genes: usize, n_cells: usize, p: &[i32], i: &[i32], x: &[f64
                 scan.n_fractional += 1;
                 if scan.first_fractional.len() < SHOW {
                     scan.first_fractional.push(k);
+                }
+            } else if v > MAX_COUNT {
+                scan.n_too_large += 1;
+                if scan.first_too_large.len() < SHOW {
+                    scan.first_too_large.push(k);
                 }
             } else {
                 scan.library[c] += v;
@@ -238,6 +253,11 @@ mod tests {
         assert_eq!((bad.n_negative, bad.n_nonfinite, bad.n_fractional), (2, 1, 1));
         assert_eq!(bad.first_negative, vec![0, 4]);
         assert!(bad.require_valid_counts().is_err());
+        // 2^24 is taken, the next whole number is not
+        let large = scan_slots(3, 4, &p, &i, &[MAX_COUNT, 1e12, 3., MAX_COUNT + 1., 2.]).unwrap();
+        assert_eq!((large.n_too_large, large.first_too_large.clone()), (2, vec![1, 3]));
+        assert_eq!(large.library[0], MAX_COUNT);
+        assert!(large.require_valid_counts().is_err());
         assert!(scan_slots(3, 4, &p, &[0, 2, 2, 1, 0], &[1.; 5]).is_err());
         let view = CscView::new(3, &p, &i, &[1., 4., 3., 5., 2.]).unwrap();
         assert_eq!(view.column(2).collect::<Vec<_>>(), vec![(1, 3.0), (2, 5.0)]);

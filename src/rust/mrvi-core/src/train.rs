@@ -81,6 +81,9 @@ pub struct Trainer {
     pub(crate) best: Option<(f64, usize, Vec<(String, Tensor)>)>,
     pub(crate) epochs_since_best: usize,
     pub stopped_early: bool,
+    /// loss per cell of the first minibatch this trainer ran, at its starting
+    /// weights: the scale against which an epoch's loss counts as exploded
+    first_loss: Option<f64>,
     /// the shard thread counts of the epochs resumed from a checkpoint, in the
     /// order used (results depend on them: see [train_step])
     pub(crate) resumed_threads: Vec<usize>,
@@ -519,9 +522,22 @@ fn train_step(
     opt.step(MAX_GRAD_NORM)?;
     sums.phase[3] += t.elapsed().as_secs_f64();
     if !sums.reconstruction.is_finite() {
-        return Err(Error::Diverged(format!("training diverged at epoch {} (non-finite loss); try a smaller lr", epoch + 1)));
+        return Err(diverged(epoch, "the loss is not finite", opt));
     }
     Ok(())
+}
+
+fn diverged(epoch: usize, what: &str, opt: &Adam) -> Error {
+    let lr = if (1e-3..1e4).contains(&opt.lr) { format!("{}", opt.lr) } else { format!("{:e}", opt.lr) };
+    Error::Diverged(format!("training diverged at epoch {} ({what}) with lr = {lr}", epoch + 1))
+}
+
+/// A loss per cell this far above the first minibatch's (at the starting
+/// weights) is a diverged fit: training lowers the loss, and a fit whose loss
+/// exploded (a too large `lr`) has latents of 1e9 and saturated expression
+/// while every number stays finite.
+fn exploded(loss: f64, first: f64) -> bool {
+    loss > 100.0 * first.max(1.0) + 1e4
 }
 
 impl Trainer {
@@ -600,6 +616,7 @@ impl Trainer {
             history: Vec::new(),
             best: None,
             epochs_since_best: 0,
+            first_loss: None,
             stopped_early: false,
             resumed_threads: Vec::new(),
             reference_rows,
@@ -719,6 +736,7 @@ impl Trainer {
                     }
                     sums.kl_weight = self.kl_weight(epoch, step, n_steps);
                     train_step(&self.model, &replicas, &mut self.opt, &self.data, cells, fused, epoch, &mut sums)?;
+                    self.first_loss.get_or_insert((sums.reconstruction + sums.kl) / cells.len() as f64);
                 }
             }
             Some(blocks) => {
@@ -752,6 +770,7 @@ impl Trainer {
                         }
                         sums.kl_weight = self.kl_weight(epoch, step, n_steps);
                         train_step(&self.model, &replicas, &mut self.opt, &local, part, fused, epoch, &mut sums)?;
+                        self.first_loss.get_or_insert((sums.reconstruction + sums.kl) / part.len() as f64);
                         step += 1;
                     }
                 }
@@ -759,6 +778,15 @@ impl Trainer {
         }
         let n_train = self.train_cells.len().max(1) as f64;
         let (v_rec, v_kl) = self.validation_losses(loader)?;
+        // the epoch's last step can make the weights non-finite after its loss was
+        // computed; a finite loss can have exploded
+        if !self.model.weights_finite() || !self.validation_cells.is_empty() && !(v_rec + v_kl).is_finite() {
+            return Err(diverged(epoch, "the weights or the validation loss are not finite", &self.opt));
+        }
+        let first = self.first_loss.unwrap_or(f64::INFINITY);
+        if exploded((sums.reconstruction + sums.kl) / n_train, first) || exploded(v_rec + v_kl, first) {
+            return Err(diverged(epoch, "the loss per cell grew far above its starting value", &self.opt));
+        }
         let seconds = start.elapsed().as_secs_f64();
         let stats = EpochStats {
             epoch: epoch + 1,

@@ -594,7 +594,7 @@ fn a_damaged_checkpoint_is_refused() {
 fn early_stopping_waits_for_min_epochs() {
     let _rng = common::libtorch_rng();
     let run = |min_epochs: Option<usize>| {
-        let cfg = TrainConfig { patience: 1, min_epochs, lr: 0.5, ..common::train_config(30, 1, 7) };
+        let cfg = TrainConfig { patience: 1, min_epochs, lr: 0.1, ..common::train_config(30, 1, 7) };
         let mut t = Trainer::new(ModelConfig::new(40, 4, 1, 4), cfg, toy_data(300, 40, 4, 3), Device::Cpu).unwrap();
         while !t.done() {
             t.run_epoch(&mut || false).unwrap();

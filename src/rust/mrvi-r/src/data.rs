@@ -7,8 +7,8 @@ use mrvi_core::data::{scan_slots, CscCounts};
 
 /// Hand the CSC slots of a genes x cells dgCMatrix to Rust, which checks their
 /// structure (an error if broken) and scans the values in one pass: counts and
-/// first positions (1-based, into x) of non-finite, negative and fractional
-/// values, and the totals per cell and per gene.
+/// first positions (1-based, into x) of non-finite, negative, fractional and
+/// too large values, and the totals per cell and per gene.
 /// @noRd
 #[extendr]
 fn mrvi_csc_scan(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64]) -> RResult<List> {
@@ -20,9 +20,11 @@ fn mrvi_csc_scan(n_genes: i32, n_cells: i32, p: &[i32], i: &[i32], x: &[f64]) ->
         n_nonfinite = s.n_nonfinite as f64,
         n_negative = s.n_negative as f64,
         n_fractional = s.n_fractional as f64,
+        n_too_large = s.n_too_large as f64,
         first_nonfinite = one_based(s.first_nonfinite),
         first_negative = one_based(s.first_negative),
-        first_fractional = one_based(s.first_fractional)
+        first_fractional = one_based(s.first_fractional),
+        first_too_large = one_based(s.first_too_large)
     ))
 }
 

@@ -475,6 +475,11 @@ impl MrviModel {
         Self { config, vs, encoder, sample_effect, decoder, prior, log_theta, continuous, host_attention: OnceLock::new() }
     }
 
+    /// Whether every weight is finite.
+    pub fn weights_finite(&self) -> bool {
+        self.vs.variables().values().all(|v| v.isfinite().all().int64_value(&[]) != 0)
+    }
+
     /// Drop the host copy of the sample effect (after the parameters change).
     pub fn forget_host_cache(&mut self) {
         self.host_attention = OnceLock::new();
