@@ -311,9 +311,10 @@ check_unique <- function(names, what, call) {
 # effects to explain apart from the batch effects: say so (the fit still runs).
 warn_if_confounded <- function(sample, batch, call) {
   tab <- table(sample, batch) > 0
-  if (nlevels(sample) > 1 && nlevels(batch) == nlevels(sample) &&
-      all(rowSums(tab) == 1) && all(colSums(tab) == 1)) {
-    cli::cli_warn(c("{.arg batch} is confounded with {.arg sample}: every sample is in its own batch.",
+  # every batch within one sample (a batch per sample, several per sample such as
+  # its own lanes, or one per cell): sample and batch effects cannot be told apart
+  if (nlevels(sample) > 1 && all(colSums(tab) == 1)) {
+    cli::cli_warn(c("{.arg batch} is confounded with {.arg sample}: every batch holds the cells of one sample only.",
                     "i" = paste("MrVI cannot tell sample effects from batch effects then; give a",
                                 "{.arg batch} that groups several samples, or none.")),
                   class = c("mrvi_confounded", "mrvi_warning"), call = call)

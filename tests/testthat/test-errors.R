@@ -417,6 +417,10 @@ test_that("training that diverges is a classed error", {
 test_that("soft spots: confounded batch, too many threads, NA distances in sampleHclust", {
   expect_warning(mrviData(m, s, batch = paste0("site_", s)), "`batch` is confounded with `sample`",
                  class = "mrvi_confounded")
+  # nested in the samples: two lanes per sample, or a batch per cell
+  expect_warning(mrviData(m, s, batch = paste0(s, rep(1:2, each = 12))), "every batch holds the cells of one sample",
+                 class = "mrvi_confounded")
+  expect_warning(mrviData(m, s, batch = colnames(m)), class = "mrvi_confounded")
   expect_no_warning(mrviData(m, s, batch = rep(c("x", "y"), each = 12)))
   old <- getOption("mrvi.threads")
   expect_message(mrviSetThreads(1000), "more than the .* core")
