@@ -213,7 +213,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     scan <- tryCatch(mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x),
                      mrvi_input_error = function(e) {
                        abort_arg(c("{.arg x} is not a valid sparse matrix: {e$message}.",
-                                   "i" = "{.code Matrix::validObject(x)} says what is wrong; rebuild it with {.fn Matrix::sparseMatrix}."),
+                                   "i" = "{.code validObject(x)} says what is wrong; rebuild it with {.fn Matrix::sparseMatrix}."),
                                  class = "mrvi_input_error", call = call)
                      })
     check_counts(counts, scan, call)
