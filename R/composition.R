@@ -146,7 +146,7 @@ treeDistance <- function(hc, truth) {
   common <- intersect(a$tip.label, b$tip.label)
   alone <- setdiff(union(a$tip.label, b$tip.label), common)
   if (length(alone)) {
-    inform(c("i" = "Comparing the {length(common)} leaves the trees share; {cli::qty(length(alone))}leaf{?s} {.val {alone}} {?is/are} in one tree only."))
+    inform(c("i" = "Comparing the {length(common)} leaves the trees share; {cli::qty(length(alone))}lea{?f/ves} {.val {alone}} {?is/are} in one tree only."))
   }
   if (length(common) < 4) {
     abort_arg(c("{.arg hc} and {.arg truth} share {length(common)} lea{?f/ves}: a topology is compared on 4 or more.",

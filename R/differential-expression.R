@@ -128,6 +128,8 @@
 #'   column (the fitted sample names, one row per fitted sample and no other)
 #'   and one column per covariate. Each covariate once, numeric or categorical
 #'   (character, factor, logical); convert others, such as dates, explicitly.
+#'   One covariate may also be a vector named by sample (as for
+#'   [cellAssociation()]); it is then called `covariate`.
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param mc_samples posterior draws of u (see Details); 0 uses the posterior
 #'   mean only. Draws whose working memory would pass
@@ -335,6 +337,11 @@ lfc_store <- function(cells, genes, coefs, file, call) {
 # columns belong to which covariate.
 de_design <- function(fit, covariates, call) {
   samples <- fit@samples
+  # one covariate as a vector named by sample, as cellAssociation() takes it (its
+  # values were read as column names)
+  if (is.atomic(covariates) && !is.null(names(covariates)) && all(samples %in% names(covariates))) {
+    covariates <- data.frame(sample = names(covariates), covariate = unname(covariates))
+  }
   if (is.character(covariates)) {
     # (a covariate given twice was reported as collinear)
     if (anyDuplicated(covariates)) {

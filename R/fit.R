@@ -24,7 +24,7 @@
 #'   \eqn{min(400, round(20000 / N \cdot 400))}, at least 1.
 #' @param batch_size minibatch size.
 #' @param lr Adam learning rate. Training that diverges (a loss that is not finite,
-#'   or per cell more than 100 times its value at the start) stops with an
+#'   or per cell more than 10 times its value at the start) stops with an
 #'   error of class `mrvi_divergence_error`.
 #' @param n_epochs_kl_warmup epochs over which the KL weight rises linearly
 #'   from 0 to 1.

@@ -141,7 +141,8 @@ mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL
                 "x" = "{.val {assay}} is not one of its assays: {.val {available}}."),
               call = call)
   }
-  counts <- SummarizedExperiment::assay(x, assay, withDimnames = TRUE)
+  # (an HDF5-backed assay whose file has moved fails here, as an invalid subscript)
+  counts <- read_from_disk(SummarizedExperiment::assay(x, assay, withDimnames = TRUE), call)
   meta <- as.data.frame(SummarizedExperiment::colData(x), optional = TRUE)
   build_mrvi_data(as_dgc(counts, arg = "assay"), cell_meta = meta, sample = sample,
                   batch = batch, labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = class(x)[1], call = call)

@@ -113,6 +113,8 @@ read_from_disk <- function(expr, call) {
     # (the cause, without the S4 dispatch it came through)
     msg <- sub("^error in evaluating the argument .* in selecting a method for function '[^']*': ", "",
                conditionMessage(e))
+    # (an HDF5-backed assay reports its missing file under assay()'s subscript error)
+    msg <- sub("^'assay\\(.*invalid subscript 'i'\\s*", "", msg)
     abort_arg(c("Reading the counts of {.arg x} from disk failed.", "x" = "{msg}",
                 "i" = "Check that the file behind {.arg x} is still there and readable, then call again."),
               class = "mrvi_io_error", call = call)

@@ -13,6 +13,11 @@
 #' }
 #' @export
 setMethod("plot", signature("MrVIFit", "missing"), function(x, y, ...) {
+  if (...length()) {
+    abort_arg(c("{.code plot()} of a {.cls MrVIFit} draws its training curves and takes no other argument.",
+                "i" = "Call {.code plot(fit)}; for sample distances see {.fn plotSampleDistances}."),
+              call = sys.call(-1))
+  }
   h <- x@history
   long <- rbind(
     data.frame(epoch = h$epoch, set = "train", elbo = h$train_elbo),

@@ -47,6 +47,7 @@ cell_indices <- function(fit, cells, n, call) {
 resolve_samples <- function(fit, samples, call, arg = "samples") {
   S <- length(fit@samples)
   if (is.null(samples)) return(seq_len(S))
+  if (!is.null(dim(samples))) abort_arg("{.arg {arg}} must be a vector of sample names or indices, not a matrix.", call = call)
   if (is.factor(samples)) samples <- as.character(samples)
   if (is.character(samples)) {
     idx <- match(samples, fit@samples)
@@ -66,13 +67,17 @@ resolve_samples <- function(fit, samples, call, arg = "samples") {
   as.integer(idx)
 }
 
-# Cell groups, samples, batches and labels are categories: numbers with
-# fractions taking a value per cell or so (a QC metric, a pseudotime) would make
-# a group of each cell and an all-NA result.
+# Cell groups, samples, batches and labels are categories: numbers taking a
+# value per cell or so (a QC metric such as Seurat's nCount_RNA, a pseudotime)
+# would make a group of each cell and an all-NA result. Whole numbers may be ids
+# (clusters 0-20, donors 1-500): they count as continuous only with more than 100
+# distinct values, and more than half as many as cells.
 check_categorical <- function(values, arg, call) {
-  if (is.double(values) && any(values != round(values), na.rm = TRUE) &&
-      length(unique(values)) > max(10, length(values) / 2)) {
-    abort_arg(c("{.arg {arg}} holds continuous numbers ({length(unique(values))} distinct values over {length(values)} cells): it must be categorical.",
+  if (!is.numeric(values) || is.factor(values)) return(invisible())
+  n_distinct <- length(unique(values))
+  fractional <- any(values != round(values), na.rm = TRUE)
+  if (n_distinct > max(if (fractional) 10 else 100, length(values) / 2)) {
+    abort_arg(c("{.arg {arg}} holds continuous numbers ({n_distinct} distinct values over {length(values)} cells): it must be categorical.",
                 "i" = "Give cell types, clusters or other categories (a factor or character vector, or such a column)."),
               call = call)
   }

@@ -405,6 +405,11 @@ test_that("sample-table covariates are read by sample name, whatever the order o
   expect_true(validObject(reordered))
   by_name <- differentialExpression(fit, data.frame(sample = names(grp), grp = grp), cells = 1:5, mc_samples = 3)
   expect_equal(differentialExpression(reordered, "grp", cells = 1:5, mc_samples = 3), by_name)
+  # one covariate as a vector named by sample, as cellAssociation() takes it
+  # (its values were read as column names: "`covariates` names "a" and "b" more than once")
+  as_vector <- differentialExpression(fit, rev(grp), cells = 1:5, mc_samples = 3)
+  expect_equal(as_vector$statistic, by_name$statistic)
+  expect_equal(unique(as_vector$covariate), "covariate")
   expect_error(differentialExpression(fit, "grp", cells = 1:5, mc_samples = 3, verbose = NA), "`verbose`",
                class = "mrvi_error")
   old <- options(cli.progress_show_after = 0)

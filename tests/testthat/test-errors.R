@@ -241,6 +241,10 @@ bad_calls <- list(
   list(quote(sampleDistances(fit, groups = as.list(labs))), "`groups` must be a column name or a factor/character vector"),
   list(quote(mrviData(m, s, labels = seq_len(24) / 7)), "`labels` holds continuous numbers"),
   list(quote(sampleDistances(fit, cells = matrix(1:4, 2))), "`cells` must be a vector .* not a matrix"),
+  list(quote(counterfactualLatent(fit, cells = 1, samples = matrix(1:2, 1))), "`samples` must be a vector .* not a matrix"),
+  # whole numbers, one per cell or so, are a metric (Seurat's nCount_RNA), not categories
+  list(quote(mrviData(small_counts(n_cells = 240), small_samples(240), labels = 1000 + seq_len(240))),
+       "`labels` holds continuous numbers \\(240 distinct"),
   list(quote(mrviLatent(fit, sample = "A")), "`sample` is for new cells in `x`"),
   list(quote(admissibility(fit, max_cells_per_sample = 5, subsample = 50)), "Give `max_cells_per_sample` only"),
   list(quote(proportionDistances(m, s, groups = NULL)), "`groups` must give each cell's type or cluster"),

@@ -165,6 +165,19 @@ test_that("a checkpointed fit stopped after epoch k and resumed equals an uninte
   err <- expect_error(fit_with(6, path, counts = changed, flavour = "linear"), class = "mrvi_checkpoint_error")
   expect_match(conditionMessage(err), "other data or other settings")
   expect_match(conditionMessage(err), "checkpoint")
+  # and so are other continuous covariates (they resumed silently): one value
+  # changed, two cells' values swapped; the same values scaled are the same fit
+  mito <- seq_along(sim$sample) %% 7 / 7
+  with_mito <- function(values) {
+    mrvi(sim$counts, sample = sim$sample, flavour = "linear", max_epochs = 2, continuous_covariates = list(mito = values),
+         n_threads = 1, seed = 3, verbose = FALSE, checkpoint = path)
+  }
+  unlink(path)
+  with_mito(mito)
+  for (other in list(replace(mito, 1, 5), replace(mito, 1:2, mito[c(3, 1)]))) {
+    expect_error(with_mito(other), "other data or other settings", class = "mrvi_checkpoint_error")
+  }
+  expect_s4_class(with_mito(mito * 2 + 1), "MrVIFit")
   writeLines("not a checkpoint", path)
   expect_error(fit_with(6, path), class = "mrvi_checkpoint_error")
   expect_error(fit_with(6, tempdir()), class = "mrvi_error")

@@ -59,6 +59,16 @@ test_that("counts on disk whose file is gone, or that are logical, are classed e
                "Reading the counts of `x` from disk failed.*does not exist", class = "mrvi_io_error")
   lgl <- DelayedArray::DelayedArray(as.matrix(sim$counts) > 0)
   expect_error(mrviData(lgl, sample = sim$sample), "`x` must hold numeric counts.*type logical", class = "mrvi_error")
+  # an HDF5-backed SingleCellExperiment whose folder moved (assay() said "invalid subscript")
+  skip_if_not_installed("SingleCellExperiment")
+  dir <- tempfile()
+  sce <- HDF5Array::saveHDF5SummarizedExperiment(
+    SingleCellExperiment::SingleCellExperiment(list(counts = sim$counts), colData = S4Vectors::DataFrame(donor = sim$sample)),
+    dir = dir)
+  file.rename(dir, paste0(dir, "_moved"))
+  on.exit(unlink(paste0(dir, "_moved"), recursive = TRUE))
+  expect_error(mrviData(sce, sample = "donor"), "Reading the counts of `x` from disk failed.*does not exist",
+               class = "mrvi_io_error")
 })
 
 test_that("10x HDF5 counts are read straight from the file and fit as in memory", {

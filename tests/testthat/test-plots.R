@@ -15,6 +15,7 @@ test_that("plot(fit) draws the training curves of the history, with the best epo
 test_that("plot(fit, y) and unnamed or bad matrices get classed errors or default names", {
   fit <- small_fit()$fit
   expect_error(plot(fit, 1), "takes no `y`", class = "mrvi_error")
+  expect_error(plot(fit, which = "zzz"), "takes no other argument", class = "mrvi_error")
   d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
   p <- plotSampleTree(unname(d[, , 1]))
   expect_s3_class(p, "ggplot")

@@ -79,7 +79,7 @@ fn checksum<'a>(meta: &HashMap<String, String>, tensors: impl Iterator<Item = (&
 /// A checksum of everything that decides the run except `max_epochs` and
 /// `min_epochs` (a run may be continued for more epochs, as nothing else
 /// depends on them): the
-/// counts, the covariate codes, the model and training settings.
+/// counts, the covariate codes and continuous values, the model and training settings.
 pub fn fingerprint(t: &Trainer) -> Result<String> {
     let mut h = Hash128::new(0x6d72_7669);
     let counts = &t.data.counts;
@@ -100,6 +100,11 @@ pub fn fingerprint(t: &Trainer) -> Result<String> {
     }
     for codes in [Some(&t.data.sample), Some(&t.data.site), t.data.label.as_ref()].into_iter().flatten() {
         codes.iter().for_each(|&v| h.word(v as u64));
+        h.word(u64::MAX);
+    }
+    // the standardised continuous covariates (a run without them hashes as before)
+    if !t.data.continuous.is_empty() {
+        t.data.continuous.iter().for_each(|v| h.word(v.to_bits() as u64));
         h.word(u64::MAX);
     }
     let mut config = t.config.clone();

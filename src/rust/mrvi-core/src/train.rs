@@ -537,7 +537,7 @@ fn diverged(epoch: usize, what: &str, opt: &Adam) -> Error {
 /// exploded (a too large `lr`) has latents of 1e9 and saturated expression
 /// while every number stays finite.
 fn exploded(loss: f64, first: f64) -> bool {
-    loss > 100.0 * first.max(1.0) + 1e4
+    loss > 10.0 * first.max(1.0) + 1e3
 }
 
 impl Trainer {
