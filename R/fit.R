@@ -150,7 +150,9 @@
 #'   on it. A checkpoint made with other data or arguments, one holding more
 #'   epochs than `max_epochs`, and a damaged one (its checksum, over the weights
 #'   and the state, does not match) are refused with an error of class
-#'   `mrvi_checkpoint_error`; delete the file to train afresh. Checkpoints
+#'   `mrvi_checkpoint_error`; delete the file to train afresh (counts on disk
+#'   are recognised by their totals per cell and per gene, which a few values
+#'   moved between cells and genes can leave unchanged). Checkpoints
 #'   written before the checksum existed still resume, unchecked. A different
 #'   `n_threads` (e.g. on another machine) is accepted with a warning of class
 #'   `mrvi_threads_changed`: the fit is then bit-identical to no uninterrupted
