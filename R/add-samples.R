@@ -84,7 +84,7 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   }
   taken <- intersect(levels(data$sample), fit@samples)
   if (length(taken)) {
-    abort_arg(c("{.arg sample} has sample{?s} the fit already has: {.val {taken}}.",
+    abort_arg(c("{.arg sample} names {cli::qty(length(taken))}{?a sample/samples} the fit already has: {.val {taken}}.",
                 "i" = "New samples need new names; to use fitted samples, see {.fn mrviLatent} with {.arg x}."),
               call = call)
   }

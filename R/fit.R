@@ -169,7 +169,8 @@
 #'   within each such buffer; the validation cells are whole blocks (a random
 #'   `validation_fraction` of the blocks, rounded), so that validation reads
 #'   only them. The posterior of u is then computed block by block. With the
-#'   same `block_cells`, counts in memory give the same fit bit for bit (same
+#'   same `block_cells` (the fit keeps it, and the number of blocks per buffer, in
+#'   `fit@config$train`), counts in memory give the same fit bit for bit (same
 #'   machine and threads), so `block_cells` also lets counts in memory use this
 #'   shuffle. When cells are stored sorted by sample, a minibatch holds the
 #'   samples of a few blocks only; `bench/block_shuffle.R` found no loss in the
@@ -344,7 +345,9 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                batch_size = batch_size, lr = lr,
                                n_epochs_kl_warmup = n_epochs_kl_warmup,
                                early_stopping = early_stopping, patience = patience,
-                               min_epochs = info$min_epochs, validation_fraction = validation_fraction),
+                               min_epochs = info$min_epochs, validation_fraction = validation_fraction,
+                               # (chosen for counts on disk: what repeats the fit in memory)
+                               block_cells = blocks$block_cells, buffer_blocks = blocks$buffer_blocks),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
                   n_threads = threads_used, seurat_assay = data$seurat_assay, columns = data$columns)

@@ -112,8 +112,12 @@ test_that("training from disk reads blocks, equals the same block shuffle in mem
   expect_identical(from_disk@u_mean, in_memory@u_mean)
   expect_identical(from_disk@history$validation_elbo, in_memory@history$validation_elbo)
   expect_false(identical(fit(sim$counts)@weights, in_memory@weights))
-  # the default block size for counts on disk is a 20th of the cells here
-  expect_identical(fit(h5)@weights, fit(sim$counts, block_cells = 15)@weights)
+  # the default block size for counts on disk is a 20th of the cells here; the fit
+  # keeps it, so that the same fit can be made in memory
+  default <- fit(h5)
+  expect_identical(default@config$train[c("block_cells", "buffer_blocks")], list(block_cells = 15L, buffer_blocks = 8L))
+  expect_identical(default@weights, fit(sim$counts, block_cells = default@config$train$block_cells)@weights)
+  expect_null(fit(sim$counts)@config$train$block_cells)
   expect_true(all(is.finite(from_disk@history$validation_elbo)))
 })
 

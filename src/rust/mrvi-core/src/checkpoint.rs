@@ -209,6 +209,8 @@ pub fn save(t: &Trainer, path: &Path) -> Result<()> {
 pub fn load(t: &mut Trainer, path: &Path) -> Result<Resumed> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::Checkpoint(format!("cannot read the checkpoint {}: {e}", path.display())))?;
+    // (the file named, as in the other refusals)
+    let damaged = |what: &str| Error::Checkpoint(format!("the checkpoint {} is not a whole mrvi training checkpoint ({what})", path.display()));
     let st = SafeTensors::deserialize(&bytes).map_err(|_| damaged("not a safetensors file"))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|_| damaged("no header"))?;
     let meta = header.metadata().as_ref().ok_or_else(|| damaged("no metadata"))?;
@@ -235,14 +237,14 @@ pub fn load(t: &mut Trainer, path: &Path) -> Result<Resumed> {
     }
     let state: State = serde_json::from_str(meta.get("state").ok_or_else(|| damaged("no state"))?)
         .map_err(|_| damaged("unreadable state"))?;
-    let history = state.history.iter().map(|r| row_stats(r)).collect::<Result<Vec<_>>>()?;
+    let history = state.history.iter().map(|r| row_stats(r)).collect::<Result<Vec<_>>>().map_err(|_| damaged("a history row has the wrong length"))?;
     if history.len() != state.epochs {
         return Err(damaged("history and epoch count differ"));
     }
     // the fit would hold more epochs than it was asked for
     if state.epochs > t.max_epochs {
         return Err(Error::Checkpoint(format!(
-            "the checkpoint {} already holds {} epochs, more than max_epochs = {}: give max_epochs = {} or more to resume it, or delete it to train afresh",
+            "the checkpoint {} already holds {} epochs, more than max_epochs = {}: give max_epochs = {} or more to resume it",
             path.display(),
             state.epochs,
             t.max_epochs,
