@@ -143,7 +143,8 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
                           normalize, seed, permutations, min_effect, block, space == "expression")
   }, BPPARAM = BPPARAM)
   res <- lapply(stats::setNames(nm = names(parts[[1]])), function(k) unlist(lapply(parts, `[[`, k)))
-  res$z[is.nan(res$z)] <- NA  # (too few samples with a value: undefined, documented as NA)
+  # (too few samples with a value, or no permutations: undefined, documented as NA)
+  for (k in c("z", "p_value")) res[[k]][is.nan(res[[k]])] <- NA
   out <- S4Vectors::DataFrame(statistic = res$statistic, effect = res$effect, z = res$z, p_value = res$p_value,
                               q_value = stats::p.adjust(res$p_value, method = "BH"),
                               n_within = res$n_within, n_between = res$n_between,

@@ -77,7 +77,7 @@ check_standardised <- function(m, nms, arg, call) {
     if (any(a > extrapolation_sd)) {
       cli::cli_warn(c("{.arg {arg}${nms[k]}} has values up to {format(max(a), digits = 3)} standard deviations from the fitted cells' mean: the decoder extrapolates there.",
                       "i" = "Check that it is given in the units it was fitted in."),
-                    class = "mrvi_extrapolation", call = call)
+                    class = c("mrvi_extrapolation", "mrvi_warning"), call = call)
     }
   }
   m

@@ -19,7 +19,9 @@
 #' autograd differentiate the whole step instead (slower; for comparison).
 #'
 #' @inheritParams mrviData
-#' @param n_latent dimension L of u and z.
+#' @param n_latent dimension L of z (default 30 for the attention flavour, whose u
+#'   has `n_latent_u` dimensions), or of both u and z for the linear flavour
+#'   (default 10).
 #' @param max_epochs maximum number of epochs; `NULL` uses
 #'   \eqn{min(400, round(20000 / N \cdot 400))}, at least 1.
 #' @param batch_size minibatch size.
@@ -111,7 +113,8 @@
 #'   tests at FDR 0.45-0.69 (attention: at most 0.002; the test of the time, on latent distances) and differential
 #'   expression in 26-39\% of the unaffected cells (attention: none). It misses
 #'   issue 14's targets on contrast, FDR and DE, which the attention flavour meets.
-#' @param n_latent_u dimension of u for the attention flavour, at least 2: the
+#' @param n_latent_u dimension of u for the attention flavour (ignored by the
+#'   linear flavour, whose u has `n_latent` dimensions), at least 2: the
 #'   sample effect reads LayerNorm(u), which is constant for a u of one
 #'   dimension (every cell would get the same sample effect).
 #' @param prior prior on u: `"mog"`, a mixture of diagonal Gaussians over whole

@@ -468,11 +468,14 @@ make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) 
   if (!is.null(cell_meta)) {
     for (nm in names(cell_meta)) candidates[[nm]] <- cell_meta[[nm]]
   }
-  # nuisance factors given as vectors (a data.frame `batch`) are not in the
-  # metadata: a per-sample one (a site) is a sample covariate too
-  for (nm in setdiff(names(factors), names(candidates))) candidates[[nm]] <- factors[[nm]]
-  if (!is.null(batch) && !any(vapply(candidates, identical, logical(1), batch))) candidates$batch <- batch
-  if (!is.null(labels) && !any(vapply(candidates, identical, logical(1), labels))) candidates$labels <- labels
+  # nuisance factors, batch and labels given as vectors are not in the metadata:
+  # a per-sample one (a site) is a sample covariate too; given as columns, they
+  # are there already (as text or numbers: compared as text, not as the factor
+  # they became)
+  among <- function(v) any(vapply(candidates, function(col) identical(as.character(col), as.character(v)), logical(1)))
+  for (nm in setdiff(names(factors), names(candidates))) if (!among(factors[[nm]])) candidates[[nm]] <- factors[[nm]]
+  if (!is.null(batch) && !among(batch)) candidates$batch <- batch
+  if (!is.null(labels) && !among(labels)) candidates$labels <- labels
   first <- match(levels(sample), sample)
   for (nm in names(candidates)) {
     col <- candidates[[nm]]

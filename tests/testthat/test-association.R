@@ -98,6 +98,15 @@ test_that("a cell whose distances are NaN gets no test, not z = 0 and p = 1", {
   }
 })
 
+test_that("z is NA, not NaN, with fewer than 4 samples with a value, and p is NA without permutations", {
+  fit <- small_fit()$fit
+  few <- stats::setNames(c("a", "a", "b", NA, NA), fit@samples)
+  res <- cellAssociation(fit, few, cells = 1:2, permutations = 19, mc_samples = 0)
+  expect_true(all(is.na(res$z)) && !any(is.nan(res$z)))
+  res0 <- cellAssociation(fit, few, cells = 1:2, permutations = 0, mc_samples = 0)
+  expect_false(any(is.nan(res0$p_value)) || any(is.nan(res0$q_value)))
+})
+
 test_that("a minimum effect only ever raises p-values, and 0 is Mantel's null", {
   a <- covariates_fit()
   cells <- c(which(a$fit@cell_data$cell_type == "type1")[1:10], which(a$fit@cell_data$cell_type == "type2")[1:10])

@@ -15,6 +15,10 @@ test_that("dgCMatrix, matrix and SingleCellExperiment give the same data", {
   expect_identical(d3$sample, d1$sample)
   # site is constant within each donor: a sample-level covariate, found automatically
   expect_equal(d3$sample_table$site, c("x", "y", "x"))
+  # (and not again as a copy named "batch")
+  expect_false("batch" %in% names(d3$sample_table))
+  expect_equal(as.character(mrviData(m, sample = s, batch = rep(c("x", "y", "x"), length.out = 24))$sample_table$batch),
+               c("x", "y", "x"))
   expect_error(mrviData(sce, sample = "donor", assay = "logcounts"), "`assay`")
 })
 
