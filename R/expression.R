@@ -22,7 +22,8 @@
 #' @param average names of categorical covariates whose levels are averaged
 #'   over: the expression is the mean over every combination of their levels
 #'   (equal weights); `TRUE` for all of them. Not together with `batch` for the
-#'   same covariate.
+#'   same covariate. A fit's one categorical covariate is called `"batch"`, or by
+#'   the metadata column it was given as.
 #' @return a genes x cells matrix.
 #' @examples
 #' sim <- mrvi:::example_counts()
@@ -48,6 +49,9 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
   }
   spec <- fit_nuisance(fit)
   factors <- names(spec$factors)
+  # a fit's one categorical covariate is "batch"; it answers to its column's name too
+  one_column <- fit@config$columns$batch
+  as_batch <- function(nms) if (identical(factors, "batch") && !is.null(one_column)) replace(nms, nms == one_column, "batch") else nms
   # numbers are positions in fit@samples, as in every function that takes samples
   if (length(sample) != 1 && length(sample) != n) {
     abort_arg("{.arg sample} must be one value or one per cell ({n}).", call = call)
@@ -66,6 +70,7 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
       batch <- stats::setNames(list(batch), factors)
       arg <- function(k) "batch"
     }
+    if (!is.null(names(batch))) names(batch) <- as_batch(names(batch))
     k <- covariates_named(batch, factors, "batch", call)
     offsets <- cumsum(c(0L, lengths(spec$factors)))
     for (j in seq_along(k)) {
@@ -89,6 +94,7 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
     }
   }
   if (isTRUE(average)) average <- factors
+  if (is.character(average)) average <- as_batch(average)
   if (!is.null(average)) {
     if (!is.character(average) || !all(average %in% factors)) {
       abort_arg(c("{.arg average} must name categorical nuisance covariates of the fit, or be {.code TRUE}.",

@@ -22,3 +22,14 @@ test_that("expression under the cell's own sample is the fitted mean, recomputed
   expect_error(counterfactualExpression(fit, cells, sample = "zz"), "`sample` has value")
   expect_error(counterfactualExpression(fit, cells, sample = own, batch = c("a", "b")), "`batch` must be one value")
 })
+
+test_that("a fit's one batch covariate, given as a column, answers to the column's name in `average`", {
+  skip_if_not_installed("SingleCellExperiment")
+  sim <- simulateNested(300, 40, n_samples = 4, seed = 2)
+  fit <- mrvi(sim, sample = "sample", batch = "site", max_epochs = 2, n_threads = 1, verbose = FALSE)
+  by_column <- counterfactualExpression(fit, 1:3, sample = 1, average = "site")
+  expect_identical(by_column, counterfactualExpression(fit, 1:3, sample = 1, average = "batch"))
+  expect_identical(by_column, counterfactualExpression(fit, 1:3, sample = 1, average = TRUE))
+  expect_identical(counterfactualExpression(fit, 1:3, sample = 1, batch = list(site = "site2")),
+                   counterfactualExpression(fit, 1:3, sample = 1, batch = "site2"))
+})
