@@ -112,6 +112,8 @@ read_safetensors <- function(bytes) {
   out <- list()
   for (e in entries) {
     name <- sub('^"([^"]+)".*', "\\1", e)
+    if (name == "__metadata__") next
+    stopifnot(grepl('"dtype":"F32"', e, fixed = TRUE))
     shape <- as.integer(strsplit(sub('.*"shape":\\[([^]]*)\\].*', "\\1", e), ",")[[1]])
     off <- as.numeric(strsplit(sub('.*"data_offsets":\\[([^]]*)\\].*', "\\1", e), ",")[[1]])
     v <- readBin(body[(off[1] + 1):off[2]], "numeric", n = (off[2] - off[1]) / 4, size = 4, endian = "little")
