@@ -168,6 +168,10 @@ setValidity("MrVIFit", function(object) {
   n <- nrow(object@cell_data)
   dims <- list(u_mean = dim(object@u_mean), u_sd = dim(object@u_sd))
   train <- object@config$train
+  if (!is.list(train)) problems <- c(problems, "@config$train (the training settings) is missing")
+  # (the analyses hand these to Rust as doubles; a standard deviation is positive)
+  if (!is.double(object@u_mean) || !is.double(object@u_sd)) problems <- c(problems, "@u_mean or @u_sd is not a matrix of doubles")
+  if (any(object@u_sd <= 0, na.rm = TRUE)) problems <- c(problems, "@u_sd has values <= 0")
   n_u <- if (identical(object@config$flavour, "attention")) train$n_latent_u else train$n_latent
   for (slot in names(dims)) {
     d <- dims[[slot]]
@@ -176,7 +180,9 @@ setValidity("MrVIFit", function(object) {
   }
   if (!identical(dimnames(object@u_mean), dimnames(object@u_sd))) problems <- c(problems, "@u_mean and @u_sd have different dimnames")
   if (!identical(rownames(object@u_mean), rownames(object@cell_data))) problems <- c(problems, "the rows of @u_mean are not the cells of @cell_data")
-  if (!is.null(object@cell_data$sample) && !identical(levels(object@cell_data$sample), object@samples)) {
+  if (!is.factor(object@cell_data$sample)) {
+    problems <- c(problems, "@cell_data lacks its sample column (a factor of the fitted samples)")
+  } else if (!identical(levels(object@cell_data$sample), object@samples)) {
     problems <- c(problems, "the samples of @cell_data are not @samples")
   }
   if (nrow(object@sample_table) != length(object@samples)) {
@@ -193,7 +199,7 @@ setValidity("MrVIFit", function(object) {
   }
   if (!length(object@weights)) problems <- c(problems, "@weights is empty")
   json <- object@config$model_json
-  if (!is.character(json) || length(json) != 1) {
+  if (!is.character(json) || length(json) != 1 || is.na(json)) {
     problems <- c(problems, "@config$model_json is missing")
   } else {
     # the sizes the weights were made for, against the slots that index them
@@ -210,7 +216,7 @@ setValidity("MrVIFit", function(object) {
 
 # An integer field of the model's JSON (`"n_genes":2000`), NA when absent.
 model_size <- function(json, field) {
-  hit <- regmatches(json, regexec(sprintf('"%s":([0-9]+)', field), json))[[1]]
+  hit <- regmatches(json, regexec(sprintf('"%s":(-?[0-9]+)', field), json))[[1]]
   if (length(hit)) as.integer(hit[2]) else NA_integer_
 }
 

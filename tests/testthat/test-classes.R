@@ -55,12 +55,30 @@ test_that("edited slots are caught by the validity method", {
     # slots out of step with the model the weights were made for
     function(f) { f@genes <- f@genes[-1]; f },
     function(f) { f@config$train$n_latent <- f@config$train$n_latent + 1L; f },
-    function(f) { f@cell_data$batch[2] <- NA; f }
+    function(f) { f@cell_data$batch[2] <- NA; f },
+    # damage that reached Rust's panics (index out of bounds, NA strings, integer latents)
+    function(f) { f@cell_data$sample <- NULL; f },
+    function(f) { storage.mode(f@u_mean) <- "integer"; f },
+    function(f) { f@u_sd[1, 1] <- 0; f },
+    function(f) { f@config$model_json <- NA_character_; f },
+    function(f) { f@config$model_json <- sub('"n_genes":[0-9]+', '"n_genes":-5', f@config$model_json); f },
+    function(f) { f@config$train <- NULL; f }
   )
   for (edit in edits) {
     g <- edit(fit)
     expect_error(validObject(g))
     expect_error(mrviLatent(g), "`fit` is inconsistent", class = "mrvi_invalid_fit")
     expect_error(sampleDistances(g), "`fit` is inconsistent", class = "mrvi_invalid_fit")
+  }
+})
+
+test_that("a model configuration that cannot be built is a damaged fit, not a panic", {
+  fit <- small_fit()$fit
+  for (edit in c('"n_hidden":0', '"n_batches":-2', '"dropout_rate":5')) {
+    g <- fit
+    field <- sub(":.*", "", edit)
+    g@config$model_json <- sub(paste0(field, ':[-0-9.]+'), edit, g@config$model_json)
+    g@cache <- new.env()  # (a copy shares the cache of models built)
+    expect_error(mrviLatent(g, which = "z"), "model configuration has", class = "mrvi_damaged_error")
   }
 })

@@ -24,6 +24,9 @@ pub fn model_from_bytes(config_json: &str, weights: &[u8], device: Device) -> Re
         }
         _ => Error::from(e),
     })?;
+    if let Some(problem) = config.problem() {
+        return Err(Error::Io(format!("its model configuration has {problem}")));
+    }
     let mut model = MrviModel::new(config, device);
     load_bytes_into(&mut model.vs, weights)?;
     Ok(model)

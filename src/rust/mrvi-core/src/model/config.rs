@@ -117,6 +117,36 @@ impl ModelConfig {
     pub fn n_components(&self) -> i64 {
         if self.n_labels > 0 { self.n_labels } else { self.n_mixture.max(1) }
     }
+
+    /// What a model can be built from: positive sizes, levels that sum to
+    /// `n_batches`, a dropout rate in [0, 1). The problem, or None. (A
+    /// configuration edited by hand reached libtorch's and slices' panics.)
+    pub fn problem(&self) -> Option<String> {
+        let sizes = [
+            ("n_genes", self.n_genes),
+            ("n_samples", self.n_samples),
+            ("n_batches", self.n_batches),
+            ("n_latent", self.n_latent),
+            ("n_hidden", self.n_hidden),
+            ("n_latent_u", self.n_latent_u),
+        ];
+        if let Some((name, v)) = sizes.iter().find(|(_, v)| *v < 1) {
+            return Some(format!("{name} = {v}, not a positive size"));
+        }
+        if self.n_mixture < 0 || self.n_labels < 0 || self.n_continuous < 0 {
+            return Some("a negative count of mixture components, labels or continuous covariates".into());
+        }
+        if !self.batch_levels.is_empty() && (self.batch_levels.iter().any(|&n| n < 1) || self.batch_levels.iter().sum::<i64>() != self.n_batches) {
+            return Some(format!("batch_levels {:?} that do not sum to n_batches = {}", self.batch_levels, self.n_batches));
+        }
+        if self.flavour == Flavour::Linear && self.n_latent_u != self.n_latent {
+            return Some("a linear model whose u and z differ in dimension".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            return Some(format!("dropout_rate = {}, outside [0, 1)", self.dropout_rate));
+        }
+        None
+    }
 }
 
 /// Everything `mrvi()` chooses for a fit, as one object that crosses from R
@@ -241,6 +271,24 @@ mod tests {
         assert_eq!(c, back);
         let several = c.with_nuisance(vec![2, 3], 1);
         assert_eq!((several.n_batches, several.factor_levels()), (5, vec![2, 3]));
+    }
+
+    #[test]
+    fn configurations_a_model_cannot_be_built_from_are_named() {
+        let ok = ModelConfig::new(2000, 32, 5, 10).with_nuisance(vec![2, 3], 1);
+        assert_eq!(ok.problem(), None);
+        let mut c = ok.clone();
+        c.n_genes = -5;
+        assert!(c.problem().unwrap().contains("n_genes = -5"));
+        let mut c = ok.clone();
+        c.batch_levels = vec![3, 3];
+        assert!(c.problem().unwrap().contains("do not sum to n_batches = 5"));
+        let mut c = ok.clone();
+        c.dropout_rate = 5.0;
+        assert!(c.problem().unwrap().contains("dropout_rate"));
+        let mut c = ok;
+        c.n_latent_u = 3;
+        assert!(c.problem().unwrap().contains("linear model"));
     }
 
     #[test]
