@@ -194,6 +194,8 @@ setValidity("MrVIFit", function(object) {
   spec <- fit_nuisance(object)
   gone <- setdiff(c(names(spec$factors), spec$continuous$name), names(object@cell_data))
   if (length(gone)) problems <- c(problems, sprintf("@cell_data lacks the nuisance covariate%s %s", if (length(gone) > 1) "s" else "", paste(gone, collapse = ", ")))
+  # (a continuous covariate is standardised by its scale: 0 made every output NaN)
+  if (any(!(spec$continuous$scale > 0))) problems <- c(problems, "@config$nuisance$continuous has a scale that is not positive")
   for (nm in intersect(c(names(spec$factors), spec$continuous$name), names(object@cell_data))) {
     if (anyNA(object@cell_data[[nm]])) problems <- c(problems, sprintf("@cell_data$%s has NA values", nm))
   }

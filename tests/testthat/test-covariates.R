@@ -128,6 +128,10 @@ test_that("bad covariates are refused naming the argument", {
   expect_warning(counterfactualExpression(fit, 1:2, fit@samples[1], continuous = list(mito = far)),
                  "continuous\\$mito. has values up to 12 standard deviations", class = "mrvi_extrapolation")
   expect_no_warning(counterfactualExpression(fit, 1:2, fit@samples[1], continuous = list(mito = mito$center + 3 * mito$scale)))
+  # a scale of 0 (an edited fit) made every output NaN
+  flat <- fit
+  flat@config$nuisance$continuous$scale <- 0
+  expect_error(counterfactualExpression(flat, 1:2, fit@samples[1]), "scale that is not positive", class = "mrvi_invalid_fit")
 })
 
 test_that("u mixes every nuisance covariate of a crossed design, and the sample distances keep them out", {

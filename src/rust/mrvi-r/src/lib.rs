@@ -93,7 +93,7 @@ fn codes(v: &[i32], upper: i64, what: &str) -> RResult<Vec<i64>> {
     v.iter()
         .map(|&c| {
             if c < -1 || c as i64 >= upper {
-                Err(invalid(format!("{what} code {c} outside -1..{upper}")))
+                Err(invalid(format!("{what} code {c} outside -1..={}", upper - 1)))
             } else {
                 Ok(c as i64)
             }
