@@ -178,9 +178,10 @@
 #'   shuffle. When cells are stored sorted by sample, a minibatch holds the
 #'   samples of a few blocks only; `bench/block_shuffle.R` found no loss in the
 #'   validation ELBO or the sample trees on simulated data sorted by sample.
-#'   While the model trains on one buffer, the next is read in a forked
-#'   process (on Linux and macOS; `options(mrvi.disk_prefetch = FALSE)` reads
-#'   every buffer in the R process; when set, `TRUE` or `FALSE`): the same counts and the same fit, with
+#'   While the model trains on one buffer of 5e7 counts (cells x genes) or more,
+#'   the next is read in a forked process (on Linux and macOS; a fork costs more
+#'   than reading a smaller buffer; `options(mrvi.disk_prefetch = TRUE)` forks
+#'   every read, `FALSE` none): the same counts and the same fit, with
 #'   the reading (for a dense HDF5 dataset mostly decompression) overlapped
 #'   with training. The default thread count then leaves one idle core to the
 #'   reader.
@@ -267,12 +268,14 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                    labels_given = labels_given, call = call)
   counts <- data$counts
   on_disk <- !is.null(data$disk)
-  # counts on disk read by a forked process: by default one core is left to it
-  threads <- apply_threads(n_threads, call = call, reserved = as.integer(on_disk && disk_prefetch()))
   if (on_disk && is.null(block_cells)) block_cells <- disk_block_cells(counts)
+  buffer_blocks <- if (!is.null(block_cells)) count_option("mrvi.buffer_blocks", 8L, call)
+  # counts on disk read by a forked process: by default one core is left to it
+  forked <- on_disk && disk_prefetch(min(block_cells * buffer_blocks, ncol(counts)) * nrow(counts))
+  threads <- apply_threads(n_threads, call = call, reserved = as.integer(forked))
   note_no_validation(validation_fraction, ncol(counts), block_cells)
   blocks <- if (!is.null(block_cells)) {
-    list(block_cells = block_cells, buffer_blocks = count_option("mrvi.buffer_blocks", 8L, call))
+    list(block_cells = block_cells, buffer_blocks = buffer_blocks)
   }
   # everything chosen for the fit crosses to Rust as one object (Settings in
   # src/rust/mrvi-core/src/model/config.rs)

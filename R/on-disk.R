@@ -142,10 +142,10 @@ in_memory_counts <- function(data) {
 # serialised. How the fork is kept from copying R's memory is said in get(). If
 # the reader fails or dies, the ranges are read again here, where an error
 # reaches the caller.
-# Without fork() (Windows) or with options(mrvi.disk_prefetch = FALSE), every
-# read is direct. `close()` stops a read still running.
+# Without fork() (Windows), with options(mrvi.disk_prefetch = FALSE), or (the
+# option unset) for reads below 5e7 counts, every read is direct (disk_prefetch()).
+# `close()` stops a read still running.
 block_prefetcher <- function(disk) {
-  forks <- disk_prefetch()
   pending <- NULL
   handed <- NULL  # spooled files handed to the caller, removed at the next call
   close <- function() {
@@ -179,7 +179,7 @@ block_prefetcher <- function(disk) {
     # and after the allocator's free memory went back to the system.
     # bench/README.md, "Reads overlapped with training".
     m <- if (!prefetched) read_cells(disk, first, last)
-    if (forks && length(next_first)) {
+    if (length(next_first) && disk_prefetch(sum(next_last - next_first + 1L) * length(disk$genes))) {
       gc(verbose = FALSE, full = !prefetched)
       mrvi_release_free_memory()
       files <- list(n = tempfile("mrvi_n"), i = tempfile("mrvi_i"), x = tempfile("mrvi_x"))
@@ -199,8 +199,16 @@ block_prefetcher <- function(disk) {
   list(get = get, close = close)
 }
 
-# Whether block_prefetcher() forks its reads.
-disk_prefetch <- function() flag_option("mrvi.disk_prefetch", TRUE) && .Platform$OS.type == "unix"
+# Whether block_prefetcher() forks a read of `entries` counts (cells x genes):
+# as options(mrvi.disk_prefetch) says when it is set; unset, for reads of 5e7
+# counts or more. A fork costs a collection and the copy of a large process's
+# page tables, ~0.4 s per buffer with Bioconductor loaded: more than a small
+# read (forked, 1,000 cells x 100 genes on disk trained 5.5x slower and 20,000 x
+# 2,000 10% slower; 2 M x 2,000 gained, bench/README.md "Reads overlapped").
+disk_prefetch <- function(entries = Inf) {
+  set <- flag_option("mrvi.disk_prefetch", NA)
+  .Platform$OS.type == "unix" && if (is.na(set)) entries >= 5e7 else set
+}
 
 # Waits for the end of the forked child `pid` (mrvi_fork_call()); TRUE when it
 # succeeded. Polled, so that Ctrl-C is seen while waiting (and close() then

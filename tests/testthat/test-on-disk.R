@@ -124,6 +124,11 @@ test_that("training from disk reads blocks, equals the same block shuffle in mem
 test_that("the next blocks are read in a forked process while the model trains, and the fit is the same", {
   skip_if_not_installed("HDF5Array")
   skip_on_os("windows")  # no fork(): every read is direct
+  # (forked whatever the size: unset, reads of this data's size are direct)
+  unset <- options(mrvi.disk_prefetch = TRUE)
+  on.exit(options(unset), add = TRUE)
+  expect_false(local({ options(mrvi.disk_prefetch = NULL); on.exit(options(mrvi.disk_prefetch = TRUE)); mrvi:::disk_prefetch(4e7) }))
+  expect_true(local({ options(mrvi.disk_prefetch = NULL); on.exit(options(mrvi.disk_prefetch = TRUE)); mrvi:::disk_prefetch(5e7) }))
   sim <- mrvi:::example_counts()
   h5 <- h5_counts(sim$counts)
   disk <- mrvi:::disk_source(h5)
@@ -144,7 +149,7 @@ test_that("the next blocks are read in a forked process while the model trains, 
   reads$n <- 0
   trace("read_cells", where = asNamespace("mrvi"), print = FALSE,
         tracer = substitute(assign("n", get("n", envir = r) + 1, envir = r), list(r = reads)))
-  on.exit(untrace("read_cells", where = asNamespace("mrvi")))
+  on.exit(untrace("read_cells", where = asNamespace("mrvi")), add = TRUE)
   fit <- function() mrvi(h5, sample = sim$sample, max_epochs = 3, n_threads = 1, verbose = FALSE, block_cells = 40)
   count <- function(expr) {
     reads$n <- 0
@@ -152,8 +157,7 @@ test_that("the next blocks are read in a forked process while the model trains, 
     reads$n
   }
   n_prefetched <- count(prefetched <- fit())
-  old <- options(mrvi.disk_prefetch = FALSE)
-  on.exit(options(old), add = TRUE)
+  options(mrvi.disk_prefetch = FALSE)
   n_direct <- count(direct <- fit())
   expect_identical(prefetched@weights, direct@weights)
   expect_identical(prefetched@u_mean, direct@u_mean)
