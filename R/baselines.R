@@ -48,7 +48,7 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
                 "i" = "Give more genes, or {.code metric = \"euclidean\"}."), call = call)
   }
   min_cells <- check_whole(min_cells, "min_cells", call)
-  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
+  data <- baseline_data(x, sample, groups, call, required = FALSE)
   data$counts <- in_memory_counts(data)
   group <- if (is.null(data$labels)) factor(rep("all", ncol(data$counts))) else data$labels
   samples <- levels(data$sample)
@@ -103,10 +103,7 @@ proportionDistances <- function(x, sample, groups, transform = c("clr", "none"),
   check_required(call)
   transform <- match_choice(transform, c("clr", "none"), "transform", call)
   check_positive(pseudocount, "pseudocount", call)
-  if (is.null(groups)) {
-    abort_arg("{.arg groups} must give each cell's type or cluster (a column name or a vector), not {.code NULL}.", call = call)
-  }
-  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
+  data <- baseline_data(x, sample, groups, call)
   counts <- unclass(table(data$sample, data$labels))
   values <- if (transform == "clr") clr(counts + pseudocount) else counts / rowSums(counts)
   samples <- rownames(counts)
@@ -122,4 +119,14 @@ proportionDistances <- function(x, sample, groups, transform = c("clr", "none"),
 clr <- function(m) {
   l <- log(m)
   l - rowMeans(l)
+}
+
+# The counts, samples and cell groups of a baseline, read as mrvi() reads its
+# input (`groups` in the place of `labels`, and named so in errors); `required`:
+# the cells must come in groups (NULL gave an empty result or a base-R error).
+baseline_data <- function(x, sample, groups, call, required = TRUE) {
+  if (required && is.null(groups)) {
+    abort_arg("{.arg groups} must give each cell's type or cluster (a column name or a vector), not {.code NULL}.", call = call)
+  }
+  with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
 }

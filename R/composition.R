@@ -39,10 +39,7 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   if (!requireNamespace("igraph", quietly = TRUE)) {
     abort_arg("compositionDistances() clusters with Leiden: install {.pkg igraph}.", call = call)
   }
-  if (is.null(groups)) {
-    abort_arg("{.arg groups} must give each cell's type or cluster (a column name or a vector), not {.code NULL}.", call = call)
-  }
-  data <- with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
+  data <- baseline_data(x, sample, groups, call)
   n_pcs <- check_count(n_pcs, "n_pcs", call)
   k <- check_count(k, "k", call)
   seed <- check_whole(seed, "seed", call)

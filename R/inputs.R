@@ -210,14 +210,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   if (!is.null(disk)) {
     scan <- scan_on_disk(disk, dimnames(counts), call)
   } else {
-    # slots edited by hand (x@i[1] <- ...) break the matrix's structure
-    scan <- tryCatch(mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x),
-                     mrvi_input_error = function(e) {
-                       abort_arg(c("{.arg x} is not a valid sparse matrix: {e$message}.",
-                                   "i" = "{.code validObject(x)} says what is wrong; rebuild it with {.fn Matrix::sparseMatrix}."),
-                                 class = "mrvi_input_error", call = call)
-                     })
-    check_counts(counts, scan, call)
+    scan <- scan_counts(counts, call)
   }
 
   # Cells and genes without counts carry nothing for the model: drop them, say so.
@@ -401,6 +394,21 @@ resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
   value
 }
 
+# One pass in Rust over a dgCMatrix's slots (its structure, bad values with their
+# positions, totals per cell and per gene), its bad values refused by
+# check_counts(); the scan.
+scan_counts <- function(counts, call, partial = FALSE) {
+  # slots edited by hand (x@i[1] <- ...) break the matrix's structure
+  scan <- tryCatch(mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x),
+                   mrvi_input_error = function(e) {
+                     abort_arg(c("{.arg x} is not a valid sparse matrix: {e$message}.",
+                                 "i" = "{.code validObject(x)} says what is wrong; rebuild it with {.fn Matrix::sparseMatrix}."),
+                               class = "mrvi_input_error", call = call)
+                   })
+  check_counts(counts, scan, call, partial)
+  scan
+}
+
 # `partial`: counts on disk, checked block by block; `counts` is the first
 # block with a bad value, so the counts of bad values are lower bounds (the
 # blocks after it are not read: the error comes without reading the whole file).
@@ -443,7 +451,6 @@ looks_like_barcodes <- function(nm) {
   mean(grepl("^([A-Za-z0-9]+[_:-])?[ACGTN]{10,}(-[0-9]+)?$", utils::head(nm, 100))) > 0.8
 }
 
-# Sample-level covariates: per-cell columns constant within every sample.
 # A metadata column named as one of the fit's own columns (of cell data:
 # `sample`, `batch`, `labels`, a nuisance covariate; of the sample table:
 # `n_cells`) but holding other values is kept, renamed `<name>.1`, with a
@@ -461,6 +468,7 @@ rename_clashing_columns <- function(cell_meta, own) {
   cell_meta
 }
 
+# Sample-level covariates: per-cell columns constant within every sample.
 make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) {
   counts <- tabulate(sample, nlevels(sample))
   tab <- data.frame(sample = levels(sample), n_cells = counts, stringsAsFactors = FALSE)

@@ -97,8 +97,7 @@ scan_on_disk <- function(disk, names, call) {
     j <- blocks$first[k]:blocks$last[k]
     block <- read_from_disk(read_cells(disk, blocks$first[k], blocks$last[k]), call)
     dimnames(block) <- list(names[[1]], names[[2]][j])
-    scan <- mrvi_csc_scan(nrow(block), ncol(block), block@p, block@i, block@x)
-    check_counts(block, scan, call, partial = k < length(blocks$first))
+    scan <- scan_counts(block, call, partial = k < length(blocks$first))
     library[j] <- scan$library
     gene_total <- gene_total + scan$gene_total
   }

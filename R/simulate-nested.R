@@ -358,8 +358,7 @@ read_base <- function(base, call) {
 # was recycled).
 check_base <- function(base, call) {
   counts <- with_call(as_dgc(base$counts, arg = "base$counts", call = call), call)
-  scan <- mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x)
-  with_call(check_counts(counts, scan, call), call, rename = c(x = "base$counts"))
+  with_call(scan_counts(counts, call), call, rename = c(x = "base$counts"))
   if (length(base$cell_type) != ncol(counts) || anyNA(base$cell_type)) {
     abort_arg("{.arg base$cell_type} must have one non-missing value per cell of {.arg base$counts} ({ncol(counts)}), not {length(base$cell_type)}.",
               call = call)

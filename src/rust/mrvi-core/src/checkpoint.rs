@@ -126,12 +126,13 @@ fn stats_row(s: &EpochStats) -> Vec<u64> {
     .collect()
 }
 
-fn row_stats(r: &[u64]) -> Result<EpochStats> {
+/// A history row back as its epoch's stats; None when it has the wrong length.
+fn row_stats(r: &[u64]) -> Option<EpochStats> {
     let v: Vec<f64> = r.iter().map(|&b| f64::from_bits(b)).collect();
     if v.len() != 14 {
-        return Err(damaged("a history row has the wrong length"));
+        return None;
     }
-    Ok(EpochStats {
+    Some(EpochStats {
         epoch: v[0] as usize,
         kl_weight: v[1],
         train_elbo: v[2],
@@ -147,10 +148,6 @@ fn row_stats(r: &[u64]) -> Result<EpochStats> {
         seconds_backward: v[12],
         seconds_optimizer: v[13],
     })
-}
-
-fn damaged(what: &str) -> Error {
-    Error::Checkpoint(format!("the checkpoint is not a whole mrvi training checkpoint ({what})"))
 }
 
 /// Save the trainer's state after its last complete epoch.
@@ -237,7 +234,7 @@ pub fn load(t: &mut Trainer, path: &Path) -> Result<Resumed> {
     }
     let state: State = serde_json::from_str(meta.get("state").ok_or_else(|| damaged("no state"))?)
         .map_err(|_| damaged("unreadable state"))?;
-    let history = state.history.iter().map(|r| row_stats(r)).collect::<Result<Vec<_>>>().map_err(|_| damaged("a history row has the wrong length"))?;
+    let history = state.history.iter().map(|r| row_stats(r)).collect::<Option<Vec<_>>>().ok_or_else(|| damaged("a history row has the wrong length"))?;
     if history.len() != state.epochs {
         return Err(damaged("history and epoch count differ"));
     }
