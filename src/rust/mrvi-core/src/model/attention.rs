@@ -462,7 +462,11 @@ impl HostAttention {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn forward_avx2(&self, x: &[f32], contexts: &Contexts, out: &mut [f32], scratch: &mut ForwardScratch) {
-        self.forward_portable::<true>(x, contexts, out, scratch, affine_rows::<true, 8, 8>)
+        // a closure into the AVX2 function: the bare `affine_rows::<true, ..>` is called
+        // through a shim compiled without FMA, where each multiply-add is a call to
+        // libm's fmaf (the block ran ~50x slower on CPUs without AVX-512)
+        // SAFETY: the CPU has AVX2 and FMA (this function's features).
+        self.forward_portable::<true>(x, contexts, out, scratch, |w, bias, input, n, out| unsafe { affine_avx2(w, bias, input, n, out) })
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -534,7 +538,8 @@ impl HostAttention {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn many_avx2(&self, xs: &[f32], n: usize, contexts: &Contexts, out: &mut [f32], scratch: &mut ManyScratch) {
-        self.many_portable::<true>(xs, n, contexts, out, scratch, affine_rows::<true, 8, 8>)
+        // SAFETY: the CPU has AVX2 and FMA (this function's features); a closure, as in forward_avx2
+        self.many_portable::<true>(xs, n, contexts, out, scratch, |w, bias, input, n, out| unsafe { affine_avx2(w, bias, input, n, out) })
     }
 
     #[cfg(target_arch = "x86_64")]
