@@ -192,6 +192,11 @@ warn_if_all_excluded <- function(excluded, n_samples, min_cells, call) {
   }
 }
 
+# For callers that report too few samples in their own words.
+suppress_all_excluded <- function(expr) {
+  withCallingHandlers(expr, mrvi_all_excluded = function(w) invokeRestart("muffleWarning"))
+}
+
 # At most k of a group's cells, evenly spaced in the fit's cell order (no random
 # numbers: the caller's random state stays untouched, and the choice is the same
 # in every call).

@@ -88,10 +88,11 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
     }
     unique(group)
   }
-  # only the groups asked for (cells of the others in no group)
-  point <- with_call(sampleDistances(fit, groups = factor(grouping, levels = chosen), min_cells = opts$min_cells, mc_samples = opts$mc_samples,
+  # only the groups asked for (cells of the others in no group); a group without
+  # enough samples is an error or a warning below, in this function's own words
+  point <- suppress_all_excluded(with_call(sampleDistances(fit, groups = factor(grouping, levels = chosen), min_cells = opts$min_cells, mc_samples = opts$mc_samples,
                                      normalize = opts$normalize, chunk_size = opts$chunk_size, seed = seed,
-                                     space = opts$space, BPPARAM = BPPARAM), call)
+                                     space = opts$space, BPPARAM = BPPARAM), call))
   S <- length(fit@samples)
   block <- resolve_chunk_size(fit, opts$chunk_size, call, opts$mc_samples, opts$normalize)
   restore <- preserve_rng()
