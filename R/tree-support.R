@@ -2,7 +2,8 @@
 #'
 #' How sure is each split of a group's sample tree? Each of `B` replicates
 #' resamples the group's cells with replacement within each sample (every
-#' sample keeps its number of cells), takes a posterior draw of u for every
+#' sample keeps its number of cells; the cells of samples left out of the tree
+#' by `min_cells` too, as they count in \eqn{D(C)}), takes a posterior draw of u for every
 #' cell, recomputes the group's mean distance matrix \eqn{D(C)}, and clusters
 #' it. A clade of the point-estimate tree (the tree of [sampleDistances()] with
 #' the same `mc_samples`, `normalize` and `space`) gets as support the share of replicate trees that
@@ -115,7 +116,9 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
                     class = c("mrvi_flat_tree", "mrvi_warning"), call = call)
     }
     hc <- stats::hclust(stats::as.dist(m[kept, kept]), method = method)
-    cells <- which(grouping == g & fit@cell_data$sample %in% kept)
+    # every cell of the group, as in the point estimate's D(C) (a sample left
+    # out by min_cells still has cells whose counterfactuals count)
+    cells <- which(grouping == g)
     # the replicates' S x S means (in Rust and in R) and the cells' bootstrap weights
     check_size(16 * S * S * B + 8 * length(cells) * B, "sampleTreeSupport()", call,
                hint = "Ask for fewer replicates ({.arg B}), or raise {.code options(mrvi.max_bytes = )}.")

@@ -132,3 +132,35 @@ test_that("a tree over distances that are all 0 comes with a warning", {
                  class = "mrvi_flat_tree")
   expect_no_warning(sampleTreeSupport(fit, groups = NULL, B = 5, normalize = FALSE))
 })
+
+test_that("support is the bootstrap of all the group's cells, also when min_cells leaves a sample out", {
+  fit <- planted_tree()$fit
+  # 4 cells of the unstructured type from each of s1-s5 (few: the replicates'
+  # trees vary) and 2 of the planted type from s6, left out at min_cells = 3: its
+  # cells' large distances weigh on D(C) and so must be resampled too
+  flat <- fit@cell_data$labels == "flat"
+  s6 <- fit@cell_data$sample == "s6"
+  first <- ave(seq_along(flat), fit@cell_data$sample, flat, FUN = seq_along)
+  grp <- ifelse(flat & !s6 & first <= 4 | !flat & s6 & first <= 2, "g", NA)
+  B <- 40
+  tree <- sampleTreeSupport(fit, groups = grp, B = B, mc_samples = 0, normalize = FALSE, min_cells = 3)
+  expect_equal(attr(tree, "excluded"), "s6")
+  # recomputed: the documented bootstrap (multiplicities within each sample, from
+  # the seed), replicate means of every cell's D(n), average-linkage clades of the
+  # kept samples in the documented random order
+  cells <- which(grp == "g")
+  d <- unclass(sampleDistances(fit, cells = cells, mc_samples = 0, normalize = FALSE, space = "latent"))
+  kept <- setdiff(fit@samples, "s6")
+  mrvi:::fixed_rng(fit@config$seed)
+  w <- mrvi:::bootstrap_multiplicities(fit@cell_data$sample[cells], B)
+  replicate_clades <- lapply(seq_len(B), function(r) {
+    m <- colSums(d * w[, r]) / sum(w[, r])
+    order <- sample(kept)
+    mrvi:::hclust_clades(stats::hclust(stats::as.dist(m[order, order]), method = "average"))
+  })
+  clades <- mrvi:::phylo_clades(tree)
+  support <- vapply(clades, function(k) mean(vapply(replicate_clades, function(cl) k %in% cl, logical(1))), numeric(1))
+  # (resampling only the kept samples' cells gave one of these clades 0.03: the
+  # replicates lacked the cells that made it)
+  expect_equal(tree$node.label, unname(support))
+})
