@@ -14,8 +14,8 @@
 #'   the same category;
 #' * `replicate_rank`: how close samples of the same category (replicates) sit:
 #'   for each sample, the share of (replicate, other-category sample) pairs in
-#'   which the other-category sample is the closer one, averaged over samples
-#'   (0: replicates are always nearer than any other sample; about 0.5: no
+#'   which the other-category sample is the closer one, averaged over the
+#'   samples that have a replicate and a sample of another category (0: replicates are always nearer than any other sample; about 0.5: no
 #'   better than chance).
 #' Distances are scale-free in all four, so methods compare directly. No
 #' p-values: for tests use [groupAssociation()].

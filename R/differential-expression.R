@@ -47,8 +47,8 @@
 #'
 #' **Posterior draws.** \eqn{Z_n} is the mean of the counterfactual
 #' representations over `mc_samples` draws of u from the cell's posterior (for
-#' the linear flavour this equals \eqn{Z_n} at the posterior mean, which is used
-#' directly). Draws are made from `seed`, the cell's index and the draw alone
+#' the linear flavour, whose z is linear in u, the expectation of that mean is
+#' \eqn{Z_n} at the posterior mean, which is used directly, without draws). Draws are made from `seed`, the cell's index and the draw alone
 #' (the same draws as every function that draws u), so results do not depend on
 #' `chunk_size` or on which other cells are asked for, but for rounding: the
 #' largest fold change that sets the TREAT threshold is decoded in single

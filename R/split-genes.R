@@ -31,7 +31,7 @@
 #'   (mean log2 fold change, side a over side b), `lfc_sd` (its standard
 #'   deviation over draws), `z` (`lfc / lfc_sd`), `rank` (1 = largest absolute
 #'   `lfc`), `expression_a` and `expression_b` (mean normalised expression of
-#'   each side). Attributes `samples_a`, `samples_b` and `n_cells`.
+#'   each side, over the cells and the draws). Attributes `samples_a`, `samples_b` and `n_cells`.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
@@ -61,7 +61,7 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
       a <- side_sums(fit, u, batch, sides$a)
       b <- side_sums(fit, u, batch, sides$b)
       lfc[, m] <- lfc[, m] + a$log2 - b$log2
-      if (m == 1) expression <- expression + cbind(a$expression, b$expression)
+      expression <- expression + cbind(a$expression, b$expression)
     }
   }
   lfc <- lfc / length(idx)
@@ -69,7 +69,7 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
   lfc_sd <- if (draws > 1) apply(lfc, 1, stats::sd) else rep(NA_real_, n_genes)
   out <- data.frame(gene = fit@genes, lfc = mean_lfc, lfc_sd = lfc_sd, z = mean_lfc / lfc_sd,
                     rank = rank(-abs(mean_lfc), ties.method = "first"),
-                    expression_a = expression[, 1] / length(idx), expression_b = expression[, 2] / length(idx))
+                    expression_a = expression[, 1] / (length(idx) * draws), expression_b = expression[, 2] / (length(idx) * draws))
   out <- out[order(out$rank), , drop = FALSE]
   rownames(out) <- out$gene
   attr(out, "samples_a") <- fit@samples[sides$a]

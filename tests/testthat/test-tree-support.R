@@ -84,6 +84,18 @@ test_that("the genes of the root split of a planted tree are its edge genes; a f
   # character sides give the same answer as the logical clade
   again <- sampleSplitGenes(fit, c("s1", "s2", "s3"), cells = fit@cell_data$labels == "planted", mc_samples = 4)
   expect_equal(again$lfc, genes$lfc)
+  # expression of each side: the mean over the cells and every draw (it was the
+  # first draw's alone)
+  cells <- which(fit@cell_data$labels == "planted")[1:40]
+  three <- sampleSplitGenes(fit, c("s1", "s2", "s3"), cells = cells, mc_samples = 3)
+  one <- sampleSplitGenes(fit, c("s1", "s2", "s3"), cells = cells, mc_samples = 1)
+  batch <- mrvi:::cell_nuisance(fit, cells)
+  per_draw <- vapply(1:3, function(m) {
+    u <- mrvi:::posterior_u(fit@u_mean, fit@u_sd, cells, m, fit@config$seed)
+    mrvi:::side_sums(fit, u, batch, 1:3)$expression
+  }, numeric(length(fit@genes)))
+  expect_equal(three[fit@genes, "expression_a"], rowMeans(per_draw) / length(cells))
+  expect_equal(one[fit@genes, "expression_a"], per_draw[, 1] / length(cells))
 })
 
 test_that("sampleTreeSupport() and sampleSplitGenes() refuse bad arguments by name", {
