@@ -90,7 +90,12 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
                            expression = c("gamma", "skewed"), library_size = 1500,
                            n_chemistries = 1, technical = 0) {
   call <- sys.call()
-  check_required(call)
+  check_full_names(call, names(formals(sys.function())))
+  # the sizes come from `base` when it is given (the documented use leaves them out)
+  if (is.null(base) && (missing(n_cells) || missing(n_genes))) {
+    abort_arg(c("{.arg n_cells} and {.arg n_genes} are required without {.arg base}: they have no default.",
+                "i" = "Give both, or counts to build on as {.arg base}."), call = call)
+  }
   design <- match_choice(design, c("tree", "covariates"), "design", call)
   edge_lengths <- match_choice(edge_lengths, c("equal", "ultrametric"), "edge_lengths", call)
   expression <- match_choice(expression, c("gamma", "skewed"), "expression", call)

@@ -37,6 +37,8 @@ epochs <- as.integer(Sys.getenv("MRVI_BENCH_EPOCHS", "150"))
 out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/tree_support.csv")
 genes_file <- sub("\\.csv$", "_genes.csv", out_file)
 split_genes <- Sys.getenv("MRVI_BENCH_SPLIT_GENES", "true") == "true"  # "false": clade support only
+# the distances' space(s) of the support ("latent", sampleTreeSupport()'s default, and/or "expression")
+spaces <- strsplit(Sys.getenv("MRVI_BENCH_SPACES", "latent"), ",")[[1]]
 
 # Clades (sets of tips below a node, as sorted text) of a rooted ape tree, root excluded.
 clades_of <- function(phy) {
@@ -66,11 +68,13 @@ for (regime in regimes) for (seed in seeds) {
   fit <- mrvi(sce, sample = "sample", batch = "site", labels = "cell_type", max_epochs = epochs,
               seed = seed, n_threads = 1, verbose = FALSE)
   fit_s <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+  for (space in spaces) {
   t0 <- Sys.time()
-  trees <- sampleTreeSupport(fit, groups = "labels", B = B, normalize = FALSE)
+  trees <- sampleTreeSupport(fit, groups = "labels", B = B, normalize = FALSE, space = space)
   support_s <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
-  normalised <- sampleTreeSupport(fit, groups = "labels", B = B, normalize = TRUE)
-  cat(sprintf("%s, seed %d: fit %.0f s (%d epochs), support B = %d in %.0f s\n", regime, seed, fit_s,
+  normalised <- suppressWarnings(sampleTreeSupport(fit, groups = "labels", B = B, normalize = TRUE, space = space),
+                                 classes = "mrvi_flat_tree")
+  cat(sprintf("%s, seed %d, %s space: fit %.0f s (%d epochs), support B = %d in %.0f s\n", regime, seed, space, fit_s,
               nrow(fit@history), B, support_s))
   for (type in names(trees)) {
     phy <- trees[[type]]
@@ -89,6 +93,8 @@ for (regime in regimes) for (seed in seeds) {
                  support = norm$node.label[-1], true_clade = clades_of(norm) %in% true_clades,
                  rf_to_truth = if (affected) treeDistance(norm, truth$phylo[[type]]) else NA_real_,
                  fit_seconds = fit_s, support_seconds = NA_real_))
+    clade_rows[[length(clade_rows)]]$space <- space
+  }
   }
   # split genes on the true root split of each affected type, and on the same split in an unaffected type
   unaffected <- setdiff(levels(sce$cell_type), truth$affected)[1]
@@ -134,9 +140,9 @@ if (split_genes) utils::write.csv(genes, genes_file, row.names = FALSE)
 
 summ <- function(x) sprintf("n = %d, median %.2f, mean %.2f, share >= 0.9: %.2f", length(x), stats::median(x),
                             mean(x), mean(x >= 0.9))
-for (regime in regimes) for (kind in c("raw", "normalized")) {
-  cl <- clades[clades$regime == regime & clades$distances == kind, ]
-  cat("\n", regime, ", ", kind, " distances: clade support (non-root clades of the point-estimate trees)\n", sep = "")
+for (regime in regimes) for (space in spaces) for (kind in c("raw", "normalized")) {
+  cl <- clades[clades$regime == regime & clades$space == space & clades$distances == kind, ]
+  cat("\n", regime, ", ", kind, " distances in ", space, " space: clade support (non-root clades of the point-estimate trees)\n", sep = "")
   cat("  true clades (affected types):  ", summ(cl$support[cl$true_clade]), "\n")
   cat("  false clades (affected types): ", summ(cl$support[cl$affected & !cl$true_clade]), "\n")
   cat("  clades of unaffected types:    ", summ(cl$support[!cl$affected]), "\n")

@@ -145,6 +145,10 @@ test_that("on real counts, unaffected cells are kept as they are and affected on
                                        sparse = TRUE),
                cell_type = rep(c("A", "B"), 60))
   sce <- simulateNested(NULL, NULL, n_samples = 4, base = base, n_affected = 1, seed = 5)
+  # the sizes, which come from `base`, may be left out (as documented)
+  expect_identical(simulateNested(n_samples = 4, base = base, n_affected = 1, seed = 5), sce)
+  expect_error(simulateNested(n_samples = 4), "n_cells.*n_genes.*base", class = "mrvi_error")
+  expect_error(simulateNested(100, n_samples = 4), "n_genes", class = "mrvi_error")
   # counts that are not counts, and a cell type per cell, are checked (they gave NA counts, or were recycled)
   for (bad in list(base$counts + 0.5, -base$counts)) {
     expect_error(simulateNested(NULL, NULL, n_samples = 4, base = list(counts = bad, cell_type = base$cell_type)),
