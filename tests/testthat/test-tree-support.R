@@ -155,7 +155,7 @@ test_that("support is the bootstrap of all the group's cells, also when min_cell
   first <- ave(seq_along(flat), fit@cell_data$sample, flat, FUN = seq_along)
   grp <- ifelse(flat & !s6 & first <= 4 | !flat & s6 & first <= 2, "g", NA)
   B <- 40
-  tree <- sampleTreeSupport(fit, groups = grp, B = B, mc_samples = 0, normalize = FALSE, min_cells = 3)
+  tree <- sampleTreeSupport(fit, groups = grp, B = B, mc_samples = 0, normalize = FALSE, min_cells = 3, space = "latent")
   expect_equal(attr(tree, "excluded"), "s6")
   # recomputed: the documented bootstrap (multiplicities within each sample, from
   # the seed), replicate means of every cell's D(n), average-linkage clades of the
