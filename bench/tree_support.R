@@ -37,8 +37,8 @@ epochs <- as.integer(Sys.getenv("MRVI_BENCH_EPOCHS", "150"))
 out_file <- Sys.getenv("MRVI_BENCH_OUT", "bench/results/tree_support.csv")
 genes_file <- sub("\\.csv$", "_genes.csv", out_file)
 split_genes <- Sys.getenv("MRVI_BENCH_SPLIT_GENES", "true") == "true"  # "false": clade support only
-# the distances' space(s) of the support ("latent", sampleTreeSupport()'s default, and/or "expression")
-spaces <- strsplit(Sys.getenv("MRVI_BENCH_SPACES", "latent"), ",")[[1]]
+# the distances' space(s) of the support ("expression", sampleTreeSupport()'s default, and/or "latent")
+spaces <- strsplit(Sys.getenv("MRVI_BENCH_SPACES", "expression"), ",")[[1]]
 
 # Clades (sets of tips below a node, as sorted text) of a rooted ape tree, root excluded.
 clades_of <- function(phy) {

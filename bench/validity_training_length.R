@@ -36,7 +36,7 @@ for (epochs in epoch_marks) {
   h <- fit@history
   row <- data.frame(design, seed, epoch = epochs, validation_elbo = tail(h$validation_elbo, 1),
                     best_epoch_so_far = which.max(h$validation_elbo),
-                    score(sampleDistances(fit, groups = "cell_type", mc_samples = 0), "latent"),
+                    score(sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = "latent"), "latent"),
                     score(sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = "expression"),
                           "expression"))
   print(row)
