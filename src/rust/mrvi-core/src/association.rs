@@ -214,24 +214,38 @@ fn permutation_p_values(squares: &[f32], m: usize, labelings: &Tensor, n_labelin
 mod tests {
     use super::*;
 
+    /// Cells' symmetric m x m matrices with a zero diagonal, pair (a < b) of cell c
+    /// set to value(c, a, b), drawn in that order.
+    fn symmetric_squares(cells: usize, m: usize, mut value: impl FnMut(usize, usize, usize) -> f32) -> Vec<f32> {
+        let mut squares = vec![0f32; cells * m * m];
+        for c in 0..cells {
+            for a in 0..m {
+                for b in a + 1..m {
+                    let v = value(c, a, b);
+                    squares[c * m * m + a * m + b] = v;
+                    squares[c * m * m + b * m + a] = v;
+                }
+            }
+        }
+        squares
+    }
+
+    /// A uniform draw in [0, 1) from the top 24 bits.
+    fn uniform(rng: &mut SplitMix64) -> f32 {
+        (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
     /// Two categories through one indicator per labeling give the p-values of
     /// both indicators (the general path), and T_b is twice the within sum.
     #[test]
     fn two_category_shortcut_matches_both_indicators() {
         let (m, cells, permutations) = (9usize, 5usize, 199usize);
         let mut rng = SplitMix64::new(3);
-        let mut squares = vec![0f32; cells * m * m];
-        for c in 0..cells {
-            for a in 0..m {
-                for b in a + 1..m {
-                    // some cells with a planted split, some without
-                    let split = c % 2 == 0 && (a < 4) != (b < 4);
-                    let v = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 + if split { 1.5 } else { 0.0 };
-                    squares[c * m * m + a * m + b] = v;
-                    squares[c * m * m + b * m + a] = v;
-                }
-            }
-        }
+        let squares = symmetric_squares(cells, m, |c, a, b| {
+            // some cells with a planted split, some without
+            let split = c % 2 == 0 && (a < 4) != (b < 4);
+            uniform(&mut rng) + if split { 1.5 } else { 0.0 }
+        });
         let codes: Vec<i64> = (0..m as i64).map(|a| (a >= 4) as i64).collect();
         let one = labeling_indicators(&codes, permutations, 7).unwrap();
         assert_eq!(one.size(), vec![m as i64, (permutations + 1) as i64]);
@@ -255,16 +269,7 @@ mod tests {
     fn tied_relabelings_count_whatever_the_rounding() {
         let (m, cells, permutations) = (8usize, 40usize, 19_999usize);
         let mut rng = SplitMix64::new(11);
-        let mut squares = vec![0f32; cells * m * m];
-        for c in 0..cells {
-            for a in 0..m {
-                for b in a + 1..m {
-                    let v = if (a < 4) != (b < 4) { 5.0 + 5.0 * (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 } else { 0.0 };
-                    squares[c * m * m + a * m + b] = v;
-                    squares[c * m * m + b * m + a] = v;
-                }
-            }
-        }
+        let squares = symmetric_squares(cells, m, |_, a, b| if (a < 4) != (b < 4) { 5.0 + 5.0 * uniform(&mut rng) } else { 0.0 });
         let codes: Vec<i64> = (0..m as i64).map(|a| (a >= 4) as i64).collect();
         let labelings = labeling_indicators(&codes, permutations, 5).unwrap();
         let p = permutation_p_values(&squares, m, &labelings, permutations + 1);
