@@ -69,32 +69,31 @@ for (regime in regimes) for (seed in seeds) {
               seed = seed, n_threads = 1, verbose = FALSE)
   fit_s <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
   for (space in spaces) {
-  t0 <- Sys.time()
-  trees <- sampleTreeSupport(fit, groups = "labels", B = B, normalize = FALSE, space = space)
-  support_s <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
-  normalised <- suppressWarnings(sampleTreeSupport(fit, groups = "labels", B = B, normalize = TRUE, space = space),
-                                 classes = "mrvi_flat_tree")
-  cat(sprintf("%s, seed %d, %s space: fit %.0f s (%d epochs), support B = %d in %.0f s\n", regime, seed, space, fit_s,
-              nrow(fit@history), B, support_s))
-  for (type in names(trees)) {
-    phy <- trees[[type]]
-    affected <- type %in% truth$affected
-    true_clades <- if (affected) clades_of(truth$phylo[[type]]) else character()
-    keys <- clades_of(phy)
-    norm <- normalised[[type]]
-    clade_rows[[length(clade_rows) + 1]] <- rbind(
-      data.frame(regime = regime, seed = seed, distances = "raw", cell_type = type, affected = affected, clade = keys,
-                 n_samples = lengths(strsplit(keys, ",")), support = phy$node.label[-1],
-                 true_clade = keys %in% true_clades,
-                 rf_to_truth = if (affected) treeDistance(phy, truth$phylo[[type]]) else NA_real_,
-                 fit_seconds = fit_s, support_seconds = support_s),
-      data.frame(regime = regime, seed = seed, distances = "normalized", cell_type = type, affected = affected,
-                 clade = clades_of(norm), n_samples = lengths(strsplit(clades_of(norm), ",")),
-                 support = norm$node.label[-1], true_clade = clades_of(norm) %in% true_clades,
-                 rf_to_truth = if (affected) treeDistance(norm, truth$phylo[[type]]) else NA_real_,
-                 fit_seconds = fit_s, support_seconds = NA_real_))
-    clade_rows[[length(clade_rows)]]$space <- space
-  }
+    t0 <- Sys.time()
+    trees <- sampleTreeSupport(fit, groups = "labels", B = B, normalize = FALSE, space = space)
+    support_s <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
+    normalised <- suppressWarnings(sampleTreeSupport(fit, groups = "labels", B = B, normalize = TRUE, space = space),
+                                   classes = "mrvi_flat_tree")
+    cat(sprintf("%s, seed %d, %s space: fit %.0f s (%d epochs), support B = %d in %.0f s\n", regime, seed, space, fit_s,
+                nrow(fit@history), B, support_s))
+    for (type in names(trees)) {
+      phy <- trees[[type]]
+      affected <- type %in% truth$affected
+      true_clades <- if (affected) clades_of(truth$phylo[[type]]) else character()
+      keys <- clades_of(phy)
+      norm <- normalised[[type]]
+      clade_rows[[length(clade_rows) + 1]] <- rbind(
+        data.frame(regime = regime, seed = seed, space = space, distances = "raw", cell_type = type, affected = affected, clade = keys,
+                   n_samples = lengths(strsplit(keys, ",")), support = phy$node.label[-1],
+                   true_clade = keys %in% true_clades,
+                   rf_to_truth = if (affected) treeDistance(phy, truth$phylo[[type]]) else NA_real_,
+                   fit_seconds = fit_s, support_seconds = support_s),
+        data.frame(regime = regime, seed = seed, space = space, distances = "normalized", cell_type = type, affected = affected,
+                   clade = clades_of(norm), n_samples = lengths(strsplit(clades_of(norm), ",")),
+                   support = norm$node.label[-1], true_clade = clades_of(norm) %in% true_clades,
+                   rf_to_truth = if (affected) treeDistance(norm, truth$phylo[[type]]) else NA_real_,
+                   fit_seconds = fit_s, support_seconds = NA_real_))
+    }
   }
   # split genes on the true root split of each affected type, and on the same split in an unaffected type
   unaffected <- setdiff(levels(sce$cell_type), truth$affected)[1]
