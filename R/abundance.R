@@ -22,7 +22,8 @@
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param exclude_own_sample see Details.
 #' @param max_cells_per_sample reference subsample size per sample.
-#' @param seed seed of the subsample (R's generator is restored afterwards).
+#' @param seed seed of the subsample (default: the fit's seed, `fit@config$seed`;
+#'   R's generator is restored afterwards).
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
@@ -38,7 +39,7 @@
 #' head(differentialAbundance(fit, grp))
 #' @export
 differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_sample = TRUE,
-                                  max_cells_per_sample = 5000, seed = 1,
+                                  max_cells_per_sample = 5000, seed = fit@config$seed,
                                   BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_required(call)
@@ -99,7 +100,7 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 #'   cost is that function's, twice (the thresholds, then the cells).
 #' @param quantile the per-sample threshold quantile.
 #' @param cells `NULL` (all fitted cells), indices or names.
-#' @param seed seed of the subsample.
+#' @param seed seed of the subsample (default: the fit's seed, `fit@config$seed`).
 #' @param subsample deprecated: the former name of `max_cells_per_sample`.
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
@@ -113,8 +114,8 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
 #' a <- admissibility(fit)
 #' colMeans(a$admissible)
 #' @export
-admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cells = NULL, seed = 1,
-                          subsample = NULL, BPPARAM = BiocParallel::SerialParam()) {
+admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cells = NULL,
+                          seed = fit@config$seed, subsample = NULL, BPPARAM = BiocParallel::SerialParam()) {
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)

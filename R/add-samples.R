@@ -46,7 +46,8 @@
 #'   the fit has none.
 #' @param max_epochs maximum number of epochs; `NULL` uses the heuristic of
 #'   [mrvi()] for the number of new cells.
-#' @param seed integer seed: a fixed seed gives the same fit on the same machine.
+#' @param seed integer seed (default: the fit's seed, `fit@config$seed`): a fixed
+#'   seed gives the same fit on the same machine.
 #' @param continuous_covariates their continuous nuisance covariates, as in
 #'   [mrvi()] (with the fit's names). Values more than 10 standard deviations from the fitted cells' mean give a
 #'   warning (`mrvi_extrapolation`): the decoder saw no cells there.
@@ -65,7 +66,7 @@
 #' fit2 <- mrviAddSamples(fit, sim$counts[, !old], sample = sim$sample[!old], max_epochs = 2)
 #' fit2@samples
 #' @export
-mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed = 1,
+mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed = fit@config$seed,
                            continuous_covariates = NULL, verbose = FALSE, labels = NULL) {
   call <- sys.call()
   check_required(call)

@@ -138,7 +138,8 @@
 #' @param delta the log2 fold-change threshold of `lfc_prob` (scvi-tools'
 #'   MrVI uses the same default).
 #' @param admissible `NULL` (no masking), `TRUE` (compute with
-#'   [admissibility()] defaults) or a logical matrix cells x samples, as
+#'   [admissibility()] defaults, under this call's `seed` and `BPPARAM`) or
+#'   a logical matrix cells x samples, as
 #'   `admissibility(fit, cells = cells)$admissible`.
 #' @param lfc_file `NULL` (LFCs in memory) or, with `lfc = TRUE`, the path of
 #'   a new HDF5 file for them in an existing, writable folder (see Details).
@@ -196,7 +197,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   check_finite_latents(fit, call)
   design <- de_design(fit, covariates, call)
   idx <- resolve_cells(fit, cells, call)
-  mask <- resolve_admissible(fit, admissible, idx, call)
+  mask <- resolve_admissible(fit, admissible, idx, call, seed, BPPARAM)
   coefs <- colnames(design$X)[-1]
   L <- z_dim(fit)
   names_k <- rownames(fit@u_mean)[idx]

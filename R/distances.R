@@ -73,7 +73,8 @@
 #'   draws (`mc_samples`) would take more than `getOption("mrvi.max_bytes")`; draws that one cell's
 #'   would are an error).
 #' @param admissible mask counterfactuals that extrapolate: `NULL` (none),
-#'   `TRUE` (computed with [admissibility()] defaults) or a logical matrix of
+#'   `TRUE` (computed with [admissibility()] defaults, under this call's `seed`
+#'   and `BPPARAM`) or a logical matrix of
 #'   cells x samples (all fitted cells, or the `cells` asked for), as
 #'   `admissibility(fit)$admissible`. A cell then contributes to
 #'   \eqn{D(C)[a, b]} only when both samples are admissible for it, and each
@@ -128,7 +129,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     if (!is.null(groups)) abort_arg("Give {.arg groups} or {.arg cells}, not both.", call = call)
     idx <- resolve_cells(fit, cells, call)
     check_size(8 * length(idx) * S * S, "sampleDistances(cells = )", call)
-    mask <- resolve_admissible(fit, admissible, idx, call)
+    mask <- resolve_admissible(fit, admissible, idx, call, seed, BPPARAM)
     d <- bp_rows(c(length(idx), S, S), function(rows) {
       mrvi_cell_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
                           idx[rows] - 1L, mc_samples, normalize, seed, block, expression)
@@ -145,7 +146,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   # each group's S x S means, as they come back and in the result
   check_size(2 * 8 * S * S * G, sprintf("sampleDistances(groups = ) with %d groups", G), call,
              hint = "Group cells coarsely (cell types or clusters, not single cells), or raise {.code options(mrvi.max_bytes = )}.")
-  mask <- resolve_admissible(fit, admissible, seq_len(nrow(fit@u_mean)), call)
+  mask <- resolve_admissible(fit, admissible, seq_len(nrow(fit@u_mean)), call, seed, BPPARAM)
   # one task per group: a group's sums run over its cells in the same order
   # whether the other groups are computed in the same call or not
   # (the groups' cells are split once: per-group vectors as long as the fit

@@ -112,11 +112,11 @@ resolve_groups <- function(fit, groups, call) {
   groups
 }
 
-# The admissibility mask of an analysis: NULL, TRUE (computed) or a logical
-# matrix over the cells `idx` x samples.
-resolve_admissible <- function(fit, admissible, idx, call) {
+# The admissibility mask of an analysis: NULL, TRUE (computed, under the
+# analysis' own `seed` and `BPPARAM`) or a logical matrix over the cells `idx` x samples.
+resolve_admissible <- function(fit, admissible, idx, call, seed, BPPARAM) {
   if (is.null(admissible) || isFALSE(admissible)) return(NULL)
-  if (isTRUE(admissible)) return(admissibility(fit, cells = idx)$admissible)
+  if (isTRUE(admissible)) return(admissibility(fit, cells = idx, seed = seed, BPPARAM = BPPARAM)$admissible)
   S <- length(fit@samples)
   if (!is.logical(admissible) || !is.matrix(admissible) || ncol(admissible) != S || nrow(admissible) != length(idx) ||
       anyNA(admissible)) {

@@ -54,7 +54,7 @@ test_that("differential abundance equals a direct computation in R", {
   cells <- c(1, 50, 400, 1200, nrow(fit@u_mean))
   for (exclude in c(TRUE, FALSE)) {
     da <- differentialAbundance(fit, grp, cells = cells, exclude_own_sample = exclude, max_cells_per_sample = 30)
-    ref <- mrvi:::reference_cells(fit, 30, 1)
+    ref <- mrvi:::reference_cells(fit, 30, fit@config$seed)  # the default seed: the fit's
     sample <- as.integer(fit@cell_data$sample)
     for (i in seq_along(cells)) {
       n <- cells[i]
@@ -124,4 +124,17 @@ test_that("a sample too small for a threshold is inadmissible for every caller, 
   expect_true(all(is.na(d[, "lonely", ])))
   expect_equal(is.na(d[, "A", "B"]), !(a$admissible[, "A"] & a$admissible[, "B"]), ignore_attr = TRUE)
   expect_error(admissibility(fit, max_cells_per_sample = 1), "`max_cells_per_sample` must be at least 2", class = "mrvi_error")
+})
+
+test_that("differentialAbundance() and admissibility() draw their subsample from the fit's seed by default", {
+  fit <- large_sample_fit()  # seed 7; sample A has more cells than the 5000 of the reference subsample
+  expect_equal(fit@config$seed, 7)
+  grp <- setNames(c("a", "a", "b", "b", "b"), fit@samples)
+  cells <- c(1:20, 6001:6020)
+  da <- differentialAbundance(fit, grp, cells = cells)
+  expect_identical(da, differentialAbundance(fit, grp, cells = cells, seed = 7))
+  expect_false(isTRUE(all.equal(da$log_q_a, differentialAbundance(fit, grp, cells = cells, seed = 1)$log_q_a)))
+  a <- admissibility(fit)
+  expect_identical(a, admissibility(fit, seed = 7))
+  expect_false(isTRUE(all.equal(a$threshold[["A"]], admissibility(fit, seed = 1)$threshold[["A"]])))
 })

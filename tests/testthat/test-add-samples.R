@@ -159,3 +159,15 @@ test_that("cells added with vectors fill the metadata columns the fit's sample, 
   d <- sampleDistances(added, groups = "cell_type", mc_samples = 0, space = "latent")
   expect_false(anyNA(d["s06", fit@samples, ]))
 })
+
+test_that("mrviAddSamples() trains under the fit's seed by default", {
+  sim <- mrvi:::simulate_counts(n_cells = 300, n_genes = 60, n_samples = 4, seed = 2)
+  old <- sim$sample != "s04"
+  fit <- mrvi(sim$counts[, old], sample = droplevels(sim$sample[old]), flavour = "linear", max_epochs = 2,
+              seed = 7, n_threads = 1, verbose = FALSE)
+  add <- function(...) mrviAddSamples(fit, sim$counts[, !old], sample = sim$sample[!old], max_epochs = 2, ...)
+  default <- add()
+  expect_equal(default@config$added[[1]]$seed, 7)
+  expect_identical(default@u_mean, add(seed = 7)@u_mean)
+  expect_false(identical(default@u_mean, add(seed = 1)@u_mean))
+})

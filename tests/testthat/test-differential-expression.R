@@ -432,3 +432,36 @@ test_that("a text covariate's reference level is the first in byte order, whatev
     expect_named(S4Vectors::metadata(de)$beta, c("ga", "gb"))
   }
 })
+
+test_that("differentialExpression(admissible = TRUE) computes the mask under the call's seed and BPPARAM", {
+  fit <- large_sample_fit()  # sample A has more cells than admissibility()'s reference subsample
+  m1 <- admissibility(fit, seed = 1)$admissible
+  m7 <- admissibility(fit, seed = 7)$admissible
+  cells <- which(rowSums(m1 != m7) > 0)  # the cells whose mask depends on the seed
+  expect_gt(length(cells), 0)
+  cov <- data.frame(sample = fit@samples, g = c("a", "a", "b", "b", "b"))
+  de <- function(seed, ...) {
+    differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE, admissible = TRUE, seed = seed,
+                           verbose = FALSE, ...)
+  }
+  for (seed in c(1, 7)) {
+    expect_equal(de(seed)$n_samples, unname(rowSums(admissibility(fit, cells = cells, seed = seed)$admissible)))
+  }
+  expect_false(identical(de(1)$n_samples, de(7)$n_samples))
+  # BPPARAM reaches admissibility(): a fork-based back-end is said to run as
+  # socket workers once per spread of work (one block of cells here: nothing is started)
+  forked <- function(expr) {
+    n <- 0
+    withCallingHandlers(expr, mrvi_unforked = function(m) {
+      n <<- n + 1
+      invokeRestart("muffleMessage")
+    })
+    n
+  }
+  mc <- BiocParallel::MulticoreParam(2)
+  n_mask <- forked(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
+  n_plain <- forked(differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE, seed = 7,
+                                           verbose = FALSE, BPPARAM = mc))
+  expect_gt(n_mask, 0)
+  expect_equal(forked(de(7, BPPARAM = mc)), n_plain + n_mask)
+})

@@ -233,3 +233,44 @@ test_that("expression-space distances find the planted sample effect in the affe
   # tools/threshold_audit.R: 1.63-2.35)
   expect_gt(mean_d[[affected]] / max(mean_d[names(mean_d) != affected]), 1.3)
 })
+
+test_that("sampleDistances(admissible = TRUE) computes the mask under the call's seed and BPPARAM", {
+  fit <- large_sample_fit()  # sample A has more cells than admissibility()'s reference subsample
+  m1 <- admissibility(fit, seed = 1)$admissible
+  m7 <- admissibility(fit, seed = 7)$admissible
+  cells <- which(rowSums(m1 != m7) > 0)  # the cells whose mask depends on the seed
+  expect_gt(length(cells), 0)
+  per_cell <- function(seed, admissible) {
+    sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", admissible = admissible, seed = seed)
+  }
+  by_group <- function(seed, admissible) {
+    sampleDistances(fit, groups = rep("all", nrow(fit@u_mean)), mc_samples = 0, space = "latent",
+                    admissible = admissible, seed = seed)
+  }
+  for (seed in c(1, 7)) {
+    expect_identical(per_cell(seed, TRUE), per_cell(seed, admissibility(fit, cells = cells, seed = seed)$admissible))
+    expect_identical(by_group(seed, TRUE), by_group(seed, admissibility(fit, seed = seed)$admissible))
+  }
+  expect_false(identical(is.na(per_cell(1, TRUE)), is.na(per_cell(7, TRUE))))
+  expect_false(identical(by_group(1, TRUE), by_group(7, TRUE)))
+  # the default is the fit's seed, as for the draws
+  expect_identical(per_cell(fit@config$seed, TRUE),
+                   sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", admissible = TRUE))
+  # BPPARAM reaches admissibility(): a fork-based back-end is said to run as
+  # socket workers once per spread of work (one block of cells here: nothing is started)
+  forked <- function(expr) {
+    n <- 0
+    withCallingHandlers(expr, mrvi_unforked = function(m) {
+      n <<- n + 1
+      invokeRestart("muffleMessage")
+    })
+    n
+  }
+  mc <- BiocParallel::MulticoreParam(2)
+  n_mask <- forked(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
+  n_plain <- forked(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", seed = 7, BPPARAM = mc))
+  expect_gt(n_mask, 0)
+  expect_equal(forked(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", admissible = TRUE,
+                                      seed = 7, BPPARAM = mc)),
+               n_plain + n_mask)
+})
