@@ -700,61 +700,6 @@ unsafe fn affine_avx2(w: &[f32], bias: &[f32], input: &[f32], n: usize, out: &mu
     }
 }
 
-/// Rows o0..o0+R of [affine_avx2]: 16 columns at a time, then 8, then one by one.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn affine_tile_avx2<const R: usize>(w: &[f32], bias: &[f32], input: &[f32], n: usize, out: &mut [f32], o0: usize, depth: usize, rows: usize) {
-    use std::arch::x86_64::*;
-    let (wp, xp, op) = (w.as_ptr(), input.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i + 16 <= n {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for (r, a) in acc.iter_mut().enumerate() {
-            *a = [_mm256_set1_ps(bias[o0 + r]); 2];
-        }
-        for k in 0..depth {
-            let x0 = _mm256_loadu_ps(xp.add(k * n + i));
-            let x1 = _mm256_loadu_ps(xp.add(k * n + i + 8));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let wv = _mm256_set1_ps(*wp.add(k * rows + o0 + r));
-                a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
-                a[1] = _mm256_fmadd_ps(wv, x1, a[1]);
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(op.add((o0 + r) * n + i), a[0]);
-            _mm256_storeu_ps(op.add((o0 + r) * n + i + 8), a[1]);
-        }
-        i += 16;
-    }
-    if i + 8 <= n {
-        let mut acc = [_mm256_setzero_ps(); R];
-        for (r, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_set1_ps(bias[o0 + r]);
-        }
-        for k in 0..depth {
-            let x0 = _mm256_loadu_ps(xp.add(k * n + i));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(_mm256_set1_ps(*wp.add(k * rows + o0 + r)), x0, *a);
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(op.add((o0 + r) * n + i), *a);
-        }
-        i += 8;
-    }
-    for i in i..n {
-        for r in 0..R {
-            let mut v = bias[o0 + r];
-            for k in 0..depth {
-                v = (*wp.add(k * rows + o0 + r)).mul_add(*xp.add(k * n + i), v);
-            }
-            *op.add((o0 + r) * n + i) = v;
-        }
-    }
-}
-
 /// out[o, i] = bias[o] + sum_k w[k, o] input[k, i] for `input` [K, n], `w` [K,
 /// rows] and `out` [rows, n], all row-major: a small matrix product whose
 /// register tiles (BLOCK rows x LANES columns) stay in registers over k: 8 x 8
@@ -839,61 +784,70 @@ unsafe fn affine_rows_avx512(w: &[f32], bias: &[f32], input: &[f32], n: usize, o
     }
 }
 
-/// Rows o0..o0+R of [affine_rows_avx512]: 32 columns at a time, then 16, then
-/// one by one.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn affine_tile_avx512<const R: usize>(w: &[f32], bias: &[f32], input: &[f32], n: usize, out: &mut [f32], o0: usize, depth: usize, rows: usize) {
-    use std::arch::x86_64::*;
-    let (wp, xp, op) = (w.as_ptr(), input.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i + 32 <= n {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        for (r, a) in acc.iter_mut().enumerate() {
-            *a = [_mm512_set1_ps(bias[o0 + r]); 2];
-        }
-        for k in 0..depth {
-            let x0 = _mm512_loadu_ps(xp.add(k * n + i));
-            let x1 = _mm512_loadu_ps(xp.add(k * n + i + 16));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let wv = _mm512_set1_ps(*wp.add(k * rows + o0 + r));
-                a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
-                a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
+/// Rows o0..o0+R of an affine product in tiles of two vectors of columns (W
+/// lanes each), then one vector, then one column at a time: the AVX2 and
+/// AVX-512 tiles ([affine_avx2], [affine_rows_avx512]), the same code over the
+/// two vector widths.
+macro_rules! affine_tile {
+    ($name:ident, $lanes:expr, $set1:ident, $load:ident, $fmadd:ident, $store:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<const R: usize>(w: &[f32], bias: &[f32], input: &[f32], n: usize, out: &mut [f32], o0: usize, depth: usize, rows: usize) {
+            use std::arch::x86_64::*;
+            const W: usize = $lanes;
+            let (wp, xp, op) = (w.as_ptr(), input.as_ptr(), out.as_mut_ptr());
+            let mut i = 0;
+            while i + 2 * W <= n {
+                let mut acc = [[$set1(0.0); 2]; R];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = [$set1(bias[o0 + r]); 2];
+                }
+                for k in 0..depth {
+                    let x0 = $load(xp.add(k * n + i));
+                    let x1 = $load(xp.add(k * n + i + W));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wv = $set1(*wp.add(k * rows + o0 + r));
+                        a[0] = $fmadd(wv, x0, a[0]);
+                        a[1] = $fmadd(wv, x1, a[1]);
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    $store(op.add((o0 + r) * n + i), a[0]);
+                    $store(op.add((o0 + r) * n + i + W), a[1]);
+                }
+                i += 2 * W;
+            }
+            if i + W <= n {
+                let mut acc = [$set1(0.0); R];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = $set1(bias[o0 + r]);
+                }
+                for k in 0..depth {
+                    let x0 = $load(xp.add(k * n + i));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a = $fmadd($set1(*wp.add(k * rows + o0 + r)), x0, *a);
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    $store(op.add((o0 + r) * n + i), *a);
+                }
+                i += W;
+            }
+            for i in i..n {
+                for r in 0..R {
+                    let mut v = bias[o0 + r];
+                    for k in 0..depth {
+                        v = (*wp.add(k * rows + o0 + r)).mul_add(*xp.add(k * n + i), v);
+                    }
+                    *op.add((o0 + r) * n + i) = v;
+                }
             }
         }
-        for (r, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(op.add((o0 + r) * n + i), a[0]);
-            _mm512_storeu_ps(op.add((o0 + r) * n + i + 16), a[1]);
-        }
-        i += 32;
-    }
-    if i + 16 <= n {
-        let mut acc = [_mm512_setzero_ps(); R];
-        for (r, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_set1_ps(bias[o0 + r]);
-        }
-        for k in 0..depth {
-            let x0 = _mm512_loadu_ps(xp.add(k * n + i));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(*wp.add(k * rows + o0 + r)), x0, *a);
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(op.add((o0 + r) * n + i), *a);
-        }
-        i += 16;
-    }
-    for i in i..n {
-        for r in 0..R {
-            let mut v = bias[o0 + r];
-            for k in 0..depth {
-                v = (*wp.add(k * rows + o0 + r)).mul_add(*xp.add(k * n + i), v);
-            }
-            *op.add((o0 + r) * n + i) = v;
-        }
-    }
+    };
 }
+affine_tile!(affine_tile_avx2, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps);
+affine_tile!(affine_tile_avx512, 16, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
 
 /// Contexts laid out for [HostAttention::forward]: token-major, with each
 /// context's smallest and largest coordinate.
