@@ -109,6 +109,17 @@ large_sample_fit <- local({
   }
 })
 
+# How many times `expr` says it runs a fork-based back-end as socket workers
+# (class mrvi_unforked, once per spread of work), those messages muffled.
+unforked_messages <- function(expr) {
+  n <- 0
+  withCallingHandlers(expr, mrvi_unforked = function(m) {
+    n <<- n + 1
+    invokeRestart("muffleMessage")
+  })
+  n
+}
+
 # A small linear fit (5 epochs) on simulated nested data, made once per test run.
 small_fit <- local({
   cache <- NULL

@@ -450,18 +450,10 @@ test_that("differentialExpression(admissible = TRUE) computes the mask under the
   expect_false(identical(de(1)$n_samples, de(7)$n_samples))
   # BPPARAM reaches admissibility(): a fork-based back-end is said to run as
   # socket workers once per spread of work (one block of cells here: nothing is started)
-  forked <- function(expr) {
-    n <- 0
-    withCallingHandlers(expr, mrvi_unforked = function(m) {
-      n <<- n + 1
-      invokeRestart("muffleMessage")
-    })
-    n
-  }
   mc <- BiocParallel::MulticoreParam(2)
-  n_mask <- forked(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
-  n_plain <- forked(differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE, seed = 7,
-                                           verbose = FALSE, BPPARAM = mc))
+  n_mask <- unforked_messages(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
+  n_plain <- unforked_messages(differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE,
+                                                      seed = 7, verbose = FALSE, BPPARAM = mc))
   expect_gt(n_mask, 0)
-  expect_equal(forked(de(7, BPPARAM = mc)), n_plain + n_mask)
+  expect_equal(unforked_messages(de(7, BPPARAM = mc)), n_plain + n_mask)
 })

@@ -258,19 +258,11 @@ test_that("sampleDistances(admissible = TRUE) computes the mask under the call's
                    sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", admissible = TRUE))
   # BPPARAM reaches admissibility(): a fork-based back-end is said to run as
   # socket workers once per spread of work (one block of cells here: nothing is started)
-  forked <- function(expr) {
-    n <- 0
-    withCallingHandlers(expr, mrvi_unforked = function(m) {
-      n <<- n + 1
-      invokeRestart("muffleMessage")
-    })
-    n
-  }
   mc <- BiocParallel::MulticoreParam(2)
-  n_mask <- forked(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
-  n_plain <- forked(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", seed = 7, BPPARAM = mc))
+  n_mask <- unforked_messages(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
+  n_plain <- unforked_messages(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", seed = 7, BPPARAM = mc))
   expect_gt(n_mask, 0)
-  expect_equal(forked(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", admissible = TRUE,
-                                      seed = 7, BPPARAM = mc)),
+  expect_equal(unforked_messages(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", admissible = TRUE,
+                                                 seed = 7, BPPARAM = mc)),
                n_plain + n_mask)
 })
