@@ -25,7 +25,7 @@ use crate::error::{try_vec, Error, Result};
 use crate::model::MrviModel;
 use crate::rng::SplitMix64;
 use crate::stats::{ks_statistic, mantel_within};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -71,7 +71,7 @@ pub fn cell_association(
     let members: Vec<usize> = (0..s).filter(|&a| category[a] >= 0).collect();
     let member_codes: Vec<i64> = members.iter().map(|&a| category[a]).collect();
     let m = members.len();
-    let labelings = if permutations > 0 { Some(labeling_indicators(&member_codes, permutations, spec.seed)?) } else { None };
+    let labelings = if permutations > 0 { Some(relabelings(&member_codes, permutations, spec.seed)?) } else { None };
     let (permuting, n_labelings) = (labelings.is_some(), permutations + 1);
     // with permutations each cell of a block keeps its m x m single-precision
     // distances for the relabelings: at most 2^23 floats (32 MB) per block
@@ -136,78 +136,87 @@ fn mean(x: &[f64]) -> f64 {
 }
 
 /// The observed labeling and `permutations` random relabelings of the samples
-/// (drawn from `seed` alone), as category indicators: [m, labelings x K], column
-/// b K + k is 1 where labeling b puts a sample in category k (b = 0: observed).
-/// With two categories only the first one's column is kept ([m, labelings]:
-/// the second is its complement, see [permutation_p_values]).
-fn labeling_indicators(codes: &[i64], permutations: usize, seed: u64) -> Result<Tensor> {
+/// (drawn from `seed` alone), as each sample's category index under each:
+/// [labelings, m] (labeling 0: observed).
+fn relabelings(codes: &[i64], permutations: usize, seed: u64) -> Result<Vec<u32>> {
     let mut levels = codes.to_vec();
     levels.sort_unstable();
     levels.dedup();
-    let (m, k) = (codes.len(), if levels.len() == 2 { 1 } else { levels.len() });
+    let m = codes.len();
     let mut rng = SplitMix64::new(seed ^ 0x6d61_6e74_656c);
-    let mut x = try_vec(m.saturating_mul(permutations + 1).saturating_mul(k), 0f32, "the relabelings of the samples")?;
+    let mut out = try_vec(m.saturating_mul(permutations + 1), 0u32, "the relabelings of the samples")?;
     let mut labels = codes.to_vec();
-    for b in 0..=permutations {
+    for (b, row) in out.chunks_exact_mut(m.max(1)).enumerate() {
         if b > 0 {
             rng.shuffle(&mut labels);
         }
-        for (i, c) in labels.iter().enumerate() {
-            let level = levels.binary_search(c).expect("a level");
-            if level < k {
-                x[i * (permutations + 1) * k + b * k + level] = 1.0;
-            }
+        for (o, c) in row.iter_mut().zip(&labels) {
+            *o = levels.binary_search(c).expect("a level") as u32;
         }
     }
-    Ok(Tensor::from_slice(&x).view([m as i64, ((permutations + 1) * k) as i64]))
+    Ok(out)
 }
 
 /// Permutation p-values of Mantel's within-category sum for cells' distance
-/// matrices (`squares`: cells x m x m, symmetric, zero diagonal): twice the sum
-/// of labeling b is T_b = sum_k x_bk' D x_bk, for all labelings at once as one
-/// matrix product per chunk of cells (libtorch), and p = (1 + #{b > 0: T_b <=
-/// T_0}) / (1 + B). With two categories (one indicator x per labeling, see
-/// [labeling_indicators]) the second is 1 - x, so T_b = 2 x'Dx - 2 r'x + 1'D1
-/// with r = D1: half the product's work.
-fn permutation_p_values(squares: &[f32], m: usize, labelings: &Tensor, n_labelings: usize) -> Vec<f64> {
+/// matrices (`squares`: cells x m x m, symmetric): the sum of labeling b, T_b =
+/// sum of D[a, c] over the pairs a < c in one category under b, for all
+/// labelings at once as matrix products (libtorch, double precision) of the
+/// cells' pairs [cells, pairs] with the labelings' same-category indicators
+/// [pairs, labelings]; p = (1 + #{b > 0: T_b <= T_0}) / (1 + B). Every T_b is a
+/// plain sum of its pairs (for any number of categories; no shortcut whose
+/// terms cancel) at m^2 / 2 multiply-adds per labeling.
+fn permutation_p_values(squares: &[f32], m: usize, labels: &[u32], n_labelings: usize) -> Vec<f64> {
     let n = squares.len() / (m * m).max(1);
-    let columns = labelings.size()[1] as usize;
-    // one column per labeling: two categories (or one, whose indicator is all
-    // ones: T_b = 1'D1 for every b, p = 1, as with the general sum)
-    let two_categories = columns == n_labelings;
-    // sums in double precision: the shortcut's terms are of the size of 1'D1,
-    // and in single precision their rounding split exact ties (a labeling and
-    // its swapped twin) when T_0 is small beside 1'D1
-    let labelings = labelings.to_kind(Kind::Double);
-    // chunks whose product (cells x m x labelings, doubles) stays in cache (1 MB);
-    // a chunk of 64 MB ran 2.7x slower (20,000 cells, 32 samples, 999 permutations)
-    let chunk = ((1usize << 17) / (m * columns).max(1)).max(1);
-    let mut p = Vec::with_capacity(n);
-    for start in (0..n).step_by(chunk) {
-        let end = (start + chunk).min(n);
-        let d = Tensor::from_slice(&squares[start * m * m..end * m * m]).view([(end - start) as i64, m as i64, m as i64]).to_kind(Kind::Double);
-        let quadratic = (d.matmul(&labelings) * &labelings).sum_dim_intlist([1].as_slice(), false, Kind::Double);
-        let t = if two_categories {
-            let r = d.sum_dim_intlist([2].as_slice(), false, Kind::Double); // [cells, m]
-            let total = r.sum_dim_intlist([1].as_slice(), true, Kind::Double); // [cells, 1]
-            (quadratic - r.matmul(&labelings)) * 2.0 + total
-        } else {
-            quadratic.view([(end - start) as i64, n_labelings as i64, -1]).sum_dim_intlist([2].as_slice(), false, Kind::Double)
-        };
-        // the size of every T_b's terms, for the tolerance
-        let scale = Vec::<f64>::try_from(&d.abs().sum_dim_intlist([1, 2].as_slice(), false, Kind::Double)).expect("double");
-        let t = Vec::<f64>::try_from(&t.contiguous().view([-1])).expect("double");
-        for (sums, scale) in t.chunks_exact(n_labelings).zip(scale) {
-            // as small as the observed sum, up to rounding: 1e-9 of sum |D| is far
-            // above double precision's error and far below the single-precision
-            // distances' own
-            let bound = sums[0] + 1e-9 * scale;
-            let as_small = sums[1..].iter().filter(|&&v| v <= bound).count();
-            // NaN distances give no p-value (never a small one)
-            p.push(if sums.iter().all(|v| v.is_finite()) { (1 + as_small) as f64 / n_labelings as f64 } else { f64::NAN });
+    let pairs = m * m.saturating_sub(1) / 2;
+    // each cell's pairs a < c, and the size of every T_b's terms (for the tolerance)
+    let (mut upper, mut scale) = (Vec::with_capacity(n * pairs), vec![0f64; n]);
+    for (square, scale) in squares.chunks_exact(m * m).zip(scale.iter_mut()) {
+        for a in 0..m {
+            for &v in &square[a * m + a + 1..(a + 1) * m] {
+                upper.push(v as f64);
+                *scale += (v as f64).abs();
+            }
         }
     }
-    p
+    let upper = Tensor::from_slice(&upper).view([n as i64, pairs as i64]);
+    let (mut observed, mut as_small, mut finite) = (vec![0f64; n], vec![0usize; n], vec![true; n]);
+    // labelings in blocks whose indicators take at most 16 MB; cells in chunks
+    // whose sums [chunk, block] stay in cache (1 MB)
+    let per_block = ((1usize << 21) / pairs.max(1)).clamp(1, n_labelings);
+    let chunk = ((1usize << 17) / per_block).max(1);
+    let mut same = vec![0f64; pairs * per_block];
+    for first in (0..n_labelings).step_by(per_block) {
+        let width = per_block.min(n_labelings - first);
+        let block = &labels[first * m..(first + width) * m];
+        let mut rows = same.chunks_exact_mut(width);
+        for a in 0..m {
+            for c in a + 1..m {
+                let row = rows.next().expect("one row per pair");
+                for (o, labeling) in row.iter_mut().zip(block.chunks_exact(m)) {
+                    *o = if labeling[a] == labeling[c] { 1.0 } else { 0.0 };
+                }
+            }
+        }
+        let same = Tensor::from_slice(&same[..pairs * width]).view([pairs as i64, width as i64]);
+        for start in (0..n).step_by(chunk) {
+            let end = (start + chunk).min(n);
+            let t = upper.narrow(0, start as i64, (end - start) as i64).matmul(&same);
+            let t = Vec::<f64>::try_from(&t.contiguous().view([-1])).expect("double");
+            for (cell, sums) in (start..end).zip(t.chunks_exact(width)) {
+                if first == 0 {
+                    observed[cell] = sums[0];
+                }
+                // as small as the observed sum, up to rounding: 1e-9 of sum |D| is far
+                // above double precision's error and far below the single-precision
+                // distances' own
+                let bound = observed[cell] + 1e-9 * scale[cell];
+                finite[cell] &= sums.iter().all(|v| v.is_finite());
+                as_small[cell] += sums.iter().skip(usize::from(first == 0)).filter(|&&v| v <= bound).count();
+            }
+        }
+    }
+    // NaN distances give no p-value (never a small one)
+    (0..n).map(|c| if finite[c] { (1 + as_small[c]) as f64 / n_labelings as f64 } else { f64::NAN }).collect()
 }
 
 #[cfg(test)]
@@ -235,31 +244,39 @@ mod tests {
         (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
-    /// Two categories through one indicator per labeling give the p-values of
-    /// both indicators (the general path), and T_b is twice the within sum.
+    /// The p-values against a plain count over the same relabelings of each
+    /// labeling's within-category sum, for two and three categories, with the
+    /// labelings split into several blocks of indicators (a large m) or one.
     #[test]
-    fn two_category_shortcut_matches_both_indicators() {
-        let (m, cells, permutations) = (9usize, 5usize, 199usize);
-        let mut rng = SplitMix64::new(3);
-        let squares = symmetric_squares(cells, m, |c, a, b| {
-            // some cells with a planted split, some without
-            let split = c % 2 == 0 && (a < 4) != (b < 4);
-            uniform(&mut rng) + if split { 1.5 } else { 0.0 }
-        });
-        let codes: Vec<i64> = (0..m as i64).map(|a| (a >= 4) as i64).collect();
-        let one = labeling_indicators(&codes, permutations, 7).unwrap();
-        assert_eq!(one.size(), vec![m as i64, (permutations + 1) as i64]);
-        // the general path: both indicators, interleaved per labeling
-        let both = Tensor::stack(&[one.shallow_clone(), 1.0 - &one], 2).view([m as i64, -1]);
-        let fast = permutation_p_values(&squares, m, &one, permutations + 1);
-        let general = permutation_p_values(&squares, m, &both, permutations + 1);
-        assert_eq!(fast, general);
-        assert!(fast[0] < 0.05 && fast[2] < 0.05 && fast[1] > 0.05, "{fast:?}");
+    fn p_values_count_the_relabelings_within_sums() {
+        for (m, categories, cells, permutations) in [(9usize, 2i64, 5usize, 199usize), (12, 3, 4, 99), (70, 2, 3, 999)] {
+            let mut rng = SplitMix64::new(3 + m as u64);
+            let codes: Vec<i64> = (0..m as i64).map(|a| a % categories).collect();
+            let squares = symmetric_squares(cells, m, |c, a, b| {
+                // some cells with a planted split, some without
+                let split = c % 2 == 0 && codes[a] != codes[b];
+                uniform(&mut rng) + if split { 1.5 } else { 0.0 }
+            });
+            let labels = relabelings(&codes, permutations, 7).unwrap();
+            let p = permutation_p_values(&squares, m, &labels, permutations + 1);
+            for (c, square) in squares.chunks_exact(m * m).enumerate() {
+                let within = |labeling: &[u32]| -> f64 {
+                    (0..m).flat_map(|a| (a + 1..m).map(move |b| (a, b))).filter(|&(a, b)| labeling[a] == labeling[b]).map(|(a, b)| square[a * m + b] as f64).sum()
+                };
+                let sums: Vec<f64> = labels.chunks_exact(m).map(within).collect();
+                let count = sums[1..].iter().filter(|&&t| t <= sums[0] + 1e-9).count();
+                assert_eq!(p[c], (1 + count) as f64 / (permutations + 1) as f64, "m = {m}, cell {c}");
+            }
+            if m == 9 {
+                assert!(p[0] < 0.05 && p[2] < 0.05 && p[1] > 0.05, "{p:?}");
+            }
+        }
+        // a block of relabelings of 70 samples spans several blocks of indicators
+        assert!((1usize << 21) / (70 * 69 / 2) < 1000);
     }
 
     /// Relabelings whose sum ties the observed one are counted, whatever the
-    /// rounding of the two-category shortcut (whose terms are of the size of
-    /// 1'D1): cells whose samples split 4 / 4 with no distance within the
+    /// rounding: cells whose samples split 4 / 4 with no distance within the
     /// categories (clipped normalised distances) have the smallest exact
     /// p-value, 2 / 70 (the observed labeling and its swapped twin), and their
     /// Monte-Carlo p-values lie within 5 standard errors of it. (Sums in single
@@ -271,8 +288,8 @@ mod tests {
         let mut rng = SplitMix64::new(11);
         let squares = symmetric_squares(cells, m, |_, a, b| if (a < 4) != (b < 4) { 5.0 + 5.0 * uniform(&mut rng) } else { 0.0 });
         let codes: Vec<i64> = (0..m as i64).map(|a| (a >= 4) as i64).collect();
-        let labelings = labeling_indicators(&codes, permutations, 5).unwrap();
-        let p = permutation_p_values(&squares, m, &labelings, permutations + 1);
+        let labels = relabelings(&codes, permutations, 5).unwrap();
+        let p = permutation_p_values(&squares, m, &labels, permutations + 1);
         let exact = 2.0 / 70.0;
         let se = (exact * (1.0 - exact) / permutations as f64).sqrt();
         for (c, &p) in p.iter().enumerate() {
