@@ -74,8 +74,9 @@ pub fn cell_association(
     let labelings = if permutations > 0 { Some(relabelings(&member_codes, permutations, spec.seed)?) } else { None };
     let (permuting, n_labelings) = (labelings.is_some(), permutations + 1);
     // with permutations each cell of a block keeps its m x m single-precision
-    // distances for the relabelings: at most 2^23 floats (32 MB) per block
-    // (results do not depend on the block)
+    // distances for the relabelings: at most 2^23 floats (32 MB) per block, and
+    // their pairs in double precision as much again while the p-values are
+    // computed, with at most 16 MB of indicators (results do not depend on the block)
     let block = if permuting { block.min((1 << 23) / (m * m).max(1)) } else { block }.max(1);
     let pool = backend::pool()?;
     let mut squares = Vec::new();
@@ -157,6 +158,10 @@ fn relabelings(codes: &[i64], permutations: usize, seed: u64) -> Result<Vec<u32>
     Ok(out)
 }
 
+/// The most same-category indicators [pairs, labelings] held at once (16 MB of
+/// doubles): beyond it the labelings go in blocks.
+const INDICATOR_VALUES: usize = 1 << 21;
+
 /// Permutation p-values of Mantel's within-category sum for cells' distance
 /// matrices (`squares`: cells x m x m, symmetric): the sum of labeling b, T_b =
 /// sum of D[a, c] over the pairs a < c in one category under b, for all
@@ -169,20 +174,26 @@ fn permutation_p_values(squares: &[f32], m: usize, labels: &[u32], n_labelings: 
     let n = squares.len() / (m * m).max(1);
     let pairs = m * m.saturating_sub(1) / 2;
     // each cell's pairs a < c, and the size of every T_b's terms (for the tolerance)
-    let (mut upper, mut scale) = (Vec::with_capacity(n * pairs), vec![0f64; n]);
-    for (square, scale) in squares.chunks_exact(m * m).zip(scale.iter_mut()) {
-        for a in 0..m {
-            for &v in &square[a * m + a + 1..(a + 1) * m] {
-                upper.push(v as f64);
-                *scale += (v as f64).abs();
+    let mut scale = vec![0f64; n];
+    let upper = {
+        let mut upper = Vec::with_capacity(n * pairs);
+        for (square, scale) in squares.chunks_exact((m * m).max(1)).zip(scale.iter_mut()) {
+            for a in 0..m {
+                for &v in &square[a * m + a + 1..(a + 1) * m] {
+                    upper.push(v as f64);
+                    *scale += (v as f64).abs();
+                }
             }
         }
-    }
-    let upper = Tensor::from_slice(&upper).view([n as i64, pairs as i64]);
-    let (mut observed, mut as_small, mut finite) = (vec![0f64; n], vec![0usize; n], vec![true; n]);
-    // labelings in blocks whose indicators take at most 16 MB; cells in chunks
-    // whose sums [chunk, block] stay in cache (1 MB)
-    let per_block = ((1usize << 21) / pairs.max(1)).clamp(1, n_labelings);
+        Tensor::from_slice(&upper).view([n as i64, pairs as i64])
+    };
+    // NaN distances give no p-value (never a small one), whether or not the
+    // products carry them into a sum
+    let (mut observed, mut as_small) = (vec![0f64; n], vec![0usize; n]);
+    let mut finite: Vec<bool> = scale.iter().map(|v| v.is_finite()).collect();
+    // labelings in blocks whose indicators take at most INDICATOR_VALUES
+    // doubles; cells in chunks whose sums [chunk, block] stay in cache (1 MB)
+    let per_block = (INDICATOR_VALUES / pairs.max(1)).clamp(1, n_labelings);
     let chunk = ((1usize << 17) / per_block).max(1);
     let mut same = vec![0f64; pairs * per_block];
     for first in (0..n_labelings).step_by(per_block) {
@@ -215,7 +226,6 @@ fn permutation_p_values(squares: &[f32], m: usize, labels: &[u32], n_labelings: 
             }
         }
     }
-    // NaN distances give no p-value (never a small one)
     (0..n).map(|c| if finite[c] { (1 + as_small[c]) as f64 / n_labelings as f64 } else { f64::NAN }).collect()
 }
 
@@ -264,15 +274,24 @@ mod tests {
                     (0..m).flat_map(|a| (a + 1..m).map(move |b| (a, b))).filter(|&(a, b)| labeling[a] == labeling[b]).map(|(a, b)| square[a * m + b] as f64).sum()
                 };
                 let sums: Vec<f64> = labels.chunks_exact(m).map(within).collect();
-                let count = sums[1..].iter().filter(|&&t| t <= sums[0] + 1e-9).count();
+                let scale: f64 = (0..m).flat_map(|a| (a + 1..m).map(move |b| (a, b))).map(|(a, b)| (square[a * m + b] as f64).abs()).sum();
+                let count = sums[1..].iter().filter(|&&t| t <= sums[0] + 1e-9 * scale).count();
                 assert_eq!(p[c], (1 + count) as f64 / (permutations + 1) as f64, "m = {m}, cell {c}");
             }
             if m == 9 {
                 assert!(p[0] < 0.05 && p[2] < 0.05 && p[1] > 0.05, "{p:?}");
             }
         }
-        // a block of relabelings of 70 samples spans several blocks of indicators
-        assert!((1usize << 21) / (70 * 69 / 2) < 1000);
+        // the relabelings of 70 samples span several blocks of indicators
+        assert!(INDICATOR_VALUES / (70 * 69 / 2) < 1000);
+        // a NaN distance gives no p-value, whichever pair it is in
+        let (m, codes) = (6usize, [0i64, 0, 0, 1, 1, 1]);
+        let labels = relabelings(&codes, 19, 1).unwrap();
+        for (a, b) in [(0usize, 1usize), (0, 5)] {
+            let mut squares = symmetric_squares(1, m, |_, x, y| (x + y) as f32);
+            (squares[a * m + b], squares[b * m + a]) = (f32::NAN, f32::NAN);
+            assert!(permutation_p_values(&squares, m, &labels, 20)[0].is_nan(), "NaN in pair ({a}, {b})");
+        }
     }
 
     /// Relabelings whose sum ties the observed one are counted, whatever the

@@ -3,10 +3,10 @@
 //! w * max(|| z^a - z^b || - offset, 0) to an accumulator for pairs a < b.
 //!
 //! Pairs are computed in register tiles of a few samples a by two vectors of
-//! samples b (4 rows by 2 x 16 lanes with AVX-512): each value loaded serves
-//! several pairs, and 8 independent sums are in flight, enough to hide the
-//! latency of the fused multiply-add (one sum per pair ran at the latency of
-//! its chain: a fifth of the core's throughput). A tile goes over all the
+//! samples b (4 rows by 2 x 16 lanes with AVX-512, 6 rows by 2 x 8 with AVX2):
+//! each value loaded serves several pairs, and 8 (12) independent sums are in
+//! flight, enough to hide the latency of the fused multiply-add (one sum per
+//! pair ran at the latency of its chain: a fifth of the core's throughput). A tile goes over all the
 //! block's cells before the next; with AVX-512 its totals stay in registers.
 //! Every pair's squared distance is the same sequence of fused multiply-adds
 //! over d = 0..L on each path (AVX-512, AVX2, portable), and each pair adds
@@ -188,7 +188,7 @@ const ROWS_AVX512: usize = 4;
 
 /// Rows per AVX2 tile: 6 x 2 vectors of sums, 12 chains of multiply-adds
 /// (with 8, the loop ran at the latency of its chains, 5 cycles on AMD Zen 2);
-/// a panel's last 2 rows take a 2-row tile. `examples/pair_probe.rs` on Zen 2:
+/// the rows left in a panel or range take a tile of their number. `examples/pair_probe.rs` on Zen 2:
 /// 1.53-1.57 ns per cell and pair against 1.64 with 4-row tiles (whose
 /// remainders took single rows: 6 rows that way were 5% slower).
 #[cfg(target_arch = "x86_64")]

@@ -462,9 +462,9 @@ impl HostAttention {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn forward_avx2(&self, x: &[f32], contexts: &Contexts, out: &mut [f32], scratch: &mut ForwardScratch) {
-        // a closure into the AVX2 function: the bare `affine_rows::<true, ..>` is called
-        // through a shim compiled without FMA, where each multiply-add is a call to
-        // libm's fmaf (the block ran ~50x slower on CPUs without AVX-512)
+        // a closure into the AVX2 function (session 39: the function item
+        // `affine_rows::<true, ..>` passed here was called through a shim compiled
+        // without FMA, one libm fmaf call per multiply-add, ~50x slower)
         // SAFETY: the CPU has AVX2 and FMA (this function's features).
         self.forward_portable::<true>(x, contexts, out, scratch, |w, bias, input, n, out| unsafe { affine_avx2(w, bias, input, n, out) })
     }
@@ -477,7 +477,8 @@ impl HostAttention {
     }
 
     /// `FMA`: fused multiply-adds (only where the CPU has them); `affine`: the
-    /// MLP's layers ([affine_rows] on this path's vectors).
+    /// MLP's layers on this path's vectors ([affine_avx2], [affine_rows_avx512],
+    /// or [affine_rows] without FMA).
     #[inline(always)]
     fn forward_portable<const FMA: bool>(
         &self, x: &[f32], contexts: &Contexts, out: &mut [f32], scratch: &mut ForwardScratch, affine: impl Fn(&[f32], &[f32], &[f32], usize, &mut [f32]),
@@ -701,12 +702,11 @@ unsafe fn affine_avx2(w: &[f32], bias: &[f32], input: &[f32], n: usize, out: &mu
 }
 
 /// out[o, i] = bias[o] + sum_k w[k, o] input[k, i] for `input` [K, n], `w` [K,
-/// rows] and `out` [rows, n], all row-major: a small matrix product whose
-/// register tiles (BLOCK rows x LANES columns) stay in registers over k: 8 x 8
-/// with AVX2, 6 x 16 with AVX-512, enough independent sums to hide the
-/// multiply-add's latency (4 x 8 ran at half speed; 8 x 16 was spilled to the
-/// stack, 7x slower; `examples/attention_probe.rs`). Each value sums bias then
-/// k in order, as the plain loop would, so the tile shape never changes a bit.
+/// rows] and `out` [rows, n], all row-major: a small matrix product in register
+/// tiles (BLOCK rows x LANES columns) that stay in registers over k. The
+/// portable path (without FMA); with FMA it is the tests' reference for the
+/// intrinsics of [affine_avx2] and [affine_rows_avx512]. Each value sums bias
+/// then k in order, as the plain loop would, so the tile shape never changes a bit.
 #[inline(always)]
 fn affine_rows<const FMA: bool, const BLOCK: usize, const LANES: usize>(w: &[f32], bias: &[f32], input: &[f32], n: usize, out: &mut [f32]) {
     let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };

@@ -166,8 +166,9 @@ pub fn fused_log_lik(logits: &[f32], log_library: &[f32], log_theta: &[f32], x: 
 /// `row_dense_terms` compiled for the widest vectors the CPU has (checked at run
 /// time): AVX-512 (16 entries per block, one vector), AVX2 + FMA (16, two vectors:
 /// with one, the kernel ran 25% slower on AMD Zen 2, `examples/nb_kernel.rs`),
-/// baseline x86-64 (8). Each path sums in lanes of its own width, so the paths'
-/// sums differ in the last bits (a machine always takes the same path). `GRAD`: with
+/// baseline x86-64 (8). Each path sums in lanes of its own width, so the
+/// baseline's sums differ from the vector paths' in the last bits (a machine
+/// always takes the same path). `GRAD`: with
 /// the gradients (else `dl` is scratch and `d_phi` untouched).
 #[allow(clippy::too_many_arguments)]
 fn row_dense_dispatch<const GRAD: bool>(

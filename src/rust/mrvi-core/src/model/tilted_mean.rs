@@ -13,7 +13,8 @@
 //! in a few hundred of them), so building the table costs nothing up front;
 //! a small table (few contexts: the decoder's nuisance levels, read for every
 //! cell and sample) is filled at once into one buffer, which its many reads
-//! then take without the per-row indirection.
+//! then take without the per-row indirection (and again in a second layout, four
+//! values per lambda and context, for the AVX2 path).
 
 use std::sync::OnceLock;
 
@@ -25,7 +26,8 @@ const STEP_TIMES_RANGE: f64 = 0.1;
 /// Fitted models need a few thousand rows.
 const MAX_POINTS: f64 = (1u64 << 16) as f64;
 const MAX_VALUES: f64 = (1u64 << 24) as f64;
-/// Tables of at most this many values are filled when built (1 MB).
+/// Tables of at most this many values are filled when built (1 MB, and twice
+/// that again for the AVX2 path's second layout).
 const DENSE_VALUES: f64 = (1u64 << 18) as f64;
 
 pub struct TiltedMeans {
