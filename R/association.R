@@ -65,7 +65,7 @@
 #' posterior representation; they have no unit shared across cells, so
 #' `min_effect` is 0 with them unless set, and so it is in latent space.
 #'
-#' The permutations cost B S^2 / 2 multiply-adds per cell (S samples), as
+#' The permutations cost B S^2 / 2 to B S^2 multiply-adds per cell (S samples), as
 #' matrix products in double precision: 20,000 cells of 64 samples took 6.2 s
 #' with the defaults (expression space, 10 draws, 999 permutations) and 4.3 s
 #' with `permutations = 0` (2 threads, AMD EPYC Zen 2). With hundreds of samples consider
