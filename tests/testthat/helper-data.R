@@ -109,6 +109,11 @@ large_sample_fit <- local({
   }
 })
 
+# The cells of `fit` whose admissibility mask differs between seeds 1 and 7.
+seed_dependent_cells <- function(fit) {
+  which(rowSums(admissibility(fit, seed = 1)$admissible != admissibility(fit, seed = 7)$admissible) > 0)
+}
+
 # How many times `expr` says it runs a fork-based back-end as socket workers
 # (class mrvi_unforked, once per spread of work), those messages muffled.
 unforked_messages <- function(expr) {
