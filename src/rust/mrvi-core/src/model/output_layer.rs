@@ -36,11 +36,11 @@ impl WeightBlock {
         }
     }
 
-    /// The parameter's gradient (row-major) from the weight's gradient `d_weight`
-    /// ([G, K] row-major) at column offset `first`, times `scale`.
-    fn gradient(&self, d_weight: &[f32], k: usize, first: usize, scale: f32) -> Vec<f32> {
-        let g = d_weight.len() / k.max(1);
-        let at = |gene: usize, column: usize| scale * d_weight[gene * k + first + column];
+    /// The parameter's gradient (row-major) from the weight's gradient [G, K]
+    /// at column offset `first`, times `scale`.
+    fn gradient(&self, d_weight: &HostMatrix, first: usize, scale: f32) -> Vec<f32> {
+        let g = d_weight.rows;
+        let at = |gene: usize, column: usize| scale * d_weight.at(gene, first + column);
         match self {
             WeightBlock::Plain(_) => {
                 let width = self.columns();
@@ -84,6 +84,32 @@ impl WeightBlock {
             WeightBlock::Levels(t) => t.permute([1, 0, 2]).reshape([t.size()[1], -1]),
             WeightBlock::Rows(t) => t.tr(),
         }
+    }
+}
+
+/// A [rows, cols] matrix in host memory, row- or column-major (the weight's
+/// gradient comes transposed from [products::linear_gradients]: read in place
+/// rather than copied into rows).
+struct HostMatrix {
+    values: Vec<f32>,
+    rows: usize,
+    /// strides of a row and of a column
+    strides: (usize, usize),
+}
+
+impl HostMatrix {
+    fn of(t: &Tensor) -> Self {
+        let (rows, cols) = (t.size()[0] as usize, t.size()[1] as usize);
+        if !t.is_contiguous() && t.tr().is_contiguous() {
+            Self { values: super::host_floats(&t.tr()), rows, strides: (1, rows) }
+        } else {
+            Self { values: super::host_floats(t), rows, strides: (cols, 1) }
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, row: usize, col: usize) -> f32 {
+        self.values[row * self.strides.0 + col * self.strides.1]
     }
 }
 
@@ -131,11 +157,10 @@ impl OutputLayer {
     pub(crate) fn host_gradients(&self, d_logits: &Tensor, scale: f32, sink: &mut HostGradients) -> Tensor {
         let traced_weight = self.blocks[0].parameter().detach();
         let (d_traced, d_weight, d_bias) = products::linear_gradients(d_logits, &self.input.detach(), &traced_weight, self.bias.is_some());
-        let k = d_weight.size()[1] as usize;
-        let d_weight = super::host_floats(&d_weight);
+        let d_weight = HostMatrix::of(&d_weight);
         let mut first = 0;
         for block in &self.blocks {
-            sink.add_slice(block.parameter(), &block.gradient(&d_weight, k, first, scale));
+            sink.add_slice(block.parameter(), &block.gradient(&d_weight, first, scale));
             first += block.columns();
         }
         if let (Some(bias), Some(d_bias)) = (&self.bias, d_bias) {
