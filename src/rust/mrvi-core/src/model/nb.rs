@@ -339,8 +339,10 @@ fn entry(t: f32, phi: f32, x: f32, eta: f32, mu: f32, shift: f32, inv_l: f32) ->
 /// (the full table cost ~1 ms per minibatch of 2,000 genes). Built in items of
 /// [GENES_PER_ITEM] genes on libtorch's OpenMP threads, then joined into one table.
 struct SpecialTable {
-    /// every gene's entries, gene after gene
-    table: Vec<(f64, f64)>,
+    /// every gene's entries, gene after gene, summed in double precision and
+    /// kept in single: half the memory (a table over all genes outgrew the L2
+    /// cache, and its reads took a quarter of the kernel's time)
+    table: Vec<(f32, f32)>,
     /// gene k's entries start at offset[k]
     offset: Vec<usize>,
     lgamma_theta: Vec<f64>,
@@ -355,7 +357,7 @@ impl SpecialTable {
         let (mut lgamma_theta, mut digamma_theta) = (vec![f64::NAN; g], vec![f64::NAN; g]);
         struct Item<'a> {
             first: usize,
-            table: Vec<(f64, f64)>,
+            table: Vec<(f32, f32)>,
             offset: &'a mut [usize],
             lgamma_theta: &'a mut [f64],
             digamma_theta: &'a mut [f64],
@@ -392,7 +394,7 @@ impl SpecialTable {
                 for c in 0..(m as usize).min(TABLE) {
                     lg += (t + c as f64).ln();
                     dg += 1.0 / (t + c as f64);
-                    item.table.push((lg, dg));
+                    item.table.push((lg as f32, dg as f32));
                 }
             }
         });
@@ -410,7 +412,8 @@ impl SpecialTable {
     fn get(&self, gene: usize, count: f32, theta: f32) -> (f64, f64) {
         let c = count as usize;
         if c <= TABLE {
-            self.table[self.offset[gene] + c - 1]
+            let (lg, dg) = self.table[self.offset[gene] + c - 1];
+            (lg as f64, dg as f64)
         } else {
             let v = count as f64 + theta as f64;
             (
