@@ -47,8 +47,9 @@ pub struct TiltedMeans {
     dense: Option<Box<[f32]>>,
     /// the small table again as what one lambda between rows p and p + 1 reads
     /// of context j: m and step * dm/dlambda at row p, then at row p + 1, four
-    /// values at [(p n + j) 4] (one load instead of four gathers)
-    quads: Option<Box<[f32]>>,
+    /// values at [(p n + j) 4] (one load instead of four gathers); made when the
+    /// AVX2 path first reads it (CPUs with AVX-512 read `dense` directly)
+    quads: OnceLock<Box<[f32]>>,
 }
 
 impl TiltedMeans {
@@ -82,13 +83,10 @@ impl TiltedMeans {
             points: points as usize,
             rows: Vec::new(),
             dense: None,
-            quads: None,
+            quads: OnceLock::new(),
         };
         if points * 2.0 * n as f64 <= DENSE_VALUES {
-            let dense: Box<[f32]> = (0..points as usize).flat_map(|p| table.compute_row(p).into_vec()).collect();
-            let quad = |p: usize, j: usize| [dense[2 * n * p + j], dense[2 * n * p + n + j], dense[2 * n * (p + 1) + j], dense[2 * n * (p + 1) + n + j]];
-            table.quads = Some((0..points as usize - 1).flat_map(|p| (0..n).flat_map(move |j| quad(p, j))).collect());
-            table.dense = Some(dense);
+            table.dense = Some((0..points as usize).flat_map(|p| table.compute_row(p).into_vec()).collect());
         } else {
             table.rows = (0..points as usize).map(|_| OnceLock::new()).collect();
         }
@@ -153,10 +151,19 @@ impl TiltedMeans {
                 done = unsafe { self.dense_avx512(rows, lambdas, out) };
             } else if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU has AVX2 (the function's features).
-                done = unsafe { self.dense_avx2(self.quads.as_deref().expect("a dense table has quads"), lambdas, out) };
+                done = unsafe { self.dense_avx2(self.quads(rows), lambdas, out) };
             }
         }
         self.interpolate_from(done, lambdas, out)
+    }
+
+    /// The dense table `rows` as [Self::quads] lays it out, made once.
+    fn quads(&self, rows: &[f32]) -> &[f32] {
+        let n = self.n;
+        self.quads.get_or_init(|| {
+            let quad = |p: usize, j: usize| [rows[2 * n * p + j], rows[2 * n * p + n + j], rows[2 * n * (p + 1) + j], rows[2 * n * (p + 1) + n + j]];
+            (0..self.points - 1).flat_map(|p| (0..n).flat_map(move |j| quad(p, j))).collect()
+        })
     }
 
     /// [Self::interpolate_many] for lambdas[first..] (the same arithmetic,
@@ -397,7 +404,7 @@ mod tests {
         // path: the same bits, and it stops before the block with the lambda off the grid
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
-            let quads = table.quads.as_deref().unwrap();
+            let quads = table.quads(table.dense.as_deref().unwrap());
             let (mut vector, mut scalar) = (vec![f32::NAN; n * lambdas.len()], vec![f32::NAN; n * lambdas.len()]);
             // SAFETY: the CPU has AVX2 (checked above)
             let done = unsafe { table.dense_avx2(quads, &lambdas, &mut vector) };
