@@ -172,3 +172,30 @@ impl OutputLayer {
         d_traced * scale as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// The weight's gradient read in place, row-major or column-major (a tall
+    /// product comes transposed from [products::linear_gradients]), with one
+    /// row, one column, or square.
+    #[test]
+    fn host_matrix_reads_either_layout() {
+        for (rows, cols) in [(7i64, 3i64), (3, 7), (1, 5), (5, 1), (4, 4)] {
+            let m = Tensor::arange(rows * cols, (Kind::Float, Device::Cpu)).view([rows, cols]);
+            let column_major = m.tr().contiguous().tr();
+            assert!(rows == 1 || cols == 1 || !column_major.is_contiguous());
+            for t in [&m, &column_major] {
+                let h = HostMatrix::of(t);
+                assert_eq!(h.rows, rows as usize);
+                for r in 0..rows as usize {
+                    for c in 0..cols as usize {
+                        assert_eq!(h.at(r, c), (r * cols as usize + c) as f32, "[{rows}, {cols}] at ({r}, {c})");
+                    }
+                }
+            }
+        }
+    }
+}

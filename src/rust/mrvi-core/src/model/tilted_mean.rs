@@ -13,8 +13,8 @@
 //! in a few hundred of them), so building the table costs nothing up front;
 //! a small table (few contexts: the decoder's nuisance levels, read for every
 //! cell and sample) is filled at once into one buffer, which its many reads
-//! then take without the per-row indirection (and again in a second layout, four
-//! values per lambda and context, for the AVX2 path).
+//! then take without the per-row indirection (and, when the AVX2 path first reads
+//! it, again in a second layout: four values per lambda and context).
 
 use std::sync::OnceLock;
 
@@ -27,7 +27,7 @@ const STEP_TIMES_RANGE: f64 = 0.1;
 const MAX_POINTS: f64 = (1u64 << 16) as f64;
 const MAX_VALUES: f64 = (1u64 << 24) as f64;
 /// Tables of at most this many values are filled when built (1 MB, and twice
-/// that again for the AVX2 path's second layout).
+/// that again for the AVX2 path's second layout, made when first read).
 const DENSE_VALUES: f64 = (1u64 << 18) as f64;
 
 pub struct TiltedMeans {
@@ -151,16 +151,17 @@ impl TiltedMeans {
                 done = unsafe { self.dense_avx512(rows, lambdas, out) };
             } else if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU has AVX2 (the function's features).
-                done = unsafe { self.dense_avx2(self.quads(rows), lambdas, out) };
+                done = unsafe { self.dense_avx2(self.quads(), lambdas, out) };
             }
         }
         self.interpolate_from(done, lambdas, out)
     }
 
-    /// The dense table `rows` as [Self::quads] lays it out, made once.
-    fn quads(&self, rows: &[f32]) -> &[f32] {
+    /// The dense table as [Self::quads] lays it out, made once.
+    fn quads(&self) -> &[f32] {
         let n = self.n;
         self.quads.get_or_init(|| {
+            let rows = self.dense.as_deref().expect("only a dense table has quads");
             let quad = |p: usize, j: usize| [rows[2 * n * p + j], rows[2 * n * p + n + j], rows[2 * n * (p + 1) + j], rows[2 * n * (p + 1) + n + j]];
             (0..self.points - 1).flat_map(|p| (0..n).flat_map(move |j| quad(p, j))).collect()
         })
@@ -404,7 +405,7 @@ mod tests {
         // path: the same bits, and it stops before the block with the lambda off the grid
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
-            let quads = table.quads(table.dense.as_deref().unwrap());
+            let quads = table.quads();
             let (mut vector, mut scalar) = (vec![f32::NAN; n * lambdas.len()], vec![f32::NAN; n * lambdas.len()]);
             // SAFETY: the CPU has AVX2 (checked above)
             let done = unsafe { table.dense_avx2(quads, &lambdas, &mut vector) };
