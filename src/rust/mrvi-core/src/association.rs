@@ -176,7 +176,7 @@ const INDICATOR_VALUES: usize = 1 << 21;
 fn permutation_p_values(squares: &[f32], m: usize, labels: &[u32], n_labelings: usize) -> Vec<f64> {
     let pairs = m * m.saturating_sub(1) / 2;
     // the size of every T_b's terms, for the tolerance
-    let scale: Vec<f64> = squares.chunks_exact((m * m).max(1)).map(|sq| (0..m).flat_map(|a| &sq[a * m + a + 1..(a + 1) * m]).map(|&v| (v as f64).abs()).sum()).collect();
+    let scale: Vec<f64> = squares.chunks_exact((m * m).max(1)).map(|sq| upper_triangle(sq, m).map(f64::abs).sum()).collect();
     let sums = if pairs * n_labelings <= INDICATOR_VALUES { pair_sums(squares, m, labels, n_labelings) } else { quadratic_sums(squares, m, labels, n_labelings) };
     sums.chunks_exact(n_labelings)
         .zip(scale)
@@ -194,6 +194,12 @@ fn permutation_p_values(squares: &[f32], m: usize, labels: &[u32], n_labelings: 
         .collect()
 }
 
+/// One cell's distances above the diagonal (`square`: m x m), pair (a, c) for
+/// a < c in row order, in double precision.
+fn upper_triangle(square: &[f32], m: usize) -> impl Iterator<Item = f64> + '_ {
+    (0..m).flat_map(move |a| &square[a * m + a + 1..(a + 1) * m]).map(|&v| v as f64)
+}
+
 /// T_b for every cell and labeling, [cells, labelings]: the cells' pairs times
 /// the labelings' same-category indicators, in chunks of cells whose sums stay
 /// in cache (1 MB).
@@ -201,7 +207,7 @@ fn pair_sums(squares: &[f32], m: usize, labels: &[u32], n_labelings: usize) -> V
     let n = squares.len() / (m * m).max(1);
     let pairs = m * m.saturating_sub(1) / 2;
     let upper = {
-        let upper: Vec<f64> = squares.chunks_exact((m * m).max(1)).flat_map(|sq| (0..m).flat_map(move |a| &sq[a * m + a + 1..(a + 1) * m])).map(|&v| v as f64).collect();
+        let upper: Vec<f64> = squares.chunks_exact((m * m).max(1)).flat_map(|sq| upper_triangle(sq, m)).collect();
         Tensor::from_slice(&upper).view([n as i64, pairs as i64])
     };
     let mut same = vec![0f64; pairs * n_labelings];

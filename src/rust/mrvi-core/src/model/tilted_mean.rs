@@ -157,7 +157,7 @@ impl TiltedMeans {
         self.interpolate_from(done, lambdas, out)
     }
 
-    /// The dense table as [Self::quads] lays it out, made once.
+    /// The dense table in the layout of the `quads` field, made once.
     fn quads(&self) -> &[f32] {
         let n = self.n;
         self.quads.get_or_init(|| {
