@@ -109,12 +109,18 @@ as_group_matrices <- function(d, name, call) {
     abort_arg(c("{.arg distances}${name} has no sample names.",
                 "i" = "Name its rows and columns (or the dist's labels) by the samples of {.arg sample_table}."), call = call)
   }
-  if (is.matrix(d)) return(list(all = d))
+  # rows are matched to the table by name and columns taken in the same order:
+  # a matrix whose columns are in another order would score wrongly
+  arg <- paste0("distances$", name)
+  if (is.matrix(d)) return(list(all = check_distance_matrix(d, call, arg)))
   if (!is.array(d) || length(dim(d)) != 3 || is.null(dimnames(d)[[1]])) {
     abort_arg("{.arg distances}${name} must be an [S, S, G] array with sample names (as {.fn sampleDistances}), a matrix or a dist.",
               call = call)
   }
-  out <- lapply(seq_len(dim(d)[3]), function(g) d[, , g])
+  S <- dim(d)[1]
+  out <- lapply(seq_len(dim(d)[3]), function(g) {
+    check_distance_matrix(matrix(d[, , g], S, dim(d)[2], dimnames = dimnames(d)[1:2]), call, arg)
+  })
   stats::setNames(out, dimnames(d)[[3]] %||% as.character(seq_len(dim(d)[3])))
 }
 

@@ -23,7 +23,8 @@
 #'   Aitchison distance, which weighs rare subclusters as much as common ones).
 #'   For cell-type proportions without subclustering see [proportionDistances()].
 #' @return an array `[S, S, G]` with dimnames and attributes `n_cells`,
-#'   `n_clusters` (subclusters per group) and `sample_table`.
+#'   `excluded` (per group, the samples without cells in it: their rows and
+#'   columns are `NA`), `n_clusters` (subclusters per group) and `sample_table`.
 #' @examples
 #' if (requireNamespace("igraph", quietly = TRUE)) {
 #'   sim <- mrvi:::example_counts()
@@ -45,8 +46,12 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   seed <- check_whole(seed, "seed", call)
   check_positive(resolution, "resolution", call)
   emb <- if (is.null(embedding)) pca_embedding(in_memory_counts(data), n_pcs) else {
-    if (!is.matrix(embedding) || !is.numeric(embedding) || nrow(embedding) != ncol(x)) {
-      abort_arg("{.arg embedding} must be a numeric matrix with one row per cell ({ncol(x)}).", call = call)
+    # named rows are matched to the cells below (mrviLatent(fit) lacks the cells
+    # that mrviData() dropped); unnamed ones must be every cell, in order
+    if (!is.matrix(embedding) || !is.numeric(embedding) || is.null(rownames(embedding)) && nrow(embedding) != ncol(x)) {
+      abort_arg(c("{.arg embedding} must be a numeric matrix with one row per cell ({ncol(x)}), or rows named by the cells.",
+                  "x" = if (is.matrix(embedding)) "It has {nrow(embedding)} unnamed row{?s}." else "You gave {.obj_type_friendly {embedding}}."),
+                call = call)
     }
     if (!all(is.finite(embedding))) {
       abort_arg("{.arg embedding} has {sum(!is.finite(embedding))} missing or infinite value{?s}: the neighbour graph needs finite coordinates.",
@@ -72,16 +77,24 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   out <- array(NA_real_, c(S, S, nlevels(group)),
                dimnames = list(levels(data$sample), levels(data$sample), levels(group)))
   n_clusters <- integer(nlevels(group))
+  excluded <- stats::setNames(vector("list", nlevels(group)), levels(group))
   for (g in seq_len(nlevels(group))) {
     idx <- which(group == levels(group)[g])
     cl <- leiden_clusters(emb[idx, , drop = FALSE], k, resolution)
     n_clusters[g] <- nlevels(cl)
     tab <- table(data$sample[idx], cl)
     prop <- if (transform == "clr") clr(unclass(tab) + 0.5) else prop.table(tab, 1)
-    prop[rowSums(tab) == 0, ] <- NA  # samples without cells in the group
-    out[, , g] <- as.matrix(stats::dist(prop))
+    d <- as.matrix(stats::dist(prop))
+    # a sample without cells in the group has no proportions: its row and
+    # column NA, diagonal included, as in sampleDistances()
+    absent <- rowSums(tab) == 0
+    d[absent, ] <- NA
+    d[, absent] <- NA
+    excluded[[g]] <- levels(data$sample)[absent]
+    out[, , g] <- d
   }
   attr(out, "n_cells") <- stats::setNames(as.vector(table(group)), levels(group))
+  attr(out, "excluded") <- excluded
   attr(out, "n_clusters") <- stats::setNames(n_clusters, levels(group))
   attr(out, "sample_table") <- data$sample_table
   out
@@ -194,7 +207,9 @@ as_phylo <- function(x, arg, call) {
 #' @param seed seed of the subsample.
 #' @return a named numeric vector: `cell_type` and `batch`. `batch` is `NA`
 #'   without `batch`, and when no cell type has at least 3 cells from at
-#'   least 2 batches (nothing to mix, for example a single batch).
+#'   least 2 batches (nothing to mix, for example a single batch); a cell type
+#'   whose cells all come from different batches has no batch silhouette
+#'   either, and is left out of the mean.
 #' @examples
 #' if (requireNamespace("cluster", quietly = TRUE)) {
 #'   sim <- mrvi:::example_counts()
@@ -240,7 +255,8 @@ silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 500
     b <- as.factor(batch)[idx]
     per_type <- vapply(levels(ct), function(t) {
       j <- which(ct == t)
-      if (length(unique(b[j])) < 2 || length(j) < 3) return(NA_real_)
+      # (silhouettes need 2 to n - 1 batches among the type's n cells)
+      if (length(j) < 3 || !length(unique(b[j])) %in% seq(2, length(j) - 1)) return(NA_real_)
       sb <- cluster::silhouette(as.integer(droplevels(b[j])), stats::dist(e[j, , drop = FALSE]))
       mean(1 - abs(sb[, "sil_width"]))
     }, numeric(1))

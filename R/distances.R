@@ -334,9 +334,9 @@ resolve_group <- function(d, group, call) {
   as.integer(group)
 }
 
-check_distance_matrix <- function(m, call) {
+check_distance_matrix <- function(m, call, arg = "d") {
   fail <- function(problem) {
-    abort_arg(c("{.arg d} must hold distances between samples: {problem}",
+    abort_arg(c("{.arg {arg}} must hold distances between samples: {problem}",
                 "i" = "Give the result of {.fn sampleDistances}, a dist, or a symmetric matrix of non-negative distances with a zero diagonal."),
               call = call)
   }

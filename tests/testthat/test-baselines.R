@@ -192,6 +192,43 @@ test_that("compositionDistances() takes an unnamed embedding in the cells' order
   empty[, 7] <- 0
   expect_identical(suppressMessages(compositionDistances(empty, x$sample, x$type, embedding = e)),
                    suppressMessages(compositionDistances(empty, x$sample, x$type, embedding = named)))
+  # named rows need only the kept cells (mrviLatent(fit) has no row for a dropped cell)
+  expect_identical(suppressMessages(compositionDistances(empty, x$sample, x$type, embedding = named[-7, ])),
+                   suppressMessages(compositionDistances(empty, x$sample, x$type, embedding = named)))
+  expect_error(compositionDistances(x$counts, x$sample, x$type, embedding = e[-7, ]),
+               "one row per cell \\(240\\), or rows named by the cells", class = "mrvi_error")
+})
+
+test_that("compositionDistances() leaves out a sample without cells in a group, as sampleDistances() does", {
+  skip_if_not_installed("igraph")
+  x <- baseline_data()
+  # s6 has no NK cells
+  type <- replace(x$type, x$sample == "s6" & x$type == "NK", "T")
+  d <- compositionDistances(x$counts, x$sample, type, n_pcs = 5)
+  expect_true(all(is.na(d["s6", , "NK"])) && all(is.na(d[, "s6", "NK"])))
+  expect_false(anyNA(d[-6, -6, "NK"]))
+  expect_false(anyNA(d[, , "T"]))
+  expect_identical(attr(d, "excluded"), list(B = character(), NK = "s6", T = character()))
+  # so the comparison scores that group on the other samples, not NA
+  table <- data.frame(sample = sprintf("s%d", 1:6), arm = rep(c("a", "b"), each = 3))
+  res <- compareSampleDistances(list(comp = d), table, "arm")
+  nk <- res[res$group == "NK", ]
+  expect_identical(nk$n_samples, 5L)
+  expect_false(anyNA(nk$r2))
+  # clr proportions too
+  dc <- compositionDistances(x$counts, x$sample, type, n_pcs = 5, transform = "clr")
+  expect_true(all(is.na(dc["s6", , "NK"])) && !anyNA(dc[-6, -6, "NK"]))
+})
+
+test_that("silhouetteScores() leaves out a cell type whose cells all come from different batches", {
+  skip_if_not_installed("cluster")
+  set.seed(1)
+  e <- matrix(rnorm(80), 40, 2)
+  type <- c(rep("A", 37), rep("B", 3))
+  batch <- c(rep(c("x", "y"), length.out = 37), "x", "y", "z")
+  s <- silhouetteScores(e, type, batch)
+  a <- cluster::silhouette(as.integer(factor(batch[1:37])), dist(e[1:37, ]))
+  expect_equal(s[["batch"]], mean(1 - abs(a[, "sil_width"])))
 })
 
 test_that("baselines refuse bad arguments by name", {
@@ -215,6 +252,12 @@ test_that("baselines refuse bad arguments by name", {
                class = "mrvi_error")
   expect_error(compareSampleDistances(list(a = dist(1:6)), table, "arm"), "no sample names", class = "mrvi_error")
   expect_error(compareSampleDistances(list(a = m, a = m), table, "arm"), "more than once", class = "mrvi_error")
+  # columns in another order than the rows would pair samples wrongly
+  expect_error(compareSampleDistances(list(ok = m, shuffled = m[, 6:1]), table, "arm"),
+               "`distances\\$shuffled` must hold distances between samples: its row and column names differ", class = "mrvi_error")
+  arr <- array(c(m, m[6:1, ]), c(6, 6, 2), dimnames = list(rownames(m), rownames(m), c("T", "B")))
+  expect_error(compareSampleDistances(list(arr = arr), table, "arm"), "`distances\\$arr` must hold distances between samples: its diagonal is not 0",
+               class = "mrvi_error")
   table$dose <- c(0.1, 0.5, 1, 2, 5, 10)
   expect_warning(res <- compareSampleDistances(list(a = m), table, c("arm", "dose")),
                  "a / all / dose: no category with 2 samples", class = "mrvi_warning")
