@@ -45,21 +45,31 @@ plotSampleMDS <- function(distances, group = NULL, annotation = NULL) {
 }
 
 # The annotation of each sample in `samples`, from a sample-table column or a
-# vector named by sample.
+# vector named by sample; its type kept (numbers get a continuous colour scale,
+# a factor its levels' order).
 mds_annotation <- function(distances, annotation, samples, call) {
   if (is.null(annotation)) return(NA)
   if (is.character(annotation) && length(annotation) == 1 && is.null(names(annotation))) {
     table <- attr(distances, "sample_table")
-    if (is.null(table) || !annotation %in% names(table)) {
+    if (is.null(table)) {
+      abort_arg(c("{.arg annotation} = {.val {annotation}} names a column of the sample table, but {.arg distances} has none (a plain matrix or dist).",
+                  "i" = "Give a vector named by sample ({show_some(samples)}), or the result of {.fn sampleDistances}."), call = call)
+    }
+    if (!annotation %in% names(table)) {
       abort_arg(c("{.arg annotation} = {.val {annotation}} is not a column of the sample table.",
                   "i" = "Columns: {show_some(names(table), 12)}; or give a vector named by sample."), call = call)
     }
-    rows <- if ("sample" %in% names(table)) table$sample else rownames(table)
-    return(as.character(table[[annotation]][match(samples, rows)]))
+    rows <- as.character(if ("sample" %in% names(table)) table$sample else rownames(table))
+    absent <- setdiff(samples, rows)
+    if (length(absent)) {
+      abort_arg(c("The sample table of {.arg distances} has no row for sample{?s} {.val {absent}}: {.arg annotation} would leave {?it/them} blank.",
+                  "i" = "Give a vector named by sample instead."), call = call)
+    }
+    return(table[[annotation]][match(samples, rows)])
   }
   if (is.null(names(annotation)) || !all(samples %in% names(annotation))) {
     abort_arg("{.arg annotation} must be a sample-table column name or a vector named by sample ({show_some(samples)}).",
               call = call)
   }
-  as.character(annotation[samples])
+  unname(annotation[samples])
 }

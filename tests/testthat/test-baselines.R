@@ -151,6 +151,15 @@ test_that("plotSampleMDS() draws classical MDS coordinates", {
   expect_equal(abs(pts$x), abs(unname(mds[, 1])))
   expect_equal(abs(pts$y), abs(unname(mds[, 2])))
   expect_s3_class(plotSampleMDS(p[, , "T"]), "ggplot")
+  # an annotation keeps its type: numbers on a continuous scale, a factor's levels in order
+  dose <- setNames(c(0.5, 1, 2, 4, 8, 16), sprintf("s%d", 1:6))
+  expect_identical(ggplot2::ggplot_build(plotSampleMDS(p, "B", annotation = dose))$plot$data$value, unname(dose))
+  p_arm <- p
+  attr(p_arm, "sample_table")$arm <- factor(rep(c("y", "x"), each = 3), levels = c("y", "x"))
+  expect_identical(levels(plotSampleMDS(p_arm, "B", annotation = "arm")$data$value), c("y", "x"))
+  expect_error(plotSampleMDS(p[, , "B"], annotation = "arm"), "`distances` has none", class = "mrvi_error")
+  attr(p_arm, "sample_table") <- attr(p_arm, "sample_table")[-2, ]
+  expect_error(plotSampleMDS(p_arm, "B", annotation = "arm"), "no row for sample \"s2\"", class = "mrvi_error")
   # samples the distances do not separate: every coordinate 0, each axis 0%
   flat <- matrix(0, 3, 3, dimnames = list(c("a", "b", "c"), c("a", "b", "c")))
   g0 <- expect_no_warning(plotSampleMDS(flat))
