@@ -16,7 +16,13 @@ resolve_batch <- function(batch, cell_meta, counts, call) {
   if (!columns && !is.data.frame(batch) && !(is.list(batch) && !is.factor(batch))) {
     return(data.frame(batch = resolve_cell_factor(batch, "batch", cell_meta, counts, call)))
   }
-  values <- if (columns) stats::setNames(as.list(batch), batch) else as.list(batch)
+  # (values of which none is a column: a vector of the wrong length; a typo in
+  # one of several column names is named by resolve_cell_factor() below)
+  if (columns && !any(batch %in% names(cell_meta))) {
+    abort_arg(c("{.arg batch} has {length(batch)} values: neither one per cell ({ncol(counts)} = {.code ncol(x)}) nor column names of the cell metadata.",
+                "x" = "Not columns: {show_some(unique(batch), 3)}."), call = call)
+  }
+  values <- if (columns) stats::setNames(as.list(batch), batch) else by_cell_columns(batch)
   if (!length(values)) abort_arg("{.arg batch} is empty: give column names or vectors, or {.code NULL}.", call = call)
   nms <- covariate_names(values, "batch", call)
   factors <- lapply(seq_along(values), function(k) {
@@ -100,9 +106,13 @@ resolve_continuous <- function(x, cell_meta, counts, call) {
                 "i" = "Give numbers (for example {.code as.numeric()} of it), or column names of the cell metadata."),
               call = call)
   }
+  if (is.character(x) && is.null(dim(x)) && length(x) > 1 && !any(x %in% names(cell_meta))) {
+    abort_arg(c("{.arg {arg}} has {length(x)} values: neither one number per cell ({ncol(counts)} = {.code ncol(x)}) nor column names of the cell metadata.",
+                "x" = "Not columns: {show_some(unique(x), 3)}."), call = call)
+  }
   if (is.matrix(x)) x <- as.data.frame(x)
   values <- if (is.character(x) && is.null(dim(x))) stats::setNames(as.list(x), x) else
-    if (is.data.frame(x) || is.list(x)) as.list(x) else list(continuous = x)
+    if (is.data.frame(x) || is.list(x)) by_cell_columns(x) else list(continuous = x)
   if (!length(values)) abort_arg("{.arg {arg}} is empty: give column names or vectors, or {.code NULL}.", call = call)
   nms <- covariate_names(values, "continuous", call)
   out <- lapply(seq_along(values), function(k) {
@@ -116,6 +126,14 @@ resolve_continuous <- function(x, cell_meta, counts, call) {
     as.numeric(v)
   })
   stats::setNames(as.data.frame(out, col.names = nms), nms)
+}
+
+# The columns of a data.frame (or the entries of a list) of covariates; a
+# data.frame's row names (cell names, unless R numbered the rows) name each
+# column's values, so that they are matched to the cells by name.
+by_cell_columns <- function(x) {
+  if (!is.data.frame(x) || .row_names_info(x) < 0) return(as.list(x))
+  lapply(x, function(v) stats::setNames(v, rownames(x)))
 }
 
 # Names of several covariates: given ones, else "<prefix>1", ...; unique and not

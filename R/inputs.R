@@ -15,7 +15,10 @@
 #'   column name of `colData(x)` / the Seurat `meta.data`, or a vector with one
 #'   value per cell. Required; at least two samples (see `min_samples`). Text
 #'   ids are ordered as in the C locale (byte order, so that a seed gives the
-#'   same fit in every locale); a factor keeps its levels' order.
+#'   same fit in every locale); a factor keeps its levels' order. A vector named
+#'   by cell (and a data.frame or matrix of covariates whose row names are the
+#'   cells) is matched to the cells by name, in any order; names that are some
+#'   cells' but not each cell's once are refused.
 #' @param batch optional categorical nuisance covariates (site, technology,
 #'   chemistry): one, as a column name or a vector with one value per cell; or
 #'   several, as a character vector of column names, or a data.frame or named
@@ -134,11 +137,13 @@ mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL
   check_dots(...)
   call <- rlang_caller(1)
   available <- SummarizedExperiment::assayNames(x)
-  # a position, as SummarizedExperiment::assay() takes it
-  if (is.numeric(assay) && length(assay) == 1 && assay %in% seq_along(available)) assay <- available[assay]
-  if (!is.character(assay) || length(assay) != 1 || !assay %in% available) {
-    abort_arg(c("{.arg assay} must name an assay of {.arg x} that holds raw counts.",
-                "x" = "{.val {assay}} is not one of its assays: {.val {available}}."),
+  n_assays <- length(SummarizedExperiment::assays(x))
+  # a name, or a position as SummarizedExperiment::assay() takes it (assays may be unnamed)
+  position <- is.numeric(assay) && length(assay) == 1 && assay %in% seq_len(n_assays)
+  if (!position && (!is.character(assay) || length(assay) != 1 || !assay %in% available)) {
+    abort_arg(c("{.arg assay} must name an assay of {.arg x} that holds raw counts, or give its position.",
+                "x" = if (length(available)) "{.val {assay}} is not one of its assays: {.val {available}}." else
+                  "{.val {assay}} is not one of its {n_assays} assay{?s}, which have no names: give a position (1..{n_assays})."),
               call = call)
   }
   # (an HDF5-backed assay whose file has moved fails here, as an invalid subscript)
@@ -201,8 +206,7 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   factors <- resolve_batch(batch, cell_meta, counts, call)
   continuous <- resolve_continuous(continuous, cell_meta, counts, call)
   # several covariates: `batch` is their combination (for the sample table and printing)
-  batch <- if (is.null(factors)) NULL else if (ncol(factors) == 1) factors[[1]] else
-    interaction(factors, drop = TRUE, sep = ":")
+  batch <- if (is.null(factors)) NULL else if (ncol(factors) == 1) factors[[1]] else combined_levels(factors)
   labels <- if (is.null(labels)) NULL else resolve_cell_factor(labels, "labels", cell_meta, counts, call)
   # One pass in Rust over the CSC slots as they are (no copy): structure,
   # bad values with their positions, totals per cell and per gene. Counts on
@@ -301,6 +305,18 @@ check_unique <- function(names, what, call) {
   }
 }
 
+# Several factors' combinations as one factor, labelled "a:b" as interaction()
+# labels them; the combinations are told apart by the factors' codes, so that
+# levels containing ":" cannot merge two of them ("a:b" + "c" and "a" + "b:c"):
+# such labels are made unique.
+combined_levels <- function(factors) {
+  key <- interaction(lapply(factors, as.integer), drop = TRUE)
+  first <- match(levels(key), as.character(key))
+  labels <- do.call(paste, c(lapply(factors, function(f) as.character(f)[first]), sep = ":"))
+  levels(key) <- make.unique(labels, sep = "_")
+  key
+}
+
 # A batch that is the sample under other names leaves nothing for the sample
 # effects to explain apart from the batch effects: say so (the fit still runs).
 warn_if_confounded <- function(sample, batch, call) {
@@ -328,7 +344,8 @@ resolve_cell_factor <- function(value, arg, cell_meta, counts, call) {
   check_categorical(value, arg, call)
   if (is.factor(value)) return(value)
   if (is.character(value)) return(byte_order_factor(value))
-  if (is.double(value) && all(value == round(value) & abs(value) < 2^53)) {
+  # (dates and other classed numbers become levels as they print, below)
+  if (is.double(value) && !is.object(value) && all(value == round(value) & abs(value) < 2^53)) {
     values <- sort(unique(value))
     # (factor() would match the values as text, which merges 16-digit ids)
     return(structure(match(value, values), levels = sprintf("%.0f", values + 0), class = "factor"))  # + 0: no "-0"
@@ -375,11 +392,12 @@ resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
     abort_arg(c("{.arg {arg}} must have one value per cell: {n_cells} (= {.code ncol(x)}), not {length(value)}."),
               call = call)
   }
-  if (!is.null(names(value)) && !is.null(colnames(counts)) &&
-      all(names(value) %in% colnames(counts)) && !identical(names(value), colnames(counts))) {
-    value <- value[colnames(counts)]  # a vector named by cell is matched by name
+  value <- match_cell_names(value, arg, colnames(counts), call)
+  # (a factor may hold NA as a level: its codes are not NA, its values are; an
+  # NA level no cell has is dropped)
+  if (is.factor(value) && anyNA(levels(value)) && !anyNA(as.character(value))) {
+    value <- factor(value, levels = levels(value)[!is.na(levels(value))])
   }
-  # (a factor may hold NA as a level: its codes are not NA, its values are)
   if (anyNA(value) || is.factor(value) && anyNA(levels(value))) {
     where <- which(is.na(value) | is.na(as.character(value)))
     abort_arg(c("{.arg {arg}} has {length(where)} NA value{?s}, e.g. cell{?s} {show_some(colnames(counts)[where], 3)}.",
@@ -392,6 +410,23 @@ resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
                 "i" = "Give every cell a named value, or drop those cells first."), call = call)
   }
   value
+}
+
+# A vector named by cell is matched to the cells by name. Names that are some of
+# the cells' but not each cell once (a name that is not a cell, one given twice)
+# would pair values with cells by position, or leave cells without a value: an
+# error. Names that are none of the cells' are not cell names: by position.
+match_cell_names <- function(value, arg, cells, call) {
+  nms <- names(value)
+  if (is.null(nms) || is.null(cells) || identical(nms, cells) || !any(nms %in% cells)) return(value)
+  if (!anyDuplicated(nms) && all(nms %in% cells)) return(value[cells])
+  twice <- unique(nms[duplicated(nms)])
+  strangers <- setdiff(nms, cells)
+  abort_arg(c("{.arg {arg}} is named by cell, but not once by each cell: its values cannot be matched to the cells.",
+              "x" = if (length(strangers)) "{length(strangers)} name{?s} {?is/are} not {?a cell/cells}: {show_some(strangers, 3)}.",
+              "x" = if (length(twice)) "{length(twice)} name{?s} {?is/are} given more than once: {show_some(twice, 3)}.",
+              "i" = "Name it by {.code colnames(x)}, or remove its names ({.code unname()}) to take the values in the cells' order."),
+            call = call)
 }
 
 # One pass in Rust over a dgCMatrix's slots (its structure, bad values with their
@@ -518,6 +553,11 @@ as_dgc <- function(x, arg = "x", call = rlang_caller(2)) {
                 call = call)
     })
     return(x)
+  }
+  if (is.matrix(x) && !is.numeric(x) && !is.logical(x)) {
+    abort_arg(c("{.arg {arg}} must hold numeric counts.",
+                "x" = "It is a matrix of {typeof(x)} values.",
+                "i" = "Use the raw counts, a numeric matrix of whole numbers."), call = call)
   }
   # TRUE/FALSE (or a pattern: where the non-zeros are) would become counts of 1
   if (is.logical(x) || methods::is(x, "lMatrix") || methods::is(x, "nMatrix")) {

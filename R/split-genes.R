@@ -112,6 +112,10 @@ split_sides <- function(fit, samples_a, samples_b, call) {
     if (is.null(samples_b)) samples_b <- names(samples_a)[!samples_a]
     samples_a <- names(samples_a)[samples_a]
   }
+  # (a logical samples_a that is all TRUE leaves samples_b empty, not NULL)
+  if (!is.null(samples_b) && !length(samples_b)) {
+    abort_arg("{.arg samples_b} is empty: {.arg samples_a} holds every sample.", call = call)
+  }
   a <- as_names(samples_a, "samples_a")
   b <- if (is.null(samples_b)) setdiff(fit@samples, a) else as_names(samples_b, "samples_b")
   if (!length(b)) abort_arg("{.arg samples_b} is empty: {.arg samples_a} holds every sample.", call = call)

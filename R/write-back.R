@@ -38,6 +38,14 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
   cells <- colnames(object)
   # an object without cell names: mrvi() named its cells by position (mrviData())
   if (is.null(cells) && length(ncol(object)) == 1) {
+    # (a fit of a subset of the object names its cells by their positions in the
+    # subset: matched to the whole object they would be other cells)
+    given <- fit@config$n_input_cells
+    if (!is.null(given) && is.null(fit@config$added) && given != ncol(object)) {
+      abort_arg(c("{.arg object} has no cell names, so its cells can only be matched to the fit's by position, but the fit was made from {given} cell{?s} and {.arg object} has {ncol(object)}.",
+                  "i" = "Use the object the fit was made from, or give both the same cell names ({.code colnames(object) <- ...}) before {.fn mrvi}."),
+                call = call)
+    }
     cells <- paste0("cell", seq_len(ncol(object)))
     if (all(rownames(fit@u_mean) %in% cells)) {
       inform(c("i" = "{.arg object} has no cell names: its cells are matched to the fit's by position, as {.fn mrvi} named them ({.val cell1}, ...)."))

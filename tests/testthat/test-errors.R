@@ -202,6 +202,7 @@ bad_calls <- list(
   list(quote(counterfactualExpression(fit, integer(0), "A")), "`cells` selects no cell"),
   list(quote(counterfactualLatent(fit, cells = character(0))), "`cells` selects no cell"),
   list(quote(sampleSplitGenes(fit, "A", cells = rep(FALSE, 24))), "`cells` selects no cell"),
+  list(quote(sampleSplitGenes(fit, c(A = TRUE, B = TRUE, C = TRUE), cells = 1:3)), "`samples_b` is empty: `samples_a` holds every sample"),
   list(quote(counterfactualLatent(fit, cells = 1, samples = character(0))), "`samples` must be .* \\(at least one\\)"),
   list(quote(counterfactualLatent(fit, cells = 1, samples = 1.5)), "`samples` must be .*whole indices"),
   list(quote(local({ old <- options(mrvi.max_bytes = 1000); on.exit(options(old)); sampleDistances(fit, groups = seq_len(24), min_cells = 1, mc_samples = 0) })),

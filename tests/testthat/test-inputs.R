@@ -170,3 +170,63 @@ test_that("counts above 2^24 are refused, totals above the integer range are not
   expect_gt(sum(m[, 4]), .Machine$integer.max)
   expect_identical(unname(mrviData(m, sample = s)$library_size[4]), sum(m[, 4]))
 })
+
+test_that("covariates named by cell are matched by name: vectors, data.frame and matrix rows; partial names are refused", {
+  m <- small_counts()
+  s <- small_samples()
+  site <- rep(c("x", "y"), 12)
+  names(s) <- names(site) <- colnames(m)
+  perm <- c(24:13, 1:12)
+  d0 <- mrviData(m, sample = unname(s), batch = unname(site))
+  # a data.frame whose row names are the cells, in another order
+  df <- data.frame(site = site, row.names = colnames(m))[perm, , drop = FALSE]
+  expect_identical(mrviData(m, sample = s[perm], batch = df)$nuisance, d0$nuisance)
+  # a matrix of continuous covariates with cell row names, in another order
+  age <- stats::setNames(seq(20, 66, by = 2), colnames(m))
+  mm <- cbind(age = age, dose = rev(age))[perm, ]
+  expect_identical(mrviData(m, sample = s, continuous_covariates = mm)$nuisance$continuous,
+                   mrviData(m, sample = s, continuous_covariates = cbind(age = unname(age), dose = unname(rev(age))))$nuisance$continuous)
+  # names that are some cells' but not each cell once
+  s2 <- s[perm]
+  names(s2)[1] <- "not_a_cell"
+  expect_error(mrviData(m, sample = s2), "`sample` is named by cell, but not once by each cell.*1 name is not a cell: 'not_a_cell'",
+               class = "mrvi_error")
+  s3 <- s
+  names(s3)[2] <- names(s3)[1]
+  expect_error(mrviData(m, sample = s3), "1 name is given more than once: 'cell1'", class = "mrvi_error")
+  # names that are no cell's: by position, as before
+  expect_identical(unname(mrviData(m, sample = stats::setNames(unname(s), paste0("x", 1:24)))$sample), d0$sample)
+})
+
+test_that("several batch covariates whose levels contain ':' keep their combinations apart", {
+  m <- small_counts()
+  k <- rep(1:2, 12)
+  d <- mrviData(m, sample = small_samples(), batch = list(b1 = c("a:b", "a")[k], b2 = c("c", "b:c")[k]))
+  expect_equal(nlevels(d$batch), 2)
+  expect_identical(as.integer(d$batch), as.integer(interaction(d$nuisance$factors, drop = TRUE)))
+})
+
+test_that("odd covariate types and bad counts get errors that name the argument", {
+  m <- small_counts()
+  s <- small_samples()
+  # an NA level no cell has is dropped; dates become levels as they print
+  expect_identical(mrviData(m, sample = addNA(factor(s)))$sample, mrviData(m, sample = s)$sample)
+  dates <- as.Date("2024-01-01") + match(s, c("A", "B", "C"))
+  expect_identical(levels(mrviData(m, sample = dates)$sample), c("2024-01-02", "2024-01-03", "2024-01-04"))
+  expect_error(mrviData(m, sample = s, batch = rep(c("x", "y"), 10)),
+               "`batch` has 20 values: neither one per cell \\(24", class = "mrvi_error")
+  expect_error(mrviData(m, sample = s, continuous_covariates = as.character(1:20)),
+               "`continuous_covariates` has 20 values: neither one number per cell", class = "mrvi_error")
+  # slots whose column pointers run past the non-zeros: a classed input error, not an internal one
+  a <- Matrix::sparseMatrix(i = c(1, 2), j = c(2, 2), x = c(1, 1), dims = c(3, 2), dimnames = list(paste0("g", 1:3), c("a", "b")))
+  a@p[2] <- 5L
+  expect_error(mrviData(a, sample = c("x", "y")), "`x` is not a valid sparse matrix", class = "mrvi_input_error")
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- SingleCellExperiment::SingleCellExperiment(list(m))
+  expect_identical(mrviData(sce, sample = s, assay = 1)$counts, mrviData(m, sample = s)$counts)
+  expect_error(mrviData(sce, sample = s), "which have no names: give a position", class = "mrvi_error")
+  chr <- as.matrix(m)
+  storage.mode(chr) <- "character"
+  expect_error(mrviData(SingleCellExperiment::SingleCellExperiment(list(counts = chr)), sample = s),
+               "`assay` must hold numeric counts.*character", class = "mrvi_error")
+})

@@ -122,6 +122,9 @@ test_that("an object without cell names is matched by position, as mrvi() named 
   fit <- mrvi(sce, sample = "s", max_epochs = 2, n_threads = 1, verbose = FALSE)
   expect_message(out <- addMrVI(sce, fit), "matched to the fit's by position")
   expect_equal(unname(SingleCellExperiment::reducedDim(out, "MrVI_u")), unname(mrviLatent(fit)))
+  # a fit of a subset names its cells by their positions in the subset: not the object's
+  part <- mrvi(sce[, 11:ncol(sce)], sample = "s", max_epochs = 1, n_threads = 1, verbose = FALSE)
+  expect_error(addMrVI(sce, part), "made from 290 cells and `object` has 300", class = "mrvi_error")
 })
 
 # addMrVI() stores the fit under Tool(so, slot = "addMrVI") however it is

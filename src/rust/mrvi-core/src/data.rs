@@ -169,8 +169,10 @@ pub fn scan_slots(n_genes: usize, n_cells: usize, p: &[i32], i: &[i32], x: &[f64
     let mut scan = SlotScan { library: vec![0.0; n_cells], gene_total: vec![0.0; n_genes], ..Default::default() };
     const SHOW: usize = 3;
     for c in 0..n_cells {
-        if p[c + 1] < p[c] {
-            invalid!("CSC column pointers must be non-decreasing");
+        // (p[c] >= 0 by induction from p[0] = 0; a pointer past the non-zeros
+        // would index beyond the row indices)
+        if p[c + 1] < p[c] || p[c + 1] as usize > i.len() {
+            invalid!("CSC column pointers must be non-decreasing and at most the number of non-zeros");
         }
         let mut prev: i64 = -1;
         for k in p[c] as usize..p[c + 1] as usize {
@@ -259,6 +261,8 @@ mod tests {
         assert_eq!(large.library[0], MAX_COUNT);
         assert!(large.require_valid_counts().is_err());
         assert!(scan_slots(3, 4, &p, &[0, 2, 2, 1, 0], &[1.; 5]).is_err());
+        // a column pointer past the non-zeros, later ones back in range: an error, not a panic
+        assert!(scan_slots(3, 2, &[0, 5, 2], &[0, 1], &[1.; 2]).is_err());
         let view = CscView::new(3, &p, &i, &[1., 4., 3., 5., 2.]).unwrap();
         assert_eq!(view.column(2).collect::<Vec<_>>(), vec![(1, 3.0), (2, 5.0)]);
         assert_eq!(view.n_cells(), 4);
