@@ -117,7 +117,11 @@ leiden_clusters <- function(emb, k, resolution) {
   if (n < 3) return(factor(rep(1, n)))
   k <- min(k, n - 1)
   d <- as.matrix(stats::dist(emb))
-  nn <- t(apply(d, 1, function(r) order(r)[2:(k + 1)]))
+  # each cell's k nearest others (not itself, which ties with duplicate cells may not put first)
+  nn <- t(vapply(seq_len(n), function(i) {
+    o <- order(d[i, ])
+    o[o != i][seq_len(k)]
+  }, integer(k)))
   edges <- cbind(rep(seq_len(n), each = k), as.vector(t(nn)))
   graph <- igraph::simplify(igraph::graph_from_edgelist(edges, directed = FALSE))
   cl <- igraph::cluster_leiden(graph, objective_function = "modularity",
