@@ -313,10 +313,20 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
                                 mc_samples = mc_samples, seed = seed, BPPARAM = BPPARAM, space = space), call)
     } else fit_or_distances
     if (is_fit) groups <- NULL
+    if (is.null(dimnames(d)[[3]])) {
+      abort_arg(c("{.arg fit_or_distances} has no group names (the third dimension of the array).",
+                  "i" = "Give the result of {.fn sampleDistances}, or name the groups: {.code dimnames(d)[[3]] <- ...}."), call = call)
+    }
     tested <- if (is.null(groups)) dimnames(d)[[3]] else if (is.factor(groups)) as.character(groups) else groups
     if (!length(tested) || !is.character(tested)) {
       abort_arg("{.arg groups} must name groups of the distances ({show_some(dimnames(d)[[3]])}), or be {.code NULL} for all.",
                 call = call)
+    }
+    # (each group once: a repeat would be tested again and counted again in the
+    # q-values; one value per cell is what `groups` means with a fit, not here)
+    if (anyDuplicated(tested)) {
+      abort_arg(c("{.arg groups} names group{?s} {.val {unique(tested[duplicated(tested)])}} more than once.",
+                  "i" = "With distances, {.arg groups} lists the groups to test, each once (not one value per cell)."), call = call)
     }
     unknown <- setdiff(tested, dimnames(d)[[3]])
     if (length(unknown)) abort_arg("{.arg groups} not in the distances: {.val {unknown}}.", call = call)
@@ -456,8 +466,25 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
       abort_arg(c("{.arg covariate} must be a sample-table column name or a vector named by sample.",
                   "i" = "Names needed: {show_some(samples)}."), call = call)
     }
+    # as differentialExpression() reads its covariates: values for samples the
+    # fit does not have (a typo, another fit's table) and a sample named twice
+    # with different values are mistakes, not something to pick from
+    nms <- names(covariate)
+    unknown <- setdiff(nms, samples)
+    if (length(unknown)) {
+      abort_arg(c("{.arg covariate} has values for sample{?s} the model was not fitted on: {.val {unknown}}.",
+                  "i" = "Give one value per fitted sample: {show_some(samples)}."), call = call)
+    }
+    twice <- unique(nms[duplicated(nms)])
+    conflicting <- twice[vapply(twice, function(k) length(unique(as.character(covariate[nms == k]))) > 1, logical(1))]
+    if (length(conflicting)) {
+      abort_arg(c("{.arg covariate} has conflicting values for sample{?s} {.val {conflicting}}.",
+                  "i" = "Give one value per fitted sample."), call = call)
+    }
     values <- covariate[samples]
   }
+  # an NA level (addNA()) is NA: those samples leave the test
+  if (is.factor(values) && anyNA(levels(values))) values <- factor(values, levels = levels(values)[!is.na(levels(values))])
   if (is.numeric(values) && !is.factor(values)) {
     abort_arg(c("{.arg covariate} is numeric; the test needs categories.",
                 "i" = "Bin it first, e.g. {.code cut(age, breaks = 3)}, or pass {.code factor(x)} if its values are labels."),

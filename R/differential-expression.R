@@ -140,7 +140,8 @@
 #' @param admissible `NULL` (no masking), `TRUE` (compute with
 #'   [admissibility()] defaults, under this call's `seed` and `BPPARAM`) or
 #'   a logical matrix cells x samples, as
-#'   `admissibility(fit, cells = cells)$admissible`.
+#'   `admissibility(fit, cells = cells)$admissible` (rows named by cell are
+#'   matched to the cells by name).
 #' @param lfc_file `NULL` (LFCs in memory) or, with `lfc = TRUE`, the path of
 #'   a new HDF5 file for them in an existing, writable folder (see Details).
 #' @param chunk_size cells per chunk.
@@ -342,7 +343,11 @@ de_design <- function(fit, covariates, call) {
   samples <- fit@samples
   # one covariate as a vector named by sample, as cellAssociation() takes it (its
   # values were read as column names)
-  if (is.atomic(covariates) && !is.null(names(covariates)) && all(samples %in% names(covariates))) {
+  if (is.atomic(covariates) && !is.null(names(covariates)) && any(names(covariates) %in% samples)) {
+    if (!all(samples %in% names(covariates))) {
+      abort_arg(c("{.arg covariates} is named by sample but has no value for sample{?s} {.val {setdiff(samples, names(covariates))}}.",
+                  "i" = "Give one value per fitted sample."), call = call)
+    }
     covariates <- data.frame(sample = names(covariates), covariate = unname(covariates))
   }
   if (is.character(covariates)) {
@@ -401,6 +406,8 @@ de_design <- function(fit, covariates, call) {
   blocks <- list()
   for (j in names(tab)) {
     v <- tab[[j]]
+    # (an NA level, addNA(), is NA too)
+    if (is.factor(v) && anyNA(levels(v))) v <- factor(v, levels = levels(v)[!is.na(levels(v))])
     if (anyNA(v)) abort_arg("{.arg covariates}: covariate {.field {j}} has NA for sample{?s} {.val {samples[is.na(v)]}}.", call = call)
     # numbers, or categories (character, factor, logical): a Date became a factor
     # of one level per sample and was reported as collinear

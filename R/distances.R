@@ -76,7 +76,8 @@
 #'   `TRUE` (computed with [admissibility()] defaults, under this call's `seed`
 #'   and `BPPARAM`) or a logical matrix of
 #'   cells x samples (all fitted cells, or the `cells` asked for), as
-#'   `admissibility(fit)$admissible`. A cell then contributes to
+#'   `admissibility(fit)$admissible` (rows named by cell are matched to the
+#'   cells by name). A cell then contributes to
 #'   \eqn{D(C)[a, b]} only when both samples are admissible for it, and each
 #'   pair is the mean over the cells that contributed (`NA` if none); with
 #'   `cells`, inadmissible pairs are `NA`.

@@ -95,7 +95,8 @@ plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "av
                    panel.grid = ggplot2::element_blank())
   ann <- annotation_frame(d, m, annotation, ord, call)
   if (!is.null(ann)) {
-    ann$y <- length(ord) + 0.5 + ann$track
+    # on the discrete axis below: track k's label " <column>" sits at position S + k
+    ann$y <- length(ord) + ann$track
     p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = x, y = y, colour = value),
                                  shape = 15, size = 4, inherit.aes = FALSE) +
       ggplot2::scale_y_discrete(limits = c(ord, paste0(" ", unique(ann$column)))) +
@@ -265,9 +266,12 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
     ggplot2::geom_col(fill = "#7f0000") +
     ggplot2::scale_y_continuous(limits = c(0, 1)) +
     ggplot2::labs(x = NULL, y = sprintf("fraction of cells with q < %g", alpha),
-                  title = paste("Sample distances follow", S4Vectors::metadata(res)$covariate %||% "the covariate")) +
+                  title = paste("Sample distances follow", association_covariate(res) %||% "the covariate")) +
     ggplot2::theme_minimal() +
     ggplot2::theme(axis.text.x = ggplot2::element_text(angle = 45, hjust = 1))
 }
+
+# The covariate a cellAssociation() result records (NULL for a plain data.frame).
+association_covariate <- function(res) if (methods::is(res, "Annotated")) S4Vectors::metadata(res)$covariate
 
 utils::globalVariables(c("group", "fraction"))

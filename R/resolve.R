@@ -102,11 +102,11 @@ resolve_groups <- function(fit, groups, call) {
   if (length(groups) != n) {
     abort_arg("{.arg groups} must have one value per fitted cell ({n}), not {length(groups)}.", call = call)
   }
-  cells <- rownames(fit@cell_data)
-  if (!is.null(names(groups)) && !anyDuplicated(names(groups)) && all(names(groups) %in% cells) &&
-      !identical(names(groups), cells)) {
-    groups <- groups[cells]  # a vector named by cell is matched by name, as in mrvi()
-  }
+  # a vector named by cell is matched by name, as in mrvi() (names that are some
+  # cells' but not each cell once are refused there too)
+  groups <- match_cell_names(groups, "groups", rownames(fit@cell_data), call)
+  # an NA level (addNA()) is NA: those cells belong to no group
+  if (is.factor(groups) && anyNA(levels(groups))) groups <- factor(groups, levels = levels(groups)[!is.na(levels(groups))])
   groups <- droplevels(as.factor(groups))
   if (nlevels(groups) == 0) abort_arg("{.arg groups} has no non-NA value.", call = call)
   groups
@@ -125,6 +125,17 @@ resolve_admissible <- function(fit, admissible, idx, call, seed, BPPARAM) {
   }
   if (!is.null(colnames(admissible)) && !identical(colnames(admissible), fit@samples)) {
     abort_arg("The columns of {.arg admissible} must be the fitted samples in order.", call = call)
+  }
+  # rows named by cell (as admissibility() names them) are matched to the cells
+  # by name: a mask of the same cells in another order must not mask other cells
+  cells <- rownames(fit@u_mean)[idx]
+  rows <- rownames(admissible)
+  if (!is.null(rows) && !identical(rows, cells)) {
+    if (anyDuplicated(rows) || !setequal(rows, cells)) {
+      abort_arg(c("The rows of {.arg admissible} must be the analysed cells: its row names are not these cells, once each.",
+                  "i" = "Compute it for the same cells: {.code admissibility(fit, cells = cells)$admissible}."), call = call)
+    }
+    admissible <- admissible[cells, , drop = FALSE]
   }
   admissible
 }

@@ -372,3 +372,27 @@ test_that("the pseudo-F group test of distances that are all 0 is F = 0, p = 1 (
   expect_equal(res$p_value, 1)
   expect_equal(groupAssociation(zero, y, permutations = 19, min_effect = 0)$p_value, 1)
 })
+
+test_that("a sample covariate with foreign or conflicting samples, an NA level, or repeated groups is refused or read as NA", {
+  fit <- small_fit()$fit
+  s <- fit@samples
+  cov <- stats::setNames(c("a", "a", "b", "b", "b"), s)
+  expect_error(cellAssociation(fit, c(cov, s99 = "a"), cells = 1:2, mc_samples = 0, permutations = 0),
+               "values for sample the model was not fitted on: \"s99\"", class = "mrvi_error")
+  expect_error(cellAssociation(fit, c(cov, stats::setNames("b", s[1])), cells = 1:2, mc_samples = 0, permutations = 0),
+               "conflicting values for sample \"s01\"", class = "mrvi_error")
+  # a repeat with the same value is harmless
+  same <- function(a, b) expect_equal(as.data.frame(a), as.data.frame(b))  # (the covariates' names differ)
+  same(cellAssociation(fit, c(cov, stats::setNames("a", s[1])), cells = 1:2, mc_samples = 0, permutations = 0),
+       cellAssociation(fit, cov, cells = 1:2, mc_samples = 0, permutations = 0))
+  # an NA level is an NA value: the sample leaves the test
+  four <- replace(cov, 5, NA)
+  same(cellAssociation(fit, stats::setNames(addNA(factor(four)), s), cells = 1:2, mc_samples = 0, permutations = 0),
+       cellAssociation(fit, four, cells = 1:2, mc_samples = 0, permutations = 0))
+  d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+  expect_error(groupAssociation(d, cov, groups = c("type1", "type2", "type2")), "names group \"type2\" more than once",
+               class = "mrvi_error")
+  unnamed <- d
+  dimnames(unnamed)[[3]] <- NULL
+  expect_error(groupAssociation(unnamed, cov), "has no group names", class = "mrvi_error")
+})

@@ -455,3 +455,14 @@ test_that("differentialExpression(admissible = TRUE) computes the mask under the
   expect_gt(n_mask, 0)
   expect_equal(unforked_messages(de(7, BPPARAM = mc)), n_plain + n_mask)
 })
+
+test_that("differentialExpression() reads an NA level as NA and names a sample missing from a named covariate", {
+  fit <- small_fit()$fit
+  s <- fit@samples
+  expect_error(differentialExpression(fit, stats::setNames(c("a", "a", "b", "b"), s[1:4]), cells = 1:2, mc_samples = 0,
+                                      normalize = FALSE, verbose = FALSE),
+               "named by sample but has no value for sample \"s05\"", class = "mrvi_error")
+  tab <- data.frame(sample = s, arm = addNA(factor(c("a", "a", "b", NA, "b"))))
+  expect_error(differentialExpression(fit, tab, cells = 1:2, mc_samples = 0, normalize = FALSE, verbose = FALSE),
+               "covariate arm has NA for sample \"s04\"", class = "mrvi_error")
+})

@@ -264,3 +264,33 @@ test_that("sampleDistances(admissible = TRUE) computes the mask under the call's
                                                  seed = 7, BPPARAM = mc)),
                n_plain + n_mask)
 })
+
+test_that("groups and admissibility masks named by cell are matched by name; partial names and NA levels are handled", {
+  fit <- small_fit()$fit
+  cells <- rownames(fit@cell_data)
+  lab <- stats::setNames(as.character(fit@cell_data$labels), cells)
+  ref <- sampleDistances(fit, groups = unname(lab), mc_samples = 0, min_cells = 0)
+  expect_equal(sampleDistances(fit, groups = rev(lab), mc_samples = 0, min_cells = 0), ref)
+  stray <- rev(lab)
+  names(stray)[1] <- "not_a_cell"
+  expect_error(sampleDistances(fit, groups = stray, mc_samples = 0), "`groups` is named by cell, but not once by each cell",
+               class = "mrvi_error")
+  # an NA level (addNA()) leaves its cells out of every group, as NA does
+  with_na <- addNA(factor(replace(unname(lab), 1:10, NA)))
+  expect_equal(sampleDistances(fit, groups = with_na, mc_samples = 0, min_cells = 0),
+               sampleDistances(fit, groups = replace(unname(lab), 1:10, NA), mc_samples = 0, min_cells = 0))
+  # a mask for the same cells in another order masks those cells, not the ones at its row positions
+  idx <- c(10, 3, 250)
+  mask <- admissibility(fit, cells = idx)$admissible
+  mask[] <- TRUE
+  mask[1, 2] <- FALSE  # cell 10, sample 2
+  d <- sampleDistances(fit, cells = rev(idx), admissible = mask[3:1, , drop = FALSE], mc_samples = 0)
+  d_rev <- sampleDistances(fit, cells = rev(idx), admissible = mask, mc_samples = 0)
+  expect_identical(d_rev, d)
+  expect_true(all(is.na(d[cells[10], 2, -2])))
+  expect_false(anyNA(d[cells[3], , ]))
+  other <- mask
+  rownames(other)[1] <- cells[11]
+  expect_error(sampleDistances(fit, cells = idx, admissible = other, mc_samples = 0), "rows of `admissible` must be the analysed cells",
+               class = "mrvi_error")
+})

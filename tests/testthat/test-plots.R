@@ -36,7 +36,15 @@ test_that("plots return ggplots, with annotation from the sample table", {
   expect_equal(levels(p$data$x), hc$labels[hc$order])
   ann <- data.frame(group = rep(c("a", "b"), length.out = 5), row.names = fit@samples)
   expect_s3_class(plotSampleDistances(d, "type1", annotation = ann), "ggplot")
+  # each annotation track's squares sit on its label's row, not between two rows
+  ann2 <- data.frame(group = rep(c("a", "b"), length.out = 5), site = rep(c("x", "y", "z"), length.out = 5),
+                     row.names = fit@samples)
+  built <- ggplot2::ggplot_build(plotSampleDistances(d, "type1", annotation = ann2))
+  labels <- built$layout$panel_params[[1]]$y$get_labels()
+  expect_identical(sort(unique(built$data[[2]]$y)), as.numeric(match(c(" group", " site"), labels)))
   expect_s3_class(plotSampleTree(d, "type1", annotation = ann), "ggplot")
+  # a plain data.frame of q-values draws too (no covariate recorded)
+  expect_s3_class(plotAssociation(data.frame(q_value = c(0.01, 0.5, NA)), c("a", "b", "b")), "ggplot")
   expect_error(plotSampleDistances(d, "type1", annotation = "nope"), "`annotation`")
   seg <- mrvi:::dendrogram_segments(hc)
   expect_equal(nrow(seg), 3 * (length(hc$labels) - 1))
