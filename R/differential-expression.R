@@ -408,7 +408,12 @@ de_design <- function(fit, covariates, call) {
     v <- tab[[j]]
     # (an NA level, addNA(), is NA too)
     if (is.factor(v) && anyNA(levels(v))) v <- factor(v, levels = levels(v)[!is.na(levels(v))])
-    if (anyNA(v)) abort_arg("{.arg covariates}: covariate {.field {j}} has NA for sample{?s} {.val {samples[is.na(v)]}}.", call = call)
+    if (anyNA(v)) {
+      abort_arg(c("{.arg covariates}: covariate {.field {j}} has NA for sample{?s} {.val {samples[is.na(v)]}}.",
+                  "i" = paste("Every fitted sample needs a value. To leave samples out of the regressions, give them any value",
+                              "and {.arg admissible} a cells x samples mask that is {.code FALSE} in their columns.")),
+                call = call)
+    }
     # numbers, or categories (character, factor, logical): a Date became a factor
     # of one level per sample and was reported as collinear
     if (!(is.numeric(v) && !is.object(v)) && !is.character(v) && !is.factor(v) && !is.logical(v)) {
