@@ -137,7 +137,7 @@ mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL
   check_dots(...)
   call <- rlang_caller(1)
   available <- SummarizedExperiment::assayNames(x)
-  n_assays <- length(SummarizedExperiment::assays(x))
+  n_assays <- length(SummarizedExperiment::assays(x, withDimnames = FALSE))  # (dimnames would read an HDF5 file)
   # a name, or a position as SummarizedExperiment::assay() takes it (assays may be unnamed)
   position <- is.numeric(assay) && length(assay) == 1 && assay %in% seq_len(n_assays)
   if (!position && (!is.character(assay) || length(assay) != 1 || !assay %in% available)) {
