@@ -75,6 +75,7 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
+  apply_threads(call = call)  # (options(mrvi.threads), and one thread in a forked worker)
   if (!is.null(max_epochs)) max_epochs <- check_count(max_epochs, "max_epochs", call)
   seed <- check_whole(seed, "seed", call)
   check_flag(verbose, "verbose", call)

@@ -35,6 +35,7 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
+  apply_threads(call = call)  # (options(mrvi.threads), and one thread in a forked worker)
   idx <- resolve_cells(fit, cells, call)
   n <- length(idx)
   per_cell <- function(value, levels, arg) {

@@ -335,8 +335,10 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   # another count goes on, but is then bit-identical to no uninterrupted run
   threads_used <- threads
   if (length(resumed$threads) && any(resumed$threads != resumed$threads_now)) {
-    threads_used <- unique(c(resumed$threads, resumed$threads_now))
-    cli::cli_warn(c("The checkpoint's epochs ran on {resumed$threads} thread{?s}, this call uses {resumed$threads_now}.",
+    # every count in the order used (1, 2, 1 stays so); a run going on with the
+    # last count adds nothing
+    threads_used <- c(resumed$threads, if (resumed$threads[length(resumed$threads)] != resumed$threads_now) resumed$threads_now)
+    cli::cli_warn(c("The checkpoint's epochs ran with {cli::qty(length(resumed$threads))}thread count{?s} {paste(resumed$threads, collapse = ', ')}; this call uses {resumed$threads_now}.",
                     "i" = "The fit is not bit-identical to an uninterrupted run on either count; {.code fit@config$n_threads} records all of them.",
                     "i" = if (length(resumed$threads) == 1) "Give {.arg n_threads} = {resumed$threads} to resume exactly."),
                   class = c("mrvi_threads_changed", "mrvi_warning"), call = call)

@@ -43,6 +43,7 @@ sampleSplitGenes <- function(fit, samples_a, samples_b = NULL, cells = NULL, mc_
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
+  apply_threads(call = call)  # (options(mrvi.threads), and one thread in a forked worker)
   sides <- split_sides(fit, samples_a, samples_b, call)
   idx <- resolve_cells(fit, cells, call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)

@@ -74,6 +74,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
+  apply_threads(call = call)  # (options(mrvi.threads), and one thread in a forked worker)
   check_bpparam(BPPARAM, call)
   if (!requireNamespace("ape", quietly = TRUE)) abort_arg("sampleTreeSupport() returns ape trees: install {.pkg ape}.", call = call)
   B <- check_count(B, "B", call)

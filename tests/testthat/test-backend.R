@@ -76,6 +76,20 @@ test_that("the default thread count uses idle cores only, and one thread in a fo
   if (is.na(withr_env)) Sys.unsetenv("OMP_NUM_THREADS") else Sys.setenv(OMP_NUM_THREADS = withr_env)
 })
 
+test_that("every function that computes applies the option, not the count the last call left", {
+  old <- getOption("mrvi.threads")
+  on.exit(mrviSetThreads(old))
+  fit <- small_fit()$fit
+  sim <- small_fit()$sim
+  mrviSetThreads(1)
+  for (compute in list(function() mrviLatent(fit), function() counterfactualLatent(fit, cells = 1:2),
+                       function() counterfactualExpression(fit, cells = 1:2, sample = fit@samples[1]))) {
+    mrvi:::mrvi_set_threads(2L)  # as mrvi(n_threads = 2) leaves libtorch
+    compute()
+    expect_equal(mrviBackend()$threads, 1L)
+  }
+})
+
 test_that("a forked worker computes on one thread whatever count is asked for", {
   state <- mrvi:::thread_state
   pid <- state$pid

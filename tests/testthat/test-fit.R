@@ -213,6 +213,11 @@ test_that("a damaged checkpoint, fewer max_epochs than it holds, or an unwritabl
   # another thread count goes on, says so, and records both counts
   expect_warning(f <- fit_with(3, n_threads = 2), class = "mrvi_threads_changed")
   expect_identical(f@config$n_threads, c(1L, 2L))
+  # a file whose epochs ran on two counts goes on too, on either (the warning's
+  # plural made every later call an error), recording every count in order
+  w <- expect_warning(f <- fit_with(4, n_threads = 1), class = "mrvi_threads_changed")
+  expect_match(conditionMessage(w), "thread counts 1, 2; this call uses 1")
+  expect_identical(f@config$n_threads, c(1L, 2L, 1L))
   # a file that cannot be written: the hint is about the path, not deleting it
   # (a read-only folder is writable for root; /proc is not)
   locked <- tempfile()
