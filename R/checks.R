@@ -21,7 +21,8 @@ example_setting <- function(arg, value) {
 
 # What the user gave, for messages: "1e+10", or the type of anything else.
 given <- function(v) {
-  if (is.numeric(v) && length(v) == 1) format(v) else cli::format_inline("{.obj_type_friendly {v}}")
+  # (15 digits: 2.0000000001 must not show as the valid 2)
+  if (is.numeric(v) && length(v) == 1) format(v, digits = 15) else cli::format_inline("{.obj_type_friendly {v}}")
 }
 
 check_positive <- function(v, arg, call) {

@@ -149,8 +149,11 @@
 #'   complete epoch. When the file exists, `mrvi()` resumes from it and ends
 #'   bit-identical to an uninterrupted run on the CPU (same machine, thread
 #'   count and device). The call must give the same data and arguments; only
-#'   `max_epochs` may differ (a larger value trains on), as nothing else depends
-#'   on it. A checkpoint made with other data or arguments, one holding more
+#'   `max_epochs` may differ (a larger value trains on, unless the run had
+#'   stopped early: it is returned as it stopped, where an uninterrupted run
+#'   with the larger `max_epochs`, whose default `min_epochs` is half of it, may
+#'   have trained longer), and `min_epochs`, which only decides from which epoch
+#'   a stop may happen, is not checked. A checkpoint made with other data or arguments, one holding more
 #'   epochs than `max_epochs`, and a damaged one (its checksum, over the weights
 #'   and the state, does not match) are refused with an error of class
 #'   `mrvi_checkpoint_error`; delete the file to train afresh (counts on disk

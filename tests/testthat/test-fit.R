@@ -243,6 +243,8 @@ test_that("settings that would train a degenerate or other model than asked are 
                class = "mrvi_error")
   # NA is not NULL (the default)
   expect_error(fit(n_threads = NA), "`n_threads`.*You gave `NA`", class = "mrvi_error")
+  # what was given is shown as given, not rounded to the valid value it is not
+  expect_error(fit(n_threads = 2.0000000001), "You gave 2.0000000001", class = "mrvi_error")
   # minibatches too large because of n_latent: n_latent is named, not batch_size
   expect_error(fit(n_latent = 1e6, n_threads = 1), "^`n_latent` = 1000000 .*makes a model", class = "mrvi_error")
 })
