@@ -189,9 +189,10 @@
 #'   with training. The default thread count then leaves one idle core to the
 #'   reader.
 #'
-#' @section Interrupting: Ctrl-C is checked between minibatches. Training then
-#'   stops cleanly: when at least one epoch has finished, `mrvi()` returns the
-#'   model with the weights of the best epoch so far and a warning of class
+#' @section Interrupting: Ctrl-C is checked between minibatches and after each
+#'   epoch. Training then stops cleanly: when at least one epoch has finished,
+#'   `mrvi()` returns the model with the weights of the best epoch so far
+#'   (without early stopping, of the last complete epoch) and a warning of class
 #'   `mrvi_interrupted` (`fit@config$interrupted` is `TRUE`); before that it
 #'   signals an error. The session keeps running and the input is untouched.
 #'   With `checkpoint`, the same call resumes after the last complete epoch.
@@ -391,7 +392,7 @@ train_to_end <- function(trainer, info, verbose, call, resumed = list(), checkpo
   }
   done <- mrvi_trainer_finish(trainer)
   history <- do.call(rbind, lapply(run$history, function(s) {
-    as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted"))])
+    as.data.frame(s[setdiff(names(s), c("done", "stopped_early", "interrupted", "interrupted_after"))])
   }))
   list(run = run, done = done, history = history)
 }
@@ -430,6 +431,11 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
       cli::cli_progress_update(id = pb, set = s$epoch)
     }
     finished <- s$done
+    # Ctrl-C after the epoch's last minibatch: the epoch is complete, stop after it
+    if (isTRUE(s$interrupted_after) && !finished) {
+      interrupted <- TRUE
+      break
+    }
   }
   if (verbose) {
     cli::cli_progress_done(id = pb)

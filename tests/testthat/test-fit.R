@@ -110,12 +110,17 @@ test_that("Ctrl-C stops training between minibatches and R keeps running", {
     "sim <- mrvi:::simulate_counts(n_cells = 4000, n_genes = 200, seed = 1);",
     "writeLines(as.character(Sys.getpid()), '%s');",
     "res <- withCallingHandlers(",
-    "  tryCatch(mrvi(sim$counts, sim$sample, flavour = 'linear', max_epochs = 2000, early_stopping = FALSE, verbose = FALSE),",
+    "  tryCatch(mrvi(sim$counts, sim$sample, flavour = 'linear', max_epochs = 2000, early_stopping = FALSE,",
+    "                n_threads = 1, verbose = FALSE),",
     "           error = function(e) e),",
     "  mrvi_interrupted = function(w) invokeRestart('muffleWarning'));",
     "after <- sum(1:10);",
+    # without early stopping: the weights of the last complete epoch, not part-trained ones
+    "again <- mrvi(sim$counts, sim$sample, flavour = 'linear', max_epochs = nrow(res@history), early_stopping = FALSE,",
+    "              n_threads = 1, verbose = FALSE);",
     "saveRDS(list(class = class(res), epochs = nrow(res@history), after = after,",
-    "             interrupted = res@config$interrupted), '%s')"), pid_file, out)
+    "             interrupted = res@config$interrupted, same_weights = identical(res@weights, again@weights)), '%s')"),
+    pid_file, out)
   system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(script)), wait = FALSE,
           env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
   for (i in 1:300) if (file.exists(pid_file)) break else Sys.sleep(0.1)
@@ -129,6 +134,7 @@ test_that("Ctrl-C stops training between minibatches and R keeps running", {
   expect_gte(res$epochs, 1)
   expect_lt(res$epochs, 2000)
   expect_equal(res$after, 55)  # the session went on after the interrupt
+  expect_true(res$same_weights)
 })
 
 test_that("a checkpointed fit stopped after epoch k and resumed equals an uninterrupted one", {

@@ -79,6 +79,10 @@ pub struct Trainer {
     pub history: Vec<EpochStats>,
     /// validation score, epoch and weights of the best epoch so far
     pub(crate) best: Option<(f64, usize, Vec<(String, Tensor)>)>,
+    /// without early stopping: the weights at the start of the epoch that was
+    /// interrupted (those of the last complete epoch), which `finish` restores
+    /// (an interrupted epoch leaves the model part-trained)
+    interrupted_epoch_start: Option<Vec<(String, Tensor)>>,
     pub(crate) epochs_since_best: usize,
     pub stopped_early: bool,
     /// loss per cell of the first minibatch this trainer ran, at its starting
@@ -615,6 +619,7 @@ impl Trainer {
             disk_gene_totals: Vec::new(),
             history: Vec::new(),
             best: None,
+            interrupted_epoch_start: None,
             epochs_since_best: 0,
             first_loss: None,
             stopped_early: false,
@@ -703,6 +708,23 @@ impl Trainer {
     /// between minibatches; when it says yes, training stops with
     /// Error::Interrupted and the model keeps the weights of the last complete step.
     pub fn run_epoch_from(
+        &mut self, interrupted: &mut dyn FnMut() -> bool, loader: Option<&mut BlockLoader<'_>>,
+    ) -> Result<EpochStats> {
+        // (with early stopping, `finish` restores the best complete epoch anyway)
+        let start = (!self.config.early_stopping).then(|| self.weights_snapshot());
+        let result = self.run_one_epoch(interrupted, loader);
+        if matches!(result, Err(Error::Interrupted)) {
+            self.interrupted_epoch_start = start;
+        }
+        result
+    }
+
+    /// A copy of every weight of the model.
+    fn weights_snapshot(&self) -> Vec<(String, Tensor)> {
+        self.model.vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect()
+    }
+
+    fn run_one_epoch(
         &mut self, interrupted: &mut dyn FnMut() -> bool, mut loader: Option<&mut BlockLoader<'_>>,
     ) -> Result<EpochStats> {
         if self.counts_on_disk && loader.is_none() {
@@ -845,8 +867,7 @@ impl Trainer {
         let score = if self.validation_cells.is_empty() { stats.train_elbo } else { stats.validation_elbo };
         let better = self.best.as_ref().map_or(true, |(best, _, _)| score > *best);
         if better {
-            let snapshot = self.model.vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
-            self.best = Some((score, stats.epoch, snapshot));
+            self.best = Some((score, stats.epoch, self.weights_snapshot()));
             self.epochs_since_best = 0;
         } else if stats.epoch >= self.config.n_epochs_kl_warmup {
             self.epochs_since_best += 1;
@@ -866,21 +887,21 @@ impl Trainer {
         self.best.as_ref().map(|b| b.1)
     }
 
-    /// Restore the best weights (when early stopping is on) and, when samples
-    /// were added, the reference samples' rows; return the model.
+    /// Restore the best weights (when early stopping is on; without it, those
+    /// of the last complete epoch when the last one was interrupted) and, when
+    /// samples were added, the reference samples' rows; return the model.
     pub fn finish(mut self) -> MrviModel {
         self.model.forget_host_cache();
-        if self.config.early_stopping {
-            if let Some((_, _, snapshot)) = self.best.take() {
-                let mut vars = self.model.vs.variables();
-                tch::no_grad(|| {
-                    for (name, saved) in snapshot {
-                        if let Some(v) = vars.get_mut(&name) {
-                            v.copy_(&saved);
-                        }
+        let restore = if self.config.early_stopping { self.best.take().map(|(_, _, snapshot)| snapshot) } else { self.interrupted_epoch_start.take() };
+        if let Some(snapshot) = restore {
+            let mut vars = self.model.vs.variables();
+            tch::no_grad(|| {
+                for (name, saved) in snapshot {
+                    if let Some(v) = vars.get_mut(&name) {
+                        v.copy_(&saved);
                     }
-                });
-            }
+                }
+            });
         }
         // Adam's weight decay moves them slightly although their gradients are 0
         self.model.restore_sample_rows(&self.reference_rows);

@@ -112,7 +112,7 @@ fn mrvi_trainer_info(h: Robj) -> RResult<List> {
     ))
 }
 
-fn epoch_list(s: &EpochStats, t: &Trainer) -> List {
+fn epoch_list(s: &EpochStats, t: &Trainer, interrupted_after: bool) -> List {
     list!(
         epoch = s.epoch as i32,
         kl_weight = s.kl_weight,
@@ -130,7 +130,8 @@ fn epoch_list(s: &EpochStats, t: &Trainer) -> List {
         seconds_optimizer = s.seconds_optimizer,
         done = t.done(),
         stopped_early = t.stopped_early,
-        interrupted = false
+        interrupted = false,
+        interrupted_after = interrupted_after
     )
 }
 
@@ -217,7 +218,10 @@ fn mrvi_trainer_epoch(h: Robj, read_blocks: Robj) -> RResult<List> {
     };
     let loader: Option<&mut BlockLoader> = if reader.is_some() { Some(&mut read) } else { None };
     match t.run_epoch_from(&mut interrupt_pending, loader) {
-        Ok(s) => Ok(epoch_list(&s, t)),
+        // a Ctrl-C during the epoch's last minibatch or its validation pass, which
+        // no poll saw: the epoch is complete and training stops after it (left
+        // pending, R would act on it when this call returns and lose the run)
+        Ok(s) => Ok(epoch_list(&s, t, interrupt_pending())),
         Err(mrvi_core::Error::Interrupted) => Ok(list!(interrupted = true)),
         Err(e) => Err(rerr(e)),
     }
@@ -239,7 +243,7 @@ fn mrvi_trainer_resume(h: Robj, path: &str) -> RResult<List> {
     let mut h = trainer_ptr(&h)?;
     let t = trainer_mut(&mut h)?;
     let resumed = checkpoint::load(t, std::path::Path::new(path)).map_err(rerr)?;
-    let epochs = List::from_values(t.history.iter().map(|s| epoch_list(s, t)));
+    let epochs = List::from_values(t.history.iter().map(|s| epoch_list(s, t, false)));
     let threads: Vec<i32> = resumed.threads.iter().map(|&n| n as i32).collect();
     Ok(list!(epochs = epochs, threads = threads, threads_now = resumed.threads_now as i32))
 }
