@@ -72,8 +72,7 @@
 #' @export
 mrviBackend <- function() {
   info <- mrvi_backend_info()
-  info$deepbind <- !nzchar(Sys.getenv("MRVI_NO_DEEPBIND")) ||
-    Sys.getenv("MRVI_NO_DEEPBIND") == "0"
+  info$deepbind <- thread_state$deepbind
   structure(info, class = "mrvi_backend")
 }
 

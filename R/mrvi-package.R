@@ -25,5 +25,8 @@ NULL
 
 .onLoad <- function(libname, pkgname) {
   thread_state$pid <- Sys.getpid()  # a forked worker has another (see automatic_threads())
+  # how src/entrypoint.c loaded libtorch, which reads the variable at load time only
+  nodb <- Sys.getenv("MRVI_NO_DEEPBIND")
+  thread_state$deepbind <- !nzchar(nodb) || nodb == "0"
   invisible()
 }

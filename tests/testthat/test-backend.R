@@ -4,6 +4,11 @@ test_that("mrviBackend reports libtorch and devices", {
   expect_type(b$cuda_available, "logical")
   expect_true(b$threads >= 1)
   expect_true(b$deepbind)
+  # how libtorch was loaded, not what the variable says now
+  before <- Sys.getenv("MRVI_NO_DEEPBIND", unset = NA)
+  Sys.setenv(MRVI_NO_DEEPBIND = "1")
+  expect_true(mrviBackend()$deepbind)
+  if (is.na(before)) Sys.unsetenv("MRVI_NO_DEEPBIND") else Sys.setenv(MRVI_NO_DEEPBIND = before)
   expect_output(print(b), "libtorch")
 })
 
