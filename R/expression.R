@@ -101,8 +101,12 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
       abort_arg(c("{.arg average} must name categorical nuisance covariates of the fit, or be {.code TRUE}.",
                   "i" = "Covariates: {.val {factors}}."), call = call)
     }
-    both <- intersect(average, if (is.list(batch)) names(batch))
-    if (length(both)) abort_arg("{.arg average} and {.arg batch} both set {.val {both}}: choose one.", call = call)
+    both <- intersect(average, if (is.list(batch)) as_batch(names(batch)))
+    if (length(both)) {
+      # (named as the user named it: the fit's one covariate answers to its column's name)
+      shown <- if (!is.null(one_column) && identical(factors, "batch")) replace(both, both == "batch", one_column) else both
+      abort_arg("{.arg average} and {.arg batch} both set {.val {shown}}: choose one.", call = call)
+    }
   }
   check_size(8 * n * length(fit@genes), "counterfactualExpression()", call)
   u <- fit@u_mean[idx, , drop = FALSE]

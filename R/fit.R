@@ -441,7 +441,8 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
     cli::cli_progress_done(id = pb)
     last <- if (length(history)) history[[length(history)]] else list()
     if (isTRUE(last$stopped_early)) {
-      inform(c("i" = "Stopped early after epoch {last$epoch}: the validation ELBO stopped improving."))
+      watched <- if (is.finite(last$validation_elbo)) "validation" else "training"  # (no validation cells)
+      inform(c("i" = "Stopped early after epoch {last$epoch}: the {watched} ELBO stopped improving."))
     }
   }
   list(history = history, interrupted = interrupted)
