@@ -466,16 +466,10 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
       abort_arg(c("{.arg covariate} must be a sample-table column name or a vector named by sample.",
                   "i" = "Names needed: {show_some(samples)}."), call = call)
     }
-    # as differentialExpression() reads its covariates: values for samples the
-    # fit does not have (a typo, another fit's table) and a sample named twice
-    # with different values are mistakes, not something to pick from
+    # a sample named twice with different values is a mistake, not something to
+    # pick from (values for other samples, e.g. of the whole study, are not read)
     nms <- names(covariate)
-    unknown <- setdiff(nms, samples)
-    if (length(unknown)) {
-      abort_arg(c("{.arg covariate} has values for sample{?s} the model was not fitted on: {.val {unknown}}.",
-                  "i" = "Give one value per fitted sample: {show_some(samples)}."), call = call)
-    }
-    twice <- unique(nms[duplicated(nms)])
+    twice <- unique(nms[duplicated(nms) & nms %in% samples])
     conflicting <- twice[vapply(twice, function(k) length(unique(as.character(covariate[nms == k]))) > 1, logical(1))]
     if (length(conflicting)) {
       abort_arg(c("{.arg covariate} has conflicting values for sample{?s} {.val {conflicting}}.",

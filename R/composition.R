@@ -50,7 +50,7 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
     # that mrviData() dropped); unnamed ones must be every cell, in order
     if (!is.matrix(embedding) || !is.numeric(embedding) || is.null(rownames(embedding)) && nrow(embedding) != ncol(x)) {
       abort_arg(c("{.arg embedding} must be a numeric matrix with one row per cell ({ncol(x)}), or rows named by the cells.",
-                  "x" = if (is.matrix(embedding)) "It has {nrow(embedding)} unnamed row{?s}." else "You gave {.obj_type_friendly {embedding}}."),
+                  "x" = if (is.matrix(embedding) && is.numeric(embedding)) "It has {nrow(embedding)} unnamed row{?s}." else "You gave {.obj_type_friendly {embedding}}."),
                 call = call)
     }
     if (!all(is.finite(embedding))) {
@@ -117,16 +117,20 @@ leiden_clusters <- function(emb, k, resolution) {
   if (n < 3) return(factor(rep(1, n)))
   k <- min(k, n - 1)
   d <- as.matrix(stats::dist(emb))
-  # each cell's k nearest others (not itself, which ties with duplicate cells may not put first)
-  nn <- t(vapply(seq_len(n), function(i) {
-    o <- order(d[i, ])
-    o[o != i][seq_len(k)]
-  }, integer(k)))
-  edges <- cbind(rep(seq_len(n), each = k), as.vector(t(nn)))
+  edges <- cbind(rep(seq_len(n), each = k), as.vector(t(nearest_others(d, k))))
   graph <- igraph::simplify(igraph::graph_from_edgelist(edges, directed = FALSE))
   cl <- igraph::cluster_leiden(graph, objective_function = "modularity",
                                resolution_parameter = resolution, n_iterations = 5)
   factor(igraph::membership(cl))
+}
+
+# Each cell's k nearest other cells (rows of a distance matrix), not itself,
+# which ties with a duplicate cell at distance 0 may not put first.
+nearest_others <- function(d, k) {
+  matrix(vapply(seq_len(nrow(d)), function(i) {
+    o <- order(d[i, ])
+    o[o != i][seq_len(k)]
+  }, integer(k)), ncol = k, byrow = TRUE)
 }
 
 #' Normalised Robinson-Foulds distance between two sample trees

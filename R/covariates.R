@@ -20,7 +20,8 @@ resolve_batch <- function(batch, cell_meta, counts, call) {
   # one of several column names is named by resolve_cell_factor() below)
   if (columns && !any(batch %in% names(cell_meta))) {
     abort_arg(c("{.arg batch} has {length(batch)} values: neither one per cell ({ncol(counts)} = {.code ncol(x)}) nor column names of the cell metadata.",
-                "x" = "Not columns: {show_some(unique(batch), 3)}."), call = call)
+                "x" = if (is.null(cell_meta)) "{.arg x} is a bare matrix: it has no cell metadata to name columns of." else
+                  "Not columns: {show_some(unique(batch), 3)}."), call = call)
   }
   values <- if (columns) stats::setNames(as.list(batch), batch) else by_cell_columns(batch)
   if (!length(values)) abort_arg("{.arg batch} is empty: give column names or vectors, or {.code NULL}.", call = call)
@@ -108,7 +109,8 @@ resolve_continuous <- function(x, cell_meta, counts, call) {
   }
   if (is.character(x) && is.null(dim(x)) && length(x) > 1 && !any(x %in% names(cell_meta))) {
     abort_arg(c("{.arg {arg}} has {length(x)} values: neither one number per cell ({ncol(counts)} = {.code ncol(x)}) nor column names of the cell metadata.",
-                "x" = "Not columns: {show_some(unique(x), 3)}."), call = call)
+                "x" = if (is.null(cell_meta)) "{.arg x} is a bare matrix: it has no cell metadata to name columns of." else
+                  "Not columns: {show_some(unique(x), 3)}."), call = call)
   }
   if (is.matrix(x)) x <- as.data.frame(x)
   values <- if (is.character(x) && is.null(dim(x))) stats::setNames(as.list(x), x) else
@@ -129,10 +131,11 @@ resolve_continuous <- function(x, cell_meta, counts, call) {
 }
 
 # The columns of a data.frame (or the entries of a list) of covariates; a
-# data.frame's row names (cell names, unless R numbered the rows) name each
-# column's values, so that they are matched to the cells by name.
+# data.frame's row names, when text (cell names; R's numbers, also those a subset
+# keeps, are not), name each column's values, so that they are matched to the
+# cells by name.
 by_cell_columns <- function(x) {
-  if (!is.data.frame(x) || .row_names_info(x) < 0) return(as.list(x))
+  if (!is.data.frame(x) || !is.character(attr(x, "row.names"))) return(as.list(x))
   lapply(x, function(v) stats::setNames(v, rownames(x)))
 }
 

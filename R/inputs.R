@@ -425,7 +425,7 @@ match_cell_names <- function(value, arg, cells, call) {
   abort_arg(c("{.arg {arg}} is named by cell, but not once by each cell: its values cannot be matched to the cells.",
               "x" = if (length(strangers)) "{length(strangers)} name{?s} {?is/are} not {?a cell/cells}: {show_some(strangers, 3)}.",
               "x" = if (length(twice)) "{length(twice)} name{?s} {?is/are} given more than once: {show_some(twice, 3)}.",
-              "i" = "Name it by {.code colnames(x)}, or remove its names ({.code unname()}) to take the values in the cells' order."),
+              "i" = "Name it by the cells' names, or remove its names ({.code unname()}) to take the values in the cells' order."),
             call = call)
 }
 

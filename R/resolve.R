@@ -128,9 +128,11 @@ resolve_admissible <- function(fit, admissible, idx, call, seed, BPPARAM) {
   }
   # rows named by cell (as admissibility() names them) are matched to the cells
   # by name: a mask of the same cells in another order must not mask other cells
+  # (row names that are no cell's, "1", "2", ..., are not cell names: by position,
+  # as match_cell_names() reads vectors)
   cells <- rownames(fit@u_mean)[idx]
   rows <- rownames(admissible)
-  if (!is.null(rows) && !identical(rows, cells)) {
+  if (!is.null(rows) && !identical(rows, cells) && any(rows %in% rownames(fit@u_mean))) {
     if (anyDuplicated(rows) || !setequal(rows, cells)) {
       abort_arg(c("The rows of {.arg admissible} must be the analysed cells: its row names are not these cells, once each.",
                   "i" = "Compute it for the same cells: {.code admissibility(fit, cells = cells)$admissible}."), call = call)

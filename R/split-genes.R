@@ -110,12 +110,17 @@ split_sides <- function(fit, samples_a, samples_b, call) {
       abort_arg(c("A logical {.arg samples_a} must be named by sample, without NA.",
                   "i" = "For example {.code cutree(hc, k = 2) == 1}."), call = call)
     }
-    if (is.null(samples_b)) samples_b <- names(samples_a)[!samples_a]
+    if (is.null(samples_b)) {
+      if (all(samples_a)) {
+        abort_arg(c("A logical {.arg samples_a} needs FALSE samples: they are {.arg samples_b}, and it has none.",
+                    "i" = "For example {.code cutree(hc, k = 2) == 1}, or give {.arg samples_b}."), call = call)
+      }
+      samples_b <- names(samples_a)[!samples_a]
+    }
     samples_a <- names(samples_a)[samples_a]
   }
-  # (a logical samples_a that is all TRUE leaves samples_b empty, not NULL)
   if (!is.null(samples_b) && !length(samples_b)) {
-    abort_arg("{.arg samples_b} is empty: {.arg samples_a} holds every sample.", call = call)
+    abort_arg("{.arg samples_b} is empty: give at least one sample, or {.code NULL} for every sample not in {.arg samples_a}.", call = call)
   }
   a <- as_names(samples_a, "samples_a")
   b <- if (is.null(samples_b)) setdiff(fit@samples, a) else as_names(samples_b, "samples_b")

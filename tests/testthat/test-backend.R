@@ -88,7 +88,9 @@ test_that("every function that computes applies the option, not the count the la
   sim <- small_fit()$sim
   mrviSetThreads(1)
   for (compute in list(function() mrviLatent(fit), function() counterfactualLatent(fit, cells = 1:2),
-                       function() counterfactualExpression(fit, cells = 1:2, sample = fit@samples[1]))) {
+                       function() counterfactualExpression(fit, cells = 1:2, sample = fit@samples[1]),
+                       function() sampleSplitGenes(fit, fit@samples[1:2], cells = 1:2, mc_samples = 0),
+                       function() sampleTreeSupport(fit, "labels", B = 2, mc_samples = 0, normalize = FALSE, min_cells = 1))) {
     mrvi:::mrvi_set_threads(2L)  # as mrvi(n_threads = 2) leaves libtorch
     compute()
     expect_equal(mrviBackend()$threads, 1L)

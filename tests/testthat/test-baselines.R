@@ -229,6 +229,14 @@ test_that("compositionDistances() leaves out a sample without cells in a group, 
   expect_true(all(is.na(dc["s6", , "NK"])) && !anyNA(dc[-6, -6, "NK"]))
 })
 
+test_that("the neighbour graph links each cell to its k nearest other cells, duplicates too", {
+  e <- rbind(matrix(0, 4, 2), c(1, 0), c(5, 5))  # four identical cells
+  nn <- mrvi:::nearest_others(as.matrix(dist(e)), 3)
+  expect_false(any(nn == seq_len(nrow(e))))
+  expect_identical(nn[5, ], 1:3)
+  expect_setequal(nn[1, ], 2:4)
+})
+
 test_that("silhouetteScores() leaves out a cell type whose cells all come from different batches", {
   skip_if_not_installed("cluster")
   set.seed(1)

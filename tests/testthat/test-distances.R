@@ -289,6 +289,11 @@ test_that("groups and admissibility masks named by cell are matched by name; par
   expect_identical(d_rev, d)
   expect_true(all(is.na(d[cells[10], 2, -2])))
   expect_false(anyNA(d[cells[3], , ]))
+  # row names that are no cell's are positions, as before
+  numbered <- mask
+  rownames(numbered) <- c("1", "2", "3")
+  expect_identical(sampleDistances(fit, cells = idx, admissible = numbered, mc_samples = 0),
+                   sampleDistances(fit, cells = idx, admissible = mask, mc_samples = 0))
   other <- mask
   rownames(other)[1] <- cells[11]
   expect_error(sampleDistances(fit, cells = idx, admissible = other, mc_samples = 0), "rows of `admissible` must be the analysed cells",

@@ -196,6 +196,11 @@ test_that("covariates named by cell are matched by name: vectors, data.frame and
   expect_error(mrviData(m, sample = s3), "1 name is given more than once: 'cell1'", class = "mrvi_error")
   # names that are no cell's: by position, as before
   expect_identical(unname(mrviData(m, sample = stats::setNames(unname(s), paste0("x", 1:24)))$sample), d0$sample)
+  # so are the numbers R gives a subset's rows, whatever the cells are called
+  meta <- data.frame(site = rep(unname(site), each = 2))[seq(2, 48, by = 2), , drop = FALSE]
+  m_num <- m
+  colnames(m_num) <- 1:24
+  expect_identical(mrviData(m_num, sample = unname(s), batch = meta)$nuisance, d0$nuisance)
 })
 
 test_that("several batch covariates whose levels contain ':' keep their combinations apart", {
