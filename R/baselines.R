@@ -49,7 +49,7 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
   }
   min_cells <- check_whole(min_cells, "min_cells", call)
   data <- baseline_data(x, sample, groups, call, required = FALSE)
-  data$counts <- in_memory_counts(data)
+  data$counts <- in_memory_counts(data, call)
   group <- if (is.null(data$labels)) factor(rep("all", ncol(data$counts))) else data$labels
   samples <- levels(data$sample)
   S <- length(samples)

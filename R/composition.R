@@ -45,7 +45,7 @@ compositionDistances <- function(x, sample, groups, embedding = NULL, n_pcs = 50
   k <- check_count(k, "k", call)
   seed <- check_whole(seed, "seed", call)
   check_positive(resolution, "resolution", call)
-  emb <- if (is.null(embedding)) pca_embedding(in_memory_counts(data), n_pcs) else {
+  emb <- if (is.null(embedding)) pca_embedding(in_memory_counts(data, call), n_pcs) else {
     # named rows are matched to the cells below (mrviLatent(fit) lacks the cells
     # that mrviData() dropped); unnamed ones must be every cell, in order
     if (!is.matrix(embedding) || !is.numeric(embedding) || is.null(rownames(embedding)) && nrow(embedding) != ncol(x)) {

@@ -171,7 +171,7 @@ read_new_cells <- function(x, ..., call) {
 # The counts of `data` on the fitted genes, in the fit's order (after
 # check_same_genes(): every fitted gene is in x).
 align_genes <- function(fit, data, call) {
-  counts <- in_memory_counts(data)
+  counts <- in_memory_counts(data, call)
   missing <- setdiff(fit@genes, rownames(counts))
   if (length(missing)) {
     # genes with no counts in the new cells were dropped by mrviData(): put them back as zeros

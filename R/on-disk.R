@@ -122,10 +122,11 @@ read_from_disk <- function(expr, call) {
 
 # The counts of `data` in memory, for the analyses that need them whole
 # (baselines, new cells, added samples): counts on disk are read block by block.
-in_memory_counts <- function(data) {
+in_memory_counts <- function(data, call = NULL) {
   if (is.null(data$disk)) return(data$counts)
   blocks <- disk_blocks(data$disk, disk_block_cells(data$counts))
-  m <- read_cells(data$disk, blocks$first, blocks$last)
+  # (a read that fails is an mrvi_io_error, as in mrviData() and training)
+  m <- read_from_disk(read_cells(data$disk, blocks$first, blocks$last), call)
   dimnames(m) <- dimnames(data$counts)
   m
 }
@@ -275,7 +276,7 @@ block_reader <- function(disk) {
 # The posterior of u of all cells of `data`, encoded block by block (the next
 # block read while this one is encoded) into matrices allocated once (at 2 M
 # cells each is 160 MB).
-encode_on_disk <- function(model, data) {
+encode_on_disk <- function(model, data, call = NULL) {
   blocks <- disk_blocks(data$disk, disk_block_cells(data$counts))
   reader <- block_prefetcher(data$disk)
   on.exit(reader$close())
@@ -284,7 +285,7 @@ encode_on_disk <- function(model, data) {
   for (k in seq_along(blocks$first)) {
     j <- blocks$first[k]:blocks$last[k]
     after <- if (k < length(blocks$first)) k + 1L else integer()
-    block <- reader$get(blocks$first[k], blocks$last[k], blocks$first[after], blocks$last[after])
+    block <- read_from_disk(reader$get(blocks$first[k], blocks$last[k], blocks$first[after], blocks$last[after]), call)
     p <- mrvi_encode(model, nrow(block), ncol(block), block@p, block@i, block@x, codes[j])
     if (is.null(mean)) mean <- sd <- matrix(NA_real_, length(codes), length(p$mean) / length(j))
     mean[j, ] <- p$mean

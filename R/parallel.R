@@ -87,8 +87,8 @@ bp_map <- function(X, FUN, ..., BPPARAM, each = NULL) {
       on.exit(BiocParallel::bpstop(BPPARAM), add = TRUE)
     }
     kind <- RNGkind()
-    function(i) BiocParallel::bplapply(X[i], bp_task, task = FUN, threads = threads, kind = kind, ...,
-                                       BPPARAM = BPPARAM)
+    function(i) raise_worker_failure(BiocParallel::bplapply(X[i], bp_task, task = FUN, threads = threads, kind = kind, ...,
+                                                            BPPARAM = BPPARAM))
   }
   if (is.null(each)) return(run(seq_along(X)))
   for (round in split(seq_along(X), ceiling(seq_along(X) / workers))) {
@@ -116,5 +116,14 @@ unforked <- function(BPPARAM, workers) {
 bp_task <- function(x, task, threads, kind, ...) {
   mrvi_set_threads(as.integer(threads))
   RNGkind(kind[1], kind[2], kind[3])
-  task(x, ...)
+  # this package's errors come back as values, so that bp_map() signals them
+  # with their classes (BiocParallel would wrap them into its own)
+  tryCatch(task(x, ...), mrvi_error = function(e) structure(list(condition = e), class = "mrvi_worker_failure"))
+}
+
+# The first of a round's results that is a worker's mrvi error, signalled again
+# here as the error it was.
+raise_worker_failure <- function(results) {
+  for (r in results) if (inherits(r, "mrvi_worker_failure")) stop(r$condition)
+  results
 }

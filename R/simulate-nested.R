@@ -12,11 +12,14 @@
 #'   structure.
 #' * `design = "covariates"` (the paper's §4.1): three binary sample covariates
 #'   (`cov1`, `cov2`, `cov3`: "no"/"yes", balanced across samples) each multiply their own gene
-#'   set by 3, 2 and 1.5 in the affected cell types; other types are uniform.
+#'   set by 3, 2 and 1.5 in the affected cell types; other types are uniform. The
+#'   three sets are drawn independently, so they may share genes, whose effects
+#'   then multiply.
 #'
 #' Samples are nested in sites (each sample in one site); every site multiplies
 #' each gene by its own factor (log-normal, sd 0.3). Counts are negative binomial
-#' (size 5) around library sizes of about `library_size` UMIs.
+#' (size 5) around library sizes of about `library_size` UMIs. (With `base`, the
+#' sites are labels only: real counts get no site effect.)
 #'
 #' Further nuisance covariates, for models with several: `n_chemistries > 1`
 #' adds a second categorical one, `chemistry`, crossed with the sites (each
@@ -62,8 +65,10 @@
 #'   (semi-synthetic): a `SingleCellExperiment` with a `cell_type` column, or a
 #'   list with `counts` (genes x cells) and `cell_type`. Its cells are assigned to
 #'   samples at random; in affected types the effect is applied by keeping the
-#'   counts of the effect genes and thinning the others binomially (halving them),
-#'   which doubles the effect genes' relative expression.
+#'   counts of the cell's genes with the largest effect and thinning each other
+#'   gene binomially by its effect over that largest one (halving them where the
+#'   effects are 2s, as in the tree design), which raises the effect genes'
+#'   relative expression by their effect.
 #' @param seed random seed, one whole number: the same seed gives the same data
 #'   whatever the session's `RNGkind()` (the data are drawn with R's default
 #'   generators; the session's generator and its state are restored afterwards).
@@ -133,12 +138,9 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
     n_cell_types <- check_count(n_cell_types, "n_cell_types", call)
     # every cell type gets at least one marker gene (and each covariate of the
     # covariates design 5 genes): fewer failed as "subscript out of bounds"
-    min_genes <- max(n_cell_types, if (design == "covariates") 5L else 1L)
-    if (n_genes < min_genes) {
-      abort_arg(c("{.arg n_genes} must be at least {min_genes} here, not {n_genes}.",
-                  "i" = "Each of the {n_cell_types} cell types needs a marker gene{if (design == 'covariates') ', and each covariate 5 effect genes' else ''}."),
-                call = call)
-    }
+    # (and each of a tree's 2 (S - 1) edges a gene of its own, by default)
+    n_edges <- if (design == "tree" && is.null(genes_per_edge) && isTRUE(n_affected > 0)) 2L * (n_samples - 1L) else 0L
+    min_genes <- max(n_cell_types, if (design == "covariates") 5L else 1L, n_edges)
     # the cells' means (genes x cells, dense while drawn), each sample's means per
     # cell type and the true distances (samples x samples per affected type, at most every type)
     n_samples_d <- as.numeric(n_samples)
@@ -146,6 +148,13 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
                       n_samples_d^2 * (n_cell_types + 1)),
                "simulateNested()", call,
                hint = "Ask for fewer {.arg n_cells}, {.arg n_genes} or {.arg n_samples}, or raise {.code options(mrvi.max_bytes = )}.")
+    if (n_genes < min_genes) {
+      needs <- c(sprintf("each of the %d cell types a marker gene", n_cell_types),
+                 if (design == "covariates") "each covariate 5 effect genes",
+                 if (n_edges > 0) sprintf("each of the trees' %d edges a gene", n_edges))
+      abort_arg(c("{.arg n_genes} must be at least {min_genes} here, not {n_genes}.",
+                  "i" = "Needed: {paste(needs, collapse = '; ')}."), call = call)
+    }
     cell_type <- factor(sprintf("type%d", sample.int(n_cell_types, n_cells, replace = TRUE)),
                         levels = sprintf("type%d", seq_len(n_cell_types)))
     genes <- sprintf("gene%04d", seq_len(n_genes))
@@ -156,6 +165,10 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
     n_genes <- nrow(base$counts)
     n_cell_types <- nlevels(cell_type)
     genes <- rownames(base$counts) %||% sprintf("gene%04d", seq_len(n_genes))
+    if (design == "covariates" && n_genes < 5) {
+      abort_arg("{.arg base$counts} has {n_genes} gene{?s}: the covariates design needs at least 5 (each covariate's effect genes).",
+                call = call)
+    }
   }
   n_affected <- check_whole(n_affected, "n_affected", call)
   if (n_affected > n_cell_types) abort_arg("{.arg n_affected} cannot exceed the number of cell types.", call = call)
@@ -248,7 +261,8 @@ nuisance_effects <- function(seed, samples, sample, n_genes, n_chemistries, tech
   if (technical > 0) {
     out$mito <- stats::runif(length(sample), 0, 0.2)
     genes <- sample.int(n_genes, max(1L, n_genes %/% 10))
-    m <- (out$mito - mean(out$mito)) / stats::sd(out$mito)
+    # (one cell: no spread to standardise by, and no effect)
+    m <- if (length(out$mito) > 1) (out$mito - mean(out$mito)) / stats::sd(out$mito) else 0
     effect[genes, ] <- effect[genes, ] * rep(exp(technical * m), each = length(genes))
   }
   out$effect <- effect
@@ -291,17 +305,43 @@ random_tree <- function(samples, ultrametric = FALSE) {
 # (at least one per edge), disjoint within the tree.
 edge_genes <- function(tree, n_genes, per_edge, call) {
   n_edges <- length(tree$edges)
+  lengths <- vapply(tree$edges, function(e) e$length, numeric(1))
   if (is.null(per_edge)) {
-    edge_of_gene <- sample(rep_len(seq_len(n_edges), n_genes))
+    # (an edge without genes would be in the truth but not in the counts)
+    if (n_genes < n_edges) {
+      abort_arg(c("{.arg n_genes} = {n_genes} is too few for the tree's {n_edges} edges: each needs a gene of its own.",
+                  "i" = "Give at least {n_edges} genes, or fewer samples."), call = call)
+    }
+    # equal edges: an equal share each; otherwise shares proportional to length
+    # (largest remainders, at least one gene each), as the truth's path lengths count them
+    per <- if (all(lengths == lengths[1])) tabulate(rep_len(seq_len(n_edges), n_genes), n_edges) else
+      proportional_counts(n_genes, lengths)
+    edge_of_gene <- sample(rep(seq_len(n_edges), per))
     return(lapply(seq_len(n_edges), function(k) which(edge_of_gene == k)))
   }
-  lengths <- vapply(tree$edges, function(e) e$length, numeric(1))
   counts <- pmax(1L, as.integer(round(per_edge * lengths / mean(lengths))))
   if (sum(counts) > n_genes) {
     abort_arg("{.arg genes_per_edge} = {per_edge} needs {sum(counts)} genes for {n_edges} edges; the data have {n_genes}.",
               call = call)
   }
   split(sample.int(n_genes, sum(counts)), rep(seq_len(n_edges), counts))
+}
+
+# `total` split into whole shares proportional to `weights`, each at least 1
+# (total >= length(weights)): floors, then the largest remainders.
+proportional_counts <- function(total, weights) {
+  share <- total * weights / sum(weights)
+  out <- pmax(1L, as.integer(floor(share)))
+  while (sum(out) > total) {  # (raised to 1 above their share: taken from the largest)
+    k <- which.max(out)
+    out[k] <- out[k] - 1L
+  }
+  rest <- total - sum(out)
+  if (rest > 0) {
+    extra <- order(share - out, decreasing = TRUE)[seq_len(rest)]
+    out[extra] <- out[extra] + 1L
+  }
+  out
 }
 
 # Fully synthetic counts: per cell type gene means (Gamma(2, 2) or log-normal),
@@ -332,7 +372,7 @@ synthetic_counts <- function(cell_type, site, cell_effect, n_genes, expression =
 
 # Semi-synthetic: in each cell, genes with an effect > 1 keep their counts and
 # the others are thinned by binomial(x, 1 / effect) -- relative expression of the
-# effect genes rises by the effect. (Effects are products of 2s.)
+# effect genes rises by the effect (keep probability effect / the cell's largest).
 thin_counts <- function(counts, cell_effect) {
   counts <- methods::as(counts, "CsparseMatrix")
   counts <- methods::as(counts, "generalMatrix")
@@ -351,6 +391,10 @@ read_base <- function(base, call) {
     if (!"cell_type" %in% names(SummarizedExperiment::colData(base))) {
       abort_arg("{.arg base} needs a {.val cell_type} column in its colData.", call = call)
     }
+    if (!"counts" %in% SummarizedExperiment::assayNames(base)) {
+      abort_arg(c("{.arg base} needs a {.val counts} assay of raw counts.",
+                  "i" = "Its assays: {.val {SummarizedExperiment::assayNames(base)}}."), call = call)
+    }
     return(check_base(list(counts = SummarizedExperiment::assay(base, "counts"), cell_type = base$cell_type), call))
   }
   if (is.list(base) && all(c("counts", "cell_type") %in% names(base))) return(check_base(base, call))
@@ -363,7 +407,13 @@ read_base <- function(base, call) {
 # was recycled).
 check_base <- function(base, call) {
   counts <- with_call(as_dgc(base$counts, arg = "base$counts", call = call), call)
-  with_call(scan_counts(counts, call), call, rename = c(x = "base$counts"))
+  # (thinned in memory: counts on disk are read whole)
+  if (is_on_disk(counts)) counts <- read_from_disk(methods::as(counts, "dgCMatrix"), call)
+  # (names for the scan's messages only: "at (gene, cell) (, )" said nothing)
+  named <- counts
+  dimnames(named) <- list(rownames(counts) %||% sprintf("gene%04d", seq_len(nrow(counts))),
+                          colnames(counts) %||% sprintf("cell%d", seq_len(ncol(counts))))
+  with_call(scan_counts(named, call), call, rename = c(x = "base$counts"))
   if (length(base$cell_type) != ncol(counts) || anyNA(base$cell_type)) {
     abort_arg("{.arg base$cell_type} must have one non-missing value per cell of {.arg base$counts} ({ncol(counts)}), not {length(base$cell_type)}.",
               call = call)

@@ -61,3 +61,14 @@ test_that("BPPARAM must be a BiocParallel back-end", {
   expect_error(sampleDistances(fit, BPPARAM = 2), class = "mrvi_error")
   expect_error(mrviLatent(fit, BPPARAM = "snow"), "BiocParallel back-end")
 })
+
+test_that("an error in a worker keeps its class, as in a serial run", {
+  skip_if_not_installed("BiocParallel")
+  fit <- small_fit()$fit
+  bad <- fit
+  bad@weights[200] <- as.raw(bitwXor(as.integer(bad@weights[200]), 1L))
+  bad@cache <- new.env()
+  expect_error(sampleDistances(bad, groups = "labels", mc_samples = 0), class = "mrvi_damaged_error")
+  expect_error(sampleDistances(bad, groups = "labels", mc_samples = 0, BPPARAM = BiocParallel::SnowParam(2)),
+               class = "mrvi_damaged_error")
+})

@@ -250,10 +250,11 @@ test_that("seed is one whole number, and means the same data whatever RNGkind()"
 
 test_that("too few genes is a classed error giving the minimum", {
   skip_if_not_installed("SingleCellExperiment")
-  expect_error(simulateNested(100, n_genes = 2, n_samples = 4), "`n_genes` must be at least 5", class = "mrvi_error")
+  # (5 cell types a marker each, and the tree's 6 edges a gene each)
+  expect_error(simulateNested(100, n_genes = 2, n_samples = 4), "`n_genes` must be at least 6.*6 edges a gene", class = "mrvi_error")
   expect_error(simulateNested(100, n_genes = 4, n_samples = 4, n_cell_types = 2, design = "covariates"),
                "`n_genes` must be at least 5", class = "mrvi_error")
-  expect_s4_class(simulateNested(100, n_genes = 5, n_samples = 4), "SingleCellExperiment")
+  expect_s4_class(simulateNested(100, n_genes = 6, n_samples = 4), "SingleCellExperiment")
 })
 
 test_that("sizes beyond options(mrvi.max_bytes) are refused before anything is drawn", {
@@ -261,4 +262,37 @@ test_that("sizes beyond options(mrvi.max_bytes) are refused before anything is d
   expect_error(simulateNested(1e9, n_genes = 100), "simulateNested\\(\\) would allocate", class = "mrvi_error")
   expect_error(simulateNested(100, n_genes = 1e9), "fewer `n_cells`, `n_genes` or `n_samples`", class = "mrvi_error")
   expect_error(simulateNested(100, 100, n_samples = 1e8), "would allocate", class = "mrvi_error")
+})
+
+test_that("by default an ultrametric tree's genes are split in proportion to its edge lengths, each edge at least one", {
+  sce <- simulateNested(300, 400, n_samples = 8, n_cell_types = 2, n_affected = 1, edge_lengths = "ultrametric", seed = 3)
+  edges <- S4Vectors::metadata(sce)$truth$edges$type1
+  len <- vapply(edges, `[[`, numeric(1), "length")
+  n <- vapply(edges, function(e) length(e$genes), integer(1))
+  expect_equal(sum(n), 400)
+  expect_true(all(n >= 1))
+  expect_true(all(abs(n - 400 * len / sum(len)) <= 1 + 1e-9 | n == 1))
+  expect_gt(cor(n, len), 0.99)
+  # equal edges: equal shares, as before
+  eq <- S4Vectors::metadata(simulateNested(300, 400, n_samples = 8, n_cell_types = 2, n_affected = 1, seed = 3))$truth$edges$type1
+  expect_lte(diff(range(vapply(eq, function(e) length(e$genes), integer(1)))), 1)
+  expect_error(simulateNested(300, 10, n_samples = 16, n_cell_types = 2, n_affected = 1),
+               "`n_genes` must be at least 30", class = "mrvi_error")
+})
+
+test_that("odd bases and one-cell technical covariates get classed errors or finite counts", {
+  m <- matrix(rpois(3 * 20, 3), 3, 20)
+  expect_error(simulateNested(n_samples = 4, base = list(counts = m, cell_type = rep(1:2, 10)), design = "covariates"),
+               "`base\\$counts` has 3 genes: the covariates design needs at least 5", class = "mrvi_error")
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- SingleCellExperiment::SingleCellExperiment(list(raw = m), colData = S4Vectors::DataFrame(cell_type = rep(1:2, 10)))
+  expect_error(simulateNested(base = sce, n_samples = 4, n_affected = 1), "`base` needs a \"counts\" assay", class = "mrvi_error")
+  one <- SummarizedExperiment::assay(simulateNested(1, 20, n_samples = 2, n_cell_types = 1, n_affected = 1, technical = 1), "counts")
+  expect_true(all(is.finite(as.matrix(one))))
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::simulate_counts(n_cells = 60, n_genes = 20, n_samples = 3, seed = 1)
+  h5 <- HDF5Array::writeHDF5Array(sim$counts, tempfile(fileext = ".h5"), "counts", with.dimnames = TRUE)
+  from_disk <- simulateNested(base = list(counts = h5, cell_type = sim$cell_type), n_samples = 3, n_affected = 1, seed = 2)
+  in_memory <- simulateNested(base = list(counts = sim$counts, cell_type = sim$cell_type), n_samples = 3, n_affected = 1, seed = 2)
+  expect_identical(SummarizedExperiment::assay(from_disk, "counts"), SummarizedExperiment::assay(in_memory, "counts"))
 })
