@@ -51,7 +51,6 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data,
                         label = covariate_label(substitute(covariate)))
   idx <- resolve_cells(fit, cells, call)
-  check_finite_latents(fit, call)
   apply_threads(call = call)
   # log q_A per cell and level, over blocks of cells: the cells x samples densities
   # are reduced to levels in the kernel and never held whole
@@ -139,7 +138,6 @@ admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cel
               call = call)
   }
   idx <- resolve_cells(fit, cells, call)
-  check_finite_latents(fit, call)
   apply_threads(call = call)
   ref <- reference_cells(fit, max_cells_per_sample, seed)
   # thresholds from each sample's own reference cells (leave-one-out)
@@ -156,18 +154,6 @@ admissibility <- function(fit, max_cells_per_sample = 5000, quantile = 0.05, cel
   # admissible, so that every caller of the mask reads it the same way
   list(admissible = !is.na(log_ratio) & log_ratio >= 0, log_ratio = log_ratio,
        threshold = stats::setNames(threshold, fit@samples))
-}
-
-# The densities are sums over every reference cell: one non-finite posterior
-# (a damaged fit) would turn whole samples' densities into -Inf or NaN and
-# shift the other cells' values, so it is refused.
-check_finite_latents <- function(fit, call) {
-  bad <- sum(!is.finite(fit@u_mean)) + sum(!is.finite(fit@u_sd))
-  if (bad) {
-    abort_arg(c("{.arg fit} is damaged: its latents ({.code u_mean}, {.code u_sd}) hold {bad} non-finite value{?s}.",
-                "i" = "Use the fit as {.fn mrvi} returned it, or re-read it from its file."),
-              call = call, class = "mrvi_invalid_fit")
-  }
 }
 
 reference_cells <- function(fit, max_per_sample, seed) {

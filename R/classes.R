@@ -172,6 +172,10 @@ setValidity("MrVIFit", function(object) {
   # (the analyses hand these to Rust as doubles; a standard deviation is positive)
   if (!is.double(object@u_mean) || !is.double(object@u_sd)) problems <- c(problems, "@u_mean or @u_sd is not a matrix of doubles")
   if (any(object@u_sd <= 0, na.rm = TRUE)) problems <- c(problems, "@u_sd has values <= 0")
+  # (training never leaves them: a non-finite latent is an edit, which would give
+  # NaN distances and refused analyses further on)
+  bad <- sum(!is.finite(object@u_mean)) + sum(!is.finite(object@u_sd))
+  if (bad) problems <- c(problems, sprintf("its latents (@u_mean, @u_sd) hold %d non-finite value%s", bad, if (bad > 1) "s" else ""))
   n_u <- if (identical(object@config$flavour, "attention")) train$n_latent_u else train$n_latent
   for (slot in names(dims)) {
     d <- dims[[slot]]

@@ -194,8 +194,6 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   check_lfc(lfc_threshold, "lfc_threshold", call)
   chunk_size <- check_count(chunk_size, "chunk_size", call)
   seed <- check_whole(seed, "seed", call)
-  # (a non-finite posterior failed in base R's subscripted assignment)
-  check_finite_latents(fit, call)
   design <- de_design(fit, covariates, call)
   idx <- resolve_cells(fit, cells, call)
   mask <- resolve_admissible(fit, admissible, idx, call, seed, BPPARAM)

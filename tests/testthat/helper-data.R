@@ -173,3 +173,13 @@ crossed_data <- local({
   }
 })
 
+
+# Runs `expr` with check_fit() switched off, for the tests of what the native
+# kernels make of a latent that the fit's validity check would refuse (NaN must
+# stay NaN, never become a distance or a p-value).
+without_fit_checks <- function(expr) {
+  checked <- mrvi:::check_fit
+  utils::assignInNamespace("check_fit", function(fit, call) invisible(NULL), "mrvi")
+  on.exit(utils::assignInNamespace("check_fit", checked, "mrvi"))
+  expr
+}

@@ -389,15 +389,19 @@ test_that("a foreign or stale pointer in the cache is rebuilt, never used", {
   expect_match(conditionMessage(e), "not a native model of this package")
 })
 
-test_that("a NaN latent gives NaN distances, never 0", {
+test_that("a NaN latent is refused as a damaged fit, and the kernels keep it NaN, never 0", {
   g <- fit
   g@u_mean[1, 1] <- NaN
-  d <- sampleDistances(g, cells = 1:2, mc_samples = 0)
+  expect_error(sampleDistances(g, cells = 1:2, mc_samples = 0), "latents .* 1 non-finite value", class = "mrvi_invalid_fit")
+  # past the check, the kernels themselves
+  without_fit_checks({
+    d <- sampleDistances(g, cells = 1:2, mc_samples = 0)
+    dg <- sampleDistances(g, mc_samples = 0, min_cells = 1)
+    dn <- sampleDistances(g, cells = 1, mc_samples = 3, normalize = TRUE)
+  })
   expect_true(all(is.nan(d[1, , ][upper.tri(d[1, , ])])))
   expect_true(all(is.finite(d[2, , ])))
-  dg <- sampleDistances(g, mc_samples = 0, min_cells = 1)
   expect_true(all(is.nan(dg[, , 1][upper.tri(dg[, , 1])])))
-  dn <- sampleDistances(g, cells = 1, mc_samples = 3, normalize = TRUE)
   expect_true(all(is.nan(dn[1, , ][upper.tri(dn[1, , ])])))
 })
 
