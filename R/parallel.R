@@ -107,7 +107,10 @@ unforked <- function(BPPARAM, workers) {
   if (!forked) return(BPPARAM)
   inform(c("i" = "Using {workers} socket worker{?s} ({.fn BiocParallel::SnowParam}) instead of forked ones: libtorch's threads do not survive a fork."),
          class = "mrvi_unforked")
-  BiocParallel::SnowParam(workers)
+  # the user's settings carried over
+  BiocParallel::SnowParam(workers, timeout = BiocParallel::bptimeout(BPPARAM),
+                          progressbar = BiocParallel::bpprogressbar(BPPARAM), log = BiocParallel::bplog(BPPARAM),
+                          stop.on.error = BiocParallel::bpstopOnError(BPPARAM), RNGseed = BiocParallel::bpRNGseed(BPPARAM))
 }
 
 # One task in a worker: its thread count, and this session's kind of random

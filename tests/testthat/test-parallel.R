@@ -40,6 +40,11 @@ test_that("SnowParam(2), MulticoreParam(2) and BatchtoolsParam give the SerialPa
                                            BPPARAM = BiocParallel::MulticoreParam(2)),
                  class = "mrvi_unforked")
   expect_identical(forked, serial$groups)
+  # the replacement keeps the user's settings
+  snowed <- suppressMessages(mrvi:::unforked(BiocParallel::MulticoreParam(2, timeout = 77L, progressbar = TRUE), 2L))
+  expect_s4_class(snowed, "SnowParam")
+  expect_equal(BiocParallel::bptimeout(snowed), 77)
+  expect_true(BiocParallel::bpprogressbar(snowed))
   # batchtools starts its jobs anew for every call (~20 s each here): two analyses
   batch <- BiocParallel::BatchtoolsParam(2, cluster = "socket", registryargs =
     BiocParallel::batchtoolsRegistryargs(file.dir = tempfile("registry")))
