@@ -478,7 +478,7 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
     values <- covariate[samples]
   }
   # an NA level (addNA()) is NA: those samples leave the test
-  if (is.factor(values) && anyNA(levels(values))) values <- factor(values, levels = levels(values)[!is.na(levels(values))])
+  values <- without_na_level(values)
   if (is.numeric(values) && !is.factor(values)) {
     abort_arg(c("{.arg covariate} is numeric; the test needs categories.",
                 "i" = "Bin it first, e.g. {.code cut(age, breaks = 3)}, or pass {.code factor(x)} if its values are labels."),
@@ -499,6 +499,9 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
   attr(y, "name") <- name
   y
 }
+
+# The covariate a cellAssociation() result records (NULL for a plain data.frame).
+association_covariate <- function(res) if (methods::is(res, "Annotated")) S4Vectors::metadata(res)$covariate
 
 # The name of a covariate passed as a variable (`grp` in f(fit, grp)), else "covariate".
 covariate_label <- function(expr) if (is.symbol(expr)) as.character(expr) else "covariate"

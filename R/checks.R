@@ -19,6 +19,12 @@ example_setting <- function(arg, value) {
   if (startsWith(arg, "options(")) sub("\\)$", paste0(" = ", value, ")"), arg) else paste(arg, "=", value)
 }
 
+# A factor whose NA level (addNA(), factor(exclude = NULL)) becomes NA values:
+# its codes are not NA, so anyNA() and is.na() would miss them.
+without_na_level <- function(x) {
+  if (is.factor(x) && anyNA(levels(x))) factor(x, levels = levels(x)[!is.na(levels(x))]) else x
+}
+
 # What the user gave, for messages: "1e+10", or the type of anything else.
 given <- function(v) {
   # (15 digits: 2.0000000001 must not show as the valid 2)

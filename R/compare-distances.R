@@ -117,10 +117,7 @@ as_group_matrices <- function(d, name, call) {
     abort_arg("{.arg distances}${name} must be an [S, S, G] array with sample names (as {.fn sampleDistances}), a matrix or a dist.",
               call = call)
   }
-  S <- dim(d)[1]
-  out <- lapply(seq_len(dim(d)[3]), function(g) {
-    check_distance_matrix(matrix(d[, , g], S, dim(d)[2], dimnames = dimnames(d)[1:2]), call, arg)
-  })
+  out <- lapply(seq_len(dim(d)[3]), function(g) check_distance_matrix(group_slice(d, g), call, arg))
   stats::setNames(out, dimnames(d)[[3]] %||% as.character(seq_len(dim(d)[3])))
 }
 

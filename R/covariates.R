@@ -16,13 +16,7 @@ resolve_batch <- function(batch, cell_meta, counts, call) {
   if (!columns && !is.data.frame(batch) && !(is.list(batch) && !is.factor(batch))) {
     return(data.frame(batch = resolve_cell_factor(batch, "batch", cell_meta, counts, call)))
   }
-  # (values of which none is a column: a vector of the wrong length; a typo in
-  # one of several column names is named by resolve_cell_factor() below)
-  if (columns && !any(batch %in% names(cell_meta))) {
-    abort_arg(c("{.arg batch} has {length(batch)} values: neither one per cell ({ncol(counts)} = {.code ncol(x)}) nor column names of the cell metadata.",
-                "x" = if (is.null(cell_meta)) "{.arg x} is a bare matrix: it has no cell metadata to name columns of." else
-                  "Not columns: {show_some(unique(batch), 3)}."), call = call)
-  }
+  if (columns) check_some_columns(batch, "batch", "one per cell", cell_meta, counts, call)
   values <- if (columns) stats::setNames(as.list(batch), batch) else by_cell_columns(batch)
   if (!length(values)) abort_arg("{.arg batch} is empty: give column names or vectors, or {.code NULL}.", call = call)
   nms <- covariate_names(values, "batch", call)
@@ -107,11 +101,7 @@ resolve_continuous <- function(x, cell_meta, counts, call) {
                 "i" = "Give numbers (for example {.code as.numeric()} of it), or column names of the cell metadata."),
               call = call)
   }
-  if (is.character(x) && is.null(dim(x)) && length(x) > 1 && !any(x %in% names(cell_meta))) {
-    abort_arg(c("{.arg {arg}} has {length(x)} values: neither one number per cell ({ncol(counts)} = {.code ncol(x)}) nor column names of the cell metadata.",
-                "x" = if (is.null(cell_meta)) "{.arg x} is a bare matrix: it has no cell metadata to name columns of." else
-                  "Not columns: {show_some(unique(x), 3)}."), call = call)
-  }
+  if (is.character(x) && is.null(dim(x)) && length(x) > 1) check_some_columns(x, arg, "one number per cell", cell_meta, counts, call)
   if (is.matrix(x)) x <- as.data.frame(x)
   values <- if (is.character(x) && is.null(dim(x))) stats::setNames(as.list(x), x) else
     if (is.data.frame(x) || is.list(x)) by_cell_columns(x) else list(continuous = x)
@@ -128,6 +118,16 @@ resolve_continuous <- function(x, cell_meta, counts, call) {
     as.numeric(v)
   })
   stats::setNames(as.data.frame(out, col.names = nms), nms)
+}
+
+# Several values given as column names, of which none is a column: a vector of
+# the wrong length, said as such (a typo in one of several column names is
+# named where that column is read).
+check_some_columns <- function(values, arg, per_cell, cell_meta, counts, call) {
+  if (any(values %in% names(cell_meta))) return(invisible())
+  abort_arg(c("{.arg {arg}} has {length(values)} values: neither {per_cell} ({ncol(counts)} = {.code ncol(x)}) nor column names of the cell metadata.",
+              "x" = if (is.null(cell_meta)) "{.arg x} is a bare matrix: it has no cell metadata to name columns of." else
+                "Not columns: {show_some(unique(values), 3)}."), call = call)
 }
 
 # The columns of a data.frame (or the entries of a list) of covariates; a

@@ -404,8 +404,7 @@ de_design <- function(fit, covariates, call) {
   blocks <- list()
   for (j in names(tab)) {
     v <- tab[[j]]
-    # (an NA level, addNA(), is NA too)
-    if (is.factor(v) && anyNA(levels(v))) v <- factor(v, levels = levels(v)[!is.na(levels(v))])
+    v <- without_na_level(v)  # (an NA level, addNA(), is NA too)
     if (anyNA(v)) {
       abort_arg(c("{.arg covariates}: covariate {.field {j}} has NA for sample{?s} {.val {samples[is.na(v)]}}.",
                   "i" = paste("Every fitted sample needs a value. To leave samples out of the regressions, give them any value",

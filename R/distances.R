@@ -290,10 +290,7 @@ group_matrix <- function(d, group, call) {
       abort_arg("{.arg d} must be the result of {.fn sampleDistances}, a matrix or a dist.", call = call)
     }
     check_not_per_cell(d, "d", call)
-    S <- dim(d)[1]
-    # (d[, , k] would drop a one-sample group's matrix to a number)
-    structure(matrix(d[, , resolve_group(d, group, call)], S, dim(d)[2], dimnames = dimnames(d)[1:2]),
-              sample_table = attr(d, "sample_table"))
+    structure(group_slice(d, resolve_group(d, group, call)), sample_table = attr(d, "sample_table"))
   }
   check_distance_matrix(m, call)
 }
@@ -334,6 +331,10 @@ resolve_group <- function(d, group, call) {
   }
   as.integer(group)
 }
+
+# Group g's S x S matrix of an [S, S, G] array, with the samples' names (d[, , g]
+# would drop a one-sample group's matrix to a number).
+group_slice <- function(d, g) matrix(d[, , g], dim(d)[1], dim(d)[2], dimnames = dimnames(d)[1:2])
 
 check_distance_matrix <- function(m, call, arg = "d") {
   fail <- function(problem) {

@@ -395,9 +395,7 @@ resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
   value <- match_cell_names(value, arg, colnames(counts), call)
   # (a factor may hold NA as a level: its codes are not NA, its values are; an
   # NA level no cell has is dropped)
-  if (is.factor(value) && anyNA(levels(value)) && !anyNA(as.character(value))) {
-    value <- factor(value, levels = levels(value)[!is.na(levels(value))])
-  }
+  if (!anyNA(as.character(value))) value <- without_na_level(value)
   if (anyNA(value) || is.factor(value) && anyNA(levels(value))) {
     where <- which(is.na(value) | is.na(as.character(value)))
     abort_arg(c("{.arg {arg}} has {length(where)} NA value{?s}, e.g. cell{?s} {show_some(colnames(counts)[where], 3)}.",

@@ -271,7 +271,4 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
     ggplot2::theme(axis.text.x = ggplot2::element_text(angle = 45, hjust = 1))
 }
 
-# The covariate a cellAssociation() result records (NULL for a plain data.frame).
-association_covariate <- function(res) if (methods::is(res, "Annotated")) S4Vectors::metadata(res)$covariate
-
 utils::globalVariables(c("group", "fraction"))

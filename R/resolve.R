@@ -106,7 +106,7 @@ resolve_groups <- function(fit, groups, call) {
   # cells' but not each cell once are refused there too)
   groups <- match_cell_names(groups, "groups", rownames(fit@cell_data), call)
   # an NA level (addNA()) is NA: those cells belong to no group
-  if (is.factor(groups) && anyNA(levels(groups))) groups <- factor(groups, levels = levels(groups)[!is.na(levels(groups))])
+  groups <- without_na_level(groups)
   groups <- droplevels(as.factor(groups))
   if (nlevels(groups) == 0) abort_arg("{.arg groups} has no non-NA value.", call = call)
   groups

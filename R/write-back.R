@@ -133,8 +133,7 @@ align_rows <- function(m, cells) {
 
 # Columns mrvi_<covariate>_statistic and _q over the object's cells.
 association_columns <- function(association, cells) {
-  meta <- if (methods::is(association, "DataFrame")) S4Vectors::metadata(association) else list()
-  cov <- make.names(meta$covariate %||% "covariate")
+  cov <- make.names(association_covariate(association) %||% "covariate")
   idx <- match(cells, rownames(association))
   out <- list(association$statistic[idx], association$q_value[idx])
   names(out) <- paste0("mrvi_", cov, c("_statistic", "_q"))
