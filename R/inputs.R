@@ -150,7 +150,8 @@ mrviData.SummarizedExperiment <- function(x, sample, batch = NULL, labels = NULL
   counts <- read_from_disk(SummarizedExperiment::assay(x, assay, withDimnames = TRUE), call)
   meta <- as.data.frame(SummarizedExperiment::colData(x), optional = TRUE)
   build_mrvi_data(as_dgc(counts, arg = "assay"), cell_meta = meta, sample = sample,
-                  batch = batch, labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = class(x)[1], call = call)
+                  batch = batch, labels = labels, min_samples = min_samples, continuous = continuous_covariates, source = class(x)[1], call = call,
+                  assay = assay)
 }
 
 #' @export
@@ -163,15 +164,18 @@ mrviData.Seurat <- function(x, sample, batch = NULL, labels = NULL, assay = "cou
   attr(counts, "seurat_assay") <- NULL
   meta <- x[[]]
   data <- build_mrvi_data(counts, cell_meta = meta, sample = sample, batch = batch, labels = labels,
-                          min_samples = min_samples, continuous = continuous_covariates, source = "Seurat", call = call)
+                          min_samples = min_samples, continuous = continuous_covariates, source = "Seurat", call = call,
+                          assay = assay)
   data$seurat_assay <- seurat_assay
   data
 }
 
 # --- building and checking ---------------------------------------------------------
 
+# `assay`: the assay (or Seurat layer) the counts were read from, named by the
+# errors about their values.
 build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_samples, source, call,
-                            continuous = NULL) {
+                            continuous = NULL, assay = NULL) {
   min_samples <- check_count(min_samples, "min_samples", call)
   # counts on disk are read from the object as given (R/on-disk.R); reading
   # their type is the first read of the file (which may have gone since)
@@ -212,9 +216,9 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   # bad values with their positions, totals per cell and per gene. Counts on
   # disk: the same, block by block (R/on-disk.R).
   if (!is.null(disk)) {
-    scan <- scan_on_disk(disk, dimnames(counts), call)
+    scan <- scan_on_disk(disk, dimnames(counts), call, assay)
   } else {
-    scan <- scan_counts(counts, call)
+    scan <- scan_counts(counts, call, assay = assay)
   }
 
   # Cells and genes without counts carry nothing for the model: drop them, say so.
@@ -430,7 +434,7 @@ match_cell_names <- function(value, arg, cells, call) {
 # One pass in Rust over a dgCMatrix's slots (its structure, bad values with their
 # positions, totals per cell and per gene), its bad values refused by
 # check_counts(); the scan.
-scan_counts <- function(counts, call, partial = FALSE) {
+scan_counts <- function(counts, call, partial = FALSE, assay = NULL) {
   # slots edited by hand (x@i[1] <- ...) break the matrix's structure
   scan <- tryCatch(mrvi_csc_scan(nrow(counts), ncol(counts), counts@p, counts@i, counts@x),
                    mrvi_input_error = function(e) {
@@ -438,14 +442,16 @@ scan_counts <- function(counts, call, partial = FALSE) {
                                  "i" = "{.code validObject(x)} says what is wrong; rebuild it with {.fn Matrix::sparseMatrix}."),
                                class = "mrvi_input_error", call = call)
                    })
-  check_counts(counts, scan, call, partial)
+  check_counts(counts, scan, call, partial, assay)
   scan
 }
 
 # `partial`: counts on disk, checked block by block; `counts` is the first
 # block with a bad value, so the counts of bad values are lower bounds (the
 # blocks after it are not read: the error comes without reading the whole file).
-check_counts <- function(counts, scan, call, partial = FALSE) {
+# `assay`: where the counts came from in `x` (NULL: `x` is the counts).
+check_counts <- function(counts, scan, call, partial = FALSE, assay = NULL) {
+  holder <- if (is.null(assay)) "{.arg x}" else "{.arg x}'s assay {.val {assay}}"
   where <- function(k) {
     genes <- rownames(counts)[counts@i[k] + 1L]
     cells <- colnames(counts)[findInterval(k - 1L, counts@p)]
@@ -463,7 +469,7 @@ check_counts <- function(counts, scan, call, partial = FALSE) {
     n <- p$n
     if (n > 0) {
       # (p$what joins the template: its {?} agrees with n)
-      abort_arg(c(paste0("{.arg x} must hold raw counts: {at_least}{n} value{?s} {?is/are} ", p$what,
+      abort_arg(c(paste0(holder, " must hold raw counts: {at_least}{n} value{?s} {?is/are} ", p$what,
                          ", {where(p$first)}."),
                   "i" = if (partial) "Counted up to cell {.val {colnames(counts)[ncol(counts)]}}, where the check stopped.",
                   "i" = paste("MrVI models raw UMI counts. Use the raw counts assay/layer (for example",

@@ -89,7 +89,7 @@ disk_blocks <- function(disk, size) {
 # mrviData()'s pass over counts on disk: every block checked as counts in memory
 # are (the error names the block's genes and cells from `names`, the counts'
 # dimnames), library sizes and gene totals summed.
-scan_on_disk <- function(disk, names, call) {
+scan_on_disk <- function(disk, names, call, assay = NULL) {
   blocks <- disk_blocks(disk, disk_block_cells(disk$x))
   library <- numeric(ncol(disk$x))
   gene_total <- numeric(nrow(disk$x))
@@ -97,7 +97,7 @@ scan_on_disk <- function(disk, names, call) {
     j <- blocks$first[k]:blocks$last[k]
     block <- read_from_disk(read_cells(disk, blocks$first[k], blocks$last[k]), call)
     dimnames(block) <- list(names[[1]], names[[2]][j])
-    scan <- scan_counts(block, call, partial = k < length(blocks$first))
+    scan <- scan_counts(block, call, partial = k < length(blocks$first), assay = assay)
     library[j] <- scan$library
     gene_total <- gene_total + scan$gene_total
   }

@@ -20,6 +20,10 @@ test_that("dgCMatrix, matrix and SingleCellExperiment give the same data", {
   expect_equal(as.character(mrviData(m, sample = s, batch = rep(c("x", "y", "x"), length.out = 24))$sample_table$batch),
                c("x", "y", "x"))
   expect_error(mrviData(sce, sample = "donor", assay = "logcounts"), "`assay`")
+  # an assay of normalised values: the error names it
+  SummarizedExperiment::assay(sce, "logcounts") <- log1p(m)
+  expect_error(mrviData(sce, sample = "donor", assay = "logcounts"),
+               "`x`'s assay \"logcounts\" must hold raw counts: .* not whole numbers", class = "mrvi_error")
 })
 
 test_that("the sample table keeps only covariates constant within samples", {

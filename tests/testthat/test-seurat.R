@@ -81,4 +81,8 @@ test_that("a Seurat assay name reads that assay's counts; a bad one is named", {
   expect_identical(mrviData(so, sample = "donor", assay = "RNA")$counts, mrviData(m, small_samples())$counts)
   expect_error(mrviData(so, sample = "donor", assay = "spliced"), "`assay`", class = "mrvi_error")
   expect_error(mrviData(so, sample = "donor", assay = c("a", "b")), "`assay` must be one string", class = "mrvi_error")
+  # normalised values: the error names the layer read, not only `x`
+  so <- SeuratObject::SetAssayData(so, slot = "data", new.data = log1p(m))
+  expect_error(mrviData(so, sample = "donor", assay = "data"),
+               "`x`'s assay \"data\" must hold raw counts: .* not whole numbers", class = "mrvi_error")
 })
