@@ -11,6 +11,9 @@
 #' counts), compared by Euclidean distance (the Aitchison distance); with
 #' `transform = "none"`, plain Euclidean distances of proportions.
 #'
+#' Cells without counts (over the rows of `x` given) are left out of both, with
+#' a message, as [mrvi()] leaves them out of a fit.
+#'
 #' Both return the shape of [sampleDistances()] (`[S, S, G]` with dimnames and
 #' attribute `sample_table`), so [sampleHclust()], [plotSampleDistances()],
 #' [plotSampleMDS()] and [compareSampleDistances()] take them as they are.
@@ -122,11 +125,12 @@ clr <- function(m) {
 }
 
 # The counts, samples and cell groups of a baseline, read as mrvi() reads its
-# input (`groups` in the place of `labels`, and named so in errors); `required`:
-# the cells must come in groups (NULL gave an empty result or a base-R error).
+# input (`groups` in the place of `labels`, and named so in errors; its messages,
+# e.g. cells without counts left out, said as for a fit); `required`: the cells
+# must come in groups (NULL gave an empty result or a base-R error).
 baseline_data <- function(x, sample, groups, call, required = TRUE) {
   if (required && is.null(groups)) {
     abort_arg("{.arg groups} must give each cell's type or cluster (a column name or a vector), not {.code NULL}.", call = call)
   }
-  with_call(suppressMessages(mrviData(x, sample = sample, labels = groups)), call, rename = c(labels = "groups"))
+  with_call(mrviData(x, sample = sample, labels = groups), call, rename = c(labels = "groups"))
 }

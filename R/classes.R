@@ -173,9 +173,12 @@ setValidity("MrVIFit", function(object) {
   if (!is.double(object@u_mean) || !is.double(object@u_sd)) problems <- c(problems, "@u_mean or @u_sd is not a matrix of doubles")
   if (any(object@u_sd <= 0, na.rm = TRUE)) problems <- c(problems, "@u_sd has values <= 0")
   # (training never leaves them: a non-finite latent is an edit, which would give
-  # NaN distances and refused analyses further on)
-  bad <- sum(!is.finite(object@u_mean)) + sum(!is.finite(object@u_sd))
-  if (bad) problems <- c(problems, sprintf("its latents (@u_mean, @u_sd) hold %d non-finite value%s", bad, if (bad > 1) "s" else ""))
+  # NaN distances and refused analyses further on; the analyses compute in single
+  # precision, where a double beyond its largest value is infinite too)
+  largest <- 3.4028234663852886e38
+  bad <- sum(!is.finite(object@u_mean) | abs(object@u_mean) > largest) +
+    sum(!is.finite(object@u_sd) | object@u_sd > largest)
+  if (bad) problems <- c(problems, sprintf("its latents (@u_mean, @u_sd) hold %d non-finite value%s (in single precision)", bad, if (bad > 1) "s" else ""))
   n_u <- if (identical(object@config$flavour, "attention")) train$n_latent_u else train$n_latent
   for (slot in names(dims)) {
     d <- dims[[slot]]

@@ -275,7 +275,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   if (on_disk && is.null(block_cells)) block_cells <- disk_block_cells(counts)
   buffer_blocks <- if (!is.null(block_cells)) count_option("mrvi.buffer_blocks", 8L, call)
   # counts on disk read by a forked process: by default one core is left to it
-  forked <- on_disk && disk_prefetch(min(block_cells * buffer_blocks, ncol(counts)) * nrow(counts))
+  forked <- on_disk && disk_prefetch(min(as.numeric(block_cells) * buffer_blocks, ncol(counts)) * nrow(counts))
   threads <- apply_threads(n_threads, call = call, reserved = as.integer(forked))
   note_no_validation(validation_fraction, ncol(counts), block_cells)
   blocks <- if (!is.null(block_cells)) {

@@ -75,10 +75,11 @@ bp_rows <- function(dim, FUN, BPPARAM, what, call) {
 # memory holds one round), and nothing is returned.
 bp_map <- function(X, FUN, ..., BPPARAM, each = NULL) {
   workers <- if (methods::is(BPPARAM, "SerialParam")) 1L else BiocParallel::bpnworkers(BPPARAM)
-  BPPARAM <- unforked(BPPARAM, workers)
   run <- if (workers <= 1 || length(X) <= 1) {
     function(i) lapply(X[i], FUN, ...)
   } else {
+    # (only when work is spread: serial work says nothing of workers)
+    BPPARAM <- unforked(BPPARAM, workers)
     # checked here, in this process: in the workers a bad value failed as a raw
     # BiocParallel error. Not capped at this machine's cores: cluster jobs may have more.
     threads <- count_option("mrvi.worker_threads", max(1L, default_threads() %/% workers))

@@ -114,14 +114,16 @@ seed_dependent_cells <- function(fit) {
   which(rowSums(admissibility(fit, seed = 1)$admissible != admissibility(fit, seed = 7)$admissible) > 0)
 }
 
-# How many times `expr` says it runs a fork-based back-end as socket workers
-# (class mrvi_unforked, once per spread of work), those messages muffled.
-unforked_messages <- function(expr) {
+# How many spreads of work (calls of the package's bp_map()) `expr` hands a
+# fork-based back-end: the probe that BPPARAM reaches an inner step, also where
+# the work is too small to start workers.
+multicore_spreads <- function(expr) {
   n <- 0
-  withCallingHandlers(expr, mrvi_unforked = function(m) {
-    n <<- n + 1
-    invokeRestart("muffleMessage")
-  })
+  count <- function() n <<- n + 1
+  suppressMessages(trace("bp_map", where = asNamespace("mrvi"), print = FALSE,
+                         tracer = bquote(if (methods::is(BPPARAM, "MulticoreParam")) .(count)())))
+  on.exit(suppressMessages(untrace("bp_map", where = asNamespace("mrvi"))))
+  expr
   n
 }
 

@@ -89,6 +89,13 @@ test_that("proportionDistances() is the Aitchison distance of cell-type proporti
   none <- proportionDistances(x$counts, x$sample, groups = x$type, transform = "none")
   prop <- prop.table(table(x$sample, x$type), 1)
   expect_equal(none[, , 1], as.matrix(dist(unclass(prop))), ignore_attr = TRUE)
+  # a cell without counts is left out, as from a fit, and the user is told
+  empty <- x$counts
+  empty[, 3] <- 0
+  expect_message(d <- proportionDistances(empty, x$sample, groups = x$type), "Dropping 1 cell with no counts")
+  tab <- unclass(table(x$sample[-3], x$type[-3])) + 0.5
+  expect_equal(d[, , 1], as.matrix(dist(log(tab) - rowMeans(log(tab)))), ignore_attr = TRUE)
+  expect_message(pseudobulkDistances(empty, x$sample, groups = x$type), "Dropping 1 cell with no counts")
 })
 
 test_that("compareSampleDistances() scores match independent formulas", {

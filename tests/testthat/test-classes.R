@@ -72,6 +72,17 @@ test_that("edited slots are caught by the validity method", {
   }
 })
 
+test_that("non-finite weights, even under a matching checksum, are a damaged fit", {
+  fit <- small_fit()$fit
+  g <- fit
+  w <- g@weights
+  w[length(w) - 3:0] <- as.raw(c(0x00, 0x00, 0xc0, 0x7f))  # the last tensor's last value: NaN
+  g@weights <- w
+  g@config$weights_hash <- mrvi:::mrvi_weights_hash(w)
+  g@cache <- new.env()
+  expect_error(mrviLatent(g, which = "z"), "non-finite value", class = "mrvi_damaged_error")
+})
+
 test_that("a model configuration that cannot be built is a damaged fit, not a panic", {
   fit <- small_fit()$fit
   for (edit in c('"n_hidden":0', '"n_batches":-2', '"dropout_rate":5')) {

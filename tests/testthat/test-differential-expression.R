@@ -446,14 +446,13 @@ test_that("differentialExpression(admissible = TRUE) computes the mask under the
     expect_equal(de(seed)$n_samples, unname(rowSums(admissibility(fit, cells = cells, seed = seed)$admissible)))
   }
   expect_false(identical(de(1)$n_samples, de(7)$n_samples))
-  # BPPARAM reaches admissibility(): a fork-based back-end is said to run as
-  # socket workers once per spread of work (one block of cells here: nothing is started)
+  # BPPARAM reaches admissibility() (one block of cells here: nothing is started)
   mc <- BiocParallel::MulticoreParam(2)
-  n_mask <- unforked_messages(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
-  n_plain <- unforked_messages(differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE,
+  n_mask <- multicore_spreads(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
+  n_plain <- multicore_spreads(differentialExpression(fit, cov, cells = cells, mc_samples = 0, normalize = FALSE,
                                                       seed = 7, verbose = FALSE, BPPARAM = mc))
   expect_gt(n_mask, 0)
-  expect_equal(unforked_messages(de(7, BPPARAM = mc)), n_plain + n_mask)
+  expect_equal(multicore_spreads(de(7, BPPARAM = mc)), n_plain + n_mask)
 })
 
 test_that("differentialExpression() reads an NA level as NA and names a sample missing from a named covariate", {

@@ -254,13 +254,12 @@ test_that("sampleDistances(admissible = TRUE) computes the mask under the call's
   # the default is the fit's seed, as for the draws
   expect_identical(per_cell(fit@config$seed, TRUE),
                    sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", admissible = TRUE))
-  # BPPARAM reaches admissibility(): a fork-based back-end is said to run as
-  # socket workers once per spread of work (one block of cells here: nothing is started)
+  # BPPARAM reaches admissibility() (one block of cells here: nothing is started)
   mc <- BiocParallel::MulticoreParam(2)
-  n_mask <- unforked_messages(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
-  n_plain <- unforked_messages(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", seed = 7, BPPARAM = mc))
+  n_mask <- multicore_spreads(admissibility(fit, cells = cells, seed = 7, BPPARAM = mc))
+  n_plain <- multicore_spreads(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", seed = 7, BPPARAM = mc))
   expect_gt(n_mask, 0)
-  expect_equal(unforked_messages(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", admissible = TRUE,
+  expect_equal(multicore_spreads(sampleDistances(fit, cells = cells, mc_samples = 0, space = "latent", admissible = TRUE,
                                                  seed = 7, BPPARAM = mc)),
                n_plain + n_mask)
 })

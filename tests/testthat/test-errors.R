@@ -393,6 +393,11 @@ test_that("a NaN latent is refused as a damaged fit, and the kernels keep it NaN
   g <- fit
   g@u_mean[1, 1] <- NaN
   expect_error(sampleDistances(g, cells = 1:2, mc_samples = 0), "latents .* 1 non-finite value", class = "mrvi_invalid_fit")
+  # so is a double beyond single precision, where the analyses compute
+  h <- fit
+  h@u_mean[1, 1] <- 1e39
+  h@u_sd[2, 1] <- 1e300
+  expect_error(sampleDistances(h, cells = 1:2, mc_samples = 0), "latents .* 2 non-finite values", class = "mrvi_invalid_fit")
   # past the check, the kernels themselves
   without_fit_checks({
     d <- sampleDistances(g, cells = 1:2, mc_samples = 0)

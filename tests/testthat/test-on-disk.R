@@ -119,6 +119,11 @@ test_that("training from disk reads blocks, equals the same block shuffle in mem
   expect_identical(default@weights, fit(sim$counts, block_cells = default@config$train$block_cells)@weights)
   expect_null(fit(sim$counts)@config$train$block_cells)
   expect_true(all(is.finite(from_disk@history$validation_elbo)))
+  # a buffer of blocks larger than the data (the option is any count) holds all of it
+  old <- options(mrvi.buffer_blocks = .Machine$integer.max)
+  on.exit(options(old), add = TRUE)
+  expect_no_warning(all_buffered <- mrvi(h5, sample = sim$sample, max_epochs = 1, verbose = FALSE))
+  expect_true(all(is.finite(all_buffered@history$train_elbo)))
 })
 
 test_that("the next blocks are read in a forked process while the model trains, and the fit is the same", {

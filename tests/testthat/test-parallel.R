@@ -40,6 +40,10 @@ test_that("SnowParam(2), MulticoreParam(2) and BatchtoolsParam give the SerialPa
                                            BPPARAM = BiocParallel::MulticoreParam(2)),
                  class = "mrvi_unforked")
   expect_identical(forked, serial$groups)
+  # work too small to spread runs here, and says nothing of workers
+  expect_no_message(one <- mrvi:::bp_map(list(3), sqrt, BPPARAM = BiocParallel::MulticoreParam(2)),
+                    class = "mrvi_unforked")
+  expect_equal(one, list(sqrt(3)))
   # the replacement keeps the user's settings
   snowed <- suppressMessages(mrvi:::unforked(BiocParallel::MulticoreParam(2, timeout = 77L, progressbar = TRUE), 2L))
   expect_s4_class(snowed, "SnowParam")

@@ -100,6 +100,11 @@ pub fn copy_tensor_into(st: &SafeTensors, name: &str, var: &mut Tensor) -> Resul
     }
     let raw = view.data();
     let data = try_collect(raw.len() / 4, raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])), "the weights")?;
+    // (training never leaves them: NaN or infinite weights are damage, which
+    // would turn every result of the model into NaN)
+    if let Some(k) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Io(format!("tensor '{name}' holds a non-finite value (at position {k})")));
+    }
     let src = Tensor::from_slice(&data).reshape(&shape).to_device(var.device());
     tch::no_grad(|| var.copy_(&src));
     Ok(())
