@@ -51,7 +51,12 @@
 #' @param max_epochs maximum number of epochs; `NULL` uses the heuristic of
 #'   [mrvi()] for the number of new cells.
 #' @param seed integer seed (default: the fit's seed, `fit@config$seed`): a fixed
-#'   seed gives the same fit on the same machine.
+#'   seed gives the same fit on the same machine with the same thread count
+#'   (`n_threads`; the count used is recorded, see Value).
+#' @param n_threads CPU threads for libtorch, as in [mrvi()]: `NULL` uses
+#'   `getOption("mrvi.threads")`, and when that is unset the idle cores. The
+#'   minibatches are split over the threads, so the count changes the fit in its
+#'   last bits.
 #' @param continuous_covariates their continuous nuisance covariates, as in
 #'   [mrvi()] (with the fit's names). Values more than 10 standard deviations from the fitted cells' mean give a
 #'   warning (`mrvi_extrapolation`): the decoder saw no cells there.
@@ -62,7 +67,7 @@
 #'   labels are `NA` (a message says so when the fit has labels).
 #' @return a [MrVIFit-class] over the fit's samples followed by the new ones.
 #'   `fit@config$added` records each addition (`samples`, `history`,
-#'   `best_epoch`, `seed`); `fit@history` stays the training of the reference.
+#'   `best_epoch`, `seed`, `n_threads`); `fit@history` stays the training of the reference.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' old <- sim$sample != "s04"
@@ -71,11 +76,12 @@
 #' fit2@samples
 #' @export
 mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed = fit@config$seed,
-                           continuous_covariates = NULL, verbose = FALSE, labels = NULL) {
+                           continuous_covariates = NULL, verbose = FALSE, labels = NULL, n_threads = NULL) {
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
-  apply_threads(call = call)  # (options(mrvi.threads), and one thread in a forked worker)
+  # (n_threads or options(mrvi.threads), and one thread in a forked worker)
+  threads <- apply_threads(n_threads, call = call)
   if (!is.null(max_epochs)) max_epochs <- check_count(max_epochs, "max_epochs", call)
   seed <- check_whole(seed, "seed", call)
   check_flag(verbose, "verbose", call)
@@ -147,7 +153,8 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   config$model_json <- info$model_config
   config$weights_hash <- native$hash
   config$added <- c(config$added, list(list(
-    samples = new_samples, history = trained$history, seed = seed, interrupted = trained$run$interrupted,
+    samples = new_samples, history = trained$history, seed = seed, n_threads = threads,
+    interrupted = trained$run$interrupted,
     best_epoch = if (isTRUE(train$early_stopping)) trained$done$best_epoch else nrow(trained$history))))
   new("MrVIFit", fit,
     config = config,

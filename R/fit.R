@@ -338,7 +338,11 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   # the result depends on the thread count (minibatch shards): a resumed run on
   # another count goes on, but is then bit-identical to no uninterrupted run
   threads_used <- threads
-  if (length(resumed$threads) && any(resumed$threads != resumed$threads_now)) {
+  # (a run that had finished trains nothing more: the fit is the checkpoint's)
+  finished <- length(resumed$epochs) && isTRUE(resumed$epochs[[length(resumed$epochs)]]$done)
+  if (finished && length(resumed$threads)) {
+    threads_used <- resumed$threads
+  } else if (length(resumed$threads) && any(resumed$threads != resumed$threads_now)) {
     # every count in the order used (1, 2, 1 stays so); a run going on with the
     # last count adds nothing
     threads_used <- c(resumed$threads, if (resumed$threads[length(resumed$threads)] != resumed$threads_now) resumed$threads_now)

@@ -8,7 +8,9 @@ fixed_rng <- function(seed) {
 }
 
 # Save R's random state and give back a function that restores it (with the
-# kind of generator, also when there was no state yet).
+# kind of generator, also when there was no state yet). Not restored: the second
+# normal of a Box-Muller pair that R holds outside .Random.seed (set.seed() and
+# RNGkind() clear it, and R offers no way to read it).
 preserve_rng <- function() {
   had <- exists(".Random.seed", envir = globalenv(), inherits = FALSE)
   old <- if (had) get(".Random.seed", envir = globalenv())

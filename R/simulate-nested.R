@@ -71,7 +71,9 @@
 #'   relative expression by their effect.
 #' @param seed random seed, one whole number: the same seed gives the same data
 #'   whatever the session's `RNGkind()` (the data are drawn with R's default
-#'   generators; the session's generator and its state are restored afterwards).
+#'   generators; the session's generator and its state are restored afterwards,
+#'   except the second value of a Box-Muller pair that R may hold back, which
+#'   no R code can save).
 #'   `NULL` draws a fresh seed, so that every call gives other data; the seed
 #'   used is returned in `metadata()$seed` either way.
 #' @return a `SingleCellExperiment` with assay `counts`, colData `sample`,

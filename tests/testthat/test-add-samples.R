@@ -178,4 +178,10 @@ test_that("mrviAddSamples() trains under the fit's seed by default", {
   expect_equal(default@config$added[[1]]$seed, 7)
   expect_identical(default@u_mean, add(seed = 7)@u_mean)
   expect_false(identical(default@u_mean, add(seed = 1)@u_mean))
+  # the thread count is an argument, recorded, and the same count repeats the fit
+  two <- add(n_threads = 2)
+  expect_equal(two@config$added[[1]]$n_threads, 2L)
+  expect_equal(add(n_threads = 1)@config$added[[1]]$n_threads, 1L)
+  expect_identical(add(n_threads = two@config$added[[1]]$n_threads)@weights, two@weights)
+  expect_error(add(n_threads = 0), "`n_threads`", class = "mrvi_error")
 })

@@ -224,6 +224,11 @@ test_that("a damaged checkpoint, fewer max_epochs than it holds, or an unwritabl
   w <- expect_warning(f <- fit_with(4, n_threads = 1), class = "mrvi_threads_changed")
   expect_match(conditionMessage(w), "thread counts 1, 2; this call uses 1")
   expect_identical(f@config$n_threads, c(1L, 2L, 1L))
+  # a finished run called again on another count trains nothing: no warning, the
+  # checkpoint's counts, the same fit
+  expect_no_warning(again <- fit_with(4, n_threads = 2))
+  expect_identical(again@config$n_threads, c(1L, 2L, 1L))
+  expect_identical(again@weights, f@weights)
   # a file that cannot be written: the hint is about the path, not deleting it
   # (a read-only folder is writable for root; /proc is not)
   locked <- tempfile()
