@@ -190,6 +190,43 @@ test_that("a checkpointed fit stopped after epoch k and resumed equals an uninte
   expect_error(fit_with(6, file.path(tempfile(), "x")), "existing folder")
 })
 
+test_that("an unchecked checkpoint (format 1) with a nonsense state is refused as damaged", {
+  sim <- mrvi:::example_counts()
+  path <- tempfile(fileext = ".safetensors")
+  on.exit(unlink(path))
+  fit_with <- function() {
+    mrvi(sim$counts, sample = sim$sample, flavour = "linear", max_epochs = 3, n_threads = 1, seed = 3,
+         verbose = FALSE, checkpoint = path)
+  }
+  fit_with()
+  intact <- readBin(path, "raw", file.size(path))
+  n <- readBin(intact[1:8], "integer", size = 8)
+  header <- rawToChar(intact[8 + seq_len(n)])
+  data <- intact[-seq_len(8 + n)]
+  # the header rewritten as format 1 (no checksum checked), its state edited;
+  # in the header the state is a JSON string, its quotes escaped: best\":[score,epoch]
+  write_unchecked <- function(pattern = "^", replacement = "") {
+    h <- sub("mrvi training checkpoint 2", "mrvi training checkpoint 1", header, fixed = TRUE)
+    h <- charToRaw(sub(pattern, replacement, h))
+    h <- c(h, rep(charToRaw(" "), (8 - length(h) %% 8) %% 8))
+    writeBin(c(packBits(intToBits(length(h)), "raw"), raw(4), h, data), path)
+  }
+  write_unchecked()
+  expect_identical(nrow(fit_with()@history), 3L)
+  edits <- list(
+    c('(best\\\\":\\[[0-9]+,)[0-9]+', "\\14000000000000000000"),  # best epoch 4e18
+    c('(best\\\\":\\[[0-9]+,)[0-9]+', "\\10"),                    # best epoch 0
+    c('(best\\\\":\\[[0-9]+,)[0-9]+', "\\199"),                   # best epoch 99 of 3
+    c('(best\\\\":\\[)[0-9]+', "\\19221120237041090560"),         # best score NaN
+    c('(threads\\\\":\\[)[0-9]+', "\\14000000000000000000"),      # 4e18 threads
+    c('(history\\\\":\\[\\[)[0-9]+', "\\19218868437227405312")    # epoch 1 numbered Inf
+  )
+  for (e in edits) {
+    write_unchecked(e[1], e[2])
+    expect_error(fit_with(), "not a whole mrvi training checkpoint", class = "mrvi_checkpoint_error")
+  }
+})
+
 test_that("a damaged checkpoint, fewer max_epochs than it holds, or an unwritable one are refused by name", {
   sim <- mrvi:::example_counts()
   path <- tempfile(fileext = ".safetensors")

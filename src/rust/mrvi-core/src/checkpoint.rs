@@ -150,6 +150,27 @@ fn row_stats(r: &[u64]) -> Option<EpochStats> {
     })
 }
 
+/// What is inconsistent in a state read back, if anything: the epochs numbered
+/// 1, 2, ... in order, the best epoch one of them with a finite score, and
+/// thread counts an R integer can hold.
+fn state_problem(state: &State) -> Option<&'static str> {
+    if state.history.iter().enumerate().any(|(i, r)| f64::from_bits(r[0]) != (i + 1) as f64) {
+        return Some("its history's epochs are not numbered 1, 2, ...");
+    }
+    if let Some((bits, epoch)) = state.best {
+        if epoch == 0 || epoch > state.epochs || !f64::from_bits(bits).is_finite() {
+            return Some("its best epoch is not one of its epochs");
+        }
+    }
+    if state.epochs_since_best > state.epochs {
+        return Some("more epochs since the best than epochs");
+    }
+    if state.threads.iter().any(|&n| n == 0 || n > i32::MAX as usize) {
+        return Some("a thread count out of range");
+    }
+    None
+}
+
 /// Save the trainer's state after its last complete epoch.
 pub fn save(t: &Trainer, path: &Path) -> Result<()> {
     let state = State {
@@ -237,6 +258,11 @@ pub fn load(t: &mut Trainer, path: &Path) -> Result<Resumed> {
     let history = state.history.iter().map(|r| row_stats(r)).collect::<Option<Vec<_>>>().ok_or_else(|| damaged("a history row has the wrong length"))?;
     if history.len() != state.epochs {
         return Err(damaged("history and epoch count differ"));
+    }
+    // (unchecked files of format 1 may have been edited: values that would make
+    // a fit's history or best epoch nonsense are refused as damage)
+    if let Some(what) = state_problem(&state) {
+        return Err(damaged(what));
     }
     // the fit would hold more epochs than it was asked for
     if state.epochs > t.max_epochs {
