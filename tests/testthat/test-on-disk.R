@@ -245,6 +245,24 @@ test_that("a read that fails during training is a classed error, and R carries o
   expect_gt(reads$n, 21)
 })
 
+test_that("a read that fails after the input check (the baselines' second pass) is a classed error naming `x`", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  h5 <- h5_counts(sim$counts)
+  # mrviData() reads the 20 blocks once; the counts' second read fails
+  reads <- new.env()
+  reads$n <- 0
+  trace("read_cells", where = asNamespace("mrvi"), print = FALSE,
+        tracer = substitute({
+          assign("n", get("n", envir = r) + 1, envir = r)
+          if (get("n", envir = r) > 20) stop("the disk is gone")
+        }, list(r = reads)))
+  on.exit(untrace("read_cells", where = asNamespace("mrvi")))
+  expect_error(pseudobulkDistances(h5, sim$sample, groups = sim$cell_type),
+               "Reading the counts of `x` from disk failed.*the disk is gone", class = "mrvi_io_error")
+  expect_gt(reads$n, 20)
+})
+
 test_that("analyses that need counts whole read them from disk block by block, dropped genes and cells left out", {
   skip_if_not_installed("HDF5Array")
   sim <- mrvi:::example_counts()
