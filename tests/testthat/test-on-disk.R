@@ -227,18 +227,25 @@ test_that("a checkpointed fit from disk resumes to the uninterrupted fit", {
   }
 })
 
-test_that("a read that fails during training is a classed error, and R carries on", {
-  skip_if_not_installed("HDF5Array")
-  sim <- mrvi:::example_counts()
-  h5 <- h5_counts(sim$counts)
-  # mrviData() reads the 20 blocks once; the second read of training fails
+# read_cells() traced to fail ("the disk is gone") on every read after the first
+# `ok`, until untraced; the environment counts the reads.
+failing_reads <- function(ok) {
   reads <- new.env()
   reads$n <- 0
   trace("read_cells", where = asNamespace("mrvi"), print = FALSE,
         tracer = substitute({
           assign("n", get("n", envir = r) + 1, envir = r)
-          if (get("n", envir = r) > 21) stop("the disk is gone")
-        }, list(r = reads)))
+          if (get("n", envir = r) > ok) stop("the disk is gone")
+        }, list(r = reads, ok = ok)))
+  reads
+}
+
+test_that("a read that fails during training is a classed error, and R carries on", {
+  skip_if_not_installed("HDF5Array")
+  sim <- mrvi:::example_counts()
+  h5 <- h5_counts(sim$counts)
+  # mrviData() reads the 20 blocks once; the second read of training fails
+  reads <- failing_reads(21)
   on.exit(untrace("read_cells", where = asNamespace("mrvi")))
   expect_error(mrvi(h5, sample = sim$sample, max_epochs = 2, n_threads = 1, verbose = FALSE),
                "Reading the counts from disk failed.*the disk is gone", class = "mrvi_io_error")
@@ -250,13 +257,7 @@ test_that("a read that fails after the input check (the baselines' second pass) 
   sim <- mrvi:::example_counts()
   h5 <- h5_counts(sim$counts)
   # mrviData() reads the 20 blocks once; the counts' second read fails
-  reads <- new.env()
-  reads$n <- 0
-  trace("read_cells", where = asNamespace("mrvi"), print = FALSE,
-        tracer = substitute({
-          assign("n", get("n", envir = r) + 1, envir = r)
-          if (get("n", envir = r) > 20) stop("the disk is gone")
-        }, list(r = reads)))
+  reads <- failing_reads(20)
   on.exit(untrace("read_cells", where = asNamespace("mrvi")))
   expect_error(pseudobulkDistances(h5, sim$sample, groups = sim$cell_type),
                "Reading the counts of `x` from disk failed.*the disk is gone", class = "mrvi_io_error")
