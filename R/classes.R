@@ -31,7 +31,8 @@
 #'   columns included, which can be half of a fit's size: drop those not needed
 #'   before fitting; a column named as one of mrvi's own but holding other
 #'   values is kept as `<name>.1`); row names are the cell names.
-#' @slot u_mean,u_sd matrix: cells x L posterior mean and sd of u.
+#' @slot u_mean,u_sd matrix: cells x dim(u) posterior mean and sd of u (`n_latent_u`
+#'   columns for the attention flavour; L, `n_latent`, for the linear one).
 #' @slot cache environment: the native model, rebuilt when missing. Copies of a
 #'   fit share this environment, so models are kept under the checksum of the
 #'   weights they were built from: a copy with other weights gets its own.

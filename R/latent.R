@@ -22,7 +22,8 @@
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread in blocks of cells; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
-#' @return a cells x L matrix with dimnames.
+#' @return a matrix with dimnames: cells x dim(u) for `which = "u"` (`n_latent_u`
+#'   columns for the attention flavour, L for the linear one), cells x L for `"z"`.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
