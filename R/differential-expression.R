@@ -356,8 +356,12 @@ de_design <- function(fit, covariates, call) {
     }
     missing <- setdiff(covariates, names(fit@sample_table))
     if (length(missing)) {
-      abort_arg(c("{.arg covariates}: {.val {missing}} {?is/are} not column{?s} of the sample table.",
-                  "i" = "Columns: {show_some(setdiff(names(fit@sample_table), 'sample'), 12)}; or give a data.frame with a {.field sample} column."),
+      per_cell <- intersect(missing, names(fit@cell_data))
+      covs <- setdiff(names(fit@sample_table), c("sample", "n_cells"))
+      abort_arg(c("{.arg covariates}: {.val {missing}} {?is not a column/are not columns} of the sample table.",
+                  "x" = if (length(per_cell)) "{.val {per_cell}} var{?ies/y} within samples, so {?it is not a sample covariate/they are not sample covariates}.",
+                  "i" = if (length(covs)) "Sample covariates (one value per sample): {show_some(covs, 12)}; or give a data.frame with a {.field sample} column." else
+                    "The sample table has no covariates (columns constant within each sample); give a data.frame with a {.field sample} column."),
                 call = call)
     }
     # rows by sample name: a table reordered by the user (merge(), order()) stays right

@@ -237,6 +237,12 @@ sampleHclust <- function(d, group = NULL, method = "average") {
   methods <- c("average", "complete", "single", "ward.D", "ward.D2", "mcquitty", "median", "centroid")
   method <- match_choice(method, methods, "method", call)
   dd <- with_call(sampleDist(d, group), call)
+  flat <- flat_reason(as.matrix(dd), attr(d, "normalize"))
+  if (!is.null(flat)) {
+    cli::cli_warn(c("The tree's shape is arbitrary: {flat}.",
+                    "i" = "The distances separate none of these samples."),
+                  class = c("mrvi_flat_tree", "mrvi_warning"), call = call)
+  }
   hc <- stats::hclust(dd, method = method)
   hc$call <- call
   hc$dist.method <- "MrVI sample distance"
@@ -263,6 +269,20 @@ sampleDist <- function(d, group = NULL) {
               call = call)
   }
   stats::as.dist(m)
+}
+
+# Why a group's distances separate no samples (all 0; for normalised distances,
+# all below 0.05 of the cells' posterior noise, as after a short fit), as text;
+# NULL when they do.
+flat_reason <- function(m, normalize = NULL) {
+  v <- m[upper.tri(m)]
+  v <- v[!is.na(v)]
+  if (!length(v)) return(NULL)
+  if (all(v == 0)) return("every distance between its samples is 0")
+  if (isTRUE(normalize) && max(v) < 0.05) {
+    return("every distance between its samples is below 0.05 (in units of the cells' posterior noise)")
+  }
+  NULL
 }
 
 # Drop the sample with the most NA distances (pairs that no admissible cell

@@ -19,9 +19,9 @@
 #' autograd differentiate the whole step instead (slower; for comparison).
 #'
 #' @inheritParams mrviData
-#' @param n_latent dimension L of z (default 30 for the attention flavour, whose u
-#'   has `n_latent_u` dimensions), or of both u and z for the linear flavour
-#'   (default 10).
+#' @param n_latent dimension L of z for the attention flavour, whose u has
+#'   `n_latent_u` dimensions, or of both u and z for the linear flavour. `NULL`
+#'   (the default): 30 for the attention flavour, 10 for the linear one.
 #' @param max_epochs maximum number of epochs; `NULL` uses
 #'   \eqn{min(400, round(20000 / N \cdot 400))}, at least 1.
 #' @param batch_size minibatch size.
@@ -207,7 +207,7 @@
 #' fit
 #' head(mrviLatent(fit))
 #' @export
-mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_latent = 10,
+mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_latent = NULL,
                  max_epochs = NULL, batch_size = 256, lr = 2e-3, n_epochs_kl_warmup = 20,
                  early_stopping = TRUE, patience = 15, min_epochs = NULL, validation_fraction = 0.1,
                  device = "auto", n_threads = NULL, seed = 1, verbose = TRUE,
@@ -219,7 +219,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   flavour <- match_choice(flavour, c("attention", "linear"), "flavour", call)
   # flavour-dependent defaults: the paper's L = 10 with a normal prior; the later
   # MrVI's z of 30 dimensions with a mixture-of-Gaussians prior
-  if (missing(n_latent) && flavour == "attention") n_latent <- 30
+  if (is.null(n_latent)) n_latent <- if (flavour == "attention") 30 else 10
   prior <- if (missing(prior)) (if (flavour == "attention") "mog" else "normal") else
     match_choice(prior, c("mog", "normal"), "prior", call)
   n_latent <- check_count(n_latent, "n_latent", call)

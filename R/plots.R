@@ -79,7 +79,7 @@ plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "av
   call <- sys.call()
   check_required(call)
   m <- group_matrix(d, group, call)
-  hc <- suppressMessages(sampleHclust(m, method = method))
+  hc <- sampleHclust(m, method = method)  # (its message names samples left out)
   ord <- hc$labels[hc$order]
   m <- m[ord, ord]
   tiles <- data.frame(x = factor(rep(ord, each = length(ord)), levels = ord),
@@ -120,12 +120,14 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
                    sample_table = attr(d, "sample_table"))
   } else {
     m <- group_matrix(d, group, call)
-    hc <- suppressMessages(sampleHclust(m, method = method))
+    hc <- sampleHclust(m, method = method)  # (its message names samples left out)
   }
   seg <- dendrogram_segments(hc)
   ord <- hc$labels[hc$order]
   leaves <- data.frame(x = seq_along(ord), label = ord)
-  pad <- max(hc$height) * 0.04
+  # (a flat tree, all heights 0, still gets room for its labels)
+  top <- if (max(hc$height) > 0) max(hc$height) else 1
+  pad <- top * 0.04
   p <- ggplot2::ggplot() +
     ggplot2::geom_segment(data = seg, ggplot2::aes(x = x, y = y, xend = xend, yend = yend)) +
     ggplot2::geom_text(data = leaves, ggplot2::aes(x = x, y = -pad, label = label),
@@ -149,6 +151,8 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
                                  shape = 15, size = 3) +
       ggplot2::labs(colour = "annotation")
   }
+  # (last: a layer of its own, after those drawn)
+  if (max(hc$height) == 0) p <- p + ggplot2::expand_limits(y = top)
   p
 }
 
@@ -257,9 +261,7 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
     }
     groups <- fit@cell_data[rownames(res), groups]
   }
-  if (length(groups) != nrow(res)) {
-    abort_arg("{.arg groups} must have one value per row of {.arg res} ({nrow(res)}).", call = call)
-  }
+  groups <- association_groups(groups, rownames(res), call)
   df <- stats::aggregate(list(fraction = res$q_value < alpha), list(group = as.factor(groups)),
                          mean, na.rm = TRUE)
   ggplot2::ggplot(df, ggplot2::aes(x = group, y = fraction)) +
@@ -269,6 +271,29 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
                   title = paste("Sample distances follow", association_covariate(res) %||% "the covariate")) +
     ggplot2::theme_minimal() +
     ggplot2::theme(axis.text.x = ggplot2::element_text(angle = 45, hjust = 1))
+}
+
+# plotAssociation()'s groups, one per row of the result: a vector named by cell
+# (e.g. a Seurat object's column, over more cells than were tested) is read by
+# the rows' cell names; an unnamed one by position.
+association_groups <- function(groups, cells, call) {
+  nms <- names(groups)
+  if (!is.null(nms) && !is.null(cells) && any(cells %in% nms)) {
+    missing <- setdiff(cells, nms)
+    if (length(missing) || anyDuplicated(nms)) {
+      abort_arg(c("{.arg groups} is named by cell, but does not name each row of {.arg res} once.",
+                  "x" = if (length(missing)) "{length(missing)} cell{?s} of {.arg res} {?has/have} no value: {show_some(missing, 3)}.",
+                  "x" = if (anyDuplicated(nms)) "Some names are given more than once: {show_some(unique(nms[duplicated(nms)]), 3)}.",
+                  "i" = "Give a value for every cell of {.arg res}, or an unnamed vector in the order of its rows."),
+                call = call)
+    }
+    return(groups[cells])
+  }
+  if (length(groups) != length(cells)) {
+    abort_arg(c("{.arg groups} must have one value per row of {.arg res} ({length(cells)}), or be named by cell.",
+                "i" = "It has {length(groups)} value{?s}: for a vector over more cells, name it by cell."), call = call)
+  }
+  groups
 }
 
 utils::globalVariables(c("group", "fraction"))

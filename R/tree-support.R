@@ -110,9 +110,9 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
       }
       return(NULL)
     }
-    if (all(m[kept, kept] == 0)) {
-      why <- if (opts$normalize) " (no difference above the cells' posterior noise)" else ""
-      cli::cli_warn(c("Group {.val {g}}: every distance between its samples is 0{why}, so the tree's shape is arbitrary.",
+    flat <- flat_reason(m[kept, kept], opts$normalize)
+    if (!is.null(flat)) {
+      cli::cli_warn(c("Group {.val {g}}: {flat}, so the tree's shape is arbitrary.",
                       "i" = if (opts$normalize) "Try {.code normalize = FALSE}, or a fit trained longer." else "The fit separates none of these samples."),
                     class = c("mrvi_flat_tree", "mrvi_warning"), call = call)
     }

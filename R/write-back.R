@@ -13,7 +13,8 @@
 #' (the latent effect size), `mrvi_de_<covariate>_max_lfc` (the largest |log2
 #' fold change| over genes) and `mrvi_de_<covariate>_q` per covariate. Cells of the
 #' object that the fit did not use (for example empty cells dropped by
-#' [mrviData()]) get `NA` rows.
+#' [mrviData()]) get `NA` rows, with a message; cell columns of the object with
+#' the names written are replaced, with a message.
 #'
 #' @param object the `SingleCellExperiment` or Seurat object the fit was made from.
 #' @param fit a [MrVIFit-class].
@@ -88,6 +89,20 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
   if (any(clash)) {
     names(cell_cols) <- make.unique(names(cell_cols))
     inform(c("i" = "Column{?s} {.val {names(cell_cols)[clash]}} renamed: {?its name was/their names were} taken by another result of this call."))
+  }
+  # NA rows in a reduction break what reads it next (UMAP, neighbours): say so, with the cure
+  unfitted <- setdiff(cells, rownames(fit@u_mean))
+  if (length(unfitted)) {
+    inform(c("i" = "{length(unfitted)} cell{?s} of {.arg object} {?is/are} not in the fit (e.g. cells without counts, left out by {.fn mrvi}): {show_some(unfitted, 3)}; {cli::qty(length(unfitted))}{?its/their} latents and results are {.code NA}.",
+             "i" = "Steps that read the reductions (UMAP, neighbours) need them left out: {.code subset(object, cells = rownames(fit@u_mean))} (Seurat) or {.code object[, rownames(fit@u_mean)]}."),
+           class = "mrvi_unfitted_cells")
+  }
+  # results of an earlier call (or the user's own columns) under the same names
+  existing <- if (methods::is(object, "SingleCellExperiment")) names(SummarizedExperiment::colData(object)) else
+    if (methods::is(object, "Seurat")) names(object[[]])
+  replaced <- intersect(names(cell_cols), existing)
+  if (length(replaced)) {
+    inform(c("i" = "Replacing the cell column{?s} {.val {replaced}} of {.arg object}."), class = "mrvi_replaced_columns")
   }
   u <- align_rows(mrviLatent(fit, which = "u"), cells)
   z <- align_rows(mrviLatent(fit, which = "z"), cells)

@@ -312,7 +312,9 @@ test_that("draws do not depend on chunk_size and a seed reproduces them", {
 test_that("bad covariates get errors that name the fix", {
   a <- covariates_fit()
   fit <- a$fit
-  expect_error(differentialExpression(fit, "nope"), "not column")
+  expect_error(differentialExpression(fit, "nope"), "\"nope\" is not a column of the sample table.*Sample covariates")
+  # a cell-level column is said to vary within samples
+  expect_error(differentialExpression(fit, "cell_type"), "\"cell_type\" varies within samples")
   expect_error(differentialExpression(fit, data.frame(x = 1:12)), "sample")
   expect_error(differentialExpression(fit, data.frame(sample = fit@samples[-1], x = 1:11)), "no row")
   expect_error(differentialExpression(fit, data.frame(sample = fit@samples, x = 1)), "constant")

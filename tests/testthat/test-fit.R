@@ -308,3 +308,14 @@ test_that("a validation_fraction that holds out no cell turns validation off, as
   expect_output(print(tiny), "training ELBO .* per cell \\(no validation cells\\)")
   expect_no_message(fit(0.0417))
 })
+
+test_that("n_latent = NULL (the default) is 30 for the attention flavour and 10 for the linear one", {
+  sim <- mrvi:::example_counts()
+  fit <- function(...) mrvi(sim$counts, sample = sim$sample, max_epochs = 1, n_threads = 1, verbose = FALSE, ...)
+  expect_null(formals(mrvi)$n_latent)
+  attention <- fit()
+  expect_equal(attention@config$train$n_latent, 30)
+  expect_equal(ncol(mrviLatent(attention, which = "z")), 30)
+  expect_equal(fit(flavour = "linear")@config$train$n_latent, 10)
+  expect_identical(fit(n_latent = NULL)@weights, attention@weights)
+})

@@ -79,4 +79,21 @@ test_that("plotAssociation() draws the fraction of cells with q < alpha per grou
   expect_match(p$labels$y, "q < 0.3")
   expect_error(plotAssociation(res, groups[-1]), "`groups` must have one value per row", class = "mrvi_error")
   expect_error(plotAssociation(res, "labels"), "`fit` is needed", class = "mrvi_error")
+  # named by cell (an object's column: more cells, another order): read by name
+  named <- setNames(c(groups, "B cells", "NK"), c(paste0("c", 1:60), "c61", "c62"))[c(62:1)]
+  expect_equal(plotAssociation(res, named, alpha = 0.3)$data, p$data)
+  expect_error(plotAssociation(res, named[-5]), "does not name each row of `res` once.*c58", class = "mrvi_error")
+})
+
+test_that("a flat tree (distances all 0, or normalised ones below 0.05) is warned about and still drawn", {
+  m <- matrix(0, 4, 4, dimnames = list(paste0("s", 1:4), paste0("s", 1:4)))
+  expect_warning(hc <- sampleHclust(m), "every distance between its samples is 0", class = "mrvi_flat_tree")
+  expect_true(all(hc$height == 0))
+  expect_warning(p <- plotSampleTree(m), class = "mrvi_flat_tree")
+  expect_gt(ggplot2::layer_scales(p)$y$range$range[2], 0)  # room above the leaves' line
+  # normalised distances (in noise units) of a short fit: tiny but not 0
+  tiny <- array(c(0, 1e-3, 2e-3, 1e-3, 0, 1e-3, 2e-3, 1e-3, 0), c(3, 3, 1),
+                dimnames = list(c("a", "b", "c"), c("a", "b", "c"), "g"))
+  expect_warning(sampleHclust(structure(tiny, normalize = TRUE)), "below 0.05", class = "mrvi_flat_tree")
+  expect_no_warning(sampleHclust(structure(tiny, normalize = FALSE)))
 })

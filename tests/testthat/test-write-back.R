@@ -71,7 +71,12 @@ test_that("per-cell results land by cell name; cells the fit did not use get NA"
   differential <- data.frame(covariate = rep(c("age", "sex"), each = 2), cell = cells[c(1, 2, 1, 3)],
                              effect_size = c(1, 2, 3, 4), q_value = c(0.1, 0.2, 0.3, 0.4))
   sce <- SingleCellExperiment::SingleCellExperiment(list(counts = counts))
-  sce <- addMrVI(sce, fit, association = association, differential = differential)
+  expect_message(sce <- addMrVI(sce, fit, association = association, differential = differential),
+                 "2 cells of `object` are not in the fit", class = "mrvi_unfitted_cells")
+  # an earlier result's columns (or the user's) of the same names are replaced, and said so
+  expect_message(again <- addMrVI(sce, fit, association = association), "Replacing the cell columns",
+                 class = "mrvi_replaced_columns")
+  expect_identical(again$mrvi_disease.state_q, sce$mrvi_disease.state_q)
   u <- SingleCellExperiment::reducedDim(sce, "MrVI_u")
   expect_equal(rownames(u), colnames(counts))
   expect_true(all(is.na(u[c("x1", "x2"), ])))
