@@ -10,8 +10,9 @@
 #' @param group the group to draw (one name, or one whole number in 1..G); may be omitted when there is
 #'   one group.
 #' @param annotation `NULL`, one column name of the sample table
-#'   (`attr(distances, "sample_table")`) to colour samples by, or a vector named
-#'   by sample.
+#'   (`attr(distances, "sample_table")`) to colour samples by, a vector named
+#'   by sample, or a data.frame of one covariate with one row per sample (a
+#'   `sample` column, or row names = samples).
 #' @return a ggplot; axes give the share of the positive eigenvalues each
 #'   coordinate explains.
 #' @examples
@@ -35,11 +36,18 @@ plotSampleMDS <- function(distances, group = NULL, annotation = NULL) {
   points$value <- mds_annotation(distances, annotation, points$label, call)
   aes <- if (is.null(annotation)) ggplot2::aes(x = x, y = y, label = label) else
     ggplot2::aes(x = x, y = y, label = label, colour = value)
+  # (labels of nearby samples kept apart where ggrepel is installed)
+  labels <- if (requireNamespace("ggrepel", quietly = TRUE)) {
+    ggrepel::geom_text_repel(size = 3, show.legend = FALSE, seed = 1)
+  } else {
+    ggplot2::geom_text(size = 3, vjust = -0.8, show.legend = FALSE)
+  }
+  column <- is.character(annotation) && length(annotation) == 1 && is.null(names(annotation))
   ggplot2::ggplot(points, aes) +
     ggplot2::geom_point(size = 2.5) +
-    ggplot2::geom_text(size = 3, vjust = -0.8, show.legend = FALSE) +
+    labels +
     ggplot2::labs(x = sprintf("MDS 1 (%.0f%%)", 100 * share[1]), y = sprintf("MDS 2 (%.0f%%)", 100 * share[2]),
-                  colour = if (is.character(annotation) && length(annotation) == 1) annotation else NULL,
+                  colour = if (column) annotation else "annotation",
                   title = sub("MrVI sample distances", "Samples (classical MDS)", group_title(distances, group))) +
     ggplot2::theme_minimal()
 }
@@ -49,6 +57,15 @@ plotSampleMDS <- function(distances, group = NULL, annotation = NULL) {
 # a factor its levels' order).
 mds_annotation <- function(distances, annotation, samples, call) {
   if (is.null(annotation)) return(NA)
+  # a table of one covariate, as the heatmap and tree take it
+  if (is.data.frame(annotation)) {
+    table <- annotation_table(distances, NULL, annotation, samples, call)
+    if (ncol(table) != 1) {
+      abort_arg(c("{.arg annotation} must hold one covariate for an MDS map (its colours); it has {ncol(table)}: {.val {names(table)}}.",
+                  "i" = "Give one column (and {.field sample}), one column name, or a vector named by sample."), call = call)
+    }
+    return(table[[1]])
+  }
   if (is.character(annotation) && length(annotation) == 1 && is.null(names(annotation))) {
     table <- attr(distances, "sample_table")
     if (is.null(table)) {

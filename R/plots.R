@@ -61,7 +61,10 @@ utils::globalVariables(c("epoch", "elbo", "set"))
 #'   be omitted when `d` has one group.
 #' @param annotation `NULL`, or column names of the sample table
 #'   (`attr(d, "sample_table")`, which `sampleDistances()` attaches), or a
-#'   data.frame with one row per sample (row names = samples).
+#'   data.frame with one row per sample (a `sample` column, or row names =
+#'   samples), or a vector named by sample (one track). Each track has colours
+#'   of its own: a qualitative palette for categories, a sequential one over
+#'   binned values for numbers (more than 5 distinct), grey for `NA`.
 #' @param method agglomeration method for the tree (as [sampleHclust()]).
 #' @param support `plotSampleTree()`: `NULL`, or a tree from
 #'   [sampleTreeSupport()] whose clade support values are written at the
@@ -97,10 +100,10 @@ plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "av
   if (!is.null(ann)) {
     # on the discrete axis below: track k's label " <column>" sits at position S + k
     ann$y <- length(ord) + ann$track
-    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = x, y = y, colour = value),
+    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = x, y = y, colour = colour),
                                  shape = 15, size = 4, inherit.aes = FALSE) +
       ggplot2::scale_y_discrete(limits = c(ord, paste0(" ", unique(ann$column)))) +
-      ggplot2::labs(colour = "annotation")
+      annotation_scale(ann)
   }
   p
 }
@@ -137,7 +140,7 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
     ggplot2::labs(x = NULL, y = "distance (linkage height)", title = group_title(d, group)) +
     ggplot2::theme_minimal() +
     ggplot2::theme(axis.text.x = ggplot2::element_blank(), panel.grid.major.x = ggplot2::element_blank(),
-                   panel.grid.minor.x = ggplot2::element_blank())
+                   panel.grid.minor = ggplot2::element_blank())
   if (!is.null(support)) {
     nodes <- support_labels(hc, attr(seg, "nodes"), support, call)
     p <- p + ggplot2::geom_label(data = nodes, ggplot2::aes(x = x, y = y, label = label), size = 2.6,
@@ -147,9 +150,9 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
   if (!is.null(ann)) {
     ann$xpos <- match(as.character(ann$x), ord)
     ann$ypos <- -pad * (0.3 + 0.6 * (ann$track - 1)) + pad * 0.9
-    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = xpos, y = ypos, colour = value),
+    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = xpos, y = ypos, colour = colour),
                                  shape = 15, size = 3) +
-      ggplot2::labs(colour = "annotation")
+      annotation_scale(ann)
   }
   # (last: a layer of its own, after those drawn)
   if (max(hc$height) == 0) p <- p + ggplot2::expand_limits(y = top)
@@ -166,28 +169,83 @@ group_title <- function(d, group) {
   }
 }
 
-# Long data for annotation bars: one row per (sample, annotation column).
+# Long data for annotation bars: one row per (sample, annotation track), in
+# colours of the track's own (a qualitative palette per categorical track, a
+# sequential one over pretty bins for a numeric track, grey for NA), so that
+# tracks never share colours; attr "legend": the entries, track by track.
 annotation_frame <- function(d, m, annotation, ord, call) {
   if (is.null(annotation)) return(NULL)
+  table <- annotation_table(d, m, annotation, ord, call)
+  legend <- list()
+  tracks <- lapply(seq_along(table), function(k) {
+    column <- names(table)[k]
+    coded <- annotation_colours(table[[k]], k)
+    legend[[k]] <<- data.frame(colour = coded$palette, label = paste0(column, ": ", names(coded$palette)))
+    data.frame(x = factor(ord, levels = ord), column = column, track = k,
+               value = paste0(column, ": ", coded$label), colour = unname(coded$palette[coded$label]))
+  })
+  legend <- unique(do.call(rbind, legend))
+  structure(do.call(rbind, tracks), legend = legend[legend$colour %in% unlist(lapply(tracks, `[[`, "colour")), ])
+}
+
+# The tracks' colours as they are, with one legend entry per value, track by track.
+annotation_scale <- function(ann) {
+  legend <- attr(ann, "legend")
+  ggplot2::scale_colour_identity(name = "annotation", guide = "legend", breaks = legend$colour, labels = legend$label)
+}
+
+# The annotation as a data.frame, one column per track, rows in the order `ord`:
+# column names of the sample table, a data.frame with one row per sample (a
+# `sample` column or row names), or a vector named by sample (one track).
+annotation_table <- function(d, m, annotation, ord, call) {
+  named_vector <- is.atomic(annotation) && !is.null(names(annotation)) && all(ord %in% names(annotation))
+  if (named_vector) return(data.frame(annotation = unname(annotation[ord])))
   if (!is.data.frame(annotation) && !(is.character(annotation) && length(annotation) && !anyNA(annotation))) {
-    abort_arg(c("{.arg annotation} must be {.code NULL}, column names of the sample table, or a data.frame with one row per sample.",
+    abort_arg(c("{.arg annotation} must be {.code NULL}, column names of the sample table, a data.frame with one row per sample, or a vector named by sample.",
                 "i" = "Not {.obj_type_friendly {annotation}}."), call = call)
   }
   table <- if (is.data.frame(annotation)) annotation else attr(m, "sample_table") %||% attr(d, "sample_table")
   if (is.null(table)) abort_arg("{.arg annotation}: no sample table; give a data.frame with one row per sample.", call = call)
-  columns <- if (is.data.frame(annotation)) names(annotation) else annotation
+  keyed <- "sample" %in% names(table)
+  columns <- if (is.data.frame(annotation)) setdiff(names(annotation), if (keyed) "sample") else annotation
   missing <- setdiff(columns, names(table))
   if (length(missing)) {
     abort_arg(c("{.arg annotation}: {.val {missing}} {cli::qty(length(missing))}{?is/are} not in the sample table.",
                 "i" = "Columns: {show_some(names(table), 12)}."), call = call)
   }
-  rows <- if ("sample" %in% names(table)) table$sample else rownames(table)
+  rows <- if (keyed) as.character(table$sample) else rownames(table)
   idx <- match(ord, rows)
   if (anyNA(idx)) abort_arg("{.arg annotation} lacks sample{?s} {.val {ord[is.na(idx)]}}.", call = call)
-  do.call(rbind, lapply(seq_along(columns), function(k) {
-    data.frame(x = factor(ord, levels = ord), column = columns[k], track = k,
-               value = paste0(columns[k], ": ", as.character(table[[columns[k]]][idx])))
-  }))
+  as.data.frame(table)[idx, columns, drop = FALSE]
+}
+
+# Each value's label and the track's palette (label -> colour): numbers in a
+# sequential palette (binned on pretty breaks when more than 5 distinct), other
+# values by level (a factor's order, else sorted) in a qualitative one; NA grey.
+# Track k takes the k-th palette of each kind (recycled; the qualitative ones
+# alternate dark and light), so that neighbouring tracks differ.
+annotation_colours <- function(v, k) {
+  qualitative <- c("Dark 3", "Pastel 1", "Set 2", "Set 3", "Harmonic", "Dynamic")
+  sequential <- c("Blues 3", "Greens 3", "Purples 3", "Oranges", "Reds 3", "Grays")
+  numeric <- is.numeric(v) && !all(is.na(v))
+  values <- if (numeric && length(unique(v[!is.na(v)])) > 5) {
+    cut(v, pretty(range(v, na.rm = TRUE), n = 4), include.lowest = TRUE, dig.lab = 4)
+  } else {
+    factor(v)
+  }
+  colours <- if (numeric) {
+    # (the palette's lightest end left out: it vanishes on white)
+    rev(grDevices::hcl.colors(nlevels(values) + 1, sequential[(k - 1) %% 6 + 1]))[-1]
+  } else {
+    grDevices::hcl.colors(max(nlevels(values), 1), qualitative[(k - 1) %% 6 + 1])[seq_len(nlevels(values))]
+  }
+  palette <- stats::setNames(colours, levels(values))
+  label <- as.character(values)
+  if (anyNA(label)) {
+    palette <- c(palette, "NA" = "grey80")
+    label[is.na(label)] <- "NA"
+  }
+  list(label = label, palette = palette)
 }
 
 # Segments of an hclust drawn as a dendrogram, leaves at x = 1..n in tree order.
@@ -221,7 +279,7 @@ support_labels <- function(hc, nodes, support, call) {
   nodes[nodes$label != "", , drop = FALSE]
 }
 
-utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label", "xpos", "ypos"))
+utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label", "xpos", "ypos", "colour"))
 
 #' Fraction of cells whose sample distances follow a covariate, per group
 #'

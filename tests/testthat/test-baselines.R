@@ -161,6 +161,12 @@ test_that("plotSampleMDS() draws classical MDS coordinates", {
   # an annotation keeps its type: numbers on a continuous scale, a factor's levels in order
   dose <- setNames(c(0.5, 1, 2, 4, 8, 16), sprintf("s%d", 1:6))
   expect_identical(ggplot2::ggplot_build(plotSampleMDS(p, "B", annotation = dose))$plot$data$value, unname(dose))
+  # a one-covariate table, as the heatmap takes it; a vector's legend is titled
+  as_table <- plotSampleMDS(p, "B", annotation = data.frame(sample = rev(names(dose)), dose = rev(dose)))
+  expect_identical(as_table$data$value, unname(dose))
+  expect_identical(plotSampleMDS(p, "B", annotation = dose)$labels$colour, "annotation")
+  expect_error(plotSampleMDS(p, "B", annotation = data.frame(sample = names(dose), a = 1, b = 2)),
+               "one covariate for an MDS map", class = "mrvi_error")
   p_arm <- p
   attr(p_arm, "sample_table")$arm <- factor(rep(c("y", "x"), each = 3), levels = c("y", "x"))
   expect_identical(levels(plotSampleMDS(p_arm, "B", annotation = "arm")$data$value), c("y", "x"))

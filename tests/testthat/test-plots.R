@@ -97,3 +97,28 @@ test_that("a flat tree (distances all 0, or normalised ones below 0.05) is warne
   expect_warning(sampleHclust(structure(tiny, normalize = TRUE)), "below 0.05", class = "mrvi_flat_tree")
   expect_no_warning(sampleHclust(structure(tiny, normalize = FALSE)))
 })
+
+test_that("annotation tracks have colours of their own, numbers binned in order, and a named vector is one track", {
+  fit <- small_fit()$fit
+  d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+  S <- length(fit@samples)
+  ann <- data.frame(sample = fit@samples, sex = rep(c("F", "M"), length.out = S), age = c(9, 70, 35, 52, 18)[seq_len(S)])
+  for (plot in list(plotSampleDistances, plotSampleTree)) {
+    p <- plot(d, "type1", annotation = ann)
+    layer <- p$layers[[length(p$layers)]]$data
+    # no colour of one track is another's
+    expect_length(intersect(layer$colour[layer$column == "sex"], layer$colour[layer$column == "age"]), 0)
+    legend <- attr(layer, "legend")
+    expect_identical(legend$label, c("sex: F", "sex: M", "age: 9", "age: 18", "age: 35", "age: 52", "age: 70"))
+    # a vector named by sample: one track, read by name
+    named <- setNames(rev(ann$sex), rev(ann$sample))
+    one <- plot(d, "type1", annotation = named)$layers
+    one <- one[[length(one)]]$data
+    expect_identical(one$value, paste0("annotation: ", ann$sex[match(as.character(one$x), ann$sample)]))
+  }
+  # more than 5 distinct numbers: binned on pretty breaks, in order
+  v <- mrvi:::annotation_colours(c(3, 18, 44, 61, 87, 90, NA), 1)
+  expect_identical(names(v$palette), c("[0,20]", "(20,40]", "(40,60]", "(60,80]", "(80,100]", "NA"))
+  expect_identical(v$label[7], "NA")
+  expect_identical(unname(v$palette["NA"]), "grey80")
+})
