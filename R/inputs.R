@@ -55,7 +55,8 @@
 #' The sample table has one row per sample (`sample`, `n_cells`) and, as
 #' sample-level covariates, every per-cell column (of `colData`/`meta.data`, and
 #' `batch` and `labels` when given as vectors) whose value is constant within
-#' each sample. It is found automatically.
+#' each sample. It is found automatically (the per-cell results that
+#' [addMrVI()] writes, `mrvi_<covariate>_q` and the like, are not covariates).
 #'
 #' @section Counts on disk: a `DelayedArray` (an `HDF5Matrix`, a `TENxMatrix`,
 #'   the assay of a `SingleCellExperiment` saved with
@@ -513,7 +514,10 @@ make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) 
   tab <- data.frame(sample = levels(sample), n_cells = counts, stringsAsFactors = FALSE)
   candidates <- list()
   if (!is.null(cell_meta)) {
-    for (nm in names(cell_meta)) candidates[[nm]] <- cell_meta[[nm]]
+    # (not addMrVI()'s per-cell results of an earlier fit, constant within samples
+    # only by chance, e.g. q = 1 everywhere)
+    results <- grepl("^mrvi_.*_(statistic|q|effect|max_lfc)$", names(cell_meta))
+    for (nm in names(cell_meta)[!results]) candidates[[nm]] <- cell_meta[[nm]]
   }
   # nuisance factors, batch and labels given as vectors are not in the metadata:
   # a per-sample one (a site) is a sample covariate too; given as columns, they

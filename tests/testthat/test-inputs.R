@@ -36,6 +36,10 @@ test_that("the sample table keeps only covariates constant within samples", {
   tab <- mrviData(sce, sample = "donor")$sample_table
   expect_equal(tab$age, c(30, 40, 50))
   expect_false("cell_type" %in% names(tab))
+  # addMrVI()'s results of an earlier fit are not covariates, even when constant within samples
+  sce$mrvi_age_q <- 1
+  sce$mrvi_de_age_effect <- c(A = 1, B = 2, C = 3)[s]
+  expect_false(any(c("mrvi_age_q", "mrvi_de_age_effect") %in% names(mrviData(sce, sample = "donor")$sample_table)))
   # metadata columns named as the table's own are kept, renamed, with a message
   sce$sample <- c(A = "P1", B = "P1", C = "P2")[s]
   sce$n_cells <- c(A = 1, B = 2, C = 2)[s]
