@@ -94,6 +94,8 @@
 #' @param max_cells at most this many cells per group, evenly spaced in the
 #'   fit's cell order (no random numbers are drawn); a group's mean is then over
 #'   those cells. `NULL` (default) or `Inf`: every cell.
+#' @param verbose with `groups`: show a progress bar over the groups, once the
+#'   work takes more than 2 s.
 #' @return with `groups`: an array `[S, S, G]` with dimnames (sample, sample,
 #'   group) and attributes `n_cells` (cells per group that the means are
 #'   over), `excluded` (per group, the samples left out), `sample_table` and
@@ -110,7 +112,7 @@
 sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, normalize = FALSE,
                             mc_samples = 10, chunk_size = NULL, admissible = NULL, seed = fit@config$seed,
                             BPPARAM = BiocParallel::SerialParam(), space = c("expression", "latent"),
-                            max_cells = NULL) {
+                            max_cells = NULL, verbose = TRUE) {
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
@@ -122,6 +124,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   space <- match_choice(space, c("expression", "latent"), "space", call)
   expression <- space == "expression"
   max_cells <- if (is.null(max_cells) || identical(max_cells, Inf)) Inf else check_count(max_cells, "max_cells", call)
+  check_flag(verbose, "verbose", call)
   S <- length(fit@samples)
   block <- resolve_chunk_size(fit, chunk_size, call, mc_samples, normalize)
   apply_threads(call = call)
@@ -154,10 +157,16 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   # would be garbage that piles up over the groups of a large fit)
   by_group <- lapply(split(seq_along(group), group), thin_cells, max_cells)
   mask_values <- if (is.null(mask)) integer() else as.integer(mask)
-  res <- bp_map(unname(by_group), function(members) {
+  res <- vector("list", G)
+  bar <- if (verbose && G > 1) cli::cli_progress_bar("Sample distances", total = G)
+  bp_map(unname(by_group), function(members) {
     mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
                          members - 1L, mc_samples, normalize, seed, block, mask_values, expression)
-  }, BPPARAM = BPPARAM)
+  }, BPPARAM = BPPARAM, each = function(v, i) {
+    res[[i]] <<- v
+    if (!is.null(bar)) cli::cli_progress_update(id = bar)
+  })
+  if (!is.null(bar)) cli::cli_progress_done(id = bar)
   # the [S, S, G] array filled group by group, each group's result released once
   # copied (at 1,000 samples and 20 groups the array is 160 MB)
   out <- array(NA_real_, c(S, S, G), dimnames = list(fit@samples, fit@samples, levels(group)))

@@ -298,3 +298,16 @@ test_that("groups and admissibility masks named by cell are matched by name; par
   expect_error(sampleDistances(fit, cells = idx, admissible = other, mc_samples = 0), "rows of `admissible` must be the analysed cells",
                class = "mrvi_error")
 })
+
+test_that("sampleDistances(verbose =) shows a bar over the groups and changes nothing else", {
+  fit <- small_fit()$fit
+  old <- options(cli.progress_show_after = 0, cli.dynamic = FALSE)
+  on.exit(options(old))
+  shown <- utils::capture.output(with_bar <- sampleDistances(fit, groups = "labels", mc_samples = 0), type = "message")
+  expect_true(any(grepl("Sample distances", shown)))
+  quiet <- utils::capture.output(without <- sampleDistances(fit, groups = "labels", mc_samples = 0, verbose = FALSE),
+                                 type = "message")
+  expect_false(any(grepl("Sample distances", quiet)))
+  expect_identical(with_bar, without)
+  expect_error(sampleDistances(fit, groups = "labels", verbose = "yes"), "`verbose`", class = "mrvi_error")
+})
