@@ -102,6 +102,8 @@
 #'   effects (see [sampleDistances()]): a covariate that follows the sites was
 #'   flagged with `min_effect = 0` in 3 of 7 simulated fits without any sample
 #'   effect (shifts of 0.12-0.15 log2), never with the default.
+#' @param verbose show a progress bar over blocks of cells
+#'   (`options(mrvi.task_cells)`, 20,000 by default), once the work takes more than 2 s.
 #' @return a `DataFrame`, one row per cell: `statistic` (KS), `effect`
 #'   (mean between- minus mean within-category distance), `z` (Mantel, of
 #'   \eqn{D'(n)}), `p_value`, `q_value`, `n_within`, `n_between` (pair counts);
@@ -119,11 +121,12 @@
 #' @export
 cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_samples = 10,
                             permutations = 999, seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam(),
-                            space = c("expression", "latent"), min_effect = NULL) {
+                            space = c("expression", "latent"), min_effect = NULL, verbose = TRUE) {
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
   check_bpparam(BPPARAM, call)
+  check_flag(verbose, "verbose", call)
   seed <- check_whole(seed, "seed", call)
   mc_samples <- check_whole(mc_samples, "mc_samples", call)
   permutations <- check_whole(permutations, "permutations", call)
@@ -139,12 +142,19 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
   block <- resolve_chunk_size(fit, NULL, call, mc_samples, normalize)
-  parts <- bp_map(bp_split(idx), function(cells) {
+  tasks <- bp_split(idx)
+  parts <- vector("list", length(tasks))
+  bar <- if (verbose && length(tasks) > 1) cli::cli_progress_bar("Guided tests", total = length(tasks))
+  bp_map(tasks, function(cells) {
     mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                           as.integer(fit@cell_data$sample) - 1L, cells - 1L,
                           ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,
                           normalize, seed, permutations, min_effect, block, space == "expression")
-  }, BPPARAM = BPPARAM)
+  }, BPPARAM = BPPARAM, each = function(v, i) {
+    parts[[i]] <<- v
+    if (!is.null(bar)) cli::cli_progress_update(id = bar)
+  })
+  if (!is.null(bar)) cli::cli_progress_done(id = bar)
   res <- lapply(stats::setNames(nm = names(parts[[1]])), function(k) unlist(lapply(parts, `[[`, k)))
   # (too few samples with a value, or no permutations: undefined, documented as NA)
   for (k in c("z", "p_value")) res[[k]][is.nan(res[[k]])] <- NA

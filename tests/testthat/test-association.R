@@ -397,3 +397,15 @@ test_that("a sample covariate with foreign or conflicting samples, an NA level, 
   dimnames(unnamed)[[3]] <- NULL
   expect_error(groupAssociation(unnamed, cov), "has no group names", class = "mrvi_error")
 })
+
+test_that("cellAssociation(verbose =) shows a bar over blocks of cells and changes nothing else", {
+  fit <- small_fit()$fit
+  old <- options(cli.progress_show_after = 0, cli.dynamic = FALSE, mrvi.task_cells = 100L)
+  on.exit(options(old))
+  cov <- setNames(rep(c("a", "b"), length.out = length(fit@samples)), fit@samples)
+  shown <- utils::capture.output(with_bar <- cellAssociation(fit, cov, mc_samples = 0, permutations = 9),
+                                 type = "message")
+  expect_true(any(grepl("Guided tests", shown)))
+  expect_identical(with_bar, cellAssociation(fit, cov, mc_samples = 0, permutations = 9, verbose = FALSE))
+  expect_error(cellAssociation(fit, cov, verbose = NA), "`verbose`", class = "mrvi_error")
+})
