@@ -319,3 +319,28 @@ test_that("n_latent = NULL (the default) is 30 for the attention flavour and 10 
   expect_equal(fit(flavour = "linear")@config$train$n_latent, 10)
   expect_identical(fit(n_latent = NULL)@weights, attention@weights)
 })
+
+test_that("a Ctrl-C seen only after an epoch's last minibatch stops training after that epoch", {
+  # (what mrvi_trainer_epoch() reports when the interrupt came during the epoch's
+  # last minibatch or its validation pass; a real SIGINT cannot be placed there)
+  sim <- mrvi:::example_counts()
+  original <- mrvi:::mrvi_trainer_epoch
+  epochs <- 0
+  assignInNamespace("mrvi_trainer_epoch", function(h, read_blocks) {
+    s <- original(h, read_blocks)
+    epochs <<- epochs + 1
+    if (epochs == 2) s$interrupted_after <- TRUE
+    s
+  }, "mrvi")
+  on.exit(assignInNamespace("mrvi_trainer_epoch", original, "mrvi"))
+  fit <- function(max_epochs) {
+    mrvi(sim$counts, sample = sim$sample, flavour = "linear", max_epochs = max_epochs, early_stopping = FALSE,
+         n_threads = 1, seed = 2, verbose = FALSE)
+  }
+  expect_warning(stopped <- fit(6), class = "mrvi_interrupted")
+  expect_equal(nrow(stopped@history), 2)
+  expect_true(stopped@config$interrupted)
+  assignInNamespace("mrvi_trainer_epoch", original, "mrvi")
+  # the second epoch is complete: its weights, as an uninterrupted 2-epoch run's
+  expect_identical(stopped@weights, fit(2)@weights)
+})
