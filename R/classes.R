@@ -125,9 +125,18 @@ native_model <- function(fit) {
     if (!identical(device, "cpu") && !mrvi_backend_info()$cuda_available) device <- "cpu"
     ptr <- build_model(fit@config$model_json, fit@weights, device)
     assign(key, ptr, envir = fit@cache)
+    # (copies of the fit with edited weights each add a model: the cache keeps
+    # the last few built, whose memory, on a GPU too, is held while they are)
+    built <- c(setdiff(get0("built", envir = fit@cache, inherits = FALSE), key), key)
+    gone <- utils::head(built, -cached_models)
+    if (length(gone)) rm(list = gone, envir = fit@cache)
+    assign("built", utils::tail(built, cached_models), envir = fit@cache)
   }
   ptr
 }
+
+# How many native models a fit's cache (shared by its copies) keeps.
+cached_models <- 3L
 
 build_model <- function(model_json, weights, device) {
   tryCatch(mrvi_model_new(model_json, weights, device),

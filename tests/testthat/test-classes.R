@@ -93,3 +93,21 @@ test_that("a model configuration that cannot be built is a damaged fit, not a pa
     expect_error(mrviLatent(g, which = "z"), "model configuration has", class = "mrvi_damaged_error")
   }
 })
+
+test_that("the model cache shared by copies of a fit keeps the last few models built", {
+  fit <- small_fit()$fit
+  g <- fit
+  g@cache <- new.env()
+  w <- g@weights
+  keys <- character()
+  for (k in 1:5) {
+    # weights edited in their last value (a copy with other weights, checksum updated)
+    w[length(w) - 3:0] <- writeBin(as.double(k) / 1e3, raw(), size = 4)
+    g@weights <- w
+    g@config$weights_hash <- mrvi:::mrvi_weights_hash(w)
+    keys <- c(keys, paste0("model_", g@config$weights_hash))
+    expect_true(is.matrix(mrviLatent(g, which = "z")))
+  }
+  models <- grep("^model_", ls(g@cache), value = TRUE)
+  expect_setequal(models, utils::tail(keys, mrvi:::cached_models))
+})
