@@ -135,7 +135,8 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
     ggplot2::geom_segment(data = seg, ggplot2::aes(x = x, y = y, xend = xend, yend = yend)) +
     ggplot2::geom_text(data = leaves, ggplot2::aes(x = x, y = -pad, label = label),
                        angle = 90, hjust = 1, size = 3) +
-    ggplot2::scale_y_continuous(expand = ggplot2::expansion(mult = c(0.35, 0.05)),
+    # room below the leaves for their labels, as long as the longest
+    ggplot2::scale_y_continuous(expand = ggplot2::expansion(mult = c(min(0.6, 0.06 + 0.025 * max(nchar(ord))), 0.05)),
                                 breaks = function(lim) pretty(c(0, lim[2]))) +
     ggplot2::labs(x = NULL, y = "distance (linkage height)", title = group_title(d, group)) +
     ggplot2::theme_minimal() +
