@@ -162,7 +162,9 @@
 #'   written before the checksum existed still resume, unchecked. A different
 #'   `n_threads` (e.g. on another machine) is accepted with a warning of class
 #'   `mrvi_threads_changed`: the fit is then bit-identical to no uninterrupted
-#'   run, and `fit@config$n_threads` holds every count used, in order. The file
+#'   run, and `fit@config$n_threads` holds every count used, in order; another
+#'   device (a CPU checkpoint resumed on a GPU) likewise, with a warning of class
+#'   `mrvi_device_changed`. The file
 #'   is kept after training: calling again returns the same fit without
 #'   training.
 #'
@@ -350,6 +352,12 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                     "i" = "The fit is not bit-identical to an uninterrupted run on either count; {.code fit@config$n_threads} records all of them.",
                     "i" = if (length(resumed$threads) == 1) "Give {.arg n_threads} = {resumed$threads} to resume exactly."),
                   class = c("mrvi_threads_changed", "mrvi_warning"), call = call)
+  }
+  # (another device computes other bits: a CPU checkpoint resumed on a GPU)
+  if (!finished && length(resumed$devices) && any(resumed$devices != resumed$device_now)) {
+    cli::cli_warn(c("The checkpoint's epochs ran on {.val {unique(resumed$devices)}}; this call uses {.val {resumed$device_now}}.",
+                    "i" = "The fit is not bit-identical to an uninterrupted run on either device."),
+                  class = c("mrvi_device_changed", "mrvi_warning"), call = call)
   }
   trained <- train_to_end(trainer, info, verbose, call, resumed$epochs, checkpoint, reader)
   run <- trained$run

@@ -225,6 +225,12 @@ test_that("an unchecked checkpoint (format 1) with a nonsense state is refused a
     write_unchecked(e[1], e[2])
     expect_error(fit_with(), "not a whole mrvi training checkpoint", class = "mrvi_checkpoint_error")
   }
+  # the devices are recorded: a file whose epochs ran on a GPU, resumed here, says so
+  expect_match(header, 'devices\\":[\\"cpu\\"]', fixed = TRUE)
+  write_unchecked('devices\\\\":\\[\\\\"cpu\\\\"', 'devices\\\\":[\\\\"cuda:0\\\\"')
+  expect_warning(mrvi(sim$counts, sample = sim$sample, flavour = "linear", max_epochs = 4, n_threads = 1, seed = 3,
+                      verbose = FALSE, checkpoint = path),
+                 "ran on \"cuda:0\"; this call uses \"cpu\"", class = "mrvi_device_changed")
 })
 
 test_that("a damaged checkpoint, fewer max_epochs than it holds, or an unwritable one are refused by name", {

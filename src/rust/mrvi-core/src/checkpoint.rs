@@ -41,6 +41,10 @@ struct State {
     /// in format 1)
     #[serde(default)]
     threads: Vec<usize>,
+    /// the devices the epochs ran on, in the order used (absent in checkpoints
+    /// written before they were recorded)
+    #[serde(default)]
+    devices: Vec<String>,
 }
 
 /// What a resumed run needs to know beyond the trainer's state.
@@ -51,6 +55,10 @@ pub struct Resumed {
     pub threads: Vec<usize>,
     /// the thread count this run uses
     pub threads_now: usize,
+    /// the devices the checkpoint's epochs ran on (empty: unknown)
+    pub devices: Vec<String>,
+    /// the device this run uses
+    pub device_now: String,
 }
 
 /// A checksum of a checkpoint's metadata (all but the checksum itself, by key)
@@ -171,6 +179,16 @@ fn state_problem(state: &State) -> Option<&'static str> {
     None
 }
 
+/// The settings a run's epochs used, in order, with this run's `now` added
+/// unless it goes on with the last.
+fn in_order_used<T: Clone + PartialEq>(before: &[T], now: T) -> Vec<T> {
+    let mut used = before.to_vec();
+    if used.last() != Some(&now) {
+        used.push(now);
+    }
+    used
+}
+
 /// Save the trainer's state after its last complete epoch.
 pub fn save(t: &Trainer, path: &Path) -> Result<()> {
     let state = State {
@@ -181,14 +199,8 @@ pub fn save(t: &Trainer, path: &Path) -> Result<()> {
         epochs_since_best: t.epochs_since_best,
         stopped_early: t.stopped_early,
         history: t.history.iter().map(stats_row).collect(),
-        threads: {
-            let mut threads = t.resumed_threads.clone();
-            let now = shard_threads(&t.model);
-            if threads.last() != Some(&now) {
-                threads.push(now);
-            }
-            threads
-        },
+        threads: in_order_used(&t.resumed_threads, shard_threads(&t.model)),
+        devices: in_order_used(&t.resumed_devices, t.device_name()),
     };
     let mut meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -297,5 +309,6 @@ pub fn load(t: &mut Trainer, path: &Path) -> Result<Resumed> {
     t.stopped_early = state.stopped_early;
     t.history = history;
     t.resumed_threads = state.threads.clone();
-    Ok(Resumed { threads: state.threads, threads_now: shard_threads(&t.model) })
+    t.resumed_devices = state.devices.clone();
+    Ok(Resumed { threads: state.threads, threads_now: shard_threads(&t.model), devices: state.devices, device_now: t.device_name() })
 }

@@ -91,6 +91,8 @@ pub struct Trainer {
     /// the shard thread counts of the epochs resumed from a checkpoint, in the
     /// order used (results depend on them: see [train_step])
     pub(crate) resumed_threads: Vec<usize>,
+    /// the devices of the epochs resumed from a checkpoint, in the order used
+    pub(crate) resumed_devices: Vec<String>,
     /// when adding samples: the reference samples' rows of the per-sample
     /// parameters, restored exactly by `finish`
     reference_rows: Vec<(String, Tensor)>,
@@ -624,6 +626,7 @@ impl Trainer {
             first_loss: None,
             stopped_early: false,
             resumed_threads: Vec::new(),
+            resumed_devices: Vec::new(),
             reference_rows,
         })
     }

@@ -236,7 +236,7 @@ fn mrvi_trainer_save(h: Robj, path: &str) -> RResult<()> {
 }
 
 /// Resume a new run from the checkpoint `path`: the epochs already done, the
-/// thread counts they ran with (empty: unknown) and this run's.
+/// thread counts and devices they ran with (empty: unknown) and this run's.
 /// @noRd
 #[extendr]
 fn mrvi_trainer_resume(h: Robj, path: &str) -> RResult<List> {
@@ -245,7 +245,8 @@ fn mrvi_trainer_resume(h: Robj, path: &str) -> RResult<List> {
     let resumed = checkpoint::load(t, std::path::Path::new(path)).map_err(rerr)?;
     let epochs = List::from_values(t.history.iter().map(|s| epoch_list(s, t, false)));
     let threads: Vec<i32> = resumed.threads.iter().map(|&n| n as i32).collect();
-    Ok(list!(epochs = epochs, threads = threads, threads_now = resumed.threads_now as i32))
+    Ok(list!(epochs = epochs, threads = threads, threads_now = resumed.threads_now as i32,
+             devices = resumed.devices, device_now = resumed.device_now))
 }
 
 /// Finish: restore the best weights and return them as safetensors bytes.
