@@ -177,16 +177,15 @@ group_title <- function(d, group) {
 annotation_frame <- function(d, m, annotation, ord, call) {
   if (is.null(annotation)) return(NULL)
   table <- annotation_table(d, m, annotation, ord, call)
-  legend <- list()
   tracks <- lapply(seq_along(table), function(k) {
-    column <- names(table)[k]
     coded <- annotation_colours(table[[k]], k)
-    legend[[k]] <<- data.frame(colour = coded$palette, label = paste0(column, ": ", names(coded$palette)))
-    data.frame(x = factor(ord, levels = ord), column = column, track = k,
-               value = paste0(column, ": ", coded$label), colour = unname(coded$palette[coded$label]))
+    shown <- names(coded$palette)[names(coded$palette) %in% coded$label]  # (no empty bins)
+    list(rows = data.frame(x = factor(ord, levels = ord), column = names(table)[k], track = k,
+                           value = paste0(names(table)[k], ": ", coded$label),
+                           colour = unname(coded$palette[coded$label])),
+         legend = data.frame(colour = unname(coded$palette[shown]), label = paste0(names(table)[k], ": ", shown)))
   })
-  legend <- unique(do.call(rbind, legend))
-  structure(do.call(rbind, tracks), legend = legend[legend$colour %in% unlist(lapply(tracks, `[[`, "colour")), ])
+  structure(do.call(rbind, lapply(tracks, `[[`, "rows")), legend = do.call(rbind, lapply(tracks, `[[`, "legend")))
 }
 
 # The tracks' colours as they are, with one legend entry per value, track by track.
