@@ -144,17 +144,12 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
   block <- resolve_chunk_size(fit, NULL, call, mc_samples, normalize)
   tasks <- bp_split(idx)
   parts <- vector("list", length(tasks))
-  bar <- if (verbose && length(tasks) > 1) cli::cli_progress_bar("Guided tests", total = length(tasks))
   bp_map(tasks, function(cells) {
     mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                           as.integer(fit@cell_data$sample) - 1L, cells - 1L,
                           ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,
                           normalize, seed, permutations, min_effect, block, space == "expression")
-  }, BPPARAM = BPPARAM, each = function(v, i) {
-    parts[[i]] <<- v
-    if (!is.null(bar)) cli::cli_progress_update(id = bar)
-  })
-  if (!is.null(bar)) cli::cli_progress_done(id = bar)
+  }, BPPARAM = BPPARAM, each = function(v, i) parts[[i]] <<- v, progress = if (verbose) "Guided tests")
   res <- lapply(stats::setNames(nm = names(parts[[1]])), function(k) unlist(lapply(parts, `[[`, k)))
   # (too few samples with a value, or no permutations: undefined, documented as NA)
   for (k in c("z", "p_value")) res[[k]][is.nan(res[[k]])] <- NA

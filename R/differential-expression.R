@@ -209,7 +209,6 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   tests <- list()
   beta <- lapply(stats::setNames(coefs, coefs), function(k) matrix(NA_real_, length(idx), L))
   chunks <- split(seq_along(idx), ceiling(seq_along(idx) / chunk_size))
-  bar <- if (verbose && length(chunks) > 1) cli::cli_progress_bar("Differential expression", total = length(chunks))
   one_chunk <- function(rows) {
     cells_k <- idx[rows]
     m <- if (is.null(mask)) NULL else mask[rows, , drop = FALSE]
@@ -250,9 +249,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
     if (lfc) store$put(rows, res$lfc[[1]], res$lfc[[2]])
     tests[[i]] <<- res$tests
     for (k in coefs) beta[[k]][rows, ] <<- res$beta[[k]]
-    if (!is.null(bar)) cli::cli_progress_update(id = bar)
-  })
-  if (!is.null(bar)) cli::cli_progress_done(id = bar)
+  }, progress = if (verbose) "Differential expression")
 
   out <- list()
   for (j in names(design$blocks)) {

@@ -158,15 +158,10 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   by_group <- lapply(split(seq_along(group), group), thin_cells, max_cells)
   mask_values <- if (is.null(mask)) integer() else as.integer(mask)
   res <- vector("list", G)
-  bar <- if (verbose && G > 1) cli::cli_progress_bar("Sample distances", total = G)
   bp_map(unname(by_group), function(members) {
     mrvi_group_distances(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean), own,
                          members - 1L, mc_samples, normalize, seed, block, mask_values, expression)
-  }, BPPARAM = BPPARAM, each = function(v, i) {
-    res[[i]] <<- v
-    if (!is.null(bar)) cli::cli_progress_update(id = bar)
-  })
-  if (!is.null(bar)) cli::cli_progress_done(id = bar)
+  }, BPPARAM = BPPARAM, each = function(v, i) res[[i]] <<- v, progress = if (verbose) "Sample distances")
   # the [S, S, G] array filled group by group, each group's result released once
   # copied (at 1,000 samples and 20 groups the array is 160 MB)
   out <- array(NA_real_, c(S, S, G), dimnames = list(fit@samples, fit@samples, levels(group)))

@@ -72,8 +72,9 @@ bp_rows <- function(dim, FUN, BPPARAM, what, call) {
 
 # lapply(X, FUN, ...) over BPPARAM's workers. With `each`, results are handed
 # to each(result, i) in order, a round of one task per worker at a time (so that
-# memory holds one round), and nothing is returned.
-bp_map <- function(X, FUN, ..., BPPARAM, each = NULL) {
+# memory holds one round), and nothing is returned; with `progress` (a label) as
+# well, a progress bar counts the tasks done (cli shows it after 2 s).
+bp_map <- function(X, FUN, ..., BPPARAM, each = NULL, progress = NULL) {
   workers <- if (methods::is(BPPARAM, "SerialParam")) 1L else BiocParallel::bpnworkers(BPPARAM)
   run <- if (workers <= 1 || length(X) <= 1) {
     function(i) lapply(X[i], FUN, ...)
@@ -92,10 +93,15 @@ bp_map <- function(X, FUN, ..., BPPARAM, each = NULL) {
                                                             BPPARAM = BPPARAM))
   }
   if (is.null(each)) return(run(seq_along(X)))
+  bar <- if (!is.null(progress) && length(X) > 1) cli::cli_progress_bar(progress, total = length(X))
   for (round in split(seq_along(X), ceiling(seq_along(X) / workers))) {
     res <- run(round)
-    for (k in seq_along(round)) each(res[[k]], round[[k]])
+    for (k in seq_along(round)) {
+      each(res[[k]], round[[k]])
+      if (!is.null(bar)) cli::cli_progress_update(id = bar)
+    }
   }
+  if (!is.null(bar)) cli::cli_progress_done(id = bar)
   invisible(NULL)
 }
 
