@@ -61,9 +61,8 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
   # (rows are cells' positions in x: the numbering of the draws)
   if (!use_mean) u[ok, ] <- posterior_u(mean, sd, ok, 1L, seed)
   if (which == "u") return(u)
-  z <- bp_rows(c(length(ok), z_dim(fit)), function(r) {
-    mrvi_z_from_u(native_model(fit), u[ok[r], , drop = FALSE], codes[ok[r]])
-  }, BPPARAM = BPPARAM, what = "z", call = call)
+  z <- bp_rows(c(length(ok), z_dim(fit)), z_block, fit = fit, BPPARAM = BPPARAM, what = "z", call = call,
+               payload = function(r) list(u = u[ok[r], , drop = FALSE], codes = codes[ok[r]]))
   if (length(ok) < nrow(u)) z <- with_memory_error(`[<-`(matrix(NA_real_, nrow(u), ncol(z)), ok, , z), "z", call)
   latent_matrix(z, cells, "z")
 }
@@ -94,16 +93,24 @@ encode_new_cells <- function(fit, x, sample, BPPARAM, call) {
                   class = c("mrvi_empty_cells", "mrvi_warning"), call = call)
   }
   counts <- counts[, has_counts, drop = FALSE]
-  post <- bp_map(bp_split(seq_len(ncol(counts))), function(j) {
-    block <- counts[, j, drop = FALSE]
-    p <- mrvi_encode(native_model(fit), nrow(block), ncol(block), block@p, block@i, block@x, codes[ok[j]])
-    list(mean = matrix(p$mean, length(j)), sd = matrix(p$sd, length(j)))
-  }, BPPARAM = BPPARAM)
+  blocks <- bp_split(seq_len(ncol(counts)))
+  post <- vector("list", length(blocks))
+  bp_map(blocks, encode_block, fit = fit, BPPARAM = BPPARAM, each = function(p, i) post[[i]] <<- p,
+         payload = function(j) list(counts = counts[, j, drop = FALSE], codes = codes[ok[j]]))
   mean <- sd <- matrix(NA_real_, n, ncol(fit@u_mean))
   mean[ok, ] <- do.call(rbind, lapply(post, `[[`, "mean"))
   sd[ok, ] <- do.call(rbind, lapply(post, `[[`, "sd"))
   list(mean = latent_matrix(mean, cells, "u"), sd = latent_matrix(sd, cells, "u"), codes = codes, ok = ok)
 }
+
+# Tasks of the two functions above, with their blocks' data as arguments (a
+# closure would take its whole frame, `x` included, to every worker).
+encode_block <- function(b, fit) {
+  p <- mrvi_encode(native_model(fit), nrow(b$counts), ncol(b$counts), b$counts@p, b$counts@i, b$counts@x, b$codes)
+  list(mean = matrix(p$mean, ncol(b$counts)), sd = matrix(p$sd, ncol(b$counts)))
+}
+
+z_block <- function(b, fit) mrvi_z_from_u(native_model(fit), b$u, b$codes)
 
 # Every function that draws u draws it in the core's posterior module
 # (src/rust/mrvi-core/src/posterior.rs), through these two helpers: draw m of

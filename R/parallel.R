@@ -58,14 +58,14 @@ check_bpparam <- function(BPPARAM, call) {
 }
 
 # An array of dimensions `dim` whose rows (the first dimension: cells) are
-# computed in blocks over BPPARAM's workers: FUN(rows) gives the values of
-# out[rows, ...] (column-major). The array is allocated once, up front, so that
-# too little memory is a classed error before any work and no block list is
-# copied into it at the end.
-bp_rows <- function(dim, FUN, BPPARAM, what, call) {
+# computed in blocks over BPPARAM's workers: FUN(rows, ...) gives the values of
+# out[rows, ...] (column-major); with `payload`, FUN(payload(rows), ...). The
+# array is allocated once, up front, so that too little memory is a classed
+# error before any work and no block list is copied into it at the end.
+bp_rows <- function(dim, FUN, ..., BPPARAM, what, call, payload = NULL) {
   out <- with_memory_error(matrix(NA_real_, dim[[1]], prod(dim[-1])), what, call)
   blocks <- bp_split(seq_len(dim[[1]]))
-  bp_map(blocks, FUN, BPPARAM = BPPARAM, each = function(v, i) out[blocks[[i]], ] <<- v)
+  bp_map(blocks, FUN, ..., BPPARAM = BPPARAM, each = function(v, i) out[blocks[[i]], ] <<- v, payload = payload)
   dim(out) <- dim  # in place
   out
 }
@@ -73,11 +73,15 @@ bp_rows <- function(dim, FUN, BPPARAM, what, call) {
 # lapply(X, FUN, ...) over BPPARAM's workers. With `each`, results are handed
 # to each(result, i) in order, a round of one task per worker at a time (so that
 # memory holds one round), and nothing is returned; with `progress` (a label) as
-# well, a progress bar counts the tasks done (cli shows it after 2 s).
-bp_map <- function(X, FUN, ..., BPPARAM, each = NULL, progress = NULL) {
+# well, a progress bar counts the tasks done (cli shows it after 2 s). With
+# `payload`, a task gets payload(X[[i]]), made here round by round: the data of
+# that task alone goes to its worker (a FUN that read a block out of the whole
+# data would carry all of it to every worker, every round).
+bp_map <- function(X, FUN, ..., BPPARAM, each = NULL, progress = NULL, payload = NULL) {
   workers <- if (methods::is(BPPARAM, "SerialParam")) 1L else BiocParallel::bpnworkers(BPPARAM)
+  tasks <- if (is.null(payload)) function(i) X[i] else function(i) lapply(X[i], payload)
   run <- if (workers <= 1 || length(X) <= 1) {
-    function(i) lapply(X[i], FUN, ...)
+    function(i) lapply(tasks(i), FUN, ...)
   } else {
     # (only when work is spread: serial work says nothing of workers)
     BPPARAM <- unforked(BPPARAM, workers)
@@ -89,7 +93,7 @@ bp_map <- function(X, FUN, ..., BPPARAM, each = NULL, progress = NULL) {
       on.exit(BiocParallel::bpstop(BPPARAM), add = TRUE)
     }
     kind <- RNGkind()
-    function(i) raise_worker_failure(BiocParallel::bplapply(X[i], bp_task, task = FUN, threads = threads, kind = kind, ...,
+    function(i) raise_worker_failure(BiocParallel::bplapply(tasks(i), bp_task, task = FUN, threads = threads, kind = kind, ...,
                                                             BPPARAM = BPPARAM))
   }
   if (is.null(each)) return(run(seq_along(X)))

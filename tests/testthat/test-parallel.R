@@ -81,3 +81,16 @@ test_that("an error in a worker keeps its class, as in a serial run", {
   expect_error(sampleDistances(bad, groups = "labels", mc_samples = 0, BPPARAM = BiocParallel::SnowParam(2)),
                class = "mrvi_damaged_error")
 })
+
+test_that("bp_map(payload =) hands each task its own data, made round by round", {
+  made <- integer()
+  got <- list()
+  mrvi:::bp_map(list(1:2, 3:5, 6L), function(b, offset) sum(b$values) + offset, offset = 100,
+                BPPARAM = BiocParallel::SerialParam(), each = function(v, i) got[[i]] <<- v,
+                payload = function(j) {
+                  made <<- c(made, length(j))
+                  list(values = j * 10)
+                })
+  expect_equal(unlist(got), c(130, 220, 160))
+  expect_equal(made, c(2L, 3L, 1L))
+})
