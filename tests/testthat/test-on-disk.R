@@ -280,3 +280,23 @@ test_that("analyses that need counts whole read them from disk block by block, d
   expect_identical(mrviLatent(fit, x = new_cells, sample = sim$sample[1:50]),
                    mrviLatent(fit, x = sim$counts[, 1:50], sample = sim$sample[1:50]))
 })
+
+test_that("a forked reader dies with its parent: a job killed by its scheduler leaves no reader behind", {
+  skip_if_not(identical(Sys.info()[["sysname"]], "Linux"), "the parent-death signal is Linux's")
+  dir <- tempfile("mrvi-orphan")
+  dir.create(dir)
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  flag <- file.path(dir, "flag")
+  pids <- file.path(dir, "pids")
+  # the reader writes `flag` 3 s after its start, unless it is gone by then
+  script <- sprintf(paste("suppressMessages(library(mrvi));",
+                          "child <- mrvi:::mrvi_fork_call(function() { Sys.sleep(3); writeLines('alive', '%s'); TRUE });",
+                          "writeLines(as.character(c(Sys.getpid(), child)), '%s'); Sys.sleep(60)"), flag, pids)
+  system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(script)), wait = FALSE,
+          env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
+  for (i in 1:300) if (file.exists(pids) && length(readLines(pids)) == 2) break else Sys.sleep(0.1)
+  parent <- as.integer(readLines(pids)[1])
+  tools::pskill(parent, tools::SIGKILL)
+  Sys.sleep(4)
+  expect_false(file.exists(flag))
+})

@@ -28,6 +28,15 @@ extern "C" {
     static mut R_isForkedChild: c_int;
 }
 
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn prctl(option: c_int, ...) -> c_int;
+    fn getpid() -> c_int;
+    fn getppid() -> c_int;
+}
+#[cfg(target_os = "linux")]
+const PR_SET_PDEATHSIG: c_int = 1;
+
 #[cfg(unix)]
 const WNOHANG: c_int = 1;
 #[cfg(unix)]
@@ -45,6 +54,8 @@ const O_WRONLY: c_int = 1;
 fn mrvi_fork_call(f: Function) -> RResult<i32> {
     #[cfg(unix)]
     {
+        #[cfg(target_os = "linux")]
+        let parent = unsafe { getpid() };
         // SAFETY: fork() in the parent only duplicates the process; pending
         // stdio is flushed first so the child does not print it again.
         let pid = unsafe {
@@ -57,6 +68,16 @@ fn mrvi_fork_call(f: Function) -> RResult<i32> {
         if pid == 0 {
             // The child: whatever happens, it ends here, never back in R's
             // evaluation of the parent's call.
+            // A parent killed (a job ended by its scheduler) takes the reader
+            // with it (Linux): no orphan reading a buffer into a dead session's
+            // temporary folder. (A parent gone before that was set: end now.)
+            #[cfg(target_os = "linux")]
+            unsafe {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if getppid() != parent {
+                    _exit(1);
+                }
+            }
             let ok = std::panic::catch_unwind(|| {
                 unsafe {
                     R_isForkedChild = 1;
