@@ -305,7 +305,9 @@ lfc_store <- function(cells, genes, coefs, file, call) {
                 "i" = "On Debian: {.code apt-get install r-bioc-hdf5array}; or leave {.arg lfc_file} NULL."), call = call)
   }
   if (!is.character(file) || length(file) != 1 || is.na(file) || file.exists(file)) {
-    abort_arg("{.arg lfc_file} must be the path of a file that does not exist yet.", call = call)
+    abort_arg(c("{.arg lfc_file} must be the path of a file that does not exist yet.",
+                "i" = if (isTRUE(file.exists(file))) "{.file {file}} exists: delete it ({.code unlink()}) or give another path; it is never overwritten."),
+              call = call)
   }
   # checked before the work, not when the first block is written
   folder <- dirname(normalizePath(file, mustWork = FALSE))

@@ -450,7 +450,9 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
     }
   }
   if (verbose) {
-    cli::cli_progress_done(id = pb)
+    # a run that ended before max_epochs (stopped early, interrupted) ends its
+    # bar where it stopped: done, the bar would show every epoch as trained
+    cli::cli_progress_done(id = pb, result = if (length(history) < max_epochs) "failed" else "done")
     last <- if (length(history)) history[[length(history)]] else list()
     if (isTRUE(last$stopped_early)) {
       watched <- if (is.finite(last$validation_elbo)) "validation" else "training"  # (no validation cells)

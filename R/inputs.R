@@ -69,7 +69,13 @@
 #'   order. A `TENxMatrix` (the 10x Genomics HDF5 layout) is read straight from
 #'   its file, the fastest form on disk; dense HDF5 datasets cost decompressing
 #'   every zero. Baselines, new cells and added samples read such counts into
-#'   memory.
+#'   memory. An HDF5 dataset is decompressed a chunk at a time: a block of cells
+#'   narrower than its chunks (`DelayedArray::chunkdim(x)`;
+#'   `saveHDF5SummarizedExperiment()` makes wide ones by default) decompresses
+#'   each chunk once per block that reads it, which made training from such a
+#'   file ~4x slower than in memory. Write the counts in chunks of few cells
+#'   (`HDF5Array::writeHDF5Array(x, chunkdim = c(nrow(x), 100))`) or give
+#'   [mrvi()] a `block_cells` that is a multiple of the chunks' width.
 #'
 #' @return an object of class `mrvi_data`: a list with `counts` (genes x cells
 #'   `dgCMatrix`, or the `DelayedArray` of counts on disk), `disk` (for counts

@@ -116,8 +116,10 @@ unforked <- function(BPPARAM, workers) {
   forked <- methods::is(BPPARAM, "MulticoreParam") ||
     (methods::is(BPPARAM, "BatchtoolsParam") && identical(BPPARAM$cluster, "multicore"))
   if (!forked) return(BPPARAM)
-  inform(c("i" = "Using {workers} socket worker{?s} ({.fn BiocParallel::SnowParam}) instead of forked ones: libtorch's threads do not survive a fork."),
-         class = "mrvi_unforked")
+  # (once per session: every call of a script would say it again)
+  inform(c("i" = "Using {workers} socket worker{?s} ({.fn BiocParallel::SnowParam}) instead of forked ones: libtorch's threads do not survive a fork.",
+           "i" = "They start anew for every call; to reuse workers, start a {.fn BiocParallel::SnowParam} once with {.fn BiocParallel::bpstart} and pass it."),
+         class = "mrvi_unforked", .frequency = "once", .frequency_id = "mrvi_unforked")
   # the user's settings carried over
   BiocParallel::SnowParam(workers, timeout = BiocParallel::bptimeout(BPPARAM),
                           progressbar = BiocParallel::bpprogressbar(BPPARAM), log = BiocParallel::bplog(BPPARAM),

@@ -35,10 +35,13 @@ test_that("SnowParam(2), MulticoreParam(2) and BatchtoolsParam give the SerialPa
   BiocParallel::bpstart(snow)
   expect_identical(run_all(snow), serial)
   BiocParallel::bpstop(snow)
-  # forked workers would hang in libtorch's OpenMP: they run as socket workers
+  # forked workers would hang in libtorch's OpenMP: they run as socket workers,
+  # which is said once per session (rlang's verbosity option says it every time)
+  old <- options(rlib_message_verbosity = "verbose")
   expect_message(forked <- sampleDistances(fit, groups = "labels", mc_samples = 3,
                                            BPPARAM = BiocParallel::MulticoreParam(2)),
                  class = "mrvi_unforked")
+  options(old)
   expect_identical(forked, serial$groups)
   # work too small to spread runs here, and says nothing of workers
   expect_no_message(one <- mrvi:::bp_map(list(3), sqrt, BPPARAM = BiocParallel::MulticoreParam(2)),
