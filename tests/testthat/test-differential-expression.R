@@ -392,7 +392,7 @@ test_that("log fold changes stream into an HDF5 file and equal the in-memory one
   h5b <- differentialExpression(fit, c("cov1", "cov2"), cells = 1:25, mc_samples = 2, normalize = FALSE, lfc = TRUE, chunk_size = 7,
                                 lfc_file = tempfile(fileext = ".h5"))
   expect_equal(as.matrix(S4Vectors::metadata(h5b)$lfc$cov1yes), S4Vectors::metadata(mem)$lfc$cov1yes, tolerance = 1e-4)
-  expect_error(differentialExpression(fit, "cov1", cells = 1:5, lfc = TRUE, lfc_file = f), "does not exist.*delete it")
+  expect_error(differentialExpression(fit, "cov1", cells = 1:5, lfc = TRUE, lfc_file = f), "does not exist.*delete")
   old <- options(mrvi.max_bytes = 1000)
   on.exit(options(old), add = TRUE)
   expect_error(differentialExpression(fit, "cov1", cells = 1:50, lfc = TRUE), "lfc_file")
