@@ -164,12 +164,12 @@ test_that("a checkpointed fit stopped after epoch k and resumed equals an uninte
   expect_identical(again@weights, whole@weights)
   # only the checkpoint is left in its folder (the temporary file was renamed)
   expect_identical(list.files(dirname(path), pattern = basename(path)), basename(path))
-  # other arguments or other data are refused, naming the argument to change
-  expect_error(fit_with(6, path, seed = 4, flavour = "linear"), class = "mrvi_checkpoint_error")
+  # other arguments or other data are refused, saying which differ
+  expect_error(fit_with(6, path, seed = 4, flavour = "linear"), "other settings than this call", class = "mrvi_checkpoint_error")
   changed <- sim$counts
   changed[1, 1] <- changed[1, 1] + 1
   err <- expect_error(fit_with(6, path, counts = changed, flavour = "linear"), class = "mrvi_checkpoint_error")
-  expect_match(conditionMessage(err), "other data or other settings")
+  expect_match(conditionMessage(err), "other data than this call")
   expect_match(conditionMessage(err), "checkpoint")
   # and so are other continuous covariates (they resumed silently): one value
   # changed, two cells' values swapped; the same values scaled are the same fit
@@ -181,7 +181,7 @@ test_that("a checkpointed fit stopped after epoch k and resumed equals an uninte
   unlink(path)
   with_mito(mito)
   for (other in list(replace(mito, 1, 5), replace(mito, 1:2, mito[c(3, 1)]))) {
-    expect_error(with_mito(other), "other data or other settings", class = "mrvi_checkpoint_error")
+    expect_error(with_mito(other), "other data than this call", class = "mrvi_checkpoint_error")
   }
   expect_s4_class(with_mito(mito * 2 + 1), "MrVIFit")
   writeLines("not a checkpoint", path)

@@ -84,43 +84,59 @@ fn checksum<'a>(meta: &HashMap<String, String>, tensors: impl Iterator<Item = (&
     h.finish()
 }
 
-/// A checksum of everything that decides the run except `max_epochs` and
+/// Checksums of everything that decides the run except `max_epochs` and
 /// `min_epochs` (a run may be continued for more epochs, as nothing else
-/// depends on them): the
-/// counts, the covariate codes and continuous values, the model and training settings.
-pub fn fingerprint(t: &Trainer) -> Result<String> {
-    let mut h = Hash128::new(0x6d72_7669);
-    let counts = &t.data.counts;
-    for c in 0..counts.n_cells() {
-        for (g, v) in counts.column(c) {
-            h.word(g as u64 | (v.to_bits() as u64) << 32);
+/// depends on them): `all` of it (the checkpoint's key), and its `data` (the
+/// counts, the covariate codes and continuous values) and `settings` (the model
+/// and training settings) apart, so that a refusal can say which differs.
+pub struct Fingerprints {
+    pub all: String,
+    pub data: String,
+    pub settings: String,
+}
+
+pub fn fingerprints(t: &Trainer) -> Result<Fingerprints> {
+    let feed_data = |h: &mut Hash128| {
+        let counts = &t.data.counts;
+        for c in 0..counts.n_cells() {
+            for (g, v) in counts.column(c) {
+                h.word(g as u64 | (v.to_bits() as u64) << 32);
+            }
+            h.word(u64::MAX);
         }
-        h.word(u64::MAX);
-    }
-    // counts on disk: `data` has none of them; their library sizes and gene
-    // totals stand in (genes reordered or values moved between genes change
-    // the totals; the library sizes alone missed both)
-    if t.counts_on_disk() {
-        t.data.library.iter().for_each(|v| h.word(v.to_bits() as u64));
-        h.word(u64::MAX);
-        t.disk_gene_totals.iter().for_each(|v| h.word(v.to_bits()));
-        h.word(u64::MAX);
-    }
-    for codes in [Some(&t.data.sample), Some(&t.data.site), t.data.label.as_ref()].into_iter().flatten() {
-        codes.iter().for_each(|&v| h.word(v as u64));
-        h.word(u64::MAX);
-    }
-    // the standardised continuous covariates (a run without them hashes as before)
-    if !t.data.continuous.is_empty() {
-        t.data.continuous.iter().for_each(|v| h.word(v.to_bits() as u64));
-        h.word(u64::MAX);
-    }
+        // counts on disk: `data` has none of them; their library sizes and gene
+        // totals stand in (genes reordered or values moved between genes change
+        // the totals; the library sizes alone missed both)
+        if t.counts_on_disk() {
+            t.data.library.iter().for_each(|v| h.word(v.to_bits() as u64));
+            h.word(u64::MAX);
+            t.disk_gene_totals.iter().for_each(|v| h.word(v.to_bits()));
+            h.word(u64::MAX);
+        }
+        for codes in [Some(&t.data.sample), Some(&t.data.site), t.data.label.as_ref()].into_iter().flatten() {
+            codes.iter().for_each(|&v| h.word(v as u64));
+            h.word(u64::MAX);
+        }
+        // the standardised continuous covariates (a run without them hashes as before)
+        if !t.data.continuous.is_empty() {
+            t.data.continuous.iter().for_each(|v| h.word(v.to_bits() as u64));
+            h.word(u64::MAX);
+        }
+    };
     let mut config = t.config.clone();
     config.max_epochs = None;
     config.min_epochs = None;
     let settings = serde_json::to_string(&(&t.model.config, &config))?;
-    settings.bytes().for_each(|b| h.word(b as u64));
-    Ok(h.finish())
+    let feed_settings = |h: &mut Hash128| settings.bytes().for_each(|b| h.word(b as u64));
+    // (`all` hashes as checkpoints have always been keyed)
+    let mut all = Hash128::new(0x6d72_7669);
+    feed_data(&mut all);
+    feed_settings(&mut all);
+    let mut data = Hash128::new(0x6461_7461);
+    feed_data(&mut data);
+    let mut set = Hash128::new(0x7365_7474);
+    feed_settings(&mut set);
+    Ok(Fingerprints { all: all.finish(), data: data.finish(), settings: set.finish() })
 }
 
 fn stats_row(s: &EpochStats) -> Vec<u64> {
@@ -202,9 +218,12 @@ pub fn save(t: &Trainer, path: &Path) -> Result<()> {
         threads: in_order_used(&t.resumed_threads, shard_threads(&t.model)),
         devices: in_order_used(&t.resumed_devices, t.device_name()),
     };
+    let prints = fingerprints(t)?;
     let mut meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
-        ("fingerprint".to_string(), fingerprint(t)?),
+        ("fingerprint".to_string(), prints.all),
+        ("fingerprint_data".to_string(), prints.data),
+        ("fingerprint_settings".to_string(), prints.settings),
         ("state".to_string(), serde_json::to_string(&state)?),
     ]);
     let mut tensors: Vec<(String, &Tensor)> = Vec::new();
@@ -259,11 +278,18 @@ pub fn load(t: &mut Trainer, path: &Path) -> Result<Resumed> {
             )));
         }
     }
-    if meta.get("fingerprint") != Some(&fingerprint(t)?) {
-        return Err(Error::Checkpoint(format!(
-            "the checkpoint {} was made with other data or other settings than this call",
-            path.display()
-        )));
+    let prints = fingerprints(t)?;
+    if meta.get("fingerprint") != Some(&prints.all) {
+        // (files written before the parts were kept say neither)
+        let data_differs = meta.get("fingerprint_data").map(|d| d != &prints.data);
+        let settings_differ = meta.get("fingerprint_settings").map(|s| s != &prints.settings);
+        let what = match (data_differs, settings_differ) {
+            (Some(true), Some(false)) => "other data than this call (counts, cells, genes or their order, samples, batches, labels or continuous covariates)",
+            (Some(false), Some(true)) => "other settings than this call (an argument of the model or of training other than max_epochs and min_epochs)",
+            (Some(true), Some(true)) => "other data and other settings than this call",
+            _ => "other data or other settings than this call",
+        };
+        return Err(Error::Checkpoint(format!("the checkpoint {} was made with {what}", path.display())));
     }
     let state: State = serde_json::from_str(meta.get("state").ok_or_else(|| damaged("no state"))?)
         .map_err(|_| damaged("unreadable state"))?;
