@@ -96,46 +96,50 @@ pub struct Fingerprints {
 }
 
 pub fn fingerprints(t: &Trainer) -> Result<Fingerprints> {
-    let feed_data = |h: &mut Hash128| {
+    // each word goes to `word`: one pass over the counts feeds two checksums
+    let feed_data = |word: &mut dyn FnMut(u64)| {
         let counts = &t.data.counts;
         for c in 0..counts.n_cells() {
             for (g, v) in counts.column(c) {
-                h.word(g as u64 | (v.to_bits() as u64) << 32);
+                word(g as u64 | (v.to_bits() as u64) << 32);
             }
-            h.word(u64::MAX);
+            word(u64::MAX);
         }
         // counts on disk: `data` has none of them; their library sizes and gene
         // totals stand in (genes reordered or values moved between genes change
         // the totals; the library sizes alone missed both)
         if t.counts_on_disk() {
-            t.data.library.iter().for_each(|v| h.word(v.to_bits() as u64));
-            h.word(u64::MAX);
-            t.disk_gene_totals.iter().for_each(|v| h.word(v.to_bits()));
-            h.word(u64::MAX);
+            t.data.library.iter().for_each(|v| word(v.to_bits() as u64));
+            word(u64::MAX);
+            t.disk_gene_totals.iter().for_each(|v| word(v.to_bits()));
+            word(u64::MAX);
         }
         for codes in [Some(&t.data.sample), Some(&t.data.site), t.data.label.as_ref()].into_iter().flatten() {
-            codes.iter().for_each(|&v| h.word(v as u64));
-            h.word(u64::MAX);
+            codes.iter().for_each(|&v| word(v as u64));
+            word(u64::MAX);
         }
         // the standardised continuous covariates (a run without them hashes as before)
         if !t.data.continuous.is_empty() {
-            t.data.continuous.iter().for_each(|v| h.word(v.to_bits() as u64));
-            h.word(u64::MAX);
+            t.data.continuous.iter().for_each(|v| word(v.to_bits() as u64));
+            word(u64::MAX);
         }
     };
     let mut config = t.config.clone();
     config.max_epochs = None;
     config.min_epochs = None;
     let settings = serde_json::to_string(&(&t.model.config, &config))?;
-    let feed_settings = |h: &mut Hash128| settings.bytes().for_each(|b| h.word(b as u64));
-    // (`all` hashes as checkpoints have always been keyed)
+    // (`all` hashes as checkpoints have always been keyed: the data, then the settings)
     let mut all = Hash128::new(0x6d72_7669);
-    feed_data(&mut all);
-    feed_settings(&mut all);
     let mut data = Hash128::new(0x6461_7461);
-    feed_data(&mut data);
     let mut set = Hash128::new(0x7365_7474);
-    feed_settings(&mut set);
+    feed_data(&mut |w| {
+        all.word(w);
+        data.word(w);
+    });
+    settings.bytes().for_each(|b| {
+        all.word(b as u64);
+        set.word(b as u64);
+    });
     Ok(Fingerprints { all: all.finish(), data: data.finish(), settings: set.finish() })
 }
 
