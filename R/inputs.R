@@ -522,7 +522,7 @@ make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) 
   if (!is.null(cell_meta)) {
     # (not addMrVI()'s per-cell results of an earlier fit, constant within samples
     # only by chance, e.g. q = 1 everywhere)
-    results <- grepl("^mrvi_.*_(statistic|q|effect|max_lfc)$", names(cell_meta))
+    results <- grepl(result_column_pattern, names(cell_meta))
     for (nm in names(cell_meta)[!results]) candidates[[nm]] <- cell_meta[[nm]]
   }
   # nuisance factors, batch and labels given as vectors are not in the metadata:

@@ -146,6 +146,11 @@ align_rows <- function(m, cells) {
   out
 }
 
+# The names of the per-cell result columns that the two functions below write
+# (their covariates' names between "mrvi_" and a suffix), which are not sample
+# covariates of a later fit (make_sample_table()).
+result_column_pattern <- "^mrvi_.*_(statistic|q|effect|max_lfc)$"
+
 # Columns mrvi_<covariate>_statistic and _q over the object's cells.
 association_columns <- function(association, cells) {
   cov <- make.names(association_covariate(association) %||% "covariate")
