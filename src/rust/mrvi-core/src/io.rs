@@ -2,7 +2,7 @@
 //! so that saveRDS()/readRDS() carry the model and the native one is rebuilt.
 
 use crate::error::{try_collect, Error, Result};
-use crate::model::config::ModelConfig;
+use crate::model::config::{ModelConfig, Prior};
 use crate::model::MrviModel;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
@@ -27,9 +27,32 @@ pub fn model_from_bytes(config_json: &str, weights: &[u8], device: Device) -> Re
     if let Some(problem) = config.problem() {
         return Err(Error::Io(format!("its model configuration has {problem}")));
     }
+    if let Some(problem) = size_beyond_weights(&config, &SafeTensors::deserialize(weights)?) {
+        return Err(Error::Io(format!("its model configuration has {problem}")));
+    }
     let mut model = MrviModel::new(config, device);
     load_bytes_into(&mut model.vs, weights)?;
     Ok(model)
+}
+
+/// A size of `config` that no dimension of the weights reaches, or None. Every
+/// size is the length of some parameter's axis, so a larger one is damage; it
+/// is refused before the model is built, whose tensors (products of two sizes)
+/// would otherwise be allocated at that size first.
+fn size_beyond_weights(config: &ModelConfig, weights: &SafeTensors) -> Option<String> {
+    let widest = weights.tensors().iter().flat_map(|(_, view)| view.shape().to_vec()).max().unwrap_or(0) as i64;
+    let sizes = [
+        ("n_genes", config.n_genes),
+        ("n_samples", config.n_samples),
+        ("n_batches", config.n_batches),
+        ("n_latent", config.n_latent),
+        ("n_hidden", config.n_hidden),
+        ("n_latent_u", config.n_latent_u),
+        ("n_continuous", config.n_continuous),
+        ("mixture components", if config.prior == Prior::Mog { config.n_components() } else { 0 }),
+    ];
+    let (name, v) = sizes.into_iter().find(|&(_, v)| v > widest)?;
+    Some(format!("{name} = {v}, beyond every dimension of its weights (the widest is {widest})"))
 }
 
 pub fn varstore_to_bytes(vs: &VarStore) -> Result<Vec<u8>> {

@@ -318,6 +318,12 @@ fn parts_of_a_newer_version_are_refused() {
     let e = model_from_bytes(&json, &newer_bytes, Device::Cpu).err().expect("an unknown tensor is refused");
     assert_eq!(e.class(), "mrvi_version_error", "{e}");
     assert!(e.to_string().contains("sample_effect.future_part"), "{e}");
+    // a size no weight reaches is refused before the model is allocated at it
+    let huge_json = json.replacen("\"n_genes\":7", "\"n_genes\":1000000000000", 1);
+    assert_ne!(huge_json, json);
+    let e = model_from_bytes(&huge_json, &bytes, Device::Cpu).err().expect("a size beyond the weights is refused");
+    assert_eq!(e.class(), "mrvi_io_error", "{e}");
+    assert!(e.to_string().contains("n_genes = 1000000000000"), "{e}");
     // damaged JSON stays an input/output error
     let e = model_from_bytes("{\"n_genes\": 7,", &bytes, Device::Cpu).err().unwrap();
     assert_eq!(e.class(), "mrvi_io_error", "{e}");
@@ -530,7 +536,7 @@ fn a_checkpointed_run_resumes_bit_for_bit() {
     // a run with another seed (another validation split, other draws) is refused
     let e = checkpoint::load(&mut new(8, 5), &path).unwrap_err();
     assert_eq!(e.class(), "mrvi_checkpoint_error");
-    assert!(e.to_string().contains("other data or other settings"), "{e}");
+    assert!(e.to_string().contains("other settings than this call"), "{e}");
     std::fs::write(&path, b"not a checkpoint").unwrap();
     let e = checkpoint::load(&mut new(8, 4), &path).unwrap_err();
     assert!(e.to_string().contains("not a whole mrvi training checkpoint"), "{e}");
