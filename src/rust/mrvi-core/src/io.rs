@@ -41,17 +41,12 @@ pub fn model_from_bytes(config_json: &str, weights: &[u8], device: Device) -> Re
 /// would otherwise be allocated at that size first.
 fn size_beyond_weights(config: &ModelConfig, weights: &SafeTensors) -> Option<String> {
     let widest = weights.tensors().iter().flat_map(|(_, view)| view.shape().to_vec()).max().unwrap_or(0) as i64;
-    let sizes = [
-        ("n_genes", config.n_genes),
-        ("n_samples", config.n_samples),
-        ("n_batches", config.n_batches),
-        ("n_latent", config.n_latent),
-        ("n_hidden", config.n_hidden),
-        ("n_latent_u", config.n_latent_u),
+    // (the continuous covariates and the mixture's components are axes too, where the model has them)
+    let optional = [
         ("n_continuous", config.n_continuous),
         ("mixture components", if config.prior == Prior::Mog { config.n_components() } else { 0 }),
     ];
-    let (name, v) = sizes.into_iter().find(|&(_, v)| v > widest)?;
+    let (name, v) = config.sizes().into_iter().chain(optional).find(|&(_, v)| v > widest)?;
     Some(format!("{name} = {v}, beyond every dimension of its weights (the widest is {widest})"))
 }
 

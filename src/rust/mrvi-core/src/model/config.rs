@@ -118,19 +118,24 @@ impl ModelConfig {
         if self.n_labels > 0 { self.n_labels } else { self.n_mixture.max(1) }
     }
 
-    /// What a model can be built from: positive sizes, levels that sum to
-    /// `n_batches`, a dropout rate in [0, 1). The problem, or None. (A
-    /// configuration edited by hand reached libtorch's and slices' panics.)
-    pub fn problem(&self) -> Option<String> {
-        let sizes = [
+    /// The sizes every model has, by name: each is the length of an axis of
+    /// some parameter.
+    pub fn sizes(&self) -> [(&'static str, i64); 6] {
+        [
             ("n_genes", self.n_genes),
             ("n_samples", self.n_samples),
             ("n_batches", self.n_batches),
             ("n_latent", self.n_latent),
             ("n_hidden", self.n_hidden),
             ("n_latent_u", self.n_latent_u),
-        ];
-        if let Some((name, v)) = sizes.iter().find(|(_, v)| *v < 1) {
+        ]
+    }
+
+    /// What a model can be built from: positive sizes, levels that sum to
+    /// `n_batches`, a dropout rate in [0, 1). The problem, or None. (A
+    /// configuration edited by hand reached libtorch's and slices' panics.)
+    pub fn problem(&self) -> Option<String> {
+        if let Some((name, v)) = self.sizes().into_iter().find(|&(_, v)| v < 1) {
             return Some(format!("{name} = {v}, not a positive size"));
         }
         if self.n_mixture < 0 || self.n_labels < 0 || self.n_continuous < 0 {
