@@ -57,6 +57,8 @@
 #'   `getOption("mrvi.threads")`, and when that is unset the idle cores. The
 #'   minibatches are split over the threads, so the count changes the fit in its
 #'   last bits.
+#' @param assay for a `SingleCellExperiment` or Seurat `x`: the assay holding
+#'   the new cells' raw counts; `NULL` (default): the fit's, as in [mrviLatent()].
 #' @param continuous_covariates their continuous nuisance covariates, as in
 #'   [mrvi()] (with the fit's names). Values more than 10 standard deviations from the fitted cells' mean give a
 #'   warning (`mrvi_extrapolation`): the decoder saw no cells there.
@@ -76,7 +78,8 @@
 #' fit2@samples
 #' @export
 mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed = fit@config$seed,
-                           continuous_covariates = NULL, verbose = FALSE, labels = NULL, n_threads = NULL) {
+                           continuous_covariates = NULL, verbose = FALSE, labels = NULL, n_threads = NULL,
+                           assay = NULL) {
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
@@ -88,7 +91,7 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   if (missing(sample) || is.null(sample)) {
     abort_arg("{.arg sample} is required: the new sample of every cell.", call = call)
   }
-  data <- read_new_cells(x, sample = sample, batch = batch, labels = labels,
+  data <- read_new_cells(fit, x, assay, sample = sample, batch = batch, labels = labels,
                          continuous_covariates = continuous_covariates, call = call)
   # (read_new_cells() keeps mrviData()'s messages about genes, padded back below, quiet)
   if (length(data$dropped$cells)) {

@@ -374,7 +374,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                block_cells = blocks$block_cells, buffer_blocks = blocks$buffer_blocks),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
-                  n_threads = threads_used, seurat_assay = data$seurat_assay, columns = data$columns,
+                  n_threads = threads_used, assay = assay, seurat_assay = data$seurat_assay, columns = data$columns,
                   # the cells given, dropped ones included: addMrVI() matches an
                   # object without cell names by position only if it has as many
                   n_input_cells = length(data$sample) + length(data$dropped$cells))

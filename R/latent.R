@@ -14,6 +14,10 @@
 #'   posterior per cell (the first draw under `seed`).
 #' @param sample for new cells (`x` given): their samples, a column name or a
 #'   vector; each must be one of the fitted samples.
+#' @param assay for new cells in a `SingleCellExperiment` or Seurat object: the
+#'   assay holding their raw counts, as in [mrvi()]. `NULL` (default): the one the
+#'   fit read (`fit@config$assay`; for a Seurat object the fit's Seurat assay,
+#'   `fit@config$seurat_assay`, where `x` has it), else `"counts"`.
 #' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
 #'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
 #'   the same whichever cells are asked for, in whatever chunks, in every
@@ -30,7 +34,7 @@
 #' dim(mrviLatent(fit, which = "z"))
 #' @export
 mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, sample = NULL,
-                       seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam()) {
+                       seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam(), assay = NULL) {
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
@@ -40,9 +44,10 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
   check_flag(use_mean, "use_mean", call)
   seed <- check_whole(seed, "seed", call)
   if (is.null(x)) {
-    if (!is.null(sample)) {
-      abort_arg(c("{.arg sample} is for new cells in {.arg x}; the fitted cells have their samples.",
-                  "i" = "Leave {.arg sample} out, or give the new cells' counts as {.arg x}."), call = call)
+    if (!is.null(sample) || !is.null(assay)) {
+      what <- if (is.null(sample)) "assay" else "sample"
+      abort_arg(c("{.arg {what}} is for new cells in {.arg x}; the fitted cells have their own.",
+                  "i" = "Leave {.arg {what}} out, or give the new cells' counts as {.arg x}."), call = call)
     }
     mean <- fit@u_mean
     sd <- fit@u_sd
@@ -50,7 +55,7 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
     cells <- rownames(mean)
     ok <- seq_len(nrow(mean))
   } else {
-    post <- encode_new_cells(fit, x, sample, BPPARAM, call)
+    post <- encode_new_cells(fit, x, sample, assay, BPPARAM, call)
     mean <- post$mean
     sd <- post$sd
     codes <- post$codes
@@ -72,8 +77,8 @@ mrviLatent <- function(fit, x = NULL, which = c("u", "z"), use_mean = TRUE, samp
 # cell without counts on the fitted genes tells the encoder nothing (it never
 # saw such a cell in training, and mrviData() drops them): its row is NA, with a
 # warning.
-encode_new_cells <- function(fit, x, sample, BPPARAM, call) {
-  data <- new_cells(fit, x, sample, call)
+encode_new_cells <- function(fit, x, sample, assay, BPPARAM, call) {
+  data <- new_cells(fit, x, sample, assay, call)
   counts <- data$counts
   # the columns of `counts` are the cells of x that mrviData() kept
   dropped <- data$dropped$cell_positions
@@ -153,12 +158,12 @@ projected_counterfactuals <- function(fit, idx, m, seed, maps, want_mean, want_p
 }
 
 # Read new cells for a fitted model: known samples, the fitted genes in order.
-new_cells <- function(fit, x, sample, call) {
+new_cells <- function(fit, x, sample, assay, call) {
   if (is.null(sample)) {
     abort_arg("{.arg sample} is required with new cells {.arg x}: one of the fitted samples per cell.",
               call = call)
   }
-  data <- read_new_cells(x, sample = sample, call = call)
+  data <- read_new_cells(fit, x, assay, sample = sample, call = call)
   unknown <- setdiff(levels(data$sample), fit@samples)
   if (length(unknown)) {
     abort_arg(c("{.arg sample} has sample{?s} the model was not fitted on: {show_some(unknown)}.",
@@ -169,11 +174,27 @@ new_cells <- function(fit, x, sample, call) {
   align_genes(fit, data, call)
 }
 
-# mrviData() for cells brought to a fitted model: one sample is enough, and a
-# few new samples alone in their batches are no confounding (the fit has others).
-read_new_cells <- function(x, ..., call) {
-  with_call(suppressMessages(withCallingHandlers(mrviData(x, ..., min_samples = 1),
+# mrviData() for cells brought to a fitted model, from `assay` (see
+# new_cells_assay()): one sample is enough, and a few new samples alone in their
+# batches are no confounding (the fit has others).
+read_new_cells <- function(fit, x, assay, ..., call) {
+  assay <- new_cells_assay(fit, x, assay)
+  with_call(suppressMessages(withCallingHandlers(mrviData(x, ..., assay = assay, min_samples = 1),
     mrvi_confounded = function(w) invokeRestart("muffleWarning"))), call)
+}
+
+# The assay new cells are read from: the one given, else the fit's (new cells
+# read from another assay than the fit's cells were silently other numbers): for
+# a Seurat object the fit's Seurat assay where `x` has it, for others the fit's
+# `assay` unless it named a Seurat assay; else "counts". (Fits before the
+# `assay` record read "counts".)
+new_cells_assay <- function(fit, x, assay) {
+  if (!is.null(assay)) return(assay)
+  seurat <- fit@config$seurat_assay
+  if (inherits(x, "Seurat")) {
+    return(if (!is.null(seurat) && seurat %in% SeuratObject::Assays(x)) seurat else "counts")
+  }
+  if (is.null(seurat) && !is.null(fit@config$assay)) fit@config$assay else "counts"
 }
 
 # The counts of `data` on the fitted genes, in the fit's order (after
@@ -207,6 +228,10 @@ align_genes <- function(fit, data, call) {
 #'   posterior draw per cell (the first draw under `seed`).
 #' @param mc_samples 0, or a number of posterior draws: then the result gains a
 #'   4th dimension, one slice per draw.
+#' @param assay for new cells in a `SingleCellExperiment` or Seurat object: the
+#'   assay holding their raw counts, as in [mrvi()]. `NULL` (default): the one the
+#'   fit read (`fit@config$assay`; for a Seurat object the fit's Seurat assay,
+#'   `fit@config$seurat_assay`, where `x` has it), else `"counts"`.
 #' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
 #'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
 #'   the same whichever cells are asked for, in whatever chunks, in every

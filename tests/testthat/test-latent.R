@@ -158,3 +158,32 @@ test_that("new cells without counts on the fitted genes get NA rows, in place, w
                  class = "mrvi_empty_cells")
   expect_true(all(is.na(u2)))
 })
+
+test_that("new cells are read from the assay the fit read, or the one given", {
+  skip_if_not_installed("SingleCellExperiment")
+  f <- small_fit()
+  counts <- f$sim$counts
+  other <- counts
+  other@x <- other@x * 3  # e.g. counts before ambient correction: other numbers
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = other, raw = counts),
+                                                    colData = data.frame(donor = f$sim$sample))
+  fit <- suppressMessages(mrvi(sce, sample = "donor", assay = "raw", max_epochs = 2, verbose = FALSE,
+                               flavour = "linear", seed = 3, n_threads = 1))
+  expect_identical(fit@config$assay, "raw")
+  cells <- 1:10
+  own <- mrviLatent(fit)[colnames(counts)[cells], ]
+  expect_equal(mrviLatent(fit, x = sce[, cells], sample = "donor"), own, tolerance = 1e-5)
+  # another assay when asked for: the encoder sees other counts
+  asked <- mrviLatent(fit, x = sce[, cells], sample = "donor", assay = "counts")
+  expect_gt(max(abs(asked - own)), 1e-3)
+  expect_error(mrviLatent(fit, assay = "raw"), "`assay` is for new cells", class = "mrvi_error")
+  skip_if_not_installed("SeuratObject")
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = other,
+                                                          meta.data = data.frame(donor = f$sim$sample, row.names = colnames(counts))))
+  so[["ALT"]] <- suppressWarnings(SeuratObject::CreateAssayObject(counts = counts))
+  sfit <- suppressMessages(mrvi(so, sample = "donor", assay = "ALT", max_epochs = 2, verbose = FALSE,
+                                flavour = "linear", seed = 3, n_threads = 1))
+  expect_identical(sfit@config$seurat_assay, "ALT")
+  expect_equal(mrviLatent(sfit, x = so[, cells], sample = "donor"), mrviLatent(sfit)[colnames(counts)[cells], ],
+               tolerance = 1e-5)
+})
