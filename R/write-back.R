@@ -56,6 +56,7 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
     abort_arg(c("{.arg object} shares no cell names with {.arg fit}.",
                 "i" = "Use the object the fit was made from."), call = call)
   }
+  check_same_data(object, fit, cells, call)
   result_of <- function(x, arg, fn, columns) {
     if (!is.null(x) && !((is.data.frame(x) || methods::is(x, "DataFrame")) && all(columns %in% colnames(x)))) {
       abort_arg("{.arg {arg}} must be the result of {.fn {fn}}.", call = call)
@@ -175,4 +176,24 @@ differential_columns <- function(differential, cells) {
     out[[paste0("mrvi_de_", keys[k], "_q")]] <- rows$q_value[idx]
   }
   out
+}
+
+# A fit of other cells under the same names (10x barcodes repeat between runs)
+# would put other cells' latents into `object`: where `object` still has the
+# column that gave the fit's samples, its shared cells must fall into samples as
+# the fit's do (the same partition; the labels may have been renamed since).
+check_same_data <- function(object, fit, cells, call) {
+  column <- fit@config$columns$sample
+  meta <- if (methods::is(object, "SingleCellExperiment")) SummarizedExperiment::colData(object) else
+    if (methods::is(object, "Seurat")) object[[]]
+  if (is.null(column) || is.null(meta) || !column %in% names(meta)) return(invisible())
+  shared <- which(cells %in% rownames(fit@u_mean))
+  theirs <- as.character(fit@cell_data$sample[match(cells[shared], rownames(fit@u_mean))])
+  ours <- as.character(meta[[column]][shared])
+  pairs <- unique(data.frame(theirs, ours))
+  if (!anyDuplicated(pairs$theirs) && !anyDuplicated(pairs$ours)) return(invisible())
+  differ <- cells[shared][theirs != ours]
+  abort_arg(c("{.arg fit} was not made from {.arg object}: its cells of the same names fall into other samples than {.arg object}'s column {.val {column}} says{if (length(differ)) paste0(' (e.g. ', show_some(differ, 3), ')')}.",
+              "i" = "Cell names can repeat between datasets (10x barcodes); use the object the fit was made from."),
+            call = call)
 }

@@ -119,6 +119,18 @@ test_that("addMrVI refuses objects that are not the fit's", {
   expect_error(addMrVI(m, "fit"), "`fit` must be a", class = "mrvi_error")
 })
 
+test_that("addMrVI refuses a fit of other cells under the same names, and allows renamed samples", {
+  skip_if_not_installed("SingleCellExperiment")
+  a <- simulateNested(n_cells = 300, n_genes = 40, n_samples = 6, n_sites = 2, n_cell_types = 2, seed = 1)
+  b <- simulateNested(n_cells = 300, n_genes = 40, n_samples = 6, n_sites = 2, n_cell_types = 2, seed = 99)
+  expect_identical(colnames(a), colnames(b))  # barcodes repeat between runs
+  fit_b <- mrvi(b, sample = "sample", max_epochs = 2, verbose = FALSE, n_threads = 1)
+  expect_error(addMrVI(a, fit_b), "not made from `object`", class = "mrvi_error")
+  # the fit's own object with its samples renamed since: the same partition
+  b$sample <- factor(paste0("donor_", b$sample))
+  expect_s4_class(addMrVI(b, fit_b), "SingleCellExperiment")
+})
+
 test_that("an object without cell names is matched by position, as mrvi() named its cells", {
   skip_if_not_installed("SingleCellExperiment")
   sim <- mrvi:::example_counts()
