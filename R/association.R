@@ -273,6 +273,8 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
                   "i" = "Pass {.fn sampleDistances}'s result as it came, or set {.code dimnames()} to the samples."),
                 call = call)
     }
+    # (an infinite distance made a NaN statistic; negative or asymmetric ones, p-values)
+    for (g in seq_len(dim(fit_or_distances)[3])) check_distance_matrix(fit_or_distances[, , g], call, "fit_or_distances")
   }
   seed <- check_whole(seed %||% (if (is_fit) fit_or_distances@config$seed else 1), "seed", call)
   statistic <- match_choice(statistic %||% "effect", c("effect", "ks", "pseudo_f"), "statistic", call)

@@ -72,6 +72,12 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
     variance <- apply(log_cpm, 1, stats::var)
     top <- order(variance, decreasing = TRUE)[seq_len(min(n_genes, sum(variance > 0)))]
     genes[[g]] <- rownames(data$counts)[top]
+    if (!length(top)) {
+      # (identical profiles are at distance 0; here that is all there is to say)
+      cli::cli_warn(c("Group {.val {g}}: no gene's log-CPM varies across its samples' pseudobulks, so every distance is 0.",
+                      "i" = "Their profiles are the same over every gene (as with one gene, whose proportion is 1 in every pseudobulk)."),
+                    class = "mrvi_warning", call = call)
+    }
     v <- log_cpm[top, , drop = FALSE]
     d <- if (metric == "correlation") 1 - suppressWarnings(stats::cor(v)) else as.matrix(stats::dist(t(v)))
     # a sample is at distance 0 from itself, and so are identical profiles where

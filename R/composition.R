@@ -210,7 +210,8 @@ as_phylo <- function(x, arg, call) {
 #' averaged over cell types (the scIB conventions).
 #'
 #' @param embedding cells x dimensions matrix (for example `mrviLatent(fit)`).
-#' @param cell_type,batch vectors over cells (`batch` may be `NULL`).
+#' @param cell_type,batch vectors over cells (`batch` may be `NULL`): named by cell
+#'   (matched to `embedding`'s row names), or in row order.
 #' @param max_cells cells subsampled (distances are quadratic in cells).
 #' @param seed seed of the subsample.
 #' @return a named numeric vector: `cell_type` and `batch`. `batch` is `NA`
@@ -235,7 +236,9 @@ silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 500
                 "i" = "For example {.code mrviLatent(fit)}."), call = call)
   }
   n <- nrow(embedding)
-  labels_ok <- function(x) length(x) == n && !anyNA(x)
+  cell_type <- by_embedding_rows(cell_type, embedding, "cell_type", call)
+  batch <- by_embedding_rows(batch, embedding, "batch", call)
+  labels_ok <- function(x) is.atomic(x) && length(x) == n && !anyNA(x)
   if (!labels_ok(cell_type) || length(unique(cell_type)) < 2) {
     abort_arg("{.arg cell_type} must have one non-missing value per cell ({n} = {.code nrow(embedding)}), with at least 2 types.",
               call = call)
@@ -272,4 +275,18 @@ silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 500
     out[["batch"]] <- if (all(is.na(per_type))) NA_real_ else mean(per_type, na.rm = TRUE)
   }
   out
+}
+
+# Per-cell labels named by cell, put in the order of the embedding's named rows
+# (the names are the pairing, as everywhere in the package); unnamed ones are
+# taken in row order.
+by_embedding_rows <- function(x, embedding, arg, call) {
+  cells <- rownames(embedding)
+  if (is.null(x) || is.null(names(x)) || is.null(cells)) return(x)
+  at <- match(cells, names(x))
+  if (anyNA(at) || length(x) != length(cells) || anyDuplicated(names(x))) {
+    abort_arg(c("{.arg {arg}} is named, but its names are not the cells of {.arg embedding}'s rows, once each.",
+                "i" = "Name it by cell as {.code rownames(embedding)}, or give it unnamed in row order."), call = call)
+  }
+  x[at]
 }

@@ -221,6 +221,22 @@ test_that("the effect statistic is the mean between- minus the mean within-categ
   expect_equal(mrvi:::effect_statistic(d, labels), mean(d[up][!same]) - mean(d[up][same]), tolerance = 1e-12)
 })
 
+test_that("group tests refuse distances that are not distances", {
+  fit <- covariates_fit()$fit
+  d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = "latent")
+  y <- stats::setNames(fit@sample_table$cov1, fit@sample_table$sample)
+  a <- fit@samples[1:2]
+  bad <- list(infinite = Inf, negative = -5)
+  for (what in names(bad)) {
+    d2 <- d
+    d2[a[1], a[2], 1] <- d2[a[2], a[1], 1] <- bad[[what]]
+    expect_error(groupAssociation(d2, y, permutations = 19), paste("has", what, "values"), class = "mrvi_error")
+  }
+  d2 <- d
+  d2[a[1], a[2], 1] <- d2[a[1], a[2], 1] + 1
+  expect_error(groupAssociation(d2, y, permutations = 19, statistic = "pseudo_f"), "not symmetric", class = "mrvi_error")
+})
+
 test_that("group tests leave out samples with NA distances, as sampleDist() does", {
   fit <- covariates_fit()$fit
   d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = "latent")

@@ -41,7 +41,8 @@ test_that("pseudobulkDistances(): identical samples are at 0, the diagonal is 0,
   twice <- cbind(x$counts[, 1:40], x$counts[, 1:40])
   colnames(twice) <- sprintf("c%03d", 1:80)
   for (metric in c("correlation", "euclidean")) {
-    d <- pseudobulkDistances(twice, rep(c("A", "B"), each = 40), metric = metric)
+    expect_warning(d <- pseudobulkDistances(twice, rep(c("A", "B"), each = 40), metric = metric),
+                   "no gene's log-CPM varies", class = "mrvi_warning")
     expect_equal(unname(d[, , 1]), matrix(0, 2, 2), info = metric)
   }
   # a third sample: the two copies are at 0 from each other, at the same distance from it
@@ -53,6 +54,28 @@ test_that("pseudobulkDistances(): identical samples are at 0, the diagonal is 0,
   expect_equal(d[["A", "C"]], d[["B", "C"]])
   expect_error(pseudobulkDistances(x$counts, x$sample, n_genes = 1), "`n_genes` must be at least 2", class = "mrvi_error")
   expect_false(anyNA(pseudobulkDistances(x$counts, x$sample, n_genes = 1, metric = "euclidean")))
+  # one gene: its proportion is 1 in every pseudobulk, nothing varies; all 0, and said so
+  for (metric in c("correlation", "euclidean")) {
+    expect_warning(d <- pseudobulkDistances(x$counts[1, , drop = FALSE], x$sample, metric = metric),
+                   "no gene's log-CPM varies", class = "mrvi_warning")
+    expect_true(all(d == 0))
+  }
+})
+
+test_that("silhouetteScores() pairs labels named by cell with the embedding's rows by name", {
+  skip_if_not_installed("cluster")
+  x <- baseline_data()
+  set.seed(2)
+  e <- matrix(rnorm(240 * 2), 240, 2, dimnames = list(colnames(x$counts), NULL))
+  e[x$type == x$type[1], 1] <- e[x$type == x$type[1], 1] + 3
+  type <- stats::setNames(as.character(x$type), colnames(x$counts))
+  batch <- stats::setNames(rep(c("b1", "b2"), 120), colnames(x$counts))
+  want <- silhouetteScores(e, unname(type), batch = unname(batch))
+  expect_identical(silhouetteScores(e, rev(type), batch = rev(batch)), want)
+  expect_error(silhouetteScores(e, stats::setNames(type, paste0("other", 1:240))),
+               "`cell_type` is named, but its names are not the cells", class = "mrvi_error")
+  expect_error(silhouetteScores(e, as.list(type)), "`cell_type` must have one non-missing value per cell",
+               class = "mrvi_error")
 })
 
 test_that("compositionDistances() embeddings, treeDistance() leaves and silhouetteScores() batches are checked", {
