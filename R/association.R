@@ -166,9 +166,11 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
 # expression-space distances, the only ones with a unit of their own, else 0.
 resolve_min_effect <- function(min_effect, space, normalize, call) {
   if (is.null(min_effect)) return(if (space == "expression" && !isTRUE(normalize)) 0.5 else 0)
+  # (distances are single precision in Rust: a larger threshold overflowed there into NA p-values)
   if (!is.numeric(min_effect) || length(min_effect) != 1 || is.na(min_effect) || !is.finite(min_effect) ||
-      min_effect < 0) {
-    abort_arg("{.arg min_effect} must be one finite number >= 0 (or {.code NULL} for the default).", call = call)
+      min_effect < 0 || min_effect > 3.4e38) {
+    abort_arg("{.arg min_effect} must be one finite number >= 0 (at most 3.4e38, single precision's range; or {.code NULL} for the default).",
+              call = call)
   }
   as.numeric(min_effect)
 }
@@ -483,6 +485,10 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
                   "i" = "Give one value per fitted sample."), call = call)
     }
     values <- covariate[samples]
+  }
+  if (is.list(values)) {
+    abort_arg(c("{.arg covariate} is a list; the test needs one category per sample.",
+                "i" = "Give a factor, character or logical vector (e.g. {.code unlist(x)})."), call = call)
   }
   # an NA level (addNA()) is NA: those samples leave the test
   values <- without_na_level(values)

@@ -69,6 +69,27 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
                 "i" = "Give one row per sample (for example {.code attr(d, \"sample_table\")}); a sample with an unknown covariate value has {.code NA} in its row."),
               call = call)
   }
+  # each covariate holds categories, "" not among them (as in the tests of association)
+  for (cov in covariates) {
+    v <- sample_table[[cov]]
+    if (is.list(v) || !is.null(dim(v))) {
+      abort_arg(c("{.arg sample_table}'s column {.field {cov}} is not a vector of categories.",
+                  "i" = "Give a factor, character or logical column."), call = call)
+    }
+    if (any(as.character(v[rows %in% samples]) == "", na.rm = TRUE)) {
+      abort_arg(c("{.arg sample_table}'s column {.field {cov}} has an empty value ({.val {''}}).",
+                  "i" = "Name every category; a sample without a value has {.code NA}."), call = call)
+    }
+  }
+  # a sample's rows must agree (match() below takes the first)
+  kept <- sample_table[rows %in% samples, c(covariates), drop = FALSE]
+  kept_rows <- rows[rows %in% samples]
+  distinct <- !duplicated(cbind(data.frame(.sample = kept_rows), kept))
+  conflicting <- unique(kept_rows[distinct][duplicated(kept_rows[distinct])])
+  if (length(conflicting)) {
+    abort_arg(c("{.arg sample_table} has conflicting rows for sample{?s} {.val {conflicting}}.",
+                "i" = "Give one row per sample."), call = call)
+  }
   # the groups of the multi-group entries; without any, each entry is its own group
   groups <- unique(unlist(lapply(matrices, function(m) if (length(m) > 1) names(m))))
   out <- list()

@@ -421,6 +421,11 @@ de_design <- function(fit, covariates, call) {
                   "i" = "Convert it explicitly: {.code as.numeric()} for a trend, or {.code factor()} for categories."),
                 call = call)
     }
+    # "" is no category (as for sample, batch and labels): it became the design's unnamed reference
+    if ((is.character(v) || is.factor(v)) && any(as.character(v) == "")) {
+      abort_arg(c("{.arg covariates}: covariate {.field {j}} has an empty value for sample{?s} {.val {samples[as.character(v) == '']}}.",
+                  "i" = "Name every category."), call = call)
+    }
     if (is.numeric(v)) {
       if (any(is.infinite(v))) {
         abort_arg("{.arg covariates}: covariate {.field {j}} has an infinite value for sample{?s} {.val {samples[is.infinite(v)]}}.",

@@ -105,8 +105,15 @@ resolve_groups <- function(fit, groups, call) {
   # a vector named by cell is matched by name, as in mrvi() (names that are some
   # cells' but not each cell once are refused there too)
   groups <- match_cell_names(groups, "groups", rownames(fit@cell_data), call)
-  # an NA level (addNA()) is NA: those cells belong to no group
+  # an NA level (addNA()) is NA, and so is NaN (not a group named "NaN"): those
+  # cells belong to no group
   groups <- without_na_level(groups)
+  if (is.double(groups)) groups[is.nan(groups)] <- NA
+  empty <- which(as.character(groups) == "")
+  if (length(empty)) {
+    abort_arg(c("{.arg groups} has {length(empty)} empty value{?s} ({.val {''}}), e.g. cell{?s} {show_some(rownames(fit@cell_data)[empty], 3)}.",
+                "i" = "Name every group; cells in no group are {.code NA}."), call = call)
+  }
   groups <- droplevels(as.factor(groups))
   if (nlevels(groups) == 0) abort_arg("{.arg groups} has no non-NA value.", call = call)
   groups

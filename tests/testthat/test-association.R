@@ -338,7 +338,9 @@ test_that("association errors name the argument, and results go back to the obje
   expect_equal(S4Vectors::metadata(by_table)$covariate, "grp")
   expect_error(cellAssociation(fit, data.frame(sample = fit@samples, a = 1, b = 2)), "one covariate column")
   expect_error(cellAssociation(fit, "cov1", normalize = TRUE, mc_samples = 2), "`normalize`.*`mc_samples` >= 3")
-  for (bad in list(-1, NA_real_, Inf, c(1, 2), "1")) {
+  expect_error(cellAssociation(fit, as.list(stats::setNames(fit@sample_table$cov1, fit@samples))), "`covariate` is a list",
+               class = "mrvi_error")
+  for (bad in list(-1, NA_real_, Inf, c(1, 2), "1", 1e39)) {
     expect_error(cellAssociation(fit, "cov1", min_effect = bad), "`min_effect` must be one finite number >= 0")
   }
   expect_error(groupAssociation(fit, "cov1", permutations = 0), "`permutations`")

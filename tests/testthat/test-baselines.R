@@ -134,6 +134,15 @@ test_that("compareSampleDistances() scores match independent formulas", {
   dimnames(noise) <- dimnames(m)
   res <- compareSampleDistances(list(points = m, noise = noise), table, c("arm", "noise"))
   expect_equal(nrow(res), 4)
+  # a sample's rows agree (repeated ones are fine), and each value names a category
+  expect_identical(compareSampleDistances(list(points = m, noise = noise), rbind(table, table[2, ]), c("arm", "noise")), res)
+  expect_error(compareSampleDistances(list(points = m), rbind(transform(table[2, ], arm = "b"), table), "arm"),
+               "conflicting rows for sample \"s2\"", class = "mrvi_error")
+  expect_error(compareSampleDistances(list(points = m), transform(table, arm = replace(arm, 1, "")), "arm"),
+               "empty value", class = "mrvi_error")
+  listed <- table
+  listed$arm <- I(as.list(table$arm))
+  expect_error(compareSampleDistances(list(points = m), listed, "arm"), "not a vector of categories", class = "mrvi_error")
   one <- res[res$method == "points" & res$covariate == "arm", ]
   # PERMANOVA R^2 from the Gower-centred matrix and the design's hat matrix
   A <- -m^2 / 2

@@ -321,6 +321,8 @@ test_that("bad covariates get errors that name the fix", {
   expect_error(differentialExpression(fit, data.frame(sample = fit@samples, x = c(NA, 1:11))), "NA")
   expect_error(differentialExpression(fit, data.frame(sample = fit@samples, g = as.character(1:12))), "samples cannot")
   expect_error(differentialExpression(fit, data.frame(sample = fit@samples, x = 1:12, y = 2 * (1:12))), "collinear")
+  expect_error(differentialExpression(fit, data.frame(sample = fit@samples, g = rep(c("", "a", "b"), 4))),
+               "empty value", class = "mrvi_error")
   expect_error(differentialExpression(fit, "cov1", delta = -1), "delta")
   expect_error(differentialExpression(fit, "cov1", admissible = matrix(TRUE, 2, 2)), "admissible")
 })

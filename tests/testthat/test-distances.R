@@ -278,6 +278,12 @@ test_that("groups and admissibility masks named by cell are matched by name; par
   with_na <- addNA(factor(replace(unname(lab), 1:10, NA)))
   expect_equal(sampleDistances(fit, groups = with_na, mc_samples = 0, min_cells = 0),
                sampleDistances(fit, groups = replace(unname(lab), 1:10, NA), mc_samples = 0, min_cells = 0))
+  # NaN is missing too (not a group "NaN"); "" is no group's name
+  codes <- as.numeric(factor(lab))
+  expect_equal(sampleDistances(fit, groups = replace(codes, 1:10, NaN), mc_samples = 0, min_cells = 0),
+               sampleDistances(fit, groups = replace(codes, 1:10, NA), mc_samples = 0, min_cells = 0))
+  expect_error(sampleDistances(fit, groups = replace(unname(lab), 1:3, ""), mc_samples = 0),
+               "`groups` has 3 empty values", class = "mrvi_error")
   # a mask for the same cells in another order masks those cells, not the ones at its row positions
   idx <- c(10, 3, 250)
   mask <- admissibility(fit, cells = idx)$admissible
