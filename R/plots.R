@@ -115,6 +115,12 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
   check_required(call)
   if (inherits(d, "phylo")) {
     if (!requireNamespace("ape", quietly = TRUE)) abort_arg("Drawing an ape tree needs {.pkg ape}.", call = call)
+    # (ape's conversion to hclust failed unclassed on a tree without branch lengths)
+    if (is.null(attr(d, "hclust")) && is.null(d$edge.length) || is.null(support) && !is.numeric(d$node.label)) {
+      abort_arg(c("{.arg d} must be sample distances or a tree from {.fn sampleTreeSupport}.",
+                  "x" = "It is an ape tree {if (is.null(d$edge.length)) 'without branch lengths' else 'without numeric clade supports'}."),
+                call = call)
+    }
     support <- support %||% d
     # the clustering itself when sampleTreeSupport() kept it (ape's conversion
     # refuses trees whose heights are all 0)
@@ -305,7 +311,9 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
   if (!is.numeric(alpha) || length(alpha) != 1 || is.na(alpha) || alpha <= 0 || alpha >= 1) {
     abort_arg("{.arg alpha} must be one number in (0, 1).", call = call)
   }
+  axis_title <- NULL
   if (is.character(groups) && length(groups) == 1 && nrow(res) != 1) {
+    axis_title <- groups
     if (is.null(fit)) abort_arg("{.arg fit} is needed to read {.arg groups} = {.val {groups}}.", call = call)
     check_fit(fit, call)
     if (!groups %in% names(fit@cell_data)) {
@@ -320,13 +328,21 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
     groups <- fit@cell_data[rownames(res), groups]
   }
   groups <- association_groups(groups, rownames(res), call)
+  if (!any(!is.na(groups) & !is.na(res$q_value))) {
+    abort_arg(c("{.arg res} has no cell with both a q-value and a group: there is nothing to draw.",
+                "i" = if (nrow(res)) "Check {.arg groups}: every value is {.code NA}." else "{.arg res} has no rows."),
+              call = call)
+  }
   df <- stats::aggregate(list(fraction = res$q_value < alpha), list(group = as.factor(groups)),
                          mean, na.rm = TRUE)
+  # (bars of height 0 alone look like a figure that failed to draw)
+  subtitle <- if (all(df$fraction == 0, na.rm = TRUE)) sprintf("no cell has q < %g", alpha)
   ggplot2::ggplot(df, ggplot2::aes(x = group, y = fraction)) +
     ggplot2::geom_col(fill = "#7f0000") +
     ggplot2::scale_y_continuous(limits = c(0, 1)) +
-    ggplot2::labs(x = NULL, y = sprintf("fraction of cells with q < %g", alpha),
-                  title = paste("Sample distances follow", association_covariate(res) %||% "the covariate")) +
+    ggplot2::labs(x = axis_title, y = sprintf("fraction of cells with q < %g", alpha),
+                  title = paste("Sample distances follow", association_covariate(res) %||% "the covariate"),
+                  subtitle = subtitle) +
     ggplot2::theme_minimal() +
     ggplot2::theme(axis.text.x = ggplot2::element_text(angle = 45, hjust = 1))
 }

@@ -83,6 +83,21 @@ test_that("plotAssociation() draws the fraction of cells with q < alpha per grou
   named <- setNames(c(groups, "B cells", "NK"), c(paste0("c", 1:60), "c61", "c62"))[c(62:1)]
   expect_equal(plotAssociation(res, named, alpha = 0.3)$data, p$data)
   expect_error(plotAssociation(res, named[-5]), "does not name each row of `res` once.*c58", class = "mrvi_error")
+  # nothing to draw: a classed error; nothing flagged: said on the figure
+  expect_error(plotAssociation(res[0, ], character()), "nothing to draw", class = "mrvi_error")
+  expect_error(plotAssociation(res, rep(NA, 60)), "every value is `NA`", class = "mrvi_error")
+  expect_null(p$labels$subtitle)
+  expect_match(plotAssociation(res, groups, alpha = 1e-6)$labels$subtitle, "no cell has q < 1e-06")
+})
+
+test_that("an ape tree that is not sampleTreeSupport()'s is refused with a classed error", {
+  skip_if_not_installed("ape")
+  tree <- ape::read.tree(text = "((a,b),(c,d));")
+  expect_error(plotSampleTree(tree), "sampleTreeSupport.*without branch lengths", class = "mrvi_error")
+  expect_error(plotSampleTree(ape::compute.brlen(tree)), "without numeric clade supports", class = "mrvi_error")
+  tree <- ape::compute.brlen(tree)
+  tree$node.label <- c(1, 0.5, 0.75)
+  expect_s3_class(plotSampleTree(tree), "ggplot")
 })
 
 test_that("a flat tree (distances all 0, or normalised ones below 0.05) is warned about and still drawn", {
