@@ -224,7 +224,8 @@ new_cells_nuisance <- function(fit, data, batch, continuous, call) {
   }
   values <- data$nuisance$continuous
   if (!setequal(names(values), spec$continuous$name)) {
-    abort_arg(c("{.arg continuous_covariates} must have the fit's continuous covariates: {.val {spec$continuous$name}}.",
+    abort_arg(c(if (length(spec$continuous$name)) "{.arg continuous_covariates} must have the fit's continuous covariates: {.val {spec$continuous$name}}." else
+                  "{.arg continuous_covariates} must be {.code NULL}: the fit has no continuous covariates.",
                 "x" = if (length(values)) "It has {.val {names(values)}}." else "It has none."), call = call)
   }
   given <- given[factors]

@@ -464,6 +464,7 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
                     "{.arg covariate} = {.val {covariate}} varies within samples, so it is not a sample covariate." else
                     "{.arg covariate} = {.val {covariate}} is not a column of the sample table.",
                   "i" = if (length(covs)) "Sample covariates (one value per sample): {show_some(covs, 12)}; or give a vector named by sample." else
+                    if (is.null(table)) "There is no sample table (subsetting distances drops it: {.code attr(d, \"sample_table\")}); give a vector named by sample." else
                     "The sample table has no covariates (columns constant within each sample); give a vector named by sample."),
                 call = call)
     }

@@ -42,6 +42,10 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
     if (length(value) == 1) value <- rep(value, n)
     if (length(value) != n) abort_arg("{.arg {arg}} must be one value or one per cell ({n}).", call = call)
     codes <- match(as.character(value), levels)
+    # (a fit without a batch has one internal level, "batch1": not a name to offer)
+    if (anyNA(codes) && arg == "batch" && identical(levels, "batch1")) {
+      abort_arg("{.arg batch} must be {.code NULL}: the fit has no batch.", call = call)
+    }
     if (anyNA(codes)) {
       abort_arg(c("{.arg {arg}} has value{?s} the model was not fitted on: {.val {unique(value[is.na(codes)])}}.",
                   "i" = "Fitted: {show_some(levels)}."), call = call)

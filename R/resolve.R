@@ -18,6 +18,7 @@ resolve_cells <- function(fit, cells, call) {
 }
 
 cell_indices <- function(fit, cells, n, call) {
+  if (is.factor(cells)) cells <- as.character(cells)  # (names, as for samples)
   if (is.character(cells)) {
     idx <- match(cells, rownames(fit@u_mean))
     if (anyNA(idx)) {

@@ -185,3 +185,13 @@ test_that("mrviAddSamples() trains under the fit's seed by default", {
   expect_identical(add(n_threads = two@config$added[[1]]$n_threads)@weights, two@weights)
   expect_error(add(n_threads = 0), "`n_threads`", class = "mrvi_error")
 })
+
+test_that("continuous covariates for a fit without any are refused as such", {
+  f <- small_fit()
+  held <- f$sim$sample == f$fit@samples[1]
+  fit <- suppressMessages(mrvi(f$sim$counts[, !held], sample = droplevels(factor(f$sim$sample[!held])), max_epochs = 2,
+                               verbose = FALSE, n_threads = 1))
+  expect_error(mrviAddSamples(fit, f$sim$counts[, held], sample = paste0("new_", f$sim$sample[held]), max_epochs = 1,
+                              continuous_covariates = data.frame(a = seq_len(sum(held)))),
+               "must be `NULL`: the fit has no continuous covariates", class = "mrvi_error")
+})

@@ -225,6 +225,8 @@ test_that("group tests refuse distances that are not distances", {
   fit <- covariates_fit()$fit
   d <- sampleDistances(fit, groups = "cell_type", mc_samples = 0, space = "latent")
   y <- stats::setNames(fit@sample_table$cov1, fit@sample_table$sample)
+  # a subset array has lost its sample table: said so
+  expect_error(groupAssociation(d[12:1, 12:1, ], "cov1", permutations = 19), "no sample table", class = "mrvi_error")
   a <- fit@samples[1:2]
   bad <- list(infinite = Inf, negative = -5)
   for (what in names(bad)) {

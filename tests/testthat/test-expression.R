@@ -33,3 +33,12 @@ test_that("a fit's one batch covariate, given as a column, answers to the column
   expect_identical(counterfactualExpression(fit, 1:3, sample = 1, batch = list(site = "site2")),
                    counterfactualExpression(fit, 1:3, sample = 1, batch = "site2"))
 })
+
+test_that("a batch for a fit without one is refused as such, and cells may be a factor of names", {
+  fit <- small_fit()$fit
+  expect_error(counterfactualExpression(fit, 1:3, sample = fit@samples[1], batch = "plate2"),
+               "`batch` must be `NULL`: the fit has no batch", class = "mrvi_error")
+  cells <- rownames(fit@u_mean)[c(5, 2)]
+  expect_identical(counterfactualExpression(fit, factor(cells), sample = fit@samples[1]),
+                   counterfactualExpression(fit, cells, sample = fit@samples[1]))
+})
