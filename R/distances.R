@@ -76,7 +76,8 @@
 #'   `TRUE` (computed with [admissibility()] defaults, under this call's `seed`
 #'   and `BPPARAM`) or a logical matrix of
 #'   cells x samples (all fitted cells, or the `cells` asked for), as
-#'   `admissibility(fit)$admissible` (rows named by cell are matched to the
+#'   `admissibility(fit)$admissible` (or [admissibility()]'s result itself;
+#'   rows named by cell are matched to the
 #'   cells by name). A cell then contributes to
 #'   \eqn{D(C)[a, b]} only when both samples are admissible for it, and each
 #'   pair is the mean over the cells that contributed (`NA` if none); with
@@ -170,6 +171,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   excluded <- stats::setNames(vector("list", G), levels(group))
   for (g in seq_len(G)) {
     d <- matrix(res[[g]]$mean, S, S)
+    d[is.nan(d)] <- NA  # (a pair no admissible cell compared: a mean over no cells)
     res[g] <- list(NULL)
     diag(d) <- 0
     few <- per_group[g, ] < min_cells

@@ -124,6 +124,8 @@ resolve_groups <- function(fit, groups, call) {
 # analysis' own `seed` and `BPPARAM`) or a logical matrix over the cells `idx` x samples.
 resolve_admissible <- function(fit, admissible, idx, call, seed, BPPARAM) {
   if (is.null(admissible) || isFALSE(admissible)) return(NULL)
+  # admissibility()'s result as it came: its mask
+  if (is.list(admissible) && !is.data.frame(admissible) && is.matrix(admissible$admissible)) admissible <- admissible$admissible
   if (isTRUE(admissible)) return(admissibility(fit, cells = idx, seed = seed, BPPARAM = BPPARAM)$admissible)
   S <- length(fit@samples)
   if (!is.logical(admissible) || !is.matrix(admissible) || ncol(admissible) != S || nrow(admissible) != length(idx) ||

@@ -169,6 +169,14 @@ test_that("admissibility masks pairs in group means and per-cell matrices", {
   keep <- mask[cells[1], ]
   expect_equal(masked_cells[1, keep, keep], per_cell[1, keep, keep])
   expect_error(sampleDistances(fit, groups = grp, admissible = mask[1:3, ]), "admissible")
+  # a pair no cell compared is NA (a mean over no cells), never NaN
+  none <- sampleDistances(fit, groups = grp, mc_samples = 0, min_cells = 1, admissible = mask & FALSE)
+  expect_false(any(is.nan(none)))
+  expect_true(all(is.na(none[1, 2, ])))
+  # admissibility()'s result is taken as it came
+  a <- admissibility(fit, cells = cells[1:3])
+  expect_identical(sampleDistances(fit, cells = cells[1:3], mc_samples = 0, admissible = a),
+                   sampleDistances(fit, cells = cells[1:3], mc_samples = 0, admissible = a$admissible))
 })
 
 test_that("expression-space distances are Aitchison distances between profiles from counterfactualExpression()", {
