@@ -102,14 +102,26 @@
 #'   effects (see [sampleDistances()]): a covariate that follows the sites was
 #'   flagged with `min_effect = 0` in 3 of 7 simulated fits without any sample
 #'   effect (shifts of 0.12-0.15 log2), never with the default.
+#' @param block `NULL`, or a sample-table column name or a vector named by
+#'   sample giving each sample's block: samples that are not exchangeable
+#'   with the others under the null, such as the samples of one donor. A
+#'   covariate constant within every block (a donor's sex) is then permuted
+#'   with whole blocks; one that varies within blocks (the treatment in a
+#'   paired design) is permuted within each block. Without it, a donor-level
+#'   covariate of a study with several samples per donor is tested as if each
+#'   sample were a donor: the donor's own effect makes it look associated.
 #' @param verbose show a progress bar over blocks of cells
 #'   (`options(mrvi.task_cells)`, 20,000 by default), once the work takes more than 2 s.
-#' @return a `DataFrame`, one row per cell: `statistic` (KS), `effect`
+#' @return a `DataFrame`, one row per cell (a warning of class
+#'   `mrvi_coarse_permutations` when the relabelings cannot give a p-value
+#'   below 0.05, as with 6 samples in two categories of 3: 10 partitions):
+#'   `statistic` (KS), `effect`
 #'   (mean between- minus mean within-category distance), `z` (Mantel, of
 #'   \eqn{D'(n)}), `p_value`, `q_value`, `n_within`, `n_between` (pair counts);
 #'   row names are the cells; `metadata()` holds the covariate's name (a vector's: that of the variable passed, else "covariate") and
-#'   `min_effect`. `z` is `NA` with fewer than 4 samples with a value (Mantel's
-#'   moments need 4), and so is `p_value` unless `permutations` > 0; when no
+#'   `min_effect` (and `block`). `z` is `NA` with fewer than 4 samples with a value (Mantel's
+#'   moments need 4) or with `block` (its moments are those of free relabelings),
+#'   and so is `p_value` unless `permutations` > 0; when no
 #'   relabeling changes T (every distance the same, or one category) `z` is 0
 #'   and `p_value` 1 (no evidence); a cell with a non-finite distance gets `NA`
 #'   for both.
@@ -121,7 +133,7 @@
 #' @export
 cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_samples = 10,
                             permutations = 999, seed = fit@config$seed, BPPARAM = BiocParallel::SerialParam(),
-                            space = c("expression", "latent"), min_effect = NULL, verbose = TRUE) {
+                            space = c("expression", "latent"), min_effect = NULL, verbose = TRUE, block = NULL) {
   call <- sys.call()
   check_required(call)
   check_fit(fit, call)
@@ -135,30 +147,42 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
   min_effect <- resolve_min_effect(min_effect, space, normalize, call)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data,
                         label = covariate_label(substitute(covariate)))
+  blocks <- resolve_block(block, fit@sample_table, fit@samples, y, call)
+  if (!is.null(blocks) && permutations == 0) {
+    abort_arg(c("{.arg block} needs {.arg permutations} > 0.",
+                "i" = "Mantel's normal approximation (permutations = 0) holds for freely exchangeable samples only."), call = call)
+  }
+  taking_part <- !is.na(y)
+  n_relabelings <- exp(log_relabelings(y[taking_part], blocks[taking_part]))
+  if (permutations > 0 && n_relabelings <= 20) warn_coarse_relabelings(n_relabelings, blocks, call)
   # the relabelings (each sample's category under each)
   check_size(4 * sum(!is.na(y)) * (permutations + 1),
              sprintf("cellAssociation() with %d permutations", permutations), call,
              hint = "Ask for fewer {.arg permutations} (999 give p-values down to 0.001), or raise {.code options(mrvi.max_bytes = )}.")
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
-  block <- resolve_chunk_size(fit, NULL, call, mc_samples, normalize)
+  chunk <- resolve_chunk_size(fit, NULL, call, mc_samples, normalize)
+  block_codes <- if (is.null(blocks)) integer() else as.integer(blocks) - 1L
   tasks <- bp_split(idx)
   parts <- vector("list", length(tasks))
   bp_map(tasks, function(cells) {
     mrvi_cell_association(native_model(fit), fit@u_mean, fit@u_sd, nrow(fit@u_mean),
                           as.integer(fit@cell_data$sample) - 1L, cells - 1L,
-                          ifelse(is.na(y), -1L, as.integer(y) - 1L), mc_samples,
-                          normalize, seed, permutations, min_effect, block, space == "expression")
+                          ifelse(is.na(y), -1L, as.integer(y) - 1L), block_codes, mc_samples,
+                          normalize, seed, permutations, min_effect, chunk, space == "expression")
   }, BPPARAM = BPPARAM, each = function(v, i) parts[[i]] <<- v, progress = if (verbose) "Guided tests")
   res <- lapply(stats::setNames(nm = names(parts[[1]])), function(k) unlist(lapply(parts, `[[`, k)))
   # (too few samples with a value, or no permutations: undefined, documented as NA)
   for (k in c("z", "p_value")) res[[k]][is.nan(res[[k]])] <- NA
+  # (z's moments are those of free relabelings)
+  if (!is.null(blocks)) res$z[] <- NA_real_
   out <- S4Vectors::DataFrame(statistic = res$statistic, effect = res$effect, z = res$z, p_value = res$p_value,
                               q_value = stats::p.adjust(res$p_value, method = "BH"),
                               n_within = res$n_within, n_between = res$n_between,
                               row.names = rownames(fit@u_mean)[idx])
   S4Vectors::metadata(out)$covariate <- attr(y, "name")
   S4Vectors::metadata(out)$min_effect <- min_effect
+  if (!is.null(blocks)) S4Vectors::metadata(out)$block <- blocks
   out
 }
 
@@ -238,10 +262,15 @@ resolve_min_effect <- function(min_effect, space, normalize, call) {
 #'   allows, >= 0, in the distances' units; `NULL` (default): 0.5 log2 units
 #'   for raw expression-space distances, else 0 (so also for distances not made
 #'   by [sampleDistances()]).
-#' @return a `DataFrame`, one row per group: `n_samples`, `n_cells` (cells
+#' @param block as in [cellAssociation()]: the blocks of samples (a donor's
+#'   samples) that are not exchangeable; the relabelings respect them.
+#' @return a `DataFrame`, one row per group (warnings of class
+#'   `mrvi_coarse_permutations` for groups whose relabelings cannot give a
+#'   p-value below 0.05, and `mrvi_untested_groups` for groups left untested):
+#'   `n_samples`, `n_cells` (cells
 #'   whose statistics entered; `NA` on distances), `statistic`,
 #'   `p_value`, `q_value`, `permutations`; `metadata()` names the covariate and
-#'   the statistic (and `min_effect`).
+#'   the statistic (and `min_effect`, `block`).
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
@@ -251,7 +280,7 @@ resolve_min_effect <- function(min_effect, space, normalize, call) {
 groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = NULL,
                              statistic = c("effect", "ks", "pseudo_f"), normalize = FALSE, mc_samples = 10,
                              max_cells = 500, BPPARAM = BiocParallel::SerialParam(),
-                             space = c("expression", "latent"), min_effect = NULL, min_cells = 5) {
+                             space = c("expression", "latent"), min_effect = NULL, min_cells = 5, block = NULL) {
   call <- sys.call()
   check_required(call)
   space <- match_choice(space, c("expression", "latent"), "space", call)
@@ -293,9 +322,12 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     fit <- fit_or_distances
     y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data,
                           label = covariate_label(substitute(covariate)))
+    blocks <- resolve_block(block, fit@sample_table, fit@samples, y, call)
   } else {
-    y <- sample_covariate(covariate, attr(fit_or_distances, "sample_table"), dimnames(fit_or_distances)[[1]], call,
+    table <- attr(fit_or_distances, "sample_table")
+    y <- sample_covariate(covariate, table, dimnames(fit_or_distances)[[1]], call,
                           label = covariate_label(substitute(covariate)))
+    blocks <- resolve_block(block, table, dimnames(fit_or_distances)[[1]], y, call)
   }
   # the permutations' statistics (with "ks", the relabelings too)
   check_size(8 * (permutations + 1) * (1 + if (statistic == "ks") length(y) else 0),
@@ -314,7 +346,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     rows <- bp_map(levels(group), function(g) {
       cells <- which(group == g)
       enough <- tabulate(match(fit@cell_data$sample[cells], fit@samples), length(fit@samples)) >= min_cells
-      ks_group_test(fit, y, cells, enough, g, permutations, seed, normalize, mc_samples, max_cells, space, call)
+      ks_group_test(fit, y, blocks, cells, enough, g, permutations, seed, normalize, mc_samples, max_cells, space, call)
     }, BPPARAM = BPPARAM)
   } else {
     d <- if (is_fit) {
@@ -342,13 +374,21 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     n_cells <- attr(d, "n_cells")
     rows <- bp_map(tested, function(g) {
       # pseudo-F reads squared distances: squared once, not per permutation
-      row <- if (statistic == "effect") matrix_group_test(d[, , g], y, g, permutations, seed, effect_statistic, min_effect)
-             else matrix_group_test(d[, , g]^2, y, g, permutations, seed, pseudo_f)
+      row <- if (statistic == "effect") matrix_group_test(d[, , g], y, blocks, g, permutations, seed, effect_statistic, min_effect)
+             else matrix_group_test(d[, , g]^2, y, blocks, g, permutations, seed, pseudo_f)
       row$n_cells <- if (is_fit && !is.null(n_cells)) as.integer(n_cells[[g]]) else NA_integer_
       row
     }, BPPARAM = BPPARAM)
   }
   res <- do.call(rbind, rows)
+  coarse <- res$relabelings <= 20 & res$permutations > 0
+  warn_coarse_relabelings(stats::setNames(res$relabelings[coarse], res$group[coarse]), blocks, call)
+  untested <- res$group[is.na(res$statistic)]
+  if (length(untested)) {
+    cli::cli_warn(c("Group{?s} {.val {untested}} {?was/were} not tested: {?its/their} samples with a covariate value (and at least {.arg min_cells} cells) leave no two in one category, or one category only.",
+                    "i" = "Lower {.arg min_cells}, or group cells more coarsely."),
+                  class = c("mrvi_untested_groups", "mrvi_warning"), call = call)
+  }
   out <- S4Vectors::DataFrame(n_samples = res$n_samples, n_cells = res$n_cells, statistic = res$statistic,
                               p_value = res$p_value,
                               q_value = stats::p.adjust(res$p_value, method = "BH"),
@@ -356,6 +396,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   S4Vectors::metadata(out)$covariate <- attr(y, "name")
   S4Vectors::metadata(out)$statistic <- statistic
   if (statistic == "effect") S4Vectors::metadata(out)$min_effect <- min_effect
+  if (!is.null(blocks)) S4Vectors::metadata(out)$block <- blocks
   out
 }
 
@@ -368,21 +409,22 @@ permutation_p <- function(observed, permuted) {
 # or their squares): `stat(m, labels)` with `shift` taken off the pairs the
 # observed labels put in different categories, against `permutations`
 # relabelings of that matrix; the statistic reported is `stat` of `m` itself.
-matrix_group_test <- function(m, y, g, permutations, seed, stat, shift = 0) {
+matrix_group_test <- function(m, y, blocks, g, permutations, seed, stat, shift = 0) {
   keep <- !is.na(y) & !apply(is.na(m), 1, all)
   # NA pairs (no admissible cell compared them): their samples leave the test
   m <- drop_partial_samples(m[keep, keep, drop = FALSE])
   yy <- droplevels(y[keep][rownames(m)])
   if (nlevels(yy) < 2 || all(table(yy) < 2)) {
     return(data.frame(group = g, n_samples = length(yy), statistic = NA_real_, p_value = NA_real_,
-                      permutations = 0L))
+                      permutations = 0L, relabelings = NA_real_))
   }
+  bb <- blocks[names(yy)]
   fixed_rng(seed)
   tested <- m - shift * outer(yy, yy, "!=")
   observed <- stat(tested, yy)
-  perm <- vapply(seq_len(permutations), function(i) stat(tested, sample(yy)), numeric(1))
+  perm <- vapply(seq_len(permutations), function(i) stat(tested, relabel(yy, bb)), numeric(1))
   data.frame(group = g, n_samples = length(yy), statistic = stat(m, yy), p_value = permutation_p(observed, perm),
-             permutations = permutations)
+             permutations = permutations, relabelings = exp(log_relabelings(yy, bb)))
 }
 
 # The mean between-category minus the mean within-category distance (the group's
@@ -404,15 +446,16 @@ effect_statistic <- function(d, labels) {
 # One group's test on the mean per-cell KS statistic: D(n) of (a subset of) the
 # group's cells, one row of pair distances per cell, relabelled per permutation in
 # Rust, over the samples with a covariate value and `enough` cells in the group.
-ks_group_test <- function(fit, y, cells, enough, g, permutations, seed, normalize, mc_samples, max_cells, space, call) {
+ks_group_test <- function(fit, y, blocks, cells, enough, g, permutations, seed, normalize, mc_samples, max_cells, space, call) {
   fixed_rng(seed)
   if (length(cells) > max_cells) cells <- sort(cells[sample.int(length(cells), max_cells)])
   keep <- which(!is.na(y) & enough)
   yy <- droplevels(y[keep])
   if (nlevels(yy) < 2 || all(table(yy) < 2)) {
     return(data.frame(group = g, n_samples = length(keep), n_cells = length(cells), statistic = NA_real_,
-                      p_value = NA_real_, permutations = 0L))
+                      p_value = NA_real_, permutations = 0L, relabelings = NA_real_))
   }
+  bb <- blocks[names(yy)]
   S <- length(keep)
   pairs <- which(upper.tri(diag(S)), arr.ind = TRUE)
   check_size(8 * length(cells) * (length(fit@samples)^2 + nrow(pairs)), "groupAssociation(statistic = \"ks\")",
@@ -422,10 +465,11 @@ ks_group_test <- function(fit, y, cells, enough, g, permutations, seed, normaliz
   d <- d[, keep, keep, drop = FALSE]
   nc <- length(cells)
   values <- d[cbind(rep(seq_len(nc), nrow(pairs)), rep(pairs[, 1], each = nc), rep(pairs[, 2], each = nc))]
-  labels <- cbind(as.integer(yy), vapply(seq_len(permutations), function(i) as.integer(sample(yy)), integer(S)))
+  labels <- cbind(as.integer(yy), vapply(seq_len(permutations), function(i) as.integer(relabel(yy, bb)), integer(S)))
   stats <- mrvi_mean_ks_statistics(values, nc, pairs[, 1] - 1L, pairs[, 2] - 1L, labels, S)
   data.frame(group = g, n_samples = S, n_cells = nc, statistic = stats[1],
-             p_value = permutation_p(stats[1], stats[-1]), permutations = permutations)
+             p_value = permutation_p(stats[1], stats[-1]), permutations = permutations,
+             relabelings = exp(log_relabelings(yy, bb)))
 }
 
 # PERMANOVA pseudo-F of squared distances `d2` against a factor.

@@ -171,7 +171,9 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   excluded <- stats::setNames(vector("list", G), levels(group))
   for (g in seq_len(G)) {
     d <- matrix(res[[g]]$mean, S, S)
-    d[is.nan(d)] <- NA  # (a pair no admissible cell compared: a mean over no cells)
+    # a pair no admissible cell compared: a mean over no cells, NA (a NaN
+    # without a mask is damage, which the kernels carry through as NaN)
+    if (!is.null(mask)) d[is.nan(d)] <- NA
     res[g] <- list(NULL)
     diag(d) <- 0
     few <- per_group[g, ] < min_cells

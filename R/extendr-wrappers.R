@@ -37,8 +37,8 @@ mrvi_debug_panic <- function() rust(.Call(wrap__mrvi_debug_panic))
 
 #' Hand the CSC slots of a genes x cells dgCMatrix to Rust, which checks their
 #' structure (an error if broken) and scans the values in one pass: counts and
-#' first positions (1-based, into x) of non-finite, negative and fractional
-#' values, and the totals per cell and per gene.
+#' first positions (1-based, into x) of non-finite, negative, fractional and
+#' too large values, and the totals per cell and per gene.
 #' @noRd
 mrvi_csc_scan <- function(n_genes, n_cells, p, i, x) rust(.Call(wrap__mrvi_csc_scan, n_genes, n_cells, p, i, x))
 
@@ -62,7 +62,8 @@ mrvi_trainer_info <- function(h) rust(.Call(wrap__mrvi_trainer_info, h))
 #' Run one epoch; Ctrl-C is checked between minibatches. `read_blocks`: NULL
 #' for counts in memory, or for counts on disk an R function of the first and
 #' last cells (1-based) of consecutive ranges that returns their counts as one
-#' genes x cells dgCMatrix (NULL when it failed), and of the first and last
+#' genes x cells dgCMatrix or the files they were spooled to (NULL when it
+#' failed), and of the first and last
 #' cells of the ranges it will be asked for next (empty when not known).
 #' @noRd
 mrvi_trainer_epoch <- function(h, read_blocks) rust(.Call(wrap__mrvi_trainer_epoch, h, read_blocks))
@@ -77,7 +78,7 @@ mrvi_trainer_counts_on_disk <- function(h, library, gene_total) rust(.Call(wrap_
 mrvi_trainer_save <- function(h, path) rust(.Call(wrap__mrvi_trainer_save, h, path))
 
 #' Resume a new run from the checkpoint `path`: the epochs already done, the
-#' thread counts they ran with (empty: unknown) and this run's.
+#' thread counts and devices they ran with (empty: unknown) and this run's.
 #' @noRd
 mrvi_trainer_resume <- function(h, path) rust(.Call(wrap__mrvi_trainer_resume, h, path))
 
@@ -120,12 +121,14 @@ mrvi_z_from_u <- function(h, u, sample) rust(.Call(wrap__mrvi_z_from_u, h, u, sa
 #' @noRd
 mrvi_counterfactual_z <- function(h, u_mean, u_sd, n_cells, cells, samples, draw_index, seed) rust(.Call(wrap__mrvi_counterfactual_z, h, u_mean, u_sd, n_cells, cells, samples, draw_index, seed))
 
-#' Linear maps of the counterfactual z of `cells` (0-based) for posterior draws
-#' `draw_indices` (0-based; negative: the mean): `maps` r x S x K, `map_of_cell`
-#' 0-based; a list of `projections` ([cells, L, r, draws], with
-#' `want_projections`), `mean_z` ([cells, S, L], with `want_mean`) and `spread`
-#' ([cells, blocks, 2]), for blocks of `block_sizes` rows (0-based `block_rows`)
-#' with q x q `whitening` matrices per map and block.
+#' Linear maps of the counterfactual z of `cells` (0-based) for posterior
+#' draws `draw_indices` (0-based; negative: the mean): `maps` r x S x K
+#' (column-major), `map_of_cell` 0-based; a list of `projections` (an R array
+#' [cells, L, r, draws], with `want_projections`), `mean_z` ([cells, S, L], with
+#' `want_mean`) and `spread` ([cells, blocks, 2]: the trace and the sum of
+#' squares of each covariate effect's spread over the draws), with blocks of
+#' `block_sizes` rows (0-based `block_rows`, concatenated) and their q x q
+#' `whitening` matrices per map and block (no blocks: no spread).
 #' @noRd
 mrvi_projected_counterfactuals <- function(h, u_mean, u_sd, n_cells, cells, draw_indices, seed, maps, n_rows, map_of_cell, want_projections, want_mean, block_rows, block_sizes, whitening) rust(.Call(wrap__mrvi_projected_counterfactuals, h, u_mean, u_sd, n_cells, cells, draw_indices, seed, maps, n_rows, map_of_cell, want_projections, want_mean, block_rows, block_sizes, whitening))
 
@@ -157,10 +160,11 @@ mrvi_replicate_distances <- function(h, u_mean, u_sd, n_cells, own_sample, cells
 
 #' Per-cell tests of within- against between-category distances: the one-sided
 #' KS statistic, and Mantel's z and p-value (by `permutations` relabelings; 0:
-#' normal approximation). `category`: one code per sample (-1 = missing); `cells`:
+#' normal approximation), against an effect of at most `min_effect`. `category`: one code per sample (-1 = missing);
+#' `sample_block`: one block per sample, or none (see cell_association()); `cells`:
 #' 0-based.
 #' @noRd
-mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, min_effect, block, expression) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, mc_samples, normalize, seed, permutations, min_effect, block, expression))
+mrvi_cell_association <- function(h, u_mean, u_sd, n_cells, own_sample, cells, category, sample_block, mc_samples, normalize, seed, permutations, min_effect, block, expression) rust(.Call(wrap__mrvi_cell_association, h, u_mean, u_sd, n_cells, own_sample, cells, category, sample_block, mc_samples, normalize, seed, permutations, min_effect, block, expression))
 
 #' Mean per-cell KS statistics of within- against between-label pairs, for each
 #' labelling. `values`: cells x pairs (R matrix, column-major); `pair_a`,

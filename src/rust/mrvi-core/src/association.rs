@@ -42,7 +42,9 @@ pub struct CellTest {
 }
 
 /// Per-cell tests for `cells`. `category[s]` is sample s's covariate code (< 0:
-/// missing, the sample takes no part). `permutations` > 0: the p-value is
+/// missing, the sample takes no part); `block[s]` (empty: none) its block, the
+/// samples that are not exchangeable with others (see [Relabeling]).
+/// `permutations` > 0: the p-value is
 /// (1 + #{relabelings with a within-category sum at most the cell's}) / (1 +
 /// permutations), over relabelings drawn from `spec.seed` alone (so a cell's
 /// p-value does not depend on which other cells are tested); 0: Mantel's normal
@@ -52,13 +54,16 @@ pub struct CellTest {
 /// are shared out over the core's pool; `interrupted` is polled per block.
 #[allow(clippy::too_many_arguments)]
 pub fn cell_association(
-    model: &MrviModel, post: &Posterior, own_sample: &[i64], cells: &[usize], category: &[i64], spec: DistanceSpec,
-    permutations: usize, min_effect: f64, block: usize, interrupted: &mut dyn FnMut() -> bool,
+    model: &MrviModel, post: &Posterior, own_sample: &[i64], cells: &[usize], category: &[i64], sample_block: &[i64],
+    spec: DistanceSpec, permutations: usize, min_effect: f64, block: usize, interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<Vec<CellTest>> {
     let s = model.config.n_samples as usize;
     let l = model.config.n_latent as usize; // dimension of z
     if category.len() != s {
         crate::invalid!("the covariate has {} values for {s} samples", category.len());
+    }
+    if !sample_block.is_empty() && sample_block.len() != s {
+        crate::invalid!("the blocks have {} values for {s} samples", sample_block.len());
     }
     if !(min_effect >= 0.0 && min_effect.is_finite()) {
         crate::invalid!("the minimum effect must be finite and at least 0 (got {min_effect})");
@@ -70,8 +75,9 @@ pub fn cell_association(
     // the samples that take part, and their codes
     let members: Vec<usize> = (0..s).filter(|&a| category[a] >= 0).collect();
     let member_codes: Vec<i64> = members.iter().map(|&a| category[a]).collect();
+    let member_blocks: Vec<i64> = if sample_block.is_empty() { Vec::new() } else { members.iter().map(|&a| sample_block[a]).collect() };
     let m = members.len();
-    let labelings = if permutations > 0 { Some(relabelings(&member_codes, permutations, spec.seed)?) } else { None };
+    let labelings = if permutations > 0 { Some(relabelings(&member_codes, &member_blocks, permutations, spec.seed)?) } else { None };
     let (permuting, n_labelings) = (labelings.is_some(), permutations + 1);
     // with permutations each cell of a block keeps its m x m single-precision
     // distances for the relabelings: at most 2^23 floats (32 MB) per block, and
@@ -136,20 +142,80 @@ fn mean(x: &[f64]) -> f64 {
     x.iter().sum::<f64>() / x.len() as f64
 }
 
+/// How samples are relabelled under the null. Samples of one block (the
+/// donor of several samples) are not exchangeable with the others': a
+/// covariate constant within every block is moved with whole blocks (the
+/// block's samples keep one label), one that varies within blocks is shuffled
+/// within each block (a paired design); without blocks, freely.
+#[derive(Debug, PartialEq)]
+enum Relabeling {
+    Free,
+    /// the blocks' members (indices into the codes), in order of first sample
+    BetweenBlocks(Vec<Vec<usize>>),
+    WithinBlocks(Vec<Vec<usize>>),
+}
+
+impl Relabeling {
+    fn of(codes: &[i64], blocks: &[i64]) -> Self {
+        if blocks.is_empty() {
+            return Relabeling::Free;
+        }
+        let mut ids: Vec<i64> = Vec::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (a, b) in blocks.iter().enumerate() {
+            match ids.iter().position(|x| x == b) {
+                Some(k) => members[k].push(a),
+                None => {
+                    ids.push(*b);
+                    members.push(vec![a]);
+                }
+            }
+        }
+        if members.iter().all(|m| m.iter().all(|&a| codes[a] == codes[m[0]])) {
+            Relabeling::BetweenBlocks(members)
+        } else {
+            Relabeling::WithinBlocks(members)
+        }
+    }
+
+    /// Relabel `labels` (the current labeling, changed in place).
+    fn draw(&self, labels: &mut [i64], rng: &mut SplitMix64) {
+        match self {
+            Relabeling::Free => rng.shuffle(labels),
+            Relabeling::BetweenBlocks(members) => {
+                let mut per_block: Vec<i64> = members.iter().map(|m| labels[m[0]]).collect();
+                rng.shuffle(&mut per_block);
+                for (m, &y) in members.iter().zip(&per_block) {
+                    m.iter().for_each(|&a| labels[a] = y);
+                }
+            }
+            Relabeling::WithinBlocks(members) => {
+                for m in members {
+                    let mut part: Vec<i64> = m.iter().map(|&a| labels[a]).collect();
+                    rng.shuffle(&mut part);
+                    m.iter().zip(&part).for_each(|(&a, &y)| labels[a] = y);
+                }
+            }
+        }
+    }
+}
+
 /// The observed labeling and `permutations` random relabelings of the samples
-/// (drawn from `seed` alone), as each sample's category index under each:
-/// [labelings, m] (labeling 0: observed).
-fn relabelings(codes: &[i64], permutations: usize, seed: u64) -> Result<Vec<u32>> {
+/// (drawn from `seed` alone, as [Relabeling] allows for `blocks`, one per code
+/// or empty), as each sample's category index under each: [labelings, m]
+/// (labeling 0: observed).
+fn relabelings(codes: &[i64], blocks: &[i64], permutations: usize, seed: u64) -> Result<Vec<u32>> {
     let mut levels = codes.to_vec();
     levels.sort_unstable();
     levels.dedup();
     let m = codes.len();
+    let scheme = Relabeling::of(codes, blocks);
     let mut rng = SplitMix64::new(seed ^ 0x6d61_6e74_656c);
     let mut out = try_vec(m.saturating_mul(permutations + 1), 0u32, "the relabelings of the samples")?;
     let mut labels = codes.to_vec();
     for (b, row) in out.chunks_exact_mut(m.max(1)).enumerate() {
         if b > 0 {
-            rng.shuffle(&mut labels);
+            scheme.draw(&mut labels, &mut rng);
         }
         for (o, c) in row.iter_mut().zip(&labels) {
             *o = levels.binary_search(c).expect("a level") as u32;
@@ -310,7 +376,7 @@ mod tests {
                 let split = c % 2 == 0 && codes[a] != codes[b];
                 uniform(&mut rng) + if split { 1.5 } else { 0.0 }
             });
-            let labels = relabelings(&codes, permutations, 7).unwrap();
+            let labels = relabelings(&codes, &[], permutations, 7).unwrap();
             let p = permutation_p_values(&squares, m, &labels, permutations + 1);
             for (c, square) in squares.chunks_exact(m * m).enumerate() {
                 let within = |labeling: &[u32]| -> f64 {
@@ -328,12 +394,52 @@ mod tests {
         // a NaN distance gives no p-value, whichever pair it is in, on either path
         let (m, codes) = (6usize, [0i64, 0, 0, 1, 1, 1]);
         for permutations in [19usize, 150_000] {
-            let labels = relabelings(&codes, permutations, 1).unwrap();
+            let labels = relabelings(&codes, &[], permutations, 1).unwrap();
             for (a, b) in [(0usize, 1usize), (0, 5)] {
                 let mut squares = symmetric_squares(1, m, |_, x, y| (x + y) as f32);
                 (squares[a * m + b], squares[b * m + a]) = (f32::NAN, f32::NAN);
                 assert!(permutation_p_values(&squares, m, &labels, permutations + 1)[0].is_nan(), "NaN in pair ({a}, {b})");
             }
+        }
+    }
+
+    /// Blocks: a covariate constant within blocks moves with whole blocks, one
+    /// that varies within them is shuffled within each; every relabeling keeps
+    /// the categories' sizes, and the blocks' (or each block's) labels.
+    #[test]
+    fn relabelings_respect_blocks() {
+        let sorted = |mut v: Vec<u32>| {
+            v.sort_unstable();
+            v
+        };
+        // 4 donors of 2 samples each; a donor-level covariate (2 donors each)
+        let blocks = [0i64, 0, 1, 1, 2, 2, 3, 3];
+        let donor_level = [0i64, 0, 1, 1, 0, 0, 1, 1];
+        let labels = relabelings(&donor_level, &blocks, 200, 3).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for row in labels.chunks_exact(8) {
+            assert!((0..8).step_by(2).all(|a| row[a] == row[a + 1]), "a donor split: {row:?}");
+            assert_eq!(sorted(row.to_vec()), vec![0, 0, 0, 0, 1, 1, 1, 1]);
+            seen.insert(row.to_vec());
+        }
+        assert_eq!(seen.len(), 6, "4 donors, 2 per category: 6 labelings");
+        // a paired covariate (each donor one of each): shuffled within donors only
+        let paired = [0i64, 1, 0, 1, 1, 0, 0, 1];
+        let labels = relabelings(&paired, &blocks, 400, 3).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for row in labels.chunks_exact(8) {
+            assert!((0..8).step_by(2).all(|a| row[a] != row[a + 1]), "a donor with one category: {row:?}");
+            seen.insert(row.to_vec());
+        }
+        assert_eq!(seen.len(), 16, "4 pairs: 2^4 labelings");
+        // without blocks: the free shuffle, the same stream as before blocks existed
+        assert_eq!(Relabeling::of(&paired, &[]), Relabeling::Free);
+        let free = relabelings(&paired, &[], 50, 3).unwrap();
+        let mut rng = SplitMix64::new(3 ^ 0x6d61_6e74_656c);
+        let mut labels = paired.to_vec();
+        for row in free.chunks_exact(8).skip(1) {
+            rng.shuffle(&mut labels);
+            assert!(row.iter().zip(&labels).all(|(&r, &l)| r as i64 == l));
         }
     }
 
@@ -353,7 +459,7 @@ mod tests {
         let codes: Vec<i64> = (0..m as i64).map(|a| (a >= 4) as i64).collect();
         for permutations in [19_999usize, 99_999] {
             assert_eq!(28 * (permutations + 1) > INDICATOR_VALUES, permutations > 20_000);
-            let labels = relabelings(&codes, permutations, 5).unwrap();
+            let labels = relabelings(&codes, &[], permutations, 5).unwrap();
             let p = permutation_p_values(&squares, m, &labels, permutations + 1);
             let exact = 2.0 / 70.0;
             let se = (exact * (1.0 - exact) / permutations as f64).sqrt();

@@ -8,21 +8,23 @@ use mrvi_core::stats::{gram_moments, ks_greater, mean_ks_statistics};
 
 /// Per-cell tests of within- against between-category distances: the one-sided
 /// KS statistic, and Mantel's z and p-value (by `permutations` relabelings; 0:
-/// normal approximation), against an effect of at most `min_effect`. `category`: one code per sample (-1 = missing); `cells`:
+/// normal approximation), against an effect of at most `min_effect`. `category`: one code per sample (-1 = missing);
+/// `sample_block`: one block per sample, or none (see cell_association()); `cells`:
 /// 0-based.
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
 fn mrvi_cell_association(
     h: Robj, u_mean: &[f64], u_sd: &[f64], n_cells: i32, own_sample: &[i32], cells: &[i32],
-    category: &[i32], mc_samples: i32, normalize: bool, seed: f64, permutations: i32, min_effect: f64, block: i32,
-    expression: bool,
+    category: &[i32], sample_block: &[i32], mc_samples: i32, normalize: bool, seed: f64, permutations: i32, min_effect: f64,
+    block: i32, expression: bool,
 ) -> RResult<List> {
     let category: Vec<i64> = category.iter().map(|&c| c as i64).collect();
+    let sample_block: Vec<i64> = sample_block.iter().map(|&b| b as i64).collect();
     let cells = indices(cells, "cell")?;
     let spec = distance_spec(mc_samples, normalize, seed, expression);
     let res = with_cells(&h, u_mean, u_sd, n_cells, own_sample, |model, post, own| {
-        cell_association(model, post, own, &cells, &category, spec, permutations.max(0) as usize, min_effect, block.max(1) as usize, &mut interrupt_pending)
+        cell_association(model, post, own, &cells, &category, &sample_block, spec, permutations.max(0) as usize, min_effect, block.max(1) as usize, &mut interrupt_pending)
             .map_err(rerr)
     })?;
     Ok(list!(

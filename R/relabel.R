@@ -1,0 +1,91 @@
+# The permutation designs of the guided tests (cellAssociation(),
+# groupAssociation()). A permutation p-value is valid when the samples are
+# exchangeable under the null. Samples of one block (a donor who gave several
+# samples, a patient before and after treatment) are not exchangeable with the
+# others': they share the block's effect. So with `block`, a covariate constant
+# within every block (the donor's sex) is moved with whole blocks, and one that
+# varies within blocks (the treatment of a paired design) is shuffled within
+# each block; without it, freely. The per-cell tests draw the same designs in
+# Rust (`Relabeling` in association.rs).
+
+# `block` as a factor over `samples` (NULL: none): a column of the sample table
+# or a vector named by sample; every sample with a covariate value needs one.
+resolve_block <- function(block, table, samples, y, call) {
+  if (is.null(block)) return(NULL)
+  if (is.character(block) && length(block) == 1 && length(samples) != 1) {
+    if (is.null(table) || !block %in% names(table)) {
+      abort_arg(c("{.arg block} = {.val {block}} is not a column of the sample table.",
+                  "i" = "Give a sample-table column (the donor of each sample, say) or a vector named by sample."),
+                call = call)
+    }
+    values <- table[[block]][match(samples, as.character(table$sample %||% rownames(table)))]
+  } else {
+    if (!is.atomic(block) || is.null(names(block)) || !all(samples %in% names(block))) {
+      abort_arg(c("{.arg block} must be a sample-table column name or a vector named by sample.",
+                  "i" = "Names needed: {show_some(samples)}."), call = call)
+    }
+    values <- block[samples]
+  }
+  if (is.list(values)) abort_arg("{.arg block} must hold one value per sample, not a list.", call = call)
+  missing <- samples[is.na(values) & !is.na(y[samples])]
+  if (length(missing)) {
+    abort_arg(c("{.arg block} has no value for sample{?s} {.val {missing}}.",
+                "i" = "Give every sample its block (a sample alone in its block is one of its own)."), call = call)
+  }
+  stats::setNames(factor(values), samples)
+}
+
+# One relabeling of `y` (a factor over samples) under `block` (a factor over
+# the same samples, or NULL), with R's generator.
+relabel <- function(y, block) {
+  if (is.null(block)) return(sample(y))
+  b <- droplevels(block)
+  if (within_blocks(y, b)) {
+    for (members in split(seq_along(y), b)) y[members] <- y[members][sample.int(length(members))]
+    return(y)
+  }
+  first <- match(levels(b), b)
+  y[] <- y[first][sample.int(length(first))][as.integer(b)]
+  y
+}
+
+# Whether `y` varies within some block (then it is shuffled within blocks).
+within_blocks <- function(y, block) {
+  any(tapply(as.integer(y), block, function(v) length(unique(v)) > 1))
+}
+
+# The number of different partitions of the samples into y's categories that
+# the relabelings reach (log): a permutation p-value can be no smaller than one
+# over it. Category names do not count (the statistics see the partition).
+log_relabelings <- function(y, block) {
+  y <- droplevels(y)
+  # log of n! / prod(counts!) over categories, less the renamings of categories
+  # that leave every count the same
+  arrangements <- function(counts) lgamma(sum(counts) + 1) - sum(lgamma(counts + 1))
+  renamings <- function(profiles) sum(lgamma(table(profiles) + 1))
+  if (is.null(block)) return(arrangements(tabulate(y)) - renamings(tabulate(y)))
+  b <- droplevels(block)
+  counts <- table(b, y)  # blocks x categories
+  if (within_blocks(y, b)) {
+    profiles <- apply(counts, 2, paste, collapse = ",")
+    return(sum(apply(counts, 1, arrangements)) - renamings(profiles))
+  }
+  # whole blocks move: the partitions are those of the blocks
+  per_category <- colSums(counts > 0)
+  arrangements(per_category) - renamings(per_category)
+}
+
+# Tests whose relabelings cannot reach p < 0.05 are no tests: said, with the
+# count. `counts`: the number of different relabelings of each such test,
+# named by group (unnamed: the per-cell tests' one).
+warn_coarse_relabelings <- function(counts, block, call) {
+  if (!length(counts)) return(invisible())
+  under <- if (is.null(block)) "" else " under {.arg block}"
+  most <- round(max(counts))
+  groups <- names(counts)
+  what <- if (is.null(groups)) "The covariate's samples have only {most} different relabeling{?s}" else
+    "In {cli::qty(length(groups))}group{?s} {.val {groups}} the covariate's samples have at most {most} different relabeling{cli::qty(most)}{?s}"
+  cli::cli_warn(c(paste0(what, under, ": no p-value can fall below 0.05, whatever the effect."),
+                  "i" = "A permutation test needs more samples (or more blocks); the {.field effect} does not depend on them."),
+                class = c("mrvi_coarse_permutations", "mrvi_warning"), call = call)
+}
