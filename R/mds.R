@@ -43,7 +43,14 @@ plotSampleMDS <- function(distances, group = NULL, annotation = NULL) {
     ggplot2::geom_text(size = 3, vjust = -0.8, show.legend = FALSE)
   }
   column <- is.character(annotation) && length(annotation) == 1 && is.null(names(annotation))
+  # categories in the colours of the heatmap's and tree's first annotation track
+  colours <- if (!is.null(annotation) && !is.numeric(points$value)) {
+    coded <- annotation_colours(points$value, 1)
+    points$value <- factor(coded$label, names(coded$palette))
+    ggplot2::scale_colour_manual(values = coded$palette, drop = FALSE)
+  }
   ggplot2::ggplot(points, aes) +
+    colours +
     ggplot2::geom_point(size = 2.5) +
     labels +
     ggplot2::labs(x = sprintf("MDS 1 (%.0f%%)", 100 * share[1]), y = sprintf("MDS 2 (%.0f%%)", 100 * share[2]),
@@ -83,6 +90,10 @@ mds_annotation <- function(distances, annotation, samples, call) {
                   "i" = "Give a vector named by sample instead."), call = call)
     }
     return(table[[annotation]][match(samples, rows)])
+  }
+  if (is.character(annotation) && length(annotation) > 1 && is.null(names(annotation))) {
+    abort_arg(c("{.arg annotation} must hold one covariate for an MDS map (its colours); it names {length(annotation)}: {.val {annotation}}.",
+                "i" = "Give one column name (the heatmap and tree take several)."), call = call)
   }
   if (is.null(names(annotation)) || !all(samples %in% names(annotation))) {
     abort_arg("{.arg annotation} must be a sample-table column name or a vector named by sample ({show_some(samples)}).",

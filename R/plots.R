@@ -231,7 +231,8 @@ annotation_table <- function(d, m, annotation, ord, call) {
 # Track k takes the k-th palette of each kind (recycled; the qualitative ones
 # alternate dark and light), so that neighbouring tracks differ.
 annotation_colours <- function(v, k) {
-  qualitative <- c("Dark 3", "Pastel 1", "Set 2", "Set 3", "Harmonic", "Dynamic")
+  # (no pastel palette: its colours looked like paler copies of the first track's)
+  qualitative <- c("Dark 3", "Set 2", "Harmonic", "Dynamic", "Set 3", "Warm")
   sequential <- c("Blues 3", "Greens 3", "Purples 3", "Oranges", "Reds 3", "Grays")
   numeric <- is.numeric(v) && !all(is.na(v))
   values <- if (numeric && length(unique(v[!is.na(v)])) > 5) {
@@ -242,6 +243,10 @@ annotation_colours <- function(v, k) {
   colours <- if (numeric) {
     # (the palette's lightest end left out: it vanishes on white)
     rev(grDevices::hcl.colors(nlevels(values) + 1, sequential[(k - 1) %% 6 + 1]))[-1]
+  } else if (k > 1 && nlevels(values) == 2) {
+    # a later track of two categories (a condition, a sex) in black and grey: no
+    # hue to mistake for one of the first track's (missing values are lighter)
+    c("grey10", "grey55")
   } else {
     grDevices::hcl.colors(max(nlevels(values), 1), qualitative[(k - 1) %% 6 + 1])[seq_len(nlevels(values))]
   }

@@ -136,4 +136,18 @@ test_that("annotation tracks have colours of their own, numbers binned in order,
   expect_identical(names(v$palette), c("[0,20]", "(20,40]", "(40,60]", "(60,80]", "(80,100]", "NA"))
   expect_identical(v$label[7], "NA")
   expect_identical(unname(v$palette["NA"]), "grey80")
+  # a later two-category track in black and grey; more categories in a palette of their own
+  expect_identical(unname(mrvi:::annotation_colours(c("ctrl", "drug"), 2)$palette), c("grey10", "grey55"))
+  first <- mrvi:::annotation_colours(letters[1:4], 1)$palette
+  expect_length(intersect(first, mrvi:::annotation_colours(letters[1:4], 2)$palette), 0)
+})
+
+test_that("plotSampleMDS() colours categories as the heatmap's first track, and takes one annotation", {
+  d <- array(as.matrix(dist(1:5)), c(5, 5, 1), dimnames = list(paste0("s", 1:5), paste0("s", 1:5), "g"))
+  attr(d, "sample_table") <- data.frame(sample = paste0("s", 1:5), arm = c("a", "a", "b", "b", "c"),
+                                        site = c("x", "y", "x", "y", "x"))
+  p <- plotSampleMDS(d, annotation = "arm")
+  built <- ggplot2::ggplot_build(p)$data[[1]]
+  expect_identical(built$colour, unname(mrvi:::annotation_colours(c("a", "a", "b", "b", "c"), 1)$palette[c(1, 1, 2, 2, 3)]))
+  expect_error(plotSampleMDS(d, annotation = c("arm", "site")), "one covariate for an MDS map", class = "mrvi_error")
 })
