@@ -273,19 +273,28 @@ block_reader <- function(disk) {
   }, failure = function() failure, close = blocks$close)
 }
 
-# The posterior of u of all cells of `data`, encoded block by block (the next
-# block read while this one is encoded) into matrices allocated once (at 2 M
-# cells each is 160 MB).
-encode_on_disk <- function(model, data, call = NULL) {
-  blocks <- disk_blocks(data$disk, disk_block_cells(data$counts))
-  reader <- block_prefetcher(data$disk)
-  on.exit(reader$close())
+# The posterior of u of all cells of `data`, encoded block by block into
+# matrices allocated once (at 2 M cells each is 160 MB); on disk the next block
+# is read while this one is encoded. Counts in memory go through the same
+# blocks: libtorch's results for a cell depend in their last bits on the cells
+# encoded with it, and a fit from disk and one from memory must be the same.
+encode_blocks <- function(model, data, call = NULL) {
+  counts <- data$counts
+  on_disk <- !is.null(data$disk)
+  blocks <- if (on_disk) disk_blocks(data$disk, disk_block_cells(counts)) else
+    disk_blocks(list(cells = seq_len(ncol(counts))), disk_block_cells(counts))
+  if (on_disk) {
+    reader <- block_prefetcher(data$disk)
+    on.exit(reader$close())
+  }
   codes <- as.integer(data$sample) - 1L
   mean <- sd <- NULL
   for (k in seq_along(blocks$first)) {
     j <- blocks$first[k]:blocks$last[k]
     after <- if (k < length(blocks$first)) k + 1L else integer()
-    block <- read_from_disk(reader$get(blocks$first[k], blocks$last[k], blocks$first[after], blocks$last[after]), call)
+    block <- if (on_disk) {
+      read_from_disk(reader$get(blocks$first[k], blocks$last[k], blocks$first[after], blocks$last[after]), call)
+    } else counts[, j, drop = FALSE]
     p <- mrvi_encode(model, nrow(block), ncol(block), block@p, block@i, block@x, codes[j])
     if (is.null(mean)) mean <- sd <- matrix(NA_real_, length(codes), length(p$mean) / length(j))
     mean[j, ] <- p$mean
