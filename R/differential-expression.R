@@ -129,7 +129,10 @@
 #'   and one column per covariate. Each covariate once, numeric or categorical
 #'   (character, factor, logical); convert others, such as dates, explicitly.
 #'   One covariate may also be a vector named by sample (as for
-#'   [cellAssociation()]); it is then called `covariate`.
+#'   [cellAssociation()]); it is then called `covariate`. When samples come in
+#'   blocks (several samples per donor, a paired design), put the block in the
+#'   design too (`c("donor", "treatment")`): the treatment's effect is then
+#'   estimated within donors, as `block` does for [cellAssociation()].
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param mc_samples posterior draws of u (see Details); 0 uses the posterior
 #'   mean only. Draws whose working memory would pass
