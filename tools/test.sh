@@ -17,8 +17,10 @@ status=0
 summary=$(mktemp)
 echo "== cargo test (Rust core) =="
 # Tests that seed libtorch's global random generator take a lock (tests/common), so they run in parallel.
-LD_LIBRARY_PATH="$LIBTORCH/lib" cargo test --release -p mrvi-core \
-  --manifest-path src/rust/Cargo.toml --target-dir src/rust/target || status=1
+# (--no-fail-fast: a failing test binary does not hide the ones after it)
+cargo_line="cargo test: ok"
+LD_LIBRARY_PATH="$LIBTORCH/lib" cargo test --release --no-fail-fast -p mrvi-core \
+  --manifest-path src/rust/Cargo.toml --target-dir src/rust/target || { status=1; cargo_line="cargo test: FAILED (see above)"; }
 echo "== testthat (R package) =="
 R_LIBS="$PWD/.Rlib" Rscript -e '
   suppressMessages(library(testthat)); library(mrvi)
@@ -31,7 +33,8 @@ R_LIBS="$PWD/.Rlib" Rscript -e '
   quit(status = if (failed > 0) 1 else 0)' "$summary" || status=1
 echo "== R CMD build + R CMD check =="
 bash tools/check.sh || status=1
-# the testthat tally again, as the closing line
+# both tallies again, as the closing lines
+echo "$cargo_line"
 cat "$summary"
 rm -f "$summary"
 exit $status
