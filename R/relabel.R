@@ -54,6 +54,26 @@ within_blocks <- function(y, block) {
   any(tapply(as.integer(y), block, function(v) length(unique(v)) > 1))
 }
 
+# How `y` is relabelled under `block` (recorded in the results' metadata). A
+# covariate that varies within some blocks but not others is shuffled within
+# blocks, so the blocks where it is constant never change: said, as it may be
+# a donor-level covariate with one discordant sample.
+relabeling_scheme <- function(y, block, call) {
+  if (is.null(block)) return("free")
+  keep <- !is.na(y)
+  y <- droplevels(y[keep])
+  b <- droplevels(block[keep])
+  varies <- tapply(as.integer(y), b, function(v) length(unique(v)) > 1)
+  if (!any(varies)) return("whole blocks")
+  fixed <- names(varies)[!varies & tabulate(b, nlevels(b)) > 1]
+  if (length(fixed)) {
+    inform(c("i" = "The covariate varies within {sum(varies)} block{?s} and is constant within {length(fixed)} other{?s} of several samples ({show_some(fixed, 3)}): it is relabelled within blocks, and those blocks' samples keep their categories.",
+             "i" = "For a block-level covariate, give each block one value."),
+           class = "mrvi_partial_blocks")
+  }
+  "within blocks"
+}
+
 # The number of different partitions of the samples into y's categories that
 # the relabelings reach (log): a permutation p-value can be no smaller than one
 # over it. Category names do not count (the statistics see the partition).
@@ -85,7 +105,7 @@ warn_coarse_relabelings <- function(counts, block, call) {
   groups <- names(counts)
   what <- if (is.null(groups)) "The covariate's samples have only {most} different relabeling{?s}" else
     "In {cli::qty(length(groups))}group{?s} {.val {groups}} the covariate's samples have at most {most} different relabeling{cli::qty(most)}{?s}"
-  cli::cli_warn(c(paste0(what, under, ": no p-value can fall below 0.05, whatever the effect."),
+  cli::cli_warn(c(paste0(what, under, ": the exact permutation p-value is at least 1/{most}, whatever the effect; random relabelings give values below it by chance only."),
                   "i" = "A permutation test needs more samples (or more blocks); the {.field effect} does not depend on them."),
                 class = c("mrvi_coarse_permutations", "mrvi_warning"), call = call)
 }

@@ -135,9 +135,33 @@ test_that("per-cell tests relabel within or between blocks: p-values as an enume
       m <- d[k, , ]
       t0 <- within_sum(m, as.character(y))
       exact <- mean(vapply(labelings, function(l) within_sum(m, l) <= t0 + 1e-9 * sum(m), logical(1)))
-      expect_equal(res$p_value[k], exact, tolerance = 0.03, info = paste(nm, k))
+      # (Monte Carlo over 4,999 relabelings: standard error at most 0.007)
+      expect_lt(abs(res$p_value[k] - exact), 0.03, label = paste(nm, k))
     }
     expect_true(all(is.na(res$z)))
+  }
+  # whole blocks of unequal sizes: the categories' sizes change between relabelings,
+  # and the statistic is the mean between- minus mean within-category distance
+  unequal <- stats::setNames(c(rep("A", 4), rep("B", 4), "C", "D", "E", "F"), s)
+  y <- factor(stats::setNames(c(rep("a", 4), rep("b", 4), "a", "b", "a", "b"), s))
+  names(y) <- s
+  res <- NULL
+  expect_warning(res <- cellAssociation(fit, y, cells = cells, mc_samples = 0, space = "latent", min_effect = 0,
+                                        permutations = 4999, block = unequal, verbose = FALSE),
+                 class = "mrvi_coarse_permutations")
+  expect_identical(S4Vectors::metadata(res)$relabeling, "whole blocks")
+  blocks <- c("A", "B", "C", "D", "E", "F")
+  combos <- utils::combn(6, 3)
+  labelings <- lapply(seq_len(ncol(combos)), function(k) ifelse(blocks %in% blocks[combos[, k]], "a", "b")[match(unequal, blocks)])
+  effect <- function(m, labels) {
+    same <- outer(labels, labels, "==")[upper.tri(m)]
+    mean(m[upper.tri(m)][!same]) - mean(m[upper.tri(m)][same])
+  }
+  for (k in seq_along(cells)) {
+    m <- d[k, , ]
+    e0 <- effect(m, as.character(y))
+    exact <- mean(vapply(labelings, function(l) effect(m, l) >= e0 - 1e-9 * sum(m), logical(1)))
+    expect_lt(abs(res$p_value[k] - exact), 0.03, label = paste("unequal blocks", k))
   }
   expect_error(cellAssociation(fit, designs$paired, block = block, permutations = 0), "`block` needs `permutations` > 0",
                class = "mrvi_error")
@@ -145,12 +169,21 @@ test_that("per-cell tests relabel within or between blocks: p-values as an enume
                class = "mrvi_error")
 })
 
+test_that("a covariate constant within some blocks only is relabelled within blocks, and said so", {
+  x <- donor_distances(4)
+  y <- x$condition
+  y[c("s1", "s2")] <- "ctrl"  # donor d1 has one category
+  expect_message(res <- groupAssociation(x$d, y, permutations = 19, block = x$donor), "constant within 1 other",
+                 class = "mrvi_partial_blocks")
+  expect_identical(S4Vectors::metadata(res)$relabeling, "within blocks")
+})
+
 test_that("tests whose relabelings cannot reach p < 0.05 are warned about, and untested groups are named", {
   x <- donor_distances(3, donors = 3)
   keep <- paste0("s", 1:6)
   d <- x$d[keep, keep, , drop = FALSE]
   y <- stats::setNames(c("a", "a", "a", "b", "b", "b"), keep)
-  expect_warning(res <- groupAssociation(d, y, permutations = 99), "at most 10 different relabelings",
+  expect_warning(res <- groupAssociation(d, y, permutations = 99), "at most 10 different relabelings.*at least 1/10",
                  class = "mrvi_coarse_permutations")
   expect_gte(res$p_value, 0.05)
   one_each <- stats::setNames(c("a", "a", "b", "c", "d", "e"), keep)

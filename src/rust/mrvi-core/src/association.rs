@@ -239,23 +239,63 @@ const INDICATOR_VALUES: usize = 1 << 21;
 /// labelings' same-category indicators [pairs, labelings] where these fit in
 /// [INDICATOR_VALUES] (m^2 / 2 multiply-adds per labeling, any number of
 /// categories alike), else as quadratic forms ([quadratic_sums]).
+/// Where the relabelings change the categories' sizes (whole blocks of unequal
+/// sizes moved, [Relabeling]), T_b would follow the number of within-category
+/// pairs rather than the distances: the statistic is then the mean between-
+/// minus the mean within-category distance, E_b = (S - T_b) / (P - W_b) - T_b /
+/// W_b (S: the sum over all P pairs, W_b: the pairs within categories), with
+/// p = (1 + #{b > 0: E_b >= E_0}) / (1 + B); for fixed sizes E_b falls as T_b
+/// grows, and the two rules count the same relabelings.
 fn permutation_p_values(squares: &[f32], m: usize, labels: &[u32], n_labelings: usize) -> Vec<f64> {
     let pairs = m * m.saturating_sub(1) / 2;
-    // the size of every T_b's terms, for the tolerance
-    let scale: Vec<f64> = squares.chunks_exact((m * m).max(1)).map(|sq| upper_triangle(sq, m).map(f64::abs).sum()).collect();
+    // the size of every T_b's terms, for the tolerance, and the sum over all pairs
+    let (scale, total): (Vec<f64>, Vec<f64>) = squares
+        .chunks_exact((m * m).max(1))
+        .map(|sq| upper_triangle(sq, m).fold((0.0, 0.0), |(a, t), v| (a + v.abs(), t + v)))
+        .unzip();
+    let within = within_pairs(labels, m, n_labelings);
+    let sizes_vary = within.iter().any(|&w| w != within[0]);
     let sums = if pairs * n_labelings <= INDICATOR_VALUES { pair_sums(squares, m, labels, n_labelings) } else { quadratic_sums(squares, m, labels, n_labelings) };
     sums.chunks_exact(n_labelings)
-        .zip(scale)
-        .map(|(t, scale)| {
-            // as small as the observed sum, up to rounding: 1e-9 of sum |D| is far
-            // above double precision's error and far below the single-precision
-            // distances' own
-            let bound = t[0] + 1e-9 * scale;
-            let as_small = t[1..].iter().filter(|&&v| v <= bound).count();
+        .zip(scale.iter().zip(&total))
+        .map(|(t, (&scale, &total))| {
             // NaN distances give no p-value (never a small one), whether or not
             // the products carry them into a sum
-            let finite = scale.is_finite() && t.iter().all(|v| v.is_finite());
-            if finite { (1 + as_small) as f64 / n_labelings as f64 } else { f64::NAN }
+            if !(scale.is_finite() && t.iter().all(|v| v.is_finite())) {
+                return f64::NAN;
+            }
+            // as extreme as the observed statistic, up to rounding: 1e-9 of sum |D|
+            // is far above double precision's error and far below the
+            // single-precision distances' own
+            let as_extreme = if sizes_vary {
+                let effect = |b: usize| {
+                    let (w, between) = (within[b] as f64, (pairs - within[b]) as f64);
+                    // (a labeling without pairs on one side has no effect to compare: counted, conservatively)
+                    if w == 0.0 || between == 0.0 { f64::INFINITY } else { (total - t[b]) / between - t[b] / w }
+                };
+                let bound = effect(0) - 1e-9 * scale;
+                (1..n_labelings).filter(|&b| effect(b) >= bound).count()
+            } else {
+                let bound = t[0] + 1e-9 * scale;
+                t[1..].iter().filter(|&&v| v <= bound).count()
+            };
+            (1 + as_extreme) as f64 / n_labelings as f64
+        })
+        .collect()
+}
+
+/// The number of pairs of samples within one category under each labeling
+/// (`labels`: [labelings, m] category indices).
+fn within_pairs(labels: &[u32], m: usize, n_labelings: usize) -> Vec<usize> {
+    let categories = labels.iter().max().map_or(0, |&c| c as usize + 1);
+    let mut counts = vec![0usize; categories];
+    labels
+        .chunks_exact(m.max(1))
+        .take(n_labelings)
+        .map(|row| {
+            counts.iter_mut().for_each(|c| *c = 0);
+            row.iter().for_each(|&c| counts[c as usize] += 1);
+            counts.iter().map(|&c| c * c.saturating_sub(1) / 2).sum()
         })
         .collect()
 }
@@ -440,6 +480,38 @@ mod tests {
         for row in free.chunks_exact(8).skip(1) {
             rng.shuffle(&mut labels);
             assert!(row.iter().zip(&labels).all(|(&r, &l)| r as i64 == l));
+        }
+    }
+
+    /// Whole blocks of unequal sizes change the categories' sizes: the p-values
+    /// then count the relabelings whose mean between- minus mean within-category
+    /// distance is at least the observed one (a plain count over the same
+    /// relabelings), not those with a within-category sum at most the observed.
+    #[test]
+    fn unequal_blocks_compare_mean_effects() {
+        let blocks: Vec<i64> = vec![0, 0, 0, 0, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+        let codes: Vec<i64> = vec![0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 2, 2, 2, 2];
+        let m = codes.len();
+        let mut rng = SplitMix64::new(21);
+        let squares = symmetric_squares(4, m, |_, _, _| uniform(&mut rng));
+        let labels = relabelings(&codes, &blocks, 499, 9).unwrap();
+        let within = within_pairs(&labels, m, 500);
+        assert!(within.iter().any(|&w| w != within[0]), "the design changes the categories' sizes");
+        let p = permutation_p_values(&squares, m, &labels, 500);
+        for (c, square) in squares.chunks_exact(m * m).enumerate() {
+            let effect = |labeling: &[u32]| -> f64 {
+                let (mut w, mut b, mut nw, mut nb) = (0.0, 0.0, 0.0, 0.0);
+                for a in 0..m {
+                    for d in a + 1..m {
+                        let v = square[a * m + d] as f64;
+                        if labeling[a] == labeling[d] { (w, nw) = (w + v, nw + 1.0) } else { (b, nb) = (b + v, nb + 1.0) }
+                    }
+                }
+                b / nb - w / nw
+            };
+            let e: Vec<f64> = labels.chunks_exact(m).map(effect).collect();
+            let count = e[1..].iter().filter(|&&v| v >= e[0] - 1e-9 * m as f64 * m as f64).count();
+            assert_eq!(p[c], (1 + count) as f64 / 500.0, "cell {c}");
         }
     }
 
