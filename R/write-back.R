@@ -190,6 +190,11 @@ check_same_data <- function(object, fit, cells, call) {
   shared <- which(cells %in% rownames(fit@u_mean))
   theirs <- as.character(fit@cell_data$sample[match(cells[shared], rownames(fit@u_mean))])
   ours <- as.character(meta[[column]][shared])
+  # (cells without a value there, such as cells added by mrviAddSamples() from another column, say nothing)
+  known <- !is.na(ours)
+  theirs <- theirs[known]
+  ours <- ours[known]
+  shared <- shared[known]
   pairs <- unique(data.frame(theirs, ours))
   if (!anyDuplicated(pairs$theirs) && !anyDuplicated(pairs$ours)) return(invisible())
   differ <- cells[shared][theirs != ours]

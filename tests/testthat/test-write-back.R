@@ -129,6 +129,9 @@ test_that("addMrVI refuses a fit of other cells under the same names, and allows
   # the fit's own object with its samples renamed since: the same partition
   b$sample <- factor(paste0("donor_", b$sample))
   expect_s4_class(addMrVI(b, fit_b), "SingleCellExperiment")
+  # cells without a value in the column (added from another one) say nothing
+  b$sample[1:20] <- NA
+  expect_s4_class(addMrVI(b, fit_b), "SingleCellExperiment")
 })
 
 test_that("an object without cell names is matched by position, as mrvi() named its cells", {
