@@ -75,7 +75,7 @@ setClass("MrVIFit", representation(
 new_mrvi_fit <- function(data, weights, model_json, device, history, config) {
   native <- cached_model(model_json, weights, device)
   counts <- data$counts
-  post <- encode_blocks(native$model, data)
+  post <- encode_blocks(native$model, data, config$train$block_cells)
   # weights finite but huge (a too large lr in the last steps) give NaN latents
   if (!all(is.finite(post$mean)) || !all(is.finite(post$sd))) {
     abort_arg(c("Training diverged with {.arg lr} = {config$train$lr}: the fitted cells' latents are not finite.",

@@ -278,11 +278,11 @@ silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 500
 }
 
 # Per-cell labels named by cell, put in the order of the embedding's named rows
-# (the names are the pairing, as everywhere in the package); unnamed ones are
-# taken in row order.
+# (the names are the pairing, as everywhere in the package); unnamed ones, and
+# ones whose names are no cell's (from a lookup table), are taken in row order.
 by_embedding_rows <- function(x, embedding, arg, call) {
   cells <- rownames(embedding)
-  if (is.null(x) || is.null(names(x)) || is.null(cells)) return(x)
+  if (is.null(x) || is.null(names(x)) || is.null(cells) || !any(names(x) %in% cells)) return(x)
   at <- match(cells, names(x))
   if (anyNA(at) || length(x) != length(cells) || anyDuplicated(names(x))) {
     abort_arg(c("{.arg {arg}} is named, but its names are not the cells of {.arg embedding}'s rows, once each.",

@@ -374,7 +374,7 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                                block_cells = blocks$block_cells, buffer_blocks = blocks$buffer_blocks),
                   best_epoch = if (early_stopping) done$best_epoch else nrow(history),
                   stopped_early = done$stopped_early, interrupted = run$interrupted,
-                  n_threads = threads_used, assay = assay, seurat_assay = data$seurat_assay, columns = data$columns,
+                  n_threads = threads_used, assay = assay_name(x, assay), seurat_assay = data$seurat_assay, columns = data$columns,
                   # the cells given, dropped ones included: addMrVI() matches an
                   # object without cell names by position only if it has as many
                   n_input_cells = length(data$sample) + length(data$dropped$cells))
@@ -548,3 +548,11 @@ check_model_size <- function(n_genes, n_samples, n_batches, n_latent, n_latent_u
 # the whole step instead of the fused kernel and the host passes (slower; for comparison).
 fused_likelihood_option <- function(call) flag_option("mrvi.fused_likelihood", TRUE, call)
 
+# The assay `mrvi()` read, as the fit records it: by name where the assays have
+# names (a position names another assay in an object whose assays are ordered
+# otherwise), else as given.
+assay_name <- function(x, assay) {
+  if (!is.numeric(assay) || !methods::is(x, "SummarizedExperiment")) return(assay)
+  name <- SummarizedExperiment::assayNames(x)[assay]
+  if (length(name) == 1 && !is.na(name) && nzchar(name)) name else assay
+}

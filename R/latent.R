@@ -178,23 +178,35 @@ new_cells <- function(fit, x, sample, assay, call) {
 # new_cells_assay()): one sample is enough, and a few new samples alone in their
 # batches are no confounding (the fit has others).
 read_new_cells <- function(fit, x, assay, ..., call) {
-  assay <- new_cells_assay(fit, x, assay)
+  assay <- new_cells_assay(fit, x, assay, call)
   with_call(suppressMessages(withCallingHandlers(mrviData(x, ..., assay = assay, min_samples = 1),
     mrvi_confounded = function(w) invokeRestart("muffleWarning"))), call)
 }
 
 # The assay new cells are read from: the one given, else the fit's (new cells
 # read from another assay than the fit's cells were silently other numbers): for
-# a Seurat object the fit's Seurat assay where `x` has it, for others the fit's
-# `assay` unless it named a Seurat assay; else "counts". (Fits before the
-# `assay` record read "counts".)
-new_cells_assay <- function(fit, x, assay) {
+# a Seurat object the fit's Seurat assay, for others the fit's `assay` unless it
+# named a Seurat assay; an object without it is an error that says where the
+# name came from. (Fits before the `assay` record read "counts".)
+new_cells_assay <- function(fit, x, assay, call) {
   if (!is.null(assay)) return(assay)
   seurat <- fit@config$seurat_assay
-  if (inherits(x, "Seurat")) {
-    return(if (!is.null(seurat) && seurat %in% SeuratObject::Assays(x)) seurat else "counts")
+  missing_assay <- function(name, field) {
+    abort_arg(c("{.arg x} has no assay {.val {name}}, the one the fit's cells were read from ({.code fit@config${field}}).",
+                "i" = "Give {.arg assay}: the assay of {.arg x} that holds the new cells' raw counts."), call = call)
   }
-  if (is.null(seurat) && !is.null(fit@config$assay)) fit@config$assay else "counts"
+  if (inherits(x, "Seurat")) {
+    if (is.null(seurat)) return("counts")
+    if (!seurat %in% SeuratObject::Assays(x)) missing_assay(seurat, "seurat_assay")
+    return(seurat)
+  }
+  wanted <- if (is.null(seurat)) fit@config$assay
+  if (is.null(wanted)) return("counts")
+  if (methods::is(x, "SummarizedExperiment") && is.character(wanted) &&
+      !wanted %in% SummarizedExperiment::assayNames(x)) {
+    missing_assay(wanted, "assay")
+  }
+  wanted
 }
 
 # The counts of `data` on the fitted genes, in the fit's order (after

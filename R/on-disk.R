@@ -275,14 +275,15 @@ block_reader <- function(disk) {
 
 # The posterior of u of all cells of `data`, encoded block by block into
 # matrices allocated once (at 2 M cells each is 160 MB); on disk the next block
-# is read while this one is encoded. Counts in memory go through the same
+# is read while this one is encoded. Blocks of `block_cells` (the fit's training
+# blocks where it has them, which it records) or of disk_block_cells(). Counts in memory go through the same
 # blocks: libtorch's results for a cell depend in their last bits on the cells
 # encoded with it, and a fit from disk and one from memory must be the same.
-encode_blocks <- function(model, data, call = NULL) {
+encode_blocks <- function(model, data, block_cells = NULL, call = NULL) {
   counts <- data$counts
   on_disk <- !is.null(data$disk)
-  blocks <- if (on_disk) disk_blocks(data$disk, disk_block_cells(counts)) else
-    disk_blocks(list(cells = seq_len(ncol(counts))), disk_block_cells(counts))
+  size <- block_cells %||% disk_block_cells(counts)
+  blocks <- disk_blocks(if (on_disk) data$disk else list(cells = seq_len(ncol(counts))), size)
   if (on_disk) {
     reader <- block_prefetcher(data$disk)
     on.exit(reader$close())

@@ -253,8 +253,10 @@ annotation_colours <- function(v, k) {
   palette <- stats::setNames(colours, levels(values))
   label <- as.character(values)
   if (anyNA(label)) {
-    palette <- c(palette, "NA" = "grey80")
-    label[is.na(label)] <- "NA"
+    # (a category spelled "NA" keeps its name; missing values get another)
+    missing <- if ("NA" %in% levels(values)) "NA (missing)" else "NA"
+    palette[[missing]] <- "grey80"
+    label[is.na(label)] <- missing
   }
   list(label = label, palette = palette)
 }

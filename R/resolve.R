@@ -128,6 +128,14 @@ resolve_admissible <- function(fit, admissible, idx, call, seed, BPPARAM) {
   if (is.list(admissible) && !is.data.frame(admissible) && is.matrix(admissible$admissible)) admissible <- admissible$admissible
   if (isTRUE(admissible)) return(admissibility(fit, cells = idx, seed = seed, BPPARAM = BPPARAM)$admissible)
   S <- length(fit@samples)
+  # a mask of every fitted cell for some of them: their rows (by name where named)
+  n_fitted <- nrow(fit@u_mean)
+  if (is.matrix(admissible) && nrow(admissible) == n_fitted && length(idx) != n_fitted) {
+    rows <- if (!is.null(rownames(admissible)) && all(rownames(fit@u_mean) %in% rownames(admissible))) {
+      match(rownames(fit@u_mean)[idx], rownames(admissible))
+    } else idx
+    admissible <- admissible[rows, , drop = FALSE]
+  }
   if (!is.logical(admissible) || !is.matrix(admissible) || ncol(admissible) != S || nrow(admissible) != length(idx) ||
       anyNA(admissible)) {
     abort_arg(c("{.arg admissible} must be NULL, TRUE or a logical matrix of {length(idx)} cells x {S} samples without NA.",

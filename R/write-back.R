@@ -178,27 +178,24 @@ differential_columns <- function(differential, cells) {
   out
 }
 
-# A fit of other cells under the same names (10x barcodes repeat between runs)
-# would put other cells' latents into `object`: where `object` still has the
-# column that gave the fit's samples, its shared cells must fall into samples as
-# the fit's do (the same partition; the labels may have been renamed since).
+# A fit of other cells under the same names (10x barcodes repeat between runs,
+# and so do "<barcode>-<library>" names with one library per sample) would put
+# other cells' latents into `object`: up to 20 shared cells are encoded again
+# from `object`'s counts, under their fitted samples, and must give the fit's
+# posterior means (the same counts give them up to rounding). Skipped where
+# `object` lacks the counts the fit read (another assay, missing genes).
 check_same_data <- function(object, fit, cells, call) {
-  column <- fit@config$columns$sample
-  meta <- if (methods::is(object, "SingleCellExperiment")) SummarizedExperiment::colData(object) else
-    if (methods::is(object, "Seurat")) object[[]]
-  if (is.null(column) || is.null(meta) || !column %in% names(meta)) return(invisible())
   shared <- which(cells %in% rownames(fit@u_mean))
-  theirs <- as.character(fit@cell_data$sample[match(cells[shared], rownames(fit@u_mean))])
-  ours <- as.character(meta[[column]][shared])
-  # (cells without a value there, such as cells added by mrviAddSamples() from another column, say nothing)
-  known <- !is.na(ours)
-  theirs <- theirs[known]
-  ours <- ours[known]
-  shared <- shared[known]
-  pairs <- unique(data.frame(theirs, ours))
-  if (!anyDuplicated(pairs$theirs) && !anyDuplicated(pairs$ours)) return(invisible())
-  differ <- cells[shared][theirs != ours]
-  abort_arg(c("{.arg fit} was not made from {.arg object}: its cells of the same names fall into other samples than {.arg object}'s column {.val {column}} says{if (length(differ)) paste0(' (e.g. ', show_some(differ, 3), ')')}.",
+  pick <- shared[unique(round(seq(1, length(shared), length.out = min(20, length(shared)))))]
+  rows <- match(cells[pick], rownames(fit@u_mean))
+  again <- tryCatch(suppressMessages(suppressWarnings(
+    mrviLatent(fit, x = object[, pick], sample = as.character(fit@cell_data$sample[rows])))),
+    error = function(e) NULL)
+  if (is.null(again)) return(invisible())
+  stored <- fit@u_mean[rows, , drop = FALSE]
+  other <- rowSums(abs(again - stored)) > 1e-3 * (1 + rowSums(abs(stored)))
+  if (!any(other, na.rm = TRUE)) return(invisible())
+  abort_arg(c("{.arg fit} was not made from {.arg object}: the counts of {sum(other, na.rm = TRUE)} of {length(pick)} cells checked ({show_some(cells[pick][which(other)], 3)}) give other latents than the fit has for cells of those names.",
               "i" = "Cell names can repeat between datasets (10x barcodes); use the object the fit was made from."),
             call = call)
 }

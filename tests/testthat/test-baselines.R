@@ -72,8 +72,11 @@ test_that("silhouetteScores() pairs labels named by cell with the embedding's ro
   batch <- stats::setNames(rep(c("b1", "b2"), 120), colnames(x$counts))
   want <- silhouetteScores(e, unname(type), batch = unname(batch))
   expect_identical(silhouetteScores(e, rev(type), batch = rev(batch)), want)
-  expect_error(silhouetteScores(e, stats::setNames(type, paste0("other", 1:240))),
+  expect_error(silhouetteScores(e, stats::setNames(type, c(paste0("other", 1:239), colnames(x$counts)[1]))),
                "`cell_type` is named, but its names are not the cells", class = "mrvi_error")
+  # names that are no cell's (a lookup table's) are not a pairing: row order
+  lookup <- stats::setNames(unname(type), unname(type))
+  expect_identical(silhouetteScores(e, lookup, batch = unname(batch)), want)
   expect_error(silhouetteScores(e, as.list(type)), "`cell_type` must have one non-missing value per cell",
                class = "mrvi_error")
 })

@@ -177,6 +177,16 @@ test_that("new cells are read from the assay the fit read, or the one given", {
   asked <- mrviLatent(fit, x = sce[, cells], sample = "donor", assay = "counts")
   expect_gt(max(abs(asked - own)), 1e-3)
   expect_error(mrviLatent(fit, assay = "raw"), "`assay` is for new cells", class = "mrvi_error")
+  # an object without the fit's assay is refused, saying where the name came from
+  expect_error(mrviLatent(fit, x = SingleCellExperiment::SingleCellExperiment(list(counts = counts[, cells])), sample = f$sim$sample[cells]),
+               "no assay \"raw\", the one the fit's cells were read from", class = "mrvi_error")
+  # an assay given by position is recorded by name: an object with its assays in another order reads the same one
+  by_position <- suppressMessages(mrvi(sce, sample = "donor", assay = 2, max_epochs = 2, verbose = FALSE,
+                                       flavour = "linear", seed = 3, n_threads = 1))
+  expect_identical(by_position@config$assay, "raw")
+  reordered <- SingleCellExperiment::SingleCellExperiment(list(raw = counts, other = other), colData = data.frame(donor = f$sim$sample))
+  expect_equal(mrviLatent(by_position, x = reordered[, cells], sample = "donor"), mrviLatent(by_position)[colnames(counts)[cells], ],
+               tolerance = 1e-5)
   skip_if_not_installed("SeuratObject")
   so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = other,
                                                           meta.data = data.frame(donor = f$sim$sample, row.names = colnames(counts))))
@@ -186,4 +196,8 @@ test_that("new cells are read from the assay the fit read, or the one given", {
   expect_identical(sfit@config$seurat_assay, "ALT")
   expect_equal(mrviLatent(sfit, x = so[, cells], sample = "donor"), mrviLatent(sfit)[colnames(counts)[cells], ],
                tolerance = 1e-5)
+  # a Seurat object without the fit's Seurat assay: refused, not read from its default assay
+  plain <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = other[, cells],
+                                                             meta.data = data.frame(donor = f$sim$sample[cells], row.names = colnames(counts)[cells])))
+  expect_error(mrviLatent(sfit, x = plain, sample = "donor"), "no assay \"ALT\"", class = "mrvi_error")
 })

@@ -173,11 +173,11 @@ test_that("the next blocks are read in a forked process while the model trains, 
   n_direct <- count(direct <- fit())
   expect_identical(prefetched@weights, direct@weights)
   expect_identical(prefetched@u_mean, direct@u_mean)
-  # 400 cells: mrviData() checks them in 20 blocks; training reads 10 blocks of 40
-  # in buffers of 8 (the default; no validation block at this size), 2 reads per
-  # epoch; then 20 blocks are encoded. Prefetched, only each pass's first read
-  # is direct.
-  expect_equal(n_direct, 20 + 3 * 2 + 20)
+  # mrviData() checks the cells in 20 blocks; training reads blocks of 40 in
+  # buffers of 8 (the default; no validation block at this size), 2 reads per
+  # epoch; then the training blocks of 40 are encoded (the fit's blocks, as from
+  # memory). Prefetched, only each pass's first read is direct.
+  expect_equal(n_direct, 20 + 3 * 2 + ceiling(ncol(sim$counts) / 40))
   expect_equal(n_prefetched, 20 + 3 + 1)
   expect_length(child_pids(), 0)
   expect_length(list.files(tempdir(), "^mrvi_[nix]"), 0)

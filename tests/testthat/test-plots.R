@@ -150,4 +150,10 @@ test_that("plotSampleMDS() colours categories as the heatmap's first track, and 
   built <- ggplot2::ggplot_build(p)$data[[1]]
   expect_identical(built$colour, unname(mrvi:::annotation_colours(c("a", "a", "b", "b", "c"), 1)$palette[c(1, 1, 2, 2, 3)]))
   expect_error(plotSampleMDS(d, annotation = c("arm", "site")), "one covariate for an MDS map", class = "mrvi_error")
+  # a category spelled "NA" beside a missing value: two entries
+  spelled <- stats::setNames(c("NA", "NA", "b", NA, "b"), paste0("s", 1:5))
+  coded <- mrvi:::annotation_colours(unname(spelled), 1)
+  expect_setequal(names(coded$palette), c("b", "NA", "NA (missing)"))
+  expect_identical(coded$label[4], "NA (missing)")
+  expect_s3_class(plotSampleMDS(d, annotation = spelled), "ggplot")
 })

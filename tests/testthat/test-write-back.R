@@ -126,11 +126,15 @@ test_that("addMrVI refuses a fit of other cells under the same names, and allows
   expect_identical(colnames(a), colnames(b))  # barcodes repeat between runs
   fit_b <- mrvi(b, sample = "sample", max_epochs = 2, verbose = FALSE, n_threads = 1)
   expect_error(addMrVI(a, fit_b), "not made from `object`", class = "mrvi_error")
-  # the fit's own object with its samples renamed since: the same partition
+  # other counts under the same names and the same samples ("<barcode>-<library>" names)
+  same_samples <- a
+  SummarizedExperiment::colData(same_samples) <- SummarizedExperiment::colData(b)
+  expect_error(addMrVI(same_samples, fit_b), "not made from `object`", class = "mrvi_error")
+  # the fit's own object with its samples renamed or merged since, or some missing: the same counts
   b$sample <- factor(paste0("donor_", b$sample))
   expect_s4_class(addMrVI(b, fit_b), "SingleCellExperiment")
-  # cells without a value in the column (added from another one) say nothing
   b$sample[1:20] <- NA
+  b$sample[b$sample %in% c("donor_s01", "donor_s02")] <- "donor_s01"
   expect_s4_class(addMrVI(b, fit_b), "SingleCellExperiment")
 })
 
