@@ -161,7 +161,9 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
   scheme <- relabeling_scheme(y, blocks, call)
   taking_part <- !is.na(y)
   n_relabelings <- exp(log_relabelings(y[taking_part], blocks[taking_part]))
-  if (permutations > 0 && n_relabelings <= 20) warn_coarse_relabelings(n_relabelings, blocks, call)
+  # (Mantel's normal approximation, permutations = 0, gives smaller p-values than
+  # the exact floor: no better)
+  if (n_relabelings <= 20) warn_coarse_relabelings(n_relabelings, blocks, call)
   # the relabelings (each sample's category under each)
   check_size(4 * sum(!is.na(y)) * (permutations + 1),
              sprintf("cellAssociation() with %d permutations", permutations), call,

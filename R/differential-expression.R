@@ -131,8 +131,13 @@
 #'   One covariate may also be a vector named by sample (as for
 #'   [cellAssociation()]); it is then called `covariate`. When samples come in
 #'   blocks (several samples per donor, a paired design), put the block in the
-#'   design too (`c("donor", "treatment")`): the treatment's effect is then
-#'   estimated within donors, as `block` does for [cellAssociation()].
+#'   design too for a covariate that varies within blocks (`c("donor",
+#'   "treatment")`): the treatment's effect is then estimated within donors.
+#'   A covariate constant within blocks (a donor's sex) cannot be estimated
+#'   beside the block, and without it the regression counts a donor's samples
+#'   as independent (false positives): test one sample, or the average, per
+#'   donor. Few residual degrees of freedom (2 or fewer) give a warning of class
+#'   `mrvi_few_residual_df`.
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param mc_samples posterior draws of u (see Details); 0 uses the posterior
 #'   mean only. Draws whose working memory would pass
@@ -461,13 +466,24 @@ de_design <- function(fit, covariates, call) {
                 "i" = "Rename one of them."), call = call)
   }
   if (qr(X)$rank < ncol(X)) {
-    abort_arg("The covariates are collinear across samples: the design has rank {qr(X)$rank} < {ncol(X)} columns.",
+    # (the usual cause: a covariate constant within another's levels, such as a
+    # donor's sex beside the donor)
+    nested <- nested_pairs(tab)
+    abort_arg(c("The covariates are collinear across samples: the design has rank {qr(X)$rank} < {ncol(X)} columns.",
+                "i" = if (length(nested)) "{nested}: a covariate constant within another's levels cannot be estimated beside it. For a donor-level covariate of donors with several samples, test one sample (or the average) per donor."),
               call = call)
   }
   if (nrow(X) - ncol(X) < 1) {
     abort_arg(c("{nrow(X)} samples cannot test a design of {ncol(X)} columns.",
                 "i" = "Use fewer covariates or fewer factor levels: the residual needs >= 1 degree of freedom."),
               call = call)
+  }
+  # (a paired 2 x 2 design with the donor in it has one: the tests then have
+  # almost no power, and a clear effect comes out unflagged)
+  if (nrow(X) - ncol(X) <= 2) {
+    cli::cli_warn(c("{nrow(X)} samples and a design of {ncol(X)} columns leave {nrow(X) - ncol(X)} residual degree{?s} of freedom: the tests have little power, so an effect can be large (see {.field max_lfc}) and unflagged.",
+                    "i" = "Fewer covariates, or more samples, give the tests power."),
+                  class = c("mrvi_few_residual_df", "mrvi_warning"), call = call)
   }
   list(X = X, blocks = blocks)
 }
@@ -699,4 +715,16 @@ de_lfc <- function(fit, reg, coefs) {
 effect_lfc <- function(fit, reg, k) {
   half <- reg$beta[[k]] / 2
   log2(decode_expression(fit, reg$z_bar + half) / decode_expression(fit, reg$z_bar - half))
+}
+
+# Pairs of design covariates (a table over samples) where the first is
+# constant within each level of the second, as text ("sex within donor").
+nested_pairs <- function(tab) {
+  out <- character()
+  for (a in names(tab)) for (b in setdiff(names(tab), a)) {
+    if (is.numeric(tab[[b]]) && !is.factor(tab[[b]])) next
+    within <- tapply(as.character(tab[[a]]), as.character(tab[[b]]), function(v) length(unique(v)) == 1)
+    if (all(within)) out <- c(out, paste(a, "within", b))
+  }
+  out
 }

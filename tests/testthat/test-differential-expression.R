@@ -323,6 +323,13 @@ test_that("bad covariates get errors that name the fix", {
   expect_error(differentialExpression(fit, data.frame(sample = fit@samples, x = 1:12, y = 2 * (1:12))), "collinear")
   expect_error(differentialExpression(fit, data.frame(sample = fit@samples, g = rep(c("", "a", "b"), 4))),
                "empty value", class = "mrvi_error")
+  # a covariate nested in another is named; few residual degrees of freedom warn
+  donor <- rep(paste0("d", 1:6), each = 2)
+  nested <- data.frame(sample = fit@samples, donor = donor, sex = rep(c("F", "M", "F", "M", "F", "M"), each = 2))
+  expect_error(differentialExpression(fit, nested), "sex within donor", class = "mrvi_error")
+  few <- data.frame(sample = fit@samples, g = as.character(c(1:10, 1, 2)))
+  expect_warning(differentialExpression(fit, few, cells = 1:3, verbose = FALSE), "leave 2 residual degrees",
+                 class = "mrvi_few_residual_df")
   expect_error(differentialExpression(fit, "cov1", delta = -1), "delta")
   expect_error(differentialExpression(fit, "cov1", admissible = matrix(TRUE, 2, 2)), "admissible")
 })

@@ -178,6 +178,13 @@ test_that("a covariate constant within some blocks only is relabelled within blo
   expect_identical(S4Vectors::metadata(res)$relabeling, "within blocks")
 })
 
+test_that("the per-cell tests warn of coarse relabelings with the normal approximation too", {
+  fit <- small_fit()$fit
+  y <- stats::setNames(c("a", "a", "b")[seq_along(fit@samples)], fit@samples)
+  expect_warning(cellAssociation(fit, y, cells = 1:3, permutations = 0, mc_samples = 0, verbose = FALSE),
+                 class = "mrvi_coarse_permutations")
+})
+
 test_that("tests whose relabelings cannot reach p < 0.05 are warned about, and untested groups are named", {
   x <- donor_distances(3, donors = 3)
   keep <- paste0("s", 1:6)
