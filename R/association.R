@@ -115,7 +115,10 @@
 #'   between relabelings, and the test compares the mean between- minus mean
 #'   within-category distance (of \eqn{D'(n)}) instead of Mantel's sum, which
 #'   would follow the number of within-category pairs. `metadata()` records the
-#'   scheme (`relabeling`: `"whole blocks"` or `"within blocks"`).
+#'   scheme (`relabeling`: `"whole blocks"` or `"within blocks"`). Without
+#'   `block`, a covariate constant within each level of another sample-table
+#'   column (several samples to a level) gets a message naming that column
+#'   (class `mrvi_nested_covariate`).
 #' @param verbose show a progress bar over blocks of cells
 #'   (`options(mrvi.task_cells)`, 20,000 by default), once the work takes more than 2 s.
 #' @return a `DataFrame`, one row per cell (a warning of class
@@ -159,6 +162,10 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
                 "i" = "Mantel's normal approximation (permutations = 0) holds for freely exchangeable samples only."), call = call)
   }
   scheme <- relabeling_scheme(y, blocks, call)
+  if (is.null(blocks)) {
+    hint_nesting(nesting_columns(y, fit@sample_table, fit@samples, attr(y, "name")),
+                 "If the samples of one level are not independent replicates (a donor's samples), give {.arg block} that column: they are relabelled together.")
+  }
   taking_part <- !is.na(y)
   n_relabelings <- exp(log_relabelings(y[taking_part], blocks[taking_part]))
   # (Mantel's normal approximation, permutations = 0, gives smaller p-values than
@@ -338,12 +345,17 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
                           label = covariate_label(substitute(covariate)))
     blocks <- resolve_block(block, fit@sample_table, fit@samples, y, call)
     scheme <- relabeling_scheme(y, blocks, call)
+    table <- fit@sample_table
   } else {
     table <- attr(fit_or_distances, "sample_table")
     y <- sample_covariate(covariate, table, dimnames(fit_or_distances)[[1]], call,
                           label = covariate_label(substitute(covariate)))
     blocks <- resolve_block(block, table, dimnames(fit_or_distances)[[1]], y, call)
     scheme <- relabeling_scheme(y, blocks, call)
+  }
+  if (is.null(blocks)) {
+    hint_nesting(nesting_columns(y, table, names(y), attr(y, "name")),
+                 "If the samples of one level are not independent replicates (a donor's samples), give {.arg block} that column: they are relabelled together.")
   }
   # the permutations' statistics (with "ks", the relabelings too)
   check_size(8 * (permutations + 1) * (1 + if (statistic == "ks") length(y) else 0),

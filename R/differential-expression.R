@@ -136,8 +136,9 @@
 #'   A covariate constant within blocks (a donor's sex) cannot be estimated
 #'   beside the block, and without it the regression counts a donor's samples
 #'   as independent (false positives): test one sample, or the average, per
-#'   donor. Few residual degrees of freedom (2 or fewer) give a warning of class
-#'   `mrvi_few_residual_df`.
+#'   donor (a covariate nested in a sample-table column outside the design gets
+#'   a message naming it, class `mrvi_nested_covariate`). Few residual degrees
+#'   of freedom (2 or fewer) give a warning of class `mrvi_few_residual_df`.
 #' @param cells `NULL` (all fitted cells), indices or names.
 #' @param mc_samples posterior draws of u (see Details); 0 uses the posterior
 #'   mean only. Draws whose working memory would pass
@@ -477,6 +478,14 @@ de_design <- function(fit, covariates, call) {
     abort_arg(c("{nrow(X)} samples cannot test a design of {ncol(X)} columns.",
                 "i" = "Use fewer covariates or fewer factor levels: the residual needs >= 1 degree of freedom."),
               call = call)
+  }
+  # a covariate nested in a column outside the design (a donor of several
+  # samples): the regression counts those samples as independent
+  for (j in names(tab)) {
+    if (is.numeric(tab[[j]]) && !is.factor(tab[[j]])) next
+    hint_nesting(nesting_columns(stats::setNames(tab[[j]], samples), fit@sample_table, samples, names(tab)),
+                 paste("If the samples of one level are not independent replicates (a donor's samples), the regression",
+                       "counts them as such (false positives): test one sample, or their average, per level."))
   }
   # (a paired 2 x 2 design with the donor in it has one: the tests then have
   # almost no power, and a clear effect comes out unflagged)

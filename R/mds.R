@@ -56,6 +56,8 @@ plotSampleMDS <- function(distances, group = NULL, annotation = NULL) {
     ggplot2::labs(x = sprintf("MDS 1 (%.0f%%)", 100 * share[1]), y = sprintf("MDS 2 (%.0f%%)", 100 * share[2]),
                   colour = if (column) annotation else "annotation",
                   title = sub("MrVI sample distances", "Samples (classical MDS)", group_title(distances, group))) +
+    # (one unit the same length on both axes: distances read as drawn)
+    ggplot2::coord_equal() +
     ggplot2::theme_minimal()
 }
 

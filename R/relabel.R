@@ -109,3 +109,34 @@ warn_coarse_relabelings <- function(counts, block, call) {
                   "i" = "A permutation test needs more samples (or more blocks); the {.field effect} does not depend on them."),
                 class = c("mrvi_coarse_permutations", "mrvi_warning"), call = call)
 }
+
+# Sample-table columns in which a covariate `y` (over `samples`) is nested: each
+# of their levels holds one category of y, some level holds several samples,
+# and they are not y itself relabelled (more levels than y has). Such a column
+# may be a donor of several samples; `exclude`: columns not to name (y's own,
+# the design's).
+nesting_columns <- function(y, table, samples, exclude = character()) {
+  if (is.null(table)) return(character())
+  rows <- match(samples, as.character(table$sample %||% rownames(table)))
+  if (anyNA(rows)) return(character())
+  keep <- !is.na(y)
+  yy <- as.character(y)[keep]
+  found <- character()
+  for (col in setdiff(names(table), c("sample", "n_cells", exclude))) {
+    v <- table[[col]][rows][keep]
+    if (!is.atomic(v) || anyNA(v) || (is.numeric(v) && !is.factor(v))) next
+    v <- as.character(v)
+    levels_v <- length(unique(v))
+    if (levels_v <= length(unique(yy)) || levels_v >= length(v)) next
+    if (all(tapply(yy, v, function(w) length(unique(w)) == 1))) found <- c(found, col)
+  }
+  found
+}
+
+# The hint for tests without `block` of a covariate nested in such columns.
+hint_nesting <- function(columns, remedy) {
+  if (!length(columns)) return(invisible())
+  inform(c("i" = "The covariate is constant within each level of sample column{?s} {.val {columns}}, several samples to a level.",
+           "i" = remedy),
+         class = "mrvi_nested_covariate")
+}

@@ -327,6 +327,11 @@ test_that("bad covariates get errors that name the fix", {
   donor <- rep(paste0("d", 1:6), each = 2)
   nested <- data.frame(sample = fit@samples, donor = donor, sex = rep(c("F", "M", "F", "M", "F", "M"), each = 2))
   expect_error(differentialExpression(fit, nested), "sex within donor", class = "mrvi_error")
+  # a covariate nested in a sample column outside the design: a hint
+  with_donor <- fit
+  with_donor@sample_table$donor <- donor[match(fit@sample_table$sample, fit@samples)]
+  expect_message(differentialExpression(with_donor, data.frame(sample = fit@samples, sex = nested$sex), cells = 1:3, verbose = FALSE),
+                 "sample column \"donor\"", class = "mrvi_nested_covariate")
   few <- data.frame(sample = fit@samples, g = as.character(c(1:10, 1, 2)))
   expect_warning(differentialExpression(fit, few, cells = 1:3, verbose = FALSE), "leave 2 residual degrees",
                  class = "mrvi_few_residual_df")

@@ -178,6 +178,17 @@ test_that("a covariate constant within some blocks only is relabelled within blo
   expect_identical(S4Vectors::metadata(res)$relabeling, "within blocks")
 })
 
+test_that("a covariate nested in a sample column gets a hint towards block, and none with it", {
+  x <- donor_distances(5)
+  attr(x$d, "sample_table") <- data.frame(sample = names(x$donor), donor = x$donor, condition = x$condition)
+  by_donor <- stats::setNames(rep(c("a", "b"), each = 10), names(x$donor))
+  expect_message(groupAssociation(x$d, by_donor, permutations = 19), "constant within each level of sample column \"donor\"",
+                 class = "mrvi_nested_covariate")
+  expect_no_message(groupAssociation(x$d, by_donor, permutations = 19, block = "donor"))
+  # the paired treatment is not nested in the donor: no hint
+  expect_no_message(groupAssociation(x$d, "condition", permutations = 19))
+})
+
 test_that("the per-cell tests warn of coarse relabelings with the normal approximation too", {
   fit <- small_fit()$fit
   y <- stats::setNames(c("a", "a", "b")[seq_along(fit@samples)], fit@samples)
