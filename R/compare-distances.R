@@ -11,7 +11,8 @@
 #'   within-category distances and \eqn{M = n(n-1)/2} (1: every within-category
 #'   pair closer than every between pair; about 0: no separation);
 #' * `nearest_agreement`: the share of samples whose nearest other sample has
-#'   the same category;
+#'   the same category, over the samples that have another of their category
+#'   (a sample alone in its category cannot agree, whatever the method);
 #' * `replicate_rank`: how close samples of the same category (replicates) sit:
 #'   for each sample, the share of (replicate, other-category sample) pairs in
 #'   which the other-category sample is the closer one, averaged over the
@@ -162,7 +163,10 @@ separation_scores <- function(m, y) {
   anosim <- (mean(r[!within]) - mean(r[within])) / (length(r) / 2)
   off <- m
   diag(off) <- Inf
-  nearest <- mean(y[apply(off, 1, which.min)] == y)
+  # (over the samples with a replicate, as replicate_rank: one alone in its
+  # category counted as a miss for every method)
+  has_mate <- tabulate(y, nlevels(y))[as.integer(y)] > 1
+  nearest <- mean((y[apply(off, 1, which.min)] == y)[has_mate])
   # per sample: the share of (replicate, non-replicate) pairs where the
   # non-replicate is the closer one (a Mann-Whitney U statistic, scaled)
   ranks <- unlist(lapply(seq_len(n), function(i) {

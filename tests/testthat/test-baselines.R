@@ -143,6 +143,13 @@ test_that("compareSampleDistances() scores match independent formulas", {
                "conflicting rows for sample \"s2\"", class = "mrvi_error")
   expect_error(compareSampleDistances(list(points = m), transform(table, arm = replace(arm, 1, "")), "arm"),
                "empty value", class = "mrvi_error")
+  # a sample alone in its category cannot agree with its nearest: not counted
+  lone <- transform(table, arm = c(rep("a", 4), rep("b", 4), "c"))
+  scored <- compareSampleDistances(list(points = m), lone, "arm")
+  off <- m
+  diag(off) <- Inf
+  nearest_same <- (lone$arm[apply(off, 1, which.min)] == lone$arm)[1:8]
+  expect_equal(scored$nearest_agreement, mean(nearest_same))
   listed <- table
   listed$arm <- I(as.list(table$arm))
   expect_error(compareSampleDistances(list(points = m), listed, "arm"), "not a vector of categories", class = "mrvi_error")
