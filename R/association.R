@@ -156,15 +156,11 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
   min_effect <- resolve_min_effect(min_effect, space, normalize, call)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data,
                         label = covariate_label(substitute(covariate)))
-  blocks <- resolve_block(block, fit@sample_table, fit@samples, y, call)
+  design <- permutation_design(y, block, fit@sample_table, fit@samples, call)
+  blocks <- design$blocks
   if (!is.null(blocks) && permutations == 0) {
     abort_arg(c("{.arg block} needs {.arg permutations} > 0.",
                 "i" = "Mantel's normal approximation (permutations = 0) holds for freely exchangeable samples only."), call = call)
-  }
-  scheme <- relabeling_scheme(y, blocks, call)
-  if (is.null(blocks)) {
-    hint_nesting(nesting_columns(y, fit@sample_table, fit@samples, attr(y, "name")),
-                 "If the samples of one level are not independent replicates (a donor's samples), give {.arg block} that column: they are relabelled together.")
   }
   taking_part <- !is.na(y)
   n_relabelings <- exp(log_relabelings(y[taking_part], blocks[taking_part]))
@@ -198,7 +194,7 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
                               row.names = rownames(fit@u_mean)[idx])
   S4Vectors::metadata(out)$covariate <- attr(y, "name")
   S4Vectors::metadata(out)$min_effect <- min_effect
-  if (!is.null(blocks)) S4Vectors::metadata(out)[c("block", "relabeling")] <- list(blocks, scheme)
+  if (!is.null(blocks)) S4Vectors::metadata(out)[c("block", "relabeling")] <- list(blocks, design$scheme)
   out
 }
 
@@ -343,20 +339,14 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     fit <- fit_or_distances
     y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data,
                           label = covariate_label(substitute(covariate)))
-    blocks <- resolve_block(block, fit@sample_table, fit@samples, y, call)
-    scheme <- relabeling_scheme(y, blocks, call)
     table <- fit@sample_table
   } else {
     table <- attr(fit_or_distances, "sample_table")
     y <- sample_covariate(covariate, table, dimnames(fit_or_distances)[[1]], call,
                           label = covariate_label(substitute(covariate)))
-    blocks <- resolve_block(block, table, dimnames(fit_or_distances)[[1]], y, call)
-    scheme <- relabeling_scheme(y, blocks, call)
   }
-  if (is.null(blocks)) {
-    hint_nesting(nesting_columns(y, table, names(y), attr(y, "name")),
-                 "If the samples of one level are not independent replicates (a donor's samples), give {.arg block} that column: they are relabelled together.")
-  }
+  design <- permutation_design(y, block, table, names(y), call)
+  blocks <- design$blocks
   # the permutations' statistics (with "ks", the relabelings too)
   check_size(8 * (permutations + 1) * (1 + if (statistic == "ks") length(y) else 0),
              sprintf("groupAssociation() with %d permutations", permutations), call,
@@ -424,7 +414,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   S4Vectors::metadata(out)$covariate <- attr(y, "name")
   S4Vectors::metadata(out)$statistic <- statistic
   if (statistic == "effect") S4Vectors::metadata(out)$min_effect <- min_effect
-  if (!is.null(blocks)) S4Vectors::metadata(out)[c("block", "relabeling")] <- list(blocks, scheme)
+  if (!is.null(blocks)) S4Vectors::metadata(out)[c("block", "relabeling")] <- list(blocks, design$scheme)
   out
 }
 

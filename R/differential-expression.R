@@ -732,8 +732,7 @@ nested_pairs <- function(tab) {
   out <- character()
   for (a in names(tab)) for (b in setdiff(names(tab), a)) {
     if (is.numeric(tab[[b]]) && !is.factor(tab[[b]])) next
-    within <- tapply(as.character(tab[[a]]), as.character(tab[[b]]), function(v) length(unique(v)) == 1)
-    if (all(within)) out <- c(out, paste(a, "within", b))
+    if (!any(varies_within(tab[[a]], as.character(tab[[b]])))) out <- c(out, paste(a, "within", b))
   }
   out
 }

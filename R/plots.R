@@ -116,9 +116,10 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
   if (inherits(d, "phylo")) {
     if (!requireNamespace("ape", quietly = TRUE)) abort_arg("Drawing an ape tree needs {.pkg ape}.", call = call)
     # (ape's conversion to hclust failed unclassed on a tree without branch lengths)
-    if (is.null(attr(d, "hclust")) && is.null(d$edge.length) || is.null(support) && !is.numeric(d$node.label)) {
+    no_heights <- is.null(attr(d, "hclust")) && is.null(d$edge.length)
+    if (no_heights || is.null(support) && !is.numeric(d$node.label)) {
       abort_arg(c("{.arg d} must be sample distances or a tree from {.fn sampleTreeSupport}.",
-                  "x" = "It is an ape tree {if (is.null(d$edge.length)) 'without branch lengths' else 'without numeric clade supports'}."),
+                  "x" = "It is an ape tree {if (no_heights) 'without branch lengths' else 'without numeric clade supports'}."),
                 call = call)
     }
     support <- support %||% d

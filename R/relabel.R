@@ -50,8 +50,24 @@ relabel <- function(y, block) {
 }
 
 # Whether `y` varies within some block (then it is shuffled within blocks).
-within_blocks <- function(y, block) {
-  any(tapply(as.integer(y), block, function(v) length(unique(v)) > 1))
+within_blocks <- function(y, block) any(varies_within(y, block))
+
+# Per level of `groups` (empty ones dropped), whether `values` take more than
+# one value there: the test behind the relabeling schemes and the nesting hints.
+varies_within <- function(values, groups) {
+  vapply(split(as.character(values), groups, drop = TRUE), function(v) length(unique(v)) > 1, logical(1))
+}
+
+# The permutation design of a guided test: `block` resolved (NULL: none) and
+# the scheme it gives `y`; without `block`, a hint where `y` is nested in a
+# sample-table column, which may be one.
+permutation_design <- function(y, block, table, samples, call) {
+  blocks <- resolve_block(block, table, samples, y, call)
+  if (is.null(blocks)) {
+    hint_nesting(nesting_columns(y, table, samples, attr(y, "name")),
+                 "If the samples of one level are not independent replicates (a donor's samples), give {.arg block} that column: they are relabelled together.")
+  }
+  list(blocks = blocks, scheme = relabeling_scheme(y, blocks, call))
 }
 
 # How `y` is relabelled under `block` (recorded in the results' metadata). A
@@ -63,7 +79,7 @@ relabeling_scheme <- function(y, block, call) {
   keep <- !is.na(y)
   y <- droplevels(y[keep])
   b <- droplevels(block[keep])
-  varies <- tapply(as.integer(y), b, function(v) length(unique(v)) > 1)
+  varies <- varies_within(y, b)
   if (!any(varies)) return("whole blocks")
   fixed <- names(varies)[!varies & tabulate(b, nlevels(b)) > 1]
   if (length(fixed)) {
@@ -128,7 +144,7 @@ nesting_columns <- function(y, table, samples, exclude = character()) {
     v <- as.character(v)
     levels_v <- length(unique(v))
     if (levels_v <= length(unique(yy)) || levels_v >= length(v)) next
-    if (all(tapply(yy, v, function(w) length(unique(w)) == 1))) found <- c(found, col)
+    if (!any(varies_within(yy, v))) found <- c(found, col)
   }
   found
 }
