@@ -531,7 +531,7 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
                 call = call)
     }
     name <- covariate
-    rows <- if ("sample" %in% names(table)) table$sample else rownames(table)
+    rows <- table_samples(table)
     values <- table[[covariate]][match(samples, rows)]
   } else {
     if (is.null(names(covariate)) || !all(samples %in% names(covariate))) {

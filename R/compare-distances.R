@@ -57,7 +57,7 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
   matrices <- lapply(names(distances), function(k) as_group_matrices(distances[[k]], k, call))
   names(matrices) <- names(distances)
   if (!is.data.frame(sample_table)) abort_arg("{.arg sample_table} must be a data.frame with one row per sample.", call = call)
-  rows <- if ("sample" %in% names(sample_table)) as.character(sample_table$sample) else rownames(sample_table)
+  rows <- table_samples(sample_table)
   if (!is.character(covariates) || !length(covariates) || !all(covariates %in% names(sample_table))) {
     abort_arg(c("{.arg covariates} must be column names of {.arg sample_table}.",
                 "i" = "Columns: {show_some(names(sample_table), 12)}."), call = call)

@@ -514,6 +514,13 @@ rename_clashing_columns <- function(cell_meta, own) {
   cell_meta
 }
 
+# The sample each row of a sample table is about: its `sample` column, or its row
+# names (a table the user built). `[[` matches exactly: `$sample` would take a
+# `sample_group` column of a table without `sample`.
+table_samples <- function(table) {
+  as.character(if ("sample" %in% names(table)) table[["sample"]] else rownames(table))
+}
+
 # Sample-level covariates: per-cell columns constant within every sample.
 make_sample_table <- function(sample, cell_meta, batch, labels, factors = NULL) {
   counts <- tabulate(sample, nlevels(sample))

@@ -85,7 +85,7 @@ mds_annotation <- function(distances, annotation, samples, call) {
       abort_arg(c("{.arg annotation} = {.val {annotation}} is not a column of the sample table.",
                   "i" = "Columns: {show_some(names(table), 12)}; or give a vector named by sample."), call = call)
     }
-    rows <- as.character(if ("sample" %in% names(table)) table$sample else rownames(table))
+    rows <- table_samples(table)
     absent <- setdiff(samples, rows)
     if (length(absent)) {
       abort_arg(c("The sample table of {.arg distances} has no row for sample{?s} {.val {absent}}: {.arg annotation} would leave {?it/them} blank.",

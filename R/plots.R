@@ -220,7 +220,7 @@ annotation_table <- function(d, m, annotation, ord, call) {
     abort_arg(c("{.arg annotation}: {.val {missing}} {cli::qty(length(missing))}{?is/are} not in the sample table.",
                 "i" = "Columns: {show_some(names(table), 12)}."), call = call)
   }
-  rows <- if (keyed) as.character(table$sample) else rownames(table)
+  rows <- table_samples(table)
   idx <- match(ord, rows)
   if (anyNA(idx)) abort_arg("{.arg annotation} lacks sample{?s} {.val {ord[is.na(idx)]}}.", call = call)
   as.data.frame(table)[idx, columns, drop = FALSE]

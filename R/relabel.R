@@ -18,7 +18,7 @@ resolve_block <- function(block, table, samples, y, call) {
                   "i" = "Give a sample-table column (the donor of each sample, say) or a vector named by sample."),
                 call = call)
     }
-    values <- table[[block]][match(samples, as.character(table$sample %||% rownames(table)))]
+    values <- table[[block]][match(samples, table_samples(table))]
   } else {
     if (!is.atomic(block) || is.null(names(block)) || !all(samples %in% names(block))) {
       abort_arg(c("{.arg block} must be a sample-table column name or a vector named by sample.",
@@ -133,7 +133,7 @@ warn_coarse_relabelings <- function(counts, block, call) {
 # the design's).
 nesting_columns <- function(y, table, samples, exclude = character()) {
   if (is.null(table)) return(character())
-  rows <- match(samples, as.character(table$sample %||% rownames(table)))
+  rows <- match(samples, table_samples(table))
   if (anyNA(rows)) return(character())
   keep <- !is.na(y)
   yy <- as.character(y)[keep]

@@ -150,6 +150,10 @@ test_that("compareSampleDistances() scores match independent formulas", {
   diag(off) <- Inf
   nearest_same <- (lone$arm[apply(off, 1, which.min)] == lone$arm)[1:8]
   expect_equal(scored$nearest_agreement, mean(nearest_same))
+  # a table keyed by row names is read by them, even with a column whose name
+  # starts with "sample" ($sample would partial-match it)
+  keyed <- data.frame(sample_group = rev(table$sample), arm = y, noise = table$noise, row.names = table$sample)
+  expect_identical(compareSampleDistances(list(points = m, noise = noise), keyed, c("arm", "noise")), res)
   listed <- table
   listed$arm <- I(as.list(table$arm))
   expect_error(compareSampleDistances(list(points = m), listed, "arm"), "not a vector of categories", class = "mrvi_error")

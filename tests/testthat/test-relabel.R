@@ -189,6 +189,18 @@ test_that("a covariate nested in a sample column gets a hint towards block, and 
   expect_no_message(groupAssociation(x$d, "condition", permutations = 19))
 })
 
+test_that("block is read from a sample table keyed by row names", {
+  x <- donor_distances(4)
+  # `sample_site` would be taken for the sample names by a partial match
+  keyed <- data.frame(sample_site = names(x$donor)[c(seq_along(x$donor)[-1], 1)], donor = x$donor, condition = x$condition,
+                      row.names = names(x$donor))
+  attr(x$d, "sample_table") <- keyed
+  by_name <- groupAssociation(x$d, "condition", permutations = 19, block = "donor", seed = 3)
+  by_vector <- groupAssociation(x$d, x$condition, permutations = 19, block = x$donor, seed = 3)
+  expect_identical(by_name$p_value, by_vector$p_value)
+  expect_identical(S4Vectors::metadata(by_name)$relabeling, "within blocks")
+})
+
 test_that("the per-cell tests warn of coarse relabelings with the normal approximation too", {
   fit <- small_fit()$fit
   y <- stats::setNames(c("a", "a", "b")[seq_along(fit@samples)], fit@samples)
