@@ -185,3 +185,9 @@ without_fit_checks <- function(expr) {
   on.exit(utils::assignInNamespace("check_fit", checked, "mrvi"))
   expr
 }
+
+# Tiny test designs (3-5 samples) get the package's warnings that their tests
+# have little power; tests that are not about those warnings run under this.
+without_power_warnings <- function(expr) {
+  suppressWarnings(expr, classes = c("mrvi_coarse_permutations", "mrvi_few_residual_df"))
+}

@@ -118,7 +118,7 @@ test_that("a sample too small for a threshold is inadmissible for every caller, 
   expect_false(any(a$admissible[, "lonely"]))
   # TRUE means the same mask as admissibility()'s
   cov <- data.frame(sample = fit@samples, g = c("a", "a", "b", "b"))
-  de <- differentialExpression(fit, cov, cells = 1:6, mc_samples = 3, admissible = TRUE)
+  de <- without_power_warnings(differentialExpression(fit, cov, cells = 1:6, mc_samples = 3, admissible = TRUE))
   expect_equal(de$n_samples, unname(rowSums(a$admissible)))
   d <- sampleDistances(fit, cells = 1:6, mc_samples = 0, admissible = TRUE)
   expect_true(all(is.na(d[, "lonely", ])))

@@ -45,13 +45,13 @@ test_that("addMrVI refuses results that are not the fit's", {
   # a groupAssociation() or differentialExpression() result has the columns but no cells
   # (all-NA columns were written); baseline distances are not the fit's
   cov <- stats::setNames(c("a", "a", "b", "b", "b"), f$fit@samples)
-  grp <- groupAssociation(f$fit, cov, groups = "labels", permutations = 9, mc_samples = 0)
+  grp <- without_power_warnings(groupAssociation(f$fit, cov, groups = "labels", permutations = 9, mc_samples = 0))
   expect_error(addMrVI(sce, f$fit, association = grp), "`association` must be the result of `cellAssociation\\(\\)` for `fit`",
                class = "mrvi_error")
   pb <- pseudobulkDistances(f$sim$counts, f$sim$sample, groups = f$sim$cell_type)
   expect_error(addMrVI(sce, f$fit, distances = pb), "not of a baseline", class = "mrvi_error")
   # a cellAssociation() result as a plain data.frame is still one
-  ca <- cellAssociation(f$fit, cov, cells = 1:5, permutations = 9, mc_samples = 0)
+  ca <- without_power_warnings(cellAssociation(f$fit, cov, cells = 1:5, permutations = 9, mc_samples = 0))
   plain <- addMrVI(sce, f$fit, association = as.data.frame(ca))
   expect_equal(plain$mrvi_covariate_q[1:5], ca$q_value)
 })
