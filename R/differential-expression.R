@@ -507,10 +507,11 @@ de_design <- function(fit, covariates, call, block = NULL) {
                 "i" = "Use fewer covariates or fewer factor levels: the residual needs >= 1 degree of freedom."),
               call = call)
   }
-  Xu <- unit_transform(design, rep(TRUE, nrow(X)))$A %*% X
-  if (mode != "none" && qr(Xu)$rank < ncol(X)) {
-    abort_arg(c("With {.arg block} the covariates are collinear {if (mode == 'block means') 'over the blocks\' means' else 'within blocks'}: the design has rank {qr(Xu)$rank} < {ncol(X)} columns.",
-                "i" = "Covariates that differ only by a value per block cannot both be tested within blocks; drop one."),
+  Xu <- in_units(unit_transform(design, rep(TRUE, nrow(X))), X)
+  if (qr(Xu)$rank < ncol(X)) {
+    where <- if (mode == "block means") "over the blocks' means" else "within blocks"
+    abort_arg(c("With {.arg block} the covariates are collinear {where}: the design has rank {qr(Xu)$rank} < {ncol(X)} columns.",
+                "i" = if (mode == "within blocks") "A level present only in whole blocks, or covariates that differ only by a value per block, cannot be estimated within blocks."),
               call = call)
   }
   # a covariate nested in a column outside the design (a donor of several
@@ -542,6 +543,15 @@ de_design <- function(fit, covariates, call, block = NULL) {
 # (unit_transform()). Covariates of both kinds in one call are refused.
 block_design <- function(design, tab, block, call) {
   varying <- vapply(names(tab), function(j) any(varies_within(tab[[j]], block)), logical(1))
+  # a categorical covariate with the block's grouping (a donor column given as both)
+  itself <- names(tab)[!varying & vapply(names(tab), function(j) {
+    !(is.numeric(tab[[j]]) && !is.factor(tab[[j]])) && nlevels(block) < length(block) && !any(varies_within(block, tab[[j]]))
+  }, logical(1))]
+  if (length(itself)) {
+    abort_arg(c("Covariate {.field {itself}} groups the samples as {.arg block} does: it is the block itself, which is not tested.",
+                "i" = "Drop it from {.arg covariates}; {.arg block} accounts for it."),
+              call = call)
+  }
   if (any(varying) && !all(varying)) {
     abort_arg(c("With {.arg block}, covariates {.field {names(tab)[!varying]}} are constant within every block and {.field {names(tab)[varying]}} vary within blocks: they are tested in different ways.",
                 "i" = "Test them in separate calls: a between-block covariate on the blocks' means, a within-block one within blocks."),
@@ -553,26 +563,25 @@ block_design <- function(design, tab, block, call) {
   design
 }
 
-# The rows a cell's regression is fitted on, as a linear map A (rows x samples)
-# of its admissible samples' z (`keep`), and the regression's design A X: the
-# samples themselves; with block, the blocks' means, or the samples centred
-# within their blocks with the grand mean added back (see block_design()).
+# The rows a cell's regression is fitted on, as a linear map A (rows x its
+# admissible samples, `keep`) of their z, and its design A X: NULL for the
+# samples themselves (no block); with block, the blocks' means, or the samples
+# centred within their blocks with the grand mean added back (block_design()).
 unit_transform <- function(design, keep) {
-  S <- nrow(design$X)
   mode <- design$block_design %||% "none"
-  if (mode == "none") return(list(A = diag(S)[keep, , drop = FALSE]))
-  b <- design[["block"]]
-  b[!keep] <- NA
-  b <- droplevels(b)
-  member <- matrix(0, nlevels(b), S)
-  member[cbind(as.integer(b)[keep], which(keep))] <- 1
+  if (mode == "none") return(NULL)
+  b <- droplevels(design[["block"]][keep])
+  n <- length(b)
+  member <- matrix(0, nlevels(b), n)
+  member[cbind(as.integer(b), seq_len(n))] <- 1
   means <- member / rowSums(member)  # blocks x samples
-  if (mode == "block means") return(list(A = means))
-  # each admissible sample less its block's mean, plus the grand mean
-  centre <- diag(S)[keep, , drop = FALSE] - means[as.integer(b)[keep], , drop = FALSE] +
-    matrix(keep / sum(keep), sum(keep), S, byrow = TRUE)
-  list(A = centre)
+  if (mode == "block means") return(means)
+  # each sample less its block's mean, plus the grand mean
+  diag(n) - means[as.integer(b), , drop = FALSE] + 1 / n
 }
+
+# Rows of Y (over the admissible samples) in the units of unit_transform()'s A.
+in_units <- function(A, Y) if (is.null(A)) Y else A %*% Y
 
 # Degrees of freedom the blocks absorb in a cell's regression on the samples
 # `keep` (within blocks: one per block present, less the intercept's).
@@ -595,11 +604,11 @@ regression_maps <- function(design, mask, n) {
   p <- ncol(X)
   one <- function(keep) {
     M <- matrix(0, p + 1, nrow(X))
-    A <- unit_transform(design, keep)$A
-    M[p + 1, ] <- colMeans(A)
-    Xk <- A %*% X
-    C <- design_inverse(Xk, absorbed_df(design, keep))
-    if (is.null(C)) M[seq_len(p), ] <- NA_real_ else M[seq_len(p), ] <- C %*% crossprod(Xk, A)
+    A <- unit_transform(design, keep)
+    M[p + 1, keep] <- if (is.null(A)) 1 / sum(keep) else colMeans(A)
+    Xk <- in_units(A, X[keep, , drop = FALSE])
+    C <- if (any(keep)) design_inverse(Xk, absorbed_df(design, keep))
+    if (is.null(C)) M[seq_len(p), ] <- NA_real_ else M[seq_len(p), keep] <- C %*% (if (is.null(A)) t(Xk) else crossprod(Xk, A))
     whitening <- lapply(design$blocks, function(J) {
       if (is.null(C)) rep(NaN, length(J)^2) else chol(solve(C[J, J, drop = FALSE]))
     })
@@ -689,16 +698,16 @@ de_regression <- function(z, design, mask = NULL, tests = TRUE, noise = NULL, la
   fitted <- list()
   fit_design <- function(cells, keep) {
     if (!any(keep)) return()  # (z_bar stays NA)
-    A <- unit_transform(design, keep)$A
+    A <- unit_transform(design, keep)
     absorbed <- absorbed_df(design, keep)
     # every cell in order (no mask): z itself, not a copy made by indexing
     zc <- if (length(cells) == n) z else z[cells, , , drop = FALSE]
     if (!all(keep)) zc <- zc[, keep, , drop = FALSE]
     Zs <- aperm(zc, c(2, 1, 3))
     dim(Zs) <- c(sum(keep), length(Zs) / sum(keep)) # samples x (cells * L), in place
-    if (!is.null(design$block_design) && design$block_design != "none") Zs <- A[, keep, drop = FALSE] %*% Zs
+    Zs <- in_units(A, Zs)
     z_bar[cells, ] <<- matrix(colMeans(Zs), length(cells), L)
-    Xc <- A %*% X
+    Xc <- in_units(A, X[keep, , drop = FALSE])
     C <- design_inverse(Xc, absorbed)
     if (is.null(C)) return()
     Bc <- C %*% crossprod(Xc, Zs)

@@ -27,6 +27,7 @@ resolve_block <- function(block, table, samples, y, call) {
     values <- block[samples]
   }
   if (is.list(values)) abort_arg("{.arg block} must hold one value per sample, not a list.", call = call)
+  values <- without_na_level(values)  # (an NA level, addNA(), is NA too)
   missing <- samples[is.na(values) & !is.na(y[samples])]
   if (length(missing)) {
     abort_arg(c("{.arg block} has no value for sample{?s} {.val {missing}}.",

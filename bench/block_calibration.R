@@ -1,6 +1,6 @@
 # Guided tests with blocks of samples on real data (`block` of cellAssociation() and
 # groupAssociation()):
-#   R_LIBS=$PWD/.Rlib Rscript bench/block_calibration.R     # ~3 min; writes bench/results/block_calibration.csv
+#   R_LIBS=$PWD/.Rlib Rscript bench/block_calibration.R     # ~6 min; appends to bench/results/block_calibration.csv and de_block_calibration.csv
 # kang_8donors_ctrl (8 control donors x 8 PBMC types, bench/data): every donor's cells
 # are split at random into two halves, and the 16 halves are fitted as samples (mrvi()
 # defaults). A donor-level covariate then has no effect of its own, but its samples
@@ -10,7 +10,12 @@
 # `block = donor`; the share of p-values below 0.05 should be about 0.05 (less with
 # the minimum effect), and is what a user gets from a random donor-level covariate.
 # Also the within-donor covariate "half" (no effect either), with `block`.
-# Settings (environment): MRVI_BENCH_SEED (default 1), MRVI_BENCH_OUT (CSV).
+# The same for differentialExpression() (`block` of the DE regression) on 1,000
+# random cells, with its defaults and as the plain F test (`normalize = FALSE,
+# lfc_threshold = 0`): the share of cells with p < 0.05 per split
+# (bench/results/de_block_calibration.csv).
+# Settings (environment): MRVI_BENCH_SEED (default 1), MRVI_BENCH_OUT (CSV),
+# MRVI_BENCH_DE_OUT (CSV).
 suppressMessages(library(mrvi))
 source("bench/helpers.R")
 seed <- as.integer(Sys.getenv("MRVI_BENCH_SEED", "1"))
@@ -53,8 +58,37 @@ summary <- stats::aggregate(cbind(below_0.05 = p_value < 0.05) ~ covariate + blo
 summary$tests <- stats::aggregate(p_value ~ covariate + block, res, length)$p_value
 print(summary)
 print(stats::aggregate(cbind(below_0.05 = p_value < 0.05) ~ group + block, res[res$covariate == "donor_level", ], mean))
-out <- data.frame(date = format(Sys.time(), "%Y-%m-%d %H:%M"), commit = commit, seed = seed, cpu = cpu,
-                  fit_seconds = round(fit_s, 1), summary)
-old <- if (file.exists(out_file)) utils::read.csv(out_file) else NULL
-utils::write.csv(rbind(old, out), out_file, row.names = FALSE)
-cat("appended to", out_file, "\n")
+append_csv <- function(out, file) {
+  old <- if (file.exists(file)) utils::read.csv(file) else NULL
+  utils::write.csv(rbind(old, out), file, row.names = FALSE)
+  cat("appended to", file, "\n")
+}
+stamp <- data.frame(date = format(Sys.time(), "%Y-%m-%d %H:%M"), commit = commit, seed = seed, cpu = cpu,
+                    fit_seconds = round(fit_s, 1))
+append_csv(cbind(stamp, summary), out_file)
+
+# differentialExpression(): the share of cells with p < 0.05, per covariate and setting
+cells <- sort(sample(nrow(fit@u_mean), 1000))
+settings <- list(default = list(), plain = list(normalize = FALSE, lfc_threshold = 0))
+de_share <- function(covariate, with_block, setting) {
+  args <- c(list(fit, data.frame(sample = samples, covariate = unname(covariate[samples])), cells = cells,
+                 verbose = FALSE, block = if (with_block) block), settings[[setting]])
+  mean(suppressWarnings(suppressMessages(do.call(differentialExpression, args)))$p_value < 0.05)
+}
+de_rows <- list()
+for (setting in names(settings)) {
+  for (k in seq_along(splits)) {
+    grp <- stats::setNames(ifelse(block %in% splits[[k]], "g1", "g2"), samples)
+    for (with_block in c(FALSE, TRUE)) {
+      de_rows[[length(de_rows) + 1]] <- data.frame(setting = setting, covariate = "donor_level", split = k,
+                                                   block = with_block, share_below_0.05 = de_share(grp, with_block, setting))
+    }
+  }
+  de_rows[[length(de_rows) + 1]] <- data.frame(setting = setting, covariate = "half", split = NA, block = TRUE,
+                                               share_below_0.05 = de_share(halves, TRUE, setting))
+}
+de_res <- do.call(rbind, de_rows)
+de_summary <- stats::aggregate(share_below_0.05 ~ setting + covariate + block, de_res, function(v) c(mean = mean(v), max = max(v)))
+de_summary <- do.call(data.frame, de_summary)
+print(de_summary)
+append_csv(cbind(stamp, de_summary), Sys.getenv("MRVI_BENCH_DE_OUT", "bench/results/de_block_calibration.csv"))

@@ -137,12 +137,32 @@ test_that("differentialExpression(block =) on a fit: the blocks' means, metadata
                "separate calls", class = "mrvi_error")
   expect_error(differentialExpression(fit, "cov1", cells = 1:2, block = between[-1], verbose = FALSE),
                "block", class = "mrvi_error")
-  expect_error(differentialExpression(fit, "cov1", cells = 1:2, verbose = FALSE,
-                                      block = setNames(rep(c("d1", "d2"), each = 6), names(between))),
+  two <- setNames(rep(c("d1", "d2"), each = 6), names(between))  # cov1's own grouping
+  expect_error(differentialExpression(fit, "cov1", cells = 1:2, verbose = FALSE, block = two),
+               "is the block itself", class = "mrvi_error")
+  older <- fit
+  older@sample_table$age <- ifelse(two[fit@sample_table$sample] == "d1", 30, 50)
+  expect_error(differentialExpression(older, "age", cells = 1:2, verbose = FALSE, block = two),
                "2 blocks cannot test a design of 2 columns", class = "mrvi_error")
-  # without block, a donor column nested in the covariate gets a hint towards it
+  # a design collinear within blocks: a level only in whole blocks
+  lone <- fit
+  lone@sample_table$g3 <- ifelse(paired[fit@sample_table$sample] == "p6", "c", as.character(fit@sample_table$cov1))
+  expect_error(differentialExpression(lone, "g3", cells = 1:2, block = paired, verbose = FALSE),
+               "collinear within blocks", class = "mrvi_error")
+  # an NA level is NA; the block given as a covariate too
+  na_level <- setNames(addNA(factor(replace(between, 3, NA))), names(between))
+  expect_error(differentialExpression(fit, "cov1", cells = 1:2, block = na_level, verbose = FALSE),
+               "no value for sample \"s03\"", class = "mrvi_error")
   with_donor <- fit
   with_donor@sample_table$donor <- unname(between[fit@sample_table$sample])
+  expect_error(differentialExpression(with_donor, c("donor"), cells = 1:2, block = "donor", verbose = FALSE),
+               "is the block itself", class = "mrvi_error")
+  # a numeric donor-level covariate (one value per donor) is tested on the donors' means
+  aged <- fit
+  aged@sample_table$age <- c(d1 = 31, d2 = 45, d3 = 52, d4 = 38, d5 = 60, d6 = 27)[between[fit@sample_table$sample]]
+  expect_identical(S4Vectors::metadata(differentialExpression(aged, "age", cells = 1:2, mc_samples = 0, normalize = FALSE,
+                                                              block = between, verbose = FALSE))$block_design, "block means")
+  # without block, a donor column nested in the covariate gets a hint towards it
   expect_message(differentialExpression(with_donor, "cov1", cells = 1:2, mc_samples = 0, normalize = FALSE, verbose = FALSE),
                  "give `block`", class = "mrvi_nested_covariate")
   expect_no_message(differentialExpression(with_donor, "cov1", cells = 1:2, mc_samples = 0, normalize = FALSE,
