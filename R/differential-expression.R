@@ -140,7 +140,8 @@
 #' samples (8 donors x 3 samples, a null donor-level covariate; 7 seeds),
 #' 5.1-6.1\% of p < 0.05 with `block` against 34-39\% without it. With
 #' `admissible`, a cell's blocks are those with an admissible sample, averaged
-#' over those.
+#' over those. Numeric covariates are scaled over the samples, as without
+#' `block` (the effect is per standard deviation over samples).
 #'
 #' @param fit a [MrVIFit-class].
 #' @param covariates sample-table column names, or a data.frame with a `sample`
