@@ -148,9 +148,15 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   for (nm in names(nuisance$values)) new_cells[[nm]] <- nuisance$values[[nm]]
   # the metadata columns the fit's sample, batch and labels came from, for new
   # cells given as vectors (so that groups = "cell_type" keeps them)
+  new_table <- data$sample_table
   for (role in names(fit@config$columns)) {
     column <- fit@config$columns[[role]]
     if (!column %in% names(new_cells)) new_cells[[column]] <- new_cells[[role]]
+    # and in the sample table, where the fit's samples have it under the column's
+    # name (the new samples' site was NA there, and their tests left them out)
+    if (role != "sample" && role %in% names(new_table) && !column %in% names(new_table) && column %in% names(fit@sample_table)) {
+      names(new_table)[names(new_table) == role] <- column
+    }
   }
   config <- fit@config
   config$model_json <- info$model_config
@@ -159,10 +165,15 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
     samples = new_samples, history = trained$history, seed = seed, n_threads = threads,
     interrupted = trained$run$interrupted,
     best_epoch = if (isTRUE(train$early_stopping)) trained$done$best_epoch else nrow(trained$history))))
+  if (trained$run$interrupted) {
+    cli::cli_warn(c("Training of the new samples was interrupted at epoch {nrow(trained$history) + 1}.",
+                    "i" = "Returning the model with the weights of epoch {utils::tail(config$added, 1)[[1]]$best_epoch}."),
+                  class = c("mrvi_interrupted", "mrvi_warning"))
+  }
   new("MrVIFit", fit,
     config = config,
     weights = trained$done$weights,
-    sample_table = bind_rows_fill(fit@sample_table, data$sample_table),
+    sample_table = bind_rows_fill(fit@sample_table, new_table),
     samples = all_samples,
     # (new cells may bring new label levels)
     labels = union(fit@labels, levels(data$labels)),

@@ -79,7 +79,7 @@ new_mrvi_fit <- function(data, weights, model_json, device, history, config) {
   # weights finite but huge (a too large lr in the last steps) give NaN latents
   if (!all(is.finite(post$mean)) || !all(is.finite(post$sd))) {
     abort_arg(c("Training diverged with {.arg lr} = {config$train$lr}: the fitted cells' latents are not finite.",
-                "i" = "Try a smaller {.arg lr}, or check the counts for extreme values."),
+                "i" = divergence_hint()),
               class = "mrvi_divergence_error", call = user_call())
   }
   nuisance <- nuisance_design(data)$spec

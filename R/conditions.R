@@ -52,7 +52,7 @@ rust <- function(expr) {
     hint <- switch(class,
       mrvi_memory_error = "Not enough memory: ask for less (fewer cells, samples or draws), or free memory.",
       mrvi_internal_error = "This is a bug in mrvi: please report it with the call that caused it.",
-      mrvi_divergence_error = "Try a smaller {.arg lr}, or check the counts for extreme values.",
+      mrvi_divergence_error = divergence_hint(),
       # a file that could not be written has nothing to delete: the path is the fix
       mrvi_checkpoint_error = if (grepl("^cannot write the checkpoint", msg))
         "Give a {.arg checkpoint} path in a folder you can write to." else
@@ -60,6 +60,18 @@ rust <- function(expr) {
       NULL)
     abort_arg(c("{msg}", "i" = if (!is.null(hint)) hint), class = class, call = user_call())
   })
+}
+
+# What to change when training diverged: mrviAddSamples() trains with the fit's
+# `lr`, so there only the new cells' data can be the cause.
+divergence_hint <- function() {
+  call <- user_call()
+  f <- if (is.call(call)) call[[1]]
+  name <- if (is.call(f)) as.character(f[[3]]) else if (is.name(f)) as.character(f)
+  if (identical(name, "mrviAddSamples")) {
+    return("The new samples train with the fit's {.arg lr}: check the new cells' counts and {.arg continuous_covariates} for extreme values (see any {.cls mrvi_extrapolation} warning).")
+  }
+  "Try a smaller {.arg lr}, or check the counts for extreme values."
 }
 
 # The call of the outermost function of this package on the stack: the one the

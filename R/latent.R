@@ -7,7 +7,8 @@
 #'   from `x` is an error: it is not a gene without counts. A cell without
 #'   counts on the fitted genes tells the encoder nothing (training never saw
 #'   one): its row is NA, with a warning of class `mrvi_empty_cells`, so that
-#'   the rows are always the cells of `x`, in their order.
+#'   the rows are always the cells of `x`, in their order (an `x` without any
+#'   count is an error).
 #' @param which `"u"` (sample-free) or `"z"` (sample-aware, under each cell's
 #'   own sample).
 #' @param use_mean `TRUE`: the posterior mean of u; `FALSE`: one draw from the
