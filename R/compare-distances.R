@@ -5,14 +5,17 @@
 #' per method, group and covariate,
 #' * `r2`: PERMANOVA \eqn{R^2}, the share of the total sum of squared distances
 #'   between the covariate's categories (\eqn{1 - SS_W / SS_T}); for distances
-#'   that are not Euclidean (correlation distances) it can be slightly negative;
+#'   that are not Euclidean (correlation distances, normalised distances) it
+#'   can be negative;
 #' * `anosim_r`: ANOSIM R, \eqn{(\bar r_B - \bar r_W) / (M / 2)} with
 #'   \eqn{\bar r_B}, \eqn{\bar r_W} the mean ranks of between- and
 #'   within-category distances and \eqn{M = n(n-1)/2} (1: every within-category
 #'   pair closer than every between pair; about 0: no separation);
 #' * `nearest_agreement`: the share of samples whose nearest other sample has
 #'   the same category, over the samples that have another of their category
-#'   (a sample alone in its category cannot agree, whatever the method);
+#'   (a sample alone in its category cannot agree, whatever the method); a
+#'   sample with several nearest samples at one distance counts the share of
+#'   them in its category;
 #' * `replicate_rank`: how close samples of the same category (replicates) sit:
 #'   for each sample, the share of (replicate, other-category sample) pairs in
 #'   which the other-category sample is the closer one, averaged over the
@@ -32,7 +35,7 @@
 #'   `r2`, `anosim_r`, `nearest_agreement`, `replicate_rank`. Scores that
 #'   cannot be computed are `NA`, and a warning lists those rows and why (fewer
 #'   than 3 samples or 2 categories, no category with 2 samples, an `NA`
-#'   distance). Distances must carry sample names; each method one name.
+#'   distance, every distance 0). Distances must carry sample names; each method one name.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type,
@@ -151,7 +154,8 @@ separation_scores <- function(m, y) {
   reason <- if (n < 3) "fewer than 3 samples with a distance and a category" else
     if (nlevels(y) < 2) "fewer than 2 categories" else
     if (all(table(y) < 2)) "no category with 2 samples (a continuous covariate?)" else
-    if (anyNA(m)) "a distance between two of its samples is NA"
+    if (anyNA(m)) "a distance between two of its samples is NA" else
+    if (all(m[upper.tri(m)] == 0)) "every distance between its samples is 0"
   if (!is.null(reason)) {
     return(structure(c(r2 = NA_real_, anosim_r = NA_real_, nearest_agreement = NA_real_, replicate_rank = NA_real_),
                      reason = reason))
@@ -166,7 +170,9 @@ separation_scores <- function(m, y) {
   # (over the samples with a replicate, as replicate_rank: one alone in its
   # category counted as a miss for every method)
   has_mate <- tabulate(y, nlevels(y))[as.integer(y)] > 1
-  nearest <- mean((y[apply(off, 1, which.min)] == y)[has_mate])
+  # a sample's nearest samples, ties shared (which.min() would follow the order)
+  agrees <- vapply(seq_len(n), function(i) mean(y[off[i, ] == min(off[i, ])] == y[i]), numeric(1))
+  nearest <- mean(agrees[has_mate])
   # per sample: the share of (replicate, non-replicate) pairs where the
   # non-replicate is the closer one (a Mann-Whitney U statistic, scaled)
   ranks <- unlist(lapply(seq_len(n), function(i) {

@@ -124,8 +124,17 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
     }
     support <- support %||% d
     # the clustering itself when sampleTreeSupport() kept it (ape's conversion
-    # refuses trees whose heights are all 0)
-    hc <- attr(d, "hclust") %||% stats::as.hclust(d)
+    # refuses trees whose heights are all 0), unless the tree was edited since
+    # (ape keeps the attribute through drop.tip() and renamed tips)
+    hc <- attr(d, "hclust")
+    if (is.null(hc) || !setequal(hc$labels, d$tip.label) || !setequal(hclust_clades(hc), phylo_clades(d))) {
+      hc <- tryCatch(stats::as.hclust(d), error = function(e) {
+        abort_arg(c("{.arg d} is an ape tree that cannot be drawn as a clustering.",
+                    "x" = conditionMessage(e),
+                    "i" = "Draw a tree from {.fn sampleTreeSupport}, edited or not, with its branch lengths; a multifurcating or non-ultrametric tree cannot be drawn."),
+                  call = call)
+      })
+    }
     m <- structure(matrix(0, length(hc$labels), length(hc$labels), dimnames = list(hc$labels, hc$labels)),
                    sample_table = attr(d, "sample_table"))
   } else {
@@ -320,7 +329,10 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
     abort_arg("{.arg alpha} must be one number in (0, 1).", call = call)
   }
   axis_title <- NULL
-  if (is.character(groups) && length(groups) == 1 && nrow(res) != 1) {
+  # a column name, unless one value for a one-row result (a column of the fit wins)
+  column <- is.character(groups) && length(groups) == 1 &&
+    (nrow(res) != 1 || !is.null(fit) && methods::is(fit, "MrVIFit") && groups %in% names(fit@cell_data))
+  if (column) {
     axis_title <- groups
     if (is.null(fit)) abort_arg("{.arg fit} is needed to read {.arg groups} = {.val {groups}}.", call = call)
     check_fit(fit, call)
@@ -341,8 +353,13 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
                 "i" = if (nrow(res)) "Check {.arg groups}: every value is {.code NA}." else "{.arg res} has no rows."),
               call = call)
   }
-  df <- stats::aggregate(list(fraction = res$q_value < alpha), list(group = as.factor(groups)),
-                         mean, na.rm = TRUE)
+  groups <- as.factor(groups)
+  tested <- !is.na(res$q_value)
+  untested <- setdiff(levels(droplevels(groups[!is.na(groups)])), as.character(groups[tested]))
+  if (length(untested)) {
+    inform(c("i" = "{cli::qty(length(untested))}Group{?s} {.val {untested}} {?has/have} no cell with a q-value: left out."))
+  }
+  df <- stats::aggregate(list(fraction = res$q_value[tested] < alpha), list(group = droplevels(groups[tested])), mean)
   # (bars of height 0 alone look like a figure that failed to draw)
   subtitle <- if (all(df$fraction == 0, na.rm = TRUE)) sprintf("no cell has q < %g", alpha)
   ggplot2::ggplot(df, ggplot2::aes(x = group, y = fraction)) +

@@ -154,6 +154,17 @@ test_that("compareSampleDistances() scores match independent formulas", {
   # starts with "sample" ($sample would partial-match it)
   keyed <- data.frame(sample_group = rev(table$sample), arm = y, noise = table$noise, row.names = table$sample)
   expect_identical(compareSampleDistances(list(points = m, noise = noise), keyed, c("arm", "noise")), res)
+  # tied nearest samples share the agreement, whatever the order; all-zero distances score NA
+  tied <- matrix(1, 6, 6, dimnames = list(sprintf("t%d", 1:6), sprintf("t%d", 1:6)))
+  diag(tied) <- 0
+  tied_table <- data.frame(sample = rownames(tied), arm = rep(c("a", "b"), each = 3))
+  o <- c(2, 1, 5, 3, 6, 4)
+  ties <- compareSampleDistances(list(m = tied), tied_table, "arm")
+  expect_equal(ties$nearest_agreement, 0.4)  # 2 of a sample's 5 nearest share its category
+  expect_equal(compareSampleDistances(list(m = tied[o, o]), tied_table, "arm")$nearest_agreement, 0.4)
+  zero <- tied * 0
+  expect_warning(flat <- compareSampleDistances(list(m = zero), tied_table, "arm"), "every distance between its samples is 0")
+  expect_true(is.na(flat$r2) && is.na(flat$nearest_agreement))
   listed <- table
   listed$arm <- I(as.list(table$arm))
   expect_error(compareSampleDistances(list(points = m), listed, "arm"), "not a vector of categories", class = "mrvi_error")

@@ -88,6 +88,20 @@ test_that("plotAssociation() draws the fraction of cells with q < alpha per grou
   expect_error(plotAssociation(res, rep(NA, 60)), "every value is `NA`", class = "mrvi_error")
   expect_null(p$labels$subtitle)
   expect_match(plotAssociation(res, groups, alpha = 1e-6)$labels$subtitle, "no cell has q < 1e-06")
+  # a group none of whose cells has a q-value is left out, and said so
+  untested <- res
+  untested$q_value[groups == "NK"] <- NA
+  expect_message(q <- plotAssociation(untested, groups, alpha = 0.3), "\"NK\" has no cell with a q-value")
+  expect_identical(as.character(q$data$group), c("B cells", "T cells"))
+})
+
+test_that("plotAssociation() reads a column of the fit for a one-row result too", {
+  fit <- small_fit()$fit
+  res <- without_power_warnings(cellAssociation(fit, setNames(rep(c("a", "b"), length.out = length(fit@samples)), fit@samples),
+                                                cells = 1:3, mc_samples = 0, permutations = 0))
+  column <- names(fit@cell_data)[vapply(fit@cell_data, function(v) is.factor(v) || is.character(v), logical(1))][1]
+  one <- plotAssociation(res[2, ], column, fit = fit)
+  expect_identical(as.character(one$data$group), as.character(fit@cell_data[rownames(res)[2], column]))
 })
 
 test_that("an ape tree that is not sampleTreeSupport()'s is refused with a classed error", {

@@ -53,6 +53,12 @@ test_that("a tree planted with large effects has support 1; samples without stru
   expect_gt(mean(raw$node.label[-1]), mean(inner))
   expect_true(all(sampleTreeSupport(p$fit, "labels", group = "planted", B = 30, mc_samples = 0,
                                     normalize = FALSE)$node.label == 1))
+  # an edited tree is drawn as it is now, not as the clustering it came from
+  pruned <- ape::drop.tip(planted, "s1")
+  expect_setequal(ggplot2::layer_data(plotSampleTree(pruned), 2)$label, paste0("s", 2:6))
+  renamed <- planted
+  renamed$tip.label[renamed$tip.label == "s2"] <- "donor2"
+  expect_true("donor2" %in% ggplot2::layer_data(plotSampleTree(renamed), 2)$label)
   # the plot shows the values
   g <- plotSampleTree(planted)
   expect_s3_class(g, "ggplot")
