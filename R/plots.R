@@ -214,8 +214,12 @@ annotation_scale <- function(ann) {
 # column names of the sample table, a data.frame with one row per sample (a
 # `sample` column or row names), or a vector named by sample (one track).
 annotation_table <- function(d, m, annotation, ord, call) {
-  named_vector <- is.atomic(annotation) && !is.null(names(annotation)) && all(ord %in% names(annotation))
-  if (named_vector) return(data.frame(annotation = unname(annotation[ord])))
+  named_vector <- is.atomic(annotation) && !is.null(names(annotation))
+  if (named_vector) {
+    missing <- setdiff(ord, names(annotation))
+    if (length(missing)) abort_arg("{.arg annotation} has no value for sample{?s} {.val {missing}}.", call = call)
+    return(data.frame(annotation = unname(annotation[ord])))
+  }
   if (!is.data.frame(annotation) && !(is.character(annotation) && length(annotation) && !anyNA(annotation))) {
     abort_arg(c("{.arg annotation} must be {.code NULL}, column names of the sample table, a data.frame with one row per sample, or a vector named by sample.",
                 "i" = "Not {.obj_type_friendly {annotation}}."), call = call)

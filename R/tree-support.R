@@ -84,6 +84,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
   opts <- support_options(list(...), call)
   grouping <- resolve_groups(fit, groups, call)
   chosen <- if (is.null(group)) levels(grouping) else {
+    if (is.factor(group)) group <- as.character(group)
     if (!is.character(group) || anyNA(group) || !all(group %in% levels(grouping))) {
       abort_arg(c("{.arg group} must name groups of {.arg groups}.", "i" = "Groups: {show_some(levels(grouping), 8)}."),
                 call = call)

@@ -144,6 +144,7 @@ test_that("annotation tracks have colours of their own, numbers binned in order,
     one <- plot(d, "type1", annotation = named)$layers
     one <- one[[length(one)]]$data
     expect_identical(one$value, paste0("annotation: ", ann$sex[match(as.character(one$x), ann$sample)]))
+    expect_error(plot(d, "type1", annotation = named[-1]), paste0("no value for sample \"", names(named)[1]), class = "mrvi_error")
   }
   # more than 5 distinct numbers: binned on pretty breaks, in order
   v <- mrvi:::annotation_colours(c(3, 18, 44, 61, 87, 90, NA), 1)

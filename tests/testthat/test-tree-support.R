@@ -40,6 +40,7 @@ test_that("a tree planted with large effects has support 1; samples without stru
   one <- sampleTreeSupport(p$fit, groups = "labels", group = "planted", B = 30, mc_samples = 5)
   expect_s3_class(one, "phylo")
   expect_equal(one$node.label, planted$node.label)
+  expect_identical(sampleTreeSupport(p$fit, groups = "labels", group = factor("planted"), B = 30, mc_samples = 5), one)
   # samples without structure: low support (normalised distances, the default;
   # all 0 here, which the warning says)
   flat <- suppressWarnings(sampleTreeSupport(p$fit_flat, groups = NULL, B = 30, mc_samples = 5),
