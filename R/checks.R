@@ -150,5 +150,13 @@ check_checkpoint <- function(path, call) {
     abort_arg(c("{.arg checkpoint} must be a file in an existing folder.",
                 "x" = "{.file {path}} is a folder, or its folder does not exist."), call = call)
   }
+  # a folder that cannot be written to failed only after the first epoch's training
+  probe <- tempfile(".mrvi-probe", tmpdir = dirname(path))
+  writable <- suppressWarnings(file.create(probe))
+  unlink(probe)
+  if (!writable) {
+    abort_arg(c("{.arg checkpoint} must be a file in a folder you can write to.",
+                "x" = "Cannot create files in {.file {dirname(path)}}."), call = call, class = "mrvi_checkpoint_error")
+  }
   path
 }
