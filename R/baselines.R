@@ -64,6 +64,8 @@ pseudobulkDistances <- function(x, sample, groups = NULL, metric = c("correlatio
     # (a sample without cells in the group has no profile, whatever min_cells)
     kept <- samples[n >= max(1, min_cells)]
     excluded[[g]] <- samples[n < max(1, min_cells)]
+    # a sample alone in the group: at distance 0 from itself, as in sampleDistances()
+    if (length(kept) == 1) out[kept, kept, g] <- 0
     if (length(kept) < 2) next
     bulk <- data$counts[, idx, drop = FALSE] %*% Matrix::sparseMatrix(seq_along(idx), match(data$sample[idx], samples),
                                                                       x = 1, dims = c(length(idx), S))

@@ -250,6 +250,12 @@ test_that("pseudobulkDistances() leaves out a sample without cells in a group, w
   expect_false(anyNA(p[-1, -1, "T"]))
   expect_equal(attr(p, "excluded")$T, "s1")
   expect_false(anyNA(p[, , "B"]))
+  # a sample alone in a group: 0 from itself, NA to the others (as sampleDistances())
+  lone <- x$type != "T" | x$sample == "s1"
+  one <- suppressWarnings(pseudobulkDistances(x$counts[, lone], x$sample[lone], groups = x$type[lone], min_cells = 0),
+                          classes = "mrvi_all_excluded")
+  expect_equal(one["s1", "s1", "T"], 0)
+  expect_true(all(is.na(one["s1", -1, "T"])))
   # one sample with a constant profile: the warning names it alone
   flat <- x$counts
   flat[, x$sample == "s2"] <- 1
