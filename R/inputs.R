@@ -216,6 +216,14 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
   unused <- levels(sample)[tabulate(sample, nlevels(sample)) == 0]  # (levels of a subset's factor)
   factors <- resolve_batch(batch, cell_meta, counts, call)
   continuous <- resolve_continuous(continuous, cell_meta, counts, call)
+  # one name per covariate in the cell data: a continuous covariate named as a
+  # categorical one (or "batch", the name of the combination) was read back as it
+  shared <- intersect(names(continuous), c(names(factors), "batch"))
+  if (length(shared)) {
+    abort_arg(c("{.arg continuous_covariates} {cli::qty(length(shared))}{?has a name/have names} of {.arg batch}'s covariates (or {.val batch}, reserved for them): {.val {shared}}.",
+                "i" = "Give the continuous covariates names of their own (for example {.code continuous_covariates = data.frame(mito = ...)})."),
+              call = call)
+  }
   # several covariates: `batch` is their combination (for the sample table and printing)
   batch <- if (is.null(factors)) NULL else if (ncol(factors) == 1) factors[[1]] else combined_levels(factors)
   labels <- if (is.null(labels)) NULL else resolve_cell_factor(labels, "labels", cell_meta, counts, call)
@@ -390,6 +398,8 @@ resolve_cell_values <- function(value, arg, cell_meta, counts, call) {
     }
     value <- cell_meta[[value]]
   }
+  # a 1-d array (tapply(), table()) is a vector with names
+  if (is.array(value) && length(dim(value)) == 1) value <- stats::setNames(as.vector(value), names(value))
   if (is.data.frame(value) || is.list(value) && !is.factor(value) || !is.null(dim(value))) {
     abort_arg("{.arg {arg}} must be a column name or a vector, not {.obj_type_friendly {value}}.",
               call = call)

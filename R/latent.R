@@ -199,6 +199,17 @@ new_cells_assay <- function(fit, x, assay, call) {
   if (inherits(x, "Seurat")) {
     if (is.null(seurat)) return("counts")
     if (!seurat %in% SeuratObject::Assays(x)) missing_assay(seurat, "seurat_assay")
+    # a fit read from another layer than "counts" (`assay = "data"`) of its
+    # Seurat assay reads that layer again: seurat_counts() takes a layer name
+    # for the default assay
+    layer <- fit@config$assay
+    if (is.character(layer) && !identical(layer, seurat) && !identical(layer, "counts")) {
+      if (!identical(SeuratObject::DefaultAssay(x), seurat)) {
+        abort_arg(c("The fit's cells were read from layer {.val {layer}} of Seurat assay {.val {seurat}}, which is not the default assay of {.arg x}.",
+                    "i" = "Set {.code DefaultAssay(x) <- \"{seurat}\"}, or give {.arg assay}."), call = call)
+      }
+      return(layer)
+    }
     return(seurat)
   }
   wanted <- if (is.null(seurat)) fit@config$assay

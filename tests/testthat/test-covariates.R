@@ -105,6 +105,11 @@ test_that("bad covariates are refused naming the argument", {
                "continuous_covariates\\$flat.*constant", class = "mrvi_error")
   expect_error(mrvi(sce, sample = "sample", continuous_covariates = list(word = rep(c("a", "b"), 300)), verbose = FALSE),
                "continuous_covariates\\$word.*numeric", class = "mrvi_error")
+  # a continuous covariate named as a categorical one was read back as it
+  expect_error(mrvi(sce, sample = "sample", batch = "site", continuous_covariates = data.frame(batch = sce$mito), verbose = FALSE),
+               "reserved for them", class = "mrvi_error")
+  expect_error(mrvi(sce, sample = "sample", batch = data.frame(x = sce$site, chem = sce$chemistry),
+                    continuous_covariates = data.frame(x = sce$mito), verbose = FALSE), "\"x\"", class = "mrvi_error")
   expect_error(mrvi(sce, sample = "sample", batch = list(site = sce$site, one = rep("x", ncol(sce))), verbose = FALSE),
                "batch\\$one.*constant", class = "mrvi_error")
   expect_error(mrvi(sce, sample = "sample", batch = list(sample = sce$site, b = sce$chemistry), verbose = FALSE),

@@ -97,6 +97,22 @@ test_that("HDF5-backed counts (a matrix or a saved SummarizedExperiment) fit as 
   expect_identical(fit(on_disk, "donor")@weights, in_memory@weights)
 })
 
+test_that("zeros stored explicitly in a dgCMatrix train as the zeros they are", {
+  # (the likelihood read every stored entry as a count of at least 1: a panic,
+  # or another gene's value)
+  sim <- mrvi:::example_counts()
+  set.seed(3)
+  down <- sim$counts
+  down@x <- as.numeric(stats::rbinom(length(down@x), as.integer(down@x), 0.5))
+  expect_gt(sum(down@x == 0), 0)
+  for (flavour in c("linear", "attention")) {
+    fit <- function(x) mrvi(x, sim$sample, flavour = flavour, max_epochs = 2, n_threads = 1, verbose = FALSE)
+    stored <- fit(down)
+    expect_identical(stored@weights, fit(Matrix::drop0(down))@weights)
+    expect_identical(stored@u_mean, fit(Matrix::drop0(down))@u_mean)
+  }
+})
+
 test_that("logical and pattern matrices are refused as counts; a numeric diagonal matrix is read", {
   m <- small_counts()
   s <- small_samples()
@@ -107,6 +123,12 @@ test_that("logical and pattern matrices are refused as counts; a numeric diagona
   d <- Matrix::Diagonal(4, x = c(1, 2, 3, 4))
   dimnames(d) <- list(paste0("g", 1:4), paste0("c", 1:4))
   expect_identical(mrviData(d, sample = c("a", "a", "b", "b"))$counts, methods::as(as.matrix(d), "dgCMatrix"))
+})
+
+test_that("a 1-d array of samples, named by cell, is read as a named vector", {
+  sim <- mrvi:::example_counts()
+  v <- array(as.character(sim$sample), dim = ncol(sim$counts), dimnames = list(colnames(sim$counts)))
+  expect_identical(unname(mrviData(sim$counts, sample = v[rev(seq_along(v))])$sample), mrviData(sim$counts, sample = sim$sample)$sample)
 })
 
 test_that("empty names are refused in sample, batch and labels", {

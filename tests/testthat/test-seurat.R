@@ -86,3 +86,20 @@ test_that("a Seurat assay name reads that assay's counts; a bad one is named", {
   expect_error(mrviData(so, sample = "donor", assay = "data"),
                "`x`'s assay \"data\" must hold raw counts: .* not whole numbers", class = "mrvi_error")
 })
+
+test_that("a fit read from another layer of a Seurat assay reads that layer again for new cells and write-back", {
+  skip_if_not_installed("SeuratObject")
+  m <- small_counts()
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = m))
+  so$donor <- small_samples()
+  # other whole-number counts in the "data" slot (downsampled)
+  set.seed(3)
+  down <- m
+  down@x <- as.numeric(stats::rbinom(length(down@x), as.integer(down@x), 0.5))
+  so <- SeuratObject::SetAssayData(so, slot = "data", new.data = down)
+  fit <- mrvi(so, sample = "donor", assay = "data", flavour = "linear", max_epochs = 2, n_threads = 1, verbose = FALSE)
+  again <- mrviLatent(fit, x = so, sample = so$donor)
+  kept <- rownames(fit@u_mean)
+  expect_equal(unname(again[kept, ]), unname(fit@u_mean), tolerance = 1e-5)
+  expect_s4_class(addMrVI(so, fit), "Seurat")
+})

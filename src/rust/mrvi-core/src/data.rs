@@ -36,15 +36,24 @@ pub struct CscCounts {
 impl CscCounts {
     /// Build from dgCMatrix slots (`p`, `i`, `x`), checking the structure and the
     /// values (finite, non-negative, integer), so that later code can trust them.
+    /// Zeros stored explicitly (a valid dgCMatrix may hold them: arithmetic,
+    /// downsampling) are left out: the likelihood reads every stored entry as a
+    /// count of at least 1.
     pub fn from_slots(n_genes: usize, n_cells: usize, p: &[i32], i: &[i32], x: &[f64]) -> Result<Self> {
         scan_slots(n_genes, n_cells, p, i, x)?.require_valid_counts()?;
-        Ok(Self {
-            n_genes,
-            n_cells,
-            indptr: p.iter().map(|&v| v as usize).collect(),
-            indices: i.iter().map(|&r| r as u32).collect(),
-            values: x.iter().map(|&v| v as f32).collect(),
-        })
+        let stored = x.iter().filter(|&&v| v != 0.0).count();
+        let (mut indptr, mut indices, mut values) = (Vec::with_capacity(n_cells + 1), Vec::with_capacity(stored), Vec::with_capacity(stored));
+        indptr.push(0);
+        for cell in 0..n_cells {
+            for k in p[cell] as usize..p[cell + 1] as usize {
+                if x[k] != 0.0 {
+                    indices.push(i[k] as u32);
+                    values.push(x[k] as f32);
+                }
+            }
+            indptr.push(indices.len());
+        }
+        Ok(Self { n_genes, n_cells, indptr, indices, values })
     }
 
     /// `n_cells` cells without counts: the place of counts that are read from
@@ -219,6 +228,18 @@ mod tests {
     // [1 0 0 2]
     // [0 0 3 0]
     // [4 0 5 0]
+    #[test]
+    fn stored_zeros_are_left_out() {
+        // column 0: (0, 1), (1, 0 stored), (2, 4); column 1: (1, 0 stored) only
+        let with_zeros = CscCounts::from_slots(3, 2, &[0, 3, 4], &[0, 1, 2, 1], &[1., 0., 4., 0.]).unwrap();
+        let without = CscCounts::from_slots(3, 2, &[0, 2, 2], &[0, 2], &[1., 4.]).unwrap();
+        for c in 0..2 {
+            assert_eq!(with_zeros.column(c).collect::<Vec<_>>(), without.column(c).collect::<Vec<_>>());
+            assert_eq!(with_zeros.column_len(c), without.column_len(c));
+        }
+        assert_eq!(with_zeros.library_sizes(), vec![5.0, 0.0]);
+    }
+
     fn example() -> CscCounts {
         CscCounts::from_slots(3, 4, &[0, 2, 2, 4, 5], &[0, 2, 1, 2, 0], &[1., 4., 3., 5., 2.]).unwrap()
     }
