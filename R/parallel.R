@@ -29,7 +29,9 @@
 #' workers, so that workers x threads <= cores. (On a cluster, set
 #' `options(mrvi.worker_threads = )` to the cores each job asks for.) Both
 #' options, when set, must be one positive whole number: anything else is an
-#' error before any work.
+#' error before any work. A worker uses at most the cores of the machine it
+#' runs on (more threads than cores only slow it down; a count in the
+#' thousands made libgomp fail).
 #'
 #' @name mrvi-parallel
 #' @examples
@@ -130,7 +132,7 @@ unforked <- function(BPPARAM, workers) {
 # generator (BiocParallel gives workers L'Ecuyer's, under which the set.seed()
 # of a task would draw other numbers), then the task.
 bp_task <- function(x, task, threads, kind, ...) {
-  mrvi_set_threads(as.integer(threads))
+  mrvi_set_threads(as.integer(min(threads, default_threads())))  # (this worker's machine's cores)
   RNGkind(kind[1], kind[2], kind[3])
   # this package's errors come back as values, so that bp_map() signals them
   # with their classes (BiocParallel would wrap them into its own)

@@ -30,6 +30,10 @@ local({
       expect_s3_class(e, "mrvi_error")
       expect_match(conditionMessage(e), "options(mrvi.worker_threads)", fixed = TRUE)
     }
+    # a huge count is capped at the worker's cores (libgomp failed to allocate for 1e9)
+    huge <- with_opt(list(mrvi.task_cells = 2, mrvi.worker_threads = 1e9),
+                     sampleDistances(fit, cells = 1:5, mc_samples = 0, BPPARAM = BiocParallel::SnowParam(2)))
+    expect_identical(huge, sampleDistances(fit, cells = 1:5, mc_samples = 0))
   })
 
   test_that("the mrvi() switches must be TRUE or FALSE", {
