@@ -191,3 +191,24 @@ without_fit_checks <- function(expr) {
 without_power_warnings <- function(expr) {
   suppressWarnings(expr, classes = c("mrvi_coarse_permutations", "mrvi_few_residual_df"))
 }
+
+# Ctrl-C in a child R process: it runs `before` (R code as text: data, a first
+# fit), writes its pid, then runs `during` (the training to interrupt), and saves
+# the value of `saved` (an expression as text). This process sends it SIGINT,
+# what Ctrl-C sends to the foreground process, once training has run a few
+# seconds, and returns what the child saved (NULL if it saved nothing).
+interrupted_run <- function(before, during, saved) {
+  dir <- tempfile("mrvi-int")
+  dir.create(dir)
+  pid_file <- file.path(dir, "pid")
+  out <- file.path(dir, "out.rds")
+  script <- paste0("suppressMessages(library(mrvi)); ", before, "; writeLines(as.character(Sys.getpid()), '", pid_file,
+                   "'); ", during, "; saveRDS(", saved, ", '", out, "')")
+  system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(script)), wait = FALSE,
+          env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
+  for (i in 1:600) if (file.exists(pid_file)) break else Sys.sleep(0.1)
+  Sys.sleep(3)  # let a few epochs run
+  tools::pskill(as.integer(readLines(pid_file)), tools::SIGINT)
+  for (i in 1:600) if (file.exists(out)) break else Sys.sleep(0.1)
+  if (file.exists(out)) readRDS(out)
+}

@@ -174,31 +174,17 @@ test_that("cells added with vectors fill the metadata columns the fit's sample, 
 
 test_that("an interrupted mrviAddSamples() says so with mrvi_interrupted, as mrvi() does", {
   skip_on_os("windows")
-  dir <- tempfile("mrvi-int-add")
-  dir.create(dir)
-  pid_file <- file.path(dir, "pid")
-  out <- file.path(dir, "out.rds")
-  script <- sprintf(paste(
-    "suppressMessages(library(mrvi));",
-    "sim <- mrvi:::simulate_counts(n_cells = 4000, n_genes = 200, seed = 1);",
-    "old <- sim$sample != levels(sim$sample)[1];",
-    "fit <- mrvi(sim$counts[, old], droplevels(sim$sample[old]), flavour = 'linear', max_epochs = 1,",
-    "            early_stopping = FALSE, n_threads = 1, verbose = FALSE);",
-    "writeLines(as.character(Sys.getpid()), '%s');",
-    "warned <- FALSE;",
-    "res <- withCallingHandlers(",
-    "  mrviAddSamples(fit, sim$counts[, !old], sample = as.character(sim$sample[!old]), max_epochs = 5000, n_threads = 1),",
-    "  mrvi_interrupted = function(w) { warned <<- TRUE; invokeRestart('muffleWarning') });",
-    "saveRDS(list(class = class(res), warned = warned, interrupted = res@config$added[[1]]$interrupted), '%s')"),
-    pid_file, out)
-  system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(script)), wait = FALSE,
-          env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
-  for (i in 1:600) if (file.exists(pid_file)) break else Sys.sleep(0.1)
-  Sys.sleep(3)  # let a few epochs run
-  tools::pskill(as.integer(readLines(pid_file)), tools::SIGINT)
-  for (i in 1:600) if (file.exists(out)) break else Sys.sleep(0.1)
-  expect_true(file.exists(out))
-  res <- readRDS(out)
+  res <- interrupted_run(
+    before = paste("sim <- mrvi:::simulate_counts(n_cells = 4000, n_genes = 200, seed = 1);",
+                   "old <- sim$sample != levels(sim$sample)[1];",
+                   "fit <- mrvi(sim$counts[, old], droplevels(sim$sample[old]), flavour = 'linear', max_epochs = 1,",
+                   "            early_stopping = FALSE, n_threads = 1, verbose = FALSE)"),
+    during = paste("warned <- FALSE;",
+                   "res <- withCallingHandlers(",
+                   "  mrviAddSamples(fit, sim$counts[, !old], sample = as.character(sim$sample[!old]), max_epochs = 5000, n_threads = 1),",
+                   "  mrvi_interrupted = function(w) { warned <<- TRUE; invokeRestart('muffleWarning') })"),
+    saved = "list(class = class(res), warned = warned, interrupted = res@config$added[[1]]$interrupted)")
+  expect_false(is.null(res))
   expect_true("MrVIFit" %in% res$class)
   expect_true(res$interrupted)
   expect_true(res$warned)

@@ -99,36 +99,21 @@ test_that("early stopping stops and restores the best epoch", {
 
 test_that("Ctrl-C stops training between minibatches and R keeps running", {
   skip_on_os("windows")
-  # A child R process trains; this process sends it SIGINT (what Ctrl-C sends to
-  # the foreground process) once training runs.
-  dir <- tempfile("mrvi-int")
-  dir.create(dir)
-  pid_file <- file.path(dir, "pid")
-  out <- file.path(dir, "out.rds")
-  script <- sprintf(paste(
-    "suppressMessages(library(mrvi));",
-    "sim <- mrvi:::simulate_counts(n_cells = 4000, n_genes = 200, seed = 1);",
-    "writeLines(as.character(Sys.getpid()), '%s');",
-    "res <- withCallingHandlers(",
-    "  tryCatch(mrvi(sim$counts, sim$sample, flavour = 'linear', max_epochs = 2000, early_stopping = FALSE,",
-    "                n_threads = 1, verbose = FALSE),",
-    "           error = function(e) e),",
-    "  mrvi_interrupted = function(w) invokeRestart('muffleWarning'));",
-    "after <- sum(1:10);",
-    # without early stopping: the weights of the last complete epoch, not part-trained ones
-    "again <- mrvi(sim$counts, sim$sample, flavour = 'linear', max_epochs = nrow(res@history), early_stopping = FALSE,",
-    "              n_threads = 1, verbose = FALSE);",
-    "saveRDS(list(class = class(res), epochs = nrow(res@history), after = after,",
-    "             interrupted = res@config$interrupted, same_weights = identical(res@weights, again@weights)), '%s')"),
-    pid_file, out)
-  system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(script)), wait = FALSE,
-          env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
-  for (i in 1:300) if (file.exists(pid_file)) break else Sys.sleep(0.1)
-  Sys.sleep(3)  # let a few epochs run
-  tools::pskill(as.integer(readLines(pid_file)), tools::SIGINT)
-  for (i in 1:600) if (file.exists(out)) break else Sys.sleep(0.1)
-  expect_true(file.exists(out))
-  res <- readRDS(out)
+  res <- interrupted_run(
+    before = "sim <- mrvi:::simulate_counts(n_cells = 4000, n_genes = 200, seed = 1)",
+    during = paste(
+      "res <- withCallingHandlers(",
+      "  tryCatch(mrvi(sim$counts, sim$sample, flavour = 'linear', max_epochs = 2000, early_stopping = FALSE,",
+      "                n_threads = 1, verbose = FALSE),",
+      "           error = function(e) e),",
+      "  mrvi_interrupted = function(w) invokeRestart('muffleWarning'));",
+      "after <- sum(1:10);",
+      # without early stopping: the weights of the last complete epoch, not part-trained ones
+      "again <- mrvi(sim$counts, sim$sample, flavour = 'linear', max_epochs = nrow(res@history), early_stopping = FALSE,",
+      "              n_threads = 1, verbose = FALSE)"),
+    saved = paste("list(class = class(res), epochs = nrow(res@history), after = after,",
+                  "interrupted = res@config$interrupted, same_weights = identical(res@weights, again@weights))"))
+  expect_false(is.null(res))
   expect_true("MrVIFit" %in% res$class)
   expect_true(res$interrupted)
   expect_gte(res$epochs, 1)
