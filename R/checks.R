@@ -158,5 +158,20 @@ check_checkpoint <- function(path, call) {
     abort_arg(c("{.arg checkpoint} must be a file in a folder you can write to.",
                 "x" = "Cannot create files in {.file {dirname(path)}}."), call = call, class = "mrvi_checkpoint_error")
   }
+  remove_stale_writes(path)
   path
+}
+
+# A checkpoint is written to `<file>.<pid>.tmp` and renamed; a process killed
+# in between (kill -9) leaves that file. Those of processes that are gone are
+# removed (Linux: a live process has /proc/<pid>).
+remove_stale_writes <- function(path) {
+  if (!dir.exists("/proc/self")) return(invisible())
+  prefix <- paste0(basename(path), ".")
+  files <- list.files(dirname(path), all.files = TRUE)
+  files <- files[startsWith(files, prefix) & endsWith(files, ".tmp")]
+  pid <- substr(files, nchar(prefix) + 1L, nchar(files) - 4L)
+  stale <- files[grepl("^[0-9]+$", pid) & !dir.exists(file.path("/proc", pid))]
+  unlink(file.path(dirname(path), stale))
+  invisible()
 }
