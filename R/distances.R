@@ -272,8 +272,9 @@ sampleDist <- function(d, group = NULL) {
   m <- drop_partial_samples(m[keep, keep, drop = FALSE])
   if (nrow(m) < 2) {
     abort_arg(c("Fewer than 2 samples of {.arg d} have distances in this group: there is nothing to compare.",
-                "i" = paste("A sample with fewer than {.arg min_cells} cells in the group has NA distances: lower",
-                            "{.arg min_cells} in {.fn sampleDistances} ({.code min_cells = 0} keeps every sample), or choose another group.")),
+                "i" = paste("A sample with fewer than {.arg min_cells} cells in the group has NA distances, and so has a pair",
+                            "that no admissible cell compared (with {.arg admissible}): lower {.arg min_cells} in {.fn sampleDistances}",
+                            "({.code min_cells = 0} keeps every sample), mask less, or choose another group.")),
               call = call)
   }
   stats::as.dist(m)

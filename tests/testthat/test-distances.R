@@ -116,6 +116,9 @@ test_that("sampleHclust() and sampleDist() take one group, and only distances", 
   m <- matrix(c(0, 1, 2, 5, 0, 3, 9, 9, 0), 3, dimnames = list(letters[1:3], letters[1:3]))
   expect_error(sampleHclust(m), "`d` must hold distances between samples: it is not symmetric", class = "mrvi_error")
   expect_error(sampleDist(matrix(c(0, -1, -1, 0), 2)), "negative values", class = "mrvi_error")
+  # no pair compared (min_cells, or an admissibility mask): both causes are named
+  uncompared <- matrix(c(0, NA, NA, 0), 2, dimnames = list(c("a", "b"), c("a", "b")))
+  expect_error(suppressMessages(sampleDist(uncompared)), "no\\s+admissible\\s+cell\\s+compared", class = "mrvi_error")
   expect_error(sampleHclust(matrix(1:6, 2)), "it is 2 x 3", class = "mrvi_error")
   expect_error(sampleDist(as.matrix(dist(1:3)) + diag(3)), "diagonal is not 0", class = "mrvi_error")
   expect_error(sampleDist(`dimnames<-`(as.matrix(dist(1:3)), list(letters[1:3], LETTERS[1:3]))), "names differ",
