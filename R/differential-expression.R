@@ -114,7 +114,8 @@
 #' \eqn{B_n}); `lfc_prob` is the fraction of draws with
 #' \eqn{|\mathrm{LFC}_g| \ge} `delta`. The results are cells x genes: in-memory
 #' matrices (guarded by `getOption("mrvi.max_bytes")`), or, with `lfc_file`,
-#' HDF5 datasets `lfc_<coefficient>` and `lfc_prob_<coefficient>` written block by
+#' HDF5 datasets `lfc_<coefficient>` and `lfc_prob_<coefficient>` (a `/` in a
+#' coefficient's name written \%2F, a \% as \%25) written block by
 #' block (memory: one block of cells x genes) and returned as `HDF5Array`
 #' (DelayedArray) objects; this needs the HDF5Array package.
 #'
@@ -179,7 +180,9 @@
 #'   (see Details); needs `mc_samples >= 3`. `FALSE` gives the plain F test.
 #' @param lfc_threshold the log2 fold change below which an effect does not
 #'   count: the test's null hypothesis is that no gene's expression in the cell
-#'   changes by more than this (see Details); 0 tests for any effect.
+#'   changes by more than this (see Details); 0 tests for any effect. For a
+#'   numeric covariate the fold change is per standard deviation of it, so the
+#'   same two groups coded 0/1 and as a factor are held to different thresholds.
 #' @param BPPARAM a BiocParallel back-end (default serial) over which the work
 #'   is spread, one block of `chunk_size` cells per task; results are identical to serial ones whatever the back-end and
 #'   number of workers (see [mrvi-parallel]).
@@ -230,6 +233,9 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   L <- z_dim(fit)
   names_k <- rownames(fit@u_mean)[idx]
   store <- if (lfc) lfc_store(names_k, fit@genes, coefs, lfc_file, call)
+  # a run that fails leaves no partial file behind (a retry was refused: "exists")
+  written <- FALSE
+  if (!is.null(lfc_file)) on.exit(if (!written) unlink(lfc_file), add = TRUE)
   linear <- (fit@config$flavour %||% "linear") == "linear"
   draws <- if (linear && !lfc && !normalize) 0L else mc_samples
   check_de_draws(design, min(chunk_size, length(idx)), L, draws, lfc, call)
@@ -299,6 +305,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   if (lfc) {
     S4Vectors::metadata(res) <- c(S4Vectors::metadata(res), store$result(), list(delta = delta))
   }
+  written <- TRUE
   res
 }
 
@@ -345,10 +352,17 @@ lfc_store <- function(cells, genes, coefs, file, call) {
     abort_arg(c("{.arg lfc_file} cannot be created: its folder {.file {folder}} does not exist or is not writable.",
                 "i" = "Give a path in an existing, writable folder."), call = call)
   }
-  sinks <- lapply(stats::setNames(kinds, kinds), function(kind)
+  # "/" separates HDF5 groups: escaped in the dataset names, as "%" is
+  dataset <- function(kind, k) paste0(kind, "_", gsub("/", "%2F", gsub("%", "%25", k, fixed = TRUE), fixed = TRUE))
+  sinks <- tryCatch(lapply(stats::setNames(kinds, kinds), function(kind)
     lapply(stats::setNames(coefs, coefs), function(k)
       HDF5Array::HDF5RealizationSink(c(n, G), dimnames = list(cells, genes), filepath = file,
-                                     name = paste0(kind, "_", k))))
+                                     name = dataset(kind, k)))),
+    error = function(e) {
+      unlink(file)
+      abort_arg(c("{.arg lfc_file}: the HDF5 datasets could not be created in {.file {file}}.", "x" = conditionMessage(e)),
+                call = call)
+    })
   write_rows <- function(sink, rows, values) {
     viewport <- DelayedArray::ArrayViewport(c(n, G), IRanges::IRanges(c(min(rows), 1), c(max(rows), G)))
     DelayedArray::write_block(sink, viewport, values)
@@ -557,6 +571,19 @@ block_design <- function(design, tab, block, call) {
     abort_arg(c("With {.arg block}, covariates {.field {names(tab)[!varying]}} are constant within every block and {.field {names(tab)[varying]}} vary within blocks: they are tested in different ways.",
                 "i" = "Test them in separate calls: a between-block covariate on the blocks' means, a within-block one within blocks."),
               call = call)
+  }
+  if (all(varying)) {
+    # a block-level covariate with a discordant sample would be tested within
+    # blocks, on the few blocks where it varies: said, as by the guided tests
+    fixed <- Reduce(union, lapply(names(tab), function(j) {
+      v <- varies_within(tab[[j]], block)
+      names(v)[!v & tabulate(block, nlevels(block))[match(names(v), levels(block))] > 1]
+    }))
+    if (length(fixed)) {
+      inform(c("i" = "The covariates vary within some blocks and are constant within {length(fixed)} other{?s} of several samples ({show_some(fixed, 3)}): they are tested within blocks, where those blocks tell nothing of them.",
+               "i" = "For a block-level covariate, give each block one value: it is then tested on the blocks' means."),
+             class = "mrvi_partial_blocks")
+    }
   }
   design[["block"]] <- block
   design$block_design <- if (all(varying)) "within blocks" else "block means"

@@ -82,6 +82,11 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
                 "i" = "Store baseline distances in {.code metadata()} under a name of your own."), call = call)
   }
   result_of(differential, "differential", "differentialExpression", c("cell", "covariate", "effect_size", "q_value"))
+  # (another fit's result: every column would be NA)
+  if (!is.null(differential) && !any(as.character(differential$cell) %in% rownames(fit@u_mean))) {
+    abort_arg("{.arg differential} must be the result of {.fn differentialExpression} for {.arg fit}: none of its cells is the fit's.",
+              call = call)
+  }
   cell_cols <- c(if (!is.null(association)) association_columns(association, cells),
                   if (!is.null(differential)) differential_columns(differential, cells))
   # an association and a DE result whose columns would share names (covariates

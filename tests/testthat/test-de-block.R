@@ -132,6 +132,13 @@ test_that("differentialExpression(block =) on a fit: the blocks' means, metadata
   w <- differentialExpression(fit, "cov1", cells = 1:3, mc_samples = 0, normalize = FALSE, block = paired, verbose = FALSE)
   expect_identical(S4Vectors::metadata(w)$block_design, "within blocks")
   expect_equal(w$df2 / w$df1, rep(5, 3))  # 12 samples less 2 columns and 5 blocks' degrees of freedom
+  # a donor-level covariate with one discordant sample is tested within blocks: said
+  discordant <- setNames(as.character(fit@sample_table$cov1), fit@sample_table$sample)
+  discordant["s02"] <- "no"
+  expect_message(d1 <- differentialExpression(fit, discordant, cells = 1:2, mc_samples = 0, normalize = FALSE,
+                                              block = between, verbose = FALSE),
+                 "constant within 5 others", class = "mrvi_partial_blocks")
+  expect_identical(S4Vectors::metadata(d1)$block_design, "within blocks")
   # a between-block and a within-block covariate in one call
   expect_error(differentialExpression(fit, c("cov1", "cov2"), cells = 1:2, block = between, verbose = FALSE),
                "separate calls", class = "mrvi_error")

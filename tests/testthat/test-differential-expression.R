@@ -407,6 +407,17 @@ test_that("log fold changes stream into an HDF5 file and equal the in-memory one
                                 lfc_file = tempfile(fileext = ".h5"))
   expect_equal(as.matrix(S4Vectors::metadata(h5b)$lfc$cov1yes), S4Vectors::metadata(mem)$lfc$cov1yes, tolerance = 1e-4)
   expect_error(differentialExpression(fit, "cov1", cells = 1:5, lfc = TRUE, lfc_file = f), "does not exist.*delete")
+  # a "/" in a coefficient's name is escaped in the dataset's name; a failed run leaves no file
+  slash <- data.frame(sample = fit@samples, g = factor(ifelse(fit@sample_table$cov1 == "yes", "CD4/CD8", "naive"),
+                                                        levels = c("naive", "CD4/CD8")))
+  f2 <- tempfile(fileext = ".h5")
+  h5s <- differentialExpression(fit, slash, cells = 1:5, mc_samples = 2, normalize = FALSE, lfc = TRUE, lfc_file = f2)
+  expect_true("lfc_gCD4%2FCD8" %in% rhdf5::h5ls(f2)$name)
+  expect_equal(dim(S4Vectors::metadata(h5s)$lfc[["gCD4/CD8"]]), c(5L, length(fit@genes)))
+  f3 <- tempfile(fileext = ".h5")
+  expect_error(differentialExpression(fit, slash, cells = 1:5, mc_samples = 1e8, lfc = TRUE, lfc_file = f3), "mc_samples",
+               class = "mrvi_error")
+  expect_false(file.exists(f3))
   old <- options(mrvi.max_bytes = 1000)
   on.exit(options(old), add = TRUE)
   expect_error(differentialExpression(fit, "cov1", cells = 1:50, lfc = TRUE), "lfc_file")

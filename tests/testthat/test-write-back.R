@@ -71,6 +71,9 @@ test_that("per-cell results land by cell name; cells the fit did not use get NA"
   differential <- data.frame(covariate = rep(c("age", "sex"), each = 2), cell = cells[c(1, 2, 1, 3)],
                              effect_size = c(1, 2, 3, 4), q_value = c(0.1, 0.2, 0.3, 0.4))
   sce <- SingleCellExperiment::SingleCellExperiment(list(counts = counts))
+  # a DE result of other cells (another fit's) would write all-NA columns
+  foreign <- transform(differential, cell = paste0("other", seq_along(cell)))
+  expect_error(suppressMessages(addMrVI(sce, fit, differential = foreign)), "none of its cells is the fit's", class = "mrvi_error")
   expect_message(sce <- addMrVI(sce, fit, association = association, differential = differential),
                  "2 cells of `object` are not in the fit", class = "mrvi_unfitted_cells")
   # an earlier result's columns (or the user's) of the same names are replaced, and said so
