@@ -568,7 +568,7 @@ block_design <- function(design, tab, block, call) {
               call = call)
   }
   if (any(varying) && !all(varying)) {
-    abort_arg(c("With {.arg block}, covariates {.field {names(tab)[!varying]}} are constant within every block and {.field {names(tab)[varying]}} vary within blocks: they are tested in different ways.",
+    abort_arg(c("With {.arg block}, {cli::qty(sum(!varying))}covariate{?s} {.field {names(tab)[!varying]}} {?is/are} constant within every block and {cli::qty(sum(varying))}{.field {names(tab)[varying]}} var{?ies/y} within blocks: they are tested in different ways.",
                 "i" = "Test them in separate calls: a between-block covariate on the blocks' means, a within-block one within blocks."),
               call = call)
   }
@@ -580,7 +580,7 @@ block_design <- function(design, tab, block, call) {
       names(v)[!v & tabulate(block, nlevels(block))[match(names(v), levels(block))] > 1]
     }))
     if (length(fixed)) {
-      inform(c("i" = "The covariates vary within some blocks and are constant within {length(fixed)} other{?s} of several samples ({show_some(fixed, 3)}): they are tested within blocks, where those blocks tell nothing of them.",
+      inform(c("i" = "{cli::qty(ncol(tab))}The covariate{?s} var{?ies/y} within some blocks and {?is/are} constant within {length(fixed)} other{?s} of several samples ({show_some(fixed, 3)}): {cli::qty(ncol(tab))}{?it is/they are} tested within blocks, where those blocks tell nothing of {?it/them}.",
                "i" = "For a block-level covariate, give each block one value: it is then tested on the blocks' means."),
              class = "mrvi_partial_blocks")
     }

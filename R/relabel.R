@@ -81,6 +81,11 @@ relabeling_scheme <- function(y, block, call) {
   y <- droplevels(y[keep])
   b <- droplevels(block[keep])
   varies <- varies_within(y, b)
+  # the block itself as the covariate: one relabeling, nothing to test
+  if (!any(varies) && nlevels(b) < length(b) && !any(varies_within(b, y))) {
+    abort_arg(c("The covariate groups the samples as {.arg block} does: it is the block itself, and whole-block relabelings cannot change it.",
+                "i" = "Test another covariate, or leave {.arg block} out."), call = call)
+  }
   if (!any(varies)) return("whole blocks")
   fixed <- names(varies)[!varies & tabulate(b, nlevels(b)) > 1]
   if (length(fixed)) {

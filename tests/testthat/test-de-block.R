@@ -141,7 +141,7 @@ test_that("differentialExpression(block =) on a fit: the blocks' means, metadata
   expect_identical(S4Vectors::metadata(d1)$block_design, "within blocks")
   # a between-block and a within-block covariate in one call
   expect_error(differentialExpression(fit, c("cov1", "cov2"), cells = 1:2, block = between, verbose = FALSE),
-               "separate calls", class = "mrvi_error")
+               "covariate cov1 is constant within every block and cov2 varies within blocks", class = "mrvi_error")
   expect_error(differentialExpression(fit, "cov1", cells = 1:2, block = between[-1], verbose = FALSE),
                "block", class = "mrvi_error")
   two <- setNames(rep(c("d1", "d2"), each = 6), names(between))  # cov1's own grouping

@@ -189,6 +189,12 @@ test_that("a covariate nested in a sample column gets a hint towards block, and 
   expect_no_message(groupAssociation(x$d, "condition", permutations = 19))
 })
 
+test_that("the block itself as the covariate is refused, as in differentialExpression()", {
+  x <- donor_distances(4)
+  expect_error(groupAssociation(x$d, x$donor, permutations = 19, block = x$donor), "it is the block itself",
+               class = "mrvi_error")
+})
+
 test_that("block is read from a sample table keyed by row names", {
   x <- donor_distances(4)
   # `sample_site` would be taken for the sample names by a partial match
