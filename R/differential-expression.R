@@ -559,8 +559,8 @@ de_design <- function(fit, covariates, call, block = NULL) {
 block_design <- function(design, tab, block, call) {
   varying <- vapply(names(tab), function(j) any(varies_within(tab[[j]], block)), logical(1))
   # a categorical covariate with the block's grouping (a donor column given as both)
-  itself <- names(tab)[!varying & vapply(names(tab), function(j) {
-    !(is.numeric(tab[[j]]) && !is.factor(tab[[j]])) && nlevels(block) < length(block) && !any(varies_within(block, tab[[j]]))
+  itself <- names(tab)[vapply(names(tab), function(j) {
+    !(is.numeric(tab[[j]]) && !is.factor(tab[[j]])) && same_grouping(tab[[j]], block)
   }, logical(1))]
   if (length(itself)) {
     abort_arg(c("Covariate {.field {itself}} groups the samples as {.arg block} does: it is the block itself, which is not tested.",
@@ -575,10 +575,7 @@ block_design <- function(design, tab, block, call) {
   if (all(varying)) {
     # a block-level covariate with a discordant sample would be tested within
     # blocks, on the few blocks where it varies: said, as by the guided tests
-    fixed <- Reduce(union, lapply(names(tab), function(j) {
-      v <- varies_within(tab[[j]], block)
-      names(v)[!v & tabulate(block, nlevels(block))[match(names(v), levels(block))] > 1]
-    }))
+    fixed <- Reduce(union, lapply(names(tab), function(j) constant_blocks(tab[[j]], block)))
     if (length(fixed)) {
       inform(c("i" = "{cli::qty(ncol(tab))}The covariate{?s} var{?ies/y} within some blocks and {?is/are} constant within {length(fixed)} other{?s} of several samples ({show_some(fixed, 3)}): {cli::qty(ncol(tab))}{?it is/they are} tested within blocks, where those blocks tell nothing of {?it/them}.",
                "i" = "For a block-level covariate, give each block one value: it is then tested on the blocks' means."),

@@ -59,6 +59,19 @@ varies_within <- function(values, groups) {
   vapply(split(as.character(values), groups, drop = TRUE), function(v) length(unique(v)) > 1, logical(1))
 }
 
+# Whether `values` group the samples exactly as `block` does (the block itself
+# given as the covariate), where some block holds several samples.
+same_grouping <- function(values, block) {
+  nlevels(droplevels(block)) < length(block) && !any(varies_within(values, block)) && !any(varies_within(block, values))
+}
+
+# The blocks of several samples within which `values` are constant (a block-level
+# covariate's blocks, beside others where it varies).
+constant_blocks <- function(values, block) {
+  varies <- varies_within(values, block)
+  names(varies)[!varies & tabulate(block, nlevels(block))[match(names(varies), levels(block))] > 1]
+}
+
 # The permutation design of a guided test: `block` resolved (NULL: none) and
 # the scheme it gives `y`; without `block`, a hint where `y` is nested in a
 # sample-table column, which may be one.
@@ -80,14 +93,14 @@ relabeling_scheme <- function(y, block, call) {
   keep <- !is.na(y)
   y <- droplevels(y[keep])
   b <- droplevels(block[keep])
-  varies <- varies_within(y, b)
   # the block itself as the covariate: one relabeling, nothing to test
-  if (!any(varies) && nlevels(b) < length(b) && !any(varies_within(b, y))) {
+  if (same_grouping(y, b)) {
     abort_arg(c("The covariate groups the samples as {.arg block} does: it is the block itself, and whole-block relabelings cannot change it.",
                 "i" = "Test another covariate, or leave {.arg block} out."), call = call)
   }
+  varies <- varies_within(y, b)
   if (!any(varies)) return("whole blocks")
-  fixed <- names(varies)[!varies & tabulate(b, nlevels(b)) > 1]
+  fixed <- constant_blocks(y, b)
   if (length(fixed)) {
     inform(c("i" = "The covariate varies within {sum(varies)} block{?s} and is constant within {length(fixed)} other{?s} of several samples ({show_some(fixed, 3)}): it is relabelled within blocks, and those blocks' samples keep their categories.",
              "i" = "For a block-level covariate, give each block one value."),

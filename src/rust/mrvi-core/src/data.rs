@@ -228,6 +228,10 @@ mod tests {
     // [1 0 0 2]
     // [0 0 3 0]
     // [4 0 5 0]
+    fn example() -> CscCounts {
+        CscCounts::from_slots(3, 4, &[0, 2, 2, 4, 5], &[0, 2, 1, 2, 0], &[1., 4., 3., 5., 2.]).unwrap()
+    }
+
     #[test]
     fn stored_zeros_are_left_out() {
         // column 0: (0, 1), (1, 0 stored), (2, 4); column 1: (1, 0 stored) only
@@ -238,10 +242,6 @@ mod tests {
             assert_eq!(with_zeros.column_len(c), without.column_len(c));
         }
         assert_eq!(with_zeros.library_sizes(), vec![5.0, 0.0]);
-    }
-
-    fn example() -> CscCounts {
-        CscCounts::from_slots(3, 4, &[0, 2, 2, 4, 5], &[0, 2, 1, 2, 0], &[1., 4., 3., 5., 2.]).unwrap()
     }
 
     #[test]
