@@ -159,8 +159,8 @@ treeDistance <- function(hc, truth) {
   if (!requireNamespace("ape", quietly = TRUE)) abort_arg("treeDistance() needs {.pkg ape}.", call = call)
   a <- as_phylo(hc, "hc", call)
   b <- as_phylo(truth, "truth", call)
-  if (is.character(hc)) a$tip.label <- spaces_for_underscores(a$tip.label, b$tip.label)
-  if (is.character(truth)) b$tip.label <- spaces_for_underscores(b$tip.label, a$tip.label)
+  if (is.character(hc)) a$tip.label <- spaces_for_underscores(a, b$tip.label)
+  if (is.character(truth)) b$tip.label <- spaces_for_underscores(b, a$tip.label)
   common <- intersect(a$tip.label, b$tip.label)
   alone <- setdiff(union(a$tip.label, b$tip.label), common)
   if (length(alone)) {
@@ -175,10 +175,13 @@ treeDistance <- function(hc, truth) {
   as.numeric(ape::dist.topo(a, b, method = "PH85")) / (2 * (length(common) - 3))
 }
 
-# Labels read from Newick text whose underscores stand for spaces of `other`.
-spaces_for_underscores <- function(labels, other) {
+# The leaf labels of a tree read from Newick text, where an unquoted label's
+# underscores stand for spaces of `other` (Newick's rule; quoted labels are
+# taken as written).
+spaces_for_underscores <- function(tree, other) {
+  labels <- tree$tip.label
   spaced <- gsub("_", " ", labels, fixed = TRUE)
-  swap <- !labels %in% other & spaced %in% other
+  swap <- !attr(tree, "quoted") & !labels %in% other & spaced %in% other
   labels[swap] <- spaced[swap]
   labels
 }
@@ -186,8 +189,18 @@ spaces_for_underscores <- function(labels, other) {
 as_phylo <- function(x, arg, call) {
   if (is.character(x) && length(x) == 1) {
     # read.tree() gives NULL (or an error) for text that is not a tree
-    tree <- tryCatch(ape::read.tree(text = x), error = function(e) NULL)
+    # (its warnings come with labels it cannot read: NA, refused below)
+    tree <- tryCatch(suppressWarnings(ape::read.tree(text = x)), error = function(e) NULL)
     if (!inherits(tree, "phylo")) abort_arg("{.arg {arg}} is not a Newick tree (for example {.val ((a,b),(c,d));}).", call = call)
+    if (anyNA(tree$tip.label)) {
+      abort_arg(c("{.arg {arg}} has {sum(is.na(tree$tip.label))} leaf label{?s} that {.fn ape::read.tree} cannot read.",
+                  "i" = "Write labels with quotes or other special characters as an {.cls hclust} or {.cls phylo} tree instead."), call = call)
+    }
+    # read.tree() keeps a quoted label's quotes ('s 1'): the label is what they
+    # enclose
+    quoted <- grepl("^'.*'$", tree$tip.label)
+    tree$tip.label[quoted] <- substr(tree$tip.label[quoted], 2, nchar(tree$tip.label[quoted]) - 1)
+    attr(tree, "quoted") <- quoted
   } else if (inherits(x, "hclust")) {
     tree <- ape::as.phylo(x)
   } else if (inherits(x, "phylo")) {

@@ -169,11 +169,13 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   n_cells <- stats::setNames(vapply(res, `[[`, numeric(1), "n_cells"), levels(group))
   per_group <- table(factor(group, levels(group)), fit@cell_data$sample)
   excluded <- stats::setNames(vector("list", G), levels(group))
+  damaged <- character()
   for (g in seq_len(G)) {
     d <- matrix(res[[g]]$mean, S, S)
     # a pair no admissible cell compared: a mean over no cells, NA (a NaN
     # without a mask is damage, which the kernels carry through as NaN)
     if (!is.null(mask)) d[is.nan(d)] <- NA
+    if (any(is.nan(d))) damaged <- c(damaged, levels(group)[g])
     res[g] <- list(NULL)
     diag(d) <- 0
     few <- per_group[g, ] < min_cells
@@ -183,6 +185,11 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     out[, , g] <- d
   }
   warn_if_all_excluded(excluded, S, min_cells, call)
+  if (length(damaged)) {
+    cli::cli_warn(c("{cli::qty(length(damaged))}Group{?s} {.val {damaged}}: some distances are NaN, a numerical failure (non-finite latent values or counterfactuals).",
+                    "i" = "Check the fit: {.code all(is.finite(fit@u_mean))} and its training history; refit if it diverged."),
+                  class = c("mrvi_nonfinite_distances", "mrvi_warning"), call = call)
+  }
   attr(out, "n_cells") <- n_cells
   attr(out, "excluded") <- excluded
   attr(out, "min_cells") <- min_cells
@@ -197,7 +204,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
 warn_if_all_excluded <- function(excluded, n_samples, min_cells, call) {
   if (all(n_samples - lengths(excluded) < 2)) {
     cli::cli_warn(c("No group has 2 samples with at least {.arg min_cells} = {min_cells} cell{?s}: every distance is {.code NA}.",
-                    "i" = "Lower {.arg min_cells} ({.code min_cells = 0} keeps every sample with a cell in the group), or group cells more coarsely."),
+                    "i" = "Lower {.arg min_cells} ({.code min_cells = 0} keeps every sample), or group cells more coarsely."),
                   class = c("mrvi_all_excluded", "mrvi_warning"), call = call)
   }
 }
@@ -336,9 +343,11 @@ check_not_per_cell <- function(d, arg, call) {
 }
 
 # One group of an [S, S, G] array, as an index: a group name or a whole number in 1..G.
-resolve_group <- function(d, group, call) {
-  groups <- dimnames(d)[[3]]
-  G <- dim(d)[3]
+resolve_group <- function(d, group, call) pick_group(dimnames(d)[[3]], group, call)
+
+# The position of `group` (a name or a number) among the names `groups`.
+pick_group <- function(groups, group, call) {
+  G <- length(groups)
   if (is.null(group)) {
     if (G != 1) {
       abort_arg(c("{.arg group} is required: {.arg d} has {G} groups.",
@@ -346,6 +355,7 @@ resolve_group <- function(d, group, call) {
     }
     return(1L)
   }
+  if (is.factor(group)) group <- as.character(group)  # a level is its name
   if (is.character(group) && length(group) == 1 && !is.na(group)) {
     if (!group %in% groups) {
       abort_arg(c("{.arg group} = {.val {group}} is not a group of {.arg d}.",
@@ -380,6 +390,8 @@ check_distance_matrix <- function(m, call, arg = "d") {
   if (anyDuplicated(labels)) fail(sprintf("sample %s appears twice.", show_some(unique(labels[duplicated(labels)]), 3)))
   dimnames(m) <- list(labels, labels)
   if (any(is.infinite(m))) fail("it has infinite values.")
+  # NA marks samples left out; NaN is a numerical failure, never a distance
+  if (any(is.nan(m))) fail("it has NaN values (a numerical failure, e.g. of a diverged fit, not samples left out).")
   # relative to the largest distance: rounding may leave tiny asymmetries
   tol <- sqrt(.Machine$double.eps) * max(abs(m[is.finite(m)]), 0)
   if (any(is.na(m) != is.na(t(m))) || any(abs(m - t(m)) > tol, na.rm = TRUE)) fail("it is not symmetric.")

@@ -69,7 +69,8 @@ utils::globalVariables(c("epoch", "elbo", "set"))
 #' @param support `plotSampleTree()`: `NULL`, or a tree from
 #'   [sampleTreeSupport()] whose clade support values are written at the
 #'   matching nodes. `d` may itself be such a tree (an `ape::phylo`): it is then
-#'   drawn with its support values (`annotation` reads its `sample_table`).
+#'   drawn with its support values (`annotation` reads its `sample_table`),
+#'   or the list of such trees for several groups, with `group` naming one.
 #' @return a ggplot.
 #' @examples
 #' sim <- mrvi:::example_counts()
@@ -113,6 +114,11 @@ plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "av
 plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average", support = NULL) {
   call <- sys.call()
   check_required(call)
+  # sampleTreeSupport()'s result for several groups: a named list of trees
+  if (is.list(d) && !inherits(d, "phylo") && !is.data.frame(d) && length(d) &&
+      all(vapply(d, inherits, logical(1), "phylo"))) {
+    d <- d[[pick_group(names(d), group, call)]]
+  }
   if (inherits(d, "phylo")) {
     if (!requireNamespace("ape", quietly = TRUE)) abort_arg("Drawing an ape tree needs {.pkg ape}.", call = call)
     # (ape's conversion to hclust failed unclassed on a tree without branch lengths)

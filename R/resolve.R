@@ -27,7 +27,12 @@ cell_indices <- function(fit, cells, n, call) {
     }
     return(idx)
   }
-  if (is.logical(cells) && length(cells) == n) {
+  if (is.logical(cells) && length(cells) != n) {
+    abort_arg(c("A logical {.arg cells} must have one value per fitted cell ({n}), not {length(cells)}.",
+                "i" = "For a column of the input object, select the fitted cells by name: {.code cells = rownames(fit@cell_data)[keep[rownames(fit@cell_data)]]}."),
+              call = call)
+  }
+  if (is.logical(cells)) {
     if (anyNA(cells)) {
       abort_arg(c("{.arg cells} has {sum(is.na(cells))} NA value{?s}: a logical {.arg cells} must be TRUE or FALSE for every cell.",
                   "i" = "For example {.code cells = !is.na(keep) & keep}."), call = call)
@@ -100,8 +105,16 @@ resolve_groups <- function(fit, groups, call) {
               call = call)
   }
   check_categorical(groups, "groups", call)
+  # a column of the input object, named by cell, may hold cells mrvi() left out
+  # (no counts): the fitted cells are taken by name
+  cells <- rownames(fit@cell_data)
+  if (length(groups) > n && !is.null(names(groups)) && !anyDuplicated(names(groups)) && all(cells %in% names(groups))) {
+    groups <- groups[cells]
+  }
   if (length(groups) != n) {
-    abort_arg("{.arg groups} must have one value per fitted cell ({n}), not {length(groups)}.", call = call)
+    abort_arg(c("{.arg groups} must have one value per fitted cell ({n}), not {length(groups)}.",
+                "i" = "A vector over more cells is read by name: name it by cell ({.code rownames(fit@cell_data)})."),
+              call = call)
   }
   # a vector named by cell is matched by name, as in mrvi() (names that are some
   # cells' but not each cell once are refused there too)

@@ -57,7 +57,8 @@
 #'   named list of them. Each tree carries attributes `B`, `excluded` (samples
 #'   left out) and `sample_table`. [plotSampleTree()] draws it with the values.
 #'   Among several groups, one with fewer than 3 samples (of `min_cells` cells)
-#'   is left out with a warning; asked for alone, it is an error. A group whose
+#'   is left out with a warning (the list is kept, even of one tree); asked for
+#'   alone, it is an error. A group whose
 #'   distances are all 0 (normalised distances of samples the fit does not
 #'   separate) gets an arbitrary tree, with a warning (`mrvi_flat_tree`).
 #' @examples
@@ -156,7 +157,7 @@ sampleTreeSupport <- function(fit, groups, group = NULL, B = 100, method = "aver
                   class = "mrvi_warning", call = call)
     trees <- trees[setdiff(names(trees), treeless)]
   }
-  if (length(trees) == 1) trees[[1]] else trees
+  if (length(chosen) == 1) trees[[1]] else trees
 }
 
 # The settings that sampleTreeSupport() takes through `...`.

@@ -17,6 +17,13 @@ test_that("treeDistance is the normalised Robinson-Foulds distance on known case
   hc <- hclust(as.dist(m))
   expect_no_message(same <- treeDistance(hc, ape::write.tree(ape::as.phylo(hc))))
   expect_equal(same, 0)
+  # a quoted label is what its quotes enclose, spaces and underscores as written
+  h <- hclust(dist(c(`s 1` = 0, e = 0.1, b = 1, c = 5, d = 5.2)))
+  expect_equal(treeDistance(h, "((('s 1',e),b),(c,d));"), 0)
+  expect_equal(treeDistance(h, "(((s_1,e),b),(c,d));"), 0)
+  expect_equal(treeDistance(h, "((('s 1',c),b),(e,d));"), 1)
+  expect_message(treeDistance("((('s_1',e),b),(c,d));", h), "\"s_1\" and \"s 1\" are in one tree only")
+  expect_error(suppressMessages(treeDistance(h, "((('it''s',e),b),(c,d));")), "cannot read", class = "mrvi_error")
 })
 
 test_that("silhouette scores follow the scIB conventions", {

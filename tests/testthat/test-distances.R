@@ -136,6 +136,25 @@ test_that("bad arguments name themselves", {
   expect_error(sampleDistances(fit, groups = 1:3), "`groups` must have one value per fitted cell")
   expect_error(sampleDistances(fit, groups = "labels", cells = 1:3), "`groups` or `cells`")
   expect_error(sampleDistances(fit, cells = 1e6), "`cells`")
+  expect_error(sampleDistances(fit, cells = c(TRUE, FALSE)), "logical `cells` must have one value per fitted cell",
+               class = "mrvi_error")
+  # a column named by cell over more cells than were fitted (cells without
+  # counts) is read by name
+  cells <- rownames(fit@cell_data)
+  wider <- c(stats::setNames(as.character(fit@cell_data$labels), cells), dropped = "type1")
+  expect_identical(sampleDistances(fit, groups = rev(wider), mc_samples = 0),
+                   sampleDistances(fit, groups = "labels", mc_samples = 0))
+  expect_error(sampleDistances(fit, groups = unname(wider)), "name it by cell", class = "mrvi_error")
+  d <- sampleDistances(fit, groups = "labels", mc_samples = 0)
+  expect_identical(sampleHclust(d, group = factor("type1"))$merge, sampleHclust(d, group = "type1")$merge)
+  # a latent value that overflows the counterfactuals: NaN distances are named
+  # as a numerical failure, never taken for samples left out
+  broken <- fit
+  broken@u_mean[5, ] <- 3e38
+  expect_warning(nan <- sampleDistances(broken, groups = "labels", mc_samples = 0), "NaN, a numerical failure",
+                 class = "mrvi_nonfinite_distances")
+  g <- as.character(fit@cell_data$labels[5])
+  expect_error(sampleHclust(nan, g), "NaN values", class = "mrvi_error")
   expect_error(sampleDistances(fit, min_cells = -1), "`min_cells`")
   expect_error(counterfactualLatent(fit, samples = "zz"), "`samples`")
 })

@@ -144,6 +144,16 @@ test_that("among several groups, one with too few samples for a tree is left out
   expect_false("rare" %in% names(trees))
   expect_true(all(vapply(trees, inherits, logical(1), "phylo")))
   expect_error(sampleTreeSupport(fit, groups, group = "rare", B = 3), "a tree needs 3", class = "mrvi_error")
+  # several groups asked for, one left: still the named list
+  two <- replace(groups, groups == "flat", NA)
+  suppressWarnings(expect_warning(trees <- sampleTreeSupport(fit, two, B = 3), "\"rare\" left out", class = "mrvi_warning"),
+                   classes = "mrvi_flat_tree")
+  expect_type(trees, "list")
+  expect_named(trees, "planted")
+  # the list is drawn one group at a time
+  expect_s3_class(plotSampleTree(trees, group = "planted"), "ggplot")
+  expect_s3_class(plotSampleTree(trees), "ggplot")
+  expect_error(plotSampleTree(trees, group = "rare"), "not a group", class = "mrvi_error")
 })
 
 test_that("a tree over distances that are all 0 comes with a warning", {
