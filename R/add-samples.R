@@ -32,8 +32,9 @@
 #' space, against 0.06-0.81 in latent space, where each fit's own latent noise
 #' dominates (`bench/README.md`).
 #'
-#' The new cells must have exactly the fitted genes (genes with no counts in
-#' them are fine) and, for every nuisance covariate of the fit, a level the
+#' The new cells must have the fitted genes (genes with no counts in them are
+#' fine; genes the fit does not have, such as genes without counts in the
+#' reference that [mrvi()] dropped, are left out, with a message) and, for every nuisance covariate of the fit, a level the
 #' fit knows (new levels would need the shared decoder to learn, which stays
 #' frozen) or a finite value. With a mixture prior biased by labels, the new
 #' cells use the mixture weights without a label (`labels`, if given, are only
@@ -105,9 +106,13 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
   }
   clash <- intersect(colnames(data$counts), rownames(fit@cell_data))
   if (length(clash)) {
-    abort_arg("{.arg x} has cell names the fit already has: {show_some(clash, 3)}.", call = call)
+    unnamed <- is.null(colnames(x))
+    abort_arg(c("{.arg x} has cell names the fit already has: {show_some(clash, 3)}.",
+                "i" = if (unnamed) "{.arg x} has no cell names, so its cells were named {.val cell1}, ... as the fit's were.",
+                "i" = "Give the new cells names of their own: {.code colnames(x) <- paste0(\"new_\", seq_len(ncol(x)))}."),
+              call = call)
   }
-  check_same_genes(fit, data, call)
+  check_same_genes(fit, data, call, tell = TRUE)
   data <- align_genes(fit, data, call)
   nuisance <- new_cells_nuisance(fit, data, batch, continuous_covariates, call)
 
@@ -186,23 +191,26 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
 
 # New cells must carry the fitted genes (genes that mrviData() dropped for
 # having no counts in them count as present): a missing gene is not a gene
-# without counts. No more either, unless `extra` (genes the fit does not have
-# are then ignored).
-check_same_genes <- function(fit, data, call, extra = FALSE) {
+# without counts. Genes the fit does not have play no part (the encoder and the
+# frozen decoder know none of them): align_genes() leaves them out, and with
+# `tell` a message says so when they hold counts of the new cells (genes the
+# reference had no counts in, for example, which mrvi() dropped).
+check_same_genes <- function(fit, data, call, tell = FALSE) {
   given <- c(rownames(data$counts), data$dropped$genes)
   missing <- setdiff(fit@genes, given)
   if (length(missing) == length(fit@genes)) {
     abort_arg(c("{.arg x} shares no gene names with the fit.",
                 "i" = "Use the same gene identifiers as at fitting time ({show_some(fit@genes, 3)})."), call = call)
   }
-  extra <- if (extra) character() else setdiff(given, fit@genes)
-  if (length(extra) || length(missing)) {
-    abort_arg(c("{.arg x} must have {if (length(extra)) 'exactly ' else ''}the fitted genes.",
-                "x" = if (length(extra)) "{length(extra)} gene{?s} the fit does not have: {show_some(extra, 3)}.",
-                "x" = if (length(missing)) "{length(missing)} fitted gene{?s} missing: {show_some(missing, 3)}.",
-                "i" = if (length(missing)) "Give {.arg x} every gene of {.code fit@genes}: a gene left out is not a gene without counts.",
-                "i" = if (length(extra)) "Subset or reorder {.arg x} to {.code fit@genes}; the decoder cannot learn new genes."),
+  if (length(missing)) {
+    abort_arg(c("{.arg x} must have the fitted genes.",
+                "x" = "{length(missing)} fitted gene{?s} missing: {show_some(missing, 3)}.",
+                "i" = "Give {.arg x} every gene of {.code fit@genes}: a gene left out is not a gene without counts."),
               call = call)
+  }
+  extra <- setdiff(rownames(data$counts), fit@genes)
+  if (tell && length(extra)) {
+    inform(c("i" = "{length(extra)} gene{?s} of {.arg x} with counts {?is/are} not in the fit and left out: {show_some(extra, 3)}."))
   }
 }
 
@@ -217,6 +225,9 @@ new_cells_nuisance <- function(fit, data, batch, continuous, call) {
     }
     given <- data.frame(batch = data$batch)
   } else {
+    if (!fit_has_batch(fit)) {
+      abort_arg("{.arg batch} must be {.code NULL}: the fit has no batch.", call = call)
+    }
     given <- data$nuisance$factors %||% data.frame(batch = data$batch)
     if (length(factors) == 1) names(given) <- factors
   }

@@ -162,6 +162,11 @@ fit_nuisance <- function(fit) {
   fit@config$nuisance %||% list(factors = list(batch = fit@batches), continuous = continuous_scaling(NULL))
 }
 
+# A fit made without `batch` has one internal level, "batch1": not a name to
+# offer to a user (a one-level batch the user named "batch1" reads the same, and
+# needs no batch either).
+fit_has_batch <- function(fit) !identical(fit_nuisance(fit)$factors, list(batch = "batch1"))
+
 continuous_scaling <- function(values) {
   if (is.null(values)) return(data.frame(name = character(), center = numeric(), scale = numeric()))
   data.frame(name = names(values), center = vapply(values, mean, numeric(1)),

@@ -42,8 +42,7 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
     if (length(value) == 1) value <- rep(value, n)
     if (length(value) != n) abort_arg("{.arg {arg}} must be one value or one per cell ({n}).", call = call)
     codes <- match(as.character(value), levels)
-    # (a fit without a batch has one internal level, "batch1": not a name to offer)
-    if (anyNA(codes) && arg == "batch" && identical(levels, "batch1")) {
+    if (anyNA(codes) && arg == "batch" && !fit_has_batch(fit)) {
       abort_arg("{.arg batch} must be {.code NULL}: the fit has no batch.", call = call)
     }
     if (anyNA(codes)) {

@@ -298,7 +298,8 @@ build_mrvi_data <- function(counts, cell_meta, sample, batch, labels, min_sample
     nuisance = if (!is.null(factors) && ncol(factors) > 1 || !is.null(continuous))
       list(factors = if (!is.null(factors) && ncol(factors) > 1) factors, continuous = continuous),
     labels = labels,
-    sample_table = make_sample_table(sample, cell_meta, batch, labels, factors),
+    # (several nuisance factors are their own columns, not their combination)
+    sample_table = make_sample_table(sample, cell_meta, if (is.null(factors) || ncol(factors) <= 1) batch, labels, factors),
     library_size = library_size,
     gene_total = gene_total,
     dropped = dropped,

@@ -171,7 +171,7 @@ new_cells <- function(fit, x, sample, assay, call) {
                 "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
   }
   # genes the fit does not have play no part in the encoder: they are left out
-  check_same_genes(fit, data, call, extra = TRUE)
+  check_same_genes(fit, data, call)
   align_genes(fit, data, call)
 }
 

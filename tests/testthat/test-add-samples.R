@@ -60,7 +60,11 @@ test_that("mrviAddSamples() refuses what it cannot learn", {
   expect_error(mrviAddSamples(ref, new[-1, ], sample = "sample", batch = "site"), "missing", class = "mrvi_error")
   extra <- SummarizedExperiment::assay(new)
   extra <- rbind(extra, novel = 1)
-  expect_error(mrviAddSamples(ref, extra, sample = new$sample, batch = new$site), "novel", class = "mrvi_error")
+  # a gene the fit does not have (one without counts in the reference, which
+  # mrvi() dropped) plays no part: left out, with a message
+  expect_message(with_novel <- mrviAddSamples(ref, extra, sample = new$sample, batch = new$site, max_epochs = 1),
+                 "1 gene of `x` with counts is not in the fit and left out: .novel.")
+  expect_identical(with_novel@u_mean, mrviAddSamples(ref, new, sample = "sample", batch = "site", max_epochs = 1)@u_mean)
   renamed <- new
   colnames(renamed) <- colnames(sce)[!held][seq_len(ncol(new))]
   expect_error(mrviAddSamples(ref, renamed, sample = "sample", batch = "site"), "cell names", class = "mrvi_error")
@@ -216,4 +220,15 @@ test_that("continuous covariates for a fit without any are refused as such", {
   expect_error(mrviAddSamples(fit, f$sim$counts[, held], sample = paste0("new_", f$sim$sample[held]), max_epochs = 1,
                               continuous_covariates = data.frame(a = seq_len(sum(held)))),
                "must be `NULL`: the fit has no continuous covariates", class = "mrvi_error")
+  # nor a batch (not its internal level, "batch1", offered as a known one)
+  expect_error(mrviAddSamples(fit, f$sim$counts[, held], sample = paste0("new_", f$sim$sample[held]), max_epochs = 1,
+                              batch = rep("site1", sum(held))),
+               "`batch` must be `NULL`: the fit has no batch", class = "mrvi_error")
+  # unnamed cells are named cell1, ... in both: the clash says how to name them
+  unnamed <- unname(as.matrix(f$sim$counts))
+  rownames(unnamed) <- rownames(f$sim$counts)
+  fit_unnamed <- suppressMessages(mrvi(unnamed[, !held], sample = droplevels(factor(f$sim$sample[!held])),
+                                       max_epochs = 1, verbose = FALSE, n_threads = 1))
+  expect_error(mrviAddSamples(fit_unnamed, unnamed[, held], sample = paste0("new_", f$sim$sample[held]), max_epochs = 1),
+               "has no cell names.*colnames\\(x\\) <-", class = "mrvi_error")
 })

@@ -86,6 +86,9 @@ test_that("covariates given as columns, a data.frame or a list give the same fit
                 batch = data.frame(site = sce$site, chemistry = sce$chemistry))
   expect_equal(m$sample_table[c("sample", "site", "chemistry")],
                mrviData(sce, sample = "sample", batch = c("site", "chemistry"))$sample_table[c("sample", "site", "chemistry")])
+  # several factors are their own columns, not also their combination
+  expect_false("batch" %in% names(m$sample_table))
+  expect_false("batch" %in% names(mrviData(sce, sample = "sample", batch = c("site", "chemistry"))$sample_table))
 })
 
 test_that("bad covariates are refused naming the argument", {
