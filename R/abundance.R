@@ -48,8 +48,9 @@ differentialAbundance <- function(fit, covariate, cells = NULL, exclude_own_samp
   check_flag(exclude_own_sample, "exclude_own_sample", call)
   max_cells_per_sample <- check_count(max_cells_per_sample, "max_cells_per_sample", call)
   seed <- check_whole(seed, "seed", call)
+  # (a level of one sample has a density: no pairs are needed)
   y <- sample_covariate(covariate, fit@sample_table, fit@samples, call, fit@cell_data,
-                        label = covariate_label(substitute(covariate)))
+                        label = covariate_label(substitute(covariate)), need_pairs = FALSE)
   idx <- resolve_cells(fit, cells, call)
   apply_threads(call = call)
   # log q_A per cell and level, over blocks of cells: the cells x samples densities

@@ -355,6 +355,13 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     # distances made elsewhere have no known unit: no default threshold
     unit <- if (is_fit) list(space, normalize) else
       list(attr(fit_or_distances, "space") %||% "latent", attr(fit_or_distances, "normalize") %||% TRUE)
+    # a sampleDistances() array subset with `[` has lost its unit: its default
+    # threshold would change silently
+    if (!is_fit && is.null(min_effect) && is.null(attr(fit_or_distances, "space")) && length(dim(fit_or_distances)) == 3) {
+      cli::cli_warn(c("{.arg fit_or_distances} carries no unit ({.fn sampleDistances}'s attributes, which {.code [} drops): {.arg min_effect} = 0.",
+                      "i" = "Pick groups with {.arg groups} on the whole result, or give {.arg min_effect}."),
+                    class = c("mrvi_no_distance_unit", "mrvi_warning"), call = call)
+    }
     min_effect <- resolve_min_effect(min_effect, unit[[1]], unit[[2]], call)
   }
   restore <- preserve_rng()
@@ -505,7 +512,8 @@ pseudo_f <- function(d2, y) {
 # within samples from one that does not exist.
 # A vector covariate is named after the variable it was passed as (`label`,
 # from covariate_label()), so that results written back stay apart.
-sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, label = "covariate") {
+sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, label = "covariate",
+                             need_pairs = TRUE) {
   name <- label
   # a table with a sample column and one covariate, as differentialExpression() takes it
   if (is.data.frame(covariate) || methods::is(covariate, "DataFrame")) {
@@ -534,9 +542,14 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
     rows <- table_samples(table)
     values <- table[[covariate]][match(samples, rows)]
   } else {
-    if (is.null(names(covariate)) || !all(samples %in% names(covariate))) {
-      abort_arg(c("{.arg covariate} must be a sample-table column name or a vector named by sample.",
+    if (is.null(names(covariate))) {
+      abort_arg(c("{.arg covariate} must be a sample-table column name, a table with a {.field sample} column, or a vector named by sample.",
                   "i" = "Names needed: {show_some(samples)}."), call = call)
+    }
+    missing <- setdiff(samples, names(covariate))
+    if (length(missing)) {
+      abort_arg(c("{.arg covariate} has no value for {length(missing)} fitted sample{?s}: {show_some(missing)}.",
+                  "i" = "Give every fitted sample a value; {.code NA} leaves a sample out of the test."), call = call)
     }
     # a sample named twice with different values is a mistake, not something to
     # pick from (values for other samples, e.g. of the whole study, are not read)
@@ -568,7 +581,7 @@ sample_covariate <- function(covariate, table, samples, call, cell_data = NULL, 
   }
   y <- droplevels(factor(values))
   if (nlevels(y) < 2) abort_arg("{.arg covariate} must have at least 2 categories among the samples.", call = call)
-  if (all(table(y) < 2)) {
+  if (need_pairs && all(table(y) < 2)) {
     abort_arg("{.arg covariate}: every category has one sample, so there are no within-category pairs.", call = call)
   }
   names(y) <- samples

@@ -289,11 +289,12 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   out <- list()
   for (j in names(design$blocks)) {
     s <- do.call(rbind, lapply(tests, `[[`, j))
+    # (one cell: a row of s is a named vector, whose names would name the rows)
     out[[j]] <- data.frame(cell = names_k, covariate = j, statistic = s[, "statistic"], df1 = s[, "df1"],
                            df2 = s[, "df2"], p_value = s[, "p_value"],
                            q_value = stats::p.adjust(s[, "p_value"], method = "BH"),
                            effect_size = s[, "effect_size"], max_lfc = s[, "max_lfc"],
-                           n_samples = s[, "n_samples"])
+                           n_samples = s[, "n_samples"], row.names = NULL)
   }
   res <- S4Vectors::DataFrame(do.call(rbind, unname(out)), check.names = FALSE)
   beta <- lapply(beta, function(b) {
@@ -389,7 +390,17 @@ de_design <- function(fit, covariates, call, block = NULL) {
       abort_arg(c("{.arg covariates} is named by sample but has no value for sample{?s} {.val {setdiff(samples, names(covariates))}}.",
                   "i" = "Give one value per fitted sample."), call = call)
     }
-    covariates <- data.frame(sample = names(covariates), covariate = unname(covariates))
+    # (values for other samples, e.g. of the whole study, are not read)
+    fitted <- names(covariates) %in% samples
+    covariates <- data.frame(sample = names(covariates)[fitted], covariate = unname(covariates[fitted]))
+  }
+  # one value per sample without names: not column names (its values were read
+  # as such, "given more than once")
+  if (is.atomic(covariates) && is.null(names(covariates)) && length(covariates) == length(samples) &&
+      length(samples) > 1 && !(is.character(covariates) && all(covariates %in% names(fit@sample_table)))) {
+    abort_arg(c("{.arg covariates} looks like one value per sample without names.",
+                "i" = "Name it by sample ({.code stats::setNames(x, fit@samples)}), or give a data.frame with a {.field sample} column."),
+              call = call)
   }
   if (is.character(covariates)) {
     # (a covariate given twice was reported as collinear)
@@ -424,7 +435,10 @@ de_design <- function(fit, covariates, call, block = NULL) {
       abort_arg(c("{.arg covariates} has rows for sample{?s} the model was not fitted on: {.val {unknown}}.",
                   "i" = "Give one row per fitted sample: {show_some(samples)}."), call = call)
     }
-    covs <- names(covariates)[names(covariates) != "sample"]
+    covs <- names(covariates)[!names(covariates) %in% "sample"]
+    if (anyNA(covs) || any(covs == "", na.rm = TRUE)) {
+      abort_arg("{.arg covariates} has a column without a name: name every covariate column.", call = call)
+    }
     if (anyDuplicated(covs)) {
       abort_arg("{.arg covariates} has column{?s} {.val {unique(covs[duplicated(covs)])}} more than once: give each covariate once.",
                 call = call)
@@ -443,7 +457,7 @@ de_design <- function(fit, covariates, call, block = NULL) {
     tab <- covariates[pos, setdiff(names(covariates), "sample"), drop = FALSE]
     rownames(tab) <- samples
   } else {
-    abort_arg("{.arg covariates} must be sample-table column names or a data.frame with a {.field sample} column.",
+    abort_arg("{.arg covariates} must be sample-table column names, a data.frame with a {.field sample} column, or one covariate as a vector named by sample.",
               call = call)
   }
   if (ncol(tab) == 0) abort_arg("{.arg covariates} names no covariate.", call = call)
@@ -533,7 +547,7 @@ de_design <- function(fit, covariates, call, block = NULL) {
   # samples): the regression counts those samples as independent
   if (is.null(block)) for (j in names(tab)) {
     if (is.numeric(tab[[j]]) && !is.factor(tab[[j]])) next
-    hint_nesting(nesting_columns(stats::setNames(tab[[j]], samples), fit@sample_table, samples, names(tab)),
+    hint_nesting(nesting_columns(stats::setNames(tab[[j]], samples), fit@sample_table, samples, names(tab)), j,
                  paste("If the samples of one level are not independent replicates (a donor's samples), the regression",
                        "counts them as such (false positives): give {.arg block} (the donor), or test one sample per level."))
   }

@@ -332,8 +332,17 @@ utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label",
 plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
   call <- sys.call()
   check_required(call)
-  if (!(is.data.frame(res) || methods::is(res, "DataFrame")) || !"q_value" %in% colnames(res)) {
-    abort_arg("{.arg res} must be the result of {.fn cellAssociation}.", call = call)
+  # (any table of per-cell q-values; differentialExpression()'s and
+  # groupAssociation()'s results have q-values too, a row per cell and
+  # covariate or per group)
+  table <- is.data.frame(res) || methods::is(res, "DataFrame")
+  de <- table && "covariate" %in% colnames(res)
+  per_group <- table && all(c("n_samples", "permutations") %in% colnames(res))
+  if (!table || !"q_value" %in% colnames(res) || de || per_group) {
+    abort_arg(c("{.arg res} must be the result of {.fn cellAssociation}.",
+                "i" = if (de) "A {.fn differentialExpression} result has a row per cell and covariate: plot it by covariate yourself." else
+                  if (per_group) "A {.fn groupAssociation} result is a table already: one q-value per group."),
+              call = call)
   }
   if (!is.numeric(alpha) || length(alpha) != 1 || is.na(alpha) || alpha <= 0 || alpha >= 1) {
     abort_arg("{.arg alpha} must be one number in (0, 1).", call = call)
@@ -351,7 +360,7 @@ plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
                   "i" = "Available: {show_some(names(fit@cell_data), 12)}."), call = call)
     }
     # (groupAssociation()'s rows are groups: nothing of it is per cell)
-    if (!all(rownames(res) %in% rownames(fit@cell_data))) {
+    if (is.null(rownames(res)) || !all(rownames(res) %in% rownames(fit@cell_data))) {
       abort_arg(c("{.arg res} must be the result of {.fn cellAssociation} for {.arg fit}: its rows are not the fit's cells.",
                   "i" = "A {.fn groupAssociation} result is a table already: one q-value per group."), call = call)
     }

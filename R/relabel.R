@@ -78,7 +78,7 @@ constant_blocks <- function(values, block) {
 permutation_design <- function(y, block, table, samples, call) {
   blocks <- resolve_block(block, table, samples, y, call)
   if (is.null(blocks)) {
-    hint_nesting(nesting_columns(y, table, samples, attr(y, "name")),
+    hint_nesting(nesting_columns(y, table, samples, attr(y, "name")), attr(y, "name"),
                  "If the samples of one level are not independent replicates (a donor's samples), give {.arg block} that column: they are relabelled together.")
   }
   list(blocks = blocks, scheme = relabeling_scheme(y, blocks, call))
@@ -169,9 +169,9 @@ nesting_columns <- function(y, table, samples, exclude = character()) {
 }
 
 # The hint for tests without `block` of a covariate nested in such columns.
-hint_nesting <- function(columns, remedy) {
+hint_nesting <- function(columns, covariate, remedy) {
   if (!length(columns)) return(invisible())
-  inform(c("i" = "The covariate is constant within each level of sample column{?s} {.val {columns}}, several samples to a level.",
+  inform(c("i" = "The covariate {.val {covariate}} is constant within each level of sample column{?s} {.val {columns}}, several samples to a level.",
            "i" = remedy),
          class = "mrvi_nested_covariate")
 }

@@ -10,6 +10,12 @@ resolve_cells <- function(fit, cells, call) {
     abort_arg("{.arg cells} must be a vector of cell names, indices or a logical over the cells, not a matrix.", call = call)
   }
   idx <- cell_indices(fit, cells, n, call)
+  # a cell twice would be tested (and counted in the FDR) twice
+  if (anyDuplicated(idx)) {
+    twice <- unique(rownames(fit@u_mean)[idx[duplicated(idx)]])
+    abort_arg(c("{.arg cells} selects {length(twice)} cell{?s} more than once: {show_some(twice, 3)}.",
+                "i" = "Give each cell once, e.g. {.code unique(cells)}."), call = call)
+  }
   if (!length(idx)) {
     abort_arg(c("{.arg cells} selects no cell.", "i" = "Give cell names or indices in 1..{n}, or {.code NULL} for all cells."),
               call = call)

@@ -102,6 +102,11 @@ split_sides <- function(fit, samples_a, samples_b, call) {
       abort_arg(c("{.arg {arg}} must be fitted sample names or positions (or, for {.arg samples_a}, a logical vector named by sample).",
                   "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
     }
+    # numbers named by sample are cutree()'s clusters, not positions
+    if (is.numeric(v) && !is.null(names(v)) && all(names(v) %in% fit@samples)) {
+      abort_arg(c("{.arg {arg}} is numbers named by sample, like {.fn cutree}'s clusters: numbers here are sample positions.",
+                  "i" = "For the samples of cluster 1: {.code cutree(hc, k = 2) == 1}."), call = call)
+    }
     v <- fit@samples[resolve_samples(fit, v, call, arg)]
     unique(v)
   }

@@ -95,6 +95,13 @@ test_that("a level with no sample left for a cell is NA there, and the other lev
   # with its own sample kept in, the level is defined again
   kept <- differentialAbundance(fit, grp, cells = cells, max_cells_per_sample = 50, exclude_own_sample = FALSE)
   expect_true(all(is.finite(kept$log_q_ctrl)))
+  # levels of one sample each (a pilot of one treated and one control sample,
+  # or the samples themselves) have densities: no pairs are needed
+  pilot <- stats::setNames(c("ctrl", "treated", rep(NA, 4)), fit@samples)
+  one_each <- differentialAbundance(fit, pilot, cells = cells, max_cells_per_sample = 50, exclude_own_sample = FALSE)
+  expect_true(all(is.finite(one_each$log_q_ctrl)))
+  per_sample <- differentialAbundance(fit, "sample", cells = cells, max_cells_per_sample = 50, exclude_own_sample = FALSE)
+  expect_equal(per_sample$log_q_s01, one_each$log_q_ctrl, tolerance = 1e-12)
 })
 
 test_that("a damaged fit (non-finite latents) is refused, not spread into other cells' densities", {

@@ -422,6 +422,17 @@ test_that("a sample covariate with foreign or conflicting samples, an NA level, 
   unnamed <- d
   dimnames(unnamed)[[3]] <- NULL
   expect_error(groupAssociation(unnamed, cov), "has no group names", class = "mrvi_error")
+  # a table without rows for some samples names them and the remedy
+  expect_error(cellAssociation(fit, data.frame(sample = s[1:4], arm = cov[1:4]), cells = 1:2),
+               "has no value for 1 fitted sample: 's05'.*`NA` leaves", class = "mrvi_error")
+  # a subset with `[` has lost the unit of the default min_effect: said
+  expect_warning(sub <- groupAssociation(d[, , "type1", drop = FALSE], cov, permutations = 19),
+                 "carries no unit", class = "mrvi_no_distance_unit")
+  expect_equal(S4Vectors::metadata(sub)$min_effect, 0)
+  expect_no_warning(groupAssociation(d[, , "type1", drop = FALSE], cov, permutations = 19, min_effect = 0.5),
+                    class = "mrvi_no_distance_unit")
+  # a group-level result is no per-cell one to draw
+  expect_error(plotAssociation(sub, "labels", fit = fit), "groupAssociation.*one q-value per group", class = "mrvi_error")
 })
 
 test_that("cellAssociation(verbose =) shows a bar over blocks of cells and changes nothing else", {

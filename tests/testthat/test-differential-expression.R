@@ -331,7 +331,7 @@ test_that("bad covariates get errors that name the fix", {
   with_donor <- fit
   with_donor@sample_table$donor <- donor[match(fit@sample_table$sample, fit@samples)]
   expect_message(differentialExpression(with_donor, data.frame(sample = fit@samples, sex = nested$sex), cells = 1:3, verbose = FALSE),
-                 "sample column \"donor\"", class = "mrvi_nested_covariate")
+                 "covariate \"sex\" is constant within each level of sample column \"donor\"", class = "mrvi_nested_covariate")
   few <- data.frame(sample = fit@samples, g = as.character(c(1:10, 1, 2)))
   expect_warning(differentialExpression(fit, few, cells = 1:3, verbose = FALSE), "leave 2 residual degrees",
                  class = "mrvi_few_residual_df")
@@ -491,4 +491,23 @@ test_that("differentialExpression() reads an NA level as NA and names a sample m
   tab <- data.frame(sample = s, arm = addNA(factor(c("a", "a", "b", NA, "b"))))
   expect_error(differentialExpression(fit, tab, cells = 1:2, mc_samples = 0, normalize = FALSE, verbose = FALSE),
                "covariate arm has NA for sample \"s04\"", class = "mrvi_error")
+  # a vector named by sample may hold other samples (of the whole study), as
+  # cellAssociation() reads it
+  arm <- stats::setNames(c("a", "a", "b", "b", "a"), s)
+  de <- function(covariates, cells = 1:2) {
+    differentialExpression(fit, covariates, cells = cells, mc_samples = 0, normalize = FALSE, verbose = FALSE)
+  }
+  expect_identical(de(c(arm, s99 = "b")), de(arm))
+  # one value per sample without names is not a list of columns
+  expect_error(de(unname(arm)), "one value per sample without names.*setNames", class = "mrvi_error")
+  expect_error(de(c(1, 2, 1, 2, 1)), "one value per sample without names", class = "mrvi_error")
+  # a covariate column without a name
+  tab <- data.frame(sample = s, arm = arm, x = 1:5)
+  names(tab)[3] <- ""
+  expect_error(de(tab), "column without a name", class = "mrvi_error")
+  names(tab)[3] <- NA
+  expect_error(de(tab), "column without a name", class = "mrvi_error")
+  # one cell: its row is not named after a statistic
+  expect_false(any(grepl("statistic", rownames(de(arm, cells = 3)))))
+  expect_error(de(arm, cells = c(3, 3, 4)), "selects 1 cell more than once", class = "mrvi_error")
 })

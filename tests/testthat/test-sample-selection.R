@@ -29,6 +29,9 @@ local({
     expect_error(counterfactualExpression(fit, cells = 1, sample = "zz"), "`sample` has value.*not fitted on", class = "mrvi_error")
     expect_error(sampleSplitGenes(fit, 7), "`samples_a`", class = "mrvi_error")
     expect_error(sampleSplitGenes(fit, 1, 9), "`samples_b`", class = "mrvi_error")
+    # cutree()'s clusters (numbers named by sample) are not positions
+    clusters <- stats::setNames(c(1L, 1L, 2L, 1L), fit@samples)
+    expect_error(sampleSplitGenes(fit, clusters), "like `cutree\\(\\)`'s clusters.*== 1", class = "mrvi_error")
     expect_error(counterfactualLatent(fit, cells = 1, samples = "zz"), "`samples` has value", class = "mrvi_error")
   })
 })
