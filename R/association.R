@@ -117,7 +117,8 @@
 #'   would follow the number of within-category pairs. `metadata()` records the
 #'   scheme (`relabeling`: `"whole blocks"` or `"within blocks"`). Without
 #'   `block`, a covariate constant within each level of another sample-table
-#'   column (several samples to a level) gets a message naming that column
+#'   column with more levels than it has (several samples to a level) gets a
+#'   message naming that column
 #'   (class `mrvi_nested_covariate`).
 #' @param verbose show a progress bar over blocks of cells
 #'   (`options(mrvi.task_cells)`, 20,000 by default), once the work takes more than 2 s.
@@ -135,9 +136,9 @@
 #'   and `p_value` 1 (no evidence); a cell with a non-finite distance gets `NA`
 #'   for both.
 #' @examples
-#' sim <- mrvi:::example_counts()
-#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
-#' grp <- setNames(c("a", "a", "b", "b"), fit@samples)
+#' sce <- simulateNested(400, 60, n_samples = 8, n_cell_types = 2, n_affected = 1, seed = 1)
+#' fit <- mrvi(sce, sample = "sample", max_epochs = 2, verbose = FALSE)
+#' grp <- setNames(rep(c("a", "b"), 4), fit@samples)
 #' head(cellAssociation(fit, grp))
 #' @export
 cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_samples = 10,
@@ -289,10 +290,10 @@ resolve_min_effect <- function(min_effect, space, normalize, call) {
 #'   `p_value`, `q_value`, `permutations`; `metadata()` names the covariate and
 #'   the statistic (and `min_effect`, `block`, `relabeling`).
 #' @examples
-#' sim <- mrvi:::example_counts()
-#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
-#' grp <- setNames(c("a", "a", "b", "b"), fit@samples)
-#' groupAssociation(fit, grp, permutations = 99)
+#' sce <- simulateNested(400, 60, n_samples = 8, n_cell_types = 2, n_affected = 1, seed = 1)
+#' fit <- mrvi(sce, sample = "sample", labels = "cell_type", max_epochs = 2, verbose = FALSE)
+#' grp <- setNames(rep(c("a", "b"), 4), fit@samples)
+#' groupAssociation(fit, grp, groups = "cell_type", permutations = 99)
 #' @export
 groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permutations = 999, seed = NULL,
                              statistic = c("effect", "ks", "pseudo_f"), normalize = FALSE, mc_samples = 10,

@@ -13,7 +13,9 @@
 #'   continuous one), `added` (after [mrviAddSamples()]: the samples added and
 #'   their training history), `columns` (the cell metadata columns that gave
 #'   `sample`, a single `batch` and `labels`), `assay` (the assay the counts were read from, and
-#'   `seurat_assay`, the Seurat assay, for a Seurat object), `device`, `seed`, `best_epoch`, `stopped_early`, `interrupted`,
+#'   `seurat_assay`, the Seurat assay, for a Seurat object), `flavour`, `prior`, `n_threads` (the
+#'   threads training used), `n_input_cells` (the cells given, dropped ones included), `device`, `seed`,
+#'   `best_epoch`, `stopped_early`, `interrupted`,
 #'   `mrvi_version`, `weights_hash` (a checksum of `weights`; fits made before it
 #'   existed lack it and still load).
 #' @slot weights raw: the weights in safetensors format.

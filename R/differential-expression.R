@@ -154,7 +154,8 @@
 #'   blocks (several samples per donor, a paired design), give `block`: without
 #'   it the regression counts a donor's samples as independent replicates, which
 #'   gives false positives for a covariate of the donor (a covariate nested in a
-#'   sample-table column outside the design gets a message naming it, class
+#'   sample-table column outside the design, one with more levels than it has,
+#'   gets a message naming it, class
 #'   `mrvi_nested_covariate`). Few residual degrees of freedom (2 or fewer)
 #'   give a warning of class `mrvi_few_residual_df`.
 #' @param cells `NULL` (all fitted cells), indices or names.
@@ -200,9 +201,9 @@
 #'   `lfc_file`) and `delta`; `block` (the blocks by sample, or `NULL`) and
 #'   `block_design` (`"none"`, `"block means"` or `"within blocks"`).
 #' @examples
-#' sim <- mrvi:::example_counts()
-#' fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
-#' cov <- data.frame(sample = fit@samples, group = c("a", "a", "b", "b"))
+#' sce <- simulateNested(400, 60, n_samples = 8, n_cell_types = 2, n_affected = 1, seed = 1)
+#' fit <- mrvi(sce, sample = "sample", max_epochs = 2, verbose = FALSE)
+#' cov <- data.frame(sample = fit@samples, group = rep(c("a", "b"), 4))
 #' de <- differentialExpression(fit, cov, cells = 1:20, mc_samples = 0, normalize = FALSE)
 #' head(de)
 #' @export

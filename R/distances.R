@@ -99,9 +99,10 @@
 #'   work takes more than 2 s.
 #' @return with `groups`: an array `[S, S, G]` with dimnames (sample, sample,
 #'   group) and attributes `n_cells` (cells per group that the means are
-#'   over), `excluded` (per group, the samples left out), `sample_table` and
-#'   `space`. With `cells`: an array
-#'   `[cells, S, S]`.
+#'   over), `excluded` (per group, the samples left out), `min_cells`,
+#'   `sample_table`, `space` and `normalize` (the last two set the unit of
+#'   [groupAssociation()]'s default `min_effect`; `[` drops them all: select
+#'   groups with `groups` instead). With `cells`: an array `[cells, S, S]`.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type,

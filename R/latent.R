@@ -252,10 +252,6 @@ align_genes <- function(fit, data, call) {
 #'   posterior draw per cell (the first draw under `seed`).
 #' @param mc_samples 0, or a number of posterior draws: then the result gains a
 #'   4th dimension, one slice per draw.
-#' @param assay for new cells in a `SingleCellExperiment` or Seurat object: the
-#'   assay holding their raw counts, as in [mrvi()]. `NULL` (default): the one the
-#'   fit read (`fit@config$assay`; for a Seurat object the fit's Seurat assay,
-#'   `fit@config$seurat_assay`, where `x` has it), else `"counts"`.
 #' @param seed seed of the posterior draws (default: the fit's seed, `fit@config$seed`).
 #'   Draw m of cell i depends on the seed, i and m alone, so a cell's draws are
 #'   the same whichever cells are asked for, in whatever chunks, in every

@@ -56,6 +56,10 @@ check_bpparam <- function(BPPARAM, call) {
                 "i" = "For example {.code BiocParallel::SerialParam()} or {.code BiocParallel::SnowParam(2)}."),
               call = call)
   }
+  # the options of spreading work, checked in every call that takes BPPARAM (not
+  # only in those that split their work: a typo passed on small data)
+  bp_block()
+  count_option("mrvi.worker_threads", 1L, call)
   BPPARAM
 }
 

@@ -323,11 +323,10 @@ utils::globalVariables(c("x", "y", "xend", "yend", "distance", "value", "label",
 #' @param alpha q-value threshold.
 #' @return a ggplot bar chart.
 #' @examples
-#' sim <- mrvi:::example_counts()
-#' fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type,
-#'             max_epochs = 2, verbose = FALSE)
-#' res <- cellAssociation(fit, setNames(c("a", "a", "b", "b"), fit@samples))
-#' plotAssociation(res, "labels", fit = fit)
+#' sce <- simulateNested(400, 60, n_samples = 8, n_cell_types = 2, n_affected = 1, seed = 1)
+#' fit <- mrvi(sce, sample = "sample", labels = "cell_type", max_epochs = 2, verbose = FALSE)
+#' res <- cellAssociation(fit, setNames(rep(c("a", "b"), 4), fit@samples))
+#' plotAssociation(res, "cell_type", fit = fit)
 #' @export
 plotAssociation <- function(res, groups, fit = NULL, alpha = 0.05) {
   call <- sys.call()

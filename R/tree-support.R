@@ -65,7 +65,8 @@
 #' if (requireNamespace("ape", quietly = TRUE)) {
 #'   sim <- mrvi:::example_counts()
 #'   fit <- mrvi(sim$counts, sample = sim$sample, max_epochs = 2, verbose = FALSE)
-#'   tree <- sampleTreeSupport(fit, groups = NULL, B = 20)
+#'   # (raw distances: after 2 epochs the normalised ones are all 0)
+#'   tree <- sampleTreeSupport(fit, groups = NULL, B = 20, normalize = FALSE)
 #'   tree$node.label
 #'   plotSampleTree(tree)
 #' }

@@ -19,6 +19,12 @@ local({
     }
     d <- with_opt(list(mrvi.task_cells = 2), sampleDistances(fit, cells = 1:5, mc_samples = 0))
     expect_false(anyNA(d))
+    # also in a call whose work is one task (a typo must not wait for larger data)
+    for (e in list(with_opt(list(mrvi.task_cells = 0), mrviLatent(fit)),
+                   with_opt(list(mrvi.worker_threads = "a"), sampleDistances(fit, cells = 1:2, mc_samples = 0)))) {
+      expect_s3_class(e, "mrvi_error")
+      expect_match(conditionMessage(e), "options(mrvi.", fixed = TRUE)
+    }
   })
 
   test_that("options(mrvi.worker_threads) is checked in this process, before the workers", {
