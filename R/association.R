@@ -376,8 +376,11 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     }, BPPARAM = BPPARAM)
   } else {
     d <- if (is_fit) {
-      with_call(sampleDistances(fit, groups = groups, min_cells = min_cells, normalize = normalize,
-                                mc_samples = mc_samples, seed = seed, BPPARAM = BPPARAM, space = space), call)
+      # (NaN distances are said below, per group, as untested)
+      withCallingHandlers(
+        with_call(sampleDistances(fit, groups = groups, min_cells = min_cells, normalize = normalize,
+                                  mc_samples = mc_samples, seed = seed, BPPARAM = BPPARAM, space = space), call),
+        mrvi_nonfinite_distances = function(w) invokeRestart("muffleWarning"))
     } else fit_or_distances
     if (is_fit) groups <- NULL
     if (is.null(dimnames(d)[[3]])) {
@@ -409,7 +412,13 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   res <- do.call(rbind, rows)
   coarse <- res$relabelings <= 20 & res$permutations > 0
   warn_coarse_relabelings(stats::setNames(res$relabelings[coarse], res$group[coarse]), blocks, call)
-  untested <- res$group[is.na(res$statistic)]
+  damaged <- res$group[is.nan(res$statistic)]
+  if (length(damaged)) {
+    cli::cli_warn(c("{cli::qty(length(damaged))}Group{?s} {.val {damaged}} {?was/were} not tested: some of {?its/their} distances are NaN, a numerical failure (non-finite latent values or counterfactuals).",
+                    "i" = "Check the fit: {.code all(is.finite(fit@u_mean))} and its training history; refit if it diverged."),
+                  class = c("mrvi_nonfinite_distances", "mrvi_warning"), call = call)
+  }
+  untested <- res$group[is.na(res$statistic) & !is.nan(res$statistic)]
   if (length(untested)) {
     cli::cli_warn(c("Group{?s} {.val {untested}} {?was/were} not tested: {?its/their} samples with a covariate value (and at least {.arg min_cells} cells) leave no two in one category, or one category only.",
                     "i" = "Lower {.arg min_cells}, or group cells more coarsely."),
@@ -436,6 +445,11 @@ permutation_p <- function(observed, permuted) {
 # observed labels put in different categories, against `permutations`
 # relabelings of that matrix; the statistic reported is `stat` of `m` itself.
 matrix_group_test <- function(m, y, blocks, g, permutations, seed, stat, shift = 0) {
+  # NaN distances are damage (a non-finite latent), not samples left out: NaN
+  if (any(is.nan(m))) {
+    return(data.frame(group = g, n_samples = sum(!is.na(y)), statistic = NaN, p_value = NA_real_,
+                      permutations = 0L, relabelings = NA_real_))
+  }
   keep <- !is.na(y) & !apply(is.na(m), 1, all)
   # NA pairs (no admissible cell compared them): their samples leave the test
   m <- drop_partial_samples(m[keep, keep, drop = FALSE])

@@ -98,6 +98,20 @@ test_that("a cell whose distances are NaN gets no test, not z = 0 and p = 1", {
   }
 })
 
+test_that("a group whose distances are NaN is untested as damaged, with every statistic", {
+  a <- covariates_fit()
+  fit <- a$fit
+  fit@u_mean[2, ] <- 3e38  # finite, but its counterfactuals overflow: NaN distances
+  damaged <- as.character(fit@cell_data$cell_type[2])
+  for (statistic in c("effect", "pseudo_f", "ks")) {
+    expect_warning(res <- groupAssociation(fit, "cov1", groups = "cell_type", statistic = statistic, permutations = 19,
+                                           mc_samples = 0, max_cells = 5000, space = "latent"),
+                   "not\\s+tested:\\s+some\\s+of\\s+its\\s+distances\\s+are\\s+NaN", class = "mrvi_nonfinite_distances")
+    expect_true(is.nan(res[damaged, "statistic"]) && is.na(res[damaged, "p_value"]))
+    expect_false(is.na(res[setdiff(rownames(res), damaged), "p_value"]))
+  }
+})
+
 test_that("z is NA, not NaN, with fewer than 4 samples with a value, and p is NA without permutations", {
   fit <- small_fit()$fit
   few <- stats::setNames(c("a", "a", "b", NA, NA), fit@samples)

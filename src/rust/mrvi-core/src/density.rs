@@ -56,7 +56,9 @@ impl References {
                 let (mut a, mut b, mut c) = (vec![0f64; l * m], vec![0f64; l * m], vec![-0.5 * l as f64 * log_2pi; m]);
                 for (j, &cell) in cells.iter().enumerate() {
                     for d in 0..l {
-                        let sd = post.sd[d * n + cell].max(1e-6);
+                        // (f64::max would turn a NaN sd, damage, into the floor)
+                        let sd = post.sd[d * n + cell];
+                        let sd = if sd.is_nan() { sd } else { sd.max(1e-6) };
                         let (mu, inv_var) = (post.mean[d * n + cell], 1.0 / (sd * sd));
                         a[d * m + j] = -0.5 * inv_var;
                         b[d * m + j] = mu * inv_var;
@@ -139,7 +141,8 @@ fn log_sum_exp(v: &[f64]) -> f64 {
     }
     let max = lane_max.iter().chain(rest).fold(f64::NEG_INFINITY, |m, &x| if x > m { x } else { m });
     if max == f64::NEG_INFINITY {
-        return max;
+        // every term -inf (no reference cell), unless some are NaN (damage)
+        return if v.iter().any(|x| x.is_nan()) { f64::NAN } else { max };
     }
     // terms below max - NEGLIGIBLE (cells left out, at -inf, among them) add
     // exp(-NEGLIGIBLE) each: to a sum of at least 1, less than its rounding error.
@@ -278,7 +281,8 @@ pub fn log_level_densities(
                     .iter()
                     .zip(sample_level)
                     .enumerate()
-                    .filter(|&(s, (v, l))| *l == Some(level) && v.is_finite() && !(exclude_own_sample && s == own))
+                    // (samples without a reference cell are -inf; NaN, damage, stays)
+                    .filter(|&(s, (v, l))| *l == Some(level) && *v != f64::NEG_INFINITY && !(exclude_own_sample && s == own))
                     .map(|(_, (v, _))| *v),
             );
             *value = if terms.is_empty() { f64::NEG_INFINITY } else { log_sum_exp(&terms) - (terms.len() as f64).ln() };
@@ -358,6 +362,29 @@ mod tests {
         assert!((log_sum_exp(&v) - naive).abs() < 1e-14);
         assert_eq!(log_sum_exp(&[f64::NEG_INFINITY, f64::NEG_INFINITY]), f64::NEG_INFINITY);
         assert_eq!(log_sum_exp(&[-1000.0, -2000.0]), -1000.0);
+        // NaN is damage: it stays NaN, also beside -inf terms only
+        assert!(log_sum_exp(&[f64::NAN, f64::NEG_INFINITY]).is_nan());
+        assert!(log_sum_exp(&[f64::NAN; 3]).is_nan());
+        assert!(log_sum_exp(&[0.0, 1.0, f64::NAN, 2.0, 3.0]).is_nan());
+    }
+
+    #[test]
+    fn a_nan_posterior_gives_nan_densities_never_a_number() {
+        // 3 cells, 1 dimension, one sample; cell 1 damaged in its mean, then its sd
+        let sd = [1.0, 1.0, 1.0];
+        let mean = [0.0, f64::NAN, 1.0];
+        let post = Posterior { mean: &mean, sd: &sd, n_cells: 3, n_latent: 1 };
+        // cell 0 under the references 1 (NaN) and 2
+        assert!(log_sample_densities(&post, &[0], &[1, 2], &[0, 0], 1).unwrap()[0].is_nan());
+        // ... and under the damaged one alone
+        assert!(log_sample_densities(&post, &[0], &[1], &[0], 1).unwrap()[0].is_nan());
+        let mean = [0.0, 0.5, 1.0];
+        let sd = [1.0, f64::NAN, 1.0];
+        let post = Posterior { mean: &mean, sd: &sd, n_cells: 3, n_latent: 1 };
+        assert!(log_sample_densities(&post, &[0], &[1], &[0], 1).unwrap()[0].is_nan());
+        // a level over a damaged sample's density is NaN too
+        let out = log_level_densities(&post, &[0], &[0], &[1, 2], &[0, 1], 2, &[Some(0), Some(0)], 1, false).unwrap();
+        assert!(out[0].is_nan());
     }
 
     #[test]

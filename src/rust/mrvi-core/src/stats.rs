@@ -217,6 +217,9 @@ pub fn mean_ks_statistics(
         return Err(Error::InvalidInput("mean_ks_statistics: pair index out of range".into()));
     }
     let labellings: Vec<&[i64]> = labels.chunks(n_samples).collect();
+    // a NaN distance is damage (a non-finite latent): no statistic, as ks_sorted
+    // gives none (sorted, it would count as the largest distance)
+    let damaged = values.iter().any(|v| v.is_nan());
     // per cell: pair indices in increasing order of value, and whether each ends a tie run
     let sorted: Vec<(Vec<usize>, Vec<bool>)> = (0..n_cells)
         .map(|c| {
@@ -231,7 +234,7 @@ pub fn mean_ks_statistics(
         let within: Vec<bool> = pairs.iter().map(|&(a, b)| labels[a] == labels[b]).collect();
         let m = within.iter().filter(|&&w| w).count();
         let n = p - m;
-        if m == 0 || n == 0 || n_cells == 0 {
+        if m == 0 || n == 0 || n_cells == 0 || damaged {
             return f64::NAN;
         }
         let total: f64 = sorted.iter().map(|(order, tie_end)| ecdf_gap(order.iter().map(|&k| within[k]), tie_end, m, n)).sum();
@@ -331,6 +334,10 @@ mod tests {
             }
             assert!((g - want).abs() < 1e-12, "{g} vs {want}");
         }
+        // a NaN distance (damage) gives no statistic, as ks_greater gives none
+        let mut damaged = by_column.clone();
+        damaged[4] = f64::NAN;
+        assert!(mean_ks_statistics(&damaged, 3, &pairs, &labellings.concat(), 5).unwrap().iter().all(|v| v.is_nan()));
     }
 
     /// Mantel's moments against all 6! relabelings of six samples, enumerated.
