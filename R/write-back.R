@@ -56,6 +56,19 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
     abort_arg(c("{.arg object} shares no cell names with {.arg fit}.",
                 "i" = "Use the object the fit was made from."), call = call)
   }
+  # (each copy would get the first's latents; mrvi() refuses such names)
+  if (anyDuplicated(cells)) {
+    abort_arg(c("{.arg object} has {sum(duplicated(cells))} duplicated cell name{?s}, e.g. {show_some(unique(cells[duplicated(cells)]), 3)}: its cells cannot be matched to the fit's.",
+                "i" = "Give its cells the names they had when fitted."), call = call)
+  }
+  # a Seurat object ignores a reduction named as one of its cell columns
+  taken <- if (methods::is(object, "Seurat")) intersect(c("mrvi_u", "mrvi_z"), names(object[[]]))
+  if (length(taken)) {
+    rename <- sprintf("object$my_%s <- object$%s; object$%s <- NULL", taken[1], taken[1], taken[1])
+    abort_arg(c("{.arg object} has {cli::qty(length(taken))}cell column{?s} {.val {taken}}, named as the reductions {.fn addMrVI} writes (Seurat would ignore them).",
+                "i" = "Rename {cli::qty(length(taken))}{?it/them} first, e.g. {.code {rename}}."),
+              call = call)
+  }
   check_same_data(object, fit, cells, call)
   result_of <- function(x, arg, fn, columns) {
     if (!is.null(x) && !((is.data.frame(x) || methods::is(x, "DataFrame")) && all(columns %in% colnames(x)))) {
@@ -104,8 +117,26 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
            class = "mrvi_unfitted_cells")
   }
   # results of an earlier call (or the user's own columns) under the same names
-  existing <- if (methods::is(object, "SingleCellExperiment")) names(SummarizedExperiment::colData(object)) else
+  sce <- methods::is(object, "SingleCellExperiment")
+  existing <- if (sce) names(SummarizedExperiment::colData(object)) else
     if (methods::is(object, "Seurat")) names(object[[]])
+  # the results of another fit stored before would stand beside this fit's
+  # latents as if they were its own: they are removed
+  before <- if (sce) S4Vectors::metadata(object)$mrvi else if (methods::is(object, "Seurat")) methods::slot(object, "tools")[["addMrVI"]]
+  stale <- character()
+  if (methods::is(before, "MrVIFit") && !identical(before@weights, fit@weights)) {
+    stale <- setdiff(grep(result_column_pattern, existing, value = TRUE), names(cell_cols))
+    old_distances <- is.null(distances) &&
+      !is.null(if (sce) S4Vectors::metadata(object)$mrvi_distances else SeuratObject::Misc(object, slot = "mrvi_distances"))
+    if (length(stale) || old_distances) {
+      inform(c("i" = "{.arg object} held results of another fit, now removed: {.val {c(stale, if (old_distances) 'mrvi_distances')}}."),
+             class = "mrvi_replaced_columns")
+    }
+    if (old_distances) {
+      if (sce) S4Vectors::metadata(object)$mrvi_distances <- NULL else SeuratObject::Misc(object, slot = "mrvi_distances") <- NULL
+    }
+    for (nm in stale) if (sce) SummarizedExperiment::colData(object)[[nm]] <- NULL else object[[nm]] <- NULL
+  }
   replaced <- intersect(names(cell_cols), existing)
   if (length(replaced)) {
     inform(c("i" = "Replacing the cell column{?s} {.val {replaced}} of {.arg object}."), class = "mrvi_replaced_columns")

@@ -30,6 +30,42 @@ test_that("distances are written back with addMrVI", {
   expect_identical(SeuratObject::Misc(so, "mrvi_distances"), d)
 })
 
+test_that("a new fit's write-back removes the results of the fit stored before", {
+  skip_if_not_installed("SingleCellExperiment")
+  f <- small_fit()
+  d <- sampleDistances(f$fit, groups = "labels", mc_samples = 0)
+  res <- cellAssociation(f$fit, stats::setNames(c("a", "a", "b", "b", "b"), f$fit@samples), cells = 1:20, permutations = 0,
+                         mc_samples = 0)
+  other <- mrvi(f$sim$counts, flavour = "linear", sample = f$sim$sample, max_epochs = 1, seed = 99, n_threads = 1,
+                verbose = FALSE)
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = f$sim$counts))
+  sce <- addMrVI(sce, f$fit, distances = d, association = res)
+  expect_message(again <- addMrVI(sce, f$fit), NA)  # the same fit: nothing removed
+  expect_identical(S4Vectors::metadata(again)$mrvi_distances, d)
+  SummarizedExperiment::colData(sce)$mrvi_arm_q <- 1
+  S4Vectors::metadata(sce)$mrvi <- other
+  expect_message(sce <- addMrVI(sce, f$fit), "held results of another fit, now removed", class = "mrvi_replaced_columns")
+  expect_null(S4Vectors::metadata(sce)$mrvi_distances)
+  expect_false(any(grepl("^mrvi_.*_q$", names(SummarizedExperiment::colData(sce)))))
+  skip_if_not_installed("SeuratObject")
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = f$sim$counts))
+  so <- addMrVI(so, f$fit, distances = d, association = res)
+  tools <- methods::slot(so, "tools")
+  tools[["addMrVI"]] <- other
+  methods::slot(so, "tools") <- tools
+  expect_message(so <- addMrVI(so, f$fit), "now removed", class = "mrvi_replaced_columns")
+  expect_null(SeuratObject::Misc(so, "mrvi_distances"))
+  expect_false(any(grepl("^mrvi_.*_q$", names(so[[]]))))
+  # a cell column named as a reduction would make Seurat skip it: refused
+  fresh <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = f$sim$counts))
+  fresh$mrvi_u <- "mine"
+  expect_error(addMrVI(fresh, f$fit), "cell column \"mrvi_u\"", class = "mrvi_error")
+  # duplicated cell names cannot be matched
+  dup <- sce
+  colnames(dup)[2] <- colnames(dup)[1]
+  expect_error(addMrVI(dup, f$fit), "1 duplicated cell name", class = "mrvi_error")
+})
+
 test_that("addMrVI refuses results that are not the fit's", {
   skip_if_not_installed("SingleCellExperiment")
   f <- small_fit()
