@@ -101,7 +101,7 @@ plotSampleDistances <- function(d, group = NULL, annotation = NULL, method = "av
   if (!is.null(ann)) {
     # on the discrete axis below: track k's label " <column>" sits at position S + k
     ann$y <- length(ord) + ann$track
-    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = x, y = y, colour = colour),
+    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = x, y = y, colour = value),
                                  shape = 15, size = 4, inherit.aes = FALSE) +
       ggplot2::scale_y_discrete(limits = c(ord, paste0(" ", unique(ann$column)))) +
       annotation_scale(ann)
@@ -173,7 +173,7 @@ plotSampleTree <- function(d, group = NULL, annotation = NULL, method = "average
   if (!is.null(ann)) {
     ann$xpos <- match(as.character(ann$x), ord)
     ann$ypos <- -pad * (0.3 + 0.6 * (ann$track - 1)) + pad * 0.9
-    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = xpos, y = ypos, colour = colour),
+    p <- p + ggplot2::geom_point(data = ann, ggplot2::aes(x = xpos, y = ypos, colour = value),
                                  shape = 15, size = 3) +
       annotation_scale(ann)
   }
@@ -210,10 +210,14 @@ annotation_frame <- function(d, m, annotation, ord, call) {
   structure(do.call(rbind, lapply(tracks, `[[`, "rows")), legend = do.call(rbind, lapply(tracks, `[[`, "legend")))
 }
 
-# The tracks' colours as they are, with one legend entry per value, track by track.
+# The tracks' colours as they are, with one legend entry per value, track by
+# track. Keyed by "track: value", not by colour: tracks may share a colour (two
+# tracks of two categories, NA's grey), which an identity scale merged into one
+# entry, under one track's label.
 annotation_scale <- function(ann) {
   legend <- attr(ann, "legend")
-  ggplot2::scale_colour_identity(name = "annotation", guide = "legend", breaks = legend$colour, labels = legend$label)
+  ggplot2::scale_colour_manual(name = "annotation", values = stats::setNames(legend$colour, legend$label),
+                               breaks = legend$label)
 }
 
 # The annotation as a data.frame, one column per track, rows in the order `ord`:

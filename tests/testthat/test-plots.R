@@ -145,6 +145,16 @@ test_that("annotation tracks have colours of their own, numbers binned in order,
     one <- one[[length(one)]]$data
     expect_identical(one$value, paste0("annotation: ", ann$sex[match(as.character(one$x), ann$sample)]))
     expect_error(plot(d, "type1", annotation = named[-1]), paste0("no value for sample \"", names(named)[1]), class = "mrvi_error")
+    # tracks sharing colours (two of two categories, NA's grey) keep a legend
+    # entry each, under their own labels, drawn in their own colours
+    shared <- data.frame(sample = fit@samples, site = rep(c("x", "y"), length.out = S),
+                         sex = c("f", "m", NA, "f", "m")[seq_len(S)], treated = c("no", "yes", "yes", NA, "no")[seq_len(S)])
+    built <- ggplot2::ggplot_build(plot(d, "type1", annotation = shared))
+    scale <- built$plot$scales$get_scales("colour")
+    keys <- scale$get_breaks()
+    expect_setequal(keys, c("site: x", "site: y", "sex: f", "sex: m", "sex: NA", "treated: no", "treated: yes", "treated: NA"))
+    expect_identical(unname(scale$map(c("sex: f", "treated: no", "sex: NA", "treated: NA"))),
+                     c("grey10", "grey10", "grey80", "grey80"))
   }
   # more than 5 distinct numbers: binned on pretty breaks, in order
   v <- mrvi:::annotation_colours(c(3, 18, 44, 61, 87, 90, NA), 1)
