@@ -114,8 +114,13 @@ read_from_disk <- function(expr, call) {
                conditionMessage(e))
     # (an HDF5-backed assay reports its missing file under assay()'s subscript error)
     msg <- sub("^'assay\\(.*invalid subscript 'i'\\s*", "", msg)
+    # a file rewritten with other dimensions since `x` was made: DelayedArray
+    # blames the seed's author
+    changed <- grepl("returned an array with\\s+incorrect dimensions|identical\\(dim\\(ans\\), expected_dim\\)", msg)
+    if (changed) msg <- "The file behind `x` no longer has the dimensions `x` was made with."
     abort_arg(c("Reading the counts of {.arg x} from disk failed.", "x" = "{msg}",
-                "i" = "Check that the file behind {.arg x} is still there and readable, then call again."),
+                "i" = if (changed) "The file was rewritten since {.arg x} was made: make {.arg x} again from it (e.g. {.fn HDF5Array::HDF5Array})." else
+                  "Check that the file behind {.arg x} is still there and readable, then call again."),
               class = "mrvi_io_error", call = call)
   })
 }

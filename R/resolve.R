@@ -237,10 +237,11 @@ check_required <- function(call, env = parent.frame()) {
 # name for the number of epochs) set `n_epochs_kl_warmup` without a word. Names
 # in the call must be written in full.
 check_full_names <- function(call, formal_names) {
-  typed <- names(as.list(call))[-1]
-  typed <- typed[!is.na(typed) & nzchar(typed) & !typed %in% formal_names]
-  # (after `...` R matches no name partially)
+  given <- names(as.list(call))[-1]
+  typed <- given[!is.na(given) & nzchar(given) & !given %in% formal_names]
+  # (after `...` R matches no name partially, nor to an argument given by its full name)
   partial_ok <- formal_names[seq_len(match("...", formal_names, nomatch = length(formal_names) + 1L) - 1L)]
+  partial_ok <- setdiff(partial_ok, given)
   full <- partial_ok[pmatch(typed, partial_ok, duplicates.ok = TRUE)]
   typed <- typed[!is.na(full)]
   full <- full[!is.na(full)]

@@ -192,7 +192,8 @@ simulateNested <- function(n_cells, n_genes, n_samples = 32, n_sites = 2, n_cell
     for (t in affected) {
       tree <- random_tree(samples, ultrametric = edge_lengths == "ultrametric")
       eff <- matrix(1, n_genes, n_samples, dimnames = list(NULL, samples))
-      genes_of_edge <- edge_genes(tree, n_genes, genes_per_edge, call)
+      genes_of_edge <- edge_genes(tree, n_genes, genes_per_edge, call,
+                                  genes_arg = if (is.null(base)) "n_genes" else "base$counts")
       for (k in seq_along(tree$edges)) {
         below <- tree$edges[[k]]$below
         g <- genes_of_edge[[k]]
@@ -287,7 +288,9 @@ random_tree <- function(samples, ultrametric = FALSE) {
       child <- if (length(p) == 1) 0 else if (ultrametric) height * stats::runif(1, 0.3, 0.9) else height - 1
       len <- if (ultrametric) height - child else 1
       edges[[length(edges) + 1]] <<- list(below = p, length = len)
-      if (ultrametric) paste0(build(p, child), ":", format(len, digits = 6)) else build(p, child)
+      # (every edge with its length, to the last digit: the tree's cophenetic
+      # distances are the true distances)
+      paste0(build(p, child), ":", format(len, digits = 17))
     }, character(1))
     paste0("(", paste(texts, collapse = ","), ")")
   }
@@ -305,13 +308,13 @@ random_tree <- function(samples, ultrametric = FALSE) {
 # The genes of each edge: all genes partitioned among the edges (Supplement B.2)
 # when `per_edge` is NULL; otherwise `per_edge` genes per unit of mean edge length
 # (at least one per edge), disjoint within the tree.
-edge_genes <- function(tree, n_genes, per_edge, call) {
+edge_genes <- function(tree, n_genes, per_edge, call, genes_arg = "n_genes") {
   n_edges <- length(tree$edges)
   lengths <- vapply(tree$edges, function(e) e$length, numeric(1))
   if (is.null(per_edge)) {
     # (an edge without genes would be in the truth but not in the counts)
     if (n_genes < n_edges) {
-      abort_arg(c("{.arg n_genes} = {n_genes} is too few for the tree's {n_edges} edges: each needs a gene of its own.",
+      abort_arg(c("{.arg {genes_arg}} has {n_genes} gene{?s}, too few for the tree's {n_edges} edges: each needs a gene of its own.",
                   "i" = "Give at least {n_edges} genes, or fewer samples."), call = call)
     }
     # equal edges: an equal share each; otherwise shares proportional to length

@@ -59,6 +59,8 @@ bad_calls <- list(
   # abbreviated names: R would take n_epochs for n_epochs_kl_warmup
   list(quote(mrvi(m, s, n_epochs = 50)), "`n_epochs` is not an argument: R would take it for `n_epochs_kl_warmup`"),
   list(quote(sampleDistances(fit, mc = 3)), "`mc` is not an argument: R would take it for `mc_samples`"),
+  # (ambiguous among all arguments, but not among those left: R takes it for n_sites)
+  list(quote(simulateNested(100, 20, n_samples = 4, n_s = 1)), "`n_s` is not an argument: R would take it for `n_sites`"),
   list(quote(mrviAddSamples(x = m, sample = s)), "`fit` is required"),
   list(quote(mrviSetThreads()), "`n` is required"),
   list(quote(mrvi(m, s, n_latent = 0)), "`n_latent`"),

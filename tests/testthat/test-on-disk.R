@@ -54,7 +54,13 @@ test_that("counts on disk whose file is gone, or that are logical, are classed e
   skip_if_not_installed("HDF5Array")
   sim <- mrvi:::example_counts()
   h5 <- h5_counts(sim$counts)
-  unlink(HDF5Array::path(h5))
+  # a file rewritten with other dimensions since `x` was made
+  path <- HDF5Array::path(h5)
+  unlink(path)
+  HDF5Array::writeHDF5Array(as.matrix(sim$counts[1:10, ]), path, "counts")
+  expect_error(mrvi(h5, sample = sim$sample, max_epochs = 1, n_threads = 1, verbose = FALSE),
+               "no longer has the dimensions.*make `x` again", class = "mrvi_io_error")
+  unlink(path)
   expect_error(mrvi(h5, sample = sim$sample, max_epochs = 1, n_threads = 1, verbose = FALSE),
                "Reading the counts of `x` from disk failed.*does not exist", class = "mrvi_io_error")
   lgl <- DelayedArray::DelayedArray(as.matrix(sim$counts) > 0)

@@ -66,10 +66,15 @@ test_that("ultrametric truth equals the tree's cophenetic distances (ape)", {
   phy <- truth$phylo$type1
   coph <- ape::cophenetic.phylo(phy)
   samples <- rownames(truth$distances$type1)
-  expect_equal(truth$distances$type1, coph[samples, samples], tolerance = 1e-5)
+  expect_equal(truth$distances$type1, coph[samples, samples], tolerance = 1e-12)
   # every leaf at depth 1: the root-to-tip lengths are all 1
-  expect_equal(unname(ape::node.depth.edgelength(phy)[seq_along(phy$tip.label)]), rep(1, 7), tolerance = 1e-5)
+  expect_equal(unname(ape::node.depth.edgelength(phy)[seq_along(phy$tip.label)]), rep(1, 7), tolerance = 1e-12)
   expect_equal(treeDistance(stats::hclust(stats::as.dist(truth$distances$type1), "average"), phy), 0)
+  # equal edges: every edge of length 1, so the same holds
+  equal <- S4Vectors::metadata(simulateNested(300, 200, n_samples = 7, n_cell_types = 2, n_affected = 1,
+                                              genes_per_edge = 6, seed = 4))$truth
+  coph <- ape::cophenetic.phylo(equal$phylo$type1)
+  expect_equal(equal$distances$type1, coph[samples, samples], tolerance = 1e-12)
 })
 
 test_that("simulateNested's realistic regime: planted edges, ultrametric truth, skewed counts", {
