@@ -138,9 +138,13 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
     inform(c("i" = paste0("Adding {length(new_samples)} sample{?s} ({ncol(counts)} cells) to the fit; ",
                           "up to {info$max_epochs} epoch{?s}.")))
   }
-  trained <- train_to_end(trainer, info, verbose, call)
-  native <- cached_model(info$model_config, trained$done$weights, info$device)
-  post <- mrvi_encode(native$model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes)
+  # (Ctrl-C from here on never loses the epochs trained: through_interrupts())
+  late <- FALSE
+  through_interrupts({
+    trained <- train_to_end(trainer, info, verbose, call)
+    native <- cached_model(info$model_config, trained$done$weights, info$device)
+    post <- mrvi_encode(native$model, nrow(counts), ncol(counts), counts@p, counts@i, counts@x, codes)
+  }, function() late <<- TRUE)
   all_samples <- c(fit@samples, new_samples)
   old_cells <- fit@cell_data
   old_cells$sample <- factor(as.character(old_cells$sample), levels = all_samples)
@@ -170,11 +174,8 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
     samples = new_samples, history = trained$history, seed = seed, n_threads = threads,
     interrupted = trained$run$interrupted,
     best_epoch = if (isTRUE(train$early_stopping)) trained$done$best_epoch else nrow(trained$history))))
-  if (trained$run$interrupted) {
-    cli::cli_warn(c("Training of the new samples was interrupted at epoch {nrow(trained$history) + 1}.",
-                    "i" = "Returning the model with the weights of epoch {utils::tail(config$added, 1)[[1]]$best_epoch}."),
-                  class = c("mrvi_interrupted", "mrvi_warning"))
-  }
+  warn_interrupted(trained$run$interrupted, late, nrow(trained$history) + 1, utils::tail(config$added, 1)[[1]]$best_epoch,
+                   what = "Training of the new samples")
   new("MrVIFit", fit,
     config = config,
     weights = trained$done$weights,

@@ -359,32 +359,57 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                     "i" = "The fit is not bit-identical to an uninterrupted run on either device."),
                   class = c("mrvi_device_changed", "mrvi_warning"), call = call)
   }
-  trained <- train_to_end(trainer, info, verbose, call, resumed$epochs, checkpoint, reader)
-  run <- trained$run
-  done <- trained$done
-  history <- trained$history
-  fit <- new_mrvi_fit(data, done$weights, info$model_config, info$device, history,
-    config = list(seed = seed, flavour = flavour, prior = prior,
-                  train = list(n_latent = n_latent, n_latent_u = n_latent_u, max_epochs = info$max_epochs,
-                               batch_size = batch_size, lr = lr,
-                               n_epochs_kl_warmup = n_epochs_kl_warmup,
-                               early_stopping = early_stopping, patience = patience,
-                               min_epochs = info$min_epochs, validation_fraction = validation_fraction,
-                               # (chosen for counts on disk: what repeats the fit in memory)
-                               block_cells = blocks$block_cells, buffer_blocks = blocks$buffer_blocks),
-                  best_epoch = if (early_stopping) done$best_epoch else nrow(history),
-                  stopped_early = done$stopped_early, interrupted = run$interrupted,
-                  n_threads = threads_used, assay = assay_name(x, assay), seurat_assay = data$seurat_assay, columns = data$columns,
-                  # the cells given, dropped ones included: addMrVI() matches an
-                  # object without cell names by position only if it has as many
-                  n_input_cells = length(data$sample) + length(data$dropped$cells))
-  )
-  if (run$interrupted) {
-    cli::cli_warn(c("Training was interrupted at epoch {length(run$history) + 1}.",
-                    "i" = "Returning the model with the weights of epoch {fit@config$best_epoch}."),
+  # Ctrl-C from here on never loses the epochs trained (see through_interrupts())
+  late <- FALSE
+  fit <- through_interrupts({
+    trained <- train_to_end(trainer, info, verbose, call, resumed$epochs, checkpoint, reader)
+    run <- trained$run
+    done <- trained$done
+    history <- trained$history
+    new_mrvi_fit(data, done$weights, info$model_config, info$device, history,
+      config = list(seed = seed, flavour = flavour, prior = prior,
+                    train = list(n_latent = n_latent, n_latent_u = n_latent_u, max_epochs = info$max_epochs,
+                                 batch_size = batch_size, lr = lr,
+                                 n_epochs_kl_warmup = n_epochs_kl_warmup,
+                                 early_stopping = early_stopping, patience = patience,
+                                 min_epochs = info$min_epochs, validation_fraction = validation_fraction,
+                                 # (chosen for counts on disk: what repeats the fit in memory)
+                                 block_cells = blocks$block_cells, buffer_blocks = blocks$buffer_blocks),
+                    best_epoch = if (early_stopping) done$best_epoch else nrow(history),
+                    stopped_early = done$stopped_early, interrupted = run$interrupted,
+                    n_threads = threads_used, assay = assay_name(x, assay), seurat_assay = data$seurat_assay, columns = data$columns,
+                    # the cells given, dropped ones included: addMrVI() matches an
+                    # object without cell names by position only if it has as many
+                    n_input_cells = length(data$sample) + length(data$dropped$cells))
+    )
+  }, function() late <<- TRUE)
+  warn_interrupted(run$interrupted, late, length(run$history) + 1, fit@config$best_epoch)
+  fit
+}
+
+# Runs `expr` to its end through Ctrl-C: an interrupt calls `on_interrupt()` and
+# is resumed. Training stops after the epoch it came in (train_epochs()); after
+# the last epoch, the fit is put together whole (an interrupt in the posterior's
+# encoding had discarded every epoch trained).
+through_interrupts <- function(expr, on_interrupt) {
+  withCallingHandlers(expr, interrupt = function(cnd) {
+    on_interrupt()
+    invokeRestart("resume")
+  })
+}
+
+# The warning of a run interrupted at epoch `epoch`, or after its last epoch
+# (`late`).
+warn_interrupted <- function(interrupted, late, epoch, best_epoch, what = "Training") {
+  if (interrupted) {
+    cli::cli_warn(c("{what} was interrupted at epoch {epoch}.",
+                    "i" = "Returning the model with the weights of epoch {best_epoch}."),
+                  class = c("mrvi_interrupted", "mrvi_warning"))
+  } else if (late) {
+    cli::cli_warn(c("{what} was interrupted after its last epoch: the fit was completed first, and is returned whole.",
+                    "i" = "It holds every epoch; the interrupt only came while the fit was put together."),
                   class = c("mrvi_interrupted", "mrvi_warning"))
   }
-  fit
 }
 
 # Train to the end: the run (history, interrupted), what the trainer returns
@@ -429,7 +454,11 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
     elbo_train <- elbo_val <- "-"
     cli::cli_progress_update(id = pb, set = length(history))
   }
-  while (!finished) {
+  # Ctrl-C within an epoch is seen by the trainer (s$interrupted: the epoch is
+  # dropped); one that R sees between its calls (in the checkpoint's write, the
+  # progress bar, a read from disk) stops the run after the epoch
+  caught <- FALSE
+  through_interrupts(while (!finished) {
     s <- mrvi_trainer_epoch(trainer, reader$read)
     if (isTRUE(s$interrupted)) {
       interrupted <- TRUE
@@ -444,11 +473,11 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
     }
     finished <- s$done
     # Ctrl-C after the epoch's last minibatch: the epoch is complete, stop after it
-    if (isTRUE(s$interrupted_after) && !finished) {
+    if ((isTRUE(s$interrupted_after) || caught) && !finished) {
       interrupted <- TRUE
       break
     }
-  }
+  }, function() caught <<- TRUE)
   if (verbose) {
     # a run that ended before max_epochs (stopped early, interrupted) ends its
     # bar where it stopped: done, the bar would show every epoch as trained

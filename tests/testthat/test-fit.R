@@ -122,6 +122,34 @@ test_that("Ctrl-C stops training between minibatches and R keeps running", {
   expect_true(res$same_weights)
 })
 
+test_that("Ctrl-C that R sees between epochs or after the last one never loses the epochs trained", {
+  skip_on_os("windows")
+  sim <- mrvi:::simulate_counts(n_cells = 200, n_genes = 40, seed = 1)
+  fit_with <- function(...) mrvi(sim$counts, sim$sample, flavour = "linear", n_threads = 1, verbose = FALSE, seed = 3, ...)
+  # (the package's function `fun` with `exit` run at its end, while `expr` runs)
+  with_trace <- function(fun, exit, expr) {
+    trace(fun, where = asNamespace("mrvi"), print = FALSE, exit = exit)
+    on.exit(untrace(fun, where = asNamespace("mrvi")))
+    expr
+  }
+  # an interrupt R signals itself after epoch 3's checkpoint (as in the progress
+  # bar's drawing): the run stops after that epoch, with its weights
+  saves <- new.env()
+  saves$n <- 0
+  expect_warning(fit <- with_trace("mrvi_trainer_save",
+                                   bquote({assign("n", get("n", .(saves)) + 1, envir = .(saves)); if (get("n", .(saves)) == 3) rlang::interrupt()}),
+                                   fit_with(max_epochs = 20, early_stopping = FALSE, checkpoint = tempfile(fileext = ".ckpt"))),
+                 "interrupted at epoch 4", class = "mrvi_interrupted")
+  expect_equal(nrow(fit@history), 3)
+  expect_true(fit@config$interrupted)
+  expect_identical(fit@weights, fit_with(max_epochs = 3, early_stopping = FALSE)@weights)
+  # an interrupt while the fit is put together after the last epoch: the whole fit
+  expect_warning(late <- with_trace("mrvi_trainer_finish", quote(rlang::interrupt()), fit_with(max_epochs = 4, early_stopping = FALSE)),
+                 "after its last epoch", class = "mrvi_interrupted")
+  expect_false(late@config$interrupted)
+  expect_identical(late@u_mean, fit_with(max_epochs = 4, early_stopping = FALSE)@u_mean)
+})
+
 test_that("a checkpointed fit stopped after epoch k and resumed equals an uninterrupted one", {
   sim <- mrvi:::example_counts()
   path <- tempfile(fileext = ".safetensors")
