@@ -517,14 +517,17 @@ note_no_validation <- function(fraction, n_cells, block_cells = NULL, hint = TRU
                                given = "{.arg validation_fraction} = {fraction}") {
   blocks <- !is.null(block_cells)
   units <- if (blocks) ceiling(n_cells / block_cells) else n_cells
-  held <- if (blocks) round(units * fraction) else floor(units * fraction)
+  # (blocks held out: rounded half away from zero, as the trainer's f64::round;
+  # R's round() takes half to even)
+  held_of <- function(f) if (blocks) floor(units * f + 0.5) else floor(units * f)
+  held <- held_of(fraction)
   if (fraction == 0 || held > 0) return(invisible())
   what <- if (blocks) "block" else "cell"
   # at 3 digits, rounded up until it does hold one out
   smallest <- (if (blocks) 0.5 else 1) / units
   step <- 10^(floor(log10(smallest)) - 2)
   smallest <- ceiling(smallest / step) * step
-  while ((if (blocks) round(units * smallest) else floor(units * smallest)) < 1) smallest <- smallest + step
+  while (held_of(smallest) < 1) smallest <- smallest + step
   inform(c("i" = paste(given, "holds out none of the {units} {what}{if (units == 1) '' else 's'}: validation is off, as with",
                        "{.code validation_fraction = 0} (early stopping watches the training ELBO)."),
            "i" = if (hint && smallest < 0.5) "The smallest {.arg validation_fraction} that holds out one {what} is {smallest}."))

@@ -335,6 +335,13 @@ test_that("a validation_fraction that holds out no cell turns validation off, as
   expect_true(all(is.nan(tiny@history$validation_elbo)))
   expect_output(print(tiny), "training ELBO .* per cell \\(no validation cells\\)")
   expect_no_message(fit(0.0417))
+  # blocks (counts read in blocks of cells): half a block rounds up, as the
+  # trainer rounds it, so one block of 2 is held out at 0.25 (R's round() said none)
+  expect_no_message(half <- mrvi(m, s, validation_fraction = 0.25, block_cells = 12, max_epochs = 1, n_threads = 1,
+                                 verbose = FALSE), message = "holds out none")
+  expect_true(is.finite(half@history$validation_elbo))
+  expect_message(mrvi(m, s, validation_fraction = 0.24, block_cells = 12, max_epochs = 1, n_threads = 1, verbose = FALSE),
+                 "holds out none of the 2 blocks.*smallest `validation_fraction`.*0.25")
 })
 
 test_that("n_latent = NULL (the default) is 30 for the attention flavour and 10 for the linear one", {
