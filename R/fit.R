@@ -322,6 +322,17 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
     reader <- block_reader(data$disk)
   }
   info <- mrvi_trainer_info(trainer)
+  # (the default max_epochs depends on the cells: known from the trainer)
+  if (!is.null(min_epochs) && is.null(max_epochs) && min_epochs > info$max_epochs) {
+    abort_arg(c("{.arg min_epochs} = {min_epochs} is more than the default {.arg max_epochs} for {ncol(counts)} cells, {info$max_epochs}.",
+                "i" = "Training never passes {.arg max_epochs}: give a {.arg min_epochs} of at most {info$max_epochs}, or a larger {.arg max_epochs}."),
+              call = call)
+  }
+  if (verbose && n_epochs_kl_warmup > info$max_epochs) {
+    inform(c("i" = paste("{.arg max_epochs} = {info$max_epochs} ends before the KL warm-up ({.arg n_epochs_kl_warmup} = {n_epochs_kl_warmup}):",
+                         "the KL weight only reaches {signif(info$max_epochs / n_epochs_kl_warmup, 2)}, and early stopping, which waits for the warm-up, cannot act."),
+             "i" = "For the full ELBO, give {.arg n_epochs_kl_warmup} = {max(0, info$max_epochs %/% 2)} or less, or more epochs."))
+  }
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
                           "{nlevels(data$sample)} samples, {describe_nuisance(nuisance$spec)}; ",

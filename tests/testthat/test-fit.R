@@ -317,6 +317,11 @@ test_that("settings that would train a degenerate or other model than asked are 
   expect_error(fit(n_latent_u = 1, n_threads = 1), "`n_latent_u` must be at least 2", class = "mrvi_error")
   expect_error(fit(min_epochs = 5, max_epochs = 2, n_threads = 1), "`min_epochs` = 5 is more than `max_epochs` = 2",
                class = "mrvi_error")
+  # also past the default max_epochs (400 for 24 cells), which the trainer knows
+  expect_error(fit(min_epochs = 1000, n_threads = 1), "`min_epochs` = 1000 is more than the default `max_epochs` for 24 cells, 400",
+               class = "mrvi_error")
+  # training that ends before the KL warm-up says so
+  expect_message(mrvi(m, s, max_epochs = 2, n_threads = 1), "ends before the KL warm-up")
   # NA is not NULL (the default)
   expect_error(fit(n_threads = NA), "`n_threads`.*You gave `NA`", class = "mrvi_error")
   # what was given is shown as given, not rounded to the valid value it is not
