@@ -21,7 +21,9 @@
 #' @slot weights raw: the weights in safetensors format.
 #' @slot sample_table data.frame: one row per sample with its covariates.
 #' @slot history data.frame: per epoch, train and validation ELBO,
-#'   reconstruction loss and KL (per-cell means), KL weight, seconds, cells/s,
+#'   reconstruction loss and KL (per-cell means; the ELBO is minus reconstruction
+#'   minus the whole KL, whatever the warm-up), KL weight (at the epoch's last
+#'   step), seconds, cells/s,
 #'   and where the seconds went (`seconds_batches`, `seconds_forward`,
 #'   `seconds_backward`, `seconds_optimizer`; the rest is validation).
 #' @slot genes,samples,batches,labels character: level names (`labels` empty
@@ -289,23 +291,28 @@ setMethod("summary", "MrVIFit", function(object, ...) {
     n_cells = nrow(object@cell_data), n_genes = length(object@genes),
     n_samples = length(object@samples), n_batches = length(object@batches),
     n_latent = z_dim(object), n_latent_u = ncol(object@u_mean), epochs = nrow(h), best_epoch = best,
-    stopped_early = isTRUE(object@config$stopped_early),
+    stopped_early = isTRUE(object@config$stopped_early), interrupted = isTRUE(object@config$interrupted),
     train_elbo = if (nrow(h)) h$train_elbo[best] else NA_real_,
     validation_elbo = if (nrow(h)) h$validation_elbo[best] else NA_real_,
-    seconds = sum(h$seconds), device = object@config$device
+    seconds = sum(h$seconds), device = object@config$device,
+    flavour = object@config$flavour %||% "linear", nuisance = describe_nuisance(fit_nuisance(object))
   ), class = "summary_MrVIFit")
 })
 
 #' @export
 print.summary_MrVIFit <- function(x, ...) {
-  cat(sprintf("MrVI fit: %d cells x %d genes, %d samples, %d batch%s, L_u = %d, L_z = %d\n",
-              x$n_cells, x$n_genes, x$n_samples, x$n_batches, if (x$n_batches == 1) "" else "es",
-              x$n_latent_u, x$n_latent))
-  cat(sprintf("Training: %d epoch%s on %s in %.1f s%s; best epoch %s\n", x$epochs,
-              if (x$epochs == 1) "" else "s", x$device, x$seconds,
-              if (x$stopped_early) " (stopped early)" else "", format(x$best_epoch)))
+  # (as show() says them: one dimension for the linear flavour, each nuisance covariate)
+  dims <- if (identical(x$flavour, "attention")) sprintf("L_u = %d, L_z = %d", x$n_latent_u, x$n_latent) else
+    sprintf("L = %d", x$n_latent)
+  cat(sprintf("MrVI fit (%s flavour): %d cells x %d genes, %d samples, %s, %s\n",
+              x$flavour, x$n_cells, x$n_genes, x$n_samples, x$nuisance, dims))
+  cat(sprintf("Training: %d epoch%s on %s in %s s%s; best epoch %s\n", x$epochs,
+              if (x$epochs == 1) "" else "s", x$device, format(signif(x$seconds, 3)),
+              if (x$stopped_early) " (stopped early)" else if (x$interrupted) " (interrupted)" else "",
+              format(x$best_epoch)))
   cat(sprintf("ELBO per cell at the best epoch: training %s, validation %s\n",
-              format(x$train_elbo, digits = 6), format(x$validation_elbo, digits = 6)))
+              format(x$train_elbo, digits = 6),
+              if (is.nan(x$validation_elbo)) "none (no validation cells)" else format(x$validation_elbo, digits = 6)))
   invisible(x)
 }
 

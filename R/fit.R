@@ -222,7 +222,8 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
   # flavour-dependent defaults: the paper's L = 10 with a normal prior; the later
   # MrVI's z of 30 dimensions with a mixture-of-Gaussians prior
   if (is.null(n_latent)) n_latent <- if (flavour == "attention") 30 else 10
-  prior <- if (missing(prior)) (if (flavour == "attention") "mog" else "normal") else
+  # (the whole default vector, as a wrapper passes its own default on, is missing too)
+  prior <- if (missing(prior) || identical(prior, c("mog", "normal"))) (if (flavour == "attention") "mog" else "normal") else
     match_choice(prior, c("mog", "normal"), "prior", call)
   n_latent <- check_count(n_latent, "n_latent", call)
   n_latent_u <- if (flavour == "attention") check_count(n_latent_u, "n_latent_u", call) else n_latent

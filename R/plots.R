@@ -30,6 +30,7 @@ setMethod("plot", signature("MrVIFit", "missing"), function(x, y, ...) {
     ggplot2::labs(x = "epoch", y = "ELBO per cell", colour = NULL,
                   title = "MrVI training") +
     ggplot2::theme_minimal()
+  if (nrow(h) == 1) p <- p + ggplot2::geom_point()  # (one epoch is no line)
   if (!is.null(best) && !is.na(best)) {
     p <- p + ggplot2::geom_vline(xintercept = best, linetype = "dashed", colour = "grey50")
   }

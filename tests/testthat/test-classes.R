@@ -15,7 +15,10 @@ test_that("show and summary report the fit", {
   expect_s3_class(s, "summary_MrVIFit")
   printed <- capture.output(print(s))
   expect_length(printed, 3)
-  expect_match(printed[1], "400 cells x 60 genes, 5 samples, 1 batch, L_u = 10, L_z = 10", fixed = TRUE)
+  # as show() says it: one dimension for the linear flavour
+  expect_match(printed[1], "MrVI fit (linear flavour): 400 cells x 60 genes, 5 samples, 1 batch, L = 10", fixed = TRUE)
+  expect_match(printed[2], " in [0-9.e-]+ s", all = FALSE)
+  expect_no_match(printed[2], " in 0.0 s", fixed = TRUE)
   expect_match(printed[2], sprintf("best epoch %d", fit@config$best_epoch), fixed = TRUE)
   # a fit whose training never recorded a best epoch holds the last one's weights
   fit@config$best_epoch <- NA_integer_

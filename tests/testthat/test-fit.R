@@ -320,6 +320,8 @@ test_that("settings that would train a degenerate or other model than asked are 
   # also past the default max_epochs (400 for 24 cells), which the trainer knows
   expect_error(fit(min_epochs = 1000, n_threads = 1), "`min_epochs` = 1000 is more than the default `max_epochs` for 24 cells, 400",
                class = "mrvi_error")
+  # prior passed on as the whole default vector (a wrapper's own default) is the default
+  expect_identical(fit(flavour = "linear", prior = c("mog", "normal"), max_epochs = 1, n_threads = 1)@config$prior, "normal")
   # training that ends before the KL warm-up says so
   expect_message(mrvi(m, s, max_epochs = 2, n_threads = 1), "ends before the KL warm-up")
   # NA is not NULL (the default)

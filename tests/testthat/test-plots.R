@@ -10,6 +10,12 @@ test_that("plot(fit) draws the training curves of the history, with the best epo
   geoms <- vapply(p$layers, function(l) class(l$geom)[1], character(1))
   expect_equal(geoms, c("GeomLine", "GeomVline"))
   expect_equal(p$layers[[2]]$data$xintercept, fit@config$best_epoch)
+  # one epoch is a point, not an empty plot
+  one <- fit
+  one@history <- fit@history[1, ]
+  one@config$best_epoch <- 1L
+  built <- ggplot2::ggplot_build(plot(one))
+  expect_true("GeomPoint" %in% vapply(plot(one)$layers, function(l) class(l$geom)[1], character(1)))
 })
 
 test_that("plot(fit, y) and unnamed or bad matrices get classed errors or default names", {
