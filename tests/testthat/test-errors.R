@@ -431,6 +431,18 @@ test_that("training that diverges is a classed error", {
   e <- tryCatch(mrvi(m, s, lr = 3, max_epochs = 4, n_threads = 1, verbose = FALSE), error = identity)
   expect_s3_class(e, "mrvi_divergence_error")
   expect_match(conditionMessage(e), "grew far above its starting value")
+  # a first minibatch of cells with few counts is no starting scale: at
+  # batch_size = 2 beside cells of 1e7 counts it made a false divergence, even
+  # with weights that cannot move (lr = 1e-300)
+  set.seed(1)
+  p <- stats::rgamma(500, 0.5)
+  p <- p / sum(p)
+  lib <- rep(c(50, 1e7), each = 100)
+  wide <- vapply(lib, function(l) stats::rnbinom(500, mu = l * p, size = 1), numeric(500))
+  wide[1, ] <- wide[1, ] + 1
+  dimnames(wide) <- list(paste0("g", 1:500), paste0("c", 1:200))
+  expect_no_error(mrvi(wide, rep(c("a", "b", "c", "d"), 50), batch_size = 2, seed = 2, lr = 1e-300, max_epochs = 1,
+                       n_threads = 1, verbose = FALSE))
 })
 
 test_that("soft spots: confounded batch, too many threads, NA distances in sampleHclust", {

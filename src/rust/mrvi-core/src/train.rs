@@ -85,8 +85,9 @@ pub struct Trainer {
     interrupted_epoch_start: Option<Vec<(String, Tensor)>>,
     pub(crate) epochs_since_best: usize,
     pub stopped_early: bool,
-    /// loss per cell of the first minibatch this trainer ran, at its starting
-    /// weights: the scale against which an epoch's loss counts as exploded
+    /// mean loss per cell of the first [START_CELLS] cells this trainer ran, near
+    /// its starting weights: the scale against which an epoch's loss counts as
+    /// exploded
     first_loss: Option<f64>,
     /// the shard thread counts of the epochs resumed from a checkpoint, in the
     /// order used (results depend on them: see [train_step])
@@ -538,12 +539,25 @@ fn diverged(epoch: usize, what: &str, opt: &Adam) -> Error {
     Error::Diverged(format!("training diverged at epoch {} ({what}) with lr = {lr}", epoch + 1))
 }
 
-/// A loss per cell this far above the first minibatch's (at the starting
-/// weights) is a diverged fit: training lowers the loss, and a fit whose loss
-/// exploded (a too large `lr`) has latents of 1e9 and saturated expression
-/// while every number stays finite.
+/// A loss per cell this far above the start's (the mean over the first cells
+/// trained, see [START_CELLS]) is a diverged fit: training lowers the loss, and a
+/// fit whose loss exploded (a too large `lr`) has latents of 1e9 and saturated
+/// expression while every number stays finite.
 fn exploded(loss: f64, first: f64) -> bool {
     loss > 10.0 * first.max(1.0) + 1e3
+}
+
+/// The cells whose mean loss is the start's: one minibatch of a few cells may
+/// hold only cells of few counts, whose loss is far below the data's (a false
+/// divergence at `batch_size = 2`, even with `lr = 1e-300`).
+const START_CELLS: usize = 1024;
+
+/// The start's loss per cell into `first`, once the `seen` cells of the first
+/// epoch trained (their summed losses in `sums`) reach [START_CELLS].
+fn note_start_loss(first: &mut Option<f64>, sums: &StepSums, seen: usize) {
+    if first.is_none() && seen >= START_CELLS {
+        *first = Some((sums.reconstruction + sums.kl) / seen as f64);
+    }
 }
 
 impl Trainer {
@@ -747,6 +761,7 @@ impl Trainer {
         let replicas: Vec<(&MrviModel, &Tensor)> = self.replicas.iter().take(shards - 1).map(|(m, g)| (m, g)).collect();
         tch::manual_seed(epoch_seed(self.config.seed, epoch));
         let mut sums = StepSums::default();
+        let mut seen = 0;
         // (Assembling the next minibatch on a second thread was tried: on 2 cores it
         // competes with libtorch's threads and made epochs 25% slower.)
         match self.config.blocks.clone() {
@@ -761,7 +776,8 @@ impl Trainer {
                     }
                     sums.kl_weight = self.kl_weight(epoch, step, n_steps);
                     train_step(&self.model, &replicas, &mut self.opt, &self.data, cells, fused, epoch, &mut sums)?;
-                    self.first_loss.get_or_insert((sums.reconstruction + sums.kl) / cells.len() as f64);
+                    seen += cells.len();
+                    note_start_loss(&mut self.first_loss, &sums, seen);
                 }
             }
             Some(blocks) => {
@@ -795,7 +811,8 @@ impl Trainer {
                         }
                         sums.kl_weight = self.kl_weight(epoch, step, n_steps);
                         train_step(&self.model, &replicas, &mut self.opt, &local, part, fused, epoch, &mut sums)?;
-                        self.first_loss.get_or_insert((sums.reconstruction + sums.kl) / part.len() as f64);
+                        seen += part.len();
+                        note_start_loss(&mut self.first_loss, &sums, seen);
                         step += 1;
                     }
                 }
@@ -807,6 +824,10 @@ impl Trainer {
         // computed; a finite loss can have exploded
         if !self.model.weights_finite() || !self.validation_cells.is_empty() && !(v_rec + v_kl).is_finite() {
             return Err(diverged(epoch, "the weights or the validation loss are not finite", &self.opt));
+        }
+        // (an epoch of fewer cells than START_CELLS: its mean)
+        if self.first_loss.is_none() && seen > 0 {
+            self.first_loss = Some((sums.reconstruction + sums.kl) / seen as f64);
         }
         let first = self.first_loss.unwrap_or(f64::INFINITY);
         if exploded((sums.reconstruction + sums.kl) / n_train, first) || exploded(v_rec + v_kl, first) {
