@@ -68,7 +68,9 @@
 #'   counts of the cell's genes with the largest effect and thinning each other
 #'   gene binomially by its effect over that largest one (halving them where the
 #'   effects are 2s, as in the tree design), which raises the effect genes'
-#'   relative expression by their effect.
+#'   relative expression by their effect. The result is new data: its cells are
+#'   named `cell00001`, ... in the base's order, and of the base's cell metadata only
+#'   `cell_type` is kept.
 #' @param seed random seed, one whole number: the same seed gives the same data
 #'   whatever the session's `RNGkind()` (the data are drawn with R's default
 #'   generators; the session's generator and its state are restored afterwards,
