@@ -174,7 +174,7 @@ mrviAddSamples <- function(fit, x, sample, batch = NULL, max_epochs = NULL, seed
     samples = new_samples, history = trained$history, seed = seed, n_threads = threads,
     interrupted = trained$run$interrupted,
     best_epoch = if (isTRUE(train$early_stopping)) trained$done$best_epoch else nrow(trained$history))))
-  warn_interrupted(trained$run$interrupted, late, nrow(trained$history) + 1, utils::tail(config$added, 1)[[1]]$best_epoch,
+  warn_interrupted(trained$run$interrupted, late || trained$run$late, nrow(trained$history) + 1, utils::tail(config$added, 1)[[1]]$best_epoch,
                    what = "Training of the new samples")
   new("MrVIFit", fit,
     config = config,

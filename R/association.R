@@ -79,7 +79,8 @@
 #'   column (as [differentialExpression()] takes them). Categorical (character, factor or logical); a numeric
 #'   covariate is refused: bin it first (for example with [cut()]). Samples with
 #'   `NA` take no part.
-#' @param cells `NULL` (all fitted cells), indices or cell names.
+#' @param cells `NULL` (all fitted cells), indices or cell names, each cell once
+#'   (a repeat would be tested, and counted in the q-values, twice).
 #' @param normalize raw distances (default), or in units of the cell's
 #'   posterior noise, clipped at 0; as in [sampleDistances()].
 #' @param mc_samples posterior draws per cell for \eqn{D(n)} (0: posterior mean;
@@ -172,7 +173,7 @@ cellAssociation <- function(fit, covariate, cells = NULL, normalize = FALSE, mc_
   check_size(4 * sum(!is.na(y)) * (permutations + 1),
              sprintf("cellAssociation() with %d permutations", permutations), call,
              hint = "Ask for fewer {.arg permutations} (999 give p-values down to 0.001), or raise {.code options(mrvi.max_bytes = )}.")
-  idx <- resolve_cells(fit, cells, call)
+  idx <- resolve_cells(fit, cells, call, tested = TRUE)
   apply_threads(call = call)
   chunk <- resolve_chunk_size(fit, NULL, call, mc_samples, normalize)
   block_codes <- if (is.null(blocks)) integer() else as.integer(blocks) - 1L
@@ -358,7 +359,9 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
       list(attr(fit_or_distances, "space") %||% "latent", attr(fit_or_distances, "normalize") %||% TRUE)
     # a sampleDistances() array subset with `[` has lost its unit: its default
     # threshold would change silently
-    if (!is_fit && is.null(min_effect) && is.null(attr(fit_or_distances, "space")) && length(dim(fit_or_distances)) == 3) {
+    # (the baselines' arrays keep their n_cells; `[` drops every attribute)
+    if (!is_fit && is.null(min_effect) && is.null(attr(fit_or_distances, "space")) &&
+        is.null(attr(fit_or_distances, "n_cells")) && length(dim(fit_or_distances)) == 3) {
       cli::cli_warn(c("{.arg fit_or_distances} carries no unit ({.fn sampleDistances}'s attributes, which {.code [} drops): {.arg min_effect} = 0.",
                       "i" = "Pick groups with {.arg groups} on the whole result, or give {.arg min_effect}."),
                     class = c("mrvi_no_distance_unit", "mrvi_warning"), call = call)

@@ -158,7 +158,8 @@
 #'   gets a message naming it, class
 #'   `mrvi_nested_covariate`). Few residual degrees of freedom (2 or fewer)
 #'   give a warning of class `mrvi_few_residual_df`.
-#' @param cells `NULL` (all fitted cells), indices or names.
+#' @param cells `NULL` (all fitted cells), indices or names, each cell once (a
+#'   repeat would be tested, and counted in the q-values, twice).
 #' @param mc_samples posterior draws of u (see Details); 0 uses the posterior
 #'   mean only. Draws whose working memory would pass
 #'   `getOption("mrvi.max_bytes")` are an error, before any work.
@@ -228,7 +229,7 @@ differentialExpression <- function(fit, covariates, cells = NULL, mc_samples = 5
   chunk_size <- check_count(chunk_size, "chunk_size", call)
   seed <- check_whole(seed, "seed", call)
   design <- de_design(fit, covariates, call, block)
-  idx <- resolve_cells(fit, cells, call)
+  idx <- resolve_cells(fit, cells, call, tested = TRUE)
   mask <- resolve_admissible(fit, admissible, idx, call, seed, BPPARAM)
   coefs <- colnames(design$X)[-1]
   L <- z_dim(fit)

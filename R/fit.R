@@ -329,10 +329,13 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                 "i" = "Training never passes {.arg max_epochs}: give a {.arg min_epochs} of at most {info$max_epochs}, or a larger {.arg max_epochs}."),
               call = call)
   }
-  if (verbose && n_epochs_kl_warmup > info$max_epochs) {
+  # (not with a checkpoint: another warm-up would be other settings, refused on resuming)
+  if (verbose && is.null(checkpoint) && n_epochs_kl_warmup > info$max_epochs) {
+    shorter <- info$max_epochs %/% 2
     inform(c("i" = paste("{.arg max_epochs} = {info$max_epochs} ends before the KL warm-up ({.arg n_epochs_kl_warmup} = {n_epochs_kl_warmup}):",
-                         "the KL weight only reaches {signif(info$max_epochs / n_epochs_kl_warmup, 2)}, and early stopping, which waits for the warm-up, cannot act."),
-             "i" = "For the full ELBO, give {.arg n_epochs_kl_warmup} = {max(0, info$max_epochs %/% 2)} or less, or more epochs."))
+                         "the KL weight only reaches {signif(info$max_epochs / n_epochs_kl_warmup, 2)}",
+                         "{if (early_stopping) ', and early stopping, which waits for the warm-up, cannot act' else ''}."),
+             "i" = "For the full ELBO, give {.arg n_epochs_kl_warmup} = {if (shorter > 0) paste(shorter, 'or less') else '0 (no warm-up)'}, or more epochs."))
   }
   if (verbose) {
     inform(c("i" = paste0("Training MrVI on {ncol(counts)} cells x {nrow(counts)} genes, ",
@@ -395,16 +398,21 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
                     n_input_cells = length(data$sample) + length(data$dropped$cells))
     )
   }, function() late <<- TRUE)
-  warn_interrupted(run$interrupted, late, length(run$history) + 1, fit@config$best_epoch)
+  warn_interrupted(run$interrupted, late || run$late, length(run$history) + 1, fit@config$best_epoch)
   fit
 }
 
-# Runs `expr` to its end through Ctrl-C: an interrupt calls `on_interrupt()` and
-# is resumed. Training stops after the epoch it came in (train_epochs()); after
-# the last epoch, the fit is put together whole (an interrupt in the posterior's
+# Runs `expr` to its end through one Ctrl-C: the first interrupt calls
+# `on_interrupt()` and is resumed; a second one stops the call, as Ctrl-C
+# always does (a read from disk that hangs must stay interruptible). Training
+# stops after the epoch the first came in (train_epochs()); after the last
+# epoch, the fit is put together whole (an interrupt in the posterior's
 # encoding had discarded every epoch trained).
 through_interrupts <- function(expr, on_interrupt) {
+  seen <- FALSE
   withCallingHandlers(expr, interrupt = function(cnd) {
+    if (seen) return()  # (a calling handler that returns lets the interrupt go on)
+    seen <<- TRUE
     on_interrupt()
     invokeRestart("resume")
   })
@@ -419,7 +427,7 @@ warn_interrupted <- function(interrupted, late, epoch, best_epoch, what = "Train
                   class = c("mrvi_interrupted", "mrvi_warning"))
   } else if (late) {
     cli::cli_warn(c("{what} was interrupted after its last epoch: the fit was completed first, and is returned whole.",
-                    "i" = "It holds every epoch; the interrupt only came while the fit was put together."),
+                    "i" = "It holds every epoch; the interrupt only came while the fit was put together (a second Ctrl-C stops at once)."),
                   class = c("mrvi_interrupted", "mrvi_warning"))
   }
 }
@@ -500,7 +508,8 @@ train_epochs <- function(trainer, max_epochs, verbose, history = list(), checkpo
       inform(c("i" = "Stopped early after epoch {last$epoch}: the {watched} ELBO stopped improving."))
     }
   }
-  list(history = history, interrupted = interrupted)
+  # (an interrupt in the last epoch's R part: training had ended, the warning says so)
+  list(history = history, interrupted = interrupted, late = caught && !interrupted)
 }
 
 fit_cell_data <- function(data) {

@@ -171,7 +171,7 @@ nesting_columns <- function(y, table, samples, exclude = character()) {
 # The hint for tests without `block` of a covariate nested in such columns.
 hint_nesting <- function(columns, covariate, remedy) {
   if (!length(columns)) return(invisible())
-  inform(c("i" = "The covariate {.val {covariate}} is constant within each level of sample column{?s} {.val {columns}}, several samples to a level.",
+  inform(c("i" = "The covariate {.val {covariate}} is constant within each level of sample {cli::qty(length(columns))}column{?s} {.val {columns}}, several samples to a level.",
            "i" = remedy),
          class = "mrvi_nested_covariate")
 }

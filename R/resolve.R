@@ -2,16 +2,18 @@
 # NULL for "all") into what the code uses (indices, factors, masks), or stop.
 
 # An empty selection (integer(0), character(0), all FALSE) is an error: every
-# caller would otherwise return an empty result without a word.
-resolve_cells <- function(fit, cells, call) {
+# caller would otherwise return an empty result without a word. With `tested`
+# (the per-cell tests), a cell selected twice is an error too: it would be
+# tested, and counted in the FDR, twice (elsewhere repeats give repeated rows,
+# as a bootstrap of cells asks).
+resolve_cells <- function(fit, cells, call, tested = FALSE) {
   n <- nrow(fit@u_mean)
   if (is.null(cells)) return(seq_len(n))
   if (!is.null(dim(cells))) {
     abort_arg("{.arg cells} must be a vector of cell names, indices or a logical over the cells, not a matrix.", call = call)
   }
   idx <- cell_indices(fit, cells, n, call)
-  # a cell twice would be tested (and counted in the FDR) twice
-  if (anyDuplicated(idx)) {
+  if (tested && anyDuplicated(idx)) {
     twice <- unique(rownames(fit@u_mean)[idx[duplicated(idx)]])
     abort_arg(c("{.arg cells} selects {length(twice)} cell{?s} more than once: {show_some(twice, 3)}.",
                 "i" = "Give each cell once, e.g. {.code unique(cells)}."), call = call)

@@ -102,8 +102,10 @@ split_sides <- function(fit, samples_a, samples_b, call) {
       abort_arg(c("{.arg {arg}} must be fitted sample names or positions (or, for {.arg samples_a}, a logical vector named by sample).",
                   "i" = "Fitted samples: {show_some(fit@samples)}."), call = call)
     }
-    # numbers named by sample are cutree()'s clusters, not positions
-    if (is.numeric(v) && !is.null(names(v)) && all(names(v) %in% fit@samples)) {
+    # numbers named by sample are cutree()'s clusters, not positions (unless
+    # each names its own position, as which() on a vector named by sample gives)
+    own_positions <- all(v %in% seq_along(fit@samples)) && identical(unname(names(v)), fit@samples[v])
+    if (is.numeric(v) && !is.null(names(v)) && all(names(v) %in% fit@samples) && !own_positions) {
       abort_arg(c("{.arg {arg}} is numbers named by sample, like {.fn cutree}'s clusters: numbers here are sample positions.",
                   "i" = "For the samples of cluster 1: {.code cutree(hc, k = 2) == 1}."), call = call)
     }

@@ -14,7 +14,11 @@
 #' fold change| over genes) and `mrvi_de_<covariate>_q` per covariate. Cells of the
 #' object that the fit did not use (for example empty cells dropped by
 #' [mrviData()]) get `NA` rows, with a message; cell columns of the object with
-#' the names written are replaced, with a message.
+#' the names written are replaced, with a message. Results of another fit stored
+#' before in `object` (its stored distances and result columns) are removed, with a
+#' message: they would stand beside this fit's latents as if its own. Objects with
+#' duplicated cell names, and Seurat objects with a cell column named `mrvi_u` or
+#' `mrvi_z` (Seurat would skip the reduction), are refused.
 #'
 #' @param object the `SingleCellExperiment` or Seurat object the fit was made from.
 #' @param fit a [MrVIFit-class].

@@ -445,6 +445,10 @@ test_that("a sample covariate with foreign or conflicting samples, an NA level, 
   expect_equal(S4Vectors::metadata(sub)$min_effect, 0)
   expect_no_warning(groupAssociation(d[, , "type1", drop = FALSE], cov, permutations = 19, min_effect = 0.5),
                     class = "mrvi_no_distance_unit")
+  # a baseline's whole result has no unit to lose
+  f <- small_fit()
+  pb <- pseudobulkDistances(f$sim$counts, f$sim$sample, groups = f$sim$cell_type)
+  expect_no_warning(groupAssociation(pb, cov, permutations = 19), class = "mrvi_no_distance_unit")
   # a group-level result is no per-cell one to draw
   expect_error(plotAssociation(sub, "labels", fit = fit), "groupAssociation.*one q-value per group", class = "mrvi_error")
 })

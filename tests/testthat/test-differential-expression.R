@@ -332,6 +332,9 @@ test_that("bad covariates get errors that name the fix", {
   with_donor@sample_table$donor <- donor[match(fit@sample_table$sample, fit@samples)]
   expect_message(differentialExpression(with_donor, data.frame(sample = fit@samples, sex = nested$sex), cells = 1:3, verbose = FALSE),
                  "covariate \"sex\" is constant within each level of sample column \"donor\"", class = "mrvi_nested_covariate")
+  with_donor@sample_table$clinic <- with_donor@sample_table$donor
+  expect_message(differentialExpression(with_donor, data.frame(sample = fit@samples, sex = nested$sex), cells = 1:3, verbose = FALSE),
+                 "sample columns \"donor\" and \"clinic\"", class = "mrvi_nested_covariate")
   few <- data.frame(sample = fit@samples, g = as.character(c(1:10, 1, 2)))
   expect_warning(differentialExpression(fit, few, cells = 1:3, verbose = FALSE), "leave 2 residual degrees",
                  class = "mrvi_few_residual_df")

@@ -136,7 +136,7 @@ bad_calls <- list(
   list(quote(counterfactualLatent(fit, mc_samples = -1)), "`mc_samples`"),
   list(quote(counterfactualLatent(fit, use_mean = "no")), "`use_mean`"),
   list(quote(counterfactualLatent(fit, mc_samples = 2e9)), "counterfactualLatent\\(\\) would allocate"),
-  list(quote(counterfactualLatent(fit, cells = c(2, 1, 2))), "`cells` selects 1 cell more than once"),
+  list(quote(cellAssociation(fit, c(A = "a", B = "b", C = "b"), cells = c(2, 1, 2))), "`cells` selects 1 cell more than once"),
   # sampleDistances()
   list(quote(sampleDistances(fit, min_cells = 1e10)), "`min_cells`.*at most 2147483647"),
   list(quote(sampleDistances(fit, min_cells = -1)), "`min_cells`"),

@@ -143,6 +143,19 @@ test_that("Ctrl-C that R sees between epochs or after the last one never loses t
   expect_equal(nrow(fit@history), 3)
   expect_true(fit@config$interrupted)
   expect_identical(fit@weights, fit_with(max_epochs = 3, early_stopping = FALSE)@weights)
+  # ... in the last epoch's: training had ended, and the warning says so
+  saves$n <- -1
+  expect_warning(last <- with_trace("mrvi_trainer_save",
+                                    bquote({assign("n", get("n", .(saves)) + 1, envir = .(saves)); if (get("n", .(saves)) == 1) rlang::interrupt()}),
+                                    fit_with(max_epochs = 2, early_stopping = FALSE, checkpoint = tempfile(fileext = ".ckpt"))),
+                 "after its last epoch", class = "mrvi_interrupted")
+  expect_equal(nrow(last@history), 2)
+  # a second Ctrl-C stops at once, as Ctrl-C does
+  twice <- 0
+  expect_error(withCallingHandlers(
+    mrvi:::through_interrupts({rlang::interrupt(); rlang::interrupt(); "finished"}, function() twice <<- twice + 1),
+    interrupt = function(cnd) stop("interrupted")), "interrupted")
+  expect_equal(twice, 1)
   # an interrupt while the fit is put together after the last epoch: the whole fit
   expect_warning(late <- with_trace("mrvi_trainer_finish", quote(rlang::interrupt()), fit_with(max_epochs = 4, early_stopping = FALSE)),
                  "after its last epoch", class = "mrvi_interrupted")

@@ -32,6 +32,9 @@ local({
     # cutree()'s clusters (numbers named by sample) are not positions
     clusters <- stats::setNames(c(1L, 1L, 2L, 1L), fit@samples)
     expect_error(sampleSplitGenes(fit, clusters), "like `cutree\\(\\)`'s clusters.*== 1", class = "mrvi_error")
+    # which() on a vector named by sample: positions, each named by its own sample
+    picked <- which(stats::setNames(c(TRUE, FALSE, TRUE, FALSE), fit@samples))
+    expect_identical(attr(sampleSplitGenes(fit, picked, cells = 1:10, mc_samples = 0), "samples_a"), fit@samples[c(1, 3)])
     expect_error(counterfactualLatent(fit, cells = 1, samples = "zz"), "`samples` has value", class = "mrvi_error")
   })
 })
