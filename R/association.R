@@ -363,8 +363,10 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     if (!is_fit && is.null(min_effect) && is.null(attr(fit_or_distances, "space")) &&
         is.null(attr(fit_or_distances, "n_cells")) && length(dim(fit_or_distances)) == 3) {
       cli::cli_warn(c("{.arg fit_or_distances} carries no unit ({.fn sampleDistances}'s attributes, which {.code [} drops): {.arg min_effect} = 0.",
-                      "i" = "Pick groups with {.arg groups} on the whole result, or give {.arg min_effect}."),
-                    class = c("mrvi_no_distance_unit", "mrvi_warning"), call = call)
+                      "i" = "Pick groups with {.arg groups} on the whole result, or give {.arg min_effect}.",
+                      "i" = "This warning is shown once per session."),
+                    class = c("mrvi_no_distance_unit", "mrvi_warning"), call = call,
+                    .frequency = "once", .frequency_id = "mrvi_no_distance_unit")
     }
     min_effect <- resolve_min_effect(min_effect, unit[[1]], unit[[2]], call)
   }

@@ -137,7 +137,7 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
              class = "mrvi_replaced_columns")
     }
     if (old_distances) {
-      if (sce) S4Vectors::metadata(object)$mrvi_distances <- NULL else SeuratObject::Misc(object, slot = "mrvi_distances") <- NULL
+      if (sce) S4Vectors::metadata(object)$mrvi_distances <- NULL else object <- seurat_misc(object, NULL)
     }
     for (nm in stale) if (sce) SummarizedExperiment::colData(object)[[nm]] <- NULL else object[[nm]] <- NULL
   }
@@ -172,12 +172,20 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
     tools <- methods::slot(object, "tools")
     tools[["addMrVI"]] <- fit
     methods::slot(object, "tools") <- tools
-    if (!is.null(distances)) SeuratObject::Misc(object, slot = "mrvi_distances") <- distances
+    if (!is.null(distances)) object <- seurat_misc(object, distances)
     for (nm in names(cell_cols)) object[[nm]] <- cell_cols[[nm]]
     return(object)
   }
   abort_arg("{.arg object} must be a {.cls SingleCellExperiment} or a {.cls Seurat} object.",
             call = call)
+}
+
+# `object` with Misc(, "mrvi_distances") set to `value` (NULL removes it),
+# without SeuratObject's warning that it overwrites: addMrVI() says so itself.
+seurat_misc <- function(object, value) {
+  withCallingHandlers(SeuratObject::Misc(object, slot = "mrvi_distances") <- value,
+                      warning = function(w) if (grepl("^Overwriting miscel", conditionMessage(w))) invokeRestart("muffleWarning"))
+  object
 }
 
 align_rows <- function(m, cells) {

@@ -440,6 +440,7 @@ test_that("a sample covariate with foreign or conflicting samples, an NA level, 
   expect_error(cellAssociation(fit, data.frame(sample = s[1:4], arm = cov[1:4]), cells = 1:2),
                "has no value for 1 fitted sample: 's05'.*`NA` leaves", class = "mrvi_error")
   # a subset with `[` has lost the unit of the default min_effect: said
+  rlang::reset_warning_verbosity("mrvi_no_distance_unit")
   expect_warning(sub <- groupAssociation(d[, , "type1", drop = FALSE], cov, permutations = 19),
                  "carries no unit", class = "mrvi_no_distance_unit")
   expect_equal(S4Vectors::metadata(sub)$min_effect, 0)

@@ -34,8 +34,8 @@ test_that("a new fit's write-back removes the results of the fit stored before",
   skip_if_not_installed("SingleCellExperiment")
   f <- small_fit()
   d <- sampleDistances(f$fit, groups = "labels", mc_samples = 0)
-  res <- cellAssociation(f$fit, stats::setNames(c("a", "a", "b", "b", "b"), f$fit@samples), cells = 1:20, permutations = 0,
-                         mc_samples = 0)
+  res <- without_power_warnings(cellAssociation(f$fit, stats::setNames(c("a", "a", "b", "b", "b"), f$fit@samples),
+                                                cells = 1:20, permutations = 0, mc_samples = 0))
   other <- mrvi(f$sim$counts, flavour = "linear", sample = f$sim$sample, max_epochs = 1, seed = 99, n_threads = 1,
                 verbose = FALSE)
   sce <- SingleCellExperiment::SingleCellExperiment(list(counts = f$sim$counts))
