@@ -441,15 +441,15 @@ test_that("a sample covariate with foreign or conflicting samples, an NA level, 
                "has no value for 1 fitted sample: 's05'.*`NA` leaves", class = "mrvi_error")
   # a subset with `[` has lost the unit of the default min_effect: said
   rlang::reset_warning_verbosity("mrvi_no_distance_unit")
-  expect_warning(sub <- groupAssociation(d[, , "type1", drop = FALSE], cov, permutations = 19),
-                 "carries no unit", class = "mrvi_no_distance_unit")
+  without_power_warnings(expect_warning(sub <- groupAssociation(d[, , "type1", drop = FALSE], cov, permutations = 19),
+                                        "carries no unit", class = "mrvi_no_distance_unit"))
   expect_equal(S4Vectors::metadata(sub)$min_effect, 0)
-  expect_no_warning(groupAssociation(d[, , "type1", drop = FALSE], cov, permutations = 19, min_effect = 0.5),
-                    class = "mrvi_no_distance_unit")
+  without_power_warnings(expect_no_warning(groupAssociation(d[, , "type1", drop = FALSE], cov, permutations = 19, min_effect = 0.5),
+                                           class = "mrvi_no_distance_unit"))
   # a baseline's whole result has no unit to lose
   f <- small_fit()
   pb <- pseudobulkDistances(f$sim$counts, f$sim$sample, groups = f$sim$cell_type)
-  expect_no_warning(groupAssociation(pb, cov, permutations = 19), class = "mrvi_no_distance_unit")
+  without_power_warnings(expect_no_warning(groupAssociation(pb, cov, permutations = 19), class = "mrvi_no_distance_unit"))
   # a group-level result is no per-cell one to draw
   expect_error(plotAssociation(sub, "labels", fit = fit), "groupAssociation.*one q-value per group", class = "mrvi_error")
 })

@@ -71,7 +71,8 @@ donor_distances <- function(seed, delta = 0, donors = 10) {
     matrix(rnorm(2 * donors * 5, sd = 0.5), 2 * donors)
   pts[treated, 1] <- pts[treated, 1] + delta
   m <- as.matrix(dist(pts))
-  list(d = array(m, c(2 * donors, 2 * donors, 1), dimnames = list(samples, samples, "g")),
+  # (in latent units, as sampleDistances() marks them: min_effect 0 by default)
+  list(d = structure(array(m, c(2 * donors, 2 * donors, 1), dimnames = list(samples, samples, "g")), space = "latent"),
        donor = stats::setNames(donor, samples), condition = stats::setNames(ifelse(treated, "trt", "ctrl"), samples))
 }
 
