@@ -32,10 +32,12 @@
 #' @param covariates column names of `sample_table` (categorical).
 #' @return a data.frame with one row per method, group and covariate: `method`,
 #'   `group`, `covariate`, `n_samples` (samples with distances and a category),
-#'   `r2`, `anosim_r`, `nearest_agreement`, `replicate_rank`. Scores that
-#'   cannot be computed are `NA`, and a warning lists those rows and why (fewer
-#'   than 3 samples or 2 categories, no category with 2 samples, an `NA`
-#'   distance, every distance 0). Distances must carry sample names; each method one name.
+#'   `r2`, `anosim_r`, `nearest_agreement`, `replicate_rank`. Samples left
+#'   out of the distances (`NA` rows) and, as in [sampleDist()], samples of
+#'   pairs no admissible cell compared (`NA` pairs; with a message) take no part.
+#'   Scores that cannot be computed are `NA`, and a warning lists those rows and
+#'   why (fewer than 3 samples or 2 categories, no category with 2 samples,
+#'   every distance 0). Distances must carry sample names; each method one name.
 #' @examples
 #' sim <- mrvi:::example_counts()
 #' fit <- mrvi(sim$counts, sample = sim$sample, labels = sim$cell_type,
@@ -103,9 +105,16 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
       m <- if (length(matrices[[method]]) == 1) matrices[[method]][[1]] else matrices[[method]][[g]]
       if (is.null(m)) next
       for (cov in covariates) {
-        y <- sample_table[[cov]][match(rownames(m), rows)]
-        keep <- !is.na(y) & !apply(is.na(m), 1, all)
-        scores <- separation_scores(m[keep, keep, drop = FALSE], droplevels(factor(y[keep])))
+        y <- stats::setNames(sample_table[[cov]][match(rownames(m), rows)], rownames(m))
+        # samples left out (NA rows, their diagonal 0 aside: a sample no
+        # admissible cell compared) and then those of pairs no admissible cell
+        # compared leave the scores, as they leave the trees
+        off <- m
+        diag(off) <- NA
+        keep <- !is.na(y) & !apply(is.na(off), 1, all)
+        scored <- drop_partial_samples(m[keep, keep, drop = FALSE])
+        keep <- rownames(m) %in% rownames(scored)
+        scores <- separation_scores(scored, droplevels(factor(y[rownames(scored)])))
         if (!is.null(attr(scores, "reason"))) unscored <- c(unscored, sprintf("%s / %s / %s: %s", method, g, cov,
                                                                                attr(scores, "reason")))
         out[[length(out) + 1]] <- data.frame(method = method, group = g, covariate = cov, n_samples = sum(keep),
@@ -147,14 +156,13 @@ as_group_matrices <- function(d, name, call) {
 }
 
 # PERMANOVA R^2, ANOSIM R, nearest-sample agreement and replicate rank of one
-# distance matrix against a factor; NA where they cannot be computed, with the
-# reason as attribute "reason".
+# distance matrix (without NA: see compareSampleDistances()) against a factor;
+# NA where they cannot be computed, with the reason as attribute "reason".
 separation_scores <- function(m, y) {
   n <- length(y)
   reason <- if (n < 3) "fewer than 3 samples with a distance and a category" else
     if (nlevels(y) < 2) "fewer than 2 categories" else
     if (all(table(y) < 2)) "no category with 2 samples (a continuous covariate?)" else
-    if (anyNA(m)) "a distance between two of its samples is NA" else
     if (all(m[upper.tri(m)] == 0)) "every distance between its samples is 0"
   if (!is.null(reason)) {
     return(structure(c(r2 = NA_real_, anosim_r = NA_real_, nearest_agreement = NA_real_, replicate_rank = NA_real_),

@@ -251,6 +251,9 @@ silhouetteScores <- function(embedding, cell_type, batch = NULL, max_cells = 500
   n <- nrow(embedding)
   cell_type <- by_embedding_rows(cell_type, embedding, "cell_type", call)
   batch <- by_embedding_rows(batch, embedding, "batch", call)
+  # (an NA level, addNA(), is NA: not a category)
+  cell_type <- without_na_level(cell_type)
+  batch <- without_na_level(batch)
   labels_ok <- function(x) is.atomic(x) && length(x) == n && !anyNA(x)
   if (!labels_ok(cell_type) || length(unique(cell_type)) < 2) {
     abort_arg("{.arg cell_type} must have one non-missing value per cell ({n} = {.code nrow(embedding)}), with at least 2 types.",

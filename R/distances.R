@@ -180,12 +180,14 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     res[g] <- list(NULL)
     diag(d) <- 0
     few <- per_group[g, ] < min_cells
+    # a sample that no admissible cell compared with any other is left out too
+    if (!is.null(mask) && nrow(d) > 1) few <- few | rowSums(!is.na(d)) == 1
     excluded[[g]] <- fit@samples[few]
     d[few, ] <- NA
     d[, few] <- NA
     out[, , g] <- d
   }
-  warn_if_all_excluded(excluded, S, min_cells, call)
+  warn_if_all_excluded(excluded, S, min_cells, call, masked = !is.null(mask))
   if (length(damaged)) {
     cli::cli_warn(c("{cli::qty(length(damaged))}Group{?s} {.val {damaged}}: some distances are NaN, a numerical failure (non-finite latent values or counterfactuals).",
                     "i" = "Check the fit: {.code all(is.finite(fit@u_mean))} and its training history; refit if it diverged."),
@@ -202,10 +204,11 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
 
 # Groups whose matrix is all NA are recorded in attr(, "excluded"); when that
 # is every group, the whole result is NA and the user must hear why.
-warn_if_all_excluded <- function(excluded, n_samples, min_cells, call) {
+warn_if_all_excluded <- function(excluded, n_samples, min_cells, call, masked = FALSE) {
   if (all(n_samples - lengths(excluded) < 2)) {
-    cli::cli_warn(c("No group has 2 samples with at least {.arg min_cells} = {min_cells} cell{?s}: every distance is {.code NA}.",
-                    "i" = "Lower {.arg min_cells} ({.code min_cells = 0} keeps every sample), or group cells more coarsely."),
+    cli::cli_warn(c(if (masked) "No group has 2 samples with at least {.arg min_cells} = {min_cells} cell{?s} that admissible cells compared: every distance is {.code NA}." else
+                      "No group has 2 samples with at least {.arg min_cells} = {min_cells} cell{?s}: every distance is {.code NA}.",
+                    "i" = "Lower {.arg min_cells} ({.code min_cells = 0} keeps every sample){if (masked) ', mask less' else ''}, or group cells more coarsely."),
                   class = c("mrvi_all_excluded", "mrvi_warning"), call = call)
   }
 }

@@ -21,7 +21,7 @@
 #'   warning (`mrvi_extrapolation`): the decoder saw no cells there.
 #' @param average names of categorical covariates whose levels are averaged
 #'   over: the expression is the mean over every combination of their levels
-#'   (equal weights); `TRUE` for all of them. Not together with `batch` for the
+#'   (equal weights); `TRUE` for all of them; `NULL` or `FALSE`, none. Not together with `batch` for the
 #'   same covariate. A fit's one categorical covariate is called `"batch"`, or by
 #'   the metadata column it was given as.
 #' @return a genes x cells matrix.
@@ -98,6 +98,7 @@ counterfactualExpression <- function(fit, cells, sample, batch = NULL, continuou
     }
   }
   if (isTRUE(average)) average <- factors
+  if (isFALSE(average)) average <- NULL  # (no averaging, as NULL)
   if (is.character(average)) average <- as_batch(average)
   if (!is.null(average)) {
     if (!is.character(average) || !all(average %in% factors)) {

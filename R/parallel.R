@@ -139,13 +139,22 @@ bp_task <- function(x, task, threads, kind, ...) {
   mrvi_set_threads(as.integer(min(threads, default_threads())))  # (this worker's machine's cores)
   RNGkind(kind[1], kind[2], kind[3])
   # this package's errors come back as values, so that bp_map() signals them
-  # with their classes (BiocParallel would wrap them into its own)
-  tryCatch(task(x, ...), mrvi_error = function(e) structure(list(condition = e), class = "mrvi_worker_failure"))
+  # with their classes (BiocParallel would wrap them into its own); warnings
+  # come back with the value (BiocParallel drops them), said again there
+  warnings <- list()
+  value <- tryCatch(withCallingHandlers(task(x, ...), warning = function(w) {
+    warnings[[length(warnings) + 1]] <<- w
+    invokeRestart("muffleWarning")
+  }), mrvi_error = function(e) structure(list(condition = e), class = "mrvi_worker_failure"))
+  structure(list(value = value, warnings = warnings), class = "mrvi_worker_result")
 }
 
-# The first of a round's results that is a worker's mrvi error, signalled again
-# here as the error it was.
+# A round's results from the workers, in task order: each task's warnings are
+# signalled again here, and the first worker's mrvi error as the error it was.
 raise_worker_failure <- function(results) {
-  for (r in results) if (inherits(r, "mrvi_worker_failure")) stop(r$condition)
-  results
+  lapply(results, function(r) {
+    for (w in r$warnings) warning(w)
+    if (inherits(r$value, "mrvi_worker_failure")) stop(r$value$condition)
+    r$value
+  })
 }

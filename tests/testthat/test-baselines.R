@@ -72,6 +72,9 @@ test_that("silhouetteScores() pairs labels named by cell with the embedding's ro
   batch <- stats::setNames(rep(c("b1", "b2"), 120), colnames(x$counts))
   want <- silhouetteScores(e, unname(type), batch = unname(batch))
   expect_identical(silhouetteScores(e, rev(type), batch = rev(batch)), want)
+  # an NA level (addNA()) is NA, refused as plain NA is, not scored as a category
+  with_na <- addNA(factor(replace(unname(type), 1, NA)))
+  expect_error(silhouetteScores(e, with_na, batch = unname(batch)), "one non-missing value per cell", class = "mrvi_error")
   expect_error(silhouetteScores(e, stats::setNames(type, c(paste0("other", 1:239), colnames(x$counts)[1]))),
                "`cell_type` is named, but its names are not the cells", class = "mrvi_error")
   # names that are no cell's (a lookup table's) are not a pairing: row order
@@ -165,6 +168,14 @@ test_that("compareSampleDistances() scores match independent formulas", {
   zero <- tied * 0
   expect_warning(flat <- compareSampleDistances(list(m = zero), tied_table, "arm"), "every distance between its samples is 0")
   expect_true(is.na(flat$r2) && is.na(flat$nearest_agreement))
+  # a sample no admissible cell compared (NA row, diagonal 0) leaves the scores,
+  # as it leaves the trees, instead of making them all NA
+  masked <- m
+  masked["s9", -9] <- masked[-9, "s9"] <- NA
+  dropped <- compareSampleDistances(list(points = masked), table, "arm")
+  expect_identical(dropped$n_samples, 8L)
+  expect_equal(dropped[, c("r2", "nearest_agreement")],
+               compareSampleDistances(list(points = m[-9, -9]), table[-9, ], "arm")[, c("r2", "nearest_agreement")])
   listed <- table
   listed$arm <- I(as.list(table$arm))
   expect_error(compareSampleDistances(list(points = m), listed, "arm"), "not a vector of categories", class = "mrvi_error")
@@ -357,8 +368,11 @@ test_that("baselines refuse bad arguments by name", {
   expect_false(anyNA(res[res$covariate == "arm", ]))
   holed <- m
   holed["s1", "s2"] <- holed["s2", "s1"] <- NA
-  expect_warning(compareSampleDistances(list(a = holed), table, "arm"), "a distance between two of its samples is NA",
-                 class = "mrvi_warning")
+  # a pair no admissible cell compared: one of its samples leaves the scores, as
+  # it leaves a tree (sampleDist()), with a message
+  expect_message(partial <- compareSampleDistances(list(a = holed), table, "arm"), "Dropping sample \"s1\"")
+  expect_identical(partial$n_samples, 5L)
+  expect_false(is.na(partial$r2))
   expect_error(plotSampleMDS(m, annotation = "nope"), "annotation", class = "mrvi_error")
   expect_error(plotSampleMDS(m[1:2, 1:2]), "3 samples", class = "mrvi_error")
   expect_error(plotSampleMDS("x"), "d", class = "mrvi_error")

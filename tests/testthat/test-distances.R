@@ -192,9 +192,16 @@ test_that("admissibility masks pairs in group means and per-cell matrices", {
   expect_equal(masked_cells[1, keep, keep], per_cell[1, keep, keep])
   expect_error(sampleDistances(fit, groups = grp, admissible = mask[1:3, ]), "admissible")
   # a pair no cell compared is NA (a mean over no cells), never NaN
-  none <- sampleDistances(fit, groups = grp, mc_samples = 0, min_cells = 1, admissible = mask & FALSE)
+  expect_warning(none <- sampleDistances(fit, groups = grp, mc_samples = 0, min_cells = 1, admissible = mask & FALSE),
+                 "that\\s+admissible\\s+cells\\s+compared", class = "mrvi_all_excluded")
   expect_false(any(is.nan(none)))
   expect_true(all(is.na(none[1, 2, ])))
+  # a sample no admissible cell compared with any other is left out, and recorded
+  lone <- mask
+  lone[, 3] <- FALSE
+  d_lone <- sampleDistances(fit, groups = grp, mc_samples = 0, min_cells = 1, admissible = lone)
+  for (g in levels(grp)) expect_true(fit@samples[3] %in% attr(d_lone, "excluded")[[g]])
+  expect_true(all(is.na(d_lone[3, , ])))
   # admissibility()'s result is taken as it came
   a <- admissibility(fit, cells = cells[1:3])
   expect_identical(sampleDistances(fit, cells = cells[1:3], mc_samples = 0, admissible = a),

@@ -5,6 +5,7 @@ test_that("expression under the cell's own sample is the fitted mean, recomputed
   cells <- c(1, 50, 123)
   own <- as.character(fit@cell_data$sample[cells])
   e <- counterfactualExpression(fit, cells, sample = own)
+  expect_identical(counterfactualExpression(fit, cells, sample = own, average = FALSE), e)  # (no averaging, as NULL)
   expect_equal(dim(e), c(40L, 3L))
   expect_equal(unname(colSums(e)), rep(1, 3), tolerance = 1e-6)
   for (k in seq_along(cells)) {

@@ -85,6 +85,20 @@ test_that("an error in a worker keeps its class, as in a serial run", {
                class = "mrvi_damaged_error")
 })
 
+test_that("warnings raised in workers are said in this session, in task order, as in a serial run", {
+  skip_if_not_installed("BiocParallel")
+  warned <- function(bp) {
+    seen <- character()
+    res <- withCallingHandlers(
+      mrvi:::bp_map(1:3, function(i) { if (i != 2) warning(sprintf("task %d", i)); i * 10 }, BPPARAM = bp),
+      warning = function(w) { seen <<- c(seen, conditionMessage(w)); invokeRestart("muffleWarning") })
+    list(res = res, seen = seen)
+  }
+  serial <- warned(BiocParallel::SerialParam())
+  expect_identical(serial$seen, c("task 1", "task 3"))
+  expect_identical(warned(BiocParallel::SnowParam(2)), serial)
+})
+
 test_that("bp_map(payload =) hands each task its own data, made round by round", {
   made <- integer()
   got <- list()
