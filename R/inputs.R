@@ -624,8 +624,11 @@ check_dots <- function(..., .fn = "mrviData") {
 print.mrvi_data <- function(x, ...) {
   cat(sprintf("<mrvi_data> %d genes x %d cells from %s\n", nrow(x$counts), ncol(x$counts), x$source))
   cat(sprintf("  samples: %d (%s)\n", nlevels(x$sample), show_some(levels(x$sample), 4)))
-  cat(sprintf("  batch:   %s\n", if (x$batch_given)
-    paste(nlevels(x$batch), "levels") else "none"))
+  # (several nuisance factors each with its levels, and the continuous ones, as show(<MrVIFit>) says them)
+  factors <- x$nuisance$factors
+  cat(sprintf("  batch:   %s\n", if (!is.null(factors)) paste(sprintf("%s (%d levels)", names(factors), vapply(factors, nlevels, integer(1))), collapse = ", ") else
+    if (x$batch_given) paste(nlevels(x$batch), "levels") else "none"))
+  if (length(x$nuisance$continuous)) cat(sprintf("  continuous covariates: %s\n", paste(names(x$nuisance$continuous), collapse = ", ")))
   cat(sprintf("  labels:  %s\n", if (is.null(x$labels)) "none" else paste(nlevels(x$labels), "levels")))
   covs <- setdiff(names(x$sample_table), c("sample", "n_cells"))
   cat(sprintf("  sample covariates: %s\n", if (length(covs)) paste(covs, collapse = ", ") else "none"))

@@ -88,6 +88,8 @@ test_that("covariates given as columns, a data.frame or a list give the same fit
                mrviData(sce, sample = "sample", batch = c("site", "chemistry"))$sample_table[c("sample", "site", "chemistry")])
   # several factors are their own columns, not also their combination
   expect_false("batch" %in% names(m$sample_table))
+  expect_output(print(mrviData(sce, sample = "sample", batch = c("site", "chemistry"), continuous_covariates = "mito")),
+                "batch:   site \\(2 levels\\), chemistry \\(2 levels\\).*continuous covariates: mito")
   expect_false("batch" %in% names(mrviData(sce, sample = "sample", batch = c("site", "chemistry"))$sample_table))
 })
 
