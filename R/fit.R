@@ -403,20 +403,26 @@ mrvi <- function(x, sample, batch = NULL, labels = NULL, assay = "counts", n_lat
 }
 
 # Runs `expr` to its end through one Ctrl-C: the first interrupt calls
-# `on_interrupt()` and is resumed; a second one stops the call, as Ctrl-C
-# always does (a read from disk that hangs must stay interruptible). Training
-# stops after the epoch the first came in (train_epochs()); after the last
-# epoch, the fit is put together whole (an interrupt in the posterior's
-# encoding had discarded every epoch trained).
+# `on_interrupt()` (of the innermost call, when they nest) and is resumed; a
+# second one stops the call, as Ctrl-C always does (a read from disk that hangs
+# must stay interruptible). Training stops after the epoch the first came in
+# (train_epochs()); after the last epoch, the fit is put together whole (an
+# interrupt in the posterior's encoding had discarded every epoch trained).
+# Nested calls (train_epochs() within mrvi()) share whether one was seen: each
+# holding its own, the outer one resumed the second interrupt too.
 through_interrupts <- function(expr, on_interrupt) {
-  seen <- FALSE
+  if (is.null(interrupts$seen)) {
+    interrupts$seen <- FALSE
+    on.exit(interrupts$seen <- NULL)
+  }
   withCallingHandlers(expr, interrupt = function(cnd) {
-    if (seen) return()  # (a calling handler that returns lets the interrupt go on)
-    seen <<- TRUE
+    if (interrupts$seen) return()  # (a calling handler that returns lets the interrupt go on)
+    interrupts$seen <- TRUE
     on_interrupt()
     invokeRestart("resume")
   })
 }
+interrupts <- new.env(parent = emptyenv())
 
 # The warning of a run interrupted at epoch `epoch`, or after its last epoch
 # (`late`).

@@ -156,6 +156,16 @@ test_that("Ctrl-C that R sees between epochs or after the last one never loses t
     mrvi:::through_interrupts({rlang::interrupt(); rlang::interrupt(); "finished"}, function() twice <<- twice + 1),
     interrupt = function(cnd) stop("interrupted")), "interrupted")
   expect_equal(twice, 1)
+  # ... also where they nest (training's within mrvi()'s): the inner one takes
+  # the first, the second stops both
+  inner <- outer <- 0
+  expect_error(withCallingHandlers(
+    mrvi:::through_interrupts(
+      mrvi:::through_interrupts({rlang::interrupt(); rlang::interrupt(); "finished"}, function() inner <<- inner + 1),
+      function() outer <<- outer + 1),
+    interrupt = function(cnd) stop("interrupted")), "interrupted")
+  expect_equal(c(inner, outer), c(1, 0))
+  expect_null(mrvi:::interrupts$seen)
   # an interrupt while the fit is put together after the last epoch: the whole fit
   expect_warning(late <- with_trace("mrvi_trainer_finish", quote(rlang::interrupt()), fit_with(max_epochs = 4, early_stopping = FALSE)),
                  "after its last epoch", class = "mrvi_interrupted")
