@@ -363,8 +363,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
     if (!is_fit && is.null(min_effect) && is.null(attr(fit_or_distances, "space")) &&
         is.null(attr(fit_or_distances, "n_cells")) && length(dim(fit_or_distances)) == 3) {
       cli::cli_warn(c("{.arg fit_or_distances} carries no unit ({.fn sampleDistances}'s attributes, which {.code [} drops): {.arg min_effect} = 0.",
-                      "i" = "Pick groups with {.arg groups} on the whole result, or give {.arg min_effect}.",
-                      "i" = "This warning is shown once per session."),
+                      "i" = "Pick groups with {.arg groups} on the whole result, or give {.arg min_effect}."),
                     class = c("mrvi_no_distance_unit", "mrvi_warning"), call = call,
                     .frequency = "once", .frequency_id = "mrvi_no_distance_unit")
     }
@@ -417,12 +416,7 @@ groupAssociation <- function(fit_or_distances, covariate, groups = NULL, permuta
   res <- do.call(rbind, rows)
   coarse <- res$relabelings <= 20 & res$permutations > 0
   warn_coarse_relabelings(stats::setNames(res$relabelings[coarse], res$group[coarse]), blocks, call)
-  damaged <- res$group[is.nan(res$statistic)]
-  if (length(damaged)) {
-    cli::cli_warn(c("{cli::qty(length(damaged))}Group{?s} {.val {damaged}} {?was/were} not tested: some of {?its/their} distances are NaN, a numerical failure (non-finite latent values or counterfactuals).",
-                    "i" = "Check the fit: {.code all(is.finite(fit@u_mean))} and its training history; refit if it diverged."),
-                  class = c("mrvi_nonfinite_distances", "mrvi_warning"), call = call)
-  }
+  warn_nonfinite_distances(res$group[is.nan(res$statistic)], call, untested = TRUE)
   untested <- res$group[is.na(res$statistic) & !is.nan(res$statistic)]
   if (length(untested)) {
     cli::cli_warn(c("Group{?s} {.val {untested}} {?was/were} not tested: {?its/their} samples with a covariate value (and at least {.arg min_cells} cells) leave no two in one category, or one category only.",
@@ -455,7 +449,7 @@ matrix_group_test <- function(m, y, blocks, g, permutations, seed, stat, shift =
     return(data.frame(group = g, n_samples = sum(!is.na(y)), statistic = NaN, p_value = NA_real_,
                       permutations = 0L, relabelings = NA_real_))
   }
-  keep <- !is.na(y) & !apply(is.na(m), 1, all)
+  keep <- !is.na(y) & !left_out_samples(m)
   # NA pairs (no admissible cell compared them): their samples leave the test
   m <- drop_partial_samples(m[keep, keep, drop = FALSE])
   yy <- droplevels(y[keep][rownames(m)])

@@ -106,12 +106,9 @@ compareSampleDistances <- function(distances, sample_table, covariates) {
       if (is.null(m)) next
       for (cov in covariates) {
         y <- stats::setNames(sample_table[[cov]][match(rownames(m), rows)], rownames(m))
-        # samples left out (NA rows, their diagonal 0 aside: a sample no
-        # admissible cell compared) and then those of pairs no admissible cell
-        # compared leave the scores, as they leave the trees
-        off <- m
-        diag(off) <- NA
-        keep <- !is.na(y) & !apply(is.na(off), 1, all)
+        # samples left out and then those of pairs no admissible cell compared
+        # leave the scores, as they leave the trees
+        keep <- !is.na(y) & !left_out_samples(m)
         scored <- drop_partial_samples(m[keep, keep, drop = FALSE])
         keep <- rownames(m) %in% rownames(scored)
         scores <- separation_scores(scored, droplevels(factor(y[rownames(scored)])))

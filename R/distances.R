@@ -188,11 +188,7 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
     out[, , g] <- d
   }
   warn_if_all_excluded(excluded, S, min_cells, call, masked = !is.null(mask))
-  if (length(damaged)) {
-    cli::cli_warn(c("{cli::qty(length(damaged))}Group{?s} {.val {damaged}}: some distances are NaN, a numerical failure (non-finite latent values or counterfactuals).",
-                    "i" = "Check the fit: {.code all(is.finite(fit@u_mean))} and its training history; refit if it diverged."),
-                  class = c("mrvi_nonfinite_distances", "mrvi_warning"), call = call)
-  }
+  warn_nonfinite_distances(damaged, call)
   attr(out, "n_cells") <- n_cells
   attr(out, "excluded") <- excluded
   attr(out, "min_cells") <- min_cells
@@ -200,6 +196,17 @@ sampleDistances <- function(fit, groups = NULL, cells = NULL, min_cells = 5, nor
   attr(out, "space") <- space
   attr(out, "normalize") <- normalize
   out
+}
+
+# Groups with NaN distances (damage: non-finite latents or counterfactuals),
+# said once for them all; `untested`, by a test that left them out.
+warn_nonfinite_distances <- function(groups, call, untested = FALSE) {
+  if (!length(groups)) return(invisible())
+  cli::cli_warn(c(paste0("{cli::qty(length(groups))}Group{?s} {.val {groups}}",
+                         if (untested) " {?was/were} not tested: some of {?its/their} distances" else ": some distances",
+                         " are NaN, a numerical failure (non-finite latent values or counterfactuals)."),
+                  "i" = "Check the fit: {.code all(is.finite(fit@u_mean))} and its training history; refit if it diverged."),
+                class = c("mrvi_nonfinite_distances", "mrvi_warning"), call = call)
 }
 
 # Groups whose matrix is all NA are recorded in attr(, "excluded"); when that
@@ -275,7 +282,7 @@ sampleDist <- function(d, group = NULL) {
   call <- sys.call()
   check_required(call)
   m <- group_matrix(d, group, call)
-  keep <- !apply(is.na(m), 1, all)
+  keep <- !left_out_samples(m)
   if (any(!keep)) {
     inform(c("i" = "Dropping sample{?s} {.val {rownames(m)[!keep]}}: too few cells in this group."))
   }
@@ -303,6 +310,15 @@ flat_reason <- function(m, normalize = NULL) {
     return("every distance between its samples is below 0.05 (in units of the cells' posterior noise)")
   }
   NULL
+}
+
+# The samples of a distance matrix left out of it: NA rows (their diagonal
+# aside, which a user's matrix may hold as 0). A pair no admissible cell
+# compared is another matter (drop_partial_samples()).
+left_out_samples <- function(m) {
+  off <- m
+  diag(off) <- NA
+  apply(is.na(off), 1, all)
 }
 
 # Drop the sample with the most NA distances (pairs that no admissible cell

@@ -127,7 +127,6 @@ addMrVI <- function(object, fit, distances = NULL, association = NULL, different
   # the results of another fit stored before would stand beside this fit's
   # latents as if they were its own: they are removed
   before <- if (sce) S4Vectors::metadata(object)$mrvi else if (methods::is(object, "Seurat")) methods::slot(object, "tools")[["addMrVI"]]
-  stale <- character()
   if (methods::is(before, "MrVIFit") && !identical(before@weights, fit@weights)) {
     stale <- setdiff(grep(result_column_pattern, existing, value = TRUE), names(cell_cols))
     old_distances <- is.null(distances) &&

@@ -218,7 +218,7 @@ test_that("the per-cell tests warn of coarse relabelings with the normal approxi
 test_that("tests whose relabelings cannot reach p < 0.05 are warned about, and untested groups are named", {
   x <- donor_distances(3, donors = 3)
   keep <- paste0("s", 1:6)
-  d <- x$d[keep, keep, , drop = FALSE]
+  d <- structure(x$d[keep, keep, , drop = FALSE], space = "latent")  # (`[` drops it)
   y <- stats::setNames(c("a", "a", "a", "b", "b", "b"), keep)
   expect_warning(res <- groupAssociation(d, y, permutations = 99), "at most 10 different relabelings.*at least 1/10",
                  class = "mrvi_coarse_permutations")
